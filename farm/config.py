@@ -1,0 +1,136 @@
+"""Configuration in layers: named defaults, a config file, the environment, flags.
+
+One `Config` object is built once at the edge (the CLI) and passed down; no
+module reads the environment or a file on its own. Each later layer overrides
+the earlier one, field by field:
+
+1. the defaults below;
+2. the `[povfarm]` section of an INI-style config file: `--config FILE`, else
+   `$POVFARM_CONFIG`, else `~/.config/povfarm/povfarm.ini` when it exists;
+3. environment variables `POVFARM_<FIELD>` (e.g. `POVFARM_CONTROLLER`);
+4. command-line flags that were actually given.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import socket
+from pathlib import Path
+from typing import Any, Mapping
+
+from farm.faults import Code, FarmError
+
+ENV_PREFIX = "POVFARM_"
+DEFAULT_PORT = 8642
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def _config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+
+
+@dataclasses.dataclass
+class Config:
+    # Where clients (CLI, nodes, viewers) find the controller.
+    controller: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    # Controller.
+    bind: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = dataclasses.field(default_factory=lambda: _data_home() / "povfarm")
+    lease_timeout: float = 30.0        # a node silent this long is presumed dead; its strips go back
+    max_attempts: int = 3              # a strip that fails this often fails its job
+    max_bundle_bytes: int = 256 * 1024 * 1024
+    # Node.
+    name: str = dataclasses.field(default_factory=socket.gethostname)
+    povray: str = "povray"
+    threads: int = 0                   # POV-Ray render threads; 0 lets POV-Ray use every core
+    work_dir: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm-node")
+    poll_min: float = 0.2              # idle polling backs off from poll_min to poll_max
+    poll_max: float = 2.0
+    heartbeat_interval: float = 2.0
+    strip_timeout: float = 0.0         # wall-clock limit for one POV-Ray run; 0 means none
+    keep_work: bool = False            # keep per-strip directories (for debugging scenes)
+    # Everyone.
+    rpc_timeout: float = 60.0
+    log_level: str = "INFO"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a text value from a file or the environment into the field's type."""
+    kind = FIELDS[name].type
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    try:
+        if kind in ("int", int):
+            return int(text)
+        if kind in ("float", float):
+            return float(text)
+        if kind in ("bool", bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind in ("Path", Path):
+            return Path(text).expanduser()
+    except ValueError:
+        raise FarmError(Code.BAD_ARGUMENT, f"setting {name!r}: {text!r} is not a valid {kind}") from None
+    return text
+
+
+def _file_layer(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        default = _config_home() / "povfarm" / "povfarm.ini"
+        if not default.is_file():
+            return {}
+        path = default
+    parser = configparser.ConfigParser()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (OSError, configparser.Error) as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot read config file {path}: {err}") from None
+    if not parser.has_section("povfarm"):
+        return {}
+    values = {}
+    for key, value in parser.items("povfarm"):
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise FarmError(Code.BAD_ARGUMENT, f"config file {path}: unknown setting {key!r}")
+        values[name] = value
+    return values
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {name: environ[ENV_PREFIX + name.upper()]
+            for name in FIELDS if ENV_PREFIX + name.upper() in environ}
+
+
+def load_config(flags: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None,
+                config_file: Path | None = None) -> Config:
+    """Build the Config from all layers. `flags` holds only flags the user gave (None = not given)."""
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    merged: dict[str, Any] = {}
+    merged.update(_file_layer(config_file))
+    merged.update(_env_layer(environ))
+    merged.update({k: v for k, v in (flags or {}).items() if k in FIELDS and v is not None})
+    config = Config(**{name: _coerce(name, value) for name, value in merged.items()})
+    config.data_dir = Path(config.data_dir).expanduser()
+    config.work_dir = Path(config.work_dir).expanduser()
+    return config

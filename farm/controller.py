@@ -1,0 +1,414 @@
+"""The controller: takes jobs, leases strips to nodes, stores and stitches results.
+
+`Farm` holds the API as plain methods over a `Store`; `Controller` puts it on
+an XML-RPC server and runs the maintenance loop (expired leases, silent nodes,
+frames whose strips are all in). The clock is injected so a test can step the
+farm without sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any, Callable
+
+from farm import __version__, bundle, strips
+from farm.config import Config
+from farm.faults import Code, FarmError
+from farm.options import validate_options
+from farm.rpc import RPCServer
+from farm.states import JobState
+from farm.store import Store
+
+log = logging.getLogger(__name__)
+
+API_VERSION = 1
+MAX_SIDE = 16384
+MAX_PIXELS = 64 * 1024 * 1024
+MAX_STRIPS = 1024
+MAX_ERROR_TEXT = 8192
+
+
+def _require_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a whole number from {low} to {high}, not {value!r}")
+    return value
+
+
+def _require_str(name: str, value: Any, max_len: int = 255) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a non-empty text of at most {max_len} characters")
+    return value
+
+
+def _require_binary(name: str, value: Any) -> bytes:
+    if not isinstance(value, xmlrpc.client.Binary):
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be binary (base64) data")
+    return value.data
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write, fsync, rename: a reader or a crash never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise FarmError(Code.STORAGE, f"cannot write {path}: {err.strerror or err}") from None
+
+
+class Farm:
+    """The controller's API and rules, independent of the network."""
+
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.bundle_dir = config.data_dir / "bundles"
+        self.image_dir = config.data_dir / "jobs"
+        self._stitch_lock = threading.Lock()
+
+    # -- api -------------------------------------------------------------------------------
+
+    def api_version(self) -> dict:
+        """api.version() -> {api: int, server: str}: the API version and the server's version."""
+        return {"api": API_VERSION, "server": f"povfarm {__version__}"}
+
+    def bundles_has(self, digest: str) -> bool:
+        """bundles.has(digest: str) -> bool: whether the controller already stores this bundle."""
+        return self.store.has_bundle(_require_str("digest", digest, 100))
+
+    def bundles_upload(self, data: xmlrpc.client.Binary) -> str:
+        """bundles.upload(data: base64) -> str: store a scene bundle (zip); returns its digest."""
+        payload = _require_binary("data", data)
+        if len(payload) > self.config.max_bundle_bytes:
+            raise FarmError(Code.BUNDLE_TOO_LARGE,
+                            f"the bundle is {len(payload)} bytes; the limit is {self.config.max_bundle_bytes}")
+        bundle.check_archive(payload, max_total=self.config.max_bundle_bytes)
+        digest = bundle.bundle_hash(payload)
+        if not self.store.has_bundle(digest):
+            _write_atomically(self._bundle_path(digest), payload)
+            self.store.add_bundle(digest, len(payload), self.clock())
+            log.info("stored bundle %s (%d bytes)", digest, len(payload))
+        return digest
+
+    def bundles_fetch(self, digest: str) -> xmlrpc.client.Binary:
+        """bundles.fetch(digest: str) -> base64: the bundle's bytes, for nodes."""
+        if not self.store.has_bundle(_require_str("digest", digest, 100)):
+            raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}")
+        try:
+            return xmlrpc.client.Binary(self._bundle_path(digest).read_bytes())
+        except OSError as err:
+            raise FarmError(Code.STORAGE, f"cannot read bundle {digest}: {err.strerror}") from None
+
+    def _bundle_path(self, digest: str) -> Path:
+        return self.bundle_dir / (digest.split(":", 1)[-1] + ".zip")
+
+    def jobs_submit(self, spec: dict) -> int:
+        """jobs.submit(spec: struct) -> int: queue a job; returns its id.
+
+        spec: bundle (str digest), scene (str, path inside the bundle), width, height (int),
+        options ([str] POV-Ray options), strips ("auto" or int), bits (8 or 16, default 8),
+        priority (int, default 0), name (str, default the scene's file name)."""
+        job = self._checked_spec(spec)
+        block = job.pop("block")
+        count = spec.get("strips", "auto")
+        if count == "auto":
+            count = strips.auto_strip_count(job["height"], self._live_nodes(), block)
+        else:
+            count = _require_int("strips", count, 1, MAX_STRIPS)
+        plan = strips.plan_strips(job["height"], count, block)
+        job_id = self.store.create_job(job, plan, self.clock())
+        log.info("job %s queued: %s %dx%d in %d strips", job_id, job["scene"], job["width"], job["height"],
+                 len(plan))
+        return job_id
+
+    def _checked_spec(self, spec: Any) -> dict[str, Any]:
+        if not isinstance(spec, dict):
+            raise FarmError(Code.BAD_ARGUMENT, "the job spec must be a struct")
+        digest = _require_str("bundle", spec.get("bundle"), 100)
+        if not self.store.has_bundle(digest):
+            raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}; upload it first")
+        scene = _require_str("scene", spec.get("scene"), 1000)
+        names = bundle.check_archive(self._bundle_path(digest).read_bytes(),
+                                     max_total=self.config.max_bundle_bytes)
+        if scene not in names:
+            raise FarmError(Code.BAD_ARGUMENT, f"the bundle has no file {scene!r}")
+        width = _require_int("width", spec.get("width"), 1, MAX_SIDE)
+        height = _require_int("height", spec.get("height"), 1, MAX_SIDE)
+        if width * height > MAX_PIXELS:
+            raise FarmError(Code.BAD_ARGUMENT, f"{width}x{height} is more than {MAX_PIXELS} pixels")
+        options = spec.get("options", [])
+        if not isinstance(options, list):
+            raise FarmError(Code.BAD_ARGUMENT, "options must be a list of POV-Ray options")
+        checked = validate_options(options)
+        bits = spec.get("bits", 8)
+        if bits not in (8, 16) or isinstance(bits, bool):
+            raise FarmError(Code.BAD_ARGUMENT, f"bits must be 8 or 16, not {bits!r}")
+        return {
+            "bundle": digest, "scene": scene, "width": width, "height": height,
+            "options": list(checked.options), "channels": 4 if checked.alpha else 3, "bits": bits,
+            "priority": _require_int("priority", spec.get("priority", 0), -1000, 1000),
+            "name": _require_str("name", spec.get("name", Path(scene).stem), 200),
+            "first_frame": 1, "last_frame": 1, "block": checked.block,
+        }
+
+    def _live_nodes(self) -> int:
+        return sum(1 for node in self.store.nodes() if node["state"] in ("idle", "busy"))
+
+    def jobs_status(self, job_id: int) -> dict:
+        """jobs.status(job: int) -> struct: id, name, scene, state, progress (0..1), width, height,
+        strips_total, strips_done, strips_leased, frames_total, frames_done, priority, error ("" if none),
+        submitted, started, finished (Unix times, 0 if not yet), strips ([struct] with row ranges, state,
+        node and progress)."""
+        job = self.store.job(_require_int("job", job_id, 1, 2**31 - 1))
+        return self._describe(job, detail=True)
+
+    def jobs_list(self) -> list:
+        """jobs.list() -> [struct]: every job, as jobs.status without the per-strip detail."""
+        return [self._describe(job, detail=False) for job in self.store.jobs()]
+
+    def _describe(self, job, detail: bool) -> dict:
+        rows = self.store.strips_of(job["id"])
+        total = len(rows)
+        done = sum(1 for r in rows if r["state"] == "done")
+        leased = [r for r in rows if r["state"] == "leased"]
+        progress = 1.0 if job["state"] == JobState.DONE.value else (
+            (done + sum(r["progress"] for r in leased)) / total if total else 0.0)
+        frames = self.store.frames_of(job["id"])
+        info = {
+            "id": job["id"], "name": job["name"], "scene": job["scene"], "state": job["state"],
+            "progress": round(progress, 4), "width": job["width"], "height": job["height"],
+            "strips_total": total, "strips_done": done, "strips_leased": len(leased),
+            "frames_total": len(frames), "frames_done": sum(1 for f in frames if f["state"] == "done"),
+            "priority": job["priority"], "error": job["error"] or "",
+            "submitted": job["submitted"], "started": job["started"] or 0.0, "finished": job["finished"] or 0.0,
+        }
+        if detail:
+            info["strips"] = [{"frame": r["frame"], "index": r["idx"], "row_start": r["row_start"],
+                               "row_end": r["row_end"], "state": r["state"], "node": r["node"] or "",
+                               "progress": r["progress"], "attempts": r["attempt"]} for r in rows]
+        return info
+
+    def jobs_cancel(self, job_id: int) -> bool:
+        """jobs.cancel(job: int) -> bool: cancel a queued or rendering job; nodes stop its strips."""
+        self.store.cancel_job(_require_int("job", job_id, 1, 2**31 - 1), self.clock())
+        log.info("job %s canceled", job_id)
+        return True
+
+    def jobs_fetch(self, job_id: int, frame: int = 0) -> xmlrpc.client.Binary:
+        """jobs.fetch(job: int[, frame: int]) -> base64: the finished PNG of a frame (default the first)."""
+        job = self.store.job(_require_int("job", job_id, 1, 2**31 - 1))
+        if job["state"] != JobState.DONE.value:
+            why = f": {job['error']}" if job["error"] else ""
+            raise FarmError(Code.JOB_NOT_DONE, f"job {job_id} is {job['state']}{why}")
+        number = frame or job["first_frame"]
+        rows = [f for f in self.store.frames_of(job_id) if f["number"] == number]
+        if not rows:
+            raise FarmError(Code.BAD_ARGUMENT, f"job {job_id} has no frame {number}")
+        try:
+            return xmlrpc.client.Binary(Path(rows[0]["path"]).read_bytes())
+        except OSError as err:
+            raise FarmError(Code.STORAGE, f"cannot read the image of job {job_id}: {err.strerror}") from None
+
+    def nodes_register(self, name: str, info: dict) -> dict:
+        """nodes.register(name: str, info: struct) -> struct: node_id (str), heartbeat_interval (float).
+        info may carry povray (version text), threads (int), host (str), platform (str), error (str:
+        the node cannot render, e.g. POV-Ray is missing)."""
+        name = _require_str("name", name, 100)
+        if not isinstance(info, dict):
+            raise FarmError(Code.BAD_ARGUMENT, "info must be a struct")
+        node_id = self.store.register_node(name, info, self.clock())
+        log.info("node %s registered (%s)", node_id, info.get("povray", "unknown POV-Ray"))
+        return {"node_id": node_id, "heartbeat_interval": self.config.heartbeat_interval}
+
+    def nodes_poll(self, node_id: str) -> dict:
+        """nodes.poll(node_id: str) -> struct: a task, or {} when there is no work.
+        A task: lease (str), job, frame, strip, attempt, width, height, row_start, row_end (0-based,
+        end exclusive) (int), bundle, scene (str), options ([str]), channels (3 or 4), bits (8 or 16)."""
+        strip = self.store.lease_strip(_require_str("node_id", node_id, 120), self.clock(),
+                                       self.config.lease_timeout)
+        if strip is None:
+            return {}
+        job = self.store.job(strip["job"])
+        log.info("job %s strip %s (rows %s-%s) leased to %s", job["id"], strip["idx"], strip["row_start"],
+                 strip["row_end"], node_id)
+        return {
+            "lease": strip["lease"], "job": job["id"], "frame": strip["frame"], "strip": strip["idx"],
+            "attempt": strip["attempt"], "width": job["width"], "height": job["height"],
+            "row_start": strip["row_start"], "row_end": strip["row_end"], "bundle": job["bundle"],
+            "scene": job["scene"], "options": json.loads(job["options"]), "channels": job["channels"],
+            "bits": job["bits"],
+        }
+
+    def nodes_heartbeat(self, node_id: str, progress: dict) -> dict:
+        """nodes.heartbeat(node_id: str, progress: struct lease -> float 0..1) -> struct:
+        stop ([str]): leases the node must abandon (canceled, failed or expired)."""
+        if not isinstance(progress, dict):
+            raise FarmError(Code.BAD_ARGUMENT, "progress must be a struct of lease to fraction")
+        stale = self.store.heartbeat(_require_str("node_id", node_id, 120), progress, self.clock(),
+                                     self.config.lease_timeout)
+        return {"stop": stale}
+
+    def nodes_complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> bool:
+        """nodes.complete(node_id: str, lease: str, rows: base64 zlib, seconds: float) -> bool:
+        deliver a rendered strip's pixel rows. A lease that is no longer current gets STALE_LEASE."""
+        data = _require_binary("rows", rows)
+        strip, job = self._strip_and_job(lease)
+        row_bytes = job["width"] * job["channels"] * job["bits"] // 8
+        try:
+            strips.decompress_rows(data, (strip["row_end"] - strip["row_start"]) * row_bytes)
+        except ValueError as err:
+            raise FarmError(Code.BAD_ARGUMENT, f"strip rows rejected: {err}") from None
+        job_id, frame, frame_complete = self.store.complete_strip(
+            node_id, lease, data, float(seconds), self.clock())
+        log.info("job %s strip %s done by %s in %.2fs", job_id, strip["idx"], node_id, float(seconds))
+        if frame_complete:
+            self._finish_frame(job_id, frame)
+        return True
+
+    def _strip_and_job(self, lease: Any):
+        lease = _require_str("lease", lease, 120)
+        strip = self.store.strip_by_lease(lease)
+        if strip is None:
+            raise FarmError(Code.STALE_LEASE, f"lease {lease} is unknown; the result was discarded")
+        return strip, self.store.job(strip["job"])
+
+    def nodes_fail(self, node_id: str, lease: str, error: str, scene_error: bool) -> bool:
+        """nodes.fail(node_id: str, lease: str, error: str, scene_error: bool) -> bool: report a failed strip.
+        scene_error true means the scene itself is broken (a parse error): the job fails at once;
+        otherwise the strip is retried, up to max_attempts times."""
+        text = str(error)[:MAX_ERROR_TEXT] or "POV-Ray failed without a message"
+        self.store.fail_strip(_require_str("node_id", node_id, 120), _require_str("lease", lease, 120), text,
+                              bool(scene_error), self.clock(), self.config.max_attempts)
+        log.warning("node %s failed lease %s%s: %s", node_id, lease, " (scene error)" if scene_error else "",
+                    text.splitlines()[0] if text else "")
+        return True
+
+    def nodes_release(self, node_id: str, lease: str) -> bool:
+        """nodes.release(node_id: str, lease: str) -> bool: hand an unfinished lease back (node shutting down)."""
+        self.store.release_strip(_require_str("node_id", node_id, 120), _require_str("lease", lease, 120),
+                                 self.clock())
+        return True
+
+    def nodes_list(self) -> list:
+        """nodes.list() -> [struct]: id, name, state, host, povray, threads, platform, last_seen (Unix time),
+        current (str: job/frame/strip in flight, "" if none), strips_done, strips_failed, error."""
+        result = []
+        for node in self.store.nodes():
+            info = json.loads(node["info"])
+            result.append({
+                "id": node["id"], "name": node["name"], "state": node["state"],
+                "host": str(info.get("host", "")), "povray": str(info.get("povray", "")),
+                "threads": int(info.get("threads", 0)), "platform": str(info.get("platform", "")),
+                "last_seen": node["last_seen"], "current": node["current"] or "",
+                "strips_done": node["strips_done"], "strips_failed": node["strips_failed"],
+                "error": node["error"] or "",
+            })
+        return result
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Expire leases, mark silent nodes, and write frames whose strips are all in."""
+        self.store.expire(self.clock(), self.config.lease_timeout)
+        for job_id, frame in self.store.complete_frames():
+            self._finish_frame(job_id, frame)
+
+    def recover(self) -> None:
+        """After a restart: leases in flight get a grace period so their nodes can still deliver."""
+        self.store.extend_leases(self.clock() + self.config.lease_timeout)
+        self.tick()
+
+    def _finish_frame(self, job_id: int, frame: int) -> None:
+        with self._stitch_lock:
+            if (job_id, frame) not in self.store.complete_frames():
+                return  # another thread wrote it already
+            job = self.store.job(job_id)
+            row_bytes = job["width"] * job["channels"] * job["bits"] // 8
+            try:
+                pieces = [(start, end, strips.decompress_rows(data, (end - start) * row_bytes))
+                          for start, end, data in self.store.strip_pieces(job_id, frame)]
+                raster = strips.stitch(job["width"], job["height"], job["channels"], job["bits"], pieces)
+            except ValueError as err:
+                log.error("job %s frame %s cannot be stitched: %s", job_id, frame, err)
+                self.store.fail_frame(job_id, f"frame {frame} cannot be stitched: {err}", self.clock())
+                return
+            path = self.image_dir / str(job_id) / f"frame-{frame:05d}.png"
+            _write_atomically(path, strips.encode_png(raster))
+            if self.store.finish_frame(job_id, frame, str(path), self.clock()):
+                log.info("job %s done: %s", job_id, path)
+
+    def methods(self) -> dict[str, Callable[..., Any]]:
+        """The public RPC surface, by name."""
+        return {
+            "api.version": self.api_version,
+            "bundles.has": self.bundles_has, "bundles.upload": self.bundles_upload,
+            "bundles.fetch": self.bundles_fetch,
+            "jobs.submit": self.jobs_submit, "jobs.status": self.jobs_status, "jobs.list": self.jobs_list,
+            "jobs.cancel": self.jobs_cancel, "jobs.fetch": self.jobs_fetch,
+            "nodes.register": self.nodes_register, "nodes.poll": self.nodes_poll,
+            "nodes.heartbeat": self.nodes_heartbeat, "nodes.complete": self.nodes_complete,
+            "nodes.fail": self.nodes_fail, "nodes.release": self.nodes_release, "nodes.list": self.nodes_list,
+        }
+
+
+class Controller:
+    """The farm on an XML-RPC server, with its maintenance loop."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.store = Store(config.data_dir / "povfarm.sqlite3")
+        self.farm = Farm(config, self.store, clock)
+        try:
+            self.server = RPCServer((config.bind, config.port))
+        except OSError as err:
+            self.store.close()
+            raise FarmError(Code.BAD_ARGUMENT,
+                            f"cannot listen on {config.bind}:{config.port}: {err.strerror or err}") from None
+        for name, method in self.farm.methods().items():
+            self.server.register_function(method, name)
+        self._stop = threading.Event()
+        self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def _maintain(self) -> None:
+        interval = max(0.2, min(1.0, self.config.lease_timeout / 4))
+        while not self._stop.wait(interval):
+            try:
+                self.farm.tick()
+            except FarmError as err:
+                log.error("maintenance: %s", err)
+
+    def serve_forever(self) -> None:
+        self.farm.recover()
+        self._maintenance.start()
+        log.info("controller listening on %s (data in %s)", self.url, self.config.data_dir)
+        try:
+            self.server.serve_forever(poll_interval=0.2)
+        finally:
+            self._stop.set()
+
+    def start_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="controller", daemon=True)
+        thread.start()
+        return thread
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.store.close()

@@ -1,0 +1,239 @@
+"""The node daemon: poll the controller, render strips with the real `povray`, send rows back.
+
+A node keeps going through every kind of trouble: an unreachable controller
+(it retries with back-off and jitter, holding on to a finished strip until it
+is delivered), a broken scene (it reports POV-Ray's message), a crashed or
+killed POV-Ray (a failed strip, never a bad image). The first SIGTERM/Ctrl-C
+lets the current strip finish; the second stops POV-Ray and hands the lease back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any, Callable
+
+from farm import __version__, bundle, povray, strips
+from farm.client import Client
+from farm.config import Config
+from farm.faults import Code, FarmError
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, config: Config, client: Client, runner: Callable[..., povray.ProcessResult] = povray.run_process,
+                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random):
+        self.config = config
+        self.client = client
+        self.runner = runner
+        self.clock = clock
+        self.rng = rng
+        self.cache = bundle.BundleCache(config.work_dir / "bundles")
+        self.strip_root = config.work_dir / "strips"
+        self.node_id: str | None = None
+        self.heartbeat_interval = config.heartbeat_interval
+        self.stopping = threading.Event()   # finish the current strip, then exit
+        self.aborting = threading.Event()   # stop POV-Ray now, hand the lease back, exit
+        self.version, self.broken = povray.probe(config.povray)
+        self.strips_done = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if self.stopping.is_set():
+            log.warning("second stop request: stopping POV-Ray and handing the strip back")
+            self.aborting.set()
+        else:
+            log.info("stopping after the current strip (interrupt again to stop at once)")
+        self.stopping.set()
+
+    def info(self) -> dict[str, Any]:
+        info = {"host": socket.gethostname(), "platform": sys.platform, "povfarm": __version__,
+                "threads": self.config.threads or os.cpu_count() or 1, "povray": self.version or ""}
+        if self.broken:
+            info["error"] = self.broken
+        return info
+
+    def run(self) -> None:
+        """Poll and render until asked to stop."""
+        if self.broken:
+            log.error("this node cannot render: %s", self.broken)
+        delay = 0.0
+        while not self.stopping.is_set():
+            try:
+                worked = self.step()
+            except FarmError as err:
+                if err.code is Code.UNKNOWN_NODE:
+                    log.warning("%s", err)
+                    self.node_id = None
+                    continue
+                if err.code is not Code.UNREACHABLE:
+                    raise
+                delay = self._backoff(delay, ceiling=max(self.config.poll_max, 10.0))
+                log.warning("%s; retrying in %.1f s", err, delay)
+                self.stopping.wait(delay)
+                continue
+            if worked:
+                delay = 0.0
+            else:
+                delay = self._backoff(delay, ceiling=self.config.poll_max)
+                self.stopping.wait(delay)
+        log.info("node %s stopped after %d strips", self.node_id, self.strips_done)
+
+    def _backoff(self, delay: float, ceiling: float) -> float:
+        """Double the delay up to the ceiling, with +-25% jitter so many nodes do not poll in step."""
+        base = min(max(delay * 2, self.config.poll_min), ceiling)
+        return base * (0.75 + 0.5 * self.rng())
+
+    def register(self) -> None:
+        reply = self.client.call("nodes.register", self.config.name, self.info())
+        self.node_id = reply["node_id"]
+        self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
+        log.info("registered with %s as %s", self.client.url, self.node_id)
+
+    def step(self) -> bool:
+        """One poll; render the task if there is one. True when a strip was worked on."""
+        if self.node_id is None:
+            self.register()
+        task = self.client.call("nodes.poll", self.node_id)
+        if not task:
+            return False
+        self.work(task)
+        return True
+
+    # -- one strip ---------------------------------------------------------------------------
+
+    def work(self, task: dict[str, Any]) -> None:
+        lease = task["lease"]
+        log.info("job %s strip %s rows %s-%s (attempt %s)", task["job"], task["strip"], task["row_start"],
+                 task["row_end"], task["attempt"])
+        strip_dir = self.strip_root / f"job{task['job']}-f{task['frame']}-s{task['strip']}-{secrets.token_hex(3)}"
+        try:
+            outcome = self._render(task, strip_dir)
+        finally:
+            if not self.config.keep_work:
+                shutil.rmtree(strip_dir, ignore_errors=True)
+        kind, payload = outcome
+        if kind == "done":
+            rows, seconds = payload
+            if self._deliver("nodes.complete", lease, xmlrpc.client.Binary(rows), seconds):
+                self.strips_done += 1
+        elif kind == "failed":
+            message, scene_error = payload
+            log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
+            self._deliver("nodes.fail", lease, message, scene_error)
+        elif kind == "release":
+            self._deliver("nodes.release", lease)
+        # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
+
+    def _render(self, task: dict[str, Any], strip_dir: Path) -> tuple[str, Any]:
+        try:
+            bundle_dir = self.cache.ensure(task["bundle"], lambda: self._fetch_bundle(task["bundle"]))
+            scene_dir = bundle.copy_for_render(bundle_dir, strip_dir / "scene")
+        except FarmError as err:
+            return "failed", (f"the scene bundle could not be prepared on node {self.config.name}: {err}", False)
+        except OSError as err:
+            return "failed", (f"node {self.config.name} could not prepare the scene: {err}", False)
+        scene = scene_dir / task["scene"]
+        alpha, bits = task["channels"] == 4, task["bits"]
+        file_type = ("N" if alpha else "P") + ("16" if bits == 16 else "")
+        output = strip_dir / ("strip.png" if alpha else "strip.ppm")
+        log_path = strip_dir / "povray.log"
+        argv = povray.render_command(
+            self.config.povray, scene.name, task["width"], task["height"],
+            strips.povray_row_options(task["row_start"], task["row_end"], task["height"]),
+            output, file_type, self.config.threads, scene.parent, task["options"])
+        heartbeat = _Heartbeat(self, task["lease"], log_path)
+        result = self.runner(argv, cwd=scene.parent, env=povray.povray_env(), log_path=log_path,
+                             timeout=self.config.strip_timeout, should_stop=heartbeat)
+        if result.stopped:
+            return ("release", None) if self.aborting.is_set() else ("dropped", None)
+        stderr = log_path.read_text("utf-8", "replace") if log_path.exists() else ""
+        if result.returncode != 0 or result.timed_out:
+            message, scene_error = povray.error_text(stderr)
+            if result.returncode == 1 and scene_error:
+                return "failed", (message, True)
+            detail = f": {message}" if message else ""
+            return "failed", (f"{result.describe()} on node {self.config.name}{detail}", False)
+        try:
+            data = output.read_bytes()
+            raster = strips.decode_png(data) if alpha else strips.decode_ppm(data)
+            if (raster.width, raster.height, raster.bits) != (task["width"], task["height"], bits):
+                raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
+            rows = strips.crop_rows(raster, task["row_start"], task["row_end"])
+        except (OSError, ValueError) as err:
+            return "failed", (f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
+        return "done", (strips.compress_rows(rows), result.seconds)
+
+    def _fetch_bundle(self, digest: str) -> bytes:
+        log.info("fetching bundle %s", digest)
+        return self.client.call("bundles.fetch", digest).data
+
+    def _deliver(self, method: str, lease: str, *args: Any) -> bool:
+        """Send a result, retrying while the controller is unreachable. False if it was refused."""
+        delay = 0.0
+        while True:
+            try:
+                self.client.call(method, self.node_id, lease, *args)
+                return True
+            except FarmError as err:
+                if err.code is not Code.UNREACHABLE:
+                    log.warning("%s for lease %s refused: %s", method, lease, err)
+                    return False
+                if self.aborting.is_set():
+                    log.error("giving up on %s for lease %s: %s", method, lease, err)
+                    return False
+                delay = self._backoff(delay, ceiling=10.0)
+                log.warning("%s; retrying delivery in %.1f s", err, delay)
+                time.sleep(delay)
+
+
+class _Heartbeat:
+    """Called by the runner while POV-Ray works: renews the lease, reports progress, says when to stop."""
+
+    def __init__(self, node: Node, lease: str, log_path: Path):
+        self.node, self.lease, self.log_path = node, lease, log_path
+        self.last = node.clock()
+
+    def __call__(self) -> bool:
+        if self.node.aborting.is_set():
+            return True
+        now = self.node.clock()
+        if now - self.last < self.node.heartbeat_interval:
+            return False
+        self.last = now
+        progress = povray.progress_fraction(self.log_path) or 0.0
+        try:
+            reply = self.node.client.call("nodes.heartbeat", self.node.node_id, {self.lease: progress})
+        except FarmError as err:
+            # Keep rendering: the result may still be accepted when the controller returns.
+            log.warning("heartbeat failed: %s", err)
+            return False
+        if self.lease in reply.get("stop", []):
+            log.info("the controller withdrew lease %s (job canceled or failed); stopping POV-Ray", self.lease)
+            return True
+        return False
+
+
+def run_node(config: Config) -> int:
+    """The `povfarm node` command: run until SIGTERM/Ctrl-C (twice to stop at once)."""
+    node = Node(config, Client(config.controller, config.rpc_timeout))
+
+    def on_signal(signum, frame):
+        node.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    node.run()
+    return 0

@@ -1,0 +1,177 @@
+"""Running the real `povray` program: command lines, processes, and reading its text.
+
+Everything here is an edge: it builds argv, starts a process in its own session
+(so the whole process group can be stopped), and reads POV-Ray's stderr for
+progress and error messages. It knows nothing about the controller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+TERMINATE_GRACE = 3.0   # seconds between asking a process group to stop and killing it
+_PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
+_ERROR_START = re.compile(r"(Parse Error|Possible Parse Error|Fatal error|Failed to parse|Render failed|"
+                          r"Invalid |Error:|Cannot )")
+_SCENE_ERROR = re.compile(r"Parse Error|Fatal error in parser|Failed to parse|Parse halted")
+# The system INI Debian ships: it sets the library paths the node's POV-Ray needs.
+SYSTEM_INIS = (Path("/etc/povray/3.7/povray.ini"), Path("/usr/local/etc/povray/3.7/povray.ini"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessResult:
+    returncode: int | None      # None when it had to be killed and reaped without a code
+    signal: int | None          # the signal that ended it, if any
+    timed_out: bool
+    stopped: bool               # stopped on request (cancel / shutdown)
+    seconds: float
+
+    def describe(self) -> str:
+        if self.timed_out:
+            return f"POV-Ray ran longer than its time limit and was stopped after {self.seconds:.0f} s"
+        if self.stopped:
+            return "POV-Ray was stopped"
+        if self.signal is not None:
+            name = signal.Signals(self.signal).name if self.signal in signal.Signals._value2member_map_ else ""
+            return f"POV-Ray was killed by signal {self.signal} {name}".rstrip()
+        return f"POV-Ray exited with code {self.returncode}"
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Terminate the process group, then kill it if it does not go within the grace period."""
+    if sys.platform == "win32":
+        process.terminate()
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+    try:
+        process.wait(TERMINATE_GRACE)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    if sys.platform == "win32":
+        process.kill()
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def run_process(argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path,
+                timeout: float = 0.0, should_stop: Callable[[], bool] = lambda: False,
+                check_every: float = 0.5) -> ProcessResult:
+    """Run argv with stdout discarded and stderr into log_path.
+
+    `should_stop` is called about every `check_every` seconds (the node sends heartbeats from it);
+    when it returns True, or the timeout passes, the process group is stopped."""
+    started = time.monotonic()
+    flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32" else \
+        {"start_new_session": True}
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(list(argv), cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=log_file, **flags)
+        timed_out = stopped = False
+        while True:
+            try:
+                process.wait(check_every)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if timeout and time.monotonic() - started > timeout:
+                timed_out = True
+            elif should_stop():
+                stopped = True
+            else:
+                continue
+            _stop_group(process)
+            break
+    code = process.returncode
+    return ProcessResult(
+        returncode=code if code is None or code >= 0 else None,
+        signal=-code if code is not None and code < 0 else None,
+        timed_out=timed_out, stopped=stopped, seconds=time.monotonic() - started)
+
+
+def render_command(povray: str, scene: str, width: int, height: int, row_options: Sequence[str],
+                   output: Path, file_type: str, threads: int, library_path: Path,
+                   user_options: Sequence[str]) -> list[str]:
+    """argv for one strip. The farm's own options come last so they win over anything before them."""
+    argv = [povray, f"+I{scene}", *user_options, f"+W{width}", f"+H{height}", *row_options,
+            f"+O{output}", f"+F{file_type}", f"+L{library_path}", "-D", "-P"]
+    if threads > 0:
+        argv.append(f"+WT{threads}")
+    return argv
+
+
+def povray_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment POV-Ray runs in: POVINI points at the system INI, so a `povray.ini`
+    that a scene bundle ships in its folder is never applied, yet library paths are the usual ones."""
+    env = dict(os.environ if base is None else base)
+    for ini in SYSTEM_INIS:
+        if ini.is_file():
+            env["POVINI"] = str(ini)
+            break
+    return env
+
+
+def progress_fraction(log_path: Path) -> float | None:
+    """The last `Rendered N of M pixels` in POV-Ray's stderr, as a fraction."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 4096))
+            tail = handle.read()
+    except OSError:
+        return None
+    matches = _PROGRESS.findall(tail)
+    if not matches:
+        return None
+    done, total = (int(n) for n in matches[-1])
+    return done / total if total else None
+
+
+def error_text(stderr: str, limit: int = 4000) -> tuple[str, bool]:
+    """POV-Ray's error message from its stderr, and whether it is the scene's fault (a parse error)."""
+    lines = stderr.replace("\r", "\n").splitlines()
+    start = next((i for i, line in enumerate(lines)
+                  if _ERROR_START.search(line) and "cannot open the user configuration" not in line), None)
+    if start is None:
+        message = "\n".join(line for line in lines[-5:] if line.strip())
+    else:
+        # A message often starts one line above the match: "File 'x.pov' line 4:" is on the same line,
+        # but wrapped continuation lines follow, so keep everything from the first error line on.
+        message = "\n".join(line for line in lines[start:] if line.strip())
+    return message[-limit:], bool(_SCENE_ERROR.search(message))
+
+
+def probe(povray: str) -> tuple[str | None, str | None]:
+    """(version, None) when `povray` runs, else (None, a sentence saying what is wrong)."""
+    try:
+        done = subprocess.run([povray, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=30)
+    except FileNotFoundError:
+        return None, f"POV-Ray was not found as {povray!r}; install it (Debian: apt-get install povray) " \
+                     f"or pass --povray PATH"
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return None, f"POV-Ray at {povray!r} does not run: {err}"
+    text = (done.stdout + done.stderr).decode("utf-8", "replace")
+    match = re.search(r"POV-Ray (\d+\.\d+[\w.]*)", text)
+    if done.returncode != 0 or match is None:
+        return None, f"{povray!r} --version failed (exit {done.returncode}); is it POV-Ray 3.7?"
+    return match.group(1), None

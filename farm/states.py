@@ -1,0 +1,91 @@
+"""States of jobs, frames, strips and nodes, and the one place they change.
+
+Every state is a `str` enum so it stores in SQLite and travels over XML-RPC as
+plain text. `check_transition` is the only gate: the store calls it before
+every update, so an impossible change (a done strip going back to the queue, a
+canceled job finishing) fails loudly instead of corrupting a job.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from farm.faults import Code, FarmError
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RENDERING = "rendering"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class FrameState(str, enum.Enum):
+    QUEUED = "queued"
+    RENDERING = "rendering"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class StripState(str, enum.Enum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class NodeState(str, enum.Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    OFFLINE = "offline"
+    BROKEN = "broken"  # its POV-Ray is missing or does not run
+
+
+FINISHED_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELED})
+
+_ALLOWED: dict[type, dict[enum.Enum, frozenset]] = {
+    JobState: {
+        JobState.QUEUED: frozenset({JobState.RENDERING, JobState.FAILED, JobState.CANCELED}),
+        JobState.RENDERING: frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELED}),
+        JobState.DONE: frozenset(),
+        JobState.FAILED: frozenset(),
+        JobState.CANCELED: frozenset(),
+    },
+    FrameState: {
+        FrameState.QUEUED: frozenset({FrameState.RENDERING, FrameState.DONE,
+                                      FrameState.FAILED, FrameState.CANCELED}),
+        FrameState.RENDERING: frozenset({FrameState.DONE, FrameState.FAILED, FrameState.CANCELED}),
+        FrameState.DONE: frozenset(),
+        FrameState.FAILED: frozenset(),
+        FrameState.CANCELED: frozenset(),
+    },
+    StripState: {
+        # LEASED -> QUEUED: the lease expired or was handed back; the strip is rendered again.
+        StripState.QUEUED: frozenset({StripState.LEASED, StripState.CANCELED, StripState.FAILED}),
+        StripState.LEASED: frozenset({StripState.QUEUED, StripState.DONE,
+                                      StripState.FAILED, StripState.CANCELED}),
+        StripState.DONE: frozenset(),
+        StripState.FAILED: frozenset(),
+        StripState.CANCELED: frozenset(),
+    },
+    NodeState: {
+        NodeState.IDLE: frozenset({NodeState.BUSY, NodeState.OFFLINE, NodeState.BROKEN}),
+        NodeState.BUSY: frozenset({NodeState.IDLE, NodeState.OFFLINE, NodeState.BROKEN}),
+        NodeState.OFFLINE: frozenset({NodeState.IDLE, NodeState.BUSY, NodeState.BROKEN}),
+        NodeState.BROKEN: frozenset({NodeState.IDLE, NodeState.OFFLINE}),
+    },
+}
+
+
+def check_transition(current: enum.Enum, new: enum.Enum) -> None:
+    """Raise if `current` may not become `new`; staying in the same state is always allowed."""
+    kind = type(current)
+    if type(new) is not kind:
+        raise TypeError(f"cannot move a {kind.__name__} to a {type(new).__name__}")
+    if new is current:
+        return
+    if new not in _ALLOWED[kind][current]:
+        raise FarmError(Code.INTERNAL, f"a {kind.__name__} cannot go from {current.value} to {new.value}")

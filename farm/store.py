@@ -1,0 +1,410 @@
+"""The controller's durable state: jobs, frames, strips, nodes and bundles in SQLite.
+
+Every public method is one transaction, committed before it returns, so
+whatever the controller acknowledges over RPC survives a crash. WAL mode with
+synchronous=FULL keeps commits durable across power loss too. States only
+change through `farm.states.check_transition`.
+
+Strip pixel rows are stored as compressed blobs in the same transaction that
+marks the strip done: a strip is either stored and done, or neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from farm.faults import Code, FarmError
+from farm.states import (FINISHED_JOB_STATES, FrameState, JobState, NodeState, StripState,
+                         check_transition)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bundles (
+    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL, state TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 0,
+    bundle TEXT NOT NULL, scene TEXT NOT NULL,
+    width INTEGER NOT NULL, height INTEGER NOT NULL, options TEXT NOT NULL,
+    channels INTEGER NOT NULL, bits INTEGER NOT NULL,
+    first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL,
+    error TEXT, submitted REAL NOT NULL, started REAL, finished REAL);
+CREATE TABLE IF NOT EXISTS frames (
+    job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
+    PRIMARY KEY (job, number));
+CREATE TABLE IF NOT EXISTS strips (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job INTEGER NOT NULL, frame INTEGER NOT NULL, idx INTEGER NOT NULL,
+    row_start INTEGER NOT NULL, row_end INTEGER NOT NULL, state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+    lease TEXT, node TEXT, lease_expires REAL, progress REAL NOT NULL DEFAULT 0,
+    data BLOB, error TEXT, seconds REAL);
+CREATE INDEX IF NOT EXISTS strips_by_state ON strips (state, job);
+CREATE INDEX IF NOT EXISTS strips_by_lease ON strips (lease);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, info TEXT NOT NULL,
+    registered REAL NOT NULL, last_seen REAL NOT NULL,
+    strips_done INTEGER NOT NULL DEFAULT 0, strips_failed INTEGER NOT NULL DEFAULT 0,
+    error TEXT);
+"""
+
+
+class Store:
+    """All SQL lives here. Safe to share between the RPC server's threads."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as err:
+            raise FarmError(Code.STORAGE, f"cannot open the database {path}: {err}") from None
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; storage errors become a STORAGE fault and roll back."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as err:
+                raise FarmError(Code.STORAGE, f"database unavailable: {err}") from None
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as err:
+                self._db.execute("ROLLBACK")
+                if isinstance(err, sqlite3.Error):
+                    raise FarmError(Code.STORAGE, f"database error: {err}") from None
+                raise
+
+    # -- state changes: the only way a state column is written --------------------------------
+
+    def _set_job_state(self, db, job: sqlite3.Row | int, new: JobState, **columns: Any) -> None:
+        row = self._job_row(db, job) if isinstance(job, int) else job
+        check_transition(JobState(row["state"]), new)
+        self._update(db, "jobs", "id", row["id"], state=new.value, **columns)
+
+    def _set_frame_state(self, db, job_id: int, number: int, new: FrameState, **columns: Any) -> None:
+        row = db.execute("SELECT state FROM frames WHERE job=? AND number=?", (job_id, number)).fetchone()
+        check_transition(FrameState(row["state"]), new)
+        sets = ", ".join(f"{name}=?" for name in ["state", *columns])
+        db.execute(f"UPDATE frames SET {sets} WHERE job=? AND number=?",
+                   (new.value, *columns.values(), job_id, number))
+
+    def _set_strip_state(self, db, strip: sqlite3.Row, new: StripState, **columns: Any) -> None:
+        check_transition(StripState(strip["state"]), new)
+        self._update(db, "strips", "id", strip["id"], state=new.value, **columns)
+
+    def _set_node_state(self, db, node: sqlite3.Row, new: NodeState, **columns: Any) -> None:
+        check_transition(NodeState(node["state"]), new)
+        self._update(db, "nodes", "id", node["id"], state=new.value, **columns)
+
+    @staticmethod
+    def _update(db, table: str, key: str, key_value: Any, **columns: Any) -> None:
+        sets = ", ".join(f"{name}=?" for name in columns)
+        db.execute(f"UPDATE {table} SET {sets} WHERE {key}=?", (*columns.values(), key_value))
+
+    # -- bundles ---------------------------------------------------------------------------
+
+    def add_bundle(self, digest: str, size: int, now: float) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO bundles VALUES (?, ?, ?)", (digest, size, now))
+
+    def has_bundle(self, digest: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM bundles WHERE digest=?", (digest,)).fetchone() is not None
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def create_job(self, spec: dict[str, Any], strips: Sequence[tuple[int, int]], now: float) -> int:
+        """Insert a job with one row per frame and per strip of each frame."""
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
+                " bits, first_frame, last_frame, submitted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (spec["name"], JobState.QUEUED.value, spec["priority"], spec["bundle"], spec["scene"],
+                 spec["width"], spec["height"], json.dumps(list(spec["options"])), spec["channels"],
+                 spec["bits"], spec["first_frame"], spec["last_frame"], now))
+            job_id = cur.lastrowid
+            for frame in range(spec["first_frame"], spec["last_frame"] + 1):
+                db.execute("INSERT INTO frames VALUES (?, ?, ?, NULL)", (job_id, frame, FrameState.QUEUED.value))
+                db.executemany(
+                    "INSERT INTO strips (job, frame, idx, row_start, row_end, state) VALUES (?,?,?,?,?,?)",
+                    [(job_id, frame, idx, start, end, StripState.QUEUED.value)
+                     for idx, (start, end) in enumerate(strips)])
+            return job_id
+
+    def _job_row(self, db, job_id: int) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise FarmError(Code.UNKNOWN_JOB, f"there is no job {job_id}")
+        return row
+
+    def job(self, job_id: int) -> sqlite3.Row:
+        with self._lock:
+            return self._job_row(self._db, job_id)
+
+    def jobs(self) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+
+    def strip_counts(self, job_id: int) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM strips WHERE job=? GROUP BY state",
+                                    (job_id,)).fetchall()
+        return {row["state"]: row["n"] for row in rows}
+
+    def strips_of(self, job_id: int) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT id, frame, idx, row_start, row_end, state, attempt, failures, node, progress, error"
+                " FROM strips WHERE job=? ORDER BY frame, idx", (job_id,)).fetchall()
+
+    def strip_by_lease(self, lease: str) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute("SELECT * FROM strips WHERE lease=?", (lease,)).fetchone()
+
+    def frames_of(self, job_id: int) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute("SELECT * FROM frames WHERE job=? ORDER BY number", (job_id,)).fetchall()
+
+    def cancel_job(self, job_id: int, now: float) -> None:
+        with self.tx() as db:
+            job = self._job_row(db, job_id)
+            if JobState(job["state"]) in FINISHED_JOB_STATES:
+                raise FarmError(Code.JOB_FINISHED, f"job {job_id} is already {job['state']}")
+            self._set_job_state(db, job, JobState.CANCELED, finished=now)
+            self._end_open_work(db, job_id, StripState.CANCELED, FrameState.CANCELED)
+
+    def _end_open_work(self, db, job_id: int, strip_state: StripState, frame_state: FrameState) -> None:
+        for strip in db.execute("SELECT * FROM strips WHERE job=? AND state IN (?, ?)",
+                                (job_id, StripState.QUEUED.value, StripState.LEASED.value)).fetchall():
+            self._set_strip_state(db, strip, strip_state, lease_expires=None)
+        for frame in db.execute("SELECT number FROM frames WHERE job=? AND state IN (?, ?)",
+                                (job_id, FrameState.QUEUED.value, FrameState.RENDERING.value)).fetchall():
+            self._set_frame_state(db, job_id, frame["number"], frame_state)
+
+    def _fail_job(self, db, job_id: int, error: str, now: float) -> None:
+        job = self._job_row(db, job_id)
+        if JobState(job["state"]) in FINISHED_JOB_STATES:
+            return
+        self._set_job_state(db, job, JobState.FAILED, error=error, finished=now)
+        self._end_open_work(db, job_id, StripState.CANCELED, FrameState.FAILED)
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    def register_node(self, name: str, info: dict[str, Any], now: float) -> str:
+        """A node (re)starts: a new id; leases of an earlier incarnation with the same name go back."""
+        node_id = f"{name}-{secrets.token_hex(4)}"
+        with self.tx() as db:
+            for old in db.execute("SELECT * FROM nodes WHERE name=? AND state != ?",
+                                  (name, NodeState.OFFLINE.value)).fetchall():
+                self._requeue_leases_of(db, old["id"])
+                self._set_node_state(db, old, NodeState.OFFLINE)
+            broken = info.get("error")
+            db.execute("INSERT INTO nodes (id, name, state, info, registered, last_seen, error)"
+                       " VALUES (?,?,?,?,?,?,?)",
+                       (node_id, name, (NodeState.BROKEN if broken else NodeState.IDLE).value,
+                        json.dumps(info), now, now, broken or None))
+        return node_id
+
+    def _node_row(self, db, node_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM nodes WHERE id=?", (node_id,)).fetchone()
+        if row is None:
+            raise FarmError(Code.UNKNOWN_NODE, f"node {node_id!r} is not registered; register again")
+        return row
+
+    def _seen(self, db, node_id: str, now: float) -> sqlite3.Row:
+        node = self._node_row(db, node_id)
+        if NodeState(node["state"]) is NodeState.OFFLINE:
+            # It was presumed dead and its leases went back; it must register again.
+            raise FarmError(Code.UNKNOWN_NODE, f"node {node_id!r} timed out; register again")
+        db.execute("UPDATE nodes SET last_seen=? WHERE id=?", (now, node_id))
+        return node
+
+    def nodes(self) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT n.*, (SELECT GROUP_CONCAT(s.job || '/' || s.frame || '/' || s.idx)"
+                " FROM strips s WHERE s.node=n.id AND s.state='leased') AS current"
+                " FROM nodes n ORDER BY n.name, n.registered").fetchall()
+
+    def _requeue_leases_of(self, db, node_id: str) -> None:
+        for strip in db.execute("SELECT * FROM strips WHERE node=? AND state=?",
+                                (node_id, StripState.LEASED.value)).fetchall():
+            log.info("strip %s of job %s goes back to the queue (node %s gone)", strip["idx"], strip["job"],
+                     node_id)
+            self._set_strip_state(db, strip, StripState.QUEUED, lease_expires=None, progress=0)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def lease_strip(self, node_id: str, now: float, lease_timeout: float) -> sqlite3.Row | None:
+        """Give the node the next queued strip (highest priority, oldest job, lowest frame and row)."""
+        with self.tx() as db:
+            node = self._seen(db, node_id, now)
+            if NodeState(node["state"]) is NodeState.BROKEN:
+                return None
+            strip = db.execute(
+                "SELECT s.* FROM strips s JOIN jobs j ON j.id = s.job"
+                " WHERE s.state=? AND j.state IN (?, ?)"
+                " ORDER BY j.priority DESC, j.id, s.frame, s.idx LIMIT 1",
+                (StripState.QUEUED.value, JobState.QUEUED.value, JobState.RENDERING.value)).fetchone()
+            if strip is None:
+                self._set_node_state(db, node, NodeState.IDLE)
+                return None
+            lease = f"{strip['id']}.{strip['attempt'] + 1}.{secrets.token_hex(6)}"
+            self._set_strip_state(db, strip, StripState.LEASED, lease=lease, node=node_id,
+                                  attempt=strip["attempt"] + 1, lease_expires=now + lease_timeout, progress=0)
+            job = self._job_row(db, strip["job"])
+            if JobState(job["state"]) is JobState.QUEUED:
+                self._set_job_state(db, job, JobState.RENDERING, started=now)
+            frame = db.execute("SELECT state FROM frames WHERE job=? AND number=?",
+                               (strip["job"], strip["frame"])).fetchone()
+            if FrameState(frame["state"]) is FrameState.QUEUED:
+                self._set_frame_state(db, strip["job"], strip["frame"], FrameState.RENDERING)
+            self._set_node_state(db, node, NodeState.BUSY)
+            return db.execute("SELECT * FROM strips WHERE id=?", (strip["id"],)).fetchone()
+
+    def heartbeat(self, node_id: str, progress: dict[str, float], now: float,
+                  lease_timeout: float) -> list[str]:
+        """Renew the node's leases; return the leases it should stop working on."""
+        with self.tx() as db:
+            self._seen(db, node_id, now)
+            stale = []
+            for lease, fraction in progress.items():
+                strip = db.execute("SELECT * FROM strips WHERE lease=?", (lease,)).fetchone()
+                if strip is None or strip["node"] != node_id or strip["state"] != StripState.LEASED.value:
+                    stale.append(lease)
+                    continue
+                db.execute("UPDATE strips SET lease_expires=?, progress=? WHERE id=?",
+                           (now + lease_timeout, min(max(float(fraction), 0.0), 1.0), strip["id"]))
+            return stale
+
+    def _leased_strip(self, db, node_id: str, lease: str) -> sqlite3.Row:
+        strip = db.execute("SELECT * FROM strips WHERE lease=?", (lease,)).fetchone()
+        if strip is None or strip["node"] != node_id or strip["state"] != StripState.LEASED.value:
+            raise FarmError(Code.STALE_LEASE, f"lease {lease} is no longer current; the result was discarded")
+        return strip
+
+    def complete_strip(self, node_id: str, lease: str, data: bytes, seconds: float,
+                       now: float) -> tuple[int, int, bool]:
+        """Store a strip's rows. Returns (job, frame, frame_complete). Re-sending an accepted result is harmless."""
+        with self.tx() as db:
+            self._seen(db, node_id, now)
+            done = db.execute("SELECT job, frame FROM strips WHERE lease=? AND node=? AND state=?",
+                              (lease, node_id, StripState.DONE.value)).fetchone()
+            if done is not None:
+                return done["job"], done["frame"], False
+            strip = self._leased_strip(db, node_id, lease)
+            self._set_strip_state(db, strip, StripState.DONE, data=data, seconds=seconds, progress=1.0,
+                                  lease_expires=None, error=None)
+            db.execute("UPDATE nodes SET strips_done = strips_done + 1 WHERE id=?", (node_id,))
+            left = db.execute("SELECT COUNT(*) FROM strips WHERE job=? AND frame=? AND state != ?",
+                              (strip["job"], strip["frame"], StripState.DONE.value)).fetchone()[0]
+            return strip["job"], strip["frame"], left == 0
+
+    def fail_strip(self, node_id: str, lease: str, error: str, fatal: bool, now: float,
+                   max_attempts: int) -> None:
+        """A strip failed. A scene error (fatal) fails the job at once; others retry up to max_attempts."""
+        with self.tx() as db:
+            self._seen(db, node_id, now)
+            strip = self._leased_strip(db, node_id, lease)
+            db.execute("UPDATE nodes SET strips_failed = strips_failed + 1 WHERE id=?", (node_id,))
+            failures = strip["failures"] + 1
+            if fatal or failures >= max_attempts:
+                self._set_strip_state(db, strip, StripState.FAILED, failures=failures, error=error,
+                                      lease_expires=None)
+                prefix = "" if fatal else f"strip {strip['idx']} failed {failures} times; last error: "
+                self._fail_job(db, strip["job"], prefix + error, now)
+            else:
+                self._set_strip_state(db, strip, StripState.QUEUED, failures=failures, error=error,
+                                      lease_expires=None, progress=0)
+
+    def release_strip(self, node_id: str, lease: str, now: float) -> None:
+        """The node hands a lease back unfinished (it is shutting down): render it elsewhere."""
+        with self.tx() as db:
+            self._seen(db, node_id, now)
+            strip = self._leased_strip(db, node_id, lease)
+            self._set_strip_state(db, strip, StripState.QUEUED, lease_expires=None, progress=0)
+
+    def expire(self, now: float, lease_timeout: float) -> int:
+        """Requeue strips whose lease ran out and mark silent nodes offline. Returns strips requeued."""
+        with self.tx() as db:
+            expired = db.execute("SELECT * FROM strips WHERE state=? AND lease_expires < ?",
+                                 (StripState.LEASED.value, now)).fetchall()
+            for strip in expired:
+                log.warning("lease %s on strip %s of job %s expired (node %s)", strip["lease"], strip["idx"],
+                            strip["job"], strip["node"])
+                self._set_strip_state(db, strip, StripState.QUEUED, lease_expires=None, progress=0)
+            for node in db.execute("SELECT * FROM nodes WHERE state != ? AND last_seen < ?",
+                                   (NodeState.OFFLINE.value, now - lease_timeout)).fetchall():
+                log.warning("node %s went silent; marking it offline", node["id"])
+                self._requeue_leases_of(db, node["id"])
+                self._set_node_state(db, node, NodeState.OFFLINE)
+            return len(expired)
+
+    def extend_leases(self, until: float) -> None:
+        """After a controller restart: give leases in flight time to be delivered."""
+        with self.tx() as db:
+            db.execute("UPDATE strips SET lease_expires=MAX(lease_expires, ?) WHERE state=?",
+                       (until, StripState.LEASED.value))
+            db.execute("UPDATE nodes SET last_seen=MAX(last_seen, ?) WHERE state != ?",
+                       (until - 1e-3, NodeState.OFFLINE.value))
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def complete_frames(self) -> list[tuple[int, int]]:
+        """(job, frame) pairs whose strips are all done but whose image is not written yet."""
+        with self._lock:
+            return [(r["job"], r["number"]) for r in self._db.execute(
+                "SELECT f.job, f.number FROM frames f JOIN jobs j ON j.id=f.job"
+                " WHERE f.state IN (?, ?) AND j.state=? AND NOT EXISTS (SELECT 1 FROM strips s"
+                " WHERE s.job=f.job AND s.frame=f.number AND s.state != ?)",
+                (FrameState.QUEUED.value, FrameState.RENDERING.value, JobState.RENDERING.value,
+                 StripState.DONE.value)).fetchall()]
+
+    def strip_pieces(self, job_id: int, frame: int) -> list[tuple[int, int, bytes]]:
+        with self._lock:
+            return [(r["row_start"], r["row_end"], bytes(r["data"])) for r in self._db.execute(
+                "SELECT row_start, row_end, data FROM strips WHERE job=? AND frame=? AND state=?",
+                (job_id, frame, StripState.DONE.value)).fetchall()]
+
+    def finish_frame(self, job_id: int, frame: int, path: str, now: float) -> bool:
+        """Record a written frame image; the job is done when its last frame is. Returns job done."""
+        with self.tx() as db:
+            job = self._job_row(db, job_id)
+            if JobState(job["state"]) is not JobState.RENDERING:
+                return False
+            self._set_frame_state(db, job_id, frame, FrameState.DONE, path=path)
+            left = db.execute("SELECT COUNT(*) FROM frames WHERE job=? AND state != ?",
+                              (job_id, FrameState.DONE.value)).fetchone()[0]
+            if left == 0:
+                self._set_job_state(db, job, JobState.DONE, finished=now)
+            return left == 0
+
+    def fail_frame(self, job_id: int, error: str, now: float) -> None:
+        with self.tx() as db:
+            self._fail_job(db, job_id, error, now)

@@ -1,0 +1,560 @@
+"""Strip geometry and the pixels that travel between node and controller.
+
+A job's image is cut into horizontal strips. A node renders one strip with
+POV-Ray (which always writes a full-size image, black outside the strip),
+decodes that image, crops the strip's rows and sends them zlib-compressed; the
+controller checks and stitches the strips and writes the final PNG.
+
+Everything here is pure: bytes in, bytes out, no I/O and no state. Every error
+is a `ValueError` with a sentence; callers turn it into a fault code.
+
+Row numbers are 0-based and ranges half-open (`[start, end)`) everywhere except
+in `povray_row_options`, which speaks POV-Ray's 1-based dialect.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Iterable
+
+DEFAULT_BLOCK = 32  # POV-Ray's default render block size (+BS)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# PNG colour types we read, mapped to (samples per pixel in the file, channels we return).
+# Gray is expanded to RGB so the rest of the farm only ever sees 3 or 4 channels.
+_PNG_COLOUR_TYPES = {0: (1, 3), 2: (3, 3), 4: (2, 4), 6: (4, 4)}
+_PNG_TYPE_FOR_CHANNELS = {3: 2, 4: 6}
+
+
+@dataclass(frozen=True)
+class Raster:
+    """An uncompressed image: rows top to bottom, no padding or filter bytes.
+
+    16-bit samples are big-endian (as in PNG and PPM), so a raster's pixels can
+    be written into either format without touching them.
+    """
+
+    width: int
+    height: int
+    channels: int  # 3 = RGB, 4 = RGBA
+    bits: int  # 8 or 16 bits per sample
+    pixels: bytes
+
+    def __post_init__(self) -> None:
+        _check_format(self.width, self.height, self.channels, self.bits)
+        if not isinstance(self.pixels, bytes):
+            # Freeze bytearrays/memoryviews so a Raster really is immutable.
+            object.__setattr__(self, "pixels", bytes(self.pixels))
+        expected = self.row_bytes * self.height
+        if len(self.pixels) != expected:
+            raise ValueError(
+                f"A {self.width}x{self.height} raster with {self.channels} channels at "
+                f"{self.bits} bits needs {expected} bytes of pixels, not {len(self.pixels)}."
+            )
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes in one row of pixels."""
+        return row_size(self.width, self.channels, self.bits)
+
+
+def row_size(width: int, channels: int, bits: int) -> int:
+    """Bytes in one row of `width` pixels (e.g. to know what a strip should decompress to)."""
+    return width * channels * (bits // 8)
+
+
+def _check_format(width: int, height: int, channels: int, bits: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"The image {name} must be a positive integer, not {value!r}.")
+    if channels not in (3, 4):
+        raise ValueError(f"An image must have 3 (RGB) or 4 (RGBA) channels, not {channels!r}.")
+    if bits not in (8, 16):
+        raise ValueError(f"Samples must be 8 or 16 bits, not {bits!r}.")
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _block_count(height: int, block: int) -> int:
+    return -(-height // block)
+
+
+def plan_strips(height: int, count: int, block: int = DEFAULT_BLOCK) -> list[tuple[int, int]]:
+    """0-based half-open row ranges [start, end) covering 0..height in order, no gaps/overlaps.
+
+    Every internal edge is a multiple of `block`: POV-Ray's render blocks are
+    aligned to the top of the render area, and method-1 anti-aliasing depends on
+    where they fall, so only block-aligned strips stitch bit-exactly. Strips are
+    as even as possible in whole blocks (bigger ones first); the last strip may
+    be partial. `count` is clamped to [1, ceil(height/block)].
+    """
+    if height < 1:
+        raise ValueError(f"The image height must be at least 1, not {height}.")
+    if count < 1:
+        raise ValueError(f"The strip count must be at least 1, not {count}.")
+    if block < 1:
+        raise ValueError(f"The block size must be at least 1, not {block}.")
+    blocks = _block_count(height, block)
+    count = min(count, blocks)
+    per_strip, extra = divmod(blocks, count)
+    strips = []
+    start = 0
+    for i in range(count):
+        end = min(height, start + (per_strip + (i < extra)) * block)
+        strips.append((start, end))
+        start = end
+    return strips
+
+
+def auto_strip_count(height: int, nodes: int, block: int = DEFAULT_BLOCK) -> int:
+    """A default strip count: about 2 per node, at least 4, never more than the blocks available.
+
+    Two per node lets a node overlap one strip's ~0.6 s POV-Ray start-up with
+    another's render and lets fast nodes take more of the work.
+    """
+    if height < 1:
+        raise ValueError(f"The image height must be at least 1, not {height}.")
+    if block < 1:
+        raise ValueError(f"The block size must be at least 1, not {block}.")
+    if nodes < 0:
+        raise ValueError(f"The node count cannot be negative ({nodes}).")
+    return min(max(4, 2 * nodes), _block_count(height, block))
+
+
+def povray_row_options(start: int, end: int, height: int) -> list[str]:
+    """POV-Ray options selecting 0-based rows [start, end): e.g. ['+SR33', '+ER64'].
+
+    POV-Ray reads a start value 0 <= v < 1 and an end value 0 <= v <= 1 as a
+    fraction of the height (first row int(H*v)+1, last row int(H*v)), so '+ER1'
+    means the whole image. 1-based start values are always >= 1, so they are
+    never fractions; only an end at row 1 needs care: a fraction v with
+    int(H*v) == 1, for which 1.5/H has half a row of margin either way.
+    """
+    if height < 1:
+        raise ValueError(f"The image height must be at least 1, not {height}.")
+    if not 0 <= start < end <= height:
+        raise ValueError(
+            f"Rows [{start}, {end}) are not a non-empty range inside an image {height} rows high."
+        )
+    if end == 1 and height > 1:
+        # Fixed-point with len(str(H)) + 3 decimals keeps the rounding error far
+        # below the half-row margin and avoids exponent notation.
+        end_value = f"{1.5 / height:.{len(str(height)) + 3}f}"
+    else:
+        end_value = str(end)  # for height 1, '+ER1' means "all of it", which is row 1
+    return [f"+SR{start + 1}", f"+ER{end_value}"]
+
+
+# --------------------------------------------------------------------------- PPM
+
+
+def decode_ppm(data: bytes) -> Raster:
+    """Decode a binary PPM (P6) as POV-Ray writes it with +FP or +FP16.
+
+    The header may carry '#' comment lines (POV-Ray puts the software, date and
+    platform there). maxval 255 gives 8-bit samples, 65535 16-bit big-endian.
+    """
+    data = bytes(data)
+    if not data.startswith(b"P6"):
+        raise ValueError("The image is not a binary PPM (it does not start with 'P6').")
+    pos = 2
+    fields = []
+    for name in ("width", "height", "maxval"):
+        pos = _skip_ppm_space(data, pos)
+        start = pos
+        while pos < len(data) and data[pos : pos + 1].isdigit():
+            pos += 1
+        if pos == start:
+            raise ValueError(f"The PPM header is malformed: no {name} at byte {start}.")
+        fields.append(int(data[start:pos]))
+    # Exactly one whitespace byte separates the header from the samples.
+    if pos >= len(data) or data[pos] not in b" \t\r\n":
+        raise ValueError("The PPM header is malformed or truncated after the maxval.")
+    pos += 1
+    width, height, maxval = fields
+    if maxval == 255:
+        bits = 8
+    elif maxval == 65535:
+        bits = 16
+    else:
+        raise ValueError(f"PPM maxval {maxval} is not supported (only 255 and 65535).")
+    if width < 1 or height < 1:
+        raise ValueError(f"The PPM has an empty size ({width}x{height}).")
+    expected = row_size(width, 3, bits) * height
+    body = data[pos:]
+    if len(body) != expected:
+        what = "truncated" if len(body) < expected else "followed by extra bytes"
+        raise ValueError(
+            f"The {width}x{height} PPM is {what}: {len(body)} bytes of samples, "
+            f"expected {expected}."
+        )
+    return Raster(width, height, 3, bits, body)
+
+
+def _skip_ppm_space(data: bytes, pos: int) -> int:
+    """Skip whitespace and '#' comments (to the end of their line)."""
+    while pos < len(data):
+        ch = data[pos]
+        if ch in b" \t\r\n\v\f":
+            pos += 1
+        elif ch == ord("#"):
+            while pos < len(data) and data[pos] not in b"\r\n":
+                pos += 1
+        else:
+            break
+    return pos
+
+
+# --------------------------------------------------------------------------- PNG decoding
+
+
+def decode_png(data: bytes) -> Raster:
+    """Decode a non-interlaced PNG as POV-Ray writes it with +FN / +FN16 (+UA for RGBA).
+
+    Reads colour types 2 (RGB) and 6 (RGBA) and expands 0 (gray) and 4 (gray +
+    alpha) to RGB/RGBA; bit depth 8 or 16; all five filter types. Every chunk's
+    CRC is checked; ancillary chunks (text, gamma, tRNS, ...) are ignored.
+    """
+    data = bytes(data)
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError("The image is not a PNG (bad signature).")
+    header: tuple[int, int, int, int] | None = None
+    idat: list[bytes] = []
+    for kind, body in _png_chunks(data):
+        if header is None:
+            if kind != b"IHDR":
+                raise ValueError("The PNG does not start with an IHDR chunk.")
+            header = _parse_ihdr(body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        elif kind == b"IHDR":
+            raise ValueError("The PNG has more than one IHDR chunk.")
+        elif kind[0] & 0x20 == 0 and kind != b"PLTE":
+            # Uppercase first letter = critical: we must not silently skip it.
+            raise ValueError(f"The PNG has an unknown critical chunk {kind!r}.")
+        # PLTE in an RGB image is only a suggested palette, and ancillary chunks
+        # do not change the pixels we return, so both are skipped.
+    else:
+        raise ValueError("The PNG is truncated: it has no IEND chunk.")
+    assert header is not None  # the loop always sees IHDR first or raises
+    width, height, colour_type, bits = header
+    if not idat:
+        raise ValueError("The PNG has no IDAT chunk.")
+    file_samples, channels = _PNG_COLOUR_TYPES[colour_type]
+    bpp = file_samples * bits // 8  # bytes per pixel, the filters' left neighbour distance
+    stride = width * bpp
+    raw = _inflate_exact(b"".join(idat), height * (stride + 1), "The PNG image data")
+    rows = _unfilter(raw, height, stride, bpp)
+    if file_samples != channels:
+        rows = _gray_to_rgb(rows, file_samples, bits // 8)
+    return Raster(width, height, channels, bits, rows)
+
+
+def _png_chunks(data: bytes) -> Iterable[tuple[bytes, bytes]]:
+    """Yield (type, body) for each chunk after the signature, checking length and CRC."""
+    pos = len(PNG_SIGNATURE)
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise ValueError("The PNG is truncated inside a chunk header.")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise ValueError(f"The PNG is truncated inside its {kind!r} chunk.")
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(data[pos + 4 : end]) != crc:
+            raise ValueError(f"The PNG's {kind!r} chunk has a bad CRC (the file is corrupt).")
+        yield kind, data[pos + 8 : end]
+        pos = end + 4
+
+
+def _parse_ihdr(body: bytes) -> tuple[int, int, int, int]:
+    if len(body) != 13:
+        raise ValueError("The PNG's IHDR chunk has the wrong length.")
+    width, height, bits, colour_type, compression, filter_method, interlace = struct.unpack(
+        ">IIBBBBB", body
+    )
+    if width < 1 or height < 1 or width >= 2**31 or height >= 2**31:
+        raise ValueError(f"The PNG has an invalid size {width}x{height}.")
+    if colour_type == 3:
+        raise ValueError("Palette PNGs (colour type 3) are not supported.")
+    if colour_type not in _PNG_COLOUR_TYPES:
+        raise ValueError(f"The PNG has an invalid colour type {colour_type}.")
+    if bits not in (8, 16):
+        raise ValueError(f"PNG bit depth {bits} is not supported (only 8 and 16).")
+    if compression != 0 or filter_method != 0:
+        raise ValueError("The PNG uses an unknown compression or filter method.")
+    if interlace != 0:
+        raise ValueError("Interlaced PNGs are not supported.")
+    return width, height, colour_type, bits
+
+
+def _unfilter(raw: bytes, height: int, stride: int, bpp: int) -> bytes:
+    """Undo the per-row PNG filters; returns the rows without their filter bytes.
+
+    POV-Ray's partial renders are mostly black rows and libpng filters them as
+    all-zero bytes, so zero rows take a shortcut; None rows are a plain slice.
+    """
+    zero = bytes(stride)
+    masks = _SwarMasks(stride)
+    out: list[bytes] = []
+    prev = zero
+    pos = 0
+    for y in range(height):
+        kind = raw[pos]
+        row = raw[pos + 1 : pos + 1 + stride]
+        pos += stride + 1
+        if kind == 0:
+            cur = row
+        elif kind > 4:
+            raise ValueError(f"The PNG row {y} has an invalid filter type {kind}.")
+        elif row == zero and (kind == 2 or prev == zero):
+            # Up adds nothing to the row above; the other filters predict from
+            # zero neighbours (Paeth picks the left one, which is zero too).
+            cur = prev
+        elif kind == 2:
+            cur = masks.add(row, prev)
+        elif kind == 1 or (kind == 4 and prev == zero):
+            cur = _unfilter_sub(row, bpp)  # Paeth over a zero row is Sub
+        elif kind == 3:
+            cur = _unfilter_average(row, prev, bpp)
+        else:
+            cur = _unfilter_paeth(row, prev, bpp)
+        out.append(cur)
+        prev = cur
+    return b"".join(out)
+
+
+class _SwarMasks:
+    """Byte-wise addition mod 256 of whole rows with one big-integer operation.
+
+    Adding the low 7 bits of every byte can't carry into the next byte; the top
+    bits are then added without carry by XOR. This is Python-speed per row
+    rather than per byte.
+    """
+
+    def __init__(self, length: int):
+        self.length = length
+        self.low7 = int.from_bytes(b"\x7f" * length, "big")
+        self.top = int.from_bytes(b"\x80" * length, "big")
+
+    def add(self, a: bytes, b: bytes) -> bytes:
+        x = int.from_bytes(a, "big")
+        y = int.from_bytes(b, "big")
+        s = ((x & self.low7) + (y & self.low7)) ^ ((x ^ y) & self.top)
+        return s.to_bytes(self.length, "big")
+
+
+def _unfilter_sub(row: bytes, bpp: int) -> bytes:
+    # Each byte adds the reconstructed byte one pixel left: a running sum per
+    # byte position within the pixel, computed by C-level accumulate/map.
+    out = bytearray(len(row))
+    for offset in range(bpp):
+        sums = itertools.accumulate(row[offset::bpp])
+        out[offset::bpp] = bytes(map(operator.and_, sums, itertools.repeat(255)))
+    return bytes(out)
+
+
+def _unfilter_average(row: bytes, prev: bytes, bpp: int) -> bytes:
+    out = bytearray(row)
+    for i in range(bpp):
+        out[i] = (out[i] + (prev[i] >> 1)) & 255
+    for i in range(bpp, len(out)):
+        out[i] = (out[i] + ((out[i - bpp] + prev[i]) >> 1)) & 255
+    return bytes(out)
+
+
+def _unfilter_paeth(row: bytes, prev: bytes, bpp: int) -> bytes:
+    out = bytearray(row)
+    for i in range(bpp):  # no left neighbour: the predictor is the byte above
+        out[i] = (out[i] + prev[i]) & 255
+    for i in range(bpp, len(out)):
+        a = out[i - bpp]
+        b = prev[i]
+        c = prev[i - bpp]
+        # pa, pb, pc of the spec, rewritten without p = a + b - c.
+        pa = b - c
+        pb = a - c
+        pc = pa + pb
+        if pa < 0:
+            pa = -pa
+        if pb < 0:
+            pb = -pb
+        if pc < 0:
+            pc = -pc
+        if pa <= pb and pa <= pc:
+            pred = a
+        elif pb <= pc:
+            pred = b
+        else:
+            pred = c
+        out[i] = (out[i] + pred) & 255
+    return bytes(out)
+
+
+def _gray_to_rgb(rows: bytes, file_samples: int, sample_bytes: int) -> bytes:
+    """Expand gray (1 sample) to RGB, or gray+alpha (2 samples) to RGBA."""
+    in_pixel = file_samples * sample_bytes
+    out_samples = 3 if file_samples == 1 else 4
+    out_pixel = out_samples * sample_bytes
+    pixels = len(rows) // in_pixel
+    out = bytearray(pixels * out_pixel)
+    for k in range(sample_bytes):  # each byte of the gray sample goes to R, G and B
+        gray = rows[k::in_pixel]
+        for channel in range(3):
+            out[channel * sample_bytes + k :: out_pixel] = gray
+    if file_samples == 2:
+        for k in range(sample_bytes):
+            out[3 * sample_bytes + k :: out_pixel] = rows[sample_bytes + k :: in_pixel]
+    return bytes(out)
+
+
+def decode_image(data: bytes) -> Raster:
+    """Decode a PNG or a P6 PPM, telling them apart by their first bytes."""
+    if data[:8] == PNG_SIGNATURE:
+        return decode_png(data)
+    if data[:2] == b"P6":
+        return decode_ppm(data)
+    raise ValueError("The image is neither a PNG nor a binary PPM.")
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def crop_rows(raster: Raster, start: int, end: int) -> bytes:
+    """Raw pixel bytes of rows [start, end)."""
+    if not 0 <= start < end <= raster.height:
+        raise ValueError(
+            f"Rows [{start}, {end}) are not a non-empty range inside an image "
+            f"{raster.height} rows high."
+        )
+    size = raster.row_bytes
+    return raster.pixels[start * size : end * size]
+
+
+def stitch(
+    width: int, height: int, channels: int, bits: int, pieces: Iterable[tuple[int, int, bytes]]
+) -> Raster:
+    """Join strips (start, end, row bytes), given in any order, into one raster.
+
+    The pieces must tile rows 0..height exactly; a gap, an overlap or a piece of
+    the wrong byte length is a ValueError that names the rows.
+    """
+    _check_format(width, height, channels, bits)
+    size = row_size(width, channels, bits)
+    ordered = sorted(pieces, key=lambda piece: (piece[0], piece[1]))
+    covered = 0
+    for start, end, rows in ordered:
+        if not 0 <= start < end <= height:
+            raise ValueError(
+                f"Strip rows [{start}, {end}) are not a non-empty range inside an image "
+                f"{height} rows high."
+            )
+        if start > covered:
+            raise ValueError(f"Rows [{covered}, {start}) are missing between strips.")
+        if start < covered:
+            raise ValueError(
+                f"Strip rows [{start}, {end}) overlap rows already covered up to row {covered}."
+            )
+        if len(rows) != (end - start) * size:
+            raise ValueError(
+                f"Strip rows [{start}, {end}) have {len(rows)} bytes, expected "
+                f"{(end - start) * size}."
+            )
+        covered = end
+    if covered < height:
+        raise ValueError(f"Rows [{covered}, {height}) are missing at the bottom.")
+    return Raster(width, height, channels, bits, b"".join(rows for _, _, rows in ordered))
+
+
+# --------------------------------------------------------------------------- PNG encoding
+
+
+def encode_png(raster: Raster, level: int = 6) -> bytes:
+    """A PNG of the raster: IHDR, IDAT, IEND only, filter None, zlib at `level`.
+
+    No time or text chunks, so the same pixels always give the same bytes (the
+    farm can hash and compare results).
+    """
+    if not isinstance(level, int) or not 0 <= level <= 9:
+        raise ValueError(f"The PNG compression level must be 0..9, not {level!r}.")
+    ihdr = struct.pack(
+        ">IIBBBBB",
+        raster.width,
+        raster.height,
+        raster.bits,
+        _PNG_TYPE_FOR_CHANNELS[raster.channels],
+        0,  # deflate
+        0,  # adaptive filtering method (we always pick None per row)
+        0,  # not interlaced
+    )
+    # Feed the compressor in batches of rows so big images are not copied whole.
+    size = raster.row_bytes
+    pixels = memoryview(raster.pixels)
+    packer = zlib.compressobj(level)
+    parts = []
+    batch = max(1, (1 << 20) // (size + 1))
+    for first in range(0, raster.height, batch):
+        last = min(raster.height, first + batch)
+        chunk = b"".join(
+            b"\x00" + pixels[y * size : (y + 1) * size] for y in range(first, last)
+        )
+        parts.append(packer.compress(chunk))
+    parts.append(packer.flush())
+    return b"".join(
+        (
+            PNG_SIGNATURE,
+            _png_chunk(b"IHDR", ihdr),
+            _png_chunk(b"IDAT", b"".join(parts)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+# --------------------------------------------------------------------------- the wire
+
+
+def compress_rows(data: bytes) -> bytes:
+    """zlib-compress strip rows for the wire (black rows shrink to almost nothing)."""
+    return zlib.compress(data, 6)
+
+
+def decompress_rows(data: bytes, expected_len: int) -> bytes:
+    """Inverse of compress_rows, refusing anything but exactly `expected_len` bytes.
+
+    The output is capped while inflating, so a zlib bomb costs at most
+    expected_len + 1 bytes of memory before it is refused.
+    """
+    if expected_len < 0:
+        raise ValueError(f"The expected length cannot be negative ({expected_len}).")
+    return _inflate_exact(data, expected_len, "The compressed rows")
+
+
+def _inflate_exact(data: bytes, expected_len: int, what: str) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        # One byte over the limit is enough to know the data is too long;
+        # max_length=0 would mean "unlimited", which the +1 also avoids.
+        out = inflater.decompress(data, expected_len + 1)
+    except zlib.error as err:
+        raise ValueError(f"{what} are not valid zlib data ({err}).") from None
+    if len(out) > expected_len:
+        raise ValueError(f"{what} decompress to more than the expected {expected_len} bytes.")
+    if not inflater.eof:
+        raise ValueError(f"{what} are truncated: the zlib stream does not end.")
+    if inflater.unused_data:
+        raise ValueError(f"{what} have trailing bytes after the end of the zlib stream.")
+    if len(out) != expected_len:
+        raise ValueError(f"{what} decompress to {len(out)} bytes, expected {expected_len}.")
+    return out
