@@ -1,0 +1,259 @@
+"""The controller's rules, stepped with a fake clock, and its RPC surface over loopback."""
+
+from __future__ import annotations
+
+import http.client
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+
+from farm import strips
+from farm.bundle import bundle_hash, pack, plan_bundle
+from farm.client import Client
+from farm.config import Config
+from farm.controller import Controller, Farm
+from farm.faults import Code, FarmError
+from farm.store import Store
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def scene(tmp_path) -> Path:
+    path = tmp_path / "scene" / "s.pov"
+    path.parent.mkdir()
+    path.write_text('camera { location <0,0,-3> look_at 0 } sphere { 0, 1 pigment { rgb 1 } }\n')
+    return path
+
+
+@pytest.fixture
+def farm(tmp_path):
+    clock = Clock()
+    config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=3)
+    store = Store(config.data_dir / "db.sqlite3")
+    farm = Farm(config, store, clock)
+    farm.clock_ = clock
+    yield farm
+    store.close()
+
+
+def submit(farm: Farm, scene_file: Path, **spec) -> int:
+    data = pack(plan_bundle(scene_file))
+    digest = farm.bundles_upload(xmlrpc.client.Binary(data))
+    assert digest == bundle_hash(data)
+    return farm.jobs_submit({"bundle": digest, "scene": "s.pov", "width": 8, "height": 64, "strips": 2, **spec})
+
+
+def rows_for(task: dict, value: int = 7) -> xmlrpc.client.Binary:
+    size = (task["row_end"] - task["row_start"]) * strips.row_size(task["width"], task["channels"], task["bits"])
+    return xmlrpc.client.Binary(strips.compress_rows(bytes([value]) * size))
+
+
+def node(farm: Farm, name: str = "n1") -> str:
+    return farm.nodes_register(name, {"povray": "3.7"})["node_id"]
+
+
+def test_a_job_runs_to_a_stitched_png(farm, scene):
+    job = submit(farm, scene)
+    n = node(farm)
+    for value in (10, 20):
+        task = farm.nodes_poll(n)
+        assert task["row_end"] - task["row_start"] == 32
+        assert farm.nodes_complete(n, task["lease"], rows_for(task, value), 0.5)
+    assert farm.nodes_poll(n) == {}
+    status = farm.jobs_status(job)
+    assert status["state"] == "done" and status["progress"] == 1.0 and status["strips_done"] == 2
+    image = strips.decode_png(farm.jobs_fetch(job).data)
+    assert image.pixels == bytes([10]) * 32 * 24 + bytes([20]) * 32 * 24
+
+
+def test_expired_lease_goes_back_and_a_late_result_is_refused(farm, scene):
+    job = submit(farm, scene, strips=1)
+    slow, fast = node(farm, "slow"), node(farm, "fast")
+    first = farm.nodes_poll(slow)
+    farm.clock_.now += 31          # the slow node went silent
+    farm.nodes_heartbeat(fast, {})  # the fast one did not
+    farm.tick()
+    second = farm.nodes_poll(fast)
+    assert second["strip"] == first["strip"] and second["attempt"] == 2
+    with pytest.raises(FarmError) as late:
+        farm.nodes_complete(slow, first["lease"], rows_for(first, 1), 1.0)
+    assert late.value.code in (Code.STALE_LEASE, Code.UNKNOWN_NODE)
+    farm.nodes_complete(fast, second["lease"], rows_for(second, 2), 1.0)
+    # Re-sending an accepted result is harmless; the image keeps the accepted rows.
+    farm.nodes_complete(fast, second["lease"], rows_for(second, 3), 1.0)
+    assert set(strips.decode_png(farm.jobs_fetch(job).data).pixels) == {2}
+
+
+def test_heartbeat_renews_the_lease(farm, scene):
+    submit(farm, scene, strips=1)
+    n = node(farm)
+    task = farm.nodes_poll(n)
+    for _ in range(5):
+        farm.clock_.now += 20
+        assert farm.nodes_heartbeat(n, {task["lease"]: 0.5}) == {"stop": []}
+        farm.tick()
+    assert farm.jobs_status(1)["strips"][0]["progress"] == 0.5
+    assert farm.nodes_complete(n, task["lease"], rows_for(task), 1.0)
+
+
+def test_scene_error_fails_the_job_at_once(farm, scene):
+    job = submit(farm, scene)
+    n = node(farm)
+    task = farm.nodes_poll(n)
+    farm.nodes_fail(n, task["lease"], "File 's.pov' line 1: Parse Error: oops", True)
+    status = farm.jobs_status(job)
+    assert status["state"] == "failed" and "line 1: Parse Error" in status["error"]
+    assert farm.nodes_poll(n) == {}
+    with pytest.raises(FarmError) as err:
+        farm.jobs_fetch(job)
+    assert err.value.code is Code.JOB_NOT_DONE
+
+
+def test_a_strip_that_keeps_failing_fails_the_job_after_the_retry_limit(farm, scene):
+    job = submit(farm, scene, strips=1)
+    nodes = [node(farm, f"n{i}") for i in range(3)]
+    for attempt, n in enumerate(nodes, start=1):
+        task = farm.nodes_poll(n)
+        assert task["attempt"] == attempt
+        farm.nodes_fail(n, task["lease"], f"killed by signal 9 (try {attempt})", False)
+    status = farm.jobs_status(job)
+    assert status["state"] == "failed" and "failed 3 times" in status["error"] and "try 3" in status["error"]
+
+
+def test_cancel_tells_the_node_to_stop(farm, scene):
+    job = submit(farm, scene)
+    n = node(farm)
+    task = farm.nodes_poll(n)
+    farm.jobs_cancel(job)
+    assert farm.nodes_heartbeat(n, {task["lease"]: 0.1}) == {"stop": [task["lease"]]}
+    with pytest.raises(FarmError) as err:
+        farm.nodes_complete(n, task["lease"], rows_for(task), 1.0)
+    assert err.value.code is Code.STALE_LEASE
+    assert farm.jobs_status(job)["state"] == "canceled"
+
+
+def test_wrong_sized_rows_are_refused(farm, scene):
+    submit(farm, scene)
+    n = node(farm)
+    task = farm.nodes_poll(n)
+    with pytest.raises(FarmError) as err:
+        farm.nodes_complete(n, task["lease"], xmlrpc.client.Binary(strips.compress_rows(b"short")), 1.0)
+    assert err.value.code is Code.BAD_ARGUMENT
+
+
+def test_higher_priority_first_then_first_come(farm, scene):
+    low = submit(farm, scene, strips=1)
+    high = submit(farm, scene, strips=1, priority=5)
+    n = node(farm)
+    assert farm.nodes_poll(n)["job"] == high
+    assert farm.nodes_poll(n)["job"] == low
+
+
+def test_a_restarted_node_gives_its_leases_back(farm, scene):
+    submit(farm, scene, strips=1)
+    first = farm.nodes_poll(node(farm, "box"))
+    again = farm.nodes_poll(node(farm, "box"))     # same name registers again after a crash
+    assert again["strip"] == first["strip"] and again["attempt"] == 2
+
+
+def test_restart_keeps_jobs_and_finished_strips(tmp_path, scene):
+    config = Config(data_dir=tmp_path / "data")
+    clock = Clock()
+    store = Store(config.data_dir / "db.sqlite3")
+    farm = Farm(config, store, clock)
+    job = submit(farm, scene)
+    n = node(farm)
+    task = farm.nodes_poll(n)
+    farm.nodes_complete(n, task["lease"], rows_for(task, 5), 1.0)
+    in_flight = farm.nodes_poll(n)
+    store.close()
+
+    reopened = Farm(config, Store(config.data_dir / "db.sqlite3"), clock)
+    reopened.recover()
+    assert reopened.jobs_status(job)["strips_done"] == 1
+    # The lease in flight survives the restart and its node can still deliver.
+    assert reopened.nodes_complete(n, in_flight["lease"], rows_for(in_flight, 6), 1.0)
+    assert reopened.jobs_status(job)["state"] == "done"
+
+
+@pytest.mark.parametrize("spec, code", [
+    ({"width": 0}, Code.BAD_ARGUMENT),
+    ({"width": "wide"}, Code.BAD_ARGUMENT),
+    ({"height": 100000}, Code.BAD_ARGUMENT),
+    ({"strips": 0}, Code.BAD_ARGUMENT),
+    ({"bits": 12}, Code.BAD_ARGUMENT),
+    ({"options": ["+O/tmp/x.png"]}, Code.BAD_OPTION),
+    ({"options": ["Pre_Scene_Command=touch /tmp/x"]}, Code.BAD_OPTION),
+    ({"scene": "other.pov"}, Code.BAD_ARGUMENT),
+    ({"bundle": "sha256:00"}, Code.UNKNOWN_BUNDLE),
+])
+def test_bad_job_specs_are_refused_with_a_code(farm, scene, spec, code):
+    with pytest.raises(FarmError) as err:
+        submit(farm, scene, **spec)
+    assert err.value.code is code
+
+
+# -- over the wire ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def server(tmp_path):
+    controller = Controller(Config(data_dir=tmp_path / "data", port=0))
+    controller.start_in_thread()
+    yield controller
+    controller.shutdown()
+
+
+def test_faults_travel_as_codes_and_sentences(server):
+    client = Client(server.url, timeout=10)
+    assert client.call("api.version")["api"] == 1
+    for method, args, code in [
+        ("jobs.status", (42,), Code.UNKNOWN_JOB),
+        ("jobs.status", ("42",), Code.BAD_ARGUMENT),
+        ("jobs.status", (), Code.BAD_ARGUMENT),
+        ("no.such", (), Code.UNKNOWN_METHOD),
+        ("nodes.poll", ("ghost",), Code.UNKNOWN_NODE),
+        ("system.multicall", ([],), Code.UNKNOWN_METHOD),
+    ]:
+        with pytest.raises(FarmError) as err:
+            client.call(method, *args)
+        assert err.value.code is code, (method, err.value)
+    assert "jobs.submit" in client.call("system.listMethods")
+    assert "bundle" in client.call("system.methodHelp", "jobs.submit")
+
+
+def test_every_public_method_is_documented(server):
+    client = Client(server.url, timeout=10)
+    for name in client.call("system.listMethods"):
+        assert name.split(".")[0] in ("api", "bundles", "jobs", "nodes", "system")
+        assert client.call("system.methodHelp", name).startswith(name), name
+
+
+def test_malformed_xml_is_a_bad_request_not_a_traceback(server):
+    host, port = server.server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    connection.request("POST", "/RPC2", body=b"<methodCall><methodName>jobs.list", headers={
+        "Content-Type": "text/xml"})
+    body = connection.getresponse().read()
+    with pytest.raises(xmlrpc.client.Fault) as fault:
+        xmlrpc.client.loads(body)
+    assert fault.value.faultCode == Code.BAD_REQUEST
+    assert "Error" not in fault.value.faultString and "<class" not in fault.value.faultString
+    assert Client(server.url).call("jobs.list") == []
+
+
+def test_an_unexpected_error_is_internal_with_a_reference(server, monkeypatch):
+    def boom():
+        raise ZeroDivisionError("secret detail")
+    server.server._methods["jobs.list"] = boom
+    with pytest.raises(FarmError) as err:
+        Client(server.url).call("jobs.list")
+    assert err.value.code is Code.INTERNAL
+    assert "ZeroDivision" not in str(err.value) and "secret" not in str(err.value) and "ref" in str(err.value)
