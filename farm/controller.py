@@ -76,6 +76,14 @@ class Farm:
         self.bundle_dir = config.data_dir / "bundles"
         self.image_dir = config.data_dir / "jobs"
         self._stitch_lock = threading.Lock()
+        # Viewers long-poll on this: every change that a viewer could show bumps the version.
+        self._changed = threading.Condition()
+        self._version = 0
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
 
     # -- api -------------------------------------------------------------------------------
 
@@ -128,6 +136,7 @@ class Farm:
             count = _require_int("strips", count, 1, MAX_STRIPS)
         plan = strips.plan_strips(job["height"], count, block)
         job_id = self.store.create_job(job, plan, self.clock())
+        self._notify()
         log.info("job %s queued: %s %dx%d in %d strips", job_id, job["scene"], job["width"], job["height"],
                  len(plan))
         return job_id
@@ -191,6 +200,7 @@ class Farm:
             "strips_total": total, "strips_done": done, "strips_leased": len(leased),
             "frames_total": len(frames), "frames_done": sum(1 for f in frames if f["state"] == "done"),
             "priority": job["priority"], "error": job["error"] or "",
+            "channels": job["channels"], "bits": job["bits"],
             "submitted": job["submitted"], "started": job["started"] or 0.0, "finished": job["finished"] or 0.0,
         }
         if detail:
@@ -202,6 +212,7 @@ class Farm:
     def jobs_cancel(self, job_id: int) -> bool:
         """jobs.cancel(job: int) -> bool: cancel a queued or rendering job; nodes stop its strips."""
         self.store.cancel_job(_require_int("job", job_id, 1, 2**31 - 1), self.clock())
+        self._notify()
         log.info("job %s canceled", job_id)
         return True
 
@@ -239,6 +250,7 @@ class Farm:
                                        self.config.lease_timeout)
         if strip is None:
             return {}
+        self._notify()
         job = self.store.job(strip["job"])
         log.info("job %s strip %s (rows %s-%s) leased to %s", job["id"], strip["idx"], strip["row_start"],
                  strip["row_end"], node_id)
@@ -257,6 +269,8 @@ class Farm:
             raise FarmError(Code.BAD_ARGUMENT, "progress must be a struct of lease to fraction")
         stale = self.store.heartbeat(_require_str("node_id", node_id, 120), progress, self.clock(),
                                      self.config.lease_timeout)
+        if progress:
+            self._notify()
         return {"stop": stale}
 
     def nodes_complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> bool:
@@ -272,8 +286,13 @@ class Farm:
         job_id, frame, frame_complete = self.store.complete_strip(
             node_id, lease, data, float(seconds), self.clock())
         log.info("job %s strip %s done by %s in %.2fs", job_id, strip["idx"], node_id, float(seconds))
+        self._notify()
         if frame_complete:
-            self._finish_frame(job_id, frame)
+            try:
+                self._finish_frame(job_id, frame)
+            except FarmError as err:
+                # The strip is stored; the maintenance loop writes the frame when it can.
+                log.error("job %s frame %s not written yet: %s", job_id, frame, err)
         return True
 
     def _strip_and_job(self, lease: Any):
@@ -290,6 +309,7 @@ class Farm:
         text = str(error)[:MAX_ERROR_TEXT] or "POV-Ray failed without a message"
         self.store.fail_strip(_require_str("node_id", node_id, 120), _require_str("lease", lease, 120), text,
                               bool(scene_error), self.clock(), self.config.max_attempts)
+        self._notify()
         log.warning("node %s failed lease %s%s: %s", node_id, lease, " (scene error)" if scene_error else "",
                     text.splitlines()[0] if text else "")
         return True
@@ -316,11 +336,54 @@ class Farm:
             })
         return result
 
+    def viewer_watch(self, job_id: int, cursor: int, timeout: float) -> dict:
+        """viewer.watch(job: int, cursor: int, timeout: float) -> struct: the viewers' live feed.
+
+        A long poll: returns at once when strips newer than `cursor` are stored (or the job has
+        ended), else when anything about the job changes, else after `timeout` seconds (at most 30).
+        job 0 means the newest job. cursor 0 gets every strip stored so far.
+        Returns job (struct as jobs.list, plus channels and bits; {} when there is no job yet),
+        cursor (int, pass it to the next call), strips ([struct] frame, row_start, row_end, rows:
+        base64 zlib of the raw rows, oldest first), in_flight ([struct] frame, row_start, row_end,
+        node (name), progress 0..1)."""
+        job_id = _require_int("job", job_id, 0, 2**31 - 1)
+        cursor = _require_int("cursor", cursor, 0, 2**62)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+            raise FarmError(Code.BAD_ARGUMENT, "timeout must be a number of seconds")
+        with self._changed:
+            seen = self._version
+        reply = self._feed(job_id, cursor)
+        if reply["strips"] or reply["job"].get("state") in ("done", "failed", "canceled"):
+            return reply
+        with self._changed:
+            self._changed.wait_for(lambda: self._version != seen, timeout=min(float(timeout), 30.0))
+        return self._feed(job_id, cursor)
+
+    def _feed(self, job_id: int, cursor: int) -> dict:
+        target = job_id or self.store.newest_job_id()
+        if not target:
+            return {"job": {}, "cursor": cursor, "strips": [], "in_flight": []}
+        job = self.store.job(target)
+        rows = self.store.strips_stored_after(target, cursor, limit=64)
+        names = {node["id"]: node["name"] for node in self.store.nodes()}
+        in_flight = [
+            {"frame": s["frame"], "row_start": s["row_start"], "row_end": s["row_end"],
+             "node": names.get(s["node"], s["node"] or ""), "progress": s["progress"]}
+            for s in self.store.strips_of(target) if s["state"] == "leased"]
+        return {
+            "job": self._describe(job, detail=False),
+            "cursor": rows[-1]["done_seq"] if rows else cursor,
+            "strips": [{"frame": r["frame"], "row_start": r["row_start"], "row_end": r["row_end"],
+                        "rows": xmlrpc.client.Binary(bytes(r["data"]))} for r in rows],
+            "in_flight": in_flight,
+        }
+
     # -- maintenance -------------------------------------------------------------------------
 
     def tick(self) -> None:
         """Expire leases, mark silent nodes, and write frames whose strips are all in."""
-        self.store.expire(self.clock(), self.config.lease_timeout)
+        if self.store.expire(self.clock(), self.config.lease_timeout):
+            self._notify()
         for job_id, frame in self.store.complete_frames():
             self._finish_frame(job_id, frame)
 
@@ -347,6 +410,7 @@ class Farm:
             _write_atomically(path, strips.encode_png(raster))
             if self.store.finish_frame(job_id, frame, str(path), self.clock()):
                 log.info("job %s done: %s", job_id, path)
+            self._notify()
 
     def methods(self) -> dict[str, Callable[..., Any]]:
         """The public RPC surface, by name."""
@@ -359,6 +423,7 @@ class Farm:
             "nodes.register": self.nodes_register, "nodes.poll": self.nodes_poll,
             "nodes.heartbeat": self.nodes_heartbeat, "nodes.complete": self.nodes_complete,
             "nodes.fail": self.nodes_fail, "nodes.release": self.nodes_release, "nodes.list": self.nodes_list,
+            "viewer.watch": self.viewer_watch,
         }
 
 

@@ -49,9 +49,11 @@ CREATE TABLE IF NOT EXISTS strips (
     row_start INTEGER NOT NULL, row_end INTEGER NOT NULL, state TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
     lease TEXT, node TEXT, lease_expires REAL, progress REAL NOT NULL DEFAULT 0,
-    data BLOB, error TEXT, seconds REAL);
+    data BLOB, error TEXT, seconds REAL,
+    done_seq INTEGER);  -- order in which strips were stored: the viewers' feed cursor
 CREATE INDEX IF NOT EXISTS strips_by_state ON strips (state, job);
 CREATE INDEX IF NOT EXISTS strips_by_lease ON strips (lease);
+CREATE INDEX IF NOT EXISTS strips_by_done ON strips (job, done_seq);
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, info TEXT NOT NULL,
     registered REAL NOT NULL, last_seen REAL NOT NULL,
@@ -187,6 +189,18 @@ class Store:
         with self._lock:
             return self._db.execute("SELECT * FROM strips WHERE lease=?", (lease,)).fetchone()
 
+    def strips_stored_after(self, job_id: int, cursor: int, limit: int) -> list[sqlite3.Row]:
+        """Stored strips of a job in the order they arrived, after the feed cursor."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT frame, idx, row_start, row_end, data, done_seq FROM strips"
+                " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()
+
+    def newest_job_id(self) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(id) FROM jobs").fetchone()
+        return row[0]
+
     def frames_of(self, job_id: int) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute("SELECT * FROM frames WHERE job=? ORDER BY number", (job_id,)).fetchall()
@@ -319,8 +333,9 @@ class Store:
             if done is not None:
                 return done["job"], done["frame"], False
             strip = self._leased_strip(db, node_id, lease)
+            seq = db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM strips").fetchone()[0]
             self._set_strip_state(db, strip, StripState.DONE, data=data, seconds=seconds, progress=1.0,
-                                  lease_expires=None, error=None)
+                                  lease_expires=None, error=None, done_seq=seq)
             db.execute("UPDATE nodes SET strips_done = strips_done + 1 WHERE id=?", (node_id,))
             left = db.execute("SELECT COUNT(*) FROM strips WHERE job=? AND frame=? AND state != ?",
                               (strip["job"], strip["frame"], StripState.DONE.value)).fetchone()[0]

@@ -232,7 +232,7 @@ def test_faults_travel_as_codes_and_sentences(server):
 def test_every_public_method_is_documented(server):
     client = Client(server.url, timeout=10)
     for name in client.call("system.listMethods"):
-        assert name.split(".")[0] in ("api", "bundles", "jobs", "nodes", "system")
+        assert name.split(".")[0] in ("api", "bundles", "jobs", "nodes", "system", "viewer")
         assert client.call("system.methodHelp", name).startswith(name), name
 
 
@@ -257,3 +257,34 @@ def test_an_unexpected_error_is_internal_with_a_reference(server, monkeypatch):
         Client(server.url).call("jobs.list")
     assert err.value.code is Code.INTERNAL
     assert "ZeroDivision" not in str(err.value) and "secret" not in str(err.value) and "ref" in str(err.value)
+
+
+def test_viewer_feed_sends_each_strip_once_in_arrival_order(farm, scene):
+    job = submit(farm, scene)
+    assert farm.viewer_watch(0, 0, 0)["job"]["id"] == job
+    n = node(farm)
+    first = farm.nodes_poll(n)
+    feed = farm.viewer_watch(job, 0, 0)
+    assert feed["strips"] == [] and feed["in_flight"][0]["node"] == "n1"
+    farm.nodes_complete(n, first["lease"], rows_for(first, 1), 1.0)
+    feed = farm.viewer_watch(job, 0, 5)
+    assert [s["row_start"] for s in feed["strips"]] == [first["row_start"]]
+    second = farm.nodes_poll(n)
+    farm.nodes_complete(n, second["lease"], rows_for(second, 2), 1.0)
+    later = farm.viewer_watch(job, feed["cursor"], 5)
+    assert [s["row_start"] for s in later["strips"]] == [second["row_start"]]
+    assert later["job"]["state"] == "done"
+    assert farm.viewer_watch(job, later["cursor"], 5)["strips"] == []
+
+
+def test_viewer_long_poll_wakes_on_a_new_strip(farm, scene):
+    import threading
+    import time
+
+    job = submit(farm, scene, strips=1)
+    n = node(farm)
+    task = farm.nodes_poll(n)
+    threading.Timer(0.3, farm.nodes_complete, (n, task["lease"], rows_for(task), 1.0)).start()
+    started = time.monotonic()
+    feed = farm.viewer_watch(job, 0, 10)
+    assert len(feed["strips"]) == 1 and time.monotonic() - started < 5
