@@ -28,6 +28,7 @@ from farm.faults import Code, FarmError
 log = logging.getLogger("farm.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+FINISHED = ("done", "failed", "canceled")
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -70,7 +71,8 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--asset", action="append", default=[], type=Path, metavar="PATH", dest="assets",
                         help="an extra file or folder the scene needs (repeatable)")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per channel (default 8)")
-    parser.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    parser.add_argument("--priority", type=int, default=0,
+                        help="higher runs first, first come first served within a priority (default 0)")
     parser.add_argument("--name", help="job name (default: the scene's file name)")
     parser.add_argument("--output", type=Path, metavar="FILE", help="write the finished PNG here")
 
@@ -104,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where jobs, results and images live (default ~/.local/share/povfarm)")
     p.add_argument("--lease-timeout", type=float, metavar="SECONDS",
                    help="a node silent this long is presumed dead (default 30)")
+    p.add_argument("--strip-timeout", type=float, metavar="SECONDS",
+                   help="wall-clock limit for one strip on any node (default: none)")
 
     p = sub.add_parser("node", help="run a render node")
     _add_client_flags(p)
@@ -141,9 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", type=int, help="job id")
     p.add_argument("--output", type=Path, required=True, metavar="FILE", help="where to write the PNG")
 
-    p = sub.add_parser("cancel", help="cancel a job")
-    _add_client_flags(p)
-    p.add_argument("job", type=int, help="job id")
+    for name, text in (("cancel", "cancel a job"), ("pause", "stop leasing a job's strips"),
+                       ("resume", "let a paused job render again")):
+        p = sub.add_parser(name, help=text)
+        _add_client_flags(p)
+        p.add_argument("job", type=int, help="job id")
     return parser
 
 
@@ -210,7 +216,7 @@ def wait_for_job(client: Client, job_id: int, interval: float = 0.3) -> dict[str
             sys.stderr.write(("\r" + line + "\033[K") if tty else line + "\n")
             sys.stderr.flush()
             last = line
-        if status["state"] in ("done", "failed", "canceled"):
+        if status["state"] in FINISHED:
             if tty:
                 sys.stderr.write("\n")
             return status
@@ -360,14 +366,17 @@ def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
-    _client(config).call("jobs.cancel", args.job)
-    sys.stderr.write(f"job {args.job} canceled\n")
+def cmd_job_control(config: Config, args: argparse.Namespace) -> int:
+    """cancel, pause, resume: one call each, one line of confirmation."""
+    _client(config).call(f"jobs.{args.command}", args.job)
+    done = {"cancel": "canceled", "pause": "paused", "resume": "resumed"}[args.command]
+    sys.stderr.write(f"job {args.job} {done}\n")
     return EXIT_OK
 
 
 COMMANDS = {"controller": cmd_controller, "node": cmd_node, "submit": cmd_submit, "render": cmd_render,
-            "status": cmd_status, "jobs": cmd_jobs, "nodes": cmd_nodes, "fetch": cmd_fetch, "cancel": cmd_cancel}
+            "status": cmd_status, "jobs": cmd_jobs, "nodes": cmd_nodes, "fetch": cmd_fetch, "cancel": cmd_job_control,
+            "pause": cmd_job_control, "resume": cmd_job_control}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

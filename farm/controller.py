@@ -216,6 +216,20 @@ class Farm:
         log.info("job %s canceled", job_id)
         return True
 
+    def jobs_pause(self, job_id: int) -> bool:
+        """jobs.pause(job: int) -> bool: lease no new strips of the job; strips in flight still finish."""
+        self.store.pause_job(_require_int("job", job_id, 1, 2**31 - 1))
+        log.info("job %s paused", job_id)
+        self._notify()
+        return True
+
+    def jobs_resume(self, job_id: int) -> bool:
+        """jobs.resume(job: int) -> bool: let a paused job render again."""
+        self.store.resume_job(_require_int("job", job_id, 1, 2**31 - 1))
+        log.info("job %s resumed", job_id)
+        self._notify()
+        return True
+
     def jobs_fetch(self, job_id: int, frame: int = 0) -> xmlrpc.client.Binary:
         """jobs.fetch(job: int[, frame: int]) -> base64: the finished PNG of a frame (default the first)."""
         job = self.store.job(_require_int("job", job_id, 1, 2**31 - 1))
@@ -245,7 +259,8 @@ class Farm:
     def nodes_poll(self, node_id: str) -> dict:
         """nodes.poll(node_id: str) -> struct: a task, or {} when there is no work.
         A task: lease (str), job, frame, strip, attempt, width, height, row_start, row_end (0-based,
-        end exclusive) (int), bundle, scene (str), options ([str]), channels (3 or 4), bits (8 or 16)."""
+        end exclusive) (int), bundle, scene (str), options ([str]), channels (3 or 4), bits (8 or 16),
+        time_limit (float seconds of wall clock for the strip, 0 for none)."""
         strip = self.store.lease_strip(_require_str("node_id", node_id, 120), self.clock(),
                                        self.config.lease_timeout)
         if strip is None:
@@ -259,7 +274,7 @@ class Farm:
             "attempt": strip["attempt"], "width": job["width"], "height": job["height"],
             "row_start": strip["row_start"], "row_end": strip["row_end"], "bundle": job["bundle"],
             "scene": job["scene"], "options": json.loads(job["options"]), "channels": job["channels"],
-            "bits": job["bits"],
+            "bits": job["bits"], "time_limit": self.config.strip_timeout,
         }
 
     def nodes_heartbeat(self, node_id: str, progress: dict) -> dict:
@@ -419,7 +434,8 @@ class Farm:
             "bundles.has": self.bundles_has, "bundles.upload": self.bundles_upload,
             "bundles.fetch": self.bundles_fetch,
             "jobs.submit": self.jobs_submit, "jobs.status": self.jobs_status, "jobs.list": self.jobs_list,
-            "jobs.cancel": self.jobs_cancel, "jobs.fetch": self.jobs_fetch,
+            "jobs.cancel": self.jobs_cancel, "jobs.pause": self.jobs_pause, "jobs.resume": self.jobs_resume,
+            "jobs.fetch": self.jobs_fetch,
             "nodes.register": self.nodes_register, "nodes.poll": self.nodes_poll,
             "nodes.heartbeat": self.nodes_heartbeat, "nodes.complete": self.nodes_complete,
             "nodes.fail": self.nodes_fail, "nodes.release": self.nodes_release, "nodes.list": self.nodes_list,

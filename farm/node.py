@@ -155,8 +155,9 @@ class Node:
             strips.povray_row_options(task["row_start"], task["row_end"], task["height"]),
             output, file_type, self.config.threads, scene.parent, task["options"])
         heartbeat = _Heartbeat(self, task["lease"], log_path)
+        limits = [limit for limit in (self.config.strip_timeout, float(task.get("time_limit", 0))) if limit > 0]
         result = self.runner(argv, cwd=scene.parent, env=povray.povray_env(), log_path=log_path,
-                             timeout=self.config.strip_timeout, should_stop=heartbeat)
+                             timeout=min(limits, default=0.0), should_stop=heartbeat)
         if result.stopped:
             return ("release", None) if self.aborting.is_set() else ("dropped", None)
         stderr = log_path.read_text("utf-8", "replace") if log_path.exists() else ""

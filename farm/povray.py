@@ -72,6 +72,15 @@ def _stop_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): get SIGKILL if the node dies, so no orphaned POV-Ray
+    keeps burning a CPU on a strip that is already being rendered elsewhere."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_process(argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path,
                 timeout: float = 0.0, should_stop: Callable[[], bool] = lambda: False,
                 check_every: float = 0.5) -> ProcessResult:
@@ -80,8 +89,12 @@ def run_process(argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: P
     `should_stop` is called about every `check_every` seconds (the node sends heartbeats from it);
     when it returns True, or the timeout passes, the process group is stopped."""
     started = time.monotonic()
-    flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32" else \
-        {"start_new_session": True}
+    if sys.platform == "win32":
+        flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    elif sys.platform.startswith("linux"):
+        flags = {"start_new_session": True, "preexec_fn": _die_with_parent}
+    else:
+        flags = {"start_new_session": True}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(list(argv), cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=log_file, **flags)

@@ -16,6 +16,7 @@ from farm.faults import Code, FarmError
 class JobState(str, enum.Enum):
     QUEUED = "queued"
     RENDERING = "rendering"
+    PAUSED = "paused"      # no new strips are leased; strips in flight may still finish
     DONE = "done"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -48,8 +49,9 @@ FINISHED_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCEL
 
 _ALLOWED: dict[type, dict[enum.Enum, frozenset]] = {
     JobState: {
-        JobState.QUEUED: frozenset({JobState.RENDERING, JobState.FAILED, JobState.CANCELED}),
-        JobState.RENDERING: frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELED}),
+        JobState.QUEUED: frozenset({JobState.RENDERING, JobState.PAUSED, JobState.FAILED, JobState.CANCELED}),
+        JobState.RENDERING: frozenset({JobState.DONE, JobState.PAUSED, JobState.FAILED, JobState.CANCELED}),
+        JobState.PAUSED: frozenset({JobState.QUEUED, JobState.RENDERING, JobState.FAILED, JobState.CANCELED}),
         JobState.DONE: frozenset(),
         JobState.FAILED: frozenset(),
         JobState.CANCELED: frozenset(),

@@ -26,6 +26,9 @@ from farm.states import (FINISHED_JOB_STATES, FrameState, JobState, NodeState, S
 
 log = logging.getLogger(__name__)
 
+NODE_STRIKES = 3          # a node that fails this many strips of one job is kept off that job
+LEASE_CANDIDATES = 256    # queued strips examined per poll when some nodes must be kept off some strips
+
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -54,6 +57,9 @@ CREATE TABLE IF NOT EXISTS strips (
 CREATE INDEX IF NOT EXISTS strips_by_state ON strips (state, job);
 CREATE INDEX IF NOT EXISTS strips_by_lease ON strips (lease);
 CREATE INDEX IF NOT EXISTS strips_by_done ON strips (job, done_seq);
+CREATE TABLE IF NOT EXISTS failures (
+    job INTEGER NOT NULL, strip INTEGER NOT NULL, node_name TEXT NOT NULL, error TEXT, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, node_name);
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, info TEXT NOT NULL,
     registered REAL NOT NULL, last_seen REAL NOT NULL,
@@ -213,6 +219,20 @@ class Store:
             self._set_job_state(db, job, JobState.CANCELED, finished=now)
             self._end_open_work(db, job_id, StripState.CANCELED, FrameState.CANCELED)
 
+    def pause_job(self, job_id: int) -> None:
+        with self.tx() as db:
+            job = self._job_row(db, job_id)
+            if JobState(job["state"]) in FINISHED_JOB_STATES:
+                raise FarmError(Code.JOB_FINISHED, f"job {job_id} is already {job['state']}")
+            self._set_job_state(db, job, JobState.PAUSED)
+
+    def resume_job(self, job_id: int) -> None:
+        with self.tx() as db:
+            job = self._job_row(db, job_id)
+            if JobState(job["state"]) is not JobState.PAUSED:
+                raise FarmError(Code.BAD_ARGUMENT, f"job {job_id} is {job['state']}, not paused")
+            self._set_job_state(db, job, JobState.RENDERING if job["started"] else JobState.QUEUED)
+
     def _end_open_work(self, db, job_id: int, strip_state: StripState, frame_state: FrameState) -> None:
         for strip in db.execute("SELECT * FROM strips WHERE job=? AND state IN (?, ?)",
                                 (job_id, StripState.QUEUED.value, StripState.LEASED.value)).fetchall():
@@ -276,16 +296,13 @@ class Store:
     # -- leases ------------------------------------------------------------------------------
 
     def lease_strip(self, node_id: str, now: float, lease_timeout: float) -> sqlite3.Row | None:
-        """Give the node the next queued strip (highest priority, oldest job, lowest frame and row)."""
+        """Give the node the next queued strip it may render (highest priority, oldest job, lowest
+        frame and row), or None."""
         with self.tx() as db:
             node = self._seen(db, node_id, now)
             if NodeState(node["state"]) is NodeState.BROKEN:
                 return None
-            strip = db.execute(
-                "SELECT s.* FROM strips s JOIN jobs j ON j.id = s.job"
-                " WHERE s.state=? AND j.state IN (?, ?)"
-                " ORDER BY j.priority DESC, j.id, s.frame, s.idx LIMIT 1",
-                (StripState.QUEUED.value, JobState.QUEUED.value, JobState.RENDERING.value)).fetchone()
+            strip = self._next_strip_for(db, node["name"])
             if strip is None:
                 self._set_node_state(db, node, NodeState.IDLE)
                 return None
@@ -301,6 +318,36 @@ class Store:
                 self._set_frame_state(db, strip["job"], strip["frame"], FrameState.RENDERING)
             self._set_node_state(db, node, NodeState.BUSY)
             return db.execute("SELECT * FROM strips WHERE id=?", (strip["id"],)).fetchone()
+
+    _QUEUED_STRIPS = ("SELECT s.* FROM strips s JOIN jobs j ON j.id = s.job WHERE s.state=? AND j.state IN (?, ?)"
+                      " ORDER BY j.priority DESC, j.id, s.frame, s.idx LIMIT ?")
+
+    def _next_strip_for(self, db, node_name: str) -> sqlite3.Row | None:
+        """A failed strip is retried on a different node, and a node that failed NODE_STRIKES strips of a
+        job is kept off it, as long as some other live node may still take the work."""
+        args = (StripState.QUEUED.value, JobState.QUEUED.value, JobState.RENDERING.value)
+        if db.execute("SELECT 1 FROM failures LIMIT 1").fetchone() is None:
+            return db.execute(self._QUEUED_STRIPS, (*args, 1)).fetchone()   # the common, fast case
+        live = {row["name"] for row in db.execute("SELECT DISTINCT name FROM nodes WHERE state IN (?, ?)",
+                                                  (NodeState.IDLE.value, NodeState.BUSY.value))}
+        live.add(node_name)
+        for strip in db.execute(self._QUEUED_STRIPS, (*args, LEASE_CANDIDATES)).fetchall():
+            if self._may_render(db, strip, node_name, live):
+                return strip
+        return None
+
+    @staticmethod
+    def _may_render(db, strip: sqlite3.Row, node_name: str, live: set[str]) -> bool:
+        strikes = {row["node_name"]: row["n"] for row in db.execute(
+            "SELECT node_name, COUNT(*) AS n FROM failures WHERE job=? GROUP BY node_name", (strip["job"],))}
+        struck = {name for name, count in strikes.items() if count >= NODE_STRIKES}
+        failed_here = {row["node_name"] for row in db.execute(
+            "SELECT node_name FROM failures WHERE strip=?", (strip["id"],))}
+        avoid = struck | failed_here
+        if node_name not in avoid:
+            return True
+        # Everyone alive is to be avoided: better this node tries again than the job stalls.
+        return live <= avoid
 
     def heartbeat(self, node_id: str, progress: dict[str, float], now: float,
                   lease_timeout: float) -> list[str]:
@@ -347,7 +394,10 @@ class Store:
         with self.tx() as db:
             self._seen(db, node_id, now)
             strip = self._leased_strip(db, node_id, lease)
+            node = self._node_row(db, node_id)
             db.execute("UPDATE nodes SET strips_failed = strips_failed + 1 WHERE id=?", (node_id,))
+            db.execute("INSERT INTO failures VALUES (?, ?, ?, ?, ?)",
+                       (strip["job"], strip["id"], node["name"], error[:500], now))
             failures = strip["failures"] + 1
             if fatal or failures >= max_attempts:
                 self._set_strip_state(db, strip, StripState.FAILED, failures=failures, error=error,

@@ -1,0 +1,270 @@
+"""Nothing lost: real controller and node processes are killed mid-job; every job still finishes
+bit-identical, with every strip stored once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SCENES, assert_same_pixels, native_render, needs_povray, run_cli, wait_until
+from farm import strips
+from farm.bundle import bundle_hash, pack, plan_bundle
+from farm.faults import Code, FarmError
+
+pytestmark = needs_povray
+
+MEDIASKY = SCENES / "advanced/mediasky.pov"       # ~13 s at 320x240 on one thread: strips take seconds
+WINEGLASS = SCENES / "advanced/wineglass.pov"
+
+
+def submit(farm, scene: Path, width: int, height: int, strips_: int, options=(), priority=0) -> int:
+    data = pack(plan_bundle(scene))
+    if not farm.client.call("bundles.has", bundle_hash(data)):
+        import xmlrpc.client
+        farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
+    return farm.client.call("jobs.submit", {
+        "bundle": bundle_hash(data), "scene": scene.name, "width": width, "height": height,
+        "strips": strips_, "options": list(options), "priority": priority})
+
+
+def status(farm, job: int) -> dict:
+    return farm.client.call("jobs.status", job)
+
+
+def wait_done(farm, job: int, timeout: float = 180) -> dict:
+    def finished():
+        try:
+            info = status(farm, job)
+        except FarmError:
+            return None      # the controller is restarting
+        return info if info["state"] in ("done", "failed", "canceled") else None
+    return wait_until(finished, timeout=timeout, interval=0.2, what=f"job {job} to finish")
+
+
+def fetch(farm, job: int, path: Path) -> Path:
+    path.write_bytes(farm.client.call("jobs.fetch", job).data)
+    return path
+
+
+def povray_processes(marker: str) -> list[int]:
+    """PIDs of povray processes whose command line mentions marker (a node's work dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"povray") and any(marker.encode() in arg for arg in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_node_killed_mid_strip(farm, tmp_path):
+    farm.start_controller("--lease-timeout", "3")
+    victim = farm.start_node("victim")
+    farm.start_node("survivor")
+    job = submit(farm, MEDIASKY, 320, 240, 4)
+
+    def victim_busy():
+        return [s for s in status(farm, job)["strips"] if s["state"] == "leased" and s["node"].startswith("victim")]
+    killed_strip = wait_until(victim_busy, what="the victim to lease a strip")[0]
+    time.sleep(1.0)                       # mid-strip
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+    final = wait_done(farm, job)
+    assert final["state"] == "done", final["error"]
+    by_index = {s["index"]: s for s in final["strips"]}
+    assert by_index[killed_strip["index"]]["attempts"] == 2       # rendered at most twice
+    assert all(s["state"] == "done" for s in final["strips"]) and final["strips_done"] == 4
+    assert not povray_processes(str(tmp_path / "victim")), "the dead node's POV-Ray must not linger"
+    assert_same_pixels(fetch(farm, job, tmp_path / "farm.png"),
+                       native_render(MEDIASKY, 320, 240, [], tmp_path / "native.png"))
+
+
+def test_the_controller_killed_mid_job_and_restarted(farm, tmp_path):
+    farm.start_controller()
+    farm.start_node("n1")
+    farm.start_node("n2")
+    job = submit(farm, MEDIASKY, 320, 240, 8)
+    wait_until(lambda: status(farm, job)["strips_done"] >= 2, timeout=120, what="two strips stored")
+    farm.controller.send_signal(signal.SIGKILL)
+    farm.controller.wait()
+    # What the database holds is what was stored; read it the way the restarted controller will.
+    time.sleep(1.0)
+    farm.start_controller()
+    stored_before = {s["index"]: s["attempts"] for s in status(farm, job)["strips"] if s["state"] == "done"}
+    assert len(stored_before) >= 2
+
+    final = wait_done(farm, job)
+    assert final["state"] == "done", final["error"]
+    after = {s["index"]: s["attempts"] for s in final["strips"]}
+    assert all(after[index] == attempts for index, attempts in stored_before.items()), \
+        "a strip stored before the kill was rendered again"
+    assert_same_pixels(fetch(farm, job, tmp_path / "farm.png"),
+                       native_render(MEDIASKY, 320, 240, [], tmp_path / "native.png"))
+
+
+def test_a_late_result_from_an_expired_lease_is_refused(farm, scene_rows=None):
+    farm.start_controller("--lease-timeout", "1")
+    job = submit(farm, WINEGLASS, 8, 32, 1)
+    client = farm.client
+    slow = client.call("nodes.register", "slow", {})["node_id"]
+    fast = client.call("nodes.register", "fast", {})["node_id"]
+    first = client.call("nodes.poll", slow)
+
+    def handed_on():
+        client.call("nodes.heartbeat", fast, {})
+        return client.call("nodes.poll", fast)
+    second = wait_until(handed_on, timeout=15, what="the expired lease to be handed on")
+    assert second["strip"] == first["strip"] and second["lease"] != first["lease"]
+
+    import xmlrpc.client
+    row_bytes = strips.row_size(8, 3, 8)
+    late = xmlrpc.client.Binary(strips.compress_rows(b"\x01" * row_bytes * 32))
+    good = xmlrpc.client.Binary(strips.compress_rows(b"\x02" * row_bytes * 32))
+    with pytest.raises(FarmError) as err:
+        client.call("nodes.complete", slow, first["lease"], late, 1.0)
+    assert err.value.code in (Code.STALE_LEASE, Code.UNKNOWN_NODE)
+    assert client.call("nodes.complete", fast, second["lease"], good, 1.0)
+    with pytest.raises(FarmError):
+        client.call("nodes.complete", slow, first["lease"], late, 1.0)
+    assert client.call("nodes.complete", fast, second["lease"], good, 1.0)   # a harmless resend
+    image = strips.decode_png(client.call("jobs.fetch", job).data)
+    assert set(image.pixels) == {2}
+    assert client.call("api.version")["api"] == 1
+
+
+FLAKY_POVRAY = """#!/bin/sh
+# A stand-in that fails like a crashing POV-Ray for scenes named doomed*, and is POV-Ray otherwise.
+case "$*" in
+  *+Idoomed*) echo "Render error: simulated crash in the renderer" >&2; exit 1;;
+esac
+exec povray "$@"
+"""
+
+
+def test_a_scene_that_fails_everywhere_fails_its_job_and_nodes_go_on(farm, tmp_path):
+    fake = tmp_path / "flaky-povray"
+    fake.write_text(FLAKY_POVRAY)
+    fake.chmod(0o755)
+    doomed = tmp_path / "scene" / "doomed.pov"
+    doomed.parent.mkdir()
+    doomed.write_text(WINEGLASS.read_text())
+    farm.start_controller()
+    farm.start_node("n1", "--povray", str(fake))
+    farm.start_node("n2", "--povray", str(fake))
+    bad = submit(farm, doomed, 64, 48, 1)
+    final = wait_done(farm, bad, timeout=60)
+    assert final["state"] == "failed"
+    assert "failed 3 times" in final["error"] and "simulated crash" in final["error"]
+    good = submit(farm, WINEGLASS, 64, 48, 2)
+    assert wait_done(farm, good, timeout=60)["state"] == "done"
+    nodes = farm.client.call("nodes.list")
+    assert sum(node["strips_failed"] for node in nodes) == 3
+
+
+def test_cancel_stops_povray_within_a_heartbeat(farm, tmp_path):
+    farm.start_controller()
+    farm.start_node("n1")
+    farm.start_node("n2")
+    job = submit(farm, MEDIASKY, 320, 240, 2)
+    wait_until(lambda: len(povray_processes(str(tmp_path))) == 2, timeout=30, what="both nodes rendering")
+    assert run_cli("cancel", str(job), "--controller", farm.url).returncode == 0
+    heartbeat = 2.0
+    started = time.monotonic()
+    wait_until(lambda: not povray_processes(str(tmp_path)), timeout=heartbeat + 4.0, interval=0.05,
+               what="POV-Ray to stop")
+    assert time.monotonic() - started <= heartbeat + 4.0
+    assert status(farm, job)["state"] == "canceled"
+    # The nodes are free for the next job.
+    good = submit(farm, WINEGLASS, 64, 48, 2)
+    assert wait_done(farm, good, timeout=60)["state"] == "done"
+
+
+def test_pause_and_resume(farm, tmp_path):
+    farm.start_controller()
+    job = submit(farm, WINEGLASS, 160, 120, 4)
+    assert run_cli("pause", str(job), "--controller", farm.url).returncode == 0
+    farm.start_node("n1")
+    time.sleep(2.0)
+    assert status(farm, job)["state"] == "paused" and status(farm, job)["strips_done"] == 0
+    assert run_cli("resume", str(job), "--controller", farm.url).returncode == 0
+    assert wait_done(farm, job, timeout=60)["state"] == "done"
+
+
+def test_node_stops_gracefully_on_sigterm_and_at_once_on_the_second(farm, tmp_path):
+    farm.start_controller()
+    node = farm.start_node("n1")
+    job = submit(farm, MEDIASKY, 320, 240, 4)
+    wait_until(lambda: status(farm, job)["strips_leased"] == 1, timeout=30, what="a strip in flight")
+    time.sleep(0.5)
+    node.send_signal(signal.SIGTERM)            # first: finish the strip, deliver it, exit
+    assert node.wait(60) == 0
+    assert status(farm, job)["strips_done"] == 1 and status(farm, job)["strips_leased"] == 0
+
+    node = farm.start_node("n1")
+    wait_until(lambda: status(farm, job)["strips_leased"] == 1, timeout=30, what="a strip in flight")
+    time.sleep(0.5)
+    node.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    node.send_signal(signal.SIGTERM)            # second: stop POV-Ray, hand the lease back, exit
+    assert node.wait(15) == 0
+    after = status(farm, job)
+    assert after["strips_done"] == 1 and after["strips_leased"] == 0
+    assert not povray_processes(str(tmp_path))
+    assert "Traceback" not in farm.log("n1")
+
+
+CHAOS_JOBS = [  # scene, width, height, strips, options
+    (MEDIASKY, 448, 336, 10, []),
+    (SCENES / "advanced/drums2/drums.pov", 320, 240, 8, ["+A0.3"]),
+    (SCENES / "advanced/chess2.pov", 448, 336, 10, []),
+]
+
+
+def test_chaos_random_kills_of_nodes_and_controller(farm, tmp_path):
+    rng = random.Random(int(os.environ.get("POVFARM_CHAOS_SEED", "1234")))
+    farm.start_controller("--lease-timeout", "4")
+    names = ["c1", "c2", "c3"]
+    nodes = {name: farm.start_node(name) for name in names}
+    jobs = [submit(farm, scene, w, h, n, options) for scene, w, h, n, options in CHAOS_JOBS]
+    deadline = time.monotonic() + 60
+    kills = 0
+    while time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.5, 3.0))
+        try:
+            if all(status(farm, job)["state"] == "done" for job in jobs):
+                break
+        except FarmError:
+            pass
+        if rng.random() < 0.25:
+            farm.controller.send_signal(signal.SIGKILL)
+            farm.controller.wait()
+            time.sleep(rng.uniform(0.0, 2.0))
+            farm.start_controller("--lease-timeout", "4")
+        else:
+            name = rng.choice(names)
+            nodes[name].send_signal(signal.SIGKILL)
+            nodes[name].wait()
+            nodes[name] = farm.start_node(name)
+        kills += 1
+    print(f"chaos: {kills} kills in {60 - (deadline - time.monotonic()):.0f} s")
+    assert kills >= 10
+    for job, (scene, w, h, _, options) in zip(jobs, CHAOS_JOBS):
+        final = wait_done(farm, job, timeout=240)
+        assert final["state"] == "done", final["error"]
+        assert final["strips_done"] == final["strips_total"]
+        assert all(s["state"] == "done" for s in final["strips"])
+        assert_same_pixels(fetch(farm, job, tmp_path / f"farm{job}.png"),
+                           native_render(scene, w, h, options, tmp_path / f"native{job}.png"))
+    for name in [*names, "controller"]:
+        assert "Traceback" not in farm.log(name), name
