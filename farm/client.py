@@ -10,34 +10,66 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import threading
 import urllib.parse
+import xml.parsers.expat
 import xmlrpc.client
+from pathlib import Path
 from typing import Any
 
+from farm.auth import client_token
 from farm.faults import Code, FarmError
 
 
-class _TimeoutTransport(xmlrpc.client.Transport):
-    def __init__(self, timeout: float):
-        super().__init__()
+MAX_RESPONSE = 512 * 1024 * 1024   # bytes of a response, after decompression
+
+
+class _FarmTransportMixin:
+    """Adds to xmlrpc's transports: a timeout, the bearer token, and a cap on the response size
+    (also after gzip decompression: a hostile server cannot exhaust the client's memory)."""
+
+    def _setup(self, timeout: float, token: str | None, max_response: int) -> None:
         self._timeout = timeout
+        self._token = token
+        self._max_response = max_response
 
     def make_connection(self, host):
         connection = super().make_connection(host)
         connection.timeout = self._timeout
         return connection
 
+    def send_headers(self, connection, headers):
+        if self._token:
+            headers = [*headers, ("Authorization", f"Bearer {self._token}")]
+        super().send_headers(connection, headers)
 
-class _SafeTimeoutTransport(xmlrpc.client.SafeTransport):
-    def __init__(self, timeout: float):
+    def parse_response(self, response):
+        body = response.read(self._max_response + 1)
+        if len(body) > self._max_response:
+            raise xmlrpc.client.ResponseError(f"the response is over {self._max_response} bytes")
+        if response.getheader("Content-Encoding", "") == "gzip":
+            from farm.rpc import capped_gunzip
+            try:
+                body = capped_gunzip(body, self._max_response)
+            except ValueError as err:
+                raise xmlrpc.client.ResponseError(str(err)) from None
+        parser, unmarshaller = self.getparser()
+        parser.feed(body)
+        parser.close()
+        return unmarshaller.close()
+
+
+class _Transport(_FarmTransportMixin, xmlrpc.client.Transport):
+    def __init__(self, timeout: float, token: str | None, max_response: int):
         super().__init__()
-        self._timeout = timeout
+        self._setup(timeout, token, max_response)
 
-    def make_connection(self, host):
-        connection = super().make_connection(host)
-        connection.timeout = self._timeout
-        return connection
+
+class _SafeTransport(_FarmTransportMixin, xmlrpc.client.SafeTransport):
+    def __init__(self, timeout: float, token: str | None, max_response: int, context: ssl.SSLContext):
+        super().__init__(context=context)
+        self._setup(timeout, token, max_response)
 
 
 def check_url(url: str) -> str:
@@ -53,17 +85,23 @@ def check_url(url: str) -> str:
 
 
 class Client:
-    def __init__(self, url: str, timeout: float = 60.0):
+    def __init__(self, url: str, timeout: float = 60.0, token: str | None = None, ca_file: str | None = None,
+                 max_response: int = MAX_RESPONSE):
         self.url = check_url(url)
         self.timeout = timeout
+        self.token = token
+        self.max_response = max_response
+        self._tls = _client_tls(ca_file) if self.url.startswith("https") else None
         self._local = threading.local()
 
     def _proxy(self) -> xmlrpc.client.ServerProxy:
         proxy = getattr(self._local, "proxy", None)
         if proxy is None:
-            transport_type = _SafeTimeoutTransport if self.url.startswith("https") else _TimeoutTransport
-            proxy = xmlrpc.client.ServerProxy(self.url, transport=transport_type(self.timeout),
-                                              allow_none=False)
+            if self._tls is not None:
+                transport = _SafeTransport(self.timeout, self.token, self.max_response, self._tls)
+            else:
+                transport = _Transport(self.timeout, self.token, self.max_response)
+            proxy = xmlrpc.client.ServerProxy(self.url, transport=transport, allow_none=False)
             self._local.proxy = proxy
         return proxy
 
@@ -80,15 +118,41 @@ class Client:
             raise FarmError.from_fault(fault) from None
         except xmlrpc.client.ProtocolError as err:
             self._reset()
-            raise FarmError(Code.UNREACHABLE,
-                            f"the controller at {self.url} answered HTTP {err.errcode} {err.errmsg}") from None
+            raise _http_error(self.url, err) from None
+        except ssl.SSLError as err:
+            self._reset()
+            raise FarmError(Code.UNREACHABLE, f"TLS with the controller at {self.url} failed: "
+                                              f"{err.reason or err}") from None
         except (OSError, http.client.HTTPException, socket.timeout) as err:
             self._reset()
             reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
             raise FarmError(Code.UNREACHABLE, f"cannot reach the controller at {self.url}: {reason}") from None
-        except xmlrpc.client.ResponseError as err:
+        except (xmlrpc.client.ResponseError, xml.parsers.expat.ExpatError) as err:
             self._reset()
             raise FarmError(Code.UNREACHABLE, f"the controller at {self.url} sent a bad response: {err}") from None
 
     def close(self) -> None:
         self._reset()
+
+
+def _http_error(url: str, err: xmlrpc.client.ProtocolError) -> FarmError:
+    if err.errcode == 401:
+        return FarmError(Code.UNAUTHORIZED, f"the controller at {url} refused the access token: give the right "
+                                            f"one with --token-file or POVFARM_TOKEN (see 'povfarm token show')")
+    if err.errcode == 413:
+        return FarmError(Code.REQUEST_TOO_LARGE, f"the controller at {url} refused the request as too large")
+    return FarmError(Code.UNREACHABLE, f"the controller at {url} answered HTTP {err.errcode} {err.errmsg}")
+
+
+def _client_tls(ca_file: str | None) -> ssl.SSLContext:
+    """Verify the controller's certificate and host name, against ca_file or the system store."""
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot load the CA file {ca_file}: {err}") from None
+
+
+def client_for(config, role: str) -> Client:
+    """A client for the configured controller, with the token for `role` (submit, node or view)."""
+    token = client_token(role, config.token or None, Path(config.token_file) if config.token_file else None)
+    return Client(config.controller, config.rpc_timeout, token=token, ca_file=config.ca_file or None)

@@ -59,6 +59,17 @@ class Config:
     heartbeat_interval: float = 2.0
     strip_timeout: float = 0.0         # wall-clock limit for one POV-Ray run; 0 means none
     keep_work: bool = False            # keep per-strip directories (for debugging scenes)
+    sandbox: str = "auto"              # confine POV-Ray: auto (bubblewrap when it works), bwrap, none
+    max_memory_mb: int = 8192          # POV-Ray's address-space limit; 0 means none
+    max_output_mb: int = 1024          # the largest file POV-Ray may write; 0 means none
+    # Access and transport security.
+    token: str = ""                    # POVFARM_TOKEN: a client's token; on a controller, one token for every role
+    token_file: str = ""               # a client's token file (one token, or the controller's role file)
+    tls_cert: str = ""                 # controller: serve HTTPS with this certificate chain...
+    tls_key: str = ""                  # ...and this private key
+    ca_file: str = ""                  # client: trust this CA for an https:// controller (default: system store)
+    max_connections: int = 512
+    request_timeout: float = 60.0      # a request must arrive in full within this
     # Everyone.
     rpc_timeout: float = 60.0
     log_level: str = "INFO"

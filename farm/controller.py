@@ -21,7 +21,8 @@ from farm import __version__, bundle, strips
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.options import validate_options
-from farm.rpc import RPCServer
+from farm.auth import controller_tokens
+from farm.rpc import Limits, RPCServer
 from farm.states import JobState
 from farm.store import Store
 
@@ -427,20 +428,47 @@ class Farm:
                 log.info("job %s done: %s", job_id, path)
             self._notify()
 
-    def methods(self) -> dict[str, Callable[..., Any]]:
-        """The public RPC surface, by name."""
+    def methods(self) -> dict[str, tuple[Callable[..., Any], frozenset[str]]]:
+        """The public RPC surface: name -> (function, roles that may call it)."""
+        anyone, user, node, reader = (frozenset({"submit", "node", "view"}), frozenset({"submit"}),
+                                      frozenset({"node"}), frozenset({"submit", "view"}))
         return {
-            "api.version": self.api_version,
-            "bundles.has": self.bundles_has, "bundles.upload": self.bundles_upload,
-            "bundles.fetch": self.bundles_fetch,
-            "jobs.submit": self.jobs_submit, "jobs.status": self.jobs_status, "jobs.list": self.jobs_list,
-            "jobs.cancel": self.jobs_cancel, "jobs.pause": self.jobs_pause, "jobs.resume": self.jobs_resume,
-            "jobs.fetch": self.jobs_fetch,
-            "nodes.register": self.nodes_register, "nodes.poll": self.nodes_poll,
-            "nodes.heartbeat": self.nodes_heartbeat, "nodes.complete": self.nodes_complete,
-            "nodes.fail": self.nodes_fail, "nodes.release": self.nodes_release, "nodes.list": self.nodes_list,
-            "viewer.watch": self.viewer_watch,
+            "api.version": (self.api_version, anyone),
+            "bundles.has": (self.bundles_has, user), "bundles.upload": (self.bundles_upload, user),
+            "bundles.fetch": (self.bundles_fetch, node),
+            "jobs.submit": (self.jobs_submit, user), "jobs.cancel": (self.jobs_cancel, user),
+            "jobs.pause": (self.jobs_pause, user), "jobs.resume": (self.jobs_resume, user),
+            "jobs.status": (self.jobs_status, reader), "jobs.list": (self.jobs_list, reader),
+            "jobs.fetch": (self.jobs_fetch, reader), "nodes.list": (self.nodes_list, reader),
+            "viewer.watch": (self.viewer_watch, reader),
+            "nodes.register": (self.nodes_register, node), "nodes.poll": (self.nodes_poll, node),
+            "nodes.heartbeat": (self.nodes_heartbeat, node), "nodes.complete": (self.nodes_complete, node),
+            "nodes.fail": (self.nodes_fail, node), "nodes.release": (self.nodes_release, node),
         }
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def _tls_context(config: Config):
+    """A server TLS context from --tls-cert/--tls-key, or None for plain HTTP."""
+    if not config.tls_cert and not config.tls_key:
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise FarmError(Code.BAD_ARGUMENT, "TLS needs both --tls-cert and --tls-key")
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot load the TLS certificate or key: {err}") from None
+    return context
 
 
 class Controller:
@@ -450,21 +478,25 @@ class Controller:
         self.config = config
         self.store = Store(config.data_dir / "povfarm.sqlite3")
         self.farm = Farm(config, self.store, clock)
+        self.tokens = controller_tokens(config.data_dir, Path(config.token_file) if config.token_file else None,
+                                        config.token or None)
+        limits = Limits(max_body=config.max_bundle_bytes * 4 // 3 + (1 << 20),   # base64 plus the envelope
+                        request_timeout=config.request_timeout, max_connections=config.max_connections)
         try:
-            self.server = RPCServer((config.bind, config.port))
+            self.server = RPCServer((config.bind, config.port), self.tokens, _tls_context(config), limits)
         except OSError as err:
             self.store.close()
             raise FarmError(Code.BAD_ARGUMENT,
                             f"cannot listen on {config.bind}:{config.port}: {err.strerror or err}") from None
-        for name, method in self.farm.methods().items():
-            self.server.register_function(method, name)
+        for name, (method, roles) in self.farm.methods().items():
+            self.server.register_function(method, name, roles)
         self._stop = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.server.tls else 'http'}://{host}:{port}"
 
     def _maintain(self) -> None:
         interval = max(0.2, min(1.0, self.config.lease_timeout / 4))
@@ -478,6 +510,12 @@ class Controller:
         self.farm.recover()
         self._maintenance.start()
         log.info("controller listening on %s (data in %s)", self.url, self.config.data_dir)
+        if self.server.tls is None and not _is_loopback(self.config.bind):
+            log.warning("*" * 72)
+            log.warning("listening on %s WITHOUT TLS: tokens and scenes cross the network in clear text.",
+                        self.config.bind)
+            log.warning("Use --tls-cert/--tls-key unless every host that can reach this port is trusted.")
+            log.warning("*" * 72)
         try:
             self.server.serve_forever(poll_interval=0.2)
         finally:

@@ -21,12 +21,15 @@ class Code(enum.IntEnum):
     BAD_OPTION = 11
     BAD_BUNDLE = 12
     BUNDLE_TOO_LARGE = 13
+    REQUEST_TOO_LARGE = 14
     UNKNOWN_JOB = 20
     UNKNOWN_BUNDLE = 21
     JOB_NOT_DONE = 22
     JOB_FINISHED = 23
     UNKNOWN_NODE = 30
     STALE_LEASE = 31
+    UNAUTHORIZED = 32
+    FORBIDDEN = 33
     STORAGE = 40
     UNREACHABLE = 50
     SCENE_NOT_FOUND = 60
@@ -41,12 +44,15 @@ SENTENCES: dict[Code, str] = {
     Code.BAD_OPTION: "A POV-Ray option is not allowed or not understood.",
     Code.BAD_BUNDLE: "The scene bundle is malformed or unsafe.",
     Code.BUNDLE_TOO_LARGE: "The scene bundle is larger than allowed.",
+    Code.REQUEST_TOO_LARGE: "The request is larger than the controller accepts.",
     Code.UNKNOWN_JOB: "There is no job with that id.",
     Code.UNKNOWN_BUNDLE: "The controller has no bundle with that hash.",
     Code.JOB_NOT_DONE: "The job has not finished rendering.",
     Code.JOB_FINISHED: "The job has already finished.",
     Code.UNKNOWN_NODE: "The node is not registered; register again.",
     Code.STALE_LEASE: "The lease is no longer current; the result was discarded.",
+    Code.UNAUTHORIZED: "The controller refused the access token.",
+    Code.FORBIDDEN: "This token's role may not do that.",
     Code.STORAGE: "The controller could not write to its data directory.",
     Code.UNREACHABLE: "The controller could not be reached.",
     Code.SCENE_NOT_FOUND: "The scene file does not exist or cannot be read.",

@@ -58,6 +58,8 @@ class Farm:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp / "controller"
+        self.token_file = self.data_dir / "tokens"
+        self.ca_file: str | None = None
         self.controller: subprocess.Popen | None = None
         self.nodes: list[subprocess.Popen] = []
         self.client = Client(self.url, timeout=30)
@@ -68,11 +70,18 @@ class Farm:
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / "controller.log", "ab"))
 
         def answers():
+            if not self.token_file.exists():
+                return None
+            self.client = self.client_as("submit")
             try:
                 return self.client.call("api.version")
             except FarmError:
                 return None
         wait_until(answers, what="the controller to answer")
+
+    def client_as(self, role: str) -> Client:
+        from farm.auth import read_token_file
+        return Client(self.url, timeout=30, token=read_token_file(self.token_file)[role], ca_file=self.ca_file)
 
     def start_node(self, name: str, *extra: str, threads: int = 1) -> subprocess.Popen:
         node = subprocess.Popen(
@@ -100,8 +109,11 @@ class Farm:
 
 
 @pytest.fixture
-def farm(tmp_path):
+def farm(tmp_path, monkeypatch):
     farm = Farm(tmp_path)
+    # Every CLI and node process started by the test finds the controller's role file this way.
+    monkeypatch.setenv("POVFARM_TOKEN_FILE", str(farm.token_file))
+    monkeypatch.delenv("POVFARM_TOKEN", raising=False)
     yield farm
     farm.stop()
 

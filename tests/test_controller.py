@@ -211,15 +211,19 @@ def server(tmp_path):
     controller.shutdown()
 
 
+def as_user(server) -> Client:
+    return Client(server.url, timeout=10, token=server.tokens["submit"])
+
+
 def test_faults_travel_as_codes_and_sentences(server):
-    client = Client(server.url, timeout=10)
+    client = as_user(server)
     assert client.call("api.version")["api"] == 1
     for method, args, code in [
         ("jobs.status", (42,), Code.UNKNOWN_JOB),
         ("jobs.status", ("42",), Code.BAD_ARGUMENT),
         ("jobs.status", (), Code.BAD_ARGUMENT),
         ("no.such", (), Code.UNKNOWN_METHOD),
-        ("nodes.poll", ("ghost",), Code.UNKNOWN_NODE),
+        ("nodes.poll", ("ghost",), Code.FORBIDDEN),
         ("system.multicall", ([],), Code.UNKNOWN_METHOD),
     ]:
         with pytest.raises(FarmError) as err:
@@ -230,7 +234,7 @@ def test_faults_travel_as_codes_and_sentences(server):
 
 
 def test_every_public_method_is_documented(server):
-    client = Client(server.url, timeout=10)
+    client = as_user(server)
     for name in client.call("system.listMethods"):
         assert name.split(".")[0] in ("api", "bundles", "jobs", "nodes", "system", "viewer")
         assert client.call("system.methodHelp", name).startswith(name), name
@@ -240,13 +244,13 @@ def test_malformed_xml_is_a_bad_request_not_a_traceback(server):
     host, port = server.server.server_address[:2]
     connection = http.client.HTTPConnection(host, port, timeout=10)
     connection.request("POST", "/RPC2", body=b"<methodCall><methodName>jobs.list", headers={
-        "Content-Type": "text/xml"})
+        "Content-Type": "text/xml", "Authorization": f"Bearer {server.tokens['view']}"})
     body = connection.getresponse().read()
     with pytest.raises(xmlrpc.client.Fault) as fault:
         xmlrpc.client.loads(body)
     assert fault.value.faultCode == Code.BAD_REQUEST
     assert "Error" not in fault.value.faultString and "<class" not in fault.value.faultString
-    assert Client(server.url).call("jobs.list") == []
+    assert as_user(server).call("jobs.list") == []
 
 
 def test_an_unexpected_error_is_internal_with_a_reference(server, monkeypatch):
@@ -254,7 +258,7 @@ def test_an_unexpected_error_is_internal_with_a_reference(server, monkeypatch):
         raise ZeroDivisionError("secret detail")
     server.server._methods["jobs.list"] = boom
     with pytest.raises(FarmError) as err:
-        Client(server.url).call("jobs.list")
+        as_user(server).call("jobs.list")
     assert err.value.code is Code.INTERNAL
     assert "ZeroDivision" not in str(err.value) and "secret" not in str(err.value) and "ref" in str(err.value)
 

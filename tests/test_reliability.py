@@ -113,10 +113,10 @@ def test_the_controller_killed_mid_job_and_restarted(farm, tmp_path):
                        native_render(MEDIASKY, 320, 240, [], tmp_path / "native.png"))
 
 
-def test_a_late_result_from_an_expired_lease_is_refused(farm, scene_rows=None):
+def test_a_late_result_from_an_expired_lease_is_refused(farm):
     farm.start_controller("--lease-timeout", "1")
     job = submit(farm, WINEGLASS, 8, 32, 1)
-    client = farm.client
+    client = farm.client_as("node")
     slow = client.call("nodes.register", "slow", {})["node_id"]
     fast = client.call("nodes.register", "fast", {})["node_id"]
     first = client.call("nodes.poll", slow)
@@ -138,9 +138,9 @@ def test_a_late_result_from_an_expired_lease_is_refused(farm, scene_rows=None):
     with pytest.raises(FarmError):
         client.call("nodes.complete", slow, first["lease"], late, 1.0)
     assert client.call("nodes.complete", fast, second["lease"], good, 1.0)   # a harmless resend
-    image = strips.decode_png(client.call("jobs.fetch", job).data)
+    image = strips.decode_png(farm.client.call("jobs.fetch", job).data)
     assert set(image.pixels) == {2}
-    assert client.call("api.version")["api"] == 1
+    assert farm.client.call("api.version")["api"] == 1
 
 
 FLAKY_POVRAY = """#!/bin/sh

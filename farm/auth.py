@@ -1,0 +1,94 @@
+"""Bearer tokens with three roles.
+
+- `submit`: everything a user does (submit, cancel, pause, fetch, status, the viewer feed);
+- `node`: what a render node does (register, poll, heartbeat, deliver, fetch bundles);
+- `view`: read-only (status, lists, fetch images, the viewer feed).
+
+The controller keeps one random token per role in a file (mode 0600) in its data
+directory, made on first start. Clients take a token from `POVFARM_TOKEN`, or from
+`--token-file`, which may hold a single token or the controller's whole role file
+(then the client picks the role it needs), so on the controller's own box every
+client can simply point at the controller's file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from farm.faults import Code, FarmError
+
+ROLES = ("submit", "node", "view")
+TOKEN_FILE_NAME = "tokens"
+
+
+def create_token_file(path: Path) -> dict[str, str]:
+    """Write a new role file with fresh random tokens, readable by the owner only."""
+    tokens = {role: secrets.token_urlsafe(32) for role in ROLES}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"{role} = {token}\n" for role, token in tokens.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write("# povfarm access tokens: keep this file secret.\n" + text)
+    return tokens
+
+
+def read_token_file(path: Path) -> dict[str, str]:
+    """{role: token} from a role file, or {"": token} from a file holding one bare token."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except OSError as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot read token file {path}: {err.strerror or err}") from None
+    lines = [line for line in lines if line and not line.startswith("#")]
+    tokens: dict[str, str] = {}
+    for line in lines:
+        role, sep, token = line.partition("=")
+        if sep and role.strip() in ROLES and token.strip():
+            tokens[role.strip()] = token.strip()
+    if not tokens and len(lines) == 1 and "=" not in lines[0]:
+        tokens[""] = lines[0]
+    if not tokens:
+        raise FarmError(Code.BAD_ARGUMENT, f"token file {path} holds no token")
+    return tokens
+
+
+def controller_tokens(data_dir: Path, token_file: Path | None, shared_token: str | None) -> dict[str, str]:
+    """The tokens a controller accepts, by role. A single shared token (POVFARM_TOKEN, or a file with one
+    bare token) is accepted for every role."""
+    if shared_token:
+        return {role: shared_token for role in ROLES}
+    path = token_file or data_dir / TOKEN_FILE_NAME
+    if not path.exists():
+        return create_token_file(path)
+    tokens = read_token_file(path)
+    if "" in tokens:
+        return {role: tokens[""] for role in ROLES}
+    missing = [role for role in ROLES if role not in tokens]
+    if missing:
+        raise FarmError(Code.BAD_ARGUMENT, f"token file {path} lacks the role(s) {', '.join(missing)}")
+    return tokens
+
+
+def client_token(role: str, token: str | None, token_file: Path | None) -> str | None:
+    """The token a client sends for `role`; None when none is configured."""
+    if token:
+        return token
+    if token_file is None:
+        return None
+    tokens = read_token_file(token_file)
+    if "" in tokens:
+        return tokens[""]
+    for candidate in (role, "submit"):   # a submit token can do what a viewer does
+        if candidate in tokens:
+            return tokens[candidate]
+    raise FarmError(Code.BAD_ARGUMENT, f"token file {token_file} has no {role!r} token")
+
+
+def roles_of(presented: str, tokens: dict[str, str]) -> frozenset[str]:
+    """The roles whose token was presented (a shared token has them all), compared in constant time
+    against every token so the answer's timing does not depend on which one matched."""
+    matches = [role for role, token in tokens.items()
+               if hmac.compare_digest(presented.encode(), token.encode())]
+    return frozenset(matches)
