@@ -29,9 +29,14 @@ def create_token_file(path: Path) -> dict[str, str]:
     tokens = {role: secrets.token_urlsafe(32) for role in ROLES}
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"{role} = {token}\n" for role, token in tokens.items())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole under a temporary name, then renamed: a reader never sees half a file.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write("# povfarm access tokens: keep this file secret.\n" + text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
     return tokens
 
 

@@ -5,6 +5,8 @@ A node keeps going through every kind of trouble: an unreachable controller
 is delivered), a broken scene (it reports POV-Ray's message), a crashed or
 killed POV-Ray (a failed strip, never a bad image). The first SIGTERM/Ctrl-C
 lets the current strip finish; the second stops POV-Ray and hands the lease back.
+Scenes are untrusted: POV-Ray runs in the node's `Sandbox` (farm/sandbox.py), and
+what goes back to the controller as error text is capped and names no node paths.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from farm import __version__, bundle, povray, strips
-from farm.client import Client
+from farm import sandbox as sandboxes
+from farm.client import Client, client_for
 from farm.config import Config
 from farm.faults import Code, FarmError
 
 log = logging.getLogger(__name__)
 
+MAX_ERROR_BYTES = 4096   # the most error text a node sends for one strip
+
 
 class Node:
     def __init__(self, config: Config, client: Client, runner: Callable[..., povray.ProcessResult] = povray.run_process,
-                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random):
+                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
+                 sandbox: sandboxes.Sandbox | None = None):
         self.config = config
         self.client = client
         self.runner = runner
@@ -45,7 +51,17 @@ class Node:
         self.heartbeat_interval = config.heartbeat_interval
         self.stopping = threading.Event()   # finish the current strip, then exit
         self.aborting = threading.Event()   # stop POV-Ray now, hand the lease back, exit
-        self.version, self.broken = povray.probe(config.povray)
+        self.povray = sandboxes.resolve_program(config.povray) or config.povray
+        # Built once, probing bubblewrap once; raises FarmError when --sandbox bwrap cannot be had.
+        self.sandbox = sandbox or sandboxes.build(config.sandbox, self.povray, config.max_memory_mb,
+                                                  config.max_output_mb)
+        self.version, self.broken = povray.probe(self.povray)
+        if self.version and self.sandbox.confined:
+            problem = self.sandbox.check([self.povray, "--version"])
+            if problem:
+                self.version, self.broken = None, (
+                    f"POV-Ray runs, but not inside the bubblewrap sandbox ({problem}); install it under "
+                    f"/usr or run the node with --sandbox none at your own risk")
         self.strips_done = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -60,13 +76,18 @@ class Node:
 
     def info(self) -> dict[str, Any]:
         info = {"host": socket.gethostname(), "platform": sys.platform, "povfarm": __version__,
-                "threads": self.config.threads or os.cpu_count() or 1, "povray": self.version or ""}
+                "threads": self.config.threads or os.cpu_count() or 1, "povray": self.version or "",
+                **self.sandbox.info()}
         if self.broken:
             info["error"] = self.broken
         return info
 
     def run(self) -> None:
         """Poll and render until asked to stop."""
+        if self.sandbox.warning:
+            log.warning("%s", sandboxes.warning_banner(self.sandbox.warning))
+        else:
+            log.info("POV-Ray runs confined by bubblewrap (%s)", self.sandbox.bwrap)
         if self.broken:
             log.error("this node cannot render: %s", self.broken)
         delay = 0.0
@@ -131,6 +152,7 @@ class Node:
                 self.strips_done += 1
         elif kind == "failed":
             message, scene_error = payload
+            message = self._error_text(message, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
             self._deliver("nodes.fail", lease, message, scene_error)
         elif kind == "release":
@@ -144,38 +166,66 @@ class Node:
         except FarmError as err:
             return "failed", (f"the scene bundle could not be prepared on node {self.config.name}: {err}", False)
         except OSError as err:
-            return "failed", (f"node {self.config.name} could not prepare the scene: {err}", False)
+            return "failed", (f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
         scene = scene_dir / task["scene"]
         alpha, bits = task["channels"] == 4, task["bits"]
         file_type = ("N" if alpha else "P") + ("16" if bits == 16 else "")
         output = strip_dir / ("strip.png" if alpha else "strip.ppm")
         log_path = strip_dir / "povray.log"
+        frames = range(task["frame"], task.get("frame_last", task["frame"]) + 1)
+        animation = list(task.get("animation", []))
+        if animation:   # the whole animation, and the frames this unit renders (+SF/+EF)
+            animation += [f"+SF{frames[0]}", f"+EF{frames[-1]}"]
         argv = povray.render_command(
-            self.config.povray, scene.name, task["width"], task["height"],
+            self.povray, scene.name, task["width"], task["height"],
             strips.povray_row_options(task["row_start"], task["row_end"], task["height"]),
-            output, file_type, self.config.threads, scene.parent, task["options"])
+            output, file_type, self.config.threads, scene.parent, [*task["options"], *animation])
         heartbeat = _Heartbeat(self, task["lease"], log_path)
         limits = [limit for limit in (self.config.strip_timeout, float(task.get("time_limit", 0))) if limit > 0]
-        result = self.runner(argv, cwd=scene.parent, env=povray.povray_env(), log_path=log_path,
-                             timeout=min(limits, default=0.0), should_stop=heartbeat)
+        timeout = min(limits, default=0.0)
+        command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
+                                       self.config.threads or os.cpu_count() or 1)
+        result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
+                             timeout=timeout, should_stop=heartbeat, limits=command.limits)
         if result.stopped:
             return ("release", None) if self.aborting.is_set() else ("dropped", None)
         stderr = log_path.read_text("utf-8", "replace") if log_path.exists() else ""
         if result.returncode != 0 or result.timed_out:
             message, scene_error = povray.error_text(stderr)
+            index = povray.frame_index(stderr) if animation else None
+            if index is not None and 1 <= index <= len(frames):
+                message = f"frame {frames[index - 1]}: {message}"   # say which frame of the animation broke
             if result.returncode == 1 and scene_error:
                 return "failed", (message, True)
             detail = f": {message}" if message else ""
             return "failed", (f"{result.describe()} on node {self.config.name}{detail}", False)
         try:
-            data = output.read_bytes()
-            raster = strips.decode_png(data) if alpha else strips.decode_ppm(data)
-            if (raster.width, raster.height, raster.bits) != (task["width"], task["height"], bits):
-                raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
-            rows = strips.crop_rows(raster, task["row_start"], task["row_end"])
-        except (OSError, ValueError) as err:
+            rows = b"".join(self._strip_rows(path, task) for path in _frame_files(output, frames, bool(animation)))
+        except OSError as err:
+            return "failed", (f"POV-Ray's output on node {self.config.name} is unusable: {err.strerror or err}",
+                              False)
+        except ValueError as err:
             return "failed", (f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
         return "done", (strips.compress_rows(rows), result.seconds)
+
+    def _error_text(self, text: str, scene_dir: Path) -> str:
+        """Error text for the controller: scene paths relative, the node's own folders unnamed,
+        at most MAX_ERROR_BYTES."""
+        text = text.replace(f"{scene_dir}{os.sep}", "").replace(str(self.config.work_dir), "<work-dir>")
+        data = text.encode("utf-8")
+        if len(data) <= MAX_ERROR_BYTES:
+            return text
+        marker = "\n[...]"
+        return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
+
+    @staticmethod
+    def _strip_rows(path: Path, task: dict[str, Any]) -> bytes:
+        """The strip's rows out of POV-Ray's full-size output image."""
+        data = path.read_bytes()
+        raster = strips.decode_png(data) if task["channels"] == 4 else strips.decode_ppm(data)
+        if (raster.width, raster.height, raster.bits) != (task["width"], task["height"], task["bits"]):
+            raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
+        return strips.crop_rows(raster, task["row_start"], task["row_end"])
 
     def _fetch_bundle(self, digest: str) -> bytes:
         log.info("fetching bundle %s", digest)
@@ -198,6 +248,22 @@ class Node:
                 delay = self._backoff(delay, ceiling=10.0)
                 log.warning("%s; retrying delivery in %.1f s", err, delay)
                 time.sleep(delay)
+
+
+def _frame_files(output: Path, frames: range, animated: bool) -> list[Path]:
+    """The image files POV-Ray wrote for these frames: `strip.ppm` for a still; for an animation,
+    `strip<N>.ppm` with N zero-padded to the width of the final frame number."""
+    if not animated:
+        return [output]
+    found = {}
+    for path in output.parent.glob(f"{output.stem}*{output.suffix}"):
+        number = path.name[len(output.stem):-len(output.suffix)]
+        if number.isdigit():
+            found[int(number)] = path
+    missing = [frame for frame in frames if frame not in found]
+    if missing:
+        raise ValueError(f"POV-Ray wrote no image for frame {missing[0]}")
+    return [found[frame] for frame in frames]
 
 
 class _Heartbeat:
@@ -229,7 +295,7 @@ class _Heartbeat:
 
 def run_node(config: Config) -> int:
     """The `povfarm node` command: run until SIGTERM/Ctrl-C (twice to stop at once)."""
-    node = Node(config, Client(config.controller, config.rpc_timeout))
+    node = Node(config, client_for(config, "node"))
 
     def on_signal(signum, frame):
         node.request_stop()

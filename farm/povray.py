@@ -16,7 +16,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from farm.sandbox import Limits
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,10 @@ class ProcessResult:
             return f"POV-Ray ran longer than its time limit and was stopped after {self.seconds:.0f} s"
         if self.stopped:
             return "POV-Ray was stopped"
+        if self.signal is not None and self.signal == getattr(signal, "SIGXFSZ", None):
+            return "POV-Ray tried to write a file larger than the node allows (max_output_mb) and was stopped"
+        if self.signal is not None and self.signal == getattr(signal, "SIGXCPU", None):
+            return "POV-Ray used more CPU time than its limit and was stopped"
         if self.signal is not None:
             name = signal.Signals(self.signal).name if self.signal in signal.Signals._value2member_map_ else ""
             return f"POV-Ray was killed by signal {self.signal} {name}".rstrip()
@@ -81,20 +88,28 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _child_setup(limits: Limits | None) -> Callable[[], None]:
+    """What the child does before exec (POSIX): die with the node (Linux), then lower its limits."""
+    def setup() -> None:
+        if sys.platform.startswith("linux"):
+            _die_with_parent()
+        if limits is not None:
+            limits.apply()
+    return setup
+
+
 def run_process(argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path,
                 timeout: float = 0.0, should_stop: Callable[[], bool] = lambda: False,
-                check_every: float = 0.5) -> ProcessResult:
-    """Run argv with stdout discarded and stderr into log_path.
+                check_every: float = 0.5, limits: Limits | None = None) -> ProcessResult:
+    """Run argv with stdout discarded and stderr into log_path, under `limits` where the platform allows.
 
     `should_stop` is called about every `check_every` seconds (the node sends heartbeats from it);
     when it returns True, or the timeout passes, the process group is stopped."""
     started = time.monotonic()
     if sys.platform == "win32":
         flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-    elif sys.platform.startswith("linux"):
-        flags = {"start_new_session": True, "preexec_fn": _die_with_parent}
     else:
-        flags = {"start_new_session": True}
+        flags = {"start_new_session": True, "preexec_fn": _child_setup(limits)}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(list(argv), cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=log_file, **flags)
@@ -159,7 +174,16 @@ def progress_fraction(log_path: Path) -> float | None:
     return done / total if total else None
 
 
-def error_text(stderr: str, limit: int = 4000) -> tuple[str, bool]:
+_FRAME = re.compile(r"Rendering frame (\d+) of (\d+)")
+
+
+def frame_index(stderr: str) -> int | None:
+    """Which frame of its run (1-based) POV-Ray was on last, from `Rendering frame N of M`."""
+    matches = _FRAME.findall(stderr)
+    return int(matches[-1][0]) if matches else None
+
+
+def error_text(stderr: str) -> tuple[str, bool]:
     """POV-Ray's error message from its stderr, and whether it is the scene's fault (a parse error)."""
     lines = stderr.replace("\r", "\n").splitlines()
     start = next((i for i, line in enumerate(lines)
@@ -167,10 +191,25 @@ def error_text(stderr: str, limit: int = 4000) -> tuple[str, bool]:
     if start is None:
         message = "\n".join(line for line in lines[-5:] if line.strip())
     else:
-        # A message often starts one line above the match: "File 'x.pov' line 4:" is on the same line,
-        # but wrapped continuation lines follow, so keep everything from the first error line on.
-        message = "\n".join(line for line in lines[start:] if line.strip())
-    return message[-limit:], bool(_SCENE_ERROR.search(message))
+        # "File 'x.pov' line 4: Parse Error: ..." is usually one line, with wrapped continuation lines
+        # after it, so keep everything from the first error line on; a long file name can push the
+        # error words onto the next line, so take a "File '...' line N:" line just before it too.
+        if start > 0 and lines[start - 1].startswith("File '"):
+            start -= 1
+        message = "\n".join(_unwrapped(line for line in lines[start:] if line.strip()))
+    return message, bool(_SCENE_ERROR.search(message))
+
+
+def _unwrapped(lines) -> list[str]:
+    """POV-Ray wraps messages at about 80 columns, continuing on lines that start with a space:
+    join them back into whole sentences."""
+    joined: list[str] = []
+    for line in lines:
+        if joined and line.startswith(" ") and not line.startswith("  "):
+            joined[-1] += line
+        else:
+            joined.append(line)
+    return joined
 
 
 def probe(povray: str) -> tuple[str | None, str | None]:
