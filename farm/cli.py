@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from farm import __version__, bundle
-from farm.client import Client
+from farm import __version__, bundle, strips
+from farm.animation import Animation, parse_clock, parse_range
+from farm.client import Client, client_for
 from farm.config import Config, load_config
 from farm.faults import Code, FarmError
+from farm.options import IniSettings, read_ini
 
 log = logging.getLogger("farm.cli")
 
@@ -55,15 +57,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _scale(text: str) -> str | float:
+    if text == "fit":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale takes 'fit' or a zoom factor such as 1 or 0.5, not {text!r}"
+                                         ) from None
+    if not 0.05 <= value <= 16:
+        raise argparse.ArgumentTypeError("--scale must be from 0.05 to 16")
+    return value
+
+
 def _add_client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller", metavar="URL",
                         help="controller URL (default: $POVFARM_CONTROLLER, else http://127.0.0.1:8642)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="access token file: one token, or the controller's role file (default: $POVFARM_TOKEN)")
+    parser.add_argument("--ca-file", metavar="FILE",
+                        help="CA certificate to trust for an https:// controller (default: the system store)")
 
 
 def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scene", type=Path, help="the .pov scene file")
-    parser.add_argument("--width", type=_positive_int, default=640, help="image width in pixels (default 640)")
-    parser.add_argument("--height", type=_positive_int, default=480, help="image height in pixels (default 480)")
+    parser.add_argument("--width", type=_positive_int, help="image width in pixels (default: the --ini's, else 640)")
+    parser.add_argument("--height", type=_positive_int, help="image height in pixels (default: the --ini's, else 480)")
     parser.add_argument("--strips", type=_strips, default="auto",
                         help="strips per frame: 'auto' (default) or a number; edges fall on 32-row blocks")
     parser.add_argument("--option", action="append", default=[], metavar="OPT", dest="options",
@@ -74,7 +93,14 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--priority", type=int, default=0,
                         help="higher runs first, first come first served within a priority (default 0)")
     parser.add_argument("--name", help="job name (default: the scene's file name)")
-    parser.add_argument("--output", type=Path, metavar="FILE", help="write the finished PNG here")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="write the finished PNG here (for an animation: a folder for the numbered frames)")
+    parser.add_argument("--frames", metavar="FIRST-LAST", help="render an animation: frames FIRST to LAST (+KFI/+KFF)")
+    parser.add_argument("--clock", metavar="START,END", help="the clock from START to END (+KI/+KF; default 0,1)")
+    parser.add_argument("--cyclic", action="store_true", default=None, help="cyclic animation (+KC)")
+    parser.add_argument("--subset", metavar="A-B", help="render only frames A to B of the animation (+SF/+EF)")
+    parser.add_argument("--ini", type=Path, metavar="FILE",
+                        help="the scene's INI file: its animation and rendering settings (flags override it)")
 
 
 def _common_flags() -> argparse.ArgumentParser:
@@ -108,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a node silent this long is presumed dead (default 30)")
     p.add_argument("--strip-timeout", type=float, metavar="SECONDS",
                    help="wall-clock limit for one strip on any node (default: none)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="role file with the submit/node/view tokens (default: DATA_DIR/tokens, made on first start;"
+                        " $POVFARM_TOKEN sets one token for every role instead)")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (chain) in PEM")
+    p.add_argument("--tls-key", metavar="FILE", help="the TLS certificate's private key in PEM")
+    p.add_argument("--max-connections", type=int, metavar="N", help="concurrent connections (default 512)")
 
     p = sub.add_parser("node", help="run a render node")
     _add_client_flags(p)
@@ -118,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle cache and per-strip folders (default ~/.cache/povfarm-node)")
     p.add_argument("--strip-timeout", type=float, metavar="SECONDS", help="wall-clock limit per strip")
     p.add_argument("--keep-work", action="store_true", default=None, help="keep per-strip folders")
+    p.add_argument("--sandbox", choices=("auto", "bwrap", "none"),
+                   help="confine POV-Ray: 'auto' (default) uses bubblewrap when it works and warns when it "
+                        "cannot, 'bwrap' refuses to start without it, 'none' is unsafe for untrusted scenes")
+    p.add_argument("--max-memory-mb", type=int, metavar="MB", help="POV-Ray's address-space limit (default 8192)")
+    p.add_argument("--max-output-mb", type=int, metavar="MB",
+                   help="the largest file POV-Ray may write (default 1024)")
 
     p = sub.add_parser("submit", help="submit a scene; prints the job id")
     _add_client_flags(p)
@@ -140,16 +178,35 @@ def build_parser() -> argparse.ArgumentParser:
         _add_client_flags(p)
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("fetch", help="write a finished job's PNG")
+    p = sub.add_parser("fetch", help="write a finished job's PNG (or an animation's frames)")
     _add_client_flags(p)
     p.add_argument("job", type=int, help="job id")
-    p.add_argument("--output", type=Path, required=True, metavar="FILE", help="where to write the PNG")
+    p.add_argument("--output", type=Path, metavar="PATH",
+                   help="where to write the PNG; for an animation, a folder for the numbered frames")
+    p.add_argument("--animation", type=Path, metavar="FILE", help="write an animation as one animated PNG")
+    p.add_argument("--delay", type=int, default=100, metavar="MS", help="frame time in the animated PNG (100)")
+
+    p = sub.add_parser("token", help="show the controller's access tokens (run on the controller's box)")
+    p.add_argument("action", choices=("show",), help="show")
+    p.add_argument("--role", choices=("submit", "node", "view"), help="print only this role's token")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="the controller's data directory")
+    p.add_argument("--token-file", metavar="FILE", help="the controller's role file (default: DATA_DIR/tokens)")
 
     for name, text in (("cancel", "cancel a job"), ("pause", "stop leasing a job's strips"),
                        ("resume", "let a paused job render again")):
         p = sub.add_parser(name, help=text)
         _add_client_flags(p)
         p.add_argument("job", type=int, help="job id")
+
+    p = sub.add_parser("viewer", help="watch a render live in a window (needs pygame)")
+    _add_client_flags(p)
+    p.add_argument("job", type=_positive_int, nargs="?", help="job id (default: follow the newest job)")
+    p.add_argument("--snapshot", type=Path, metavar="FILE",
+                   help="when the job ends, write its image (without the overlay) here as PNG")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="exit when the job ends: 0 if it is done, 1 if it failed or was canceled")
+    p.add_argument("--scale", type=_scale, default="fit", metavar="fit|FACTOR",
+                   help="'fit' the image to the window (default) or a zoom factor such as 1 or 0.5")
     return parser
 
 
@@ -178,8 +235,8 @@ def cmd_node(config: Config, args: argparse.Namespace) -> int:
     return run_node(config)
 
 
-def _client(config: Config) -> Client:
-    return Client(config.controller, config.rpc_timeout)
+def _client(config: Config, role: str = "submit") -> Client:
+    return client_for(config, role)
 
 
 def submit_job(client: Client, args: argparse.Namespace) -> int:
@@ -189,10 +246,36 @@ def submit_job(client: Client, args: argparse.Namespace) -> int:
     digest = bundle.bundle_hash(data)
     if not client.call("bundles.has", digest):
         client.call("bundles.upload", _binary(data))
-    spec = {"bundle": digest, "scene": plan.scene, "width": args.width, "height": args.height,
-            "options": list(args.options), "strips": args.strips, "bits": args.bits,
-            "priority": args.priority, "name": args.name or args.scene.stem}
-    return client.call("jobs.submit", spec)
+    return client.call("jobs.submit", job_spec(args, digest, plan.scene))
+
+
+def job_spec(args: argparse.Namespace, digest: str, scene: str) -> dict[str, Any]:
+    """The jobs.submit struct from the flags, over the --ini file's settings."""
+    ini = read_ini_file(args.ini) if args.ini else IniSettings(options=[], animation={})
+    animation = dict(ini.animation)
+    if args.frames:
+        animation["first"], animation["last"] = parse_range(args.frames, "--frames")
+    if args.clock:
+        animation["initial_clock"], animation["final_clock"] = parse_clock(args.clock)
+    if args.cyclic:
+        animation["cyclic"] = True
+    if args.subset:
+        animation["subset_first"], animation["subset_last"] = parse_range(args.subset, "--subset")
+    spec = {"bundle": digest, "scene": scene, "width": args.width or ini.width or 640,
+            "height": args.height or ini.height or 480, "options": [*ini.options, *args.options],
+            "strips": args.strips, "bits": args.bits, "priority": args.priority,
+            "name": args.name or args.scene.stem}
+    if animation:
+        spec["animation"] = Animation.from_spec(animation).to_spec()
+    return spec
+
+
+def read_ini_file(path: Path) -> IniSettings:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot read the INI file {path}: {err.strerror or err}") from None
+    return read_ini(text)
 
 
 def _binary(data: bytes):
@@ -233,16 +316,37 @@ def finish_job(client: Client, status: dict[str, Any], output: Path | None) -> i
         return EXIT_FAILED
     elapsed = status["finished"] - (status["started"] or status["submitted"])
     if output is not None:
-        _write_image(client, status["id"], output)
-        sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s: wrote {output}\n")
+        written = write_output(client, status, output)
+        sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s: wrote {written}\n")
     else:
         sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s; "
                          f"fetch it with: povfarm fetch {status['id']} --output FILE.png\n")
     return EXIT_OK
 
 
-def _write_image(client: Client, job_id: int, output: Path) -> None:
-    data = client.call("jobs.fetch", job_id).data
+def write_output(client: Client, status: dict[str, Any], output: Path) -> str:
+    """A still's PNG to `output`; an animation's frames into the folder `output`, named as POV-Ray names
+    them (scene name + frame number padded to the width of the final frame number)."""
+    if not status["frame_digits"]:
+        _write_image(client, status["id"], output)
+        return str(output)
+    stem = Path(status["scene"]).stem
+    for number in range(status["first_frame"], status["last_frame"] + 1):
+        _write_image(client, status["id"], output / f"{stem}{number:0{status['frame_digits']}d}.png", number)
+    return f"{status['last_frame'] - status['first_frame'] + 1} frames into {output}"
+
+
+def write_animation(client: Client, status: dict[str, Any], output: Path, delay_ms: int) -> None:
+    frames = [strips.decode_png(client.call("jobs.fetch", status["id"], number).data)
+              for number in range(status["first_frame"], status["last_frame"] + 1)]
+    _write_file(output, strips.encode_apng(frames, delay_ms))
+
+
+def _write_image(client: Client, job_id: int, output: Path, frame: int = 0) -> None:
+    _write_file(output, client.call("jobs.fetch", job_id, frame).data)
+
+
+def _write_file(output: Path, data: bytes) -> None:
     try:
         if output.parent:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -268,12 +372,14 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
     workspace = Path(tempfile.mkdtemp(prefix="povfarm-render-"))
     config.data_dir, config.bind, config.port = workspace / "controller", "127.0.0.1", 0
     nodes: list[subprocess.Popen] = []
+    config.token, config.token_file, config.tls_cert, config.tls_key = "", "", "", ""
     controller = Controller(config)
     try:
         controller.start_in_thread()
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.nodes)
         nodes = [_start_local_node(controller.url, i, workspace, threads, config) for i in range(args.nodes)]
-        client = Client(controller.url, config.rpc_timeout)
+        client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
+        _wait_for_local_nodes(client, nodes)
         job_id = submit_job(client, args)
         return finish_job(client, wait_for_job(client, job_id), args.output)
     finally:
@@ -282,11 +388,24 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
         shutil.rmtree(workspace, ignore_errors=True)
 
 
+def _wait_for_local_nodes(client: Client, nodes: Sequence[subprocess.Popen], timeout: float = 20.0) -> None:
+    """Let the local nodes register before the job is planned, so its work is split for all of them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(node.poll() is not None for node in nodes):
+            raise FarmError(Code.RENDER_FAILED, "a local node exited at start; its messages are above")
+        if len(client.call("nodes.list")) >= len(nodes):
+            return
+        time.sleep(0.05)
+
+
 def _start_local_node(url: str, index: int, workspace: Path, threads: int, config: Config) -> subprocess.Popen:
     argv = [sys.executable, "-m", "farm", "--log-level", "WARNING", "node", "--controller", url,
             "--name", f"local-{index + 1}", "--work-dir", str(workspace / f"node-{index + 1}"),
-            "--threads", str(threads), "--povray", config.povray]
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+            "--threads", str(threads), "--povray", config.povray,
+            "--token-file", str(config.data_dir / "tokens")]
+    env = {key: value for key, value in os.environ.items() if key != "POVFARM_TOKEN"}
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
 
 
 def _stop_processes(processes: Sequence[subprocess.Popen]) -> None:
@@ -303,7 +422,7 @@ def _stop_processes(processes: Sequence[subprocess.Popen]) -> None:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    client = _client(config)
+    client = _client(config, "view")
     job_id = args.job
     if job_id is None:
         jobs = client.call("jobs.list")
@@ -332,7 +451,7 @@ def _json_status(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
-    jobs = _client(config).call("jobs.list")
+    jobs = _client(config, "view").call("jobs.list")
     if args.json:
         print(json.dumps([_json_status(job) for job in jobs], indent=2))
         return EXIT_OK
@@ -343,7 +462,7 @@ def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
-    nodes = _client(config).call("nodes.list")
+    nodes = _client(config, "view").call("nodes.list")
     if args.json:
         print(json.dumps(nodes, indent=2))
         return EXIT_OK
@@ -361,8 +480,17 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
-    _write_image(_client(config), args.job, args.output)
-    sys.stderr.write(f"wrote {args.output}\n")
+    if args.output is None and args.animation is None:
+        raise FarmError(Code.BAD_ARGUMENT, "say where to write: --output PATH and/or --animation FILE")
+    client = _client(config, "view")
+    status = client.call("jobs.status", args.job)
+    if status["state"] != "done":
+        client.call("jobs.fetch", args.job)   # the controller's own sentence says why not
+    if args.output is not None:
+        sys.stderr.write(f"wrote {write_output(client, status, args.output)}\n")
+    if args.animation is not None:
+        write_animation(client, status, args.animation, args.delay)
+        sys.stderr.write(f"wrote {args.animation}\n")
     return EXIT_OK
 
 
@@ -374,9 +502,42 @@ def cmd_job_control(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_viewer(config: Config, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from farm.viewer import run_viewer   # pygame is loaded there, and only if it is installed
+
+    def make_client(timeout: float) -> Client:      # long polls need a longer timeout than other calls
+        return _client(dataclasses.replace(config, rpc_timeout=timeout), "view")
+
+    return run_viewer(config.controller, args.job or 0, snapshot=args.snapshot,
+                      exit_when_done=args.exit_when_done, scale=args.scale, rpc_timeout=config.rpc_timeout,
+                      make_client=make_client)
+
+
+def cmd_token(config: Config, args: argparse.Namespace) -> int:
+    """Print the controller's tokens, for the operator to hand to nodes, users and viewers."""
+    from farm.auth import TOKEN_FILE_NAME, read_token_file
+
+    path = Path(config.token_file) if config.token_file else config.data_dir / TOKEN_FILE_NAME
+    if not path.exists():
+        raise FarmError(Code.BAD_ARGUMENT, f"there is no token file at {path}; start the controller once "
+                                           f"(or pass --data-dir / --token-file)")
+    tokens = read_token_file(path)
+    if "" in tokens:
+        print(tokens[""])
+    elif args.role:
+        print(tokens[args.role])
+    else:
+        for role, token in tokens.items():
+            print(f"{role}: {token}")
+    return EXIT_OK
+
+
 COMMANDS = {"controller": cmd_controller, "node": cmd_node, "submit": cmd_submit, "render": cmd_render,
             "status": cmd_status, "jobs": cmd_jobs, "nodes": cmd_nodes, "fetch": cmd_fetch, "cancel": cmd_job_control,
-            "pause": cmd_job_control, "resume": cmd_job_control}
+            "pause": cmd_job_control, "resume": cmd_job_control,
+            "viewer": cmd_viewer, "token": cmd_token}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from farm import __version__, bundle, strips
+from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.options import validate_options
@@ -126,20 +127,21 @@ class Farm:
         """jobs.submit(spec: struct) -> int: queue a job; returns its id.
 
         spec: bundle (str digest), scene (str, path inside the bundle), width, height (int),
-        options ([str] POV-Ray options), strips ("auto" or int), bits (8 or 16, default 8),
-        priority (int, default 0), name (str, default the scene's file name)."""
+        options ([str] POV-Ray options), strips ("auto" or int per frame), bits (8 or 16, default 8),
+        priority (int, default 0), name (str, default the scene's file name), animation (struct, for
+        animations: first, last (int frames, +KFI/+KFF), initial_clock, final_clock (float, +KI/+KF),
+        cyclic (bool, +KC), subset_first, subset_last (int, +SF/+EF; 0 = all))."""
         job = self._checked_spec(spec)
         block = job.pop("block")
         count = spec.get("strips", "auto")
-        if count == "auto":
-            count = strips.auto_strip_count(job["height"], self._live_nodes(), block)
-        else:
+        if count != "auto":
             count = _require_int("strips", count, 1, MAX_STRIPS)
-        plan = strips.plan_strips(job["height"], count, block)
-        job_id = self.store.create_job(job, plan, self.clock())
+        units = strips.plan_units(job["height"], job["first_frame"], job["last_frame"], self._live_nodes(),
+                                  count, block)
+        job_id = self.store.create_job(job, units, self.clock())
         self._notify()
-        log.info("job %s queued: %s %dx%d in %d strips", job_id, job["scene"], job["width"], job["height"],
-                 len(plan))
+        log.info("job %s queued: %s %dx%d, frames %d-%d, in %d units", job_id, job["scene"], job["width"],
+                 job["height"], job["first_frame"], job["last_frame"], len(units))
         return job_id
 
     def _checked_spec(self, spec: Any) -> dict[str, Any]:
@@ -164,12 +166,15 @@ class Farm:
         bits = spec.get("bits", 8)
         if bits not in (8, 16) or isinstance(bits, bool):
             raise FarmError(Code.BAD_ARGUMENT, f"bits must be 8 or 16, not {bits!r}")
+        animation = Animation.from_spec(spec["animation"]) if spec.get("animation") else None
+        first, last = (animation.rendered_first, animation.rendered_last) if animation else (1, 1)
         return {
             "bundle": digest, "scene": scene, "width": width, "height": height,
             "options": list(checked.options), "channels": 4 if checked.alpha else 3, "bits": bits,
             "priority": _require_int("priority", spec.get("priority", 0), -1000, 1000),
             "name": _require_str("name", spec.get("name", Path(scene).stem), 200),
-            "first_frame": 1, "last_frame": 1, "block": checked.block,
+            "first_frame": first, "last_frame": last, "block": checked.block,
+            "animation": animation.to_spec() if animation else None,
         }
 
     def _live_nodes(self) -> int:
@@ -202,13 +207,21 @@ class Farm:
             "frames_total": len(frames), "frames_done": sum(1 for f in frames if f["state"] == "done"),
             "priority": job["priority"], "error": job["error"] or "",
             "channels": job["channels"], "bits": job["bits"],
+            "first_frame": job["first_frame"], "last_frame": job["last_frame"],
+            "frame_digits": self._animation(job).digits if job["animation"] else 0,
             "submitted": job["submitted"], "started": job["started"] or 0.0, "finished": job["finished"] or 0.0,
         }
         if detail:
-            info["strips"] = [{"frame": r["frame"], "index": r["idx"], "row_start": r["row_start"],
+            info["frames"] = [{"number": f["number"], "state": f["state"]} for f in frames]
+            info["strips"] = [{"frame": r["frame"], "frame_last": r["frame_last"], "index": r["idx"],
+                               "row_start": r["row_start"],
                                "row_end": r["row_end"], "state": r["state"], "node": r["node"] or "",
                                "progress": r["progress"], "attempts": r["attempt"]} for r in rows]
         return info
+
+    @staticmethod
+    def _animation(job) -> Animation:
+        return Animation.from_spec(json.loads(job["animation"]))
 
     def jobs_cancel(self, job_id: int) -> bool:
         """jobs.cancel(job: int) -> bool: cancel a queued or rendering job; nodes stop its strips."""
@@ -259,9 +272,10 @@ class Farm:
 
     def nodes_poll(self, node_id: str) -> dict:
         """nodes.poll(node_id: str) -> struct: a task, or {} when there is no work.
-        A task: lease (str), job, frame, strip, attempt, width, height, row_start, row_end (0-based,
-        end exclusive) (int), bundle, scene (str), options ([str]), channels (3 or 4), bits (8 or 16),
-        time_limit (float seconds of wall clock for the strip, 0 for none)."""
+        A task: lease (str), job, frame, frame_last (the unit renders frames frame..frame_last), strip,
+        attempt, width, height, row_start, row_end (0-based, end exclusive) (int), bundle, scene (str),
+        options ([str]), animation ([str] POV-Ray animation switches, [] for a still), channels (3 or 4),
+        bits (8 or 16), time_limit (float seconds of wall clock for the strip, 0 for none)."""
         strip = self.store.lease_strip(_require_str("node_id", node_id, 120), self.clock(),
                                        self.config.lease_timeout)
         if strip is None:
@@ -271,7 +285,9 @@ class Farm:
         log.info("job %s strip %s (rows %s-%s) leased to %s", job["id"], strip["idx"], strip["row_start"],
                  strip["row_end"], node_id)
         return {
-            "lease": strip["lease"], "job": job["id"], "frame": strip["frame"], "strip": strip["idx"],
+            "lease": strip["lease"], "job": job["id"], "frame": strip["frame"],
+            "frame_last": strip["frame_last"], "strip": strip["idx"],
+            "animation": self._animation(job).povray_options() if job["animation"] else [],
             "attempt": strip["attempt"], "width": job["width"], "height": job["height"],
             "row_start": strip["row_start"], "row_end": strip["row_end"], "bundle": job["bundle"],
             "scene": job["scene"], "options": json.loads(job["options"]), "channels": job["channels"],
@@ -294,16 +310,14 @@ class Farm:
         deliver a rendered strip's pixel rows. A lease that is no longer current gets STALE_LEASE."""
         data = _require_binary("rows", rows)
         strip, job = self._strip_and_job(lease)
-        row_bytes = job["width"] * job["channels"] * job["bits"] // 8
         try:
-            strips.decompress_rows(data, (strip["row_end"] - strip["row_start"]) * row_bytes)
+            strips.decompress_rows(data, _unit_bytes(strip, job))
         except ValueError as err:
             raise FarmError(Code.BAD_ARGUMENT, f"strip rows rejected: {err}") from None
-        job_id, frame, frame_complete = self.store.complete_strip(
-            node_id, lease, data, float(seconds), self.clock())
+        job_id, complete = self.store.complete_strip(node_id, lease, data, float(seconds), self.clock())
         log.info("job %s strip %s done by %s in %.2fs", job_id, strip["idx"], node_id, float(seconds))
         self._notify()
-        if frame_complete:
+        for frame in complete:
             try:
                 self._finish_frame(job_id, frame)
             except FarmError as err:
@@ -389,10 +403,21 @@ class Farm:
         return {
             "job": self._describe(job, detail=False),
             "cursor": rows[-1]["done_seq"] if rows else cursor,
-            "strips": [{"frame": r["frame"], "row_start": r["row_start"], "row_end": r["row_end"],
-                        "rows": xmlrpc.client.Binary(bytes(r["data"]))} for r in rows],
+            "strips": [piece for row in rows for piece in self._feed_pieces(row, job)],
             "in_flight": in_flight,
         }
+
+    @staticmethod
+    def _feed_pieces(row, job) -> list[dict]:
+        """A stored unit as the feed sends it: one entry per frame."""
+        if row["frame"] == row["frame_last"]:
+            return [{"frame": row["frame"], "row_start": row["row_start"], "row_end": row["row_end"],
+                     "rows": xmlrpc.client.Binary(bytes(row["data"]))}]
+        data = strips.decompress_rows(bytes(row["data"]), _unit_bytes(row, job))
+        size = len(data) // (row["frame_last"] - row["frame"] + 1)
+        return [{"frame": frame, "row_start": row["row_start"], "row_end": row["row_end"],
+                 "rows": xmlrpc.client.Binary(strips.compress_rows(data[i * size:(i + 1) * size]))}
+                for i, frame in enumerate(range(row["frame"], row["frame_last"] + 1))]
 
     # -- maintenance -------------------------------------------------------------------------
 
@@ -413,10 +438,8 @@ class Farm:
             if (job_id, frame) not in self.store.complete_frames():
                 return  # another thread wrote it already
             job = self.store.job(job_id)
-            row_bytes = job["width"] * job["channels"] * job["bits"] // 8
             try:
-                pieces = [(start, end, strips.decompress_rows(data, (end - start) * row_bytes))
-                          for start, end, data in self.store.strip_pieces(job_id, frame)]
+                pieces = [_frame_rows(unit, job, frame) for unit in self.store.strip_pieces(job_id, frame)]
                 raster = strips.stitch(job["width"], job["height"], job["channels"], job["bits"], pieces)
             except ValueError as err:
                 log.error("job %s frame %s cannot be stitched: %s", job_id, frame, err)
@@ -445,6 +468,21 @@ class Farm:
             "nodes.heartbeat": (self.nodes_heartbeat, node), "nodes.complete": (self.nodes_complete, node),
             "nodes.fail": (self.nodes_fail, node), "nodes.release": (self.nodes_release, node),
         }
+
+
+def _unit_bytes(unit, job) -> int:
+    """Bytes of raw rows a unit of work delivers: its rows, for each of its frames."""
+    frames = unit["frame_last"] - unit["frame"] + 1
+    rows = unit["row_end"] - unit["row_start"]
+    return frames * rows * strips.row_size(job["width"], job["channels"], job["bits"])
+
+
+def _frame_rows(unit, job, frame: int) -> tuple[int, int, bytes]:
+    """(row_start, row_end, raw rows) of one frame out of a stored unit."""
+    data = strips.decompress_rows(bytes(unit["data"]), _unit_bytes(unit, job))
+    size = len(data) // (unit["frame_last"] - unit["frame"] + 1)
+    offset = (frame - unit["frame"]) * size
+    return unit["row_start"], unit["row_end"], data[offset:offset + size]
 
 
 def _is_loopback(address: str) -> bool:

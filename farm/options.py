@@ -43,10 +43,9 @@ FARM_OWNED: dict[str, str] = {
     "GA": "log files are not allowed", "GD": "log files are not allowed",
     "GF": "log files are not allowed", "GR": "log files are not allowed",
     "GS": "log files are not allowed", "GW": "log files are not allowed",
-    "KFI": "animations are not supported yet", "KFF": "animations are not supported yet",
-    "KI": "animations are not supported yet", "KF": "animations are not supported yet",
-    "KC": "animations are not supported yet", "SF": "animations are not supported yet",
-    "EF": "animations are not supported yet", "RF": "radiosity files are managed by the farm",
+    "KFI": "use --frames", "KFF": "use --frames", "KI": "use --clock", "KF": "use --clock",
+    "KC": "use --cyclic", "SF": "use --subset", "EF": "use --subset",
+    "RF": "radiosity files are managed by the farm",
 }
 
 _SWITCH_NAMES = sorted(set(ALLOWED_SWITCHES) | set(FARM_OWNED), key=len, reverse=True)
@@ -106,3 +105,94 @@ def validate_options(options: Iterable[str], default_block: int = 32) -> RenderO
     if len(checked) > MAX_OPTIONS:
         raise FarmError(Code.BAD_OPTION, f"too many POV-Ray options (at most {MAX_OPTIONS})")
     return RenderOptions(tuple(checked), alpha, block)
+
+
+# -- INI files ------------------------------------------------------------------------------------
+
+# INI keys that only affect POV-Ray's own user interface: harmless, ignored.
+_IGNORED_INI_KEYS = frozenset(k.lower() for k in (
+    "Pause_When_Done", "Test_Abort", "Test_Abort_Count", "Display", "Verbose", "Preview_Start_Size",
+    "Preview_End_Size", "Draw_Vistas", "Output_To_File", "Input_File_Name", "Display_Gamma",
+    "Warning_Level", "Palette", "Video_Mode"))
+_ANIMATION_INI_KEYS = {
+    "initial_frame": ("first", int), "final_frame": ("last", int),
+    "initial_clock": ("initial_clock", float), "final_clock": ("final_clock", float),
+    "subset_start_frame": ("subset_first", int), "subset_end_frame": ("subset_last", int),
+}
+# INI keys that map onto an allowed switch: key -> switch (value appended) or on/off switch.
+_SWITCH_INI_KEYS = {
+    "antialias_depth": "+R", "sampling_method": "+AM", "jitter_amount": "+J", "antialias_gamma": "+AG",
+    "quality": "+Q", "bounding_threshold": "+MB", "version": "+MV", "clock": "+K",
+    "render_block_size": "+BS",
+}
+_BOOLEAN_INI_KEYS = {"jitter": "J", "output_alpha": "UA", "remove_bounds": "UR", "light_buffer": "UL",
+                     "vista_buffer": "UV"}
+
+
+@dataclasses.dataclass
+class IniSettings:
+    options: list[str]
+    animation: dict
+    width: int | None = None
+    height: int | None = None
+
+
+def _ini_bool(key: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("on", "true", "yes", "1"):
+        return True
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    raise FarmError(Code.BAD_OPTION, f"INI setting {key}={value!r} is not on or off")
+
+
+def read_ini(text: str) -> IniSettings:
+    """Read a scene's animation INI into farm settings, by the same rules as --option: rendering
+    settings become switches (checked by validate_options), animation settings become the job's
+    animation, and anything that names files, runs commands or is unknown is refused by name."""
+    settings = IniSettings(options=[], animation={})
+    antialias, threshold = None, None
+    for raw in text.splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if not line or line.startswith("["):
+            continue
+        if line[0] in "+-":
+            settings.options.extend(line.split())
+            continue
+        key, sep, value = (part.strip() for part in line.partition("="))
+        lowered = key.lower()
+        if not sep:
+            raise FarmError(Code.BAD_OPTION, f"INI line {raw.strip()!r} is not KEY=VALUE")
+        if lowered in _IGNORED_INI_KEYS:
+            continue
+        if lowered == "declare":
+            settings.options.append(f"Declare={value}")
+        elif lowered in ("width", "height"):
+            try:
+                setattr(settings, lowered, int(value))
+            except ValueError:
+                raise FarmError(Code.BAD_OPTION, f"INI setting {key}={value!r} is not a whole number") from None
+        elif lowered in _ANIMATION_INI_KEYS:
+            name, kind = _ANIMATION_INI_KEYS[lowered]
+            try:
+                settings.animation[name] = kind(value)
+            except ValueError:
+                raise FarmError(Code.BAD_OPTION, f"INI setting {key}={value!r} is not a number") from None
+        elif lowered == "cyclic_animation":
+            settings.animation["cyclic"] = _ini_bool(key, value)
+        elif lowered == "antialias":
+            antialias = _ini_bool(key, value)
+        elif lowered == "antialias_threshold":
+            threshold = value
+        elif lowered in _SWITCH_INI_KEYS:
+            settings.options.append(_SWITCH_INI_KEYS[lowered] + value)
+        elif lowered in _BOOLEAN_INI_KEYS:
+            settings.options.append(("+" if _ini_bool(key, value) else "-") + _BOOLEAN_INI_KEYS[lowered])
+        else:
+            raise FarmError(Code.BAD_OPTION, f"INI setting {key!r} is not allowed")
+    if antialias:
+        settings.options.insert(0, "+A" + (threshold or ""))
+    elif antialias is False:
+        settings.options.insert(0, "-A")
+    validate_options(settings.options)
+    return settings

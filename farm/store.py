@@ -41,14 +41,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     bundle TEXT NOT NULL, scene TEXT NOT NULL,
     width INTEGER NOT NULL, height INTEGER NOT NULL, options TEXT NOT NULL,
     channels INTEGER NOT NULL, bits INTEGER NOT NULL,
-    first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL,
+    first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL,  -- the frames this job renders
+    animation TEXT,  -- JSON: POV-Ray's animation settings (+KFI/+KFF/+KI/+KF/+KC); NULL for a still
     error TEXT, submitted REAL NOT NULL, started REAL, finished REAL);
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
     PRIMARY KEY (job, number));
 CREATE TABLE IF NOT EXISTS strips (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job INTEGER NOT NULL, frame INTEGER NOT NULL, idx INTEGER NOT NULL,
+    -- A strip is a unit of work: rows [row_start, row_end) of frames frame..frame_last, which one
+    -- POV-Ray process renders; its data holds each frame's rows in turn.
+    job INTEGER NOT NULL, frame INTEGER NOT NULL, frame_last INTEGER NOT NULL, idx INTEGER NOT NULL,
     row_start INTEGER NOT NULL, row_end INTEGER NOT NULL, state TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
     lease TEXT, node TEXT, lease_expires REAL, progress REAL NOT NULL DEFAULT 0,
@@ -66,6 +69,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     strips_done INTEGER NOT NULL DEFAULT 0, strips_failed INTEGER NOT NULL DEFAULT 0,
     error TEXT);
 """
+
+
+_COVERS = "frame <= ? AND frame_last >= ?"   # a unit of work that includes a given frame
 
 
 class Store:
@@ -147,22 +153,26 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def create_job(self, spec: dict[str, Any], strips: Sequence[tuple[int, int]], now: float) -> int:
-        """Insert a job with one row per frame and per strip of each frame."""
+    def create_job(self, spec: dict[str, Any], units: Sequence[tuple[int, int, int, int]], now: float) -> int:
+        """Insert a job, a row per frame, and its units of work: (first frame, last frame, row start, row end)."""
+        animation = spec.get("animation")
         with self.tx() as db:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
-                " bits, first_frame, last_frame, submitted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " bits, first_frame, last_frame, animation, submitted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (spec["name"], JobState.QUEUED.value, spec["priority"], spec["bundle"], spec["scene"],
                  spec["width"], spec["height"], json.dumps(list(spec["options"])), spec["channels"],
-                 spec["bits"], spec["first_frame"], spec["last_frame"], now))
+                 spec["bits"], spec["first_frame"], spec["last_frame"],
+                 json.dumps(animation) if animation else None, now))
             job_id = cur.lastrowid
-            for frame in range(spec["first_frame"], spec["last_frame"] + 1):
-                db.execute("INSERT INTO frames VALUES (?, ?, ?, NULL)", (job_id, frame, FrameState.QUEUED.value))
-                db.executemany(
-                    "INSERT INTO strips (job, frame, idx, row_start, row_end, state) VALUES (?,?,?,?,?,?)",
-                    [(job_id, frame, idx, start, end, StripState.QUEUED.value)
-                     for idx, (start, end) in enumerate(strips)])
+            db.executemany("INSERT INTO frames VALUES (?, ?, ?, NULL)",
+                           [(job_id, frame, FrameState.QUEUED.value)
+                            for frame in range(spec["first_frame"], spec["last_frame"] + 1)])
+            db.executemany(
+                "INSERT INTO strips (job, frame, frame_last, idx, row_start, row_end, state)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [(job_id, first, last, idx, start, end, StripState.QUEUED.value)
+                 for idx, (first, last, start, end) in enumerate(units)])
             return job_id
 
     def _job_row(self, db, job_id: int) -> sqlite3.Row:
@@ -188,8 +198,8 @@ class Store:
     def strips_of(self, job_id: int) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(
-                "SELECT id, frame, idx, row_start, row_end, state, attempt, failures, node, progress, error"
-                " FROM strips WHERE job=? ORDER BY frame, idx", (job_id,)).fetchall()
+                "SELECT id, frame, frame_last, idx, row_start, row_end, state, attempt, failures, node, progress,"
+                " error FROM strips WHERE job=? ORDER BY idx", (job_id,)).fetchall()
 
     def strip_by_lease(self, lease: str) -> sqlite3.Row | None:
         with self._lock:
@@ -199,7 +209,7 @@ class Store:
         """Stored strips of a job in the order they arrived, after the feed cursor."""
         with self._lock:
             return self._db.execute(
-                "SELECT frame, idx, row_start, row_end, data, done_seq FROM strips"
+                "SELECT frame, frame_last, idx, row_start, row_end, data, done_seq FROM strips"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()
 
     def newest_job_id(self) -> int | None:
@@ -312,15 +322,15 @@ class Store:
             job = self._job_row(db, strip["job"])
             if JobState(job["state"]) is JobState.QUEUED:
                 self._set_job_state(db, job, JobState.RENDERING, started=now)
-            frame = db.execute("SELECT state FROM frames WHERE job=? AND number=?",
-                               (strip["job"], strip["frame"])).fetchone()
-            if FrameState(frame["state"]) is FrameState.QUEUED:
-                self._set_frame_state(db, strip["job"], strip["frame"], FrameState.RENDERING)
+            for frame in db.execute("SELECT number FROM frames WHERE job=? AND number BETWEEN ? AND ? AND state=?",
+                                    (strip["job"], strip["frame"], strip["frame_last"],
+                                     FrameState.QUEUED.value)).fetchall():
+                self._set_frame_state(db, strip["job"], frame["number"], FrameState.RENDERING)
             self._set_node_state(db, node, NodeState.BUSY)
             return db.execute("SELECT * FROM strips WHERE id=?", (strip["id"],)).fetchone()
 
     _QUEUED_STRIPS = ("SELECT s.* FROM strips s JOIN jobs j ON j.id = s.job WHERE s.state=? AND j.state IN (?, ?)"
-                      " ORDER BY j.priority DESC, j.id, s.frame, s.idx LIMIT ?")
+                      " ORDER BY j.priority DESC, j.id, s.idx LIMIT ?")
 
     def _next_strip_for(self, db, node_name: str) -> sqlite3.Row | None:
         """A failed strip is retried on a different node, and a node that failed NODE_STRIKES strips of a
@@ -371,22 +381,23 @@ class Store:
         return strip
 
     def complete_strip(self, node_id: str, lease: str, data: bytes, seconds: float,
-                       now: float) -> tuple[int, int, bool]:
-        """Store a strip's rows. Returns (job, frame, frame_complete). Re-sending an accepted result is harmless."""
+                       now: float) -> tuple[int, list[int]]:
+        """Store a strip's rows. Returns (job, frames now complete). Re-sending an accepted result is harmless."""
         with self.tx() as db:
             self._seen(db, node_id, now)
-            done = db.execute("SELECT job, frame FROM strips WHERE lease=? AND node=? AND state=?",
+            done = db.execute("SELECT job FROM strips WHERE lease=? AND node=? AND state=?",
                               (lease, node_id, StripState.DONE.value)).fetchone()
             if done is not None:
-                return done["job"], done["frame"], False
+                return done["job"], []
             strip = self._leased_strip(db, node_id, lease)
             seq = db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM strips").fetchone()[0]
             self._set_strip_state(db, strip, StripState.DONE, data=data, seconds=seconds, progress=1.0,
                                   lease_expires=None, error=None, done_seq=seq)
             db.execute("UPDATE nodes SET strips_done = strips_done + 1 WHERE id=?", (node_id,))
-            left = db.execute("SELECT COUNT(*) FROM strips WHERE job=? AND frame=? AND state != ?",
-                              (strip["job"], strip["frame"], StripState.DONE.value)).fetchone()[0]
-            return strip["job"], strip["frame"], left == 0
+            complete = [frame for frame in range(strip["frame"], strip["frame_last"] + 1)
+                        if not db.execute(f"SELECT 1 FROM strips WHERE job=? AND {_COVERS} AND state != ? LIMIT 1",
+                                          (strip["job"], frame, frame, StripState.DONE.value)).fetchone()]
+            return strip["job"], complete
 
     def fail_strip(self, node_id: str, lease: str, error: str, fatal: bool, now: float,
                    max_attempts: int) -> None:
@@ -447,15 +458,16 @@ class Store:
             return [(r["job"], r["number"]) for r in self._db.execute(
                 "SELECT f.job, f.number FROM frames f JOIN jobs j ON j.id=f.job"
                 " WHERE f.state IN (?, ?) AND j.state=? AND NOT EXISTS (SELECT 1 FROM strips s"
-                " WHERE s.job=f.job AND s.frame=f.number AND s.state != ?)",
+                " WHERE s.job=f.job AND s.frame <= f.number AND s.frame_last >= f.number AND s.state != ?)",
                 (FrameState.QUEUED.value, FrameState.RENDERING.value, JobState.RENDERING.value,
                  StripState.DONE.value)).fetchall()]
 
-    def strip_pieces(self, job_id: int, frame: int) -> list[tuple[int, int, bytes]]:
+    def strip_pieces(self, job_id: int, frame: int) -> list[sqlite3.Row]:
+        """The stored units that cover a frame: frame, frame_last, row_start, row_end, data."""
         with self._lock:
-            return [(r["row_start"], r["row_end"], bytes(r["data"])) for r in self._db.execute(
-                "SELECT row_start, row_end, data FROM strips WHERE job=? AND frame=? AND state=?",
-                (job_id, frame, StripState.DONE.value)).fetchall()]
+            return self._db.execute(
+                f"SELECT frame, frame_last, row_start, row_end, data FROM strips WHERE job=? AND {_COVERS}"
+                " AND state=?", (job_id, frame, frame, StripState.DONE.value)).fetchall()
 
     def finish_frame(self, job_id: int, frame: int, path: str, now: float) -> bool:
         """Record a written frame image; the job is done when its last frame is. Returns job done."""

@@ -19,7 +19,7 @@ import operator
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 DEFAULT_BLOCK = 32  # POV-Ray's default render block size (+BS)
 
@@ -495,6 +495,18 @@ def encode_png(raster: Raster, level: int = 6) -> bytes:
         0,  # adaptive filtering method (we always pick None per row)
         0,  # not interlaced
     )
+    return b"".join(
+        (
+            PNG_SIGNATURE,
+            _png_chunk(b"IHDR", ihdr),
+            _png_chunk(b"IDAT", _compressed_scanlines(raster, level)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _compressed_scanlines(raster: Raster, level: int) -> bytes:
+    """The zlib stream of a PNG image: every row prefixed with filter type None."""
     # Feed the compressor in batches of rows so big images are not copied whole.
     size = raster.row_bytes
     pixels = memoryview(raster.pixels)
@@ -508,14 +520,7 @@ def encode_png(raster: Raster, level: int = 6) -> bytes:
         )
         parts.append(packer.compress(chunk))
     parts.append(packer.flush())
-    return b"".join(
-        (
-            PNG_SIGNATURE,
-            _png_chunk(b"IHDR", ihdr),
-            _png_chunk(b"IDAT", b"".join(parts)),
-            _png_chunk(b"IEND", b""),
-        )
-    )
+    return b"".join(parts)
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -558,3 +563,58 @@ def _inflate_exact(data: bytes, expected_len: int, what: str) -> bytes:
     if len(out) != expected_len:
         raise ValueError(f"{what} decompress to {len(out)} bytes, expected {expected_len}.")
     return out
+
+
+def plan_units(height: int, first_frame: int, last_frame: int, nodes: int, strips: int | str = "auto",
+               block: int = DEFAULT_BLOCK, runs_per_node: int = 3) -> list[tuple[int, int, int, int]]:
+    """Units of work for frames first..last: (frame_first, frame_last, row_start, row_end).
+
+    With an explicit strip count every frame is split into that many strips. Otherwise a still, or
+    fewer frames than nodes, is split into strips so every node has work; with more frames than nodes,
+    whole frames are the units, in runs of consecutive frames that one POV-Ray process renders
+    (+SF/+EF) so its start-up cost is paid once per run. About `runs_per_node` runs per node keep the
+    nodes evenly busy to the end."""
+    frames = last_frame - first_frame + 1
+    if frames < 1:
+        raise ValueError("the frame range is empty")
+    nodes = max(1, nodes)
+    if strips != "auto" or frames < nodes:
+        count = int(strips) if strips != "auto" else auto_strip_count(height, -(-nodes // frames), block)
+        rows = plan_strips(height, count, block)
+        return [(frame, frame, start, end) for frame in range(first_frame, last_frame + 1) for start, end in rows]
+    runs = min(frames, nodes * runs_per_node)
+    base, extra = divmod(frames, runs)
+    units, frame = [], first_frame
+    for index in range(runs):
+        size = base + (1 if index < extra else 0)
+        units.append((frame, frame + size - 1, 0, height))
+        frame += size
+    return units
+
+
+def encode_apng(frames: Sequence[Raster], delay_ms: int = 100, level: int = 6) -> bytes:
+    """An animated PNG of equally sized frames (each shown `delay_ms`), playing forever.
+    Browsers play it; viewers without APNG support show the first frame."""
+    if not frames:
+        raise ValueError("an animation needs at least one frame")
+    first = frames[0]
+    shape = (first.width, first.height, first.channels, first.bits)
+    if any((f.width, f.height, f.channels, f.bits) != shape for f in frames):
+        raise ValueError("all frames of an animation must have the same size and format")
+    delay = max(1, min(int(delay_ms), 65535))
+    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", first.width, first.height, first.bits,
+                                              _PNG_TYPE_FOR_CHANNELS[first.channels], 0, 0, 0)),
+              _png_chunk(b"acTL", struct.pack(">II", len(frames), 0))]
+    sequence = 0
+    for index, frame in enumerate(frames):
+        chunks.append(_png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, frame.width, frame.height,
+                                                      0, 0, delay, 1000, 0, 0)))
+        sequence += 1
+        data = _compressed_scanlines(frame, level)
+        if index == 0:
+            chunks.append(_png_chunk(b"IDAT", data))
+        else:
+            chunks.append(_png_chunk(b"fdAT", struct.pack(">I", sequence) + data))
+            sequence += 1
+    chunks.append(_png_chunk(b"IEND", b""))
+    return PNG_SIGNATURE + b"".join(chunks)

@@ -1,0 +1,194 @@
+"""Animations: settings, INI files, the frames x strips schedule, animated PNGs, and real renders of
+POV-Ray's example animations compared frame by frame with POV-Ray rendering them in one process."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from farm import strips
+from farm.animation import Animation, parse_clock, parse_range
+from farm.faults import Code, FarmError
+from farm.options import read_ini
+
+CLOCKD_INI = Path("/usr/share/povray-3.7/scenes/animations/clockd/clockd.ini")
+
+
+def test_animation_settings_and_names():
+    anim = Animation(first=1, last=30, initial_clock=0.0, final_clock=1.0, cyclic=True,
+                     subset_first=3, subset_last=5)
+    assert (anim.rendered_first, anim.rendered_last, anim.digits) == (3, 5, 2)
+    assert anim.file_name("anim", 3) == "anim03.png"
+    assert anim.povray_options() == ["+KFI1", "+KFF30", "+KI0.0", "+KF1.0", "+KC"]
+    assert Animation.from_spec(anim.to_spec()) == anim
+    assert Animation(first=1, last=9).digits == 1 and Animation(first=1, last=100).digits == 3
+
+
+@pytest.mark.parametrize("spec", [
+    {"first": 5, "last": 2}, {"first": 1, "last": 10, "subset_first": 11, "subset_last": 12},
+    {"first": -1, "last": 3}, {"first": 1, "last": 3, "initial_clock": float("nan")},
+    {"first": 1, "last": 3, "cyclic": "yes"}, {"first": 1, "last": 3, "colour": 1},
+    {"first": 1, "last": 20000},
+])
+def test_bad_animation_settings_are_refused(spec):
+    with pytest.raises(FarmError) as err:
+        Animation.from_spec(spec)
+    assert err.value.code is Code.BAD_ARGUMENT
+
+
+def test_ranges_and_clocks_from_the_command_line():
+    assert parse_range("1-30", "--frames") == (1, 30) and parse_range("7", "--frames") == (7, 7)
+    assert parse_clock("0,2.5") == (0.0, 2.5)
+    for bad in ("a-b", "1-", "-"):
+        with pytest.raises(FarmError):
+            parse_range(bad, "--frames")
+    with pytest.raises(FarmError):
+        parse_clock("1")
+
+
+def test_the_example_animation_ini_is_read():
+    ini = read_ini(CLOCKD_INI.read_text()) if CLOCKD_INI.exists() else read_ini(
+        "Antialias=On\nAntialias_Threshold=0.3\nAntialias_Depth=3\nInput_File_Name=clockd.pov\n"
+        "Initial_Frame=1\nFinal_Frame=20\nInitial_Clock=0\nFinal_Clock=1\nCyclic_Animation=on\n"
+        "Pause_when_Done=off\n")
+    assert ini.options == ["+A0.3", "+R3"]
+    assert ini.animation == {"first": 1, "last": 20, "initial_clock": 0.0, "final_clock": 1.0, "cyclic": True}
+
+
+@pytest.mark.parametrize("line, named", [
+    ("Pre_Scene_Command=touch /tmp/x", "Pre_Scene_Command"),
+    ("Post_Frame_Command=rm -rf /", "Post_Frame_Command"),
+    ("Output_File_Name=/etc/passwd", "Output_File_Name"),
+    ("Library_Path=/home", "Library_Path"),
+    ("All_File=/tmp/log", "All_File"),
+    ("+O/tmp/x.png", "+O/tmp/x.png"),
+    ("Include_Ini=other.ini", "Include_Ini"),
+])
+def test_ini_files_are_checked_by_the_same_rules(line, named):
+    with pytest.raises(FarmError) as err:
+        read_ini(f"Antialias=On\n{line}\n")
+    assert err.value.code is Code.BAD_OPTION and named in str(err.value)
+
+
+@given(height=st.integers(1, 2000), frames=st.integers(1, 200), nodes=st.integers(1, 64),
+       strips_=st.one_of(st.just("auto"), st.integers(1, 20)))
+def test_units_cover_every_row_of_every_frame_once(height, frames, nodes, strips_):
+    units = strips.plan_units(height, 1, frames, nodes, strips_)
+    covered = {}
+    for first, last, start, end in units:
+        assert 1 <= first <= last <= frames and 0 <= start < end <= height
+        for frame in range(first, last + 1):
+            covered.setdefault(frame, []).append((start, end))
+    for frame in range(1, frames + 1):
+        rows = sorted(covered[frame])
+        assert rows[0][0] == 0 and rows[-1][1] == height
+        assert all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+
+
+def test_many_frames_make_runs_and_few_frames_make_strips():
+    runs = strips.plan_units(120, 1, 30, 2)
+    assert all(start == 0 and end == 120 for _, _, start, end in runs)
+    assert 2 <= len(runs) <= 8 and sum(last - first + 1 for first, last, _, _ in runs) == 30
+    split = strips.plan_units(240, 1, 2, 8)
+    assert all(first == last for first, last, _, _ in split) and len(split) > 2
+
+
+def test_animated_png_frames_decode_to_the_stills():
+    from PIL import Image, ImageSequence
+
+    frames = [strips.Raster(12, 6, channels, 8, bytes((i * 37 + j) % 256 for j in range(12 * 6 * channels)))
+              for channels in (3,) for i in range(4)]
+    data = strips.encode_apng(frames, 80)
+    image = Image.open(io.BytesIO(data))
+    assert image.is_animated and image.n_frames == 4
+    decoded = [frame.convert("RGB").tobytes() for frame in ImageSequence.Iterator(image)]
+    assert decoded == [frame.pixels for frame in frames]
+    with pytest.raises(ValueError):
+        strips.encode_apng([frames[0], strips.Raster(1, 1, 3, 8, b"\0\0\0")])
+
+
+# -- real renders ---------------------------------------------------------------------------------
+
+from conftest import SCENES, needs_povray, run_cli  # noqa: E402
+
+CLOCKD = SCENES / "animations/clockd/clockd.pov"
+
+
+def native_animation(scene: Path, ini: Path | None, args: list[str], out_dir: Path) -> Path:
+    """POV-Ray rendering the whole animation in one process."""
+    out_dir.mkdir()
+    command = ["povray", *([ini.name] if ini else []), f"+I{scene.name}", *args, "-D", f"+O{out_dir}/{scene.stem}.png"]
+    subprocess.run(command, cwd=scene.parent, check=True, capture_output=True, timeout=300)
+    return out_dir
+
+
+def same_frames(ours: Path, theirs: Path, names: list[str]) -> None:
+    from PIL import Image
+
+    for name in names:
+        with Image.open(ours / name) as a, Image.open(theirs / name) as b:
+            assert a.tobytes() == b.tobytes(), f"frame {name} differs"
+
+
+@needs_povray
+def test_example_animation_with_its_ini_on_two_nodes(tmp_path):
+    out = tmp_path / "frames"
+    result = run_cli("render", str(CLOCKD), "--ini", str(CLOCKD.with_suffix(".ini")), "--width", "96",
+                     "--height", "72", "--nodes", "2", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    names = [f"clockd{n:02d}.png" for n in range(1, 21)]
+    assert sorted(p.name for p in out.iterdir()) == names
+    native = native_animation(CLOCKD, CLOCKD.with_suffix(".ini"), ["+W96", "+H72"], tmp_path / "native")
+    same_frames(out, native, names)
+
+
+@needs_povray
+def test_subset_frames_and_the_animated_png(farm, tmp_path):
+    from PIL import Image, ImageSequence
+
+    farm.start_controller()
+    farm.start_node("n1")
+    farm.start_node("n2")
+    url = ["--controller", farm.url]
+    out = tmp_path / "frames"
+    result = run_cli("submit", str(CLOCKD), "--frames", "1-12", "--clock", "0,1", "--cyclic", "--subset", "4-7",
+                     "--width", "64", "--height", "48", "--option", "+A0.3", "--wait", "--output", str(out), *url)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip()
+    names = [f"clockd{n:02d}.png" for n in range(4, 8)]
+    assert sorted(p.name for p in out.iterdir()) == names
+    native = native_animation(CLOCKD, None, ["+W64", "+H48", "+A0.3", "+KFI1", "+KFF12", "+KI0", "+KF1", "+KC",
+                                             "+SF4", "+EF7"], tmp_path / "native")
+    same_frames(out, native, names)
+
+    apng = tmp_path / "anim.png"
+    assert run_cli("fetch", job, "--animation", str(apng), *url).returncode == 0
+    with Image.open(apng) as image:
+        frames = [frame.convert("RGB").tobytes() for frame in ImageSequence.Iterator(image)]
+    stills = []
+    for name in names:
+        with Image.open(out / name) as still:
+            stills.append(still.convert("RGB").tobytes())
+    assert frames == stills
+
+
+BROKEN_FRAME = """camera { location <0, 0, -3> look_at 0 }
+light_source { <5, 5, -5> rgb 1 }
+#if (frame_number = 4) #error "frame four is cursed" #end
+sphere { 0, 1 pigment { rgb <clock, 0.5, 0.5> } }
+"""
+
+
+@needs_povray
+def test_a_frame_with_a_scene_error_fails_the_job_naming_the_frame(tmp_path):
+    scene = tmp_path / "cursed" / "cursed.pov"
+    scene.parent.mkdir()
+    scene.write_text(BROKEN_FRAME)
+    result = run_cli("render", str(scene), "--frames", "1-6", "--width", "32", "--height", "24", "--nodes", "2",
+                     "--output", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "frame 4" in result.stderr and "frame four is cursed" in result.stderr, result.stderr
