@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="node name (default: the host name)")
     p.add_argument("--povray", metavar="PATH", help="the povray program (default: povray on PATH)")
     p.add_argument("--threads", type=int, help="POV-Ray render threads (default: all cores)")
+    p.add_argument("--slots", type=int, help="POV-Ray processes at once (default 2: one starts while another"
+                                             " finishes)")
     p.add_argument("--work-dir", type=Path, metavar="DIR",
                    help="bundle cache and per-strip folders (default ~/.cache/povfarm-node)")
     p.add_argument("--strip-timeout", type=float, metavar="SECONDS", help="wall-clock limit per strip")
@@ -166,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_flags(p)
     p.add_argument("--nodes", type=_positive_int, default=2, help="local nodes to start (default 2)")
     p.add_argument("--povray", metavar="PATH", help="the povray program (default: povray on PATH)")
-    p.add_argument("--threads", type=int, help="POV-Ray threads per node (default: cores / nodes)")
+    p.add_argument("--threads", type=int, help="POV-Ray threads per process (default: all cores)")
+    p.add_argument("--slots", type=int, help="POV-Ray processes per node at once (default 2)")
 
     p = sub.add_parser("status", help="show a job (default: the newest)")
     _add_client_flags(p)
@@ -376,8 +379,7 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
     controller = Controller(config)
     try:
         controller.start_in_thread()
-        threads = args.threads or max(1, (os.cpu_count() or 1) // args.nodes)
-        nodes = [_start_local_node(controller.url, i, workspace, threads, config) for i in range(args.nodes)]
+        nodes = [_start_local_node(controller.url, i, workspace, config) for i in range(args.nodes)]
         client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
         _wait_for_local_nodes(client, nodes)
         job_id = submit_job(client, args)
@@ -399,10 +401,10 @@ def _wait_for_local_nodes(client: Client, nodes: Sequence[subprocess.Popen], tim
         time.sleep(0.05)
 
 
-def _start_local_node(url: str, index: int, workspace: Path, threads: int, config: Config) -> subprocess.Popen:
+def _start_local_node(url: str, index: int, workspace: Path, config: Config) -> subprocess.Popen:
     argv = [sys.executable, "-m", "farm", "--log-level", "WARNING", "node", "--controller", url,
             "--name", f"local-{index + 1}", "--work-dir", str(workspace / f"node-{index + 1}"),
-            "--threads", str(threads), "--povray", config.povray,
+            "--threads", str(config.threads), "--slots", str(config.slots), "--povray", config.povray,
             "--token-file", str(config.data_dir / "tokens")]
     env = {key: value for key, value in os.environ.items() if key != "POVFARM_TOKEN"}
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)

@@ -53,6 +53,7 @@ class Config:
     name: str = dataclasses.field(default_factory=socket.gethostname)
     povray: str = "povray"
     threads: int = 0                   # POV-Ray render threads; 0 lets POV-Ray use every core
+    slots: int = 2                     # POV-Ray processes a node runs at once
     work_dir: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm-node")
     poll_min: float = 0.2              # idle polling backs off from poll_min to poll_max
     poll_max: float = 2.0

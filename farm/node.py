@@ -63,6 +63,8 @@ class Node:
                     f"POV-Ray runs, but not inside the bubblewrap sandbox ({problem}); install it under "
                     f"/usr or run the node with --sandbox none at your own risk")
         self.strips_done = 0
+        self._registration = threading.Lock()
+        self._fatal: FarmError | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -76,20 +78,42 @@ class Node:
 
     def info(self) -> dict[str, Any]:
         info = {"host": socket.gethostname(), "platform": sys.platform, "povfarm": __version__,
-                "threads": self.config.threads or os.cpu_count() or 1, "povray": self.version or "",
+                "threads": self.config.threads or os.cpu_count() or 1, "slots": max(1, self.config.slots),
+                "povray": self.version or "",
                 **self.sandbox.info()}
         if self.broken:
             info["error"] = self.broken
         return info
 
     def run(self) -> None:
-        """Poll and render until asked to stop."""
+        """Poll and render with `slots` workers until asked to stop. Several POV-Ray processes at once
+        hide each one's idle start-up and shut-down time behind the others' tracing."""
         if self.sandbox.warning:
             log.warning("%s", sandboxes.warning_banner(self.sandbox.warning))
         else:
             log.info("POV-Ray runs confined by bubblewrap (%s)", self.sandbox.bwrap)
         if self.broken:
             log.error("this node cannot render: %s", self.broken)
+        workers = [threading.Thread(target=self._worker, name=f"slot-{slot + 1}", daemon=True)
+                   for slot in range(max(1, self.config.slots))]
+        for worker in workers:
+            worker.start()
+        while any(worker.is_alive() for worker in workers):
+            for worker in workers:
+                worker.join(0.2)    # short joins: the main thread must stay free for signals
+        if self._fatal is not None:
+            raise self._fatal
+        log.info("node %s stopped after %d strips", self.node_id, self.strips_done)
+
+    def _worker(self) -> None:
+        try:
+            self._poll_loop()
+        except FarmError as err:   # e.g. a refused token: no point in going on
+            self._fatal = err
+            self.stopping.set()
+            self.aborting.set()
+
+    def _poll_loop(self) -> None:
         delay = 0.0
         while not self.stopping.is_set():
             try:
@@ -97,7 +121,7 @@ class Node:
             except FarmError as err:
                 if err.code is Code.UNKNOWN_NODE:
                     log.warning("%s", err)
-                    self.node_id = None
+                    self._forget(self.node_id)
                     continue
                 if err.code is not Code.UNREACHABLE:
                     raise
@@ -110,24 +134,32 @@ class Node:
             else:
                 delay = self._backoff(delay, ceiling=self.config.poll_max)
                 self.stopping.wait(delay)
-        log.info("node %s stopped after %d strips", self.node_id, self.strips_done)
 
     def _backoff(self, delay: float, ceiling: float) -> float:
         """Double the delay up to the ceiling, with +-25% jitter so many nodes do not poll in step."""
         base = min(max(delay * 2, self.config.poll_min), ceiling)
         return base * (0.75 + 0.5 * self.rng())
 
-    def register(self) -> None:
-        reply = self.client.call("nodes.register", self.config.name, self.info())
-        self.node_id = reply["node_id"]
-        self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
-        log.info("registered with %s as %s", self.client.url, self.node_id)
+    def register(self) -> str:
+        """Register once for all slots; returns the node id."""
+        with self._registration:
+            if self.node_id is None:
+                reply = self.client.call("nodes.register", self.config.name, self.info())
+                self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
+                self.node_id = reply["node_id"]
+                log.info("registered with %s as %s", self.client.url, self.node_id)
+            return self.node_id
+
+    def _forget(self, node_id: str | None) -> None:
+        """The controller no longer knows this id: the next poll registers again (once, for all slots)."""
+        with self._registration:
+            if self.node_id == node_id:
+                self.node_id = None
 
     def step(self) -> bool:
         """One poll; render the task if there is one. True when a strip was worked on."""
-        if self.node_id is None:
-            self.register()
-        task = self.client.call("nodes.poll", self.node_id)
+        node_id = self.node_id or self.register()
+        task = self.client.call("nodes.poll", node_id)
         if not task:
             return False
         self.work(task)

@@ -8,6 +8,7 @@ progress and error messages. It knows nothing about the controller.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -79,20 +80,25 @@ def _stop_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): get SIGKILL if the node dies, so no orphaned POV-Ray
-    keeps burning a CPU on a strip that is already being rendered elsewhere."""
+@functools.lru_cache(maxsize=1)
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once in the node: the child between fork and exec must only call it
+    (loading a library there could deadlock when other node threads hold the loader's lock)."""
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return ctypes.CDLL(None, use_errno=True).prctl
 
 
 def _child_setup(limits: Limits | None) -> Callable[[], None]:
-    """What the child does before exec (POSIX): die with the node (Linux), then lower its limits."""
+    """What the child does before exec (POSIX): die with the node (Linux: PR_SET_PDEATHSIG, so no
+    orphaned POV-Ray keeps burning a CPU on a strip already rendered elsewhere), then lower its limits."""
+    prctl = _prctl()
+    pr_set_pdeathsig = 1
+
     def setup() -> None:
-        if sys.platform.startswith("linux"):
-            _die_with_parent()
+        if prctl is not None:
+            prctl(pr_set_pdeathsig, signal.SIGKILL)
         if limits is not None:
             limits.apply()
     return setup
