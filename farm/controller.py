@@ -78,14 +78,9 @@ class Farm:
         self.bundle_dir = config.data_dir / "bundles"
         self.image_dir = config.data_dir / "jobs"
         self._stitch_lock = threading.Lock()
-        # Viewers long-poll on this: every change that a viewer could show bumps the version.
-        self._changed = threading.Condition()
-        self._version = 0
-
-    def _notify(self) -> None:
-        with self._changed:
-            self._version += 1
-            self._changed.notify_all()
+        self.changes = _Changes()
+        self._views: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
+        self._views_lock = threading.Lock()
 
     # -- api -------------------------------------------------------------------------------
 
@@ -139,7 +134,7 @@ class Farm:
         units = strips.plan_units(job["height"], job["first_frame"], job["last_frame"], self._live_nodes(),
                                   count, block)
         job_id = self.store.create_job(job, units, self.clock())
-        self._notify()
+        self.changes.bump()
         log.info("job %s queued: %s %dx%d, frames %d-%d, in %d units", job_id, job["scene"], job["width"],
                  job["height"], job["first_frame"], job["last_frame"], len(units))
         return job_id
@@ -226,7 +221,7 @@ class Farm:
     def jobs_cancel(self, job_id: int) -> bool:
         """jobs.cancel(job: int) -> bool: cancel a queued or rendering job; nodes stop its strips."""
         self.store.cancel_job(_require_int("job", job_id, 1, 2**31 - 1), self.clock())
-        self._notify()
+        self.changes.bump(job_id)
         log.info("job %s canceled", job_id)
         return True
 
@@ -234,14 +229,14 @@ class Farm:
         """jobs.pause(job: int) -> bool: lease no new strips of the job; strips in flight still finish."""
         self.store.pause_job(_require_int("job", job_id, 1, 2**31 - 1))
         log.info("job %s paused", job_id)
-        self._notify()
+        self.changes.bump(job_id)
         return True
 
     def jobs_resume(self, job_id: int) -> bool:
         """jobs.resume(job: int) -> bool: let a paused job render again."""
         self.store.resume_job(_require_int("job", job_id, 1, 2**31 - 1))
         log.info("job %s resumed", job_id)
-        self._notify()
+        self.changes.bump(job_id)
         return True
 
     def jobs_fetch(self, job_id: int, frame: int = 0) -> xmlrpc.client.Binary:
@@ -280,7 +275,7 @@ class Farm:
                                        self.config.lease_timeout)
         if strip is None:
             return {}
-        self._notify()
+        self.changes.bump(strip["job"])
         job = self.store.job(strip["job"])
         log.info("job %s strip %s (rows %s-%s) leased to %s", job["id"], strip["idx"], strip["row_start"],
                  strip["row_end"], node_id)
@@ -299,10 +294,10 @@ class Farm:
         stop ([str]): leases the node must abandon (canceled, failed or expired)."""
         if not isinstance(progress, dict):
             raise FarmError(Code.BAD_ARGUMENT, "progress must be a struct of lease to fraction")
-        stale = self.store.heartbeat(_require_str("node_id", node_id, 120), progress, self.clock(),
-                                     self.config.lease_timeout)
-        if progress:
-            self._notify()
+        stale, jobs = self.store.heartbeat(_require_str("node_id", node_id, 120), progress, self.clock(),
+                                           self.config.lease_timeout)
+        for job_id in jobs:
+            self.changes.bump(job_id)
         return {"stop": stale}
 
     def nodes_complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> bool:
@@ -316,7 +311,7 @@ class Farm:
             raise FarmError(Code.BAD_ARGUMENT, f"strip rows rejected: {err}") from None
         job_id, complete = self.store.complete_strip(node_id, lease, data, float(seconds), self.clock())
         log.info("job %s strip %s done by %s in %.2fs", job_id, strip["idx"], node_id, float(seconds))
-        self._notify()
+        self.changes.bump(job_id)
         for frame in complete:
             try:
                 self._finish_frame(job_id, frame)
@@ -337,9 +332,9 @@ class Farm:
         scene_error true means the scene itself is broken (a parse error): the job fails at once;
         otherwise the strip is retried, up to max_attempts times."""
         text = str(error)[:MAX_ERROR_TEXT] or "POV-Ray failed without a message"
-        self.store.fail_strip(_require_str("node_id", node_id, 120), _require_str("lease", lease, 120), text,
-                              bool(scene_error), self.clock(), self.config.max_attempts)
-        self._notify()
+        job_id = self.store.fail_strip(_require_str("node_id", node_id, 120), _require_str("lease", lease, 120),
+                                       text, bool(scene_error), self.clock(), self.config.max_attempts)
+        self.changes.bump(job_id)
         log.warning("node %s failed lease %s%s: %s", node_id, lease, " (scene error)" if scene_error else "",
                     text.splitlines()[0] if text else "")
         return True
@@ -377,35 +372,49 @@ class Farm:
         base64 zlib of the raw rows, oldest first), in_flight ([struct] frame, row_start, row_end,
         node (name), progress 0..1)."""
         job_id = _require_int("job", job_id, 0, 2**31 - 1)
-        cursor = _require_int("cursor", cursor, 0, 2**62)
+        cursor = _require_int("cursor", cursor, 0, 2**31 - 1)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
             raise FarmError(Code.BAD_ARGUMENT, "timeout must be a number of seconds")
-        with self._changed:
-            seen = self._version
-        reply = self._feed(job_id, cursor)
-        if reply["strips"] or reply["job"].get("state") in ("done", "failed", "canceled"):
+        target = job_id or self.store.newest_job_id() or 0
+        seen = self.changes.version(target)
+        reply = self._feed(target, cursor)
+        ended = reply["job"].get("state") in ("done", "failed", "canceled")
+        if reply["strips"] or (ended and job_id):
             return reply
-        with self._changed:
-            self._changed.wait_for(lambda: self._version != seen, timeout=min(float(timeout), 30.0))
-        return self._feed(job_id, cursor)
+        # Nothing new: wait for this job to change, or (following the newest job) for a new job.
+        self.changes.wait(target, seen, min(float(timeout), 30.0))
+        current = job_id or self.store.newest_job_id() or 0
+        return self._feed(current, cursor if current == target else 0)   # a new job starts at cursor 0
 
     def _feed(self, job_id: int, cursor: int) -> dict:
-        target = job_id or self.store.newest_job_id()
-        if not target:
+        if not job_id:
             return {"job": {}, "cursor": cursor, "strips": [], "in_flight": []}
-        job = self.store.job(target)
-        rows = self.store.strips_stored_after(target, cursor, limit=64)
-        names = {node["id"]: node["name"] for node in self.store.nodes()}
-        in_flight = [
-            {"frame": s["frame"], "row_start": s["row_start"], "row_end": s["row_end"],
-             "node": names.get(s["node"], s["node"] or ""), "progress": s["progress"]}
-            for s in self.store.strips_of(target) if s["state"] == "leased"]
+        job = self.store.job(job_id)
+        status, in_flight = self._job_view(job)
+        rows = self.store.strips_stored_after(job_id, cursor, limit=64)
         return {
-            "job": self._describe(job, detail=False),
+            "job": status,
             "cursor": rows[-1]["done_seq"] if rows else cursor,
             "strips": [piece for row in rows for piece in self._feed_pieces(row, job)],
             "in_flight": in_flight,
         }
+
+    def _job_view(self, job) -> tuple[dict, list]:
+        """The job's status and strips in flight, computed once per change however many viewers ask."""
+        version = self.changes.version(job["id"])
+        with self._views_lock:
+            cached = self._views.get(job["id"])
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        names = {node["id"]: node["name"] for node in self.store.nodes()}
+        in_flight = [
+            {"frame": s["frame"], "row_start": s["row_start"], "row_end": s["row_end"],
+             "node": names.get(s["node"], s["node"] or ""), "progress": s["progress"]}
+            for s in self.store.strips_of(job["id"]) if s["state"] == "leased"]
+        status = self._describe(job, detail=False)
+        with self._views_lock:
+            self._views[job["id"]] = (version, status, in_flight)
+        return status, in_flight
 
     @staticmethod
     def _feed_pieces(row, job) -> list[dict]:
@@ -424,7 +433,7 @@ class Farm:
     def tick(self) -> None:
         """Expire leases, mark silent nodes, and write frames whose strips are all in."""
         if self.store.expire(self.clock(), self.config.lease_timeout):
-            self._notify()
+            self.changes.bump()
         for job_id, frame in self.store.complete_frames():
             self._finish_frame(job_id, frame)
 
@@ -449,7 +458,7 @@ class Farm:
             _write_atomically(path, strips.encode_png(raster))
             if self.store.finish_frame(job_id, frame, str(path), self.clock()):
                 log.info("job %s done: %s", job_id, path)
-            self._notify()
+            self.changes.bump(job_id)
 
     def methods(self) -> dict[str, tuple[Callable[..., Any], frozenset[str]]]:
         """The public RPC surface: name -> (function, roles that may call it)."""
@@ -468,6 +477,32 @@ class Farm:
             "nodes.heartbeat": (self.nodes_heartbeat, node), "nodes.complete": (self.nodes_complete, node),
             "nodes.fail": (self.nodes_fail, node), "nodes.release": (self.nodes_release, node),
         }
+
+
+class _Changes:
+    """What viewers long-poll on: a version per job, and one for farm-wide changes (a new job,
+    expired leases). Only viewers whose job (or the farm) changed wake up and query."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._farm = 0
+        self._jobs: dict[int, int] = {}
+
+    def bump(self, job_id: int | None = None) -> None:
+        with self._condition:
+            if job_id is None:
+                self._farm += 1
+            else:
+                self._jobs[job_id] = self._jobs.get(job_id, 0) + 1
+            self._condition.notify_all()
+
+    def version(self, job_id: int) -> tuple[int, int]:
+        with self._condition:
+            return self._farm, self._jobs.get(job_id, 0)
+
+    def wait(self, job_id: int, seen: tuple[int, int], timeout: float) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: (self._farm, self._jobs.get(job_id, 0)) != seen, timeout)
 
 
 def _unit_bytes(unit, job) -> int:

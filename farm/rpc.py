@@ -212,6 +212,7 @@ def capped_gunzip(data: bytes, limit: int) -> bytes:
 class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128     # many nodes and viewers connect at once; the default 5 drops them
 
     def __init__(self, address: tuple[str, int], tokens: dict[str, str],
                  tls: ssl.SSLContext | None = None, limits: Limits = Limits()):

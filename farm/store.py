@@ -360,11 +360,11 @@ class Store:
         return live <= avoid
 
     def heartbeat(self, node_id: str, progress: dict[str, float], now: float,
-                  lease_timeout: float) -> list[str]:
-        """Renew the node's leases; return the leases it should stop working on."""
+                  lease_timeout: float) -> tuple[list[str], set[int]]:
+        """Renew the node's leases. Returns the leases it should stop working on, and the jobs renewed."""
         with self.tx() as db:
             self._seen(db, node_id, now)
-            stale = []
+            stale, jobs = [], set()
             for lease, fraction in progress.items():
                 strip = db.execute("SELECT * FROM strips WHERE lease=?", (lease,)).fetchone()
                 if strip is None or strip["node"] != node_id or strip["state"] != StripState.LEASED.value:
@@ -372,7 +372,8 @@ class Store:
                     continue
                 db.execute("UPDATE strips SET lease_expires=?, progress=? WHERE id=?",
                            (now + lease_timeout, min(max(float(fraction), 0.0), 1.0), strip["id"]))
-            return stale
+                jobs.add(strip["job"])
+            return stale, jobs
 
     def _leased_strip(self, db, node_id: str, lease: str) -> sqlite3.Row:
         strip = db.execute("SELECT * FROM strips WHERE lease=?", (lease,)).fetchone()
@@ -400,7 +401,7 @@ class Store:
             return strip["job"], complete
 
     def fail_strip(self, node_id: str, lease: str, error: str, fatal: bool, now: float,
-                   max_attempts: int) -> None:
+                   max_attempts: int) -> int:
         """A strip failed. A scene error (fatal) fails the job at once; others retry up to max_attempts."""
         with self.tx() as db:
             self._seen(db, node_id, now)
@@ -418,6 +419,7 @@ class Store:
             else:
                 self._set_strip_state(db, strip, StripState.QUEUED, failures=failures, error=error,
                                       lease_expires=None, progress=0)
+            return strip["job"]
 
     def release_strip(self, node_id: str, lease: str, now: float) -> None:
         """The node hands a lease back unfinished (it is shutting down): render it elsewhere."""

@@ -83,9 +83,10 @@ class Farm:
         from farm.auth import read_token_file
         return Client(self.url, timeout=30, token=read_token_file(self.token_file)[role], ca_file=self.ca_file)
 
-    def start_node(self, name: str, *extra: str, threads: int = 1) -> subprocess.Popen:
+    def start_node(self, name: str, *extra: str, threads: int = 1, slots: int = 1) -> subprocess.Popen:
         node = subprocess.Popen(
             farm_argv("node", "--controller", self.url, "--name", name, "--threads", str(threads),
+                      "--slots", str(slots),
                       "--work-dir", str(self.tmp / name), *extra),
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "ab"))
         self.nodes.append(node)

@@ -235,7 +235,7 @@ def test_chaos_random_kills_of_nodes_and_controller(farm, tmp_path):
     rng = random.Random(int(os.environ.get("POVFARM_CHAOS_SEED", "1234")))
     farm.start_controller("--lease-timeout", "4")
     names = ["c1", "c2", "c3"]
-    nodes = {name: farm.start_node(name) for name in names}
+    nodes = {name: farm.start_node(name, slots=2) for name in names}
     jobs = [submit(farm, scene, w, h, n, options) for scene, w, h, n, options in CHAOS_JOBS]
     deadline = time.monotonic() + 60
     kills = 0
@@ -255,7 +255,7 @@ def test_chaos_random_kills_of_nodes_and_controller(farm, tmp_path):
             name = rng.choice(names)
             nodes[name].send_signal(signal.SIGKILL)
             nodes[name].wait()
-            nodes[name] = farm.start_node(name)
+            nodes[name] = farm.start_node(name, slots=2)
         kills += 1
     print(f"chaos: {kills} kills in {60 - (deadline - time.monotonic()):.0f} s")
     assert kills >= 10

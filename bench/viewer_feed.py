@@ -1,0 +1,313 @@
+"""What live viewers see and what they cost: the viewer.watch feed under load.
+
+Starts a controller in this process (port 0, a temporary data directory), simulated render nodes in a
+second process (threads that register, poll and deliver synthetic strips over the real RPC API; no
+POV-Ray), and viewers in processes of their own, each running the viewer's real network code
+(`farm.viewer.Feed`, pinned to the job) without a window. Reports:
+
+1. delay: from the moment a node starts its `nodes.complete` call to the moment a waiting viewer has
+   the strip (both read from the system-wide monotonic clock), median and p95 over every (strip,
+   viewer) pair, with 1 and with 20 viewers; the nodes take `--render-time` seconds per strip, so the
+   controller is busy but not saturated.
+2. cost: strips per second the nodes get through when they deliver as fast as the controller lets
+   them, with 0 and with 20 viewers watching, each repeated `--repeat` times (medians). Writing the
+   finished PNG (after the last strip) is left out.
+
+    python bench/viewer_feed.py [--viewers 20] [--nodes 4] [--repeat 3]
+
+Prints a table and saves the figures as JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import xmlrpc.client
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from farm import strips  # noqa: E402
+from farm.bundle import bundle_hash, pack, plan_bundle  # noqa: E402
+from farm.client import Client  # noqa: E402
+from farm.config import Config  # noqa: E402
+from farm.controller import Controller, Farm  # noqa: E402
+
+WIDTH = 320
+BLOCK = 32
+
+
+def make_client(url: str, token: str | None, timeout: float = 60.0) -> Client:
+    return Client(url, timeout=timeout, token=token) if token else Client(url, timeout=timeout)
+
+
+def synthetic_rows(width: int, rows: int, seed: int) -> bytes:
+    """Rows that compress about as well as a rendered image (to roughly half)."""
+    import random
+    rng = random.Random(seed)
+    size = strips.row_size(width, 3, 8) * rows
+    noise = bytes(rng.getrandbits(4) for _ in range(size // 2))
+    return strips.compress_rows((noise + bytes(size - len(noise)))[:size])
+
+
+# -- simulated nodes (their own process) --------------------------------------------------------------------
+
+def nodes_process(url: str, token: str | None, count: int, commands, results) -> None:
+    clients = [make_client(url, token) for _ in range(count)]
+    ids = [c.call("nodes.register", f"sim-{i + 1}", {"povray": "simulated", "threads": 1})["node_id"]
+           for i, c in enumerate(clients)]
+    rows = xmlrpc.client.Binary(synthetic_rows(WIDTH, BLOCK, 1))
+    results.put("ready")
+    while True:
+        command = commands.get()
+        if command is None:
+            return
+        render_time = command["render_time"]
+        done: list[tuple[int, int, float, float]] = []
+        lock = threading.Lock()
+
+        def work(client: Client, node_id: str) -> None:
+            while True:
+                task = client.call("nodes.poll", node_id)
+                if not task:
+                    return
+                if render_time:
+                    time.sleep(render_time)
+                sent = time.monotonic()
+                client.call("nodes.complete", node_id, task["lease"], rows, render_time)
+                with lock:
+                    done.append((task["frame"], task["row_start"], sent, time.monotonic()))
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=work, args=(c, i)) for c, i in zip(clients, ids)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        results.put({"started": started, "done": done})
+
+
+# -- viewers (a process each) ------------------------------------------------------------------------------
+
+def viewer_process(url: str, token: str | None, commands, results) -> None:
+    from farm.viewer import FINISHED, Feed
+
+    results.put("ready")
+    session = 0
+    while True:
+        job = commands.get()
+        if job is None:
+            return
+        session += 1
+        feed = Feed(url, make_client=lambda timeout: make_client(url, token, timeout))
+        feed.follow = False
+        feed.start()
+        feed.watch(session, job)
+        received: dict[str, float] = {}
+        results.put("watching")
+        while True:
+            kind, *rest = feed.messages.get()
+            if kind != "feed":
+                continue
+            now = time.monotonic()
+            reply = rest[1]
+            for s in reply["strips"]:
+                received.setdefault(f"{s['frame']}:{s['row_start']}", now)
+            if reply["job"].get("state") in FINISHED and not reply["strips"]:
+                break
+        feed.stop()
+        results.put(received)
+
+
+# -- the bench -----------------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="povfarm-bench-"))
+        self._count_waiting_viewers()
+        config = Config(data_dir=self.tmp / "data", bind="127.0.0.1", port=0, lease_timeout=60)
+        self.controller = Controller(config)
+        self.controller.start_in_thread()
+        self.url = self.controller.url
+        tokens = getattr(self.controller, "tokens", None) or {}
+        self.node_token, self.view_token = tokens.get("node"), tokens.get("view")
+        self.client = make_client(self.url, tokens.get("submit"))
+        scene = self.tmp / "scene" / "s.pov"
+        scene.parent.mkdir()
+        scene.write_text("camera { location <0, 0, -3> look_at 0 } sphere { 0, 1 pigment { rgb 1 } }\n")
+        data = pack(plan_bundle(scene))
+        self.client.call("bundles.upload", xmlrpc.client.Binary(data))
+        self.digest = bundle_hash(data)
+        ctx = mp.get_context("spawn")
+        self.node_commands, self.node_results = ctx.Queue(), ctx.Queue()
+        self.nodes = ctx.Process(target=nodes_process, daemon=True,
+                                 args=(self.url, self.node_token, args.nodes, self.node_commands, self.node_results))
+        self.nodes.start()
+        self.viewers = []
+        for _ in range(args.viewers):
+            commands, results = ctx.Queue(), ctx.Queue()
+            process = ctx.Process(target=viewer_process, daemon=True,
+                                  args=(self.url, self.view_token, commands, results))
+            process.start()
+            self.viewers.append((process, commands, results))
+        assert self.node_results.get(timeout=60) == "ready"
+        for _, _, results in self.viewers:
+            assert results.get(timeout=60) == "ready"
+
+    def _count_waiting_viewers(self) -> None:
+        """Count viewer.watch calls in progress, so a run starts only once every viewer's long poll is in
+        place (new connections arriving all at once can wait for TCP to retry a dropped handshake)."""
+        self.polls_in_progress, lock = 0, threading.Lock()
+        original = Farm.viewer_watch
+
+        @functools.wraps(original)
+        def counted(farm, *args):
+            with lock:
+                self.polls_in_progress += 1
+            try:
+                return original(farm, *args)
+            finally:
+                with lock:
+                    self.polls_in_progress -= 1
+
+        Farm.viewer_watch = counted
+
+    def run(self, viewers: int, strip_count: int, render_time: float) -> dict:
+        job = self.client.call("jobs.submit", {"bundle": self.digest, "scene": "s.pov", "width": WIDTH,
+                                               "height": strip_count * BLOCK, "strips": strip_count})
+        watching = self.viewers[:viewers]
+        for _, commands, _ in watching:
+            commands.put(job)
+        for _, _, results in watching:
+            assert results.get(timeout=60) == "watching"
+        deadline = time.monotonic() + 30
+        while self.polls_in_progress < viewers and time.monotonic() < deadline:
+            time.sleep(0.01)          # every viewer's long poll is waiting before the work starts
+        cpu_before = self._cpu(watching)
+        self.node_commands.put({"render_time": render_time})
+        outcome = self.node_results.get(timeout=300)
+        cpu = {k: v - cpu_before[k] for k, v in self._cpu(watching).items()}
+        seen = [results.get(timeout=120) for _, _, results in watching]
+        done = outcome["done"]
+        last_sent = max(sent for _, _, sent, _ in done)
+        delays = []
+        for received in seen:
+            for frame, start, sent, _ in done:
+                delays.append(received[f"{frame}:{start}"] - sent)
+            assert len(received) == len(done)
+        return {"viewers": viewers, "strips": len(done), "render_time": render_time,
+                "strips_per_second": len(done) / (last_sent - outcome["started"]),
+                "complete_call_ms": statistics.median((ret - sent) * 1000 for _, _, sent, ret in done),
+                "cpu_ms_per_strip": {k: 1000 * v / len(done) for k, v in cpu.items()},
+                "delays_ms": [d * 1000 for d in delays]}
+
+    def _cpu(self, watching) -> dict[str, float]:
+        return {"controller": time.process_time(), "nodes": cpu_seconds(self.nodes.pid),
+                "viewers": sum(cpu_seconds(process.pid) for process, _, _ in watching)}
+
+    def close(self) -> None:
+        self.node_commands.put(None)
+        for _, commands, _ in self.viewers:
+            commands.put(None)
+        self.nodes.join(10)
+        for process, _, _ in self.viewers:
+            process.join(10)
+        self.controller.shutdown()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc; 0 where that is not available)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--viewers", type=int, default=20)
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--strips", type=int, default=120, help="strips per job in the throughput runs")
+    parser.add_argument("--delay-strips", type=int, default=40, help="strips per job in the delay runs")
+    parser.add_argument("--render-time", type=float, default=0.1, help="simulated seconds per strip (delay runs)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+
+    began = time.monotonic()
+    bench = Bench(args)
+    delay_runs, throughput_runs = [], []
+    try:
+        for _ in range(args.repeat):
+            for viewers in (1, args.viewers):
+                delay_runs.append(bench.run(viewers, args.delay_strips, args.render_time))
+            for viewers in (0, args.viewers):
+                throughput_runs.append(bench.run(viewers, args.strips, 0.0))
+    finally:
+        bench.close()
+
+    summary = {"delay": {}, "throughput": {}}
+    for viewers in (1, args.viewers):
+        delays = [d for r in delay_runs if r["viewers"] == viewers for d in r["delays_ms"]]
+        summary["delay"][viewers] = {"median_ms": statistics.median(delays), "p95_ms": percentile(delays, 0.95),
+                                     "max_ms": max(delays), "samples": len(delays)}
+    for viewers in (0, args.viewers):
+        runs = [r for r in throughput_runs if r["viewers"] == viewers]
+        summary["throughput"][viewers] = {
+            "strips_per_second_median": statistics.median(r["strips_per_second"] for r in runs),
+            "runs": [round(r["strips_per_second"], 1) for r in runs],
+            "complete_call_ms_median": statistics.median(r["complete_call_ms"] for r in runs),
+            "controller_cpu_ms_per_strip": statistics.median(r["cpu_ms_per_strip"]["controller"] for r in runs),
+            "viewers_cpu_ms_per_strip": statistics.median(r["cpu_ms_per_strip"]["viewers"] for r in runs)}
+
+    print(f"viewer feed: {args.nodes} simulated nodes, {WIDTH}-pixel-wide strips of {BLOCK} rows, "
+          f"{os.cpu_count()} CPUs, everything on this box")
+    print(f"\ndelay, strip delivered -> viewer has it ({args.delay_strips} strips x {args.repeat} runs, "
+          f"{args.render_time * 1000:.0f} ms per strip per node)")
+    print(f"  {'viewers':>8} {'median':>10} {'p95':>10} {'max':>10} {'samples':>8}")
+    for viewers, d in summary["delay"].items():
+        print(f"  {viewers:>8} {d['median_ms']:>8.1f}ms {d['p95_ms']:>8.1f}ms {d['max_ms']:>8.1f}ms {d['samples']:>8}")
+    print(f"\nthroughput, nodes delivering flat out ({args.strips} strips per job, median of {args.repeat})")
+    print(f"  {'viewers':>8} {'strips/s':>10} {'runs':>24} {'complete':>10} {'controller CPU':>16} "
+          f"{'viewers CPU':>14}")
+    for viewers, t in summary["throughput"].items():
+        print(f"  {viewers:>8} {t['strips_per_second_median']:>10.1f} {str(t['runs']):>24} "
+              f"{t['complete_call_ms_median']:>8.1f}ms {t['controller_cpu_ms_per_strip']:>8.1f}ms/strip "
+              f"{t['viewers_cpu_ms_per_strip']:>8.1f}ms/strip")
+    base = summary["throughput"][0]["strips_per_second_median"]
+    loaded = summary["throughput"][args.viewers]["strips_per_second_median"]
+    print(f"\n{args.viewers} viewers cost {100 * (1 - loaded / base):.0f}% of the farm's strip throughput; "
+          f"run took {time.monotonic() - began:.0f} s")
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.output / f"viewer_feed-{stamp}.json"
+    out.write_text(json.dumps({
+        "when": stamp, "python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "summary": summary,
+        "runs": [{k: v for k, v in r.items() if k != "delays_ms"} for r in delay_runs + throughput_runs],
+    }, indent=2))
+    print(f"saved {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

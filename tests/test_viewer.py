@@ -1,0 +1,474 @@
+"""The live viewer: its pure model, its feed against a real controller, its pygame window in dummy
+video mode, and `povfarm viewer` painting a real render."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import queue
+import subprocess
+import sys
+import time
+import xmlrpc.client
+import zlib
+
+import pytest
+
+from conftest import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
+from farm import strips
+from farm.client import Client
+from farm.viewer import (CHECKER, TRANSPARENT, UNRENDERED, Canvas, Feed, ViewerState, checker)
+
+HAS_PYGAME = importlib.util.find_spec("pygame") is not None
+needs_pygame = pytest.mark.skipif(not HAS_PYGAME, reason="the viewer window needs pygame "
+                                  "(pip install 'povfarm[viewer]')")
+WINEGLASS = SCENES / "advanced/wineglass.pov"
+DUMMY_VIDEO = {"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+def job_info(job_id: int = 1, width: int = 16, height: int = 8, state: str = "rendering", **extra) -> dict:
+    info = {"id": job_id, "name": f"job{job_id}", "scene": "s.pov", "state": state, "progress": 0.0,
+            "width": width, "height": height, "strips_total": 2, "strips_done": 0, "strips_leased": 0,
+            "frames_total": 1, "frames_done": 0, "priority": 0, "error": "", "channels": 3, "bits": 8,
+            "submitted": 100.0, "started": 100.0 if state != "queued" else 0.0, "finished": 0.0}
+    info.update(extra)
+    return info
+
+
+def strip(rows: bytes, start: int, end: int, frame: int = 1) -> dict:
+    return {"frame": frame, "row_start": start, "row_end": end, "rows": xmlrpc.client.Binary(zlib.compress(rows))}
+
+
+def reply(job: dict, strips_=(), in_flight=(), cursor: int = 0) -> dict:
+    return {"job": job, "cursor": cursor, "strips": list(strips_), "in_flight": list(in_flight)}
+
+
+def fill(width: int, rows: int, value: int, channels: int = 3, bits: int = 8) -> bytes:
+    return bytes([value]) * strips.row_size(width, channels, bits) * rows
+
+
+class Clock:
+    def __init__(self, now: float = 110.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the pure model ----------------------------------------------------------------------------------------
+
+def test_checker_alternates_squares_and_has_the_right_size():
+    board = checker(20, 12, 3)
+    assert len(board) == 20 * 12 * 3
+    pixel = lambda x, y: board[(y * 20 + x) * 3]  # noqa: E731
+    assert pixel(0, 0) == UNRENDERED[0] and pixel(CHECKER, 0) == UNRENDERED[1]
+    assert pixel(0, CHECKER) == UNRENDERED[1] and pixel(CHECKER, CHECKER) == UNRENDERED[0]
+    rgba = checker(5, 3, 4)
+    assert len(rgba) == 5 * 3 * 4 and rgba[3::4] == bytes([255]) * 15
+
+
+def test_canvas_paints_rows_and_knows_what_is_missing():
+    canvas = Canvas(4, 10, 3, 8)
+    assert canvas.missing() == [(0, 10)] and not canvas.complete
+    canvas.paint(6, 10, fill(4, 4, 200))
+    canvas.paint(0, 3, fill(4, 3, 100))
+    assert canvas.missing() == [(3, 6)] and canvas.painted_rows == 7
+    canvas.paint(3, 6, fill(4, 3, 150))
+    assert canvas.complete and canvas.missing() == []
+    expected = fill(4, 3, 100) + fill(4, 3, 150) + fill(4, 4, 200)
+    assert canvas.raster().pixels == expected and bytes(canvas.display) == expected
+    assert strips.decode_png(canvas.png()).pixels == expected
+    with pytest.raises(ValueError):
+        canvas.paint(8, 11, fill(4, 3, 1))
+    with pytest.raises(ValueError):
+        canvas.paint(0, 2, fill(4, 1, 1))
+
+
+def test_canvas_shows_the_high_bytes_of_16_bit_samples_and_keeps_all_of_them():
+    canvas = Canvas(2, 1, 4, 16)
+    rows = bytes([0x12, 0x34, 0xAB, 0xCD, 0xFF, 0x00, 0x80, 0x01] * 2)
+    canvas.paint(0, 1, rows)
+    assert bytes(canvas.display) == bytes([0x12, 0xAB, 0xFF, 0x80] * 2)
+    assert canvas.raster().pixels == rows and canvas.raster().bits == 16
+
+
+def test_state_paints_each_reply_and_tracks_strips_in_flight():
+    state = ViewerState()
+    assert state.wanted() == (1, 0) and state.follow
+    job = job_info(width=8, height=64, strips_total=2)
+    state.handle(("feed", 1, reply(job, in_flight=[{"frame": 1, "row_start": 0, "row_end": 32, "node": "n1",
+                                                    "progress": 0.25}])))
+    assert state.target == 1 and state.frame == 1
+    assert state.canvas().missing() == [(0, 64)]
+    assert [s["node"] for s in state.shown_in_flight()] == ["n1"]
+    full, bands = state.take_updates()
+    assert full and bands == []
+
+    state.handle(("feed", 1, reply(dict(job, strips_done=1), [strip(fill(8, 32, 9), 32, 64)],
+                                   in_flight=[{"frame": 1, "row_start": 0, "row_end": 32, "node": "n2",
+                                               "progress": 0.5}], cursor=7)))
+    assert state.received == [(1, 32, 64)]
+    assert state.take_updates() == (False, [(32, 64)])
+    assert state.canvas().missing() == [(0, 32)]
+    assert [s["node"] for s in state.shown_in_flight()] == ["n2"]
+    assert state.colour("n1") != state.colour("n2") and state.colour("n1") == state.colour("n1")
+    assert not state.finished
+
+    state.handle(("feed", 1, reply(dict(job, state="done", progress=1.0, finished=130.0),
+                                   [strip(fill(8, 32, 5), 0, 32)], cursor=9)))
+    assert state.canvas().complete and not state.finished   # a reply with strips may not be the last
+    assert state.shown_in_flight() == []
+    state.handle(("feed", 1, reply(dict(job, state="done", progress=1.0, finished=130.0), cursor=9)))
+    assert state.finished and state.exit_code == 0
+    assert state.canvas().raster().pixels == fill(8, 32, 5) + fill(8, 32, 9)
+
+
+def test_following_keeps_polling_the_job_it_found():
+    state = ViewerState()
+    state.handle(("feed", 1, reply(job_info(4), [strip(fill(16, 4, 1), 0, 4)], cursor=3)))
+    assert state.target == 4 and state.wanted() == (1, 0)   # the same poll goes on: no strip comes twice
+    state.handle(("feed", 1, reply(job_info(4), [strip(fill(16, 4, 2), 4, 8)], cursor=5)))
+    assert state.received == [(1, 0, 4), (1, 4, 8)]
+
+
+def test_a_corrupt_strip_is_skipped_not_fatal():
+    state = ViewerState(1)
+    bad = {"frame": 1, "row_start": 0, "row_end": 4, "rows": xmlrpc.client.Binary(b"not zlib")}
+    short = strip(fill(16, 3, 1), 4, 8)
+    state.handle(("feed", 1, reply(job_info(), [bad, short])))
+    assert state.received == [] and state.canvas().painted_rows == 0
+
+
+def test_replies_of_an_older_session_never_paint():
+    state = ViewerState()
+    state.handle(("feed", 1, reply(job_info(1))))
+    state.handle(("newest", job_info(2, state="rendering")))
+    assert state.wanted() == (2, 2) and state.job == {}
+    state.handle(("feed", 1, reply(job_info(1), [strip(fill(16, 8, 1), 0, 8)])))
+    assert state.received == [] and state.canvas() is None
+    state.handle(("feed", 2, reply(job_info(2), [strip(fill(16, 8, 2), 0, 8)])))
+    assert state.received == [(1, 0, 8)] and state.job["id"] == 2
+
+
+def test_following_moves_to_a_newer_job_once_it_starts():
+    state = ViewerState()
+    state.handle(("newest", job_info(1)))
+    assert state.target is None        # with no job yet the feed's own poll finds it
+    state.handle(("feed", 1, reply(job_info(1))))
+    state.handle(("newest", job_info(2, state="queued")))
+    assert state.target == 1           # queued: keep showing the job that renders
+    state.handle(("newest", job_info(2, state="rendering")))
+    assert state.target == 2 and state.session == 2
+    pinned = ViewerState(1)
+    pinned.handle(("feed", 1, reply(job_info(1))))
+    pinned.handle(("newest", job_info(5, state="rendering")))
+    assert pinned.target == 1
+
+
+def test_next_and_previous_job_by_id():
+    state = ViewerState(3)
+    state.handle(("feed", 1, reply(job_info(3))))
+    jobs = [job_info(i) for i in (1, 3, 4, 7)]
+    state.step(+1)
+    state.handle(("jobs", jobs))
+    assert state.target == 4 and not state.follow
+    state.step(+1)
+    state.handle(("jobs", jobs))
+    assert state.target == 7
+    state.step(+1)
+    state.handle(("jobs", jobs))
+    assert state.target == 7 and state.follow and "following" in state.message
+    state.step(-1)
+    state.handle(("jobs", jobs))
+    assert state.target == 4 and not state.follow
+    state.step(-1)
+    state.step(-1)                     # steps do not pile up: one move per answer
+    state.handle(("jobs", jobs))
+    state.handle(("jobs", jobs))
+    assert state.target == 3
+    state.step(-1)
+    state.handle(("jobs", jobs))
+    state.step(-1)
+    state.handle(("jobs", jobs))
+    assert state.target == 1 and "first job" in state.message
+    state.handle(("jobs", jobs))       # a job list nobody asked for changes nothing
+    assert state.target == 1
+
+
+def test_elapsed_and_eta_from_the_job_times_and_progress():
+    clock = Clock(110.0)
+    state = ViewerState(1, clock=clock)
+    state.handle(("feed", 1, reply(job_info(state="queued"))))
+    assert state.timing() == (None, None)
+    state.handle(("feed", 1, reply(job_info(started=100.0, progress=0.0))))
+    assert state.timing() == (10.0, None)
+    state.handle(("feed", 1, reply(job_info(started=100.0, progress=0.25))))
+    assert state.timing() == (10.0, 30.0)
+    clock.now = 120.0
+    assert state.timing() == (20.0, 60.0)
+    lines = state.status_lines()
+    assert "job 1 job1 (s.pov)  rendering  0/2 strips  25%" in lines[0]
+    assert "elapsed 0:20  ETA 1:00" in lines[1]
+    state.handle(("feed", 1, reply(job_info(state="done", progress=1.0, finished=150.0))))
+    assert state.timing() == (50.0, 0.0) and "ETA" not in state.status_lines()[1]
+    state.handle(("feed", 1, reply(job_info(state="failed", finished=105.0, error="Parse Error"))))
+    assert state.timing() == (5.0, None) and state.exit_code == 1
+
+
+def test_status_bar_shows_nodes_and_an_unreachable_controller():
+    state = ViewerState()
+    assert state.status_lines("http://x:1")[0] == "waiting for a job at http://x:1"
+    state.handle(("nodes", [{"state": "idle"}, {"state": "busy"}, {"state": "offline"}]))
+    state.handle(("link", False, "cannot reach the controller"))
+    line = state.status_lines()[1]
+    assert "2 nodes live of 3" in line and "controller unreachable" in line
+    state.handle(("link", True, ""))
+    assert "unreachable" not in state.status_lines()[1]
+    before = state.version
+    state.handle(("link", True, ""))
+    state.handle(("nodes", [{"state": "idle"}, {"state": "busy"}, {"state": "offline"}]))
+    assert state.version == before     # nothing changed: nothing to redraw
+
+
+def test_an_animation_shows_the_frame_being_rendered():
+    state = ViewerState(1)
+    job = job_info(frames_total=3, height=8)
+    first = {"frame": 1, "row_start": 0, "row_end": 8, "node": "a", "progress": 0.5}
+    second = {"frame": 2, "row_start": 0, "row_end": 8, "node": "b", "progress": 0.1}
+    state.handle(("feed", 1, reply(job, in_flight=[second, first])))
+    assert state.frame == 1 and [s["node"] for s in state.shown_in_flight()] == ["a"]
+    state.handle(("feed", 1, reply(dict(job, frames_done=1), [strip(fill(16, 8, 1), 0, 8, frame=1)],
+                                   in_flight=[second])))
+    assert state.frame == 2 and set(state.frames) == {2}      # frame 1 is done and off screen
+    assert "frame 2 (1/3 frames done)" in state.status_lines()[0]
+    state.handle(("feed", 1, reply(dict(job, frames_done=2), [strip(fill(16, 8, 2), 0, 8, frame=2)])))
+    assert state.frame == 2 and state.canvas().raster().pixels == fill(16, 8, 2)
+    assert [f for f, _, _ in state.received] == [1, 2]
+
+
+# -- the feed against a real controller ----------------------------------------------------------------------
+
+def view_clients(farm):
+    """What `povfarm viewer` gets from the configuration: clients with the controller's view token."""
+    from farm.auth import read_token_file
+
+    token = read_token_file(farm.token_file)["view"]
+    return lambda timeout: Client(farm.url, timeout=timeout, token=token)
+
+
+def _drain(feed: Feed, state: ViewerState, until, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        if feed.wanted != state.wanted():
+            feed.watch(*state.wanted())
+        feed.follow = state.follow
+        try:
+            state.handle(feed.messages.get(timeout=max(0.01, deadline - time.monotonic())))
+        except queue.Empty:
+            raise AssertionError("the feed went quiet") from None
+        assert time.monotonic() < deadline, "timed out"
+
+
+def test_the_feed_reports_an_unreachable_controller_and_reconnects(farm):
+    from farm.auth import create_token_file
+
+    create_token_file(farm.token_file)                 # the controller will use these tokens
+    feed = Feed(farm.url, poll_timeout=2, make_client=view_clients(farm)).start()   # nobody listens yet
+    state = ViewerState()
+    try:
+        _drain(feed, state, lambda: not state.link_ok, timeout=10)
+        assert "controller unreachable" in state.status_lines()[1]
+        farm.start_controller()
+        _drain(feed, state, lambda: state.link_ok and state.nodes_total == 0, timeout=20)
+        assert "unreachable" not in state.status_lines()[1]
+    finally:
+        feed.stop()
+
+
+@needs_povray
+def test_a_viewer_joining_mid_render_gets_every_strip_once(farm, tmp_path):
+    farm.start_controller()
+    farm.start_node("n1")
+    farm.start_node("n2")
+    submitted = run_cli("submit", str(WINEGLASS), "--width", "320", "--height", "240", "--strips", "8",
+                        "--option", "+A0.3", "--controller", farm.url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout)
+    status = wait_until(lambda: (s := farm.client.call("jobs.status", job_id))["strips_done"] >= 2 and s,
+                        timeout=60, interval=0.02, what="two strips")
+    assert status["state"] == "rendering", "the job ended before the viewer joined"
+
+    state = ViewerState(job_id)
+    feed = Feed(farm.url, make_client=view_clients(farm)).start()
+    try:
+        _drain(feed, state, lambda: state.finished)
+    finally:
+        feed.stop()
+    keys = [(frame, start) for frame, start, _ in state.received]
+    assert len(keys) == len(set(keys)) == 8, state.received
+    assert state.canvas().complete and state.exit_code == 0
+    fetched = strips.decode_png(farm.client.call("jobs.fetch", job_id).data)
+    assert state.canvas().raster() == fetched
+
+
+# -- the window, in dummy video mode ------------------------------------------------------------------------
+
+class FakeFeed:
+    def __init__(self):
+        self.messages: queue.Queue = queue.Queue()
+        self.wanted = None
+        self.follow = True
+        self.jobs_requested = 0
+
+    def watch(self, session: int, job: int) -> None:
+        self.wanted = (session, job)
+
+    def request_jobs(self) -> None:
+        self.jobs_requested += 1
+
+
+@pytest.fixture
+def window(monkeypatch, tmp_path):
+    if not HAS_PYGAME:
+        pytest.skip("the viewer window needs pygame (pip install 'povfarm[viewer]')")
+    for key, value in DUMMY_VIDEO.items():
+        monkeypatch.setenv(key, value)
+    from farm.viewer import Window, _import_pygame
+
+    pygame = _import_pygame()
+    made = []
+
+    def make(state: ViewerState, **kwargs):
+        feed = FakeFeed()
+        win = Window(pygame, state, feed, save_dir=tmp_path, **kwargs)
+        made.append(win)
+        return win, feed
+
+    yield make
+    pygame.quit()
+
+
+def _image_area(win) -> bytes:
+    pg = win.pg
+    x, y = win.view_pos
+    w, h = win.view.get_size()
+    return pg.image.tostring(pg.display.get_surface().subsurface((x, y, w, h)), "RGB")
+
+
+def _press(win, key) -> int | None:
+    win.pg.event.post(win.pg.event.Event(win.pg.KEYDOWN, key=key, mod=0, unicode="", scancode=0))
+    return win.step()
+
+
+def test_the_window_paints_strips_row_by_row_and_saves_the_image(window, tmp_path):
+    state = ViewerState(1)
+    win, feed = window(state)
+    pg = win.pg
+    job = job_info(width=64, height=32)
+    top, bottom = bytes(range(64 * 3)) * 16, bytes(reversed(range(64 * 3))) * 16
+    feed.messages.put(("feed", 1, reply(job, [strip(top, 0, 16)],
+                                        in_flight=[{"frame": 1, "row_start": 16, "row_end": 32, "node": "n1",
+                                                    "progress": 0.4}])))
+    assert win.step() is None
+    assert feed.wanted == (1, 1)
+    assert win.fit and win.view.get_size() == (480, 240)          # a small image is enlarged to fit
+    assert _press(win, pg.K_f) is None and not win.fit             # 1:1
+    assert _press(win, pg.K_o) is None and not win.overlay         # the image alone
+    shown = _image_area(win)
+    assert shown[:len(top)] == top and shown[len(top):] == checker(64, 16, 3)
+
+    feed.messages.put(("feed", 1, reply(dict(job, state="done", progress=1.0, finished=101.0),
+                                        [strip(bottom, 16, 32)])))
+    win.step()
+    assert _image_area(win) == top + bottom
+    assert _press(win, pg.K_s) is None and "saved" in state.message
+    assert strips.decode_png((tmp_path / "povfarm-job1.png").read_bytes()).pixels == top + bottom
+
+    assert _press(win, pg.K_f) is None and win.fit                 # back to fit, and the overlay
+    assert _press(win, pg.K_o) is None and win.overlay
+    assert _press(win, pg.K_n) is None and feed.jobs_requested == 1
+    assert _press(win, pg.K_q) == 0
+
+
+def test_the_window_composites_alpha_over_a_checker_and_shows_a_failure(window, tmp_path):
+    snapshot = tmp_path / "snap.png"
+    state = ViewerState(1)
+    win, feed = window(state, snapshot=snapshot, exit_when_done=True, scale=1)
+    job = job_info(width=16, height=16, channels=4, state="failed", error="File 's.pov' line 4: Parse Error")
+    clear_then_red = (bytes([0, 0, 0, 0]) * 16 + bytes([255, 0, 0, 255]) * 16) * 4
+    feed.messages.put(("feed", 1, reply(job, [strip(clear_then_red, 0, 8)])))
+    assert win.step() is None            # the job failed, but one more reply confirms nothing is left
+    feed.messages.put(("feed", 1, reply(job)))
+    assert win.step() == 1
+    win.overlay = False
+    win.draw()
+    shown = _image_area(win)
+    assert shown[:3] == bytes([TRANSPARENT[0]] * 3)      # transparent: the light checker shows
+    assert shown[16 * 3:17 * 3] == bytes([255, 0, 0])    # opaque red
+    assert shown[8 * 16 * 3:8 * 16 * 3 + 3] == bytes([UNRENDERED[1]] * 3)   # not rendered (row 8: odd band)
+    saved = strips.decode_png(snapshot.read_bytes())
+    assert saved.channels == 4 and saved.pixels[:len(clear_then_red)] == clear_then_red
+    win.overlay = True
+    win.draw()                           # the error box and status bar draw without trouble
+
+
+# -- the command -------------------------------------------------------------------------------------------
+
+HIDE_PYGAME = ("import sys; sys.modules['pygame'] = None; from farm.cli import main; "
+               "sys.exit(main(sys.argv[1:]))")
+
+
+def test_without_pygame_the_viewer_says_how_to_install_it():
+    result = subprocess.run([sys.executable, "-c", HIDE_PYGAME, "viewer", "--controller", "http://127.0.0.1:9"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "pip install 'povfarm[viewer]'" in result.stderr and "Traceback" not in result.stderr
+    helped = subprocess.run([sys.executable, "-c", HIDE_PYGAME, "--help"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert helped.returncode == 0 and "viewer" in helped.stdout
+
+
+@needs_pygame
+@needs_povray
+def test_viewer_snapshot_of_a_real_render_equals_the_fetched_png(farm, tmp_path):
+    farm.start_controller()
+    farm.start_node("n1")
+    farm.start_node("n2")
+    snapshot = tmp_path / "out.png"
+    env = {**os.environ, **DUMMY_VIDEO}
+    viewer = subprocess.Popen(farm_argv("viewer", "--snapshot", str(snapshot), "--exit-when-done",
+                                        "--controller", farm.url),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)   # the viewer is up and waiting for a job before there is one
+        submitted = run_cli("submit", str(WINEGLASS), "--width", "160", "--height", "120", "--strips", "4",
+                            "--controller", farm.url)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = int(submitted.stdout)
+        out, err = viewer.communicate(timeout=120)
+    finally:
+        if viewer.poll() is None:
+            viewer.kill()
+            viewer.wait()
+    assert viewer.returncode == 0, err
+    fetched = tmp_path / "fetched.png"
+    assert run_cli("fetch", str(job_id), "--output", str(fetched), "--controller", farm.url).returncode == 0
+    assert strips.decode_png(snapshot.read_bytes()) == strips.decode_png(fetched.read_bytes())
+
+    # A failed job: the viewer pinned to it exits 1 at once; an unknown job is one sentence.
+    broken = tmp_path / "broken" / "broken.pov"
+    broken.parent.mkdir()
+    broken.write_text('camera { location <0, 1, -3> look_at 0 }\nsphere { 0, 1 pigment { rgb 1 }\nbox { 0, 1 }\n')
+    failed = run_cli("submit", str(broken), "--width", "64", "--height", "48", "--wait", "--controller", farm.url)
+    assert failed.returncode == 1
+    failed_id = int(failed.stdout)
+    shown = run_cli("viewer", str(failed_id), "--exit-when-done", "--controller", farm.url, env=env, timeout=60)
+    assert shown.returncode == 1, shown.stderr
+    unknown = run_cli("viewer", "999", "--controller", farm.url, env=env, timeout=60)
+    assert unknown.returncode == 1 and "there is no job 999" in unknown.stderr
+    assert unknown.stderr.strip().count("\n") == 0
+    refused = run_cli("viewer", "--controller", farm.url, env={**env, "POVFARM_TOKEN": "wrong"}, timeout=60)
+    assert refused.returncode == 1 and "token" in refused.stderr and refused.stderr.strip().count("\n") == 0
