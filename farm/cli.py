@@ -291,12 +291,13 @@ def _progress_line(status: dict[str, Any]) -> str:
             f"{status['progress'] * 100:.0f}%")
 
 
-def wait_for_job(client: Client, job_id: int, interval: float = 0.3) -> dict[str, Any]:
-    """Show progress on stderr until the job ends; return its final status."""
+def wait_for_job(client: Client, job_id: int, interval: float = 1.0) -> dict[str, Any]:
+    """Show progress on stderr until the job ends; return its final status. jobs.wait returns as soon as
+    the job changes, so the end is seen at once."""
     tty = sys.stderr.isatty()
     last = ""
     while True:
-        status = client.call("jobs.status", job_id)
+        status = client.call("jobs.wait", job_id, interval)
         line = _progress_line(status)
         if line != last:
             sys.stderr.write(("\r" + line + "\033[K") if tty else line + "\n")
@@ -306,7 +307,6 @@ def wait_for_job(client: Client, job_id: int, interval: float = 0.3) -> dict[str
             if tty:
                 sys.stderr.write("\n")
             return status
-        time.sleep(interval)
 
 
 def finish_job(client: Client, status: dict[str, Any], output: Path | None) -> int:

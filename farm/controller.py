@@ -79,6 +79,7 @@ class Farm:
         self.image_dir = config.data_dir / "jobs"
         self._stitch_lock = threading.Lock()
         self.changes = _Changes()
+        self.work = _Work()   # long-polling nodes wait on this for queued strips
         self._views: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
         self._views_lock = threading.Lock()
 
@@ -135,6 +136,7 @@ class Farm:
                                   count, block)
         job_id = self.store.create_job(job, units, self.clock())
         self.changes.bump()
+        self.work.appeared()
         log.info("job %s queued: %s %dx%d, frames %d-%d, in %d units", job_id, job["scene"], job["width"],
                  job["height"], job["first_frame"], job["last_frame"], len(units))
         return job_id
@@ -182,6 +184,19 @@ class Farm:
         node and progress)."""
         job = self.store.job(_require_int("job", job_id, 1, 2**31 - 1))
         return self._describe(job, detail=True)
+
+    def jobs_wait(self, job_id: int, timeout: float) -> dict:
+        """jobs.wait(job: int, timeout: float) -> struct: the job's status (as jobs.list) as soon as anything
+        about it changes or it has ended, else after `timeout` seconds (at most 30). For progress displays."""
+        job_id = _require_int("job", job_id, 1, 2**31 - 1)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise FarmError(Code.BAD_ARGUMENT, "timeout must be a number of seconds")
+        seen = self.changes.version(job_id)
+        status = self._describe(self.store.job(job_id), detail=False)
+        if status["state"] in ("done", "failed", "canceled"):
+            return status
+        self.changes.wait(job_id, seen, min(float(timeout), 30.0))
+        return self._describe(self.store.job(job_id), detail=False)
 
     def jobs_list(self) -> list:
         """jobs.list() -> [struct]: every job, as jobs.status without the per-strip detail."""
@@ -237,6 +252,7 @@ class Farm:
         self.store.resume_job(_require_int("job", job_id, 1, 2**31 - 1))
         log.info("job %s resumed", job_id)
         self.changes.bump(job_id)
+        self.work.appeared()
         return True
 
     def jobs_fetch(self, job_id: int, frame: int = 0) -> xmlrpc.client.Binary:
@@ -262,17 +278,26 @@ class Farm:
         if not isinstance(info, dict):
             raise FarmError(Code.BAD_ARGUMENT, "info must be a struct")
         node_id = self.store.register_node(name, info, self.clock())
+        self.work.appeared()   # an earlier incarnation's leases may have gone back to the queue
         log.info("node %s registered (%s)", node_id, info.get("povray", "unknown POV-Ray"))
         return {"node_id": node_id, "heartbeat_interval": self.config.heartbeat_interval}
 
-    def nodes_poll(self, node_id: str) -> dict:
-        """nodes.poll(node_id: str) -> struct: a task, or {} when there is no work.
+    def nodes_poll(self, node_id: str, wait: float = 0.0) -> dict:
+        """nodes.poll(node_id: str[, wait: float]) -> struct: a task, or {} when there is no work.
+        With wait > 0 it is a long poll: when nothing is queued it waits up to `wait` seconds (at most a
+        third of the lease timeout) for work to appear, so idle nodes start at once and poll rarely.
         A task: lease (str), job, frame, frame_last (the unit renders frames frame..frame_last), strip,
         attempt, width, height, row_start, row_end (0-based, end exclusive) (int), bundle, scene (str),
         options ([str]), animation ([str] POV-Ray animation switches, [] for a still), channels (3 or 4),
         bits (8 or 16), time_limit (float seconds of wall clock for the strip, 0 for none)."""
-        strip = self.store.lease_strip(_require_str("node_id", node_id, 120), self.clock(),
-                                       self.config.lease_timeout)
+        node_id = _require_str("node_id", node_id, 120)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise FarmError(Code.BAD_ARGUMENT, "wait must be a number of seconds")
+        seen = self.work.version()
+        strip = self.store.lease_strip(node_id, self.clock(), self.config.lease_timeout)
+        if strip is None and wait > 0:
+            self.work.wait(seen, min(float(wait), self.config.lease_timeout / 3, 20.0))
+            strip = self.store.lease_strip(node_id, self.clock(), self.config.lease_timeout)
         if strip is None:
             return {}
         self.changes.bump(strip["job"])
@@ -335,6 +360,7 @@ class Farm:
         job_id = self.store.fail_strip(_require_str("node_id", node_id, 120), _require_str("lease", lease, 120),
                                        text, bool(scene_error), self.clock(), self.config.max_attempts)
         self.changes.bump(job_id)
+        self.work.appeared()
         log.warning("node %s failed lease %s%s: %s", node_id, lease, " (scene error)" if scene_error else "",
                     text.splitlines()[0] if text else "")
         return True
@@ -343,6 +369,7 @@ class Farm:
         """nodes.release(node_id: str, lease: str) -> bool: hand an unfinished lease back (node shutting down)."""
         self.store.release_strip(_require_str("node_id", node_id, 120), _require_str("lease", lease, 120),
                                  self.clock())
+        self.work.appeared()
         return True
 
     def nodes_list(self) -> list:
@@ -434,6 +461,7 @@ class Farm:
         """Expire leases, mark silent nodes, and write frames whose strips are all in."""
         if self.store.expire(self.clock(), self.config.lease_timeout):
             self.changes.bump()
+            self.work.appeared()
         for job_id, frame in self.store.complete_frames():
             self._finish_frame(job_id, frame)
 
@@ -471,12 +499,34 @@ class Farm:
             "jobs.submit": (self.jobs_submit, user), "jobs.cancel": (self.jobs_cancel, user),
             "jobs.pause": (self.jobs_pause, user), "jobs.resume": (self.jobs_resume, user),
             "jobs.status": (self.jobs_status, reader), "jobs.list": (self.jobs_list, reader),
+            "jobs.wait": (self.jobs_wait, reader),
             "jobs.fetch": (self.jobs_fetch, reader), "nodes.list": (self.nodes_list, reader),
             "viewer.watch": (self.viewer_watch, reader),
             "nodes.register": (self.nodes_register, node), "nodes.poll": (self.nodes_poll, node),
             "nodes.heartbeat": (self.nodes_heartbeat, node), "nodes.complete": (self.nodes_complete, node),
             "nodes.fail": (self.nodes_fail, node), "nodes.release": (self.nodes_release, node),
         }
+
+
+class _Work:
+    """A version that moves whenever strips may have been queued; long-polling nodes wait on it."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._version = 0
+
+    def appeared(self) -> None:
+        with self._condition:
+            self._version += 1
+            self._condition.notify_all()
+
+    def version(self) -> int:
+        with self._condition:
+            return self._version
+
+    def wait(self, seen: int, timeout: float) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._version != seen, timeout)
 
 
 class _Changes:
@@ -590,7 +640,7 @@ class Controller:
             log.warning("Use --tls-cert/--tls-key unless every host that can reach this port is trusted.")
             log.warning("*" * 72)
         try:
-            self.server.serve_forever(poll_interval=0.2)
+            self.server.serve_forever(poll_interval=0.05)   # shutdown() waits for this loop to notice
         finally:
             self._stop.set()
 

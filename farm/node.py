@@ -11,6 +11,7 @@ what goes back to the controller as error text is capped and names no node paths
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import random
@@ -34,6 +35,7 @@ from farm.faults import Code, FarmError
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BYTES = 4096   # the most error text a node sends for one strip
+POLL_WAIT = 20.0         # seconds a poll may wait at the controller for work (it may shorten it)
 
 
 class Node:
@@ -55,15 +57,20 @@ class Node:
         # Built once, probing bubblewrap once; raises FarmError when --sandbox bwrap cannot be had.
         self.sandbox = sandbox or sandboxes.build(config.sandbox, self.povray, config.max_memory_mb,
                                                   config.max_output_mb)
-        self.version, self.broken = povray.probe(self.povray)
-        if self.version and self.sandbox.confined:
-            problem = self.sandbox.check([self.povray, "--version"])
-            if problem:
-                self.version, self.broken = None, (
-                    f"POV-Ray runs, but not inside the bubblewrap sandbox ({problem}); install it under "
-                    f"/usr or run the node with --sandbox none at your own risk")
+        # Both probes start POV-Ray, which takes a moment: run them side by side.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            plain = pool.submit(povray.probe, self.povray)
+            confined = pool.submit(self.sandbox.check, [self.povray, "--version"]) if self.sandbox.confined \
+                else None
+            self.version, self.broken = plain.result()
+            problem = confined.result() if confined is not None else ""
+        if self.version and problem:
+            self.version, self.broken = None, (
+                f"POV-Ray runs, but not inside the bubblewrap sandbox ({problem}); install it under "
+                f"/usr or run the node with --sandbox none at your own risk")
         self.strips_done = 0
         self._registration = threading.Lock()
+        self._working: set[str] = set()   # names of the slots that hold a strip right now
         self._fatal: FarmError | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -98,9 +105,12 @@ class Node:
                    for slot in range(max(1, self.config.slots))]
         for worker in workers:
             worker.start()
-        while any(worker.is_alive() for worker in workers):
+        # Short joins keep the main thread free for signals. Once stopping, wait only for slots that are
+        # working on a strip: an idle slot may be parked in a long poll at the controller.
+        while any(worker.is_alive() and (not self.stopping.is_set() or worker.name in self._working)
+                  for worker in workers):
             for worker in workers:
-                worker.join(0.2)    # short joins: the main thread must stay free for signals
+                worker.join(0.1)
         if self._fatal is not None:
             raise self._fatal
         log.info("node %s stopped after %d strips", self.node_id, self.strips_done)
@@ -116,6 +126,7 @@ class Node:
     def _poll_loop(self) -> None:
         delay = 0.0
         while not self.stopping.is_set():
+            started = self.clock()
             try:
                 worked = self.step()
             except FarmError as err:
@@ -129,8 +140,8 @@ class Node:
                 log.warning("%s; retrying in %.1f s", err, delay)
                 self.stopping.wait(delay)
                 continue
-            if worked:
-                delay = 0.0
+            if worked or self.clock() - started >= 1.0:
+                delay = 0.0     # busy, or the controller already waited for work: ask again at once
             else:
                 delay = self._backoff(delay, ceiling=self.config.poll_max)
                 self.stopping.wait(delay)
@@ -159,10 +170,18 @@ class Node:
     def step(self) -> bool:
         """One poll; render the task if there is one. True when a strip was worked on."""
         node_id = self.node_id or self.register()
-        task = self.client.call("nodes.poll", node_id)
+        task = self.client.call("nodes.poll", node_id, POLL_WAIT)
         if not task:
             return False
-        self.work(task)
+        slot = threading.current_thread().name
+        self._working.add(slot)
+        try:
+            if self.stopping.is_set():     # asked to stop while this poll waited: hand the strip back
+                self._deliver("nodes.release", task["lease"])
+            else:
+                self.work(task)
+        finally:
+            self._working.discard(slot)
         return True
 
     # -- one strip ---------------------------------------------------------------------------

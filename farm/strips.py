@@ -578,7 +578,7 @@ def plan_units(height: int, first_frame: int, last_frame: int, nodes: int, strip
     if frames < 1:
         raise ValueError("the frame range is empty")
     nodes = max(1, nodes)
-    if strips != "auto" or frames < nodes:
+    if strips != "auto" or frames == 1 or frames < nodes:
         count = int(strips) if strips != "auto" else auto_strip_count(height, -(-nodes // frames), block)
         rows = plan_strips(height, count, block)
         return [(frame, frame, start, end) for frame in range(first_frame, last_frame + 1) for start, end in rows]
