@@ -12,6 +12,8 @@ what goes back to the controller as error text is capped and names no node paths
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -26,7 +28,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, bundle, povray, strips
+from farm import __version__, bundle, photons, povray, strips
 from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
@@ -48,6 +50,7 @@ class Node:
         self.clock = clock
         self.rng = rng
         self.cache = bundle.BundleCache(config.work_dir / "bundles")
+        self.photon_maps = PhotonMaps(config.work_dir / "photons")
         self.strip_root = config.work_dir / "strips"
         self.node_id: str | None = None
         self.heartbeat_interval = config.heartbeat_interval
@@ -219,6 +222,12 @@ class Node:
         except OSError as err:
             return "failed", (f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
         scene = scene_dir / task["scene"]
+        if task["frame"] == task.get("frame_last", task["frame"]):
+            with self.photon_maps.shared(_photon_key(task), scene):
+                return self._run_povray(task, strip_dir, scene)
+        return self._run_povray(task, strip_dir, scene)
+
+    def _run_povray(self, task: dict[str, Any], strip_dir: Path, scene: Path) -> tuple[str, Any]:
         alpha, bits = task["channels"] == 4, task["bits"]
         file_type = ("N" if alpha else "P") + ("16" if bits == 16 else "")
         output = strip_dir / ("strip.png" if alpha else "strip.ppm")
@@ -299,6 +308,57 @@ class Node:
                 delay = self._backoff(delay, ceiling=10.0)
                 log.warning("%s; retrying delivery in %.1f s", err, delay)
                 time.sleep(delay)
+
+
+def _photon_key(task: dict[str, Any]) -> str:
+    """What a frame's photon map depends on: the scene, its options and the frame (the clock)."""
+    parts = [task["bundle"], task["scene"], str(task["frame"]), *task["options"], *task.get("animation", [])]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+class PhotonMaps:
+    """A node's photon maps, one per frame, shared by the strips it renders (see farm/photons.py)."""
+
+    KEEP = 16   # maps kept on disk; older ones are deleted
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    @contextlib.contextmanager
+    def shared(self, key: str, scene: Path):
+        """Around one strip's render: the first strip of a frame saves the map (other slots wait for it),
+        later ones load it. Scenes without a global photons block are left alone."""
+        original = scene.read_bytes().decode("latin-1")    # latin-1 round-trips every byte
+        if photons.with_photon_file(original, save=True) is None:
+            yield
+            return
+        stored = self.directory / f"{key}.ph"
+        lock = self._lock(key)
+        with lock:
+            if not stored.exists():
+                scene.write_bytes(photons.with_photon_file(original, save=True).encode("latin-1"))
+                yield                                        # render while holding the lock
+                self._keep(scene.parent / photons.PHOTON_FILE, stored)
+                return
+            shutil.copyfile(stored, scene.parent / photons.PHOTON_FILE)
+        scene.write_bytes(photons.with_photon_file(original, save=False).encode("latin-1"))
+        yield
+
+    def _keep(self, produced: Path, stored: Path) -> None:
+        if not produced.is_file() or produced.stat().st_size == 0:
+            return      # the render failed; the next strip shoots the photons again
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = stored.with_suffix(".tmp")
+        shutil.copyfile(produced, tmp)
+        os.replace(tmp, stored)
+        for old in sorted(self.directory.glob("*.ph"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
+            old.unlink(missing_ok=True)
 
 
 def _frame_files(output: Path, frames: range, animated: bool) -> list[Path]:

@@ -161,3 +161,26 @@ def test_controller_url_from_environment(farm):
     env = dict(os.environ, POVFARM_CONTROLLER=farm.url)
     result = run_cli("jobs", "--json", env=env)
     assert result.returncode == 0 and json.loads(result.stdout) == []
+
+
+def test_photon_scene_shares_one_photon_map_per_node_and_stays_exact(tmp_path):
+    """Strips load the photon map their node shot once for the frame, instead of shooting it again."""
+    scene = SCENES / "advanced/grenadine/grenadine.pov"
+    out = tmp_path / "farm.png"
+    result = run_cli("--log-level", "INFO", "render", str(scene), "--nodes", "2", "--threads", "1", "--slots", "1",
+                     "--width", "160", "--height", "120", "--strips", "4", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    # Photon shooting is repeatable on one thread, so the reference is a one-thread render.
+    assert_same_pixels(out, native_render(scene, 160, 120, ["+WT1"], tmp_path / "native.png"))
+
+
+def test_photon_block_is_found_only_in_global_settings():
+    from farm.photons import photons_block, with_photon_file
+
+    assert photons_block("// global_settings { photons { } }\nsphere { 0, 1 }") is None
+    assert photons_block("global_settings { assumed_gamma 1 } object { o photons { target } }") is None
+    assert photons_block('global_settings { photons { spacing 0.1 save_file "x.ph" } }') is None
+    text = 'global_settings { /* } */ photons { spacing 0.1 } } sphere { 0, 1 photons { target } }'
+    assert with_photon_file(text, save=False) == (
+        'global_settings { /* } */ photons { load_file "povfarm-photons.ph"  spacing 0.1 } }'
+        ' sphere { 0, 1 photons { target } }')
