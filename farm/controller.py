@@ -42,6 +42,16 @@ def _require_int(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
+def _job_id(value: Any) -> int:
+    return _require_int("job", value, 1, 2**31 - 1)
+
+
+def _require_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a number of seconds, not {value!r}")
+    return float(value)
+
+
 def _require_str(name: str, value: Any, max_len: int = 255) -> str:
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a non-empty text of at most {max_len} characters")
@@ -182,20 +192,19 @@ class Farm:
         strips_total, strips_done, strips_leased, frames_total, frames_done, priority, error ("" if none),
         submitted, started, finished (Unix times, 0 if not yet), strips ([struct] with row ranges, state,
         node and progress)."""
-        job = self.store.job(_require_int("job", job_id, 1, 2**31 - 1))
+        job = self.store.job(_job_id(job_id))
         return self._describe(job, detail=True)
 
     def jobs_wait(self, job_id: int, timeout: float) -> dict:
         """jobs.wait(job: int, timeout: float) -> struct: the job's status (as jobs.list) as soon as anything
         about it changes or it has ended, else after `timeout` seconds (at most 30). For progress displays."""
-        job_id = _require_int("job", job_id, 1, 2**31 - 1)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise FarmError(Code.BAD_ARGUMENT, "timeout must be a number of seconds")
+        job_id = _job_id(job_id)
+        timeout = _require_seconds("timeout", timeout)
         seen = self.changes.version(job_id)
         status = self._describe(self.store.job(job_id), detail=False)
         if status["state"] in ("done", "failed", "canceled"):
             return status
-        self.changes.wait(job_id, seen, min(float(timeout), 30.0))
+        self.changes.wait(job_id, seen, min(timeout, 30.0))
         return self._describe(self.store.job(job_id), detail=False)
 
     def jobs_list(self) -> list:
@@ -235,21 +244,21 @@ class Farm:
 
     def jobs_cancel(self, job_id: int) -> bool:
         """jobs.cancel(job: int) -> bool: cancel a queued or rendering job; nodes stop its strips."""
-        self.store.cancel_job(_require_int("job", job_id, 1, 2**31 - 1), self.clock())
+        self.store.cancel_job(_job_id(job_id), self.clock())
         self.changes.bump(job_id)
         log.info("job %s canceled", job_id)
         return True
 
     def jobs_pause(self, job_id: int) -> bool:
         """jobs.pause(job: int) -> bool: lease no new strips of the job; strips in flight still finish."""
-        self.store.pause_job(_require_int("job", job_id, 1, 2**31 - 1))
+        self.store.pause_job(_job_id(job_id))
         log.info("job %s paused", job_id)
         self.changes.bump(job_id)
         return True
 
     def jobs_resume(self, job_id: int) -> bool:
         """jobs.resume(job: int) -> bool: let a paused job render again."""
-        self.store.resume_job(_require_int("job", job_id, 1, 2**31 - 1))
+        self.store.resume_job(_job_id(job_id))
         log.info("job %s resumed", job_id)
         self.changes.bump(job_id)
         self.work.appeared()
@@ -257,7 +266,7 @@ class Farm:
 
     def jobs_fetch(self, job_id: int, frame: int = 0) -> xmlrpc.client.Binary:
         """jobs.fetch(job: int[, frame: int]) -> base64: the finished PNG of a frame (default the first)."""
-        job = self.store.job(_require_int("job", job_id, 1, 2**31 - 1))
+        job = self.store.job(_job_id(job_id))
         if job["state"] != JobState.DONE.value:
             why = f": {job['error']}" if job["error"] else ""
             raise FarmError(Code.JOB_NOT_DONE, f"job {job_id} is {job['state']}{why}")
@@ -291,12 +300,11 @@ class Farm:
         options ([str]), animation ([str] POV-Ray animation switches, [] for a still), channels (3 or 4),
         bits (8 or 16), time_limit (float seconds of wall clock for the strip, 0 for none)."""
         node_id = _require_str("node_id", node_id, 120)
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
-            raise FarmError(Code.BAD_ARGUMENT, "wait must be a number of seconds")
+        wait = _require_seconds("wait", wait)
         seen = self.work.version()
         strip = self.store.lease_strip(node_id, self.clock(), self.config.lease_timeout)
         if strip is None and wait > 0:
-            self.work.wait(seen, min(float(wait), self.config.lease_timeout / 3, 20.0))
+            self.work.wait(seen, min(wait, self.config.lease_timeout / 3, 20.0))
             strip = self.store.lease_strip(node_id, self.clock(), self.config.lease_timeout)
         if strip is None:
             return {}
@@ -400,8 +408,7 @@ class Farm:
         node (name), progress 0..1)."""
         job_id = _require_int("job", job_id, 0, 2**31 - 1)
         cursor = _require_int("cursor", cursor, 0, 2**31 - 1)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
-            raise FarmError(Code.BAD_ARGUMENT, "timeout must be a number of seconds")
+        timeout = _require_seconds("timeout", timeout)
         target = job_id or self.store.newest_job_id() or 0
         seen = self.changes.version(target)
         reply = self._feed(target, cursor)
@@ -409,7 +416,7 @@ class Farm:
         if reply["strips"] or (ended and job_id):
             return reply
         # Nothing new: wait for this job to change, or (following the newest job) for a new job.
-        self.changes.wait(target, seen, min(float(timeout), 30.0))
+        self.changes.wait(target, seen, min(timeout, 30.0))
         current = job_id or self.store.newest_job_id() or 0
         return self._feed(current, cursor if current == target else 0)   # a new job starts at cursor 0
 

@@ -56,27 +56,27 @@ class ProcessResult:
         return f"POV-Ray exited with code {self.returncode}"
 
 
+def _signal_group(process: subprocess.Popen, hard: bool) -> bool:
+    """SIGTERM (SIGKILL when hard) to the process group; terminate()/kill() on Windows. False if gone."""
+    if sys.platform == "win32":
+        (process.kill if hard else process.terminate)()
+        return True
+    try:
+        os.killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def _stop_group(process: subprocess.Popen) -> None:
     """Terminate the process group, then kill it if it does not go within the grace period."""
-    if sys.platform == "win32":
-        process.terminate()
-    else:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+    if not _signal_group(process, hard=False):
+        return
     try:
         process.wait(TERMINATE_GRACE)
         return
     except subprocess.TimeoutExpired:
-        pass
-    if sys.platform == "win32":
-        process.kill()
-    else:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _signal_group(process, hard=True)
     process.wait()
 
 
