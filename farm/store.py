@@ -109,7 +109,8 @@ class Store:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException as err:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:   # SQLite has already rolled back after some errors (disk full)
+                    self._db.execute("ROLLBACK")
                 if isinstance(err, sqlite3.Error):
                     raise FarmError(Code.STORAGE, f"database error: {err}") from None
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import xmlrpc.client
 from pathlib import Path
 
@@ -292,3 +293,44 @@ def test_viewer_long_poll_wakes_on_a_new_strip(farm, scene):
     started = time.monotonic()
     feed = farm.viewer_watch(job, 0, 10)
     assert len(feed["strips"]) == 1 and time.monotonic() - started < 5
+
+
+def test_a_full_database_is_a_storage_fault_and_work_resumes_when_space_returns(farm, scene):
+    job = submit(farm, scene)
+    n = node(farm)
+    task = farm.nodes_poll(n)
+    db = farm.store._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages}")          # the disk is full: no page can be added
+    storage = None
+    try:
+        submit(farm, scene, animation={"first": 1, "last": 500})   # 500 frames: needs new pages
+    except FarmError as caught:
+        storage = caught
+    assert storage is not None and storage.code is Code.STORAGE and "full" in str(storage)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.execute("PRAGMA max_page_count=1073741823")      # space returns
+    assert farm.nodes_complete(n, task["lease"], rows_for(task, 3), 1.0)
+    second = farm.nodes_poll(n)
+    farm.nodes_complete(n, second["lease"], rows_for(second, 4), 1.0)
+    assert farm.jobs_status(job)["state"] == "done"
+
+
+def test_an_image_that_cannot_be_written_is_written_by_a_later_tick(farm, scene, monkeypatch):
+    import errno
+    from farm import controller
+
+    job = submit(farm, scene, strips=1)
+    n = node(farm)
+    task = farm.nodes_poll(n)
+    real_write = controller._write_atomically
+
+    def disk_full(path, data):
+        raise FarmError(Code.STORAGE, f"cannot write {path}: {os.strerror(errno.ENOSPC)}")
+    monkeypatch.setattr(controller, "_write_atomically", disk_full)
+    assert farm.nodes_complete(n, task["lease"], rows_for(task, 9), 1.0)   # the strip itself is stored
+    assert farm.jobs_status(job)["state"] == "rendering"
+    monkeypatch.setattr(controller, "_write_atomically", real_write)
+    farm.tick()
+    assert farm.jobs_status(job)["state"] == "done"
+    assert set(strips.decode_png(farm.jobs_fetch(job).data).pixels) == {9}
