@@ -385,8 +385,9 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
         job_id = submit_job(client, args)
         return finish_job(client, wait_for_job(client, job_id), args.output)
     finally:
-        _stop_processes(nodes)
+        _terminate(nodes)            # the nodes wind down while the controller does
         controller.shutdown()
+        _stop_processes(nodes)
         shutil.rmtree(workspace, ignore_errors=True)
 
 
@@ -410,10 +411,14 @@ def _start_local_node(url: str, index: int, workspace: Path, config: Config) -> 
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
 
 
-def _stop_processes(processes: Sequence[subprocess.Popen]) -> None:
+def _terminate(processes: Sequence[subprocess.Popen]) -> None:
     for process in processes:
         if process.poll() is None:
             process.terminate()
+
+
+def _stop_processes(processes: Sequence[subprocess.Popen]) -> None:
+    _terminate(processes)
     deadline = time.monotonic() + 10
     for process in processes:
         try:

@@ -55,6 +55,7 @@ class Config:
     threads: int = 0                   # POV-Ray render threads; 0 lets POV-Ray use every core
     slots: int = 2                     # POV-Ray processes a node runs at once
     work_dir: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm-node")
+    probe_cache: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm" / "povray-probe.json")
     poll_min: float = 0.2              # idle polling backs off from poll_min to poll_max
     poll_max: float = 2.0
     heartbeat_interval: float = 2.0
@@ -145,4 +146,5 @@ def load_config(flags: Mapping[str, Any] | None = None,
     config = Config(**{name: _coerce(name, value) for name, value in merged.items()})
     config.data_dir = Path(config.data_dir).expanduser()
     config.work_dir = Path(config.work_dir).expanduser()
+    config.probe_cache = Path(config.probe_cache).expanduser()
     return config

@@ -142,7 +142,7 @@ class Farm:
         count = spec.get("strips", "auto")
         if count != "auto":
             count = _require_int("strips", count, 1, MAX_STRIPS)
-        units = strips.plan_units(job["height"], job["first_frame"], job["last_frame"], self._live_nodes(),
+        units = strips.plan_units(job["height"], job["first_frame"], job["last_frame"], self._live_slots(),
                                   count, block)
         job_id = self.store.create_job(job, units, self.clock())
         self.changes.bump()
@@ -184,8 +184,10 @@ class Farm:
             "animation": animation.to_spec() if animation else None,
         }
 
-    def _live_nodes(self) -> int:
-        return sum(1 for node in self.store.nodes() if node["state"] in ("idle", "busy"))
+    def _live_slots(self) -> int:
+        """How many POV-Ray processes the live nodes run at once, all told."""
+        return sum(max(1, int(json.loads(node["info"]).get("slots", 1)))
+                   for node in self.store.nodes() if node["state"] in ("idle", "busy"))
 
     def jobs_status(self, job_id: int) -> dict:
         """jobs.status(job: int) -> struct: id, name, scene, state, progress (0..1), width, height,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -60,21 +61,33 @@ class Node:
         # Built once, probing bubblewrap once; raises FarmError when --sandbox bwrap cannot be had.
         self.sandbox = sandbox or sandboxes.build(config.sandbox, self.povray, config.max_memory_mb,
                                                   config.max_output_mb)
+        self.version, self.broken = self._probe()
+        self.strips_done = 0
+        self._registration = threading.Lock()
+        self._working: set[str] = set()   # names of the slots that hold a strip right now
+        self._fatal: FarmError | None = None
+
+    def _probe(self) -> tuple[str | None, str | None]:
+        """(POV-Ray's version, None) when it runs, inside the sandbox too; else (None, what is wrong).
+        A success is remembered per POV-Ray binary and sandbox, so a restarted node (or the nodes of
+        `povfarm render`) start without waiting on POV-Ray's slow start-up twice more."""
+        key = _probe_key(self.povray, self.sandbox)
+        remembered = _read_json(self.config.probe_cache)
+        if key and remembered.get("key") == key:
+            return remembered["version"], None
         # Both probes start POV-Ray, which takes a moment: run them side by side.
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             plain = pool.submit(povray.probe, self.povray)
             confined = pool.submit(self.sandbox.check, [self.povray, "--version"]) if self.sandbox.confined \
                 else None
-            self.version, self.broken = plain.result()
+            version, broken = plain.result()
             problem = confined.result() if confined is not None else ""
-        if self.version and problem:
-            self.version, self.broken = None, (
-                f"POV-Ray runs, but not inside the bubblewrap sandbox ({problem}); install it under "
-                f"/usr or run the node with --sandbox none at your own risk")
-        self.strips_done = 0
-        self._registration = threading.Lock()
-        self._working: set[str] = set()   # names of the slots that hold a strip right now
-        self._fatal: FarmError | None = None
+        if version and problem:
+            return None, (f"POV-Ray runs, but not inside the bubblewrap sandbox ({problem}); install it under "
+                          f"/usr or run the node with --sandbox none at your own risk")
+        if version and key:
+            _write_json(self.config.probe_cache, {"key": key, "version": version})
+        return version, broken
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -308,6 +321,38 @@ class Node:
                 delay = self._backoff(delay, ceiling=10.0)
                 log.warning("%s; retrying delivery in %.1f s", err, delay)
                 time.sleep(delay)
+
+
+def _probe_key(program: str, sandbox: sandboxes.Sandbox) -> str:
+    """What a probe's answer depends on: the POV-Ray binary and the sandbox program, as files."""
+    parts = [sandbox.kind]
+    for path in (program, sandbox.bwrap):
+        if path:
+            try:
+                info = os.stat(path)
+            except OSError:
+                return ""
+            parts += [os.path.realpath(path), str(info.st_size), str(info.st_mtime_ns)]
+    return "|".join(parts)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """Best effort: a cache that cannot be written only costs the next start a moment."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(value), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        log.debug("cannot remember the POV-Ray probe in %s: %s", path, err)
 
 
 def _photon_key(task: dict[str, Any]) -> str:

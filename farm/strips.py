@@ -112,19 +112,21 @@ def plan_strips(height: int, count: int, block: int = DEFAULT_BLOCK) -> list[tup
     return strips
 
 
-def auto_strip_count(height: int, nodes: int, block: int = DEFAULT_BLOCK) -> int:
-    """A default strip count: about 2 per node, at least 4, never more than the blocks available.
+def auto_strip_count(height: int, slots: int, block: int = DEFAULT_BLOCK) -> int:
+    """A default strip count: one strip per POV-Ray slot in the farm, at least 2, never more than the
+    blocks available.
 
-    Two per node lets a node overlap one strip's ~0.6 s POV-Ray start-up with
-    another's render and lets fast nodes take more of the work.
+    Every POV-Ray process costs ~0.6 s of idle start-up, and each process already uses all of its
+    node's cores, so a strip that finishes early leaves nothing idle: more strips than slots would only
+    add start-ups. (Two strips even for one slot give a live viewer something to show early.)
     """
     if height < 1:
         raise ValueError(f"The image height must be at least 1, not {height}.")
     if block < 1:
         raise ValueError(f"The block size must be at least 1, not {block}.")
-    if nodes < 0:
-        raise ValueError(f"The node count cannot be negative ({nodes}).")
-    return min(max(4, 2 * nodes), _block_count(height, block))
+    if slots < 0:
+        raise ValueError(f"The slot count cannot be negative ({slots}).")
+    return min(max(2, slots), _block_count(height, block))
 
 
 def povray_row_options(start: int, end: int, height: int) -> list[str]:
@@ -565,24 +567,25 @@ def _inflate_exact(data: bytes, expected_len: int, what: str) -> bytes:
     return out
 
 
-def plan_units(height: int, first_frame: int, last_frame: int, nodes: int, strips: int | str = "auto",
-               block: int = DEFAULT_BLOCK, runs_per_node: int = 3) -> list[tuple[int, int, int, int]]:
-    """Units of work for frames first..last: (frame_first, frame_last, row_start, row_end).
+def plan_units(height: int, first_frame: int, last_frame: int, slots: int, strips: int | str = "auto",
+               block: int = DEFAULT_BLOCK, runs_per_slot: int = 2) -> list[tuple[int, int, int, int]]:
+    """Units of work for frames first..last: (frame_first, frame_last, row_start, row_end), for a farm
+    with `slots` POV-Ray slots in all.
 
     With an explicit strip count every frame is split into that many strips. Otherwise a still, or
-    fewer frames than nodes, is split into strips so every node has work; with more frames than nodes,
+    fewer frames than slots, is split into strips so every slot has work; with more frames than slots,
     whole frames are the units, in runs of consecutive frames that one POV-Ray process renders
-    (+SF/+EF) so its start-up cost is paid once per run. About `runs_per_node` runs per node keep the
-    nodes evenly busy to the end."""
+    (+SF/+EF) so its start-up cost is paid once per run; `runs_per_slot` runs per slot let faster
+    nodes take more of the frames."""
     frames = last_frame - first_frame + 1
     if frames < 1:
         raise ValueError("the frame range is empty")
-    nodes = max(1, nodes)
-    if strips != "auto" or frames == 1 or frames < nodes:
-        count = int(strips) if strips != "auto" else auto_strip_count(height, -(-nodes // frames), block)
+    slots = max(1, slots)
+    if strips != "auto" or frames == 1 or frames < slots:
+        count = int(strips) if strips != "auto" else auto_strip_count(height, -(-slots // frames), block)
         rows = plan_strips(height, count, block)
         return [(frame, frame, start, end) for frame in range(first_frame, last_frame + 1) for start, end in rows]
-    runs = min(frames, nodes * runs_per_node)
+    runs = min(frames, slots * runs_per_slot)
     base, extra = divmod(frames, runs)
     units, frame = [], first_frame
     for index in range(runs):

@@ -164,16 +164,16 @@ def test_plan_strips_examples_and_errors():
 
 
 @given(st.integers(1, 5000), st.integers(0, 200))
-def test_auto_strip_count(height, nodes):
-    n = auto_strip_count(height, nodes)
+def test_auto_strip_count(height, slots):
+    n = auto_strip_count(height, slots)
     blocks = -(-height // DEFAULT_BLOCK)
     assert 1 <= n <= blocks
-    assert n == min(blocks, max(4, 2 * nodes))
+    assert n == min(blocks, max(2, slots))
 
 
 def test_auto_strip_count_examples():
-    assert auto_strip_count(480, 1) == 4
-    assert auto_strip_count(480, 3) == 6
+    assert auto_strip_count(480, 1) == 2
+    assert auto_strip_count(480, 4) == 4
     assert auto_strip_count(480, 100) == 15
     assert auto_strip_count(20, 3) == 1
     with pytest.raises(ValueError):
