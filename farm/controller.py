@@ -214,17 +214,17 @@ class Farm:
         return [self._describe(job, detail=False) for job in self.store.jobs()]
 
     def _describe(self, job, detail: bool) -> dict:
-        rows = self.store.strips_of(job["id"])
-        total = len(rows)
-        done = sum(1 for r in rows if r["state"] == "done")
-        leased = [r for r in rows if r["state"] == "leased"]
+        summary = self.store.strip_summary(job["id"])
+        total = sum(count for count, _ in summary.values())
+        done = summary.get("done", (0, 0.0))[0]
+        leased, leased_progress = summary.get("leased", (0, 0.0))
         progress = 1.0 if job["state"] == JobState.DONE.value else (
-            (done + sum(r["progress"] for r in leased)) / total if total else 0.0)
+            (done + leased_progress) / total if total else 0.0)
         frames = self.store.frames_of(job["id"])
         info = {
             "id": job["id"], "name": job["name"], "scene": job["scene"], "state": job["state"],
             "progress": round(progress, 4), "width": job["width"], "height": job["height"],
-            "strips_total": total, "strips_done": done, "strips_leased": len(leased),
+            "strips_total": total, "strips_done": done, "strips_leased": leased,
             "frames_total": len(frames), "frames_done": sum(1 for f in frames if f["state"] == "done"),
             "priority": job["priority"], "error": job["error"] or "",
             "channels": job["channels"], "bits": job["bits"],
@@ -233,6 +233,7 @@ class Farm:
             "submitted": job["submitted"], "started": job["started"] or 0.0, "finished": job["finished"] or 0.0,
         }
         if detail:
+            rows = self.store.strips_of(job["id"])
             info["frames"] = [{"number": f["number"], "state": f["state"]} for f in frames]
             info["strips"] = [{"frame": r["frame"], "frame_last": r["frame_last"], "index": r["idx"],
                                "row_start": r["row_start"],

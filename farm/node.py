@@ -416,6 +416,8 @@ def _frame_files(output: Path, frames: range, animated: bool) -> list[Path]:
         number = path.name[len(output.stem):-len(output.suffix)]
         if number.isdigit():
             found[int(number)] = path
+    if len(frames) == 1 and frames[0] not in found and output.exists():
+        return [output]   # an animation of one frame (+KFI1 +KFF1): POV-Ray writes no number
     missing = [frame for frame in frames if frame not in found]
     if missing:
         raise ValueError(f"POV-Ray wrote no image for frame {missing[0]}")

@@ -192,3 +192,13 @@ def test_a_frame_with_a_scene_error_fails_the_job_naming_the_frame(tmp_path):
                      "--output", str(tmp_path / "out"))
     assert result.returncode == 1
     assert "frame 4" in result.stderr and "frame four is cursed" in result.stderr, result.stderr
+
+
+@needs_povray
+def test_an_animation_of_one_frame(tmp_path):
+    """POV-Ray does not number the file of a one-frame animation (+KFI1 +KFF1)."""
+    out = tmp_path / "frames"
+    result = run_cli("render", str(CLOCKD), "--frames", "1-1", "--width", "32", "--height", "24", "--nodes", "1",
+                     "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in out.iterdir()] == ["clockd1.png"]

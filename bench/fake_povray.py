@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""A stand-in for the `povray` program, for benchmarks that need many render nodes on one box.
+
+It is NOT POV-Ray: it parses no scene and traces no rays. It takes POV-Ray's command line as a
+povfarm node passes it, sleeps as long as the strip would take by a simple cost model, and writes
+a deterministic full-size image to the +O path, the rows outside +SR/+ER black, as POV-Ray does.
+Because it is not POV-Ray, nodes that use it are started with `--sandbox none` (bubblewrap would
+also clear the environment variables below).
+
+    fake_povray.py --version                  prints "POV-Ray 3.7.0.10 (fake ...)" to stderr, exits 0
+    fake_povray.py +Iscene.pov +W64 +H4096 +SR33 +ER64 +Ostrip.ppm +FP -D -P [+WT1] [+UA]
+                   [+KFI1 +KFF100 +SF7 +EF9] [Declare=FAKE_SPEED=2] ...
+
+Cost model: seconds = startup + row_cost * rows * frames / speed, where rows is the number of rows
+between +SR and +ER (fractions as POV-Ray reads them) and frames the frames rendered (+SF..+EF).
+  POVFARM_FAKE_ROW_COST   seconds per row per frame at speed 1 (default 0.001); Declare=FAKE_ROW_COST=S
+                          in the job's options overrides it
+  POVFARM_FAKE_SPEED      this node's speed factor (default 1; 2 renders twice as fast); Declare=FAKE_SPEED=X
+                          overrides it (for every node of the job)
+  POVFARM_FAKE_STARTUP    fixed seconds per run, not divided by the speed (POV-Ray's start-up and parse; default 0)
+  POVFARM_FAKE_TRACE      if set, a file to which one line per run is appended:
+                          node, speed, start, end (Unix times), rows, frames, planned seconds
+  POVFARM_FAKE_NODE       the name written to the trace (default: the parent process id)
+
+Output: +FP/+FP16 write binary PPM (P6, 8 or 16 bits), +FN/+FN16 PNG (RGBA with +UA, else RGB).
+With an animation (+KFI/+KFF) one file per frame of +SF..+EF, named like POV-Ray names them: the
++O name's stem, the frame number zero-padded to the width of the final frame number, the suffix
+(POV-Ray numbers no file when both +KFI and +KFF are 1). A missing +I scene is a parse error
+(exit 1). Progress goes to stderr as POV-Ray's "Rendered N of M pixels" lines, about once a second.
+Standard library only, and quick to start: it runs once per strip.
+"""
+
+import os
+import struct
+import sys
+import time
+import zlib
+
+VERSION = "3.7.0.10"
+
+
+def fail(message: str, code: int = 1) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        fail(f"Invalid value for {what}: {text!r}", 2)
+        raise
+
+
+def parse(argv):
+    opts = {"declare": {}, "alpha": False}
+    for arg in argv:
+        if arg.startswith("Declare=") or arg.startswith("declare="):
+            name, _, value = arg[len("Declare="):].partition("=")
+            opts["declare"][name.upper()] = value
+            continue
+        if not arg or arg[0] not in "+-":
+            continue
+        sign, body = arg[0], arg[1:]
+        upper = body.upper()
+        if upper.startswith("I"):
+            opts["input"] = body[1:]
+        elif upper.startswith("O"):
+            opts["output"] = body[1:]
+        elif upper.startswith("F") and sign == "+":
+            opts["format"] = upper[1:] or "N"
+        elif upper == "UA":
+            opts["alpha"] = sign == "+"
+        else:
+            for key in ("KFI", "KFF", "SF", "EF", "SR", "ER", "WT", "W", "H"):
+                if upper.startswith(key) and len(upper) > len(key):
+                    opts[key] = body[len(key):]
+                    break
+    return opts
+
+
+def row_range(opts, height: int):
+    """0-based [start, end) from +SR/+ER: a value below 1 (start) or up to 1 (end) is a fraction."""
+    start, end = 0, height
+    if "SR" in opts:
+        v = number(opts["SR"], "+SR")
+        start = int(height * v) if v < 1 else int(v) - 1
+    if "ER" in opts:
+        v = number(opts["ER"], "+ER")
+        end = int(height * v) if v <= 1 else int(v)
+    start, end = max(0, min(start, height)), max(0, min(end, height))
+    if end <= start:
+        fail(f"Invalid row range +SR{opts.get('SR')} +ER{opts.get('ER')} for height {height}", 2)
+    return start, end
+
+
+def frames_of(opts):
+    """(frames to write, digits, animated)."""
+    if "KFI" not in opts and "KFF" not in opts:
+        return [0], 0, False
+    first = int(number(opts.get("KFI", "1"), "+KFI"))
+    last = int(number(opts.get("KFF", str(first)), "+KFF"))
+    if last < first:
+        fail(f"Final frame {last} is before the initial frame {first}", 2)
+    sub_first = int(number(opts["SF"], "+SF")) if "SF" in opts else first
+    sub_last = int(number(opts["EF"], "+EF")) if "EF" in opts else last
+    frames = list(range(max(first, sub_first), min(last, sub_last) + 1))
+    animated = not (first == 1 and last == 1)
+    return frames, len(str(last)), animated
+
+
+def pixel_row(y: int, frame: int, width: int, channels: int, bits: int) -> bytes:
+    """One deterministic row: a pattern of x, y and the frame number."""
+    row = bytearray(width * channels)
+    row[0::channels] = bytes((x * 5 + y * 3 + frame * 7) & 255 for x in range(width))
+    row[1::channels] = bytes(((x * 11) ^ y) & 255 for x in range(width))
+    row[2::channels] = bytes((y * 13 + frame + x // 8) & 255 for x in range(width))
+    if channels == 4:
+        row[3::channels] = b"\xff" * width
+    if bits == 16:   # v * 257, big-endian: the same picture at 16 bits
+        return bytes(b for v in row for b in (v, v))
+    return bytes(row)
+
+
+def image_rows(width, height, start, end, frame, channels, bits) -> list:
+    size = width * channels * (bits // 8)
+    black = bytes(size)
+    return [pixel_row(y, frame, width, channels, bits) if start <= y < end else black for y in range(height)]
+
+
+def write_ppm(path, width, height, bits, rows) -> None:
+    header = (f"P6\n# Software: POV-Ray {VERSION} (fake)\n{width} {height}\n"
+              f"{65535 if bits == 16 else 255}\n").encode()
+    with open(path, "wb") as handle:
+        handle.write(header)
+        handle.write(b"".join(rows))
+
+
+def write_png(path, width, height, channels, bits, rows) -> None:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, bits, 6 if channels == 4 else 2, 0, 0, 0)
+    data = zlib.compress(b"".join(b"\x00" + row for row in rows), 1)
+    with open(path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    return number(raw, name) if raw else default
+
+
+def main(argv) -> int:
+    if "--version" in argv or "-version" in argv:
+        sys.stderr.write(f"POV-Ray {VERSION} (fake: a stand-in for benchmarks, renders nothing)\n")
+        return 0
+    started = time.time()
+    opts = parse(argv)
+    scene = opts.get("input")
+    if not scene:
+        fail("Parse Error: No input file was given (+I)")
+    if not os.path.isfile(scene):
+        fail(f"Parse Error: Cannot open input file '{scene}'.")
+    if "output" not in opts:
+        fail("Fatal error: no output file (+O) was given", 2)
+    width = int(number(opts.get("W", "800"), "+W"))
+    height = int(number(opts.get("H", "600"), "+H"))
+    if width < 1 or height < 1:
+        fail("Invalid image size", 2)
+    start, end = row_range(opts, height)
+    frames, digits, animated = frames_of(opts)
+    fmt = opts.get("format", "N")
+    png = fmt.startswith("N")
+    bits = 16 if fmt.endswith("16") else 8
+    channels = 4 if (png and opts["alpha"]) else 3
+    declare = opts["declare"]
+    row_cost = number(declare["FAKE_ROW_COST"], "FAKE_ROW_COST") if "FAKE_ROW_COST" in declare \
+        else env_float("POVFARM_FAKE_ROW_COST", 0.001)
+    speed = number(declare["FAKE_SPEED"], "FAKE_SPEED") if "FAKE_SPEED" in declare \
+        else env_float("POVFARM_FAKE_SPEED", 1.0)
+    if speed <= 0:
+        fail("FAKE_SPEED must be positive", 2)
+    startup = env_float("POVFARM_FAKE_STARTUP", 0.0)
+    planned = startup + row_cost * (end - start) * len(frames) / speed
+
+    # Sleep by the cost model, reporting progress the way POV-Ray does.
+    pixels = width * (end - start) * len(frames)
+    if startup > 0:
+        time.sleep(startup)
+    render = planned - startup
+    began = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - began
+        left = render - elapsed
+        done = int(pixels * min(1.0, elapsed / render)) if render > 0 else pixels
+        sys.stderr.write(f"Rendered {done} of {pixels} pixels ({100 * done // max(1, pixels)}%)\n")
+        sys.stderr.flush()
+        if left <= 0:
+            break
+        time.sleep(min(left, 1.0))
+
+    output = opts["output"]
+    stem, suffix = os.path.splitext(output)
+    for index, frame in enumerate(frames):
+        if animated:
+            sys.stderr.write(f"Rendering frame {index + 1} of {len(frames)}\n")
+        path = f"{stem}{frame:0{digits}d}{suffix}" if animated else output
+        rows = image_rows(width, height, start, end, frame, channels, bits)
+        if png:
+            write_png(path, width, height, channels, bits, rows)
+        else:
+            write_ppm(path, width, height, bits, rows)
+    trace = os.environ.get("POVFARM_FAKE_TRACE")
+    if trace:
+        line = (f"{os.environ.get('POVFARM_FAKE_NODE', os.getppid())} {speed:g} {started:.6f} {time.time():.6f} "
+                f"{end - start} {len(frames)} {planned:.6f}\n")
+        fd = os.open(trace, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())   # one write of one short line: appends do not interleave
+        finally:
+            os.close(fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
