@@ -384,7 +384,8 @@ class Farm:
         return True
 
     def nodes_list(self) -> list:
-        """nodes.list() -> [struct]: id, name, state, host, povray, threads, platform, last_seen (Unix time),
+        """nodes.list() -> [struct]: id, name, state, host, povray, threads, slots, platform, sandbox ("bwrap",
+        "none"), sandbox_warning (why it runs unconfined, "" when confined), last_seen (Unix time),
         current (str: job/frame/strip in flight, "" if none), strips_done, strips_failed, error."""
         result = []
         for node in self.store.nodes():
@@ -392,7 +393,9 @@ class Farm:
             result.append({
                 "id": node["id"], "name": node["name"], "state": node["state"],
                 "host": str(info.get("host", "")), "povray": str(info.get("povray", "")),
-                "threads": int(info.get("threads", 0)), "platform": str(info.get("platform", "")),
+                "threads": int(info.get("threads", 0)), "slots": int(info.get("slots", 1)),
+                "platform": str(info.get("platform", "")), "sandbox": str(info.get("sandbox", "unknown")),
+                "sandbox_warning": str(info.get("sandbox_warning", "")),
                 "last_seen": node["last_seen"], "current": node["current"] or "",
                 "strips_done": node["strips_done"], "strips_failed": node["strips_failed"],
                 "error": node["error"] or "",
