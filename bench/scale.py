@@ -749,7 +749,7 @@ def filesystem_of(path: Path) -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    lines = [f"# povfarm at scale, simulated", "",
+    lines = ["# povfarm at scale, simulated", "",
              f"{m['cores']} cores, {m['cpu']}, Python {m['python']}, data on {m['data_fs']}, "
              f"{m['date']}, mode {report['mode']}, {report['seconds']:.0f} s in all.", ""]
     if report.get("makespan"):

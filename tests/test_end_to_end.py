@@ -4,7 +4,6 @@ with POV-Ray rendering the same scene in one process."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -8,7 +8,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import xmlrpc.client
 from pathlib import Path
 

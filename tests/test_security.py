@@ -8,7 +8,6 @@ import http.client
 import http.server
 import io
 import socket
-import ssl
 import subprocess
 import threading
 import time
