@@ -385,9 +385,9 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
         job_id = submit_job(client, args)
         return finish_job(client, wait_for_job(client, job_id), args.output)
     finally:
-        _terminate(nodes)            # the nodes wind down while the controller does
-        controller.shutdown()
-        _stop_processes(nodes)
+        _terminate(nodes)            # the nodes wind down while the controller does (one SIGTERM:
+        controller.shutdown()        # a second would tell them to abandon their strips)
+        _wait_or_kill(nodes)
         shutil.rmtree(workspace, ignore_errors=True)
 
 
@@ -419,6 +419,11 @@ def _terminate(processes: Sequence[subprocess.Popen]) -> None:
 
 def _stop_processes(processes: Sequence[subprocess.Popen]) -> None:
     _terminate(processes)
+    _wait_or_kill(processes)
+
+
+def _wait_or_kill(processes: Sequence[subprocess.Popen]) -> None:
+    """Give terminated processes 10 s to exit (a node finishes its strip), then kill them."""
     deadline = time.monotonic() + 10
     for process in processes:
         try:

@@ -196,9 +196,23 @@ def test_connection_cap(farm, monkeypatch):
     monkeypatch.setenv("POVFARM_MAX_CONNECTIONS", "3")
     farm.start_controller()
     farm.client.close()
-    hogs = [socket.create_connection(("127.0.0.1", farm.port)) for _ in range(3)]
+    # Open idle connections until the server closes a new one at once: the cap is reached.
+    hogs, refused = [], False
+    for _ in range(10):
+        sock = socket.create_connection(("127.0.0.1", farm.port))
+        sock.settimeout(0.5)
+        try:
+            refused = sock.recv(1) == b""      # a held connection waits; a refused one is closed
+        except socket.timeout:
+            refused = False
+        except OSError:
+            refused = True
+        if refused:
+            sock.close()
+            break
+        hogs.append(sock)
     try:
-        time.sleep(0.3)
+        assert refused and len(hogs) <= 3
         with pytest.raises(FarmError) as err:
             Client(farm.url, timeout=5, token=read_token(farm, "view")).call("jobs.list")
         assert err.value.code is Code.UNREACHABLE
