@@ -236,11 +236,12 @@ class Node:
             return "failed", (f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
         scene = scene_dir / task["scene"]
         if task["frame"] == task.get("frame_last", task["frame"]):
-            with self.photon_maps.shared(_photon_key(task), scene):
-                return self._run_povray(task, strip_dir, scene)
+            with self.photon_maps.shared(_photon_key(task), scene) as publisher:
+                return self._run_povray(task, strip_dir, scene, publisher)
         return self._run_povray(task, strip_dir, scene)
 
-    def _run_povray(self, task: dict[str, Any], strip_dir: Path, scene: Path) -> tuple[str, Any]:
+    def _run_povray(self, task: dict[str, Any], strip_dir: Path, scene: Path,
+                    publisher: _PhotonPublisher | None = None) -> tuple[str, Any]:
         alpha, bits = task["channels"] == 4, task["bits"]
         file_type = ("N" if alpha else "P") + ("16" if bits == 16 else "")
         output = strip_dir / ("strip.png" if alpha else "strip.ppm")
@@ -253,7 +254,8 @@ class Node:
             self.povray, scene.name, task["width"], task["height"],
             strips.povray_row_options(task["row_start"], task["row_end"], task["height"]),
             output, file_type, self.config.threads, scene.parent, [*task["options"], *animation])
-        heartbeat = _Heartbeat(self, task["lease"], log_path)
+        heartbeat = _Heartbeat(self, task["lease"], log_path,
+                               publisher.when_tracing if publisher is not None else None)
         limits = [limit for limit in (self.config.strip_timeout, float(task.get("time_limit", 0))) if limit > 0]
         timeout = min(limits, default=0.0)
         command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
@@ -377,23 +379,30 @@ class PhotonMaps:
 
     @contextlib.contextmanager
     def shared(self, key: str, scene: Path):
-        """Around one strip's render: the first strip of a frame saves the map (other slots wait for it),
-        later ones load it. Scenes without a global photons block are left alone."""
+        """Around one strip's render: the first strip of a frame saves the map and yields a
+        `_PhotonPublisher` (other slots wait until it publishes the map); later ones load the map and
+        yield None. Scenes without a global photons block are left alone."""
         original = scene.read_bytes().decode("latin-1")    # latin-1 round-trips every byte
         if photons.with_photon_file(original, save=True) is None:
-            yield
+            yield None
             return
         stored = self.directory / f"{key}.ph"
         lock = self._lock(key)
-        with lock:
-            if not stored.exists():
-                scene.write_bytes(photons.with_photon_file(original, save=True).encode("latin-1"))
-                yield                                        # render while holding the lock
-                self._keep(scene.parent / photons.PHOTON_FILE, stored)
-                return
+        lock.acquire()
+        if not stored.exists():
+            scene.write_bytes(photons.with_photon_file(original, save=True).encode("latin-1"))
+            publisher = _PhotonPublisher(self, scene.parent / photons.PHOTON_FILE, stored, lock)
+            try:
+                yield publisher
+            finally:
+                publisher.publish()
+            return
+        try:
             shutil.copyfile(stored, scene.parent / photons.PHOTON_FILE)
+        finally:
+            lock.release()
         scene.write_bytes(photons.with_photon_file(original, save=False).encode("latin-1"))
-        yield
+        yield None
 
     def _keep(self, produced: Path, stored: Path) -> None:
         if not produced.is_file() or produced.stat().st_size == 0:
@@ -404,6 +413,28 @@ class PhotonMaps:
         os.replace(tmp, stored)
         for old in sorted(self.directory.glob("*.ph"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
             old.unlink(missing_ok=True)
+
+
+class _PhotonPublisher:
+    """Publishes a strip's freshly shot photon map to the node's other slots, once: as soon as POV-Ray
+    has started tracing (it writes the map before that), so they need not wait for the whole strip."""
+
+    def __init__(self, maps: PhotonMaps, produced: Path, stored: Path, lock: threading.Lock):
+        self.maps, self.produced, self.stored, self.lock = maps, produced, stored, lock
+        self.done = False
+
+    def when_tracing(self, log_path: Path) -> None:
+        if not self.done and povray.progress_fraction(log_path) is not None:
+            self.publish()
+
+    def publish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.maps._keep(self.produced, self.stored)
+        finally:
+            self.lock.release()
 
 
 def _frame_files(output: Path, frames: range, animated: bool) -> list[Path]:
@@ -427,13 +458,16 @@ def _frame_files(output: Path, frames: range, animated: bool) -> list[Path]:
 class _Heartbeat:
     """Called by the runner while POV-Ray works: renews the lease, reports progress, says when to stop."""
 
-    def __init__(self, node: Node, lease: str, log_path: Path):
-        self.node, self.lease, self.log_path = node, lease, log_path
+    def __init__(self, node: Node, lease: str, log_path: Path,
+                 watch: Callable[[Path], None] | None = None):
+        self.node, self.lease, self.log_path, self.watch = node, lease, log_path, watch
         self.last = node.clock()
 
     def __call__(self) -> bool:
         if self.node.aborting.is_set():
             return True
+        if self.watch is not None:
+            self.watch(self.log_path)
         now = self.node.clock()
         if now - self.last < self.node.heartbeat_interval:
             return False
