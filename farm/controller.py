@@ -89,7 +89,7 @@ class Farm:
         self.image_dir = config.data_dir / "jobs"
         self._stitch_lock = threading.Lock()
         self.changes = _Changes()
-        self.work = _Work()   # long-polling nodes wait on this for queued strips
+        self.work = _Changes()   # long-polling nodes wait on its farm-wide version for queued strips
         self._views: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
         self._views_lock = threading.Lock()
 
@@ -146,7 +146,7 @@ class Farm:
                                   count, block)
         job_id = self.store.create_job(job, units, self.clock())
         self.changes.bump()
-        self.work.appeared()
+        self.work.bump()
         log.info("job %s queued: %s %dx%d, frames %d-%d, in %d units", job_id, job["scene"], job["width"],
                  job["height"], job["first_frame"], job["last_frame"], len(units))
         return job_id
@@ -264,7 +264,7 @@ class Farm:
         self.store.resume_job(_job_id(job_id))
         log.info("job %s resumed", job_id)
         self.changes.bump(job_id)
-        self.work.appeared()
+        self.work.bump()
         return True
 
     def jobs_fetch(self, job_id: int, frame: int = 0) -> xmlrpc.client.Binary:
@@ -290,7 +290,7 @@ class Farm:
         if not isinstance(info, dict):
             raise FarmError(Code.BAD_ARGUMENT, "info must be a struct")
         node_id = self.store.register_node(name, info, self.clock())
-        self.work.appeared()   # an earlier incarnation's leases may have gone back to the queue
+        self.work.bump()   # an earlier incarnation's leases may have gone back to the queue
         log.info("node %s registered (%s)", node_id, info.get("povray", "unknown POV-Ray"))
         return {"node_id": node_id, "heartbeat_interval": self.config.heartbeat_interval}
 
@@ -304,10 +304,10 @@ class Farm:
         bits (8 or 16), time_limit (float seconds of wall clock for the strip, 0 for none)."""
         node_id = _require_str("node_id", node_id, 120)
         wait = _require_seconds("wait", wait)
-        seen = self.work.version()
+        seen = self.work.version(0)
         strip = self.store.lease_strip(node_id, self.clock(), self.config.lease_timeout)
         if strip is None and wait > 0:
-            self.work.wait(seen, min(wait, self.config.lease_timeout / 3, 20.0))
+            self.work.wait(0, seen, min(wait, self.config.lease_timeout / 3, 20.0))
             strip = self.store.lease_strip(node_id, self.clock(), self.config.lease_timeout)
         if strip is None:
             return {}
@@ -371,7 +371,7 @@ class Farm:
         job_id = self.store.fail_strip(_require_str("node_id", node_id, 120), _require_str("lease", lease, 120),
                                        text, bool(scene_error), self.clock(), self.config.max_attempts)
         self.changes.bump(job_id)
-        self.work.appeared()
+        self.work.bump()
         log.warning("node %s failed lease %s%s: %s", node_id, lease, " (scene error)" if scene_error else "",
                     text.splitlines()[0] if text else "")
         return True
@@ -380,7 +380,7 @@ class Farm:
         """nodes.release(node_id: str, lease: str) -> bool: hand an unfinished lease back (node shutting down)."""
         self.store.release_strip(_require_str("node_id", node_id, 120), _require_str("lease", lease, 120),
                                  self.clock())
-        self.work.appeared()
+        self.work.bump()
         return True
 
     def nodes_list(self) -> list:
@@ -474,7 +474,7 @@ class Farm:
         """Expire leases, mark silent nodes, and write frames whose strips are all in."""
         if self.store.expire(self.clock(), self.config.lease_timeout):
             self.changes.bump()
-            self.work.appeared()
+            self.work.bump()
         for job_id, frame in self.store.complete_frames():
             self._finish_frame(job_id, frame)
 
@@ -519,27 +519,6 @@ class Farm:
             "nodes.heartbeat": (self.nodes_heartbeat, node), "nodes.complete": (self.nodes_complete, node),
             "nodes.fail": (self.nodes_fail, node), "nodes.release": (self.nodes_release, node),
         }
-
-
-class _Work:
-    """A version that moves whenever strips may have been queued; long-polling nodes wait on it."""
-
-    def __init__(self):
-        self._condition = threading.Condition()
-        self._version = 0
-
-    def appeared(self) -> None:
-        with self._condition:
-            self._version += 1
-            self._condition.notify_all()
-
-    def version(self) -> int:
-        with self._condition:
-            return self._version
-
-    def wait(self, seen: int, timeout: float) -> None:
-        with self._condition:
-            self._condition.wait_for(lambda: self._version != seen, timeout)
 
 
 class _Changes:
