@@ -348,12 +348,11 @@ class Farm:
         job_id, complete = self.store.complete_strip(node_id, lease, data, float(seconds), self.clock())
         log.info("job %s strip %s done by %s in %.2fs", job_id, strip["idx"], node_id, float(seconds))
         self.changes.bump(job_id)
-        for frame in complete:
-            try:
-                self._finish_frame(job_id, frame)
-            except FarmError as err:
-                # The strip is stored; the maintenance loop writes the frame when it can.
-                log.error("job %s frame %s not written yet: %s", job_id, frame, err)
+        try:
+            self._finish_frames([(job_id, frame) for frame in complete])
+        except FarmError as err:
+            # The strip is stored; the maintenance loop writes the frames when it can.
+            log.error("job %s frames %s not written yet: %s", job_id, complete, err)
         return True
 
     def _strip_and_job(self, lease: Any):
@@ -475,31 +474,41 @@ class Farm:
         if self.store.expire(self.clock(), self.config.lease_timeout):
             self.changes.bump()
             self.work.bump()
-        for job_id, frame in self.store.complete_frames():
-            self._finish_frame(job_id, frame)
+        self._finish_frames(self.store.complete_frames())
 
     def recover(self) -> None:
         """After a restart: leases in flight get a grace period so their nodes can still deliver."""
         self.store.extend_leases(self.clock() + self.config.lease_timeout)
         self.tick()
 
-    def _finish_frame(self, job_id: int, frame: int) -> None:
+    def _finish_frames(self, frames: list[tuple[int, int]]) -> None:
+        """Stitch and write these (job, frame)s, in order. A unit of several frames is decompressed
+        once for all of them, not once per frame."""
+        if not frames:
+            return
         with self._stitch_lock:
-            if (job_id, frame) not in self.store.complete_frames():
-                return  # another thread wrote it already
-            job = self.store.job(job_id)
-            try:
-                pieces = [_frame_rows(unit, job, frame) for unit in self.store.strip_pieces(job_id, frame)]
-                raster = strips.stitch(job["width"], job["height"], job["channels"], job["bits"], pieces)
-            except ValueError as err:
-                log.error("job %s frame %s cannot be stitched: %s", job_id, frame, err)
-                self.store.fail_frame(job_id, f"frame {frame} cannot be stitched: {err}", self.clock())
-                return
-            path = self.image_dir / str(job_id) / f"frame-{frame:05d}.png"
-            _write_atomically(path, strips.encode_png(raster))
-            if self.store.finish_frame(job_id, frame, str(path), self.clock()):
-                log.info("job %s done: %s", job_id, path)
-            self.changes.bump(job_id)
+            pending = set(self.store.complete_frames())   # another thread may have written some already
+            unpacked = _LastUnit()
+            for job_id, frame in frames:
+                if (job_id, frame) in pending:
+                    self._finish_frame(job_id, frame, unpacked)
+
+    def _finish_frame(self, job_id: int, frame: int, unpacked: "_LastUnit") -> None:
+        """Under the stitch lock: stitch one complete frame and record its image."""
+        job = self.store.job(job_id)
+        try:
+            pieces = [unpacked.frame_rows(unit, job, frame)
+                      for unit in self.store.strip_pieces(job_id, frame)]
+            raster = strips.stitch(job["width"], job["height"], job["channels"], job["bits"], pieces)
+        except ValueError as err:
+            log.error("job %s frame %s cannot be stitched: %s", job_id, frame, err)
+            self.store.fail_frame(job_id, f"frame {frame} cannot be stitched: {err}", self.clock())
+            return
+        path = self.image_dir / str(job_id) / f"frame-{frame:05d}.png"
+        _write_atomically(path, strips.encode_png(raster))
+        if self.store.finish_frame(job_id, frame, str(path), self.clock()):
+            log.info("job %s done: %s", job_id, path)
+        self.changes.bump(job_id)
 
     def methods(self) -> dict[str, tuple[Callable[..., Any], frozenset[str]]]:
         """The public RPC surface: name -> (function, roles that may call it)."""
@@ -522,8 +531,9 @@ class Farm:
 
 
 class _Changes:
-    """What viewers long-poll on: a version per job, and one for farm-wide changes (a new job,
-    expired leases). Only viewers whose job (or the farm) changed wake up and query."""
+    """What long polls wait on: a version per job, and one for farm-wide changes (a new job, expired
+    leases). Viewers wait on their job's, so only those whose job (or the farm) changed wake up and
+    query; nodes wait on the farm-wide one of their own instance for queued work."""
 
     def __init__(self):
         self._condition = threading.Condition()
@@ -554,12 +564,21 @@ def _unit_bytes(unit, job) -> int:
     return frames * rows * strips.row_size(job["width"], job["channels"], job["bits"])
 
 
-def _frame_rows(unit, job, frame: int) -> tuple[int, int, bytes]:
-    """(row_start, row_end, raw rows) of one frame out of a stored unit."""
-    data = strips.decompress_rows(bytes(unit["data"]), _unit_bytes(unit, job))
-    size = len(data) // (unit["frame_last"] - unit["frame"] + 1)
-    offset = (frame - unit["frame"]) * size
-    return unit["row_start"], unit["row_end"], data[offset:offset + size]
+class _LastUnit:
+    """The last stored unit decompressed, kept while its frames are stitched one after another."""
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._data = b""
+
+    def frame_rows(self, unit, job, frame: int) -> tuple[int, int, bytes]:
+        """(row_start, row_end, raw rows) of one frame out of a stored unit."""
+        key = (job["id"], unit["frame"], unit["frame_last"], unit["row_start"])
+        if key != self._key:
+            self._key, self._data = key, strips.decompress_rows(bytes(unit["data"]), _unit_bytes(unit, job))
+        size = len(self._data) // (unit["frame_last"] - unit["frame"] + 1)
+        offset = (frame - unit["frame"]) * size
+        return unit["row_start"], unit["row_end"], self._data[offset:offset + size]
 
 
 def _is_loopback(address: str) -> bool:
