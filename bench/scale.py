@@ -20,7 +20,8 @@ with a fresh data directory under --tmp; clients read its token file) and report
    first strip; how long the fastest nodes sat idle at the end; the nodes' overhead between two strips
    (from the fake's trace); and the CPU the node processes (with their fake POV-Rays) and the controller use.
 2. throughput: the controller alone. Simulated nodes (threads in --processes processes, each thread a
-   node speaking the real XML-RPC API: nodes.register, nodes.poll, nodes.complete with tiny zlib rows)
+   node speaking the real XML-RPC API as farm/node.py does: nodes.register, nodes.poll, then
+   nodes.complete_and_poll with tiny zlib rows, which hands over the next task with the result)
    and a renderer that costs nothing; one animation job of frames x strips gives many units. Strips per
    second completed, controller CPU per strip (/proc/PID/stat) and disk writes (/proc/PID/io), p50/p95
    of poll and complete as the nodes see them; then the cost of the read calls a user or viewer makes
@@ -67,7 +68,7 @@ from farm import strips  # noqa: E402
 from farm.auth import read_token_file  # noqa: E402
 from farm.bundle import bundle_hash, pack, plan_bundle  # noqa: E402
 from farm.client import Client  # noqa: E402
-from farm.faults import FarmError  # noqa: E402
+from farm.faults import Code, FarmError  # noqa: E402
 
 try:
     from farm.node import POLL_WAIT as NODE_POLL_WAIT   # the long-poll wait the node asks for
@@ -425,30 +426,40 @@ def _sim_busy(url: str, token: str, names: list[str], width: int, go, stop_event
         go.wait(60)
         polls, empty, completes, done, errors = [], [], [], 0, []
         first = last = None
+        task, combined = {}, True
         while not stop_event.is_set() and time.monotonic() < deadline:
-            t0 = time.monotonic()
-            try:
-                task = client.call("nodes.poll", node_id)
-            except FarmError as err:
-                errors.append(f"poll: {err}")
-                time.sleep(0.05)
-                continue
             t1 = time.monotonic()
-            if first is None:
-                first = t0
-            if not task:
-                empty.append(t1 - t0)
-                stop_event.wait(0.02)
-                continue
-            polls.append(t1 - t0)
+            if not task:   # as farm/node.py: poll only when the last delivery brought no next task
+                try:
+                    task = client.call("nodes.poll", node_id)
+                except FarmError as err:
+                    errors.append(f"poll: {err}")
+                    time.sleep(0.05)
+                    continue
+                t0, t1 = t1, time.monotonic()
+                if first is None:
+                    first = t0
+                if not task:
+                    empty.append(t1 - t0)
+                    stop_event.wait(0.02)
+                    continue
+                polls.append(t1 - t0)
             size = (task["frame_last"] - task["frame"] + 1) * (task["row_end"] - task["row_start"]) * row_bytes
             rows = payloads.get(size)
             if rows is None:
                 rows = payloads.setdefault(size, xmlrpc.client.Binary(strips.compress_rows(bytes(size))))
             try:
-                client.call("nodes.complete", node_id, task["lease"], rows, 0.0)
+                if combined:
+                    task = client.call("nodes.complete_and_poll", node_id, task["lease"], rows, 0.0)
+                else:
+                    client.call("nodes.complete", node_id, task["lease"], rows, 0.0)
+                    task = {}
             except FarmError as err:
-                errors.append(f"complete: {err}")
+                if err.code is Code.UNKNOWN_METHOD:   # a --controller-root tree without the combined call
+                    combined = False
+                else:
+                    errors.append(f"complete: {err}")
+                    task = {}
                 continue
             t2 = time.monotonic()
             completes.append(t2 - t1)

@@ -309,8 +309,10 @@ class Farm:
         if strip is None and wait > 0:
             self.work.wait(0, seen, min(wait, self.config.lease_timeout / 3, 20.0))
             strip = self.store.lease_strip(node_id, self.clock(), self.config.lease_timeout)
-        if strip is None:
-            return {}
+        return {} if strip is None else self._task(strip, node_id)
+
+    def _task(self, strip, node_id: str) -> dict:
+        """A leased strip as the node's task."""
         self.changes.bump(strip["job"])
         job = self.store.job(strip["job"])
         log.info("job %s strip %s (rows %s-%s) leased to %s", job["id"], strip["idx"], strip["row_start"],
@@ -354,6 +356,13 @@ class Farm:
             # The strip is stored; the maintenance loop writes the frames when it can.
             log.error("job %s frames %s not written yet: %s", job_id, complete, err)
         return True
+
+    def nodes_complete_and_poll(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> dict:
+        """nodes.complete_and_poll(node_id: str, lease: str, rows: base64 zlib, seconds: float) -> struct:
+        nodes.complete, then nodes.poll without waiting, in one round trip: the node's next task, or {}.
+        Faults as nodes.complete; when it faults, nothing was leased."""
+        self.nodes_complete(node_id, lease, rows, seconds)
+        return self.nodes_poll(node_id)
 
     def _strip_and_job(self, lease: Any):
         lease = _require_str("lease", lease, 120)
@@ -526,6 +535,7 @@ class Farm:
             "viewer.watch": (self.viewer_watch, reader),
             "nodes.register": (self.nodes_register, node), "nodes.poll": (self.nodes_poll, node),
             "nodes.heartbeat": (self.nodes_heartbeat, node), "nodes.complete": (self.nodes_complete, node),
+            "nodes.complete_and_poll": (self.nodes_complete_and_poll, node),
             "nodes.fail": (self.nodes_fail, node), "nodes.release": (self.nodes_release, node),
         }
 

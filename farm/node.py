@@ -66,6 +66,7 @@ class Node:
         self._registration = threading.Lock()
         self._working: set[str] = set()   # names of the slots that hold a strip right now
         self._fatal: FarmError | None = None
+        self._combined_calls = True       # nodes.complete_and_poll, until a controller says it has none
 
     def _probe(self) -> tuple[str | None, str | None]:
         """(POV-Ray's version, None) when it runs, inside the sandbox too; else (None, what is wrong).
@@ -192,17 +193,20 @@ class Node:
         slot = threading.current_thread().name
         self._working.add(slot)
         try:
-            if self.stopping.is_set():     # asked to stop while this poll waited: hand the strip back
-                self._deliver("nodes.release", task["lease"])
-            else:
-                self.work(task)
+            while task:
+                if self.stopping.is_set():     # asked to stop while this poll waited: hand the strip back
+                    self._deliver("nodes.release", task["lease"])
+                    break
+                task = self.work(task)
         finally:
             self._working.discard(slot)
         return True
 
     # -- one strip ---------------------------------------------------------------------------
 
-    def work(self, task: dict[str, Any]) -> None:
+    def work(self, task: dict[str, Any]) -> dict[str, Any] | None:
+        """Render one strip and report it. Returns the next task when the controller handed one over
+        with the result."""
         lease = task["lease"]
         log.info("job %s strip %s rows %s-%s (attempt %s)", task["job"], task["strip"], task["row_start"],
                  task["row_end"], task["attempt"])
@@ -214,10 +218,8 @@ class Node:
                 shutil.rmtree(strip_dir, ignore_errors=True)
         kind, payload = outcome
         if kind == "done":
-            rows, seconds = payload
-            if self._deliver("nodes.complete", lease, xmlrpc.client.Binary(rows), seconds):
-                self.strips_done += 1
-        elif kind == "failed":
+            return self._complete(lease, *payload)
+        if kind == "failed":
             message, scene_error = payload
             message = self._error_text(message, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
@@ -225,6 +227,27 @@ class Node:
         elif kind == "release":
             self._deliver("nodes.release", lease)
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
+        return None
+
+    def _complete(self, lease: str, rows: bytes, seconds: float) -> dict[str, Any] | None:
+        """Deliver a strip's rows and, unless stopping, take the next task in the same round trip:
+        half the requests per strip, and the slot never waits for a poll between strips."""
+        payload = xmlrpc.client.Binary(rows)
+        if self._combined_calls and not self.stopping.is_set():
+            try:
+                reply = self._deliver("nodes.complete_and_poll", lease, payload, seconds)
+            except FarmError as err:
+                if err.code is not Code.UNKNOWN_METHOD:
+                    raise
+                log.info("the controller predates nodes.complete_and_poll; delivering with nodes.complete")
+                self._combined_calls = False
+            else:
+                if reply is not None:
+                    self.strips_done += 1
+                return reply or None
+        if self._deliver("nodes.complete", lease, payload, seconds) is not None:
+            self.strips_done += 1
+        return None
 
     def _render(self, task: dict[str, Any], strip_dir: Path) -> tuple[str, Any]:
         try:
@@ -306,20 +329,22 @@ class Node:
         log.info("fetching bundle %s", digest)
         return self.client.call("bundles.fetch", digest).data
 
-    def _deliver(self, method: str, lease: str, *args: Any) -> bool:
-        """Send a result, retrying while the controller is unreachable. False if it was refused."""
+    def _deliver(self, method: str, lease: str, *args: Any) -> Any:
+        """Send a result, retrying while the controller is unreachable. Returns the reply, or None if it
+        was refused. An unknown method (an older controller) raises: the caller picks another."""
         delay = 0.0
         while True:
             try:
-                self.client.call(method, self.node_id, lease, *args)
-                return True
+                return self.client.call(method, self.node_id, lease, *args)
             except FarmError as err:
+                if err.code is Code.UNKNOWN_METHOD:
+                    raise
                 if err.code is not Code.UNREACHABLE:
                     log.warning("%s for lease %s refused: %s", method, lease, err)
-                    return False
+                    return None
                 if self.aborting.is_set():
                     log.error("giving up on %s for lease %s: %s", method, lease, err)
-                    return False
+                    return None
                 delay = self._backoff(delay, ceiling=10.0)
                 log.warning("%s; retrying delivery in %.1f s", err, delay)
                 time.sleep(delay)

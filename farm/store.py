@@ -1,9 +1,14 @@
 """The controller's durable state: jobs, frames, strips, nodes and bundles in SQLite.
 
-Every public method is one transaction, committed before it returns, so
+Every public method is one transaction, durable before it returns, so
 whatever the controller acknowledges over RPC survives a crash. WAL mode with
 synchronous=FULL keeps commits durable across power loss too. States only
 change through `farm.states.check_transition`.
+
+Commits are grouped: each call's changes are a SAVEPOINT inside a shared
+transaction, and the first caller to wait for durability commits for everyone
+who wrote meanwhile, so a busy farm pays one fsync per batch instead of one per
+call. No caller returns before the commit that holds its changes.
 
 Strip pixel rows are stored as compressed blobs in the same transaction that
 marks the strip done: a strip is either stored and done, or neither.
@@ -27,6 +32,7 @@ from farm.states import (FINISHED_JOB_STATES, FrameState, JobState, NodeState, S
 log = logging.getLogger(__name__)
 
 NODE_STRIKES = 3          # a node that fails this many strips of one job is kept off that job
+SEEN_STEP = 1.0          # seconds: a node's last_seen is written at most this often
 LEASE_CANDIDATES = 256    # queued strips examined per poll when some nodes must be kept off some strips
 
 SCHEMA_VERSION = 1
@@ -80,7 +86,14 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = path
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()              # the writing connection: one transaction at a time
+        self._read_lock = threading.Lock()          # the reading connection
+        self._durable = threading.Condition()       # group commit bookkeeping below
+        self._batch = 1              # the batch that writes go into now
+        self._committed = 0          # every batch up to this one is on disk
+        self._failed: dict[int, str] = {}   # batches whose commit failed -> why
+        self._committing = False
+        self._dirty = False          # the shared transaction holds changes not committed yet
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -89,32 +102,124 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
+            # Reads use a connection of their own: they see only committed (durable) data and never
+            # wait behind a batch's fsync on the writing connection.
+            self._reader = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._reader.row_factory = sqlite3.Row
+            self._reader.execute("PRAGMA busy_timeout=5000")
         except (OSError, sqlite3.Error) as err:
             raise FarmError(Code.STORAGE, f"cannot open the database {path}: {err}") from None
         with self.tx() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
             self._db.close()
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; storage errors become a STORAGE fault and roll back."""
+        """One write transaction, durable when the block ends; storage errors become a STORAGE fault and
+        undo only this block's changes."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                if not self._db.in_transaction:
+                    self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("SAVEPOINT call")
             except sqlite3.Error as err:
                 raise FarmError(Code.STORAGE, f"database unavailable: {err}") from None
+            changes = self._db.total_changes
             try:
                 yield self._db
-                self._db.execute("COMMIT")
+                self._db.execute("RELEASE call")
             except BaseException as err:
-                if self._db.in_transaction:   # SQLite has already rolled back after some errors (disk full)
-                    self._db.execute("ROLLBACK")
+                self._undo_call()
+                if self._db.in_transaction and not self._dirty:
+                    self._commit_now()
                 if isinstance(err, sqlite3.Error):
                     raise FarmError(Code.STORAGE, f"database error: {err}") from None
                 raise
+            if self._db.total_changes != changes:
+                self._dirty = True
+            elif not self._dirty:
+                self._commit_now()   # nothing written: end the transaction at once, no fsync
+            batch = self._batch if self._dirty else 0
+        self._wait_durable(batch)
+
+    def _commit_now(self) -> None:
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            raise FarmError(Code.STORAGE, f"database error: {err}") from None
+
+    def _undo_call(self) -> None:
+        """Roll back this call's savepoint, or the whole batch when SQLite already ended it (disk full):
+        then the batch's other callers, still waiting for their commit, learn it failed."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK TO call")
+                self._db.execute("RELEASE call")
+                return
+        except sqlite3.Error as err:
+            log.error("rolling back a call failed, dropping its batch: %s", err)
+            with contextlib.suppress(sqlite3.Error):   # the batch is reported failed either way
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+        self._end_batch(failure="the database rolled the batch back")
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The reading connection. It sees committed data only, so no client is ever shown a state that
+        a crash could take back, and every write call has committed before it returns."""
+        with self._read_lock:
+            yield self._reader
+
+    def _wait_durable(self, batch: int) -> None:
+        """Return once `batch` is committed (0: nothing to wait for). The first waiter commits for all."""
+        if not batch:
+            return
+        with self._durable:
+            while self._committed < batch and self._committing:
+                self._durable.wait()
+            if self._committed < batch:
+                self._committing = True
+                leader = True
+            else:
+                leader = False
+        if leader:
+            self._commit_batch()
+        failure = self._failed.get(batch)
+        if failure is not None:
+            raise FarmError(Code.STORAGE, f"database error: {failure}")
+
+    def _commit_batch(self) -> None:
+        failure = None
+        with self._lock:
+            try:
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                failure = str(err)
+                with contextlib.suppress(sqlite3.Error):   # the failure above is what callers are told
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+            self._end_batch(failure)
+
+    def _end_batch(self, failure: str | None = None) -> None:
+        """Under the lock: the current batch is committed (or lost); later writes start the next."""
+        with self._durable:
+            if failure is not None:
+                self._failed[self._batch] = failure
+                for old in [b for b in self._failed if b < self._batch - 1000]:
+                    del self._failed[old]
+            self._committed = self._batch
+            self._batch += 1
+            self._committing = False
+            self._dirty = False
+            self._durable.notify_all()
 
     # -- state changes: the only way a state column is written --------------------------------
 
@@ -136,6 +241,8 @@ class Store:
 
     def _set_node_state(self, db, node: sqlite3.Row, new: NodeState, **columns: Any) -> None:
         check_transition(NodeState(node["state"]), new)
+        if new.value == node["state"] and not columns:
+            return   # idle polls and busy slots repeat their state: no write
         self._update(db, "nodes", "id", node["id"], state=new.value, **columns)
 
     @staticmethod
@@ -150,8 +257,8 @@ class Store:
             db.execute("INSERT OR IGNORE INTO bundles VALUES (?, ?, ?)", (digest, size, now))
 
     def has_bundle(self, digest: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM bundles WHERE digest=?", (digest,)).fetchone() is not None
+        with self._reading() as db:
+            return db.execute("SELECT 1 FROM bundles WHERE digest=?", (digest,)).fetchone() is not None
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -184,51 +291,51 @@ class Store:
         return row
 
     def job(self, job_id: int) -> sqlite3.Row:
-        with self._lock:
-            return self._job_row(self._db, job_id)
+        with self._reading() as db:
+            return self._job_row(db, job_id)
 
     def jobs(self) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        with self._reading() as db:
+            return db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
 
     def strip_counts(self, job_id: int) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM strips WHERE job=? GROUP BY state",
+        with self._reading() as db:
+            rows = db.execute("SELECT state, COUNT(*) AS n FROM strips WHERE job=? GROUP BY state",
                                     (job_id,)).fetchall()
         return {row["state"]: row["n"] for row in rows}
 
     def strip_summary(self, job_id: int) -> dict[str, tuple[int, float]]:
         """state -> (count, total progress) of a job's strips, without reading them all."""
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) AS n, TOTAL(progress) AS p FROM strips WHERE job=?"
+        with self._reading() as db:
+            rows = db.execute("SELECT state, COUNT(*) AS n, TOTAL(progress) AS p FROM strips WHERE job=?"
                                     " GROUP BY state", (job_id,)).fetchall()
         return {row["state"]: (row["n"], row["p"]) for row in rows}
 
     def strips_of(self, job_id: int) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(
+        with self._reading() as db:
+            return db.execute(
                 "SELECT id, frame, frame_last, idx, row_start, row_end, state, attempt, failures, node, progress,"
                 " error FROM strips WHERE job=? ORDER BY idx", (job_id,)).fetchall()
 
     def strip_by_lease(self, lease: str) -> sqlite3.Row | None:
-        with self._lock:
-            return self._db.execute("SELECT * FROM strips WHERE lease=?", (lease,)).fetchone()
+        with self._reading() as db:
+            return db.execute("SELECT * FROM strips WHERE lease=?", (lease,)).fetchone()
 
     def strips_stored_after(self, job_id: int, cursor: int, limit: int) -> list[sqlite3.Row]:
         """Stored strips of a job in the order they arrived, after the feed cursor."""
-        with self._lock:
-            return self._db.execute(
+        with self._reading() as db:
+            return db.execute(
                 "SELECT frame, frame_last, idx, row_start, row_end, data, done_seq FROM strips"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()
 
     def newest_job_id(self) -> int | None:
-        with self._lock:
-            row = self._db.execute("SELECT MAX(id) FROM jobs").fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT MAX(id) FROM jobs").fetchone()
         return row[0]
 
     def frames_of(self, job_id: int) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute("SELECT * FROM frames WHERE job=? ORDER BY number", (job_id,)).fetchall()
+        with self._reading() as db:
+            return db.execute("SELECT * FROM frames WHERE job=? ORDER BY number", (job_id,)).fetchall()
 
     def cancel_job(self, job_id: int, now: float) -> None:
         with self.tx() as db:
@@ -295,12 +402,13 @@ class Store:
         if NodeState(node["state"]) is NodeState.OFFLINE:
             # It was presumed dead and its leases went back; it must register again.
             raise FarmError(Code.UNKNOWN_NODE, f"node {node_id!r} timed out; register again")
-        db.execute("UPDATE nodes SET last_seen=? WHERE id=?", (now, node_id))
+        # Coarse on purpose: a busy node calls many times a second, and each write costs the batch a page.
+        db.execute("UPDATE nodes SET last_seen=? WHERE id=? AND last_seen < ?", (now, node_id, now - SEEN_STEP))
         return node
 
     def nodes(self) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(
+        with self._reading() as db:
+            return db.execute(
                 "SELECT n.*, (SELECT GROUP_CONCAT(s.job || '/' || s.frame || '/' || s.idx)"
                 " FROM strips s WHERE s.node=n.id AND s.state='leased') AS current"
                 " FROM nodes n ORDER BY n.name, n.registered").fetchall()
@@ -474,8 +582,8 @@ class Store:
 
     def complete_frames(self) -> list[tuple[int, int]]:
         """(job, frame) pairs whose strips are all done but whose image is not written yet."""
-        with self._lock:
-            return [(r["job"], r["number"]) for r in self._db.execute(
+        with self._reading() as db:
+            return [(r["job"], r["number"]) for r in db.execute(
                 "SELECT f.job, f.number FROM frames f JOIN jobs j ON j.id=f.job"
                 " WHERE f.state IN (?, ?) AND j.state=? AND NOT EXISTS (SELECT 1 FROM strips s"
                 " WHERE s.job=f.job AND s.frame <= f.number AND s.frame_last >= f.number AND s.state != ?)",
@@ -484,8 +592,8 @@ class Store:
 
     def strip_pieces(self, job_id: int, frame: int) -> list[sqlite3.Row]:
         """The stored units that cover a frame: frame, frame_last, row_start, row_end, data."""
-        with self._lock:
-            return self._db.execute(
+        with self._reading() as db:
+            return db.execute(
                 f"SELECT frame, frame_last, row_start, row_end, data FROM strips WHERE job=? AND {_COVERS}"
                 " AND state=?", (job_id, frame, frame, StripState.DONE.value)).fetchall()
 

@@ -334,3 +334,85 @@ def test_an_image_that_cannot_be_written_is_written_by_a_later_tick(farm, scene,
     farm.tick()
     assert farm.jobs_status(job)["state"] == "done"
     assert set(strips.decode_png(farm.jobs_fetch(job).data).pixels) == {9}
+
+
+def test_complete_and_poll_hands_over_the_next_task_with_the_result(farm, scene):
+    job = submit(farm, scene)
+    n = node(farm)
+    first = farm.nodes_poll(n)
+    second = farm.nodes_complete_and_poll(n, first["lease"], rows_for(first, 1), 0.1)
+    assert second["strip"] == 1 and second["lease"] != first["lease"]
+    with pytest.raises(FarmError) as stale:   # a refused result leases nothing
+        farm.nodes_complete_and_poll(n, "1.9.feedfacecafe", rows_for(second, 2), 0.1)
+    assert stale.value.code is Code.STALE_LEASE
+    assert farm.nodes_complete_and_poll(n, second["lease"], rows_for(second, 2), 0.1) == {}
+    assert farm.jobs_status(job)["state"] == "done"
+
+
+def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(farm, scene):
+    """Sixteen threads complete strips while a commit is under way: they all wait, the next commit takes
+    all their changes at once, and each then sees its strip committed through a connection of its own."""
+    import sqlite3
+    import threading
+    import time
+
+    job = submit(farm, scene, height=512, strips=16)
+    node_ids = [node(farm, f"n{i}") for i in range(16)]
+    tasks = [{**farm.nodes_poll(node_id), "node": node_id} for node_id in node_ids]
+    store, errors = farm.store, []
+
+    def deliver(task: dict) -> None:
+        store.complete_strip(task["node"], task["lease"], b"x", 0.1, farm.clock())
+        own = sqlite3.connect(str(store.path))
+        state = own.execute("SELECT state FROM strips WHERE lease=?", (task["lease"],)).fetchone()[0]
+        own.close()
+        if state != "done":
+            errors.append(f"{task['lease']} is {state} after its call returned")
+
+    with store._durable:
+        store._committing = True     # as if another caller's commit were on its way to disk
+    batch = store._batch
+    threads = [threading.Thread(target=deliver, args=(task,)) for task in tasks]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with store._lock:
+            written = store._db.execute("SELECT COUNT(*) FROM strips WHERE state='done'").fetchone()[0]
+        if written == len(tasks):
+            break
+        time.sleep(0.01)
+    assert written == len(tasks)
+    assert store.strip_counts(job) == {"leased": 16}   # readers see committed data only
+    assert store._committed < batch and not errors     # written, not committed: nobody has returned
+    store._commit_batch()
+    for thread in threads:
+        thread.join(20)
+    assert errors == [] and store._committed == batch   # one commit for all sixteen
+    assert store.strip_counts(job) == {"done": 16}
+
+
+def test_a_node_falls_back_to_complete_when_the_controller_has_no_combined_call(tmp_path):
+    from farm.node import Node
+
+    class OldController:
+        url = "http://127.0.0.1:9"
+
+        def __init__(self):
+            self.calls = []
+
+        def call(self, method, *args):
+            self.calls.append(method)
+            if method == "nodes.complete_and_poll":
+                raise FarmError(Code.UNKNOWN_METHOD, "no such method")
+            return True
+
+    config = Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                    probe_cache=tmp_path / "probe.json")
+    client = OldController()
+    worker = Node(config, client)
+    worker.node_id = "n1-abcd"
+    assert worker._complete("1.1.aa", b"rows", 0.5) is None
+    assert worker._complete("2.1.bb", b"rows", 0.5) is None
+    assert client.calls == ["nodes.complete_and_poll", "nodes.complete", "nodes.complete"]
+    assert worker.strips_done == 2
