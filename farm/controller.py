@@ -30,6 +30,7 @@ from farm.store import Store
 log = logging.getLogger(__name__)
 
 API_VERSION = 1
+MAX_CACHED_SPECS = 256
 MAX_SIDE = 16384
 MAX_PIXELS = 64 * 1024 * 1024
 MAX_STRIPS = 1024
@@ -92,6 +93,7 @@ class Farm:
         self.work = _Changes()   # long-polling nodes wait on its farm-wide version for queued strips
         self._views: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
         self._views_lock = threading.Lock()
+        self._specs: dict[int, Any] = {}   # job -> its row, for the columns that never change after submit
 
     # -- api -------------------------------------------------------------------------------
 
@@ -314,7 +316,7 @@ class Farm:
     def _task(self, strip, node_id: str) -> dict:
         """A leased strip as the node's task."""
         self.changes.bump(strip["job"])
-        job = self.store.job(strip["job"])
+        job = self._job_spec(strip["job"])
         log.info("job %s strip %s (rows %s-%s) leased to %s", job["id"], strip["idx"], strip["row_start"],
                  strip["row_end"], node_id)
         return {
@@ -369,7 +371,17 @@ class Farm:
         strip = self.store.strip_by_lease(lease)
         if strip is None:
             raise FarmError(Code.STALE_LEASE, f"lease {lease} is unknown; the result was discarded")
-        return strip, self.store.job(strip["job"])
+        return strip, self._job_spec(strip["job"])
+
+    def _job_spec(self, job_id: int):
+        """A job's row for what was fixed at submit (size, scene, options, frames), never its state:
+        read once, not on every strip."""
+        spec = self._specs.get(job_id)
+        if spec is None:
+            if len(self._specs) >= MAX_CACHED_SPECS:
+                self._specs.clear()
+            spec = self._specs[job_id] = self.store.job(job_id)
+        return spec
 
     def nodes_fail(self, node_id: str, lease: str, error: str, scene_error: bool) -> bool:
         """nodes.fail(node_id: str, lease: str, error: str, scene_error: bool) -> bool: report a failed strip.
