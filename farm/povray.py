@@ -7,6 +7,7 @@ progress and error messages. It knows nothing about the controller.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -68,8 +69,36 @@ def _signal_group(process: subprocess.Popen, hard: bool) -> bool:
         return False
 
 
+def _descendants(pid: int) -> list[int]:
+    """Linux: every process below `pid`, also those in sessions of their own (bubblewrap starts POV-Ray
+    in a new session, out of reach of the group signal). Elsewhere, or without /proc: none."""
+    found, parents = [], [pid]
+    while parents:
+        parent = parents.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(kid) for kid in children.read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            parents += kids
+    return found
+
+
 def _stop_group(process: subprocess.Popen) -> None:
-    """Terminate the process group, then kill it if it does not go within the grace period."""
+    """Ask the process and everything below it to stop (SIGTERM: POV-Ray then closes its files, such as
+    a radiosity cache), then the process group, then kill the group if it does not go within the grace
+    period."""
+    below = _descendants(process.pid) if sys.platform.startswith("linux") else []
+    for pid in below:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    if below:
+        try:
+            process.wait(TERMINATE_GRACE)
+            return
+        except subprocess.TimeoutExpired:
+            pass
     if not _signal_group(process, hard=False):
         return
     try:
