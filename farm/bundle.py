@@ -406,6 +406,37 @@ def check_archive(data: bytes, max_files: int = MAX_FILES, max_total: int = MAX_
     return names
 
 
+def mentions(data: bytes, word: bytes, scene: str) -> bool:
+    """Whether the scene or any POV-Ray source file (.pov, .inc, ...) of a checked bundle contains `word`.
+    Members are read in chunks, at most MAX_TOTAL_BYTES in all, whatever sizes they declare."""
+    budget = MAX_TOTAL_BYTES
+    try:
+        with _open_zip(data) as archive:
+            for info in archive.infolist():
+                if info.orig_filename == scene or _is_source(info.orig_filename):
+                    found, budget = _member_mentions(archive, info, word, budget)
+                    if found:
+                        return True
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise FarmError(Code.BAD_BUNDLE, f"the bundle cannot be read ({exc})") from None
+    return False
+
+
+def _member_mentions(archive: zipfile.ZipFile, info: zipfile.ZipInfo, word: bytes,
+                     budget: int) -> tuple[bool, int]:
+    tail = b""
+    with archive.open(info) as member:
+        while budget > 0:
+            chunk = member.read(min(_CHUNK, budget))
+            if not chunk:
+                break
+            budget -= len(chunk)
+            if word in tail + chunk:
+                return True, budget
+            tail = chunk[-(len(word) - 1):]
+    return False, budget
+
+
 def unpack(data: bytes, dest: Path, expected_hash: str,
            max_files: int = MAX_FILES, max_total: int = MAX_TOTAL_BYTES) -> None:
     """Verify and extract a bundle into dest, which must not exist yet.

@@ -85,6 +85,9 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=_positive_int, help="image height in pixels (default: the --ini's, else 480)")
     parser.add_argument("--strips", type=_strips, default="auto",
                         help="strips per frame: 'auto' (default) or a number; edges fall on 32-row blocks")
+    parser.add_argument("--no-radiosity-prepass", action="store_false", dest="radiosity_prepass",
+                        help="render the strips of a radiosity scene independently: no shared pretrace first, "
+                             "faster but with seams at strip edges")
     parser.add_argument("--option", action="append", default=[], metavar="OPT", dest="options",
                         help="a POV-Ray rendering option, e.g. --option +A0.3 (repeatable)")
     parser.add_argument("--asset", action="append", default=[], type=Path, metavar="PATH", dest="assets",
@@ -267,7 +270,7 @@ def job_spec(args: argparse.Namespace, digest: str, scene: str) -> dict[str, Any
     spec = {"bundle": digest, "scene": scene, "width": args.width or ini.width or 640,
             "height": args.height or ini.height or 480, "options": [*ini.options, *args.options],
             "strips": args.strips, "bits": args.bits, "priority": args.priority,
-            "name": args.name or args.scene.stem}
+            "name": args.name or args.scene.stem, "radiosity_prepass": args.radiosity_prepass}
     if animation:
         spec["animation"] = Animation.from_spec(animation).to_spec()
     return spec

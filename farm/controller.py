@@ -24,13 +24,14 @@ from farm.faults import Code, FarmError
 from farm.options import validate_options
 from farm.auth import controller_tokens
 from farm.rpc import Limits, RPCServer
-from farm.states import JobState
+from farm.states import JobState, StripState
 from farm.store import Store
 
 log = logging.getLogger(__name__)
 
 API_VERSION = 1
 MAX_CACHED_SPECS = 256
+MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache file, uncompressed
 MAX_SIDE = 16384
 MAX_PIXELS = 64 * 1024 * 1024
 MAX_STRIPS = 1024
@@ -138,14 +139,18 @@ class Farm:
         options ([str] POV-Ray options), strips ("auto" or int per frame), bits (8 or 16, default 8),
         priority (int, default 0), name (str, default the scene's file name), animation (struct, for
         animations: first, last (int frames, +KFI/+KFF), initial_clock, final_clock (float, +KI/+KF),
-        cyclic (bool, +KC), subset_first, subset_last (int, +SF/+EF; 0 = all))."""
+        cyclic (bool, +KC), subset_first, subset_last (int, +SF/+EF; 0 = all)), radiosity_prepass (bool,
+        default true: when the scene mentions radiosity, each frame cut into strips first gets one
+        radiosity pretrace whose cache all its strips load, so they match a single render)."""
         job = self._checked_spec(spec)
         block = job.pop("block")
         count = spec.get("strips", "auto")
         if count != "auto":
             count = _require_int("strips", count, 1, MAX_STRIPS)
-        units = strips.plan_units(job["height"], job["first_frame"], job["last_frame"], self._live_slots(),
-                                  count, block)
+        pretrace = job.pop("mentions_radiosity") and bool(spec.get("radiosity_prepass", True))
+        units = strips.with_pretrace(
+            strips.plan_units(job["height"], job["first_frame"], job["last_frame"], self._live_slots(), count,
+                              block), job["height"], pretrace)
         job_id = self.store.create_job(job, units, self.clock())
         self.changes.bump()
         self.work.bump()
@@ -160,8 +165,8 @@ class Farm:
         if not self.store.has_bundle(digest):
             raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}; upload it first")
         scene = _require_str("scene", spec.get("scene"), 1000)
-        names = bundle.check_archive(self._bundle_path(digest).read_bytes(),
-                                     max_total=self.config.max_bundle_bytes)
+        data = self._bundle_path(digest).read_bytes()
+        names = bundle.check_archive(data, max_total=self.config.max_bundle_bytes)
         if scene not in names:
             raise FarmError(Code.BAD_ARGUMENT, f"the bundle has no file {scene!r}")
         width = _require_int("width", spec.get("width"), 1, MAX_SIDE)
@@ -184,6 +189,9 @@ class Farm:
             "name": _require_str("name", spec.get("name", Path(scene).stem), 200),
             "first_frame": first, "last_frame": last, "block": checked.block,
             "animation": animation.to_spec() if animation else None,
+            # A scene that may use radiosity gets a shared pre-pass per split frame; the node running it
+            # finds out whether radiosity is really on.
+            "mentions_radiosity": bundle.mentions(data, b"radiosity", scene),
         }
 
     def _live_slots(self) -> int:
@@ -240,7 +248,8 @@ class Farm:
             info["strips"] = [{"frame": r["frame"], "frame_last": r["frame_last"], "index": r["idx"],
                                "row_start": r["row_start"],
                                "row_end": r["row_end"], "state": r["state"], "node": r["node"] or "",
-                               "progress": r["progress"], "attempts": r["attempt"]} for r in rows]
+                               "progress": r["progress"], "attempts": r["attempt"], "kind": r["kind"]}
+                              for r in rows]
         return info
 
     @staticmethod
@@ -303,7 +312,9 @@ class Farm:
         A task: lease (str), job, frame, frame_last (the unit renders frames frame..frame_last), strip,
         attempt, width, height, row_start, row_end (0-based, end exclusive) (int), bundle, scene (str),
         options ([str]), animation ([str] POV-Ray animation switches, [] for a still), channels (3 or 4),
-        bits (8 or 16), time_limit (float seconds of wall clock for the strip, 0 for none)."""
+        bits (8 or 16), time_limit (float seconds of wall clock for the strip, 0 for none), kind ("rows";
+        or "pretrace": run the frame's radiosity pretrace and deliver its cache file), radiosity_cache
+        (bool: load the frame's shared cache, from nodes.radiosity_cache)."""
         node_id = _require_str("node_id", node_id, 120)
         wait = _require_seconds("wait", wait)
         seen = self.work.version(0)
@@ -326,7 +337,9 @@ class Farm:
             "attempt": strip["attempt"], "width": job["width"], "height": job["height"],
             "row_start": strip["row_start"], "row_end": strip["row_end"], "bundle": job["bundle"],
             "scene": job["scene"], "options": json.loads(job["options"]), "channels": job["channels"],
-            "bits": job["bits"], "time_limit": self.config.strip_timeout,
+            "bits": job["bits"], "time_limit": self.config.strip_timeout, "kind": strip["kind"],
+            "radiosity_cache": bool(job["pretrace"]) and strip["kind"] == strips.ROWS
+                               and self.store.radiosity_cache(job["id"], strip["frame"]) is not None,
         }
 
     def nodes_heartbeat(self, node_id: str, progress: dict) -> dict:
@@ -342,14 +355,25 @@ class Farm:
 
     def nodes_complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> bool:
         """nodes.complete(node_id: str, lease: str, rows: base64 zlib, seconds: float) -> bool:
-        deliver a rendered strip's pixel rows. A lease that is no longer current gets STALE_LEASE."""
+        deliver a rendered strip's pixel rows (for a radiosity pre-pass: its zlib cache file, or empty
+        bytes when the scene uses no radiosity). A lease that is no longer current gets STALE_LEASE."""
         data = _require_binary("rows", rows)
         strip, job = self._strip_and_job(lease)
         try:
-            strips.decompress_rows(data, _unit_bytes(strip, job))
+            if strip["kind"] == strips.PRETRACE:
+                if data:
+                    strips.decompress_capped(data, MAX_RADIOSITY_CACHE)
+            else:
+                strips.decompress_rows(data, _unit_bytes(strip, job))
         except ValueError as err:
             raise FarmError(Code.BAD_ARGUMENT, f"strip rows rejected: {err}") from None
         job_id, complete = self.store.complete_strip(node_id, lease, data, float(seconds), self.clock())
+        if strip["kind"] == strips.PRETRACE:
+            self.work.bump()   # the frame's strips were waiting for this
+            log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (%s)", job_id, strip["frame"],
+                     node_id, float(seconds), "cache shared" if data else "the scene uses no radiosity")
+            self.changes.bump(job_id)
+            return True
         log.info("job %s strip %s done by %s in %.2fs", job_id, strip["idx"], node_id, float(seconds))
         self.changes.bump(job_id)
         try:
@@ -365,6 +389,20 @@ class Farm:
         Faults as nodes.complete; when it faults, nothing was leased."""
         self.nodes_complete(node_id, lease, rows, seconds)
         return self.nodes_poll(node_id)
+
+    def nodes_radiosity_cache(self, node_id: str, lease: str) -> xmlrpc.client.Binary:
+        """nodes.radiosity_cache(node_id: str, lease: str) -> base64 zlib: the radiosity cache shared by the
+        strips of the leased strip's frame. STALE_LEASE unless the lease is the node's current one;
+        BAD_ARGUMENT when the frame has none."""
+        node_id = _require_str("node_id", node_id, 120)
+        strip, _ = self._strip_and_job(lease)
+        if strip["node"] != node_id or strip["state"] != StripState.LEASED.value:
+            raise FarmError(Code.STALE_LEASE, f"lease {lease} is no longer current")
+        cache = self.store.radiosity_cache(strip["job"], strip["frame"])
+        if cache is None:
+            raise FarmError(Code.BAD_ARGUMENT,
+                            f"frame {strip['frame']} of job {strip['job']} has no radiosity cache")
+        return xmlrpc.client.Binary(cache)
 
     def _strip_and_job(self, lease: Any):
         lease = _require_str("lease", lease, 120)
@@ -431,7 +469,7 @@ class Farm:
         Returns job (struct as jobs.list, plus channels and bits; {} when there is no job yet),
         cursor (int, pass it to the next call), strips ([struct] frame, row_start, row_end, rows:
         base64 zlib of the raw rows, oldest first), in_flight ([struct] frame, row_start, row_end,
-        node (name), progress 0..1)."""
+        node (name), progress 0..1, kind ("rows", or "pretrace": a radiosity pre-pass over the frame))."""
         job_id = _require_int("job", job_id, 0, 2**31 - 1)
         cursor = _require_int("cursor", cursor, 0, 2**31 - 1)
         timeout = _require_seconds("timeout", timeout)
@@ -469,7 +507,7 @@ class Farm:
         names = {node["id"]: node["name"] for node in self.store.nodes()}
         in_flight = [
             {"frame": s["frame"], "row_start": s["row_start"], "row_end": s["row_end"],
-             "node": names.get(s["node"], s["node"] or ""), "progress": s["progress"]}
+             "node": names.get(s["node"], s["node"] or ""), "progress": s["progress"], "kind": s["kind"]}
             for s in self.store.strips_of(job["id"]) if s["state"] == "leased"]
         status = self._describe(job, detail=False)
         with self._views_lock:
@@ -548,6 +586,7 @@ class Farm:
             "nodes.register": (self.nodes_register, node), "nodes.poll": (self.nodes_poll, node),
             "nodes.heartbeat": (self.nodes_heartbeat, node), "nodes.complete": (self.nodes_complete, node),
             "nodes.complete_and_poll": (self.nodes_complete_and_poll, node),
+            "nodes.radiosity_cache": (self.nodes_radiosity_cache, node),
             "nodes.fail": (self.nodes_fail, node), "nodes.release": (self.nodes_release, node),
         }
 

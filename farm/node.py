@@ -29,7 +29,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, bundle, photons, povray, strips
+from farm import __version__, bundle, photons, povray, radiosity, strips
 from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_BYTES = 4096   # the most error text a node sends for one strip
 POLL_WAIT = 20.0         # seconds a poll may wait at the controller for work (it may shorten it)
+MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of one frame's radiosity cache
 
 
 class Node:
@@ -52,6 +53,7 @@ class Node:
         self.rng = rng
         self.cache = bundle.BundleCache(config.work_dir / "bundles")
         self.photon_maps = PhotonMaps(config.work_dir / "photons")
+        self.radiosity_caches = RadiosityCaches(config.work_dir / "radiosity")
         self.strip_root = config.work_dir / "strips"
         self.node_id: str | None = None
         self.heartbeat_interval = config.heartbeat_interval
@@ -258,13 +260,53 @@ class Node:
         except OSError as err:
             return "failed", (f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
         scene = scene_dir / task["scene"]
+        if task.get("kind") == strips.PRETRACE:
+            return self._run_pretrace(task, strip_dir, scene)
+        target, extra = scene, []
+        if task.get("radiosity_cache"):
+            try:
+                target, extra = self._with_radiosity_cache(task, scene)
+            except FarmError as err:
+                return "failed", (f"node {self.config.name} could not get the frame's radiosity cache: {err}",
+                                  False)
         if task["frame"] == task.get("frame_last", task["frame"]):
             with self.photon_maps.shared(_photon_key(task), scene) as publisher:
-                return self._run_povray(task, strip_dir, scene, publisher)
-        return self._run_povray(task, strip_dir, scene)
+                return self._run_povray(task, strip_dir, target, publisher, extra)
+        return self._run_povray(task, strip_dir, target, extra=extra)
+
+    def _with_radiosity_cache(self, task: dict[str, Any], scene: Path) -> tuple[Path, list[str]]:
+        """The wrapper scene and options that make a strip load its frame's shared radiosity cache."""
+        text = radiosity.wrapper_text(scene.name)
+        if text is None:
+            raise FarmError(Code.BAD_ARGUMENT, f"the scene name {scene.name!r} cannot be included")
+        cache = self.radiosity_caches.get(_frame_key(task), lambda: self.client.call(
+            "nodes.radiosity_cache", self.node_id, task["lease"]).data)
+        shutil.copyfile(cache, scene.parent / radiosity.CACHE_FILE)
+        wrapper = scene.parent / radiosity.WRAPPER_SCENE
+        wrapper.write_text(text, encoding="utf-8")
+        return wrapper, [f"+RF{radiosity.CACHE_FILE}", "+RFI"]
+
+    def _run_pretrace(self, task: dict[str, Any], strip_dir: Path, scene: Path) -> tuple[str, Any]:
+        """A frame's radiosity pre-pass: the whole frame with +RFO, stopped when its final pass begins.
+        Delivers the cache, or nothing when the scene turns out to use no radiosity."""
+        cache = scene.parent / radiosity.CACHE_FILE
+        watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache)
+        outcome = self._run_povray(task, strip_dir, scene, extra=[f"+RF{radiosity.CACHE_FILE}", "+RFO"],
+                                   pretrace=watch)
+        if outcome[0] != "done":
+            return outcome
+        try:
+            data = radiosity.trim_cache(cache.read_bytes()) if watch.verdict != radiosity.NO_RADIOSITY else b""
+        except OSError:
+            data = b""     # POV-Ray made no cache file: no radiosity
+        log.info("job %s frame %s radiosity pre-pass: %s", task["job"], task["frame"],
+                 f"{len(data)} bytes of cache" if data else "the scene uses no radiosity")
+        return "done", (strips.compress_rows(data) if data else b"", outcome[1][1])
 
     def _run_povray(self, task: dict[str, Any], strip_dir: Path, scene: Path,
-                    publisher: _PhotonPublisher | None = None) -> tuple[str, Any]:
+                    publisher: _PhotonPublisher | None = None, extra: list[str] | None = None,
+                    pretrace: radiosity.PretraceWatch | None = None) -> tuple[str, Any]:
+        """Render the task's rows of `scene` (with `pretrace`: the whole frame, until the watch says stop)."""
         alpha, bits = task["channels"] == 4, task["bits"]
         file_type = ("N" if alpha else "P") + ("16" if bits == 16 else "")
         output = strip_dir / ("strip.png" if alpha else "strip.ppm")
@@ -273,18 +315,23 @@ class Node:
         animation = list(task.get("animation", []))
         if animation:   # the whole animation, and the frames this unit renders (+SF/+EF)
             animation += [f"+SF{frames[0]}", f"+EF{frames[-1]}"]
+        rows = [] if pretrace else strips.povray_row_options(task["row_start"], task["row_end"], task["height"])
         argv = povray.render_command(
-            self.povray, scene.name, task["width"], task["height"],
-            strips.povray_row_options(task["row_start"], task["row_end"], task["height"]),
-            output, file_type, self.config.threads, scene.parent, [*task["options"], *animation])
+            self.povray, scene.name, task["width"], task["height"], rows,
+            output, file_type, self.config.threads, scene.parent, [*task["options"], *animation, *(extra or [])])
         heartbeat = _Heartbeat(self, task["lease"], log_path,
                                publisher.when_tracing if publisher is not None else None)
+        should_stop = heartbeat if pretrace is None else (lambda: pretrace() or heartbeat())
         limits = [limit for limit in (self.config.strip_timeout, float(task.get("time_limit", 0))) if limit > 0]
         timeout = min(limits, default=0.0)
         command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
                                        self.config.threads or os.cpu_count() or 1)
+        # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps.
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
-                             timeout=timeout, should_stop=heartbeat, limits=command.limits)
+                             timeout=timeout, should_stop=should_stop, limits=command.limits,
+                             check_every=0.5 if pretrace is None else 0.1)
+        if pretrace is not None and pretrace.verdict is not None and result.stopped:
+            return "done", (b"", result.seconds)   # stopped on purpose: the cache is what counts
         if result.stopped:
             return ("release", None) if self.aborting.is_set() else ("dropped", None)
         stderr = log_path.read_text("utf-8", "replace") if log_path.exists() else ""
@@ -297,6 +344,8 @@ class Node:
                 return "failed", (message, True)
             detail = f": {message}" if message else ""
             return "failed", (f"{result.describe()} on node {self.config.name}{detail}", False)
+        if pretrace is not None:
+            return "done", (b"", result.seconds)    # it finished the whole frame: the cache is complete
         try:
             rows = b"".join(self._strip_rows(path, task) for path in _frame_files(output, frames, bool(animation)))
         except OSError as err:
@@ -382,6 +431,11 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
         log.debug("cannot remember the POV-Ray probe in %s: %s", path, err)
 
 
+def _frame_key(task: dict[str, Any]) -> str:
+    """One job's frame at its size: what a frame's radiosity cache belongs to."""
+    return f"job{task['job']}-{task['frame']}-{task['width']}x{task['height']}-{_photon_key(task)[:16]}"
+
+
 def _photon_key(task: dict[str, Any]) -> str:
     """What a frame's photon map depends on: the scene, its options and the frame (the clock)."""
     parts = [task["bundle"], task["scene"], str(task["frame"]), *task["options"], *task.get("animation", [])]
@@ -438,6 +492,36 @@ class PhotonMaps:
         os.replace(tmp, stored)
         for old in sorted(self.directory.glob("*.ph"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
             old.unlink(missing_ok=True)
+
+
+class RadiosityCaches:
+    """Radiosity caches fetched from the controller, one per frame, shared by the node's slots."""
+
+    KEEP = 16   # caches kept on disk; older ones are deleted
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def get(self, key: str, fetch: Callable[[], bytes]) -> Path:
+        """The cache file for `key`, fetched (zlib data) once by whichever slot asks first."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        path = self.directory / f"{key}.rad"
+        with lock:
+            if not path.is_file():
+                try:
+                    data = strips.decompress_capped(fetch(), MAX_RADIOSITY_CACHE)
+                except ValueError as err:
+                    raise FarmError(Code.BAD_ARGUMENT, f"the cache is unusable: {err}") from None
+                self.directory.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+                for old in sorted(self.directory.glob("*.rad"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
+                    old.unlink(missing_ok=True)
+        return path
 
 
 class _PhotonPublisher:

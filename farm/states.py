@@ -31,6 +31,7 @@ class FrameState(str, enum.Enum):
 
 
 class StripState(str, enum.Enum):
+    WAITING = "waiting"    # its frame's radiosity pre-pass is not done yet
     QUEUED = "queued"
     LEASED = "leased"
     DONE = "done"
@@ -66,6 +67,7 @@ _ALLOWED: dict[type, dict[enum.Enum, frozenset]] = {
     },
     StripState: {
         # LEASED -> QUEUED: the lease expired or was handed back; the strip is rendered again.
+        StripState.WAITING: frozenset({StripState.QUEUED, StripState.CANCELED}),
         StripState.QUEUED: frozenset({StripState.LEASED, StripState.CANCELED, StripState.FAILED}),
         StripState.LEASED: frozenset({StripState.QUEUED, StripState.DONE,
                                       StripState.FAILED, StripState.CANCELED}),

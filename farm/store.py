@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 from farm.faults import Code, FarmError
 from farm.states import (FINISHED_JOB_STATES, FrameState, JobState, NodeState, StripState,
                          check_transition)
+from farm.strips import PRETRACE, ROWS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     channels INTEGER NOT NULL, bits INTEGER NOT NULL,
     first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL,  -- the frames this job renders
     animation TEXT,  -- JSON: POV-Ray's animation settings (+KFI/+KFF/+KI/+KF/+KC); NULL for a still
-    error TEXT, submitted REAL NOT NULL, started REAL, finished REAL);
+    error TEXT, submitted REAL NOT NULL, started REAL, finished REAL,
+    pretrace INTEGER NOT NULL DEFAULT 0);  -- 1: split frames wait for a shared radiosity pre-pass
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
     PRIMARY KEY (job, number));
@@ -62,7 +64,8 @@ CREATE TABLE IF NOT EXISTS strips (
     attempt INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
     lease TEXT, node TEXT, lease_expires REAL, progress REAL NOT NULL DEFAULT 0,
     data BLOB, error TEXT, seconds REAL,
-    done_seq INTEGER);  -- order in which strips were stored: the viewers' feed cursor
+    done_seq INTEGER,   -- order in which strips were stored: the viewers' feed cursor
+    kind TEXT NOT NULL DEFAULT 'rows');   -- 'rows', or 'pretrace': a frame's radiosity pre-pass (data: its cache)
 CREATE INDEX IF NOT EXISTS strips_queued ON strips (job, state, idx);
 CREATE INDEX IF NOT EXISTS strips_by_frame ON strips (job, frame_last, frame);
 CREATE INDEX IF NOT EXISTS strips_by_lease ON strips (lease);
@@ -102,6 +105,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
             # Reads use a connection of their own: they see only committed (durable) data and never
             # wait behind a batch's fsync on the writing connection.
             self._reader = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -111,6 +115,16 @@ class Store:
             raise FarmError(Code.STORAGE, f"cannot open the database {path}: {err}") from None
         with self.tx() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    # Columns added after the first release: a database made before them gets them on open.
+    _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
+                      ("strips", "kind", "TEXT NOT NULL DEFAULT 'rows'"))
+
+    def _add_missing_columns(self) -> None:
+        for table, column, declaration in self._LATER_COLUMNS:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._read_lock:
@@ -262,26 +276,31 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def create_job(self, spec: dict[str, Any], units: Sequence[tuple[int, int, int, int]], now: float) -> int:
-        """Insert a job, a row per frame, and its units of work: (first frame, last frame, row start, row end)."""
+    def create_job(self, spec: dict[str, Any], units: Sequence[tuple[int, int, int, int, str]], now: float) -> int:
+        """Insert a job, a row per frame, and its units of work: (first frame, last frame, row start, row end,
+        kind). Row units of a frame that has a radiosity pre-pass wait for it."""
         animation = spec.get("animation")
+        pretraced = {first for first, _, _, _, kind in units if kind == PRETRACE}
         with self.tx() as db:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
-                " bits, first_frame, last_frame, animation, submitted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " bits, first_frame, last_frame, animation, submitted, pretrace)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (spec["name"], JobState.QUEUED.value, spec["priority"], spec["bundle"], spec["scene"],
                  spec["width"], spec["height"], json.dumps(list(spec["options"])), spec["channels"],
                  spec["bits"], spec["first_frame"], spec["last_frame"],
-                 json.dumps(animation) if animation else None, now))
+                 json.dumps(animation) if animation else None, now, int(bool(pretraced))))
             job_id = cur.lastrowid
             db.executemany("INSERT INTO frames VALUES (?, ?, ?, NULL)",
                            [(job_id, frame, FrameState.QUEUED.value)
                             for frame in range(spec["first_frame"], spec["last_frame"] + 1)])
             db.executemany(
-                "INSERT INTO strips (job, frame, frame_last, idx, row_start, row_end, state)"
-                " VALUES (?,?,?,?,?,?,?)",
-                [(job_id, first, last, idx, start, end, StripState.QUEUED.value)
-                 for idx, (first, last, start, end) in enumerate(units)])
+                "INSERT INTO strips (job, frame, frame_last, idx, row_start, row_end, state, kind)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [(job_id, first, last, idx, start, end,
+                  (StripState.WAITING if kind != PRETRACE and first in pretraced else StripState.QUEUED).value,
+                  kind)
+                 for idx, (first, last, start, end, kind) in enumerate(units)])
             return job_id
 
     def _job_row(self, db, job_id: int) -> sqlite3.Row:
@@ -315,7 +334,7 @@ class Store:
         with self._reading() as db:
             return db.execute(
                 "SELECT id, frame, frame_last, idx, row_start, row_end, state, attempt, failures, node, progress,"
-                " error FROM strips WHERE job=? ORDER BY idx", (job_id,)).fetchall()
+                " error, kind FROM strips WHERE job=? ORDER BY idx", (job_id,)).fetchall()
 
     def strip_by_lease(self, lease: str) -> sqlite3.Row | None:
         with self._reading() as db:
@@ -360,8 +379,9 @@ class Store:
             self._set_job_state(db, job, JobState.RENDERING if job["started"] else JobState.QUEUED)
 
     def _end_open_work(self, db, job_id: int, strip_state: StripState, frame_state: FrameState) -> None:
-        for strip in db.execute("SELECT * FROM strips WHERE job=? AND state IN (?, ?)",
-                                (job_id, StripState.QUEUED.value, StripState.LEASED.value)).fetchall():
+        for strip in db.execute("SELECT * FROM strips WHERE job=? AND state IN (?, ?, ?)",
+                                (job_id, StripState.QUEUED.value, StripState.LEASED.value,
+                                 StripState.WAITING.value)).fetchall():
             self._set_strip_state(db, strip, strip_state, lease_expires=None)
         for frame in db.execute("SELECT number FROM frames WHERE job=? AND state IN (?, ?)",
                                 (job_id, FrameState.QUEUED.value, FrameState.RENDERING.value)).fetchall():
@@ -516,6 +536,10 @@ class Store:
             if done is not None:
                 return done["job"], []
             strip = self._leased_strip(db, node_id, lease)
+            if strip["kind"] == PRETRACE:
+                self._store_pretrace(db, strip, data, seconds)
+                db.execute("UPDATE nodes SET strips_done = strips_done + 1 WHERE id=?", (node_id,))
+                return strip["job"], []
             seq = db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM strips WHERE job=?",
                              (strip["job"],)).fetchone()[0]
             self._set_strip_state(db, strip, StripState.DONE, data=data, seconds=seconds, progress=1.0,
@@ -525,6 +549,23 @@ class Store:
                         if not db.execute(f"SELECT 1 FROM strips WHERE job=? AND {_COVERS} AND state != ? LIMIT 1",
                                           (strip["job"], frame, frame, StripState.DONE.value)).fetchone()]
             return strip["job"], complete
+
+    def _store_pretrace(self, db, strip: sqlite3.Row, cache: bytes, seconds: float) -> None:
+        """A frame's radiosity pre-pass is in (its cache, or nothing when the scene turned out to use no
+        radiosity): the frame's strips may go."""
+        self._set_strip_state(db, strip, StripState.DONE, data=cache, seconds=seconds, progress=1.0,
+                              lease_expires=None, error=None)
+        for waiting in db.execute("SELECT * FROM strips WHERE job=? AND frame=? AND state=?",
+                                  (strip["job"], strip["frame"], StripState.WAITING.value)).fetchall():
+            self._set_strip_state(db, waiting, StripState.QUEUED)
+
+    def radiosity_cache(self, job_id: int, frame: int) -> bytes | None:
+        """The compressed radiosity cache of a frame's pre-pass; None when there is none (no pre-pass,
+        or the scene uses no radiosity)."""
+        with self._reading() as db:
+            row = db.execute("SELECT data FROM strips WHERE job=? AND frame=? AND kind=? AND state=?",
+                             (job_id, frame, PRETRACE, StripState.DONE.value)).fetchone()
+        return bytes(row["data"]) if row is not None and row["data"] else None
 
     def fail_strip(self, node_id: str, lease: str, error: str, fatal: bool, now: float,
                    max_attempts: int) -> int:
@@ -595,7 +636,7 @@ class Store:
         with self._reading() as db:
             return db.execute(
                 f"SELECT frame, frame_last, row_start, row_end, data FROM strips WHERE job=? AND {_COVERS}"
-                " AND state=?", (job_id, frame, frame, StripState.DONE.value)).fetchall()
+                " AND state=? AND kind=?", (job_id, frame, frame, StripState.DONE.value, ROWS)).fetchall()
 
     def finish_frame(self, job_id: int, frame: int, path: str, now: float) -> bool:
         """Record a written frame image; the job is done when its last frame is. Returns job done."""

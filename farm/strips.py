@@ -548,6 +548,20 @@ def decompress_rows(data: bytes, expected_len: int) -> bytes:
     return _inflate_exact(data, expected_len, "The compressed rows")
 
 
+def decompress_capped(data: bytes, limit: int) -> bytes:
+    """zlib data of any length up to `limit` bytes (a file shipped whole, like a radiosity cache)."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as err:
+        raise ValueError(f"The compressed data are not valid zlib data ({err}).") from None
+    if len(out) > limit:
+        raise ValueError(f"The compressed data decompress to more than {limit} bytes.")
+    if not inflater.eof or inflater.unused_data:
+        raise ValueError("The compressed data are truncated or have trailing bytes.")
+    return out
+
+
 def _inflate_exact(data: bytes, expected_len: int, what: str) -> bytes:
     inflater = zlib.decompressobj()
     try:
@@ -593,6 +607,23 @@ def plan_units(height: int, first_frame: int, last_frame: int, slots: int, strip
         units.append((frame, frame + size - 1, 0, height))
         frame += size
     return units
+
+
+ROWS, PRETRACE = "rows", "pretrace"   # kinds of unit: pixel rows, or a frame's radiosity pre-pass
+
+
+def with_pretrace(units: Sequence[tuple[int, int, int, int]], height: int,
+                  pretrace: bool) -> list[tuple[int, int, int, int, str]]:
+    """The units with their kind. With `pretrace`, every frame cut into strips gets a radiosity pre-pass
+    unit (the whole frame's rows) just before its first strip: strips of one frame must share one
+    radiosity cache to match a single render. A unit with a frame's every row needs none."""
+    planned: list[tuple[int, int, int, int, str]] = []
+    for first, last, start, end in units:
+        split = (start, end) != (0, height)
+        if pretrace and split and (not planned or planned[-1][0] != first):
+            planned.append((first, first, 0, height, PRETRACE))
+        planned.append((first, last, start, end, ROWS))
+    return planned
 
 
 def encode_apng(frames: Sequence[Raster], delay_ms: int = 100, level: int = 6) -> bytes:

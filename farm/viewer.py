@@ -712,7 +712,8 @@ class Window:
             bottom = y + round(int(strip["row_end"]) * self.scale)
             rect = self.pg.Rect(x, top, width, max(2, bottom - top))
             self.pg.draw.rect(win, colour, rect, 2)
-            text = f"{strip['node']} {float(strip['progress']) * 100:.0f}%"
+            doing = " radiosity pretrace" if strip.get("kind") == "pretrace" else ""
+            text = f"{strip['node']}{doing} {float(strip['progress']) * 100:.0f}%"
             self._label(win, text, (x + 4, top + 4), colour)
 
     def _draw_error(self, win) -> None:

@@ -1,0 +1,94 @@
+"""Sharing one radiosity pretrace between the strips of a frame.
+
+Radiosity is not repeatable even between two full renders, but strips rendered on their own differ
+from a full render by more than that, with a seam under each strip edge: POV-Ray's pretrace walks only
+the render area, so every strip pretraces its own rows in its own block layout. What a full render
+has and strips lack is the whole-frame pretrace. So a frame cut into strips first gets a pre-pass:
+one POV-Ray renders the whole frame with `+RF<file> +RFO` and is stopped as soon as its final pass
+begins, when the cache holds every pretrace sample. Its strips then load that cache (`+RFI`) through
+a wrapper scene that includes the user's scene and turns the strips' own pretrace and extra sampling
+down (a later `global_settings { radiosity { ... } }` only overrides the settings it names). Measured
+on radiosity/cornell and advanced/balcony: strips differ from a single render as much as two single
+renders differ from each other, and strip edges show no seam.
+
+In-scene `save_file`/`load_file` are ignored by POV-Ray 3.7; only the command-line options work.
+This module is the pure part (texts, the watch over a pre-pass); the node owns processes and files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+CACHE_FILE = "povfarm-radiosity.rad"      # relative: it lives in the strip's own (sandboxed) folder
+WRAPPER_SCENE = "povfarm-radiosity-wrapper.pov"
+PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
+# Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
+# the cache is written while the pretrace runs, long before that, when radiosity is on.
+NO_SAMPLES_AFTER = 0.10
+_PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
+
+
+def wrapper_text(scene_name: str) -> str | None:
+    """The strips' scene: the user's scene, then its radiosity settings trimmed for a loaded cache.
+    None when the name cannot be written as a POV-Ray string."""
+    if any(c in scene_name for c in '"\\\n\r'):
+        return None
+    return (f'#include "{scene_name}"\n'
+            "// povfarm: this frame's radiosity cache is loaded (+RFI); no pretrace and no extra samples\n"
+            "global_settings { radiosity { always_sample off pretrace_start 1 pretrace_end 1 } }\n")
+
+
+def trim_cache(data: bytes) -> bytes:
+    """The cache up to its last whole line: a pre-pass stopped by a signal may have left a line half
+    written, and POV-Ray's cache is one sample per line."""
+    end = data.rfind(b"\n")
+    return data[:end + 1] if end >= 0 else b""
+
+
+class PretraceWatch:
+    """Called while a pre-pass POV-Ray runs; True (stop it) once the answer is known: PRETRACED when the
+    pixel counter drops back (the pretrace is over and the final pass has begun), NO_RADIOSITY when a
+    good part of the frame is rendered and the cache file is still empty."""
+
+    def __init__(self, log_path: Path, cache_path: Path):
+        self.log_path, self.cache_path = log_path, cache_path
+        self.verdict: str | None = None
+        self._offset = 0
+        self._pending = b""
+        self._last: int | None = None
+
+    def __call__(self) -> bool:
+        if self.verdict is None:
+            self.verdict = self._judge()
+        return self.verdict is not None
+
+    def _judge(self) -> str | None:
+        for done, total in self._new_counts():
+            if self._last is not None and done < self._last:
+                return PRETRACED
+            self._last = done
+            if total and done >= total * NO_SAMPLES_AFTER and _size(self.cache_path) == 0:
+                return NO_RADIOSITY
+        return None
+
+    def _new_counts(self) -> list[tuple[int, int]]:
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except OSError:
+            return []
+        self._offset += len(data)
+        text = self._pending + data
+        cut = max(text.rfind(b"\r"), text.rfind(b"\n")) + 1   # keep a half-written line for next time
+        self._pending = text[cut:]
+        return [(int(done), int(total)) for done, total in _PROGRESS.findall(text[:cut])]
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
