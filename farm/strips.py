@@ -253,7 +253,7 @@ def decode_png(data: bytes) -> Raster:
     file_samples, channels = _PNG_COLOUR_TYPES[colour_type]
     bpp = file_samples * bits // 8  # bytes per pixel, the filters' left neighbour distance
     stride = width * bpp
-    raw = _inflate_exact(b"".join(idat), height * (stride + 1), "The PNG image data")
+    raw = _inflate(b"".join(idat), height * (stride + 1), "The PNG image data", exact=True)
     rows = _unfilter(raw, height, stride, bpp)
     if file_samples != channels:
         rows = _gray_to_rgb(rows, file_samples, bits // 8)
@@ -545,39 +545,30 @@ def decompress_rows(data: bytes, expected_len: int) -> bytes:
     """
     if expected_len < 0:
         raise ValueError(f"The expected length cannot be negative ({expected_len}).")
-    return _inflate_exact(data, expected_len, "The compressed rows")
+    return _inflate(data, expected_len, "The compressed rows", exact=True)
 
 
 def decompress_capped(data: bytes, limit: int) -> bytes:
     """zlib data of any length up to `limit` bytes (a file shipped whole, like a radiosity cache)."""
-    inflater = zlib.decompressobj()
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error as err:
-        raise ValueError(f"The compressed data are not valid zlib data ({err}).") from None
-    if len(out) > limit:
-        raise ValueError(f"The compressed data decompress to more than {limit} bytes.")
-    if not inflater.eof or inflater.unused_data:
-        raise ValueError("The compressed data are truncated or have trailing bytes.")
-    return out
+    return _inflate(data, limit, "The compressed data", exact=False)
 
 
-def _inflate_exact(data: bytes, expected_len: int, what: str) -> bytes:
+def _inflate(data: bytes, limit: int, what: str, exact: bool) -> bytes:
     inflater = zlib.decompressobj()
     try:
         # One byte over the limit is enough to know the data is too long;
         # max_length=0 would mean "unlimited", which the +1 also avoids.
-        out = inflater.decompress(data, expected_len + 1)
+        out = inflater.decompress(data, limit + 1)
     except zlib.error as err:
         raise ValueError(f"{what} are not valid zlib data ({err}).") from None
-    if len(out) > expected_len:
-        raise ValueError(f"{what} decompress to more than the expected {expected_len} bytes.")
+    if len(out) > limit:
+        raise ValueError(f"{what} decompress to more than the expected {limit} bytes.")
     if not inflater.eof:
         raise ValueError(f"{what} are truncated: the zlib stream does not end.")
     if inflater.unused_data:
         raise ValueError(f"{what} have trailing bytes after the end of the zlib stream.")
-    if len(out) != expected_len:
-        raise ValueError(f"{what} decompress to {len(out)} bytes, expected {expected_len}.")
+    if exact and len(out) != limit:
+        raise ValueError(f"{what} decompress to {len(out)} bytes, expected {limit}.")
     return out
 
 
