@@ -95,6 +95,7 @@ class Farm:
         self._views: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
         self._views_lock = threading.Lock()
         self._specs: dict[int, Any] = {}   # job -> its row, for the columns that never change after submit
+        self._switches: dict[int, list[str]] = {}   # job -> POV-Ray's animation switches
 
     # -- api -------------------------------------------------------------------------------
 
@@ -252,6 +253,15 @@ class Farm:
                               for r in rows]
         return info
 
+    def _animation_options(self, job) -> list[str]:
+        """POV-Ray's animation switches for a job's tasks ([] for a still), worked out once per job."""
+        options = self._switches.get(job["id"])
+        if options is None:
+            if len(self._switches) >= MAX_CACHED_SPECS:
+                self._switches.clear()
+            options = self._switches[job["id"]] = self._animation(job).povray_options() if job["animation"] else []
+        return list(options)
+
     @staticmethod
     def _animation(job) -> Animation:
         return Animation.from_spec(json.loads(job["animation"]))
@@ -328,12 +338,13 @@ class Farm:
         """A leased strip as the node's task."""
         self.changes.bump(strip["job"])
         job = self._job_spec(strip["job"])
-        log.info("job %s strip %s (rows %s-%s) leased to %s", job["id"], strip["idx"], strip["row_start"],
-                 strip["row_end"], node_id)
+        # DEBUG: a busy farm leases hundreds of strips a second; "done" lines (INFO) name the node too.
+        log.debug("job %s strip %s (rows %s-%s) leased to %s", job["id"], strip["idx"], strip["row_start"],
+                  strip["row_end"], node_id)
         return {
             "lease": strip["lease"], "job": job["id"], "frame": strip["frame"],
             "frame_last": strip["frame_last"], "strip": strip["idx"],
-            "animation": self._animation(job).povray_options() if job["animation"] else [],
+            "animation": self._animation_options(job),
             "attempt": strip["attempt"], "width": job["width"], "height": job["height"],
             "row_start": strip["row_start"], "row_end": strip["row_end"], "bundle": job["bundle"],
             "scene": job["scene"], "options": json.loads(job["options"]), "channels": job["channels"],
