@@ -111,8 +111,8 @@ NOISE = 1.3   # radiosity is a random process: room for the spread of a statisti
 @needs_povray
 def test_strips_of_a_radiosity_scene_match_single_renders_and_show_no_seam(tmp_path):
     """cornell.pov at 160x120 in 4 strips on 2 nodes, twice, against 5 single-process renders.
-    Measured here (20 farm renders): farm vs single mean 0.31-0.35 (median 0.32), a single vs the other
-    singles 0.26-0.33 (median 0.29), largest differences 24-32 both ways, strip-edge rows 0.17-0.27
+    Measured here: farm vs single mean 0.29-0.37 over runs of this test, 1.00-1.25 times the singles'
+    own 0.28-0.32 (about 1.1 typically), largest differences 24-32 both ways, strip-edge rows 0.17-0.27
     against 0.28-0.38 elsewhere. Strips rendered independently (--no-radiosity-prepass) score 0.49-0.53
     with edge rows at 0.58: a seam, and this test fails them."""
     width, height, strip_count = 160, 120, 4
