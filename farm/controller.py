@@ -94,8 +94,7 @@ class Farm:
         self.work = _Changes()   # long-polling nodes wait on its farm-wide version for queued strips
         self._views: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
         self._views_lock = threading.Lock()
-        self._specs: dict[int, Any] = {}   # job -> its row, for the columns that never change after submit
-        self._switches: dict[int, list[str]] = {}   # job -> POV-Ray's animation switches
+        self._specs: dict[int, tuple[Any, list[str]]] = {}   # job -> what never changes after submit
 
     # -- api -------------------------------------------------------------------------------
 
@@ -254,13 +253,8 @@ class Farm:
         return info
 
     def _animation_options(self, job) -> list[str]:
-        """POV-Ray's animation switches for a job's tasks ([] for a still), worked out once per job."""
-        options = self._switches.get(job["id"])
-        if options is None:
-            if len(self._switches) >= MAX_CACHED_SPECS:
-                self._switches.clear()
-            options = self._switches[job["id"]] = self._animation(job).povray_options() if job["animation"] else []
-        return list(options)
+        """POV-Ray's animation switches for a job's tasks ([] for a still)."""
+        return list(self._fixed(job["id"])[1])
 
     @staticmethod
     def _animation(job) -> Animation:
@@ -423,14 +417,19 @@ class Farm:
         return strip, self._job_spec(strip["job"])
 
     def _job_spec(self, job_id: int):
-        """A job's row for what was fixed at submit (size, scene, options, frames), never its state:
-        read once, not on every strip."""
-        spec = self._specs.get(job_id)
-        if spec is None:
+        """A job's row for what was fixed at submit (size, scene, options, frames), never its state."""
+        return self._fixed(job_id)[0]
+
+    def _fixed(self, job_id: int) -> tuple[Any, list[str]]:
+        """What never changes after submit, worked out once per job, not on every strip: its row and its
+        POV-Ray animation switches."""
+        fixed = self._specs.get(job_id)
+        if fixed is None:
             if len(self._specs) >= MAX_CACHED_SPECS:
                 self._specs.clear()
-            spec = self._specs[job_id] = self.store.job(job_id)
-        return spec
+            row = self.store.job(job_id)
+            fixed = self._specs[job_id] = (row, self._animation(row).povray_options() if row["animation"] else [])
+        return fixed
 
     def nodes_fail(self, node_id: str, lease: str, error: str, scene_error: bool) -> bool:
         """nodes.fail(node_id: str, lease: str, error: str, scene_error: bool) -> bool: report a failed strip.

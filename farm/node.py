@@ -267,8 +267,13 @@ class Node:
             try:
                 target, extra = self._with_radiosity_cache(task, scene)
             except FarmError as err:
+                if err.code is Code.UNREACHABLE:
+                    return "release", None     # not the strip's fault: let it go elsewhere or later
                 return "failed", (f"node {self.config.name} could not get the frame's radiosity cache: {err}",
                                   False)
+            except OSError as err:
+                return "failed", (f"node {self.config.name} could not store the frame's radiosity cache: "
+                                  f"{err.strerror or err}", False)
         if task["frame"] == task.get("frame_last", task["frame"]):
             with self.photon_maps.shared(_photon_key(task), scene) as publisher:
                 return self._run_povray(task, strip_dir, target, publisher, extra)
