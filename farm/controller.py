@@ -344,7 +344,7 @@ class Farm:
             "scene": job["scene"], "options": json.loads(job["options"]), "channels": job["channels"],
             "bits": job["bits"], "time_limit": self.config.strip_timeout, "kind": strip["kind"],
             "radiosity_cache": bool(job["pretrace"]) and strip["kind"] == strips.ROWS
-                               and self.store.radiosity_cache(job["id"], strip["frame"]) is not None,
+                               and self.store.has_radiosity_cache(job["id"], strip["frame"]),
         }
 
     def nodes_heartbeat(self, node_id: str, progress: dict) -> dict:

@@ -559,13 +559,21 @@ class Store:
                                   (strip["job"], strip["frame"], StripState.WAITING.value)).fetchall():
             self._set_strip_state(db, waiting, StripState.QUEUED)
 
+    _FRAME_CACHE = "FROM strips WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
+
     def radiosity_cache(self, job_id: int, frame: int) -> bytes | None:
         """The compressed radiosity cache of a frame's pre-pass; None when there is none (no pre-pass,
         or the scene uses no radiosity)."""
         with self._reading() as db:
-            row = db.execute("SELECT data FROM strips WHERE job=? AND frame=? AND kind=? AND state=?",
+            row = db.execute(f"SELECT data {self._FRAME_CACHE}",
                              (job_id, frame, PRETRACE, StripState.DONE.value)).fetchone()
-        return bytes(row["data"]) if row is not None and row["data"] else None
+        return None if row is None else bytes(row["data"])
+
+    def has_radiosity_cache(self, job_id: int, frame: int) -> bool:
+        """Whether strips of the frame load a shared radiosity cache, without reading it."""
+        with self._reading() as db:
+            return db.execute(f"SELECT 1 {self._FRAME_CACHE}",
+                              (job_id, frame, PRETRACE, StripState.DONE.value)).fetchone() is not None
 
     def fail_strip(self, node_id: str, lease: str, error: str, fatal: bool, now: float,
                    max_attempts: int) -> int:
