@@ -41,7 +41,8 @@ from farm import strips  # noqa: E402
 from farm.bundle import bundle_hash, pack, plan_bundle  # noqa: E402
 from farm.client import Client  # noqa: E402
 from farm.config import Config  # noqa: E402
-from farm.controller import Controller, Farm  # noqa: E402
+from farm.api.viewer import ViewerAPI  # noqa: E402
+from farm.controller import Controller  # noqa: E402
 
 WIDTH = 320
 BLOCK = 32
@@ -169,7 +170,7 @@ class Bench:
         """Count viewer.watch calls in progress, so a run starts only once every viewer's long poll is in
         place (new connections arriving all at once can wait for TCP to retry a dropped handshake)."""
         self.polls_in_progress, lock = 0, threading.Lock()
-        original = Farm.viewer_watch
+        original = ViewerAPI.watch
 
         @functools.wraps(original)
         def counted(farm, *args):
@@ -181,7 +182,7 @@ class Bench:
                 with lock:
                     self.polls_in_progress -= 1
 
-        Farm.viewer_watch = counted
+        ViewerAPI.watch = counted
 
     def run(self, viewers: int, strip_count: int, render_time: float) -> dict:
         job = self.client.call("jobs.submit", {"bundle": self.digest, "scene": "s.pov", "width": WIDTH,

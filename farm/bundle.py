@@ -180,7 +180,7 @@ def _references(source: str, scene_dir: str) -> Iterator[tuple[str, bool]]:
             yield path, included
 
 
-def _is_source(path: str) -> bool:
+def is_source(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in SOURCE_SUFFIXES
 
 
@@ -188,7 +188,7 @@ def _scan_sources(scene: str, extra: Iterable[str] = ()) -> set[str]:
     """The scene, the extra files and every local file reachable from them through string literals."""
     scene_dir = os.path.dirname(scene)
     files, scanned = {scene, *extra}, set()
-    pending = [(scene, 0)] + [(path, 0) for path in sorted(files - {scene}) if _is_source(path)]
+    pending = [(scene, 0)] + [(path, 0) for path in sorted(files - {scene}) if is_source(path)]
     while pending:
         source, depth = pending.pop()
         if source in scanned:
@@ -199,7 +199,7 @@ def _scan_sources(scene: str, extra: Iterable[str] = ()) -> set[str]:
             continue
         for path, included in _references(source, scene_dir):
             files.add(path)
-            if included or _is_source(path):
+            if included or is_source(path):
                 pending.append((path, depth + 1))
     return files
 
@@ -413,7 +413,7 @@ def mentions(data: bytes, word: bytes, scene: str) -> bool:
     try:
         with _open_zip(data) as archive:
             for info in archive.infolist():
-                if info.orig_filename == scene or _is_source(info.orig_filename):
+                if info.orig_filename == scene or is_source(info.orig_filename):
                     found, budget = _member_mentions(archive, info, word, budget)
                     if found:
                         return True

@@ -34,6 +34,7 @@ from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.records import RenderOutcome
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +219,13 @@ class Node:
         finally:
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
-        kind, payload = outcome
-        if kind == "done":
-            return self._complete(lease, *payload)
-        if kind == "failed":
-            message, scene_error = payload
-            message = self._error_text(message, strip_dir / "scene")
+        if outcome.kind == "done":
+            return self._complete(lease, outcome.rows, outcome.seconds)
+        if outcome.kind == "failed":
+            message = self._error_text(outcome.error, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
-            self._deliver("nodes.fail", lease, message, scene_error)
-        elif kind == "release":
+            self._deliver("nodes.fail", lease, message, outcome.scene_error)
+        elif outcome.kind == "release":
             self._deliver("nodes.release", lease)
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
         return None
@@ -251,14 +250,14 @@ class Node:
             self.strips_done += 1
         return None
 
-    def _render(self, task: dict[str, Any], strip_dir: Path) -> tuple[str, Any]:
+    def _render(self, task: dict[str, Any], strip_dir: Path) -> RenderOutcome:
         try:
             bundle_dir = self.cache.ensure(task["bundle"], lambda: self._fetch_bundle(task["bundle"]))
             scene_dir = bundle.copy_for_render(bundle_dir, strip_dir / "scene")
         except FarmError as err:
-            return "failed", (f"the scene bundle could not be prepared on node {self.config.name}: {err}", False)
+            return _failed(f"the scene bundle could not be prepared on node {self.config.name}: {err}", False)
         except OSError as err:
-            return "failed", (f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
+            return _failed(f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
         scene = scene_dir / task["scene"]
         if task.get("kind") == strips.PRETRACE:
             return self._run_pretrace(task, strip_dir, scene)
@@ -268,12 +267,11 @@ class Node:
                 target, extra = self._with_radiosity_cache(task, scene)
             except FarmError as err:
                 if err.code is Code.UNREACHABLE:
-                    return "release", None     # not the strip's fault: let it go elsewhere or later
-                return "failed", (f"node {self.config.name} could not get the frame's radiosity cache: {err}",
-                                  False)
+                    return RenderOutcome("release")   # not the strip's fault: let it go elsewhere or later
+                return _failed(f"node {self.config.name} could not get the frame's radiosity cache: {err}", False)
             except OSError as err:
-                return "failed", (f"node {self.config.name} could not store the frame's radiosity cache: "
-                                  f"{err.strerror or err}", False)
+                return _failed(f"node {self.config.name} could not store the frame's radiosity cache: "
+                               f"{err.strerror or err}", False)
         if task["frame"] == task.get("frame_last", task["frame"]):
             with self.photon_maps.shared(_photon_key(task), scene) as publisher:
                 return self._run_povray(task, strip_dir, target, publisher, extra)
@@ -291,14 +289,14 @@ class Node:
         wrapper.write_text(text, encoding="utf-8")
         return wrapper, [f"+RF{radiosity.CACHE_FILE}", "+RFI"]
 
-    def _run_pretrace(self, task: dict[str, Any], strip_dir: Path, scene: Path) -> tuple[str, Any]:
+    def _run_pretrace(self, task: dict[str, Any], strip_dir: Path, scene: Path) -> RenderOutcome:
         """A frame's radiosity pre-pass: the whole frame with +RFO, stopped when its final pass begins.
         Delivers the cache, or nothing when the scene turns out to use no radiosity."""
         cache = scene.parent / radiosity.CACHE_FILE
         watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache)
         outcome = self._run_povray(task, strip_dir, scene, extra=[f"+RF{radiosity.CACHE_FILE}", "+RFO"],
                                    pretrace=watch)
-        if outcome[0] != "done":
+        if outcome.kind != "done":
             return outcome
         try:
             data = radiosity.trim_cache(cache.read_bytes()) if watch.verdict != radiosity.NO_RADIOSITY else b""
@@ -306,11 +304,11 @@ class Node:
             data = b""     # POV-Ray made no cache file: no radiosity
         log.info("job %s frame %s radiosity pre-pass: %s", task["job"], task["frame"],
                  f"{len(data)} bytes of cache" if data else "the scene uses no radiosity")
-        return "done", (strips.compress_rows(data) if data else b"", outcome[1][1])
+        return RenderOutcome("done", rows=strips.compress_rows(data) if data else b"", seconds=outcome.seconds)
 
     def _run_povray(self, task: dict[str, Any], strip_dir: Path, scene: Path,
                     publisher: _PhotonPublisher | None = None, extra: list[str] | None = None,
-                    pretrace: radiosity.PretraceWatch | None = None) -> tuple[str, Any]:
+                    pretrace: radiosity.PretraceWatch | None = None) -> RenderOutcome:
         """Render the task's rows of `scene` (with `pretrace`: the whole frame, until the watch says stop)."""
         alpha, bits = task["channels"] == 4, task["bits"]
         file_type = ("N" if alpha else "P") + ("16" if bits == 16 else "")
@@ -335,30 +333,34 @@ class Node:
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
                              check_every=0.5 if pretrace is None else 0.1)
+        return self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
+
+    def _outcome(self, task: dict[str, Any], result: povray.ProcessResult, log_path: Path, output: Path,
+                 frames: range, animated: bool, pretrace: radiosity.PretraceWatch | None) -> RenderOutcome:
+        """What POV-Ray's run amounts to: rows to deliver, a failure to report, or a lease to give up."""
         if pretrace is not None and pretrace.verdict is not None and result.stopped:
-            return "done", (b"", result.seconds)   # stopped on purpose: the cache is what counts
+            return RenderOutcome("done", seconds=result.seconds)   # stopped on purpose: the cache is what counts
         if result.stopped:
-            return ("release", None) if self.aborting.is_set() else ("dropped", None)
+            return RenderOutcome("release" if self.aborting.is_set() else "dropped")
         stderr = log_path.read_text("utf-8", "replace") if log_path.exists() else ""
         if result.returncode != 0 or result.timed_out:
             message, scene_error = povray.error_text(stderr)
-            index = povray.frame_index(stderr) if animation else None
+            index = povray.frame_index(stderr) if animated else None
             if index is not None and 1 <= index <= len(frames):
                 message = f"frame {frames[index - 1]}: {message}"   # say which frame of the animation broke
             if result.returncode == 1 and scene_error:
-                return "failed", (message, True)
+                return _failed(message, True)
             detail = f": {message}" if message else ""
-            return "failed", (f"{result.describe()} on node {self.config.name}{detail}", False)
+            return _failed(f"{result.describe()} on node {self.config.name}{detail}", False)
         if pretrace is not None:
-            return "done", (b"", result.seconds)    # it finished the whole frame: the cache is complete
+            return RenderOutcome("done", seconds=result.seconds)   # it finished the whole frame: the cache is complete
         try:
-            rows = b"".join(self._strip_rows(path, task) for path in _frame_files(output, frames, bool(animation)))
+            rows = b"".join(self._strip_rows(path, task) for path in _frame_files(output, frames, animated))
         except OSError as err:
-            return "failed", (f"POV-Ray's output on node {self.config.name} is unusable: {err.strerror or err}",
-                              False)
+            return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err.strerror or err}", False)
         except ValueError as err:
-            return "failed", (f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
-        return "done", (strips.compress_rows(rows), result.seconds)
+            return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
+        return RenderOutcome("done", rows=strips.compress_rows(rows), seconds=result.seconds)
 
     def _error_text(self, text: str, scene_dir: Path) -> str:
         """Error text for the controller: scene paths relative, the node's own folders unnamed,
@@ -402,6 +404,10 @@ class Node:
                 delay = self._backoff(delay, ceiling=10.0)
                 log.warning("%s; retrying delivery in %.1f s", err, delay)
                 time.sleep(delay)
+
+
+def _failed(error: str, scene_error: bool) -> RenderOutcome:
+    return RenderOutcome("failed", error=error, scene_error=scene_error)
 
 
 def _probe_key(program: str, sandbox: sandboxes.Sandbox) -> str:

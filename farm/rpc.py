@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import http
 import inspect
+import ipaddress
 import logging
 import re
 import socket
@@ -285,7 +286,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         if name not in self._methods:
             raise FarmError(Code.UNKNOWN_METHOD, f"there is no method {name!r}")
         roles = ", ".join(sorted(self._roles[name]))
-        return f"{inspect.getdoc(self._methods[name]) or ''}\nRoles: {roles}."
+        return f"{method_help(name, self._methods[name])}\nRoles: {roles}."
 
     def dispatch_request(self, data: bytes, roles: frozenset[str]) -> bytes:
         """One XML-RPC request body in, one response body out; never raises."""
@@ -339,3 +340,40 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         log.exception("internal error in %s (ref %s)", method, ref)
         return FarmError(Code.INTERNAL, f"internal error in {method} (ref {ref}); see the controller log"
                          ).to_fault()
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """A server TLS context from a certificate chain and key, or None for plain HTTP."""
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise FarmError(Code.BAD_ARGUMENT, "TLS needs both --tls-cert and --tls-key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot load the TLS certificate or key: {err}") from None
+    return context
+
+
+_PARAM = re.compile(r"^@param (\w+): ([^,\n]+)", re.MULTILINE)
+_RETURN = re.compile(r"^@return: ([^,:\n]+)", re.MULTILINE)
+
+
+def method_help(name: str, function: Callable[..., Any]) -> str:
+    """A method's documentation headed by its signature, read from its `@param name: type` and
+    `@return: type` lines: `jobs.status(job: int) -> struct`."""
+    doc = inspect.getdoc(function) or ""
+    if doc.startswith(name):
+        return doc
+    params = ", ".join(f"{param}: {kind.strip()}" for param, kind in _PARAM.findall(doc))
+    returns = _RETURN.search(doc)
+    return f"{name}({params}) -> {returns.group(1).strip() if returns else 'nothing'}\n{doc}"

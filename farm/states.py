@@ -1,4 +1,4 @@
-"""States of jobs, frames, strips and nodes, and the one place they change.
+"""States of jobs, frames, units and nodes, and the one place they change.
 
 Every state is a `str` enum so it stores in SQLite and travels over XML-RPC as
 plain text. `check_transition` is the only gate: the store calls it before
@@ -30,7 +30,7 @@ class FrameState(str, enum.Enum):
     CANCELED = "canceled"
 
 
-class StripState(str, enum.Enum):
+class UnitState(str, enum.Enum):
     WAITING = "waiting"    # its frame's radiosity pre-pass is not done yet
     QUEUED = "queued"
     LEASED = "leased"
@@ -65,15 +65,15 @@ _ALLOWED: dict[type, dict[enum.Enum, frozenset]] = {
         FrameState.FAILED: frozenset(),
         FrameState.CANCELED: frozenset(),
     },
-    StripState: {
+    UnitState: {
         # LEASED -> QUEUED: the lease expired or was handed back; the strip is rendered again.
-        StripState.WAITING: frozenset({StripState.QUEUED, StripState.CANCELED}),
-        StripState.QUEUED: frozenset({StripState.LEASED, StripState.CANCELED, StripState.FAILED}),
-        StripState.LEASED: frozenset({StripState.QUEUED, StripState.DONE,
-                                      StripState.FAILED, StripState.CANCELED}),
-        StripState.DONE: frozenset(),
-        StripState.FAILED: frozenset(),
-        StripState.CANCELED: frozenset(),
+        UnitState.WAITING: frozenset({UnitState.QUEUED, UnitState.CANCELED}),
+        UnitState.QUEUED: frozenset({UnitState.LEASED, UnitState.CANCELED, UnitState.FAILED}),
+        UnitState.LEASED: frozenset({UnitState.QUEUED, UnitState.DONE,
+                                      UnitState.FAILED, UnitState.CANCELED}),
+        UnitState.DONE: frozenset(),
+        UnitState.FAILED: frozenset(),
+        UnitState.CANCELED: frozenset(),
     },
     NodeState: {
         NodeState.IDLE: frozenset({NodeState.BUSY, NodeState.OFFLINE, NodeState.BROKEN}),

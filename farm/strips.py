@@ -572,10 +572,27 @@ def _inflate(data: bytes, limit: int, what: str, exact: bool) -> bytes:
     return out
 
 
+ROWS, PRETRACE = "rows", "pretrace"   # kinds of unit: pixel rows, or a frame's radiosity pre-pass
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """A unit of work as planned at submit: rows [row_start, row_end) of frames first_frame..last_frame,
+    rendered by one POV-Ray process. kind ROWS delivers those rows; PRETRACE is a frame's radiosity
+    pre-pass, whose rows are the whole frame and whose result is the radiosity cache."""
+    first_frame: int
+    last_frame: int
+    row_start: int
+    row_end: int
+    kind: str = ROWS
+
+    def splits_frame(self, height: int) -> bool:
+        return (self.row_start, self.row_end) != (0, height)
+
+
 def plan_units(height: int, first_frame: int, last_frame: int, slots: int, strips: int | str = "auto",
-               block: int = DEFAULT_BLOCK, runs_per_slot: int = 2) -> list[tuple[int, int, int, int]]:
-    """Units of work for frames first..last: (frame_first, frame_last, row_start, row_end), for a farm
-    with `slots` POV-Ray slots in all.
+               block: int = DEFAULT_BLOCK, runs_per_slot: int = 2) -> list[UnitPlan]:
+    """Units of work for frames first..last, for a farm with `slots` POV-Ray slots in all.
 
     With an explicit strip count every frame is split into that many strips. Otherwise a still, or
     fewer frames than slots, is split into strips so every slot has work; with more frames than slots,
@@ -589,31 +606,27 @@ def plan_units(height: int, first_frame: int, last_frame: int, slots: int, strip
     if strips != "auto" or frames == 1 or frames < slots:
         count = int(strips) if strips != "auto" else auto_strip_count(height, -(-slots // frames), block)
         rows = plan_strips(height, count, block)
-        return [(frame, frame, start, end) for frame in range(first_frame, last_frame + 1) for start, end in rows]
+        return [UnitPlan(frame, frame, start, end) for frame in range(first_frame, last_frame + 1)
+                for start, end in rows]
     runs = min(frames, slots * runs_per_slot)
     base, extra = divmod(frames, runs)
     units, frame = [], first_frame
     for index in range(runs):
         size = base + (1 if index < extra else 0)
-        units.append((frame, frame + size - 1, 0, height))
+        units.append(UnitPlan(frame, frame + size - 1, 0, height))
         frame += size
     return units
 
 
-ROWS, PRETRACE = "rows", "pretrace"   # kinds of unit: pixel rows, or a frame's radiosity pre-pass
-
-
-def with_pretrace(units: Sequence[tuple[int, int, int, int]], height: int,
-                  pretrace: bool) -> list[tuple[int, int, int, int, str]]:
-    """The units with their kind. With `pretrace`, every frame cut into strips gets a radiosity pre-pass
-    unit (the whole frame's rows) just before its first strip: strips of one frame must share one
+def with_pretrace(units: Sequence[UnitPlan], height: int, pretrace: bool) -> list[UnitPlan]:
+    """The units, where `pretrace` asks for it with a radiosity pre-pass unit (the whole frame's rows)
+    just before the first strip of every frame cut into strips: strips of one frame must share one
     radiosity cache to match a single render. A unit with a frame's every row needs none."""
-    planned: list[tuple[int, int, int, int, str]] = []
-    for first, last, start, end in units:
-        split = (start, end) != (0, height)
-        if pretrace and split and (not planned or planned[-1][0] != first):
-            planned.append((first, first, 0, height, PRETRACE))
-        planned.append((first, last, start, end, ROWS))
+    planned: list[UnitPlan] = []
+    for unit in units:
+        if pretrace and unit.splits_frame(height) and (not planned or planned[-1].first_frame != unit.first_frame):
+            planned.append(UnitPlan(unit.first_frame, unit.first_frame, 0, height, PRETRACE))
+        planned.append(unit)
     return planned
 
 

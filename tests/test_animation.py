@@ -79,7 +79,9 @@ def test_ini_files_are_checked_by_the_same_rules(line, named):
 def test_units_cover_every_row_of_every_frame_once(height, frames, nodes, strips_):
     units = strips.plan_units(height, 1, frames, nodes, strips_)
     covered = {}
-    for first, last, start, end in units:
+    for unit in units:
+        first, last, start, end = unit.first_frame, unit.last_frame, unit.row_start, unit.row_end
+        assert unit.kind == "rows"
         assert 1 <= first <= last <= frames and 0 <= start < end <= height
         for frame in range(first, last + 1):
             covered.setdefault(frame, []).append((start, end))
@@ -91,10 +93,10 @@ def test_units_cover_every_row_of_every_frame_once(height, frames, nodes, strips
 
 def test_many_frames_make_runs_and_few_frames_make_strips():
     runs = strips.plan_units(120, 1, 30, 2)
-    assert all(start == 0 and end == 120 for _, _, start, end in runs)
-    assert 2 <= len(runs) <= 4 and sum(last - first + 1 for first, last, _, _ in runs) == 30
+    assert all(unit.row_start == 0 and unit.row_end == 120 for unit in runs)
+    assert 2 <= len(runs) <= 4 and sum(unit.last_frame - unit.first_frame + 1 for unit in runs) == 30
     split = strips.plan_units(240, 1, 2, 8)
-    assert all(first == last for first, last, _, _ in split) and len(split) > 2
+    assert all(unit.first_frame == unit.last_frame for unit in split) and len(split) > 2
 
 
 def test_animated_png_frames_decode_to_the_stills():

@@ -13,8 +13,10 @@ from farm import strips
 from farm.bundle import bundle_hash, pack, plan_bundle
 from farm.client import Client
 from farm.config import Config
-from farm.controller import Controller, Farm
+from farm import api
+from farm.controller import Controller
 from farm.faults import Code, FarmError
+from farm.service import Services
 from farm.store import Store
 
 
@@ -34,22 +36,40 @@ def scene(tmp_path) -> Path:
     return path
 
 
+class Stepped:
+    """The controller's API and rules over a store, without the network, stepped with a fake clock."""
+
+    def __init__(self, config: Config, store: Store, clock: Clock):
+        self.services = Services(config, store, clock)
+        self.store = store
+        self.clock_ = clock
+        self._methods = {name: method for name, (method, _) in api.build(self.services).items()}
+
+    def call(self, name: str, *args):
+        return self._methods[name](*args)
+
+    def settle(self) -> None:
+        """Let the maintenance thread's stitcher write the frames that are ready."""
+        self.services.stitcher.drain()
+
+    def tick(self) -> None:
+        self.services.tick()
+
+
 @pytest.fixture
 def farm(tmp_path):
     clock = Clock()
     config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=3)
     store = Store(config.data_dir / "db.sqlite3")
-    farm = Farm(config, store, clock)
-    farm.clock_ = clock
-    yield farm
+    yield Stepped(config, store, clock)
     store.close()
 
 
-def submit(farm: Farm, scene_file: Path, **spec) -> int:
+def submit(farm: Stepped, scene_file: Path, **spec) -> int:
     data = pack(plan_bundle(scene_file))
-    digest = farm.bundles_upload(xmlrpc.client.Binary(data))
+    digest = farm.call("bundles.upload", xmlrpc.client.Binary(data))
     assert digest == bundle_hash(data)
-    return farm.jobs_submit({"bundle": digest, "scene": "s.pov", "width": 8, "height": 64, "strips": 2, **spec})
+    return farm.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 8, "height": 64, "strips": 2, **spec})
 
 
 def rows_for(task: dict, value: int = 7) -> xmlrpc.client.Binary:
@@ -57,64 +77,73 @@ def rows_for(task: dict, value: int = 7) -> xmlrpc.client.Binary:
     return xmlrpc.client.Binary(strips.compress_rows(bytes([value]) * size))
 
 
-def node(farm: Farm, name: str = "n1") -> str:
-    return farm.nodes_register(name, {"povray": "3.7"})["node_id"]
+def node(farm: Stepped, name: str = "n1") -> str:
+    return farm.call("nodes.register", name, {"povray": "3.7"})["node_id"]
 
 
 def test_a_job_runs_to_a_stitched_png(farm, scene):
     job = submit(farm, scene)
     n = node(farm)
-    for value in (10, 20):
-        task = farm.nodes_poll(n)
+    for done, value in enumerate((10, 20), start=1):
+        task = farm.call("nodes.poll", n)
         assert task["row_end"] - task["row_start"] == 32
-        assert farm.nodes_complete(n, task["lease"], rows_for(task, value), 0.5)
-    assert farm.nodes_poll(n) == {}
-    status = farm.jobs_status(job)
+        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 0.5)
+        assert farm.call("jobs.status", job)["strips_done"] == done
+    assert farm.call("nodes.poll", n) == {}
+    # The node that delivered the last strip did not wait for the stitch: the frame is written off the
+    # RPC path, by the maintenance thread's stitcher.
+    assert farm.call("jobs.status", job)["state"] == "rendering"
+    farm.settle()
+    status = farm.call("jobs.status", job)
     assert status["state"] == "done" and status["progress"] == 1.0 and status["strips_done"] == 2
-    image = strips.decode_png(farm.jobs_fetch(job).data)
+    image = strips.decode_png(farm.call("jobs.fetch", job).data)
     assert image.pixels == bytes([10]) * 32 * 24 + bytes([20]) * 32 * 24
 
 
 def test_expired_lease_goes_back_and_a_late_result_is_refused(farm, scene):
     job = submit(farm, scene, strips=1)
     slow, fast = node(farm, "slow"), node(farm, "fast")
-    first = farm.nodes_poll(slow)
+    first = farm.call("nodes.poll", slow)
     farm.clock_.now += 31          # the slow node went silent
-    farm.nodes_heartbeat(fast, {})  # the fast one did not
+    farm.call("nodes.heartbeat", fast, {})  # the fast one did not
     farm.tick()
-    second = farm.nodes_poll(fast)
+    second = farm.call("nodes.poll", fast)
     assert second["strip"] == first["strip"] and second["attempt"] == 2
     with pytest.raises(FarmError) as late:
-        farm.nodes_complete(slow, first["lease"], rows_for(first, 1), 1.0)
+        farm.call("nodes.complete", slow, first["lease"], rows_for(first, 1), 1.0)
     assert late.value.code in (Code.STALE_LEASE, Code.UNKNOWN_NODE)
-    farm.nodes_complete(fast, second["lease"], rows_for(second, 2), 1.0)
+    farm.call("nodes.complete", fast, second["lease"], rows_for(second, 2), 1.0)
     # Re-sending an accepted result is harmless; the image keeps the accepted rows.
-    farm.nodes_complete(fast, second["lease"], rows_for(second, 3), 1.0)
-    assert set(strips.decode_png(farm.jobs_fetch(job).data).pixels) == {2}
+    farm.call("nodes.complete", fast, second["lease"], rows_for(second, 3), 1.0)
+    farm.settle()
+    nodes = {entry["name"]: entry for entry in farm.call("nodes.list")}
+    assert nodes["fast"]["strips_done"] == 1 and nodes["slow"]["strips_done"] == 0   # counted once
+    assert set(strips.decode_png(farm.call("jobs.fetch", job).data).pixels) == {2}
 
 
 def test_heartbeat_renews_the_lease(farm, scene):
     submit(farm, scene, strips=1)
     n = node(farm)
-    task = farm.nodes_poll(n)
+    task = farm.call("nodes.poll", n)
     for _ in range(5):
         farm.clock_.now += 20
-        assert farm.nodes_heartbeat(n, {task["lease"]: 0.5}) == {"stop": []}
+        assert farm.call("nodes.heartbeat", n, {task["lease"]: 0.5}) == {"stop": []}
         farm.tick()
-    assert farm.jobs_status(1)["strips"][0]["progress"] == 0.5
-    assert farm.nodes_complete(n, task["lease"], rows_for(task), 1.0)
+    assert farm.call("jobs.status", 1)["strips"][0]["progress"] == 0.5
+    farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+    assert farm.call("jobs.status", 1)["strips"][0]["state"] == "done"
 
 
 def test_scene_error_fails_the_job_at_once(farm, scene):
     job = submit(farm, scene)
     n = node(farm)
-    task = farm.nodes_poll(n)
-    farm.nodes_fail(n, task["lease"], "File 's.pov' line 1: Parse Error: oops", True)
-    status = farm.jobs_status(job)
+    task = farm.call("nodes.poll", n)
+    farm.call("nodes.fail", n, task["lease"], "File 's.pov' line 1: Parse Error: oops", True)
+    status = farm.call("jobs.status", job)
     assert status["state"] == "failed" and "line 1: Parse Error" in status["error"]
-    assert farm.nodes_poll(n) == {}
+    assert farm.call("nodes.poll", n) == {}
     with pytest.raises(FarmError) as err:
-        farm.jobs_fetch(job)
+        farm.call("jobs.fetch", job)
     assert err.value.code is Code.JOB_NOT_DONE
 
 
@@ -122,31 +151,31 @@ def test_a_strip_that_keeps_failing_fails_the_job_after_the_retry_limit(farm, sc
     job = submit(farm, scene, strips=1)
     nodes = [node(farm, f"n{i}") for i in range(3)]
     for attempt, n in enumerate(nodes, start=1):
-        task = farm.nodes_poll(n)
+        task = farm.call("nodes.poll", n)
         assert task["attempt"] == attempt
-        farm.nodes_fail(n, task["lease"], f"killed by signal 9 (try {attempt})", False)
-    status = farm.jobs_status(job)
+        farm.call("nodes.fail", n, task["lease"], f"killed by signal 9 (try {attempt})", False)
+    status = farm.call("jobs.status", job)
     assert status["state"] == "failed" and "failed 3 times" in status["error"] and "try 3" in status["error"]
 
 
 def test_cancel_tells_the_node_to_stop(farm, scene):
     job = submit(farm, scene)
     n = node(farm)
-    task = farm.nodes_poll(n)
-    farm.jobs_cancel(job)
-    assert farm.nodes_heartbeat(n, {task["lease"]: 0.1}) == {"stop": [task["lease"]]}
+    task = farm.call("nodes.poll", n)
+    farm.call("jobs.cancel", job)
+    assert farm.call("nodes.heartbeat", n, {task["lease"]: 0.1}) == {"stop": [task["lease"]]}
     with pytest.raises(FarmError) as err:
-        farm.nodes_complete(n, task["lease"], rows_for(task), 1.0)
+        farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
     assert err.value.code is Code.STALE_LEASE
-    assert farm.jobs_status(job)["state"] == "canceled"
+    assert farm.call("jobs.status", job)["state"] == "canceled"
 
 
 def test_wrong_sized_rows_are_refused(farm, scene):
     submit(farm, scene)
     n = node(farm)
-    task = farm.nodes_poll(n)
+    task = farm.call("nodes.poll", n)
     with pytest.raises(FarmError) as err:
-        farm.nodes_complete(n, task["lease"], xmlrpc.client.Binary(strips.compress_rows(b"short")), 1.0)
+        farm.call("nodes.complete", n, task["lease"], xmlrpc.client.Binary(strips.compress_rows(b"short")), 1.0)
     assert err.value.code is Code.BAD_ARGUMENT
 
 
@@ -154,14 +183,14 @@ def test_higher_priority_first_then_first_come(farm, scene):
     low = submit(farm, scene, strips=1)
     high = submit(farm, scene, strips=1, priority=5)
     n = node(farm)
-    assert farm.nodes_poll(n)["job"] == high
-    assert farm.nodes_poll(n)["job"] == low
+    assert farm.call("nodes.poll", n)["job"] == high
+    assert farm.call("nodes.poll", n)["job"] == low
 
 
 def test_a_restarted_node_gives_its_leases_back(farm, scene):
     submit(farm, scene, strips=1)
-    first = farm.nodes_poll(node(farm, "box"))
-    again = farm.nodes_poll(node(farm, "box"))     # same name registers again after a crash
+    first = farm.call("nodes.poll", node(farm, "box"))
+    again = farm.call("nodes.poll", node(farm, "box"))     # same name registers again after a crash
     assert again["strip"] == first["strip"] and again["attempt"] == 2
 
 
@@ -169,20 +198,24 @@ def test_restart_keeps_jobs_and_finished_strips(tmp_path, scene):
     config = Config(data_dir=tmp_path / "data")
     clock = Clock()
     store = Store(config.data_dir / "db.sqlite3")
-    farm = Farm(config, store, clock)
+    farm = Stepped(config, store, clock)
     job = submit(farm, scene)
     n = node(farm)
-    task = farm.nodes_poll(n)
-    farm.nodes_complete(n, task["lease"], rows_for(task, 5), 1.0)
-    in_flight = farm.nodes_poll(n)
+    task = farm.call("nodes.poll", n)
+    farm.call("nodes.complete", n, task["lease"], rows_for(task, 5), 1.0)
+    in_flight = farm.call("nodes.poll", n)
     store.close()
 
-    reopened = Farm(config, Store(config.data_dir / "db.sqlite3"), clock)
-    reopened.recover()
-    assert reopened.jobs_status(job)["strips_done"] == 1
-    # The lease in flight survives the restart and its node can still deliver.
-    assert reopened.nodes_complete(n, in_flight["lease"], rows_for(in_flight, 6), 1.0)
-    assert reopened.jobs_status(job)["state"] == "done"
+    reopened = Stepped(config, Store(config.data_dir / "db.sqlite3"), clock)
+    reopened.services.recover()
+    assert reopened.call("jobs.status", job)["strips_done"] == 1
+    # The lease in flight survives the restart and its node can still deliver; the frame is stitched from
+    # the stored strips (the first one's rows were delivered before the restart).
+    reopened.call("nodes.complete", n, in_flight["lease"], rows_for(in_flight, 6), 1.0)
+    reopened.settle()
+    assert reopened.call("jobs.status", job)["state"] == "done"
+    pixels = strips.decode_png(reopened.call("jobs.fetch", job).data).pixels
+    assert pixels == bytes([5]) * 32 * 24 + bytes([6]) * 32 * 24
 
 
 @pytest.mark.parametrize("spec, code", [
@@ -266,20 +299,21 @@ def test_an_unexpected_error_is_internal_with_a_reference(server, monkeypatch):
 
 def test_viewer_feed_sends_each_strip_once_in_arrival_order(farm, scene):
     job = submit(farm, scene)
-    assert farm.viewer_watch(0, 0, 0)["job"]["id"] == job
+    assert farm.call("viewer.watch", 0, 0, 0)["job"]["id"] == job
     n = node(farm)
-    first = farm.nodes_poll(n)
-    feed = farm.viewer_watch(job, 0, 0)
+    first = farm.call("nodes.poll", n)
+    feed = farm.call("viewer.watch", job, 0, 0)
     assert feed["strips"] == [] and feed["in_flight"][0]["node"] == "n1"
-    farm.nodes_complete(n, first["lease"], rows_for(first, 1), 1.0)
-    feed = farm.viewer_watch(job, 0, 5)
+    farm.call("nodes.complete", n, first["lease"], rows_for(first, 1), 1.0)
+    feed = farm.call("viewer.watch", job, 0, 5)
     assert [s["row_start"] for s in feed["strips"]] == [first["row_start"]]
-    second = farm.nodes_poll(n)
-    farm.nodes_complete(n, second["lease"], rows_for(second, 2), 1.0)
-    later = farm.viewer_watch(job, feed["cursor"], 5)
+    second = farm.call("nodes.poll", n)
+    farm.call("nodes.complete", n, second["lease"], rows_for(second, 2), 1.0)
+    farm.settle()
+    later = farm.call("viewer.watch", job, feed["cursor"], 5)
     assert [s["row_start"] for s in later["strips"]] == [second["row_start"]]
     assert later["job"]["state"] == "done"
-    assert farm.viewer_watch(job, later["cursor"], 5)["strips"] == []
+    assert farm.call("viewer.watch", job, later["cursor"], 5)["strips"] == []
 
 
 def test_viewer_long_poll_wakes_on_a_new_strip(farm, scene):
@@ -288,18 +322,18 @@ def test_viewer_long_poll_wakes_on_a_new_strip(farm, scene):
 
     job = submit(farm, scene, strips=1)
     n = node(farm)
-    task = farm.nodes_poll(n)
-    threading.Timer(0.3, farm.nodes_complete, (n, task["lease"], rows_for(task), 1.0)).start()
+    task = farm.call("nodes.poll", n)
+    threading.Timer(0.3, farm.call, ("nodes.complete", n, task["lease"], rows_for(task), 1.0)).start()
     started = time.monotonic()
-    feed = farm.viewer_watch(job, 0, 10)
+    feed = farm.call("viewer.watch", job, 0, 10)
     assert len(feed["strips"]) == 1 and time.monotonic() - started < 5
 
 
 def test_a_full_database_is_a_storage_fault_and_work_resumes_when_space_returns(farm, scene):
     job = submit(farm, scene)
     n = node(farm)
-    task = farm.nodes_poll(n)
-    db = farm.store._db
+    task = farm.call("nodes.poll", n)
+    db = farm.store.db._db
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count={pages}")          # the disk is full: no page can be added
     storage = None
@@ -310,43 +344,47 @@ def test_a_full_database_is_a_storage_fault_and_work_resumes_when_space_returns(
     assert storage is not None and storage.code is Code.STORAGE and "full" in str(storage)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.execute("PRAGMA max_page_count=1073741823")      # space returns
-    assert farm.nodes_complete(n, task["lease"], rows_for(task, 3), 1.0)
-    second = farm.nodes_poll(n)
-    farm.nodes_complete(n, second["lease"], rows_for(second, 4), 1.0)
-    assert farm.jobs_status(job)["state"] == "done"
+    farm.call("nodes.complete", n, task["lease"], rows_for(task, 3), 1.0)
+    second = farm.call("nodes.poll", n)
+    farm.call("nodes.complete", n, second["lease"], rows_for(second, 4), 1.0)
+    farm.settle()
+    assert farm.call("jobs.status", job)["state"] == "done"
 
 
 def test_an_image_that_cannot_be_written_is_written_by_a_later_tick(farm, scene, monkeypatch):
     import errno
-    from farm import controller
+    from farm.service import stitcher
 
     job = submit(farm, scene, strips=1)
     n = node(farm)
-    task = farm.nodes_poll(n)
-    real_write = controller._write_atomically
+    task = farm.call("nodes.poll", n)
+    real_write = stitcher.write_atomically
 
     def disk_full(path, data):
-        raise FarmError(Code.STORAGE, f"cannot write {path}: {os.strerror(errno.ENOSPC)}")
-    monkeypatch.setattr(controller, "_write_atomically", disk_full)
-    assert farm.nodes_complete(n, task["lease"], rows_for(task, 9), 1.0)   # the strip itself is stored
-    assert farm.jobs_status(job)["state"] == "rendering"
-    monkeypatch.setattr(controller, "_write_atomically", real_write)
+        raise FarmError(Code.STORAGE, f"cannot write a png file: {os.strerror(errno.ENOSPC)}")
+    monkeypatch.setattr(stitcher, "write_atomically", disk_full)
+    farm.call("nodes.complete", n, task["lease"], rows_for(task, 9), 1.0)
+    farm.settle()
+    status = farm.call("jobs.status", job)
+    assert status["state"] == "rendering" and status["strips_done"] == 1   # the strip itself is stored
+    monkeypatch.setattr(stitcher, "write_atomically", real_write)
     farm.tick()
-    assert farm.jobs_status(job)["state"] == "done"
-    assert set(strips.decode_png(farm.jobs_fetch(job).data).pixels) == {9}
+    assert farm.call("jobs.status", job)["state"] == "done"
+    assert set(strips.decode_png(farm.call("jobs.fetch", job).data).pixels) == {9}
 
 
 def test_complete_and_poll_hands_over_the_next_task_with_the_result(farm, scene):
     job = submit(farm, scene)
     n = node(farm)
-    first = farm.nodes_poll(n)
-    second = farm.nodes_complete_and_poll(n, first["lease"], rows_for(first, 1), 0.1)
+    first = farm.call("nodes.poll", n)
+    second = farm.call("nodes.complete_and_poll", n, first["lease"], rows_for(first, 1), 0.1)
     assert second["strip"] == 1 and second["lease"] != first["lease"]
     with pytest.raises(FarmError) as stale:   # a refused result leases nothing
-        farm.nodes_complete_and_poll(n, "1.9.feedfacecafe", rows_for(second, 2), 0.1)
+        farm.call("nodes.complete_and_poll", n, "1.9.feedfacecafe", rows_for(second, 2), 0.1)
     assert stale.value.code is Code.STALE_LEASE
-    assert farm.nodes_complete_and_poll(n, second["lease"], rows_for(second, 2), 0.1) == {}
-    assert farm.jobs_status(job)["state"] == "done"
+    assert farm.call("nodes.complete_and_poll", n, second["lease"], rows_for(second, 2), 0.1) == {}
+    farm.settle()
+    assert farm.call("jobs.status", job)["state"] == "done"
 
 
 def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(farm, scene):
@@ -358,38 +396,41 @@ def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(
 
     job = submit(farm, scene, height=512, strips=16)
     node_ids = [node(farm, f"n{i}") for i in range(16)]
-    tasks = [{**farm.nodes_poll(node_id), "node": node_id} for node_id in node_ids]
+    tasks = [{**farm.call("nodes.poll", node_id), "node": node_id} for node_id in node_ids]
     store, errors = farm.store, []
+    db = store.db
 
     def deliver(task: dict) -> None:
-        store.complete_strip(task["node"], task["lease"], b"x", 0.1, farm.clock())
+        store.units.complete(task["node"], task["lease"], b"x", 0.1, farm.clock_())
         own = sqlite3.connect(str(store.path))
-        state = own.execute("SELECT state FROM strips WHERE lease=?", (task["lease"],)).fetchone()[0]
+        state = own.execute("SELECT state FROM units WHERE lease=?", (task["lease"],)).fetchone()[0]
         own.close()
         if state != "done":
             errors.append(f"{task['lease']} is {state} after its call returned")
 
-    with store._durable:
-        store._committing = True     # as if another caller's commit were on its way to disk
-    batch = store._batch
+    with db._durable:
+        db._committing = True     # as if another caller's commit were on its way to disk
+    batch = db._batch
     threads = [threading.Thread(target=deliver, args=(task,)) for task in tasks]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        with store._lock:
-            written = store._db.execute("SELECT COUNT(*) FROM strips WHERE state='done'").fetchone()[0]
+        with db._lock:
+            written = db._db.execute("SELECT COUNT(*) FROM units WHERE state='done'").fetchone()[0]
         if written == len(tasks):
             break
         time.sleep(0.01)
     assert written == len(tasks)
-    assert store.strip_counts(job) == {"leased": 16}   # readers see committed data only
-    assert store._committed < batch and not errors     # written, not committed: nobody has returned
-    store._commit_batch()
+    counts = {state.value: count for state, (count, _) in store.units.summary(job).items()}
+    assert counts == {"leased": 16}                    # readers see committed data only
+    assert db._committed < batch and not errors     # written, not committed: nobody has returned
+    db._commit_batch()
     for thread in threads:
         thread.join(20)
-    assert errors == [] and store._committed == batch   # one commit for all sixteen
-    assert store.strip_counts(job) == {"done": 16}
+    assert errors == [] and db._committed == batch   # one commit for all sixteen
+    counts = {state.value: count for state, (count, _) in store.units.summary(job).items()}
+    assert counts == {"done": 16}
 
 
 def test_a_node_falls_back_to_complete_when_the_controller_has_no_combined_call(tmp_path):

@@ -23,13 +23,14 @@ CORNELL = SCENES / "radiosity/cornell.pov"
 # -- the pure parts --------------------------------------------------------------------------------
 
 def test_split_frames_get_a_pretrace_unit_before_their_first_strip():
-    units = [(1, 1, 0, 32), (1, 1, 32, 64), (2, 2, 0, 32), (2, 2, 32, 64)]
+    Plan = strips.UnitPlan
+    units = [Plan(1, 1, 0, 32), Plan(1, 1, 32, 64), Plan(2, 2, 0, 32), Plan(2, 2, 32, 64)]
     assert strips.with_pretrace(units, 64, True) == [
-        (1, 1, 0, 64, "pretrace"), (1, 1, 0, 32, "rows"), (1, 1, 32, 64, "rows"),
-        (2, 2, 0, 64, "pretrace"), (2, 2, 0, 32, "rows"), (2, 2, 32, 64, "rows")]
-    assert strips.with_pretrace(units, 64, False) == [(*unit, "rows") for unit in units]
-    whole_frames = [(1, 5, 0, 64), (6, 9, 0, 64)]     # one process renders every row: nothing to share
-    assert strips.with_pretrace(whole_frames, 64, True) == [(*unit, "rows") for unit in whole_frames]
+        Plan(1, 1, 0, 64, "pretrace"), Plan(1, 1, 0, 32), Plan(1, 1, 32, 64),
+        Plan(2, 2, 0, 64, "pretrace"), Plan(2, 2, 0, 32), Plan(2, 2, 32, 64)]
+    assert strips.with_pretrace(units, 64, False) == units
+    whole_frames = [Plan(1, 5, 0, 64), Plan(6, 9, 0, 64)]     # one process renders every row: nothing to share
+    assert strips.with_pretrace(whole_frames, 64, True) == whole_frames
 
 
 def test_the_wrapper_includes_the_scene_and_refuses_names_it_cannot_quote():

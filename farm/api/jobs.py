@@ -1,0 +1,158 @@
+"""jobs.*: submitting, watching, controlling and fetching jobs."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from typing import Any
+
+from farm.animation import Animation
+from farm.api import READERS, SUBMIT, args, rpc
+from farm.faults import Code, FarmError
+from farm.service.submission import MAX_SIDE, Submission
+from farm.states import JobState
+
+LONG_POLL_CAP = 30.0
+
+
+class JobsAPI:
+    namespace = "jobs"
+
+    def __init__(self, services):
+        self._services = services
+        self._store = services.store
+        self._views = services.views
+
+    @rpc(SUBMIT)
+    def submit(self, spec: dict) -> int:
+        """Queue a job.
+
+        @param spec: struct: bundle (str digest), scene (str, path inside the bundle), width, height (int),
+            options ([str] POV-Ray options), strips ("auto" or int per frame), bits (8 or 16, default 8),
+            priority (int, default 0), name (str, default the scene's file name), animation (struct, for
+            animations: first, last (int frames, +KFI/+KFF), initial_clock, final_clock (float, +KI/+KF),
+            cyclic (bool, +KC), subset_first, subset_last (int, +SF/+EF; 0 = all)), radiosity_prepass (bool,
+            default true: when the scene mentions radiosity, each frame cut into strips first gets one
+            radiosity pretrace whose cache all its strips load, so they match a single render)
+        @return: int, the job's id
+        """
+        return self._services.submissions.submit(_submission(args.struct("the job spec", spec)))
+
+    @rpc(*READERS)
+    def status(self, job: int) -> dict:
+        """One job in detail.
+
+        @param job: int
+        @return: struct: id, name, scene, state, progress (0..1), width, height, strips_total, strips_done,
+            strips_leased, frames_total, frames_done, priority, error ("" if none), channels, bits,
+            first_frame, last_frame, frame_digits, submitted, started, finished (Unix times, 0 if not yet),
+            frames ([struct] number, state), strips ([struct] frame, frame_last, index, row_start, row_end,
+            state, node, progress, attempts, kind)
+        """
+        return self._views.job_status(self._store.jobs.get(args.job_id(job)), detail=True)
+
+    @rpc(*READERS)
+    def wait(self, job: int, timeout: float) -> dict:
+        """The job's status as soon as anything about it changes or it has ended, else after `timeout`
+        seconds (at most 30). For progress displays.
+
+        @param job: int
+        @param timeout: float seconds
+        @return: struct, as jobs.list gives each job
+        """
+        job_id = args.job_id(job)
+        timeout = args.seconds("timeout", timeout)
+        changes = self._services.changes
+        seen = changes.version(job_id)
+        current = self._store.jobs.get(job_id)
+        if not current.ended:
+            changes.wait(job_id, seen, min(timeout, LONG_POLL_CAP))
+            current = self._store.jobs.get(job_id)
+        return self._views.job_status(current, detail=False)
+
+    @rpc(*READERS)
+    def list(self) -> list:
+        """Every job, without the per-strip detail.
+
+        @return: [struct], as jobs.status without frames and strips
+        """
+        return self._views.jobs()
+
+    @rpc(SUBMIT)
+    def cancel(self, job: int) -> bool:
+        """Cancel a queued or rendering job; nodes stop its strips at their next heartbeat.
+
+        @param job: int
+        @return: bool, true
+        """
+        self._services.cancel(args.job_id(job))
+        return True
+
+    @rpc(SUBMIT)
+    def pause(self, job: int) -> bool:
+        """Lease no new strips of the job; strips in flight still finish.
+
+        @param job: int
+        @return: bool, true
+        """
+        self._services.pause(args.job_id(job))
+        return True
+
+    @rpc(SUBMIT)
+    def resume(self, job: int) -> bool:
+        """Let a paused job render again.
+
+        @param job: int
+        @return: bool, true
+        """
+        self._services.resume(args.job_id(job))
+        return True
+
+    @rpc(SUBMIT)
+    def set_priority(self, job: int, priority: int) -> bool:
+        """Change a job's priority: higher runs first; its strips already leased are not taken back.
+
+        @param job: int
+        @param priority: int from -1000 to 1000
+        @return: bool, true
+        """
+        self._services.set_priority(args.job_id(job), args.whole("priority", priority, -1000, 1000))
+        return True
+
+    @rpc(*READERS)
+    def fetch(self, job: int, frame: int = 0) -> xmlrpc.client.Binary:
+        """The finished PNG of a frame.
+
+        @param job: int
+        @param frame: int, the frame number (default 0: the job's first frame)
+        @return: base64, the PNG
+        """
+        job_id = args.job_id(job)
+        record = self._store.jobs.get(job_id)
+        if record.state is not JobState.DONE:
+            why = f": {record.error}" if record.error else ""
+            raise FarmError(Code.JOB_NOT_DONE, f"job {job_id} is {record.state.value}{why}")
+        number = args.whole("frame", frame, 0, 10**6) or record.first_frame
+        stored = self._store.jobs.frame(job_id, number)
+        if stored is None or not stored.path:
+            raise FarmError(Code.BAD_ARGUMENT, f"job {job_id} has no frame {number}")
+        files = self._services.files
+        return xmlrpc.client.Binary(files.read(files.frame_image(job_id, number), f"the image of job {job_id}"))
+
+
+def _submission(spec: dict) -> Submission:
+    options = spec.get("options", [])
+    if not isinstance(options, list):
+        raise FarmError(Code.BAD_ARGUMENT, "options must be a list of POV-Ray options")
+    strips: Any = spec.get("strips", "auto")
+    if strips != "auto":
+        strips = args.whole("strips", strips, 1, 1024)
+    scene = args.text("scene", spec.get("scene"), 1000)
+    return Submission(
+        bundle=args.text("bundle", spec.get("bundle"), 100), scene=scene,
+        width=args.whole("width", spec.get("width"), 1, MAX_SIDE),
+        height=args.whole("height", spec.get("height"), 1, MAX_SIDE),
+        options=tuple(options), bits=args.whole("bits", spec.get("bits", 8), 8, 16),
+        priority=args.whole("priority", spec.get("priority", 0), -1000, 1000),
+        name=args.text("name", spec.get("name", scene.rsplit("/", 1)[-1].rsplit(".", 1)[0] or scene), 200),
+        animation=Animation.from_spec(spec["animation"]) if spec.get("animation") else None,
+        strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)))

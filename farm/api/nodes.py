@@ -1,0 +1,154 @@
+"""nodes.*: the node protocol (see docs/protocol.md), and the node list for people."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+
+from farm.api import NODE, READERS, args, rpc
+
+MAX_ERROR_TEXT = 8192
+MAX_ID_TEXT = 120
+
+
+class NodesAPI:
+    namespace = "nodes"
+
+    def __init__(self, services):
+        self._services = services
+        self._dispatch = services.dispatcher
+        self._config = services.config
+
+    @rpc(NODE)
+    def register(self, name: str, info: dict) -> dict:
+        """A node starts (or starts again: units its earlier incarnation of the same name held go back).
+
+        @param name: str, the node's name (unique per box)
+        @param info: struct: povray (version text), threads (int), slots (int: POV-Ray processes it runs at
+            once), host, platform (str), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm
+            (version), error (str: the node cannot render, e.g. POV-Ray is missing)
+        @return: struct: node_id (str), heartbeat_interval (float seconds)
+        """
+        node_id = self._dispatch.register(args.text("name", name, 100), args.plain_struct("info", info))
+        return {"node_id": node_id, "heartbeat_interval": self._config.heartbeat_interval}
+
+    @rpc(NODE)
+    def poll(self, node_id: str, wait: float = 0.0) -> dict:
+        """The node's next task, or {} when there is no work.
+
+        With wait > 0 it is a long poll: when nothing is queued it waits up to `wait` seconds (at most a
+        third of the lease timeout, and 20 s) for work to appear, so idle nodes start at once and poll rarely.
+        @param node_id: str
+        @param wait: float seconds (default 0)
+        @return: struct, {} or a task: lease (str), job, frame, frame_last (the unit renders frames
+            frame..frame_last), strip (its index), attempt, width, height, row_start, row_end (0-based, end
+            exclusive) (int), bundle, scene (str), options ([str]), animation ([str] POV-Ray animation
+            switches, [] for a still), channels (3 or 4), bits (8 or 16), time_limit (float seconds of wall
+            clock, 0 for none), kind ("rows"; or "pretrace": run the frame's radiosity pretrace and deliver
+            its cache file), radiosity_cache (bool: load the frame's shared cache, from nodes.radiosity_cache)
+        """
+        leased = self._dispatch.poll(args.text("node_id", node_id, MAX_ID_TEXT), args.seconds("wait", wait))
+        return {} if leased is None else self._task(*leased)
+
+    def _task(self, lease, job) -> dict:
+        unit = lease.unit
+        return {
+            "lease": lease.token, "job": job.id, "frame": unit.frame, "frame_last": unit.frame_last,
+            "strip": unit.index, "animation": list(job.animation_options), "attempt": unit.attempt,
+            "width": job.width, "height": job.height, "row_start": unit.row_start, "row_end": unit.row_end,
+            "bundle": job.bundle, "scene": job.scene, "options": list(job.options), "channels": job.channels,
+            "bits": job.bits, "time_limit": self._config.strip_timeout, "kind": unit.kind,
+            "radiosity_cache": self._dispatch.loads_radiosity_cache(job, unit),
+        }
+
+    @rpc(NODE)
+    def heartbeat(self, node_id: str, progress: dict) -> dict:
+        """Renew the node's leases and report progress.
+
+        @param node_id: str
+        @param progress: struct, lease (str) -> fraction done (float 0..1)
+        @return: struct: stop ([str], leases the node must abandon: canceled, failed, expired, or not its own)
+        """
+        progress = args.struct("progress", progress)
+        checked = {args.text("lease", lease, MAX_ID_TEXT): args.number("progress", fraction, 0.0, 1.0)
+                   for lease, fraction in progress.items()}
+        return {"stop": self._dispatch.heartbeat(args.text("node_id", node_id, MAX_ID_TEXT), checked)}
+
+    @rpc(NODE)
+    def complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> bool:
+        """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
+        pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
+        is harmless; a lease that is no longer current gets STALE_LEASE.
+
+        @param node_id: str
+        @param lease: str
+        @param rows: base64, zlib of the raw rows
+        @param seconds: float, how long the render took
+        @return: bool, true
+        """
+        self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
+                                args.binary("rows", rows), args.seconds("seconds", seconds))
+        return True
+
+    @rpc(NODE)
+    def complete_and_poll(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> dict:
+        """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
+        when it faults, nothing was leased.
+
+        @param node_id: str
+        @param lease: str
+        @param rows: base64
+        @param seconds: float
+        @return: struct, the node's next task, or {}
+        """
+        self.complete(node_id, lease, rows, seconds)
+        return self.poll(node_id)
+
+    @rpc(NODE)
+    def radiosity_cache(self, node_id: str, lease: str) -> xmlrpc.client.Binary:
+        """The radiosity cache shared by the units of the leased unit's frame. STALE_LEASE unless the lease
+        is the node's current one; BAD_ARGUMENT when the frame has none.
+
+        @param node_id: str
+        @param lease: str
+        @return: base64, zlib of the cache file
+        """
+        return xmlrpc.client.Binary(self._dispatch.radiosity_cache(
+            args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT)))
+
+    @rpc(NODE)
+    def fail(self, node_id: str, lease: str, error: str, scene_error: bool) -> bool:
+        """Report a failed unit. scene_error true means the scene itself is broken (a parse error): the job
+        fails at once; otherwise the unit is retried, on another node when there is one.
+
+        @param node_id: str
+        @param lease: str
+        @param error: str, POV-Ray's message
+        @param scene_error: bool
+        @return: bool, true
+        """
+        text = error[:MAX_ERROR_TEXT] if isinstance(error, str) and error else "POV-Ray failed without a message"
+        self._dispatch.fail(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
+                            text, bool(scene_error))
+        return True
+
+    @rpc(NODE)
+    def release(self, node_id: str, lease: str) -> bool:
+        """Hand an unfinished lease back (the node is shutting down): it is rendered elsewhere.
+
+        @param node_id: str
+        @param lease: str
+        @return: bool, true
+        """
+        self._dispatch.release(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT))
+        return True
+
+    @rpc(*READERS)
+    def list(self) -> list:
+        """Every node.
+
+        @return: [struct]: id, name, state, host, povray, threads, slots, platform, sandbox ("bwrap", "none"),
+            sandbox_warning (why it runs unconfined, "" when confined), last_seen (Unix time), current (str:
+            job/frame/strip in flight, "" if none), strips_done, strips_failed, error
+        """
+        return self._services.views.nodes()
+

@@ -1,0 +1,47 @@
+"""viewer.*: the live feed that viewers paint the image from."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+
+from farm.api import READERS, args, rpc
+
+LONG_POLL_CAP = 30.0
+
+
+class ViewerAPI:
+    namespace = "viewer"
+
+    def __init__(self, services):
+        self._services = services
+
+    @rpc(*READERS)
+    def watch(self, job: int, cursor: int, timeout: float) -> dict:
+        """The viewers' live feed, as a long poll: returns at once when strips newer than `cursor` are stored
+        (or the job has ended), else when anything about the job changes, else after `timeout` seconds (at
+        most 30).
+
+        @param job: int, 0 for the newest job
+        @param cursor: int, 0 for every strip stored so far; then the cursor of the previous reply
+        @param timeout: float seconds
+        @return: struct: job (struct as jobs.list gives it; {} when there is no job yet), cursor (int),
+            strips ([struct] frame, row_start, row_end, rows: base64 zlib of the raw rows, oldest first),
+            in_flight ([struct] frame, row_start, row_end, node (name), progress 0..1, kind ("rows", or
+            "pretrace": a radiosity pre-pass over the frame))
+        """
+        job_id = args.whole("job", job, 0, args.MAX_ID)
+        cursor = args.whole("cursor", cursor, 0, args.MAX_ID)
+        timeout = args.seconds("timeout", timeout)
+        services = self._services
+        target = job_id or services.store.jobs.newest_id()
+        seen = services.changes.version(target)
+        reply = services.views.feed(target, cursor)
+        ended = reply["job"].get("state") in ("done", "failed", "canceled")
+        if not (reply["strips"] or (ended and job_id)):
+            # Nothing new: wait for this job to change, or (following the newest job) for a new job.
+            services.changes.wait(target, seen, min(timeout, LONG_POLL_CAP))
+            current = job_id or services.store.jobs.newest_id()
+            reply = services.views.feed(current, cursor if current == target else 0)   # a new job: cursor 0
+        for piece in reply["strips"]:
+            piece["rows"] = xmlrpc.client.Binary(piece["rows"])
+        return reply

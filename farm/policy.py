@@ -1,0 +1,111 @@
+"""Who renders what: the farm's leasing and retry rules, as pure functions.
+
+No SQL, no sockets, no clock of its own: the store hands these functions what it
+knows (through a `Queue`), and they decide. Tested with property tests and plain
+values.
+
+- Jobs go in order of priority (higher first), then of submission.
+- Within a job, units go in plan order.
+- A unit that failed on a node is retried on another node when another live node
+  may take it; the node that failed it gets it back only after a growing pause, so
+  a lone broken node does not burn every attempt before a healthy node registers.
+- A node that failed NODE_STRIKES units of a job is kept off that job while
+  another live node may take its work.
+- A job fails when a unit's scene is broken (a parse error: at once), or when a
+  unit has failed max_attempts times and on every live node (or, whatever the
+  nodes, HARD_LIMIT_FACTOR times that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Protocol, Sequence
+
+from farm.records import FailureVerdict, Unit
+
+NODE_STRIKES = 3            # a node that fails this many units of one job is kept off that job
+LEASE_CANDIDATES = 256      # queued units examined per job when some nodes must be kept off some units
+RETRY_PAUSE = 1.0           # seconds before a node may retry a unit it failed; doubles per failure
+MAX_RETRY_PAUSE = 30.0
+HARD_LIMIT_FACTOR = 3       # a unit never fails more than max_attempts times this, whatever the nodes
+
+
+@dataclass(frozen=True)
+class JobInLine:
+    id: int
+    priority: int
+
+
+@dataclass(frozen=True)
+class Failures:
+    """What the farm remembers of a job's failures."""
+    strikes: Mapping[str, int]                 # node name -> units of the job it failed
+    failed_on: Mapping[int, frozenset[str]]    # unit id -> names of the nodes that failed it
+
+
+class Queue(Protocol):
+    """The store's view of queued work, read inside the leasing transaction."""
+
+    def jobs_with_queued_units(self) -> Sequence[JobInLine]: ...
+
+    def queued_units(self, job_id: int, limit: int) -> Sequence[Unit]: ...
+
+    def any_failures(self) -> bool: ...
+
+    def failures(self, job_id: int) -> Failures: ...
+
+    def live_node_names(self) -> frozenset[str]: ...
+
+
+def in_line(jobs: Iterable[JobInLine]) -> list[JobInLine]:
+    """Jobs in the order they get nodes: higher priority first, then first come first served."""
+    return sorted(jobs, key=lambda job: (-job.priority, job.id))
+
+
+def choose_unit(queue: Queue, node_name: str, now: float) -> Unit | None:
+    """The next unit `node_name` should render, or None."""
+    jobs = in_line(queue.jobs_with_queued_units())
+    if not queue.any_failures():     # the common case: the first queued unit of the first job in line
+        for job in jobs:
+            units = queue.queued_units(job.id, 1)
+            if units:
+                return units[0]
+        return None
+    live = queue.live_node_names() | {node_name}
+    for job in jobs:
+        failures = queue.failures(job.id)
+        for unit in queue.queued_units(job.id, LEASE_CANDIDATES):
+            if may_render(unit, node_name, live, failures, now):
+                return unit
+    return None
+
+
+def may_render(unit: Unit, node_name: str, live: frozenset[str], failures: Failures, now: float) -> bool:
+    """Whether `node_name` may take `unit` now."""
+    failed_here = failures.failed_on.get(unit.id, frozenset())
+    if node_name in failed_here and now < unit.retry_at:
+        return False
+    struck = {name for name, count in failures.strikes.items() if count >= NODE_STRIKES}
+    avoid = struck | failed_here
+    if node_name not in avoid:
+        return True
+    # Every live node is to be avoided: better this node tries again than the job stalls.
+    return live <= avoid
+
+
+def retry_pause(failures: int) -> float:
+    """How long the node that failed a unit waits before it may take that unit again."""
+    return min(MAX_RETRY_PAUSE, RETRY_PAUSE * 2 ** max(0, failures - 1))
+
+
+def after_failure(unit: Unit, error: str, scene_error: bool, max_attempts: int, failed_on: frozenset[str],
+                  live: frozenset[str], now: float) -> FailureVerdict:
+    """What a failed unit means for its job. `failed_on` includes the node that just failed it."""
+    failures = unit.failures + 1
+    if scene_error:
+        return FailureVerdict(fail_job=True, job_error=error, retry_at=0.0)
+    tried_everywhere = live <= failed_on
+    if failures >= max_attempts and (tried_everywhere or failures >= max_attempts * HARD_LIMIT_FACTOR):
+        return FailureVerdict(fail_job=True, retry_at=0.0,
+                              job_error=f"strip {unit.index} failed {failures} times; last error: {error}")
+    return FailureVerdict(fail_job=False, job_error="", retry_at=now + retry_pause(failures))

@@ -1,0 +1,198 @@
+"""The farm's domain records: what the store returns and the rest of the controller works with.
+
+Every record is a frozen dataclass with enum states; nobody outside `farm.store`
+sees an SQL row. One name per thing:
+- a **job** is one submitted scene at one size with its options and frames;
+- a **frame** is one image of a job;
+- a **unit** is the work one POV-Ray process does: rows [row_start, row_end) of
+  frames frame..frame_last (a strip of a still, a run of whole frames of an
+  animation, or a frame's radiosity pre-pass). The API calls units "strips";
+- a **lease** is one node's right to render one unit until it expires;
+- a **task** is a leased unit as the node receives it (the `nodes.poll` reply);
+- a **node** is one running `povfarm node` process.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from farm import strips
+from farm.animation import Animation
+from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, UnitState
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A submission that passed every check: what `Store.create_job` records."""
+    bundle: str
+    scene: str
+    width: int
+    height: int
+    options: tuple[str, ...]
+    channels: int
+    bits: int
+    priority: int
+    name: str
+    animation: Animation | None
+    block: int                   # POV-Ray's render block size: unit edges fall on its multiples
+    pretrace: bool               # split frames share one radiosity pre-pass
+
+    @property
+    def first_frame(self) -> int:
+        return self.animation.rendered_first if self.animation else 1
+
+    @property
+    def last_frame(self) -> int:
+        return self.animation.rendered_last if self.animation else 1
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    name: str
+    state: JobState
+    priority: int
+    bundle: str
+    scene: str
+    width: int
+    height: int
+    options: tuple[str, ...]
+    channels: int
+    bits: int
+    first_frame: int
+    last_frame: int
+    animation: Animation | None
+    error: str
+    submitted: float
+    started: float
+    finished: float
+    pretrace: bool
+
+    @property
+    def ended(self) -> bool:
+        return self.state in FINISHED_JOB_STATES
+
+    @property
+    def row_bytes(self) -> int:
+        return strips.row_size(self.width, self.channels, self.bits)
+
+    @functools.cached_property
+    def animation_options(self) -> tuple[str, ...]:
+        """POV-Ray's animation switches for the job's units (() for a still)."""
+        return tuple(self.animation.povray_options()) if self.animation else ()
+
+    @property
+    def frame_digits(self) -> int:
+        return self.animation.digits if self.animation else 0
+
+
+@dataclass(frozen=True)
+class Frame:
+    job: int
+    number: int
+    state: FrameState
+    path: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: int
+    job: int
+    frame: int          # the first frame it renders
+    frame_last: int     # the last frame it renders
+    index: int          # its place in the job's plan; the API's "strip" number
+    row_start: int      # 0-based, end exclusive
+    row_end: int
+    state: UnitState
+    kind: str           # strips.ROWS or strips.PRETRACE
+    attempt: int        # leases handed out so far
+    failures: int
+    lease: str
+    node: str           # the node id holding or last holding its lease
+    lease_expires: float
+    retry_at: float     # a node that failed it may not take it again before this
+    progress: float
+    error: str
+    seconds: float
+    done_seq: int       # the order in which the job's units were stored: the viewers' feed cursor
+
+    @property
+    def frames(self) -> range:
+        return range(self.frame, self.frame_last + 1)
+
+    def raw_bytes(self, job: Job) -> int:
+        """Bytes of raw rows the unit delivers: its rows, for each of its frames."""
+        return len(self.frames) * (self.row_end - self.row_start) * job.row_bytes
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """A stored unit's delivered rows: zlib of each frame's rows in turn."""
+    frame: int
+    frame_last: int
+    row_start: int
+    row_end: int
+    data: bytes
+    done_seq: int
+
+    def frame_rows(self, raw: bytes, frame: int) -> bytes:
+        """One frame's rows out of the unit's decompressed data."""
+        size = len(raw) // (self.frame_last - self.frame + 1)
+        offset = (frame - self.frame) * size
+        return raw[offset:offset + size]
+
+
+@dataclass(frozen=True)
+class Lease:
+    token: str
+    node: str
+    expires: float
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    name: str
+    state: NodeState
+    info: Mapping[str, Any] = field(hash=False)
+    registered: float
+    last_seen: float
+    units_done: int
+    units_failed: int
+    error: str
+    current: str        # job/frame/index of the units it holds, "" if none
+
+    @property
+    def live(self) -> bool:
+        return self.state in (NodeState.IDLE, NodeState.BUSY)
+
+    @property
+    def slots(self) -> int:
+        try:
+            return max(1, int(self.info.get("slots", 1)))
+        except (TypeError, ValueError):
+            return 1
+
+
+@dataclass(frozen=True)
+class FailureVerdict:
+    """What a failed unit means, decided by `farm.policy.after_failure`."""
+    fail_job: bool
+    job_error: str       # the job's error text when it fails
+    retry_at: float      # the failing node may take the unit again from this time on
+
+
+@dataclass(frozen=True)
+class RenderOutcome:
+    """How one POV-Ray run on a node ended.
+
+    kind: "done" (rows delivered), "failed" (error, with scene_error when the scene itself is broken),
+    "release" (hand the lease back: not the unit's fault) or "dropped" (the controller said stop)."""
+    kind: str
+    rows: bytes = b""
+    seconds: float = 0.0
+    error: str = ""
+    scene_error: bool = False

@@ -1,0 +1,93 @@
+"""The controller's rules, between the API (which speaks XML-RPC) and the store (which speaks SQL).
+
+`Services` builds the pieces and holds what they share: the config, the clock,
+the store, and the change counters long polls wait on. Its `tick` is the
+maintenance step (expired leases, silent nodes, retry pauses that ended, frames
+to write); a test steps it with a fake clock instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from farm.config import Config
+from farm.service.changes import Changes
+from farm.service.dispatch import Dispatcher
+from farm.service.files import Files
+from farm.service.stitcher import Stitcher
+from farm.service.submission import Bundles, Submissions
+from farm.service.views import Views
+from farm.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Services:
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
+        self.config, self.store, self.clock = config, store, clock
+        self.files = Files(config.data_dir)
+        self.changes = Changes()   # per job and farm-wide: viewers and jobs.wait
+        self.work = Changes()      # farm-wide only: nodes waiting for queued units
+        self.stitcher = Stitcher(store, self.files, self.changes, clock)
+        self.bundles = Bundles(config, store, self.files, clock)
+        self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
+        self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher)
+        self.views = Views(store, self.changes)
+        self._last_tick = clock()
+
+    def live_slots(self) -> int:
+        """How many POV-Ray processes the live nodes run at once, all told."""
+        return sum(node.slots for node in self.store.nodes.live())
+
+    # -- job control -----------------------------------------------------------------------
+
+    def cancel(self, job_id: int) -> None:
+        self.store.jobs.cancel(job_id, self.clock())
+        self.changes.bump(job_id)
+        log.info("job %s canceled", job_id)
+
+    def pause(self, job_id: int) -> None:
+        self.store.jobs.pause(job_id)
+        self.changes.bump(job_id)
+        log.info("job %s paused", job_id)
+
+    def resume(self, job_id: int) -> None:
+        self.store.jobs.resume(job_id)
+        self.changes.bump(job_id)
+        self.work.bump()
+        log.info("job %s resumed", job_id)
+
+    def set_priority(self, job_id: int, priority: int) -> None:
+        self.store.jobs.set_priority(job_id, priority)
+        self.changes.bump(job_id)
+        self.work.bump()
+        log.info("job %s priority %s", job_id, priority)
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Requeue expired leases, mark silent nodes offline, wake nodes for retries now due, and write
+        frames whose units are all in."""
+        now = self.clock()
+        for unit in self.store.units.expire(now):
+            log.warning("lease %s on unit %s of job %s expired (node %s)", unit.lease, unit.index, unit.job,
+                        unit.node)
+            self.changes.bump(unit.job)
+            self.work.bump()
+        gone, jobs = self.store.nodes.expire_silent(now, self.config.lease_timeout)
+        for node_id in gone:
+            log.warning("node %s went silent; marking it offline", node_id)
+        for job_id in set(jobs):
+            self.changes.bump(job_id)
+        if gone or self.store.units.retry_due(self._last_tick, now):
+            self.changes.bump()
+            self.work.bump()
+        self._last_tick = now
+        self.stitcher.drain()
+
+    def recover(self) -> None:
+        """After a restart: leases in flight get a grace period so their nodes can still deliver."""
+        self.store.units.extend_leases(self.clock() + self.config.lease_timeout)
+        self.tick()

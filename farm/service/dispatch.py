@@ -1,0 +1,167 @@
+"""The node-facing rules: registering, leasing units, renewing, storing and failing them.
+
+The decisions (who gets which unit, what a failure means) are `farm.policy`'s;
+what is remembered is the store's; this class connects them, checks what nodes
+send, and tells long polls and the stitcher what changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import OrderedDict
+from typing import Any, Callable, Mapping
+
+from farm import policy, strips
+from farm.config import Config
+from farm.faults import Code, FarmError
+from farm.records import Job, Lease, Unit
+from farm.states import UnitState
+from farm.service.changes import Changes
+from farm.service.stitcher import Stitcher
+from farm.store import Completion, Store
+
+log = logging.getLogger(__name__)
+
+MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache file, uncompressed
+MAX_CACHED = 256                          # jobs and leases remembered in memory for the hot path
+LONG_POLL_CAP = 20.0
+
+
+class _Recent(OrderedDict):
+    """A small least-recently-used map."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self._size = size
+
+    def keep(self, key: Any, value: Any) -> Any:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self._size:
+            self.popitem(last=False)
+        return value
+
+
+class Dispatcher:
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float], changes: Changes,
+                 work: Changes, stitcher: Stitcher):
+        self._config, self._store, self._clock = config, store, clock
+        self._changes, self._work, self._stitcher = changes, work, stitcher
+        self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
+        self._leased = _Recent(MAX_CACHED)    # lease token -> unit, so a completion looks it up once
+
+    def register(self, name: str, info: Mapping[str, Any]) -> str:
+        node_id, requeued = self._store.nodes.register(name, dict(info), self._clock())
+        self._work.bump()   # an earlier incarnation's leases may have gone back to the queue
+        for job_id in set(requeued):
+            self._changes.bump(job_id)
+        log.info("node %s registered (%s)", node_id, info.get("povray", "unknown POV-Ray"))
+        return node_id
+
+    def job(self, job_id: int) -> Job:
+        """A job as submitted, for what never changes (size, scene, options, frames), never its state."""
+        job = self._jobs.get(job_id)
+        return job if job is not None else self._jobs.keep(job_id, self._store.jobs.get(job_id))
+
+    def poll(self, node_id: str, wait: float) -> tuple[Lease, Job] | None:
+        """Lease the node its next unit; with `wait`, wait that long for one to be queued."""
+        seen = self._work.version()
+        lease = self._lease(node_id)
+        if lease is None and wait > 0:
+            self._work.wait(0, seen, min(wait, self._config.lease_timeout / 3, LONG_POLL_CAP))
+            lease = self._lease(node_id)
+        if lease is None:
+            return None
+        self._leased.keep(lease.token, lease.unit)
+        self._changes.bump(lease.unit.job)
+        # DEBUG: a busy farm leases hundreds of units a second; "done" lines (INFO) name the node too.
+        log.debug("job %s unit %s (rows %s-%s) leased to %s", lease.unit.job, lease.unit.index,
+                  lease.unit.row_start, lease.unit.row_end, node_id)
+        return lease, self.job(lease.unit.job)
+
+    def _lease(self, node_id: str) -> Lease | None:
+        return self._store.units.lease_next(node_id, self._clock(), self._config.lease_timeout,
+                                            policy.choose_unit)
+
+    def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
+        return job.pretrace and unit.kind == strips.ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)
+
+    def heartbeat(self, node_id: str, progress: Mapping[str, float]) -> list[str]:
+        """Renew the node's leases; returns those it must abandon."""
+        stale, jobs = self._store.units.heartbeat(node_id, progress, self._clock(), self._config.lease_timeout)
+        for job_id in jobs:
+            self._changes.bump(job_id)
+        return stale
+
+    def complete(self, node_id: str, token: str, data: bytes, seconds: float) -> Completion:
+        """Check and store a unit's result; frames it completes go to the stitcher."""
+        unit = self._unit_of(token)
+        job = self.job(unit.job)
+        raw = _checked_result(unit, job, data)
+        done = self._store.units.complete(node_id, token, data, seconds, self._clock())
+        self._leased.pop(token, None)
+        if done.duplicate:
+            log.debug("job %s unit %s: %s sent an accepted result again", unit.job, unit.index, node_id)
+            return done
+        if unit.kind == strips.PRETRACE:
+            self._work.bump()   # the frame's units were waiting for this
+            log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (%s)", job.id, unit.frame, node_id,
+                     seconds, "cache shared" if data else "the scene uses no radiosity")
+        else:
+            log.info("job %s unit %s done by %s in %.2fs", job.id, unit.index, node_id, seconds)
+            self._stitcher.add_rows(job, unit, raw)
+            if done.complete_frames:
+                self._stitcher.frames_ready(job.id, done.complete_frames)
+        self._changes.bump(job.id)
+        return done
+
+    def _unit_of(self, token: str) -> Unit:
+        unit = self._leased.get(token) or self._store.units.by_lease(token)
+        if unit is None:
+            raise FarmError(Code.STALE_LEASE, f"lease {token} is unknown; the result was discarded")
+        return unit
+
+    def fail(self, node_id: str, token: str, error: str, scene_error: bool) -> None:
+        judge = functools.partial(_judge, error=error, scene_error=scene_error,
+                                  max_attempts=self._config.max_attempts, now=self._clock())
+        unit, verdict = self._store.units.fail(node_id, token, error, self._clock(), judge)
+        self._leased.pop(token, None)
+        self._changes.bump(unit.job)
+        self._work.bump()
+        log.warning("job %s unit %s failed on %s%s: %s", unit.job, unit.index, node_id,
+                    " (scene error)" if scene_error else "", error.splitlines()[0] if error else "")
+        if verdict.fail_job:
+            log.warning("job %s failed: %s", unit.job, verdict.job_error.splitlines()[0])
+
+    def release(self, node_id: str, token: str) -> None:
+        unit = self._store.units.release(node_id, token, self._clock())
+        self._leased.pop(token, None)
+        self._work.bump()
+        self._changes.bump(unit.job)
+
+    def radiosity_cache(self, node_id: str, token: str) -> bytes:
+        unit = self._store.units.by_lease(token)
+        if unit is None or unit.node != node_id or unit.state is not UnitState.LEASED:
+            raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current")
+        cache = self._store.units.radiosity_cache(unit.job, unit.frame)
+        if cache is None:
+            raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no radiosity cache")
+        return cache
+
+
+def _judge(unit: Unit, failed_on: frozenset, live: frozenset, *, error: str, scene_error: bool,
+           max_attempts: int, now: float):
+    return policy.after_failure(unit, error, scene_error, max_attempts, failed_on, live, now)
+
+
+def _checked_result(unit: Unit, job: Job, data: bytes) -> bytes:
+    """The unit's raw rows, inflated to check them (a pre-pass's cache is only checked)."""
+    try:
+        if unit.kind == strips.PRETRACE:
+            if data:
+                strips.decompress_capped(data, MAX_RADIOSITY_CACHE)
+            return b""
+        return strips.decompress_rows(data, unit.raw_bytes(job))
+    except ValueError as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"strip rows rejected: {err}") from None

@@ -1,0 +1,135 @@
+"""Taking work in: scene bundles and job submissions, checked and planned.
+
+A bundle is checked once, when it is uploaded: its file names and whether a
+source mentions radiosity are recorded with it, so a submission needs neither
+to read nor to scan it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from farm import bundle, strips
+from farm.animation import Animation
+from farm.config import Config
+from farm.faults import Code, FarmError
+from farm.options import validate_options
+from farm.records import JobSpec
+from farm.service.changes import Changes
+from farm.service.files import Files, write_atomically
+from farm.store import BundleInfo, Store
+
+log = logging.getLogger(__name__)
+
+MAX_SIDE = 16384
+MAX_PIXELS = 64 * 1024 * 1024
+MAX_STRIPS = 1024
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A job as asked for, its values already of the right types (the API checks those)."""
+    bundle: str
+    scene: str
+    width: int
+    height: int
+    options: tuple[str, ...] = ()
+    bits: int = 8
+    priority: int = 0
+    name: str = ""
+    animation: Animation | None = None
+    strips: int | str = "auto"         # units per frame, or "auto"
+    radiosity_prepass: bool = True
+
+
+class Bundles:
+    def __init__(self, config: Config, store: Store, files: Files, clock: Callable[[], float]):
+        self._config, self._store, self._files, self._clock = config, store, files, clock
+
+    def has(self, digest: str) -> bool:
+        return self._store.bundles.has(digest)
+
+    def upload(self, payload: bytes) -> str:
+        """Check and store a bundle; returns its digest. Storing the same bundle twice is harmless."""
+        limit = self._config.max_bundle_bytes
+        if len(payload) > limit:
+            raise FarmError(Code.BUNDLE_TOO_LARGE, f"the bundle is {len(payload)} bytes; the limit is {limit}")
+        members = bundle.check_archive(payload, max_total=limit)
+        digest = bundle.bundle_hash(payload)
+        if not self._store.bundles.has(digest):
+            write_atomically(self._files.bundle(digest), payload)
+            self._store.bundles.add(BundleInfo(digest, len(payload), tuple(members), _sources_mention_radiosity(
+                payload)), self._clock())
+            log.info("stored bundle %s (%d bytes, %d files)", digest, len(payload), len(members))
+        return digest
+
+    def read(self, digest: str) -> bytes:
+        if not self._store.bundles.has(digest):
+            raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}")
+        return self._files.read(self._files.bundle(digest), f"bundle {digest}")
+
+    def info(self, digest: str) -> BundleInfo:
+        """What was learnt of the bundle at upload (worked out now for one stored before that was kept)."""
+        info = self._store.bundles.get(digest)
+        if info is None:
+            raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}; upload it first")
+        if info.members is None or info.mentions_radiosity is None:
+            data = self.read(digest)
+            members = bundle.check_archive(data, max_total=self._config.max_bundle_bytes)
+            info = BundleInfo(digest, len(data), tuple(members), _sources_mention_radiosity(data))
+            self._store.bundles.add(info, self._clock())
+        return info
+
+
+def _sources_mention_radiosity(data: bytes) -> bool:
+    """Whether a POV-Ray source file (.pov, .inc, ...) of a checked bundle mentions radiosity."""
+    return bundle.mentions(data, b"radiosity", scene="")
+
+
+class Submissions:
+    def __init__(self, store: Store, bundles: Bundles, changes: Changes, work: Changes,
+                 live_slots: Callable[[], int], clock: Callable[[], float]):
+        self._store, self._bundles, self._clock = store, bundles, clock
+        self._changes, self._work, self._live_slots = changes, work, live_slots
+
+    def submit(self, request: Submission) -> int:
+        """Check a submission against the bundle and the farm's limits, plan its units and queue it."""
+        spec = self.check(request)
+        count = request.strips
+        if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
+            raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
+        plans = strips.with_pretrace(
+            strips.plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
+            spec.height, spec.pretrace)
+        job_id = self._store.jobs.create(spec, plans, self._clock())
+        self._changes.bump()
+        self._work.bump()
+        log.info("job %s queued: %s %dx%d, frames %d-%d, in %d units", job_id, spec.scene, spec.width, spec.height,
+                 spec.first_frame, spec.last_frame, len(plans))
+        return job_id
+
+    def check(self, request: Submission) -> JobSpec:
+        info = self._bundles.info(request.bundle)
+        if request.scene not in (info.members or ()):
+            raise FarmError(Code.BAD_ARGUMENT, f"the bundle has no file {request.scene!r}")
+        if request.width * request.height > MAX_PIXELS:
+            raise FarmError(Code.BAD_ARGUMENT, f"{request.width}x{request.height} is more than {MAX_PIXELS} pixels")
+        if request.bits not in (8, 16):
+            raise FarmError(Code.BAD_ARGUMENT, f"bits must be 8 or 16, not {request.bits!r}")
+        checked = validate_options(request.options)
+        return JobSpec(
+            bundle=request.bundle, scene=request.scene, width=request.width, height=request.height,
+            options=checked.options, channels=4 if checked.alpha else 3, bits=request.bits,
+            priority=request.priority, name=request.name or request.scene.rsplit("/", 1)[-1].rsplit(".", 1)[0],
+            animation=request.animation, block=checked.block,
+            # A scene that may use radiosity gets a shared pre-pass per split frame; the node running it
+            # finds out whether radiosity is really on.
+            pretrace=request.radiosity_prepass and self._mentions_radiosity(info, request.scene))
+
+    def _mentions_radiosity(self, info: BundleInfo, scene: str) -> bool:
+        if info.mentions_radiosity or bundle.is_source(scene):
+            return bool(info.mentions_radiosity)
+        # A scene file named unlike a source (scene.txt) was not scanned at upload.
+        return bundle.mentions(self._bundles.read(info.digest), b"radiosity", scene)

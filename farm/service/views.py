@@ -1,0 +1,117 @@
+"""What clients are shown: job status, the node list, and the viewers' feed of stored rows.
+
+Plain structs of plain values, in the API's field names; the API layer wraps bytes
+for the wire. The public API calls units "strips" (its version 1 names).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from farm import strips
+from farm.records import Job, Node, StoredRows
+from farm.service.changes import Changes
+from farm.states import FrameState, JobState, UnitState
+from farm.store import Store
+
+FEED_BATCH = 64      # stored units per viewer.watch reply
+
+
+class Views:
+    def __init__(self, store: Store, changes: Changes):
+        self._store, self._changes = store, changes
+        self._cached: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
+        self._lock = threading.Lock()
+
+    def job_status(self, job: Job, detail: bool) -> dict[str, Any]:
+        summary = self._store.units.summary(job.id)
+        total = sum(count for count, _ in summary.values())
+        done = summary.get(UnitState.DONE, (0, 0.0))[0]
+        leased, leased_progress = summary.get(UnitState.LEASED, (0, 0.0))
+        progress = 1.0 if job.state is JobState.DONE else ((done + leased_progress) / total if total else 0.0)
+        frames = self._store.jobs.frames(job.id)
+        status = {
+            "id": job.id, "name": job.name, "scene": job.scene, "state": job.state.value,
+            "progress": round(progress, 4), "width": job.width, "height": job.height,
+            "strips_total": total, "strips_done": done, "strips_leased": leased,
+            "frames_total": len(frames), "frames_done": sum(1 for f in frames if f.state is FrameState.DONE),
+            "priority": job.priority, "error": job.error, "channels": job.channels, "bits": job.bits,
+            "first_frame": job.first_frame, "last_frame": job.last_frame, "frame_digits": job.frame_digits,
+            "submitted": job.submitted, "started": job.started, "finished": job.finished,
+        }
+        if detail:
+            status["frames"] = [{"number": f.number, "state": f.state.value} for f in frames]
+            status["strips"] = [{"frame": u.frame, "frame_last": u.frame_last, "index": u.index,
+                                 "row_start": u.row_start, "row_end": u.row_end, "state": u.state.value,
+                                 "node": u.node, "progress": u.progress, "attempts": u.attempt, "kind": u.kind}
+                                for u in self._store.units.of_job(job.id)]
+        return status
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [self.job_status(job, detail=False) for job in self._store.jobs.all()]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [_node_view(node) for node in self._store.nodes.all()]
+
+    def feed(self, job_id: int, cursor: int) -> dict[str, Any]:
+        """Stored units of the job after `cursor` (pieces with zlib `rows` bytes), its status and what is
+        in flight."""
+        if not job_id:
+            return {"job": {}, "cursor": cursor, "strips": [], "in_flight": []}
+        job = self._store.jobs.get(job_id)
+        status, in_flight = self._live_view(job)
+        stored = self._store.units.stored_after(job_id, cursor, limit=FEED_BATCH)
+        return {
+            "job": status,
+            "cursor": stored[-1].done_seq if stored else cursor,
+            "strips": [piece for unit in stored for piece in _feed_pieces(unit, job)],
+            "in_flight": in_flight,
+        }
+
+    def _live_view(self, job: Job) -> tuple[dict, list]:
+        """The job's status and units in flight, computed once per change however many viewers ask."""
+        version = self._changes.version(job.id)
+        with self._lock:
+            cached = self._cached.get(job.id)
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        names = {node.id: node.name for node in self._store.nodes.all()}
+        in_flight = [{"frame": u.frame, "row_start": u.row_start, "row_end": u.row_end,
+                      "node": names.get(u.node, u.node), "progress": u.progress, "kind": u.kind}
+                     for u in self._store.units.of_job(job.id, UnitState.LEASED)]
+        status = self.job_status(job, detail=False)
+        with self._lock:
+            self._cached[job.id] = (version, status, in_flight)
+        return status, in_flight
+
+
+def _feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:
+    """A stored unit as the feed sends it: one piece per frame, each its own zlib stream."""
+    if unit.frame == unit.frame_last:
+        return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data}]
+    frames = unit.frame_last - unit.frame + 1
+    raw = strips.decompress_rows(unit.data, frames * (unit.row_end - unit.row_start) * job.row_bytes)
+    return [{"frame": frame, "row_start": unit.row_start, "row_end": unit.row_end,
+             "rows": strips.compress_rows(unit.frame_rows(raw, frame))}
+            for frame in range(unit.frame, unit.frame_last + 1)]
+
+
+def _node_view(node: Node) -> dict[str, Any]:
+    info = node.info
+    return {
+        "id": node.id, "name": node.name, "state": node.state.value,
+        "host": str(info.get("host", "")), "povray": str(info.get("povray", "")),
+        "threads": _int(info.get("threads", 0)), "slots": node.slots,
+        "platform": str(info.get("platform", "")), "sandbox": str(info.get("sandbox", "unknown")),
+        "sandbox_warning": str(info.get("sandbox_warning", "")),
+        "last_seen": node.last_seen, "current": node.current,
+        "strips_done": node.units_done, "strips_failed": node.units_failed, "error": node.error,
+    }
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0

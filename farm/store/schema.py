@@ -1,0 +1,167 @@
+"""The controller's tables, their migrations, and rows turned into records.
+
+This module and the rest of `farm.store` are the only code that sees SQL rows.
+Every state column is written through `set_state`, which asks
+`farm.states.check_transition` first.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from farm.animation import Animation
+from farm.records import Frame, Job, Node, StoredRows, Unit
+from farm.states import FrameState, JobState, NodeState, UnitState, check_transition
+
+SCHEMA_VERSION = 2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bundles (
+    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, created REAL NOT NULL,
+    members TEXT,                 -- JSON list of the file names in the bundle
+    radiosity INTEGER);           -- 1 when a file of the bundle mentions radiosity
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL, state TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 0,
+    bundle TEXT NOT NULL, scene TEXT NOT NULL,
+    width INTEGER NOT NULL, height INTEGER NOT NULL, options TEXT NOT NULL,
+    channels INTEGER NOT NULL, bits INTEGER NOT NULL,
+    first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL,  -- the frames this job renders
+    animation TEXT,  -- JSON: POV-Ray's animation settings (+KFI/+KFF/+KI/+KF/+KC); NULL for a still
+    error TEXT, submitted REAL NOT NULL, started REAL, finished REAL,
+    pretrace INTEGER NOT NULL DEFAULT 0);  -- 1: split frames wait for a shared radiosity pre-pass
+CREATE TABLE IF NOT EXISTS frames (
+    job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
+    PRIMARY KEY (job, number));
+CREATE TABLE IF NOT EXISTS units (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- A unit of work: rows [row_start, row_end) of frames frame..frame_last, which one POV-Ray
+    -- process renders; its data holds each frame's rows in turn.
+    job INTEGER NOT NULL, frame INTEGER NOT NULL, frame_last INTEGER NOT NULL, idx INTEGER NOT NULL,
+    row_start INTEGER NOT NULL, row_end INTEGER NOT NULL, state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+    lease TEXT, node TEXT, lease_expires REAL, progress REAL NOT NULL DEFAULT 0,
+    data BLOB, error TEXT, seconds REAL,
+    done_seq INTEGER,   -- order in which units were stored: the viewers' feed cursor
+    kind TEXT NOT NULL DEFAULT 'rows',   -- 'rows', or 'pretrace': a frame's radiosity pre-pass (data: its cache)
+    retry_at REAL NOT NULL DEFAULT 0);   -- a node that failed it may take it again from this time on
+CREATE INDEX IF NOT EXISTS units_queued ON units (job, state, idx);
+CREATE INDEX IF NOT EXISTS units_by_frame ON units (job, frame_last, frame);
+CREATE INDEX IF NOT EXISTS units_by_lease ON units (lease);
+CREATE INDEX IF NOT EXISTS units_by_done ON units (job, done_seq);
+CREATE TABLE IF NOT EXISTS failures (
+    job INTEGER NOT NULL, unit INTEGER NOT NULL, node_name TEXT NOT NULL, error TEXT, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, node_name);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, info TEXT NOT NULL,
+    registered REAL NOT NULL, last_seen REAL NOT NULL,
+    units_done INTEGER NOT NULL DEFAULT 0, units_failed INTEGER NOT NULL DEFAULT 0,
+    error TEXT);
+"""
+
+# A database made by version 1 (table "strips", per-node "strips_done"...) is renamed in place.
+_FROM_VERSION_1 = [
+    "ALTER TABLE strips RENAME TO units",
+    "DROP INDEX IF EXISTS strips_queued", "DROP INDEX IF EXISTS strips_by_frame",
+    "DROP INDEX IF EXISTS strips_by_lease", "DROP INDEX IF EXISTS strips_by_done",
+    "ALTER TABLE failures RENAME COLUMN strip TO unit",
+    "ALTER TABLE nodes RENAME COLUMN strips_done TO units_done",
+    "ALTER TABLE nodes RENAME COLUMN strips_failed TO units_failed",
+]
+# Columns added over time: a database made before them gets them on open.
+_LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
+                  ("units", "kind", "TEXT NOT NULL DEFAULT 'rows'"),
+                  ("units", "retry_at", "REAL NOT NULL DEFAULT 0"),
+                  ("bundles", "members", "TEXT"),
+                  ("bundles", "radiosity", "INTEGER"))
+
+
+def prepare(db: sqlite3.Connection) -> None:
+    """Create the tables, or bring an older database up to this version."""
+    if _has_table(db, "strips") and not _has_table(db, "units"):
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _FROM_VERSION_1:
+            db.execute(statement)
+        db.execute("COMMIT")
+    db.executescript(SCHEMA)
+    for table, column, declaration in _LATER_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+# -- rows to records ---------------------------------------------------------------------------
+
+def job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"], name=row["name"], state=JobState(row["state"]), priority=row["priority"],
+        bundle=row["bundle"], scene=row["scene"], width=row["width"], height=row["height"],
+        options=tuple(json.loads(row["options"])), channels=row["channels"], bits=row["bits"],
+        first_frame=row["first_frame"], last_frame=row["last_frame"],
+        animation=Animation.from_spec(json.loads(row["animation"])) if row["animation"] else None,
+        error=row["error"] or "", submitted=row["submitted"], started=row["started"] or 0.0,
+        finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]))
+
+
+def frame(row: sqlite3.Row) -> Frame:
+    return Frame(job=row["job"], number=row["number"], state=FrameState(row["state"]), path=row["path"] or "")
+
+
+def unit(row: sqlite3.Row) -> Unit:
+    return Unit(
+        id=row["id"], job=row["job"], frame=row["frame"], frame_last=row["frame_last"], index=row["idx"],
+        row_start=row["row_start"], row_end=row["row_end"], state=UnitState(row["state"]), kind=row["kind"],
+        attempt=row["attempt"], failures=row["failures"], lease=row["lease"] or "", node=row["node"] or "",
+        lease_expires=row["lease_expires"] or 0.0, retry_at=row["retry_at"] or 0.0,
+        progress=row["progress"], error=row["error"] or "", seconds=row["seconds"] or 0.0,
+        done_seq=row["done_seq"] or 0)
+
+
+UNIT_COLUMNS = ("id, job, frame, frame_last, idx, row_start, row_end, state, kind, attempt, failures, lease,"
+                " node, lease_expires, retry_at, progress, error, seconds, done_seq")
+
+
+def stored_rows(row: sqlite3.Row) -> StoredRows:
+    return StoredRows(frame=row["frame"], frame_last=row["frame_last"], row_start=row["row_start"],
+                      row_end=row["row_end"], data=bytes(row["data"]), done_seq=row["done_seq"] or 0)
+
+
+def node(row: sqlite3.Row) -> Node:
+    return Node(id=row["id"], name=row["name"], state=NodeState(row["state"]), info=json.loads(row["info"]),
+                registered=row["registered"], last_seen=row["last_seen"], units_done=row["units_done"],
+                units_failed=row["units_failed"], error=row["error"] or "",
+                current=(row["current"] or "") if "current" in row.keys() else "")
+
+
+# -- state changes: the only way a state column is written --------------------------------------
+
+_TABLES = {JobState: ("jobs", "id"), UnitState: ("units", "id"), NodeState: ("nodes", "id")}
+
+
+def set_state(db: sqlite3.Connection, record: Job | Unit | Node, new: Any, **columns: Any) -> None:
+    """Move a job, unit or node to `new` (checked), writing `columns` with it."""
+    check_transition(record.state, new)
+    if new is record.state and not columns:
+        return   # idle polls and busy slots repeat their state: no write
+    table, key = _TABLES[type(new)]
+    update(db, table, key, record.id, state=new.value, **columns)
+
+
+def set_frame_state(db: sqlite3.Connection, job_id: int, number: int, new: FrameState, **columns: Any) -> None:
+    row = db.execute("SELECT state FROM frames WHERE job=? AND number=?", (job_id, number)).fetchone()
+    check_transition(FrameState(row["state"]), new)
+    sets = ", ".join(f"{name}=?" for name in ["state", *columns])
+    db.execute(f"UPDATE frames SET {sets} WHERE job=? AND number=?", (new.value, *columns.values(), job_id, number))
+
+
+def update(db: sqlite3.Connection, table: str, key: str, key_value: Any, **columns: Any) -> None:
+    sets = ", ".join(f"{name}=?" for name in columns)
+    db.execute(f"UPDATE {table} SET {sets} WHERE {key}=?", (*columns.values(), key_value))

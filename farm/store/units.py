@@ -1,0 +1,267 @@
+"""Units of work as the controller remembers them: queued, leased, stored.
+
+Leasing and failing take the farm's rules as functions (`farm.policy`), so the
+decision and the write happen in one transaction while the rules stay pure.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from farm.db import Database
+from farm.faults import Code, FarmError
+from farm.policy import Failures, JobInLine
+from farm.records import FailureVerdict, Lease, Node, StoredRows, Unit
+from farm.states import FrameState, JobState, NodeState, UnitState
+from farm.store import schema
+from farm.store.jobs import fail_job_in, job_in
+from farm.store.nodes import touch
+from farm.strips import PRETRACE, ROWS
+
+_COVERS = "frame <= ? AND frame_last >= ?"   # a unit that includes a given frame
+_SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
+_FRAME_CACHE = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
+
+Chooser = Callable[["_Queue", str, float], "Unit | None"]
+Judge = Callable[[Unit, frozenset, frozenset], FailureVerdict]
+
+
+@dataclass(frozen=True)
+class Completion:
+    unit: Unit
+    complete_frames: tuple[int, ...]   # frames of its job whose every unit is now stored
+    duplicate: bool                    # the same result was accepted before: nothing changed
+
+
+class UnitRecords:
+    def __init__(self, db: Database):
+        self._db = db
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def of_job(self, job_id: int, state: UnitState | None = None) -> list[Unit]:
+        query, args = f"{_SELECT_UNIT} WHERE job=?", [job_id]
+        if state is not None:
+            query, args = query + " AND state=?", [job_id, state.value]
+        with self._db.read() as db:
+            return [schema.unit(row) for row in db.execute(query + " ORDER BY idx", args).fetchall()]
+
+    def by_lease(self, token: str) -> Unit | None:
+        with self._db.read() as db:
+            row = db.execute(f"{_SELECT_UNIT} WHERE lease=?", (token,)).fetchone()
+        return None if row is None else schema.unit(row)
+
+    def summary(self, job_id: int) -> dict[UnitState, tuple[int, float]]:
+        """state -> (count, total progress) of a job's units, without reading them all."""
+        with self._db.read() as db:
+            rows = db.execute("SELECT state, COUNT(*) AS n, TOTAL(progress) AS p FROM units WHERE job=?"
+                              " GROUP BY state", (job_id,)).fetchall()
+        return {UnitState(row["state"]): (row["n"], row["p"]) for row in rows}
+
+    def stored_after(self, job_id: int, cursor: int, limit: int) -> list[StoredRows]:
+        """Stored units of a job in the order they arrived, after the feed cursor."""
+        with self._db.read() as db:
+            return [schema.stored_rows(row) for row in db.execute(
+                "SELECT frame, frame_last, row_start, row_end, data, done_seq FROM units"
+                " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()]
+
+    def stored_for_frame(self, job_id: int, frame: int) -> list[StoredRows]:
+        """The stored row units that cover a frame."""
+        with self._db.read() as db:
+            return [schema.stored_rows(row) for row in db.execute(
+                f"SELECT frame, frame_last, row_start, row_end, data, done_seq FROM units WHERE job=? AND {_COVERS}"
+                " AND state=? AND kind=?", (job_id, frame, frame, UnitState.DONE.value, ROWS)).fetchall()]
+
+    def radiosity_cache(self, job_id: int, frame: int) -> bytes | None:
+        """The compressed radiosity cache of a frame's pre-pass; None when there is none."""
+        with self._db.read() as db:
+            row = db.execute(f"SELECT data {_FRAME_CACHE}",
+                             (job_id, frame, PRETRACE, UnitState.DONE.value)).fetchone()
+        return None if row is None else bytes(row["data"])
+
+    def has_radiosity_cache(self, job_id: int, frame: int) -> bool:
+        """Whether the frame has a shared radiosity cache, without reading it."""
+        with self._db.read() as db:
+            return db.execute(f"SELECT 1 {_FRAME_CACHE}",
+                              (job_id, frame, PRETRACE, UnitState.DONE.value)).fetchone() is not None
+
+    def retry_due(self, after: float, until: float) -> bool:
+        """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
+        with self._db.read() as db:
+            return db.execute("SELECT 1 FROM units WHERE state=? AND retry_at > ? AND retry_at <= ? LIMIT 1",
+                              (UnitState.QUEUED.value, after, until)).fetchone() is not None
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def lease_next(self, node_id: str, now: float, lease_timeout: float, choose: Chooser) -> Lease | None:
+        """Lease the node the unit `choose` picks from the queue, or None."""
+        with self._db.write() as db:
+            node = touch(db, node_id, now)
+            if node.state is NodeState.BROKEN:
+                return None
+            unit = choose(_Queue(db), node.name, now)
+            if unit is None:
+                schema.set_state(db, node, NodeState.IDLE)
+                return None
+            return self._lease(db, node, unit, now, now + lease_timeout)
+
+    @staticmethod
+    def _lease(db: sqlite3.Connection, node: Node, unit: Unit, now: float, expires: float) -> Lease:
+        token = f"{unit.id}.{unit.attempt + 1}.{secrets.token_hex(6)}"
+        schema.set_state(db, unit, UnitState.LEASED, lease=token, node=node.id, attempt=unit.attempt + 1,
+                         lease_expires=expires, progress=0)
+        job = job_in(db, unit.job)
+        if job.state is JobState.QUEUED:
+            schema.set_state(db, job, JobState.RENDERING, started=now)
+        for row in db.execute("SELECT number FROM frames WHERE job=? AND number BETWEEN ? AND ? AND state=?",
+                              (unit.job, unit.frame, unit.frame_last, FrameState.QUEUED.value)).fetchall():
+            schema.set_frame_state(db, unit.job, row["number"], FrameState.RENDERING)
+        schema.set_state(db, node, NodeState.BUSY)
+        leased = schema.unit(db.execute(f"{_SELECT_UNIT} WHERE id=?", (unit.id,)).fetchone())
+        return Lease(token=token, node=node.id, expires=expires, unit=leased)
+
+    def heartbeat(self, node_id: str, progress: Mapping[str, float], now: float,
+                  lease_timeout: float) -> tuple[list[str], set[int]]:
+        """Renew the node's leases. Returns the leases it should stop working on, and the jobs renewed."""
+        with self._db.write() as db:
+            touch(db, node_id, now)
+            stale, jobs = [], set()
+            for token, fraction in progress.items():
+                unit = _held(db, node_id, token)
+                if unit is None:
+                    stale.append(token)
+                    continue
+                db.execute("UPDATE units SET lease_expires=?, progress=? WHERE id=?",
+                           (now + lease_timeout, min(max(float(fraction), 0.0), 1.0), unit.id))
+                jobs.add(unit.job)
+            return stale, jobs
+
+    def complete(self, node_id: str, token: str, data: bytes, seconds: float, now: float) -> Completion:
+        """Store a unit's result. Re-sending an accepted result is harmless (duplicate=True)."""
+        with self._db.write() as db:
+            touch(db, node_id, now)
+            unit = _by_lease(db, token)
+            if unit is not None and unit.node == node_id and unit.state is UnitState.DONE:
+                return Completion(unit, (), duplicate=True)
+            unit = _current(unit, node_id, token)
+            if unit.kind == PRETRACE:
+                _store_pretrace(db, unit, data, seconds)
+                complete: tuple[int, ...] = ()
+            else:
+                seq = db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM units WHERE job=?",
+                                 (unit.job,)).fetchone()[0]
+                schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0,
+                                 lease_expires=None, error=None, done_seq=seq)
+                complete = tuple(frame for frame in unit.frames if not db.execute(
+                    f"SELECT 1 FROM units WHERE job=? AND {_COVERS} AND state != ? LIMIT 1",
+                    (unit.job, frame, frame, UnitState.DONE.value)).fetchone())
+            db.execute("UPDATE nodes SET units_done = units_done + 1 WHERE id=?", (node_id,))
+            return Completion(unit, complete, duplicate=False)
+
+    def fail(self, node_id: str, token: str, error: str, now: float, judge: Judge) -> tuple[Unit, FailureVerdict]:
+        """A unit failed on the node; `judge(unit, failed_on, live)` says what that means."""
+        with self._db.write() as db:
+            node = touch(db, node_id, now)
+            unit = _current(_by_lease(db, token), node_id, token)
+            db.execute("UPDATE nodes SET units_failed = units_failed + 1 WHERE id=?", (node_id,))
+            db.execute("INSERT INTO failures VALUES (?, ?, ?, ?, ?)", (unit.job, unit.id, node.name, error[:500], now))
+            queue = _Queue(db)
+            verdict = judge(unit, queue.failures(unit.job).failed_on.get(unit.id, frozenset()),
+                            queue.live_node_names() | {node.name})
+            if verdict.fail_job:
+                schema.set_state(db, unit, UnitState.FAILED, failures=unit.failures + 1, error=error,
+                                 lease_expires=None)
+                fail_job_in(db, unit.job, verdict.job_error, now)
+            else:
+                schema.set_state(db, unit, UnitState.QUEUED, failures=unit.failures + 1, error=error,
+                                 lease_expires=None, progress=0, retry_at=verdict.retry_at)
+            return unit, verdict
+
+    def release(self, node_id: str, token: str, now: float) -> Unit:
+        """The node hands a lease back unfinished (it is shutting down): render it elsewhere."""
+        with self._db.write() as db:
+            touch(db, node_id, now)
+            unit = _current(_by_lease(db, token), node_id, token)
+            schema.set_state(db, unit, UnitState.QUEUED, lease_expires=None, progress=0)
+            return unit
+
+    def expire(self, now: float) -> list[Unit]:
+        """Requeue units whose lease ran out. Returns them."""
+        with self._db.write() as db:
+            expired = [schema.unit(row) for row in db.execute(
+                f"{_SELECT_UNIT} WHERE state=? AND lease_expires < ?", (UnitState.LEASED.value, now)).fetchall()]
+            for unit in expired:
+                schema.set_state(db, unit, UnitState.QUEUED, lease_expires=None, progress=0)
+            return expired
+
+    def extend_leases(self, until: float) -> None:
+        """After a controller restart: give leases in flight, and their nodes, time to deliver."""
+        with self._db.write() as db:
+            db.execute("UPDATE units SET lease_expires=MAX(lease_expires, ?) WHERE state=?",
+                       (until, UnitState.LEASED.value))
+            db.execute("UPDATE nodes SET last_seen=MAX(last_seen, ?) WHERE state != ?",
+                       (until - 1e-3, NodeState.OFFLINE.value))
+
+
+def _by_lease(db: sqlite3.Connection, token: str) -> Unit | None:
+    row = db.execute(f"{_SELECT_UNIT} WHERE lease=?", (token,)).fetchone()
+    return None if row is None else schema.unit(row)
+
+
+def _held(db: sqlite3.Connection, node_id: str, token: str) -> Unit | None:
+    """The unit the lease is for, if the node holds that lease now."""
+    unit = _by_lease(db, token)
+    return unit if unit is not None and unit.node == node_id and unit.state is UnitState.LEASED else None
+
+
+def _current(unit: Unit | None, node_id: str, token: str) -> Unit:
+    if unit is None or unit.node != node_id or unit.state is not UnitState.LEASED:
+        raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current; the result was discarded")
+    return unit
+
+
+def _store_pretrace(db: sqlite3.Connection, unit: Unit, cache: bytes, seconds: float) -> None:
+    """A frame's radiosity pre-pass is in (its cache, or nothing when the scene turned out to use no
+    radiosity): the frame's units may go."""
+    schema.set_state(db, unit, UnitState.DONE, data=cache, seconds=seconds, progress=1.0, lease_expires=None,
+                     error=None)
+    for row in db.execute(f"{_SELECT_UNIT} WHERE job=? AND frame=? AND state=?",
+                          (unit.job, unit.frame, UnitState.WAITING.value)).fetchall():
+        schema.set_state(db, schema.unit(row), UnitState.QUEUED)
+
+
+class _Queue:
+    """The queue as `farm.policy` reads it, inside the leasing transaction."""
+
+    _JOBS_IN_LINE = ("SELECT id, priority FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1 FROM units q"
+                     " WHERE q.job = jobs.id AND q.state = ?)")
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def jobs_with_queued_units(self) -> Sequence[JobInLine]:
+        return [JobInLine(row["id"], row["priority"]) for row in self._db.execute(
+            self._JOBS_IN_LINE, (JobState.QUEUED.value, JobState.RENDERING.value, UnitState.QUEUED.value))]
+
+    def queued_units(self, job_id: int, limit: int) -> Sequence[Unit]:
+        return [schema.unit(row) for row in self._db.execute(
+            f"{_SELECT_UNIT} WHERE job=? AND state=? ORDER BY idx LIMIT ?",
+            (job_id, UnitState.QUEUED.value, limit)).fetchall()]
+
+    def any_failures(self) -> bool:
+        return self._db.execute("SELECT 1 FROM failures LIMIT 1").fetchone() is not None
+
+    def failures(self, job_id: int) -> Failures:
+        strikes = {row["node_name"]: row["n"] for row in self._db.execute(
+            "SELECT node_name, COUNT(*) AS n FROM failures WHERE job=? GROUP BY node_name", (job_id,))}
+        failed_on: dict[int, set[str]] = {}
+        for row in self._db.execute("SELECT unit, node_name FROM failures WHERE job=?", (job_id,)):
+            failed_on.setdefault(row["unit"], set()).add(row["node_name"])
+        return Failures(strikes, {unit: frozenset(names) for unit, names in failed_on.items()})
+
+    def live_node_names(self) -> frozenset[str]:
+        return frozenset(row["name"] for row in self._db.execute(
+            "SELECT DISTINCT name FROM nodes WHERE state IN (?, ?)", (NodeState.IDLE.value, NodeState.BUSY.value)))
