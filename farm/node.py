@@ -354,6 +354,9 @@ class Node:
             return _failed(f"{result.describe()} on node {self.config.name}{detail}", False)
         if pretrace is not None:
             return RenderOutcome("done", seconds=result.seconds)   # it finished the whole frame: the cache is complete
+        shared = povray.sharing_report(povray.render_statistics(stderr))
+        if shared:
+            log.info("job %s strip %s: %s", task["job"], task["strip"], shared)
         try:
             rows = b"".join(self._strip_rows(path, task) for path in _frame_files(output, frames, animated))
         except OSError as err:

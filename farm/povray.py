@@ -262,3 +262,35 @@ def probe(povray: str) -> tuple[str | None, str | None]:
     if done.returncode != 0 or match is None:
         return None, f"{povray!r} --version failed (exit {done.returncode}); is it POV-Ray 3.7?"
     return match.group(1), None
+
+
+_STATISTICS = {
+    "photons_shot": re.compile(r"Number of photons shot:\s+(\d+)"),
+    "radiosity_calculated": re.compile(r"Radiosity samples calculated:\s+(\d+)"),
+    "radiosity_reused": re.compile(r"Radiosity samples reused:\s+(\d+)"),
+}
+_PHOTON_LOAD = "Starting the load of photon file"
+
+
+def render_statistics(stderr: str) -> dict[str, int]:
+    """The figures of POV-Ray's closing statistics that tell whether shared work was reused: photons shot,
+    photon_map_loaded (1 when a saved photon map was read instead), radiosity samples calculated and
+    reused. Absent figures are left out."""
+    found = {name: int(match.group(1)) for name, pattern in _STATISTICS.items()
+             if (match := pattern.search(stderr))}
+    if _PHOTON_LOAD in stderr:
+        found["photon_map_loaded"] = 1
+    return found
+
+
+def sharing_report(statistics: dict[str, int]) -> str:
+    """One line on shared work, for the node's log: "" when the render used neither photons nor radiosity."""
+    parts = []
+    if statistics.get("photon_map_loaded"):
+        parts.append("photon map loaded")
+    elif "photons_shot" in statistics:
+        parts.append(f"{statistics['photons_shot']} photons shot")
+    if "radiosity_calculated" in statistics:
+        parts.append(f"radiosity samples {statistics['radiosity_calculated']} calculated, "
+                     f"{statistics.get('radiosity_reused', 0)} reused")
+    return "; ".join(parts)

@@ -49,7 +49,7 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: st
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-class Farm:
+class LocalFarm:
     """A controller process plus node processes, all on loopback, torn down at the end."""
 
     def __init__(self, tmp: Path):
@@ -110,7 +110,7 @@ class Farm:
 
 @pytest.fixture
 def farm(tmp_path, monkeypatch):
-    farm = Farm(tmp_path)
+    farm = LocalFarm(tmp_path)
     # Every CLI and node process started by the test finds the controller's role file this way.
     monkeypatch.setenv("POVFARM_TOKEN_FILE", str(farm.token_file))
     monkeypatch.delenv("POVFARM_TOKEN", raising=False)

@@ -13,7 +13,7 @@ from farm import strips
 from farm.bundle import bundle_hash, pack, plan_bundle
 from farm.client import Client
 from farm.config import Config
-from farm import api
+from farm import api, policy
 from farm.controller import Controller
 from farm.faults import Code, FarmError
 from farm.service import Services
@@ -158,6 +158,35 @@ def test_a_strip_that_keeps_failing_fails_the_job_after_the_retry_limit(farm, sc
     assert status["state"] == "failed" and "failed 3 times" in status["error"] and "try 3" in status["error"]
 
 
+def test_a_lone_failing_node_is_held_back_so_a_healthy_node_can_take_the_strip(farm, scene):
+    job = submit(farm, scene, strips=1)
+    broken = node(farm, "broken")
+    task = farm.call("nodes.poll", broken)
+    farm.call("nodes.fail", broken, task["lease"], "killed by signal 11", False)
+    assert farm.call("nodes.poll", broken) == {}          # held back for a moment...
+    healthy = node(farm, "healthy")
+    again = farm.call("nodes.poll", healthy)               # ...which a node joining meanwhile uses
+    assert again["strip"] == task["strip"] and again["attempt"] == 2
+    farm.call("nodes.complete", healthy, again["lease"], rows_for(again), 1.0)
+    farm.settle()
+    assert farm.call("jobs.status", job)["state"] == "done"
+
+
+def test_a_lone_failing_node_retries_after_growing_pauses_then_fails_the_job(farm, scene):
+    job = submit(farm, scene, strips=1)
+    n = node(farm, "broken")
+    for attempt in range(1, 4):
+        task = farm.call("nodes.poll", n)
+        assert task["attempt"] == attempt
+        farm.call("nodes.fail", n, task["lease"], f"crash {attempt}", False)
+        if attempt < 3:
+            assert farm.call("jobs.status", job)["state"] == "rendering"
+            assert farm.call("nodes.poll", n) == {}
+            farm.clock_.now += policy.retry_pause(attempt)
+    status = farm.call("jobs.status", job)
+    assert status["state"] == "failed" and "failed 3 times" in status["error"] and "crash 3" in status["error"]
+
+
 def test_cancel_tells_the_node_to_stop(farm, scene):
     job = submit(farm, scene)
     n = node(farm)
@@ -271,7 +300,10 @@ def test_every_public_method_is_documented(server):
     client = as_user(server)
     for name in client.call("system.listMethods"):
         assert name.split(".")[0] in ("api", "bundles", "jobs", "nodes", "system", "viewer")
-        assert client.call("system.methodHelp", name).startswith(name), name
+        text = client.call("system.methodHelp", name)
+        assert text.startswith(name) and " -> " in text.splitlines()[0], name
+        if not name.startswith("system."):
+            assert "@return:" in text, name
 
 
 def test_malformed_xml_is_a_bad_request_not_a_traceback(server):

@@ -165,15 +165,23 @@ def test_controller_url_from_environment(farm):
     assert result.returncode == 0 and json.loads(result.stdout) == []
 
 
-def test_photon_scene_shares_one_photon_map_per_node_and_stays_exact(tmp_path):
-    """Strips load the photon map their node shot once for the frame, instead of shooting it again."""
+def test_photon_scene_shares_one_photon_map_per_node_and_stays_exact(farm, tmp_path):
+    """Strips load the photon map their node shot once for the frame, instead of shooting it again:
+    POV-Ray's own statistics, which each node reports per strip, show it."""
     scene = SCENES / "advanced/grenadine/grenadine.pov"
+    farm.start_controller()
+    farm.start_node("n1")
+    farm.start_node("n2")
     out = tmp_path / "farm.png"
-    result = run_cli("--log-level", "INFO", "render", str(scene), "--nodes", "2", "--threads", "1", "--slots", "1",
-                     "--width", "160", "--height", "120", "--strips", "4", "--output", str(out))
+    result = run_cli("submit", str(scene), "--width", "160", "--height", "120", "--strips", "4",
+                     "--output", str(out), "--controller", farm.url)
     assert result.returncode == 0, result.stderr
     # Photon shooting is repeatable on one thread, so the reference is a one-thread render.
     assert_same_pixels(out, native_render(scene, 160, 120, ["+WT1"], tmp_path / "native.png"))
+    logs = farm.log("n1") + farm.log("n2")
+    shot, loaded = logs.count(" photons shot"), logs.count("photon map loaded")
+    assert shot + loaded == 4, logs
+    assert shot <= 2 and loaded >= 2, logs      # at most one shot per node for the frame
 
 
 def test_photon_block_is_found_only_in_global_settings():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
-from farm import bundle, radiosity, strips
+from farm import bundle, povray, radiosity, strips
 
 CORNELL = SCENES / "radiosity/cornell.pov"
 
@@ -169,6 +169,14 @@ def test_povray_loads_a_saved_cache_into_a_strip_through_the_wrapper(tmp_path):
     base = ["povray", "+W64", "+H48", "-D", f"+L{CORNELL.parent}", f"+RF{radiosity.CACHE_FILE}"]
     subprocess.run([*base, "+Icornell.pov", "+RFO", "-F"], cwd=work, check=True, capture_output=True, timeout=120)
     assert (work / radiosity.CACHE_FILE).stat().st_size > 0
-    strip = subprocess.run([*base, f"+I{radiosity.WRAPPER_SCENE}", "+RFI", "+SR17", "+ER32", "+FP", "+Os.ppm"],
-                           cwd=work, capture_output=True, text=True, timeout=120)
-    assert strip.returncode == 0, strip.stderr
+    strips_run = {}
+    for load in ("+RFI", "-RFI"):
+        strips_run[load] = subprocess.run([*base, f"+I{radiosity.WRAPPER_SCENE}", load, "+SR17", "+ER32", "+FP",
+                                           "+Os.ppm"], cwd=work, capture_output=True, text=True, timeout=120)
+        assert strips_run[load].returncode == 0, strips_run[load].stderr
+    loaded = povray.render_statistics(strips_run["+RFI"].stderr)
+    alone = povray.render_statistics(strips_run["-RFI"].stderr)
+    # The cache did the work: the strip reused its samples and calculated (almost) none of its own.
+    assert loaded["radiosity_reused"] > 0
+    assert loaded["radiosity_calculated"] * 10 <= alone["radiosity_calculated"], (loaded, alone)
+    assert povray.sharing_report(loaded).startswith("radiosity samples")
