@@ -330,26 +330,33 @@ def finish_job(client: Client, status: dict[str, Any], output: Path | None) -> i
     return EXIT_OK
 
 
-def write_output(client: Client, status: dict[str, Any], output: Path) -> str:
+def write_output(client: Client, status: dict[str, Any], output: Path,
+                 frames: dict[int, bytes] | None = None) -> str:
     """A still's PNG to `output`; an animation's frames into the folder `output`, named as POV-Ray names
     them (scene name + frame number padded to the width of the final frame number)."""
+    frames = frames if frames is not None else fetch_frames(client, status)
     if not status["frame_digits"]:
-        _write_image(client, status["id"], output)
+        _write_file(output, frames[status["first_frame"]])
         return str(output)
     stem = Path(status["scene"]).stem
-    for number in range(status["first_frame"], status["last_frame"] + 1):
-        _write_image(client, status["id"], output / f"{stem}{number:0{status['frame_digits']}d}.png", number)
-    return f"{status['last_frame'] - status['first_frame'] + 1} frames into {output}"
+    for number, png in frames.items():
+        _write_file(output / f"{stem}{number:0{status['frame_digits']}d}.png", png)
+    return f"{len(frames)} frames into {output}"
 
 
-def write_animation(client: Client, status: dict[str, Any], output: Path, delay_ms: int) -> None:
-    frames = [strips.decode_png(client.call("jobs.fetch", status["id"], number).data)
-              for number in range(status["first_frame"], status["last_frame"] + 1)]
-    _write_file(output, strips.encode_apng(frames, delay_ms))
+def fetch_frames(client: Client, status: dict[str, Any]) -> dict[int, bytes]:
+    """Every frame's PNG, fetched once."""
+    return {number: client.call("jobs.fetch", status["id"], number).data
+            for number in range(status["first_frame"], status["last_frame"] + 1)}
 
 
-def _write_image(client: Client, job_id: int, output: Path, frame: int = 0) -> None:
-    _write_file(output, client.call("jobs.fetch", job_id, frame).data)
+def write_animation(client: Client, status: dict[str, Any], output: Path, delay_ms: int,
+                    frames: dict[int, bytes] | None = None) -> None:
+    pngs = frames if frames is not None else fetch_frames(client, status)
+    try:
+        _write_file(output, strips.apng_from_pngs(list(pngs.values()), delay_ms))
+    except ValueError as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot make an animated PNG of job {status['id']}: {err}") from None
 
 
 def _write_file(output: Path, data: bytes) -> None:
@@ -502,10 +509,11 @@ def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
     status = client.call("jobs.status", args.job)
     if status["state"] != "done":
         client.call("jobs.fetch", args.job)   # the controller's own sentence says why not
+    frames = fetch_frames(client, status)
     if args.output is not None:
-        sys.stderr.write(f"wrote {write_output(client, status, args.output)}\n")
+        sys.stderr.write(f"wrote {write_output(client, status, args.output, frames)}\n")
     if args.animation is not None:
-        write_animation(client, status, args.animation, args.delay)
+        write_animation(client, status, args.animation, args.delay, frames)
         sys.stderr.write(f"wrote {args.animation}\n")
     return EXIT_OK
 

@@ -639,16 +639,38 @@ def encode_apng(frames: Sequence[Raster], delay_ms: int = 100, level: int = 6) -
     shape = (first.width, first.height, first.channels, first.bits)
     if any((f.width, f.height, f.channels, f.bits) != shape for f in frames):
         raise ValueError("all frames of an animation must have the same size and format")
+    header = struct.pack(">IIBBBBB", first.width, first.height, first.bits, _PNG_TYPE_FOR_CHANNELS[first.channels],
+                         0, 0, 0)
+    return _apng(header, [_compressed_scanlines(frame, level) for frame in frames], delay_ms)
+
+
+def apng_from_pngs(pngs: Sequence[bytes], delay_ms: int = 100) -> bytes:
+    """The same animation from the frames' PNG files, without decoding them: each frame's compressed
+    image data is carried over as it is."""
+    if not pngs:
+        raise ValueError("an animation needs at least one frame")
+    headers, datas = [], []
+    for png in pngs:
+        if not png.startswith(PNG_SIGNATURE):
+            raise ValueError("A frame is not a PNG file.")
+        chunks = list(_png_chunks(png))
+        headers.append(next((body for kind, body in chunks if kind == b"IHDR"), b""))
+        _parse_ihdr(headers[-1])
+        datas.append(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    if any(header != headers[0] for header in headers):
+        raise ValueError("all frames of an animation must have the same size and format")
+    return _apng(headers[0], datas, delay_ms)
+
+
+def _apng(header: bytes, frame_data: Sequence[bytes], delay_ms: int) -> bytes:
+    width, height = struct.unpack_from(">II", header)
     delay = max(1, min(int(delay_ms), 65535))
-    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", first.width, first.height, first.bits,
-                                              _PNG_TYPE_FOR_CHANNELS[first.channels], 0, 0, 0)),
-              _png_chunk(b"acTL", struct.pack(">II", len(frames), 0))]
+    chunks = [_png_chunk(b"IHDR", header), _png_chunk(b"acTL", struct.pack(">II", len(frame_data), 0))]
     sequence = 0
-    for index, frame in enumerate(frames):
-        chunks.append(_png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, frame.width, frame.height,
-                                                      0, 0, delay, 1000, 0, 0)))
+    for index, data in enumerate(frame_data):
+        chunks.append(_png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, delay, 1000,
+                                                      0, 0)))
         sequence += 1
-        data = _compressed_scanlines(frame, level)
         if index == 0:
             chunks.append(_png_chunk(b"IDAT", data))
         else:

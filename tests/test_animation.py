@@ -111,6 +111,12 @@ def test_animated_png_frames_decode_to_the_stills():
     assert decoded == [frame.pixels for frame in frames]
     with pytest.raises(ValueError):
         strips.encode_apng([frames[0], strips.Raster(1, 1, 3, 8, b"\0\0\0")])
+    # Built from the frames' PNG files without decoding them: the same animation.
+    from_files = strips.apng_from_pngs([strips.encode_png(frame) for frame in frames], 80)
+    decoded = [frame.convert("RGB").tobytes() for frame in ImageSequence.Iterator(Image.open(io.BytesIO(from_files)))]
+    assert decoded == [frame.pixels for frame in frames]
+    with pytest.raises(ValueError):
+        strips.apng_from_pngs([strips.encode_png(frames[0]), strips.encode_png(strips.Raster(1, 1, 3, 8, b"\0\0\0"))])
 
 
 # -- real renders ---------------------------------------------------------------------------------
