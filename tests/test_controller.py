@@ -216,6 +216,17 @@ def test_higher_priority_first_then_first_come(farm, scene):
     assert farm.call("nodes.poll", n)["job"] == low
 
 
+def test_a_new_priority_reorders_the_queue(farm, scene):
+    first = submit(farm, scene, strips=1)
+    second = submit(farm, scene, strips=1)
+    farm.call("jobs.set_priority", second, 3)
+    assert farm.call("jobs.status", second)["priority"] == 3
+    assert farm.call("nodes.poll", node(farm))["job"] == second
+    with pytest.raises(FarmError) as err:
+        farm.call("jobs.set_priority", first, 5000)
+    assert err.value.code is Code.BAD_ARGUMENT
+
+
 def test_a_restarted_node_gives_its_leases_back(farm, scene):
     submit(farm, scene, strips=1)
     first = farm.call("nodes.poll", node(farm, "box"))
