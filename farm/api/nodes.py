@@ -5,6 +5,7 @@ from __future__ import annotations
 import xmlrpc.client
 
 from farm.api import NODE, READERS, args, rpc
+from farm.faults import Code, FarmError
 
 MAX_ERROR_TEXT = 8192
 MAX_ID_TEXT = 120
@@ -28,7 +29,10 @@ class NodesAPI:
             (version), error (str: the node cannot render, e.g. POV-Ray is missing)
         @return: struct: node_id (str), heartbeat_interval (float seconds)
         """
-        node_id = self._dispatch.register(args.text("name", name, 100), args.plain_struct("info", info))
+        info = args.plain_struct("info", info)
+        if not isinstance(info.get("error", ""), str):
+            raise FarmError(Code.BAD_ARGUMENT, "info.error must be a text")
+        node_id = self._dispatch.register(args.text("name", name, 100), info)
         return {"node_id": node_id, "heartbeat_interval": self._config.heartbeat_interval}
 
     @rpc(NODE)
