@@ -338,15 +338,19 @@ class _Reader:
     def finish(self) -> PovCommand:
         command = self.command
         command.options = [*self._settings.values(), *self._declares.values()]
-        if command.file_type in _NO_ALPHA and "+UA" in command.options:
-            command.options.remove("+UA")
-            self.note("+UA", f"{FORMATS[command.file_type][0]} files have no alpha channel")
-        if command.file_type not in "NP":
-            command.bits = None if command.bits in (None, 8) else command.bits
-            if command.bits:
-                raise FarmError(Code.BAD_OPTION, f"{FORMATS[command.file_type][0]} files hold 8 bits per "
-                                                 f"channel; 16 bits need +FN16 or +FP16")
+        settle_format(command)
         return command
+
+
+def settle_format(command: PovCommand) -> None:
+    """What the file type implies, as POV-Ray does it: no alpha in PPM and JPEG files (the pixels are
+    those of a render without +UA), 8 bits only in Targa and JPEG files."""
+    name = FORMATS[command.file_type][0]
+    if command.file_type in _NO_ALPHA and "+UA" in command.options:
+        command.options.remove("+UA")
+        command.notes.append(f"+UA: ignored, {name} files have no alpha channel")
+    if command.file_type not in "NP" and command.bits not in (None, 8):
+        raise FarmError(Code.BAD_OPTION, f"{name} files hold 8 bits per channel; 16 bits need +FN16 or +FP16")
 
 
 def parse(arguments: Sequence[str], cwd: Path, read_text: Callable[[Path], str] | None = None,
