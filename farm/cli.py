@@ -660,7 +660,7 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
             status = None
             if not stop.is_set():
                 job_id = submit_job(client, args, request)
-                status = wait_for_job(client, job_id, interval=0.25, stop=stop)
+                status = wait_for_job(client, job_id, interval=0.1, stop=stop)
             if status is None:
                 sys.stderr.write("povfarm: interrupted; stopping the local nodes\n")
                 return EXIT_INTERRUPTED
@@ -675,7 +675,7 @@ def _stop_local_farm(nodes: Sequence["_LocalNode"], controller: Any, abort: bool
     controller still answers), then the controller, once nothing talks to it any more."""
     for node in nodes:
         node.stop(abort)
-    deadline = time.monotonic() + (1.2 if abort else 10)
+    deadline = time.monotonic() + (1.0 if abort else 10)    # then kill: a stop takes under 2 s
     for node in nodes:
         node.wait(deadline)
     controller.shutdown()

@@ -233,6 +233,9 @@ class _Reader:
             self.note(shown, IGNORED_SWITCHES[name])
         elif name in REFUSED_SWITCHES:
             raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown!r} is not allowed: {REFUSED_SWITCHES[name]}")
+        elif name in ("W", "H") and value[:1].isalpha():
+            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown!r} is not one the farm knows ({where}); "
+                                             f"see 'povfarm render --help'")
         elif name in _JOB_SWITCHES:
             self.job_switch(name, value, shown, sign)
         else:
