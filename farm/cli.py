@@ -288,6 +288,8 @@ def split_povray_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     POV-Ray's `-J` or `+W320` would confuse argparse, and their order matters, so they are taken out
     first; a farm flag's value is kept with it (`--option -J` becomes `--option=-J`)."""
     argv = list(argv)
+    if not _JOB_PARSERS:
+        build_parser()
     index = _command_index(argv)
     if index is None or argv[index] not in _JOB_PARSERS:
         return argv, []
