@@ -136,8 +136,8 @@ class _Reader:
         pieces = _tokens(arg)
         if arg[0] in "+-" and len(pieces) > 1 and not all(piece[0] in "+-" for piece in pieces):
             pieces = [_unquote(arg)]     # "+Imy scene.pov": one switch whose value has spaces
-        elif arg[0] not in "+-" and "=" not in arg:
-            pieces = [_unquote(arg)]     # "my scene.pov": a file name with spaces
+        elif arg[0] not in "+-":
+            pieces = [arg]               # "my scene.pov", "Library_Path=my lib": spaces and all
         for piece in pieces:
             self.item(piece, where="the command line")
 
@@ -148,7 +148,7 @@ class _Reader:
             key, _, value = item.partition("=")
             self.ini_setting(key.strip(), _unquote(value.strip()), where)
         else:
-            self.file_argument(item)
+            self.file_argument(_unquote(item))
 
     def file_argument(self, name: str) -> None:
         """A bare name: an INI file (`x.ini`, `x.ini[Section]`), else the scene (POV-Ray adds .pov)."""
