@@ -384,12 +384,15 @@ def prepare_job(args: argparse.Namespace, cwd: Path | None = None) -> JobRequest
     animation = Animation.from_spec(command.animation) if command.animation else None
     if command.file_type == "J":
         _require_pillow()
+    povcmd.rendering_options(args.options)          # a bad --option is said before anything else
     targets = _targets(command, animation, args.output, cwd)
-    for path in {target.parent for target in targets.values()}:
-        _check_writable(path)
+    wants_image = args.output is not None or command.output is not None
+    if args.command == "render" or args.wait or wants_image:
+        for path in {target.parent for target in targets.values()}:
+            _check_writable(path)
     for note in command.notes:
         sys.stderr.write(f"povfarm: {note}\n")
-    return JobRequest(command, animation, targets, args.output is not None or command.output is not None)
+    return JobRequest(command, animation, targets, wants_image)
 
 
 def _apply_flags(command: povcmd.PovCommand, args: argparse.Namespace) -> None:
@@ -427,8 +430,8 @@ def _targets(command: povcmd.PovCommand, animation: Animation | None, output: Pa
     else:
         frames = list(range(animation.rendered_first, animation.rendered_last + 1))
     digits = animation.digits if animation is not None else 0
-    if output is not None:       # --output: a file for a still, a folder for numbered frames
-        if not numbered:
+    if output is not None:       # --output: a file for a still, a folder for an animation's numbered frames
+        if animation is None:
             return {frames[0]: output}
         return {n: output / f"{command.scene.stem}{n:0{digits}d}{extension}" for n in frames}
     base = povcmd.output_base(command.scene, command.output, extension, cwd)

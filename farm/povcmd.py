@@ -372,8 +372,15 @@ def parse(arguments: Sequence[str], cwd: Path, read_text: Callable[[Path], str] 
 def rendering_options(options: Sequence[str]) -> list[str]:
     """`--option` values, each of which may hold several switches ("+A0.3 +R3"); each must be a rendering
     switch (validated by farm.options)."""
-    found = [piece for option in options for piece in (_tokens(option) or [option])]
-    return list(allow.validate_options([_unquote(piece) for piece in found]).options)
+    found: list[str] = []
+    for option in options:
+        pieces = _tokens(option)
+        several = len(pieces) > 1 and all(piece[0] in "+-" for piece in pieces)
+        if several:
+            found.extend(_unquote(piece) for piece in pieces)
+        else:
+            found.append(option)
+    return list(allow.validate_options(found).options)
 
 
 # -- output names ---------------------------------------------------------------------------------
