@@ -245,12 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_client_flags(p)
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("fetch", help="write a finished job's PNG (or an animation's frames)",
-                       example="povfarm fetch 12 --output scene.png")
+    p = sub.add_parser("fetch", help="write a finished job's image (or an animation's frames)",
+                       example="povfarm fetch 12 --output scene.png",
+                       description="The file's extension picks the format: .png, .ppm, .tga or .jpg (Pillow).")
     _add_client_flags(p)
     p.add_argument("job", type=int, help="job id")
     p.add_argument("--output", type=Path, metavar="PATH",
-                   help="where to write the PNG; for an animation, a folder for the numbered frames")
+                   help="where to write the image; for an animation, a folder for the numbered PNG frames")
     p.add_argument("--animation", type=Path, metavar="FILE", help="write an animation as one animated PNG")
     p.add_argument("--delay", type=int, default=100, metavar="MS", help="frame time in the animated PNG (100)")
 
@@ -572,7 +573,10 @@ def write_output(client: Client, status: dict[str, Any], output: Path) -> str:
     """`fetch`: a still's PNG to `output`; an animation's frames into the folder `output`, named as POV-Ray
     names them (scene name + frame number padded to the width of the final frame number)."""
     if not status["frame_digits"]:
-        _write_image(client, status["id"], output)
+        file_type = _EXTENSION_FORMATS.get(output.suffix.lower(), "N")    # x.ppm is a PPM file, never a PNG
+        if file_type == "J":
+            _require_pillow()
+        _write_file(output, encode_image(client.call("jobs.fetch", status["id"], 0).data, file_type))
         return str(output)
     stem = Path(status["scene"]).stem
     for number in range(status["first_frame"], status["last_frame"] + 1):
