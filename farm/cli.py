@@ -552,6 +552,9 @@ def encode_image(png: bytes, file_type: str, quality: int | None = None) -> byte
     raster = strips.decode_png(png)
     if file_type == "P":
         return strips.encode_ppm(raster)
+    if raster.bits != 8:
+        raise FarmError(Code.BAD_ARGUMENT, f"the image has 16 bits per channel and {povcmd.FORMATS[file_type][0]} "
+                                           f"files hold 8: write a .png or .ppm file")
     if file_type in "TC":
         return strips.encode_tga(raster, rle=file_type == "C")
     return _encode_jpeg(raster, quality)
@@ -562,8 +565,8 @@ def _encode_jpeg(raster: strips.Raster, quality: int | None) -> bytes:
 
     from PIL import Image
 
-    image = Image.frombytes("RGB", (raster.width, raster.height), strips.encode_ppm(raster)[-raster.width
-                                                                                             * raster.height * 3:])
+    mode = "RGB" if raster.channels == 3 else "RGBA"
+    image = Image.frombytes(mode, (raster.width, raster.height), raster.pixels).convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=min(max(quality or 95, 1), 100))
     return buffer.getvalue()
@@ -657,13 +660,17 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
     workspace = Path(tempfile.mkdtemp(prefix="povfarm-render-"))
     config.data_dir, config.bind, config.port = workspace / "controller", "127.0.0.1", 0
     config.token, config.token_file, config.tls_cert, config.tls_key = "", "", "", ""
-    logging.getLogger("farm.controller").setLevel(logging.ERROR)   # the job's outcome is printed once, below
+    # Unless more was asked for (--log-level INFO), the job's outcome is the one message: the farm's own
+    # notes about strips and leases would repeat a failure several times.
+    quiet = logging.getLogger().getEffectiveLevel() >= logging.WARNING
+    if quiet:
+        logging.getLogger("farm.controller").setLevel(logging.ERROR)
     nodes: list[_LocalNode] = []
     with _StopRequest() as stop:
         controller = Controller(config)
         try:
             controller.start_in_thread()
-            nodes = [_LocalNode(controller.url, i, workspace, config) for i in range(args.nodes)]
+            nodes = [_LocalNode(controller.url, i, workspace, config, quiet) for i in range(args.nodes)]
             client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
             _wait_for_local_nodes(client, nodes, stop)
             status = None
@@ -705,18 +712,20 @@ def _wait_for_local_nodes(client: Client, nodes: Sequence["_LocalNode"], stop: t
 class _LocalNode:
     """A `povfarm node` process of `render`. It runs in a session of its own, so a Ctrl-C at the terminal
     reaches only `render`, which stops the nodes in order; it dies with `render` (Linux) even if that is
-    killed. Its log goes through a filter: the job's failure is printed once by `render`, so the nodes'
-    own notes about strips and leases are dropped, while errors and the sandbox warning are shown."""
+    killed. Its log goes through a filter: the job's failure is printed once by `render`, so unless more
+    was asked for, the nodes' own notes about strips and leases are dropped, while errors and the sandbox
+    warning are shown."""
 
-    def __init__(self, url: str, index: int, workspace: Path, config: Config):
-        argv = [sys.executable, "-m", "farm", "--log-level", "WARNING", "node", "--controller", url,
+    def __init__(self, url: str, index: int, workspace: Path, config: Config, quiet: bool = True):
+        argv = [sys.executable, "-m", "farm", "--log-level", "WARNING" if quiet else config.log_level, "node",
+                "--controller", url,
                 "--name", f"local-{index + 1}", "--work-dir", str(workspace / f"node-{index + 1}"),
                 "--threads", str(config.threads), "--slots", str(config.slots), "--povray", config.povray,
                 "--token-file", str(config.data_dir / "tokens")]
         env = {key: value for key, value in os.environ.items() if key != "POVFARM_TOKEN"}
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                                         start_new_session=True, preexec_fn=_die_with_parent())
-        self._relay = threading.Thread(target=_relay_node_log, args=(self.process.stderr,),
+        self._relay = threading.Thread(target=_relay_node_log, args=(self.process.stderr, quiet),
                                        name=f"node-{index + 1}-log", daemon=True)
         self._relay.start()
 
@@ -751,9 +760,9 @@ def _die_with_parent():
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): ")
 
 
-def _relay_node_log(stream) -> None:
-    """Copy a local node's log records to stderr as they come, keeping errors, the sandbox warning and
-    anything that is not a log record (a crash), and dropping the routine ones."""
+def _relay_node_log(stream, quiet: bool) -> None:
+    """Copy a local node's log records to stderr as they come; when quiet, only errors, the sandbox
+    warning and anything that is not a log record (a crash), dropping the routine ones."""
     record: list[str] = []
     showing = False
     for raw in iter(stream.readline, b""):
@@ -763,7 +772,7 @@ def _relay_node_log(stream) -> None:
         record.append(line)
         if showing:
             sys.stderr.write(line)
-        elif _worth_showing(record):
+        elif not quiet or _worth_showing(record):
             showing = True
             sys.stderr.write("".join(record))
         sys.stderr.flush()
