@@ -182,3 +182,21 @@ def test_ppm_round_trips(width, height, bits, data):
     size = width * height * 3 * bits // 8
     raster = strips.Raster(width, height, 3, bits, (data * size)[:size])
     assert strips.decode_ppm(strips.encode_ppm(raster)) == raster
+
+
+def test_library_folders_are_searched_shipped_and_named_for_the_node(tmp_path):
+    from farm import bundle
+
+    (tmp_path / "scenes" / "my scene").mkdir(parents=True)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "unused lib").mkdir()
+    (tmp_path / "lib" / "mycolors.inc").write_text('#include "deeper.inc"\n')
+    (tmp_path / "lib" / "deeper.inc").write_text("#declare X = 1;\n")
+    (tmp_path / "lib" / "unrelated.inc").write_text("\n")
+    scene = tmp_path / "scenes" / "my scene" / "s.pov"
+    scene.write_text('#include "colors.inc"\n#include "mycolors.inc"\nsphere { 0, X }\n')
+    plan = bundle.plan_bundle(scene, library_paths=[tmp_path / "unused lib", tmp_path / "lib",
+                                                    Path("/usr/share/povray-3.7/include")])
+    assert plan.files == ("lib/deeper.inc", "lib/mycolors.inc", "scenes/my scene/s.pov")
+    assert plan.scene == "scenes/my scene/s.pov" and plan.library_dirs == ("../../lib",)
+    assert povcmd.library_option("../../my lib") == '+L"../../my lib"'
