@@ -64,6 +64,8 @@ class BundlePlan:
     root: Path                 # common ancestor directory of the scene and all its files
     scene: str                 # scene path relative to root, POSIX form
     files: tuple[str, ...]     # every file relative to root (POSIX), sorted, scene included
+    library_dirs: tuple[str, ...] = ()   # local library folders (+L) in the bundle, relative to the scene's
+                                         # folder (POSIX), in the order POV-Ray searches them
 
 
 # ---------------------------------------------------------------------------
@@ -159,7 +161,7 @@ def _resolve(name: str, bases: Iterable[str]) -> list[str]:
     return found
 
 
-def _references(source: str, scene_dir: str) -> Iterator[tuple[str, bool]]:
+def _references(source: str, scene_dir: str, library: Sequence[str] = ()) -> Iterator[tuple[str, bool]]:
     """(absolute path, named by #include) for each local file the source names."""
     try:
         text = _read_text(Path(source))
@@ -167,7 +169,8 @@ def _references(source: str, scene_dir: str) -> Iterator[tuple[str, bool]]:
         log.warning("cannot read %s to look for the files it uses: %s", source, exc)
         return
     strings = scan_ini(text) if source.lower().endswith(".ini") else scan_strings(text)
-    bases = dict.fromkeys([scene_dir, os.path.dirname(source)])   # POV-Ray's cwd first
+    # POV-Ray's working folder first, then its library paths (+L); the including file's folder last.
+    bases = dict.fromkeys([scene_dir, *library, os.path.dirname(source)])
     for name, included in strings:
         if not _plausible_relative(name):
             if name.startswith("/"):
@@ -184,8 +187,9 @@ def is_source(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in SOURCE_SUFFIXES
 
 
-def _scan_sources(scene: str, extra: Iterable[str] = ()) -> set[str]:
-    """The scene, the extra files and every local file reachable from them through string literals."""
+def _scan_sources(scene: str, extra: Iterable[str] = (), library: Sequence[str] = ()) -> set[str]:
+    """The scene, the extra files and every local file reachable from them through string literals,
+    looked up beside the scene and in the library folders."""
     scene_dir = os.path.dirname(scene)
     files, scanned = {scene, *extra}, set()
     pending = [(scene, 0)] + [(path, 0) for path in sorted(files - {scene}) if is_source(path)]
@@ -197,7 +201,7 @@ def _scan_sources(scene: str, extra: Iterable[str] = ()) -> set[str]:
         if depth >= MAX_INCLUDE_DEPTH:
             log.warning("%s: includes nested deeper than %s; not scanning further", source, depth)
             continue
-        for path, included in _references(source, scene_dir):
+        for path, included in _references(source, scene_dir, library):
             files.add(path)
             if included or is_source(path):
                 pending.append((path, depth + 1))
@@ -220,7 +224,7 @@ def _expand_assets(assets: Sequence[Path]) -> set[str]:
     return files
 
 
-def plan_bundle(scene: Path, assets: Sequence[Path] = (), *,
+def plan_bundle(scene: Path, assets: Sequence[Path] = (), *, library_paths: Sequence[Path] = (),
                 max_files: int = MAX_FILES, max_total: int = MAX_TOTAL_BYTES) -> BundlePlan:
     """Find the files a scene needs.
 
@@ -231,7 +235,10 @@ def plan_bundle(scene: Path, assets: Sequence[Path] = (), *,
     named by #include) is scanned in turn. Names found nowhere ("colors.inc")
     are left to the node's own library path. `..` references move the root up
     to the common ancestor. `assets` adds files or whole directories (source
-    files among them are scanned like the scene). The
+    files among them are scanned like the scene). `library_paths` (POV-Ray's
+    +L folders) are searched after the scene's folder, as POV-Ray does; those
+    that supply files are named in `library_dirs` so the node searches them too,
+    while POV-Ray's own include folders are left to the node's POV-Ray. The
     limits are checked here too, so the user hears about them before uploading.
     """
     path = os.path.abspath(scene)
@@ -241,12 +248,35 @@ def plan_bundle(scene: Path, assets: Sequence[Path] = (), *,
         open(path, "rb").close()        # unreadable is as good as missing to the user
     except OSError:
         raise FarmError(Code.SCENE_NOT_FOUND, f"{scene}: no such scene file") from None
-    files = _scan_sources(path, _expand_assets(assets))
+    library = _local_library(library_paths)
+    files = _scan_sources(path, _expand_assets(assets), library)
     root = os.path.commonpath([os.path.dirname(f) for f in files])
     names = sorted(_member_name(f, root) for f in files)
     _check_plan_limits(names, files, max_files, max_total)
     log.debug("bundle for %s: %s files under %s", scene, len(names), root)
-    return BundlePlan(Path(root), _member_name(path, root), tuple(names))
+    scene_dir = os.path.dirname(path)
+    used = [folder for folder in library
+            if folder != scene_dir and any(f.startswith(folder + os.sep) for f in files)]
+    return BundlePlan(Path(root), _member_name(path, root), tuple(names),
+                      tuple(Path(os.path.relpath(folder, scene_dir)).as_posix() for folder in used))
+
+
+# POV-Ray's own include folders: every node has them, so they are never shipped.
+SYSTEM_LIBRARY_ROOTS = ("/usr/share/povray", "/usr/local/share/povray")
+
+
+def _local_library(library_paths: Sequence[Path]) -> list[str]:
+    """Absolute library folders worth searching and shipping: existing ones, not POV-Ray's own."""
+    folders = []
+    for folder in library_paths:
+        path = os.path.abspath(folder)
+        if not os.path.isdir(path):
+            log.debug("library path %s is not a folder here; the node's POV-Ray must supply it", folder)
+            continue
+        if path.startswith(SYSTEM_LIBRARY_ROOTS) or path in folders:
+            continue
+        folders.append(path)
+    return folders
 
 
 def _member_name(path: str, root: str) -> str:

@@ -8,24 +8,27 @@ and exit non-zero; a traceback is a bug.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import signal
+import re
 import subprocess
 import sys
 import tempfile
+import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from farm import __version__, bundle, strips
+from farm import __version__, bundle, povcmd, strips
 from farm.animation import Animation, parse_clock, parse_range
 from farm.client import Client, client_for
 from farm.config import Config, load_config
 from farm.faults import Code, FarmError
-from farm.options import IniSettings, read_ini
 
 log = logging.getLogger("farm.cli")
 
@@ -79,31 +82,59 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
                         help="CA certificate to trust for an https:// controller (default: the system store)")
 
 
+_ALLOWED_HELP = ("+A[threshold] -A, +AM1..3, +AG<gamma>, +J[amount] -J, +R<depth>, +Q<0-11>, +UA (alpha), "
+                 "+MB<n>, +MV<version>, +UL +UV +UR +UD, +BS<block size>, +K<clock>, Declare=NAME=NUMBER")
+POVRAY_HELP = f"""\
+POV-Ray's own command line works after the scene, as with `povray` (settings apply in order, the
+last one wins; a farm flag such as --width overrides them):
+  size            +W<width> +H<height>                       (Width=, Height=)
+  output          +O<file> or +O<folder>/; without +O the image goes beside the scene, named after
+                  it, as POV-Ray names it (animations: scene01.png ... padded to the last frame)
+  format          +FN (PNG) +FN16 +UA (alpha), +FP +FP16 (PPM), +FT (Targa), +FC (Targa, RLE),
+                  +FJ[quality] (JPEG, needs Pillow)
+  animation       +KFI<first> +KFF<last> +KI<clock> +KF<clock> +KC +SF<frame> +EF<frame>
+  library paths   +L<folder> (Library_Path=): local folders are shipped with the scene
+  INI files       scene.ini, scene.ini[Section] and Key=Value settings, anywhere on the line
+  rendering       {_ALLOWED_HELP}
+  ignored         -D +P -V -X +SP/+EP +WT +WL and the +G... message streams (one note each)
+  refused         +SR/+ER/+SC/+EC (the farm renders whole images), +RF (radiosity files), shell-out
+                  settings such as Pre_Scene_Command (never run on nodes), and anything unknown
+"""
+
+
 def _add_job_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scene", type=Path, help="the .pov scene file")
-    parser.add_argument("--width", type=_positive_int, help="image width in pixels (default: the --ini's, else 640)")
-    parser.add_argument("--height", type=_positive_int, help="image height in pixels (default: the --ini's, else 480)")
+    parser.add_argument("povray_args", nargs="*", metavar="SCENE|INI|+SWITCH",
+                        help="the .pov scene, INI files and POV-Ray switches, as `povray` takes them "
+                             "(see below)")
+    parser.add_argument("--width", type=_positive_int, help="image width in pixels (default: +W or the INI's, "
+                                                            "else 640)")
+    parser.add_argument("--height", type=_positive_int, help="image height in pixels (default: +H or the "
+                                                             "INI's, else 480)")
     parser.add_argument("--strips", type=_strips, default="auto",
                         help="strips per frame: 'auto' (default) or a number; edges fall on 32-row blocks")
     parser.add_argument("--no-radiosity-prepass", action="store_false", dest="radiosity_prepass",
                         help="render the strips of a radiosity scene independently: no shared pretrace first, "
                              "faster but with seams at strip edges")
     parser.add_argument("--option", action="append", default=[], metavar="OPT", dest="options",
-                        help="a POV-Ray rendering option, e.g. --option +A0.3 (repeatable)")
+                        help=f"POV-Ray rendering switches, e.g. --option +A0.3 or --option='-J +R3' "
+                             f"(repeatable). Allowed: {_ALLOWED_HELP}. Size, output, format, animation and "
+                             f"library switches go after the scene instead")
     parser.add_argument("--asset", action="append", default=[], type=Path, metavar="PATH", dest="assets",
-                        help="an extra file or folder the scene needs (repeatable)")
-    parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per channel (default 8)")
+                        help="an extra file or folder the scene needs that povfarm cannot find by itself "
+                             "(repeatable)")
+    parser.add_argument("--bits", type=int, choices=(8, 16), help="bits per channel (default 8; +FN16 sets 16)")
     parser.add_argument("--priority", type=int, default=0,
                         help="higher runs first, first come first served within a priority (default 0)")
     parser.add_argument("--name", help="job name (default: the scene's file name)")
-    parser.add_argument("--output", type=Path, metavar="FILE",
-                        help="write the finished PNG here (for an animation: a folder for the numbered frames)")
+    parser.add_argument("--output", type=Path, metavar="PATH",
+                        help="write the image here (its extension picks the format: .png .ppm .tga .jpg); for "
+                             "an animation, a folder for the numbered frames. Overrides +O")
     parser.add_argument("--frames", metavar="FIRST-LAST", help="render an animation: frames FIRST to LAST (+KFI/+KFF)")
     parser.add_argument("--clock", metavar="START,END", help="the clock from START to END (+KI/+KF; default 0,1)")
     parser.add_argument("--cyclic", action="store_true", default=None, help="cyclic animation (+KC)")
     parser.add_argument("--subset", metavar="A-B", help="render only frames A to B of the animation (+SF/+EF)")
     parser.add_argument("--ini", type=Path, metavar="FILE",
-                        help="the scene's INI file: its animation and rendering settings (flags override it)")
+                        help="an INI file read before everything else on the line (same as giving it first)")
 
 
 def _common_flags() -> argparse.ArgumentParser:
@@ -116,19 +147,35 @@ def _common_flags() -> argparse.ArgumentParser:
     return common
 
 
+_JOB_PARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_flags()
-    parser = argparse.ArgumentParser(prog="povfarm", description="A render farm for POV-Ray.", parents=[common])
+    parser = argparse.ArgumentParser(
+        prog="povfarm", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A render farm for POV-Ray: one command renders a scene on every core you have, or on "
+                    "every box.",
+        epilog="examples:\n  povfarm render scene.pov +W640 +H480 +A0.3      # like povray, on a local farm\n"
+               "  povfarm submit scene.pov +W640 +H480 --wait    # on a running controller\n"
+               "  povfarm COMMAND --help                         # what each command does, with an example")
     parser.add_argument("--version", action="version", version=f"povfarm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     original_add_parser = sub.add_parser
 
-    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return original_add_parser(name, parents=[common], **kwargs)
+    def add_parser(name: str, help: str, example: str, description: str = "", **kwargs: Any
+                   ) -> argparse.ArgumentParser:
+        return original_add_parser(name, parents=[common], help=help,
+                                   description=textwrap.fill(f"{help[0].upper()}{help[1:]}. {description}".strip(), 100),
+                                   epilog=f"{kwargs.pop('epilog', '')}example:\n  {example}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
-    p = sub.add_parser("controller", help="run the controller")
+    p = sub.add_parser("controller", help="run the controller that takes jobs and hands strips to nodes",
+                       example="povfarm controller --bind 0.0.0.0 --tls-cert cert.pem --tls-key key.pem",
+                       description="It listens on 127.0.0.1:8642 unless told otherwise; its tokens are in "
+                                   "DATA_DIR/tokens (see 'povfarm token show').")
     p.add_argument("--bind", metavar="ADDR", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8642)")
     p.add_argument("--data-dir", type=Path, metavar="DIR",
@@ -144,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", help="the TLS certificate's private key in PEM")
     p.add_argument("--max-connections", type=int, metavar="N", help="concurrent connections (default 512)")
 
-    p = sub.add_parser("node", help="run a render node")
+    p = sub.add_parser("node", help="run a render node: it takes strips from the controller and renders them",
+                       example="povfarm node --controller http://HOST:8642 --token-file node.token",
+                       description="It needs the controller's node token. Ctrl-C once lets the current strip "
+                                   "finish; twice stops POV-Ray at once.")
     _add_client_flags(p)
     p.add_argument("--name", help="node name (default: the host name)")
     p.add_argument("--povray", metavar="PATH", help="the povray program (default: povray on PATH)")
@@ -162,49 +212,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output-mb", type=int, metavar="MB",
                    help="the largest file POV-Ray may write (default 1024)")
 
-    p = sub.add_parser("submit", help="submit a scene; prints the job id")
+    p = _JOB_PARSERS["submit"] = sub.add_parser(
+        "submit", help="submit a scene to a controller; prints the job id",
+        example="povfarm submit scene.pov +W640 +H480 +A0.3 --controller http://HOST:8642 --wait",
+        description="With --wait it shows progress and writes the image as POV-Ray would (beside the scene, "
+                    "or where +O/--output says); --output or +O imply --wait. Ctrl-C while waiting leaves "
+                    "the job running.", epilog=POVRAY_HELP + "\n")
     _add_client_flags(p)
     _add_job_flags(p)
-    p.add_argument("--wait", action="store_true", help="wait for the job, showing progress")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the job, showing progress, then write the image (implied by --output and +O)")
 
-    p = sub.add_parser("render", help="render on a local farm: embedded controller + N local nodes")
+    p = _JOB_PARSERS["render"] = sub.add_parser(
+        "render", help="render a scene on a local farm (an embedded controller and N local nodes), like povray",
+        example="povfarm render scene.pov +W640 +H480 +A0.3      # writes scene.png beside scene.pov",
+        description="Takes POV-Ray's command line and writes the image where povray would. Ctrl-C stops "
+                    "everything.", epilog=POVRAY_HELP + "\n")
     _add_job_flags(p)
     p.add_argument("--nodes", type=_positive_int, default=2, help="local nodes to start (default 2)")
     p.add_argument("--povray", metavar="PATH", help="the povray program (default: povray on PATH)")
     p.add_argument("--threads", type=int, help="POV-Ray threads per process (default: all cores)")
     p.add_argument("--slots", type=int, help="POV-Ray processes per node at once (default 2)")
 
-    p = sub.add_parser("status", help="show a job (default: the newest)")
+    p = sub.add_parser("status", help="show one job (default: the newest)", example="povfarm status 12 --json")
     _add_client_flags(p)
     p.add_argument("job", type=int, nargs="?", help="job id")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    for name, text in (("jobs", "list jobs"), ("nodes", "list nodes")):
-        p = sub.add_parser(name, help=text)
+    for name, text, example in (("jobs", "list every job with its state and progress", "povfarm jobs"),
+                                ("nodes", "list every node with its state, strips and sandbox", "povfarm nodes --json")):
+        p = sub.add_parser(name, help=text, example=example)
         _add_client_flags(p)
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("fetch", help="write a finished job's PNG (or an animation's frames)")
+    p = sub.add_parser("fetch", help="write a finished job's image (or an animation's frames)",
+                       example="povfarm fetch 12 --output scene.png",
+                       description="The file's extension picks the format: .png, .ppm, .tga or .jpg (Pillow).")
     _add_client_flags(p)
     p.add_argument("job", type=int, help="job id")
     p.add_argument("--output", type=Path, metavar="PATH",
-                   help="where to write the PNG; for an animation, a folder for the numbered frames")
+                   help="where to write the image; for an animation, a folder for the numbered PNG frames")
     p.add_argument("--animation", type=Path, metavar="FILE", help="write an animation as one animated PNG")
     p.add_argument("--delay", type=int, default=100, metavar="MS", help="frame time in the animated PNG (100)")
 
-    p = sub.add_parser("token", help="show the controller's access tokens (run on the controller's box)")
-    p.add_argument("action", choices=("show",), help="show")
+    p = sub.add_parser("token", help="show the controller's access tokens (run it on the controller's box)",
+                       example="povfarm token show --role node > node.token",
+                       description="Give each node the node token, each user the submit token and each "
+                                   "watcher the view token.")
+    p.add_argument("action", choices=("show",), metavar="show", help="print the tokens (the only action)")
     p.add_argument("--role", choices=("submit", "node", "view"), help="print only this role's token")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="the controller's data directory")
     p.add_argument("--token-file", metavar="FILE", help="the controller's role file (default: DATA_DIR/tokens)")
 
-    for name, text in (("cancel", "cancel a job"), ("pause", "stop leasing a job's strips"),
+    for name, text in (("cancel", "cancel a job: nodes stop its POV-Ray at their next heartbeat"),
+                       ("pause", "stop leasing a job's strips (strips in flight finish)"),
                        ("resume", "let a paused job render again")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, example=f"povfarm {name} 12")
         _add_client_flags(p)
         p.add_argument("job", type=int, help="job id")
 
-    p = sub.add_parser("viewer", help="watch a render live in a window (needs pygame)")
+    p = sub.add_parser("viewer", help="watch a render live in a window (needs pygame)",
+                       example="povfarm viewer 12 --snapshot 12.png --exit-when-done")
     _add_client_flags(p)
     p.add_argument("job", type=_positive_int, nargs="?", help="job id (default: follow the newest job)")
     p.add_argument("--snapshot", type=Path, metavar="FILE",
@@ -214,6 +282,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=_scale, default="fit", metavar="fit|FACTOR",
                    help="'fit' the image to the window (default) or a zoom factor such as 1 or 0.5")
     return parser
+
+
+def split_povray_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """For submit and render: (the arguments for argparse, POV-Ray's own arguments in their order).
+    POV-Ray's `-J` or `+W320` would confuse argparse, and their order matters, so they are taken out
+    first; a farm flag's value is kept with it (`--option -J` becomes `--option=-J`)."""
+    argv = list(argv)
+    if not _JOB_PARSERS:
+        build_parser()
+    index = _command_index(argv)
+    if index is None or argv[index] not in _JOB_PARSERS:
+        return argv, []
+    takes_value = {option: action.nargs != 0 for action in _JOB_PARSERS[argv[index]]._actions
+                   for option in action.option_strings}
+    farm, povray = argv[:index + 1], []
+    rest = iter(argv[index + 1:])
+    for arg in rest:
+        flag = arg.partition("=")[0]
+        matches = [option for option in takes_value if option.startswith(flag)] if flag.startswith("--") else []
+        full = flag if flag in takes_value else (matches[0] if len(matches) == 1 else None)
+        if arg == "--":
+            povray.extend(rest)
+        elif arg in ("-h", "--help") or (flag.startswith("--") and full is None):
+            farm.append(arg)                      # argparse says what is wrong with an unknown --flag
+        elif full is not None and takes_value[full] and "=" not in arg:
+            farm.append(f"{full}={next(rest, '')}")
+        elif full is not None:
+            farm.append(arg)
+        else:
+            povray.append(arg)
+    return farm, povray
+
+
+def _command_index(argv: Sequence[str]) -> int | None:
+    """Where the subcommand is, past the common flags that may come before it."""
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in ("--config", "--log-level"):
+            index += 2
+        elif arg.startswith("-"):
+            index += 1
+        else:
+            return index
+    return None
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -245,43 +358,131 @@ def _client(config: Config, role: str = "submit") -> Client:
     return client_for(config, role)
 
 
-def submit_job(client: Client, args: argparse.Namespace) -> int:
+# -- jobs: from POV-Ray's command line to a job and back to POV-Ray's files -----------------------
+
+_EXTENSION_FORMATS = {".png": "N", ".ppm": "P", ".tga": "T", ".jpg": "J", ".jpeg": "J"}
+
+
+@dataclasses.dataclass
+class JobRequest:
+    """What `submit`/`render` were asked: the POV-Ray command, the animation and the files to write
+    (frame number -> path; frame 0 for a still)."""
+    command: povcmd.PovCommand
+    animation: Animation | None
+    targets: dict[int, Path]
+    wants_image: bool          # whether submit waits and writes (--wait, --output or +O)
+
+
+def prepare_job(args: argparse.Namespace, cwd: Path | None = None) -> JobRequest:
+    """Read the command line, decide the output files and check everything that can be checked before
+    anything is uploaded or rendered (an INI error, a JPEG without Pillow, an unwritable folder)."""
+    cwd = cwd or Path.cwd()
+    command = povcmd.parse(args.povray_args, cwd, ini_files=[args.ini] if args.ini else [])
+    if command.scene is None:
+        raise FarmError(Code.BAD_ARGUMENT, "no scene given: povfarm render SCENE.pov [+W640 +H480 ...], or an INI "
+                                           "file with Input_File_Name=")
+    _apply_flags(command, args)
+    animation = Animation.from_spec(command.animation) if command.animation else None
+    if command.file_type == "J":
+        _require_pillow()
+    povcmd.rendering_options(args.options)          # a bad --option is said before anything else
+    targets = _targets(command, animation, args.output, cwd)
+    wants_image = args.output is not None or command.output is not None
+    if args.command == "render" or args.wait or wants_image:
+        for path in {target.parent for target in targets.values()}:
+            _check_writable(path)
+    for note in command.notes:
+        sys.stderr.write(f"povfarm: {note}\n")
+    return JobRequest(command, animation, targets, wants_image)
+
+
+def _apply_flags(command: povcmd.PovCommand, args: argparse.Namespace) -> None:
+    """The farm's own flags win over POV-Ray's switches."""
+    command.width = args.width or command.width
+    command.height = args.height or command.height
+    if args.bits:
+        command.bits = args.bits
+    if args.frames:
+        command.animation["first"], command.animation["last"] = parse_range(args.frames, "--frames")
+    if args.clock:
+        command.animation["initial_clock"], command.animation["final_clock"] = parse_clock(args.clock)
+    if args.cyclic:
+        command.animation["cyclic"] = True
+    if args.subset:
+        command.animation["subset_first"], command.animation["subset_last"] = parse_range(args.subset, "--subset")
+    suffix = args.output.suffix.lower() if args.output is not None else ""
+    if suffix in _EXTENSION_FORMATS:
+        wanted = "C" if command.file_type == "C" and suffix == ".tga" else _EXTENSION_FORMATS[suffix]
+        if command.file_type_given and wanted != command.file_type:
+            raise FarmError(Code.BAD_ARGUMENT, f"--output {args.output} names a {povcmd.FORMATS[wanted][0]} file, "
+                                               f"but +F{command.file_type} asks for "
+                                               f"{povcmd.FORMATS[command.file_type][0]}")
+        command.file_type = wanted
+    povcmd.settle_format(command)
+
+
+def _targets(command: povcmd.PovCommand, animation: Animation | None, output: Path | None,
+             cwd: Path) -> dict[int, Path]:
+    extension = command.extension()
+    assert command.scene is not None
+    numbered = animation is not None and povcmd.is_numbered(animation.first, animation.last)
+    if animation is None:
+        frames = [0]
+    else:
+        frames = list(range(animation.rendered_first, animation.rendered_last + 1))
+    digits = animation.digits if animation is not None else 0
+    if output is not None:       # --output: a file for a still, a folder for an animation's numbered frames
+        if animation is None:
+            return {frames[0]: output}
+        return {n: output / f"{command.scene.stem}{n:0{digits}d}{extension}" for n in frames}
+    base = povcmd.output_base(command.scene, command.output, extension, cwd)
+    if not numbered:
+        return {frames[0]: povcmd.output_path(base)}
+    return {n: povcmd.output_path(base, n, digits) for n in frames}
+
+
+def _require_pillow() -> None:
+    try:
+        import PIL.Image  # noqa: F401
+    except ImportError:
+        raise FarmError(Code.BAD_ARGUMENT, "JPEG output (+FJ) needs Pillow, which is not installed here: "
+                                           "pip install pillow, or choose PNG (+FN), PPM (+FP) or Targa (+FT)"
+                        ) from None
+
+
+def _check_writable(folder: Path) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot write the image into {folder}: give +O<file> or --output "
+                                           f"somewhere writable")
+
+
+def submit_job(client: Client, args: argparse.Namespace, request: JobRequest) -> int:
     """Pack the scene, upload the bundle if the controller lacks it, queue the job. Returns the job id."""
-    plan = bundle.plan_bundle(args.scene, args.assets)
+    command = request.command
+    plan = bundle.plan_bundle(command.scene, args.assets, library_paths=command.library_paths)
     data = bundle.pack(plan)
     digest = bundle.bundle_hash(data)
     if not client.call("bundles.has", digest):
         client.call("bundles.upload", _binary(data))
-    return client.call("jobs.submit", job_spec(args, digest, plan.scene))
+    return client.call("jobs.submit", job_spec(args, request, digest, plan))
 
 
-def job_spec(args: argparse.Namespace, digest: str, scene: str) -> dict[str, Any]:
-    """The jobs.submit struct from the flags, over the --ini file's settings."""
-    ini = read_ini_file(args.ini) if args.ini else IniSettings(options=[], animation={})
-    animation = dict(ini.animation)
-    if args.frames:
-        animation["first"], animation["last"] = parse_range(args.frames, "--frames")
-    if args.clock:
-        animation["initial_clock"], animation["final_clock"] = parse_clock(args.clock)
-    if args.cyclic:
-        animation["cyclic"] = True
-    if args.subset:
-        animation["subset_first"], animation["subset_last"] = parse_range(args.subset, "--subset")
-    spec = {"bundle": digest, "scene": scene, "width": args.width or ini.width or 640,
-            "height": args.height or ini.height or 480, "options": [*ini.options, *args.options],
-            "strips": args.strips, "bits": args.bits, "priority": args.priority,
-            "name": args.name or args.scene.stem, "radiosity_prepass": args.radiosity_prepass}
-    if animation:
-        spec["animation"] = Animation.from_spec(animation).to_spec()
+def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: bundle.BundlePlan
+             ) -> dict[str, Any]:
+    """The jobs.submit struct."""
+    command = request.command
+    library = [povcmd.library_option(folder) for folder in plan.library_dirs]
+    spec = {"bundle": digest, "scene": plan.scene, "width": command.width or 640,
+            "height": command.height or 480,
+            "options": [*command.options, *library, *povcmd.rendering_options(args.options)],
+            "strips": args.strips, "bits": command.bits or 8, "priority": args.priority,
+            "name": args.name or command.scene.stem, "radiosity_prepass": args.radiosity_prepass}
+    if request.animation is not None:
+        spec["animation"] = request.animation.to_spec()
     return spec
-
-
-def read_ini_file(path: Path) -> IniSettings:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise FarmError(Code.BAD_ARGUMENT, f"cannot read the INI file {path}: {err.strerror or err}") from None
-    return read_ini(text)
 
 
 def _binary(data: bytes):
@@ -294,35 +495,39 @@ def _progress_line(status: dict[str, Any]) -> str:
             f"{status['progress'] * 100:.0f}%")
 
 
-def wait_for_job(client: Client, job_id: int, interval: float = 1.0) -> dict[str, Any]:
-    """Show progress on stderr until the job ends; return its final status. jobs.wait returns as soon as
-    the job changes, so the end is seen at once."""
+def wait_for_job(client: Client, job_id: int, interval: float = 1.0,
+                 stop: threading.Event | None = None) -> dict[str, Any] | None:
+    """Show progress on stderr until the job ends; return its final status (None when `stop` was set).
+    jobs.wait returns as soon as the job changes, so the end is seen at once."""
     tty = sys.stderr.isatty()
     last = ""
-    while True:
-        status = client.call("jobs.wait", job_id, interval)
-        line = _progress_line(status)
-        if line != last:
-            sys.stderr.write(("\r" + line + "\033[K") if tty else line + "\n")
-            sys.stderr.flush()
-            last = line
-        if status["state"] in FINISHED:
-            if tty:
-                sys.stderr.write("\n")
-            return status
+    try:
+        while stop is None or not stop.is_set():
+            status = client.call("jobs.wait", job_id, interval)
+            line = _progress_line(status)
+            if line != last:
+                sys.stderr.write(("\r" + line + "\033[K") if tty else line + "\n")
+                sys.stderr.flush()
+                last = line
+            if status["state"] in FINISHED:
+                return status
+        return None
+    finally:
+        if tty and last:
+            sys.stderr.write("\n")
 
 
-def finish_job(client: Client, status: dict[str, Any], output: Path | None) -> int:
+def finish_job(client: Client, status: dict[str, Any], request: JobRequest | None) -> int:
     """Report how a job ended and write its image; the exit code for `submit --wait` and `render`."""
     if status["state"] == "failed":
-        sys.stderr.write(f"povfarm: job {status['id']} failed:\n{status['error']}\n")
+        sys.stderr.write(f"povfarm: job {status['id']} failed:\n{status['error'].rstrip()}\n")
         return EXIT_FAILED
     if status["state"] == "canceled":
         sys.stderr.write(f"povfarm: job {status['id']} was canceled\n")
         return EXIT_FAILED
     elapsed = status["finished"] - (status["started"] or status["submitted"])
-    if output is not None:
-        written = write_output(client, status, output)
+    if request is not None:
+        written = write_targets(client, status["id"], request)
         sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s: wrote {written}\n")
     else:
         sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s; "
@@ -330,13 +535,53 @@ def finish_job(client: Client, status: dict[str, Any], output: Path | None) -> i
     return EXIT_OK
 
 
+def write_targets(client: Client, job_id: int, request: JobRequest) -> str:
+    """Fetch each frame's PNG and write it in the asked format, under POV-Ray's names."""
+    command = request.command
+    for frame, path in request.targets.items():
+        png = client.call("jobs.fetch", job_id, frame).data
+        _write_file(path, encode_image(png, command.file_type, command.quality))
+    paths = list(request.targets.values())
+    return str(paths[0]) if len(paths) == 1 else f"{len(paths)} frames, {paths[0]} ... {paths[-1]}"
+
+
+def encode_image(png: bytes, file_type: str, quality: int | None = None) -> bytes:
+    """The controller's PNG as the file type POV-Ray was asked for (+FN +FP +FT +FC +FJ)."""
+    if file_type == "N":
+        return png
+    raster = strips.decode_png(png)
+    if file_type == "P":
+        return strips.encode_ppm(raster)
+    if raster.bits != 8:
+        raise FarmError(Code.BAD_ARGUMENT, f"the image has 16 bits per channel and {povcmd.FORMATS[file_type][0]} "
+                                           f"files hold 8: write a .png or .ppm file")
+    if file_type in "TC":
+        return strips.encode_tga(raster, rle=file_type == "C")
+    return _encode_jpeg(raster, quality)
+
+
+def _encode_jpeg(raster: strips.Raster, quality: int | None) -> bytes:
+    import io
+
+    from PIL import Image
+
+    mode = "RGB" if raster.channels == 3 else "RGBA"
+    image = Image.frombytes(mode, (raster.width, raster.height), raster.pixels).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=min(max(quality or 95, 1), 100))
+    return buffer.getvalue()
+
+
 def write_output(client: Client, status: dict[str, Any], output: Path,
                  frames: dict[int, bytes] | None = None) -> str:
-    """A still's PNG to `output`; an animation's frames into the folder `output`, named as POV-Ray names
-    them (scene name + frame number padded to the width of the final frame number)."""
+    """`fetch`: a still's PNG to `output`; an animation's frames into the folder `output`, named as POV-Ray
+    names them (scene name + frame number padded to the width of the final frame number)."""
     frames = frames if frames is not None else fetch_frames(client, status)
     if not status["frame_digits"]:
-        _write_file(output, frames[status["first_frame"]])
+        file_type = _EXTENSION_FORMATS.get(output.suffix.lower(), "N")    # x.ppm is a PPM file, never a PNG
+        if file_type == "J":
+            _require_pillow()
+        _write_file(output, encode_image(frames[status["first_frame"]], file_type))
         return str(output)
     stem = Path(status["scene"]).stem
     for number, png in frames.items():
@@ -370,77 +615,182 @@ def _write_file(output: Path, data: bytes) -> None:
         raise FarmError(Code.BAD_ARGUMENT, f"cannot write {output}: {err.strerror or err}") from None
 
 
+class _StopRequest:
+    """SIGINT/SIGTERM set an event instead of raising inside a call: the main thread then stops at a
+    point of its choosing, with no request half-sent and no traceback."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._previous = {}
+
+    def __enter__(self) -> threading.Event:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self.event
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.event.set()
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:
+    request = prepare_job(args)
     client = _client(config)
-    job_id = submit_job(client, args)
+    job_id = submit_job(client, args, request)
     print(job_id, flush=True)
-    if not args.wait and args.output is None:
+    if not args.wait and not request.wants_image:
         return EXIT_OK
-    return finish_job(client, wait_for_job(client, job_id), args.output)
+    with _StopRequest() as stop:
+        status = wait_for_job(client, job_id, stop=stop)
+    if status is None:
+        _say_job_goes_on(job_id, args)
+        return EXIT_INTERRUPTED
+    return finish_job(client, status, request)
+
+
+def _say_job_goes_on(job_id: int, args: argparse.Namespace) -> None:
+    where = f" --controller {args.controller}" if getattr(args, "controller", None) else ""
+    sys.stderr.write(f"povfarm: stopped waiting; job {job_id} goes on rendering on the farm.\n"
+                     f"  povfarm status {job_id}{where}     # how far it is\n"
+                     f"  povfarm viewer {job_id}{where}     # watch it\n"
+                     f"  povfarm fetch {job_id}{where} --output FILE   # the image, once it is done\n"
+                     f"  povfarm cancel {job_id}{where}     # stop it\n")
 
 
 def cmd_render(config: Config, args: argparse.Namespace) -> int:
     from farm.controller import Controller
 
+    request = prepare_job(args)
     workspace = Path(tempfile.mkdtemp(prefix="povfarm-render-"))
     config.data_dir, config.bind, config.port = workspace / "controller", "127.0.0.1", 0
-    nodes: list[subprocess.Popen] = []
     config.token, config.token_file, config.tls_cert, config.tls_key = "", "", "", ""
-    controller = Controller(config)
-    try:
-        controller.start_in_thread()
-        nodes = [_start_local_node(controller.url, i, workspace, config) for i in range(args.nodes)]
-        client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
-        _wait_for_local_nodes(client, nodes)
-        job_id = submit_job(client, args)
-        return finish_job(client, wait_for_job(client, job_id), args.output)
-    finally:
-        _terminate(nodes)            # the nodes wind down while the controller does (one SIGTERM:
-        controller.shutdown()        # a second would tell them to abandon their strips)
-        _wait_or_kill(nodes)
-        shutil.rmtree(workspace, ignore_errors=True)
+    # Unless more was asked for (--log-level INFO), the job's outcome is the one message: the farm's own
+    # notes about strips and leases would repeat a failure several times.
+    quiet = logging.getLogger().getEffectiveLevel() >= logging.WARNING
+    if quiet:
+        for layer in ("farm.controller", "farm.api", "farm.service", "farm.store", "farm.db"):
+            logging.getLogger(layer).setLevel(logging.ERROR)
+    nodes: list[_LocalNode] = []
+    with _StopRequest() as stop:
+        controller = Controller(config)
+        try:
+            controller.start_in_thread()
+            nodes = [_LocalNode(controller.url, i, workspace, config, quiet) for i in range(args.nodes)]
+            client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
+            _wait_for_local_nodes(client, nodes, stop)
+            status = None
+            if not stop.is_set():
+                job_id = submit_job(client, args, request)
+                status = wait_for_job(client, job_id, interval=0.1, stop=stop)
+            if status is None:
+                sys.stderr.write("povfarm: interrupted; stopping the local nodes\n")
+                return EXIT_INTERRUPTED
+            return finish_job(client, status, request)
+        finally:
+            _stop_local_farm(nodes, controller, abort=stop.is_set())
+            shutil.rmtree(workspace, ignore_errors=True)
 
 
-def _wait_for_local_nodes(client: Client, nodes: Sequence[subprocess.Popen], timeout: float = 20.0) -> None:
+def _stop_local_farm(nodes: Sequence["_LocalNode"], controller: Any, abort: bool) -> None:
+    """Nodes first (on an interrupt they stop POV-Ray at once and hand their strips back while the
+    controller still answers), then the controller, once nothing talks to it any more."""
+    for node in nodes:
+        node.stop(abort)
+    deadline = time.monotonic() + (1.0 if abort else 10)    # then kill: a stop takes under 2 s
+    for node in nodes:
+        node.wait(deadline)
+    controller.shutdown()
+
+
+def _wait_for_local_nodes(client: Client, nodes: Sequence["_LocalNode"], stop: threading.Event,
+                          timeout: float = 20.0) -> None:
     """Let the local nodes register before the job is planned, so its work is split for all of them."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(node.poll() is not None for node in nodes):
+    while time.monotonic() < deadline and not stop.is_set():
+        if any(node.process.poll() is not None for node in nodes):
             raise FarmError(Code.RENDER_FAILED, "a local node exited at start; its messages are above")
         if len(client.call("nodes.list")) >= len(nodes):
             return
-        time.sleep(0.05)
+        stop.wait(0.05)
 
 
-def _start_local_node(url: str, index: int, workspace: Path, config: Config) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "farm", "--log-level", "WARNING", "node", "--controller", url,
-            "--name", f"local-{index + 1}", "--work-dir", str(workspace / f"node-{index + 1}"),
-            "--threads", str(config.threads), "--slots", str(config.slots), "--povray", config.povray,
-            "--token-file", str(config.data_dir / "tokens")]
-    env = {key: value for key, value in os.environ.items() if key != "POVFARM_TOKEN"}
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
+class _LocalNode:
+    """A `povfarm node` process of `render`. It runs in a session of its own, so a Ctrl-C at the terminal
+    reaches only `render`, which stops the nodes in order; it dies with `render` (Linux) even if that is
+    killed. Its log goes through a filter: the job's failure is printed once by `render`, so unless more
+    was asked for, the nodes' own notes about strips and leases are dropped, while errors and the sandbox
+    warning are shown."""
 
+    def __init__(self, url: str, index: int, workspace: Path, config: Config, quiet: bool = True):
+        argv = [sys.executable, "-m", "farm", "--log-level", "WARNING" if quiet else config.log_level, "node",
+                "--controller", url,
+                "--name", f"local-{index + 1}", "--work-dir", str(workspace / f"node-{index + 1}"),
+                "--threads", str(config.threads), "--slots", str(config.slots), "--povray", config.povray,
+                "--token-file", str(config.data_dir / "tokens")]
+        env = {key: value for key, value in os.environ.items() if key != "POVFARM_TOKEN"}
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                        start_new_session=True, preexec_fn=_die_with_parent())
+        self._relay = threading.Thread(target=_relay_node_log, args=(self.process.stderr, quiet),
+                                       name=f"node-{index + 1}-log", daemon=True)
+        self._relay.start()
 
-def _terminate(processes: Sequence[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
+    def stop(self, abort: bool) -> None:
+        """SIGTERM: finish up and exit. On an interrupt also SIGINT first, which the node counts as a
+        second stop request: stop POV-Ray now and hand the strip back (two different signals, so neither
+        can be merged into the other)."""
+        if self.process.poll() is None:
+            if abort:
+                self.process.send_signal(signal.SIGINT)
+            self.process.terminate()
 
-
-def _stop_processes(processes: Sequence[subprocess.Popen]) -> None:
-    _terminate(processes)
-    _wait_or_kill(processes)
-
-
-def _wait_or_kill(processes: Sequence[subprocess.Popen]) -> None:
-    """Give terminated processes 10 s to exit (a node finishes its strip), then kill them."""
-    deadline = time.monotonic() + 10
-    for process in processes:
+    def wait(self, deadline: float) -> None:
         try:
-            process.wait(max(0.1, deadline - time.monotonic()))
+            self.process.wait(max(0.05, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            self.process.kill()      # its POV-Ray dies with it (parent-death signal, bubblewrap's too)
+            self.process.wait()
+        self._relay.join(1.0)
+
+
+def _die_with_parent():
+    """preexec_fn: SIGKILL this child when `render` dies (Linux), else nothing."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGKILL)    # PR_SET_PDEATHSIG
+
+
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): ")
+
+
+def _relay_node_log(stream, quiet: bool) -> None:
+    """Copy a local node's log records to stderr as they come; when quiet, only errors, the sandbox
+    warning and anything that is not a log record (a crash), dropping the routine ones."""
+    record: list[str] = []
+    showing = False
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace")
+        if _LOG_RECORD.match(line):
+            record, showing = [], False
+        record.append(line)
+        if showing:
+            sys.stderr.write(line)
+        elif not quiet or _worth_showing(record):
+            showing = True
+            sys.stderr.write("".join(record))
+        sys.stderr.flush()
+
+
+def _worth_showing(record: Sequence[str]) -> bool:
+    match = _LOG_RECORD.match(record[0])
+    if match is None:
+        return True
+    return match["level"] in ("ERROR", "CRITICAL") or "UNCONFINED" in "".join(record)
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
@@ -565,7 +915,11 @@ COMMANDS = {"controller": cmd_controller, "node": cmd_node, "submit": cmd_submit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    farm_args, povray_args = split_povray_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(farm_args)
+    if args.command in _JOB_PARSERS:
+        args.povray_args = povray_args
     flags = {key: value for key, value in vars(args).items() if key != "config"}
     if args.command in ("submit", "render"):
         flags.pop("name", None)   # --name there names the job, not the node

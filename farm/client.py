@@ -9,6 +9,7 @@ be reached. Each thread gets its own keep-alive connection, because
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import ssl
 import threading
@@ -115,10 +116,10 @@ class Client:
         try:
             return getattr(self._proxy(), method)(*args)
         except xmlrpc.client.Fault as fault:
-            raise FarmError.from_fault(fault) from None
+            raise _in_user_terms(FarmError.from_fault(fault), method) from None
         except xmlrpc.client.ProtocolError as err:
             self._reset()
-            raise _http_error(self.url, err) from None
+            raise _http_error(self.url, err, has_token=bool(self.token)) from None
         except ssl.SSLError as err:
             self._reset()
             raise FarmError(Code.UNREACHABLE, f"TLS with the controller at {self.url} failed: "
@@ -135,7 +136,31 @@ class Client:
         self._reset()
 
 
-def _http_error(url: str, err: xmlrpc.client.ProtocolError) -> FarmError:
+# What a method is for, in the words of the person whose token cannot call it, and the role it needs.
+_PURPOSES = {"jobs.submit": ("submitting a job", "submit"), "bundles.has": ("submitting a job", "submit"),
+             "bundles.upload": ("submitting a job", "submit"), "jobs.cancel": ("canceling a job", "submit"),
+             "jobs.pause": ("pausing a job", "submit"), "jobs.resume": ("resuming a job", "submit"),
+             "bundles.fetch": ("rendering as a node", "node")}
+_FORBIDDEN = re.compile(r"^an? ([a-z/]+) token may not call ")
+
+
+def _in_user_terms(error: FarmError, method: str) -> FarmError:
+    """A FORBIDDEN fault names an internal method; say instead which token this is and which one the
+    action needs."""
+    match = _FORBIDDEN.match(str(error))
+    if error.code is not Code.FORBIDDEN or match is None:
+        return error
+    purpose, role = _PURPOSES.get(method, ("rendering as a node", "node") if method.startswith("nodes.")
+                                  else (f"this request ({method})", "submit"))
+    return FarmError(Code.FORBIDDEN, f"this is a {match[1]} token; {purpose} needs the {role} token "
+                                     f"(--token-file or POVFARM_TOKEN; see 'povfarm token show')")
+
+
+def _http_error(url: str, err: xmlrpc.client.ProtocolError, has_token: bool = True) -> FarmError:
+    if err.errcode == 401 and not has_token:
+        return FarmError(Code.UNAUTHORIZED, f"no access token was given, and the controller at {url} needs one: "
+                                            f"pass --token-file FILE or set POVFARM_TOKEN (on the controller's "
+                                            f"box, 'povfarm token show' prints them)")
     if err.errcode == 401:
         return FarmError(Code.UNAUTHORIZED, f"the controller at {url} refused the access token: give the right "
                                             f"one with --token-file or POVFARM_TOKEN (see 'povfarm token show')")

@@ -29,26 +29,38 @@ ALLOWED_SWITCHES: dict[str, str] = {
     "UL": "", "UV": "", "UR": "", "UD": "",   # light/vista buffers, remove bounds, draw vistas
     "BS": r"[0-9]*",       # render block size (the farm aligns strips to it)
     "K": _NUMBER,          # clock value for a single frame
-    "HT": r"[0-9.]*",      # render pattern tuning
 }
+# Every switch above is rendered once by the real POV-Ray in tests/test_cli_povray.py, so none is on
+# the list that POV-Ray itself refuses (+HT was: "Failed to parse command-line option").
 
 # Switches the farm sets itself: the reason is part of the fault text.
+_AFTER_SCENE = "give it after the scene, as with povray (povfarm render scene.pov {example})"
 FARM_OWNED: dict[str, str] = {
-    "W": "use --width", "H": "use --height", "O": "the farm chooses the output file",
-    "F": "the farm chooses the output format", "SR": "the farm chooses the rows",
+    "W": _AFTER_SCENE.format(example="+W640") + ", or --width",
+    "H": _AFTER_SCENE.format(example="+H480") + ", or --height",
+    "O": _AFTER_SCENE.format(example="+Oout.png") + ", or --output",
+    "F": _AFTER_SCENE.format(example="+FP"), "SR": "the farm chooses the rows",
     "ER": "the farm chooses the rows", "SC": "the farm renders whole rows",
     "EC": "the farm renders whole rows", "I": "the scene is the submitted file",
     "WT": "each node sets its own thread count", "D": "nodes never open a display",
-    "V": "nodes set verbosity", "P": "nodes never pause", "L": "library paths are the node's own",
+    "V": "nodes set verbosity", "P": "nodes never pause",
     "GA": "log files are not allowed", "GD": "log files are not allowed",
     "GF": "log files are not allowed", "GR": "log files are not allowed",
     "GS": "log files are not allowed", "GW": "log files are not allowed",
-    "KFI": "use --frames", "KFF": "use --frames", "KI": "use --clock", "KF": "use --clock",
-    "KC": "use --cyclic", "SF": "use --subset", "EF": "use --subset",
+    "KFI": _AFTER_SCENE.format(example="+KFI1 +KFF30") + ", or --frames",
+    "KFF": _AFTER_SCENE.format(example="+KFI1 +KFF30") + ", or --frames",
+    "KI": _AFTER_SCENE.format(example="+KI0 +KF1") + ", or --clock",
+    "KF": _AFTER_SCENE.format(example="+KI0 +KF1") + ", or --clock",
+    "KC": _AFTER_SCENE.format(example="+KC") + ", or --cyclic",
+    "SF": _AFTER_SCENE.format(example="+SF3 +EF5") + ", or --subset",
+    "EF": _AFTER_SCENE.format(example="+SF3 +EF5") + ", or --subset",
     "RF": "radiosity files are managed by the farm",
 }
+# +L: only a folder inside the job's bundle, relative to the scene (the client ships local library
+# folders in the bundle and names them so); the node's own library paths come after it.
+_LIBRARY = re.compile(r'^"?(?![/\\])(?![A-Za-z]:)[^"\x00-\x1f:\\]{1,200}"?$')
 
-_SWITCH_NAMES = sorted(set(ALLOWED_SWITCHES) | set(FARM_OWNED), key=len, reverse=True)
+_SWITCH_NAMES = sorted(set(ALLOWED_SWITCHES) | set(FARM_OWNED) | {"L"}, key=len, reverse=True)
 _DECLARE = re.compile(r"(?i)^declare=([A-Za-z_][A-Za-z0-9_]{0,39})=(-?[0-9]*\.?[0-9]+(e-?[0-9]+)?)$")
 MAX_OPTIONS = 64
 
@@ -74,10 +86,18 @@ def _check_switch(option: str) -> tuple[str, str]:
     if parts is None:
         raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} is not allowed")
     name, value = parts
+    if name == "L":
+        if (not _LIBRARY.match(value) or value.count('"') not in (0, 2)
+                or (" " in value and not value.startswith('"'))):
+            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} is not allowed: a library path must be "
+                                             f"a folder beside the scene; give it after the scene "
+                                             f"(povfarm render scene.pov +L../lib) and it is shipped with it")
+        return name, value
     if name in FARM_OWNED:
         raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} is not allowed: {FARM_OWNED[name]}")
     if not re.fullmatch(ALLOWED_SWITCHES[name], value):
-        raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} has a bad value")
+        raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} has a bad value"
+                                         + (" (one switch per --option)" if " " in value else ""))
     return name, value
 
 

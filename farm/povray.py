@@ -174,11 +174,17 @@ def render_command(povray: str, scene: str, width: int, height: int, row_options
                    output: Path, file_type: str, threads: int, library_path: Path,
                    user_options: Sequence[str]) -> list[str]:
     """argv for one strip. The farm's own options come last so they win over anything before them."""
-    argv = [povray, f"+I{scene}", *user_options, f"+W{width}", f"+H{height}", *row_options,
-            f"+O{output}", f"+F{file_type}", f"+L{library_path}", "-D", "-P"]
+    argv = [povray, f"+I{_quoted(scene)}", *user_options, f"+W{width}", f"+H{height}", *row_options,
+            f"+O{_quoted(output)}", f"+F{file_type}", f"+L{_quoted(library_path)}", "-D", "-P"]
     if threads > 0:
         argv.append(f"+WT{threads}")
     return argv
+
+
+def _quoted(path: object) -> str:
+    """POV-Ray splits an option's value at spaces unless it is in double quotes (`+I"my scene.pov"`)."""
+    text = str(path)
+    return f'"{text}"' if " " in text else text
 
 
 def povray_env(base: dict[str, str] | None = None) -> dict[str, str]:

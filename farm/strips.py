@@ -678,3 +678,116 @@ def _apng(header: bytes, frame_data: Sequence[bytes], delay_ms: int) -> bytes:
             sequence += 1
     chunks.append(_png_chunk(b"IEND", b""))
     return PNG_SIGNATURE + b"".join(chunks)
+
+
+# --------------------------------------------------------------------------- other file formats
+
+
+def encode_ppm(raster: Raster) -> bytes:
+    """A binary PPM (P6) of the raster, as POV-Ray writes with +FP / +FP16: maxval 255 or 65535,
+    16-bit samples big-endian. PPM has no alpha channel, so an RGBA raster loses its alpha."""
+    pixels = raster.pixels if raster.channels == 3 else _drop_alpha(raster)
+    maxval = 255 if raster.bits == 8 else 65535
+    return b"P6\n%d %d\n%d\n" % (raster.width, raster.height, maxval) + pixels
+
+
+def _drop_alpha(raster: Raster) -> bytes:
+    sample = raster.bits // 8
+    pixel = 4 * sample
+    out = bytearray(raster.width * raster.height * 3 * sample)
+    for k in range(3 * sample):
+        out[k :: 3 * sample] = raster.pixels[k::pixel]
+    return bytes(out)
+
+
+_TGA_FOOTER = b"\x00" * 8 + b"TRUEVISION-XFILE.\x00"
+
+
+def encode_tga(raster: Raster, rle: bool = False) -> bytes:
+    """A Targa file of an 8-bit raster, as POV-Ray writes with +FT (uncompressed, image type 2) or +FC
+    (run-length encoded, type 10): top-left origin, BGR or BGRA, 8 alpha bits when RGBA, and the
+    TGA 2.0 footer. RLE packets never cross a row, as the TGA 2.0 specification asks."""
+    if raster.bits != 8:
+        raise ValueError("Targa files hold 8 bits per channel; the image has 16.")
+    depth = 8 * raster.channels
+    descriptor = 0x20 | (8 if raster.channels == 4 else 0)   # top-left origin, alpha bits
+    header = struct.pack("<BBBHHBHHHHBB", 0, 0, 10 if rle else 2, 0, 0, 0, 0, 0,
+                         raster.width, raster.height, depth, descriptor)
+    body = _to_bgr(raster)
+    if rle:
+        size = raster.row_bytes
+        body = b"".join(_rle_row(body[y * size : (y + 1) * size], raster.channels)
+                        for y in range(raster.height))
+    return header + body + _TGA_FOOTER
+
+
+def _to_bgr(raster: Raster) -> bytes:
+    out = bytearray(raster.pixels)
+    step = raster.channels
+    out[0::step], out[2::step] = raster.pixels[2::step], raster.pixels[0::step]
+    return bytes(out)
+
+
+def _rle_row(row: bytes, pixel: int) -> bytes:
+    """One row as TGA packets: a run of 2+ equal pixels is a run packet, the rest raw packets (<= 128)."""
+    pixels = [row[i : i + pixel] for i in range(0, len(row), pixel)]
+    out, raw = bytearray(), []
+
+    def flush_raw() -> None:
+        while raw:
+            chunk = raw[:128]
+            del raw[:128]
+            out.append(len(chunk) - 1)
+            out.extend(b"".join(chunk))
+
+    for value, group in itertools.groupby(pixels):
+        count = len(list(group))
+        if count == 1:
+            raw.append(value)
+            continue
+        flush_raw()
+        while count:
+            run = min(count, 128)
+            out.append(0x80 | (run - 1))
+            out.extend(value)
+            count -= run
+    flush_raw()
+    return bytes(out)
+
+
+def decode_tga(data: bytes) -> Raster:
+    """Decode an uncompressed (type 2) or RLE (type 10) true-colour Targa file of 24 or 32 bits."""
+    data = bytes(data)
+    if len(data) < 18:
+        raise ValueError("The Targa file is truncated (no header).")
+    id_len, cmap_type, kind = data[0], data[1], data[2]
+    width, height, depth, descriptor = struct.unpack("<HHBB", data[12:18])
+    if cmap_type or kind not in (2, 10) or depth not in (24, 32):
+        raise ValueError(f"Targa image type {kind} at {depth} bits is not supported (only true colour).")
+    channels = depth // 8
+    total = width * height * channels
+    pos = 18 + id_len
+    if kind == 2:
+        body = data[pos : pos + total]
+    else:
+        out = bytearray()
+        while len(out) < total:
+            if pos >= len(data):
+                raise ValueError("The Targa file is truncated.")
+            head = data[pos]
+            count = (head & 0x7F) + 1
+            if head & 0x80:
+                out += data[pos + 1 : pos + 1 + channels] * count
+                pos += 1 + channels
+            else:
+                out += data[pos + 1 : pos + 1 + count * channels]
+                pos += 1 + count * channels
+        body = bytes(out[:total])
+    if len(body) != total:
+        raise ValueError("The Targa file is truncated.")
+    size = width * channels
+    rows = [body[y * size : (y + 1) * size] for y in range(height)]
+    if not descriptor & 0x20:
+        rows.reverse()     # bottom-left origin
+    raster = Raster(width, height, channels, 8, b"".join(rows))
+    return Raster(width, height, channels, 8, _to_bgr(raster))

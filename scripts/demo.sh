@@ -15,5 +15,4 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e .
-.venv/bin/povfarm render examples/scenes/lantern/lantern.pov --nodes 2 \
-  --width 640 --height 480 --option +A0.3 --output lantern.png "$@"
+.venv/bin/povfarm render examples/scenes/lantern/lantern.pov +W640 +H480 +A0.3 --nodes 2 --output lantern.png "$@"

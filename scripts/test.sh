@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
-# Set up a virtual environment with the test extras and run the whole test suite.
+# Set up a virtual environment with the test extras and run the test suite (arguments go to pytest).
+# The tests render with the real POV-Ray and its example scenes and sandbox it with bubblewrap, so those
+# are installed with apt-get when missing (Debian/Ubuntu), the way scripts/demo.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v povray >/dev/null 2>&1 || [ ! -d /usr/share/povray-3.7/scenes ] || ! command -v bwrap >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing POV-Ray, its example scenes and bubblewrap" \
+       "(apt-get install povray povray-includes povray-examples bubblewrap)..." >&2
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q povray povray-includes povray-examples bubblewrap
+fi
+
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'

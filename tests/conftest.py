@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,19 @@ EXAMPLE = ROOT / "examples" / "scenes" / "lantern" / "lantern.pov"
 
 needs_povray = pytest.mark.skipif(shutil.which("povray") is None or not SCENES.is_dir(),
                                   reason="needs povray and povray-examples (apt-get install povray povray-examples)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a test that needs POV-Ray and was skipped is a failure: a box without POV-Ray or its
+    example scenes must not pass by skipping the renders."""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and os.environ.get("CI") == "true"
+            and any(mark.kwargs.get("reason", "").startswith("needs povray") or mark.name == "povray"
+                    for mark in item.iter_markers())):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which must not happen: {report.longrepr}"
 
 
 def free_port() -> int:

@@ -1,0 +1,202 @@
+"""POV-Ray's command line and INI files (farm/povcmd.py), its file names, and the PPM/Targa encoders.
+Pure: no processes. The same command lines against the real `povray` are in test_cli_povray.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from farm import options, povcmd, strips
+from farm.cli import build_parser, split_povray_args
+from farm.faults import Code, FarmError
+
+CWD = Path("/work/scenes")
+
+
+def parse(*args: str, files: dict[str, str] | None = None, ini_files=()):
+    files = {CWD / name: text for name, text in (files or {}).items()}
+    return povcmd.parse(args, CWD, read_text=lambda path: files[path], exists=lambda path: path in files,
+                        ini_files=ini_files)
+
+
+def test_a_plain_command_line():
+    command = parse("scene.pov", "+W320", "+H240", "+A0.3", "-J", "+R3", "Declare=Detail=2")
+    assert (command.scene, command.width, command.height) == (CWD / "scene.pov", 320, 240)
+    assert command.options == ["+A0.3", "-J", "+R3", "Declare=Detail=2"]
+    assert command.file_type == "N" and command.output is None and command.notes == []
+
+
+def test_the_last_setting_wins_in_order():
+    command = parse("+W100", "scene.pov", "+W200", "+A0.2", "-A", "+A0.4", "Width=300")
+    assert command.width == 300 and command.options == ["+A0.4"]
+
+
+def test_switches_in_one_argument_and_quoted_values():
+    command = parse('+I"my scenes/my scene.pov"', "+W16 +H12", '+O"out dir/x.png"')
+    assert command.scene == CWD / "my scenes/my scene.pov" and (command.width, command.height) == (16, 12)
+    assert command.output == "out dir/x.png"
+    # As the shell passes them: one argument each, spaces and all.
+    command = parse("my scenes/my scene.pov", "+Lmy lib")
+    assert command.scene == CWD / "my scenes/my scene.pov" and command.library_paths == [CWD / "my lib"]
+
+
+def test_harmless_switches_are_ignored_with_one_note_each():
+    command = parse("scene.pov", "-D", "+P", "-V", "+GAlog.txt", "+WT4", "-D")
+    assert command.options == []
+    assert command.notes == ["-D: ignored, nodes never open a display", "+P: ignored, there is no window to pause",
+                             "-V: ignored, povfarm shows its own progress",
+                             "+GAlog.txt: ignored, POV-Ray's message streams stay on the nodes",
+                             "+WT4: ignored, each node sets its own thread count (povfarm render --threads)"]
+
+
+@pytest.mark.parametrize("arg, reason", [
+    ("+SR10", "renders whole images"), ("+EC0.5", "renders whole images"), ("+RFcache.rad", "radiosity files"),
+    ("Pre_Scene_Command=rm -rf ~", "never runs shell commands"), ("Post_Frame_Command=x", "shell commands"),
+    ("Start_Row=3", "renders whole images"), ("+HT", "not one the farm knows"), ("+ZZ", "not one the farm knows"),
+    ("Frobnicate=1", "not one the farm knows"), ("+O-", "writes the image to a file"),
+    ("+FE", "does not write OpenEXR"), ("+FX", "not an output file type"), ("+FN12", "8 or 16 bits"),
+    ("+Wide", "not one the farm knows"), ("+Qhigh", "bad value"),
+])
+def test_dangerous_or_unknown_settings_are_refused_with_the_reason(arg, reason):
+    with pytest.raises(FarmError) as err:
+        parse("scene.pov", arg)
+    assert err.value.code is Code.BAD_OPTION and reason in str(err.value)
+
+
+def test_an_ini_file_as_povray_reads_it():
+    ini = ("; an animation\nInput_File_Name=clockd.pov\nAntialias=On\nAntialias_Threshold=0.3\n"
+           "Antialias_Depth=3\nInitial_Frame=1\nFinal_Frame=20\nInitial_Clock=0\nFinal_Clock=1\n"
+           "Cyclic_Animation=on\nPause_when_Done=off\n+W160 +H120\nOutput_File_Type=P\n"
+           "[Other]\nWidth=999\n")
+    command = parse("clockd.ini", "+KFF6", "-D", files={"clockd.ini": ini, "clockd.pov": ""})
+    assert command.scene == CWD / "clockd.pov" and (command.width, command.height) == (160, 120)
+    assert command.options == ["+A0.3", "+R3"] and command.file_type == "P"
+    assert command.animation == {"first": 1, "last": 6, "initial_clock": 0.0, "final_clock": 1.0, "cyclic": True}
+    # A section named after the file name is read too; the others are not.
+    assert parse("clockd.ini[Other]", files={"clockd.ini": ini, "clockd.pov": ""}).width == 999
+
+
+def test_ini_settings_refused_name_the_file_and_line():
+    with pytest.raises(FarmError) as err:
+        parse("x.ini", files={"x.ini": "Width=10\nFatal_Error_Command=curl evil\n"})
+    assert "Fatal_Error_Command" in str(err.value) and "x.ini line 2" in str(err.value)
+
+
+def test_threshold_alone_waits_for_antialias():
+    assert parse("Antialias_Threshold=0.2", "scene.pov").options == []
+    assert parse("Antialias_Threshold=0.2", "scene.pov", "+A").options == ["+A0.2"]
+
+
+def test_formats_and_alpha():
+    assert parse("s.pov", "+FN16", "+UA").bits == 16
+    command = parse("s.pov", "+FP", "+UA")
+    assert command.options == [] and "+UA: ignored, PPM files have no alpha channel" in command.notes
+    assert parse("s.pov", "+FT", "+UA").options == ["+UA"]
+    with pytest.raises(FarmError, match="8 bits per channel"):
+        parse("s.pov", "+FT", "Bits_Per_Color=16")
+
+
+def test_rendering_options_take_several_switches_per_flag():
+    assert povcmd.rendering_options(["+A0.3 +R3", "-J"]) == ["+A0.3", "+R3", "-J"]
+    with pytest.raises(FarmError, match="give it after the scene"):
+        povcmd.rendering_options(["+W640"])
+
+
+@pytest.mark.parametrize("output, file_type, expected", [
+    (None, "N", "/s/scene.png"), (None, "P", "/s/scene.ppm"), ("out", "N", "/w/out.png"),
+    ("out.png", "N", "/w/out.png"), ("out.jpg", "N", "/w/out.jpg.png"), ("out.PNG", "N", "/w/out.PNG.png"),
+    ("out.png", "T", "/w/out.png.tga"), ("out.tga", "C", "/w/out.tga"), ("x.y.z", "N", "/w/x.y.z.png"),
+    ("frames/", "N", "/w/frames/scene.png"), ("/abs/o.ppm", "P", "/abs/o.ppm"),
+])
+def test_output_names_are_povrays(output, file_type, expected):
+    """Measured with POV-Ray 3.7.0.10: the format's extension is added unless the name ends in exactly it."""
+    base = povcmd.output_base(Path("/s/scene.pov"), output, povcmd.FORMATS[file_type][1], Path("/w"))
+    assert povcmd.output_path(base) == Path(expected)
+
+
+def test_animation_names_are_numbered_and_padded_as_povray_does():
+    base = povcmd.output_base(Path("/s/scene.pov"), "fr.png", ".png", Path("/w"))
+    assert povcmd.output_path(base, 7, 2) == Path("/w/fr07.png")
+    assert [povcmd.is_numbered(a, b) for a, b in ((1, 1), (0, 0), (3, 3), (1, 2), (0, 1))] == [
+        False, False, True, True, True]
+
+
+def test_farm_flags_and_povray_switches_are_told_apart_in_order():
+    farm, povray = split_povray_args(["--log-level", "INFO", "render", "s.pov", "-J", "--option", "-A",
+                                      "+W10", "--nodes", "1", "--out", "x.png", "Width=3", "--wait"])
+    assert farm == ["--log-level", "INFO", "render", "--option=-A", "--nodes=1", "--output=x.png", "--wait"]
+    assert povray == ["s.pov", "-J", "+W10", "Width=3"]
+    assert split_povray_args(["jobs", "--json"]) == (["jobs", "--json"], [])
+
+
+def test_every_subcommand_explains_itself_with_an_example():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert sub.description and "example:" in text and f"povfarm {name}" in text, name
+    assert "{show} show" not in commands["token"].format_help()
+    submit = commands["submit"].format_help()
+    assert "+UA" in submit and "implied by --output" in submit and "+KFI" in submit
+
+
+def test_the_allowlist_examples_cover_every_allowed_switch():
+    from test_cli_povray import EVERY_ALLOWED_SWITCH
+    named = {options._split_switch(option)[0] for option in EVERY_ALLOWED_SWITCH if option[0] in "+-"}
+    assert named == set(options.ALLOWED_SWITCHES)
+    options.validate_options(EVERY_ALLOWED_SWITCH)
+
+
+def test_library_paths_in_jobs_must_stay_relative():
+    options.validate_options(["+L../lib", '+L"my lib"', "+Llib/sub"])
+    for bad in ("+L/tmp", "+LC:/x", "+Lmy lib", '+L"x', "+L\\\\server\\share"):
+        with pytest.raises(FarmError, match="not allowed"):
+            options.validate_options([bad])
+
+
+rasters = st.builds(
+    lambda w, h, channels, data: strips.Raster(w, h, channels, 8, (data * (w * h * channels))[:w * h * channels]),
+    st.integers(1, 9), st.integers(1, 5), st.sampled_from([3, 4]), st.binary(min_size=1, max_size=7))
+
+
+@given(rasters, st.booleans())
+def test_targa_round_trips(raster, rle):
+    assert strips.decode_tga(strips.encode_tga(raster, rle=rle)) == raster
+
+
+@given(rasters)
+def test_targa_decodes_in_pillow_too(raster):
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(strips.encode_tga(raster, rle=True))) as image:
+        assert image.tobytes() == raster.pixels
+
+
+@given(st.integers(1, 6), st.integers(1, 4), st.sampled_from([8, 16]), st.binary(min_size=1, max_size=5))
+def test_ppm_round_trips(width, height, bits, data):
+    size = width * height * 3 * bits // 8
+    raster = strips.Raster(width, height, 3, bits, (data * size)[:size])
+    assert strips.decode_ppm(strips.encode_ppm(raster)) == raster
+
+
+def test_library_folders_are_searched_shipped_and_named_for_the_node(tmp_path):
+    from farm import bundle
+
+    (tmp_path / "scenes" / "my scene").mkdir(parents=True)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "unused lib").mkdir()
+    (tmp_path / "lib" / "mycolors.inc").write_text('#include "deeper.inc"\n')
+    (tmp_path / "lib" / "deeper.inc").write_text("#declare X = 1;\n")
+    (tmp_path / "lib" / "unrelated.inc").write_text("\n")
+    scene = tmp_path / "scenes" / "my scene" / "s.pov"
+    scene.write_text('#include "colors.inc"\n#include "mycolors.inc"\nsphere { 0, X }\n')
+    plan = bundle.plan_bundle(scene, library_paths=[tmp_path / "unused lib", tmp_path / "lib",
+                                                    Path("/usr/share/povray-3.7/include")])
+    assert plan.files == ("lib/deeper.inc", "lib/mycolors.inc", "scenes/my scene/s.pov")
+    assert plan.scene == "scenes/my scene/s.pov" and plan.library_dirs == ("../../lib",)
+    assert povcmd.library_option("../../my lib") == '+L"../../my lib"'
