@@ -171,7 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
+    for add_command in (_add_controller_command, _add_node_command, _add_submit_command, _add_render_command,
+                        _add_status_command, _add_listings_command, _add_fetch_command, _add_token_command,
+                        _add_job_control_command, _add_viewer_command):
+        add_command(sub)
+    return parser
 
+
+def _add_controller_command(sub: Any) -> None:
     p = sub.add_parser("controller", help="run the controller that takes jobs and hands strips to nodes",
                        example="povfarm controller --bind 0.0.0.0 --tls-cert cert.pem --tls-key key.pem",
                        description="It listens on 127.0.0.1:8642 unless told otherwise; its tokens are in "
@@ -191,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", help="the TLS certificate's private key in PEM")
     p.add_argument("--max-connections", type=int, metavar="N", help="concurrent connections (default 512)")
 
+
+def _add_node_command(sub: Any) -> None:
     p = sub.add_parser("node", help="run a render node: it takes strips from the controller and renders them",
                        example="povfarm node --controller http://HOST:8642 --token-file node.token",
                        description="It needs the controller's node token. Ctrl-C once lets the current strip "
@@ -212,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output-mb", type=int, metavar="MB",
                    help="the largest file POV-Ray may write (default 1024)")
 
+
+def _add_submit_command(sub: Any) -> None:
     p = _JOB_PARSERS["submit"] = sub.add_parser(
         "submit", help="submit a scene to a controller; prints the job id",
         example="povfarm submit scene.pov +W640 +H480 +A0.3 --controller http://HOST:8642 --wait",
@@ -223,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="wait for the job, showing progress, then write the image (implied by --output and +O)")
 
+
+def _add_render_command(sub: Any) -> None:
     p = _JOB_PARSERS["render"] = sub.add_parser(
         "render", help="render a scene on a local farm (an embedded controller and N local nodes), like povray",
         example="povfarm render scene.pov +W640 +H480 +A0.3      # writes scene.png beside scene.pov",
@@ -234,17 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="POV-Ray threads per process (default: all cores)")
     p.add_argument("--slots", type=int, help="POV-Ray processes per node at once (default 2)")
 
+
+def _add_status_command(sub: Any) -> None:
     p = sub.add_parser("status", help="show one job (default: the newest)", example="povfarm status 12 --json")
     _add_client_flags(p)
     p.add_argument("job", type=int, nargs="?", help="job id")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_listings_command(sub: Any) -> None:
     for name, text, example in (("jobs", "list every job with its state and progress", "povfarm jobs"),
                                 ("nodes", "list every node with its state, strips and sandbox", "povfarm nodes --json")):
         p = sub.add_parser(name, help=text, example=example)
         _add_client_flags(p)
         p.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_fetch_command(sub: Any) -> None:
     p = sub.add_parser("fetch", help="write a finished job's image (or an animation's frames)",
                        example="povfarm fetch 12 --output scene.png",
                        description="The file's extension picks the format: .png, .ppm, .tga or .jpg (Pillow).")
@@ -255,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--animation", type=Path, metavar="FILE", help="write an animation as one animated PNG")
     p.add_argument("--delay", type=int, default=100, metavar="MS", help="frame time in the animated PNG (100)")
 
+
+def _add_token_command(sub: Any) -> None:
     p = sub.add_parser("token", help="show the controller's access tokens (run it on the controller's box)",
                        example="povfarm token show --role node > node.token",
                        description="Give each node the node token, each user the submit token and each "
@@ -264,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="the controller's data directory")
     p.add_argument("--token-file", metavar="FILE", help="the controller's role file (default: DATA_DIR/tokens)")
 
+
+def _add_job_control_command(sub: Any) -> None:
     for name, text in (("cancel", "cancel a job: nodes stop its POV-Ray at their next heartbeat"),
                        ("pause", "stop leasing a job's strips (strips in flight finish)"),
                        ("resume", "let a paused job render again")):
@@ -271,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_client_flags(p)
         p.add_argument("job", type=int, help="job id")
 
+
+def _add_viewer_command(sub: Any) -> None:
     p = sub.add_parser("viewer", help="watch a render live in a window (needs pygame)",
                        example="povfarm viewer 12 --snapshot 12.png --exit-when-done")
     _add_client_flags(p)
@@ -281,7 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit when the job ends: 0 if it is done, 1 if it failed or was canceled")
     p.add_argument("--scale", type=_scale, default="fit", metavar="fit|FACTOR",
                    help="'fit' the image to the window (default) or a zoom factor such as 1 or 0.5")
-    return parser
 
 
 def split_povray_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
