@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, bundle, strips
+from farm import __version__, bundle, limits as farm_limits, strips, uploads
 from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.options import validate_options
 from farm.auth import controller_tokens
-from farm.rpc import Limits, RPCServer
+from farm.rpc import RPCServer, client_gone
 from farm.states import JobState, StripState
 from farm.store import Store
 
@@ -66,18 +65,7 @@ def _require_binary(name: str, value: Any) -> bytes:
     return value.data
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, rename: a reader or a crash never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise FarmError(Code.STORAGE, f"cannot write {path}: {err.strerror or err}") from None
+_write_atomically = uploads.write_atomically   # leaves no temporary file behind; names no path
 
 
 class Farm:
@@ -108,17 +96,8 @@ class Farm:
 
     def bundles_upload(self, data: xmlrpc.client.Binary) -> str:
         """bundles.upload(data: base64) -> str: store a scene bundle (zip); returns its digest."""
-        payload = _require_binary("data", data)
-        if len(payload) > self.config.max_bundle_bytes:
-            raise FarmError(Code.BUNDLE_TOO_LARGE,
-                            f"the bundle is {len(payload)} bytes; the limit is {self.config.max_bundle_bytes}")
-        bundle.check_archive(payload, max_total=self.config.max_bundle_bytes)
-        digest = bundle.bundle_hash(payload)
-        if not self.store.has_bundle(digest):
-            _write_atomically(self._bundle_path(digest), payload)
-            self.store.add_bundle(digest, len(payload), self.clock())
-            log.info("stored bundle %s (%d bytes)", digest, len(payload))
-        return digest
+        return uploads.receive_bundle(data, self._bundle_path, self.store, self.config.max_bundle_bytes,
+                                      self.clock())
 
     def bundles_fetch(self, digest: str) -> xmlrpc.client.Binary:
         """bundles.fetch(digest: str) -> base64: the bundle's bytes, for nodes."""
@@ -147,10 +126,13 @@ class Farm:
         count = spec.get("strips", "auto")
         if count != "auto":
             count = _require_int("strips", count, 1, MAX_STRIPS)
+        farm_limits.check_job_plan(job["height"], job["last_frame"] - job["first_frame"] + 1, count, block)
         pretrace = job.pop("mentions_radiosity") and bool(spec.get("radiosity_prepass", True))
         units = strips.with_pretrace(
             strips.plan_units(job["height"], job["first_frame"], job["last_frame"], self._live_slots(), count,
                               block), job["height"], pretrace)
+        farm_limits.check_job_size(len(units), job["width"], job["height"], job["last_frame"] - job["first_frame"] + 1,
+                                   job["channels"], job["bits"], self.store.open_units())
         job_id = self.store.create_job(job, units, self.clock())
         self.changes.bump()
         self.work.bump()
@@ -624,8 +606,15 @@ class _Changes:
             return self._farm, self._jobs.get(job_id, 0)
 
     def wait(self, job_id: int, seen: tuple[int, int], timeout: float) -> None:
+        """Until the version moves from `seen`, `timeout` passes, or the waiting client disconnects
+        (checked every half second, so a departed viewer or node frees its thread)."""
+        deadline = time.monotonic() + timeout
         with self._condition:
-            self._condition.wait_for(lambda: (self._farm, self._jobs.get(job_id, 0)) != seen, timeout)
+            while (self._farm, self._jobs.get(job_id, 0)) == seen:
+                left = deadline - time.monotonic()
+                if left <= 0 or client_gone():
+                    return
+                self._condition.wait(min(left, 0.5))
 
 
 def _unit_bytes(unit, job) -> int:
@@ -685,8 +674,7 @@ class Controller:
         self.farm = Farm(config, self.store, clock)
         self.tokens = controller_tokens(config.data_dir, Path(config.token_file) if config.token_file else None,
                                         config.token or None)
-        limits = Limits(max_body=config.max_bundle_bytes * 4 // 3 + (1 << 20),   # base64 plus the envelope
-                        request_timeout=config.request_timeout, max_connections=config.max_connections)
+        limits = farm_limits.request_limits(config)
         try:
             self.server = RPCServer((config.bind, config.port), self.tokens, _tls_context(config), limits)
         except OSError as err:

@@ -347,6 +347,16 @@ class Store:
                 "SELECT frame, frame_last, idx, row_start, row_end, data, done_seq FROM strips"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()
 
+    def open_units(self) -> int:
+        """Units of work not finished yet (queued, waiting, leased), over all jobs."""
+        with self._reading() as db:
+            # By unfinished job, so the (job, state) index answers it however long the history.
+            return db.execute(
+                "SELECT COUNT(*) FROM strips WHERE job IN (SELECT id FROM jobs WHERE state NOT IN (?, ?, ?))"
+                " AND state IN (?, ?, ?)",
+                (*(state.value for state in FINISHED_JOB_STATES),
+                 StripState.QUEUED.value, StripState.WAITING.value, StripState.LEASED.value)).fetchone()[0]
+
     def newest_job_id(self) -> int | None:
         with self._reading() as db:
             row = db.execute("SELECT MAX(id) FROM jobs").fetchone()
