@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import select
+import selectors
 import socket
 import socketserver
 import ssl
@@ -97,10 +98,12 @@ class Limits:
 class _Connection:
     """One client connection as the admission bookkeeping sees it."""
 
-    __slots__ = ("sock", "peer", "trusted", "deadline", "opened")
+    __slots__ = ("sock", "peer", "trusted", "waiting", "deadline", "opened")
 
     def __init__(self, sock: socket.socket, peer: str, deadline: float):
-        self.sock, self.peer, self.trusted, self.deadline = sock, peer, False, deadline
+        self.sock, self.peer, self.deadline = sock, peer, deadline
+        self.trusted = False
+        self.waiting = True        # in the lobby: no thread yet, nothing received yet
         self.opened = time.monotonic()
 
     def cut(self) -> None:
@@ -112,37 +115,127 @@ class _Connection:
             pass
 
 
+class _Lobby:
+    """New connections wait here, in one thread's selector, until their first bytes arrive; only then
+    do they get a thread of their own. Silent sockets cost a file descriptor, not a thread."""
+
+    def __init__(self, connections: "_Connections", on_ready: Callable[[_Connection], None]):
+        self._connections = connections
+        self._on_ready = on_ready
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._ops: collections.deque[tuple[str, _Connection]] = collections.deque()
+        self._stopped = False
+        threading.Thread(target=self._run, name="connection-lobby", daemon=True).start()
+
+    def add(self, record: _Connection) -> None:
+        self._post("add", record)
+
+    def drop(self, record: _Connection) -> None:
+        """Close a waiting connection (or, if it has just been handed a thread, shut it down)."""
+        self._post("drop", record)
+
+    def _post(self, op: str, record: _Connection) -> None:
+        self._ops.append((op, record))
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass   # a wake-up is already pending (or the lobby is closed)
+
+    def _run(self) -> None:
+        while not self._stopped:
+            try:
+                events = self._selector.select(0.5)
+            except OSError:
+                return
+            self._apply_ops()
+            for key, _ in events:
+                if key.fileobj is self._wake_r:
+                    continue
+                record = key.data
+                if self._selector.get_map().get(record.sock.fileno()) is not key:
+                    continue   # dropped meanwhile
+                self._selector.unregister(record.sock)
+                if self._connections.leave_lobby(record):
+                    self._on_ready(record)
+
+    def _apply_ops(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        while self._ops:
+            op, record = self._ops.popleft()
+            if op == "add":
+                try:
+                    self._selector.register(record.sock, selectors.EVENT_READ, record)
+                except (ValueError, OSError):   # closed already
+                    self._connections.release(record)
+            elif record.sock.fileno() >= 0 and record.sock.fileno() in self._selector.get_map():
+                self._selector.unregister(record.sock)
+                record.sock.close()
+            else:
+                record.cut()
+
+    def stop(self) -> None:
+        self._stopped = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+
 class _Connections:
     """Admission and deadlines. New connections wait in a pending pool until they show a valid token;
     when the pool (or one peer's share of it) is full, the oldest pending connection is pushed out, so
     a newcomer is never refused for idle sockets. Authenticated connections have their own cap. A
     reaper thread cuts connections whose headers or request did not arrive in time."""
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: Limits, on_ready: Callable[[_Connection], None]):
         self.limits = limits
         self._lock = threading.Lock()
         self._pending: collections.OrderedDict[_Connection, None] = collections.OrderedDict()
         self._per_peer: collections.Counter[str] = collections.Counter()
         self._trusted: set[_Connection] = set()
         self._stop = threading.Event()
+        self.lobby = _Lobby(self, on_ready)
         threading.Thread(target=self._reap, name="request-reaper", daemon=True).start()
 
-    def admit(self, sock: socket.socket, peer: str) -> _Connection:
+    def admit(self, sock: socket.socket, peer: str) -> None:
+        """A new connection: into the lobby, pushing out the oldest pending one when the pool is full."""
         record = _Connection(sock, peer, time.monotonic() + self.limits.header_timeout)
-        pushed = []
         with self._lock:
+            pushed = None
             if self._per_peer[peer] >= self.limits.max_pending_per_peer:
-                pushed.append(next(old for old in self._pending if old.peer == peer))
+                pushed = next(old for old in self._pending if old.peer == peer)
             elif len(self._pending) >= self.limits.max_pending:
-                pushed.append(next(iter(self._pending)))
-            for old in pushed:
-                self._forget_pending(old)
+                pushed = next(iter(self._pending))
+            if pushed is not None:
+                self._forget_pending(pushed)
+                self._close(pushed)
             self._pending[record] = None
             self._per_peer[peer] += 1
-        for old in pushed:
-            log.debug("pending connections full; closing the oldest, from %s", old.peer)
-            old.cut()
-        return record
+        self.lobby.add(record)
+
+    def _close(self, record: _Connection) -> None:
+        """Under the lock: end a pending connection, in the lobby or in its thread."""
+        if record.waiting:
+            self.lobby.drop(record)
+        else:
+            record.cut()
+
+    def leave_lobby(self, record: _Connection) -> bool:
+        """Its first bytes arrived: it gets a thread, unless it was pushed out meanwhile."""
+        with self._lock:
+            record.waiting = False
+            if record not in self._pending:
+                record.cut()
+                return False
+            return True
 
     def _forget_pending(self, record: _Connection) -> None:
         if self._pending.pop(record, 1) is None:
@@ -170,10 +263,6 @@ class _Connections:
     def deadline(self, record: _Connection, seconds: float | None) -> None:
         record.deadline = None if seconds is None else time.monotonic() + seconds
 
-    def counts(self) -> tuple[int, int]:
-        with self._lock:
-            return len(self._pending), len(self._trusted)
-
     def _reap(self) -> None:
         while not self._stop.wait(0.25):
             now = time.monotonic()
@@ -181,13 +270,17 @@ class _Connections:
                 late = [r for r in (*self._pending, *self._trusted) if r.deadline is not None and r.deadline < now]
                 for record in late:
                     record.deadline = None
-                    self._forget_pending(record)
+                    if record in self._pending:
+                        self._forget_pending(record)
+                        self._close(record)
+                    else:
+                        record.cut()
             for record in late:
-                log.info("closing a connection from %s whose request did not arrive in time", record.peer)
-                record.cut()
+                log.info("closed a connection from %s whose request did not arrive in time", record.peer)
 
     def stop(self) -> None:
         self._stop.set()
+        self.lobby.stop()
 
 
 def client_gone() -> bool:
@@ -641,7 +734,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self.limits = limits
         _raise_open_files_limit()
         sweep_spool(limits.spool_dir)
-        self.connections = _Connections(limits)
+        self.connections = _Connections(limits, self._start_thread)
         self._methods: dict[str, Callable[..., Any]] = {}
         self._roles: dict[str, frozenset[str]] = {}
         self._signatures: dict[str, inspect.Signature] = {}
@@ -660,13 +753,21 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     # -- connections ---------------------------------------------------------------------------
 
     def process_request(self, request, client_address) -> None:
-        record = self.connections.admit(request, client_address[0])
+        """A new connection waits in the lobby (no thread) until it sends something."""
+        self.connections.admit(request, client_address[0])
+
+    def _start_thread(self, record: _Connection) -> None:
+        request = record.sock
+        try:
+            client_address = request.getpeername()
+        except OSError:
+            client_address = (record.peer, 0)
         thread = threading.Thread(target=self._serve_connection, args=(request, client_address, record),
                                   daemon=True)
         try:
             thread.start()
         except RuntimeError:     # no thread to be had: drop this one, keep accepting
-            log.error("cannot start a thread for a connection from %s", client_address[0])
+            log.error("cannot start a thread for a connection from %s", record.peer)
             self.connections.release(record)
             self.shutdown_request(request)
 
