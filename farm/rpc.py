@@ -654,7 +654,10 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
                 self._refuse(http.HTTPStatus.BAD_REQUEST, str(err))
                 return None
             except (ValueError, FarmError, xmlrpc.client.Fault) as err:
-                log.info("malformed request from %s: %s", self.client_address[0], err)
+                if isinstance(err, FarmError):
+                    log.warning("request from %s refused: %s", self.client_address[0], err)
+                else:
+                    log.info("malformed request from %s: %s", self.client_address[0], err)
                 try:   # read (and inflate) the rest, within the limits: a body over them is still a 413
                     for _ in chunks:
                         pass

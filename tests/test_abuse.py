@@ -346,16 +346,11 @@ def small_disk(farm):
 def fill(directory: Path) -> Path:
     """Fill the file system under `directory` to the last byte."""
     filler = directory / "filler"
-    with open(filler, "wb") as handle:
-        chunk = bytes(1 << 20)
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(chunk)
-                handle.flush()
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(b"\0" * 512)
-                handle.flush()
+    with open(filler, "wb", buffering=0) as handle:
+        for size in (1 << 20, 4096, 64):
+            with contextlib.suppress(OSError):
+                while handle.write(bytes(size)):
+                    pass
     return filler
 
 
@@ -365,26 +360,25 @@ def test_nodes_outlive_a_full_disk_and_finish_when_space_returns(farm, small_dis
     first = farm.start_node("n1")
     wait_until(lambda: farm.client.call("nodes.list"), what="the first node to register")
     digest = farm.client.call("bundles.upload", xmlrpc.client.Binary(small_bundle()))
-    filler = fill(small_disk)
-    job = None
-    with contextlib.suppress(FarmError):   # the submit itself may already find the disk full
-        job = farm.client.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 64, "height": 128,
-                                               "strips": 4})
-    second = farm.start_node("n2")       # started while the disk is full: it must wait, not exit
+    job = farm.client.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 64, "height": 256,
+                                           "strips": 8})
+    wait_until(lambda: farm.client.call("jobs.status", job)["strips_leased"], interval=0.02,
+               what="the first node to start on the job")
+    filler = fill(small_disk)             # the node's results and polls now meet a full disk
+    second = farm.start_node("n2")        # started while the disk is full: it must wait, not exit
 
     with pytest.raises(FarmError) as err:
         farm.client.call("bundles.upload", xmlrpc.client.Binary(_big_zip(64 * 1024)))
     assert err.value.code is Code.STORAGE
     assert str(small_disk) not in str(err.value) and str(tmp_path) not in str(err.value)
-    wait_until(lambda: "retrying" in farm.log("n2"), timeout=20, what="the second node to report and retry")
+    wait_until(lambda: "retrying" in farm.log("n1") and "retrying" in farm.log("n2"), timeout=20,
+               what="both nodes to meet the full disk and retry")
     time.sleep(2)
     assert first.poll() is None and second.poll() is None, "nodes must outlive a full disk"
+    assert farm.client.call("jobs.status", job)["state"] != "done"
     assert not leftovers(small_disk)
 
     filler.unlink()                       # space returns
-    if job is None:
-        job = farm.client.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 64, "height": 128,
-                                               "strips": 4})
 
     def finished():
         state = farm.client.call("jobs.status", job)["state"]
@@ -392,6 +386,7 @@ def test_nodes_outlive_a_full_disk_and_finish_when_space_returns(farm, small_dis
     assert wait_until(finished, timeout=90, interval=0.3, what="the job to finish") == "done"
     assert farm.client.call("jobs.fetch", job).data.startswith(b"\x89PNG")
     assert first.poll() is None and second.poll() is None
+    assert "registered" in farm.log("n2")
     assert not leftovers(small_disk)
     assert "Traceback" not in farm.log("n1") + farm.log("n2") + farm.log("controller")
 
