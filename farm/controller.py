@@ -147,7 +147,7 @@ class Farm:
         if not self.store.has_bundle(digest):
             raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}; upload it first")
         scene = _require_str("scene", spec.get("scene"), 1000)
-        data = self._bundle_path(digest).read_bytes()
+        data = uploads.map_bundle(self._bundle_path(digest))   # read as needed, never whole
         names = bundle.check_archive(data, max_total=self.config.max_bundle_bytes)
         if scene not in names:
             raise FarmError(Code.BAD_ARGUMENT, f"the bundle has no file {scene!r}")

@@ -146,6 +146,15 @@ class _Lobby:
             pass   # a wake-up is already pending (or the lobby is closed)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            for key in list(self._selector.get_map().values()):
+                key.fileobj.close()
+            self._selector.close()
+            self._wake_w.close()
+
+    def _serve(self) -> None:
         while not self._stopped:
             try:
                 events = self._selector.select(0.5)

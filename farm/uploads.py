@@ -11,6 +11,7 @@ server paths.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import tempfile
 import xmlrpc.client
@@ -54,6 +55,24 @@ def _discard(path: Path) -> None:
         pass
     except OSError as err:
         log.error("cannot remove the temporary file %s: %s", path.name, err.strerror)
+
+
+class _MappedFile(mmap.mmap):
+    """A read-only file mapping that zipfile accepts as a file."""
+
+    def seekable(self) -> bool:
+        return True
+
+
+def map_bundle(path: Path) -> mmap.mmap:
+    """A stored bundle as a read-only file mapping: zip checks read only the parts they need, so a large
+    bundle is never copied into memory."""
+    try:
+        with open(path, "rb") as handle:
+            return _MappedFile(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as err:
+        raise FarmError(Code.STORAGE, f"the controller cannot read the bundle: "
+                                      f"{getattr(err, 'strerror', None) or err}") from None
 
 
 def receive_bundle(data: object, path_for: Callable[[str], Path], store, max_bytes: int, now: float) -> str:
