@@ -22,7 +22,7 @@ from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.options import validate_options
 from farm.auth import controller_tokens
-from farm.rpc import RPCServer, client_gone
+from farm.rpc import FileReply, RPCServer, client_gone
 from farm.states import JobState, StripState
 from farm.store import Store
 
@@ -99,14 +99,11 @@ class Farm:
         return uploads.receive_bundle(data, self._bundle_path, self.store, self.config.max_bundle_bytes,
                                       self.clock())
 
-    def bundles_fetch(self, digest: str) -> xmlrpc.client.Binary:
+    def bundles_fetch(self, digest: str) -> FileReply:
         """bundles.fetch(digest: str) -> base64: the bundle's bytes, for nodes."""
         if not self.store.has_bundle(_require_str("digest", digest, 100)):
             raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}")
-        try:
-            return xmlrpc.client.Binary(self._bundle_path(digest).read_bytes())
-        except OSError as err:
-            raise FarmError(Code.STORAGE, f"cannot read bundle {digest}: {err.strerror}") from None
+        return FileReply.open(self._bundle_path(digest), f"bundle {digest}")   # streamed, never read whole
 
     def _bundle_path(self, digest: str) -> Path:
         return self.bundle_dir / (digest.split(":", 1)[-1] + ".zip")

@@ -397,6 +397,45 @@ class SpooledBinary:
         os.replace(self.path, target)
 
 
+class FileReply:
+    """A method's result that is a file's bytes (base64 on the wire), streamed from disk as it is sent,
+    never held in memory whole."""
+
+    _HEAD = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n<value><base64>\n"
+    _TAIL = b"\n</base64></value>\n</param>\n</params>\n</methodResponse>\n"
+    _STEP = 3 * CHUNK          # a multiple of 3: each piece encodes without padding
+
+    def __init__(self, handle: BinaryIO, size: int):
+        self._handle, self.size = handle, size
+
+    @classmethod
+    def open(cls, path: Path, what: str) -> "FileReply":
+        """The file at `path`; STORAGE (naming `what`, not the path) when it cannot be read."""
+        try:
+            handle = open(path, "rb")
+        except OSError as err:
+            raise FarmError(Code.STORAGE, f"the controller cannot read {what}: {err.strerror}") from None
+        return cls(handle, os.fstat(handle.fileno()).st_size)
+
+    @property
+    def length(self) -> int:
+        return len(self._HEAD) + 4 * -(-self.size // 3) + len(self._TAIL)
+
+    def pieces(self) -> Iterable[bytes]:
+        yield self._HEAD
+        left = self.size
+        while left > 0:
+            data = self._handle.read(min(self._STEP, left))
+            if not data:
+                raise OSError("the file was cut short while it was sent")
+            left -= len(data)
+            yield base64.b64encode(data)
+        yield self._TAIL
+
+    def close(self) -> None:
+        self._handle.close()
+
+
 class _Spool:
     """Decodes base64 text as it arrives into a temporary file, hashing it on the way."""
 
@@ -623,6 +662,9 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         response = self._answer(length, limit, roles, declared)
         if response is None:
             return
+        if isinstance(response, FileReply):
+            self._send_file(response)
+            return
         self.send_response(http.HTTPStatus.OK)
         self.send_header("Content-Type", "text/xml")
         if self.encode_threshold is not None and len(response) > self.encode_threshold \
@@ -633,7 +675,22 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         self.end_headers()
         self.wfile.write(response)
 
-    def _answer(self, length: int, limit: int, roles: frozenset[str], declared: str | None) -> bytes | None:
+    def _send_file(self, reply: FileReply) -> None:
+        try:
+            self.send_response(http.HTTPStatus.OK)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(reply.length))
+            self.end_headers()
+            for piece in reply.pieces():
+                self.wfile.write(piece)
+        except OSError as err:
+            log.warning("sending a file to %s failed: %s", self.client_address[0], err)
+            self.close_connection = True
+        finally:
+            reply.close()
+
+    def _answer(self, length: int, limit: int, roles: frozenset[str],
+                declared: str | None) -> bytes | FileReply | None:
         """Read, parse and run the call; the response body, or None when an HTTP error was sent."""
         encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip"):
@@ -836,16 +893,24 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
             log.info("malformed request: %s", err)
             return self.dump_fault(FarmError(Code.BAD_REQUEST, f"the request is not acceptable XML-RPC: {err}"
                                              ).to_fault())
-        return self.dispatch(method, params, roles)
+        response = self.dispatch(method, params, roles)
+        if isinstance(response, FileReply):
+            try:
+                return b"".join(response.pieces())
+            finally:
+                response.close()
+        return response
 
-    def dispatch(self, method: str | None, params: tuple, roles: frozenset[str]) -> bytes:
-        """Run a parsed call; the response body. Never raises."""
+    def dispatch(self, method: str | None, params: tuple, roles: frozenset[str]) -> bytes | FileReply:
+        """Run a parsed call; the response body (or a file to stream as it). Never raises."""
         if not isinstance(method, str):
             return self.dump_fault(FarmError(Code.BAD_REQUEST, "the request names no method").to_fault())
         try:
             result = self._call(method, params, roles)
         except xmlrpc.client.Fault as fault:
             return self.dump_fault(self.hide_paths(fault))
+        if isinstance(result, FileReply):
+            return result
         try:
             return xmlrpc.client.dumps((result,), methodresponse=True, allow_none=False).encode()
         except (TypeError, OverflowError, RecursionError):
