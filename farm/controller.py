@@ -604,14 +604,14 @@ class _Changes:
 
     def wait(self, job_id: int, seen: tuple[int, int], timeout: float) -> None:
         """Until the version moves from `seen`, `timeout` passes, or the waiting client disconnects
-        (checked every half second, so a departed viewer or node frees its thread)."""
+        (checked every second, so a departed viewer or node frees its thread)."""
         deadline = time.monotonic() + timeout
         with self._condition:
             while (self._farm, self._jobs.get(job_id, 0)) == seen:
                 left = deadline - time.monotonic()
                 if left <= 0 or client_gone():
                     return
-                self._condition.wait(min(left, 0.5))
+                self._condition.wait(min(left, 1.0))
 
 
 def _unit_bytes(unit, job) -> int:

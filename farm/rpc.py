@@ -440,9 +440,13 @@ class _Spool:
     """Decodes base64 text as it arrives into a temporary file, hashing it on the way."""
 
     def __init__(self, directory: Path | None, limit: int, files: list[Path]):
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="upload-", suffix=SPOOL_SUFFIX, dir=directory)
+        try:
+            if directory is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="upload-", suffix=SPOOL_SUFFIX, dir=directory)
+        except OSError as err:
+            raise FarmError(Code.STORAGE, f"the controller could not store the upload: "
+                                          f"{err.strerror or 'cannot create a file'}") from None
         self.path = Path(name)
         files.append(self.path)
         self._file = os.fdopen(fd, "wb")
@@ -498,8 +502,11 @@ class _CallReader(xmlrpc.client.Unmarshaller):
     """xmlrpc's unmarshaller with bounds: nesting depth, text held in memory, and (when spooling) base64
     values decoded into files instead of memory."""
 
+    MAX_SPOOLED = 4   # base64 values of one call that go to files (bundles.upload has one)
+
     def __init__(self, max_depth: int, max_text: int, spool: Callable[[], _Spool] | None):
         super().__init__(use_datetime=False, use_builtin_types=False)
+        self._spooled = 0
         self._depth = 0
         self._max_depth = max_depth
         self._text_left = max_text
@@ -512,6 +519,9 @@ class _CallReader(xmlrpc.client.Unmarshaller):
             raise _Refused(f"the call is nested more than {self._max_depth} elements deep")
         super().start(tag, attrs)
         if tag == "base64" and self._make_spool is not None:
+            self._spooled += 1
+            if self._spooled > self.MAX_SPOOLED:
+                raise _Refused(f"the call has more than {self.MAX_SPOOLED} base64 values")
             self._spool = self._make_spool()
 
     def data(self, text):
