@@ -668,6 +668,7 @@ class Controller:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time):
         self.config = config
         self.store = Store(config.data_dir / "povfarm.sqlite3")
+        uploads.sweep_temporary(config.data_dir)
         self.farm = Farm(config, self.store, clock)
         self.tokens = controller_tokens(config.data_dir, Path(config.token_file) if config.token_file else None,
                                         config.token or None)

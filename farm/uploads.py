@@ -44,6 +44,22 @@ def write_atomically(path: Path, data: bytes, what: str | None = None) -> None:
         raise _storage(what or path.name, err) from None
 
 
+def sweep_temporary(data_dir: Path) -> int:
+    """At start, before serving: remove temporary files a killed controller left in its data dir (uploads
+    being received, bundles and images being written). Returns how many."""
+    removed = 0
+    for folder in ("uploads", "bundles", "jobs"):
+        for path in (data_dir / folder).rglob("*.tmp"):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError as err:
+                log.warning("cannot remove the temporary file %s: %s", path.name, err.strerror)
+    if removed:
+        log.info("removed %d temporary files left by an earlier run", removed)
+    return removed
+
+
 def _storage(what: str, err: OSError) -> FarmError:
     return FarmError(Code.STORAGE, f"the controller cannot write {what}: {err.strerror or 'write failed'}")
 

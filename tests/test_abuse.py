@@ -178,6 +178,15 @@ def test_gzip_bombs_and_big_uploads_stay_in_bounded_memory(farm, monkeypatch):
     assert not leftovers(farm.data_dir)
     assert serves(farm.client)
 
+    # A controller killed mid-upload or mid-write leaves temporary files: the next start removes them.
+    farm.controller.kill()
+    farm.controller.wait()
+    for path in (farm.data_dir / "uploads" / "upload-x.tmp", farm.data_dir / "jobs" / "1" / ".frame-00001.png.x.tmp"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    farm.start_controller()
+    assert not leftovers(farm.data_dir)
+
 
 def _big_zip(size: int) -> bytes:
     buffer = io.BytesIO()
