@@ -706,58 +706,49 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         if encoding not in ("identity", "gzip"):
             self._refuse(http.HTTPStatus.NOT_IMPLEMENTED, f"Content-Encoding {encoding} is not supported")
             return None
-        received = threading.Event()
-
-        def arrived() -> None:
-            received.set()
-            self.server.connections.deadline(self.record, None)   # the request is in; a slow method is fine
-        chunks = _body_chunks(self.rfile, length, arrived)
+        # Once the body is in, a slow method is fine: the request deadline ends there.
+        chunks = _body_chunks(self.rfile, length, lambda: self.server.connections.deadline(self.record, None))
         if encoding == "gzip":
             chunks = _inflated(chunks, limit)
-        server = self.server
         files: list[Path] = []
+        try:
+            return self._run(chunks, limit, roles, declared, files)
+        except _TooLarge as err:
+            self._refuse(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err))
+        except _BadBody as err:
+            self._refuse(http.HTTPStatus.BAD_REQUEST, str(err))
+        finally:
+            _remove_spooled(files)
+        return None
+
+    def _run(self, chunks: Iterable[bytes], limit: int, roles: frozenset[str], declared: str | None,
+             files: list[Path]) -> bytes | FileReply:
+        server = self.server
         spool, max_text = None, limit
         if declared in server.limits.spooled_methods:   # only the small limit may stay in memory
             spool = lambda: _Spool(server.limits.spool_dir, limit, files)  # noqa: E731
             max_text = server.limits.small_body(roles)
         try:
-            try:
-                params, method = read_xmlrpc(chunks, server.limits.max_depth, max_text, spool)
-            except _TooLarge as err:
-                self._refuse(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err))
-                return None
-            except _BadBody as err:
-                self._refuse(http.HTTPStatus.BAD_REQUEST, str(err))
-                return None
-            except (ValueError, FarmError, xmlrpc.client.Fault) as err:
-                if isinstance(err, FarmError):
-                    log.warning("request from %s refused: %s", self.client_address[0], err)
-                else:
-                    log.info("malformed request from %s: %s", self.client_address[0], err)
-                try:   # read (and inflate) the rest, within the limits: a body over them is still a 413
-                    for _ in chunks:
-                        pass
-                except _TooLarge as too_large:
-                    self._refuse(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(too_large))
-                    return None
-                except _BadBody as bad:
-                    self._refuse(http.HTTPStatus.BAD_REQUEST, str(bad))
-                    return None
-                fault = err if isinstance(err, FarmError) else FarmError(
-                    Code.BAD_REQUEST, f"the request is not acceptable XML-RPC: {err}")
-                return server.dump_fault(server.hide_paths(fault.to_fault()))
-            if declared is not None and declared != method:
-                return server.dump_fault(FarmError(
-                    Code.BAD_REQUEST, f"the call is to {method}, not {declared} as its header says").to_fault())
-            return server.dispatch(method, params, roles)
-        finally:
-            for path in files:
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass   # the method kept it
-                except OSError as err:
-                    log.error("cannot remove a temporary upload: %s", err.strerror)
+            params, method = read_xmlrpc(chunks, server.limits.max_depth, max_text, spool)
+        except (ValueError, FarmError, xmlrpc.client.Fault) as err:
+            return self._refused_call(err, chunks)
+        if declared is not None and declared != method:
+            return server.dump_fault(FarmError(
+                Code.BAD_REQUEST, f"the call is to {method}, not {declared} as its header says").to_fault())
+        return server.dispatch(method, params, roles)
+
+    def _refused_call(self, err: Exception, chunks: Iterable[bytes]) -> bytes:
+        """The fault for a call that could not be read (malformed, or STORAGE while spooling), after
+        reading (and inflating) the rest of the body within its limits: a body over them is still a 413."""
+        if isinstance(err, FarmError):
+            log.warning("request from %s refused: %s", self.client_address[0], err)
+        else:
+            log.info("malformed request from %s: %s", self.client_address[0], err)
+        for _ in chunks:
+            pass
+        fault = err if isinstance(err, FarmError) else FarmError(
+            Code.BAD_REQUEST, f"the request is not acceptable XML-RPC: {err}")
+        return self.server.dump_fault(self.server.hide_paths(fault.to_fault()))
 
     def _content_length(self, limit: int) -> int | None:
         if "Transfer-Encoding" in self.headers:
@@ -779,6 +770,17 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
 
 
 # -- the server ----------------------------------------------------------------------------------
+
+def _remove_spooled(files: list[Path]) -> None:
+    """A request's temporary files never outlive it (a method that keeps one has moved it already)."""
+    for path in files:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.error("cannot remove a temporary upload: %s", err.strerror)
+
 
 def _raise_open_files_limit() -> None:
     """Many idle or half-open sockets must not make accept() fail: lift the soft limit on open files
