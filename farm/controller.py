@@ -123,13 +123,12 @@ class Farm:
         count = spec.get("strips", "auto")
         if count != "auto":
             count = _require_int("strips", count, 1, MAX_STRIPS)
-        farm_limits.check_job_plan(job["height"], job["last_frame"] - job["first_frame"] + 1, count, block)
+        farm_limits.check_plan(job, count, block)
         pretrace = job.pop("mentions_radiosity") and bool(spec.get("radiosity_prepass", True))
         units = strips.with_pretrace(
             strips.plan_units(job["height"], job["first_frame"], job["last_frame"], self._live_slots(), count,
                               block), job["height"], pretrace)
-        farm_limits.check_job_size(len(units), job["width"], job["height"], job["last_frame"] - job["first_frame"] + 1,
-                                   job["channels"], job["bits"], self.store.open_units())
+        farm_limits.check_units(job, len(units), self.store.open_units())
         job_id = self.store.create_job(job, units, self.clock())
         self.changes.bump()
         self.work.bump()

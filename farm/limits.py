@@ -43,24 +43,28 @@ def _hidden(data_dir: Path) -> tuple[str, ...]:
     return tuple(sorted((s for s in spellings if len(s) > 1), key=len, reverse=True))
 
 
-def check_job_plan(height: int, frames: int, count: int | str, block: int) -> None:
-    """Before planning: a job with explicit strips cannot ask for more units than allowed (planning a
-    million units would itself cost seconds)."""
+def _frames(job: dict) -> int:
+    return job["last_frame"] - job["first_frame"] + 1
+
+
+def check_plan(job: dict, count: int | str, block: int) -> None:
+    """Before planning a checked job spec: explicit strips cannot ask for more units than allowed
+    (planning a million units would itself cost seconds)."""
     if count == "auto":
         return
-    per_frame = min(int(count), max(1, -(-height // max(1, block))))
-    if frames * per_frame > MAX_JOB_UNITS:
-        raise FarmError(Code.BAD_ARGUMENT, f"{frames} frames x {per_frame} strips is {frames * per_frame} units "
-                                           f"of work; a job may have at most {MAX_JOB_UNITS}")
+    per_frame = min(int(count), max(1, -(-job["height"] // max(1, block))))
+    units = _frames(job) * per_frame
+    if units > MAX_JOB_UNITS:
+        raise FarmError(Code.BAD_ARGUMENT, f"{_frames(job)} frames x {per_frame} strips is {units} units of "
+                                           f"work; a job may have at most {MAX_JOB_UNITS}")
 
 
-def check_job_size(units: int, width: int, height: int, frames: int, channels: int, bits: int,
-                   queued: int) -> None:
-    """A planned job: its units, its bytes, and what the farm already has queued."""
+def check_units(job: dict, units: int, queued: int) -> None:
+    """A planned job: its units, its bytes of pixels, and what the farm already has queued."""
     if units > MAX_JOB_UNITS:
         raise FarmError(Code.BAD_ARGUMENT, f"the job would have {units} units of work; at most "
                                            f"{MAX_JOB_UNITS} are allowed")
-    size = frames * height * strips.row_size(width, channels, bits)
+    size = _frames(job) * job["height"] * strips.row_size(job["width"], job["channels"], job["bits"])
     if size > MAX_JOB_BYTES:
         raise FarmError(Code.BAD_ARGUMENT, f"the job's frames hold {size} bytes of pixels; at most "
                                            f"{MAX_JOB_BYTES} are allowed per job")
