@@ -22,7 +22,7 @@ from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.options import validate_options
 from farm.auth import controller_tokens
-from farm.rpc import FileReply, RPCServer, client_gone
+from farm.rpc import FileReply, RPCServer, departure_watch
 from farm.states import JobState, StripState
 from farm.store import Store
 
@@ -602,15 +602,14 @@ class _Changes:
             return self._farm, self._jobs.get(job_id, 0)
 
     def wait(self, job_id: int, seen: tuple[int, int], timeout: float) -> None:
-        """Until the version moves from `seen`, `timeout` passes, or the waiting client disconnects
-        (checked every second, so a departed viewer or node frees its thread)."""
-        deadline = time.monotonic() + timeout
+        """Until the version moves from `seen`, `timeout` passes, or the waiting client disconnects (a
+        departed viewer or node frees its thread at once)."""
+        with self._condition, departure_watch(self._wake) as gone:
+            self._condition.wait_for(lambda: gone() or (self._farm, self._jobs.get(job_id, 0)) != seen, timeout)
+
+    def _wake(self) -> None:
         with self._condition:
-            while (self._farm, self._jobs.get(job_id, 0)) == seen:
-                left = deadline - time.monotonic()
-                if left <= 0 or client_gone():
-                    return
-                self._condition.wait(min(left, 1.0))
+            self._condition.notify_all()
 
 
 def _unit_bytes(unit, job) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import http
@@ -49,7 +50,7 @@ import xml.parsers.expat
 import xmlrpc.client
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from farm.auth import roles_of
@@ -273,7 +274,7 @@ class _Connections:
         record.deadline = None if seconds is None else time.monotonic() + seconds
 
     def _reap(self) -> None:
-        while not self._stop.wait(0.25):
+        while not self._stop.wait(0.5):
             now = time.monotonic()
             with self._lock:
                 late = [r for r in (*self._pending, *self._trusted) if r.deadline is not None and r.deadline < now]
@@ -318,6 +319,82 @@ def client_gone() -> bool:
         return False
     except OSError:
         return True
+
+
+class _Departures:
+    """One thread watches the sockets of requests waiting in long polls (Linux epoll, for the end of the
+    stream only) and wakes a waiter whose client disconnects, so a waiting poll costs nothing until then."""
+
+    _EVENTS = getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
+
+    def __init__(self):
+        self._epoll = select.epoll()
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Callable[[], None]] = {}
+        threading.Thread(target=self._run, name="departures", daemon=True).start()
+
+    def watch(self, fd: int, wake: Callable[[], None]) -> bool:
+        with self._lock:
+            try:
+                self._epoll.register(fd, self._EVENTS)
+            except OSError:
+                return False
+            self._waiting[fd] = wake
+            return True
+
+    def unwatch(self, fd: int) -> None:
+        with self._lock:
+            if self._waiting.pop(fd, None) is not None:
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:
+                    pass
+
+    def _run(self) -> None:
+        while True:
+            for fd, _ in self._epoll.poll():
+                with self._lock:        # never held while waking: the waker takes the waiter's lock
+                    wake = self._waiting.pop(fd, None)
+                    if wake is not None:
+                        self._epoll.unregister(fd)
+                if wake is not None:
+                    wake()
+
+
+_departures: _Departures | None = None
+_departures_lock = threading.Lock()
+
+
+def _departure_watcher() -> _Departures | None:
+    global _departures
+    if not hasattr(select, "epoll"):
+        return None
+    with _departures_lock:
+        if _departures is None:
+            _departures = _Departures()
+        return _departures
+
+
+@contextlib.contextmanager
+def departure_watch(wake: Callable[[], None]) -> Iterator[Callable[[], bool]]:
+    """Around a long poll's wait: `wake` is called (from another thread) if the client of the request this
+    thread serves disconnects; yields a function that says whether it has. Outside a request, or without
+    epoll, it only tells when asked."""
+    record = getattr(_current, "record", None)
+    watcher = _departure_watcher() if record is not None else None
+    fd = record.sock.fileno() if record is not None else -1
+    departed = threading.Event()
+
+    def fired() -> None:
+        departed.set()
+        wake()
+    if watcher is None or fd < 0 or not watcher.watch(fd, fired):
+        yield client_gone
+        return
+    try:
+        yield departed.is_set      # a flag: waiters check it on every wake-up, so it must be cheap
+    finally:
+        watcher.unwatch(fd)
 
 
 # -- reading a body ------------------------------------------------------------------------------
