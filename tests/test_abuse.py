@@ -203,7 +203,7 @@ def test_dtds_deep_nesting_and_odd_lengths_are_refused(farm):
     entity = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "api.version">]>'
               '<methodCall><methodName>&a;</methodName></methodCall>')
     for body in (entity.encode("utf-16"), entity.replace("UTF-16", "UTF-8").encode("utf-8"),
-                 entity.encode("utf-16-be").replace(b"U\0T\0F\0-\0\x001\x006", b"U\0T\0F\0-\0\x001\x006\0B\0E")):
+                 entity.replace("UTF-16", "UTF-16BE").encode("utf-16-be")):   # with a BOM, without one
         status, data = post(farm, "view", body, {"Content-Type": "text/xml"})
         assert status == 200 and fault_code(data) == Code.BAD_REQUEST   # refused, not executed
 
