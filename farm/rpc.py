@@ -13,12 +13,14 @@ Memory and threads per request are bounded by design:
   encoding), nesting deeper than a limit, and text beyond the small limit; base64
   arguments of spooled methods go straight to a temporary file with their
   SHA-256 computed on the way. Temporary files are removed when the request ends.
-- Connections: a new connection must send its request headers within a few
-  seconds; until it has shown a valid token it waits in a bounded pool of its
-  own (per peer address too), where a newcomer pushes out the oldest, so idle
-  or unauthenticated sockets never take the capacity kept for authenticated
-  clients (`max_connections`). A long poll ends when its client disconnects
-  (`client_gone`). TLS handshakes run in the connection's own thread.
+- Connections: a new connection waits in a lobby (one selector, no thread) until
+  it sends something, and must send its request headers within a few seconds;
+  until it has shown a valid token it counts in a bounded pool of its own (per
+  peer address too), where a newcomer pushes out the oldest, so idle or
+  unauthenticated sockets never take the capacity kept for authenticated clients
+  (`max_connections`). A long poll ends when its client disconnects
+  (`departure_watch`). TLS handshakes run in the connection's own thread.
+- `bundles.fetch` answers with a `FileReply`, streamed from disk.
 - The dispatcher turns `FarmError` into a Fault with its code (server paths
   hidden), anything unexpected into INTERNAL plus a logged traceback;
   `allow_dotted_names` and multicall are never enabled.
