@@ -21,8 +21,8 @@ SPOOLED_METHODS = frozenset({"bundles.upload"})
 HEADER_TIMEOUT = 5.0     # seconds for a request's headers to arrive
 
 # Work.
-MAX_JOB_UNITS = 32_000             # units of work (strips, runs of frames, pre-passes) in one job
-MAX_QUEUED_UNITS = 128_000         # units not finished yet, over all jobs
+MAX_JOB_UNITS = 20_000             # units of work (strips, runs of frames, pre-passes) in one job
+MAX_QUEUED_UNITS = 100_000         # units not finished yet, over all jobs
 MAX_JOB_BYTES = 64 * 1024 ** 3     # raw pixel bytes of all of a job's frames
 
 
