@@ -260,7 +260,7 @@ class Farm:
         self.work.bump()
         return True
 
-    def jobs_fetch(self, job_id: int, frame: int = 0) -> xmlrpc.client.Binary:
+    def jobs_fetch(self, job_id: int, frame: int = 0) -> FileReply:
         """jobs.fetch(job: int[, frame: int]) -> base64: the finished PNG of a frame (default the first)."""
         job = self.store.job(_job_id(job_id))
         if job["state"] != JobState.DONE.value:
@@ -270,10 +270,7 @@ class Farm:
         rows = [f for f in self.store.frames_of(job_id) if f["number"] == number]
         if not rows:
             raise FarmError(Code.BAD_ARGUMENT, f"job {job_id} has no frame {number}")
-        try:
-            return xmlrpc.client.Binary(Path(rows[0]["path"]).read_bytes())
-        except OSError as err:
-            raise FarmError(Code.STORAGE, f"cannot read the image of job {job_id}: {err.strerror}") from None
+        return FileReply.open(Path(rows[0]["path"]), f"the image of job {job_id}")   # streamed, never read whole
 
     def nodes_register(self, name: str, info: dict) -> dict:
         """nodes.register(name: str, info: struct) -> struct: node_id (str), heartbeat_interval (float).

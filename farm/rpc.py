@@ -20,7 +20,7 @@ Memory and threads per request are bounded by design:
   unauthenticated sockets never take the capacity kept for authenticated clients
   (`max_connections`). A long poll ends when its client disconnects
   (`departure_watch`). TLS handshakes run in the connection's own thread.
-- `bundles.fetch` answers with a `FileReply`, streamed from disk.
+- `bundles.fetch` and `jobs.fetch` answer with a `FileReply`, streamed from disk.
 - The dispatcher turns `FarmError` into a Fault with its code (server paths
   hidden), anything unexpected into INTERNAL plus a logged traceback;
   `allow_dotted_names` and multicall are never enabled.
@@ -510,6 +510,15 @@ class FileReply:
             left -= len(data)
             yield base64.b64encode(data)
         yield self._TAIL
+
+    @property
+    def data(self) -> bytes:
+        """The whole file, like `xmlrpc.client.Binary.data` (for callers in the same process)."""
+        try:
+            self._handle.seek(0)
+            return self._handle.read()
+        finally:
+            self.close()
 
     def close(self) -> None:
         self._handle.close()
