@@ -83,11 +83,11 @@ def fault_code(data: bytes) -> int:
     return fault.value.faultCode
 
 
-def gzip_bomb(gigabytes: int = 1, prefix: bytes = b"") -> bytes:
-    """gzip of `prefix` then `gigabytes` GiB of zeros, about 1 MB per GiB. Built from one repeated
+def gzip_bomb(gigabytes: int = 1, prefix: bytes = b"", fill: bytes = b"\0") -> bytes:
+    """gzip of `prefix` then `gigabytes` GiB of `fill`, about 1 MB per GiB. Built from one repeated
     full-flush block, so it costs no time to make; its trailer is never reached by a capped reader."""
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    zeros = bytes(1 << 20)
+    zeros = fill * (1 << 20)
     head = packer.compress(prefix) + packer.compress(zeros) + packer.flush(zlib.Z_FULL_FLUSH)
     block = packer.compress(zeros) + packer.flush(zlib.Z_FULL_FLUSH)
     return head + block * (1024 * gigabytes - 1) + packer.flush()
@@ -143,13 +143,17 @@ def test_gzip_bombs_and_big_uploads_stay_in_bounded_memory(farm, monkeypatch):
     status, _ = post(farm, "submit", b"", send_body=False, length=300 * 1024 * 1024)
     assert status == 413
 
-    # Three bombs at once, two of them inflated as far as their (large) caps allow.
+    # Three bombs at once, two of them inflated as far as their (large) caps allow; the last one is
+    # well-formed base64 of an upload, so it is decoded into a temporary file until the cap stops it.
     xml_bomb = gzip_bomb(1, b"<?xml version='1.0'?><methodCall><methodName>bundles.upload</methodName>"
-                            b"<params><param><value><base64>")
+                            b"<params><param><value><base64>", fill=b"A")
     results = []
-    attacks = [("view", bomb, None), ("submit", bomb, "bundles.upload"), ("submit", xml_bomb, "bundles.upload")]
-    threads = [threading.Thread(target=lambda r=role, b=body, m=method: results.append(post(farm, r, b, gz, method=m)[0]))
-               for role, body, method in attacks]
+
+    def attack(role: str, body: bytes, method: str | None) -> None:
+        results.append(post(farm, role, body, gz, method=method)[0])
+    threads = [threading.Thread(target=attack, args=args)
+               for args in [("view", bomb, None), ("submit", bomb, "bundles.upload"),
+                            ("submit", xml_bomb, "bundles.upload")]]
     started = time.monotonic()
     for thread in threads:
         thread.start()
