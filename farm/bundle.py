@@ -27,7 +27,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from farm.faults import Code, FarmError
 
@@ -370,9 +370,10 @@ def check_member_name(name: str) -> str:
 # ---------------------------------------------------------------------------
 # Checking and unpacking
 
-def _open_zip(data: bytes) -> zipfile.ZipFile:
+def _open_zip(data: bytes | BinaryIO) -> zipfile.ZipFile:
+    """The archive in `data`: bytes, or an open binary file (a large upload is never read into memory)."""
     try:
-        return zipfile.ZipFile(io.BytesIO(data))
+        return zipfile.ZipFile(data if hasattr(data, "read") else io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
         raise FarmError(Code.BAD_BUNDLE, f"the bundle is not a readable zip archive ({exc})") from None
 
@@ -416,7 +417,7 @@ def _check_tree(names: list[str]) -> None:
                                                  f"{files['/'.join(parts[:i])]!r} is a file, not a directory")
 
 
-def check_archive(data: bytes, max_files: int = MAX_FILES, max_total: int = MAX_TOTAL_BYTES) -> list[str]:
+def check_archive(data: bytes | BinaryIO, max_files: int = MAX_FILES, max_total: int = MAX_TOTAL_BYTES) -> list[str]:
     """Validate an archive without extracting it; return its member names.
 
     The total checked is the sum of the sizes the archive declares; `unpack`

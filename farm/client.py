@@ -21,19 +21,23 @@ from typing import Any
 
 from farm.auth import client_token
 from farm.faults import Code, FarmError
+from farm.rpc import METHOD_HEADER, capped_gunzip, read_xmlrpc
 
 
 MAX_RESPONSE = 512 * 1024 * 1024   # bytes of a response, after decompression
 
 
 class _FarmTransportMixin:
-    """Adds to xmlrpc's transports: a timeout, the bearer token, and a cap on the response size
-    (also after gzip decompression: a hostile server cannot exhaust the client's memory)."""
+    """Adds to xmlrpc's transports: a timeout, the bearer token, the method's name in a header (so the
+    controller knows the call's size limit before reading it), a cap on the response size (also after
+    gzip decompression) and a parser that refuses DTDs: a hostile server cannot exhaust the client's
+    memory."""
 
     def _setup(self, timeout: float, token: str | None, max_response: int) -> None:
         self._timeout = timeout
         self._token = token
         self._max_response = max_response
+        self.method: str | None = None
 
     def make_connection(self, host):
         connection = super().make_connection(host)
@@ -43,22 +47,20 @@ class _FarmTransportMixin:
     def send_headers(self, connection, headers):
         if self._token:
             headers = [*headers, ("Authorization", f"Bearer {self._token}")]
+        if self.method:
+            headers = [*headers, (METHOD_HEADER, self.method)]
         super().send_headers(connection, headers)
 
     def parse_response(self, response):
         body = response.read(self._max_response + 1)
         if len(body) > self._max_response:
             raise xmlrpc.client.ResponseError(f"the response is over {self._max_response} bytes")
-        if response.getheader("Content-Encoding", "") == "gzip":
-            from farm.rpc import capped_gunzip
-            try:
+        try:
+            if response.getheader("Content-Encoding", "") == "gzip":
                 body = capped_gunzip(body, self._max_response)
-            except ValueError as err:
-                raise xmlrpc.client.ResponseError(str(err)) from None
-        parser, unmarshaller = self.getparser()
-        parser.feed(body)
-        parser.close()
-        return unmarshaller.close()
+            return read_xmlrpc([body])[0]
+        except ValueError as err:
+            raise xmlrpc.client.ResponseError(str(err)) from None
 
 
 class _Transport(_FarmTransportMixin, xmlrpc.client.Transport):
@@ -104,6 +106,7 @@ class Client:
                 transport = _Transport(self.timeout, self.token, self.max_response)
             proxy = xmlrpc.client.ServerProxy(self.url, transport=transport, allow_none=False)
             self._local.proxy = proxy
+            self._local.transport = transport
         return proxy
 
     def _reset(self) -> None:
@@ -114,7 +117,9 @@ class Client:
 
     def call(self, method: str, *args: Any) -> Any:
         try:
-            return getattr(self._proxy(), method)(*args)
+            proxy = self._proxy()
+            self._local.transport.method = method
+            return getattr(proxy, method)(*args)
         except xmlrpc.client.Fault as fault:
             raise _in_user_terms(FarmError.from_fault(fault), method) from None
         except xmlrpc.client.ProtocolError as err:

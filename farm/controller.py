@@ -25,7 +25,9 @@ from farm import api
 from farm.auth import controller_tokens
 from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.rpc import Limits, RPCServer, is_loopback, server_tls_context
+from farm.limits import request_limits
+from farm.rpc import RPCServer, is_loopback, server_tls_context
+from farm.service.files import sweep_temporary
 from farm.service import Services
 from farm.store import Store
 
@@ -38,6 +40,7 @@ class Controller:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time):
         self.config = config
         self.store = Store(config.data_dir / "povfarm.sqlite3")
+        sweep_temporary(config.data_dir)
         self.services = Services(config, self.store, clock)
         self.tokens = controller_tokens(config.data_dir, Path(config.token_file) if config.token_file else None,
                                         config.token or None)
@@ -53,11 +56,9 @@ class Controller:
 
     def _server(self) -> RPCServer:
         config = self.config
-        limits = Limits(max_body=config.max_bundle_bytes * 4 // 3 + (1 << 20),   # base64 plus the envelope
-                        request_timeout=config.request_timeout, max_connections=config.max_connections)
         tls = server_tls_context(config.tls_cert, config.tls_key)
         try:
-            return RPCServer((config.bind, config.port), self.tokens, tls, limits)
+            return RPCServer((config.bind, config.port), self.tokens, tls, request_limits(config))
         except OSError as err:
             raise FarmError(Code.BAD_ARGUMENT,
                             f"cannot listen on {config.bind}:{config.port}: {err.strerror or err}") from None

@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 MAX_ERROR_BYTES = 4096   # the most error text a node sends for one strip
 POLL_WAIT = 20.0         # seconds a poll may wait at the controller for work (it may shorten it)
 MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of one frame's radiosity cache
+RETRY_CEILING = 10.0     # seconds: the longest wait between attempts while the controller is in trouble
+# Faults that waiting cannot cure: the token is refused or has the wrong role. Every other fault,
+# and an unreachable controller, means back off and try again.
+FATAL = frozenset({Code.UNAUTHORIZED, Code.FORBIDDEN})
+# Faults a delivery is retried on (the result was not stored); others mean it is no longer wanted.
+RETRY_DELIVERY = frozenset({Code.UNREACHABLE, Code.STORAGE, Code.INTERNAL})
 
 
 class Node:
@@ -138,7 +144,7 @@ class Node:
     def _worker(self) -> None:
         try:
             self._poll_loop()
-        except FarmError as err:   # e.g. a refused token: no point in going on
+        except FarmError as err:   # a refused token: no point in going on
             self._fatal = err
             self.stopping.set()
             self.aborting.set()
@@ -154,10 +160,14 @@ class Node:
                     log.warning("%s", err)
                     self._forget(self.node_id)
                     continue
-                if err.code is not Code.UNREACHABLE:
+                if err.code in FATAL:
                     raise
-                delay = self._backoff(delay, ceiling=max(self.config.poll_max, 10.0))
-                log.warning("%s; retrying in %.1f s", err, delay)
+                # Unreachable, a full disk (STORAGE), an internal error, anything else the controller
+                # answers: it may be fixed any moment, so wait longer each time and ask again.
+                delay = self._backoff(delay, ceiling=RETRY_CEILING)
+                log.warning("the controller %s (%s); retrying in %.1f s",
+                            "cannot be reached" if err.code is Code.UNREACHABLE else "answered an error",
+                            err, delay)
                 self.stopping.wait(delay)
                 continue
             if worked or self.clock() - started >= 1.0:
@@ -333,6 +343,7 @@ class Node:
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
                              check_every=0.5 if pretrace is None else 0.1)
+        result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
         return self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
 
     def _outcome(self, task: dict[str, Any], result: povray.ProcessResult, log_path: Path, output: Path,
@@ -344,14 +355,7 @@ class Node:
             return RenderOutcome("release" if self.aborting.is_set() else "dropped")
         stderr = log_path.read_text("utf-8", "replace") if log_path.exists() else ""
         if result.returncode != 0 or result.timed_out:
-            message, scene_error = povray.error_text(stderr)
-            index = povray.frame_index(stderr) if animated else None
-            if index is not None and 1 <= index <= len(frames):
-                message = f"frame {frames[index - 1]}: {message}"   # say which frame of the animation broke
-            if result.returncode == 1 and scene_error:
-                return _failed(message, True)
-            detail = f": {message}" if message else ""
-            return _failed(f"{result.describe()} on node {self.config.name}{detail}", False)
+            return _failed(*self._failure(result, stderr, frames if animated else None))
         if pretrace is not None:
             return RenderOutcome("done", seconds=result.seconds)   # it finished the whole frame: the cache is complete
         shared = povray.sharing_report(povray.render_statistics(stderr))
@@ -364,6 +368,24 @@ class Node:
         except ValueError as err:
             return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
         return RenderOutcome("done", rows=strips.compress_rows(rows), seconds=result.seconds)
+
+    def _failure(self, result: povray.ProcessResult, stderr: str, frames: range | None) -> tuple[str, bool]:
+        """(error text, whether the scene itself is at fault) for a POV-Ray run that failed: the signal and
+        what it means, POV-Ray's own error lines, and which frame of an animation broke."""
+        killed = result.signal is not None or result.timed_out
+        message, scene_error = povray.error_text(stderr, tail=not killed)
+        index = povray.frame_index(stderr) if frames is not None else None
+        if frames is not None and index is not None and 1 <= index <= len(frames):
+            message = f"frame {frames[index - 1]}: {message}"   # say which frame of the animation broke
+        if povray.out_of_memory(stderr):
+            # Not the scene's fault as such: a node with more memory may render it.
+            limit = f" (this node allows {self.config.max_memory_mb} MB: max_memory_mb)" \
+                if self.config.max_memory_mb else ""
+            return f"POV-Ray ran out of memory{limit} on node {self.config.name}: {message}", False
+        if result.returncode == 1 and scene_error:
+            return message, True
+        detail = f": {message}" if message else ""
+        return f"{result.describe()} on node {self.config.name}{detail}", False
 
     def _error_text(self, text: str, scene_dir: Path) -> str:
         """Error text for the controller: scene paths relative, the node's own folders unnamed,
@@ -398,15 +420,17 @@ class Node:
             except FarmError as err:
                 if err.code is Code.UNKNOWN_METHOD:
                     raise
-                if err.code is not Code.UNREACHABLE:
+                if err.code not in RETRY_DELIVERY:
                     log.warning("%s for lease %s refused: %s", method, lease, err)
                     return None
                 if self.aborting.is_set():
                     log.error("giving up on %s for lease %s: %s", method, lease, err)
                     return None
-                delay = self._backoff(delay, ceiling=10.0)
-                log.warning("%s; retrying delivery in %.1f s", err, delay)
-                time.sleep(delay)
+                # Not stored (the controller is unreachable, or its disk is full...): keep the result
+                # until it is, or until the lease has gone elsewhere (then the controller says so).
+                delay = self._backoff(delay, ceiling=RETRY_CEILING)
+                log.warning("%s for lease %s: %s; retrying delivery in %.1f s", method, lease, err, delay)
+                self.aborting.wait(delay)
 
 
 def _failed(error: str, scene_error: bool) -> RenderOutcome:

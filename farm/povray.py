@@ -43,18 +43,52 @@ class ProcessResult:
     seconds: float
 
     def describe(self) -> str:
+        """One sentence: how POV-Ray ended, with the signal and what it means in plain words."""
         if self.timed_out:
-            return f"POV-Ray ran longer than its time limit and was stopped after {self.seconds:.0f} s"
+            return f"POV-Ray was killed by its time limit (strip_timeout) after {self.seconds:.0f} s"
         if self.stopped:
             return "POV-Ray was stopped"
-        if self.signal is not None and self.signal == getattr(signal, "SIGXFSZ", None):
-            return "POV-Ray tried to write a file larger than the node allows (max_output_mb) and was stopped"
-        if self.signal is not None and self.signal == getattr(signal, "SIGXCPU", None):
-            return "POV-Ray used more CPU time than its limit and was stopped"
         if self.signal is not None:
-            name = signal.Signals(self.signal).name if self.signal in signal.Signals._value2member_map_ else ""
-            return f"POV-Ray was killed by signal {self.signal} {name}".rstrip()
+            name = signal_name(self.signal)
+            meaning = _SIGNAL_MEANINGS.get(name, "killed")
+            return f"POV-Ray was stopped by signal {self.signal} {name}: {meaning}".replace("  ", " ")
         return f"POV-Ray exited with code {self.returncode}"
+
+    def signalled(self, signum: int) -> "ProcessResult":
+        """The same end, known to be by signal `signum` (a wrapper reported it as 128 + signum)."""
+        return dataclasses.replace(self, returncode=None, signal=signum)
+
+
+# What a signal that ends POV-Ray means, in plain words.
+_SIGNAL_MEANINGS = {
+    "SIGXFSZ": "file too large: it tried to write a file larger than the node allows (max_output_mb)",
+    "SIGXCPU": "CPU time limit: it used more processor time than its strip time limit allows",
+    "SIGKILL": "killed (the system may have run out of memory, or it was killed from outside)",
+    "SIGSEGV": "POV-Ray crashed (segmentation fault)",
+    "SIGBUS": "POV-Ray crashed (bus error)",
+    "SIGILL": "POV-Ray crashed (illegal instruction)",
+    "SIGFPE": "POV-Ray crashed (arithmetic error)",
+    "SIGABRT": "POV-Ray aborted (often: out of memory)",
+    "SIGTERM": "terminated from outside",
+}
+_OUT_OF_MEMORY = re.compile(r"bad_alloc|[Oo]ut of memory|[Cc]annot allocate memory")
+
+
+def signal_name(signum: int) -> str:
+    """SIGSEGV for 11, "" for a number that is no signal here."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return ""
+
+
+def is_signal(signum: int) -> bool:
+    return bool(signal_name(signum))
+
+
+def out_of_memory(stderr: str) -> bool:
+    """Whether POV-Ray's text says an allocation failed (its address-space limit was reached)."""
+    return bool(_OUT_OF_MEMORY.search(stderr))
 
 
 def _signal_group(process: subprocess.Popen, hard: bool) -> bool:
@@ -224,13 +258,15 @@ def frame_index(stderr: str) -> int | None:
     return int(matches[-1][0]) if matches else None
 
 
-def error_text(stderr: str) -> tuple[str, bool]:
-    """POV-Ray's error message from its stderr, and whether it is the scene's fault (a parse error)."""
+def error_text(stderr: str, tail: bool = True) -> tuple[str, bool]:
+    """POV-Ray's error message from its stderr, and whether it is the scene's fault (a parse error).
+    Without an error line: its last lines, or nothing when `tail` is false (a process killed by a signal
+    leaves only its banner, which explains nothing)."""
     lines = stderr.replace("\r", "\n").splitlines()
     start = next((i for i, line in enumerate(lines)
                   if _ERROR_START.search(line) and "cannot open the user configuration" not in line), None)
     if start is None:
-        message = "\n".join(line for line in lines[-5:] if line.strip())
+        message = "\n".join(line for line in lines[-5:] if line.strip()) if tail else ""
     else:
         # "File 'x.pov' line 4: Parse Error: ..." is usually one line, with wrapped continuation lines
         # after it, so keep everything from the first error line on; a long file name can push the

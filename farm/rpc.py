@@ -1,91 +1,684 @@
 """The XML-RPC edge of the controller: a threaded HTTP/1.1 server that is safe to expose.
 
+Memory and threads per request are bounded by design:
 - Every request must carry `Authorization: Bearer <token>`; it is checked (in
   constant time) before the body is read: wrong or missing gets HTTP 401.
-- A method runs only for the roles it was registered for (FORBIDDEN fault).
-- Bodies need a Content-Length within the limit (411/400/413); gzip bodies are
-  capped after decompression; DOCTYPE/ENTITY declarations are refused before
-  the XML parser sees them (no entity expansion tricks).
-- Each request must arrive within a deadline (a reaper thread shuts down the
-  socket of one that trickles in), idle keep-alive connections close, and the
-  number of connections is bounded. TLS handshakes run in the connection's own
-  thread with a timeout, so a silent client never blocks `accept()`.
-- The dispatcher turns `FarmError` into a Fault with its code, anything
-  unexpected into INTERNAL plus a logged traceback; `allow_dotted_names` and
-  multicall are never enabled.
+- The body limit is decided from the headers alone, before a byte of the body is
+  read: each role has a small limit for any method, and only the methods named
+  large (`bundles.upload` for a submit token, results for a node token) may send
+  more, when the client names the method in `X-Povfarm-Method` (the parsed call
+  must then be that method). `Content-Length` must be plain digits and appear once.
+- The body is read in chunks: gzip is inflated as it arrives with a running cap,
+  XML is parsed by expat as it arrives, refusing any DTD (whatever the document's
+  encoding), nesting deeper than a limit, and text beyond the small limit; base64
+  arguments of spooled methods go straight to a temporary file with their
+  SHA-256 computed on the way. Temporary files are removed when the request ends.
+- Connections: a new connection waits in a lobby (one selector, no thread) until
+  it sends something, and must send its request headers within a few seconds;
+  until it has shown a valid token it counts in a bounded pool of its own (per
+  peer address too), where a newcomer pushes out the oldest, so idle or
+  unauthenticated sockets never take the capacity kept for authenticated clients
+  (`max_connections`). A long poll ends when its client disconnects
+  (`departure_watch`). TLS handshakes run in the connection's own thread.
+- `bundles.fetch` and `jobs.fetch` answer with a `FileReply`, streamed from disk.
+- The dispatcher turns `FarmError` into a Fault with its code (server paths
+  hidden), anything unexpected into INTERNAL plus a logged traceback;
+  `allow_dotted_names` and multicall are never enabled.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import collections
+import contextlib
 import dataclasses
+import hashlib
 import http
 import inspect
 import ipaddress
 import logging
+import os
 import re
+import select
+import selectors
 import socket
 import socketserver
 import ssl
+import tempfile
 import threading
 import time
 import uuid
+import xml.parsers.expat
 import xmlrpc.client
 import zlib
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from farm.auth import roles_of
 from farm.faults import Code, FarmError
 
+try:
+    import resource
+except ImportError:     # Windows
+    resource = None
+
 log = logging.getLogger(__name__)
 
 ANY_ROLE = frozenset({"submit", "node", "view"})
-_DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+METHOD_HEADER = "X-Povfarm-Method"      # the method a client calls, so limits are known before the body
+CHUNK = 64 * 1024
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+SPOOL_SUFFIX = ".tmp"
+_current = threading.local()            # the connection this thread serves
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    max_body: int = 400 * 1024 * 1024      # bytes of a request body, after any decompression
+    max_body: int = 400 * 1024 * 1024      # bytes of a large method's body, also after decompression
+    role_body: tuple[tuple[str, int], ...] = (("view", 64 * 1024), ("submit", 1024 * 1024),
+                                              ("node", 1024 * 1024))   # any method, per role
+    large_methods: frozenset[str] = frozenset()    # methods that may send up to max_body
+    spooled_methods: frozenset[str] = frozenset()  # their base64 arguments are streamed to a file
+    spool_dir: Path | None = None          # where those files go (default: the system's temp dir)
+    hidden_paths: tuple[str, ...] = ()     # server paths that faults never show
+    max_depth: int = 256                   # XML elements nested in a call
+    header_timeout: float = 5.0            # seconds for a request's headers to arrive
     request_timeout: float = 60.0          # seconds to receive one whole request (headers and body)
     idle_timeout: float = 120.0            # an idle keep-alive connection is closed after this
     handshake_timeout: float = 10.0
-    max_connections: int = 512
+    max_connections: int = 512             # authenticated connections
+    max_pending: int = 256                 # connections that have not shown a valid token yet...
+    max_pending_per_peer: int = 64         # ...and of them, from one address
+
+    def small_body(self, roles: Iterable[str]) -> int:
+        sizes = dict(self.role_body)
+        return max((sizes.get(role, 0) for role in roles), default=0)
 
 
-class _Reaper:
-    """Shuts down connections whose request has not arrived in time (slow-loris clients)."""
+# -- connections ---------------------------------------------------------------------------------
 
-    def __init__(self):
-        self._deadlines: dict[socket.socket, float] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, name="request-reaper", daemon=True).start()
+class _Connection:
+    """One client connection as the admission bookkeeping sees it."""
 
-    def watch(self, sock: socket.socket, deadline: float) -> None:
-        with self._lock:
-            self._deadlines[sock] = deadline
+    __slots__ = ("sock", "peer", "trusted", "waiting", "deadline", "opened")
 
-    def release(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._deadlines.pop(sock, None)
+    def __init__(self, sock: socket.socket, peer: str, deadline: float):
+        self.sock, self.peer, self.deadline = sock, peer, deadline
+        self.trusted = False
+        self.waiting = True        # in the lobby: no thread yet, nothing received yet
+        self.opened = time.monotonic()
+
+    def cut(self) -> None:
+        """Shut the socket down from another thread; its own thread then sees the end and exits.
+        The plain socket call, even for TLS: the TLS object belongs to the connection's thread."""
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except (OSError, ValueError):
+            pass
+
+
+class _Lobby:
+    """New connections wait here, in one thread's selector, until their first bytes arrive; only then
+    do they get a thread of their own. Silent sockets cost a file descriptor, not a thread."""
+
+    def __init__(self, connections: "_Connections", on_ready: Callable[[_Connection], None]):
+        self._connections = connections
+        self._on_ready = on_ready
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._ops: collections.deque[tuple[str, _Connection]] = collections.deque()
+        self._stopped = False
+        threading.Thread(target=self._run, name="connection-lobby", daemon=True).start()
+
+    def add(self, record: _Connection) -> None:
+        self._post("add", record)
+
+    def drop(self, record: _Connection) -> None:
+        """Close a waiting connection (or, if it has just been handed a thread, shut it down)."""
+        self._post("drop", record)
+
+    def _post(self, op: str, record: _Connection) -> None:
+        self._ops.append((op, record))
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass   # a wake-up is already pending (or the lobby is closed)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            for key in list(self._selector.get_map().values()):
+                key.fileobj.close()
+            self._selector.close()
+            self._wake_w.close()
+
+    def _serve(self) -> None:
+        while not self._stopped:
+            try:
+                events = self._selector.select(0.5)
+            except OSError:
+                return
+            self._apply_ops()
+            for key, _ in events:
+                if key.fileobj is self._wake_r:
+                    continue
+                record = key.data
+                if self._selector.get_map().get(record.sock.fileno()) is not key:
+                    continue   # dropped meanwhile
+                self._selector.unregister(record.sock)
+                if self._connections.leave_lobby(record):
+                    self._on_ready(record)
+
+    def _apply_ops(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        while self._ops:
+            op, record = self._ops.popleft()
+            if op == "add":
+                try:
+                    self._selector.register(record.sock, selectors.EVENT_READ, record)
+                except (ValueError, OSError):   # closed already
+                    self._connections.release(record)
+            elif record.sock.fileno() >= 0 and record.sock.fileno() in self._selector.get_map():
+                self._selector.unregister(record.sock)
+                record.sock.close()
+            else:
+                record.cut()
+
+    def stop(self) -> None:
+        self._stopped = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+
+class _Connections:
+    """Admission and deadlines. New connections wait in a pending pool until they show a valid token;
+    when the pool (or one peer's share of it) is full, the oldest pending connection is pushed out, so
+    a newcomer is never refused for idle sockets. Authenticated connections have their own cap. A
+    reaper thread cuts connections whose headers or request did not arrive in time."""
+
+    def __init__(self, limits: Limits, on_ready: Callable[[_Connection], None]):
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._pending: collections.OrderedDict[_Connection, None] = collections.OrderedDict()
+        self._per_peer: collections.Counter[str] = collections.Counter()
+        self._trusted: set[_Connection] = set()
+        self._stop = threading.Event()
+        self.lobby = _Lobby(self, on_ready)
+        threading.Thread(target=self._reap, name="request-reaper", daemon=True).start()
+
+    def admit(self, sock: socket.socket, peer: str) -> None:
+        """A new connection: into the lobby, pushing out the oldest pending one when the pool is full."""
+        record = _Connection(sock, peer, time.monotonic() + self.limits.header_timeout)
+        with self._lock:
+            pushed = None
+            if self._per_peer[peer] >= self.limits.max_pending_per_peer:
+                pushed = next(old for old in self._pending if old.peer == peer)
+            elif len(self._pending) >= self.limits.max_pending:
+                pushed = next(iter(self._pending))
+            if pushed is not None:
+                self._forget_pending(pushed)
+                self._close(pushed)
+            self._pending[record] = None
+            self._per_peer[peer] += 1
+        self.lobby.add(record)
+
+    def _close(self, record: _Connection) -> None:
+        """Under the lock: end a pending connection, in the lobby or in its thread."""
+        if record.waiting:
+            self.lobby.drop(record)
+        else:
+            record.cut()
+
+    def leave_lobby(self, record: _Connection) -> bool:
+        """Its first bytes arrived: it gets a thread, unless it was pushed out meanwhile."""
+        with self._lock:
+            record.waiting = False
+            if record not in self._pending:
+                record.cut()
+                return False
+            return True
+
+    def _forget_pending(self, record: _Connection) -> None:
+        if self._pending.pop(record, 1) is None:
+            self._per_peer[record.peer] -= 1
+            if not self._per_peer[record.peer]:
+                del self._per_peer[record.peer]
+
+    def trust(self, record: _Connection) -> bool:
+        """The connection showed a valid token: move it to the authenticated pool, if there is room."""
+        with self._lock:
+            if record.trusted:
+                return True
+            if len(self._trusted) >= self.limits.max_connections:
+                return False
+            self._forget_pending(record)
+            record.trusted = True
+            self._trusted.add(record)
+            return True
+
+    def release(self, record: _Connection) -> None:
+        with self._lock:
+            self._forget_pending(record)
+            self._trusted.discard(record)
+
+    def deadline(self, record: _Connection, seconds: float | None) -> None:
+        record.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def _reap(self) -> None:
         while not self._stop.wait(0.5):
             now = time.monotonic()
             with self._lock:
-                late = [sock for sock, deadline in self._deadlines.items() if deadline < now]
-                for sock in late:
-                    del self._deadlines[sock]
-            for sock in late:
-                log.info("closing a connection whose request did not arrive in time")
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                late = [r for r in (*self._pending, *self._trusted) if r.deadline is not None and r.deadline < now]
+                for record in late:
+                    record.deadline = None
+                    if record in self._pending:
+                        self._forget_pending(record)
+                        self._close(record)
+                    else:
+                        record.cut()
+            for record in late:
+                log.info("closed a connection from %s whose request did not arrive in time", record.peer)
 
     def stop(self) -> None:
         self._stop.set()
+        self.lobby.stop()
 
+
+def client_gone() -> bool:
+    """In a method: whether the client of the request this thread serves has disconnected (a long
+    poll then stops waiting). False outside a request or where it cannot be told."""
+    record = getattr(_current, "record", None)
+    if record is None:
+        return False
+    try:
+        fd = record.sock.fileno()
+        if fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | getattr(select, "POLLRDHUP", 0))
+        events = poller.poll(0)
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not events:
+        return False
+    flags = events[0][1]
+    if flags & (select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)):
+        return True
+    try:   # readable: data (a pipelined request) or the end of the stream
+        return socket.socket.recv(record.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+class _Departures:
+    """One thread watches the sockets of requests waiting in long polls (Linux epoll, for the end of the
+    stream only) and wakes a waiter whose client disconnects, so a waiting poll costs nothing until then."""
+
+    _EVENTS = getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
+
+    def __init__(self):
+        self._epoll = select.epoll()
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Callable[[], None]] = {}
+        threading.Thread(target=self._run, name="departures", daemon=True).start()
+
+    def watch(self, fd: int, wake: Callable[[], None]) -> bool:
+        with self._lock:
+            try:
+                self._epoll.register(fd, self._EVENTS)
+            except OSError:
+                return False
+            self._waiting[fd] = wake
+            return True
+
+    def unwatch(self, fd: int) -> None:
+        with self._lock:
+            if self._waiting.pop(fd, None) is not None:
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:
+                    pass
+
+    def _run(self) -> None:
+        while True:
+            for fd, _ in self._epoll.poll():
+                with self._lock:        # never held while waking: the waker takes the waiter's lock
+                    wake = self._waiting.pop(fd, None)
+                    if wake is not None:
+                        self._epoll.unregister(fd)
+                if wake is not None:
+                    wake()
+
+
+_departures: _Departures | None = None
+_departures_lock = threading.Lock()
+
+
+def _departure_watcher() -> _Departures | None:
+    global _departures
+    if not hasattr(select, "epoll"):
+        return None
+    with _departures_lock:
+        if _departures is None:
+            _departures = _Departures()
+        return _departures
+
+
+@contextlib.contextmanager
+def departure_watch(wake: Callable[[], None]) -> Iterator[Callable[[], bool]]:
+    """Around a long poll's wait: `wake` is called (from another thread) if the client of the request this
+    thread serves disconnects; yields a function that says whether it has. Outside a request, or without
+    epoll, it only tells when asked."""
+    record = getattr(_current, "record", None)
+    watcher = _departure_watcher() if record is not None else None
+    fd = record.sock.fileno() if record is not None else -1
+    departed = threading.Event()
+
+    def fired() -> None:
+        departed.set()
+        wake()
+    if watcher is None or fd < 0 or not watcher.watch(fd, fired):
+        yield client_gone
+        return
+    try:
+        yield departed.is_set      # a flag: waiters check it on every wake-up, so it must be cheap
+    finally:
+        watcher.unwatch(fd)
+
+
+# -- reading a body ------------------------------------------------------------------------------
+
+class _TooLarge(Exception):
+    """The body (after decompression) is over its limit."""
+
+
+class _BadBody(Exception):
+    """The body cannot be read (corrupt compression, cut short)."""
+
+
+def _body_chunks(rfile: BinaryIO, length: int, on_end: Callable[[], None]) -> Iterable[bytes]:
+    """The body as it arrives, `length` bytes in chunks; `on_end` once it is all in."""
+    left = length
+    while left:
+        chunk = rfile.read(min(CHUNK, left))
+        if not chunk:
+            raise _BadBody("the request body was cut short")
+        left -= len(chunk)
+        yield chunk
+    on_end()
+
+
+def _inflated(chunks: Iterable[bytes], limit: int) -> Iterable[bytes]:
+    """gzip data inflated as it arrives, never more than `limit` bytes in all (a gzip bomb stops there)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
+    try:
+        for chunk in chunks:
+            while chunk:
+                out = inflater.decompress(chunk, CHUNK)
+                total += len(out)
+                if total > limit:
+                    raise _TooLarge(f"the decompressed body is over the limit of {limit} bytes")
+                if out:
+                    yield out
+                chunk = inflater.unconsumed_tail
+        out = inflater.flush(limit - total + 1)
+        if len(out) + total > limit:
+            raise _TooLarge(f"the decompressed body is over the limit of {limit} bytes")
+        if out:
+            yield out
+    except zlib.error:
+        raise _BadBody("the gzip body is corrupt") from None
+    if not inflater.eof:
+        raise _BadBody("the gzip body is cut short")
+
+
+def capped_gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress gzip data, refusing output over `limit` bytes (a gzip bomb) or a broken stream."""
+    try:
+        return b"".join(_inflated([data], limit))
+    except (_TooLarge, _BadBody) as err:
+        raise ValueError(str(err)) from None
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+class _Refused(Exception):
+    """The XML is not an acceptable XML-RPC document."""
+
+
+@dataclasses.dataclass
+class SpooledBinary:
+    """A base64 argument streamed to a file: its path, size and SHA-256 (hex). The file belongs to the
+    request and is removed when it ends, unless the method moved it with `keep_as`."""
+    path: Path
+    size: int
+    sha256: str
+
+    def keep_as(self, target: Path) -> None:
+        """Make the file durable under `target` (fsync, rename); the request no longer removes it."""
+        with open(self.path, "rb") as handle:
+            os.fsync(handle.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, target)
+
+
+class FileReply:
+    """A method's result that is a file's bytes (base64 on the wire), streamed from disk as it is sent,
+    never held in memory whole."""
+
+    _HEAD = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n<value><base64>\n"
+    _TAIL = b"\n</base64></value>\n</param>\n</params>\n</methodResponse>\n"
+    _STEP = 3 * CHUNK          # a multiple of 3: each piece encodes without padding
+
+    def __init__(self, handle: BinaryIO, size: int):
+        self._handle, self.size = handle, size
+
+    @classmethod
+    def open(cls, path: Path, what: str) -> "FileReply":
+        """The file at `path`; STORAGE (naming `what`, not the path) when it cannot be read."""
+        try:
+            handle = open(path, "rb")
+        except OSError as err:
+            raise FarmError(Code.STORAGE, f"the controller cannot read {what}: {err.strerror}") from None
+        return cls(handle, os.fstat(handle.fileno()).st_size)
+
+    @property
+    def length(self) -> int:
+        return len(self._HEAD) + 4 * -(-self.size // 3) + len(self._TAIL)
+
+    def pieces(self) -> Iterable[bytes]:
+        yield self._HEAD
+        left = self.size
+        while left > 0:
+            data = self._handle.read(min(self._STEP, left))
+            if not data:
+                raise OSError("the file was cut short while it was sent")
+            left -= len(data)
+            yield base64.b64encode(data)
+        yield self._TAIL
+
+    @property
+    def data(self) -> bytes:
+        """The whole file, like `xmlrpc.client.Binary.data` (for callers in the same process)."""
+        try:
+            self._handle.seek(0)
+            return self._handle.read()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class _Spool:
+    """Decodes base64 text as it arrives into a temporary file, hashing it on the way."""
+
+    def __init__(self, directory: Path | None, limit: int, files: list[Path]):
+        try:
+            if directory is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="upload-", suffix=SPOOL_SUFFIX, dir=directory)
+        except OSError as err:
+            raise FarmError(Code.STORAGE, f"the controller could not store the upload: "
+                                          f"{err.strerror or 'cannot create a file'}") from None
+        self.path = Path(name)
+        files.append(self.path)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self._pending = b""
+        self._limit = limit
+        self.size = 0
+        self._error: OSError | None = None
+
+    def feed(self, text: str) -> None:
+        data = self._pending + "".join(text.split()).encode("ascii", "replace")
+        cut = len(data) - len(data) % 4
+        self._pending = data[cut:]
+        if cut:
+            self._write(data[:cut])
+
+    def _write(self, text: bytes) -> None:
+        try:
+            data = base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise _Refused("a base64 value is malformed") from None
+        self.size += len(data)
+        if self.size > self._limit:
+            raise _TooLarge(f"a base64 value is over the limit of {self._limit} bytes")
+        self._hash.update(data)
+        if self._error is None:
+            try:
+                self._file.write(data)
+            except OSError as err:
+                self._error = err   # read the rest of the body, then say so
+
+    def finish(self) -> SpooledBinary:
+        if self._pending:
+            self._write(self._pending + b"=" * (-len(self._pending) % 4))
+        try:
+            self._file.close()
+        except OSError as err:
+            self._error = self._error or err
+        if self._error is not None:
+            raise FarmError(Code.STORAGE, f"the controller could not store the upload: "
+                                          f"{self._error.strerror or 'write failed'}")
+        return SpooledBinary(self.path, self.size, self._hash.hexdigest())
+
+    def abandon(self) -> None:
+        if not self._file.closed:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+
+
+class _CallReader(xmlrpc.client.Unmarshaller):
+    """xmlrpc's unmarshaller with bounds: nesting depth, text held in memory, and (when spooling) base64
+    values decoded into files instead of memory."""
+
+    MAX_SPOOLED = 4   # base64 values of one call that go to files (bundles.upload has one)
+
+    def __init__(self, max_depth: int, max_text: int, spool: Callable[[], _Spool] | None):
+        super().__init__(use_datetime=False, use_builtin_types=False)
+        self._spooled = 0
+        self._depth = 0
+        self._max_depth = max_depth
+        self._text_left = max_text
+        self._make_spool = spool
+        self._spool: _Spool | None = None
+
+    def start(self, tag, attrs):
+        self._depth += 1
+        if self._depth > self._max_depth:
+            raise _Refused(f"the call is nested more than {self._max_depth} elements deep")
+        super().start(tag, attrs)
+        if tag == "base64" and self._make_spool is not None:
+            self._spooled += 1
+            if self._spooled > self.MAX_SPOOLED:
+                raise _Refused(f"the call has more than {self.MAX_SPOOLED} base64 values")
+            self._spool = self._make_spool()
+
+    def data(self, text):
+        if self._spool is not None:
+            self._spool.feed(text)
+            return
+        self._text_left -= len(text)
+        if self._text_left < 0:
+            raise _TooLarge("the call holds more text than its limit")
+        super().data(text)
+
+    def end(self, tag):
+        self._depth -= 1
+        if tag == "base64" and self._spool is not None:
+            spool, self._spool = self._spool, None
+            self.append(spool.finish())
+            self._value = False
+            return None
+        return super().end(tag)
+
+    def abandon(self) -> None:
+        if self._spool is not None:
+            self._spool.abandon()
+
+
+def _refuse_dtd(*_args) -> None:
+    raise _Refused("XML declarations (DOCTYPE, ENTITY) are not accepted")
+
+
+def _safe_expat(target: xmlrpc.client.Unmarshaller):
+    """An expat parser that refuses any DTD, entity declaration or external reference, whatever the
+    document's encoding (expat decodes first, so UTF-16 tricks meet the same handlers)."""
+    parser = xml.parsers.expat.ParserCreate()
+    parser.buffer_text = True
+    parser.buffer_size = CHUNK
+    parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = _refuse_dtd
+    parser.EntityDeclHandler = _refuse_dtd
+    parser.UnparsedEntityDeclHandler = _refuse_dtd
+    parser.ExternalEntityRefHandler = _refuse_dtd
+    parser.StartElementHandler = target.start
+    parser.EndElementHandler = target.end
+    parser.CharacterDataHandler = target.data
+    target.xml(None, None)
+    return parser
+
+
+def read_xmlrpc(chunks: Iterable[bytes], max_depth: int = 256, max_text: int = 1 << 62,
+                spool: Callable[[], _Spool] | None = None) -> tuple[tuple, str | None]:
+    """(params, method name) of an XML-RPC call or response fed in chunks. Raises `xmlrpc.client.Fault`
+    for a fault response, ValueError for anything else that is not acceptable XML-RPC."""
+    reader = _CallReader(max_depth, max_text, spool)
+    parser = _safe_expat(reader)
+    try:
+        for chunk in chunks:
+            parser.Parse(chunk, False)
+        parser.Parse(b"", True)
+        return reader.close(), reader.getmethodname()
+    except (_Refused, xml.parsers.expat.ExpatError, xmlrpc.client.ResponseError) as err:
+        raise ValueError(str(err) or "not a well-formed XML-RPC document") from None
+    except (TypeError, AttributeError, IndexError, KeyError, OverflowError) as err:
+        # The unmarshaller meets malformed structure (a member without a name, ...).
+        raise ValueError(f"not a well-formed XML-RPC document ({type(err).__name__})") from None
+    finally:
+        reader.abandon()
+
+
+# -- the handler ---------------------------------------------------------------------------------
 
 class RequestHandler(SimpleXMLRPCRequestHandler):
     protocol_version = "HTTP/1.1"      # keep-alive: nodes poll over one connection
@@ -97,23 +690,31 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
 
+    @property
+    def record(self) -> _Connection:
+        return _current.record
+
     def handle_one_request(self) -> None:
-        """Wait (idle timeout) for the next request, then give it a deadline to arrive in full."""
-        limits = self.server.limits
-        self.connection.settimeout(limits.idle_timeout)
-        try:
-            if not self.rfile.peek(1):
+        """Wait for the next request (a new connection: until its header deadline; a trusted one: the
+        idle timeout), then give its headers and the whole request their deadlines to arrive."""
+        limits, connections = self.server.limits, self.server.connections
+        if self.record.trusted:
+            connections.deadline(self.record, None)
+            self.connection.settimeout(limits.idle_timeout)
+            try:
+                if not self.rfile.peek(1):
+                    self.close_connection = True
+                    return
+            except (OSError, ValueError):
                 self.close_connection = True
                 return
-        except (OSError, ValueError):
-            self.close_connection = True
-            return
+            connections.deadline(self.record, limits.header_timeout)
         self.connection.settimeout(limits.request_timeout)
-        self.server.reaper.watch(self.connection, time.monotonic() + limits.request_timeout)
+        self._started = time.monotonic() if self.record.trusted else self.record.opened
         try:
             super().handle_one_request()
-        finally:
-            self.server.reaper.release(self.connection)
+        except (OSError, ValueError):     # cut off by the reaper, or the client went away
+            self.close_connection = True
 
     def _refuse(self, status: http.HTTPStatus, message: str, close: bool = True) -> None:
         body = (message + "\n").encode()
@@ -129,8 +730,10 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         self.wfile.write(body)
 
     def _roles(self) -> frozenset[str]:
-        header = self.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
+        values = self.headers.get_all("Authorization") or []
+        if len(values) != 1:
+            return frozenset()
+        scheme, _, token = values[0].partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return frozenset()
         return roles_of(token.strip(), self.server.tokens)
@@ -143,18 +746,24 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         if not roles:
             self._refuse(http.HTTPStatus.UNAUTHORIZED, "a valid bearer token is required")
             return
-        length = self._content_length()
+        if not self.server.connections.trust(self.record):
+            log.warning("connection limit (%d) reached; refusing %s", self.server.limits.max_connections,
+                        self.client_address[0])
+            self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "the controller is at its connection limit")
+            return
+        left = self.server.limits.request_timeout - (time.monotonic() - self._started)
+        self.server.connections.deadline(self.record, max(left, 0.0))
+        declared = self.headers.get(METHOD_HEADER)
+        limit = self.server.body_limit(roles, declared)
+        length = self._content_length(limit)
         if length is None:
             return
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self.close_connection = True
+        response = self._answer(length, limit, roles, declared)
+        if response is None:
             return
-        self.server.reaper.release(self.connection)   # the request is in; a slow method is fine
-        body = self._decoded(body)
-        if body is None:
+        if isinstance(response, FileReply):
+            self._send_file(response)
             return
-        response = self.server.dispatch_request(body, roles)
         self.send_response(http.HTTPStatus.OK)
         self.send_header("Content-Type", "text/xml")
         if self.encode_threshold is not None and len(response) > self.encode_threshold \
@@ -165,66 +774,137 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         self.end_headers()
         self.wfile.write(response)
 
-    def _content_length(self) -> int | None:
+    def _send_file(self, reply: FileReply) -> None:
+        try:
+            self.send_response(http.HTTPStatus.OK)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(reply.length))
+            self.end_headers()
+            for piece in reply.pieces():
+                self.wfile.write(piece)
+        except OSError as err:
+            log.warning("sending a file to %s failed: %s", self.client_address[0], err)
+            self.close_connection = True
+        finally:
+            reply.close()
+
+    def _answer(self, length: int, limit: int, roles: frozenset[str],
+                declared: str | None) -> bytes | FileReply | None:
+        """Read, parse and run the call; the response body, or None when an HTTP error was sent."""
+        encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            self._refuse(http.HTTPStatus.NOT_IMPLEMENTED, f"Content-Encoding {encoding} is not supported")
+            return None
+        # Once the body is in, a slow method is fine: the request deadline ends there.
+        chunks = _body_chunks(self.rfile, length, lambda: self.server.connections.deadline(self.record, None))
+        if encoding == "gzip":
+            chunks = _inflated(chunks, limit)
+        files: list[Path] = []
+        try:
+            return self._run(chunks, limit, roles, declared, files)
+        except _TooLarge as err:
+            self._refuse(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err))
+        except _BadBody as err:
+            self._refuse(http.HTTPStatus.BAD_REQUEST, str(err))
+        finally:
+            _remove_spooled(files)
+        return None
+
+    def _run(self, chunks: Iterable[bytes], limit: int, roles: frozenset[str], declared: str | None,
+             files: list[Path]) -> bytes | FileReply:
+        server = self.server
+        spool, max_text = None, limit
+        if declared in server.limits.spooled_methods:   # only the small limit may stay in memory
+            spool = lambda: _Spool(server.limits.spool_dir, limit, files)  # noqa: E731
+            max_text = server.limits.small_body(roles)
+        try:
+            params, method = read_xmlrpc(chunks, server.limits.max_depth, max_text, spool)
+        except (ValueError, FarmError, xmlrpc.client.Fault) as err:
+            return self._refused_call(err, chunks)
+        if declared is not None and declared != method:
+            return server.dump_fault(FarmError(
+                Code.BAD_REQUEST, f"the call is to {method}, not {declared} as its header says").to_fault())
+        return server.dispatch(method, params, roles)
+
+    def _refused_call(self, err: Exception, chunks: Iterable[bytes]) -> bytes:
+        """The fault for a call that could not be read (malformed, or STORAGE while spooling), after
+        reading (and inflating) the rest of the body within its limits: a body over them is still a 413."""
+        if isinstance(err, FarmError):
+            log.warning("request from %s refused: %s", self.client_address[0], err)
+        else:
+            log.info("malformed request from %s: %s", self.client_address[0], err)
+        for _ in chunks:
+            pass
+        fault = err if isinstance(err, FarmError) else FarmError(
+            Code.BAD_REQUEST, f"the request is not acceptable XML-RPC: {err}")
+        return self.server.dump_fault(self.server.hide_paths(fault.to_fault()))
+
+    def _content_length(self, limit: int) -> int | None:
         if "Transfer-Encoding" in self.headers:
             self._refuse(http.HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not accepted; send Content-Length")
             return None
-        raw = self.headers.get("Content-Length")
-        if raw is None:
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
             self._refuse(http.HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
             return None
-        try:
-            length = int(raw)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._refuse(http.HTTPStatus.BAD_REQUEST, "Content-Length must be a non-negative integer")
+        if len(values) > 1 or not _CONTENT_LENGTH.fullmatch(values[0]):
+            self._refuse(http.HTTPStatus.BAD_REQUEST, "Content-Length must appear once, as decimal digits")
             return None
-        if length > self.server.limits.max_body:
+        length = int(values[0])
+        if length > limit:
             self._refuse(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                         f"the request body is over the limit of {self.server.limits.max_body} bytes")
+                         f"the request body is over the limit of {limit} bytes for this token and method")
             return None
         return length
 
-    def _decoded(self, body: bytes) -> bytes | None:
-        encoding = self.headers.get("Content-Encoding", "identity").lower()
-        if encoding == "identity":
-            return body
-        if encoding != "gzip":
-            self._refuse(http.HTTPStatus.NOT_IMPLEMENTED, f"Content-Encoding {encoding} is not supported")
-            return None
+
+# -- the server ----------------------------------------------------------------------------------
+
+def _remove_spooled(files: list[Path]) -> None:
+    """A request's temporary files never outlive it (a method that keeps one has moved it already)."""
+    for path in files:
         try:
-            return capped_gunzip(body, self.server.limits.max_body)
-        except ValueError as err:
-            self._refuse(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-                         if "limit" in str(err) else http.HTTPStatus.BAD_REQUEST, str(err))
-            return None
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.error("cannot remove a temporary upload: %s", err.strerror)
 
 
-def capped_gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress gzip data, refusing output over `limit` bytes (a gzip bomb) or a broken stream."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error:
-        raise ValueError("the gzip body is corrupt") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise ValueError(f"the decompressed body is over the limit of {limit} bytes")
-    return out
+def _raise_open_files_limit() -> None:
+    """Many idle or half-open sockets must not make accept() fail: lift the soft limit on open files
+    to the hard one."""
+    if resource is None:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+        except (ValueError, OSError) as err:
+            log.debug("cannot raise the open files limit: %s", err)
+
+
+def sweep_spool(directory: Path | None) -> None:
+    """Remove upload files a killed controller left behind."""
+    if directory is None or not directory.is_dir():
+        return
+    for path in directory.glob(f"upload-*{SPOOL_SUFFIX}"):
+        path.unlink(missing_ok=True)
 
 
 class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128     # many nodes and viewers connect at once; the default 5 drops them
+    request_queue_size = 1024    # many nodes and viewers connect at once; the default 5 drops them
 
     def __init__(self, address: tuple[str, int], tokens: dict[str, str],
                  tls: ssl.SSLContext | None = None, limits: Limits = Limits()):
         self.tokens = tokens
         self.tls = tls
         self.limits = limits
-        self.reaper = _Reaper()
-        self._slots = threading.BoundedSemaphore(limits.max_connections)
+        _raise_open_files_limit()
+        sweep_spool(limits.spool_dir)
+        self.connections = _Connections(limits, self._start_thread)
         self._methods: dict[str, Callable[..., Any]] = {}
         self._roles: dict[str, frozenset[str]] = {}
         self._signatures: dict[str, inspect.Signature] = {}
@@ -233,38 +913,56 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self.register_function(self._list_methods, "system.listMethods", ANY_ROLE)
         self.register_function(self._method_help, "system.methodHelp", ANY_ROLE)
 
+    def body_limit(self, roles: frozenset[str], declared: str | None) -> int:
+        """The most a request may send, from its headers alone: the role's small limit, unless it names
+        a large method its role may call."""
+        if declared in self.limits.large_methods and roles & self._roles.get(declared, frozenset()):
+            return self.limits.max_body
+        return self.limits.small_body(roles)
+
     # -- connections ---------------------------------------------------------------------------
 
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("connection limit (%d) reached; refusing %s", self.limits.max_connections,
-                        client_address[0])
+        """A new connection waits in the lobby (no thread) until it sends something."""
+        self.connections.admit(request, client_address[0])
+
+    def _start_thread(self, record: _Connection) -> None:
+        request = record.sock
+        try:
+            client_address = request.getpeername()
+        except OSError:
+            client_address = (record.peer, 0)
+        thread = threading.Thread(target=self._serve_connection, args=(request, client_address, record),
+                                  daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:     # no thread to be had: drop this one, keep accepting
+            log.error("cannot start a thread for a connection from %s", record.peer)
+            self.connections.release(record)
             self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
 
-    def process_request_thread(self, request, client_address) -> None:
+    def _serve_connection(self, request, client_address, record: _Connection) -> None:
+        _current.record = record
         try:
-            super().process_request_thread(request, client_address)
+            if self.tls is not None:
+                request.settimeout(self.limits.handshake_timeout)
+                try:
+                    request = record.sock = self.tls.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError) as err:
+                    log.info("TLS handshake with %s failed: %s", client_address[0], err)
+                    return
+            self.RequestHandlerClass(request, client_address, self)
+        except (OSError, ValueError) as err:
+            log.debug("connection from %s ended: %s", client_address[0], err)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self._slots.release()
-
-    def finish_request(self, request, client_address) -> None:
-        if self.tls is not None:
-            request.settimeout(self.limits.handshake_timeout)
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as err:
-                log.info("TLS handshake with %s failed: %s", client_address[0], err)
-                return
-        super().finish_request(request, client_address)
+            _current.record = None
+            self.connections.release(record)
+            self.shutdown_request(request)
 
     def server_close(self) -> None:
-        self.reaper.stop()
+        self.connections.stop()
         super().server_close()
 
     # -- methods -------------------------------------------------------------------------------
@@ -290,29 +988,48 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
 
     def dispatch_request(self, data: bytes, roles: frozenset[str]) -> bytes:
         """One XML-RPC request body in, one response body out; never raises."""
-        if _DECLARATION.search(data):
-            return self._dump_fault(FarmError(Code.BAD_REQUEST, "XML declarations (DOCTYPE, ENTITY) are not "
-                                              "accepted").to_fault())
         try:
-            params, method = xmlrpc.client.loads(data, use_builtin_types=False)
-        except Exception as err:  # noqa: BLE001 - any parse failure is the caller's malformed request
+            params, method = read_xmlrpc([data], self.limits.max_depth)
+        except (ValueError, xmlrpc.client.Fault) as err:
             log.info("malformed request: %s", err)
-            return self._dump_fault(FarmError(Code.BAD_REQUEST, "the request is not valid XML-RPC").to_fault())
+            return self.dump_fault(FarmError(Code.BAD_REQUEST, f"the request is not acceptable XML-RPC: {err}"
+                                             ).to_fault())
+        response = self.dispatch(method, params, roles)
+        if isinstance(response, FileReply):
+            try:
+                return b"".join(response.pieces())
+            finally:
+                response.close()
+        return response
+
+    def dispatch(self, method: str | None, params: tuple, roles: frozenset[str]) -> bytes | FileReply:
+        """Run a parsed call; the response body (or a file to stream as it). Never raises."""
+        if not isinstance(method, str):
+            return self.dump_fault(FarmError(Code.BAD_REQUEST, "the request names no method").to_fault())
         try:
             result = self._call(method, params, roles)
         except xmlrpc.client.Fault as fault:
-            return self._dump_fault(fault)
+            return self.dump_fault(self.hide_paths(fault))
+        if isinstance(result, FileReply):
+            return result
         try:
             return xmlrpc.client.dumps((result,), methodresponse=True, allow_none=False).encode()
-        except (TypeError, OverflowError):
-            return self._dump_fault(self._internal_fault(method))
+        except (TypeError, OverflowError, RecursionError):
+            return self.dump_fault(self._internal_fault(method))
 
     def _marshaled_dispatch(self, data, dispatch_method=None, path=None):
         # Only reachable without the handler above; never without roles.
         return self.dispatch_request(data, frozenset())
 
+    def hide_paths(self, fault: xmlrpc.client.Fault) -> xmlrpc.client.Fault:
+        """The fault without the server's own paths (its data directory): clients need not know them."""
+        text = fault.faultString
+        for path in self.limits.hidden_paths:
+            text = text.replace(path, "<data-dir>")
+        return xmlrpc.client.Fault(fault.faultCode, text)
+
     @staticmethod
-    def _dump_fault(fault: xmlrpc.client.Fault) -> bytes:
+    def dump_fault(fault: xmlrpc.client.Fault) -> bytes:
         return xmlrpc.client.dumps(fault, methodresponse=True).encode()
 
     def _call(self, method: str, params: tuple, roles: frozenset[str]) -> Any:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from farm.faults import Code, FarmError
+from farm.povray import ProcessResult, is_signal
 
 try:
     import resource     # imported here, never in a forked child
@@ -125,6 +126,14 @@ class Sandbox:
         for key, value in sorted(inner.items()):
             wrapped += ["--setenv", key, value]
         return Command([*wrapped, "--", *argv], {"PATH": SANDBOX_PATH}, limits)
+
+    def outcome(self, result: ProcessResult) -> ProcessResult:
+        """How POV-Ray itself ended. bubblewrap exits with 128 + N when the program inside was killed by
+        signal N (153: SIGXFSZ, 139: SIGSEGV); its own failures are small codes."""
+        code = result.returncode
+        if self.confined and code is not None and code > 128 and is_signal(code - 128):
+            return result.signalled(code - 128)
+        return result
 
     def check(self, argv: Sequence[str]) -> str:
         """Run argv in the sandbox, in a scratch folder. '' when it exits 0, else what went wrong."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import xmlrpc.client
 
 from farm.api import NODE, SUBMIT, args, rpc
+from farm.rpc import FileReply, SpooledBinary
 
 
 class BundlesAPI:
@@ -24,18 +25,21 @@ class BundlesAPI:
 
     @rpc(SUBMIT)
     def upload(self, data: xmlrpc.client.Binary) -> str:
-        """Check and store a scene bundle.
+        """Check and store a scene bundle. The transport streams a large one to disk, hashing it on the way.
 
         @param data: base64, the zip
         @return: str, its digest ("sha256:<hex>")
         """
+        if isinstance(data, SpooledBinary):
+            return self._bundles.upload_file(data.path, data.size, data.sha256, data.keep_as)
         return self._bundles.upload(args.binary("data", data))
 
     @rpc(NODE)
-    def fetch(self, digest: str) -> xmlrpc.client.Binary:
-        """A stored bundle's bytes, for nodes.
+    def fetch(self, digest: str) -> FileReply:
+        """A stored bundle's bytes, for nodes (streamed from disk).
 
         @param digest: str
         @return: base64, the zip
         """
-        return xmlrpc.client.Binary(self._bundles.read(args.text("digest", digest, 100)))
+        digest = args.text("digest", digest, 100)
+        return FileReply.open(self._bundles.path(digest), f"bundle {digest}")

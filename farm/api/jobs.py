@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import xmlrpc.client
 from typing import Any
 
 from farm.animation import Animation
 from farm.api import READERS, SUBMIT, args, rpc
 from farm.faults import Code, FarmError
+from farm.rpc import FileReply, departure_watch
 from farm.service.submission import MAX_SIDE, Submission
 from farm.states import JobState
 
@@ -65,7 +65,8 @@ class JobsAPI:
         seen = changes.version(job_id)
         current = self._store.jobs.get(job_id)
         if not current.ended:
-            changes.wait(job_id, seen, min(timeout, LONG_POLL_CAP))
+            with departure_watch(changes.wake) as gone:
+                changes.wait(job_id, seen, min(timeout, LONG_POLL_CAP), gone)
             current = self._store.jobs.get(job_id)
         return self._views.job_status(current, detail=False)
 
@@ -119,7 +120,7 @@ class JobsAPI:
         return True
 
     @rpc(*READERS)
-    def fetch(self, job: int, frame: int = 0) -> xmlrpc.client.Binary:
+    def fetch(self, job: int, frame: int = 0) -> FileReply:
         """The finished PNG of a frame.
 
         @param job: int
@@ -135,8 +136,7 @@ class JobsAPI:
         stored = self._store.jobs.frame(job_id, number)
         if stored is None or not stored.path:
             raise FarmError(Code.BAD_ARGUMENT, f"job {job_id} has no frame {number}")
-        files = self._services.files
-        return xmlrpc.client.Binary(files.read(files.frame_image(job_id, number), f"the image of job {job_id}"))
+        return FileReply.open(self._services.files.frame_image(job_id, number), f"the image of job {job_id}")
 
 
 def _submission(spec: dict) -> Submission:

@@ -6,6 +6,7 @@ import xmlrpc.client
 
 from farm.api import NODE, READERS, args, rpc
 from farm.faults import Code, FarmError
+from farm.rpc import departure_watch
 
 MAX_ERROR_TEXT = 8192
 MAX_ID_TEXT = 120
@@ -50,7 +51,12 @@ class NodesAPI:
             clock, 0 for none), kind ("rows"; or "pretrace": run the frame's radiosity pretrace and deliver
             its cache file), radiosity_cache (bool: load the frame's shared cache, from nodes.radiosity_cache)
         """
-        leased = self._dispatch.poll(args.text("node_id", node_id, MAX_ID_TEXT), args.seconds("wait", wait))
+        node_id, wait = args.text("node_id", node_id, MAX_ID_TEXT), args.seconds("wait", wait)
+        if wait > 0:
+            with departure_watch(self._services.work.wake) as gone:
+                leased = self._dispatch.poll(node_id, wait, gone)
+        else:
+            leased = self._dispatch.poll(node_id, wait)
         return {} if leased is None else self._task(*leased)
 
     def _task(self, lease, job) -> dict:

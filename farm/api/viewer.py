@@ -5,6 +5,7 @@ from __future__ import annotations
 import xmlrpc.client
 
 from farm.api import READERS, args, rpc
+from farm.rpc import departure_watch
 
 LONG_POLL_CAP = 30.0
 
@@ -39,7 +40,8 @@ class ViewerAPI:
         ended = reply["job"].get("state") in ("done", "failed", "canceled")
         if not (reply["strips"] or (ended and job_id)):
             # Nothing new: wait for this job to change, or (following the newest job) for a new job.
-            services.changes.wait(target, seen, min(timeout, LONG_POLL_CAP))
+            with departure_watch(services.changes.wake) as gone:
+                services.changes.wait(target, seen, min(timeout, LONG_POLL_CAP), gone)
             current = job_id or services.store.jobs.newest_id()
             reply = services.views.feed(current, cursor if current == target else 0)   # a new job: cursor 0
         for piece in reply["strips"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 
 class Changes:
@@ -28,7 +29,14 @@ class Changes:
         with self._condition:
             return self._farm, self._jobs.get(job_id, 0)
 
-    def wait(self, job_id: int, seen: tuple[int, int], timeout: float) -> None:
-        """Return when the job's (or the farm's) version differs from `seen`, or after `timeout` seconds."""
+    def wait(self, job_id: int, seen: tuple[int, int], timeout: float,
+             gone: Callable[[], bool] = lambda: False) -> None:
+        """Return when the job's (or the farm's) version differs from `seen`, when `gone()` says the waiting
+        client left (call `wake` then), or after `timeout` seconds."""
         with self._condition:
-            self._condition.wait_for(lambda: (self._farm, self._jobs.get(job_id, 0)) != seen, timeout)
+            self._condition.wait_for(lambda: gone() or (self._farm, self._jobs.get(job_id, 0)) != seen, timeout)
+
+    def wake(self) -> None:
+        """Have every waiter look again (its client may have left)."""
+        with self._condition:
+            self._condition.notify_all()

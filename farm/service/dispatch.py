@@ -64,12 +64,15 @@ class Dispatcher:
         job = self._jobs.get(job_id)
         return job if job is not None else self._jobs.keep(job_id, self._store.jobs.get(job_id))
 
-    def poll(self, node_id: str, wait: float) -> tuple[Lease, Job] | None:
-        """Lease the node its next unit; with `wait`, wait that long for one to be queued."""
+    def poll(self, node_id: str, wait: float, gone: Callable[[], bool] = lambda: False) -> tuple[Lease, Job] | None:
+        """Lease the node its next unit; with `wait`, wait that long for one to be queued (unless `gone()`
+        says the node left)."""
         seen = self._work.version()
         lease = self._lease(node_id)
         if lease is None and wait > 0:
-            self._work.wait(0, seen, min(wait, self._config.lease_timeout / 3, LONG_POLL_CAP))
+            self._work.wait(0, seen, min(wait, self._config.lease_timeout / 3, LONG_POLL_CAP), gone)
+            if gone():
+                return None
             lease = self._lease(node_id)
         if lease is None:
             return None

@@ -1,30 +1,78 @@
-"""The controller's files beside its database: uploaded bundles and finished images."""
+"""The controller's files beside its database: uploaded bundles and finished images.
+
+Every file is written under a temporary name, fsynced and renamed; a write that
+fails removes its temporary file, and what a start finds left by a killed
+controller is swept away. Faults name no server paths.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import mmap
 import os
+import tempfile
 from pathlib import Path
 
 from farm.faults import Code, FarmError
 
+log = logging.getLogger(__name__)
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, rename: a reader or a crash never sees half a file, and no temporary file is left."""
-    tmp = path.with_name(path.name + ".tmp")
+FOLDERS = ("uploads", "bundles", "jobs")
+
+
+def write_atomically(path: Path, data: bytes, what: str | None = None) -> None:
+    """Write, fsync, rename: a reader or a crash never sees half a file, and a failed write (a full
+    disk) leaves no temporary file behind."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _storage(what or path.name, err) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(name, path)
     except OSError as err:
-        with contextlib.suppress(OSError):   # the write failed; what matters is the error below
-            tmp.unlink()
-        # The sentence names the kind of file, never the controller's own paths.
-        raise FarmError(Code.STORAGE, f"the controller cannot write {path.suffix[1:] or 'a'} file: "
-                                      f"{err.strerror or err}") from None
+        _discard(Path(name))
+        raise _storage(what or path.name, err) from None
+
+
+def sweep_temporary(data_dir: Path) -> int:
+    """At start, before serving: remove temporary files a killed controller left in its data dir (uploads
+    being received, bundles and images being written). Returns how many."""
+    removed = 0
+    for folder in FOLDERS:
+        for path in (data_dir / folder).rglob("*.tmp"):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError as err:
+                log.warning("cannot remove the temporary file %s: %s", path.name, err.strerror)
+    if removed:
+        log.info("removed %d temporary files left by an earlier run", removed)
+    return removed
+
+
+def _storage(what: str, err: OSError) -> FarmError:
+    return FarmError(Code.STORAGE, f"the controller cannot write {what}: {err.strerror or 'write failed'}")
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.error("cannot remove the temporary file %s: %s", path.name, err.strerror)
+
+
+class _MappedFile(mmap.mmap):
+    """A read-only file mapping that zipfile accepts as a file."""
+
+    def seekable(self) -> bool:
+        return True
 
 
 class Files:
@@ -40,8 +88,12 @@ class Files:
     def frame_image(self, job_id: int, frame: int) -> Path:
         return self.image_dir / str(job_id) / f"frame-{frame:05d}.png"
 
-    def read(self, path: Path, what: str) -> bytes:
+    def map_bundle(self, digest: str) -> mmap.mmap:
+        """A stored bundle as a read-only file mapping: zip checks read only the parts they need, so a large
+        bundle is never copied into memory."""
         try:
-            return path.read_bytes()
-        except OSError as err:
-            raise FarmError(Code.STORAGE, f"cannot read {what}: {err.strerror or err}") from None
+            with open(self.bundle(digest), "rb") as handle:
+                return _MappedFile(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as err:
+            raise FarmError(Code.STORAGE, f"the controller cannot read the bundle: "
+                                          f"{getattr(err, 'strerror', None) or err}") from None

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from farm import bundle, strips
+from farm import bundle, limits, strips
 from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
@@ -52,23 +53,48 @@ class Bundles:
         return self._store.bundles.has(digest)
 
     def upload(self, payload: bytes) -> str:
-        """Check and store a bundle; returns its digest. Storing the same bundle twice is harmless."""
-        limit = self._config.max_bundle_bytes
-        if len(payload) > limit:
-            raise FarmError(Code.BUNDLE_TOO_LARGE, f"the bundle is {len(payload)} bytes; the limit is {limit}")
-        members = bundle.check_archive(payload, max_total=limit)
+        """Check and store a bundle held in memory; returns its digest. Storing one twice is harmless."""
+        self._check_size(len(payload))
+        members = bundle.check_archive(payload, max_total=self._config.max_bundle_bytes)
         digest = bundle.bundle_hash(payload)
         if not self._store.bundles.has(digest):
-            write_atomically(self._files.bundle(digest), payload)
-            self._store.bundles.add(BundleInfo(digest, len(payload), tuple(members), _sources_mention_radiosity(
-                payload)), self._clock())
-            log.info("stored bundle %s (%d bytes, %d files)", digest, len(payload), len(members))
+            write_atomically(self._files.bundle(digest), payload, "the bundle")
+            self._record(digest, len(payload), members, _sources_mention_radiosity(payload))
         return digest
 
-    def read(self, digest: str) -> bytes:
+    def upload_file(self, path: Path, size: int, sha256: str, keep_as: Callable[[Path], None]) -> str:
+        """Check and store a bundle the transport already streamed to disk (and hashed on the way);
+        `keep_as` moves that file into place. Returns its digest."""
+        self._check_size(size)
+        try:
+            with open(path, "rb") as handle:
+                members = bundle.check_archive(handle, max_total=self._config.max_bundle_bytes)
+                radiosity = _sources_mention_radiosity(handle)
+        except OSError as err:
+            raise FarmError(Code.STORAGE, f"the controller cannot read the upload back: {err.strerror}") from None
+        digest = bundle.HASH_PREFIX + sha256
+        if not self._store.bundles.has(digest):
+            try:
+                keep_as(self._files.bundle(digest))
+            except OSError as err:
+                raise FarmError(Code.STORAGE, f"the controller cannot write the bundle: {err.strerror}") from None
+            self._record(digest, size, members, radiosity)
+        return digest
+
+    def _check_size(self, size: int) -> None:
+        if size > self._config.max_bundle_bytes:
+            raise FarmError(Code.BUNDLE_TOO_LARGE,
+                            f"the bundle is {size} bytes; the limit is {self._config.max_bundle_bytes}")
+
+    def _record(self, digest: str, size: int, members: list[str], radiosity: bool) -> None:
+        self._store.bundles.add(BundleInfo(digest, size, tuple(members), radiosity), self._clock())
+        log.info("stored bundle %s (%d bytes, %d files)", digest, size, len(members))
+
+    def path(self, digest: str) -> Path:
+        """Where a stored bundle is, for sending it."""
         if not self._store.bundles.has(digest):
             raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}")
-        return self._files.read(self._files.bundle(digest), f"bundle {digest}")
+        return self._files.bundle(digest)
 
     def info(self, digest: str) -> BundleInfo:
         """What was learnt of the bundle at upload (worked out now for one stored before that was kept)."""
@@ -76,14 +102,18 @@ class Bundles:
         if info is None:
             raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}; upload it first")
         if info.members is None or info.mentions_radiosity is None:
-            data = self.read(digest)
-            members = bundle.check_archive(data, max_total=self._config.max_bundle_bytes)
-            info = BundleInfo(digest, len(data), tuple(members), _sources_mention_radiosity(data))
+            with self._files.map_bundle(digest) as data:
+                members = bundle.check_archive(data, max_total=self._config.max_bundle_bytes)
+                info = BundleInfo(digest, info.size, tuple(members), _sources_mention_radiosity(data))
             self._store.bundles.add(info, self._clock())
         return info
 
+    def mentions(self, digest: str, word: bytes, scene: str) -> bool:
+        with self._files.map_bundle(digest) as data:
+            return bundle.mentions(data, word, scene)
 
-def _sources_mention_radiosity(data: bytes) -> bool:
+
+def _sources_mention_radiosity(data) -> bool:
     """Whether a POV-Ray source file (.pov, .inc, ...) of a checked bundle mentions radiosity."""
     return bundle.mentions(data, b"radiosity", scene="")
 
@@ -100,9 +130,11 @@ class Submissions:
         count = request.strips
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
+        limits.check_plan(spec, count)
         plans = strips.with_pretrace(
             strips.plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
             spec.height, spec.pretrace)
+        limits.check_units(spec, len(plans), self._store.units.open_count())
         job_id = self._store.jobs.create(spec, plans, self._clock())
         self._changes.bump()
         self._work.bump()
@@ -132,4 +164,4 @@ class Submissions:
         if info.mentions_radiosity or bundle.is_source(scene):
             return bool(info.mentions_radiosity)
         # A scene file named unlike a source (scene.txt) was not scanned at upload.
-        return bundle.mentions(self._bundles.read(info.digest), b"radiosity", scene)
+        return self._bundles.mentions(info.digest, b"radiosity", scene)

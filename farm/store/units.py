@@ -15,7 +15,7 @@ from farm.db import Database
 from farm.faults import Code, FarmError
 from farm.policy import Failures, JobInLine
 from farm.records import FailureVerdict, Lease, Node, StoredRows, Unit
-from farm.states import FrameState, JobState, NodeState, UnitState
+from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, UnitState
 from farm.store import schema
 from farm.store.jobs import fail_job_in, job_in
 from farm.store.nodes import touch
@@ -87,6 +87,16 @@ class UnitRecords:
         with self._db.read() as db:
             return db.execute(f"SELECT 1 {_FRAME_CACHE}",
                               (job_id, frame, PRETRACE, UnitState.DONE.value)).fetchone() is not None
+
+    def open_count(self) -> int:
+        """Units of unfinished jobs still to be rendered: queued, waiting or leased."""
+        with self._db.read() as db:
+            # By unfinished job, so the (job, state) index answers it however long the history.
+            return db.execute(
+                "SELECT COUNT(*) FROM units WHERE job IN (SELECT id FROM jobs WHERE state NOT IN (?, ?, ?))"
+                " AND state IN (?, ?, ?)",
+                (*(state.value for state in FINISHED_JOB_STATES), UnitState.QUEUED.value,
+                 UnitState.WAITING.value, UnitState.LEASED.value)).fetchone()[0]
 
     def retry_due(self, after: float, until: float) -> bool:
         """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
