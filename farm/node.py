@@ -12,8 +12,6 @@ what goes back to the controller as error text is capped and names no node paths
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -29,18 +27,17 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, bundle, photons, povray, radiosity, strips
+from farm import __version__, povray
 from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.records import RenderOutcome
+from farm.render import UnitRenderer
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BYTES = 4096   # the most error text a node sends for one strip
 POLL_WAIT = 20.0         # seconds a poll may wait at the controller for work (it may shorten it)
-MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of one frame's radiosity cache
 RETRY_CEILING = 10.0     # seconds: the longest wait between attempts while the controller is in trouble
 # Faults that waiting cannot cure: the token is refused or has the wrong role. Every other fault,
 # and an unreachable controller, means back off and try again.
@@ -58,9 +55,6 @@ class Node:
         self.runner = runner
         self.clock = clock
         self.rng = rng
-        self.cache = bundle.BundleCache(config.work_dir / "bundles")
-        self.photon_maps = PhotonMaps(config.work_dir / "photons")
-        self.radiosity_caches = RadiosityCaches(config.work_dir / "radiosity")
         self.strip_root = config.work_dir / "strips"
         self.node_id: str | None = None
         self.heartbeat_interval = config.heartbeat_interval
@@ -71,6 +65,12 @@ class Node:
         self.sandbox = sandbox or sandboxes.build(config.sandbox, self.povray, config.max_memory_mb,
                                                   config.max_output_mb)
         self.version, self.broken = self._probe()
+        self.renderer = UnitRenderer(
+            config, self.povray, self.sandbox, runner, fetch_bundle=self._fetch_bundle,
+            fetch_radiosity_cache=lambda task: self.client.call("nodes.radiosity_cache", self.node_id,
+                                                                task["lease"]).data,
+            watch=lambda task, log_path, when_tracing: _Heartbeat(self, task["lease"], log_path, when_tracing),
+            aborting=self.aborting)
         self.strips_done = 0
         self._registration = threading.Lock()
         self._working: set[str] = set()   # names of the slots that hold a strip right now
@@ -225,7 +225,7 @@ class Node:
                  task["row_end"], task["attempt"])
         strip_dir = self.strip_root / f"job{task['job']}-f{task['frame']}-s{task['strip']}-{secrets.token_hex(3)}"
         try:
-            outcome = self._render(task, strip_dir)
+            outcome = self.renderer.render(task, strip_dir)
         finally:
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
@@ -260,133 +260,6 @@ class Node:
             self.strips_done += 1
         return None
 
-    def _render(self, task: dict[str, Any], strip_dir: Path) -> RenderOutcome:
-        try:
-            bundle_dir = self.cache.ensure(task["bundle"], lambda: self._fetch_bundle(task["bundle"]))
-            scene_dir = bundle.copy_for_render(bundle_dir, strip_dir / "scene")
-        except FarmError as err:
-            return _failed(f"the scene bundle could not be prepared on node {self.config.name}: {err}", False)
-        except OSError as err:
-            return _failed(f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
-        scene = scene_dir / task["scene"]
-        if task.get("kind") == strips.PRETRACE:
-            return self._run_pretrace(task, strip_dir, scene)
-        target, extra = scene, []
-        if task.get("radiosity_cache"):
-            try:
-                target, extra = self._with_radiosity_cache(task, scene)
-            except FarmError as err:
-                if err.code is Code.UNREACHABLE:
-                    return RenderOutcome("release")   # not the strip's fault: let it go elsewhere or later
-                return _failed(f"node {self.config.name} could not get the frame's radiosity cache: {err}", False)
-            except OSError as err:
-                return _failed(f"node {self.config.name} could not store the frame's radiosity cache: "
-                               f"{err.strerror or err}", False)
-        if task["frame"] == task.get("frame_last", task["frame"]):
-            with self.photon_maps.shared(_photon_key(task), scene) as publisher:
-                return self._run_povray(task, strip_dir, target, publisher, extra)
-        return self._run_povray(task, strip_dir, target, extra=extra)
-
-    def _with_radiosity_cache(self, task: dict[str, Any], scene: Path) -> tuple[Path, list[str]]:
-        """The wrapper scene and options that make a strip load its frame's shared radiosity cache."""
-        text = radiosity.wrapper_text(scene.name)
-        if text is None:
-            raise FarmError(Code.BAD_ARGUMENT, f"the scene name {scene.name!r} cannot be included")
-        cache = self.radiosity_caches.get(_frame_key(task), lambda: self.client.call(
-            "nodes.radiosity_cache", self.node_id, task["lease"]).data)
-        shutil.copyfile(cache, scene.parent / radiosity.CACHE_FILE)
-        wrapper = scene.parent / radiosity.WRAPPER_SCENE
-        wrapper.write_text(text, encoding="utf-8")
-        return wrapper, [f"+RF{radiosity.CACHE_FILE}", "+RFI"]
-
-    def _run_pretrace(self, task: dict[str, Any], strip_dir: Path, scene: Path) -> RenderOutcome:
-        """A frame's radiosity pre-pass: the whole frame with +RFO, stopped when its final pass begins.
-        Delivers the cache, or nothing when the scene turns out to use no radiosity."""
-        cache = scene.parent / radiosity.CACHE_FILE
-        watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache)
-        outcome = self._run_povray(task, strip_dir, scene, extra=[f"+RF{radiosity.CACHE_FILE}", "+RFO"],
-                                   pretrace=watch)
-        if outcome.kind != "done":
-            return outcome
-        try:
-            data = radiosity.trim_cache(cache.read_bytes()) if watch.verdict != radiosity.NO_RADIOSITY else b""
-        except OSError:
-            data = b""     # POV-Ray made no cache file: no radiosity
-        log.info("job %s frame %s radiosity pre-pass: %s", task["job"], task["frame"],
-                 f"{len(data)} bytes of cache" if data else "the scene uses no radiosity")
-        return RenderOutcome("done", rows=strips.compress_rows(data) if data else b"", seconds=outcome.seconds)
-
-    def _run_povray(self, task: dict[str, Any], strip_dir: Path, scene: Path,
-                    publisher: _PhotonPublisher | None = None, extra: list[str] | None = None,
-                    pretrace: radiosity.PretraceWatch | None = None) -> RenderOutcome:
-        """Render the task's rows of `scene` (with `pretrace`: the whole frame, until the watch says stop)."""
-        alpha, bits = task["channels"] == 4, task["bits"]
-        file_type = ("N" if alpha else "P") + ("16" if bits == 16 else "")
-        output = strip_dir / ("strip.png" if alpha else "strip.ppm")
-        log_path = strip_dir / "povray.log"
-        frames = range(task["frame"], task.get("frame_last", task["frame"]) + 1)
-        animation = list(task.get("animation", []))
-        if animation:   # the whole animation, and the frames this unit renders (+SF/+EF)
-            animation += [f"+SF{frames[0]}", f"+EF{frames[-1]}"]
-        rows = [] if pretrace else strips.povray_row_options(task["row_start"], task["row_end"], task["height"])
-        argv = povray.render_command(
-            self.povray, scene.name, task["width"], task["height"], rows,
-            output, file_type, self.config.threads, scene.parent, [*task["options"], *animation, *(extra or [])])
-        heartbeat = _Heartbeat(self, task["lease"], log_path,
-                               publisher.when_tracing if publisher is not None else None)
-        should_stop = heartbeat if pretrace is None else (lambda: pretrace() or heartbeat())
-        limits = [limit for limit in (self.config.strip_timeout, float(task.get("time_limit", 0))) if limit > 0]
-        timeout = min(limits, default=0.0)
-        command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
-                                       self.config.threads or os.cpu_count() or 1)
-        # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps.
-        result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
-                             timeout=timeout, should_stop=should_stop, limits=command.limits,
-                             check_every=0.5 if pretrace is None else 0.1)
-        result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
-        return self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
-
-    def _outcome(self, task: dict[str, Any], result: povray.ProcessResult, log_path: Path, output: Path,
-                 frames: range, animated: bool, pretrace: radiosity.PretraceWatch | None) -> RenderOutcome:
-        """What POV-Ray's run amounts to: rows to deliver, a failure to report, or a lease to give up."""
-        if pretrace is not None and pretrace.verdict is not None and result.stopped:
-            return RenderOutcome("done", seconds=result.seconds)   # stopped on purpose: the cache is what counts
-        if result.stopped:
-            return RenderOutcome("release" if self.aborting.is_set() else "dropped")
-        stderr = log_path.read_text("utf-8", "replace") if log_path.exists() else ""
-        if result.returncode != 0 or result.timed_out:
-            return _failed(*self._failure(result, stderr, frames if animated else None))
-        if pretrace is not None:
-            return RenderOutcome("done", seconds=result.seconds)   # it finished the whole frame: the cache is complete
-        shared = povray.sharing_report(povray.render_statistics(stderr))
-        if shared:
-            log.info("job %s strip %s: %s", task["job"], task["strip"], shared)
-        try:
-            rows = b"".join(self._strip_rows(path, task) for path in _frame_files(output, frames, animated))
-        except OSError as err:
-            return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err.strerror or err}", False)
-        except ValueError as err:
-            return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
-        return RenderOutcome("done", rows=strips.compress_rows(rows), seconds=result.seconds)
-
-    def _failure(self, result: povray.ProcessResult, stderr: str, frames: range | None) -> tuple[str, bool]:
-        """(error text, whether the scene itself is at fault) for a POV-Ray run that failed: the signal and
-        what it means, POV-Ray's own error lines, and which frame of an animation broke."""
-        killed = result.signal is not None or result.timed_out
-        message, scene_error = povray.error_text(stderr, tail=not killed)
-        index = povray.frame_index(stderr) if frames is not None else None
-        if frames is not None and index is not None and 1 <= index <= len(frames):
-            message = f"frame {frames[index - 1]}: {message}"   # say which frame of the animation broke
-        if povray.out_of_memory(stderr):
-            # Not the scene's fault as such: a node with more memory may render it.
-            limit = f" (this node allows {self.config.max_memory_mb} MB: max_memory_mb)" \
-                if self.config.max_memory_mb else ""
-            return f"POV-Ray ran out of memory{limit} on node {self.config.name}: {message}", False
-        if result.returncode == 1 and scene_error:
-            return message, True
-        detail = f": {message}" if message else ""
-        return f"{result.describe()} on node {self.config.name}{detail}", False
-
     def _error_text(self, text: str, scene_dir: Path) -> str:
         """Error text for the controller: scene paths relative, the node's own folders unnamed,
         at most MAX_ERROR_BYTES."""
@@ -396,15 +269,6 @@ class Node:
             return text
         marker = "\n[...]"
         return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
-
-    @staticmethod
-    def _strip_rows(path: Path, task: dict[str, Any]) -> bytes:
-        """The strip's rows out of POV-Ray's full-size output image."""
-        data = path.read_bytes()
-        raster = strips.decode_png(data) if task["channels"] == 4 else strips.decode_ppm(data)
-        if (raster.width, raster.height, raster.bits) != (task["width"], task["height"], task["bits"]):
-            raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
-        return strips.crop_rows(raster, task["row_start"], task["row_end"])
 
     def _fetch_bundle(self, digest: str) -> bytes:
         log.info("fetching bundle %s", digest)
@@ -431,10 +295,6 @@ class Node:
                 delay = self._backoff(delay, ceiling=RETRY_CEILING)
                 log.warning("%s for lease %s: %s; retrying delivery in %.1f s", method, lease, err, delay)
                 self.aborting.wait(delay)
-
-
-def _failed(error: str, scene_error: bool) -> RenderOutcome:
-    return RenderOutcome("failed", error=error, scene_error=scene_error)
 
 
 def _probe_key(program: str, sandbox: sandboxes.Sandbox) -> str:
@@ -467,139 +327,6 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as err:
         log.debug("cannot remember the POV-Ray probe in %s: %s", path, err)
-
-
-def _frame_key(task: dict[str, Any]) -> str:
-    """One job's frame at its size: what a frame's radiosity cache belongs to."""
-    return f"job{task['job']}-{task['frame']}-{task['width']}x{task['height']}-{_photon_key(task)[:16]}"
-
-
-def _photon_key(task: dict[str, Any]) -> str:
-    """What a frame's photon map depends on: the scene, its options and the frame (the clock)."""
-    parts = [task["bundle"], task["scene"], str(task["frame"]), *task["options"], *task.get("animation", [])]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-class PhotonMaps:
-    """A node's photon maps, one per frame, shared by the strips it renders (see farm/photons.py)."""
-
-    KEEP = 16   # maps kept on disk; older ones are deleted
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def _lock(self, key: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-    @contextlib.contextmanager
-    def shared(self, key: str, scene: Path):
-        """Around one strip's render: the first strip of a frame saves the map and yields a
-        `_PhotonPublisher` (other slots wait until it publishes the map); later ones load the map and
-        yield None. Scenes without a global photons block are left alone."""
-        original = scene.read_bytes().decode("latin-1")    # latin-1 round-trips every byte
-        if photons.with_photon_file(original, save=True) is None:
-            yield None
-            return
-        stored = self.directory / f"{key}.ph"
-        lock = self._lock(key)
-        lock.acquire()
-        if not stored.exists():
-            scene.write_bytes(photons.with_photon_file(original, save=True).encode("latin-1"))
-            publisher = _PhotonPublisher(self, scene.parent / photons.PHOTON_FILE, stored, lock)
-            try:
-                yield publisher
-            finally:
-                publisher.publish()
-            return
-        try:
-            shutil.copyfile(stored, scene.parent / photons.PHOTON_FILE)
-        finally:
-            lock.release()
-        scene.write_bytes(photons.with_photon_file(original, save=False).encode("latin-1"))
-        yield None
-
-    def _keep(self, produced: Path, stored: Path) -> None:
-        if not produced.is_file() or produced.stat().st_size == 0:
-            return      # the render failed; the next strip shoots the photons again
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = stored.with_suffix(".tmp")
-        shutil.copyfile(produced, tmp)
-        os.replace(tmp, stored)
-        for old in sorted(self.directory.glob("*.ph"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
-            old.unlink(missing_ok=True)
-
-
-class RadiosityCaches:
-    """Radiosity caches fetched from the controller, one per frame, shared by the node's slots."""
-
-    KEEP = 16   # caches kept on disk; older ones are deleted
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-
-    def get(self, key: str, fetch: Callable[[], bytes]) -> Path:
-        """The cache file for `key`, fetched (zlib data) once by whichever slot asks first."""
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        path = self.directory / f"{key}.rad"
-        with lock:
-            if not path.is_file():
-                try:
-                    data = strips.decompress_capped(fetch(), MAX_RADIOSITY_CACHE)
-                except ValueError as err:
-                    raise FarmError(Code.BAD_ARGUMENT, f"the cache is unusable: {err}") from None
-                self.directory.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
-                for old in sorted(self.directory.glob("*.rad"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
-                    old.unlink(missing_ok=True)
-        return path
-
-
-class _PhotonPublisher:
-    """Publishes a strip's freshly shot photon map to the node's other slots, once: as soon as POV-Ray
-    has started tracing (it writes the map before that), so they need not wait for the whole strip."""
-
-    def __init__(self, maps: PhotonMaps, produced: Path, stored: Path, lock: threading.Lock):
-        self.maps, self.produced, self.stored, self.lock = maps, produced, stored, lock
-        self.done = False
-
-    def when_tracing(self, log_path: Path) -> None:
-        if not self.done and povray.progress_fraction(log_path) is not None:
-            self.publish()
-
-    def publish(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        try:
-            self.maps._keep(self.produced, self.stored)
-        finally:
-            self.lock.release()
-
-
-def _frame_files(output: Path, frames: range, animated: bool) -> list[Path]:
-    """The image files POV-Ray wrote for these frames: `strip.ppm` for a still; for an animation,
-    `strip<N>.ppm` with N zero-padded to the width of the final frame number."""
-    if not animated:
-        return [output]
-    found = {}
-    for path in output.parent.glob(f"{output.stem}*{output.suffix}"):
-        number = path.name[len(output.stem):-len(output.suffix)]
-        if number.isdigit():
-            found[int(number)] = path
-    if len(frames) == 1 and frames[0] not in found and output.exists():
-        return [output]   # an animation of one frame (+KFI1 +KFF1): POV-Ray writes no number
-    missing = [frame for frame in frames if frame not in found]
-    if missing:
-        raise ValueError(f"POV-Ray wrote no image for frame {missing[0]}")
-    return [found[frame] for frame in frames]
 
 
 class _Heartbeat:

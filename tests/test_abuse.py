@@ -442,12 +442,12 @@ def test_node_errors_name_the_signal_and_why_through_bubblewrap(tmp_path):
                                          scenes, []), scenes)
 
     result, stderr = render("write.pov")
-    message, scene_error = node._failure(result, stderr, None)
+    message, scene_error = node.renderer._failure(result, stderr, None)
     assert result.signal == signal.SIGXFSZ and not scene_error
     assert "SIGXFSZ" in message and "file too large" in message and "Parse" not in message, message
 
     result, stderr = render("memory.pov")
-    message, scene_error = node._failure(result, stderr, None)
+    message, scene_error = node.renderer._failure(result, stderr, None)
     assert "out of memory" in message and "1024 MB" in message and not scene_error, message
 
     result, stderr = run([shutil.which("sh"), "-c", "kill -SEGV $$"], scenes)

@@ -9,7 +9,7 @@ from typing import Sequence
 from farm.db import Database
 from farm.faults import Code, FarmError
 from farm.records import Frame, Job, JobSpec
-from farm.states import FINISHED_JOB_STATES, FrameState, JobState, UnitState
+from farm.states import FrameState, JobState, UnitState
 from farm.store import schema
 from farm.strips import PRETRACE, UnitPlan
 
