@@ -99,9 +99,10 @@ def nodes_process(url: str, token: str | None, count: int, commands, results) ->
 
 # -- viewers (a process each) ------------------------------------------------------------------------------
 
-def viewer_process(url: str, token: str | None, commands, results) -> None:
+def viewer_process(url: str, token: str | None, commands, results, nice: int = 0) -> None:
     from farm.viewer import FINISHED, Feed
 
+    os.nice(nice)
     results.put("ready")
     session = 0
     while True:
@@ -158,7 +159,7 @@ class Bench:
         for _ in range(args.viewers):
             commands, results = ctx.Queue(), ctx.Queue()
             process = ctx.Process(target=viewer_process, daemon=True,
-                                  args=(self.url, self.view_token, commands, results))
+                                  args=(self.url, self.view_token, commands, results, args.viewer_nice))
             process.start()
             self.viewers.append((process, commands, results))
         assert self.node_results.get(timeout=60) == "ready"
@@ -248,6 +249,9 @@ def main() -> int:
     parser.add_argument("--strips", type=int, default=120, help="strips per job in the throughput runs")
     parser.add_argument("--delay-strips", type=int, default=40, help="strips per job in the delay runs")
     parser.add_argument("--render-time", type=float, default=0.1, help="simulated seconds per strip (delay runs)")
+    parser.add_argument("--viewer-nice", type=int, default=19,
+                        help="niceness of the viewer processes: viewers run on people's own boxes, so by default "
+                             "they get only CPU the controller and nodes leave idle (0: compete as equals)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
 

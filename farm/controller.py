@@ -21,6 +21,7 @@ from farm import __version__, bundle, strips
 from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.feedcache import FeedCache, Premarshalled
 from farm.options import validate_options
 from farm.auth import controller_tokens
 from farm.rpc import Limits, RPCServer
@@ -36,6 +37,7 @@ MAX_SIDE = 16384
 MAX_PIXELS = 64 * 1024 * 1024
 MAX_STRIPS = 1024
 MAX_ERROR_TEXT = 8192
+FEED_BATCH = 64   # stored strips per viewer.watch reply
 
 
 def _require_int(name: str, value: Any, low: int, high: int) -> int:
@@ -95,6 +97,7 @@ class Farm:
         self._views: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
         self._views_lock = threading.Lock()
         self._specs: dict[int, tuple[Any, list[str]]] = {}   # job -> what never changes after submit
+        self.feed = FeedCache()   # strips encoded once for every viewer, replies shared per slot
 
     # -- api -------------------------------------------------------------------------------
 
@@ -485,25 +488,33 @@ class Farm:
         timeout = _require_seconds("timeout", timeout)
         target = job_id or self.store.newest_job_id() or 0
         seen = self.changes.version(target)
-        reply = self._feed(target, cursor)
-        ended = reply["job"].get("state") in ("done", "failed", "canceled")
-        if reply["strips"] or (ended and job_id):
-            return reply
-        # Nothing new: wait for this job to change, or (following the newest job) for a new job.
-        self.changes.wait(target, seen, min(timeout, 30.0))
+        new = len(self.store.strips_stored_after(target, cursor, limit=FEED_BATCH)) if target else 0
+        ended = bool(target) and self.store.job(target)["state"] in ("done", "failed", "canceled")
+        if (ended and job_id) or (new and (cursor == 0 or new == FEED_BATCH)):
+            return self._feed(target, cursor)   # a viewer starting or catching up gets its strips at once
+        if not new:
+            # Nothing new: wait for this job to change, or (following the newest job) for a new job.
+            self.changes.wait(target, seen, min(timeout, 30.0))
+        slot = self.feed.pace(target)   # the job's viewers are answered together (farm/feedcache.py)
         current = job_id or self.store.newest_job_id() or 0
-        return self._feed(current, cursor if current == target else 0)   # a new job starts at cursor 0
+        if current != target:
+            return self._feed(current, 0)   # a new job starts at cursor 0
+        return self.feed.shared(("reply", current, cursor), slot,
+                                lambda: Premarshalled(self._feed(current, cursor, slot)))
 
-    def _feed(self, job_id: int, cursor: int) -> dict:
+    def _feed(self, job_id: int, cursor: int, slot: float | None = None) -> dict:
         if not job_id:
             return {"job": {}, "cursor": cursor, "strips": [], "in_flight": []}
         job = self.store.job(job_id)
-        status, in_flight = self._job_view(job)
-        rows = self.store.strips_stored_after(job_id, cursor, limit=64)
+        status, in_flight, head = (*self._job_view(job), 2**31 - 1) if slot is None else self.feed.shared(
+            ("view", job_id), slot, lambda: (*self._job_view(job), self.store.newest_stored_seq(job_id)))
+        # In a slot, every viewer gets strips up to the same one, so they share the next slot's reply.
+        rows = [r for r in self.store.strips_stored_after(job_id, cursor, limit=FEED_BATCH) if r["done_seq"] <= head]
         return {
             "job": status,
             "cursor": rows[-1]["done_seq"] if rows else cursor,
-            "strips": [piece for row in rows for piece in self._feed_pieces(row, job)],
+            "strips": [piece for row in rows for piece in self.feed.pieces(
+                job_id, row["done_seq"], lambda row=row: self._feed_pieces(row, job))],
             "in_flight": in_flight,
         }
 

@@ -35,6 +35,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from farm.auth import roles_of
 from farm.faults import Code, FarmError
+from farm.feedcache import marshal_response
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         self.send_response(http.HTTPStatus.OK)
         self.send_header("Content-Type", "text/xml")
         if self.encode_threshold is not None and len(response) > self.encode_threshold \
-                and "gzip" in self.accept_encodings():
+                and "gzip" in self.accept_encodings() and getattr(response, "compressible", True):
             response = xmlrpc.client.gzip_encode(response)
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(response)))
@@ -302,7 +303,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         except xmlrpc.client.Fault as fault:
             return self._dump_fault(fault)
         try:
-            return xmlrpc.client.dumps((result,), methodresponse=True, allow_none=False).encode()
+            return marshal_response(result)   # as xmlrpc.client.dumps, with pre-encoded feed strips verbatim
         except (TypeError, OverflowError):
             return self._dump_fault(self._internal_fault(method))
 

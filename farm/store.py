@@ -347,6 +347,12 @@ class Store:
                 "SELECT frame, frame_last, idx, row_start, row_end, data, done_seq FROM strips"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()
 
+    def newest_stored_seq(self, job_id: int) -> int:
+        """The feed cursor of the job's latest stored strip (0 when none is stored yet)."""
+        with self._reading() as db:
+            row = db.execute("SELECT MAX(done_seq) FROM strips WHERE job=?", (job_id,)).fetchone()
+        return row[0] or 0
+
     def newest_job_id(self) -> int | None:
         with self._reading() as db:
             row = db.execute("SELECT MAX(id) FROM jobs").fetchone()
