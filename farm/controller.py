@@ -285,6 +285,16 @@ class Farm:
         self.work.bump()
         return True
 
+    def jobs_set_priority(self, job_id: int, priority: int) -> bool:
+        """jobs.set_priority(job: int, priority: int -1000..1000) -> bool: change a queued or rendering job's
+        priority; strips not leased yet go in the new order (higher first)."""
+        priority = _require_int("priority", priority, -1000, 1000)
+        self.store.set_priority(_job_id(job_id), priority)
+        log.info("job %s priority set to %s", job_id, priority)
+        self.changes.bump(job_id)
+        self.work.bump()
+        return True
+
     def jobs_fetch(self, job_id: int, frame: int = 0) -> xmlrpc.client.Binary:
         """jobs.fetch(job: int[, frame: int]) -> base64: the finished PNG of a frame (default the first)."""
         job = self.store.job(_job_id(job_id))
@@ -600,6 +610,7 @@ class Farm:
             "bundles.fetch": (self.bundles_fetch, node),
             "jobs.submit": (self.jobs_submit, user), "jobs.cancel": (self.jobs_cancel, user),
             "jobs.pause": (self.jobs_pause, user), "jobs.resume": (self.jobs_resume, user),
+            "jobs.set_priority": (self.jobs_set_priority, user),
             "jobs.status": (self.jobs_status, reader), "jobs.list": (self.jobs_list, reader),
             "jobs.wait": (self.jobs_wait, reader),
             "jobs.fetch": (self.jobs_fetch, reader), "nodes.list": (self.nodes_list, reader),

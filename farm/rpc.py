@@ -33,6 +33,7 @@ import zlib
 from typing import Any, Callable, Iterable
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
+from farm import web
 from farm.auth import roles_of
 from farm.faults import Code, FarmError
 from farm.feedcache import marshal_response
@@ -134,6 +135,10 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         if scheme.lower() != "bearer" or not token.strip():
             return frozenset()
         return roles_of(token.strip(), self.server.tokens)
+
+    def do_GET(self) -> None:
+        """The farm's page and its static files (they hold no data; every API call needs a token)."""
+        web.serve(self)
 
     def do_POST(self) -> None:
         if not self.is_rpc_path_valid():

@@ -377,6 +377,13 @@ class Store:
                 raise FarmError(Code.JOB_FINISHED, f"job {job_id} is already {job['state']}")
             self._set_job_state(db, job, JobState.PAUSED)
 
+    def set_priority(self, job_id: int, priority: int) -> None:
+        with self.tx() as db:
+            job = self._job_row(db, job_id)
+            if JobState(job["state"]) in FINISHED_JOB_STATES:
+                raise FarmError(Code.JOB_FINISHED, f"job {job_id} is already {job['state']}")
+            self._update(db, "jobs", "id", job_id, priority=priority)
+
     def resume_job(self, job_id: int) -> None:
         with self.tx() as db:
             job = self._job_row(db, job_id)

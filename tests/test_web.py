@@ -1,0 +1,331 @@
+"""The farm's page, driven by a real browser: headless Chromium (Debian's `chromium` and `chromium-driver`)
+through Selenium, against a real controller, real nodes and the real POV-Ray, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from farm import strips
+from farm.auth import read_token_file
+from farm.faults import Code
+from conftest import EXAMPLE, ROOT, SCENES, assert_same_pixels, native_render, needs_povray, run_cli, wait_until
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+WINEGLASS = SCENES / "advanced/wineglass.pov"
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--disable-extensions", "--disable-domain-reliability", "--no-pings",
+    "--disable-client-side-phishing-detection", "--disable-features=Translate,OptimizationHints,MediaRouter",
+    # Every host name but loopback fails to resolve: the page fetches nothing from anywhere else.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    "--window-size=1280,860", "--force-device-scale-factor=1",
+]
+
+try:
+    import selenium  # noqa: F401
+    HAS_SELENIUM = True
+except ImportError:
+    HAS_SELENIUM = False
+
+needs_browser = pytest.mark.skipif(
+    not (HAS_SELENIUM and CHROMIUM.exists() and CHROMEDRIVER.exists()) and os.environ.get("CI") != "true",
+    reason="needs selenium (pip install '.[test]') and Debian's chromium + chromium-driver")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"          # Selenium Manager: use the browser and driver given, fetch nothing
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    downloads = tmp_path_factory.mktemp("downloads")
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.downloads = downloads
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Page:
+    """The page in the browser, for one test's farm."""
+
+    def __init__(self, driver, farm):
+        self.driver, self.farm = driver, farm
+        driver.get("about:blank")
+        driver.get(farm.url + "/")
+
+    def el(self, element_id: str):
+        from selenium.webdriver.common.by import By
+        return self.driver.find_element(By.ID, element_id)
+
+    def text(self, element_id: str) -> str:
+        return self.el(element_id).text
+
+    def sign_in(self, token: str) -> None:
+        box = self.el("token")
+        box.clear()
+        box.send_keys(token)
+        self.el("sign-in-button").click()
+
+    def state(self) -> dict:
+        return self.driver.execute_script("return window.povfarm.state()")
+
+    def wait(self, predicate, timeout: float = 60.0, what: str = "the page"):
+        return wait_until(predicate, timeout=timeout, interval=0.1, what=what)
+
+    def call(self, method: str, *params):
+        """An API call made by the page's own client (its token); returns [ok, result or [code, message]]."""
+        return self.driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            window.povfarm.call(arguments[0], ...arguments[1])
+              .then((r) => done([true, r instanceof Uint8Array ? r.length : r]))
+              .catch((e) => done([false, [e.code, e.message]]));""", method, list(params))
+
+    def canvas_rgba(self) -> bytes:
+        data = self.driver.execute_script("""
+            const c = document.getElementById('image');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let s = '';
+            for (let i = 0; i < d.length; i += 0x8000) s += String.fromCharCode.apply(null, d.subarray(i, i + 0x8000));
+            return btoa(s);""")
+        return base64.b64decode(data)
+
+
+def token(farm, role: str) -> str:
+    return read_token_file(farm.token_file)[role]
+
+
+def rgba(raster: strips.Raster) -> bytes:
+    """A stored 8-bit RGB image as the canvas holds it."""
+    assert raster.channels == 3 and raster.bits == 8
+    out = bytearray(raster.width * raster.height * 4)
+    out[0::4], out[1::4], out[2::4] = raster.pixels[0::3], raster.pixels[1::3], raster.pixels[2::3]
+    out[3::4] = b"\xff" * (raster.width * raster.height)
+    return bytes(out)
+
+
+def get(url: str, path: str) -> tuple[int, dict, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+# -- serving -------------------------------------------------------------------------------------------------
+
+def test_the_page_is_served_without_a_token_but_the_api_still_needs_one(farm):
+    farm.start_controller()
+    status, headers, body = get(farm.url, "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html") and b"povfarm" in body
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    for name in ("app.js", "xmlrpc.js", "zip.js", "style.css"):
+        status, headers, body = get(farm.url, "/" + name)
+        assert status == 200 and body, name
+        assert not any(marker in body for marker in (b"http://", b"https://")), f"{name} names another host"
+    assert get(farm.url, "/../farm/controller.py")[0] == 404
+    assert get(farm.url, "/tokens")[0] == 404
+    host, port = farm.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = b"<?xml version='1.0'?><methodCall><methodName>jobs.list</methodName><params/></methodCall>"
+    connection.request("POST", "/RPC2", body, {"Content-Type": "text/xml"})
+    assert connection.getresponse().status == 401
+    connection.close()
+
+
+# -- watching ------------------------------------------------------------------------------------------------
+
+@needs_browser
+@needs_povray
+def test_a_view_token_watches_a_render_paint_and_may_change_nothing(browser, farm, tmp_path):
+    farm.start_controller()
+    page = Page(browser, farm)
+    page.sign_in("not-the-token")
+    page.wait(lambda: "refused" in page.text("sign-in-error"), what="the wrong token refused")
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.state()["role"] == "view", what="signed in")
+    assert not page.el("actions").is_displayed() and not page.el("submit").is_displayed()
+    assert browser.execute_script("return sessionStorage.getItem('povfarm.token')") == token(farm, "view")
+
+    farm.start_node("n1")
+    farm.start_node("n2")
+    submitted = run_cli("submit", str(WINEGLASS), "--width", "160", "--height", "120", "--strips", "4",
+                        "--option", "+A0.3", "--controller", farm.url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout)
+    page.wait(lambda: page.state()["job"] == job_id, what="the page to follow the new job")
+    page.wait(lambda: page.state()["rows"] > 0, what="the first strip painted")
+    page.wait(lambda: page.state()["drained"], timeout=90, what="the job to finish painting")
+    assert page.state()["jobState"] == "done" and page.state()["rows"] == 120
+    fetched = strips.decode_png(farm.client.call("jobs.fetch", job_id).data)
+    assert page.canvas_rgba() == rgba(fetched)
+
+    page.wait(lambda: len(page.driver.find_elements("css selector", "#nodes-body tr")) == 2, what="two nodes")
+    row = page.driver.find_element("css selector", f"#jobs-body tr[data-job='{job_id}']").text
+    assert "wineglass" in row and "done" in row and "4/4" in row
+
+    # Reloading the tab keeps the token; the view token is refused every change.
+    browser.refresh()
+    page.wait(lambda: browser.execute_script("return !!window.povfarm && window.povfarm.state().role") == "view",
+              what="signed in again after a reload")
+    for method in ("jobs.cancel", "jobs.pause", "jobs.resume"):
+        ok, (code, message) = page.call(method, job_id)
+        assert not ok and code == Code.FORBIDDEN and f"may not call {method}" in message
+    ok, (code, _) = page.call("jobs.set_priority", job_id, 5)
+    assert not ok and code == Code.FORBIDDEN
+    assert farm.client.call("jobs.status", job_id)["priority"] == 0
+
+    # The PNG download is the stored image.
+    page.el("download-png").click()
+    saved = page.wait(lambda: [p for p in browser.downloads.glob("wineglass*.png")], what="the download")[0]
+    assert strips.decode_png(saved.read_bytes()) == fetched
+
+
+@needs_browser
+@needs_povray
+def test_the_page_says_reconnecting_while_the_controller_restarts_then_carries_on(browser, farm, tmp_path):
+    farm.start_controller()
+    farm.start_node("n1")
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.text("link") == "connected", what="connected")
+    shots = Path(os.environ.get("POVFARM_WEB_SCREENSHOT", tmp_path / "web.png"))
+
+    farm.controller.terminate()
+    farm.controller.wait(15)
+    page.wait(lambda: "reconnecting" in page.text("link"), timeout=20, what="reconnecting")
+    farm.start_controller()
+    farm.start_node("n2")
+    page.wait(lambda: page.text("link") == "connected", timeout=30, what="connected again")
+    submitted = run_cli("submit", str(EXAMPLE), "--width", "320", "--height", "240", "--strips", "8",
+                        "--option", "+A0.3", "--controller", farm.url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout)
+    page.wait(lambda: page.state()["job"] == job_id and page.state()["rows"] >= 96, timeout=60,
+              what="the new job painting")
+    if page.state()["jobState"] != "done":
+        browser.save_screenshot(str(shots))     # mid-render, for the README
+    page.wait(lambda: page.state()["drained"], timeout=90, what="the job to finish painting")
+    fetched = strips.decode_png(farm.client.call("jobs.fetch", job_id).data)
+    assert page.canvas_rgba() == rgba(fetched)
+
+
+# -- acting --------------------------------------------------------------------------------------------------
+
+@needs_browser
+def test_a_submit_token_pauses_resumes_reprioritises_and_cancels(browser, farm, tmp_path):
+    farm.start_controller()                    # no nodes: the job stays queued while the page acts on it
+    job_id = submit_queued(farm, tmp_path)
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "submit"))
+    page.wait(lambda: page.state()["role"] == "submit" and page.state()["jobState"] == "queued",
+              what="the queued job shown")
+    assert page.el("actions").is_displayed()
+
+    def state():
+        return farm.client.call("jobs.status", job_id)["state"]
+
+    page.el("action-pause").click()
+    page.wait(lambda: state() == "paused", what="paused")
+    page.wait(lambda: page.state()["jobState"] == "paused", what="the page showing paused")
+    page.el("action-resume").click()
+    page.wait(lambda: state() == "queued", what="resumed")
+    priority = page.el("priority")
+    priority.clear()
+    priority.send_keys("7")
+    page.el("action-priority").click()
+    page.wait(lambda: farm.client.call("jobs.status", job_id)["priority"] == 7, what="priority 7")
+    page.el("action-cancel").click()
+    page.wait(lambda: state() == "canceled", what="canceled")
+    page.wait(lambda: page.state()["jobState"] == "canceled", what="the page showing canceled")
+    ok, (code, _) = page.call("jobs.pause", job_id)
+    assert not ok and code == Code.JOB_FINISHED
+
+
+def submit_queued(farm, tmp_path) -> int:
+    scene = tmp_path / "q" / "q.pov"
+    scene.parent.mkdir()
+    scene.write_text("camera { location <0, 0, -3> look_at 0 } sphere { 0, 1 pigment { rgb 1 } }\n")
+    submitted = run_cli("submit", str(scene), "--width", "64", "--height", "64", "--controller", farm.url)
+    assert submitted.returncode == 0, submitted.stderr
+    return int(submitted.stdout)
+
+
+@needs_browser
+@needs_povray
+def test_submitting_a_scene_from_the_page(browser, farm, tmp_path):
+    farm.start_controller()
+    farm.start_node("n1", slots=2)
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "submit"))
+    page.wait(lambda: page.state()["role"] == "submit", what="signed in")
+    scene_dir = EXAMPLE.parent
+    files = sorted(str(p) for p in scene_dir.iterdir() if p.is_file())
+
+    # Options the farm owns are refused with the controller's sentence, as on the command line.
+    fill_submit(page, "\n".join(files), 160, 120, "+O/tmp/x.png")
+    page.el("submit-button").click()
+    page.wait(lambda: "is not allowed" in page.text("submit-result"), what="+O refused")
+    assert farm.client.call("jobs.list") == []
+
+    fill_submit(page, "\n".join(files), 160, 120, "+A0.3")
+    page.el("submit-button").click()
+    first = int(page.wait(lambda: _queued(page), what="the job queued"))
+
+    # A zip of the scene's folder, as zip tools make it (a folder entry first).
+    archive = tmp_path / "lantern.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("lantern/", b"")
+        for path in scene_dir.iterdir():
+            z.write(path, f"lantern/{path.name}")
+    fill_submit(page, str(archive), 160, 120, "+A0.3")
+    page.wait(lambda: page.el("submit-scene").get_attribute("value") == "lantern/lantern.pov", what="scene chosen")
+    page.el("submit-button").click()
+    second = int(page.wait(lambda: (n := _queued(page)) and int(n) != first and n, what="the second job"))
+
+    reference = native_render(EXAMPLE, 160, 120, ["+A0.3"], tmp_path / "native.png")
+    for job_id in (first, second):
+        wait_until(lambda: farm.client.call("jobs.status", job_id)["state"] in ("done", "failed"), timeout=90,
+                   what=f"job {job_id}")
+        status = farm.client.call("jobs.status", job_id)
+        assert status["state"] == "done", status["error"]
+        out = tmp_path / f"{job_id}.png"
+        out.write_bytes(farm.client.call("jobs.fetch", job_id).data)
+        assert_same_pixels(out, reference)
+    assert farm.client.call("jobs.status", second)["scene"] == "lantern/lantern.pov"
+
+
+def fill_submit(page, paths: str, width: int, height: int, options: str) -> None:
+    files = page.el("submit-files")
+    page.driver.execute_script("arguments[0].value = ''", files)
+    files.send_keys(paths)
+    page.wait(lambda: page.el("submit-scene").get_attribute("value"), what="the scene list")
+    for element_id, value in (("submit-width", width), ("submit-height", height), ("submit-options", options)):
+        box = page.el(element_id)
+        box.clear()
+        box.send_keys(str(value))
+
+
+def _queued(page):
+    text = page.text("submit-result")
+    return text.split()[1] if text.startswith("job ") and text.endswith("queued") else None
