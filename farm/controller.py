@@ -498,7 +498,7 @@ class Farm:
         timeout = _require_seconds("timeout", timeout)
         target = job_id or self.store.newest_job_id() or 0
         seen = self.changes.version(target)
-        new = len(self.store.strips_stored_after(target, cursor, limit=FEED_BATCH)) if target else 0
+        new = len(self.store.strips_stored_after(target, cursor, FEED_BATCH, data=False)) if target else 0
         ended = bool(target) and self.store.job(target)["state"] in ("done", "failed", "canceled")
         if (ended and job_id) or (new and (cursor == 0 or new == FEED_BATCH)):
             return self._feed(target, cursor)   # a viewer starting or catching up gets its strips at once
@@ -519,12 +519,14 @@ class Farm:
         status, in_flight, head = (*self._job_view(job), 2**31 - 1) if slot is None else self.feed.shared(
             ("view", job_id), slot, lambda: (*self._job_view(job), self.store.newest_stored_seq(job_id)))
         # In a slot, every viewer gets strips up to the same one, so they share the next slot's reply.
-        rows = [r for r in self.store.strips_stored_after(job_id, cursor, limit=FEED_BATCH) if r["done_seq"] <= head]
+        rows = [r for r in self.store.strips_stored_after(job_id, cursor, FEED_BATCH, data=False)
+                if r["done_seq"] <= head]
         return {
             "job": status,
             "cursor": rows[-1]["done_seq"] if rows else cursor,
-            "strips": [piece for row in rows for piece in self.feed.pieces(
-                job_id, row["done_seq"], lambda row=row: self._feed_pieces(row, job))],
+            "strips": [piece for row in rows for piece in self.feed.pieces(   # rows read only when first sent
+                job_id, row["done_seq"], lambda seq=row["done_seq"]: self._feed_pieces(
+                    self.store.strips_stored_after(job_id, seq - 1, 1)[0], job))],
             "in_flight": in_flight,
         }
 

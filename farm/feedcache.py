@@ -32,12 +32,14 @@ _HEAD = "<?xml version='1.0'?>\n<methodResponse>\n"
 _TAIL = "</methodResponse>\n"
 
 
-class Premarshalled:
-    """An XML-RPC `<value>` encoded ahead of time; `compressible` False when it is mostly zlib data."""
+class Premarshalled(dict):
+    """An XML-RPC struct encoded ahead of time (`xml`, a `<value>`); to Python callers still the dict it
+    was made from. `compressible` is False when it is mostly zlib data."""
 
     __slots__ = ("xml", "compressible", "_body")
 
-    def __init__(self, value: Any, compressible: bool = True):
+    def __init__(self, value: dict, compressible: bool = True):
+        super().__init__(value)
         marshaller = _Marshaller()
         params = marshaller.dumps((value,))
         # dumps gives "<params>\n<param>\n<value>...</value>\n</param>\n</params>\n": keep the value.
@@ -50,9 +52,6 @@ class Premarshalled:
         if self._body is None:
             self._body = marshal_response(self, whole=False)
         return self._body
-
-    def __len__(self) -> int:
-        return len(self.xml)
 
 
 class Response(bytes):
@@ -88,6 +87,11 @@ def marshal_response(result: Any, whole: bool = True) -> Response:
     return body
 
 
+def _size(piece: Premarshalled) -> int:
+    """Bytes a cached piece holds: its XML and the raw data it still carries for Python callers."""
+    return len(piece.xml) + sum(len(v.data) for v in piece.values() if isinstance(v, xmlrpc.client.Binary))
+
+
 class FeedCache:
     """Pre-encoded feed entries per stored strip, and the shared reply slots of each job's viewers."""
 
@@ -112,14 +116,14 @@ class FeedCache:
                 self._pieces.move_to_end(key)
                 return cached
         encoded = [Premarshalled(piece, compressible=False) for piece in make()]
-        size = sum(len(piece) for piece in encoded)
+        size = sum(_size(piece) for piece in encoded)
         with self._lock:
             if key not in self._pieces:
                 self._pieces[key] = encoded
                 self._bytes += size
                 while self._bytes > self.max_bytes and len(self._pieces) > 1:
                     _, old = self._pieces.popitem(last=False)
-                    self._bytes -= sum(len(piece) for piece in old)
+                    self._bytes -= sum(_size(piece) for piece in old)
         return encoded
 
     def pace(self, job_id: int) -> float:

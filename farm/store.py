@@ -340,11 +340,12 @@ class Store:
         with self._reading() as db:
             return db.execute("SELECT * FROM strips WHERE lease=?", (lease,)).fetchone()
 
-    def strips_stored_after(self, job_id: int, cursor: int, limit: int) -> list[sqlite3.Row]:
-        """Stored strips of a job in the order they arrived, after the feed cursor."""
+    def strips_stored_after(self, job_id: int, cursor: int, limit: int, data: bool = True) -> list[sqlite3.Row]:
+        """Stored strips of a job in the order they arrived, after the feed cursor (without their rows
+        unless `data`)."""
         with self._reading() as db:
             return db.execute(
-                "SELECT frame, frame_last, idx, row_start, row_end, data, done_seq FROM strips"
+                f"SELECT frame, frame_last, idx, row_start, row_end, {'data, ' if data else ''}done_seq FROM strips"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()
 
     def newest_stored_seq(self, job_id: int) -> int:

@@ -329,3 +329,83 @@ def fill_submit(page, paths: str, width: int, height: int, options: str) -> None
 def _queued(page):
     text = page.text("submit-result")
     return text.split()[1] if text.startswith("job ") and text.endswith("queued") else None
+
+
+# -- the feed, encoded once ----------------------------------------------------------------------------------
+
+def test_a_premarshalled_value_is_written_verbatim_and_reads_back_the_same():
+    import xmlrpc.client
+
+    from farm.feedcache import Premarshalled, marshal_response
+
+    piece = {"frame": 1, "row_start": 0, "row_end": 2, "rows": xmlrpc.client.Binary(b"\x78\x9c" + bytes(40))}
+    reply = {"job": {"id": 3, "state": "rendering"}, "cursor": 7, "strips": [Premarshalled(piece, compressible=False)],
+             "in_flight": []}
+    body = marshal_response(reply)
+    plain = xmlrpc.client.dumps(({**reply, "strips": [piece]},), methodresponse=True, allow_none=False).encode()
+    assert bytes(body) == plain and not body.compressible
+    assert xmlrpc.client.loads(body, use_builtin_types=True)[0][0]["strips"][0]["rows"] == piece["rows"].data
+    whole = Premarshalled(reply)
+    assert whole["cursor"] == 7 and whole["strips"][0]["row_end"] == 2      # still a dict to Python callers
+    assert marshal_response(whole) is marshal_response(whole) and bytes(marshal_response(whole)) == plain
+    assert marshal_response({"a": 1}).compressible
+
+
+def test_viewers_waking_together_share_one_slot_and_one_reply():
+    import threading
+
+    from farm.feedcache import FeedCache
+
+    now = [100.0]
+    slept = []
+    cache = FeedCache(interval=0.25, clock=lambda: now[0], sleep=slept.append)
+    assert cache.pace(1) == 100.0 and slept == []             # quiet: answered at once
+    now[0] = 100.0625
+    first = cache.pace(1)
+    now[0] = 100.125
+    assert cache.pace(1) == first == 100.25 and slept == [0.1875, 0.125]
+    now[0] = 100.3125
+    assert cache.pace(1) == 100.5                            # the next tick, not 0.25 s after this call
+    assert cache.pace(2) == 100.3125                         # another job has its own clock
+    now[0] = 101.0
+    assert cache.pace(1) == 101.0                            # quiet again
+
+    made = []
+    gate = threading.Event()
+
+    def make():
+        made.append(1)
+        gate.wait(5)
+        return {"made": len(made)}
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.shared(("reply", 1, 0), 101.0, make)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert made == [1] and results == [{"made": 1}] * 8
+    assert cache.shared(("reply", 1, 0), 101.25, lambda: "next slot") == "next slot"
+    assert cache.shared(("reply", 1, 0), 101.0, lambda: "late") == "late"   # a late viewer makes its own
+
+
+def test_each_strip_is_encoded_once_within_a_byte_budget():
+    import xmlrpc.client
+
+    from farm.feedcache import FeedCache
+
+    cache = FeedCache(max_bytes=3000)
+    calls = []
+
+    def make(seq):
+        calls.append(seq)
+        return [{"frame": 1, "row_start": seq, "row_end": seq + 1, "rows": xmlrpc.client.Binary(bytes(500))}]
+
+    first = cache.pieces(1, 5, lambda: make(5))
+    assert cache.pieces(1, 5, lambda: make(5)) is first and calls == [5]
+    for seq in range(6, 12):
+        cache.pieces(1, seq, lambda seq=seq: make(seq))
+    cache.pieces(1, 5, lambda: make(5))
+    assert calls.count(5) == 2                               # the oldest went over the budget
