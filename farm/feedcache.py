@@ -28,22 +28,20 @@ from typing import Any, Callable
 SLOT_INTERVAL = 0.1               # seconds between the reply slots of a job whose strips stream in
 MAX_CACHED_BYTES = 64 * 1024 * 1024
 MAX_SHARED = 4096                 # shared values kept before those of old slots are dropped
-_HEAD = "<?xml version='1.0'?>\n<methodResponse>\n"
-_TAIL = "</methodResponse>\n"
+_HEAD = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n"
+_TAIL = b"</param>\n</params>\n</methodResponse>\n"
 
 
 class Premarshalled(dict):
-    """An XML-RPC struct encoded ahead of time (`xml`, a `<value>`); to Python callers still the dict it
-    was made from. `compressible` is False when it is mostly zlib data."""
+    """An XML-RPC struct encoded ahead of time (`xml`: the UTF-8 bytes of its `<value>`); to Python
+    callers still the dict it was made from. `compressible` is False when it is mostly zlib data."""
 
     __slots__ = ("xml", "compressible", "_body")
 
     def __init__(self, value: dict, compressible: bool = True):
         super().__init__(value)
         marshaller = _Marshaller()
-        params = marshaller.dumps((value,))
-        # dumps gives "<params>\n<param>\n<value>...</value>\n</param>\n</params>\n": keep the value.
-        self.xml = params[len("<params>\n<param>\n"):-len("</param>\n</params>\n")]
+        self.xml = marshaller.encode(value)
         self.compressible = compressible and marshaller.compressible
         self._body: Response | None = None
 
@@ -61,7 +59,8 @@ class Response(bytes):
 
 
 class _Marshaller(xmlrpc.client.Marshaller):
-    """The standard marshaller, plus: a `Premarshalled` value is written as it is."""
+    """The standard marshaller, plus: a `Premarshalled` value is written as it is, and the output is
+    collected as bytes (large pre-encoded parts are copied once, never joined into text and encoded)."""
 
     dispatch = dict(xmlrpc.client.Marshaller.dispatch)
 
@@ -69,11 +68,17 @@ class _Marshaller(xmlrpc.client.Marshaller):
         super().__init__("utf-8", allow_none=False)
         self.compressible = True
 
-    def _verbatim(self, value: Premarshalled, write: Callable[[str], Any]) -> None:
+    def _verbatim(self, value: Premarshalled, write: Callable[[Any], Any]) -> None:
         write(value.xml)
         self.compressible = self.compressible and value.compressible
 
     dispatch[Premarshalled] = _verbatim
+
+    def encode(self, value: Any, head: bytes = b"", tail: bytes = b"") -> bytes:
+        """`head`, the `<value>` of `value` as xmlrpc.client writes it, `tail`, as UTF-8 bytes."""
+        chunks: list = []
+        self._Marshaller__dump(value, chunks.append)   # the stdlib's writer of one value (name-mangled)
+        return b"".join([head, *(c if isinstance(c, bytes) else c.encode() for c in chunks), tail])
 
 
 def marshal_response(result: Any, whole: bool = True) -> Response:
@@ -81,7 +86,7 @@ def marshal_response(result: Any, whole: bool = True) -> Response:
     if whole and isinstance(result, Premarshalled):
         return result.response()
     marshaller = _Marshaller()
-    body = Response((_HEAD + marshaller.dumps((result,)) + _TAIL).encode())
+    body = Response(marshaller.encode(result, _HEAD, _TAIL))
     if not marshaller.compressible:
         body.compressible = False
     return body
