@@ -409,3 +409,66 @@ def test_each_strip_is_encoded_once_within_a_byte_budget():
         cache.pieces(1, seq, lambda seq=seq: make(seq))
     cache.pieces(1, 5, lambda: make(5))
     assert calls.count(5) == 2                               # the oldest went over the budget
+
+
+@needs_browser
+@needs_povray
+def test_an_animation_steps_through_its_frames_and_downloads_as_an_animated_png(browser, farm, tmp_path):
+    from PIL import Image
+
+    farm.start_controller()
+    farm.start_node("n1", slots=2)
+    scene = tmp_path / "spin" / "spin.pov"
+    scene.parent.mkdir()
+    scene.write_text("camera { location <0, 0, -4> look_at 0 }\nlight_source { <2, 4, -3> rgb 1 }\n"
+                     "box { -1, 1 pigment { checker rgb <1, 0.3, 0.2> rgb <0.2, 0.4, 1> } rotate y * clock * 90 }\n")
+    submitted = run_cli("submit", str(scene), "--width", "64", "--height", "48", "--frames", "1-3",
+                        "--controller", farm.url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout)
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.state()["job"] == job_id and page.state()["drained"], timeout=90, what="all frames")
+    assert page.state()["frame"] == 3 and page.el("frame-controls").is_displayed()
+    frames = [strips.decode_png(farm.client.call("jobs.fetch", job_id, n).data) for n in (1, 2, 3)]
+    assert page.canvas_rgba() == rgba(frames[2])
+    page.el("frame-prev").click()
+    page.el("frame-prev").click()
+    assert page.state()["frame"] == 1 and "frame 1" in page.text("frame-label")
+    assert page.canvas_rgba() == rgba(frames[0])
+
+    page.el("download-apng").click()
+    saved = page.wait(lambda: [p for p in browser.downloads.glob("spin-animation*.png")], what="the APNG")[0]
+    with Image.open(saved) as animation:
+        assert animation.n_frames == 3
+        for index, frame in enumerate(frames):
+            animation.seek(index)
+            assert animation.convert("RGB").tobytes() == frame.pixels, f"frame {index + 1}"
+
+
+@needs_browser
+def test_a_preview_is_shown_scaled_up_until_the_frames_rows_replace_it(browser, farm, tmp_path):
+    import zlib
+
+    farm.start_controller()                    # no nodes: the job waits, and the page is fed by hand
+    job_id = submit_queued(farm, tmp_path)
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.state()["job"] == job_id and page.state()["jobState"] == "queued", what="the job")
+    info = farm.client.call("jobs.list")[0]
+
+    def reply(*pieces):
+        return {"job": info, "cursor": 0, "in_flight": [], "strips": [
+            {**piece, "rows": base64.b64encode(zlib.compress(piece["rows"])).decode()} for piece in pieces]}
+
+    red, blue = bytes([200, 10, 10]), bytes([10, 10, 200])
+    preview = {"kind": "preview", "frame": 1, "width": 16, "height": 16, "row_start": 0, "row_end": 16,
+               "rows": red * 16 * 16}
+    browser.execute_async_script("window.povfarm.paint(arguments[0]).then(arguments[1])", reply(preview))
+    pixels = page.canvas_rgba()
+    assert pixels == bytes([200, 10, 10, 255]) * 64 * 64          # the 16x16 preview fills the 64x64 frame
+    rows = {"frame": 1, "row_start": 0, "row_end": 32, "rows": blue * 64 * 32}
+    browser.execute_async_script("window.povfarm.paint(arguments[0]).then(arguments[1])", reply(rows))
+    pixels = page.canvas_rgba()
+    assert pixels[:64 * 32 * 4] == bytes([10, 10, 200, 255]) * 64 * 32   # final rows replace it...
+    assert pixels[64 * 32 * 4:] == bytes([200, 10, 10, 255]) * 64 * 32   # ...and the rest stays the preview

@@ -726,6 +726,10 @@
       drained: app.view ? app.view.drained : false,
     }),
     call: (method, ...params) => app.client.call(method, ...params),
+    // Paint a viewer.watch reply as if the feed had sent it (rows: base64 of zlib data).
+    paint: (reply) => applyFeed(app.view, Object.assign({}, reply, {
+      strips: reply.strips.map((s) => Object.assign({}, s, { rows: window.povrpc.base64ToBytes(s.rows) })),
+    })),
   };
 
   start();
