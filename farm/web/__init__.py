@@ -17,7 +17,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# URL path -> (file in static/, content type). Nothing else is served.
+# URL path -> (file beside this module, content type). Nothing else is served.
 FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -42,7 +42,7 @@ HEADERS = {
 @functools.lru_cache(maxsize=None)
 def static_file(name: str) -> bytes:
     """The bytes of one of the page's files (read once)."""
-    return importlib.resources.files(__name__).joinpath("static", name).read_bytes()
+    return importlib.resources.files(__name__).joinpath(name).read_bytes()
 
 
 def serve(handler: Any) -> None:
