@@ -472,3 +472,30 @@ def test_a_preview_is_shown_scaled_up_until_the_frames_rows_replace_it(browser, 
     pixels = page.canvas_rgba()
     assert pixels[:64 * 32 * 4] == bytes([10, 10, 200, 255]) * 64 * 32   # final rows replace it...
     assert pixels[64 * 32 * 4:] == bytes([200, 10, 10, 255]) * 64 * 32   # ...and the rest stays the preview
+
+
+@needs_browser
+def test_fifty_jobs_and_sixty_four_nodes_fit_in_the_tables(browser, farm, tmp_path):
+    import xmlrpc.client
+
+    from farm.bundle import bundle_hash, pack, plan_bundle
+
+    farm.start_controller()
+    scene = tmp_path / "s" / "s.pov"
+    scene.parent.mkdir()
+    scene.write_text("sphere { 0, 1 pigment { rgb 1 } }\n")
+    data = pack(plan_bundle(scene))
+    farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
+    for n in range(50):
+        farm.client.call("jobs.submit", {"bundle": bundle_hash(data), "scene": "s.pov", "width": 32, "height": 32,
+                                         "name": f"shot-{n + 1:02d}"})
+    nodes = farm.client_as("node")
+    for n in range(64):
+        nodes.call("nodes.register", f"box-{n + 1:02d}", {"povray": "3.7.0.10", "threads": 2, "slots": 2})
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: len(browser.find_elements("css selector", "#jobs-body tr.job")) == 50, what="50 jobs")
+    page.wait(lambda: len(browser.find_elements("css selector", "#nodes-body tr")) == 64, what="64 nodes")
+    first = browser.find_element("css selector", "#jobs-body tr.job").text
+    assert first.startswith("50 shot-50")                         # newest first
+    assert page.state()["job"] == 50                              # following the newest job
