@@ -13,8 +13,8 @@ farm stored strips several times slower with viewers watching. Three things keep
   change after a quiet spell, and every change when only one viewer watches the job, is sent at once;
   while strips stream in to several viewers, replies go out on the ticks of a clock that ticks ten times a
   second, so each viewer costs at most about ten replies a second however fast strips arrive, and sees a
-  strip within a tick. Every viewer waiting on the job wakes at the same slot and gets
-  the same job status (and, at the same cursor, the same reply), worked out once.
+  strip within a tick. Every viewer waiting on the job wakes at the same slot and gets the same job status
+  (and, at the same cursor, the same reply), worked out once.
 """
 
 from __future__ import annotations
@@ -184,15 +184,16 @@ class FeedCache:
             mine = threading.Event()
             if kept is None or kept[0] < slot:
                 self._shared[key] = (slot, mine)
+        made: Any = mine            # stands for "nothing made" should make() raise
         try:
             made = make()
         finally:
             with self._lock:
                 if self._shared.get(key) == (slot, mine):
-                    if "made" in locals():
-                        self._shared[key] = (slot, made)
-                    else:
+                    if made is mine:
                         del self._shared[key]
+                    else:
+                        self._shared[key] = (slot, made)
                 mine.set()
                 self._trim()
         return made
