@@ -69,9 +69,11 @@ class _Marshaller(xmlrpc.client.Marshaller):
     def __init__(self):
         super().__init__("utf-8", allow_none=False)
         self.compressible = True
+        self.verbatim = False
 
     def _verbatim(self, value: Premarshalled, write: Callable[[Any], Any]) -> None:
         write(value.xml)
+        self.verbatim = True
         self.compressible = self.compressible and value.compressible
 
     dispatch[Premarshalled] = _verbatim
@@ -80,7 +82,19 @@ class _Marshaller(xmlrpc.client.Marshaller):
         """`head`, the `<value>` of `value` as xmlrpc.client writes it, `tail`, as UTF-8 bytes."""
         chunks: list = []
         self._Marshaller__dump(value, chunks.append)   # the stdlib's writer of one value (name-mangled)
-        return b"".join([head, *(c if isinstance(c, bytes) else c.encode() for c in chunks), tail])
+        if not self.verbatim:       # the common case: text only, joined as xmlrpc.client joins it
+            return head + "".join(chunks).encode() + tail
+        out, text = [head], []
+        for chunk in chunks:
+            if isinstance(chunk, bytes):
+                out.append("".join(text).encode())
+                out.append(chunk)
+                text = []
+            else:
+                text.append(chunk)
+        out.append("".join(text).encode())
+        out.append(tail)
+        return b"".join(out)
 
 
 def marshal_response(result: Any, whole: bool = True) -> Response:
