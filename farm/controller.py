@@ -502,11 +502,10 @@ class Farm:
         ended = bool(target) and self.store.job(target)["state"] in ("done", "failed", "canceled")
         if (ended and job_id) or (new and (cursor == 0 or new == FEED_BATCH)):
             return self._feed(target, cursor)   # a viewer starting or catching up gets its strips at once
-        with self.feed.watching(target):
-            if not new:
-                # Nothing new: wait for this job to change, or (following the newest job) for a new job.
-                self.changes.wait(target, seen, min(timeout, 30.0))
-            slot = self.feed.pace(target)   # the job's viewers are answered together (farm/feedcache.py)
+        if not new:
+            # Nothing new: wait for this job to change, or (following the newest job) for a new job.
+            self.changes.wait(target, seen, min(timeout, 30.0))
+        slot = self.feed.pace(target)   # the job's viewers are answered together (farm/feedcache.py)
         current = job_id or self.store.newest_job_id() or 0
         if current != target:
             return self._feed(current, 0)   # a new job starts at cursor 0

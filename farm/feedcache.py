@@ -9,25 +9,24 @@ farm stored strips several times slower with viewers watching. Three things keep
   zlib data already, so a response made mostly of them is not gzipped again (gzip only undoes base64's
   third and costs the controller a compression per viewer).
 - `FeedCache.pieces`: each stored strip's feed entries, kept by (job, store sequence), within a byte budget.
-- `FeedCache.pace` and `FeedCache.shared`: the viewers of a job are answered in shared "slots". The first
-  change after a quiet spell, and every change when only one viewer watches the job, is sent at once;
-  while strips stream in to several viewers, replies go out on the ticks of a clock that ticks ten times a
-  second, so each viewer costs at most about ten replies a second however fast strips arrive, and sees a
-  strip within a tick. Every viewer waiting on the job wakes at the same slot and gets the same job status
+- `FeedCache.pace` and `FeedCache.shared`: the viewers of a job are answered in shared "slots". A job only
+  one viewer watches gets every change at once; the viewers of a job several watch are answered on the
+  ticks of a clock that ticks ten times a second, so each costs at most about ten replies a second however
+  fast strips arrive, and sees a change within a tick. Every viewer waiting on the job wakes at the same slot and gets the same job status
   (and, at the same cursor, the same reply), worked out once.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import math
 import threading
 import time
 import xmlrpc.client
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-SLOT_INTERVAL = 0.1               # seconds between the reply slots of a job whose strips stream in
+SLOT_INTERVAL = 0.1               # seconds between the reply slots of a job several viewers watch
+VIEWER_MEMORY = 1.0               # seconds a viewer counts as watching after it last asked
 MAX_CACHED_BYTES = 64 * 1024 * 1024
 MAX_SHARED = 4096                 # shared values kept before those of old slots are dropped
 _HEAD = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n"
@@ -126,7 +125,7 @@ class FeedCache:
         self._pieces: collections.OrderedDict[tuple[int, int], list[Premarshalled]] = collections.OrderedDict()
         self._bytes = 0
         self._slots: dict[int, float] = {}                    # job -> its latest reply slot
-        self._watching: collections.Counter[int] = collections.Counter()   # job -> viewers in a long poll
+        self._viewers: dict[int, dict[int, float]] = {}      # job -> {server thread: when it last asked}
         self._shared: dict[tuple, tuple[float, Any]] = {}     # key -> (slot, value)
 
     def pieces(self, job_id: int, seq: int, make: Callable[[], list[dict]]) -> list[Premarshalled]:
@@ -148,32 +147,24 @@ class FeedCache:
                     self._bytes -= sum(_size(piece) for piece in old)
         return encoded
 
-    @contextlib.contextmanager
-    def watching(self, job_id: int) -> Iterator[None]:
-        """Count a viewer as waiting on the job while the block runs: a job only one viewer watches is
-        never paced."""
-        with self._lock:
-            self._watching[job_id] += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._watching[job_id] -= 1
-                if self._watching[job_id] <= 0:
-                    del self._watching[job_id]
-
     def pace(self, job_id: int) -> float:
-        """Wait for the job's next reply slot and return it: now when one viewer watches the job or its
-        viewers were last answered `interval` or longer ago, else the next tick of a clock that ticks every
-        `interval`, which every viewer of the job waking before it shares."""
+        """Wait for the job's next reply slot and return it: now when one viewer watches the job, else the
+        next tick of a clock that ticks every `interval`, which every viewer of the job waking before it
+        shares (viewers that come back at different times still meet at ticks). Viewers are told apart by
+        the server thread that serves their connection (one per connection)."""
         with self._lock:
             now = self.clock()
-            last = self._slots.get(job_id)
-            if last is None or now - last >= self.interval or self._watching[job_id] <= 1:
+            seen = self._viewers.setdefault(job_id, {})
+            seen[threading.get_ident()] = now
+            if len(seen) > 1:
+                for viewer, when in list(seen.items()):
+                    if now - when > VIEWER_MEMORY:
+                        del seen[viewer]
+            if len(seen) <= 1:
                 slot = now
             else:
-                slot = max(last, (math.floor(now / self.interval) + 1) * self.interval)
-            self._slots[job_id] = slot
+                slot = max(self._slots.get(job_id, 0.0), (math.floor(now / self.interval) + 1) * self.interval)
+                self._slots[job_id] = slot
         if slot > now:
             self.sleep(slot - now)
         return slot
@@ -221,4 +212,5 @@ class FeedCache:
         """Drop a job's slots and replies (its pieces age out of the byte budget)."""
         with self._lock:
             self._slots.pop(job_id, None)
+            self._viewers.pop(job_id, None)
             self._shared = {k: v for k, v in self._shared.items() if k[1] != job_id}

@@ -352,31 +352,31 @@ def test_a_premarshalled_value_is_written_verbatim_and_reads_back_the_same():
 
 
 def test_viewers_waking_together_share_one_slot_and_one_reply():
-    import contextlib
     import threading
 
     from farm.feedcache import FeedCache
 
     now = [100.0]
     slept = []
-    lone = FeedCache(interval=0.25, clock=lambda: now[0], sleep=slept.append)
-    with lone.watching(1):                                   # one viewer is never kept waiting
-        assert [lone.pace(1), lone.pace(1)] == [100.0, 100.0] and slept == []
-
     cache = FeedCache(interval=0.25, clock=lambda: now[0], sleep=slept.append)
-    with contextlib.ExitStack() as watchers:                 # two viewers of job 1, two of job 2
-        for job in (1, 1, 2, 2):
-            watchers.enter_context(cache.watching(job))
-        assert cache.pace(1) == 100.0 and slept == []         # quiet: answered at once
-        now[0] = 100.0625
-        first = cache.pace(1)
-        now[0] = 100.125
-        assert cache.pace(1) == first == 100.25 and slept == [0.1875, 0.125]
-        now[0] = 100.3125
-        assert cache.pace(1) == 100.5                        # the next tick, not 0.25 s after this call
-        assert cache.pace(2) == 100.3125                     # another job has its own clock
-        now[0] = 101.0
-        assert cache.pace(1) == 101.0                        # quiet again
+    assert [cache.pace(1), cache.pace(1)] == [100.0, 100.0] and slept == []   # one viewer never waits
+
+    def viewer(job):                            # a viewer on a connection (a server thread) of its own
+        answer = []
+        thread = threading.Thread(target=lambda: answer.append(cache.pace(job)))
+        thread.start()
+        thread.join()
+        return answer[0]
+
+    now[0] = 100.0625
+    first = viewer(1)
+    now[0] = 100.125
+    assert cache.pace(1) == first == 100.25 and slept == [0.1875, 0.125]     # two viewers meet at the next tick
+    now[0] = 100.3125
+    assert viewer(1) == 100.5
+    assert cache.pace(2) == 100.3125                         # job 2 has one viewer
+    now[0] = 102.0
+    assert cache.pace(1) == 102.0                            # the other viewer left a while ago
 
     made = []
     gate = threading.Event()
