@@ -488,6 +488,7 @@ class Farm:
 
         A long poll: returns at once when strips newer than `cursor` are stored (or the job has
         ended), else when anything about the job changes, else after `timeout` seconds (at most 30).
+        When several viewers watch a job, they are answered together on ticks 0.1 s apart.
         job 0 means the newest job. cursor 0 gets every strip stored so far.
         Returns job (struct as jobs.list, plus channels and bits; {} when there is no job yet),
         cursor (int, pass it to the next call), strips ([struct] frame, row_start, row_end, rows:
