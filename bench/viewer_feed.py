@@ -4,7 +4,7 @@ Starts a controller in this process (port 0, a temporary data directory), simula
 second process (threads that register, poll and deliver synthetic strips over the real RPC API; no
 POV-Ray), and viewers in processes of their own, each running the viewer's real network code
 (`farm.viewer.Feed`, pinned to the job) without a window, or the calls the browser page makes
-(`page_process`: the same methods, arguments and timers as farm/web/static/app.js, made from Python so
+(`page_process`: the same methods, arguments and timers as farm/web/app.js, made from Python so
 twenty of them fit on a small box beside the controller). Reports:
 
 1. delay: from the moment a node starts its `nodes.complete` call to the moment a waiting viewer has

@@ -40,23 +40,27 @@ needs_browser = pytest.mark.skipif(
     reason="needs selenium (pip install '.[test]') and Debian's chromium + chromium-driver")
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def start_browser(profile: Path, downloads: Path, *flags: str):
+    """Debian's Chromium, headless, with a fresh profile, driven through Debian's chromedriver."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     os.environ["SE_OFFLINE"] = "true"          # Selenium Manager: use the browser and driver given, fetch nothing
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
+    for flag in [*CHROMIUM_FLAGS, *flags, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    downloads = tmp_path_factory.mktemp("downloads")
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     driver.downloads = downloads
     driver.set_script_timeout(30)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = start_browser(tmp_path_factory.mktemp("chromium-profile"), tmp_path_factory.mktemp("downloads"))
     try:
         yield driver
     finally:
@@ -507,3 +511,29 @@ def test_fifty_jobs_and_sixty_four_nodes_fit_in_the_tables(browser, farm, tmp_pa
     first = browser.find_element("css selector", "#jobs-body tr.job").text
     assert first.startswith("50 shot-50")                         # newest first
     assert page.state()["job"] == 50                              # following the newest job
+
+
+@needs_browser
+def test_the_page_over_tls_with_the_controllers_certificate(farm, tmp_path):
+    import hashlib
+    import subprocess
+
+    from test_security import make_ca_and_cert
+
+    ca, cert, key = make_ca_and_cert(tmp_path)
+    farm.url, farm.ca_file = f"https://127.0.0.1:{farm.port}", str(ca)
+    farm.start_controller("--tls-cert", str(cert), "--tls-key", str(key))
+    public = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"], check=True,
+                            capture_output=True).stdout
+    pin = base64.b64encode(hashlib.sha256(public).digest()).decode()
+    # The browser trusts exactly this server key (the test CA is not in its store).
+    driver = start_browser(tmp_path / "profile", tmp_path / "downloads", f"--ignore-certificate-errors-spki-list={pin}")
+    try:
+        page = Page(driver, farm)
+        assert driver.execute_script("return location.protocol") == "https:"
+        page.sign_in(token(farm, "view"))
+        page.wait(lambda: page.state()["role"] == "view" and page.text("link") == "connected", what="signed in")
+        ok, versions = page.call("api.version")
+        assert ok and versions["api"] == 1
+    finally:
+        driver.quit()
