@@ -3,17 +3,21 @@
 Starts a controller in this process (port 0, a temporary data directory), simulated render nodes in a
 second process (threads that register, poll and deliver synthetic strips over the real RPC API; no
 POV-Ray), and viewers in processes of their own, each running the viewer's real network code
-(`farm.viewer.Feed`, pinned to the job) without a window. Reports:
+(`farm.viewer.Feed`, pinned to the job) without a window, or the calls the browser page makes
+(`page_process`: the same methods, arguments and timers as farm/web/app.js, made from Python so
+twenty of them fit on a small box beside the controller). Reports:
 
 1. delay: from the moment a node starts its `nodes.complete` call to the moment a waiting viewer has
    the strip (both read from the system-wide monotonic clock), median and p95 over every (strip,
    viewer) pair, with 1 and with 20 viewers; the nodes take `--render-time` seconds per strip, so the
    controller is busy but not saturated.
 2. cost: strips per second the nodes get through when they deliver as fast as the controller lets
-   them, with 0 and with 20 viewers watching, each repeated `--repeat` times (medians). Writing the
-   finished PNG (after the last strip) is left out.
+   them, with no viewer, with 20 pygame viewers and with 20 pages watching, each repeated `--repeat`
+   times (medians). Writing the finished PNG (after the last strip) is left out. Viewers run niced
+   (`--viewer-nice`, default 19): they stand for people's own machines, so on a small box they get
+   the CPU the controller and the nodes leave idle, and what is measured is the controller's cost.
 
-    python bench/viewer_feed.py [--viewers 20] [--nodes 4] [--repeat 3]
+    python bench/viewer_feed.py [--viewers 20] [--nodes 4] [--repeat 3] [--viewer-nice 19]
 
 Prints a table and saves the figures as JSON under bench/results/.
 """
@@ -100,9 +104,10 @@ def nodes_process(url: str, token: str | None, count: int, commands, results) ->
 
 # -- viewers (a process each) ------------------------------------------------------------------------------
 
-def viewer_process(url: str, token: str | None, commands, results) -> None:
+def viewer_process(url: str, token: str | None, commands, results, nice: int = 0) -> None:
     from farm.viewer import FINISHED, Feed
 
+    os.nice(nice)
     results.put("ready")
     session = 0
     while True:
@@ -127,6 +132,47 @@ def viewer_process(url: str, token: str | None, commands, results) -> None:
             if reply["job"].get("state") in FINISHED and not reply["strips"]:
                 break
         feed.stop()
+        results.put(received)
+
+
+PAGE_POLL_TIMEOUT = 25.0     # app.js: POLL_TIMEOUT
+PAGE_REFRESH = 2.0           # app.js: REFRESH_MS, the jobs and nodes tables
+
+
+def page_process(url: str, token: str | None, commands, results, nice: int = 0) -> None:
+    """What an open page asks of the controller while it shows a job: viewer.watch in a loop (each call
+    waits for news), and jobs.list plus nodes.list every couple of seconds."""
+    os.nice(nice)
+    results.put("ready")
+    while True:
+        job = commands.get()
+        if job is None:
+            return
+        feed, tables = make_client(url, token, PAGE_POLL_TIMEOUT + 30), make_client(url, token)
+        stop = threading.Event()
+
+        def refresh_tables() -> None:
+            while not stop.wait(PAGE_REFRESH):
+                tables.call("jobs.list")
+                tables.call("nodes.list")
+
+        refresher = threading.Thread(target=refresh_tables, daemon=True)
+        refresher.start()
+        received: dict[str, float] = {}
+        cursor = 0
+        results.put("watching")
+        while True:
+            reply = feed.call("viewer.watch", job, cursor, PAGE_POLL_TIMEOUT)
+            now = time.monotonic()
+            for s in reply["strips"]:
+                received.setdefault(f"{s['frame']}:{s['row_start']}", now)
+            cursor = reply["cursor"]
+            if reply["job"].get("state") in ("done", "failed", "canceled") and not reply["strips"]:
+                break
+        stop.set()
+        refresher.join()
+        feed.close()
+        tables.close()
         results.put(received)
 
 
@@ -155,15 +201,16 @@ class Bench:
         self.nodes = ctx.Process(target=nodes_process, daemon=True,
                                  args=(self.url, self.node_token, args.nodes, self.node_commands, self.node_results))
         self.nodes.start()
-        self.viewers = []
-        for _ in range(args.viewers):
-            commands, results = ctx.Queue(), ctx.Queue()
-            process = ctx.Process(target=viewer_process, daemon=True,
-                                  args=(self.url, self.view_token, commands, results))
-            process.start()
-            self.viewers.append((process, commands, results))
+        self.viewers: dict[str, list] = {"pygame": [], "page": []}
+        for kind, target in (("pygame", viewer_process), ("page", page_process)):
+            for _ in range(args.viewers):
+                commands, results = ctx.Queue(), ctx.Queue()
+                process = ctx.Process(target=target, daemon=True,
+                                      args=(self.url, self.view_token, commands, results, args.viewer_nice))
+                process.start()
+                self.viewers[kind].append((process, commands, results))
         assert self.node_results.get(timeout=60) == "ready"
-        for _, _, results in self.viewers:
+        for _, _, results in self.viewers["pygame"] + self.viewers["page"]:
             assert results.get(timeout=60) == "ready"
 
     def _count_waiting_viewers(self) -> None:
@@ -184,10 +231,10 @@ class Bench:
 
         ViewerAPI.watch = counted
 
-    def run(self, viewers: int, strip_count: int, render_time: float) -> dict:
+    def run(self, viewers: int, strip_count: int, render_time: float, kind: str = "pygame") -> dict:
         job = self.client.call("jobs.submit", {"bundle": self.digest, "scene": "s.pov", "width": WIDTH,
                                                "height": strip_count * BLOCK, "strips": strip_count})
-        watching = self.viewers[:viewers]
+        watching = self.viewers.get(kind, [])[:viewers]
         for _, commands, _ in watching:
             commands.put(job)
         for _, _, results in watching:
@@ -207,7 +254,7 @@ class Bench:
             for frame, start, sent, _ in done:
                 delays.append(received[f"{frame}:{start}"] - sent)
             assert len(received) == len(done)
-        return {"viewers": viewers, "strips": len(done), "render_time": render_time,
+        return {"viewers": viewers, "kind": kind if viewers else "none", "strips": len(done), "render_time": render_time,
                 "strips_per_second": len(done) / (last_sent - outcome["started"]),
                 "complete_call_ms": statistics.median((ret - sent) * 1000 for _, _, sent, ret in done),
                 "cpu_ms_per_strip": {k: 1000 * v / len(done) for k, v in cpu.items()},
@@ -219,10 +266,11 @@ class Bench:
 
     def close(self) -> None:
         self.node_commands.put(None)
-        for _, commands, _ in self.viewers:
+        everyone = self.viewers["pygame"] + self.viewers["page"]
+        for _, commands, _ in everyone:
             commands.put(None)
         self.nodes.join(10)
-        for process, _, _ in self.viewers:
+        for process, _, _ in everyone:
             process.join(10)
         self.controller.shutdown()
 
@@ -249,6 +297,9 @@ def main() -> int:
     parser.add_argument("--strips", type=int, default=120, help="strips per job in the throughput runs")
     parser.add_argument("--delay-strips", type=int, default=40, help="strips per job in the delay runs")
     parser.add_argument("--render-time", type=float, default=0.1, help="simulated seconds per strip (delay runs)")
+    parser.add_argument("--viewer-nice", type=int, default=19,
+                        help="niceness of the viewer processes: viewers run on people's own boxes, so by default "
+                             "they get only CPU the controller and nodes leave idle (0: compete as equals)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
 
@@ -259,8 +310,8 @@ def main() -> int:
         for _ in range(args.repeat):
             for viewers in (1, args.viewers):
                 delay_runs.append(bench.run(viewers, args.delay_strips, args.render_time))
-            for viewers in (0, args.viewers):
-                throughput_runs.append(bench.run(viewers, args.strips, 0.0))
+            for viewers, kind in ((0, "none"), (args.viewers, "pygame"), (args.viewers, "page")):
+                throughput_runs.append(bench.run(viewers, args.strips, 0.0, kind))
     finally:
         bench.close()
 
@@ -269,9 +320,9 @@ def main() -> int:
         delays = [d for r in delay_runs if r["viewers"] == viewers for d in r["delays_ms"]]
         summary["delay"][viewers] = {"median_ms": statistics.median(delays), "p95_ms": percentile(delays, 0.95),
                                      "max_ms": max(delays), "samples": len(delays)}
-    for viewers in (0, args.viewers):
-        runs = [r for r in throughput_runs if r["viewers"] == viewers]
-        summary["throughput"][viewers] = {
+    for kind in ("none", "pygame", "page"):
+        runs = [r for r in throughput_runs if r["kind"] == kind]
+        summary["throughput"][kind] = {
             "strips_per_second_median": statistics.median(r["strips_per_second"] for r in runs),
             "runs": [round(r["strips_per_second"], 1) for r in runs],
             "complete_call_ms_median": statistics.median(r["complete_call_ms"] for r in runs),
@@ -286,16 +337,21 @@ def main() -> int:
     for viewers, d in summary["delay"].items():
         print(f"  {viewers:>8} {d['median_ms']:>8.1f}ms {d['p95_ms']:>8.1f}ms {d['max_ms']:>8.1f}ms {d['samples']:>8}")
     print(f"\nthroughput, nodes delivering flat out ({args.strips} strips per job, median of {args.repeat})")
-    print(f"  {'viewers':>8} {'strips/s':>10} {'runs':>24} {'complete':>10} {'controller CPU':>16} "
+    print(f"  {'viewers':>14} {'strips/s':>10} {'runs':>24} {'complete':>10} {'controller CPU':>16} "
           f"{'viewers CPU':>14}")
-    for viewers, t in summary["throughput"].items():
-        print(f"  {viewers:>8} {t['strips_per_second_median']:>10.1f} {str(t['runs']):>24} "
+    for kind, t in summary["throughput"].items():
+        label = "none" if kind == "none" else f"{args.viewers} {kind}{'s' if kind == 'page' else ''}"
+        print(f"  {label:>14} {t['strips_per_second_median']:>10.1f} {str(t['runs']):>24} "
               f"{t['complete_call_ms_median']:>8.1f}ms {t['controller_cpu_ms_per_strip']:>8.1f}ms/strip "
               f"{t['viewers_cpu_ms_per_strip']:>8.1f}ms/strip")
-    base = summary["throughput"][0]["strips_per_second_median"]
-    loaded = summary["throughput"][args.viewers]["strips_per_second_median"]
-    print(f"\n{args.viewers} viewers cost {100 * (1 - loaded / base):.0f}% of the farm's strip throughput; "
-          f"run took {time.monotonic() - began:.0f} s")
+    base = summary["throughput"]["none"]["strips_per_second_median"]
+    print()
+    for kind in ("pygame", "page"):
+        loaded = summary["throughput"][kind]["strips_per_second_median"]
+        summary["throughput"][kind]["cost"] = round(1 - loaded / base, 4)
+        print(f"{args.viewers} {'pygame viewers' if kind == 'pygame' else 'pages'} cost "
+              f"{100 * (1 - loaded / base):.1f}% of the farm's strip throughput")
+    print(f"run took {time.monotonic() - began:.0f} s")
 
     args.output.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

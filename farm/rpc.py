@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
+from farm import web
 from farm.auth import roles_of
 from farm.faults import Code, FarmError
 
@@ -738,6 +739,10 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             return frozenset()
         return roles_of(token.strip(), self.server.tokens)
 
+    def do_GET(self) -> None:
+        """The farm's page and its static files (they hold no data; every API call needs a token)."""
+        web.serve(self)
+
     def do_POST(self) -> None:
         if not self.is_rpc_path_valid():
             self._refuse(http.HTTPStatus.NOT_FOUND, "not found")
@@ -767,7 +772,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         self.send_response(http.HTTPStatus.OK)
         self.send_header("Content-Type", "text/xml")
         if self.encode_threshold is not None and len(response) > self.encode_threshold \
-                and "gzip" in self.accept_encodings():
+                and "gzip" in self.accept_encodings() and getattr(response, "compressible", True):
             response = xmlrpc.client.gzip_encode(response)
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(response)))

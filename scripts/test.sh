@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a virtual environment with the test extras and run the test suite (arguments go to pytest).
 # The tests render with the real POV-Ray and its example scenes and sandbox it with bubblewrap, so those
-# are installed with apt-get when missing (Debian/Ubuntu), the way scripts/demo.sh does.
+# are installed with apt-get when missing (Debian/Ubuntu), the way scripts/demo.sh does; so is headless
+# Chromium, which tests/test_web.py drives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,13 @@ if ! command -v povray >/dev/null 2>&1 || [ ! -d /usr/share/povray-3.7/scenes ] 
        "(apt-get install povray povray-includes povray-examples bubblewrap)..." >&2
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q povray povray-includes povray-examples bubblewrap
+fi
+
+# tests/test_web.py drives the controller's page in Debian's headless Chromium.
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver >/dev/null
 fi
 
 python3 -m venv .venv
