@@ -327,7 +327,8 @@ def run_makespan(args, tmp: Path, nodes: int, height: int, strip_count: int, str
         load_before = os.getloadavg()
         submitted_wall = time.time()
         job_id = submit.call("jobs.submit", {"bundle": digest, "scene": scene, "width": args.width,
-                                             "height": height, "strips": strip_count, "name": "makespan"})
+                                             "height": height, "strips": strip_count, "name": "makespan",
+                                             "preview": False})
         ideal_guess = strip_count * strip_seconds / sum(speeds) + strip_seconds
         job = wait_job(viewer, job_id, timeout=max(120.0, ideal_guess * 4))
         nodes_cpu = sum(cpu_seconds(pid, children=True) for pid in pids) - cpu_before[0]
@@ -570,7 +571,7 @@ def run_throughput(args, tmp: Path, nodes: int, total: int, time_cap: float) -> 
         submit = controller.client("submit")
         digest, scene = upload_scene(submit, tmp)
         spec = {"bundle": digest, "scene": scene, "width": args.width, "height": height, "strips": per_frame,
-                "name": "throughput", "animation": {"first": 1, "last": frames}}
+                "name": "throughput", "animation": {"first": 1, "last": frames}, "preview": False}
         t0 = time.monotonic()
         job_id = submit.call("jobs.submit", spec)
         submit_seconds = time.monotonic() - t0

@@ -233,7 +233,8 @@ class Bench:
 
     def run(self, viewers: int, strip_count: int, render_time: float, kind: str = "pygame") -> dict:
         job = self.client.call("jobs.submit", {"bundle": self.digest, "scene": "s.pov", "width": WIDTH,
-                                               "height": strip_count * BLOCK, "strips": strip_count})
+                                               "height": strip_count * BLOCK, "strips": strip_count,
+                                               "preview": False})
         watching = self.viewers.get(kind, [])[:viewers]
         for _, commands, _ in watching:
             commands.put(job)

@@ -115,6 +115,8 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-radiosity-prepass", action="store_false", dest="radiosity_prepass",
                         help="render the strips of a radiosity scene independently: no shared pretrace first, "
                              "faster but with seams at strip edges")
+    parser.add_argument("--no-preview", action="store_const", const=False, dest="preview",
+                        help="no quick low-resolution preview of the first frame for viewers (setting: preview)")
     parser.add_argument("--option", action="append", default=[], metavar="OPT", dest="options",
                         help=f"POV-Ray rendering switches, e.g. --option +A0.3 or --option='-J +R3' "
                              f"(repeatable). Allowed: {_ALLOWED_HELP}. Size, output, format, animation and "
@@ -503,7 +505,8 @@ def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: b
             "height": command.height or 480,
             "options": [*command.options, *library, *povcmd.rendering_options(args.options)],
             "strips": args.strips, "bits": command.bits or 8, "priority": args.priority,
-            "name": args.name or command.scene.stem, "radiosity_prepass": args.radiosity_prepass}
+            "name": args.name or command.scene.stem, "radiosity_prepass": args.radiosity_prepass,
+            "preview": getattr(args, "preview", None) is not False}
     if request.animation is not None:
         spec["animation"] = request.animation.to_spec()
     return spec
@@ -951,6 +954,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags["log_level"] = "WARNING"   # a one-shot local render shows progress, not the farm's chatter
     try:
         config = load_config(flags, config_file=getattr(args, "config", None))
+        if "preview" in vars(args):
+            args.preview = config.preview   # --no-preview, else the setting
         logging.basicConfig(level=config.log_level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return COMMANDS[args.command](config, args)

@@ -72,6 +72,19 @@ class RenderOptions:
     block: int                 # render block size: strip edges go on its multiples
 
 
+_ANTIALIASING_SWITCHES = frozenset({"A", "AM", "AG", "J", "R"})
+
+
+def without_antialiasing(options: Iterable[str]) -> tuple[str, ...]:
+    """Checked options minus the anti-aliasing switches (+A, +AM, +AG, +J, +R): for a quick preview."""
+    kept = []
+    for option in options:
+        parts = _split_switch(option) if option[:1] in "+-" else None
+        if parts is None or parts[0] not in _ANTIALIASING_SWITCHES:
+            kept.append(option)
+    return tuple(kept)
+
+
 def _split_switch(option: str) -> tuple[str, str] | None:
     """('A', '0.3') for '+A0.3'; None when no known switch matches."""
     body = option[1:]

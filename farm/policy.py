@@ -13,7 +13,8 @@ values.
   another live node may take its work.
 - A job fails when a unit's scene is broken (a parse error: at once), or when a
   unit has failed max_attempts times and on every live node (or, whatever the
-  nodes, HARD_LIMIT_FACTOR times that).
+  nodes, HARD_LIMIT_FACTOR times that). A preview that fails for any other
+  reason is given up: the job goes on without it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence
 
 from farm.records import FailureVerdict, Unit
+from farm.strips import PREVIEW
 
 NODE_STRIKES = 3            # a node that fails this many units of one job is kept off that job
 LEASE_CANDIDATES = 256      # queued units examined per job when some nodes must be kept off some units
@@ -104,6 +106,8 @@ def after_failure(unit: Unit, error: str, scene_error: bool, max_attempts: int, 
     failures = unit.failures + 1
     if scene_error:
         return FailureVerdict(fail_job=True, job_error=error, retry_at=0.0)
+    if unit.kind == PREVIEW:   # a preview only helps early on: not worth a retry, never worth the job
+        return FailureVerdict(fail_job=False, job_error="", retry_at=0.0, drop_unit=True)
     tried_everywhere = live <= failed_on
     if failures >= max_attempts and (tried_everywhere or failures >= max_attempts * HARD_LIMIT_FACTOR):
         return FailureVerdict(fail_job=True, retry_at=0.0,

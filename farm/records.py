@@ -38,6 +38,7 @@ class JobSpec:
     animation: Animation | None
     block: int                   # POV-Ray's render block size: unit edges fall on its multiples
     pretrace: bool               # split frames share one radiosity pre-pass
+    preview: bool = False        # the first frame gets a quick low-resolution preview for viewers
 
     @property
     def first_frame(self) -> int:
@@ -106,7 +107,7 @@ class Unit:
     row_start: int      # 0-based, end exclusive
     row_end: int
     state: UnitState
-    kind: str           # strips.ROWS or strips.PRETRACE
+    kind: str           # strips.ROWS, strips.PRETRACE or strips.PREVIEW
     attempt: int        # leases handed out so far
     failures: int
     lease: str
@@ -123,8 +124,14 @@ class Unit:
         return range(self.frame, self.frame_last + 1)
 
     def raw_bytes(self, job: Job) -> int:
-        """Bytes of raw rows the unit delivers: its rows, for each of its frames."""
-        return len(self.frames) * (self.row_end - self.row_start) * job.row_bytes
+        """Bytes of raw rows the unit delivers: its rows, for each of its frames (a preview's rows are
+        those of the preview's smaller image)."""
+        row_bytes = preview_row_bytes(job) if self.kind == strips.PREVIEW else job.row_bytes
+        return len(self.frames) * (self.row_end - self.row_start) * row_bytes
+
+
+def preview_row_bytes(job: Job) -> int:
+    return strips.row_size(strips.preview_size(job.width, job.height)[0], job.channels, job.bits)
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,7 @@ class StoredRows:
     row_end: int
     data: bytes
     done_seq: int
+    kind: str = strips.ROWS
 
     def frame_rows(self, raw: bytes, frame: int) -> bytes:
         """One frame's rows out of the unit's decompressed data."""
@@ -183,6 +191,7 @@ class FailureVerdict:
     fail_job: bool
     job_error: str       # the job's error text when it fails
     retry_at: float      # the failing node may take the unit again from this time on
+    drop_unit: bool = False   # give the unit up without failing the job (a preview)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from farm import bundle, photons, povray, radiosity, strips
 from farm import sandbox as sandboxes
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.options import without_antialiasing
 from farm.records import RenderOutcome
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,10 @@ def _frame_key(task: dict[str, Any]) -> str:
 
 
 def _photon_key(task: dict[str, Any]) -> str:
-    """What a frame's photon map depends on: the scene, its options and the frame (the clock)."""
-    parts = [task["bundle"], task["scene"], str(task["frame"]), *task["options"], *task.get("animation", [])]
+    """What a frame's photon map depends on: the scene, its options and the frame (the clock). Not
+    anti-aliasing, so a frame's preview (rendered without it) shoots the map its strips load."""
+    parts = [task["bundle"], task["scene"], str(task["frame"]), *without_antialiasing(task["options"]),
+             *task.get("animation", [])]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 

@@ -573,13 +573,21 @@ def _inflate(data: bytes, limit: int, what: str, exact: bool) -> bytes:
 
 
 ROWS, PRETRACE = "rows", "pretrace"   # kinds of unit: pixel rows, or a frame's radiosity pre-pass
+PREVIEW = "preview"   # a quick low-resolution render of a whole frame, for viewers only: never stitched
+PREVIEW_SCALE = 8     # a preview is 1/PREVIEW_SCALE of the frame's width and height
+
+
+def preview_size(width: int, height: int) -> tuple[int, int]:
+    """The size of a frame's preview: 1/PREVIEW_SCALE of each side, at least 1x1."""
+    return max(1, width // PREVIEW_SCALE), max(1, height // PREVIEW_SCALE)
 
 
 @dataclass(frozen=True)
 class UnitPlan:
     """A unit of work as planned at submit: rows [row_start, row_end) of frames first_frame..last_frame,
     rendered by one POV-Ray process. kind ROWS delivers those rows; PRETRACE is a frame's radiosity
-    pre-pass, whose rows are the whole frame and whose result is the radiosity cache."""
+    pre-pass, whose rows are the whole frame and whose result is the radiosity cache; PREVIEW is a
+    frame's preview, whose rows are those of the preview's own (smaller) image."""
     first_frame: int
     last_frame: int
     row_start: int
@@ -628,6 +636,15 @@ def with_pretrace(units: Sequence[UnitPlan], height: int, pretrace: bool) -> lis
             planned.append(UnitPlan(unit.first_frame, unit.first_frame, 0, height, PRETRACE))
         planned.append(unit)
     return planned
+
+
+def with_preview(units: Sequence[UnitPlan], width: int, height: int, preview: bool) -> list[UnitPlan]:
+    """The units, where `preview` asks for it with a preview unit of the first frame ahead of all of them:
+    a viewer sees the whole picture coarsely within seconds, long before the first strip is in."""
+    if not preview or not units:
+        return list(units)
+    first = min(unit.first_frame for unit in units)
+    return [UnitPlan(first, first, 0, preview_size(width, height)[1], PREVIEW), *units]
 
 
 def encode_apng(frames: Sequence[Raster], delay_ms: int = 100, level: int = 6) -> bytes:

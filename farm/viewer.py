@@ -88,6 +88,25 @@ class Canvas:
         self.display[row_start * self.display_row_bytes:row_end * self.display_row_bytes] = screen
         self._mark(row_start, row_end)
 
+    def paint_preview(self, width: int, height: int, rows: bytes) -> None:
+        """Show a whole-frame preview of `width` x `height` pixels (decoded rows, the image's own format),
+        scaled up, on the screen buffer only and only where no final row is painted yet: it stands in for
+        the rows to come, is never saved, and final rows replace it."""
+        size = strips.row_size(width, self.channels, self.bits)
+        if len(rows) != size * height:
+            raise ValueError(f"a {width}x{height} preview needs {size * height} bytes, not {len(rows)}")
+        screen = rows if self.bits == 8 else rows[0::2]
+        pixel = self.channels
+        columns = [(x * width // self.width) * pixel for x in range(self.width)]
+        scaled: dict[int, bytes] = {}
+        for start, end in self.missing():
+            for y in range(start, end):
+                source = y * height // self.height
+                if source not in scaled:
+                    line = screen[source * width * pixel:(source + 1) * width * pixel]
+                    scaled[source] = b"".join(line[offset:offset + pixel] for offset in columns)
+                self.display[y * self.display_row_bytes:(y + 1) * self.display_row_bytes] = scaled[source]
+
     def _mark(self, start: int, end: int) -> None:
         merged: list[list[int]] = []
         for span in sorted([*self._painted, [start, end]]):
@@ -156,6 +175,7 @@ class ViewerState:
         self.frame: int | None = None
         self.in_flight: list[dict[str, Any]] = []
         self.received: list[tuple[int, int, int]] = []   # (frame, row_start, row_end) painted, in order
+        self.previewed: set[int] = set()                  # frames showing a preview where rows are missing
         self.drained = False                              # the job ended and every strip is painted
         self.nodes_live: int | None = None
         self.nodes_total: int | None = None
@@ -214,6 +234,7 @@ class ViewerState:
         if self.job.get("id") != info["id"] or (self.job.get("width"), self.job.get("height")) != (
                 info.get("width"), info.get("height")):
             self.frames, self.frame, self.received, self._full = {}, None, [], True
+            self.previewed = set()
         self.job = dict(info)
         self.error = ""
         for strip in reply.get("strips", []):
@@ -229,6 +250,9 @@ class ViewerState:
     def _apply_strip(self, strip: dict[str, Any]) -> None:
         frame, start, end = int(strip["frame"]), int(strip["row_start"]), int(strip["row_end"])
         canvas = self._canvas(frame)
+        if strip.get("kind") == strips.PREVIEW:
+            self._apply_preview(canvas, frame, strip)
+            return
         try:
             rows = strips.decompress_rows(_rows_of(strip), (end - start) * canvas.row_bytes)
             canvas.paint(start, end, rows)
@@ -237,6 +261,19 @@ class ViewerState:
             return
         self.received.append((frame, start, end))
         self._dirty.append((frame, start, end))
+
+    def _apply_preview(self, canvas: Canvas, frame: int, strip: dict[str, Any]) -> None:
+        width, height = int(strip["width"]), int(strip["height"])
+        try:
+            rows = strips.decompress_rows(_rows_of(strip), strips.row_size(width, canvas.channels, canvas.bits)
+                                          * height)
+            canvas.paint_preview(width, height, rows)
+        except ValueError as err:
+            log.warning("job %s frame %s preview cannot be shown: %s", self.target, frame, err)
+            return
+        self.previewed.add(frame)
+        if frame == self.frame:
+            self._full = True
 
     def _canvas(self, frame: int) -> Canvas:
         canvas = self.frames.get(frame)
@@ -249,7 +286,7 @@ class ViewerState:
     def _choose_frame(self) -> None:
         """Show the lowest frame still being rendered; once all are done, the last one."""
         busy = {int(s["frame"]) for s in self.in_flight}
-        painted = {f for f, c in self.frames.items() if c.painted_rows}
+        painted = {f for f, c in self.frames.items() if c.painted_rows or f in self.previewed}
         open_frames = sorted(f for f in busy | painted if f not in self.frames or not self.frames[f].complete)
         if open_frames:
             frame = open_frames[0]
@@ -314,6 +351,7 @@ class ViewerState:
         self.target = self._polled = job_id
         self.session += 1
         self.job, self.frames, self.frame, self.in_flight, self.received = {}, {}, None, [], []
+        self.previewed = set()
         self.drained, self.error, self._full, self._dirty = False, "", True, []
         self.version += 1
 
@@ -708,11 +746,12 @@ class Window:
         width = self.view.get_width()
         for strip in self.state.shown_in_flight():
             colour = self.state.colour(strip["node"])
-            top = y + round(int(strip["row_start"]) * self.scale)
-            bottom = y + round(int(strip["row_end"]) * self.scale)
+            whole = strip.get("kind") == strips.PREVIEW     # its rows are the preview's own: the whole frame
+            top = y + (0 if whole else round(int(strip["row_start"]) * self.scale))
+            bottom = y + (self.view.get_height() if whole else round(int(strip["row_end"]) * self.scale))
             rect = self.pg.Rect(x, top, width, max(2, bottom - top))
             self.pg.draw.rect(win, colour, rect, 2)
-            doing = " radiosity pretrace" if strip.get("kind") == "pretrace" else ""
+            doing = {"pretrace": " radiosity pretrace", strips.PREVIEW: " preview"}.get(strip.get("kind", ""), "")
             text = f"{strip['node']}{doing} {float(strip['progress']) * 100:.0f}%"
             self._label(win, text, (x + 4, top + 4), colour)
 

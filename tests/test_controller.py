@@ -69,7 +69,8 @@ def submit(farm: Stepped, scene_file: Path, **spec) -> int:
     data = pack(plan_bundle(scene_file))
     digest = farm.call("bundles.upload", xmlrpc.client.Binary(data))
     assert digest == bundle_hash(data)
-    return farm.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 8, "height": 64, "strips": 2, **spec})
+    return farm.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 8, "height": 64, "strips": 2,
+                                     "preview": False, **spec})
 
 
 def rows_for(task: dict, value: int = 7) -> xmlrpc.client.Binary:
@@ -500,3 +501,77 @@ def test_a_node_falls_back_to_complete_when_the_controller_has_no_combined_call(
     assert worker._complete("2.1.bb", b"rows", 0.5) is None
     assert client.calls == ["nodes.complete_and_poll", "nodes.complete", "nodes.complete"]
     assert worker.strips_done == 2
+
+
+# -- the preview ------------------------------------------------------------------------------------
+
+def test_a_preview_goes_first_at_its_own_size_and_never_holds_the_frame_back(farm, scene):
+    job = submit(farm, scene, width=64, height=64, preview=True, options=["+A0.3", "+AM2", "+UA"])
+    n = node(farm)
+    preview = farm.call("nodes.poll", n)
+    assert preview["kind"] == "preview" and (preview["width"], preview["height"]) == (8, 8)
+    assert (preview["row_start"], preview["row_end"]) == (0, 8)
+    assert preview["options"] == ["+UA"]                     # no anti-aliasing in a preview
+    rows = [farm.call("nodes.poll", n) for _ in range(2)]
+    assert [(t["kind"], t["width"], t["height"], t["options"]) for t in rows] == \
+        [("rows", 64, 64, ["+A0.3", "+AM2", "+UA"])] * 2
+    status = farm.call("jobs.status", job)
+    assert (status["strips_total"], status["preview"]) == (2, "leased")   # the preview is not a strip
+    for value, task in enumerate(rows, start=1):
+        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
+    farm.settle()
+    status = farm.call("jobs.status", job)
+    assert (status["state"], status["progress"], status["strips_done"]) == ("done", 1.0, 2)
+    assert status["preview"] == "canceled"                   # still in flight when the frame was done
+    with pytest.raises(FarmError) as err:
+        farm.call("nodes.complete", n, preview["lease"], rows_for(preview, 99), 0.1)
+    assert err.value.code is Code.STALE_LEASE
+    image = strips.decode_png(farm.call("jobs.fetch", job).data)
+    assert image.pixels == bytes([1]) * (32 * 64 * 4) + bytes([2]) * (32 * 64 * 4)
+
+
+def test_the_feed_carries_the_preview_as_its_own_piece_and_the_image_never_gets_it(farm, scene):
+    job = submit(farm, scene, width=20, height=64, preview=True)
+    n = node(farm)
+    preview = farm.call("nodes.poll", n)
+    farm.call("nodes.complete", n, preview["lease"], rows_for(preview, 99), 0.2)
+    feed = farm.call("viewer.watch", job, 0, 0)
+    (piece,) = feed["strips"]
+    assert (piece["kind"], piece["width"], piece["height"], piece["row_start"], piece["row_end"]) == \
+        ("preview", 2, 8, 0, 8)
+    assert strips.decompress_rows(piece["rows"].data, 2 * 8 * 3) == bytes([99]) * 48
+    assert farm.call("jobs.status", job)["strips_done"] == 0
+    for value in (1, 2):
+        task = farm.call("nodes.poll", n)
+        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
+    farm.settle()
+    later = farm.call("viewer.watch", job, feed["cursor"], 0)
+    assert [(s["kind"], s["row_start"]) for s in later["strips"]] == [("rows", 0), ("rows", 32)]
+    image = strips.decode_png(farm.call("jobs.fetch", job).data)
+    assert 99 not in image.pixels and farm.call("jobs.status", job)["preview"] == "done"
+
+
+def test_a_failed_preview_is_given_up_but_a_scene_error_in_it_fails_the_job(farm, scene):
+    job = submit(farm, scene, preview=True)
+    n = node(farm)
+    preview = farm.call("nodes.poll", n)
+    farm.call("nodes.fail", n, preview["lease"], "POV-Ray was killed by signal 9", False)
+    status = farm.call("jobs.status", job)
+    assert status["state"] != "failed" and status["preview"] == "failed"
+    assert farm.call("nodes.poll", n)["kind"] == "rows"           # the job goes on without it
+
+    broken = submit(farm, scene, preview=True, priority=5)
+    n2 = node(farm, "n2")
+    task = farm.call("nodes.poll", n2)
+    assert (task["job"], task["kind"]) == (broken, "preview")
+    farm.call("nodes.fail", n2, task["lease"], "Parse Error: No matching } in 'sphere'", True)
+    status = farm.call("jobs.status", broken)
+    assert status["state"] == "failed" and "Parse Error" in status["error"]
+
+
+def test_only_the_first_frame_of_an_animation_gets_a_preview():
+    plans = strips.with_preview(strips.plan_units(96, 3, 10, slots=2), 128, 96, True)
+    assert plans[0] == strips.UnitPlan(3, 3, 0, 12, strips.PREVIEW)
+    assert [p.kind for p in plans[1:]] == ["rows"] * (len(plans) - 1)
+    assert strips.with_preview(plans[1:], 128, 96, False) == plans[1:]
+    assert strips.preview_size(7, 3000) == (1, 375)

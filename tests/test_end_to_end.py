@@ -180,8 +180,10 @@ def test_photon_scene_shares_one_photon_map_per_node_and_stays_exact(farm, tmp_p
     assert_same_pixels(out, native_render(scene, 160, 120, ["+WT1"], tmp_path / "native.png"))
     logs = farm.log("n1") + farm.log("n2")
     shot, loaded = logs.count(" photons shot"), logs.count("photon map loaded")
-    assert shot + loaded == 4, logs
-    assert shot <= 2 and loaded >= 2, logs      # at most one shot per node for the frame
+    # The 4 strips and the preview (the map does not depend on the size or anti-aliasing): the preview,
+    # leased first, shoots its node's map at a twentieth of the size, and the strips load it.
+    assert shot + loaded == 5, logs
+    assert shot <= 2 and loaded >= 3, logs      # at most one shot per node for the frame
 
 
 def test_photon_block_is_found_only_in_global_settings():
@@ -194,3 +196,45 @@ def test_photon_block_is_found_only_in_global_settings():
     assert with_photon_file(text, save=False) == (
         'global_settings { /* } */ photons { load_file "povfarm-photons.ph"  spacing 0.1 } }'
         ' sphere { 0, 1 photons { target } }')
+
+
+def test_the_preview_reaches_a_watching_viewer_first_and_never_the_image(farm, tmp_path):
+    """A viewer watching from before the submit gets the preview (its own size) before any final row;
+    the stored image is still exactly POV-Ray's single render."""
+    import threading
+    import time
+
+    from farm.strips import decompress_rows, preview_size, row_size
+
+    scene = SCENES / "advanced/wineglass.pov"
+    farm.start_controller()
+    farm.start_node("n1", slots=2)
+    viewer, pieces, stop = farm.client_as("view"), [], threading.Event()
+
+    def watch():
+        cursor, job = 0, 0
+        while not stop.is_set():
+            reply = viewer.call("viewer.watch", job, cursor, 2)
+            if reply["job"] and not job:
+                job = reply["job"]["id"]
+            pieces.extend(reply["strips"])
+            cursor = reply["cursor"]
+            if reply["job"].get("state") in ("done", "failed") and not reply["strips"]:
+                return
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out = tmp_path / "farm.png"
+    result = run_cli("submit", str(scene), "--width", "320", "--height", "240", "--option", "+A0.3",
+                     "--output", str(out), "--controller", farm.url)
+    assert result.returncode == 0, result.stderr
+    watcher.join(60)
+    stop.set()
+    assert_same_pixels(out, native_render(scene, 320, 240, ["+A0.3"], tmp_path / "native.png"))
+    kinds = [piece["kind"] for piece in pieces]
+    assert kinds[0] == "preview" and kinds.count("preview") == 1 and len(kinds) >= 3, kinds
+    first = pieces[0]
+    assert (first["width"], first["height"]) == preview_size(320, 240) == (40, 30)
+    preview = decompress_rows(first["rows"].data, row_size(40, 3, 8) * 30)
+    assert any(preview)                                    # a real picture, not black
+    rows = sorted((p["row_start"], p["row_end"]) for p in pieces[1:])
+    assert rows[0][0] == 0 and rows[-1][1] == 240 and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))

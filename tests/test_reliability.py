@@ -29,7 +29,7 @@ def submit(farm, scene: Path, width: int, height: int, strips_: int, options=(),
         farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
     return farm.client.call("jobs.submit", {
         "bundle": bundle_hash(data), "scene": scene.name, "width": width, "height": height,
-        "strips": strips_, "options": list(options), "priority": priority})
+        "strips": strips_, "options": list(options), "priority": priority, "preview": False})
 
 
 def status(farm, job: int) -> dict:

@@ -47,7 +47,8 @@ def submit(farm, scene: Path, width: int = 32, height: int = 32, strips: int = 1
     if not farm.client.call("bundles.has", bundle_hash(data)):
         farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
     return farm.client.call("jobs.submit", {"bundle": bundle_hash(data), "scene": scene.name, "width": width,
-                                            "height": height, "strips": strips, "options": []})
+                                            "height": height, "strips": strips, "options": [],
+                                            "preview": False})
 
 
 def wait_done(farm, job: int, timeout: float = 60) -> dict:

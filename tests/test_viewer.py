@@ -125,6 +125,23 @@ def test_state_paints_each_reply_and_tracks_strips_in_flight():
     assert state.canvas().raster().pixels == fill(8, 32, 5) + fill(8, 32, 9)
 
 
+def test_a_preview_is_shown_scaled_up_at_once_and_final_rows_replace_it():
+    state = ViewerState()
+    job = job_info(width=8, height=16)
+    preview = bytes([10, 10, 10, 20, 20, 20]) + bytes([30, 30, 30, 40, 40, 40])     # 2x2 pixels
+    piece = dict(strip(preview, 0, 2), kind="preview", width=2, height=2)
+    state.handle(("feed", 1, reply(job, [piece])))
+    canvas = state.canvas()
+    assert state.take_updates()[0]                           # the whole image is repainted
+    assert canvas.display[:12] == bytes([10] * 12) and canvas.display[12:24] == bytes([20] * 12)
+    assert canvas.display[8 * 24:8 * 24 + 3] == bytes([30] * 3)   # the lower half: the lower preview row
+    assert canvas.missing() == [(0, 16)] and state.received == []  # still no final row
+    assert not any(canvas.raw)                                      # S never saves preview pixels
+    state.handle(("feed", 1, reply(job, [strip(fill(8, 8, 77), 0, 8)])))
+    assert canvas.display[:24] == bytes([77] * 24) and canvas.display[8 * 24:8 * 24 + 3] == bytes([30] * 3)
+    assert state.take_updates() == (False, [(0, 8)])
+
+
 def test_following_keeps_polling_the_job_it_found():
     state = ViewerState()
     state.handle(("feed", 1, reply(job_info(4), [strip(fill(16, 4, 1), 0, 4)], cursor=3)))

@@ -32,7 +32,9 @@ class JobsAPI:
             animations: first, last (int frames, +KFI/+KFF), initial_clock, final_clock (float, +KI/+KF),
             cyclic (bool, +KC), subset_first, subset_last (int, +SF/+EF; 0 = all)), radiosity_prepass (bool,
             default true: when the scene mentions radiosity, each frame cut into strips first gets one
-            radiosity pretrace whose cache all its strips load, so they match a single render)
+            radiosity pretrace whose cache all its strips load, so they match a single render), preview
+            (bool, default true: the first frame first gets a quick low-resolution render for viewers,
+            never part of the image)
         @return: int, the job's id
         """
         return self._services.submissions.submit(_submission(args.struct("the job spec", spec)))
@@ -45,8 +47,9 @@ class JobsAPI:
         @return: struct: id, name, scene, state, progress (0..1), width, height, strips_total, strips_done,
             strips_leased, frames_total, frames_done, priority, error ("" if none), channels, bits,
             first_frame, last_frame, frame_digits, submitted, started, finished (Unix times, 0 if not yet),
+            preview (the state of the job's preview, "" when it has none: it is not counted in strips_*),
             frames ([struct] number, state), strips ([struct] frame, frame_last, index, row_start, row_end,
-            state, node, progress, attempts, kind)
+            state, node, progress, attempts, kind ("rows", "pretrace" or "preview"))
         """
         return self._views.job_status(self._store.jobs.get(args.job_id(job)), detail=True)
 
@@ -155,4 +158,5 @@ def _submission(spec: dict) -> Submission:
         priority=args.whole("priority", spec.get("priority", 0), -1000, 1000),
         name=args.text("name", spec.get("name", scene.rsplit("/", 1)[-1].rsplit(".", 1)[0] or scene), 200),
         animation=Animation.from_spec(spec["animation"]) if spec.get("animation") else None,
-        strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)))
+        strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)),
+        preview=args.flag("preview", spec.get("preview", True)))

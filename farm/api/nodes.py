@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import xmlrpc.client
 
+from farm import strips
 from farm.api import NODE, READERS, args, rpc
 from farm.faults import Code, FarmError
 from farm.rpc import departure_watch
+from farm.options import without_antialiasing
 
 MAX_ERROR_TEXT = 8192
 MAX_ID_TEXT = 120
@@ -48,8 +50,9 @@ class NodesAPI:
             frame..frame_last), strip (its index), attempt, width, height, row_start, row_end (0-based, end
             exclusive) (int), bundle, scene (str), options ([str]), animation ([str] POV-Ray animation
             switches, [] for a still), channels (3 or 4), bits (8 or 16), time_limit (float seconds of wall
-            clock, 0 for none), kind ("rows"; or "pretrace": run the frame's radiosity pretrace and deliver
-            its cache file), radiosity_cache (bool: load the frame's shared cache, from nodes.radiosity_cache)
+            clock, 0 for none), kind ("rows"; "pretrace": run the frame's radiosity pretrace and deliver
+            its cache file; "preview": a quick low-resolution render of the frame, for viewers: width, height
+            and options are the preview's own, so it renders as ordinary rows), radiosity_cache (bool: load the frame's shared cache, from nodes.radiosity_cache)
         """
         node_id, wait = args.text("node_id", node_id, MAX_ID_TEXT), args.seconds("wait", wait)
         if wait > 0:
@@ -61,11 +64,16 @@ class NodesAPI:
 
     def _task(self, lease, job) -> dict:
         unit = lease.unit
+        width, height, options = job.width, job.height, job.options
+        if unit.kind == strips.PREVIEW:
+            # The preview's own size and no anti-aliasing: a node that does not know the kind renders it as
+            # ordinary rows, and that is all it is.
+            (width, height), options = strips.preview_size(job.width, job.height), without_antialiasing(options)
         return {
             "lease": lease.token, "job": job.id, "frame": unit.frame, "frame_last": unit.frame_last,
             "strip": unit.index, "animation": list(job.animation_options), "attempt": unit.attempt,
-            "width": job.width, "height": job.height, "row_start": unit.row_start, "row_end": unit.row_end,
-            "bundle": job.bundle, "scene": job.scene, "options": list(job.options), "channels": job.channels,
+            "width": width, "height": height, "row_start": unit.row_start, "row_end": unit.row_end,
+            "bundle": job.bundle, "scene": job.scene, "options": list(options), "channels": job.channels,
             "bits": job.bits, "time_limit": self._config.strip_timeout, "kind": unit.kind,
             "radiosity_cache": self._dispatch.loads_radiosity_cache(job, unit),
         }

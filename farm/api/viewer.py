@@ -26,9 +26,13 @@ class ViewerAPI:
         @param cursor: int, 0 for every strip stored so far; then the cursor of the previous reply
         @param timeout: float seconds
         @return: struct: job (struct as jobs.list gives it; {} when there is no job yet), cursor (int),
-            strips ([struct] frame, row_start, row_end, rows: base64 zlib of the raw rows, oldest first),
-            in_flight ([struct] frame, row_start, row_end, node (name), progress 0..1, kind ("rows", or
-            "pretrace": a radiosity pre-pass over the frame))
+            strips ([struct] frame, row_start, row_end, rows: base64 zlib of the raw rows, oldest first,
+            kind: "rows" (final rows of the image), or "preview" (a quick low-resolution render of the whole
+            frame, to be shown scaled up until final rows replace it; its rows are of its own width and
+            height, given as width and height)),
+            in_flight ([struct] frame, row_start, row_end, node (name), progress 0..1, kind ("rows";
+            "pretrace": a radiosity pre-pass over the frame; "preview": the frame's preview, rows of the
+            preview's own size))
         """
         job_id = args.whole("job", job, 0, args.MAX_ID)
         cursor = args.whole("cursor", cursor, 0, args.MAX_ID)

@@ -111,6 +111,8 @@ class Dispatcher:
             self._work.bump()   # the frame's units were waiting for this
             log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (%s)", job.id, unit.frame, node_id,
                      seconds, "cache shared" if data else "the scene uses no radiosity")
+        elif unit.kind == strips.PREVIEW:   # for viewers only: it never reaches the frame's image
+            log.info("job %s frame %s preview done by %s in %.2fs", job.id, unit.frame, node_id, seconds)
         else:
             log.info("job %s unit %s done by %s in %.2fs", job.id, unit.index, node_id, seconds)
             self._stitcher.add_rows(job, unit, raw)

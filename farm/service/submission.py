@@ -43,6 +43,7 @@ class Submission:
     animation: Animation | None = None
     strips: int | str = "auto"         # units per frame, or "auto"
     radiosity_prepass: bool = True
+    preview: bool = True               # the first frame gets a quick low-resolution render first
 
 
 class Bundles:
@@ -131,9 +132,9 @@ class Submissions:
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
         limits.check_plan(spec, count)
-        plans = strips.with_pretrace(
+        plans = strips.with_preview(strips.with_pretrace(
             strips.plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
-            spec.height, spec.pretrace)
+            spec.height, spec.pretrace), spec.width, spec.height, spec.preview)
         limits.check_units(spec, len(plans), self._store.units.open_count())
         job_id = self._store.jobs.create(spec, plans, self._clock())
         self._changes.bump()
@@ -158,7 +159,8 @@ class Submissions:
             animation=request.animation, block=checked.block,
             # A scene that may use radiosity gets a shared pre-pass per split frame; the node running it
             # finds out whether radiosity is really on.
-            pretrace=request.radiosity_prepass and self._mentions_radiosity(info, request.scene))
+            pretrace=request.radiosity_prepass and self._mentions_radiosity(info, request.scene),
+            preview=request.preview)
 
     def _mentions_radiosity(self, info: BundleInfo, scene: str) -> bool:
         if info.mentions_radiosity or bundle.is_source(scene):

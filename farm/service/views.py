@@ -31,6 +31,7 @@ class Views:
         leased, leased_progress = summary.get(UnitState.LEASED, (0, 0.0))
         progress = 1.0 if job.state is JobState.DONE else ((done + leased_progress) / total if total else 0.0)
         frames = self._store.jobs.frames(job.id)
+        preview = self._store.units.preview_state(job.id)
         status = {
             "id": job.id, "name": job.name, "scene": job.scene, "state": job.state.value,
             "progress": round(progress, 4), "width": job.width, "height": job.height,
@@ -39,6 +40,7 @@ class Views:
             "priority": job.priority, "error": job.error, "channels": job.channels, "bits": job.bits,
             "first_frame": job.first_frame, "last_frame": job.last_frame, "frame_digits": job.frame_digits,
             "submitted": job.submitted, "started": job.started, "finished": job.finished,
+            "preview": preview.value if preview is not None else "",
         }
         if detail:
             status["frames"] = [{"number": f.number, "state": f.state.value} for f in frames]
@@ -87,13 +89,19 @@ class Views:
 
 
 def _feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:
-    """A stored unit as the feed sends it: one piece per frame, each its own zlib stream."""
+    """A stored unit as the feed sends it: one piece per frame, each its own zlib stream. A preview's
+    piece carries the preview's own size."""
+    if unit.kind == strips.PREVIEW:
+        width, height = strips.preview_size(job.width, job.height)
+        return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
+                 "kind": strips.PREVIEW, "width": width, "height": height}]
     if unit.frame == unit.frame_last:
-        return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data}]
+        return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
+                 "kind": strips.ROWS}]
     frames = unit.frame_last - unit.frame + 1
     raw = strips.decompress_rows(unit.data, frames * (unit.row_end - unit.row_start) * job.row_bytes)
     return [{"frame": frame, "row_start": unit.row_start, "row_end": unit.row_end,
-             "rows": strips.compress_rows(unit.frame_rows(raw, frame))}
+             "rows": strips.compress_rows(unit.frame_rows(raw, frame)), "kind": strips.ROWS}
             for frame in range(unit.frame, unit.frame_last + 1)]
 
 

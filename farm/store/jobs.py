@@ -11,7 +11,7 @@ from farm.faults import Code, FarmError
 from farm.records import Frame, Job, JobSpec
 from farm.states import FrameState, JobState, UnitState
 from farm.store import schema
-from farm.strips import PRETRACE, UnitPlan
+from farm.strips import PRETRACE, PREVIEW, ROWS, UnitPlan
 
 
 def job_in(db: sqlite3.Connection, job_id: int) -> Job:
@@ -125,10 +125,10 @@ class JobRecords:
             return [(row["job"], row["number"]) for row in db.execute(
                 "SELECT f.job, f.number FROM frames f JOIN jobs j ON j.id=f.job"
                 " WHERE f.state IN (?, ?) AND j.state=? AND NOT EXISTS (SELECT 1 FROM units u"
-                " WHERE u.job=f.job AND u.frame <= f.number AND u.frame_last >= f.number AND u.state != ?)"
-                " ORDER BY f.job, f.number",
+                " WHERE u.job=f.job AND u.frame <= f.number AND u.frame_last >= f.number AND u.state != ?"
+                " AND u.kind != ?) ORDER BY f.job, f.number",
                 (FrameState.QUEUED.value, FrameState.RENDERING.value, JobState.RENDERING.value,
-                 UnitState.DONE.value)).fetchall()]
+                 UnitState.DONE.value, PREVIEW)).fetchall()]
 
     def finish_frame(self, job_id: int, frame: int, path: str, now: float) -> bool:
         """Record a written frame image; the job is done when its last frame is. Returns job done."""
@@ -141,6 +141,7 @@ class JobRecords:
                               (job_id, FrameState.DONE.value)).fetchone()[0]
             if left == 0:
                 schema.set_state(db, job, JobState.DONE, finished=now)
+                end_open_work(db, job_id, UnitState.CANCELED, FrameState.CANCELED)   # a preview still in flight
             return left == 0
 
 
@@ -152,5 +153,5 @@ def _open_job(db: sqlite3.Connection, job_id: int) -> Job:
 
 
 def _first_state(plan: UnitPlan, pretraced: set[int]) -> UnitState:
-    waits = plan.kind != PRETRACE and plan.first_frame in pretraced
+    waits = plan.kind == ROWS and plan.first_frame in pretraced
     return UnitState.WAITING if waits else UnitState.QUEUED

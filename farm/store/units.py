@@ -19,7 +19,7 @@ from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, Un
 from farm.store import schema
 from farm.store.jobs import fail_job_in, job_in
 from farm.store.nodes import touch
-from farm.strips import PRETRACE, ROWS
+from farm.strips import PRETRACE, PREVIEW, ROWS
 
 _COVERS = "frame <= ? AND frame_last >= ?"   # a unit that includes a given frame
 _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
@@ -55,17 +55,23 @@ class UnitRecords:
         return None if row is None else schema.unit(row)
 
     def summary(self, job_id: int) -> dict[UnitState, tuple[int, float]]:
-        """state -> (count, total progress) of a job's units, without reading them all."""
+        """state -> (count, total progress) of a job's units, previews left out, without reading them all."""
         with self._db.read() as db:
-            rows = db.execute("SELECT state, COUNT(*) AS n, TOTAL(progress) AS p FROM units WHERE job=?"
-                              " GROUP BY state", (job_id,)).fetchall()
+            rows = db.execute("SELECT state, COUNT(*) AS n, TOTAL(progress) AS p FROM units WHERE job=? AND kind != ?"
+                              " GROUP BY state", (job_id, PREVIEW)).fetchall()
         return {UnitState(row["state"]): (row["n"], row["p"]) for row in rows}
+
+    def preview_state(self, job_id: int) -> UnitState | None:
+        """The state of the job's preview, None when it has none."""
+        with self._db.read() as db:
+            row = db.execute("SELECT state FROM units WHERE job=? AND kind=? LIMIT 1", (job_id, PREVIEW)).fetchone()
+        return None if row is None else UnitState(row["state"])
 
     def stored_after(self, job_id: int, cursor: int, limit: int) -> list[StoredRows]:
         """Stored units of a job in the order they arrived, after the feed cursor."""
         with self._db.read() as db:
             return [schema.stored_rows(row) for row in db.execute(
-                "SELECT frame, frame_last, row_start, row_end, data, done_seq FROM units"
+                "SELECT frame, frame_last, row_start, row_end, data, done_seq, kind FROM units"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()]
 
     def stored_for_frame(self, job_id: int, frame: int) -> list[StoredRows]:
@@ -157,17 +163,16 @@ class UnitRecords:
             if unit is not None and unit.node == node_id and unit.state is UnitState.DONE:
                 return Completion(unit, (), duplicate=True)
             unit = _current(unit, node_id, token)
+            complete: tuple[int, ...] = ()
             if unit.kind == PRETRACE:
                 _store_pretrace(db, unit, data, seconds)
-                complete: tuple[int, ...] = ()
             else:
                 seq = db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM units WHERE job=?",
                                  (unit.job,)).fetchone()[0]
                 schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0,
                                  lease_expires=None, error=None, done_seq=seq)
-                complete = tuple(frame for frame in unit.frames if not db.execute(
-                    f"SELECT 1 FROM units WHERE job=? AND {_COVERS} AND state != ? LIMIT 1",
-                    (unit.job, frame, frame, UnitState.DONE.value)).fetchone())
+            if unit.kind == ROWS:
+                complete = _complete_frames(db, unit)
             db.execute("UPDATE nodes SET units_done = units_done + 1 WHERE id=?", (node_id,))
             return Completion(unit, complete, duplicate=False)
 
@@ -181,10 +186,11 @@ class UnitRecords:
             queue = _Queue(db)
             verdict = judge(unit, queue.failures(unit.job).failed_on.get(unit.id, frozenset()),
                             queue.live_node_names() | {node.name})
-            if verdict.fail_job:
+            if verdict.fail_job or verdict.drop_unit:   # dropped: a preview the job can do without
                 schema.set_state(db, unit, UnitState.FAILED, failures=unit.failures + 1, error=error,
                                  lease_expires=None)
-                fail_job_in(db, unit.job, verdict.job_error, now)
+                if verdict.fail_job:
+                    fail_job_in(db, unit.job, verdict.job_error, now)
             else:
                 schema.set_state(db, unit, UnitState.QUEUED, failures=unit.failures + 1, error=error,
                                  lease_expires=None, progress=0, retry_at=verdict.retry_at)
@@ -231,6 +237,19 @@ def _current(unit: Unit | None, node_id: str, token: str) -> Unit:
     if unit is None or unit.node != node_id or unit.state is not UnitState.LEASED:
         raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current; the result was discarded")
     return unit
+
+
+def _complete_frames(db: sqlite3.Connection, unit: Unit) -> tuple[int, ...]:
+    """The unit's frames whose every row unit is now stored. Their previews, if not begun, are not needed
+    any more: a preview never holds a frame back."""
+    complete = tuple(frame for frame in unit.frames if not db.execute(
+        f"SELECT 1 FROM units WHERE job=? AND {_COVERS} AND state != ? AND kind != ? LIMIT 1",
+        (unit.job, frame, frame, UnitState.DONE.value, PREVIEW)).fetchone())
+    for frame in complete:
+        for row in db.execute(f"{_SELECT_UNIT} WHERE job=? AND frame=? AND kind=? AND state=?",
+                              (unit.job, frame, PREVIEW, UnitState.QUEUED.value)).fetchall():
+            schema.set_state(db, schema.unit(row), UnitState.CANCELED)
+    return complete
 
 
 def _store_pretrace(db: sqlite3.Connection, unit: Unit, cache: bytes, seconds: float) -> None:
