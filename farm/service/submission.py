@@ -135,7 +135,9 @@ class Submissions:
         plans = strips.with_preview(strips.with_pretrace(
             strips.plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
             spec.height, spec.pretrace), spec.width, spec.height, spec.preview)
-        limits.check_units(spec, len(plans), self._store.units.open_count())
+        # A preview is one small extra render for viewers, not part of the job's work.
+        limits.check_units(spec, sum(plan.kind != strips.PREVIEW for plan in plans),
+                           self._store.units.open_count())
         job_id = self._store.jobs.create(spec, plans, self._clock())
         self._changes.bump()
         self._work.bump()

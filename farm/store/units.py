@@ -95,14 +95,14 @@ class UnitRecords:
                               (job_id, frame, PRETRACE, UnitState.DONE.value)).fetchone() is not None
 
     def open_count(self) -> int:
-        """Units of unfinished jobs still to be rendered: queued, waiting or leased."""
+        """Units of unfinished jobs still to be rendered: queued, waiting or leased (previews aside)."""
         with self._db.read() as db:
             # By unfinished job, so the (job, state) index answers it however long the history.
             return db.execute(
                 "SELECT COUNT(*) FROM units WHERE job IN (SELECT id FROM jobs WHERE state NOT IN (?, ?, ?))"
-                " AND state IN (?, ?, ?)",
+                " AND state IN (?, ?, ?) AND kind != ?",
                 (*(state.value for state in FINISHED_JOB_STATES), UnitState.QUEUED.value,
-                 UnitState.WAITING.value, UnitState.LEASED.value)).fetchone()[0]
+                 UnitState.WAITING.value, UnitState.LEASED.value, PREVIEW)).fetchone()[0]
 
     def retry_due(self, after: float, until: float) -> bool:
         """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
