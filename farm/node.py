@@ -27,7 +27,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, povray
+from farm import __version__, povray, strips
 from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
@@ -76,6 +76,7 @@ class Node:
         self._working: set[str] = set()   # names of the slots that hold a strip right now
         self._fatal: FarmError | None = None
         self._combined_calls = True       # nodes.complete_and_poll, until a controller says it has none
+        self._asides: list[threading.Thread] = []   # previews rendering beside the slots
 
     def _probe(self) -> tuple[str | None, str | None]:
         """(POV-Ray's version, None) when it runs, inside the sandbox too; else (None, what is wrong).
@@ -137,6 +138,8 @@ class Node:
                   for worker in workers):
             for worker in workers:
                 worker.join(0.1)
+        for aside in self._asides:
+            aside.join(timeout=10)     # a preview in flight is small: let it deliver
         if self._fatal is not None:
             raise self._fatal
         log.info("node %s stopped after %d strips", self.node_id, self.strips_done)
@@ -210,16 +213,28 @@ class Node:
                 if self.stopping.is_set():     # asked to stop while this poll waited: hand the strip back
                     self._deliver("nodes.release", task["lease"])
                     break
+                if task.get("kind") == strips.PREVIEW:
+                    task = self._preview_aside(task, node_id)
+                    continue
                 task = self.work(task)
         finally:
             self._working.discard(slot)
         return True
 
+    def _preview_aside(self, task: dict[str, Any], node_id: str) -> dict[str, Any]:
+        """A preview is small: it renders beside the slot's strips instead of in their place, so it costs the
+        job almost nothing (its POV-Ray mostly waits on start-up). Returns the slot's next task, or {}."""
+        aside = threading.Thread(target=self.work, args=(task, False), name=f"preview-{task['job']}", daemon=True)
+        with self._registration:
+            self._asides = [*(thread for thread in self._asides if thread.is_alive()), aside]
+        aside.start()
+        return self.client.call("nodes.poll", node_id, 0)
+
     # -- one strip ---------------------------------------------------------------------------
 
-    def work(self, task: dict[str, Any]) -> dict[str, Any] | None:
+    def work(self, task: dict[str, Any], take_next: bool = True) -> dict[str, Any] | None:
         """Render one strip and report it. Returns the next task when the controller handed one over
-        with the result."""
+        with the result (only when `take_next`)."""
         lease = task["lease"]
         log.info("job %s strip %s rows %s-%s (attempt %s)", task["job"], task["strip"], task["row_start"],
                  task["row_end"], task["attempt"])
@@ -230,7 +245,7 @@ class Node:
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
         if outcome.kind == "done":
-            return self._complete(lease, outcome.rows, outcome.seconds)
+            return self._complete(lease, outcome.rows, outcome.seconds, take_next)
         if outcome.kind == "failed":
             message = self._error_text(outcome.error, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
@@ -240,11 +255,11 @@ class Node:
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
         return None
 
-    def _complete(self, lease: str, rows: bytes, seconds: float) -> dict[str, Any] | None:
+    def _complete(self, lease: str, rows: bytes, seconds: float, take_next: bool = True) -> dict[str, Any] | None:
         """Deliver a strip's rows and, unless stopping, take the next task in the same round trip:
         half the requests per strip, and the slot never waits for a poll between strips."""
         payload = xmlrpc.client.Binary(rows)
-        if self._combined_calls and not self.stopping.is_set():
+        if take_next and self._combined_calls and not self.stopping.is_set():
             try:
                 reply = self._deliver("nodes.complete_and_poll", lease, payload, seconds)
             except FarmError as err:

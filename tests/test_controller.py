@@ -575,3 +575,50 @@ def test_only_the_first_frame_of_an_animation_gets_a_preview():
     assert [p.kind for p in plans[1:]] == ["rows"] * (len(plans) - 1)
     assert strips.with_preview(plans[1:], 128, 96, False) == plans[1:]
     assert strips.preview_size(7, 3000) == (1, 375)
+
+
+def test_a_node_renders_a_preview_beside_its_strips_not_in_their_place(tmp_path):
+    """The preview's POV-Ray mostly waits on its start-up: the slot that took it goes on to the next strip at
+    once, and the preview is delivered on its own (nodes.complete, no next task)."""
+    import threading
+
+    from farm.node import Node
+    from farm.records import RenderOutcome
+
+    preview = {"lease": "1.1.aa", "job": 1, "frame": 1, "strip": 0, "row_start": 0, "row_end": 1, "attempt": 1,
+               "kind": "preview"}
+    strip = {**preview, "lease": "2.1.bb", "strip": 1, "row_end": 32, "kind": "rows"}
+
+    class FakeController:
+        url = "http://127.0.0.1:9"
+
+        def __init__(self):
+            self.calls, self.tasks = [], [preview, strip]
+
+        def call(self, method, *args):
+            self.calls.append((method, args[1] if method.startswith("nodes.complete") else None))
+            if method == "nodes.poll":
+                return self.tasks.pop(0) if self.tasks else {}
+            return {} if method == "nodes.complete_and_poll" else True
+
+    config = Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                    probe_cache=tmp_path / "probe.json")
+    client = FakeController()
+    worker = Node(config, client)
+    worker.node_id = "n1-abcd"
+    strip_done, order = threading.Event(), []
+
+    def render(task, strip_dir):
+        if task["kind"] == "preview":
+            assert strip_done.wait(10), "the strip waited for the preview"
+        else:
+            strip_done.set()
+        order.append(task["kind"])
+        return RenderOutcome("done", rows=b"rows", seconds=0.1)
+
+    worker.renderer.render = render
+    assert worker.step()
+    for aside in worker._asides:
+        aside.join(10)
+    assert order == ["rows", "preview"]
+    assert ("nodes.complete", "1.1.aa") in client.calls and ("nodes.complete_and_poll", "2.1.bb") in client.calls

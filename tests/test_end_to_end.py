@@ -224,7 +224,7 @@ def test_the_preview_reaches_a_watching_viewer_first_and_never_the_image(farm, t
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     out = tmp_path / "farm.png"
-    result = run_cli("submit", str(scene), "--width", "320", "--height", "240", "--option", "+A0.3",
+    result = run_cli("submit", str(scene), "--width", "320", "--height", "240", "--option", "+A0.3", "--preview",
                      "--output", str(out), "--controller", farm.url)
     assert result.returncode == 0, result.stderr
     watcher.join(60)

@@ -33,7 +33,7 @@ class JobsAPI:
             cyclic (bool, +KC), subset_first, subset_last (int, +SF/+EF; 0 = all)), radiosity_prepass (bool,
             default true: when the scene mentions radiosity, each frame cut into strips first gets one
             radiosity pretrace whose cache all its strips load, so they match a single render), preview
-            (bool, default true: the first frame first gets a quick low-resolution render for viewers,
+            (bool, default false: the first frame first gets a quick low-resolution render for viewers,
             never part of the image)
         @return: int, the job's id
         """
@@ -159,4 +159,4 @@ def _submission(spec: dict) -> Submission:
         name=args.text("name", spec.get("name", scene.rsplit("/", 1)[-1].rsplit(".", 1)[0] or scene), 200),
         animation=Animation.from_spec(spec["animation"]) if spec.get("animation") else None,
         strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)),
-        preview=args.flag("preview", spec.get("preview", True)))
+        preview=args.flag("preview", spec.get("preview", False)))
