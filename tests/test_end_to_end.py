@@ -173,7 +173,7 @@ def test_photon_scene_shares_one_photon_map_per_node_and_stays_exact(farm, tmp_p
     farm.start_node("n1")
     farm.start_node("n2")
     out = tmp_path / "farm.png"
-    result = run_cli("submit", str(scene), "--width", "160", "--height", "120", "--strips", "4",
+    result = run_cli("submit", str(scene), "--width", "160", "--height", "120", "--strips", "4", "--preview",
                      "--output", str(out), "--controller", farm.url)
     assert result.returncode == 0, result.stderr
     # Photon shooting is repeatable on one thread, so the reference is a one-thread render.
