@@ -463,7 +463,7 @@ def _targets(command: povcmd.PovCommand, animation: Animation | None, output: Pa
     if output is not None:       # --output: a file for a still, a folder for an animation's numbered frames
         if animation is None:
             return {frames[0]: output}
-        return {n: output / f"{command.scene.stem}{n:0{digits}d}{extension}" for n in frames}
+        return {n: povcmd.output_path((output / command.scene.stem, extension), n, digits) for n in frames}
     base = povcmd.output_base(command.scene, command.output, extension, cwd)
     if not numbered:
         return {frames[0]: povcmd.output_path(base)}
@@ -615,7 +615,7 @@ def write_output(client: Client, status: dict[str, Any], output: Path,
         return str(output)
     stem = Path(status["scene"]).stem
     for number, png in frames.items():
-        _write_file(output / f"{stem}{number:0{status['frame_digits']}d}.png", png)
+        _write_file(povcmd.output_path((output / stem, ".png"), number, status["frame_digits"]), png)
     return f"{len(frames)} frames into {output}"
 
 
