@@ -725,14 +725,18 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
 
 
 def _stop_local_farm(nodes: Sequence["_LocalNode"], controller: Any, abort: bool) -> None:
-    """Nodes first (on an interrupt they stop POV-Ray at once and hand their strips back while the
-    controller still answers), then the controller, once nothing talks to it any more."""
+    """On an interrupt, nodes first (they stop POV-Ray at once and hand their strips back while the
+    controller still answers), then the controller, once nothing talks to it any more. After the job
+    ended there is nothing to hand back, so both wind down at once."""
     for node in nodes:
         node.stop(abort)
+    if not abort:
+        controller.shutdown()    # the job is over and nothing is handed back: both wind down at once
     deadline = time.monotonic() + (1.0 if abort else 10)    # then kill: a stop takes under 2 s
     for node in nodes:
         node.wait(deadline)
-    controller.shutdown()
+    if abort:
+        controller.shutdown()
 
 
 def _wait_for_local_nodes(client: Client, nodes: Sequence["_LocalNode"], stop: threading.Event,

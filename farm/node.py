@@ -132,12 +132,12 @@ class Node:
                    for slot in range(max(1, self.config.slots))]
         for worker in workers:
             worker.start()
-        # Short joins keep the main thread free for signals. Once stopping, wait only for slots that are
-        # working on a strip: an idle slot may be parked in a long poll at the controller.
-        while any(worker.is_alive() and (not self.stopping.is_set() or worker.name in self._working)
-                  for worker in workers):
-            for worker in workers:
-                worker.join(0.1)
+        # Short joins keep the main thread free for signals, and the condition is checked after each one
+        # so a stop is seen within one join. Once stopping, wait only for slots that are working on a
+        # strip: an idle slot may be parked in a long poll at the controller.
+        while busy := [worker for worker in workers if worker.is_alive()
+                       and (not self.stopping.is_set() or worker.name in self._working)]:
+            busy[0].join(0.05)
         for aside in self._asides:
             aside.join(timeout=10)     # a preview in flight is small: let it deliver
         if self._fatal is not None:
