@@ -1,27 +1,23 @@
 """Running the real `povray` program: command lines, processes, and reading its text.
 
-Everything here is an edge: it builds argv, starts a process in its own session
-(so the whole process group can be stopped), and reads POV-Ray's stderr for
+Everything here is an edge: it builds argv, starts a process in a group of its own
+(so its whole tree can be stopped; how is up to farm/hostos.py), and reads POV-Ray's stderr for
 progress and error messages. It knows nothing about the controller.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
-if TYPE_CHECKING:
-    from farm.sandbox import Limits
+from farm.hostos import HOST, Host, Limits
 
 log = logging.getLogger(__name__)
 
@@ -91,94 +87,35 @@ def out_of_memory(stderr: str) -> bool:
     return bool(_OUT_OF_MEMORY.search(stderr))
 
 
-def _signal_group(process: subprocess.Popen, hard: bool) -> bool:
-    """SIGTERM (SIGKILL when hard) to the process group; terminate()/kill() on Windows. False if gone."""
-    if sys.platform == "win32":
-        (process.kill if hard else process.terminate)()
-        return True
-    try:
-        os.killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def _descendants(pid: int) -> list[int]:
-    """Linux: every process below `pid`, also those in sessions of their own (bubblewrap starts POV-Ray
-    in a new session, out of reach of the group signal). Elsewhere, or without /proc: none."""
-    found, parents = [], [pid]
-    while parents:
-        parent = parents.pop()
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
-            try:
-                kids = [int(kid) for kid in children.read_text().split()]
-            except (OSError, ValueError):
-                continue
-            found += kids
-            parents += kids
-    return found
-
-
-def _stop_group(process: subprocess.Popen) -> None:
+def _stop_group(process: subprocess.Popen, host: Host) -> None:
     """Ask the process and everything below it to stop (SIGTERM: POV-Ray then closes its files, such as
-    a radiosity cache), then the process group, then kill the group if it does not go within the grace
+    a radiosity cache), then its whole tree, then kill the tree if it does not go within the grace
     period."""
-    below = _descendants(process.pid) if sys.platform.startswith("linux") else []
-    for pid in below:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    if below:
+    if host.signal_descendants(process.pid):
         try:
             process.wait(TERMINATE_GRACE)
             return
         except subprocess.TimeoutExpired:
             pass
-    if not _signal_group(process, hard=False):
+    if not host.stop_tree(process, hard=False):
         return
     try:
         process.wait(TERMINATE_GRACE)
         return
     except subprocess.TimeoutExpired:
-        _signal_group(process, hard=True)
+        host.stop_tree(process, hard=True)
     process.wait()
-
-
-@functools.lru_cache(maxsize=1)
-def _prctl() -> Callable[..., int] | None:
-    """libc's prctl, looked up once in the node: the child between fork and exec must only call it
-    (loading a library there could deadlock when other node threads hold the loader's lock)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    return ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _child_setup(limits: Limits | None) -> Callable[[], None]:
-    """What the child does before exec (POSIX): die with the node (Linux: PR_SET_PDEATHSIG, so no
-    orphaned POV-Ray keeps burning a CPU on a strip already rendered elsewhere), then lower its limits."""
-    prctl = _prctl()
-    pr_set_pdeathsig = 1
-
-    def setup() -> None:
-        if prctl is not None:
-            prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if limits is not None:
-            limits.apply()
-    return setup
 
 
 def run_process(argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path,
                 timeout: float = 0.0, should_stop: Callable[[], bool] = lambda: False,
-                check_every: float = 0.5, limits: Limits | None = None) -> ProcessResult:
+                check_every: float = 0.5, limits: Limits | None = None, host: Host = HOST) -> ProcessResult:
     """Run argv with stdout discarded and stderr into log_path, under `limits` where the platform allows.
 
     `should_stop` is called about every `check_every` seconds (the node sends heartbeats from it);
     when it returns True, or the timeout passes, the process group is stopped."""
     started = time.monotonic()
-    if sys.platform == "win32":
-        flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-    else:
-        flags = {"start_new_session": True, "preexec_fn": _child_setup(limits)}
+    flags = host.popen_options(limits)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(list(argv), cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=log_file, **flags)
@@ -195,7 +132,7 @@ def run_process(argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: P
                 stopped = True
             else:
                 continue
-            _stop_group(process)
+            _stop_group(process, host)
             break
     code = process.returncode
     return ProcessResult(
