@@ -863,7 +863,7 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
     now = time.time()
     rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
              f"{max(0.0, now - n['last_seen']):.0f}s ago", n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)",
-             n["error"] or n["povray"]) for n in nodes]
+             n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
     _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "SANDBOX", "POV-RAY"), rows)
     return EXIT_OK
 

@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Callable, Sequence
 
 from farm.hostos import HOST, Host, Limits
@@ -48,6 +48,8 @@ class ProcessResult:
             name = signal_name(self.signal)
             meaning = _SIGNAL_MEANINGS.get(name, "killed")
             return f"POV-Ray was stopped by signal {self.signal} {name}: {meaning}".replace("  ", " ")
+        if self.returncode in _WINDOWS_STATUS:
+            return f"POV-Ray ended with Windows status {self.returncode:#010x}: {_WINDOWS_STATUS[self.returncode]}"
         return f"POV-Ray exited with code {self.returncode}"
 
     def signalled(self, signum: int) -> "ProcessResult":
@@ -66,6 +68,16 @@ _SIGNAL_MEANINGS = {
     "SIGFPE": "POV-Ray crashed (arithmetic error)",
     "SIGABRT": "POV-Ray aborted (often: out of memory)",
     "SIGTERM": "terminated from outside",
+}
+# How a Windows program that crashed ends: its exit code is the exception's status.
+_WINDOWS_STATUS = {
+    0xC0000005: "POV-Ray crashed (access violation)",
+    0xC00000FD: "POV-Ray crashed (stack overflow)",
+    0xC0000017: "out of memory",
+    0xC000001D: "POV-Ray crashed (illegal instruction)",
+    0xC0000094: "POV-Ray crashed (arithmetic error)",
+    0xC0000409: "POV-Ray aborted (stack buffer overrun)",
+    0xC000013A: "stopped by Ctrl-C or the window being closed",
 }
 _OUT_OF_MEMORY = re.compile(r"bad_alloc|[Oo]ut of memory|[Cc]annot allocate memory")
 
@@ -273,3 +285,110 @@ def sharing_report(statistics: dict[str, int]) -> str:
         parts.append(f"radiosity samples {statistics['radiosity_calculated']} calculated, "
                      f"{statistics.get('radiosity_reused', 0)} reused")
     return "; ".join(parts)
+
+
+# -- flavours: the console `povray` and POV-Ray for Windows' GUI engine ---------------------------------
+
+CONSOLE = "console"     # `povray` (Unix, Homebrew, a console build on Windows): exits non-zero on error
+PVENGINE = "pvengine"   # POV-Ray for Windows' pvengine.exe / pvengine64.exe: a GUI that always exits 0
+# Stream files the GUI engine writes its messages to. POV-Ray takes bare names for them and writes them
+# beside the output image (it refuses a stream file anywhere else), so they land in the strip's folder.
+ALL_STREAM = "povray-streams.txt"
+FATAL_STREAM = "povray-fatal.txt"
+GUI_INI = "povfarm-render.ini"
+PROBE_SCENE = ('#debug concat("povfarm probe: POV-Ray ", str(version, 0, 1), "\\n")\n'
+               'camera { location <0, 0, -3> look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n')
+_PROBE_VERSION = re.compile(r"povfarm probe: POV-Ray (\d+\.\d+)")
+_STREAM_PLACE = re.compile(r"^File: (.*)  Line: (\d+)$")
+_STREAM_CONTEXT = re.compile(r"^File Context \((\d+) lines?\):$")
+_STREAM_MESSAGE = re.compile(r"^(Possible )?Parse (Error|Warning)|^[A-Z][A-Za-z ]*(Error|Warning):")
+
+
+def flavour_of(program: str) -> str:
+    """PVENGINE for POV-Ray for Windows' GUI program (pvengine.exe, pvengine64.exe...), else CONSOLE.
+    Windows paths are read as such on any system (a node may be told `C:\\...\\pvengine64.exe`)."""
+    name = PureWindowsPath(program).name.lower()
+    return PVENGINE if name.startswith("pvengine") else CONSOLE
+
+
+def gui_command(console_argv: Sequence[str], ini: Path) -> list[str]:
+    """The GUI engine's command line for a console argv: the options go into an INI file, one switch a
+    line exactly as on the console's command line, with the message streams sent to files; then
+    `/EXIT` (quit when the render ends), `/NR` (do not restore the last session's files) and
+    `/RENDER ini`. Only one path is on the command line, so no quoting rules of the GUI matter."""
+    program, *options = console_argv
+    ini.write_text("\n".join([*options, f"+GA{ALL_STREAM}", f"+GF{FATAL_STREAM}"]) + "\n", encoding="utf-8")
+    return [program, "/EXIT", "/NR", "/RENDER", str(ini)]
+
+
+def gui_outcome(result: ProcessResult, streams_dir: Path, log_path: Path) -> ProcessResult:
+    """What the GUI engine's run amounts to, since it exits 0 whatever happens: its message streams,
+    in the console's form, become the run's log (so errors, frames and statistics are read as on the
+    console), and a fatal message there is an error exit (code 1, as the console's). A crash keeps its
+    own exit code; a run that reports nothing and writes no image is judged by the missing image."""
+    streams = _read_text(streams_dir / ALL_STREAM)
+    fatal = _read_text(streams_dir / FATAL_STREAM)
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        log_file.write(console_transcript(streams))
+    if result.returncode == 0 and not result.timed_out and not result.stopped and fatal.strip():
+        return dataclasses.replace(result, returncode=1)
+    return result
+
+
+def console_transcript(streams: str) -> str:
+    """POV-Ray's message streams as the console prints them: a stream file says `File: x.pov  Line: 4`,
+    then (for a fatal error) `File Context (N lines):` and up to N lines of the scene, then the message;
+    the console says `File 'x.pov' line 4: message`."""
+    lines = streams.replace("\r", "\n").splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        place = _STREAM_PLACE.match(lines[i])
+        i += 1
+        if place is None:
+            out.append(lines[i - 1])
+            continue
+        context = _STREAM_CONTEXT.match(lines[i]) if i < len(lines) else None
+        if context is not None:
+            # Up to N lines of the scene, then the message: the last message-like line in that window
+            # (a scene line may look like one too), before any next `File:` line.
+            window = range(i + 1, min(i + int(context.group(1)) + 2, len(lines)))
+            ends = [j for j in window if _STREAM_MESSAGE.match(lines[j])
+                    and not any(_STREAM_PLACE.match(lines[k]) for k in range(i + 1, j))]
+            i = ends[-1] if ends else i + 1
+        if i < len(lines):
+            out.append(f"File '{place.group(1)}' line {place.group(2)}: {lines[i]}")
+            i += 1
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def probe_gui(program: str, scratch: Path, runner: Callable[..., ProcessResult] = run_process,
+              timeout: float = 120.0) -> tuple[str | None, str | None]:
+    """(version, None) when the GUI engine renders a one-pixel scene as the farm drives it (INI, streams,
+    image), else (None, what is wrong). Its version comes from the scene itself: the GUI has no
+    --version."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "probe.pov").write_text(PROBE_SCENE, encoding="utf-8")
+    image = scratch / "probe.png"
+    console = [program, "+Iprobe.pov", "+W1", "+H1", f"+O{_quoted(image)}", "+FN", "-D", "-P"]
+    log_path = scratch / "probe.log"
+    try:
+        result = runner(gui_command(console, scratch / GUI_INI), cwd=scratch, env=povray_env(),
+                        log_path=log_path, timeout=timeout)
+    except OSError as err:
+        return None, f"POV-Ray for Windows at {program!r} does not run: {err.strerror or err}"
+    result = gui_outcome(result, scratch, log_path)
+    transcript = _read_text(log_path)
+    match = _PROBE_VERSION.search(transcript)
+    if result.returncode != 0 or result.timed_out or not image.is_file() or match is None:
+        detail = error_text(transcript)[0] or result.describe()
+        return None, (f"POV-Ray for Windows at {program!r} did not render a test scene as the farm drives it "
+                      f"(/EXIT /NR /RENDER with an INI file): {detail}")
+    return match.group(1), None
