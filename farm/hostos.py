@@ -116,7 +116,12 @@ class Host:
         """Ask the process and everything it started to stop (kill them when `hard`). False when it
         is already gone."""
         if self.windows:
-            return self._taskkill(process.pid, hard)
+            if process.poll() is not None:
+                return False
+            if not self._taskkill(process.pid, hard) and not hard:
+                # A program without a window (a console POV-Ray) can only be ended forcefully.
+                self._taskkill(process.pid, hard=True)
+            return True
         try:
             os.killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM)
             return True

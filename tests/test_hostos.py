@@ -30,11 +30,15 @@ class Recorder:
 class FakeProcess:
     pid = 4242
 
-    def __init__(self):
+    def __init__(self, returncode=None):
         self.signals: list[int] = []
+        self.returncode = returncode
 
     def send_signal(self, signum):
         self.signals.append(signum)
+
+    def poll(self):
+        return self.returncode
 
 
 def test_windows_starts_a_new_process_group_without_posix_hooks():
@@ -50,9 +54,16 @@ def test_windows_stops_the_whole_tree_with_taskkill():
     assert runner.calls == [["taskkill", "/PID", "4242", "/T"], ["taskkill", "/PID", "4242", "/T", "/F"]]
 
 
-def test_windows_taskkill_of_a_process_already_gone_says_so():
-    host = hostos.Host("win32", run=Recorder(returncode=128))
-    assert not host.stop_tree(FakeProcess(), hard=True)
+def test_windows_a_process_without_a_window_is_ended_forcefully_at_once():
+    runner = Recorder(returncode=1)      # taskkill without /F cannot end a console program
+    assert hostos.Host("win32", run=runner).stop_tree(FakeProcess(), hard=False)
+    assert runner.calls == [["taskkill", "/PID", "4242", "/T"], ["taskkill", "/PID", "4242", "/T", "/F"]]
+
+
+def test_windows_a_process_already_gone_is_left_alone():
+    runner = Recorder()
+    assert not hostos.Host("win32", run=runner).stop_tree(FakeProcess(returncode=0), hard=False)
+    assert runner.calls == []
 
 
 def test_windows_interrupt_stops_the_tree_at_once():
@@ -119,3 +130,27 @@ def test_nothing_posix_only_outside_the_platform_layer_on_the_node_side():
             if POSIX_ONLY.search(line) and "SIGKILL\":" not in line:
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+class StubbornProcess(FakeProcess):
+    """Ignores the polite request: its first wait times out."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout=None):
+        self.waits += 1
+        if self.waits == 1:
+            raise subprocess.TimeoutExpired("pvengine64.exe", timeout)
+        return 0
+
+
+def test_windows_stopping_povray_asks_then_ends_the_whole_tree():
+    from farm import povray
+
+    runner = Recorder()
+    process = StubbornProcess()
+    povray._stop_group(process, hostos.Host("win32", run=runner))
+    assert runner.calls == [["taskkill", "/PID", "4242", "/T"], ["taskkill", "/PID", "4242", "/T", "/F"]]
+    assert process.waits == 2 and process.signals == []
