@@ -5,8 +5,8 @@ POSIX and Windows start, confine and stop processes differently:
 | need | Linux / macOS | Windows |
 |---|---|---|
 | own process group | a new session (`start_new_session`) | `CREATE_NEW_PROCESS_GROUP` |
-| die with the node | Linux: parent-death signal; macOS: none | none (a whole-tree stop on the way out) |
-| stop the whole tree | SIGTERM to the group, then SIGKILL | `taskkill /T` (asks windows to close), then `taskkill /T /F` |
+| die with the node | Linux: parent-death signal; macOS: none | none: a killed node's POV-Ray runs on to its end |
+| stop the whole tree | SIGTERM to the group, then SIGKILL | `taskkill /T` (closes windows), then `taskkill /T /F` |
 | resource limits | `resource` (address space, file size, CPU time) | none: only the wall-clock limit |
 | sandbox | bubblewrap on Linux only | none |
 

@@ -94,7 +94,8 @@ def test_macos_runs_unconfined_with_the_warning_but_keeps_its_limits():
 def test_posix_stop_tree_reaches_grandchildren(tmp_path):
     host = hostos.Host()
     marker = tmp_path / "grandchild.pid"
-    script = f"import subprocess,time; p=subprocess.Popen(['sleep','60']); open({str(marker)!r},'w').write(str(p.pid)); time.sleep(60)"
+    script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
+              f"open({str(marker)!r}, 'w').write(str(p.pid)); time.sleep(60)")
     process = subprocess.Popen([sys.executable, "-c", script], **host.popen_options())
     deadline = time.monotonic() + 10
     while not marker.exists() or not marker.read_text():
