@@ -29,6 +29,7 @@ from farm.animation import Animation, parse_clock, parse_range
 from farm.client import Client, client_for
 from farm.config import Config, load_config
 from farm.faults import Code, FarmError
+from farm.hostos import HOST
 
 log = logging.getLogger("farm.cli")
 
@@ -766,7 +767,7 @@ class _LocalNode:
                 "--token-file", str(config.data_dir / "tokens")]
         env = {key: value for key, value in os.environ.items() if key != "POVFARM_TOKEN"}
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                                        start_new_session=True, preexec_fn=_die_with_parent())
+                                        **HOST.popen_options())
         self._relay = threading.Thread(target=_relay_node_log, args=(self.process.stderr, quiet),
                                        name=f"node-{index + 1}-log", daemon=True)
         self._relay.start()
@@ -777,8 +778,9 @@ class _LocalNode:
         can be merged into the other)."""
         if self.process.poll() is None:
             if abort:
-                self.process.send_signal(signal.SIGINT)
-            self.process.terminate()
+                HOST.interrupt(self.process)
+            if self.process.poll() is None:
+                self.process.terminate()
 
     def wait(self, deadline: float) -> None:
         try:
@@ -787,16 +789,6 @@ class _LocalNode:
             self.process.kill()      # its POV-Ray dies with it (parent-death signal, bubblewrap's too)
             self.process.wait()
         self._relay.join(1.0)
-
-
-def _die_with_parent():
-    """preexec_fn: SIGKILL this child when `render` dies (Linux), else nothing."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, signal.SIGKILL)    # PR_SET_PDEATHSIG
 
 
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): ")
@@ -875,7 +867,7 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
     now = time.time()
     rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
              f"{max(0.0, now - n['last_seen']):.0f}s ago", n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)",
-             n["error"] or n["povray"]) for n in nodes]
+             n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
     _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "SANDBOX", "POV-RAY"), rows)
     return EXIT_OK
 

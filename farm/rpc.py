@@ -60,11 +60,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 from farm import web
 from farm.auth import roles_of
 from farm.faults import Code, FarmError
-
-try:
-    import resource
-except ImportError:     # Windows
-    resource = None
+from farm.hostos import HOST
 
 log = logging.getLogger(__name__)
 
@@ -916,19 +912,6 @@ def _remove_spooled(files: list[Path]) -> None:
             log.error("cannot remove a temporary upload: %s", err.strerror)
 
 
-def _raise_open_files_limit() -> None:
-    """Many idle or half-open sockets must not make accept() fail: lift the soft limit on open files
-    to the hard one."""
-    if resource is None:
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
-        except (ValueError, OSError) as err:
-            log.debug("cannot raise the open files limit: %s", err)
-
-
 def sweep_spool(directory: Path | None) -> None:
     """Remove upload files a killed controller left behind."""
     if directory is None or not directory.is_dir():
@@ -956,7 +939,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self.tokens = tokens
         self.tls = tls
         self.limits = limits
-        _raise_open_files_limit()
+        HOST.raise_open_files_limit()
         sweep_spool(limits.spool_dir)
         self.connections = _Connections(limits, self._start_thread)
         self._methods: dict[str, Callable[..., Any]] = {}

@@ -110,6 +110,7 @@ def _node_view(node: Node) -> dict[str, Any]:
     return {
         "id": node.id, "name": node.name, "state": node.state.value,
         "host": str(info.get("host", "")), "povray": str(info.get("povray", "")),
+        "povray_flavour": str(info.get("povray_flavour", "console")),
         "threads": _int(info.get("threads", 0)), "slots": node.slots,
         "platform": str(info.get("platform", "")), "sandbox": str(info.get("sandbox", "unknown")),
         "sandbox_warning": str(info.get("sandbox_warning", "")),

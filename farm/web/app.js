@@ -195,7 +195,8 @@
     const now = Date.now() / 1000;
     const rows = [...app.nodes].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((node) => {
       const tr = document.createElement("tr");
-      const povray = (node.povray || "").split("\n")[0];
+      const version = (node.povray || "").split("\n")[0];
+      const povray = node.povray_flavour === "pvengine" ? `${version} (pvengine)` : version;
       tr.append(cell(node.name), cell(node.state), cell(node.current || ""), cell(node.strips_done, "num"),
         cell(node.strips_failed, "num"), cell(`${duration(Math.max(0, now - node.last_seen))} ago`, "num"),
         cell(povray.length > 40 ? povray.slice(0, 40) + "…" : povray), cell(node.sandbox), cell(node.slots, "num"));
