@@ -47,6 +47,7 @@ from farm.client import Client  # noqa: E402
 from farm.config import Config  # noqa: E402
 from farm.api.viewer import ViewerAPI  # noqa: E402
 from farm.controller import Controller  # noqa: E402
+from farm.service.feed import Streams  # noqa: E402
 
 WIDTH = 320
 BLOCK = 32
@@ -209,7 +210,7 @@ class Bench:
             assert results.get(timeout=60) == "ready"
 
     def _count_waiting_viewers(self) -> None:
-        """Count viewer.watch calls in progress, so a run starts only once every viewer's long poll is in
+        """Count viewer.watch calls and feed streams in progress, so a run starts only once every viewer is in
         place (new connections arriving all at once can wait for TCP to retry a dropped handshake)."""
         self.polls_in_progress, lock = 0, threading.Lock()
         original = ViewerAPI.watch
@@ -225,6 +226,18 @@ class Bench:
                     self.polls_in_progress -= 1
 
         ViewerAPI.watch = counted
+        streamed = Streams.watch
+
+        def counted_stream(streams, *args):
+            with lock:
+                self.polls_in_progress += 1
+            try:
+                yield from streamed(streams, *args)
+            finally:
+                with lock:
+                    self.polls_in_progress -= 1
+
+        Streams.watch = counted_stream
 
     def run(self, viewers: int, strip_count: int, render_time: float, kind: str = "pygame") -> dict:
         job = self.client.call("jobs.submit", {"bundle": self.digest, "scene": "s.pov", "width": WIDTH,

@@ -34,10 +34,11 @@ from farm.service.views import FEED_BATCH, Views, feed_pieces
 from farm.store import Store
 
 ENDED = ("done", "failed", "canceled")
-PACE = 0.1            # least seconds between two sends to one viewer: pieces arriving meanwhile go together
+PACE = 0.2            # least seconds between two sends to one viewer: pieces arriving meanwhile go together
 FRESH = 0.05          # seconds a job's status and pieces read from the store serve every viewer asking
 KEEPALIVE = 15.0      # seconds of silence before a ping
 LOG_BUDGET = 64 * 1024 * 1024    # bytes of framed pieces kept for all jobs together
+MAX_STATUSES = 256               # jobs whose status record is kept
 
 
 def record(header: dict, payload: bytes = b"") -> bytes:
@@ -72,7 +73,8 @@ class FeedLog:
         self._budget, self._clock = budget, clock
         self._logs: dict[int, _JobLog] = {}
         self._status: dict[int, tuple[tuple[int, int], bytes, bool, float]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # the job logs
+        self._building = threading.Lock()      # the status records
 
     def pieces_after(self, job_id: int, cursor: int,
                      complete: bool = False) -> tuple[int, list[bytes], tuple[int, int] | None]:
@@ -95,11 +97,14 @@ class FeedLog:
     def status(self, job_id: int) -> tuple[tuple[int, int], bytes, bool]:
         """The job's status record, its version and whether the job has ended: built at most once per
         change and per FRESH seconds (a job busy with many nodes changes far more often than that)."""
-        version, now = self._changes.version(job_id), self._clock()
-        with self._lock:
+        with self._building:       # one viewer builds it while the others wait for it, not beside it
+            version, now = self._changes.version(job_id), self._clock()
             cached = self._status.get(job_id)
-        if cached is not None and (cached[0] == version or now - cached[3] < FRESH):
-            return cached[:3]
+            if cached is not None and (cached[0] == version or now - cached[3] < FRESH):
+                return cached[:3]
+            return self._build_status(job_id, version, now)
+
+    def _build_status(self, job_id: int, version: tuple[int, int], now: float) -> tuple[tuple[int, int], bytes, bool]:
         if job_id:
             job = self._store.jobs.get(job_id)
             status, in_flight = self._views.live_view(job)
@@ -107,8 +112,10 @@ class FeedLog:
             status, in_flight = {}, []
         built = (version, record({"type": "job", "job": status, "in_flight": in_flight}),
                  status.get("state") in ENDED, now)
-        with self._lock:
-            self._status[job_id] = built
+        self._status[job_id] = built
+        if len(self._status) > MAX_STATUSES:     # forget the jobs nobody watched for longest
+            for stale in sorted(self._status, key=lambda job: self._status[job][3])[:len(self._status) // 2]:
+                del self._status[stale]
         return built[:3]
 
     def _read_new(self, job_id: int, log: _JobLog) -> None:
@@ -142,7 +149,6 @@ class FeedLog:
             if oldest is None:
                 return
             del self._logs[oldest]
-            self._status.pop(oldest, None)
 
 
 class Streams:

@@ -22,6 +22,7 @@ class Views:
     def __init__(self, store: Store, changes: Changes):
         self._store, self._changes = store, changes
         self._cached: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
+        self._listed: dict[int, tuple[tuple[int, int], dict]] = {}    # job -> (version, status) for jobs.list
         self._lock = threading.Lock()
 
     def job_status(self, job: Job, detail: bool) -> dict[str, Any]:
@@ -51,7 +52,19 @@ class Views:
         return status
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [self.job_status(job, detail=False) for job in self._store.jobs.all()]
+        """Every job's status; each computed once per change of the job, however many pages ask every
+        few seconds (an ended job's, once)."""
+        statuses = []
+        for job in self._store.jobs.all():
+            version = self._changes.version(job.id)
+            with self._lock:
+                cached = self._listed.get(job.id)
+            if cached is None or cached[0] != version:
+                cached = (version, self.job_status(job, detail=False))
+                with self._lock:
+                    self._listed[job.id] = cached
+            statuses.append(cached[1])
+        return statuses
 
     def nodes(self) -> list[dict[str, Any]]:
         return [_node_view(node) for node in self._store.nodes.all()]
