@@ -35,7 +35,8 @@ from farm.store import Store
 
 ENDED = ("done", "failed", "canceled")
 PACE = 0.2            # least seconds between two sends to one viewer: pieces arriving meanwhile go together
-FRESH = 0.05          # seconds a job's status and pieces read from the store serve every viewer asking
+FRESH = 0.05          # seconds the pieces read from the store serve every viewer asking
+STATUS_FRESH = PACE   # ... and a job's status (a few queries over all its units: the costlier read)
 KEEPALIVE = 15.0      # seconds of silence before a ping
 LOG_BUDGET = 64 * 1024 * 1024    # bytes of framed pieces kept for all jobs together
 MAX_STATUSES = 256               # jobs whose status record is kept
@@ -96,11 +97,11 @@ class FeedLog:
 
     def status(self, job_id: int) -> tuple[tuple[int, int], bytes, bool]:
         """The job's status record, its version and whether the job has ended: built at most once per
-        change and per FRESH seconds (a job busy with many nodes changes far more often than that)."""
+        change and per STATUS_FRESH seconds (a job busy with many nodes changes far more often)."""
         with self._building:       # one viewer builds it while the others wait for it, not beside it
             version, now = self._changes.version(job_id), self._clock()
             cached = self._status.get(job_id)
-            if cached is not None and (cached[0] == version or now - cached[3] < FRESH):
+            if cached is not None and (cached[0] == version or now - cached[3] < STATUS_FRESH):
                 return cached[:3]
             return self._build_status(job_id, version, now)
 
@@ -189,7 +190,7 @@ class Streams:
                 quiet_since = self._clock()
                 yield PING
             if behind:
-                self._sleep(FRESH)      # the shared reads catch up by then
+                self._sleep(FRESH)      # the shared reads catch up soon
                 continue
             self._changes.wait(target, version, self._keepalive, gone)
             # After a send, not again before `pace` has passed, so that what arrives meanwhile goes out
