@@ -152,10 +152,16 @@ def test_a_node_with_no_url_finds_the_controller_over_tls_and_renders(lan, tmp_p
     assert "found the controller" in done.stderr
     assert_same_pixels(out, native_render(SCENE, 160, 120, ["+A0.3"], tmp_path / "native.png"))
 
-    # A viewer's token finds it too.
+    # A view token finds it too: the node list, and the viewer (without a screen) writing the job's image.
     listed = lan.run(lan.box, "nodes", "--json", POVFARM_TOKEN=tokens["view"])
     assert listed.returncode == 0, listed.stderr
     assert [n["name"] for n in json.loads(listed.stdout)] == ["lan-node"]
+    snapshot = tmp_path / "viewer.png"
+    shown = lan.run(lan.box, "viewer", done.stdout.strip(), "--snapshot", str(snapshot), "--exit-when-done",
+                    POVFARM_TOKEN=tokens["view"], SDL_VIDEODRIVER="dummy", SDL_AUDIODRIVER="dummy")
+    assert shown.returncode == 0, shown.stderr
+    assert "found the controller" in shown.stderr
+    assert_same_pixels(snapshot, out)
 
 
 def test_a_node_with_a_wrong_token_does_not_join(lan, tmp_path):
