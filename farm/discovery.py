@@ -192,13 +192,16 @@ class Receiver:
         return Announcement(url, fingerprint, body["name"], float(body["time"]), body["nonce"])
 
     def accept(self, datagram: bytes, sender: str, noted: set[str]) -> Announcement | None:
-        """`check`, logging a rejection (at WARNING the first time for each sender in `noted`)."""
+        """`check`, logging a rejection: at WARNING the first time for each sender and reason (kept in
+        `noted`), else at DEBUG, so a flood cannot flood the log. Garbage (other software on the port,
+        perhaps) is only ever DEBUG."""
         try:
             return self.check(datagram)
         except Rejected as why:
             self.counts[why.kind] += 1
-            loud = why.kind != "garbled" and sender not in noted and len(noted) < _MAX_NOTED_SENDERS
-            noted.add(sender)
+            key = f"{sender} {why.kind}"
+            loud = why.kind != "garbled" and key not in noted and len(noted) < _MAX_NOTED_SENDERS
+            noted.add(key)
             claim = f" claiming a controller at {why.claimed}" if why.claimed else ""
             log.log(logging.WARNING if loud else logging.DEBUG,
                     "ignored an announcement from %s%s: %s", sender, claim, why)
@@ -231,6 +234,7 @@ class Announcer:
         self.tls_sha256 = certificate_sha256(config.tls_cert) if config.tls_cert else ""
         self.target = (config.announce_to, config.discovery_port)
         self.url = self.advertised_url()     # refuses a loopback-only controller at start
+        self._sender: socket.socket | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="announcer", daemon=True)
         self._failing = False
@@ -263,18 +267,18 @@ class Announcer:
         return encode(self.url, self.tls_sha256, socket.gethostname(), self.keys, self.clock())
 
     def start(self) -> None:
+        self._sender = _broadcast_socket("" if _unspecified(self.bound.hostname) else self.bound.hostname)
         log.info("announcing %s%s on UDP %s:%d every %.0f s", self.url,
                  f" (certificate SHA-256 {self.tls_sha256})" if self.tls_sha256 else "", *self.target,
                  self.config.announce_interval)
         self._thread.start()
 
     def _run(self) -> None:
-        source = "" if _unspecified(self.bound.hostname) else self.bound.hostname
-        with _broadcast_socket(source) as sender:
-            while True:
-                self._send(sender)
-                if self._stop.wait(max(0.2, self.config.announce_interval)):
-                    return
+        assert self._sender is not None
+        while True:
+            self._send(self._sender)
+            if self._stop.wait(max(0.2, self.config.announce_interval)):
+                return
 
     def _send(self, sender: socket.socket) -> None:
         """One broadcast; a failure is logged once (the network may come back), not every interval."""
@@ -296,6 +300,8 @@ class Announcer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self._sender is not None:
+            self._sender.close()
 
 
 def _broadcast_socket(source: str) -> socket.socket:
@@ -359,7 +365,7 @@ def discover(config: Config, role: str) -> Announcement:
     # Which role this token has does not matter here: it can only check the signature made with it.
     receiver = Receiver({name: announcement_key(token, name) for name in ROLES})
     timeout = config.discovery_timeout
-    log.info("no controller given: listening for its announcement on UDP port %d%s", config.discovery_port,
+    log.info("looking for the controller: listening for its announcement on UDP port %d%s", config.discovery_port,
              f" for up to {timeout:.0f} s" if timeout > 0 else "")
     found = listen(receiver, config.discovery_port, timeout)
     if found is None:

@@ -227,6 +227,7 @@ def test_a_pinned_certificate_is_trusted_and_no_other(tmp_path):
         url = f"https://127.0.0.1:{controller.server.server_address[1]}"
         pinned = Client(url, 10, token=controller.tokens["view"], pin_sha256=discovery.normal_fingerprint(printed))
         assert pinned.call("api.version")["api"] == 1
+        pinned.close()
         with pytest.raises(FarmError) as refused:
             Client(url, 10, token=controller.tokens["view"], pin_sha256="00" * 32).call("api.version")
         assert refused.value.code is Code.UNREACHABLE and "SHA-256" in str(refused.value)
