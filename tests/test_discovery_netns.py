@@ -36,10 +36,11 @@ class Lan:
         tag = f"{os.getpid() % 100000}{random.randrange(100)}"
         self.ctl, self.box = f"pfctl{tag}", f"pfbox{tag}"
         self.net = f"10.231.{random.randrange(16, 240)}"
+        self.veth = (f"pfa{tag}", f"pfb{tag}")
         self.processes: list[subprocess.Popen] = []
 
     def create(self) -> None:
-        veth_ctl, veth_box = f"pfa{self.ctl[5:]}", f"pfb{self.box[5:]}"
+        veth_ctl, veth_box = self.veth
         _ip("netns", "add", self.ctl)
         _ip("netns", "add", self.box)
         _ip("link", "add", veth_ctl, "type", "veth", "peer", "name", veth_box)
@@ -65,6 +66,8 @@ class Lan:
                 process.wait()
         for ns in (self.ctl, self.box):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        # Gone with its namespace, unless creating failed before the pair was moved there.
+        subprocess.run(["ip", "link", "del", self.veth[0]], capture_output=True, timeout=30)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("POVFARM_")}
