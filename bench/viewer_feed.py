@@ -140,8 +140,8 @@ PAGE_REFRESH = 2.0           # app.js: REFRESH_MS, the jobs and nodes tables
 
 
 def page_process(url: str, token: str | None, commands, results, nice: int = 0) -> None:
-    """What an open page asks of the controller while it shows a job: viewer.watch in a loop (each call
-    waits for news), and jobs.list plus nodes.list every couple of seconds."""
+    """What an open page asks of the controller while it shows a job: the feed stream (GET /feed, read
+    as it comes), and jobs.list plus nodes.list every couple of seconds."""
     os.nice(nice)
     results.put("ready")
     while True:
@@ -159,19 +159,14 @@ def page_process(url: str, token: str | None, commands, results, nice: int = 0) 
         refresher = threading.Thread(target=refresh_tables, daemon=True)
         refresher.start()
         received: dict[str, float] = {}
-        cursor = 0
         results.put("watching")
-        while True:
-            reply = feed.call("viewer.watch", job, cursor, PAGE_POLL_TIMEOUT)
-            now = time.monotonic()
-            for s in reply["strips"]:
-                received.setdefault(f"{s['frame']}:{s['row_start']}", now)
-            cursor = reply["cursor"]
-            if reply["job"].get("state") in ("done", "failed", "canceled") and not reply["strips"]:
+        for header, _ in feed.stream("/feed", {"job": job, "cursor": 0}, PAGE_POLL_TIMEOUT + 30):
+            if header["type"] == "piece":
+                received.setdefault(f"{header['frame']}:{header['row_start']}", time.monotonic())
+            elif header["type"] == "end":
                 break
         stop.set()
         refresher.join()
-        feed.close()
         tables.close()
         results.put(received)
 

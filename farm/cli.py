@@ -30,6 +30,7 @@ from farm.client import Client, client_for
 from farm.config import Config, load_config
 from farm.discovery import resolve_controller
 from farm.faults import Code, FarmError
+from farm.hostos import HOST
 
 log = logging.getLogger("farm.cli")
 
@@ -733,14 +734,18 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
 
 
 def _stop_local_farm(nodes: Sequence["_LocalNode"], controller: Any, abort: bool) -> None:
-    """Nodes first (on an interrupt they stop POV-Ray at once and hand their strips back while the
-    controller still answers), then the controller, once nothing talks to it any more."""
+    """On an interrupt, nodes first (they stop POV-Ray at once and hand their strips back while the
+    controller still answers), then the controller, once nothing talks to it any more. After the job
+    ended there is nothing to hand back, so both wind down at once."""
     for node in nodes:
         node.stop(abort)
+    if not abort:
+        controller.shutdown()    # the job is over and nothing is handed back: both wind down at once
     deadline = time.monotonic() + (1.0 if abort else 10)    # then kill: a stop takes under 2 s
     for node in nodes:
         node.wait(deadline)
-    controller.shutdown()
+    if abort:
+        controller.shutdown()
 
 
 def _wait_for_local_nodes(client: Client, nodes: Sequence["_LocalNode"], stop: threading.Event,
@@ -770,7 +775,7 @@ class _LocalNode:
                 "--token-file", str(config.data_dir / "tokens")]
         env = {key: value for key, value in os.environ.items() if key != "POVFARM_TOKEN"}
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                                        start_new_session=True, preexec_fn=_die_with_parent())
+                                        **HOST.popen_options())
         self._relay = threading.Thread(target=_relay_node_log, args=(self.process.stderr, quiet),
                                        name=f"node-{index + 1}-log", daemon=True)
         self._relay.start()
@@ -781,8 +786,9 @@ class _LocalNode:
         can be merged into the other)."""
         if self.process.poll() is None:
             if abort:
-                self.process.send_signal(signal.SIGINT)
-            self.process.terminate()
+                HOST.interrupt(self.process)
+            if self.process.poll() is None:
+                self.process.terminate()
 
     def wait(self, deadline: float) -> None:
         try:
@@ -791,16 +797,6 @@ class _LocalNode:
             self.process.kill()      # its POV-Ray dies with it (parent-death signal, bubblewrap's too)
             self.process.wait()
         self._relay.join(1.0)
-
-
-def _die_with_parent():
-    """preexec_fn: SIGKILL this child when `render` dies (Linux), else nothing."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, signal.SIGKILL)    # PR_SET_PDEATHSIG
 
 
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): ")
@@ -879,7 +875,7 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
     now = time.time()
     rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
              f"{max(0.0, now - n['last_seen']):.0f}s ago", n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)",
-             n["error"] or n["povray"]) for n in nodes]
+             n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
     _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "SANDBOX", "POV-RAY"), rows)
     return EXIT_OK
 

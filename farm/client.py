@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import json
 import re
 import socket
 import ssl
@@ -19,7 +20,7 @@ import urllib.parse
 import xml.parsers.expat
 import xmlrpc.client
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from farm.auth import client_token
 from farm.faults import Code, FarmError
@@ -176,6 +177,29 @@ class Client:
     def close(self) -> None:
         self._reset()
 
+    def stream(self, path: str, query: dict[str, Any], timeout: float) -> Iterator[tuple[dict, bytes]]:
+        """GET a stream of records (farm/service/feed.py: a JSON header line, then `size` bytes) and yield
+        them as (header, payload) as they arrive. Raises FarmError as `call` does; UNKNOWN_METHOD when
+        the controller has no such stream (an older one). `timeout`: the most a read may wait."""
+        parsed = urllib.parse.urlsplit(self.url)
+        if self._tls is not None:
+            connection = http.client.HTTPSConnection(parsed.hostname, parsed.port, timeout=timeout,
+                                                     context=self._tls)
+        else:
+            connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+        try:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            try:
+                connection.request("GET", f"{path}?{urllib.parse.urlencode(query)}", headers=headers)
+                response = connection.getresponse()
+            except (OSError, http.client.HTTPException) as err:
+                reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+                raise FarmError(Code.UNREACHABLE, f"cannot reach the controller at {self.url}: {reason}") from None
+            _check_stream_status(self.url, response, bool(self.token))
+            yield from _records(self.url, response)
+        finally:
+            connection.close()
+
 
 # What a method is for, in the words of the person whose token cannot call it, and the role it needs.
 _PURPOSES = {"jobs.submit": ("submitting a job", "submit"), "bundles.has": ("submitting a job", "submit"),
@@ -208,6 +232,42 @@ def _http_error(url: str, err: xmlrpc.client.ProtocolError, has_token: bool = Tr
     if err.errcode == 413:
         return FarmError(Code.REQUEST_TOO_LARGE, f"the controller at {url} refused the request as too large")
     return FarmError(Code.UNREACHABLE, f"the controller at {url} answered HTTP {err.errcode} {err.errmsg}")
+
+
+MAX_RECORD_HEADER = 1 << 20      # bytes of one stream record's header line
+MAX_RECORD = 64 << 20            # bytes of one stream record's payload
+
+
+def _check_stream_status(url: str, response: http.client.HTTPResponse, has_token: bool) -> None:
+    if response.status == 200:
+        return
+    text = response.read(4096).decode("utf-8", "replace").strip()
+    if response.status == 404:
+        raise FarmError(Code.UNKNOWN_METHOD, f"the controller at {url} has no feed stream")
+    if response.status == 400:
+        raise FarmError(Code.BAD_ARGUMENT, text)
+    if response.status == 403:
+        raise FarmError(Code.FORBIDDEN, f"the controller at {url} refused this token: {text}")
+    raise _http_error(url, xmlrpc.client.ProtocolError(url, response.status, response.reason, {}), has_token)
+
+
+def _records(url: str, response: http.client.HTTPResponse) -> Iterator[tuple[dict, bytes]]:
+    """(header, payload) pairs off a stream response, until it ends."""
+    try:
+        while line := response.readline(MAX_RECORD_HEADER):
+            header = json.loads(line)
+            size = header.get("size", 0)
+            if not isinstance(size, int) or not 0 <= size <= MAX_RECORD:
+                raise ValueError(f"a record of {size!r} bytes")
+            payload = response.read(size) if size else b""
+            if len(payload) != size:
+                raise ValueError("the stream ended inside a record")
+            yield header, payload
+    except (OSError, http.client.HTTPException) as err:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise FarmError(Code.UNREACHABLE, f"the feed from the controller at {url} broke off: {reason}") from None
+    except (ValueError, AttributeError) as err:
+        raise FarmError(Code.UNREACHABLE, f"the controller at {url} sent a bad feed: {err}") from None
 
 
 def _client_tls(ca_file: str | None) -> ssl.SSLContext:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from farm import api
+from farm.api.viewer import FeedStream
 from farm.auth import controller_tokens
 from farm.config import Config
 from farm.faults import Code, FarmError
@@ -51,6 +52,8 @@ class Controller:
             raise
         for name, (method, roles) in api.build(self.services).items():
             self.server.register_function(method, name, roles)
+        feed = FeedStream(self.services)
+        self.server.register_stream(feed.path, feed, feed.roles)
         self._stop = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
         self.announcer = self._announcer()

@@ -61,6 +61,7 @@ class Node:
         self.stopping = threading.Event()   # finish the current strip, then exit
         self.aborting = threading.Event()   # stop POV-Ray now, hand the lease back, exit
         self.povray = sandboxes.resolve_program(config.povray) or config.povray
+        self.flavour = povray.flavour_of(config.povray)   # the console povray, or the Windows GUI engine
         # Built once, probing bubblewrap once; raises FarmError when --sandbox bwrap cannot be had.
         self.sandbox = sandbox or sandboxes.build(config.sandbox, self.povray, config.max_memory_mb,
                                                   config.max_output_mb)
@@ -70,7 +71,7 @@ class Node:
             fetch_radiosity_cache=lambda task: self.client.call("nodes.radiosity_cache", self.node_id,
                                                                 task["lease"]).data,
             watch=lambda task, log_path, when_tracing: _Heartbeat(self, task["lease"], log_path, when_tracing),
-            aborting=self.aborting)
+            aborting=self.aborting, flavour=self.flavour)
         self.strips_done = 0
         self._registration = threading.Lock()
         self._working: set[str] = set()   # names of the slots that hold a strip right now
@@ -82,10 +83,16 @@ class Node:
         """(POV-Ray's version, None) when it runs, inside the sandbox too; else (None, what is wrong).
         A success is remembered per POV-Ray binary and sandbox, so a restarted node (or the nodes of
         `povfarm render`) start without waiting on POV-Ray's slow start-up twice more."""
-        key = _probe_key(self.povray, self.sandbox)
+        key = _probe_key(self.povray, self.sandbox, self.flavour)
         remembered = _read_json(self.config.probe_cache)
         if key and remembered.get("key") == key:
             return remembered["version"], None
+        if self.flavour == povray.PVENGINE:
+            # The GUI has no --version and cannot run in bubblewrap: render a test scene the farm's way.
+            version, broken = povray.probe_gui(self.povray, self.config.work_dir / "probe", self.runner)
+            if version and key:
+                _write_json(self.config.probe_cache, {"key": key, "version": version})
+            return version, broken
         # Both probes start POV-Ray, which takes a moment: run them side by side.
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             plain = pool.submit(povray.probe, self.povray)
@@ -113,7 +120,7 @@ class Node:
     def info(self) -> dict[str, Any]:
         info = {"host": socket.gethostname(), "platform": sys.platform, "povfarm": __version__,
                 "threads": self.config.threads or os.cpu_count() or 1, "slots": max(1, self.config.slots),
-                "povray": self.version or "",
+                "povray": self.version or "", "povray_flavour": self.flavour,
                 **self.sandbox.info()}
         if self.broken:
             info["error"] = self.broken
@@ -122,6 +129,8 @@ class Node:
     def run(self) -> None:
         """Poll and render with `slots` workers until asked to stop. Several POV-Ray processes at once
         hide each one's idle start-up and shut-down time behind the others' tracing."""
+        if self.flavour == povray.PVENGINE:
+            log.info("driving POV-Ray for Windows (%s) through INI files and its message streams", self.povray)
         if self.sandbox.warning:
             log.warning("%s", sandboxes.warning_banner(self.sandbox.warning))
         else:
@@ -132,12 +141,12 @@ class Node:
                    for slot in range(max(1, self.config.slots))]
         for worker in workers:
             worker.start()
-        # Short joins keep the main thread free for signals. Once stopping, wait only for slots that are
-        # working on a strip: an idle slot may be parked in a long poll at the controller.
-        while any(worker.is_alive() and (not self.stopping.is_set() or worker.name in self._working)
-                  for worker in workers):
-            for worker in workers:
-                worker.join(0.1)
+        # Short joins keep the main thread free for signals, and the condition is checked after each one
+        # so a stop is seen within one join. Once stopping, wait only for slots that are working on a
+        # strip: an idle slot may be parked in a long poll at the controller.
+        while busy := [worker for worker in workers if worker.is_alive()
+                       and (not self.stopping.is_set() or worker.name in self._working)]:
+            busy[0].join(0.05)
         for aside in self._asides:
             aside.join(timeout=10)     # a preview in flight is small: let it deliver
         if self._fatal is not None:
@@ -312,9 +321,10 @@ class Node:
                 self.aborting.wait(delay)
 
 
-def _probe_key(program: str, sandbox: sandboxes.Sandbox) -> str:
-    """What a probe's answer depends on: the POV-Ray binary and the sandbox program, as files."""
-    parts = [sandbox.kind]
+def _probe_key(program: str, sandbox: sandboxes.Sandbox, flavour: str = povray.CONSOLE) -> str:
+    """What a probe's answer depends on: the POV-Ray binary (and how it is driven) and the sandbox
+    program, as files."""
+    parts = [sandbox.kind, flavour]
     for path in (program, sandbox.bwrap):
         if path:
             try:

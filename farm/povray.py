@@ -1,27 +1,23 @@
 """Running the real `povray` program: command lines, processes, and reading its text.
 
-Everything here is an edge: it builds argv, starts a process in its own session
-(so the whole process group can be stopped), and reads POV-Ray's stderr for
+Everything here is an edge: it builds argv, starts a process in a group of its own
+(so its whole tree can be stopped; how is up to farm/hostos.py), and reads POV-Ray's stderr for
 progress and error messages. It knows nothing about the controller.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from pathlib import Path, PureWindowsPath
+from typing import Callable, Sequence
 
-if TYPE_CHECKING:
-    from farm.sandbox import Limits
+from farm.hostos import HOST, Host, Limits
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +48,8 @@ class ProcessResult:
             name = signal_name(self.signal)
             meaning = _SIGNAL_MEANINGS.get(name, "killed")
             return f"POV-Ray was stopped by signal {self.signal} {name}: {meaning}".replace("  ", " ")
+        if self.returncode in _WINDOWS_STATUS:
+            return f"POV-Ray ended with Windows status {self.returncode:#010x}: {_WINDOWS_STATUS[self.returncode]}"
         return f"POV-Ray exited with code {self.returncode}"
 
     def signalled(self, signum: int) -> "ProcessResult":
@@ -70,6 +68,16 @@ _SIGNAL_MEANINGS = {
     "SIGFPE": "POV-Ray crashed (arithmetic error)",
     "SIGABRT": "POV-Ray aborted (often: out of memory)",
     "SIGTERM": "terminated from outside",
+}
+# How a Windows program that crashed ends: its exit code is the exception's status.
+_WINDOWS_STATUS = {
+    0xC0000005: "POV-Ray crashed (access violation)",
+    0xC00000FD: "POV-Ray crashed (stack overflow)",
+    0xC0000017: "out of memory",
+    0xC000001D: "POV-Ray crashed (illegal instruction)",
+    0xC0000094: "POV-Ray crashed (arithmetic error)",
+    0xC0000409: "POV-Ray aborted (stack buffer overrun)",
+    0xC000013A: "stopped by Ctrl-C or the window being closed",
 }
 _OUT_OF_MEMORY = re.compile(r"bad_alloc|[Oo]ut of memory|[Cc]annot allocate memory")
 
@@ -91,94 +99,35 @@ def out_of_memory(stderr: str) -> bool:
     return bool(_OUT_OF_MEMORY.search(stderr))
 
 
-def _signal_group(process: subprocess.Popen, hard: bool) -> bool:
-    """SIGTERM (SIGKILL when hard) to the process group; terminate()/kill() on Windows. False if gone."""
-    if sys.platform == "win32":
-        (process.kill if hard else process.terminate)()
-        return True
-    try:
-        os.killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def _descendants(pid: int) -> list[int]:
-    """Linux: every process below `pid`, also those in sessions of their own (bubblewrap starts POV-Ray
-    in a new session, out of reach of the group signal). Elsewhere, or without /proc: none."""
-    found, parents = [], [pid]
-    while parents:
-        parent = parents.pop()
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
-            try:
-                kids = [int(kid) for kid in children.read_text().split()]
-            except (OSError, ValueError):
-                continue
-            found += kids
-            parents += kids
-    return found
-
-
-def _stop_group(process: subprocess.Popen) -> None:
+def _stop_group(process: subprocess.Popen, host: Host) -> None:
     """Ask the process and everything below it to stop (SIGTERM: POV-Ray then closes its files, such as
-    a radiosity cache), then the process group, then kill the group if it does not go within the grace
+    a radiosity cache), then its whole tree, then kill the tree if it does not go within the grace
     period."""
-    below = _descendants(process.pid) if sys.platform.startswith("linux") else []
-    for pid in below:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    if below:
+    if host.signal_descendants(process.pid):
         try:
             process.wait(TERMINATE_GRACE)
             return
         except subprocess.TimeoutExpired:
             pass
-    if not _signal_group(process, hard=False):
+    if not host.stop_tree(process, hard=False):
         return
     try:
         process.wait(TERMINATE_GRACE)
         return
     except subprocess.TimeoutExpired:
-        _signal_group(process, hard=True)
+        host.stop_tree(process, hard=True)
     process.wait()
-
-
-@functools.lru_cache(maxsize=1)
-def _prctl() -> Callable[..., int] | None:
-    """libc's prctl, looked up once in the node: the child between fork and exec must only call it
-    (loading a library there could deadlock when other node threads hold the loader's lock)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    return ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _child_setup(limits: Limits | None) -> Callable[[], None]:
-    """What the child does before exec (POSIX): die with the node (Linux: PR_SET_PDEATHSIG, so no
-    orphaned POV-Ray keeps burning a CPU on a strip already rendered elsewhere), then lower its limits."""
-    prctl = _prctl()
-    pr_set_pdeathsig = 1
-
-    def setup() -> None:
-        if prctl is not None:
-            prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if limits is not None:
-            limits.apply()
-    return setup
 
 
 def run_process(argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path,
                 timeout: float = 0.0, should_stop: Callable[[], bool] = lambda: False,
-                check_every: float = 0.5, limits: Limits | None = None) -> ProcessResult:
+                check_every: float = 0.5, limits: Limits | None = None, host: Host = HOST) -> ProcessResult:
     """Run argv with stdout discarded and stderr into log_path, under `limits` where the platform allows.
 
     `should_stop` is called about every `check_every` seconds (the node sends heartbeats from it);
     when it returns True, or the timeout passes, the process group is stopped."""
     started = time.monotonic()
-    if sys.platform == "win32":
-        flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-    else:
-        flags = {"start_new_session": True, "preexec_fn": _child_setup(limits)}
+    flags = host.popen_options(limits)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(list(argv), cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=log_file, **flags)
@@ -195,7 +144,7 @@ def run_process(argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: P
                 stopped = True
             else:
                 continue
-            _stop_group(process)
+            _stop_group(process, host)
             break
     code = process.returncode
     return ProcessResult(
@@ -336,3 +285,110 @@ def sharing_report(statistics: dict[str, int]) -> str:
         parts.append(f"radiosity samples {statistics['radiosity_calculated']} calculated, "
                      f"{statistics.get('radiosity_reused', 0)} reused")
     return "; ".join(parts)
+
+
+# -- flavours: the console `povray` and POV-Ray for Windows' GUI engine ---------------------------------
+
+CONSOLE = "console"     # `povray` (Unix, Homebrew, a console build on Windows): exits non-zero on error
+PVENGINE = "pvengine"   # POV-Ray for Windows' pvengine.exe / pvengine64.exe: a GUI that always exits 0
+# Stream files the GUI engine writes its messages to. POV-Ray takes bare names for them and writes them
+# beside the output image (it refuses a stream file anywhere else), so they land in the strip's folder.
+ALL_STREAM = "povray-streams.txt"
+FATAL_STREAM = "povray-fatal.txt"
+GUI_INI = "povfarm-render.ini"
+PROBE_SCENE = ('#debug concat("povfarm probe: POV-Ray ", str(version, 0, 1), "\\n")\n'
+               'camera { location <0, 0, -3> look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n')
+_PROBE_VERSION = re.compile(r"povfarm probe: POV-Ray (\d+\.\d+)")
+_STREAM_PLACE = re.compile(r"^File: (.*)  Line: (\d+)$")
+_STREAM_CONTEXT = re.compile(r"^File Context \((\d+) lines?\):$")
+_STREAM_MESSAGE = re.compile(r"^(Possible )?Parse (Error|Warning)|^[A-Z][A-Za-z ]*(Error|Warning):")
+
+
+def flavour_of(program: str) -> str:
+    """PVENGINE for POV-Ray for Windows' GUI program (pvengine.exe, pvengine64.exe...), else CONSOLE.
+    Windows paths are read as such on any system (a node may be told `C:\\...\\pvengine64.exe`)."""
+    name = PureWindowsPath(program).name.lower()
+    return PVENGINE if name.startswith("pvengine") else CONSOLE
+
+
+def gui_command(console_argv: Sequence[str], ini: Path) -> list[str]:
+    """The GUI engine's command line for a console argv: the options go into an INI file, one switch a
+    line exactly as on the console's command line, with the message streams sent to files; then
+    `/EXIT` (quit when the render ends), `/NR` (do not restore the last session's files) and
+    `/RENDER ini`. Only one path is on the command line, so no quoting rules of the GUI matter."""
+    program, *options = console_argv
+    ini.write_text("\n".join([*options, f"+GA{ALL_STREAM}", f"+GF{FATAL_STREAM}"]) + "\n", encoding="utf-8")
+    return [program, "/EXIT", "/NR", "/RENDER", str(ini)]
+
+
+def gui_outcome(result: ProcessResult, streams_dir: Path, log_path: Path) -> ProcessResult:
+    """What the GUI engine's run amounts to, since it exits 0 whatever happens: its message streams,
+    in the console's form, become the run's log (so errors, frames and statistics are read as on the
+    console), and a fatal message there is an error exit (code 1, as the console's). A crash keeps its
+    own exit code; a run that reports nothing and writes no image is judged by the missing image."""
+    streams = _read_text(streams_dir / ALL_STREAM)
+    fatal = _read_text(streams_dir / FATAL_STREAM)
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        log_file.write(console_transcript(streams))
+    if result.returncode == 0 and not result.timed_out and not result.stopped and fatal.strip():
+        return dataclasses.replace(result, returncode=1)
+    return result
+
+
+def console_transcript(streams: str) -> str:
+    """POV-Ray's message streams as the console prints them: a stream file says `File: x.pov  Line: 4`,
+    then (for a fatal error) `File Context (N lines):` and up to N lines of the scene, then the message;
+    the console says `File 'x.pov' line 4: message`."""
+    lines = streams.replace("\r", "\n").splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        place = _STREAM_PLACE.match(lines[i])
+        i += 1
+        if place is None:
+            out.append(lines[i - 1])
+            continue
+        context = _STREAM_CONTEXT.match(lines[i]) if i < len(lines) else None
+        if context is not None:
+            # Up to N lines of the scene, then the message: the last message-like line in that window
+            # (a scene line may look like one too), before any next `File:` line.
+            window = range(i + 1, min(i + int(context.group(1)) + 2, len(lines)))
+            ends = [j for j in window if _STREAM_MESSAGE.match(lines[j])
+                    and not any(_STREAM_PLACE.match(lines[k]) for k in range(i + 1, j))]
+            i = ends[-1] if ends else i + 1
+        if i < len(lines):
+            out.append(f"File '{place.group(1)}' line {place.group(2)}: {lines[i]}")
+            i += 1
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def probe_gui(program: str, scratch: Path, runner: Callable[..., ProcessResult] = run_process,
+              timeout: float = 120.0) -> tuple[str | None, str | None]:
+    """(version, None) when the GUI engine renders a one-pixel scene as the farm drives it (INI, streams,
+    image), else (None, what is wrong). Its version comes from the scene itself: the GUI has no
+    --version."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "probe.pov").write_text(PROBE_SCENE, encoding="utf-8")
+    image = scratch / "probe.png"
+    console = [program, "+Iprobe.pov", "+W1", "+H1", f"+O{_quoted(image)}", "+FN", "-D", "-P"]
+    log_path = scratch / "probe.log"
+    try:
+        result = runner(gui_command(console, scratch / GUI_INI), cwd=scratch, env=povray_env(),
+                        log_path=log_path, timeout=timeout)
+    except OSError as err:
+        return None, f"POV-Ray for Windows at {program!r} does not run: {err.strerror or err}"
+    result = gui_outcome(result, scratch, log_path)
+    transcript = _read_text(log_path)
+    match = _PROBE_VERSION.search(transcript)
+    if result.returncode != 0 or result.timed_out or not image.is_file() or match is None:
+        detail = error_text(transcript)[0] or result.describe()
+        return None, (f"POV-Ray for Windows at {program!r} did not render a test scene as the farm drives it "
+                      f"(/EXIT /NR /RENDER with an INI file): {detail}")
+    return match.group(1), None

@@ -37,8 +37,10 @@ WatchFactory = Callable[[dict, Path, "Callable[[Path], None] | None"], Callable[
 class UnitRenderer:
     def __init__(self, config: Config, program: str, sandbox: sandboxes.Sandbox,
                  runner: Callable[..., povray.ProcessResult], fetch_bundle: Callable[[str], bytes],
-                 fetch_radiosity_cache: Callable[[dict], bytes], watch: WatchFactory, aborting: threading.Event):
+                 fetch_radiosity_cache: Callable[[dict], bytes], watch: WatchFactory, aborting: threading.Event,
+                 flavour: str = povray.CONSOLE):
         self.config, self.povray, self.sandbox, self.runner = config, program, sandbox, runner
+        self.flavour = flavour      # povray.CONSOLE or povray.PVENGINE (the Windows GUI, driven by INI file)
         self._fetch_bundle, self._fetch_radiosity_cache, self._watch = fetch_bundle, fetch_radiosity_cache, watch
         self.aborting = aborting
         self.bundles = bundle.BundleCache(config.work_dir / "bundles")
@@ -117,6 +119,9 @@ class UnitRenderer:
         argv = povray.render_command(
             self.povray, scene.name, task["width"], task["height"], rows,
             output, file_type, self.config.threads, scene.parent, [*task["options"], *animation, *(extra or [])])
+        if self.flavour == povray.PVENGINE:
+            argv = povray.gui_command(argv, strip_dir / povray.GUI_INI)
+            _drop_working_dir_ini(scene.parent)
         heartbeat = self._watch(task, log_path, publisher.when_tracing if publisher is not None else None)
         should_stop = heartbeat if pretrace is None else (lambda: pretrace() or heartbeat())
         limits = [limit for limit in (self.config.strip_timeout, float(task.get("time_limit", 0))) if limit > 0]
@@ -128,6 +133,8 @@ class UnitRenderer:
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
                              check_every=0.5 if pretrace is None else 0.1)
         result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
+        if self.flavour == povray.PVENGINE:
+            result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
         return self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
 
     def _outcome(self, task: dict[str, Any], result: povray.ProcessResult, log_path: Path, output: Path,
@@ -147,6 +154,8 @@ class UnitRenderer:
             log.info("job %s strip %s: %s", task["job"], task["strip"], shared)
         try:
             rows = b"".join(self._strip_rows(path, task) for path in _frame_files(output, frames, animated))
+        except FileNotFoundError:
+            return _failed(f"POV-Ray reported no error but wrote no image on node {self.config.name}", False)
         except OSError as err:
             return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err.strerror or err}", False)
         except ValueError as err:
@@ -179,6 +188,15 @@ class UnitRenderer:
         if (raster.width, raster.height, raster.bits) != (task["width"], task["height"], task["bits"]):
             raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
         return strips.crop_rows(raster, task["row_start"], task["row_end"])
+
+
+def _drop_working_dir_ini(scene_dir: Path) -> None:
+    """POV-Ray for Windows applies a POVRAY.INI in its working directory (the GUI reads no POVINI), so one
+    shipped in a scene bundle is removed from the strip's copy: as on the console, only the node's own
+    settings and the job's options apply."""
+    for path in scene_dir.iterdir():
+        if path.name.lower() == "povray.ini" and path.is_file():
+            path.unlink()
 
 
 def _failed(error: str, scene_error: bool) -> RenderOutcome:

@@ -48,6 +48,7 @@ import ssl
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 import xml.parsers.expat
 import xmlrpc.client
@@ -59,11 +60,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 from farm import web
 from farm.auth import roles_of
 from farm.faults import Code, FarmError
-
-try:
-    import resource
-except ImportError:     # Windows
-    resource = None
+from farm.hostos import HOST
 
 log = logging.getLogger(__name__)
 
@@ -740,8 +737,47 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         return roles_of(token.strip(), self.server.tokens)
 
     def do_GET(self) -> None:
-        """The farm's page and its static files (they hold no data; every API call needs a token)."""
-        web.serve(self)
+        """A stream (needs a token), else the farm's page and its static files (they hold no data)."""
+        target = urllib.parse.urlsplit(self.path)
+        stream = self.server.streams.get(target.path)
+        if stream is None:
+            web.serve(self)
+            return
+        roles = self._roles()
+        if not roles & stream.roles:
+            self._refuse(http.HTTPStatus.UNAUTHORIZED if not roles else http.HTTPStatus.FORBIDDEN,
+                         "a valid bearer token is required" if not roles else "this token may not watch")
+            return
+        if not self.server.connections.trust(self.record):
+            self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "the controller is at its connection limit")
+            return
+        try:
+            chunks = stream.function(urllib.parse.parse_qs(target.query, max_num_fields=16))
+        except FarmError as err:
+            self._refuse(http.HTTPStatus.BAD_REQUEST, str(err))
+            return
+        self._send_stream(chunks)
+
+    def _send_stream(self, chunks: Iterator[bytes]) -> None:
+        """A long response in HTTP chunks, each written as it comes. No reaper deadline: a viewer that
+        stops reading is cut off by the socket's timeout on a write."""
+        self.server.connections.deadline(self.record, None)
+        self.close_connection = True
+        self.send_response(http.HTTPStatus.OK)
+        self.send_header("Content-Type", STREAM_TYPE)
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for chunk in chunks:
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                self.wfile.flush()     # the handler's writes are buffered; a viewer wants each now
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError as err:
+            log.debug("stream to %s ended: %s", self.client_address[0], err)
+        finally:
+            chunks.close()
 
     def do_POST(self) -> None:
         if not self.is_rpc_path_valid():
@@ -876,25 +912,21 @@ def _remove_spooled(files: list[Path]) -> None:
             log.error("cannot remove a temporary upload: %s", err.strerror)
 
 
-def _raise_open_files_limit() -> None:
-    """Many idle or half-open sockets must not make accept() fail: lift the soft limit on open files
-    to the hard one."""
-    if resource is None:
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
-        except (ValueError, OSError) as err:
-            log.debug("cannot raise the open files limit: %s", err)
-
-
 def sweep_spool(directory: Path | None) -> None:
     """Remove upload files a killed controller left behind."""
     if directory is None or not directory.is_dir():
         return
     for path in directory.glob(f"upload-*{SPOOL_SUFFIX}"):
         path.unlink(missing_ok=True)
+
+
+STREAM_TYPE = "application/x-povfarm-feed"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stream:
+    function: Callable[[dict[str, list[str]]], Iterator[bytes]]
+    roles: frozenset[str]
 
 
 class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
@@ -907,12 +939,13 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self.tokens = tokens
         self.tls = tls
         self.limits = limits
-        _raise_open_files_limit()
+        HOST.raise_open_files_limit()
         sweep_spool(limits.spool_dir)
         self.connections = _Connections(limits, self._start_thread)
         self._methods: dict[str, Callable[..., Any]] = {}
         self._roles: dict[str, frozenset[str]] = {}
         self._signatures: dict[str, inspect.Signature] = {}
+        self.streams: dict[str, _Stream] = {}
         super().__init__(address, requestHandler=RequestHandler, logRequests=False,
                          allow_none=False, use_builtin_types=False)
         self.register_function(self._list_methods, "system.listMethods", ANY_ROLE)
@@ -979,6 +1012,12 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self._roles[name] = frozenset(roles)
         self._signatures[name] = inspect.signature(function)
         return function
+
+    def register_stream(self, path: str, function: Callable[[dict[str, list[str]]], Iterator[bytes]],
+                        roles: Iterable[str]) -> None:
+        """Serve `GET path` to the roles as a long chunked response: `function(query)` returns a generator
+        of byte chunks, or raises FarmError (HTTP 400 with its sentence) for bad query arguments."""
+        self.streams[path] = _Stream(function, frozenset(roles))
 
     def _list_methods(self) -> list[str]:
         """system.listMethods() -> [str]: every method name."""

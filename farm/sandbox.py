@@ -31,12 +31,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from farm.faults import Code, FarmError
+from farm.hostos import Host, Limits
 from farm.povray import ProcessResult, is_signal
-
-try:
-    import resource     # imported here, never in a forked child
-except ImportError:     # Windows
-    resource = None
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +46,6 @@ SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 PASSED_ENV = ("POVINI", "LANG", "LC_ALL")   # all POV-Ray needs from the node's environment
 CHECK_TIMEOUT = 30.0
 CPU_SLACK_SECONDS = 30
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Resource limits for one POV-Ray process; 0 means no limit."""
-    memory_bytes: int = 0       # RLIMIT_AS: address space
-    file_bytes: int = 0         # RLIMIT_FSIZE: the largest file it may write (SIGXFSZ beyond)
-    cpu_seconds: int = 0        # RLIMIT_CPU: CPU time over all its threads (SIGXCPU beyond)
-
-    def apply(self) -> None:
-        """In the child, before exec: lower soft and hard limits (never above the current hard limit)."""
-        if resource is None:
-            return
-        for which, value in ((resource.RLIMIT_AS, self.memory_bytes), (resource.RLIMIT_FSIZE, self.file_bytes),
-                             (resource.RLIMIT_CPU, self.cpu_seconds)):
-            if value <= 0:
-                continue
-            hard = resource.getrlimit(which)[1]
-            if hard != resource.RLIM_INFINITY:
-                value = min(value, hard)
-            resource.setrlimit(which, (value, value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,14 +169,16 @@ def build(mode: str, povray: str = "povray", memory_mb: int = 0, output_mb: int 
     if mode not in MODES:
         raise FarmError(Code.BAD_ARGUMENT, f"--sandbox takes {', '.join(MODES)}, not {mode!r}")
     limits = {"memory_mb": max(0, memory_mb), "output_mb": max(0, output_mb)}
-    if not platform.startswith("linux"):
+    if not Host(platform).can_sandbox:
         if mode == "bwrap":
             raise FarmError(Code.BAD_ARGUMENT, "--sandbox bwrap needs Linux (bubblewrap); on this system the node "
                                                "cannot confine POV-Ray, so run it as a low-privilege user with "
                                                "--sandbox none.")
-        where = "Windows" if platform == "win32" else "this system"
-        return Sandbox("none", warning=_unconfined(f"{where} has no sandbox the node can use; run the node as "
-                                                   f"a dedicated low-privilege user"), **limits)
+        where = {"win32": "Windows", "darwin": "macOS"}.get(platform, "this system")
+        unlimited = "" if Host(platform).has_limits else " (nor memory or file-size limits: only the wall-clock " \
+                                                            "--strip-timeout)"
+        return Sandbox("none", warning=_unconfined(f"{where} has no sandbox the node can use{unlimited}; run the "
+                                                   f"node as a dedicated low-privilege user"), **limits)
     if mode == "none":
         return Sandbox("none", warning=_unconfined("--sandbox none was given, which is unsafe for "
                                                    "untrusted scenes"), **limits)

@@ -510,35 +510,77 @@ class Feed:
             self._lock.wait_for(lambda: not self._current(session, job), timeout=seconds)
 
     def _poll(self, session: int, job: int) -> None:
+        """Follow `job` for `session`: on the controller's stream (GET /feed) when it has one, else by
+        viewer.watch long polls. Connection trouble is reported and retried with a growing pause."""
         client = self._make_client(self.poll_timeout + self.rpc_timeout)
-        cursor, asked, delay = 0, job, BACKOFF[0]
+        state = {"asked": job, "cursor": 0, "streams": True}
+        delay = BACKOFF[0]
         try:
             while self._current(session, job):
                 try:
-                    reply = client.call("viewer.watch", asked, cursor, self.poll_timeout)
+                    finished = (self._follow_stream if state["streams"] else self._follow_polls)(
+                        client, session, job, state)
                 except FarmError as err:
+                    if err.code is Code.UNKNOWN_METHOD and state["streams"]:
+                        state["streams"] = False       # an older controller: long polls
+                        continue
                     if not self._current(session, job):
                         return
-                    if err.code is Code.UNREACHABLE:
-                        self.messages.put(("link", False, str(err)))
-                    else:
-                        self.messages.put(("error", session, str(err)))
+                    self.messages.put(("link", False, str(err)) if err.code is Code.UNREACHABLE
+                                      else ("error", session, str(err)))
                     self._pause(delay, session, job)
                     delay = min(delay * 2, BACKOFF[1])
                     continue
-                delay = BACKOFF[0]
-                self.messages.put(("link", True, ""))
-                if not self._current(session, job):
+                if finished:
                     return
-                info = reply.get("job") or {}
-                if asked == 0 and info:
-                    asked = info["id"]      # the cursor now belongs to this job: stay with it
-                cursor = reply["cursor"]
-                self.messages.put(("feed", session, reply))
-                if info.get("state") in FINISHED and not reply["strips"]:
-                    return                  # nothing about this job changes any more
+                delay = BACKOFF[0]
         finally:
             client.close()
+
+    def _follow_polls(self, client: Client, session: int, job: int, state: dict) -> bool:
+        """One viewer.watch long poll; True when nothing about the job changes any more."""
+        reply = client.call("viewer.watch", state["asked"], state["cursor"], self.poll_timeout)
+        self.messages.put(("link", True, ""))
+        if not self._current(session, job):
+            return True
+        self._deliver(session, state, reply)
+        return (reply.get("job") or {}).get("state") in FINISHED and not reply["strips"]
+
+    def _follow_stream(self, client: Client, session: int, job: int, state: dict) -> bool:
+        """Read the stream until it ends (True: the job ended) or the viewer moves on (True); a broken
+        stream raises FarmError, and the caller reconnects from the cursor."""
+        info, in_flight = {}, []
+        records = client.stream("/feed", {"job": state["asked"], "cursor": state["cursor"]},
+                                self.poll_timeout + self.rpc_timeout)
+        try:
+            self.messages.put(("link", True, ""))
+            for header, payload in records:
+                if not self._current(session, job):
+                    return True
+                kind = header.get("type")
+                if kind == "end":
+                    return True
+                if kind == "job":
+                    info, in_flight = header.get("job") or {}, header.get("in_flight", [])
+                    if state["asked"] and info and info.get("id") != state["asked"]:
+                        return True         # a newer job: the scout says so, and the viewer decides
+                    self._deliver(session, state, {"job": info, "cursor": state["cursor"], "strips": [],
+                                                   "in_flight": in_flight})
+                elif kind == "piece":
+                    piece = {key: value for key, value in header.items() if key not in ("type", "size", "cursor")}
+                    piece["rows"] = payload
+                    self._deliver(session, state, {"job": info, "cursor": header["cursor"], "strips": [piece],
+                                                   "in_flight": in_flight})
+            return False
+        finally:
+            records.close()
+
+    def _deliver(self, session: int, state: dict, reply: dict) -> None:
+        info = reply.get("job") or {}
+        if state["asked"] == 0 and info:
+            state["asked"] = info["id"]      # the cursor now belongs to this job: stay with it
+        state["cursor"] = reply["cursor"]
+        self.messages.put(("feed", session, reply))
 
     def _scout(self) -> None:
         client = self._make_client(self.rpc_timeout)

@@ -181,6 +181,7 @@ def test_a_view_token_watches_a_render_paint_and_may_change_nothing(browser, far
     page.wait(lambda: page.state()["rows"] > 0, what="the first strip painted")
     page.wait(lambda: page.state()["drained"], timeout=90, what="the job to finish painting")
     assert page.state()["jobState"] == "done" and page.state()["rows"] == 120
+    assert page.state()["via"] == "stream"          # the feed stream, not long polls
     fetched = strips.decode_png(farm.client.call("jobs.fetch", job_id).data)
     assert page.canvas_rgba() == rgba(fetched)
 

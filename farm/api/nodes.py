@@ -28,7 +28,8 @@ class NodesAPI:
 
         @param name: str, the node's name (unique per box)
         @param info: struct: povray (version text), threads (int), slots (int: POV-Ray processes it runs at
-            once), host, platform (str), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm
+            once), host, platform (str), povray_flavour ("console": a povray that exits non-zero on error;
+            "pvengine": POV-Ray for Windows' GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm
             (version), error (str: the node cannot render, e.g. POV-Ray is missing)
         @return: struct: node_id (str), heartbeat_interval (float seconds)
         """
@@ -164,7 +165,8 @@ class NodesAPI:
     def list(self) -> list:
         """Every node.
 
-        @return: [struct]: id, name, state, host, povray, threads, slots, platform, sandbox ("bwrap", "none"),
+        @return: [struct]: id, name, state, host, povray, povray_flavour ("console", "pvengine"), threads, slots,
+            platform, sandbox ("bwrap", "none"),
             sandbox_warning (why it runs unconfined, "" when confined), last_seen (Unix time), current (str:
             job/frame/strip in flight, "" if none), strips_done, strips_failed, error
         """

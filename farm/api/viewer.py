@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import xmlrpc.client
+from typing import Iterator
 
 from farm.api import READERS, args, rpc
+from farm.faults import Code, FarmError
 from farm.rpc import departure_watch
 
 LONG_POLL_CAP = 30.0
@@ -51,3 +53,30 @@ class ViewerAPI:
         for piece in reply["strips"]:
             piece["rows"] = xmlrpc.client.Binary(piece["rows"])
         return reply
+
+
+class FeedStream:
+    """`GET /feed?job=J&cursor=C`: the same feed as viewer.watch as one long response, each piece framed
+    once for all viewers (farm/service/feed.py gives the record format). Same roles as viewer.watch."""
+
+    path = "/feed"
+    roles = READERS
+
+    def __init__(self, services):
+        self._services = services
+
+    def __call__(self, query: dict[str, list[str]]) -> Iterator[bytes]:
+        job_id = args.whole("job", _query_int(query, "job"), 0, args.MAX_ID)
+        cursor = args.whole("cursor", _query_int(query, "cursor"), 0, args.MAX_ID)
+        return self._records(job_id, cursor)
+
+    def _records(self, job_id: int, cursor: int) -> Iterator[bytes]:
+        with departure_watch(self._services.changes.wake) as gone:
+            yield from self._services.streams.watch(job_id, cursor, gone)
+
+
+def _query_int(query: dict[str, list[str]], name: str) -> int:
+    values = query.get(name, ["0"])
+    if len(values) != 1 or not values[0].isdigit() or len(values[0]) > 19:
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be given once, as a whole number")
+    return int(values[0])

@@ -15,6 +15,7 @@ from typing import Callable
 from farm.config import Config
 from farm.service.changes import Changes
 from farm.service.dispatch import Dispatcher
+from farm.service.feed import FeedLog, Streams
 from farm.service.files import Files
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
@@ -35,6 +36,7 @@ class Services:
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
         self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher)
         self.views = Views(store, self.changes)
+        self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes))
         self._last_tick = clock()
 
     def live_slots(self) -> int:

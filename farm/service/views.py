@@ -62,16 +62,16 @@ class Views:
         if not job_id:
             return {"job": {}, "cursor": cursor, "strips": [], "in_flight": []}
         job = self._store.jobs.get(job_id)
-        status, in_flight = self._live_view(job)
+        status, in_flight = self.live_view(job)
         stored = self._store.units.stored_after(job_id, cursor, limit=FEED_BATCH)
         return {
             "job": status,
             "cursor": stored[-1].done_seq if stored else cursor,
-            "strips": [piece for unit in stored for piece in _feed_pieces(unit, job)],
+            "strips": [piece for unit in stored for piece in feed_pieces(unit, job)],
             "in_flight": in_flight,
         }
 
-    def _live_view(self, job: Job) -> tuple[dict, list]:
+    def live_view(self, job: Job) -> tuple[dict, list]:
         """The job's status and units in flight, computed once per change however many viewers ask."""
         version = self._changes.version(job.id)
         with self._lock:
@@ -88,7 +88,7 @@ class Views:
         return status, in_flight
 
 
-def _feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:
+def feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:
     """A stored unit as the feed sends it: one piece per frame, each its own zlib stream. A preview's
     piece carries the preview's own size."""
     if unit.kind == strips.PREVIEW:
@@ -110,6 +110,7 @@ def _node_view(node: Node) -> dict[str, Any]:
     return {
         "id": node.id, "name": node.name, "state": node.state.value,
         "host": str(info.get("host", "")), "povray": str(info.get("povray", "")),
+        "povray_flavour": str(info.get("povray_flavour", "console")),
         "threads": _int(info.get("threads", 0)), "slots": node.slots,
         "platform": str(info.get("platform", "")), "sandbox": str(info.get("sandbox", "unknown")),
         "sandbox_warning": str(info.get("sandbox_warning", "")),

@@ -2,14 +2,15 @@
 //
 // - Signing in keeps the token in sessionStorage (this tab only) and finds its role: a submit token may
 //   call bundles.has, a view token may not.
-// - The image comes from viewer.watch, the long-polled feed the pygame viewer uses: one call waits until
-//   strips are stored or the job changes, so the page asks only as often as the feed has news.
+// - The image comes from the feed stream (GET /feed) the pygame viewer reads too: one response stays
+//   open and brings each strip as it is stored. A controller without it is asked by viewer.watch long
+//   polls instead (one call waits until strips are stored or the job changes).
 // - The jobs and nodes tables are refreshed every few seconds (less often in a hidden tab).
 // - A call that cannot reach the controller shows "reconnecting" and is retried with growing delays.
 "use strict";
 
 (() => {
-  const { RpcClient, RpcError, FAULT, inflate } = window.povrpc;
+  const { RpcClient, RpcError, FAULT, NoStream, feedRecords, inflate } = window.povrpc;
   const { zipFiles, repackZip, makeApng } = window.povzip;
 
   const TOKEN_KEY = "povfarm.token";
@@ -194,7 +195,8 @@
     const now = Date.now() / 1000;
     const rows = [...app.nodes].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((node) => {
       const tr = document.createElement("tr");
-      const povray = (node.povray || "").split("\n")[0];
+      const version = (node.povray || "").split("\n")[0];
+      const povray = node.povray_flavour === "pvengine" ? `${version} (pvengine)` : version;
       tr.append(cell(node.name), cell(node.state), cell(node.current || ""), cell(node.strips_done, "num"),
         cell(node.strips_failed, "num"), cell(`${duration(Math.max(0, now - node.last_seen))} ago`, "num"),
         cell(povray.length > 40 ? povray.slice(0, 40) + "…" : povray), cell(node.sandbox), cell(node.slots, "num"));
@@ -257,7 +259,53 @@
     $("overlay").replaceChildren();
     $("job-error").hidden = true;
     say("");
-    watchLoop(view);
+    streamLoop(view);
+  }
+
+  async function streamLoop(view) {
+    let delay = BACKOFF_MS[0];
+    while (view === app.view) {
+      try {
+        for await (const records of feedRecords(app.client.token, view.job, view.cursor, view.abort.signal)) {
+          if (view !== app.view) return;
+          view.via = "stream";
+          setLink(true);
+          delay = BACKOFF_MS[0];
+          if (await applyRecords(view, records)) return;   // the job ended and every strip is painted
+        }
+      } catch (err) {
+        if (err.name === "AbortError" || view !== app.view) return;
+        if (err instanceof NoStream) return watchLoop(view);
+        callFailed(err);
+        await sleep(delay);
+        delay = Math.min(delay * 2, BACKOFF_MS[1]);
+      }
+    }
+  }
+
+  // Records of one read as viewer.watch replies: pieces go with the status before them; a status is
+  // applied when it comes (the first of a job comes before its pieces, later ones after them).
+  async function applyRecords(view, records) {
+    let pieces = [];
+    const flush = async () => {
+      if (!pieces.length || !view.info) return;
+      const cursor = pieces[pieces.length - 1].cursor;
+      await applyFeed(view, { job: view.info, cursor, strips: pieces, in_flight: view.inFlight });
+      pieces = [];
+    };
+    for (const { header, payload } of records) {
+      if (header.type === "piece") {
+        pieces.push(Object.assign({}, header, { rows: payload }));
+      } else if (header.type === "job") {
+        await flush();
+        await applyFeed(view, { job: header.job, cursor: view.cursor, strips: [], in_flight: header.in_flight });
+      } else if (header.type === "end") {
+        await flush();
+        return true;
+      }
+    }
+    await flush();
+    return false;
   }
 
   async function watchLoop(view) {
@@ -277,6 +325,7 @@
       }
       delay = BACKOFF_MS[0];
       if (view !== app.view) return;
+      view.via = "polls";
       setLink(true);
       await applyFeed(view, reply);
       if (view.drained) return;         // the job ended and every strip is painted: nothing more will come
@@ -724,6 +773,7 @@
       frame: app.view ? app.view.frame : null, cursor: app.view ? app.view.cursor : 0,
       rows: app.view && app.view.frame !== null ? paintedRows(app.view.frames.get(app.view.frame)) : 0,
       drained: app.view ? app.view.drained : false,
+      via: app.view ? app.view.via || "" : "",       // the feed: "stream", or "polls" (an older controller)
     }),
     call: (method, ...params) => app.client.call(method, ...params),
     // Paint a viewer.watch reply as if the feed had sent it (rows: base64 of zlib data).

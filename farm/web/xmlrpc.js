@@ -160,10 +160,60 @@ class RpcClient {
   }
 }
 
+// The feed stream (GET /feed): records of a JSON header line and `size` bytes of payload, yielded as
+// { header, payload } as they arrive. A controller without the stream answers 404: NoStream then.
+class NoStream extends Error {}
+
+async function* feedRecords(token, job, cursor, signal) {
+  let response;
+  try {
+    response = await fetch(`/feed?job=${job}&cursor=${cursor}`, {
+      headers: { "Authorization": `Bearer ${token}` }, cache: "no-store", signal,
+    });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new RpcError(FAULT.UNREACHABLE, "cannot reach the controller");
+  }
+  if (response.status === 404) throw new NoStream("the controller has no feed stream");
+  if (response.status === 401) throw new RpcError(FAULT.UNAUTHORIZED, "the controller refused the token");
+  if (!response.ok) {
+    throw new RpcError(response.status >= 500 ? FAULT.UNREACHABLE : FAULT.BAD_REQUEST,
+      `the controller answered HTTP ${response.status}`);
+  }
+  const reader = response.body.getReader();
+  const text = new TextDecoder();
+  let buffer = new Uint8Array(0);
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new RpcError(FAULT.UNREACHABLE, "the connection to the controller broke");
+    }
+    if (chunk.done) return;
+    const joined = new Uint8Array(buffer.length + chunk.value.length);
+    joined.set(buffer);
+    joined.set(chunk.value, buffer.length);
+    buffer = joined;
+    const records = [];
+    for (;;) {
+      const newline = buffer.indexOf(10);
+      if (newline < 0) break;
+      const header = JSON.parse(text.decode(buffer.subarray(0, newline)));
+      const end = newline + 1 + (header.size || 0);
+      if (buffer.length < end) break;
+      records.push({ header, payload: buffer.slice(newline + 1, end) });
+      buffer = buffer.slice(end);
+    }
+    if (records.length) yield records;     // what one read brought, together
+  }
+}
+
 // Inflate zlib data (what nodes send and the feed relays) with the browser's own decompressor.
 async function inflate(bytes) {
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-window.povrpc = { RpcClient, RpcError, FAULT, inflate, bytesToBase64, base64ToBytes };
+window.povrpc = { RpcClient, RpcError, FAULT, NoStream, feedRecords, inflate, bytesToBase64, base64ToBytes };

@@ -1,0 +1,191 @@
+"""The viewers' stream: every stored piece framed once, then sent to each viewer of its job.
+
+`viewer.watch` answers one long poll at a time, so each viewer costs the controller a request, a
+database read and an XML encoding of the same rows. The stream (`GET /feed`, see farm/rpc.py) holds
+one response open per viewer instead and sends records as they come:
+
+    record = header line (JSON, UTF-8, ending in "\\n") + `size` bytes of payload
+
+- `{"type": "job", "job": {...}, "in_flight": [...]}`: the job's status (as jobs.list
+  gives it; {} when there is no job yet) and its units in flight, as viewer.watch gives them. Sent
+  first (before the job's pieces: they need its size), then after the pieces of each send when the
+  job changed (so "done" comes after the last piece), and first again when a viewer following the
+  newest job (job 0) moves to a new one.
+- `{"type": "piece", "frame", "row_start", "row_end", "kind", ["width", "height"], "cursor", "size"}`
+  + the piece's zlib rows: one frame's final rows, or a preview of its own size, as in viewer.watch.
+- `{"type": "ping"}`: nothing happened for a while (keeps idle-closing proxies away).
+- `{"type": "end"}`: the watched job has ended and every piece was sent; the stream closes.
+
+A piece's record is built once per job log and shared by every viewer (`FeedLog`); a viewer thread
+only joins bytes and writes them, at most once per `pace` seconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import threading
+import time
+from typing import Callable, Iterator
+
+from farm.service.changes import Changes
+from farm.service.views import FEED_BATCH, Views, feed_pieces
+from farm.store import Store
+
+ENDED = ("done", "failed", "canceled")
+PACE = 0.1            # least seconds between two sends to one viewer: pieces arriving meanwhile go together
+FRESH = 0.05          # seconds a job's status and pieces read from the store serve every viewer asking
+KEEPALIVE = 15.0      # seconds of silence before a ping
+LOG_BUDGET = 64 * 1024 * 1024    # bytes of framed pieces kept for all jobs together
+
+
+def record(header: dict, payload: bytes = b"") -> bytes:
+    """One framed record: the JSON header (with the payload's size) on a line, then the payload."""
+    line = json.dumps({**header, "size": len(payload)}, separators=(",", ":")).encode()
+    return line + b"\n" + payload
+
+
+PING = record({"type": "ping"})
+END = record({"type": "end"})
+
+
+@dataclasses.dataclass
+class _JobLog:
+    """A job's framed pieces with done_seq in (first, last], in the order they were stored."""
+    first: int
+    last: int
+    version: tuple[int, int] | None = None
+    read_at: float = -1e9
+    seqs: list[int] = dataclasses.field(default_factory=list)
+    records: list[bytes] = dataclasses.field(default_factory=list)
+    size: int = 0
+    used: float = 0.0
+
+
+class FeedLog:
+    """Framed pieces per job, read from the store once per change of the job however many viewers ask."""
+
+    def __init__(self, store: Store, views: Views, changes: Changes, budget: int = LOG_BUDGET,
+                 clock: Callable[[], float] = time.monotonic):
+        self._store, self._views, self._changes = store, views, changes
+        self._budget, self._clock = budget, clock
+        self._logs: dict[int, _JobLog] = {}
+        self._status: dict[int, tuple[tuple[int, int], bytes, bool, float]] = {}
+        self._lock = threading.Lock()
+
+    def pieces_after(self, job_id: int, cursor: int,
+                     complete: bool = False) -> tuple[int, list[bytes], tuple[int, int] | None]:
+        """The framed pieces of the job stored after `cursor`, the cursor after them and the job's version
+        they reflect. Pieces stored in the last FRESH seconds may wait for the next call, unless
+        `complete` (the job has ended)."""
+        with self._lock:
+            log = self._logs.get(job_id)
+            if log is None or cursor < log.first:
+                log = self._logs[job_id] = _JobLog(first=cursor, last=cursor)
+            version, now = self._changes.version(job_id), self._clock()
+            if log.version != version and (complete or now - log.read_at >= FRESH):
+                self._read_new(job_id, log)
+                log.version, log.read_at = version, now
+                self._keep_within_budget(job_id)
+            log.used = now
+            index = bisect.bisect_right(log.seqs, cursor)
+            return max(cursor, log.last), log.records[index:], log.version
+
+    def status(self, job_id: int) -> tuple[tuple[int, int], bytes, bool]:
+        """The job's status record, its version and whether the job has ended: built at most once per
+        change and per FRESH seconds (a job busy with many nodes changes far more often than that)."""
+        version, now = self._changes.version(job_id), self._clock()
+        with self._lock:
+            cached = self._status.get(job_id)
+        if cached is not None and (cached[0] == version or now - cached[3] < FRESH):
+            return cached[:3]
+        if job_id:
+            job = self._store.jobs.get(job_id)
+            status, in_flight = self._views.live_view(job)
+        else:
+            status, in_flight = {}, []
+        built = (version, record({"type": "job", "job": status, "in_flight": in_flight}),
+                 status.get("state") in ENDED, now)
+        with self._lock:
+            self._status[job_id] = built
+        return built[:3]
+
+    def _read_new(self, job_id: int, log: _JobLog) -> None:
+        job = None
+        while True:
+            stored = self._store.units.stored_after(job_id, log.last, limit=FEED_BATCH)
+            if not stored:
+                return
+            job = job or self._store.jobs.get(job_id)
+            for unit in stored:
+                for piece in feed_pieces(unit, job):
+                    rows = piece.pop("rows")
+                    framed = record({"type": "piece", **piece, "cursor": unit.done_seq}, rows)
+                    log.seqs.append(unit.done_seq)
+                    log.records.append(framed)
+                    log.size += len(framed)
+            log.last = stored[-1].done_seq
+            if len(stored) < FEED_BATCH:
+                return
+
+    def _keep_within_budget(self, current: int) -> None:
+        """Forget the logs used longest ago (a viewer of such a job reads it again from the store), and
+        the front of a log that alone is over half the budget."""
+        log = self._logs[current]
+        while log.size > self._budget // 2 and len(log.records) > 1:
+            log.first = log.seqs.pop(0)
+            log.size -= len(log.records.pop(0))
+        while sum(entry.size for entry in self._logs.values()) > self._budget:
+            oldest = min((job for job in self._logs if job != current), key=lambda job: self._logs[job].used,
+                         default=None)
+            if oldest is None:
+                return
+            del self._logs[oldest]
+            self._status.pop(oldest, None)
+
+
+class Streams:
+    """One viewer's stream as a generator of byte chunks; the transport writes them."""
+
+    def __init__(self, store: Store, changes: Changes, log: FeedLog, pace: float = PACE,
+                 keepalive: float = KEEPALIVE, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self._store, self._changes, self._log = store, changes, log
+        self._pace, self._keepalive, self._clock, self._sleep = pace, keepalive, clock, sleep
+
+    def watch(self, job_id: int, cursor: int, gone: Callable[[], bool]) -> Iterator[bytes]:
+        """Records for `job_id` (0: follow the newest job) after `cursor`, until the watched job ends or
+        `gone()` says the viewer left."""
+        target = job_id or self._store.jobs.newest_id()
+        sent_version = None
+        quiet_since = sent_at = self._clock()
+        while not gone():
+            if not job_id and (newest := self._store.jobs.newest_id()) != target:
+                target, cursor, sent_version = newest, 0, None
+            version, status, ended = self._log.status(target)
+            cursor, pieces, read = self._log.pieces_after(target, cursor, ended) if target else (cursor, [], version)
+            behind = not version == read == self._changes.version(target)    # the shared reads lag a change
+            # A job's first status goes before its pieces (they need its size); later ones after them,
+            # so a viewer never reads "done" before the last pieces.
+            if sent_version is None:
+                chunk = [status, *pieces]
+            else:
+                chunk = [*pieces, status] if version != sent_version else pieces
+            if chunk:
+                sent_version, quiet_since = version, self._clock()
+                yield b"".join(chunk)
+                sent_at = quiet_since
+            if ended and job_id:
+                yield END
+                return
+            if self._clock() - quiet_since >= self._keepalive:
+                quiet_since = self._clock()
+                yield PING
+            if behind:
+                self._sleep(FRESH)      # the shared reads catch up by then
+                continue
+            self._changes.wait(target, version, self._keepalive, gone)
+            # After a send, not again before `pace` has passed, so that what arrives meanwhile goes out
+            # together.
+            self._sleep(max(0.0, sent_at + self._pace - self._clock()))

@@ -1,0 +1,166 @@
+"""The viewers' stream (GET /feed): records in order, each piece once, framed once for every viewer."""
+
+from __future__ import annotations
+
+import json
+import xmlrpc.client
+
+import pytest
+
+from farm.client import Client
+from farm.config import Config
+from farm.controller import Controller
+from farm.faults import Code, FarmError
+from farm.service.feed import FeedLog, Streams
+from farm.store import Store
+from test_controller import Clock, Stepped, node, rows_for, scene, submit  # noqa: F401 - fixture
+
+
+def parse(chunk: bytes) -> list[tuple[dict, bytes]]:
+    records = []
+    while chunk:
+        line, _, rest = chunk.partition(b"\n")
+        header = json.loads(line)
+        records.append((header, rest[:header["size"]]))
+        chunk = rest[header["size"]:]
+    return records
+
+
+def types(records) -> list[str]:
+    return [header["type"] for header, _ in records]
+
+
+@pytest.fixture
+def farm(tmp_path):
+    config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=3)
+    store = Store(config.data_dir / "db.sqlite3")
+    yield Stepped(config, store, Clock())
+    store.close()
+
+
+def streams(farm: Stepped, **kwargs) -> Streams:
+    services = farm.services
+    kwargs = {"pace": 0.0, "keepalive": 0.5, **kwargs}
+    return Streams(farm.store, services.changes, FeedLog(farm.store, services.views, services.changes), **kwargs)
+
+
+def test_status_first_then_each_piece_once_with_a_status_after_it_then_the_end(farm, scene):
+    job = submit(farm, scene)
+    n = node(farm)
+    feed = streams(farm).watch(job, 0, gone=lambda: False)
+    first = parse(next(feed))
+    assert types(first) == ["job"] and first[0][0]["job"]["id"] == job and first[0][0]["job"]["state"] == "queued"
+    sent = []
+    for value in (1, 2):
+        task = farm.call("nodes.poll", n)
+        rows = rows_for(task, value)
+        farm.call("nodes.complete", n, task["lease"], rows, 1.0)
+        sent.append((task["row_start"], rows.data))
+    farm.settle()
+    received = []
+    while not received or types(received)[-1] != "end":
+        received += parse(next(feed))
+    pieces = [(h["row_start"], payload) for h, payload in received if h["type"] == "piece"]
+    assert pieces == sent                                           # once each, in arrival order
+    statuses = [h["job"]["state"] for h, _ in received if h["type"] == "job"]
+    assert statuses[-1] == "done" and types(received)[-2:] == ["job", "end"]   # "done" after the last piece
+    with pytest.raises(StopIteration):
+        next(feed)
+
+
+def test_a_viewer_resumes_from_its_cursor(farm, scene):
+    job = submit(farm, scene)
+    n = node(farm)
+    for value in (1, 2):
+        task = farm.call("nodes.poll", n)
+        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
+    records = parse(next(streams(farm).watch(job, 0, gone=lambda: False)))
+    cursors = [h["cursor"] for h, _ in records if h["type"] == "piece"]
+    assert len(cursors) == 2
+    again = parse(next(streams(farm).watch(job, cursors[0], gone=lambda: False)))
+    assert [h["cursor"] for h, _ in again if h["type"] == "piece"] == cursors[1:]
+
+
+def test_following_the_newest_job_moves_to_a_new_one_from_its_start(farm, scene):
+    feed = streams(farm).watch(0, 0, gone=lambda: False)
+    assert parse(next(feed))[0][0]["job"] == {}                    # no job yet
+    job = submit(farm, scene)
+    records = parse(next(feed))
+    assert records[0][0]["type"] == "job" and records[0][0]["job"]["id"] == job
+
+
+def test_many_viewers_share_one_read_of_the_store(farm, scene, monkeypatch):
+    job = submit(farm, scene)
+    n = node(farm)
+    shared = streams(farm)
+    viewers = [shared.watch(job, 0, gone=lambda: False) for _ in range(20)]
+    for viewer in viewers:
+        next(viewer)
+    task = farm.call("nodes.poll", n)
+    farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+    reads = []
+    stored_after = farm.store.units.stored_after
+    monkeypatch.setattr(farm.store.units, "stored_after", lambda *a, **k: reads.append(a) or stored_after(*a, **k))
+    chunks = [next(viewer) for viewer in viewers]
+    assert len(set(chunks)) == 1 and types(parse(chunks[0]))[0] == "piece"
+    assert len(reads) <= 2      # one read brings the piece (and one more finds nothing after it)
+
+
+def test_a_quiet_stream_pings(farm, scene):
+    job = submit(farm, scene)
+    feed = streams(farm, keepalive=0.05).watch(job, 0, gone=lambda: False)
+    next(feed)
+    assert "ping" in types(parse(next(feed)))
+
+
+def test_a_departed_viewer_ends_its_stream(farm, scene):
+    job = submit(farm, scene)
+    left = []
+    feed = streams(farm).watch(job, 0, gone=lambda: bool(left))
+    next(feed)
+    left.append(True)
+    with pytest.raises(StopIteration):
+        next(feed)
+
+
+# -- over HTTP -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def server(tmp_path):
+    controller = Controller(Config(data_dir=tmp_path / "data", port=0))
+    controller.start_in_thread()
+    yield controller
+    controller.shutdown()
+
+
+def test_the_stream_over_http_matches_the_long_poll_and_ends(server, scene):
+    from farm.bundle import pack, plan_bundle
+
+    submitter = Client(server.url, timeout=10, token=server.tokens["submit"])
+    digest = submitter.call("bundles.upload", xmlrpc.client.Binary(pack(plan_bundle(scene))))
+    job = submitter.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 8, "height": 64,
+                                         "strips": 2, "preview": False})
+    worker = Client(server.url, timeout=10, token=server.tokens["node"])
+    n = worker.call("nodes.register", "n1", {"povray": "3.7"})["node_id"]
+    for value in (3, 4):
+        task = worker.call("nodes.poll", n, 0)
+        worker.call("nodes.complete", n, task["lease"], rows_for(task, value), 0.5)
+    viewer = Client(server.url, timeout=10, token=server.tokens["view"])
+    records = list(viewer.stream("/feed", {"job": job, "cursor": 0}, timeout=20))
+    assert [h["type"] for h, _ in records][-1] == "end"
+    polled = viewer.call("viewer.watch", job, 0, 0)["strips"]
+    assert [(h["row_start"], payload) for h, payload in records if h["type"] == "piece"] == \
+        [(s["row_start"], s["rows"].data) for s in polled]
+
+
+@pytest.mark.parametrize("token, query, code, words", [
+    ("view", {"job": "x"}, Code.BAD_ARGUMENT, "job must be given once"),
+    ("view", {"job": 1, "cursor": -1}, Code.BAD_ARGUMENT, "cursor must be given once"),
+    ("node", {"job": 0}, Code.FORBIDDEN, "may not watch"),
+    (None, {"job": 0}, Code.UNAUTHORIZED, "no access token"),
+])
+def test_bad_stream_requests_get_a_code_and_a_sentence(server, token, query, code, words):
+    client = Client(server.url, timeout=10, token=server.tokens[token] if token else None)
+    with pytest.raises(FarmError) as caught:
+        next(client.stream("/feed", query, timeout=10))
+    assert caught.value.code is code and words in str(caught.value)
