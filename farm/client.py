@@ -182,7 +182,10 @@ class Client:
         them as (header, payload) as they arrive. Raises FarmError as `call` does; UNKNOWN_METHOD when
         the controller has no such stream (an older one). `timeout`: the most a read may wait."""
         parsed = urllib.parse.urlsplit(self.url)
-        if self._tls is not None:
+        if self._tls is not None and self.pin:
+            connection = _PinnedHTTPSConnection(parsed.hostname, self.pin, port=parsed.port, timeout=timeout,
+                                                context=self._tls)
+        elif self._tls is not None:
             connection = http.client.HTTPSConnection(parsed.hostname, parsed.port, timeout=timeout,
                                                      context=self._tls)
         else:

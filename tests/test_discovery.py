@@ -231,6 +231,10 @@ def test_a_pinned_certificate_is_trusted_and_no_other(tmp_path):
         with pytest.raises(FarmError) as refused:
             Client(url, 10, token=controller.tokens["view"], pin_sha256="00" * 32).call("api.version")
         assert refused.value.code is Code.UNREACHABLE and "SHA-256" in str(refused.value)
+        with pytest.raises(FarmError) as refused:      # the viewer's stream too
+            next(Client(url, 10, token=controller.tokens["view"], pin_sha256="00" * 32).stream(
+                "/feed", {"job": 0, "cursor": 0}, 10))
+        assert refused.value.code is Code.UNREACHABLE and "SHA-256" in str(refused.value)
         with pytest.raises(FarmError):       # and without the pin, the usual checks still apply
             Client(url, 10, token=controller.tokens["view"]).call("api.version")
     finally:
