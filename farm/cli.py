@@ -28,6 +28,7 @@ from farm import __version__, bundle, povcmd, strips
 from farm.animation import Animation, parse_clock, parse_range
 from farm.client import Client, client_for
 from farm.config import Config, load_config
+from farm.discovery import resolve_controller
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
 
@@ -76,7 +77,8 @@ def _scale(text: str) -> str | float:
 
 def _add_client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller", metavar="URL",
-                        help="controller URL (default: $POVFARM_CONTROLLER, else http://127.0.0.1:8642)")
+                        help="controller URL, or 'discover' (default: $POVFARM_CONTROLLER, else a controller on "
+                             "this box at port 8642, else the one announcing itself on the LAN)")
     parser.add_argument("--token-file", metavar="FILE",
                         help="access token file: one token, or the controller's role file (default: $POVFARM_TOKEN)")
     parser.add_argument("--ca-file", metavar="FILE",
@@ -203,6 +205,11 @@ def _add_controller_command(sub: Any) -> None:
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (chain) in PEM")
     p.add_argument("--tls-key", metavar="FILE", help="the TLS certificate's private key in PEM")
     p.add_argument("--max-connections", type=int, metavar="N", help="concurrent connections (default 512)")
+    p.add_argument("--announce", action="store_const", const=True,
+                   help="broadcast a signed announcement of this controller on the LAN (UDP port 8643), so "
+                        "nodes and clients find it without --controller (setting: announce)")
+    p.add_argument("--announce-url", metavar="URL",
+                   help="the URL to announce (default: the address it listens on, or sends the broadcast from)")
 
 
 def _add_node_command(sub: Any) -> None:
@@ -381,11 +388,11 @@ def cmd_controller(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_node(config: Config, args: argparse.Namespace) -> int:
     from farm.node import run_node
-    return run_node(config)
+    return run_node(resolve_controller(config, "node"))
 
 
 def _client(config: Config, role: str = "submit") -> Client:
-    return client_for(config, role)
+    return client_for(resolve_controller(config, role), role)
 
 
 # -- jobs: from POV-Ray's command line to a job and back to POV-Ray's files -----------------------
@@ -698,6 +705,7 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
     workspace = Path(tempfile.mkdtemp(prefix="povfarm-render-"))
     config.data_dir, config.bind, config.port = workspace / "controller", "127.0.0.1", 0
     config.token, config.token_file, config.tls_cert, config.tls_key = "", "", "", ""
+    config.announce = False            # a one-box farm is nobody else's business
     # Unless more was asked for (--log-level INFO), the job's outcome is the one message: the farm's own
     # notes about strips and leases would repeat a failure several times.
     quiet = logging.getLogger().getEffectiveLevel() >= logging.WARNING
@@ -906,6 +914,8 @@ def cmd_viewer(config: Config, args: argparse.Namespace) -> int:
     import dataclasses
 
     from farm.viewer import run_viewer   # pygame is loaded there, and only if it is installed
+
+    config = resolve_controller(config, "view")
 
     def make_client(timeout: float) -> Client:      # long polls need a longer timeout than other calls
         return _client(dataclasses.replace(config, rpc_timeout=timeout), "view")

@@ -8,6 +8,8 @@ be reached. Each thread gets its own keep-alive connection, because
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import json
 import re
@@ -71,9 +73,39 @@ class _Transport(_FarmTransportMixin, xmlrpc.client.Transport):
 
 
 class _SafeTransport(_FarmTransportMixin, xmlrpc.client.SafeTransport):
-    def __init__(self, timeout: float, token: str | None, max_response: int, context: ssl.SSLContext):
+    def __init__(self, timeout: float, token: str | None, max_response: int, context: ssl.SSLContext,
+                 pin: str = ""):
         super().__init__(context=context)
         self._setup(timeout, token, max_response)
+        self._pin = pin
+
+    def make_connection(self, host):
+        if not self._pin:
+            return super().make_connection(host)
+        if self._connection and host == self._connection[0]:
+            return self._connection[1]
+        chost, self._extra_headers, _x509 = self.get_host_info(host)
+        self._connection = host, _PinnedHTTPSConnection(chost, self._pin, context=self.context,
+                                                        timeout=self._timeout)
+        return self._connection[1]
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """Trusts exactly the certificate with the SHA-256 fingerprint it was given (one learned from the
+    controller's signed announcement), checked right after the handshake, before a byte of the request
+    and its token is sent."""
+
+    def __init__(self, host: str, pin: str, **kwargs):
+        super().__init__(host, **kwargs)
+        self._pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        seen = hashlib.sha256(self.sock.getpeercert(binary_form=True) or b"").hexdigest()
+        if not hmac.compare_digest(seen, self._pin):
+            self.close()
+            raise ssl.SSLCertVerificationError(f"its certificate's SHA-256 is {seen}, not {self._pin} as "
+                                               f"announced")
 
 
 def check_url(url: str) -> str:
@@ -90,19 +122,23 @@ def check_url(url: str) -> str:
 
 class Client:
     def __init__(self, url: str, timeout: float = 60.0, token: str | None = None, ca_file: str | None = None,
-                 max_response: int = MAX_RESPONSE):
+                 max_response: int = MAX_RESPONSE, pin_sha256: str = ""):
         self.url = check_url(url)
         self.timeout = timeout
         self.token = token
         self.max_response = max_response
-        self._tls = _client_tls(ca_file) if self.url.startswith("https") else None
+        self.pin = pin_sha256 if self.url.startswith("https") else ""
+        if self.url.startswith("https"):
+            self._tls = _pinned_tls() if self.pin else _client_tls(ca_file)
+        else:
+            self._tls = None
         self._local = threading.local()
 
     def _proxy(self) -> xmlrpc.client.ServerProxy:
         proxy = getattr(self._local, "proxy", None)
         if proxy is None:
             if self._tls is not None:
-                transport = _SafeTransport(self.timeout, self.token, self.max_response, self._tls)
+                transport = _SafeTransport(self.timeout, self.token, self.max_response, self._tls, self.pin)
             else:
                 transport = _Transport(self.timeout, self.token, self.max_response)
             proxy = xmlrpc.client.ServerProxy(self.url, transport=transport, allow_none=False)
@@ -129,7 +165,7 @@ class Client:
         except ssl.SSLError as err:
             self._reset()
             raise FarmError(Code.UNREACHABLE, f"TLS with the controller at {self.url} failed: "
-                                              f"{err.reason or err}") from None
+                                              f"{getattr(err, 'reason', None) or err}") from None
         except (OSError, http.client.HTTPException, socket.timeout) as err:
             self._reset()
             reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
@@ -146,7 +182,10 @@ class Client:
         them as (header, payload) as they arrive. Raises FarmError as `call` does; UNKNOWN_METHOD when
         the controller has no such stream (an older one). `timeout`: the most a read may wait."""
         parsed = urllib.parse.urlsplit(self.url)
-        if self._tls is not None:
+        if self._tls is not None and self.pin:
+            connection = _PinnedHTTPSConnection(parsed.hostname, self.pin, port=parsed.port, timeout=timeout,
+                                                context=self._tls)
+        elif self._tls is not None:
             connection = http.client.HTTPSConnection(parsed.hostname, parsed.port, timeout=timeout,
                                                      context=self._tls)
         else:
@@ -242,7 +281,17 @@ def _client_tls(ca_file: str | None) -> ssl.SSLContext:
         raise FarmError(Code.BAD_ARGUMENT, f"cannot load the CA file {ca_file}: {err}") from None
 
 
+def _pinned_tls() -> ssl.SSLContext:
+    """For a pinned certificate: no CA or host name to check (the fingerprint is checked instead)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def client_for(config, role: str) -> Client:
     """A client for the configured controller, with the token for `role` (submit, node or view)."""
     token = client_token(role, config.token or None, Path(config.token_file) if config.token_file else None)
-    return Client(config.controller, config.rpc_timeout, token=token, ca_file=config.ca_file or None)
+    return Client(config.controller, config.rpc_timeout, token=token, ca_file=config.ca_file or None,
+                  pin_sha256=config.tls_fingerprint.replace(":", "").lower())

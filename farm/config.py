@@ -24,6 +24,7 @@ from farm.faults import Code, FarmError
 
 ENV_PREFIX = "POVFARM_"
 DEFAULT_PORT = 8642
+DISCOVERY_PORT = 8643   # UDP, for the controller's announcements on a LAN
 
 
 def _data_home() -> Path:
@@ -40,8 +41,9 @@ def _config_home() -> Path:
 
 @dataclasses.dataclass
 class Config:
-    # Where clients (CLI, nodes, viewers) find the controller.
-    controller: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    # Where clients (CLI, nodes, viewers) find the controller: "" means a controller on this box at the
+    # default port, else the one announcing itself on the LAN; "discover" means the LAN one only.
+    controller: str = ""
     # Controller.
     bind: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -72,8 +74,16 @@ class Config:
     tls_cert: str = ""                 # controller: serve HTTPS with this certificate chain...
     tls_key: str = ""                  # ...and this private key
     ca_file: str = ""                  # client: trust this CA for an https:// controller (default: system store)
+    tls_fingerprint: str = ""          # client: trust the certificate with this SHA-256 instead (set by discovery)
     max_connections: int = 512
     request_timeout: float = 60.0      # a request must arrive in full within this
+    # Discovery on a LAN (farm/discovery.py).
+    announce: bool = False             # controller: broadcast a signed announcement of its URL
+    announce_url: str = ""             # the URL to announce (default: the address it listens or sends on)
+    announce_to: str = "255.255.255.255"   # the broadcast address to announce to
+    announce_interval: float = 2.0
+    discovery_port: int = DISCOVERY_PORT
+    discovery_timeout: float = 10.0    # client: how long to listen; 0 means until heard
     # Everyone.
     rpc_timeout: float = 60.0
     log_level: str = "INFO"

@@ -56,6 +56,20 @@ class Controller:
         self.server.register_stream(feed.path, feed, feed.roles)
         self._stop = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+        self.announcer = self._announcer()
+
+    def _announcer(self):
+        """With `announce`, what broadcasts this controller to the LAN (made now, so a controller that
+        cannot be announced says so before it serves)."""
+        if not self.config.announce:
+            return None
+        from farm.discovery import Announcer
+        try:
+            return Announcer(self.config, self.url, self.tokens)
+        except FarmError:
+            self.server.server_close()
+            self.store.close()
+            raise
 
     def _server(self) -> RPCServer:
         config = self.config
@@ -98,6 +112,8 @@ class Controller:
                         self.config.bind)
             log.warning("Use --tls-cert/--tls-key unless every host that can reach this port is trusted.")
             log.warning("*" * 72)
+        if self.announcer is not None:
+            self.announcer.start()
         try:
             self.server.serve_forever(poll_interval=0.05)   # shutdown() waits for this loop to notice
         finally:
@@ -110,6 +126,8 @@ class Controller:
 
     def shutdown(self) -> None:
         self._stop.set()
+        if self.announcer is not None:
+            self.announcer.stop()
         self.services.stitcher.wake()   # so the maintenance thread sees the stop at once
         self.server.shutdown()
         self.server.server_close()

@@ -559,6 +559,10 @@ class Feed:
                     return True
                 kind = header.get("type")
                 if kind == "end":
+                    # Every piece is in: say so with an empty reply, as the last long poll did. A job that
+                    # had ended before the stream began sent its status first, before its pieces.
+                    self._deliver(session, state, {"job": info, "cursor": state["cursor"], "strips": [],
+                                                   "in_flight": []})
                     return True
                 if kind == "job":
                     info, in_flight = header.get("job") or {}, header.get("in_flight", [])

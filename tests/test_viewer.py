@@ -288,6 +288,36 @@ def _drain(feed: Feed, state: ViewerState, until, timeout: float = 60.0) -> None
         assert time.monotonic() < deadline, "timed out"
 
 
+class StreamClient:
+    """A client whose stream sends what the controller sends for a job that ended before the viewer
+    opened: its status first, then its pieces, then the end."""
+
+    def __init__(self, records):
+        self.records = records
+
+    def stream(self, path, query, timeout):
+        yield from self.records
+
+    def close(self):
+        pass
+
+
+def test_a_job_that_ended_before_the_viewer_opened_is_finished_once_its_pieces_are_in():
+    job = job_info(3, width=8, height=32, state="done", progress=1.0, finished=130.0)
+    rows = zlib.compress(fill(8, 32, 7))
+    client = StreamClient([({"type": "job", "job": job, "in_flight": [], "size": 0}, b""),
+                           ({"type": "piece", "frame": 1, "row_start": 0, "row_end": 32, "kind": "rows",
+                             "cursor": 1, "size": len(rows)}, rows),
+                           ({"type": "end", "size": 0}, b"")])
+    state = ViewerState(3)
+    feed = Feed("http://127.0.0.1:1", make_client=lambda timeout: client)
+    feed._want = state.wanted()
+    feed._poll(*state.wanted())              # in this thread: the stream ends, so does the poll
+    while not feed.messages.empty():
+        state.handle(feed.messages.get())
+    assert state.canvas().complete and state.finished and state.exit_code == 0
+
+
 def test_the_feed_reports_an_unreachable_controller_and_reconnects(farm):
     from farm.auth import create_token_file
 
