@@ -299,8 +299,13 @@
       } else if (header.type === "job") {
         await flush();
         await applyFeed(view, { job: header.job, cursor: view.cursor, strips: [], in_flight: header.in_flight });
+        // The first status of a job that had already ended comes before its pieces: only the end says
+        // that every piece is in.
+        view.drained = false;
       } else if (header.type === "end") {
         await flush();
+        view.drained = true;
+        renderView(view);
         return true;
       }
     }
