@@ -6,6 +6,10 @@ ratio farm / native. Results go to bench/results/latest.json and latest.md.
 
     python bench/run.py                      # every case, 3 rounds
     python bench/run.py --only chess2 --repeat 5
+    python bench/run.py --against ../other   # and another checkout's farm, in the same rounds
+
+With --against, the other checkout's `povfarm render` (run from its folder with this Python) is timed in
+the same rounds, so two versions are compared side by side on the same noisy machine.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def native_command(case, out: Path) -> tuple[list[str], Path]:
     return argv, path.parent
 
 
-def farm_command(case, nodes: int, out: Path) -> tuple[list[str], Path]:
+def farm_command(case, nodes: int, out: Path, tree: Path = ROOT) -> tuple[list[str], Path]:
     scene, ini, width, height, options, _ = case
     path = SCENES / scene
     target = out if ini else out / "farm.png"
@@ -56,7 +60,7 @@ def farm_command(case, nodes: int, out: Path) -> tuple[list[str], Path]:
         argv += ["--ini", str(SCENES / ini)]
     for option in options:
         argv += ["--option", option]
-    return argv, ROOT
+    return argv, tree
 
 
 def timed(argv: list[str], cwd: Path) -> float:
@@ -68,9 +72,9 @@ def timed(argv: list[str], cwd: Path) -> float:
     return elapsed
 
 
-def run_case(name: str, case, repeat: int) -> dict:
-    times: dict[str, list[float]] = {"native": [], "farm1": [], "farm2": []}
-    order = ["native", "farm1", "farm2"]
+def run_case(name: str, case, repeat: int, against: Path | None = None) -> dict:
+    order = ["native", "farm1", "farm2"] + (["against1", "against2"] if against else [])
+    times: dict[str, list[float]] = {kind: [] for kind in order}
     for round_ in range(repeat):
         for kind in (order if round_ % 2 == 0 else list(reversed(order))):
             out = Path(tempfile.mkdtemp(prefix="povfarm-bench-"))
@@ -78,16 +82,26 @@ def run_case(name: str, case, repeat: int) -> dict:
                 if kind == "native":
                     argv, cwd = native_command(case, out)
                 else:
-                    argv, cwd = farm_command(case, 1 if kind == "farm1" else 2, out)
+                    argv, cwd = farm_command(case, int(kind[-1]), out, against if kind.startswith("against") else ROOT)
                 times[kind].append(timed(argv, cwd))
             finally:
                 shutil.rmtree(out, ignore_errors=True)
         print(f"  {name} round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
               flush=True)
     medians = {kind: statistics.median(values) for kind, values in times.items()}
-    return {"case": name, "note": case[5], "times": times, "median": medians,
-            "ratio_nodes1": medians["farm1"] / medians["native"],
-            "ratio_nodes2": medians["farm2"] / medians["native"]}
+    result = {"case": name, "note": case[5], "times": times, "median": medians,
+              "ratio_nodes1": medians["farm1"] / medians["native"],
+              "ratio_nodes2": medians["farm2"] / medians["native"]}
+    if against:
+        result["against_ratio_nodes1"] = medians["against1"] / medians["native"]
+        result["against_ratio_nodes2"] = medians["against2"] / medians["native"]
+    return result
+
+
+def _describe(tree: Path) -> str:
+    """A checkout as its folder and commit."""
+    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return f"{tree} ({commit.stdout.strip() or 'not a git checkout'})"
 
 
 def machine() -> dict:
@@ -108,6 +122,11 @@ def markdown(results: list[dict], info: dict) -> str:
         m = r["median"]
         lines.append(f"| {r['case']} | {r['note']} | {m['native']:.2f} | {m['farm1']:.2f} | {m['farm2']:.2f} | "
                      f"{r['ratio_nodes1']:.3f} | {r['ratio_nodes2']:.3f} |")
+    if any("against_ratio_nodes1" in r for r in results):
+        lines += ["", f"Against {info.get('against', 'the other checkout')}, in the same rounds:", "",
+                  "| case | ratio 1 node: this / other | ratio 2 nodes: this / other |", "|---|---|---|"]
+        lines += [f"| {r['case']} | {r['ratio_nodes1']:.3f} / {r['against_ratio_nodes1']:.3f} | "
+                  f"{r['ratio_nodes2']:.3f} / {r['against_ratio_nodes2']:.3f} |" for r in results]
     return "\n".join(lines) + "\n"
 
 
@@ -116,13 +135,17 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="rounds per case (default 3)")
     parser.add_argument("--only", help="comma-separated case names: " + ", ".join(CASES))
     parser.add_argument("--save", default=str(ROOT / "bench" / "results"), help="folder for the results")
+    parser.add_argument("--against", type=Path, help="another povfarm checkout to time in the same rounds")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(CASES)
     info = machine()
+    against = args.against.resolve() if args.against else None
+    if against:
+        info["against"] = _describe(against)
     results = []
     for name in names:
         print(f"{name}:", flush=True)
-        results.append(run_case(name, CASES[name], args.repeat))
+        results.append(run_case(name, CASES[name], args.repeat, against))
     table = markdown(results, info)
     print("\n" + table)
     save = Path(args.save)
