@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from farm.auth import client_token
 from farm.faults import Code, FarmError
-from farm.rpc import METHOD_HEADER, capped_gunzip, read_xmlrpc
+from farm.rpc import FAULT_HEADER, METHOD_HEADER, capped_gunzip, read_xmlrpc
 
 
 MAX_RESPONSE = 512 * 1024 * 1024   # bytes of a response, after decompression
@@ -248,7 +248,9 @@ def _check_stream_status(url: str, response: http.client.HTTPResponse, has_token
     if response.status == 404:
         raise FarmError(Code.UNKNOWN_METHOD, f"the controller at {url} has no feed stream")
     if response.status == 400:
-        raise FarmError(Code.BAD_ARGUMENT, text)
+        fault = response.getheader(FAULT_HEADER, "")
+        code = Code(int(fault)) if fault.isdigit() and int(fault) in Code._value2member_map_ else Code.BAD_ARGUMENT
+        raise FarmError(code, text)
     if response.status == 403:
         raise FarmError(Code.FORBIDDEN, f"the controller at {url} refused this token: {text}")
     raise _http_error(url, xmlrpc.client.ProtocolError(url, response.status, response.reason, {}), has_token)

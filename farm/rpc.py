@@ -714,9 +714,11 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         except (OSError, ValueError):     # cut off by the reaper, or the client went away
             self.close_connection = True
 
-    def _refuse(self, status: http.HTTPStatus, message: str, close: bool = True) -> None:
+    def _refuse(self, status: http.HTTPStatus, message: str, close: bool = True, fault: Code | None = None) -> None:
         body = (message + "\n").encode()
         self.send_response(status)
+        if fault is not None:
+            self.send_header(FAULT_HEADER, str(int(fault)))    # the fault code a client can branch on
         if status is http.HTTPStatus.UNAUTHORIZED:
             self.send_header("WWW-Authenticate", 'Bearer realm="povfarm"')
         self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -753,8 +755,9 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             return
         try:
             chunks = stream.function(urllib.parse.parse_qs(target.query, max_num_fields=16))
-        except FarmError as err:
-            self._refuse(http.HTTPStatus.BAD_REQUEST, str(err))
+        except (FarmError, ValueError) as err:    # ValueError: more query fields than allowed
+            code = err.code if isinstance(err, FarmError) else Code.BAD_ARGUMENT
+            self._refuse(http.HTTPStatus.BAD_REQUEST, str(err), fault=code)
             return
         self._send_stream(chunks)
 
@@ -776,6 +779,10 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         except OSError as err:
             log.debug("stream to %s ended: %s", self.client_address[0], err)
+        except FarmError as err:       # e.g. the database failed: the viewer reconnects and resumes
+            log.warning("stream to %s broken off: %s", self.client_address[0], err)
+        except Exception:
+            log.exception("stream to %s broken off by an unexpected error", self.client_address[0])
         finally:
             chunks.close()
 
@@ -921,6 +928,7 @@ def sweep_spool(directory: Path | None) -> None:
 
 
 STREAM_TYPE = "application/x-povfarm-feed"
+FAULT_HEADER = "X-Povfarm-Fault"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -156,6 +156,8 @@ def test_the_stream_over_http_matches_the_long_poll_and_ends(server, scene):
 @pytest.mark.parametrize("token, query, code, words", [
     ("view", {"job": "x"}, Code.BAD_ARGUMENT, "job must be given once"),
     ("view", {"job": 1, "cursor": -1}, Code.BAD_ARGUMENT, "cursor must be given once"),
+    ("view", {"job": 999}, Code.UNKNOWN_JOB, "999"),
+    ("view", {f"f{i}": 1 for i in range(40)}, Code.BAD_ARGUMENT, "fields"),
     ("node", {"job": 0}, Code.FORBIDDEN, "may not watch"),
     (None, {"job": 0}, Code.UNAUTHORIZED, "no access token"),
 ])

@@ -68,6 +68,8 @@ class FeedStream:
     def __call__(self, query: dict[str, list[str]]) -> Iterator[bytes]:
         job_id = args.whole("job", _query_int(query, "job"), 0, args.MAX_ID)
         cursor = args.whole("cursor", _query_int(query, "cursor"), 0, args.MAX_ID)
+        if job_id:
+            self._services.store.jobs.get(job_id)     # UNKNOWN_JOB now, not inside the stream
         return self._records(job_id, cursor)
 
     def _records(self, job_id: int, cursor: int) -> Iterator[bytes]:

@@ -277,6 +277,7 @@
         if (err.name === "AbortError" || view !== app.view) return;
         if (err instanceof NoStream) return watchLoop(view);
         callFailed(err);
+        if (err.code === FAULT.UNKNOWN_JOB) return;
         await sleep(delay);
         delay = Math.min(delay * 2, BACKOFF_MS[1]);
       }

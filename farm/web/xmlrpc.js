@@ -176,6 +176,10 @@ async function* feedRecords(token, job, cursor, signal) {
   }
   if (response.status === 404) throw new NoStream("the controller has no feed stream");
   if (response.status === 401) throw new RpcError(FAULT.UNAUTHORIZED, "the controller refused the token");
+  if (response.status === 400) {
+    const code = Number(response.headers.get("X-Povfarm-Fault")) || FAULT.BAD_ARGUMENT;
+    throw new RpcError(code, (await response.text()).trim());
+  }
   if (!response.ok) {
     throw new RpcError(response.status >= 500 ? FAULT.UNREACHABLE : FAULT.BAD_REQUEST,
       `the controller answered HTTP ${response.status}`);
