@@ -761,7 +761,16 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             return
         self._send_stream(chunks)
 
-    def _send_stream(self, chunks: Iterator[bytes]) -> None:
+    def _write_chunk(self, parts: list[bytes]) -> None:
+        """One HTTP chunk of the parts, written as they are (a part over the buffer's size goes straight
+        to the socket: the stream's pieces are shared by every viewer and never copied for one)."""
+        self.wfile.write(b"%x\r\n" % sum(len(part) for part in parts))
+        for part in parts:
+            self.wfile.write(part)
+        self.wfile.write(b"\r\n")
+        self.wfile.flush()     # the handler's writes are buffered; a viewer wants each now
+
+    def _send_stream(self, chunks: Iterator[list[bytes]]) -> None:
         """A long response in HTTP chunks, each written as it comes. No reaper deadline: a viewer that
         stops reading is cut off by the socket's timeout on a write."""
         self.server.connections.deadline(self.record, None)
@@ -773,9 +782,8 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
-            for chunk in chunks:
-                self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                self.wfile.flush()     # the handler's writes are buffered; a viewer wants each now
+            for parts in chunks:
+                self._write_chunk(parts)
             self.wfile.write(b"0\r\n\r\n")
         except OSError as err:
             log.debug("stream to %s ended: %s", self.client_address[0], err)
@@ -933,7 +941,7 @@ FAULT_HEADER = "X-Povfarm-Fault"
 
 @dataclasses.dataclass(frozen=True)
 class _Stream:
-    function: Callable[[dict[str, list[str]]], Iterator[bytes]]
+    function: Callable[[dict[str, list[str]]], Iterator[list[bytes]]]
     roles: frozenset[str]
 
 
@@ -1021,10 +1029,11 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self._signatures[name] = inspect.signature(function)
         return function
 
-    def register_stream(self, path: str, function: Callable[[dict[str, list[str]]], Iterator[bytes]],
+    def register_stream(self, path: str, function: Callable[[dict[str, list[str]]], Iterator[list[bytes]]],
                         roles: Iterable[str]) -> None:
         """Serve `GET path` to the roles as a long chunked response: `function(query)` returns a generator
-        of byte chunks, or raises FarmError (HTTP 400 with its sentence) for bad query arguments."""
+        of sends (lists of bytes, each send one HTTP chunk), or raises FarmError (HTTP 400 with its
+        sentence and fault code) for bad query arguments."""
         self.streams[path] = _Stream(function, frozenset(roles))
 
     def _list_methods(self) -> list[str]:

@@ -16,7 +16,8 @@ from farm.store import Store
 from test_controller import Clock, Stepped, node, rows_for, scene, submit  # noqa: F401 - fixture
 
 
-def parse(chunk: bytes) -> list[tuple[dict, bytes]]:
+def parse(parts: list[bytes]) -> list[tuple[dict, bytes]]:
+    chunk = b"".join(parts)
     records = []
     while chunk:
         line, _, rest = chunk.partition(b"\n")
@@ -101,8 +102,8 @@ def test_many_viewers_share_one_read_of_the_store(farm, scene, monkeypatch):
     reads = []
     stored_after = farm.store.units.stored_after
     monkeypatch.setattr(farm.store.units, "stored_after", lambda *a, **k: reads.append(a) or stored_after(*a, **k))
-    chunks = [next(viewer) for viewer in viewers]
-    assert len(set(chunks)) == 1 and types(parse(chunks[0]))[0] == "piece"
+    chunks = [b"".join(next(viewer)) for viewer in viewers]
+    assert len(set(chunks)) == 1 and types(parse([chunks[0]]))[0] == "piece"
     assert len(reads) <= 2      # one read brings the piece (and one more finds nothing after it)
 
 

@@ -65,14 +65,14 @@ class FeedStream:
     def __init__(self, services):
         self._services = services
 
-    def __call__(self, query: dict[str, list[str]]) -> Iterator[bytes]:
+    def __call__(self, query: dict[str, list[str]]) -> Iterator[list[bytes]]:
         job_id = args.whole("job", _query_int(query, "job"), 0, args.MAX_ID)
         cursor = args.whole("cursor", _query_int(query, "cursor"), 0, args.MAX_ID)
         if job_id:
             self._services.store.jobs.get(job_id)     # UNKNOWN_JOB now, not inside the stream
         return self._records(job_id, cursor)
 
-    def _records(self, job_id: int, cursor: int) -> Iterator[bytes]:
+    def _records(self, job_id: int, cursor: int) -> Iterator[list[bytes]]:
         with departure_watch(self._services.changes.wake) as gone:
             yield from self._services.streams.watch(job_id, cursor, gone)
 

@@ -153,7 +153,8 @@ class FeedLog:
 
 
 class Streams:
-    """One viewer's stream as a generator of byte chunks; the transport writes them."""
+    """One viewer's stream as a generator of sends, each a list of records (shared bytes, never copied
+    per viewer); the transport writes each send as one HTTP chunk."""
 
     def __init__(self, store: Store, changes: Changes, log: FeedLog, pace: float = PACE,
                  keepalive: float = KEEPALIVE, clock: Callable[[], float] = time.monotonic,
@@ -161,7 +162,7 @@ class Streams:
         self._store, self._changes, self._log = store, changes, log
         self._pace, self._keepalive, self._clock, self._sleep = pace, keepalive, clock, sleep
 
-    def watch(self, job_id: int, cursor: int, gone: Callable[[], bool]) -> Iterator[bytes]:
+    def watch(self, job_id: int, cursor: int, gone: Callable[[], bool]) -> Iterator[list[bytes]]:
         """Records for `job_id` (0: follow the newest job) after `cursor`, until the watched job ends or
         `gone()` says the viewer left."""
         target = job_id or self._store.jobs.newest_id()
@@ -181,14 +182,14 @@ class Streams:
                 chunk = [*pieces, status] if version != sent_version else pieces
             if chunk:
                 sent_version, quiet_since = version, self._clock()
-                yield b"".join(chunk)
+                yield chunk
                 sent_at = quiet_since
             if ended and job_id:
-                yield END
+                yield [END]
                 return
             if self._clock() - quiet_since >= self._keepalive:
                 quiet_since = self._clock()
-                yield PING
+                yield [PING]
             if behind:
                 self._sleep(FRESH)      # the shared reads catch up soon
                 continue
