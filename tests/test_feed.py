@@ -167,3 +167,22 @@ def test_bad_stream_requests_get_a_code_and_a_sentence(server, token, query, cod
     with pytest.raises(FarmError) as caught:
         next(client.stream("/feed", query, timeout=10))
     assert caught.value.code is code and words in str(caught.value)
+
+
+def test_a_gathered_send_carries_on_after_partial_writes():
+    from farm.rpc import _send_gathered
+
+    class Trickle:
+        """A socket that takes at most 5 bytes per call."""
+        def __init__(self):
+            self.got = b""
+
+        def sendmsg(self, buffers):
+            data = b"".join(bytes(b) for b in buffers)[:5]
+            self.got += data
+            return len(data)
+
+    parts = [b"3\r\n", b"", b"abcdefgh", b"xy", b"\r\n" * 3]
+    sock = Trickle()
+    _send_gathered(sock, parts)
+    assert sock.got == b"".join(parts)

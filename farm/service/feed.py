@@ -34,7 +34,7 @@ from farm.service.views import FEED_BATCH, Views, feed_pieces
 from farm.store import Store
 
 ENDED = ("done", "failed", "canceled")
-PACE = 0.2            # least seconds between two sends to one viewer: pieces arriving meanwhile go together
+PACE = 0.25           # least seconds between two sends to one viewer: pieces arriving meanwhile go together
 FRESH = 0.05          # seconds the pieces read from the store serve every viewer asking
 STATUS_FRESH = PACE   # ... and a job's status (a few queries over all its units: the costlier read)
 KEEPALIVE = 15.0      # seconds of silence before a ping
