@@ -245,7 +245,7 @@ class Node:
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
         if outcome.kind == "done":
-            return self._complete(lease, outcome.rows, outcome.seconds, take_next)
+            return self._complete(lease, outcome.rows, outcome.seconds, take_next, outcome.encoding)
         if outcome.kind == "failed":
             message = self._error_text(outcome.error, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
@@ -255,13 +255,16 @@ class Node:
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
         return None
 
-    def _complete(self, lease: str, rows: bytes, seconds: float, take_next: bool = True) -> dict[str, Any] | None:
+    def _complete(self, lease: str, rows: bytes, seconds: float, take_next: bool = True,
+                  encoding: str = strips.ZLIB) -> dict[str, Any] | None:
         """Deliver a strip's rows and, unless stopping, take the next task in the same round trip:
         half the requests per strip, and the slot never waits for a poll between strips."""
-        payload = xmlrpc.client.Binary(rows)
+        payload: tuple = (xmlrpc.client.Binary(rows), seconds)
+        if encoding != strips.ZLIB:
+            payload += (encoding,)
         if take_next and self._combined_calls and not self.stopping.is_set():
             try:
-                reply = self._deliver("nodes.complete_and_poll", lease, payload, seconds)
+                reply = self._deliver("nodes.complete_and_poll", lease, *payload)
             except FarmError as err:
                 if err.code is not Code.UNKNOWN_METHOD:
                     raise
@@ -271,7 +274,7 @@ class Node:
                 if reply is not None:
                     self.strips_done += 1
                 return reply or None
-        if self._deliver("nodes.complete", lease, payload, seconds) is not None:
+        if self._deliver("nodes.complete", lease, *payload) is not None:
             self.strips_done += 1
         return None
 

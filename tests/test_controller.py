@@ -341,6 +341,57 @@ def test_an_unexpected_error_is_internal_with_a_reference(server, monkeypatch):
     assert "ZeroDivision" not in str(err.value) and "secret" not in str(err.value) and "ref" in str(err.value)
 
 
+def filtered_rows(task: dict, pixels: bytes) -> xmlrpc.client.Binary:
+    row_bytes = strips.row_size(task["width"], task["channels"], task["bits"])
+    frames = task["frame_last"] - task["frame"] + 1
+    return xmlrpc.client.Binary(strips.encode_rows(pixels, strips.FILTERED, row_bytes, task["channels"], frames))
+
+
+def test_filtered_and_plain_deliveries_both_stitch_exactly_and_the_feed_ships_them_as_stored(farm, scene):
+    """A current node sends PNG-filtered rows and says so; an older node's plain zlib rows are still
+    taken. The image is exact either way, and viewers get each strip in the form it was delivered."""
+    job = submit(farm, scene)
+    n = node(farm)
+    gradient = bytes((x * 7 + y * 3) & 255 for y in range(32) for x in range(24))
+    first, second = farm.call("nodes.poll", n), farm.call("nodes.poll", n)
+    delivered = filtered_rows(first, gradient)
+    farm.call("nodes.complete", n, first["lease"], delivered, 0.5, strips.FILTERED)
+    farm.call("nodes.complete", n, second["lease"], rows_for(second, 9), 0.5)
+    farm.settle()
+    assert strips.decode_png(farm.call("jobs.fetch", job).data).pixels == gradient + bytes([9]) * 32 * 24
+    feed = farm.call("viewer.watch", job, 0, 0)
+    by_start = {piece["row_start"]: piece for piece in feed["strips"]}
+    assert by_start[first["row_start"]]["encoding"] == strips.FILTERED
+    assert by_start[first["row_start"]]["rows"].data == delivered.data
+    assert by_start[second["row_start"]]["encoding"] == strips.ZLIB
+
+
+def test_a_filtered_delivery_that_does_not_fit_or_names_no_known_encoding_is_refused(farm, scene):
+    submit(farm, scene)
+    n = node(farm)
+    task = farm.call("nodes.poll", n)
+    plain = rows_for(task, 3)
+    for rows, encoding in [(plain, strips.FILTERED), (plain, "png"), (filtered_rows(task, bytes(32 * 24)), "zlib")]:
+        with pytest.raises(FarmError) as err:
+            farm.call("nodes.complete", n, task["lease"], rows, 1.0, encoding)
+        assert err.value.code is Code.BAD_ARGUMENT
+    assert farm.call("nodes.complete", n, task["lease"], filtered_rows(task, bytes(32 * 24)), 1.0, "filtered")
+
+
+def test_an_animation_unit_of_filtered_frames_reaches_viewers_one_frame_at_a_time(farm, scene):
+    n = node(farm)
+    job = submit(farm, scene, animation={"first": 1, "last": 6}, strips="auto")
+    task = farm.call("nodes.poll", n)
+    assert (task["frame"], task["frame_last"], task["row_end"] - task["row_start"]) == (1, 3, 64)
+    frames = [bytes([frame * 40 + (y % 5)]) * 24 for frame in range(3) for y in range(64)]
+    farm.call("nodes.complete", n, task["lease"], filtered_rows(task, b"".join(frames)), 1.0, strips.FILTERED)
+    feed = farm.call("viewer.watch", job, 0, 0)
+    assert [piece["frame"] for piece in feed["strips"]] == [1, 2, 3]
+    for number, piece in enumerate(feed["strips"]):
+        raw = strips.decode_rows(piece["rows"].data, piece["encoding"], 64 * 24, 24, 3)
+        assert raw == b"".join(frames[number * 64:(number + 1) * 64])
+
+
 def test_viewer_feed_sends_each_strip_once_in_arrival_order(farm, scene):
     job = submit(farm, scene)
     assert farm.call("viewer.watch", 0, 0, 0)["job"]["id"] == job

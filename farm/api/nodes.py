@@ -92,23 +92,28 @@ class NodesAPI:
         return {"stop": self._dispatch.heartbeat(args.text("node_id", node_id, MAX_ID_TEXT), checked)}
 
     @rpc(NODE)
-    def complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> bool:
+    def complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
+                 encoding: str = strips.ZLIB) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
         pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
         is harmless; a lease that is no longer current gets STALE_LEASE.
 
         @param node_id: str
         @param lease: str
-        @param rows: base64, zlib of the raw rows
+        @param rows: base64, zlib of the raw rows, or of their PNG scanlines (see encoding)
         @param seconds: float, how long the render took
+        @param encoding: str (optional, default "zlib"): "zlib" (the raw rows) or "filtered" (each row led by
+            its PNG filter type and filtered by it; each frame's first row filtered against zeros)
         @return: bool, true
         """
         self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
-                                args.binary("rows", rows), args.seconds("seconds", seconds))
+                                args.binary("rows", rows), args.seconds("seconds", seconds),
+                                args.choice("encoding", encoding, strips.ENCODINGS))
         return True
 
     @rpc(NODE)
-    def complete_and_poll(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> dict:
+    def complete_and_poll(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
+                          encoding: str = strips.ZLIB) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
         when it faults, nothing was leased.
 
@@ -116,9 +121,10 @@ class NodesAPI:
         @param lease: str
         @param rows: base64
         @param seconds: float
+        @param encoding: str (optional), as nodes.complete
         @return: struct, the node's next task, or {}
         """
-        self.complete(node_id, lease, rows, seconds)
+        self.complete(node_id, lease, rows, seconds, encoding)
         return self.poll(node_id)
 
     @rpc(NODE)

@@ -13,7 +13,7 @@ from typing import Any
 
 from farm.animation import Animation
 from farm.records import Frame, Job, Node, StoredRows, Unit
-from farm.strips import ROWS
+from farm.strips import ROWS, ZLIB
 from farm.states import FrameState, JobState, NodeState, UnitState, check_transition
 
 SCHEMA_VERSION = 2
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS units (
     done_seq INTEGER,   -- order in which units were stored: the viewers' feed cursor
     kind TEXT NOT NULL DEFAULT 'rows',   -- 'rows'; 'pretrace': a frame's radiosity pre-pass (data: its cache);
                                          -- 'preview': a frame's low-resolution preview (rows of its own size)
-    retry_at REAL NOT NULL DEFAULT 0);   -- a node that failed it may take it again from this time on
+    retry_at REAL NOT NULL DEFAULT 0,    -- a node that failed it may take it again from this time on
+    encoding TEXT NOT NULL DEFAULT 'zlib');   -- of data: 'zlib' (raw rows) or 'filtered' (PNG scanlines)
 CREATE INDEX IF NOT EXISTS units_queued ON units (job, state, idx);
 CREATE INDEX IF NOT EXISTS units_by_frame ON units (job, frame_last, frame);
 CREATE INDEX IF NOT EXISTS units_by_lease ON units (lease);
@@ -77,6 +78,7 @@ _FROM_VERSION_1 = [
 _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("units", "kind", "TEXT NOT NULL DEFAULT 'rows'"),
                   ("units", "retry_at", "REAL NOT NULL DEFAULT 0"),
+                  ("units", "encoding", "TEXT NOT NULL DEFAULT 'zlib'"),
                   ("bundles", "members", "TEXT"),
                   ("bundles", "radiosity", "INTEGER"))
 
@@ -134,7 +136,8 @@ UNIT_COLUMNS = ("id, job, frame, frame_last, idx, row_start, row_end, state, kin
 def stored_rows(row: sqlite3.Row) -> StoredRows:
     return StoredRows(frame=row["frame"], frame_last=row["frame_last"], row_start=row["row_start"],
                       row_end=row["row_end"], data=bytes(row["data"]), done_seq=row["done_seq"] or 0,
-                      kind=row["kind"] if "kind" in row.keys() else ROWS)
+                      kind=row["kind"] if "kind" in row.keys() else ROWS,
+                      encoding=row["encoding"] if "encoding" in row.keys() else ZLIB)
 
 
 def node(row: sqlite3.Row) -> Node:
