@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import sys
+import queue
 import threading
 import time
 import xmlrpc.client
@@ -32,6 +33,7 @@ from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.records import RenderOutcome
 from farm.render import UnitRenderer
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class Node:
         self._fatal: FarmError | None = None
         self._combined_calls = True       # nodes.complete_and_poll, until a controller says it has none
         self._asides: list[threading.Thread] = []   # previews rendering beside the slots
+        self.uploads = _Uploads(self, max(1, config.slots))
+        self._report_stats = hasattr(client, "uploads")
 
     def _probe(self) -> tuple[str | None, str | None]:
         """(POV-Ray's version, None) when it runs, inside the sandbox too; else (None, what is wrong).
@@ -119,6 +123,20 @@ class Node:
             info["error"] = self.broken
         return info
 
+    def heartbeat(self, progress: dict[str, float]) -> dict[str, Any]:
+        """nodes.heartbeat, with the node's measured upload rate once it has one (a controller that takes
+        no such report is not sent it again)."""
+        rate = self.client.uploads.bytes_per_second() if self._report_stats else 0.0
+        stats = [{"upload_bps": rate}] if rate > 0 else []
+        try:
+            return self.client.call("nodes.heartbeat", self.node_id, progress, *stats)
+        except FarmError as err:
+            if not stats or err.code is not Code.BAD_ARGUMENT:
+                raise
+            log.info("the controller takes no upload rate with heartbeats; no longer sending it")
+            self._report_stats = False
+            return self.client.call("nodes.heartbeat", self.node_id, progress)
+
     def run(self) -> None:
         """Poll and render with `slots` workers until asked to stop. Several POV-Ray processes at once
         hide each one's idle start-up and shut-down time behind the others' tracing."""
@@ -140,6 +158,7 @@ class Node:
                 worker.join(0.1)
         for aside in self._asides:
             aside.join(timeout=10)     # a preview in flight is small: let it deliver
+        self.uploads.finish()          # results still on their way go out before the node stops
         if self._fatal is not None:
             raise self._fatal
         log.info("node %s stopped after %d strips", self.node_id, self.strips_done)
@@ -244,6 +263,10 @@ class Node:
         finally:
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
+        if outcome.kind == "done" and take_next and not self.stopping.is_set():
+            # Off the slot's path: the slot polls for its next strip and renders it while this one goes up.
+            self.uploads.put(lease, outcome)
+            return None
         if outcome.kind == "done":
             return self._complete(lease, outcome.rows, outcome.seconds, take_next, outcome.encoding)
         if outcome.kind == "failed":
@@ -347,6 +370,78 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
         log.debug("cannot remember the POV-Ray probe in %s: %s", path, err)
 
 
+class _Uploads:
+    """Finished units on their way to the controller, one at a time (they share the node's uplink), while
+    the slots render on. A slot waits only when `limit` results are already waiting: then the uplink, not
+    POV-Ray, is what holds the node back. Their leases are renewed with the slots' heartbeats (progress
+    1.0), and between uploads when no slot is rendering."""
+
+    def __init__(self, node: Node, limit: int):
+        self.node = node
+        self._queue: queue.Queue = queue.Queue(limit)
+        self._pending: dict[str, float] = {}    # lease -> when it was last renewed
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, lease: str, outcome: RenderOutcome) -> None:
+        with self._lock:
+            self._pending[lease] = self.node.clock()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="uploads", daemon=True)
+                self._thread.start()
+        self._queue.put((lease, outcome))
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return list(self._pending)
+
+    def renewed(self, leases: list[str], stop: list[str]) -> None:
+        """A heartbeat carried these leases; the controller no longer wants those in `stop`."""
+        now = self.node.clock()
+        with self._lock:
+            for lease in leases:
+                if lease in self._pending:
+                    self._pending[lease] = now if lease not in stop else -1.0
+
+    def finish(self) -> None:
+        """Wait until every result has been delivered (or given up)."""
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            lease, outcome = self._queue.get()
+            try:
+                self._renew_waiting()
+                with self._lock:
+                    wanted = self._pending.get(lease, 0.0) >= 0
+                if wanted:
+                    self.node._complete(lease, outcome.rows, outcome.seconds, False, outcome.encoding)
+                else:
+                    log.info("lease %s was withdrawn before its result went up; dropped", lease)
+            except FarmError as err:   # an unknown method or the like: the lease will expire
+                log.warning("nodes.complete for lease %s failed: %s", lease, err)
+            except Exception:   # noqa: BLE001 - one bad result must not stop every later upload
+                log.exception("delivering lease %s failed; its lease will expire", lease)
+            finally:
+                with self._lock:
+                    self._pending.pop(lease, None)
+                self._queue.task_done()
+
+    def _renew_waiting(self) -> None:
+        """Renew the leases of waiting results that no heartbeat renewed lately (no slot is rendering)."""
+        now = self.node.clock()
+        with self._lock:
+            stale = [lease for lease, when in self._pending.items() if 0 <= when < now - self.node.heartbeat_interval]
+        if not stale:
+            return
+        try:
+            reply = self.node.heartbeat({lease: 1.0 for lease in stale})
+        except FarmError as err:
+            log.warning("heartbeat for results waiting to go up failed: %s", err)
+            return
+        self.renewed(stale, reply.get("stop", []))
+
+
 class _Heartbeat:
     """Called by the runner while POV-Ray works: renews the lease, reports progress, says when to stop."""
 
@@ -365,12 +460,14 @@ class _Heartbeat:
             return False
         self.last = now
         progress = povray.progress_fraction(self.log_path) or 0.0
+        waiting = self.node.uploads.pending()
         try:
-            reply = self.node.client.call("nodes.heartbeat", self.node.node_id, {self.lease: progress})
+            reply = self.node.heartbeat({**{lease: 1.0 for lease in waiting}, self.lease: progress})
         except FarmError as err:
             # Keep rendering: the result may still be accepted when the controller returns.
             log.warning("heartbeat failed: %s", err)
             return False
+        self.node.uploads.renewed(waiting, reply.get("stop", []))
         if self.lease in reply.get("stop", []):
             log.info("the controller withdrew lease %s (job canceled or failed); stopping POV-Ray", self.lease)
             return True

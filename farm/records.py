@@ -188,6 +188,7 @@ class Node:
     units_failed: int
     error: str
     current: str        # job/frame/index of the units it holds, "" if none
+    upload_bps: float = 0.0   # the node's measured upload rate, bytes per second (0: not reported yet)
 
     @property
     def live(self) -> bool:

@@ -671,5 +671,70 @@ def test_a_node_renders_a_preview_beside_its_strips_not_in_their_place(tmp_path)
     assert worker.step()
     for aside in worker._asides:
         aside.join(10)
+    worker.uploads.finish()
     assert order == ["rows", "preview"]
-    assert ("nodes.complete", "1.1.aa") in client.calls and ("nodes.complete_and_poll", "2.1.bb") in client.calls
+    assert ("nodes.complete", "1.1.aa") in client.calls and ("nodes.complete", "2.1.bb") in client.calls
+
+
+def test_a_slow_upload_never_holds_a_slot_idle(tmp_path):
+    """A finished strip goes up in the background: the slot polls and renders its next strip meanwhile,
+    and the strip waiting to go up keeps its lease through the slot's heartbeats."""
+    import threading
+
+    from farm.node import Node, _Heartbeat
+    from farm.records import RenderOutcome
+
+    tasks = [{"lease": f"{n}.1.aa", "job": 1, "frame": 1, "strip": n, "row_start": 0, "row_end": 32,
+              "attempt": 1, "kind": "rows"} for n in (1, 2)]
+    upload_may_end, second_rendering = threading.Event(), threading.Event()
+
+    class SlowUplink:
+        url = "http://127.0.0.1:9"
+
+        def __init__(self):
+            self.calls = []
+
+        def call(self, method, *args):
+            self.calls.append((method, args[1] if len(args) > 1 else None))
+            if method == "nodes.poll":
+                return tasks.pop(0) if tasks else {}
+            if method == "nodes.complete" and args[1] == "1.1.aa":
+                assert upload_may_end.wait(10)          # the upload ends only once the next strip renders
+            return {"stop": []} if method == "nodes.heartbeat" else True
+
+    config = Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                    probe_cache=tmp_path / "probe.json", heartbeat_interval=0.0)
+    client = SlowUplink()
+    worker = Node(config, client)
+    worker.node_id = "n1-abcd"
+
+    def render(task, strip_dir):
+        if task["strip"] == 2:
+            second_rendering.set()
+            _Heartbeat(worker, task["lease"], strip_dir / "povray.log")()   # the slot's heartbeat
+            upload_may_end.set()
+        return RenderOutcome("done", rows=b"rows", seconds=0.1, encoding=strips.FILTERED)
+
+    worker.renderer.render = render
+    assert worker.step() and worker.step()          # two strips, the first still uploading during the second
+    assert second_rendering.is_set()
+    worker.uploads.finish()
+    assert [c for c in client.calls if c[0] == "nodes.complete"] == [("nodes.complete", "1.1.aa"),
+                                                                     ("nodes.complete", "2.1.aa")]
+    # The slot's heartbeat renewed the waiting strip's lease, as done.
+    assert ("nodes.heartbeat", {"1.1.aa": 1.0, "2.1.aa": 0.0}) in client.calls
+    assert worker.uploads.pending() == []
+
+
+def test_a_node_reports_its_upload_rate_with_its_heartbeat_and_nodes_list_shows_it(farm, scene):
+    submit(farm, scene)
+    n = node(farm)
+    task = farm.call("nodes.poll", n)
+    assert farm.call("nodes.list")[0]["upload_bps"] == 0.0
+    assert farm.call("nodes.heartbeat", n, {task["lease"]: 0.5}, {"upload_bps": 125000.0}) == {"stop": []}
+    assert farm.call("nodes.list")[0]["upload_bps"] == 125000.0
+    farm.call("nodes.heartbeat", n, {task["lease"]: 0.6})                 # without stats: kept as it was
+    assert farm.call("nodes.list")[0]["upload_bps"] == 125000.0
+    with pytest.raises(FarmError) as err:
+        farm.call("nodes.heartbeat", n, {}, {"upload_bps": "fast"})
+    assert err.value.code is Code.BAD_ARGUMENT

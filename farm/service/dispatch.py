@@ -90,9 +90,10 @@ class Dispatcher:
     def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
         return job.pretrace and unit.kind == strips.ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)
 
-    def heartbeat(self, node_id: str, progress: Mapping[str, float]) -> list[str]:
-        """Renew the node's leases; returns those it must abandon."""
-        stale, jobs = self._store.units.heartbeat(node_id, progress, self._clock(), self._config.lease_timeout)
+    def heartbeat(self, node_id: str, progress: Mapping[str, float], upload_bps: float | None = None) -> list[str]:
+        """Renew the node's leases (and note its upload rate); returns those it must abandon."""
+        stale, jobs = self._store.units.heartbeat(node_id, progress, self._clock(), self._config.lease_timeout,
+                                                  upload_bps)
         for job_id in jobs:
             self._changes.bump(job_id)
         return stale

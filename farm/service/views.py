@@ -117,6 +117,7 @@ def _node_view(node: Node) -> dict[str, Any]:
         "sandbox_warning": str(info.get("sandbox_warning", "")),
         "last_seen": node.last_seen, "current": node.current,
         "strips_done": node.units_done, "strips_failed": node.units_failed, "error": node.error,
+        "upload_bps": node.upload_bps,
     }
 
 

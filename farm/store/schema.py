@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, info TEXT NOT NULL,
     registered REAL NOT NULL, last_seen REAL NOT NULL,
     units_done INTEGER NOT NULL DEFAULT 0, units_failed INTEGER NOT NULL DEFAULT 0,
-    error TEXT);
+    error TEXT,
+    upload_bps REAL NOT NULL DEFAULT 0);   -- its measured upload rate (bytes/s), from its heartbeats
 """
 
 # A database made by version 1 (table "strips", per-node "strips_done"...) is renamed in place.
@@ -80,7 +81,8 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("units", "retry_at", "REAL NOT NULL DEFAULT 0"),
                   ("units", "encoding", "TEXT NOT NULL DEFAULT 'zlib'"),
                   ("bundles", "members", "TEXT"),
-                  ("bundles", "radiosity", "INTEGER"))
+                  ("bundles", "radiosity", "INTEGER"),
+                  ("nodes", "upload_bps", "REAL NOT NULL DEFAULT 0"))
 
 
 def prepare(db: sqlite3.Connection) -> None:
@@ -144,7 +146,8 @@ def node(row: sqlite3.Row) -> Node:
     return Node(id=row["id"], name=row["name"], state=NodeState(row["state"]), info=json.loads(row["info"]),
                 registered=row["registered"], last_seen=row["last_seen"], units_done=row["units_done"],
                 units_failed=row["units_failed"], error=row["error"] or "",
-                current=(row["current"] or "") if "current" in row.keys() else "")
+                current=(row["current"] or "") if "current" in row.keys() else "",
+                upload_bps=(row["upload_bps"] or 0.0) if "upload_bps" in row.keys() else 0.0)
 
 
 # -- state changes: the only way a state column is written --------------------------------------

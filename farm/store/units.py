@@ -140,10 +140,13 @@ class UnitRecords:
         return Lease(token=token, node=node.id, expires=expires, unit=leased)
 
     def heartbeat(self, node_id: str, progress: Mapping[str, float], now: float,
-                  lease_timeout: float) -> tuple[list[str], set[int]]:
-        """Renew the node's leases. Returns the leases it should stop working on, and the jobs renewed."""
+                  lease_timeout: float, upload_bps: float | None = None) -> tuple[list[str], set[int]]:
+        """Renew the node's leases (and note its upload rate, when it reports one). Returns the leases it
+        should stop working on, and the jobs renewed."""
         with self._db.write() as db:
             touch(db, node_id, now)
+            if upload_bps is not None:
+                db.execute("UPDATE nodes SET upload_bps=? WHERE id=?", (upload_bps, node_id))
             stale, jobs = [], set()
             for token, fraction in progress.items():
                 unit = _held(db, node_id, token)
