@@ -28,7 +28,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, povray, strips
+from farm import __version__, bundle, povray, strips
 from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
@@ -46,6 +46,7 @@ RETRY_CEILING = 10.0     # seconds: the longest wait between attempts while the 
 FATAL = frozenset({Code.UNAUTHORIZED, Code.FORBIDDEN})
 # Faults a delivery is retried on (the result was not stored); others mean it is no longer wanted.
 RETRY_DELIVERY = frozenset({Code.UNREACHABLE, Code.STORAGE, Code.INTERNAL})
+BUNDLE_ATTEMPTS = 4      # tries at a bundle download (each resuming) before the strip is reported failed
 
 
 class Node:
@@ -312,8 +313,26 @@ class Node:
         return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
 
     def _fetch_bundle(self, digest: str) -> bytes:
-        log.info("fetching bundle %s", digest)
-        return self.client.call("bundles.fetch", digest).data
+        """The bundle's bytes, in ranges that resume where a cut-short download stopped: on an unreachable
+        controller it tries a few times more, and what it got is kept on disk for the next try."""
+        part = self.renderer.bundles.download_path(digest)
+        delay, attempt = 0.0, 1
+        while True:
+            try:
+                return bundle.download_resuming(part, digest, lambda offset: self._bundle_range(digest, offset))
+            except FarmError as err:
+                if err.code is Code.UNKNOWN_METHOD:   # a controller without ranges: the whole bundle at once
+                    return self.client.call("bundles.fetch", digest).data
+                if err.code is not Code.UNREACHABLE or attempt >= BUNDLE_ATTEMPTS or self.aborting.is_set():
+                    raise
+                delay = self._backoff(delay, ceiling=RETRY_CEILING)
+                log.warning("downloading bundle %s: %s; resuming in %.1f s", digest, err, delay)
+            attempt += 1
+            self.aborting.wait(delay)
+
+    def _bundle_range(self, digest: str, offset: int) -> tuple[int, bytes]:
+        reply = self.client.call("bundles.fetch_range", digest, offset, bundle.DOWNLOAD_CHUNK)
+        return int(reply["size"]), reply["data"].data
 
     def _deliver(self, method: str, lease: str, *args: Any) -> Any:
         """Send a result, retrying while the controller is unreachable. Returns the reply, or None if it

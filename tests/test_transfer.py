@@ -8,6 +8,8 @@ import os
 import xmlrpc.client
 import zlib
 
+import pytest
+
 from farm import client as client_module
 from farm import strips
 from farm.auth import read_token_file
@@ -79,3 +81,54 @@ def test_huffman_only_gzip_is_ordinary_gzip_and_wins_back_base64s_third():
     large = b"<methodCall><base64>" + base64.b64encode(os.urandom(30_000))
     packed = client_module.gzip_huffman(large)
     assert len(packed) < 0.78 * len(large) and zlib.decompress(packed, 16 + zlib.MAX_WBITS) == large
+
+
+def test_an_interrupted_bundle_download_resumes_where_it_stopped(farm, tmp_path, monkeypatch):
+    """A node whose link drops mid-download (or that is restarted) fetches only the rest of the bundle,
+    by ranges, and unpacks exactly what was uploaded."""
+    from farm import bundle
+    from farm.config import Config
+    from farm.faults import Code, FarmError
+    from farm.node import Node
+
+    monkeypatch.setattr(bundle, "DOWNLOAD_CHUNK", 64 * 1024)
+    scene = tmp_path / "big" / "b.pov"
+    scene.parent.mkdir()
+    scene.write_text('sphere { 0, 1 pigment { image_map { png "noise.png" } } }\n')
+    (scene.parent / "noise.png").write_bytes(os.urandom(600 * 1024))     # an asset that does not compress
+    data = bundle.pack(bundle.plan_bundle(scene))
+    farm.start_controller()
+    digest = farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
+
+    class Flaky:
+        """The node's client, with a link that drops after `budget` ranges."""
+
+        def __init__(self, real, budget: int):
+            self.real, self.budget, self.offsets = real, budget, []
+            self.url, self.uploads = real.url, real.uploads
+
+        def call(self, method, *args):
+            if method == "bundles.fetch_range":
+                self.offsets.append(args[1])
+                if len(self.offsets) > self.budget:
+                    raise FarmError(Code.UNREACHABLE, "the link dropped")
+            return self.real.call(method, *args)
+
+    def node_with(client) -> Node:
+        config = Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                        probe_cache=tmp_path / "probe.json", poll_min=0.01, poll_max=0.02)
+        return Node(config, client)
+
+    cut = Flaky(farm.client_as("node"), budget=4)
+    monkeypatch.setattr("farm.node.RETRY_CEILING", 0.02)
+    with pytest.raises(FarmError) as err:                 # the link stays down: every try fails at once
+        node_with(cut)._fetch_bundle(digest)
+    assert err.value.code is Code.UNREACHABLE
+    assert cut.offsets[:4] == [0, 65536, 131072, 196608] and set(cut.offsets[4:]) == {262144}
+
+    restarted = Flaky(farm.client_as("node"), budget=1000)
+    node = node_with(restarted)
+    unpacked = node.renderer.bundles.ensure(digest, lambda: node._fetch_bundle(digest))
+    assert restarted.offsets[0] == 262144                 # not a byte fetched twice
+    assert (unpacked / "noise.png").read_bytes() == (scene.parent / "noise.png").read_bytes()
+    assert not node.renderer.bundles.download_path(digest).exists()
