@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -81,6 +82,7 @@ class Node:
         self._combined_calls = True       # nodes.complete_and_poll, until a controller says it has none
         self._asides: list[threading.Thread] = []   # previews rendering beside the slots
         self.uploads = _Uploads(self, max(1, config.slots))
+        self.beats = _Beats(self)
         self._report_stats = hasattr(client, "uploads")
 
     def _probe(self) -> tuple[str | None, str | None]:
@@ -262,6 +264,7 @@ class Node:
         try:
             outcome = self.renderer.render(task, strip_dir)
         finally:
+            self.beats.forget(lease)
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
         if outcome.kind == "done" and take_next and not self.stopping.is_set():
@@ -479,18 +482,52 @@ class _Heartbeat:
             return False
         self.last = now
         progress = povray.progress_fraction(self.log_path) or 0.0
-        waiting = self.node.uploads.pending()
-        try:
-            reply = self.node.heartbeat({**{lease: 1.0 for lease in waiting}, self.lease: progress})
-        except FarmError as err:
-            # Keep rendering: the result may still be accepted when the controller returns.
-            log.warning("heartbeat failed: %s", err)
-            return False
-        self.node.uploads.renewed(waiting, reply.get("stop", []))
-        if self.lease in reply.get("stop", []):
+        if self.node.beats.report(self.lease, progress):
             log.info("the controller withdrew lease %s (job canceled or failed); stopping POV-Ray", self.lease)
             return True
         return False
+
+
+class _Beats:
+    """One heartbeat request per interval for the whole node: every slot's lease and progress, and the
+    results waiting to go up, in one call. On a slow uplink each request costs, headers and all, about
+    as much as a kilobyte of pixels."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self._lock = threading.Lock()
+        self._progress: dict[str, float] = {}
+        self._stop: set[str] = set()
+        self._last = -math.inf
+
+    def report(self, lease: str, progress: float) -> bool:
+        """Note a slot's progress, send the node's heartbeat when one is due; True when `lease` must stop."""
+        now = self.node.clock()
+        with self._lock:
+            self._progress[lease] = progress
+            due = now - self._last >= self.node.heartbeat_interval
+            if due:
+                self._last = now
+                waiting = self.node.uploads.pending()
+                beat = {**{pending: 1.0 for pending in waiting}, **self._progress}
+        if due:
+            try:
+                reply = self.node.heartbeat(beat)
+            except FarmError as err:
+                # Keep rendering: the result may still be accepted when the controller returns.
+                log.warning("heartbeat failed: %s", err)
+                return False
+            stop = reply.get("stop", [])
+            self.node.uploads.renewed(waiting, stop)
+            with self._lock:
+                self._stop = set(stop)
+        with self._lock:
+            return lease in self._stop
+
+    def forget(self, lease: str) -> None:
+        """The slot is done with this lease (rendered, failed or dropped)."""
+        with self._lock:
+            self._progress.pop(lease, None)
 
 
 def run_node(config: Config) -> int:

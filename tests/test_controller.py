@@ -738,3 +738,40 @@ def test_a_node_reports_its_upload_rate_with_its_heartbeat_and_nodes_list_shows_
     with pytest.raises(FarmError) as err:
         farm.call("nodes.heartbeat", n, {}, {"upload_bps": "fast"})
     assert err.value.code is Code.BAD_ARGUMENT
+
+
+def test_a_node_sends_one_heartbeat_per_interval_for_all_its_slots(tmp_path):
+    """On a slow uplink every request counts: the slots' leases share one heartbeat, and a lease the
+    controller withdraws stops the slot that holds it."""
+    from farm.node import Node, _Heartbeat
+
+    class Controller:
+        url = "http://127.0.0.1:9"
+
+        def __init__(self):
+            self.beats = []
+
+        def call(self, method, *args):
+            assert method == "nodes.heartbeat"
+            self.beats.append(args[1])
+            return {"stop": ["b"] if len(self.beats) > 1 else []}
+
+    clock = Clock()
+    config = Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                    probe_cache=tmp_path / "probe.json")
+    client = Controller()
+    worker = Node(config, client, clock=clock)
+    worker.node_id, worker.heartbeat_interval = "n1-abcd", 2.0
+    slot_a, slot_b = (_Heartbeat(worker, lease, tmp_path / "none.log") for lease in ("a", "b"))
+    clock.now += 2.0
+    assert slot_a() is False and client.beats == [{"a": 0.0}]
+    clock.now += 0.5
+    assert slot_b() is False and len(client.beats) == 1        # noted, sent with the next beat
+    clock.now += 1.5
+    assert slot_a() is False and client.beats[1] == {"a": 0.0, "b": 0.0}
+    clock.now += 0.5
+    assert slot_b() is True                                    # withdrawn in that beat's reply
+    worker.beats.forget("b")
+    clock.now += 1.5
+    slot_a()
+    assert client.beats[2] == {"a": 0.0}
