@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import logging
 import re
 import socket
 import ssl
@@ -26,6 +27,8 @@ from farm.auth import client_token
 from farm.faults import Code, FarmError
 from farm.rpc import METHOD_HEADER, capped_gunzip, read_xmlrpc
 
+
+log = logging.getLogger(__name__)
 
 MAX_RESPONSE = 512 * 1024 * 1024   # bytes of a response, after decompression
 # Request bodies over this many bytes travel gzip-compressed, Huffman coding only: what a large body holds
@@ -53,15 +56,16 @@ class _FarmTransportMixin:
         self._max_response = max_response
         self.method: str | None = None
         self.meter: UploadMeter | None = None
-        self._sending: tuple[float, int] | None = None
+        self._sending: tuple[float, int, int] | None = None
 
     def send_content(self, connection, request_body):
-        large = len(request_body) > GZIP_THRESHOLD
+        plain = len(request_body)
+        large = plain > GZIP_THRESHOLD
         if large:
             connection.putheader("Content-Encoding", "gzip")
             request_body = gzip_huffman(request_body)
         connection.putheader("Content-Length", str(len(request_body)))
-        self._sending = (time.monotonic(), len(request_body)) if large else None
+        self._sending = (time.monotonic(), len(request_body), plain) if large else None
         connection.endheaders(request_body)
 
     def make_connection(self, host):
@@ -77,11 +81,14 @@ class _FarmTransportMixin:
         super().send_headers(connection, headers)
 
     def parse_response(self, response):
-        if self._sending is not None and self.meter is not None:
+        if self._sending is not None:
             # From the first byte sent to the reply's headers: the body's time on the wire (kernel buffers
             # included), plus a round trip and the controller's work, which large bodies dwarf.
-            started, size = self._sending
-            self.meter.record(size, time.monotonic() - started)
+            started, size, plain = self._sending
+            seconds = time.monotonic() - started
+            log.info("sent %s: %d bytes (gzip of %d) in %.2f s", self.method, size, plain, seconds)
+            if self.meter is not None:
+                self.meter.record(size, seconds)
         self._sending = None
         body = response.read(self._max_response + 1)
         if len(body) > self._max_response:
