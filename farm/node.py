@@ -267,6 +267,8 @@ class Node:
             self.beats.forget(lease)
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
+        log.info("job %s strip %s rendered: %s after %.2f s", task["job"], task["strip"], outcome.kind,
+                 outcome.seconds)
         if outcome.kind == "done" and take_next and not self.stopping.is_set():
             # Off the slot's path: the slot polls for its next strip and renders it while this one goes up.
             self.uploads.put(lease, outcome)

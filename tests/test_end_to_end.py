@@ -108,8 +108,9 @@ def test_separate_controller_and_nodes(farm, tmp_path):
     assert sorted(node["name"] for node in nodes) == ["n1", "n2"]
     assert all(node["state"] in ("idle", "busy") for node in nodes)
     assert all(node["sandbox"] in ("bwrap", "none") and node["slots"] == 1 for node in nodes)
+    assert all(node["upload_bps"] >= 0 for node in nodes)
     table = run_cli("nodes", *url).stdout
-    assert "SANDBOX" in table and "n1" in table and "n2" in table
+    assert "SANDBOX" in table and "UPLOAD" in table and "n1" in table and "n2" in table
 
     fetched = tmp_path / "fetched.png"
     assert run_cli("fetch", str(job_id), "--output", str(fetched), *url).returncode == 0
