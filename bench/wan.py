@@ -143,7 +143,8 @@ class Farm:
         self.env.pop("POVFARM_TOKEN", None)
         self.controller = subprocess.Popen(
             farm("controller", "--bind", net.outer_ip, "--port", str(self.port), "--data-dir", str(self.data)),
-            env=self.env, stdout=subprocess.DEVNULL, stderr=open(work / "controller.log", "ab"))
+            env=self.env, stdout=subprocess.DEVNULL, stderr=open(work / "controller.log", "ab"),
+            start_new_session=True)
         wait_for(lambda: self.tokens.exists() and self._answers(), "the controller")
 
     def _answers(self) -> bool:
@@ -155,7 +156,8 @@ class Farm:
         return subprocess.Popen(
             [*self.net.prefix(), *farm("node", "--controller", self.url, "--name", name, "--work-dir", str(work),
                                        "--token-file", str(self.tokens))],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.work / f"{name}.log", "ab"))
+            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.work / f"{name}.log", "ab"),
+            start_new_session=True)
 
     def registered(self, name: str) -> bool:
         listed = subprocess.run(farm("nodes", "--json", "--controller", self.url), env=self.env,
@@ -168,13 +170,18 @@ class Farm:
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
+    """SIGTERM (a node finishes its strip), again (it gives up at once), then SIGKILL to its whole group."""
+    for signum, grace in ((signal.SIGTERM, 5), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if process.poll() is not None:
+            return
         try:
-            process.wait(15)
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            continue
 
 
 def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
@@ -204,6 +211,7 @@ def one_run(the_farm: Farm, name: str, case, shaped: bool, index: int) -> dict:
     started = time.perf_counter()
     done = subprocess.run(submit_command(the_farm, case, target), env=the_farm.env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    finished = time.time()
     sent = the_farm.net.sent_bytes() - sent
     if done.returncode != 0:
         raise RuntimeError(f"submit failed: {done.stderr[-2000:]}")
@@ -213,7 +221,18 @@ def one_run(the_farm: Farm, name: str, case, shaped: bool, index: int) -> dict:
         raise RuntimeError(f"{len(frames)} frames written, expected {case[5]}")
     png = statistics.mean(adaptive_png_size(strips.decode_png(path.read_bytes())) for path in frames)
     return {"seconds": seconds, "sent_per_frame": sent / case[5], "rows_per_frame": delivered / case[5],
-            "png_per_frame": png}
+            "png_per_frame": png, "tail": finished - last_render_end(the_farm.work / "wan.log")}
+
+
+def last_render_end(node_log: Path) -> float:
+    """When the node's last POV-Ray run ended (Unix time, from its log). What the job waits for after it
+    is the tail: the last results going up, stitching, and the client fetching the image; only the first
+    differs between shaped and unshaped runs, and unlike the wall time it hardly depends on CPU load."""
+    pattern = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO farm\.node: job \d+ strip \d+ rendered",
+                         re.MULTILINE)
+    stamps = [time.mktime(time.strptime(match[1], "%Y-%m-%d %H:%M:%S")) + int(match[2]) / 1000
+              for match in pattern.finditer(node_log.read_text(errors="replace"))]
+    return max(stamps)
 
 
 def delivered_bytes(node_log: Path) -> int:
@@ -237,7 +256,8 @@ def run_case(the_farm: Farm, name: str, case, repeat: int) -> dict:
         for shaped in order:
             result = one_run(the_farm, name, case, shaped, round_)
             runs["shaped" if shaped else "open"].append(result)
-            print(f"  {name} round {round_ + 1} {'shaped' if shaped else 'open  '}: {result['seconds']:.2f} s, "
+            print(f"  {name} round {round_ + 1} {'shaped' if shaped else 'open  '}: {result['seconds']:.2f} s "
+                  f"(tail {result['tail']:.2f} s), "
                   f"sent {result['sent_per_frame'] / 1024:.1f} KiB/frame (rows {result['rows_per_frame'] / 1024:.1f}"
                   f"), PNG {result['png_per_frame'] / 1024:.1f} KiB/frame", flush=True)
     median = {kind: {key: statistics.median(r[key] for r in values) for key in values[0]}
@@ -252,17 +272,19 @@ def markdown(results: list[dict], repeat: int) -> str:
     lines = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, one node (2 slots) "
              f"in a network namespace, upstream {RATE} ({' '.join(SHAPE)}) against unshaped; medians of {repeat} "
              f"runs each, alternating.", "",
-             "| case | unshaped s | shaped s | time ratio | PNG / frame | deliveries / frame | ratio | "
-             "all sent / frame | ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| case | unshaped s | shaped s | time ratio | tail unshaped / shaped s | PNG / frame | "
+             "deliveries / frame | ratio | all sent / frame | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         o, s = r["median"]["open"], r["median"]["shaped"]
         lines.append(f"| {r['case']} | {o['seconds']:.2f} | {s['seconds']:.2f} | {r['time_ratio']:.3f} | "
+                     f"{o['tail']:.2f} / {s['tail']:.2f} | "
                      f"{s['png_per_frame'] / 1024:.1f} KiB | {s['rows_per_frame'] / 1024:.1f} KiB | "
                      f"{r['rows_ratio']:.3f} | {s['sent_per_frame'] / 1024:.1f} KiB | {r['wire_ratio']:.3f} |")
-    lines += ["", "Deliveries: the request bodies of the node's results as sent (gzip); all sent: every byte the "
-              "node's interface sent during the run (headers of every layer, polls, heartbeats, TCP "
-              "acknowledgements)."]
+    lines += ["", "Tail: from the end of the node's last POV-Ray run to the image written and fetched (the last "
+              "results going up, stitching, fetching). Deliveries: the request bodies of the node's results as "
+              "sent (gzip); all sent: every byte the node's interface sent during the run (headers of every "
+              "layer, polls, heartbeats, TCP acknowledgements)."]
     return "\n".join(lines) + "\n"
 
 
