@@ -16,13 +16,13 @@ import json
 import logging
 import math
 import os
+import queue
 import random
 import secrets
 import shutil
 import signal
 import socket
 import sys
-import queue
 import threading
 import time
 import xmlrpc.client
