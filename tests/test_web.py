@@ -440,13 +440,16 @@ def test_fifty_jobs_and_sixty_four_nodes_fit_in_the_tables(browser, farm, tmp_pa
                                          "name": f"shot-{n + 1:02d}"})
     nodes = farm.client_as("node")
     for n in range(64):
-        nodes.call("nodes.register", f"box-{n + 1:02d}", {"povray": "3.7.0.10", "threads": 2, "slots": 2})
+        node_id = nodes.call("nodes.register", f"box-{n + 1:02d}", {"povray": "3.7.0.10", "threads": 2, "slots": 2})
+    nodes.call("nodes.heartbeat", node_id["node_id"], {}, {"upload_bps": 125000.0})   # box-64 on a 1 Mbit/s link
     page = Page(browser, farm)
     page.sign_in(token(farm, "view"))
     page.wait(lambda: len(browser.find_elements("css selector", "#jobs-body tr.job")) == 50, what="50 jobs")
     page.wait(lambda: len(browser.find_elements("css selector", "#nodes-body tr")) == 64, what="64 nodes")
     first = browser.find_element("css selector", "#jobs-body tr.job").text
     assert first.startswith("50 shot-50")                         # newest first
+    page.wait(lambda: "1 Mbit/s" in browser.find_elements("css selector", "#nodes-body tr")[-1].text,
+              what="box-64's upload rate")
     assert page.state()["job"] == 50                              # following the newest job
 
 

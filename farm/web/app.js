@@ -197,7 +197,7 @@
       const povray = (node.povray || "").split("\n")[0];
       tr.append(cell(node.name), cell(node.state), cell(node.current || ""), cell(node.strips_done, "num"),
         cell(node.strips_failed, "num"), cell(`${duration(Math.max(0, now - node.last_seen))} ago`, "num"),
-        cell(povray.length > 40 ? povray.slice(0, 40) + "…" : povray), cell(node.sandbox), cell(node.slots, "num"));
+        cell(uploadRate(node.upload_bps), "num"), cell(povray.length > 40 ? povray.slice(0, 40) + "…" : povray), cell(node.sandbox), cell(node.slots, "num"));
       tr.title = node.error || node.sandbox_warning || "";
       return tr;
     });
@@ -223,6 +223,16 @@
     const s = Math.round(seconds);
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
     return h ? `${h}:${String(m).padStart(2, "0")}:${String(r).padStart(2, "0")}` : `${m}:${String(r).padStart(2, "0")}`;
+  }
+
+  // A node's measured upload rate in bits per second, as links are sold ("-" until it reports one).
+  function uploadRate(bytesPerSecond) {
+    const bits = (bytesPerSecond || 0) * 8;
+    if (!(bits > 0)) return "-";
+    for (const [unit, scale] of [["Gbit/s", 1e9], ["Mbit/s", 1e6], ["kbit/s", 1e3]]) {
+      if (bits >= scale) return `${Number((bits / scale).toPrecision(3))} ${unit}`;
+    }
+    return `${Math.round(bits)} bit/s`;
   }
 
   function clockTime(unix) {
