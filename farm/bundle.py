@@ -562,6 +562,10 @@ class BundleCache:
                 log.debug("bundle %s appeared meanwhile (another process); keeping that copy", digest)
         return path
 
+    def download_path(self, digest: str) -> Path:
+        """Where a bundle's bytes gather while it is downloaded (kept when the download is cut short)."""
+        return self.directory / f"{parse_digest(digest)}.download"
+
     def _lock_for(self, digest: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(digest, threading.Lock())
@@ -576,6 +580,39 @@ class BundleCache:
                     shutil.rmtree(entry, ignore_errors=True)
             except OSError:
                 continue
+
+
+DOWNLOAD_CHUNK = 2 * 1024 * 1024   # bytes per ranged request: what an interrupted download loses at most
+
+
+def download_resuming(part: Path, digest: str, fetch_range: Callable[[int], tuple[int, bytes]]) -> bytes:
+    """A bundle's bytes, fetched range by range into the file `part`, starting where an earlier download
+    into it stopped (a dropped link, a restarted node). `fetch_range(offset)` returns (the bundle's size,
+    bytes from offset). The hash is checked at the end; a part file that turns out wrong is removed, so
+    the next try starts afresh."""
+    parse_digest(digest)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    with open(part, "ab") as out:
+        offset = out.tell()
+        if offset:
+            log.info("resuming the download of bundle %s at byte %d", digest, offset)
+        while True:
+            size, data = fetch_range(offset)
+            if offset + len(data) > size or (not data and offset < size):
+                part.unlink(missing_ok=True)
+                raise FarmError(Code.BAD_BUNDLE, f"the controller sent bytes {offset}..{offset + len(data)} of "
+                                                 f"bundle {digest}, which has {size}")
+            out.write(data)
+            out.flush()
+            offset += len(data)
+            if offset >= size:
+                break
+    data = part.read_bytes()
+    part.unlink(missing_ok=True)
+    actual = bundle_hash(data)
+    if actual != digest:
+        raise FarmError(Code.BAD_BUNDLE, f"the downloaded bundle's hash is {actual}, expected {digest}")
+    return data
 
 
 def copy_for_render(bundle_dir: Path, dest: Path) -> Path:

@@ -874,10 +874,22 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     now = time.time()
     rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
-             f"{max(0.0, now - n['last_seen']):.0f}s ago", n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)",
+             f"{max(0.0, now - n['last_seen']):.0f}s ago", _upload_rate(n.get("upload_bps", 0.0)),
+             n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)",
              n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
-    _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "SANDBOX", "POV-RAY"), rows)
+    _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "POV-RAY"), rows)
     return EXIT_OK
+
+
+def _upload_rate(bytes_per_second: float) -> str:
+    """A node's measured upload rate in bits per second, as links are sold; "-" until it reports one."""
+    bits = float(bytes_per_second or 0.0) * 8
+    if bits <= 0:
+        return "-"
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bits >= scale:
+            return f"{bits / scale:.3g} {unit}"
+    return f"{bits:.0f} bit/s"
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import math
 import os
+import queue
 import random
 import secrets
 import shutil
@@ -27,11 +29,12 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, povray, strips
+from farm import __version__, bundle, povray, strips
 from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.records import RenderOutcome
 from farm.render import UnitRenderer
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ RETRY_CEILING = 10.0     # seconds: the longest wait between attempts while the 
 FATAL = frozenset({Code.UNAUTHORIZED, Code.FORBIDDEN})
 # Faults a delivery is retried on (the result was not stored); others mean it is no longer wanted.
 RETRY_DELIVERY = frozenset({Code.UNREACHABLE, Code.STORAGE, Code.INTERNAL})
+BUNDLE_ATTEMPTS = 4      # tries at a bundle download (each resuming) before the strip is reported failed
 
 
 class Node:
@@ -78,6 +82,9 @@ class Node:
         self._fatal: FarmError | None = None
         self._combined_calls = True       # nodes.complete_and_poll, until a controller says it has none
         self._asides: list[threading.Thread] = []   # previews rendering beside the slots
+        self.uploads = _Uploads(self, max(1, config.slots))
+        self.beats = _Beats(self)
+        self._report_stats = hasattr(client, "uploads")
 
     def _probe(self) -> tuple[str | None, str | None]:
         """(POV-Ray's version, None) when it runs, inside the sandbox too; else (None, what is wrong).
@@ -126,6 +133,20 @@ class Node:
             info["error"] = self.broken
         return info
 
+    def heartbeat(self, progress: dict[str, float]) -> dict[str, Any]:
+        """nodes.heartbeat, with the node's measured upload rate once it has one (a controller that takes
+        no such report is not sent it again)."""
+        rate = self.client.uploads.bytes_per_second() if self._report_stats else 0.0
+        stats = [{"upload_bps": rate}] if rate > 0 else []
+        try:
+            return self.client.call("nodes.heartbeat", self.node_id, progress, *stats)
+        except FarmError as err:
+            if not stats or err.code is not Code.BAD_ARGUMENT:
+                raise
+            log.info("the controller takes no upload rate with heartbeats; no longer sending it")
+            self._report_stats = False
+            return self.client.call("nodes.heartbeat", self.node_id, progress)
+
     def run(self) -> None:
         """Poll and render with `slots` workers until asked to stop. Several POV-Ray processes at once
         hide each one's idle start-up and shut-down time behind the others' tracing."""
@@ -149,6 +170,7 @@ class Node:
             busy[0].join(0.05)
         for aside in self._asides:
             aside.join(timeout=10)     # a preview in flight is small: let it deliver
+        self.uploads.finish()          # results still on their way go out before the node stops
         if self._fatal is not None:
             raise self._fatal
         log.info("node %s stopped after %d strips", self.node_id, self.strips_done)
@@ -251,10 +273,17 @@ class Node:
         try:
             outcome = self.renderer.render(task, strip_dir)
         finally:
+            self.beats.forget(lease)
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
+        log.info("job %s strip %s rendered: %s after %.2f s", task["job"], task["strip"], outcome.kind,
+                 outcome.seconds)
+        if outcome.kind == "done" and take_next and not self.stopping.is_set():
+            # Off the slot's path: the slot polls for its next strip and renders it while this one goes up.
+            self.uploads.put(lease, outcome)
+            return None
         if outcome.kind == "done":
-            return self._complete(lease, outcome.rows, outcome.seconds, take_next)
+            return self._complete(lease, outcome.rows, outcome.seconds, take_next, outcome.encoding)
         if outcome.kind == "failed":
             message = self._error_text(outcome.error, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
@@ -264,13 +293,16 @@ class Node:
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
         return None
 
-    def _complete(self, lease: str, rows: bytes, seconds: float, take_next: bool = True) -> dict[str, Any] | None:
+    def _complete(self, lease: str, rows: bytes, seconds: float, take_next: bool = True,
+                  encoding: str = strips.ZLIB) -> dict[str, Any] | None:
         """Deliver a strip's rows and, unless stopping, take the next task in the same round trip:
         half the requests per strip, and the slot never waits for a poll between strips."""
-        payload = xmlrpc.client.Binary(rows)
+        payload: tuple = (xmlrpc.client.Binary(rows), seconds)
+        if encoding != strips.ZLIB:
+            payload += (encoding,)
         if take_next and self._combined_calls and not self.stopping.is_set():
             try:
-                reply = self._deliver("nodes.complete_and_poll", lease, payload, seconds)
+                reply = self._deliver("nodes.complete_and_poll", lease, *payload)
             except FarmError as err:
                 if err.code is not Code.UNKNOWN_METHOD:
                     raise
@@ -280,7 +312,7 @@ class Node:
                 if reply is not None:
                     self.strips_done += 1
                 return reply or None
-        if self._deliver("nodes.complete", lease, payload, seconds) is not None:
+        if self._deliver("nodes.complete", lease, *payload) is not None:
             self.strips_done += 1
         return None
 
@@ -295,8 +327,26 @@ class Node:
         return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
 
     def _fetch_bundle(self, digest: str) -> bytes:
-        log.info("fetching bundle %s", digest)
-        return self.client.call("bundles.fetch", digest).data
+        """The bundle's bytes, in ranges that resume where a cut-short download stopped: on an unreachable
+        controller it tries a few times more, and what it got is kept on disk for the next try."""
+        part = self.renderer.bundles.download_path(digest)
+        delay, attempt = 0.0, 1
+        while True:
+            try:
+                return bundle.download_resuming(part, digest, lambda offset: self._bundle_range(digest, offset))
+            except FarmError as err:
+                if err.code is Code.UNKNOWN_METHOD:   # a controller without ranges: the whole bundle at once
+                    return self.client.call("bundles.fetch", digest).data
+                if err.code is not Code.UNREACHABLE or attempt >= BUNDLE_ATTEMPTS or self.aborting.is_set():
+                    raise
+                delay = self._backoff(delay, ceiling=RETRY_CEILING)
+                log.warning("downloading bundle %s: %s; resuming in %.1f s", digest, err, delay)
+            attempt += 1
+            self.aborting.wait(delay)
+
+    def _bundle_range(self, digest: str, offset: int) -> tuple[int, bytes]:
+        reply = self.client.call("bundles.fetch_range", digest, offset, bundle.DOWNLOAD_CHUNK)
+        return int(reply["size"]), reply["data"].data
 
     def _deliver(self, method: str, lease: str, *args: Any) -> Any:
         """Send a result, retrying while the controller is unreachable. Returns the reply, or None if it
@@ -354,6 +404,78 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
         log.debug("cannot remember the POV-Ray probe in %s: %s", path, err)
 
 
+class _Uploads:
+    """Finished units on their way to the controller, one at a time (they share the node's uplink), while
+    the slots render on. A slot waits only when `limit` results are already waiting: then the uplink, not
+    POV-Ray, is what holds the node back. Their leases are renewed with the slots' heartbeats (progress
+    1.0), and between uploads when no slot is rendering."""
+
+    def __init__(self, node: Node, limit: int):
+        self.node = node
+        self._queue: queue.Queue = queue.Queue(limit)
+        self._pending: dict[str, float] = {}    # lease -> when it was last renewed
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, lease: str, outcome: RenderOutcome) -> None:
+        with self._lock:
+            self._pending[lease] = self.node.clock()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="uploads", daemon=True)
+                self._thread.start()
+        self._queue.put((lease, outcome))
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return list(self._pending)
+
+    def renewed(self, leases: list[str], stop: list[str]) -> None:
+        """A heartbeat carried these leases; the controller no longer wants those in `stop`."""
+        now = self.node.clock()
+        with self._lock:
+            for lease in leases:
+                if lease in self._pending:
+                    self._pending[lease] = now if lease not in stop else -1.0
+
+    def finish(self) -> None:
+        """Wait until every result has been delivered (or given up)."""
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            lease, outcome = self._queue.get()
+            try:
+                self._renew_waiting()
+                with self._lock:
+                    wanted = self._pending.get(lease, 0.0) >= 0
+                if wanted:
+                    self.node._complete(lease, outcome.rows, outcome.seconds, False, outcome.encoding)
+                else:
+                    log.info("lease %s was withdrawn before its result went up; dropped", lease)
+            except FarmError as err:   # an unknown method or the like: the lease will expire
+                log.warning("nodes.complete for lease %s failed: %s", lease, err)
+            except Exception:   # noqa: BLE001 - one bad result must not stop every later upload
+                log.exception("delivering lease %s failed; its lease will expire", lease)
+            finally:
+                with self._lock:
+                    self._pending.pop(lease, None)
+                self._queue.task_done()
+
+    def _renew_waiting(self) -> None:
+        """Renew the leases of waiting results that no heartbeat renewed lately (no slot is rendering)."""
+        now = self.node.clock()
+        with self._lock:
+            stale = [lease for lease, when in self._pending.items() if 0 <= when < now - self.node.heartbeat_interval]
+        if not stale:
+            return
+        try:
+            reply = self.node.heartbeat({lease: 1.0 for lease in stale})
+        except FarmError as err:
+            log.warning("heartbeat for results waiting to go up failed: %s", err)
+            return
+        self.renewed(stale, reply.get("stop", []))
+
+
 class _Heartbeat:
     """Called by the runner while POV-Ray works: renews the lease, reports progress, says when to stop."""
 
@@ -372,16 +494,52 @@ class _Heartbeat:
             return False
         self.last = now
         progress = povray.progress_fraction(self.log_path) or 0.0
-        try:
-            reply = self.node.client.call("nodes.heartbeat", self.node.node_id, {self.lease: progress})
-        except FarmError as err:
-            # Keep rendering: the result may still be accepted when the controller returns.
-            log.warning("heartbeat failed: %s", err)
-            return False
-        if self.lease in reply.get("stop", []):
+        if self.node.beats.report(self.lease, progress):
             log.info("the controller withdrew lease %s (job canceled or failed); stopping POV-Ray", self.lease)
             return True
         return False
+
+
+class _Beats:
+    """One heartbeat request per interval for the whole node: every slot's lease and progress, and the
+    results waiting to go up, in one call. On a slow uplink each request costs, headers and all, about
+    as much as a kilobyte of pixels."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self._lock = threading.Lock()
+        self._progress: dict[str, float] = {}
+        self._stop: set[str] = set()
+        self._last = -math.inf
+
+    def report(self, lease: str, progress: float) -> bool:
+        """Note a slot's progress, send the node's heartbeat when one is due; True when `lease` must stop."""
+        now = self.node.clock()
+        with self._lock:
+            self._progress[lease] = progress
+            due = now - self._last >= self.node.heartbeat_interval
+            if due:
+                self._last = now
+                waiting = self.node.uploads.pending()
+                beat = {**{pending: 1.0 for pending in waiting}, **self._progress}
+        if due:
+            try:
+                reply = self.node.heartbeat(beat)
+            except FarmError as err:
+                # Keep rendering: the result may still be accepted when the controller returns.
+                log.warning("heartbeat failed: %s", err)
+                return False
+            stop = reply.get("stop", [])
+            self.node.uploads.renewed(waiting, stop)
+            with self._lock:
+                self._stop = set(stop)
+        with self._lock:
+            return lease in self._stop
+
+    def forget(self, lease: str) -> None:
+        """The slot is done with this lease (rendered, failed or dropped)."""
+        with self._lock:
+            self._progress.pop(lease, None)
 
 
 def run_node(config: Config) -> int:

@@ -126,8 +126,15 @@ class Unit:
     def raw_bytes(self, job: Job) -> int:
         """Bytes of raw rows the unit delivers: its rows, for each of its frames (a preview's rows are
         those of the preview's smaller image)."""
-        row_bytes = preview_row_bytes(job) if self.kind == strips.PREVIEW else job.row_bytes
-        return len(self.frames) * (self.row_end - self.row_start) * row_bytes
+        return len(self.frames) * (self.row_end - self.row_start) * self.row_bytes(job)
+
+    def row_bytes(self, job: Job) -> int:
+        return preview_row_bytes(job) if self.kind == strips.PREVIEW else job.row_bytes
+
+    def decode(self, job: Job, data: bytes, encoding: str) -> bytes:
+        """The unit's raw rows out of delivered `data` in `encoding` (a ValueError when they do not fit)."""
+        return strips.decode_rows(data, encoding, self.raw_bytes(job), self.row_bytes(job),
+                                  job.channels * job.bits // 8, len(self.frames))
 
 
 def preview_row_bytes(job: Job) -> int:
@@ -136,7 +143,8 @@ def preview_row_bytes(job: Job) -> int:
 
 @dataclass(frozen=True)
 class StoredRows:
-    """A stored unit's delivered rows: zlib of each frame's rows in turn."""
+    """A stored unit's delivered rows: each frame's rows in turn, one zlib stream in `encoding`
+    (strips.ZLIB: raw rows, strips.FILTERED: PNG scanlines)."""
     frame: int
     frame_last: int
     row_start: int
@@ -144,6 +152,14 @@ class StoredRows:
     data: bytes
     done_seq: int
     kind: str = strips.ROWS
+    encoding: str = strips.ZLIB
+
+    def raw(self, job: Job) -> bytes:
+        """The unit's raw rows, every frame's in turn."""
+        row_bytes = preview_row_bytes(job) if self.kind == strips.PREVIEW else job.row_bytes
+        frames = self.frame_last - self.frame + 1
+        return strips.decode_rows(self.data, self.encoding, frames * (self.row_end - self.row_start) * row_bytes,
+                                  row_bytes, job.channels * job.bits // 8, frames)
 
     def frame_rows(self, raw: bytes, frame: int) -> bytes:
         """One frame's rows out of the unit's decompressed data."""
@@ -172,6 +188,7 @@ class Node:
     units_failed: int
     error: str
     current: str        # job/frame/index of the units it holds, "" if none
+    upload_bps: float = 0.0   # the node's measured upload rate, bytes per second (0: not reported yet)
 
     @property
     def live(self) -> bool:
@@ -205,3 +222,4 @@ class RenderOutcome:
     seconds: float = 0.0
     error: str = ""
     scene_error: bool = False
+    encoding: str = strips.ZLIB   # of rows (strips.ENCODINGS)

@@ -160,7 +160,11 @@ class UnitRenderer:
             return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err.strerror or err}", False)
         except ValueError as err:
             return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
-        return RenderOutcome("done", rows=strips.compress_rows(rows), seconds=result.seconds)
+        # PNG's row filters before deflate: a render's gradients shrink to about a PNG's size on the wire.
+        row_bytes = strips.row_size(task["width"], task["channels"], task["bits"])
+        encoded = strips.encode_rows(rows, strips.FILTERED, row_bytes, task["channels"] * task["bits"] // 8,
+                                     len(frames))
+        return RenderOutcome("done", rows=encoded, seconds=result.seconds, encoding=strips.FILTERED)
 
     def _failure(self, result: povray.ProcessResult, stderr: str, frames: range | None) -> tuple[str, bool]:
         """(error text, whether the scene itself is at fault) for a POV-Ray run that failed: the signal and

@@ -156,6 +156,12 @@ def _rows_of(strip: dict) -> bytes:
     return rows.data if hasattr(rows, "data") else bytes(rows)
 
 
+def _decoded(strip: dict[str, Any], expected: int, row_bytes: int, canvas: "Canvas") -> bytes:
+    """A feed piece's raw rows, in whichever encoding it came (a ValueError when they do not fit)."""
+    return strips.decode_rows(_rows_of(strip), str(strip.get("encoding", strips.ZLIB)), expected, row_bytes,
+                              canvas.channels * canvas.bits // 8)
+
+
 class ViewerState:
     """What the viewer shows, updated from the feed's messages. Pure: no pygame, no network.
 
@@ -254,7 +260,7 @@ class ViewerState:
             self._apply_preview(canvas, frame, strip)
             return
         try:
-            rows = strips.decompress_rows(_rows_of(strip), (end - start) * canvas.row_bytes)
+            rows = _decoded(strip, (end - start) * canvas.row_bytes, canvas.row_bytes, canvas)
             canvas.paint(start, end, rows)
         except ValueError as err:
             log.warning("job %s frame %s rows %s-%s cannot be shown: %s", self.target, frame, start, end, err)
@@ -265,8 +271,8 @@ class ViewerState:
     def _apply_preview(self, canvas: Canvas, frame: int, strip: dict[str, Any]) -> None:
         width, height = int(strip["width"]), int(strip["height"])
         try:
-            rows = strips.decompress_rows(_rows_of(strip), strips.row_size(width, canvas.channels, canvas.bits)
-                                          * height)
+            row_bytes = strips.row_size(width, canvas.channels, canvas.bits)
+            rows = _decoded(strip, row_bytes * height, row_bytes, canvas)
             canvas.paint_preview(width, height, rows)
         except ValueError as err:
             log.warning("job %s frame %s preview cannot be shown: %s", self.target, frame, err)

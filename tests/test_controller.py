@@ -341,6 +341,57 @@ def test_an_unexpected_error_is_internal_with_a_reference(server, monkeypatch):
     assert "ZeroDivision" not in str(err.value) and "secret" not in str(err.value) and "ref" in str(err.value)
 
 
+def filtered_rows(task: dict, pixels: bytes) -> xmlrpc.client.Binary:
+    row_bytes = strips.row_size(task["width"], task["channels"], task["bits"])
+    frames = task["frame_last"] - task["frame"] + 1
+    return xmlrpc.client.Binary(strips.encode_rows(pixels, strips.FILTERED, row_bytes, task["channels"], frames))
+
+
+def test_filtered_and_plain_deliveries_both_stitch_exactly_and_the_feed_ships_them_as_stored(farm, scene):
+    """A current node sends PNG-filtered rows and says so; an older node's plain zlib rows are still
+    taken. The image is exact either way, and viewers get each strip in the form it was delivered."""
+    job = submit(farm, scene)
+    n = node(farm)
+    gradient = bytes((x * 7 + y * 3) & 255 for y in range(32) for x in range(24))
+    first, second = farm.call("nodes.poll", n), farm.call("nodes.poll", n)
+    delivered = filtered_rows(first, gradient)
+    farm.call("nodes.complete", n, first["lease"], delivered, 0.5, strips.FILTERED)
+    farm.call("nodes.complete", n, second["lease"], rows_for(second, 9), 0.5)
+    farm.settle()
+    assert strips.decode_png(farm.call("jobs.fetch", job).data).pixels == gradient + bytes([9]) * 32 * 24
+    feed = farm.call("viewer.watch", job, 0, 0)
+    by_start = {piece["row_start"]: piece for piece in feed["strips"]}
+    assert by_start[first["row_start"]]["encoding"] == strips.FILTERED
+    assert by_start[first["row_start"]]["rows"].data == delivered.data
+    assert by_start[second["row_start"]]["encoding"] == strips.ZLIB
+
+
+def test_a_filtered_delivery_that_does_not_fit_or_names_no_known_encoding_is_refused(farm, scene):
+    submit(farm, scene)
+    n = node(farm)
+    task = farm.call("nodes.poll", n)
+    plain = rows_for(task, 3)
+    for rows, encoding in [(plain, strips.FILTERED), (plain, "png"), (filtered_rows(task, bytes(32 * 24)), "zlib")]:
+        with pytest.raises(FarmError) as err:
+            farm.call("nodes.complete", n, task["lease"], rows, 1.0, encoding)
+        assert err.value.code is Code.BAD_ARGUMENT
+    assert farm.call("nodes.complete", n, task["lease"], filtered_rows(task, bytes(32 * 24)), 1.0, "filtered")
+
+
+def test_an_animation_unit_of_filtered_frames_reaches_viewers_one_frame_at_a_time(farm, scene):
+    n = node(farm)
+    job = submit(farm, scene, animation={"first": 1, "last": 6}, strips="auto")
+    task = farm.call("nodes.poll", n)
+    assert (task["frame"], task["frame_last"], task["row_end"] - task["row_start"]) == (1, 3, 64)
+    frames = [bytes([frame * 40 + (y % 5)]) * 24 for frame in range(3) for y in range(64)]
+    farm.call("nodes.complete", n, task["lease"], filtered_rows(task, b"".join(frames)), 1.0, strips.FILTERED)
+    feed = farm.call("viewer.watch", job, 0, 0)
+    assert [piece["frame"] for piece in feed["strips"]] == [1, 2, 3]
+    for number, piece in enumerate(feed["strips"]):
+        raw = strips.decode_rows(piece["rows"].data, piece["encoding"], 64 * 24, 24, 3)
+        assert raw == b"".join(frames[number * 64:(number + 1) * 64])
+
+
 def test_viewer_feed_sends_each_strip_once_in_arrival_order(farm, scene):
     job = submit(farm, scene)
     assert farm.call("viewer.watch", 0, 0, 0)["job"]["id"] == job
@@ -620,5 +671,107 @@ def test_a_node_renders_a_preview_beside_its_strips_not_in_their_place(tmp_path)
     assert worker.step()
     for aside in worker._asides:
         aside.join(10)
+    worker.uploads.finish()
     assert order == ["rows", "preview"]
-    assert ("nodes.complete", "1.1.aa") in client.calls and ("nodes.complete_and_poll", "2.1.bb") in client.calls
+    assert ("nodes.complete", "1.1.aa") in client.calls and ("nodes.complete", "2.1.bb") in client.calls
+
+
+def test_a_slow_upload_never_holds_a_slot_idle(tmp_path):
+    """A finished strip goes up in the background: the slot polls and renders its next strip meanwhile,
+    and the strip waiting to go up keeps its lease through the slot's heartbeats."""
+    import threading
+
+    from farm.node import Node, _Heartbeat
+    from farm.records import RenderOutcome
+
+    tasks = [{"lease": f"{n}.1.aa", "job": 1, "frame": 1, "strip": n, "row_start": 0, "row_end": 32,
+              "attempt": 1, "kind": "rows"} for n in (1, 2)]
+    upload_may_end, second_rendering = threading.Event(), threading.Event()
+
+    class SlowUplink:
+        url = "http://127.0.0.1:9"
+
+        def __init__(self):
+            self.calls = []
+
+        def call(self, method, *args):
+            self.calls.append((method, args[1] if len(args) > 1 else None))
+            if method == "nodes.poll":
+                return tasks.pop(0) if tasks else {}
+            if method == "nodes.complete" and args[1] == "1.1.aa":
+                assert upload_may_end.wait(10)          # the upload ends only once the next strip renders
+            return {"stop": []} if method == "nodes.heartbeat" else True
+
+    config = Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                    probe_cache=tmp_path / "probe.json", heartbeat_interval=0.0)
+    client = SlowUplink()
+    worker = Node(config, client)
+    worker.node_id = "n1-abcd"
+
+    def render(task, strip_dir):
+        if task["strip"] == 2:
+            second_rendering.set()
+            _Heartbeat(worker, task["lease"], strip_dir / "povray.log")()   # the slot's heartbeat
+            upload_may_end.set()
+        return RenderOutcome("done", rows=b"rows", seconds=0.1, encoding=strips.FILTERED)
+
+    worker.renderer.render = render
+    assert worker.step() and worker.step()          # two strips, the first still uploading during the second
+    assert second_rendering.is_set()
+    worker.uploads.finish()
+    assert [c for c in client.calls if c[0] == "nodes.complete"] == [("nodes.complete", "1.1.aa"),
+                                                                     ("nodes.complete", "2.1.aa")]
+    # The slot's heartbeat renewed the waiting strip's lease, as done.
+    assert ("nodes.heartbeat", {"1.1.aa": 1.0, "2.1.aa": 0.0}) in client.calls
+    assert worker.uploads.pending() == []
+
+
+def test_a_node_reports_its_upload_rate_with_its_heartbeat_and_nodes_list_shows_it(farm, scene):
+    submit(farm, scene)
+    n = node(farm)
+    task = farm.call("nodes.poll", n)
+    assert farm.call("nodes.list")[0]["upload_bps"] == 0.0
+    assert farm.call("nodes.heartbeat", n, {task["lease"]: 0.5}, {"upload_bps": 125000.0}) == {"stop": []}
+    assert farm.call("nodes.list")[0]["upload_bps"] == 125000.0
+    farm.call("nodes.heartbeat", n, {task["lease"]: 0.6})                 # without stats: kept as it was
+    assert farm.call("nodes.list")[0]["upload_bps"] == 125000.0
+    with pytest.raises(FarmError) as err:
+        farm.call("nodes.heartbeat", n, {}, {"upload_bps": "fast"})
+    assert err.value.code is Code.BAD_ARGUMENT
+
+
+def test_a_node_sends_one_heartbeat_per_interval_for_all_its_slots(tmp_path):
+    """On a slow uplink every request counts: the slots' leases share one heartbeat, and a lease the
+    controller withdraws stops the slot that holds it."""
+    from farm.node import Node, _Heartbeat
+
+    class Controller:
+        url = "http://127.0.0.1:9"
+
+        def __init__(self):
+            self.beats = []
+
+        def call(self, method, *args):
+            assert method == "nodes.heartbeat"
+            self.beats.append(args[1])
+            return {"stop": ["b"] if len(self.beats) > 1 else []}
+
+    clock = Clock()
+    config = Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                    probe_cache=tmp_path / "probe.json")
+    client = Controller()
+    worker = Node(config, client, clock=clock)
+    worker.node_id, worker.heartbeat_interval = "n1-abcd", 2.0
+    slot_a, slot_b = (_Heartbeat(worker, lease, tmp_path / "none.log") for lease in ("a", "b"))
+    clock.now += 2.0
+    assert slot_a() is False and client.beats == [{"a": 0.0}]
+    clock.now += 0.5
+    assert slot_b() is False and len(client.beats) == 1        # noted, sent with the next beat
+    clock.now += 1.5
+    assert slot_a() is False and client.beats[1] == {"a": 0.0, "b": 0.0}
+    clock.now += 0.5
+    assert slot_b() is True                                    # withdrawn in that beat's reply
+    worker.beats.forget("b")
+    clock.now += 1.5
+    slot_a()
+    assert client.beats[2] == {"a": 0.0}

@@ -108,8 +108,9 @@ def test_separate_controller_and_nodes(farm, tmp_path):
     assert sorted(node["name"] for node in nodes) == ["n1", "n2"]
     assert all(node["state"] in ("idle", "busy") for node in nodes)
     assert all(node["sandbox"] in ("bwrap", "none") and node["slots"] == 1 for node in nodes)
+    assert all(node["upload_bps"] >= 0 for node in nodes)
     table = run_cli("nodes", *url).stdout
-    assert "SANDBOX" in table and "n1" in table and "n2" in table
+    assert "SANDBOX" in table and "UPLOAD" in table and "n1" in table and "n2" in table
 
     fetched = tmp_path / "fetched.png"
     assert run_cli("fetch", str(job_id), "--output", str(fetched), *url).returncode == 0
@@ -204,7 +205,7 @@ def test_the_preview_reaches_a_watching_viewer_first_and_never_the_image(farm, t
     import threading
     import time
 
-    from farm.strips import decompress_rows, preview_size, row_size
+    from farm.strips import decode_rows, preview_size, row_size
 
     scene = SCENES / "advanced/wineglass.pov"
     farm.start_controller()
@@ -234,7 +235,7 @@ def test_the_preview_reaches_a_watching_viewer_first_and_never_the_image(farm, t
     assert kinds[0] == "preview" and kinds.count("preview") == 1 and len(kinds) >= 3, kinds
     first = pieces[0]
     assert (first["width"], first["height"]) == preview_size(320, 240) == (40, 30)
-    preview = decompress_rows(first["rows"].data, row_size(40, 3, 8) * 30)
+    preview = decode_rows(first["rows"].data, first["encoding"], row_size(40, 3, 8) * 30, row_size(40, 3, 8), 3)
     assert any(preview)                                    # a real picture, not black
     rows = sorted((p["row_start"], p["row_end"]) for p in pieces[1:])
     assert rows[0][0] == 0 and rows[-1][1] == 240 and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))

@@ -142,6 +142,17 @@ def test_a_preview_is_shown_scaled_up_at_once_and_final_rows_replace_it():
     assert state.take_updates() == (False, [(0, 8)])
 
 
+def test_filtered_rows_of_16_bit_rgba_are_unfiltered_before_they_are_painted():
+    state = ViewerState()
+    job = job_info(width=5, height=8, channels=4, bits=16)
+    pixels = bytes((i * 37 + (i // 40) * 11) & 255 for i in range(8 * 5 * 8))
+    piece = dict(strip(b"", 0, 8), encoding=strips.FILTERED,
+                 rows=xmlrpc.client.Binary(strips.encode_rows(pixels, strips.FILTERED, 5 * 8, 8)))
+    state.handle(("feed", 1, reply(job, [piece])))
+    assert state.canvas().raster().pixels == pixels
+    assert state.received == [(1, 0, 8)]
+
+
 def test_following_keeps_polling_the_job_it_found():
     state = ViewerState()
     state.handle(("feed", 1, reply(job_info(4), [strip(fill(16, 4, 1), 0, 4)], cursor=3)))

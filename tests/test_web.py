@@ -402,6 +402,29 @@ def test_a_preview_is_shown_scaled_up_until_the_frames_rows_replace_it(browser, 
 
 
 @needs_browser
+def test_the_page_unfilters_rows_sent_in_the_compact_filtered_form(browser, farm, tmp_path):
+    """Rows as current nodes deliver them (PNG scanlines): every one of the five filters is undone."""
+    import random
+
+    farm.start_controller()
+    job_id = submit_queued(farm, tmp_path)
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.state()["job"] == job_id and page.state()["jobState"] == "queued", what="the job")
+    info = farm.client.call("jobs.list")[0]
+    noise = random.Random(17)
+    pixels = bytes((x * 3 + y * 5 + noise.randrange(0, 40 if y % 3 else 256)) & 255
+                   for y in range(64) for x in range(64 * 3))
+    scanlines = strips.filter_rows(pixels, 64 * 3, 3)
+    assert {scanlines[y * (64 * 3 + 1)] for y in range(64)} == {0, 1, 2, 3, 4}
+    piece = {"frame": 1, "row_start": 0, "row_end": 64, "kind": "rows", "encoding": "filtered",
+             "rows": base64.b64encode(strips.encode_rows(pixels, strips.FILTERED, 64 * 3, 3)).decode()}
+    browser.execute_async_script("window.povfarm.paint(arguments[0]).then(arguments[1])",
+                                 {"job": info, "cursor": 0, "in_flight": [], "strips": [piece]})
+    assert page.canvas_rgba() == rgba(strips.Raster(64, 64, 3, 8, pixels))
+
+
+@needs_browser
 def test_fifty_jobs_and_sixty_four_nodes_fit_in_the_tables(browser, farm, tmp_path):
     import xmlrpc.client
 
@@ -418,13 +441,16 @@ def test_fifty_jobs_and_sixty_four_nodes_fit_in_the_tables(browser, farm, tmp_pa
                                          "name": f"shot-{n + 1:02d}"})
     nodes = farm.client_as("node")
     for n in range(64):
-        nodes.call("nodes.register", f"box-{n + 1:02d}", {"povray": "3.7.0.10", "threads": 2, "slots": 2})
+        node_id = nodes.call("nodes.register", f"box-{n + 1:02d}", {"povray": "3.7.0.10", "threads": 2, "slots": 2})
+    nodes.call("nodes.heartbeat", node_id["node_id"], {}, {"upload_bps": 125000.0})   # box-64 on a 1 Mbit/s link
     page = Page(browser, farm)
     page.sign_in(token(farm, "view"))
     page.wait(lambda: len(browser.find_elements("css selector", "#jobs-body tr.job")) == 50, what="50 jobs")
     page.wait(lambda: len(browser.find_elements("css selector", "#nodes-body tr")) == 64, what="64 nodes")
     first = browser.find_element("css selector", "#jobs-body tr.job").text
     assert first.startswith("50 shot-50")                         # newest first
+    page.wait(lambda: "1 Mbit/s" in browser.find_elements("css selector", "#nodes-body tr")[-1].text,
+              what="box-64's upload rate")
     assert page.state()["job"] == 50                              # following the newest job
 
 

@@ -65,6 +65,12 @@ def plain_struct(name: str, value: Any, max_bytes: int = 16384) -> dict:
     return value
 
 
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise FarmError(Code.BAD_ARGUMENT, f"{name} must be true or false, not {value!r}")

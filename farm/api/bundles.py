@@ -8,6 +8,9 @@ from farm.api import NODE, SUBMIT, args, rpc
 from farm.rpc import FileReply, SpooledBinary
 
 
+MAX_RANGE = 16 * 1024 * 1024   # bytes of a bundle one bundles.fetch_range call returns at most
+
+
 class BundlesAPI:
     namespace = "bundles"
 
@@ -33,6 +36,22 @@ class BundlesAPI:
         if isinstance(data, SpooledBinary):
             return self._bundles.upload_file(data.path, data.size, data.sha256, data.keep_as)
         return self._bundles.upload(args.binary("data", data))
+
+    @rpc(NODE)
+    def fetch_range(self, digest: str, offset: int, length: int) -> dict:
+        """Part of a stored bundle, so a node on a poor link resumes an interrupted download where it
+        stopped rather than starting again.
+
+        @param digest: str
+        @param offset: int, the first byte wanted (0-based)
+        @param length: int, bytes wanted, 1 to 16 MiB (fewer come back at the end of the bundle)
+        @return: struct: size (int, the whole bundle's bytes), data (base64, the bytes from offset)
+        """
+        digest = args.text("digest", digest, 100)
+        offset = args.whole("offset", offset, 0, args.MAX_ID)
+        length = args.whole("length", length, 1, MAX_RANGE)
+        size, data = self._bundles.read_range(digest, offset, length)
+        return {"size": size, "data": xmlrpc.client.Binary(data)}
 
     @rpc(NODE)
     def fetch(self, digest: str) -> FileReply:

@@ -80,36 +80,46 @@ class NodesAPI:
         }
 
     @rpc(NODE)
-    def heartbeat(self, node_id: str, progress: dict) -> dict:
-        """Renew the node's leases and report progress.
+    def heartbeat(self, node_id: str, progress: dict, stats: dict | None = None) -> dict:
+        """Renew the node's leases and report progress (and, optionally, how the node is doing).
 
         @param node_id: str
-        @param progress: struct, lease (str) -> fraction done (float 0..1)
+        @param progress: struct, lease (str) -> fraction done (float 0..1); a finished unit whose result is
+            still on its way is reported at 1.0
+        @param stats: struct (optional): upload_bps (float, bytes per second the node's large requests
+            reached the controller at, lately; shown by nodes.list for schedulers and people)
         @return: struct: stop ([str], leases the node must abandon: canceled, failed, expired, or not its own)
         """
         progress = args.struct("progress", progress)
         checked = {args.text("lease", lease, MAX_ID_TEXT): args.number("progress", fraction, 0.0, 1.0)
                    for lease, fraction in progress.items()}
-        return {"stop": self._dispatch.heartbeat(args.text("node_id", node_id, MAX_ID_TEXT), checked)}
+        stats = args.struct("stats", stats if stats is not None else {})
+        upload = args.number("stats.upload_bps", stats["upload_bps"], 0.0, 1e12) if "upload_bps" in stats else None
+        return {"stop": self._dispatch.heartbeat(args.text("node_id", node_id, MAX_ID_TEXT), checked, upload)}
 
     @rpc(NODE)
-    def complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> bool:
+    def complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
+                 encoding: str = strips.ZLIB) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
         pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
         is harmless; a lease that is no longer current gets STALE_LEASE.
 
         @param node_id: str
         @param lease: str
-        @param rows: base64, zlib of the raw rows
+        @param rows: base64, zlib of the raw rows, or of their PNG scanlines (see encoding)
         @param seconds: float, how long the render took
+        @param encoding: str (optional, default "zlib"): "zlib" (the raw rows) or "filtered" (each row led by
+            its PNG filter type and filtered by it; each frame's first row filtered against zeros)
         @return: bool, true
         """
         self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
-                                args.binary("rows", rows), args.seconds("seconds", seconds))
+                                args.binary("rows", rows), args.seconds("seconds", seconds),
+                                args.choice("encoding", encoding, strips.ENCODINGS))
         return True
 
     @rpc(NODE)
-    def complete_and_poll(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float) -> dict:
+    def complete_and_poll(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
+                          encoding: str = strips.ZLIB) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
         when it faults, nothing was leased.
 
@@ -117,9 +127,10 @@ class NodesAPI:
         @param lease: str
         @param rows: base64
         @param seconds: float
+        @param encoding: str (optional), as nodes.complete
         @return: struct, the node's next task, or {}
         """
-        self.complete(node_id, lease, rows, seconds)
+        self.complete(node_id, lease, rows, seconds, encoding)
         return self.poll(node_id)
 
     @rpc(NODE)
@@ -168,7 +179,8 @@ class NodesAPI:
         @return: [struct]: id, name, state, host, povray, povray_flavour ("console", "pvengine"), threads, slots,
             platform, sandbox ("bwrap", "none"),
             sandbox_warning (why it runs unconfined, "" when confined), last_seen (Unix time), current (str:
-            job/frame/strip in flight, "" if none), strips_done, strips_failed, error
+            job/frame/strip in flight, "" if none), strips_done, strips_failed, error, upload_bps (float, the
+            node's measured upload rate in bytes per second; 0 until it reports one)
         """
         return self._services.views.nodes()
 

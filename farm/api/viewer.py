@@ -28,7 +28,9 @@ class ViewerAPI:
         @param cursor: int, 0 for every strip stored so far; then the cursor of the previous reply
         @param timeout: float seconds
         @return: struct: job (struct as jobs.list gives it; {} when there is no job yet), cursor (int),
-            strips ([struct] frame, row_start, row_end, rows: base64 zlib of the raw rows, oldest first,
+            strips ([struct] frame, row_start, row_end, rows: base64 zlib of the rows in `encoding` ("zlib": the
+            raw rows; "filtered": PNG scanlines, each row led by its filter type, the first filtered against
+            zeros), oldest first,
             kind: "rows" (final rows of the image), or "preview" (a quick low-resolution render of the whole
             frame, to be shown scaled up until final rows replace it; its rows are of its own width and
             height, given as width and height)),

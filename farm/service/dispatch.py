@@ -90,19 +90,22 @@ class Dispatcher:
     def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
         return job.pretrace and unit.kind == strips.ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)
 
-    def heartbeat(self, node_id: str, progress: Mapping[str, float]) -> list[str]:
-        """Renew the node's leases; returns those it must abandon."""
-        stale, jobs = self._store.units.heartbeat(node_id, progress, self._clock(), self._config.lease_timeout)
+    def heartbeat(self, node_id: str, progress: Mapping[str, float], upload_bps: float | None = None) -> list[str]:
+        """Renew the node's leases (and note its upload rate); returns those it must abandon."""
+        stale, jobs = self._store.units.heartbeat(node_id, progress, self._clock(), self._config.lease_timeout,
+                                                  upload_bps)
         for job_id in jobs:
             self._changes.bump(job_id)
         return stale
 
-    def complete(self, node_id: str, token: str, data: bytes, seconds: float) -> Completion:
-        """Check and store a unit's result; frames it completes go to the stitcher."""
+    def complete(self, node_id: str, token: str, data: bytes, seconds: float,
+                 encoding: str = strips.ZLIB) -> Completion:
+        """Check and store a unit's result (`data` in `encoding`, see strips.ENCODINGS); frames it
+        completes go to the stitcher."""
         unit = self._unit_of(token)
         job = self.job(unit.job)
-        raw = _checked_result(unit, job, data)
-        done = self._store.units.complete(node_id, token, data, seconds, self._clock())
+        raw = _checked_result(unit, job, data, encoding)
+        done = self._store.units.complete(node_id, token, data, seconds, self._clock(), encoding)
         self._leased.pop(token, None)
         if done.duplicate:
             log.debug("job %s unit %s: %s sent an accepted result again", unit.job, unit.index, node_id)
@@ -160,13 +163,15 @@ def _judge(unit: Unit, failed_on: frozenset, live: frozenset, *, error: str, sce
     return policy.after_failure(unit, error, scene_error, max_attempts, failed_on, live, now)
 
 
-def _checked_result(unit: Unit, job: Job, data: bytes) -> bytes:
-    """The unit's raw rows, inflated to check them (a pre-pass's cache is only checked)."""
+def _checked_result(unit: Unit, job: Job, data: bytes, encoding: str) -> bytes:
+    """The unit's raw rows, inflated (and unfiltered) to check them (a pre-pass's cache is only checked)."""
     try:
         if unit.kind == strips.PRETRACE:
+            if encoding != strips.ZLIB:
+                raise ValueError("a radiosity cache travels as plain zlib.")
             if data:
                 strips.decompress_capped(data, MAX_RADIOSITY_CACHE)
             return b""
-        return strips.decompress_rows(data, unit.raw_bytes(job))
+        return unit.decode(job, data, encoding)
     except ValueError as err:
         raise FarmError(Code.BAD_ARGUMENT, f"strip rows rejected: {err}") from None

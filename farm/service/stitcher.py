@@ -159,6 +159,5 @@ class _LastUnit:
     def frame_rows(self, job: Job, piece: StoredRows, frame: int) -> bytes:
         key = (job.id, piece.frame, piece.frame_last, piece.row_start)
         if key != self._key:
-            expected = (piece.frame_last - piece.frame + 1) * (piece.row_end - piece.row_start) * job.row_bytes
-            self._key, self._raw = key, strips.decompress_rows(piece.data, expected)
+            self._key, self._raw = key, piece.raw(job)
         return piece.frame_rows(self._raw, frame)

@@ -102,20 +102,22 @@ class Views:
 
 
 def feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:
-    """A stored unit as the feed sends it: one piece per frame, each its own zlib stream. A preview's
-    piece carries the preview's own size."""
+    """A stored unit as the feed sends it: one piece per frame, each its own zlib stream in the encoding
+    the node delivered (the compact filtered form from current nodes). A preview's piece carries the
+    preview's own size."""
     if unit.kind == strips.PREVIEW:
         width, height = strips.preview_size(job.width, job.height)
         return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
-                 "kind": strips.PREVIEW, "width": width, "height": height}]
+                 "kind": strips.PREVIEW, "width": width, "height": height, "encoding": unit.encoding}]
     if unit.frame == unit.frame_last:
         return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
-                 "kind": strips.ROWS}]
+                 "kind": strips.ROWS, "encoding": unit.encoding}]
     frames = unit.frame_last - unit.frame + 1
-    raw = strips.decompress_rows(unit.data, frames * (unit.row_end - unit.row_start) * job.row_bytes)
-    return [{"frame": frame, "row_start": unit.row_start, "row_end": unit.row_end,
-             "rows": strips.compress_rows(unit.frame_rows(raw, frame)), "kind": strips.ROWS}
-            for frame in range(unit.frame, unit.frame_last + 1)]
+    pieces = strips.split_frames(unit.data, unit.encoding, frames * (unit.row_end - unit.row_start) * job.row_bytes,
+                                 job.row_bytes, frames)
+    return [{"frame": frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": rows,
+             "kind": strips.ROWS, "encoding": unit.encoding}
+            for frame, rows in zip(range(unit.frame, unit.frame_last + 1), pieces)]
 
 
 def _node_view(node: Node) -> dict[str, Any]:
@@ -129,6 +131,7 @@ def _node_view(node: Node) -> dict[str, Any]:
         "sandbox_warning": str(info.get("sandbox_warning", "")),
         "last_seen": node.last_seen, "current": node.current,
         "strips_done": node.units_done, "strips_failed": node.units_failed, "error": node.error,
+        "upload_bps": node.upload_bps,
     }
 
 

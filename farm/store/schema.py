@@ -13,7 +13,7 @@ from typing import Any
 
 from farm.animation import Animation
 from farm.records import Frame, Job, Node, StoredRows, Unit
-from farm.strips import ROWS
+from farm.strips import ROWS, ZLIB
 from farm.states import FrameState, JobState, NodeState, UnitState, check_transition
 
 SCHEMA_VERSION = 2
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS units (
     done_seq INTEGER,   -- order in which units were stored: the viewers' feed cursor
     kind TEXT NOT NULL DEFAULT 'rows',   -- 'rows'; 'pretrace': a frame's radiosity pre-pass (data: its cache);
                                          -- 'preview': a frame's low-resolution preview (rows of its own size)
-    retry_at REAL NOT NULL DEFAULT 0);   -- a node that failed it may take it again from this time on
+    retry_at REAL NOT NULL DEFAULT 0,    -- a node that failed it may take it again from this time on
+    encoding TEXT NOT NULL DEFAULT 'zlib');   -- of data: 'zlib' (raw rows) or 'filtered' (PNG scanlines)
 CREATE INDEX IF NOT EXISTS units_queued ON units (job, state, idx);
 CREATE INDEX IF NOT EXISTS units_by_frame ON units (job, frame_last, frame);
 CREATE INDEX IF NOT EXISTS units_by_lease ON units (lease);
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, info TEXT NOT NULL,
     registered REAL NOT NULL, last_seen REAL NOT NULL,
     units_done INTEGER NOT NULL DEFAULT 0, units_failed INTEGER NOT NULL DEFAULT 0,
-    error TEXT);
+    error TEXT,
+    upload_bps REAL NOT NULL DEFAULT 0);   -- its measured upload rate (bytes/s), from its heartbeats
 """
 
 # A database made by version 1 (table "strips", per-node "strips_done"...) is renamed in place.
@@ -77,8 +79,10 @@ _FROM_VERSION_1 = [
 _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("units", "kind", "TEXT NOT NULL DEFAULT 'rows'"),
                   ("units", "retry_at", "REAL NOT NULL DEFAULT 0"),
+                  ("units", "encoding", "TEXT NOT NULL DEFAULT 'zlib'"),
                   ("bundles", "members", "TEXT"),
-                  ("bundles", "radiosity", "INTEGER"))
+                  ("bundles", "radiosity", "INTEGER"),
+                  ("nodes", "upload_bps", "REAL NOT NULL DEFAULT 0"))
 
 
 def prepare(db: sqlite3.Connection) -> None:
@@ -134,14 +138,16 @@ UNIT_COLUMNS = ("id, job, frame, frame_last, idx, row_start, row_end, state, kin
 def stored_rows(row: sqlite3.Row) -> StoredRows:
     return StoredRows(frame=row["frame"], frame_last=row["frame_last"], row_start=row["row_start"],
                       row_end=row["row_end"], data=bytes(row["data"]), done_seq=row["done_seq"] or 0,
-                      kind=row["kind"] if "kind" in row.keys() else ROWS)
+                      kind=row["kind"] if "kind" in row.keys() else ROWS,
+                      encoding=row["encoding"] if "encoding" in row.keys() else ZLIB)
 
 
 def node(row: sqlite3.Row) -> Node:
     return Node(id=row["id"], name=row["name"], state=NodeState(row["state"]), info=json.loads(row["info"]),
                 registered=row["registered"], last_seen=row["last_seen"], units_done=row["units_done"],
                 units_failed=row["units_failed"], error=row["error"] or "",
-                current=(row["current"] or "") if "current" in row.keys() else "")
+                current=(row["current"] or "") if "current" in row.keys() else "",
+                upload_bps=(row["upload_bps"] or 0.0) if "upload_bps" in row.keys() else 0.0)
 
 
 # -- state changes: the only way a state column is written --------------------------------------

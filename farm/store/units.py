@@ -19,7 +19,7 @@ from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, Un
 from farm.store import schema
 from farm.store.jobs import fail_job_in, job_in
 from farm.store.nodes import touch
-from farm.strips import PRETRACE, PREVIEW, ROWS
+from farm.strips import PRETRACE, PREVIEW, ROWS, ZLIB
 
 _COVERS = "frame <= ? AND frame_last >= ?"   # a unit that includes a given frame
 _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
@@ -71,14 +71,14 @@ class UnitRecords:
         """Stored units of a job in the order they arrived, after the feed cursor."""
         with self._db.read() as db:
             return [schema.stored_rows(row) for row in db.execute(
-                "SELECT frame, frame_last, row_start, row_end, data, done_seq, kind FROM units"
+                "SELECT frame, frame_last, row_start, row_end, data, done_seq, kind, encoding FROM units"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()]
 
     def stored_for_frame(self, job_id: int, frame: int) -> list[StoredRows]:
         """The stored row units that cover a frame."""
         with self._db.read() as db:
             return [schema.stored_rows(row) for row in db.execute(
-                f"SELECT frame, frame_last, row_start, row_end, data, done_seq FROM units WHERE job=? AND {_COVERS}"
+                f"SELECT frame, frame_last, row_start, row_end, data, done_seq, encoding FROM units WHERE job=? AND {_COVERS}"
                 " AND state=? AND kind=?", (job_id, frame, frame, UnitState.DONE.value, ROWS)).fetchall()]
 
     def radiosity_cache(self, job_id: int, frame: int) -> bytes | None:
@@ -140,10 +140,13 @@ class UnitRecords:
         return Lease(token=token, node=node.id, expires=expires, unit=leased)
 
     def heartbeat(self, node_id: str, progress: Mapping[str, float], now: float,
-                  lease_timeout: float) -> tuple[list[str], set[int]]:
-        """Renew the node's leases. Returns the leases it should stop working on, and the jobs renewed."""
+                  lease_timeout: float, upload_bps: float | None = None) -> tuple[list[str], set[int]]:
+        """Renew the node's leases (and note its upload rate, when it reports one). Returns the leases it
+        should stop working on, and the jobs renewed."""
         with self._db.write() as db:
             touch(db, node_id, now)
+            if upload_bps is not None:
+                db.execute("UPDATE nodes SET upload_bps=? WHERE id=?", (upload_bps, node_id))
             stale, jobs = [], set()
             for token, fraction in progress.items():
                 unit = _held(db, node_id, token)
@@ -155,7 +158,8 @@ class UnitRecords:
                 jobs.add(unit.job)
             return stale, jobs
 
-    def complete(self, node_id: str, token: str, data: bytes, seconds: float, now: float) -> Completion:
+    def complete(self, node_id: str, token: str, data: bytes, seconds: float, now: float,
+                 encoding: str = ZLIB) -> Completion:
         """Store a unit's result. Re-sending an accepted result is harmless (duplicate=True)."""
         with self._db.write() as db:
             touch(db, node_id, now)
@@ -170,7 +174,7 @@ class UnitRecords:
                 seq = db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM units WHERE job=?",
                                  (unit.job,)).fetchone()[0]
                 schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0,
-                                 lease_expires=None, error=None, done_seq=seq)
+                                 lease_expires=None, error=None, done_seq=seq, encoding=encoding)
             if unit.kind == ROWS:
                 complete = _complete_frames(db, unit)
             db.execute("UPDATE nodes SET units_done = units_done + 1 WHERE id=?", (node_id,))

@@ -199,7 +199,7 @@
       const povray = node.povray_flavour === "pvengine" ? `${version} (pvengine)` : version;
       tr.append(cell(node.name), cell(node.state), cell(node.current || ""), cell(node.strips_done, "num"),
         cell(node.strips_failed, "num"), cell(`${duration(Math.max(0, now - node.last_seen))} ago`, "num"),
-        cell(povray.length > 40 ? povray.slice(0, 40) + "…" : povray), cell(node.sandbox), cell(node.slots, "num"));
+        cell(uploadRate(node.upload_bps), "num"), cell(povray.length > 40 ? povray.slice(0, 40) + "…" : povray), cell(node.sandbox), cell(node.slots, "num"));
       tr.title = node.error || node.sandbox_warning || "";
       return tr;
     });
@@ -225,6 +225,16 @@
     const s = Math.round(seconds);
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
     return h ? `${h}:${String(m).padStart(2, "0")}:${String(r).padStart(2, "0")}` : `${m}:${String(r).padStart(2, "0")}`;
+  }
+
+  // A node's measured upload rate in bits per second, as links are sold ("-" until it reports one).
+  function uploadRate(bytesPerSecond) {
+    const bits = (bytesPerSecond || 0) * 8;
+    if (!(bits > 0)) return "-";
+    for (const [unit, scale] of [["Gbit/s", 1e9], ["Mbit/s", 1e6], ["kbit/s", 1e3]]) {
+      if (bits >= scale) return `${Number((bits / scale).toPrecision(3))} ${unit}`;
+    }
+    return `${Math.round(bits)} bit/s`;
   }
 
   function clockTime(unix) {
@@ -348,7 +358,9 @@
     }
     const pieces = await Promise.all(reply.strips.map(async (piece) => {
       try {
-        return { piece, rows: await inflate(piece.rows) };
+        const inflated = await inflate(piece.rows);
+        const filtered = piece.encoding === "filtered";
+        return { piece, rows: filtered ? unfilter(inflated, pieceRowBytes(view, piece), view) : inflated };
       } catch (err) {
         console.warn(`job ${view.job}: a strip cannot be inflated`, err);
         return null;
@@ -390,6 +402,42 @@
         data[at + 3] = 255;
       }
     }
+  }
+
+  function pieceRowBytes(view, piece) {
+    const width = piece.kind === "preview" ? piece.width : view.width;
+    return width * view.channels * (view.bits / 8);
+  }
+
+  // PNG scanlines (each row led by its filter type: None, Sub, Up, Average, Paeth; the first row filtered
+  // against zeros) back into raw rows, as the farm's "filtered" encoding sends them.
+  function unfilter(scan, rowBytes, view) {
+    const bpp = view.channels * (view.bits / 8);
+    const count = scan.length / (rowBytes + 1);
+    if (!Number.isInteger(count)) throw new Error(`${scan.length} bytes are not whole filtered rows`);
+    const out = new Uint8Array(count * rowBytes);
+    for (let y = 0; y < count; y++) {
+      const kind = scan[y * (rowBytes + 1)];
+      const src = y * (rowBytes + 1) + 1;
+      const at = y * rowBytes;
+      const up = at - rowBytes;          // the row above in out; none (zeros) for the first row
+      if (kind > 4) throw new Error(`row ${y} has an invalid filter type ${kind}`);
+      for (let i = 0; i < rowBytes; i++) {
+        const a = i >= bpp ? out[at + i - bpp] : 0;
+        const b = y > 0 ? out[up + i] : 0;
+        const c = y > 0 && i >= bpp ? out[up + i - bpp] : 0;
+        let pred = 0;
+        if (kind === 1) pred = a;
+        else if (kind === 2) pred = b;
+        else if (kind === 3) pred = (a + b) >> 1;
+        else if (kind === 4) {
+          const pa = Math.abs(b - c), pb = Math.abs(a - c), pc = Math.abs(a + b - 2 * c);
+          pred = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+        }
+        out[at + i] = (scan[src + i] + pred) & 255;
+      }
+    }
+    return out;
   }
 
   // Raw rows (RGB or RGBA, 8 or 16 bits big-endian) into RGBA bytes: 16-bit samples by their high byte.

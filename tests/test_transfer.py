@@ -1,0 +1,141 @@
+"""Bytes between node and controller: compressed deliveries, their caps, and bundle downloads that resume."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import xmlrpc.client
+import zlib
+
+import pytest
+
+from farm import client as client_module
+from farm import strips
+from farm.auth import read_token_file
+from conftest import native_render, needs_povray, run_cli, wait_until
+
+SCENE = """camera { location <0, 1, -4> look_at 0 }
+light_source { <3, 5, -4>, rgb 1 }
+plane { y, -1 pigment { granite scale 0.3 } }
+sphere { 0, 1 pigment { bozo color_map { [0 rgb <1, 0.3, 0.2>] [1 rgb <0.2, 0.4, 1>] } scale 0.2 } }
+"""
+
+
+@needs_povray
+def test_a_gzip_compressed_filtered_delivery_is_accepted_and_bit_identical(farm, tmp_path, monkeypatch):
+    """A node's large requests go gzip-compressed; the rows inside are PNG-filtered. The controller takes
+    both apart and stitches exactly the image POV-Ray renders in one process."""
+    monkeypatch.setattr(client_module, "GZIP_THRESHOLD", 1024)
+    scene = tmp_path / "scene" / "g.pov"
+    scene.parent.mkdir()
+    scene.write_text(SCENE)
+    reference = strips.decode_png(native_render(scene, 96, 96, ["+A0.3"], tmp_path / "ref.png").read_bytes())
+    farm.start_controller()
+    submitted = run_cli("submit", str(scene), "+W96", "+H96", "+A0.3", "--strips", "3", "--no-preview",
+                        "--controller", farm.url)
+    assert submitted.returncode == 0, submitted.stderr
+    job = int(submitted.stdout)
+    node = farm.client_as("node")
+    node_id = node.call("nodes.register", "gz", {"povray": "3.7", "slots": 1})["node_id"]
+    sizes = []
+    while task := node.call("nodes.poll", node_id, 0):
+        raw = strips.crop_rows(reference, task["row_start"], task["row_end"])
+        rows = strips.encode_rows(raw, strips.FILTERED, reference.row_bytes, 3)
+        sizes.append(len(rows))
+        node.call("nodes.complete", node_id, task["lease"], xmlrpc.client.Binary(rows), 0.1, strips.FILTERED)
+    assert len(sizes) == 3 and min(sizes) > 1024           # every delivery was over the threshold...
+    assert node.uploads.bytes_per_second() > 0               # ...so it went compressed, and was timed
+    wait_until(lambda: farm.client.call("jobs.status", job)["state"] == "done", what="the job")
+    assert strips.decode_png(farm.client.call("jobs.fetch", job).data).pixels == reference.pixels
+
+
+def test_a_compressed_delivery_that_inflates_past_the_cap_is_refused(farm, monkeypatch):
+    """The node role's large-call limit holds for what a gzip body inflates to, not only its length."""
+    monkeypatch.setenv("POVFARM_MAX_BUNDLE_BYTES", str(1 << 20))   # limit: 1 MiB * 4/3 + 1 MiB
+    farm.start_controller()
+    token = read_token_file(farm.token_file)["node"]
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    head = (b"<?xml version='1.0'?><methodCall><methodName>nodes.complete</methodName><params>"
+            b"<param><value><string>n</string></value></param><param><value><string>l</string></value></param>"
+            b"<param><value><base64>")
+    bomb = packer.compress(head) + b"".join(packer.compress(b"A" * (1 << 20)) for _ in range(16)) + packer.flush()
+    assert len(bomb) < 100_000
+    connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+    connection.putrequest("POST", "/RPC2", skip_accept_encoding=True)
+    for key, value in {"Authorization": f"Bearer {token}", "X-Povfarm-Method": "nodes.complete",
+                       "Content-Encoding": "gzip", "Content-Type": "text/xml",
+                       "Content-Length": str(len(bomb))}.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    try:
+        connection.send(bomb)
+    except (BrokenPipeError, ConnectionResetError):
+        pass    # refused before the whole body was read
+    assert connection.getresponse().status == 413
+    connection.close()
+    assert farm.client.call("api.version")["api"] == 1     # and the controller carries on
+
+
+def test_huffman_only_gzip_is_ordinary_gzip_and_wins_back_base64s_third():
+    large = b"<methodCall><base64>" + base64.b64encode(os.urandom(30_000))
+    packed = client_module.gzip_huffman(large)
+    assert len(packed) < 0.78 * len(large) and zlib.decompress(packed, 16 + zlib.MAX_WBITS) == large
+
+
+def test_an_interrupted_bundle_download_resumes_where_it_stopped(farm, tmp_path, monkeypatch):
+    """A node whose link drops mid-download (or that is restarted) fetches only the rest of the bundle,
+    by ranges, and unpacks exactly what was uploaded."""
+    from farm import bundle
+    from farm.config import Config
+    from farm.faults import Code, FarmError
+    from farm.node import Node
+
+    monkeypatch.setattr(bundle, "DOWNLOAD_CHUNK", 64 * 1024)
+    scene = tmp_path / "big" / "b.pov"
+    scene.parent.mkdir()
+    scene.write_text('sphere { 0, 1 pigment { image_map { png "noise.png" } } }\n')
+    (scene.parent / "noise.png").write_bytes(os.urandom(600 * 1024))     # an asset that does not compress
+    data = bundle.pack(bundle.plan_bundle(scene))
+    farm.start_controller()
+    digest = farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
+
+    class Flaky:
+        """The node's client, with a link that drops after `budget` ranges."""
+
+        def __init__(self, real, budget: int):
+            self.real, self.budget, self.offsets = real, budget, []
+            self.url, self.uploads = real.url, real.uploads
+
+        def call(self, method, *args):
+            if method == "bundles.fetch_range":
+                self.offsets.append(args[1])
+                if len(self.offsets) > self.budget:
+                    raise FarmError(Code.UNREACHABLE, "the link dropped")
+            return self.real.call(method, *args)
+
+    def node_with(client) -> Node:
+        config = Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                        probe_cache=tmp_path / "probe.json", poll_min=0.01, poll_max=0.02)
+        return Node(config, client)
+
+    cut = Flaky(farm.client_as("node"), budget=4)
+    monkeypatch.setattr("farm.node.RETRY_CEILING", 0.02)
+    with pytest.raises(FarmError) as err:                 # the link stays down: every try fails at once
+        node_with(cut)._fetch_bundle(digest)
+    assert err.value.code is Code.UNREACHABLE
+    assert cut.offsets[:4] == [0, 65536, 131072, 196608] and set(cut.offsets[4:]) == {262144}
+
+    restarted = Flaky(farm.client_as("node"), budget=1000)
+    node = node_with(restarted)
+    unpacked = node.renderer.bundles.ensure(digest, lambda: node._fetch_bundle(digest))
+    assert restarted.offsets[0] == 262144                 # not a byte fetched twice
+    assert (unpacked / "noise.png").read_bytes() == (scene.parent / "noise.png").read_bytes()
+    assert not node.renderer.bundles.download_path(digest).exists()
+
+
+def test_povfarm_nodes_shows_upload_rates_in_bits_per_second():
+    from farm.cli import _upload_rate
+
+    assert [_upload_rate(rate) for rate in (0.0, 90.0, 125_000.0, 1_500_000.0, 2.5e9)] == \
+        ["-", "720 bit/s", "1 Mbit/s", "12 Mbit/s", "20 Gbit/s"]
