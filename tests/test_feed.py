@@ -41,7 +41,7 @@ def farm(tmp_path):
 
 def streams(farm: Stepped, **kwargs) -> Streams:
     services = farm.services
-    kwargs = {"pace": 0.0, "keepalive": 0.5, **kwargs}
+    kwargs = {"pace": 0.0, "sends_per_second": 1e9, "keepalive": 0.5, **kwargs}
     return Streams(farm.store, services.changes, FeedLog(farm.store, services.views, services.changes), **kwargs)
 
 
@@ -186,3 +186,18 @@ def test_a_gathered_send_carries_on_after_partial_writes():
     sock = Trickle()
     _send_gathered(sock, parts)
     assert sock.got == b"".join(parts)
+
+
+def test_the_pace_grows_with_the_viewers_so_their_sends_stay_within_the_budget(farm, scene):
+    job = submit(farm, scene)
+    shared = streams(farm, pace=0.1, sends_per_second=40)
+    viewers = [shared.watch(job, 0, gone=lambda: False) for _ in range(20)]
+    for viewer in viewers[:4]:
+        next(viewer)
+    assert shared.pace() == 0.1                    # a few viewers: news every 0.1 s
+    for viewer in viewers[4:]:
+        next(viewer)
+    assert shared.pace() == 0.5                    # twenty: 40 sends a second for all of them together
+    for viewer in viewers:
+        viewer.close()
+    assert shared.pace() == 0.1
