@@ -303,7 +303,9 @@ def main() -> int:
     parser.add_argument("--viewers", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--strips", type=int, default=120, help="strips per job in the throughput runs")
+    parser.add_argument("--strips", type=int, default=500,
+                        help="strips per job in the throughput runs (long enough that opening 20 streams is "
+                             "a small part of a run, as it is of a real job)")
     parser.add_argument("--delay-strips", type=int, default=40, help="strips per job in the delay runs")
     parser.add_argument("--render-time", type=float, default=0.1, help="simulated seconds per strip (delay runs)")
     parser.add_argument("--viewer-nice", type=int, default=19,
