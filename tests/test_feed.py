@@ -9,11 +9,10 @@ import pytest
 
 from farm.client import Client
 from farm.config import Config
-from farm.controller import Controller
 from farm.faults import Code, FarmError
 from farm.service.feed import FeedLog, Streams
 from farm.store import Store
-from test_controller import Clock, Stepped, node, rows_for, scene, submit  # noqa: F401 - fixture
+from test_controller import Clock, Stepped, node, rows_for, scene, server, submit  # noqa: F401 - fixtures
 
 
 def parse(parts: list[bytes]) -> list[tuple[dict, bytes]]:
@@ -125,14 +124,6 @@ def test_a_departed_viewer_ends_its_stream(farm, scene):
 
 
 # -- over HTTP -----------------------------------------------------------------------------------------
-
-@pytest.fixture
-def server(tmp_path):
-    controller = Controller(Config(data_dir=tmp_path / "data", port=0))
-    controller.start_in_thread()
-    yield controller
-    controller.shutdown()
-
 
 def test_the_stream_over_http_matches_the_long_poll_and_ends(server, scene):
     from farm.bundle import pack, plan_bundle

@@ -117,6 +117,22 @@ function decodeResponse(text) {
   return decodeValue(value);
 }
 
+// A failed fetch or read: an abandoned call stays an AbortError, anything else means the link is down.
+function unreachable(err, message) {
+  return err.name === "AbortError" ? err : new RpcError(FAULT.UNREACHABLE, message);
+}
+
+// Throws for an HTTP refusal: 401 a refused token, 400 the fault the controller names, else the status.
+async function refusal(response) {
+  if (response.ok) return;
+  if (response.status === 401) throw new RpcError(FAULT.UNAUTHORIZED, "the controller refused the token");
+  if (response.status === 400 && response.headers.get("X-Povfarm-Fault")) {
+    throw new RpcError(Number(response.headers.get("X-Povfarm-Fault")), (await response.text()).trim());
+  }
+  throw new RpcError(response.status >= 500 ? FAULT.UNREACHABLE : FAULT.BAD_REQUEST,
+    `the controller answered HTTP ${response.status}`);
+}
+
 // One API endpoint (the page's own origin) and one token.
 class RpcClient {
   constructor(token, url = "/RPC2") {
@@ -140,21 +156,15 @@ class RpcClient {
         signal: options.signal,
       });
     } catch (err) {
-      if (err.name === "AbortError") throw err;
-      throw new RpcError(FAULT.UNREACHABLE, "cannot reach the controller");
+      throw unreachable(err, "cannot reach the controller");
     }
-    if (response.status === 401) throw new RpcError(FAULT.UNAUTHORIZED, "the controller refused the token");
     if (response.status === 413) throw new RpcError(FAULT.REQUEST_TOO_LARGE, "the upload is over the controller's limit");
-    if (!response.ok) {
-      throw new RpcError(response.status >= 500 ? FAULT.UNREACHABLE : FAULT.BAD_REQUEST,
-        `the controller answered HTTP ${response.status}`);
-    }
+    await refusal(response);
     let text;
     try {
       text = await response.text();
     } catch (err) {
-      if (err.name === "AbortError") throw err;
-      throw new RpcError(FAULT.UNREACHABLE, "the connection to the controller broke");
+      throw unreachable(err, "the connection to the controller broke");
     }
     return decodeResponse(text);
   }
@@ -171,19 +181,10 @@ async function* feedRecords(token, job, cursor, signal) {
       headers: { "Authorization": `Bearer ${token}` }, cache: "no-store", signal,
     });
   } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new RpcError(FAULT.UNREACHABLE, "cannot reach the controller");
+    throw unreachable(err, "cannot reach the controller");
   }
   if (response.status === 404) throw new NoStream("the controller has no feed stream");
-  if (response.status === 401) throw new RpcError(FAULT.UNAUTHORIZED, "the controller refused the token");
-  if (response.status === 400) {
-    const code = Number(response.headers.get("X-Povfarm-Fault")) || FAULT.BAD_ARGUMENT;
-    throw new RpcError(code, (await response.text()).trim());
-  }
-  if (!response.ok) {
-    throw new RpcError(response.status >= 500 ? FAULT.UNREACHABLE : FAULT.BAD_REQUEST,
-      `the controller answered HTTP ${response.status}`);
-  }
+  await refusal(response);
   const reader = response.body.getReader();
   const text = new TextDecoder();
   let buffer = new Uint8Array(0);
@@ -192,8 +193,7 @@ async function* feedRecords(token, job, cursor, signal) {
     try {
       chunk = await reader.read();
     } catch (err) {
-      if (err.name === "AbortError") throw err;
-      throw new RpcError(FAULT.UNREACHABLE, "the connection to the controller broke");
+      throw unreachable(err, "the connection to the controller broke");
     }
     if (chunk.done) return;
     const joined = new Uint8Array(buffer.length + chunk.value.length);
