@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_BYTES = 4096   # the most error text a node sends for one strip
 POLL_WAIT = 20.0         # seconds a poll may wait at the controller for work (it may shorten it)
+PREVIEW_FIRST_WAIT = 2.0  # seconds a finished strip may wait for its job's preview, so viewers get that first
 RETRY_CEILING = 10.0     # seconds: the longest wait between attempts while the controller is in trouble
 # Faults that waiting cannot cure: the token is refused or has the wrong role. Every other fault,
 # and an unreachable controller, means back off and try again.
@@ -230,6 +231,15 @@ class Node:
         aside.start()
         return self.client.call("nodes.poll", node_id, 0)
 
+    def _preview_first(self, job: int) -> None:
+        """Viewers should get a job's preview before its first rows: a strip that beat the preview
+        rendering beside it waits for it, at most PREVIEW_FIRST_WAIT seconds."""
+        with self._registration:
+            asides = [thread for thread in self._asides if thread.name == f"preview-{job}" and thread.is_alive()]
+        deadline = time.monotonic() + PREVIEW_FIRST_WAIT
+        for thread in asides:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
     # -- one strip ---------------------------------------------------------------------------
 
     def work(self, task: dict[str, Any], take_next: bool = True) -> dict[str, Any] | None:
@@ -245,6 +255,8 @@ class Node:
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
         if outcome.kind == "done":
+            if take_next:
+                self._preview_first(task["job"])
             return self._complete(lease, outcome.rows, outcome.seconds, take_next)
         if outcome.kind == "failed":
             message = self._error_text(outcome.error, strip_dir / "scene")

@@ -466,14 +466,14 @@ def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(
             break
         time.sleep(0.01)
     assert written == len(tasks)
-    counts = {state.value: count for state, (count, _) in store.units.summary(job).items()}
+    counts = {state.value: counts.units for state, counts in store.units.summary(job).items()}
     assert counts == {"leased": 16}                    # readers see committed data only
     assert db._committed < batch and not errors     # written, not committed: nobody has returned
     db._commit_batch()
     for thread in threads:
         thread.join(20)
     assert errors == [] and db._committed == batch   # one commit for all sixteen
-    counts = {state.value: count for state, (count, _) in store.units.summary(job).items()}
+    counts = {state.value: counts.units for state, counts in store.units.summary(job).items()}
     assert counts == {"done": 16}
 
 
