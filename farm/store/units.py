@@ -115,15 +115,16 @@ class UnitRecords:
                 (*(state.value for state in FINISHED_JOB_STATES), UnitState.QUEUED.value,
                  UnitState.WAITING.value, UnitState.LEASED.value, PREVIEW)).fetchone()[0]
 
-    def cost_samples(self, job_id: int) -> list[Finished]:
-        """The job's finished row units as the cost model reads them; a unit of several frames counts
-        its rows once per frame."""
+    def cost_samples(self, job_id: int, recent: int = 256) -> list[Finished]:
+        """The job's `recent` last finished row units as the cost model reads them (what is left costs
+        about what was done last; a long job is not read whole); a unit of several frames counts its
+        rows once per frame."""
         with self._db.read() as db:
             return [Finished(row["node"] or "", row["row_start"],
                              row["row_start"] + (row["row_end"] - row["row_start"]) * row["frames"], row["seconds"] or 0.0)
                     for row in db.execute("SELECT node, row_start, row_end, frame_last - frame + 1 AS frames, seconds"
-                                          " FROM units WHERE job=? AND state=? AND kind=?",
-                                          (job_id, UnitState.DONE.value, ROWS))]
+                                          " FROM units WHERE job=? AND state=? AND kind=? ORDER BY done_seq DESC"
+                                          " LIMIT ?", (job_id, UnitState.DONE.value, ROWS, recent))]
 
     def retry_due(self, after: float, until: float) -> bool:
         """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
