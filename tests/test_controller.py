@@ -530,6 +530,13 @@ def test_a_preview_goes_first_at_its_own_size_and_never_holds_the_frame_back(far
     assert image.pixels == bytes([1]) * (32 * 64 * 4) + bytes([2]) * (32 * 64 * 4)
 
 
+def test_a_preview_of_a_radiosity_scene_renders_without_radiosity():
+    from farm.options import preview_options
+    assert preview_options(["+A0.3", "+UA", "+Q9"], radiosity=False) == ("+UA", "+Q9")
+    assert preview_options(["+A0.3", "+UA"], radiosity=True) == ("+UA", "+Q8")      # its pretrace costs seconds
+    assert preview_options(["+Q4", "+UA"], radiosity=True) == ("+UA", "+Q4")        # never more than asked
+
+
 def test_the_feed_carries_the_preview_as_its_own_piece_and_the_image_never_gets_it(farm, scene):
     job = submit(farm, scene, width=20, height=64, preview=True)
     n = node(farm)
