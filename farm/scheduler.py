@@ -5,14 +5,16 @@ as one *remainder* unit covering its rows; every lease cuts the next row range o
 last lease takes what is left. Cuts fall on multiples of the render block size, which keeps anti-aliased
 strips bit-identical to a single render.
 
-The size follows guided self-scheduling, weighted by node speed: a node gets a third of its share of the
-rows that remain, its share being its speed over the speed of every live slot. So units are large while
-much is left and shrink toward the end. Why a third: rows ahead of the cut have not been measured, and
+The size follows guided self-scheduling, weighted by node speed: each lease gets a third of its node's
+share of the rows that remain, the share being the node's speed (per slot, times its slots) over that of
+every live slot. So units are large while much is left and shrink toward the end. The share is the
+node's, not the slot's: a node's slots share its cores, so when one slot runs out of work the others
+get its cores, and cutting finer for them would only add POV-Ray start-ups. Why a third: rows ahead of the cut have not been measured, and
 a band of a scene can cost several times the average (chess2's pieces against its sky); a third of a
 share keeps a unit cut into such a band within the time the others need for the rest.
 
 - Before anything is measured, every slot gets a small probe (1/PROBE_SHARES of an even share), so a
-  slow node cannot take a large unit of dear rows blind. A frame with a preview is probed by it
+  slow node cannot take a large unit of dear rows blind; a lone node needs no probe. A frame with a preview is probed by it
   instead: its first units are the guided share as if every node were as fast, and they are large
   enough that the preview (rendered beside them) reaches viewers first.
 - Node speeds are relative and learnt from the frame's finished units: a unit's cost per row at speed 1
@@ -125,11 +127,11 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     slots[node] = max(1, slots.get(node, 1))
     blocks_left = -(-(end - start) // block)
     costs = model(finished, start)
-    if costs is None:
-        blocks = math.ceil(blocks_left / ((PROBE_SHARES if probe else SHARES) * sum(slots.values())))
-        return min(end, start + blocks * block)
+    if costs is None:     # one node has no speed to tell apart from others: it needs no probe
+        shares = PROBE_SHARES * sum(slots.values()) if probe and len(slots) > 1 else SHARES * len(slots)
+        return min(end, start + math.ceil(blocks_left / shares) * block)
     total_speed = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
-    rows = (end - start) * costs.speeds.get(node, 1.0) / total_speed / SHARES
+    rows = (end - start) * costs.speeds.get(node, 1.0) * slots[node] / total_speed / SHARES
     rows = max(rows, MIN_UNIT_SECONDS * costs.rate(node))
     blocks = min(blocks_left, max(1, round(rows / block)))
     if blocks_left - blocks < 1 or blocks_left - blocks < MIN_UNIT_SECONDS * costs.rate(node) / block / 2:

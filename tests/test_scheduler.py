@@ -79,8 +79,10 @@ def test_units_shrink_toward_the_end(blocks, slots, cost):
 def test_first_probes_then_large_units_then_small_ones_to_the_fast_nodes():
     # chess2 at 640x480: 15 blocks, 2 nodes x 2 slots, nothing measured yet: one block each to begin.
     assert next_cut("a", 0, 480, 32, {"a": 2, "b": 2}, [], []) == 32
-    # A preview probes the frame: the first units are the guided share, a third of a quarter (rounded up).
-    assert next_cut("a", 0, 480, 32, {"a": 2, "b": 2}, [], [], probe=False) == 64
+    # A preview probes the frame: the first units are the guided share, a third of a node's half (rounded up).
+    assert next_cut("a", 0, 480, 32, {"a": 2, "b": 2}, [], [], probe=False) == 96
+    # A lone node has no speed to tell apart: no probe, a third of the frame (its slots share its cores).
+    assert next_cut("a", 0, 480, 32, {"a": 2}, [], []) == 160
     with pytest.raises(ValueError):
         next_cut("a", 5, 480, 32, {"a": 2}, [], [])      # not on a block edge
     assert next_cut("a", 448, 480, 32, {"a": 1}, [scheduler.Finished("a", 0, 32, 9.0)], []) == 480
@@ -146,7 +148,7 @@ def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first
     farm.call("nodes.complete", nodes[1], second["lease"], rows_for(second, 2), 0.6 + 3.2)
     # The time left at the measured cost: 416 rows at 0.1 s over 4 slots, plus a start-up.
     assert farm.call("jobs.status", job)["eta"] == pytest.approx(416 * 0.1 / 4 + scheduler.STARTUP_SECONDS, abs=0.1)
-    # Measured: 0.1 s a row on both nodes; 13 blocks left over 4 slots: a third of a quarter first.
+    # Measured: 0.1 s a row on both nodes; 13 blocks left over 2 nodes: a third of a half first.
     sizes = []
     while True:
         name = nodes[len(sizes) % 2]
@@ -155,7 +157,7 @@ def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first
             break
         sizes.append(task["row_end"] - task["row_start"])
         farm.call("nodes.complete", name, task["lease"], rows_for(task, 3), 0.6 + 0.1 * sizes[-1])
-    assert sum(sizes) == 480 - 64 and sizes[0] == 32 * round(416 / 4 / 3 / 32) and all(s % 32 == 0 for s in sizes)
+    assert sum(sizes) == 480 - 64 and sizes[0] == 32 * round(416 / 2 / 3 / 32) and all(s % 32 == 0 for s in sizes)
     assert sizes == sorted(sizes, reverse=True)
     farm.settle()
     status = farm.call("jobs.status", job)
