@@ -9,14 +9,15 @@ The size follows guided self-scheduling, weighted by node speed: each lease gets
 share of the rows that remain, the share being the node's speed (per slot, times its slots) over that of
 every live slot. So units are large while much is left and shrink toward the end. The share is the
 node's, not the slot's: a node's slots share its cores, so when one slot runs out of work the others
-get its cores, and cutting finer for them would only add POV-Ray start-ups. Why a third: rows ahead of the cut have not been measured, and
-a band of a scene can cost several times the average (chess2's pieces against its sky); a third of a
-share keeps a unit cut into such a band within the time the others need for the rest.
+get its cores, and cutting finer for them would only add POV-Ray start-ups. Why a third: rows ahead of
+the cut have not been measured, and a band of a scene can cost several times the average (chess2's
+pieces against its sky); a third of a share keeps a unit cut into such a band within the time the
+others need for the rest.
 
 - Before anything is measured, every slot gets a small probe (1/PROBE_SHARES of an even share), so a
-  slow node cannot take a large unit of dear rows blind; a lone node needs no probe. A frame with a preview is probed by it
-  instead: its first units are the guided share as if every node were as fast, and they are large
-  enough that the preview (rendered beside them) reaches viewers first.
+  slow node cannot take a large unit of dear rows blind; a lone node needs no probe. A frame with a
+  preview is probed by it instead: its first units are the guided share as if every node were as
+  fast.
 - Node speeds are relative and learnt from the frame's finished units: a unit's cost per row at speed 1
   is guessed from its neighbours (the units just above and below, rendered by other nodes), and a node's
   speed is the median ratio of that guess to what it took; repeated a few times, this separates how fast

@@ -24,6 +24,7 @@ from farm.strips import PRETRACE, PREVIEW, ROWS
 
 _COVERS = "frame <= ? AND frame_last >= ?"   # a unit that includes a given frame
 _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
+_FRAME_ROWS = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's rows, for every frame it renders
 _FRAME_CACHE = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
 
 Chooser = Callable[["_Queue", str, float], "Unit | None"]
@@ -67,9 +68,9 @@ class UnitRecords:
         """state -> counts of a job's units (previews left out), without reading them all."""
         with self._db.read() as db:
             rows = db.execute(
-                "SELECT state, COUNT(*) AS n, TOTAL(CASE WHEN kind=? THEN (row_end - row_start) * (frame_last - frame + 1)"
-                " END) AS r, TOTAL(CASE WHEN kind=? THEN (row_end - row_start) * (frame_last - frame + 1) * progress END)"
-                " AS p FROM units WHERE job=? AND kind != ? GROUP BY state", (ROWS, ROWS, job_id, PREVIEW)).fetchall()
+                f"SELECT state, COUNT(*) AS n, TOTAL(CASE WHEN kind=? THEN {_FRAME_ROWS} END) AS r,"
+                f" TOTAL(CASE WHEN kind=? THEN {_FRAME_ROWS} * progress END) AS p"
+                " FROM units WHERE job=? AND kind != ? GROUP BY state", (ROWS, ROWS, job_id, PREVIEW)).fetchall()
         return {UnitState(row["state"]): UnitCounts(row["n"], int(row["r"]), row["p"]) for row in rows}
 
     def preview_state(self, job_id: int) -> UnitState | None:
@@ -120,11 +121,10 @@ class UnitRecords:
         about what was done last; a long job is not read whole); a unit of several frames counts its
         rows once per frame."""
         with self._db.read() as db:
-            return [Finished(row["node"] or "", row["row_start"],
-                             row["row_start"] + (row["row_end"] - row["row_start"]) * row["frames"], row["seconds"] or 0.0)
-                    for row in db.execute("SELECT node, row_start, row_end, frame_last - frame + 1 AS frames, seconds"
-                                          " FROM units WHERE job=? AND state=? AND kind=? ORDER BY done_seq DESC"
-                                          " LIMIT ?", (job_id, UnitState.DONE.value, ROWS, recent))]
+            return [Finished(row["node"] or "", row["row_start"], row["row_start"] + row["rows"], row["seconds"] or 0.0)
+                    for row in db.execute(f"SELECT node, row_start, {_FRAME_ROWS} AS rows, seconds FROM units"
+                                          " WHERE job=? AND state=? AND kind=? ORDER BY done_seq DESC LIMIT ?",
+                                          (job_id, UnitState.DONE.value, ROWS, recent))]
 
     def retry_due(self, after: float, until: float) -> bool:
         """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
