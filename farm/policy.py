@@ -65,15 +65,12 @@ class Queue(Protocol):
     def frame_units(self, job_id: int,
                     frame: int) -> tuple[Sequence[scheduler.Finished], Sequence[scheduler.Running]]: ...
 
-    def has_preview(self, job_id: int, frame: int) -> bool: ...
-
 
 def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int) -> int | None:
     """Where the unit `node_id` leases off a frame's remainder ends (`farm.scheduler`), from the frame's
     measured units and the live slots; None when faster slots should have those rows."""
     finished, running = queue.frame_units(unit.job, unit.frame)
-    return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, queue.live_slots(), finished, running,
-                              probe=not queue.has_preview(unit.job, unit.frame))
+    return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, queue.live_slots(), finished, running)
 
 
 def in_line(jobs: Iterable[JobInLine]) -> list[JobInLine]:

@@ -15,9 +15,9 @@ pieces against its sky); a third of a share keeps a unit cut into such a band wi
 others need for the rest.
 
 - Before anything is measured, every slot gets a small probe (1/PROBE_SHARES of an even share), so a
-  slow node cannot take a large unit of dear rows blind; a lone node needs no probe. A frame with a
-  preview is probed by it instead: its first units are the guided share as if every node were as
-  fast.
+  slow node cannot take a large unit of dear rows blind; a lone node needs no probe. (A preview is no
+  substitute: it times the whole frame on one node, not its rows, and small first units also give
+  viewers their first final rows early.)
 - Node speeds are relative and learnt from the frame's finished units: a unit's cost per row at speed 1
   is guessed from its neighbours (the units just above and below, rendered by other nodes), and a node's
   speed is the median ratio of that guess to what it took; repeated a few times, this separates how fast
@@ -115,13 +115,12 @@ def model(finished: Sequence[Finished], cut: int, nearest: int = 3) -> Model | N
 
 
 def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int],
-             finished: Sequence[Finished], running: Sequence[Running], probe: bool = True) -> int | None:
+             finished: Sequence[Finished], running: Sequence[Running]) -> int | None:
     """The end row of the unit `node` should render off a frame's remainder [start, end) (0-based, end
     exclusive), or None when it should leave those rows to faster slots.
 
-    `slots`: live node -> POV-Ray slots (the asking node counts with at least one); `probe`: False
-    when a preview probes the frame. `start` is on a block edge; the result is a block edge or `end`,
-    and always more than `start`."""
+    `slots`: live node -> POV-Ray slots (the asking node counts with at least one). `start` is on a
+    block edge; the result is a block edge or `end`, and always more than `start`."""
     if block < 1 or not 0 <= start < end or start % block:
         raise ValueError(f"rows [{start}, {end}) do not start on an edge of {block}-row blocks")
     slots = dict(slots)
@@ -129,7 +128,7 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     blocks_left = -(-(end - start) // block)
     costs = model(finished, start)
     if costs is None:     # one node has no speed to tell apart from others: it needs no probe
-        shares = PROBE_SHARES * sum(slots.values()) if probe and len(slots) > 1 else SHARES * len(slots)
+        shares = PROBE_SHARES * sum(slots.values()) if len(slots) > 1 else SHARES
         return min(end, start + math.ceil(blocks_left / shares) * block)
     total_speed = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
     rows = (end - start) * costs.speeds.get(node, 1.0) * slots[node] / total_speed / SHARES

@@ -79,8 +79,6 @@ def test_units_shrink_toward_the_end(blocks, slots, cost):
 def test_first_probes_then_large_units_then_small_ones_to_the_fast_nodes():
     # chess2 at 640x480: 15 blocks, 2 nodes x 2 slots, nothing measured yet: one block each to begin.
     assert next_cut("a", 0, 480, 32, {"a": 2, "b": 2}, [], []) == 32
-    # A preview probes the frame: the first units are the guided share, a third of a node's half (rounded up).
-    assert next_cut("a", 0, 480, 32, {"a": 2, "b": 2}, [], [], probe=False) == 96
     # A lone node has no speed to tell apart: no probe, a third of the frame (its slots share its cores).
     assert next_cut("a", 0, 480, 32, {"a": 2}, [], []) == 160
     with pytest.raises(ValueError):

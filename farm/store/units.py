@@ -347,11 +347,6 @@ class _Queue:
                 running.append(Running(row["node"] or "", row["row_end"] - row["row_start"], row["progress"] or 0.0))
         return finished, running
 
-    def has_preview(self, job_id: int, frame: int) -> bool:
-        """Whether the frame has a preview that did not fail."""
-        return self._db.execute("SELECT 1 FROM units WHERE job=? AND frame=? AND kind=? AND state != ? LIMIT 1",
-                                (job_id, frame, PREVIEW, UnitState.FAILED.value)).fetchone() is not None
-
     def any_failures(self) -> bool:
         return self._db.execute("SELECT 1 FROM failures LIMIT 1").fetchone() is not None
 
