@@ -18,6 +18,9 @@ between +SR and +ER (fractions as POV-Ray reads them) and frames the frames rend
   POVFARM_FAKE_SPEED      this node's speed factor (default 1; 2 renders twice as fast); Declare=FAKE_SPEED=X
                           overrides it (for every node of the job)
   POVFARM_FAKE_STARTUP    fixed seconds per run, not divided by the speed (POV-Ray's start-up and parse; default 0)
+  POVFARM_FAKE_ROW_PROFILE  uneven rows: comma-separated weights of equal bands of the image, top to bottom
+                          (e.g. "0.2,0.3,1.5,2,1"), scaled to a mean of 1: a row costs row_cost x its band's
+                          weight (default: every row the same)
   POVFARM_FAKE_TRACE      if set, a file to which one line per run is appended:
                           node, speed, start, end (Unix times), rows, frames, planned seconds
   POVFARM_FAKE_NODE       the name written to the trace (default: the parent process id)
@@ -146,6 +149,14 @@ def write_png(path, width, height, channels, bits, rows) -> None:
         handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
+def row_weights(start: int, end: int, height: int, profile) -> float:
+    """Rows [start, end) of `height`, each counted by its band's weight in `profile` (mean weight 1)."""
+    if not profile:
+        return float(end - start)
+    mean = sum(profile) / len(profile)
+    return sum(profile[min(len(profile) - 1, y * len(profile) // height)] for y in range(start, end)) / mean
+
+
 def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "")
     return number(raw, name) if raw else default
@@ -182,7 +193,9 @@ def main(argv) -> int:
     if speed <= 0:
         fail("FAKE_SPEED must be positive", 2)
     startup = env_float("POVFARM_FAKE_STARTUP", 0.0)
-    planned = startup + row_cost * (end - start) * len(frames) / speed
+    profile = [number(w, "POVFARM_FAKE_ROW_PROFILE") for w in os.environ.get("POVFARM_FAKE_ROW_PROFILE", "").split(",")
+               if w.strip()]
+    planned = startup + row_cost * row_weights(start, end, height, profile) * len(frames) / speed
 
     # Sleep by the cost model, reporting progress the way POV-Ray does.
     pixels = width * (end - start) * len(frames)

@@ -2,14 +2,13 @@
 
 For each case it times native `povray +WT<cores>` and `povfarm render --nodes 1` / `--nodes 2`
 (same scene, size and options), alternating the order each round, and reports the medians and the
-ratio farm / native. Results go to bench/results/latest.json and latest.md.
+ratio farm / native, and how many units each farm run used (strips, plus a preview and radiosity
+pre-passes where the job had them), counted from the controller's log lines. Results go to
+bench/results/latest.json and latest.md.
 
     python bench/run.py                      # every case, 3 rounds
     python bench/run.py --only chess2 --repeat 5
-    python bench/run.py --against ../other   # and another checkout's farm, in the same rounds
-
-With --against, the other checkout's `povfarm render` (run from its folder with this Python) is timed in
-the same rounds, so two versions are compared side by side on the same noisy machine.
+    python bench/run.py --only chess2,balcony --against /tmp/previous --preview   # more variants, same rounds
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -50,31 +50,48 @@ def native_command(case, out: Path) -> tuple[list[str], Path]:
     return argv, path.parent
 
 
-def farm_command(case, nodes: int, out: Path, tree: Path = ROOT) -> tuple[list[str], Path]:
+def farm_command(case, nodes: int, out: Path, root: Path = ROOT, extra: tuple[str, ...] = ()) -> tuple[list[str], Path]:
+    """`povfarm render` of the case with the farm of the checkout at `root` (its own `farm` package)."""
     scene, ini, width, height, options, _ = case
     path = SCENES / scene
     target = out if ini else out / "farm.png"
-    argv = [sys.executable, "-m", "farm", "render", str(path), "--nodes", str(nodes), "--width", str(width),
-            "--height", str(height), "--output", str(target)]
+    argv = [sys.executable, "-m", "farm", "--log-level", "INFO", "render", str(path), "--nodes", str(nodes),
+            "--width", str(width), "--height", str(height), "--output", str(target), *extra]
     if ini:
         argv += ["--ini", str(SCENES / ini)]
     for option in options:
         argv += ["--option", option]
-    return argv, tree
+    return argv, root
 
 
-def timed(argv: list[str], cwd: Path) -> float:
+def variants(against: Path | None, preview: bool) -> dict[str, tuple[int, Path, tuple[str, ...]]]:
+    """The farm runs of a round: name -> (nodes, checkout, extra flags)."""
+    runs = {"farm1": (1, ROOT, ()), "farm2": (2, ROOT, ())}
+    if preview:
+        runs.update({"farm1 preview": (1, ROOT, ("--preview",)), "farm2 preview": (2, ROOT, ("--preview",))})
+    if against is not None:
+        runs.update({"base1": (1, against, ()), "base2": (2, against, ())})
+    return runs
+
+
+UNIT_LINES = {"strips": re.compile(r"job \d+ unit \d+ done by"), "preview": re.compile(r"preview done by"),
+              "pretrace": re.compile(r"radiosity pre-pass done by")}
+
+
+def timed(argv: list[str], cwd: Path) -> tuple[float, dict[str, int]]:
+    """Wall seconds, and the units the controller logged as done (a farm run at INFO)."""
     started = time.perf_counter()
     done = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(argv)}\n{done.stderr[-2000:]}")
-    return elapsed
+    return elapsed, {kind: len(pattern.findall(done.stderr)) for kind, pattern in UNIT_LINES.items()}
 
 
-def run_case(name: str, case, repeat: int, against: Path | None = None) -> dict:
-    order = ["native", "farm1", "farm2"] + (["against1", "against2"] if against else [])
+def run_case(name: str, case, repeat: int, runs: dict[str, tuple[int, Path, tuple[str, ...]]]) -> dict:
+    order = ["native", *runs]
     times: dict[str, list[float]] = {kind: [] for kind in order}
+    units: dict[str, list[dict[str, int]]] = {kind: [] for kind in runs}
     for round_ in range(repeat):
         for kind in (order if round_ % 2 == 0 else list(reversed(order))):
             out = Path(tempfile.mkdtemp(prefix="povfarm-bench-"))
@@ -82,26 +99,21 @@ def run_case(name: str, case, repeat: int, against: Path | None = None) -> dict:
                 if kind == "native":
                     argv, cwd = native_command(case, out)
                 else:
-                    argv, cwd = farm_command(case, int(kind[-1]), out, against if kind.startswith("against") else ROOT)
-                times[kind].append(timed(argv, cwd))
+                    nodes, root, extra = runs[kind]
+                    argv, cwd = farm_command(case, nodes, out, root, extra)
+                seconds, counted = timed(argv, cwd)
+                times[kind].append(seconds)
+                if kind != "native":
+                    units[kind].append(counted)
             finally:
                 shutil.rmtree(out, ignore_errors=True)
         print(f"  {name} round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
               flush=True)
     medians = {kind: statistics.median(values) for kind, values in times.items()}
-    result = {"case": name, "note": case[5], "times": times, "median": medians,
-              "ratio_nodes1": medians["farm1"] / medians["native"],
-              "ratio_nodes2": medians["farm2"] / medians["native"]}
-    if against:
-        result["against_ratio_nodes1"] = medians["against1"] / medians["native"]
-        result["against_ratio_nodes2"] = medians["against2"] / medians["native"]
-    return result
-
-
-def _describe(tree: Path) -> str:
-    """A checkout as its folder and commit."""
-    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return f"{tree} ({commit.stdout.strip() or 'not a git checkout'})"
+    return {"case": name, "note": case[5], "times": times, "median": medians, "units": units,
+            "ratios": {kind: medians[kind] / medians["native"] for kind in runs},
+            "ratio_nodes1": medians["farm1"] / medians["native"],
+            "ratio_nodes2": medians["farm2"] / medians["native"]}
 
 
 def machine() -> dict:
@@ -116,18 +128,36 @@ def machine() -> dict:
 def markdown(results: list[dict], info: dict) -> str:
     lines = [f"Machine: {info['cores']} cores, {info['cpu']}, {info['system']}, {info['povray'].strip()}, "
              f"{info['date']}. Medians of {len(results[0]['times']['native'])} runs, wall seconds.", "",
-             "| case | kind | native +WT%d | farm 1 node | farm 2 nodes | ratio 1 node | ratio 2 nodes |" % CORES,
-             "|---|---|---|---|---|---|---|"]
+             "| case | kind | native +WT%d | farm 1 node | farm 2 nodes | ratio 1 node | ratio 2 nodes | "
+             "units 1 node | units 2 nodes |" % CORES,
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m = r["median"]
         lines.append(f"| {r['case']} | {r['note']} | {m['native']:.2f} | {m['farm1']:.2f} | {m['farm2']:.2f} | "
-                     f"{r['ratio_nodes1']:.3f} | {r['ratio_nodes2']:.3f} |")
-    if any("against_ratio_nodes1" in r for r in results):
-        lines += ["", f"Against {info.get('against', 'the other checkout')}, in the same rounds:", "",
-                  "| case | ratio 1 node: this / other | ratio 2 nodes: this / other |", "|---|---|---|"]
-        lines += [f"| {r['case']} | {r['ratio_nodes1']:.3f} / {r['against_ratio_nodes1']:.3f} | "
-                  f"{r['ratio_nodes2']:.3f} / {r['against_ratio_nodes2']:.3f} |" for r in results]
+                     f"{r['ratio_nodes1']:.3f} | {r['ratio_nodes2']:.3f} | {_units_text(r['units']['farm1'])} | "
+                     f"{_units_text(r['units']['farm2'])} |")
+    lines += ["", "Units: strips per run (the range over the runs), + a preview / + radiosity pre-passes where "
+              "the job had them."]
+    others = [kind for kind in results[0]["ratios"] if kind not in ("farm1", "farm2")]
+    if others:
+        lines += ["", "Side by side in the same rounds (farm / native, medians; units over the runs):", "",
+                  "| case | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+        for r in results:
+            lines.append(f"| {r['case']} | " + " | ".join(
+                f"{r['ratios'][kind]:.3f} ({_units_text(r['units'][kind])})" for kind in others) + " |")
+        if "base1" in others:
+            lines += ["", f"base = the farm of {info.get('against', '')}, run the same way."]
     return "\n".join(lines) + "\n"
+
+
+def _units_text(runs: list[dict[str, int]]) -> str:
+    strips = sorted(run["strips"] for run in runs)
+    text = f"{strips[0]}" if strips[0] == strips[-1] else f"{strips[0]}-{strips[-1]}"
+    for kind in ("preview", "pretrace"):
+        most = max(run[kind] for run in runs)
+        if most:
+            text += f" + {most} {kind}"
+    return text
 
 
 def main() -> int:
@@ -135,17 +165,20 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="rounds per case (default 3)")
     parser.add_argument("--only", help="comma-separated case names: " + ", ".join(CASES))
     parser.add_argument("--save", default=str(ROOT / "bench" / "results"), help="folder for the results")
-    parser.add_argument("--against", type=Path, help="another povfarm checkout to time in the same rounds")
+    parser.add_argument("--against", type=Path, help="another checkout whose farm runs in the same rounds "
+                                                     "(base1/base2), e.g. an export of the previous version")
+    parser.add_argument("--preview", action="store_true", help="also run the farm with --preview, to measure "
+                                                             "what the preview costs")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(CASES)
     info = machine()
-    against = args.against.resolve() if args.against else None
-    if against:
-        info["against"] = _describe(against)
+    if args.against:
+        info["against"] = str(args.against.resolve())
+    runs = variants(args.against.resolve() if args.against else None, args.preview)
     results = []
     for name in names:
         print(f"{name}:", flush=True)
-        results.append(run_case(name, CASES[name], args.repeat, against))
+        results.append(run_case(name, CASES[name], args.repeat, runs))
     table = markdown(results, info)
     print("\n" + table)
     save = Path(args.save)

@@ -3,6 +3,7 @@
     python bench/scale.py              # the full run: about 4 minutes on 2 cores
     python bench/scale.py --quick      # the same three parts, smaller: about 1 minute
     python bench/scale.py --only makespan --makespan-nodes 16,32,64
+    python bench/scale.py --only plans --plans-nodes 8,16 --plans-rounds 3
     python bench/scale.py --only throughput --throughput-strips 20000 --status-every 0.3
     python bench/scale.py --only idle --idle-modes node,shortpoll
     python bench/scale.py --controller-root /tmp/other-checkout   # that tree's controller and nodes
@@ -19,6 +20,11 @@ with a fresh data directory under --tmp; clients read its token file) and report
    nodes decline strips that faster nodes would finish sooner ("tail-aware"); when each node started its
    first strip; how long the fastest nodes sat idle at the end; the nodes' overhead between two strips
    (from the fake's trace); and the CPU the node processes (with their fake POV-Rays) and the controller use.
+1b. plans: the same nodes render the same frame, whose rows cost unevenly (chess2's profile), under the
+   old fixed plans (one strip per slot, the default before; and 8 strips per node) and with strips cut at
+   lease time (the default now); makespan against ideal for each, medians of rounds in alternating order
+   (--plans picks which). A block costs --strip-seconds at 1x on average (8 s: chess2's blocks cost 1-6.5 s at
+   +WT2 on this box), the dearest band twice that, so a slow node handed one block of it late takes 33 s.
 2. throughput: the controller alone. Simulated nodes (threads in --processes processes, each thread a
    node speaking the real XML-RPC API as farm/node.py does: nodes.register, nodes.poll, then
    nodes.complete_and_poll with tiny zlib rows, which hands over the next task with the result)
@@ -33,7 +39,8 @@ with a fresh data directory under --tmp; clients read its token file) and report
 
 All traffic is to 127.0.0.1. Every process the bench starts gets PR_SET_PDEATHSIG (it dies with the
 bench) and is stopped at the end of its part; every wait has a deadline, and --max-seconds bounds the
-whole run. Results: a table on stdout, bench/results/scale.json and bench/results/scale.md. The data
+whole run. Results: a table on stdout, bench/results/scale.json and bench/results/scale.md (scale-plans.* for a
+run of part 1b alone). The data
 directories live under --tmp (default: the system temp folder) and are removed unless --keep-tmp; the
 controller's SQLite commits fsync, so that folder's file system matters: it is reported.
 """
@@ -403,6 +410,73 @@ def run_makespan(args, tmp: Path, nodes: int, height: int, strip_count: int, str
           f"{result['node_gap_between_strips_s']['p50'] * 1000:.0f} ms; nodes {result['nodes_cpu_cores']:.2f} cores, "
           f"controller {result['controller_cpu_cores']:.2f} cores", flush=True)
     return result
+
+
+# -- 1b. plans: the old fixed plans against strips cut at lease time, on the same simulated work ------------
+
+# Relative cost of the 15 blocks of chess2 at 640x480 +A0.3, top to bottom, as measured with one 32-row block
+# per POV-Ray process at +WT2, less its start-up: the sky cheap, the pieces dear.
+CHESS2_PROFILE = "0.47,0.57,1.68,4.05,3.85,5.86,4.69,3.48,2.88,3.19,2.57,2.32,1.58,1.65,1.81"
+PLANS = ("one strip per slot", "8 strips per node", "cut at lease time")
+
+
+def _plan_strips(plan: str, nodes: int) -> int | str:
+    return {"one strip per slot": nodes, "8 strips per node": 8 * nodes, "cut at lease time": "auto"}[plan]
+
+
+def run_plans(args, tmp: Path, nodes: int, height: int, row_cost: float, rounds: int,
+              plans: tuple[str, ...] = PLANS) -> dict:
+    """The same nodes (speeds 0.5/1/2x) render the same uneven frame under each plan, in turn, `rounds`
+    times in alternating order; POV-Ray's start-up is simulated too (0.6 s a run, no CPU)."""
+    print(f"\n[plans] {nodes} node processes, a {args.width}x{height} frame with uneven rows (chess2's profile), "
+          f"{row_cost * height:.0f} s of work at 1x, {rounds} rounds", flush=True)
+    controller = ControllerProcess(tmp, args.controller_root, "WARNING")
+    node_processes: list[subprocess.Popen] = []
+    speeds = [SPEEDS[i % len(SPEEDS)] for i in range(nodes)]
+    wrapper = fake_wrapper(tmp)
+    times: dict[str, list[float]] = {plan: [] for plan in plans}
+    units: dict[str, list[int]] = {plan: [] for plan in plans}
+    try:
+        submit, viewer = controller.client("submit"), controller.client("view")
+        digest, scene = upload_scene(submit, tmp)
+        env = {k: v for k, v in os.environ.items() if k not in ("POVFARM_TOKEN", "POVFARM_CONFIG")}
+        env.update(PYTHONPATH=str(args.controller_root), POVFARM_FAKE_ROW_COST=f"{row_cost:.9f}",
+                   POVFARM_FAKE_ROW_PROFILE=CHESS2_PROFILE, POVFARM_FAKE_STARTUP="0.6")
+        for i, speed in enumerate(speeds):
+            name = f"plan-{i + 1:03d}"
+            with open(tmp / f"{name}.log", "ab") as log:
+                node_processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "farm", "--log-level", "WARNING", "node", "--controller", controller.url,
+                     "--token-file", str(controller.token_file), "--name", name, "--povray", str(wrapper),
+                     "--slots", "1", "--threads", "1", "--sandbox", "none", "--work-dir", str(tmp / "nodes" / name)],
+                    cwd=args.controller_root, env=dict(env, POVFARM_FAKE_SPEED=str(speed)), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_child_setup()))
+        wait_until(lambda: sum(1 for n in viewer.call("nodes.list") if n["state"] == "idle") >= nodes,
+                   60 + nodes, f"{nodes} nodes to register", interval=0.5)
+        for round_ in range(rounds):
+            for plan in (plans if round_ % 2 == 0 else tuple(reversed(plans))):
+                job_id = submit.call("jobs.submit", {"bundle": digest, "scene": scene, "width": args.width,
+                                                     "height": height, "strips": _plan_strips(plan, nodes),
+                                                     "name": plan, "preview": False})
+                job = wait_job(viewer, job_id, timeout=600, interval=0.2)
+                if job["state"] != "done":
+                    raise RuntimeError(f"the {plan} job ended {job['state']}: {job.get('error')}")
+                times[plan].append(job["finished"] - job["submitted"])
+                units[plan].append(viewer.call("jobs.status", job_id)["strips_total"])
+                print(f"  round {round_ + 1} {plan}: {times[plan][-1]:.2f} s, {units[plan][-1]} strips", flush=True)
+    finally:
+        stop(node_processes)
+        controller.stop()
+    # Ideal: the work spread perfectly over the total speed, plus one start-up and one block at 1x (no plan
+    # can end on less).
+    ideal = row_cost * height / sum(speeds) + 0.6 + row_cost * BLOCK
+    results = {plan: {"makespan_s": statistics.median(times[plan]), "runs_s": times[plan],
+                      "ratio": statistics.median(times[plan]) / ideal, "strips": statistics.median(units[plan])}
+               for plan in plans}
+    for plan, r in results.items():
+        print(f"  {plan}: median {r['makespan_s']:.2f} s, ratio to ideal {r['ratio']:.3f}, {r['strips']:.0f} strips")
+    return {"nodes": nodes, "height": height, "work_s_at_1x": row_cost * height, "ideal_s": ideal,
+            "rounds": rounds, "plans": results}
 
 
 # -- simulated nodes: threads speaking the real API --------------------------------------------------------
@@ -785,6 +859,18 @@ def markdown(report: dict) -> str:
                   "what the strip size alone costs. Tail-aware = that simulation with slow nodes declining a "
                   "strip that faster nodes would finish sooner. Ratios are to ideal. Node gap = from one fake "
                   "POV-Ray exiting to the next one starting on the same node.", ""]
+    if report.get("plans"):
+        plans = list(report["plans"][0]["plans"])
+        lines += ["## 1b. Fixed plans against strips cut at lease time (same nodes, same uneven frame)", "",
+                  "| nodes | work at 1x s | ideal s | " + " | ".join(f"{p}: makespan s (ratio, strips)" for p in plans)
+                  + " |", "|---|---|---|" + "---|" * len(plans)]
+        for r in report["plans"]:
+            lines.append(f"| {r['nodes']} | {r['work_s_at_1x']:.0f} | {r['ideal_s']:.1f} | " + " | ".join(
+                f"{r['plans'][p]['makespan_s']:.1f} (**{r['plans'][p]['ratio']:.3f}**, {r['plans'][p]['strips']:.0f})"
+                for p in plans) + " |")
+        lines += ["", "Speeds 0.5x/1x/2x in turn; rows cost by chess2's profile (15 bands, 0.47 to 5.86); 0.6 s "
+                  "simulated start-up per run. Ideal = work / total speed + one start-up + one block at 1x. "
+                  "Medians of the rounds, plans run in alternating order.", ""]
     if report.get("throughput"):
         t = report["throughput"]
         lines += ["## 2. Controller throughput (simulated nodes, zero-cost renderer)", "",
@@ -819,8 +905,12 @@ def markdown(report: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller run of about a minute")
-    parser.add_argument("--only", default="makespan,throughput,idle",
-                        help="comma-separated parts: makespan, throughput, idle (default: all)")
+    parser.add_argument("--only", default="makespan,plans,throughput,idle",
+                        help="comma-separated parts: makespan, plans, throughput, idle (default: all)")
+    parser.add_argument("--plans-nodes", help="node counts for part 1b, e.g. 8,16 (default 16; quick 8)")
+    parser.add_argument("--plans-rounds", type=int, help="rounds of part 1b (default 3; quick 1)")
+    parser.add_argument("--plans", default=",".join(PLANS),
+                        help=f"the plans part 1b compares, comma-separated (default: {','.join(PLANS)})")
     parser.add_argument("--makespan-nodes", help="node counts for part 1, e.g. 16,32,64 (default 64; quick 16)")
     parser.add_argument("--strip-seconds", type=float, help="seconds per strip at 1x (default 8; quick 2)")
     parser.add_argument("--strips-per-node", type=int, default=8, help="strips per node in part 1 (default 8)")
@@ -891,6 +981,16 @@ def main() -> int:
                 part_tmp = tmp / f"makespan-{n}"
                 part_tmp.mkdir()
                 report["makespan"].append(run_makespan(args, part_tmp, n, height, strip_count, strip_seconds))
+        if "plans" in parts:
+            report["plans"] = []
+            for n in [int(n) for n in (args.plans_nodes or ("8" if quick else "16")).split(",")]:
+                height = 8 * n * BLOCK                         # room for the 8-strips-per-node plan
+                part_tmp = tmp / f"plans-{n}"
+                part_tmp.mkdir()
+                row_cost = strip_seconds / BLOCK               # a block costs --strip-seconds at 1x on average
+                report["plans"].append(run_plans(args, part_tmp, n, height, row_cost,
+                                                 args.plans_rounds or (1 if quick else 3),
+                                                 tuple(plan for plan in PLANS if plan in args.plans.split(","))))
         if "throughput" in parts:
             part_tmp = tmp / "throughput"
             part_tmp.mkdir()
@@ -915,9 +1015,10 @@ def main() -> int:
     table = markdown(report)
     print("\n" + table)
     args.save.mkdir(parents=True, exist_ok=True)
-    (args.save / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.save / "scale.md").write_text(table)
-    print(f"saved {args.save / 'scale.json'} and scale.md; {report['seconds']:.0f} s in all")
+    name = "scale-plans" if parts == ["plans"] else "scale"     # a run of part 1b alone keeps the full results
+    (args.save / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.save / f"{name}.md").write_text(table)
+    print(f"saved {args.save / name}.json and {name}.md; {report['seconds']:.0f} s in all")
     return 0
 
 

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_BYTES = 4096   # the most error text a node sends for one strip
 POLL_WAIT = 20.0         # seconds a poll may wait at the controller for work (it may shorten it)
+PREVIEW_FIRST_WAIT = 2.0  # seconds a finished strip may wait for its job's preview, so viewers get that first
 RETRY_CEILING = 10.0     # seconds: the longest wait between attempts while the controller is in trouble
 # Faults that waiting cannot cure: the token is refused or has the wrong role. Every other fault,
 # and an unreachable controller, means back off and try again.
@@ -261,6 +262,15 @@ class Node:
         aside.start()
         return self.client.call("nodes.poll", node_id, 0)
 
+    def _preview_first(self, job: int) -> None:
+        """Viewers should get a job's preview before its first rows: a strip that beat the preview
+        rendering beside it waits for it, at most PREVIEW_FIRST_WAIT seconds."""
+        with self._registration:
+            asides = [thread for thread in self._asides if thread.name == f"preview-{job}" and thread.is_alive()]
+        deadline = time.monotonic() + PREVIEW_FIRST_WAIT
+        for thread in asides:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
     # -- one strip ---------------------------------------------------------------------------
 
     def work(self, task: dict[str, Any], take_next: bool = True) -> dict[str, Any] | None:
@@ -280,9 +290,11 @@ class Node:
                  outcome.seconds)
         if outcome.kind == "done" and take_next and not self.stopping.is_set():
             # Off the slot's path: the slot polls for its next strip and renders it while this one goes up.
-            self.uploads.put(lease, outcome)
+            self.uploads.put(lease, outcome, task["job"])
             return None
         if outcome.kind == "done":
+            if take_next:
+                self._preview_first(task["job"])
             return self._complete(lease, outcome.rows, outcome.seconds, take_next, outcome.encoding)
         if outcome.kind == "failed":
             message = self._error_text(outcome.error, strip_dir / "scene")
@@ -417,13 +429,13 @@ class _Uploads:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def put(self, lease: str, outcome: RenderOutcome) -> None:
+    def put(self, lease: str, outcome: RenderOutcome, job: int) -> None:
         with self._lock:
             self._pending[lease] = self.node.clock()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="uploads", daemon=True)
                 self._thread.start()
-        self._queue.put((lease, outcome))
+        self._queue.put((lease, outcome, job))
 
     def pending(self) -> list[str]:
         with self._lock:
@@ -443,8 +455,9 @@ class _Uploads:
 
     def _run(self) -> None:
         while True:
-            lease, outcome = self._queue.get()
+            lease, outcome, job = self._queue.get()
             try:
+                self.node._preview_first(job)     # the job's preview, rendering beside, goes up first
                 self._renew_waiting()
                 with self._lock:
                     wanted = self._pending.get(lease, 0.0) >= 0

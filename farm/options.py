@@ -85,6 +85,26 @@ def without_antialiasing(options: Iterable[str]) -> tuple[str, ...]:
     return tuple(kept)
 
 
+PREVIEW_QUALITY = 8   # POV-Ray's quality 9 adds media and radiosity; 8 renders everything else
+
+
+def preview_options(options: Iterable[str], radiosity: bool) -> tuple[str, ...]:
+    """A preview's options: without anti-aliasing, and for a scene with radiosity at quality 8 at most
+    (no radiosity, no media). Radiosity's pretrace costs about the same at any size (balcony: 6 s of CPU
+    for an 80x60 preview, against 0.3 s at +Q8), and it would compete with the frame's own pre-pass."""
+    kept = without_antialiasing(options)
+    if not radiosity:
+        return kept
+    quality, others = 9, []
+    for option in kept:
+        parts = _split_switch(option) if option[:1] in "+-" else None
+        if parts is not None and parts[0] == "Q":
+            quality = int(parts[1]) if parts[1] else 9
+        else:
+            others.append(option)
+    return (*others, f"+Q{min(quality, PREVIEW_QUALITY)}")
+
+
 def _split_switch(option: str) -> tuple[str, str] | None:
     """('A', '0.3') for '+A0.3'; None when no known switch matches."""
     body = option[1:]

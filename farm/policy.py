@@ -5,7 +5,8 @@ knows (through a `Queue`), and they decide. Tested with property tests and plain
 values.
 
 - Jobs go in order of priority (higher first), then of submission.
-- Within a job, units go in plan order.
+- Within a job, units go by frame, then from the top of the frame: its preview
+  and radiosity pre-pass first, then units handed back, then what remains.
 - A unit that failed on a node is retried on another node when another live node
   may take it; the node that failed it gets it back only after a growing pause, so
   a lone broken node does not burn every attempt before a healthy node registers.
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence
 
+from farm import scheduler
 from farm.records import FailureVerdict, Unit
 from farm.strips import PREVIEW
 
@@ -57,6 +59,18 @@ class Queue(Protocol):
     def failures(self, job_id: int) -> Failures: ...
 
     def live_node_names(self) -> frozenset[str]: ...
+
+    def live_slots(self) -> Mapping[str, int]: ...
+
+    def frame_units(self, job_id: int,
+                    frame: int) -> tuple[Sequence[scheduler.Finished], Sequence[scheduler.Running]]: ...
+
+
+def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int) -> int | None:
+    """Where the unit `node_id` leases off a frame's remainder ends (`farm.scheduler`), from the frame's
+    measured units and the live slots; None when faster slots should have those rows."""
+    finished, running = queue.frame_units(unit.job, unit.frame)
+    return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, queue.live_slots(), finished, running)
 
 
 def in_line(jobs: Iterable[JobInLine]) -> list[JobInLine]:

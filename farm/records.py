@@ -70,6 +70,7 @@ class Job:
     started: float
     finished: float
     pretrace: bool
+    block: int = strips.DEFAULT_BLOCK
 
     @property
     def ended(self) -> bool:
@@ -118,6 +119,7 @@ class Unit:
     error: str
     seconds: float
     done_seq: int       # the order in which the job's units were stored: the viewers' feed cursor
+    remainder: bool = False   # rows of a frame not cut yet: each lease cuts its unit off this one
 
     @property
     def frames(self) -> range:

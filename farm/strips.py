@@ -112,23 +112,6 @@ def plan_strips(height: int, count: int, block: int = DEFAULT_BLOCK) -> list[tup
     return strips
 
 
-def auto_strip_count(height: int, slots: int, block: int = DEFAULT_BLOCK) -> int:
-    """A default strip count: one strip per POV-Ray slot in the farm, at least 2, never more than the
-    blocks available.
-
-    Every POV-Ray process costs ~0.6 s of idle start-up, and each process already uses all of its
-    node's cores, so a strip that finishes early leaves nothing idle: more strips than slots would only
-    add start-ups. (Two strips even for one slot give a live viewer something to show early.)
-    """
-    if height < 1:
-        raise ValueError(f"The image height must be at least 1, not {height}.")
-    if block < 1:
-        raise ValueError(f"The block size must be at least 1, not {block}.")
-    if slots < 0:
-        raise ValueError(f"The slot count cannot be negative ({slots}).")
-    return min(max(2, slots), _block_count(height, block))
-
-
 def povray_row_options(start: int, end: int, height: int) -> list[str]:
     """POV-Ray options selecting 0-based rows [start, end): e.g. ['+SR33', '+ER64'].
 
@@ -738,15 +721,17 @@ class UnitPlan:
     """A unit of work as planned at submit: rows [row_start, row_end) of frames first_frame..last_frame,
     rendered by one POV-Ray process. kind ROWS delivers those rows; PRETRACE is a frame's radiosity
     pre-pass, whose rows are the whole frame and whose result is the radiosity cache; PREVIEW is a
-    frame's preview, whose rows are those of the preview's own (smaller) image."""
+    frame's preview, whose rows are those of the preview's own (smaller) image. A `remainder` is not
+    rendered as planned: each lease cuts the next unit off it (`farm.scheduler`)."""
     first_frame: int
     last_frame: int
     row_start: int
     row_end: int
     kind: str = ROWS
+    remainder: bool = False
 
     def splits_frame(self, height: int) -> bool:
-        return (self.row_start, self.row_end) != (0, height)
+        return self.remainder or (self.row_start, self.row_end) != (0, height)
 
 
 def plan_units(height: int, first_frame: int, last_frame: int, slots: int, strips: int | str = "auto",
@@ -754,16 +739,18 @@ def plan_units(height: int, first_frame: int, last_frame: int, slots: int, strip
     """Units of work for frames first..last, for a farm with `slots` POV-Ray slots in all.
 
     With an explicit strip count every frame is split into that many strips. Otherwise a still, or
-    fewer frames than slots, is split into strips so every slot has work; with more frames than slots,
-    whole frames are the units, in runs of consecutive frames that one POV-Ray process renders
-    (+SF/+EF) so its start-up cost is paid once per run; `runs_per_slot` runs per slot let faster
-    nodes take more of the frames."""
+    fewer frames than slots, gets one remainder unit per frame, cut into strips as nodes ask for work
+    (`farm.scheduler`); with more frames than slots, whole frames are the units, in runs of consecutive
+    frames that one POV-Ray process renders (+SF/+EF) so its start-up cost is paid once per run;
+    `runs_per_slot` runs per slot let faster nodes take more of the frames."""
     frames = last_frame - first_frame + 1
     if frames < 1:
         raise ValueError("the frame range is empty")
     slots = max(1, slots)
+    if strips == "auto" and (frames == 1 or frames < slots) and _block_count(height, block) > 1:
+        return [UnitPlan(frame, frame, 0, height, remainder=True) for frame in range(first_frame, last_frame + 1)]
     if strips != "auto" or frames == 1 or frames < slots:
-        count = int(strips) if strips != "auto" else auto_strip_count(height, -(-slots // frames), block)
+        count = int(strips) if strips != "auto" else 1
         rows = plan_strips(height, count, block)
         return [UnitPlan(frame, frame, start, end) for frame in range(first_frame, last_frame + 1)
                 for start, end in rows]

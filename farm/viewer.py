@@ -191,6 +191,7 @@ class ViewerState:
         self.message = ""
         self._message_until = 0.0
         self._colours: dict[str, tuple[int, int, int]] = {}
+        self._eta_at = 0.0                                # when the job's "eta" was measured
         self._step = 0
         self._dirty: list[tuple[int, int, int]] = []
         self._full = True
@@ -242,6 +243,7 @@ class ViewerState:
             self.frames, self.frame, self.received, self._full = {}, None, [], True
             self.previewed = set()
         self.job = dict(info)
+        self._eta_at = self.clock()
         self.error = ""
         for strip in reply.get("strips", []):
             self._apply_strip(strip)
@@ -395,7 +397,8 @@ class ViewerState:
         return 0 if self.job.get("state") == "done" else 1
 
     def timing(self, now: float | None = None) -> tuple[float | None, float | None]:
-        """(seconds since the job started, estimated seconds left), None when unknown."""
+        """(seconds since the job started, estimated seconds left), None when unknown. The estimate is the
+        controller's, from the cost per row it measured (counted down since), else from the fraction done."""
         job = self.job
         started = job.get("started") or 0.0
         if not started:
@@ -406,6 +409,8 @@ class ViewerState:
         progress = float(job.get("progress", 0.0))
         if job.get("state") in FINISHED:
             return elapsed, 0.0 if job.get("state") == "done" else None
+        if job.get("eta") is not None:
+            return elapsed, max(0.0, float(job["eta"]) - max(0.0, now - self._eta_at))
         if progress <= 0.0:
             return elapsed, None
         return elapsed, elapsed * (1.0 - progress) / progress
@@ -447,7 +452,7 @@ class ViewerState:
             parts.append("controller unreachable, retrying")
         if self.error:
             parts.append(self.error)
-        if self.message:
+        if self.message and self.message not in parts:
             parts.append(self.message)
         return [first, "  |  ".join(parts)]
 
@@ -658,6 +663,7 @@ class Window:
     """The pygame window: the image, scaled to fit or 1:1, with the overlay on top."""
 
     MIN_SIZE = (480, 270)
+    STATUS_LINES = 2
     FPS = 30
     BACKGROUND = (20, 20, 24)
 
@@ -681,6 +687,7 @@ class Window:
         self.view_pos = (0, 0)
         self.scale = 1.0
         self.image_key: tuple | None = None
+        self._sized = False
         self.window_size = (0, 0)
         self.dirty = True
         self._shown_version = -1
@@ -695,11 +702,17 @@ class Window:
         self.dirty = True
 
     def natural_size(self, width: int, height: int) -> tuple[int, int]:
-        """The window for an image: its size (times the zoom), shrunk to fit the screen, not too small."""
+        """The window for an image: its size (times the zoom), shrunk to fit the screen, not too small, with
+        the status bar below it."""
         w, h = width * self.zoom, height * self.zoom
-        room_w, room_h = self.screen[0] * 0.9, self.screen[1] * 0.85
+        bar = self.status_height()
+        room_w, room_h = self.screen[0] * 0.9, self.screen[1] * 0.85 - bar
         shrink = min(1.0, room_w / w, room_h / h)
-        return max(self.MIN_SIZE[0], round(w * shrink)), max(self.MIN_SIZE[1], round(h * shrink))
+        return max(self.MIN_SIZE[0], round(w * shrink)), max(self.MIN_SIZE[1], round(h * shrink) + bar)
+
+    def status_height(self) -> int:
+        """Pixels the status bar takes at the bottom of the window: the image is laid out above it."""
+        return (self.small.get_linesize() + 3) * self.STATUS_LINES + 6
 
     def _layout(self) -> None:
         """Recompute the scale and rebuild the scaled view from the full-size image."""
@@ -709,6 +722,7 @@ class Window:
             return
         w, h = self.image.get_size()
         ww, wh = self.window_size
+        wh = max(1, wh - self.status_height())
         self.scale = min(ww / w, wh / h) if self.fit else self.zoom
         vw, vh = max(1, round(w * self.scale)), max(1, round(h * self.scale))
         self.view = self.image if (vw, vh) == (w, h) else self._scaled(self.image, (vw, vh))
@@ -745,8 +759,9 @@ class Window:
             return
         key = (self.state.target, self.state.frame, canvas.width, canvas.height)
         if full or self.image is None or key != self.image_key:
-            if self.image_key is None or (self.image_key[2:] != key[2:]):
+            if not self._sized:     # the first image sizes the window; later jobs are fitted into it
                 self._open(self.natural_size(canvas.width, canvas.height))
+                self._sized = True
             self.image = pg.Surface((canvas.width, canvas.height), 0, 32)
             self.image.blit(self._rows_surface(canvas, 0, canvas.height), (0, 0))
             self.image_key = key
@@ -779,7 +794,7 @@ class Window:
         if self.overlay:
             self._draw_in_flight(win)
             self._draw_error(win)
-            self._draw_status(win)
+        self._draw_status(win)      # below the image, so it hides nothing
         pg.display.flip()
 
     def _label(self, win, text: str, pos: tuple[int, int], colour, font=None, background=(0, 0, 0, 170)):
@@ -841,7 +856,7 @@ class Window:
         lines = [line for line in self.state.status_lines(self.url) if line]
         ww, wh = win.get_size()
         step = self.small.get_linesize() + 3
-        bar = self.pg.Surface((ww, step * len(lines) + 6), self.pg.SRCALPHA)
+        bar = self.pg.Surface((ww, self.status_height()), self.pg.SRCALPHA)
         bar.fill((0, 0, 0, 185))
         for i, line in enumerate(lines):
             colour = (255, 140, 120) if (i == 1 and not self.state.link_ok) else (235, 235, 235)

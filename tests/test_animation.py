@@ -95,8 +95,12 @@ def test_many_frames_make_runs_and_few_frames_make_strips():
     runs = strips.plan_units(120, 1, 30, 2)
     assert all(unit.row_start == 0 and unit.row_end == 120 for unit in runs)
     assert 2 <= len(runs) <= 4 and sum(unit.last_frame - unit.first_frame + 1 for unit in runs) == 30
-    split = strips.plan_units(240, 1, 2, 8)
-    assert all(unit.first_frame == unit.last_frame for unit in split) and len(split) > 2
+    split = strips.plan_units(240, 1, 2, 8)     # cut as nodes ask: one remainder of every row per frame
+    assert split == [strips.UnitPlan(f, f, 0, 240, remainder=True) for f in (1, 2)]
+    assert strips.plan_units(20, 1, 1, 8) == [strips.UnitPlan(1, 1, 0, 20)]   # one block: nothing to cut
+    fixed = strips.plan_units(240, 1, 2, 8, strips=3)
+    assert [(u.first_frame, u.row_start, u.row_end) for u in fixed] == [
+        (f, a, b) for f in (1, 2) for a, b in ((0, 96), (96, 192), (192, 240))]
 
 
 def test_animated_png_frames_decode_to_the_stills():

@@ -517,14 +517,14 @@ def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(
             break
         time.sleep(0.01)
     assert written == len(tasks)
-    counts = {state.value: count for state, (count, _) in store.units.summary(job).items()}
+    counts = {state.value: counts.units for state, counts in store.units.summary(job).items()}
     assert counts == {"leased": 16}                    # readers see committed data only
     assert db._committed < batch and not errors     # written, not committed: nobody has returned
     db._commit_batch()
     for thread in threads:
         thread.join(20)
     assert errors == [] and db._committed == batch   # one commit for all sixteen
-    counts = {state.value: count for state, (count, _) in store.units.summary(job).items()}
+    counts = {state.value: counts.units for state, counts in store.units.summary(job).items()}
     assert counts == {"done": 16}
 
 
@@ -579,6 +579,13 @@ def test_a_preview_goes_first_at_its_own_size_and_never_holds_the_frame_back(far
     assert err.value.code is Code.STALE_LEASE
     image = strips.decode_png(farm.call("jobs.fetch", job).data)
     assert image.pixels == bytes([1]) * (32 * 64 * 4) + bytes([2]) * (32 * 64 * 4)
+
+
+def test_a_preview_of_a_radiosity_scene_renders_without_radiosity():
+    from farm.options import preview_options
+    assert preview_options(["+A0.3", "+UA", "+Q9"], radiosity=False) == ("+UA", "+Q9")
+    assert preview_options(["+A0.3", "+UA"], radiosity=True) == ("+UA", "+Q8")      # its pretrace costs seconds
+    assert preview_options(["+Q4", "+UA"], radiosity=True) == ("+UA", "+Q4")        # never more than asked
 
 
 def test_the_feed_carries_the_preview_as_its_own_piece_and_the_image_never_gets_it(farm, scene):

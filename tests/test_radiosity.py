@@ -31,6 +31,8 @@ def test_split_frames_get_a_pretrace_unit_before_their_first_strip():
     assert strips.with_pretrace(units, 64, False) == units
     whole_frames = [Plan(1, 5, 0, 64), Plan(6, 9, 0, 64)]     # one process renders every row: nothing to share
     assert strips.with_pretrace(whole_frames, 64, True) == whole_frames
+    remainder = Plan(1, 1, 0, 64, remainder=True)                # cut at lease time: it will be split
+    assert strips.with_pretrace([remainder], 64, True) == [Plan(1, 1, 0, 64, "pretrace"), remainder]
 
 
 def test_the_wrapper_includes_the_scene_and_refuses_names_it_cannot_quote():

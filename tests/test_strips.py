@@ -20,7 +20,6 @@ from farm import strips
 from farm.strips import (
     DEFAULT_BLOCK,
     Raster,
-    auto_strip_count,
     compress_rows,
     crop_rows,
     decode_image,
@@ -161,23 +160,6 @@ def test_plan_strips_examples_and_errors():
     for args in [(0, 1), (10, 0), (10, 1, 0)]:
         with pytest.raises(ValueError):
             plan_strips(*args)
-
-
-@given(st.integers(1, 5000), st.integers(0, 200))
-def test_auto_strip_count(height, slots):
-    n = auto_strip_count(height, slots)
-    blocks = -(-height // DEFAULT_BLOCK)
-    assert 1 <= n <= blocks
-    assert n == min(blocks, max(2, slots))
-
-
-def test_auto_strip_count_examples():
-    assert auto_strip_count(480, 1) == 2
-    assert auto_strip_count(480, 4) == 4
-    assert auto_strip_count(480, 100) == 15
-    assert auto_strip_count(20, 3) == 1
-    with pytest.raises(ValueError):
-        auto_strip_count(0, 1)
 
 
 @given(st.data())

@@ -245,6 +245,26 @@ def test_elapsed_and_eta_from_the_job_times_and_progress():
     assert state.timing() == (5.0, None) and state.exit_code == 1
 
 
+def test_the_eta_is_the_controllers_measured_estimate_counted_down():
+    clock = Clock(110.0)
+    state = ViewerState(1, clock=clock)
+    state.handle(("feed", 1, reply(job_info(started=100.0, progress=0.9, eta=42.0))))   # not 10 * 0.1 / 0.9
+    assert state.timing() == (10.0, 42.0)
+    clock.now = 120.0
+    assert state.timing() == (20.0, 32.0) and "ETA 0:32" in state.status_lines()[1]
+    clock.now = 200.0
+    assert state.timing() == (100.0, 0.0)
+
+
+def test_following_the_newest_job_is_said_once():
+    state = ViewerState()
+    state.handle(("feed", 1, reply(job_info(7))))
+    state.step(+1)
+    state.handle(("jobs", [job_info(7)]))        # N past the newest job: follow it
+    assert state.follow and state.message == "following the newest job"
+    assert state.status_lines()[1].count("following the newest job") == 1
+
+
 def test_status_bar_shows_nodes_and_an_unreachable_controller():
     state = ViewerState()
     assert state.status_lines("http://x:1")[0] == "waiting for a job at http://x:1"
@@ -431,7 +451,10 @@ def test_the_window_paints_strips_row_by_row_and_saves_the_image(window, tmp_pat
                                                     "progress": 0.4}])))
     assert win.step() is None
     assert feed.wanted == (1, 1)
-    assert win.fit and win.view.get_size() == (480, 240)          # a small image is enlarged to fit
+    # A small image is enlarged to fit, above the status bar, which covers none of it.
+    bar_top = win.window_size[1] - win.status_height()
+    assert win.fit and win.view.get_size() == (round(64 * win.scale), round(32 * win.scale)) and win.scale > 6
+    assert win.view_pos[1] + win.view.get_height() <= bar_top
     assert _press(win, pg.K_f) is None and not win.fit             # 1:1
     assert _press(win, pg.K_o) is None and not win.overlay         # the image alone
     shown = _image_area(win)
@@ -447,6 +470,12 @@ def test_the_window_paints_strips_row_by_row_and_saves_the_image(window, tmp_pat
     assert _press(win, pg.K_f) is None and win.fit                 # back to fit, and the overlay
     assert _press(win, pg.K_o) is None and win.overlay
     assert _press(win, pg.K_n) is None and feed.jobs_requested == 1
+    size = pg.display.get_surface().get_size()
+    state.handle(("jobs", [{"id": 1}, {"id": 2}]))                   # N: on to job 2, of another size
+    feed.messages.put(("feed", 2, reply(job_info(2, width=300, height=20), [strip(fill(300, 20, 9), 0, 20)])))
+    win.step()
+    assert state.target == 2 and win.image.get_size() == (300, 20)
+    assert pg.display.get_surface().get_size() == size                # the same window, the image fitted in
     assert _press(win, pg.K_q) == 0
 
 

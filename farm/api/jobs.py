@@ -44,12 +44,16 @@ class JobsAPI:
         """One job in detail.
 
         @param job: int
-        @return: struct: id, name, scene, state, progress (0..1), width, height, strips_total, strips_done,
+        @return: struct: id, name, scene, state, progress (0..1, by rows), width, height, strips_total
+            (the strips cut so far, plus one for what remains of each frame still to be cut), strips_done,
             strips_leased, frames_total, frames_done, priority, error ("" if none), channels, bits,
             first_frame, last_frame, frame_digits, submitted, started, finished (Unix times, 0 if not yet),
+            eta (float seconds left at the cost the scheduler measured; absent while nothing is measured
+            or once the job has ended),
             preview (the state of the job's preview, "" when it has none: it is not counted in strips_*),
             frames ([struct] number, state), strips ([struct] frame, frame_last, index, row_start, row_end,
-            state, node, progress, attempts, kind ("rows", "pretrace" or "preview"))
+            state, node, progress, attempts, kind ("rows", "pretrace" or "preview"), seconds (POV-Ray's time for
+            it as its node reported it, 0 until done))
         """
         return self._views.job_status(self._store.jobs.get(args.job_id(job)), detail=True)
 

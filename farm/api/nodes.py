@@ -8,7 +8,7 @@ from farm import strips
 from farm.api import NODE, READERS, args, rpc
 from farm.faults import Code, FarmError
 from farm.rpc import departure_watch
-from farm.options import without_antialiasing
+from farm.options import preview_options
 
 MAX_ERROR_TEXT = 8192
 MAX_ID_TEXT = 120
@@ -67,9 +67,10 @@ class NodesAPI:
         unit = lease.unit
         width, height, options = job.width, job.height, job.options
         if unit.kind == strips.PREVIEW:
-            # The preview's own size and no anti-aliasing: a node that does not know the kind renders it as
-            # ordinary rows, and that is all it is.
-            (width, height), options = strips.preview_size(job.width, job.height), without_antialiasing(options)
+            # The preview's own size, no anti-aliasing and no radiosity: a node that does not know the kind
+            # renders it as ordinary rows, and that is all it is.
+            width, height = strips.preview_size(job.width, job.height)
+            options = preview_options(options, job.pretrace)
         return {
             "lease": lease.token, "job": job.id, "frame": unit.frame, "frame_last": unit.frame_last,
             "strip": unit.index, "animation": list(job.animation_options), "attempt": unit.attempt,

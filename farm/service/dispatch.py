@@ -85,7 +85,10 @@ class Dispatcher:
 
     def _lease(self, node_id: str) -> Lease | None:
         return self._store.units.lease_next(node_id, self._clock(), self._config.lease_timeout,
-                                            policy.choose_unit)
+                                            policy.choose_unit, self._cut)
+
+    def _cut(self, unit: Unit, queue: policy.Queue, node_id: str) -> int | None:
+        return policy.cut_remainder(queue, unit, node_id, self.job(unit.job).block)
 
     def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
         return job.pretrace and unit.kind == strips.ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)

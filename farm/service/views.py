@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from farm import strips
+from farm import scheduler, strips
 from farm.records import Job, Node, StoredRows
 from farm.service.changes import Changes
 from farm.states import FrameState, JobState, UnitState
@@ -27,10 +27,13 @@ class Views:
 
     def job_status(self, job: Job, detail: bool) -> dict[str, Any]:
         summary = self._store.units.summary(job.id)
-        total = sum(count for count, _ in summary.values())
-        done = summary.get(UnitState.DONE, (0, 0.0))[0]
-        leased, leased_progress = summary.get(UnitState.LEASED, (0, 0.0))
-        progress = 1.0 if job.state is JobState.DONE else ((done + leased_progress) / total if total else 0.0)
+        total = sum(counts.units for counts in summary.values())
+        done = summary[UnitState.DONE].units if UnitState.DONE in summary else 0
+        leased = summary[UnitState.LEASED].units if UnitState.LEASED in summary else 0
+        rows = sum(counts.rows for counts in summary.values())
+        rendered = sum(summary[state].rows_rendered for state in (UnitState.DONE, UnitState.LEASED) if state in summary)
+        progress = 1.0 if job.state is JobState.DONE else (rendered / rows if rows else 0.0)
+        eta = None if job.ended else self._seconds_left(job.id, rows - rendered)
         frames = self._store.jobs.frames(job.id)
         preview = self._store.units.preview_state(job.id)
         status = {
@@ -43,13 +46,22 @@ class Views:
             "submitted": job.submitted, "started": job.started, "finished": job.finished,
             "preview": preview.value if preview is not None else "",
         }
+        if eta is not None:
+            status["eta"] = round(eta, 1)
         if detail:
             status["frames"] = [{"number": f.number, "state": f.state.value} for f in frames]
             status["strips"] = [{"frame": u.frame, "frame_last": u.frame_last, "index": u.index,
                                  "row_start": u.row_start, "row_end": u.row_end, "state": u.state.value,
-                                 "node": u.node, "progress": u.progress, "attempts": u.attempt, "kind": u.kind}
+                                 "node": u.node, "progress": u.progress, "attempts": u.attempt, "kind": u.kind,
+                                 "seconds": u.seconds}
                                 for u in self._store.units.of_job(job.id)]
         return status
+
+    def _seconds_left(self, job_id: int, rows_left: float) -> float | None:
+        """The time the job's rows still to render take on the live slots at the cost the scheduler
+        measured (None while nothing is measured)."""
+        slots = {node.id: node.slots for node in self._store.nodes.live()}
+        return scheduler.seconds_left(round(rows_left), self._store.units.cost_samples(job_id), slots)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job's status; each computed once per change of the job, however many pages ask every

@@ -51,21 +51,22 @@ class JobRecords:
         with self._db.write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
-                " bits, first_frame, last_frame, animation, submitted, pretrace)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " bits, first_frame, last_frame, animation, submitted, pretrace, block)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (spec.name, JobState.QUEUED.value, spec.priority, spec.bundle, spec.scene, spec.width,
                  spec.height, json.dumps(list(spec.options)), spec.channels, spec.bits, spec.first_frame,
                  spec.last_frame, json.dumps(spec.animation.to_spec()) if spec.animation else None, now,
-                 int(bool(pretraced))))
+                 int(bool(pretraced)), spec.block))
             job_id = cur.lastrowid
             db.executemany("INSERT INTO frames VALUES (?, ?, ?, NULL)",
                            [(job_id, frame, FrameState.QUEUED.value)
                             for frame in range(spec.first_frame, spec.last_frame + 1)])
             db.executemany(
-                "INSERT INTO units (job, frame, frame_last, idx, row_start, row_end, state, kind)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO units (job, frame, frame_last, idx, row_start, row_end, state, kind, remainder)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 [(job_id, plan.first_frame, plan.last_frame, index, plan.row_start, plan.row_end,
-                  _first_state(plan, pretraced).value, plan.kind) for index, plan in enumerate(plans)])
+                  _first_state(plan, pretraced).value, plan.kind, int(plan.remainder))
+                 for index, plan in enumerate(plans)])
             return job_id
 
     def get(self, job_id: int) -> Job:

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL,  -- the frames this job renders
     animation TEXT,  -- JSON: POV-Ray's animation settings (+KFI/+KFF/+KI/+KF/+KC); NULL for a still
     error TEXT, submitted REAL NOT NULL, started REAL, finished REAL,
-    pretrace INTEGER NOT NULL DEFAULT 0);  -- 1: split frames wait for a shared radiosity pre-pass
+    pretrace INTEGER NOT NULL DEFAULT 0,   -- 1: split frames wait for a shared radiosity pre-pass
+    block INTEGER NOT NULL DEFAULT 32);    -- POV-Ray's render block size: unit edges fall on its multiples
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
     PRIMARY KEY (job, number));
@@ -50,8 +51,10 @@ CREATE TABLE IF NOT EXISTS units (
     kind TEXT NOT NULL DEFAULT 'rows',   -- 'rows'; 'pretrace': a frame's radiosity pre-pass (data: its cache);
                                          -- 'preview': a frame's low-resolution preview (rows of its own size)
     retry_at REAL NOT NULL DEFAULT 0,    -- a node that failed it may take it again from this time on
-    encoding TEXT NOT NULL DEFAULT 'zlib');   -- of data: 'zlib' (raw rows) or 'filtered' (PNG scanlines)
+    encoding TEXT NOT NULL DEFAULT 'zlib',  -- of data: 'zlib' (raw rows) or 'filtered' (PNG scanlines)
+    remainder INTEGER NOT NULL DEFAULT 0);  -- 1: rows of a frame not cut yet; each lease cuts a unit off it
 CREATE INDEX IF NOT EXISTS units_queued ON units (job, state, idx);
+CREATE INDEX IF NOT EXISTS units_in_line ON units (job, state, frame, row_start, idx);
 CREATE INDEX IF NOT EXISTS units_by_frame ON units (job, frame_last, frame);
 CREATE INDEX IF NOT EXISTS units_by_lease ON units (lease);
 CREATE INDEX IF NOT EXISTS units_by_done ON units (job, done_seq);
@@ -80,6 +83,8 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("units", "kind", "TEXT NOT NULL DEFAULT 'rows'"),
                   ("units", "retry_at", "REAL NOT NULL DEFAULT 0"),
                   ("units", "encoding", "TEXT NOT NULL DEFAULT 'zlib'"),
+                  ("units", "remainder", "INTEGER NOT NULL DEFAULT 0"),
+                  ("jobs", "block", "INTEGER NOT NULL DEFAULT 32"),
                   ("bundles", "members", "TEXT"),
                   ("bundles", "radiosity", "INTEGER"),
                   ("nodes", "upload_bps", "REAL NOT NULL DEFAULT 0"))
@@ -114,7 +119,7 @@ def job(row: sqlite3.Row) -> Job:
         first_frame=row["first_frame"], last_frame=row["last_frame"],
         animation=Animation.from_spec(json.loads(row["animation"])) if row["animation"] else None,
         error=row["error"] or "", submitted=row["submitted"], started=row["started"] or 0.0,
-        finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]))
+        finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]), block=row["block"])
 
 
 def frame(row: sqlite3.Row) -> Frame:
@@ -128,11 +133,11 @@ def unit(row: sqlite3.Row) -> Unit:
         attempt=row["attempt"], failures=row["failures"], lease=row["lease"] or "", node=row["node"] or "",
         lease_expires=row["lease_expires"] or 0.0, retry_at=row["retry_at"] or 0.0,
         progress=row["progress"], error=row["error"] or "", seconds=row["seconds"] or 0.0,
-        done_seq=row["done_seq"] or 0)
+        done_seq=row["done_seq"] or 0, remainder=bool(row["remainder"]))
 
 
 UNIT_COLUMNS = ("id, job, frame, frame_last, idx, row_start, row_end, state, kind, attempt, failures, lease,"
-                " node, lease_expires, retry_at, progress, error, seconds, done_seq")
+                " node, lease_expires, retry_at, progress, error, seconds, done_seq, remainder")
 
 
 def stored_rows(row: sqlite3.Row) -> StoredRows:

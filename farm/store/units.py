@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 from farm.db import Database
 from farm.faults import Code, FarmError
 from farm.policy import Failures, JobInLine
 from farm.records import FailureVerdict, Lease, Node, StoredRows, Unit
+from farm.scheduler import Finished, Running
 from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, UnitState
 from farm.store import schema
 from farm.store.jobs import fail_job_in, job_in
@@ -23,10 +24,19 @@ from farm.strips import PRETRACE, PREVIEW, ROWS, ZLIB
 
 _COVERS = "frame <= ? AND frame_last >= ?"   # a unit that includes a given frame
 _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
+_FRAME_ROWS = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's rows, for every frame it renders
 _FRAME_CACHE = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
 
 Chooser = Callable[["_Queue", str, float], "Unit | None"]
+Cutter = Callable[[Unit, "_Queue", str], "int | None"]   # the end row of the unit a node cuts off a remainder
 Judge = Callable[[Unit, frozenset, frozenset], FailureVerdict]
+
+
+@dataclass(frozen=True)
+class UnitCounts:
+    units: int
+    rows: int                # frame rows of its row units, for every frame they cover
+    rows_rendered: float     # those rows times each unit's progress
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,14 @@ class UnitRecords:
             row = db.execute(f"{_SELECT_UNIT} WHERE lease=?", (token,)).fetchone()
         return None if row is None else schema.unit(row)
 
-    def summary(self, job_id: int) -> dict[UnitState, tuple[int, float]]:
-        """state -> (count, total progress) of a job's units, previews left out, without reading them all."""
+    def summary(self, job_id: int) -> dict[UnitState, UnitCounts]:
+        """state -> counts of a job's units (previews left out), without reading them all."""
         with self._db.read() as db:
-            rows = db.execute("SELECT state, COUNT(*) AS n, TOTAL(progress) AS p FROM units WHERE job=? AND kind != ?"
-                              " GROUP BY state", (job_id, PREVIEW)).fetchall()
-        return {UnitState(row["state"]): (row["n"], row["p"]) for row in rows}
+            rows = db.execute(
+                f"SELECT state, COUNT(*) AS n, TOTAL(CASE WHEN kind=? THEN {_FRAME_ROWS} END) AS r,"
+                f" TOTAL(CASE WHEN kind=? THEN {_FRAME_ROWS} * progress END) AS p"
+                " FROM units WHERE job=? AND kind != ? GROUP BY state", (ROWS, ROWS, job_id, PREVIEW)).fetchall()
+        return {UnitState(row["state"]): UnitCounts(row["n"], int(row["r"]), row["p"]) for row in rows}
 
     def preview_state(self, job_id: int) -> UnitState | None:
         """The state of the job's preview, None when it has none."""
@@ -104,6 +116,16 @@ class UnitRecords:
                 (*(state.value for state in FINISHED_JOB_STATES), UnitState.QUEUED.value,
                  UnitState.WAITING.value, UnitState.LEASED.value, PREVIEW)).fetchone()[0]
 
+    def cost_samples(self, job_id: int, recent: int = 256) -> list[Finished]:
+        """The job's `recent` last finished row units as the cost model reads them (what is left costs
+        about what was done last; a long job is not read whole); a unit of several frames counts its
+        rows once per frame."""
+        with self._db.read() as db:
+            return [Finished(row["node"] or "", row["row_start"], row["row_start"] + row["rows"], row["seconds"] or 0.0)
+                    for row in db.execute(f"SELECT node, row_start, {_FRAME_ROWS} AS rows, seconds FROM units"
+                                          " WHERE job=? AND state=? AND kind=? ORDER BY done_seq DESC LIMIT ?",
+                                          (job_id, UnitState.DONE.value, ROWS, recent))]
+
     def retry_due(self, after: float, until: float) -> bool:
         """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
         with self._db.read() as db:
@@ -112,13 +134,20 @@ class UnitRecords:
 
     # -- leases ------------------------------------------------------------------------------
 
-    def lease_next(self, node_id: str, now: float, lease_timeout: float, choose: Chooser) -> Lease | None:
-        """Lease the node the unit `choose` picks from the queue, or None."""
+    def lease_next(self, node_id: str, now: float, lease_timeout: float, choose: Chooser,
+                   cut: Cutter | None = None) -> Lease | None:
+        """Lease the node the unit `choose` picks from the queue, or None. When that is a frame's
+        remainder, `cut` says where the unit to lease ends (the rest stays queued), or None when the
+        node should leave it to faster ones."""
         with self._db.write() as db:
             node = touch(db, node_id, now)
             if node.state is NodeState.BROKEN:
                 return None
-            unit = choose(_Queue(db), node.name, now)
+            queue = _Queue(db)
+            unit = choose(queue, node.name, now)
+            if unit is not None and unit.remainder:
+                end = cut(unit, queue, node_id) if cut is not None else unit.row_end
+                unit = None if end is None else _cut(db, unit, end)
             if unit is None:
                 schema.set_state(db, node, NodeState.IDLE)
                 return None
@@ -243,6 +272,23 @@ def _current(unit: Unit | None, node_id: str, token: str) -> Unit:
     return unit
 
 
+def _cut(db: sqlite3.Connection, remainder: Unit, end: int) -> Unit:
+    """The unit of rows [remainder.row_start, end) cut off a remainder, queued; the remainder keeps the rows
+    below it. Cutting it all makes the remainder an ordinary unit."""
+    if not remainder.row_start < end <= remainder.row_end:
+        raise FarmError(Code.INTERNAL, f"cannot cut rows {remainder.row_start}-{end} off rows "
+                                       f"{remainder.row_start}-{remainder.row_end}")
+    if end == remainder.row_end:
+        schema.update(db, "units", "id", remainder.id, remainder=0)
+        return replace(remainder, remainder=False)
+    index = db.execute("SELECT MAX(idx) + 1 FROM units WHERE job=?", (remainder.job,)).fetchone()[0]
+    cur = db.execute("INSERT INTO units (job, frame, frame_last, idx, row_start, row_end, state, kind)"
+                     " VALUES (?,?,?,?,?,?,?,?)", (remainder.job, remainder.frame, remainder.frame_last, index,
+                                                   remainder.row_start, end, UnitState.QUEUED.value, ROWS))
+    schema.update(db, "units", "id", remainder.id, row_start=end)
+    return schema.unit(db.execute(f"{_SELECT_UNIT} WHERE id=?", (cur.lastrowid,)).fetchone())
+
+
 def _complete_frames(db: sqlite3.Connection, unit: Unit) -> tuple[int, ...]:
     """The unit's frames whose every row unit is now stored. Their previews, if not begun, are not needed
     any more: a preview never holds a frame back."""
@@ -280,9 +326,30 @@ class _Queue:
             self._JOBS_IN_LINE, (JobState.QUEUED.value, JobState.RENDERING.value, UnitState.QUEUED.value))]
 
     def queued_units(self, job_id: int, limit: int) -> Sequence[Unit]:
+        """In the order they go: by frame, then from the top (a frame's preview and pre-pass first, then
+        units handed back, then what remains of the frame)."""
         return [schema.unit(row) for row in self._db.execute(
-            f"{_SELECT_UNIT} WHERE job=? AND state=? ORDER BY idx LIMIT ?",
+            f"{_SELECT_UNIT} WHERE job=? AND state=? ORDER BY frame, row_start, idx LIMIT ?",
             (job_id, UnitState.QUEUED.value, limit)).fetchall()]
+
+    def live_slots(self) -> dict[str, int]:
+        """Live node id -> its POV-Ray slots."""
+        return {node.id: node.slots for node in (schema.node(row) for row in self._db.execute(
+            "SELECT * FROM nodes WHERE state IN (?, ?)", (NodeState.IDLE.value, NodeState.BUSY.value)))}
+
+    def frame_units(self, job_id: int, frame: int) -> tuple[list[Finished], list[Running]]:
+        """The frame's finished and leased row units (cut from it: one frame each), as the cost model
+        reads them."""
+        finished, running = [], []
+        for row in self._db.execute(
+                "SELECT node, row_start, row_end, state, seconds, progress FROM units WHERE job=? AND frame=?"
+                " AND frame_last=? AND kind=? AND state IN (?, ?)",
+                (job_id, frame, frame, ROWS, UnitState.DONE.value, UnitState.LEASED.value)):
+            if row["state"] == UnitState.DONE.value:
+                finished.append(Finished(row["node"] or "", row["row_start"], row["row_end"], row["seconds"] or 0.0))
+            else:
+                running.append(Running(row["node"] or "", row["row_end"] - row["row_start"], row["progress"] or 0.0))
+        return finished, running
 
     def any_failures(self) -> bool:
         return self._db.execute("SELECT 1 FROM failures LIMIT 1").fetchone() is not None

@@ -1,0 +1,187 @@
+"""How many rows of a frame the next unit renders: decided when a node asks, from what the farm measured.
+
+A still (or each frame of an animation with fewer frames than slots) is not cut at submit. It is queued
+as one *remainder* unit covering its rows; every lease cuts the next row range off the top of it, and the
+last lease takes what is left. Cuts fall on multiples of the render block size, which keeps anti-aliased
+strips bit-identical to a single render.
+
+The size follows guided self-scheduling, weighted by node speed: each lease gets a third of its node's
+share of the rows that remain, the share being the node's speed (per slot, times its slots) over that of
+every live slot. So units are large while much is left and shrink toward the end. The share is the
+node's, not the slot's: a node's slots share its cores, so when one slot runs out of work the others
+get its cores, and cutting finer for them would only add POV-Ray start-ups. Why a third: rows ahead of
+the cut have not been measured, and a band of a scene can cost several times the average (chess2's
+pieces against its sky); a third of a share keeps a unit cut into such a band within the time the
+others need for the rest.
+
+- Before anything is measured, every slot gets a small probe (1/PROBE_SHARES of an even share), so a
+  slow node cannot take a large unit of dear rows blind; a lone node needs no probe. (A preview is no
+  substitute: it times the whole frame on one node, not its rows, and small first units also give
+  viewers their first final rows early.)
+- Node speeds are relative and learnt from the frame's finished units: a unit's cost per row at speed 1
+  is guessed from its neighbours (the units just above and below, rendered by other nodes), and a node's
+  speed is the median ratio of that guess to what it took; repeated a few times, this separates how fast
+  a node is from how dear its rows were.
+- The tail: when a node's fair share of what is left is smaller than the unit it would get, it declines
+  (returns None) if another live slot that is busy now, counting the work it still has, would finish
+  that unit clearly sooner. The last units go to fast nodes, and nothing starves: a node declines only
+  while some unit is running, whose node asks again when it is done.
+- A unit is never less than MIN_UNIT_SECONDS of work by the measured cost, so a cheap scene is not cut
+  into pieces whose POV-Ray start-up outweighs their work.
+
+Pure: no SQL, no sockets, no clock. The store asks `next_cut` inside its leasing transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+STARTUP_SECONDS = 0.6     # a POV-Ray process's fixed wall time (start-up and shut-down), measured here
+MIN_UNIT_SECONDS = 1.5    # a unit should work at least this long, by the measured cost per row
+SHARES = 3                # a node's unit is 1/SHARES of its speed-weighted share of the rows left
+PROBE_SHARES = 8          # before anything is measured: 1/PROBE_SHARES of an even share per slot
+DECLINE_MARGIN = 0.9      # decline only if another slot would finish in less than this part of the time
+SPEED_ROUNDS = 6
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished unit of the frame as the cost model sees it."""
+    node: str
+    row_start: int
+    row_end: int
+    seconds: float        # POV-Ray's wall time for it, as its node reported it
+
+    @property
+    def rows(self) -> int:
+        return self.row_end - self.row_start
+
+
+@dataclass(frozen=True)
+class Running:
+    """A leased unit of the frame."""
+    node: str
+    rows: int
+    progress: float       # 0..1, from the node's heartbeats
+
+
+@dataclass(frozen=True)
+class Model:
+    """What the finished units say: relative node speeds (mean 1) and seconds per row at speed 1 near
+    the cut."""
+    speeds: Mapping[str, float]
+    seconds_per_row: float
+
+    def rate(self, node: str) -> float:
+        """Rows per second the node renders near the cut."""
+        return self.speeds.get(node, 1.0) / self.seconds_per_row
+
+
+def _work(unit: Finished) -> float:
+    return max(0.05, unit.seconds - STARTUP_SECONDS)
+
+
+def node_speeds(finished: Sequence[Finished], rounds: int = SPEED_ROUNDS) -> tuple[dict[str, float], list[float]]:
+    """Relative node speeds (mean 1 over the nodes measured) and each unit's seconds per row at speed 1."""
+    order = sorted(finished, key=lambda unit: unit.row_start)
+    speeds = {unit.node: 1.0 for unit in order}
+    for _ in range(rounds):
+        cost = [speeds[unit.node] * _work(unit) / unit.rows for unit in order]
+        ratios: dict[str, list[float]] = {}
+        for index, unit in enumerate(order):
+            near = [cost[j] for j in (index - 1, index + 1) if 0 <= j < len(order) and order[j].node != unit.node]
+            if near:
+                ratios.setdefault(unit.node, []).append(statistics.fmean(near) * unit.rows / _work(unit))
+        if not ratios:
+            break
+        estimates = {node: statistics.median(values) for node, values in ratios.items()}
+        mean = statistics.fmean(estimates.values())
+        speeds = {node: estimates.get(node, mean) / mean for node in speeds}
+    return speeds, [speeds[unit.node] * _work(unit) / unit.rows for unit in order]
+
+
+def model(finished: Sequence[Finished], cut: int, nearest: int = 3) -> Model | None:
+    """The cost model from a frame's finished units, for rows just below `cut`; None with none."""
+    if not finished:
+        return None
+    speeds, costs = node_speeds(finished)
+    order = sorted(finished, key=lambda unit: unit.row_start)
+    near = sorted(range(len(order)), key=lambda i: abs(order[i].row_end - cut))[:nearest]
+    per_row = sum(costs[i] * order[i].rows for i in near) / sum(order[i].rows for i in near)
+    return Model(speeds, max(per_row, 1e-9))
+
+
+def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int],
+             finished: Sequence[Finished], running: Sequence[Running]) -> int | None:
+    """The end row of the unit `node` should render off a frame's remainder [start, end) (0-based, end
+    exclusive), or None when it should leave those rows to faster slots.
+
+    `slots`: live node -> POV-Ray slots (the asking node counts with at least one). `start` is on a
+    block edge; the result is a block edge or `end`, and always more than `start`."""
+    if block < 1 or not 0 <= start < end or start % block:
+        raise ValueError(f"rows [{start}, {end}) do not start on an edge of {block}-row blocks")
+    slots = dict(slots)
+    slots[node] = max(1, slots.get(node, 1))
+    blocks_left = -(-(end - start) // block)
+    costs = model(finished, start)
+    if costs is None:     # one node has no speed to tell apart from others: it needs no probe
+        shares = PROBE_SHARES * sum(slots.values()) if len(slots) > 1 else SHARES
+        return min(end, start + math.ceil(blocks_left / shares) * block)
+    total_speed = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
+    rows = (end - start) * costs.speeds.get(node, 1.0) * slots[node] / total_speed / SHARES
+    rows = max(rows, MIN_UNIT_SECONDS * costs.rate(node))
+    blocks = min(blocks_left, max(1, round(rows / block)))
+    if blocks_left - blocks < 1 or blocks_left - blocks < MIN_UNIT_SECONDS * costs.rate(node) / block / 2:
+        blocks = blocks_left      # what would be left is not worth a start-up of its own
+    size = min(end - start, blocks * block)
+    if _others_finish_sooner(node, size, end - start, slots, running, costs):
+        return None
+    return start + size
+
+
+def _free_at(slots: Mapping[str, int], running: Sequence[Running], costs: Model) -> list[tuple[str, float]]:
+    """(node, seconds until it may start another unit) for every live slot."""
+    busy: dict[str, list[float]] = {}
+    for unit in running:
+        left = unit.rows * (1.0 - unit.progress) / costs.rate(unit.node)
+        busy.setdefault(unit.node, []).append(left + (STARTUP_SECONDS if unit.progress <= 0 else 0.0))
+    free = []
+    for name, count in slots.items():
+        waits = sorted(busy.get(name, []))
+        free += [(name, waits[i] if i < len(waits) else 0.0) for i in range(count)]
+    return free
+
+
+def _others_finish_sooner(node: str, size: int, rows_left: int, slots: Mapping[str, int],
+                          running: Sequence[Running], costs: Model) -> bool:
+    """At the tail (the node's fair share of what is left is less than `size`): whether another slot,
+    once free, would render `size` rows clearly sooner than `node` could."""
+    free = _free_at(slots, running, costs)
+    waits = [wait for _, wait in free]
+    rates = [costs.rate(name) for name, _ in free]
+    finish = (rows_left + sum(rate * (wait + STARTUP_SECONDS) for rate, wait in zip(rates, waits))) / sum(rates)
+    if costs.rate(node) * max(0.0, finish - STARTUP_SECONDS) >= size:
+        return False
+    mine = STARTUP_SECONDS + size / costs.rate(node)
+    # Only in favour of a busy slot: it asks again when its unit is in, so the rows are never left to a
+    # slot that is not asking (and two idle slots can never leave them to each other).
+    return any(name != node and wait > 0 and wait + STARTUP_SECONDS + size / costs.rate(name) < mine * DECLINE_MARGIN
+               for name, wait in free)
+
+
+def seconds_left(rows_left: int, finished: Sequence[Finished], slots: Mapping[str, int],
+                 running: Sequence[Running] = ()) -> float | None:
+    """A rough time to render `rows_left` rows (plus what is running) on the live slots at the measured
+    cost; None while nothing is measured or no slot is live."""
+    costs = model(finished, 0)
+    if costs is None or not slots:
+        return None
+    order = sorted(finished, key=lambda unit: unit.row_start)
+    per_row = sum(cost * unit.rows for cost, unit in zip(node_speeds(finished)[1], order)) / sum(
+        unit.rows for unit in order)
+    rate = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items()) / per_row
+    in_flight = sum(unit.rows * (1.0 - unit.progress) for unit in running)
+    return (rows_left + in_flight) / rate + (STARTUP_SECONDS if rows_left else 0.0)

@@ -1,0 +1,224 @@
+"""Units cut at lease time (farm.scheduler): pure properties, then the store cutting remainders for real
+through the controller's API with a fake clock (no POV-Ray)."""
+
+from __future__ import annotations
+
+import random
+import xmlrpc.client
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from farm import scheduler, strips
+from farm.bundle import pack, plan_bundle
+from farm.config import Config
+from farm.scheduler import next_cut
+from farm.store import Store
+
+from test_controller import Clock, Stepped, rows_for
+
+
+def simulate(height: int, block: int, speeds: dict[str, float], row_cost, jitter=None):
+    """Nodes (one slot each, `speeds`) lease units off one frame's remainder until nothing is left, each
+    node asking when it is free, as the controller would see it. Returns (node, start, end, began, ended)
+    per unit. A node that declines asks again when the next unit finishes."""
+    start, free = 0, {name: 0.0 for name in speeds}
+    done: list[scheduler.Finished] = []
+    running: dict[str, tuple[int, int, float, float]] = {}
+    units = []
+    while start < height:
+        now = min(free.values())
+        for name, (a, b, began, ended) in list(running.items()):
+            if ended <= now:
+                done.append(scheduler.Finished(name, a, b, ended - began))
+                del running[name]
+        asking = min(free, key=lambda name: (free[name], name))
+        in_flight = [scheduler.Running(name, b - a, min(1.0, (now - began) / (ended - began)))
+                     for name, (a, b, began, ended) in running.items()]
+        end = next_cut(asking, start, height, block, {name: 1 for name in speeds}, done, in_flight)
+        if end is None:
+            later = [ended for _, _, _, ended in running.values() if ended > now]
+            assert later, "every slot declined: the frame would starve"
+            free[asking] = min(later)
+            continue
+        seconds = scheduler.STARTUP_SECONDS + sum(row_cost(y) for y in range(start, end)) / speeds[asking]
+        seconds *= jitter(len(units)) if jitter else 1.0
+        running[asking] = (start, end, now, now + seconds)
+        units.append((asking, start, end, now, now + seconds))
+        free[asking] = now + seconds
+        start = end
+    return units
+
+
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(1, 3000), block=st.sampled_from([1, 8, 16, 32, 64]), data=st.data())
+def test_every_row_once_edges_on_blocks_and_nothing_starves(height, block, data):
+    speeds = {f"n{i}": speed for i, speed in enumerate(
+        data.draw(st.lists(st.sampled_from([0.25, 0.5, 1.0, 2.0, 4.0]), min_size=1, max_size=12)))}
+    bands = data.draw(st.lists(st.floats(0.0, 0.05), min_size=1, max_size=10))
+    units = simulate(height, block, speeds, lambda y: bands[y * len(bands) // height],
+                     jitter=lambda i: 1 + (i % 5 - 2) / 20)
+    pieces = sorted((a, b) for _, a, b, _, _ in units)
+    assert pieces[0][0] == 0 and pieces[-1][1] == height
+    assert all(x[1] == y[0] for x, y in zip(pieces, pieces[1:]))        # no gap, no overlap
+    assert all(a % block == 0 and a < b for a, b in pieces)              # block edges, never empty
+    assert len(units) <= -(-height // block)                             # at most one lease per block
+
+
+@settings(max_examples=40, deadline=None)
+@given(blocks=st.integers(8, 200), slots=st.integers(1, 16), cost=st.floats(0.001, 0.1))
+def test_units_shrink_toward_the_end(blocks, slots, cost):
+    """Equal nodes, even rows: after the first probes, every unit is no larger than the one before."""
+    units = simulate(blocks * 32, 32, {f"n{i}": 1.0 for i in range(slots)}, lambda y: cost)
+    sizes = [b - a for _, a, b, _, _ in units][slots:]
+    floor = -(-int(scheduler.MIN_UNIT_SECONDS / cost) // 32) * 32      # a unit is never less work than this
+    assert all(later <= max(earlier, floor * 2) for earlier, later in zip(sizes, sizes[1:])), sizes
+
+
+def test_first_probes_then_large_units_then_small_ones_to_the_fast_nodes():
+    # chess2 at 640x480: 15 blocks, 2 nodes x 2 slots, nothing measured yet: one block each to begin.
+    assert next_cut("a", 0, 480, 32, {"a": 2, "b": 2}, [], []) == 32
+    # A lone node has no speed to tell apart: no probe, a third of the frame (its slots share its cores).
+    assert next_cut("a", 0, 480, 32, {"a": 2}, [], []) == 160
+    with pytest.raises(ValueError):
+        next_cut("a", 5, 480, 32, {"a": 2}, [], [])      # not on a block edge
+    assert next_cut("a", 448, 480, 32, {"a": 1}, [scheduler.Finished("a", 0, 32, 9.0)], []) == 480
+    # Slow, middling and fast nodes on rows that cost unevenly (dear in the middle, as chess2).
+    profile = [0.47, 0.57, 1.68, 4.05, 3.85, 5.86, 4.69, 3.48, 2.88, 3.19, 2.57, 2.32, 1.58, 1.65, 1.81]
+    height = 128 * 32
+    speeds = {f"n{i:02d}": (0.5, 1.0, 2.0)[i % 3] for i in range(16)}
+    units = simulate(height, 32, speeds, lambda y: 0.25 * profile[y * 15 // height] / 2.84)
+    makespan = max(ended for *_, ended in units)
+    work = sum(0.25 * profile[y * 15 // height] / 2.84 for y in range(height))
+    ideal = work / sum(speeds.values()) + scheduler.STARTUP_SECONDS + 0.25 * 32
+    assert makespan <= 1.03 * ideal
+    last = sorted(units, key=lambda unit: unit[3])[-len(speeds):]
+    assert all(speeds[name] >= 1.0 for name, *_ in last[-3:])             # the very last go to fast nodes
+
+
+def test_node_speeds_are_told_apart_from_the_cost_of_their_rows():
+    profile = [0.5, 0.6, 1.7, 4.0, 3.9, 5.9, 4.7, 3.5]
+    speeds = {f"n{i}": (0.5, 1.0, 2.0)[i % 3] for i in range(9)}
+    units = simulate(64 * 32, 32, speeds, lambda y: 0.1 * profile[y * 8 // 2048])
+    measured, _ = scheduler.node_speeds([scheduler.Finished(n, a, b, e - s) for n, a, b, s, e in units])
+    mean = sum(speeds.values()) / len(speeds)
+    assert all(measured[name] == pytest.approx(speed / mean, rel=0.25) for name, speed in speeds.items())
+
+
+def test_the_time_left_comes_from_the_measured_cost():
+    assert scheduler.seconds_left(320, [], {"a": 2}) is None
+    finished = [scheduler.Finished("a", 0, 32, 0.6 + 3.2), scheduler.Finished("a", 32, 64, 0.6 + 3.2)]
+    assert scheduler.seconds_left(320, finished, {"a": 2}) == pytest.approx(320 * 0.1 / 2 + 0.6)
+    assert scheduler.seconds_left(0, finished, {"a": 2}) == 0.0
+    assert scheduler.seconds_left(10, finished, {}) is None
+
+
+# -- the store cutting remainders, through the API ---------------------------------------------------------
+
+def _stepped(tmp_path, max_attempts: int = 3) -> tuple[Stepped, Store]:
+    config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=max_attempts)
+    store = Store(config.data_dir / "db.sqlite3")
+    return Stepped(config, store, Clock()), store
+
+
+def _submit(farm: Stepped, scene_dir, **spec) -> int:
+    path = scene_dir / "s.pov"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("sphere { 0, 1 pigment { rgb 1 } }\n")
+    digest = farm.call("bundles.upload", xmlrpc.client.Binary(pack(plan_bundle(path))))
+    return farm.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 4, "preview": False, **spec})
+
+
+def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first(tmp_path):
+    farm, store = _stepped(tmp_path)
+    job = _submit(farm, tmp_path / "scene", height=480)
+    assert farm.call("jobs.status", job)["strips_total"] == 1           # one remainder, nothing cut yet
+    nodes = [farm.call("nodes.register", f"n{i}", {"povray": "3.7", "slots": 2})["node_id"] for i in range(2)]
+    first = farm.call("nodes.poll", nodes[0])
+    second = farm.call("nodes.poll", nodes[1])
+    # Nothing measured yet: a one-block probe each.
+    assert (first["row_start"], first["row_end"], second["row_start"], second["row_end"]) == (0, 32, 32, 64)
+    farm.call("nodes.release", nodes[0], first["lease"])                 # handed back: it goes before the rest
+    again = farm.call("nodes.poll", nodes[0])
+    assert (again["row_start"], again["row_end"], again["strip"]) == (0, 32, first["strip"])
+    farm.call("nodes.complete", nodes[0], again["lease"], rows_for(again, 1), 0.6 + 3.2)   # 0.1 s a row
+    farm.call("nodes.complete", nodes[1], second["lease"], rows_for(second, 2), 0.6 + 3.2)
+    # The time left at the measured cost: 416 rows at 0.1 s over 4 slots, plus a start-up.
+    assert farm.call("jobs.status", job)["eta"] == pytest.approx(416 * 0.1 / 4 + scheduler.STARTUP_SECONDS, abs=0.1)
+    # Measured: 0.1 s a row on both nodes; 13 blocks left over 2 nodes: a third of a half first.
+    sizes = []
+    while True:
+        name = nodes[len(sizes) % 2]
+        task = farm.call("nodes.poll", name)
+        if not task:
+            break
+        sizes.append(task["row_end"] - task["row_start"])
+        farm.call("nodes.complete", name, task["lease"], rows_for(task, 3), 0.6 + 0.1 * sizes[-1])
+    assert sum(sizes) == 480 - 64 and sizes[0] == 32 * round(416 / 2 / 3 / 32) and all(s % 32 == 0 for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)
+    farm.settle()
+    status = farm.call("jobs.status", job)
+    assert status["state"] == "done" and status["strips_total"] == status["strips_done"] == 2 + len(sizes)
+    image = strips.decode_png(farm.call("jobs.fetch", job).data)
+    assert image.pixels == bytes([1]) * 32 * 12 + bytes([2]) * 32 * 12 + bytes([3]) * 416 * 12
+    store.close()
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_random_leases_failures_and_expiries_render_every_row_exactly_once(tmp_path_factory, seed):
+    """Several jobs (stills and a two-frame job) on nodes of different slot counts, with units handed
+    back, failing and expiring at random: every job finishes, every row stored exactly once."""
+    rnd = random.Random(seed)
+    farm, store = _stepped(tmp_path_factory.mktemp("farm"), max_attempts=100)   # failures never end a job here
+    slots = [rnd.randint(1, 3) for _ in range(3)]
+
+    def start_nodes() -> list[str]:      # (again: the earlier incarnations' leases go back to the queue)
+        return [farm.call("nodes.register", f"n{i}", {"povray": "3.7", "slots": n})["node_id"]
+                for i, n in enumerate(slots)]
+
+    def time_passes() -> None:           # every lease expires, every node went silent and comes back
+        farm.clock_.now += 40
+        farm.tick()
+        names[:], held[:] = start_nodes(), []
+
+    names, held = start_nodes(), []
+    jobs = {_submit(farm, tmp_path_factory.mktemp("scene"), height=rnd.randint(1, 400),
+                    options=[f"+BS{rnd.choice([8, 16, 32])}"], priority=rnd.randint(0, 2)) for _ in range(2)}
+    jobs.add(_submit(farm, tmp_path_factory.mktemp("scene"), height=rnd.randint(40, 200),
+                     animation={"first": 1, "last": 2}))   # fewer frames than slots: a remainder each
+    assert any(u.remainder for job in jobs for u in store.units.of_job(job))
+    for _ in range(2000):
+        if held and rnd.random() < 0.5:
+            name, task = held.pop(rnd.randrange(len(held)))
+            luck = rnd.random()
+            if luck < 0.1:
+                farm.call("nodes.release", name, task["lease"])
+            elif luck < 0.15:
+                farm.call("nodes.fail", name, task["lease"], "killed by signal 9", False)
+            elif luck < 0.17:
+                time_passes()
+            else:
+                farm.call("nodes.complete", name, task["lease"], rows_for(task, task["job"]), 1.0)
+        else:
+            name = rnd.choice(names)
+            task = farm.call("nodes.poll", name)
+            if task:
+                held.append((name, task))
+            elif not held:
+                time_passes()                              # only retry pauses left: let them end
+        farm.settle()
+        if all(farm.call("jobs.status", job)["state"] == "done" for job in jobs):
+            break
+    for job in jobs:
+        status = farm.call("jobs.status", job)
+        assert status["state"] == "done", status
+        for frame in range(1, status["frames_total"] + 1):
+            pieces = sorted((u.row_start, u.row_end) for u in store.units.of_job(job)
+                            if u.state.value == "done" and u.frame == frame)
+            assert pieces[0][0] == 0 and pieces[-1][1] == status["height"]
+            assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))   # exactly once
+            image = strips.decode_png(farm.call("jobs.fetch", job, frame).data)
+            assert image.pixels == bytes([job]) * len(image.pixels)
+    store.close()
