@@ -192,3 +192,18 @@ def test_the_pace_grows_with_the_viewers_so_their_sends_stay_within_the_budget(f
     for viewer in viewers:
         viewer.close()
     assert shared.pace() == 0.1
+
+
+def test_a_log_over_half_the_budget_forgets_its_front_and_a_viewer_behind_it_reads_the_store(farm, scene):
+    job = submit(farm, scene, height=128, strips=4)
+    n = node(farm)
+    for value in range(4):
+        task = farm.call("nodes.poll", n)
+        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
+    services = farm.services
+    log = FeedLog(farm.store, services.views, services.changes, budget=1)      # keeps only the newest piece
+    cursor, pieces, _ = log.pieces_after(job, 0, complete=True)
+    assert len(pieces) == 4                         # the asking viewer gets all, then the log is trimmed
+    first = json.loads(pieces[0].partition(b"\n")[0])["cursor"]
+    again, rest, _ = log.pieces_after(job, first, complete=True)               # behind the log: read anew
+    assert again == cursor and rest == pieces[1:]

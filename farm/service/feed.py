@@ -90,13 +90,15 @@ class FeedLog:
             if log is None or cursor < log.first:
                 log = self._logs[job_id] = _JobLog(first=cursor, last=cursor)
             version, now = self._changes.version(job_id), self._clock()
-            if log.version != version and (complete or now - log.read_at >= FRESH):
+            read = log.version != version and (complete or now - log.read_at >= FRESH)
+            if read:
                 self._read_new(job_id, log)
                 log.version, log.read_at = version, now
-                self._keep_within_budget(job_id)
             log.used = now
-            index = bisect.bisect_right(log.seqs, cursor)
-            return max(cursor, log.last), log.records[index:], log.version
+            pieces = log.records[bisect.bisect_right(log.seqs, cursor):]
+            if read:      # after taking this viewer's pieces: trimming must not skip any of them
+                self._keep_within_budget(job_id)
+            return max(cursor, log.last), pieces, log.version
 
     def status(self, job_id: int) -> tuple[tuple[int, int], bytes, bool]:
         """The job's status record, its version and whether the job has ended: built at most once per
@@ -144,9 +146,13 @@ class FeedLog:
         """Forget the logs used longest ago (a viewer of such a job reads it again from the store), and
         the front of a log that alone is over half the budget."""
         log = self._logs[current]
-        while log.size > self._budget // 2 and len(log.records) > 1:
-            log.first = log.seqs.pop(0)
-            log.size -= len(log.records.pop(0))
+        drop, size = 0, log.size
+        while size > self._budget // 2 and drop < len(log.records) - 1:
+            size -= len(log.records[drop])
+            drop += 1
+        if drop:      # one slice, not a pop from the front per record
+            log.first, log.size = log.seqs[drop - 1], size
+            del log.seqs[:drop], log.records[:drop]
         while sum(entry.size for entry in self._logs.values()) > self._budget:
             oldest = min((job for job in self._logs if job != current), key=lambda job: self._logs[job].used,
                          default=None)
