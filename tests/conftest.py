@@ -109,17 +109,20 @@ class LocalFarm:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        for process in [*self.nodes, self.controller]:
-            if process is not None and process.poll() is None:
-                process.terminate()
-        for process in [*self.nodes, self.controller]:
-            if process is None:
-                continue
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes([process for process in [*self.nodes, self.controller] if process is not None])
+
+
+def stop_processes(processes: list[subprocess.Popen], timeout: float = 15) -> None:
+    """SIGTERM to every process still running, then wait for each; one that outlives `timeout` is killed."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SCENES, assert_same_pixels, native_render, needs_povray, wait_until
+from conftest import ROOT, SCENES, assert_same_pixels, native_render, needs_povray, stop_processes, wait_until
 from farm import auth, discovery
 from farm.config import DISCOVERY_PORT
 from test_discovery import make_cert
@@ -55,15 +55,7 @@ class Lan:
         _ip("-n", self.ctl, "route", "add", "default", "dev", veth_ctl)
 
     def delete(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes)
         for ns in (self.ctl, self.box):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         # Gone with its namespace, unless creating failed before the pair was moved there.
