@@ -230,8 +230,7 @@ class Client:
                                               f"{getattr(err, 'reason', None) or err}") from None
         except (OSError, http.client.HTTPException, socket.timeout) as err:
             self._reset()
-            reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-            raise FarmError(Code.UNREACHABLE, f"cannot reach the controller at {self.url}: {reason}") from None
+            raise FarmError(Code.UNREACHABLE, f"cannot reach the controller at {self.url}: {_reason(err)}") from None
         except (xmlrpc.client.ResponseError, xml.parsers.expat.ExpatError) as err:
             self._reset()
             raise FarmError(Code.UNREACHABLE, f"the controller at {self.url} sent a bad response: {err}") from None
@@ -258,8 +257,8 @@ class Client:
                 connection.request("GET", f"{path}?{urllib.parse.urlencode(query)}", headers=headers)
                 response = connection.getresponse()
             except (OSError, http.client.HTTPException) as err:
-                reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-                raise FarmError(Code.UNREACHABLE, f"cannot reach the controller at {self.url}: {reason}") from None
+                raise FarmError(Code.UNREACHABLE,
+                                f"cannot reach the controller at {self.url}: {_reason(err)}") from None
             _check_stream_status(self.url, response, bool(self.token))
             yield from _records(self.url, response)
         finally:
@@ -310,12 +309,19 @@ def _check_stream_status(url: str, response: http.client.HTTPResponse, has_token
     if response.status == 404:
         raise FarmError(Code.UNKNOWN_METHOD, f"the controller at {url} has no feed stream")
     if response.status == 400:
-        fault = response.getheader(FAULT_HEADER, "")
-        code = Code(int(fault)) if fault.isdigit() and int(fault) in Code._value2member_map_ else Code.BAD_ARGUMENT
+        try:
+            code = Code(int(response.getheader(FAULT_HEADER, "")))
+        except ValueError:     # no fault named, or one this client does not know
+            code = Code.BAD_ARGUMENT
         raise FarmError(code, text)
     if response.status == 403:
         raise FarmError(Code.FORBIDDEN, f"the controller at {url} refused this token: {text}")
     raise _http_error(url, xmlrpc.client.ProtocolError(url, response.status, response.reason, {}), has_token)
+
+
+def _reason(err: Exception) -> str:
+    """What went wrong with a connection, in its own words."""
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
 def _records(url: str, response: http.client.HTTPResponse) -> Iterator[tuple[dict, bytes]]:
@@ -331,8 +337,7 @@ def _records(url: str, response: http.client.HTTPResponse) -> Iterator[tuple[dic
                 raise ValueError("the stream ended inside a record")
             yield header, payload
     except (OSError, http.client.HTTPException) as err:
-        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-        raise FarmError(Code.UNREACHABLE, f"the feed from the controller at {url} broke off: {reason}") from None
+        raise FarmError(Code.UNREACHABLE, f"the feed from the controller at {url} broke off: {_reason(err)}") from None
     except (ValueError, AttributeError) as err:
         raise FarmError(Code.UNREACHABLE, f"the controller at {url} sent a bad feed: {err}") from None
 
