@@ -2,8 +2,8 @@
 
 A controller and two nodes (`povfarm node`, default slots) run here on loopback; a client follows
 `viewer.watch` from before the submit, as `povfarm viewer` does, and notes when new pixels arrive. Each
-round submits the same job twice, in alternating order: with the preview (`--preview`; it is opt-in) and
-without it, both with the default plan. Reported per run and as medians:
+round submits the same job twice, in alternating order: as submitted by default (the preview is rendered
+because a viewer watches) and with `--no-preview`, both with the default plan (cut finer because watched). Reported per run and as medians:
 
 - first pixels: seconds from jobs.submit returning to the first pixels reaching the client (bar: <= 3 s);
 - deliveries: how many replies brought final rows (bar: >= 8);
@@ -41,7 +41,7 @@ from farm.faults import FarmError  # noqa: E402
 
 SCENES = Path("/usr/share/povray-3.7/scenes")
 CURSOR_END = 2**31 - 1
-VARIANTS = {"preview": {"preview": True}, "no preview": {"preview": False}}
+VARIANTS = {"preview (auto)": {"preview": "auto"}, "no preview": {"preview": "never"}}
 
 
 def free_port() -> int:
@@ -191,7 +191,7 @@ def main() -> int:
         try:
             digest = upload(farm.submit, scene)
             for round_ in range(args.rounds):
-                for variant in (("preview", "no preview") if round_ % 2 == 0 else ("no preview", "preview")):
+                for variant in (list(VARIANTS) if round_ % 2 == 0 else list(VARIANTS)[::-1]):
                     runs.append(one_run(farm, digest, scene, args, variant))
                     r = runs[-1]
                     print(f"round {round_ + 1} {variant:6s}: wall {r['wall_s']:.2f} s, first pixels "

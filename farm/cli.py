@@ -118,10 +118,11 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-radiosity-prepass", action="store_false", dest="radiosity_prepass",
                         help="render the strips of a radiosity scene independently: no shared pretrace first, "
                              "faster but with seams at strip edges")
-    parser.add_argument("--preview", action="store_const", const=True, dest="preview",
-                        help="first a quick low-resolution render of the whole frame, for viewers (setting: "
-                             "preview; off by default: it costs a few percent of the render time)")
-    parser.add_argument("--no-preview", action="store_const", const=False, dest="preview",
+    parser.add_argument("--preview", action="store_const", const="always", dest="preview",
+                        help="first a quick low-resolution render of the whole frame, for viewers, even when "
+                             "none watches as the job starts (setting: preview = auto|always|never; by default "
+                             "auto: only when a viewer watches, since it costs a few percent of the render time)")
+    parser.add_argument("--no-preview", action="store_const", const="never", dest="preview",
                         help="no preview, whatever the setting says")
     parser.add_argument("--option", action="append", default=[], metavar="OPT", dest="options",
                         help=f"POV-Ray rendering switches, e.g. --option +A0.3 or --option='-J +R3' "
@@ -507,6 +508,13 @@ def submit_job(client: Client, args: argparse.Namespace, request: JobRequest) ->
     return client.call("jobs.submit", job_spec(args, request, digest, plan))
 
 
+def _preview_setting(value: Any) -> strips.PreviewMode:
+    try:
+        return strips.PreviewMode.parse(value)
+    except ValueError as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"setting 'preview': {err}") from None
+
+
 def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: bundle.BundlePlan
              ) -> dict[str, Any]:
     """The jobs.submit struct."""
@@ -517,7 +525,7 @@ def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: b
             "options": [*command.options, *library, *povcmd.rendering_options(args.options)],
             "strips": args.strips, "bits": command.bits or 8, "priority": args.priority,
             "name": args.name or command.scene.stem, "radiosity_prepass": args.radiosity_prepass,
-            "preview": bool(getattr(args, "preview", False))}
+            "preview": _preview_setting(getattr(args, "preview", "auto")).value}
     if request.animation is not None:
         spec["animation"] = request.animation.to_spec()
     return spec

@@ -67,7 +67,8 @@ class Config:
     max_memory_mb: int = 8192          # POV-Ray's address-space limit; 0 means none
     max_output_mb: int = 1024          # the largest file POV-Ray may write; 0 means none
     # Submitting.
-    preview: bool = False              # a job's first frame gets a quick low-resolution preview for viewers
+    preview: str = "auto"              # a quick low-resolution first render for viewers: auto (when one
+                                       # watches as the job starts), always or never
     # Access and transport security.
     token: str = ""                    # POVFARM_TOKEN: a client's token; on a controller, one token for every role
     token_file: str = ""               # a client's token file (one token, or the controller's role file)

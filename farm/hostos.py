@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import signal
@@ -156,6 +157,17 @@ class Host:
             self.stop_tree(process, hard=True)
         else:
             process.send_signal(signal.SIGINT)
+
+    def machine(self, boot_id: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+        """Who shares this box's cores: a digest of the running kernel's boot id (Linux), the same for
+        every node on the box, containers included, and different on another box even when it was cloned
+        from this one. "" where there is none: such nodes are taken to be on boxes of their own."""
+        if not self.linux:
+            return ""
+        try:
+            return hashlib.sha256(boot_id.read_bytes().strip()).hexdigest()[:16]
+        except OSError:
+            return ""
 
     # -- the controller ------------------------------------------------------------------------
 

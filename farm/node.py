@@ -34,6 +34,7 @@ from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.hostos import HOST
 from farm.records import RenderOutcome
 from farm.render import UnitRenderer
 
@@ -126,8 +127,10 @@ class Node:
         self.stopping.set()
 
     def info(self) -> dict[str, Any]:
-        info = {"host": socket.gethostname(), "platform": sys.platform, "povfarm": __version__,
-                "threads": self.config.threads or os.cpu_count() or 1, "slots": max(1, self.config.slots),
+        info = {"host": socket.gethostname(), "machine": HOST.machine(), "platform": sys.platform,
+                "povfarm": __version__,
+                "cores": os.cpu_count() or 1, "threads": self.config.threads or os.cpu_count() or 1,
+                "slots": max(1, self.config.slots),
                 "povray": self.version or "", "povray_flavour": self.flavour,
                 **self.sandbox.info()}
         if self.broken:

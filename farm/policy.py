@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence
 
 from farm import scheduler
-from farm.records import FailureVerdict, Unit
+from farm.records import FailureVerdict, Node, Unit
 from farm.strips import PREVIEW
 
 NODE_STRIKES = 3            # a node that fails this many units of one job is kept off that job
@@ -60,17 +60,36 @@ class Queue(Protocol):
 
     def live_node_names(self) -> frozenset[str]: ...
 
-    def live_slots(self) -> Mapping[str, int]: ...
+    def live_nodes(self) -> Sequence[Node]: ...
 
     def frame_units(self, job_id: int,
                     frame: int) -> tuple[Sequence[scheduler.Finished], Sequence[scheduler.Running]]: ...
 
 
-def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int) -> int | None:
+def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: bool = True) -> int | None:
     """Where the unit `node_id` leases off a frame's remainder ends (`farm.scheduler`), from the frame's
-    measured units and the live slots; None when faster slots should have those rows."""
+    measured units and the live slots; None when faster slots should have those rows. `watched`: a
+    viewer watches the job, so it is worth cutting finer for steady painting."""
     finished, running = queue.frame_units(unit.job, unit.frame)
-    return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, queue.live_slots(), finished, running)
+    nodes = queue.live_nodes()
+    slots = {node.id: node.slots for node in nodes}
+    runs = 0 if watched else lone_box_runs(nodes)
+    return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, slots, finished, running, runs)
+
+
+def lone_box_runs(nodes: Sequence[Node]) -> int:
+    """When every live node says it runs on one and the same machine: how many POV-Ray processes keep
+    that machine busy (`scheduler.box_runs`); else 0. A node that does not say (an older node, or no
+    boot id on its system) is taken to be on a machine of its own."""
+    machines = {str(node.info.get("machine") or "") for node in nodes}
+    if len(machines) != 1 or "" in machines:
+        return 0
+    try:
+        cores = max(int(node.info.get("cores") or 1) for node in nodes)
+        threads = min(int(node.info.get("threads") or cores) for node in nodes)
+    except (TypeError, ValueError):
+        return 0
+    return scheduler.box_runs(cores, threads, sum(node.slots for node in nodes))
 
 
 def in_line(jobs: Iterable[JobInLine]) -> list[JobInLine]:

@@ -38,7 +38,7 @@ class JobSpec:
     animation: Animation | None
     block: int                   # POV-Ray's render block size: unit edges fall on its multiples
     pretrace: bool               # split frames share one radiosity pre-pass
-    preview: bool = False        # the first frame gets a quick low-resolution preview for viewers
+    preview: strips.PreviewMode = strips.PreviewMode.NEVER   # when the first frame gets a preview
 
     @property
     def first_frame(self) -> int:
@@ -71,6 +71,7 @@ class Job:
     finished: float
     pretrace: bool
     block: int = strips.DEFAULT_BLOCK
+    preview: strips.PreviewMode = strips.PreviewMode.ALWAYS   # of a job that has a preview unit
 
     @property
     def ended(self) -> bool:

@@ -14,6 +14,7 @@ in `povray_row_options`, which speaks POV-Ray's 1-based dialect.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import operator
 import struct
@@ -709,6 +710,28 @@ def _inflate(data: bytes, limit: int, what: str, exact: bool) -> bytes:
 ROWS, PRETRACE = "rows", "pretrace"   # kinds of unit: pixel rows, or a frame's radiosity pre-pass
 PREVIEW = "preview"   # a quick low-resolution render of a whole frame, for viewers only: never stitched
 PREVIEW_SCALE = 8     # a preview is 1/PREVIEW_SCALE of the frame's width and height
+
+
+class PreviewMode(str, enum.Enum):
+    """When a job's first frame gets a preview."""
+    ALWAYS = "always"     # whoever watches (a viewer may be opened after the job starts)
+    WATCHED = "watched"   # when a viewer watches the job as its first frame starts: nobody else sees it
+    NEVER = "never"
+
+    @classmethod
+    def parse(cls, value: object) -> "PreviewMode":
+        """From a setting or a submission: a mode's name, "auto" (WATCHED), or yes/no in any usual form."""
+        if isinstance(value, bool):
+            return cls.ALWAYS if value else cls.NEVER
+        text = str(value).strip().lower()
+        words = {"auto": cls.WATCHED, "true": cls.ALWAYS, "yes": cls.ALWAYS, "on": cls.ALWAYS, "1": cls.ALWAYS,
+                 "false": cls.NEVER, "no": cls.NEVER, "off": cls.NEVER, "0": cls.NEVER}
+        if text in words:
+            return words[text]
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"preview must be auto, always or never, not {value!r}") from None
 
 
 def preview_size(width: int, height: int) -> tuple[int, int]:

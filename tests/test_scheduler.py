@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from farm import scheduler, strips
 from farm.bundle import pack, plan_bundle
 from farm.config import Config
+from farm.faults import Code, FarmError
 from farm.scheduler import next_cut
 from farm.store import Store
 
@@ -114,6 +115,72 @@ def test_the_time_left_comes_from_the_measured_cost():
     assert scheduler.seconds_left(10, finished, {}) is None
 
 
+def _lone_box(height: int, block: int, runs: int, finishes) -> list[int]:
+    """Slots of one box ask in turn; before each ask, `finishes` says whether the oldest running unit
+    ended. Returns the sizes leased, checking each answer."""
+    start, running, units = 0, [], []
+    for finish_one in finishes:
+        if start >= height:
+            break
+        if finish_one and running:
+            running.pop(0)
+        end = next_cut("a", start, height, block, {"a": runs}, [], [scheduler.Running("a", r, 0.5) for r in running],
+                       box_runs=runs)
+        if end is None:
+            assert len(running) >= runs            # a slot declines only while enough run
+            continue
+        assert end > start and (end % block == 0 or end == height) and len(running) < runs
+        units.append(end - start)
+        running.append(end - start)
+        start = end
+    assert start == height
+    return units
+
+
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(1, 3000), block=st.sampled_from([1, 8, 32]), runs=st.integers(1, 4),
+       order=st.lists(st.booleans(), max_size=40))
+def test_one_box_unwatched_every_row_once_never_more_processes_than_it_needs(height, block, runs, order):
+    _lone_box(height, block, runs, [*order, *[True] * (height // block + runs + 2)])
+    # Asked by every slot at once, the frame goes out in one unit per process the box keeps busy.
+    assert len(_lone_box(height, block, runs, [False] * runs)) == min(runs, -(-height // block))
+
+
+def test_the_processes_that_keep_a_box_busy():
+    assert scheduler.box_runs(cores=2, threads=2, slots=2) == 2       # one traces while the other starts
+    assert scheduler.box_runs(cores=2, threads=2, slots=4) == 2       # two nodes on one box: no more
+    assert scheduler.box_runs(cores=8, threads=1, slots=16) == 9      # one-thread POV-Rays: one per core, + 1
+    assert scheduler.box_runs(cores=8, threads=2, slots=3) == 3       # never more than it has slots
+    assert scheduler.box_runs(cores=2, threads=2, slots=1) == 1
+
+
+def _node(name: str, machine: str, slots: int = 2, cores: int = 2, threads: int = 2):
+    from farm.records import Node
+    from farm.states import NodeState
+    info = {"machine": machine, "slots": slots, "cores": cores, "threads": threads}
+    return Node(name, name, NodeState.IDLE, info, 0.0, 0.0, 0, 0, "", "")
+
+
+def test_nodes_on_one_machine_are_one_box_and_unknown_machines_are_boxes_of_their_own():
+    from farm.policy import lone_box_runs
+    assert lone_box_runs([_node("a", "m1")]) == 2
+    assert lone_box_runs([_node("a", "m1"), _node("b", "m1")]) == 2
+    assert lone_box_runs([_node("a", "m1"), _node("b", "m2")]) == 0    # two boxes: balance them
+    assert lone_box_runs([_node("a", ""), _node("b", "")]) == 0        # nodes that do not say
+    assert lone_box_runs([_node("a", "m1", slots=8, cores=8, threads=1)]) == 8
+
+
+def test_the_machine_is_the_running_kernel(tmp_path):
+    from farm.hostos import Host
+    boot = tmp_path / "boot_id"
+    boot.write_text("4f1c5d1e-0d9a-4a57-9a55-3c1e0b3f8e21\n")
+    assert Host("linux").machine(boot) == Host("linux").machine(boot) != ""
+    other = tmp_path / "other"
+    other.write_text("0b8f2a34-7e3c-4d5e-8f1a-2b3c4d5e6f70\n")
+    assert Host("linux").machine(other) != Host("linux").machine(boot)
+    assert Host("win32").machine(boot) == "" and Host("linux").machine(tmp_path / "missing") == ""
+
+
 # -- the store cutting remainders, through the API ---------------------------------------------------------
 
 def _stepped(tmp_path, max_attempts: int = 3) -> tuple[Stepped, Store]:
@@ -163,6 +230,62 @@ def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first
     image = strips.decode_png(farm.call("jobs.fetch", job).data)
     assert image.pixels == bytes([1]) * 32 * 12 + bytes([2]) * 32 * 12 + bytes([3]) * 416 * 12
     store.close()
+
+
+def _box_node(farm: Stepped, name: str) -> str:
+    return farm.call("nodes.register", name, {"povray": "3.7", "slots": 2, "machine": "box", "cores": 2,
+                                               "threads": 2})["node_id"]
+
+
+def test_on_one_box_an_unwatched_frame_goes_to_two_processes_and_a_watched_one_is_cut_finer(tmp_path):
+    farm, store = _stepped(tmp_path)
+    a, b = _box_node(farm, "a"), _box_node(farm, "b")
+    alone = _submit(farm, tmp_path / "scene", height=480)
+    first, second = farm.call("nodes.poll", a), farm.call("nodes.poll", b)
+    assert (first["row_start"], first["row_end"], second["row_start"], second["row_end"]) == (0, 256, 256, 480)
+    assert farm.call("nodes.poll", a) == {}                              # nothing left to cut
+    for node_id, task in ((a, first), (b, second)):
+        farm.call("nodes.complete", node_id, task["lease"], rows_for(task, 1), 5.0)
+    assert farm.call("jobs.status", alone)["strips_done"] == 2
+    farm.call("viewer.watch", 0, 0, 0)                                   # someone follows the farm
+    watched = _submit(farm, tmp_path / "scene2", height=480)
+    task = farm.call("nodes.poll", a)
+    assert task["job"] == watched and task["row_end"] - task["row_start"] < 240   # guided: smaller first units
+    farm.clock_.now += 60                                                # the viewer left long ago
+    later = farm.call("nodes.poll", b)
+    assert later["row_end"] == 480 or later["row_end"] - later["row_start"] >= (480 - later["row_start"]) // 2
+    store.close()
+
+
+def test_a_preview_in_auto_mode_is_rendered_only_when_a_viewer_watches(tmp_path):
+    farm, store = _stepped(tmp_path)
+    n = farm.call("nodes.register", "n", {"povray": "3.7", "slots": 2})["node_id"]
+    unwatched = _submit(farm, tmp_path / "scene", height=64, preview="auto", strips=1)
+    task = farm.call("nodes.poll", n)
+    assert task["kind"] == "rows"                                        # nobody would see a preview
+    assert farm.call("jobs.status", unwatched)["preview"] == "canceled"
+    farm.call("nodes.complete", n, task["lease"], rows_for(task, 1), 1.0)
+    farm.call("viewer.watch", 0, 0, 0)
+    watched = _submit(farm, tmp_path / "scene2", height=64, strips=1, preview="auto")
+    assert farm.call("nodes.poll", n)["kind"] == "preview"
+    always = _submit(farm, tmp_path / "scene3", height=64, preview=True, strips=1, priority=1)
+    farm.clock_.now += 60
+    assert (farm.call("nodes.poll", n)["job"], farm.call("jobs.status", always)["preview"]) == (always, "leased")
+    with pytest.raises(FarmError) as bad:
+        _submit(farm, tmp_path / "scene4", height=64, preview="sometimes")
+    assert bad.value.code == Code.BAD_ARGUMENT and "auto, always or never" in str(bad.value)
+    assert store.jobs.get(watched).preview is strips.PreviewMode.WATCHED
+    spec = {"bundle": store.jobs.get(watched).bundle, "scene": "s.pov", "width": 4, "height": 64}
+    assert store.jobs.get(farm.call("jobs.submit", spec)).preview is strips.PreviewMode.WATCHED   # the default
+    store.close()
+
+
+def test_the_preview_setting_reads_the_usual_words():
+    mode = strips.PreviewMode
+    assert [mode.parse(v) for v in ("auto", "ALWAYS", "never", "on", "no", True, False, "watched")] == [
+        mode.WATCHED, mode.ALWAYS, mode.NEVER, mode.ALWAYS, mode.NEVER, mode.ALWAYS, mode.NEVER, mode.WATCHED]
+    with pytest.raises(ValueError):
+        mode.parse("maybe")
 
 
 @settings(max_examples=12, deadline=None)
@@ -222,3 +345,23 @@ def test_random_leases_failures_and_expiries_render_every_row_exactly_once(tmp_p
             image = strips.decode_png(farm.call("jobs.fetch", job, frame).data)
             assert image.pixels == bytes([job]) * len(image.pixels)
     store.close()
+
+
+def test_a_job_is_watched_while_a_stream_is_open_or_shortly_after_a_long_poll():
+    from farm.service.watchers import NEWEST, POLL_MEMORY, Watchers
+    clock = Clock()
+    watchers = Watchers(clock)
+    asked = []
+
+    def newest() -> int:
+        asked.append(1)
+        return 7
+
+    assert not watchers.watched(7, newest) and not asked              # nobody follows: newest() not asked
+    with watchers.streaming(7), watchers.streaming(7):
+        assert watchers.watched(7, newest) and not watchers.watched(8, newest)
+    assert not watchers.watched(7, newest)
+    watchers.polled(NEWEST)
+    assert watchers.watched(7, newest) and not watchers.watched(6, newest)
+    clock.now += POLL_MEMORY + 1
+    assert not watchers.watched(7, newest)

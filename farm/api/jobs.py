@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from farm import strips
 from farm.animation import Animation
 from farm.api import READERS, SUBMIT, args, rpc
 from farm.faults import Code, FarmError
@@ -33,8 +34,9 @@ class JobsAPI:
             cyclic (bool, +KC), subset_first, subset_last (int, +SF/+EF; 0 = all)), radiosity_prepass (bool,
             default true: when the scene mentions radiosity, each frame cut into strips first gets one
             radiosity pretrace whose cache all its strips load, so they match a single render), preview
-            (bool, default false: the first frame first gets a quick low-resolution render for viewers,
-            never part of the image)
+            (str "auto" (the default): the first frame first gets a quick low-resolution render for viewers,
+            never part of the image, when a viewer watches the job as that frame starts; "always" (or true):
+            whoever watches; "never" (or false))
         @return: int, the job's id
         """
         return self._services.submissions.submit(_submission(args.struct("the job spec", spec)))
@@ -163,4 +165,11 @@ def _submission(spec: dict) -> Submission:
         name=args.text("name", spec.get("name", scene.rsplit("/", 1)[-1].rsplit(".", 1)[0] or scene), 200),
         animation=Animation.from_spec(spec["animation"]) if spec.get("animation") else None,
         strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)),
-        preview=args.flag("preview", spec.get("preview", False)))
+        preview=_preview_mode(spec.get("preview", "auto")))
+
+
+def _preview_mode(value: Any) -> strips.PreviewMode:
+    try:
+        return strips.PreviewMode.parse(value)
+    except ValueError as err:
+        raise FarmError(Code.BAD_ARGUMENT, str(err)) from None

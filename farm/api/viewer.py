@@ -42,6 +42,7 @@ class ViewerAPI:
         cursor = args.whole("cursor", cursor, 0, args.MAX_ID)
         timeout = args.seconds("timeout", timeout)
         services = self._services
+        services.watchers.polled(job_id)
         target = job_id or services.store.jobs.newest_id()
         seen = services.changes.version(target)
         reply = services.views.feed(target, cursor)
@@ -75,7 +76,7 @@ class FeedStream:
         return self._records(job_id, cursor)
 
     def _records(self, job_id: int, cursor: int) -> Iterator[list[bytes]]:
-        with departure_watch(self._services.changes.wake) as gone:
+        with departure_watch(self._services.changes.wake) as gone, self._services.watchers.streaming(job_id):
             yield from self._services.streams.watch(job_id, cursor, gone)
 
 

@@ -20,6 +20,7 @@ from farm.service.files import Files
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
 from farm.service.views import Views
+from farm.service.watchers import Watchers
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,15 @@ class Services:
         self.stitcher = Stitcher(store, self.files, self.changes, clock)
         self.bundles = Bundles(config, store, self.files, clock)
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
-        self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher)
+        self.watchers = Watchers(clock)
+        self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched)
         self.views = Views(store, self.changes)
         self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes))
         self._last_tick = clock()
+
+    def watched(self, job_id: int) -> bool:
+        """Whether a viewer watches the job now (by its id, or following the newest job)."""
+        return self.watchers.watched(job_id, self.store.jobs.newest_id)
 
     def live_slots(self) -> int:
         """How many POV-Ray processes the live nodes run at once, all told."""

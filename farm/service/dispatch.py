@@ -45,8 +45,8 @@ class _Recent(OrderedDict):
 
 class Dispatcher:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float], changes: Changes,
-                 work: Changes, stitcher: Stitcher):
-        self._config, self._store, self._clock = config, store, clock
+                 work: Changes, stitcher: Stitcher, watched: Callable[[int], bool] = lambda job_id: True):
+        self._config, self._store, self._clock, self._watched = config, store, clock, watched
         self._changes, self._work, self._stitcher = changes, work, stitcher
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
         self._leased = _Recent(MAX_CACHED)    # lease token -> unit, so a completion looks it up once
@@ -85,10 +85,15 @@ class Dispatcher:
 
     def _lease(self, node_id: str) -> Lease | None:
         return self._store.units.lease_next(node_id, self._clock(), self._config.lease_timeout,
-                                            policy.choose_unit, self._cut)
+                                            policy.choose_unit, self._cut, self._wants_preview)
 
     def _cut(self, unit: Unit, queue: policy.Queue, node_id: str) -> int | None:
-        return policy.cut_remainder(queue, unit, node_id, self.job(unit.job).block)
+        return policy.cut_remainder(queue, unit, node_id, self.job(unit.job).block, self._watched(unit.job))
+
+    def _wants_preview(self, unit: Unit) -> bool:
+        """Whether the preview about to be leased is still worth rendering: not when it is only for
+        viewers watching and none is."""
+        return self.job(unit.job).preview is not strips.PreviewMode.WATCHED or self._watched(unit.job)
 
     def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
         return job.pretrace and unit.kind == strips.ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)

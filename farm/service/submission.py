@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from farm import bundle, limits, strips
+from farm.strips import PreviewMode
 from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
@@ -44,7 +45,7 @@ class Submission:
     animation: Animation | None = None
     strips: int | str = "auto"         # units per frame, or "auto"
     radiosity_prepass: bool = True
-    preview: bool = True               # the first frame gets a quick low-resolution render first
+    preview: PreviewMode = PreviewMode.WATCHED   # when the first frame gets a quick low-resolution render
 
 
 class Bundles:
@@ -149,7 +150,8 @@ class Submissions:
         limits.check_plan(spec, count)
         plans = strips.with_preview(strips.with_pretrace(
             strips.plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
-            spec.height, spec.pretrace), spec.width, spec.height, spec.preview)
+            spec.height, spec.pretrace), spec.width, spec.height,
+            spec.preview is not strips.PreviewMode.NEVER)
         # A preview is one small extra render for viewers, not part of the job's work.
         limits.check_units(spec, sum(plan.kind != strips.PREVIEW for plan in plans),
                            self._store.units.open_count())

@@ -13,7 +13,7 @@ from typing import Any
 
 from farm.animation import Animation
 from farm.records import Frame, Job, Node, StoredRows, Unit
-from farm.strips import ROWS, ZLIB
+from farm.strips import ROWS, ZLIB, PreviewMode
 from farm.states import FrameState, JobState, NodeState, UnitState, check_transition
 
 SCHEMA_VERSION = 2
@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     animation TEXT,  -- JSON: POV-Ray's animation settings (+KFI/+KFF/+KI/+KF/+KC); NULL for a still
     error TEXT, submitted REAL NOT NULL, started REAL, finished REAL,
     pretrace INTEGER NOT NULL DEFAULT 0,   -- 1: split frames wait for a shared radiosity pre-pass
-    block INTEGER NOT NULL DEFAULT 32);    -- POV-Ray's render block size: unit edges fall on its multiples
+    block INTEGER NOT NULL DEFAULT 32,     -- POV-Ray's render block size: unit edges fall on its multiples
+    preview TEXT NOT NULL DEFAULT 'always');   -- of a job with a preview unit: 'always' or 'watched' (farm.strips)
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
     PRIMARY KEY (job, number));
@@ -87,7 +88,8 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("jobs", "block", "INTEGER NOT NULL DEFAULT 32"),
                   ("bundles", "members", "TEXT"),
                   ("bundles", "radiosity", "INTEGER"),
-                  ("nodes", "upload_bps", "REAL NOT NULL DEFAULT 0"))
+                  ("nodes", "upload_bps", "REAL NOT NULL DEFAULT 0"),
+                  ("jobs", "preview", "TEXT NOT NULL DEFAULT 'always'"))
 
 
 def prepare(db: sqlite3.Connection) -> None:
@@ -119,7 +121,8 @@ def job(row: sqlite3.Row) -> Job:
         first_frame=row["first_frame"], last_frame=row["last_frame"],
         animation=Animation.from_spec(json.loads(row["animation"])) if row["animation"] else None,
         error=row["error"] or "", submitted=row["submitted"], started=row["started"] or 0.0,
-        finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]), block=row["block"])
+        finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]), block=row["block"],
+        preview=PreviewMode(row["preview"]))
 
 
 def frame(row: sqlite3.Row) -> Frame:

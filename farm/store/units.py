@@ -135,16 +135,21 @@ class UnitRecords:
     # -- leases ------------------------------------------------------------------------------
 
     def lease_next(self, node_id: str, now: float, lease_timeout: float, choose: Chooser,
-                   cut: Cutter | None = None) -> Lease | None:
+                   cut: Cutter | None = None, wants_preview: Callable[[Unit], bool] = lambda unit: True
+                   ) -> Lease | None:
         """Lease the node the unit `choose` picks from the queue, or None. When that is a frame's
         remainder, `cut` says where the unit to lease ends (the rest stays queued), or None when the
-        node should leave it to faster ones."""
+        node should leave it to faster ones. A preview that `wants_preview` says nobody would see is
+        canceled instead, and the next unit chosen."""
         with self._db.write() as db:
             node = touch(db, node_id, now)
             if node.state is NodeState.BROKEN:
                 return None
             queue = _Queue(db)
             unit = choose(queue, node.name, now)
+            while unit is not None and unit.kind == PREVIEW and not wants_preview(unit):
+                schema.set_state(db, unit, UnitState.CANCELED)
+                unit = choose(queue, node.name, now)
             if unit is not None and unit.remainder:
                 end = cut(unit, queue, node_id) if cut is not None else unit.row_end
                 unit = None if end is None else _cut(db, unit, end)
@@ -332,10 +337,9 @@ class _Queue:
             f"{_SELECT_UNIT} WHERE job=? AND state=? ORDER BY frame, row_start, idx LIMIT ?",
             (job_id, UnitState.QUEUED.value, limit)).fetchall()]
 
-    def live_slots(self) -> dict[str, int]:
-        """Live node id -> its POV-Ray slots."""
-        return {node.id: node.slots for node in (schema.node(row) for row in self._db.execute(
-            "SELECT * FROM nodes WHERE state IN (?, ?)", (NodeState.IDLE.value, NodeState.BUSY.value)))}
+    def live_nodes(self) -> list[Node]:
+        return [schema.node(row) for row in self._db.execute(
+            "SELECT * FROM nodes WHERE state IN (?, ?)", (NodeState.IDLE.value, NodeState.BUSY.value))]
 
     def frame_units(self, job_id: int, frame: int) -> tuple[list[Finished], list[Running]]:
         """The frame's finished and leased row units (cut from it: one frame each), as the cost model
