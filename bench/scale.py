@@ -301,7 +301,8 @@ def run_makespan(args, tmp: Path, nodes: int, height: int, strip_count: int, str
                         POVFARM_FAKE_TRACE=str(trace))
         for i, speed in enumerate(speeds):
             name = f"sim-{i + 1:03d}"
-            env = dict(base_env, POVFARM_FAKE_SPEED=str(speed), POVFARM_FAKE_NODE=name)
+            # Each stands for a box of its own (an older checkout ignores the setting).
+            env = dict(base_env, POVFARM_FAKE_SPEED=str(speed), POVFARM_FAKE_NODE=name, POVFARM_MACHINE=name)
             with open(tmp / f"{name}.log", "ab") as log:
                 node_processes.append(subprocess.Popen(
                     [sys.executable, "-m", "farm", "--log-level", "WARNING", "node", "--controller", controller.url,
@@ -449,7 +450,8 @@ def run_plans(args, tmp: Path, nodes: int, height: int, row_cost: float, rounds:
                     [sys.executable, "-m", "farm", "--log-level", "WARNING", "node", "--controller", controller.url,
                      "--token-file", str(controller.token_file), "--name", name, "--povray", str(wrapper),
                      "--slots", "1", "--threads", "1", "--sandbox", "none", "--work-dir", str(tmp / "nodes" / name)],
-                    cwd=args.controller_root, env=dict(env, POVFARM_FAKE_SPEED=str(speed)), stdin=subprocess.DEVNULL,
+                    cwd=args.controller_root, env=dict(env, POVFARM_FAKE_SPEED=str(speed), POVFARM_MACHINE=name),
+                    stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_child_setup()))
         wait_until(lambda: sum(1 for n in viewer.call("nodes.list") if n["state"] == "idle") >= nodes,
                    60 + nodes, f"{nodes} nodes to register", interval=0.5)

@@ -224,6 +224,9 @@ def _add_node_command(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="POV-Ray render threads (default: all cores)")
     p.add_argument("--slots", type=int, help="POV-Ray processes at once (default 2: one starts while another"
                                              " finishes)")
+    p.add_argument("--machine", metavar="NAME",
+                   help="which box's cores this node shares: nodes of one machine, with nobody watching, get a "
+                        "frame in as few strips as keep it busy (default: the running kernel, told by its boot id)")
     p.add_argument("--work-dir", type=Path, metavar="DIR",
                    help="bundle cache and per-strip folders (default ~/.cache/povfarm-node)")
     p.add_argument("--strip-timeout", type=float, metavar="SECONDS", help="wall-clock limit per strip")

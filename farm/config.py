@@ -56,6 +56,7 @@ class Config:
     povray: str = "povray"
     threads: int = 0                   # POV-Ray render threads; 0 lets POV-Ray use every core
     slots: int = 2                     # POV-Ray processes a node runs at once
+    machine: str = ""                  # which box's cores the node shares; "" = the running kernel's boot id
     work_dir: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm-node")
     probe_cache: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm" / "povray-probe.json")
     poll_min: float = 0.2              # idle polling backs off from poll_min to poll_max
