@@ -127,10 +127,9 @@ class Node:
         self.stopping.set()
 
     def info(self) -> dict[str, Any]:
-        info = {"host": socket.gethostname(), "machine": self.config.machine or HOST.machine(), "platform": sys.platform,
-                "povfarm": __version__,
-                "cores": os.cpu_count() or 1, "threads": self.config.threads or os.cpu_count() or 1,
-                "slots": max(1, self.config.slots),
+        info = {"host": socket.gethostname(), "machine": self.config.machine or HOST.machine(),
+                "platform": sys.platform, "povfarm": __version__, "cores": os.cpu_count() or 1,
+                "threads": self.config.threads or os.cpu_count() or 1, "slots": max(1, self.config.slots),
                 "povray": self.version or "", "povray_flavour": self.flavour,
                 **self.sandbox.info()}
         if self.broken:

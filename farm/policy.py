@@ -79,7 +79,7 @@ def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: b
 
 def lone_box_runs(nodes: Sequence[Node]) -> int:
     """When every live node says it runs on one and the same machine: how many POV-Ray processes keep
-    that machine busy (`scheduler.box_runs`); else 0. A node that does not say (an older node, or no
+    that machine busy (`scheduler.runs_to_keep_busy`); else 0. A node that does not say (an older node, or no
     boot id on its system) is taken to be on a machine of its own."""
     machines = {str(node.info.get("machine") or "") for node in nodes}
     if len(machines) != 1 or "" in machines:
@@ -89,7 +89,7 @@ def lone_box_runs(nodes: Sequence[Node]) -> int:
         threads = min(int(node.info.get("threads") or cores) for node in nodes)
     except (TypeError, ValueError):
         return 0
-    return scheduler.box_runs(cores, threads, sum(node.slots for node in nodes))
+    return scheduler.runs_to_keep_busy(cores, threads, sum(node.slots for node in nodes))
 
 
 def in_line(jobs: Iterable[JobInLine]) -> list[JobInLine]:

@@ -163,7 +163,7 @@ def _lone_box_cut(start: int, end: int, block: int, free_runs: int) -> int | Non
     return min(end, start + math.ceil(blocks_left / free_runs) * block)
 
 
-def box_runs(cores: int, threads: int, slots: int) -> int:
+def runs_to_keep_busy(cores: int, threads: int, slots: int) -> int:
     """How many POV-Ray processes keep a box of `cores` busy when each renders with `threads` threads:
     enough to use every core, plus one starting while the others trace (a process idles for its first
     and last fraction of a second), at most the box's slots."""

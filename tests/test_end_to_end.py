@@ -200,8 +200,9 @@ def test_photon_block_is_found_only_in_global_settings():
 
 
 def test_the_preview_reaches_a_watching_viewer_first_and_never_the_image(farm, tmp_path):
-    """A viewer watching from before the submit gets the preview (its own size) before any final row;
-    the stored image is still exactly POV-Ray's single render."""
+    """A viewer watching from before the submit gets the preview (its own size) before any final row, by
+    default (the preview is rendered because someone watches); the stored image is still exactly
+    POV-Ray's single render."""
     import threading
     import time
 
@@ -225,7 +226,7 @@ def test_the_preview_reaches_a_watching_viewer_first_and_never_the_image(farm, t
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     out = tmp_path / "farm.png"
-    result = run_cli("submit", str(scene), "--width", "320", "--height", "240", "--option", "+A0.3", "--preview",
+    result = run_cli("submit", str(scene), "--width", "320", "--height", "240", "--option", "+A0.3",
                      "--output", str(out), "--controller", farm.url)
     assert result.returncode == 0, result.stderr
     watcher.join(60)

@@ -147,11 +147,11 @@ def test_one_box_unwatched_every_row_once_never_more_processes_than_it_needs(hei
 
 
 def test_the_processes_that_keep_a_box_busy():
-    assert scheduler.box_runs(cores=2, threads=2, slots=2) == 2       # one traces while the other starts
-    assert scheduler.box_runs(cores=2, threads=2, slots=4) == 2       # two nodes on one box: no more
-    assert scheduler.box_runs(cores=8, threads=1, slots=16) == 9      # one-thread POV-Rays: one per core, + 1
-    assert scheduler.box_runs(cores=8, threads=2, slots=3) == 3       # never more than it has slots
-    assert scheduler.box_runs(cores=2, threads=2, slots=1) == 1
+    assert scheduler.runs_to_keep_busy(cores=2, threads=2, slots=2) == 2       # one traces while the other starts
+    assert scheduler.runs_to_keep_busy(cores=2, threads=2, slots=4) == 2       # two nodes on one box: no more
+    assert scheduler.runs_to_keep_busy(cores=8, threads=1, slots=16) == 9      # one-thread POV-Rays: one per core, + 1
+    assert scheduler.runs_to_keep_busy(cores=8, threads=2, slots=3) == 3       # never more than it has slots
+    assert scheduler.runs_to_keep_busy(cores=2, threads=2, slots=1) == 1
 
 
 def _node(name: str, machine: str, slots: int = 2, cores: int = 2, threads: int = 2):

@@ -28,7 +28,7 @@ class NodesAPI:
 
         @param name: str, the node's name (unique per box)
         @param info: struct: povray (version text), threads (int), slots (int: POV-Ray processes it runs at
-            once), host, platform (str), povray_flavour ("console": a povray that exits non-zero on error;
+            once), cores (int), machine (str: which box's cores it shares; "" unknown), host, platform (str), povray_flavour ("console": a povray that exits non-zero on error;
             "pvengine": POV-Ray for Windows' GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm
             (version), error (str: the node cannot render, e.g. POV-Ray is missing)
         @return: struct: node_id (str), heartbeat_interval (float seconds)
