@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from typing import Any, Sequence
 
 from farm import __version__, bundle, povcmd, strips
 from farm.animation import Animation, parse_clock, parse_range
+from farm.auth import TOKEN_FILE_NAME, create_token_file
 from farm.client import Client, client_for
 from farm.config import Config, load_config
 from farm.discovery import resolve_controller
@@ -710,8 +712,6 @@ def _say_job_goes_on(job_id: int, args: argparse.Namespace) -> None:
 
 
 def cmd_render(config: Config, args: argparse.Namespace) -> int:
-    from farm.controller import Controller
-
     request = prepare_job(args)
     workspace = Path(tempfile.mkdtemp(prefix="povfarm-render-"))
     config.data_dir, config.bind, config.port = workspace / "controller", "127.0.0.1", 0
@@ -725,10 +725,9 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
             logging.getLogger(layer).setLevel(logging.ERROR)
     nodes: list[_LocalNode] = []
     with _StopRequest() as stop:
-        controller = Controller(config)
+        controller, nodes = _start_local_farm(config, args.nodes, workspace, quiet)
         try:
             controller.start_in_thread()
-            nodes = [_LocalNode(controller.url, i, workspace, config, quiet) for i in range(args.nodes)]
             client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
             _wait_for_local_nodes(client, nodes, stop)
             status = None
@@ -744,18 +743,45 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
             shutil.rmtree(workspace, ignore_errors=True)
 
 
+def _start_local_farm(config: Config, count: int, workspace: Path, quiet: bool) -> tuple[Any, list["_LocalNode"]]:
+    """The controller and its nodes, started side by side: the nodes are given the controller's port and
+    tokens before it listens, so their start-up (an interpreter, imports, the sandbox check) overlaps its
+    own instead of following it; a node that finds it not listening yet tries again shortly."""
+    from farm.controller import Controller
+
+    create_token_file(config.data_dir / TOKEN_FILE_NAME)
+    config.port = _free_loopback_port()
+    nodes = [_LocalNode(f"http://127.0.0.1:{config.port}", i, workspace, config, quiet) for i in range(count)]
+    try:
+        return Controller(config), nodes
+    except FarmError:        # the port was taken in the meantime: any port, and the nodes told so
+        _stop_local_farm(nodes, None, abort=True)
+        config.port = 0
+        controller = Controller(config)
+        return controller, [_LocalNode(controller.url, i, workspace, config, quiet) for i in range(count)]
+    except BaseException:
+        _stop_local_farm(nodes, None, abort=True)
+        raise
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _stop_local_farm(nodes: Sequence["_LocalNode"], controller: Any, abort: bool) -> None:
     """On an interrupt, nodes first (they stop POV-Ray at once and hand their strips back while the
     controller still answers), then the controller, once nothing talks to it any more. After the job
     ended there is nothing to hand back, so both wind down at once."""
     for node in nodes:
         node.stop(abort)
-    if not abort:
+    if not abort and controller is not None:
         controller.shutdown()    # the job is over and nothing is handed back: both wind down at once
     deadline = time.monotonic() + (1.0 if abort else 10)    # then kill: a stop takes under 2 s
     for node in nodes:
         node.wait(deadline)
-    if abort:
+    if abort and controller is not None:
         controller.shutdown()
 
 
