@@ -38,7 +38,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "viewer.png")
     parser.add_argument("--scene", default="advanced/chess2.pov")
-    parser.add_argument("--strips-done", type=int, default=3)
+    parser.add_argument("--strips-done", type=int, default=6)
     args = parser.parse_args()
     pygame = _import_pygame()
     with tempfile.TemporaryDirectory(prefix="povfarm-shot-") as tmp:
