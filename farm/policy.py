@@ -62,6 +62,8 @@ class Queue(Protocol):
 
     def live_nodes(self) -> Sequence[Node]: ...
 
+    def whole_frame_waits(self, job_id: int, frame: int) -> bool: ...
+
     def frame_units(self, job_id: int,
                     frame: int) -> tuple[Sequence[scheduler.Finished], Sequence[scheduler.Running]]: ...
 
@@ -75,6 +77,13 @@ def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: b
     slots = {node.id: node.slots for node in nodes}
     runs = 0 if watched else lone_box_runs(nodes)
     return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, slots, finished, running, runs)
+
+
+def pretrace_worth_it(queue: Queue, unit: Unit, watched: bool) -> bool:
+    """A frame's radiosity pre-pass is shared by its strips so they match a single render. When the frame
+    will go out whole instead (one box keeps busy with one POV-Ray, nobody watches, and the frame is
+    still one uncut remainder), that one render makes its own radiosity: the pre-pass would be waste."""
+    return watched or lone_box_runs(queue.live_nodes()) != 1 or not queue.whole_frame_waits(unit.job, unit.frame)
 
 
 def lone_box_runs(nodes: Sequence[Node]) -> int:

@@ -33,8 +33,8 @@ others need for the rest.
   its cores, so a process that ends early leaves its cores to the others. Cutting finer would only repeat
   POV-Ray's start-up, the parse and any radiosity cache load, and run more processes than the cores need
   (measured on chess2 640x480, one node: 2 units 14.6 s, the guided plan's 7 units 14.8 s). So the frame
-  goes out in as many units as it takes to keep the box busy (`box_runs`: two processes, one tracing
-  while the other starts or ends, when each uses all cores), and other slots decline. Watched, the
+  goes out in as many units as it takes to keep the box's cores busy (`box_runs`: one when POV-Ray uses
+  all cores, which is then a single render, radiosity and all), and other slots decline. Watched, the
   guided plan above gives the viewer fresh rows every few seconds, at that small cost.
 
 Pure: no SQL, no sockets, no clock. The store asks `next_cut` inside its leasing transaction.
@@ -164,10 +164,11 @@ def _lone_box_cut(start: int, end: int, block: int, free_runs: int) -> int | Non
 
 
 def runs_to_keep_busy(cores: int, threads: int, slots: int) -> int:
-    """How many POV-Ray processes keep a box of `cores` busy when each renders with `threads` threads:
-    enough to use every core, plus one starting while the others trace (a process idles for its first
-    and last fraction of a second), at most the box's slots."""
-    return max(1, min(slots, -(-max(1, cores) // max(1, threads)) + 1))
+    """How many POV-Ray processes keep a box of `cores` busy on one frame when each renders with
+    `threads` threads: enough to use every core, at most the box's slots. One, when POV-Ray uses all
+    cores: its own threads share a frame's blocks out better than any cut, and a second process on the
+    same frame would idle through its start-up at the same moment as the first."""
+    return max(1, min(slots, -(-max(1, cores) // max(1, threads))))
 
 
 def _free_at(slots: Mapping[str, int], running: Sequence[Running], costs: Model) -> list[tuple[str, float]]:

@@ -67,8 +67,10 @@ _ALLOWED: dict[type, dict[enum.Enum, frozenset]] = {
     },
     UnitState: {
         # LEASED -> QUEUED: the lease expired or was handed back; the strip is rendered again.
+        # QUEUED -> DONE: a radiosity pre-pass found not needed (its frame goes out whole) is done
+        # without a cache, as when the scene turns out to use no radiosity.
         UnitState.WAITING: frozenset({UnitState.QUEUED, UnitState.CANCELED}),
-        UnitState.QUEUED: frozenset({UnitState.LEASED, UnitState.CANCELED, UnitState.FAILED}),
+        UnitState.QUEUED: frozenset({UnitState.LEASED, UnitState.CANCELED, UnitState.FAILED, UnitState.DONE}),
         UnitState.LEASED: frozenset({UnitState.QUEUED, UnitState.DONE,
                                       UnitState.FAILED, UnitState.CANCELED}),
         UnitState.DONE: frozenset(),

@@ -147,11 +147,11 @@ def test_one_box_unwatched_every_row_once_never_more_processes_than_it_needs(hei
 
 
 def test_the_processes_that_keep_a_box_busy():
-    assert scheduler.runs_to_keep_busy(cores=2, threads=2, slots=2) == 2       # one traces while the other starts
-    assert scheduler.runs_to_keep_busy(cores=2, threads=2, slots=4) == 2       # two nodes on one box: no more
-    assert scheduler.runs_to_keep_busy(cores=8, threads=1, slots=16) == 9      # one-thread POV-Rays: one per core, + 1
+    assert scheduler.runs_to_keep_busy(cores=2, threads=2, slots=2) == 1       # POV-Ray's own threads use them
+    assert scheduler.runs_to_keep_busy(cores=2, threads=2, slots=4) == 1       # two nodes on one box: no more
+    assert scheduler.runs_to_keep_busy(cores=8, threads=1, slots=16) == 8      # one-thread POV-Rays: one per core
     assert scheduler.runs_to_keep_busy(cores=8, threads=2, slots=3) == 3       # never more than it has slots
-    assert scheduler.runs_to_keep_busy(cores=2, threads=2, slots=1) == 1
+    assert scheduler.runs_to_keep_busy(cores=2, threads=1, slots=2) == 2
 
 
 def _node(name: str, machine: str, slots: int = 2, cores: int = 2, threads: int = 2):
@@ -163,8 +163,8 @@ def _node(name: str, machine: str, slots: int = 2, cores: int = 2, threads: int 
 
 def test_nodes_on_one_machine_are_one_box_and_unknown_machines_are_boxes_of_their_own():
     from farm.policy import lone_box_runs
-    assert lone_box_runs([_node("a", "m1")]) == 2
-    assert lone_box_runs([_node("a", "m1"), _node("b", "m1")]) == 2
+    assert lone_box_runs([_node("a", "m1")]) == 1
+    assert lone_box_runs([_node("a", "m1"), _node("b", "m1", threads=1)]) == 2
     assert lone_box_runs([_node("a", "m1"), _node("b", "m2")]) == 0    # two boxes: balance them
     assert lone_box_runs([_node("a", ""), _node("b", "")]) == 0        # nodes that do not say
     assert lone_box_runs([_node("a", "m1", slots=8, cores=8, threads=1)]) == 8
@@ -232,28 +232,59 @@ def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first
     store.close()
 
 
-def _box_node(farm: Stepped, name: str) -> str:
+def _box_node(farm: Stepped, name: str, threads: int = 2) -> str:
     return farm.call("nodes.register", name, {"povray": "3.7", "slots": 2, "machine": "box", "cores": 2,
-                                               "threads": 2})["node_id"]
+                                               "threads": threads})["node_id"]
 
 
-def test_on_one_box_an_unwatched_frame_goes_to_two_processes_and_a_watched_one_is_cut_finer(tmp_path):
+def test_on_one_box_an_unwatched_frame_goes_out_whole_and_a_watched_one_is_cut_finer(tmp_path):
     farm, store = _stepped(tmp_path)
     a, b = _box_node(farm, "a"), _box_node(farm, "b")
     alone = _submit(farm, tmp_path / "scene", height=480)
-    first, second = farm.call("nodes.poll", a), farm.call("nodes.poll", b)
-    assert (first["row_start"], first["row_end"], second["row_start"], second["row_end"]) == (0, 256, 256, 480)
-    assert farm.call("nodes.poll", a) == {}                              # nothing left to cut
-    for node_id, task in ((a, first), (b, second)):
-        farm.call("nodes.complete", node_id, task["lease"], rows_for(task, 1), 5.0)
-    assert farm.call("jobs.status", alone)["strips_done"] == 2
+    whole = farm.call("nodes.poll", a)
+    assert (whole["row_start"], whole["row_end"]) == (0, 480)            # one POV-Ray on all cores
+    assert farm.call("nodes.poll", b) == {}
+    farm.call("nodes.complete", a, whole["lease"], rows_for(whole, 1), 5.0)
+    assert farm.call("jobs.status", alone)["strips_done"] == 1
     farm.call("viewer.watch", 0, 0, 0)                                   # someone follows the farm
     watched = _submit(farm, tmp_path / "scene2", height=480)
     task = farm.call("nodes.poll", a)
     assert task["job"] == watched and task["row_end"] - task["row_start"] < 240   # guided: smaller first units
     farm.clock_.now += 60                                                # the viewer left long ago
-    later = farm.call("nodes.poll", b)
-    assert later["row_end"] == 480 or later["row_end"] - later["row_start"] >= (480 - later["row_start"]) // 2
+    assert farm.call("nodes.poll", b) == {}                              # one runs already: enough for the box
+    farm.call("nodes.complete", a, task["lease"], rows_for(task, 2), 5.0)
+    rest = farm.call("nodes.poll", a)
+    assert (rest["row_start"], rest["row_end"]) == (task["row_end"], 480)
+    store.close()
+
+
+def test_on_one_box_of_one_thread_nodes_an_unwatched_frame_goes_to_one_process_per_core(tmp_path):
+    farm, store = _stepped(tmp_path)
+    a, b = _box_node(farm, "a", threads=1), _box_node(farm, "b", threads=1)
+    _submit(farm, tmp_path / "scene", height=480)
+    first, second = farm.call("nodes.poll", a), farm.call("nodes.poll", b)
+    assert (first["row_start"], first["row_end"], second["row_start"], second["row_end"]) == (0, 256, 256, 480)
+    store.close()
+
+
+def test_a_radiosity_frame_that_goes_out_whole_skips_the_shared_pre_pass(tmp_path):
+    farm, store = _stepped(tmp_path)
+    a = _box_node(farm, "a")
+    scene = tmp_path / "scene" / "s.pov"
+    scene.parent.mkdir()
+    scene.write_text("global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    digest = farm.call("bundles.upload", xmlrpc.client.Binary(pack(plan_bundle(scene))))
+    spec = {"bundle": digest, "scene": "s.pov", "width": 4, "height": 96, "preview": False}
+    alone = farm.call("jobs.submit", spec)
+    task = farm.call("nodes.poll", a)
+    assert (task["kind"], task["row_start"], task["row_end"]) == ("rows", 0, 96)   # a single render, no pre-pass
+    assert not task.get("radiosity_cache")
+    farm.call("nodes.complete", a, task["lease"], rows_for(task, 1), 5.0)
+    farm.settle()
+    assert farm.call("jobs.status", alone)["state"] == "done"
+    farm.call("viewer.watch", 0, 0, 0)                                   # watched: strips, so a shared pre-pass
+    farm.call("jobs.submit", spec)
+    assert farm.call("nodes.poll", a)["kind"] == "pretrace"
     store.close()
 
 

@@ -85,15 +85,17 @@ class Dispatcher:
 
     def _lease(self, node_id: str) -> Lease | None:
         return self._store.units.lease_next(node_id, self._clock(), self._config.lease_timeout,
-                                            policy.choose_unit, self._cut, self._wants_preview)
+                                            policy.choose_unit, self._cut, self._worth)
 
     def _cut(self, unit: Unit, queue: policy.Queue, node_id: str) -> int | None:
         return policy.cut_remainder(queue, unit, node_id, self.job(unit.job).block, self._watched(unit.job))
 
-    def _wants_preview(self, unit: Unit) -> bool:
-        """Whether the preview about to be leased is still worth rendering: not when it is only for
-        viewers watching and none is."""
-        return self.job(unit.job).preview is not strips.PreviewMode.WATCHED or self._watched(unit.job)
+    def _worth(self, unit: Unit, queue: policy.Queue) -> bool:
+        """Whether the preview or radiosity pre-pass about to be leased is still worth rendering: a
+        preview only for viewers is not when none watches; a pre-pass not when its frame goes out whole."""
+        if unit.kind == strips.PREVIEW:
+            return self.job(unit.job).preview is not strips.PreviewMode.WATCHED or self._watched(unit.job)
+        return policy.pretrace_worth_it(queue, unit, self._watched(unit.job))
 
     def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
         return job.pretrace and unit.kind == strips.ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)

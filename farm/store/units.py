@@ -28,7 +28,8 @@ _FRAME_ROWS = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's ro
 _FRAME_CACHE = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
 
 Chooser = Callable[["_Queue", str, float], "Unit | None"]
-Cutter = Callable[[Unit, "_Queue", str], "int | None"]   # the end row of the unit a node cuts off a remainder
+Cutter = Callable[[Unit, "_Queue", str], "int | None"]
+Worth = Callable[[Unit, "_Queue"], bool]   # whether a preview or pre-pass about to be leased is still worth it   # the end row of the unit a node cuts off a remainder
 Judge = Callable[[Unit, frozenset, frozenset], FailureVerdict]
 
 
@@ -135,20 +136,23 @@ class UnitRecords:
     # -- leases ------------------------------------------------------------------------------
 
     def lease_next(self, node_id: str, now: float, lease_timeout: float, choose: Chooser,
-                   cut: Cutter | None = None, wants_preview: Callable[[Unit], bool] = lambda unit: True
-                   ) -> Lease | None:
+                   cut: Cutter | None = None, worth: Worth = lambda unit, queue: True) -> Lease | None:
         """Lease the node the unit `choose` picks from the queue, or None. When that is a frame's
         remainder, `cut` says where the unit to lease ends (the rest stays queued), or None when the
-        node should leave it to faster ones. A preview that `wants_preview` says nobody would see is
-        canceled instead, and the next unit chosen."""
+        node should leave it to faster ones. A preview or radiosity pre-pass that `worth` says is not
+        worth rendering any more is set aside (a preview canceled, a pre-pass done without a cache, which
+        lets its frame's rows go), and the next unit chosen."""
         with self._db.write() as db:
             node = touch(db, node_id, now)
             if node.state is NodeState.BROKEN:
                 return None
             queue = _Queue(db)
             unit = choose(queue, node.name, now)
-            while unit is not None and unit.kind == PREVIEW and not wants_preview(unit):
-                schema.set_state(db, unit, UnitState.CANCELED)
+            while unit is not None and unit.kind in (PREVIEW, PRETRACE) and not worth(unit, queue):
+                if unit.kind == PREVIEW:
+                    schema.set_state(db, unit, UnitState.CANCELED)
+                else:
+                    _store_pretrace(db, unit, b"", 0.0)
                 unit = choose(queue, node.name, now)
             if unit is not None and unit.remainder:
                 end = cut(unit, queue, node_id) if cut is not None else unit.row_end
@@ -340,6 +344,13 @@ class _Queue:
     def live_nodes(self) -> list[Node]:
         return [schema.node(row) for row in self._db.execute(
             "SELECT * FROM nodes WHERE state IN (?, ?)", (NodeState.IDLE.value, NodeState.BUSY.value))]
+
+    def whole_frame_waits(self, job_id: int, frame: int) -> bool:
+        """Whether the frame's rows are still one remainder, uncut, waiting for its pre-pass."""
+        rows = self._db.execute("SELECT remainder, row_start, state FROM units WHERE job=? AND frame=? AND"
+                                " frame_last=? AND kind=?", (job_id, frame, frame, ROWS)).fetchall()
+        return (len(rows) == 1 and rows[0]["remainder"] and rows[0]["row_start"] == 0
+                and rows[0]["state"] == UnitState.WAITING.value)
 
     def frame_units(self, job_id: int, frame: int) -> tuple[list[Finished], list[Running]]:
         """The frame's finished and leased row units (cut from it: one frame each), as the cost model
