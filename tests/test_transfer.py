@@ -13,6 +13,7 @@ import pytest
 from farm import client as client_module
 from farm import strips
 from farm.auth import read_token_file
+from farm.rpc import read_xmlrpc
 from conftest import native_render, needs_povray, run_cli, wait_until
 
 SCENE = """camera { location <0, 1, -4> look_at 0 }
@@ -139,3 +140,46 @@ def test_povfarm_nodes_shows_upload_rates_in_bits_per_second():
 
     assert [_upload_rate(rate) for rate in (0.0, 90.0, 125_000.0, 1_500_000.0, 2.5e9)] == \
         ["-", "720 bit/s", "1 Mbit/s", "12 Mbit/s", "20 Gbit/s"]
+
+
+def test_a_request_body_is_compact_xml_rpc_the_controller_reads_back():
+    """Base64 in one line (a line break every 76 characters costs 1.8% after Huffman coding), no line
+    breaks between tags; text with < > and line breaks of its own comes through unchanged."""
+    data = os.urandom(10_000)
+    params = ("node-1", {"a.1.ff": 0.5, "x>\n<y": 1.0}, xmlrpc.client.Binary(data), "line\n>\n<break", 2.5)
+    body = client_module.request_body("nodes.complete", params)
+    encoded = base64.b64encode(data)
+    assert encoded in body and b"><" in body
+    assert body.count(b"\n") == 4       # the three inside the text values, and the last
+    read, method = read_xmlrpc([body])
+    assert method == "nodes.complete" and read[:2] == params[:2] and read[2].data == data
+    assert read[3:] == params[3:]
+    assert len(body) < len(xmlrpc.client.dumps(params, "nodes.complete").encode())
+
+
+def test_a_small_request_leaves_in_one_write(farm):
+    """Headers and body in one write: one packet, not a body that waits for the headers' acknowledgement."""
+    farm.start_controller()
+    client = farm.client_as("view")
+    writes = []
+    transport = client._transport()
+    connection = transport.make_connection(client._host)
+    connection.connect()
+    connection.sock = _Recording(connection.sock, writes)
+    assert client.call("api.version")["api"] == 1
+    assert len(writes) == 1 and writes[0].startswith(b"POST ") and writes[0].endswith(b"</methodCall>\n")
+    assert b"User-Agent: povfarm/" in writes[0]
+
+
+class _Recording:
+    """A socket that notes what is written to it."""
+
+    def __init__(self, sock, writes: list):
+        self._sock, self._writes = sock, writes
+
+    def sendall(self, data):
+        self._writes.append(bytes(data))
+        return self._sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
