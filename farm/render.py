@@ -28,6 +28,9 @@ from farm.records import RenderOutcome
 log = logging.getLogger(__name__)
 
 MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of one frame's radiosity cache
+# Deflate level for a unit's rows: 9 costs the node about 70 ms of CPU more per 640x480 frame than 6 (a
+# fraction of a percent of rendering it) for 0.8% fewer bytes on its uplink (chess2).
+ROWS_LEVEL = 9
 
 # Called while POV-Ray runs, with the task, its log file and a hook for when tracing starts: renews the
 # lease and says when to stop.
@@ -163,7 +166,7 @@ class UnitRenderer:
         # PNG's row filters before deflate: a render's gradients shrink to about a PNG's size on the wire.
         row_bytes = strips.row_size(task["width"], task["channels"], task["bits"])
         encoded = strips.encode_rows(rows, strips.FILTERED, row_bytes, task["channels"] * task["bits"] // 8,
-                                     len(frames))
+                                     len(frames), level=ROWS_LEVEL)
         return RenderOutcome("done", rows=encoded, seconds=result.seconds, encoding=strips.FILTERED)
 
     def _failure(self, result: povray.ProcessResult, stderr: str, frames: range | None) -> tuple[str, bool]:
