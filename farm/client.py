@@ -222,6 +222,11 @@ class UploadMeter:
         with self._lock:
             self._samples.append((size, max(seconds, 1e-6)))
 
+    def latest(self) -> float:
+        """The rate of the last large request alone (0.0 before the first): what the link is like now."""
+        with self._lock:
+            return self._samples[-1][0] / self._samples[-1][1] if self._samples else 0.0
+
     def bytes_per_second(self) -> float:
         """0.0 until a large request has been sent."""
         with self._lock:

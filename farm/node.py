@@ -63,6 +63,7 @@ class Node:
         self.strip_root = config.work_dir / "strips"
         self.node_id: str | None = None
         self.heartbeat_interval = config.heartbeat_interval
+        self.lease_timeout: float | None = None     # the controller's, once it says (older ones do not)
         self.stopping = threading.Event()   # finish the current strip, then exit
         self.aborting = threading.Event()   # stop POV-Ray now, hand the lease back, exit
         self.povray = sandboxes.resolve_program(config.povray) or config.povray
@@ -86,6 +87,7 @@ class Node:
         self.uploads = _Uploads(self, max(1, config.slots))
         self.beats = _Beats(self)
         self._report_stats = hasattr(client, "uploads")
+        self._reported_rate = 0.0         # the upload rate the controller last heard
 
     def _probe(self) -> tuple[str | None, str | None]:
         """(POV-Ray's version, None) when it runs, inside the sandbox too; else (None, what is wrong).
@@ -135,18 +137,36 @@ class Node:
         return info
 
     def heartbeat(self, progress: dict[str, float]) -> dict[str, Any]:
-        """nodes.heartbeat, with the node's measured upload rate once it has one (a controller that takes
-        no such report is not sent it again)."""
+        """nodes.heartbeat, with the node's measured upload rate when it has one that differs by more than
+        a tenth from the one last reported (the controller keeps that; a controller that takes no such
+        report is not sent it again)."""
         rate = self.client.uploads.bytes_per_second() if self._report_stats else 0.0
-        stats = [{"upload_bps": rate}] if rate > 0 else []
+        changed = rate > 0 and abs(rate - self._reported_rate) > 0.1 * self._reported_rate
+        stats = [{"upload_bps": rate}] if changed else []
         try:
-            return self.client.call("nodes.heartbeat", self.node_id, progress, *stats)
+            reply = self.client.call("nodes.heartbeat", self.node_id, progress, *stats)
         except FarmError as err:
             if not stats or err.code is not Code.BAD_ARGUMENT:
                 raise
             log.info("the controller takes no upload rate with heartbeats; no longer sending it")
             self._report_stats = False
             return self.client.call("nodes.heartbeat", self.node_id, progress)
+        if stats:
+            self._reported_rate = rate
+        return reply
+
+    def beat_interval(self) -> float:
+        """Seconds between the node's heartbeats while it renders: the controller's heartbeat_interval
+        (progress for viewers and the scheduler; a canceled job's POV-Ray stopped soon), unless the node's
+        last large request went up slower than slow_uplink_bps. There a heartbeat's kilobyte, headers and
+        all, is not free: one goes every slow_heartbeat_interval, but at most every third of the
+        controller's lease timeout, so that two heartbeats may be lost before a lease is (a controller
+        that does not say its lease timeout gets them every heartbeat_interval)."""
+        meter = getattr(self.client, "uploads", None)
+        rate = meter.latest() if meter is not None else 0.0
+        if not self.lease_timeout or not 0 < rate < self.config.slow_uplink_bps:
+            return self.heartbeat_interval
+        return max(self.heartbeat_interval, min(self.config.slow_heartbeat_interval, self.lease_timeout / 3))
 
     def run(self) -> None:
         """Poll and render with `slots` workers until asked to stop. Several POV-Ray processes at once
@@ -222,6 +242,7 @@ class Node:
             if self.node_id is None:
                 reply = self.client.call("nodes.register", self.config.name, self.info())
                 self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
+                self.lease_timeout = float(reply["lease_timeout"]) if "lease_timeout" in reply else None
                 self.node_id = reply["node_id"]
                 log.info("registered with %s as %s", self.client.url, self.node_id)
             return self.node_id
@@ -476,9 +497,9 @@ class _Uploads:
 
     def _renew_waiting(self) -> None:
         """Renew the leases of waiting results that no heartbeat renewed lately (no slot is rendering)."""
-        now = self.node.clock()
+        since = self.node.clock() - self.node.beat_interval()
         with self._lock:
-            stale = [lease for lease, when in self._pending.items() if 0 <= when < now - self.node.heartbeat_interval]
+            stale = [lease for lease, when in self._pending.items() if 0 <= when < since]
         if not stale:
             return
         try:
@@ -503,7 +524,7 @@ class _Heartbeat:
         if self.watch is not None:
             self.watch(self.log_path)
         now = self.node.clock()
-        if now - self.last < self.node.heartbeat_interval:
+        if now - self.last < self.node.beat_interval():
             return False
         self.last = now
         progress = povray.progress_fraction(self.log_path) or 0.0
@@ -530,7 +551,7 @@ class _Beats:
         now = self.node.clock()
         with self._lock:
             self._progress[lease] = progress
-            due = now - self._last >= self.node.heartbeat_interval
+            due = now - self._last >= self.node.beat_interval()
             if due:
                 self._last = now
                 waiting = self.node.uploads.pending()
