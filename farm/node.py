@@ -48,6 +48,8 @@ RETRY_CEILING = 10.0     # seconds: the longest wait between attempts while the 
 FATAL = frozenset({Code.UNAUTHORIZED, Code.FORBIDDEN})
 # Faults a delivery is retried on (the result was not stored); others mean it is no longer wanted.
 RETRY_DELIVERY = frozenset({Code.UNREACHABLE, Code.STORAGE, Code.INTERNAL})
+# Faults a delivery of rows passes to its caller: an older controller's (no such method, or no such argument).
+ROWS_REFUSED = frozenset({Code.UNKNOWN_METHOD, Code.BAD_ARGUMENT})
 BUNDLE_ATTEMPTS = 4      # tries at a bundle download (each resuming) before the strip is reported failed
 
 
@@ -316,7 +318,7 @@ class Node:
         if outcome.kind == "done":
             if take_next:
                 self._preview_first(task["job"])
-            return self._complete(lease, outcome.rows, outcome.seconds, take_next, outcome.encoding)
+            return self._complete(lease, outcome, take_next)
         if outcome.kind == "failed":
             message = self._error_text(outcome.error, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
@@ -326,16 +328,40 @@ class Node:
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
         return None
 
-    def _complete(self, lease: str, rows: bytes, seconds: float, take_next: bool = True,
-                  encoding: str = strips.ZLIB) -> dict[str, Any] | None:
-        """Deliver a strip's rows and, unless stopping, take the next task in the same round trip:
-        half the requests per strip, and the slot never waits for a poll between strips."""
+    def _complete(self, lease: str, outcome: RenderOutcome, take_next: bool = True) -> dict[str, Any] | None:
+        """Deliver a unit's rows and, unless stopping, take the next task in the same round trip. A controller
+        that refuses the rows' encoding (one that predates it: a fault for the argument count) gets them
+        as plain zlib, and from then on every unit is rendered into plain zlib."""
+        rows, encoding = outcome.rows, outcome.encoding
+        if encoding != strips.ZLIB and self.renderer.encoding == strips.ZLIB and outcome.as_zlib is not None:
+            rows, encoding = outcome.as_zlib(), strips.ZLIB     # rendered before the node learnt it
+        try:
+            return self._send_rows(lease, rows, outcome.seconds, encoding, take_next)
+        except FarmError as err:
+            if err.code is not Code.BAD_ARGUMENT or encoding == strips.ZLIB or outcome.as_zlib is None:
+                log.warning("nodes.complete for lease %s refused: %s", lease, err)
+                return None
+            refused = err
+        try:
+            reply = self._send_rows(lease, outcome.as_zlib(), outcome.seconds, strips.ZLIB, take_next)
+        except FarmError:     # not the encoding, then: the rows themselves are refused
+            log.warning("nodes.complete for lease %s refused: %s", lease, refused)
+            return None
+        log.info("the controller refused %s rows (%s) and took them as plain zlib; sending plain zlib from now on",
+                 encoding, refused)
+        self.renderer.encoding = strips.ZLIB
+        return reply
+
+    def _send_rows(self, lease: str, rows: bytes, seconds: float, encoding: str,
+                   take_next: bool) -> dict[str, Any] | None:
+        """nodes.complete_and_poll (half the requests per strip, and the slot never waits for a poll between
+        strips) or nodes.complete. Raises BAD_ARGUMENT; other refusals return None."""
         payload: tuple = (xmlrpc.client.Binary(rows), seconds)
         if encoding != strips.ZLIB:
             payload += (encoding,)
         if take_next and self._combined_calls and not self.stopping.is_set():
             try:
-                reply = self._deliver("nodes.complete_and_poll", lease, *payload)
+                reply = self._deliver("nodes.complete_and_poll", lease, *payload, passing=ROWS_REFUSED)
             except FarmError as err:
                 if err.code is not Code.UNKNOWN_METHOD:
                     raise
@@ -345,7 +371,7 @@ class Node:
                 if reply is not None:
                     self.strips_done += 1
                 return reply or None
-        if self._deliver("nodes.complete", lease, *payload) is not None:
+        if self._deliver("nodes.complete", lease, *payload, passing=ROWS_REFUSED) is not None:
             self.strips_done += 1
         return None
 
@@ -381,15 +407,17 @@ class Node:
         reply = self.client.call("bundles.fetch_range", digest, offset, bundle.DOWNLOAD_CHUNK)
         return int(reply["size"]), reply["data"].data
 
-    def _deliver(self, method: str, lease: str, *args: Any) -> Any:
+    def _deliver(self, method: str, lease: str, *args: Any, passing: frozenset = frozenset({Code.UNKNOWN_METHOD})
+                 ) -> Any:
         """Send a result, retrying while the controller is unreachable. Returns the reply, or None if it
-        was refused. An unknown method (an older controller) raises: the caller picks another."""
+        was refused. Faults in `passing` raise (an unknown method, an older controller: the caller picks
+        another)."""
         delay = 0.0
         while True:
             try:
                 return self.client.call(method, self.node_id, lease, *args)
             except FarmError as err:
-                if err.code is Code.UNKNOWN_METHOD:
+                if err.code in passing:
                     raise
                 if err.code not in RETRY_DELIVERY:
                     log.warning("%s for lease %s refused: %s", method, lease, err)
@@ -483,7 +511,7 @@ class _Uploads:
                 with self._lock:
                     wanted = self._pending.get(lease, 0.0) >= 0
                 if wanted:
-                    self.node._complete(lease, outcome.rows, outcome.seconds, False, outcome.encoding)
+                    self.node._complete(lease, outcome, False)
                 else:
                     log.info("lease %s was withdrawn before its result went up; dropped", lease)
             except FarmError as err:   # an unknown method or the like: the lease will expire

@@ -643,6 +643,12 @@ def encode_rows(raw: bytes, encoding: str, row_bytes: int, bpp: int, frames: int
     return b"".join(parts) + packer.flush()
 
 
+def recode_rows(data: bytes, encoding: str, to: str, expected_len: int, row_bytes: int, bpp: int,
+                frames: int = 1) -> bytes:
+    """A unit's rows in `encoding` as the same rows in `to` (deflate level 6)."""
+    return encode_rows(decode_rows(data, encoding, expected_len, row_bytes, bpp, frames), to, row_bytes, bpp, frames)
+
+
 def decode_rows(data: bytes, encoding: str, expected_len: int, row_bytes: int, bpp: int, frames: int = 1) -> bytes:
     """Inverse of `encode_rows`, refusing anything but exactly `expected_len` bytes of raw rows (the
     output is capped while inflating, as in `decompress_rows`)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import sys
 import xmlrpc.client
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +185,25 @@ class _Recording:
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
+
+
+@needs_povray
+def test_a_node_sends_plain_zlib_rows_to_a_controller_that_refuses_their_encoding(farm, tmp_path):
+    """A controller from before filtered rows refuses the `encoding` argument (fault 10, argument count):
+    the node sends that strip again as plain zlib and every later one too, without asking again; the
+    image is POV-Ray's own."""
+    scene = tmp_path / "scene" / "old.pov"
+    scene.parent.mkdir()
+    scene.write_text(SCENE)
+    reference = strips.decode_png(native_render(scene, 96, 96, ["+A0.3"], tmp_path / "ref.png").read_bytes())
+    farm.start_controller(program=[sys.executable, str(Path(__file__).with_name("older_controller.py"))])
+    submitted = run_cli("submit", str(scene), "+W96", "+H96", "+A0.3", "--strips", "3", "--no-preview",
+                        "--controller", farm.url)
+    assert submitted.returncode == 0, submitted.stderr
+    job = int(submitted.stdout)
+    farm.start_node("old", slots=1)
+    wait_until(lambda: farm.client.call("jobs.status", job)["state"] == "done", timeout=120, what="the job")
+    assert strips.decode_png(farm.client.call("jobs.fetch", job).data).pixels == reference.pixels
+    log = farm.log("old")
+    assert log.count("refused filtered rows") == 1 and "refused:" not in log
+    assert log.count("takes no upload rate") <= 1
