@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import gzip
 import hashlib
 import hmac
 import http.client
@@ -41,6 +42,12 @@ MAX_RESPONSE = 512 * 1024 * 1024   # bytes of a response, after decompression
 # at a fraction of a full deflate's CPU (measured on chess2's strips: 1.04x the PNG on the wire, 5 ms of
 # 150 per frame; a level-6 gzip gives a few hundred bytes more for three times the CPU).
 GZIP_THRESHOLD = 16 * 1024
+# Smaller bodies over this many bytes are gzipped too, at level 6: a heartbeat's XML (some 460 bytes with
+# three leases) goes as about 220, a poll's as 140 instead of 210; on a slow uplink that is what counts.
+SMALL_GZIP_THRESHOLD = 256
+# Calls whose replies are always small (a task, a lease list): no Accept-Encoding, 23 bytes saved each time,
+# as the controller gzips only replies over 8 KB.
+SMALL_REPLIES = frozenset({"nodes.poll", "nodes.heartbeat", "nodes.complete", "nodes.complete_and_poll"})
 
 
 def gzip_huffman(body: bytes) -> bytes:
@@ -129,6 +136,9 @@ class _FarmTransportMixin:
         if large:
             connection.putheader("Content-Encoding", "gzip")
             request_body = gzip_huffman(request_body)
+        elif plain > SMALL_GZIP_THRESHOLD:
+            connection.putheader("Content-Encoding", "gzip")
+            request_body = gzip.compress(request_body, 6, mtime=0)
         connection.putheader("Content-Length", str(len(request_body)))
         self._sending = (time.monotonic(), len(request_body), plain) if large else None
         connection.endheaders(request_body)
@@ -141,6 +151,8 @@ class _FarmTransportMixin:
         return self._connection[1]
 
     def send_headers(self, connection, headers):
+        if self.method in SMALL_REPLIES:
+            headers = [header for header in headers if header[0] != "Accept-Encoding"]
         if self._token:
             headers = [*headers, ("Authorization", f"Bearer {self._token}")]
         if self.method:

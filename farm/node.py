@@ -144,7 +144,7 @@ class Node:
         report is not sent it again)."""
         rate = self.client.uploads.bytes_per_second() if self._report_stats else 0.0
         changed = rate > 0 and abs(rate - self._reported_rate) > 0.1 * self._reported_rate
-        stats = [{"upload_bps": rate}] if changed else []
+        stats = [{"upload_bps": float(round(rate))}] if changed else []
         try:
             reply = self.client.call("nodes.heartbeat", self.node_id, progress, *stats)
         except FarmError as err:
@@ -555,7 +555,7 @@ class _Heartbeat:
         if now - self.last < self.node.beat_interval():
             return False
         self.last = now
-        progress = povray.progress_fraction(self.log_path) or 0.0
+        progress = round(povray.progress_fraction(self.log_path) or 0.0, 3)   # "0.421", not 17 digits
         if self.node.beats.report(self.lease, progress):
             log.info("the controller withdrew lease %s (job canceled or failed); stopping POV-Ray", self.lease)
             return True

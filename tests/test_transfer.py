@@ -163,15 +163,35 @@ def test_a_small_request_leaves_in_one_write(farm):
     """Headers and body in one write: one packet, not a body that waits for the headers' acknowledgement."""
     farm.start_controller()
     client = farm.client_as("view")
-    writes = []
-    transport = client._transport()
-    connection = transport.make_connection(client._host)
-    connection.connect()
-    connection.sock = _Recording(connection.sock, writes)
+    writes = _recorded(client)
     assert client.call("api.version")["api"] == 1
     assert len(writes) == 1 and writes[0].startswith(b"POST ") and writes[0].endswith(b"</methodCall>\n")
     assert b"User-Agent: povfarm/" in writes[0]
 
+
+def test_small_bodies_go_gzipped_and_a_nodes_frequent_calls_ask_for_no_gzip_back(farm):
+    """A heartbeat's 460 bytes of XML go as about 220; nodes.poll, heartbeat and complete never get a reply
+    worth compressing, so they do not offer to take one."""
+    farm.start_controller()
+    client = farm.client_as("node")
+    writes = _recorded(client)
+    node_id = client.call("nodes.register", "gz", {"povray": "3.7", "slots": 1, "host": "box " * 100})["node_id"]
+    assert client.call("nodes.heartbeat", node_id, {"1.1.aabbccddeeff": 0.5, "2.1.aabbccddeeff": 0.25}) == {
+        "stop": ["1.1.aabbccddeeff", "2.1.aabbccddeeff"]}
+    register, heartbeat = writes
+    assert b"Content-Encoding: gzip" in register and b"Accept-Encoding: gzip" in register
+    assert b"Content-Encoding: gzip" in heartbeat and b"Accept-Encoding" not in heartbeat
+    assert len(heartbeat.partition(b"\r\n\r\n")[2]) < 0.7 * len(client_module.request_body(
+        "nodes.heartbeat", (node_id, {"1.1.aabbccddeeff": 0.5, "2.1.aabbccddeeff": 0.25})))
+
+
+def _recorded(client) -> list[bytes]:
+    """What the client's connection (for this thread) writes from now on."""
+    writes: list[bytes] = []
+    connection = client._transport().make_connection(client._host)
+    connection.connect()
+    connection.sock = _Recording(connection.sock, writes)
+    return writes
 
 class _Recording:
     """A socket that notes what is written to it."""
