@@ -4,7 +4,9 @@ It makes its own network namespace and veth pair, runs the controller in the roo
 the veth's address) and one node inside the namespace, and times each case with the node's upstream
 unshaped and shaped to 1 Mbit/s (`tc qdisc ... tbf`), alternating the order each round. The same node
 renders every run (so `--strips auto` cuts every run alike; it downloads each scene's bundle once, in
-its first run). It reports the medians, their
+its first run), and before each one a small warm-up job on the link as it then is: a node measures its
+link, and on a slow one sends fewer heartbeats; without the warm-up the node would start each shaped run
+believing it was on the fast link of the run before. It reports the medians, their
 ratio, and the bytes the node sent per frame (counted on its veth: IP, TCP, HTTP and XML-RPC included)
 against the size of a PNG of the frame (PNG's adaptive row filters, deflate level 9), and where those
 bytes went (bench/wire.py counts the node's packets by RPC method: requests, TCP acknowledgements,
@@ -51,6 +53,9 @@ CASES = {
     "still-8": ("advanced/chess2.pov", None, 640, 480, ["+A0.3", "--strips", "8"], 1),
     "animation": ("animations/camera2/camera2.pov", "animations/camera2/camera2.ini", 160, 120, ["+KFF30"], 30),
 }
+
+# One strip of some 35 KB: the node's upload rate is measured on requests over 16 KiB.
+WARM_UP = ("advanced/chess2.pov", None, 200, 150, ["--strips", "1"], 1)
 
 
 class Network:
@@ -223,6 +228,7 @@ def one_run(the_farm: Farm, name: str, case, shaped: bool, index: int) -> dict:
     out = the_farm.work / f"out-{name}-{index}-{'shaped' if shaped else 'open'}"
     target = out if case[5] > 1 else out / "frame.png"
     out.mkdir()
+    warm_up(the_farm, out / "warm-up.png")
     sent = the_farm.net.sent_bytes()
     packets = the_farm.packets()
     units = rendered_units(the_farm.work / "wan.log")
@@ -255,6 +261,15 @@ def difference(after: dict, before: dict) -> dict:
 def rendered_units(node_log: Path) -> int:
     text = node_log.read_text(errors="replace") if node_log.exists() else ""
     return len(re.findall(r"INFO farm\.node: job \d+ strip \d+ rendered: done", text))
+
+
+def warm_up(the_farm: Farm, out: Path) -> None:
+    """A small job on the link as it is now, before the one measured: a node on a link has measured it
+    (its heartbeats go by what it measured), whereas this node was on the other link a moment ago."""
+    done = subprocess.run(submit_command(the_farm, WARM_UP, out), env=the_farm.env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the warm-up failed: {done.stderr[-2000:]}")
+    out.unlink()
 
 
 def last_render_end(node_log: Path) -> float:
