@@ -834,3 +834,16 @@ def test_on_a_slow_uplink_a_rendering_node_beats_less_often_but_within_its_lease
         slot()
     assert len(client.beats) == 4
     assert client.beats[2][1]["upload_bps"] > 125_000 * 1.1 and len(client.beats[3]) == 1   # changed, then not
+
+
+def test_the_slow_uplink_settings_come_in_layers(tmp_path):
+    """Defaults, then the config file, then POVFARM_* variables (no flags for these)."""
+    from farm.config import load_config
+
+    empty, settings = tmp_path / "empty.ini", tmp_path / "povfarm.ini"
+    empty.write_text("[povfarm]\n")
+    settings.write_text("[povfarm]\nslow_heartbeat_interval = 8\nslow_uplink_bps = 100000\n")
+    default = load_config({}, environ={}, config_file=empty)
+    assert (default.slow_uplink_bps, default.slow_heartbeat_interval) == (500_000.0, 10.0)
+    layered = load_config({}, environ={"POVFARM_SLOW_UPLINK_BPS": "250000"}, config_file=settings)
+    assert (layered.slow_uplink_bps, layered.slow_heartbeat_interval) == (250_000.0, 8.0)
