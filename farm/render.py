@@ -29,7 +29,7 @@ from farm.records import RenderOutcome
 log = logging.getLogger(__name__)
 
 MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of one frame's radiosity cache
-# Deflate level for a unit's rows: 9 costs the node about 70 ms of CPU more per 640x480 frame than 6 (a
+# Deflate level for a unit's rows: 9 costs the node about 80 ms of CPU more per 640x480 frame than 6 (a
 # fraction of a percent of rendering it) for 0.8% fewer bytes on its uplink (chess2).
 ROWS_LEVEL = 9
 
