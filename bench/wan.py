@@ -4,10 +4,13 @@ It makes its own network namespace and veth pair, runs the controller in the roo
 the veth's address) and one node inside the namespace, and times each case with the node's upstream
 unshaped and shaped to 1 Mbit/s (`tc qdisc ... tbf`), alternating the order each round. The same node
 renders every run (so `--strips auto` cuts every run alike; it downloads each scene's bundle once, in
-its first run). It reports the medians, their
+its first run), and before each one a small warm-up job on the link as it then is: a node measures its
+link, and on a slow one sends fewer heartbeats; without the warm-up the node would start each shaped run
+believing it was on the fast link of the run before. It reports the medians, their
 ratio, and the bytes the node sent per frame (counted on its veth: IP, TCP, HTTP and XML-RPC included)
-against the size of a PNG of the frame (PNG's adaptive row filters, deflate level 9). The namespace
-and everything in it are removed at the end, also on failure or Ctrl-C.
+against the size of a PNG of the frame (PNG's adaptive row filters, deflate level 9), and where those
+bytes went (bench/wire.py counts the node's packets by RPC method: requests, TCP acknowledgements,
+connections). The namespace and everything in it are removed at the end, also on failure or Ctrl-C.
 
     python bench/wan.py                     # chess2 640x480 +A0.3 (auto and 8 strips), a 30-frame animation
     python bench/wan.py --only still --repeat 2
@@ -51,6 +54,9 @@ CASES = {
     "animation": ("animations/camera2/camera2.pov", "animations/camera2/camera2.ini", 160, 120, ["+KFF30"], 30),
 }
 
+# One strip of some 35 KB: the node's upload rate is measured on requests over 16 KiB.
+WARM_UP = ("advanced/chess2.pov", None, 200, 150, ["--strips", "1"], 1)
+
 
 class Network:
     """A namespace with one end of a veth pair; the other end in the root namespace."""
@@ -91,6 +97,11 @@ class Network:
         subprocess.run([*self.prefix(), "tc", "qdisc", "del", "dev", self.inner, "root"], capture_output=True)
         if on:
             self.exec(["tc", "qdisc", "add", "dev", self.inner, "root", *SHAPE])
+
+    def capture(self, out: Path) -> subprocess.Popen:
+        """bench/wire.py counting the packets the node sends, by RPC method, into `out`."""
+        return subprocess.Popen([*self.prefix(), sys.executable, str(ROOT / "bench" / "wire.py"), self.inner,
+                                 str(out)], stdout=subprocess.DEVNULL, start_new_session=True)
 
     def sent_bytes(self) -> int:
         """Bytes the namespace's end has sent: the node's upstream, every header included."""
@@ -135,6 +146,9 @@ def farm(*args: str) -> list[str]:
 class Farm:
     def __init__(self, net: Network, work: Path):
         self.net, self.work = net, work
+        self.wire = work / "wire.json"
+        self.counter = net.capture(self.wire)
+        wait_for(self.wire.exists, "the packet counter")
         self.port = free_port(net.outer_ip)
         self.url = f"http://{net.outer_ip}:{self.port}"
         self.data = work / "controller"
@@ -165,8 +179,16 @@ class Farm:
         return listed.returncode == 0 and any(n["name"] == name and n["state"] == "idle"
                                               for n in json.loads(listed.stdout))
 
+    def packets(self) -> dict:
+        """What the node has sent so far, by category (bench/wire.py)."""
+        self.wire.unlink(missing_ok=True)
+        self.counter.send_signal(signal.SIGUSR1)
+        wait_for(self.wire.exists, "the packet counts", timeout=10)
+        return json.loads(self.wire.read_text())
+
     def stop(self) -> None:
         stop(self.controller)
+        stop(self.counter)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -206,13 +228,18 @@ def one_run(the_farm: Farm, name: str, case, shaped: bool, index: int) -> dict:
     out = the_farm.work / f"out-{name}-{index}-{'shaped' if shaped else 'open'}"
     target = out if case[5] > 1 else out / "frame.png"
     out.mkdir()
+    warm_up(the_farm, out / "warm-up.png")
     sent = the_farm.net.sent_bytes()
+    packets = the_farm.packets()
+    units = rendered_units(the_farm.work / "wan.log")
     delivered = delivered_bytes(the_farm.work / "wan.log")
     started = time.perf_counter()
     done = subprocess.run(submit_command(the_farm, case, target), env=the_farm.env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     finished = time.time()
     sent = the_farm.net.sent_bytes() - sent
+    packets = difference(the_farm.packets(), packets)
+    units = rendered_units(the_farm.work / "wan.log") - units
     if done.returncode != 0:
         raise RuntimeError(f"submit failed: {done.stderr[-2000:]}")
     delivered = delivered_bytes(the_farm.work / "wan.log") - delivered
@@ -221,7 +248,28 @@ def one_run(the_farm: Farm, name: str, case, shaped: bool, index: int) -> dict:
         raise RuntimeError(f"{len(frames)} frames written, expected {case[5]}")
     png = statistics.mean(adaptive_png_size(strips.decode_png(path.read_bytes())) for path in frames)
     return {"seconds": seconds, "sent_per_frame": sent / case[5], "rows_per_frame": delivered / case[5],
-            "png_per_frame": png, "tail": finished - last_render_end(the_farm.work / "wan.log")}
+            "png_per_frame": png, "tail": finished - last_render_end(the_farm.work / "wan.log"),
+            "units": units, "packets": packets}
+
+
+def difference(after: dict, before: dict) -> dict:
+    empty = {"packets": 0, "bytes": 0, "calls": 0}
+    return {name: {key: value - before.get(name, empty)[key] for key, value in counts.items()}
+            for name, counts in after.items() if counts != before.get(name)}
+
+
+def rendered_units(node_log: Path) -> int:
+    text = node_log.read_text(errors="replace") if node_log.exists() else ""
+    return len(re.findall(r"INFO farm\.node: job \d+ strip \d+ rendered: done", text))
+
+
+def warm_up(the_farm: Farm, out: Path) -> None:
+    """A small job on the link as it is now, before the one measured: a node on a link has measured it
+    (its heartbeats go by what it measured), whereas this node was on the other link a moment ago."""
+    done = subprocess.run(submit_command(the_farm, WARM_UP, out), env=the_farm.env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the warm-up failed: {done.stderr[-2000:]}")
+    out.unlink()
 
 
 def last_render_end(node_log: Path) -> float:
@@ -243,8 +291,10 @@ def delivered_bytes(node_log: Path) -> int:
 
 
 def adaptive_png_size(raster: strips.Raster) -> int:
-    """The bytes of a PNG of the image with PNG's adaptive row filters and deflate level 9: a good PNG."""
-    scanlines = strips.filter_rows(raster.pixels, raster.row_bytes, raster.channels * raster.bits // 8)
+    """The bytes of a PNG of the image with PNG's adaptive row filters (all five) and deflate level 9: a
+    good PNG."""
+    scanlines = strips.filter_rows(raster.pixels, raster.row_bytes, raster.channels * raster.bits // 8,
+                                   all_filters=True)
     idat = zlib.compress(scanlines, 9)
     return len(strips.PNG_SIGNATURE) + (12 + 13) + (12 + len(idat)) + 12   # signature, IHDR, IDAT, IEND
 
@@ -260,7 +310,7 @@ def run_case(the_farm: Farm, name: str, case, repeat: int) -> dict:
                   f"(tail {result['tail']:.2f} s), "
                   f"sent {result['sent_per_frame'] / 1024:.1f} KiB/frame (rows {result['rows_per_frame'] / 1024:.1f}"
                   f"), PNG {result['png_per_frame'] / 1024:.1f} KiB/frame", flush=True)
-    median = {kind: {key: statistics.median(r[key] for r in values) for key in values[0]}
+    median = {kind: {key: statistics.median(r[key] for r in values) for key in values[0] if key != "packets"}
               for kind, values in runs.items()}
     return {"case": name, "runs": runs, "median": median,
             "time_ratio": median["shaped"]["seconds"] / median["open"]["seconds"],
@@ -281,11 +331,38 @@ def markdown(results: list[dict], repeat: int) -> str:
                      f"{o['tail']:.2f} / {s['tail']:.2f} | "
                      f"{s['png_per_frame'] / 1024:.1f} KiB | {s['rows_per_frame'] / 1024:.1f} KiB | "
                      f"{r['rows_ratio']:.3f} | {s['sent_per_frame'] / 1024:.1f} KiB | {r['wire_ratio']:.3f} |")
+    for r in results:
+        lines += ["", *breakdown(r)]
     lines += ["", "Tail: from the end of the node's last POV-Ray run to the image written and fetched (the last "
               "results going up, stitching, fetching). Deliveries: the request bodies of the node's results as "
               "sent (gzip); all sent: every byte the node's interface sent during the run (headers of every "
               "layer, polls, heartbeats, TCP acknowledgements)."]
     return "\n".join(lines) + "\n"
+
+
+def breakdown(result: dict) -> list[str]:
+    """Where the shaped runs' bytes went, per frame (means over the runs), largest first."""
+    runs = result["runs"]["shaped"]
+    frames = CASES[result["case"]][5]
+    per_frame = len(runs) * frames
+    total: dict[str, dict[str, int]] = {}
+    for run_ in runs:
+        for name, counts in run_["packets"].items():
+            entry = total.setdefault(name, {"packets": 0, "bytes": 0, "calls": 0})
+            for key, value in counts.items():
+                entry[key] += value
+    units = statistics.mean(run_["units"] for run_ in runs)
+    png = result["median"]["shaped"]["png_per_frame"]
+    lines = [f"{result['case']}, shaped: what the node sent per frame ({units:g} units rendered per run; "
+             f"bytes include every header down to Ethernet's)", "",
+             "| sent as | calls | packets | bytes | of the PNG |", "|---|---|---|---|---|"]
+    for name, counts in sorted(total.items(), key=lambda item: -item[1]["bytes"]):
+        lines.append(f"| {name} | {counts['calls'] / per_frame:.1f} | {counts['packets'] / per_frame:.1f} | "
+                     f"{counts['bytes'] / per_frame:,.0f} | {counts['bytes'] / per_frame / png:.4f} |")
+    everything = sum(counts["bytes"] for counts in total.values()) / per_frame
+    lines.append(f"| all | | {sum(c['packets'] for c in total.values()) / per_frame:.1f} | {everything:,.0f} | "
+                 f"{everything / png:.4f} |")
+    return lines
 
 
 def main() -> int:

@@ -57,6 +57,10 @@ _ZIP_LEVEL = 6
 _CHUNK = 1 << 16
 _PARTIAL = ".partial-"          # marks temporary unpack directories
 _STALE_PARTIAL_SECONDS = 3600
+_DOWNLOAD = ".download"           # a bundle's bytes gathering while it is downloaded
+# A cut-short download is kept this long after its last byte came, for a retry or a restarted node to
+# resume; older, its job is most likely over, and a later one starts afresh.
+STALE_DOWNLOAD_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -542,6 +546,7 @@ class BundleCache:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._remove_stale_partials()
+        self.sweep_downloads()
 
     def path_for(self, digest: str) -> Path:
         """Where the bundle with this hash lives (whether or not it is there yet)."""
@@ -556,6 +561,7 @@ class BundleCache:
             if path.is_dir():           # another thread finished it while we waited
                 return path
             log.info("fetching bundle %s", digest)
+            self.sweep_downloads()
             try:
                 unpack(fetch(), path, digest)
             except FileExistsError:
@@ -564,7 +570,20 @@ class BundleCache:
 
     def download_path(self, digest: str) -> Path:
         """Where a bundle's bytes gather while it is downloaded (kept when the download is cut short)."""
-        return self.directory / f"{parse_digest(digest)}.download"
+        return self.directory / f"{parse_digest(digest)}{_DOWNLOAD}"
+
+    def sweep_downloads(self) -> None:
+        """Remove cut-short downloads nothing will resume: those no byte was added to for
+        STALE_DOWNLOAD_SECONDS, and those of a bundle that is here unpacked after all. Run when the cache
+        opens (a node starts) and before each new download."""
+        cutoff = time.time() - STALE_DOWNLOAD_SECONDS
+        for entry in self.directory.glob(f"*{_DOWNLOAD}"):
+            try:
+                if entry.stat().st_mtime < cutoff or (self.directory / entry.name[:-len(_DOWNLOAD)]).is_dir():
+                    log.info("removing the unfinished download %s", entry)
+                    entry.unlink()
+            except OSError as err:   # gone meanwhile (another process swept it), or not ours to remove
+                log.debug("cannot remove %s: %s", entry, err)
 
     def _lock_for(self, digest: str) -> threading.Lock:
         with self._guard:

@@ -61,7 +61,12 @@ class Config:
     probe_cache: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm" / "povray-probe.json")
     poll_min: float = 0.2              # idle polling backs off from poll_min to poll_max
     poll_max: float = 2.0
-    heartbeat_interval: float = 2.0
+    heartbeat_interval: float = 2.0    # controller: how often nodes renew their leases and report progress
+    # Node on a slow uplink (its last large request went up slower than slow_uplink_bps bytes a second):
+    # while rendering, one heartbeat every slow_heartbeat_interval seconds instead (at most a third of the
+    # controller's lease timeout), so heartbeats do not cost more than the pixels' last few percent.
+    slow_uplink_bps: float = 500_000.0
+    slow_heartbeat_interval: float = 10.0
     strip_timeout: float = 0.0         # wall-clock limit for one POV-Ray run; 0 means none
     keep_work: bool = False            # keep per-strip directories (for debugging scenes)
     sandbox: str = "auto"              # confine POV-Ray: auto (bubblewrap when it works), bwrap, none

@@ -49,6 +49,8 @@ RETRY_CEILING = 10.0     # seconds: the longest wait between attempts while the 
 FATAL = frozenset({Code.UNAUTHORIZED, Code.FORBIDDEN})
 # Faults a delivery is retried on (the result was not stored); others mean it is no longer wanted.
 RETRY_DELIVERY = frozenset({Code.UNREACHABLE, Code.STORAGE, Code.INTERNAL})
+# Faults a delivery of rows passes to its caller: an older controller's (no such method, or no such argument).
+ROWS_REFUSED = frozenset({Code.UNKNOWN_METHOD, Code.BAD_ARGUMENT})
 BUNDLE_ATTEMPTS = 4      # tries at a bundle download (each resuming) before the strip is reported failed
 
 
@@ -64,6 +66,7 @@ class Node:
         self.strip_root = config.work_dir / "strips"
         self.node_id: str | None = None
         self.heartbeat_interval = config.heartbeat_interval
+        self.lease_timeout: float | None = None     # the controller's, once it says (older ones do not)
         self.stopping = threading.Event()   # finish the current strip, then exit
         self.aborting = threading.Event()   # stop POV-Ray now, hand the lease back, exit
         self.povray = sandboxes.resolve_program(config.povray) or config.povray
@@ -87,6 +90,7 @@ class Node:
         self.uploads = _Uploads(self, max(1, config.slots))
         self.beats = _Beats(self)
         self._report_stats = hasattr(client, "uploads")
+        self._reported_rate = 0.0         # the upload rate the controller last heard
 
     def _probe(self) -> tuple[str | None, str | None]:
         """(POV-Ray's version, None) when it runs, inside the sandbox too; else (None, what is wrong).
@@ -137,18 +141,36 @@ class Node:
         return info
 
     def heartbeat(self, progress: dict[str, float]) -> dict[str, Any]:
-        """nodes.heartbeat, with the node's measured upload rate once it has one (a controller that takes
-        no such report is not sent it again)."""
+        """nodes.heartbeat, with the node's measured upload rate when it has one that differs by more than
+        a tenth from the one last reported (the controller keeps that; a controller that takes no such
+        report is not sent it again)."""
         rate = self.client.uploads.bytes_per_second() if self._report_stats else 0.0
-        stats = [{"upload_bps": rate}] if rate > 0 else []
+        changed = rate > 0 and abs(rate - self._reported_rate) > 0.1 * self._reported_rate
+        stats = [{"upload_bps": float(round(rate))}] if changed else []
         try:
-            return self.client.call("nodes.heartbeat", self.node_id, progress, *stats)
+            reply = self.client.call("nodes.heartbeat", self.node_id, progress, *stats)
         except FarmError as err:
             if not stats or err.code is not Code.BAD_ARGUMENT:
                 raise
             log.info("the controller takes no upload rate with heartbeats; no longer sending it")
             self._report_stats = False
             return self.client.call("nodes.heartbeat", self.node_id, progress)
+        if stats:
+            self._reported_rate = rate
+        return reply
+
+    def beat_interval(self) -> float:
+        """Seconds between the node's heartbeats while it renders: the controller's heartbeat_interval
+        (progress for viewers and the scheduler; a canceled job's POV-Ray stopped soon), unless the node's
+        last large request went up slower than slow_uplink_bps. There a heartbeat's kilobyte, headers and
+        all, is not free: one goes every slow_heartbeat_interval, but at most every third of the
+        controller's lease timeout, so that two heartbeats may be lost before a lease is (a controller
+        that does not say its lease timeout gets them every heartbeat_interval)."""
+        meter = getattr(self.client, "uploads", None)
+        rate = meter.latest() if meter is not None else 0.0
+        if not self.lease_timeout or not 0 < rate < self.config.slow_uplink_bps:
+            return self.heartbeat_interval
+        return max(self.heartbeat_interval, min(self.config.slow_heartbeat_interval, self.lease_timeout / 3))
 
     def run(self) -> None:
         """Poll and render with `slots` workers until asked to stop. Several POV-Ray processes at once
@@ -224,6 +246,7 @@ class Node:
             if self.node_id is None:
                 reply = self.client.call("nodes.register", self.config.name, self.info())
                 self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
+                self.lease_timeout = float(reply["lease_timeout"]) if "lease_timeout" in reply else None
                 self.node_id = reply["node_id"]
                 log.info("registered with %s as %s", self.client.url, self.node_id)
             return self.node_id
@@ -297,7 +320,7 @@ class Node:
         if outcome.kind == "done":
             if take_next:
                 self._preview_first(task["job"])
-            return self._complete(lease, outcome.rows, outcome.seconds, take_next, outcome.encoding)
+            return self._complete(lease, outcome, take_next)
         if outcome.kind == "failed":
             message = self._error_text(outcome.error, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
@@ -307,16 +330,40 @@ class Node:
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
         return None
 
-    def _complete(self, lease: str, rows: bytes, seconds: float, take_next: bool = True,
-                  encoding: str = strips.ZLIB) -> dict[str, Any] | None:
-        """Deliver a strip's rows and, unless stopping, take the next task in the same round trip:
-        half the requests per strip, and the slot never waits for a poll between strips."""
+    def _complete(self, lease: str, outcome: RenderOutcome, take_next: bool = True) -> dict[str, Any] | None:
+        """Deliver a unit's rows and, unless stopping, take the next task in the same round trip. A controller
+        that refuses the rows' encoding (one that predates it: a fault for the argument count) gets them
+        as plain zlib, and from then on every unit is rendered into plain zlib."""
+        rows, encoding = outcome.rows, outcome.encoding
+        if encoding != strips.ZLIB and self.renderer.encoding == strips.ZLIB and outcome.as_zlib is not None:
+            rows, encoding = outcome.as_zlib(), strips.ZLIB     # rendered before the node learnt it
+        try:
+            return self._send_rows(lease, rows, outcome.seconds, encoding, take_next)
+        except FarmError as err:
+            if err.code is not Code.BAD_ARGUMENT or encoding == strips.ZLIB or outcome.as_zlib is None:
+                log.warning("nodes.complete for lease %s refused: %s", lease, err)
+                return None
+            refused = err
+        try:
+            reply = self._send_rows(lease, outcome.as_zlib(), outcome.seconds, strips.ZLIB, take_next)
+        except FarmError:     # not the encoding, then: the rows themselves are refused
+            log.warning("nodes.complete for lease %s refused: %s", lease, refused)
+            return None
+        log.info("the controller refused %s rows (%s) and took them as plain zlib; sending plain zlib from now on",
+                 encoding, refused)
+        self.renderer.encoding = strips.ZLIB
+        return reply
+
+    def _send_rows(self, lease: str, rows: bytes, seconds: float, encoding: str,
+                   take_next: bool) -> dict[str, Any] | None:
+        """nodes.complete_and_poll (half the requests per strip, and the slot never waits for a poll between
+        strips) or nodes.complete. Raises BAD_ARGUMENT; other refusals return None."""
         payload: tuple = (xmlrpc.client.Binary(rows), seconds)
         if encoding != strips.ZLIB:
             payload += (encoding,)
         if take_next and self._combined_calls and not self.stopping.is_set():
             try:
-                reply = self._deliver("nodes.complete_and_poll", lease, *payload)
+                reply = self._deliver("nodes.complete_and_poll", lease, *payload, passing=ROWS_REFUSED)
             except FarmError as err:
                 if err.code is not Code.UNKNOWN_METHOD:
                     raise
@@ -326,7 +373,7 @@ class Node:
                 if reply is not None:
                     self.strips_done += 1
                 return reply or None
-        if self._deliver("nodes.complete", lease, *payload) is not None:
+        if self._deliver("nodes.complete", lease, *payload, passing=ROWS_REFUSED) is not None:
             self.strips_done += 1
         return None
 
@@ -362,15 +409,17 @@ class Node:
         reply = self.client.call("bundles.fetch_range", digest, offset, bundle.DOWNLOAD_CHUNK)
         return int(reply["size"]), reply["data"].data
 
-    def _deliver(self, method: str, lease: str, *args: Any) -> Any:
+    def _deliver(self, method: str, lease: str, *args: Any, passing: frozenset = frozenset({Code.UNKNOWN_METHOD})
+                 ) -> Any:
         """Send a result, retrying while the controller is unreachable. Returns the reply, or None if it
-        was refused. An unknown method (an older controller) raises: the caller picks another."""
+        was refused. Faults in `passing` raise (an unknown method, an older controller: the caller picks
+        another)."""
         delay = 0.0
         while True:
             try:
                 return self.client.call(method, self.node_id, lease, *args)
             except FarmError as err:
-                if err.code is Code.UNKNOWN_METHOD:
+                if err.code in passing:
                     raise
                 if err.code not in RETRY_DELIVERY:
                     log.warning("%s for lease %s refused: %s", method, lease, err)
@@ -464,7 +513,7 @@ class _Uploads:
                 with self._lock:
                     wanted = self._pending.get(lease, 0.0) >= 0
                 if wanted:
-                    self.node._complete(lease, outcome.rows, outcome.seconds, False, outcome.encoding)
+                    self.node._complete(lease, outcome, False)
                 else:
                     log.info("lease %s was withdrawn before its result went up; dropped", lease)
             except FarmError as err:   # an unknown method or the like: the lease will expire
@@ -478,9 +527,9 @@ class _Uploads:
 
     def _renew_waiting(self) -> None:
         """Renew the leases of waiting results that no heartbeat renewed lately (no slot is rendering)."""
-        now = self.node.clock()
+        since = self.node.clock() - self.node.beat_interval()
         with self._lock:
-            stale = [lease for lease, when in self._pending.items() if 0 <= when < now - self.node.heartbeat_interval]
+            stale = [lease for lease, when in self._pending.items() if 0 <= when < since]
         if not stale:
             return
         try:
@@ -505,10 +554,10 @@ class _Heartbeat:
         if self.watch is not None:
             self.watch(self.log_path)
         now = self.node.clock()
-        if now - self.last < self.node.heartbeat_interval:
+        if now - self.last < self.node.beat_interval():
             return False
         self.last = now
-        progress = povray.progress_fraction(self.log_path) or 0.0
+        progress = round(povray.progress_fraction(self.log_path) or 0.0, 3)   # "0.421", not 17 digits
         if self.node.beats.report(self.lease, progress):
             log.info("the controller withdrew lease %s (job canceled or failed); stopping POV-Ray", self.lease)
             return True
@@ -532,7 +581,7 @@ class _Beats:
         now = self.node.clock()
         with self._lock:
             self._progress[lease] = progress
-            due = now - self._last >= self.node.heartbeat_interval
+            due = now - self._last >= self.node.beat_interval()
             if due:
                 self._last = now
                 waiting = self.node.uploads.pending()

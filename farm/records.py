@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from farm import strips
 from farm.animation import Animation
@@ -226,3 +226,5 @@ class RenderOutcome:
     error: str = ""
     scene_error: bool = False
     encoding: str = strips.ZLIB   # of rows (strips.ENCODINGS)
+    # The same rows as plain zlib, made when asked: for a controller that takes no other encoding.
+    as_zlib: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)

@@ -636,10 +636,18 @@ def encode_rows(raw: bytes, encoding: str, row_bytes: int, bpp: int, frames: int
     if frames <= 0 or len(raw) % frames:
         raise ValueError(f"{len(raw)} bytes do not split into {frames} frames.")
     size = len(raw) // frames
-    packer = zlib.compressobj(level)
+    # Z_FILTERED, as PNG encoders deflate scanlines: filtered rows are mostly small values, which short
+    # matches code worse than Huffman codes alone (chess2 at level 9: 0.5% fewer bytes than the default).
+    packer = zlib.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_FILTERED)
     parts = [packer.compress(filter_rows(raw[start:start + size], row_bytes, bpp))
              for start in range(0, len(raw), size)]
     return b"".join(parts) + packer.flush()
+
+
+def recode_rows(data: bytes, encoding: str, to: str, expected_len: int, row_bytes: int, bpp: int,
+                frames: int = 1) -> bytes:
+    """A unit's rows in `encoding` as the same rows in `to` (deflate level 6)."""
+    return encode_rows(decode_rows(data, encoding, expected_len, row_bytes, bpp, frames), to, row_bytes, bpp, frames)
 
 
 def decode_rows(data: bytes, encoding: str, expected_len: int, row_bytes: int, bpp: int, frames: int = 1) -> bytes:

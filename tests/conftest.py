@@ -77,9 +77,11 @@ class LocalFarm:
         self.nodes: list[subprocess.Popen] = []
         self.client = Client(self.url, timeout=30)
 
-    def start_controller(self, *extra: str) -> None:
+    def start_controller(self, *extra: str, program: list[str] | None = None) -> None:
+        """`povfarm controller`, or `program` taking the same arguments (a controller as an older version)."""
         self.controller = subprocess.Popen(
-            farm_argv("controller", "--port", str(self.port), "--data-dir", str(self.data_dir), *extra),
+            [*(program or farm_argv("controller")), "--port", str(self.port), "--data-dir", str(self.data_dir),
+             *extra],
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / "controller.log", "ab"))
 
         def answers():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import ntpath
+import os
 import posixpath
 import stat
 import struct
@@ -371,6 +372,30 @@ def test_cache_rejects_bad_digest_and_bad_data(tmp_path):
     with raises_code(Code.BAD_BUNDLE):
         cache.ensure(digest, lambda: b"something else")
     assert not cache.path_for(digest).exists()
+
+
+def test_unfinished_downloads_are_swept_when_stale_or_no_longer_needed(tmp_path):
+    """A cut-short download is kept for a retry or a restarted node to resume, but not forever: one not
+    added to for STALE_DOWNLOAD_SECONDS goes when the cache opens (a node starts) and before a new download,
+    and so does one whose bundle is unpacked after all."""
+    data = pack(make_tree(tmp_path / "src"))
+    digest = bundle_hash(data)
+    directory = tmp_path / "cache"
+    BundleCache(directory).ensure(digest, lambda: data)
+    old = time.time() - bundle.STALE_DOWNLOAD_SECONDS - 60
+    others = [bundle_hash(name.encode()) for name in ("fresh", "stale", "later")]
+    fresh, stale, later = (BundleCache(directory).download_path(other) for other in others)
+    for part in (fresh, stale, later, directory / f"{digest[7:]}.download"):
+        part.write_bytes(b"part of a bundle")
+    os.utime(stale, (old, old))
+    cache = BundleCache(directory)                             # a node starts
+    assert fresh.exists() and later.exists() and not stale.exists()
+    assert not (directory / f"{digest[7:]}.download").exists()   # its bundle is here: nothing to resume
+    os.utime(later, (old, old))                                # the node runs on; a day passes
+    assert cache.ensure(digest, lambda: pytest.fail("fetched again")) and later.exists()   # no download
+    fetched = pack(plan_bundle(write(tmp_path / "other" / "o.pov", "sphere { 0, 1 }\n")))
+    cache.ensure(bundle_hash(fetched), lambda: fetched)       # a new download sweeps first
+    assert fresh.exists() and not later.exists()
 
 
 def test_copy_for_render_is_a_real_copy(tmp_path):

@@ -548,8 +548,9 @@ def test_a_node_falls_back_to_complete_when_the_controller_has_no_combined_call(
     client = OldController()
     worker = Node(config, client)
     worker.node_id = "n1-abcd"
-    assert worker._complete("1.1.aa", b"rows", 0.5) is None
-    assert worker._complete("2.1.bb", b"rows", 0.5) is None
+    from farm.records import RenderOutcome
+    assert worker._complete("1.1.aa", RenderOutcome("done", rows=b"rows", seconds=0.5)) is None
+    assert worker._complete("2.1.bb", RenderOutcome("done", rows=b"rows", seconds=0.5)) is None
     assert client.calls == ["nodes.complete_and_poll", "nodes.complete", "nodes.complete"]
     assert worker.strips_done == 2
 
@@ -782,3 +783,67 @@ def test_a_node_sends_one_heartbeat_per_interval_for_all_its_slots(tmp_path):
     clock.now += 1.5
     slot_a()
     assert client.beats[2] == {"a": 0.0}
+
+
+def test_the_controller_tells_a_node_its_heartbeat_interval_and_lease_timeout(farm):
+    reply = farm.call("nodes.register", "n1", {"povray": "3.7"})
+    assert reply["heartbeat_interval"] == 2.0 and reply["lease_timeout"] == 30.0
+
+
+def test_on_a_slow_uplink_a_rendering_node_beats_less_often_but_within_its_leases(tmp_path):
+    """A heartbeat costs a node on a 1 Mbit/s uplink about a kilobyte: there its slots' progress goes
+    every slow_heartbeat_interval, never less often than every third of the lease timeout; on a fast
+    uplink (or before it knows) every heartbeat_interval, as the controller asks."""
+    from farm.client import UploadMeter
+    from farm.node import Node, _Heartbeat
+
+    class Controller:
+        url = "http://127.0.0.1:9"
+
+        def __init__(self):
+            self.beats, self.uploads = [], UploadMeter()
+
+        def call(self, method, *args):
+            assert method == "nodes.heartbeat"
+            self.beats.append(args[1:])
+            return {"stop": []}
+
+    clock = Clock()
+    config = Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                    probe_cache=tmp_path / "probe.json")
+    client = Controller()
+    worker = Node(config, client, clock=clock)
+    worker.node_id, worker.heartbeat_interval, worker.lease_timeout = "n1-abcd", 2.0, 30.0
+    assert worker.beat_interval() == 2.0                       # nothing measured yet
+    client.uploads.record(100_000, 0.8)                        # 125 kB/s: 1 Mbit/s
+    assert worker.beat_interval() == 10.0
+    worker.lease_timeout = 12.0
+    assert worker.beat_interval() == 4.0                       # a third of the lease timeout at most
+    worker.lease_timeout = None
+    assert worker.beat_interval() == 2.0                       # a controller that does not say its timeout
+    worker.lease_timeout = 30.0
+    slot = _Heartbeat(worker, "a", tmp_path / "none.log")
+    for _ in range(20):                                        # 20 s of rendering, looked at every second
+        clock.now += 1.0
+        slot()
+    assert len(client.beats) == 2
+    assert client.beats[0] == ({"a": 0.0}, {"upload_bps": 125_000.0}) and client.beats[1] == ({"a": 0.0},)
+    client.uploads.record(1_000_000, 0.01)                     # the link is fast now
+    for _ in range(4):
+        clock.now += 1.0
+        slot()
+    assert len(client.beats) == 4
+    assert client.beats[2][1]["upload_bps"] > 125_000 * 1.1 and len(client.beats[3]) == 1   # changed, then not
+
+
+def test_the_slow_uplink_settings_come_in_layers(tmp_path):
+    """Defaults, then the config file, then POVFARM_* variables (no flags for these)."""
+    from farm.config import load_config
+
+    empty, settings = tmp_path / "empty.ini", tmp_path / "povfarm.ini"
+    empty.write_text("[povfarm]\n")
+    settings.write_text("[povfarm]\nslow_heartbeat_interval = 8\nslow_uplink_bps = 100000\n")
+    default = load_config({}, environ={}, config_file=empty)
+    assert (default.slow_uplink_bps, default.slow_heartbeat_interval) == (500_000.0, 10.0)
+    layered = load_config({}, environ={"POVFARM_SLOW_UPLINK_BPS": "250000"}, config_file=settings)
+    assert (layered.slow_uplink_bps, layered.slow_heartbeat_interval) == (250_000.0, 8.0)

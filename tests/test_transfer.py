@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import sys
 import xmlrpc.client
 import zlib
+from pathlib import Path
 
 import pytest
 
 from farm import client as client_module
 from farm import strips
 from farm.auth import read_token_file
+from farm.rpc import read_xmlrpc
 from conftest import native_render, needs_povray, run_cli, wait_until
 
 SCENE = """camera { location <0, 1, -4> look_at 0 }
@@ -139,3 +142,88 @@ def test_povfarm_nodes_shows_upload_rates_in_bits_per_second():
 
     assert [_upload_rate(rate) for rate in (0.0, 90.0, 125_000.0, 1_500_000.0, 2.5e9)] == \
         ["-", "720 bit/s", "1 Mbit/s", "12 Mbit/s", "20 Gbit/s"]
+
+
+def test_a_request_body_is_compact_xml_rpc_the_controller_reads_back():
+    """Base64 in one line (a line break every 76 characters costs 1.8% after Huffman coding), no line
+    breaks between tags; text with < > and line breaks of its own comes through unchanged."""
+    data = os.urandom(10_000)
+    params = ("node-1", {"a.1.ff": 0.5, "x>\n<y": 1.0}, xmlrpc.client.Binary(data), "line\n>\n<break", 2.5)
+    body = client_module.request_body("nodes.complete", params)
+    encoded = base64.b64encode(data)
+    assert encoded in body and b"><" in body
+    assert body.count(b"\n") == 4       # the three inside the text values, and the last
+    read, method = read_xmlrpc([body])
+    assert method == "nodes.complete" and read[:2] == params[:2] and read[2].data == data
+    assert read[3:] == params[3:]
+    assert len(body) < len(xmlrpc.client.dumps(params, "nodes.complete").encode())
+
+
+def test_a_small_request_leaves_in_one_write(farm):
+    """Headers and body in one write: one packet, not a body that waits for the headers' acknowledgement."""
+    farm.start_controller()
+    client = farm.client_as("view")
+    writes = _recorded(client)
+    assert client.call("api.version")["api"] == 1
+    assert len(writes) == 1 and writes[0].startswith(b"POST ") and writes[0].endswith(b"</methodCall>\n")
+    assert b"User-Agent: povfarm/" in writes[0]
+
+
+def test_small_bodies_go_gzipped_and_a_nodes_frequent_calls_ask_for_no_gzip_back(farm):
+    """A heartbeat's 460 bytes of XML go as about 220; nodes.poll, heartbeat and complete never get a reply
+    worth compressing, so they do not offer to take one."""
+    farm.start_controller()
+    client = farm.client_as("node")
+    writes = _recorded(client)
+    node_id = client.call("nodes.register", "gz", {"povray": "3.7", "slots": 1, "host": "box " * 100})["node_id"]
+    assert client.call("nodes.heartbeat", node_id, {"1.1.aabbccddeeff": 0.5, "2.1.aabbccddeeff": 0.25}) == {
+        "stop": ["1.1.aabbccddeeff", "2.1.aabbccddeeff"]}
+    register, heartbeat = writes
+    assert b"Content-Encoding: gzip" in register and b"Accept-Encoding: gzip" in register
+    assert b"Content-Encoding: gzip" in heartbeat and b"Accept-Encoding" not in heartbeat
+    assert len(heartbeat.partition(b"\r\n\r\n")[2]) < 0.7 * len(client_module.request_body(
+        "nodes.heartbeat", (node_id, {"1.1.aabbccddeeff": 0.5, "2.1.aabbccddeeff": 0.25})))
+
+
+def _recorded(client) -> list[bytes]:
+    """What the client's connection (for this thread) writes from now on."""
+    writes: list[bytes] = []
+    connection = client._transport().make_connection(client._host)
+    connection.connect()
+    connection.sock = _Recording(connection.sock, writes)
+    return writes
+
+class _Recording:
+    """A socket that notes what is written to it."""
+
+    def __init__(self, sock, writes: list):
+        self._sock, self._writes = sock, writes
+
+    def sendall(self, data):
+        self._writes.append(bytes(data))
+        return self._sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+@needs_povray
+def test_a_node_sends_plain_zlib_rows_to_a_controller_that_refuses_their_encoding(farm, tmp_path):
+    """A controller from before filtered rows refuses the `encoding` argument (fault 10, argument count):
+    the node sends that strip again as plain zlib and every later one too, without asking again; the
+    image is POV-Ray's own."""
+    scene = tmp_path / "scene" / "old.pov"
+    scene.parent.mkdir()
+    scene.write_text(SCENE)
+    reference = strips.decode_png(native_render(scene, 96, 96, ["+A0.3"], tmp_path / "ref.png").read_bytes())
+    farm.start_controller(program=[sys.executable, str(Path(__file__).with_name("older_controller.py"))])
+    submitted = run_cli("submit", str(scene), "+W96", "+H96", "+A0.3", "--strips", "3", "--no-preview",
+                        "--controller", farm.url)
+    assert submitted.returncode == 0, submitted.stderr
+    job = int(submitted.stdout)
+    farm.start_node("old", slots=1)
+    wait_until(lambda: farm.client.call("jobs.status", job)["state"] == "done", timeout=120, what="the job")
+    assert strips.decode_png(farm.client.call("jobs.fetch", job).data).pixels == reference.pixels
+    log = farm.log("old")
+    assert log.count("refused filtered rows") == 1 and "refused:" not in log
+    assert log.count("takes no upload rate") <= 1

@@ -31,13 +31,15 @@ class NodesAPI:
             once), cores (int), machine (str: which box's cores it shares; "" unknown), host, platform (str), povray_flavour ("console": a povray that exits non-zero on error;
             "pvengine": POV-Ray for Windows' GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm
             (version), error (str: the node cannot render, e.g. POV-Ray is missing)
-        @return: struct: node_id (str), heartbeat_interval (float seconds)
+        @return: struct: node_id (str), heartbeat_interval (float seconds: how often to renew leases and
+            report progress), lease_timeout (float seconds: a lease not renewed this long goes to another node)
         """
         info = args.plain_struct("info", info)
         if not isinstance(info.get("error", ""), str):
             raise FarmError(Code.BAD_ARGUMENT, "info.error must be a text")
         node_id = self._dispatch.register(args.text("name", name, 100), info)
-        return {"node_id": node_id, "heartbeat_interval": self._config.heartbeat_interval}
+        return {"node_id": node_id, "heartbeat_interval": self._config.heartbeat_interval,
+                "lease_timeout": self._config.lease_timeout}
 
     @rpc(NODE)
     def poll(self, node_id: str, wait: float = 0.0) -> dict:

@@ -1,0 +1,38 @@
+"""`python tests/older_controller.py ARGS` is `povfarm controller ARGS`, the real controller, answering nodes as
+a version before filtered rows did: nodes.complete and nodes.complete_and_poll take no `encoding`, and
+nodes.heartbeat no `stats` (one argument more is fault 10, BAD_ARGUMENT, for the argument count)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from farm.api import NODE, rpc  # noqa: E402
+from farm.api.nodes import NodesAPI  # noqa: E402
+from farm.cli import main  # noqa: E402
+
+_complete, _heartbeat = NodesAPI.complete, NodesAPI.heartbeat
+
+
+@rpc(NODE)
+def complete(self, node_id, lease, rows, seconds):
+    return _complete(self, node_id, lease, rows, seconds)
+
+
+@rpc(NODE)
+def complete_and_poll(self, node_id, lease, rows, seconds):
+    _complete(self, node_id, lease, rows, seconds)
+    return self.poll(node_id)
+
+
+@rpc(NODE)
+def heartbeat(self, node_id, progress):
+    return _heartbeat(self, node_id, progress)
+
+
+NodesAPI.complete, NodesAPI.complete_and_poll, NodesAPI.heartbeat = complete, complete_and_poll, heartbeat
+
+if __name__ == "__main__":
+    sys.exit(main(["controller", *sys.argv[1:]]))
