@@ -81,6 +81,7 @@ class Node:
                                                                 task["lease"]).data,
             watch=lambda task, log_path, when_tracing: _Heartbeat(self, task["lease"], log_path, when_tracing),
             aborting=self.aborting, flavour=self.flavour)
+        self.renderer.slow_link = self.slow_link
         self.strips_done = 0
         self._registration = threading.Lock()
         self._working: set[str] = set()   # names of the slots that hold a strip right now
@@ -159,6 +160,12 @@ class Node:
             self._reported_rate = rate
         return reply
 
+    def slow_link(self) -> bool:
+        """Whether the node's last large request went up slower than slow_uplink_bps."""
+        meter = getattr(self.client, "uploads", None)
+        rate = meter.latest() if meter is not None else 0.0
+        return 0 < rate < self.config.slow_uplink_bps
+
     def beat_interval(self) -> float:
         """Seconds between the node's heartbeats while it renders: the controller's heartbeat_interval
         (progress for viewers and the scheduler; a canceled job's POV-Ray stopped soon), unless the node's
@@ -166,9 +173,7 @@ class Node:
         all, is not free: one goes every slow_heartbeat_interval, but at most every third of the
         controller's lease timeout, so that two heartbeats may be lost before a lease is (a controller
         that does not say its lease timeout gets them every heartbeat_interval)."""
-        meter = getattr(self.client, "uploads", None)
-        rate = meter.latest() if meter is not None else 0.0
-        if not self.lease_timeout or not 0 < rate < self.config.slow_uplink_bps:
+        if not self.lease_timeout or not self.slow_link():
             return self.heartbeat_interval
         return max(self.heartbeat_interval, min(self.config.slow_heartbeat_interval, self.lease_timeout / 3))
 

@@ -29,9 +29,11 @@ from farm.records import RenderOutcome
 log = logging.getLogger(__name__)
 
 MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of one frame's radiosity cache
-# Deflate level for a unit's rows: 9 costs the node about 80 ms of CPU more per 640x480 frame than 6 (a
-# fraction of a percent of rendering it) for 0.8% fewer bytes on its uplink (chess2).
-ROWS_LEVEL = 9
+# Deflate level for a unit's rows: 9 costs the node about 80 ms of CPU more per 640x480 frame than 6 for
+# 0.8% fewer bytes on its uplink (chess2). Worth it on a slow uplink; on a fast one those 80 ms come
+# before the last unit of a frame is delivered, so they are the frame's own time.
+SLOW_LINK_ROWS_LEVEL = 9
+ROWS_LEVEL = 6
 
 # Called while POV-Ray runs, with the task, its log file and a hook for when tracing starts: renews the
 # lease and says when to stop.
@@ -48,6 +50,7 @@ class UnitRenderer:
         self._fetch_bundle, self._fetch_radiosity_cache, self._watch = fetch_bundle, fetch_radiosity_cache, watch
         self.aborting = aborting
         self.encoding = strips.FILTERED   # of the rows delivered; ZLIB for a controller that takes no other
+        self.slow_link: Callable[[], bool] = lambda: False   # the uplink is slow: every byte of the rows counts
         self.bundles = bundle.BundleCache(config.work_dir / "bundles")
         self.photon_maps = PhotonMaps(config.work_dir / "photons")
         self.radiosity_caches = RadiosityCaches(config.work_dir / "radiosity")
@@ -168,7 +171,8 @@ class UnitRenderer:
         # PNG's row filters before deflate: a render's gradients shrink to about a PNG's size on the wire.
         row_bytes = strips.row_size(task["width"], task["channels"], task["bits"])
         bpp, encoding = task["channels"] * task["bits"] // 8, self.encoding
-        encoded = strips.encode_rows(rows, encoding, row_bytes, bpp, len(frames), level=ROWS_LEVEL)
+        level = SLOW_LINK_ROWS_LEVEL if self.slow_link() else ROWS_LEVEL
+        encoded = strips.encode_rows(rows, encoding, row_bytes, bpp, len(frames), level=level)
         as_zlib = None if encoding == strips.ZLIB else functools.partial(
             strips.recode_rows, encoded, encoding, strips.ZLIB, len(rows), row_bytes, bpp, len(frames))
         return RenderOutcome("done", rows=encoded, seconds=result.seconds, encoding=encoding, as_zlib=as_zlib)
