@@ -206,6 +206,16 @@ def test_a_view_token_watches_a_render_paint_and_may_change_nothing(browser, far
     saved = page.wait(lambda: [p for p in browser.downloads.glob("wineglass*.png")], what="the download")[0]
     assert strips.decode_png(saved.read_bytes()) == fetched
 
+    # Following the farm, the page counts as a viewer of what comes next: the next job gets its preview
+    # (by default rendered only for a job that someone watches) and the page shows it.
+    page.wait(lambda: page.state()["drained"], what="the finished job painted again")
+    second = run_cli("submit", str(WINEGLASS), "--width", "160", "--height", "120", "--controller", farm.url)
+    assert second.returncode == 0, second.stderr
+    second_id = int(second.stdout)
+    page.wait(lambda: page.state()["job"] == second_id, what="the page to follow the next job")
+    page.wait(lambda: farm.client.call("jobs.status", second_id)["state"] == "done", timeout=90, what="the next job")
+    assert farm.client.call("jobs.status", second_id)["preview"] == "done"
+
 
 @needs_browser
 @needs_povray

@@ -19,6 +19,7 @@
   const HIDDEN_REFRESH_MS = 15000;         // ... while the tab is hidden
   const BACKOFF_MS = [500, 5000];          // retry delays grow from the first to the second
   const FINISHED = new Set(["done", "failed", "canceled"]);
+  const LAST_CURSOR = 2 ** 31 - 1;         // a feed cursor past every piece: only what comes next
   const CHECKER = 8;
   const UNRENDERED = [0x2c, 0x36];         // dark checkerboard: rows nobody has rendered yet
   const NODE_COLOURS = ["#ffb800", "#00c8ff", "#ff54a8", "#78e850", "#ba8cff", "#ff7a40", "#40e0c8", "#f0f060"];
@@ -281,7 +282,10 @@
           view.via = "stream";
           setLink(true);
           delay = BACKOFF_MS[0];
-          if (await applyRecords(view, records)) return;   // the job ended and every strip is painted
+          if (await applyRecords(view, records)) {          // the job ended and every strip is painted
+            if (app.follow) followNewest(view);
+            return;
+          }
         }
       } catch (err) {
         if (err.name === "AbortError" || view !== app.view) return;
@@ -291,6 +295,22 @@
         await sleep(delay);
         delay = Math.min(delay * 2, BACKOFF_MS[1]);
       }
+    }
+  }
+
+  // Following the farm once the shown job is over: a stream on "the newest job" (job 0) from its end
+  // tells the controller that a viewer watches whatever comes next, so a new job gets its preview and
+  // strips cut to paint early (unwatched on a one-box farm, a still is one render that shows only at its
+  // end), and it names the new job the moment it starts.
+  async function followNewest(view) {
+    try {
+      for await (const records of feedRecords(app.client.token, 0, LAST_CURSOR, view.abort.signal)) {
+        if (view !== app.view || !app.follow) return;
+        const next = records.find(({ header }) => header.type === "job" && header.job && header.job.id > view.job);
+        if (next) return showJob(next.header.job.id);
+      }
+    } catch (err) {
+      // Aborted (another job shown) or the link broke: the jobs list picks the next job up as before.
     }
   }
 
