@@ -14,9 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import re
-import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -27,12 +24,10 @@ from typing import Any, Sequence
 
 from farm import __version__, bundle, povcmd, strips
 from farm.animation import Animation, parse_clock, parse_range
-from farm.auth import TOKEN_FILE_NAME, create_token_file
 from farm.client import Client, client_for
 from farm.config import Config, load_config
 from farm.discovery import resolve_controller
 from farm.faults import Code, FarmError
-from farm.hostos import HOST
 
 log = logging.getLogger("farm.cli")
 
@@ -729,7 +724,7 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
         try:
             controller.start_in_thread()
             client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
-            _wait_for_local_nodes(client, nodes, stop)
+            _wait_for_local_nodes(nodes, stop)
             status = None
             if not stop.is_set():
                 job_id = submit_job(client, args, request)
@@ -744,30 +739,30 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
 
 
 def _start_local_farm(config: Config, count: int, workspace: Path, quiet: bool) -> tuple[Any, list["_LocalNode"]]:
-    """The controller and its nodes, started side by side: the nodes are given the controller's port and
-    tokens before it listens, so their start-up (an interpreter, imports, the sandbox check) overlaps its
-    own instead of following it; a node that finds it not listening yet tries again shortly."""
+    """The controller and its nodes, all in this process."""
     from farm.controller import Controller
 
-    create_token_file(config.data_dir / TOKEN_FILE_NAME)
-    config.port = _free_loopback_port()
-    nodes = [_LocalNode(f"http://127.0.0.1:{config.port}", i, workspace, config, quiet) for i in range(count)]
+    controller = Controller(config)
+    if quiet:
+        _quiet_node_logs()
+    nodes: list[_LocalNode] = []
     try:
-        return Controller(config), nodes
-    except FarmError:        # the port was taken in the meantime: any port, and the nodes told so
-        _stop_local_farm(nodes, None, abort=True)
-        config.port = 0
-        controller = Controller(config)
-        return controller, [_LocalNode(controller.url, i, workspace, config, quiet) for i in range(count)]
+        for index in range(count):
+            nodes.append(_LocalNode(controller.url, controller.tokens["node"], index, workspace, config))
     except BaseException:
-        _stop_local_farm(nodes, None, abort=True)
+        _stop_local_farm(nodes, controller, abort=True)
         raise
+    return controller, nodes
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _quiet_node_logs() -> None:
+    """The job's failure is printed once by `render`: the nodes' own notes about strips and leases would
+    repeat it, so only their errors and the sandbox warning are shown."""
+    def worth_showing(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "UNCONFINED" in record.getMessage()
+
+    for layer in ("farm.node", "farm.render", "farm.bundle", "farm.client", "farm.povray", "farm.sandbox"):
+        logging.getLogger(layer).addFilter(worth_showing)
 
 
 def _stop_local_farm(nodes: Sequence["_LocalNode"], controller: Any, abort: bool) -> None:
@@ -776,92 +771,63 @@ def _stop_local_farm(nodes: Sequence["_LocalNode"], controller: Any, abort: bool
     ended there is nothing to hand back, so both wind down at once."""
     for node in nodes:
         node.stop(abort)
-    if not abort and controller is not None:
+    if not abort:
         controller.shutdown()    # the job is over and nothing is handed back: both wind down at once
-    deadline = time.monotonic() + (1.0 if abort else 10)    # then kill: a stop takes under 2 s
+    deadline = time.monotonic() + (1.0 if abort else 10)
     for node in nodes:
         node.wait(deadline)
-    if abort and controller is not None:
+    if abort:
         controller.shutdown()
 
 
-def _wait_for_local_nodes(client: Client, nodes: Sequence["_LocalNode"], stop: threading.Event,
-                          timeout: float = 20.0) -> None:
-    """Let the local nodes register before the job is planned, so its work is split for all of them."""
+def _wait_for_local_nodes(nodes: Sequence["_LocalNode"], stop: threading.Event, timeout: float = 20.0) -> None:
+    """Let the local nodes register before the job is planned, so an animation's runs of frames are cut
+    for all of them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
-        if any(node.process.poll() is not None for node in nodes):
-            raise FarmError(Code.RENDER_FAILED, "a local node exited at start; its messages are above")
-        if len(client.call("nodes.list")) >= len(nodes):
+        if any(node.ended for node in nodes):
+            raise FarmError(Code.RENDER_FAILED, "a local node stopped at start; its messages are above")
+        if all(node.registered for node in nodes):
             return
-        stop.wait(0.05)
+        stop.wait(0.01)
 
 
 class _LocalNode:
-    """A `povfarm node` process of `render`. It runs in a session of its own, so a Ctrl-C at the terminal
-    reaches only `render`, which stops the nodes in order; it dies with `render` (Linux) even if that is
-    killed. Its log goes through a filter: the job's failure is printed once by `render`, so unless more
-    was asked for, the nodes' own notes about strips and leases are dropped, while errors and the sandbox
-    warning are shown."""
+    """A render node of `render`: the node's own code (`farm.node.Node`) on a thread of this process.
+    In the process it needs no interpreter and imports of its own (a fifth of a second before it could
+    take work), and it ends with `render` however that ends; POV-Ray runs as on any node, confined, in a
+    session of its own (so a Ctrl-C at the terminal reaches only `render`, which stops the nodes in
+    order), and dies with it."""
 
-    def __init__(self, url: str, index: int, workspace: Path, config: Config, quiet: bool = True):
-        argv = [sys.executable, "-m", "farm", "--log-level", "WARNING" if quiet else config.log_level, "node",
-                "--controller", url,
-                "--name", f"local-{index + 1}", "--work-dir", str(workspace / f"node-{index + 1}"),
-                "--threads", str(config.threads), "--slots", str(config.slots), "--povray", config.povray,
-                "--token-file", str(config.data_dir / "tokens")]
-        env = {key: value for key, value in os.environ.items() if key != "POVFARM_TOKEN"}
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                                        **HOST.popen_options())
-        self._relay = threading.Thread(target=_relay_node_log, args=(self.process.stderr, quiet),
-                                       name=f"node-{index + 1}-log", daemon=True)
-        self._relay.start()
+    def __init__(self, url: str, token: str, index: int, workspace: Path, config: Config):
+        from farm.node import Node
+
+        mine = dataclasses.replace(config, name=f"local-{index + 1}", work_dir=workspace / f"node-{index + 1}",
+                                   controller=url, token=token, token_file="")
+        self.node = Node(mine, Client(url, config.rpc_timeout, token=token))
+        self._thread = threading.Thread(target=self._run, name=f"node-{index + 1}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.node.run()
+        except FarmError as err:     # a refused token or the like: said once, and `render` sees it ended
+            log.error("local node %s: %s", self.node.config.name, err)
+
+    @property
+    def registered(self) -> bool:
+        return self.node.node_id is not None
+
+    @property
+    def ended(self) -> bool:
+        return not self._thread.is_alive()
 
     def stop(self, abort: bool) -> None:
-        """SIGTERM: finish up and exit. On an interrupt also SIGINT first, which the node counts as a
-        second stop request: stop POV-Ray now and hand the strip back (two different signals, so neither
-        can be merged into the other)."""
-        if self.process.poll() is None:
-            if abort:
-                HOST.interrupt(self.process)
-            if self.process.poll() is None:
-                self.process.terminate()
+        """Finish up and stop; on an interrupt, stop POV-Ray now and hand the strip back."""
+        self.node.stop(now=abort)
 
     def wait(self, deadline: float) -> None:
-        try:
-            self.process.wait(max(0.05, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.process.kill()      # its POV-Ray dies with it (parent-death signal, bubblewrap's too)
-            self.process.wait()
-        self._relay.join(1.0)
-
-
-_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): ")
-
-
-def _relay_node_log(stream, quiet: bool) -> None:
-    """Copy a local node's log records to stderr as they come; when quiet, only errors, the sandbox
-    warning and anything that is not a log record (a crash), dropping the routine ones."""
-    record: list[str] = []
-    showing = False
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace")
-        if _LOG_RECORD.match(line):
-            record, showing = [], False
-        record.append(line)
-        if showing:
-            sys.stderr.write(line)
-        elif not quiet or _worth_showing(record):
-            showing = True
-            sys.stderr.write("".join(record))
-        sys.stderr.flush()
-
-
-def _worth_showing(record: Sequence[str]) -> bool:
-    match = _LOG_RECORD.match(record[0])
-    if match is None:
-        return True
-    return match["level"] in ("ERROR", "CRITICAL") or "UNCONFINED" in "".join(record)
+        self._thread.join(max(0.05, deadline - time.monotonic()))
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:

@@ -123,6 +123,12 @@ class Node:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def stop(self, now: bool = False) -> None:
+        """Stop after the current strips, or (`now`) stop POV-Ray at once and hand the strips back."""
+        if now:
+            self.aborting.set()
+        self.stopping.set()
+
     def request_stop(self) -> None:
         if self.stopping.is_set():
             log.warning("second stop request: stopping POV-Ray and handing the strip back")

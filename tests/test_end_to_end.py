@@ -241,23 +241,3 @@ def test_the_preview_reaches_a_watching_viewer_first_and_never_the_image(farm, t
     rows = sorted((p["row_start"], p["row_end"]) for p in pieces[1:])
     assert rows[0][0] == 0 and rows[-1][1] == 240 and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
 
-
-def test_render_starts_its_nodes_beside_the_controller_and_copes_with_a_port_taken_meanwhile(tmp_path, monkeypatch):
-    """`render` gives its nodes the controller's port before the controller listens; when another program
-    took that port in between, the controller listens elsewhere and the nodes are started again for it."""
-    import socket
-
-    from farm import cli
-
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    monkeypatch.setattr(cli, "_free_loopback_port", lambda: taken.getsockname()[1])
-    out = tmp_path / "farm.png"
-    try:
-        code = cli.main(["render", str(EXAMPLE), "--width", "96", "--height", "64", "--nodes", "2",
-                         "--output", str(out)])
-    finally:
-        taken.close()
-    assert code == 0
-    assert_same_pixels(out, native_render(EXAMPLE, 96, 64, [], tmp_path / "native.png"))
