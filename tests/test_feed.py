@@ -194,6 +194,48 @@ def test_the_pace_grows_with_the_viewers_so_their_sends_stay_within_the_budget(f
     assert shared.pace() == 0.1
 
 
+def test_sends_keep_to_the_pace_while_the_job_changes_all_the_time(farm, scene):
+    """A busy job changes faster than the shared reads follow it (a viewer is nearly always "behind"
+    them): that must not bring its sends closer together than the pace."""
+    job = submit(farm, scene, height=32 * 30, strips=30)
+    n = node(farm)
+    now = [0.0]
+
+    def store_a_strip() -> None:
+        task = farm.call("nodes.poll", n)
+        if task:
+            farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+            farm.settle()
+
+    def sleep(seconds: float) -> None:
+        """Time passes; other viewers have the job's status built, then a strip is stored."""
+        now[0] += seconds
+        log.status(job)
+        store_a_strip()
+
+    class Busy:
+        """The farm's versions, where a wait for a change sees the next strip stored at once."""
+        def __getattr__(self, name):
+            return getattr(farm.services.changes, name)
+
+        def wait(self, *args):
+            now[0] += 0.01
+            store_a_strip()
+
+    services = farm.services
+    log = FeedLog(farm.store, services.views, services.changes, clock=lambda: now[0])
+    shared = Streams(farm.store, Busy(), log, pace=0.5, sends_per_second=1e9, keepalive=60,
+                     clock=lambda: now[0], sleep=sleep)
+    sent, pieces = [], 0
+    for chunk in shared.watch(job, 0, gone=lambda: False):
+        got = types(parse(chunk))
+        if "piece" in got:
+            sent.append(now[0])
+            pieces += got.count("piece")
+    assert pieces == 30 and got == ["end"]
+    assert all(later - earlier >= 0.5 for earlier, later in zip(sent, sent[1:])), sent
+
+
 def test_a_log_over_half_the_budget_forgets_its_front_and_a_viewer_behind_it_reads_the_store(farm, scene):
     job = submit(farm, scene, height=128, strips=4)
     n = node(farm)

@@ -217,10 +217,11 @@ class Streams:
             if self._clock() - quiet_since >= self._keepalive:
                 quiet_since = self._clock()
                 yield [PING]
+            # After a send, not again before `pace` has passed, so that what arrives meanwhile goes out
+            # together; also when the shared reads lag a change, as they nearly always do while a job
+            # is busy: they catch up within FRESH seconds, and the pace holds all the same.
             if behind:
-                self._sleep(FRESH)      # the shared reads catch up soon
+                self._sleep(max(FRESH, sent_at + self.pace() - self._clock()))
                 continue
             self._changes.wait(target, version, self._keepalive, gone)
-            # After a send, not again before `pace` has passed, so that what arrives meanwhile goes out
-            # together.
             self._sleep(max(0.0, sent_at + self.pace() - self._clock()))
