@@ -238,9 +238,10 @@ class Client:
     def close(self) -> None:
         self._reset()
 
-    def stream(self, path: str, query: dict[str, Any], timeout: float) -> Iterator[tuple[dict, bytes]]:
+    def stream(self, path: str, query: dict[str, Any], timeout: float) -> Iterator[list[tuple[dict, bytes]]]:
         """GET a stream of records (farm/service/feed.py: a JSON header line, then `size` bytes) and yield
-        them as (header, payload) as they arrive. Raises FarmError as `call` does; UNKNOWN_METHOD when
+        them as they arrive, as lists of (header, payload): the whole records one read brought, so that a
+        reader handles a send of many pieces at once. Raises FarmError as `call` does; UNKNOWN_METHOD when
         the controller has no such stream (an older one). `timeout`: the most a read may wait."""
         parsed = urllib.parse.urlsplit(self.url)
         if self._tls is not None and self.pin:
@@ -300,6 +301,7 @@ def _http_error(url: str, err: xmlrpc.client.ProtocolError, has_token: bool = Tr
 
 MAX_RECORD_HEADER = 1 << 20      # bytes of one stream record's header line
 MAX_RECORD = 64 << 20            # bytes of one stream record's payload
+STREAM_READ = 1 << 20            # the most bytes one read of a stream takes
 
 
 def _check_stream_status(url: str, response: http.client.HTTPResponse, has_token: bool) -> None:
@@ -324,22 +326,45 @@ def _reason(err: Exception) -> str:
     return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
-def _records(url: str, response: http.client.HTTPResponse) -> Iterator[tuple[dict, bytes]]:
-    """(header, payload) pairs off a stream response, until it ends."""
+def _records(url: str, response: http.client.HTTPResponse) -> Iterator[list[tuple[dict, bytes]]]:
+    """Lists of (header, payload), the whole records of each read off a stream response, until it ends.
+    Reads take what has arrived, up to STREAM_READ bytes, so a send of many pieces costs a few reads
+    rather than several per piece."""
+    buffer = bytearray()
     try:
-        while line := response.readline(MAX_RECORD_HEADER):
-            header = json.loads(line)
-            size = header.get("size", 0)
-            if not isinstance(size, int) or not 0 <= size <= MAX_RECORD:
-                raise ValueError(f"a record of {size!r} bytes")
-            payload = response.read(size) if size else b""
-            if len(payload) != size:
-                raise ValueError("the stream ended inside a record")
-            yield header, payload
+        while data := response.read1(STREAM_READ):
+            buffer += data
+            records, used = _whole_records(buffer)
+            if used:
+                del buffer[:used]
+            if records:
+                yield records
+        if buffer:
+            raise ValueError("the stream ended inside a record")
     except (OSError, http.client.HTTPException) as err:
         raise FarmError(Code.UNREACHABLE, f"the feed from the controller at {url} broke off: {_reason(err)}") from None
     except (ValueError, AttributeError) as err:
         raise FarmError(Code.UNREACHABLE, f"the controller at {url} sent a bad feed: {err}") from None
+
+
+def _whole_records(buffer: bytearray) -> tuple[list[tuple[dict, bytes]], int]:
+    """The whole records at the start of `buffer` and the bytes they take (ValueError: a bad record)."""
+    records, used = [], 0
+    while (newline := buffer.find(b"\n", used)) >= 0:
+        if newline - used > MAX_RECORD_HEADER:
+            raise ValueError("a record header over the size limit")
+        header = json.loads(buffer[used:newline])
+        size = header.get("size", 0)
+        if not isinstance(size, int) or not 0 <= size <= MAX_RECORD:
+            raise ValueError(f"a record of {size!r} bytes")
+        end = newline + 1 + size
+        if end > len(buffer):
+            break
+        records.append((header, bytes(buffer[newline + 1:end])))
+        used = end
+    if newline < 0 and len(buffer) - used > MAX_RECORD_HEADER:
+        raise ValueError("a record header over the size limit")
+    return records, used
 
 
 def _client_tls(ca_file: str | None) -> ssl.SSLContext:

@@ -138,7 +138,7 @@ def test_the_stream_over_http_matches_the_long_poll_and_ends(server, scene):
         task = worker.call("nodes.poll", n, 0)
         worker.call("nodes.complete", n, task["lease"], rows_for(task, value), 0.5)
     viewer = Client(server.url, timeout=10, token=server.tokens["view"])
-    records = list(viewer.stream("/feed", {"job": job, "cursor": 0}, timeout=20))
+    records = [record for read in viewer.stream("/feed", {"job": job, "cursor": 0}, timeout=20) for record in read]
     assert [h["type"] for h, _ in records][-1] == "end"
     polled = viewer.call("viewer.watch", job, 0, 0)["strips"]
     assert [(h["row_start"], payload) for h, payload in records if h["type"] == "piece"] == \
@@ -177,6 +177,55 @@ def test_a_gathered_send_carries_on_after_partial_writes():
     sock = Trickle()
     _send_gathered(sock, parts)
     assert sock.got == b"".join(parts)
+
+
+class Reads:
+    """A response whose read1 returns `size` bytes at a time (the way a socket may cut a stream)."""
+
+    def __init__(self, data: bytes, size: int):
+        self.data, self.size = data, size
+
+    def read1(self, limit: int) -> bytes:
+        piece, self.data = self.data[:min(self.size, limit)], self.data[min(self.size, limit):]
+        return piece
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 20])
+def test_the_client_takes_whole_records_off_reads_of_any_size(size):
+    from farm.client import _records
+    from farm.service.feed import END, record
+
+    sent = [({"type": "job", "job": {"id": 1}}, b""), ({"type": "piece", "cursor": 1}, b"a\nb" * 40),
+            ({"type": "piece", "cursor": 2}, b""), ({"type": "ping"}, b""), ({"type": "end"}, b"")]
+    data = b"".join(record(header, payload) for header, payload in sent[:-1]) + END
+    reads = list(_records("http://x", Reads(data, size)))
+    assert all(reads)                                       # only reads that completed a record
+    got = [(header, payload) for read in reads for header, payload in read]
+    assert got == [({**header, "size": len(payload)}, payload) for header, payload in sent]
+    if size >= len(data):
+        assert len(reads) == 1                              # one read: one list of every record
+
+
+@pytest.mark.parametrize("data, words", [
+    (b'{"type":"piece","size":5}\nabc', "ended inside a record"),
+    (b'{"type":"piece","size":-1}\n', "a record of -1 bytes"),
+    (b"not json\n", "bad feed"),
+])
+def test_a_broken_stream_is_a_clear_error(data, words):
+    from farm.client import _records
+
+    with pytest.raises(FarmError) as caught:
+        list(_records("http://x", Reads(data, 4)))
+    assert caught.value.code is Code.UNREACHABLE and words in str(caught.value)
+
+
+def test_a_header_line_without_end_is_refused_at_the_limit_not_read_for_ever(monkeypatch):
+    import farm.client
+
+    monkeypatch.setattr(farm.client, "MAX_RECORD_HEADER", 64)
+    with pytest.raises(FarmError) as caught:
+        list(farm.client._records("http://x", Reads(b"x" * 1000, 16)))
+    assert caught.value.code is Code.UNREACHABLE and "header over the size limit" in str(caught.value)
 
 
 def test_the_pace_grows_with_the_viewers_so_their_sends_stay_within_the_budget(farm, scene):
