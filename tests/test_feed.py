@@ -210,6 +210,8 @@ def test_the_client_takes_whole_records_off_reads_of_any_size(size):
     (b'{"type":"piece","size":5}\nabc', "ended inside a record"),
     (b'{"type":"piece","size":-1}\n', "a record of -1 bytes"),
     (b"not json\n", "bad feed"),
+    (b'{"type":"ping","size":0} {}\n', "not one JSON object"),
+    (b'[1, 2]\n', "not one JSON object"),
 ])
 def test_a_broken_stream_is_a_clear_error(data, words):
     from farm.client import _records
