@@ -287,6 +287,31 @@ def test_sends_keep_to_the_pace_while_the_job_changes_all_the_time(farm, scene):
     assert all(later - earlier >= 0.5 for earlier, later in zip(sent, sent[1:])), sent
 
 
+def test_a_busy_jobs_status_is_built_once_per_pace_for_all_viewers(farm, scene):
+    job = submit(farm, scene, height=32 * 8, strips=8)
+    n = node(farm)
+    now = [0.0]
+    services = farm.services
+    log = FeedLog(farm.store, services.views, services.changes, clock=lambda: now[0])
+    built = []
+    build = log._build_status
+    log._build_status = lambda *args: built.append(now[0]) or build(*args)
+    for step in range(8):             # a strip stored every 0.1 s: the job changes before each ask
+        task = farm.call("nodes.poll", n)
+        farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+        log.status(job, fresh=0.5)
+        now[0] += 0.1
+    assert built == [0.0, 0.5]
+    shared = Streams(farm.store, services.changes, log, pace=0.1, sends_per_second=40, clock=lambda: now[0],
+                     sleep=lambda seconds: None)
+    asked = []
+    log.status = lambda job_id, fresh: asked.append(fresh) or FeedLog.status(log, job_id, fresh)
+    viewers = [shared.watch(job, 0, gone=lambda: False) for _ in range(20)]
+    for viewer in viewers:
+        next(viewer)
+    assert asked[0] == 0.25 and asked[-1] == 0.5      # one viewer: STATUS_FRESH; twenty: their pace
+
+
 def test_a_log_over_half_the_budget_forgets_its_front_and_a_viewer_behind_it_reads_the_store(farm, scene):
     job = submit(farm, scene, height=128, strips=4)
     n = node(farm)
