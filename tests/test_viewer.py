@@ -125,6 +125,17 @@ def test_state_paints_each_reply_and_tracks_strips_in_flight():
     assert state.canvas().raster().pixels == fill(8, 32, 5) + fill(8, 32, 9)
 
 
+def test_the_pieces_of_one_reply_are_blitted_as_few_bands_top_to_bottom():
+    state = ViewerState()
+    job = job_info(width=8, height=160, strips_total=5)
+    state.handle(("feed", 1, reply(job)))
+    state.take_updates()
+    pieces = [strip(fill(8, 32, v), start, start + 32) for v, start in ((1, 64), (2, 0), (3, 128), (4, 32))]
+    state.handle(("feed", 1, reply(job, pieces, cursor=4)))
+    assert state.take_updates() == (False, [(0, 96), (128, 160)])
+    assert state.received == [(1, 64, 96), (1, 0, 32), (1, 128, 160), (1, 32, 64)]     # in arrival order
+
+
 def test_a_preview_is_shown_scaled_up_at_once_and_final_rows_replace_it():
     state = ViewerState()
     job = job_info(width=8, height=16)
