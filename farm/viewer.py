@@ -647,9 +647,8 @@ class _StreamReading:
         for header, payload in records:
             kind = header.get("type")
             if kind == "piece":
-                piece = {key: value for key, value in header.items() if key not in ("type", "size", "cursor")}
-                piece["rows"] = payload
-                pieces.append(piece)
+                header["rows"] = payload        # the header is the piece (its other fields go unread)
+                pieces.append(header)
                 self.cursor, news = header["cursor"], True
             elif kind == "job":
                 info = header.get("job") or {}
