@@ -161,10 +161,12 @@ def page_process(url: str, token: str | None, commands, results, nice: int = 0) 
         refresher.start()
         received: dict[str, float] = {}
         results.put("watching")
-        for header, _ in feed.stream("/feed", {"job": job, "cursor": 0}, PAGE_POLL_TIMEOUT + 30):
-            if header["type"] == "piece":
-                received.setdefault(f"{header['frame']}:{header['row_start']}", time.monotonic())
-            elif header["type"] == "end":
+        for records in feed.stream("/feed", {"job": job, "cursor": 0}, PAGE_POLL_TIMEOUT + 30):
+            now = time.monotonic()       # the page, too, takes what one read brought (farm/web/xmlrpc.js)
+            for header, _ in records:
+                if header["type"] == "piece":
+                    received.setdefault(f"{header['frame']}:{header['row_start']}", now)
+            if records[-1][0]["type"] == "end":
                 break
         stop.set()
         refresher.join()

@@ -205,12 +205,11 @@ def seconds_left(rows_left: int, finished: Sequence[Finished], slots: Mapping[st
                  running: Sequence[Running] = ()) -> float | None:
     """A rough time to render `rows_left` rows (plus what is running) on the live slots at the measured
     cost; None while nothing is measured or no slot is live."""
-    costs = model(finished, 0)
-    if costs is None or not slots:
+    if not finished or not slots:
         return None
+    speeds, costs = node_speeds(finished)       # once: it is most of the time a job's status takes
     order = sorted(finished, key=lambda unit: unit.row_start)
-    per_row = sum(cost * unit.rows for cost, unit in zip(node_speeds(finished)[1], order)) / sum(
-        unit.rows for unit in order)
-    rate = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items()) / per_row
+    per_row = sum(cost * unit.rows for cost, unit in zip(costs, order)) / sum(unit.rows for unit in order)
+    rate = sum(speeds.get(name, 1.0) * count for name, count in slots.items()) / per_row
     in_flight = sum(unit.rows * (1.0 - unit.progress) for unit in running)
     return (rows_left + in_flight) / rate + (STARTUP_SECONDS if rows_left else 0.0)

@@ -370,10 +370,17 @@ class ViewerState:
         return self.frames.get(self.frame) if self.frame is not None else None
 
     def take_updates(self) -> tuple[bool, list[tuple[int, int]]]:
-        """(redraw the whole image?, row ranges of the shown frame painted since the last call)."""
+        """(redraw the whole image?, row ranges of the shown frame painted since the last call, top to
+        bottom, touching ones merged: a read of hundreds of pieces is a few blits, not hundreds)."""
         full, dirty = self._full, self._dirty
         self._full, self._dirty = False, []
-        return full, [(start, end) for frame, start, end in dirty if frame == self.frame]
+        bands: list[tuple[int, int]] = []
+        for start, end in sorted((start, end) for frame, start, end in dirty if frame == self.frame):
+            if bands and start <= bands[-1][1]:
+                bands[-1] = (bands[-1][0], max(bands[-1][1], end))
+            else:
+                bands.append((start, end))
+        return full, bands
 
     def colour(self, node: str) -> tuple[int, int, int]:
         """A colour per node name, stable for the viewer's lifetime."""
@@ -559,36 +566,23 @@ class Feed:
 
     def _follow_stream(self, client: Client, session: int, job: int, state: dict) -> bool:
         """Read the stream until it ends (True: the job ended) or the viewer moves on (True); a broken
-        stream raises FarmError, and the caller reconnects from the cursor."""
-        info, in_flight = {}, []
-        records = client.stream("/feed", {"job": state["asked"], "cursor": state["cursor"]},
-                                self.poll_timeout + self.rpc_timeout)
+        stream raises FarmError, and the caller reconnects from the cursor. The records of one read go
+        to the window as one reply, so a send of hundreds of pieces is one message, not hundreds."""
+        reads = client.stream("/feed", {"job": state["asked"], "cursor": state["cursor"]},
+                              self.poll_timeout + self.rpc_timeout)
+        reading = _StreamReading(state["asked"], state["cursor"])
         try:
             self.messages.put(("link", True, ""))
-            for header, payload in records:
+            for records in reads:
                 if not self._current(session, job):
                     return True
-                kind = header.get("type")
-                if kind == "end":
-                    # Every piece is in: say so with an empty reply, as the last long poll did. A job that
-                    # had ended before the stream began sent its status first, before its pieces.
-                    self._deliver(session, state, {"job": info, "cursor": state["cursor"], "strips": [],
-                                                   "in_flight": []})
+                for reply in reading.replies(records):
+                    self._deliver(session, state, reply)
+                if reading.over:
                     return True
-                if kind == "job":
-                    info, in_flight = header.get("job") or {}, header.get("in_flight", [])
-                    if state["asked"] and info and info.get("id") != state["asked"]:
-                        return True         # a newer job: the scout says so, and the viewer decides
-                    self._deliver(session, state, {"job": info, "cursor": state["cursor"], "strips": [],
-                                                   "in_flight": in_flight})
-                elif kind == "piece":
-                    piece = {key: value for key, value in header.items() if key not in ("type", "size", "cursor")}
-                    piece["rows"] = payload
-                    self._deliver(session, state, {"job": info, "cursor": header["cursor"], "strips": [piece],
-                                                   "in_flight": in_flight})
             return False
         finally:
-            records.close()
+            reads.close()
 
     def _deliver(self, session: int, state: dict, reply: dict) -> None:
         info = reply.get("job") or {}
@@ -633,6 +627,46 @@ class Feed:
                 self._wake.clear()
         finally:
             client.close()
+
+
+class _StreamReading:
+    """Turns the stream's records into viewer.watch replies, one per read rather than one per record:
+    the pieces of a read go together under the job's latest status (a job's first status comes before
+    its pieces, later ones after them), and the end of the stream is an empty reply of its own, as the
+    last long poll was."""
+
+    def __init__(self, asked: int, cursor: int):
+        self.asked, self.cursor = asked, cursor
+        self.info: dict[str, Any] = {}
+        self.in_flight: list[dict[str, Any]] = []
+        self.over = False         # the stream ended, or moved on to a job this viewer did not ask for
+
+    def replies(self, records: Iterable[tuple[dict, bytes]]) -> list[dict[str, Any]]:
+        pieces: list[dict[str, Any]] = []
+        news = False
+        for header, payload in records:
+            kind = header.get("type")
+            if kind == "piece":
+                header["rows"] = payload        # the header is the piece (its other fields go unread)
+                pieces.append(header)
+                self.cursor, news = header["cursor"], True
+            elif kind == "job":
+                info = header.get("job") or {}
+                if info and self.asked and info.get("id") != self.asked:
+                    self.over = True        # a newer job: the scout says so, and the viewer decides
+                    break
+                self.asked = self.asked or info.get("id", 0)
+                self.info, self.in_flight, news = info, header.get("in_flight", []), True
+            elif kind == "end":
+                # A job that had ended before the stream began sent its status first, before its
+                # pieces: only the end says that every piece is in.
+                self.over = True
+                ended = [self._reply(pieces)] if pieces else []
+                return ended + [{**self._reply([]), "in_flight": []}]
+        return [self._reply(pieces)] if news else []
+
+    def _reply(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"job": self.info, "cursor": self.cursor, "strips": pieces, "in_flight": self.in_flight}
 
 
 # -- the window -------------------------------------------------------------------------------------------

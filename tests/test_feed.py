@@ -138,7 +138,7 @@ def test_the_stream_over_http_matches_the_long_poll_and_ends(server, scene):
         task = worker.call("nodes.poll", n, 0)
         worker.call("nodes.complete", n, task["lease"], rows_for(task, value), 0.5)
     viewer = Client(server.url, timeout=10, token=server.tokens["view"])
-    records = list(viewer.stream("/feed", {"job": job, "cursor": 0}, timeout=20))
+    records = [record for read in viewer.stream("/feed", {"job": job, "cursor": 0}, timeout=20) for record in read]
     assert [h["type"] for h, _ in records][-1] == "end"
     polled = viewer.call("viewer.watch", job, 0, 0)["strips"]
     assert [(h["row_start"], payload) for h, payload in records if h["type"] == "piece"] == \
@@ -179,6 +179,57 @@ def test_a_gathered_send_carries_on_after_partial_writes():
     assert sock.got == b"".join(parts)
 
 
+class Reads:
+    """A response whose read1 returns `size` bytes at a time (the way a socket may cut a stream)."""
+
+    def __init__(self, data: bytes, size: int):
+        self.data, self.size = data, size
+
+    def read1(self, limit: int) -> bytes:
+        piece, self.data = self.data[:min(self.size, limit)], self.data[min(self.size, limit):]
+        return piece
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 20])
+def test_the_client_takes_whole_records_off_reads_of_any_size(size):
+    from farm.client import _records
+    from farm.service.feed import END, record
+
+    sent = [({"type": "job", "job": {"id": 1}}, b""), ({"type": "piece", "cursor": 1}, b"a\nb" * 40),
+            ({"type": "piece", "cursor": 2}, b""), ({"type": "ping"}, b""), ({"type": "end"}, b"")]
+    data = b"".join(record(header, payload) for header, payload in sent[:-1]) + END
+    reads = list(_records("http://x", Reads(data, size)))
+    assert all(reads)                                       # only reads that completed a record
+    got = [(header, payload) for read in reads for header, payload in read]
+    assert got == [({**header, "size": len(payload)}, payload) for header, payload in sent]
+    if size >= len(data):
+        assert len(reads) == 1                              # one read: one list of every record
+
+
+@pytest.mark.parametrize("data, words", [
+    (b'{"type":"piece","size":5}\nabc', "ended inside a record"),
+    (b'{"type":"piece","size":-1}\n', "a record of -1 bytes"),
+    (b"not json\n", "bad feed"),
+    (b'{"type":"ping","size":0} {}\n', "not one JSON object"),
+    (b'[1, 2]\n', "not one JSON object"),
+])
+def test_a_broken_stream_is_a_clear_error(data, words):
+    from farm.client import _records
+
+    with pytest.raises(FarmError) as caught:
+        list(_records("http://x", Reads(data, 4)))
+    assert caught.value.code is Code.UNREACHABLE and words in str(caught.value)
+
+
+def test_a_header_line_without_end_is_refused_at_the_limit_not_read_for_ever(monkeypatch):
+    import farm.client
+
+    monkeypatch.setattr(farm.client, "MAX_RECORD_HEADER", 64)
+    with pytest.raises(FarmError) as caught:
+        list(farm.client._records("http://x", Reads(b"x" * 1000, 16)))
+    assert caught.value.code is Code.UNREACHABLE and "header over the size limit" in str(caught.value)
+
+
 def test_the_pace_grows_with_the_viewers_so_their_sends_stay_within_the_budget(farm, scene):
     job = submit(farm, scene)
     shared = streams(farm, pace=0.1, sends_per_second=40)
@@ -192,6 +243,73 @@ def test_the_pace_grows_with_the_viewers_so_their_sends_stay_within_the_budget(f
     for viewer in viewers:
         viewer.close()
     assert shared.pace() == 0.1
+
+
+def test_sends_keep_to_the_pace_while_the_job_changes_all_the_time(farm, scene):
+    """A busy job changes faster than the shared reads follow it (a viewer is nearly always "behind"
+    them): that must not bring its sends closer together than the pace."""
+    job = submit(farm, scene, height=32 * 30, strips=30)
+    n = node(farm)
+    now = [0.0]
+
+    def store_a_strip() -> None:
+        task = farm.call("nodes.poll", n)
+        if task:
+            farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+            farm.settle()
+
+    def sleep(seconds: float) -> None:
+        """Time passes; other viewers have the job's status built, then a strip is stored."""
+        now[0] += seconds
+        log.status(job)
+        store_a_strip()
+
+    class Busy:
+        """The farm's versions, where a wait for a change sees the next strip stored at once."""
+        def __getattr__(self, name):
+            return getattr(farm.services.changes, name)
+
+        def wait(self, *args):
+            now[0] += 0.01
+            store_a_strip()
+
+    services = farm.services
+    log = FeedLog(farm.store, services.views, services.changes, clock=lambda: now[0])
+    shared = Streams(farm.store, Busy(), log, pace=0.5, sends_per_second=1e9, keepalive=60,
+                     clock=lambda: now[0], sleep=sleep)
+    sent, pieces = [], 0
+    for chunk in shared.watch(job, 0, gone=lambda: False):
+        got = types(parse(chunk))
+        if "piece" in got:
+            sent.append(now[0])
+            pieces += got.count("piece")
+    assert pieces == 30 and got == ["end"]
+    assert all(later - earlier >= 0.5 for earlier, later in zip(sent, sent[1:])), sent
+
+
+def test_a_busy_jobs_status_is_built_once_per_pace_for_all_viewers(farm, scene):
+    job = submit(farm, scene, height=32 * 8, strips=8)
+    n = node(farm)
+    now = [0.0]
+    services = farm.services
+    log = FeedLog(farm.store, services.views, services.changes, clock=lambda: now[0])
+    built = []
+    build = log._build_status
+    log._build_status = lambda *args: built.append(now[0]) or build(*args)
+    for step in range(8):             # a strip stored every 0.1 s: the job changes before each ask
+        task = farm.call("nodes.poll", n)
+        farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+        log.status(job, fresh=0.5)
+        now[0] += 0.1
+    assert built == [0.0, 0.5]
+    shared = Streams(farm.store, services.changes, log, pace=0.1, sends_per_second=40, clock=lambda: now[0],
+                     sleep=lambda seconds: None)
+    asked = []
+    log.status = lambda job_id, fresh: asked.append(fresh) or FeedLog.status(log, job_id, fresh)
+    viewers = [shared.watch(job, 0, gone=lambda: False) for _ in range(20)]
+    for viewer in viewers:
+        next(viewer)
+    assert asked[0] == 0.25 and asked[-1] == 0.5      # one viewer: STATUS_FRESH; twenty: their pace
 
 
 def test_a_log_over_half_the_budget_forgets_its_front_and_a_viewer_behind_it_reads_the_store(farm, scene):

@@ -459,6 +459,18 @@ def test_filter_rows_round_trip_and_picks_the_smallest_filter(raster, all_filter
         prev = row
 
 
+@given(st.integers(1, 8), st.integers(1, 300), st.randoms(use_true_random=False))
+def test_sub_rows_are_undone_exactly_as_the_specification_adds_them_back(bpp, pixels, rng):
+    """The Sub filter undone by doubling equals the specification's byte-at-a-time running sum, for any
+    pixel size and row length (a row of one pixel included)."""
+    row = bytes(rng.randrange(256) for _ in range(bpp * pixels))
+    expected = bytearray(row)
+    for i in range(bpp, len(expected)):
+        expected[i] = (expected[i] + expected[i - bpp]) & 255
+    assert strips._SwarMasks(len(row)).running_sum(row, bpp) == bytes(expected)
+    assert strips.unfilter_rows(b"\x01" + row, len(row), bpp) == bytes(expected)
+
+
 @given(rasters(max_side=8), st.integers(1, 3), st.sampled_from(strips.ENCODINGS))
 def test_encoded_rows_round_trip_per_frame(raster, frames, encoding):
     """A unit's frames in turn, each filtered on its own: both encodings give back the exact rows, and a

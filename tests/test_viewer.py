@@ -125,6 +125,17 @@ def test_state_paints_each_reply_and_tracks_strips_in_flight():
     assert state.canvas().raster().pixels == fill(8, 32, 5) + fill(8, 32, 9)
 
 
+def test_the_pieces_of_one_reply_are_blitted_as_few_bands_top_to_bottom():
+    state = ViewerState()
+    job = job_info(width=8, height=160, strips_total=5)
+    state.handle(("feed", 1, reply(job)))
+    state.take_updates()
+    pieces = [strip(fill(8, 32, v), start, start + 32) for v, start in ((1, 64), (2, 0), (3, 128), (4, 32))]
+    state.handle(("feed", 1, reply(job, pieces, cursor=4)))
+    assert state.take_updates() == (False, [(0, 96), (128, 160)])
+    assert state.received == [(1, 64, 96), (1, 0, 32), (1, 128, 160), (1, 32, 64)]     # in arrival order
+
+
 def test_a_preview_is_shown_scaled_up_at_once_and_final_rows_replace_it():
     state = ViewerState()
     job = job_info(width=8, height=16)
@@ -320,33 +331,72 @@ def _drain(feed: Feed, state: ViewerState, until, timeout: float = 60.0) -> None
 
 
 class StreamClient:
-    """A client whose stream sends what the controller sends for a job that ended before the viewer
-    opened: its status first, then its pieces, then the end."""
+    """A client whose stream sends `records`, `per_read` of them to each read."""
 
-    def __init__(self, records):
-        self.records = records
+    def __init__(self, records, per_read=1):
+        self.records, self.per_read = records, per_read
 
     def stream(self, path, query, timeout):
-        yield from self.records
+        for start in range(0, len(self.records), self.per_read):
+            yield self.records[start:start + self.per_read]
 
     def close(self):
         pass
 
 
-def test_a_job_that_ended_before_the_viewer_opened_is_finished_once_its_pieces_are_in():
-    job = job_info(3, width=8, height=32, state="done", progress=1.0, finished=130.0)
-    rows = zlib.compress(fill(8, 32, 7))
-    client = StreamClient([({"type": "job", "job": job, "in_flight": [], "size": 0}, b""),
-                           ({"type": "piece", "frame": 1, "row_start": 0, "row_end": 32, "kind": "rows",
-                             "cursor": 1, "size": len(rows)}, rows),
-                           ({"type": "end", "size": 0}, b"")])
-    state = ViewerState(3)
-    feed = Feed("http://127.0.0.1:1", make_client=lambda timeout: client)
+def piece_record(frame, start, end, cursor, rows):
+    return ({"type": "piece", "frame": frame, "row_start": start, "row_end": end, "kind": "rows",
+             "cursor": cursor, "size": len(rows)}, rows)
+
+
+def status_record(job, in_flight=()):
+    return ({"type": "job", "job": job, "in_flight": list(in_flight), "size": 0}, b"")
+
+
+def streamed(records, state, per_read=1):
+    feed = Feed("http://127.0.0.1:1", make_client=lambda timeout: StreamClient(records, per_read))
     feed._want = state.wanted()
     feed._poll(*state.wanted())              # in this thread: the stream ends, so does the poll
+    messages = []
     while not feed.messages.empty():
-        state.handle(feed.messages.get())
+        messages.append(feed.messages.get())
+        state.handle(messages[-1])
+    return [m for m in messages if m[0] == "feed"]
+
+
+@pytest.mark.parametrize("per_read", [1, 3])
+def test_a_job_that_ended_before_the_viewer_opened_is_finished_once_its_pieces_are_in(per_read):
+    """What the controller sends for a job that ended before the viewer opened: its status first, then
+    its pieces, then the end; read a record at a time or all at once."""
+    job = job_info(3, width=8, height=32, state="done", progress=1.0, finished=130.0)
+    rows = zlib.compress(fill(8, 32, 7))
+    state = ViewerState(3)
+    streamed([status_record(job), piece_record(1, 0, 32, 1, rows), ({"type": "end", "size": 0}, b"")], state,
+             per_read)
     assert state.canvas().complete and state.finished and state.exit_code == 0
+
+
+def test_the_pieces_of_one_read_reach_the_window_as_one_message_in_order():
+    job = job_info(3, width=8, height=64, progress=0.5)
+    later = {**job, "progress": 1.0, "state": "done"}
+    first, second = zlib.compress(fill(8, 32, 7)), zlib.compress(fill(8, 32, 9))
+    state = ViewerState(3)
+    replies = streamed([status_record(job), piece_record(1, 0, 32, 5, first), piece_record(1, 32, 64, 6, second),
+                        status_record(later), ({"type": "end", "size": 0}, b"")], state, per_read=4)
+    assert [len(reply["strips"]) for _, _, reply in replies] == [2, 0]     # one read, then the end
+    assert [s["row_start"] for s in replies[0][2]["strips"]] == [0, 32] and replies[0][2]["cursor"] == 6
+    assert replies[0][2]["job"]["state"] == "done" and replies[1][2]["cursor"] == 6
+    assert state.canvas().complete and state.finished and state.received == [(1, 0, 32), (1, 32, 64)]
+
+
+def test_a_stream_that_moves_to_another_job_delivers_the_pieces_before_it_and_stops():
+    job, newer = job_info(3, width=8, height=64), job_info(4, width=8, height=64)
+    rows = zlib.compress(fill(8, 32, 7))
+    state = ViewerState(3)
+    replies = streamed([status_record(job), piece_record(1, 0, 32, 5, rows), status_record(newer),
+                        piece_record(1, 0, 32, 1, rows)], state, per_read=4)
+    assert len(replies) == 1 and replies[0][2]["job"]["id"] == 3 and len(replies[0][2]["strips"]) == 1
+    assert state.received == [(1, 0, 32)]
 
 
 def test_the_feed_reports_an_unreachable_controller_and_reconnects(farm):

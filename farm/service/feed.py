@@ -39,7 +39,8 @@ ENDED = ("done", "failed", "canceled")
 PACE = 0.1            # least seconds between two sends to one viewer: pieces arriving meanwhile go together
 SENDS_PER_SECOND = 40    # ... and about the most for all viewers together, once there are more than 4
 FRESH = 0.05          # seconds the pieces read from the store serve every viewer asking
-STATUS_FRESH = 0.25   # ... and a job's status (a few queries over all its units: the costlier read)
+STATUS_FRESH = 0.25   # ... and a job's status (a few queries over all its units: the costlier read), or
+                      # the pace when that is longer
 KEEPALIVE = 15.0      # seconds of silence before a ping
 LOG_BUDGET = 64 * 1024 * 1024    # bytes of framed pieces kept for all jobs together
 MAX_STATUSES = 256               # jobs whose status record is kept
@@ -100,13 +101,13 @@ class FeedLog:
                 self._keep_within_budget(job_id)
             return max(cursor, log.last), pieces, log.version
 
-    def status(self, job_id: int) -> tuple[tuple[int, int], bytes, bool]:
+    def status(self, job_id: int, fresh: float = STATUS_FRESH) -> tuple[tuple[int, int], bytes, bool]:
         """The job's status record, its version and whether the job has ended: built at most once per
-        change and per STATUS_FRESH seconds (a job busy with many nodes changes far more often)."""
+        change and per `fresh` seconds (a job busy with many nodes changes far more often)."""
         with self._building:       # one viewer builds it while the others wait for it, not beside it
             version, now = self._changes.version(job_id), self._clock()
             cached = self._status.get(job_id)
-            if cached is not None and (cached[0] == version or now - cached[3] < STATUS_FRESH):
+            if cached is not None and (cached[0] == version or now - cached[3] < fresh):
                 return cached[:3]
             return self._build_status(job_id, version, now)
 
@@ -198,7 +199,8 @@ class Streams:
         while not gone():
             if not job_id and (newest := self._store.jobs.newest_id()) != target:
                 target, cursor, sent_version = newest, 0, None
-            version, status, ended = self._log.status(target)
+            # No viewer sends more often than the pace, so a status newer than that would go unseen.
+            version, status, ended = self._log.status(target, max(STATUS_FRESH, self.pace()))
             cursor, pieces, read = self._log.pieces_after(target, cursor, ended) if target else (cursor, [], version)
             behind = not version == read == self._changes.version(target)    # the shared reads lag a change
             # A job's first status goes before its pieces (they need its size); later ones after them,
@@ -217,10 +219,11 @@ class Streams:
             if self._clock() - quiet_since >= self._keepalive:
                 quiet_since = self._clock()
                 yield [PING]
+            # After a send, not again before `pace` has passed, so that what arrives meanwhile goes out
+            # together; also when the shared reads lag a change, as they nearly always do while a job
+            # is busy: they catch up within FRESH seconds, and the pace holds all the same.
             if behind:
-                self._sleep(FRESH)      # the shared reads catch up soon
+                self._sleep(max(FRESH, sent_at + self.pace() - self._clock()))
                 continue
             self._changes.wait(target, version, self._keepalive, gone)
-            # After a send, not again before `pace` has passed, so that what arrives meanwhile goes out
-            # together.
             self._sleep(max(0.0, sent_at + self.pace() - self._clock()))

@@ -196,20 +196,28 @@ async function* feedRecords(token, job, cursor, signal) {
       throw unreachable(err, "the connection to the controller broke");
     }
     if (chunk.done) return;
-    const joined = new Uint8Array(buffer.length + chunk.value.length);
-    joined.set(buffer);
-    joined.set(chunk.value, buffer.length);
-    buffer = joined;
+    if (buffer.length) {                   // the start of a record the last read cut off, and the rest
+      const joined = new Uint8Array(buffer.length + chunk.value.length);
+      joined.set(buffer);
+      joined.set(chunk.value, buffer.length);
+      buffer = joined;
+    } else {
+      buffer = chunk.value;
+    }
     const records = [];
+    let used = 0;
     for (;;) {
-      const newline = buffer.indexOf(10);
+      const newline = buffer.indexOf(10, used);
       if (newline < 0) break;
-      const header = JSON.parse(text.decode(buffer.subarray(0, newline)));
+      const header = JSON.parse(text.decode(buffer.subarray(used, newline)));
       const end = newline + 1 + (header.size || 0);
       if (buffer.length < end) break;
-      records.push({ header, payload: buffer.slice(newline + 1, end) });
-      buffer = buffer.slice(end);
+      // Views, not copies: one read holds hundreds of pieces, and a copy of the rest after each would
+      // make a read cost its size times its records.
+      records.push({ header, payload: buffer.subarray(newline + 1, end) });
+      used = end;
     }
+    buffer = buffer.subarray(used);
     if (records.length) yield records;     // what one read brought, together
   }
 }
