@@ -166,12 +166,14 @@ class Farm:
                               capture_output=True).returncode == 0
 
     def node(self, name: str) -> subprocess.Popen:
+        """The node, in its namespace, standing for a box of its own across the internet (its machine
+        named apart from the controller's, which it shares here)."""
         work = self.work / name
         return subprocess.Popen(
             [*self.net.prefix(), *farm("node", "--controller", self.url, "--name", name, "--work-dir", str(work),
                                        "--token-file", str(self.tokens))],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.work / f"{name}.log", "ab"),
-            start_new_session=True)
+            env={**self.env, "POVFARM_MACHINE": f"wan-{name}"}, stdout=subprocess.DEVNULL,
+            stderr=open(self.work / f"{name}.log", "ab"), start_new_session=True)
 
     def registered(self, name: str) -> bool:
         listed = subprocess.run(farm("nodes", "--json", "--controller", self.url), env=self.env,

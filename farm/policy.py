@@ -68,30 +68,35 @@ class Queue(Protocol):
                     frame: int) -> tuple[Sequence[scheduler.Finished], Sequence[scheduler.Running]]: ...
 
 
-def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: bool = True) -> int | None:
+def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: bool = True,
+                  here: str = "") -> int | None:
     """Where the unit `node_id` leases off a frame's remainder ends (`farm.scheduler`), from the frame's
     measured units and the live slots; None when faster slots should have those rows. `watched`: a
-    viewer watches the job, so it is worth cutting finer for steady painting."""
+    viewer watches the job, so it is worth cutting finer for steady painting. `here`: the controller's
+    own machine (see `lone_box_runs`)."""
     finished, running = queue.frame_units(unit.job, unit.frame)
     nodes = queue.live_nodes()
     slots = {node.id: node.slots for node in nodes}
-    runs = 0 if watched else lone_box_runs(nodes)
+    runs = 0 if watched else lone_box_runs(nodes, here)
     return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, slots, finished, running, runs)
 
 
-def pretrace_worth_it(queue: Queue, unit: Unit, watched: bool) -> bool:
+def pretrace_worth_it(queue: Queue, unit: Unit, watched: bool, here: str = "") -> bool:
     """A frame's radiosity pre-pass is shared by its strips so they match a single render. When the frame
     will go out whole instead (one box keeps busy with one POV-Ray, nobody watches, and the frame is
     still one uncut remainder), that one render makes its own radiosity: the pre-pass would be waste."""
-    return watched or lone_box_runs(queue.live_nodes()) != 1 or not queue.whole_frame_waits(unit.job, unit.frame)
+    return (watched or lone_box_runs(queue.live_nodes(), here) != 1
+            or not queue.whole_frame_waits(unit.job, unit.frame))
 
 
-def lone_box_runs(nodes: Sequence[Node]) -> int:
-    """When every live node says it runs on one and the same machine: how many POV-Ray processes keep
-    that machine busy (`scheduler.runs_to_keep_busy`); else 0. A node that does not say (an older node, or no
-    boot id on its system) is taken to be on a machine of its own."""
+def lone_box_runs(nodes: Sequence[Node], here: str) -> int:
+    """When every live node says it runs on `here`, the controller's own machine: how many POV-Ray
+    processes keep that machine busy (`scheduler.runs_to_keep_busy`); else 0. Only there is a whole frame
+    free to deliver: a node elsewhere would send it all after rendering it, on an uplink that may be slow,
+    where units cut smaller send most of it while the rest renders. A node that does not say (an older
+    node, or no boot id on its system) is taken to be on a machine of its own."""
     machines = {str(node.info.get("machine") or "") for node in nodes}
-    if len(machines) != 1 or "" in machines:
+    if not here or machines != {here}:
         return 0
     try:
         cores = max(int(node.info.get("cores") or 1) for node in nodes)

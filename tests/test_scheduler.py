@@ -163,11 +163,13 @@ def _node(name: str, machine: str, slots: int = 2, cores: int = 2, threads: int 
 
 def test_nodes_on_one_machine_are_one_box_and_unknown_machines_are_boxes_of_their_own():
     from farm.policy import lone_box_runs
-    assert lone_box_runs([_node("a", "m1")]) == 1
-    assert lone_box_runs([_node("a", "m1"), _node("b", "m1", threads=1)]) == 2
-    assert lone_box_runs([_node("a", "m1"), _node("b", "m2")]) == 0    # two boxes: balance them
-    assert lone_box_runs([_node("a", ""), _node("b", "")]) == 0        # nodes that do not say
-    assert lone_box_runs([_node("a", "m1", slots=8, cores=8, threads=1)]) == 8
+    assert lone_box_runs([_node("a", "m1")], here="m1") == 1
+    assert lone_box_runs([_node("a", "m1"), _node("b", "m1", threads=1)], here="m1") == 2
+    assert lone_box_runs([_node("a", "m1"), _node("b", "m2")], here="m1") == 0    # two boxes: balance them
+    assert lone_box_runs([_node("a", ""), _node("b", "")], here="") == 0        # nodes that do not say
+    assert lone_box_runs([_node("a", "m1", slots=8, cores=8, threads=1)], here="m1") == 8
+    # A lone node on another box sends a whole frame after rendering it: cut it smaller.
+    assert lone_box_runs([_node("a", "m2")], here="m1") == 0
 
 
 def test_the_machine_is_the_running_kernel(tmp_path):
@@ -183,8 +185,8 @@ def test_the_machine_is_the_running_kernel(tmp_path):
 
 # -- the store cutting remainders, through the API ---------------------------------------------------------
 
-def _stepped(tmp_path, max_attempts: int = 3) -> tuple[Stepped, Store]:
-    config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=max_attempts)
+def _stepped(tmp_path, max_attempts: int = 3, machine: str = "") -> tuple[Stepped, Store]:
+    config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=max_attempts, machine=machine)
     store = Store(config.data_dir / "db.sqlite3")
     return Stepped(config, store, Clock()), store
 
@@ -238,7 +240,7 @@ def _box_node(farm: Stepped, name: str, threads: int = 2) -> str:
 
 
 def test_on_one_box_an_unwatched_frame_goes_out_whole_and_a_watched_one_is_cut_finer(tmp_path):
-    farm, store = _stepped(tmp_path)
+    farm, store = _stepped(tmp_path, machine="box")   # the nodes run on the controller's box
     a, b = _box_node(farm, "a"), _box_node(farm, "b")
     alone = _submit(farm, tmp_path / "scene", height=480)
     whole = farm.call("nodes.poll", a)
@@ -259,7 +261,7 @@ def test_on_one_box_an_unwatched_frame_goes_out_whole_and_a_watched_one_is_cut_f
 
 
 def test_on_one_box_of_one_thread_nodes_an_unwatched_frame_goes_to_one_process_per_core(tmp_path):
-    farm, store = _stepped(tmp_path)
+    farm, store = _stepped(tmp_path, machine="box")   # the nodes run on the controller's box
     a, b = _box_node(farm, "a", threads=1), _box_node(farm, "b", threads=1)
     _submit(farm, tmp_path / "scene", height=480)
     first, second = farm.call("nodes.poll", a), farm.call("nodes.poll", b)
@@ -268,7 +270,7 @@ def test_on_one_box_of_one_thread_nodes_an_unwatched_frame_goes_to_one_process_p
 
 
 def test_a_radiosity_frame_that_goes_out_whole_skips_the_shared_pre_pass(tmp_path):
-    farm, store = _stepped(tmp_path)
+    farm, store = _stepped(tmp_path, machine="box")   # the nodes run on the controller's box
     a = _box_node(farm, "a")
     scene = tmp_path / "scene" / "s.pov"
     scene.parent.mkdir()
@@ -396,3 +398,12 @@ def test_a_job_is_watched_while_a_stream_is_open_or_shortly_after_a_long_poll():
     assert watchers.watched(7, newest) and not watchers.watched(6, newest)
     clock.now += POLL_MEMORY + 1
     assert not watchers.watched(7, newest)
+
+
+def test_a_lone_node_on_another_box_gets_a_frame_cut_smaller_so_its_uploads_overlap_its_rendering(tmp_path):
+    farm, store = _stepped(tmp_path, machine="controller-box")
+    a = _box_node(farm, "a")                                            # machine "box": not the controller's
+    _submit(farm, tmp_path / "scene", height=480)
+    first = farm.call("nodes.poll", a)
+    assert first["row_end"] - first["row_start"] < 480
+    store.close()

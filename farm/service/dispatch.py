@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from farm import policy, strips
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.hostos import HOST
 from farm.records import Job, Lease, Unit
 from farm.states import UnitState
 from farm.service.changes import Changes
@@ -47,6 +48,7 @@ class Dispatcher:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float], changes: Changes,
                  work: Changes, stitcher: Stitcher, watched: Callable[[int], bool] = lambda job_id: True):
         self._config, self._store, self._clock, self._watched = config, store, clock, watched
+        self._machine = config.machine or HOST.machine()   # the box the controller runs on
         self._changes, self._work, self._stitcher = changes, work, stitcher
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
         self._leased = _Recent(MAX_CACHED)    # lease token -> unit, so a completion looks it up once
@@ -88,14 +90,15 @@ class Dispatcher:
                                             policy.choose_unit, self._cut, self._worth)
 
     def _cut(self, unit: Unit, queue: policy.Queue, node_id: str) -> int | None:
-        return policy.cut_remainder(queue, unit, node_id, self.job(unit.job).block, self._watched(unit.job))
+        return policy.cut_remainder(queue, unit, node_id, self.job(unit.job).block, self._watched(unit.job),
+                                    self._machine)
 
     def _worth(self, unit: Unit, queue: policy.Queue) -> bool:
         """Whether the preview or radiosity pre-pass about to be leased is still worth rendering: a
         preview only for viewers is not when none watches; a pre-pass not when its frame goes out whole."""
         if unit.kind == strips.PREVIEW:
             return self.job(unit.job).preview is not strips.PreviewMode.WATCHED or self._watched(unit.job)
-        return policy.pretrace_worth_it(queue, unit, self._watched(unit.job))
+        return policy.pretrace_worth_it(queue, unit, self._watched(unit.job), self._machine)
 
     def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
         return job.pretrace and unit.kind == strips.ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)
