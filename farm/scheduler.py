@@ -29,10 +29,10 @@ others need for the rest.
 - A unit is never less than MIN_UNIT_SECONDS of work by the measured cost, so a cheap scene is not cut
   into pieces whose POV-Ray start-up outweighs their work.
 - One box, nobody watching: when every live slot is on the controller's own machine (the nodes report
-  which kernel they run on) and no viewer watches the job, there is nothing to balance, and a whole
-  frame's rows cost nothing to deliver (elsewhere they would go up after it, on an uplink that may be slow): the box's POV-Ray processes share
-  its cores, so a process that ends early leaves its cores to the others. Cutting finer would only repeat
-  POV-Ray's start-up, the parse and any radiosity cache load, and run more processes than the cores need
+  which kernel they run on) and no viewer watches the job, a whole frame's rows cost nothing to deliver
+  (elsewhere they would go up after it, on an uplink that may be slow) and there is nothing to balance:
+  the box's POV-Ray processes share its cores, so a process that ends early leaves its cores to the
+  others. Cutting finer would only repeat POV-Ray's start-up, the parse and any radiosity cache load
   (measured on chess2 640x480, one node: 2 units 14.6 s, the guided plan's 7 units 14.8 s). So the frame
   goes out in as many units as it takes to keep the box's cores busy (`box_runs`: one when POV-Ray uses
   all cores, which is then a single render, radiosity and all), and other slots decline. Watched, the
