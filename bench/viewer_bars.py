@@ -3,7 +3,8 @@
 A controller and two nodes (`povfarm node`, default slots) run here on loopback; a client follows
 `viewer.watch` from before the submit, as `povfarm viewer` does, and notes when new pixels arrive. Each
 round submits the same job twice, in alternating order: as submitted by default (the preview is rendered
-because a viewer watches) and with `--no-preview`, both with the default plan (cut finer because watched). Reported per run and as medians:
+because a viewer watches) and with `--no-preview`, both with the default plan (cut finer because
+watched). Reported per run and as medians:
 
 - first pixels: seconds from jobs.submit returning to the first pixels reaching the client (bar: <= 3 s);
 - deliveries: how many replies brought final rows (bar: >= 8);

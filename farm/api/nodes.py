@@ -28,9 +28,10 @@ class NodesAPI:
 
         @param name: str, the node's name (unique per box)
         @param info: struct: povray (version text), threads (int), slots (int: POV-Ray processes it runs at
-            once), cores (int), machine (str: which box's cores it shares; "" unknown), host, platform (str), povray_flavour ("console": a povray that exits non-zero on error;
-            "pvengine": POV-Ray for Windows' GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm
-            (version), error (str: the node cannot render, e.g. POV-Ray is missing)
+            once), cores (int), machine (str: which box's cores it shares; "" unknown), host, platform (str),
+            povray_flavour ("console": a povray that exits non-zero on error; "pvengine": POV-Ray for Windows'
+            GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm (version), error (str: the
+            node cannot render, e.g. POV-Ray is missing)
         @return: struct: node_id (str), heartbeat_interval (float seconds: how often to renew leases and
             report progress), lease_timeout (float seconds: a lease not renewed this long goes to another node)
         """

@@ -28,8 +28,8 @@ _FRAME_ROWS = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's ro
 _FRAME_CACHE = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
 
 Chooser = Callable[["_Queue", str, float], "Unit | None"]
-Cutter = Callable[[Unit, "_Queue", str], "int | None"]
-Worth = Callable[[Unit, "_Queue"], bool]   # whether a preview or pre-pass about to be leased is still worth it   # the end row of the unit a node cuts off a remainder
+Cutter = Callable[[Unit, "_Queue", str], "int | None"]   # the end row of the unit a node cuts off a remainder
+Worth = Callable[[Unit, "_Queue"], bool]   # whether a preview or pre-pass about to be leased is still worth it
 Judge = Callable[[Unit, frozenset, frozenset], FailureVerdict]
 
 
