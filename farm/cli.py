@@ -712,15 +712,11 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
     config.data_dir, config.bind, config.port = workspace / "controller", "127.0.0.1", 0
     config.token, config.token_file, config.tls_cert, config.tls_key = "", "", "", ""
     config.announce = False            # a one-box farm is nobody else's business
-    # Unless more was asked for (--log-level INFO), the job's outcome is the one message: the farm's own
-    # notes about strips and leases would repeat a failure several times.
-    quiet = logging.getLogger().getEffectiveLevel() >= logging.WARNING
-    if quiet:
-        for layer in ("farm.controller", "farm.api", "farm.service", "farm.store", "farm.db"):
-            logging.getLogger(layer).setLevel(logging.ERROR)
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:    # unless more was asked for (INFO)
+        _quiet_local_farm_logs()
     nodes: list[_LocalNode] = []
     with _StopRequest() as stop:
-        controller, nodes = _start_local_farm(config, args.nodes, workspace, quiet)
+        controller, nodes = _start_local_farm(config, args.nodes, workspace)
         try:
             controller.start_in_thread()
             client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
@@ -738,13 +734,11 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
             shutil.rmtree(workspace, ignore_errors=True)
 
 
-def _start_local_farm(config: Config, count: int, workspace: Path, quiet: bool) -> tuple[Any, list["_LocalNode"]]:
+def _start_local_farm(config: Config, count: int, workspace: Path) -> tuple[Any, list["_LocalNode"]]:
     """The controller and its nodes, all in this process."""
     from farm.controller import Controller
 
     controller = Controller(config)
-    if quiet:
-        _quiet_node_logs()
     nodes: list[_LocalNode] = []
     try:
         for index in range(count):
@@ -755,12 +749,14 @@ def _start_local_farm(config: Config, count: int, workspace: Path, quiet: bool) 
     return controller, nodes
 
 
-def _quiet_node_logs() -> None:
-    """The job's failure is printed once by `render`: the nodes' own notes about strips and leases would
-    repeat it, so only their errors and the sandbox warning are shown."""
+def _quiet_local_farm_logs() -> None:
+    """The job's failure is printed once by `render`: the farm's own notes about strips and leases would
+    repeat it, so only errors and the nodes' sandbox warning are shown."""
     def worth_showing(record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR or "UNCONFINED" in record.getMessage()
 
+    for layer in ("farm.controller", "farm.api", "farm.service", "farm.store", "farm.db"):
+        logging.getLogger(layer).setLevel(logging.ERROR)
     for layer in ("farm.node", "farm.render", "farm.bundle", "farm.client", "farm.povray", "farm.sandbox"):
         logging.getLogger(layer).addFilter(worth_showing)
 

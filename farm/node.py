@@ -80,8 +80,7 @@ class Node:
             fetch_radiosity_cache=lambda task: self.client.call("nodes.radiosity_cache", self.node_id,
                                                                 task["lease"]).data,
             watch=lambda task, log_path, when_tracing: _Heartbeat(self, task["lease"], log_path, when_tracing),
-            aborting=self.aborting, flavour=self.flavour)
-        self.renderer.slow_link = self.slow_link
+            aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link)
         self.strips_done = 0
         self._registration = threading.Lock()
         self._working: set[str] = set()   # names of the slots that hold a strip right now

@@ -44,13 +44,13 @@ class UnitRenderer:
     def __init__(self, config: Config, program: str, sandbox: sandboxes.Sandbox,
                  runner: Callable[..., povray.ProcessResult], fetch_bundle: Callable[[str], bytes],
                  fetch_radiosity_cache: Callable[[dict], bytes], watch: WatchFactory, aborting: threading.Event,
-                 flavour: str = povray.CONSOLE):
+                 flavour: str = povray.CONSOLE, slow_link: Callable[[], bool] = lambda: False):
         self.config, self.povray, self.sandbox, self.runner = config, program, sandbox, runner
         self.flavour = flavour      # povray.CONSOLE or povray.PVENGINE (the Windows GUI, driven by INI file)
         self._fetch_bundle, self._fetch_radiosity_cache, self._watch = fetch_bundle, fetch_radiosity_cache, watch
         self.aborting = aborting
         self.encoding = strips.FILTERED   # of the rows delivered; ZLIB for a controller that takes no other
-        self.slow_link: Callable[[], bool] = lambda: False   # the uplink is slow: every byte of the rows counts
+        self.slow_link = slow_link        # the uplink is slow: every byte of the rows counts
         self.bundles = bundle.BundleCache(config.work_dir / "bundles")
         self.photon_maps = PhotonMaps(config.work_dir / "photons")
         self.radiosity_caches = RadiosityCaches(config.work_dir / "radiosity")
