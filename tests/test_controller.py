@@ -847,3 +847,39 @@ def test_the_slow_uplink_settings_come_in_layers(tmp_path):
     assert (default.slow_uplink_bps, default.slow_heartbeat_interval) == (500_000.0, 10.0)
     layered = load_config({}, environ={"POVFARM_SLOW_UPLINK_BPS": "250000"}, config_file=settings)
     assert (layered.slow_uplink_bps, layered.slow_heartbeat_interval) == (250_000.0, 8.0)
+
+
+def database_steps(store: Store, read) -> int:
+    """SQLite virtual-machine steps (in tens) that `read()` takes on the reading connection: a count
+    that does not depend on the machine's speed."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with store.db.read() as db:
+        db.set_progress_handler(count, 10)
+    try:
+        read()
+    finally:
+        with store.db.read() as db:
+            db.set_progress_handler(None, 10)
+    return steps
+
+
+def test_the_node_list_and_the_retry_check_read_the_units_in_flight_not_the_farms_history(farm, scene):
+    submit(farm, scene)
+    n = node(farm)
+    assert farm.call("nodes.poll", n)["lease"]
+    reads = {"node list": lambda: farm.call("nodes.list"),
+             "retry check": lambda: farm.store.units.retry_due(0.0, 1e12)}
+    before = {name: database_steps(farm.store, read) for name, read in reads.items()}
+    with farm.store.db.write() as db:       # a long-lived farm: 20 000 units of jobs long done
+        db.executemany("INSERT INTO units (job, frame, frame_last, idx, row_start, row_end, state, node)"
+                       " VALUES (999, 1, 1, ?, 0, 32, 'done', ?)", [(i, n) for i in range(20_000)])
+    after = {name: database_steps(farm.store, read) for name, read in reads.items()}
+    assert farm.call("nodes.list")[0]["current"]          # the node's lease is still found
+    for name in reads:
+        assert after[name] <= before[name] + 5, (name, before, after)

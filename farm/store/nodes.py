@@ -34,11 +34,16 @@ def touch(db: sqlite3.Connection, node_id: str, now: float) -> Node:
     return node
 
 
+# Spelled out, not a parameter: the partial index of leased units (schema.py) then serves the query on
+# any SQLite, not only on one that plans with the bound values.
+_LEASED = f"state = '{UnitState.LEASED.value}'"
+
+
 def requeue_leases_of(db: sqlite3.Connection, node_id: str) -> list[int]:
     """The node is gone: its leased units go back to the queue. Returns their jobs."""
     jobs = []
-    for row in db.execute(f"SELECT {schema.UNIT_COLUMNS} FROM units WHERE node=? AND state=?",
-                          (node_id, UnitState.LEASED.value)).fetchall():
+    for row in db.execute(f"SELECT {schema.UNIT_COLUMNS} FROM units WHERE node=? AND {_LEASED}",
+                          (node_id,)).fetchall():
         unit = schema.unit(row)
         schema.set_state(db, unit, UnitState.QUEUED, lease_expires=None, progress=0)
         jobs.append(unit.job)
@@ -72,8 +77,8 @@ class NodeRecords:
         with self._db.read() as db:
             return [schema.node(row) for row in db.execute(
                 "SELECT n.*, (SELECT GROUP_CONCAT(u.job || '/' || u.frame || '/' || u.idx)"
-                " FROM units u WHERE u.node=n.id AND u.state=?) AS current"
-                " FROM nodes n ORDER BY n.name, n.registered", (UnitState.LEASED.value,)).fetchall()]
+                f" FROM units u WHERE u.node=n.id AND u.{_LEASED}) AS current"
+                " FROM nodes n ORDER BY n.name, n.registered").fetchall()]
 
     def live(self) -> list[Node]:
         with self._db.read() as db:

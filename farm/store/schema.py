@@ -59,6 +59,10 @@ CREATE INDEX IF NOT EXISTS units_in_line ON units (job, state, frame, row_start,
 CREATE INDEX IF NOT EXISTS units_by_frame ON units (job, frame_last, frame);
 CREATE INDEX IF NOT EXISTS units_by_lease ON units (lease);
 CREATE INDEX IF NOT EXISTS units_by_done ON units (job, done_seq);
+-- Units in flight by node, and units waiting out a retry pause: few at any time, however long the
+-- farm's history grows, so the node list and the scheduler's tick never read every unit ever rendered.
+CREATE INDEX IF NOT EXISTS units_leased_by_node ON units (node) WHERE state = 'leased';
+CREATE INDEX IF NOT EXISTS units_queued_by_retry ON units (retry_at) WHERE state = 'queued';
 CREATE TABLE IF NOT EXISTS failures (
     job INTEGER NOT NULL, unit INTEGER NOT NULL, node_name TEXT NOT NULL, error TEXT, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, node_name);

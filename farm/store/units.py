@@ -130,8 +130,8 @@ class UnitRecords:
     def retry_due(self, after: float, until: float) -> bool:
         """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
         with self._db.read() as db:
-            return db.execute("SELECT 1 FROM units WHERE state=? AND retry_at > ? AND retry_at <= ? LIMIT 1",
-                              (UnitState.QUEUED.value, after, until)).fetchone() is not None
+            return db.execute(f"SELECT 1 FROM units WHERE state = '{UnitState.QUEUED.value}'"    # its partial index
+                              " AND retry_at > ? AND retry_at <= ? LIMIT 1", (after, until)).fetchone() is not None
 
     # -- leases ------------------------------------------------------------------------------
 
