@@ -883,3 +883,27 @@ def test_the_node_list_and_the_retry_check_read_the_units_in_flight_not_the_farm
     assert farm.call("nodes.list")[0]["current"]          # the node's lease is still found
     for name in reads:
         assert after[name] <= before[name] + 5, (name, before, after)
+
+
+def test_jobs_list_shows_a_running_jobs_counts_a_moment_late_and_its_state_and_priority_at_once(farm, scene):
+    """Many pages list the jobs every 2 s while a job stores strips many times a second: its counts are
+    recomputed at most once a second, but what a user changes shows at once."""
+    job = submit(farm, scene, strips=4, height=128)
+    n = node(farm)
+    listed = lambda: farm.call("jobs.list")[0]          # noqa: E731
+
+    def store_one() -> None:
+        task = farm.call("nodes.poll", n)
+        farm.call("nodes.complete", n, task["lease"], rows_for(task), 0.5)
+
+    store_one()
+    assert (listed()["state"], listed()["strips_done"]) == ("rendering", 1)
+    store_one()
+    assert listed()["strips_done"] == 1                  # the same second: counted a moment later
+    farm.clock_.now += 1.0
+    assert listed()["strips_done"] == 2
+    store_one()
+    assert farm.call("jobs.set_priority", job, 5) and listed()["priority"] == 5
+    assert farm.call("jobs.pause", job) and listed()["state"] == "paused"
+    assert listed()["strips_done"] == 3
+    assert farm.call("jobs.status", job)["strips_done"] == 3     # one job's own status is never late

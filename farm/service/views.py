@@ -7,7 +7,8 @@ for the wire. The public API calls units "strips" (its version 1 names).
 from __future__ import annotations
 
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
 from farm import scheduler, strips
 from farm.records import Job, Node, StoredRows
@@ -16,13 +17,15 @@ from farm.states import FrameState, JobState, UnitState
 from farm.store import Store
 
 FEED_BATCH = 64      # stored units per viewer.watch reply
+LISTED_FRESH = 1.0   # seconds a running job's counts in jobs.list may lag (pages refresh every 2 s);
+                     # a change of its state or priority shows at once
 
 
 class Views:
-    def __init__(self, store: Store, changes: Changes):
-        self._store, self._changes = store, changes
+    def __init__(self, store: Store, changes: Changes, clock: Callable[[], float] = time.monotonic):
+        self._store, self._changes, self._clock = store, changes, clock
         self._cached: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
-        self._listed: dict[int, tuple[tuple[int, int], dict]] = {}    # job -> (version, status) for jobs.list
+        self._listed: dict[int, tuple[tuple[int, int], dict, float]] = {}  # job -> (version, status, built at)
         self._lock = threading.Lock()
 
     def job_status(self, job: Job, detail: bool) -> dict[str, Any]:
@@ -64,15 +67,15 @@ class Views:
         return scheduler.seconds_left(round(rows_left), self._store.units.cost_samples(job_id), slots)
 
     def jobs(self) -> list[dict[str, Any]]:
-        """Every job's status; each computed once per change of the job, however many pages ask every
-        few seconds (an ended job's, once)."""
-        statuses = []
+        """Every job's status, however many pages ask every few seconds: an ended job's computed once, a
+        running job's (which changes with every stored strip) at most once per LISTED_FRESH seconds."""
+        statuses, now = [], self._clock()
         for job in self._store.jobs.all():
             version = self._changes.version(job.id)
             with self._lock:
                 cached = self._listed.get(job.id)
-            if cached is None or cached[0] != version:
-                cached = (version, self.job_status(job, detail=False))
+            if cached is None or not _still_listed(cached, job, version, now):
+                cached = (version, self.job_status(job, detail=False), now)
                 with self._lock:
                     self._listed[job.id] = cached
             statuses.append(cached[1])
@@ -111,6 +114,14 @@ class Views:
         with self._lock:
             self._cached[job.id] = (version, status, in_flight)
         return status, in_flight
+
+
+def _still_listed(cached: tuple[tuple[int, int], dict, float], job: Job, version: tuple[int, int], now: float) -> bool:
+    """Whether a job's listed status may be shown again: nothing changed, or only its counts did, and
+    not long ago."""
+    seen, status, built = cached
+    return seen == version or (0 <= now - built < LISTED_FRESH and status["state"] == job.state.value
+                               and status["priority"] == job.priority)
 
 
 def feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:
