@@ -152,10 +152,12 @@ def page_process(url: str, token: str | None, commands, results, nice: int = 0) 
         feed, tables = make_client(url, token, PAGE_POLL_TIMEOUT + 30), make_client(url, token)
         stop = threading.Event()
 
-        def refresh_tables() -> None:
-            while not stop.wait(PAGE_REFRESH):
+        def refresh_tables() -> None:     # at once, as the page does when it opens, then every PAGE_REFRESH
+            while True:
                 tables.call("jobs.list")
                 tables.call("nodes.list")
+                if stop.wait(PAGE_REFRESH):
+                    return
 
         refresher = threading.Thread(target=refresh_tables, daemon=True)
         refresher.start()
