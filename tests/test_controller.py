@@ -907,3 +907,19 @@ def test_jobs_list_shows_a_running_jobs_counts_a_moment_late_and_its_state_and_p
     assert farm.call("jobs.pause", job) and listed()["state"] == "paused"
     assert listed()["strips_done"] == 3
     assert farm.call("jobs.status", job)["strips_done"] == 3     # one job's own status is never late
+
+
+def test_a_new_job_does_not_make_jobs_list_recompute_the_ended_ones(farm, scene, monkeypatch):
+    """Submitting a job is a farm-wide change (viewers following the newest job move to it); the status of
+    every job already listed stays as it was, so listing a long history stays cheap."""
+    for _ in range(5):
+        farm.call("jobs.cancel", submit(farm, scene))
+    assert len(farm.call("jobs.list")) == 5
+    computed = []
+    views = farm.services.views
+    original = views.job_status
+    monkeypatch.setattr(views, "job_status", lambda job, detail: computed.append(job.id) or original(job, detail))
+    farm.clock_.now += 60
+    newest = submit(farm, scene)
+    assert len(farm.call("jobs.list")) == 6
+    assert computed == [newest]

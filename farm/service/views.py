@@ -25,7 +25,7 @@ class Views:
     def __init__(self, store: Store, changes: Changes, clock: Callable[[], float] = time.monotonic):
         self._store, self._changes, self._clock = store, changes, clock
         self._cached: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
-        self._listed: dict[int, tuple[tuple[int, int], dict, float]] = {}  # job -> (version, status, built at)
+        self._listed: dict[int, tuple[int, dict, float]] = {}  # job -> (its own version, status, built at)
         self._lock = threading.Lock()
 
     def job_status(self, job: Job, detail: bool) -> dict[str, Any]:
@@ -71,7 +71,9 @@ class Views:
         running job's (which changes with every stored strip) at most once per LISTED_FRESH seconds."""
         statuses, now = [], self._clock()
         for job in self._store.jobs.all():
-            version = self._changes.version(job.id)
+            # The job's own changes only: a farm-wide one (a job submitted, a node gone) leaves every other
+            # job's status as it was, and a farm with hundreds of ended jobs must not list them all anew.
+            version = self._changes.version(job.id)[1]
             with self._lock:
                 cached = self._listed.get(job.id)
             if cached is None or not _still_listed(cached, job, version, now):
@@ -116,7 +118,7 @@ class Views:
         return status, in_flight
 
 
-def _still_listed(cached: tuple[tuple[int, int], dict, float], job: Job, version: tuple[int, int], now: float) -> bool:
+def _still_listed(cached: tuple[int, dict, float], job: Job, version: int, now: float) -> bool:
     """Whether a job's listed status may be shown again: nothing changed, or only its counts did, and
     not long ago."""
     seen, status, built = cached
