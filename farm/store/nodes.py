@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import secrets
 import sqlite3
@@ -34,15 +36,13 @@ def touch(db: sqlite3.Connection, node_id: str, now: float) -> Node:
     return node
 
 
-# Spelled out, not a parameter: the partial index of leased units (schema.py) then serves the query on
-# any SQLite, not only on one that plans with the bound values.
-_LEASED = f"state = '{UnitState.LEASED.value}'"
+_HELD = f"state = '{UnitState.LEASED.value}' AND {schema.OPEN_JOBS}"    # the units nodes hold now
 
 
 def requeue_leases_of(db: sqlite3.Connection, node_id: str) -> list[int]:
     """The node is gone: its leased units go back to the queue. Returns their jobs."""
     jobs = []
-    for row in db.execute(f"SELECT {schema.UNIT_COLUMNS} FROM units WHERE node=? AND {_LEASED}",
+    for row in db.execute(f"SELECT {schema.UNIT_COLUMNS} FROM units WHERE node=? AND {_HELD}",
                           (node_id,)).fetchall():
         unit = schema.unit(row)
         schema.set_state(db, unit, UnitState.QUEUED, lease_expires=None, progress=0)
@@ -75,10 +75,13 @@ class NodeRecords:
     def all(self) -> list[Node]:
         """Every node, with the units it holds now."""
         with self._db.read() as db:
-            return [schema.node(row) for row in db.execute(
-                "SELECT n.*, (SELECT GROUP_CONCAT(u.job || '/' || u.frame || '/' || u.idx)"
-                f" FROM units u WHERE u.node=n.id AND u.{_LEASED}) AS current"
-                " FROM nodes n ORDER BY n.name, n.registered").fetchall()]
+            nodes = db.execute("SELECT * FROM nodes ORDER BY name, registered").fetchall()
+            held = db.execute(f"SELECT node, job, frame, idx FROM units WHERE {_HELD} ORDER BY job, frame, idx"
+                              ).fetchall()
+        current: dict[str, list[str]] = collections.defaultdict(list)
+        for unit in held:
+            current[unit["node"]].append(f"{unit['job']}/{unit['frame']}/{unit['idx']}")
+        return [dataclasses.replace(schema.node(row), current=",".join(current[row["id"]])) for row in nodes]
 
     def live(self) -> list[Node]:
         with self._db.read() as db:

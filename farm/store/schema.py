@@ -14,7 +14,7 @@ from typing import Any
 from farm.animation import Animation
 from farm.records import Frame, Job, Node, StoredRows, Unit
 from farm.strips import ROWS, ZLIB, PreviewMode
-from farm.states import FrameState, JobState, NodeState, UnitState, check_transition
+from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, UnitState, check_transition
 
 SCHEMA_VERSION = 2
 
@@ -59,13 +59,14 @@ CREATE INDEX IF NOT EXISTS units_in_line ON units (job, state, frame, row_start,
 CREATE INDEX IF NOT EXISTS units_by_frame ON units (job, frame_last, frame);
 CREATE INDEX IF NOT EXISTS units_by_lease ON units (lease);
 CREATE INDEX IF NOT EXISTS units_by_done ON units (job, done_seq);
--- Units in flight by node, and units waiting out a retry pause: few at any time, however long the
--- farm's history grows, so the node list and the scheduler's tick never read every unit ever rendered.
-CREATE INDEX IF NOT EXISTS units_leased_by_node ON units (node) WHERE state = 'leased';
-CREATE INDEX IF NOT EXISTS units_queued_by_retry ON units (retry_at) WHERE state = 'queued';
+-- Units that ever failed (their retry pause): few, and written only when a unit fails, so the
+-- scheduler's tick finds the pauses ending without reading every unit the farm ever rendered.
+CREATE INDEX IF NOT EXISTS units_retrying ON units (retry_at) WHERE retry_at > 0;
 CREATE TABLE IF NOT EXISTS failures (
     job INTEGER NOT NULL, unit INTEGER NOT NULL, node_name TEXT NOT NULL, error TEXT, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job, node_name);
+-- Jobs by state: the unfinished ones are few however long the farm's history (OPEN_JOBS below).
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, info TEXT NOT NULL,
     registered REAL NOT NULL, last_seen REAL NOT NULL,
@@ -73,6 +74,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     error TEXT,
     upload_bps REAL NOT NULL DEFAULT 0);   -- its measured upload rate (bytes/s), from its heartbeats
 """
+
+# The units of unfinished jobs, as a condition on `job`: with jobs_by_state and the units' (job, state)
+# indexes, a query over the units in flight or in line reads those of the few open jobs, never the
+# history. Ended jobs hold no such units: ending a job ends its open work (jobs.end_open_work).
+OPEN_JOBS = ("job IN (SELECT id FROM jobs WHERE state IN (%s))"
+             % ", ".join(f"'{state.value}'" for state in JobState if state not in FINISHED_JOB_STATES))
 
 # A database made by version 1 (table "strips", per-node "strips_done"...) is renamed in place.
 _FROM_VERSION_1 = [

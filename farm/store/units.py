@@ -16,7 +16,7 @@ from farm.faults import Code, FarmError
 from farm.policy import Failures, JobInLine
 from farm.records import FailureVerdict, Lease, Node, StoredRows, Unit
 from farm.scheduler import Finished, Running
-from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, UnitState
+from farm.states import FrameState, JobState, NodeState, UnitState
 from farm.store import schema
 from farm.store.jobs import fail_job_in, job_in
 from farm.store.nodes import touch
@@ -110,12 +110,9 @@ class UnitRecords:
     def open_count(self) -> int:
         """Units of unfinished jobs still to be rendered: queued, waiting or leased (previews aside)."""
         with self._db.read() as db:
-            # By unfinished job, so the (job, state) index answers it however long the history.
-            return db.execute(
-                "SELECT COUNT(*) FROM units WHERE job IN (SELECT id FROM jobs WHERE state NOT IN (?, ?, ?))"
-                " AND state IN (?, ?, ?) AND kind != ?",
-                (*(state.value for state in FINISHED_JOB_STATES), UnitState.QUEUED.value,
-                 UnitState.WAITING.value, UnitState.LEASED.value, PREVIEW)).fetchone()[0]
+            return db.execute(f"SELECT COUNT(*) FROM units WHERE {schema.OPEN_JOBS} AND state IN (?, ?, ?) AND kind != ?",
+                              (UnitState.QUEUED.value, UnitState.WAITING.value, UnitState.LEASED.value,
+                               PREVIEW)).fetchone()[0]
 
     def cost_samples(self, job_id: int, recent: int = 256) -> list[Finished]:
         """The job's `recent` last finished row units as the cost model reads them (what is left costs
@@ -130,8 +127,9 @@ class UnitRecords:
     def retry_due(self, after: float, until: float) -> bool:
         """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
         with self._db.read() as db:
-            return db.execute(f"SELECT 1 FROM units WHERE state = '{UnitState.QUEUED.value}'"    # its partial index
-                              " AND retry_at > ? AND retry_at <= ? LIMIT 1", (after, until)).fetchone() is not None
+            return db.execute("SELECT 1 FROM units WHERE retry_at > 0"     # spelled out: the condition of its index
+                              " AND retry_at > ? AND retry_at <= ? AND state=? LIMIT 1",
+                              (after, until, UnitState.QUEUED.value)).fetchone() is not None
 
     # -- leases ------------------------------------------------------------------------------
 
