@@ -96,20 +96,27 @@ def _work(unit: Finished) -> float:
 def node_speeds(finished: Sequence[Finished], rounds: int = SPEED_ROUNDS) -> tuple[dict[str, float], list[float]]:
     """Relative node speeds (mean 1 over the nodes measured) and each unit's seconds per row at speed 1."""
     order = sorted(finished, key=lambda unit: unit.row_start)
-    speeds = {unit.node: 1.0 for unit in order}
+    nodes = [unit.node for unit in order]
+    work = [_work(unit) for unit in order]
+    rows = [unit.rows for unit in order]
+    # Each unit's neighbours rendered by another node: the same in every round, so found once (a job's
+    # status computes this for its ETA, several times a second while viewers watch a busy job).
+    neighbours = [(index, [j for j in (index - 1, index + 1) if 0 <= j < len(order) and nodes[j] != node])
+                  for index, node in enumerate(nodes)]
+    neighbours = [(index, near) for index, near in neighbours if near]
+    speeds = dict.fromkeys(nodes, 1.0)
     for _ in range(rounds):
-        cost = [speeds[unit.node] * _work(unit) / unit.rows for unit in order]
+        cost = [speeds[node] * seconds / count for node, seconds, count in zip(nodes, work, rows)]
         ratios: dict[str, list[float]] = {}
-        for index, unit in enumerate(order):
-            near = [cost[j] for j in (index - 1, index + 1) if 0 <= j < len(order) and order[j].node != unit.node]
-            if near:
-                ratios.setdefault(unit.node, []).append(statistics.fmean(near) * unit.rows / _work(unit))
+        for index, near in neighbours:
+            mean = cost[near[0]] if len(near) == 1 else (cost[near[0]] + cost[near[1]]) / 2
+            ratios.setdefault(nodes[index], []).append(mean * rows[index] / work[index])
         if not ratios:
             break
         estimates = {node: statistics.median(values) for node, values in ratios.items()}
         mean = statistics.fmean(estimates.values())
         speeds = {node: estimates.get(node, mean) / mean for node in speeds}
-    return speeds, [speeds[unit.node] * _work(unit) / unit.rows for unit in order]
+    return speeds, [speeds[node] * seconds / count for node, seconds, count in zip(nodes, work, rows)]
 
 
 def model(finished: Sequence[Finished], cut: int, nearest: int = 3) -> Model | None:
