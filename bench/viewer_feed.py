@@ -13,9 +13,11 @@ twenty of them fit on a small box beside the controller). Reports:
    controller is busy but not saturated.
 2. cost: strips per second the nodes get through when they deliver as fast as the controller lets
    them, with no viewer, with 20 pygame viewers and with 20 pages watching, each repeated `--repeat`
-   times (medians). Writing the finished PNG (after the last strip) is left out. Viewers run niced
-   (`--viewer-nice`, default 19): they stand for people's own machines, so on a small box they get
-   the CPU the controller and the nodes leave idle, and what is measured is the controller's cost.
+   times (medians; each round starts with another of the three, and the cost is also given round by
+   round against the same round's run without viewers). Writing the finished PNG (after the last
+   strip) is left out. Viewers run niced (`--viewer-nice`, default 19): they stand for people's own
+   machines, so on a small box they get the CPU the controller and the nodes leave idle, and what is
+   measured is the controller's cost.
 
     python bench/viewer_feed.py [--viewers 20] [--nodes 4] [--repeat 3] [--viewer-nice 19]
 
@@ -297,6 +299,12 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def round_costs(runs: list[dict], kind: str) -> list[float]:
+    """Per round, what the viewers of `kind` cost against the run without viewers of the same round."""
+    rates = {(r["round"], r["kind"]): r["strips_per_second"] for r in runs}
+    return [1 - rates[round_, kind] / rates[round_, "none"] for round_, k in rates if k == kind]
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
@@ -321,12 +329,15 @@ def main() -> int:
     began = time.monotonic()
     bench = Bench(args)
     delay_runs, throughput_runs = [], []
+    kinds = [(0, "none"), (args.viewers, "pygame"), (args.viewers, "page")]
     try:
-        for _ in range(args.repeat):
+        for round_ in range(args.repeat):
             for viewers in (1, args.viewers):
                 delay_runs.append(bench.run(viewers, args.delay_strips, args.render_time))
-            for viewers, kind in ((0, "none"), (args.viewers, "pygame"), (args.viewers, "page")):
-                throughput_runs.append(bench.run(viewers, args.strips, 0.0, kind))
+            # Each round starts with another kind: the store's history grows and the box drifts from run
+            # to run, and neither should weigh on one kind more than on another.
+            for viewers, kind in kinds[round_ % 3:] + kinds[:round_ % 3]:
+                throughput_runs.append({**bench.run(viewers, args.strips, 0.0, kind), "round": round_})
     finally:
         bench.close()
 
@@ -363,9 +374,11 @@ def main() -> int:
     print()
     for kind in ("pygame", "page"):
         loaded = summary["throughput"][kind]["strips_per_second_median"]
-        summary["throughput"][kind]["cost"] = round(1 - loaded / base, 4)
+        paired = round_costs(throughput_runs, kind)
+        summary["throughput"][kind].update(cost=round(1 - loaded / base, 4), round_costs=[round(c, 4) for c in paired])
         print(f"{args.viewers} {'pygame viewers' if kind == 'pygame' else 'pages'} cost "
-              f"{100 * (1 - loaded / base):.1f}% of the farm's strip throughput")
+              f"{100 * (1 - loaded / base):.1f}% of the farm's strip throughput (round by round: median "
+              f"{100 * statistics.median(paired):.1f}%, {100 * min(paired):.1f} to {100 * max(paired):.1f}%)")
     print(f"run took {time.monotonic() - began:.0f} s")
 
     args.output.mkdir(parents=True, exist_ok=True)
