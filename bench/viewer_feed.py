@@ -15,11 +15,13 @@ twenty of them fit on a small box beside the controller). Reports:
    them, with no viewer, with 20 pygame viewers and with 20 pages watching, each repeated `--repeat`
    times (medians; each round starts with another of the three, and the cost is also given round by
    round against the same round's run without viewers). Writing the finished PNG (after the last
-   strip) is left out. Viewers run niced (`--viewer-nice`, default 19): they stand for people's own
-   machines, so on a small box they get the CPU the controller and the nodes leave idle, and what is
-   measured is the controller's cost.
+   strip) is left out. Viewers stand for people's own machines: by default they run at the idle
+   scheduling priority (`--viewer-priority idle`, Linux's SCHED_IDLE; elsewhere nice 19), so on a small
+   box they get only the CPU the controller and the nodes leave, and what is measured is the
+   controller's cost. `--viewer-priority nice` runs them at nice 19 (twenty of them together still take
+   a share of the CPU when they all wake at once), `equal` as the controller.
 
-    python bench/viewer_feed.py [--viewers 20] [--nodes 4] [--repeat 3] [--viewer-nice 19]
+    python bench/viewer_feed.py [--viewers 20] [--nodes 4] [--repeat 3] [--viewer-priority idle]
 
 Prints a table and saves the figures as JSON under bench/results/.
 """
@@ -107,10 +109,20 @@ def nodes_process(url: str, token: str | None, count: int, commands, results) ->
 
 # -- viewers (a process each) ------------------------------------------------------------------------------
 
-def viewer_process(url: str, token: str | None, commands, results, nice: int = 0) -> None:
+def lower_priority(priority: str) -> None:
+    """Give this viewer process the CPU the controller and the nodes leave (see --viewer-priority)."""
+    if priority == "equal":
+        return
+    if priority == "idle" and hasattr(os, "sched_setscheduler"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.nice(19)
+
+
+def viewer_process(url: str, token: str | None, commands, results, priority: str = "equal") -> None:
     from farm.viewer import FINISHED, Feed
 
-    os.nice(nice)
+    lower_priority(priority)
     results.put("ready")
     session = 0
     while True:
@@ -142,10 +154,10 @@ PAGE_POLL_TIMEOUT = 25.0     # app.js: POLL_TIMEOUT
 PAGE_REFRESH = 2.0           # app.js: REFRESH_MS, the jobs and nodes tables
 
 
-def page_process(url: str, token: str | None, commands, results, nice: int = 0) -> None:
+def page_process(url: str, token: str | None, commands, results, priority: str = "equal") -> None:
     """What an open page asks of the controller while it shows a job: the feed stream (GET /feed, read
     as it comes), and jobs.list plus nodes.list every couple of seconds."""
-    os.nice(nice)
+    lower_priority(priority)
     results.put("ready")
     while True:
         job = commands.get()
@@ -208,7 +220,7 @@ class Bench:
             for _ in range(args.viewers):
                 commands, results = ctx.Queue(), ctx.Queue()
                 process = ctx.Process(target=target, daemon=True,
-                                      args=(self.url, self.view_token, commands, results, args.viewer_nice))
+                                      args=(self.url, self.view_token, commands, results, args.viewer_priority))
                 process.start()
                 self.viewers[kind].append((process, commands, results))
         assert self.node_results.get(timeout=60) == "ready"
@@ -320,9 +332,10 @@ def main() -> int:
                              "a small part of a run, as it is of a real job)")
     parser.add_argument("--delay-strips", type=int, default=40, help="strips per job in the delay runs")
     parser.add_argument("--render-time", type=float, default=0.1, help="simulated seconds per strip (delay runs)")
-    parser.add_argument("--viewer-nice", type=int, default=19,
-                        help="niceness of the viewer processes: viewers run on people's own boxes, so by default "
-                             "they get only CPU the controller and nodes leave idle (0: compete as equals)")
+    parser.add_argument("--viewer-priority", choices=("idle", "nice", "equal"), default="idle",
+                        help="CPU priority of the viewer processes: viewers run on people's own boxes, so by "
+                             "default they get only CPU the controller and nodes leave (idle: SCHED_IDLE; "
+                             "nice: nice 19; equal: compete as equals)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
 
@@ -356,7 +369,7 @@ def main() -> int:
             "viewers_cpu_ms_per_strip": statistics.median(r["cpu_ms_per_strip"]["viewers"] for r in runs)}
 
     print(f"viewer feed: {args.nodes} simulated nodes, {WIDTH}-pixel-wide strips of {BLOCK} rows, "
-          f"{os.cpu_count()} CPUs, everything on this box")
+          f"{os.cpu_count()} CPUs, everything on this box, viewers at {args.viewer_priority} priority")
     print(f"\ndelay, strip delivered -> viewer has it ({args.delay_strips} strips x {args.repeat} runs, "
           f"{args.render_time * 1000:.0f} ms per strip per node)")
     print(f"  {'viewers':>8} {'median':>10} {'p95':>10} {'max':>10} {'samples':>8}")
