@@ -976,6 +976,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self._methods: dict[str, Callable[..., Any]] = {}
         self._roles: dict[str, frozenset[str]] = {}
         self._signatures: dict[str, inspect.Signature] = {}
+        self._encoded: dict[str, tuple[Any, bytes]] = {}   # shared method -> (its last result, encoded)
         self.streams: dict[str, _Stream] = {}
         super().__init__(address, requestHandler=RequestHandler, logRequests=False,
                          allow_none=False, use_builtin_types=False)
@@ -1089,9 +1090,21 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         if isinstance(result, FileReply):
             return result
         try:
-            return xmlrpc.client.dumps((result,), methodresponse=True, allow_none=False).encode()
+            return self._encode(method, result)
         except (TypeError, OverflowError, RecursionError):
             return self.dump_fault(self._internal_fault(method))
+
+    def _encode(self, method: str, result: Any) -> bytes:
+        """The response carrying `result`. A method marked shared (`farm.api.rpc`) returns the very same
+        object while its answer is unchanged, so the bytes made for it last time serve again: twenty pages
+        listing fifty jobs every two seconds cost one encoding, not twenty."""
+        last = self._encoded.get(method)
+        if last is not None and last[0] is result:
+            return last[1]
+        body = xmlrpc.client.dumps((result,), methodresponse=True, allow_none=False).encode()
+        if getattr(self._methods[method], "rpc_shared", False):
+            self._encoded[method] = (result, body)
+        return body
 
     def _marshaled_dispatch(self, data, dispatch_method=None, path=None):
         # Only reachable without the handler above; never without roles.

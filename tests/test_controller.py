@@ -923,3 +923,27 @@ def test_a_new_job_does_not_make_jobs_list_recompute_the_ended_ones(farm, scene,
     newest = submit(farm, scene)
     assert len(farm.call("jobs.list")) == 6
     assert computed == [newest]
+
+
+def test_pages_listing_unchanged_jobs_share_one_encoding_of_the_list(server, scene, monkeypatch):
+    """jobs.list is encoded once while nothing in it changes, however many pages ask; a change is
+    encoded anew."""
+    client = as_user(server)
+    digest = client.call("bundles.upload", xmlrpc.client.Binary(pack(plan_bundle(scene))))
+    job = client.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 8, "height": 64, "preview": False})
+    client.call("jobs.cancel", job)
+    encoded = []
+    dumps = xmlrpc.client.dumps
+
+    def counting(params, *args, methodresponse=None, **kwargs):
+        if methodresponse and params and isinstance(params[0], list) and params[0] and "strips_total" in params[0][0]:
+            encoded.append(params[0])
+        return dumps(params, *args, methodresponse=methodresponse, **kwargs)
+
+    monkeypatch.setattr(xmlrpc.client, "dumps", counting)
+    pages = [Client(server.url, timeout=10, token=server.tokens["view"]) for _ in range(3)]
+    listed = [page.call("jobs.list") for page in pages for _ in range(2)]
+    assert all(jobs == listed[0] for jobs in listed) and listed[0][0]["state"] == "canceled"
+    assert len(encoded) == 1
+    client.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 8, "height": 64, "preview": False})
+    assert len(pages[0].call("jobs.list")) == 2 and len(encoded) == 2

@@ -19,10 +19,13 @@ READERS = frozenset({SUBMIT, VIEW})
 API_VERSION = 1
 
 
-def rpc(*roles: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark a namespace method as public, for the token roles given."""
+def rpc(*roles: str, shared: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a namespace method as public, for the token roles given. `shared`: it returns the very same
+    object for as long as its answer stays the same, and never changes an object it returned, so the
+    server may send the bytes it encoded for that object before."""
     def mark(function: Callable[..., Any]) -> Callable[..., Any]:
         function.rpc_roles = frozenset(roles)   # type: ignore[attr-defined]
+        function.rpc_shared = shared            # type: ignore[attr-defined]
         return function
     return mark
 

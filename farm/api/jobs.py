@@ -79,7 +79,7 @@ class JobsAPI:
             current = self._store.jobs.get(job_id)
         return self._views.job_status(current, detail=False)
 
-    @rpc(*READERS)
+    @rpc(*READERS, shared=True)
     def list(self) -> list:
         """Every job, without the per-strip detail.
 

@@ -26,6 +26,7 @@ class Views:
         self._store, self._changes, self._clock = store, changes, clock
         self._cached: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
         self._listed: dict[int, tuple[int, dict, float]] = {}  # job -> (its own version, status, built at)
+        self._listing: list[dict] = []      # what jobs() returned last
         self._lock = threading.Lock()
 
     def job_status(self, job: Job, detail: bool) -> dict[str, Any]:
@@ -68,7 +69,8 @@ class Views:
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job's status, however many pages ask every few seconds: an ended job's computed once, a
-        running job's (which changes with every stored strip) at most once per LISTED_FRESH seconds."""
+        running job's (which changes with every stored strip) at most once per LISTED_FRESH seconds.
+        While no status changed, the very list returned before (jobs.list is a shared RPC method)."""
         statuses, now = [], self._clock()
         for job in self._store.jobs.all():
             # The job's own changes only: a farm-wide one (a job submitted, a node gone) leaves every other
@@ -81,6 +83,10 @@ class Views:
                 with self._lock:
                     self._listed[job.id] = cached
             statuses.append(cached[1])
+        with self._lock:
+            if len(statuses) == len(self._listing) and all(a is b for a, b in zip(statuses, self._listing)):
+                return self._listing
+            self._listing = statuses
         return statuses
 
     def nodes(self) -> list[dict[str, Any]]:
