@@ -72,16 +72,16 @@ class Views:
         running job's (which changes with every stored strip) at most once per LISTED_FRESH seconds.
         While no status changed, the very list returned before (jobs.list is a shared RPC method)."""
         statuses, now = [], self._clock()
-        for job in self._store.jobs.all():
+        for job_id, state, priority in self._store.jobs.headlines():
             # The job's own changes only: a farm-wide one (a job submitted, a node gone) leaves every other
             # job's status as it was, and a farm with hundreds of ended jobs must not list them all anew.
-            version = self._changes.version(job.id)[1]
+            version = self._changes.version(job_id)[1]
             with self._lock:
-                cached = self._listed.get(job.id)
-            if cached is None or not _still_listed(cached, job, version, now):
-                cached = (version, self.job_status(job, detail=False), now)
+                cached = self._listed.get(job_id)
+            if cached is None or not _still_listed(cached, state, priority, version, now):
+                cached = (version, self.job_status(self._store.jobs.get(job_id), detail=False), now)
                 with self._lock:
-                    self._listed[job.id] = cached
+                    self._listed[job_id] = cached
             statuses.append(cached[1])
         with self._lock:
             if len(statuses) == len(self._listing) and all(a is b for a, b in zip(statuses, self._listing)):
@@ -124,12 +124,12 @@ class Views:
         return status, in_flight
 
 
-def _still_listed(cached: tuple[int, dict, float], job: Job, version: int, now: float) -> bool:
+def _still_listed(cached: tuple[int, dict, float], state: JobState, priority: int, version: int, now: float) -> bool:
     """Whether a job's listed status may be shown again: nothing changed, or only its counts did, and
     not long ago."""
     seen, status, built = cached
-    return seen == version or (0 <= now - built < LISTED_FRESH and status["state"] == job.state.value
-                               and status["priority"] == job.priority)
+    return seen == version or (0 <= now - built < LISTED_FRESH and status["state"] == state.value
+                               and status["priority"] == priority)
 
 
 def feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:

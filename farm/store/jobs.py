@@ -73,9 +73,12 @@ class JobRecords:
         with self._db.read() as db:
             return job_in(db, job_id)
 
-    def all(self) -> list[Job]:
+    def headlines(self) -> list[tuple[int, JobState, int]]:
+        """(id, state, priority) of every job, oldest first: what tells a listing which statuses changed,
+        without decoding each job's whole record."""
         with self._db.read() as db:
-            return [schema.job(row) for row in db.execute("SELECT * FROM jobs ORDER BY id").fetchall()]
+            return [(row[0], JobState(row[1]), row[2])
+                    for row in db.execute("SELECT id, state, priority FROM jobs ORDER BY id").fetchall()]
 
     def newest_id(self) -> int:
         """The newest job's id, 0 when there is none."""
