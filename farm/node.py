@@ -11,8 +11,6 @@ what goes back to the controller as error text is capped and names no node paths
 
 from __future__ import annotations
 
-import concurrent.futures
-import json
 import logging
 import math
 import os
@@ -35,6 +33,7 @@ from farm.client import Client, client_for
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
+from farm.probe import probe_povray
 from farm.records import RenderOutcome
 from farm.render import UnitRenderer
 
@@ -74,7 +73,8 @@ class Node:
         # Built once, probing bubblewrap once; raises FarmError when --sandbox bwrap cannot be had.
         self.sandbox = sandbox or sandboxes.build(config.sandbox, self.povray, config.max_memory_mb,
                                                   config.max_output_mb)
-        self.version, self.broken = self._probe()
+        self.version, self.broken = probe_povray(self.povray, self.sandbox, self.flavour, runner,
+                                                 cache=config.probe_cache, scratch=config.work_dir / "probe")
         self.renderer = UnitRenderer(
             config, self.povray, self.sandbox, runner, fetch_bundle=self._fetch_bundle,
             fetch_radiosity_cache=lambda task: self.client.call("nodes.radiosity_cache", self.node_id,
@@ -91,34 +91,6 @@ class Node:
         self.beats = _Beats(self)
         self._report_stats = hasattr(client, "uploads")
         self._reported_rate = 0.0         # the upload rate the controller last heard
-
-    def _probe(self) -> tuple[str | None, str | None]:
-        """(POV-Ray's version, None) when it runs, inside the sandbox too; else (None, what is wrong).
-        A success is remembered per POV-Ray binary and sandbox, so a restarted node (or the nodes of
-        `povfarm render`) start without waiting on POV-Ray's slow start-up twice more."""
-        key = _probe_key(self.povray, self.sandbox, self.flavour)
-        remembered = _read_json(self.config.probe_cache)
-        if key and remembered.get("key") == key:
-            return remembered["version"], None
-        if self.flavour == povray.PVENGINE:
-            # The GUI has no --version and cannot run in bubblewrap: render a test scene the farm's way.
-            version, broken = povray.probe_gui(self.povray, self.config.work_dir / "probe", self.runner)
-            if version and key:
-                _write_json(self.config.probe_cache, {"key": key, "version": version})
-            return version, broken
-        # Both probes start POV-Ray, which takes a moment: run them side by side.
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            plain = pool.submit(povray.probe, self.povray)
-            confined = pool.submit(self.sandbox.check, [self.povray, "--version"]) if self.sandbox.confined \
-                else None
-            version, broken = plain.result()
-            problem = confined.result() if confined is not None else ""
-        if version and problem:
-            return None, (f"POV-Ray runs, but not inside the bubblewrap sandbox ({problem}); install it under "
-                          f"/usr or run the node with --sandbox none at your own risk")
-        if version and key:
-            _write_json(self.config.probe_cache, {"key": key, "version": version})
-        return version, broken
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -442,39 +414,6 @@ class Node:
                 delay = self._backoff(delay, ceiling=RETRY_CEILING)
                 log.warning("%s for lease %s: %s; retrying delivery in %.1f s", method, lease, err, delay)
                 self.aborting.wait(delay)
-
-
-def _probe_key(program: str, sandbox: sandboxes.Sandbox, flavour: str = povray.CONSOLE) -> str:
-    """What a probe's answer depends on: the POV-Ray binary (and how it is driven) and the sandbox
-    program, as files."""
-    parts = [sandbox.kind, flavour]
-    for path in (program, sandbox.bwrap):
-        if path:
-            try:
-                info = os.stat(path)
-            except OSError:
-                return ""
-            parts += [os.path.realpath(path), str(info.st_size), str(info.st_mtime_ns)]
-    return "|".join(parts)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Best effort: a cache that cannot be written only costs the next start a moment."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(value), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        log.debug("cannot remember the POV-Ray probe in %s: %s", path, err)
 
 
 class _Uploads:
