@@ -76,11 +76,12 @@ class Node:
         self.version, self.broken = probe_povray(self.povray, self.sandbox, self.flavour, runner,
                                                  cache=config.probe_cache, scratch=config.work_dir / "probe")
         self.renderer = UnitRenderer(
-            config, self.povray, self.sandbox, runner, fetch_bundle=self._fetch_bundle,
+            config, self.povray, self.sandbox, runner, fetch_bundle=lambda digest: self.downloads.fetch(digest),
             fetch_radiosity_cache=lambda task: self.client.call("nodes.radiosity_cache", self.node_id,
                                                                 task["lease"]).data,
             watch=lambda task, log_path, when_tracing: _Heartbeat(self, task["lease"], log_path, when_tracing),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link)
+        self.downloads = _Downloads(client, self.renderer.bundles, self.aborting, self._backoff)
         self.strips_done = 0
         self._registration = threading.Lock()
         self._working: set[str] = set()   # names of the slots that hold a strip right now
@@ -369,28 +370,6 @@ class Node:
         marker = "\n[...]"
         return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
 
-    def _fetch_bundle(self, digest: str) -> bytes:
-        """The bundle's bytes, in ranges that resume where a cut-short download stopped: on an unreachable
-        controller it tries a few times more, and what it got is kept on disk for the next try."""
-        part = self.renderer.bundles.download_path(digest)
-        delay, attempt = 0.0, 1
-        while True:
-            try:
-                return bundle.download_resuming(part, digest, lambda offset: self._bundle_range(digest, offset))
-            except FarmError as err:
-                if err.code is Code.UNKNOWN_METHOD:   # a controller without ranges: the whole bundle at once
-                    return self.client.call("bundles.fetch", digest).data
-                if err.code is not Code.UNREACHABLE or attempt >= BUNDLE_ATTEMPTS or self.aborting.is_set():
-                    raise
-                delay = self._backoff(delay, ceiling=RETRY_CEILING)
-                log.warning("downloading bundle %s: %s; resuming in %.1f s", digest, err, delay)
-            attempt += 1
-            self.aborting.wait(delay)
-
-    def _bundle_range(self, digest: str, offset: int) -> tuple[int, bytes]:
-        reply = self.client.call("bundles.fetch_range", digest, offset, bundle.DOWNLOAD_CHUNK)
-        return int(reply["size"]), reply["data"].data
-
     def _deliver(self, method: str, lease: str, *args: Any, passing: frozenset = frozenset({Code.UNKNOWN_METHOD})
                  ) -> Any:
         """Send a result, retrying while the controller is unreachable. Returns the reply, or None if it
@@ -487,6 +466,37 @@ class _Uploads:
             log.warning("heartbeat for results waiting to go up failed: %s", err)
             return
         self.renewed(stale, reply.get("stop", []))
+
+
+class _Downloads:
+    """Scene bundles coming down from the controller, in ranges that resume where a cut-short download
+    stopped: on an unreachable controller it tries a few times more, and what it got is kept on disk (in
+    the node's bundle cache) for the next try."""
+
+    def __init__(self, client: Client, cache: bundle.BundleCache, aborting: threading.Event,
+                 backoff: Callable[..., float]):
+        self.client, self.cache, self.aborting, self.backoff = client, cache, aborting, backoff
+
+    def fetch(self, digest: str) -> bytes:
+        """The bundle's bytes; raises the last FarmError when every try failed (or the node is aborting)."""
+        part = self.cache.download_path(digest)
+        delay, attempt = 0.0, 1
+        while True:
+            try:
+                return bundle.download_resuming(part, digest, lambda offset: self._range(digest, offset))
+            except FarmError as err:
+                if err.code is Code.UNKNOWN_METHOD:   # a controller without ranges: the whole bundle at once
+                    return self.client.call("bundles.fetch", digest).data
+                if err.code is not Code.UNREACHABLE or attempt >= BUNDLE_ATTEMPTS or self.aborting.is_set():
+                    raise
+                delay = self.backoff(delay, ceiling=RETRY_CEILING)
+                log.warning("downloading bundle %s: %s; resuming in %.1f s", digest, err, delay)
+            attempt += 1
+            self.aborting.wait(delay)
+
+    def _range(self, digest: str, offset: int) -> tuple[int, bytes]:
+        reply = self.client.call("bundles.fetch_range", digest, offset, bundle.DOWNLOAD_CHUNK)
+        return int(reply["size"]), reply["data"].data
 
 
 class _Heartbeat:

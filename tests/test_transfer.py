@@ -125,13 +125,13 @@ def test_an_interrupted_bundle_download_resumes_where_it_stopped(farm, tmp_path,
     cut = Flaky(farm.client_as("node"), budget=4)
     monkeypatch.setattr("farm.node.RETRY_CEILING", 0.02)
     with pytest.raises(FarmError) as err:                 # the link stays down: every try fails at once
-        node_with(cut)._fetch_bundle(digest)
+        node_with(cut).downloads.fetch(digest)
     assert err.value.code is Code.UNREACHABLE
     assert cut.offsets[:4] == [0, 65536, 131072, 196608] and set(cut.offsets[4:]) == {262144}
 
     restarted = Flaky(farm.client_as("node"), budget=1000)
     node = node_with(restarted)
-    unpacked = node.renderer.bundles.ensure(digest, lambda: node._fetch_bundle(digest))
+    unpacked = node.renderer.bundles.ensure(digest, lambda: node.downloads.fetch(digest))
     assert restarted.offsets[0] == 262144                 # not a byte fetched twice
     assert (unpacked / "noise.png").read_bytes() == (scene.parent / "noise.png").read_bytes()
     assert not node.renderer.bundles.download_path(digest).exists()
