@@ -82,11 +82,11 @@ class Node:
             watch=lambda task, log_path, when_tracing: _Heartbeat(self, task["lease"], log_path, when_tracing),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link)
         self.downloads = _Downloads(client, self.renderer.bundles, self.aborting, self._backoff)
-        self.strips_done = 0
+        self.delivery = _Delivery(client, lambda: self.node_id, self.renderer, self.stopping, self.aborting,
+                                  self._backoff)
         self._registration = threading.Lock()
         self._working: set[str] = set()   # names of the slots that hold a strip right now
         self._fatal: FarmError | None = None
-        self._combined_calls = True       # nodes.complete_and_poll, until a controller says it has none
         self._asides: list[threading.Thread] = []   # previews rendering beside the slots
         self.uploads = _Uploads(self, max(1, config.slots))
         self.beats = _Beats(self)
@@ -137,6 +137,11 @@ class Node:
         if stats:
             self._reported_rate = rate
         return reply
+
+    @property
+    def strips_done(self) -> int:
+        """Strips the controller took from this node since it started."""
+        return self.delivery.strips_done
 
     def slow_link(self) -> bool:
         """Whether the node's last large request went up slower than slow_uplink_bps."""
@@ -251,7 +256,7 @@ class Node:
         try:
             while task:
                 if self.stopping.is_set():     # asked to stop while this poll waited: hand the strip back
-                    self._deliver("nodes.release", task["lease"])
+                    self.delivery.call("nodes.release", task["lease"])
                     break
                 if task.get("kind") == strips.PREVIEW:
                     task = self._preview_aside(task, node_id)
@@ -303,17 +308,62 @@ class Node:
         if outcome.kind == "done":
             if take_next:
                 self._preview_first(task["job"])
-            return self._complete(lease, outcome, take_next)
+            return self.delivery.complete(lease, outcome, take_next)
         if outcome.kind == "failed":
             message = self._error_text(outcome.error, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task["job"], task["strip"], message)
-            self._deliver("nodes.fail", lease, message, outcome.scene_error)
+            self.delivery.call("nodes.fail", lease, message, outcome.scene_error)
         elif outcome.kind == "release":
-            self._deliver("nodes.release", lease)
+            self.delivery.call("nodes.release", lease)
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
         return None
 
-    def _complete(self, lease: str, outcome: RenderOutcome, take_next: bool = True) -> dict[str, Any] | None:
+    def _error_text(self, text: str, scene_dir: Path) -> str:
+        """Error text for the controller: scene paths relative, the node's own folders unnamed,
+        at most MAX_ERROR_BYTES."""
+        text = text.replace(f"{scene_dir}{os.sep}", "").replace(str(self.config.work_dir), "<work-dir>")
+        data = text.encode("utf-8")
+        if len(data) <= MAX_ERROR_BYTES:
+            return text
+        marker = "\n[...]"
+        return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
+
+
+class _Delivery:
+    """Results going to the controller: retried while it cannot store them, and sent the way an older
+    controller takes them (nodes.complete without the next task, rows as plain zlib) once it says so."""
+
+    def __init__(self, client: Client, node_id: Callable[[], str | None], renderer: UnitRenderer,
+                 stopping: threading.Event, aborting: threading.Event, backoff: Callable[..., float]):
+        self.client, self.node_id, self.renderer = client, node_id, renderer
+        self.stopping, self.aborting, self.backoff = stopping, aborting, backoff
+        self.strips_done = 0              # strips the controller took
+        self._combined_calls = True       # nodes.complete_and_poll, until a controller says it has none
+
+    def call(self, method: str, lease: str, *args: Any, passing: frozenset = frozenset({Code.UNKNOWN_METHOD})) -> Any:
+        """Send a result, retrying while the controller is unreachable. Returns the reply, or None if it
+        was refused. Faults in `passing` raise (an unknown method, an older controller: the caller picks
+        another)."""
+        delay = 0.0
+        while True:
+            try:
+                return self.client.call(method, self.node_id(), lease, *args)
+            except FarmError as err:
+                if err.code in passing:
+                    raise
+                if err.code not in RETRY_DELIVERY:
+                    log.warning("%s for lease %s refused: %s", method, lease, err)
+                    return None
+                if self.aborting.is_set():
+                    log.error("giving up on %s for lease %s: %s", method, lease, err)
+                    return None
+                # Not stored (the controller is unreachable, or its disk is full...): keep the result
+                # until it is, or until the lease has gone elsewhere (then the controller says so).
+                delay = self.backoff(delay, ceiling=RETRY_CEILING)
+                log.warning("%s for lease %s: %s; retrying delivery in %.1f s", method, lease, err, delay)
+                self.aborting.wait(delay)
+
+    def complete(self, lease: str, outcome: RenderOutcome, take_next: bool = True) -> dict[str, Any] | None:
         """Deliver a unit's rows and, unless stopping, take the next task in the same round trip. A controller
         that refuses the rows' encoding (one that predates it: a fault for the argument count) gets them
         as plain zlib, and from then on every unit is rendered into plain zlib."""
@@ -346,7 +396,7 @@ class Node:
             payload += (encoding,)
         if take_next and self._combined_calls and not self.stopping.is_set():
             try:
-                reply = self._deliver("nodes.complete_and_poll", lease, *payload, passing=ROWS_REFUSED)
+                reply = self.call("nodes.complete_and_poll", lease, *payload, passing=ROWS_REFUSED)
             except FarmError as err:
                 if err.code is not Code.UNKNOWN_METHOD:
                     raise
@@ -356,43 +406,9 @@ class Node:
                 if reply is not None:
                     self.strips_done += 1
                 return reply or None
-        if self._deliver("nodes.complete", lease, *payload, passing=ROWS_REFUSED) is not None:
+        if self.call("nodes.complete", lease, *payload, passing=ROWS_REFUSED) is not None:
             self.strips_done += 1
         return None
-
-    def _error_text(self, text: str, scene_dir: Path) -> str:
-        """Error text for the controller: scene paths relative, the node's own folders unnamed,
-        at most MAX_ERROR_BYTES."""
-        text = text.replace(f"{scene_dir}{os.sep}", "").replace(str(self.config.work_dir), "<work-dir>")
-        data = text.encode("utf-8")
-        if len(data) <= MAX_ERROR_BYTES:
-            return text
-        marker = "\n[...]"
-        return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
-
-    def _deliver(self, method: str, lease: str, *args: Any, passing: frozenset = frozenset({Code.UNKNOWN_METHOD})
-                 ) -> Any:
-        """Send a result, retrying while the controller is unreachable. Returns the reply, or None if it
-        was refused. Faults in `passing` raise (an unknown method, an older controller: the caller picks
-        another)."""
-        delay = 0.0
-        while True:
-            try:
-                return self.client.call(method, self.node_id, lease, *args)
-            except FarmError as err:
-                if err.code in passing:
-                    raise
-                if err.code not in RETRY_DELIVERY:
-                    log.warning("%s for lease %s refused: %s", method, lease, err)
-                    return None
-                if self.aborting.is_set():
-                    log.error("giving up on %s for lease %s: %s", method, lease, err)
-                    return None
-                # Not stored (the controller is unreachable, or its disk is full...): keep the result
-                # until it is, or until the lease has gone elsewhere (then the controller says so).
-                delay = self._backoff(delay, ceiling=RETRY_CEILING)
-                log.warning("%s for lease %s: %s; retrying delivery in %.1f s", method, lease, err, delay)
-                self.aborting.wait(delay)
 
 
 class _Uploads:
@@ -441,7 +457,7 @@ class _Uploads:
                 with self._lock:
                     wanted = self._pending.get(lease, 0.0) >= 0
                 if wanted:
-                    self.node._complete(lease, outcome, False)
+                    self.node.delivery.complete(lease, outcome, False)
                 else:
                     log.info("lease %s was withdrawn before its result went up; dropped", lease)
             except FarmError as err:   # an unknown method or the like: the lease will expire

@@ -549,8 +549,8 @@ def test_a_node_falls_back_to_complete_when_the_controller_has_no_combined_call(
     worker = Node(config, client)
     worker.node_id = "n1-abcd"
     from farm.records import RenderOutcome
-    assert worker._complete("1.1.aa", RenderOutcome("done", rows=b"rows", seconds=0.5)) is None
-    assert worker._complete("2.1.bb", RenderOutcome("done", rows=b"rows", seconds=0.5)) is None
+    assert worker.delivery.complete("1.1.aa", RenderOutcome("done", rows=b"rows", seconds=0.5)) is None
+    assert worker.delivery.complete("2.1.bb", RenderOutcome("done", rows=b"rows", seconds=0.5)) is None
     assert client.calls == ["nodes.complete_and_poll", "nodes.complete", "nodes.complete"]
     assert worker.strips_done == 2
 
