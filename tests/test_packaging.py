@@ -1,0 +1,21 @@
+"""What `pip install .` puts in place: every package of the source tree, not only the ones named."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from setuptools import find_packages
+
+from conftest import ROOT
+
+tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else pytest.importorskip("tomli")
+
+
+def test_the_install_takes_every_package_of_the_tree():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = config["packages"]["find"]
+    installed = set(find_packages(where=str(ROOT), include=found["include"]))
+    in_tree = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "farm").rglob("__init__.py")}
+    assert in_tree <= installed, sorted(in_tree - installed)
+    assert {"farm.api", "farm.service", "farm.store", "farm.web"} <= installed
