@@ -171,7 +171,7 @@ class Receiver:
         if not any(isinstance(signatures.get(role), str)
                    and hmac.compare_digest(signatures[role].encode(), _sign(key, body_text).encode())
                    for role, key in self.keys.items()):
-            raise Rejected("signature", f"its signature does not match this token", claimed)
+            raise Rejected("signature", "its signature does not match this token", claimed)
         now = self.clock()
         age = now - float(body["time"])
         if abs(age) > self.window:

@@ -204,7 +204,6 @@ def test_the_preview_reaches_a_watching_viewer_first_and_never_the_image(farm, t
     default (the preview is rendered because someone watches); the stored image is still exactly
     POV-Ray's single render."""
     import threading
-    import time
 
     from farm.strips import decode_rows, preview_size, row_size
 

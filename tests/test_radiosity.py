@@ -12,8 +12,6 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from conftest import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
 from farm import bundle, povray, radiosity, strips
 

@@ -18,7 +18,6 @@ from PIL import Image
 
 from farm import strips
 from farm.strips import (
-    DEFAULT_BLOCK,
     Raster,
     compress_rows,
     crop_rows,
@@ -56,14 +55,6 @@ def rasters(draw, channels=None, bits=None, max_side=12):
         else:
             rows.append(draw(st.binary(min_size=size, max_size=size)))
     return Raster(width, height, channels, bits, b"".join(rows))
-
-
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    if pa <= pb and pa <= pc:
-        return a
-    return b if pb <= pc else c
 
 
 def _filter_row(kind: int, row: bytes, prev: bytes, bpp: int) -> bytes:
