@@ -213,11 +213,25 @@ def seconds_left(rows_left: int, finished: Sequence[Finished], slots: Mapping[st
                  running: Sequence[Running] = ()) -> float | None:
     """A rough time to render `rows_left` rows (plus what is running) on the live slots at the measured
     cost; None while nothing is measured or no slot is live."""
-    if not finished or not slots:
+    return time_left(rows_left, overall_model(finished), slots, running)
+
+
+def overall_model(finished: Sequence[Finished]) -> Model | None:
+    """The cost model over all of `finished`: node speeds, and the mean seconds per row at speed 1; None
+    with nothing finished. Fitting it is most of the time a job's status takes."""
+    if not finished:
         return None
-    speeds, costs = node_speeds(finished)       # once: it is most of the time a job's status takes
+    speeds, costs = node_speeds(finished)
     order = sorted(finished, key=lambda unit: unit.row_start)
     per_row = sum(cost * unit.rows for cost, unit in zip(costs, order)) / sum(unit.rows for unit in order)
-    rate = sum(speeds.get(name, 1.0) * count for name, count in slots.items()) / per_row
+    return Model(speeds, per_row)
+
+
+def time_left(rows_left: int, costs: Model | None, slots: Mapping[str, int],
+              running: Sequence[Running] = ()) -> float | None:
+    """seconds_left with the cost model already fitted (None: nothing measured yet)."""
+    if costs is None or not slots:
+        return None
+    rate = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items()) / costs.seconds_per_row
     in_flight = sum(unit.rows * (1.0 - unit.progress) for unit in running)
     return (rows_left + in_flight) / rate + (STARTUP_SECONDS if rows_left else 0.0)

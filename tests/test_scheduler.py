@@ -234,6 +234,35 @@ def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first
     store.close()
 
 
+
+def test_a_watched_jobs_eta_refits_its_cost_model_every_few_seconds_not_on_every_status(tmp_path, monkeypatch):
+    """Viewers of a busy job have its status built several times a second; the node speeds behind its ETA
+    are fitted again only every ETA_REFIT seconds, while the rows left count at once."""
+    from farm.service import views
+
+    farm, store = _stepped(tmp_path)
+    job = _submit(farm, tmp_path / "scene", height=480)
+    n = farm.call("nodes.register", "n", {"povray": "3.7"})["node_id"]
+    fits = []
+    fit = scheduler.overall_model
+    monkeypatch.setattr(scheduler, "overall_model",
+                        lambda finished: (fits.append(len(finished)) if finished else None) or fit(finished))
+
+    def store_one() -> None:
+        task = farm.call("nodes.poll", n)
+        seconds = 0.6 + 0.1 * (task["row_end"] - task["row_start"])
+        farm.call("nodes.complete", n, task["lease"], rows_for(task, 1), seconds)
+
+    assert "eta" not in farm.call("jobs.status", job)                         # nothing measured yet
+    store_one()
+    first = farm.call("jobs.status", job)["eta"]
+    store_one()
+    assert farm.call("jobs.status", job)["eta"] < first and fits == [1]      # fewer rows left, the same fit
+    farm.clock_.now += views.ETA_REFIT
+    farm.call("jobs.status", job)
+    assert fits == [1, 2]
+    store.close()
+
 def _box_node(farm: Stepped, name: str, threads: int = 2) -> str:
     return farm.call("nodes.register", name, {"povray": "3.7", "slots": 2, "machine": "box", "cores": 2,
                                                "threads": threads})["node_id"]

@@ -19,6 +19,8 @@ from farm.store import Store
 FEED_BATCH = 64      # stored units per viewer.watch reply
 LISTED_FRESH = 1.0   # seconds a running job's counts in jobs.list may lag (pages refresh every 2 s);
                      # a change of its state or priority shows at once
+ETA_REFIT = 2.0      # seconds a job's fitted cost model serves its ETA: the model moves slowly, and
+                     # fitting it is most of what a status costs (built several times a second when watched)
 
 
 class Views:
@@ -27,6 +29,7 @@ class Views:
         self._cached: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
         self._listed: dict[int, tuple[int, dict, float]] = {}  # job -> (its own version, status, built at)
         self._listing: list[dict] = []      # what jobs() returned last
+        self._models: dict[int, tuple[float, scheduler.Model]] = {}   # job -> (fitted at, its cost model)
         self._lock = threading.Lock()
 
     def job_status(self, job: Job, detail: bool) -> dict[str, Any]:
@@ -65,7 +68,22 @@ class Views:
         """The time the job's rows still to render take on the live slots at the cost the scheduler
         measured (None while nothing is measured)."""
         slots = {node.id: node.slots for node in self._store.nodes.live()}
-        return scheduler.seconds_left(round(rows_left), self._store.units.cost_samples(job_id), slots)
+        return scheduler.time_left(round(rows_left), self._cost_model(job_id), slots)
+
+    def _cost_model(self, job_id: int) -> scheduler.Model | None:
+        """The job's cost model, fitted again once it is ETA_REFIT seconds old (at once while there is none)."""
+        now = self._clock()
+        with self._lock:
+            fitted = self._models.get(job_id)
+        if fitted is not None and 0 <= now - fitted[0] < ETA_REFIT:
+            return fitted[1]
+        model = scheduler.overall_model(self._store.units.cost_samples(job_id))
+        with self._lock:
+            if model is not None:
+                self._models[job_id] = (now, model)
+            for stale in [job for job, (at, _) in self._models.items() if not 0 <= now - at < 60 * ETA_REFIT]:
+                del self._models[stale]         # jobs that ended (an ended job has no ETA)
+        return model
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job's status, however many pages ask every few seconds: an ended job's computed once, a
