@@ -110,7 +110,8 @@ class UnitRecords:
     def open_count(self) -> int:
         """Units of unfinished jobs still to be rendered: queued, waiting or leased (previews aside)."""
         with self._db.read() as db:
-            return db.execute(f"SELECT COUNT(*) FROM units WHERE {schema.OPEN_JOBS} AND state IN (?, ?, ?) AND kind != ?",
+            return db.execute(f"SELECT COUNT(*) FROM units WHERE {schema.OPEN_JOBS}"
+                              " AND state IN (?, ?, ?) AND kind != ?",
                               (UnitState.QUEUED.value, UnitState.WAITING.value, UnitState.LEASED.value,
                                PREVIEW)).fetchone()[0]
 
