@@ -202,7 +202,10 @@ def _add_controller_command(sub: Any) -> None:
                         " $POVFARM_TOKEN sets one token for every role instead)")
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (chain) in PEM")
     p.add_argument("--tls-key", metavar="FILE", help="the TLS certificate's private key in PEM")
-    p.add_argument("--max-connections", type=int, metavar="N", help="concurrent connections (default 512)")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help="connections holding a valid token, all roles (default 1024; view tokens at most 256, "
+                        "submit tokens 128, 64 per address: settings max_view_connections, "
+                        "max_submit_connections, max_peer_connections)")
     p.add_argument("--announce", action="store_const", const=True,
                    help="broadcast a signed announcement of this controller on the LAN (UDP port 8643), so "
                         "nodes and clients find it without --controller (setting: announce)")

@@ -82,7 +82,16 @@ class Config:
     tls_key: str = ""                  # ...and this private key
     ca_file: str = ""                  # client: trust this CA for an https:// controller (default: system store)
     tls_fingerprint: str = ""          # client: trust the certificate with this SHA-256 instead (set by discovery)
-    max_connections: int = 512
+    # Connections that showed a valid token (farm/admission.py): all roles together; of them view and
+    # submit tokens at most their own counts (the rest stay the nodes'), and from one address at most
+    # max_peer_connections; feed streams (watching viewers and pages) at most max_streams, per address
+    # max_peer_streams. Beyond a limit a request gets HTTP 503 with Retry-After.
+    max_connections: int = 1024
+    max_view_connections: int = 256
+    max_submit_connections: int = 128
+    max_peer_connections: int = 64
+    max_streams: int = 128
+    max_peer_streams: int = 32
     request_timeout: float = 60.0      # a request must arrive in full within this
     # Discovery on a LAN (farm/discovery.py).
     announce: bool = False             # controller: broadcast a signed announcement of its URL

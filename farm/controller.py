@@ -31,6 +31,7 @@ from farm.rpc import RPCServer, is_loopback, server_tls_context
 from farm.service.files import sweep_temporary
 from farm.service import Services
 from farm.store import Store
+from farm.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Controller:
         self.store = Store(config.data_dir / "povfarm.sqlite3")
         sweep_temporary(config.data_dir)
         self.services = Services(config, self.store, clock)
+        self.supervisor = Supervisor()     # every long-lived thread: restarted if it fails, else the process ends
         self.tokens = controller_tokens(config.data_dir, Path(config.token_file) if config.token_file else None,
                                         config.token or None)
         try:
@@ -55,7 +57,7 @@ class Controller:
         feed = FeedStream(self.services)
         self.server.register_stream(feed.path, feed, feed.roles)
         self._stop = threading.Event()
-        self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+        self._maintenance: threading.Thread | None = None
         self.announcer = self._announcer()
 
     def _announcer(self):
@@ -75,7 +77,7 @@ class Controller:
         config = self.config
         tls = server_tls_context(config.tls_cert, config.tls_key)
         try:
-            return RPCServer((config.bind, config.port), self.tokens, tls, request_limits(config))
+            return RPCServer((config.bind, config.port), self.tokens, tls, request_limits(config), self.supervisor)
         except OSError as err:
             raise FarmError(Code.BAD_ARGUMENT,
                             f"cannot listen on {config.bind}:{config.port}: {err.strerror or err}") from None
@@ -104,7 +106,7 @@ class Controller:
 
     def serve_forever(self) -> None:
         self.services.recover()
-        self._maintenance.start()
+        self._maintenance = self.supervisor.start("maintenance", self._maintain)
         log.info("controller listening on %s (data in %s)", self.url, self.config.data_dir)
         if self.server.tls is None and not is_loopback(self.config.bind):
             log.warning("*" * 72)
@@ -131,6 +133,6 @@ class Controller:
         self.services.stitcher.wake()   # so the maintenance thread sees the stop at once
         self.server.shutdown()
         self.server.server_close()
-        if self._maintenance.is_alive():
+        if self._maintenance is not None and self._maintenance.is_alive():
             self._maintenance.join(timeout=5)
         self.store.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from farm import rpc, strips
+from farm.admission import SUBMIT, VIEW, Quotas
 from farm.faults import Code, FarmError
 from farm.records import JobSpec
 
@@ -35,7 +36,14 @@ def request_limits(config) -> rpc.Limits:
         large_methods=LARGE_METHODS, spooled_methods=SPOOLED_METHODS,
         spool_dir=Path(config.data_dir) / "uploads", hidden_paths=_hidden(Path(config.data_dir)),
         header_timeout=min(HEADER_TIMEOUT, config.request_timeout), request_timeout=config.request_timeout,
-        max_connections=config.max_connections)
+        quotas=connection_quotas(config))
+
+
+def connection_quotas(config) -> Quotas:
+    return Quotas(held=config.max_connections,
+                  role_held=((SUBMIT, config.max_submit_connections), (VIEW, config.max_view_connections)),
+                  peer_held=config.max_peer_connections, streams=config.max_streams,
+                  peer_streams=config.max_peer_streams)
 
 
 def _hidden(data_dir: Path) -> tuple[str, ...]:

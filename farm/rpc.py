@@ -13,13 +13,15 @@ Memory and threads per request are bounded by design:
   encoding), nesting deeper than a limit, and text beyond the small limit; base64
   arguments of spooled methods go straight to a temporary file with their
   SHA-256 computed on the way. Temporary files are removed when the request ends.
-- Connections: a new connection waits in a lobby (one selector, no thread) until
-  it sends something, and must send its request headers within a few seconds;
-  until it has shown a valid token it counts in a bounded pool of its own (per
-  peer address too), where a newcomer pushes out the oldest, so idle or
-  unauthenticated sockets never take the capacity kept for authenticated clients
-  (`max_connections`). A long poll ends when its client disconnects
-  (`departure_watch`). TLS handshakes run in the connection's own thread.
+- Connections (`farm.admission`): a new connection waits in a lobby (one
+  selector, no thread) until it sends something, and must send its request
+  headers within a few seconds; until it has shown a valid token it counts in a
+  bounded pending pool where a newcomer pushes out the oldest; a valid token
+  takes a seat by role (nodes' seats are their own; view and submit are capped
+  per peer address too), else 503 with Retry-After. A long poll ends when its
+  client disconnects (`departure_watch`). TLS handshakes run in the
+  connection's own thread. The loops that accept, reap and watch are
+  supervised: restarted when they fail, the process ended if they keep failing.
 - `bundles.fetch` and `jobs.fetch` answer with a `FileReply`, streamed from disk.
 - The dispatcher turns `FarmError` into a Fault with its code (server paths
   hidden), anything unexpected into INTERNAL plus a logged traceback;
@@ -30,9 +32,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import http
 import inspect
@@ -41,7 +43,6 @@ import logging
 import os
 import re
 import select
-import selectors
 import socket
 import socketserver
 import ssl
@@ -58,9 +59,11 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from farm import web
+from farm.admission import RETRY_AFTER, Connection, Connections, Quotas
 from farm.auth import roles_of
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
+from farm.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -86,212 +89,11 @@ class Limits:
     request_timeout: float = 60.0          # seconds to receive one whole request (headers and body)
     idle_timeout: float = 120.0            # an idle keep-alive connection is closed after this
     handshake_timeout: float = 10.0
-    max_connections: int = 512             # authenticated connections
-    max_pending: int = 256                 # connections that have not shown a valid token yet...
-    max_pending_per_peer: int = 64         # ...and of them, from one address
+    quotas: Quotas = Quotas()              # connections by stage, role and peer (farm.admission)
 
     def small_body(self, roles: Iterable[str]) -> int:
         sizes = dict(self.role_body)
         return max((sizes.get(role, 0) for role in roles), default=0)
-
-
-# -- connections ---------------------------------------------------------------------------------
-
-class _Connection:
-    """One client connection as the admission bookkeeping sees it."""
-
-    __slots__ = ("sock", "peer", "trusted", "waiting", "deadline", "opened")
-
-    def __init__(self, sock: socket.socket, peer: str, deadline: float):
-        self.sock, self.peer, self.deadline = sock, peer, deadline
-        self.trusted = False
-        self.waiting = True        # in the lobby: no thread yet, nothing received yet
-        self.opened = time.monotonic()
-
-    def cut(self) -> None:
-        """Shut the socket down from another thread; its own thread then sees the end and exits.
-        The plain socket call, even for TLS: the TLS object belongs to the connection's thread."""
-        try:
-            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-        except (OSError, ValueError):
-            pass
-
-
-class _Lobby:
-    """New connections wait here, in one thread's selector, until their first bytes arrive; only then
-    do they get a thread of their own. Silent sockets cost a file descriptor, not a thread."""
-
-    def __init__(self, connections: "_Connections", on_ready: Callable[[_Connection], None]):
-        self._connections = connections
-        self._on_ready = on_ready
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._ops: collections.deque[tuple[str, _Connection]] = collections.deque()
-        self._stopped = False
-        threading.Thread(target=self._run, name="connection-lobby", daemon=True).start()
-
-    def add(self, record: _Connection) -> None:
-        self._post("add", record)
-
-    def drop(self, record: _Connection) -> None:
-        """Close a waiting connection (or, if it has just been handed a thread, shut it down)."""
-        self._post("drop", record)
-
-    def _post(self, op: str, record: _Connection) -> None:
-        self._ops.append((op, record))
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass   # a wake-up is already pending (or the lobby is closed)
-
-    def _run(self) -> None:
-        try:
-            self._serve()
-        finally:
-            for key in list(self._selector.get_map().values()):
-                key.fileobj.close()
-            self._selector.close()
-            self._wake_w.close()
-
-    def _serve(self) -> None:
-        while not self._stopped:
-            try:
-                events = self._selector.select(0.5)
-            except OSError:
-                return
-            self._apply_ops()
-            for key, _ in events:
-                if key.fileobj is self._wake_r:
-                    continue
-                record = key.data
-                if self._selector.get_map().get(record.sock.fileno()) is not key:
-                    continue   # dropped meanwhile
-                self._selector.unregister(record.sock)
-                if self._connections.leave_lobby(record):
-                    self._on_ready(record)
-
-    def _apply_ops(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-        while self._ops:
-            op, record = self._ops.popleft()
-            if op == "add":
-                try:
-                    self._selector.register(record.sock, selectors.EVENT_READ, record)
-                except (ValueError, OSError):   # closed already
-                    self._connections.release(record)
-            elif record.sock.fileno() >= 0 and record.sock.fileno() in self._selector.get_map():
-                self._selector.unregister(record.sock)
-                record.sock.close()
-            else:
-                record.cut()
-
-    def stop(self) -> None:
-        self._stopped = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
-
-
-class _Connections:
-    """Admission and deadlines. New connections wait in a pending pool until they show a valid token;
-    when the pool (or one peer's share of it) is full, the oldest pending connection is pushed out, so
-    a newcomer is never refused for idle sockets. Authenticated connections have their own cap. A
-    reaper thread cuts connections whose headers or request did not arrive in time."""
-
-    def __init__(self, limits: Limits, on_ready: Callable[[_Connection], None]):
-        self.limits = limits
-        self._lock = threading.Lock()
-        self._pending: collections.OrderedDict[_Connection, None] = collections.OrderedDict()
-        self._per_peer: collections.Counter[str] = collections.Counter()
-        self._trusted: set[_Connection] = set()
-        self._stop = threading.Event()
-        self.lobby = _Lobby(self, on_ready)
-        threading.Thread(target=self._reap, name="request-reaper", daemon=True).start()
-
-    def admit(self, sock: socket.socket, peer: str) -> None:
-        """A new connection: into the lobby, pushing out the oldest pending one when the pool is full."""
-        record = _Connection(sock, peer, time.monotonic() + self.limits.header_timeout)
-        with self._lock:
-            pushed = None
-            if self._per_peer[peer] >= self.limits.max_pending_per_peer:
-                pushed = next(old for old in self._pending if old.peer == peer)
-            elif len(self._pending) >= self.limits.max_pending:
-                pushed = next(iter(self._pending))
-            if pushed is not None:
-                self._forget_pending(pushed)
-                self._close(pushed)
-            self._pending[record] = None
-            self._per_peer[peer] += 1
-        self.lobby.add(record)
-
-    def _close(self, record: _Connection) -> None:
-        """Under the lock: end a pending connection, in the lobby or in its thread."""
-        if record.waiting:
-            self.lobby.drop(record)
-        else:
-            record.cut()
-
-    def leave_lobby(self, record: _Connection) -> bool:
-        """Its first bytes arrived: it gets a thread, unless it was pushed out meanwhile."""
-        with self._lock:
-            record.waiting = False
-            if record not in self._pending:
-                record.cut()
-                return False
-            return True
-
-    def _forget_pending(self, record: _Connection) -> None:
-        if self._pending.pop(record, 1) is None:
-            self._per_peer[record.peer] -= 1
-            if not self._per_peer[record.peer]:
-                del self._per_peer[record.peer]
-
-    def trust(self, record: _Connection) -> bool:
-        """The connection showed a valid token: move it to the authenticated pool, if there is room."""
-        with self._lock:
-            if record.trusted:
-                return True
-            if len(self._trusted) >= self.limits.max_connections:
-                return False
-            self._forget_pending(record)
-            record.trusted = True
-            self._trusted.add(record)
-            return True
-
-    def release(self, record: _Connection) -> None:
-        with self._lock:
-            self._forget_pending(record)
-            self._trusted.discard(record)
-
-    def deadline(self, record: _Connection, seconds: float | None) -> None:
-        record.deadline = None if seconds is None else time.monotonic() + seconds
-
-    def _reap(self) -> None:
-        while not self._stop.wait(0.5):
-            now = time.monotonic()
-            with self._lock:
-                late = [r for r in (*self._pending, *self._trusted) if r.deadline is not None and r.deadline < now]
-                for record in late:
-                    record.deadline = None
-                    if record in self._pending:
-                        self._forget_pending(record)
-                        self._close(record)
-                    else:
-                        record.cut()
-            for record in late:
-                log.info("closed a connection from %s whose request did not arrive in time", record.peer)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.lobby.stop()
 
 
 def client_gone() -> bool:
@@ -332,7 +134,7 @@ class _Departures:
         self._epoll = select.epoll()
         self._lock = threading.Lock()
         self._waiting: dict[int, Callable[[], None]] = {}
-        threading.Thread(target=self._run, name="departures", daemon=True).start()
+        Supervisor().start("departures", self._run)
 
     def watch(self, fd: int, wake: Callable[[], None]) -> bool:
         with self._lock:
@@ -689,7 +491,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
     @property
-    def record(self) -> _Connection:
+    def record(self) -> Connection:
         return _current.record
 
     def handle_one_request(self) -> None:
@@ -714,9 +516,12 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         except (OSError, ValueError):     # cut off by the reaper, or the client went away
             self.close_connection = True
 
-    def _refuse(self, status: http.HTTPStatus, message: str, close: bool = True, fault: Code | None = None) -> None:
+    def _refuse(self, status: http.HTTPStatus, message: str, close: bool = True, fault: Code | None = None,
+                retry_after: int | None = None) -> None:
         body = (message + "\n").encode()
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         if fault is not None:
             self.send_header(FAULT_HEADER, str(int(fault)))    # the fault code a client can branch on
         if status is http.HTTPStatus.UNAUTHORIZED:
@@ -728,6 +533,15 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
+
+    def _refused_seat(self, roles: frozenset[str], stream: bool = False) -> bool:
+        """Seat the connection by its token's role; if there is no seat, answer 503 with Retry-After."""
+        reason = self.server.connections.seat(self.record, roles, stream)
+        if reason is None:
+            return False
+        self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, f"the controller is busy: {reason}; retry later",
+                     retry_after=RETRY_AFTER)
+        return True
 
     def _roles(self) -> frozenset[str]:
         values = self.headers.get_all("Authorization") or []
@@ -750,8 +564,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             self._refuse(http.HTTPStatus.UNAUTHORIZED if not roles else http.HTTPStatus.FORBIDDEN,
                          "a valid bearer token is required" if not roles else "this token may not watch")
             return
-        if not self.server.connections.trust(self.record):
-            self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "the controller is at its connection limit")
+        if self._refused_seat(roles, stream=True):
             return
         try:
             chunks = stream.function(urllib.parse.parse_qs(target.query, max_num_fields=16))
@@ -805,10 +618,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         if not roles:
             self._refuse(http.HTTPStatus.UNAUTHORIZED, "a valid bearer token is required")
             return
-        if not self.server.connections.trust(self.record):
-            log.warning("connection limit (%d) reached; refusing %s", self.server.limits.max_connections,
-                        self.client_address[0])
-            self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "the controller is at its connection limit")
+        if self._refused_seat(roles):
             return
         left = self.server.limits.request_timeout - (time.monotonic() - self._started)
         self.server.connections.deadline(self.record, max(left, 0.0))
@@ -950,6 +760,7 @@ def _send_gathered(sock: socket.socket, parts: list[bytes]) -> None:
                 views[0], sent = views[0][sent:], 0
 
 
+_SCARCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 STREAM_TYPE = "application/x-povfarm-feed"
 FAULT_HEADER = "X-Povfarm-Fault"
 
@@ -966,13 +777,14 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     request_queue_size = 1024    # many nodes and viewers connect at once; the default 5 drops them
 
     def __init__(self, address: tuple[str, int], tokens: dict[str, str],
-                 tls: ssl.SSLContext | None = None, limits: Limits = Limits()):
+                 tls: ssl.SSLContext | None = None, limits: Limits = Limits(),
+                 supervisor: Supervisor | None = None):
         self.tokens = tokens
         self.tls = tls
         self.limits = limits
         HOST.raise_open_files_limit()
         sweep_spool(limits.spool_dir)
-        self.connections = _Connections(limits, self._start_thread)
+        self.connections = Connections(limits.quotas, limits.header_timeout, self._start_thread, supervisor)
         self._methods: dict[str, Callable[..., Any]] = {}
         self._roles: dict[str, frozenset[str]] = {}
         self._signatures: dict[str, inspect.Signature] = {}
@@ -992,11 +804,26 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
 
     # -- connections ---------------------------------------------------------------------------
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """accept(), which fails while the process is out of descriptors or memory: pause a moment then,
+        or the accepting loop would spin on the listening socket it cannot empty."""
+        try:
+            return super().get_request()
+        except OSError as err:
+            if err.errno in _SCARCE:
+                log.error("cannot accept a connection: %s", os.strerror(err.errno))
+                time.sleep(0.1)
+            raise
+
+    def handle_error(self, request, client_address) -> None:
+        """An unexpected error in one connection: logged, never printed, never fatal to the others."""
+        log.exception("error while serving %s", client_address[0] if client_address else "a client")
+
     def process_request(self, request, client_address) -> None:
         """A new connection waits in the lobby (no thread) until it sends something."""
         self.connections.admit(request, client_address[0])
 
-    def _start_thread(self, record: _Connection) -> None:
+    def _start_thread(self, record: Connection) -> None:
         request = record.sock
         try:
             client_address = request.getpeername()
@@ -1011,7 +838,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
             self.connections.release(record)
             self.shutdown_request(request)
 
-    def _serve_connection(self, request, client_address, record: _Connection) -> None:
+    def _serve_connection(self, request, client_address, record: Connection) -> None:
         _current.record = record
         try:
             if self.tls is not None:

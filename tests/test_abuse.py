@@ -453,3 +453,86 @@ def test_node_errors_name_the_signal_and_why_through_bubblewrap(tmp_path):
     result, stderr = run([shutil.which("sh"), "-c", "kill -SEGV $$"], scenes)
     assert result.signal == signal.SIGSEGV and result.returncode is None
     assert "signal 11 SIGSEGV" in result.describe() and "crashed" in result.describe()
+
+
+# -- bursts and crowds: the front door ------------------------------------------------------------
+
+API_VERSION = xmlrpc.client.dumps((), "api.version").encode()
+
+
+def raw_request(bearer: str, path: str = "/RPC2") -> bytes:
+    """A whole request as a client sends it: headers and body in one write (a feed stream when `path` is
+    /feed)."""
+    if path != "/RPC2":
+        return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\r\n".encode()
+    return (f"POST /RPC2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n"
+            f"Content-Length: {len(API_VERSION)}\r\n\r\n").encode() + API_VERSION
+
+
+def status_of(sock: socket.socket) -> str:
+    """The HTTP status a connection got ('closed' if it was closed unanswered)."""
+    try:
+        head = sock.recv(4096)
+    except OSError as err:
+        return type(err).__name__
+    return head[9:12].decode() if head.startswith(b"HTTP/1.") else "closed"
+
+
+def burst(farm, count: int, request: bytes, keep: bool = False) -> tuple[dict[str, int], list[socket.socket]]:
+    """`count` connections opened at once, then each sends `request`: the statuses they got (and, with
+    `keep`, the open sockets)."""
+    socks = [socket.create_connection(("127.0.0.1", farm.port), timeout=20) for _ in range(count)]
+    for sock in socks:
+        sock.sendall(request)
+    statuses: dict[str, int] = {}
+    for sock in socks:
+        status = status_of(sock)
+        statuses[status] = statuses.get(status, 0) + 1
+    if not keep:
+        for sock in socks:
+            sock.close()
+    return statuses, socks
+
+
+def answered_within(farm, role: str, seconds: float = 1.0) -> float:
+    """A fresh client of `role` calls api.version; how long it took (it must answer within `seconds`)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", farm.port), timeout=seconds) as sock:
+        sock.sendall(raw_request(token(farm, role)))
+        assert status_of(sock) == "200"
+    took = time.monotonic() - started
+    assert took < seconds, f"a {role} call took {took:.2f} s"
+    return took
+
+
+def test_bursts_of_connections_never_stop_the_controller(farm):
+    farm.start_controller()
+    for _ in range(3):      # each pushes pending connections out of the lobby while they are being read
+        statuses, _ = burst(farm, 150, raw_request("wrong-token"))
+        assert set(statuses) <= {"401", "closed", "ConnectionResetError"}, statuses
+        answered_within(farm, "submit")
+    statuses, _ = burst(farm, 120, raw_request(token(farm, "node")))
+    assert statuses == {"200": 120}
+    answered_within(farm, "submit")
+    assert "Traceback" not in (farm.tmp / "controller.log").read_text()
+
+
+@pytest.mark.parametrize("path", ["/RPC2", "/feed?job=0"])
+def test_a_view_token_cannot_crowd_out_nodes_and_submitters(farm, path):
+    farm.start_controller()
+    statuses, held = burst(farm, 600, raw_request(token(farm, "view"), path), keep=True)
+    try:
+        print(f"600 view connections to {path}: {statuses}")
+        assert statuses.get("503", 0) > 0 and statuses.get("200", 0) <= 64
+        took = [answered_within(farm, role) for role in ("node", "submit")]
+        print(f"while they are held, a node call took {took[0]:.3f} s and a submit call {took[1]:.3f} s")
+        with socket.create_connection(("127.0.0.1", farm.port), timeout=5) as sock:
+            sock.sendall(raw_request(token(farm, "view"), path))
+            head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: " in head, head
+    finally:
+        for sock in held:
+            sock.close()
+    log_text = (farm.tmp / "controller.log").read_text()
+    assert log_text.count("refused") <= 2, "refusals are logged once per peer per minute"
+    wait_until(lambda: serves(farm.client_as("view")), timeout=10, what="views served again")
