@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import xmlrpc.client
@@ -536,3 +537,31 @@ def test_a_view_token_cannot_crowd_out_nodes_and_submitters(farm, path):
     log_text = (farm.tmp / "controller.log").read_text()
     assert log_text.count("refused") <= 2, "refusals are logged once per peer per minute"
     wait_until(lambda: serves(farm.client_as("view")), timeout=10, what="views served again")
+
+
+def faulty_controller(farm, failures: int) -> subprocess.Popen:
+    program = [sys.executable, str(Path(__file__).with_name("faulty_controller.py")), str(failures)]
+    return subprocess.Popen([*program, "--port", str(farm.port), "--data-dir", str(farm.data_dir)],
+                            stdout=subprocess.DEVNULL, stderr=open(farm.tmp / "controller.log", "ab"))
+
+
+def test_a_failing_lobby_is_restarted_and_a_hopeless_one_ends_the_process(farm):
+    farm.controller = faulty_controller(farm, failures=3)
+    wait_until(farm.token_file.exists, what="the controller's token file")
+    for _ in range(3):      # each connection that meets the bug waits while the lobby restarts, then is served
+        with contextlib.suppress(FarmError):
+            farm.client_as("submit").call("api.version")
+    wait_until(lambda: serves(farm.client_as("submit")), timeout=10, what="the restarted lobby to serve")
+    assert "the connection-lobby thread failed; restarting it" in (farm.tmp / "controller.log").read_text()
+    farm.controller.terminate()
+    farm.controller.wait(10)
+
+    farm.controller = faulty_controller(farm, failures=-1)
+
+    def ended() -> bool:
+        with contextlib.suppress(FarmError):
+            Client(farm.url, timeout=2, token=token(farm, "submit")).call("api.version")
+        return farm.controller.poll() is not None
+    wait_until(ended, timeout=30, what="the hopeless controller to exit")
+    assert farm.controller.returncode == 70, "a controller that cannot accept must exit for its service manager"
+    assert "keeps failing; exiting (status 70)" in (farm.tmp / "controller.log").read_text()
