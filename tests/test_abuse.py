@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_povray, run_cli, wait_until
-from farm import povray, rpc
+from conftest import farm_argv, free_udp_port, needs_povray, run_cli, wait_until
+from farm import auth, povray, rpc
 from farm import sandbox as sandboxes
 from farm.bundle import bundle_hash
 from farm.client import Client
@@ -453,3 +453,40 @@ def test_node_errors_name_the_signal_and_why_through_bubblewrap(tmp_path):
     result, stderr = run([shutil.which("sh"), "-c", "kill -SEGV $$"], scenes)
     assert result.signal == signal.SIGSEGV and result.returncode is None
     assert "signal 11 SIGSEGV" in result.describe() and "crashed" in result.describe()
+
+
+# -- discovery datagrams ---------------------------------------------------------------------------
+
+HOSTILE_DATAGRAMS = (
+    b"[" * 1000,                                                               # RecursionError in json.loads
+    b'{"povfarm": 1, "body": "{\\"url\\": \\"u\\", \\"tls_sha256\\": \\"\\", \\"name\\": \\"x\\", '
+    b'\\"nonce\\": \\"n\\", \\"time\\": 1}", "sig": {"node": "\\ud800"}}',      # a lone surrogate: UnicodeEncodeError
+    b"\xff\xfe" * 300, b'{"povfarm": 1, "body": "{\\"time\\": 1e999}", "sig": {}}', b"x" * 1500, b"",
+)
+
+
+def test_a_node_listening_for_its_controller_outlives_hostile_datagrams(farm, monkeypatch):
+    """A node started with `--controller discover` is sent every kind of malformed datagram, 600 in all,
+    on its discovery port: it logs one line, goes on listening, and then finds the real controller."""
+    port = free_udp_port()
+    for name, value in (("DISCOVERY_PORT", port), ("DISCOVERY_TIMEOUT", 0), ("ANNOUNCE_TO", "127.0.0.1"),
+                        ("ANNOUNCE_INTERVAL", 0.2)):
+        monkeypatch.setenv(f"POVFARM_{name}", str(value))
+    auth.create_token_file(farm.token_file)      # the node needs it before the controller starts
+    node = subprocess.Popen(farm_argv("node", "--controller", "discover", "--name", "n1",
+                                      "--work-dir", str(farm.tmp / "n1")),
+                            stdout=subprocess.DEVNULL, stderr=open(farm.tmp / "n1.log", "ab"))
+    farm.nodes.append(node)
+    wait_until(lambda: "listening for its announcement" in farm.log("n1"), what="the node to listen")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+        for _ in range(100):
+            for datagram in HOSTILE_DATAGRAMS:
+                attacker.sendto(datagram, ("127.0.0.1", port))
+    wait_until(lambda: node.poll() is not None or "ignored a datagram from 127.0.0.1" in farm.log("n1"),
+               what="the node to log the garbage")
+    assert node.poll() is None, farm.log("n1")
+    farm.start_controller("--announce", "--announce-url", farm.url)
+    wait_until(lambda: farm.client.call("nodes.list"), what="the node to find the controller and register")
+    log = farm.log("n1")
+    assert node.poll() is None and "Traceback" not in log
+    assert "found the controller" in log and log.count("ignored a datagram") == 1, log
