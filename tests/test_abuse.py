@@ -490,3 +490,26 @@ def test_a_node_listening_for_its_controller_outlives_hostile_datagrams(farm, mo
     log = farm.log("n1")
     assert node.poll() is None and "Traceback" not in log
     assert "found the controller" in log and log.count("ignored a datagram") == 1, log
+
+
+# -- what the server says about itself -------------------------------------------------------------
+
+def test_the_server_header_names_povfarm_only(farm):
+    """The Server header tells an attacker nothing about the Python underneath: on a call, a refusal,
+    the web page and a missing page alike."""
+    import farm as package
+
+    farm.start_controller()
+    answers = []
+    for method, path, role in (("POST", "/RPC2", "view"), ("POST", "/RPC2", None), ("GET", "/", None),
+                               ("GET", "/no-such-page", None)):
+        connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+        headers = {"Authorization": f"Bearer {token(farm, role)}"} if role else {}
+        connection.request(method, path, body=xmlrpc.client.dumps((), "api.version") if method == "POST" else None,
+                           headers={**headers, "Content-Type": "text/xml"})
+        response = connection.getresponse()
+        response.read()
+        answers.append((response.status, response.getheader("Server")))
+        connection.close()
+    assert {status for status, _ in answers} == {200, 401, 404}, answers
+    assert all(server == f"povfarm/{package.__version__}" for _, server in answers), answers
