@@ -52,7 +52,7 @@ from typing import Callable, Mapping
 from farm.auth import ROLES, client_token
 from farm.client import check_url
 from farm.config import DEFAULT_PORT, Config
-from farm.faults import Code, FarmError
+from farm.faults import Code, FarmError, shown
 from farm.rpc import is_loopback
 
 log = logging.getLogger(__name__)
@@ -202,11 +202,6 @@ def _finite_time(value: object) -> float:
     return seconds
 
 
-def _shown(text: str, limit: int = 100) -> str:
-    """An unverified string from the network as a log shows it: quoted, escaped, cut short."""
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
-
-
 class Receiver:
     """Decides which datagrams to believe: signed with one of `keys` (the reader's token, derived per
     role), recent by `clock`, and not seen before. Remembers the nonces of the last WINDOW seconds."""
@@ -265,7 +260,7 @@ class Receiver:
             if loud:
                 noted.add(key)
             log.log(logging.WARNING if loud else logging.DEBUG, "ignored an announcement from %s claiming a "
-                    "controller at %s: %s", sender, _shown(why.claimed), why)
+                    "controller at %s: %s", sender, shown(why.claimed, 100), why)
             return None
 
     def _garbage(self, sender: str, why: Rejected) -> None:

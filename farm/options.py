@@ -12,7 +12,7 @@ import dataclasses
 import re
 from typing import Iterable
 
-from farm.faults import Code, FarmError
+from farm.faults import Code, FarmError, shown
 
 # Rendering switches a job may set, by POV-Ray's switch name. Value pattern per switch.
 _NUMBER = r"[0-9]*\.?[0-9]*"
@@ -140,7 +140,7 @@ def validate_options(options: Iterable[str], default_block: int = 32) -> RenderO
     alpha, block = False, default_block
     for option in options:
         if not isinstance(option, str) or not option or len(option) > 100:
-            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} is not a short string")
+            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown(option)} is not a short string")
         if _DECLARE.match(option):
             checked.append(option)
             continue

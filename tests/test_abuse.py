@@ -513,3 +513,64 @@ def test_the_server_header_names_povfarm_only(farm):
         connection.close()
     assert {status for status, _ in answers} == {200, 401, 404}, answers
     assert all(server == f"povfarm/{package.__version__}" for _, server in answers), answers
+
+
+# -- what faults say about the values sent ---------------------------------------------------------
+
+WRONG_TYPED = (xmlrpc.client.Binary(b"\0ab"), {"a": xmlrpc.client.Binary(b"x")},
+               [xmlrpc.client.Binary(b"x"), {"b": 1}], True, xmlrpc.client.DateTime("20240101T00:00:00"),
+               "x" * 5000)
+PLAUSIBLE = {"int": 1, "float": 0.5, "str": "x", "dict": {}, "dict | None": {}, "bool": False,
+             "xmlrpc.client.Binary": xmlrpc.client.Binary(b"")}
+
+
+def api_calls():
+    """(method, roles, params) for every public method: each parameter in turn wrong-typed, the others
+    of their right type."""
+    import inspect
+
+    from farm.api.bundles import BundlesAPI
+    from farm.api.jobs import JobsAPI
+    from farm.api.nodes import NodesAPI
+    from farm.api.viewer import ViewerAPI
+
+    for namespace in (BundlesAPI, JobsAPI, NodesAPI, ViewerAPI):
+        for name, function in inspect.getmembers(namespace, inspect.isfunction):
+            if not hasattr(function, "rpc_roles"):
+                continue
+            params = [PLAUSIBLE[p.annotation] for p in list(inspect.signature(function).parameters.values())[1:]]
+            for index in range(len(params)):
+                for value in WRONG_TYPED:
+                    yield f"{namespace.namespace}.{name}", function.rpc_roles, (*params[:index], value,
+                                                                                   *params[index + 1:])
+
+
+def test_faults_describe_wrong_values_by_type_not_by_repr(farm):
+    """Whatever a client sends in place of a number, a text, a flag or a list, the fault names it by its
+    XML-RPC type (`binary data (3 bytes)`, `a struct of 1 member(s)`) or a short rendering, never by a
+    Python repr such as `<xmlrpc.client.Binary object at 0x7f...>`."""
+    farm.start_controller()
+    clients = {role: farm.client_as(role) for role in ("submit", "node", "view")}
+    digest = clients["submit"].call("bundles.upload", xmlrpc.client.Binary(small_bundle()))
+    valid = {"bundle": digest, "scene": "s.pov", "width": 8, "height": 8}
+    calls = list(api_calls())
+    for field in ("bundle", "scene", "width", "height", "options", "strips", "bits", "priority", "name",
+                  "animation", "radiosity_prepass", "preview"):
+        calls += [("jobs.submit", {"submit"}, ({**valid, field: value},)) for value in WRONG_TYPED]
+    calls += [("jobs.submit", {"submit"}, ({**valid, "options": [value]},)) for value in WRONG_TYPED]
+    calls += [("jobs.submit", {"submit"}, ({**valid, "animation": {name: value}},))
+              for name in ("first", "initial_clock", "cyclic") for value in WRONG_TYPED]
+    faults = []
+    for method, roles, params in calls:
+        try:
+            clients[sorted(roles)[0]].call(method, *params)
+        except FarmError as err:
+            faults.append((method, err.code, str(err)))
+    assert len(faults) > 300
+    leaking = [fault for fault in faults if " at 0x" in fault[2] or "xmlrpc.client" in fault[2]
+               or fault[1] is Code.INTERNAL]
+    assert not leaking, leaking[:5]
+    texts = {text for _method, _code, text in faults}
+    assert "job must be a whole number from 1 to 2147483647, not binary data (3 bytes)" in texts
+    assert "preview must be auto, always or never, not the date and time '20240101T00:00:00'" in texts
+    assert "POV-Ray option an array of 2 value(s) is not a short string" in texts
