@@ -574,3 +574,30 @@ def test_faults_describe_wrong_values_by_type_not_by_repr(farm):
     assert "job must be a whole number from 1 to 2147483647, not binary data (3 bytes)" in texts
     assert "preview must be auto, always or never, not the date and time '20240101T00:00:00'" in texts
     assert "POV-Ray option an array of 2 value(s) is not a short string" in texts
+
+
+# -- library folders stay inside the bundle --------------------------------------------------------
+
+def test_a_library_path_outside_the_bundle_is_refused(farm, tmp_path):
+    """`+L../..` would have every node's POV-Ray search the node's own folders: the controller refuses it
+    with the way to do it right, `--option +L...` is refused before anything is sent, and a library
+    folder inside the bundle is still taken."""
+    farm.start_controller()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("scenes/s.pov", SCENE)
+        archive.writestr("lib/x.inc", "\n")
+    digest = farm.client.call("bundles.upload", xmlrpc.client.Binary(buffer.getvalue()))
+    spec = {"bundle": digest, "scene": "scenes/s.pov", "width": 8, "height": 8}
+    for option in ("+L../..", "+L../lib/../..", '+L"../../my lib"'):
+        with pytest.raises(FarmError) as refused:
+            farm.client.call("jobs.submit", {**spec, "options": [option]})
+        assert refused.value.code is Code.BAD_OPTION, option
+        assert "outside the job's bundle" in str(refused.value) and "+L../lib" in str(refused.value)
+    job = farm.client.call("jobs.submit", {**spec, "options": ["+L../lib"]})
+    farm.client.call("jobs.cancel", job)
+    assert [row["id"] for row in farm.client.call("jobs.list")] == [job]
+    scene = tmp_path / "s.pov"
+    scene.write_text(SCENE)
+    done = run_cli("submit", str(scene), "--option", "+L../..", "--controller", farm.url, timeout=60)
+    assert done.returncode == 1 and "not allowed in --option" in done.stderr and "Traceback" not in done.stderr
