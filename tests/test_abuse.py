@@ -601,3 +601,53 @@ def test_a_library_path_outside_the_bundle_is_refused(farm, tmp_path):
     scene.write_text(SCENE)
     done = run_cli("submit", str(scene), "--option", "+L../..", "--controller", farm.url, timeout=60)
     assert done.returncode == 1 and "not allowed in --option" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- the systemd units -----------------------------------------------------------------------------
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """A systemd unit's settings, each key with every value it is given (keys may repeat)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_the_node_unit_runs_a_node_with_the_token_it_loads(farm, tmp_path, monkeypatch):
+    """The node unit used to pass no token, so its node exited and was restarted every 10 s. Its ExecStart
+    parses with the CLI's own parser and names the token file that LoadCredential= provides; run as systemd
+    would run it (the credential copied to a private folder), that node registers; with a wrong token it
+    exits at once, saying so. The controller's unit parses too."""
+    import shlex
+
+    from conftest import ROOT
+    from farm.cli import build_parser
+
+    units = ROOT / "examples" / "systemd"
+    controller_argv = shlex.split(unit_settings(units / "povfarm-controller.service")["ExecStart"][0])
+    assert build_parser().parse_args(controller_argv[1:]).command == "controller"
+    node_unit = unit_settings(units / "povfarm-node.service")
+    argv = shlex.split(node_unit["ExecStart"][0])
+    args = build_parser().parse_args(argv[1:])
+    credentials = dict(value.split(":", 1) for value in node_unit["LoadCredential"])
+    name = args.token_file.removeprefix("${CREDENTIALS_DIRECTORY}/")
+    assert args.command == "node" and Path(argv[0]).name == "povfarm" and name in credentials
+    assert credentials[name].startswith("/etc/")
+
+    farm.start_controller()
+    monkeypatch.delenv("POVFARM_TOKEN_FILE")
+    directory = tmp_path / "credentials"
+    directory.mkdir(mode=0o700)
+    (directory / name).write_text(token(farm, "node") + "\n")
+    command = [arg.replace("${CREDENTIALS_DIRECTORY}", str(directory)) for arg in argv[1:]]
+    node = subprocess.Popen(farm_argv(*command, "--controller", farm.url, "--work-dir", str(tmp_path / "n1")),
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "n1.log", "ab"))
+    farm.nodes.append(node)
+    wait_until(lambda: node.poll() is not None or farm.client.call("nodes.list"), what="the node to register")
+    assert node.poll() is None, farm.log("n1")
+    (directory / name).write_text("not-the-token\n")
+    refused = run_cli(*command, "--controller", farm.url, "--work-dir", str(tmp_path / "n2"), timeout=60)
+    assert refused.returncode == 1 and "refused the access token" in refused.stderr
+    assert "Traceback" not in refused.stderr
