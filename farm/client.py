@@ -249,7 +249,10 @@ class UploadMeter:
 
 def check_url(url: str) -> str:
     """Refuse a controller URL that is not http(s)://host[:port]."""
-    parsed = urllib.parse.urlsplit(url)
+    try:
+        parsed = urllib.parse.urlsplit(url)      # ValueError for a broken [IPv6] host
+    except ValueError:
+        parsed = urllib.parse.SplitResult("", "", "", "", "")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise FarmError(Code.BAD_ARGUMENT, f"{url!r} is not a controller URL like http://HOST:8642")
     try:

@@ -6,7 +6,7 @@ controller listens (its URL) and, with TLS, the SHA-256 fingerprint of its
 certificate, so a client that finds it this way pins that certificate instead of
 needing a CA. No token is ever sent.
 
-Wire format (UTF-8 JSON, at most `MAX_DATAGRAM` bytes):
+Wire format (UTF-8 JSON, at most `MAX_DATAGRAM` bytes, nested two deep):
 
     {"povfarm": 1, "body": "<JSON text>", "sig": {"node": HEX, "submit": HEX, "view": HEX}}
 
@@ -38,6 +38,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import re
 import secrets
 import socket
@@ -51,7 +52,7 @@ from typing import Callable, Mapping
 from farm.auth import ROLES, client_token
 from farm.client import check_url
 from farm.config import DEFAULT_PORT, Config
-from farm.faults import Code, FarmError
+from farm.faults import Code, FarmError, shown
 from farm.rpc import is_loopback
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ LOCAL_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 DISCOVER = "discover"        # --controller discover: skip the local controller, listen at once
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _MAX_NOTED_SENDERS = 32      # senders whose bad announcements are logged at WARNING (then DEBUG)
+GARBAGE_LOG_INTERVAL = 60.0  # seconds between two log lines about datagrams that are no announcement
+_OUTER_DEPTH, _BODY_DEPTH = 2, 1   # {"sig": {...}} inside the datagram; the body is one flat object
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +126,7 @@ def encode(url: str, tls_sha256: str, name: str, keys: Mapping[str, bytes], now:
     """One announcement datagram, signed once per role key."""
     body = json.dumps({"url": url, "tls_sha256": tls_sha256, "name": name, "time": round(now, 3),
                        "nonce": nonce or secrets.token_hex(12)}, separators=(",", ":"), sort_keys=True)
-    signatures = {role: _sign(key, body) for role, key in sorted(keys.items())}
+    signatures = {role: _sign(key, body.encode()) for role, key in sorted(keys.items())}
     data = json.dumps({"povfarm": VERSION, "body": body, "sig": signatures}, separators=(",", ":")).encode()
     if len(data) > MAX_DATAGRAM:
         raise FarmError(Code.BAD_ARGUMENT, f"the announcement for {url} is over {MAX_DATAGRAM} bytes: "
@@ -130,50 +134,98 @@ def encode(url: str, tls_sha256: str, name: str, keys: Mapping[str, bytes], now:
     return data
 
 
-def _sign(key: bytes, body: str) -> str:
-    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+def _sign(key: bytes, body: bytes) -> str:
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
-def _parse(datagram: bytes) -> tuple[str, dict[str, str], dict]:
-    """(body text, signatures, body) of a well-formed datagram, else Rejected('garbled')."""
+def _parse(datagram: bytes) -> tuple[bytes, dict[str, str], dict]:
+    """(the body's signed bytes, {role: hex signature}, the body with `time` as a finite float) of a
+    well-formed datagram, else Rejected('garbled'). Anyone on the LAN can send anything to the port, so
+    everything is checked before it is used: the size, the nesting (before json.loads, whose recursion
+    a deep `[[[[...` would exhaust), UTF-8 without lone surrogates (the body's bytes are what is signed),
+    every field's type, and a time that is a finite number."""
     try:
         if len(datagram) > MAX_DATAGRAM:
-            raise ValueError("too long")
-        outer = json.loads(datagram.decode("utf-8"))
-        body_text, signatures = outer["body"], outer["sig"]
-        body = json.loads(body_text)
-        if outer.get("povfarm") != VERSION or not isinstance(signatures, dict) or not isinstance(body, dict):
+            raise ValueError(f"over {MAX_DATAGRAM} bytes")
+        outer = _json_object(datagram.decode("utf-8"), _OUTER_DEPTH)
+        body_text, signatures = outer.get("body"), outer.get("sig")
+        if type(outer.get("povfarm")) is not int or outer["povfarm"] != VERSION:
             raise ValueError("not an announcement of this version")
+        if not isinstance(body_text, str) or not isinstance(signatures, dict):
+            raise ValueError("no body or signatures")
+        signed = body_text.encode("utf-8")       # a lone surrogate cannot be signed: UnicodeEncodeError
+        body = _json_object(body_text, _BODY_DEPTH)
         if not all(isinstance(body.get(key), str) for key in ("url", "tls_sha256", "name", "nonce")):
             raise ValueError("missing fields")
-        if not isinstance(body.get("time"), (int, float)):
-            raise ValueError("no time")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        body["time"] = _finite_time(body.get("time"))
+    except ValueError as err:                   # so are UnicodeError and JSONDecodeError
         raise Rejected("garbled", f"not a povfarm announcement ({err})") from None
-    return body_text, signatures, body
+    return signed, {role: sig for role, sig in signatures.items() if isinstance(sig, str) and sig.isascii()}, body
+
+
+def _json_object(text: str, depth: int) -> dict:
+    """A JSON object nested at most `depth` deep; no NaN or Infinity."""
+    if _nesting(text) > depth:
+        raise ValueError(f"nested over {depth} deep")
+    value = json.loads(text, parse_constant=_no_constant)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _nesting(text: str) -> int:
+    """How deep arrays and objects nest in JSON text, strings left out. An unterminated string's
+    brackets count too: such text is garbled anyway."""
+    depth = deepest = 0
+    for char in _JSON_STRING.sub('""', text):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_time(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("no time")
+    try:
+        seconds = float(value)                   # an int of hundreds of digits: OverflowError
+    except OverflowError:
+        raise ValueError("a time out of range") from None
+    if not math.isfinite(seconds):
+        raise ValueError("a time out of range")
+    return seconds
 
 
 class Receiver:
     """Decides which datagrams to believe: signed with one of `keys` (the reader's token, derived per
     role), recent by `clock`, and not seen before. Remembers the nonces of the last WINDOW seconds."""
 
-    def __init__(self, keys: Mapping[str, bytes], clock: Callable[[], float] = time.time, window: float = WINDOW):
+    def __init__(self, keys: Mapping[str, bytes], clock: Callable[[], float] = time.time, window: float = WINDOW,
+                 ticker: Callable[[], float] = time.monotonic):
         self.keys = dict(keys)
         self.clock = clock
         self.window = window
         self._seen: dict[str, float] = {}
         self.counts = {"garbled": 0, "signature": 0, "stale": 0, "replayed": 0}
+        self.ticker = ticker                 # paces the log line about garbage
+        self._garbage_told: float | None = None
+        self._garbage_untold = 0
 
     def check(self, datagram: bytes) -> Announcement:
         """The announcement, or Rejected. Signature first: nothing unsigned is looked at further."""
-        body_text, signatures, body = _parse(datagram)
+        signed, signatures, body = _parse(datagram)
         claimed = body["url"]
-        if not any(isinstance(signatures.get(role), str)
-                   and hmac.compare_digest(signatures[role].encode(), _sign(key, body_text).encode())
+        if not any(role in signatures and hmac.compare_digest(signatures[role].encode(), _sign(key, signed).encode())
                    for role, key in self.keys.items()):
             raise Rejected("signature", "its signature does not match this token", claimed)
         now = self.clock()
-        age = now - float(body["time"])
+        age = now - body["time"]
         if abs(age) > self.window:
             raise Rejected("stale", f"it is signed correctly but {'dated' if age > 0 else 'ahead by'} "
                                     f"{abs(age):.0f} s{' ago' if age > 0 else ''} (over {self.window:.0f} s): "
@@ -189,23 +241,41 @@ class Receiver:
             raise Rejected("garbled", str(err), claimed) from None
         if url.startswith("https") and not fingerprint:
             raise Rejected("garbled", "it names an https URL without the certificate's fingerprint", claimed)
-        return Announcement(url, fingerprint, body["name"], float(body["time"]), body["nonce"])
+        return Announcement(url, fingerprint, body["name"], body["time"], body["nonce"])
 
     def accept(self, datagram: bytes, sender: str, noted: set[str]) -> Announcement | None:
-        """`check`, logging a rejection: at WARNING the first time for each sender and reason (kept in
-        `noted`), else at DEBUG, so a flood cannot flood the log. Garbage (other software on the port,
-        perhaps) is only ever DEBUG."""
+        """`check`, logging a rejection so that a flood cannot flood the log: a believable-looking one at
+        WARNING the first time for each sender and reason (kept in `noted`, up to _MAX_NOTED_SENDERS),
+        garbage in one WARNING line at most every GARBAGE_LOG_INTERVAL seconds, which counts the rest;
+        everything else at DEBUG."""
         try:
             return self.check(datagram)
         except Rejected as why:
             self.counts[why.kind] += 1
+            if why.kind == "garbled" and not why.claimed:
+                self._garbage(sender, why)
+                return None
             key = f"{sender} {why.kind}"
-            loud = why.kind != "garbled" and key not in noted and len(noted) < _MAX_NOTED_SENDERS
-            noted.add(key)
-            claim = f" claiming a controller at {why.claimed}" if why.claimed else ""
-            log.log(logging.WARNING if loud else logging.DEBUG,
-                    "ignored an announcement from %s%s: %s", sender, claim, why)
+            loud = key not in noted and len(noted) < _MAX_NOTED_SENDERS
+            if loud:
+                noted.add(key)
+            log.log(logging.WARNING if loud else logging.DEBUG, "ignored an announcement from %s claiming a "
+                    "controller at %s: %s", sender, shown(why.claimed, 100), why)
             return None
+
+    def _garbage(self, sender: str, why: Rejected) -> None:
+        now = self.ticker()
+        self._garbage_untold += 1
+        if self._garbage_told is not None and now - self._garbage_told < GARBAGE_LOG_INTERVAL:
+            log.debug("ignored a datagram from %s: %s", sender, why)
+            return
+        if self._garbage_told is None:
+            log.warning("ignored a datagram from %s on the discovery port: %s (more of these are counted and "
+                        "logged at most every %.0f s)", sender, why, GARBAGE_LOG_INTERVAL)
+        else:
+            log.warning("ignored %d datagram(s) that were no povfarm announcement in the last %.0f s, the latest "
+                        "from %s: %s", self._garbage_untold, now - self._garbage_told, sender, why)
+        self._garbage_told, self._garbage_untold = now, 0
 
     def timeout_message(self, port: int, seconds: float, role: str) -> str:
         if self.counts["signature"]:
@@ -215,7 +285,9 @@ class Receiver:
         if self.counts["stale"]:
             return (f"heard announcement(s) on UDP port {port} signed with this token, but dated more than "
                     f"{self.window:.0f} s from this box's clock: set the clocks right (NTP), or give --controller URL")
-        return (f"no controller announced itself on UDP port {port} within {seconds:.0f} s: start it with "
+        garbage = self.counts["garbled"]
+        heard = f" (only {garbage} datagram(s) that were no povfarm announcement)" if garbage else ""
+        return (f"no controller announced itself on UDP port {port} within {seconds:.0f} s{heard}: start it with "
                 f"--announce (listening on the network, --bind), let UDP port {port} through the firewall, or "
                 f"give --controller URL")
 

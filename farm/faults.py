@@ -81,3 +81,28 @@ class FarmError(Exception):
         except ValueError:
             code = Code.INTERNAL
         return cls(code, str(fault.faultString))
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value someone sent, as a sentence names it: a number or a text (quoted, escaped, cut short) as
+    itself, anything else by its XML-RPC type; never a Python repr with a class name and an address, and
+    never longer than about `limit` characters however much was sent."""
+    if isinstance(value, bool):
+        return f"the boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else f"a whole number of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, xmlrpc.client.Binary):
+        return f"binary data ({len(value.data)} bytes)"
+    if isinstance(value, xmlrpc.client.DateTime):
+        return f"the date and time {shown(str(value.value), limit)}"
+    if isinstance(value, dict):
+        return f"a struct of {len(value)} member(s)"
+    if isinstance(value, (list, tuple)):
+        return f"an array of {len(value)} value(s)"
+    if value is None:
+        return "nil"
+    return "a value of another type"

@@ -9,10 +9,11 @@ refused too: an unknown switch could write files or run commands on every node.
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from farm.faults import Code, FarmError
+from farm.faults import Code, FarmError, shown
 
 # Rendering switches a job may set, by POV-Ray's switch name. Value pattern per switch.
 _NUMBER = r"[0-9]*\.?[0-9]*"
@@ -59,6 +60,7 @@ FARM_OWNED: dict[str, str] = {
 # +L: only a folder inside the job's bundle, relative to the scene (the client ships local library
 # folders in the bundle and names them so); the node's own library paths come after it.
 _LIBRARY = re.compile(r'^"?(?![/\\])(?![A-Za-z]:)[^"\x00-\x1f:\\]{1,200}"?$')
+_LIBRARY_HINT = "give it after the scene (povfarm render scene.pov +L../lib) and it is shipped with it"
 
 _SWITCH_NAMES = sorted(set(ALLOWED_SWITCHES) | set(FARM_OWNED) | {"L"}, key=len, reverse=True)
 _DECLARE = re.compile(r"(?i)^declare=([A-Za-z_][A-Za-z0-9_]{0,39})=(-?[0-9]*\.?[0-9]+(e-?[0-9]+)?)$")
@@ -123,8 +125,7 @@ def _check_switch(option: str) -> tuple[str, str]:
         if (not _LIBRARY.match(value) or value.count('"') not in (0, 2)
                 or (" " in value and not value.startswith('"'))):
             raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} is not allowed: a library path must be "
-                                             f"a folder beside the scene; give it after the scene "
-                                             f"(povfarm render scene.pov +L../lib) and it is shipped with it")
+                                             f"a folder beside the scene; {_LIBRARY_HINT}")
         return name, value
     if name in FARM_OWNED:
         raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} is not allowed: {FARM_OWNED[name]}")
@@ -140,7 +141,7 @@ def validate_options(options: Iterable[str], default_block: int = 32) -> RenderO
     alpha, block = False, default_block
     for option in options:
         if not isinstance(option, str) or not option or len(option) > 100:
-            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} is not a short string")
+            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown(option)} is not a short string")
         if _DECLARE.match(option):
             checked.append(option)
             continue
@@ -158,6 +159,32 @@ def validate_options(options: Iterable[str], default_block: int = 32) -> RenderO
     if len(checked) > MAX_OPTIONS:
         raise FarmError(Code.BAD_OPTION, f"too many POV-Ray options (at most {MAX_OPTIONS})")
     return RenderOptions(tuple(checked), alpha, block)
+
+
+def check_libraries(options: Iterable[str], scene: str) -> None:
+    """Refuse a +L whose folder, taken from the scene's folder in the bundle as POV-Ray takes it (the
+    node runs it there), is outside the bundle: library folders travel inside it, and `+L../..` would
+    have POV-Ray search the node's own folders instead."""
+    for option, value in _libraries(options):
+        folder = posixpath.normpath(posixpath.join(posixpath.dirname(scene), value.strip('"')))
+        if folder == ".." or folder.startswith("../"):
+            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r} is not allowed: seen from the scene "
+                                             f"{scene!r}, that folder is outside the job's bundle; {_LIBRARY_HINT}")
+
+
+def refuse_libraries(options: Iterable[str]) -> None:
+    """Refuse +L among options given apart from the scene (`--option`): a library folder must be packed
+    with the scene, so that the node finds it inside the bundle."""
+    library = next(_libraries(options), None)
+    if library is not None:
+        raise FarmError(Code.BAD_OPTION, f"POV-Ray option {library[0]!r} is not allowed in --option: {_LIBRARY_HINT}")
+
+
+def _libraries(options: Iterable[str]) -> Iterator[tuple[str, str]]:
+    for option in options:
+        parts = _split_switch(option) if option[:1] in "+-" else None
+        if parts is not None and parts[0] == "L":
+            yield option, parts[1]
 
 
 # -- INI files ------------------------------------------------------------------------------------

@@ -380,6 +380,7 @@ def rendering_options(options: Sequence[str]) -> list[str]:
             found.extend(_unquote(piece) for piece in pieces)
         else:
             found.append(option)
+    allow.refuse_libraries(found)
     return list(allow.validate_options(found).options)
 
 

@@ -23,7 +23,7 @@ from farm import bundle, photons, povray, radiosity, strips
 from farm import sandbox as sandboxes
 from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.options import without_antialiasing
+from farm.options import check_libraries, without_antialiasing
 from farm.records import RenderOutcome
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ class UnitRenderer:
 
     def render(self, task: dict[str, Any], strip_dir: Path) -> RenderOutcome:
         """Render one task in `strip_dir`: what it amounts to (rows, a failure, or a lease to give up)."""
+        try:
+            check_libraries(task["options"], task["scene"])   # as the controller does: an older one did not
+        except FarmError as err:
+            return _failed(f"node {self.config.name} refuses the job: {err}", True)
         try:
             bundle_dir = self.bundles.ensure(task["bundle"], lambda: self._fetch_bundle(task["bundle"]))
             scene_dir = bundle.copy_for_render(bundle_dir, strip_dir / "scene")

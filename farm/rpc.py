@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
-from farm import web
+from farm import __version__, web
 from farm.admission import RETRY_AFTER, Connection, Connections, Quotas
 from farm.auth import roles_of
 from farm.faults import Code, FarmError
@@ -486,6 +486,10 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
     # Only gzip what is worth it: a task or a status is a few KB of XML, and compressing every one costs
     # the controller more CPU than the bytes saved (the stdlib's default is 1,400 bytes).
     encode_threshold = 8192
+    server_version = f"povfarm/{__version__}"    # the Server header (RPC and web page): not Python's version
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)

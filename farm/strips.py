@@ -21,6 +21,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from farm.faults import shown
+
 DEFAULT_BLOCK = 32  # POV-Ray's default render block size (+BS)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -741,7 +743,7 @@ class PreviewMode(str, enum.Enum):
         try:
             return cls(text)
         except ValueError:
-            raise ValueError(f"preview must be auto, always or never, not {value!r}") from None
+            raise ValueError(f"preview must be auto, always or never, not {shown(value)}") from None
 
 
 def preview_size(width: int, height: int) -> tuple[int, int]:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_povray, run_cli, wait_until
-from farm import povray, rpc
+from conftest import farm_argv, free_udp_port, needs_povray, run_cli, wait_until
+from farm import auth, povray, rpc
 from farm import sandbox as sandboxes
 from farm.bundle import bundle_hash
 from farm.client import Client
@@ -565,3 +565,201 @@ def test_a_failing_lobby_is_restarted_and_a_hopeless_one_ends_the_process(farm):
     wait_until(ended, timeout=30, what="the hopeless controller to exit")
     assert farm.controller.returncode == 70, "a controller that cannot accept must exit for its service manager"
     assert "keeps failing; exiting (status 70)" in (farm.tmp / "controller.log").read_text()
+
+
+# -- discovery datagrams ---------------------------------------------------------------------------
+
+HOSTILE_DATAGRAMS = (
+    b"[" * 1000,                                                               # RecursionError in json.loads
+    b'{"povfarm": 1, "body": "{\\"url\\": \\"u\\", \\"tls_sha256\\": \\"\\", \\"name\\": \\"x\\", '
+    b'\\"nonce\\": \\"n\\", \\"time\\": 1}", "sig": {"node": "\\ud800"}}',      # a lone surrogate: UnicodeEncodeError
+    b"\xff\xfe" * 300, b'{"povfarm": 1, "body": "{\\"time\\": 1e999}", "sig": {}}', b"x" * 1500, b"",
+)
+
+
+def test_a_node_listening_for_its_controller_outlives_hostile_datagrams(farm, monkeypatch):
+    """A node started with `--controller discover` is sent every kind of malformed datagram, 600 in all,
+    on its discovery port: it logs one line, goes on listening, and then finds the real controller."""
+    port = free_udp_port()
+    for name, value in (("DISCOVERY_PORT", port), ("DISCOVERY_TIMEOUT", 0), ("ANNOUNCE_TO", "127.0.0.1"),
+                        ("ANNOUNCE_INTERVAL", 0.2)):
+        monkeypatch.setenv(f"POVFARM_{name}", str(value))
+    auth.create_token_file(farm.token_file)      # the node needs it before the controller starts
+    node = subprocess.Popen(farm_argv("node", "--controller", "discover", "--name", "n1",
+                                      "--work-dir", str(farm.tmp / "n1")),
+                            stdout=subprocess.DEVNULL, stderr=open(farm.tmp / "n1.log", "ab"))
+    farm.nodes.append(node)
+    wait_until(lambda: "listening for its announcement" in farm.log("n1"), what="the node to listen")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+        for _ in range(100):
+            for datagram in HOSTILE_DATAGRAMS:
+                attacker.sendto(datagram, ("127.0.0.1", port))
+    wait_until(lambda: node.poll() is not None or "ignored a datagram from 127.0.0.1" in farm.log("n1"),
+               what="the node to log the garbage")
+    assert node.poll() is None, farm.log("n1")
+    farm.start_controller("--announce", "--announce-url", farm.url)
+    wait_until(lambda: farm.client.call("nodes.list"), what="the node to find the controller and register")
+    log = farm.log("n1")
+    assert node.poll() is None and "Traceback" not in log
+    assert "found the controller" in log and log.count("ignored a datagram") == 1, log
+
+
+# -- what the server says about itself -------------------------------------------------------------
+
+def test_the_server_header_names_povfarm_only(farm):
+    """The Server header tells an attacker nothing about the Python underneath: on a call, a refusal,
+    the web page and a missing page alike."""
+    import farm as package
+
+    farm.start_controller()
+    answers = []
+    for method, path, role in (("POST", "/RPC2", "view"), ("POST", "/RPC2", None), ("GET", "/", None),
+                               ("GET", "/no-such-page", None)):
+        connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+        headers = {"Authorization": f"Bearer {token(farm, role)}"} if role else {}
+        connection.request(method, path, body=xmlrpc.client.dumps((), "api.version") if method == "POST" else None,
+                           headers={**headers, "Content-Type": "text/xml"})
+        response = connection.getresponse()
+        response.read()
+        answers.append((response.status, response.getheader("Server")))
+        connection.close()
+    assert {status for status, _ in answers} == {200, 401, 404}, answers
+    assert all(server == f"povfarm/{package.__version__}" for _, server in answers), answers
+
+
+# -- what faults say about the values sent ---------------------------------------------------------
+
+WRONG_TYPED = (xmlrpc.client.Binary(b"\0ab"), {"a": xmlrpc.client.Binary(b"x")},
+               [xmlrpc.client.Binary(b"x"), {"b": 1}], True, xmlrpc.client.DateTime("20240101T00:00:00"),
+               "x" * 5000)
+PLAUSIBLE = {"int": 1, "float": 0.5, "str": "x", "dict": {}, "dict | None": {}, "bool": False,
+             "xmlrpc.client.Binary": xmlrpc.client.Binary(b"")}
+
+
+def api_calls():
+    """(method, roles, params) for every public method: each parameter in turn wrong-typed, the others
+    of their right type."""
+    import inspect
+
+    from farm.api.bundles import BundlesAPI
+    from farm.api.jobs import JobsAPI
+    from farm.api.nodes import NodesAPI
+    from farm.api.viewer import ViewerAPI
+
+    for namespace in (BundlesAPI, JobsAPI, NodesAPI, ViewerAPI):
+        for name, function in inspect.getmembers(namespace, inspect.isfunction):
+            if not hasattr(function, "rpc_roles"):
+                continue
+            params = [PLAUSIBLE[p.annotation] for p in list(inspect.signature(function).parameters.values())[1:]]
+            for index in range(len(params)):
+                for value in WRONG_TYPED:
+                    yield f"{namespace.namespace}.{name}", function.rpc_roles, (*params[:index], value,
+                                                                                   *params[index + 1:])
+
+
+def test_faults_describe_wrong_values_by_type_not_by_repr(farm):
+    """Whatever a client sends in place of a number, a text, a flag or a list, the fault names it by its
+    XML-RPC type (`binary data (3 bytes)`, `a struct of 1 member(s)`) or a short rendering, never by a
+    Python repr such as `<xmlrpc.client.Binary object at 0x7f...>`."""
+    farm.start_controller()
+    clients = {role: farm.client_as(role) for role in ("submit", "node", "view")}
+    digest = clients["submit"].call("bundles.upload", xmlrpc.client.Binary(small_bundle()))
+    valid = {"bundle": digest, "scene": "s.pov", "width": 8, "height": 8}
+    calls = list(api_calls())
+    for field in ("bundle", "scene", "width", "height", "options", "strips", "bits", "priority", "name",
+                  "animation", "radiosity_prepass", "preview"):
+        calls += [("jobs.submit", {"submit"}, ({**valid, field: value},)) for value in WRONG_TYPED]
+    calls += [("jobs.submit", {"submit"}, ({**valid, "options": [value]},)) for value in WRONG_TYPED]
+    calls += [("jobs.submit", {"submit"}, ({**valid, "animation": {name: value}},))
+              for name in ("first", "initial_clock", "cyclic") for value in WRONG_TYPED]
+    faults = []
+    for method, roles, params in calls:
+        try:
+            clients[sorted(roles)[0]].call(method, *params)
+        except FarmError as err:
+            faults.append((method, err.code, str(err)))
+    assert len(faults) > 300
+    leaking = [fault for fault in faults if " at 0x" in fault[2] or "xmlrpc.client" in fault[2]
+               or fault[1] is Code.INTERNAL]
+    assert not leaking, leaking[:5]
+    texts = {text for _method, _code, text in faults}
+    assert "job must be a whole number from 1 to 2147483647, not binary data (3 bytes)" in texts
+    assert "preview must be auto, always or never, not the date and time '20240101T00:00:00'" in texts
+    assert "POV-Ray option an array of 2 value(s) is not a short string" in texts
+
+
+# -- library folders stay inside the bundle --------------------------------------------------------
+
+def test_a_library_path_outside_the_bundle_is_refused(farm, tmp_path):
+    """`+L../..` would have every node's POV-Ray search the node's own folders: the controller refuses it
+    with the way to do it right, `--option +L...` is refused before anything is sent, and a library
+    folder inside the bundle is still taken."""
+    farm.start_controller()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("scenes/s.pov", SCENE)
+        archive.writestr("lib/x.inc", "\n")
+    digest = farm.client.call("bundles.upload", xmlrpc.client.Binary(buffer.getvalue()))
+    spec = {"bundle": digest, "scene": "scenes/s.pov", "width": 8, "height": 8}
+    for option in ("+L../..", "+L../lib/../..", '+L"../../my lib"'):
+        with pytest.raises(FarmError) as refused:
+            farm.client.call("jobs.submit", {**spec, "options": [option]})
+        assert refused.value.code is Code.BAD_OPTION, option
+        assert "outside the job's bundle" in str(refused.value) and "+L../lib" in str(refused.value)
+    job = farm.client.call("jobs.submit", {**spec, "options": ["+L../lib"]})
+    farm.client.call("jobs.cancel", job)
+    assert [row["id"] for row in farm.client.call("jobs.list")] == [job]
+    scene = tmp_path / "s.pov"
+    scene.write_text(SCENE)
+    done = run_cli("submit", str(scene), "--option", "+L../..", "--controller", farm.url, timeout=60)
+    assert done.returncode == 1 and "not allowed in --option" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- the systemd units -----------------------------------------------------------------------------
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """A systemd unit's settings, each key with every value it is given (keys may repeat)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_the_node_unit_runs_a_node_with_the_token_it_loads(farm, tmp_path, monkeypatch):
+    """The node unit used to pass no token, so its node exited and was restarted every 10 s. Its ExecStart
+    parses with the CLI's own parser and names the token file that LoadCredential= provides; run as systemd
+    would run it (the credential copied to a private folder), that node registers; with a wrong token it
+    exits at once, saying so. The controller's unit parses too."""
+    import shlex
+
+    from conftest import ROOT
+    from farm.cli import build_parser
+
+    units = ROOT / "examples" / "systemd"
+    controller_argv = shlex.split(unit_settings(units / "povfarm-controller.service")["ExecStart"][0])
+    assert build_parser().parse_args(controller_argv[1:]).command == "controller"
+    node_unit = unit_settings(units / "povfarm-node.service")
+    argv = shlex.split(node_unit["ExecStart"][0])
+    args = build_parser().parse_args(argv[1:])
+    credentials = dict(value.split(":", 1) for value in node_unit["LoadCredential"])
+    name = args.token_file.removeprefix("${CREDENTIALS_DIRECTORY}/")
+    assert args.command == "node" and Path(argv[0]).name == "povfarm" and name in credentials
+    assert credentials[name].startswith("/etc/")
+
+    farm.start_controller()
+    monkeypatch.delenv("POVFARM_TOKEN_FILE")
+    directory = tmp_path / "credentials"
+    directory.mkdir(mode=0o700)
+    (directory / name).write_text(token(farm, "node") + "\n")
+    command = [arg.replace("${CREDENTIALS_DIRECTORY}", str(directory)) for arg in argv[1:]]
+    node = subprocess.Popen(farm_argv(*command, "--controller", farm.url, "--work-dir", str(tmp_path / "n1")),
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "n1.log", "ab"))
+    farm.nodes.append(node)
+    wait_until(lambda: node.poll() is not None or farm.client.call("nodes.list"), what="the node to register")
+    assert node.poll() is None, farm.log("n1")
+    (directory / name).write_text("not-the-token\n")
+    refused = run_cli(*command, "--controller", farm.url, "--work-dir", str(tmp_path / "n2"), timeout=60)
+    assert refused.returncode == 1 and "refused the access token" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from conftest import run_cli
+from conftest import free_udp_port, run_cli
 from farm import discovery
 from farm.client import Client
 from farm.config import Config
@@ -128,6 +128,99 @@ def test_garbage_is_ignored_without_a_fuss(datagram):
     assert receiver.accept(datagram, "10.231.77.1", set()) is None
 
 
+def hostile_body(**fields) -> str:
+    """A body with every field right but those given, as JSON text."""
+    return json.dumps({"url": URL, "tls_sha256": "", "name": "box", "time": NOW, "nonce": "n1", **fields})
+
+
+def with_body(body: str, sig=None) -> bytes:
+    return json.dumps({"povfarm": 1, "body": body, "sig": {"node": "00" * 32} if sig is None else sig}).encode()
+
+
+@pytest.mark.parametrize("datagram", [
+    b"[" * 1000, b"{" * 1000, b'{"a":' * 200, b"[" * 3 + b"]" * 3, b"\"" + b"\\" * 1000,   # deep, unterminated
+    with_body("[" * 900), with_body('{"url": [[[[]]]]}'),                                 # deep inside the body
+    b'{"povfarm": 1, "body": "' + b"\xc3\x28" * 10 + b'", "sig": {}}',                     # not UTF-8
+    with_body(hostile_body(url="\ud800")), with_body(hostile_body(), sig={"node": "\ud800"}),   # lone surrogates
+    with_body(hostile_body(), sig={"node": "\u00e9" * 64}), with_body(hostile_body(), sig={"node": 5}),
+    with_body(hostile_body(), sig=[]), with_body(hostile_body(), sig={"node": None, "view": {}}),
+    with_body(hostile_body()).replace(b'"time": 1800000000.0', b'"time": 1' + b"0" * 900),  # huge numbers
+    with_body(hostile_body()).replace(b'"time": 1800000000.0', b'"time": 1e999'),
+    with_body(hostile_body()).replace(b'"time": 1800000000.0', b'"time": NaN'),
+    with_body(hostile_body()).replace(b'"time": 1800000000.0', b'"time": -Infinity'),
+    with_body(hostile_body(time=True)), with_body(hostile_body(time="1800000000")), with_body(hostile_body(url=None)),
+    json.dumps({"povfarm": True, "body": hostile_body(), "sig": {}}).encode(),
+    json.dumps({"povfarm": 1, "body": 5, "sig": {}}).encode(), b"1" * 1024, b"\0" * 1024, b"[" * 5000,
+])
+def test_any_datagram_is_garbage_or_a_signature_that_does_not_match(datagram):
+    """Whatever anyone on the LAN sends, checking it raises Rejected and nothing else; the signature
+    check is reached only with well-formed fields (and fails here: nobody signed these)."""
+    receiver = reader(TOKENS["node"])
+    with pytest.raises(discovery.Rejected) as rejected:
+        receiver.check(datagram)
+    assert rejected.value.kind in ("garbled", "signature")
+    assert receiver.accept(datagram, "10.231.77.1", set()) is None
+
+
+def test_the_nesting_is_counted_outside_strings():
+    assert discovery._nesting('{"sig": {"node": "[[[[{{{{"}}') == 2
+    assert discovery._nesting('{"a": "\\"[[[", "b": [[]]}') == 3
+    assert discovery._nesting("[" * 5000) == 5000
+
+
+def test_a_signed_announcement_with_a_wrong_time_or_url_is_still_refused(keys):
+    """What a token holder signs is checked all the same: a time that is no finite number, a URL that
+    urlsplit cannot even split."""
+    for body in (hostile_body(time=1e308 * 10), hostile_body(url="http://[::1")):
+        body = body.replace("Infinity", "1" + "0" * 400)
+        datagram = with_body(body, sig={role: discovery._sign(key, body.encode()) for role, key in keys.items()})
+        with pytest.raises(discovery.Rejected) as rejected:
+            reader(TOKENS["node"]).check(datagram)
+        assert rejected.value.kind == "garbled"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=1100), st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["povfarm", "body", "sig", "x"]),
+                                                                 inner, max_size=4)).map(
+    lambda value: json.dumps(value).encode())))
+def test_random_datagrams_are_only_ever_rejected(datagram):
+    with pytest.raises(discovery.Rejected):
+        reader(TOKENS["node"]).check(datagram)
+
+
+def test_garbage_is_logged_in_one_line_a_minute(caplog):
+    now = [0.0]
+    receiver = discovery.Receiver(dict(reader_keys(TOKENS["node"])), lambda: NOW, ticker=lambda: now[0])
+    with caplog.at_level("WARNING", logger="farm.discovery"):
+        for step in range(1000):
+            now[0] = step * 0.1                                  # 1,000 datagrams in 100 s
+            assert receiver.accept(b"[" * 1000, f"10.231.{step % 250}.9", set()) is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "ignored a datagram from 10.231.0.9" in lines[0] and "nested" in lines[0]
+    assert "ignored 600 datagram(s)" in lines[1] and "in the last 60 s" in lines[1]
+    assert receiver.counts["garbled"] == 1000
+    assert "only 1000 datagram(s) that were no povfarm announcement" in receiver.timeout_message(8643, 10, "node")
+
+
+def test_senders_noted_for_warnings_are_bounded(keys, caplog):
+    forged, noted = announce(discovery.role_keys({"node": "guessed"})), set()
+    receiver = reader(TOKENS["node"])
+    with caplog.at_level("WARNING", logger="farm.discovery"):
+        for sender in range(500):
+            receiver.accept(forged, f"10.1.{sender // 250}.{sender % 250}", noted)
+    assert len(noted) == discovery._MAX_NOTED_SENDERS == len(caplog.records)
+
+
+def test_an_unverified_url_is_logged_escaped(keys, caplog):
+    forged = announce(discovery.role_keys({"node": "guessed"}), url="http://evil\n2030-01-01 node: all fine")
+    with caplog.at_level("WARNING", logger="farm.discovery"):
+        reader(TOKENS["node"]).accept(forged, "10.231.77.9", set())
+    assert "\n" not in caplog.records[0].getMessage() and "\\n" in caplog.records[0].getMessage()
+
+
 def test_a_signed_announcement_must_still_make_sense(keys):
     for url, fingerprint in (("ftp://10.231.77.1/", ""), ("https://10.231.77.1:8642", ""),
                              (URL, "not-hex")):
@@ -170,12 +263,6 @@ def test_the_announced_url_and_fingerprint(tmp_path):
     told = discovery.Announcer(Config(announce=True, announce_url="http://farm.lan:8642"),
                                "http://127.0.0.1:8642", TOKENS)
     assert told.url == "http://farm.lan:8642"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_announcer_and_listener_on_loopback():

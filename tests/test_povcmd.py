@@ -157,6 +157,53 @@ def test_library_paths_in_jobs_must_stay_relative():
             options.validate_options([bad])
 
 
+
+@pytest.mark.parametrize("scene, option, inside", [
+    ("s.pov", "+Llib", True), ("s.pov", "+L.", True), ("a/b/s.pov", "+L../..", True),
+    ("a/b/s.pov", '+L"../my lib"', True), ("a/s.pov", "+Llib/../../a", True),
+    ("s.pov", "+L..", False), ("s.pov", "+L../..", False), ("a/b/s.pov", "+L../../..", False),
+    ("a/s.pov", "+Llib/../../../x", False), ("s.pov", '+L"../my lib"', False), ("s.pov", "-L..", False),
+])
+def test_library_paths_stay_inside_the_bundle(scene, option, inside):
+    """A +L folder is taken from the scene's folder in the bundle, as the node's POV-Ray takes it; the
+    folder must be in the bundle (README: library folders travel inside it)."""
+    options.validate_options([option])
+    if inside:
+        options.check_libraries(["+A0.3", "Declare=X=1", option], scene)
+        return
+    with pytest.raises(FarmError) as refused:
+        options.check_libraries(["+A0.3", "Declare=X=1", option], scene)
+    assert refused.value.code is Code.BAD_OPTION and "outside the job's bundle" in str(refused.value)
+    assert repr(option) in str(refused.value) and "+L../lib" in str(refused.value)
+
+
+def test_library_paths_in_option_flags_are_refused():
+    """`--option +L...` would send a folder that nobody packed: refused, saying where it goes instead."""
+    for option in ("+Llib", "+L../..", '+L"my lib"'):
+        with pytest.raises(FarmError) as refused:
+            povcmd.rendering_options([f"+A0.3 {option}"])
+        assert "not allowed in --option" in str(refused.value) and "after the scene" in str(refused.value)
+    assert povcmd.rendering_options(["+A0.3 +R3"]) == ["+A0.3", "+R3"]
+
+
+def test_a_node_refuses_a_library_path_outside_the_bundle(tmp_path):
+    """Whatever the controller let through (an older one checked nothing), the node refuses the job before
+    fetching its bundle or starting POV-Ray: the job's fault, so it fails instead of going round the farm."""
+    import threading
+
+    from farm.config import Config
+    from farm.render import UnitRenderer
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("must not be reached")
+
+    renderer = UnitRenderer(Config(work_dir=tmp_path, name="n1"), "povray", None, never, never, never, never,
+                            threading.Event())
+    outcome = renderer.render({"bundle": "0" * 64, "scene": "s.pov", "options": ["+L../.."], "frame": 1},
+                              tmp_path / "strip")
+    assert outcome.kind == "failed" and outcome.scene_error
+    assert "node n1 refuses the job" in outcome.error and "outside the job's bundle" in outcome.error
+
 rasters = st.builds(
     lambda w, h, channels, data: strips.Raster(w, h, channels, 8, (data * (w * h * channels))[:w * h * channels]),
     st.integers(1, 9), st.integers(1, 5), st.sampled_from([3, 4]), st.binary(min_size=1, max_size=7))

@@ -7,14 +7,14 @@ import math
 import xmlrpc.client
 from typing import Any
 
-from farm.faults import Code, FarmError
+from farm.faults import Code, FarmError, shown
 
 MAX_ID = 2**31 - 1
 
 
 def whole(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a whole number from {low} to {high}, not {value!r}")
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a whole number from {low} to {high}, not {shown(value)}")
     return value
 
 
@@ -24,13 +24,13 @@ def job_id(value: Any) -> int:
 
 def number(name: str, value: Any, low: float = 0.0, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a number from {low:g} to {high:g}, not {value!r}")
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a number from {low:g} to {high:g}, not {shown(value)}")
     return float(value)
 
 
 def seconds(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a number of seconds, not {value!r}")
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a number of seconds, not {shown(value)}")
     return float(value)
 
 
@@ -67,11 +67,11 @@ def plain_struct(name: str, value: Any, max_bytes: int = 16384) -> dict:
 
 def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be one of {', '.join(choices)}, not {shown(value)}")
     return value
 
 
 def flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be true or false, not {value!r}")
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be true or false, not {shown(value)}")
     return value

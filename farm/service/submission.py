@@ -18,7 +18,7 @@ from farm.strips import PreviewMode
 from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.options import validate_options
+from farm.options import check_libraries, validate_options
 from farm.records import JobSpec
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -171,6 +171,7 @@ class Submissions:
         if request.bits not in (8, 16):
             raise FarmError(Code.BAD_ARGUMENT, f"bits must be 8 or 16, not {request.bits!r}")
         checked = validate_options(request.options)
+        check_libraries(checked.options, request.scene)
         return JobSpec(
             bundle=request.bundle, scene=request.scene, width=request.width, height=request.height,
             options=checked.options, channels=4 if checked.alpha else 3, bits=request.bits,
