@@ -57,6 +57,7 @@ class Outage:
     def lost(self, reason: str) -> None:
         if self._since is None:
             self._since = self.clock()
+            reason = reason.removeprefix(f"cannot reach the controller at {self.url}: ")
             bound = f"for up to {duration(self.limit)}" if self.limit else "until it answers"
             self._say(f"lost the controller at {self.url} ({reason}); retrying {bound}")
 
