@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import sys
@@ -20,7 +21,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from farm import __version__, bundle, povcmd, strips
 from farm.animation import Animation, parse_clock, parse_range
@@ -28,6 +29,7 @@ from farm.client import Client, client_for
 from farm.config import Config, load_config
 from farm.discovery import resolve_controller
 from farm.faults import Code, FarmError
+from farm.retry import Outage, Patience, Patient, duration
 
 log = logging.getLogger("farm.cli")
 
@@ -80,6 +82,13 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
                         help="access token file: one token, or the controller's role file (default: $POVFARM_TOKEN)")
     parser.add_argument("--ca-file", metavar="FILE",
                         help="CA certificate to trust for an https:// controller (default: the system store)")
+
+
+def _add_patience_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patience", type=float, metavar="SECONDS",
+                        help="how long to ride out an unreachable controller (once it has answered), or a job "
+                             "no live node can render, before giving up (default 900; 0: for ever; setting: "
+                             "patience, $POVFARM_PATIENCE)")
 
 
 _ALLOWED_HELP = ("+A[threshold] -A, +AM1..3, +AG<gamma>, +J[amount] -J, +R<depth>, +Q<0-11>, +UA (alpha), "
@@ -250,6 +259,7 @@ def _add_submit_command(sub: Any) -> None:
     _add_job_flags(p)
     p.add_argument("--wait", action="store_true",
                    help="wait for the job, showing progress, then write the image (implied by --output and +O)")
+    _add_patience_flag(p)
 
 
 def _add_render_command(sub: Any) -> None:
@@ -290,6 +300,7 @@ def _add_fetch_command(sub: Any) -> None:
                    help="where to write the image; for an animation, a folder for the numbered PNG frames")
     p.add_argument("--animation", type=Path, metavar="FILE", help="write an animation as one animated PNG")
     p.add_argument("--delay", type=int, default=100, metavar="MS", help="frame time in the animated PNG (100)")
+    _add_patience_flag(p)
 
 
 def _add_token_command(sub: Any) -> None:
@@ -323,6 +334,7 @@ def _add_viewer_command(sub: Any) -> None:
                    help="exit when the job ends: 0 if it is done, 1 if it failed or was canceled")
     p.add_argument("--scale", type=_scale, default="fit", metavar="fit|FACTOR",
                    help="'fit' the image to the window (default) or a zoom factor such as 1 or 0.5")
+    _add_patience_flag(p)
 
 
 def split_povray_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -544,26 +556,85 @@ def _progress_line(status: dict[str, Any]) -> str:
             f"{status['progress'] * 100:.0f}%")
 
 
-def wait_for_job(client: Client, job_id: int, interval: float = 1.0,
-                 stop: threading.Event | None = None) -> dict[str, Any] | None:
+class _Progress:
+    """What a waiting client writes on stderr: its progress line (rewritten in place on a terminal) and
+    notes between (an outage, a job no node can take), each on a line of its own."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self._last = ""
+        self._open = False       # a progress line waits on the terminal for its next rewrite
+
+    def show(self, line: str) -> None:
+        if line == self._last:
+            return
+        self._last = line
+        sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
+        sys.stderr.flush()
+        self._open = self.tty
+
+    def note(self, text: str) -> None:
+        if self._open:
+            self._last = ""      # the progress line is written again below the note
+        self.end()
+        sys.stderr.write(f"povfarm: {text}\n")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self._open:
+            sys.stderr.write("\n")
+            self._open = False
+
+
+def patient_client(client: Client, limit: float, say: Callable[[str], None], stop: threading.Event | None = None,
+                   reached: bool = False) -> Patient:
+    """`client` riding out outages of its controller for up to `limit` seconds (the setting `patience`),
+    saying so with `say`; a set `stop` ends the retrying. `reached`: the controller answered already."""
+    patience = Patience(Outage(client.url, limit, say), sleep=stop.wait if stop is not None else time.sleep,
+                        rng=random.random, reached=reached)
+    return Patient(client, patience)
+
+
+def wait_for_job(client: Client | Patient, job_id: int, interval: float = 1.0,
+                 stop: threading.Event | None = None, progress: _Progress | None = None,
+                 local: bool = False) -> dict[str, Any] | None:
     """Show progress on stderr until the job ends; return its final status (None when `stop` was set).
-    jobs.wait returns as soon as the job changes, so the end is seen at once."""
-    tty = sys.stderr.isatty()
-    last = ""
+    jobs.wait returns as soon as the job changes, so the end is seen at once. A job that no live node can
+    render is said at once: for `local` nodes (render's, which nothing will mend) it is an error; else
+    it is waited for as long as the client's patience allows."""
+    progress = progress or _Progress()
     try:
         while stop is None or not stop.is_set():
-            status = client.call("jobs.wait", job_id, interval)
-            line = _progress_line(status)
-            if line != last:
-                sys.stderr.write(("\r" + line + "\033[K") if tty else line + "\n")
-                sys.stderr.flush()
-                last = line
+            try:
+                status = client.call("jobs.wait", job_id, interval)
+            except FarmError:
+                if stop is not None and stop.is_set():
+                    return None
+                raise
+            _check_blocked(status, getattr(client, "patience", None), progress, local)
+            progress.show(_progress_line(status))
             if status["state"] in FINISHED:
                 return status
         return None
     finally:
-        if tty and last:
-            sys.stderr.write("\n")
+        progress.end()
+
+
+def _check_blocked(status: dict[str, Any], patience: Patience | None, progress: _Progress, local: bool) -> None:
+    job_id, reason = status["id"], status.get("blocked", "")    # an older controller never says
+    if local and reason:
+        raise FarmError(Code.RENDER_FAILED, f"job {job_id} is blocked: {reason}")
+    if patience is None:
+        return
+    if patience.blocked(reason):
+        limit = patience.outage.limit
+        progress.note(f"job {job_id} is blocked: {reason}; waiting for one that can"
+                      + (f" (up to {duration(limit)})" if limit else "") if reason
+                      else f"job {job_id} is no longer blocked: a node can render it")
+    if patience.blocked_too_long():
+        raise FarmError(Code.RENDER_FAILED, f"job {job_id} was blocked for {duration(patience.outage.limit)} (the "
+                                            f"setting patience): {reason}. It stays on the farm: "
+                                            f"povfarm cancel {job_id} drops it")
 
 
 def finish_job(client: Client, status: dict[str, Any], request: JobRequest | None) -> int:
@@ -692,12 +763,14 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     print(job_id, flush=True)
     if not args.wait and not request.wants_image:
         return EXIT_OK
+    progress = _Progress()
     with _StopRequest() as stop:
-        status = wait_for_job(client, job_id, stop=stop)
+        patient = patient_client(client, config.patience, progress.note, stop, reached=True)
+        status = wait_for_job(patient, job_id, stop=stop, progress=progress)
     if status is None:
         _say_job_goes_on(job_id, args)
         return EXIT_INTERRUPTED
-    return finish_job(client, status, request)
+    return finish_job(patient, status, request)
 
 
 def _say_job_goes_on(job_id: int, args: argparse.Namespace) -> None:
@@ -727,7 +800,7 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
             status = None
             if not stop.is_set():
                 job_id = submit_job(client, args, request)
-                status = wait_for_job(client, job_id, interval=0.1, stop=stop)
+                status = wait_for_job(client, job_id, interval=0.1, stop=stop, local=True)
             if status is None:
                 sys.stderr.write("povfarm: interrupted; stopping the local nodes\n")
                 return EXIT_INTERRUPTED
@@ -755,7 +828,11 @@ def _start_local_farm(config: Config, count: int, workspace: Path) -> tuple[Any,
 def _quiet_local_farm_logs() -> None:
     """The job's failure is printed once by `render`: the farm's own notes about strips and leases would
     repeat it, so only errors and the nodes' sandbox warning are shown."""
+    from farm.node import BROKEN_NODE
+
     def worth_showing(record: logging.LogRecord) -> bool:
+        if record.msg == BROKEN_NODE:
+            return False       # render says once, for all its nodes, why none can render the job
         return record.levelno >= logging.ERROR or "UNCONFINED" in record.getMessage()
 
     for layer in ("farm.controller", "farm.api", "farm.service", "farm.store", "farm.db"):
@@ -844,6 +921,8 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"job {status['id']} ({status['name']}, {status['scene']}) {status['width']}x{status['height']}")
     print(f"  state:    {status['state']}")
+    if status.get("blocked"):
+        print(f"  blocked:  {status['blocked']}")
     print(f"  progress: {status['progress'] * 100:.1f}%  ({status['strips_done']}/{status['strips_total']} strips,"
           f" {status['strips_leased']} rendering)")
     if status["error"]:
@@ -854,6 +933,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 def _json_status(status: dict[str, Any]) -> dict[str, Any]:
     status = dict(status)
     status["error"] = status["error"] or None
+    status["blocked"] = status.get("blocked") or None
     for key in ("started", "finished"):
         status[key] = status[key] or None
     return status
@@ -864,9 +944,12 @@ def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_json_status(job) for job in jobs], indent=2))
         return EXIT_OK
-    rows = [(str(j["id"]), j["state"], f"{j['progress'] * 100:.0f}%", f"{j['width']}x{j['height']}",
-             f"{j['strips_done']}/{j['strips_total']}", j["name"]) for j in jobs]
+    rows = [(str(j["id"]), j["state"] + (" (blocked)" if j.get("blocked") else ""), f"{j['progress'] * 100:.0f}%",
+             f"{j['width']}x{j['height']}", f"{j['strips_done']}/{j['strips_total']}", j["name"]) for j in jobs]
     _print_table(("ID", "STATE", "DONE", "SIZE", "STRIPS", "NAME"), rows)
+    for job in jobs:
+        if job.get("blocked"):
+            print(f"job {job['id']} is blocked: {job['blocked']}")
     return EXIT_OK
 
 
@@ -904,7 +987,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
     if args.output is None and args.animation is None:
         raise FarmError(Code.BAD_ARGUMENT, "say where to write: --output PATH and/or --animation FILE")
-    client = _client(config, "view")
+    client = patient_client(_client(config, "view"), config.patience, _Progress().note)
     status = client.call("jobs.status", args.job)
     if status["state"] != "done":
         client.call("jobs.fetch", args.job)   # the controller's own sentence says why not
@@ -937,7 +1020,7 @@ def cmd_viewer(config: Config, args: argparse.Namespace) -> int:
 
     return run_viewer(config.controller, args.job or 0, snapshot=args.snapshot,
                       exit_when_done=args.exit_when_done, scale=args.scale, rpc_timeout=config.rpc_timeout,
-                      make_client=make_client)
+                      make_client=make_client, patience=config.patience)
 
 
 def cmd_token(config: Config, args: argparse.Namespace) -> int:

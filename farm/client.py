@@ -381,6 +381,10 @@ def _http_error(url: str, err: xmlrpc.client.ProtocolError, has_token: bool = Tr
                                             f"one with --token-file or POVFARM_TOKEN (see 'povfarm token show')")
     if err.errcode == 413:
         return FarmError(Code.REQUEST_TOO_LARGE, f"the controller at {url} refused the request as too large")
+    if err.errcode == 503:      # a connection limit (README: Security): transient, so retried like an outage
+        wait = (getattr(err, "headers", None) or {}).get("Retry-After", "a few")
+        return FarmError(Code.UNREACHABLE, f"the controller at {url} is busy (HTTP 503: one of its connection "
+                                           f"limits is reached); retry in {wait} s")
     return FarmError(Code.UNREACHABLE, f"the controller at {url} answered HTTP {err.errcode} {err.errmsg}")
 
 

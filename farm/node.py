@@ -36,13 +36,13 @@ from farm.hostos import HOST
 from farm.probe import probe_povray
 from farm.records import RenderOutcome
 from farm.render import UnitRenderer
+from farm.retry import RETRY_CEILING, grow
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BYTES = 4096   # the most error text a node sends for one strip
 POLL_WAIT = 20.0         # seconds a poll may wait at the controller for work (it may shorten it)
 PREVIEW_FIRST_WAIT = 2.0  # seconds a finished strip may wait for its job's preview, so viewers get that first
-RETRY_CEILING = 10.0     # seconds: the longest wait between attempts while the controller is in trouble
 # Faults that waiting cannot cure: the token is refused or has the wrong role. Every other fault,
 # and an unreachable controller, means back off and try again.
 FATAL = frozenset({Code.UNAUTHORIZED, Code.FORBIDDEN})
@@ -50,6 +50,7 @@ FATAL = frozenset({Code.UNAUTHORIZED, Code.FORBIDDEN})
 RETRY_DELIVERY = frozenset({Code.UNREACHABLE, Code.STORAGE, Code.INTERNAL})
 # Faults a delivery of rows passes to its caller: an older controller's (no such method, or no such argument).
 ROWS_REFUSED = frozenset({Code.UNKNOWN_METHOD, Code.BAD_ARGUMENT})
+BROKEN_NODE = "this node cannot render: %s"    # logged at start by a node whose POV-Ray does not run
 BUNDLE_ATTEMPTS = 4      # tries at a bundle download (each resuming) before the strip is reported failed
 
 
@@ -170,7 +171,7 @@ class Node:
         else:
             log.info("POV-Ray runs confined by bubblewrap (%s)", self.sandbox.bwrap)
         if self.broken:
-            log.error("this node cannot render: %s", self.broken)
+            log.error(BROKEN_NODE, self.broken)
         workers = [threading.Thread(target=self._worker, name=f"slot-{slot + 1}", daemon=True)
                    for slot in range(max(1, self.config.slots))]
         for worker in workers:
@@ -225,8 +226,7 @@ class Node:
 
     def _backoff(self, delay: float, ceiling: float) -> float:
         """Double the delay up to the ceiling, with +-25% jitter so many nodes do not poll in step."""
-        base = min(max(delay * 2, self.config.poll_min), ceiling)
-        return base * (0.75 + 0.5 * self.rng())
+        return grow(delay, self.config.poll_min, ceiling, self.rng)
 
     def register(self) -> str:
         """Register once for all slots; returns the node id."""

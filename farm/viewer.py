@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 from farm import strips
 from farm.client import Client, check_url
 from farm.faults import Code, FarmError
+from farm.retry import RETRY_CEILING, RETRY_FIRST, Outage, duration, grow
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ INSTALL_HINT = "the viewer needs pygame; install it with: pip install 'povfarm[v
 FINISHED = frozenset({"done", "failed", "canceled"})
 CURSOR_END = 2**31 - 1          # past every stored strip (XML-RPC ints are 32-bit): "no strips, just the job"
 POLL_TIMEOUT = 25.0             # seconds one viewer.watch may wait (the controller caps it at 30)
-BACKOFF = (0.5, 5.0)            # reconnect delays grow from the first to the second, doubling
 CHECKER = 8                     # checker square size in pixels
 UNRENDERED = (0x2c, 0x36)       # dark checker: rows nobody has rendered yet
 TRANSPARENT = (0x9c, 0x70)      # light checker behind the pixels of an RGBA image
@@ -170,8 +171,9 @@ class ViewerState:
     so a reply that was in flight when the user switched jobs never paints the wrong image.
     """
 
-    def __init__(self, job: int = 0, clock: Callable[[], float] = time.time):
+    def __init__(self, job: int = 0, clock: Callable[[], float] = time.time, outage: Outage | None = None):
         self.clock = clock
+        self.outage = outage                              # said once each way on stderr, with its patience
         self.follow = not job
         self.target: int | None = job or None
         self.session = 1
@@ -323,6 +325,10 @@ class ViewerState:
             self.version += 1
 
     def set_link(self, ok: bool, text: str) -> None:
+        if self.outage is not None and ok:
+            self.outage.back()
+        elif self.outage is not None:
+            self.outage.lost(text)
         if (ok, text if not ok else "") != (self.link_ok, self.link_error):
             self.link_ok, self.link_error = ok, ("" if ok else text)
             self.version += 1
@@ -398,6 +404,11 @@ class ViewerState:
     def finished(self) -> bool:
         """The job ended and every stored strip has been painted."""
         return self.job.get("state") in FINISHED and self.drained
+
+    @property
+    def gave_up(self) -> bool:
+        """The controller has been out of reach for the whole patience."""
+        return self.outage is not None and self.outage.left() == 0.0
 
     @property
     def exit_code(self) -> int:
@@ -532,7 +543,7 @@ class Feed:
         viewer.watch long polls. Connection trouble is reported and retried with a growing pause."""
         client = self._make_client(self.poll_timeout + self.rpc_timeout)
         state = {"asked": job, "cursor": 0, "streams": True}
-        delay = BACKOFF[0]
+        delay = 0.0
         try:
             while self._current(session, job):
                 try:
@@ -546,12 +557,12 @@ class Feed:
                         return
                     self.messages.put(("link", False, str(err)) if err.code is Code.UNREACHABLE
                                       else ("error", session, str(err)))
+                    delay = grow(delay, RETRY_FIRST, RETRY_CEILING)
                     self._pause(delay, session, job)
-                    delay = min(delay * 2, BACKOFF[1])
                     continue
                 if finished:
                     return
-                delay = BACKOFF[0]
+                delay = 0.0
         finally:
             client.close()
 
@@ -594,7 +605,7 @@ class Feed:
     def _scout(self) -> None:
         client = self._make_client(self.rpc_timeout)
         next_newest = next_nodes = 0.0
-        delay, last_error = BACKOFF[0], ""
+        delay, last_error = 0.0, ""
         try:
             while not self._stop.is_set():
                 try:
@@ -610,7 +621,7 @@ class Feed:
                         self.messages.put(("nodes", client.call("nodes.list")))
                         next_nodes = now + self.nodes_interval
                     self.messages.put(("link", True, ""))
-                    delay = BACKOFF[0]
+                    delay = 0.0
                     due = min(next_newest if self.follow else next_nodes, next_nodes)
                     wait = max(0.05, due - time.monotonic())
                 except FarmError as err:
@@ -622,7 +633,7 @@ class Feed:
                         self.messages.put(("jobs", None))    # a pending N/P gives up
                         self.messages.put(("error", 0, str(err)))
                     last_error = str(err)
-                    wait, delay = delay, min(delay * 2, BACKOFF[1])
+                    wait = delay = grow(delay, RETRY_FIRST, RETRY_CEILING)
                 self._wake.wait(wait)
                 self._wake.clear()
         finally:
@@ -962,6 +973,10 @@ class Window:
                 self.snapshot_written = True
         if state.finished and self.exit_when_done and (self.snapshot is None or self.snapshot_written):
             return state.exit_code
+        if self.exit_when_done and state.gave_up:
+            log.error("gave up on the controller at %s after the setting patience (%s): %s", self.url,
+                      duration(state.outage.limit), state.link_error)
+            return 1
         second = int(time.monotonic())
         if second != self._tick_second:         # the clocks in the status bar move once a second
             self._tick_second = second
@@ -988,12 +1003,19 @@ class Window:
             clock.tick(self.FPS)
 
 
+def _say(text: str) -> None:
+    sys.stderr.write(f"povfarm: {text}\n")
+    sys.stderr.flush()
+
+
 def run_viewer(url: str, job: int = 0, *, snapshot: Path | None = None, exit_when_done: bool = False,
                scale: str | float = "fit", rpc_timeout: float = 30.0,
-               make_client: Callable[[float], Client] | None = None) -> int:
+               make_client: Callable[[float], Client] | None = None, patience: float = 0.0) -> int:
     """`povfarm viewer`: open the window and run until the user quits (or the job ends, if asked).
 
-    `make_client(timeout)` builds a `Client` for the controller (default: a plain one for `url`)."""
+    `make_client(timeout)` builds a `Client` for the controller (default: a plain one for `url`). An
+    outage is said once each way on stderr; with `exit_when_done`, one longer than `patience` seconds
+    (0: none) ends the viewer with 1."""
     pygame = _import_pygame()
     check_url(url)
     make_client = make_client or (lambda timeout: Client(url, timeout=timeout))
@@ -1005,7 +1027,7 @@ def run_viewer(url: str, job: int = 0, *, snapshot: Path | None = None, exit_whe
     except FarmError as err:
         if err.code is not Code.UNREACHABLE:
             raise
-    state = ViewerState(job)
+    state = ViewerState(job, outage=Outage(url, patience, _say))
     feed = Feed(url, rpc_timeout=rpc_timeout, make_client=make_client).start()
     try:
         try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import farm_argv, free_udp_port, needs_povray, run_cli, wait_until
+from conftest import ROOT, farm_argv, free_udp_port, needs_povray, run_cli, wait_until
 from farm import auth, povray, rpc
 from farm import sandbox as sandboxes
 from farm.bundle import bundle_hash
@@ -763,3 +763,106 @@ def test_the_node_unit_runs_a_node_with_the_token_it_loads(farm, tmp_path, monke
     refused = run_cli(*command, "--controller", farm.url, "--work-dir", str(tmp_path / "n2"), timeout=60)
     assert refused.returncode == 1 and "refused the access token" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+# -- clients ride out a restart --------------------------------------------------------------------
+
+class _Lines:
+    """A process's stderr, read line by line on a thread as it comes (a test waits for a line with
+    wait_until, never by sleeping)."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def having(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
+
+    def text(self) -> str:
+        self._thread.join(10)
+        return "\n".join(self.lines)
+
+
+@needs_povray
+def test_submit_output_rides_out_a_kill_and_restart_of_the_controller(farm, tmp_path):
+    from conftest import SCENES, assert_same_pixels, farm_argv, native_render
+
+    farm.start_controller()
+    farm.start_node("n1", "--threads", "1")
+    scene = SCENES / "advanced/chess2.pov"
+    out = tmp_path / "chess2.png"
+    client = subprocess.Popen(farm_argv("submit", str(scene), "--width", "160", "--height", "120", "--strips",
+                                        "8", "--output", str(out), "--controller", farm.url),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    stderr = _Lines(client)
+    try:
+        job = int(client.stdout.readline())
+        status = wait_until(lambda: (lambda s: s if s["strips_done"] >= 1 else None)(
+            farm.client.call("jobs.status", job)), what="the first strip")
+        assert status["state"] == "rendering" and status["strips_done"] < status["strips_total"]
+        farm.controller.kill()                      # kill -9, mid-job
+        farm.controller.wait()
+        wait_until(lambda: stderr.having("lost the controller"), timeout=15, what="the client to notice")
+        farm.start_controller()                     # the same data directory and port
+        assert client.wait(120) == 0, stderr.text()
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    text = stderr.text()
+    assert len(stderr.having(f"lost the controller at {farm.url}")) == 1, text
+    assert len(stderr.having(f"reconnected to the controller at {farm.url}")) == 1, text
+    assert "Traceback" not in text and "error" not in text, text
+    assert_same_pixels(out, native_render(scene, 160, 120, [], tmp_path / "native.png"))
+
+
+def test_render_with_a_povray_that_is_not_there_stops_at_once_with_the_probes_message(tmp_path):
+    (tmp_path / "ball.pov").write_text(SCENE)
+    started = time.monotonic()
+    result = run_cli("render", str(tmp_path / "ball.pov"), "+W64", "+H48", "--povray", "/nonexistent",
+                     timeout=60)
+    seconds = time.monotonic() - started
+    assert result.returncode == 1 and seconds < 10, (seconds, result.stderr)
+    assert "POV-Ray was not found as '/nonexistent'" in result.stderr and "is blocked" in result.stderr
+    assert result.stderr.count("POV-Ray was not found") == 1, result.stderr     # once, for both nodes
+    assert "Traceback" not in result.stderr and not (tmp_path / "ball.png").exists()
+
+
+def test_submit_wait_says_at_once_that_the_only_node_cannot_render_and_keeps_waiting(farm, tmp_path):
+    from conftest import farm_argv
+
+    farm.start_controller()
+    farm.start_node("n1", "--povray", "/nonexistent")
+    wait_until(lambda: any(node["state"] == "broken" for node in farm.client.call("nodes.list")),
+               what="the broken node to register")
+    (tmp_path / "ball.pov").write_text(SCENE)
+    client = subprocess.Popen(farm_argv("submit", str(tmp_path / "ball.pov"), "+W64", "+H48", "--wait",
+                                        "--controller", farm.url),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    stderr = _Lines(client)
+    try:
+        job = int(client.stdout.readline())
+        started = time.monotonic()
+        said = wait_until(lambda: stderr.having("is blocked"), timeout=10, what="the reason")
+        assert time.monotonic() - started < 5
+        assert said == [f"povfarm: job {job} is blocked: no node can render it: n1: POV-Ray was not found as "
+                        f"'/nonexistent'; install it (Debian: apt-get install povray) or pass --povray PATH; "
+                        f"waiting for one that can (up to 15 min)"], stderr.lines
+        assert client.poll() is None          # a node may yet be mended: it waits
+        status = run_cli("status", str(job), "--controller", farm.url)
+        assert "blocked:  no node can render it: n1: POV-Ray was not found" in status.stdout, status.stdout
+        jobs = run_cli("jobs", "--controller", farm.url)
+        assert "queued (blocked)" in jobs.stdout and f"job {job} is blocked: no node" in jobs.stdout, jobs.stdout
+        client.terminate()                    # stop waiting: the job stays on the farm
+        assert client.wait(10) == 130
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert len(stderr.having("is blocked")) == 1 and "Traceback" not in stderr.text()
+    assert farm.client.call("jobs.status", job)["state"] == "queued"

@@ -918,7 +918,7 @@ def test_a_new_job_does_not_make_jobs_list_recompute_the_ended_ones(farm, scene,
     computed = []
     views = farm.services.views
     original = views.job_status
-    monkeypatch.setattr(views, "job_status", lambda job, detail: computed.append(job.id) or original(job, detail))
+    monkeypatch.setattr(views, "job_status", lambda job, *rest: computed.append(job.id) or original(job, *rest))
     farm.clock_.now += 60
     newest = submit(farm, scene)
     assert len(farm.call("jobs.list")) == 6
@@ -947,3 +947,29 @@ def test_pages_listing_unchanged_jobs_share_one_encoding_of_the_list(server, sce
     assert len(encoded) == 1
     client.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 8, "height": 64, "preview": False})
     assert len(pages[0].call("jobs.list")) == 2 and len(encoded) == 2
+
+
+def test_a_job_no_live_node_can_render_says_why_and_stops_saying_it_once_one_can(farm, scene):
+    job = submit(farm, scene)
+    assert farm.call("jobs.status", job)["blocked"] == ""          # just submitted: nodes may be coming
+    farm.clock_.now += 31                                          # a lease timeout with no node at all
+    assert farm.call("jobs.wait", job, 0)["blocked"] == "no node is connected to the controller"
+    assert farm.call("jobs.list")[0]["blocked"] == "no node is connected to the controller"
+
+    missing = "POV-Ray was not found as '/nonexistent'; install it or pass --povray PATH"
+    for name in ("n1", "n2"):
+        farm.call("nodes.register", name, {"povray": "", "error": missing})
+    farm.call("nodes.register", "n3", {"povray": "", "error": "POV-Ray runs, but not inside the sandbox"})
+    reason = f"no node can render it: n1, n2: {missing}; n3: POV-Ray runs, but not inside the sandbox"
+    assert farm.call("jobs.status", job)["blocked"] == reason
+    assert farm.call("jobs.list")[0]["blocked"] == reason          # no change of the job's: seen all the same
+
+    node(farm, "good")
+    assert farm.call("jobs.status", job)["blocked"] == ""
+    assert farm.call("jobs.list")[0]["blocked"] == ""
+    farm.call("jobs.pause", job)
+    farm.clock_.now += 31
+    farm.tick()                                                    # every node silent: presumed dead
+    assert farm.call("jobs.status", job)["blocked"] == ""          # paused: it waits for nobody
+    farm.call("jobs.resume", job)
+    assert farm.call("jobs.status", job)["blocked"] == "no node is connected to the controller"

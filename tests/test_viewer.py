@@ -291,6 +291,20 @@ def test_status_bar_shows_nodes_and_an_unreachable_controller():
     assert state.version == before     # nothing changed: nothing to redraw
 
 
+def test_an_outage_is_said_once_each_way_and_ends_the_viewer_only_after_its_patience():
+    from farm.retry import Outage
+
+    now, said = [0.0], []
+    state = ViewerState(outage=Outage("http://x:1", 60, said.append, clock=lambda: now[0]))
+    for _ in range(3):       # both of the feed's threads fail, again and again
+        state.handle(("link", False, "cannot reach the controller at http://x:1: Connection refused"))
+        now[0] += 20
+    assert len(said) == 1 and said[0].startswith("lost the controller at http://x:1") and state.gave_up
+    state.handle(("link", True, ""))
+    state.handle(("link", True, ""))
+    assert said[1:] == ["reconnected to the controller at http://x:1 after 60 s"] and not state.gave_up
+
+
 def test_an_animation_shows_the_frame_being_rendered():
     state = ViewerState(1)
     job = job_info(frames_total=3, height=8)

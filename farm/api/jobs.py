@@ -53,6 +53,9 @@ class JobsAPI:
             eta (float seconds left at the cost the scheduler measured; absent while nothing is measured
             or once the job has ended),
             preview (the state of the job's preview, "" when it has none: it is not counted in strips_*),
+            blocked (why no live node can take the queued or rendering job, with the nodes' own reasons, e.g.
+            "no node can render it: n1: POV-Ray was not found ..." or "no node is connected to the
+            controller" after a lease timeout with none; "" when one can),
             frames ([struct] number, state), strips ([struct] frame, frame_last, index, row_start, row_end,
             state, node, progress, attempts, kind ("rows", "pretrace" or "preview"), seconds (POV-Ray's time for
             it as its node reported it, 0 until done))

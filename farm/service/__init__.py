@@ -37,7 +37,7 @@ class Services:
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
         self.watchers = Watchers(clock)
         self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched)
-        self.views = Views(store, self.changes, clock)
+        self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
         self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes))
         self._last_tick = clock()
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from farm import scheduler, strips
 from farm.records import Job, Node, StoredRows
 from farm.service.changes import Changes
-from farm.states import FrameState, JobState, UnitState
+from farm.states import FrameState, JobState, NodeState, UnitState
 from farm.store import Store
 
 FEED_BATCH = 64      # stored units per viewer.watch reply
@@ -23,16 +23,43 @@ ETA_REFIT = 2.0      # seconds a job's fitted cost model serves its ETA: the mod
                      # fitting it is most of what a status costs (built several times a second when watched)
 
 
+WAITING_STATES = frozenset({JobState.QUEUED, JobState.RENDERING})   # jobs that need a node now
+Presence = tuple[list[Node], float]   # the nodes not presumed dead; when a node (or the controller) was last seen
+
+
+def blocked_reason(nodes: list[Node], last_seen: float, now: float, grace: float) -> str:
+    """Why no live node can take a waiting job, in a sentence ("" when one can, or may soon): every node
+    there is broken (their own reasons, each said once), or there has been none for `grace` seconds since
+    `last_seen` (a node, the controller's start or the job's submission). `nodes`: those not offline."""
+    if any(node.live for node in nodes):
+        return ""
+    reasons: dict[str, list[str]] = {}
+    for node in nodes:
+        if node.state is NodeState.BROKEN:
+            reasons.setdefault(node.error or "it cannot render", []).append(node.name)
+    if reasons:
+        groups = sorted((sorted(names), error) for error, names in reasons.items())
+        return "no node can render it: " + "; ".join(f"{', '.join(names)}: {error}" for names, error in groups)
+    if now - last_seen < grace:
+        return ""
+    return "no node is connected to the controller"
+
+
 class Views:
-    def __init__(self, store: Store, changes: Changes, clock: Callable[[], float] = time.monotonic):
-        self._store, self._changes, self._clock = store, changes, clock
+    def __init__(self, store: Store, changes: Changes, clock: Callable[[], float] = time.monotonic,
+                 grace: float = 30.0):
+        """`grace`: seconds without any node before a waiting job is said to be blocked (the lease timeout:
+        nodes reconnecting after a restart of the controller come back within it)."""
+        self._store, self._changes, self._clock, self._grace = store, changes, clock, grace
+        self._started = clock()
         self._cached: dict[int, tuple[tuple[int, int], dict, list]] = {}   # job -> (version, status, in flight)
         self._listed: dict[int, tuple[int, dict, float]] = {}  # job -> (its own version, status, built at)
         self._listing: list[dict] = []      # what jobs() returned last
         self._models: dict[int, tuple[float, scheduler.Model]] = {}   # job -> (fitted at, its cost model)
         self._lock = threading.Lock()
 
-    def job_status(self, job: Job, detail: bool) -> dict[str, Any]:
+    def job_status(self, job: Job, detail: bool, presence: Presence | None = None) -> dict[str, Any]:
+        """`presence`: the nodes as `_presence` gives them, when the caller has them already."""
         summary = self._store.units.summary(job.id)
         total = sum(counts.units for counts in summary.values())
         done = summary[UnitState.DONE].units if UnitState.DONE in summary else 0
@@ -40,7 +67,9 @@ class Views:
         rows = sum(counts.rows for counts in summary.values())
         rendered = sum(summary[state].rows_rendered for state in (UnitState.DONE, UnitState.LEASED) if state in summary)
         progress = 1.0 if job.state is JobState.DONE else (rendered / rows if rows else 0.0)
-        eta = None if job.ended else self._seconds_left(job.id, rows - rendered)
+        if presence is None and not job.ended:
+            presence = self._presence()
+        eta = None if job.ended else self._seconds_left(job.id, rows - rendered, presence[0])
         frames = self._store.jobs.frames(job.id)
         preview = self._store.units.preview_state(job.id)
         status = {
@@ -52,6 +81,7 @@ class Views:
             "first_frame": job.first_frame, "last_frame": job.last_frame, "frame_digits": job.frame_digits,
             "submitted": job.submitted, "started": job.started, "finished": job.finished,
             "preview": preview.value if preview is not None else "",
+            "blocked": self._blocked(job.state, job.submitted, presence),
         }
         if eta is not None:
             status["eta"] = round(eta, 1)
@@ -64,10 +94,19 @@ class Views:
                                 for u in self._store.units.of_job(job.id)]
         return status
 
-    def _seconds_left(self, job_id: int, rows_left: float) -> float | None:
+    def _presence(self) -> Presence:
+        nodes, last_seen = self._store.nodes.present()
+        return nodes, max(last_seen, self._started)
+
+    def _blocked(self, state: JobState, submitted: float, presence: Presence | None) -> str:
+        if presence is None or state not in WAITING_STATES:
+            return ""
+        return blocked_reason(presence[0], max(presence[1], submitted), self._clock(), self._grace)
+
+    def _seconds_left(self, job_id: int, rows_left: float, nodes: list[Node]) -> float | None:
         """The time the job's rows still to render take on the live slots at the cost the scheduler
         measured (None while nothing is measured)."""
-        slots = {node.id: node.slots for node in self._store.nodes.live()}
+        slots = {node.id: node.slots for node in nodes if node.live}
         return scheduler.time_left(round(rows_left), self._cost_model(job_id), slots)
 
     def _cost_model(self, job_id: int) -> scheduler.Model | None:
@@ -90,16 +129,24 @@ class Views:
         running job's (which changes with every stored strip) at most once per LISTED_FRESH seconds.
         While no status changed, the very list returned before (jobs.list is a shared RPC method)."""
         statuses, now = [], self._clock()
+        presence: Presence | None = None
         for job_id, state, priority in self._store.jobs.headlines():
             # The job's own changes only: a farm-wide one (a job submitted, a node gone) leaves every other
             # job's status as it was, and a farm with hundreds of ended jobs must not list them all anew.
             version = self._changes.version(job_id)[1]
             with self._lock:
                 cached = self._listed.get(job_id)
+            if state in WAITING_STATES and presence is None:
+                presence = self._presence()      # once per listing, for every job that waits for nodes
             if cached is None or not _still_listed(cached, state, priority, version, now):
-                cached = (version, self.job_status(self._store.jobs.get(job_id), detail=False), now)
-                with self._lock:
-                    self._listed[job_id] = cached
+                cached = (version, self.job_status(self._store.jobs.get(job_id), False, presence), now)
+            else:
+                # Nodes coming, going or breaking change no job's version: the reason is checked afresh.
+                blocked = self._blocked(state, cached[1]["submitted"], presence)
+                if blocked != cached[1]["blocked"]:
+                    cached = (cached[0], {**cached[1], "blocked": blocked}, cached[2])
+            with self._lock:
+                self._listed[job_id] = cached
             statuses.append(cached[1])
         with self._lock:
             if len(statuses) == len(self._listing) and all(a is b for a, b in zip(statuses, self._listing)):

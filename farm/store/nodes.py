@@ -88,6 +88,14 @@ class NodeRecords:
             return [schema.node(row) for row in db.execute(
                 "SELECT * FROM nodes WHERE state IN (?, ?)", (NodeState.IDLE.value, NodeState.BUSY.value))]
 
+    def present(self) -> tuple[list[Node], float]:
+        """The nodes not presumed dead (live or broken), and when any node was last seen (0.0: never)."""
+        with self._db.read() as db:
+            nodes = [schema.node(row) for row in db.execute("SELECT * FROM nodes WHERE state != ?",
+                                                            (NodeState.OFFLINE.value,))]
+            last = db.execute("SELECT MAX(last_seen) FROM nodes").fetchone()[0]
+        return nodes, float(last or 0.0)
+
     def expire_silent(self, now: float, silence: float) -> tuple[list[str], list[int]]:
         """Mark nodes silent for `silence` seconds offline; their units go back.
         Returns the nodes marked and the jobs of the units that went back."""
