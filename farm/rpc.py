@@ -427,13 +427,15 @@ def _inflated(chunks: Iterable[bytes], limit: int) -> Iterable[bytes]:
     try:
         for chunk in chunks:
             while chunk:
+                if inflater.eof:
+                    raise _BadBody("data follows the end of the gzip body")
                 out = inflater.decompress(chunk, CHUNK)
                 total += len(out)
                 if total > limit:
                     raise _TooLarge(f"the decompressed body is over the limit of {limit} bytes")
                 if out:
                     yield out
-                chunk = inflater.unconsumed_tail
+                chunk = inflater.unconsumed_tail or inflater.unused_data
         out = inflater.flush(limit - total + 1)
         if len(out) + total > limit:
             raise _TooLarge(f"the decompressed body is over the limit of {limit} bytes")

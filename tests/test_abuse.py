@@ -453,3 +453,16 @@ def test_node_errors_name_the_signal_and_why_through_bubblewrap(tmp_path):
     result, stderr = run([shutil.which("sh"), "-c", "kill -SEGV $$"], scenes)
     assert result.signal == signal.SIGSEGV and result.returncode is None
     assert "signal 11 SIGSEGV" in result.describe() and "crashed" in result.describe()
+
+
+# -- memory per request, every role --------------------------------------------------------------
+
+def test_data_after_the_end_of_a_gzip_body_is_refused(farm):
+    farm.start_controller()
+    call = _gzip(xmlrpc.client.dumps((), "jobs.list").encode())
+    gz = {"Content-Encoding": "gzip", "Content-Type": "text/xml"}
+    assert post(farm, "view", call, gz)[0] == 200
+    for body in (call + b"trailing bytes", call + call, call + b"\0"):
+        status, data = post(farm, "view", body, gz)
+        assert status == 400 and b"follows the end" in data, (status, data)
+    assert serves(farm.client_as("view"))
