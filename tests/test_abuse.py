@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import signal
+import struct
 import socket
 import subprocess
 import threading
@@ -456,6 +457,61 @@ def test_node_errors_name_the_signal_and_why_through_bubblewrap(tmp_path):
 
 
 # -- memory per request, every role --------------------------------------------------------------
+
+MEMORY_LIMIT_MB = 200      # the controller's peak RSS under any one role's heaviest requests
+
+
+def many_member_zip(count: int) -> bytes:
+    """A well-formed zip64 archive of `count` empty members, built directly (zipfile takes minutes)."""
+    locals_, directory, offset = [], [], 0
+    for index in range(count):
+        name = b"%x" % index
+        locals_.append(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 33, 0, 0, 0, len(name), 0) + name)
+        directory.append(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 33, 0, 0, 0, len(name),
+                                     0, 0, 0, 0, 0, offset) + name)
+        offset += len(locals_[-1])
+    size = sum(len(entry) for entry in directory)
+    end64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, offset + size, 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return b"".join(locals_) + b"".join(directory) + end64 + locator + end
+
+
+def test_a_million_member_zip_is_refused_from_its_directory_record(farm):
+    farm.start_controller()
+    payload = many_member_zip(1_000_000)
+    assert len(zipfile.ZipFile(io.BytesIO(many_member_zip(3))).namelist()) == 3   # the builder is sound
+    length, pieces = upload_body_chunks(payload)
+    del payload
+    started = time.monotonic()
+    status, data = post(farm, "submit", method="bundles.upload", length=length, chunks=pieces)
+    elapsed = time.monotonic() - started
+    peak = peak_rss_mb(farm.controller.pid)
+    print(f"a million-member zip: refused in {elapsed:.1f} s, controller peak RSS {peak:.1f} MB")
+    assert status == 200 and fault_code(data) == Code.BUNDLE_TOO_LARGE
+    assert b"1000000" in data
+    assert peak < MEMORY_LIMIT_MB
+    assert not leftovers(farm.data_dir)
+    assert farm.client.call("bundles.upload", xmlrpc.client.Binary(small_bundle())).startswith("sha256:")
+
+
+def test_a_zips_end_records_are_read_as_zipfile_reads_them():
+    from farm.bundle import check_archive
+    assert check_archive(many_member_zip(3)) == ["0", "1", "2"]
+    commented = io.BytesIO()
+    with zipfile.ZipFile(commented, "w") as archive:
+        archive.writestr("s.pov", SCENE)
+        archive.comment = b"a comment moves the end record away from the end"
+    assert check_archive(commented.getvalue()) == ["s.pov"]
+    # A zip64 end record claiming more entries, or a larger directory, than the plain one.
+    for fields in ((10**6, 10**6, 0), (3, 3, 10**9)):
+        forged = bytearray(many_member_zip(3))
+        at = forged.rfind(b"PK\x06\x06")
+        forged[at + 24:at + 48] = struct.pack("<3Q", *fields)
+        with pytest.raises(FarmError) as err:
+            check_archive(bytes(forged))
+        assert err.value.code is Code.BUNDLE_TOO_LARGE
+
 
 def test_data_after_the_end_of_a_gzip_body_is_refused(farm):
     farm.start_controller()
