@@ -20,7 +20,8 @@ Memory and threads per request are bounded by design:
   unauthenticated sockets never take the capacity kept for authenticated clients
   (`max_connections`). A long poll ends when its client disconnects
   (`departure_watch`). TLS handshakes run in the connection's own thread.
-- `bundles.fetch` and `jobs.fetch` answer with a `FileReply`, streamed from disk.
+- `bundles.fetch`, `bundles.fetch_range` and `jobs.fetch` answer with a `FileReply`,
+  streamed from disk.
 - The dispatcher turns `FarmError` into a Fault with its code (server paths
   hidden), anything unexpected into INTERNAL plus a logged traceback;
   `allow_dotted_names` and multicall are never enabled.
@@ -478,31 +479,55 @@ class SpooledBinary:
 
 
 class FileReply:
-    """A method's result that is a file's bytes (base64 on the wire), streamed from disk as it is sent,
-    never held in memory whole."""
+    """A method's result that is a file's bytes (base64 on the wire), or a range of them, streamed from
+    disk as it is sent, never held in memory whole."""
 
-    _HEAD = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n<value><base64>\n"
-    _TAIL = b"\n</base64></value>\n</param>\n</params>\n</methodResponse>\n"
+    _OPEN = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n<value>"
+    _CLOSE = b"</value>\n</param>\n</params>\n</methodResponse>\n"
+    _HEAD = _OPEN + b"<base64>\n"
+    _TAIL = b"\n</base64>" + _CLOSE
     _STEP = 3 * CHUNK          # a multiple of 3: each piece encodes without padding
 
-    def __init__(self, handle: BinaryIO, size: int):
+    def __init__(self, handle: BinaryIO, size: int, head: bytes = _HEAD, tail: bytes = _TAIL):
+        """`size` bytes of `handle` from where it stands, between `head` and `tail`."""
         self._handle, self.size = handle, size
+        self._start = handle.tell()
+        self._head, self._tail = head, tail
 
     @classmethod
     def open(cls, path: Path, what: str) -> "FileReply":
         """The file at `path`; STORAGE (naming `what`, not the path) when it cannot be read."""
+        handle = cls._open(path, what)
+        return cls(handle, os.fstat(handle.fileno()).st_size)
+
+    @classmethod
+    def open_range(cls, path: Path, what: str, offset: int, length: int) -> "FileReply":
+        """Up to `length` bytes of the file at `path` from `offset`, as the struct {size: int, the whole
+        file's bytes; data: base64, those bytes}."""
+        handle = cls._open(path, what)
+        size = os.fstat(handle.fileno()).st_size
+        if offset > size:
+            handle.close()
+            raise FarmError(Code.BAD_ARGUMENT, f"offset {offset} is past the end of {what} ({size} bytes)")
+        handle.seek(offset)
+        head = cls._OPEN + (b"<struct>\n<member>\n<name>size</name>\n<value><int>%d</int></value>\n</member>\n"
+                            b"<member>\n<name>data</name>\n<value><base64>\n" % size)
+        tail = b"\n</base64></value>\n</member>\n</struct>" + cls._CLOSE
+        return cls(handle, min(length, size - offset), head, tail)
+
+    @staticmethod
+    def _open(path: Path, what: str) -> BinaryIO:
         try:
-            handle = open(path, "rb")
+            return open(path, "rb")
         except OSError as err:
             raise FarmError(Code.STORAGE, f"the controller cannot read {what}: {err.strerror}") from None
-        return cls(handle, os.fstat(handle.fileno()).st_size)
 
     @property
     def length(self) -> int:
-        return len(self._HEAD) + 4 * -(-self.size // 3) + len(self._TAIL)
+        return len(self._head) + 4 * -(-self.size // 3) + len(self._tail)
 
     def pieces(self) -> Iterable[bytes]:
-        yield self._HEAD
+        yield self._head
         left = self.size
         while left > 0:
             data = self._handle.read(min(self._STEP, left))
@@ -510,14 +535,14 @@ class FileReply:
                 raise OSError("the file was cut short while it was sent")
             left -= len(data)
             yield base64.b64encode(data)
-        yield self._TAIL
+        yield self._tail
 
     @property
     def data(self) -> bytes:
-        """The whole file, like `xmlrpc.client.Binary.data` (for callers in the same process)."""
+        """The bytes, like `xmlrpc.client.Binary.data` (for callers in the same process)."""
         try:
-            self._handle.seek(0)
-            return self._handle.read()
+            self._handle.seek(self._start)
+            return self._handle.read(self.size)
         finally:
             self.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import hashlib
 import http.client
 import io
 import os
@@ -495,6 +496,27 @@ def test_a_million_member_zip_is_refused_from_its_directory_record(farm):
     assert farm.client.call("bundles.upload", xmlrpc.client.Binary(small_bundle())).startswith("sha256:")
 
 
+def streamed_base64_digest(response: http.client.HTTPResponse) -> str:
+    """SHA-256 of the bytes of a response's one base64 value, decoded as they are read, so that this
+    process never holds the value whole."""
+    digest, text, inside = hashlib.sha256(), b"", False
+    while chunk := response.read(1 << 20):
+        text += chunk
+        if not inside:
+            at = text.find(b"<base64>")
+            if at < 0:
+                continue
+            text, inside = text[at + len(b"<base64>"):], True
+        end = text.find(b"<")
+        usable = b"".join((text if end < 0 else text[:end]).split())
+        cut = len(usable) if end >= 0 else len(usable) - len(usable) % 4
+        digest.update(base64.b64decode(usable[:cut]))
+        if end >= 0:
+            break
+        text = usable[cut:]
+    return digest.hexdigest()
+
+
 def test_a_zips_end_records_are_read_as_zipfile_reads_them():
     from farm.bundle import check_archive
     assert check_archive(many_member_zip(3)) == ["0", "1", "2"]
@@ -511,6 +533,41 @@ def test_a_zips_end_records_are_read_as_zipfile_reads_them():
         with pytest.raises(FarmError) as err:
             check_archive(bytes(forged))
         assert err.value.code is Code.BUNDLE_TOO_LARGE
+
+
+def test_ranged_fetches_are_streamed_from_disk(farm):
+    farm.start_controller()
+    payload = _big_zip(20 * 1024 * 1024)
+    length, pieces = upload_body_chunks(payload)
+    status, data = post(farm, "submit", method="bundles.upload", length=length, chunks=pieces)
+    digest = xmlrpc.client.loads(data)[0][0]
+    node = farm.client_as("node")
+    whole = node.call("bundles.fetch_range", digest, 1, 16 * 1024 * 1024)   # an honest client's view
+    assert whole["size"] == len(payload) and whole["data"].data == payload[1:1 + 16 * 1024 * 1024]
+    tail = node.call("bundles.fetch_range", digest, len(payload) - 10, 16 * 1024 * 1024)
+    assert tail["size"] == len(payload) and tail["data"].data == payload[-10:]
+    del whole, tail, pieces
+    body = xmlrpc.client.dumps((digest, 0, 16 * 1024 * 1024), "bundles.fetch_range").encode()
+    expected = hashlib.sha256(payload[:16 * 1024 * 1024]).hexdigest()
+    del payload
+    digests = []
+
+    def fetch() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=120)
+        connection.request("POST", "/RPC2", body, {"Authorization": f"Bearer {token(farm, 'node')}",
+                                                   rpc.METHOD_HEADER: "bundles.fetch_range"})
+        response = connection.getresponse()
+        digests.append(streamed_base64_digest(response) if response.status == 200 else response.status)
+        connection.close()
+    threads = [threading.Thread(target=fetch) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    peak = peak_rss_mb(farm.controller.pid)
+    print(f"16 concurrent 16 MiB bundles.fetch_range calls: controller peak RSS {peak:.1f} MB")
+    assert digests == [expected] * 16
+    assert peak < MEMORY_LIMIT_MB
 
 
 def test_data_after_the_end_of_a_gzip_body_is_refused(farm):
