@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 import threading
 import time
@@ -374,12 +375,65 @@ def check_member_name(name: str) -> str:
 # ---------------------------------------------------------------------------
 # Checking and unpacking
 
-def _open_zip(data: bytes | BinaryIO) -> zipfile.ZipFile:
-    """The archive in `data`: bytes, or an open binary file (a large upload is never read into memory)."""
+def _open_zip(data: bytes | BinaryIO, max_files: int = MAX_FILES) -> zipfile.ZipFile:
+    """The archive in `data`: bytes, or an open binary file (a large upload is never read into memory).
+    Its entry count and directory size are checked first, from its end records: zipfile makes an object
+    of every entry before anyone can count them."""
+    handle = data if hasattr(data, "read") else io.BytesIO(data)
     try:
-        return zipfile.ZipFile(data if hasattr(data, "read") else io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
+        entries, directory = _directory_extent(handle)
+        if entries > max_files:
+            raise FarmError(Code.BUNDLE_TOO_LARGE, f"the bundle has {entries} files; at most {max_files} "
+                                                   f"are allowed")
+        if directory > max_files * MAX_DIRECTORY_ENTRY:
+            raise FarmError(Code.BUNDLE_TOO_LARGE, f"the bundle's directory is {directory} bytes; at most "
+                                                   f"{max_files * MAX_DIRECTORY_ENTRY} are allowed")
+        return zipfile.ZipFile(handle)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError, struct.error) as exc:
         raise FarmError(Code.BAD_BUNDLE, f"the bundle is not a readable zip archive ({exc})") from None
+
+
+# The records at a zip's end that say where its central directory is and how many entries it has.
+_END = struct.Struct("<4s4H2LH")
+_END_SIGNATURE = b"PK\x05\x06"
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+MAX_DIRECTORY_ENTRY = 1024     # bytes per member, on average, of a bundle's central directory
+
+
+def _directory_extent(handle: BinaryIO) -> tuple[int, int]:
+    """(entries, bytes of the central directory) as the archive's end records declare them, found as
+    zipfile finds them: the end record in the last 22 bytes, else the last one in the last 64 KiB; and
+    a zip64 record before it when its locator is there (read both where Python 3.11 looks for it and
+    where the locator points, as later Pythons do, and the larger figures count)."""
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()      # (an mmap's seek returns nothing)
+    start = max(size - _END.size - 0xFFFF, 0)
+    handle.seek(start)
+    tail = handle.read()
+    at = len(tail) - _END.size
+    if not (at >= 0 and tail[at:at + 4] == _END_SIGNATURE and tail[-2:] == b"\0\0"):
+        at = tail.rfind(_END_SIGNATURE)
+    if at < 0 or len(tail) - at < _END.size:
+        raise zipfile.BadZipFile("File is not a zip file")
+    end = _END.unpack_from(tail, at)
+    entries, directory = end[4], end[5]
+    locator_at = start + at - _END64_LOCATOR.size
+    if locator_at < 0:
+        return entries, directory
+    handle.seek(locator_at)
+    locator = _END64_LOCATOR.unpack(handle.read(_END64_LOCATOR.size))
+    if locator[0] != b"PK\x06\x07":
+        return entries, directory
+    readings = []     # a valid zip64 record replaces the end record's figures, else they stand
+    for record_at in {locator_at - _END64.size, locator[2]}:
+        record = None
+        if 0 <= record_at <= size - _END64.size:
+            handle.seek(record_at)
+            record = _END64.unpack(handle.read(_END64.size))
+        valid = record is not None and record[0] == b"PK\x06\x06"
+        readings.append((max(record[6], record[7]), record[8]) if valid else (entries, directory))
+    return max(reading[0] for reading in readings), max(reading[1] for reading in readings)
 
 
 def _check_entry(info: zipfile.ZipInfo) -> str:
@@ -427,7 +481,7 @@ def check_archive(data: bytes | BinaryIO, max_files: int = MAX_FILES, max_total:
     The total checked is the sum of the sizes the archive declares; `unpack`
     also counts what it really writes, since declared sizes can lie.
     """
-    with _open_zip(data) as archive:
+    with _open_zip(data, max_files) as archive:
         infos = archive.infolist()
     if len(infos) > max_files:
         raise FarmError(Code.BUNDLE_TOO_LARGE,
@@ -491,7 +545,7 @@ def unpack(data: bytes, dest: Path, expected_hash: str,
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_PARTIAL}", dir=dest.parent))
     try:
-        with _open_zip(data) as archive:
+        with _open_zip(data, max_files) as archive:
             _extract(archive, names, tmp, max_total)
         _rename_into_place(tmp, dest)
     except BaseException:

@@ -96,6 +96,14 @@ class Config:
     max_streams: int = 128
     max_peer_streams: int = 32
     request_timeout: float = 60.0      # a request must arrive in full within this
+    # Heavy calls: how many run at once (more wait busy_wait seconds for a place, then get HTTP 503), the
+    # disk all uploads being received may hold at once, and the memory all results being received may.
+    max_uploads: int = 4               # bundles.upload
+    max_results: int = 16              # nodes.complete, nodes.complete_and_poll
+    max_range_fetches: int = 8         # bundles.fetch_range
+    busy_wait: float = 5.0
+    max_spool_bytes: int = 1024 * 1024 * 1024
+    max_result_bytes: int = 128 * 1024 * 1024
     # Discovery on a LAN (farm/discovery.py).
     announce: bool = False             # controller: broadcast a signed announcement of its URL
     announce_url: str = ""             # the URL to announce (default: the address it listens or sends on)

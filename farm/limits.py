@@ -17,9 +17,13 @@ from farm.records import JobSpec
 # Requests: any method, per role (a view token only ever sends small calls).
 VIEW_BODY = 64 * 1024
 SMALL_BODY = 1024 * 1024
-# Methods that may send more, up to the bundle limit: uploads (streamed to disk) and nodes' results.
-LARGE_METHODS = frozenset({"bundles.upload", "nodes.complete", "nodes.complete_and_poll"})
-SPOOLED_METHODS = frozenset({"bundles.upload"})
+# Methods that may send more: uploads (streamed to disk, up to the bundle limit) and nodes' results (in
+# memory, up to their unit's rows compressed at worst).
+UPLOADS = frozenset({"bundles.upload"})
+RESULTS = frozenset({"nodes.complete", "nodes.complete_and_poll"})
+LARGE_METHODS = UPLOADS | RESULTS
+SPOOLED_METHODS = UPLOADS
+RANGED_FETCHES = frozenset({"bundles.fetch_range"})
 HEADER_TIMEOUT = 5.0     # seconds for a request's headers to arrive
 
 # Work.
@@ -34,6 +38,10 @@ def request_limits(config) -> rpc.Limits:
         max_body=config.max_bundle_bytes * 4 // 3 + (1 << 20),   # base64 plus the envelope
         role_body=(("view", VIEW_BODY), ("submit", SMALL_BODY), ("node", SMALL_BODY)),
         large_methods=LARGE_METHODS, spooled_methods=SPOOLED_METHODS,
+        role_spool=(("submit", config.max_bundle_bytes),), max_spool=config.max_spool_bytes,
+        max_held=config.max_result_bytes,
+        gates=((UPLOADS, config.max_uploads), (RESULTS, config.max_results),
+               (RANGED_FETCHES, config.max_range_fetches)), gate_wait=config.busy_wait,
         spool_dir=Path(config.data_dir) / "uploads", hidden_paths=_hidden(Path(config.data_dir)),
         header_timeout=min(HEADER_TIMEOUT, config.request_timeout), request_timeout=config.request_timeout,
         quotas=connection_quotas(config))

@@ -134,6 +134,10 @@ class Unit:
     def row_bytes(self, job: Job) -> int:
         return preview_row_bytes(job) if self.kind == strips.PREVIEW else job.row_bytes
 
+    def scanline_bytes(self, job: Job) -> int:
+        """Bytes of the unit's rows in the larger of the encodings: each row led by its PNG filter type."""
+        return len(self.frames) * (self.row_end - self.row_start) * (self.row_bytes(job) + 1)
+
     def decode(self, job: Job, data: bytes, encoding: str) -> bytes:
         """The unit's raw rows out of delivered `data` in `encoding` (a ValueError when they do not fit)."""
         return strips.decode_rows(data, encoding, self.raw_bytes(job), self.row_bytes(job),

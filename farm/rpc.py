@@ -8,11 +8,18 @@ Memory and threads per request are bounded by design:
   large (`bundles.upload` for a submit token, results for a node token) may send
   more, when the client names the method in `X-Povfarm-Method` (the parsed call
   must then be that method). `Content-Length` must be plain digits and appear once.
-- The body is read in chunks: gzip is inflated as it arrives with a running cap,
-  XML is parsed by expat as it arrives, refusing any DTD (whatever the document's
-  encoding), nesting deeper than a limit, and text beyond the small limit; base64
-  arguments of spooled methods go straight to a temporary file with their
-  SHA-256 computed on the way. Temporary files are removed when the request ends.
+- The body is read in chunks: gzip is inflated as it arrives with a running cap
+  (and nothing may follow its end), XML is parsed by expat as it arrives, refusing
+  any DTD (whatever the document's encoding), nesting deeper than a limit, and text
+  beyond the small limit. Base64 values are decoded as they arrive, never held as
+  text. A large method's one large value has a limit of its own: an upload goes
+  straight to a temporary file (SHA-256 computed on the way; per role, and all
+  such files together within a budget), a node's result is held up to what its
+  unit's rows can be (the method's `rpc_value_limit`); everything else in the
+  call counts against the small limit. Temporary files go when the request ends.
+- Heavy methods (uploads, results, ranged fetches) have a bounded number of places:
+  a call waits a little for one, then gets 503 with Retry-After, as when the upload
+  budget is spent.
 - Connections (`farm.admission`): a new connection waits in a lobby (one
   selector, no thread) until it sends something, and must send its request
   headers within a few seconds; until it has shown a valid token it counts in a
@@ -22,7 +29,8 @@ Memory and threads per request are bounded by design:
   client disconnects (`departure_watch`). TLS handshakes run in the
   connection's own thread. The loops that accept, reap and watch are
   supervised: restarted when they fail, the process ended if they keep failing.
-- `bundles.fetch` and `jobs.fetch` answer with a `FileReply`, streamed from disk.
+- `bundles.fetch`, `bundles.fetch_range` and `jobs.fetch` answer with a `FileReply`,
+  streamed from disk.
 - The dispatcher turns `FarmError` into a Fault with its code (server paths
   hidden), anything unexpected into INTERNAL plus a logged traceback;
   `allow_dotted_names` and multicall are never enabled.
@@ -35,6 +43,7 @@ import binascii
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import http
 import inspect
@@ -81,8 +90,13 @@ class Limits:
     role_body: tuple[tuple[str, int], ...] = (("view", 64 * 1024), ("submit", 1024 * 1024),
                                               ("node", 1024 * 1024))   # any method, per role
     large_methods: frozenset[str] = frozenset()    # methods that may send up to max_body
-    spooled_methods: frozenset[str] = frozenset()  # their base64 arguments are streamed to a file
+    spooled_methods: frozenset[str] = frozenset()  # their base64 argument is streamed to a file...
+    role_spool: tuple[tuple[str, int], ...] = ()   # ...of at most this many bytes, per role (none: no file)
+    max_spool: int = 1 << 30               # bytes all requests' files may hold at once
+    max_held: int = 1 << 30                # bytes all requests' other large values may hold at once
     spool_dir: Path | None = None          # where those files go (default: the system's temp dir)
+    gates: tuple[tuple[frozenset[str], int], ...] = ()   # heavy methods, and how many may run at once
+    gate_wait: float = 5.0                 # seconds a heavy call waits for its turn before a 503
     hidden_paths: tuple[str, ...] = ()     # server paths that faults never show
     max_depth: int = 256                   # XML elements nested in a call
     header_timeout: float = 5.0            # seconds for a request's headers to arrive
@@ -92,8 +106,16 @@ class Limits:
     quotas: Quotas = Quotas()              # connections by stage, role and peer (farm.admission)
 
     def small_body(self, roles: Iterable[str]) -> int:
-        sizes = dict(self.role_body)
-        return max((sizes.get(role, 0) for role in roles), default=0)
+        return _most(self.role_body, roles)
+
+    def spool_size(self, roles: Iterable[str]) -> int:
+        """The most bytes one request of these roles may write to a file (0: it may not)."""
+        return _most(self.role_spool, roles)
+
+
+def _most(table: tuple[tuple[str, int], ...], roles: Iterable[str]) -> int:
+    sizes = dict(table)
+    return max((sizes.get(role, 0) for role in roles), default=0)
 
 
 def client_gone() -> bool:
@@ -210,6 +232,57 @@ class _BadBody(Exception):
     """The body cannot be read (corrupt compression, cut short)."""
 
 
+class _Busy(Exception):
+    """The controller has no room for this request now (heavy calls, upload files): try again soon."""
+
+
+class _Gates:
+    """Bounded places for heavy methods (uploads, results, ranged fetches): a call waits a little for
+    one, then is refused as busy, so that many at once queue instead of each taking memory and disk."""
+
+    def __init__(self, gates: Iterable[tuple[frozenset[str], int]], wait: float):
+        self._wait = wait
+        self._places: dict[str, threading.BoundedSemaphore] = {}
+        for methods, places in gates:
+            semaphore = threading.BoundedSemaphore(places)
+            self._places.update(dict.fromkeys(methods, semaphore))
+
+    @contextlib.contextmanager
+    def enter(self, method: str | None) -> Iterator[None]:
+        places = self._places.get(method or "")
+        if places is None:
+            yield
+            return
+        if not places.acquire(timeout=self._wait):
+            log.info("too many %s calls at once; refusing one", method)
+            raise _Busy(f"the controller is running as many {method} calls as it allows at once; "
+                        f"try again in a few seconds")
+        try:
+            yield
+        finally:
+            places.release()
+
+
+class _Budget:
+    """Bytes that all requests' upload files may hold on disk at once."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self._left = total
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if size > self._left:
+                return False
+            self._left -= size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self._left += size
+
+
 def _body_chunks(rfile: BinaryIO, length: int, on_end: Callable[[], None]) -> Iterable[bytes]:
     """The body as it arrives, `length` bytes in chunks; `on_end` once it is all in."""
     left = length
@@ -229,13 +302,15 @@ def _inflated(chunks: Iterable[bytes], limit: int) -> Iterable[bytes]:
     try:
         for chunk in chunks:
             while chunk:
+                if inflater.eof:
+                    raise _BadBody("data follows the end of the gzip body")
                 out = inflater.decompress(chunk, CHUNK)
                 total += len(out)
                 if total > limit:
                     raise _TooLarge(f"the decompressed body is over the limit of {limit} bytes")
                 if out:
                     yield out
-                chunk = inflater.unconsumed_tail
+                chunk = inflater.unconsumed_tail or inflater.unused_data
         out = inflater.flush(limit - total + 1)
         if len(out) + total > limit:
             raise _TooLarge(f"the decompressed body is over the limit of {limit} bytes")
@@ -278,31 +353,55 @@ class SpooledBinary:
 
 
 class FileReply:
-    """A method's result that is a file's bytes (base64 on the wire), streamed from disk as it is sent,
-    never held in memory whole."""
+    """A method's result that is a file's bytes (base64 on the wire), or a range of them, streamed from
+    disk as it is sent, never held in memory whole."""
 
-    _HEAD = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n<value><base64>\n"
-    _TAIL = b"\n</base64></value>\n</param>\n</params>\n</methodResponse>\n"
+    _OPEN = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n<value>"
+    _CLOSE = b"</value>\n</param>\n</params>\n</methodResponse>\n"
+    _HEAD = _OPEN + b"<base64>\n"
+    _TAIL = b"\n</base64>" + _CLOSE
     _STEP = 3 * CHUNK          # a multiple of 3: each piece encodes without padding
 
-    def __init__(self, handle: BinaryIO, size: int):
+    def __init__(self, handle: BinaryIO, size: int, head: bytes = _HEAD, tail: bytes = _TAIL):
+        """`size` bytes of `handle` from where it stands, between `head` and `tail`."""
         self._handle, self.size = handle, size
+        self._start = handle.tell()
+        self._head, self._tail = head, tail
 
     @classmethod
     def open(cls, path: Path, what: str) -> "FileReply":
         """The file at `path`; STORAGE (naming `what`, not the path) when it cannot be read."""
+        handle = cls._open(path, what)
+        return cls(handle, os.fstat(handle.fileno()).st_size)
+
+    @classmethod
+    def open_range(cls, path: Path, what: str, offset: int, length: int) -> "FileReply":
+        """Up to `length` bytes of the file at `path` from `offset`, as the struct {size: int, the whole
+        file's bytes; data: base64, those bytes}."""
+        handle = cls._open(path, what)
+        size = os.fstat(handle.fileno()).st_size
+        if offset > size:
+            handle.close()
+            raise FarmError(Code.BAD_ARGUMENT, f"offset {offset} is past the end of {what} ({size} bytes)")
+        handle.seek(offset)
+        head = cls._OPEN + (b"<struct>\n<member>\n<name>size</name>\n<value><int>%d</int></value>\n</member>\n"
+                            b"<member>\n<name>data</name>\n<value><base64>\n" % size)
+        tail = b"\n</base64></value>\n</member>\n</struct>" + cls._CLOSE
+        return cls(handle, min(length, size - offset), head, tail)
+
+    @staticmethod
+    def _open(path: Path, what: str) -> BinaryIO:
         try:
-            handle = open(path, "rb")
+            return open(path, "rb")
         except OSError as err:
             raise FarmError(Code.STORAGE, f"the controller cannot read {what}: {err.strerror}") from None
-        return cls(handle, os.fstat(handle.fileno()).st_size)
 
     @property
     def length(self) -> int:
-        return len(self._HEAD) + 4 * -(-self.size // 3) + len(self._TAIL)
+        return len(self._head) + 4 * -(-self.size // 3) + len(self._tail)
 
     def pieces(self) -> Iterable[bytes]:
-        yield self._HEAD
+        yield self._head
         left = self.size
         while left > 0:
             data = self._handle.read(min(self._STEP, left))
@@ -310,14 +409,14 @@ class FileReply:
                 raise OSError("the file was cut short while it was sent")
             left -= len(data)
             yield base64.b64encode(data)
-        yield self._TAIL
+        yield self._tail
 
     @property
     def data(self) -> bytes:
-        """The whole file, like `xmlrpc.client.Binary.data` (for callers in the same process)."""
+        """The bytes, like `xmlrpc.client.Binary.data` (for callers in the same process)."""
         try:
-            self._handle.seek(0)
-            return self._handle.read()
+            self._handle.seek(self._start)
+            return self._handle.read(self.size)
         finally:
             self.close()
 
@@ -325,10 +424,83 @@ class FileReply:
         self._handle.close()
 
 
-class _Spool:
-    """Decodes base64 text as it arrives into a temporary file, hashing it on the way."""
+class _Base64:
+    """Decodes a base64 value as its text arrives, `limit` bytes at most: never its text whole. With a
+    budget, the bytes it keeps count against it (shared with other requests) until `discard`."""
 
-    def __init__(self, directory: Path | None, limit: int, files: list[Path]):
+    def __init__(self, limit: int, budget: _Budget | None = None, what: str = "values"):
+        self._limit = limit
+        self._budget, self._taken, self._what = budget, 0, what
+        self._pending = b""
+        self.size = 0
+
+    def feed(self, text: str) -> None:
+        data = self._pending + "".join(text.split()).encode("ascii", "replace")
+        cut = len(data) - len(data) % 4
+        self._pending = data[cut:]
+        if cut:
+            self._decode(data[:cut])
+
+    def _decode(self, text: bytes) -> None:
+        try:
+            data = base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise _Refused("a base64 value is malformed") from None
+        self.size += len(data)
+        if self.size > self._limit:
+            raise _TooLarge(f"a base64 value is over the limit of {self._limit} bytes")
+        if self._budget is not None:
+            if not self._budget.take(len(data)):
+                if self.size > self._budget.total:   # it would not fit even alone
+                    raise _TooLarge(f"a base64 value is over the limit of {self._budget.total} bytes")
+                raise _Busy(f"the controller is receiving as many {self._what} as it has room for; try again "
+                            f"in a few seconds")
+            self._taken += len(data)
+        self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _last(self) -> None:
+        if self._pending:
+            self._decode(self._pending + b"=" * (-len(self._pending) % 4))
+            self._pending = b""
+
+    def finish(self) -> Any:
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        """The request is over: what the value held leaves the budget."""
+        self.abandon()
+        if self._budget is not None:
+            self._budget.give(self._taken)
+        self._taken = 0
+
+
+class _Held(_Base64):
+    """A base64 value decoded into memory."""
+
+    def __init__(self, limit: int, budget: _Budget | None = None):
+        super().__init__(limit, budget, "results")
+        self._parts: list[bytes] = []
+
+    def _keep(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def finish(self) -> xmlrpc.client.Binary:
+        self._last()
+        data, self._parts = b"".join(self._parts), []
+        return xmlrpc.client.Binary(data)
+
+
+class _Spool(_Base64):
+    """A base64 value decoded into a temporary file, hashed on the way."""
+
+    def __init__(self, directory: Path | None, limit: int, budget: _Budget):
+        super().__init__(limit, budget, "uploads")
         try:
             if directory is not None:
                 directory.mkdir(parents=True, exist_ok=True)
@@ -337,29 +509,11 @@ class _Spool:
             raise FarmError(Code.STORAGE, f"the controller could not store the upload: "
                                           f"{err.strerror or 'cannot create a file'}") from None
         self.path = Path(name)
-        files.append(self.path)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
-        self._pending = b""
-        self._limit = limit
-        self.size = 0
         self._error: OSError | None = None
 
-    def feed(self, text: str) -> None:
-        data = self._pending + "".join(text.split()).encode("ascii", "replace")
-        cut = len(data) - len(data) % 4
-        self._pending = data[cut:]
-        if cut:
-            self._write(data[:cut])
-
-    def _write(self, text: bytes) -> None:
-        try:
-            data = base64.b64decode(text, validate=True)
-        except binascii.Error:
-            raise _Refused("a base64 value is malformed") from None
-        self.size += len(data)
-        if self.size > self._limit:
-            raise _TooLarge(f"a base64 value is over the limit of {self._limit} bytes")
+    def _keep(self, data: bytes) -> None:
         self._hash.update(data)
         if self._error is None:
             try:
@@ -368,8 +522,7 @@ class _Spool:
                 self._error = err   # read the rest of the body, then say so
 
     def finish(self) -> SpooledBinary:
-        if self._pending:
-            self._write(self._pending + b"=" * (-len(self._pending) % 4))
+        self._last()
         try:
             self._file.close()
         except OSError as err:
@@ -386,36 +539,54 @@ class _Spool:
             except OSError:
                 pass
 
+    def discard(self) -> None:
+        """The request is over: the file goes (unless the method moved it) and its bytes leave the budget."""
+        super().discard()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.error("cannot remove a temporary upload: %s", err.strerror)
+
 
 class _CallReader(xmlrpc.client.Unmarshaller):
-    """xmlrpc's unmarshaller with bounds: nesting depth, text held in memory, and (when spooling) base64
-    values decoded into files instead of memory."""
+    """xmlrpc's unmarshaller with bounds: nesting depth, and bytes held in memory, as text or as base64
+    values (decoded as they arrive, never held as text). A call's large value is its first base64
+    parameter: `large(method, the parameters before it)` gives its decoder, with a limit of its own (or
+    None: it is like any other); every other value counts against `max_text`."""
 
-    MAX_SPOOLED = 4   # base64 values of one call that go to files (bundles.upload has one)
-
-    def __init__(self, max_depth: int, max_text: int, spool: Callable[[], _Spool] | None):
+    def __init__(self, max_depth: int, max_text: int,
+                 large: Callable[[str | None, tuple], _Base64 | None] | None):
         super().__init__(use_datetime=False, use_builtin_types=False)
-        self._spooled = 0
         self._depth = 0
         self._max_depth = max_depth
         self._text_left = max_text
-        self._make_spool = spool
-        self._spool: _Spool | None = None
+        self._large = large
+        self._base64: _Base64 | None = None
+        self._counted = False       # whether the value being decoded counts against max_text
 
     def start(self, tag, attrs):
         self._depth += 1
         if self._depth > self._max_depth:
             raise _Refused(f"the call is nested more than {self._max_depth} elements deep")
         super().start(tag, attrs)
-        if tag == "base64" and self._make_spool is not None:
-            self._spooled += 1
-            if self._spooled > self.MAX_SPOOLED:
-                raise _Refused(f"the call has more than {self.MAX_SPOOLED} base64 values")
-            self._spool = self._make_spool()
+        if tag == "base64":
+            self._base64 = self._decoder()
+
+    def _decoder(self) -> _Base64:
+        if self._large is not None and not self._marks:     # a parameter, not inside an array or struct
+            large, self._large = self._large, None           # one per call
+            decoder = large(self.getmethodname(), tuple(self._stack))
+            if decoder is not None:
+                self._counted = False
+                return decoder
+        self._counted = True
+        return _Held(max(self._text_left, 0))
 
     def data(self, text):
-        if self._spool is not None:
-            self._spool.feed(text)
+        if self._base64 is not None:
+            self._base64.feed(text)
             return
         self._text_left -= len(text)
         if self._text_left < 0:
@@ -424,16 +595,18 @@ class _CallReader(xmlrpc.client.Unmarshaller):
 
     def end(self, tag):
         self._depth -= 1
-        if tag == "base64" and self._spool is not None:
-            spool, self._spool = self._spool, None
-            self.append(spool.finish())
+        if tag == "base64" and self._base64 is not None:
+            value, self._base64 = self._base64, None
+            if self._counted:
+                self._text_left -= value.size
+            self.append(value.finish())
             self._value = False
             return None
         return super().end(tag)
 
     def abandon(self) -> None:
-        if self._spool is not None:
-            self._spool.abandon()
+        if self._base64 is not None:
+            self._base64.abandon()
 
 
 def _refuse_dtd(*_args) -> None:
@@ -459,10 +632,11 @@ def _safe_expat(target: xmlrpc.client.Unmarshaller):
 
 
 def read_xmlrpc(chunks: Iterable[bytes], max_depth: int = 256, max_text: int = 1 << 62,
-                spool: Callable[[], _Spool] | None = None) -> tuple[tuple, str | None]:
-    """(params, method name) of an XML-RPC call or response fed in chunks. Raises `xmlrpc.client.Fault`
-    for a fault response, ValueError for anything else that is not acceptable XML-RPC."""
-    reader = _CallReader(max_depth, max_text, spool)
+                large: Callable[[str | None, tuple], _Base64 | None] | None = None) -> tuple[tuple, str | None]:
+    """(params, method name) of an XML-RPC call or response fed in chunks (`large`: see _CallReader).
+    Raises `xmlrpc.client.Fault` for a fault response, ValueError for anything else that is not
+    acceptable XML-RPC."""
+    reader = _CallReader(max_depth, max_text, large)
     parser = _safe_expat(reader)
     try:
         for chunk in chunks:
@@ -631,9 +805,12 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         length = self._content_length(limit)
         if length is None:
             return
-        response = self._answer(length, limit, roles, declared)
-        if response is None:
-            return
+        with contextlib.ExitStack() as self._held:   # a heavy call's place, until its answer is sent
+            response = self._answer(length, limit, roles, declared)
+            if response is not None:
+                self._reply(response)
+
+    def _reply(self, response: bytes | FileReply) -> None:
         if isinstance(response, FileReply):
             self._send_file(response)
             return
@@ -672,38 +849,60 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         chunks = _body_chunks(self.rfile, length, lambda: self.server.connections.deadline(self.record, None))
         if encoding == "gzip":
             chunks = _inflated(chunks, limit)
-        files: list[Path] = []
+        values: list[_Base64] = []
         try:
-            return self._run(chunks, limit, roles, declared, files)
+            if self.server.may_call(roles, declared):   # a heavy one waits for its place before its body
+                self._held.enter_context(self.server.gates.enter(declared))
+            return self._run(chunks, limit, roles, declared, values)
         except _TooLarge as err:
             self._refuse(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err))
         except _BadBody as err:
             self._refuse(http.HTTPStatus.BAD_REQUEST, str(err))
+        except _Busy as err:
+            self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, str(err), retry_after=RETRY_AFTER)
         finally:
-            _remove_spooled(files)
+            for value in values:       # a request's files never outlive it (a method keeping one moved it)
+                value.discard()
         return None
 
     def _run(self, chunks: Iterable[bytes], limit: int, roles: frozenset[str], declared: str | None,
-             files: list[Path]) -> bytes | FileReply:
+             values: list[_Base64]) -> bytes | FileReply:
         server = self.server
-        spool, max_text = None, limit
-        if declared in server.limits.spooled_methods:   # only the small limit may stay in memory
-            spool = lambda: _Spool(server.limits.spool_dir, limit, files)  # noqa: E731
-            max_text = server.limits.small_body(roles)
+        # A large method's one large value has a limit of its own: everything else in it is small.
+        max_text = server.limits.small_body(roles) if declared in server.limits.large_methods else limit
         try:
-            params, method = read_xmlrpc(chunks, server.limits.max_depth, max_text, spool)
+            params, method = read_xmlrpc(chunks, server.limits.max_depth, max_text,
+                                         functools.partial(self._large_value, declared, roles, values))
         except (ValueError, FarmError, xmlrpc.client.Fault) as err:
             return self._refused_call(err, chunks)
         if declared is not None and declared != method:
             return server.dump_fault(FarmError(
                 Code.BAD_REQUEST, f"the call is to {method}, not {declared} as its header says").to_fault())
+        if declared is None:     # a heavy method's place, for a caller that did not name it
+            self._held.enter_context(server.gates.enter(method))
         return server.dispatch(method, params, roles)
+
+    def _large_value(self, declared: str | None, roles: frozenset[str], values: list[_Base64],
+                     method: str | None, before: tuple) -> _Base64 | None:
+        """The decoder of a declared large method's large value: a file (an upload, for a role that may
+        write one), or memory up to the method's own limit for it (a result: its unit's rows); either
+        within the budget all requests share for them."""
+        server, limits = self.server, self.server.limits
+        if method != declared or not server.may_call(roles, method) or method not in limits.large_methods:
+            return None
+        if method in limits.spooled_methods and limits.spool_size(roles):
+            values.append(_Spool(limits.spool_dir, limits.spool_size(roles), server.spool_budget))
+        else:
+            values.append(_Held(server.value_limit(method, before), server.held_budget))
+        return values[-1]
 
     def _refused_call(self, err: Exception, chunks: Iterable[bytes]) -> bytes:
         """The fault for a call that could not be read (malformed, or STORAGE while spooling), after
         reading (and inflating) the rest of the body within its limits: a body over them is still a 413."""
-        if isinstance(err, FarmError):
+        if isinstance(err, FarmError) and err.code is Code.STORAGE:
             log.warning("request from %s refused: %s", self.client_address[0], err)
+        elif isinstance(err, FarmError):
+            log.info("request from %s refused: %s", self.client_address[0], err)
         else:
             log.info("malformed request from %s: %s", self.client_address[0], err)
         for _ in chunks:
@@ -732,17 +931,6 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
 
 
 # -- the server ----------------------------------------------------------------------------------
-
-def _remove_spooled(files: list[Path]) -> None:
-    """A request's temporary files never outlive it (a method that keeps one has moved it already)."""
-    for path in files:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            log.error("cannot remove a temporary upload: %s", err.strerror)
-
 
 def sweep_spool(directory: Path | None) -> None:
     """Remove upload files a killed controller left behind."""
@@ -789,7 +977,11 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         HOST.raise_open_files_limit()
         sweep_spool(limits.spool_dir)
         self.connections = Connections(limits.quotas, limits.header_timeout, self._start_thread, supervisor)
+        self.gates = _Gates(limits.gates, limits.gate_wait)
+        self.spool_budget = _Budget(limits.max_spool)
+        self.held_budget = _Budget(limits.max_held)
         self._methods: dict[str, Callable[..., Any]] = {}
+        self._value_limits: dict[str, Callable[[tuple], int]] = {}
         self._roles: dict[str, frozenset[str]] = {}
         self._signatures: dict[str, inspect.Signature] = {}
         self._encoded: dict[str, tuple[Any, bytes]] = {}   # shared method -> (its last result, encoded)
@@ -802,9 +994,25 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     def body_limit(self, roles: frozenset[str], declared: str | None) -> int:
         """The most a request may send, from its headers alone: the role's small limit, unless it names
         a large method its role may call."""
-        if declared in self.limits.large_methods and roles & self._roles.get(declared, frozenset()):
+        if declared in self.limits.large_methods and self.may_call(roles, declared):
             return self.limits.max_body
         return self.limits.small_body(roles)
+
+    def may_call(self, roles: frozenset[str], method: str | None) -> bool:
+        return bool(roles & self._roles.get(method or "", frozenset()))
+
+    def value_limit(self, method: str, before: tuple) -> int:
+        """The most bytes a large method's large value may hold, from the parameters before it (the
+        method's `rpc_value_limit`, which may also raise FarmError), else the body limit."""
+        limit = self._value_limits.get(method)
+        if limit is None:
+            return self.limits.max_body
+        try:
+            return limit(before)
+        except FarmError:
+            raise
+        except Exception:
+            raise FarmError(Code.INTERNAL, self._internal_fault(method).faultString) from None
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -874,6 +1082,9 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self._methods[name] = function
         self._roles[name] = frozenset(roles)
         self._signatures[name] = inspect.signature(function)
+        limit = getattr(function, "rpc_value_limit", None)   # a method of the same object, by name
+        if limit is not None:
+            self._value_limits[name] = getattr(function.__self__, limit)
         return function
 
     def register_stream(self, path: str, function: Callable[[dict[str, list[str]]], Iterator[list[bytes]]],

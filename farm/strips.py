@@ -684,6 +684,12 @@ def split_frames(data: bytes, encoding: str, expected_len: int, row_bytes: int, 
     return [zlib.compress(plain[start:start + size], 6) for start in range(0, len(plain), size)]
 
 
+def deflate_bound(size: int) -> int:
+    """The most bytes zlib may make of `size` bytes, at any level and memory setting (zlib's
+    deflateBound when its settings are unknown)."""
+    return size + ((size + 7) >> 3) + ((size + 63) >> 6) + 5 + 6
+
+
 def decompress_rows(data: bytes, expected_len: int) -> bytes:
     """Inverse of compress_rows, refusing anything but exactly `expected_len` bytes.
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import hashlib
 import http.client
 import io
 import os
 import resource
 import shutil
 import signal
+import struct
 import socket
 import subprocess
 import sys
@@ -866,3 +868,240 @@ def test_submit_wait_says_at_once_that_the_only_node_cannot_render_and_keeps_wai
             client.wait()
     assert len(stderr.having("is blocked")) == 1 and "Traceback" not in stderr.text()
     assert farm.client.call("jobs.status", job)["state"] == "queued"
+
+
+# -- memory per request, every role --------------------------------------------------------------
+
+MEMORY_LIMIT_MB = 200      # the controller's peak RSS under any one role's heaviest requests
+
+
+def node_call_bomb(method: str, lease: str) -> bytes:
+    """A node's result call whose rows are 1 GiB of base64 (gzip: about 1 MB)."""
+    prefix = (f"<?xml version='1.0'?><methodCall><methodName>{method}</methodName><params>"
+              f"<param><value><string>n</string></value></param>"
+              f"<param><value><string>{lease}</string></value></param><param><value><base64>").encode()
+    return gzip_bomb(1, prefix, fill=b"A")
+
+
+def leased_unit(farm) -> tuple[Client, str, dict]:
+    """A registered node (its client and id) holding the lease of a one-strip 64x64 job."""
+    digest = farm.client.call("bundles.upload", xmlrpc.client.Binary(small_bundle()))
+    farm.client.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 64, "height": 64, "strips": 1,
+                                     "preview": "never"})
+    node = farm.client_as("node")
+    node_id = node.call("nodes.register", "n1", {"povray": "3.7", "threads": 1, "slots": 1})["node_id"]
+    return node, node_id, node.call("nodes.poll", node_id)
+
+
+def test_node_gzip_bombs_stay_in_bounded_memory(farm):
+    farm.start_controller()
+    node, node_id, task = leased_unit(farm)
+    gz = {"Content-Encoding": "gzip", "Content-Type": "text/xml"}
+    bombs = [("nodes.complete", task["lease"]), ("nodes.complete_and_poll", task["lease"]),
+             ("nodes.complete", "no-such-lease"), ("nodes.complete_and_poll", "no-such-lease")]
+    results = []
+
+    def attack(method: str, lease: str) -> None:
+        results.append(post(farm, "node", node_call_bomb(method, lease), gz, method=method))
+    threads = [threading.Thread(target=attack, args=bomb) for bomb in bombs]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    elapsed = time.monotonic() - started
+    peak = peak_rss_mb(farm.controller.pid)
+    print(f"four node gzip bombs (1 GiB of base64 each): controller peak RSS {peak:.1f} MB, {elapsed:.1f} s")
+    for status, data in results:   # the lease's unit bounds the rows: far below 1 GiB; no lease, no rows
+        assert status == 413 or (status == 200 and fault_code(data) == Code.STALE_LEASE), (status, data[:200])
+    assert peak < MEMORY_LIMIT_MB
+
+    # The honest result still goes in, and a stale lease still gets its fault.
+    raw = bytes((task["row_end"] - task["row_start"]) * task["width"] * task["channels"] * task["bits"] // 8)
+    assert node.call("nodes.complete", node_id, task["lease"], xmlrpc.client.Binary(zlib.compress(raw)), 0.1)
+    with pytest.raises(FarmError) as err:
+        node.call("nodes.complete", node_id, "no-such-lease", xmlrpc.client.Binary(zlib.compress(raw)), 0.1)
+    assert err.value.code is Code.STALE_LEASE
+    assert "Traceback" not in farm.log("controller")
+
+
+def many_member_zip(count: int) -> bytes:
+    """A well-formed zip64 archive of `count` empty members, built directly (zipfile takes minutes)."""
+    locals_, directory, offset = [], [], 0
+    for index in range(count):
+        name = b"%x" % index
+        locals_.append(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 33, 0, 0, 0, len(name), 0) + name)
+        directory.append(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 33, 0, 0, 0, len(name),
+                                     0, 0, 0, 0, 0, offset) + name)
+        offset += len(locals_[-1])
+    size = sum(len(entry) for entry in directory)
+    end64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, offset + size, 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return b"".join(locals_) + b"".join(directory) + end64 + locator + end
+
+
+def test_a_million_member_zip_is_refused_from_its_directory_record(farm):
+    farm.start_controller()
+    payload = many_member_zip(1_000_000)
+    assert len(zipfile.ZipFile(io.BytesIO(many_member_zip(3))).namelist()) == 3   # the builder is sound
+    length, pieces = upload_body_chunks(payload)
+    del payload
+    started = time.monotonic()
+    status, data = post(farm, "submit", method="bundles.upload", length=length, chunks=pieces)
+    elapsed = time.monotonic() - started
+    peak = peak_rss_mb(farm.controller.pid)
+    print(f"a million-member zip: refused in {elapsed:.1f} s, controller peak RSS {peak:.1f} MB")
+    assert status == 200 and fault_code(data) == Code.BUNDLE_TOO_LARGE
+    assert b"1000000" in data
+    assert peak < MEMORY_LIMIT_MB
+    assert not leftovers(farm.data_dir)
+    assert farm.client.call("bundles.upload", xmlrpc.client.Binary(small_bundle())).startswith("sha256:")
+
+
+def streamed_base64_digest(response: http.client.HTTPResponse) -> str:
+    """SHA-256 of the bytes of a response's one base64 value, decoded as they are read, so that this
+    process never holds the value whole."""
+    digest, text, inside = hashlib.sha256(), b"", False
+    while chunk := response.read(1 << 20):
+        text += chunk
+        if not inside:
+            at = text.find(b"<base64>")
+            if at < 0:
+                continue
+            text, inside = text[at + len(b"<base64>"):], True
+        end = text.find(b"<")
+        usable = b"".join((text if end < 0 else text[:end]).split())
+        cut = len(usable) if end >= 0 else len(usable) - len(usable) % 4
+        digest.update(base64.b64decode(usable[:cut]))
+        if end >= 0:
+            break
+        text = usable[cut:]
+    return digest.hexdigest()
+
+
+def test_a_zips_end_records_are_read_as_zipfile_reads_them():
+    from farm.bundle import check_archive
+    assert check_archive(many_member_zip(3)) == ["0", "1", "2"]
+    commented = io.BytesIO()
+    with zipfile.ZipFile(commented, "w") as archive:
+        archive.writestr("s.pov", SCENE)
+        archive.comment = b"a comment moves the end record away from the end"
+    assert check_archive(commented.getvalue()) == ["s.pov"]
+    # A zip64 end record claiming more entries, or a larger directory, than the plain one.
+    for fields in ((10**6, 10**6, 0), (3, 3, 10**9)):
+        forged = bytearray(many_member_zip(3))
+        at = forged.rfind(b"PK\x06\x06")
+        forged[at + 24:at + 48] = struct.pack("<3Q", *fields)
+        with pytest.raises(FarmError) as err:
+            check_archive(bytes(forged))
+        assert err.value.code is Code.BUNDLE_TOO_LARGE
+
+
+def test_ranged_fetches_are_streamed_from_disk(farm):
+    farm.start_controller()
+    payload = _big_zip(20 * 1024 * 1024)
+    length, pieces = upload_body_chunks(payload)
+    status, data = post(farm, "submit", method="bundles.upload", length=length, chunks=pieces)
+    digest = xmlrpc.client.loads(data)[0][0]
+    node = farm.client_as("node")
+    whole = node.call("bundles.fetch_range", digest, 1, 16 * 1024 * 1024)   # an honest client's view
+    assert whole["size"] == len(payload) and whole["data"].data == payload[1:1 + 16 * 1024 * 1024]
+    tail = node.call("bundles.fetch_range", digest, len(payload) - 10, 16 * 1024 * 1024)
+    assert tail["size"] == len(payload) and tail["data"].data == payload[-10:]
+    del whole, tail, pieces
+    body = xmlrpc.client.dumps((digest, 0, 16 * 1024 * 1024), "bundles.fetch_range").encode()
+    expected = hashlib.sha256(payload[:16 * 1024 * 1024]).hexdigest()
+    del payload
+    digests = []
+
+    def fetch() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=120)
+        connection.request("POST", "/RPC2", body, {"Authorization": f"Bearer {token(farm, 'node')}",
+                                                   rpc.METHOD_HEADER: "bundles.fetch_range"})
+        response = connection.getresponse()
+        digests.append(streamed_base64_digest(response) if response.status == 200 else response.status)
+        connection.close()
+    threads = [threading.Thread(target=fetch) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    peak = peak_rss_mb(farm.controller.pid)
+    print(f"16 concurrent 16 MiB bundles.fetch_range calls: controller peak RSS {peak:.1f} MB")
+    assert digests == [expected] * 16
+    assert peak < MEMORY_LIMIT_MB
+
+
+def test_data_after_the_end_of_a_gzip_body_is_refused(farm):
+    farm.start_controller()
+    call = _gzip(xmlrpc.client.dumps((), "jobs.list").encode())
+    gz = {"Content-Encoding": "gzip", "Content-Type": "text/xml"}
+    assert post(farm, "view", call, gz)[0] == 200
+    for body in (call + b"trailing bytes", call + call, call + b"\0"):
+        status, data = post(farm, "view", body, gz)
+        assert status == 400 and b"follows the end" in data, (status, data)
+    assert serves(farm.client_as("view"))
+
+
+def bytes_written_mb(pid: int) -> float:
+    """What the process has passed to write(2) so far (files, its log; not its sockets' sends)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1]) / (1 << 20)
+    raise AssertionError("no wchar in /proc/PID/io")
+
+
+def held_upload(farm, decoded: int) -> socket.socket:
+    """An upload that sends `decoded` bytes of its bundle, then holds on without finishing."""
+    length, pieces = upload_body_chunks(bytes(decoded))
+    sock = socket.create_connection(("127.0.0.1", farm.port))
+    sock.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token(farm, "submit").encode()
+                 + b"\r\n" + rpc.METHOD_HEADER.encode() + b": bundles.upload\r\nContent-Length: "
+                 + str(length + 1000).encode() + b"\r\n\r\n" + b"".join(pieces[:-1]))
+    return sock
+
+
+def spooled_mb(farm) -> float:
+    return sum(path.stat().st_size for path in (farm.data_dir / "uploads").glob("upload-*")) / (1 << 20)
+
+
+def test_uploads_are_bounded_in_number_and_in_disk(farm, monkeypatch):
+    for name, value in (("MAX_BUNDLE_BYTES", 64 << 20), ("MAX_SPOOL_BYTES", 24 << 20), ("MAX_UPLOADS", 2),
+                        ("BUSY_WAIT", 0.5)):
+        monkeypatch.setenv(f"POVFARM_{name}", str(value))
+    farm.start_controller()
+    pid = farm.controller.pid
+    first = held_upload(farm, 12 << 20)
+    wait_until(lambda: spooled_mb(farm) >= 11.9, what="the first upload to be spooled")
+    second = held_upload(farm, 1 << 20)
+    wait_until(lambda: spooled_mb(farm) >= 12.9, what="the second upload to be spooled")
+
+    # Both places are taken: a third upload waits half a second, then is told to come back.
+    length, pieces = upload_body_chunks(small_bundle())
+    connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+    connection.request("POST", "/RPC2", b"".join(pieces), {"Authorization": f"Bearer {token(farm, 'submit')}",
+                                                           rpc.METHOD_HEADER: "bundles.upload"})
+    response = connection.getresponse()
+    assert response.status == 503 and int(response.getheader("Retry-After")) > 0
+    assert b"at once" in response.read()
+    connection.close()
+    assert serves(farm.client)     # other calls are not held up
+
+    # A place frees; a gzip bomb takes it, and writes no more than the disk left for uploads (11 MiB).
+    second.close()
+    wait_until(lambda: spooled_mb(farm) < 12.1, what="the second upload's file to go")
+    xml_bomb = gzip_bomb(1, b"<?xml version='1.0'?><methodCall><methodName>bundles.upload</methodName>"
+                            b"<params><param><value><base64>", fill=b"A")
+    before = bytes_written_mb(pid)
+    status, data = post(farm, "submit", xml_bomb, {"Content-Encoding": "gzip"}, method="bundles.upload")
+    written = bytes_written_mb(pid) - before
+    print(f"a gzip bundles.upload bomb with 12 MiB of 24 spooled by another: {written:.1f} MB written")
+    assert status == 503 and b"room" in data
+    assert written < 13
+
+    # The held upload ends; an honest one goes in, and nothing is left behind.
+    first.close()
+    wait_until(lambda: not leftovers(farm.data_dir), what="the first upload's file to go")
+    assert farm.client.call("bundles.upload", xmlrpc.client.Binary(small_bundle())).startswith("sha256:")
+    assert "Traceback" not in farm.log("controller")

@@ -19,13 +19,18 @@ READERS = frozenset({SUBMIT, VIEW})
 API_VERSION = 1
 
 
-def rpc(*roles: str, shared: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def rpc(*roles: str, shared: bool = False,
+        value_limit: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a namespace method as public, for the token roles given. `shared`: it returns the very same
     object for as long as its answer stays the same, and never changes an object it returned, so the
-    server may send the bytes it encoded for that object before."""
+    server may send the bytes it encoded for that object before. `value_limit`: the name of a method of
+    the namespace that, given the parameters before the call's binary one, says how many bytes that may
+    hold (or raises FarmError), so that the server refuses a larger one while reading it."""
     def mark(function: Callable[..., Any]) -> Callable[..., Any]:
         function.rpc_roles = frozenset(roles)   # type: ignore[attr-defined]
         function.rpc_shared = shared            # type: ignore[attr-defined]
+        if value_limit is not None:
+            function.rpc_value_limit = value_limit   # type: ignore[attr-defined]
         return function
     return mark
 

@@ -38,9 +38,9 @@ class BundlesAPI:
         return self._bundles.upload(args.binary("data", data))
 
     @rpc(NODE)
-    def fetch_range(self, digest: str, offset: int, length: int) -> dict:
+    def fetch_range(self, digest: str, offset: int, length: int) -> FileReply:
         """Part of a stored bundle, so a node on a poor link resumes an interrupted download where it
-        stopped rather than starting again.
+        stopped rather than starting again (streamed from disk).
 
         @param digest: str
         @param offset: int, the first byte wanted (0-based)
@@ -50,8 +50,7 @@ class BundlesAPI:
         digest = args.text("digest", digest, 100)
         offset = args.whole("offset", offset, 0, args.MAX_ID)
         length = args.whole("length", length, 1, MAX_RANGE)
-        size, data = self._bundles.read_range(digest, offset, length)
-        return {"size": size, "data": xmlrpc.client.Binary(data)}
+        return FileReply.open_range(self._bundles.path(digest), f"bundle {digest}", offset, length)
 
     @rpc(NODE)
     def fetch(self, digest: str) -> FileReply:

@@ -101,7 +101,15 @@ class NodesAPI:
         upload = args.number("stats.upload_bps", stats["upload_bps"], 0.0, 1e12) if "upload_bps" in stats else None
         return {"stop": self._dispatch.heartbeat(args.text("node_id", node_id, MAX_ID_TEXT), checked, upload)}
 
-    @rpc(NODE)
+    def _rows_limit(self, before: tuple) -> int:
+        """The most bytes a result's rows may hold, from the node_id and lease before them: its unit's,
+        compressed at worst (STALE_LEASE for a lease that is not current)."""
+        if len(before) != 2:
+            raise FarmError(Code.BAD_ARGUMENT, "rows must come third, after node_id and lease")
+        args.text("node_id", before[0], MAX_ID_TEXT)
+        return self._dispatch.result_limit(args.text("lease", before[1], MAX_ID_TEXT))
+
+    @rpc(NODE, value_limit="_rows_limit")
     def complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
                  encoding: str = strips.ZLIB) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
@@ -121,7 +129,7 @@ class NodesAPI:
                                 args.choice("encoding", encoding, strips.ENCODINGS))
         return True
 
-    @rpc(NODE)
+    @rpc(NODE, value_limit="_rows_limit")
     def complete_and_poll(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
                           encoding: str = strips.ZLIB) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;

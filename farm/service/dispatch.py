@@ -137,6 +137,14 @@ class Dispatcher:
         self._changes.bump(job.id)
         return done
 
+    def result_limit(self, token: str) -> int:
+        """The most bytes a result for the lease may hold: its unit's rows (a pre-pass: its cache)
+        compressed at worst. STALE_LEASE for a lease that is not current."""
+        unit = self._unit_of(token)
+        if unit.kind == strips.PRETRACE:
+            return strips.deflate_bound(MAX_RADIOSITY_CACHE)
+        return strips.deflate_bound(unit.scanline_bytes(self.job(unit.job)))
+
     def _unit_of(self, token: str) -> Unit:
         unit = self._leased.get(token) or self._store.units.by_lease(token)
         if unit is None:

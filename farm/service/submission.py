@@ -8,7 +8,6 @@ to read nor to scan it again.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -98,20 +97,6 @@ class Bundles:
         if not self._store.bundles.has(digest):
             raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}")
         return self._files.bundle(digest)
-
-    def read_range(self, digest: str, offset: int, length: int) -> tuple[int, bytes]:
-        """(the stored bundle's size, up to `length` of its bytes from `offset`)."""
-        path = self.path(digest)
-        try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if offset > size:
-                    raise FarmError(Code.BAD_ARGUMENT, f"offset {offset} is past the end of bundle {digest} "
-                                                       f"({size} bytes)")
-                handle.seek(offset)
-                return size, handle.read(length)
-        except OSError as err:
-            raise FarmError(Code.STORAGE, f"the controller cannot read bundle {digest}: {err.strerror}") from None
 
     def info(self, digest: str) -> BundleInfo:
         """What was learnt of the bundle at upload (worked out now for one stored before that was kept)."""
