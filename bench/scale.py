@@ -172,12 +172,13 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 class ControllerProcess:
-    """A real `python -m farm controller` on a free loopback port, with a fresh data directory."""
+    """A real `python -m farm controller` on a free loopback port, with a fresh data directory (or, given
+    `port`, on that port with the data directory under `tmp` as an earlier one left it: a restart)."""
 
-    def __init__(self, tmp: Path, source: Path, log_level: str = "INFO"):
+    def __init__(self, tmp: Path, source: Path, log_level: str = "INFO", port: int | None = None):
         self.tmp = tmp
         self.source = source
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp / "controller"
         self.token_file = self.data_dir / "tokens"
@@ -214,6 +215,11 @@ class ControllerProcess:
 
     def stop(self) -> None:
         stop([self.process])
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut would end it: no shutdown, nothing flushed."""
+        self.process.kill()
+        self.process.wait(10)
 
 
 def upload_scene(client: Client, tmp: Path) -> tuple[str, str]:
