@@ -51,7 +51,7 @@ class Quotas:
     the other roles can never take them."""
     pending: int = 1024                 # not yet shown a valid token, from anyone...
     pending_per_peer: int = 256         # ...and one address's share of them when they are that many
-    held: int = 1024                    # seated connections, all roles together
+    held: int = 2048                    # seated connections, all roles together
     role_held: tuple[tuple[str, int], ...] = ((SUBMIT, 128), (VIEW, 256))
     peer_held: int = 64                 # seats of a capped role (submit, view) from one address
     streams: int = 128                  # feed streams (viewers and pages watching)...
