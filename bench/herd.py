@@ -33,12 +33,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -49,8 +46,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fake_povray  # noqa: E402
-from scale import (BLOCK, RESULTS, ROOT, SPEEDS, ControllerProcess, cpu_seconds, die_with_parent,  # noqa: E402
-                   fake_wrapper, filesystem_of, percentile, upload_scene, wait_until, _split)
+from scale import (BLOCK, RESULTS, ROOT, SPEEDS, ControllerProcess, die_with_parent, fake_wrapper,  # noqa: E402
+                   end_run, limit_run, machine, percentile, save_results, upload_scene, wait_until,
+                   _split)
 
 from farm import povray, sandbox as sandboxes  # noqa: E402
 from farm.client import Client  # noqa: E402
@@ -303,7 +301,7 @@ def run(args, tmp: Path) -> dict:
         controller = ControllerProcess(tmp, ROOT, port=controller.port)
         report["restart_s"] = time.monotonic() - began
         viewer = controller.client("view")
-        released, released_wall = time.monotonic(), time.time()
+        released = time.monotonic()
         events["released"].set()
         print(f"  the controller answers again {report['restart_s']:.2f} s after its start; released "
               f"{args.nodes} nodes at once", flush=True)
@@ -471,32 +469,17 @@ def main() -> int:
     parser.add_argument("--save", type=Path, default=RESULTS, help="folder for herd.json and herd.md")
     args = parser.parse_args()
 
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"the run took longer than --max-seconds {args.max_seconds:.0f}")
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.max_seconds))
+    limit_run(args.max_seconds)
     began = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="povfarm-herd-", dir=args.tmp))
     try:
         report = run(args, tmp)
     finally:
-        signal.alarm(0)
-        if args.keep_tmp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    report["machine"] = {"cores": os.cpu_count(), "cpu": cpu, "python": sys.version.split()[0],
-                         "data_fs": filesystem_of(args.tmp), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        end_run(tmp, args.keep_tmp)
+    report["machine"] = machine(args.tmp)
     report["command"] = " ".join(["python bench/herd.py", *sys.argv[1:]])
     report["seconds"] = time.monotonic() - began
-    table = markdown(report)
-    print("\n" + table)
-    args.save.mkdir(parents=True, exist_ok=True)
-    (args.save / "herd.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.save / "herd.md").write_text(table)
-    print(f"saved {args.save / 'herd.json'} and herd.md")
+    save_results(report, markdown(report), args.save, "herd")
     return 0 if all(report["goals"].values()) else 1
 
 
