@@ -157,21 +157,21 @@ def row_weights(start: int, end: int, height: int, profile) -> float:
     return sum(profile[min(len(profile) - 1, y * len(profile) // height)] for y in range(start, end)) / mean
 
 
-def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    return number(raw, name) if raw else default
+class Run:
+    """One run as planned from POV-Ray's command line: what to write and how long it takes."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
 
 
-def main(argv) -> int:
-    if "--version" in argv or "-version" in argv:
-        sys.stderr.write(f"POV-Ray {VERSION} (fake: a stand-in for benchmarks, renders nothing)\n")
-        return 0
-    started = time.time()
+def plan(argv, environ=os.environ, cwd: str = ".") -> Run:
+    """The run `argv` asks for (relative paths from `cwd`), by the cost model; exits as POV-Ray would on a
+    bad command line. Also for an in-process stand-in (bench/herd.py), which sleeps and writes itself."""
     opts = parse(argv)
     scene = opts.get("input")
     if not scene:
         fail("Parse Error: No input file was given (+I)")
-    if not os.path.isfile(scene):
+    if not os.path.isfile(os.path.join(cwd, scene)):
         fail(f"Parse Error: Cannot open input file '{scene}'.")
     if "output" not in opts:
         fail("Fatal error: no output file (+O) was given", 2)
@@ -183,51 +183,65 @@ def main(argv) -> int:
     frames, digits, animated = frames_of(opts)
     fmt = opts.get("format", "N")
     png = fmt.startswith("N")
-    bits = 16 if fmt.endswith("16") else 8
-    channels = 4 if (png and opts["alpha"]) else 3
     declare = opts["declare"]
-    row_cost = number(declare["FAKE_ROW_COST"], "FAKE_ROW_COST") if "FAKE_ROW_COST" in declare \
-        else env_float("POVFARM_FAKE_ROW_COST", 0.001)
-    speed = number(declare["FAKE_SPEED"], "FAKE_SPEED") if "FAKE_SPEED" in declare \
-        else env_float("POVFARM_FAKE_SPEED", 1.0)
+
+    def setting(name: str, default: float) -> float:
+        raw = environ.get(f"POVFARM_{name}", "")
+        return number(declare[name], name) if name in declare else number(raw, name) if raw else default
+    row_cost, speed = setting("FAKE_ROW_COST", 0.001), setting("FAKE_SPEED", 1.0)
     if speed <= 0:
         fail("FAKE_SPEED must be positive", 2)
-    startup = env_float("POVFARM_FAKE_STARTUP", 0.0)
-    profile = [number(w, "POVFARM_FAKE_ROW_PROFILE") for w in os.environ.get("POVFARM_FAKE_ROW_PROFILE", "").split(",")
+    startup = number(environ.get("POVFARM_FAKE_STARTUP") or "0", "POVFARM_FAKE_STARTUP")
+    profile = [number(w, "POVFARM_FAKE_ROW_PROFILE") for w in environ.get("POVFARM_FAKE_ROW_PROFILE", "").split(",")
                if w.strip()]
     planned = startup + row_cost * row_weights(start, end, height, profile) * len(frames) / speed
+    return Run(width=width, height=height, start=start, end=end, frames=frames, digits=digits, animated=animated,
+               png=png, bits=16 if fmt.endswith("16") else 8, channels=4 if (png and opts["alpha"]) else 3,
+               output=os.path.join(cwd, opts["output"]), speed=speed, startup=startup, planned=planned,
+               pixels=width * (end - start) * len(frames))
+
+
+def write_images(run: Run, log=sys.stderr) -> None:
+    """The run's image files, as POV-Ray names them."""
+    stem, suffix = os.path.splitext(run.output)
+    for index, frame in enumerate(run.frames):
+        if run.animated:
+            log.write(f"Rendering frame {index + 1} of {len(run.frames)}\n")
+        path = f"{stem}{frame:0{run.digits}d}{suffix}" if run.animated else run.output
+        rows = image_rows(run.width, run.height, run.start, run.end, frame, run.channels, run.bits)
+        if run.png:
+            write_png(path, run.width, run.height, run.channels, run.bits, rows)
+        else:
+            write_ppm(path, run.width, run.height, run.bits, rows)
+
+
+def main(argv) -> int:
+    if "--version" in argv or "-version" in argv:
+        sys.stderr.write(f"POV-Ray {VERSION} (fake: a stand-in for benchmarks, renders nothing)\n")
+        return 0
+    started = time.time()
+    run = plan(argv)
 
     # Sleep by the cost model, reporting progress the way POV-Ray does.
-    pixels = width * (end - start) * len(frames)
-    if startup > 0:
-        time.sleep(startup)
-    render = planned - startup
+    if run.startup > 0:
+        time.sleep(run.startup)
+    render = run.planned - run.startup
     began = time.monotonic()
     while True:
         elapsed = time.monotonic() - began
         left = render - elapsed
-        done = int(pixels * min(1.0, elapsed / render)) if render > 0 else pixels
-        sys.stderr.write(f"Rendered {done} of {pixels} pixels ({100 * done // max(1, pixels)}%)\n")
+        done = int(run.pixels * min(1.0, elapsed / render)) if render > 0 else run.pixels
+        sys.stderr.write(f"Rendered {done} of {run.pixels} pixels ({100 * done // max(1, run.pixels)}%)\n")
         sys.stderr.flush()
         if left <= 0:
             break
         time.sleep(min(left, 1.0))
 
-    output = opts["output"]
-    stem, suffix = os.path.splitext(output)
-    for index, frame in enumerate(frames):
-        if animated:
-            sys.stderr.write(f"Rendering frame {index + 1} of {len(frames)}\n")
-        path = f"{stem}{frame:0{digits}d}{suffix}" if animated else output
-        rows = image_rows(width, height, start, end, frame, channels, bits)
-        if png:
-            write_png(path, width, height, channels, bits, rows)
-        else:
-            write_ppm(path, width, height, bits, rows)
+    write_images(run)
     trace = os.environ.get("POVFARM_FAKE_TRACE")
     if trace:
-        line = (f"{os.environ.get('POVFARM_FAKE_NODE', os.getppid())} {speed:g} {started:.6f} {time.time():.6f} "
-                f"{end - start} {len(frames)} {planned:.6f}\n")
+        line = (f"{os.environ.get('POVFARM_FAKE_NODE', os.getppid())} {run.speed:g} {started:.6f} {time.time():.6f} "
+                f"{run.end - run.start} {len(run.frames)} {run.planned:.6f}\n")
         fd = os.open(trace, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())   # one write of one short line: appends do not interleave

@@ -172,12 +172,13 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 class ControllerProcess:
-    """A real `python -m farm controller` on a free loopback port, with a fresh data directory."""
+    """A real `python -m farm controller` on a free loopback port, with a fresh data directory (or, given
+    `port`, on that port with the data directory under `tmp` as an earlier one left it: a restart)."""
 
-    def __init__(self, tmp: Path, source: Path, log_level: str = "INFO"):
+    def __init__(self, tmp: Path, source: Path, log_level: str = "INFO", port: int | None = None):
         self.tmp = tmp
         self.source = source
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp / "controller"
         self.token_file = self.data_dir / "tokens"
@@ -214,6 +215,11 @@ class ControllerProcess:
 
     def stop(self) -> None:
         stop([self.process])
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut would end it: no shutdown, nothing flushed."""
+        self.process.kill()
+        self.process.wait(10)
 
 
 def upload_scene(client: Client, tmp: Path) -> tuple[str, str]:
@@ -835,6 +841,40 @@ def filesystem_of(path: Path) -> str:
     return f"{kind} at {best}" if best else kind
 
 
+def machine(tmp: Path) -> dict:
+    """The box a run's figures come from, and the file system its data directories were on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "system": platform.platform(),
+            "data_fs": filesystem_of(tmp), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def limit_run(seconds: float) -> None:
+    """--max-seconds: the main thread gets a TimeoutError when the run takes longer."""
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"the run took longer than --max-seconds {seconds:.0f}")
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(seconds))
+
+
+def end_run(tmp: Path, keep: bool) -> None:
+    """The run is over, however it ended: no more alarm, and its data directories removed unless kept."""
+    signal.alarm(0)
+    if keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_results(report: dict, table: str, folder: Path, name: str) -> None:
+    """The table on stdout, and NAME.json and NAME.md in `folder`."""
+    print("\n" + table)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(table)
+    print(f"saved {folder / name}.json and {name}.md; {report['seconds']:.0f} s in all")
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = ["# povfarm at scale, simulated", "",
@@ -957,21 +997,12 @@ def main() -> int:
                   for m in idle_modes]
     idle_modes = list(dict.fromkeys(idle_modes))
 
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"the run took longer than --max-seconds {args.max_seconds:.0f}")
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.max_seconds))
-
+    limit_run(args.max_seconds)
     began = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="povfarm-scale-", dir=args.tmp))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     report: dict[str, Any] = {
         "mode": "quick" if quick else "full",
-        "machine": {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-                    "system": platform.platform(), "data_fs": filesystem_of(tmp),
-                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "controller_root": str(args.controller_root)},
+        "machine": {**machine(tmp), "controller_root": str(args.controller_root)},
     }
     try:
         if "makespan" in parts:
@@ -1008,19 +1039,10 @@ def main() -> int:
                 wait = NODE_POLL_WAIT if mode == "longpoll" else 0.0
                 report["idle"].append(run_idle(args, mode_tmp, args.idle_nodes, idle_seconds, wait))
     finally:
-        signal.alarm(0)
-        if args.keep_tmp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        end_run(tmp, args.keep_tmp)
     report["seconds"] = time.monotonic() - began
-    table = markdown(report)
-    print("\n" + table)
-    args.save.mkdir(parents=True, exist_ok=True)
     name = "scale-plans" if parts == ["plans"] else "scale"     # a run of part 1b alone keeps the full results
-    (args.save / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.save / f"{name}.md").write_text(table)
-    print(f"saved {args.save / name}.json and {name}.md; {report['seconds']:.0f} s in all")
+    save_results(report, markdown(report), args.save, name)
     return 0
 
 

@@ -3,9 +3,12 @@
 A connection goes through three stages:
 1. **The lobby.** Just accepted, it waits in one thread's selector until its first bytes arrive; only then
    does it get a thread of its own, so silent sockets cost a file descriptor, not a thread.
-2. **Pending.** Until it shows a valid token it counts in a pool of its own (and in its peer address's share
-   of it), where a newcomer pushes out the oldest: idle or unauthenticated sockets never take the seats kept
-   for authenticated clients, and are never refused for them either.
+2. **Pending.** Until it shows a valid token it counts in a pool of its own, where, once the pool is full, a
+   newcomer pushes out an older one (`pushed_out`): idle or unauthenticated sockets never take the seats kept
+   for authenticated clients, and are never refused for them either. Each peer address has a fair share of
+   the pool, which only counts when the pool is full: a burst from one address (a lab behind one NAT
+   reconnecting after a controller restart) may use the room no one else needs, and is never pushed out
+   while it is being read just for being many.
 3. **Seated.** A valid token takes a seat by role: node, submit or view (`Seats`). Each role has seats of
    its own, so readers can never crowd out the nodes or the submitters; the view and submit roles also have
    a cap per peer address, and feed streams a cap of their own. A request finding no seat gets 503 with
@@ -24,7 +27,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 from farm.supervise import Supervisor
 
@@ -47,8 +50,8 @@ class Quotas:
     """Connection counts. The node role's seats are what `held` leaves after the other roles' caps, so
     the other roles can never take them."""
     pending: int = 1024                 # not yet shown a valid token, from anyone...
-    pending_per_peer: int = 256         # ...and from one address (a burst of nodes behind one NAT)
-    held: int = 1024                    # seated connections, all roles together
+    pending_per_peer: int = 256         # ...and one address's share of them when they are that many
+    held: int = 2048                    # seated connections, all roles together
     role_held: tuple[tuple[str, int], ...] = ((SUBMIT, 128), (VIEW, 256))
     peer_held: int = 64                 # seats of a capped role (submit, view) from one address
     streams: int = 128                  # feed streams (viewers and pages watching)...
@@ -107,6 +110,23 @@ class Seats:
             self.total -= 1
             _decrement(self.by_role, role)
             _decrement(self.by_peer, (role, peer))
+
+
+def pushed_out(pending: Collection[Connection], per_peer: collections.Counter, peer: str,
+               quotas: Quotas) -> Connection | None:
+    """The pending connection (oldest first in `pending`) that a newcomer from `peer` pushes out, if any.
+
+    Only a full pool pushes anyone out: a cap per address enforced always would cut connections of a burst
+    that are merely waiting their turn to be read (300 nodes behind one address reconnecting at once, whose
+    every pushed-out call fails and is retried). When the pool is full, an address at its share gives up its
+    own oldest; else the oldest of an address over its share goes, so that one address cannot keep the
+    others out; else the oldest of all."""
+    if len(pending) < quotas.pending:
+        return None
+    share = quotas.pending_per_peer
+    if per_peer[peer] >= share:
+        return next(old for old in pending if old.peer == peer)
+    return next((old for old in pending if per_peer[old.peer] > share), next(iter(pending)))
 
 
 def _decrement(counter: collections.Counter, key) -> None:
@@ -275,14 +295,10 @@ class Connections:
         supervisor.start("request-reaper", self._reap)
 
     def admit(self, sock: socket.socket, peer: str) -> None:
-        """A new connection: into the lobby, pushing out the oldest pending one when the pool is full."""
+        """A new connection: into the lobby, pushing an older pending one out when the pool is full."""
         record = Connection(sock, peer, time.monotonic() + self.header_timeout)
         with self._lock:
-            pushed = None
-            if self._per_peer[peer] >= self.quotas.pending_per_peer:
-                pushed = next(old for old in self._pending if old.peer == peer)
-            elif len(self._pending) >= self.quotas.pending:
-                pushed = next(iter(self._pending))
+            pushed = pushed_out(self._pending, self._per_peer, peer, self.quotas)
             if pushed is not None:
                 self._forget_pending(pushed)
                 self._close(pushed)

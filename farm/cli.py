@@ -212,7 +212,7 @@ def _add_controller_command(sub: Any) -> None:
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (chain) in PEM")
     p.add_argument("--tls-key", metavar="FILE", help="the TLS certificate's private key in PEM")
     p.add_argument("--max-connections", type=int, metavar="N",
-                   help="connections holding a valid token, all roles (default 1024; view tokens at most 256, "
+                   help="connections holding a valid token, all roles (default 2048; view tokens at most 256, "
                         "submit tokens 128, 64 per address: settings max_view_connections, "
                         "max_submit_connections, max_peer_connections)")
     p.add_argument("--announce", action="store_const", const=True,

@@ -89,7 +89,7 @@ class Config:
     # submit tokens at most their own counts (the rest stay the nodes'), and from one address at most
     # max_peer_connections; feed streams (watching viewers and pages) at most max_streams, per address
     # max_peer_streams. Beyond a limit a request gets HTTP 503 with Retry-After.
-    max_connections: int = 1024
+    max_connections: int = 2048         # a node holds slots + 1 (uploads): 300 two-slot nodes take 900
     max_view_connections: int = 256
     max_submit_connections: int = 128
     max_peer_connections: int = 64

@@ -3,12 +3,13 @@ loops restarted when they fail."""
 
 from __future__ import annotations
 
+import collections
 import logging
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.admission import NODE, SUBMIT, VIEW, Quotas, Refusals, Seats, seat_role
+from farm.admission import NODE, SUBMIT, VIEW, Connection, Quotas, Refusals, Seats, pushed_out, seat_role
 from farm.supervise import Supervisor
 
 ROLES = st.sampled_from([NODE, SUBMIT, VIEW])
@@ -47,6 +48,40 @@ def test_nodes_behind_one_address_are_not_capped_per_peer():
         seats.take(VIEW, "192.0.2.1")
     assert "one address" in seats.refusal(VIEW, "192.0.2.1")
     assert seats.refusal(VIEW, "192.0.2.2") is None
+
+
+def admitted(arrivals: list[str], quotas: Quotas) -> tuple[list[Connection], list[Connection]]:
+    """Connections from these peers arriving in turn, none seated yet: (still pending, pushed out)."""
+    pending: collections.OrderedDict[Connection, None] = collections.OrderedDict()
+    per_peer: collections.Counter[str] = collections.Counter()
+    gone = []
+    for peer in arrivals:
+        victim = pushed_out(pending, per_peer, peer, quotas)
+        if victim is not None:
+            del pending[victim]
+            per_peer[victim.peer] -= 1
+            gone.append(victim)
+        pending[Connection(None, peer, 0.0)] = None
+        per_peer[peer] += 1
+    return list(pending), gone
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PEERS, max_size=200), st.integers(1, 30), st.integers(1, 30))
+def test_the_pending_pool_is_bounded_and_shared_fairly_only_when_full(arrivals, size, share):
+    quotas = Quotas(pending=size, pending_per_peer=share)
+    pending, gone = admitted(arrivals, quotas)
+    assert len(pending) == min(len(arrivals), size) and len(gone) == max(0, len(arrivals) - size)
+    newest = collections.Counter(arrivals[-size:] if size else [])
+    for peer in set(arrivals):      # the last arrivals keep their place, up to their address's share
+        assert sum(1 for c in pending if c.peer == peer) >= min(newest[peer], share)
+
+
+def test_a_burst_from_one_address_is_not_cut_while_the_pool_has_room():
+    pending, gone = admitted(["10.0.0.1"] * 600, Quotas(pending=1024, pending_per_peer=256))
+    assert len(pending) == 600 and gone == []
+    pending, gone = admitted(["10.0.0.1"] * 1024 + ["10.0.0.2"] * 10, Quotas(pending=1024, pending_per_peer=256))
+    assert [c.peer for c in gone] == ["10.0.0.1"] * 10 and sum(c.peer == "10.0.0.2" for c in pending) == 10
 
 
 def test_a_token_is_seated_as_its_most_important_role():
