@@ -14,7 +14,6 @@ import gzip
 import hashlib
 import hmac
 import http.client
-import json
 import logging
 import re
 import socket
@@ -31,7 +30,7 @@ from typing import Any, Iterator
 from farm import __version__
 from farm.auth import client_token
 from farm.faults import Code, FarmError
-from farm.rpc import FAULT_HEADER, METHOD_HEADER, capped_gunzip, read_xmlrpc
+from farm.wire import FAULT_HEADER, METHOD_HEADER, RecordCutter, capped_gunzip, read_xmlrpc
 
 
 log = logging.getLogger(__name__)
@@ -388,10 +387,7 @@ def _http_error(url: str, err: xmlrpc.client.ProtocolError, has_token: bool = Tr
     return FarmError(Code.UNREACHABLE, f"the controller at {url} answered HTTP {err.errcode} {err.errmsg}")
 
 
-MAX_RECORD_HEADER = 1 << 20      # bytes of one stream record's header line
-MAX_RECORD = 64 << 20            # bytes of one stream record's payload
 STREAM_READ = 1 << 20            # the most bytes one read of a stream takes
-_HEADER_DECODER = json.JSONDecoder()
 
 
 def _check_stream_status(url: str, response: http.client.HTTPResponse, has_token: bool) -> None:
@@ -420,7 +416,7 @@ def _records(url: str, response: http.client.HTTPResponse) -> Iterator[list[tupl
     """Lists of (header, payload), the whole records of each read off a stream response, until it ends.
     Reads take what has arrived, up to STREAM_READ bytes, so a send of many pieces costs a few reads
     rather than several per piece."""
-    cutter = _RecordCutter()
+    cutter = RecordCutter()
     try:
         while data := response.read1(STREAM_READ):
             records = cutter.cut(data)
@@ -432,85 +428,6 @@ def _records(url: str, response: http.client.HTTPResponse) -> Iterator[list[tupl
         raise FarmError(Code.UNREACHABLE, f"the feed from the controller at {url} broke off: {_reason(err)}") from None
     except (ValueError, AttributeError) as err:
         raise FarmError(Code.UNREACHABLE, f"the controller at {url} sent a bad feed: {err}") from None
-
-
-class _RecordCutter:
-    """Whole records out of reads that cut the stream anywhere. A payload is copied once, out of the read
-    it came in; only the record a read cut off is put together, from the end of one read and the start of
-    the next."""
-
-    def __init__(self):
-        self.partial = bytearray()       # the start of a record the last read cut off
-
-    def cut(self, data: bytes) -> list[tuple[dict, bytes]]:
-        """The records that `data`, the next read, completes (ValueError: a bad record)."""
-        records, start = [], 0
-        if self.partial:
-            start = self._complete(data)
-            if start < 0:
-                return []
-            records, _ = _whole_records(self.partial)
-            self.partial.clear()
-        more, used = _whole_records(data, start)
-        self.partial += memoryview(data)[used:]
-        return records + more
-
-    def _complete(self, data: bytes) -> int:
-        """Append to `partial` what its record still needs of `data`: the offset in `data` after that, or
-        -1 when `data` is not enough (all of it is appended)."""
-        taken, newline = 0, self.partial.find(b"\n")
-        if newline < 0:
-            line_end = data.find(b"\n")
-            if line_end < 0 or len(self.partial) + line_end > MAX_RECORD_HEADER:
-                self.partial += data
-                _check_header_length(len(self.partial))
-                return -1
-            self.partial += memoryview(data)[:line_end + 1]
-            taken, newline = line_end + 1, len(self.partial) - 1
-        need = newline + 1 + _record_size(_header(self.partial[:newline])) - len(self.partial)
-        if need > len(data) - taken:
-            self.partial += memoryview(data)[taken:]
-            return -1
-        self.partial += memoryview(data)[taken:taken + need]
-        return taken + need
-
-
-def _whole_records(data: bytes | bytearray, start: int = 0) -> tuple[list[tuple[dict, bytes]], int]:
-    """The whole records in `data` from `start` on and where they end (ValueError: a bad record)."""
-    records, used = [], start
-    while (newline := data.find(b"\n", used)) >= 0:
-        _check_header_length(newline - used)
-        header = _header(data[used:newline])
-        end = newline + 1 + _record_size(header)
-        if end > len(data):
-            break
-        records.append((header, bytes(data[newline + 1:end])))    # from bytes: the slice is the copy
-        used = end
-    if newline < 0:
-        _check_header_length(len(data) - used)
-    return records, used
-
-
-def _header(line: bytes | bytearray) -> dict:
-    """A record's header line as a dict. The decoder's own raw_decode: json.loads spends about as long
-    again guessing the encoding and skipping blanks as on the decoding, and a stream has a header per piece."""
-    text = line.decode().strip()
-    header, end = _HEADER_DECODER.raw_decode(text)
-    if end != len(text) or not isinstance(header, dict):
-        raise ValueError("a record header that is not one JSON object")
-    return header
-
-
-def _record_size(header: dict) -> int:
-    size = header.get("size", 0)
-    if not isinstance(size, int) or not 0 <= size <= MAX_RECORD:
-        raise ValueError(f"a record of {size!r} bytes")
-    return size
-
-
-def _check_header_length(length: int) -> None:
-    if length > MAX_RECORD_HEADER:
-        raise ValueError("a record header over the size limit")
 
 
 def _client_tls(ca_file: str | None) -> ssl.SSLContext:

@@ -85,7 +85,7 @@ class Config:
     tls_key: str = ""                  # ...and this private key
     ca_file: str = ""                  # client: trust this CA for an https:// controller (default: system store)
     tls_fingerprint: str = ""          # client: trust the certificate with this SHA-256 instead (set by discovery)
-    # Connections that showed a valid token (farm/admission.py): all roles together; of them view and
+    # Connections that showed a valid token (farm/server/admission.py): all roles together; of them view and
     # submit tokens at most their own counts (the rest stay the nodes'), and from one address at most
     # max_peer_connections; feed streams (watching viewers and pages) at most max_streams, per address
     # max_peer_streams. Beyond a limit a request gets HTTP 503 with Retry-After.

@@ -1,7 +1,8 @@
 """The controller: the farm's API on an XML-RPC server, with its maintenance loop.
 
 Layers, outside in:
-- `farm.rpc`: HTTP, TLS, tokens and limits; XML-RPC marshalling;
+- `farm.server`: HTTP, TLS, tokens, admission and limits; XML-RPC marshalling (`farm.wire`: what
+  clients share of it);
 - `farm.api`: one adapter per namespace (jobs, nodes, bundles, viewer, api); the only code that
   knows XML-RPC's types;
 - `farm.service`: the rules (submission, leasing, stitching, views), over
@@ -27,7 +28,8 @@ from farm.auth import controller_tokens
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.limits import request_limits
-from farm.rpc import RPCServer, is_loopback, server_tls_context
+from farm.server.rpc import RPCServer, server_tls_context
+from farm.wire import is_loopback
 from farm.service.files import sweep_temporary
 from farm.service import Services
 from farm.store import Store

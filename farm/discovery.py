@@ -53,7 +53,7 @@ from farm.auth import ROLES, client_token
 from farm.client import check_url
 from farm.config import DEFAULT_PORT, Config
 from farm.faults import Code, FarmError, shown
-from farm.rpc import is_loopback
+from farm.wire import is_loopback
 
 log = logging.getLogger(__name__)
 

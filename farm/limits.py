@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farm import rpc, strips
-from farm.admission import SUBMIT, VIEW, Quotas
+from farm import strips
+from farm.server import rpc
+from farm.server.admission import SUBMIT, VIEW, Quotas
 from farm.faults import Code, FarmError
 from farm.records import JobSpec
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm import admission  # noqa: E402
+from farm.server import admission  # noqa: E402
 from farm.cli import main  # noqa: E402
 
 _left = int(sys.argv.pop(1))

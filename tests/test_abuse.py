@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, farm_argv, free_udp_port, needs_povray, run_cli, wait_until
-from farm import auth, povray, rpc
+from farm import auth, povray, wire
 from farm import sandbox as sandboxes
-from farm.admission import Quotas
+from farm.server.admission import Quotas
 from farm.bundle import bundle_hash
 from farm.client import Client
 from farm.config import Config
@@ -65,7 +65,7 @@ def post(farm, role: str | None, body: bytes = b"", headers: dict | None = None,
     if role:
         connection.putheader("Authorization", f"Bearer {token(farm, role)}")
     if method:
-        connection.putheader(rpc.METHOD_HEADER, method)
+        connection.putheader(wire.METHOD_HEADER, method)
     if length is not None or chunks is None:
         connection.putheader("Content-Length", str(len(body) if length is None else length))
     for key, value in (headers or {}).items():
@@ -1021,7 +1021,7 @@ def test_ranged_fetches_are_streamed_from_disk(farm):
     def fetch() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=120)
         connection.request("POST", "/RPC2", body, {"Authorization": f"Bearer {token(farm, 'node')}",
-                                                   rpc.METHOD_HEADER: "bundles.fetch_range"})
+                                                   wire.METHOD_HEADER: "bundles.fetch_range"})
         response = connection.getresponse()
         digests.append(streamed_base64_digest(response) if response.status == 200 else response.status)
         connection.close()
@@ -1060,7 +1060,7 @@ def held_upload(farm, decoded: int) -> socket.socket:
     length, pieces = upload_body_chunks(bytes(decoded))
     sock = socket.create_connection(("127.0.0.1", farm.port))
     sock.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token(farm, "submit").encode()
-                 + b"\r\n" + rpc.METHOD_HEADER.encode() + b": bundles.upload\r\nContent-Length: "
+                 + b"\r\n" + wire.METHOD_HEADER.encode() + b": bundles.upload\r\nContent-Length: "
                  + str(length + 1000).encode() + b"\r\n\r\n" + b"".join(pieces[:-1]))
     return sock
 
@@ -1084,7 +1084,7 @@ def test_uploads_are_bounded_in_number_and_in_disk(farm, monkeypatch):
     length, pieces = upload_body_chunks(small_bundle())
     connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
     connection.request("POST", "/RPC2", b"".join(pieces), {"Authorization": f"Bearer {token(farm, 'submit')}",
-                                                           rpc.METHOD_HEADER: "bundles.upload"})
+                                                           wire.METHOD_HEADER: "bundles.upload"})
     response = connection.getresponse()
     assert response.status == 503 and int(response.getheader("Retry-After")) > 0
     assert b"at once" in response.read()

@@ -9,7 +9,7 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.admission import NODE, SUBMIT, VIEW, Connection, Quotas, Refusals, Seats, pushed_out, seat_role
+from farm.server.admission import NODE, SUBMIT, VIEW, Connection, Quotas, Refusals, Seats, pushed_out, seat_role
 from farm.supervise import Supervisor
 
 ROLES = st.sampled_from([NODE, SUBMIT, VIEW])
@@ -93,7 +93,7 @@ def test_a_token_is_seated_as_its_most_important_role():
 def test_refusals_are_logged_once_per_peer_per_period(caplog):
     now = [0.0]
     refusals = Refusals(period=60, clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, "farm.admission"):
+    with caplog.at_level(logging.WARNING, "farm.server.admission"):
         for second in range(0, 130):
             now[0] = float(second)
             refusals.note("10.0.0.1", "full")

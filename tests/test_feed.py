@@ -161,7 +161,7 @@ def test_bad_stream_requests_get_a_code_and_a_sentence(server, token, query, cod
 
 
 def test_a_gathered_send_carries_on_after_partial_writes():
-    from farm.rpc import _send_gathered
+    from farm.server.handler import send_gathered
 
     class Trickle:
         """A socket that takes at most 5 bytes per call."""
@@ -175,7 +175,7 @@ def test_a_gathered_send_carries_on_after_partial_writes():
 
     parts = [b"3\r\n", b"", b"abcdefgh", b"xy", b"\r\n" * 3]
     sock = Trickle()
-    _send_gathered(sock, parts)
+    send_gathered(sock, parts)
     assert sock.got == b"".join(parts)
 
 
@@ -193,7 +193,8 @@ class Reads:
 @pytest.mark.parametrize("size", [1, 7, 64, 1 << 20])
 def test_the_client_takes_whole_records_off_reads_of_any_size(size):
     from farm.client import _records
-    from farm.service.feed import END, record
+    from farm.service.feed import END
+    from farm.wire import record
 
     sent = [({"type": "job", "job": {"id": 1}}, b""), ({"type": "piece", "cursor": 1}, b"a\nb" * 40),
             ({"type": "piece", "cursor": 2}, b""), ({"type": "ping"}, b""), ({"type": "end"}, b"")]
@@ -223,8 +224,9 @@ def test_a_broken_stream_is_a_clear_error(data, words):
 
 def test_a_header_line_without_end_is_refused_at_the_limit_not_read_for_ever(monkeypatch):
     import farm.client
+    import farm.wire
 
-    monkeypatch.setattr(farm.client, "MAX_RECORD_HEADER", 64)
+    monkeypatch.setattr(farm.wire, "MAX_RECORD_HEADER", 64)
     with pytest.raises(FarmError) as caught:
         list(farm.client._records("http://x", Reads(b"x" * 1000, 16)))
     assert caught.value.code is Code.UNREACHABLE and "header over the size limit" in str(caught.value)

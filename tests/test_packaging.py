@@ -19,3 +19,14 @@ def test_the_install_takes_every_package_of_the_tree():
     in_tree = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "farm").rglob("__init__.py")}
     assert in_tree <= installed, sorted(in_tree - installed)
     assert {"farm.api", "farm.service", "farm.store", "farm.web"} <= installed
+
+
+@pytest.mark.parametrize("module", ["farm.client", "farm.node", "farm.viewer", "farm.cli", "farm.discovery"])
+def test_a_client_does_not_load_the_server(module):
+    """Nodes, viewers and the CLI share `farm.wire` with the controller, never its HTTP server."""
+    import subprocess
+    probe = (f"import sys; import {module}; "
+             f"print(sorted(m for m in ('http.server', 'socketserver', 'farm.server', 'farm.web', 'sqlite3') "
+             f"if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", f"{module} loads {loaded.stdout.strip()}"

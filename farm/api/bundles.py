@@ -5,7 +5,7 @@ from __future__ import annotations
 import xmlrpc.client
 
 from farm.api import NODE, SUBMIT, args, rpc
-from farm.rpc import FileReply, SpooledBinary
+from farm.server.bodies import FileReply, SpooledBinary
 
 
 MAX_RANGE = 16 * 1024 * 1024   # bytes of a bundle one bundles.fetch_range call returns at most

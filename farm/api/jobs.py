@@ -8,7 +8,8 @@ from farm import strips
 from farm.animation import Animation
 from farm.api import READERS, SUBMIT, args, rpc
 from farm.faults import Code, FarmError
-from farm.rpc import FileReply, departure_watch
+from farm.server.bodies import FileReply
+from farm.server.departures import departure_watch
 from farm.service.submission import MAX_SIDE, Submission
 from farm.states import JobState
 

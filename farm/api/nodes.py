@@ -7,7 +7,7 @@ import xmlrpc.client
 from farm import strips
 from farm.api import NODE, READERS, args, rpc
 from farm.faults import Code, FarmError
-from farm.rpc import departure_watch
+from farm.server.departures import departure_watch
 from farm.options import preview_options
 
 MAX_ERROR_TEXT = 8192

@@ -7,7 +7,7 @@ from typing import Iterator
 
 from farm.api import READERS, args, rpc
 from farm.faults import Code, FarmError
-from farm.rpc import departure_watch
+from farm.server.departures import departure_watch
 
 LONG_POLL_CAP = 30.0
 

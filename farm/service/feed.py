@@ -1,7 +1,7 @@
 """The viewers' stream: every stored piece framed once, then sent to each viewer of its job.
 
 `viewer.watch` answers one long poll at a time, so each viewer costs the controller a request, a
-database read and an XML encoding of the same rows. The stream (`GET /feed`, see farm/rpc.py) holds
+database read and an XML encoding of the same rows. The stream (`GET /feed`, see farm/server/handler.py) holds
 one response open per viewer instead and sends records as they come:
 
     record = header line (JSON, UTF-8, ending in "\\n") + `size` bytes of payload
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 import threading
 import time
 from typing import Callable, Iterator
@@ -34,6 +33,7 @@ from typing import Callable, Iterator
 from farm.service.changes import Changes
 from farm.service.views import FEED_BATCH, Views, feed_pieces
 from farm.store import Store
+from farm.wire import record
 
 ENDED = ("done", "failed", "canceled")
 PACE = 0.1            # least seconds between two sends to one viewer: pieces arriving meanwhile go together
@@ -44,12 +44,6 @@ STATUS_FRESH = 0.25   # ... and a job's status (a few queries over all its units
 KEEPALIVE = 15.0      # seconds of silence before a ping
 LOG_BUDGET = 64 * 1024 * 1024    # bytes of framed pieces kept for all jobs together
 MAX_STATUSES = 256               # jobs whose status record is kept
-
-
-def record(header: dict, payload: bytes = b"") -> bytes:
-    """One framed record: the JSON header (with the payload's size) on a line, then the payload."""
-    line = json.dumps({**header, "size": len(payload)}, separators=(",", ":")).encode()
-    return line + b"\n" + payload
 
 
 PING = record({"type": "ping"})

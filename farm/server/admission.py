@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 NODE, SUBMIT, VIEW = "node", "submit", "view"
 RETRY_AFTER = 5          # seconds a refused client is told to wait
 REFUSAL_LOG_PERIOD = 60.0
+current = threading.local()     # `current.record`: the connection this thread serves, while it serves one
 
 
 def seat_role(roles: Iterable[str]) -> str:
