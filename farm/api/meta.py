@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from farm import __version__
 from farm.api import ANYONE, API_VERSION, rpc
+from farm.features import FEATURES
 
 
 class MetaAPI:
@@ -11,8 +12,9 @@ class MetaAPI:
 
     @rpc(*ANYONE)
     def version(self) -> dict:
-        """The API version and the server's version.
+        """The API version, the server's version and what it can do.
 
-        @return: struct: api (int), server (str, e.g. "povfarm 0.9.0")
+        @return: struct: api (int), server (str, e.g. "povfarm 0.9.0"), features ([str]: the controller's
+            features, as nodes.register lists them; a controller from before the list sends none)
         """
-        return {"api": API_VERSION, "server": f"povfarm {__version__}"}
+        return {"api": API_VERSION, "server": f"povfarm {__version__}", "features": list(FEATURES)}

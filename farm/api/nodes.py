@@ -7,6 +7,7 @@ import xmlrpc.client
 from farm import strips
 from farm.api import NODE, READERS, args, rpc
 from farm.faults import Code, FarmError
+from farm.features import FEATURES
 from farm.server.departures import departure_watch
 from farm.options import preview_options
 
@@ -33,14 +34,18 @@ class NodesAPI:
             GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm (version), error (str: the
             node cannot render, e.g. POV-Ray is missing)
         @return: struct: node_id (str), heartbeat_interval (float seconds: how often to renew leases and
-            report progress), lease_timeout (float seconds: a lease not renewed this long goes to another node)
+            report progress), lease_timeout (float seconds: a lease not renewed this long goes to another node),
+            features ([str]: what this controller can do: "complete_and_poll" (nodes.complete_and_poll),
+            "bundle_ranges" (bundles.fetch_range), "filtered_rows" (nodes.complete's encoding "filtered"),
+            "heartbeat_stats" (nodes.heartbeat's stats), "feed_stream" (GET /feed); a controller from before
+            the list sends none and has none of them)
         """
         info = args.plain_struct("info", info)
         if not isinstance(info.get("error", ""), str):
             raise FarmError(Code.BAD_ARGUMENT, "info.error must be a text")
         node_id = self._dispatch.register(args.text("name", name, 100), info)
         return {"node_id": node_id, "heartbeat_interval": self._config.heartbeat_interval,
-                "lease_timeout": self._config.lease_timeout}
+                "lease_timeout": self._config.lease_timeout, "features": list(FEATURES)}
 
     @rpc(NODE)
     def poll(self, node_id: str, wait: float = 0.0) -> dict:

@@ -1,0 +1,45 @@
+"""What a controller can do, said once: the feature list of `nodes.register` and `api.version`.
+
+The controller lists the features it has (docs/protocol.md §1); a client reads the list once, when it
+registers or first asks, and chooses how to talk by it, instead of trying the newer way and catching the
+fault an older controller answers. A controller from before the list says nothing: it is taken to have none
+of these features (the oldest protocol: plain zlib rows, `nodes.complete`, whole bundles, long polls), which
+every controller since understands. Shared by both ends: the controller lists `FEATURES`, clients ask
+`Features`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# One constant per feature, the text that goes on the wire.
+COMPLETE_AND_POLL = "complete_and_poll"   # nodes.complete_and_poll: deliver and take the next task at once
+BUNDLE_RANGES = "bundle_ranges"           # bundles.fetch_range: a download resumes where it broke off
+FILTERED_ROWS = "filtered_rows"           # nodes.complete takes `encoding` ("filtered": PNG-filtered rows)
+HEARTBEAT_STATS = "heartbeat_stats"       # nodes.heartbeat takes `stats` (the node's upload rate)
+FEED_STREAM = "feed_stream"               # GET /feed: a viewer's stream of a job's pieces
+
+FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM)   # this version's
+
+
+@dataclass(frozen=True)
+class Features:
+    """A controller's features, as it listed them."""
+    names: frozenset[str]
+
+    @classmethod
+    def of_reply(cls, reply: Any) -> Features:
+        """From a `nodes.register` or `api.version` reply: its `features`, or none for a reply without the
+        list (a controller from before it). Names this client does not know are kept and never asked for."""
+        listed = reply.get("features") if isinstance(reply, dict) else None
+        if not isinstance(listed, list):
+            return OLDEST
+        return cls(frozenset(name for name in listed if isinstance(name, str)))
+
+    def __contains__(self, feature: str) -> bool:
+        return feature in self.names
+
+
+OLDEST = Features(frozenset())            # a controller that lists nothing
+CURRENT = Features(frozenset(FEATURES))   # a controller of this version
