@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 from farm import strips
 from farm.client import Client, check_url
 from farm.faults import Code, FarmError
+from farm.features import FEED_STREAM, Features
 from farm.retry import RETRY_CEILING, RETRY_FIRST, Outage, duration, grow
 
 log = logging.getLogger(__name__)
@@ -501,6 +502,7 @@ class Feed:
         self._wake = threading.Event()
         self._jobs_wanted = threading.Event()
         self._scout_thread: threading.Thread | None = None
+        self._features: Features | None = None     # the controller's, once asked
 
     def start(self) -> "Feed":
         self._scout_thread = threading.Thread(target=self._scout, name="viewer-scout", daemon=True)
@@ -542,17 +544,14 @@ class Feed:
         """Follow `job` for `session`: on the controller's stream (GET /feed) when it has one, else by
         viewer.watch long polls. Connection trouble is reported and retried with a growing pause."""
         client = self._make_client(self.poll_timeout + self.rpc_timeout)
-        state = {"asked": job, "cursor": 0, "streams": True}
+        state = {"asked": job, "cursor": 0}
         delay = 0.0
         try:
             while self._current(session, job):
                 try:
-                    finished = (self._follow_stream if state["streams"] else self._follow_polls)(
-                        client, session, job, state)
+                    streams = FEED_STREAM in self._controller_features(client)
+                    finished = (self._follow_stream if streams else self._follow_polls)(client, session, job, state)
                 except FarmError as err:
-                    if err.code is Code.UNKNOWN_METHOD and state["streams"]:
-                        state["streams"] = False       # an older controller: long polls
-                        continue
                     if not self._current(session, job):
                         return
                     self.messages.put(("link", False, str(err)) if err.code is Code.UNREACHABLE
@@ -565,6 +564,12 @@ class Feed:
                 delay = 0.0
         finally:
             client.close()
+
+    def _controller_features(self, client: Client) -> Features:
+        """What the controller can do, asked once (api.version) for every job this viewer follows."""
+        if self._features is None:
+            self._features = Features.of_reply(client.call("api.version"))
+        return self._features
 
     def _follow_polls(self, client: Client, session: int, job: int, state: dict) -> bool:
         """One viewer.watch long poll; True when nothing about the job changes any more."""

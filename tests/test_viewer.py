@@ -350,6 +350,10 @@ class StreamClient:
     def __init__(self, records, per_read=1):
         self.records, self.per_read = records, per_read
 
+    def call(self, method):
+        assert method == "api.version"
+        return {"api": 1, "server": "povfarm", "features": ["feed_stream"]}
+
     def stream(self, path, query, timeout):
         for start in range(0, len(self.records), self.per_read):
             yield self.records[start:start + self.per_read]
@@ -411,6 +415,45 @@ def test_a_stream_that_moves_to_another_job_delivers_the_pieces_before_it_and_st
                         piece_record(1, 0, 32, 1, rows)], state, per_read=4)
     assert len(replies) == 1 and replies[0][2]["job"]["id"] == 3 and len(replies[0][2]["strips"]) == 1
     assert state.received == [(1, 0, 32)]
+
+
+class PollClient:
+    """A controller from before the feature list (and the stream): api.version lists nothing, viewer.watch
+    answers `replies` in turn."""
+
+    def __init__(self, replies):
+        self.replies, self.calls = list(replies), []
+
+    def call(self, method, *args):
+        self.calls.append(method)
+        if method == "api.version":
+            return {"api": 1, "server": "povfarm 0.8.0"}
+        assert method == "viewer.watch"
+        return self.replies.pop(0)
+
+    def stream(self, path, query, timeout):
+        raise AssertionError("the viewer opened a stream the controller does not list")
+
+    def close(self):
+        pass
+
+
+def test_a_viewer_follows_a_controller_without_the_feed_stream_by_long_polls_asking_once():
+    job = job_info(3, width=8, height=64)
+    first, second = zlib.compress(fill(8, 32, 7)), zlib.compress(fill(8, 32, 9))
+    pieces = [{"frame": 1, "row_start": start, "row_end": start + 32, "kind": "rows",
+               "rows": xmlrpc.client.Binary(rows)} for start, rows in ((0, first), (32, second))]
+    client = PollClient([reply(job, pieces[:1], cursor=1),
+                         reply(dict(job, state="done", progress=1.0, finished=130.0), pieces[1:], cursor=2),
+                         reply(dict(job, state="done", progress=1.0, finished=130.0), cursor=2)])
+    state = ViewerState(3)
+    feed = Feed("http://127.0.0.1:1", make_client=lambda timeout: client)
+    feed._want = state.wanted()
+    feed._poll(*state.wanted())              # in this thread: the job ends, so does the poll
+    while not feed.messages.empty():
+        state.handle(feed.messages.get())
+    assert client.calls == ["api.version", "viewer.watch", "viewer.watch", "viewer.watch"]
+    assert state.canvas().complete and state.finished and state.received == [(1, 0, 32), (1, 32, 64)]
 
 
 def test_the_feed_reports_an_unreachable_controller_and_reconnects(farm):
