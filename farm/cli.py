@@ -837,8 +837,8 @@ def _quiet_local_farm_logs() -> None:
 
     for layer in ("farm.controller", "farm.api", "farm.service", "farm.store", "farm.db"):
         logging.getLogger(layer).setLevel(logging.ERROR)
-    for layer in ("farm.node", "farm.probe", "farm.render", "farm.bundle", "farm.client", "farm.povray",
-                  "farm.sandbox"):
+    for layer in ("farm.node", "farm.delivery", "farm.downloads", "farm.heartbeats", "farm.probe", "farm.render",
+                  "farm.bundle", "farm.client", "farm.povray", "farm.sandbox"):
         logging.getLogger(layer).addFilter(worth_showing)
 
 

@@ -68,7 +68,12 @@ class _Marshaller(xmlrpc.client.Marshaller):
         write(base64.b64encode(value.data).decode("ascii"))
         write("</base64></value>\n")
 
+    def dump_bytes(self, value: bytes, write) -> None:
+        """Bytes go as base64 too (as in xmlrpc's own marshaller): callers need not wrap them in a Binary."""
+        self.dump_binary(xmlrpc.client.Binary(value), write)
+
     dispatch[xmlrpc.client.Binary] = dump_binary
+    dispatch[bytes] = dump_bytes
 
 
 def request_body(method: str, params: tuple) -> bytes:

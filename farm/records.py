@@ -8,7 +8,7 @@ sees an SQL row. One name per thing:
   frames frame..frame_last (a strip of a still, a run of whole frames of an
   animation, or a frame's radiosity pre-pass). The API calls units "strips";
 - a **lease** is one node's right to render one unit until it expires;
-- a **task** is a leased unit as the node receives it (the `nodes.poll` reply);
+- a **task** is a leased unit as the node receives it (the `nodes.poll` reply; `farm.task.Task`);
 - a **node** is one running `povfarm node` process.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from farm import strips
 from farm.animation import Animation
@@ -216,19 +216,3 @@ class FailureVerdict:
     job_error: str       # the job's error text when it fails
     retry_at: float      # the failing node may take the unit again from this time on
     drop_unit: bool = False   # give the unit up without failing the job (a preview)
-
-
-@dataclass(frozen=True)
-class RenderOutcome:
-    """How one POV-Ray run on a node ended.
-
-    kind: "done" (rows delivered), "failed" (error, with scene_error when the scene itself is broken),
-    "release" (hand the lease back: not the unit's fault) or "dropped" (the controller said stop)."""
-    kind: str
-    rows: bytes = b""
-    seconds: float = 0.0
-    error: str = ""
-    scene_error: bool = False
-    encoding: str = strips.ZLIB   # of rows (strips.ENCODINGS)
-    # The same rows as plain zlib, made when asked: for a controller that takes no other encoding.
-    as_zlib: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)

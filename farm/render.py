@@ -17,14 +17,14 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from farm import bundle, photons, povray, radiosity, strips
 from farm import sandbox as sandboxes
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.options import check_libraries, without_antialiasing
-from farm.records import RenderOutcome
+from farm.task import RenderOutcome, Task
 
 log = logging.getLogger(__name__)
 
@@ -37,42 +37,43 @@ ROWS_LEVEL = 6
 
 # Called while POV-Ray runs, with the task, its log file and a hook for when tracing starts: renews the
 # lease and says when to stop.
-WatchFactory = Callable[[dict, Path, "Callable[[Path], None] | None"], Callable[[], bool]]
+WatchFactory = Callable[[Task, Path, "Callable[[Path], None] | None"], Callable[[], bool]]
 
 
 class UnitRenderer:
     def __init__(self, config: Config, program: str, sandbox: sandboxes.Sandbox,
                  runner: Callable[..., povray.ProcessResult], fetch_bundle: Callable[[str], bytes],
-                 fetch_radiosity_cache: Callable[[dict], bytes], watch: WatchFactory, aborting: threading.Event,
-                 flavour: str = povray.CONSOLE, slow_link: Callable[[], bool] = lambda: False):
+                 fetch_radiosity_cache: Callable[[Task], bytes], watch: WatchFactory, aborting: threading.Event,
+                 flavour: str = povray.CONSOLE, slow_link: Callable[[], bool] = lambda: False,
+                 rows_encoding: Callable[[], str] = lambda: strips.FILTERED):
         self.config, self.povray, self.sandbox, self.runner = config, program, sandbox, runner
         self.flavour = flavour      # povray.CONSOLE or povray.PVENGINE (the Windows GUI, driven by INI file)
         self._fetch_bundle, self._fetch_radiosity_cache, self._watch = fetch_bundle, fetch_radiosity_cache, watch
         self.aborting = aborting
-        self.encoding = strips.FILTERED   # of the rows delivered; ZLIB for a controller that takes no other
-        self.slow_link = slow_link        # the uplink is slow: every byte of the rows counts
+        self.rows_encoding = rows_encoding   # of the rows delivered: ZLIB for a controller that takes no other
+        self.slow_link = slow_link           # the uplink is slow: every byte of the rows counts
         self.bundles = bundle.BundleCache(config.work_dir / "bundles")
         self.photon_maps = PhotonMaps(config.work_dir / "photons")
         self.radiosity_caches = RadiosityCaches(config.work_dir / "radiosity")
 
-    def render(self, task: dict[str, Any], strip_dir: Path) -> RenderOutcome:
+    def render(self, task: Task, strip_dir: Path) -> RenderOutcome:
         """Render one task in `strip_dir`: what it amounts to (rows, a failure, or a lease to give up)."""
         try:
-            check_libraries(task["options"], task["scene"])   # as the controller does: an older one did not
+            check_libraries(task.options, task.scene)   # as the controller does: an older one did not
         except FarmError as err:
             return _failed(f"node {self.config.name} refuses the job: {err}", True)
         try:
-            bundle_dir = self.bundles.ensure(task["bundle"], lambda: self._fetch_bundle(task["bundle"]))
+            bundle_dir = self.bundles.ensure(task.bundle, lambda: self._fetch_bundle(task.bundle))
             scene_dir = bundle.copy_for_render(bundle_dir, strip_dir / "scene")
         except FarmError as err:
             return _failed(f"the scene bundle could not be prepared on node {self.config.name}: {err}", False)
         except OSError as err:
             return _failed(f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
-        scene = scene_dir / task["scene"]
-        if task.get("kind") == strips.PRETRACE:
+        scene = scene_dir / task.scene
+        if task.kind == strips.PRETRACE:
             return self._run_pretrace(task, strip_dir, scene)
         target, extra = scene, []
-        if task.get("radiosity_cache"):
+        if task.radiosity_cache:
             try:
                 target, extra = self._with_radiosity_cache(task, scene)
             except FarmError as err:
@@ -82,12 +83,12 @@ class UnitRenderer:
             except OSError as err:
                 return _failed(f"node {self.config.name} could not store the frame's radiosity cache: "
                                f"{err.strerror or err}", False)
-        if task["frame"] == task.get("frame_last", task["frame"]):
+        if task.frame == task.frame_last:
             with self.photon_maps.shared(_photon_key(task), scene) as publisher:
                 return self._run_povray(task, strip_dir, target, publisher, extra)
         return self._run_povray(task, strip_dir, target, extra=extra)
 
-    def _with_radiosity_cache(self, task: dict[str, Any], scene: Path) -> tuple[Path, list[str]]:
+    def _with_radiosity_cache(self, task: Task, scene: Path) -> tuple[Path, list[str]]:
         """The wrapper scene and options that make a strip load its frame's shared radiosity cache."""
         text = radiosity.wrapper_text(scene.name)
         if text is None:
@@ -98,7 +99,7 @@ class UnitRenderer:
         wrapper.write_text(text, encoding="utf-8")
         return wrapper, [f"+RF{radiosity.CACHE_FILE}", "+RFI"]
 
-    def _run_pretrace(self, task: dict[str, Any], strip_dir: Path, scene: Path) -> RenderOutcome:
+    def _run_pretrace(self, task: Task, strip_dir: Path, scene: Path) -> RenderOutcome:
         """A frame's radiosity pre-pass: the whole frame with +RFO, stopped when its final pass begins.
         Delivers the cache, or nothing when the scene turns out to use no radiosity."""
         cache = scene.parent / radiosity.CACHE_FILE
@@ -111,32 +112,31 @@ class UnitRenderer:
             data = radiosity.trim_cache(cache.read_bytes()) if watch.verdict != radiosity.NO_RADIOSITY else b""
         except OSError:
             data = b""     # POV-Ray made no cache file: no radiosity
-        log.info("job %s frame %s radiosity pre-pass: %s", task["job"], task["frame"],
+        log.info("job %s frame %s radiosity pre-pass: %s", task.job, task.frame,
                  f"{len(data)} bytes of cache" if data else "the scene uses no radiosity")
         return RenderOutcome("done", rows=strips.compress_rows(data) if data else b"", seconds=outcome.seconds)
 
-    def _run_povray(self, task: dict[str, Any], strip_dir: Path, scene: Path,
+    def _run_povray(self, task: Task, strip_dir: Path, scene: Path,
                     publisher: _PhotonPublisher | None = None, extra: list[str] | None = None,
                     pretrace: radiosity.PretraceWatch | None = None) -> RenderOutcome:
         """Render the task's rows of `scene` (with `pretrace`: the whole frame, until the watch says stop)."""
-        alpha, bits = task["channels"] == 4, task["bits"]
-        file_type = ("N" if alpha else "P") + ("16" if bits == 16 else "")
-        output = strip_dir / ("strip.png" if alpha else "strip.ppm")
+        file_type = ("N" if task.alpha else "P") + ("16" if task.bits == 16 else "")
+        output = strip_dir / ("strip.png" if task.alpha else "strip.ppm")
         log_path = strip_dir / "povray.log"
-        frames = range(task["frame"], task.get("frame_last", task["frame"]) + 1)
-        animation = list(task.get("animation", []))
+        frames = task.frames
+        animation = list(task.animation)
         if animation:   # the whole animation, and the frames this unit renders (+SF/+EF)
             animation += [f"+SF{frames[0]}", f"+EF{frames[-1]}"]
-        rows = [] if pretrace else strips.povray_row_options(task["row_start"], task["row_end"], task["height"])
+        rows = [] if pretrace else strips.povray_row_options(task.row_start, task.row_end, task.height)
         argv = povray.render_command(
-            self.povray, scene.name, task["width"], task["height"], rows,
-            output, file_type, self.config.threads, scene.parent, [*task["options"], *animation, *(extra or [])])
+            self.povray, scene.name, task.width, task.height, rows,
+            output, file_type, self.config.threads, scene.parent, [*task.options, *animation, *(extra or [])])
         if self.flavour == povray.PVENGINE:
             argv = povray.gui_command(argv, strip_dir / povray.GUI_INI)
             _drop_working_dir_ini(scene.parent)
         heartbeat = self._watch(task, log_path, publisher.when_tracing if publisher is not None else None)
         should_stop = heartbeat if pretrace is None else (lambda: pretrace() or heartbeat())
-        limits = [limit for limit in (self.config.strip_timeout, float(task.get("time_limit", 0))) if limit > 0]
+        limits = [limit for limit in (self.config.strip_timeout, task.time_limit) if limit > 0]
         timeout = min(limits, default=0.0)
         command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
                                        self.config.threads or os.cpu_count() or 1)
@@ -149,7 +149,7 @@ class UnitRenderer:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
         return self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
 
-    def _outcome(self, task: dict[str, Any], result: povray.ProcessResult, log_path: Path, output: Path,
+    def _outcome(self, task: Task, result: povray.ProcessResult, log_path: Path, output: Path,
                  frames: range, animated: bool, pretrace: radiosity.PretraceWatch | None) -> RenderOutcome:
         """What POV-Ray's run amounts to: rows to deliver, a failure to report, or a lease to give up."""
         if pretrace is not None and pretrace.verdict is not None and result.stopped:
@@ -163,7 +163,7 @@ class UnitRenderer:
             return RenderOutcome("done", seconds=result.seconds)   # it finished the whole frame: the cache is complete
         shared = povray.sharing_report(povray.render_statistics(stderr))
         if shared:
-            log.info("job %s strip %s: %s", task["job"], task["strip"], shared)
+            log.info("job %s strip %s: %s", task.job, task.strip, shared)
         try:
             rows = b"".join(self._strip_rows(path, task) for path in _frame_files(output, frames, animated))
         except FileNotFoundError:
@@ -173,8 +173,8 @@ class UnitRenderer:
         except ValueError as err:
             return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
         # PNG's row filters before deflate: a render's gradients shrink to about a PNG's size on the wire.
-        row_bytes = strips.row_size(task["width"], task["channels"], task["bits"])
-        bpp, encoding = task["channels"] * task["bits"] // 8, self.encoding
+        row_bytes = strips.row_size(task.width, task.channels, task.bits)
+        bpp, encoding = task.channels * task.bits // 8, self.rows_encoding()
         level = SLOW_LINK_ROWS_LEVEL if self.slow_link() else ROWS_LEVEL
         encoded = strips.encode_rows(rows, encoding, row_bytes, bpp, len(frames), level=level)
         as_zlib = None if encoding == strips.ZLIB else functools.partial(
@@ -200,13 +200,13 @@ class UnitRenderer:
         return f"{result.describe()} on node {self.config.name}{detail}", False
 
     @staticmethod
-    def _strip_rows(path: Path, task: dict[str, Any]) -> bytes:
+    def _strip_rows(path: Path, task: Task) -> bytes:
         """The strip's rows out of POV-Ray's full-size output image."""
         data = path.read_bytes()
-        raster = strips.decode_png(data) if task["channels"] == 4 else strips.decode_ppm(data)
-        if (raster.width, raster.height, raster.bits) != (task["width"], task["height"], task["bits"]):
+        raster = strips.decode_png(data) if task.alpha else strips.decode_ppm(data)
+        if (raster.width, raster.height, raster.bits) != (task.width, task.height, task.bits):
             raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
-        return strips.crop_rows(raster, task["row_start"], task["row_end"])
+        return strips.crop_rows(raster, task.row_start, task.row_end)
 
 
 def _drop_working_dir_ini(scene_dir: Path) -> None:
@@ -222,16 +222,15 @@ def _failed(error: str, scene_error: bool) -> RenderOutcome:
     return RenderOutcome("failed", error=error, scene_error=scene_error)
 
 
-def _frame_key(task: dict[str, Any]) -> str:
+def _frame_key(task: Task) -> str:
     """One job's frame at its size: what a frame's radiosity cache belongs to."""
-    return f"job{task['job']}-{task['frame']}-{task['width']}x{task['height']}-{_photon_key(task)[:16]}"
+    return f"job{task.job}-{task.frame}-{task.width}x{task.height}-{_photon_key(task)[:16]}"
 
 
-def _photon_key(task: dict[str, Any]) -> str:
+def _photon_key(task: Task) -> str:
     """What a frame's photon map depends on: the scene, its options and the frame (the clock). Not
     anti-aliasing, so a frame's preview (rendered without it) shoots the map its strips load."""
-    parts = [task["bundle"], task["scene"], str(task["frame"]), *without_antialiasing(task["options"]),
-             *task.get("animation", [])]
+    parts = [task.bundle, task.scene, str(task.frame), *without_antialiasing(task.options), *task.animation]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 

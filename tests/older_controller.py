@@ -1,6 +1,7 @@
 """`python tests/older_controller.py ARGS` is `povfarm controller ARGS`, the real controller, answering nodes as
-a version before filtered rows did: nodes.complete and nodes.complete_and_poll take no `encoding`, and
-nodes.heartbeat no `stats` (one argument more is fault 10, BAD_ARGUMENT, for the argument count)."""
+a version before filtered rows and the feature list did: nodes.register lists no features, nodes.complete and
+nodes.complete_and_poll take no `encoding`, and nodes.heartbeat no `stats` (one argument more is fault 10,
+BAD_ARGUMENT, for the argument count)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from farm.api import NODE, rpc  # noqa: E402
 from farm.api.nodes import NodesAPI  # noqa: E402
 from farm.cli import main  # noqa: E402
 
-_complete, _heartbeat = NodesAPI.complete, NodesAPI.heartbeat
+_register, _complete, _heartbeat = NodesAPI.register, NodesAPI.complete, NodesAPI.heartbeat
+
+
+@rpc(NODE)
+def register(self, name, info):
+    reply = _register(self, name, info)
+    del reply["features"]
+    return reply
 
 
 @rpc(NODE)
@@ -32,7 +40,8 @@ def heartbeat(self, node_id, progress):
     return _heartbeat(self, node_id, progress)
 
 
-NodesAPI.complete, NodesAPI.complete_and_poll, NodesAPI.heartbeat = complete, complete_and_poll, heartbeat
+NodesAPI.register, NodesAPI.complete, NodesAPI.complete_and_poll, NodesAPI.heartbeat = \
+    register, complete, complete_and_poll, heartbeat
 
 if __name__ == "__main__":
     sys.exit(main(["controller", *sys.argv[1:]]))

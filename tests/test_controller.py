@@ -528,8 +528,19 @@ def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(
     assert counts == {"done": 16}
 
 
-def test_a_node_falls_back_to_complete_when_the_controller_has_no_combined_call(tmp_path):
+def wire_task(**members) -> dict:
+    """A task as nodes.poll sends it: a strip of a 32x32 still unless `members` say otherwise."""
+    return {"lease": "1.1.aa", "job": 1, "frame": 1, "frame_last": 1, "strip": 0, "attempt": 1, "width": 32,
+            "height": 32, "row_start": 0, "row_end": 32, "bundle": "sha256:" + "0" * 64, "scene": "s.pov",
+            "options": [], "animation": [], "channels": 3, "bits": 8, "time_limit": 0.0, "kind": "rows",
+            "radiosity_cache": False, **members}
+
+
+def test_a_node_delivers_with_complete_to_a_controller_that_lists_no_combined_call(tmp_path):
+    """A controller from before the feature list has none of the features: the node never tries
+    nodes.complete_and_poll on it (such a controller answers fault 3), and delivers with nodes.complete."""
     from farm.node import Node
+    from farm.task import RenderOutcome
 
     class OldController:
         url = "http://127.0.0.1:9"
@@ -539,6 +550,8 @@ def test_a_node_falls_back_to_complete_when_the_controller_has_no_combined_call(
 
         def call(self, method, *args):
             self.calls.append(method)
+            if method == "nodes.register":
+                return {"node_id": "n1-abcd", "heartbeat_interval": 2.0}
             if method == "nodes.complete_and_poll":
                 raise FarmError(Code.UNKNOWN_METHOD, "no such method")
             return True
@@ -547,11 +560,10 @@ def test_a_node_falls_back_to_complete_when_the_controller_has_no_combined_call(
                     probe_cache=tmp_path / "probe.json")
     client = OldController()
     worker = Node(config, client)
-    worker.node_id = "n1-abcd"
-    from farm.records import RenderOutcome
+    assert worker.register() == "n1-abcd"
     assert worker.delivery.complete("1.1.aa", RenderOutcome("done", rows=b"rows", seconds=0.5)) is None
     assert worker.delivery.complete("2.1.bb", RenderOutcome("done", rows=b"rows", seconds=0.5)) is None
-    assert client.calls == ["nodes.complete_and_poll", "nodes.complete", "nodes.complete"]
+    assert client.calls == ["nodes.register", "nodes.complete", "nodes.complete"]
     assert worker.strips_done == 2
 
 
@@ -642,11 +654,10 @@ def test_a_node_renders_a_preview_beside_its_strips_not_in_their_place(tmp_path)
     import threading
 
     from farm.node import Node
-    from farm.records import RenderOutcome
+    from farm.task import RenderOutcome
 
-    preview = {"lease": "1.1.aa", "job": 1, "frame": 1, "strip": 0, "row_start": 0, "row_end": 1, "attempt": 1,
-               "kind": "preview"}
-    strip = {**preview, "lease": "2.1.bb", "strip": 1, "row_end": 32, "kind": "rows"}
+    preview = wire_task(lease="1.1.aa", strip=0, row_end=1, kind="preview")
+    strip = wire_task(lease="2.1.bb", strip=1, row_end=32, kind="rows")
 
     class FakeController:
         url = "http://127.0.0.1:9"
@@ -668,11 +679,11 @@ def test_a_node_renders_a_preview_beside_its_strips_not_in_their_place(tmp_path)
     strip_done, order = threading.Event(), []
 
     def render(task, strip_dir):
-        if task["kind"] == "preview":
+        if task.kind == "preview":
             assert strip_done.wait(10), "the strip waited for the preview"
         else:
             strip_done.set()
-        order.append(task["kind"])
+        order.append(task.kind)
         return RenderOutcome("done", rows=b"rows", seconds=0.1)
 
     worker.renderer.render = render
@@ -689,11 +700,10 @@ def test_a_slow_upload_never_holds_a_slot_idle(tmp_path):
     and the strip waiting to go up keeps its lease through the slot's heartbeats."""
     import threading
 
-    from farm.node import Node, _Heartbeat
-    from farm.records import RenderOutcome
+    from farm.node import Node
+    from farm.task import RenderOutcome
 
-    tasks = [{"lease": f"{n}.1.aa", "job": 1, "frame": 1, "strip": n, "row_start": 0, "row_end": 32,
-              "attempt": 1, "kind": "rows"} for n in (1, 2)]
+    tasks = [wire_task(lease=f"{n}.1.aa", strip=n) for n in (1, 2)]
     upload_may_end, second_rendering = threading.Event(), threading.Event()
 
     class SlowUplink:
@@ -717,9 +727,9 @@ def test_a_slow_upload_never_holds_a_slot_idle(tmp_path):
     worker.node_id = "n1-abcd"
 
     def render(task, strip_dir):
-        if task["strip"] == 2:
+        if task.strip == 2:
             second_rendering.set()
-            _Heartbeat(worker, task["lease"], strip_dir / "povray.log")()   # the slot's heartbeat
+            worker.lease_watch(task.lease, strip_dir / "povray.log")()   # the slot's heartbeat
             upload_may_end.set()
         return RenderOutcome("done", rows=b"rows", seconds=0.1, encoding=strips.FILTERED)
 
@@ -751,7 +761,7 @@ def test_a_node_reports_its_upload_rate_with_its_heartbeat_and_nodes_list_shows_
 def test_a_node_sends_one_heartbeat_per_interval_for_all_its_slots(tmp_path):
     """On a slow uplink every request counts: the slots' leases share one heartbeat, and a lease the
     controller withdraws stops the slot that holds it."""
-    from farm.node import Node, _Heartbeat
+    from farm.node import Node
 
     class Controller:
         url = "http://127.0.0.1:9"
@@ -770,7 +780,7 @@ def test_a_node_sends_one_heartbeat_per_interval_for_all_its_slots(tmp_path):
     client = Controller()
     worker = Node(config, client, clock=clock)
     worker.node_id, worker.heartbeat_interval = "n1-abcd", 2.0
-    slot_a, slot_b = (_Heartbeat(worker, lease, tmp_path / "none.log") for lease in ("a", "b"))
+    slot_a, slot_b = (worker.lease_watch(lease, tmp_path / "none.log") for lease in ("a", "b"))
     clock.now += 2.0
     assert slot_a() is False and client.beats == [{"a": 0.0}]
     clock.now += 0.5
@@ -795,7 +805,7 @@ def test_on_a_slow_uplink_a_rendering_node_beats_less_often_but_within_its_lease
     every slow_heartbeat_interval, never less often than every third of the lease timeout; on a fast
     uplink (or before it knows) every heartbeat_interval, as the controller asks."""
     from farm.client import UploadMeter
-    from farm.node import Node, _Heartbeat
+    from farm.node import Node
 
     class Controller:
         url = "http://127.0.0.1:9"
@@ -822,7 +832,7 @@ def test_on_a_slow_uplink_a_rendering_node_beats_less_often_but_within_its_lease
     worker.lease_timeout = None
     assert worker.beat_interval() == 2.0                       # a controller that does not say its timeout
     worker.lease_timeout = 30.0
-    slot = _Heartbeat(worker, "a", tmp_path / "none.log")
+    slot = worker.lease_watch("a", tmp_path / "none.log")
     for _ in range(20):                                        # 20 s of rendering, looked at every second
         clock.now += 1.0
         slot()

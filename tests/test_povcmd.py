@@ -193,14 +193,17 @@ def test_a_node_refuses_a_library_path_outside_the_bundle(tmp_path):
 
     from farm.config import Config
     from farm.render import UnitRenderer
+    from farm.task import Task
 
     def never(*_args, **_kwargs):
         raise AssertionError("must not be reached")
 
     renderer = UnitRenderer(Config(work_dir=tmp_path, name="n1"), "povray", None, never, never, never, never,
                             threading.Event())
-    outcome = renderer.render({"bundle": "0" * 64, "scene": "s.pov", "options": ["+L../.."], "frame": 1},
-                              tmp_path / "strip")
+    task = Task.from_wire({"lease": "1.1.aa", "job": 1, "frame": 1, "strip": 0, "attempt": 1, "width": 32,
+                           "height": 32, "row_start": 0, "row_end": 32, "bundle": "0" * 64, "scene": "s.pov",
+                           "options": ["+L../.."], "channels": 3, "bits": 8})
+    outcome = renderer.render(task, tmp_path / "strip")
     assert outcome.kind == "failed" and outcome.scene_error
     assert "node n1 refuses the job" in outcome.error and "outside the job's bundle" in outcome.error
 

@@ -1,0 +1,149 @@
+"""A node's results on their way to the controller: sent the way the controller takes them, retried while it
+cannot store them, and uploaded beside the slots' renders so a slow uplink never holds a slot idle."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+from farm import strips
+from farm.client import Client
+from farm.faults import Code, FarmError
+from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, Features
+from farm.retry import RETRY_CEILING
+from farm.task import RenderOutcome
+
+log = logging.getLogger(__name__)
+
+# Faults a delivery is retried on (the result was not stored); others mean it is no longer wanted.
+RETRY_DELIVERY = frozenset({Code.UNREACHABLE, Code.STORAGE, Code.INTERNAL})
+
+
+class Delivery:
+    """Results going to the controller: retried while it cannot store them, and sent the way its features
+    say it takes them (nodes.complete_and_poll or nodes.complete; filtered rows or plain zlib)."""
+
+    def __init__(self, client: Client, node_id: Callable[[], str | None], features: Callable[[], Features],
+                 stopping: threading.Event, aborting: threading.Event, backoff: Callable[[float, float], float]):
+        """`backoff(delay, ceiling)`: the next pause before a retry."""
+        self.client, self.node_id, self.features = client, node_id, features
+        self.stopping, self.aborting, self.backoff = stopping, aborting, backoff
+        self.strips_done = 0              # strips the controller took
+
+    def call(self, method: str, lease: str, *args: Any) -> Any:
+        """Send a result, retrying while the controller is unreachable. Returns the reply, or None if it
+        was refused."""
+        delay = 0.0
+        while True:
+            try:
+                return self.client.call(method, self.node_id(), lease, *args)
+            except FarmError as err:
+                if err.code not in RETRY_DELIVERY:
+                    log.warning("%s for lease %s refused: %s", method, lease, err)
+                    return None
+                if self.aborting.is_set():
+                    log.error("giving up on %s for lease %s: %s", method, lease, err)
+                    return None
+                # Not stored (the controller is unreachable, or its disk is full...): keep the result
+                # until it is, or until the lease has gone elsewhere (then the controller says so).
+                delay = self.backoff(delay, RETRY_CEILING)
+                log.warning("%s for lease %s: %s; retrying delivery in %.1f s", method, lease, err, delay)
+                self.aborting.wait(delay)
+
+    def complete(self, lease: str, outcome: RenderOutcome, take_next: bool = True) -> dict[str, Any] | None:
+        """Deliver a unit's rows and, unless stopping, take the next task in the same round trip
+        (nodes.complete_and_poll: half the requests per strip, and the slot never waits for a poll between
+        strips). Returns that task's wire struct, or None."""
+        features = self.features()
+        rows, encoding = outcome.rows, outcome.encoding
+        if encoding != strips.ZLIB and FILTERED_ROWS not in features and outcome.as_zlib is not None:
+            rows, encoding = outcome.as_zlib(), strips.ZLIB     # rendered before the node learnt it
+        payload: tuple = (rows, outcome.seconds)     # bytes: base64 on the wire
+        if encoding != strips.ZLIB:
+            payload += (encoding,)
+        if take_next and COMPLETE_AND_POLL in features and not self.stopping.is_set():
+            reply = self.call("nodes.complete_and_poll", lease, *payload)
+            if reply is not None:
+                self.strips_done += 1
+            return reply or None
+        if self.call("nodes.complete", lease, *payload) is not None:
+            self.strips_done += 1
+        return None
+
+
+class Uploads:
+    """Finished units on their way to the controller, one at a time (they share the node's uplink), while
+    the slots render on. A slot waits only when `limit` results are already waiting: then the uplink, not
+    POV-Ray, is what holds the node back. Their leases are renewed with the slots' heartbeats (progress
+    1.0), and between uploads when no slot is rendering."""
+
+    def __init__(self, limit: int, deliver: Callable[[str, RenderOutcome], Any], before: Callable[[int], None],
+                 heartbeat: Callable[[dict[str, float]], dict[str, Any]], clock: Callable[[], float],
+                 beat_interval: Callable[[], float]):
+        """`deliver(lease, outcome)` sends one result; `before(job)` is called before a job's result goes
+        up (its preview goes first); `heartbeat(progress)` renews leases (nodes.heartbeat's reply)."""
+        self.deliver, self.before, self.heartbeat = deliver, before, heartbeat
+        self.clock, self.beat_interval = clock, beat_interval
+        self._queue: queue.Queue = queue.Queue(limit)
+        self._pending: dict[str, float] = {}    # lease -> when it was last renewed
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, lease: str, outcome: RenderOutcome, job: int) -> None:
+        with self._lock:
+            self._pending[lease] = self.clock()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="uploads", daemon=True)
+                self._thread.start()
+        self._queue.put((lease, outcome, job))
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return list(self._pending)
+
+    def renewed(self, leases: list[str], stop: list[str]) -> None:
+        """A heartbeat carried these leases; the controller no longer wants those in `stop`."""
+        now = self.clock()
+        with self._lock:
+            for lease in leases:
+                if lease in self._pending:
+                    self._pending[lease] = now if lease not in stop else -1.0
+
+    def finish(self) -> None:
+        """Wait until every result has been delivered (or given up)."""
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            lease, outcome, job = self._queue.get()
+            try:
+                self.before(job)
+                self._renew_waiting()
+                with self._lock:
+                    wanted = self._pending.get(lease, 0.0) >= 0
+                if wanted:
+                    self.deliver(lease, outcome)
+                else:
+                    log.info("lease %s was withdrawn before its result went up; dropped", lease)
+            except Exception:   # noqa: BLE001 - one bad result must not stop every later upload
+                log.exception("delivering lease %s failed; its lease will expire", lease)
+            finally:
+                with self._lock:
+                    self._pending.pop(lease, None)
+                self._queue.task_done()
+
+    def _renew_waiting(self) -> None:
+        """Renew the leases of waiting results that no heartbeat renewed lately (no slot is rendering)."""
+        since = self.clock() - self.beat_interval()
+        with self._lock:
+            stale = [lease for lease, when in self._pending.items() if 0 <= when < since]
+        if not stale:
+            return
+        try:
+            reply = self.heartbeat({lease: 1.0 for lease in stale})
+        except FarmError as err:
+            log.warning("heartbeat for results waiting to go up failed: %s", err)
+            return
+        self.renewed(stale, reply.get("stop", []))

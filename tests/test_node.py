@@ -1,0 +1,288 @@
+"""The node's parts on their own: the typed task read off the wire, the controller's features, and each part
+(delivery, uploads, heartbeats, downloads) built from what it uses and stepped without a Node."""
+
+from __future__ import annotations
+
+import threading
+import xmlrpc.client
+
+import pytest
+
+from farm import strips
+from farm.delivery import Delivery, Uploads
+from farm.downloads import Downloads
+from farm.faults import Code, FarmError
+from farm.features import (BUNDLE_RANGES, COMPLETE_AND_POLL, CURRENT, FEATURES, FILTERED_ROWS, HEARTBEAT_STATS,
+                           OLDEST, Features)
+from farm.heartbeats import Beats, HeartbeatCall, LeaseWatch
+from farm.task import RenderOutcome, Task
+
+WIRE = {"lease": "7.2.aabbccddeeff", "job": 7, "frame": 3, "frame_last": 5, "strip": 2, "attempt": 1,
+        "width": 64, "height": 48, "row_start": 16, "row_end": 32, "bundle": "sha256:" + "ab" * 32,
+        "scene": "scenes/s.pov", "options": ["+A0.3", "+UA"], "animation": ["+KFI1", "+KFF9"], "channels": 4,
+        "bits": 16, "time_limit": 120.0, "kind": "pretrace", "radiosity_cache": True}
+# What a controller from before animations, time limits, unit kinds and radiosity caches sent.
+OLDER_WIRE = {name: WIRE[name] for name in ("lease", "job", "frame", "strip", "attempt", "width", "height",
+                                            "row_start", "row_end", "bundle", "scene", "options", "channels",
+                                            "bits")}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def no_pause(delay: float, ceiling: float) -> float:
+    return 0.0
+
+
+# -- the task --------------------------------------------------------------------------------------------------
+
+def test_a_task_reads_every_member_of_the_wire_struct():
+    task = Task.from_wire(WIRE)
+    assert (task.lease, task.job, task.frame, task.frame_last, task.strip, task.attempt) == \
+        ("7.2.aabbccddeeff", 7, 3, 5, 2, 1)
+    assert (task.width, task.height, task.row_start, task.row_end, task.channels, task.bits) == (64, 48, 16, 32, 4, 16)
+    assert (task.bundle, task.scene, task.options, task.animation) == \
+        (WIRE["bundle"], "scenes/s.pov", ("+A0.3", "+UA"), ("+KFI1", "+KFF9"))
+    assert (task.time_limit, task.kind, task.radiosity_cache) == (120.0, strips.PRETRACE, True)
+    assert task.frames == range(3, 6) and task.alpha
+
+
+def test_a_task_from_an_older_controller_gets_the_defaults_its_missing_members_meant():
+    task = Task.from_wire(OLDER_WIRE)
+    assert task.frame_last == task.frame == 3 and task.frames == range(3, 4)
+    assert (task.animation, task.time_limit, task.kind, task.radiosity_cache) == ((), 0.0, strips.ROWS, False)
+    assert Task.from_wire({**OLDER_WIRE, "time_limit": 30}).time_limit == 30.0     # an int is a number too
+
+
+@pytest.mark.parametrize("member, value, said", [
+    ("width", "64", "width must be a whole number of at least 1, not '64'"),
+    ("width", 0, "width must be a whole number of at least 1, not 0"),
+    ("job", True, "job must be a whole number of at least 0, not the boolean true"),
+    ("lease", "", "lease must be a non-empty text"),
+    ("options", "+A0.3", "options must be an array of texts"),
+    ("options", ["+A0.3", 3], "options must be an array of texts"),
+    ("channels", 2, "channels must be one of 3, 4, not 2"),
+    ("bits", 8.0, "bits must be one of 8, 16, not 8.0"),
+    ("time_limit", "soon", "time_limit must be a number of seconds"),
+    ("time_limit", -1.0, "time_limit must be a number of seconds"),
+    ("radiosity_cache", 1, "radiosity_cache must be a boolean, not 1"),
+    ("kind", None, "kind must be a non-empty text, not nil"),
+])
+def test_a_malformed_task_is_refused_in_one_sentence_naming_the_member(member, value, said):
+    with pytest.raises(FarmError) as err:
+        Task.from_wire({**WIRE, member: value})
+    assert err.value.code is Code.BAD_ARGUMENT
+    assert str(err.value).startswith(f"the controller sent a malformed task: {said}")
+
+
+def test_a_task_missing_a_member_every_controller_sends_is_refused():
+    for member in OLDER_WIRE:
+        with pytest.raises(FarmError) as err:
+            Task.from_wire({name: value for name, value in WIRE.items() if name != member})
+        assert str(err.value) == f"the controller sent a malformed task: it has no {member}"
+    with pytest.raises(FarmError, match="a task must be a struct, not an array of 0 value"):
+        Task.from_wire([])
+
+
+# -- the controller's features ---------------------------------------------------------------------------------
+
+def test_features_come_from_the_reply_and_a_reply_without_the_list_means_the_oldest():
+    assert Features.of_reply({"node_id": "n1", "features": list(FEATURES)}) == CURRENT
+    assert Features.of_reply({"node_id": "n1"}) == OLDEST
+    assert Features.of_reply({"features": "all"}) == OLDEST
+    listed = Features.of_reply({"features": [FILTERED_ROWS, "teleport", 3]})
+    assert FILTERED_ROWS in listed and COMPLETE_AND_POLL not in listed and "teleport" in listed.names
+    assert not any(feature in OLDEST for feature in FEATURES)
+
+
+def test_the_controller_lists_its_features_on_register_and_to_api_version(tmp_path):
+    from farm import api
+    from farm.config import Config
+    from farm.service import Services
+    from farm.store import Store
+
+    store = Store(tmp_path / "farm.db")
+    try:
+        methods = {name: method for name, (method, _) in api.build(Services(Config(), store, Clock())).items()}
+        assert methods["nodes.register"]("n1", {"povray": "3.7"})["features"] == list(FEATURES)
+        assert methods["api.version"]()["features"] == list(FEATURES)
+    finally:
+        store.close()
+
+
+# -- delivery --------------------------------------------------------------------------------------------------
+
+class Recorder:
+    """A client that notes its calls and answers each from `answers` (a value, or a FarmError to raise)."""
+
+    url = "http://127.0.0.1:9"
+
+    def __init__(self, **answers):
+        self.answers, self.calls = answers, []
+
+    def call(self, method, *args):
+        self.calls.append((method, *args))
+        answer = self.answers.get(method.replace(".", "_"), True)
+        if isinstance(answer, list):
+            answer = answer.pop(0)
+        if isinstance(answer, FarmError):
+            raise answer
+        return answer
+
+
+def delivery(client, features=CURRENT, stopping=None) -> Delivery:
+    return Delivery(client, lambda: "n1-abcd", lambda: features, stopping or threading.Event(),
+                    threading.Event(), no_pause)
+
+
+def filtered_outcome() -> RenderOutcome:
+    return RenderOutcome("done", rows=b"filtered", seconds=0.5, encoding=strips.FILTERED,
+                         as_zlib=lambda: b"plain")
+
+
+def test_delivery_sends_filtered_rows_and_takes_the_next_task_from_a_current_controller():
+    client = Recorder(nodes_complete_and_poll=WIRE)
+    assert delivery(client).complete("1.1.aa", filtered_outcome()) == WIRE
+    ((method, node_id, lease, rows, seconds, encoding),) = client.calls
+    assert (method, node_id, lease, rows, seconds, encoding) == \
+        ("nodes.complete_and_poll", "n1-abcd", "1.1.aa", b"filtered", 0.5, strips.FILTERED)
+
+
+def test_delivery_to_a_controller_without_the_features_sends_plain_zlib_with_complete():
+    client = Recorder()
+    sender = delivery(client, features=OLDEST)
+    assert sender.complete("1.1.aa", filtered_outcome()) is None
+    ((method, _, _, rows, seconds),) = client.calls      # no encoding argument: plain zlib
+    assert (method, rows, seconds) == ("nodes.complete", b"plain", 0.5) and sender.strips_done == 1
+
+
+def test_delivery_retries_while_the_result_is_not_stored_and_drops_it_when_refused():
+    unreachable = FarmError(Code.UNREACHABLE, "down")
+    client = Recorder(nodes_complete=[unreachable, FarmError(Code.STORAGE, "disk full"), True])
+    sender = delivery(client)
+    assert sender.complete("1.1.aa", filtered_outcome(), take_next=False) is None
+    assert [call[0] for call in client.calls] == ["nodes.complete"] * 3 and sender.strips_done == 1
+    refused = Recorder(nodes_complete=FarmError(Code.STALE_LEASE, "gone"))
+    dropping = delivery(refused)
+    assert dropping.complete("1.1.aa", filtered_outcome(), take_next=False) is None
+    assert len(refused.calls) == 1 and dropping.strips_done == 0
+
+
+def test_a_stopping_node_delivers_without_taking_another_task():
+    stopping = threading.Event()
+    stopping.set()
+    client = Recorder()
+    delivery(client, stopping=stopping).complete("1.1.aa", filtered_outcome())
+    assert [call[0] for call in client.calls] == ["nodes.complete"]
+
+
+# -- uploads and heartbeats ------------------------------------------------------------------------------------
+
+def test_uploads_deliver_in_order_after_the_jobs_preview_and_drop_a_withdrawn_lease():
+    clock, delivered, previews, beats = Clock(), [], [], []
+    may_start = threading.Event()
+
+    def deliver(lease, outcome):
+        assert may_start.wait(10)
+        delivered.append(lease)
+
+    uploads = Uploads(2, deliver, before=previews.append, heartbeat=lambda progress: beats.append(progress) or {},
+                      clock=clock, beat_interval=lambda: 2.0)
+    uploads.put("1.1.aa", filtered_outcome(), 7)
+    uploads.put("2.1.bb", filtered_outcome(), 8)
+    assert sorted(uploads.pending()) == ["1.1.aa", "2.1.bb"]
+    uploads.renewed(["2.1.bb"], stop=["2.1.bb"])          # a heartbeat's reply: the controller withdrew it
+    may_start.set()
+    uploads.finish()
+    assert delivered == ["1.1.aa"] and previews == [7, 8] and uploads.pending() == [] and beats == []
+
+
+def test_uploads_renew_the_leases_of_results_that_waited_longer_than_a_beat():
+    clock, beats = Clock(), []
+    uploading, gate = threading.Event(), threading.Event()
+
+    def deliver(lease, outcome):
+        uploading.set()
+        assert gate.wait(10)
+
+    uploads = Uploads(2, deliver, before=lambda job: None,
+                      heartbeat=lambda progress: beats.append(progress) or {"stop": []}, clock=clock,
+                      beat_interval=lambda: 2.0)
+    uploads.put("1.1.aa", filtered_outcome(), 1)
+    assert uploading.wait(10)                           # the first goes up (slowly)
+    uploads.put("2.1.bb", filtered_outcome(), 1)
+    clock.now += 5.0                                    # and no slot renews the second's lease meanwhile
+    gate.set()
+    uploads.finish()
+    assert beats == [{"2.1.bb": 1.0}]
+
+
+def test_one_heartbeat_per_interval_carries_every_lease_and_the_results_waiting():
+    clock, sent, heard = Clock(), [], []
+
+    def send(progress):
+        sent.append(dict(progress))
+        return {"stop": ["b"]}
+
+    beats = Beats(send, clock, lambda: 2.0, waiting=lambda: ["w"], renewed=lambda leases, stop: heard.append(
+        (leases, stop)))
+    assert beats.report("a", 0.25) is False and sent == [{"w": 1.0, "a": 0.25}]
+    assert beats.report("b", 0.5) is True and len(sent) == 1          # withdrawn in the reply that came
+    clock.now += 2.0
+    beats.forget("b")
+    beats.report("a", 0.5)
+    assert sent[1] == {"w": 1.0, "a": 0.5} and heard == [(["w"], ["b"])] * 2
+
+
+def test_a_lease_watch_stops_povray_when_the_node_aborts_or_the_lease_is_withdrawn(tmp_path):
+    clock, aborting, reports = Clock(), threading.Event(), []
+    withdrawn = {"b"}
+
+    def report(lease, progress):
+        reports.append((lease, progress))
+        return lease in withdrawn
+
+    log_path = tmp_path / "povray.log"
+    log_path.write_text("Rendered 25 of 100 pixels\n")
+    watch_a = LeaseWatch("a", log_path, report, clock, lambda: 2.0, aborting)
+    watch_b = LeaseWatch("b", log_path, report, clock, lambda: 2.0, aborting)
+    assert watch_a() is False and reports == []                        # not an interval yet
+    clock.now += 2.0
+    assert watch_a() is False and reports == [("a", 0.25)]
+    assert watch_b() is True
+    aborting.set()
+    assert watch_a() is True
+
+
+def test_a_heartbeat_carries_the_upload_rate_only_to_a_controller_that_takes_it():
+    from farm.client import UploadMeter
+
+    class Metered(Recorder):
+        def __init__(self):
+            super().__init__(nodes_heartbeat={"stop": []})
+            self.uploads = UploadMeter()
+
+    current, older = Metered(), Metered()
+    for client in (current, older):
+        client.uploads.record(100_000, 0.8)
+    HeartbeatCall(current, lambda: "n1", lambda: CURRENT)({"a": 0.5})
+    HeartbeatCall(older, lambda: "n1", lambda: Features(frozenset(FEATURES) - {HEARTBEAT_STATS}))({"a": 0.5})
+    assert current.calls == [("nodes.heartbeat", "n1", {"a": 0.5}, {"upload_bps": 125_000.0})]
+    assert older.calls == [("nodes.heartbeat", "n1", {"a": 0.5})]
+
+
+# -- downloads -------------------------------------------------------------------------------------------------
+
+def test_a_controller_without_ranges_sends_the_whole_bundle_in_one_reply(tmp_path):
+    from farm.bundle import BundleCache
+
+    client = Recorder(bundles_fetch=xmlrpc.client.Binary(b"zip"))
+    downloads = Downloads(client, BundleCache(tmp_path / "bundles"), lambda: OLDEST, threading.Event(), no_pause)
+    assert downloads.fetch("sha256:" + "ab" * 32) == b"zip"
+    assert client.calls == [("bundles.fetch", "sha256:" + "ab" * 32)]
+    assert BUNDLE_RANGES in CURRENT
