@@ -1,7 +1,7 @@
 """Rendering one unit on a node: POV-Ray on the task's rows, and what the run amounts to.
 
 `UnitRenderer` prepares the scene from its bundle, shares photon maps between the
-node's strips of a frame and loads a frame's radiosity cache, builds POV-Ray's
+node's strips of a frame and loads a frame's radiosity cache (their files: `farm/frame_caches.py`), builds POV-Ray's
 command line, runs it under the sandbox, and reads the outcome: the rows to
 deliver, a failure (with POV-Ray's message, or the signal and what it means), or
 a lease to hand back. The node (`farm/node.py`) polls, heartbeats and delivers.
@@ -9,7 +9,6 @@ a lease to hand back. The node (`farm/node.py`) polls, heartbeats and delivers.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -19,16 +18,16 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from farm import bundle, photons, povray, radiosity, strips
+from farm import bundle, povray, radiosity, strips
 from farm import sandbox as sandboxes
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.frame_caches import PhotonMaps, PhotonPublisher, RadiosityCaches
 from farm.options import check_libraries, without_antialiasing
 from farm.task import RenderOutcome, Task
 
 log = logging.getLogger(__name__)
 
-MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of one frame's radiosity cache
 # Deflate level for a unit's rows: 9 costs the node about 80 ms of CPU more per 640x480 frame than 6 for
 # 0.8% fewer bytes on its uplink (chess2). Worth it on a slow uplink; on a fast one those 80 ms come
 # before the last unit of a frame is delivered, so they are the frame's own time.
@@ -117,7 +116,7 @@ class UnitRenderer:
         return RenderOutcome("done", rows=strips.compress_rows(data) if data else b"", seconds=outcome.seconds)
 
     def _run_povray(self, task: Task, strip_dir: Path, scene: Path,
-                    publisher: _PhotonPublisher | None = None, extra: list[str] | None = None,
+                    publisher: PhotonPublisher | None = None, extra: list[str] | None = None,
                     pretrace: radiosity.PretraceWatch | None = None) -> RenderOutcome:
         """Render the task's rows of `scene` (with `pretrace`: the whole frame, until the watch says stop)."""
         file_type = ("N" if task.alpha else "P") + ("16" if task.bits == 16 else "")
@@ -232,110 +231,6 @@ def _photon_key(task: Task) -> str:
     anti-aliasing, so a frame's preview (rendered without it) shoots the map its strips load."""
     parts = [task.bundle, task.scene, str(task.frame), *without_antialiasing(task.options), *task.animation]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-class PhotonMaps:
-    """A node's photon maps, one per frame, shared by the strips it renders (see farm/photons.py)."""
-
-    KEEP = 16   # maps kept on disk; older ones are deleted
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def _lock(self, key: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-    @contextlib.contextmanager
-    def shared(self, key: str, scene: Path):
-        """Around one strip's render: the first strip of a frame saves the map and yields a
-        `_PhotonPublisher` (other slots wait until it publishes the map); later ones load the map and
-        yield None. Scenes without a global photons block are left alone."""
-        original = scene.read_bytes().decode("latin-1")    # latin-1 round-trips every byte
-        if photons.with_photon_file(original, save=True) is None:
-            yield None
-            return
-        stored = self.directory / f"{key}.ph"
-        lock = self._lock(key)
-        lock.acquire()
-        if not stored.exists():
-            scene.write_bytes(photons.with_photon_file(original, save=True).encode("latin-1"))
-            publisher = _PhotonPublisher(self, scene.parent / photons.PHOTON_FILE, stored, lock)
-            try:
-                yield publisher
-            finally:
-                publisher.publish()
-            return
-        try:
-            shutil.copyfile(stored, scene.parent / photons.PHOTON_FILE)
-        finally:
-            lock.release()
-        scene.write_bytes(photons.with_photon_file(original, save=False).encode("latin-1"))
-        yield None
-
-    def _keep(self, produced: Path, stored: Path) -> None:
-        if not produced.is_file() or produced.stat().st_size == 0:
-            return      # the render failed; the next strip shoots the photons again
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = stored.with_suffix(".tmp")
-        shutil.copyfile(produced, tmp)
-        os.replace(tmp, stored)
-        for old in sorted(self.directory.glob("*.ph"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
-            old.unlink(missing_ok=True)
-
-
-class RadiosityCaches:
-    """Radiosity caches fetched from the controller, one per frame, shared by the node's slots."""
-
-    KEEP = 16   # caches kept on disk; older ones are deleted
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-
-    def get(self, key: str, fetch: Callable[[], bytes]) -> Path:
-        """The cache file for `key`, fetched (zlib data) once by whichever slot asks first."""
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        path = self.directory / f"{key}.rad"
-        with lock:
-            if not path.is_file():
-                try:
-                    data = strips.decompress_capped(fetch(), MAX_RADIOSITY_CACHE)
-                except ValueError as err:
-                    raise FarmError(Code.BAD_ARGUMENT, f"the cache is unusable: {err}") from None
-                self.directory.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
-                for old in sorted(self.directory.glob("*.rad"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
-                    old.unlink(missing_ok=True)
-        return path
-
-
-class _PhotonPublisher:
-    """Publishes a strip's freshly shot photon map to the node's other slots, once: as soon as POV-Ray
-    has started tracing (it writes the map before that), so they need not wait for the whole strip."""
-
-    def __init__(self, maps: PhotonMaps, produced: Path, stored: Path, lock: threading.Lock):
-        self.maps, self.produced, self.stored, self.lock = maps, produced, stored, lock
-        self.done = False
-
-    def when_tracing(self, log_path: Path) -> None:
-        if not self.done and povray.progress_fraction(log_path) is not None:
-            self.publish()
-
-    def publish(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        try:
-            self.maps._keep(self.produced, self.stored)
-        finally:
-            self.lock.release()
 
 
 def _frame_files(output: Path, frames: range, animated: bool) -> list[Path]:
