@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from farm import __version__, bundle, povcmd, strips
+from farm import __version__, povcmd, strips
 from farm.animation import Animation, parse_clock, parse_range
+from farm.bundle.packing import BundlePlan, pack, plan_bundle
+from farm.bundle.rules import bundle_hash
 from farm.client import Client, client_for
 from farm.config import Config, load_config
 from farm.discovery import resolve_controller
@@ -515,9 +517,9 @@ def _check_writable(folder: Path) -> None:
 def submit_job(client: Client, args: argparse.Namespace, request: JobRequest) -> int:
     """Pack the scene, upload the bundle if the controller lacks it, queue the job. Returns the job id."""
     command = request.command
-    plan = bundle.plan_bundle(command.scene, args.assets, library_paths=command.library_paths)
-    data = bundle.pack(plan)
-    digest = bundle.bundle_hash(data)
+    plan = plan_bundle(command.scene, args.assets, library_paths=command.library_paths)
+    data = pack(plan)
+    digest = bundle_hash(data)
     if not client.call("bundles.has", digest):
         client.call("bundles.upload", _binary(data))
     return client.call("jobs.submit", job_spec(args, request, digest, plan))
@@ -530,7 +532,7 @@ def _preview_setting(value: Any) -> strips.PreviewMode:
         raise FarmError(Code.BAD_ARGUMENT, f"setting 'preview': {err}") from None
 
 
-def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: bundle.BundlePlan
+def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: BundlePlan
              ) -> dict[str, Any]:
     """The jobs.submit struct."""
     command = request.command
@@ -837,8 +839,8 @@ def _quiet_local_farm_logs() -> None:
 
     for layer in ("farm.controller", "farm.api", "farm.service", "farm.store", "farm.db"):
         logging.getLogger(layer).setLevel(logging.ERROR)
-    for layer in ("farm.node", "farm.probe", "farm.render", "farm.bundle", "farm.client", "farm.povray",
-                  "farm.sandbox"):
+    for layer in ("farm.node", "farm.probe", "farm.render", "farm.bundle.packing", "farm.bundle.cache",
+                  "farm.client", "farm.povray", "farm.sandbox"):
         logging.getLogger(layer).addFilter(worth_showing)
 
 

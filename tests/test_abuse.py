@@ -32,7 +32,7 @@ from conftest import ROOT, farm_argv, free_udp_port, needs_povray, run_cli, wait
 from farm import auth, povray, wire
 from farm import sandbox as sandboxes
 from farm.server.admission import Quotas
-from farm.bundle import bundle_hash
+from farm.bundle.rules import bundle_hash
 from farm.client import Client
 from farm.config import Config
 from farm.faults import Code, FarmError
@@ -984,7 +984,7 @@ def streamed_base64_digest(response: http.client.HTTPResponse) -> str:
 
 
 def test_a_zips_end_records_are_read_as_zipfile_reads_them():
-    from farm.bundle import check_archive
+    from farm.bundle.checking import check_archive
     assert check_archive(many_member_zip(3)) == ["0", "1", "2"]
     commented = io.BytesIO()
     with zipfile.ZipFile(commented, "w") as archive:

@@ -232,7 +232,7 @@ def test_ppm_round_trips(width, height, bits, data):
 
 
 def test_library_folders_are_searched_shipped_and_named_for_the_node(tmp_path):
-    from farm import bundle
+    from farm.bundle.packing import plan_bundle
 
     (tmp_path / "scenes" / "my scene").mkdir(parents=True)
     (tmp_path / "lib").mkdir()
@@ -242,8 +242,8 @@ def test_library_folders_are_searched_shipped_and_named_for_the_node(tmp_path):
     (tmp_path / "lib" / "unrelated.inc").write_text("\n")
     scene = tmp_path / "scenes" / "my scene" / "s.pov"
     scene.write_text('#include "colors.inc"\n#include "mycolors.inc"\nsphere { 0, X }\n')
-    plan = bundle.plan_bundle(scene, library_paths=[tmp_path / "unused lib", tmp_path / "lib",
-                                                    Path("/usr/share/povray-3.7/include")])
+    plan = plan_bundle(scene, library_paths=[tmp_path / "unused lib", tmp_path / "lib",
+                                             Path("/usr/share/povray-3.7/include")])
     assert plan.files == ("lib/deeper.inc", "lib/mycolors.inc", "scenes/my scene/s.pov")
     assert plan.scene == "scenes/my scene/s.pov" and plan.library_dirs == ("../../lib",)
     assert povcmd.library_option("../../my lib") == '+L"../../my lib"'
