@@ -27,7 +27,7 @@ from farm import __version__, povcmd, strips
 from farm.animation import Animation, parse_clock, parse_range
 from farm.bundle.packing import BundlePlan, pack, plan_bundle
 from farm.bundle.rules import bundle_hash
-from farm.client import Client, client_for
+from farm.client import Client, binary, client_for
 from farm.config import Config, load_config
 from farm.discovery import resolve_controller
 from farm.faults import Code, FarmError
@@ -521,7 +521,7 @@ def submit_job(client: Client, args: argparse.Namespace, request: JobRequest) ->
     data = pack(plan)
     digest = bundle_hash(data)
     if not client.call("bundles.has", digest):
-        client.call("bundles.upload", _binary(data))
+        client.call("bundles.upload", binary(data))
     return client.call("jobs.submit", job_spec(args, request, digest, plan))
 
 
@@ -546,11 +546,6 @@ def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: B
     if request.animation is not None:
         spec["animation"] = request.animation.to_spec()
     return spec
-
-
-def _binary(data: bytes):
-    import xmlrpc.client
-    return xmlrpc.client.Binary(data)
 
 
 def _progress_line(status: dict[str, Any]) -> str:
