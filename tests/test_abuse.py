@@ -740,14 +740,14 @@ def test_the_node_unit_runs_a_node_with_the_token_it_loads(farm, tmp_path, monke
     import shlex
 
     from conftest import ROOT
-    from farm.cli import build_parser
+    from farm.cli.parser import build_command_line
 
     units = ROOT / "examples" / "systemd"
     controller_argv = shlex.split(unit_settings(units / "povfarm-controller.service")["ExecStart"][0])
-    assert build_parser().parse_args(controller_argv[1:]).command == "controller"
+    assert build_command_line().parse(controller_argv[1:]).command == "controller"
     node_unit = unit_settings(units / "povfarm-node.service")
     argv = shlex.split(node_unit["ExecStart"][0])
-    args = build_parser().parse_args(argv[1:])
+    args = build_command_line().parse(argv[1:])
     credentials = dict(value.split(":", 1) for value in node_unit["LoadCredential"])
     name = args.token_file.removeprefix("${CREDENTIALS_DIRECTORY}/")
     assert args.command == "node" and Path(argv[0]).name == "povfarm" and name in credentials

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from farm import options, povcmd, strips
-from farm.cli import build_parser, split_povray_args
+from farm.cli.parser import build_command_line
 from farm.faults import Code, FarmError
 
 CWD = Path("/work/scenes")
@@ -125,6 +125,7 @@ def test_animation_names_are_numbered_and_padded_as_povray_does():
 
 
 def test_farm_flags_and_povray_switches_are_told_apart_in_order():
+    split_povray_args = build_command_line().split_povray_args
     farm, povray = split_povray_args(["--log-level", "INFO", "render", "s.pov", "-J", "--option", "-A",
                                       "+W10", "--nodes", "1", "--out", "x.png", "Width=3", "--wait"])
     assert farm == ["--log-level", "INFO", "render", "--option=-A", "--nodes=1", "--output=x.png", "--wait"]
@@ -133,8 +134,7 @@ def test_farm_flags_and_povray_switches_are_told_apart_in_order():
 
 
 def test_every_subcommand_explains_itself_with_an_example():
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
+    commands = build_command_line().commands
     for name, sub in commands.items():
         text = sub.format_help()
         assert sub.description and "example:" in text and f"povfarm {name}" in text, name

@@ -138,7 +138,7 @@ def test_an_interrupted_bundle_download_resumes_where_it_stopped(farm, tmp_path,
 
 
 def test_povfarm_nodes_shows_upload_rates_in_bits_per_second():
-    from farm.cli import _upload_rate
+    from farm.cli.jobs import _upload_rate
 
     assert [_upload_rate(rate) for rate in (0.0, 90.0, 125_000.0, 1_500_000.0, 2.5e9)] == \
         ["-", "720 bit/s", "1 Mbit/s", "12 Mbit/s", "20 Gbit/s"]
