@@ -3,6 +3,7 @@ switch asks for, an animation's frames under POV-Ray's numbered names, or one an
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ EXTENSION_FORMATS = {".png": "N", ".ppm": "P", ".tga": "T", ".jpg": "J", ".jpeg"
 
 def require_pillow() -> None:
     try:
-        import PIL.Image  # noqa: F401
+        importlib.import_module("PIL.Image")     # only to know it is there: the JPEG encoder imports it
     except ImportError:
         raise FarmError(Code.BAD_ARGUMENT, "JPEG output (+FJ) needs Pillow, which is not installed here: "
                                            "pip install pillow, or choose PNG (+FN), PPM (+FP) or Targa (+FT)"
