@@ -73,7 +73,8 @@ sys.path.insert(0, str(ROOT))
 
 from farm import strips  # noqa: E402
 from farm.auth import read_token_file  # noqa: E402
-from farm.bundle import bundle_hash, pack, plan_bundle  # noqa: E402
+from farm.bundle.packing import pack, plan_bundle  # noqa: E402
+from farm.bundle.rules import bundle_hash  # noqa: E402
 from farm.client import Client  # noqa: E402
 from farm.faults import Code, FarmError  # noqa: E402
 

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from farm.auth import read_token_file  # noqa: E402
-from farm.bundle import bundle_hash, pack, plan_bundle  # noqa: E402
+from farm.bundle.packing import pack, plan_bundle  # noqa: E402
+from farm.bundle.rules import bundle_hash  # noqa: E402
 from farm.client import Client  # noqa: E402
 from farm.faults import FarmError  # noqa: E402
 

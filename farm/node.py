@@ -27,7 +27,8 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, bundle, povray, strips
+from farm import __version__, povray, strips
+from farm.bundle import cache as bundle
 from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config

@@ -19,7 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import bundle, photons, povray, radiosity, strips
+from farm import photons, povray, radiosity, strips
+from farm.bundle import cache as bundle
 from farm import sandbox as sandboxes
 from farm.config import Config
 from farm.faults import Code, FarmError

@@ -32,7 +32,7 @@ from conftest import ROOT, farm_argv, free_udp_port, needs_povray, run_cli, wait
 from farm import auth, povray, wire
 from farm import sandbox as sandboxes
 from farm.server.admission import Quotas
-from farm.bundle import bundle_hash
+from farm.bundle.rules import bundle_hash
 from farm.client import Client
 from farm.config import Config
 from farm.faults import Code, FarmError
@@ -740,14 +740,14 @@ def test_the_node_unit_runs_a_node_with_the_token_it_loads(farm, tmp_path, monke
     import shlex
 
     from conftest import ROOT
-    from farm.cli import build_parser
+    from farm.cli.parser import build_command_line
 
     units = ROOT / "examples" / "systemd"
     controller_argv = shlex.split(unit_settings(units / "povfarm-controller.service")["ExecStart"][0])
-    assert build_parser().parse_args(controller_argv[1:]).command == "controller"
+    assert build_command_line().parse(controller_argv[1:]).command == "controller"
     node_unit = unit_settings(units / "povfarm-node.service")
     argv = shlex.split(node_unit["ExecStart"][0])
-    args = build_parser().parse_args(argv[1:])
+    args = build_command_line().parse(argv[1:])
     credentials = dict(value.split(":", 1) for value in node_unit["LoadCredential"])
     name = args.token_file.removeprefix("${CREDENTIALS_DIRECTORY}/")
     assert args.command == "node" and Path(argv[0]).name == "povfarm" and name in credentials
@@ -984,7 +984,7 @@ def streamed_base64_digest(response: http.client.HTTPResponse) -> str:
 
 
 def test_a_zips_end_records_are_read_as_zipfile_reads_them():
-    from farm.bundle import check_archive
+    from farm.bundle.checking import check_archive
     assert check_archive(many_member_zip(3)) == ["0", "1", "2"]
     commented = io.BytesIO()
     with zipfile.ZipFile(commented, "w") as archive:

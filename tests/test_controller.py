@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from farm import strips
-from farm.bundle import bundle_hash, pack, plan_bundle
+from farm.bundle.packing import pack, plan_bundle
+from farm.bundle.rules import bundle_hash
 from farm.client import Client
 from farm.config import Config
 from farm import api, policy

@@ -126,7 +126,7 @@ def test_a_departed_viewer_ends_its_stream(farm, scene):
 # -- over HTTP -----------------------------------------------------------------------------------------
 
 def test_the_stream_over_http_matches_the_long_poll_and_ends(server, scene):
-    from farm.bundle import pack, plan_bundle
+    from farm.bundle.packing import pack, plan_bundle
 
     submitter = Client(server.url, timeout=10, token=server.tokens["submit"])
     digest = submitter.call("bundles.upload", xmlrpc.client.Binary(pack(plan_bundle(scene))))

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from farm import options, povcmd, strips
-from farm.cli import build_parser, split_povray_args
+from farm.cli.parser import build_command_line
 from farm.faults import Code, FarmError
 
 CWD = Path("/work/scenes")
@@ -125,6 +125,7 @@ def test_animation_names_are_numbered_and_padded_as_povray_does():
 
 
 def test_farm_flags_and_povray_switches_are_told_apart_in_order():
+    split_povray_args = build_command_line().split_povray_args
     farm, povray = split_povray_args(["--log-level", "INFO", "render", "s.pov", "-J", "--option", "-A",
                                       "+W10", "--nodes", "1", "--out", "x.png", "Width=3", "--wait"])
     assert farm == ["--log-level", "INFO", "render", "--option=-A", "--nodes=1", "--output=x.png", "--wait"]
@@ -133,8 +134,7 @@ def test_farm_flags_and_povray_switches_are_told_apart_in_order():
 
 
 def test_every_subcommand_explains_itself_with_an_example():
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
+    commands = build_command_line().commands
     for name, sub in commands.items():
         text = sub.format_help()
         assert sub.description and "example:" in text and f"povfarm {name}" in text, name
@@ -232,7 +232,7 @@ def test_ppm_round_trips(width, height, bits, data):
 
 
 def test_library_folders_are_searched_shipped_and_named_for_the_node(tmp_path):
-    from farm import bundle
+    from farm.bundle.packing import plan_bundle
 
     (tmp_path / "scenes" / "my scene").mkdir(parents=True)
     (tmp_path / "lib").mkdir()
@@ -242,8 +242,8 @@ def test_library_folders_are_searched_shipped_and_named_for_the_node(tmp_path):
     (tmp_path / "lib" / "unrelated.inc").write_text("\n")
     scene = tmp_path / "scenes" / "my scene" / "s.pov"
     scene.write_text('#include "colors.inc"\n#include "mycolors.inc"\nsphere { 0, X }\n')
-    plan = bundle.plan_bundle(scene, library_paths=[tmp_path / "unused lib", tmp_path / "lib",
-                                                    Path("/usr/share/povray-3.7/include")])
+    plan = plan_bundle(scene, library_paths=[tmp_path / "unused lib", tmp_path / "lib",
+                                             Path("/usr/share/povray-3.7/include")])
     assert plan.files == ("lib/deeper.inc", "lib/mycolors.inc", "scenes/my scene/s.pov")
     assert plan.scene == "scenes/my scene/s.pov" and plan.library_dirs == ("../../lib",)
     assert povcmd.library_option("../../my lib") == '+L"../../my lib"'

@@ -13,7 +13,8 @@ import zipfile
 from pathlib import Path
 
 from conftest import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
-from farm import bundle, povray, radiosity, strips
+from farm import povray, radiosity, strips
+from farm.bundle.checking import mentions
 
 CORNELL = SCENES / "radiosity/cornell.pov"
 
@@ -73,11 +74,11 @@ def test_a_bundle_mentions_radiosity_in_its_scene_or_includes(tmp_path):
             for name, data in files.items():
                 archive.writestr(name, data)
         return buffer.getvalue()
-    assert bundle.mentions(zipped({"s.pov": b"#include \"l.inc\"", "l.inc": b"global_settings{radiosity{}}"}),
+    assert mentions(zipped({"s.pov": b"#include \"l.inc\"", "l.inc": b"global_settings{radiosity{}}"}),
                            b"radiosity", "s.pov")
-    assert not bundle.mentions(zipped({"s.pov": b"sphere{0,1}", "t.png": b"radiosity"}), b"radiosity", "s.pov")
+    assert not mentions(zipped({"s.pov": b"sphere{0,1}", "t.png": b"radiosity"}), b"radiosity", "s.pov")
     # a word cut across two read chunks is still found
-    assert bundle.mentions(zipped({"s.pov": b"x" * (65536 - 4) + b"radiosity"}), b"radiosity", "s.pov")
+    assert mentions(zipped({"s.pov": b"x" * (65536 - 4) + b"radiosity"}), b"radiosity", "s.pov")
 
 
 # -- real renders ----------------------------------------------------------------------------------

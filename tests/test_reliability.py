@@ -13,7 +13,8 @@ import pytest
 
 from conftest import SCENES, assert_same_pixels, native_render, needs_povray, run_cli, wait_until
 from farm import strips
-from farm.bundle import bundle_hash, pack, plan_bundle
+from farm.bundle.packing import pack, plan_bundle
+from farm.bundle.rules import bundle_hash
 from farm.faults import Code, FarmError
 
 pytestmark = needs_povray

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import ROOT, SCENES, assert_same_pixels, farm_argv, free_port, native_render, needs_povray, wait_until
 from farm import povray, sandbox
-from farm.bundle import bundle_hash, pack, plan_bundle
+from farm.bundle.packing import pack, plan_bundle
+from farm.bundle.rules import bundle_hash
 from farm.faults import FarmError
 
 pytestmark = needs_povray

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farm import scheduler, strips
-from farm.bundle import pack, plan_bundle
+from farm.bundle.packing import pack, plan_bundle
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.scheduler import next_cut

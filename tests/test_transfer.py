@@ -89,17 +89,17 @@ def test_huffman_only_gzip_is_ordinary_gzip_and_wins_back_base64s_third():
 def test_an_interrupted_bundle_download_resumes_where_it_stopped(farm, tmp_path, monkeypatch):
     """A node whose link drops mid-download (or that is restarted) fetches only the rest of the bundle,
     by ranges, and unpacks exactly what was uploaded."""
-    from farm import bundle
+    from farm.bundle.packing import pack, plan_bundle
     from farm.config import Config
     from farm.faults import Code, FarmError
     from farm.node import Node
 
-    monkeypatch.setattr(bundle, "DOWNLOAD_CHUNK", 64 * 1024)
+    monkeypatch.setattr("farm.bundle.cache.DOWNLOAD_CHUNK", 64 * 1024)
     scene = tmp_path / "big" / "b.pov"
     scene.parent.mkdir()
     scene.write_text('sphere { 0, 1 pigment { image_map { png "noise.png" } } }\n')
     (scene.parent / "noise.png").write_bytes(os.urandom(600 * 1024))     # an asset that does not compress
-    data = bundle.pack(bundle.plan_bundle(scene))
+    data = pack(plan_bundle(scene))
     farm.start_controller()
     digest = farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
 
@@ -138,7 +138,7 @@ def test_an_interrupted_bundle_download_resumes_where_it_stopped(farm, tmp_path,
 
 
 def test_povfarm_nodes_shows_upload_rates_in_bits_per_second():
-    from farm.cli import _upload_rate
+    from farm.cli.jobs import _upload_rate
 
     assert [_upload_rate(rate) for rate in (0.0, 90.0, 125_000.0, 1_500_000.0, 2.5e9)] == \
         ["-", "720 bit/s", "1 Mbit/s", "12 Mbit/s", "20 Gbit/s"]

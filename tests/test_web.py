@@ -439,7 +439,8 @@ def test_the_page_unfilters_rows_sent_in_the_compact_filtered_form(browser, farm
 def test_fifty_jobs_and_sixty_four_nodes_fit_in_the_tables(browser, farm, tmp_path):
     import xmlrpc.client
 
-    from farm.bundle import bundle_hash, pack, plan_bundle
+    from farm.bundle.packing import pack, plan_bundle
+    from farm.bundle.rules import bundle_hash
 
     farm.start_controller()
     scene = tmp_path / "s" / "s.pov"
