@@ -20,7 +20,11 @@ from pathlib import Path
 
 from farm.faults import Code, FarmError
 
-ROLES = ("submit", "node", "view")
+# The roles, defined here once: the server seats, limits and checks calls by them, clients ask for them.
+SUBMIT, NODE, VIEW = "submit", "node", "view"
+ROLES = (SUBMIT, NODE, VIEW)
+ANY_ROLE = frozenset(ROLES)
+READERS = frozenset({SUBMIT, VIEW})     # the roles that may read jobs, images and the feed
 TOKEN_FILE_NAME = "tokens"
 
 
@@ -85,7 +89,7 @@ def client_token(role: str, token: str | None, token_file: Path | None) -> str |
     tokens = read_token_file(token_file)
     if "" in tokens:
         return tokens[""]
-    for candidate in (role, "submit"):   # a submit token can do what a viewer does
+    for candidate in (role, SUBMIT):   # a submit token can do what a viewer does
         if candidate in tokens:
             return tokens[candidate]
     raise FarmError(Code.BAD_ARGUMENT, f"token file {token_file} has no {role!r} token")

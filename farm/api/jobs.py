@@ -6,7 +6,8 @@ from typing import Any
 
 from farm import strips
 from farm.animation import Animation
-from farm.api import READERS, SUBMIT, args, rpc
+from farm.api import args, rpc
+from farm.auth import READERS, SUBMIT
 from farm.faults import Code, FarmError
 from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch

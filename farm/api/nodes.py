@@ -5,7 +5,8 @@ from __future__ import annotations
 import xmlrpc.client
 
 from farm import strips
-from farm.api import NODE, READERS, args, rpc
+from farm.api import args, rpc
+from farm.auth import NODE, READERS
 from farm.faults import Code, FarmError
 from farm.server.departures import departure_watch
 from farm.options import preview_options

@@ -5,7 +5,8 @@ from __future__ import annotations
 import xmlrpc.client
 from typing import Iterator
 
-from farm.api import READERS, args, rpc
+from farm.api import args, rpc
+from farm.auth import READERS
 from farm.faults import Code, FarmError
 from farm.server.departures import departure_watch
 
