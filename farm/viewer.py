@@ -31,6 +31,7 @@ from farm import strips
 from farm.client import Client, check_url
 from farm.faults import Code, FarmError
 from farm.retry import RETRY_CEILING, RETRY_FIRST, Outage, duration, grow
+from farm.wire import LONG_POLL_CAP
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ INSTALL_HINT = "the viewer needs pygame; install it with: pip install 'povfarm[v
 
 FINISHED = frozenset({"done", "failed", "canceled"})
 CURSOR_END = 2**31 - 1          # past every stored strip (XML-RPC ints are 32-bit): "no strips, just the job"
-POLL_TIMEOUT = 25.0             # seconds one viewer.watch may wait (the controller caps it at 30)
+POLL_TIMEOUT = LONG_POLL_CAP - 5.0   # seconds one viewer.watch may wait: under the controller's cap
 CHECKER = 8                     # checker square size in pixels
 UNRENDERED = (0x2c, 0x36)       # dark checker: rows nobody has rendered yet
 TRANSPARENT = (0x9c, 0x70)      # light checker behind the pixels of an RGBA image

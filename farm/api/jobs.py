@@ -13,8 +13,7 @@ from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service.submission import MAX_SIDE, Submission
 from farm.states import JobState
-
-LONG_POLL_CAP = 30.0
+from farm.wire import LONG_POLL_CAP
 
 
 class JobsAPI:

@@ -9,8 +9,7 @@ from farm.api import args, rpc
 from farm.auth import READERS
 from farm.faults import Code, FarmError
 from farm.server.departures import departure_watch
-
-LONG_POLL_CAP = 30.0
+from farm.wire import LONG_POLL_CAP
 
 
 class ViewerAPI:
