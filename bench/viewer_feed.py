@@ -120,7 +120,8 @@ def lower_priority(priority: str) -> None:
 
 
 def viewer_process(url: str, token: str | None, commands, results, priority: str = "equal") -> None:
-    from farm.viewer import FINISHED, Feed
+    from farm.states import ENDED
+    from farm.viewer import Feed
 
     lower_priority(priority)
     results.put("ready")
@@ -144,7 +145,7 @@ def viewer_process(url: str, token: str | None, commands, results, priority: str
             reply = rest[1]
             for s in reply["strips"]:
                 received.setdefault(f"{s['frame']}:{s['row_start']}", now)
-            if reply["job"].get("state") in FINISHED and not reply["strips"]:
+            if reply["job"].get("state") in ENDED and not reply["strips"]:
                 break
         feed.stop()
         results.put(received)

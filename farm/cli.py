@@ -30,11 +30,11 @@ from farm.config import Config, load_config
 from farm.discovery import resolve_controller
 from farm.faults import Code, FarmError
 from farm.retry import Outage, Patience, Patient, duration
+from farm.states import ENDED as FINISHED
 
 log = logging.getLogger("farm.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-FINISHED = ("done", "failed", "canceled")
 
 
 # -- parser --------------------------------------------------------------------------------------

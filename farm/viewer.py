@@ -31,13 +31,13 @@ from farm import strips
 from farm.client import Client, check_url
 from farm.faults import Code, FarmError
 from farm.retry import RETRY_CEILING, RETRY_FIRST, Outage, duration, grow
+from farm.states import ENDED as FINISHED
 from farm.wire import LONG_POLL_CAP
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the viewer needs pygame; install it with: pip install 'povfarm[viewer]'"
 
-FINISHED = frozenset({"done", "failed", "canceled"})
 CURSOR_END = 2**31 - 1          # past every stored strip (XML-RPC ints are 32-bit): "no strips, just the job"
 POLL_TIMEOUT = LONG_POLL_CAP - 5.0   # seconds one viewer.watch may wait: under the controller's cap
 CHECKER = 8                     # checker square size in pixels

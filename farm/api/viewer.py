@@ -9,6 +9,7 @@ from farm.api import args, rpc
 from farm.auth import READERS
 from farm.faults import Code, FarmError
 from farm.server.departures import departure_watch
+from farm.states import ENDED
 from farm.wire import LONG_POLL_CAP
 
 
@@ -46,7 +47,7 @@ class ViewerAPI:
         target = job_id or services.store.jobs.newest_id()
         seen = services.changes.version(target)
         reply = services.views.feed(target, cursor)
-        ended = reply["job"].get("state") in ("done", "failed", "canceled")
+        ended = reply["job"].get("state") in ENDED
         if not (reply["strips"] or (ended and job_id)):
             # Nothing new: wait for this job to change, or (following the newest job) for a new job.
             with departure_watch(services.changes.wake) as gone:
