@@ -14,10 +14,10 @@ client can simply point at the controller's file.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from pathlib import Path
 
+from farm import atomic
 from farm.faults import Code, FarmError
 
 # The roles, defined here once: the server seats, limits and checks calls by them, clients ask for them.
@@ -31,16 +31,8 @@ TOKEN_FILE_NAME = "tokens"
 def create_token_file(path: Path) -> dict[str, str]:
     """Write a new role file with fresh random tokens, readable by the owner only."""
     tokens = {role: secrets.token_urlsafe(32) for role in ROLES}
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"{role} = {token}\n" for role, token in tokens.items())
-    # Written whole under a temporary name, then renamed: a reader never sees half a file.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write("# povfarm access tokens: keep this file secret.\n" + text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic.write(path, ("# povfarm access tokens: keep this file secret.\n" + text).encode("ascii"), atomic.PRIVATE)
     return tokens
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from farm import __version__, bundle, povcmd, strips
+from farm import __version__, atomic, bundle, povcmd, strips
 from farm.animation import Animation, parse_clock, parse_range
 from farm.client import Client, client_for
 from farm.config import Config, load_config
@@ -726,11 +726,7 @@ def write_animation(client: Client, status: dict[str, Any], output: Path, delay_
 
 def _write_file(output: Path, data: bytes) -> None:
     try:
-        if output.parent:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, output)
+        atomic.write(output, data)
     except OSError as err:
         raise FarmError(Code.BAD_ARGUMENT, f"cannot write {output}: {err.strerror or err}") from None
 

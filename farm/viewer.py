@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from farm import strips
+from farm import atomic, strips
 from farm.client import Client, check_url
 from farm.faults import Code, FarmError
 from farm.retry import RETRY_CEILING, RETRY_FIRST, Outage, duration, grow
@@ -695,12 +695,8 @@ def _import_pygame():
 def write_png(path: Path, data: bytes) -> None:
     """Write a PNG whole or not at all."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
     try:
-        if path.parent != Path(""):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic.write(path, data)
     except OSError as err:
         raise FarmError(Code.BAD_ARGUMENT, f"cannot write {path}: {err.strerror or err}") from None
 
