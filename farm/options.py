@@ -34,13 +34,21 @@ ALLOWED_SWITCHES: dict[str, str] = {
 # Every switch above is rendered once by the real POV-Ray in tests/test_cli_povray.py, so none is on
 # the list that POV-Ray itself refuses (+HT was: "Failed to parse command-line option").
 
+# Switches that say what to render rather than how: `povfarm render` takes them after the scene as job
+# settings (farm.povcmd), and a job's options may not carry them. Switch -> (an example, povfarm's flag).
+JOB_SWITCHES: dict[str, tuple[str, str]] = {
+    "W": ("+W640", "--width"), "H": ("+H480", "--height"), "O": ("+Oout.png", "--output"), "F": ("+FP", ""),
+    "KFI": ("+KFI1 +KFF30", "--frames"), "KFF": ("+KFI1 +KFF30", "--frames"),
+    "KI": ("+KI0 +KF1", "--clock"), "KF": ("+KI0 +KF1", "--clock"), "KC": ("+KC", "--cyclic"),
+    "SF": ("+SF3 +EF5", "--subset"), "EF": ("+SF3 +EF5", "--subset"),
+}
+_AFTER_SCENE = "give it after the scene, as with povray (povfarm render scene.pov {example}){flag}"
+RADIOSITY_FILES = "radiosity files are managed by the farm"
 # Switches the farm sets itself: the reason is part of the fault text.
-_AFTER_SCENE = "give it after the scene, as with povray (povfarm render scene.pov {example})"
 FARM_OWNED: dict[str, str] = {
-    "W": _AFTER_SCENE.format(example="+W640") + ", or --width",
-    "H": _AFTER_SCENE.format(example="+H480") + ", or --height",
-    "O": _AFTER_SCENE.format(example="+Oout.png") + ", or --output",
-    "F": _AFTER_SCENE.format(example="+FP"), "SR": "the farm chooses the rows",
+    **{name: _AFTER_SCENE.format(example=example, flag=f", or {flag}" if flag else "")
+       for name, (example, flag) in JOB_SWITCHES.items()},
+    "SR": "the farm chooses the rows",
     "ER": "the farm chooses the rows", "SC": "the farm renders whole rows",
     "EC": "the farm renders whole rows", "I": "the scene is the submitted file",
     "WT": "each node sets its own thread count", "D": "nodes never open a display",
@@ -48,14 +56,7 @@ FARM_OWNED: dict[str, str] = {
     "GA": "log files are not allowed", "GD": "log files are not allowed",
     "GF": "log files are not allowed", "GR": "log files are not allowed",
     "GS": "log files are not allowed", "GW": "log files are not allowed",
-    "KFI": _AFTER_SCENE.format(example="+KFI1 +KFF30") + ", or --frames",
-    "KFF": _AFTER_SCENE.format(example="+KFI1 +KFF30") + ", or --frames",
-    "KI": _AFTER_SCENE.format(example="+KI0 +KF1") + ", or --clock",
-    "KF": _AFTER_SCENE.format(example="+KI0 +KF1") + ", or --clock",
-    "KC": _AFTER_SCENE.format(example="+KC") + ", or --cyclic",
-    "SF": _AFTER_SCENE.format(example="+SF3 +EF5") + ", or --subset",
-    "EF": _AFTER_SCENE.format(example="+SF3 +EF5") + ", or --subset",
-    "RF": "radiosity files are managed by the farm",
+    "RF": RADIOSITY_FILES,
 }
 # +L: only a folder inside the job's bundle, relative to the scene (the client ships local library
 # folders in the bundle and names them so); the node's own library paths come after it.
