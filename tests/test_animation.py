@@ -114,7 +114,7 @@ def test_animated_png_frames_decode_to_the_stills():
 
 # -- real renders ---------------------------------------------------------------------------------
 
-from conftest import SCENES, needs_povray, run_cli  # noqa: E402
+from harness import SCENES, needs_povray, run_cli  # noqa: E402
 
 CLOCKD = SCENES / "animations/clockd/clockd.pov"
 
