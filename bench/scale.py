@@ -77,6 +77,7 @@ from farm.bundle.packing import pack, plan_bundle  # noqa: E402
 from farm.bundle.rules import bundle_hash  # noqa: E402
 from farm.client import Client  # noqa: E402
 from farm.faults import Code, FarmError  # noqa: E402
+from farm.states import ENDED  # noqa: E402
 
 try:
     from farm.node import POLL_WAIT as NODE_POLL_WAIT   # the long-poll wait the node asks for
@@ -239,7 +240,7 @@ def wait_job(client: Client, job_id: int, timeout: float, interval: float = 0.5)
     def finished():
         jobs = {job["id"]: job for job in client.call("jobs.list")}
         job = jobs[job_id]
-        return job if job["state"] in ("done", "failed", "canceled") else None
+        return job if job["state"] in ENDED else None
     return wait_until(finished, timeout, f"job {job_id} to finish", interval)
 
 

@@ -23,7 +23,7 @@ twenty of them fit on a small box beside the controller). Reports:
 
     python bench/viewer_feed.py [--viewers 20] [--nodes 4] [--repeat 3] [--viewer-priority idle]
 
-Prints a table and saves the figures as JSON under bench/results/.
+Prints a table and saves the figures as bench/results/viewer_feed.json (or under --output).
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def lower_priority(priority: str) -> None:
 
 
 def viewer_process(url: str, token: str | None, commands, results, priority: str = "equal") -> None:
-    from farm.viewer import FINISHED, Feed
+    from farm.states import ENDED
+    from farm.viewer import Feed
 
     lower_priority(priority)
     results.put("ready")
@@ -145,7 +146,7 @@ def viewer_process(url: str, token: str | None, commands, results, priority: str
             reply = rest[1]
             for s in reply["strips"]:
                 received.setdefault(f"{s['frame']}:{s['row_start']}", now)
-            if reply["job"].get("state") in FINISHED and not reply["strips"]:
+            if reply["job"].get("state") in ENDED and not reply["strips"]:
                 break
         feed.stop()
         results.put(received)
@@ -397,7 +398,7 @@ def main() -> int:
 
     args.output.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.output / f"viewer_feed-{stamp}.json"
+    out = args.output / "viewer_feed.json"     # the latest run; earlier ones are in git's history
     out.write_text(json.dumps({
         "when": stamp, "python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -25,6 +25,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 from farm.client import Client  # noqa: E402
+from farm.states import ENDED  # noqa: E402
 from farm.viewer import Feed, ViewerState, Window, _import_pygame  # noqa: E402
 from viewer_bars import SCENES, Farm, upload  # noqa: E402
 
@@ -78,7 +79,7 @@ def shoot(pygame, window: Window, farm: Farm, args) -> int:
                 print(f"wrote {args.output}: {status['strips_done']} strips done, {status['strips_leased']} "
                       f"in flight, preview {status['preview']}")
                 return 0
-            if status["state"] in ("done", "failed", "canceled"):
+            if status["state"] in ENDED:
                 break
         time.sleep(1 / 30)
     print("the job ended before the picture could be taken", file=sys.stderr)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from farm import strips
 from farm.server import rpc
-from farm.server.admission import SUBMIT, VIEW, Quotas
+from farm.auth import NODE, SUBMIT, VIEW
+from farm.server.admission import Quotas
 from farm.faults import Code, FarmError
 from farm.records import JobSpec
 
@@ -37,9 +38,9 @@ def request_limits(config) -> rpc.Limits:
     """The RPC server's limits for this controller."""
     return rpc.Limits(
         max_body=config.max_bundle_bytes * 4 // 3 + (1 << 20),   # base64 plus the envelope
-        role_body=(("view", VIEW_BODY), ("submit", SMALL_BODY), ("node", SMALL_BODY)),
+        role_body=((VIEW, VIEW_BODY), (SUBMIT, SMALL_BODY), (NODE, SMALL_BODY)),
         large_methods=LARGE_METHODS, spooled_methods=SPOOLED_METHODS,
-        role_spool=(("submit", config.max_bundle_bytes),), max_spool=config.max_spool_bytes,
+        role_spool=((SUBMIT, config.max_bundle_bytes),), max_spool=config.max_spool_bytes,
         max_held=config.max_result_bytes,
         gates=((UPLOADS, config.max_uploads), (RESULTS, config.max_results),
                (RANGED_FETCHES, config.max_range_fetches)), gate_wait=config.busy_wait,

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from farm import strips
 from farm.animation import Animation
-from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, UnitState
+from farm.states import ENDED, FrameState, JobState, NodeState, UnitState
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Job:
 
     @property
     def ended(self) -> bool:
-        return self.state in FINISHED_JOB_STATES
+        return self.state in ENDED
 
     @property
     def row_bytes(self) -> int:

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import photons, povray, radiosity, strips
+from farm import atomic, photons, povray, radiosity, strips
 from farm.bundle import cache as bundle
 from farm import sandbox as sandboxes
 from farm.config import Config
@@ -280,10 +280,8 @@ class PhotonMaps:
     def _keep(self, produced: Path, stored: Path) -> None:
         if not produced.is_file() or produced.stat().st_size == 0:
             return      # the render failed; the next strip shoots the photons again
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = stored.with_suffix(".tmp")
-        shutil.copyfile(produced, tmp)
-        os.replace(tmp, stored)
+        with atomic.replacing(stored) as out, open(produced, "rb") as source:
+            shutil.copyfileobj(source, out)
         for old in sorted(self.directory.glob("*.ph"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
             old.unlink(missing_ok=True)
 
@@ -309,10 +307,7 @@ class RadiosityCaches:
                     data = strips.decompress_capped(fetch(), MAX_RADIOSITY_CACHE)
                 except ValueError as err:
                     raise FarmError(Code.BAD_ARGUMENT, f"the cache is unusable: {err}") from None
-                self.directory.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+                atomic.write(path, data)
                 for old in sorted(self.directory.glob("*.rad"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
                     old.unlink(missing_ok=True)
         return path

@@ -27,18 +27,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from farm import strips
+from farm import atomic, strips
 from farm.client import Client, check_url
 from farm.faults import Code, FarmError
 from farm.retry import RETRY_CEILING, RETRY_FIRST, Outage, duration, grow
+from farm.states import ENDED as FINISHED
+from farm.wire import LONG_POLL_CAP
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the viewer needs pygame; install it with: pip install 'povfarm[viewer]'"
 
-FINISHED = frozenset({"done", "failed", "canceled"})
 CURSOR_END = 2**31 - 1          # past every stored strip (XML-RPC ints are 32-bit): "no strips, just the job"
-POLL_TIMEOUT = 25.0             # seconds one viewer.watch may wait (the controller caps it at 30)
+POLL_TIMEOUT = LONG_POLL_CAP - 5.0   # seconds one viewer.watch may wait: under the controller's cap
 CHECKER = 8                     # checker square size in pixels
 UNRENDERED = (0x2c, 0x36)       # dark checker: rows nobody has rendered yet
 TRANSPARENT = (0x9c, 0x70)      # light checker behind the pixels of an RGBA image
@@ -694,12 +695,8 @@ def _import_pygame():
 def write_png(path: Path, data: bytes) -> None:
     """Write a PNG whole or not at all."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
     try:
-        if path.parent != Path(""):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic.write(path, data)
     except OSError as err:
         raise FarmError(Code.BAD_ARGUMENT, f"cannot write {path}: {err.strerror or err}") from None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
+from harness import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
 from farm import strips
 
 pytestmark = needs_povray
@@ -218,7 +218,7 @@ def test_a_render_stops_cleanly_and_quickly(tmp_path, signum):
     wait_until(lambda: any("rendering" in line for line in render.lines), timeout=60, what="the render to start")
     wait_until(lambda: any("povray" in cmd for cmd in processes_mentioning(str(render.tmp))), timeout=30,
                what="POV-Ray to run")
-    time.sleep(0.5)
+    time.sleep(0.5)     # the scenario: stopped mid-render
     code, elapsed = render.stop(signum)
     stderr = "\n".join(render.lines)
     assert code == 130, stderr
@@ -227,8 +227,9 @@ def test_a_render_stops_cleanly_and_quickly(tmp_path, signum):
     assert "second stop request" not in stderr
     messages = [line for line in render.lines if not line.startswith("job ")]
     assert messages == ["povfarm: interrupted; stopping the local nodes"]
-    time.sleep(0.3)     # the kernel delivers the parent-death signals of anything that was killed
-    assert processes_mentioning(str(render.tmp)) == []
+    # The kernel delivers the parent-death signals of anything that was killed.
+    wait_until(lambda: processes_mentioning(str(render.tmp)) == [], timeout=0.3, interval=0.02,
+               what="every process to end")
     assert not (tmp_path / "out.png").exists()
 
 
@@ -248,7 +249,7 @@ def test_ctrl_c_on_submit_wait_leaves_the_job_running_and_says_how_to_follow_it(
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     job_id = process.stdout.readline().strip()
     assert job_id == "1"
-    time.sleep(0.5)
+    time.sleep(0.5)     # the scenario: interrupted while it waits for the job
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 130 and "Traceback" not in stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli
+from harness import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli
 
 pytestmark = needs_povray
 
@@ -150,7 +150,7 @@ def test_bad_input_gets_one_clear_sentence(farm, args, message):
 
 
 def test_unreachable_controller(tmp_path):
-    from conftest import free_port
+    from harness import free_port
 
     result = run_cli("jobs", "--controller", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 1

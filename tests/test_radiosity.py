@@ -12,7 +12,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from conftest import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
+from harness import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
 from farm import povray, radiosity, strips
 from farm.bundle.checking import mentions
 

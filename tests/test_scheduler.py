@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 
 from farm import scheduler, strips
 from farm.bundle.packing import pack, plan_bundle
-from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.scheduler import next_cut
 from farm.store import Store
 
-from test_controller import Clock, Stepped, rows_for
+from harness import Clock, Stepped, rows_for, stepped_farm, submit, write_scene
 
 
 def simulate(height: int, block: int, speeds: dict[str, float], row_cost, jitter=None):
@@ -186,17 +185,13 @@ def test_the_machine_is_the_running_kernel(tmp_path):
 # -- the store cutting remainders, through the API ---------------------------------------------------------
 
 def _stepped(tmp_path, max_attempts: int = 3, machine: str = "") -> tuple[Stepped, Store]:
-    config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=max_attempts, machine=machine)
-    store = Store(config.data_dir / "db.sqlite3")
-    return Stepped(config, store, Clock()), store
+    return stepped_farm(tmp_path / "data", max_attempts=max_attempts, machine=machine)
 
 
-def _submit(farm: Stepped, scene_dir, **spec) -> int:
-    path = scene_dir / "s.pov"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text("sphere { 0, 1 pigment { rgb 1 } }\n")
-    digest = farm.call("bundles.upload", xmlrpc.client.Binary(pack(plan_bundle(path))))
-    return farm.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 4, "preview": False, **spec})
+def _submit(stepped: Stepped, scene_dir, **spec) -> int:
+    """A job 4 pixels wide, cut as the farm decides unless `spec` says."""
+    return submit(stepped, write_scene(scene_dir, "sphere { 0, 1 pigment { rgb 1 } }\n"),
+                  **{"width": 4, "strips": "auto", **spec})
 
 
 def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first(tmp_path):

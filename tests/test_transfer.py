@@ -16,7 +16,7 @@ from farm import client as client_module
 from farm import strips
 from farm.auth import read_token_file
 from farm.wire import read_xmlrpc
-from conftest import native_render, needs_povray, run_cli, wait_until
+from harness import native_render, needs_povray, run_cli, wait_until
 
 SCENE = """camera { location <0, 1, -4> look_at 0 }
 light_source { <3, 5, -4>, rgb 1 }

@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 
-from conftest import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
+from harness import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
 from farm import strips
 from farm.client import Client
 from farm.viewer import (CHECKER, TRANSPARENT, UNRENDERED, Canvas, Feed, ViewerState, checker)

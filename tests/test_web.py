@@ -15,7 +15,7 @@ import pytest
 from farm import strips
 from farm.auth import read_token_file
 from farm.faults import Code
-from conftest import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli, wait_until
+from harness import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -6,14 +6,14 @@ from typing import Any
 
 from farm import strips
 from farm.animation import Animation
-from farm.api import READERS, SUBMIT, args, rpc
+from farm.api import args, rpc
+from farm.auth import READERS, SUBMIT
 from farm.faults import Code, FarmError
 from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service.submission import MAX_SIDE, Submission
 from farm.states import JobState
-
-LONG_POLL_CAP = 30.0
+from farm.wire import LONG_POLL_CAP
 
 
 class JobsAPI:

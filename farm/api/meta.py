@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from farm import __version__
-from farm.api import ANYONE, API_VERSION, rpc
+from farm.api import API_VERSION, rpc
+from farm.auth import ANY_ROLE
 
 
 class MetaAPI:
     namespace = "api"
 
-    @rpc(*ANYONE)
+    @rpc(*ANY_ROLE)
     def version(self) -> dict:
         """The API version and the server's version.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import xmlrpc.client
 
 from farm import strips
-from farm.api import NODE, READERS, args, rpc
+from farm.api import args, rpc
+from farm.auth import NODE, READERS
 from farm.faults import Code, FarmError
 from farm.server.departures import departure_watch
 from farm.options import preview_options
@@ -47,7 +48,7 @@ class NodesAPI:
         """The node's next task, or {} when there is no work.
 
         With wait > 0 it is a long poll: when nothing is queued it waits up to `wait` seconds (at most a
-        third of the lease timeout, and 20 s) for work to appear, so idle nodes start at once and poll rarely.
+        third of the lease timeout, and 30 s) for work to appear, so idle nodes start at once and poll rarely.
         @param node_id: str
         @param wait: float seconds (default 0)
         @return: struct, {} or a task: lease (str), job, frame, frame_last (the unit renders frames

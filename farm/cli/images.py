@@ -4,11 +4,10 @@ switch asks for, an animation's frames under POV-Ray's numbered names, or one an
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from typing import Any
 
-from farm import povcmd, strips
+from farm import atomic, povcmd, strips
 from farm.client import Client
 from farm.faults import Code, FarmError
 
@@ -85,10 +84,6 @@ def write_animation(client: Client, status: dict[str, Any], output: Path, delay_
 
 def write_file(output: Path, data: bytes) -> None:
     try:
-        if output.parent:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, output)
+        atomic.write(output, data)
     except OSError as err:
         raise FarmError(Code.BAD_ARGUMENT, f"cannot write {output}: {err.strerror or err}") from None

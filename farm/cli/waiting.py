@@ -15,7 +15,7 @@ from farm.cli.job_request import JobRequest, write_targets
 from farm.client import Client
 from farm.faults import Code, FarmError
 from farm.retry import Outage, Patience, Patient, duration
-from farm.states import FINISHED_JOB_STATES
+from farm.states import ENDED
 
 
 class StopRequest:
@@ -101,7 +101,7 @@ def wait_for_job(client: Client | Patient, job_id: int, interval: float = 1.0,
                 raise
             _check_blocked(status, getattr(client, "patience", None), progress, local)
             progress.show(_progress_line(status))
-            if status["state"] in FINISHED_JOB_STATES:
+            if status["state"] in ENDED:
                 return status
         return None
     finally:

@@ -21,12 +21,12 @@ from farm.states import UnitState
 from farm.service.changes import Changes
 from farm.service.stitcher import Stitcher
 from farm.store import Completion, Store
+from farm.wire import LONG_POLL_CAP
 
 log = logging.getLogger(__name__)
 
 MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache file, uncompressed
 MAX_CACHED = 256                          # jobs and leases remembered in memory for the hot path
-LONG_POLL_CAP = 20.0
 
 
 class _Recent(OrderedDict):
