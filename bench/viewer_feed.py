@@ -45,12 +45,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from farm import strips  # noqa: E402
 from farm.bundle import bundle_hash, pack, plan_bundle  # noqa: E402
 from farm.client import Client  # noqa: E402
 from farm.config import Config  # noqa: E402
 from farm.api.viewer import ViewerAPI  # noqa: E402
 from farm.controller import Controller  # noqa: E402
+from farm.images.raster import row_size  # noqa: E402
+from farm.rows import compress_rows  # noqa: E402
 from farm.service.feed import Streams  # noqa: E402
 
 WIDTH = 320
@@ -65,9 +66,9 @@ def synthetic_rows(width: int, rows: int, seed: int) -> bytes:
     """Rows that compress about as well as a rendered image (to roughly half)."""
     import random
     rng = random.Random(seed)
-    size = strips.row_size(width, 3, 8) * rows
+    size = row_size(width, 3, 8) * rows
     noise = bytes(rng.getrandbits(4) for _ in range(size // 2))
-    return strips.compress_rows((noise + bytes(size - len(noise)))[:size])
+    return compress_rows((noise + bytes(size - len(noise)))[:size])
 
 
 # -- simulated nodes (their own process) --------------------------------------------------------------------

@@ -27,10 +27,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from farm import strips
 from farm.client import Client, check_url
 from farm.faults import Code, FarmError
+from farm.images.png import encode_png
+from farm.images.raster import Raster, row_size
+from farm.kinds import PREVIEW
 from farm.retry import RETRY_CEILING, RETRY_FIRST, Outage, duration, grow
+from farm.rows import ZLIB, decode_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class Canvas:
         if channels not in (3, 4) or bits not in (8, 16) or width < 1 or height < 1:
             raise ValueError(f"cannot show a {width}x{height} image with {channels} channels of {bits} bits")
         self.width, self.height, self.channels, self.bits = width, height, channels, bits
-        self.row_bytes = strips.row_size(width, channels, bits)
+        self.row_bytes = row_size(width, channels, bits)
         self.display_row_bytes = width * channels
         self.raw = bytearray(self.row_bytes * height)
         self.display = bytearray(checker(width, height, channels))
@@ -93,7 +96,7 @@ class Canvas:
         """Show a whole-frame preview of `width` x `height` pixels (decoded rows, the image's own format),
         scaled up, on the screen buffer only and only where no final row is painted yet: it stands in for
         the rows to come, is never saved, and final rows replace it."""
-        size = strips.row_size(width, self.channels, self.bits)
+        size = row_size(width, self.channels, self.bits)
         if len(rows) != size * height:
             raise ValueError(f"a {width}x{height} preview needs {size * height} bytes, not {len(rows)}")
         screen = rows if self.bits == 8 else rows[0::2]
@@ -136,12 +139,12 @@ class Canvas:
             gaps.append((row, self.height))
         return gaps
 
-    def raster(self) -> strips.Raster:
+    def raster(self) -> Raster:
         """The image in its own format (unpainted rows are zero: black, or transparent with alpha)."""
-        return strips.Raster(self.width, self.height, self.channels, self.bits, bytes(self.raw))
+        return Raster(self.width, self.height, self.channels, self.bits, bytes(self.raw))
 
     def png(self) -> bytes:
-        return strips.encode_png(self.raster())
+        return encode_png(self.raster())
 
 
 def _clock_text(seconds: float | None) -> str:
@@ -159,8 +162,8 @@ def _rows_of(strip: dict) -> bytes:
 
 def _decoded(strip: dict[str, Any], expected: int, row_bytes: int, canvas: "Canvas") -> bytes:
     """A feed piece's raw rows, in whichever encoding it came (a ValueError when they do not fit)."""
-    return strips.decode_rows(_rows_of(strip), str(strip.get("encoding", strips.ZLIB)), expected, row_bytes,
-                              canvas.channels * canvas.bits // 8)
+    return decode_rows(_rows_of(strip), str(strip.get("encoding", ZLIB)), expected, row_bytes,
+                       canvas.channels * canvas.bits // 8)
 
 
 class ViewerState:
@@ -260,7 +263,7 @@ class ViewerState:
     def _apply_strip(self, strip: dict[str, Any]) -> None:
         frame, start, end = int(strip["frame"]), int(strip["row_start"]), int(strip["row_end"])
         canvas = self._canvas(frame)
-        if strip.get("kind") == strips.PREVIEW:
+        if strip.get("kind") == PREVIEW:
             self._apply_preview(canvas, frame, strip)
             return
         try:
@@ -275,7 +278,7 @@ class ViewerState:
     def _apply_preview(self, canvas: Canvas, frame: int, strip: dict[str, Any]) -> None:
         width, height = int(strip["width"]), int(strip["height"])
         try:
-            row_bytes = strips.row_size(width, canvas.channels, canvas.bits)
+            row_bytes = row_size(width, canvas.channels, canvas.bits)
             rows = _decoded(strip, row_bytes * height, row_bytes, canvas)
             canvas.paint_preview(width, height, rows)
         except ValueError as err:
@@ -858,12 +861,12 @@ class Window:
         width = self.view.get_width()
         for strip in self.state.shown_in_flight():
             colour = self.state.colour(strip["node"])
-            whole = strip.get("kind") == strips.PREVIEW     # its rows are the preview's own: the whole frame
+            whole = strip.get("kind") == PREVIEW     # its rows are the preview's own: the whole frame
             top = y + (0 if whole else round(int(strip["row_start"]) * self.scale))
             bottom = y + (self.view.get_height() if whole else round(int(strip["row_end"]) * self.scale))
             rect = self.pg.Rect(x, top, width, max(2, bottom - top))
             self.pg.draw.rect(win, colour, rect, 2)
-            doing = {"pretrace": " radiosity pretrace", strips.PREVIEW: " preview"}.get(strip.get("kind", ""), "")
+            doing = {"pretrace": " radiosity pretrace", PREVIEW: " preview"}.get(strip.get("kind", ""), "")
             text = f"{strip['node']}{doing} {float(strip['progress']) * 100:.0f}%"
             self._label(win, text, (x + 4, top + 4), colour)
 
