@@ -3,7 +3,7 @@
 Starts a controller in this process (port 0, a temporary data directory), simulated render nodes in a
 second process (threads that register, poll and deliver synthetic strips over the real RPC API; no
 POV-Ray), and viewers in processes of their own, each running the viewer's real network code
-(`farm.viewer.Feed`, pinned to the job) without a window, or the calls the browser page makes
+(`farm.viewing.feed.Feed`, pinned to the job) without a window, or the calls the browser page makes
 (`page_process`: the same methods, arguments and timers as farm/web/app.js, made from Python so
 twenty of them fit on a small box beside the controller). Reports:
 
@@ -121,7 +121,8 @@ def lower_priority(priority: str) -> None:
 
 
 def viewer_process(url: str, token: str | None, commands, results, priority: str = "equal") -> None:
-    from farm.viewer import FINISHED, Feed
+    from farm.viewing.feed import Feed
+    from farm.viewing.state import FINISHED
 
     lower_priority(priority)
     results.put("ready")

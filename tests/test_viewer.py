@@ -19,7 +19,9 @@ from farm.client import Client
 from farm.images.png import decode_png
 from farm.images.raster import row_size
 from farm.rows import FILTERED, encode_rows
-from farm.viewer import (CHECKER, TRANSPARENT, UNRENDERED, Canvas, Feed, ViewerState, checker)
+from farm.viewing.canvas import CHECKER, TRANSPARENT, UNRENDERED, Canvas, checker
+from farm.viewing.feed import Feed
+from farm.viewing.state import ViewerState
 
 HAS_PYGAME = importlib.util.find_spec("pygame") is not None
 needs_pygame = pytest.mark.skipif(not HAS_PYGAME, reason="the viewer window needs pygame "
@@ -60,6 +62,14 @@ class Clock:
 
 
 # -- the pure model ----------------------------------------------------------------------------------------
+
+def test_the_viewer_loads_pygame_only_when_its_window_opens():
+    """Its model and feed run without a display, and the rest of the farm never needs pygame."""
+    probe = ("import sys; import farm.viewer, farm.viewing.window; "
+             "print('pygame' in sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
+
 
 def test_checker_alternates_squares_and_has_the_right_size():
     board = checker(20, 12, 3)
@@ -479,9 +489,9 @@ def window(monkeypatch, tmp_path):
         pytest.skip("the viewer window needs pygame (pip install 'povfarm[viewer]')")
     for key, value in DUMMY_VIDEO.items():
         monkeypatch.setenv(key, value)
-    from farm.viewer import Window, _import_pygame
+    from farm.viewing.window import Window, import_pygame
 
-    pygame = _import_pygame()
+    pygame = import_pygame()
     made = []
 
     def make(state: ViewerState, **kwargs):
