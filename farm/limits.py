@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farm import strips
+from farm.images.raster import row_size
 from farm.server import rpc
 from farm.auth import NODE, SUBMIT, VIEW
 from farm.server.admission import Quotas
@@ -80,7 +80,7 @@ def check_units(job: JobSpec, units: int, queued: int) -> None:
     if units > MAX_JOB_UNITS:
         raise FarmError(Code.BAD_ARGUMENT, f"the job would have {units} units of work; at most "
                                            f"{MAX_JOB_UNITS} are allowed")
-    size = (job.last_frame - job.first_frame + 1) * job.height * strips.row_size(job.width, job.channels, job.bits)
+    size = (job.last_frame - job.first_frame + 1) * job.height * row_size(job.width, job.channels, job.bits)
     if size > MAX_JOB_BYTES:
         raise FarmError(Code.BAD_ARGUMENT, f"the job's frames hold {size} bytes of pixels; at most "
                                            f"{MAX_JOB_BYTES} are allowed per job")

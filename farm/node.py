@@ -27,17 +27,19 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, povray, strips
+from farm import __version__, povray
 from farm.bundle import cache as bundle
 from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
+from farm.kinds import PREVIEW
 from farm.probe import probe_povray
 from farm.records import RenderOutcome
 from farm.render import UnitRenderer
 from farm.retry import RETRY_CEILING, grow
+from farm.rows import ZLIB
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +261,7 @@ class Node:
                 if self.stopping.is_set():     # asked to stop while this poll waited: hand the strip back
                     self.delivery.call("nodes.release", task["lease"])
                     break
-                if task.get("kind") == strips.PREVIEW:
+                if task.get("kind") == PREVIEW:
                     task = self._preview_aside(task, node_id)
                     continue
                 task = self.work(task)
@@ -369,23 +371,23 @@ class _Delivery:
         that refuses the rows' encoding (one that predates it: a fault for the argument count) gets them
         as plain zlib, and from then on every unit is rendered into plain zlib."""
         rows, encoding = outcome.rows, outcome.encoding
-        if encoding != strips.ZLIB and self.renderer.encoding == strips.ZLIB and outcome.as_zlib is not None:
-            rows, encoding = outcome.as_zlib(), strips.ZLIB     # rendered before the node learnt it
+        if encoding != ZLIB and self.renderer.encoding == ZLIB and outcome.as_zlib is not None:
+            rows, encoding = outcome.as_zlib(), ZLIB     # rendered before the node learnt it
         try:
             return self._send_rows(lease, rows, outcome.seconds, encoding, take_next)
         except FarmError as err:
-            if err.code is not Code.BAD_ARGUMENT or encoding == strips.ZLIB or outcome.as_zlib is None:
+            if err.code is not Code.BAD_ARGUMENT or encoding == ZLIB or outcome.as_zlib is None:
                 log.warning("nodes.complete for lease %s refused: %s", lease, err)
                 return None
             refused = err
         try:
-            reply = self._send_rows(lease, outcome.as_zlib(), outcome.seconds, strips.ZLIB, take_next)
+            reply = self._send_rows(lease, outcome.as_zlib(), outcome.seconds, ZLIB, take_next)
         except FarmError:     # not the encoding, then: the rows themselves are refused
             log.warning("nodes.complete for lease %s refused: %s", lease, refused)
             return None
         log.info("the controller refused %s rows (%s) and took them as plain zlib; sending plain zlib from now on",
                  encoding, refused)
-        self.renderer.encoding = strips.ZLIB
+        self.renderer.encoding = ZLIB
         return reply
 
     def _send_rows(self, lease: str, rows: bytes, seconds: float, encoding: str,
@@ -393,7 +395,7 @@ class _Delivery:
         """nodes.complete_and_poll (half the requests per strip, and the slot never waits for a poll between
         strips) or nodes.complete. Raises BAD_ARGUMENT; other refusals return None."""
         payload: tuple = (xmlrpc.client.Binary(rows), seconds)
-        if encoding != strips.ZLIB:
+        if encoding != ZLIB:
             payload += (encoding,)
         if take_next and self._combined_calls and not self.stopping.is_set():
             try:

@@ -24,8 +24,13 @@ from farm.bundle import cache as bundle
 from farm import sandbox as sandboxes
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.images.png import decode_png
+from farm.images.ppm import decode_ppm
+from farm.images.raster import row_size
+from farm.kinds import PRETRACE
 from farm.options import check_libraries, without_antialiasing
 from farm.records import RenderOutcome
+from farm.rows import FILTERED, ZLIB, compress_rows, decompress_capped, encode_rows, recode_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,7 @@ class UnitRenderer:
         self.flavour = flavour      # povray.CONSOLE or povray.PVENGINE (the Windows GUI, driven by INI file)
         self._fetch_bundle, self._fetch_radiosity_cache, self._watch = fetch_bundle, fetch_radiosity_cache, watch
         self.aborting = aborting
-        self.encoding = strips.FILTERED   # of the rows delivered; ZLIB for a controller that takes no other
+        self.encoding = FILTERED   # of the rows delivered; ZLIB for a controller that takes no other
         self.slow_link = slow_link        # the uplink is slow: every byte of the rows counts
         self.bundles = bundle.BundleCache(config.work_dir / "bundles")
         self.photon_maps = PhotonMaps(config.work_dir / "photons")
@@ -70,7 +75,7 @@ class UnitRenderer:
         except OSError as err:
             return _failed(f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
         scene = scene_dir / task["scene"]
-        if task.get("kind") == strips.PRETRACE:
+        if task.get("kind") == PRETRACE:
             return self._run_pretrace(task, strip_dir, scene)
         target, extra = scene, []
         if task.get("radiosity_cache"):
@@ -114,7 +119,7 @@ class UnitRenderer:
             data = b""     # POV-Ray made no cache file: no radiosity
         log.info("job %s frame %s radiosity pre-pass: %s", task["job"], task["frame"],
                  f"{len(data)} bytes of cache" if data else "the scene uses no radiosity")
-        return RenderOutcome("done", rows=strips.compress_rows(data) if data else b"", seconds=outcome.seconds)
+        return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds)
 
     def _run_povray(self, task: dict[str, Any], strip_dir: Path, scene: Path,
                     publisher: _PhotonPublisher | None = None, extra: list[str] | None = None,
@@ -174,12 +179,12 @@ class UnitRenderer:
         except ValueError as err:
             return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
         # PNG's row filters before deflate: a render's gradients shrink to about a PNG's size on the wire.
-        row_bytes = strips.row_size(task["width"], task["channels"], task["bits"])
+        row_bytes = row_size(task["width"], task["channels"], task["bits"])
         bpp, encoding = task["channels"] * task["bits"] // 8, self.encoding
         level = SLOW_LINK_ROWS_LEVEL if self.slow_link() else ROWS_LEVEL
-        encoded = strips.encode_rows(rows, encoding, row_bytes, bpp, len(frames), level=level)
-        as_zlib = None if encoding == strips.ZLIB else functools.partial(
-            strips.recode_rows, encoded, encoding, strips.ZLIB, len(rows), row_bytes, bpp, len(frames))
+        encoded = encode_rows(rows, encoding, row_bytes, bpp, len(frames), level=level)
+        as_zlib = None if encoding == ZLIB else functools.partial(
+            recode_rows, encoded, encoding, ZLIB, len(rows), row_bytes, bpp, len(frames))
         return RenderOutcome("done", rows=encoded, seconds=result.seconds, encoding=encoding, as_zlib=as_zlib)
 
     def _failure(self, result: povray.ProcessResult, stderr: str, frames: range | None) -> tuple[str, bool]:
@@ -204,7 +209,7 @@ class UnitRenderer:
     def _strip_rows(path: Path, task: dict[str, Any]) -> bytes:
         """The strip's rows out of POV-Ray's full-size output image."""
         data = path.read_bytes()
-        raster = strips.decode_png(data) if task["channels"] == 4 else strips.decode_ppm(data)
+        raster = decode_png(data) if task["channels"] == 4 else decode_ppm(data)
         if (raster.width, raster.height, raster.bits) != (task["width"], task["height"], task["bits"]):
             raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
         return strips.crop_rows(raster, task["row_start"], task["row_end"])
@@ -304,7 +309,7 @@ class RadiosityCaches:
         with lock:
             if not path.is_file():
                 try:
-                    data = strips.decompress_capped(fetch(), MAX_RADIOSITY_CACHE)
+                    data = decompress_capped(fetch(), MAX_RADIOSITY_CACHE)
                 except ValueError as err:
                     raise FarmError(Code.BAD_ARGUMENT, f"the cache is unusable: {err}") from None
                 atomic.write(path, data)

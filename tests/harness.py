@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 
 import pytest
 
-from farm import api, strips
+from farm import api
 from farm.auth import read_token_file
 from farm.bundle.packing import pack, plan_bundle
 from farm.bundle.rules import bundle_hash
@@ -29,6 +29,8 @@ from farm.faults import FarmError
 from farm.service import Services
 from farm.states import ENDED
 from farm.store import Store
+from farm.images.raster import row_size
+from farm.rows import compress_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENES = Path("/usr/share/povray-3.7/scenes")
@@ -188,8 +190,8 @@ def register_node(stepped: Stepped, name: str = "n1") -> str:
 
 def rows_for(task: dict, value: int = 7) -> xmlrpc.client.Binary:
     """A task's rows, every byte `value`, compressed as a node sends them."""
-    size = (task["row_end"] - task["row_start"]) * strips.row_size(task["width"], task["channels"], task["bits"])
-    return xmlrpc.client.Binary(strips.compress_rows(bytes([value]) * size))
+    size = (task["row_end"] - task["row_start"]) * row_size(task["width"], task["channels"], task["bits"])
+    return xmlrpc.client.Binary(compress_rows(bytes([value]) * size))
 
 
 # -- jobs ------------------------------------------------------------------------------------------

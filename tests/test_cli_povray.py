@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from harness import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
-from farm import strips
+from farm.images.png import PNG_SIGNATURE, decode_png
+from farm.images.ppm import decode_ppm
+from farm.images.raster import Raster
 
 pytestmark = needs_povray
 
@@ -35,14 +37,14 @@ def files_under(folder: Path) -> set[str]:
     return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
 
 
-def decode(path: Path) -> strips.Raster:
+def decode(path: Path) -> Raster:
     data = path.read_bytes()
     if path.suffix == ".tga":
         from PIL import Image
-        with Image.open(path) as image:          # a real Targa file, not only one our decoder reads
-            assert image.format == "TGA"
-        return strips.decode_tga(data)
-    return strips.decode_image(data)
+        with Image.open(path) as image:          # a real Targa file, read by a decoder not ours
+            assert image.format == "TGA" and image.mode in ("RGB", "RGBA")
+            return Raster(image.width, image.height, len(image.mode), 8, image.tobytes())
+    return decode_png(data) if data.startswith(PNG_SIGNATURE) else decode_ppm(data)
 
 
 def side_by_side(tmp_path: Path, setup, native_args: list[str], farm_args: list[str] | None = None,

@@ -8,12 +8,16 @@ import xmlrpc.client
 
 import pytest
 
-from farm import strips
 from farm.bundle.packing import pack, plan_bundle
 from farm.client import Client
 from farm.config import Config
 from farm import policy
 from farm.faults import Code, FarmError
+from farm.images.png import decode_png
+from farm.images.raster import row_size
+from farm.kinds import PREVIEW, preview_size
+from farm.planning import UnitPlan, plan_units, with_preview
+from farm.rows import FILTERED, ZLIB, compress_rows, decode_rows, decompress_rows, encode_rows
 from farm.store import Store
 from harness import Clock, Stepped, register_node, rows_for, submit, wait_until
 
@@ -33,7 +37,7 @@ def test_a_job_runs_to_a_stitched_png(stepped, scene):
     stepped.settle()
     status = stepped.call("jobs.status", job)
     assert status["state"] == "done" and status["progress"] == 1.0 and status["strips_done"] == 2
-    image = strips.decode_png(stepped.call("jobs.fetch", job).data)
+    image = decode_png(stepped.call("jobs.fetch", job).data)
     assert image.pixels == bytes([10]) * 32 * 24 + bytes([20]) * 32 * 24
 
 
@@ -55,7 +59,7 @@ def test_expired_lease_goes_back_and_a_late_result_is_refused(stepped, scene):
     stepped.settle()
     nodes = {entry["name"]: entry for entry in stepped.call("nodes.list")}
     assert nodes["fast"]["strips_done"] == 1 and nodes["slow"]["strips_done"] == 0   # counted once
-    assert set(strips.decode_png(stepped.call("jobs.fetch", job).data).pixels) == {2}
+    assert set(decode_png(stepped.call("jobs.fetch", job).data).pixels) == {2}
 
 
 def test_heartbeat_renews_the_lease(stepped, scene):
@@ -141,7 +145,7 @@ def test_wrong_sized_rows_are_refused(stepped, scene):
     n = register_node(stepped)
     task = stepped.call("nodes.poll", n)
     with pytest.raises(FarmError) as err:
-        stepped.call("nodes.complete", n, task["lease"], xmlrpc.client.Binary(strips.compress_rows(b"short")), 1.0)
+        stepped.call("nodes.complete", n, task["lease"], xmlrpc.client.Binary(compress_rows(b"short")), 1.0)
     assert err.value.code is Code.BAD_ARGUMENT
 
 
@@ -191,7 +195,7 @@ def test_restart_keeps_jobs_and_finished_strips(tmp_path, scene):
     reopened.call("nodes.complete", n, in_flight["lease"], rows_for(in_flight, 6), 1.0)
     reopened.settle()
     assert reopened.call("jobs.status", job)["state"] == "done"
-    pixels = strips.decode_png(reopened.call("jobs.fetch", job).data).pixels
+    pixels = decode_png(reopened.call("jobs.fetch", job).data).pixels
     assert pixels == bytes([5]) * 32 * 24 + bytes([6]) * 32 * 24
 
 
@@ -270,9 +274,9 @@ def test_an_unexpected_error_is_internal_with_a_reference(server, monkeypatch):
 
 
 def filtered_rows(task: dict, pixels: bytes) -> xmlrpc.client.Binary:
-    row_bytes = strips.row_size(task["width"], task["channels"], task["bits"])
+    row_bytes = row_size(task["width"], task["channels"], task["bits"])
     frames = task["frame_last"] - task["frame"] + 1
-    return xmlrpc.client.Binary(strips.encode_rows(pixels, strips.FILTERED, row_bytes, task["channels"], frames))
+    return xmlrpc.client.Binary(encode_rows(pixels, FILTERED, row_bytes, task["channels"], frames))
 
 
 def test_filtered_and_plain_deliveries_both_stitch_exactly_and_the_feed_ships_them_as_stored(stepped, scene):
@@ -283,15 +287,15 @@ def test_filtered_and_plain_deliveries_both_stitch_exactly_and_the_feed_ships_th
     gradient = bytes((x * 7 + y * 3) & 255 for y in range(32) for x in range(24))
     first, second = stepped.call("nodes.poll", n), stepped.call("nodes.poll", n)
     delivered = filtered_rows(first, gradient)
-    stepped.call("nodes.complete", n, first["lease"], delivered, 0.5, strips.FILTERED)
+    stepped.call("nodes.complete", n, first["lease"], delivered, 0.5, FILTERED)
     stepped.call("nodes.complete", n, second["lease"], rows_for(second, 9), 0.5)
     stepped.settle()
-    assert strips.decode_png(stepped.call("jobs.fetch", job).data).pixels == gradient + bytes([9]) * 32 * 24
+    assert decode_png(stepped.call("jobs.fetch", job).data).pixels == gradient + bytes([9]) * 32 * 24
     feed = stepped.call("viewer.watch", job, 0, 0)
     by_start = {piece["row_start"]: piece for piece in feed["strips"]}
-    assert by_start[first["row_start"]]["encoding"] == strips.FILTERED
+    assert by_start[first["row_start"]]["encoding"] == FILTERED
     assert by_start[first["row_start"]]["rows"].data == delivered.data
-    assert by_start[second["row_start"]]["encoding"] == strips.ZLIB
+    assert by_start[second["row_start"]]["encoding"] == ZLIB
 
 
 def test_a_filtered_delivery_that_does_not_fit_or_names_no_known_encoding_is_refused(stepped, scene):
@@ -299,7 +303,7 @@ def test_a_filtered_delivery_that_does_not_fit_or_names_no_known_encoding_is_ref
     n = register_node(stepped)
     task = stepped.call("nodes.poll", n)
     plain = rows_for(task, 3)
-    for rows, encoding in [(plain, strips.FILTERED), (plain, "png"), (filtered_rows(task, bytes(32 * 24)), "zlib")]:
+    for rows, encoding in [(plain, FILTERED), (plain, "png"), (filtered_rows(task, bytes(32 * 24)), "zlib")]:
         with pytest.raises(FarmError) as err:
             stepped.call("nodes.complete", n, task["lease"], rows, 1.0, encoding)
         assert err.value.code is Code.BAD_ARGUMENT
@@ -312,11 +316,11 @@ def test_an_animation_unit_of_filtered_frames_reaches_viewers_one_frame_at_a_tim
     task = stepped.call("nodes.poll", n)
     assert (task["frame"], task["frame_last"], task["row_end"] - task["row_start"]) == (1, 3, 64)
     frames = [bytes([frame * 40 + (y % 5)]) * 24 for frame in range(3) for y in range(64)]
-    stepped.call("nodes.complete", n, task["lease"], filtered_rows(task, b"".join(frames)), 1.0, strips.FILTERED)
+    stepped.call("nodes.complete", n, task["lease"], filtered_rows(task, b"".join(frames)), 1.0, FILTERED)
     feed = stepped.call("viewer.watch", job, 0, 0)
     assert [piece["frame"] for piece in feed["strips"]] == [1, 2, 3]
     for number, piece in enumerate(feed["strips"]):
-        raw = strips.decode_rows(piece["rows"].data, piece["encoding"], 64 * 24, 24, 3)
+        raw = decode_rows(piece["rows"].data, piece["encoding"], 64 * 24, 24, 3)
         assert raw == b"".join(frames[number * 64:(number + 1) * 64])
 
 
@@ -393,7 +397,7 @@ def test_an_image_that_cannot_be_written_is_written_by_a_later_tick(stepped, sce
     monkeypatch.setattr(stitcher, "write_atomically", real_write)
     stepped.tick()
     assert stepped.call("jobs.status", job)["state"] == "done"
-    assert set(strips.decode_png(stepped.call("jobs.fetch", job).data).pixels) == {9}
+    assert set(decode_png(stepped.call("jobs.fetch", job).data).pixels) == {9}
 
 
 def test_complete_and_poll_hands_over_the_next_task_with_the_result(stepped, scene):
@@ -502,7 +506,7 @@ def test_a_preview_goes_first_at_its_own_size_and_never_holds_the_frame_back(ste
     with pytest.raises(FarmError) as err:
         stepped.call("nodes.complete", n, preview["lease"], rows_for(preview, 99), 0.1)
     assert err.value.code is Code.STALE_LEASE
-    image = strips.decode_png(stepped.call("jobs.fetch", job).data)
+    image = decode_png(stepped.call("jobs.fetch", job).data)
     assert image.pixels == bytes([1]) * (32 * 64 * 4) + bytes([2]) * (32 * 64 * 4)
 
 
@@ -522,7 +526,7 @@ def test_the_feed_carries_the_preview_as_its_own_piece_and_the_image_never_gets_
     (piece,) = feed["strips"]
     assert (piece["kind"], piece["width"], piece["height"], piece["row_start"], piece["row_end"]) == \
         ("preview", 2, 8, 0, 8)
-    assert strips.decompress_rows(piece["rows"].data, 2 * 8 * 3) == bytes([99]) * 48
+    assert decompress_rows(piece["rows"].data, 2 * 8 * 3) == bytes([99]) * 48
     assert stepped.call("jobs.status", job)["strips_done"] == 0
     for value in (1, 2):
         task = stepped.call("nodes.poll", n)
@@ -530,7 +534,7 @@ def test_the_feed_carries_the_preview_as_its_own_piece_and_the_image_never_gets_
     stepped.settle()
     later = stepped.call("viewer.watch", job, feed["cursor"], 0)
     assert [(s["kind"], s["row_start"]) for s in later["strips"]] == [("rows", 0), ("rows", 32)]
-    image = strips.decode_png(stepped.call("jobs.fetch", job).data)
+    image = decode_png(stepped.call("jobs.fetch", job).data)
     assert 99 not in image.pixels and stepped.call("jobs.status", job)["preview"] == "done"
 
 
@@ -553,11 +557,11 @@ def test_a_failed_preview_is_given_up_but_a_scene_error_in_it_fails_the_job(step
 
 
 def test_only_the_first_frame_of_an_animation_gets_a_preview():
-    plans = strips.with_preview(strips.plan_units(96, 3, 10, slots=2), 128, 96, True)
-    assert plans[0] == strips.UnitPlan(3, 3, 0, 12, strips.PREVIEW)
+    plans = with_preview(plan_units(96, 3, 10, slots=2), 128, 96, True)
+    assert plans[0] == UnitPlan(3, 3, 0, 12, PREVIEW)
     assert [p.kind for p in plans[1:]] == ["rows"] * (len(plans) - 1)
-    assert strips.with_preview(plans[1:], 128, 96, False) == plans[1:]
-    assert strips.preview_size(7, 3000) == (1, 375)
+    assert with_preview(plans[1:], 128, 96, False) == plans[1:]
+    assert preview_size(7, 3000) == (1, 375)
 
 
 def test_a_node_renders_a_preview_beside_its_strips_not_in_their_place(tmp_path):
@@ -645,7 +649,7 @@ def test_a_slow_upload_never_holds_a_slot_idle(tmp_path):
             second_rendering.set()
             _Heartbeat(worker, task["lease"], strip_dir / "povray.log")()   # the slot's heartbeat
             upload_may_end.set()
-        return RenderOutcome("done", rows=b"rows", seconds=0.1, encoding=strips.FILTERED)
+        return RenderOutcome("done", rows=b"rows", seconds=0.1, encoding=FILTERED)
 
     worker.renderer.render = render
     assert worker.step() and worker.step()          # two strips, the first still uploading during the second

@@ -13,8 +13,10 @@ import pytest
 
 from harness import (SCENES, assert_same_pixels, native_render, needs_povray, run_cli, submit, wait_ended,
                      wait_until)
-from farm import strips
 from farm.faults import Code, FarmError
+from farm.images.png import decode_png
+from farm.images.raster import row_size
+from farm.rows import compress_rows
 
 pytestmark = needs_povray
 
@@ -108,9 +110,9 @@ def test_a_late_result_from_an_expired_lease_is_refused(farm):
     assert second["strip"] == first["strip"] and second["lease"] != first["lease"]
 
     import xmlrpc.client
-    row_bytes = strips.row_size(8, 3, 8)
-    late = xmlrpc.client.Binary(strips.compress_rows(b"\x01" * row_bytes * 32))
-    good = xmlrpc.client.Binary(strips.compress_rows(b"\x02" * row_bytes * 32))
+    row_bytes = row_size(8, 3, 8)
+    late = xmlrpc.client.Binary(compress_rows(b"\x01" * row_bytes * 32))
+    good = xmlrpc.client.Binary(compress_rows(b"\x02" * row_bytes * 32))
     with pytest.raises(FarmError) as err:
         client.call("nodes.complete", slow, first["lease"], late, 1.0)
     assert err.value.code in (Code.STALE_LEASE, Code.UNKNOWN_NODE)
@@ -121,7 +123,7 @@ def test_a_late_result_from_an_expired_lease_is_refused(farm):
     wait_until(lambda: status(farm, job)["state"] == "done", timeout=15, what="the frame to be written")
     done = {node["name"]: node["strips_done"] for node in farm.client.call("nodes.list")}
     assert done == {"slow": 0, "fast": 1}      # the strip counted once, for the node whose lease was current
-    image = strips.decode_png(farm.client.call("jobs.fetch", job).data)
+    image = decode_png(farm.client.call("jobs.fetch", job).data)
     assert set(image.pixels) == {2}
     assert farm.client.call("api.version")["api"] == 1
 

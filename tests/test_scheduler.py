@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm import scheduler, strips
+from farm import scheduler
 from farm.bundle.packing import pack, plan_bundle
 from farm.faults import Code, FarmError
+from farm.images.png import decode_png
+from farm.kinds import PreviewMode
 from farm.scheduler import next_cut
 from farm.store import Store
 
@@ -224,7 +226,7 @@ def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first
     farm.settle()
     status = farm.call("jobs.status", job)
     assert status["state"] == "done" and status["strips_total"] == status["strips_done"] == 2 + len(sizes)
-    image = strips.decode_png(farm.call("jobs.fetch", job).data)
+    image = decode_png(farm.call("jobs.fetch", job).data)
     assert image.pixels == bytes([1]) * 32 * 12 + bytes([2]) * 32 * 12 + bytes([3]) * 416 * 12
     store.close()
 
@@ -331,14 +333,14 @@ def test_a_preview_in_auto_mode_is_rendered_only_when_a_viewer_watches(tmp_path)
     with pytest.raises(FarmError) as bad:
         _submit(farm, tmp_path / "scene4", height=64, preview="sometimes")
     assert bad.value.code == Code.BAD_ARGUMENT and "auto, always or never" in str(bad.value)
-    assert store.jobs.get(watched).preview is strips.PreviewMode.WATCHED
+    assert store.jobs.get(watched).preview is PreviewMode.WATCHED
     spec = {"bundle": store.jobs.get(watched).bundle, "scene": "s.pov", "width": 4, "height": 64}
-    assert store.jobs.get(farm.call("jobs.submit", spec)).preview is strips.PreviewMode.WATCHED   # the default
+    assert store.jobs.get(farm.call("jobs.submit", spec)).preview is PreviewMode.WATCHED   # the default
     store.close()
 
 
 def test_the_preview_setting_reads_the_usual_words():
-    mode = strips.PreviewMode
+    mode = PreviewMode
     assert [mode.parse(v) for v in ("auto", "ALWAYS", "never", "on", "no", True, False, "watched")] == [
         mode.WATCHED, mode.ALWAYS, mode.NEVER, mode.ALWAYS, mode.NEVER, mode.ALWAYS, mode.NEVER, mode.WATCHED]
     with pytest.raises(ValueError):
@@ -399,7 +401,7 @@ def test_random_leases_failures_and_expiries_render_every_row_exactly_once(tmp_p
                             if u.state.value == "done" and u.frame == frame)
             assert pieces[0][0] == 0 and pieces[-1][1] == status["height"]
             assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))   # exactly once
-            image = strips.decode_png(farm.call("jobs.fetch", job, frame).data)
+            image = decode_png(farm.call("jobs.fetch", job, frame).data)
             assert image.pixels == bytes([job]) * len(image.pixels)
     store.close()
 

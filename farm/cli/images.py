@@ -7,9 +7,13 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from farm import atomic, povcmd, strips
+from farm import atomic, povcmd
 from farm.client import Client
 from farm.faults import Code, FarmError
+from farm.images.png import apng_from_pngs, decode_png
+from farm.images.ppm import encode_ppm
+from farm.images.raster import Raster
+from farm.images.tga import encode_tga
 
 EXTENSION_FORMATS = {".png": "N", ".ppm": "P", ".tga": "T", ".jpg": "J", ".jpeg": "J"}
 
@@ -27,18 +31,18 @@ def encode_image(png: bytes, file_type: str, quality: int | None = None) -> byte
     """The controller's PNG as the file type POV-Ray was asked for (+FN +FP +FT +FC +FJ)."""
     if file_type == "N":
         return png
-    raster = strips.decode_png(png)
+    raster = decode_png(png)
     if file_type == "P":
-        return strips.encode_ppm(raster)
+        return encode_ppm(raster)
     if raster.bits != 8:
         raise FarmError(Code.BAD_ARGUMENT, f"the image has 16 bits per channel and {povcmd.FORMATS[file_type][0]} "
                                            f"files hold 8: write a .png or .ppm file")
     if file_type in "TC":
-        return strips.encode_tga(raster, rle=file_type == "C")
+        return encode_tga(raster, rle=file_type == "C")
     return _encode_jpeg(raster, quality)
 
 
-def _encode_jpeg(raster: strips.Raster, quality: int | None) -> bytes:
+def _encode_jpeg(raster: Raster, quality: int | None) -> bytes:
     import io
 
     from PIL import Image
@@ -77,7 +81,7 @@ def write_animation(client: Client, status: dict[str, Any], output: Path, delay_
                     frames: dict[int, bytes] | None = None) -> None:
     pngs = frames if frames is not None else fetch_frames(client, status)
     try:
-        write_file(output, strips.apng_from_pngs(list(pngs.values()), delay_ms))
+        write_file(output, apng_from_pngs(list(pngs.values()), delay_ms))
     except ValueError as err:
         raise FarmError(Code.BAD_ARGUMENT, f"cannot make an animated PNG of job {status['id']}: {err}") from None
 

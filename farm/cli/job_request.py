@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from farm import povcmd, strips
+from farm import povcmd
 from farm.animation import Animation, parse_clock, parse_range
 from farm.bundle.packing import BundlePlan, pack, plan_bundle
 from farm.bundle.rules import bundle_hash
@@ -19,6 +19,7 @@ from farm.cli.common import positive_int
 from farm.cli.images import EXTENSION_FORMATS, encode_image, require_pillow, write_file
 from farm.client import Client, binary
 from farm.faults import Code, FarmError
+from farm.kinds import PreviewMode
 
 
 def _strips(text: str) -> str | int:
@@ -192,9 +193,9 @@ def submit_job(client: Client, args: argparse.Namespace, request: JobRequest) ->
     return client.call("jobs.submit", job_spec(args, request, digest, plan))
 
 
-def _preview_setting(value: Any) -> strips.PreviewMode:
+def _preview_setting(value: Any) -> PreviewMode:
     try:
-        return strips.PreviewMode.parse(value)
+        return PreviewMode.parse(value)
     except ValueError as err:
         raise FarmError(Code.BAD_ARGUMENT, f"setting 'preview': {err}") from None
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from farm import limits, strips
+from farm import limits
 from farm.bundle import checking, rules
-from farm.strips import PreviewMode
 from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.kinds import PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
+from farm.planning import plan_units, with_pretrace, with_preview
 from farm.records import JobSpec
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -134,12 +135,12 @@ class Submissions:
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
         limits.check_plan(spec, count)
-        plans = strips.with_preview(strips.with_pretrace(
-            strips.plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
+        plans = with_preview(with_pretrace(
+            plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
             spec.height, spec.pretrace), spec.width, spec.height,
-            spec.preview is not strips.PreviewMode.NEVER)
+            spec.preview is not PreviewMode.NEVER)
         # A preview is one small extra render for viewers, not part of the job's work.
-        limits.check_units(spec, sum(plan.kind != strips.PREVIEW for plan in plans),
+        limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),
                            self._store.units.open_count())
         job_id = self._store.jobs.create(spec, plans, self._clock())
         self._changes.bump()

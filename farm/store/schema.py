@@ -12,8 +12,9 @@ import sqlite3
 from typing import Any
 
 from farm.animation import Animation
+from farm.kinds import ROWS, PreviewMode
 from farm.records import Frame, Job, Node, StoredRows, Unit
-from farm.strips import ROWS, ZLIB, PreviewMode
+from farm.rows import ZLIB
 from farm.states import ENDED, FrameState, JobState, NodeState, UnitState, check_transition
 
 SCHEMA_VERSION = 2
