@@ -56,6 +56,7 @@ from farm.config import Config  # noqa: E402
 from farm.faults import Code, FarmError  # noqa: E402
 from farm.node import Node  # noqa: E402
 from farm.probe import probe_povray  # noqa: E402
+from farm.states import ENDED  # noqa: E402
 
 GOAL_BACK_S = 10.0          # every node registered and polling again within this, after the release
 GOAL_PEAK_RSS_MB = 150.0    # the controller's peak resident memory
@@ -307,7 +308,7 @@ def run(args, tmp: Path) -> dict:
               f"{args.nodes} nodes at once", flush=True)
 
         def finished() -> bool:
-            return all(job["state"] in ("done", "failed", "canceled")
+            return all(job["state"] in ENDED
                        for job in viewer.call("jobs.list") if job["id"] in job_ids)
         wait_until(lambda: _alive(workers) and finished(), args.max_seconds, "every job to finish", interval=0.5)
         report["jobs_done_after_release_s"] = time.monotonic() - released

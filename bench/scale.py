@@ -73,9 +73,13 @@ sys.path.insert(0, str(ROOT))
 
 from farm import strips  # noqa: E402
 from farm.auth import read_token_file  # noqa: E402
-from farm.bundle import bundle_hash, pack, plan_bundle  # noqa: E402
+from farm.bundle.packing import pack, plan_bundle  # noqa: E402
+from farm.bundle.rules import bundle_hash  # noqa: E402
 from farm.client import Client  # noqa: E402
 from farm.faults import Code, FarmError  # noqa: E402
+from farm.states import ENDED  # noqa: E402
+from farm.images.raster import row_size  # noqa: E402
+from farm.rows import compress_rows  # noqa: E402
 
 try:
     from farm.node import POLL_WAIT as NODE_POLL_WAIT   # the long-poll wait the node asks for
@@ -238,7 +242,7 @@ def wait_job(client: Client, job_id: int, timeout: float, interval: float = 0.5)
     def finished():
         jobs = {job["id"]: job for job in client.call("jobs.list")}
         job = jobs[job_id]
-        return job if job["state"] in ("done", "failed", "canceled") else None
+        return job if job["state"] in ENDED else None
     return wait_until(finished, timeout, f"job {job_id} to finish", interval)
 
 
@@ -493,7 +497,7 @@ def _sim_busy(url: str, token: str, names: list[str], width: int, go, stop_event
               deadline: float) -> None:
     """Busy nodes with a zero-cost renderer: poll, complete at once, poll again."""
     die_with_parent()
-    row_bytes = strips.row_size(width, 3, 8)
+    row_bytes = row_size(width, 3, 8)
     payloads: dict[int, xmlrpc.client.Binary] = {}
     lock = threading.Lock()
     out = {"poll": [], "poll_empty": [], "complete": [], "errors": [], "done": 0, "first": None, "last": None}
@@ -530,7 +534,7 @@ def _sim_busy(url: str, token: str, names: list[str], width: int, go, stop_event
             size = (task["frame_last"] - task["frame"] + 1) * (task["row_end"] - task["row_start"]) * row_bytes
             rows = payloads.get(size)
             if rows is None:
-                rows = payloads.setdefault(size, xmlrpc.client.Binary(strips.compress_rows(bytes(size))))
+                rows = payloads.setdefault(size, xmlrpc.client.Binary(compress_rows(bytes(size))))
             try:
                 if combined:
                     task = client.call("nodes.complete_and_poll", node_id, task["lease"], rows, 0.0)

@@ -36,9 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from farm.auth import read_token_file  # noqa: E402
-from farm.bundle import bundle_hash, pack, plan_bundle  # noqa: E402
+from farm.bundle.packing import pack, plan_bundle  # noqa: E402
+from farm.bundle.rules import bundle_hash  # noqa: E402
 from farm.client import Client  # noqa: E402
 from farm.faults import FarmError  # noqa: E402
+from farm.states import ENDED  # noqa: E402
 
 SCENES = Path("/usr/share/povray-3.7/scenes")
 CURSOR_END = 2**31 - 1
@@ -133,7 +135,7 @@ class Watcher(threading.Thread):
                 self.arrivals.append((now, "preview", 1))
             if kinds.count("rows"):
                 self.arrivals.append((now, "rows", kinds.count("rows")))
-            if job["state"] in ("done", "failed", "canceled") and not reply["strips"]:
+            if job["state"] in ENDED and not reply["strips"]:
                 self.done_at = now
                 return
 

@@ -3,7 +3,7 @@
 Starts a controller in this process (port 0, a temporary data directory), simulated render nodes in a
 second process (threads that register, poll and deliver synthetic strips over the real RPC API; no
 POV-Ray), and viewers in processes of their own, each running the viewer's real network code
-(`farm.viewer.Feed`, pinned to the job) without a window, or the calls the browser page makes
+(`farm.viewing.feed.Feed`, pinned to the job) without a window, or the calls the browser page makes
 (`page_process`: the same methods, arguments and timers as farm/web/app.js, made from Python so
 twenty of them fit on a small box beside the controller). Reports:
 
@@ -23,7 +23,7 @@ twenty of them fit on a small box beside the controller). Reports:
 
     python bench/viewer_feed.py [--viewers 20] [--nodes 4] [--repeat 3] [--viewer-priority idle]
 
-Prints a table and saves the figures as JSON under bench/results/.
+Prints a table and saves the figures as bench/results/viewer_feed.json (or under --output).
 """
 
 from __future__ import annotations
@@ -45,12 +45,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from farm import strips  # noqa: E402
-from farm.bundle import bundle_hash, pack, plan_bundle  # noqa: E402
+from farm.bundle.packing import pack, plan_bundle  # noqa: E402
+from farm.bundle.rules import bundle_hash  # noqa: E402
 from farm.client import Client  # noqa: E402
 from farm.config import Config  # noqa: E402
 from farm.api.viewer import ViewerAPI  # noqa: E402
 from farm.controller import Controller  # noqa: E402
+from farm.images.raster import row_size  # noqa: E402
+from farm.rows import compress_rows  # noqa: E402
 from farm.service.feed import Streams  # noqa: E402
 
 WIDTH = 320
@@ -65,9 +67,9 @@ def synthetic_rows(width: int, rows: int, seed: int) -> bytes:
     """Rows that compress about as well as a rendered image (to roughly half)."""
     import random
     rng = random.Random(seed)
-    size = strips.row_size(width, 3, 8) * rows
+    size = row_size(width, 3, 8) * rows
     noise = bytes(rng.getrandbits(4) for _ in range(size // 2))
-    return strips.compress_rows((noise + bytes(size - len(noise)))[:size])
+    return compress_rows((noise + bytes(size - len(noise)))[:size])
 
 
 # -- simulated nodes (their own process) --------------------------------------------------------------------
@@ -120,7 +122,8 @@ def lower_priority(priority: str) -> None:
 
 
 def viewer_process(url: str, token: str | None, commands, results, priority: str = "equal") -> None:
-    from farm.viewer import FINISHED, Feed
+    from farm.states import ENDED
+    from farm.viewing.feed import Feed
 
     lower_priority(priority)
     results.put("ready")
@@ -144,7 +147,7 @@ def viewer_process(url: str, token: str | None, commands, results, priority: str
             reply = rest[1]
             for s in reply["strips"]:
                 received.setdefault(f"{s['frame']}:{s['row_start']}", now)
-            if reply["job"].get("state") in FINISHED and not reply["strips"]:
+            if reply["job"].get("state") in ENDED and not reply["strips"]:
                 break
         feed.stop()
         results.put(received)
@@ -396,7 +399,7 @@ def main() -> int:
 
     args.output.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.output / f"viewer_feed-{stamp}.json"
+    out = args.output / "viewer_feed.json"     # the latest run; earlier ones are in git's history
     out.write_text(json.dumps({
         "when": stamp, "python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -2,7 +2,7 @@
 painted over it, strips in flight outlined per node.
 
 A controller and two nodes run here on loopback (as in bench/viewer_bars.py); the viewer's own window
-(`farm.viewer.Window`, without a screen: SDL's dummy driver) follows the newest job from before the
+(`farm.viewing.window.Window`, without a screen: SDL's dummy driver) follows the newest job from before the
 submit, as `povfarm viewer` does; the window is saved as soon as the job has its preview, at least
 `--strips-done` final strips and a strip in flight.
 
@@ -25,7 +25,10 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 from farm.client import Client  # noqa: E402
-from farm.viewer import Feed, ViewerState, Window, _import_pygame  # noqa: E402
+from farm.states import ENDED  # noqa: E402
+from farm.viewing.feed import Feed  # noqa: E402
+from farm.viewing.state import ViewerState  # noqa: E402
+from farm.viewing.window import Window, import_pygame  # noqa: E402
 from viewer_bars import SCENES, Farm, upload  # noqa: E402
 
 
@@ -40,7 +43,7 @@ def main() -> int:
     parser.add_argument("--scene", default="advanced/chess2.pov")
     parser.add_argument("--strips-done", type=int, default=6)
     args = parser.parse_args()
-    pygame = _import_pygame()
+    pygame = import_pygame()
     with tempfile.TemporaryDirectory(prefix="povfarm-shot-") as tmp:
         farm = Farm(Path(tmp), 2)
         try:
@@ -78,7 +81,7 @@ def shoot(pygame, window: Window, farm: Farm, args) -> int:
                 print(f"wrote {args.output}: {status['strips_done']} strips done, {status['strips_leased']} "
                       f"in flight, preview {status['preview']}")
                 return 0
-            if status["state"] in ("done", "failed", "canceled"):
+            if status["state"] in ENDED:
                 break
         time.sleep(1 / 30)
     print("the job ended before the picture could be taken", file=sys.stderr)

@@ -39,7 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from farm import strips  # noqa: E402
+from farm.images.png import PNG_SIGNATURE, decode_png  # noqa: E402
+from farm.images.raster import Raster  # noqa: E402
+from farm.images.scanlines import filter_rows  # noqa: E402
 
 SCENES = Path("/usr/share/povray-3.7/scenes")
 RATE = "1mbit"
@@ -248,7 +250,7 @@ def one_run(the_farm: Farm, name: str, case, shaped: bool, index: int) -> dict:
     frames = sorted(out.glob("*.png"))
     if len(frames) != case[5]:
         raise RuntimeError(f"{len(frames)} frames written, expected {case[5]}")
-    png = statistics.mean(adaptive_png_size(strips.decode_png(path.read_bytes())) for path in frames)
+    png = statistics.mean(adaptive_png_size(decode_png(path.read_bytes())) for path in frames)
     return {"seconds": seconds, "sent_per_frame": sent / case[5], "rows_per_frame": delivered / case[5],
             "png_per_frame": png, "tail": finished - last_render_end(the_farm.work / "wan.log"),
             "units": units, "packets": packets}
@@ -292,13 +294,13 @@ def delivered_bytes(node_log: Path) -> int:
     return sum(int(match[1]) for match in pattern.finditer(text))
 
 
-def adaptive_png_size(raster: strips.Raster) -> int:
+def adaptive_png_size(raster: Raster) -> int:
     """The bytes of a PNG of the image with PNG's adaptive row filters (all five) and deflate level 9: a
     good PNG."""
-    scanlines = strips.filter_rows(raster.pixels, raster.row_bytes, raster.channels * raster.bits // 8,
-                                   all_filters=True)
+    scanlines = filter_rows(raster.pixels, raster.row_bytes, raster.channels * raster.bits // 8,
+                            all_filters=True)
     idat = zlib.compress(scanlines, 9)
-    return len(strips.PNG_SIGNATURE) + (12 + 13) + (12 + len(idat)) + 12   # signature, IHDR, IDAT, IEND
+    return len(PNG_SIGNATURE) + (12 + 13) + (12 + len(idat)) + 12   # signature, IHDR, IDAT, IEND
 
 
 def run_case(the_farm: Farm, name: str, case, repeat: int) -> dict:

@@ -14,29 +14,25 @@ client can simply point at the controller's file.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from pathlib import Path
 
+from farm import atomic
 from farm.faults import Code, FarmError
 
-ROLES = ("submit", "node", "view")
+# The roles, defined here once: the server seats, limits and checks calls by them, clients ask for them.
+SUBMIT, NODE, VIEW = "submit", "node", "view"
+ROLES = (SUBMIT, NODE, VIEW)
+ANY_ROLE = frozenset(ROLES)
+READERS = frozenset({SUBMIT, VIEW})     # the roles that may read jobs, images and the feed
 TOKEN_FILE_NAME = "tokens"
 
 
 def create_token_file(path: Path) -> dict[str, str]:
     """Write a new role file with fresh random tokens, readable by the owner only."""
     tokens = {role: secrets.token_urlsafe(32) for role in ROLES}
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"{role} = {token}\n" for role, token in tokens.items())
-    # Written whole under a temporary name, then renamed: a reader never sees half a file.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write("# povfarm access tokens: keep this file secret.\n" + text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic.write(path, ("# povfarm access tokens: keep this file secret.\n" + text).encode("ascii"), atomic.PRIVATE)
     return tokens
 
 
@@ -85,7 +81,7 @@ def client_token(role: str, token: str | None, token_file: Path | None) -> str |
     tokens = read_token_file(token_file)
     if "" in tokens:
         return tokens[""]
-    for candidate in (role, "submit"):   # a submit token can do what a viewer does
+    for candidate in (role, SUBMIT):   # a submit token can do what a viewer does
         if candidate in tokens:
             return tokens[candidate]
     raise FarmError(Code.BAD_ARGUMENT, f"token file {token_file} has no {role!r} token")

@@ -55,6 +55,12 @@ def gzip_huffman(body: bytes) -> bytes:
     return packer.compress(body) + packer.flush()
 
 
+def binary(data: bytes) -> xmlrpc.client.Binary:
+    """`data` as a call's argument that travels as bytes (XML-RPC's base64), not as text; so callers
+    need not know the protocol."""
+    return xmlrpc.client.Binary(data)
+
+
 class _Marshaller(xmlrpc.client.Marshaller):
     """xmlrpc's marshaller, writing base64 without line breaks. A strip's rows are deflated already: in
     base64 every character is about as likely as any other, and the request's Huffman coding gives each of

@@ -8,12 +8,12 @@ import queue
 import threading
 from typing import Any, Callable
 
-from farm import strips
 from farm.client import Client
 from farm.faults import Code, FarmError
 from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, Features
 from farm.retry import RETRY_CEILING
 from farm.task import RenderOutcome
+from farm.rows import ZLIB
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ class Delivery:
         strips). Returns that task's wire struct, or None."""
         features = self.features()
         rows, encoding = outcome.rows, outcome.encoding
-        if encoding != strips.ZLIB and FILTERED_ROWS not in features and outcome.as_zlib is not None:
-            rows, encoding = outcome.as_zlib(), strips.ZLIB     # rendered before the node learnt it
+        if encoding != ZLIB and FILTERED_ROWS not in features and outcome.as_zlib is not None:
+            rows, encoding = outcome.as_zlib(), ZLIB     # rendered before the node learnt it
         payload: tuple = (rows, outcome.seconds)     # bytes: base64 on the wire
-        if encoding != strips.ZLIB:
+        if encoding != ZLIB:
             payload += (encoding,)
         if take_next and COMPLETE_AND_POLL in features and not self.stopping.is_set():
             reply = self.call("nodes.complete_and_poll", lease, *payload)

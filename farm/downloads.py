@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import Callable
 
-from farm import bundle
+from farm.bundle import cache as bundle
 from farm.client import Client
 from farm.faults import Code, FarmError
 from farm.features import BUNDLE_RANGES, Features

@@ -9,16 +9,16 @@ files on disk and the locking between the node's slots.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import threading
 from pathlib import Path
 from typing import Callable
 
-from farm import photons, povray, strips
+from farm import atomic, photons, povray
+from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.faults import Code, FarmError
+from farm.rows import decompress_capped
 
-MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of one frame's radiosity cache
 
 
 class PhotonMaps:
@@ -65,10 +65,8 @@ class PhotonMaps:
     def _keep(self, produced: Path, stored: Path) -> None:
         if not produced.is_file() or produced.stat().st_size == 0:
             return      # the render failed; the next strip shoots the photons again
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = stored.with_suffix(".tmp")
-        shutil.copyfile(produced, tmp)
-        os.replace(tmp, stored)
+        with atomic.replacing(stored) as out, open(produced, "rb") as source:
+            shutil.copyfileobj(source, out)
         for old in sorted(self.directory.glob("*.ph"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
             old.unlink(missing_ok=True)
 
@@ -91,13 +89,10 @@ class RadiosityCaches:
         with lock:
             if not path.is_file():
                 try:
-                    data = strips.decompress_capped(fetch(), MAX_RADIOSITY_CACHE)
+                    data = decompress_capped(fetch(), MAX_RADIOSITY_CACHE)
                 except ValueError as err:
                     raise FarmError(Code.BAD_ARGUMENT, f"the cache is unusable: {err}") from None
-                self.directory.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+                atomic.write(path, data)
                 for old in sorted(self.directory.glob("*.rad"), key=lambda p: p.stat().st_mtime)[:-self.KEEP]:
                     old.unlink(missing_ok=True)
         return path

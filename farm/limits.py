@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farm import strips
+from farm.images.raster import row_size
 from farm.server import rpc
-from farm.server.admission import SUBMIT, VIEW, Quotas
+from farm.auth import NODE, SUBMIT, VIEW
+from farm.server.admission import Quotas
 from farm.faults import Code, FarmError
 from farm.records import JobSpec
 
@@ -37,9 +38,9 @@ def request_limits(config) -> rpc.Limits:
     """The RPC server's limits for this controller."""
     return rpc.Limits(
         max_body=config.max_bundle_bytes * 4 // 3 + (1 << 20),   # base64 plus the envelope
-        role_body=(("view", VIEW_BODY), ("submit", SMALL_BODY), ("node", SMALL_BODY)),
+        role_body=((VIEW, VIEW_BODY), (SUBMIT, SMALL_BODY), (NODE, SMALL_BODY)),
         large_methods=LARGE_METHODS, spooled_methods=SPOOLED_METHODS,
-        role_spool=(("submit", config.max_bundle_bytes),), max_spool=config.max_spool_bytes,
+        role_spool=((SUBMIT, config.max_bundle_bytes),), max_spool=config.max_spool_bytes,
         max_held=config.max_result_bytes,
         gates=((UPLOADS, config.max_uploads), (RESULTS, config.max_results),
                (RANGED_FETCHES, config.max_range_fetches)), gate_wait=config.busy_wait,
@@ -79,7 +80,7 @@ def check_units(job: JobSpec, units: int, queued: int) -> None:
     if units > MAX_JOB_UNITS:
         raise FarmError(Code.BAD_ARGUMENT, f"the job would have {units} units of work; at most "
                                            f"{MAX_JOB_UNITS} are allowed")
-    size = (job.last_frame - job.first_frame + 1) * job.height * strips.row_size(job.width, job.channels, job.bits)
+    size = (job.last_frame - job.first_frame + 1) * job.height * row_size(job.width, job.channels, job.bits)
     if size > MAX_JOB_BYTES:
         raise FarmError(Code.BAD_ARGUMENT, f"the job's frames hold {size} bytes of pixels; at most "
                                            f"{MAX_JOB_BYTES} are allowed per job")

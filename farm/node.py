@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, povray, strips
+from farm import __version__, povray
 from farm import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
@@ -34,10 +34,12 @@ from farm.faults import Code, FarmError
 from farm.features import CURRENT, FEATURES, FILTERED_ROWS, Features
 from farm.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.hostos import HOST
+from farm.kinds import PREVIEW
 from farm.probe import probe_povray
 from farm.render import UnitRenderer
 from farm.retry import RETRY_CEILING, grow
 from farm.task import Task
+from farm.rows import FILTERED, ZLIB
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class Node:
                                                                 task.lease).data,
             watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link,
-            rows_encoding=lambda: strips.FILTERED if FILTERED_ROWS in self.features else strips.ZLIB)
+            rows_encoding=lambda: FILTERED if FILTERED_ROWS in self.features else ZLIB)
         node_id, features = (lambda: self.node_id), (lambda: self.features)
         self.downloads = Downloads(client, self.renderer.bundles, features, self.aborting, self._backoff)
         self.delivery = Delivery(client, node_id, features, self.stopping, self.aborting, self._backoff)
@@ -250,7 +252,7 @@ class Node:
                 if self.stopping.is_set():     # asked to stop while this poll waited: hand the strip back
                     self.delivery.call("nodes.release", task.lease)
                     break
-                if task.kind == strips.PREVIEW:
+                if task.kind == PREVIEW:
                     task = self._preview_aside(task, node_id)
                     continue
                 task = self.work(task)

@@ -34,13 +34,21 @@ ALLOWED_SWITCHES: dict[str, str] = {
 # Every switch above is rendered once by the real POV-Ray in tests/test_cli_povray.py, so none is on
 # the list that POV-Ray itself refuses (+HT was: "Failed to parse command-line option").
 
+# Switches that say what to render rather than how: `povfarm render` takes them after the scene as job
+# settings (farm.povcmd), and a job's options may not carry them. Switch -> (an example, povfarm's flag).
+JOB_SWITCHES: dict[str, tuple[str, str]] = {
+    "W": ("+W640", "--width"), "H": ("+H480", "--height"), "O": ("+Oout.png", "--output"), "F": ("+FP", ""),
+    "KFI": ("+KFI1 +KFF30", "--frames"), "KFF": ("+KFI1 +KFF30", "--frames"),
+    "KI": ("+KI0 +KF1", "--clock"), "KF": ("+KI0 +KF1", "--clock"), "KC": ("+KC", "--cyclic"),
+    "SF": ("+SF3 +EF5", "--subset"), "EF": ("+SF3 +EF5", "--subset"),
+}
+_AFTER_SCENE = "give it after the scene, as with povray (povfarm render scene.pov {example}){flag}"
+RADIOSITY_FILES = "radiosity files are managed by the farm"
 # Switches the farm sets itself: the reason is part of the fault text.
-_AFTER_SCENE = "give it after the scene, as with povray (povfarm render scene.pov {example})"
 FARM_OWNED: dict[str, str] = {
-    "W": _AFTER_SCENE.format(example="+W640") + ", or --width",
-    "H": _AFTER_SCENE.format(example="+H480") + ", or --height",
-    "O": _AFTER_SCENE.format(example="+Oout.png") + ", or --output",
-    "F": _AFTER_SCENE.format(example="+FP"), "SR": "the farm chooses the rows",
+    **{name: _AFTER_SCENE.format(example=example, flag=f", or {flag}" if flag else "")
+       for name, (example, flag) in JOB_SWITCHES.items()},
+    "SR": "the farm chooses the rows",
     "ER": "the farm chooses the rows", "SC": "the farm renders whole rows",
     "EC": "the farm renders whole rows", "I": "the scene is the submitted file",
     "WT": "each node sets its own thread count", "D": "nodes never open a display",
@@ -48,14 +56,7 @@ FARM_OWNED: dict[str, str] = {
     "GA": "log files are not allowed", "GD": "log files are not allowed",
     "GF": "log files are not allowed", "GR": "log files are not allowed",
     "GS": "log files are not allowed", "GW": "log files are not allowed",
-    "KFI": _AFTER_SCENE.format(example="+KFI1 +KFF30") + ", or --frames",
-    "KFF": _AFTER_SCENE.format(example="+KFI1 +KFF30") + ", or --frames",
-    "KI": _AFTER_SCENE.format(example="+KI0 +KF1") + ", or --clock",
-    "KF": _AFTER_SCENE.format(example="+KI0 +KF1") + ", or --clock",
-    "KC": _AFTER_SCENE.format(example="+KC") + ", or --cyclic",
-    "SF": _AFTER_SCENE.format(example="+SF3 +EF5") + ", or --subset",
-    "EF": _AFTER_SCENE.format(example="+SF3 +EF5") + ", or --subset",
-    "RF": "radiosity files are managed by the farm",
+    "RF": RADIOSITY_FILES,
 }
 # +L: only a folder inside the job's bundle, relative to the scene (the client ships local library
 # folders in the bundle and names them so); the node's own library paths come after it.
@@ -186,93 +187,3 @@ def _libraries(options: Iterable[str]) -> Iterator[tuple[str, str]]:
         if parts is not None and parts[0] == "L":
             yield option, parts[1]
 
-
-# -- INI files ------------------------------------------------------------------------------------
-
-# INI keys that only affect POV-Ray's own user interface: harmless, ignored.
-_IGNORED_INI_KEYS = frozenset(k.lower() for k in (
-    "Pause_When_Done", "Test_Abort", "Test_Abort_Count", "Display", "Verbose", "Preview_Start_Size",
-    "Preview_End_Size", "Draw_Vistas", "Output_To_File", "Input_File_Name", "Display_Gamma",
-    "Warning_Level", "Palette", "Video_Mode"))
-_ANIMATION_INI_KEYS = {
-    "initial_frame": ("first", int), "final_frame": ("last", int),
-    "initial_clock": ("initial_clock", float), "final_clock": ("final_clock", float),
-    "subset_start_frame": ("subset_first", int), "subset_end_frame": ("subset_last", int),
-}
-# INI keys that map onto an allowed switch: key -> switch (value appended) or on/off switch.
-_SWITCH_INI_KEYS = {
-    "antialias_depth": "+R", "sampling_method": "+AM", "jitter_amount": "+J", "antialias_gamma": "+AG",
-    "quality": "+Q", "bounding_threshold": "+MB", "version": "+MV", "clock": "+K",
-    "render_block_size": "+BS",
-}
-_BOOLEAN_INI_KEYS = {"jitter": "J", "output_alpha": "UA", "remove_bounds": "UR", "light_buffer": "UL",
-                     "vista_buffer": "UV"}
-
-
-@dataclasses.dataclass
-class IniSettings:
-    options: list[str]
-    animation: dict
-    width: int | None = None
-    height: int | None = None
-
-
-def _ini_bool(key: str, value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("on", "true", "yes", "1"):
-        return True
-    if lowered in ("off", "false", "no", "0"):
-        return False
-    raise FarmError(Code.BAD_OPTION, f"INI setting {key}={value!r} is not on or off")
-
-
-def read_ini(text: str) -> IniSettings:
-    """Read a scene's animation INI into farm settings, by the same rules as --option: rendering
-    settings become switches (checked by validate_options), animation settings become the job's
-    animation, and anything that names files, runs commands or is unknown is refused by name."""
-    settings = IniSettings(options=[], animation={})
-    antialias, threshold = None, None
-    for raw in text.splitlines():
-        line = raw.split(";", 1)[0].strip()
-        if not line or line.startswith("["):
-            continue
-        if line[0] in "+-":
-            settings.options.extend(line.split())
-            continue
-        key, sep, value = (part.strip() for part in line.partition("="))
-        lowered = key.lower()
-        if not sep:
-            raise FarmError(Code.BAD_OPTION, f"INI line {raw.strip()!r} is not KEY=VALUE")
-        if lowered in _IGNORED_INI_KEYS:
-            continue
-        if lowered == "declare":
-            settings.options.append(f"Declare={value}")
-        elif lowered in ("width", "height"):
-            try:
-                setattr(settings, lowered, int(value))
-            except ValueError:
-                raise FarmError(Code.BAD_OPTION, f"INI setting {key}={value!r} is not a whole number") from None
-        elif lowered in _ANIMATION_INI_KEYS:
-            name, kind = _ANIMATION_INI_KEYS[lowered]
-            try:
-                settings.animation[name] = kind(value)
-            except ValueError:
-                raise FarmError(Code.BAD_OPTION, f"INI setting {key}={value!r} is not a number") from None
-        elif lowered == "cyclic_animation":
-            settings.animation["cyclic"] = _ini_bool(key, value)
-        elif lowered == "antialias":
-            antialias = _ini_bool(key, value)
-        elif lowered == "antialias_threshold":
-            threshold = value
-        elif lowered in _SWITCH_INI_KEYS:
-            settings.options.append(_SWITCH_INI_KEYS[lowered] + value)
-        elif lowered in _BOOLEAN_INI_KEYS:
-            settings.options.append(("+" if _ini_bool(key, value) else "-") + _BOOLEAN_INI_KEYS[lowered])
-        else:
-            raise FarmError(Code.BAD_OPTION, f"INI setting {key!r} is not allowed")
-    if antialias:
-        settings.options.insert(0, "+A" + (threshold or ""))
-    elif antialias is False:
-        settings.options.insert(0, "-A")
-    validate_options(settings.options)
-    return settings

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence
 
 from farm import scheduler
+from farm.kinds import PREVIEW
 from farm.records import FailureVerdict, Node, Unit
-from farm.strips import PREVIEW
 
 NODE_STRIKES = 3            # a node that fails this many units of one job is kept off that job
 LEASE_CANDIDATES = 256      # queued units examined per job when some nodes must be kept off some units

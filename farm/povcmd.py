@@ -47,13 +47,16 @@ REFUSED_SWITCHES = {
     "ER": "the farm renders whole images (crop the result instead)",
     "SC": "the farm renders whole images (crop the result instead)",
     "EC": "the farm renders whole images (crop the result instead)",
-    "RF": "radiosity files are managed by the farm",
+    "RF": allow.RADIOSITY_FILES,
     "HI": "include header files are not supported: #include the file in the scene",
 }
-# Switches this module turns into job settings rather than options.
-_JOB_SWITCHES = ("W", "H", "I", "O", "F", "L", "KFI", "KFF", "KI", "KF", "KC", "SF", "EF")
-_SWITCH_NAMES = sorted({*allow.ALLOWED_SWITCHES, *_JOB_SWITCHES, *IGNORED_SWITCHES, *REFUSED_SWITCHES},
-                       key=len, reverse=True)
+# Switches this module turns into job settings rather than options: those farm.options names, the scene
+# and library folders.
+_JOB_SWITCHES = frozenset({*allow.JOB_SWITCHES, "I", "L"})
+# Every switch farm.options knows is known here too: one it owns that is not handled above is refused
+# by farm.options, with its reason.
+_SWITCH_NAMES = sorted({*allow.ALLOWED_SWITCHES, *allow.FARM_OWNED, *_JOB_SWITCHES, *IGNORED_SWITCHES,
+                        *REFUSED_SWITCHES}, key=len, reverse=True)
 
 # INI keys (case does not matter) -> the switch they stand for; booleans become +X / -X.
 _INI_VALUE_KEYS = {

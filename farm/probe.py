@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import povray
+from farm import atomic, povray
 from farm import sandbox as sandboxes
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _write_json(path: Path, value: dict[str, Any]) -> None:
     """Best effort: a cache that cannot be written only costs the next start a moment."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(value), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic.write(path, json.dumps(value).encode("utf-8"))
     except OSError as err:
         log.debug("cannot remember the POV-Ray probe in %s: %s", path, err)

@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache file, uncompressed
 CACHE_FILE = "povfarm-radiosity.rad"      # relative: it lives in the strip's own (sandboxed) folder
 WRAPPER_SCENE = "povfarm-radiosity-wrapper.pov"
 PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"

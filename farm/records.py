@@ -20,7 +20,10 @@ from typing import Any, Mapping
 
 from farm import strips
 from farm.animation import Animation
-from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, UnitState
+from farm.images.raster import row_size
+from farm.kinds import PREVIEW, ROWS, PreviewMode, preview_size
+from farm.rows import ZLIB, decode_rows
+from farm.states import ENDED, FrameState, JobState, NodeState, UnitState
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class JobSpec:
     animation: Animation | None
     block: int                   # POV-Ray's render block size: unit edges fall on its multiples
     pretrace: bool               # split frames share one radiosity pre-pass
-    preview: strips.PreviewMode = strips.PreviewMode.NEVER   # when the first frame gets a preview
+    preview: PreviewMode = PreviewMode.NEVER   # when the first frame gets a preview
 
     @property
     def first_frame(self) -> int:
@@ -71,15 +74,15 @@ class Job:
     finished: float
     pretrace: bool
     block: int = strips.DEFAULT_BLOCK
-    preview: strips.PreviewMode = strips.PreviewMode.ALWAYS   # of a job that has a preview unit
+    preview: PreviewMode = PreviewMode.ALWAYS   # of a job that has a preview unit
 
     @property
     def ended(self) -> bool:
-        return self.state in FINISHED_JOB_STATES
+        return self.state in ENDED
 
     @property
     def row_bytes(self) -> int:
-        return strips.row_size(self.width, self.channels, self.bits)
+        return row_size(self.width, self.channels, self.bits)
 
     @functools.cached_property
     def animation_options(self) -> tuple[str, ...]:
@@ -109,7 +112,7 @@ class Unit:
     row_start: int      # 0-based, end exclusive
     row_end: int
     state: UnitState
-    kind: str           # strips.ROWS, strips.PRETRACE or strips.PREVIEW
+    kind: str           # farm.kinds.ROWS, PRETRACE or PREVIEW
     attempt: int        # leases handed out so far
     failures: int
     lease: str
@@ -132,7 +135,7 @@ class Unit:
         return len(self.frames) * (self.row_end - self.row_start) * self.row_bytes(job)
 
     def row_bytes(self, job: Job) -> int:
-        return preview_row_bytes(job) if self.kind == strips.PREVIEW else job.row_bytes
+        return preview_row_bytes(job) if self.kind == PREVIEW else job.row_bytes
 
     def scanline_bytes(self, job: Job) -> int:
         """Bytes of the unit's rows in the larger of the encodings: each row led by its PNG filter type."""
@@ -140,33 +143,33 @@ class Unit:
 
     def decode(self, job: Job, data: bytes, encoding: str) -> bytes:
         """The unit's raw rows out of delivered `data` in `encoding` (a ValueError when they do not fit)."""
-        return strips.decode_rows(data, encoding, self.raw_bytes(job), self.row_bytes(job),
-                                  job.channels * job.bits // 8, len(self.frames))
+        return decode_rows(data, encoding, self.raw_bytes(job), self.row_bytes(job),
+                           job.channels * job.bits // 8, len(self.frames))
 
 
 def preview_row_bytes(job: Job) -> int:
-    return strips.row_size(strips.preview_size(job.width, job.height)[0], job.channels, job.bits)
+    return row_size(preview_size(job.width, job.height)[0], job.channels, job.bits)
 
 
 @dataclass(frozen=True)
 class StoredRows:
     """A stored unit's delivered rows: each frame's rows in turn, one zlib stream in `encoding`
-    (strips.ZLIB: raw rows, strips.FILTERED: PNG scanlines)."""
+    (farm.rows.ZLIB: raw rows, FILTERED: PNG scanlines)."""
     frame: int
     frame_last: int
     row_start: int
     row_end: int
     data: bytes
     done_seq: int
-    kind: str = strips.ROWS
-    encoding: str = strips.ZLIB
+    kind: str = ROWS
+    encoding: str = ZLIB
 
     def raw(self, job: Job) -> bytes:
         """The unit's raw rows, every frame's in turn."""
-        row_bytes = preview_row_bytes(job) if self.kind == strips.PREVIEW else job.row_bytes
+        row_bytes = preview_row_bytes(job) if self.kind == PREVIEW else job.row_bytes
         frames = self.frame_last - self.frame + 1
-        return strips.decode_rows(self.data, self.encoding, frames * (self.row_end - self.row_start) * row_bytes,
-                                  row_bytes, job.channels * job.bits // 8, frames)
+        return decode_rows(self.data, self.encoding, frames * (self.row_end - self.row_start) * row_bytes,
+                           row_bytes, job.channels * job.bits // 8, frames)
 
     def frame_rows(self, raw: bytes, frame: int) -> bytes:
         """One frame's rows out of the unit's decompressed data."""

@@ -18,12 +18,18 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from farm import bundle, povray, radiosity, strips
+from farm import povray, radiosity, strips
+from farm.bundle import cache as bundle
 from farm import sandbox as sandboxes
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.frame_caches import PhotonMaps, PhotonPublisher, RadiosityCaches
+from farm.images.png import decode_png
+from farm.images.ppm import decode_ppm
+from farm.images.raster import row_size
+from farm.kinds import PRETRACE
 from farm.options import check_libraries, without_antialiasing
+from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
 from farm.task import RenderOutcome, Task
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,7 @@ class UnitRenderer:
                  runner: Callable[..., povray.ProcessResult], fetch_bundle: Callable[[str], bytes],
                  fetch_radiosity_cache: Callable[[Task], bytes], watch: WatchFactory, aborting: threading.Event,
                  flavour: str = povray.CONSOLE, slow_link: Callable[[], bool] = lambda: False,
-                 rows_encoding: Callable[[], str] = lambda: strips.FILTERED):
+                 rows_encoding: Callable[[], str] = lambda: FILTERED):
         self.config, self.povray, self.sandbox, self.runner = config, program, sandbox, runner
         self.flavour = flavour      # povray.CONSOLE or povray.PVENGINE (the Windows GUI, driven by INI file)
         self._fetch_bundle, self._fetch_radiosity_cache, self._watch = fetch_bundle, fetch_radiosity_cache, watch
@@ -69,7 +75,7 @@ class UnitRenderer:
         except OSError as err:
             return _failed(f"node {self.config.name} could not prepare the scene: {err.strerror or err}", False)
         scene = scene_dir / task.scene
-        if task.kind == strips.PRETRACE:
+        if task.kind == PRETRACE:
             return self._run_pretrace(task, strip_dir, scene)
         target, extra = scene, []
         if task.radiosity_cache:
@@ -113,7 +119,7 @@ class UnitRenderer:
             data = b""     # POV-Ray made no cache file: no radiosity
         log.info("job %s frame %s radiosity pre-pass: %s", task.job, task.frame,
                  f"{len(data)} bytes of cache" if data else "the scene uses no radiosity")
-        return RenderOutcome("done", rows=strips.compress_rows(data) if data else b"", seconds=outcome.seconds)
+        return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds)
 
     def _run_povray(self, task: Task, strip_dir: Path, scene: Path,
                     publisher: PhotonPublisher | None = None, extra: list[str] | None = None,
@@ -172,12 +178,12 @@ class UnitRenderer:
         except ValueError as err:
             return _failed(f"POV-Ray's output on node {self.config.name} is unusable: {err}", False)
         # PNG's row filters before deflate: a render's gradients shrink to about a PNG's size on the wire.
-        row_bytes = strips.row_size(task.width, task.channels, task.bits)
+        row_bytes = row_size(task.width, task.channels, task.bits)
         bpp, encoding = task.channels * task.bits // 8, self.rows_encoding()
         level = SLOW_LINK_ROWS_LEVEL if self.slow_link() else ROWS_LEVEL
-        encoded = strips.encode_rows(rows, encoding, row_bytes, bpp, len(frames), level=level)
-        as_zlib = None if encoding == strips.ZLIB else functools.partial(
-            strips.recode_rows, encoded, encoding, strips.ZLIB, len(rows), row_bytes, bpp, len(frames))
+        encoded = encode_rows(rows, encoding, row_bytes, bpp, len(frames), level=level)
+        as_zlib = None if encoding == ZLIB else functools.partial(
+            recode_rows, encoded, encoding, ZLIB, len(rows), row_bytes, bpp, len(frames))
         return RenderOutcome("done", rows=encoded, seconds=result.seconds, encoding=encoding, as_zlib=as_zlib)
 
     def _failure(self, result: povray.ProcessResult, stderr: str, frames: range | None) -> tuple[str, bool]:
@@ -202,7 +208,7 @@ class UnitRenderer:
     def _strip_rows(path: Path, task: Task) -> bytes:
         """The strip's rows out of POV-Ray's full-size output image."""
         data = path.read_bytes()
-        raster = strips.decode_png(data) if task.alpha else strips.decode_ppm(data)
+        raster = decode_png(data) if task.alpha else decode_ppm(data)
         if (raster.width, raster.height, raster.bits) != (task.width, task.height, task.bits):
             raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
         return strips.crop_rows(raster, task.row_start, task.row_end)

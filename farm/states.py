@@ -46,7 +46,9 @@ class NodeState(str, enum.Enum):
     BROKEN = "broken"  # its POV-Ray is missing or does not run
 
 
-FINISHED_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELED})
+# A job in one of these states never changes again. The members are str, so a state read off the wire
+# ("done") is found in it too.
+ENDED = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELED})
 
 _ALLOWED: dict[type, dict[enum.Enum, frozenset]] = {
     JobState: {

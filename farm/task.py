@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from farm import strips
 from farm.faults import Code, FarmError, shown
+from farm.kinds import ROWS
+from farm.rows import ZLIB
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Task:
     frame_last: int         # the frame itself: one frame
     animation: tuple[str, ...] = ()     # POV-Ray's animation switches; none for a still
     time_limit: float = 0.0             # seconds of wall clock; 0 for none
-    kind: str = strips.ROWS             # strips.ROWS, PRETRACE or PREVIEW (an unknown kind renders as rows)
+    kind: str = ROWS             # ROWS, PRETRACE or PREVIEW (an unknown kind renders as rows)
     radiosity_cache: bool = False       # load the frame's shared radiosity cache (nodes.radiosity_cache)
 
     @classmethod
@@ -53,7 +54,7 @@ class Task:
             bundle=_text(wire, "bundle"), scene=_text(wire, "scene"), options=_texts(wire, "options"),
             channels=_choice(wire, "channels", (3, 4)), bits=_choice(wire, "bits", (8, 16)),
             frame_last=_whole(wire, "frame_last", default=frame), animation=_texts(wire, "animation", default=()),
-            time_limit=_seconds(wire, "time_limit"), kind=_text(wire, "kind", default=strips.ROWS),
+            time_limit=_seconds(wire, "time_limit"), kind=_text(wire, "kind", default=ROWS),
             radiosity_cache=_flag(wire, "radiosity_cache"))
 
     @property
@@ -77,7 +78,7 @@ class RenderOutcome:
     seconds: float = 0.0
     error: str = ""
     scene_error: bool = False
-    encoding: str = strips.ZLIB   # of rows (strips.ENCODINGS)
+    encoding: str = ZLIB   # of rows (farm.rows.ENCODINGS)
     # The same rows as plain zlib, made when asked: for a controller that takes no other encoding.
     as_zlib: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
 

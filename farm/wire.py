@@ -20,6 +20,10 @@ METHOD_HEADER = "X-Povfarm-Method"      # the method a client calls, so limits a
 FAULT_HEADER = "X-Povfarm-Fault"        # the fault code of a refusal that is not an XML-RPC response
 STREAM_TYPE = "application/x-povfarm-feed"
 CHUNK = 64 * 1024
+# The most seconds the controller holds a long poll (jobs.wait, viewer.watch, nodes.poll), whatever the
+# client asks: a client's HTTP timeout must outlast it. A node's poll is held at most a third of the lease
+# timeout too, so an idle node is heard from again long before it could be presumed dead.
+LONG_POLL_CAP = 30.0
 
 
 class TooLarge(Exception):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm.api import NODE, rpc  # noqa: E402
+from farm.api import rpc  # noqa: E402
+from farm.auth import NODE  # noqa: E402
 from farm.api.nodes import NodesAPI  # noqa: E402
 from farm.cli import main  # noqa: E402
 

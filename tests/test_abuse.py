@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, farm_argv, free_udp_port, needs_povray, run_cli, wait_until
+from harness import ROOT, farm_argv, free_udp_port, needs_povray, run_cli, wait_ended, wait_until
 from farm import auth, povray, wire
 from farm import sandbox as sandboxes
 from farm.server.admission import Quotas
-from farm.bundle import bundle_hash
+from farm.bundle.rules import bundle_hash
 from farm.client import Client
 from farm.config import Config
 from farm.faults import Code, FarmError
@@ -300,6 +300,8 @@ def test_a_long_poll_ends_when_its_client_leaves(farm, monkeypatch):
         sock.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token(farm, "view").encode()
                      + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         watchers.append(sock)
+    # The polls are seated within moments. Not waited for by asking: a probing call would take one of the
+    # two seats itself.
     time.sleep(0.5)
     with pytest.raises(FarmError) as err:   # both slots are held by the waiting polls
         farm.client_as("view").call("jobs.list")
@@ -396,17 +398,13 @@ def test_nodes_outlive_a_full_disk_and_finish_when_space_returns(farm, small_dis
     assert str(small_disk) not in str(err.value) and str(tmp_path) not in str(err.value)
     wait_until(lambda: "retrying" in farm.log("n1") and "retrying" in farm.log("n2"), timeout=20,
                what="both nodes to meet the full disk and retry")
-    time.sleep(2)
+    time.sleep(2)                         # the scenario: the disk stays full a while, the nodes retrying
     assert first.poll() is None and second.poll() is None, "nodes must outlive a full disk"
     assert farm.client.call("jobs.status", job)["state"] != "done"
     assert not leftovers(small_disk)
 
     filler.unlink()                       # space returns
-
-    def finished():
-        state = farm.client.call("jobs.status", job)["state"]
-        return state if state in ("done", "failed", "canceled") else None
-    assert wait_until(finished, timeout=90, interval=0.3, what="the job to finish") == "done"
+    assert wait_ended(farm.client, job, timeout=90)["state"] == "done"
     assert farm.client.call("jobs.fetch", job).data.startswith(b"\x89PNG")
     assert first.poll() is None and second.poll() is None
     assert "registered" in farm.log("n2")
@@ -739,15 +737,15 @@ def test_the_node_unit_runs_a_node_with_the_token_it_loads(farm, tmp_path, monke
     exits at once, saying so. The controller's unit parses too."""
     import shlex
 
-    from conftest import ROOT
-    from farm.cli import build_parser
+    from harness import ROOT
+    from farm.cli.parser import build_command_line
 
     units = ROOT / "examples" / "systemd"
     controller_argv = shlex.split(unit_settings(units / "povfarm-controller.service")["ExecStart"][0])
-    assert build_parser().parse_args(controller_argv[1:]).command == "controller"
+    assert build_command_line().parse(controller_argv[1:]).command == "controller"
     node_unit = unit_settings(units / "povfarm-node.service")
     argv = shlex.split(node_unit["ExecStart"][0])
-    args = build_parser().parse_args(argv[1:])
+    args = build_command_line().parse(argv[1:])
     credentials = dict(value.split(":", 1) for value in node_unit["LoadCredential"])
     name = args.token_file.removeprefix("${CREDENTIALS_DIRECTORY}/")
     assert args.command == "node" and Path(argv[0]).name == "povfarm" and name in credentials
@@ -795,7 +793,7 @@ class _Lines:
 
 @needs_povray
 def test_submit_output_rides_out_a_kill_and_restart_of_the_controller(farm, tmp_path):
-    from conftest import SCENES, assert_same_pixels, farm_argv, native_render
+    from harness import SCENES, assert_same_pixels, farm_argv, native_render
 
     farm.start_controller()
     farm.start_node("n1", "--threads", "1")
@@ -839,7 +837,7 @@ def test_render_with_a_povray_that_is_not_there_stops_at_once_with_the_probes_me
 
 
 def test_submit_wait_says_at_once_that_the_only_node_cannot_render_and_keeps_waiting(farm, tmp_path):
-    from conftest import farm_argv
+    from harness import farm_argv
 
     farm.start_controller()
     farm.start_node("n1", "--povray", "/nonexistent")
@@ -984,7 +982,7 @@ def streamed_base64_digest(response: http.client.HTTPResponse) -> str:
 
 
 def test_a_zips_end_records_are_read_as_zipfile_reads_them():
-    from farm.bundle import check_archive
+    from farm.bundle.checking import check_archive
     assert check_archive(many_member_zip(3)) == ["0", "1", "2"]
     commented = io.BytesIO()
     with zipfile.ZipFile(commented, "w") as archive:

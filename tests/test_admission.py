@@ -9,7 +9,8 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.server.admission import NODE, SUBMIT, VIEW, Connection, Quotas, Refusals, Seats, pushed_out, seat_role
+from farm.auth import NODE, SUBMIT, VIEW
+from farm.server.admission import Connection, Quotas, Refusals, Seats, pushed_out, seat_role
 from farm.supervise import Supervisor
 
 ROLES = st.sampled_from([NODE, SUBMIT, VIEW])

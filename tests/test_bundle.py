@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from farm import bundle
-from farm.bundle import (BundleCache, BundlePlan, bundle_hash, check_archive, check_member_name,
-                         copy_for_render, pack, plan_bundle, scan_strings, unpack)
+from farm.bundle.cache import STALE_DOWNLOAD_SECONDS, BundleCache, copy_for_render, unpack
+from farm.bundle.checking import check_archive
+from farm.bundle.packing import BundlePlan, pack, plan_bundle, scan_strings
+from farm.bundle.rules import bundle_hash, check_member_name
 from farm.faults import Code, FarmError
 
 DRUMS = Path("/usr/share/povray-3.7/scenes/advanced/drums2/drums.pov")
@@ -120,7 +121,7 @@ def test_plan_survives_include_cycle(tmp_path):
 
 
 def test_plan_caps_include_depth(tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle, "MAX_INCLUDE_DEPTH", 3)
+    monkeypatch.setattr("farm.bundle.packing.MAX_INCLUDE_DEPTH", 3)
     scene = write(tmp_path / "main.pov", '#include "i1.inc"\n')
     for i in range(1, 8):
         write(tmp_path / f"i{i}.inc", f'#include "i{i + 1}.inc"\n')
@@ -294,7 +295,7 @@ def test_check_archive_trusts_declared_size_before_extracting():
 def test_unpack_counts_real_bytes(tmp_path, monkeypatch):
     """Should a lying archive get past check_archive, extraction still stops at the limit."""
     data = make_zip(("a", bytes(3000)), ("b", bytes(3000)))
-    monkeypatch.setattr(bundle, "check_archive", lambda d, mf, mt: ["a", "b"])
+    monkeypatch.setattr("farm.bundle.cache.check_archive", lambda d, mf, mt: ["a", "b"])
     with raises_code(Code.BUNDLE_TOO_LARGE):
         unpack(data, tmp_path / "b", bundle_hash(data), max_total=5000)
     assert list(tmp_path.iterdir()) == []          # neither dest nor the temporary directory
@@ -382,7 +383,7 @@ def test_unfinished_downloads_are_swept_when_stale_or_no_longer_needed(tmp_path)
     digest = bundle_hash(data)
     directory = tmp_path / "cache"
     BundleCache(directory).ensure(digest, lambda: data)
-    old = time.time() - bundle.STALE_DOWNLOAD_SECONDS - 60
+    old = time.time() - STALE_DOWNLOAD_SECONDS - 60
     others = [bundle_hash(name.encode()) for name in ("fresh", "stale", "later")]
     fresh, stale, later = (BundleCache(directory).download_path(other) for other in others)
     for part in (fresh, stale, later, directory / f"{digest[7:]}.download"):

@@ -6,6 +6,7 @@ import threading
 import time
 
 from farm.service.changes import Changes
+from harness import wait_until
 
 
 class Waiter:
@@ -21,9 +22,8 @@ class Waiter:
 
         self.thread = threading.Thread(target=changes.wait, args=(job_id, seen, timeout, gone))
         self.thread.start()
-        deadline = time.monotonic() + 5
-        while not self.looks and time.monotonic() < deadline:      # waiting: it looked once at the start
-            time.sleep(0.001)
+        # Waiting: it looked once at the start.
+        wait_until(lambda: self.looks, timeout=5, interval=0.001, what="the waiter to look once")
 
     def returned(self, within: float = 5.0) -> bool:
         self.thread.join(within)
@@ -36,7 +36,7 @@ def test_a_jobs_changes_wake_its_own_waiters_only():
     for _ in range(200):
         changes.bump(1)
     assert other.returned()
-    time.sleep(0.05)
+    time.sleep(0.05)      # long enough for a wrong wake-up to show
     assert mine.looks == 1 and mine.thread.is_alive()      # never woken by job 1's changes
     changes.bump(2)
     assert mine.returned()

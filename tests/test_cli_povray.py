@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
-from farm import strips
+from harness import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
+from farm.images.png import PNG_SIGNATURE, decode_png
+from farm.images.ppm import decode_ppm
+from farm.images.raster import Raster
 
 pytestmark = needs_povray
 
@@ -35,14 +37,14 @@ def files_under(folder: Path) -> set[str]:
     return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
 
 
-def decode(path: Path) -> strips.Raster:
+def decode(path: Path) -> Raster:
     data = path.read_bytes()
     if path.suffix == ".tga":
         from PIL import Image
-        with Image.open(path) as image:          # a real Targa file, not only one our decoder reads
-            assert image.format == "TGA"
-        return strips.decode_tga(data)
-    return strips.decode_image(data)
+        with Image.open(path) as image:          # a real Targa file, read by a decoder not ours
+            assert image.format == "TGA" and image.mode in ("RGB", "RGBA")
+            return Raster(image.width, image.height, len(image.mode), 8, image.tobytes())
+    return decode_png(data) if data.startswith(PNG_SIGNATURE) else decode_ppm(data)
 
 
 def side_by_side(tmp_path: Path, setup, native_args: list[str], farm_args: list[str] | None = None,
@@ -218,7 +220,7 @@ def test_a_render_stops_cleanly_and_quickly(tmp_path, signum):
     wait_until(lambda: any("rendering" in line for line in render.lines), timeout=60, what="the render to start")
     wait_until(lambda: any("povray" in cmd for cmd in processes_mentioning(str(render.tmp))), timeout=30,
                what="POV-Ray to run")
-    time.sleep(0.5)
+    time.sleep(0.5)     # the scenario: stopped mid-render
     code, elapsed = render.stop(signum)
     stderr = "\n".join(render.lines)
     assert code == 130, stderr
@@ -227,8 +229,9 @@ def test_a_render_stops_cleanly_and_quickly(tmp_path, signum):
     assert "second stop request" not in stderr
     messages = [line for line in render.lines if not line.startswith("job ")]
     assert messages == ["povfarm: interrupted; stopping the local nodes"]
-    time.sleep(0.3)     # the kernel delivers the parent-death signals of anything that was killed
-    assert processes_mentioning(str(render.tmp)) == []
+    # The kernel delivers the parent-death signals of anything that was killed.
+    wait_until(lambda: processes_mentioning(str(render.tmp)) == [], timeout=0.3, interval=0.02,
+               what="every process to end")
     assert not (tmp_path / "out.png").exists()
 
 
@@ -248,7 +251,7 @@ def test_ctrl_c_on_submit_wait_leaves_the_job_running_and_says_how_to_follow_it(
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     job_id = process.stdout.readline().strip()
     assert job_id == "1"
-    time.sleep(0.5)
+    time.sleep(0.5)     # the scenario: interrupted while it waits for the job
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 130 and "Traceback" not in stderr

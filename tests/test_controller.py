@@ -5,233 +5,173 @@ from __future__ import annotations
 import http.client
 import os
 import xmlrpc.client
-from pathlib import Path
 
 import pytest
 
-from farm import strips
-from farm.bundle import bundle_hash, pack, plan_bundle
+from farm.bundle.packing import pack, plan_bundle
 from farm.client import Client
 from farm.config import Config
-from farm import api, policy
-from farm.controller import Controller
+from farm import policy
 from farm.faults import Code, FarmError
-from farm.service import Services
+from farm.images.png import decode_png
+from farm.images.raster import row_size
+from farm.kinds import PREVIEW, preview_size
+from farm.planning import UnitPlan, plan_units, with_preview
+from farm.rows import FILTERED, ZLIB, compress_rows, decode_rows, decompress_rows, encode_rows
 from farm.store import Store
+from harness import Clock, Stepped, register_node, rows_for, submit, wait_until
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def scene(tmp_path) -> Path:
-    path = tmp_path / "scene" / "s.pov"
-    path.parent.mkdir()
-    path.write_text('camera { location <0,0,-3> look_at 0 } sphere { 0, 1 pigment { rgb 1 } }\n')
-    return path
-
-
-class Stepped:
-    """The controller's API and rules over a store, without the network, stepped with a fake clock."""
-
-    def __init__(self, config: Config, store: Store, clock: Clock):
-        self.services = Services(config, store, clock)
-        self.store = store
-        self.clock_ = clock
-        self._methods = {name: method for name, (method, _) in api.build(self.services).items()}
-
-    def call(self, name: str, *args):
-        return self._methods[name](*args)
-
-    def settle(self) -> None:
-        """Let the maintenance thread's stitcher write the frames that are ready."""
-        self.services.stitcher.drain()
-
-    def tick(self) -> None:
-        self.services.tick()
-
-
-@pytest.fixture
-def farm(tmp_path):
-    clock = Clock()
-    config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=3)
-    store = Store(config.data_dir / "db.sqlite3")
-    yield Stepped(config, store, clock)
-    store.close()
-
-
-def submit(farm: Stepped, scene_file: Path, **spec) -> int:
-    data = pack(plan_bundle(scene_file))
-    digest = farm.call("bundles.upload", xmlrpc.client.Binary(data))
-    assert digest == bundle_hash(data)
-    return farm.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 8, "height": 64, "strips": 2,
-                                     "preview": False, **spec})
-
-
-def rows_for(task: dict, value: int = 7) -> xmlrpc.client.Binary:
-    size = (task["row_end"] - task["row_start"]) * strips.row_size(task["width"], task["channels"], task["bits"])
-    return xmlrpc.client.Binary(strips.compress_rows(bytes([value]) * size))
-
-
-def node(farm: Stepped, name: str = "n1") -> str:
-    return farm.call("nodes.register", name, {"povray": "3.7"})["node_id"]
-
-
-def test_a_job_runs_to_a_stitched_png(farm, scene):
-    job = submit(farm, scene)
-    n = node(farm)
+def test_a_job_runs_to_a_stitched_png(stepped, scene):
+    job = submit(stepped, scene)
+    n = register_node(stepped)
     for done, value in enumerate((10, 20), start=1):
-        task = farm.call("nodes.poll", n)
+        task = stepped.call("nodes.poll", n)
         assert task["row_end"] - task["row_start"] == 32
-        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 0.5)
-        assert farm.call("jobs.status", job)["strips_done"] == done
-    assert farm.call("nodes.poll", n) == {}
+        stepped.call("nodes.complete", n, task["lease"], rows_for(task, value), 0.5)
+        assert stepped.call("jobs.status", job)["strips_done"] == done
+    assert stepped.call("nodes.poll", n) == {}
     # The node that delivered the last strip did not wait for the stitch: the frame is written off the
     # RPC path, by the maintenance thread's stitcher.
-    assert farm.call("jobs.status", job)["state"] == "rendering"
-    farm.settle()
-    status = farm.call("jobs.status", job)
+    assert stepped.call("jobs.status", job)["state"] == "rendering"
+    stepped.settle()
+    status = stepped.call("jobs.status", job)
     assert status["state"] == "done" and status["progress"] == 1.0 and status["strips_done"] == 2
-    image = strips.decode_png(farm.call("jobs.fetch", job).data)
+    image = decode_png(stepped.call("jobs.fetch", job).data)
     assert image.pixels == bytes([10]) * 32 * 24 + bytes([20]) * 32 * 24
 
 
-def test_expired_lease_goes_back_and_a_late_result_is_refused(farm, scene):
-    job = submit(farm, scene, strips=1)
-    slow, fast = node(farm, "slow"), node(farm, "fast")
-    first = farm.call("nodes.poll", slow)
-    farm.clock_.now += 31          # the slow node went silent
-    farm.call("nodes.heartbeat", fast, {})  # the fast one did not
-    farm.tick()
-    second = farm.call("nodes.poll", fast)
+def test_expired_lease_goes_back_and_a_late_result_is_refused(stepped, scene):
+    job = submit(stepped, scene, strips=1)
+    slow, fast = register_node(stepped, "slow"), register_node(stepped, "fast")
+    first = stepped.call("nodes.poll", slow)
+    stepped.clock_.now += 31          # the slow node went silent
+    stepped.call("nodes.heartbeat", fast, {})  # the fast one did not
+    stepped.tick()
+    second = stepped.call("nodes.poll", fast)
     assert second["strip"] == first["strip"] and second["attempt"] == 2
     with pytest.raises(FarmError) as late:
-        farm.call("nodes.complete", slow, first["lease"], rows_for(first, 1), 1.0)
+        stepped.call("nodes.complete", slow, first["lease"], rows_for(first, 1), 1.0)
     assert late.value.code in (Code.STALE_LEASE, Code.UNKNOWN_NODE)
-    farm.call("nodes.complete", fast, second["lease"], rows_for(second, 2), 1.0)
+    stepped.call("nodes.complete", fast, second["lease"], rows_for(second, 2), 1.0)
     # Re-sending an accepted result is harmless; the image keeps the accepted rows.
-    farm.call("nodes.complete", fast, second["lease"], rows_for(second, 3), 1.0)
-    farm.settle()
-    nodes = {entry["name"]: entry for entry in farm.call("nodes.list")}
+    stepped.call("nodes.complete", fast, second["lease"], rows_for(second, 3), 1.0)
+    stepped.settle()
+    nodes = {entry["name"]: entry for entry in stepped.call("nodes.list")}
     assert nodes["fast"]["strips_done"] == 1 and nodes["slow"]["strips_done"] == 0   # counted once
-    assert set(strips.decode_png(farm.call("jobs.fetch", job).data).pixels) == {2}
+    assert set(decode_png(stepped.call("jobs.fetch", job).data).pixels) == {2}
 
 
-def test_heartbeat_renews_the_lease(farm, scene):
-    submit(farm, scene, strips=1)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
+def test_heartbeat_renews_the_lease(stepped, scene):
+    submit(stepped, scene, strips=1)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
     for _ in range(5):
-        farm.clock_.now += 20
-        assert farm.call("nodes.heartbeat", n, {task["lease"]: 0.5}) == {"stop": []}
-        farm.tick()
-    assert farm.call("jobs.status", 1)["strips"][0]["progress"] == 0.5
-    farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
-    assert farm.call("jobs.status", 1)["strips"][0]["state"] == "done"
+        stepped.clock_.now += 20
+        assert stepped.call("nodes.heartbeat", n, {task["lease"]: 0.5}) == {"stop": []}
+        stepped.tick()
+    assert stepped.call("jobs.status", 1)["strips"][0]["progress"] == 0.5
+    stepped.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+    assert stepped.call("jobs.status", 1)["strips"][0]["state"] == "done"
 
 
-def test_scene_error_fails_the_job_at_once(farm, scene):
-    job = submit(farm, scene)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
-    farm.call("nodes.fail", n, task["lease"], "File 's.pov' line 1: Parse Error: oops", True)
-    status = farm.call("jobs.status", job)
+def test_scene_error_fails_the_job_at_once(stepped, scene):
+    job = submit(stepped, scene)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
+    stepped.call("nodes.fail", n, task["lease"], "File 's.pov' line 1: Parse Error: oops", True)
+    status = stepped.call("jobs.status", job)
     assert status["state"] == "failed" and "line 1: Parse Error" in status["error"]
-    assert farm.call("nodes.poll", n) == {}
+    assert stepped.call("nodes.poll", n) == {}
     with pytest.raises(FarmError) as err:
-        farm.call("jobs.fetch", job)
+        stepped.call("jobs.fetch", job)
     assert err.value.code is Code.JOB_NOT_DONE
 
 
-def test_a_strip_that_keeps_failing_fails_the_job_after_the_retry_limit(farm, scene):
-    job = submit(farm, scene, strips=1)
-    nodes = [node(farm, f"n{i}") for i in range(3)]
+def test_a_strip_that_keeps_failing_fails_the_job_after_the_retry_limit(stepped, scene):
+    job = submit(stepped, scene, strips=1)
+    nodes = [register_node(stepped, f"n{i}") for i in range(3)]
     for attempt, n in enumerate(nodes, start=1):
-        task = farm.call("nodes.poll", n)
+        task = stepped.call("nodes.poll", n)
         assert task["attempt"] == attempt
-        farm.call("nodes.fail", n, task["lease"], f"killed by signal 9 (try {attempt})", False)
-    status = farm.call("jobs.status", job)
+        stepped.call("nodes.fail", n, task["lease"], f"killed by signal 9 (try {attempt})", False)
+    status = stepped.call("jobs.status", job)
     assert status["state"] == "failed" and "failed 3 times" in status["error"] and "try 3" in status["error"]
 
 
-def test_a_lone_failing_node_is_held_back_so_a_healthy_node_can_take_the_strip(farm, scene):
-    job = submit(farm, scene, strips=1)
-    broken = node(farm, "broken")
-    task = farm.call("nodes.poll", broken)
-    farm.call("nodes.fail", broken, task["lease"], "killed by signal 11", False)
-    assert farm.call("nodes.poll", broken) == {}          # held back for a moment...
-    healthy = node(farm, "healthy")
-    again = farm.call("nodes.poll", healthy)               # ...which a node joining meanwhile uses
+def test_a_lone_failing_node_is_held_back_so_a_healthy_node_can_take_the_strip(stepped, scene):
+    job = submit(stepped, scene, strips=1)
+    broken = register_node(stepped, "broken")
+    task = stepped.call("nodes.poll", broken)
+    stepped.call("nodes.fail", broken, task["lease"], "killed by signal 11", False)
+    assert stepped.call("nodes.poll", broken) == {}          # held back for a moment...
+    healthy = register_node(stepped, "healthy")
+    again = stepped.call("nodes.poll", healthy)               # ...which a node joining meanwhile uses
     assert again["strip"] == task["strip"] and again["attempt"] == 2
-    farm.call("nodes.complete", healthy, again["lease"], rows_for(again), 1.0)
-    farm.settle()
-    assert farm.call("jobs.status", job)["state"] == "done"
+    stepped.call("nodes.complete", healthy, again["lease"], rows_for(again), 1.0)
+    stepped.settle()
+    assert stepped.call("jobs.status", job)["state"] == "done"
 
 
-def test_a_lone_failing_node_retries_after_growing_pauses_then_fails_the_job(farm, scene):
-    job = submit(farm, scene, strips=1)
-    n = node(farm, "broken")
+def test_a_lone_failing_node_retries_after_growing_pauses_then_fails_the_job(stepped, scene):
+    job = submit(stepped, scene, strips=1)
+    n = register_node(stepped, "broken")
     for attempt in range(1, 4):
-        task = farm.call("nodes.poll", n)
+        task = stepped.call("nodes.poll", n)
         assert task["attempt"] == attempt
-        farm.call("nodes.fail", n, task["lease"], f"crash {attempt}", False)
+        stepped.call("nodes.fail", n, task["lease"], f"crash {attempt}", False)
         if attempt < 3:
-            assert farm.call("jobs.status", job)["state"] == "rendering"
-            assert farm.call("nodes.poll", n) == {}
-            farm.clock_.now += policy.retry_pause(attempt)
-    status = farm.call("jobs.status", job)
+            assert stepped.call("jobs.status", job)["state"] == "rendering"
+            assert stepped.call("nodes.poll", n) == {}
+            stepped.clock_.now += policy.retry_pause(attempt)
+    status = stepped.call("jobs.status", job)
     assert status["state"] == "failed" and "failed 3 times" in status["error"] and "crash 3" in status["error"]
 
 
-def test_cancel_tells_the_node_to_stop(farm, scene):
-    job = submit(farm, scene)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
-    farm.call("jobs.cancel", job)
-    assert farm.call("nodes.heartbeat", n, {task["lease"]: 0.1}) == {"stop": [task["lease"]]}
+def test_cancel_tells_the_node_to_stop(stepped, scene):
+    job = submit(stepped, scene)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
+    stepped.call("jobs.cancel", job)
+    assert stepped.call("nodes.heartbeat", n, {task["lease"]: 0.1}) == {"stop": [task["lease"]]}
     with pytest.raises(FarmError) as err:
-        farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+        stepped.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
     assert err.value.code is Code.STALE_LEASE
-    assert farm.call("jobs.status", job)["state"] == "canceled"
+    assert stepped.call("jobs.status", job)["state"] == "canceled"
 
 
-def test_wrong_sized_rows_are_refused(farm, scene):
-    submit(farm, scene)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
+def test_wrong_sized_rows_are_refused(stepped, scene):
+    submit(stepped, scene)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
     with pytest.raises(FarmError) as err:
-        farm.call("nodes.complete", n, task["lease"], xmlrpc.client.Binary(strips.compress_rows(b"short")), 1.0)
+        stepped.call("nodes.complete", n, task["lease"], xmlrpc.client.Binary(compress_rows(b"short")), 1.0)
     assert err.value.code is Code.BAD_ARGUMENT
 
 
-def test_higher_priority_first_then_first_come(farm, scene):
-    low = submit(farm, scene, strips=1)
-    high = submit(farm, scene, strips=1, priority=5)
-    n = node(farm)
-    assert farm.call("nodes.poll", n)["job"] == high
-    assert farm.call("nodes.poll", n)["job"] == low
+def test_higher_priority_first_then_first_come(stepped, scene):
+    low = submit(stepped, scene, strips=1)
+    high = submit(stepped, scene, strips=1, priority=5)
+    n = register_node(stepped)
+    assert stepped.call("nodes.poll", n)["job"] == high
+    assert stepped.call("nodes.poll", n)["job"] == low
 
 
-def test_a_new_priority_reorders_the_queue(farm, scene):
-    first = submit(farm, scene, strips=1)
-    second = submit(farm, scene, strips=1)
-    farm.call("jobs.set_priority", second, 3)
-    assert farm.call("jobs.status", second)["priority"] == 3
-    assert farm.call("nodes.poll", node(farm))["job"] == second
+def test_a_new_priority_reorders_the_queue(stepped, scene):
+    first = submit(stepped, scene, strips=1)
+    second = submit(stepped, scene, strips=1)
+    stepped.call("jobs.set_priority", second, 3)
+    assert stepped.call("jobs.status", second)["priority"] == 3
+    assert stepped.call("nodes.poll", register_node(stepped))["job"] == second
     with pytest.raises(FarmError) as err:
-        farm.call("jobs.set_priority", first, 5000)
+        stepped.call("jobs.set_priority", first, 5000)
     assert err.value.code is Code.BAD_ARGUMENT
 
 
-def test_a_restarted_node_gives_its_leases_back(farm, scene):
-    submit(farm, scene, strips=1)
-    first = farm.call("nodes.poll", node(farm, "box"))
-    again = farm.call("nodes.poll", node(farm, "box"))     # same name registers again after a crash
+def test_a_restarted_node_gives_its_leases_back(stepped, scene):
+    submit(stepped, scene, strips=1)
+    first = stepped.call("nodes.poll", register_node(stepped, "box"))
+    again = stepped.call("nodes.poll", register_node(stepped, "box"))     # same name registers again after a crash
     assert again["strip"] == first["strip"] and again["attempt"] == 2
 
 
@@ -239,12 +179,12 @@ def test_restart_keeps_jobs_and_finished_strips(tmp_path, scene):
     config = Config(data_dir=tmp_path / "data")
     clock = Clock()
     store = Store(config.data_dir / "db.sqlite3")
-    farm = Stepped(config, store, clock)
-    job = submit(farm, scene)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
-    farm.call("nodes.complete", n, task["lease"], rows_for(task, 5), 1.0)
-    in_flight = farm.call("nodes.poll", n)
+    stepped = Stepped(config, store, clock)
+    job = submit(stepped, scene)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
+    stepped.call("nodes.complete", n, task["lease"], rows_for(task, 5), 1.0)
+    in_flight = stepped.call("nodes.poll", n)
     store.close()
 
     reopened = Stepped(config, Store(config.data_dir / "db.sqlite3"), clock)
@@ -255,7 +195,7 @@ def test_restart_keeps_jobs_and_finished_strips(tmp_path, scene):
     reopened.call("nodes.complete", n, in_flight["lease"], rows_for(in_flight, 6), 1.0)
     reopened.settle()
     assert reopened.call("jobs.status", job)["state"] == "done"
-    pixels = strips.decode_png(reopened.call("jobs.fetch", job).data).pixels
+    pixels = decode_png(reopened.call("jobs.fetch", job).data).pixels
     assert pixels == bytes([5]) * 32 * 24 + bytes([6]) * 32 * 24
 
 
@@ -270,21 +210,13 @@ def test_restart_keeps_jobs_and_finished_strips(tmp_path, scene):
     ({"scene": "other.pov"}, Code.BAD_ARGUMENT),
     ({"bundle": "sha256:00"}, Code.UNKNOWN_BUNDLE),
 ])
-def test_bad_job_specs_are_refused_with_a_code(farm, scene, spec, code):
+def test_bad_job_specs_are_refused_with_a_code(stepped, scene, spec, code):
     with pytest.raises(FarmError) as err:
-        submit(farm, scene, **spec)
+        submit(stepped, scene, **spec)
     assert err.value.code is code
 
 
 # -- over the wire ---------------------------------------------------------------------------------
-
-@pytest.fixture
-def server(tmp_path):
-    controller = Controller(Config(data_dir=tmp_path / "data", port=0))
-    controller.start_in_thread()
-    yield controller
-    controller.shutdown()
-
 
 def as_user(server) -> Client:
     return Client(server.url, timeout=10, token=server.tokens["submit"])
@@ -342,161 +274,160 @@ def test_an_unexpected_error_is_internal_with_a_reference(server, monkeypatch):
 
 
 def filtered_rows(task: dict, pixels: bytes) -> xmlrpc.client.Binary:
-    row_bytes = strips.row_size(task["width"], task["channels"], task["bits"])
+    row_bytes = row_size(task["width"], task["channels"], task["bits"])
     frames = task["frame_last"] - task["frame"] + 1
-    return xmlrpc.client.Binary(strips.encode_rows(pixels, strips.FILTERED, row_bytes, task["channels"], frames))
+    return xmlrpc.client.Binary(encode_rows(pixels, FILTERED, row_bytes, task["channels"], frames))
 
 
-def test_filtered_and_plain_deliveries_both_stitch_exactly_and_the_feed_ships_them_as_stored(farm, scene):
+def test_filtered_and_plain_deliveries_both_stitch_exactly_and_the_feed_ships_them_as_stored(stepped, scene):
     """A current node sends PNG-filtered rows and says so; an older node's plain zlib rows are still
     taken. The image is exact either way, and viewers get each strip in the form it was delivered."""
-    job = submit(farm, scene)
-    n = node(farm)
+    job = submit(stepped, scene)
+    n = register_node(stepped)
     gradient = bytes((x * 7 + y * 3) & 255 for y in range(32) for x in range(24))
-    first, second = farm.call("nodes.poll", n), farm.call("nodes.poll", n)
+    first, second = stepped.call("nodes.poll", n), stepped.call("nodes.poll", n)
     delivered = filtered_rows(first, gradient)
-    farm.call("nodes.complete", n, first["lease"], delivered, 0.5, strips.FILTERED)
-    farm.call("nodes.complete", n, second["lease"], rows_for(second, 9), 0.5)
-    farm.settle()
-    assert strips.decode_png(farm.call("jobs.fetch", job).data).pixels == gradient + bytes([9]) * 32 * 24
-    feed = farm.call("viewer.watch", job, 0, 0)
+    stepped.call("nodes.complete", n, first["lease"], delivered, 0.5, FILTERED)
+    stepped.call("nodes.complete", n, second["lease"], rows_for(second, 9), 0.5)
+    stepped.settle()
+    assert decode_png(stepped.call("jobs.fetch", job).data).pixels == gradient + bytes([9]) * 32 * 24
+    feed = stepped.call("viewer.watch", job, 0, 0)
     by_start = {piece["row_start"]: piece for piece in feed["strips"]}
-    assert by_start[first["row_start"]]["encoding"] == strips.FILTERED
+    assert by_start[first["row_start"]]["encoding"] == FILTERED
     assert by_start[first["row_start"]]["rows"].data == delivered.data
-    assert by_start[second["row_start"]]["encoding"] == strips.ZLIB
+    assert by_start[second["row_start"]]["encoding"] == ZLIB
 
 
-def test_a_filtered_delivery_that_does_not_fit_or_names_no_known_encoding_is_refused(farm, scene):
-    submit(farm, scene)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
+def test_a_filtered_delivery_that_does_not_fit_or_names_no_known_encoding_is_refused(stepped, scene):
+    submit(stepped, scene)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
     plain = rows_for(task, 3)
-    for rows, encoding in [(plain, strips.FILTERED), (plain, "png"), (filtered_rows(task, bytes(32 * 24)), "zlib")]:
+    for rows, encoding in [(plain, FILTERED), (plain, "png"), (filtered_rows(task, bytes(32 * 24)), "zlib")]:
         with pytest.raises(FarmError) as err:
-            farm.call("nodes.complete", n, task["lease"], rows, 1.0, encoding)
+            stepped.call("nodes.complete", n, task["lease"], rows, 1.0, encoding)
         assert err.value.code is Code.BAD_ARGUMENT
-    assert farm.call("nodes.complete", n, task["lease"], filtered_rows(task, bytes(32 * 24)), 1.0, "filtered")
+    assert stepped.call("nodes.complete", n, task["lease"], filtered_rows(task, bytes(32 * 24)), 1.0, "filtered")
 
 
-def test_an_animation_unit_of_filtered_frames_reaches_viewers_one_frame_at_a_time(farm, scene):
-    n = node(farm)
-    job = submit(farm, scene, animation={"first": 1, "last": 6}, strips="auto")
-    task = farm.call("nodes.poll", n)
+def test_an_animation_unit_of_filtered_frames_reaches_viewers_one_frame_at_a_time(stepped, scene):
+    n = register_node(stepped)
+    job = submit(stepped, scene, animation={"first": 1, "last": 6}, strips="auto")
+    task = stepped.call("nodes.poll", n)
     assert (task["frame"], task["frame_last"], task["row_end"] - task["row_start"]) == (1, 3, 64)
     frames = [bytes([frame * 40 + (y % 5)]) * 24 for frame in range(3) for y in range(64)]
-    farm.call("nodes.complete", n, task["lease"], filtered_rows(task, b"".join(frames)), 1.0, strips.FILTERED)
-    feed = farm.call("viewer.watch", job, 0, 0)
+    stepped.call("nodes.complete", n, task["lease"], filtered_rows(task, b"".join(frames)), 1.0, FILTERED)
+    feed = stepped.call("viewer.watch", job, 0, 0)
     assert [piece["frame"] for piece in feed["strips"]] == [1, 2, 3]
     for number, piece in enumerate(feed["strips"]):
-        raw = strips.decode_rows(piece["rows"].data, piece["encoding"], 64 * 24, 24, 3)
+        raw = decode_rows(piece["rows"].data, piece["encoding"], 64 * 24, 24, 3)
         assert raw == b"".join(frames[number * 64:(number + 1) * 64])
 
 
-def test_viewer_feed_sends_each_strip_once_in_arrival_order(farm, scene):
-    job = submit(farm, scene)
-    assert farm.call("viewer.watch", 0, 0, 0)["job"]["id"] == job
-    n = node(farm)
-    first = farm.call("nodes.poll", n)
-    feed = farm.call("viewer.watch", job, 0, 0)
+def test_viewer_feed_sends_each_strip_once_in_arrival_order(stepped, scene):
+    job = submit(stepped, scene)
+    assert stepped.call("viewer.watch", 0, 0, 0)["job"]["id"] == job
+    n = register_node(stepped)
+    first = stepped.call("nodes.poll", n)
+    feed = stepped.call("viewer.watch", job, 0, 0)
     assert feed["strips"] == [] and feed["in_flight"][0]["node"] == "n1"
-    farm.call("nodes.complete", n, first["lease"], rows_for(first, 1), 1.0)
-    feed = farm.call("viewer.watch", job, 0, 5)
+    stepped.call("nodes.complete", n, first["lease"], rows_for(first, 1), 1.0)
+    feed = stepped.call("viewer.watch", job, 0, 5)
     assert [s["row_start"] for s in feed["strips"]] == [first["row_start"]]
-    second = farm.call("nodes.poll", n)
-    farm.call("nodes.complete", n, second["lease"], rows_for(second, 2), 1.0)
-    farm.settle()
-    later = farm.call("viewer.watch", job, feed["cursor"], 5)
+    second = stepped.call("nodes.poll", n)
+    stepped.call("nodes.complete", n, second["lease"], rows_for(second, 2), 1.0)
+    stepped.settle()
+    later = stepped.call("viewer.watch", job, feed["cursor"], 5)
     assert [s["row_start"] for s in later["strips"]] == [second["row_start"]]
     assert later["job"]["state"] == "done"
-    assert farm.call("viewer.watch", job, later["cursor"], 5)["strips"] == []
+    assert stepped.call("viewer.watch", job, later["cursor"], 5)["strips"] == []
 
 
-def test_viewer_long_poll_wakes_on_a_new_strip(farm, scene):
+def test_viewer_long_poll_wakes_on_a_new_strip(stepped, scene):
     import threading
     import time
 
-    job = submit(farm, scene, strips=1)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
-    threading.Timer(0.3, farm.call, ("nodes.complete", n, task["lease"], rows_for(task), 1.0)).start()
+    job = submit(stepped, scene, strips=1)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
+    threading.Timer(0.3, stepped.call, ("nodes.complete", n, task["lease"], rows_for(task), 1.0)).start()
     started = time.monotonic()
-    feed = farm.call("viewer.watch", job, 0, 10)
+    feed = stepped.call("viewer.watch", job, 0, 10)
     assert len(feed["strips"]) == 1 and time.monotonic() - started < 5
 
 
-def test_a_full_database_is_a_storage_fault_and_work_resumes_when_space_returns(farm, scene):
-    job = submit(farm, scene)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
-    db = farm.store.db._db
+def test_a_full_database_is_a_storage_fault_and_work_resumes_when_space_returns(stepped, scene):
+    job = submit(stepped, scene)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
+    db = stepped.store.db._db
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count={pages}")          # the disk is full: no page can be added
     storage = None
     try:
-        submit(farm, scene, animation={"first": 1, "last": 500})   # 500 frames: needs new pages
+        submit(stepped, scene, animation={"first": 1, "last": 500})   # 500 frames: needs new pages
     except FarmError as caught:
         storage = caught
     assert storage is not None and storage.code is Code.STORAGE and "full" in str(storage)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.execute("PRAGMA max_page_count=1073741823")      # space returns
-    farm.call("nodes.complete", n, task["lease"], rows_for(task, 3), 1.0)
-    second = farm.call("nodes.poll", n)
-    farm.call("nodes.complete", n, second["lease"], rows_for(second, 4), 1.0)
-    farm.settle()
-    assert farm.call("jobs.status", job)["state"] == "done"
+    stepped.call("nodes.complete", n, task["lease"], rows_for(task, 3), 1.0)
+    second = stepped.call("nodes.poll", n)
+    stepped.call("nodes.complete", n, second["lease"], rows_for(second, 4), 1.0)
+    stepped.settle()
+    assert stepped.call("jobs.status", job)["state"] == "done"
 
 
-def test_an_image_that_cannot_be_written_is_written_by_a_later_tick(farm, scene, monkeypatch):
+def test_an_image_that_cannot_be_written_is_written_by_a_later_tick(stepped, scene, monkeypatch):
     import errno
     from farm.service import stitcher
 
-    job = submit(farm, scene, strips=1)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
+    job = submit(stepped, scene, strips=1)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
     real_write = stitcher.write_atomically
 
     def disk_full(path, data):
         raise FarmError(Code.STORAGE, f"cannot write a png file: {os.strerror(errno.ENOSPC)}")
     monkeypatch.setattr(stitcher, "write_atomically", disk_full)
-    farm.call("nodes.complete", n, task["lease"], rows_for(task, 9), 1.0)
-    farm.settle()
-    status = farm.call("jobs.status", job)
+    stepped.call("nodes.complete", n, task["lease"], rows_for(task, 9), 1.0)
+    stepped.settle()
+    status = stepped.call("jobs.status", job)
     assert status["state"] == "rendering" and status["strips_done"] == 1   # the strip itself is stored
     monkeypatch.setattr(stitcher, "write_atomically", real_write)
-    farm.tick()
-    assert farm.call("jobs.status", job)["state"] == "done"
-    assert set(strips.decode_png(farm.call("jobs.fetch", job).data).pixels) == {9}
+    stepped.tick()
+    assert stepped.call("jobs.status", job)["state"] == "done"
+    assert set(decode_png(stepped.call("jobs.fetch", job).data).pixels) == {9}
 
 
-def test_complete_and_poll_hands_over_the_next_task_with_the_result(farm, scene):
-    job = submit(farm, scene)
-    n = node(farm)
-    first = farm.call("nodes.poll", n)
-    second = farm.call("nodes.complete_and_poll", n, first["lease"], rows_for(first, 1), 0.1)
+def test_complete_and_poll_hands_over_the_next_task_with_the_result(stepped, scene):
+    job = submit(stepped, scene)
+    n = register_node(stepped)
+    first = stepped.call("nodes.poll", n)
+    second = stepped.call("nodes.complete_and_poll", n, first["lease"], rows_for(first, 1), 0.1)
     assert second["strip"] == 1 and second["lease"] != first["lease"]
     with pytest.raises(FarmError) as stale:   # a refused result leases nothing
-        farm.call("nodes.complete_and_poll", n, "1.9.feedfacecafe", rows_for(second, 2), 0.1)
+        stepped.call("nodes.complete_and_poll", n, "1.9.feedfacecafe", rows_for(second, 2), 0.1)
     assert stale.value.code is Code.STALE_LEASE
-    assert farm.call("nodes.complete_and_poll", n, second["lease"], rows_for(second, 2), 0.1) == {}
-    farm.settle()
-    assert farm.call("jobs.status", job)["state"] == "done"
+    assert stepped.call("nodes.complete_and_poll", n, second["lease"], rows_for(second, 2), 0.1) == {}
+    stepped.settle()
+    assert stepped.call("jobs.status", job)["state"] == "done"
 
 
-def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(farm, scene):
+def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(stepped, scene):
     """Sixteen threads complete strips while a commit is under way: they all wait, the next commit takes
     all their changes at once, and each then sees its strip committed through a connection of its own."""
     import sqlite3
     import threading
-    import time
 
-    job = submit(farm, scene, height=512, strips=16)
-    node_ids = [node(farm, f"n{i}") for i in range(16)]
-    tasks = [{**farm.call("nodes.poll", node_id), "node": node_id} for node_id in node_ids]
-    store, errors = farm.store, []
+    job = submit(stepped, scene, height=512, strips=16)
+    node_ids = [register_node(stepped, f"n{i}") for i in range(16)]
+    tasks = [{**stepped.call("nodes.poll", node_id), "node": node_id} for node_id in node_ids]
+    store, errors = stepped.store, []
     db = store.db
 
     def deliver(task: dict) -> None:
-        store.units.complete(task["node"], task["lease"], b"x", 0.1, farm.clock_())
+        store.units.complete(task["node"], task["lease"], b"x", 0.1, stepped.clock_())
         own = sqlite3.connect(str(store.path))
         state = own.execute("SELECT state FROM units WHERE lease=?", (task["lease"],)).fetchone()[0]
         own.close()
@@ -509,14 +440,11 @@ def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(
     threads = [threading.Thread(target=deliver, args=(task,)) for task in tasks]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def all_written() -> bool:
         with db._lock:
-            written = db._db.execute("SELECT COUNT(*) FROM units WHERE state='done'").fetchone()[0]
-        if written == len(tasks):
-            break
-        time.sleep(0.01)
-    assert written == len(tasks)
+            return db._db.execute("SELECT COUNT(*) FROM units WHERE state='done'").fetchone()[0] == len(tasks)
+    wait_until(all_written, timeout=20, interval=0.01, what="every delivery written (not yet committed)")
     counts = {state.value: counts.units for state, counts in store.units.summary(job).items()}
     assert counts == {"leased": 16}                    # readers see committed data only
     assert db._committed < batch and not errors     # written, not committed: nobody has returned
@@ -569,28 +497,28 @@ def test_a_node_delivers_with_complete_to_a_controller_that_lists_no_combined_ca
 
 # -- the preview ------------------------------------------------------------------------------------
 
-def test_a_preview_goes_first_at_its_own_size_and_never_holds_the_frame_back(farm, scene):
-    job = submit(farm, scene, width=64, height=64, preview=True, options=["+A0.3", "+AM2", "+UA"])
-    n = node(farm)
-    preview = farm.call("nodes.poll", n)
+def test_a_preview_goes_first_at_its_own_size_and_never_holds_the_frame_back(stepped, scene):
+    job = submit(stepped, scene, width=64, height=64, preview=True, options=["+A0.3", "+AM2", "+UA"])
+    n = register_node(stepped)
+    preview = stepped.call("nodes.poll", n)
     assert preview["kind"] == "preview" and (preview["width"], preview["height"]) == (8, 8)
     assert (preview["row_start"], preview["row_end"]) == (0, 8)
     assert preview["options"] == ["+UA"]                     # no anti-aliasing in a preview
-    rows = [farm.call("nodes.poll", n) for _ in range(2)]
+    rows = [stepped.call("nodes.poll", n) for _ in range(2)]
     assert [(t["kind"], t["width"], t["height"], t["options"]) for t in rows] == \
         [("rows", 64, 64, ["+A0.3", "+AM2", "+UA"])] * 2
-    status = farm.call("jobs.status", job)
+    status = stepped.call("jobs.status", job)
     assert (status["strips_total"], status["preview"]) == (2, "leased")   # the preview is not a strip
     for value, task in enumerate(rows, start=1):
-        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
-    farm.settle()
-    status = farm.call("jobs.status", job)
+        stepped.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
+    stepped.settle()
+    status = stepped.call("jobs.status", job)
     assert (status["state"], status["progress"], status["strips_done"]) == ("done", 1.0, 2)
     assert status["preview"] == "canceled"                   # still in flight when the frame was done
     with pytest.raises(FarmError) as err:
-        farm.call("nodes.complete", n, preview["lease"], rows_for(preview, 99), 0.1)
+        stepped.call("nodes.complete", n, preview["lease"], rows_for(preview, 99), 0.1)
     assert err.value.code is Code.STALE_LEASE
-    image = strips.decode_png(farm.call("jobs.fetch", job).data)
+    image = decode_png(stepped.call("jobs.fetch", job).data)
     assert image.pixels == bytes([1]) * (32 * 64 * 4) + bytes([2]) * (32 * 64 * 4)
 
 
@@ -601,51 +529,51 @@ def test_a_preview_of_a_radiosity_scene_renders_without_radiosity():
     assert preview_options(["+Q4", "+UA"], radiosity=True) == ("+UA", "+Q4")        # never more than asked
 
 
-def test_the_feed_carries_the_preview_as_its_own_piece_and_the_image_never_gets_it(farm, scene):
-    job = submit(farm, scene, width=20, height=64, preview=True)
-    n = node(farm)
-    preview = farm.call("nodes.poll", n)
-    farm.call("nodes.complete", n, preview["lease"], rows_for(preview, 99), 0.2)
-    feed = farm.call("viewer.watch", job, 0, 0)
+def test_the_feed_carries_the_preview_as_its_own_piece_and_the_image_never_gets_it(stepped, scene):
+    job = submit(stepped, scene, width=20, height=64, preview=True)
+    n = register_node(stepped)
+    preview = stepped.call("nodes.poll", n)
+    stepped.call("nodes.complete", n, preview["lease"], rows_for(preview, 99), 0.2)
+    feed = stepped.call("viewer.watch", job, 0, 0)
     (piece,) = feed["strips"]
     assert (piece["kind"], piece["width"], piece["height"], piece["row_start"], piece["row_end"]) == \
         ("preview", 2, 8, 0, 8)
-    assert strips.decompress_rows(piece["rows"].data, 2 * 8 * 3) == bytes([99]) * 48
-    assert farm.call("jobs.status", job)["strips_done"] == 0
+    assert decompress_rows(piece["rows"].data, 2 * 8 * 3) == bytes([99]) * 48
+    assert stepped.call("jobs.status", job)["strips_done"] == 0
     for value in (1, 2):
-        task = farm.call("nodes.poll", n)
-        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
-    farm.settle()
-    later = farm.call("viewer.watch", job, feed["cursor"], 0)
+        task = stepped.call("nodes.poll", n)
+        stepped.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
+    stepped.settle()
+    later = stepped.call("viewer.watch", job, feed["cursor"], 0)
     assert [(s["kind"], s["row_start"]) for s in later["strips"]] == [("rows", 0), ("rows", 32)]
-    image = strips.decode_png(farm.call("jobs.fetch", job).data)
-    assert 99 not in image.pixels and farm.call("jobs.status", job)["preview"] == "done"
+    image = decode_png(stepped.call("jobs.fetch", job).data)
+    assert 99 not in image.pixels and stepped.call("jobs.status", job)["preview"] == "done"
 
 
-def test_a_failed_preview_is_given_up_but_a_scene_error_in_it_fails_the_job(farm, scene):
-    job = submit(farm, scene, preview=True)
-    n = node(farm)
-    preview = farm.call("nodes.poll", n)
-    farm.call("nodes.fail", n, preview["lease"], "POV-Ray was killed by signal 9", False)
-    status = farm.call("jobs.status", job)
+def test_a_failed_preview_is_given_up_but_a_scene_error_in_it_fails_the_job(stepped, scene):
+    job = submit(stepped, scene, preview=True)
+    n = register_node(stepped)
+    preview = stepped.call("nodes.poll", n)
+    stepped.call("nodes.fail", n, preview["lease"], "POV-Ray was killed by signal 9", False)
+    status = stepped.call("jobs.status", job)
     assert status["state"] != "failed" and status["preview"] == "failed"
-    assert farm.call("nodes.poll", n)["kind"] == "rows"           # the job goes on without it
+    assert stepped.call("nodes.poll", n)["kind"] == "rows"           # the job goes on without it
 
-    broken = submit(farm, scene, preview=True, priority=5)
-    n2 = node(farm, "n2")
-    task = farm.call("nodes.poll", n2)
+    broken = submit(stepped, scene, preview=True, priority=5)
+    n2 = register_node(stepped, "n2")
+    task = stepped.call("nodes.poll", n2)
     assert (task["job"], task["kind"]) == (broken, "preview")
-    farm.call("nodes.fail", n2, task["lease"], "Parse Error: No matching } in 'sphere'", True)
-    status = farm.call("jobs.status", broken)
+    stepped.call("nodes.fail", n2, task["lease"], "Parse Error: No matching } in 'sphere'", True)
+    status = stepped.call("jobs.status", broken)
     assert status["state"] == "failed" and "Parse Error" in status["error"]
 
 
 def test_only_the_first_frame_of_an_animation_gets_a_preview():
-    plans = strips.with_preview(strips.plan_units(96, 3, 10, slots=2), 128, 96, True)
-    assert plans[0] == strips.UnitPlan(3, 3, 0, 12, strips.PREVIEW)
+    plans = with_preview(plan_units(96, 3, 10, slots=2), 128, 96, True)
+    assert plans[0] == UnitPlan(3, 3, 0, 12, PREVIEW)
     assert [p.kind for p in plans[1:]] == ["rows"] * (len(plans) - 1)
-    assert strips.with_preview(plans[1:], 128, 96, False) == plans[1:]
-    assert strips.preview_size(7, 3000) == (1, 375)
+    assert with_preview(plans[1:], 128, 96, False) == plans[1:]
+    assert preview_size(7, 3000) == (1, 375)
 
 
 def test_a_node_renders_a_preview_beside_its_strips_not_in_their_place(tmp_path):
@@ -731,7 +659,7 @@ def test_a_slow_upload_never_holds_a_slot_idle(tmp_path):
             second_rendering.set()
             worker.lease_watch(task.lease, strip_dir / "povray.log")()   # the slot's heartbeat
             upload_may_end.set()
-        return RenderOutcome("done", rows=b"rows", seconds=0.1, encoding=strips.FILTERED)
+        return RenderOutcome("done", rows=b"rows", seconds=0.1, encoding=FILTERED)
 
     worker.renderer.render = render
     assert worker.step() and worker.step()          # two strips, the first still uploading during the second
@@ -744,17 +672,17 @@ def test_a_slow_upload_never_holds_a_slot_idle(tmp_path):
     assert worker.uploads.pending() == []
 
 
-def test_a_node_reports_its_upload_rate_with_its_heartbeat_and_nodes_list_shows_it(farm, scene):
-    submit(farm, scene)
-    n = node(farm)
-    task = farm.call("nodes.poll", n)
-    assert farm.call("nodes.list")[0]["upload_bps"] == 0.0
-    assert farm.call("nodes.heartbeat", n, {task["lease"]: 0.5}, {"upload_bps": 125000.0}) == {"stop": []}
-    assert farm.call("nodes.list")[0]["upload_bps"] == 125000.0
-    farm.call("nodes.heartbeat", n, {task["lease"]: 0.6})                 # without stats: kept as it was
-    assert farm.call("nodes.list")[0]["upload_bps"] == 125000.0
+def test_a_node_reports_its_upload_rate_with_its_heartbeat_and_nodes_list_shows_it(stepped, scene):
+    submit(stepped, scene)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
+    assert stepped.call("nodes.list")[0]["upload_bps"] == 0.0
+    assert stepped.call("nodes.heartbeat", n, {task["lease"]: 0.5}, {"upload_bps": 125000.0}) == {"stop": []}
+    assert stepped.call("nodes.list")[0]["upload_bps"] == 125000.0
+    stepped.call("nodes.heartbeat", n, {task["lease"]: 0.6})                 # without stats: kept as it was
+    assert stepped.call("nodes.list")[0]["upload_bps"] == 125000.0
     with pytest.raises(FarmError) as err:
-        farm.call("nodes.heartbeat", n, {}, {"upload_bps": "fast"})
+        stepped.call("nodes.heartbeat", n, {}, {"upload_bps": "fast"})
     assert err.value.code is Code.BAD_ARGUMENT
 
 
@@ -795,8 +723,8 @@ def test_a_node_sends_one_heartbeat_per_interval_for_all_its_slots(tmp_path):
     assert client.beats[2] == {"a": 0.0}
 
 
-def test_the_controller_tells_a_node_its_heartbeat_interval_and_lease_timeout(farm):
-    reply = farm.call("nodes.register", "n1", {"povray": "3.7"})
+def test_the_controller_tells_a_node_its_heartbeat_interval_and_lease_timeout(stepped):
+    reply = stepped.call("nodes.register", "n1", {"povray": "3.7"})
     assert reply["heartbeat_interval"] == 2.0 and reply["lease_timeout"] == 30.0
 
 
@@ -879,59 +807,59 @@ def database_steps(store: Store, read) -> int:
     return steps
 
 
-def test_the_node_list_and_the_retry_check_read_the_units_in_flight_not_the_farms_history(farm, scene):
-    submit(farm, scene)
-    n = node(farm)
-    assert farm.call("nodes.poll", n)["lease"]
-    reads = {"node list": lambda: farm.call("nodes.list"),
-             "retry check": lambda: farm.store.units.retry_due(0.0, 1e12)}
-    before = {name: database_steps(farm.store, read) for name, read in reads.items()}
-    with farm.store.db.write() as db:       # a long-lived farm: 20 000 units of jobs long done
+def test_the_node_list_and_the_retry_check_read_the_units_in_flight_not_the_farms_history(stepped, scene):
+    submit(stepped, scene)
+    n = register_node(stepped)
+    assert stepped.call("nodes.poll", n)["lease"]
+    reads = {"node list": lambda: stepped.call("nodes.list"),
+             "retry check": lambda: stepped.store.units.retry_due(0.0, 1e12)}
+    before = {name: database_steps(stepped.store, read) for name, read in reads.items()}
+    with stepped.store.db.write() as db:       # a long-lived farm: 20 000 units of jobs long done
         db.executemany("INSERT INTO units (job, frame, frame_last, idx, row_start, row_end, state, node)"
                        " VALUES (999, 1, 1, ?, 0, 32, 'done', ?)", [(i, n) for i in range(20_000)])
-    after = {name: database_steps(farm.store, read) for name, read in reads.items()}
-    assert farm.call("nodes.list")[0]["current"]          # the node's lease is still found
+    after = {name: database_steps(stepped.store, read) for name, read in reads.items()}
+    assert stepped.call("nodes.list")[0]["current"]          # the node's lease is still found
     for name in reads:
         assert after[name] <= before[name] + 5, (name, before, after)
 
 
-def test_jobs_list_shows_a_running_jobs_counts_a_moment_late_and_its_state_and_priority_at_once(farm, scene):
+def test_jobs_list_shows_a_running_jobs_counts_a_moment_late_and_its_state_and_priority_at_once(stepped, scene):
     """Many pages list the jobs every 2 s while a job stores strips many times a second: its counts are
     recomputed at most once a second, but what a user changes shows at once."""
-    job = submit(farm, scene, strips=4, height=128)
-    n = node(farm)
-    listed = lambda: farm.call("jobs.list")[0]          # noqa: E731
+    job = submit(stepped, scene, strips=4, height=128)
+    n = register_node(stepped)
+    listed = lambda: stepped.call("jobs.list")[0]          # noqa: E731
 
     def store_one() -> None:
-        task = farm.call("nodes.poll", n)
-        farm.call("nodes.complete", n, task["lease"], rows_for(task), 0.5)
+        task = stepped.call("nodes.poll", n)
+        stepped.call("nodes.complete", n, task["lease"], rows_for(task), 0.5)
 
     store_one()
     assert (listed()["state"], listed()["strips_done"]) == ("rendering", 1)
     store_one()
     assert listed()["strips_done"] == 1                  # the same second: counted a moment later
-    farm.clock_.now += 1.0
+    stepped.clock_.now += 1.0
     assert listed()["strips_done"] == 2
     store_one()
-    assert farm.call("jobs.set_priority", job, 5) and listed()["priority"] == 5
-    assert farm.call("jobs.pause", job) and listed()["state"] == "paused"
+    assert stepped.call("jobs.set_priority", job, 5) and listed()["priority"] == 5
+    assert stepped.call("jobs.pause", job) and listed()["state"] == "paused"
     assert listed()["strips_done"] == 3
-    assert farm.call("jobs.status", job)["strips_done"] == 3     # one job's own status is never late
+    assert stepped.call("jobs.status", job)["strips_done"] == 3     # one job's own status is never late
 
 
-def test_a_new_job_does_not_make_jobs_list_recompute_the_ended_ones(farm, scene, monkeypatch):
+def test_a_new_job_does_not_make_jobs_list_recompute_the_ended_ones(stepped, scene, monkeypatch):
     """Submitting a job is a farm-wide change (viewers following the newest job move to it); the status of
     every job already listed stays as it was, so listing a long history stays cheap."""
     for _ in range(5):
-        farm.call("jobs.cancel", submit(farm, scene))
-    assert len(farm.call("jobs.list")) == 5
+        stepped.call("jobs.cancel", submit(stepped, scene))
+    assert len(stepped.call("jobs.list")) == 5
     computed = []
-    views = farm.services.views
+    views = stepped.services.views
     original = views.job_status
     monkeypatch.setattr(views, "job_status", lambda job, *rest: computed.append(job.id) or original(job, *rest))
-    farm.clock_.now += 60
-    newest = submit(farm, scene)
-    assert len(farm.call("jobs.list")) == 6
+    stepped.clock_.now += 60
+    newest = submit(stepped, scene)
+    assert len(stepped.call("jobs.list")) == 6
     assert computed == [newest]
 
 
@@ -959,27 +887,27 @@ def test_pages_listing_unchanged_jobs_share_one_encoding_of_the_list(server, sce
     assert len(pages[0].call("jobs.list")) == 2 and len(encoded) == 2
 
 
-def test_a_job_no_live_node_can_render_says_why_and_stops_saying_it_once_one_can(farm, scene):
-    job = submit(farm, scene)
-    assert farm.call("jobs.status", job)["blocked"] == ""          # just submitted: nodes may be coming
-    farm.clock_.now += 31                                          # a lease timeout with no node at all
-    assert farm.call("jobs.wait", job, 0)["blocked"] == "no node is connected to the controller"
-    assert farm.call("jobs.list")[0]["blocked"] == "no node is connected to the controller"
+def test_a_job_no_live_node_can_render_says_why_and_stops_saying_it_once_one_can(stepped, scene):
+    job = submit(stepped, scene)
+    assert stepped.call("jobs.status", job)["blocked"] == ""          # just submitted: nodes may be coming
+    stepped.clock_.now += 31                                          # a lease timeout with no node at all
+    assert stepped.call("jobs.wait", job, 0)["blocked"] == "no node is connected to the controller"
+    assert stepped.call("jobs.list")[0]["blocked"] == "no node is connected to the controller"
 
     missing = "POV-Ray was not found as '/nonexistent'; install it or pass --povray PATH"
     for name in ("n1", "n2"):
-        farm.call("nodes.register", name, {"povray": "", "error": missing})
-    farm.call("nodes.register", "n3", {"povray": "", "error": "POV-Ray runs, but not inside the sandbox"})
+        stepped.call("nodes.register", name, {"povray": "", "error": missing})
+    stepped.call("nodes.register", "n3", {"povray": "", "error": "POV-Ray runs, but not inside the sandbox"})
     reason = f"no node can render it: n1, n2: {missing}; n3: POV-Ray runs, but not inside the sandbox"
-    assert farm.call("jobs.status", job)["blocked"] == reason
-    assert farm.call("jobs.list")[0]["blocked"] == reason          # no change of the job's: seen all the same
+    assert stepped.call("jobs.status", job)["blocked"] == reason
+    assert stepped.call("jobs.list")[0]["blocked"] == reason          # no change of the job's: seen all the same
 
-    node(farm, "good")
-    assert farm.call("jobs.status", job)["blocked"] == ""
-    assert farm.call("jobs.list")[0]["blocked"] == ""
-    farm.call("jobs.pause", job)
-    farm.clock_.now += 31
-    farm.tick()                                                    # every node silent: presumed dead
-    assert farm.call("jobs.status", job)["blocked"] == ""          # paused: it waits for nobody
-    farm.call("jobs.resume", job)
-    assert farm.call("jobs.status", job)["blocked"] == "no node is connected to the controller"
+    register_node(stepped, "good")
+    assert stepped.call("jobs.status", job)["blocked"] == ""
+    assert stepped.call("jobs.list")[0]["blocked"] == ""
+    stepped.call("jobs.pause", job)
+    stepped.clock_.now += 31
+    stepped.tick()                                                    # every node silent: presumed dead
+    assert stepped.call("jobs.status", job)["blocked"] == ""          # paused: it waits for nobody
+    stepped.call("jobs.resume", job)
+    assert stepped.call("jobs.status", job)["blocked"] == "no node is connected to the controller"

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import free_udp_port, run_cli
+from harness import free_udp_port, make_cert, run_cli
 from farm import discovery
 from farm.client import Client
 from farm.config import Config
@@ -239,15 +237,6 @@ def test_a_forgery_is_logged_once_per_sender(keys, caplog):
     assert len(warnings) == 1 and "10.231.77.9" in warnings[0].getMessage()
     assert "does not match" in warnings[0].getMessage()
     assert receiver.counts["signature"] == 5
-
-
-def make_cert(tmp: Path) -> tuple[Path, Path, str]:
-    """A self-signed certificate for a name nobody resolves, and its SHA-256 as openssl prints it."""
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out",
-                    "cert.pem", "-days", "2", "-subj", "/CN=farm.invalid"], cwd=tmp, check=True, capture_output=True)
-    printed = subprocess.run(["openssl", "x509", "-in", "cert.pem", "-noout", "-fingerprint", "-sha256"], cwd=tmp,
-                             check=True, capture_output=True, text=True).stdout
-    return tmp / "cert.pem", tmp / "key.pem", printed.strip().partition("=")[2]
 
 
 def test_the_announced_url_and_fingerprint(tmp_path):

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SCENES, assert_same_pixels, native_render, needs_povray, stop_processes, wait_until
+from harness import (ROOT, SCENES, assert_same_pixels, make_cert, native_render, needs_povray, stop_processes,
+                     wait_until)
 from farm import auth, discovery
 from farm.config import DISCOVERY_PORT
-from test_discovery import make_cert
 
 SCENE = SCENES / "advanced/drums2/drums.pov"
 

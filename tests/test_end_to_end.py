@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli
+from harness import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli
 
 pytestmark = needs_povray
 
@@ -38,7 +38,7 @@ def test_render_matches_single_process_povray(tmp_path, scene, options, strips):
 
 
 def test_sixteen_bits_per_channel(tmp_path):
-    from farm.strips import decode_png
+    from farm.images.png import decode_png
 
     scene = SCENES / "advanced/wineglass.pov"
     out = tmp_path / "farm.png"
@@ -150,7 +150,7 @@ def test_bad_input_gets_one_clear_sentence(farm, args, message):
 
 
 def test_unreachable_controller(tmp_path):
-    from conftest import free_port
+    from harness import free_port
 
     result = run_cli("jobs", "--controller", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 1
@@ -205,7 +205,9 @@ def test_the_preview_reaches_a_watching_viewer_first_and_never_the_image(farm, t
     POV-Ray's single render."""
     import threading
 
-    from farm.strips import decode_rows, preview_size, row_size
+    from farm.images.raster import row_size
+    from farm.kinds import preview_size
+    from farm.rows import decode_rows
 
     scene = SCENES / "advanced/wineglass.pov"
     farm.start_controller()

@@ -8,11 +8,9 @@ import xmlrpc.client
 import pytest
 
 from farm.client import Client
-from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.service.feed import FeedLog, Streams
-from farm.store import Store
-from test_controller import Clock, Stepped, node, rows_for, scene, server, submit  # noqa: F401 - fixtures
+from harness import Stepped, register_node, rows_for, submit
 
 
 def parse(parts: list[bytes]) -> list[tuple[dict, bytes]]:
@@ -30,33 +28,25 @@ def types(records) -> list[str]:
     return [header["type"] for header, _ in records]
 
 
-@pytest.fixture
-def farm(tmp_path):
-    config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=3)
-    store = Store(config.data_dir / "db.sqlite3")
-    yield Stepped(config, store, Clock())
-    store.close()
-
-
-def streams(farm: Stepped, **kwargs) -> Streams:
-    services = farm.services
+def streams(stepped: Stepped, **kwargs) -> Streams:
+    services = stepped.services
     kwargs = {"pace": 0.0, "sends_per_second": 1e9, "keepalive": 0.5, **kwargs}
-    return Streams(farm.store, services.changes, FeedLog(farm.store, services.views, services.changes), **kwargs)
+    return Streams(stepped.store, services.changes, FeedLog(stepped.store, services.views, services.changes), **kwargs)
 
 
-def test_status_first_then_each_piece_once_with_a_status_after_it_then_the_end(farm, scene):
-    job = submit(farm, scene)
-    n = node(farm)
-    feed = streams(farm).watch(job, 0, gone=lambda: False)
+def test_status_first_then_each_piece_once_with_a_status_after_it_then_the_end(stepped, scene):
+    job = submit(stepped, scene)
+    n = register_node(stepped)
+    feed = streams(stepped).watch(job, 0, gone=lambda: False)
     first = parse(next(feed))
     assert types(first) == ["job"] and first[0][0]["job"]["id"] == job and first[0][0]["job"]["state"] == "queued"
     sent = []
     for value in (1, 2):
-        task = farm.call("nodes.poll", n)
+        task = stepped.call("nodes.poll", n)
         rows = rows_for(task, value)
-        farm.call("nodes.complete", n, task["lease"], rows, 1.0)
+        stepped.call("nodes.complete", n, task["lease"], rows, 1.0)
         sent.append((task["row_start"], rows.data))
-    farm.settle()
+    stepped.settle()
     received = []
     while not received or types(received)[-1] != "end":
         received += parse(next(feed))
@@ -68,55 +58,55 @@ def test_status_first_then_each_piece_once_with_a_status_after_it_then_the_end(f
         next(feed)
 
 
-def test_a_viewer_resumes_from_its_cursor(farm, scene):
-    job = submit(farm, scene)
-    n = node(farm)
+def test_a_viewer_resumes_from_its_cursor(stepped, scene):
+    job = submit(stepped, scene)
+    n = register_node(stepped)
     for value in (1, 2):
-        task = farm.call("nodes.poll", n)
-        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
-    records = parse(next(streams(farm).watch(job, 0, gone=lambda: False)))
+        task = stepped.call("nodes.poll", n)
+        stepped.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
+    records = parse(next(streams(stepped).watch(job, 0, gone=lambda: False)))
     cursors = [h["cursor"] for h, _ in records if h["type"] == "piece"]
     assert len(cursors) == 2
-    again = parse(next(streams(farm).watch(job, cursors[0], gone=lambda: False)))
+    again = parse(next(streams(stepped).watch(job, cursors[0], gone=lambda: False)))
     assert [h["cursor"] for h, _ in again if h["type"] == "piece"] == cursors[1:]
 
 
-def test_following_the_newest_job_moves_to_a_new_one_from_its_start(farm, scene):
-    feed = streams(farm).watch(0, 0, gone=lambda: False)
+def test_following_the_newest_job_moves_to_a_new_one_from_its_start(stepped, scene):
+    feed = streams(stepped).watch(0, 0, gone=lambda: False)
     assert parse(next(feed))[0][0]["job"] == {}                    # no job yet
-    job = submit(farm, scene)
+    job = submit(stepped, scene)
     records = parse(next(feed))
     assert records[0][0]["type"] == "job" and records[0][0]["job"]["id"] == job
 
 
-def test_many_viewers_share_one_read_of_the_store(farm, scene, monkeypatch):
-    job = submit(farm, scene)
-    n = node(farm)
-    shared = streams(farm)
+def test_many_viewers_share_one_read_of_the_store(stepped, scene, monkeypatch):
+    job = submit(stepped, scene)
+    n = register_node(stepped)
+    shared = streams(stepped)
     viewers = [shared.watch(job, 0, gone=lambda: False) for _ in range(20)]
     for viewer in viewers:
         next(viewer)
-    task = farm.call("nodes.poll", n)
-    farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+    task = stepped.call("nodes.poll", n)
+    stepped.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
     reads = []
-    stored_after = farm.store.units.stored_after
-    monkeypatch.setattr(farm.store.units, "stored_after", lambda *a, **k: reads.append(a) or stored_after(*a, **k))
+    stored_after = stepped.store.units.stored_after
+    monkeypatch.setattr(stepped.store.units, "stored_after", lambda *a, **k: reads.append(a) or stored_after(*a, **k))
     chunks = [b"".join(next(viewer)) for viewer in viewers]
     assert len(set(chunks)) == 1 and types(parse([chunks[0]]))[0] == "piece"
     assert len(reads) <= 2      # one read brings the piece (and one more finds nothing after it)
 
 
-def test_a_quiet_stream_pings(farm, scene):
-    job = submit(farm, scene)
-    feed = streams(farm, keepalive=0.05).watch(job, 0, gone=lambda: False)
+def test_a_quiet_stream_pings(stepped, scene):
+    job = submit(stepped, scene)
+    feed = streams(stepped, keepalive=0.05).watch(job, 0, gone=lambda: False)
     next(feed)
     assert "ping" in types(parse(next(feed)))
 
 
-def test_a_departed_viewer_ends_its_stream(farm, scene):
-    job = submit(farm, scene)
+def test_a_departed_viewer_ends_its_stream(stepped, scene):
+    job = submit(stepped, scene)
     left = []
-    feed = streams(farm).watch(job, 0, gone=lambda: bool(left))
+    feed = streams(stepped).watch(job, 0, gone=lambda: bool(left))
     next(feed)
     left.append(True)
     with pytest.raises(StopIteration):
@@ -126,7 +116,7 @@ def test_a_departed_viewer_ends_its_stream(farm, scene):
 # -- over HTTP -----------------------------------------------------------------------------------------
 
 def test_the_stream_over_http_matches_the_long_poll_and_ends(server, scene):
-    from farm.bundle import pack, plan_bundle
+    from farm.bundle.packing import pack, plan_bundle
 
     submitter = Client(server.url, timeout=10, token=server.tokens["submit"])
     digest = submitter.call("bundles.upload", xmlrpc.client.Binary(pack(plan_bundle(scene))))
@@ -232,9 +222,9 @@ def test_a_header_line_without_end_is_refused_at_the_limit_not_read_for_ever(mon
     assert caught.value.code is Code.UNREACHABLE and "header over the size limit" in str(caught.value)
 
 
-def test_the_pace_grows_with_the_viewers_so_their_sends_stay_within_the_budget(farm, scene):
-    job = submit(farm, scene)
-    shared = streams(farm, pace=0.1, sends_per_second=40)
+def test_the_pace_grows_with_the_viewers_so_their_sends_stay_within_the_budget(stepped, scene):
+    job = submit(stepped, scene)
+    shared = streams(stepped, pace=0.1, sends_per_second=40)
     viewers = [shared.watch(job, 0, gone=lambda: False) for _ in range(20)]
     for viewer in viewers[:4]:
         next(viewer)
@@ -247,18 +237,18 @@ def test_the_pace_grows_with_the_viewers_so_their_sends_stay_within_the_budget(f
     assert shared.pace() == 0.1
 
 
-def test_sends_keep_to_the_pace_while_the_job_changes_all_the_time(farm, scene):
+def test_sends_keep_to_the_pace_while_the_job_changes_all_the_time(stepped, scene):
     """A busy job changes faster than the shared reads follow it (a viewer is nearly always "behind"
     them): that must not bring its sends closer together than the pace."""
-    job = submit(farm, scene, height=32 * 30, strips=30)
-    n = node(farm)
+    job = submit(stepped, scene, height=32 * 30, strips=30)
+    n = register_node(stepped)
     now = [0.0]
 
     def store_a_strip() -> None:
-        task = farm.call("nodes.poll", n)
+        task = stepped.call("nodes.poll", n)
         if task:
-            farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
-            farm.settle()
+            stepped.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+            stepped.settle()
 
     def sleep(seconds: float) -> None:
         """Time passes; other viewers have the job's status built, then a strip is stored."""
@@ -269,15 +259,15 @@ def test_sends_keep_to_the_pace_while_the_job_changes_all_the_time(farm, scene):
     class Busy:
         """The farm's versions, where a wait for a change sees the next strip stored at once."""
         def __getattr__(self, name):
-            return getattr(farm.services.changes, name)
+            return getattr(stepped.services.changes, name)
 
         def wait(self, *args):
             now[0] += 0.01
             store_a_strip()
 
-    services = farm.services
-    log = FeedLog(farm.store, services.views, services.changes, clock=lambda: now[0])
-    shared = Streams(farm.store, Busy(), log, pace=0.5, sends_per_second=1e9, keepalive=60,
+    services = stepped.services
+    log = FeedLog(stepped.store, services.views, services.changes, clock=lambda: now[0])
+    shared = Streams(stepped.store, Busy(), log, pace=0.5, sends_per_second=1e9, keepalive=60,
                      clock=lambda: now[0], sleep=sleep)
     sent, pieces = [], 0
     for chunk in shared.watch(job, 0, gone=lambda: False):
@@ -289,22 +279,22 @@ def test_sends_keep_to_the_pace_while_the_job_changes_all_the_time(farm, scene):
     assert all(later - earlier >= 0.5 for earlier, later in zip(sent, sent[1:])), sent
 
 
-def test_a_busy_jobs_status_is_built_once_per_pace_for_all_viewers(farm, scene):
-    job = submit(farm, scene, height=32 * 8, strips=8)
-    n = node(farm)
+def test_a_busy_jobs_status_is_built_once_per_pace_for_all_viewers(stepped, scene):
+    job = submit(stepped, scene, height=32 * 8, strips=8)
+    n = register_node(stepped)
     now = [0.0]
-    services = farm.services
-    log = FeedLog(farm.store, services.views, services.changes, clock=lambda: now[0])
+    services = stepped.services
+    log = FeedLog(stepped.store, services.views, services.changes, clock=lambda: now[0])
     built = []
     build = log._build_status
     log._build_status = lambda *args: built.append(now[0]) or build(*args)
     for step in range(8):             # a strip stored every 0.1 s: the job changes before each ask
-        task = farm.call("nodes.poll", n)
-        farm.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
+        task = stepped.call("nodes.poll", n)
+        stepped.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
         log.status(job, fresh=0.5)
         now[0] += 0.1
     assert built == [0.0, 0.5]
-    shared = Streams(farm.store, services.changes, log, pace=0.1, sends_per_second=40, clock=lambda: now[0],
+    shared = Streams(stepped.store, services.changes, log, pace=0.1, sends_per_second=40, clock=lambda: now[0],
                      sleep=lambda seconds: None)
     asked = []
     log.status = lambda job_id, fresh: asked.append(fresh) or FeedLog.status(log, job_id, fresh)
@@ -314,14 +304,14 @@ def test_a_busy_jobs_status_is_built_once_per_pace_for_all_viewers(farm, scene):
     assert asked[0] == 0.25 and asked[-1] == 0.5      # one viewer: STATUS_FRESH; twenty: their pace
 
 
-def test_a_log_over_half_the_budget_forgets_its_front_and_a_viewer_behind_it_reads_the_store(farm, scene):
-    job = submit(farm, scene, height=128, strips=4)
-    n = node(farm)
+def test_a_log_over_half_the_budget_forgets_its_front_and_a_viewer_behind_it_reads_the_store(stepped, scene):
+    job = submit(stepped, scene, height=128, strips=4)
+    n = register_node(stepped)
     for value in range(4):
-        task = farm.call("nodes.poll", n)
-        farm.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
-    services = farm.services
-    log = FeedLog(farm.store, services.views, services.changes, budget=1)      # keeps only the newest piece
+        task = stepped.call("nodes.poll", n)
+        stepped.call("nodes.complete", n, task["lease"], rows_for(task, value), 1.0)
+    services = stepped.services
+    log = FeedLog(stepped.store, services.views, services.changes, budget=1)      # keeps only the newest piece
     cursor, pieces, _ = log.pieces_after(job, 0, complete=True)
     assert len(pieces) == 4                         # the asking viewer gets all, then the log is trimmed
     first = json.loads(pieces[0].partition(b"\n")[0])["cursor"]

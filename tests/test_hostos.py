@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from farm import hostos, sandbox
+from harness import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,17 +97,13 @@ def test_posix_stop_tree_reaches_grandchildren(tmp_path):
     script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
               f"open({str(marker)!r}, 'w').write(str(p.pid)); time.sleep(60)")
     process = subprocess.Popen([sys.executable, "-c", script], **host.popen_options())
-    deadline = time.monotonic() + 10
-    while not marker.exists() or not marker.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: marker.exists() and marker.read_text(), timeout=10, interval=0.05,
+               what="the child to start its grandchild")
     grandchild = int(marker.read_text())
     assert host.stop_tree(process, hard=False)
     assert process.wait(10) == -15
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{grandchild}").exists() and "Z" not in _state(grandchild):
-        assert time.monotonic() < deadline, "the grandchild survived"
-        time.sleep(0.05)
+    wait_until(lambda: not Path(f"/proc/{grandchild}").exists() or "Z" in _state(grandchild), timeout=10,
+               interval=0.05, what="the grandchild to end")
 
 
 def _state(pid: int) -> str:

@@ -8,7 +8,6 @@ import xmlrpc.client
 
 import pytest
 
-from farm import strips
 from farm.delivery import Delivery, Uploads
 from farm.downloads import Downloads
 from farm.faults import Code, FarmError
@@ -16,6 +15,8 @@ from farm.features import (BUNDLE_RANGES, COMPLETE_AND_POLL, CURRENT, FEATURES, 
                            OLDEST, Features)
 from farm.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.task import RenderOutcome, Task
+from farm.kinds import PRETRACE, ROWS
+from farm.rows import FILTERED
 
 WIRE = {"lease": "7.2.aabbccddeeff", "job": 7, "frame": 3, "frame_last": 5, "strip": 2, "attempt": 1,
         "width": 64, "height": 48, "row_start": 16, "row_end": 32, "bundle": "sha256:" + "ab" * 32,
@@ -48,14 +49,14 @@ def test_a_task_reads_every_member_of_the_wire_struct():
     assert (task.width, task.height, task.row_start, task.row_end, task.channels, task.bits) == (64, 48, 16, 32, 4, 16)
     assert (task.bundle, task.scene, task.options, task.animation) == \
         (WIRE["bundle"], "scenes/s.pov", ("+A0.3", "+UA"), ("+KFI1", "+KFF9"))
-    assert (task.time_limit, task.kind, task.radiosity_cache) == (120.0, strips.PRETRACE, True)
+    assert (task.time_limit, task.kind, task.radiosity_cache) == (120.0, PRETRACE, True)
     assert task.frames == range(3, 6) and task.alpha
 
 
 def test_a_task_from_an_older_controller_gets_the_defaults_its_missing_members_meant():
     task = Task.from_wire(OLDER_WIRE)
     assert task.frame_last == task.frame == 3 and task.frames == range(3, 4)
-    assert (task.animation, task.time_limit, task.kind, task.radiosity_cache) == ((), 0.0, strips.ROWS, False)
+    assert (task.animation, task.time_limit, task.kind, task.radiosity_cache) == ((), 0.0, ROWS, False)
     assert Task.from_wire({**OLDER_WIRE, "time_limit": 30}).time_limit == 30.0     # an int is a number too
 
 
@@ -141,7 +142,7 @@ def delivery(client, features=CURRENT, stopping=None) -> Delivery:
 
 
 def filtered_outcome() -> RenderOutcome:
-    return RenderOutcome("done", rows=b"filtered", seconds=0.5, encoding=strips.FILTERED,
+    return RenderOutcome("done", rows=b"filtered", seconds=0.5, encoding=FILTERED,
                          as_zlib=lambda: b"plain")
 
 
@@ -150,7 +151,7 @@ def test_delivery_sends_filtered_rows_and_takes_the_next_task_from_a_current_con
     assert delivery(client).complete("1.1.aa", filtered_outcome()) == WIRE
     ((method, node_id, lease, rows, seconds, encoding),) = client.calls
     assert (method, node_id, lease, rows, seconds, encoding) == \
-        ("nodes.complete_and_poll", "n1-abcd", "1.1.aa", b"filtered", 0.5, strips.FILTERED)
+        ("nodes.complete_and_poll", "n1-abcd", "1.1.aa", b"filtered", 0.5, FILTERED)
 
 
 def test_delivery_to_a_controller_without_the_features_sends_plain_zlib_with_complete():
@@ -279,7 +280,7 @@ def test_a_heartbeat_carries_the_upload_rate_only_to_a_controller_that_takes_it(
 # -- downloads -------------------------------------------------------------------------------------------------
 
 def test_a_controller_without_ranges_sends_the_whole_bundle_in_one_reply(tmp_path):
-    from farm.bundle import BundleCache
+    from farm.bundle.cache import BundleCache
 
     client = Recorder(bundles_fetch=xmlrpc.client.Binary(b"zip"))
     downloads = Downloads(client, BundleCache(tmp_path / "bundles"), lambda: OLDEST, threading.Event(), no_pause)

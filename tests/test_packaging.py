@@ -7,7 +7,7 @@ import sys
 import pytest
 from setuptools import find_packages
 
-from conftest import ROOT
+from harness import ROOT
 
 tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else pytest.importorskip("tomli")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
+from harness import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
 from farm import povray
 from farm.povray import ProcessResult
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, SCENES, assert_same_pixels, native_render, needs_povray, run_cli
+from harness import ROOT, SCENES, assert_same_pixels, native_render, needs_povray, run_cli
 
 pytestmark = needs_povray
 

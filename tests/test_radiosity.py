@@ -12,8 +12,13 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from conftest import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
-from farm import bundle, povray, radiosity, strips
+from harness import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
+from farm import povray, radiosity, strips
+from farm.bundle.checking import mentions
+from farm.images.png import decode_png
+from farm.images.ppm import decode_ppm
+from farm.images.raster import Raster
+from farm.planning import UnitPlan, with_pretrace
 
 CORNELL = SCENES / "radiosity/cornell.pov"
 
@@ -21,16 +26,16 @@ CORNELL = SCENES / "radiosity/cornell.pov"
 # -- the pure parts --------------------------------------------------------------------------------
 
 def test_split_frames_get_a_pretrace_unit_before_their_first_strip():
-    Plan = strips.UnitPlan
+    Plan = UnitPlan
     units = [Plan(1, 1, 0, 32), Plan(1, 1, 32, 64), Plan(2, 2, 0, 32), Plan(2, 2, 32, 64)]
-    assert strips.with_pretrace(units, 64, True) == [
+    assert with_pretrace(units, 64, True) == [
         Plan(1, 1, 0, 64, "pretrace"), Plan(1, 1, 0, 32), Plan(1, 1, 32, 64),
         Plan(2, 2, 0, 64, "pretrace"), Plan(2, 2, 0, 32), Plan(2, 2, 32, 64)]
-    assert strips.with_pretrace(units, 64, False) == units
+    assert with_pretrace(units, 64, False) == units
     whole_frames = [Plan(1, 5, 0, 64), Plan(6, 9, 0, 64)]     # one process renders every row: nothing to share
-    assert strips.with_pretrace(whole_frames, 64, True) == whole_frames
+    assert with_pretrace(whole_frames, 64, True) == whole_frames
     remainder = Plan(1, 1, 0, 64, remainder=True)                # cut at lease time: it will be split
-    assert strips.with_pretrace([remainder], 64, True) == [Plan(1, 1, 0, 64, "pretrace"), remainder]
+    assert with_pretrace([remainder], 64, True) == [Plan(1, 1, 0, 64, "pretrace"), remainder]
 
 
 def test_the_wrapper_includes_the_scene_and_refuses_names_it_cannot_quote():
@@ -73,21 +78,21 @@ def test_a_bundle_mentions_radiosity_in_its_scene_or_includes(tmp_path):
             for name, data in files.items():
                 archive.writestr(name, data)
         return buffer.getvalue()
-    assert bundle.mentions(zipped({"s.pov": b"#include \"l.inc\"", "l.inc": b"global_settings{radiosity{}}"}),
+    assert mentions(zipped({"s.pov": b"#include \"l.inc\"", "l.inc": b"global_settings{radiosity{}}"}),
                            b"radiosity", "s.pov")
-    assert not bundle.mentions(zipped({"s.pov": b"sphere{0,1}", "t.png": b"radiosity"}), b"radiosity", "s.pov")
+    assert not mentions(zipped({"s.pov": b"sphere{0,1}", "t.png": b"radiosity"}), b"radiosity", "s.pov")
     # a word cut across two read chunks is still found
-    assert bundle.mentions(zipped({"s.pov": b"x" * (65536 - 4) + b"radiosity"}), b"radiosity", "s.pov")
+    assert mentions(zipped({"s.pov": b"x" * (65536 - 4) + b"radiosity"}), b"radiosity", "s.pov")
 
 
 # -- real renders ----------------------------------------------------------------------------------
 
-def _load(path: Path) -> strips.Raster:
+def _load(path: Path) -> Raster:
     data = path.read_bytes()
-    return strips.decode_png(data) if path.suffix == ".png" else strips.decode_ppm(data)
+    return decode_png(data) if path.suffix == ".png" else decode_ppm(data)
 
 
-def _difference(a: strips.Raster, b: strips.Raster, edge_rows: set[int]) -> dict[str, float]:
+def _difference(a: Raster, b: Raster, edge_rows: set[int]) -> dict[str, float]:
     """Mean and max absolute difference over all channels, and the mean in edge rows and other rows."""
     stride = a.width * a.channels
     row_means, worst = [], 0

@@ -11,39 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCENES, assert_same_pixels, native_render, needs_povray, run_cli, wait_until
-from farm import strips
-from farm.bundle import bundle_hash, pack, plan_bundle
+from harness import (SCENES, assert_same_pixels, native_render, needs_povray, run_cli, submit, wait_ended,
+                     wait_until)
 from farm.faults import Code, FarmError
+from farm.images.png import decode_png
+from farm.images.raster import row_size
+from farm.rows import compress_rows
 
 pytestmark = needs_povray
 
 MEDIASKY = SCENES / "advanced/mediasky.pov"       # ~13 s at 320x240 on one thread: strips take seconds
 WINEGLASS = SCENES / "advanced/wineglass.pov"
-
-
-def submit(farm, scene: Path, width: int, height: int, strips_: int, options=(), priority=0) -> int:
-    data = pack(plan_bundle(scene))
-    if not farm.client.call("bundles.has", bundle_hash(data)):
-        import xmlrpc.client
-        farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
-    return farm.client.call("jobs.submit", {
-        "bundle": bundle_hash(data), "scene": scene.name, "width": width, "height": height,
-        "strips": strips_, "options": list(options), "priority": priority, "preview": False})
+FIRST_STOP = "stopping after the current strip"     # what a node logs when it takes a first SIGTERM
 
 
 def status(farm, job: int) -> dict:
     return farm.client.call("jobs.status", job)
-
-
-def wait_done(farm, job: int, timeout: float = 180) -> dict:
-    def finished():
-        try:
-            info = status(farm, job)
-        except FarmError:
-            return None      # the controller is restarting
-        return info if info["state"] in ("done", "failed", "canceled") else None
-    return wait_until(finished, timeout=timeout, interval=0.2, what=f"job {job} to finish")
 
 
 def fetch(farm, job: int, path: Path) -> Path:
@@ -70,7 +53,7 @@ def test_a_node_killed_mid_strip(farm, tmp_path):
     farm.start_controller("--lease-timeout", "3")
     victim = farm.start_node("victim")
     farm.start_node("survivor")
-    job = submit(farm, MEDIASKY, 320, 240, 4)
+    job = submit(farm.client, MEDIASKY, width=320, height=240, strips=4)
 
     def victim_busy():
         return [s for s in status(farm, job)["strips"] if s["state"] == "leased" and s["node"].startswith("victim")]
@@ -79,7 +62,7 @@ def test_a_node_killed_mid_strip(farm, tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
 
-    final = wait_done(farm, job)
+    final = wait_ended(farm.client, job)
     assert final["state"] == "done", final["error"]
     by_index = {s["index"]: s for s in final["strips"]}
     assert by_index[killed_strip["index"]]["attempts"] == 2       # rendered at most twice
@@ -93,17 +76,17 @@ def test_the_controller_killed_mid_job_and_restarted(farm, tmp_path):
     farm.start_controller()
     farm.start_node("n1")
     farm.start_node("n2")
-    job = submit(farm, MEDIASKY, 320, 240, 8)
+    job = submit(farm.client, MEDIASKY, width=320, height=240, strips=8)
     wait_until(lambda: status(farm, job)["strips_done"] >= 2, timeout=120, what="two strips stored")
     farm.controller.send_signal(signal.SIGKILL)
     farm.controller.wait()
     # What the database holds is what was stored; read it the way the restarted controller will.
-    time.sleep(1.0)
+    time.sleep(1.0)      # the scenario: the controller stays down a while, and the nodes' calls fail meanwhile
     farm.start_controller()
     stored_before = {s["index"]: s["attempts"] for s in status(farm, job)["strips"] if s["state"] == "done"}
     assert len(stored_before) >= 2
 
-    final = wait_done(farm, job)
+    final = wait_ended(farm.client, job, through_restarts=True)
     assert final["state"] == "done", final["error"]
     after = {s["index"]: s["attempts"] for s in final["strips"]}
     assert all(after[index] == attempts for index, attempts in stored_before.items()), \
@@ -114,7 +97,7 @@ def test_the_controller_killed_mid_job_and_restarted(farm, tmp_path):
 
 def test_a_late_result_from_an_expired_lease_is_refused(farm):
     farm.start_controller("--lease-timeout", "1")
-    job = submit(farm, WINEGLASS, 8, 32, 1)
+    job = submit(farm.client, WINEGLASS, width=8, height=32, strips=1)
     client = farm.client_as("node")
     slow = client.call("nodes.register", "slow", {})["node_id"]
     fast = client.call("nodes.register", "fast", {})["node_id"]
@@ -127,9 +110,9 @@ def test_a_late_result_from_an_expired_lease_is_refused(farm):
     assert second["strip"] == first["strip"] and second["lease"] != first["lease"]
 
     import xmlrpc.client
-    row_bytes = strips.row_size(8, 3, 8)
-    late = xmlrpc.client.Binary(strips.compress_rows(b"\x01" * row_bytes * 32))
-    good = xmlrpc.client.Binary(strips.compress_rows(b"\x02" * row_bytes * 32))
+    row_bytes = row_size(8, 3, 8)
+    late = xmlrpc.client.Binary(compress_rows(b"\x01" * row_bytes * 32))
+    good = xmlrpc.client.Binary(compress_rows(b"\x02" * row_bytes * 32))
     with pytest.raises(FarmError) as err:
         client.call("nodes.complete", slow, first["lease"], late, 1.0)
     assert err.value.code in (Code.STALE_LEASE, Code.UNKNOWN_NODE)
@@ -140,7 +123,7 @@ def test_a_late_result_from_an_expired_lease_is_refused(farm):
     wait_until(lambda: status(farm, job)["state"] == "done", timeout=15, what="the frame to be written")
     done = {node["name"]: node["strips_done"] for node in farm.client.call("nodes.list")}
     assert done == {"slow": 0, "fast": 1}      # the strip counted once, for the node whose lease was current
-    image = strips.decode_png(farm.client.call("jobs.fetch", job).data)
+    image = decode_png(farm.client.call("jobs.fetch", job).data)
     assert set(image.pixels) == {2}
     assert farm.client.call("api.version")["api"] == 1
 
@@ -164,12 +147,12 @@ def test_a_scene_that_fails_everywhere_fails_its_job_and_nodes_go_on(farm, tmp_p
     farm.start_controller()
     farm.start_node("n1", "--povray", str(fake))
     farm.start_node("n2", "--povray", str(fake))
-    bad = submit(farm, doomed, 64, 48, 1)
-    final = wait_done(farm, bad, timeout=60)
+    bad = submit(farm.client, doomed, width=64, height=48, strips=1)
+    final = wait_ended(farm.client, bad, timeout=60)
     assert final["state"] == "failed"
     assert "failed 3 times" in final["error"] and "simulated crash" in final["error"]
-    good = submit(farm, WINEGLASS, 64, 48, 2)
-    assert wait_done(farm, good, timeout=60)["state"] == "done"
+    good = submit(farm.client, WINEGLASS, width=64, height=48, strips=2)
+    assert wait_ended(farm.client, good, timeout=60)["state"] == "done"
     nodes = farm.client.call("nodes.list")
     assert sum(node["strips_failed"] for node in nodes) == 3
 
@@ -178,7 +161,7 @@ def test_cancel_stops_povray_within_a_heartbeat(farm, tmp_path):
     farm.start_controller()
     farm.start_node("n1")
     farm.start_node("n2")
-    job = submit(farm, MEDIASKY, 320, 240, 2)
+    job = submit(farm.client, MEDIASKY, width=320, height=240, strips=2)
     wait_until(lambda: len(povray_processes(str(tmp_path))) == 2, timeout=30, what="both nodes rendering")
     assert run_cli("cancel", str(job), "--controller", farm.url).returncode == 0
     heartbeat = 2.0
@@ -188,36 +171,36 @@ def test_cancel_stops_povray_within_a_heartbeat(farm, tmp_path):
     assert time.monotonic() - started <= heartbeat + 4.0
     assert status(farm, job)["state"] == "canceled"
     # The nodes are free for the next job.
-    good = submit(farm, WINEGLASS, 64, 48, 2)
-    assert wait_done(farm, good, timeout=60)["state"] == "done"
+    good = submit(farm.client, WINEGLASS, width=64, height=48, strips=2)
+    assert wait_ended(farm.client, good, timeout=60)["state"] == "done"
 
 
 def test_pause_and_resume(farm, tmp_path):
     farm.start_controller()
-    job = submit(farm, WINEGLASS, 160, 120, 4)
+    job = submit(farm.client, WINEGLASS, width=160, height=120, strips=4)
     assert run_cli("pause", str(job), "--controller", farm.url).returncode == 0
     farm.start_node("n1")
-    time.sleep(2.0)
+    time.sleep(2.0)      # the scenario: a free node polls for a while, and the paused job gives it nothing
     assert status(farm, job)["state"] == "paused" and status(farm, job)["strips_done"] == 0
     assert run_cli("resume", str(job), "--controller", farm.url).returncode == 0
-    assert wait_done(farm, job, timeout=60)["state"] == "done"
+    assert wait_ended(farm.client, job, timeout=60)["state"] == "done"
 
 
 def test_node_stops_gracefully_on_sigterm_and_at_once_on_the_second(farm, tmp_path):
     farm.start_controller()
     node = farm.start_node("n1")
-    job = submit(farm, MEDIASKY, 320, 240, 4)
+    job = submit(farm.client, MEDIASKY, width=320, height=240, strips=4)
     wait_until(lambda: status(farm, job)["strips_leased"] == 1, timeout=30, what="a strip in flight")
-    time.sleep(0.5)
+    time.sleep(0.5)                             # mid-strip
     node.send_signal(signal.SIGTERM)            # first: finish the strip, deliver it, exit
     assert node.wait(60) == 0
     assert status(farm, job)["strips_done"] == 1 and status(farm, job)["strips_leased"] == 0
 
     node = farm.start_node("n1")
     wait_until(lambda: status(farm, job)["strips_leased"] == 1, timeout=30, what="a strip in flight")
-    time.sleep(0.5)
+    time.sleep(0.5)                             # mid-strip
     node.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_until(lambda: farm.log("n1").count(FIRST_STOP) == 2, timeout=10, what="the node to take the first SIGTERM")
     node.send_signal(signal.SIGTERM)            # second: stop POV-Ray, hand the lease back, exit
     assert node.wait(15) == 0
     after = status(farm, job)
@@ -238,11 +221,12 @@ def test_chaos_random_kills_of_nodes_and_controller(farm, tmp_path):
     farm.start_controller("--lease-timeout", "4")
     names = ["c1", "c2", "c3"]
     nodes = {name: farm.start_node(name, slots=2) for name in names}
-    jobs = [submit(farm, scene, w, h, n, options) for scene, w, h, n, options in CHAOS_JOBS]
+    jobs = [submit(farm.client, scene, width=w, height=h, strips=n, options=options)
+            for scene, w, h, n, options in CHAOS_JOBS]
     deadline = time.monotonic() + 60
     kills = 0
     while time.monotonic() < deadline:
-        time.sleep(rng.uniform(0.5, 3.0))
+        time.sleep(rng.uniform(0.5, 3.0))      # the scenario: kills at random moments
         try:
             if all(status(farm, job)["state"] == "done" for job in jobs):
                 break
@@ -262,7 +246,7 @@ def test_chaos_random_kills_of_nodes_and_controller(farm, tmp_path):
     print(f"chaos: {kills} kills in {60 - (deadline - time.monotonic()):.0f} s")
     assert kills >= 10
     for job, (scene, w, h, _, options) in zip(jobs, CHAOS_JOBS):
-        final = wait_done(farm, job, timeout=240)
+        final = wait_ended(farm.client, job, timeout=240, through_restarts=True)
         assert final["state"] == "done", final["error"]
         assert final["strips_done"] == final["strips_total"]
         assert all(s["state"] == "done" for s in final["strips"])

@@ -8,19 +8,19 @@ import re
 import secrets
 import signal
 import subprocess
-import xmlrpc.client
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SCENES, assert_same_pixels, farm_argv, free_port, native_render, needs_povray, wait_until
+from harness import (ROOT, SCENES, assert_same_pixels, farm_argv, free_port, native_render, needs_povray, submit,
+                     wait_ended)
 from farm import povray, sandbox
-from farm.bundle import bundle_hash, pack, plan_bundle
 from farm.faults import FarmError
 
 pytestmark = needs_povray
 
 WINEGLASS = SCENES / "advanced/wineglass.pov"
+ATTACK_JOB = {"width": 32, "height": 32, "strips": 1}    # a hostile scene needs no more to try its attack
 SCENE = """
 camera { location <0, 0, -3> look_at 0 }
 light_source { <5, 5, -5> rgb 1 }
@@ -41,22 +41,6 @@ needs_bwrap = pytest.mark.skipif(bool(BWRAP_PROBLEM), reason=f"bubblewrap does n
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-def submit(farm, scene: Path, width: int = 32, height: int = 32, strips: int = 1) -> int:
-    data = pack(plan_bundle(scene))
-    if not farm.client.call("bundles.has", bundle_hash(data)):
-        farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
-    return farm.client.call("jobs.submit", {"bundle": bundle_hash(data), "scene": scene.name, "width": width,
-                                            "height": height, "strips": strips, "options": [],
-                                            "preview": False})
-
-
-def wait_done(farm, job: int, timeout: float = 60) -> dict:
-    def finished():
-        info = farm.client.call("jobs.status", job)
-        return info if info["state"] in ("done", "failed", "canceled") else None
-    return wait_until(finished, timeout=timeout, interval=0.2, what=f"job {job} to finish")
-
 
 def start_node(farm, name: str, *extra: str, env: dict[str, str]) -> subprocess.Popen:
     """Like farm.start_node, with the node's own environment (its HOME, its PATH)."""
@@ -110,9 +94,9 @@ def test_bwrap_contains_a_scene_that_tries_to_get_out(farm, tmp_path):
     try:
         farm.start_controller()
         start_node(farm, "n1", "--sandbox", "bwrap", env=attack.node_env())
-        jobs = {name: submit(farm, path) for name, path in attack.paths.items()}
-        good = submit(farm, WINEGLASS, 96, 64, 2)
-        results = {name: wait_done(farm, job) for name, job in jobs.items()}
+        jobs = {name: submit(farm.client, path, **ATTACK_JOB) for name, path in attack.paths.items()}
+        good = submit(farm.client, WINEGLASS, width=96, height=64, strips=2)
+        results = {name: wait_ended(farm.client, job, timeout=60) for name, job in jobs.items()}
 
         for name, result in results.items():
             assert result["state"] == "failed", f"{name}: the attack was not stopped"
@@ -130,7 +114,7 @@ def test_bwrap_contains_a_scene_that_tries_to_get_out(farm, tmp_path):
 
         # The farm is unharmed and still renders bit-identical pixels through the sandbox.
         assert farm.client.call("api.version")["api"] == 1
-        assert wait_done(farm, good)["state"] == "done"
+        assert wait_ended(farm.client, good, timeout=60)["state"] == "done"
         (tmp_path / "farm.png").write_bytes(farm.client.call("jobs.fetch", good).data)
         assert_same_pixels(tmp_path / "farm.png", native_render(WINEGLASS, 96, 64, [], tmp_path / "native.png"))
         assert "confined by bubblewrap" in farm.log("n1")
@@ -146,7 +130,8 @@ def test_without_a_sandbox_the_same_scene_gets_out(farm, tmp_path):
     attack = Attack(tmp_path, outside / "pwned")
     farm.start_controller()
     start_node(farm, "n1", "--sandbox", "none", env=attack.node_env())
-    results = {name: wait_done(farm, submit(farm, path)) for name, path in attack.paths.items()}
+    results = {name: wait_ended(farm.client, submit(farm.client, path, **ATTACK_JOB), timeout=60)
+               for name, path in attack.paths.items()}
 
     assert results["write_abs"]["state"] == "done" and attack.write_target.read_text() == "pwned\n"
     assert results["write_rel"]["state"] == "done" and attack.escapes(tmp_path / "n1")
@@ -184,8 +169,8 @@ def test_auto_without_bubblewrap_warns_loudly_and_still_renders(farm, tmp_path):
     empty.mkdir()
     farm.start_controller()
     start_node(farm, "n1", "--povray", "/usr/bin/povray", env={**os.environ, "PATH": str(empty)})
-    job = submit(farm, WINEGLASS, 64, 48, 1)
-    assert wait_done(farm, job)["state"] == "done"
+    job = submit(farm.client, WINEGLASS, width=64, height=48, strips=1)
+    assert wait_ended(farm.client, job, timeout=60)["state"] == "done"
     log = farm.log("n1")
     assert "WARNING" in log and "POV-Ray runs UNCONFINED on this node: bubblewrap (bwrap) is not installed" \
         in " ".join(log.split())

@@ -10,14 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm import scheduler, strips
-from farm.bundle import pack, plan_bundle
-from farm.config import Config
+from farm import scheduler
+from farm.bundle.packing import pack, plan_bundle
 from farm.faults import Code, FarmError
+from farm.images.png import decode_png
+from farm.kinds import PreviewMode
 from farm.scheduler import next_cut
 from farm.store import Store
 
-from test_controller import Clock, Stepped, rows_for
+from harness import Clock, Stepped, rows_for, stepped_farm, submit, write_scene
 
 
 def simulate(height: int, block: int, speeds: dict[str, float], row_cost, jitter=None):
@@ -186,17 +187,13 @@ def test_the_machine_is_the_running_kernel(tmp_path):
 # -- the store cutting remainders, through the API ---------------------------------------------------------
 
 def _stepped(tmp_path, max_attempts: int = 3, machine: str = "") -> tuple[Stepped, Store]:
-    config = Config(data_dir=tmp_path / "data", lease_timeout=30, max_attempts=max_attempts, machine=machine)
-    store = Store(config.data_dir / "db.sqlite3")
-    return Stepped(config, store, Clock()), store
+    return stepped_farm(tmp_path / "data", max_attempts=max_attempts, machine=machine)
 
 
-def _submit(farm: Stepped, scene_dir, **spec) -> int:
-    path = scene_dir / "s.pov"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text("sphere { 0, 1 pigment { rgb 1 } }\n")
-    digest = farm.call("bundles.upload", xmlrpc.client.Binary(pack(plan_bundle(path))))
-    return farm.call("jobs.submit", {"bundle": digest, "scene": "s.pov", "width": 4, "preview": False, **spec})
+def _submit(stepped: Stepped, scene_dir, **spec) -> int:
+    """A job 4 pixels wide, cut as the farm decides unless `spec` says."""
+    return submit(stepped, write_scene(scene_dir, "sphere { 0, 1 pigment { rgb 1 } }\n"),
+                  **{"width": 4, "strips": "auto", **spec})
 
 
 def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first(tmp_path):
@@ -229,7 +226,7 @@ def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first
     farm.settle()
     status = farm.call("jobs.status", job)
     assert status["state"] == "done" and status["strips_total"] == status["strips_done"] == 2 + len(sizes)
-    image = strips.decode_png(farm.call("jobs.fetch", job).data)
+    image = decode_png(farm.call("jobs.fetch", job).data)
     assert image.pixels == bytes([1]) * 32 * 12 + bytes([2]) * 32 * 12 + bytes([3]) * 416 * 12
     store.close()
 
@@ -336,14 +333,14 @@ def test_a_preview_in_auto_mode_is_rendered_only_when_a_viewer_watches(tmp_path)
     with pytest.raises(FarmError) as bad:
         _submit(farm, tmp_path / "scene4", height=64, preview="sometimes")
     assert bad.value.code == Code.BAD_ARGUMENT and "auto, always or never" in str(bad.value)
-    assert store.jobs.get(watched).preview is strips.PreviewMode.WATCHED
+    assert store.jobs.get(watched).preview is PreviewMode.WATCHED
     spec = {"bundle": store.jobs.get(watched).bundle, "scene": "s.pov", "width": 4, "height": 64}
-    assert store.jobs.get(farm.call("jobs.submit", spec)).preview is strips.PreviewMode.WATCHED   # the default
+    assert store.jobs.get(farm.call("jobs.submit", spec)).preview is PreviewMode.WATCHED   # the default
     store.close()
 
 
 def test_the_preview_setting_reads_the_usual_words():
-    mode = strips.PreviewMode
+    mode = PreviewMode
     assert [mode.parse(v) for v in ("auto", "ALWAYS", "never", "on", "no", True, False, "watched")] == [
         mode.WATCHED, mode.ALWAYS, mode.NEVER, mode.ALWAYS, mode.NEVER, mode.ALWAYS, mode.NEVER, mode.WATCHED]
     with pytest.raises(ValueError):
@@ -404,7 +401,7 @@ def test_random_leases_failures_and_expiries_render_every_row_exactly_once(tmp_p
                             if u.state.value == "done" and u.frame == frame)
             assert pieces[0][0] == 0 and pieces[-1][1] == status["height"]
             assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))   # exactly once
-            image = strips.decode_png(farm.call("jobs.fetch", job, frame).data)
+            image = decode_png(farm.call("jobs.fetch", job, frame).data)
             assert image.pixels == bytes([job]) * len(image.pixels)
     store.close()
 

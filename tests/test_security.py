@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCENES, run_cli, wait_until
+from harness import SCENES, run_cli, wait_until
 from farm.client import Client
 from farm.faults import Code, FarmError
 

@@ -15,8 +15,10 @@ import pytest
 from farm import client as client_module
 from farm import strips
 from farm.auth import read_token_file
+from farm.images.png import decode_png
+from farm.rows import FILTERED, encode_rows
 from farm.wire import read_xmlrpc
-from conftest import native_render, needs_povray, run_cli, wait_until
+from harness import native_render, needs_povray, run_cli, wait_until
 
 SCENE = """camera { location <0, 1, -4> look_at 0 }
 light_source { <3, 5, -4>, rgb 1 }
@@ -33,7 +35,7 @@ def test_a_gzip_compressed_filtered_delivery_is_accepted_and_bit_identical(farm,
     scene = tmp_path / "scene" / "g.pov"
     scene.parent.mkdir()
     scene.write_text(SCENE)
-    reference = strips.decode_png(native_render(scene, 96, 96, ["+A0.3"], tmp_path / "ref.png").read_bytes())
+    reference = decode_png(native_render(scene, 96, 96, ["+A0.3"], tmp_path / "ref.png").read_bytes())
     farm.start_controller()
     submitted = run_cli("submit", str(scene), "+W96", "+H96", "+A0.3", "--strips", "3", "--no-preview",
                         "--controller", farm.url)
@@ -44,13 +46,13 @@ def test_a_gzip_compressed_filtered_delivery_is_accepted_and_bit_identical(farm,
     sizes = []
     while task := node.call("nodes.poll", node_id, 0):
         raw = strips.crop_rows(reference, task["row_start"], task["row_end"])
-        rows = strips.encode_rows(raw, strips.FILTERED, reference.row_bytes, 3)
+        rows = encode_rows(raw, FILTERED, reference.row_bytes, 3)
         sizes.append(len(rows))
-        node.call("nodes.complete", node_id, task["lease"], xmlrpc.client.Binary(rows), 0.1, strips.FILTERED)
+        node.call("nodes.complete", node_id, task["lease"], xmlrpc.client.Binary(rows), 0.1, FILTERED)
     assert len(sizes) == 3 and min(sizes) > 1024           # every delivery was over the threshold...
     assert node.uploads.bytes_per_second() > 0               # ...so it went compressed, and was timed
     wait_until(lambda: farm.client.call("jobs.status", job)["state"] == "done", what="the job")
-    assert strips.decode_png(farm.client.call("jobs.fetch", job).data).pixels == reference.pixels
+    assert decode_png(farm.client.call("jobs.fetch", job).data).pixels == reference.pixels
 
 
 def test_a_compressed_delivery_that_inflates_past_the_cap_is_refused(farm, monkeypatch):
@@ -89,17 +91,17 @@ def test_huffman_only_gzip_is_ordinary_gzip_and_wins_back_base64s_third():
 def test_an_interrupted_bundle_download_resumes_where_it_stopped(farm, tmp_path, monkeypatch):
     """A node whose link drops mid-download (or that is restarted) fetches only the rest of the bundle,
     by ranges, and unpacks exactly what was uploaded."""
-    from farm import bundle
+    from farm.bundle.packing import pack, plan_bundle
     from farm.config import Config
     from farm.faults import Code, FarmError
     from farm.node import Node
 
-    monkeypatch.setattr(bundle, "DOWNLOAD_CHUNK", 64 * 1024)
+    monkeypatch.setattr("farm.bundle.cache.DOWNLOAD_CHUNK", 64 * 1024)
     scene = tmp_path / "big" / "b.pov"
     scene.parent.mkdir()
     scene.write_text('sphere { 0, 1 pigment { image_map { png "noise.png" } } }\n')
     (scene.parent / "noise.png").write_bytes(os.urandom(600 * 1024))     # an asset that does not compress
-    data = bundle.pack(bundle.plan_bundle(scene))
+    data = pack(plan_bundle(scene))
     farm.start_controller()
     digest = farm.client.call("bundles.upload", xmlrpc.client.Binary(data))
 
@@ -138,7 +140,7 @@ def test_an_interrupted_bundle_download_resumes_where_it_stopped(farm, tmp_path,
 
 
 def test_povfarm_nodes_shows_upload_rates_in_bits_per_second():
-    from farm.cli import _upload_rate
+    from farm.cli.jobs import _upload_rate
 
     assert [_upload_rate(rate) for rate in (0.0, 90.0, 125_000.0, 1_500_000.0, 2.5e9)] == \
         ["-", "720 bit/s", "1 Mbit/s", "12 Mbit/s", "20 Gbit/s"]
@@ -215,7 +217,7 @@ def test_a_node_sends_plain_zlib_rows_to_a_controller_that_refuses_their_encodin
     scene = tmp_path / "scene" / "old.pov"
     scene.parent.mkdir()
     scene.write_text(SCENE)
-    reference = strips.decode_png(native_render(scene, 96, 96, ["+A0.3"], tmp_path / "ref.png").read_bytes())
+    reference = decode_png(native_render(scene, 96, 96, ["+A0.3"], tmp_path / "ref.png").read_bytes())
     farm.start_controller(program=[sys.executable, str(Path(__file__).with_name("older_controller.py"))])
     submitted = run_cli("submit", str(scene), "+W96", "+H96", "+A0.3", "--strips", "3", "--no-preview",
                         "--controller", farm.url)
@@ -223,7 +225,7 @@ def test_a_node_sends_plain_zlib_rows_to_a_controller_that_refuses_their_encodin
     job = int(submitted.stdout)
     farm.start_node("old", slots=1)
     wait_until(lambda: farm.client.call("jobs.status", job)["state"] == "done", timeout=120, what="the job")
-    assert strips.decode_png(farm.client.call("jobs.fetch", job).data).pixels == reference.pixels
+    assert decode_png(farm.client.call("jobs.fetch", job).data).pixels == reference.pixels
     log = farm.log("old")
     (said,) = [line for line in log.splitlines() if "does not list" in line]
     assert "filtered_rows" in said and "heartbeat_stats" in said and "refused:" not in log

@@ -14,10 +14,14 @@ import zlib
 
 import pytest
 
-from conftest import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
-from farm import strips
+from harness import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
 from farm.client import Client
-from farm.viewer import (CHECKER, TRANSPARENT, UNRENDERED, Canvas, Feed, ViewerState, checker)
+from farm.images.png import decode_png
+from farm.images.raster import row_size
+from farm.rows import FILTERED, encode_rows
+from farm.viewing.canvas import CHECKER, TRANSPARENT, UNRENDERED, Canvas, checker
+from farm.viewing.feed import Feed
+from farm.viewing.state import ViewerState
 
 HAS_PYGAME = importlib.util.find_spec("pygame") is not None
 needs_pygame = pytest.mark.skipif(not HAS_PYGAME, reason="the viewer window needs pygame "
@@ -46,7 +50,7 @@ def reply(job: dict, strips_=(), in_flight=(), cursor: int = 0) -> dict:
 
 
 def fill(width: int, rows: int, value: int, channels: int = 3, bits: int = 8) -> bytes:
-    return bytes([value]) * strips.row_size(width, channels, bits) * rows
+    return bytes([value]) * row_size(width, channels, bits) * rows
 
 
 class Clock:
@@ -58,6 +62,14 @@ class Clock:
 
 
 # -- the pure model ----------------------------------------------------------------------------------------
+
+def test_the_viewer_loads_pygame_only_when_its_window_opens():
+    """Its model and feed run without a display, and the rest of the farm never needs pygame."""
+    probe = ("import sys; import farm.viewer, farm.viewing.window; "
+             "print('pygame' in sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
+
 
 def test_checker_alternates_squares_and_has_the_right_size():
     board = checker(20, 12, 3)
@@ -79,7 +91,7 @@ def test_canvas_paints_rows_and_knows_what_is_missing():
     assert canvas.complete and canvas.missing() == []
     expected = fill(4, 3, 100) + fill(4, 3, 150) + fill(4, 4, 200)
     assert canvas.raster().pixels == expected and bytes(canvas.display) == expected
-    assert strips.decode_png(canvas.png()).pixels == expected
+    assert decode_png(canvas.png()).pixels == expected
     with pytest.raises(ValueError):
         canvas.paint(8, 11, fill(4, 3, 1))
     with pytest.raises(ValueError):
@@ -157,8 +169,8 @@ def test_filtered_rows_of_16_bit_rgba_are_unfiltered_before_they_are_painted():
     state = ViewerState()
     job = job_info(width=5, height=8, channels=4, bits=16)
     pixels = bytes((i * 37 + (i // 40) * 11) & 255 for i in range(8 * 5 * 8))
-    piece = dict(strip(b"", 0, 8), encoding=strips.FILTERED,
-                 rows=xmlrpc.client.Binary(strips.encode_rows(pixels, strips.FILTERED, 5 * 8, 8)))
+    piece = dict(strip(b"", 0, 8), encoding=FILTERED,
+                 rows=xmlrpc.client.Binary(encode_rows(pixels, FILTERED, 5 * 8, 8)))
     state.handle(("feed", 1, reply(job, [piece])))
     assert state.canvas().raster().pixels == pixels
     assert state.received == [(1, 0, 8)]
@@ -494,7 +506,7 @@ def test_a_viewer_joining_mid_render_gets_every_strip_once(farm, tmp_path):
     keys = [(frame, start) for frame, start, _ in state.received]
     assert len(keys) == len(set(keys)) == 8, state.received
     assert state.canvas().complete and state.exit_code == 0
-    fetched = strips.decode_png(farm.client.call("jobs.fetch", job_id).data)
+    fetched = decode_png(farm.client.call("jobs.fetch", job_id).data)
     assert state.canvas().raster() == fetched
 
 
@@ -520,9 +532,9 @@ def window(monkeypatch, tmp_path):
         pytest.skip("the viewer window needs pygame (pip install 'povfarm[viewer]')")
     for key, value in DUMMY_VIDEO.items():
         monkeypatch.setenv(key, value)
-    from farm.viewer import Window, _import_pygame
+    from farm.viewing.window import Window, import_pygame
 
-    pygame = _import_pygame()
+    pygame = import_pygame()
     made = []
 
     def make(state: ViewerState, **kwargs):
@@ -572,7 +584,7 @@ def test_the_window_paints_strips_row_by_row_and_saves_the_image(window, tmp_pat
     win.step()
     assert _image_area(win) == top + bottom
     assert _press(win, pg.K_s) is None and "saved" in state.message
-    assert strips.decode_png((tmp_path / "povfarm-job1.png").read_bytes()).pixels == top + bottom
+    assert decode_png((tmp_path / "povfarm-job1.png").read_bytes()).pixels == top + bottom
 
     assert _press(win, pg.K_f) is None and win.fit                 # back to fit, and the overlay
     assert _press(win, pg.K_o) is None and win.overlay
@@ -602,7 +614,7 @@ def test_the_window_composites_alpha_over_a_checker_and_shows_a_failure(window, 
     assert shown[:3] == bytes([TRANSPARENT[0]] * 3)      # transparent: the light checker shows
     assert shown[16 * 3:17 * 3] == bytes([255, 0, 0])    # opaque red
     assert shown[8 * 16 * 3:8 * 16 * 3 + 3] == bytes([UNRENDERED[1]] * 3)   # not rendered (row 8: odd band)
-    saved = strips.decode_png(snapshot.read_bytes())
+    saved = decode_png(snapshot.read_bytes())
     assert saved.channels == 4 and saved.pixels[:len(clear_then_red)] == clear_then_red
     win.overlay = True
     win.draw()                           # the error box and status bar draw without trouble
@@ -650,7 +662,7 @@ def test_viewer_snapshot_of_a_real_render_equals_the_fetched_png(farm, tmp_path)
     assert viewer.returncode == 0, err
     fetched = tmp_path / "fetched.png"
     assert run_cli("fetch", str(job_id), "--output", str(fetched), "--controller", farm.url).returncode == 0
-    assert strips.decode_png(snapshot.read_bytes()) == strips.decode_png(fetched.read_bytes())
+    assert decode_png(snapshot.read_bytes()) == decode_png(fetched.read_bytes())
 
     # A failed job: the viewer pinned to it exits 1 at once; an unknown job is one sentence.
     broken = tmp_path / "broken" / "broken.pov"

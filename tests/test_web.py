@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from farm import strips
 from farm.auth import read_token_file
 from farm.faults import Code
-from conftest import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli, wait_until
+from farm.images.png import decode_png
+from farm.images.raster import Raster
+from farm.images.scanlines import filter_rows
+from harness import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -117,7 +119,7 @@ def token(farm, role: str) -> str:
     return read_token_file(farm.token_file)[role]
 
 
-def rgba(raster: strips.Raster) -> bytes:
+def rgba(raster: Raster) -> bytes:
     """A stored 8-bit RGB image as the canvas holds it."""
     assert raster.channels == 3 and raster.bits == 8
     out = bytearray(raster.width * raster.height * 4)
@@ -183,7 +185,7 @@ def test_a_view_token_watches_a_render_paint_and_may_change_nothing(browser, far
     page.wait(lambda: page.state()["drained"], timeout=90, what="the job to finish painting")
     assert page.state()["jobState"] == "done" and page.state()["rows"] == 120
     assert page.state()["via"] == "stream"          # the feed stream, not long polls
-    fetched = strips.decode_png(farm.client.call("jobs.fetch", job_id).data)
+    fetched = decode_png(farm.client.call("jobs.fetch", job_id).data)
     assert page.canvas_rgba() == rgba(fetched)
 
     page.wait(lambda: len(page.driver.find_elements("css selector", "#nodes-body tr")) == 2, what="two nodes")
@@ -204,7 +206,7 @@ def test_a_view_token_watches_a_render_paint_and_may_change_nothing(browser, far
     # The PNG download is the stored image.
     page.el("download-png").click()
     saved = page.wait(lambda: [p for p in browser.downloads.glob("wineglass*.png")], what="the download")[0]
-    assert strips.decode_png(saved.read_bytes()) == fetched
+    assert decode_png(saved.read_bytes()) == fetched
 
     # Following the farm, the page counts as a viewer of what comes next: the next job gets its preview
     # (by default rendered only for a job that someone watches) and the page shows it.
@@ -242,7 +244,7 @@ def test_the_page_says_reconnecting_while_the_controller_restarts_then_carries_o
     if page.state()["jobState"] != "done":
         browser.save_screenshot(str(shots))     # mid-render, for the README
     page.wait(lambda: page.state()["drained"], timeout=90, what="the job to finish painting")
-    fetched = strips.decode_png(farm.client.call("jobs.fetch", job_id).data)
+    fetched = decode_png(farm.client.call("jobs.fetch", job_id).data)
     assert page.canvas_rgba() == rgba(fetched)
 
 
@@ -368,7 +370,7 @@ def test_an_animation_steps_through_its_frames_and_downloads_as_an_animated_png(
     page.sign_in(token(farm, "view"))
     page.wait(lambda: page.state()["job"] == job_id and page.state()["drained"], timeout=90, what="all frames")
     assert page.state()["frame"] == 3 and page.el("frame-controls").is_displayed()
-    frames = [strips.decode_png(farm.client.call("jobs.fetch", job_id, n).data) for n in (1, 2, 3)]
+    frames = [decode_png(farm.client.call("jobs.fetch", job_id, n).data) for n in (1, 2, 3)]
     assert page.canvas_rgba() == rgba(frames[2])
     page.el("frame-prev").click()
     page.el("frame-prev").click()
@@ -426,20 +428,21 @@ def test_the_page_unfilters_rows_sent_in_the_compact_filtered_form(browser, farm
     noise = random.Random(17)
     pixels = bytes((x * 3 + y * 5 + noise.randrange(0, 40 if y % 3 else 256)) & 255
                    for y in range(64) for x in range(64 * 3))
-    scanlines = strips.filter_rows(pixels, 64 * 3, 3, all_filters=True)    # nodes use only 0-2; any may come
+    scanlines = filter_rows(pixels, 64 * 3, 3, all_filters=True)    # nodes use only 0-2; any may come
     assert {scanlines[y * (64 * 3 + 1)] for y in range(64)} == {0, 1, 2, 3, 4}
     piece = {"frame": 1, "row_start": 0, "row_end": 64, "kind": "rows", "encoding": "filtered",
              "rows": base64.b64encode(zlib.compress(scanlines)).decode()}
     browser.execute_async_script("window.povfarm.paint(arguments[0]).then(arguments[1])",
                                  {"job": info, "cursor": 0, "in_flight": [], "strips": [piece]})
-    assert page.canvas_rgba() == rgba(strips.Raster(64, 64, 3, 8, pixels))
+    assert page.canvas_rgba() == rgba(Raster(64, 64, 3, 8, pixels))
 
 
 @needs_browser
 def test_fifty_jobs_and_sixty_four_nodes_fit_in_the_tables(browser, farm, tmp_path):
     import xmlrpc.client
 
-    from farm.bundle import bundle_hash, pack, plan_bundle
+    from farm.bundle.packing import pack, plan_bundle
+    from farm.bundle.rules import bundle_hash
 
     farm.start_controller()
     scene = tmp_path / "s" / "s.pov"

@@ -12,10 +12,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-SUBMIT, NODE, VIEW = "submit", "node", "view"
-ANYONE = frozenset({SUBMIT, NODE, VIEW})
-READERS = frozenset({SUBMIT, VIEW})
-
 API_VERSION = 1
 
 

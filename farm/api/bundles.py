@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import xmlrpc.client
 
-from farm.api import NODE, SUBMIT, args, rpc
+from farm.api import args, rpc
+from farm.auth import NODE, SUBMIT
 from farm.server.bodies import FileReply, SpooledBinary
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from farm import strips
 from farm.animation import Animation
-from farm.api import READERS, SUBMIT, args, rpc
+from farm.api import args, rpc
+from farm.auth import READERS, SUBMIT
 from farm.faults import Code, FarmError
+from farm.kinds import PreviewMode
 from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service.submission import MAX_SIDE, Submission
 from farm.states import JobState
-
-LONG_POLL_CAP = 30.0
+from farm.wire import LONG_POLL_CAP
 
 
 class JobsAPI:
@@ -172,8 +172,8 @@ def _submission(spec: dict) -> Submission:
         preview=_preview_mode(spec.get("preview", "auto")))
 
 
-def _preview_mode(value: Any) -> strips.PreviewMode:
+def _preview_mode(value: Any) -> PreviewMode:
     try:
-        return strips.PreviewMode.parse(value)
+        return PreviewMode.parse(value)
     except ValueError as err:
         raise FarmError(Code.BAD_ARGUMENT, str(err)) from None

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from farm import __version__
-from farm.api import ANYONE, API_VERSION, rpc
+from farm.api import API_VERSION, rpc
+from farm.auth import ANY_ROLE
 from farm.features import FEATURES
 
 
 class MetaAPI:
     namespace = "api"
 
-    @rpc(*ANYONE)
+    @rpc(*ANY_ROLE)
     def version(self) -> dict:
         """The API version, the server's version and what it can do.
 

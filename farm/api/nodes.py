@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import xmlrpc.client
 
-from farm import strips
-from farm.api import NODE, READERS, args, rpc
+from farm.api import args, rpc
+from farm.auth import NODE, READERS
 from farm.faults import Code, FarmError
 from farm.features import FEATURES
+from farm.kinds import PREVIEW, preview_size
+from farm.rows import ENCODINGS, ZLIB
 from farm.server.departures import departure_watch
 from farm.options import preview_options
 
@@ -52,7 +54,7 @@ class NodesAPI:
         """The node's next task, or {} when there is no work.
 
         With wait > 0 it is a long poll: when nothing is queued it waits up to `wait` seconds (at most a
-        third of the lease timeout, and 20 s) for work to appear, so idle nodes start at once and poll rarely.
+        third of the lease timeout, and 30 s) for work to appear, so idle nodes start at once and poll rarely.
         @param node_id: str
         @param wait: float seconds (default 0)
         @return: struct, {} or a task: lease (str), job, frame, frame_last (the unit renders frames
@@ -74,10 +76,10 @@ class NodesAPI:
     def _task(self, lease, job) -> dict:
         unit = lease.unit
         width, height, options = job.width, job.height, job.options
-        if unit.kind == strips.PREVIEW:
+        if unit.kind == PREVIEW:
             # The preview's own size, no anti-aliasing and no radiosity: a node that does not know the kind
             # renders it as ordinary rows, and that is all it is.
-            width, height = strips.preview_size(job.width, job.height)
+            width, height = preview_size(job.width, job.height)
             options = preview_options(options, job.pretrace)
         return {
             "lease": lease.token, "job": job.id, "frame": unit.frame, "frame_last": unit.frame_last,
@@ -116,7 +118,7 @@ class NodesAPI:
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
-                 encoding: str = strips.ZLIB) -> bool:
+                 encoding: str = ZLIB) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
         pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
         is harmless; a lease that is no longer current gets STALE_LEASE.
@@ -131,12 +133,12 @@ class NodesAPI:
         """
         self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
                                 args.binary("rows", rows), args.seconds("seconds", seconds),
-                                args.choice("encoding", encoding, strips.ENCODINGS))
+                                args.choice("encoding", encoding, ENCODINGS))
         return True
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete_and_poll(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
-                          encoding: str = strips.ZLIB) -> dict:
+                          encoding: str = ZLIB) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
         when it faults, nothing was leased.
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import xmlrpc.client
 from typing import Iterator
 
-from farm.api import READERS, args, rpc
+from farm.api import args, rpc
+from farm.auth import READERS
 from farm.faults import Code, FarmError
 from farm.server.departures import departure_watch
-
-LONG_POLL_CAP = 30.0
+from farm.states import ENDED
+from farm.wire import LONG_POLL_CAP
 
 
 class ViewerAPI:
@@ -46,7 +47,7 @@ class ViewerAPI:
         target = job_id or services.store.jobs.newest_id()
         seen = services.changes.version(target)
         reply = services.views.feed(target, cursor)
-        ended = reply["job"].get("state") in ("done", "failed", "canceled")
+        ended = reply["job"].get("state") in ENDED
         if not (reply["strips"] or (ended and job_id)):
             # Nothing new: wait for this job to change, or (following the newest job) for a new job.
             with departure_watch(services.changes.wake) as gone:

@@ -29,11 +29,11 @@ import threading
 import time
 from typing import Callable, Collection, Iterable
 
+from farm.auth import NODE, SUBMIT, VIEW
 from farm.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
-NODE, SUBMIT, VIEW = "node", "submit", "view"
 RETRY_AFTER = 5          # seconds a refused client is told to wait
 REFUSAL_LOG_PERIOD = 60.0
 current = threading.local()     # `current.record`: the connection this thread serves, while it serves one

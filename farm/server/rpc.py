@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from xmlrpc.server import SimpleXMLRPCServer
 
-from farm.auth import ROLES
+from farm.auth import ANY_ROLE, NODE, SUBMIT, VIEW
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
 from farm.server.admission import Connection, Connections, Quotas, current
@@ -66,14 +66,12 @@ from farm.wire import read_xmlrpc
 
 log = logging.getLogger(__name__)
 
-ANY_ROLE = frozenset(ROLES)
-
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
     max_body: int = 400 * 1024 * 1024      # bytes of a large method's body, also after decompression
-    role_body: tuple[tuple[str, int], ...] = (("view", 64 * 1024), ("submit", 1024 * 1024),
-                                              ("node", 1024 * 1024))   # any method, per role
+    role_body: tuple[tuple[str, int], ...] = ((VIEW, 64 * 1024), (SUBMIT, 1024 * 1024),
+                                              (NODE, 1024 * 1024))   # any method, per role
     large_methods: frozenset[str] = frozenset()    # methods that may send up to max_body
     spooled_methods: frozenset[str] = frozenset()  # their base64 argument is streamed to a file...
     role_spool: tuple[tuple[str, int], ...] = ()   # ...of at most this many bytes, per role (none: no file)

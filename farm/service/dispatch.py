@@ -12,21 +12,23 @@ import logging
 from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
-from farm import policy, strips
+from farm import policy
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
+from farm.kinds import PRETRACE, PREVIEW, ROWS, PreviewMode
+from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.records import Job, Lease, Unit
+from farm.rows import ZLIB, decompress_capped, deflate_bound
 from farm.states import UnitState
 from farm.service.changes import Changes
 from farm.service.stitcher import Stitcher
 from farm.store import Completion, Store
+from farm.wire import LONG_POLL_CAP
 
 log = logging.getLogger(__name__)
 
-MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache file, uncompressed
 MAX_CACHED = 256                          # jobs and leases remembered in memory for the hot path
-LONG_POLL_CAP = 20.0
 
 
 class _Recent(OrderedDict):
@@ -96,12 +98,12 @@ class Dispatcher:
     def _worth(self, unit: Unit, queue: policy.Queue) -> bool:
         """Whether the preview or radiosity pre-pass about to be leased is still worth rendering: a
         preview only for viewers is not when none watches; a pre-pass not when its frame goes out whole."""
-        if unit.kind == strips.PREVIEW:
-            return self.job(unit.job).preview is not strips.PreviewMode.WATCHED or self._watched(unit.job)
+        if unit.kind == PREVIEW:
+            return self.job(unit.job).preview is not PreviewMode.WATCHED or self._watched(unit.job)
         return policy.pretrace_worth_it(queue, unit, self._watched(unit.job), self._machine)
 
     def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
-        return job.pretrace and unit.kind == strips.ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)
+        return job.pretrace and unit.kind == ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)
 
     def heartbeat(self, node_id: str, progress: Mapping[str, float], upload_bps: float | None = None) -> list[str]:
         """Renew the node's leases (and note its upload rate); returns those it must abandon."""
@@ -112,8 +114,8 @@ class Dispatcher:
         return stale
 
     def complete(self, node_id: str, token: str, data: bytes, seconds: float,
-                 encoding: str = strips.ZLIB) -> Completion:
-        """Check and store a unit's result (`data` in `encoding`, see strips.ENCODINGS); frames it
+                 encoding: str = ZLIB) -> Completion:
+        """Check and store a unit's result (`data` in `encoding`, see farm.rows.ENCODINGS); frames it
         completes go to the stitcher."""
         unit = self._unit_of(token)
         job = self.job(unit.job)
@@ -123,11 +125,11 @@ class Dispatcher:
         if done.duplicate:
             log.debug("job %s unit %s: %s sent an accepted result again", unit.job, unit.index, node_id)
             return done
-        if unit.kind == strips.PRETRACE:
+        if unit.kind == PRETRACE:
             self._work.bump()   # the frame's units were waiting for this
             log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (%s)", job.id, unit.frame, node_id,
                      seconds, "cache shared" if data else "the scene uses no radiosity")
-        elif unit.kind == strips.PREVIEW:   # for viewers only: it never reaches the frame's image
+        elif unit.kind == PREVIEW:   # for viewers only: it never reaches the frame's image
             log.info("job %s frame %s preview done by %s in %.2fs", job.id, unit.frame, node_id, seconds)
         else:
             log.info("job %s unit %s done by %s in %.2fs", job.id, unit.index, node_id, seconds)
@@ -141,9 +143,9 @@ class Dispatcher:
         """The most bytes a result for the lease may hold: its unit's rows (a pre-pass: its cache)
         compressed at worst. STALE_LEASE for a lease that is not current."""
         unit = self._unit_of(token)
-        if unit.kind == strips.PRETRACE:
-            return strips.deflate_bound(MAX_RADIOSITY_CACHE)
-        return strips.deflate_bound(unit.scanline_bytes(self.job(unit.job)))
+        if unit.kind == PRETRACE:
+            return deflate_bound(MAX_RADIOSITY_CACHE)
+        return deflate_bound(unit.scanline_bytes(self.job(unit.job)))
 
     def _unit_of(self, token: str) -> Unit:
         unit = self._leased.get(token) or self._store.units.by_lease(token)
@@ -187,11 +189,11 @@ def _judge(unit: Unit, failed_on: frozenset, live: frozenset, *, error: str, sce
 def _checked_result(unit: Unit, job: Job, data: bytes, encoding: str) -> bytes:
     """The unit's raw rows, inflated (and unfiltered) to check them (a pre-pass's cache is only checked)."""
     try:
-        if unit.kind == strips.PRETRACE:
-            if encoding != strips.ZLIB:
+        if unit.kind == PRETRACE:
+            if encoding != ZLIB:
                 raise ValueError("a radiosity cache travels as plain zlib.")
             if data:
-                strips.decompress_capped(data, MAX_RADIOSITY_CACHE)
+                decompress_capped(data, MAX_RADIOSITY_CACHE)
             return b""
         return unit.decode(job, data, encoding)
     except ValueError as err:

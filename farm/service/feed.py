@@ -32,10 +32,10 @@ from typing import Callable, Iterator
 
 from farm.service.changes import Changes
 from farm.service.views import FEED_BATCH, Views, feed_pieces
+from farm.states import ENDED
 from farm.store import Store
 from farm.wire import record
 
-ENDED = ("done", "failed", "canceled")
 PACE = 0.1            # least seconds between two sends to one viewer: pieces arriving meanwhile go together
 SENDS_PER_SECOND = 40    # ... and about the most for all viewers together, once there are more than 4
 FRESH = 0.05          # seconds the pieces read from the store serve every viewer asking

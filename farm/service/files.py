@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import mmap
-import os
-import tempfile
 from pathlib import Path
 
+from farm import atomic
 from farm.faults import Code, FarmError
 
 log = logging.getLogger(__name__)
@@ -21,21 +20,11 @@ FOLDERS = ("uploads", "bundles", "jobs")
 
 
 def write_atomically(path: Path, data: bytes, what: str | None = None) -> None:
-    """Write, fsync, rename: a reader or a crash never sees half a file, and a failed write (a full
-    disk) leaves no temporary file behind."""
+    """Write, fsync, rename (`farm.atomic`), readable by the controller's user only; a failure is a
+    STORAGE fault naming `what` (default: the file's name), never the path."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic.write(path, data, atomic.PRIVATE)
     except OSError as err:
-        raise _storage(what or path.name, err) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(name, path)
-    except OSError as err:
-        _discard(Path(name))
         raise _storage(what or path.name, err) from None
 
 
@@ -44,7 +33,7 @@ def sweep_temporary(data_dir: Path) -> int:
     being received, bundles and images being written). Returns how many."""
     removed = 0
     for folder in FOLDERS:
-        for path in (data_dir / folder).rglob("*.tmp"):
+        for path in (data_dir / folder).rglob("*" + atomic.TEMPORARY_SUFFIX):
             try:
                 path.unlink()
                 removed += 1
@@ -57,15 +46,6 @@ def sweep_temporary(data_dir: Path) -> int:
 
 def _storage(what: str, err: OSError) -> FarmError:
     return FarmError(Code.STORAGE, f"the controller cannot write {what}: {err.strerror or 'write failed'}")
-
-
-def _discard(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        log.error("cannot remove the temporary file %s: %s", path.name, err.strerror)
 
 
 class _MappedFile(mmap.mmap):

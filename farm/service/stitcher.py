@@ -21,6 +21,8 @@ from typing import Callable
 
 from farm import strips
 from farm.faults import FarmError
+from farm.images.png import encode_png
+from farm.images.raster import Raster
 from farm.records import Job, StoredRows, Unit
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -118,17 +120,17 @@ class Stitcher:
             self._changes.bump(job_id)
             return
         path = self._files.frame_image(job_id, frame)
-        write_atomically(path, strips.encode_png(raster))
+        write_atomically(path, encode_png(raster))
         self._release(job_id, frame)
         if self._store.jobs.finish_frame(job_id, frame, str(path), self._clock()):
             log.info("job %s done: %s", job_id, path)
         self._changes.bump(job_id)
 
-    def _raster(self, job: Job, frame: int, unpacked: "_LastUnit") -> strips.Raster:
+    def _raster(self, job: Job, frame: int, unpacked: "_LastUnit") -> Raster:
         with self._lock:
             canvas = self._canvases.get((job.id, frame))
         if canvas is not None and canvas.rows_filled == job.height:
-            return strips.Raster(job.width, job.height, job.channels, job.bits, bytes(canvas.pixels))
+            return Raster(job.width, job.height, job.channels, job.bits, bytes(canvas.pixels))
         pieces = [(piece.row_start, piece.row_end, unpacked.frame_rows(job, piece, frame))
                   for piece in self._store.units.stored_for_frame(job.id, frame)]
         return strips.stitch(job.width, job.height, job.channels, job.bits, pieces)

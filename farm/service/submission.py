@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from farm import bundle, limits, strips
-from farm.strips import PreviewMode
+from farm import limits
+from farm.bundle import checking, rules
 from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.kinds import PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
+from farm.planning import plan_units, with_pretrace, with_preview
 from farm.records import JobSpec
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -57,8 +59,8 @@ class Bundles:
     def upload(self, payload: bytes) -> str:
         """Check and store a bundle held in memory; returns its digest. Storing one twice is harmless."""
         self._check_size(len(payload))
-        members = bundle.check_archive(payload, max_total=self._config.max_bundle_bytes)
-        digest = bundle.bundle_hash(payload)
+        members = checking.check_archive(payload, max_total=self._config.max_bundle_bytes)
+        digest = rules.bundle_hash(payload)
         if not self._store.bundles.has(digest):
             write_atomically(self._files.bundle(digest), payload, "the bundle")
             self._record(digest, len(payload), members, _sources_mention_radiosity(payload))
@@ -70,11 +72,11 @@ class Bundles:
         self._check_size(size)
         try:
             with open(path, "rb") as handle:
-                members = bundle.check_archive(handle, max_total=self._config.max_bundle_bytes)
+                members = checking.check_archive(handle, max_total=self._config.max_bundle_bytes)
                 radiosity = _sources_mention_radiosity(handle)
         except OSError as err:
             raise FarmError(Code.STORAGE, f"the controller cannot read the upload back: {err.strerror}") from None
-        digest = bundle.HASH_PREFIX + sha256
+        digest = rules.HASH_PREFIX + sha256
         if not self._store.bundles.has(digest):
             try:
                 keep_as(self._files.bundle(digest))
@@ -105,19 +107,19 @@ class Bundles:
             raise FarmError(Code.UNKNOWN_BUNDLE, f"there is no bundle {digest}; upload it first")
         if info.members is None or info.mentions_radiosity is None:
             with self._files.map_bundle(digest) as data:
-                members = bundle.check_archive(data, max_total=self._config.max_bundle_bytes)
+                members = checking.check_archive(data, max_total=self._config.max_bundle_bytes)
                 info = BundleInfo(digest, info.size, tuple(members), _sources_mention_radiosity(data))
             self._store.bundles.add(info, self._clock())
         return info
 
     def mentions(self, digest: str, word: bytes, scene: str) -> bool:
         with self._files.map_bundle(digest) as data:
-            return bundle.mentions(data, word, scene)
+            return checking.mentions(data, word, scene)
 
 
 def _sources_mention_radiosity(data) -> bool:
     """Whether a POV-Ray source file (.pov, .inc, ...) of a checked bundle mentions radiosity."""
-    return bundle.mentions(data, b"radiosity", scene="")
+    return checking.mentions(data, b"radiosity", scene="")
 
 
 class Submissions:
@@ -133,12 +135,12 @@ class Submissions:
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
         limits.check_plan(spec, count)
-        plans = strips.with_preview(strips.with_pretrace(
-            strips.plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
+        plans = with_preview(with_pretrace(
+            plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
             spec.height, spec.pretrace), spec.width, spec.height,
-            spec.preview is not strips.PreviewMode.NEVER)
+            spec.preview is not PreviewMode.NEVER)
         # A preview is one small extra render for viewers, not part of the job's work.
-        limits.check_units(spec, sum(plan.kind != strips.PREVIEW for plan in plans),
+        limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),
                            self._store.units.open_count())
         job_id = self._store.jobs.create(spec, plans, self._clock())
         self._changes.bump()
@@ -168,7 +170,7 @@ class Submissions:
             preview=request.preview)
 
     def _mentions_radiosity(self, info: BundleInfo, scene: str) -> bool:
-        if info.mentions_radiosity or bundle.is_source(scene):
+        if info.mentions_radiosity or rules.is_source(scene):
             return bool(info.mentions_radiosity)
         # A scene file named unlike a source (scene.txt) was not scanned at upload.
         return self._bundles.mentions(info.digest, b"radiosity", scene)

@@ -10,8 +10,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from farm import scheduler, strips
+from farm import scheduler
+from farm.kinds import PREVIEW, ROWS, preview_size
 from farm.records import Job, Node, StoredRows
+from farm.rows import split_frames
 from farm.service.changes import Changes
 from farm.states import FrameState, JobState, NodeState, UnitState
 from farm.store import Store
@@ -201,18 +203,18 @@ def feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:
     """A stored unit as the feed sends it: one piece per frame, each its own zlib stream in the encoding
     the node delivered (the compact filtered form from current nodes). A preview's piece carries the
     preview's own size."""
-    if unit.kind == strips.PREVIEW:
-        width, height = strips.preview_size(job.width, job.height)
+    if unit.kind == PREVIEW:
+        width, height = preview_size(job.width, job.height)
         return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
-                 "kind": strips.PREVIEW, "width": width, "height": height, "encoding": unit.encoding}]
+                 "kind": PREVIEW, "width": width, "height": height, "encoding": unit.encoding}]
     if unit.frame == unit.frame_last:
         return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
-                 "kind": strips.ROWS, "encoding": unit.encoding}]
+                 "kind": ROWS, "encoding": unit.encoding}]
     frames = unit.frame_last - unit.frame + 1
-    pieces = strips.split_frames(unit.data, unit.encoding, frames * (unit.row_end - unit.row_start) * job.row_bytes,
-                                 job.row_bytes, frames)
+    pieces = split_frames(unit.data, unit.encoding, frames * (unit.row_end - unit.row_start) * job.row_bytes,
+                          job.row_bytes, frames)
     return [{"frame": frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": rows,
-             "kind": strips.ROWS, "encoding": unit.encoding}
+             "kind": ROWS, "encoding": unit.encoding}
             for frame, rows in zip(range(unit.frame, unit.frame_last + 1), pieces)]
 
 

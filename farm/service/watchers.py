@@ -11,8 +11,12 @@ import contextlib
 import threading
 from typing import Callable, Iterator
 
+from farm.wire import LONG_POLL_CAP
+
 NEWEST = 0
-POLL_MEMORY = 45.0    # seconds a viewer.watch call counts: more than a long poll's 30 s cap
+# Seconds a viewer.watch call counts: longer than a long poll is held, so a viewer that polls again as soon
+# as its poll returns stays watching.
+POLL_MEMORY = LONG_POLL_CAP + 15.0
 
 
 class Watchers:

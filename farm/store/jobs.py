@@ -8,10 +8,11 @@ from typing import Sequence
 
 from farm.db import Database
 from farm.faults import Code, FarmError
+from farm.kinds import PRETRACE, PREVIEW, ROWS
+from farm.planning import UnitPlan
 from farm.records import Frame, Job, JobSpec
 from farm.states import FrameState, JobState, UnitState
 from farm.store import schema
-from farm.strips import PRETRACE, PREVIEW, ROWS, UnitPlan
 
 
 def job_in(db: sqlite3.Connection, job_id: int) -> Job:

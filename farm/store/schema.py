@@ -12,9 +12,10 @@ import sqlite3
 from typing import Any
 
 from farm.animation import Animation
+from farm.kinds import ROWS, PreviewMode
 from farm.records import Frame, Job, Node, StoredRows, Unit
-from farm.strips import ROWS, ZLIB, PreviewMode
-from farm.states import FINISHED_JOB_STATES, FrameState, JobState, NodeState, UnitState, check_transition
+from farm.rows import ZLIB
+from farm.states import ENDED, FrameState, JobState, NodeState, UnitState, check_transition
 
 SCHEMA_VERSION = 2
 
@@ -79,7 +80,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 # indexes, a query over the units in flight or in line reads those of the few open jobs, never the
 # history. Ended jobs hold no such units: ending a job ends its open work (jobs.end_open_work).
 OPEN_JOBS = ("job IN (SELECT id FROM jobs WHERE state IN (%s))"
-             % ", ".join(f"'{state.value}'" for state in JobState if state not in FINISHED_JOB_STATES))
+             % ", ".join(f"'{state.value}'" for state in JobState if state not in ENDED))
 
 # A database made by version 1 (table "strips", per-node "strips_done"...) is renamed in place.
 _FROM_VERSION_1 = [

@@ -13,14 +13,15 @@ from typing import Callable, Mapping, Sequence
 
 from farm.db import Database
 from farm.faults import Code, FarmError
+from farm.kinds import PRETRACE, PREVIEW, ROWS
 from farm.policy import Failures, JobInLine
 from farm.records import FailureVerdict, Lease, Node, StoredRows, Unit
+from farm.rows import ZLIB
 from farm.scheduler import Finished, Running
 from farm.states import FrameState, JobState, NodeState, UnitState
 from farm.store import schema
 from farm.store.jobs import fail_job_in, job_in
 from farm.store.nodes import touch
-from farm.strips import PRETRACE, PREVIEW, ROWS, ZLIB
 
 _COVERS = "frame <= ? AND frame_last >= ?"   # a unit that includes a given frame
 _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"

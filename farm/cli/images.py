@@ -1,0 +1,93 @@
+"""A job's images as files: the controller's PNGs written in the format a file's name or POV-Ray's +F
+switch asks for, an animation's frames under POV-Ray's numbered names, or one animated PNG."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from farm import atomic, povcmd
+from farm.client import Client
+from farm.faults import Code, FarmError
+from farm.images.png import apng_from_pngs, decode_png
+from farm.images.ppm import encode_ppm
+from farm.images.raster import Raster
+from farm.images.tga import encode_tga
+
+EXTENSION_FORMATS = {".png": "N", ".ppm": "P", ".tga": "T", ".jpg": "J", ".jpeg": "J"}
+
+
+def require_pillow() -> None:
+    try:
+        importlib.import_module("PIL.Image")     # only to know it is there: the JPEG encoder imports it
+    except ImportError:
+        raise FarmError(Code.BAD_ARGUMENT, "JPEG output (+FJ) needs Pillow, which is not installed here: "
+                                           "pip install pillow, or choose PNG (+FN), PPM (+FP) or Targa (+FT)"
+                        ) from None
+
+
+def encode_image(png: bytes, file_type: str, quality: int | None = None) -> bytes:
+    """The controller's PNG as the file type POV-Ray was asked for (+FN +FP +FT +FC +FJ)."""
+    if file_type == "N":
+        return png
+    raster = decode_png(png)
+    if file_type == "P":
+        return encode_ppm(raster)
+    if raster.bits != 8:
+        raise FarmError(Code.BAD_ARGUMENT, f"the image has 16 bits per channel and {povcmd.FORMATS[file_type][0]} "
+                                           f"files hold 8: write a .png or .ppm file")
+    if file_type in "TC":
+        return encode_tga(raster, rle=file_type == "C")
+    return _encode_jpeg(raster, quality)
+
+
+def _encode_jpeg(raster: Raster, quality: int | None) -> bytes:
+    import io
+
+    from PIL import Image
+
+    mode = "RGB" if raster.channels == 3 else "RGBA"
+    image = Image.frombytes(mode, (raster.width, raster.height), raster.pixels).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=min(max(quality or 95, 1), 100))
+    return buffer.getvalue()
+
+
+def write_output(client: Client, status: dict[str, Any], output: Path,
+                 frames: dict[int, bytes] | None = None) -> str:
+    """`fetch`: a still's PNG to `output`; an animation's frames into the folder `output`, named as POV-Ray
+    names them (scene name + frame number padded to the width of the final frame number)."""
+    frames = frames if frames is not None else fetch_frames(client, status)
+    if not status["frame_digits"]:
+        file_type = EXTENSION_FORMATS.get(output.suffix.lower(), "N")    # x.ppm is a PPM file, never a PNG
+        if file_type == "J":
+            require_pillow()
+        write_file(output, encode_image(frames[status["first_frame"]], file_type))
+        return str(output)
+    stem = Path(status["scene"]).stem
+    for number, png in frames.items():
+        write_file(povcmd.output_path((output / stem, ".png"), number, status["frame_digits"]), png)
+    return f"{len(frames)} frames into {output}"
+
+
+def fetch_frames(client: Client, status: dict[str, Any]) -> dict[int, bytes]:
+    """Every frame's PNG, fetched once."""
+    return {number: client.call("jobs.fetch", status["id"], number).data
+            for number in range(status["first_frame"], status["last_frame"] + 1)}
+
+
+def write_animation(client: Client, status: dict[str, Any], output: Path, delay_ms: int,
+                    frames: dict[int, bytes] | None = None) -> None:
+    pngs = frames if frames is not None else fetch_frames(client, status)
+    try:
+        write_file(output, apng_from_pngs(list(pngs.values()), delay_ms))
+    except ValueError as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot make an animated PNG of job {status['id']}: {err}") from None
+
+
+def write_file(output: Path, data: bytes) -> None:
+    try:
+        atomic.write(output, data)
+    except OSError as err:
+        raise FarmError(Code.BAD_ARGUMENT, f"cannot write {output}: {err.strerror or err}") from None

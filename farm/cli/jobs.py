@@ -1,0 +1,199 @@
+"""The commands on a controller's jobs: `submit` (and wait for the image), `status`, `jobs`, `nodes`,
+`fetch`, and `cancel`, `pause`, `resume`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from farm.cli.common import (EXIT_INTERRUPTED, EXIT_OK, Subcommands, add_client_flags, add_patience_flag,
+                             connect)
+from farm.cli.images import fetch_frames, write_animation, write_output
+from farm.cli.job_request import POVRAY_HELP, add_job_flags, prepare_job, submit_job
+from farm.cli.waiting import Progress, StopRequest, finish_job, patient_client, wait_for_job
+from farm.config import Config
+from farm.faults import Code, FarmError
+
+
+def add_submit(commands: Subcommands) -> None:
+    p = commands.add(
+        "submit", cmd_submit, help="submit a scene to a controller; prints the job id",
+        example="povfarm submit scene.pov +W640 +H480 +A0.3 --controller http://HOST:8642 --wait",
+        description="With --wait it shows progress and writes the image as POV-Ray would (beside the scene, "
+                    "or where +O/--output says); --output or +O imply --wait. Ctrl-C while waiting leaves "
+                    "the job running.", epilog=POVRAY_HELP + "\n")
+    add_client_flags(p)
+    add_job_flags(p)
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the job, showing progress, then write the image (implied by --output and +O)")
+    add_patience_flag(p)
+
+
+def add_status(commands: Subcommands) -> None:
+    p = commands.add("status", cmd_status, help="show one job (default: the newest)",
+                     example="povfarm status 12 --json")
+    add_client_flags(p)
+    p.add_argument("job", type=int, nargs="?", help="job id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_listings(commands: Subcommands) -> None:
+    for name, run, text, example in (
+            ("jobs", cmd_jobs, "list every job with its state and progress", "povfarm jobs"),
+            ("nodes", cmd_nodes, "list every node with its state, strips and sandbox", "povfarm nodes --json")):
+        p = commands.add(name, run, help=text, example=example)
+        add_client_flags(p)
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_fetch(commands: Subcommands) -> None:
+    p = commands.add("fetch", cmd_fetch, help="write a finished job's image (or an animation's frames)",
+                     example="povfarm fetch 12 --output scene.png",
+                     description="The file's extension picks the format: .png, .ppm, .tga or .jpg (Pillow).")
+    add_client_flags(p)
+    p.add_argument("job", type=int, help="job id")
+    p.add_argument("--output", type=Path, metavar="PATH",
+                   help="where to write the image; for an animation, a folder for the numbered PNG frames")
+    p.add_argument("--animation", type=Path, metavar="FILE", help="write an animation as one animated PNG")
+    p.add_argument("--delay", type=int, default=100, metavar="MS", help="frame time in the animated PNG (100)")
+    add_patience_flag(p)
+
+
+def add_job_control(commands: Subcommands) -> None:
+    for name, text in (("cancel", "cancel a job: nodes stop its POV-Ray at their next heartbeat"),
+                       ("pause", "stop leasing a job's strips (strips in flight finish)"),
+                       ("resume", "let a paused job render again")):
+        p = commands.add(name, cmd_job_control, help=text, example=f"povfarm {name} 12")
+        add_client_flags(p)
+        p.add_argument("job", type=int, help="job id")
+
+
+def cmd_submit(config: Config, args: argparse.Namespace) -> int:
+    request = prepare_job(args)
+    client = connect(config)
+    job_id = submit_job(client, args, request)
+    print(job_id, flush=True)
+    if not args.wait and not request.wants_image:
+        return EXIT_OK
+    progress = Progress()
+    with StopRequest() as stop:
+        patient = patient_client(client, config.patience, progress.note, stop, reached=True)
+        status = wait_for_job(patient, job_id, stop=stop, progress=progress)
+    if status is None:
+        _say_job_goes_on(job_id, args)
+        return EXIT_INTERRUPTED
+    return finish_job(patient, status, request)
+
+
+def _say_job_goes_on(job_id: int, args: argparse.Namespace) -> None:
+    where = f" --controller {args.controller}" if getattr(args, "controller", None) else ""
+    sys.stderr.write(f"povfarm: stopped waiting; job {job_id} goes on rendering on the farm.\n"
+                     f"  povfarm status {job_id}{where}     # how far it is\n"
+                     f"  povfarm viewer {job_id}{where}     # watch it\n"
+                     f"  povfarm fetch {job_id}{where} --output FILE   # the image, once it is done\n"
+                     f"  povfarm cancel {job_id}{where}     # stop it\n")
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    client = connect(config, "view")
+    job_id = args.job
+    if job_id is None:
+        jobs = client.call("jobs.list")
+        if not jobs:
+            raise FarmError(Code.UNKNOWN_JOB, "there are no jobs yet")
+        job_id = jobs[-1]["id"]
+    status = client.call("jobs.status", job_id)
+    if args.json:
+        print(json.dumps(_json_status(status), indent=2))
+        return EXIT_OK
+    print(f"job {status['id']} ({status['name']}, {status['scene']}) {status['width']}x{status['height']}")
+    print(f"  state:    {status['state']}")
+    if status.get("blocked"):
+        print(f"  blocked:  {status['blocked']}")
+    print(f"  progress: {status['progress'] * 100:.1f}%  ({status['strips_done']}/{status['strips_total']} strips,"
+          f" {status['strips_leased']} rendering)")
+    if status["error"]:
+        print("  error:    " + status["error"].replace("\n", "\n            "))
+    return EXIT_OK
+
+
+def _json_status(status: dict[str, Any]) -> dict[str, Any]:
+    status = dict(status)
+    status["error"] = status["error"] or None
+    status["blocked"] = status.get("blocked") or None
+    for key in ("started", "finished"):
+        status[key] = status[key] or None
+    return status
+
+
+def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
+    jobs = connect(config, "view").call("jobs.list")
+    if args.json:
+        print(json.dumps([_json_status(job) for job in jobs], indent=2))
+        return EXIT_OK
+    rows = [(str(j["id"]), j["state"] + (" (blocked)" if j.get("blocked") else ""), f"{j['progress'] * 100:.0f}%",
+             f"{j['width']}x{j['height']}", f"{j['strips_done']}/{j['strips_total']}", j["name"]) for j in jobs]
+    _print_table(("ID", "STATE", "DONE", "SIZE", "STRIPS", "NAME"), rows)
+    for job in jobs:
+        if job.get("blocked"):
+            print(f"job {job['id']} is blocked: {job['blocked']}")
+    return EXIT_OK
+
+
+def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
+    nodes = connect(config, "view").call("nodes.list")
+    if args.json:
+        print(json.dumps(nodes, indent=2))
+        return EXIT_OK
+    now = time.time()
+    rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
+             f"{max(0.0, now - n['last_seen']):.0f}s ago", _upload_rate(n.get("upload_bps", 0.0)),
+             n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)",
+             n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
+    _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "POV-RAY"), rows)
+    return EXIT_OK
+
+
+def _upload_rate(bytes_per_second: float) -> str:
+    """A node's measured upload rate in bits per second, as links are sold; "-" until it reports one."""
+    bits = float(bytes_per_second or 0.0) * 8
+    if bits <= 0:
+        return "-"
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bits >= scale:
+            return f"{bits / scale:.3g} {unit}"
+    return f"{bits:.0f} bit/s"
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
+    if args.output is None and args.animation is None:
+        raise FarmError(Code.BAD_ARGUMENT, "say where to write: --output PATH and/or --animation FILE")
+    client = patient_client(connect(config, "view"), config.patience, Progress().note)
+    status = client.call("jobs.status", args.job)
+    if status["state"] != "done":
+        client.call("jobs.fetch", args.job)   # the controller's own sentence says why not
+    frames = fetch_frames(client, status)
+    if args.output is not None:
+        sys.stderr.write(f"wrote {write_output(client, status, args.output, frames)}\n")
+    if args.animation is not None:
+        write_animation(client, status, args.animation, args.delay, frames)
+        sys.stderr.write(f"wrote {args.animation}\n")
+    return EXIT_OK
+
+
+def cmd_job_control(config: Config, args: argparse.Namespace) -> int:
+    """cancel, pause, resume: one call each, one line of confirmation."""
+    connect(config).call(f"jobs.{args.command}", args.job)
+    done = {"cancel": "canceled", "pause": "paused", "resume": "resumed"}[args.command]
+    sys.stderr.write(f"job {args.job} {done}\n")
+    return EXIT_OK

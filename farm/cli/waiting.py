@@ -1,0 +1,143 @@
+"""Waiting for a job to end: its progress on stderr, a controller's outages ridden out, a Ctrl-C that
+stops the waiting at a point of our choosing, and how the job ended, said once with its exit code."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from farm.cli.common import EXIT_FAILED, EXIT_OK
+from farm.cli.job_request import JobRequest, write_targets
+from farm.client import Client
+from farm.faults import Code, FarmError
+from farm.retry import Outage, Patience, Patient, duration
+from farm.states import ENDED
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set an event instead of raising inside a call: the main thread then stops at a
+    point of its choosing, with no request half-sent and no traceback."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._previous = {}
+
+    def __enter__(self) -> threading.Event:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self.event
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.event.set()
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _progress_line(status: dict[str, Any]) -> str:
+    return (f"job {status['id']} {status['state']}: {status['strips_done']}/{status['strips_total']} strips, "
+            f"{status['progress'] * 100:.0f}%")
+
+
+class Progress:
+    """What a waiting client writes on stderr: its progress line (rewritten in place on a terminal) and
+    notes between (an outage, a job no node can take), each on a line of its own."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self._last = ""
+        self._open = False       # a progress line waits on the terminal for its next rewrite
+
+    def show(self, line: str) -> None:
+        if line == self._last:
+            return
+        self._last = line
+        sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
+        sys.stderr.flush()
+        self._open = self.tty
+
+    def note(self, text: str) -> None:
+        if self._open:
+            self._last = ""      # the progress line is written again below the note
+        self.end()
+        sys.stderr.write(f"povfarm: {text}\n")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self._open:
+            sys.stderr.write("\n")
+            self._open = False
+
+
+def patient_client(client: Client, limit: float, say: Callable[[str], None], stop: threading.Event | None = None,
+                   reached: bool = False) -> Patient:
+    """`client` riding out outages of its controller for up to `limit` seconds (the setting `patience`),
+    saying so with `say`; a set `stop` ends the retrying. `reached`: the controller answered already."""
+    patience = Patience(Outage(client.url, limit, say), sleep=stop.wait if stop is not None else time.sleep,
+                        rng=random.random, reached=reached)
+    return Patient(client, patience)
+
+
+def wait_for_job(client: Client | Patient, job_id: int, interval: float = 1.0,
+                 stop: threading.Event | None = None, progress: Progress | None = None,
+                 local: bool = False) -> dict[str, Any] | None:
+    """Show progress on stderr until the job ends; return its final status (None when `stop` was set).
+    jobs.wait returns as soon as the job changes, so the end is seen at once. A job that no live node can
+    render is said at once: for `local` nodes (render's, which nothing will mend) it is an error; else
+    it is waited for as long as the client's patience allows."""
+    progress = progress or Progress()
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                status = client.call("jobs.wait", job_id, interval)
+            except FarmError:
+                if stop is not None and stop.is_set():
+                    return None
+                raise
+            _check_blocked(status, getattr(client, "patience", None), progress, local)
+            progress.show(_progress_line(status))
+            if status["state"] in ENDED:
+                return status
+        return None
+    finally:
+        progress.end()
+
+
+def _check_blocked(status: dict[str, Any], patience: Patience | None, progress: Progress, local: bool) -> None:
+    job_id, reason = status["id"], status.get("blocked", "")    # an older controller never says
+    if local and reason:
+        raise FarmError(Code.RENDER_FAILED, f"job {job_id} is blocked: {reason}")
+    if patience is None:
+        return
+    if patience.blocked(reason):
+        limit = patience.outage.limit
+        progress.note(f"job {job_id} is blocked: {reason}; waiting for one that can"
+                      + (f" (up to {duration(limit)})" if limit else "") if reason
+                      else f"job {job_id} is no longer blocked: a node can render it")
+    if patience.blocked_too_long():
+        raise FarmError(Code.RENDER_FAILED, f"job {job_id} was blocked for {duration(patience.outage.limit)} (the "
+                                            f"setting patience): {reason}. It stays on the farm: "
+                                            f"povfarm cancel {job_id} drops it")
+
+
+def finish_job(client: Client, status: dict[str, Any], request: JobRequest | None) -> int:
+    """Report how a job ended and write its image; the exit code for `submit --wait` and `render`."""
+    if status["state"] == "failed":
+        sys.stderr.write(f"povfarm: job {status['id']} failed:\n{status['error'].rstrip()}\n")
+        return EXIT_FAILED
+    if status["state"] == "canceled":
+        sys.stderr.write(f"povfarm: job {status['id']} was canceled\n")
+        return EXIT_FAILED
+    elapsed = status["finished"] - (status["started"] or status["submitted"])
+    if request is not None:
+        written = write_targets(client, status["id"], request)
+        sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s: wrote {written}\n")
+    else:
+        sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s; "
+                         f"fetch it with: povfarm fetch {status['id']} --output FILE.png\n")
+    return EXIT_OK

@@ -1,0 +1,109 @@
+"""The pixels of one frame as the viewer holds them: the rows as rendered (what S saves) and an 8-bit copy for
+the screen, with a checkerboard where nothing is rendered yet and a scaled-up preview standing in for the rows
+to come. Pure: no pygame, no network."""
+
+from __future__ import annotations
+
+from farm.images.png import encode_png
+from farm.images.raster import Raster, row_size
+
+CHECKER = 8                     # checker square size in pixels
+UNRENDERED = (0x2c, 0x36)       # dark checker: rows nobody has rendered yet
+TRANSPARENT = (0x9c, 0x70)      # light checker behind the pixels of an RGBA image
+
+
+def checker(width: int, height: int, channels: int, shades: tuple[int, int] = UNRENDERED,
+            size: int = CHECKER) -> bytes:
+    """An 8-bit grey checkerboard of width x height pixels (RGB, or opaque RGBA)."""
+    def tile(value: int) -> bytes:
+        return bytes([value] * 3 + [255] * (channels - 3)) * size
+
+    across = -(-width // size)
+    even = b"".join(tile(shades[i % 2]) for i in range(across))[:width * channels]
+    odd = b"".join(tile(shades[1 - i % 2]) for i in range(across))[:width * channels]
+    bands = (even * size, odd * size)
+    return b"".join(bands[j % 2] for j in range(-(-height // size)))[:width * channels * height]
+
+
+class Canvas:
+    """One frame: the pixels as rendered (`raw`, what S saves) and an 8-bit copy for the screen.
+
+    `display` holds 8 bits per sample (the high byte of 16-bit samples) with the image's own channels
+    (RGB or RGBA); rows not painted yet show a dark checkerboard.
+    """
+
+    def __init__(self, width: int, height: int, channels: int, bits: int):
+        if channels not in (3, 4) or bits not in (8, 16) or width < 1 or height < 1:
+            raise ValueError(f"cannot show a {width}x{height} image with {channels} channels of {bits} bits")
+        self.width, self.height, self.channels, self.bits = width, height, channels, bits
+        self.row_bytes = row_size(width, channels, bits)
+        self.display_row_bytes = width * channels
+        self.raw = bytearray(self.row_bytes * height)
+        self.display = bytearray(checker(width, height, channels))
+        self._painted: list[list[int]] = []     # sorted, merged [start, end) row ranges
+
+    def paint(self, row_start: int, row_end: int, rows: bytes) -> None:
+        """Put decoded rows [row_start, row_end) into both buffers."""
+        if not 0 <= row_start < row_end <= self.height:
+            raise ValueError(f"rows [{row_start}, {row_end}) are outside a {self.height}-row image")
+        if len(rows) != (row_end - row_start) * self.row_bytes:
+            raise ValueError(f"rows [{row_start}, {row_end}) need {(row_end - row_start) * self.row_bytes} "
+                             f"bytes, not {len(rows)}")
+        self.raw[row_start * self.row_bytes:row_end * self.row_bytes] = rows
+        screen = rows if self.bits == 8 else rows[0::2]     # big-endian: the high byte comes first
+        self.display[row_start * self.display_row_bytes:row_end * self.display_row_bytes] = screen
+        self._mark(row_start, row_end)
+
+    def paint_preview(self, width: int, height: int, rows: bytes) -> None:
+        """Show a whole-frame preview of `width` x `height` pixels (decoded rows, the image's own format),
+        scaled up, on the screen buffer only and only where no final row is painted yet: it stands in for
+        the rows to come, is never saved, and final rows replace it."""
+        size = row_size(width, self.channels, self.bits)
+        if len(rows) != size * height:
+            raise ValueError(f"a {width}x{height} preview needs {size * height} bytes, not {len(rows)}")
+        screen = rows if self.bits == 8 else rows[0::2]
+        pixel = self.channels
+        columns = [(x * width // self.width) * pixel for x in range(self.width)]
+        scaled: dict[int, bytes] = {}
+        for start, end in self.missing():
+            for y in range(start, end):
+                source = y * height // self.height
+                if source not in scaled:
+                    line = screen[source * width * pixel:(source + 1) * width * pixel]
+                    scaled[source] = b"".join(line[offset:offset + pixel] for offset in columns)
+                self.display[y * self.display_row_bytes:(y + 1) * self.display_row_bytes] = scaled[source]
+
+    def _mark(self, start: int, end: int) -> None:
+        merged: list[list[int]] = []
+        for span in sorted([*self._painted, [start, end]]):
+            if merged and span[0] <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], span[1])
+            else:
+                merged.append(list(span))
+        self._painted = merged
+
+    @property
+    def painted_rows(self) -> int:
+        return sum(end - start for start, end in self._painted)
+
+    @property
+    def complete(self) -> bool:
+        return self._painted == [[0, self.height]]
+
+    def missing(self) -> list[tuple[int, int]]:
+        """Row ranges not painted yet."""
+        gaps, row = [], 0
+        for start, end in self._painted:
+            if start > row:
+                gaps.append((row, start))
+            row = end
+        if row < self.height:
+            gaps.append((row, self.height))
+        return gaps
+
+    def raster(self) -> Raster:
+        """The image in its own format (unpainted rows are zero: black, or transparent with alpha)."""
+        return Raster(self.width, self.height, self.channels, self.bits, bytes(self.raw))
+
+    def png(self) -> bytes:
+        return encode_png(self.raster())
