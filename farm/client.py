@@ -30,7 +30,7 @@ from typing import Any, Iterator
 from farm import __version__
 from farm.auth import client_token
 from farm.faults import Code, FarmError
-from farm.wire import FAULT_HEADER, METHOD_HEADER, RecordCutter, capped_gunzip, read_xmlrpc
+from farm.wire import FAULT_HEADER, METHOD_HEADER, RecordCutter, capped_gunzip, error_of, read_xmlrpc
 
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ class Client:
             reply = transport.request(self._host, self._handler, request_body(method, args))
             return reply[0] if len(reply) == 1 else reply
         except xmlrpc.client.Fault as fault:
-            raise _in_user_terms(FarmError.from_fault(fault), method) from None
+            raise _in_user_terms(error_of(fault), method) from None
         except xmlrpc.client.ProtocolError as err:
             self._reset()
             raise _http_error(self.url, err, has_token=bool(self.token)) from None

@@ -52,8 +52,8 @@ from typing import Callable, Mapping
 from farm.auth import ROLES, client_token
 from farm.client import check_url
 from farm.config import DEFAULT_PORT, Config
-from farm.faults import Code, FarmError, shown
-from farm.wire import is_loopback
+from farm.faults import Code, FarmError
+from farm.wire import is_loopback, shown
 
 log = logging.getLogger(__name__)
 

@@ -2,15 +2,14 @@
 
 Every error a caller may see has a stable integer code and a sentence. The
 controller raises `FarmError`; its RPC layer turns that into an
-`xmlrpc.client.Fault` with the same code, and clients turn a Fault back into a
-`FarmError`, so both sides branch on `err.code`, never on message text.
+Fault with the same code (`farm.wire.fault_of`), and clients turn a Fault back into a
+`FarmError` (`farm.wire.error_of`), so both sides branch on `err.code`, never on message text.
 Codes are part of the API: never renumber, only add.
 """
 
 from __future__ import annotations
 
 import enum
-import xmlrpc.client
 
 
 class Code(enum.IntEnum):
@@ -70,39 +69,3 @@ class FarmError(Exception):
 
     def __str__(self) -> str:
         return self.detail
-
-    def to_fault(self) -> xmlrpc.client.Fault:
-        return xmlrpc.client.Fault(int(self.code), self.detail)
-
-    @classmethod
-    def from_fault(cls, fault: xmlrpc.client.Fault) -> "FarmError":
-        try:
-            code = Code(fault.faultCode)
-        except ValueError:
-            code = Code.INTERNAL
-        return cls(code, str(fault.faultString))
-
-
-def shown(value: object, limit: int = 60) -> str:
-    """A value someone sent, as a sentence names it: a number or a text (quoted, escaped, cut short) as
-    itself, anything else by its XML-RPC type; never a Python repr with a class name and an address, and
-    never longer than about `limit` characters however much was sent."""
-    if isinstance(value, bool):
-        return f"the boolean {'true' if value else 'false'}"
-    if isinstance(value, int):
-        return repr(value) if value.bit_length() <= 64 else f"a whole number of {value.bit_length()} bits"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return repr(value[:limit]) + ("..." if len(value) > limit else "")
-    if isinstance(value, xmlrpc.client.Binary):
-        return f"binary data ({len(value.data)} bytes)"
-    if isinstance(value, xmlrpc.client.DateTime):
-        return f"the date and time {shown(str(value.value), limit)}"
-    if isinstance(value, dict):
-        return f"a struct of {len(value)} member(s)"
-    if isinstance(value, (list, tuple)):
-        return f"an array of {len(value)} value(s)"
-    if value is None:
-        return "nil"
-    return "a value of another type"

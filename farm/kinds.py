@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 
-from farm.faults import shown
+from farm.wire import shown
 
 ROWS, PRETRACE = "rows", "pretrace"   # kinds of unit: pixel rows, or a frame's radiosity pre-pass
 PREVIEW = "preview"   # a quick low-resolution render of a whole frame, for viewers only: never stitched

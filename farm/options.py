@@ -13,7 +13,8 @@ import posixpath
 import re
 from typing import Iterable, Iterator
 
-from farm.faults import Code, FarmError, shown
+from farm.faults import Code, FarmError
+from farm.wire import shown
 
 # Rendering switches a job may set, by POV-Ray's switch name. Value pattern per switch.
 _NUMBER = r"[0-9]*\.?[0-9]*"

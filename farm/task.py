@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from farm.faults import Code, FarmError, shown
+from farm.faults import Code, FarmError
 from farm.kinds import ROWS
 from farm.rows import ZLIB
+from farm.wire import shown
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,56 @@ import xmlrpc.client
 import zlib
 from typing import Any, Callable, Iterable, Protocol
 
+from farm.faults import Code, FarmError
+
 METHOD_HEADER = "X-Povfarm-Method"      # the method a client calls, so limits are known before the body
 FAULT_HEADER = "X-Povfarm-Fault"        # the fault code of a refusal that is not an XML-RPC response
 STREAM_TYPE = "application/x-povfarm-feed"
 CHUNK = 64 * 1024
+
+# The wire's own types, for the code on either side that takes or gives them (the API adapters, the node).
+Binary = xmlrpc.client.Binary
+DateTime = xmlrpc.client.DateTime
+Fault = xmlrpc.client.Fault
+
+
+def fault_of(error: FarmError) -> Fault:
+    """A FarmError as the Fault that carries it: its code and sentence."""
+    return Fault(int(error.code), error.detail)
+
+
+def error_of(fault: Fault) -> FarmError:
+    """A Fault as the FarmError it carries (a code this side does not know is INTERNAL)."""
+    try:
+        code = Code(fault.faultCode)
+    except ValueError:
+        code = Code.INTERNAL
+    return FarmError(code, str(fault.faultString))
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value someone sent, as a sentence names it: a number or a text (quoted, escaped, cut short) as
+    itself, anything else by its XML-RPC type; never a Python repr with a class name and an address, and
+    never longer than about `limit` characters however much was sent."""
+    if isinstance(value, bool):
+        return f"the boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else f"a whole number of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, Binary):
+        return f"binary data ({len(value.data)} bytes)"
+    if isinstance(value, DateTime):
+        return f"the date and time {shown(str(value.value), limit)}"
+    if isinstance(value, dict):
+        return f"a struct of {len(value)} member(s)"
+    if isinstance(value, (list, tuple)):
+        return f"an array of {len(value)} value(s)"
+    if value is None:
+        return "nil"
+    return "a value of another type"
 # The most seconds the controller holds a long poll (jobs.wait, viewer.watch, nodes.poll), whatever the
 # client asks: a client's HTTP timeout must outlast it. A node's poll is held at most a third of the lease
 # timeout too, so an idle node is heard from again long before it could be presumed dead.

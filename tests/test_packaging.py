@@ -30,3 +30,17 @@ def test_a_client_does_not_load_the_server(module):
              f"if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", f"{module} loads {loaded.stdout.strip()}"
+
+
+def test_only_the_wire_and_its_two_ends_know_xmlrpc_and_only_the_store_sqlite():
+    """XML-RPC is the wire's business (farm/wire.py) and its ends' (the client, the server's handler and
+    dispatch); SQLite is the store's."""
+    import re
+    importing = {}
+    for path in (ROOT / "farm").rglob("*.py"):
+        text = path.read_text()
+        for library in ("xmlrpc", "sqlite3"):
+            if re.search(rf"^\s*(import|from) {library}\b", text, re.MULTILINE):
+                importing.setdefault(library, set()).add(path.relative_to(ROOT / "farm").as_posix())
+    assert importing["xmlrpc"] == {"wire.py", "client.py", "server/handler.py", "server/rpc.py"}
+    assert all(name == "db.py" or name.startswith("store/") for name in importing["sqlite3"]), importing["sqlite3"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import xmlrpc.client
 from typing import Any
 
-from farm.faults import Code, FarmError, shown
+from farm.faults import Code, FarmError
+from farm.wire import Binary, shown
 
 MAX_ID = 2**31 - 1
 
@@ -41,7 +41,7 @@ def text(name: str, value: Any, max_len: int = 255) -> str:
 
 
 def binary(name: str, value: Any) -> bytes:
-    if not isinstance(value, xmlrpc.client.Binary):
+    if not isinstance(value, Binary):
         raise FarmError(Code.BAD_ARGUMENT, f"{name} must be binary (base64) data")
     return value.data
 

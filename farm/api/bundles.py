@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import xmlrpc.client
 
 from farm.api import args, rpc
 from farm.auth import NODE, SUBMIT
 from farm.server.bodies import FileReply, SpooledBinary
+from farm.wire import Binary
 
 
 MAX_RANGE = 16 * 1024 * 1024   # bytes of a bundle one bundles.fetch_range call returns at most
@@ -28,7 +28,7 @@ class BundlesAPI:
         return self._bundles.has(args.text("digest", digest, 100))
 
     @rpc(SUBMIT)
-    def upload(self, data: xmlrpc.client.Binary) -> str:
+    def upload(self, data: Binary) -> str:
         """Check and store a scene bundle. The transport streams a large one to disk, hashing it on the way.
 
         @param data: base64, the zip

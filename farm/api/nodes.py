@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import xmlrpc.client
 
 from farm.api import args, rpc
 from farm.auth import NODE, READERS
@@ -12,6 +11,7 @@ from farm.kinds import PREVIEW, preview_size
 from farm.rows import ENCODINGS, ZLIB
 from farm.server.departures import departure_watch
 from farm.options import preview_options
+from farm.wire import Binary
 
 MAX_ERROR_TEXT = 8192
 MAX_ID_TEXT = 120
@@ -117,7 +117,7 @@ class NodesAPI:
         return self._dispatch.result_limit(args.text("lease", before[1], MAX_ID_TEXT))
 
     @rpc(NODE, value_limit="_rows_limit")
-    def complete(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
+    def complete(self, node_id: str, lease: str, rows: Binary, seconds: float,
                  encoding: str = ZLIB) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
         pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
@@ -137,7 +137,7 @@ class NodesAPI:
         return True
 
     @rpc(NODE, value_limit="_rows_limit")
-    def complete_and_poll(self, node_id: str, lease: str, rows: xmlrpc.client.Binary, seconds: float,
+    def complete_and_poll(self, node_id: str, lease: str, rows: Binary, seconds: float,
                           encoding: str = ZLIB) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
         when it faults, nothing was leased.
@@ -153,7 +153,7 @@ class NodesAPI:
         return self.poll(node_id)
 
     @rpc(NODE)
-    def radiosity_cache(self, node_id: str, lease: str) -> xmlrpc.client.Binary:
+    def radiosity_cache(self, node_id: str, lease: str) -> Binary:
         """The radiosity cache shared by the units of the leased unit's frame. STALE_LEASE unless the lease
         is the node's current one; BAD_ARGUMENT when the frame has none.
 
@@ -161,7 +161,7 @@ class NodesAPI:
         @param lease: str
         @return: base64, zlib of the cache file
         """
-        return xmlrpc.client.Binary(self._dispatch.radiosity_cache(
+        return Binary(self._dispatch.radiosity_cache(
             args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT)))
 
     @rpc(NODE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import xmlrpc.client
 from typing import Iterator
 
 from farm.api import args, rpc
@@ -10,7 +9,7 @@ from farm.auth import READERS
 from farm.faults import Code, FarmError
 from farm.server.departures import departure_watch
 from farm.states import ENDED
-from farm.wire import LONG_POLL_CAP
+from farm.wire import Binary, LONG_POLL_CAP
 
 
 class ViewerAPI:
@@ -55,7 +54,7 @@ class ViewerAPI:
             current = job_id or services.store.jobs.newest_id()
             reply = services.views.feed(current, cursor if current == target else 0)   # a new job: cursor 0
         for piece in reply["strips"]:
-            piece["rows"] = xmlrpc.client.Binary(piece["rows"])
+            piece["rows"] = Binary(piece["rows"])
         return reply
 
 

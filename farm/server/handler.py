@@ -21,7 +21,7 @@ from farm.auth import roles_of
 from farm.faults import Code, FarmError
 from farm.server.admission import RETRY_AFTER, Connection, current
 from farm.server.bodies import FileReply, Spool, body_chunks
-from farm.wire import (FAULT_HEADER, METHOD_HEADER, STREAM_TYPE, BadBody, Base64Value, Busy, HeldBase64, TooLarge, inflated,
+from farm.wire import (fault_of, FAULT_HEADER, METHOD_HEADER, STREAM_TYPE, BadBody, Base64Value, Busy, HeldBase64, TooLarge, inflated,
                        read_xmlrpc)
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,8 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         except (ValueError, FarmError, xmlrpc.client.Fault) as err:
             return self._refused_call(err, chunks)
         if declared is not None and declared != method:
-            return server.dump_fault(FarmError(
-                Code.BAD_REQUEST, f"the call is to {method}, not {declared} as its header says").to_fault())
+            return server.dump_fault(fault_of(FarmError(
+                Code.BAD_REQUEST, f"the call is to {method}, not {declared} as its header says")))
         if declared is None:     # a heavy method's place, for a caller that did not name it
             self._held.enter_context(server.gates.enter(method))
         return server.dispatch(method, params, roles)
@@ -284,7 +284,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             pass
         fault = err if isinstance(err, FarmError) else FarmError(
             Code.BAD_REQUEST, f"the request is not acceptable XML-RPC: {err}")
-        return self.server.dump_fault(self.server.hide_paths(fault.to_fault()))
+        return self.server.dump_fault(self.server.hide_paths(fault_of(fault)))
 
     def _content_length(self, limit: int) -> int | None:
         if "Transfer-Encoding" in self.headers:

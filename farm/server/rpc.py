@@ -62,7 +62,7 @@ from farm.server.admission import Connection, Connections, Quotas, current
 from farm.server.bodies import Budget, FileReply, Gates, sweep_spool
 from farm.server.handler import RequestHandler
 from farm.supervise import Supervisor
-from farm.wire import read_xmlrpc
+from farm.wire import fault_of, read_xmlrpc
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,8 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
             params, method = read_xmlrpc([data], self.limits.max_depth)
         except (ValueError, xmlrpc.client.Fault) as err:
             log.info("malformed request: %s", err)
-            return self.dump_fault(FarmError(Code.BAD_REQUEST, f"the request is not acceptable XML-RPC: {err}"
-                                             ).to_fault())
+            return self.dump_fault(fault_of(FarmError(Code.BAD_REQUEST,
+                                                      f"the request is not acceptable XML-RPC: {err}")))
         response = self.dispatch(method, params, roles)
         if isinstance(response, FileReply):
             try:
@@ -271,7 +271,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     def dispatch(self, method: str | None, params: tuple, roles: frozenset[str]) -> bytes | FileReply:
         """Run a parsed call; the response body (or a file to stream as it). Never raises."""
         if not isinstance(method, str):
-            return self.dump_fault(FarmError(Code.BAD_REQUEST, "the request names no method").to_fault())
+            return self.dump_fault(fault_of(FarmError(Code.BAD_REQUEST, "the request names no method")))
         try:
             result = self._call(method, params, roles)
         except xmlrpc.client.Fault as fault:
@@ -324,7 +324,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
                                 f"{method}{self._signatures[method]} called with {len(params)} arguments") from None
             return function(*params)
         except FarmError as err:
-            raise err.to_fault() from None
+            raise fault_of(err) from None
         except Exception:
             raise self._internal_fault(method) from None
 
@@ -333,8 +333,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         """Log the traceback under a short reference the caller can quote."""
         ref = uuid.uuid4().hex[:8]
         log.exception("internal error in %s (ref %s)", method, ref)
-        return FarmError(Code.INTERNAL, f"internal error in {method} (ref {ref}); see the controller log"
-                         ).to_fault()
+        return fault_of(FarmError(Code.INTERNAL, f"internal error in {method} (ref {ref}); see the controller log"))
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext | None:
