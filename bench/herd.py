@@ -50,12 +50,13 @@ from scale import (BLOCK, RESULTS, ROOT, SPEEDS, ControllerProcess, die_with_par
                    end_run, limit_run, machine, percentile, save_results, upload_scene, wait_until,
                    _split)
 
-from farm import povray, sandbox as sandboxes  # noqa: E402
+from farm.rendering import sandbox as sandboxes  # noqa: E402
+from farm.rendering import povray
 from farm.client import Client  # noqa: E402
 from farm.config import Config  # noqa: E402
 from farm.faults import Code, FarmError  # noqa: E402
 from farm.node import Node  # noqa: E402
-from farm.probe import probe_povray  # noqa: E402
+from farm.rendering.probe import probe_povray  # noqa: E402
 from farm.states import ENDED  # noqa: E402
 
 GOAL_BACK_S = 10.0          # every node registered and polling again within this, after the release

@@ -7,7 +7,7 @@ Layers, outside in:
   knows XML-RPC's types;
 - `farm.service`: the rules (submission, leasing, stitching, views), over
 - `farm.policy` (pure decisions: who renders what, what a failure means) and
-- `farm.store` (persistence in SQLite, via `farm.db`'s grouped commits), returning
+- `farm.store` (persistence in SQLite, via `farm.store.db`'s grouped commits), returning
   `farm.records`.
 
 `Controller` wires them up. The clock is injected so a test can step the farm
@@ -33,7 +33,7 @@ from farm.wire import is_loopback
 from farm.service.files import sweep_temporary
 from farm.service import Services
 from farm.store import Store
-from farm.supervise import Supervisor
+from farm.server.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 

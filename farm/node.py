@@ -5,7 +5,7 @@ A node keeps going through every kind of trouble: an unreachable controller
 is delivered), a broken scene (it reports POV-Ray's message), a crashed or
 killed POV-Ray (a failed strip, never a bad image). The first SIGTERM/Ctrl-C
 lets the current strip finish; the second stops POV-Ray and hands the lease back.
-Scenes are untrusted: POV-Ray runs in the node's `Sandbox` (farm/sandbox.py), and
+Scenes are untrusted: POV-Ray runs in the node's `Sandbox` (farm/rendering/sandbox.py), and
 what goes back to the controller as error text is capped and names no node paths.
 """
 
@@ -24,21 +24,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, povray
-from farm import sandbox as sandboxes
+from farm import __version__
+from farm.rendering import povray
+from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
-from farm.delivery import Delivery, Uploads
-from farm.downloads import Downloads
+from farm.rendering.delivery import Delivery, Uploads
+from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
 from farm.features import CURRENT, FEATURES, FILTERED_ROWS, Features
-from farm.heartbeats import Beats, HeartbeatCall, LeaseWatch
+from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.hostos import HOST
 from farm.kinds import PREVIEW
-from farm.probe import probe_povray
-from farm.render import UnitRenderer
+from farm.rendering.probe import probe_povray
+from farm.rendering.render import UnitRenderer
 from farm.retry import RETRY_CEILING, grow
-from farm.task import Task
+from farm.rendering.task import Task
 from farm.rows import FILTERED, ZLIB
 
 log = logging.getLogger(__name__)

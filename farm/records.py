@@ -8,7 +8,7 @@ sees an SQL row. One name per thing:
   frames frame..frame_last (a strip of a still, a run of whole frames of an
   animation, or a frame's radiosity pre-pass). The API calls units "strips";
 - a **lease** is one node's right to render one unit until it expires;
-- a **task** is a leased unit as the node receives it (the `nodes.poll` reply; `farm.task.Task`);
+- a **task** is a leased unit as the node receives it (the `nodes.poll` reply; `farm.rendering.task.Task`);
 - a **node** is one running `povfarm node` process.
 """
 

@@ -29,8 +29,9 @@ from pathlib import Path
 import pytest
 
 from harness import ROOT, farm_argv, free_udp_port, needs_povray, run_cli, wait_ended, wait_until
-from farm import auth, povray, wire
-from farm import sandbox as sandboxes
+from farm import auth, wire
+from farm.rendering import povray
+from farm.rendering import sandbox as sandboxes
 from farm.server.admission import Quotas
 from farm.bundle.rules import bundle_hash
 from farm.client import Client

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from farm.auth import NODE, SUBMIT, VIEW
 from farm.server.admission import Connection, Quotas, Refusals, Seats, pushed_out, seat_role
-from farm.supervise import Supervisor
+from farm.server.supervise import Supervisor
 
 ROLES = st.sampled_from([NODE, SUBMIT, VIEW])
 PEERS = st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"])

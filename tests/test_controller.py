@@ -468,7 +468,7 @@ def test_a_node_delivers_with_complete_to_a_controller_that_lists_no_combined_ca
     """A controller from before the feature list has none of the features: the node never tries
     nodes.complete_and_poll on it (such a controller answers fault 3), and delivers with nodes.complete."""
     from farm.node import Node
-    from farm.task import RenderOutcome
+    from farm.rendering.task import RenderOutcome
 
     class OldController:
         url = "http://127.0.0.1:9"
@@ -582,7 +582,7 @@ def test_a_node_renders_a_preview_beside_its_strips_not_in_their_place(tmp_path)
     import threading
 
     from farm.node import Node
-    from farm.task import RenderOutcome
+    from farm.rendering.task import RenderOutcome
 
     preview = wire_task(lease="1.1.aa", strip=0, row_end=1, kind="preview")
     strip = wire_task(lease="2.1.bb", strip=1, row_end=32, kind="rows")
@@ -629,7 +629,7 @@ def test_a_slow_upload_never_holds_a_slot_idle(tmp_path):
     import threading
 
     from farm.node import Node
-    from farm.task import RenderOutcome
+    from farm.rendering.task import RenderOutcome
 
     tasks = [wire_task(lease=f"{n}.1.aa", strip=n) for n in (1, 2)]
     upload_may_end, second_rendering = threading.Event(), threading.Event()

@@ -188,7 +188,7 @@ def test_photon_scene_shares_one_photon_map_per_node_and_stays_exact(farm, tmp_p
 
 
 def test_photon_block_is_found_only_in_global_settings():
-    from farm.photons import photons_block, with_photon_file
+    from farm.rendering.photons import photons_block, with_photon_file
 
     assert photons_block("// global_settings { photons { } }\nsphere { 0, 1 }") is None
     assert photons_block("global_settings { assumed_gamma 1 } object { o photons { target } }") is None

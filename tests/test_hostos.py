@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from farm import hostos, sandbox
+from farm import hostos
+from farm.rendering import sandbox
 from harness import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +145,7 @@ class StubbornProcess(FakeProcess):
 
 
 def test_windows_stopping_povray_asks_then_ends_the_whole_tree():
-    from farm import povray
+    from farm.rendering import povray
 
     runner = Recorder()
     process = StubbornProcess()

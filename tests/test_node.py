@@ -8,13 +8,13 @@ import xmlrpc.client
 
 import pytest
 
-from farm.delivery import Delivery, Uploads
-from farm.downloads import Downloads
+from farm.rendering.delivery import Delivery, Uploads
+from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
 from farm.features import (BUNDLE_RANGES, COMPLETE_AND_POLL, CURRENT, FEATURES, FILTERED_ROWS, HEARTBEAT_STATS,
                            OLDEST, Features)
-from farm.heartbeats import Beats, HeartbeatCall, LeaseWatch
-from farm.task import RenderOutcome, Task
+from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
+from farm.rendering.task import RenderOutcome, Task
 from farm.kinds import PRETRACE, ROWS
 from farm.rows import FILTERED
 
@@ -107,7 +107,7 @@ def test_the_controller_lists_its_features_on_register_and_to_api_version(tmp_pa
     from farm.service import Services
     from farm.store import Store
 
-    store = Store(tmp_path / "farm.db")
+    store = Store(tmp_path / "farm.store.db")
     try:
         methods = {name: method for name, (method, _) in api.build(Services(Config(), store, Clock())).items()}
         assert methods["nodes.register"]("n1", {"povray": "3.7"})["features"] == list(FEATURES)

@@ -195,8 +195,8 @@ def test_a_node_refuses_a_library_path_outside_the_bundle(tmp_path):
     import threading
 
     from farm.config import Config
-    from farm.render import UnitRenderer
-    from farm.task import Task
+    from farm.rendering.render import UnitRenderer
+    from farm.rendering.task import Task
 
     def never(*_args, **_kwargs):
         raise AssertionError("must not be reached")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
-from farm import povray
-from farm.povray import ProcessResult
+from farm.rendering import povray
+from farm.rendering.povray import ProcessResult
 
 STANDIN = Path(__file__).resolve().parent / "standin_pvengine.py"
 BROKEN_SCENE = """#include "colors.inc"

@@ -13,7 +13,8 @@ import zipfile
 from pathlib import Path
 
 from harness import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
-from farm import povray, radiosity, strips
+from farm import radiosity, strips
+from farm.rendering import povray
 from farm.bundle.checking import mentions
 from farm.images.png import decode_png
 from farm.images.ppm import decode_ppm

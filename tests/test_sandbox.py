@@ -14,7 +14,8 @@ import pytest
 
 from harness import (ROOT, SCENES, assert_same_pixels, farm_argv, free_port, native_render, needs_povray, submit,
                      wait_ended)
-from farm import povray, sandbox
+from farm.rendering import sandbox
+from farm.rendering import povray
 from farm.faults import FarmError
 
 pytestmark = needs_povray

@@ -1,4 +1,4 @@
-"""farm.statefile and farm.gamma against real render state files and the images POV-Ray wrote in the
+"""farm.rendering.statefile and farm.rendering.gamma against real render state files and the images POV-Ray wrote in the
 same runs (tests/fixtures/statefile, made by make.py there), and against truncated and random bytes."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from farm import gamma
-from farm.gamma import Encoding
-from farm.statefile import HEADER_SIZE, SIGNATURE, Block, Spots, read_blocks, read_pieces
+from farm.rendering import gamma
+from farm.rendering.gamma import Encoding
+from farm.rendering.statefile import HEADER_SIZE, SIGNATURE, Block, Spots, read_blocks, read_pieces
 
 FIXTURES = Path(__file__).parent / "fixtures" / "statefile"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())

@@ -125,7 +125,7 @@ def test_an_interrupted_bundle_download_resumes_where_it_stopped(farm, tmp_path,
         return Node(config, client)
 
     cut = Flaky(farm.client_as("node"), budget=4)
-    monkeypatch.setattr("farm.downloads.RETRY_CEILING", 0.02)
+    monkeypatch.setattr("farm.rendering.downloads.RETRY_CEILING", 0.02)
     with pytest.raises(FarmError) as err:                 # the link stays down: every try fails at once
         node_with(cut).downloads.fetch(digest)
     assert err.value.code is Code.UNREACHABLE

@@ -91,11 +91,11 @@ def _quiet_local_farm_logs() -> None:
             return False       # render says once, for all its nodes, why none can render the job
         return record.levelno >= logging.ERROR or "UNCONFINED" in record.getMessage()
 
-    for layer in ("farm.controller", "farm.api", "farm.service", "farm.store", "farm.db"):
+    for layer in ("farm.controller", "farm.api", "farm.service", "farm.store", "farm.store.db"):
         logging.getLogger(layer).setLevel(logging.ERROR)
-    for layer in ("farm.node", "farm.delivery", "farm.downloads", "farm.heartbeats", "farm.probe", "farm.render",
-                  "farm.frame_caches", "farm.bundle.packing", "farm.bundle.cache", "farm.client", "farm.povray",
-                  "farm.sandbox"):
+    for layer in ("farm.node", "farm.rendering.delivery", "farm.rendering.downloads", "farm.rendering.heartbeats", "farm.rendering.probe", "farm.rendering.render",
+                  "farm.rendering.frame_caches", "farm.bundle.packing", "farm.bundle.cache", "farm.client", "farm.rendering.povray",
+                  "farm.rendering.sandbox"):
         logging.getLogger(layer).addFilter(worth_showing)
 
 

@@ -30,7 +30,7 @@ import time
 from typing import Callable, Collection, Iterable
 
 from farm.auth import NODE, SUBMIT, VIEW
-from farm.supervise import Supervisor
+from farm.server.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import threading
 from typing import Callable, Iterator
 
 from farm.server.admission import current
-from farm.supervise import Supervisor
+from farm.server.supervise import Supervisor
 
 
 def client_gone() -> bool:

@@ -61,7 +61,7 @@ from farm.hostos import HOST
 from farm.server.admission import Connection, Connections, Quotas, current
 from farm.server.bodies import Budget, FileReply, Gates, sweep_spool
 from farm.server.handler import RequestHandler
-from farm.supervise import Supervisor
+from farm.server.supervise import Supervisor
 from farm.wire import fault_of, read_xmlrpc
 
 log = logging.getLogger(__name__)

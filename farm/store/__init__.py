@@ -1,7 +1,7 @@
 """The controller's durable state: bundles, jobs, frames, units and nodes in one SQLite file.
 
 Persistence only: every method is one transaction, durable before it returns
-(`farm.db`), takes and returns records (`farm.records`), and decides nothing
+(`farm.store.db`), takes and returns records (`farm.records`), and decides nothing
 beyond what the state machine (`farm.states`) allows. A unit's pixel rows are
 stored in the same transaction that marks it done: it is either stored and
 done, or neither.
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.db import Database
+from farm.store.db import Database
 from farm.store import schema
 from farm.store.jobs import JobRecords
 from farm.store.nodes import NodeRecords

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Sequence
 
-from farm.db import Database
+from farm.store.db import Database
 from farm.faults import Code, FarmError
 from farm.kinds import PRETRACE, PREVIEW, ROWS
 from farm.planning import UnitPlan

@@ -9,7 +9,7 @@ import secrets
 import sqlite3
 from typing import Any
 
-from farm.db import Database
+from farm.store.db import Database
 from farm.faults import Code, FarmError
 from farm.records import Node
 from farm.states import NodeState, UnitState

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
-from farm.db import Database
+from farm.store.db import Database
 from farm.faults import Code, FarmError
 from farm.kinds import PRETRACE, PREVIEW, ROWS
 from farm.policy import Failures, JobInLine

@@ -12,7 +12,7 @@ from farm.client import Client
 from farm.faults import Code, FarmError
 from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, Features
 from farm.retry import RETRY_CEILING
-from farm.task import RenderOutcome
+from farm.rendering.task import RenderOutcome
 from farm.rows import ZLIB
 
 log = logging.getLogger(__name__)

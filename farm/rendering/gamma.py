@@ -4,7 +4,7 @@ The renderer hands the front end colours in the scene's *working* gamma space (`
 32-bit floats R G B filter transmit, premultiplied by opacity. When POV-Ray writes a PNG (or PPM, TGA) it
 transcodes every channel from the working gamma to the *file* gamma (`File_Gamma`, sRGB by default) and
 quantises it; with `+UA` it also un-premultiplies. This module does the same, step for step, so that
-pixels decoded from the render state file (`farm/statefile.py`) come out as the integers of the image
+pixels decoded from the render state file (`farm/rendering/statefile.py`) come out as the integers of the image
 POV-Ray writes at the end. Read from POV-Ray 3.7.0.10's source: `base/image/colourspace.cpp` (the gamma
 curves and how `TranscodingGammaCurve::Get` folds two of them into one), `base/image/encoding.{h,cpp}`
 (`IntEncode`, `GetEncodedRGBValue`, `GetEncodedRGBAValue`), `base/image/png.cpp` (which curve the PNG

@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 
 from farm.faults import Code, FarmError
 from farm.hostos import Host, Limits
-from farm.povray import ProcessResult, is_signal
+from farm.rendering.povray import ProcessResult, is_signal
 
 log = logging.getLogger(__name__)
 

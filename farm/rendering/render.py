@@ -1,7 +1,7 @@
 """Rendering one unit on a node: POV-Ray on the task's rows, and what the run amounts to.
 
 `UnitRenderer` prepares the scene from its bundle, shares photon maps between the
-node's strips of a frame and loads a frame's radiosity cache (their files: `farm/frame_caches.py`), builds POV-Ray's
+node's strips of a frame and loads a frame's radiosity cache (their files: `farm/rendering/frame_caches.py`), builds POV-Ray's
 command line, runs it under the sandbox, and reads the outcome: the rows to
 deliver, a failure (with POV-Ray's message, or the signal and what it means), or
 a lease to hand back. The node (`farm/node.py`) polls, heartbeats and delivers.
@@ -18,19 +18,20 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from farm import povray, radiosity, strips
+from farm import radiosity, strips
+from farm.rendering import povray
 from farm.bundle import cache as bundle
-from farm import sandbox as sandboxes
+from farm.rendering import sandbox as sandboxes
 from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.frame_caches import PhotonMaps, PhotonPublisher, RadiosityCaches
+from farm.rendering.frame_caches import PhotonMaps, PhotonPublisher, RadiosityCaches
 from farm.images.png import decode_png
 from farm.images.ppm import decode_ppm
 from farm.images.raster import row_size
 from farm.kinds import PRETRACE
 from farm.options import check_libraries, without_antialiasing
 from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
-from farm.task import RenderOutcome, Task
+from farm.rendering.task import RenderOutcome, Task
 
 log = logging.getLogger(__name__)
 

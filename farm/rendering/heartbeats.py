@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import povray
+from farm.rendering import povray
 from farm.client import Client
 from farm.faults import FarmError
 from farm.features import HEARTBEAT_STATS, Features

@@ -1,7 +1,7 @@
 """A node's files shared by its strips of one frame: photon maps and radiosity caches.
 
 A frame's photon map is shot by the first of the node's strips of it and loaded by the others (the scene
-text is rewritten by `farm/photons.py`); its radiosity cache is fetched from the controller once, by
+text is rewritten by `farm/rendering/photons.py`); its radiosity cache is fetched from the controller once, by
 whichever slot asks first (`farm/radiosity.py` has the pre-pass and the wrapper scene). This module owns the
 files on disk and the locking between the node's slots.
 """
@@ -14,7 +14,9 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from farm import atomic, photons, povray
+from farm import atomic
+from farm.rendering import photons
+from farm.rendering import povray
 from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.faults import Code, FarmError
 from farm.rows import decompress_capped
@@ -22,7 +24,7 @@ from farm.rows import decompress_capped
 
 
 class PhotonMaps:
-    """A node's photon maps, one per frame, shared by the strips it renders (see farm/photons.py)."""
+    """A node's photon maps, one per frame, shared by the strips it renders (see farm/rendering/photons.py)."""
 
     KEEP = 16   # maps kept on disk; older ones are deleted
 

@@ -24,7 +24,7 @@ message holds; `base/povmscpp.cpp`: POVMS_Object::Read/Write; `base/povms.cpp`: 
 
 read_pieces()/read_blocks() decode every whole message from an offset and return where the next one
 begins; a message still being written (the file ends inside it) is left for the next call. Anything that
-is not this format raises ValueError. Colours are in the scene's working gamma: `farm/gamma.py` turns them
+is not this format raises ValueError. Colours are in the scene's working gamma: `farm/rendering/gamma.py` turns them
 into the integers of the image POV-Ray will write.
 """
 
@@ -37,7 +37,7 @@ import zlib
 from array import array
 from typing import Union
 
-from farm.gamma import Encoding
+from farm.rendering.gamma import Encoding
 
 HEADER_SIZE = 512
 SIGNATURE = b"POV-Ray Render State File\0\0\0" + b"0001"   # sig[28] (the literal and its NUL), ver[4]

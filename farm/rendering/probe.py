@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import atomic, povray
-from farm import sandbox as sandboxes
+from farm import atomic
+from farm.rendering import povray
+from farm.rendering import sandbox as sandboxes
 
 log = logging.getLogger(__name__)
 
