@@ -32,12 +32,13 @@ from farm.config import Config
 from farm.rendering.delivery import Delivery, Uploads
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
-from farm.features import CURRENT, FEATURES, FILTERED_ROWS, Features
+from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
+from farm.rendering.live import STATE_SUFFIX, LiveSender, LiveWatch, StateFileReader
 from farm.hostos import HOST
 from farm.kinds import PREVIEW
 from farm.rendering.probe import probe_povray
-from farm.rendering.render import UnitRenderer
+from farm.rendering.render import UnitRenderer, output_path
 from farm.retry import RETRY_CEILING, grow
 from farm.rendering.task import Task
 from farm.rows import FILTERED, ZLIB
@@ -81,7 +82,7 @@ class Node:
             config, self.povray, self.sandbox, runner, fetch_bundle=lambda digest: self.downloads.fetch(digest),
             fetch_radiosity_cache=lambda task: self.client.call("nodes.radiosity_cache", self.node_id,
                                                                 task.lease).data,
-            watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing),
+            watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing, task),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link,
             rows_encoding=lambda: FILTERED if FILTERED_ROWS in self.features else ZLIB)
         node_id, features = (lambda: self.node_id), (lambda: self.features)
@@ -96,6 +97,9 @@ class Node:
             lease, outcome, False), before=self._preview_first, heartbeat=heartbeat, clock=clock,
             beat_interval=self.beat_interval)
         self.beats = Beats(heartbeat, clock, self.beat_interval, self.uploads.pending, self.uploads.renewed)
+        meter = getattr(client, "uploads", None)
+        self.live_sender = LiveSender(lambda lease, blocks: client.call("nodes.live", self.node_id, lease, blocks),
+                                      meter.bytes_per_second if meter is not None else (lambda: 0.0))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -128,11 +132,19 @@ class Node:
         """Strips the controller took from this node since it started."""
         return self.delivery.strips_done
 
-    def lease_watch(self, lease: str, log_path: Path,
-                    when_tracing: Callable[[Path], None] | None = None) -> LeaseWatch:
-        """What the runner calls while POV-Ray works on `lease`: True when it must stop."""
-        return LeaseWatch(lease, log_path, self.beats.report, self.clock, self.beat_interval, self.aborting,
-                          when_tracing)
+    def lease_watch(self, lease: str, log_path: Path, when_tracing: Callable[[Path], None] | None = None,
+                    task: Task | None = None) -> Callable[[], bool]:
+        """What the runner calls while POV-Ray works on `lease`: True when it must stop. For a unit a viewer
+        watches, it also sends the render state file's new blocks up (farm/rendering/live.py)."""
+        watch = LeaseWatch(lease, log_path, self.beats.report, self.clock, self.beat_interval, self.aborting,
+                           when_tracing)
+        if task is None or not task.live or LIVE_BLOCKS not in self.features:
+            return watch
+        self.live_sender.forget(lease)
+        strip_dir = log_path.parent
+        reader = StateFileReader(output_path(task, strip_dir).with_suffix(STATE_SUFFIX), log_path,
+                                 strip_dir / "scene" / task.scene, task.frame)
+        return LiveWatch(lease, watch, reader, self.live_sender, self.clock)
 
     def slow_link(self) -> bool:
         """Whether the node's last large request went up slower than slow_uplink_bps."""

@@ -7,14 +7,15 @@ from farm.api import args, rpc
 from farm.auth import NODE, READERS
 from farm.faults import Code, FarmError
 from farm.features import FEATURES
-from farm.kinds import PREVIEW, preview_size
-from farm.rows import ENCODINGS, ZLIB
+from farm.kinds import PREVIEW, ROWS, preview_size
+from farm.rows import ENCODINGS, ZLIB, deflate_bound
 from farm.server.departures import departure_watch
 from farm.options import preview_options
 from farm.wire import Binary
 
 MAX_ERROR_TEXT = 8192
 MAX_ID_TEXT = 120
+MAX_LIVE_BLOCKS = 256      # blocks per nodes.live call
 
 
 class NodesAPI:
@@ -88,6 +89,7 @@ class NodesAPI:
             "bundle": job.bundle, "scene": job.scene, "options": list(options), "channels": job.channels,
             "bits": job.bits, "time_limit": self._config.strip_timeout, "kind": unit.kind,
             "radiosity_cache": self._dispatch.loads_radiosity_cache(job, unit),
+            "live": unit.kind == ROWS and unit.frame == unit.frame_last and self._services.watched(job.id),
         }
 
     @rpc(NODE)
@@ -134,6 +136,7 @@ class NodesAPI:
         self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
                                 args.binary("rows", rows), args.seconds("seconds", seconds),
                                 args.choice("encoding", encoding, ENCODINGS))
+        self._services.live.drop(lease)     # the final rows replace the live blocks
         return True
 
     @rpc(NODE, value_limit="_rows_limit")
@@ -151,6 +154,27 @@ class NodesAPI:
         """
         self.complete(node_id, lease, rows, seconds, encoding)
         return self.poll(node_id)
+
+    @rpc(NODE)
+    def live(self, node_id: str, lease: str, blocks: list) -> dict:
+        """Finished render blocks of a unit still rendering, for the job's viewers only (never stored as the
+        image: the unit's final rows replace them). A node sends them while the controller says the job is
+        watched (the task's `live`, this reply's `live`). STALE_LEASE when the lease is not current.
+
+        @param node_id: str
+        @param lease: str
+        @param blocks: [struct] frame, left, top, right, bottom (int: the block's rectangle, inclusive, in image
+            coordinates), rows (base64: zlib of its 8-bit RGB rows, top first); at most 256
+        @return: struct: live (bool: the job is still watched; when false, send no more for this lease)
+        """
+        node_id, lease = args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT)
+        job_id = self._dispatch.live_job(node_id, lease)
+        job = self._dispatch.job(job_id)
+        checked = [_live_block(block, job.width, job.height) for block in _live_list(blocks)]
+        if checked:
+            self._services.live.add(job_id, lease, checked)
+            self._services.changes.bump(job_id)
+        return {"live": self._services.watched(job_id)}
 
     @rpc(NODE)
     def radiosity_cache(self, node_id: str, lease: str) -> Binary:
@@ -178,6 +202,7 @@ class NodesAPI:
         text = error[:MAX_ERROR_TEXT] if isinstance(error, str) and error else "POV-Ray failed without a message"
         self._dispatch.fail(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
                             text, bool(scene_error))
+        self._services.live.drop(lease)
         return True
 
     @rpc(NODE)
@@ -189,6 +214,7 @@ class NodesAPI:
         @return: bool, true
         """
         self._dispatch.release(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT))
+        self._services.live.drop(lease)
         return True
 
     @rpc(*READERS)
@@ -203,3 +229,24 @@ class NodesAPI:
         """
         return self._services.views.nodes()
 
+
+
+def _live_list(blocks) -> list:
+    if not isinstance(blocks, list) or len(blocks) > MAX_LIVE_BLOCKS:
+        raise FarmError(Code.BAD_ARGUMENT, f"blocks must be an array of at most {MAX_LIVE_BLOCKS} structs")
+    return blocks
+
+
+def _live_block(block, width: int, height: int) -> dict:
+    """A live block checked: its rectangle inside the image, its rows binary (not inflated here: the
+    viewers do, and a block is at most its own size compressed: checked against the deflate bound)."""
+    block = args.struct("block", block)
+    left, right = (args.whole(name, block.get(name), 0, width - 1) for name in ("left", "right"))
+    top, bottom = (args.whole(name, block.get(name), 0, height - 1) for name in ("top", "bottom"))
+    if right < left or bottom < top:
+        raise FarmError(Code.BAD_ARGUMENT, "a live block's right and bottom must not be before its left and top")
+    rows = args.binary("rows", block.get("rows"))
+    if len(rows) > deflate_bound((right - left + 1) * (bottom - top + 1) * 3):
+        raise FarmError(Code.BAD_ARGUMENT, "a live block's rows are larger than its rectangle")
+    return {"frame": args.whole("frame", block.get("frame"), 0, args.MAX_ID), "left": left, "top": top,
+            "right": right, "bottom": bottom, "rows": rows}

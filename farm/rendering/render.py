@@ -31,6 +31,7 @@ from farm.images.raster import row_size
 from farm.kinds import PRETRACE
 from farm.options import check_libraries, without_antialiasing
 from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
+from farm.rendering.live import READ_EVERY
 from farm.rendering.task import RenderOutcome, Task
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class UnitRenderer:
                     pretrace: radiosity.PretraceWatch | None = None) -> RenderOutcome:
         """Render the task's rows of `scene` (with `pretrace`: the whole frame, until the watch says stop)."""
         file_type = ("N" if task.alpha else "P") + ("16" if task.bits == 16 else "")
-        output = strip_dir / ("strip.png" if task.alpha else "strip.ppm")
+        output = output_path(task, strip_dir)
         log_path = strip_dir / "povray.log"
         frames = task.frames
         animation = list(task.animation)
@@ -149,7 +150,7 @@ class UnitRenderer:
         # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps.
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
-                             check_every=0.5 if pretrace is None else 0.1)
+                             check_every=0.1 if pretrace is not None else READ_EVERY if task.live else 0.5)
         result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
         if self.flavour == povray.PVENGINE:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
@@ -213,6 +214,11 @@ class UnitRenderer:
         if (raster.width, raster.height, raster.bits) != (task.width, task.height, task.bits):
             raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
         return strips.crop_rows(raster, task.row_start, task.row_end)
+
+
+def output_path(task: Task, strip_dir: Path) -> Path:
+    """Where POV-Ray writes the unit's image (its render state file is beside it)."""
+    return strip_dir / ("strip.png" if task.alpha else "strip.ppm")
 
 
 def _drop_working_dir_ini(scene_dir: Path) -> None:

@@ -40,6 +40,7 @@ class Task:
     time_limit: float = 0.0             # seconds of wall clock; 0 for none
     kind: str = ROWS             # ROWS, PRETRACE or PREVIEW (an unknown kind renders as rows)
     radiosity_cache: bool = False       # load the frame's shared radiosity cache (nodes.radiosity_cache)
+    live: bool = False                  # a viewer watches: send finished blocks as they come (nodes.live)
 
     @classmethod
     def from_wire(cls, wire: Any) -> Task:
@@ -56,7 +57,7 @@ class Task:
             channels=_choice(wire, "channels", (3, 4)), bits=_choice(wire, "bits", (8, 16)),
             frame_last=_whole(wire, "frame_last", default=frame), animation=_texts(wire, "animation", default=()),
             time_limit=_seconds(wire, "time_limit"), kind=_text(wire, "kind", default=ROWS),
-            radiosity_cache=_flag(wire, "radiosity_cache"))
+            radiosity_cache=_flag(wire, "radiosity_cache"), live=_flag(wire, "live"))
 
     @property
     def frames(self) -> range:

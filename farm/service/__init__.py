@@ -17,6 +17,7 @@ from farm.service.changes import Changes
 from farm.service.dispatch import Dispatcher
 from farm.service.feed import FeedLog, Streams
 from farm.service.files import Files
+from farm.service.live import LiveBlocks
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
 from farm.service.views import Views
@@ -38,7 +39,8 @@ class Services:
         self.watchers = Watchers(clock)
         self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched)
         self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
-        self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes))
+        self.live = LiveBlocks(config.lease_timeout)   # blocks of units in flight, for viewers only
+        self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes), live=self.live)
         self._last_tick = clock()
 
     def watched(self, job_id: int) -> bool:

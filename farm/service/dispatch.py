@@ -153,6 +153,13 @@ class Dispatcher:
             raise FarmError(Code.STALE_LEASE, f"lease {token} is unknown; the result was discarded")
         return unit
 
+    def live_job(self, node_id: str, token: str) -> int:
+        """The job of the node's current lease `token` (STALE_LEASE when it is not current)."""
+        unit = self._unit_of(token)
+        if unit.node != node_id or unit.state is not UnitState.LEASED:
+            raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current")
+        return unit.job
+
     def fail(self, node_id: str, token: str, error: str, scene_error: bool) -> None:
         judge = functools.partial(_judge, error=error, scene_error=scene_error,
                                   max_attempts=self._config.max_attempts, now=self._clock())

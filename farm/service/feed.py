@@ -13,6 +13,9 @@ one response open per viewer instead and sends records as they come:
   newest job (job 0) moves to a new one.
 - `{"type": "piece", "frame", "row_start", "row_end", "kind", ["width", "height"], "cursor", "size"}`
   + the piece's zlib rows: one frame's final rows, or a preview of its own size, as in viewer.watch.
+- `{"type": "piece", "kind": "live", "frame", "left", "top", "right", "bottom", "size"}` + zlib of 8-bit RGB
+  rows: a finished block of a unit still rendering (its rectangle inclusive, in image coordinates), only on
+  a stream asked with live=1; painted until final rows replace it, never stored (farm/service/live.py).
 - `{"type": "ping"}`: nothing happened for a while (keeps idle-closing proxies away).
 - `{"type": "end"}`: the watched job has ended and every piece was sent; the stream closes.
 
@@ -30,7 +33,9 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from farm.kinds import LIVE
 from farm.service.changes import Changes
+from farm.service.live import LiveBlocks
 from farm.service.views import FEED_BATCH, Views, feed_pieces
 from farm.states import ENDED
 from farm.store import Store
@@ -163,8 +168,8 @@ class Streams:
     def __init__(self, store: Store, changes: Changes, log: FeedLog, pace: float = PACE,
                  sends_per_second: float = SENDS_PER_SECOND,
                  keepalive: float = KEEPALIVE, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
-        self._store, self._changes, self._log = store, changes, log
+                 sleep: Callable[[float], None] = time.sleep, live: LiveBlocks | None = None):
+        self._store, self._changes, self._log, self._live = store, changes, log, live
         self._pace, self._keepalive, self._clock, self._sleep = pace, keepalive, clock, sleep
         self._sends_per_second = sends_per_second
         self._viewers = 0
@@ -175,28 +180,32 @@ class Streams:
         sends together would pass the budget."""
         return max(self._pace, self._viewers / self._sends_per_second)
 
-    def watch(self, job_id: int, cursor: int, gone: Callable[[], bool]) -> Iterator[list[bytes]]:
+    def watch(self, job_id: int, cursor: int, gone: Callable[[], bool],
+              live: bool = False) -> Iterator[list[bytes]]:
         """Records for `job_id` (0: follow the newest job) after `cursor`, until the watched job ends or
-        `gone()` says the viewer left."""
+        `gone()` says the viewer left; with `live`, the live blocks of its units in flight too."""
         with self._count:
             self._viewers += 1
         try:
-            yield from self._watch(job_id, cursor, gone)
+            yield from self._watch(job_id, cursor, gone, live and self._live is not None)
         finally:
             with self._count:
                 self._viewers -= 1
 
-    def _watch(self, job_id: int, cursor: int, gone: Callable[[], bool]) -> Iterator[list[bytes]]:
+    def _watch(self, job_id: int, cursor: int, gone: Callable[[], bool], live: bool) -> Iterator[list[bytes]]:
         target = job_id or self._store.jobs.newest_id()
-        sent_version = None
+        sent_version, live_cursor = None, 0
         quiet_since = sent_at = self._clock()
         while not gone():
             if not job_id and (newest := self._store.jobs.newest_id()) != target:
-                target, cursor, sent_version = newest, 0, None
+                target, cursor, sent_version, live_cursor = newest, 0, None, 0
             # No viewer sends more often than the pace, so a status newer than that would go unseen.
             version, status, ended = self._log.status(target, max(STATUS_FRESH, self.pace()))
             cursor, pieces, read = self._log.pieces_after(target, cursor, ended) if target else (cursor, [], version)
             behind = not version == read == self._changes.version(target)    # the shared reads lag a change
+            if live and target:
+                live_cursor, blocks = self._live_records(target, live_cursor)
+                pieces = [*pieces, *blocks]
             # A job's first status goes before its pieces (they need its size); later ones after them,
             # so a viewer never reads "done" before the last pieces.
             if sent_version is None:
@@ -221,3 +230,10 @@ class Streams:
                 continue
             self._changes.wait(target, version, self._keepalive, gone)
             self._sleep(max(0.0, sent_at + self.pace() - self._clock()))
+
+    def _live_records(self, job_id: int, cursor: int) -> tuple[int, list[bytes]]:
+        """The job's live blocks after `cursor`, framed (for this viewer only: they come and go)."""
+        cursor, blocks = self._live.after(job_id, cursor)
+        return cursor, [record({"type": "piece", "kind": LIVE, **{key: value for key, value in block.items()
+                                                                   if key != "rows"}}, block["rows"])
+                        for block in blocks]

@@ -1,0 +1,188 @@
+"""Live blocks on the node: the finished blocks of POV-Ray's render state file, sent up while it renders.
+
+`StateFileReader` reads the blocks POV-Ray appended to `<output>.pov-state` since the last read (an mmap,
+decoded from the last whole message: a message still being written waits for the next read) and encodes
+them as viewers paint them: 8-bit RGB rows, zlib. `LiveSender` sends them with `nodes.live` from a thread
+of its own, so the render never waits for the network: what is queued is bounded (blocks beyond it are
+dropped: the final rows replace them anyway) and so is the share of the node's measured uplink it uses.
+
+The scene's working gamma is not in the state file. POV-Ray's stderr says when it is off ("assumed_gamma
+not specified, so gamma_correction is turned off": a scene of #version 3.6 or older) or 1.0 (a 3.7 scene
+without it); otherwise it is read from the scene's text (`assumed_gamma N` in its global_settings, the
+first one found), and taken to be 1.0 when it is not there (set in an include file, or by a macro). The
+blocks are a preview only, so a wrong guess costs a wrongly bright preview, never the image.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import queue
+import re
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+from farm.faults import FarmError
+from farm.rendering.gamma import Encoding, GammaSpec
+from farm.rendering.statefile import HEADER_SIZE, read_blocks
+from farm.wire import Binary
+
+log = logging.getLogger(__name__)
+
+STATE_SUFFIX = ".pov-state"
+READ_EVERY = 0.3             # seconds between two reads of the state file
+QUEUE_BYTES = 512 * 1024     # bytes of blocks waiting to go up, per node
+UPLINK_SHARE = 0.25          # of the node's measured upload rate, at most, for live blocks
+BLOCKS_PER_CALL = 256        # nodes.live takes at most this many
+LEVEL = 6
+
+GAMMA_OFF = "assumed_gamma not specified, so gamma_correction is turned off"
+GAMMA_ONE = ("assumed_gamma not specified in this POV-Ray 3.7 or later scene",
+             "A version of 3.7 or greater was specified in an INI file")
+_ASSUMED = re.compile(r"\bassumed_gamma\s+(srgb\b|[0-9]*\.?[0-9]+)", re.IGNORECASE)
+
+
+def scene_gamma(stderr: str, scene_text: str) -> GammaSpec:
+    """The scene's working gamma as POV-Ray's stderr and the scene's text tell it (see the module)."""
+    if GAMMA_OFF in stderr:
+        return None
+    if any(words in stderr for words in GAMMA_ONE):
+        return 1.0
+    found = _ASSUMED.search(re.sub(r"//[^\n]*", "", scene_text))
+    if found is None:
+        return 1.0
+    value = found.group(1).lower()
+    return value if value == "srgb" else (float(value) if float(value) > 0 else 1.0)
+
+
+def encode_block(block, encoding: Encoding, frame: int) -> dict[str, Any]:
+    """A decoded block as nodes.live sends it."""
+    return {"frame": frame, "left": block.left, "top": block.top, "right": block.right, "bottom": block.bottom,
+            "rows": zlib.compress(b"".join(block.rows(encoding)), LEVEL)}
+
+
+class StateFileReader:
+    """The new blocks of one POV-Ray run's state file, each call (nothing before it exists)."""
+
+    def __init__(self, state_path: Path, log_path: Path, scene_path: Path, frame: int):
+        self.state_path, self.log_path, self.scene_path, self.frame = state_path, log_path, scene_path, frame
+        self.offset = 0
+        self.encoding: Encoding | None = None
+        self.broken = False
+
+    def __call__(self) -> list[dict[str, Any]]:
+        if self.broken:
+            return []
+        try:
+            with open(self.state_path, "rb") as file:
+                size = file.seek(0, 2)
+                if size < HEADER_SIZE or size <= self.offset:
+                    return []
+                with mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ) as data:
+                    blocks, self.offset = read_blocks(data, self.offset)
+        except FileNotFoundError:
+            return []     # not yet, or the render ended (it deletes the file)
+        except (OSError, ValueError) as err:
+            log.warning("live blocks off for this unit: the render state file is unreadable: %s", err)
+            self.broken = True
+            return []
+        if blocks and self.encoding is None:
+            self.encoding = Encoding(scene_gamma(_text(self.log_path), _text(self.scene_path)))
+        return [encode_block(block, self.encoding, self.frame) for block in blocks]
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class LiveSender:
+    """Sends queued blocks with nodes.live, one call at a time, from a daemon thread of its own."""
+
+    def __init__(self, send: Callable[[str, list], dict], rate: Callable[[], float],
+                 clock: Callable[[], float] = time.monotonic):
+        """`send(lease, blocks)`: the nodes.live call; `rate()`: the node's measured upload rate (0: none)."""
+        self._send, self._rate, self._clock = send, rate, clock
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._unwatched: set[str] = set()
+        self._thread: threading.Thread | None = None
+
+    def wanted(self, lease: str) -> bool:
+        return lease not in self._unwatched
+
+    def offer(self, lease: str, blocks: list[dict[str, Any]]) -> None:
+        """Queue a lease's new blocks; never waits (blocks over the bound are dropped)."""
+        with self._lock:
+            kept = []
+            for block in blocks:
+                if self._queued + len(block["rows"]) > QUEUE_BYTES:
+                    break
+                self._queued += len(block["rows"])
+                kept.append(block)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="live-blocks", daemon=True)
+                self._thread.start()
+        if len(kept) < len(blocks):
+            log.debug("live blocks: %s dropped, the queue is full", len(blocks) - len(kept))
+        if kept:
+            self._queue.put((lease, kept))
+
+    def forget(self, lease: str) -> None:
+        self._unwatched.discard(lease)
+
+    def _run(self) -> None:
+        while True:
+            lease, blocks = self._queue.get()
+            while not self._queue.empty() and len(blocks) < BLOCKS_PER_CALL:   # what came meanwhile, together
+                more_lease, more = self._queue.get_nowait()
+                if more_lease != lease:
+                    self._queue.put((more_lease, more))
+                    break
+                blocks += more
+            blocks, rest = blocks[:BLOCKS_PER_CALL], blocks[BLOCKS_PER_CALL:]
+            if rest:
+                self._queue.put((lease, rest))
+            size, started = sum(len(block["rows"]) for block in blocks), self._clock()
+            self._call(lease, blocks)
+            with self._lock:
+                self._queued -= size
+            rate = self._rate()
+            if rate > 0:   # leave the rest of the uplink to the rows and heartbeats
+                time.sleep(max(0.0, size / (UPLINK_SHARE * rate) - (self._clock() - started)))
+
+    def _call(self, lease: str, blocks: list[dict[str, Any]]) -> None:
+        if lease in self._unwatched:
+            return
+        try:
+            reply = self._send(lease, [{**block, "rows": Binary(block["rows"])} for block in blocks])
+        except FarmError as err:
+            log.debug("live blocks of lease %s not sent: %s", lease, err)
+            return
+        if isinstance(reply, dict) and reply.get("live") is False:
+            self._unwatched.add(lease)
+
+
+class LiveWatch:
+    """The runner's check while POV-Ray renders a watched unit: every READ_EVERY seconds the state file's
+    new blocks go to the sender, then the lease's own watch says whether to stop."""
+
+    def __init__(self, lease: str, watch: Callable[[], bool], reader: StateFileReader, sender: LiveSender,
+                 clock: Callable[[], float] = time.monotonic):
+        self.lease, self.watch, self.reader, self.sender, self.clock = lease, watch, reader, sender, clock
+        self._last = clock()
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if now - self._last >= READ_EVERY and self.sender.wanted(self.lease):
+            self._last = now
+            blocks = self.reader()
+            if blocks:
+                self.sender.offer(self.lease, blocks)
+        return self.watch()

@@ -1,0 +1,132 @@
+"""Live blocks: a watched unit's finished blocks go from POV-Ray's render state file through the node and the
+controller to viewers, before its final rows; they are never the image."""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+
+import pytest
+from PIL import Image
+
+from farm.kinds import LIVE
+from farm.rendering.gamma import Encoding
+from farm.rendering.live import LiveSender, StateFileReader, scene_gamma
+from farm.rendering.statefile import read_blocks
+from farm.service.live import LiveBlocks
+from tests.harness import SCENES, assert_same_pixels, native_render, submit, wait_until
+from tests.test_statefile import state_file
+
+
+@pytest.mark.parametrize("stderr, text, expected", [
+    ("Warning: assumed_gamma not specified, so gamma_correction is turned off", "assumed_gamma 2.2", None),
+    ("assumed_gamma not specified in this POV-Ray 3.7 or later scene", "", 1.0),
+    ("", "global_settings { assumed_gamma 2.2 }", 2.2),
+    ("", "global_settings {\n  // assumed_gamma 1.8\n  assumed_gamma srgb }", "srgb"),
+    ("", "#include \"gamma.inc\"", 1.0),
+])
+def test_the_scenes_gamma_from_stderr_then_its_text_then_1(stderr, text, expected):
+    assert scene_gamma(stderr, text) == expected
+
+
+def test_the_reader_sends_each_block_once_as_8_bit_rgb_and_skips_a_torn_tail(tmp_path):
+    data = state_file("chess2")
+    blocks, end = read_blocks(data)
+    path, log_path = tmp_path / "strip.pov-state", tmp_path / "povray.log"
+    log_path.write_text("")
+    (tmp_path / "s.pov").write_text("global_settings { assumed_gamma 2.2 }")
+    reader = StateFileReader(path, log_path, tmp_path / "s.pov", frame=3)
+    assert reader() == []                       # no file yet
+    path.write_bytes(data[:end - 100])          # the last message torn
+    first = reader()
+    assert len(first) == len(blocks) - 1
+    path.write_bytes(data[:end])
+    last = reader()
+    assert len(last) == 1 and reader() == []
+    block = blocks[-1]
+    assert (last[0]["frame"], last[0]["left"], last[0]["top"]) == (3, block.left, block.top)
+    assert zlib.decompress(last[0]["rows"]) == b"".join(block.rows(Encoding(2.2)))
+
+
+def test_the_controller_keeps_blocks_of_units_in_flight_and_forgets_them_with_their_final_rows():
+    now = [0.0]
+    live = LiveBlocks(stale_after=30.0, clock=lambda: now[0])
+    block = {"frame": 0, "left": 0, "top": 0, "right": 1, "bottom": 1, "rows": b"x"}
+    live.add(1, "a", [block, block])
+    live.add(1, "b", [block])
+    live.add(2, "c", [block])
+    assert live.after(1, 0) == (3, [block] * 3)          # a late viewer: everything in flight
+    assert live.after(1, 2) == (3, [block])
+    live.drop("a")
+    assert live.after(1, 0) == (3, [block])
+    now[0] = 31.0                                         # "b" went silent: its lease expired
+    assert live.after(1, 0) == (3, [])
+
+
+def test_the_sender_never_waits_and_stops_when_the_job_is_no_longer_watched():
+    sent, release = [], threading.Event()
+
+    def send(lease, blocks):
+        release.wait(10)
+        sent.append((lease, len(blocks)))
+        return {"live": False}
+    sender = LiveSender(send, lambda: 0.0)
+    block = {"frame": 0, "left": 0, "top": 0, "right": 0, "bottom": 0, "rows": b"y" * 1000}
+    started = time.monotonic()
+    for _ in range(1000):                       # 1 MB: over the queue's bound
+        sender.offer("a", [block])
+    assert time.monotonic() - started < 1.0
+    release.set()
+    wait_until(lambda: not sender.wanted("a"), what="the sender to hear the job is not watched")
+    assert sum(count for _, count in sent) <= 600
+
+
+def test_a_viewer_watching_before_the_submit_gets_live_blocks_before_the_first_final_rows(farm, tmp_path):
+    """chess2 on two nodes of one thread each, followed with viewer.watch from before the submit."""
+    farm.start_controller()
+    farm.start_node("n1")
+    farm.start_node("n2")
+    viewer = farm.client_as("view")
+    wait_until(lambda: len(farm.client.call("nodes.list")) == 2, what="two nodes")
+    scene, width, height = SCENES / "advanced/chess2.pov", 192, 144
+    moments: dict[str, list[float]] = {"rows": [], LIVE: []}
+    blocks = []
+    first: dict[str, float] = {}
+    reply = viewer.call("viewer.watch", 0, 0, 0.0, 0)
+    cursor, live_cursor, job_id = reply["cursor"], reply["live_cursor"], None
+    submitted = time.monotonic()
+    job_id = submit(farm.client, scene, width=width, height=height, strips=4, options=["+A0.3"], preview=False)
+    while True:
+        reply = viewer.call("viewer.watch", job_id, cursor, 10.0, live_cursor)
+        now = time.monotonic() - submitted
+        cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+        rows = [piece for piece in reply["strips"] if piece["kind"] == "rows"]
+        for kind, pieces in (("rows", rows), (LIVE, reply["live"])):
+            if pieces:
+                moments[kind].append(now)
+                first.setdefault(kind, now)
+        for block in reply["live"]:
+            size = (block["right"] - block["left"] + 1) * (block["bottom"] - block["top"] + 1) * 3
+            assert len(zlib.decompress(block["rows"].data)) == size
+            blocks.append(block)
+        if reply["job"].get("state") in ("done", "failed", "canceled"):
+            break
+    assert reply["job"]["state"] == "done", reply["job"]
+    assert LIVE in first and first[LIVE] < first["rows"], first
+    print(f"\nfirst live pixels {first[LIVE]:.2f}s, first final rows {first['rows']:.2f}s after the submit; "
+          f"moments with new pixels: {len(set(moments['rows']) | set(moments[LIVE]))} "
+          f"(final rows alone: {len(moments['rows'])})")
+    out = tmp_path / "out.png"
+    out.write_bytes(farm.client.call("jobs.fetch", job_id).data)
+    native = native_render(scene, width, height, ["+A0.3"], tmp_path / "native.png")
+    assert_same_pixels(out, native)
+    # The live blocks were the final pixels already (the scene's gamma read from its text).
+    with Image.open(native) as image:
+        rgb = image.convert("RGB")
+    differences = []
+    for block in blocks:
+        box = (block["left"], block["top"], block["right"] + 1, block["bottom"] + 1)
+        expected, got = rgb.crop(box).tobytes(), zlib.decompress(block["rows"].data)
+        differences += [abs(a - b) for a, b in zip(expected, got)]
+    assert sum(differences) / len(differences) < 1.0
