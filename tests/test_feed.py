@@ -317,3 +317,27 @@ def test_a_log_over_half_the_budget_forgets_its_front_and_a_viewer_behind_it_rea
     first = json.loads(pieces[0].partition(b"\n")[0])["cursor"]
     again, rest, _ = log.pieces_after(job, first, complete=True)               # behind the log: read anew
     assert again == cursor and rest == pieces[1:]
+
+
+def test_a_live_stream_relays_the_blocks_of_units_in_flight_and_forgets_them_with_the_final_rows(stepped, scene):
+    import zlib
+    job = submit(stepped, scene)
+    n = register_node(stepped)
+    task = stepped.call("nodes.poll", n)
+    rgb = zlib.compress(bytes(2 * 2 * 3))
+    block = {"frame": task["frame"], "left": 0, "top": task["row_start"], "right": 1,
+             "bottom": task["row_start"] + 1, "rows": xmlrpc.client.Binary(rgb)}
+    assert stepped.call("nodes.live", n, task["lease"], [block]) == {"live": False}   # nobody watches
+    with pytest.raises(FarmError) as raised:
+        stepped.call("nodes.live", n, task["lease"], [{**block, "right": 99}])
+    assert raised.value.code is Code.BAD_ARGUMENT
+    live = stepped.services.live
+    feed = streams(stepped, live=live).watch(job, 0, gone=lambda: False, live=True)   # a late viewer
+    first = parse(next(feed))
+    assert types(first) == ["job", "piece"] and first[1][0]["kind"] == "live" and first[1][1] == rgb
+    assert (first[1][0]["left"], first[1][0]["bottom"]) == (0, task["row_start"] + 1)
+    reply = stepped.call("viewer.watch", job, 0, 0.0, 0)
+    assert [b["rows"].data for b in reply["live"]] == [rgb] and reply["live_cursor"] == 1
+    assert "live" not in stepped.call("viewer.watch", job, 0, 0.0)        # an older viewer gets none
+    stepped.call("nodes.complete", n, task["lease"], rows_for(task, 1), 1.0)
+    assert live.after(job, 0) == (1, [])

@@ -165,6 +165,41 @@ def test_a_preview_is_shown_scaled_up_at_once_and_final_rows_replace_it():
     assert state.take_updates() == (False, [(0, 8)])
 
 
+def live_block(left, top, right, bottom, value, frame=1):
+    rgb = bytes([value]) * ((right - left + 1) * (bottom - top + 1) * 3)
+    return {"frame": frame, "left": left, "top": top, "right": right, "bottom": bottom,
+            "rows": xmlrpc.client.Binary(zlib.compress(rgb))}
+
+
+def test_live_blocks_paint_over_the_preview_where_no_final_rows_are_and_final_rows_replace_them():
+    state = ViewerState()
+    job = job_info(width=8, height=16)
+    state.handle(("feed", 1, reply(job, [strip(fill(8, 4, 77), 0, 4)])))
+    canvas = state.canvas()
+    state.take_updates()
+    state.handle(("feed", 1, {**reply(job), "live": [live_block(2, 2, 3, 5, 50)]}))
+    assert state.take_updates() == (False, [(2, 6)])
+    assert canvas.display[2 * 24 + 6:2 * 24 + 12] == bytes([77] * 6)       # final rows stay
+    assert canvas.display[4 * 24 + 6:4 * 24 + 12] == bytes([50] * 6)       # below them: the block
+    assert canvas.display[4 * 24:4 * 24 + 6] != bytes([50] * 6)            # beside it: unrendered
+    assert canvas.missing() == [(4, 16)] and not any(canvas.raw[4 * 24:])   # S never saves live pixels
+    state.handle(("feed", 1, reply(job, [strip(fill(8, 4, 9), 4, 8)])))
+    assert canvas.display[4 * 24 + 6:4 * 24 + 12] == bytes([9] * 6) and state.take_updates() == (False, [(4, 8)])
+    state.handle(("feed", 1, {**reply(job), "live": [live_block(0, 4, 1, 5, 50)]}))   # late: not shown
+    assert canvas.display[4 * 24:4 * 24 + 6] == bytes([9] * 6) and state.take_updates() == (False, [])
+
+
+def test_a_streams_live_records_reach_the_window_without_moving_its_cursor():
+    job = job_info(3, width=8, height=8)
+    rgb = zlib.compress(bytes([60]) * 2 * 2 * 3)
+    live = ({"type": "piece", "kind": "live", "frame": 1, "left": 0, "top": 0, "right": 1, "bottom": 1,
+             "size": len(rgb)}, rgb)
+    state = ViewerState(3)
+    replies = streamed([status_record(job), live, ({"type": "end", "size": 0}, b"")], state, per_read=2)
+    assert replies[0][2]["cursor"] == 0 and len(replies[0][2]["live"]) == 1
+    assert state.canvas().display[:6] == bytes([60] * 6) and state.received == []
+
+
 def test_filtered_rows_of_16_bit_rgba_are_unfiltered_before_they_are_painted():
     state = ViewerState()
     job = job_info(width=5, height=8, channels=4, bits=16)

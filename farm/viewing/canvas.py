@@ -73,6 +73,26 @@ class Canvas:
                     scaled[source] = b"".join(line[offset:offset + pixel] for offset in columns)
                 self.display[y * self.display_row_bytes:(y + 1) * self.display_row_bytes] = scaled[source]
 
+    def paint_block(self, left: int, top: int, right: int, bottom: int, rgb: bytes) -> bool:
+        """Show a live block (8-bit RGB rows of the inclusive rectangle) on the screen buffer only, in the
+        rows no final row is painted in yet: like the preview, it is never saved. False when it was not
+        shown (final rows are there already)."""
+        if not (0 <= left <= right < self.width and 0 <= top <= bottom < self.height):
+            raise ValueError(f"block ({left}, {top})-({right}, {bottom}) is outside a {self.width}x{self.height} image")
+        width = right - left + 1
+        if len(rgb) != width * (bottom - top + 1) * 3:
+            raise ValueError(f"a {width}-pixel-wide block of {bottom - top + 1} rows needs more than {len(rgb)} bytes")
+        shown = False
+        for start, end in self.missing():
+            for y in range(max(start, top), min(end, bottom + 1)):
+                line = rgb[(y - top) * width * 3:(y - top + 1) * width * 3]
+                if self.channels == 4:     # opaque: the block is what POV-Ray composited so far
+                    line = b"".join(line[x:x + 3] + b"\xff" for x in range(0, len(line), 3))
+                offset = y * self.display_row_bytes + left * self.channels
+                self.display[offset:offset + width * self.channels] = line
+                shown = True
+        return shown
+
     def _mark(self, start: int, end: int) -> None:
         merged: list[list[int]] = []
         for span in sorted([*self._painted, [start, end]]):

@@ -12,8 +12,9 @@ import time
 from typing import Any, Callable, Iterable
 
 from farm.client import Client, check_url
+from farm.kinds import LIVE
 from farm.faults import Code, FarmError
-from farm.features import FEED_STREAM, Features
+from farm.features import FEED_STREAM, LIVE_BLOCKS, Features
 from farm.retry import RETRY_CEILING, RETRY_FIRST, grow
 from farm.states import ENDED
 from farm.wire import LONG_POLL_CAP
@@ -92,7 +93,7 @@ class Feed:
         """Follow `job` for `session`: on the controller's stream (GET /feed) when it has one, else by
         viewer.watch long polls. Connection trouble is reported and retried with a growing pause."""
         client = self._make_client(self.poll_timeout + self.rpc_timeout)
-        state = {"asked": job, "cursor": 0}
+        state = {"asked": job, "cursor": 0, "live_cursor": 0}
         delay = 0.0
         try:
             while self._current(session, job):
@@ -121,7 +122,10 @@ class Feed:
 
     def _follow_polls(self, client: Client, session: int, job: int, state: dict) -> bool:
         """One viewer.watch long poll; True when nothing about the job changes any more."""
-        reply = client.call("viewer.watch", state["asked"], state["cursor"], self.poll_timeout)
+        live = LIVE_BLOCKS in self._controller_features(client)
+        reply = client.call("viewer.watch", state["asked"], state["cursor"], self.poll_timeout,
+                            *([state["live_cursor"]] if live else []))
+        state["live_cursor"] = reply.get("live_cursor", 0)
         self.messages.put(("link", True, ""))
         if not self._current(session, job):
             return True
@@ -132,8 +136,10 @@ class Feed:
         """Read the stream until it ends (True: the job ended) or the viewer moves on (True); a broken
         stream raises FarmError, and the caller reconnects from the cursor. The records of one read go
         to the window as one reply, so a send of hundreds of pieces is one message, not hundreds."""
-        reads = client.stream("/feed", {"job": state["asked"], "cursor": state["cursor"]},
-                              self.poll_timeout + self.rpc_timeout)
+        query = {"job": state["asked"], "cursor": state["cursor"]}
+        if LIVE_BLOCKS in self._controller_features(client):
+            query["live"] = 1      # the live blocks of units in flight too (all of them again after a reconnect)
+        reads = client.stream("/feed", query, self.poll_timeout + self.rpc_timeout)
         reading = _StreamReading(state["asked"], state["cursor"])
         try:
             self.messages.put(("link", True, ""))
@@ -207,10 +213,15 @@ class _StreamReading:
 
     def replies(self, records: Iterable[tuple[dict, bytes]]) -> list[dict[str, Any]]:
         pieces: list[dict[str, Any]] = []
+        live: list[dict[str, Any]] = []
         news = False
         for header, payload in records:
             kind = header.get("type")
-            if kind == "piece":
+            if kind == "piece" and header.get("kind") == LIVE:
+                header["rows"] = payload
+                live.append(header)
+                news = True
+            elif kind == "piece":
                 header["rows"] = payload        # the header is the piece (its other fields go unread)
                 pieces.append(header)
                 self.cursor, news = header["cursor"], True
@@ -225,9 +236,10 @@ class _StreamReading:
                 # A job that had ended before the stream began sent its status first, before its
                 # pieces: only the end says that every piece is in.
                 self.over = True
-                ended = [self._reply(pieces)] if pieces else []
-                return ended + [{**self._reply([]), "in_flight": []}]
-        return [self._reply(pieces)] if news else []
+                ended = [self._reply(pieces, live)] if pieces or live else []
+                return ended + [{**self._reply([], []), "in_flight": []}]
+        return [self._reply(pieces, live)] if news else []
 
-    def _reply(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"job": self.info, "cursor": self.cursor, "strips": pieces, "in_flight": self.in_flight}
+    def _reply(self, pieces: list[dict[str, Any]], live: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"job": self.info, "cursor": self.cursor, "strips": pieces, "in_flight": self.in_flight,
+                "live": live}

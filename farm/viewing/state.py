@@ -12,7 +12,7 @@ from farm.images.raster import row_size
 from farm.kinds import PREVIEW
 from farm.retry import Outage
 from farm.states import ENDED
-from farm.rows import ZLIB, decode_rows
+from farm.rows import ZLIB, decode_rows, decompress_capped
 from farm.viewing.canvas import Canvas
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,20 @@ def _decoded(strip: dict[str, Any], expected: int, row_bytes: int, canvas: "Canv
     """A feed piece's raw rows, in whichever encoding it came (a ValueError when they do not fit)."""
     return decode_rows(_rows_of(strip), str(strip.get("encoding", ZLIB)), expected, row_bytes,
                        canvas.channels * canvas.bits // 8)
+
+
+def _painted_live(canvas_of: Callable[[int], Canvas], block: dict[str, Any], job: int | None) -> list:
+    """Paint a finished block of a unit still rendering (shown until its final rows replace it): the row
+    band it changed on its frame, [] when it changed nothing."""
+    frame, left, top = int(block["frame"]), int(block["left"]), int(block["top"])
+    right, bottom = int(block["right"]), int(block["bottom"])
+    try:
+        rgb = decompress_capped(_rows_of(block), max(0, (right - left + 1) * (bottom - top + 1) * 3))
+        shown = canvas_of(frame).paint_block(left, top, right, bottom, rgb)
+    except ValueError as err:
+        log.warning("job %s frame %s: a live block cannot be shown: %s", job, frame, err)
+        return []
+    return [(frame, top, bottom + 1)] if shown else []
 
 
 class ViewerState:
@@ -127,6 +141,8 @@ class ViewerState:
         self.error = ""
         for strip in reply.get("strips", []):
             self._apply_strip(strip)
+        for block in reply.get("live", []):
+            self._dirty += _painted_live(self._canvas, block, self.target)
         self.in_flight = [dict(s) for s in reply.get("in_flight", [])]
         for s in self.in_flight:
             self.colour(s["node"])

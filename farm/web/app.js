@@ -263,7 +263,7 @@
   function showJob(id) {
     stopView();
     const view = {
-      job: id, cursor: 0, info: null, inFlight: [], frames: new Map(), frame: null, framePinned: false,
+      job: id, cursor: 0, liveCursor: 0, info: null, inFlight: [], frames: new Map(), frame: null, framePinned: false,
       width: 0, height: 0, channels: 3, bits: 8, abort: new AbortController(), drained: false,
     };
     app.view = view;
@@ -277,7 +277,7 @@
     let delay = BACKOFF_MS[0];
     while (view === app.view) {
       try {
-        for await (const records of feedRecords(app.client.token, view.job, view.cursor, view.abort.signal)) {
+        for await (const records of feedRecords(app.client.token, view.job, view.cursor, view.abort.signal, true)) {
           if (view !== app.view) return;
           view.via = "stream";
           setLink(true);
@@ -317,15 +317,18 @@
   // Records of one read as viewer.watch replies: pieces go with the status before them; a status is
   // applied when it comes (the first of a job comes before its pieces, later ones after them).
   async function applyRecords(view, records) {
-    let pieces = [];
+    let pieces = [], live = [];
     const flush = async () => {
-      if (!pieces.length || !view.info) return;
-      const cursor = pieces[pieces.length - 1].cursor;
-      await applyFeed(view, { job: view.info, cursor, strips: pieces, in_flight: view.inFlight });
+      if (!(pieces.length || live.length) || !view.info) return;
+      const cursor = pieces.length ? pieces[pieces.length - 1].cursor : view.cursor;
+      await applyFeed(view, { job: view.info, cursor, strips: pieces, in_flight: view.inFlight, live });
       pieces = [];
+      live = [];
     };
     for (const { header, payload } of records) {
-      if (header.type === "piece") {
+      if (header.type === "piece" && header.kind === "live") {
+        live.push(Object.assign({}, header, { rows: payload }));
+      } else if (header.type === "piece") {
         pieces.push(Object.assign({}, header, { rows: payload }));
       } else if (header.type === "job") {
         await flush();
@@ -350,7 +353,7 @@
       let reply;
       try {
         reply = await app.client.callWith({ signal: view.abort.signal }, "viewer.watch", view.job, view.cursor,
-          POLL_TIMEOUT);
+          POLL_TIMEOUT, view.liveCursor);
       } catch (err) {
         if (err.name === "AbortError" || view !== app.view) return;
         callFailed(err);
@@ -386,11 +389,22 @@
         return null;
       }
     }));
+    const blocks = await Promise.all((reply.live || []).map(async (block) => {
+      try {
+        return { block, rows: await inflate(block.rows) };
+      } catch (err) {
+        return null;
+      }
+    }));
     if (view !== app.view) return;
     const dirty = new Set();
     for (const entry of pieces) {
       if (entry && paintPiece(view, entry.piece, entry.rows)) dirty.add(entry.piece.frame);
     }
+    for (const entry of blocks) {          // after the final rows: a block never covers them
+      if (entry && paintBlock(view, entry.block, entry.rows)) dirty.add(entry.block.frame);
+    }
+    if (reply.live_cursor !== undefined) view.liveCursor = reply.live_cursor;
     view.info = info;
     view.cursor = reply.cursor;
     view.inFlight = reply.in_flight || [];
@@ -406,7 +420,7 @@
     if (!frame) {
       const img = new ImageData(view.width, view.height);
       fillChecker(img);
-      frame = { img, spans: [], preview: null };
+      frame = { img, spans: [], preview: null, blocks: [] };
       view.frames.set(number, frame);
     }
     return frame;
@@ -485,6 +499,26 @@
     return true;
   }
 
+  // A finished block of a strip still rendering (8-bit RGB), like POV-Ray's own window: shown over the
+  // preview and the checkerboard in the rows no final rows are painted in yet; final rows replace it.
+  function paintBlock(view, block, rgb) {
+    const { left, top, right, bottom } = block, width = right - left + 1;
+    if (!(left >= 0 && left <= right && right < view.width && top >= 0 && top <= bottom && bottom < view.height)
+        || rgb.length !== width * (bottom - top + 1) * 3) {
+      console.warn(`job ${view.job} frame ${block.frame}: a live block that does not fit`);
+      return false;
+    }
+    const frame = frameCanvas(view, block.frame), data = frame.img.data;
+    let shown = false;
+    for (let y = top; y <= bottom; y++) {
+      if (frame.spans.some(([start, end]) => y >= start && y < end)) continue;
+      toRgba(rgb.subarray((y - top) * width * 3), width, 3, 8, data, (y * view.width + left) * 4);
+      shown = true;
+    }
+    if (shown) frame.blocks.push([left, top, width, bottom - top + 1]);
+    return shown;
+  }
+
   // A low-resolution preview of the whole frame: shown scaled up wherever no final rows are painted yet.
   function paintPreview(view, piece, rows) {
     const width = piece.width, height = piece.height;
@@ -555,6 +589,7 @@
     if (frame.preview) {
       ctx.imageSmoothingEnabled = true;
       ctx.drawImage(frame.preview, 0, 0, view.width, view.height);
+      for (const [x, y, w, h] of frame.blocks) ctx.putImageData(frame.img, 0, 0, x, y, w, h);
       for (const [start, end] of frame.spans) ctx.putImageData(frame.img, 0, 0, 0, start, view.width, end - start);
     } else {
       ctx.putImageData(frame.img, 0, 0);

@@ -174,10 +174,10 @@ class RpcClient {
 // { header, payload } as they arrive. A controller without the stream answers 404: NoStream then.
 class NoStream extends Error {}
 
-async function* feedRecords(token, job, cursor, signal) {
+async function* feedRecords(token, job, cursor, signal, live = false) {
   let response;
   try {
-    response = await fetch(`/feed?job=${job}&cursor=${cursor}`, {
+    response = await fetch(`/feed?job=${job}&cursor=${cursor}${live ? "&live=1" : ""}`, {
       headers: { "Authorization": `Bearer ${token}` }, cache: "no-store", signal,
     });
   } catch (err) {
