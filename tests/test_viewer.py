@@ -713,3 +713,21 @@ def test_viewer_snapshot_of_a_real_render_equals_the_fetched_png(farm, tmp_path)
     assert unknown.stderr.strip().count("\n") == 0
     refused = run_cli("viewer", "--controller", farm.url, env={**env, "POVFARM_TOKEN": "wrong"}, timeout=60)
     assert refused.returncode == 1 and "token" in refused.stderr and refused.stderr.strip().count("\n") == 0
+
+
+def test_a_status_after_the_last_pieces_in_the_same_read_settles_them_without_an_end():
+    """Following the newest job, the stream sends no end: a "done" status that came after the last pieces
+    in the same read (a live block's wake-up can gather them) finishes the viewer all the same; the
+    stream's first status, sent before the pieces, never does."""
+    from farm.viewing.feed import _StreamReading
+    job = job_info(3, width=8, height=32)
+    done = {**job, "state": "done", "progress": 1.0, "finished": 130.0}
+    rows = zlib.compress(fill(8, 32, 7))
+    reading, state = _StreamReading(0, 0), ViewerState()
+    for reply_ in reading.replies([status_record(done), piece_record(1, 0, 32, 1, rows)]):
+        state.handle(("feed", 1, reply_))
+    assert not state.finished                          # an ended job's first status comes before its pieces
+    reading, state = _StreamReading(0, 0), ViewerState()
+    for reply_ in reading.replies([status_record(job), piece_record(1, 0, 32, 1, rows), status_record(done)]):
+        state.handle(("feed", 1, reply_))
+    assert state.canvas().complete and state.finished

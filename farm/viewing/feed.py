@@ -209,12 +209,13 @@ class _StreamReading:
         self.asked, self.cursor = asked, cursor
         self.info: dict[str, Any] = {}
         self.in_flight: list[dict[str, Any]] = []
+        self.statuses = 0         # the job's status records read
         self.over = False         # the stream ended, or moved on to a job this viewer did not ask for
 
     def replies(self, records: Iterable[tuple[dict, bytes]]) -> list[dict[str, Any]]:
         pieces: list[dict[str, Any]] = []
         live: list[dict[str, Any]] = []
-        news = False
+        news = settled = False
         for header, payload in records:
             kind = header.get("type")
             if kind == "piece" and header.get("kind") == LIVE:
@@ -224,13 +225,15 @@ class _StreamReading:
             elif kind == "piece":
                 header["rows"] = payload        # the header is the piece (its other fields go unread)
                 pieces.append(header)
-                self.cursor, news = header["cursor"], True
+                self.cursor, news, settled = header["cursor"], True, False
             elif kind == "job":
                 info = header.get("job") or {}
                 if info and self.asked and info.get("id") != self.asked:
                     self.over = True        # a newer job: the scout says so, and the viewer decides
                     break
                 self.asked = self.asked or info.get("id", 0)
+                # Any status but the stream's first comes after the pieces it follows: it settles them.
+                settled, self.statuses = self.statuses > 0, self.statuses + 1
                 self.info, self.in_flight, news = info, header.get("in_flight", []), True
             elif kind == "end":
                 # A job that had ended before the stream began sent its status first, before its
@@ -238,7 +241,7 @@ class _StreamReading:
                 self.over = True
                 ended = [self._reply(pieces, live)] if pieces or live else []
                 return ended + [{**self._reply([], []), "in_flight": []}]
-        return [self._reply(pieces, live)] if news else []
+        return [{**self._reply(pieces, live), "settled": settled}] if news else []
 
     def _reply(self, pieces: list[dict[str, Any]], live: list[dict[str, Any]]) -> dict[str, Any]:
         return {"job": self.info, "cursor": self.cursor, "strips": pieces, "in_flight": self.in_flight,

@@ -146,7 +146,9 @@ class ViewerState:
         self.in_flight = [dict(s) for s in reply.get("in_flight", [])]
         for s in self.in_flight:
             self.colour(s["node"])
-        self.drained = info.get("state") in ENDED and not reply.get("strips")
+        # Every piece is in once the job has ended and the reply brought no more pieces, or (the stream) the
+        # status came after them.
+        self.drained = info.get("state") in ENDED and (not reply.get("strips") or reply.get("settled", False))
         self._choose_frame()
         self.version += 1
         return True
