@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from farm import povcmd
+from farm import povcmd, tags
 from farm.animation import Animation, parse_clock, parse_range
 from farm.bundle.packing import BundlePlan, pack, plan_bundle
 from farm.bundle.rules import bundle_hash
@@ -83,6 +83,10 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bits", type=int, choices=(8, 16), help="bits per channel (default 8; +FN16 sets 16)")
     parser.add_argument("--priority", type=int, default=0,
                         help="higher runs first, first come first served within a priority (default 0)")
+    parser.add_argument("--require", action="append", default=[], metavar="TAG",
+                        help="only nodes with this tag render the job (repeatable, or TAG,TAG: all are required)")
+    parser.add_argument("--prefer", action="append", default=[], metavar="TAG",
+                        help="when several nodes wait, those with this tag get the job first (repeatable)")
     parser.add_argument("--name", help="job name (default: the scene's file name)")
     parser.add_argument("--output", type=Path, metavar="PATH",
                         help="write the image here (its extension picks the format: .png .ppm .tga .jpg); for "
@@ -213,6 +217,10 @@ def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: B
             "preview": _preview_setting(getattr(args, "preview", "auto")).value}
     if request.animation is not None:
         spec["animation"] = request.animation.to_spec()
+    for key in ("require", "prefer"):
+        chosen = tags.parse(getattr(args, key, []), f"--{key}")
+        if chosen:
+            spec[key] = list(chosen)
     return spec
 
 

@@ -72,6 +72,25 @@ def add_job_control(commands: Subcommands) -> None:
         p.add_argument("job", type=int, help="job id")
 
 
+def add_node_tags(commands: Subcommands) -> None:
+    p = commands.add("node-tags", cmd_node_tags, help="set a node's tags from the controller, without restarting it",
+                     example="povfarm node-tags box1 windows fast",
+                     description="They win over the node's own --tags, also when it registers again, until "
+                                 "--clear gives it its own back. No TAG: the node has no tags.")
+    add_client_flags(p)
+    p.add_argument("node", help="the node's name, as `povfarm nodes` shows it")
+    p.add_argument("tags", nargs="*", metavar="TAG", help="its tags from now on")
+    p.add_argument("--clear", action="store_true", help="forget the controller's tags: the node's own count again")
+
+
+def cmd_node_tags(config: Config, args: argparse.Namespace) -> int:
+    if args.clear and args.tags:
+        raise FarmError(Code.BAD_ARGUMENT, "give tags or --clear, not both")
+    now = connect(config).call("nodes.set_tags", args.node, list(args.tags), bool(args.clear))
+    sys.stderr.write(f"node {args.node}: tags {','.join(now) or '(none)'}{' (its own)' if args.clear else ''}\n")
+    return EXIT_OK
+
+
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     request = prepare_job(args)
     client = connect(config)
@@ -114,6 +133,9 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     print(f"  state:    {status['state']}")
     if status.get("blocked"):
         print(f"  blocked:  {status['blocked']}")
+    for key in ("require", "prefer"):
+        if status.get(key):
+            print(f"  {key}:  {' ' if key == 'prefer' else ''}{','.join(status[key])}")
     print(f"  progress: {status['progress'] * 100:.1f}%  ({status['strips_done']}/{status['strips_total']} strips,"
           f" {status['strips_leased']} rendering)")
     if status["error"]:
@@ -152,10 +174,16 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
     now = time.time()
     rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
              f"{max(0.0, now - n['last_seen']):.0f}s ago", _upload_rate(n.get("upload_bps", 0.0)),
-             n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)",
+             n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)", _tags(n),
              n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
-    _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "POV-RAY"), rows)
+    _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "TAGS", "POV-RAY"), rows)
     return EXIT_OK
+
+
+def _tags(node: dict[str, Any]) -> str:
+    """A node's tags; those set from the controller marked with a '*'."""
+    text = ",".join(node.get("tags") or []) or "-"
+    return text + "*" if node.get("tags_overridden") else text
 
 
 def _upload_rate(bytes_per_second: float) -> str:

@@ -61,6 +61,9 @@ def add_node(commands: Subcommands) -> None:
     p.add_argument("--threads", type=int, help="POV-Ray render threads (default: all cores)")
     p.add_argument("--slots", type=int, help="POV-Ray processes at once (default 2: one starts while another"
                                              " finishes)")
+    p.add_argument("--tags", metavar="TAG,TAG",
+                   help="this node's tags (setting: tags), e.g. windows,fast: jobs submitted with --require TAG "
+                        "render only on nodes with it; `povfarm node-tags` overrides them from the controller")
     p.add_argument("--machine", metavar="NAME",
                    help="which box's cores this node shares: nodes of one machine, with nobody watching, get a "
                         "frame in as few strips as keep it busy (default: the running kernel, told by its boot id)")

@@ -73,6 +73,13 @@ class Services:
         self.work.bump()
         log.info("job %s priority %s", job_id, priority)
 
+    def set_node_tags(self, name: str, tags: tuple[str, ...] | None) -> tuple[str, ...]:
+        """The controller's tags for the nodes called `name` (None: clear them, each has its own again)."""
+        now_tags = self.store.nodes.set_tags(name, tags)
+        self.work.bump()     # a waiting node may now take a job, or another may no longer
+        log.info("node %s tags %s", name, ",".join(now_tags) if tags is not None else "cleared: its own again")
+        return now_tags
+
     # -- maintenance -----------------------------------------------------------------------
 
     def tick(self) -> None:

@@ -47,6 +47,8 @@ class Submission:
     strips: int | str = "auto"         # units per frame, or "auto"
     radiosity_prepass: bool = True
     preview: PreviewMode = PreviewMode.WATCHED   # when the first frame gets a quick low-resolution render
+    require: tuple[str, ...] = ()      # node tags (farm.tags), checked
+    prefer: tuple[str, ...] = ()
 
 
 class Bundles:
@@ -167,7 +169,7 @@ class Submissions:
             # A scene that may use radiosity gets a shared pre-pass per split frame; the node running it
             # finds out whether radiosity is really on.
             pretrace=request.radiosity_prepass and self._mentions_radiosity(info, request.scene),
-            preview=request.preview)
+            preview=request.preview, require=request.require, prefer=request.prefer)
 
     def _mentions_radiosity(self, info: BundleInfo, scene: str) -> bool:
         if info.mentions_radiosity or rules.is_source(scene):

@@ -52,12 +52,13 @@ class JobRecords:
         with self._db.write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
-                " bits, first_frame, last_frame, animation, submitted, pretrace, block, preview)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " bits, first_frame, last_frame, animation, submitted, pretrace, block, preview,"
+                " require, prefer) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (spec.name, JobState.QUEUED.value, spec.priority, spec.bundle, spec.scene, spec.width,
                  spec.height, json.dumps(list(spec.options)), spec.channels, spec.bits, spec.first_frame,
                  spec.last_frame, json.dumps(spec.animation.to_spec()) if spec.animation else None, now,
-                 int(bool(pretraced)), spec.block, spec.preview.value))
+                 int(bool(pretraced)), spec.block, spec.preview.value, json.dumps(list(spec.require)),
+                 json.dumps(list(spec.prefer))))
             job_id = cur.lastrowid
             db.executemany("INSERT INTO frames VALUES (?, ?, ?, NULL)",
                            [(job_id, frame, FrameState.QUEUED.value)
