@@ -179,3 +179,12 @@ def test_two_nodes_with_different_tags_render_only_the_jobs_they_may(farm, tmp_p
     assert changed.returncode == 0 and "tags gpu,linux" in changed.stderr, changed.stderr
     assert wait_ended(farm.client, nowhere)["state"] == "done"
     assert "gpu,linux*" in run_cli("nodes", "--controller", farm.url).stdout
+
+
+def test_a_waiting_client_is_told_which_tags_no_node_has(tmp_path):
+    scene = write_scene(tmp_path / "scene")
+    result = run_cli("render", str(scene), "+W32", "+H32", "--require", "gpu", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "is blocked: no live node has the tags it requires (gpu): local-1 lacks gpu; local-2 lacks gpu" \
+        in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
