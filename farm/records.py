@@ -44,6 +44,7 @@ class JobSpec:
     preview: PreviewMode = PreviewMode.NEVER   # when the first frame gets a preview
     require: tuple[str, ...] = ()   # tags a node must all have to render it (farm.tags)
     prefer: tuple[str, ...] = ()    # tags of the nodes it goes to first when several wait
+    after: tuple[int, ...] = ()     # jobs it runs after (farm.dependencies)
 
     @property
     def first_frame(self) -> int:
@@ -79,6 +80,7 @@ class Job:
     preview: PreviewMode = PreviewMode.ALWAYS   # of a job that has a preview unit
     require: tuple[str, ...] = ()
     prefer: tuple[str, ...] = ()
+    after: tuple[int, ...] = ()
 
     @property
     def ended(self) -> bool:

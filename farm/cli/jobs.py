@@ -136,6 +136,9 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     for key in ("require", "prefer"):
         if status.get(key):
             print(f"  {key}:  {' ' if key == 'prefer' else ''}{','.join(status[key])}")
+    if status.get("after"):
+        waiting = f" (waiting for {','.join(map(str, status['waiting_for']))})" if status.get("waiting_for") else ""
+        print(f"  after:    {','.join(map(str, status['after']))}{waiting}")
     print(f"  progress: {status['progress'] * 100:.1f}%  ({status['strips_done']}/{status['strips_total']} strips,"
           f" {status['strips_leased']} rendering)")
     if status["error"]:
@@ -157,13 +160,20 @@ def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_json_status(job) for job in jobs], indent=2))
         return EXIT_OK
-    rows = [(str(j["id"]), j["state"] + (" (blocked)" if j.get("blocked") else ""), f"{j['progress'] * 100:.0f}%",
+    rows = [(str(j["id"]), _state(j), f"{j['progress'] * 100:.0f}%",
              f"{j['width']}x{j['height']}", f"{j['strips_done']}/{j['strips_total']}", j["name"]) for j in jobs]
     _print_table(("ID", "STATE", "DONE", "SIZE", "STRIPS", "NAME"), rows)
     for job in jobs:
         if job.get("blocked"):
             print(f"job {job['id']} is blocked: {job['blocked']}")
     return EXIT_OK
+
+
+def _state(job: dict[str, Any]) -> str:
+    """A job's state in the list: with why it does not render yet."""
+    if job.get("waiting_for"):
+        return f"{job['state']} (after {','.join(map(str, job['waiting_for']))})"
+    return job["state"] + (" (blocked)" if job.get("blocked") else "")
 
 
 def cmd_nodes(config: Config, args: argparse.Namespace) -> int:

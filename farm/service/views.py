@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from farm import scheduler, tags
+from farm import dependencies, scheduler, tags
 from farm.kinds import PREVIEW, ROWS, preview_size
 from farm.records import Job, Node, StoredRows
 from farm.rows import split_frames
@@ -91,7 +91,8 @@ class Views:
             "submitted": job.submitted, "started": job.started, "finished": job.finished,
             "preview": preview.value if preview is not None else "",
             "blocked": self._blocked(job.state, job.submitted, presence, job.require),
-            "require": list(job.require), "prefer": list(job.prefer),
+            "require": list(job.require), "prefer": list(job.prefer), "after": list(job.after),
+            "waiting_for": self._waiting_for(job),
         }
         if eta is not None:
             status["eta"] = round(eta, 1)
@@ -103,6 +104,12 @@ class Views:
                                  "seconds": u.seconds}
                                 for u in self._store.units.of_job(job.id)]
         return status
+
+    def _waiting_for(self, job: Job) -> list[int]:
+        """The jobs it runs after that are not done, while it has not started."""
+        if not job.after or job.state not in (JobState.QUEUED, JobState.PAUSED):
+            return []
+        return dependencies.waiting_for({other: (self._store.jobs.get(other).state, "") for other in job.after})
 
     def _presence(self) -> Presence:
         nodes, last_seen = self._store.nodes.present()

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     block INTEGER NOT NULL DEFAULT 32,     -- POV-Ray's render block size: unit edges fall on its multiples
     preview TEXT NOT NULL DEFAULT 'always',   -- of a job with a preview unit: 'always' or 'watched' (farm.strips)
     require TEXT NOT NULL DEFAULT '[]' /* JSON: the tags a node must all have to render it (farm.tags) */,
-    prefer TEXT NOT NULL DEFAULT '[]' /* JSON: the tags of the nodes it goes to first */);
+    prefer TEXT NOT NULL DEFAULT '[]' /* JSON: the tags of the nodes it goes to first */,
+    run_after TEXT NOT NULL DEFAULT '[]' /* JSON: the jobs it runs after (farm.dependencies) */);
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
     PRIMARY KEY (job, number));
@@ -111,6 +112,7 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("jobs", "preview", "TEXT NOT NULL DEFAULT 'always'"),
                   ("jobs", "require", "TEXT NOT NULL DEFAULT '[]'"),
                   ("jobs", "prefer", "TEXT NOT NULL DEFAULT '[]'"),
+                  ("jobs", "run_after", "TEXT NOT NULL DEFAULT '[]'"),
                   ("nodes", "tags", "TEXT NOT NULL DEFAULT '[]'"),
                   ("nodes", "tags_overridden", "INTEGER NOT NULL DEFAULT 0"))
 
@@ -146,7 +148,7 @@ def job(row: sqlite3.Row) -> Job:
         error=row["error"] or "", submitted=row["submitted"], started=row["started"] or 0.0,
         finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]), block=row["block"],
         preview=PreviewMode(row["preview"]), require=tuple(json.loads(row["require"])),
-        prefer=tuple(json.loads(row["prefer"])))
+        prefer=tuple(json.loads(row["prefer"])), after=tuple(json.loads(row["run_after"])))
 
 
 def frame(row: sqlite3.Row) -> Frame:

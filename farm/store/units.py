@@ -325,8 +325,12 @@ def _store_pretrace(db: sqlite3.Connection, unit: Unit, cache: bytes, seconds: f
 class _Queue:
     """The queue as `farm.policy` reads it, inside the leasing transaction."""
 
-    _JOBS_IN_LINE = ("SELECT id, priority, require, prefer FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1 FROM units q"
-                     " WHERE q.job = jobs.id AND q.state = ?)")
+    # A job that runs after others waits until they are all done (farm.dependencies: Verdict.GO); the
+    # maintenance tick ends it when one of them failed or was canceled.
+    _JOBS_IN_LINE = ("SELECT id, priority, require, prefer FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1"
+                     " FROM units q WHERE q.job = jobs.id AND q.state = ?) AND (run_after = '[]' OR NOT EXISTS"
+                     " (SELECT 1 FROM json_each(jobs.run_after) d JOIN jobs p ON p.id = d.value"
+                     f" WHERE p.state != '{JobState.DONE.value}'))")
 
     def __init__(self, db: sqlite3.Connection):
         self._db = db
