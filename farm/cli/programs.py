@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from farm import tags
 from farm.cli.common import EXIT_OK, Subcommands, add_client_flags, add_patience_flag, connect, positive_int
 from farm.client import Client
 from farm.config import Config
@@ -138,6 +139,7 @@ def cmd_controller(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_node(config: Config, args: argparse.Namespace) -> int:
     from farm.node import run_node
+    tags.parse(config.tags, "--tags")     # a tag that is no tag stops the node before it starts
     return run_node(resolve_controller(config, "node"))
 
 
