@@ -19,8 +19,11 @@ BUNDLE_RANGES = "bundle_ranges"           # bundles.fetch_range: a download resu
 FILTERED_ROWS = "filtered_rows"           # nodes.complete takes `encoding` ("filtered": PNG-filtered rows)
 HEARTBEAT_STATS = "heartbeat_stats"       # nodes.heartbeat takes `stats` (the node's upload rate)
 FEED_STREAM = "feed_stream"               # GET /feed: a viewer's stream of a job's pieces
+NODE_TAGS = "node_tags"                   # node tags: jobs.submit's require/prefer, nodes.set_tags
+JOB_AFTER = "job_after"                   # jobs.submit's after: a job queued until other jobs are done
 
-FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM)   # this version's
+FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, NODE_TAGS,
+            JOB_AFTER)   # this version's
 
 
 @dataclass(frozen=True)

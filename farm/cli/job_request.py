@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from farm import povcmd
+from farm import povcmd, tags
 from farm.animation import Animation, parse_clock, parse_range
 from farm.bundle.packing import BundlePlan, pack, plan_bundle
 from farm.bundle.rules import bundle_hash
@@ -19,6 +19,7 @@ from farm.cli.common import positive_int
 from farm.cli.images import EXTENSION_FORMATS, encode_image, require_pillow, write_file
 from farm.client import Client, binary
 from farm.faults import Code, FarmError
+from farm.features import JOB_AFTER, NODE_TAGS, Features
 from farm.kinds import PreviewMode
 
 
@@ -83,6 +84,13 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bits", type=int, choices=(8, 16), help="bits per channel (default 8; +FN16 sets 16)")
     parser.add_argument("--priority", type=int, default=0,
                         help="higher runs first, first come first served within a priority (default 0)")
+    parser.add_argument("--require", action="append", default=[], metavar="TAG",
+                        help="only nodes with this tag render the job (repeatable, or TAG,TAG: all are required)")
+    parser.add_argument("--prefer", action="append", default=[], metavar="TAG",
+                        help="when several nodes wait, those with this tag get the job first (repeatable)")
+    parser.add_argument("--after", action="append", default=[], metavar="JOB[,JOB...]",
+                        help="queue the job until these jobs are done; it fails (is canceled) when one of them "
+                             "fails (is canceled) (repeatable)")
     parser.add_argument("--name", help="job name (default: the scene's file name)")
     parser.add_argument("--output", type=Path, metavar="PATH",
                         help="write the image here (its extension picks the format: .png .ppm .tga .jpg); for "
@@ -188,9 +196,25 @@ def submit_job(client: Client, args: argparse.Namespace, request: JobRequest) ->
     plan = plan_bundle(command.scene, args.assets, library_paths=command.library_paths)
     data = pack(plan)
     digest = bundle_hash(data)
+    spec = job_spec(args, request, digest, plan)
+    _check_features(client, spec)
     if not client.call("bundles.has", digest):
         client.call("bundles.upload", binary(data))
-    return client.call("jobs.submit", job_spec(args, request, digest, plan))
+    return client.call("jobs.submit", spec)
+
+
+def _check_features(client: Client, spec: dict[str, Any]) -> None:
+    """An older controller would ignore --require, --prefer and --after and render the job anywhere, at
+    once: refused here instead."""
+    needs = [(key, feature) for key, feature in (("require", NODE_TAGS), ("prefer", NODE_TAGS), ("after", JOB_AFTER))
+             if key in spec]
+    if needs:
+        features = Features.of_reply(client.call("api.version"))
+        for key, feature in needs:
+            if feature not in features:
+                where = getattr(client, "url", "?")
+                raise FarmError(Code.BAD_ARGUMENT, f"the controller at {where} is older than --{key}: it would "
+                                                   "render the job without it; upgrade it")
 
 
 def _preview_setting(value: Any) -> PreviewMode:
@@ -213,7 +237,22 @@ def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: B
             "preview": _preview_setting(getattr(args, "preview", "auto")).value}
     if request.animation is not None:
         spec["animation"] = request.animation.to_spec()
+    after = _job_ids(getattr(args, "after", []))
+    if after:
+        spec["after"] = after
+    for key in ("require", "prefer"):
+        chosen = tags.parse(getattr(args, key, []), f"--{key}")
+        if chosen:
+            spec[key] = list(chosen)
     return spec
+
+
+def _job_ids(values: list[str]) -> list[int]:
+    """--after's job ids, from "3,4" and repeated flags."""
+    try:
+        return [int(part) for value in values for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise FarmError(Code.BAD_ARGUMENT, f"--after takes job ids, e.g. --after 3,4, not {values!r}") from None
 
 
 def write_targets(client: Client, job_id: int, request: JobRequest) -> str:
