@@ -13,7 +13,7 @@ from typing import Any
 
 from farm import povcmd, povini
 from farm.animation import Animation, parse_clock, parse_range
-from farm.bundle.packing import BundlePlan, pack, plan_bundle
+from farm.bundle.packing import BundlePlan, check_scene, pack, plan_bundle
 from farm.bundle.rules import bundle_hash
 from farm.cli.common import positive_int
 from farm.cli.images import EXTENSION_FORMATS, encode_image, require_pillow, write_file
@@ -125,6 +125,7 @@ def prepare_job(args: argparse.Namespace, cwd: Path | None = None) -> JobRequest
     if command.scene is None:
         raise FarmError(Code.BAD_ARGUMENT, "no scene given: povfarm render SCENE.pov [+W640 +H480 ...], or an INI "
                                            "file with Input_File_Name=")
+    check_scene(command.scene)       # before any note: a missing scene is said in one line
     _apply_flags(command, args)
     animation = Animation.from_spec(command.animation) if command.animation else None
     if command.file_type == "J":
