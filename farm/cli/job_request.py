@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from farm import povcmd, tags
+from farm import povcmd, povini, tags
 from farm.animation import Animation, parse_clock, parse_range
-from farm.bundle.packing import BundlePlan, pack, plan_bundle
+from farm.bundle.packing import BundlePlan, check_scene, pack, plan_bundle
 from farm.bundle.rules import bundle_hash
 from farm.cli.common import positive_int
 from farm.cli.images import EXTENSION_FORMATS, encode_image, require_pillow, write_file
@@ -36,8 +36,13 @@ def _strips(text: str) -> str | int:
 
 
 _ALLOWED_HELP = ("+A[threshold] -A, +AM1..3, +AG<gamma>, +J[amount] -J, +R<depth>, +Q<0-11>, +UA (alpha), "
-                 "+MB<n>, +MV<version>, +UL +UV +UR +UD, +BS<block size>, +K<clock>, Declare=NAME=NUMBER")
+                 "+MB<n>, +BM1|2, +MV<version>, +UL +UV +UR +UD +SU +HR +RVP, +BS<block size>, +K<clock>, "
+                 "Declare=NAME=NUMBER, File_Gamma=<gamma|sRGB>")
 POVRAY_HELP = f"""\
+POV-Ray's own defaults come first, as with `povray`: the first of $POVINI, ./povray.ini,
+~/.povray/3.7/povray.ini and /etc/povray/3.7/povray.ini that exists (Debian's sets 800x600 and the
+library paths where res120.ini and quickres.ini are found); povfarm says which it read. The farm's own
+size, 640x480, applies only when none sets one. --no-povray-ini skips them.
 POV-Ray's own command line works after the scene, as with `povray` (settings apply in order, the
 last one wins; a farm flag such as --width overrides them):
   size            +W<width> +H<height>                       (Width=, Height=)
@@ -49,9 +54,12 @@ last one wins; a farm flag such as --width overrides them):
   library paths   +L<folder> (Library_Path=): local folders are shipped with the scene
   INI files       scene.ini, scene.ini[Section] and Key=Value settings, anywhere on the line
   rendering       {_ALLOWED_HELP}
-  ignored         -D +P -V -X +SP/+EP +WT +WL and the +G... message streams (one note each)
-  refused         +SR/+ER/+SC/+EC (the farm renders whole images), +RF (radiosity files), shell-out
-                  settings such as Pre_Scene_Command (never run on nodes), and anything unknown
+  ignored         -D +P -V -X +SP/+EP +WT +WL +B +MI +RS +RP, the +G... message streams, Display_Gamma,
+                  BSP_... (one note per reason)
+  refused         +SR/+ER/+SC/+EC (the farm renders whole images), +RF (radiosity files), +TH +UF +UO
+                  +STP +KLA +RTR +HI, shell-out settings such as Pre_Scene_Command (never run on nodes);
+                  values that do nothing (Dither=off, End_Row=1, an empty command) pass. Every INI key of
+                  POV-Ray 3.7 is known; a typo is "not a POV-Ray setting" with the closest key
 """
 
 
@@ -59,10 +67,10 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("povray_args", nargs="*", metavar="SCENE|INI|+SWITCH",
                         help="the .pov scene, INI files and POV-Ray switches, as `povray` takes them "
                              "(see below)")
-    parser.add_argument("--width", type=positive_int, help="image width in pixels (default: +W or the INI's, "
-                                                            "else 640)")
+    parser.add_argument("--width", type=positive_int, help="image width in pixels (default: +W or the INI's or "
+                                                            "povray.ini's, else 640)")
     parser.add_argument("--height", type=positive_int, help="image height in pixels (default: +H or the "
-                                                             "INI's, else 480)")
+                                                             "INI's or povray.ini's, else 480)")
     parser.add_argument("--strips", type=_strips, default="auto",
                         help="strips per frame: 'auto' (default) or a number; edges fall on 32-row blocks")
     parser.add_argument("--no-radiosity-prepass", action="store_false", dest="radiosity_prepass",
@@ -101,6 +109,8 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", metavar="A-B", help="render only frames A to B of the animation (+SF/+EF)")
     parser.add_argument("--ini", type=Path, metavar="FILE",
                         help="an INI file read before everything else on the line (same as giving it first)")
+    parser.add_argument("--no-povray-ini", action="store_false", dest="povray_ini",
+                        help="do not read POV-Ray's own defaults (povray.ini, as `povray` finds it)")
 
 
 @dataclasses.dataclass
@@ -117,10 +127,13 @@ def prepare_job(args: argparse.Namespace, cwd: Path | None = None) -> JobRequest
     """Read the command line, decide the output files and check everything that can be checked before
     anything is uploaded or rendered (an INI error, a JPEG without Pillow, an unwritable folder)."""
     cwd = cwd or Path.cwd()
-    command = povcmd.parse(args.povray_args, cwd, ini_files=[args.ini] if args.ini else [])
+    defaults = povini.find_povray_ini(os.environ, cwd) if getattr(args, "povray_ini", True) else None
+    command = povcmd.parse(args.povray_args, cwd, ini_files=[args.ini] if args.ini else [], defaults=defaults,
+                           include=povini.include_path(os.environ))
     if command.scene is None:
         raise FarmError(Code.BAD_ARGUMENT, "no scene given: povfarm render SCENE.pov [+W640 +H480 ...], or an INI "
                                            "file with Input_File_Name=")
+    check_scene(command.scene)       # before any note: a missing scene is said in one line
     _apply_flags(command, args)
     animation = Animation.from_spec(command.animation) if command.animation else None
     if command.file_type == "J":
@@ -131,6 +144,8 @@ def prepare_job(args: argparse.Namespace, cwd: Path | None = None) -> JobRequest
     if args.command == "render" or args.wait or wants_image:
         for path in {target.parent for target in targets.values()}:
             _check_writable(path)
+    if defaults is not None:          # said once all is well: an error alone stays one line
+        sys.stderr.write(f"povfarm: read POV-Ray's defaults from {defaults}\n")
     for note in command.notes:
         sys.stderr.write(f"povfarm: {note}\n")
     return JobRequest(command, animation, targets, wants_image)
