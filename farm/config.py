@@ -56,6 +56,7 @@ class Config:
     povray: str = "povray"
     threads: int = 0                   # POV-Ray render threads; 0 lets POV-Ray use every core
     slots: int = 2                     # POV-Ray processes a node runs at once
+    tags: str = ""                     # the node's tags, comma-separated (farm.tags): jobs may require them
     machine: str = ""                  # which box's cores the node shares; "" = the running kernel's boot id
     work_dir: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm-node")
     probe_cache: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm" / "povray-probe.json")

@@ -20,9 +20,11 @@ FILTERED_ROWS = "filtered_rows"           # nodes.complete takes `encoding` ("fi
 HEARTBEAT_STATS = "heartbeat_stats"       # nodes.heartbeat takes `stats` (the node's upload rate)
 FEED_STREAM = "feed_stream"               # GET /feed: a viewer's stream of a job's pieces
 LIVE_BLOCKS = "live_blocks"               # nodes.live; viewer.watch's live_cursor, GET /feed's live=1
+NODE_TAGS = "node_tags"                   # node tags: jobs.submit's require/prefer, nodes.set_tags
+JOB_AFTER = "job_after"                   # jobs.submit's after: a job queued until other jobs are done
 
-FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM,
-            LIVE_BLOCKS)   # this version's
+FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
+            NODE_TAGS, JOB_AFTER)   # this version's
 
 
 @dataclass(frozen=True)

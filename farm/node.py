@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__
+from farm import __version__, tags
 from farm.rendering import povray
 from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
@@ -122,6 +122,7 @@ class Node:
                 "platform": sys.platform, "povfarm": __version__, "cores": os.cpu_count() or 1,
                 "threads": self.config.threads or os.cpu_count() or 1, "slots": max(1, self.config.slots),
                 "povray": self.version or "", "povray_flavour": self.flavour,
+                "tags": list(tags.parse(self.config.tags, "setting 'tags'")),
                 **self.sandbox.info()}
         if self.broken:
             info["error"] = self.broken

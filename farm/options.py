@@ -30,6 +30,10 @@ ALLOWED_SWITCHES: dict[str, str] = {
     "MV": _NUMBER,         # language version
     "UL": "", "UV": "", "UR": "", "UD": "",   # light/vista buffers, remove bounds, draw vistas
     "BS": r"[0-9]*",       # render block size (the farm aligns strips to it)
+    "BM": r"[12]?",        # bounding method (1 BVH, 2 BSP): speed only
+    "SU": "",              # split unions (bounding): speed only
+    "HR": "",              # high reproducibility
+    "RVP": "",             # radiosity vain pretrace
     "K": _NUMBER,          # clock value for a single frame
 }
 # Every switch above is rendered once by the real POV-Ray in tests/test_cli_povray.py, so none is on
@@ -65,6 +69,7 @@ _LIBRARY = re.compile(r'^"?(?![/\\])(?![A-Za-z]:)[^"\x00-\x1f:\\]{1,200}"?$')
 _LIBRARY_HINT = "give it after the scene (povfarm render scene.pov +L../lib) and it is shipped with it"
 
 _SWITCH_NAMES = sorted(set(ALLOWED_SWITCHES) | set(FARM_OWNED) | {"L"}, key=len, reverse=True)
+_FILE_GAMMA = re.compile(r"(?i)^file_gamma=(srgb|[0-9]*\.?[0-9]+)$")   # the gamma of the image file
 _DECLARE = re.compile(r"(?i)^declare=([A-Za-z_][A-Za-z0-9_]{0,39})=(-?[0-9]*\.?[0-9]+(e-?[0-9]+)?)$")
 MAX_OPTIONS = 64
 
@@ -144,12 +149,13 @@ def validate_options(options: Iterable[str], default_block: int = 32) -> RenderO
     for option in options:
         if not isinstance(option, str) or not option or len(option) > 100:
             raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown(option)} is not a short string")
-        if _DECLARE.match(option):
+        if _DECLARE.match(option) or _FILE_GAMMA.match(option):
             checked.append(option)
             continue
         if option[0] not in "+-":
             raise FarmError(Code.BAD_OPTION,
-                            f"POV-Ray option {option!r} is not allowed: use +X/-X switches or Declare=NAME=VALUE")
+                            f"POV-Ray option {option!r} is not allowed: use +X/-X switches, Declare=NAME=VALUE "
+                            f"or File_Gamma=VALUE")
         name, value = _check_switch(option)
         if name == "UA":
             alpha = option[0] == "+"

@@ -5,6 +5,8 @@ knows (through a `Queue`), and they decide. Tested with property tests and plain
 values.
 
 - Jobs go in order of priority (higher first), then of submission.
+- A node renders only the jobs whose required tags it all has (`farm.tags`). A job that prefers tags
+  goes to a node without them only when no idle live node with them (and its required ones) waits.
 - Within a job, units go by frame, then from the top of the frame: its preview
   and radiosity pre-pass first, then units handed back, then what remains.
 - A unit that failed on a node is retried on another node when another live node
@@ -23,9 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from farm import scheduler
+from farm import scheduler, tags as tagging
 from farm.kinds import PREVIEW
 from farm.records import FailureVerdict, Node, Unit
+from farm.states import NodeState
 
 NODE_STRIKES = 3            # a node that fails this many units of one job is kept off that job
 LEASE_CANDIDATES = 256      # queued units examined per job when some nodes must be kept off some units
@@ -38,6 +41,8 @@ HARD_LIMIT_FACTOR = 3       # a unit never fails more than max_attempts times th
 class JobInLine:
     id: int
     priority: int
+    require: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,9 +116,9 @@ def in_line(jobs: Iterable[JobInLine]) -> list[JobInLine]:
     return sorted(jobs, key=lambda job: (-job.priority, job.id))
 
 
-def choose_unit(queue: Queue, node_name: str, now: float) -> Unit | None:
-    """The next unit `node_name` should render, or None."""
-    jobs = in_line(queue.jobs_with_queued_units())
+def choose_unit(queue: Queue, node_name: str, now: float, tags: Sequence[str] = ()) -> Unit | None:
+    """The next unit `node_name` (which has `tags`) should render, or None."""
+    jobs = [job for job in in_line(queue.jobs_with_queued_units()) if takes(job, node_name, tags, queue)]
     if not queue.any_failures():     # the common case: the first queued unit of the first job in line
         for job in jobs:
             units = queue.queued_units(job.id, 1)
@@ -127,6 +132,17 @@ def choose_unit(queue: Queue, node_name: str, now: float) -> Unit | None:
             if may_render(unit, node_name, live, failures, now):
                 return unit
     return None
+
+
+def takes(job: JobInLine, node_name: str, tags: Sequence[str], queue: Queue) -> bool:
+    """Whether the node may take the job's work now: it has every tag the job requires, and it has the
+    tags the job prefers or no other idle live node that has them (and may render the job) waits."""
+    if not tagging.fits(job.require, tags):
+        return False
+    if tagging.fits(job.prefer, tags):
+        return True
+    return not any(node.name != node_name and node.state is NodeState.IDLE
+                   and tagging.fits(job.require + job.prefer, node.tags) for node in queue.live_nodes())
 
 
 def may_render(unit: Unit, node_name: str, live: frozenset[str], failures: Failures, now: float) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Sequence
 
 from farm import options as allow
+from farm import povkeys
 from farm.faults import Code, FarmError
 
 # Output file types: switch letter -> (name, extension POV-Ray gives the file).
@@ -30,26 +31,8 @@ _UNSUPPORTED_FORMATS = {"E": "OpenEXR", "H": "Radiance HDR", "S": "the system fo
 # pixels of `+FP +UA` equal those of `+FP`).
 _NO_ALPHA = frozenset("PJ")
 
-# Switches that do nothing useful on a farm and no harm: ignored, each with one note saying why.
-IGNORED_SWITCHES = {
-    "D": "nodes never open a display", "P": "there is no window to pause", "V": "povfarm shows its own progress",
-    "X": "stop with Ctrl-C", "SP": "there is no preview", "EP": "there is no preview",
-    "WT": "each node sets its own thread count (povfarm render --threads)", "WL": "nodes set the warning level",
-    "GA": "POV-Ray's message streams stay on the nodes", "GD": "POV-Ray's message streams stay on the nodes",
-    "GF": "POV-Ray's message streams stay on the nodes", "GR": "POV-Ray's message streams stay on the nodes",
-    "GS": "POV-Ray's message streams stay on the nodes", "GW": "POV-Ray's message streams stay on the nodes",
-    "GP": "POV-Ray's message streams stay on the nodes", "GI": "no INI file is written",
-    "C": "a farm render always starts afresh",
-}
-# Switches the farm cannot honour: refused, with the reason.
-REFUSED_SWITCHES = {
-    "SR": "the farm renders whole images (crop the result instead)",
-    "ER": "the farm renders whole images (crop the result instead)",
-    "SC": "the farm renders whole images (crop the result instead)",
-    "EC": "the farm renders whole images (crop the result instead)",
-    "RF": allow.RADIOSITY_FILES,
-    "HI": "include header files are not supported: #include the file in the scene",
-}
+IGNORED_SWITCHES, REFUSED_SWITCHES = povkeys.IGNORED_SWITCHES, povkeys.REFUSED_SWITCHES
+
 # Switches this module turns into job settings rather than options: those farm.options names, the scene
 # and library folders.
 _JOB_SWITCHES = frozenset({*allow.JOB_SWITCHES, "I", "L"})
@@ -58,35 +41,10 @@ _JOB_SWITCHES = frozenset({*allow.JOB_SWITCHES, "I", "L"})
 _SWITCH_NAMES = sorted({*allow.ALLOWED_SWITCHES, *allow.FARM_OWNED, *_JOB_SWITCHES, *IGNORED_SWITCHES,
                         *REFUSED_SWITCHES}, key=len, reverse=True)
 
-# INI keys (case does not matter) -> the switch they stand for; booleans become +X / -X.
-_INI_VALUE_KEYS = {
-    "width": "W", "height": "H", "input_file_name": "I", "output_file_name": "O", "library_path": "L",
-    "initial_frame": "KFI", "final_frame": "KFF", "initial_clock": "KI", "final_clock": "KF",
-    "subset_start_frame": "SF", "subset_end_frame": "EF", "clock": "K", "antialias_depth": "R",
-    "sampling_method": "AM", "antialias_gamma": "AG", "quality": "Q", "bounding_threshold": "MB",
-    "version": "MV", "render_block_size": "BS", "work_threads": "WT", "warning_level": "WL",
-    "preview_start_size": "SP", "preview_end_size": "EP",
-}
-_INI_BOOL_KEYS = {
-    "antialias": "A", "jitter": "J", "output_alpha": "UA", "cyclic_animation": "KC", "bounding": "MB",
-    "light_buffer": "UL", "vista_buffer": "UV", "remove_bounds": "UR", "draw_vistas": "UD", "display": "D",
-    "verbose": "V", "pause_when_done": "P", "test_abort": "X", "continue_trace": "C",
-}
-_INI_IGNORED_KEYS = {
-    "test_abort_count": "stop with Ctrl-C", "display_gamma": "nodes never open a display",
-    "palette": "nodes never open a display", "video_mode": "nodes never open a display",
-    "output_to_file": "the farm always writes the image", "create_ini": "no INI file is written",
-    **{f"{stream}_{kind}": "POV-Ray's message streams stay on the nodes"
-       for stream in ("all", "debug", "fatal", "render", "statistic", "warning") for kind in ("console", "file")},
-}
-_SHELL_OUT_KEYS = frozenset(f"{when}_{what}" for when in ("pre_scene", "pre_frame", "post_scene", "post_frame",
-                                                        "user_abort", "fatal_error")
-                            for what in ("command", "return"))
-_INI_REFUSED_KEYS = {
-    "start_row": "SR", "end_row": "ER", "start_column": "SC", "end_column": "EC",
-    "radiosity_file_name": "RF", "radiosity_from_file": "RF", "radiosity_to_file": "RF",
-    "radiosity_vain_pretrace": "RF", "include_header": "HI",
-}
+# INI keys with a reader of their own (a method of _Reader), by lowercase name.
+_SPECIAL_KEYS = {"antialias_threshold": "threshold", "jitter_amount": "threshold", "file_gamma": "file_gamma",
+                 "output_file_type": "file_type_key", "bits_per_color": "bits_key", "bits_per_colour": "bits_key",
+                 "include_ini": "include_ini", "declare": "declare_key"}
 _TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 _TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 _SECTION = re.compile(r"^(.*\.ini)\[([^\]]*)\]$", re.I)
@@ -126,9 +84,10 @@ class _Reader:
         self._settings: dict[str, str] = {}      # rendering switch name -> the last switch given
         self._declares: dict[str, str] = {}
         self._threshold: dict[str, str] = {}     # A/J: threshold or amount given on its own (INI)
-        self._noted: set[str] = set()
+        self._ignored: dict[str, list[str]] = {}   # why -> what was ignored for that reason, in order
         self._depth = 0
         self._base = cwd                         # where relative names are looked for second (an INI's folder)
+        self._quiet = False                      # reading povray.ini: its ignored settings go unsaid
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -185,39 +144,52 @@ class _Reader:
             self._base = base
 
     def ini_setting(self, key: str, value: str, where: str) -> None:
-        lowered = key.lower()
-        if lowered == "declare":
-            self.declare(value, f"Declare={value}")
-        elif lowered in _INI_VALUE_KEYS:
-            name = _INI_VALUE_KEYS[lowered]
-            if name in ("I", "O", "L"):
-                self.job_switch(name, value, f"{key}={value}", "+")
-            else:
-                self.switch(f"+{name}{value}", where, shown=f"{key}={value}")
-        elif lowered in _INI_BOOL_KEYS:
-            self.switch(("+" if _boolean(key, value) else "-") + _INI_BOOL_KEYS[lowered], where,
-                        shown=f"{key}={value}")
-        elif lowered in ("antialias_threshold", "jitter_amount"):
-            self._threshold["A" if lowered == "antialias_threshold" else "J"] = value
-            name = "A" if lowered == "antialias_threshold" else "J"
-            if name in self._settings and self._settings[name].startswith("+"):
-                self._setting(name, f"+{name}{value}", f"{key}={value}")
-        elif lowered == "output_file_type":
-            self.switch(f"+F{value}", where, shown=f"{key}={value}")
-        elif lowered == "bits_per_color":
-            self.command.bits = _whole(value, f"{key}={value}")
-        elif lowered == "include_ini":
-            self.file_argument(value if value.lower().endswith(".ini") or "[" in value else value + ".ini")
-        elif lowered in _INI_IGNORED_KEYS:
-            self.note(f"{key}={value}", _INI_IGNORED_KEYS[lowered])
-        elif lowered in _SHELL_OUT_KEYS:
-            raise FarmError(Code.BAD_OPTION, f"INI setting {key} is not allowed: a farm never runs shell "
-                                             f"commands on its nodes ({where})")
-        elif lowered in _INI_REFUSED_KEYS:
-            raise FarmError(Code.BAD_OPTION, f"INI setting {key} is not allowed: "
-                                             f"{REFUSED_SWITCHES[_INI_REFUSED_KEYS[lowered]]} ({where})")
+        """One `Key=Value`, by farm.povkeys' table of every POV-Ray 3.7 INI key."""
+        entry, shown = povkeys.lookup(key), f"{key}={value}"
+        if entry is None:
+            near = povkeys.closest(key)
+            raise FarmError(Code.BAD_OPTION, f"INI setting {key!r} is not a POV-Ray setting ({where})"
+                                             + (f"; did you mean {near}?" if near else ""))
+        lowered = entry.name.lower()
+        if entry.role == povkeys.REFUSED:
+            off = value.strip().lower() in _FALSE
+            if not entry.is_harmless(value, off):
+                raise FarmError(Code.BAD_OPTION, f"INI setting {key} is not allowed: {entry.why} ({where})")
+        elif lowered in _SPECIAL_KEYS:
+            getattr(self, _SPECIAL_KEYS[lowered])(entry, value, shown)
+        elif entry.boolean and entry.role == povkeys.IGNORED and not _boolean(key, value):
+            return                                   # Display=Off, Pause_When_Done=Off: what a farm does anyway
+        elif entry.boolean:
+            self.switch(("+" if _boolean(key, value) else "-") + entry.switch, where, shown=shown)
+        elif entry.switch in ("I", "O", "L"):
+            if value or entry.switch != "O":        # an empty Output_File_Name= is POV-Ray's default name
+                self.job_switch(entry.switch, value, shown, "+")
+        elif entry.switch:
+            self.switch(f"+{entry.switch}{value}", where, shown=shown)
         else:
-            raise FarmError(Code.BAD_OPTION, f"INI setting {key!r} is not one the farm knows ({where})")
+            self.note(shown, entry.why)
+
+    def threshold(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        """Antialias_Threshold / Jitter_Amount: the value, kept for a later Antialias=on / Jitter=on."""
+        name = entry.switch
+        self._threshold[name] = value
+        if name in self._settings and self._settings[name].startswith("+"):
+            self._setting(name, f"+{name}{value}", shown)
+
+    def file_gamma(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self._setting(entry.name, f"{entry.name}={value}", shown)
+
+    def file_type_key(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self.switch(f"+F{value}", "", shown=shown)
+
+    def bits_key(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self.command.bits = _whole(value, shown)
+
+    def include_ini(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self.file_argument(value if value.lower().endswith(".ini") or "[" in value else value + ".ini")
+
+    def declare_key(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self.declare(value, shown)
 
     # -- switches ------------------------------------------------------------------------------
 
@@ -229,15 +201,17 @@ class _Reader:
                                              f"from a file and writes the image to a file")
         name = next((n for n in _SWITCH_NAMES if body.upper().startswith(n)), None)
         if name is None:
-            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown!r} is not one the farm knows ({where}); "
+            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown!r} is not a POV-Ray switch ({where}); "
                                              f"see 'povfarm render --help'")
         value = _unquote(body[len(name):])
         if name in IGNORED_SWITCHES:
             self.note(shown, IGNORED_SWITCHES[name])
         elif name in REFUSED_SWITCHES:
+            if sign == "-" and name in povkeys.REFUSED_WHEN_ON:
+                return
             raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown!r} is not allowed: {REFUSED_SWITCHES[name]}")
         elif name in ("W", "H") and value[:1].isalpha():
-            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown!r} is not one the farm knows ({where}); "
+            raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown!r} is not a POV-Ray switch ({where}); "
                                              f"see 'povfarm render --help'")
         elif name in _JOB_SWITCHES:
             self.job_switch(name, value, shown, sign)
@@ -309,11 +283,25 @@ class _Reader:
                                                  f"per channel")
             self.command.bits = bits
 
+    def defaults(self, path: Path) -> None:
+        """POV-Ray's own povray.ini, read first as `povray` reads it. What it ignores goes unsaid (Debian's
+        turns the display on), and its file type is a default that `--output x.jpg` may still change."""
+        self._quiet = True
+        try:
+            self.ini_file(path)
+        except FarmError as err:
+            raise FarmError(err.code, f"{err} (in POV-Ray's defaults {path}; --no-povray-ini skips them)") from None
+        finally:
+            self._quiet = False
+        self.command.file_type_given = False
+
     def note(self, shown: str, why: str) -> None:
-        line = f"{shown}: ignored, {why}"
-        if line not in self._noted:
-            self._noted.add(line)
-            self.command.notes.append(line)
+        """One note per reason: `All_Console=On, Debug_Console=On: ignored, POV-Ray's message streams ...`."""
+        if self._quiet:
+            return
+        shown_list = self._ignored.setdefault(why, [])
+        if shown not in shown_list:
+            shown_list.append(shown)
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -344,6 +332,7 @@ class _Reader:
     def finish(self) -> PovCommand:
         command = self.command
         command.options = [*self._settings.values(), *self._declares.values()]
+        command.notes.extend(f"{', '.join(shown)}: ignored, {why}" for why, shown in self._ignored.items())
         settle_format(command)
         return command
 
@@ -360,11 +349,17 @@ def settle_format(command: PovCommand) -> None:
 
 
 def parse(arguments: Sequence[str], cwd: Path, read_text: Callable[[Path], str] | None = None,
-          exists: Callable[[Path], bool] | None = None, ini_files: Iterable[Path] = ()) -> PovCommand:
+          exists: Callable[[Path], bool] | None = None, ini_files: Iterable[Path] = (),
+          defaults: Path | None = None, include: str | None = None) -> PovCommand:
     """Read POV-Ray arguments (`scene.pov`, `scene.ini`, `+W320`, `Width=320`, ...) in order.
-    `ini_files` are read first (the farm's --ini), so the arguments override them."""
+    `defaults` (POV-Ray's povray.ini, farm.povini) is read first, then `include` ($POVINC) is added to the
+    library paths, then `ini_files` (the farm's --ini), so the arguments override them all."""
     reader = _Reader(Path(cwd), read_text or (lambda path: path.read_text(encoding="utf-8", errors="replace")),
                      exists or (lambda path: path.exists()))
+    if defaults is not None:
+        reader.defaults(defaults)
+    if include:
+        reader.command.library_paths.append(reader._path(include, prefer_base=False))
     for path in ini_files:
         reader.ini_file(reader._find(str(path), "INI file"))
     for argument in arguments:

@@ -42,6 +42,9 @@ class JobSpec:
     block: int                   # POV-Ray's render block size: unit edges fall on its multiples
     pretrace: bool               # split frames share one radiosity pre-pass
     preview: PreviewMode = PreviewMode.NEVER   # when the first frame gets a preview
+    require: tuple[str, ...] = ()   # tags a node must all have to render it (farm.tags)
+    prefer: tuple[str, ...] = ()    # tags of the nodes it goes to first when several wait
+    after: tuple[int, ...] = ()     # jobs it runs after (farm.dependencies)
 
     @property
     def first_frame(self) -> int:
@@ -75,6 +78,9 @@ class Job:
     pretrace: bool
     block: int = strips.DEFAULT_BLOCK
     preview: PreviewMode = PreviewMode.ALWAYS   # of a job that has a preview unit
+    require: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()
+    after: tuple[int, ...] = ()
 
     @property
     def ended(self) -> bool:
@@ -199,6 +205,8 @@ class Node:
     error: str
     current: str        # job/frame/index of the units it holds, "" if none
     upload_bps: float = 0.0   # the node's measured upload rate, bytes per second (0: not reported yet)
+    tags: tuple[str, ...] = ()   # its tags: the controller's override (`povfarm node-tags`), else its own
+    tags_overridden: bool = False
 
     @property
     def live(self) -> bool:

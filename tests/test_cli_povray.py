@@ -28,7 +28,8 @@ CHESS2 = SCENES / "advanced" / "chess2.pov"
 SMALL = ["+W64", "+H48"]
 # One example of every switch on the allowlist (farm/options.py), rendered together below.
 EVERY_ALLOWED_SWITCH = ["+A0.3", "+AM2", "+AG1.0", "+J0.5", "+R2", "+Q8", "+UA", "+MB10", "+MV3.7", "+UL", "+UV",
-                        "+UR", "+UD", "+BS16", "+K0.5", "Declare=Unused=1"]
+                        "+UR", "+UD", "+BS16", "+K0.5", "+BM2", "+SU", "+HR", "+RVP", "Declare=Unused=1",
+                       "File_Gamma=1.0"]
 
 
 # -- side by side ---------------------------------------------------------------------------------
@@ -48,7 +49,7 @@ def decode(path: Path) -> Raster:
 
 
 def side_by_side(tmp_path: Path, setup, native_args: list[str], farm_args: list[str] | None = None,
-                 cwd: str = ".") -> set[str]:
+                 cwd: str = ".", env: dict | None = None) -> set[str]:
     """Set up two equal folders, run `povray ARGS -D` in one and `povfarm render ARGS` in the other, and
     assert that they wrote the same files, pixel for pixel. Returns the names written."""
     trees = {}
@@ -58,9 +59,10 @@ def side_by_side(tmp_path: Path, setup, native_args: list[str], farm_args: list[
         setup(trees[side])
     before = files_under(trees["native"])
     native = subprocess.run(["povray", *native_args, "-D"], cwd=trees["native"] / cwd, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, env=env)
     assert native.returncode == 0, native.stderr[-2000:]
-    farm = run_cli("render", *(farm_args or native_args), "--nodes", "2", cwd=trees["farm"] / cwd, timeout=120)
+    farm = run_cli("render", *(farm_args or native_args), "--nodes", "2", cwd=trees["farm"] / cwd, timeout=120,
+                   env=env)
     assert farm.returncode == 0, farm.stderr
     assert "Traceback" not in farm.stderr
     written = files_under(trees["native"]) - before
@@ -133,6 +135,96 @@ def test_a_local_library_path_is_shipped_and_searched(tmp_path):
     written = side_by_side(tmp_path, setup, ['+I"scene/lib.pov"', '+L"my lib"', *SMALL],
                            ["scene/lib.pov", "Library_Path=my lib", *SMALL])
     assert written == {"scene/lib.png"}
+
+
+# -- POV-Ray's own defaults (povray.ini) ------------------------------------------------------------
+
+def home_with_ini(tmp_path: Path, text: str | None) -> dict:
+    """An environment whose HOME is a fresh folder, with `text` as its ~/.povray/3.7/povray.ini (None: no
+    file, so the system's /etc/povray/3.7/povray.ini is the one read). The real files are never touched."""
+    home = tmp_path / "home"
+    if text is not None:
+        (home / ".povray" / "3.7").mkdir(parents=True)
+        (home / ".povray" / "3.7" / "povray.ini").write_text(text)
+    else:
+        home.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("POVINI", "POVINC")}
+    return {**env, "HOME": str(home)}
+
+
+SYSTEM_LIBRARY = ("Library_Path=/usr/share/povray-3.7\nLibrary_Path=/usr/share/povray-3.7/ini\n"
+                  "Library_Path=/usr/share/povray-3.7/include\n")
+
+
+def test_the_users_povray_ini_sets_size_antialiasing_and_library_paths(tmp_path):
+    env = home_with_ini(tmp_path, "Width=64\nHeight=48\nAntialias=On\nAntialias_Threshold=0.3\n" + SYSTEM_LIBRARY)
+    assert side_by_side(tmp_path, copy_scene(CHESS2), ["chess2.pov"], env=env) == {"chess2.png"}
+    farm = run_cli("render", "chess2.pov", "--nodes", "1", "+W16", "+H12", cwd=tmp_path / "farm", env=env)
+    assert f"read POV-Ray's defaults from {tmp_path}/home/.povray/3.7/povray.ini" in farm.stderr
+
+
+def test_shipped_ini_files_are_found_through_povray_ini_library_paths(tmp_path):
+    env = home_with_ini(tmp_path, SYSTEM_LIBRARY)
+    written = side_by_side(tmp_path, copy_scene(WINEGLASS), ["wineglass.pov", "res120.ini", "+FP"], env=env)
+    assert written == {"wineglass.ppm"}
+    assert decode(tmp_path / "farm" / "wineglass.ppm").width == 120
+    (tmp_path / "native").rename(tmp_path / "first")
+    (tmp_path / "farm").rename(tmp_path / "first farm")
+    section = '"quickres.ini[160x120, AA 0.3]"'        # povray wants the quotes inside the argument
+    assert side_by_side(tmp_path, copy_scene(WINEGLASS), ["wineglass.pov", section], env=env) == {"wineglass.png"}
+    farm = run_cli("render", "wineglass.pov", section.strip('"'), "--nodes", "1", cwd=tmp_path / "farm", env=env)
+    assert farm.returncode == 0 and decode(tmp_path / "farm" / "wineglass.png").width == 160, farm.stderr
+
+
+def test_povray_ini_in_the_working_folder_comes_before_the_users(tmp_path):
+    env = home_with_ini(tmp_path, "Width=64\nHeight=48\n")
+
+    def setup(folder: Path) -> None:
+        copy_scene(WINEGLASS)(folder)
+        (folder / "povray.ini").write_text("Width=40\nHeight=30\n+FP\n" + SYSTEM_LIBRARY)
+    assert side_by_side(tmp_path, setup, ["wineglass.pov"], env=env) == {"wineglass.ppm"}
+    assert decode(tmp_path / "farm" / "wineglass.ppm").width == 40
+
+
+PLAIN_SCENE = "background { rgb <0.2, 0.4, 0.6> }\n"
+
+
+def test_the_system_povray_ini_gives_povrays_800x600_and_no_povray_ini_the_farms_640x480(tmp_path):
+    env = home_with_ini(tmp_path, None)
+
+    def setup(folder: Path) -> None:
+        (folder / "plain.pov").write_text(PLAIN_SCENE)
+    assert side_by_side(tmp_path, setup, ["plain.pov"], env=env) == {"plain.png"}
+    assert decode(tmp_path / "farm" / "plain.png").width == 800          # Debian's /etc/povray/3.7/povray.ini
+    farm = run_cli("render", "plain.pov", "--no-povray-ini", "--nodes", "1", cwd=tmp_path / "farm", env=env)
+    assert farm.returncode == 0, farm.stderr
+    assert "read POV-Ray's defaults" not in farm.stderr
+    raster = decode(tmp_path / "farm" / "plain.png")
+    assert (raster.width, raster.height) == (640, 480)
+
+
+def test_benchmark_ini_renders_like_povray(tmp_path):
+    """POV-Ray's benchmark.ini lists nearly every INI key (Bounding_Method, Display_Gamma, empty shell
+    commands, End_Row=1 ...): the farm takes it. It turns Output_To_File off; both are told to write here.
+    Its radiosity makes POV-Ray itself differ from run to run (+WT1 against +WT2: up to 10 levels), so the
+    farm's image is held to that, not to bit-identity."""
+    folders = {}
+    for side in ("native", "farm"):
+        folders[side] = tmp_path / side
+        folders[side].mkdir()
+        for name in ("benchmark.pov", "benchmark.ini"):
+            shutil.copy(SCENES / "advanced" / "benchmark" / name, folders[side] / name)
+    args = ["benchmark.ini", "+W32", "+H32", "Output_To_File=On"]
+    native = subprocess.run(["povray", *args, "-D"], cwd=folders["native"], capture_output=True, text=True,
+                            timeout=120)
+    assert native.returncode == 0, native.stderr[-2000:]
+    farm = run_cli("render", *args, "--nodes", "2", cwd=folders["farm"], timeout=120)
+    assert farm.returncode == 0, farm.stderr
+    assert "Bounding_Method" not in farm.stderr and "not allowed" not in farm.stderr
+    ours, theirs = decode(folders["farm"] / "benchmark.png"), decode(folders["native"] / "benchmark.png")
+    assert (ours.width, ours.height) == (theirs.width, theirs.height) == (32, 32)
+    differences = [abs(a - b) for a, b in zip(ours.pixels, theirs.pixels)]
+    assert max(differences) <= 32 and sum(differences) / len(differences) < 1
 
 
 def test_every_allowed_switch_renders(tmp_path):
@@ -227,7 +319,7 @@ def test_a_render_stops_cleanly_and_quickly(tmp_path, signum):
     assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
     assert "Traceback" not in stderr and "closed database" not in stderr and "refused" not in stderr
     assert "second stop request" not in stderr
-    messages = [line for line in render.lines if not line.startswith("job ")]
+    messages = [line for line in render.lines if not line.startswith(("job ", "povfarm: read POV-Ray's defaults"))]
     assert messages == ["povfarm: interrupted; stopping the local nodes"]
     # The kernel delivers the parent-death signals of anything that was killed.
     wait_until(lambda: processes_mentioning(str(render.tmp)) == [], timeout=0.3, interval=0.02,

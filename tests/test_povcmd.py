@@ -3,6 +3,7 @@ Pure: no processes. The same command lines against the real `povray` are in test
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -58,10 +59,13 @@ def test_harmless_switches_are_ignored_with_one_note_each():
 @pytest.mark.parametrize("arg, reason", [
     ("+SR10", "renders whole images"), ("+EC0.5", "renders whole images"), ("+RFcache.rad", "radiosity files"),
     ("Pre_Scene_Command=rm -rf ~", "never runs shell commands"), ("Post_Frame_Command=x", "shell commands"),
-    ("Start_Row=3", "renders whole images"), ("+HT", "not one the farm knows"), ("+ZZ", "not one the farm knows"),
-    ("Frobnicate=1", "not one the farm knows"), ("+O-", "writes the image to a file"),
+    ("Start_Row=3", "renders whole images"), ("+HT", "not a POV-Ray switch"), ("+ZZ", "not a POV-Ray switch"),
+    ("Frobnicate=1", "not a POV-Ray setting"), ("Bounding_Methd=2", "not a POV-Ray setting (the command line); "
+                                                                   "did you mean Bounding_Method?"),
+    ("+O-", "writes the image to a file"), ("Dither=on", "does not dither"), ("+TH", "does not dither"),
+    ("End_Row=0.5", "renders whole images"), ("Include_Header=x.inc", "#include the file"),
     ("+FE", "does not write OpenEXR"), ("+FX", "not an output file type"), ("+FN12", "8 or 16 bits"),
-    ("+Wide", "not one the farm knows"), ("+Qhigh", "bad value"),
+    ("+Wide", "not a POV-Ray switch"), ("+Qhigh", "bad value"),
 ])
 def test_dangerous_or_unknown_settings_are_refused_with_the_reason(arg, reason):
     with pytest.raises(FarmError) as err:
@@ -250,3 +254,102 @@ def test_library_folders_are_searched_shipped_and_named_for_the_node(tmp_path):
     assert plan.files == ("lib/deeper.inc", "lib/mycolors.inc", "scenes/my scene/s.pov")
     assert plan.scene == "scenes/my scene/s.pov" and plan.library_dirs == ("../../lib",)
     assert povcmd.library_option("../../my lib") == '+L"../../my lib"'
+
+
+# -- POV-Ray's own defaults (farm/povini.py) ------------------------------------------------------
+
+def test_povray_ini_is_the_first_found_in_povrays_order_and_only_that_one():
+    from farm.povini import SYSTEM_INI, find_povray_ini
+    home = Path("/home/u")
+    everything = {Path("/x/my.ini"), CWD / "povray.ini", home / ".povray/3.7/povray.ini", SYSTEM_INI,
+                  home / ".povrayrc", Path("/etc/povray.ini")}
+    order = [Path("/x/my.ini"), CWD / "povray.ini", home / ".povray/3.7/povray.ini", SYSTEM_INI,
+             home / ".povrayrc", Path("/etc/povray.ini")]
+    env = {"POVINI": "/x/my.ini", "HOME": str(home)}
+    for expected in order:
+        assert find_povray_ini(env, CWD, lambda path: path in everything) == expected
+        everything.discard(expected)
+    assert find_povray_ini(env, CWD, lambda path: path in everything) is None
+    # $POVINI naming a missing file is passed over, as POV-Ray does (it warns)
+    assert find_povray_ini({"POVINI": "/gone.ini"}, CWD, lambda path: path == SYSTEM_INI) == SYSTEM_INI
+    assert find_povray_ini({}, CWD, lambda path: path == Path("/home/u/.povrayrc")) is None   # no HOME
+
+
+def parse_with_defaults(*args: str, defaults: str, files: dict[str, str] | None = None, include=None):
+    files = {CWD / name: text for name, text in {"povray.ini": defaults, **(files or {})}.items()}
+    return povcmd.parse(args, CWD, read_text=lambda path: files[path], exists=lambda path: path in files,
+                        defaults=CWD / "povray.ini", include=include)
+
+
+def test_povray_ini_comes_first_and_the_command_line_overrides_it():
+    defaults = "Width=800\nHeight=600\nDisplay=On\nVerbose=On\nOutput_File_Type=N8\nAntialias=On\n" \
+               "Antialias_Threshold=0.2\nLibrary_Path=ini\n"
+    command = parse_with_defaults("scene.pov", "res120.ini", defaults=defaults,
+                                  files={"ini/res120.ini": "Width=120\nHeight=90\n"})
+    assert (command.width, command.height, command.options) == (120, 90, ["+A0.2"])
+    assert command.notes == []                     # what povray.ini sets that the farm ignores goes unsaid
+    assert not command.file_type_given             # its file type is only a default (--output x.jpg wins)
+    assert parse_with_defaults("scene.pov", "+W64", defaults=defaults).width == 64
+    assert parse_with_defaults("scene.pov", defaults="", include="inc").library_paths == [CWD / "inc"]
+
+
+def test_a_refused_setting_in_povray_ini_names_the_file_and_the_way_out():
+    with pytest.raises(FarmError, match=r"Pre_Scene_Command.*povray.ini; --no-povray-ini skips them"):
+        parse_with_defaults("scene.pov", defaults="Pre_Scene_Command=rm -rf /\n")
+
+
+# -- every INI key and switch of POV-Ray 3.7 (farm/povkeys.py) ------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def documented(name: str) -> list[str]:
+    lines = (FIXTURES / name).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_the_table_holds_exactly_povrays_documented_ini_keys():
+    from farm.povkeys import INI_KEYS
+    assert sorted(key.name for key in INI_KEYS.values()) == sorted(documented("povray37_ini_keys.txt"))
+
+
+# A value of each kind, for the check below.
+_SAMPLES = {"A": "0.3", "R": "3", "AG": "2.5", "AM": "2", "J": "0.5", "Q": "9", "MB": "3", "BM": "2", "MV": "3.7",
+            "BS": "16", "K": "0.5", "W": "320", "H": "240", "I": "other.pov", "O": "out.png", "L": "lib",
+            "KFI": "1", "KFF": "3", "KI": "0", "KF": "1", "SF": "1", "EF": "2", "SP": "8", "EP": "1", "WT": "2",
+            "WL": "2", "declare": "Detail=2", "file_gamma": "1.0", "output_file_type": "P",
+            "bits_per_color": "16", "bits_per_colour": "16", "include_ini": "more.ini"}
+_DOING = {"off": "on", "empty": "x", "start": "0.5", "end": "0.5", "": "1"}      # refused: a value that acts
+_IDLE = {"off": "off", "empty": "", "start": "0", "end": "1"}                     # ... and one that does not
+
+
+@pytest.mark.parametrize("name", sorted(documented("povray37_ini_keys.txt")))
+def test_each_ini_key_does_what_the_table_says(name):
+    from farm import povkeys
+    entry = povkeys.lookup(name)
+    if entry.role == povkeys.REFUSED:
+        with pytest.raises(FarmError, match=re.escape(entry.why)):
+            parse("scene.pov", f"{name}={_DOING[entry.harmless]}")
+        if entry.harmless:
+            command = parse("scene.pov", f"{name}={_IDLE[entry.harmless]}")
+            assert command.options == [] and command.notes == []
+        return
+    value = "on" if entry.boolean else _SAMPLES.get(entry.switch) or _SAMPLES.get(name.lower(), "1")
+    partner = {"antialias_threshold": ["Antialias=on"], "jitter_amount": ["Jitter=on"]}.get(name.lower(), [])
+    command = parse("scene.pov", f"{name}={value}", *partner, files={"more.ini": "Width=100\n"})
+    if entry.role == povkeys.PASSED:
+        assert command.options and command.notes == [], command
+    elif entry.role == povkeys.FARM:
+        assert command.options == [] and command.notes == [], command
+    else:
+        assert command.options == [] and command.notes == [f"{name}={value}: ignored, {entry.why}"]
+
+
+def test_every_documented_switch_is_known():
+    """A switch POV-Ray documents is passed, handled, ignored or refused with its reason: never 'not a
+    POV-Ray switch'. (A0, SF0 and EF0 are POV-Ray's own spellings of +A, +SF and +EF with a fraction.)"""
+    for name in documented("povray37_switches.txt"):
+        try:
+            parse("scene.pov", f"+{name}")
+        except FarmError as err:
+            assert "not a POV-Ray switch" not in str(err), name

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from farm.animation import Animation
+from farm import tags
 from farm.api import args, rpc
 from farm.auth import READERS, SUBMIT
 from farm.faults import Code, FarmError
@@ -37,7 +38,10 @@ class JobsAPI:
             radiosity pretrace whose cache all its strips load, so they match a single render), preview
             (str "auto" (the default): the first frame first gets a quick low-resolution render for viewers,
             never part of the image, when a viewer watches the job as that frame starts; "always" (or true):
-            whoever watches; "never" (or false))
+            whoever watches; "never" (or false)), require ([str] node tags: only a node with all of them
+            renders the job), prefer ([str] node tags: when several nodes wait, one with them gets the job),
+            after ([int] jobs submitted before: this one stays queued until they are all done, and fails (is
+            canceled) when one of them fails (is canceled); UNKNOWN_JOB for a job that does not exist)
         @return: int, the job's id
         """
         return self._services.submissions.submit(_submission(args.struct("the job spec", spec)))
@@ -55,8 +59,11 @@ class JobsAPI:
             or once the job has ended),
             preview (the state of the job's preview, "" when it has none: it is not counted in strips_*),
             blocked (why no live node can take the queued or rendering job, with the nodes' own reasons, e.g.
-            "no node can render it: n1: POV-Ray was not found ..." or "no node is connected to the
-            controller" after a lease timeout with none; "" when one can),
+            "no node can render it: n1: POV-Ray was not found ...", "no live node has the tags it requires
+            (windows): n1 lacks windows" or "no node is connected to the controller" after a lease timeout
+            with none; "" when one can), require, prefer ([str] the node tags the job requires, prefers),
+            after ([int] the jobs it runs after), waiting_for ([int] those of them not done yet, while it has
+            not started),
             frames ([struct] number, state), strips ([struct] frame, frame_last, index, row_start, row_end,
             state, node, progress, attempts, kind ("rows", "pretrace" or "preview"), seconds (POV-Ray's time for
             it as its node reported it, 0 until done))
@@ -169,7 +176,21 @@ def _submission(spec: dict) -> Submission:
         name=args.text("name", spec.get("name", scene.rsplit("/", 1)[-1].rsplit(".", 1)[0] or scene), 200),
         animation=Animation.from_spec(spec["animation"]) if spec.get("animation") else None,
         strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)),
-        preview=_preview_mode(spec.get("preview", "auto")))
+        preview=_preview_mode(spec.get("preview", "auto")),
+        require=_tags("require", spec.get("require", [])), prefer=_tags("prefer", spec.get("prefer", [])),
+        after=_job_ids(spec.get("after", [])))
+
+
+def _job_ids(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise FarmError(Code.BAD_ARGUMENT, "after must be a list of job ids")
+    return tuple(args.job_id(job) for job in value)
+
+
+def _tags(what: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise FarmError(Code.BAD_ARGUMENT, f"{what} must be a list of node tags")
+    return tags.parse(value, what)
 
 
 def _preview_mode(value: Any) -> PreviewMode:

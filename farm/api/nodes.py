@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 from farm.api import args, rpc
-from farm.auth import NODE, READERS
+from farm import tags as tagging
+from farm.auth import NODE, READERS, SUBMIT
 from farm.faults import Code, FarmError
 from farm.features import FEATURES
 from farm.kinds import PREVIEW, ROWS, preview_size
@@ -35,7 +36,8 @@ class NodesAPI:
             once), cores (int), machine (str: which box's cores it shares; "" unknown), host, platform (str),
             povray_flavour ("console": a povray that exits non-zero on error; "pvengine": POV-Ray for Windows'
             GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm (version), error (str: the
-            node cannot render, e.g. POV-Ray is missing)
+            node cannot render, e.g. POV-Ray is missing), tags ([str]: its own tags, `povfarm node --tags`;
+            tags set with nodes.set_tags win over them)
         @return: struct: node_id (str), heartbeat_interval (float seconds: how often to renew leases and
             report progress), lease_timeout (float seconds: a lease not renewed this long goes to another node),
             features ([str]: what this controller can do: "complete_and_poll" (nodes.complete_and_poll),
@@ -46,6 +48,9 @@ class NodesAPI:
         info = args.plain_struct("info", info)
         if not isinstance(info.get("error", ""), str):
             raise FarmError(Code.BAD_ARGUMENT, "info.error must be a text")
+        if not isinstance(info.get("tags", []), list):
+            raise FarmError(Code.BAD_ARGUMENT, "info.tags must be a list of tags")
+        info["tags"] = list(tagging.parse(info.get("tags", []), "info.tags"))
         node_id = self._dispatch.register(args.text("name", name, 100), info)
         return {"node_id": node_id, "heartbeat_interval": self._config.heartbeat_interval,
                 "lease_timeout": self._config.lease_timeout, "features": list(FEATURES)}
@@ -226,10 +231,31 @@ class NodesAPI:
             platform, sandbox ("bwrap", "none"),
             sandbox_warning (why it runs unconfined, "" when confined), last_seen (Unix time), current (str:
             job/frame/strip in flight, "" if none), strips_done, strips_failed, error, upload_bps (float, the
-            node's measured upload rate in bytes per second; 0 until it reports one)
+            node's measured upload rate in bytes per second; 0 until it reports one), tags ([str] its tags
+            now), tags_overridden (bool: they were set with nodes.set_tags, not by the node)
         """
         return self._services.views.nodes()
 
+    @rpc(SUBMIT)
+    def set_tags(self, name: str, tags: list, clear: bool = False) -> list:
+        """Set the tags of the node called `name` from the controller, at once and without restarting it:
+        they win over the tags the node registers with, also when it registers again, until cleared.
+        UNKNOWN_NODE when no node of that name ever registered.
+
+        @param name: str, the node's name (as `nodes.list` shows it)
+        @param tags: [str], its tags from now on ([] for none)
+        @param clear: bool (default false): forget the controller's tags; the node has its own again
+        @return: [str], the node's tags now
+        """
+        chosen = None if args.flag("clear", clear) else _tag_list(tags)
+        return list(self._services.set_node_tags(args.text("name", name, 100), chosen))
+
+
+
+def _tag_list(value) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise FarmError(Code.BAD_ARGUMENT, "tags must be a list of node tags")
+    return tagging.parse(value)
 
 
 def _live_list(blocks) -> list:

@@ -199,6 +199,18 @@ def _expand_assets(assets: Sequence[Path]) -> set[str]:
     return files
 
 
+def check_scene(scene: Path) -> str:
+    """The scene's absolute path; SCENE_NOT_FOUND when it is missing or unreadable."""
+    path = os.path.abspath(scene)
+    try:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        open(path, "rb").close()        # unreadable is as good as missing to the user
+    except OSError:
+        raise FarmError(Code.SCENE_NOT_FOUND, f"{scene}: no such scene file") from None
+    return path
+
+
 def plan_bundle(scene: Path, assets: Sequence[Path] = (), *, library_paths: Sequence[Path] = (),
                 max_files: int = MAX_FILES, max_total: int = MAX_TOTAL_BYTES) -> BundlePlan:
     """Find the files a scene needs.
@@ -216,13 +228,7 @@ def plan_bundle(scene: Path, assets: Sequence[Path] = (), *, library_paths: Sequ
     while POV-Ray's own include folders are left to the node's POV-Ray. The
     limits are checked here too, so the user hears about them before uploading.
     """
-    path = os.path.abspath(scene)
-    try:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(path)
-        open(path, "rb").close()        # unreadable is as good as missing to the user
-    except OSError:
-        raise FarmError(Code.SCENE_NOT_FOUND, f"{scene}: no such scene file") from None
+    path = check_scene(scene)
     library = _local_library(library_paths)
     files = _scan_sources(path, _expand_assets(assets), library)
     root = os.path.commonpath([os.path.dirname(f) for f in files])

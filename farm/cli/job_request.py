@@ -11,14 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from farm import povcmd
+from farm import povcmd, povini, tags
 from farm.animation import Animation, parse_clock, parse_range
-from farm.bundle.packing import BundlePlan, pack, plan_bundle
+from farm.bundle.packing import BundlePlan, check_scene, pack, plan_bundle
 from farm.bundle.rules import bundle_hash
 from farm.cli.common import positive_int
 from farm.cli.images import EXTENSION_FORMATS, encode_image, require_pillow, write_file
 from farm.client import Client, binary
 from farm.faults import Code, FarmError
+from farm.features import JOB_AFTER, NODE_TAGS, Features
 from farm.kinds import PreviewMode
 
 
@@ -35,8 +36,13 @@ def _strips(text: str) -> str | int:
 
 
 _ALLOWED_HELP = ("+A[threshold] -A, +AM1..3, +AG<gamma>, +J[amount] -J, +R<depth>, +Q<0-11>, +UA (alpha), "
-                 "+MB<n>, +MV<version>, +UL +UV +UR +UD, +BS<block size>, +K<clock>, Declare=NAME=NUMBER")
+                 "+MB<n>, +BM1|2, +MV<version>, +UL +UV +UR +UD +SU +HR +RVP, +BS<block size>, +K<clock>, "
+                 "Declare=NAME=NUMBER, File_Gamma=<gamma|sRGB>")
 POVRAY_HELP = f"""\
+POV-Ray's own defaults come first, as with `povray`: the first of $POVINI, ./povray.ini,
+~/.povray/3.7/povray.ini and /etc/povray/3.7/povray.ini that exists (Debian's sets 800x600 and the
+library paths where res120.ini and quickres.ini are found); povfarm says which it read. The farm's own
+size, 640x480, applies only when none sets one. --no-povray-ini skips them.
 POV-Ray's own command line works after the scene, as with `povray` (settings apply in order, the
 last one wins; a farm flag such as --width overrides them):
   size            +W<width> +H<height>                       (Width=, Height=)
@@ -48,9 +54,12 @@ last one wins; a farm flag such as --width overrides them):
   library paths   +L<folder> (Library_Path=): local folders are shipped with the scene
   INI files       scene.ini, scene.ini[Section] and Key=Value settings, anywhere on the line
   rendering       {_ALLOWED_HELP}
-  ignored         -D +P -V -X +SP/+EP +WT +WL and the +G... message streams (one note each)
-  refused         +SR/+ER/+SC/+EC (the farm renders whole images), +RF (radiosity files), shell-out
-                  settings such as Pre_Scene_Command (never run on nodes), and anything unknown
+  ignored         -D +P -V -X +SP/+EP +WT +WL +B +MI +RS +RP, the +G... message streams, Display_Gamma,
+                  BSP_... (one note per reason)
+  refused         +SR/+ER/+SC/+EC (the farm renders whole images), +RF (radiosity files), +TH +UF +UO
+                  +STP +KLA +RTR +HI, shell-out settings such as Pre_Scene_Command (never run on nodes);
+                  values that do nothing (Dither=off, End_Row=1, an empty command) pass. Every INI key of
+                  POV-Ray 3.7 is known; a typo is "not a POV-Ray setting" with the closest key
 """
 
 
@@ -58,10 +67,10 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("povray_args", nargs="*", metavar="SCENE|INI|+SWITCH",
                         help="the .pov scene, INI files and POV-Ray switches, as `povray` takes them "
                              "(see below)")
-    parser.add_argument("--width", type=positive_int, help="image width in pixels (default: +W or the INI's, "
-                                                            "else 640)")
+    parser.add_argument("--width", type=positive_int, help="image width in pixels (default: +W or the INI's or "
+                                                            "povray.ini's, else 640)")
     parser.add_argument("--height", type=positive_int, help="image height in pixels (default: +H or the "
-                                                             "INI's, else 480)")
+                                                             "INI's or povray.ini's, else 480)")
     parser.add_argument("--strips", type=_strips, default="auto",
                         help="strips per frame: 'auto' (default) or a number; edges fall on 32-row blocks")
     parser.add_argument("--no-radiosity-prepass", action="store_false", dest="radiosity_prepass",
@@ -83,6 +92,13 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bits", type=int, choices=(8, 16), help="bits per channel (default 8; +FN16 sets 16)")
     parser.add_argument("--priority", type=int, default=0,
                         help="higher runs first, first come first served within a priority (default 0)")
+    parser.add_argument("--require", action="append", default=[], metavar="TAG",
+                        help="only nodes with this tag render the job (repeatable, or TAG,TAG: all are required)")
+    parser.add_argument("--prefer", action="append", default=[], metavar="TAG",
+                        help="when several nodes wait, those with this tag get the job first (repeatable)")
+    parser.add_argument("--after", action="append", default=[], metavar="JOB[,JOB...]",
+                        help="queue the job until these jobs are done; it fails (is canceled) when one of them "
+                             "fails (is canceled) (repeatable)")
     parser.add_argument("--name", help="job name (default: the scene's file name)")
     parser.add_argument("--output", type=Path, metavar="PATH",
                         help="write the image here (its extension picks the format: .png .ppm .tga .jpg); for "
@@ -93,6 +109,8 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", metavar="A-B", help="render only frames A to B of the animation (+SF/+EF)")
     parser.add_argument("--ini", type=Path, metavar="FILE",
                         help="an INI file read before everything else on the line (same as giving it first)")
+    parser.add_argument("--no-povray-ini", action="store_false", dest="povray_ini",
+                        help="do not read POV-Ray's own defaults (povray.ini, as `povray` finds it)")
 
 
 @dataclasses.dataclass
@@ -109,10 +127,13 @@ def prepare_job(args: argparse.Namespace, cwd: Path | None = None) -> JobRequest
     """Read the command line, decide the output files and check everything that can be checked before
     anything is uploaded or rendered (an INI error, a JPEG without Pillow, an unwritable folder)."""
     cwd = cwd or Path.cwd()
-    command = povcmd.parse(args.povray_args, cwd, ini_files=[args.ini] if args.ini else [])
+    defaults = povini.find_povray_ini(os.environ, cwd) if getattr(args, "povray_ini", True) else None
+    command = povcmd.parse(args.povray_args, cwd, ini_files=[args.ini] if args.ini else [], defaults=defaults,
+                           include=povini.include_path(os.environ))
     if command.scene is None:
         raise FarmError(Code.BAD_ARGUMENT, "no scene given: povfarm render SCENE.pov [+W640 +H480 ...], or an INI "
                                            "file with Input_File_Name=")
+    check_scene(command.scene)       # before any note: a missing scene is said in one line
     _apply_flags(command, args)
     animation = Animation.from_spec(command.animation) if command.animation else None
     if command.file_type == "J":
@@ -123,6 +144,8 @@ def prepare_job(args: argparse.Namespace, cwd: Path | None = None) -> JobRequest
     if args.command == "render" or args.wait or wants_image:
         for path in {target.parent for target in targets.values()}:
             _check_writable(path)
+    if defaults is not None:          # said once all is well: an error alone stays one line
+        sys.stderr.write(f"povfarm: read POV-Ray's defaults from {defaults}\n")
     for note in command.notes:
         sys.stderr.write(f"povfarm: {note}\n")
     return JobRequest(command, animation, targets, wants_image)
@@ -188,9 +211,25 @@ def submit_job(client: Client, args: argparse.Namespace, request: JobRequest) ->
     plan = plan_bundle(command.scene, args.assets, library_paths=command.library_paths)
     data = pack(plan)
     digest = bundle_hash(data)
+    spec = job_spec(args, request, digest, plan)
+    _check_features(client, spec)
     if not client.call("bundles.has", digest):
         client.call("bundles.upload", binary(data))
-    return client.call("jobs.submit", job_spec(args, request, digest, plan))
+    return client.call("jobs.submit", spec)
+
+
+def _check_features(client: Client, spec: dict[str, Any]) -> None:
+    """An older controller would ignore --require, --prefer and --after and render the job anywhere, at
+    once: refused here instead."""
+    needs = [(key, feature) for key, feature in (("require", NODE_TAGS), ("prefer", NODE_TAGS), ("after", JOB_AFTER))
+             if key in spec]
+    if needs:
+        features = Features.of_reply(client.call("api.version"))
+        for key, feature in needs:
+            if feature not in features:
+                where = getattr(client, "url", "?")
+                raise FarmError(Code.BAD_ARGUMENT, f"the controller at {where} is older than --{key}: it would "
+                                                   "render the job without it; upgrade it")
 
 
 def _preview_setting(value: Any) -> PreviewMode:
@@ -213,7 +252,22 @@ def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: B
             "preview": _preview_setting(getattr(args, "preview", "auto")).value}
     if request.animation is not None:
         spec["animation"] = request.animation.to_spec()
+    after = _job_ids(getattr(args, "after", []))
+    if after:
+        spec["after"] = after
+    for key in ("require", "prefer"):
+        chosen = tags.parse(getattr(args, key, []), f"--{key}")
+        if chosen:
+            spec[key] = list(chosen)
     return spec
+
+
+def _job_ids(values: list[str]) -> list[int]:
+    """--after's job ids, from "3,4" and repeated flags."""
+    try:
+        return [int(part) for value in values for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise FarmError(Code.BAD_ARGUMENT, f"--after takes job ids, e.g. --after 3,4, not {values!r}") from None
 
 
 def write_targets(client: Client, job_id: int, request: JobRequest) -> str:

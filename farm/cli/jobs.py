@@ -72,6 +72,25 @@ def add_job_control(commands: Subcommands) -> None:
         p.add_argument("job", type=int, help="job id")
 
 
+def add_node_tags(commands: Subcommands) -> None:
+    p = commands.add("node-tags", cmd_node_tags, help="set a node's tags from the controller, without restarting it",
+                     example="povfarm node-tags box1 windows fast",
+                     description="They win over the node's own --tags, also when it registers again, until "
+                                 "--clear gives it its own back. No TAG: the node has no tags.")
+    add_client_flags(p)
+    p.add_argument("node", help="the node's name, as `povfarm nodes` shows it")
+    p.add_argument("tags", nargs="*", metavar="TAG", help="its tags from now on")
+    p.add_argument("--clear", action="store_true", help="forget the controller's tags: the node's own count again")
+
+
+def cmd_node_tags(config: Config, args: argparse.Namespace) -> int:
+    if args.clear and args.tags:
+        raise FarmError(Code.BAD_ARGUMENT, "give tags or --clear, not both")
+    now = connect(config).call("nodes.set_tags", args.node, list(args.tags), bool(args.clear))
+    sys.stderr.write(f"node {args.node}: tags {','.join(now) or '(none)'}{' (its own)' if args.clear else ''}\n")
+    return EXIT_OK
+
+
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     request = prepare_job(args)
     client = connect(config)
@@ -114,6 +133,12 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     print(f"  state:    {status['state']}")
     if status.get("blocked"):
         print(f"  blocked:  {status['blocked']}")
+    for key in ("require", "prefer"):
+        if status.get(key):
+            print(f"  {key}:  {' ' if key == 'prefer' else ''}{','.join(status[key])}")
+    if status.get("after"):
+        waiting = f" (waiting for {','.join(map(str, status['waiting_for']))})" if status.get("waiting_for") else ""
+        print(f"  after:    {','.join(map(str, status['after']))}{waiting}")
     print(f"  progress: {status['progress'] * 100:.1f}%  ({status['strips_done']}/{status['strips_total']} strips,"
           f" {status['strips_leased']} rendering)")
     if status["error"]:
@@ -135,13 +160,20 @@ def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_json_status(job) for job in jobs], indent=2))
         return EXIT_OK
-    rows = [(str(j["id"]), j["state"] + (" (blocked)" if j.get("blocked") else ""), f"{j['progress'] * 100:.0f}%",
+    rows = [(str(j["id"]), _state(j), f"{j['progress'] * 100:.0f}%",
              f"{j['width']}x{j['height']}", f"{j['strips_done']}/{j['strips_total']}", j["name"]) for j in jobs]
     _print_table(("ID", "STATE", "DONE", "SIZE", "STRIPS", "NAME"), rows)
     for job in jobs:
         if job.get("blocked"):
             print(f"job {job['id']} is blocked: {job['blocked']}")
     return EXIT_OK
+
+
+def _state(job: dict[str, Any]) -> str:
+    """A job's state in the list: with why it does not render yet."""
+    if job.get("waiting_for"):
+        return f"{job['state']} (after {','.join(map(str, job['waiting_for']))})"
+    return job["state"] + (" (blocked)" if job.get("blocked") else "")
 
 
 def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
@@ -152,10 +184,16 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
     now = time.time()
     rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
              f"{max(0.0, now - n['last_seen']):.0f}s ago", _upload_rate(n.get("upload_bps", 0.0)),
-             n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)",
+             n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)", _tags(n),
              n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
-    _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "POV-RAY"), rows)
+    _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "TAGS", "POV-RAY"), rows)
     return EXIT_OK
+
+
+def _tags(node: dict[str, Any]) -> str:
+    """A node's tags; those set from the controller marked with a '*'."""
+    text = ",".join(node.get("tags") or []) or "-"
+    return text + "*" if node.get("tags_overridden") else text
 
 
 def _upload_rate(bytes_per_second: float) -> str:

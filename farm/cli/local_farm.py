@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import pkgutil
 import shutil
 import sys
 import tempfile
@@ -93,9 +94,10 @@ def _quiet_local_farm_logs() -> None:
 
     for layer in ("farm.controller", "farm.api", "farm.service", "farm.store", "farm.store.db"):
         logging.getLogger(layer).setLevel(logging.ERROR)
-    for layer in ("farm.node", "farm.rendering.delivery", "farm.rendering.downloads", "farm.rendering.heartbeats", "farm.rendering.probe", "farm.rendering.render",
-                  "farm.rendering.frame_caches", "farm.bundle.packing", "farm.bundle.cache", "farm.client", "farm.rendering.povray",
-                  "farm.rendering.sandbox"):
+    # A logger's filter does not see its children's records: name every module of the node's side.
+    import farm.rendering
+    node_side = [f"farm.rendering.{module.name}" for module in pkgutil.iter_modules(farm.rendering.__path__)]
+    for layer in ("farm.node", *node_side, "farm.bundle.cache", "farm.bundle.packing", "farm.client"):
         logging.getLogger(layer).addFilter(worth_showing)
 
 

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from farm import tags
 from farm.cli.common import EXIT_OK, Subcommands, add_client_flags, add_patience_flag, connect, positive_int
 from farm.client import Client
 from farm.config import Config
@@ -61,6 +62,9 @@ def add_node(commands: Subcommands) -> None:
     p.add_argument("--threads", type=int, help="POV-Ray render threads (default: all cores)")
     p.add_argument("--slots", type=int, help="POV-Ray processes at once (default 2: one starts while another"
                                              " finishes)")
+    p.add_argument("--tags", metavar="TAG,TAG",
+                   help="this node's tags (setting: tags), e.g. windows,fast: jobs submitted with --require TAG "
+                        "render only on nodes with it; `povfarm node-tags` overrides them from the controller")
     p.add_argument("--machine", metavar="NAME",
                    help="which box's cores this node shares: nodes of one machine, with nobody watching, get a "
                         "frame in as few strips as keep it busy (default: the running kernel, told by its boot id)")
@@ -135,6 +139,7 @@ def cmd_controller(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_node(config: Config, args: argparse.Namespace) -> int:
     from farm.node import run_node
+    tags.parse(config.tags, "--tags")     # a tag that is no tag stops the node before it starts
     return run_node(resolve_controller(config, "node"))
 
 

@@ -44,7 +44,9 @@ class Delivery:
                     log.warning("%s for lease %s refused: %s", method, lease, err)
                     return None
                 if self.aborting.is_set():
-                    log.error("giving up on %s for lease %s: %s", method, lease, err)
+                    # The node is being stopped: the lease runs out at the controller and the unit goes
+                    # to another node, so nothing is lost and nothing needs a person's attention.
+                    log.warning("stopping: gave up on %s for lease %s: %s", method, lease, err)
                     return None
                 # Not stored (the controller is unreachable, or its disk is full...): keep the result
                 # until it is, or until the lease has gone elsewhere (then the controller says so).

@@ -12,7 +12,9 @@ import logging
 import time
 from typing import Callable
 
+from farm import dependencies
 from farm.config import Config
+from farm.dependencies import Verdict
 from farm.service.changes import Changes
 from farm.service.dispatch import Dispatcher
 from farm.service.feed import FeedLog, Streams
@@ -42,6 +44,7 @@ class Services:
         self.live = LiveBlocks(config.lease_timeout)   # blocks of units in flight, for viewers only
         self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes), live=self.live)
         self._last_tick = clock()
+        self._waiting: dict[int, tuple[int, ...]] = {}   # job -> the jobs it runs after that are not done
 
     def watched(self, job_id: int) -> bool:
         """Whether a viewer watches the job now (by its id, or following the newest job)."""
@@ -53,10 +56,10 @@ class Services:
 
     # -- job control -----------------------------------------------------------------------
 
-    def cancel(self, job_id: int) -> None:
-        self.store.jobs.cancel(job_id, self.clock())
+    def cancel(self, job_id: int, reason: str = "") -> None:
+        self.store.jobs.cancel(job_id, self.clock(), reason)
         self.changes.bump(job_id)
-        log.info("job %s canceled", job_id)
+        log.info("job %s canceled%s", job_id, f": {reason}" if reason else "")
 
     def pause(self, job_id: int) -> None:
         self.store.jobs.pause(job_id)
@@ -74,6 +77,13 @@ class Services:
         self.changes.bump(job_id)
         self.work.bump()
         log.info("job %s priority %s", job_id, priority)
+
+    def set_node_tags(self, name: str, tags: tuple[str, ...] | None) -> tuple[str, ...]:
+        """The controller's tags for the nodes called `name` (None: clear them, each has its own again)."""
+        now_tags = self.store.nodes.set_tags(name, tags)
+        self.work.bump()     # a waiting node may now take a job, or another may no longer
+        log.info("node %s tags %s", name, ",".join(now_tags) if tags is not None else "cleared: its own again")
+        return now_tags
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -95,7 +105,30 @@ class Services:
             self.changes.bump()
             self.work.bump()
         self._last_tick = now
+        self._settle_dependencies()
         self.stitcher.drain()
+
+    def _settle_dependencies(self) -> None:
+        """Jobs that run after others: those whose jobs are all done now may go (nodes waiting are woken);
+        those one of whose jobs failed or was canceled end the same way (farm.dependencies). A job whose
+        list of jobs it waits for changed is bumped, so listings show it."""
+        waiting: dict[int, tuple[int, ...]] = {}
+        for job_id, after in self.store.jobs.waiting_on_others().items():
+            verdict, reason = dependencies.verdict(after)
+            if verdict is Verdict.FAIL:
+                self.store.jobs.fail(job_id, reason, self.clock())
+                self.changes.bump(job_id)
+                log.warning("job %s failed: %s", job_id, reason)
+            elif verdict is Verdict.CANCEL:
+                self.cancel(job_id, reason)
+            else:
+                waiting[job_id] = tuple(dependencies.waiting_for(after))
+        changed = [job_id for job_id, left in waiting.items() if self._waiting.get(job_id) != left]
+        for job_id in changed:
+            self.changes.bump(job_id)
+        if any(not waiting[job_id] for job_id in changed):
+            self.work.bump()
+        self._waiting = waiting
 
     def recover(self) -> None:
         """After a restart: leases in flight get a grace period so their nodes can still deliver."""

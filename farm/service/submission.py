@@ -19,6 +19,7 @@ from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.kinds import PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
+from farm import dependencies
 from farm.planning import plan_units, with_pretrace, with_preview
 from farm.records import JobSpec
 from farm.service.changes import Changes
@@ -47,6 +48,9 @@ class Submission:
     strips: int | str = "auto"         # units per frame, or "auto"
     radiosity_prepass: bool = True
     preview: PreviewMode = PreviewMode.WATCHED   # when the first frame gets a quick low-resolution render
+    require: tuple[str, ...] = ()      # node tags (farm.tags), checked
+    after: tuple[int, ...] = ()        # jobs it runs after (farm.dependencies), not checked yet
+    prefer: tuple[str, ...] = ()
 
 
 class Bundles:
@@ -167,7 +171,8 @@ class Submissions:
             # A scene that may use radiosity gets a shared pre-pass per split frame; the node running it
             # finds out whether radiosity is really on.
             pretrace=request.radiosity_prepass and self._mentions_radiosity(info, request.scene),
-            preview=request.preview)
+            preview=request.preview, require=request.require, prefer=request.prefer,
+            after=dependencies.check_after(request.after, self._store.jobs.newest_id(), self._store.jobs.exists))
 
     def _mentions_radiosity(self, info: BundleInfo, scene: str) -> bool:
         if info.mentions_radiosity or rules.is_source(scene):

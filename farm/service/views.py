@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from farm import scheduler
+from farm import dependencies, scheduler, tags
 from farm.kinds import PREVIEW, ROWS, preview_size
 from farm.records import Job, Node, StoredRows
 from farm.rows import split_frames
@@ -29,12 +29,19 @@ WAITING_STATES = frozenset({JobState.QUEUED, JobState.RENDERING})   # jobs that 
 Presence = tuple[list[Node], float]   # the nodes not presumed dead; when a node (or the controller) was last seen
 
 
-def blocked_reason(nodes: list[Node], last_seen: float, now: float, grace: float) -> str:
-    """Why no live node can take a waiting job, in a sentence ("" when one can, or may soon): every node
-    there is broken (their own reasons, each said once), or there has been none for `grace` seconds since
-    `last_seen` (a node, the controller's start or the job's submission). `nodes`: those not offline."""
-    if any(node.live for node in nodes):
+def blocked_reason(nodes: list[Node], last_seen: float, now: float, grace: float,
+                   require: tuple[str, ...] = ()) -> str:
+    """Why no live node can take a waiting job, in a sentence ("" when one can, or may soon): no live node
+    has the tags it requires (those missing, node by node), every node there is broken (their own reasons,
+    each said once), or there has been none for `grace` seconds since `last_seen` (a node, the controller's
+    start or the job's submission). `nodes`: those not offline."""
+    live = [node for node in nodes if node.live]
+    if any(tags.fits(require, node.tags) for node in live):
         return ""
+    if live:
+        lacking = "; ".join(f"{node.name} lacks {','.join(tags.missing(require, node.tags))}"
+                            for node in sorted(live, key=lambda node: node.name))
+        return f"no live node has the tags it requires ({','.join(require)}): {lacking}"
     reasons: dict[str, list[str]] = {}
     for node in nodes:
         if node.state is NodeState.BROKEN:
@@ -83,7 +90,9 @@ class Views:
             "first_frame": job.first_frame, "last_frame": job.last_frame, "frame_digits": job.frame_digits,
             "submitted": job.submitted, "started": job.started, "finished": job.finished,
             "preview": preview.value if preview is not None else "",
-            "blocked": self._blocked(job.state, job.submitted, presence),
+            "blocked": self._blocked(job.state, job.submitted, presence, job.require),
+            "require": list(job.require), "prefer": list(job.prefer), "after": list(job.after),
+            "waiting_for": self._waiting_for(job),
         }
         if eta is not None:
             status["eta"] = round(eta, 1)
@@ -96,14 +105,21 @@ class Views:
                                 for u in self._store.units.of_job(job.id)]
         return status
 
+    def _waiting_for(self, job: Job) -> list[int]:
+        """The jobs it runs after that are not done, while it has not started."""
+        if not job.after or job.state not in (JobState.QUEUED, JobState.PAUSED):
+            return []
+        return dependencies.waiting_for({other: (self._store.jobs.get(other).state, "") for other in job.after})
+
     def _presence(self) -> Presence:
         nodes, last_seen = self._store.nodes.present()
         return nodes, max(last_seen, self._started)
 
-    def _blocked(self, state: JobState, submitted: float, presence: Presence | None) -> str:
+    def _blocked(self, state: JobState, submitted: float, presence: Presence | None,
+                 require: tuple[str, ...] = ()) -> str:
         if presence is None or state not in WAITING_STATES:
             return ""
-        return blocked_reason(presence[0], max(presence[1], submitted), self._clock(), self._grace)
+        return blocked_reason(presence[0], max(presence[1], submitted), self._clock(), self._grace, require)
 
     def _seconds_left(self, job_id: int, rows_left: float, nodes: list[Node]) -> float | None:
         """The time the job's rows still to render take on the live slots at the cost the scheduler
@@ -144,7 +160,7 @@ class Views:
                 cached = (version, self.job_status(self._store.jobs.get(job_id), False, presence), now)
             else:
                 # Nodes coming, going or breaking change no job's version: the reason is checked afresh.
-                blocked = self._blocked(state, cached[1]["submitted"], presence)
+                blocked = self._blocked(state, cached[1]["submitted"], presence, tuple(cached[1]["require"]))
                 if blocked != cached[1]["blocked"]:
                     cached = (cached[0], {**cached[1], "blocked": blocked}, cached[2])
             with self._lock:
@@ -229,7 +245,7 @@ def _node_view(node: Node) -> dict[str, Any]:
         "sandbox_warning": str(info.get("sandbox_warning", "")),
         "last_seen": node.last_seen, "current": node.current,
         "strips_done": node.units_done, "strips_failed": node.units_failed, "error": node.error,
-        "upload_bps": node.upload_bps,
+        "upload_bps": node.upload_bps, "tags": list(node.tags), "tags_overridden": node.tags_overridden,
     }
 
 

@@ -52,12 +52,13 @@ class JobRecords:
         with self._db.write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
-                " bits, first_frame, last_frame, animation, submitted, pretrace, block, preview)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " bits, first_frame, last_frame, animation, submitted, pretrace, block, preview,"
+                " require, prefer, run_after) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (spec.name, JobState.QUEUED.value, spec.priority, spec.bundle, spec.scene, spec.width,
                  spec.height, json.dumps(list(spec.options)), spec.channels, spec.bits, spec.first_frame,
                  spec.last_frame, json.dumps(spec.animation.to_spec()) if spec.animation else None, now,
-                 int(bool(pretraced)), spec.block, spec.preview.value))
+                 int(bool(pretraced)), spec.block, spec.preview.value, json.dumps(list(spec.require)),
+                 json.dumps(list(spec.prefer)), json.dumps(list(spec.after))))
             job_id = cur.lastrowid
             db.executemany("INSERT INTO frames VALUES (?, ?, ?, NULL)",
                            [(job_id, frame, FrameState.QUEUED.value)
@@ -86,10 +87,10 @@ class JobRecords:
         with self._db.read() as db:
             return db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
 
-    def cancel(self, job_id: int, now: float) -> None:
+    def cancel(self, job_id: int, now: float, reason: str = "") -> None:
         with self._db.write() as db:
             job = _open_job(db, job_id)
-            schema.set_state(db, job, JobState.CANCELED, finished=now)
+            schema.set_state(db, job, JobState.CANCELED, finished=now, error=reason or None)
             end_open_work(db, job_id, UnitState.CANCELED, FrameState.CANCELED)
 
     def pause(self, job_id: int) -> None:
@@ -107,6 +108,22 @@ class JobRecords:
         with self._db.write() as db:
             _open_job(db, job_id)
             db.execute("UPDATE jobs SET priority=? WHERE id=?", (priority, job_id))
+
+    def exists(self, job_id: int) -> bool:
+        with self._db.read() as db:
+            return db.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone() is not None
+
+    def waiting_on_others(self) -> dict[int, dict[int, tuple[JobState, str]]]:
+        """The jobs that run after others and have not started (queued or paused), each with the state and
+        error of every job it runs after: what `farm.dependencies.verdict` reads."""
+        found: dict[int, dict[int, tuple[JobState, str]]] = {}
+        with self._db.read() as db:
+            for row in db.execute(
+                    "SELECT j.id AS job, p.id AS other, p.state, p.error FROM jobs j, json_each(j.run_after) d"
+                    " JOIN jobs p ON p.id = d.value WHERE j.state IN (?, ?) AND j.run_after != '[]'",
+                    (JobState.QUEUED.value, JobState.PAUSED.value)):
+                found.setdefault(row["job"], {})[row["other"]] = (JobState(row["state"]), row["error"] or "")
+        return found
 
     def fail(self, job_id: int, error: str, now: float) -> None:
         with self._db.write() as db:

@@ -66,11 +66,31 @@ class NodeRecords:
                 requeued += requeue_leases_of(db, old.id)
                 schema.set_state(db, old, NodeState.OFFLINE)
             broken = info.get("error")
-            db.execute("INSERT INTO nodes (id, name, state, info, registered, last_seen, error)"
-                       " VALUES (?,?,?,?,?,?,?)",
+            override = db.execute("SELECT tags FROM node_tags WHERE name=?", (name,)).fetchone()
+            tags = override["tags"] if override is not None else json.dumps(list(info.get("tags", ())))
+            db.execute("INSERT INTO nodes (id, name, state, info, registered, last_seen, error, tags,"
+                       " tags_overridden) VALUES (?,?,?,?,?,?,?,?,?)",
                        (node_id, name, (NodeState.BROKEN if broken else NodeState.IDLE).value,
-                        json.dumps(info), now, now, broken or None))
+                        json.dumps(info), now, now, broken or None, tags, int(override is not None)))
         return node_id, requeued
+
+    def set_tags(self, name: str, tags: tuple[str, ...] | None) -> tuple[str, ...]:
+        """Set the tags of the nodes called `name` from the controller (they win over the node's own and
+        outlive its registrations), or with None clear that override: each node has its own again.
+        UNKNOWN_NODE for a name no node ever registered with. Returns the tags the latest node has now."""
+        with self._db.write() as db:
+            rows = db.execute("SELECT id, info FROM nodes WHERE name=? ORDER BY registered", (name,)).fetchall()
+            if not rows:
+                raise FarmError(Code.UNKNOWN_NODE, f"no node called {name!r} ever registered")
+            if tags is None:
+                db.execute("DELETE FROM node_tags WHERE name=?", (name,))
+            else:
+                db.execute("INSERT OR REPLACE INTO node_tags VALUES (?, ?)", (name, json.dumps(list(tags))))
+            for row in rows:
+                now_tags = tags if tags is not None else tuple(json.loads(row["info"]).get("tags", ()))
+                db.execute("UPDATE nodes SET tags=?, tags_overridden=? WHERE id=?",
+                           (json.dumps(list(now_tags)), int(tags is not None), row["id"]))
+        return tuple(now_tags)
 
     def all(self) -> list[Node]:
         """Every node, with the units it holds now."""

@@ -36,7 +36,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT, submitted REAL NOT NULL, started REAL, finished REAL,
     pretrace INTEGER NOT NULL DEFAULT 0,   -- 1: split frames wait for a shared radiosity pre-pass
     block INTEGER NOT NULL DEFAULT 32,     -- POV-Ray's render block size: unit edges fall on its multiples
-    preview TEXT NOT NULL DEFAULT 'always');   -- of a job with a preview unit: 'always' or 'watched' (farm.strips)
+    preview TEXT NOT NULL DEFAULT 'always',   -- of a job with a preview unit: 'always' or 'watched' (farm.strips)
+    require TEXT NOT NULL DEFAULT '[]' /* JSON: the tags a node must all have to render it (farm.tags) */,
+    prefer TEXT NOT NULL DEFAULT '[]' /* JSON: the tags of the nodes it goes to first */,
+    run_after TEXT NOT NULL DEFAULT '[]' /* JSON: the jobs it runs after (farm.dependencies) */);
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
     PRIMARY KEY (job, number));
@@ -73,7 +76,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     registered REAL NOT NULL, last_seen REAL NOT NULL,
     units_done INTEGER NOT NULL DEFAULT 0, units_failed INTEGER NOT NULL DEFAULT 0,
     error TEXT,
-    upload_bps REAL NOT NULL DEFAULT 0);   -- its measured upload rate (bytes/s), from its heartbeats
+    upload_bps REAL NOT NULL DEFAULT 0 /* its measured upload rate (bytes/s), from its heartbeats */,
+    tags TEXT NOT NULL DEFAULT '[]' /* JSON: its tags now (the override below, else its own) */,
+    tags_overridden INTEGER NOT NULL DEFAULT 0);
+-- Tags set from the controller (povfarm node-tags), by node name: they win over the node's own and
+-- outlive its registrations, until cleared.
+CREATE TABLE IF NOT EXISTS node_tags (name TEXT PRIMARY KEY, tags TEXT NOT NULL);
 """
 
 # The units of unfinished jobs, as a condition on `job`: with jobs_by_state and the units' (job, state)
@@ -101,7 +109,12 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("bundles", "members", "TEXT"),
                   ("bundles", "radiosity", "INTEGER"),
                   ("nodes", "upload_bps", "REAL NOT NULL DEFAULT 0"),
-                  ("jobs", "preview", "TEXT NOT NULL DEFAULT 'always'"))
+                  ("jobs", "preview", "TEXT NOT NULL DEFAULT 'always'"),
+                  ("jobs", "require", "TEXT NOT NULL DEFAULT '[]'"),
+                  ("jobs", "prefer", "TEXT NOT NULL DEFAULT '[]'"),
+                  ("jobs", "run_after", "TEXT NOT NULL DEFAULT '[]'"),
+                  ("nodes", "tags", "TEXT NOT NULL DEFAULT '[]'"),
+                  ("nodes", "tags_overridden", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def prepare(db: sqlite3.Connection) -> None:
@@ -134,7 +147,8 @@ def job(row: sqlite3.Row) -> Job:
         animation=Animation.from_spec(json.loads(row["animation"])) if row["animation"] else None,
         error=row["error"] or "", submitted=row["submitted"], started=row["started"] or 0.0,
         finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]), block=row["block"],
-        preview=PreviewMode(row["preview"]))
+        preview=PreviewMode(row["preview"]), require=tuple(json.loads(row["require"])),
+        prefer=tuple(json.loads(row["prefer"])), after=tuple(json.loads(row["run_after"])))
 
 
 def frame(row: sqlite3.Row) -> Frame:
@@ -167,7 +181,9 @@ def node(row: sqlite3.Row) -> Node:
                 registered=row["registered"], last_seen=row["last_seen"], units_done=row["units_done"],
                 units_failed=row["units_failed"], error=row["error"] or "",
                 current=(row["current"] or "") if "current" in row.keys() else "",
-                upload_bps=(row["upload_bps"] or 0.0) if "upload_bps" in row.keys() else 0.0)
+                upload_bps=(row["upload_bps"] or 0.0) if "upload_bps" in row.keys() else 0.0,
+                tags=tuple(json.loads(row["tags"])) if "tags" in row.keys() else (),
+                tags_overridden=bool(row["tags_overridden"]) if "tags_overridden" in row.keys() else False)
 
 
 # -- state changes: the only way a state column is written --------------------------------------

@@ -6,6 +6,7 @@ decision and the write happen in one transaction while the rules stay pure.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
 _FRAME_ROWS = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's rows, for every frame it renders
 _FRAME_CACHE = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
 
-Chooser = Callable[["_Queue", str, float], "Unit | None"]
+Chooser = Callable[["_Queue", str, float, tuple], "Unit | None"]   # queue, node name, now, its tags
 Cutter = Callable[[Unit, "_Queue", str], "int | None"]   # the end row of the unit a node cuts off a remainder
 Worth = Callable[[Unit, "_Queue"], bool]   # whether a preview or pre-pass about to be leased is still worth it
 Judge = Callable[[Unit, frozenset, frozenset], FailureVerdict]
@@ -147,13 +148,13 @@ class UnitRecords:
             if node.state is NodeState.BROKEN:
                 return None
             queue = _Queue(db)
-            unit = choose(queue, node.name, now)
+            unit = choose(queue, node.name, now, node.tags)
             while unit is not None and unit.kind in (PREVIEW, PRETRACE) and not worth(unit, queue):
                 if unit.kind == PREVIEW:
                     schema.set_state(db, unit, UnitState.CANCELED)
                 else:
                     _store_pretrace(db, unit, b"", 0.0)
-                unit = choose(queue, node.name, now)
+                unit = choose(queue, node.name, now, node.tags)
             if unit is not None and unit.remainder:
                 end = cut(unit, queue, node_id) if cut is not None else unit.row_end
                 unit = None if end is None else _cut(db, unit, end)
@@ -324,14 +325,19 @@ def _store_pretrace(db: sqlite3.Connection, unit: Unit, cache: bytes, seconds: f
 class _Queue:
     """The queue as `farm.policy` reads it, inside the leasing transaction."""
 
-    _JOBS_IN_LINE = ("SELECT id, priority FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1 FROM units q"
-                     " WHERE q.job = jobs.id AND q.state = ?)")
+    # A job that runs after others waits until they are all done (farm.dependencies: Verdict.GO); the
+    # maintenance tick ends it when one of them failed or was canceled.
+    _JOBS_IN_LINE = ("SELECT id, priority, require, prefer FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1"
+                     " FROM units q WHERE q.job = jobs.id AND q.state = ?) AND (run_after = '[]' OR NOT EXISTS"
+                     " (SELECT 1 FROM json_each(jobs.run_after) d JOIN jobs p ON p.id = d.value"
+                     f" WHERE p.state != '{JobState.DONE.value}'))")
 
     def __init__(self, db: sqlite3.Connection):
         self._db = db
 
     def jobs_with_queued_units(self) -> Sequence[JobInLine]:
-        return [JobInLine(row["id"], row["priority"]) for row in self._db.execute(
+        return [JobInLine(row["id"], row["priority"], tuple(json.loads(row["require"])),
+                          tuple(json.loads(row["prefer"]))) for row in self._db.execute(
             self._JOBS_IN_LINE, (JobState.QUEUED.value, JobState.RENDERING.value, UnitState.QUEUED.value))]
 
     def queued_units(self, job_id: int, limit: int) -> Sequence[Unit]:
