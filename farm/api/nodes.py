@@ -251,7 +251,6 @@ class NodesAPI:
         return list(self._services.set_node_tags(args.text("name", name, 100), chosen))
 
 
-
 def _tag_list(value) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise FarmError(Code.BAD_ARGUMENT, "tags must be a list of node tags")
