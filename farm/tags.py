@@ -12,6 +12,7 @@ import re
 from typing import Iterable
 
 from farm.faults import Code, FarmError
+from farm.wire import shown
 
 MAX_TAGS = 32
 _TAG = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
@@ -25,12 +26,12 @@ def parse(values: Iterable[str] | str, what: str = "tags") -> tuple[str, ...]:
     tags = set()
     for item in items:
         if not isinstance(item, str):
-            raise FarmError(Code.BAD_ARGUMENT, f"{what}: {item!r} is not a text")
+            raise FarmError(Code.BAD_ARGUMENT, f"{what}: {shown(item)} is not a text")
         tag = item.strip().lower()
         if not tag:
             continue
         if not _TAG.fullmatch(tag):
-            raise FarmError(Code.BAD_ARGUMENT, f"{what}: {item!r} is not a tag (letters, digits, '_', '.', '-',"
+            raise FarmError(Code.BAD_ARGUMENT, f"{what}: {shown(item)} is not a tag (letters, digits, '_', '.', '-',"
                                                " at most 40, starting with a letter or digit)")
         tags.add(tag)
     if len(tags) > MAX_TAGS:
