@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from farm import tags
+from farm.auth import ROLES
 from farm.cli.common import EXIT_OK, Subcommands, add_client_flags, add_patience_flag, connect, positive_int
 from farm.client import Client
 from farm.config import Config
@@ -87,7 +88,7 @@ def add_token(commands: Subcommands) -> None:
                      description="Give each node the node token, each user the submit token and each "
                                  "watcher the view token.")
     p.add_argument("action", choices=("show",), metavar="show", help="print the tokens (the only action)")
-    p.add_argument("--role", choices=("submit", "node", "view"), help="print only this role's token")
+    p.add_argument("--role", choices=ROLES, help="print only this role's token")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="the controller's data directory")
     p.add_argument("--token-file", metavar="FILE", help="the controller's role file (default: DATA_DIR/tokens)")
 

@@ -331,15 +331,12 @@ class Connections:
         """The connection showed a valid token: seat it by its role (and as a feed stream), if there is room.
         Else why not (the refusal is noted)."""
         role = record.role or seat_role(roles)
+        # The seats it still needs: a connection's (once), and a feed stream's (once).
+        kinds = [False] * (not record.trusted) + [True] * (stream and not record.stream)
         with self._lock:
-            wanted = [kind for kind, needed in ((False, not record.trusted), (True, stream and not record.stream))
-                      if needed]
-            for kind in wanted:
-                reason = self.seats.refusal(role, record.peer, kind)
-                if reason is not None:
-                    break
-            else:
-                for kind in wanted:
+            reason = next(filter(None, (self.seats.refusal(role, record.peer, kind) for kind in kinds)), None)
+            if reason is None:
+                for kind in kinds:
                     self.seats.take(role, record.peer, kind)
                 if not record.trusted:
                     self._forget_pending(record)
