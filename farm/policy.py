@@ -35,6 +35,9 @@ LEASE_CANDIDATES = 256      # queued units examined per job when some nodes must
 RETRY_PAUSE = 1.0           # seconds before a node may retry a unit it failed; doubles per failure
 MAX_RETRY_PAUSE = 30.0
 HARD_LIMIT_FACTOR = 3       # a unit never fails more than max_attempts times this, whatever the nodes
+# How a POV-Ray run failed, as the controller counts failures (farm.meter): a broken scene, out of memory,
+# killed by its time limit, by another signal, an exit code of its own, or anything else (no output...).
+FAILURE_KINDS = ("scene", "memory", "time_limit", "signal", "exit", "other")
 
 
 @dataclass(frozen=True)
@@ -176,3 +179,16 @@ def after_failure(unit: Unit, error: str, scene_error: bool, max_attempts: int, 
         return FailureVerdict(fail_job=True, retry_at=0.0,
                               job_error=f"strip {unit.index} failed {failures} times; last error: {error}")
     return FailureVerdict(fail_job=False, job_error="", retry_at=now + retry_pause(failures))
+
+
+def failure_kind(error: str, scene_error: bool) -> str:
+    """Which of FAILURE_KINDS a failed unit's report is, from the sentences a node writes
+    (farm.rendering.render, ProcessResult.describe)."""
+    if scene_error:
+        return "scene"
+    text = error.lower()
+    for words, kind in (("out of memory", "memory"), ("time limit", "time_limit"), ("by signal", "signal"),
+                        ("exited with code", "exit"), ("windows status", "exit")):
+        if words in text:
+            return kind
+    return "other"

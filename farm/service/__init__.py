@@ -15,6 +15,7 @@ from typing import Callable
 from farm import dependencies
 from farm.config import Config
 from farm.dependencies import Verdict
+from farm.meter import Meter
 from farm.service.changes import Changes
 from farm.service.dispatch import Dispatcher
 from farm.service.feed import FeedLog, Streams
@@ -39,7 +40,9 @@ class Services:
         self.bundles = Bundles(config, store, self.files, clock)
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
         self.watchers = Watchers(clock)
-        self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched)
+        self.meter = Meter()       # what only this process counts (farm.meter): units stored, failures, requests
+        self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched,
+                                     self.meter)
         self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
         self.live = LiveBlocks(config.lease_timeout)   # blocks of units in flight, for viewers only
         self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes), live=self.live)
