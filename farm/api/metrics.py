@@ -47,6 +47,9 @@ class MetricsPage:
             Family("connections", "gauge", "Connections now: pending (no valid token yet), seated by role, "
                                            "and feed streams.",
                    {(("state", name),): count for name, count in self._connections().items()}),
+            Family("disk_bytes", "gauge", "Bytes the controller keeps, by what (total: the four together), and "
+                                          "the free and whole capacity of their file system.",
+                   {(("what", name),): size for name, size in services.history.disk().items()}),
             *services.meter.families(),
         ]
 
