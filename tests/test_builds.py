@@ -212,3 +212,25 @@ def test_two_builds_render_split_frames_each_frame_on_one(farm, tmp_path):
     native_render(scene, 96, 128, [], tmp_path / "native.png")
     (tmp_path / "farm.png").write_bytes(farm.client.call("jobs.fetch", still).data)
     assert_same_pixels(tmp_path / "farm.png", tmp_path / "native.png")
+
+
+def test_an_old_data_dir_gains_the_build_columns_and_keeps_its_jobs(tmp_path):
+    import sqlite3
+
+    from harness import stepped_farm
+    stepped, store = stepped_farm(tmp_path / "data")
+    job = submit(stepped, write_scene(tmp_path / "s"))
+    store.close()
+    db = sqlite3.connect(tmp_path / "data" / "db.sqlite3")   # as a controller before builds left it
+    db.execute("ALTER TABLE jobs DROP COLUMN povray")
+    db.execute("ALTER TABLE frames DROP COLUMN povray")
+    db.commit()
+    db.close()
+    stepped, store = stepped_farm(tmp_path / "data")
+    try:
+        assert store.jobs.get(job).povray == "" and store.jobs.frames(job)[0].povray == ""
+        node = register_node(stepped)
+        task = stepped.call("nodes.poll", node)
+        assert task["job"] == job and store.jobs.frames(job)[0].povray == "3.7 (console)"
+    finally:
+        store.close()

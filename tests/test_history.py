@@ -159,3 +159,20 @@ def test_a_purge_while_a_job_renders(farm, tmp_path):
     assert fetched.returncode == 0, fetched.stderr
     shown = run_cli("status", "--farm", "--controller", farm.url)
     assert shown.returncode == 0 and "1 done" in shown.stdout and "purge:    never" in shown.stdout
+
+
+def test_a_long_history_goes_in_batches(stepped, tmp_path, monkeypatch):
+    from farm.service import history
+    from farm.store import history as stored
+    monkeypatch.setattr(history, "PURGE_BATCH", 2)
+    batches = []
+    purge = stepped.store.history.purge
+    monkeypatch.setattr(stepped.store.history, "purge", lambda before: batches.append(purge(before, 2)) or batches[-1])
+    jobs = [submit(stepped, write_scene(tmp_path / "s")) for _ in range(5)]
+    for job in jobs:
+        stepped.call("jobs.cancel", job)
+    stepped.clock_.now += 10
+    assert stepped.call("farm.purge", 1) == {"jobs": jobs, "bundles": 1}
+    assert [batch.jobs for batch in batches] == [tuple(jobs[:2]), tuple(jobs[2:4]), tuple(jobs[4:])]
+    assert [len(batch.bundles) for batch in batches] == [0, 0, 1]
+    assert stored.PURGE_BATCH == 100

@@ -19,7 +19,7 @@ from farm.durations import age_text, parse_age
 from farm.faults import Code, FarmError
 from farm.service.files import Files
 from farm.store import Store
-from farm.store.history import Purged
+from farm.store.history import PURGE_BATCH, Purged
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,20 @@ class History:
 
     def purge(self, older_than: float) -> Purged:
         """Delete the jobs that ended more than `older_than` seconds ago, their images, and the bundles
-        no job uses that are as old."""
-        purged = self._store.history.purge(self._clock() - older_than)
-        self._forget(purged.jobs)
-        for job_id in purged.jobs:
-            _remove(self._files.image_dir / str(job_id))
-        for digest in purged.bundles:
-            _remove(self._files.bundle(digest))
+        no job uses that are as old; in batches (`store.history.purge`), each one's files after it."""
+        before, jobs, bundles = self._clock() - older_than, [], []
+        while True:
+            batch = self._store.history.purge(before)
+            self._forget(batch.jobs)
+            for job_id in batch.jobs:
+                _remove(self._files.image_dir / str(job_id))
+            for digest in batch.bundles:
+                _remove(self._files.bundle(digest))
+            jobs += batch.jobs
+            bundles += batch.bundles
+            if len(batch.jobs) < PURGE_BATCH:
+                break
+        purged = Purged(tuple(jobs), tuple(bundles))
         if purged.jobs or purged.bundles:
             log.info("purged %d job(s) that ended over %s ago and %d bundle(s) no job uses",
                      len(purged.jobs), age_text(older_than), len(purged.bundles))
