@@ -157,6 +157,10 @@ def test_a_purge_while_a_job_renders(farm, tmp_path):
     assert status["state"] == "done" and status["strips_done"] == status["strips_total"] == 8
     fetched = run_cli("fetch", str(running), "--output", str(tmp_path / "running.png"), "--controller", farm.url)
     assert fetched.returncode == 0, fetched.stderr
+    newest = run_cli("status", "--controller", farm.url)       # no job named: the newest (a page of one)
+    assert newest.stdout.startswith(f"job {running} ("), newest.stderr
+    listed = run_cli("jobs", "--limit", "1", "--controller", farm.url)
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[0] == str(running)
     shown = run_cli("status", "--farm", "--controller", farm.url)
     assert shown.returncode == 0 and "1 done" in shown.stdout and "purge:    never" in shown.stdout
 

@@ -62,6 +62,17 @@ def list_jobs(client: Client, args: argparse.Namespace) -> list[dict[str, Any]]:
     return client.call("jobs.list", limit, before or 0)
 
 
+def newest_job(client: Client) -> int:
+    """The newest job's id: one page of one job where the controller has pages, else the whole list."""
+    if FARM_HISTORY in Features.of_reply(client.call("api.version")):
+        jobs = client.call("jobs.list", 1)
+    else:
+        jobs = client.call("jobs.list")[-1:]
+    if not jobs:
+        raise FarmError(Code.UNKNOWN_JOB, "there are no jobs yet")
+    return jobs[-1]["id"]
+
+
 def cmd_purge(config: Config, args: argparse.Namespace) -> int:
     client = connect(config, "submit")
     require_history(client, "purge")

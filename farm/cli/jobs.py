@@ -127,10 +127,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     client = connect(config, "view")
     job_id = args.job
     if job_id is None:
-        jobs = client.call("jobs.list")
-        if not jobs:
-            raise FarmError(Code.UNKNOWN_JOB, "there are no jobs yet")
-        job_id = jobs[-1]["id"]
+        job_id = history.newest_job(client)
     status = client.call("jobs.status", job_id)
     if args.json:
         print(json.dumps(_json_status(status), indent=2))
