@@ -70,18 +70,24 @@ def controller_tokens(data_dir: Path, token_file: Path | None, shared_token: str
         return {role: tokens[""] for role in ROLES}
     if METRICS not in tokens and all(role in tokens for role in ROLES if role != METRICS):
         tokens = _add_metrics_token(path, tokens)
-    missing = [role for role in ROLES if role not in tokens]
+    missing = [role for role in ROLES if role not in tokens and role != METRICS]
     if missing:
         raise FarmError(Code.BAD_ARGUMENT, f"token file {path} lacks the role(s) {', '.join(missing)}")
     return tokens
 
 
 def _add_metrics_token(path: Path, tokens: dict[str, str]) -> dict[str, str]:
-    """A role file written before the metrics role gains a token for it (the others stay as they were)."""
-    tokens = {**tokens, METRICS: secrets.token_urlsafe(32)}
-    text = path.read_text(encoding="utf-8")
-    atomic.write(path, (text.rstrip("\n") + f"\n{METRICS} = {tokens[METRICS]}\n").encode("ascii"), atomic.PRIVATE)
-    return tokens
+    """A role file written before the metrics role gains a token for it (the others stay as they were). One
+    the controller may not write (a read-only --token-file) stays as it is: no metrics token then, and the
+    other roles' tokens read the metrics."""
+    added = {**tokens, METRICS: secrets.token_urlsafe(32)}
+    try:
+        text = path.read_text(encoding="utf-8")
+        atomic.write(path, (text.rstrip("\n") + f"\n{METRICS} = {added[METRICS]}\n").encode("ascii"),
+                     atomic.PRIVATE)
+    except (OSError, UnicodeError):
+        return tokens
+    return added
 
 
 def client_token(role: str, token: str | None, token_file: Path | None) -> str | None:

@@ -60,13 +60,21 @@ def test_failure_kinds_from_the_nodes_sentences(error, kind):
     assert policy.failure_kind(error, False) == kind
 
 
-def test_a_role_file_from_before_the_metrics_role_gains_one(tmp_path):
+def test_a_role_file_from_before_the_metrics_role_gains_one(tmp_path, monkeypatch):
     path = tmp_path / "tokens"
     path.write_text("submit = s\nnode = n\nview = v\n")
     tokens = auth.controller_tokens(tmp_path, None, None)
     assert tokens["submit"] == "s" and len(tokens[auth.METRICS]) > 20
     assert auth.read_token_file(path) == tokens
     assert auth.controller_tokens(tmp_path, None, None) == tokens    # made once
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    (folder / "tokens").write_text("submit = s\nnode = n\nview = v\n")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(auth.atomic, "write", refused)     # a file the controller may not write
+    assert auth.controller_tokens(folder, None, None) == {"submit": "s", "node": "n", "view": "v"}
 
 
 def get_metrics(url: str, token: str | None) -> str:
