@@ -69,7 +69,8 @@ class JobsAPI:
             after ([int] the jobs it runs after), waiting_for ([int] those of them not done yet, while it has
             not started), povray_version (the POV-Ray version it is pinned to, "" for any),
             frames ([struct] number, state, povray (the POV-Ray build its units render on, e.g. "3.7.0.10
-            (console)"; "" until its first unit is leased)), strips ([struct] frame, frame_last, index, row_start, row_end,
+            (console)"; "" until its first unit is leased)),
+            strips ([struct] frame, frame_last, index, row_start, row_end,
             state, node, progress, attempts, kind ("rows", "pretrace" or "preview"), seconds (POV-Ray's time for
             it as its node reported it, 0 until done))
         """

@@ -97,7 +97,8 @@ class Views:
             "submitted": job.submitted, "started": job.started, "finished": job.finished,
             "preview": preview.value if preview is not None else "",
             "blocked": self._blocked(job.state, job.submitted, presence, job.require, job.povray),
-            "povray_version": job.povray, "require": list(job.require), "prefer": list(job.prefer), "after": list(job.after),
+            "povray_version": job.povray, "require": list(job.require), "prefer": list(job.prefer),
+            "after": list(job.after),
             "waiting_for": self._waiting_for(job),
         }
         if eta is not None:
