@@ -358,9 +358,10 @@ class Connections:
 
     def counts(self) -> dict[str, int]:
         """Connections now, by what holds them: "pending" (no valid token yet), each seated role, and
-        "stream" (feed streams, which hold a role's seat too)."""
+        "stream" (feed streams, which hold a role's seat too); every one, at zero too."""
         with self._lock:
-            return {"pending": len(self._pending), **self.seats.by_role, "stream": self.seats.streams}
+            return {"pending": len(self._pending), **{role: self.seats.by_role[role] for role in (NODE, SUBMIT, VIEW)},
+                    "stream": self.seats.streams}
 
     def deadline(self, record: Connection, seconds: float | None) -> None:
         record.deadline = None if seconds is None else time.monotonic() + seconds
