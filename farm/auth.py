@@ -1,8 +1,9 @@
-"""Bearer tokens with three roles.
+"""Bearer tokens with four roles.
 
 - `submit`: everything a user does (submit, cancel, pause, fetch, status, the viewer feed);
 - `node`: what a render node does (register, poll, heartbeat, deliver, fetch bundles);
-- `view`: read-only (status, lists, fetch images, the viewer feed).
+- `view`: read-only (status, lists, fetch images, the viewer feed);
+- `metrics`: only `GET /metrics` (what a monitoring system scrapes; every other role may read it too).
 
 The controller keeps one random token per role in a file (mode 0600) in its data
 directory, made on first start. Clients take a token from `POVFARM_TOKEN`, or from
@@ -21,10 +22,11 @@ from farm import atomic
 from farm.faults import Code, FarmError
 
 # The roles, defined here once: the server seats, limits and checks calls by them, clients ask for them.
-SUBMIT, NODE, VIEW = "submit", "node", "view"
-ROLES = (SUBMIT, NODE, VIEW)
-ANY_ROLE = frozenset(ROLES)
+SUBMIT, NODE, VIEW, METRICS = "submit", "node", "view", "metrics"
+ROLES = (SUBMIT, NODE, VIEW, METRICS)
+ANY_ROLE = frozenset({SUBMIT, NODE, VIEW})     # the roles that call the API (metrics does not)
 READERS = frozenset({SUBMIT, VIEW})     # the roles that may read jobs, images and the feed
+METRICS_READERS = frozenset(ROLES)      # GET /metrics: every role
 TOKEN_FILE_NAME = "tokens"
 
 
@@ -66,10 +68,26 @@ def controller_tokens(data_dir: Path, token_file: Path | None, shared_token: str
     tokens = read_token_file(path)
     if "" in tokens:
         return {role: tokens[""] for role in ROLES}
-    missing = [role for role in ROLES if role not in tokens]
+    if METRICS not in tokens and all(role in tokens for role in ROLES if role != METRICS):
+        tokens = _add_metrics_token(path, tokens)
+    missing = [role for role in ROLES if role not in tokens and role != METRICS]
     if missing:
         raise FarmError(Code.BAD_ARGUMENT, f"token file {path} lacks the role(s) {', '.join(missing)}")
     return tokens
+
+
+def _add_metrics_token(path: Path, tokens: dict[str, str]) -> dict[str, str]:
+    """A role file written before the metrics role gains a token for it (the others stay as they were). One
+    the controller may not write (a read-only --token-file) stays as it is: no metrics token then, and the
+    other roles' tokens read the metrics."""
+    added = {**tokens, METRICS: secrets.token_urlsafe(32)}
+    try:
+        text = path.read_text(encoding="utf-8")
+        atomic.write(path, (text.rstrip("\n") + f"\n{METRICS} = {added[METRICS]}\n").encode("ascii"),
+                     atomic.PRIVATE)
+    except (OSError, UnicodeError):
+        return tokens
+    return added
 
 
 def client_token(role: str, token: str | None, token_file: Path | None) -> str | None:

@@ -51,6 +51,7 @@ class Config:
     lease_timeout: float = 30.0        # a node silent this long is presumed dead; its strips go back
     max_attempts: int = 3              # a strip that fails this often fails its job
     max_bundle_bytes: int = 256 * 1024 * 1024
+    purge_after: str = ""              # ended jobs older than this age (30d...) are purged hourly; "" = never
     # Node.
     name: str = dataclasses.field(default_factory=socket.gethostname)
     povray: str = "povray"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from farm import api
+from farm.api.metrics import MetricsPage
 from farm.api.viewer import FeedStream
 from farm.auth import controller_tokens
 from farm.config import Config
@@ -58,6 +59,8 @@ class Controller:
             self.server.register_function(method, name, roles)
         feed = FeedStream(self.services)
         self.server.register_stream(feed.path, feed, feed.roles)
+        metrics = MetricsPage(self.services, self.server.connections.counts)
+        self.server.register_page(metrics.path, metrics, metrics.roles, metrics.content_type)
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self.announcer = self._announcer()
@@ -79,7 +82,8 @@ class Controller:
         config = self.config
         tls = server_tls_context(config.tls_cert, config.tls_key)
         try:
-            return RPCServer((config.bind, config.port), self.tokens, tls, request_limits(config), self.supervisor)
+            return RPCServer((config.bind, config.port), self.tokens, tls, request_limits(config), self.supervisor,
+                             self.services.meter)
         except OSError as err:
             raise FarmError(Code.BAD_ARGUMENT,
                             f"cannot listen on {config.bind}:{config.port}: {err.strerror or err}") from None

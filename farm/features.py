@@ -22,9 +22,11 @@ FEED_STREAM = "feed_stream"               # GET /feed: a viewer's stream of a jo
 LIVE_BLOCKS = "live_blocks"               # nodes.live; viewer.watch's live_cursor, GET /feed's live=1
 NODE_TAGS = "node_tags"                   # node tags: jobs.submit's require/prefer, nodes.set_tags
 JOB_AFTER = "job_after"                   # jobs.submit's after: a job queued until other jobs are done
+FARM_HISTORY = "farm_history"             # jobs.list's limit/before pages; farm.status, farm.purge; GET /metrics
+POVRAY_PIN = "povray_pin"                 # jobs.submit's povray_version; one POV-Ray build per frame
 
 FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
-            NODE_TAGS, JOB_AFTER)   # this version's
+            NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN)   # this version's
 
 
 @dataclass(frozen=True)

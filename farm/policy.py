@@ -7,6 +7,8 @@ values.
 - Jobs go in order of priority (higher first), then of submission.
 - A node renders only the jobs whose required tags it all has (`farm.tags`). A job that prefers tags
   goes to a node without them only when no idle live node with them (and its required ones) waits.
+- A frame renders on one POV-Ray build (version and flavour, `farm.builds`): the first unit leased of it
+  (preview aside) gives it its node's; a job may be pinned to a version.
 - Within a job, units go by frame, then from the top of the frame: its preview
   and radiosity pre-pass first, then units handed back, then what remains.
 - A unit that failed on a node is retried on another node when another live node
@@ -25,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from farm import scheduler, tags as tagging
+from farm import builds, scheduler, tags as tagging
 from farm.kinds import PREVIEW
 from farm.records import FailureVerdict, Node, Unit
 from farm.states import NodeState
@@ -35,6 +37,9 @@ LEASE_CANDIDATES = 256      # queued units examined per job when some nodes must
 RETRY_PAUSE = 1.0           # seconds before a node may retry a unit it failed; doubles per failure
 MAX_RETRY_PAUSE = 30.0
 HARD_LIMIT_FACTOR = 3       # a unit never fails more than max_attempts times this, whatever the nodes
+# How a POV-Ray run failed, as the controller counts failures (farm.meter): a broken scene, out of memory,
+# killed by its time limit, by another signal, an exit code of its own, or anything else (no output...).
+FAILURE_KINDS = ("scene", "memory", "time_limit", "signal", "exit", "other")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class JobInLine:
     priority: int
     require: tuple[str, ...] = ()
     prefer: tuple[str, ...] = ()
+    povray: str = ""      # the POV-Ray version the job is pinned to ("": any)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class Queue(Protocol):
     def live_node_names(self) -> frozenset[str]: ...
 
     def live_nodes(self) -> Sequence[Node]: ...
+
+    def frames_of_other_builds(self, job_id: int, build: str) -> frozenset[int]: ...
 
     def whole_frame_waits(self, job_id: int, frame: int) -> bool: ...
 
@@ -116,22 +124,41 @@ def in_line(jobs: Iterable[JobInLine]) -> list[JobInLine]:
     return sorted(jobs, key=lambda job: (-job.priority, job.id))
 
 
-def choose_unit(queue: Queue, node_name: str, now: float, tags: Sequence[str] = ()) -> Unit | None:
-    """The next unit `node_name` (which has `tags`) should render, or None."""
-    jobs = [job for job in in_line(queue.jobs_with_queued_units()) if takes(job, node_name, tags, queue)]
+def choose_unit(queue: Queue, node_name: str, now: float, tags: Sequence[str] = (), build: str = "") -> Unit | None:
+    """The next unit `node_name` (which has `tags`, and POV-Ray `build`, farm.builds) should render, or
+    None. A unit of a frame that renders on another build is not for it (`fits_frames`)."""
+    jobs = [job for job in in_line(queue.jobs_with_queued_units())
+            if takes(job, node_name, tags, queue) and takes_build(job, build)]
     if not queue.any_failures():     # the common case: the first queued unit of the first job in line
         for job in jobs:
-            units = queue.queued_units(job.id, 1)
-            if units:
-                return units[0]
+            elsewhere = queue.frames_of_other_builds(job.id, build) if build else frozenset()
+            units = queue.queued_units(job.id, LEASE_CANDIDATES if elsewhere else 1)
+            unit = next((unit for unit in units if fits_frames(unit, elsewhere)), None)
+            if unit is not None:
+                return unit
         return None
     live = queue.live_node_names() | {node_name}
     for job in jobs:
         failures = queue.failures(job.id)
+        elsewhere = queue.frames_of_other_builds(job.id, build) if build else frozenset()
         for unit in queue.queued_units(job.id, LEASE_CANDIDATES):
-            if may_render(unit, node_name, live, failures, now):
+            if fits_frames(unit, elsewhere) and may_render(unit, node_name, live, failures, now):
                 return unit
     return None
+
+
+def takes_build(job: JobInLine, build: str) -> bool:
+    """Whether a node of POV-Ray `build` may render the job: any build, unless the job is pinned to a
+    version (then only that version, whatever its flavour: `builds.pinned_to`)."""
+    return not job.povray or builds.pinned_to(job.povray, build)
+
+
+def fits_frames(unit: Unit, elsewhere: frozenset[int]) -> bool:
+    """Whether the unit may go to a node whose build is not that of the frames in `elsewhere` (frames of
+    the job with units rendered, or rendering, on another build). One POV-Ray per frame: a frame takes the
+    build of the node that leases its first unit, and keeps it while any unit rendered on it is kept or in
+    flight. A preview is never part of the image: it goes anywhere."""
+    return unit.kind == PREVIEW or not any(unit.frame <= frame <= unit.frame_last for frame in elsewhere)
 
 
 def takes(job: JobInLine, node_name: str, tags: Sequence[str], queue: Queue) -> bool:
@@ -176,3 +203,16 @@ def after_failure(unit: Unit, error: str, scene_error: bool, max_attempts: int, 
         return FailureVerdict(fail_job=True, retry_at=0.0,
                               job_error=f"strip {unit.index} failed {failures} times; last error: {error}")
     return FailureVerdict(fail_job=False, job_error="", retry_at=now + retry_pause(failures))
+
+
+def failure_kind(error: str, scene_error: bool) -> str:
+    """Which of FAILURE_KINDS a failed unit's report is, from the sentences a node writes
+    (farm.rendering.render, ProcessResult.describe)."""
+    if scene_error:
+        return "scene"
+    text = error.lower()
+    for words, kind in (("out of memory", "memory"), ("time limit", "time_limit"), ("by signal", "signal"),
+                        ("exited with code", "exit"), ("windows status", "exit")):
+        if words in text:
+            return kind
+    return "other"

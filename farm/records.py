@@ -45,6 +45,7 @@ class JobSpec:
     require: tuple[str, ...] = ()   # tags a node must all have to render it (farm.tags)
     prefer: tuple[str, ...] = ()    # tags of the nodes it goes to first when several wait
     after: tuple[int, ...] = ()     # jobs it runs after (farm.dependencies)
+    povray: str = ""                # the POV-Ray version it is pinned to (farm.builds); "": any
 
     @property
     def first_frame(self) -> int:
@@ -81,6 +82,7 @@ class Job:
     require: tuple[str, ...] = ()
     prefer: tuple[str, ...] = ()
     after: tuple[int, ...] = ()
+    povray: str = ""
 
     @property
     def ended(self) -> bool:
@@ -106,6 +108,7 @@ class Frame:
     number: int
     state: FrameState
     path: str
+    povray: str = ""     # the POV-Ray build its units render on, once its first one was leased
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def test_token_show_prints_each_role(farm):
     farm.start_controller()
     shown = run_cli("token", "show", "--data-dir", str(farm.data_dir))
     assert shown.returncode == 0
-    assert [line.split(":")[0] for line in shown.stdout.splitlines()] == ["submit", "node", "view"]
+    assert [line.split(":")[0] for line in shown.stdout.splitlines()] == ["submit", "node", "view", "metrics"]
     node_token = run_cli("token", "show", "--role", "node", "--data-dir", str(farm.data_dir)).stdout.strip()
     assert Client(farm.url, token=node_token).call("nodes.register", "x", {})["node_id"].startswith("x-")
 

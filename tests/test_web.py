@@ -175,7 +175,7 @@ def test_a_view_token_watches_a_render_paint_and_may_change_nothing(browser, far
     assert browser.execute_script("return sessionStorage.getItem('povfarm.token')") == token(farm, "view")
 
     farm.start_node("n1")
-    farm.start_node("n2")
+    farm.start_node("n2", "--tags", "fast,linux")
     submitted = run_cli("submit", str(WINEGLASS), "--width", "160", "--height", "120", "--strips", "4",
                         "--option", "+A0.3", "--controller", farm.url)
     assert submitted.returncode == 0, submitted.stderr
@@ -191,6 +191,10 @@ def test_a_view_token_watches_a_render_paint_and_may_change_nothing(browser, far
     page.wait(lambda: len(page.driver.find_elements("css selector", "#nodes-body tr")) == 2, what="two nodes")
     row = page.driver.find_element("css selector", f"#jobs-body tr[data-job='{job_id}']").text
     assert "wineglass" in row and "done" in row and "4/4" in row
+    nodes = [tr.text for tr in page.driver.find_elements("css selector", "#nodes-body tr")]
+    assert nodes[0].endswith(" -") and nodes[1].endswith(" fast,linux")      # each node's tags
+    page.wait(lambda: "Controller disk:" in page.text("farm-disk") and " images" in page.text("farm-disk"),
+              what="the controller's disk use")
 
     # Reloading the tab keeps the token; the view token is refused every change.
     browser.refresh()

@@ -48,6 +48,8 @@ def build(services: Any) -> dict[str, tuple[Callable[..., Any], frozenset[str]]]
     from farm.api.jobs import JobsAPI
     from farm.api.meta import MetaAPI
     from farm.api.nodes import NodesAPI
+    from farm.api.overview import FarmAPI
     from farm.api.viewer import ViewerAPI
 
-    return methods(MetaAPI(), BundlesAPI(services), JobsAPI(services), NodesAPI(services), ViewerAPI(services))
+    return methods(MetaAPI(), BundlesAPI(services), JobsAPI(services), NodesAPI(services), ViewerAPI(services),
+                   FarmAPI(services))

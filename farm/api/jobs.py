@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from farm.animation import Animation
-from farm import tags
+from farm import builds, tags
 from farm.api import args, rpc
 from farm.auth import READERS, SUBMIT
 from farm.faults import Code, FarmError
@@ -16,6 +16,7 @@ from farm.service.submission import MAX_SIDE, Submission
 from farm.states import JobState
 from farm.wire import LONG_POLL_CAP
 
+MAX_PAGE = 1000     # jobs in one page of jobs.list
 
 class JobsAPI:
     namespace = "jobs"
@@ -41,7 +42,10 @@ class JobsAPI:
             whoever watches; "never" (or false)), require ([str] node tags: only a node with all of them
             renders the job), prefer ([str] node tags: when several nodes wait, one with them gets the job),
             after ([int] jobs submitted before: this one stays queued until they are all done, and fails (is
-            canceled) when one of them fails (is canceled); UNKNOWN_JOB for a job that does not exist)
+            canceled) when one of them fails (is canceled); UNKNOWN_JOB for a job that does not exist),
+            povray_version (str, e.g. "3.7.0.10": only nodes whose POV-Ray is that version render the job;
+            default "": any. Whatever it is, each frame renders on one POV-Ray build: that of the node
+            leasing its first unit)
         @return: int, the job's id
         """
         return self._services.submissions.submit(_submission(args.struct("the job spec", spec)))
@@ -63,8 +67,10 @@ class JobsAPI:
             (windows): n1 lacks windows" or "no node is connected to the controller" after a lease timeout
             with none; "" when one can), require, prefer ([str] the node tags the job requires, prefers),
             after ([int] the jobs it runs after), waiting_for ([int] those of them not done yet, while it has
-            not started),
-            frames ([struct] number, state), strips ([struct] frame, frame_last, index, row_start, row_end,
+            not started), povray_version (the POV-Ray version it is pinned to, "" for any),
+            frames ([struct] number, state, povray (the POV-Ray build its units render on, e.g. "3.7.0.10
+            (console)"; "" until its first unit is leased)),
+            strips ([struct] frame, frame_last, index, row_start, row_end,
             state, node, progress, attempts, kind ("rows", "pretrace" or "preview"), seconds (POV-Ray's time for
             it as its node reported it, 0 until done))
         """
@@ -91,12 +97,19 @@ class JobsAPI:
         return self._views.job_status(current, detail=False)
 
     @rpc(*READERS, shared=True)
-    def list(self) -> list:
-        """Every job, without the per-strip detail.
+    def list(self, limit: int = 0, before: int = 0) -> list:
+        """Jobs without the per-strip detail: without arguments every job, oldest first (as before pages
+        existed); with `limit`, a page of the newest jobs, newest first, and with `before` the page of those
+        older than that job id (the last id of a page gives the next page).
 
+        @param limit: int (optional, default 0: every job), at most 1000
+        @param before: int (optional, default 0: the newest): list only jobs with a smaller id
         @return: [struct], as jobs.status without frames and strips
         """
-        return self._views.jobs()
+        limit, before = args.whole("limit", limit, 0, MAX_PAGE), args.whole("before", before, 0, args.MAX_ID)
+        if before and not limit:
+            raise FarmError(Code.BAD_ARGUMENT, "jobs.list: before needs a limit (the size of a page)")
+        return self._views.jobs(limit, before)
 
     @rpc(SUBMIT)
     def cancel(self, job: int) -> bool:
@@ -178,7 +191,14 @@ def _submission(spec: dict) -> Submission:
         strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)),
         preview=_preview_mode(spec.get("preview", "auto")),
         require=_tags("require", spec.get("require", [])), prefer=_tags("prefer", spec.get("prefer", [])),
-        after=_job_ids(spec.get("after", [])))
+        after=_job_ids(spec.get("after", [])), povray=_pin(spec.get("povray_version", "")))
+
+
+def _pin(value: Any) -> str:
+    try:
+        return builds.check_pin(value)
+    except ValueError as err:
+        raise FarmError(Code.BAD_ARGUMENT, str(err)) from None
 
 
 def _job_ids(value: Any) -> tuple[int, ...]:

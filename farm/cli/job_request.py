@@ -19,7 +19,7 @@ from farm.cli.common import positive_int
 from farm.cli.images import EXTENSION_FORMATS, encode_image, require_pillow, write_file
 from farm.client import Client, binary
 from farm.faults import Code, FarmError
-from farm.features import JOB_AFTER, NODE_TAGS, Features
+from farm.features import JOB_AFTER, NODE_TAGS, POVRAY_PIN, Features
 from farm.kinds import PreviewMode
 
 
@@ -99,6 +99,9 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--after", action="append", default=[], metavar="JOB[,JOB...]",
                         help="queue the job until these jobs are done; it fails (is canceled) when one of them "
                              "fails (is canceled) (repeatable)")
+    parser.add_argument("--povray-version", metavar="VERSION",
+                        help="only nodes with this POV-Ray version render the job, e.g. 3.7.0.10 (as "
+                             "`povfarm nodes` shows it; default: any, but each frame on one build)")
     parser.add_argument("--name", help="job name (default: the scene's file name)")
     parser.add_argument("--output", type=Path, metavar="PATH",
                         help="write the image here (its extension picks the format: .png .ppm .tga .jpg); for "
@@ -221,14 +224,16 @@ def submit_job(client: Client, args: argparse.Namespace, request: JobRequest) ->
 def _check_features(client: Client, spec: dict[str, Any]) -> None:
     """An older controller would ignore --require, --prefer and --after and render the job anywhere, at
     once: refused here instead."""
-    needs = [(key, feature) for key, feature in (("require", NODE_TAGS), ("prefer", NODE_TAGS), ("after", JOB_AFTER))
+    needs = [(key, feature) for key, feature in (("require", NODE_TAGS), ("prefer", NODE_TAGS), ("after", JOB_AFTER),
+                                                 ("povray_version", POVRAY_PIN))
              if key in spec]
     if needs:
         features = Features.of_reply(client.call("api.version"))
         for key, feature in needs:
             if feature not in features:
                 where = getattr(client, "url", "?")
-                raise FarmError(Code.BAD_ARGUMENT, f"the controller at {where} is older than --{key}: it would "
+                raise FarmError(Code.BAD_ARGUMENT, f"the controller at {where} is older than "
+                                                   f"--{key.replace('_', '-')}: it would "
                                                    "render the job without it; upgrade it")
 
 
@@ -255,6 +260,8 @@ def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: B
     after = _job_ids(getattr(args, "after", []))
     if after:
         spec["after"] = after
+    if getattr(args, "povray_version", None):
+        spec["povray_version"] = args.povray_version
     for key in ("require", "prefer"):
         chosen = tags.parse(getattr(args, key, []), f"--{key}")
         if chosen:

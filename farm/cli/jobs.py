@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from farm.cli import history
 from farm.cli.common import (EXIT_INTERRUPTED, EXIT_OK, Subcommands, add_client_flags, add_patience_flag,
                              connect)
 from farm.cli.images import fetch_frames, write_animation, write_output
@@ -34,11 +35,12 @@ def add_submit(commands: Subcommands) -> None:
 
 
 def add_status(commands: Subcommands) -> None:
-    p = commands.add("status", cmd_status, help="show one job (default: the newest)",
+    p = commands.add("status", cmd_status, help="show one job (default: the newest), or the farm",
                      example="povfarm status 12 --json")
     add_client_flags(p)
     p.add_argument("job", type=int, nargs="?", help="job id")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--farm", action="store_true", help="show the farm: its jobs and the controller's disk use")
 
 
 def add_listings(commands: Subcommands) -> None:
@@ -48,6 +50,8 @@ def add_listings(commands: Subcommands) -> None:
         p = commands.add(name, run, help=text, example=example)
         add_client_flags(p)
         p.add_argument("--json", action="store_true", help="print JSON")
+        if name == "jobs":
+            history.add_page_flags(p)
 
 
 def add_fetch(commands: Subcommands) -> None:
@@ -118,13 +122,12 @@ def _say_job_goes_on(job_id: int, args: argparse.Namespace) -> None:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    if args.farm:
+        return history.print_farm(config, args.json)
     client = connect(config, "view")
     job_id = args.job
     if job_id is None:
-        jobs = client.call("jobs.list")
-        if not jobs:
-            raise FarmError(Code.UNKNOWN_JOB, "there are no jobs yet")
-        job_id = jobs[-1]["id"]
+        job_id = history.newest_job(client)
     status = client.call("jobs.status", job_id)
     if args.json:
         print(json.dumps(_json_status(status), indent=2))
@@ -136,6 +139,8 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     for key in ("require", "prefer"):
         if status.get(key):
             print(f"  {key}:  {' ' if key == 'prefer' else ''}{','.join(status[key])}")
+    for line in povray_lines(status):
+        print(line)
     if status.get("after"):
         waiting = f" (waiting for {','.join(map(str, status['waiting_for']))})" if status.get("waiting_for") else ""
         print(f"  after:    {','.join(map(str, status['after']))}{waiting}")
@@ -144,6 +149,31 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     if status["error"]:
         print("  error:    " + status["error"].replace("\n", "\n            "))
     return EXIT_OK
+
+
+def povray_lines(status: dict[str, Any]) -> list[str]:
+    """`status`'s POV-Ray lines: the version the job is pinned to, and the build each frame renders on
+    (frames on one build together: "3.7.0.10 (console): frames 1-3, 5")."""
+    lines = [f"  pinned:   POV-Ray {status['povray_version']}"] if status.get("povray_version") else []
+    frames: dict[str, list[int]] = {}
+    for frame in status.get("frames", []):
+        if frame.get("povray"):
+            frames.setdefault(frame["povray"], []).append(frame["number"])
+    if len(status.get("frames", [])) == 1 and frames:
+        return [*lines, f"  povray:   {next(iter(frames))}"]
+    return lines + [f"  povray:   {build}: frame{'s' if len(numbers) > 1 else ''} {_ranges(numbers)}"
+                    for build, numbers in sorted(frames.items())]
+
+
+def _ranges(numbers: list[int]) -> str:
+    """1, 2, 3, 5 -> "1-3, 5"."""
+    spans: list[list[int]] = []
+    for number in sorted(numbers):
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
 def _json_status(status: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +186,7 @@ def _json_status(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
-    jobs = connect(config, "view").call("jobs.list")
+    jobs = history.list_jobs(connect(config, "view"), args)
     if args.json:
         print(json.dumps([_json_status(job) for job in jobs], indent=2))
         return EXIT_OK

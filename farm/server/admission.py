@@ -41,7 +41,7 @@ current = threading.local()     # `current.record`: the connection this thread s
 
 def seat_role(roles: Iterable[str]) -> str:
     """The role a token's connection is seated as: the most important one it has (a token shared by every
-    role is a node's)."""
+    role is a node's; a metrics token sits with the viewers)."""
     roles = frozenset(roles)
     return NODE if NODE in roles else SUBMIT if SUBMIT in roles else VIEW
 
@@ -355,6 +355,13 @@ class Connections:
                 self.seats.give_back(record.role, record.peer)
                 if record.stream:
                     self.seats.give_back(record.role, record.peer, stream=True)
+
+    def counts(self) -> dict[str, int]:
+        """Connections now, by what holds them: "pending" (no valid token yet), each seated role, and
+        "stream" (feed streams, which hold a role's seat too); every one, at zero too."""
+        with self._lock:
+            return {"pending": len(self._pending), **{role: self.seats.by_role[role] for role in (NODE, SUBMIT, VIEW)},
+                    "stream": self.seats.streams}
 
     def deadline(self, record: Connection, seconds: float | None) -> None:
         record.deadline = None if seconds is None else time.monotonic() + seconds

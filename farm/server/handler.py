@@ -108,6 +108,9 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
     def do_GET(self) -> None:
         """A stream (needs a token), else the farm's page and its static files (they hold no data)."""
         target = urllib.parse.urlsplit(self.path)
+        if target.path in self.server.pages:
+            self._send_page(self.server.pages[target.path])
+            return
         stream = self.server.streams.get(target.path)
         if stream is None:
             web.serve(self)
@@ -127,11 +130,38 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             return
         self._send_stream(chunks)
 
+    def _send_page(self, page) -> None:
+        """A page made per request for the roles it names (the metrics): 401/403 without a token for it."""
+        started = time.monotonic()
+        roles = self._roles()
+        if not roles & page.roles:
+            self._refuse(http.HTTPStatus.UNAUTHORIZED if not roles else http.HTTPStatus.FORBIDDEN,
+                         "a valid bearer token is required" if not roles else "this token may not read this")
+            return
+        if self._refused_seat(roles):
+            return
+        body = page.function()
+        self.send_response(http.HTTPStatus.OK)
+        self.send_header("Content-Type", page.content_type)
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self._metered("GET " + urllib.parse.urlsplit(self.path).path, started, 0, len(body))
+
+    def _metered(self, method: str, started: float, received: int, sent: int) -> None:
+        meter = self.server.meter
+        meter.observe("request_duration_seconds", time.monotonic() - started, method=method)
+        meter.count("received_bytes_total", received)
+        meter.count("sent_bytes_total", sent)
+
     def _write_chunk(self, parts: list[bytes]) -> None:
         """One HTTP chunk of the parts. On a plain socket in one gathering write: the pieces are shared
         by every viewer and never copied for one, and the thread gives up the GIL once per send, not
         once per piece. TLS has no gathering write: the parts are joined."""
-        data = [b"%x\r\n" % sum(len(part) for part in parts), *parts, b"\r\n"]
+        size = sum(len(part) for part in parts)
+        self.server.meter.count("sent_bytes_total", size)
+        data = [b"%x\r\n" % size, *parts, b"\r\n"]
         self.wfile.flush()
         if isinstance(self.connection, ssl.SSLSocket) or not hasattr(self.connection, "sendmsg"):
             self.wfile.write(b"".join(data))
@@ -164,6 +194,15 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             chunks.close()
 
     def do_POST(self) -> None:
+        """A call, metered: its latency by method, the bytes of its body and its answer."""
+        started, self._method, self._length, self._sent = time.monotonic(), None, 0, 0
+        try:
+            self._post()
+        finally:
+            self._metered(self.server.method_label(self._method or self.headers.get(METHOD_HEADER)), started,
+                          self._length, self._sent)
+
+    def _post(self) -> None:
         if not self.is_rpc_path_valid():
             self._refuse(http.HTTPStatus.NOT_FOUND, "not found")
             return
@@ -180,6 +219,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         length = self._content_length(limit)
         if length is None:
             return
+        self._length = length
         with contextlib.ExitStack() as self._held:   # a heavy call's place, until its answer is sent
             response = self._answer(length, limit, roles, declared)
             if response is not None:
@@ -198,6 +238,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
         self.send_header("Content-Length", str(len(response)))
         self.end_headers()
         self.wfile.write(response)
+        self._sent = len(response)
 
     def _send_file(self, reply: FileReply) -> None:
         try:
@@ -207,6 +248,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             self.end_headers()
             for piece in reply.pieces():
                 self.wfile.write(piece)
+                self._sent += len(piece)
         except OSError as err:
             log.warning("sending a file to %s failed: %s", self.client_address[0], err)
             self.close_connection = True
@@ -250,6 +292,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
                                          functools.partial(self._large_value, declared, roles, values))
         except (ValueError, FarmError, xmlrpc.client.Fault) as err:
             return self._refused_call(err, chunks)
+        self._method = method
         if declared is not None and declared != method:
             return server.dump_fault(fault_of(FarmError(
                 Code.BAD_REQUEST, f"the call is to {method}, not {declared} as its header says")))

@@ -58,6 +58,7 @@ from xmlrpc.server import SimpleXMLRPCServer
 from farm.auth import ANY_ROLE, NODE, SUBMIT, VIEW
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
+from farm.meter import Meter
 from farm.server.admission import Connection, Connections, Quotas, current
 from farm.server.bodies import Budget, FileReply, Gates, sweep_spool
 from farm.server.handler import RequestHandler
@@ -110,6 +111,13 @@ class _Stream:
     roles: frozenset[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Page:
+    function: Callable[[], bytes]
+    roles: frozenset[str]
+    content_type: str
+
+
 class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -117,8 +125,10 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
 
     def __init__(self, address: tuple[str, int], tokens: dict[str, str],
                  tls: ssl.SSLContext | None = None, limits: Limits = Limits(),
-                 supervisor: Supervisor | None = None):
+                 supervisor: Supervisor | None = None, meter: Meter | None = None):
         self.tokens = tokens
+        self.meter = meter or Meter()     # requests' latency and bytes (farm.meter)
+        declare_request_metrics(self.meter)
         self.tls = tls
         self.limits = limits
         HOST.raise_open_files_limit()
@@ -133,6 +143,7 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self._signatures: dict[str, inspect.Signature] = {}
         self._encoded: dict[str, tuple[Any, bytes]] = {}   # shared method -> (its last result, encoded)
         self.streams: dict[str, _Stream] = {}
+        self.pages: dict[str, _Page] = {}
         super().__init__(address, requestHandler=RequestHandler, logRequests=False,
                          allow_none=False, use_builtin_types=False)
         self.register_function(self._list_methods, "system.listMethods", ANY_ROLE)
@@ -241,6 +252,16 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         sentence and fault code) for bad query arguments."""
         self.streams[path] = _Stream(function, frozenset(roles))
 
+    def register_page(self, path: str, function: Callable[[], bytes], roles: Iterable[str],
+                      content_type: str) -> None:
+        """Serve `GET path` to the roles: `function()` makes the whole body, of `content_type`."""
+        self.pages[path] = _Page(function, frozenset(roles), content_type)
+
+    def method_label(self, method: object) -> str:
+        """A request's method as a metric's label: a registered one's name, else "other" (a client may
+        send any name, and each label value is a series of its own)."""
+        return method if isinstance(method, str) and method in self._methods else "other"
+
     def _list_methods(self) -> list[str]:
         """system.listMethods() -> [str]: every method name."""
         return sorted(self._methods)
@@ -334,6 +355,15 @@ class RPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         ref = uuid.uuid4().hex[:8]
         log.exception("internal error in %s (ref %s)", method, ref)
         return fault_of(FarmError(Code.INTERNAL, f"internal error in {method} (ref {ref}); see the controller log"))
+
+
+def declare_request_metrics(meter: Meter) -> None:
+    meter.declare("request_duration_seconds", "histogram",
+                  "Seconds from a request's arrival to its answer, by method (long polls wait inside).")
+    meter.declare("received_bytes_total", "counter", "Request body bytes received, as sent (gzip too).",
+                  labels=[()])
+    meter.declare("sent_bytes_total", "counter", "Response body bytes sent: answers, files and feed streams.",
+                  labels=[()])
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext | None:

@@ -15,10 +15,12 @@ from typing import Callable
 from farm import dependencies
 from farm.config import Config
 from farm.dependencies import Verdict
+from farm.meter import Meter
 from farm.service.changes import Changes
 from farm.service.dispatch import Dispatcher
 from farm.service.feed import FeedLog, Streams
 from farm.service.files import Files
+from farm.service.history import History
 from farm.service.live import LiveBlocks
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
@@ -39,9 +41,12 @@ class Services:
         self.bundles = Bundles(config, store, self.files, clock)
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
         self.watchers = Watchers(clock)
-        self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched)
+        self.meter = Meter()       # what only this process counts (farm.meter): units stored, failures, requests
+        self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched,
+                                     self.meter)
         self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
         self.live = LiveBlocks(config.lease_timeout)   # blocks of units in flight, for viewers only
+        self.history = History(store, self.files, config.data_dir, config.purge_after, clock, self.views.forget)
         self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes), live=self.live)
         self._last_tick = clock()
         self._waiting: dict[int, tuple[int, ...]] = {}   # job -> the jobs it runs after that are not done
@@ -107,6 +112,7 @@ class Services:
         self._last_tick = now
         self._settle_dependencies()
         self.stitcher.drain()
+        self.history.tick()
 
     def _settle_dependencies(self) -> None:
         """Jobs that run after others: those whose jobs are all done now may go (nodes waiting are woken);

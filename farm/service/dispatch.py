@@ -16,6 +16,7 @@ from farm import policy
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
+from farm.meter import Meter
 from farm.kinds import PRETRACE, PREVIEW, ROWS, PreviewMode
 from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.records import Job, Lease, Unit
@@ -48,8 +49,11 @@ class _Recent(OrderedDict):
 
 class Dispatcher:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float], changes: Changes,
-                 work: Changes, stitcher: Stitcher, watched: Callable[[int], bool] = lambda job_id: True):
+                 work: Changes, stitcher: Stitcher, watched: Callable[[int], bool] = lambda job_id: True,
+                 meter: Meter | None = None):
         self._config, self._store, self._clock, self._watched = config, store, clock, watched
+        self._meter = meter or Meter()
+        declare_unit_metrics(self._meter)
         self._machine = config.machine or HOST.machine()   # the box the controller runs on
         self._changes, self._work, self._stitcher = changes, work, stitcher
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
@@ -125,6 +129,8 @@ class Dispatcher:
         if done.duplicate:
             log.debug("job %s unit %s: %s sent an accepted result again", unit.job, unit.index, node_id)
             return done
+        self._meter.count("units_stored_total", kind=unit.kind)
+        self._meter.count("stored_bytes_total", len(data), kind=unit.kind)
         if unit.kind == PRETRACE:
             self._work.bump()   # the frame's units were waiting for this
             log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (%s)", job.id, unit.frame, node_id,
@@ -165,6 +171,7 @@ class Dispatcher:
                                   max_attempts=self._config.max_attempts, now=self._clock())
         unit, verdict = self._store.units.fail(node_id, token, error, self._clock(), judge)
         self._leased.pop(token, None)
+        self._meter.count("povray_failures_total", kind=policy.failure_kind(error, scene_error))
         self._changes.bump(unit.job)
         self._work.bump()
         log.warning("job %s unit %s failed on %s%s: %s", unit.job, unit.index, node_id,
@@ -186,6 +193,16 @@ class Dispatcher:
         if cache is None:
             raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no radiosity cache")
         return cache
+
+
+def declare_unit_metrics(meter: Meter) -> None:
+    kinds = [(("kind", kind),) for kind in (ROWS, PRETRACE, PREVIEW)]
+    meter.declare("units_stored_total", "counter", "Units whose results were stored, by kind (rows: strips).",
+                  labels=kinds)
+    meter.declare("stored_bytes_total", "counter", "Bytes of results stored (compressed), by kind of unit.",
+                  labels=kinds)
+    meter.declare("povray_failures_total", "counter", "Units POV-Ray failed, by how it failed.",
+                  labels=[(("kind", kind),) for kind in policy.FAILURE_KINDS])
 
 
 def _judge(unit: Unit, failed_on: frozenset, live: frozenset, *, error: str, scene_error: bool,

@@ -145,7 +145,7 @@ class Stitcher:
         with self._lock:
             jobs = {job_id for job_id, _ in self._canvases}
         for job_id in jobs:
-            if self._store.jobs.get(job_id).ended:
+            if not self._store.jobs.exists(job_id) or self._store.jobs.get(job_id).ended:   # ended, or purged
                 with self._lock:
                     for key in [key for key in self._canvases if key[0] == job_id]:
                         self._used -= len(self._canvases.pop(key).pixels)

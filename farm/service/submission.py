@@ -51,6 +51,7 @@ class Submission:
     require: tuple[str, ...] = ()      # node tags (farm.tags), checked
     after: tuple[int, ...] = ()        # jobs it runs after (farm.dependencies), not checked yet
     prefer: tuple[str, ...] = ()
+    povray: str = ""                   # the POV-Ray version it is pinned to (farm.builds), checked
 
 
 class Bundles:
@@ -171,7 +172,7 @@ class Submissions:
             # A scene that may use radiosity gets a shared pre-pass per split frame; the node running it
             # finds out whether radiosity is really on.
             pretrace=request.radiosity_prepass and self._mentions_radiosity(info, request.scene),
-            preview=request.preview, require=request.require, prefer=request.prefer,
+            preview=request.preview, require=request.require, prefer=request.prefer, povray=request.povray,
             after=dependencies.check_after(request.after, self._store.jobs.newest_id(), self._store.jobs.exists))
 
     def _mentions_radiosity(self, info: BundleInfo, scene: str) -> bool:

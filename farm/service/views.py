@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from farm import dependencies, scheduler, tags
+from farm import builds, dependencies, scheduler, tags
+from farm.faults import Code, FarmError
 from farm.kinds import PREVIEW, ROWS, preview_size
 from farm.records import Job, Node, StoredRows
 from farm.rows import split_frames
@@ -30,13 +31,18 @@ Presence = tuple[list[Node], float]   # the nodes not presumed dead; when a node
 
 
 def blocked_reason(nodes: list[Node], last_seen: float, now: float, grace: float,
-                   require: tuple[str, ...] = ()) -> str:
+                   require: tuple[str, ...] = (), povray: str = "") -> str:
     """Why no live node can take a waiting job, in a sentence ("" when one can, or may soon): no live node
     has the tags it requires (those missing, node by node), every node there is broken (their own reasons,
     each said once), or there has been none for `grace` seconds since `last_seen` (a node, the controller's
-    start or the job's submission). `nodes`: those not offline."""
+    start or the job's submission), or none has the POV-Ray version it is pinned to. `nodes`: those not
+    offline."""
     live = [node for node in nodes if node.live]
-    if any(tags.fits(require, node.tags) for node in live):
+    fit = [node for node in live if tags.fits(require, node.tags)]
+    if fit and povray and not any(builds.pinned_to(povray, builds.build_of(node.info)) for node in fit):
+        found = "; ".join(sorted({builds.build_of(node.info) or "unknown" for node in fit}))
+        return f"no live node has POV-Ray {povray}, which the job is pinned to (they have: {found})"
+    if fit:
         return ""
     if live:
         lacking = "; ".join(f"{node.name} lacks {','.join(tags.missing(require, node.tags))}"
@@ -90,14 +96,15 @@ class Views:
             "first_frame": job.first_frame, "last_frame": job.last_frame, "frame_digits": job.frame_digits,
             "submitted": job.submitted, "started": job.started, "finished": job.finished,
             "preview": preview.value if preview is not None else "",
-            "blocked": self._blocked(job.state, job.submitted, presence, job.require),
-            "require": list(job.require), "prefer": list(job.prefer), "after": list(job.after),
+            "blocked": self._blocked(job.state, job.submitted, presence, job.require, job.povray),
+            "povray_version": job.povray, "require": list(job.require), "prefer": list(job.prefer),
+            "after": list(job.after),
             "waiting_for": self._waiting_for(job),
         }
         if eta is not None:
             status["eta"] = round(eta, 1)
         if detail:
-            status["frames"] = [{"number": f.number, "state": f.state.value} for f in frames]
+            status["frames"] = [{"number": f.number, "state": f.state.value, "povray": f.povray} for f in frames]
             status["strips"] = [{"frame": u.frame, "frame_last": u.frame_last, "index": u.index,
                                  "row_start": u.row_start, "row_end": u.row_end, "state": u.state.value,
                                  "node": u.node, "progress": u.progress, "attempts": u.attempt, "kind": u.kind,
@@ -116,10 +123,10 @@ class Views:
         return nodes, max(last_seen, self._started)
 
     def _blocked(self, state: JobState, submitted: float, presence: Presence | None,
-                 require: tuple[str, ...] = ()) -> str:
+                 require: tuple[str, ...] = (), povray: str = "") -> str:
         if presence is None or state not in WAITING_STATES:
             return ""
-        return blocked_reason(presence[0], max(presence[1], submitted), self._clock(), self._grace, require)
+        return blocked_reason(presence[0], max(presence[1], submitted), self._clock(), self._grace, require, povray)
 
     def _seconds_left(self, job_id: int, rows_left: float, nodes: list[Node]) -> float | None:
         """The time the job's rows still to render take on the live slots at the cost the scheduler
@@ -142,13 +149,14 @@ class Views:
                 del self._models[stale]         # jobs that ended (an ended job has no ETA)
         return model
 
-    def jobs(self) -> list[dict[str, Any]]:
-        """Every job's status, however many pages ask every few seconds: an ended job's computed once, a
-        running job's (which changes with every stored strip) at most once per LISTED_FRESH seconds.
-        While no status changed, the very list returned before (jobs.list is a shared RPC method)."""
+    def jobs(self, limit: int = 0, before: int = 0) -> list[dict[str, Any]]:
+        """Every job's status (with `limit`, a page of them, newest first: `JobRecords.headlines`), however
+        many pages ask every few seconds: an ended job's computed once, a running job's (which changes with
+        every stored strip) at most once per LISTED_FRESH seconds. While no status changed, the very list
+        returned before (jobs.list is a shared RPC method)."""
         statuses, now = [], self._clock()
         presence: Presence | None = None
-        for job_id, state, priority in self._store.jobs.headlines():
+        for job_id, state, priority in self._store.jobs.headlines(limit, before):
             # The job's own changes only: a farm-wide one (a job submitted, a node gone) leaves every other
             # job's status as it was, and a farm with hundreds of ended jobs must not list them all anew.
             version = self._changes.version(job_id)[1]
@@ -157,20 +165,35 @@ class Views:
             if state in WAITING_STATES and presence is None:
                 presence = self._presence()      # once per listing, for every job that waits for nodes
             if cached is None or not _still_listed(cached, state, priority, version, now):
-                cached = (version, self.job_status(self._store.jobs.get(job_id), False, presence), now)
+                try:
+                    cached = (version, self.job_status(self._store.jobs.get(job_id), False, presence), now)
+                except FarmError as err:     # purged since the headlines were read
+                    if err.code is not Code.UNKNOWN_JOB:
+                        raise
+                    continue
             else:
                 # Nodes coming, going or breaking change no job's version: the reason is checked afresh.
-                blocked = self._blocked(state, cached[1]["submitted"], presence, tuple(cached[1]["require"]))
+                blocked = self._blocked(state, cached[1]["submitted"], presence, tuple(cached[1]["require"]),
+                                        cached[1]["povray_version"])
                 if blocked != cached[1]["blocked"]:
                     cached = (cached[0], {**cached[1], "blocked": blocked}, cached[2])
             with self._lock:
                 self._listed[job_id] = cached
             statuses.append(cached[1])
+        if limit:
+            return statuses
         with self._lock:
             if len(statuses) == len(self._listing) and all(a is b for a, b in zip(statuses, self._listing)):
                 return self._listing
             self._listing = statuses
         return statuses
+
+    def forget(self, job_ids: Iterable[int]) -> None:
+        """Purged jobs: their statuses and models are kept no longer."""
+        with self._lock:
+            for job_id in job_ids:
+                for cache in (self._cached, self._listed, self._models):
+                    cache.pop(job_id, None)
 
     def nodes(self) -> list[dict[str, Any]]:
         return [_node_view(node) for node in self._store.nodes.all()]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from farm.store.db import Database
 from farm.store import schema
+from farm.store.census import CensusRecords
+from farm.store.history import HistoryRecords
 from farm.store.jobs import JobRecords
 from farm.store.nodes import NodeRecords
 from farm.store.units import Completion, UnitRecords
@@ -64,6 +66,8 @@ class Store:
         self.jobs = JobRecords(self.db)
         self.units = UnitRecords(self.db)
         self.nodes = NodeRecords(self.db)
+        self.census = CensusRecords(self.db)
+        self.history = HistoryRecords(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -53,14 +53,14 @@ class JobRecords:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
                 " bits, first_frame, last_frame, animation, submitted, pretrace, block, preview,"
-                " require, prefer, run_after) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " require, prefer, run_after, povray) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (spec.name, JobState.QUEUED.value, spec.priority, spec.bundle, spec.scene, spec.width,
                  spec.height, json.dumps(list(spec.options)), spec.channels, spec.bits, spec.first_frame,
                  spec.last_frame, json.dumps(spec.animation.to_spec()) if spec.animation else None, now,
                  int(bool(pretraced)), spec.block, spec.preview.value, json.dumps(list(spec.require)),
-                 json.dumps(list(spec.prefer)), json.dumps(list(spec.after))))
+                 json.dumps(list(spec.prefer)), json.dumps(list(spec.after)), spec.povray))
             job_id = cur.lastrowid
-            db.executemany("INSERT INTO frames VALUES (?, ?, ?, NULL)",
+            db.executemany("INSERT INTO frames (job, number, state) VALUES (?, ?, ?)",
                            [(job_id, frame, FrameState.QUEUED.value)
                             for frame in range(spec.first_frame, spec.last_frame + 1)])
             db.executemany(
@@ -75,12 +75,17 @@ class JobRecords:
         with self._db.read() as db:
             return job_in(db, job_id)
 
-    def headlines(self) -> list[tuple[int, JobState, int]]:
+    def headlines(self, limit: int = 0, before: int = 0) -> list[tuple[int, JobState, int]]:
         """(id, state, priority) of every job, oldest first: what tells a listing which statuses changed,
-        without decoding each job's whole record."""
+        without decoding each job's whole record. With `limit`, a page: the newest `limit` jobs (with
+        `before`, of those older than that job), newest first."""
         with self._db.read() as db:
-            return [(row[0], JobState(row[1]), row[2])
-                    for row in db.execute("SELECT id, state, priority FROM jobs ORDER BY id").fetchall()]
+            if not limit:
+                rows = db.execute("SELECT id, state, priority FROM jobs ORDER BY id").fetchall()
+            else:
+                rows = db.execute("SELECT id, state, priority FROM jobs WHERE id < ? ORDER BY id DESC LIMIT ?",
+                                  (before or (1 << 62), limit)).fetchall()
+            return [(row[0], JobState(row[1]), row[2]) for row in rows]
 
     def newest_id(self) -> int:
         """The newest job's id, 0 when there is none."""

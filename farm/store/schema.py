@@ -39,9 +39,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     preview TEXT NOT NULL DEFAULT 'always',   -- of a job with a preview unit: 'always' or 'watched' (farm.strips)
     require TEXT NOT NULL DEFAULT '[]' /* JSON: the tags a node must all have to render it (farm.tags) */,
     prefer TEXT NOT NULL DEFAULT '[]' /* JSON: the tags of the nodes it goes to first */,
-    run_after TEXT NOT NULL DEFAULT '[]' /* JSON: the jobs it runs after (farm.dependencies) */);
+    run_after TEXT NOT NULL DEFAULT '[]' /* JSON: the jobs it runs after (farm.dependencies) */,
+    povray TEXT NOT NULL DEFAULT '' /* the POV-Ray version it is pinned to ('': any; farm.builds) */);
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
+    povray TEXT,   -- the POV-Ray build its units render on (farm.builds), from its first unit leased
     PRIMARY KEY (job, number));
 CREATE TABLE IF NOT EXISTS units (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -114,7 +116,9 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("jobs", "prefer", "TEXT NOT NULL DEFAULT '[]'"),
                   ("jobs", "run_after", "TEXT NOT NULL DEFAULT '[]'"),
                   ("nodes", "tags", "TEXT NOT NULL DEFAULT '[]'"),
-                  ("nodes", "tags_overridden", "INTEGER NOT NULL DEFAULT 0"))
+                  ("nodes", "tags_overridden", "INTEGER NOT NULL DEFAULT 0"),
+                  ("jobs", "povray", "TEXT NOT NULL DEFAULT ''"),
+                  ("frames", "povray", "TEXT"))
 
 
 def prepare(db: sqlite3.Connection) -> None:
@@ -148,11 +152,12 @@ def job(row: sqlite3.Row) -> Job:
         error=row["error"] or "", submitted=row["submitted"], started=row["started"] or 0.0,
         finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]), block=row["block"],
         preview=PreviewMode(row["preview"]), require=tuple(json.loads(row["require"])),
-        prefer=tuple(json.loads(row["prefer"])), after=tuple(json.loads(row["run_after"])))
+        prefer=tuple(json.loads(row["prefer"])), after=tuple(json.loads(row["run_after"])), povray=row["povray"])
 
 
 def frame(row: sqlite3.Row) -> Frame:
-    return Frame(job=row["job"], number=row["number"], state=FrameState(row["state"]), path=row["path"] or "")
+    return Frame(job=row["job"], number=row["number"], state=FrameState(row["state"]), path=row["path"] or "",
+                 povray=row["povray"] or "")
 
 
 def unit(row: sqlite3.Row) -> Unit:

@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
+from farm.builds import build_of
 from farm.store.db import Database
 from farm.faults import Code, FarmError
 from farm.kinds import PRETRACE, PREVIEW, ROWS
@@ -29,7 +30,7 @@ _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
 _FRAME_ROWS = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's rows, for every frame it renders
 _FRAME_CACHE = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
 
-Chooser = Callable[["_Queue", str, float, tuple], "Unit | None"]   # queue, node name, now, its tags
+Chooser = Callable[["_Queue", str, float, tuple, str], "Unit | None"]   # queue, node name, now, its tags, build
 Cutter = Callable[[Unit, "_Queue", str], "int | None"]   # the end row of the unit a node cuts off a remainder
 Worth = Callable[[Unit, "_Queue"], bool]   # whether a preview or pre-pass about to be leased is still worth it
 Judge = Callable[[Unit, frozenset, frozenset], FailureVerdict]
@@ -148,13 +149,14 @@ class UnitRecords:
             if node.state is NodeState.BROKEN:
                 return None
             queue = _Queue(db)
-            unit = choose(queue, node.name, now, node.tags)
+            build = build_of(node.info)
+            unit = choose(queue, node.name, now, node.tags, build)
             while unit is not None and unit.kind in (PREVIEW, PRETRACE) and not worth(unit, queue):
                 if unit.kind == PREVIEW:
                     schema.set_state(db, unit, UnitState.CANCELED)
                 else:
                     _store_pretrace(db, unit, b"", 0.0)
-                unit = choose(queue, node.name, now, node.tags)
+                unit = choose(queue, node.name, now, node.tags, build)
             if unit is not None and unit.remainder:
                 end = cut(unit, queue, node_id) if cut is not None else unit.row_end
                 unit = None if end is None else _cut(db, unit, end)
@@ -175,6 +177,10 @@ class UnitRecords:
                               (unit.job, unit.frame, unit.frame_last, FrameState.QUEUED.value)).fetchall():
             schema.set_frame_state(db, unit.job, row["number"], FrameState.RENDERING)
         schema.set_state(db, node, NodeState.BUSY)
+        if unit.kind != PREVIEW and build_of(node.info):   # the frames render on this build from now on
+            db.execute("UPDATE frames SET povray=? WHERE job=? AND number BETWEEN ? AND ? AND"
+                       " povray IS NOT ?", (build_of(node.info), unit.job, unit.frame, unit.frame_last,
+                                            build_of(node.info)))
         leased = schema.unit(db.execute(f"{_SELECT_UNIT} WHERE id=?", (unit.id,)).fetchone())
         return Lease(token=token, node=node.id, expires=expires, unit=leased)
 
@@ -327,7 +333,7 @@ class _Queue:
 
     # A job that runs after others waits until they are all done (farm.dependencies: Verdict.GO); the
     # maintenance tick ends it when one of them failed or was canceled.
-    _JOBS_IN_LINE = ("SELECT id, priority, require, prefer FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1"
+    _JOBS_IN_LINE = ("SELECT id, priority, require, prefer, povray FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1"
                      " FROM units q WHERE q.job = jobs.id AND q.state = ?) AND (run_after = '[]' OR NOT EXISTS"
                      " (SELECT 1 FROM json_each(jobs.run_after) d JOIN jobs p ON p.id = d.value"
                      f" WHERE p.state != '{JobState.DONE.value}'))")
@@ -337,7 +343,7 @@ class _Queue:
 
     def jobs_with_queued_units(self) -> Sequence[JobInLine]:
         return [JobInLine(row["id"], row["priority"], tuple(json.loads(row["require"])),
-                          tuple(json.loads(row["prefer"]))) for row in self._db.execute(
+                          tuple(json.loads(row["prefer"])), row["povray"]) for row in self._db.execute(
             self._JOBS_IN_LINE, (JobState.QUEUED.value, JobState.RENDERING.value, UnitState.QUEUED.value))]
 
     def queued_units(self, job_id: int, limit: int) -> Sequence[Unit]:
@@ -350,6 +356,16 @@ class _Queue:
     def live_nodes(self) -> list[Node]:
         return [schema.node(row) for row in self._db.execute(
             "SELECT * FROM nodes WHERE state IN (?, ?)", (NodeState.IDLE.value, NodeState.BUSY.value))]
+
+    def frames_of_other_builds(self, job_id: int, build: str) -> frozenset[int]:
+        """The job's frames unfinished whose units render on a build other than `build`: a unit of theirs
+        is kept or in flight (a frame whose only unit on its build was handed back may change build)."""
+        return frozenset(row[0] for row in self._db.execute(
+            "SELECT f.number FROM frames f WHERE f.job=? AND f.state IN (?, ?) AND f.povray IS NOT NULL"
+            " AND f.povray != ? AND EXISTS (SELECT 1 FROM units u WHERE u.job=f.job AND u.frame_last >= f.number"
+            " AND u.frame <= f.number AND u.kind != ? AND u.state IN (?, ?))",
+            (job_id, FrameState.QUEUED.value, FrameState.RENDERING.value, build, PREVIEW, UnitState.DONE.value,
+             UnitState.LEASED.value)))
 
     def whole_frame_waits(self, job_id: int, frame: int) -> bool:
         """Whether the frame's rows are still one remainder, uncut, waiting for its pre-pass."""

@@ -117,6 +117,7 @@
         chooseJob();
         renderJobs();
         renderNodes();
+        await showDisk(generation);
         await pause(document.hidden ? HIDDEN_REFRESH_MS : REFRESH_MS);
       } catch (err) {
         if (generation !== app.generation) return;
@@ -200,7 +201,8 @@
       const povray = node.povray_flavour === "pvengine" ? `${version} (pvengine)` : version;
       tr.append(cell(node.name), cell(node.state), cell(node.current || ""), cell(node.strips_done, "num"),
         cell(node.strips_failed, "num"), cell(`${duration(Math.max(0, now - node.last_seen))} ago`, "num"),
-        cell(uploadRate(node.upload_bps), "num"), cell(povray.length > 40 ? povray.slice(0, 40) + "…" : povray), cell(node.sandbox), cell(node.slots, "num"));
+        cell(uploadRate(node.upload_bps), "num"), cell(povray.length > 40 ? povray.slice(0, 40) + "…" : povray), cell(node.sandbox), cell(node.slots, "num"),
+        cell(((node.tags || []).join(",") || "-") + (node.tags_overridden ? "*" : "")));
       tr.title = node.error || node.sandbox_warning || "";
       return tr;
     });
@@ -229,6 +231,29 @@
   }
 
   // A node's measured upload rate in bits per second, as links are sold ("-" until it reports one).
+  // The controller's disk use (farm.status; a controller without it shows nothing), under the nodes.
+  async function showDisk(generation) {
+    let status;
+    try {
+      status = await app.client.call("farm.status");
+    } catch (err) {
+      return;
+    }
+    if (generation !== app.generation) return;
+    const disk = status.disk;
+    const parts = [["images", "images"], ["bundles", "bundles"], ["database", "database"]]
+      .map(([key, label]) => `${byteSize(disk[key])} ${label}`);
+    $("farm-disk").textContent = `Controller disk: ${byteSize(disk.total)} (${parts.join(", ")}); ` +
+      `${byteSize(disk.free)} free` + (status.purge_after ? `; ended jobs purged after ${status.purge_after}` : "");
+  }
+
+  function byteSize(bytes) {
+    for (const [unit, scale] of [["TB", 1e12], ["GB", 1e9], ["MB", 1e6], ["kB", 1e3]]) {
+      if (bytes >= scale) return `${Number((bytes / scale).toPrecision(3))} ${unit}`;
+    }
+    return `${Math.round(bytes || 0)} B`;
+  }
+
   function uploadRate(bytesPerSecond) {
     const bits = (bytesPerSecond || 0) * 8;
     if (!(bits > 0)) return "-";
