@@ -128,7 +128,7 @@ _KEYS = [
     _farm("Output_File_Type"), _farm("Bits_Per_Color"), _farm("Bits_Per_Colour"), _farm("Library_Path", "L"),
     _farm("Include_Ini"), _farm("Initial_Frame", "KFI"), _farm("Final_Frame", "KFF"),
     _farm("Initial_Clock", "KI"), _farm("Final_Clock", "KF"), _farm("Subset_Start_Frame", "SF"),
-    _farm("Subset_End_Frame", "EF"), _farm("Cyclic_Animation", "KC", True),
+    _farm("Subset_End_Frame", "EF"), _farm("Cyclic_Animation", "KC", True), _farm("Output_To_File", "F", True),
     # harmless on a farm: one note each
     _ignored_switch("Display", "D", True), _ignored("Display_Gamma", _DISPLAY), _ignored("Palette", _DISPLAY),
     _ignored("Video_Mode", _DISPLAY), _ignored_switch("Preview_Start_Size", "SP"),
@@ -138,7 +138,6 @@ _KEYS = [
     _ignored_switch("Work_Threads", "WT"), _ignored_switch("Warning_Level", "WL"),
     _ignored("Max_Image_Buffer_Memory", _MEMORY), _ignored("Render_Block_Step", _ORDER),
     _ignored("Render_Pattern", _ORDER),
-    _ignored("Output_To_File", "the farm always writes the image"),
     _ignored("Create_Ini", "no INI file is written"), _ignored("Append_File", _STREAMS),
     _ignored("Compression", "the farm encodes the image itself (+FJ<quality> for JPEG)"),
     *(_ignored(f"{stream}_{kind}", _STREAMS) for stream in ("All", "Debug", "Fatal", "Render", "Warning")

@@ -137,6 +137,42 @@ def test_a_local_library_path_is_shipped_and_searched(tmp_path):
     assert written == {"scene/lib.png"}
 
 
+# -- no file, or the image on standard output ------------------------------------------------------
+
+@pytest.mark.parametrize("switch", ["-F", "Output_To_File=Off", "-FN"])
+def test_no_image_is_written_when_output_to_file_is_off(tmp_path, switch):
+    for side in ("native", "farm"):
+        (tmp_path / side).mkdir()
+        copy_scene(WINEGLASS)(tmp_path / side)
+    native = subprocess.run(["povray", "wineglass.pov", *SMALL, switch, "-D"], cwd=tmp_path / "native",
+                            capture_output=True, timeout=60)
+    farm = run_cli("render", "wineglass.pov", *SMALL, switch, "--nodes", "1", cwd=tmp_path / "farm")
+    assert native.returncode == farm.returncode == 0, farm.stderr
+    assert files_under(tmp_path / "native") == files_under(tmp_path / "farm") == {"wineglass.pov"}
+    assert "wrote nothing (Output_To_File is off)" in farm.stderr and farm.stdout == ""
+
+
+def split_pngs(data: bytes) -> list[bytes]:
+    return [PNG_SIGNATURE + piece for piece in data.split(PNG_SIGNATURE)[1:]]
+
+
+@pytest.mark.parametrize("switches", [[], ["+FP16"], ["+KFI1", "+KFF3"]])
+def test_o_minus_writes_the_image_on_standard_output(tmp_path, switches):
+    copy_scene(CLOCKD / "clockd.pov")(tmp_path)
+    args = ["clockd.pov", *SMALL, "+O-", *switches]
+    native = subprocess.run(["povray", *args, "-D"], cwd=tmp_path, capture_output=True, timeout=60)
+    farm = subprocess.run(farm_argv("render", *args, "--nodes", "2"), cwd=tmp_path, capture_output=True,
+                          timeout=120)
+    assert native.returncode == farm.returncode == 0, farm.stderr
+    assert files_under(tmp_path) == {"clockd.pov"}
+    if "+FP16" in switches:
+        assert decode_ppm(farm.stdout) == decode_ppm(native.stdout)
+        return
+    ours, theirs = split_pngs(farm.stdout), split_pngs(native.stdout)
+    assert len(ours) == len(theirs) == (3 if switches else 1)
+    assert [decode_png(png) for png in ours] == [decode_png(png) for png in theirs]
+
+
 # -- POV-Ray's own defaults (povray.ini) ------------------------------------------------------------
 
 def home_with_ini(tmp_path: Path, text: str | None) -> dict:
@@ -325,6 +361,40 @@ def test_a_render_stops_cleanly_and_quickly(tmp_path, signum):
     wait_until(lambda: processes_mentioning(str(render.tmp)) == [], timeout=0.3, interval=0.02,
                what="every process to end")
     assert not (tmp_path / "out.png").exists()
+
+
+SLOW_FROM_FRAME_5 = """\
+#if (frame_number >= 5)
+  #declare I = 0;
+  #while (I < 1e9) #declare I = I + 1; #end
+#end
+camera { location <0, 1, -4> look_at 0 }
+light_source { <3, 5, -4> rgb 1 }
+sphere { <clock * 2 - 1, 0, 0>, 0.5 pigment { rgb <1, 0.5, 0.2> } }
+"""
+
+
+def test_ctrl_c_during_an_animation_keeps_the_finished_frames(tmp_path):
+    """As povray keeps the frames it finished before the Ctrl-C: frames 5 and 6 never end."""
+    (tmp_path / "slow.pov").write_text(SLOW_FROM_FRAME_5)
+    render = Render(tmp_path, "slow.pov", "+W32", "+H24", "+KFI1", "+KFF6", "--nodes", "2")
+
+    def frames_done() -> int:
+        counts = [int(line.split(": ")[1].split("/")[0]) for line in render.lines if " rendering: " in line]
+        return max(counts, default=0)
+    wait_until(lambda: frames_done() >= 2, timeout=60, what="two frames to finish")
+    code, _ = render.stop(signal.SIGINT)
+    assert code == 130, render.lines
+    kept = {name for name in files_under(tmp_path) - {"slow.pov"} if not name.startswith("tmp/")}
+    assert kept and kept <= {f"slow{n}.png" for n in range(1, 5)}, kept
+    assert any(line.startswith(f"povfarm: kept the {len(kept)} finished frame") for line in render.lines)
+    native = tmp_path / "native"
+    native.mkdir()
+    (native / "slow.pov").write_text(SLOW_FROM_FRAME_5)
+    subprocess.run(["povray", "slow.pov", "+W32", "+H24", "+KFI1", "+KFF6", "+SF1", "+EF4", "-D"], cwd=native,
+                   capture_output=True, timeout=60, check=True)
+    for name in kept:
+        assert decode(tmp_path / name) == decode(native / name), name
 
 
 def test_a_failed_render_says_povrays_error_once(tmp_path):

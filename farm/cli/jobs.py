@@ -95,7 +95,7 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     request = prepare_job(args)
     client = connect(config)
     job_id = submit_job(client, args, request)
-    print(job_id, flush=True)
+    print(job_id, flush=True, file=sys.stderr if request.command.to_stdout else sys.stdout)   # +O-: the image's
     if not args.wait and not request.wants_image:
         return EXIT_OK
     progress = Progress()

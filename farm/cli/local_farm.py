@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from farm.cli.common import EXIT_INTERRUPTED, Subcommands, positive_int
 from farm.cli.job_request import POVRAY_HELP, add_job_flags, prepare_job, submit_job
-from farm.cli.waiting import StopRequest, finish_job, wait_for_job
+from farm.cli.waiting import StopRequest, finish_job, keep_finished_frames, wait_for_job
 from farm.client import Client
 from farm.config import Config
 from farm.faults import Code, FarmError
@@ -54,12 +54,14 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
             controller.start_in_thread()
             client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
             _wait_for_local_nodes(nodes, stop)
-            status = None
+            status, job_id = None, None
             if not stop.is_set():
                 job_id = submit_job(client, args, request)
                 status = wait_for_job(client, job_id, interval=0.1, stop=stop, local=True)
             if status is None:
                 sys.stderr.write("povfarm: interrupted; stopping the local nodes\n")
+                if job_id is not None:
+                    keep_finished_frames(client, job_id, request)
                 return EXIT_INTERRUPTED
             return finish_job(client, status, request)
         finally:
