@@ -44,7 +44,8 @@ _SWITCH_NAMES = sorted({*allow.ALLOWED_SWITCHES, *allow.FARM_OWNED, *_JOB_SWITCH
 # INI keys with a reader of their own (a method of _Reader), by lowercase name.
 _SPECIAL_KEYS = {"antialias_threshold": "threshold", "jitter_amount": "threshold", "file_gamma": "file_gamma",
                  "output_file_type": "file_type_key", "bits_per_color": "bits_key", "bits_per_colour": "bits_key",
-                 "include_ini": "include_ini", "declare": "declare_key"}
+                 "include_ini": "include_ini", "declare": "declare_key",
+                 "compression": "compression_key"}
 _TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 _TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 _SECTION = re.compile(r"^(.*\.ini)\[([^\]]*)\]$", re.I)
@@ -64,7 +65,7 @@ class PovCommand:
     file_type: str = "N"               # a key of FORMATS
     file_type_given: bool = False
     bits: int | None = None            # +FN16 / +FP16 / Bits_Per_Color
-    quality: int | None = None         # +FJ<n>
+    quality: int = 0                   # Compression=: JPEG's quality, 0 for POV-Ray's own (85)
     options: list[str] = dataclasses.field(default_factory=list)   # rendering switches for the job
     animation: dict = dataclasses.field(default_factory=dict)      # keys of farm.animation.Animation
     library_paths: list[Path] = dataclasses.field(default_factory=list)
@@ -195,6 +196,9 @@ class _Reader:
     def include_ini(self, entry: povkeys.Key, value: str, shown: str) -> None:
         self.file_argument(value if value.lower().endswith(".ini") or "[" in value else value + ".ini")
 
+    def compression_key(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self.command.quality = _whole(value, shown)
+
     def declare_key(self, entry: povkeys.Key, value: str, shown: str) -> None:
         self.declare(value, shown)
 
@@ -284,7 +288,8 @@ class _Reader:
                                              f"(+FN, +FN16, +FP, +FP16, +FT, +FC, +FJ)")
         self.command.file_type, self.command.file_type_given = letter, True
         if letter == "J":
-            self.command.quality = int(digits) if digits else None
+            if digits:
+                self.note(shown, povkeys.JPEG_QUALITY_NOTE)
         elif digits:
             bits = int(digits)
             if letter in "NP" and bits not in (8, 16):

@@ -40,10 +40,10 @@ def files_under(folder: Path) -> set[str]:
 
 def decode(path: Path) -> Raster:
     data = path.read_bytes()
-    if path.suffix == ".tga":
+    if path.suffix in (".tga", ".jpg"):
         from PIL import Image
-        with Image.open(path) as image:          # a real Targa file, read by a decoder not ours
-            assert image.format == "TGA" and image.mode in ("RGB", "RGBA")
+        with Image.open(path) as image:          # a real Targa or JPEG file, read by a decoder not ours
+            assert image.format in ("TGA", "JPEG") and image.mode in ("RGB", "RGBA")
             return Raster(image.width, image.height, len(image.mode), 8, image.tobytes())
     return decode_png(data) if data.startswith(PNG_SIGNATURE) else decode_ppm(data)
 
@@ -283,6 +283,63 @@ def test_jpeg_only_through_a_real_encoder(tmp_path):
     # A name of another format gets the format's extension added, as POV-Ray does: never PNG in a .jpg.
     done = run_cli("render", "wineglass.pov", *SMALL, "+Oout.jpg", "--nodes", "1", cwd=tmp_path)
     assert done.returncode == 0 and (tmp_path / "out.jpg.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def png_metadata(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Every chunk but the pixels', with the parts that differ naturally (the time) taken out."""
+    chunks, at = [], 8
+    while at < len(data):
+        size = int.from_bytes(data[at:at + 4], "big")
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + size]
+        if kind == b"tIME":
+            body = b""
+        elif body.startswith(b"Comment\0"):
+            body = b"\n".join(line for line in body.split(b"\n") if b"Render Date" not in line)
+        if kind != b"IDAT":
+            chunks.append((kind, body))
+        at += 12 + size
+    return chunks
+
+
+def without_lines(data: bytes, *starts: bytes) -> bytes:
+    return b"\n".join(line for line in data.split(b"\n") if not line.lstrip(b"# ").startswith(starts))
+
+
+# What the farm cannot know of the nodes' POV-Ray, and so leaves out: the compiler it was built with.
+COMPILER = b"Compiler: "
+
+
+@pytest.mark.parametrize("switches", [["+FN"], ["+FN16", "+UA"], ["+FN", "File_Gamma=1.0"], ["+FN", "File_Gamma=2.2"],
+                                      ["+FT"], ["+FC", "+UA"], ["+FP"], ["+FJ"], ["+FJ50", "Compression=30"]])
+def test_files_carry_povrays_metadata_and_jpeg_its_quality(tmp_path, switches):
+    """PNG's chunks, PPM's comments, Targa's 2.0 extension area, JPEG's tables and sampling (so its very
+    bytes after the comment) are POV-Ray's; only the render date and the compiler line differ."""
+    written = side_by_side(tmp_path, copy_scene(WINEGLASS), ["wineglass.pov", *SMALL, *switches, "+Oout"])
+    (name,) = written
+    ours, theirs = (tmp_path / side / name for side in ("farm", "native"))
+    if name.endswith(".png"):
+        expected = [(kind, without_lines(body, COMPILER)) for kind, body in png_metadata(theirs.read_bytes())]
+        assert png_metadata(ours.read_bytes()) == expected
+    elif name.endswith(".ppm"):
+        assert without_lines(ours.read_bytes(), b"Render Date", COMPILER) == \
+            without_lines(theirs.read_bytes(), b"Render Date", COMPILER)
+    elif name.endswith(".tga"):
+        a, b = ours.read_bytes(), theirs.read_bytes()
+        extension = len(b) - 26 - 495
+        assert len(a) == len(b) and a[:extension] == b[:extension] and a[-26:] == b[-26:]
+        area, their_area = bytearray(a[extension:-26]), bytearray(b[extension:-26])
+        for blank in (area, their_area):
+            blank[43 + 81:43 + 162] = bytes(81)          # the compiler line
+            blank[367:379] = bytes(12)                   # the date
+        assert area == their_area
+    else:
+        from PIL import Image
+        a, b = ours.read_bytes(), theirs.read_bytes()
+        assert a[a.index(b"\xff\xdb"):] == b[b.index(b"\xff\xdb"):]       # tables, sampling, pixels
+        assert a[:20] == b[:20]                                            # the JFIF header
+        with Image.open(ours) as image:
+            comment = image.info["comment"]
+        assert comment.startswith(b"Render Date: ") and b"\nSoftware: POV-Ray 3.7" in comment
 
 
 def test_harmless_switches_get_one_note_and_bad_ones_one_sentence(tmp_path):

@@ -16,7 +16,7 @@ from farm.animation import Animation, parse_clock, parse_range
 from farm.bundle.packing import BundlePlan, check_scene, pack, plan_bundle
 from farm.bundle.rules import bundle_hash
 from farm.cli.common import positive_int
-from farm.cli.images import EXTENSION_FORMATS, encode_image, require_pillow, write_file
+from farm.cli.images import EXTENSION_FORMATS, encode_image, render_stamp, require_pillow, write_file
 from farm.client import Client, binary
 from farm.faults import Code, FarmError
 from farm.features import JOB_AFTER, NODE_TAGS, Features
@@ -50,7 +50,7 @@ last one wins; a farm flag such as --width overrides them):
                   it, as POV-Ray names it (animations: scene01.png ... padded to the last frame);
                   +O- the image on standard output; -F (Output_To_File=Off) no image at all
   format          +FN (PNG) +FN16 +UA (alpha), +FP +FP16 (PPM), +FT (Targa), +FC (Targa, RLE),
-                  +FJ[quality] (JPEG, needs Pillow)
+                  +FJ (JPEG, quality 85 as POV-Ray's, needs Pillow)
   animation       +KFI<first> +KFF<last> +KI<clock> +KF<clock> +KC +SF<frame> +EF<frame>
   library paths   +L<folder> (Library_Path=): local folders are shipped with the scene
   INI files       scene.ini, scene.ini[Section] and Key=Value settings, anywhere on the line
@@ -283,9 +283,10 @@ def write_targets(client: Client, job_id: int, request: JobRequest, frames: Iter
     if not command.to_file:
         return "nothing (Output_To_File is off)"
     chosen = list(request.targets if frames is None else frames)
+    stamp = render_stamp(client, command.options)
     for frame in chosen:
         png = client.call("jobs.fetch", job_id, frame).data
-        data = encode_image(png, command.file_type, command.quality)
+        data = encode_image(png, command.file_type, stamp, command.quality)
         path = request.targets[frame]
         if path is None:
             sys.stdout.buffer.write(data)
