@@ -241,7 +241,8 @@ def test_the_system_povray_ini_gives_povrays_800x600_and_no_povray_ini_the_farms
 
 def test_benchmark_ini_renders_like_povray(tmp_path):
     """POV-Ray's benchmark.ini lists nearly every INI key (Bounding_Method, Display_Gamma, empty shell
-    commands, End_Row=1 ...): the farm takes it. It turns Output_To_File off; both are told to write here.
+    commands, End_Row=1 ...): the farm takes it. It turns Output_To_File off; both are told to write here,
+    then the farm is not (and writes nothing, as povray).
     Its radiosity makes POV-Ray itself differ from run to run (+WT1 against +WT2: up to 10 levels), so the
     farm's image is held to that, not to bit-identity."""
     folders = {}
@@ -261,6 +262,60 @@ def test_benchmark_ini_renders_like_povray(tmp_path):
     assert (ours.width, ours.height) == (theirs.width, theirs.height) == (32, 32)
     differences = [abs(a - b) for a, b in zip(ours.pixels, theirs.pixels)]
     assert max(differences) <= 32 and sum(differences) / len(differences) < 1
+    # As it comes, it writes nothing at all, as with povray.
+    (folders["farm"] / "benchmark.png").unlink()
+    quiet = run_cli("render", "benchmark.ini", "+W16", "+H16", "--nodes", "1", cwd=folders["farm"], timeout=120)
+    assert quiet.returncode == 0 and "wrote nothing" in quiet.stderr, quiet.stderr
+    assert files_under(folders["farm"]) == {"benchmark.pov", "benchmark.ini"}
+
+
+DESK = SCENES / "advanced" / "desk"
+
+
+def test_desk_ini_renders_its_frames_in_order_each_with_the_ones_before(tmp_path):
+    """desk.ini: frame N image_maps frame N-1's desk<N-1>.png. The farm finds that, renders one frame after
+    another and writes the same four files as povray. The scene's crand makes POV-Ray itself repeat only
+    in one thread and one piece: +WT1 against --threads 1 --strips 1."""
+    folders = {}
+    for side in ("native", "farm"):
+        folders[side] = tmp_path / side
+        folders[side].mkdir()
+        for name in ("desk.pov", "desk.ini"):
+            shutil.copy(DESK / name, folders[side] / name)
+    args = ["desk.ini", "+W160", "+H120"]
+    native = subprocess.run(["povray", *args, "+WT1", "-D"], cwd=folders["native"], capture_output=True,
+                            timeout=120)
+    assert native.returncode == 0, native.stderr[-2000:]
+    farm = run_cli("render", *args, "--threads", "1", "--strips", "1", "--nodes", "2", cwd=folders["farm"])
+    assert farm.returncode == 0, farm.stderr
+    assert ("povfarm: the scene reads the animation's own output (desk1.png, desk2.png, desk3.png): its frames "
+            "render one after another") in farm.stderr
+    written = files_under(folders["native"]) - {"desk.pov", "desk.ini"}
+    assert written == {f"desk{n}.png" for n in range(1, 5)} == files_under(folders["farm"]) - {"desk.pov", "desk.ini"}
+    for name in written:
+        assert decode(folders["farm"] / name) == decode(folders["native"] / name), name
+
+
+def test_frames_that_read_no_output_of_their_own_render_side_by_side(tmp_path):
+    from argparse import Namespace
+
+    from farm.cli.chained import frames_read_back, plan_of
+    from farm.cli.job_request import prepare_job
+
+    copy_scene(CLOCKD / "clockd.pov")(tmp_path)
+    (tmp_path / "reads.pov").write_text('#include "clockd.pov"\n#declare Map = "clockd02";\n'
+                                        '// "clockd03.png" is a comment\n')
+
+    def read_back(scene: str, *switches: str) -> list[int]:
+        args = Namespace(povray_args=[scene, "+KFI1", "+KFF12", *switches], ini=None, povray_ini=False, width=None,
+                         height=None, bits=None, frames=None, clock=None, cyclic=None, subset=None, output=None,
+                         options=[], assets=[], command="render", wait=False)
+        request = prepare_job(args, cwd=tmp_path)
+        return frames_read_back(request, plan_of(args, request))
+    assert read_back("clockd.pov") == []
+    assert read_back("reads.pov", "+Oclockd") == [2]        # named without its extension, as POV-Ray allows
+    assert read_back("reads.pov", "+Oelsewhere/clockd") == []  # where POV-Ray would not look for it
+    assert read_back("reads.pov", "+Oclockd", "-F") == []
 
 
 def test_every_allowed_switch_renders(tmp_path):

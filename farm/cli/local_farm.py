@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from farm.cli.chained import frames_read_back, plan_of, read_back_note, render_in_order
 from farm.cli.common import EXIT_INTERRUPTED, Subcommands, positive_int
 from farm.cli.job_request import POVRAY_HELP, add_job_flags, prepare_job, submit_job
 from farm.cli.waiting import StopRequest, finish_job, keep_finished_frames, wait_for_job
@@ -41,6 +42,9 @@ def add_render(commands: Subcommands) -> None:
 
 def cmd_render(config: Config, args: argparse.Namespace) -> int:
     request = prepare_job(args)
+    read_back = frames_read_back(request, plan_of(args, request))
+    if read_back:
+        sys.stderr.write(f"povfarm: {read_back_note(request, read_back)}\n")
     workspace = Path(tempfile.mkdtemp(prefix="povfarm-render-"))
     config.data_dir, config.bind, config.port = workspace / "controller", "127.0.0.1", 0
     config.token, config.token_file, config.tls_cert, config.tls_key = "", "", "", ""
@@ -55,6 +59,8 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
             client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
             _wait_for_local_nodes(nodes, stop)
             status, job_id = None, None
+            if read_back and not stop.is_set():
+                return render_in_order(client, args, request, stop)
             if not stop.is_set():
                 job_id = submit_job(client, args, request)
                 status = wait_for_job(client, job_id, interval=0.1, stop=stop, local=True)
