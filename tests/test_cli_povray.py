@@ -173,6 +173,41 @@ def test_o_minus_writes_the_image_on_standard_output(tmp_path, switches):
     assert [decode_png(png) for png in ours] == [decode_png(png) for png in theirs]
 
 
+# -- files the scene writes -----------------------------------------------------------------------------
+
+WRITER = """\
+#fopen Log "log.txt" write
+#write (Log, "frame ", frame_number, " clock ", clock, "\\n")
+#fclose Log
+#fopen Page concat("page", str(frame_number, 0, 0), ".html") write
+#write (Page, "<p>frame ", frame_number, "</p>\\n")
+#fclose Page
+camera { location <0, 1, -4> look_at 0 }
+light_source { <3, 5, -4> rgb 1 }
+sphere { <clock, 0, 0>, 1 pigment { rgb <1, 0.4, 0.2> } }
+"""
+
+
+@pytest.mark.parametrize("switches", [["+KFI1", "+KFF3"], ["+H96", "--strips", "3"], ["-F"]])
+def test_files_the_scene_writes_come_back_as_povray_leaves_them(tmp_path, switches):
+    """An animation's: of each name the last frame's; a still's cut into strips: the bottom strip's (each
+    strip's POV-Ray writes them as the whole render would); with -F too (POV-Ray writes them anyway)."""
+    for side in ("native", "farm"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "writer.pov").write_text(WRITER)
+    native_switches = [switch for switch in switches if switch not in ("--strips", "3")]
+    native = subprocess.run(["povray", "writer.pov", "+W32", "+H24", *native_switches, "-D"],
+                            cwd=tmp_path / "native", capture_output=True, timeout=60)
+    farm = run_cli("render", "writer.pov", "+W32", "+H24", *switches, "--nodes", "2", cwd=tmp_path / "farm")
+    assert native.returncode == farm.returncode == 0, farm.stderr
+    texts = {name for name in files_under(tmp_path / "native") if name.endswith((".txt", ".html"))}
+    assert texts >= {"log.txt", "page1.html" if "+KFI1" in switches else "page0.html"}
+    assert {name for name in files_under(tmp_path / "farm") if name.endswith((".txt", ".html"))} == texts
+    for name in texts:
+        assert (tmp_path / "farm" / name).read_bytes() == (tmp_path / "native" / name).read_bytes(), name
+    assert f"povfarm: the scene wrote {', '.join(sorted(texts))}" in farm.stderr
+
+
 # -- POV-Ray's own defaults (povray.ini) ------------------------------------------------------------
 
 def home_with_ini(tmp_path: Path, text: str | None) -> dict:

@@ -14,7 +14,7 @@ from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service.submission import MAX_SIDE, Submission
 from farm.states import JobState
-from farm.wire import LONG_POLL_CAP
+from farm.wire import LONG_POLL_CAP, Binary
 
 
 class JobsAPI:
@@ -138,6 +138,18 @@ class JobsAPI:
         """
         self._services.set_priority(args.job_id(job), args.whole("priority", priority, -1000, 1000))
         return True
+
+    @rpc(*READERS)
+    def scene_files(self, job: int) -> Binary:
+        """The files the job's scene wrote (#fopen), as its nodes sent them: of each name the version from
+        the unit POV-Ray would have written last (the latest frame, then the strip lowest in the image).
+
+        @param job: int
+        @return: base64, a zip of them (farm/scenefiles.py; empty when the scene wrote none)
+        """
+        job_id = args.job_id(job)
+        self._store.jobs.get(job_id)          # UNKNOWN_JOB for a job that is not there
+        return Binary(self._services.written.get(job_id))
 
     @rpc(*READERS)
     def fetch(self, job: int, frame: int = 0) -> FileReply:

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from farm import atomic, povcmd
+from farm import atomic, povcmd, scenefiles
 from farm.client import Client
 from farm.faults import Code, FarmError
+from farm.features import SCENE_FILES, Features
 from farm.images.png import apng_from_pngs, decode_png
 from farm.images.ppm import encode_ppm
 from farm.images.raster import Raster
@@ -118,3 +119,14 @@ def write_file(output: Path, data: bytes) -> None:
         atomic.write(output, data)
     except OSError as err:
         raise FarmError(Code.BAD_ARGUMENT, f"cannot write {output}: {err.strerror or err}") from None
+
+
+def write_scene_files(client: Client, job_id: int, folder: Path) -> list[str]:
+    """The files the job's scene wrote (#fopen), written into `folder` as `povray` run there leaves them
+    (names checked like a bundle's: never outside it); their names. None from a controller without them."""
+    if SCENE_FILES not in Features.of_reply(client.call("api.version")):
+        return []
+    kept = scenefiles.unpack(client.call("jobs.scene_files", job_id).data)
+    for name, (_, data) in sorted(kept.items()):
+        write_file(folder / name, data)
+    return sorted(kept)

@@ -8,9 +8,12 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from farm.cli.common import EXIT_FAILED, EXIT_OK
+from farm import scenefiles
+from farm.cli.images import write_scene_files
 from farm.cli.job_request import JobRequest, write_targets
 from farm.client import Client
 from farm.faults import Code, FarmError
@@ -153,6 +156,9 @@ def finish_job(client: Client, status: dict[str, Any], request: JobRequest | Non
     if request is not None:
         written = write_targets(client, status["id"], request)
         sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s: wrote {written}\n")
+        scene_files = write_scene_files(client, status["id"], Path.cwd())
+        if scene_files:
+            sys.stderr.write(f"povfarm: the scene wrote {scenefiles.shown(scene_files)}\n")
     else:
         sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s; "
                          f"fetch it with: povfarm fetch {status['id']} --output FILE.png\n")
