@@ -31,7 +31,10 @@ def pack(files: dict[str, bytes], order: tuple[int, int] = (0, 0)) -> bytes:
 
 
 def unpack(data: bytes) -> dict[str, tuple[tuple[int, int], bytes]]:
-    """name -> (order, bytes), every name and bound checked; BAD_ARGUMENT if anything is wrong."""
+    """name -> (order, bytes), every name and bound checked; BAD_ARGUMENT if anything is wrong. Empty
+    data (no files) is no files."""
+    if not data:
+        return {}
     if len(data) > MAX_ZIP:
         raise _bad(f"{len(data)} bytes is more than {MAX_ZIP}")
     try:

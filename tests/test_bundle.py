@@ -444,3 +444,4 @@ def test_scene_files_are_bounded_and_named_like_bundle_members():
         assert err.value.code is Code.BAD_ARGUMENT
     with pytest.raises(FarmError, match="not a readable zip"):
         scenefiles.unpack(b"PK\x03\x04 not a zip")
+    assert scenefiles.unpack(b"") == {}        # what jobs.scene_files answers when the scene wrote nothing
