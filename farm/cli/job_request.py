@@ -54,6 +54,8 @@ last one wins; a farm flag such as --width overrides them):
   animation       +KFI<first> +KFF<last> +KI<clock> +KF<clock> +KC +SF<frame> +EF<frame>
   library paths   +L<folder> (Library_Path=): local folders are shipped with the scene
   INI files       scene.ini, scene.ini[Section] and Key=Value settings, anywhere on the line
+  scene's files   what the scene writes (#fopen) comes back into the current folder, as povray
+                  leaves it; frames that read earlier frames' images (desk.ini) render in order
   rendering       {_ALLOWED_HELP}
   ignored         -D +P -V -X +SP/+EP +WT +WL +B +MI +RS +RP, the +G... message streams, Display_Gamma,
                   BSP_... (one note per reason)
