@@ -2,10 +2,10 @@
 way from a node's POV-Ray back to the user: what every side agrees they are.
 
 A node sends, beside a unit's rows, the files POV-Ray created or changed in the scene's folder while it
-rendered the unit, as one zip; the controller keeps, per job and per name, the version from the unit POV-Ray
-would have written last (the latest frame, then the strip lowest in the image: `order`), and the client writes them where
-`povray` leaves them. Names are checked like bundle members, and count and size are bounded on every side.
-Pure: bytes in, bytes out.
+rendered the unit, as one zip; the controller keeps, per job and per name, the version from the unit
+POV-Ray would have written last (the latest frame, then the strip lowest in the image: `order`), and the
+client writes them where `povray` leaves them. Names are checked like bundle members, and count and size
+are bounded on every side. Pure: bytes in, bytes out.
 """
 
 from __future__ import annotations

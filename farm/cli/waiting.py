@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farm.cli.common import EXIT_FAILED, EXIT_OK
 from farm import scenefiles
+from farm.cli.common import EXIT_FAILED, EXIT_OK
 from farm.cli.images import write_scene_files
 from farm.cli.job_request import JobRequest, write_targets
 from farm.client import Client
@@ -135,7 +135,8 @@ def keep_finished_frames(client: Client, job_id: int, request: JobRequest) -> No
         return
     try:
         frames = client.call("jobs.status", job_id)["frames"]
-        done = [frame["number"] for frame in frames if frame["state"] == "done" and frame["number"] in request.targets]
+        done = [frame["number"] for frame in frames
+                if frame["state"] == "done" and frame["number"] in request.targets]
         if done:
             written = write_targets(client, job_id, request, done)
             sys.stderr.write(f"povfarm: kept the {len(done)} finished frame{'s' if len(done) > 1 else ''}: "
