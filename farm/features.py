@@ -24,9 +24,10 @@ NODE_TAGS = "node_tags"                   # node tags: jobs.submit's require/pre
 JOB_AFTER = "job_after"                   # jobs.submit's after: a job queued until other jobs are done
 FARM_HISTORY = "farm_history"             # jobs.list's limit/before pages; farm.status, farm.purge; GET /metrics
 POVRAY_PIN = "povray_pin"                 # jobs.submit's povray_version; one POV-Ray build per frame
+SCENE_FILES = "scene_files"               # nodes.scene_files, jobs.scene_files: the files a scene writes
 
 FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
-            NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN)   # this version's
+            NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN, SCENE_FILES)   # this version's
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,13 @@ _SWITCH_NAMES = sorted({*allow.ALLOWED_SWITCHES, *allow.FARM_OWNED, *_JOB_SWITCH
 # INI keys with a reader of their own (a method of _Reader), by lowercase name.
 _SPECIAL_KEYS = {"antialias_threshold": "threshold", "jitter_amount": "threshold", "file_gamma": "file_gamma",
                  "output_file_type": "file_type_key", "bits_per_color": "bits_key", "bits_per_colour": "bits_key",
-                 "include_ini": "include_ini", "declare": "declare_key"}
+                 "include_ini": "include_ini", "declare": "declare_key",
+                 "compression": "compression_key"}
 _TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 _TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 _SECTION = re.compile(r"^(.*\.ini)\[([^\]]*)\]$", re.I)
 MAX_INI_DEPTH = 10
+STDOUT = "-"           # +O-: POV-Ray writes the image on standard output
 
 
 @dataclasses.dataclass
@@ -57,11 +59,13 @@ class PovCommand:
     scene: Path | None = None
     width: int | None = None
     height: int | None = None
-    output: str | None = None          # +O / Output_File_Name as given (relative to the working folder)
+    output: str | None = None          # +O / Output_File_Name as given (relative to the working folder);
+                                       # STDOUT (+O-): the image on standard output
+    to_file: bool = True               # -F / Output_To_File=Off: POV-Ray writes no image at all
     file_type: str = "N"               # a key of FORMATS
     file_type_given: bool = False
     bits: int | None = None            # +FN16 / +FP16 / Bits_Per_Color
-    quality: int | None = None         # +FJ<n>
+    quality: int = 0                   # Compression=: JPEG's quality, 0 for POV-Ray's own (85)
     options: list[str] = dataclasses.field(default_factory=list)   # rendering switches for the job
     animation: dict = dataclasses.field(default_factory=dict)      # keys of farm.animation.Animation
     library_paths: list[Path] = dataclasses.field(default_factory=list)
@@ -73,6 +77,10 @@ class PovCommand:
 
     def extension(self) -> str:
         return FORMATS[self.file_type][1]
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.to_file and self.output == STDOUT
 
 
 class _Reader:
@@ -188,6 +196,9 @@ class _Reader:
     def include_ini(self, entry: povkeys.Key, value: str, shown: str) -> None:
         self.file_argument(value if value.lower().endswith(".ini") or "[" in value else value + ".ini")
 
+    def compression_key(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self.command.quality = _whole(value, shown)
+
     def declare_key(self, entry: povkeys.Key, value: str, shown: str) -> None:
         self.declare(value, shown)
 
@@ -196,9 +207,9 @@ class _Reader:
     def switch(self, text: str, where: str, shown: str | None = None) -> None:
         shown = shown or text
         sign, body = text[0], text[1:]
-        if body == "I-" or body.upper() == "O-":
+        if body == "I-":
             raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown!r} is not allowed: the farm reads the scene "
-                                             f"from a file and writes the image to a file")
+                                             f"from a file")
         name = next((n for n in _SWITCH_NAMES if body.upper().startswith(n)), None)
         if name is None:
             raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown!r} is not a POV-Ray switch ({where}); "
@@ -262,8 +273,10 @@ class _Reader:
             command.animation[key] = _whole(value, shown)
 
     def file_type(self, sign: str, value: str, shown: str) -> None:
-        if sign == "-":
-            self.note(shown, "the farm always writes the image")
+        """+F<type>[bits] / -F: the output file's type, and whether POV-Ray writes one at all (as in
+        POV-Ray, -F turns the file off and +F alone turns it on with the type it had)."""
+        self.command.to_file = sign == "+"
+        if not value:
             return
         letter, digits = value[:1].upper(), value[1:]
         if letter in _UNSUPPORTED_FORMATS:
@@ -275,7 +288,8 @@ class _Reader:
                                              f"(+FN, +FN16, +FP, +FP16, +FT, +FC, +FJ)")
         self.command.file_type, self.command.file_type_given = letter, True
         if letter == "J":
-            self.command.quality = int(digits) if digits else None
+            if digits:
+                self.note(shown, povkeys.JPEG_QUALITY_NOTE)
         elif digits:
             bits = int(digits)
             if letter in "NP" and bits not in (8, 16):

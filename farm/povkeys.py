@@ -68,6 +68,8 @@ _CLOCKLESS = "a farm animation always runs the clock"
 _RTR = "real-time raytracing needs a display"
 _MEMORY = "each node manages its own memory"
 _ORDER = "the farm orders the work itself"
+JPEG_QUALITY_NOTE = ("POV-Ray 3.7 takes JPEG's quality from Compression= (85 unless given), never from +FJ; the "
+                     "farm does the same")
 
 # Switches that do nothing useful on a farm and no harm: ignored, each with one note saying why.
 IGNORED_SWITCHES = {
@@ -128,7 +130,8 @@ _KEYS = [
     _farm("Output_File_Type"), _farm("Bits_Per_Color"), _farm("Bits_Per_Colour"), _farm("Library_Path", "L"),
     _farm("Include_Ini"), _farm("Initial_Frame", "KFI"), _farm("Final_Frame", "KFF"),
     _farm("Initial_Clock", "KI"), _farm("Final_Clock", "KF"), _farm("Subset_Start_Frame", "SF"),
-    _farm("Subset_End_Frame", "EF"), _farm("Cyclic_Animation", "KC", True),
+    _farm("Subset_End_Frame", "EF"), _farm("Cyclic_Animation", "KC", True), _farm("Output_To_File", "F", True),
+    _farm("Compression"),
     # harmless on a farm: one note each
     _ignored_switch("Display", "D", True), _ignored("Display_Gamma", _DISPLAY), _ignored("Palette", _DISPLAY),
     _ignored("Video_Mode", _DISPLAY), _ignored_switch("Preview_Start_Size", "SP"),
@@ -138,9 +141,7 @@ _KEYS = [
     _ignored_switch("Work_Threads", "WT"), _ignored_switch("Warning_Level", "WL"),
     _ignored("Max_Image_Buffer_Memory", _MEMORY), _ignored("Render_Block_Step", _ORDER),
     _ignored("Render_Pattern", _ORDER),
-    _ignored("Output_To_File", "the farm always writes the image"),
     _ignored("Create_Ini", "no INI file is written"), _ignored("Append_File", _STREAMS),
-    _ignored("Compression", "the farm encodes the image itself (+FJ<quality> for JPEG)"),
     *(_ignored(f"{stream}_{kind}", _STREAMS) for stream in ("All", "Debug", "Fatal", "Render", "Warning")
       for kind in ("Console", "File")),
     _ignored("Statistic_Console", _STREAMS), _ignored("Statistic_File", _STREAMS),

@@ -409,3 +409,39 @@ def test_copy_for_render_is_a_real_copy(tmp_path):
     assert not (cached / "new.txt").exists()
     with pytest.raises(FileExistsError):
         copy_for_render(cached, work)
+
+
+# -- the files a scene writes (farm/scenefiles.py) ----------------------------------------------------
+
+_ORDERS = st.tuples(st.integers(0, 5), st.integers(0, 500))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a.html", "b/c.txt", "d.inc"]), _ORDERS, st.binary(max_size=8)),
+                max_size=12))
+def test_scene_files_keep_each_names_latest_version(arrivals):
+    from farm import scenefiles
+
+    kept: dict = {}
+    for name, order, data in arrivals:
+        kept, left_out = scenefiles.merge(kept, scenefiles.unpack(scenefiles.pack({name: data}, order)))
+        assert left_out == []
+    for name in kept:
+        assert kept[name][0] == max(order for n, order, _ in arrivals if n == name)
+    assert scenefiles.unpack(scenefiles.pack_kept(kept)) == kept
+
+
+def test_scene_files_are_bounded_and_named_like_bundle_members():
+    from farm import scenefiles
+
+    many = {f"f{i}.txt": b"x" for i in range(scenefiles.MAX_FILES + 1)}
+    with pytest.raises(FarmError, match="more than"):
+        scenefiles.pack(many)
+    kept, left_out = scenefiles.merge({}, {name: ((1, 1), data) for name, data in many.items()})
+    assert len(kept) == scenefiles.MAX_FILES and len(left_out) == 1
+    for name in ("../x", "/abs", "a\\b", "c:d"):
+        with pytest.raises(FarmError) as err:
+            scenefiles.pack({name: b""})
+        assert err.value.code is Code.BAD_ARGUMENT
+    with pytest.raises(FarmError, match="not a readable zip"):
+        scenefiles.unpack(b"PK\x03\x04 not a zip")
+    assert scenefiles.unpack(b"") == {}        # what jobs.scene_files answers when the scene wrote nothing

@@ -40,10 +40,10 @@ def files_under(folder: Path) -> set[str]:
 
 def decode(path: Path) -> Raster:
     data = path.read_bytes()
-    if path.suffix == ".tga":
+    if path.suffix in (".tga", ".jpg"):
         from PIL import Image
-        with Image.open(path) as image:          # a real Targa file, read by a decoder not ours
-            assert image.format == "TGA" and image.mode in ("RGB", "RGBA")
+        with Image.open(path) as image:          # a real Targa or JPEG file, read by a decoder not ours
+            assert image.format in ("TGA", "JPEG") and image.mode in ("RGB", "RGBA")
             return Raster(image.width, image.height, len(image.mode), 8, image.tobytes())
     return decode_png(data) if data.startswith(PNG_SIGNATURE) else decode_ppm(data)
 
@@ -137,6 +137,77 @@ def test_a_local_library_path_is_shipped_and_searched(tmp_path):
     assert written == {"scene/lib.png"}
 
 
+# -- no file, or the image on standard output ------------------------------------------------------
+
+@pytest.mark.parametrize("switch", ["-F", "Output_To_File=Off", "-FN"])
+def test_no_image_is_written_when_output_to_file_is_off(tmp_path, switch):
+    for side in ("native", "farm"):
+        (tmp_path / side).mkdir()
+        copy_scene(WINEGLASS)(tmp_path / side)
+    native = subprocess.run(["povray", "wineglass.pov", *SMALL, switch, "-D"], cwd=tmp_path / "native",
+                            capture_output=True, timeout=60)
+    farm = run_cli("render", "wineglass.pov", *SMALL, switch, "--nodes", "1", cwd=tmp_path / "farm")
+    assert native.returncode == farm.returncode == 0, farm.stderr
+    assert files_under(tmp_path / "native") == files_under(tmp_path / "farm") == {"wineglass.pov"}
+    assert "wrote nothing (Output_To_File is off)" in farm.stderr and farm.stdout == ""
+
+
+def split_pngs(data: bytes) -> list[bytes]:
+    return [PNG_SIGNATURE + piece for piece in data.split(PNG_SIGNATURE)[1:]]
+
+
+@pytest.mark.parametrize("switches", [[], ["+FP16"], ["+KFI1", "+KFF3"]])
+def test_o_minus_writes_the_image_on_standard_output(tmp_path, switches):
+    copy_scene(CLOCKD / "clockd.pov")(tmp_path)
+    args = ["clockd.pov", *SMALL, "+O-", *switches]
+    native = subprocess.run(["povray", *args, "-D"], cwd=tmp_path, capture_output=True, timeout=60)
+    farm = subprocess.run(farm_argv("render", *args, "--nodes", "2"), cwd=tmp_path, capture_output=True,
+                          timeout=120)
+    assert native.returncode == farm.returncode == 0, farm.stderr
+    assert files_under(tmp_path) == {"clockd.pov"}
+    if "+FP16" in switches:
+        assert decode_ppm(farm.stdout) == decode_ppm(native.stdout)
+        return
+    ours, theirs = split_pngs(farm.stdout), split_pngs(native.stdout)
+    assert len(ours) == len(theirs) == (3 if switches else 1)
+    assert [decode_png(png) for png in ours] == [decode_png(png) for png in theirs]
+
+
+# -- files the scene writes -----------------------------------------------------------------------------
+
+WRITER = """\
+#fopen Log "log.txt" write
+#write (Log, "frame ", frame_number, " clock ", clock, "\\n")
+#fclose Log
+#fopen Page concat("page", str(frame_number, 0, 0), ".html") write
+#write (Page, "<p>frame ", frame_number, "</p>\\n")
+#fclose Page
+camera { location <0, 1, -4> look_at 0 }
+light_source { <3, 5, -4> rgb 1 }
+sphere { <clock, 0, 0>, 1 pigment { rgb <1, 0.4, 0.2> } }
+"""
+
+
+@pytest.mark.parametrize("switches", [["+KFI1", "+KFF3"], ["+H96", "--strips", "3"], ["-F"]])
+def test_files_the_scene_writes_come_back_as_povray_leaves_them(tmp_path, switches):
+    """An animation's: of each name the last frame's; a still's cut into strips: the bottom strip's (each
+    strip's POV-Ray writes them as the whole render would); with -F too (POV-Ray writes them anyway)."""
+    for side in ("native", "farm"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "writer.pov").write_text(WRITER)
+    native_switches = [switch for switch in switches if switch not in ("--strips", "3")]
+    native = subprocess.run(["povray", "writer.pov", "+W32", "+H24", *native_switches, "-D"],
+                            cwd=tmp_path / "native", capture_output=True, timeout=60)
+    farm = run_cli("render", "writer.pov", "+W32", "+H24", *switches, "--nodes", "2", cwd=tmp_path / "farm")
+    assert native.returncode == farm.returncode == 0, farm.stderr
+    texts = {name for name in files_under(tmp_path / "native") if name.endswith((".txt", ".html"))}
+    assert texts >= {"log.txt", "page1.html" if "+KFI1" in switches else "page0.html"}
+    assert {name for name in files_under(tmp_path / "farm") if name.endswith((".txt", ".html"))} == texts
+    for name in texts:
+        assert (tmp_path / "farm" / name).read_bytes() == (tmp_path / "native" / name).read_bytes(), name
+    assert f"povfarm: the scene wrote {', '.join(sorted(texts))}" in farm.stderr
+
+
 # -- POV-Ray's own defaults (povray.ini) ------------------------------------------------------------
 
 def home_with_ini(tmp_path: Path, text: str | None) -> dict:
@@ -205,7 +276,8 @@ def test_the_system_povray_ini_gives_povrays_800x600_and_no_povray_ini_the_farms
 
 def test_benchmark_ini_renders_like_povray(tmp_path):
     """POV-Ray's benchmark.ini lists nearly every INI key (Bounding_Method, Display_Gamma, empty shell
-    commands, End_Row=1 ...): the farm takes it. It turns Output_To_File off; both are told to write here.
+    commands, End_Row=1 ...): the farm takes it. It turns Output_To_File off; both are told to write here,
+    then the farm is not (and writes nothing, as povray).
     Its radiosity makes POV-Ray itself differ from run to run (+WT1 against +WT2: up to 10 levels), so the
     farm's image is held to that, not to bit-identity."""
     folders = {}
@@ -225,6 +297,60 @@ def test_benchmark_ini_renders_like_povray(tmp_path):
     assert (ours.width, ours.height) == (theirs.width, theirs.height) == (32, 32)
     differences = [abs(a - b) for a, b in zip(ours.pixels, theirs.pixels)]
     assert max(differences) <= 32 and sum(differences) / len(differences) < 1
+    # As it comes, it writes nothing at all, as with povray.
+    (folders["farm"] / "benchmark.png").unlink()
+    quiet = run_cli("render", "benchmark.ini", "+W16", "+H16", "--nodes", "1", cwd=folders["farm"], timeout=120)
+    assert quiet.returncode == 0 and "wrote nothing" in quiet.stderr, quiet.stderr
+    assert files_under(folders["farm"]) == {"benchmark.pov", "benchmark.ini"}
+
+
+DESK = SCENES / "advanced" / "desk"
+
+
+def test_desk_ini_renders_its_frames_in_order_each_with_the_ones_before(tmp_path):
+    """desk.ini: frame N image_maps frame N-1's desk<N-1>.png. The farm finds that, renders one frame after
+    another and writes the same four files as povray. The scene's crand makes POV-Ray itself repeat only
+    in one thread and one piece: +WT1 against --threads 1 --strips 1."""
+    folders = {}
+    for side in ("native", "farm"):
+        folders[side] = tmp_path / side
+        folders[side].mkdir()
+        for name in ("desk.pov", "desk.ini"):
+            shutil.copy(DESK / name, folders[side] / name)
+    args = ["desk.ini", "+W160", "+H120"]
+    native = subprocess.run(["povray", *args, "+WT1", "-D"], cwd=folders["native"], capture_output=True,
+                            timeout=120)
+    assert native.returncode == 0, native.stderr[-2000:]
+    farm = run_cli("render", *args, "--threads", "1", "--strips", "1", "--nodes", "2", cwd=folders["farm"])
+    assert farm.returncode == 0, farm.stderr
+    assert ("povfarm: the scene reads the animation's own output (desk1.png, desk2.png, desk3.png): its frames "
+            "render one after another") in farm.stderr
+    written = files_under(folders["native"]) - {"desk.pov", "desk.ini"}
+    assert written == {f"desk{n}.png" for n in range(1, 5)} == files_under(folders["farm"]) - {"desk.pov", "desk.ini"}
+    for name in written:
+        assert decode(folders["farm"] / name) == decode(folders["native"] / name), name
+
+
+def test_frames_that_read_no_output_of_their_own_render_side_by_side(tmp_path):
+    from argparse import Namespace
+
+    from farm.cli.chained import frames_read_back, plan_of
+    from farm.cli.job_request import prepare_job
+
+    copy_scene(CLOCKD / "clockd.pov")(tmp_path)
+    (tmp_path / "reads.pov").write_text('#include "clockd.pov"\n#declare Map = "clockd02";\n'
+                                        '// "clockd03.png" is a comment\n')
+
+    def read_back(scene: str, *switches: str) -> list[int]:
+        args = Namespace(povray_args=[scene, "+KFI1", "+KFF12", *switches], ini=None, povray_ini=False, width=None,
+                         height=None, bits=None, frames=None, clock=None, cyclic=None, subset=None, output=None,
+                         options=[], assets=[], command="render", wait=False)
+        request = prepare_job(args, cwd=tmp_path)
+        return frames_read_back(request, plan_of(args, request))
+    assert read_back("clockd.pov") == []
+    assert read_back("reads.pov", "+Oclockd") == [2]        # named without its extension, as POV-Ray allows
+    assert read_back("reads.pov", "+Oelsewhere/clockd") == []  # where POV-Ray would not look for it
+    assert read_back("reads.pov", "+Oclockd", "-F") == []
 
 
 def test_every_allowed_switch_renders(tmp_path):
@@ -247,6 +373,63 @@ def test_jpeg_only_through_a_real_encoder(tmp_path):
     # A name of another format gets the format's extension added, as POV-Ray does: never PNG in a .jpg.
     done = run_cli("render", "wineglass.pov", *SMALL, "+Oout.jpg", "--nodes", "1", cwd=tmp_path)
     assert done.returncode == 0 and (tmp_path / "out.jpg.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def png_metadata(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Every chunk but the pixels', with the parts that differ naturally (the time) taken out."""
+    chunks, at = [], 8
+    while at < len(data):
+        size = int.from_bytes(data[at:at + 4], "big")
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + size]
+        if kind == b"tIME":
+            body = b""
+        elif body.startswith(b"Comment\0"):
+            body = b"\n".join(line for line in body.split(b"\n") if b"Render Date" not in line)
+        if kind != b"IDAT":
+            chunks.append((kind, body))
+        at += 12 + size
+    return chunks
+
+
+def without_lines(data: bytes, *starts: bytes) -> bytes:
+    return b"\n".join(line for line in data.split(b"\n") if not line.lstrip(b"# ").startswith(starts))
+
+
+# What the farm cannot know of the nodes' POV-Ray, and so leaves out: the compiler it was built with.
+COMPILER = b"Compiler: "
+
+
+@pytest.mark.parametrize("switches", [["+FN"], ["+FN16", "+UA"], ["+FN", "File_Gamma=1.0"], ["+FN", "File_Gamma=2.2"],
+                                      ["+FT"], ["+FC", "+UA"], ["+FP"], ["+FJ"], ["+FJ50", "Compression=30"]])
+def test_files_carry_povrays_metadata_and_jpeg_its_quality(tmp_path, switches):
+    """PNG's chunks, PPM's comments, Targa's 2.0 extension area, JPEG's tables and sampling (so its very
+    bytes after the comment) are POV-Ray's; only the render date and the compiler line differ."""
+    written = side_by_side(tmp_path, copy_scene(WINEGLASS), ["wineglass.pov", *SMALL, *switches, "+Oout"])
+    (name,) = written
+    ours, theirs = (tmp_path / side / name for side in ("farm", "native"))
+    if name.endswith(".png"):
+        expected = [(kind, without_lines(body, COMPILER)) for kind, body in png_metadata(theirs.read_bytes())]
+        assert png_metadata(ours.read_bytes()) == expected
+    elif name.endswith(".ppm"):
+        assert without_lines(ours.read_bytes(), b"Render Date", COMPILER) == \
+            without_lines(theirs.read_bytes(), b"Render Date", COMPILER)
+    elif name.endswith(".tga"):
+        a, b = ours.read_bytes(), theirs.read_bytes()
+        extension = len(b) - 26 - 495
+        assert len(a) == len(b) and a[:extension] == b[:extension] and a[-26:] == b[-26:]
+        area, their_area = bytearray(a[extension:-26]), bytearray(b[extension:-26])
+        for blank in (area, their_area):
+            blank[43 + 81:43 + 162] = bytes(81)          # the compiler line
+            blank[367:379] = bytes(12)                   # the date
+        assert area == their_area
+    else:
+        from PIL import Image
+        a, b = ours.read_bytes(), theirs.read_bytes()
+        assert a[a.index(b"\xff\xdb"):] == b[b.index(b"\xff\xdb"):]       # tables, sampling, pixels
+        assert a[:20] == b[:20]                                            # the JFIF header
+        with Image.open(ours) as image:
+            comment = image.info["comment"]
+        assert comment.startswith(b"Render Date: ") and b"\nSoftware: POV-Ray 3.7" in comment
 
 
 def test_harmless_switches_get_one_note_and_bad_ones_one_sentence(tmp_path):
@@ -325,6 +508,40 @@ def test_a_render_stops_cleanly_and_quickly(tmp_path, signum):
     wait_until(lambda: processes_mentioning(str(render.tmp)) == [], timeout=0.3, interval=0.02,
                what="every process to end")
     assert not (tmp_path / "out.png").exists()
+
+
+SLOW_FROM_FRAME_5 = """\
+#if (frame_number >= 5)
+  #declare I = 0;
+  #while (I < 1e9) #declare I = I + 1; #end
+#end
+camera { location <0, 1, -4> look_at 0 }
+light_source { <3, 5, -4> rgb 1 }
+sphere { <clock * 2 - 1, 0, 0>, 0.5 pigment { rgb <1, 0.5, 0.2> } }
+"""
+
+
+def test_ctrl_c_during_an_animation_keeps_the_finished_frames(tmp_path):
+    """As povray keeps the frames it finished before the Ctrl-C: frames 5 and 6 never end."""
+    (tmp_path / "slow.pov").write_text(SLOW_FROM_FRAME_5)
+    render = Render(tmp_path, "slow.pov", "+W32", "+H24", "+KFI1", "+KFF6", "--nodes", "2")
+
+    def frames_done() -> int:
+        counts = [int(line.split(": ")[1].split("/")[0]) for line in render.lines if " rendering: " in line]
+        return max(counts, default=0)
+    wait_until(lambda: frames_done() >= 2, timeout=60, what="two frames to finish")
+    code, _ = render.stop(signal.SIGINT)
+    assert code == 130, render.lines
+    kept = {name for name in files_under(tmp_path) - {"slow.pov"} if not name.startswith("tmp/")}
+    assert kept and kept <= {f"slow{n}.png" for n in range(1, 5)}, kept
+    assert any(line.startswith(f"povfarm: kept the {len(kept)} finished frame") for line in render.lines)
+    native = tmp_path / "native"
+    native.mkdir()
+    (native / "slow.pov").write_text(SLOW_FROM_FRAME_5)
+    subprocess.run(["povray", "slow.pov", "+W32", "+H24", "+KFI1", "+KFF6", "+SF1", "+EF4", "-D"], cwd=native,
+                   capture_output=True, timeout=60, check=True)
+    for name in kept:
+        assert decode(tmp_path / name) == decode(native / name), name
 
 
 def test_a_failed_render_says_povrays_error_once(tmp_path):

@@ -911,3 +911,28 @@ def test_a_job_no_live_node_can_render_says_why_and_stops_saying_it_once_one_can
     assert stepped.call("jobs.status", job)["blocked"] == ""          # paused: it waits for nobody
     stepped.call("jobs.resume", job)
     assert stepped.call("jobs.status", job)["blocked"] == "no node is connected to the controller"
+
+
+def test_the_files_a_scene_writes_are_kept_of_the_unit_written_last(stepped, scene):
+    from farm import scenefiles
+    from farm.client import binary
+
+    job = submit(stepped, scene)
+    n = register_node(stepped)
+    tasks = [stepped.call("nodes.poll", n), stepped.call("nodes.poll", n)]
+    lower = max(tasks, key=lambda task: task["row_start"])
+    for task, text in ((lower, b"lower"), (min(tasks, key=lambda task: task["row_start"]), b"upper")):
+        files = scenefiles.pack({"page.html": text, "sub/once.txt": text}, (task["frame"], task["row_start"]))
+        assert stepped.call("nodes.scene_files", n, task["lease"], binary(files)) is True
+    for bad in ({"../up.txt": b"x"}, {"/etc/x": b"x"}):
+        with pytest.raises(FarmError) as err:
+            stepped.call("nodes.scene_files", n, lower["lease"], binary(scenefiles.pack_kept(
+                {name: ((1, 1), data) for name, data in bad.items()})))
+        assert err.value.code is Code.BAD_ARGUMENT
+    for task in tasks:
+        stepped.call("nodes.complete", n, task["lease"], rows_for(task), 0.5)
+    with pytest.raises(FarmError) as err:      # the lease is no longer current
+        stepped.call("nodes.scene_files", n, lower["lease"], binary(scenefiles.pack({"late.txt": b"x"})))
+    assert err.value.code is Code.STALE_LEASE
+    kept = scenefiles.unpack(stepped.call("jobs.scene_files", job).data)
+    assert {name: data for name, (_, data) in kept.items()} == {"page.html": b"lower", "sub/once.txt": b"lower"}

@@ -62,7 +62,7 @@ def test_harmless_switches_are_ignored_with_one_note_each():
     ("Start_Row=3", "renders whole images"), ("+HT", "not a POV-Ray switch"), ("+ZZ", "not a POV-Ray switch"),
     ("Frobnicate=1", "not a POV-Ray setting"), ("Bounding_Methd=2", "not a POV-Ray setting (the command line); "
                                                                    "did you mean Bounding_Method?"),
-    ("+O-", "writes the image to a file"), ("Dither=on", "does not dither"), ("+TH", "does not dither"),
+    ("+I-", "reads the scene from a file"), ("Dither=on", "does not dither"), ("+TH", "does not dither"),
     ("End_Row=0.5", "renders whole images"), ("Include_Header=x.inc", "#include the file"),
     ("+FE", "does not write OpenEXR"), ("+FX", "not an output file type"), ("+FN12", "8 or 16 bits"),
     ("+Wide", "not a POV-Ray switch"), ("+Qhigh", "bad value"),
@@ -95,6 +95,14 @@ def test_ini_settings_refused_name_the_file_and_line():
 def test_threshold_alone_waits_for_antialias():
     assert parse("Antialias_Threshold=0.2", "scene.pov").options == []
     assert parse("Antialias_Threshold=0.2", "scene.pov", "+A").options == ["+A0.2"]
+
+
+def test_output_off_and_on_standard_output():
+    assert parse("scene.pov").to_file and not parse("scene.pov").to_stdout
+    assert not parse("scene.pov", "-F").to_file and not parse("scene.pov", "Output_To_File=off").to_file
+    assert parse("scene.pov", "-F", "+F").to_file and parse("scene.pov", "-F", "+FP").file_type == "P"
+    assert parse("scene.pov", "+O-").to_stdout and parse("scene.pov", "Output_File_Name=-").to_stdout
+    assert not parse("scene.pov", "+O-", "-F").to_stdout
 
 
 def test_formats_and_alpha():

@@ -14,7 +14,7 @@ from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service.submission import MAX_SIDE, Submission
 from farm.states import JobState
-from farm.wire import LONG_POLL_CAP
+from farm.wire import LONG_POLL_CAP, Binary
 
 MAX_PAGE = 1000     # jobs in one page of jobs.list
 
@@ -153,8 +153,21 @@ class JobsAPI:
         return True
 
     @rpc(*READERS)
+    def scene_files(self, job: int) -> Binary:
+        """The files the job's scene wrote (#fopen), as its nodes sent them: of each name the version from
+        the unit POV-Ray would have written last (the latest frame, then the strip lowest in the image).
+
+        @param job: int
+        @return: base64, a zip of them (farm/scenefiles.py; empty when the scene wrote none)
+        """
+        job_id = args.job_id(job)
+        self._store.jobs.get(job_id)          # UNKNOWN_JOB for a job that is not there
+        return Binary(self._services.written.get(job_id))
+
+    @rpc(*READERS)
     def fetch(self, job: int, frame: int = 0) -> FileReply:
-        """The finished PNG of a frame.
+        """The finished PNG of a frame: of a done job, or a frame already written of an animation still
+        rendering (or stopped), as `jobs.status` lists it done. JOB_NOT_DONE for a frame not written yet.
 
         @param job: int
         @param frame: int, the frame number (default 0: the job's first frame)
@@ -162,12 +175,13 @@ class JobsAPI:
         """
         job_id = args.job_id(job)
         record = self._store.jobs.get(job_id)
-        if record.state is not JobState.DONE:
-            why = f": {record.error}" if record.error else ""
-            raise FarmError(Code.JOB_NOT_DONE, f"job {job_id} is {record.state.value}{why}")
         number = args.whole("frame", frame, 0, 10**6) or record.first_frame
         stored = self._store.jobs.frame(job_id, number)
-        if stored is None or not stored.path:
+        finished = stored is not None and bool(stored.path)
+        if record.state is not JobState.DONE and not finished:
+            why = f": {record.error}" if record.error else ""
+            raise FarmError(Code.JOB_NOT_DONE, f"job {job_id} is {record.state.value}{why}")
+        if not finished:
             raise FarmError(Code.BAD_ARGUMENT, f"job {job_id} has no frame {number}")
         return FileReply.open(self._services.files.frame_image(job_id, number), f"the image of job {job_id}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 from farm.api import args, rpc
+from farm import scenefiles
 from farm import tags as tagging
 from farm.auth import NODE, READERS, SUBMIT
 from farm.faults import Code, FarmError
@@ -160,6 +161,29 @@ class NodesAPI:
         """
         self.complete(node_id, lease, rows, seconds, encoding)
         return self.poll(node_id)
+
+    def _files_limit(self, before: tuple) -> int:
+        if len(before) != 2:
+            raise FarmError(Code.BAD_ARGUMENT, "files must come third, after node_id and lease")
+        return scenefiles.MAX_ZIP
+
+    @rpc(NODE, value_limit="_files_limit")
+    def scene_files(self, node_id: str, lease: str, files: Binary) -> bool:
+        """The files the scene wrote (#fopen) while the node rendered its current lease's unit, sent before
+        its rows: kept for the job, of each name the version of the unit POV-Ray would have written last
+        (jobs.scene_files). BAD_ARGUMENT when a name is not a safe relative path or the files exceed the
+        bounds (32 files, 4 MiB); STALE_LEASE when the lease is not current.
+
+        @param node_id: str
+        @param lease: str
+        @param files: base64, a zip (farm/scenefiles.py): each member a file by its path relative to the
+            scene's folder, its comment "FRAME,ROW" (the unit's last frame and first row)
+        @return: bool, true
+        """
+        job_id = self._dispatch.live_job(args.text("node_id", node_id, MAX_ID_TEXT),
+                                         args.text("lease", lease, MAX_ID_TEXT))
+        self._services.written.add(job_id, args.binary("files", files))
+        return True
 
     @rpc(NODE)
     def live(self, node_id: str, lease: str, blocks: list) -> dict:

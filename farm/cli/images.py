@@ -4,15 +4,19 @@ switch asks for, an animation's frames under POV-Ray's numbered names, or one an
 from __future__ import annotations
 
 import importlib
+import sysconfig
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from farm import atomic, povcmd
+from farm import atomic, povcmd, scenefiles
 from farm.client import Client
 from farm.faults import Code, FarmError
+from farm.features import SCENE_FILES, Features
 from farm.images.png import apng_from_pngs, decode_png
 from farm.images.ppm import encode_ppm
 from farm.images.raster import Raster
+from farm.images.stamp import Stamp, file_gamma, jpeg_comment, ppm_comments, stamp_png
 from farm.images.tga import encode_tga
 
 EXTENSION_FORMATS = {".png": "N", ".ppm": "P", ".tga": "T", ".jpg": "J", ".jpeg": "J"}
@@ -27,22 +31,36 @@ def require_pillow() -> None:
                         ) from None
 
 
-def encode_image(png: bytes, file_type: str, quality: int | None = None) -> bytes:
-    """The controller's PNG as the file type POV-Ray was asked for (+FN +FP +FT +FC +FJ)."""
+# POV-Ray 3.7 writes JPEG with no chroma subsampling (4:4:4) at the quality Compression= gives, 85 when it
+# gives 0 or 1 or nothing; the number in +FJ<n> is never read (measured from Debian's povray's files: the
+# quantization tables, sampling factors 1x1; and in its source, base/image/jpeg.cpp).
+JPEG_QUALITY = 85
+
+
+def jpeg_quality(compression: int) -> int:
+    return JPEG_QUALITY if compression in (0, 1) else min(max(compression, 1), 100)
+
+
+def encode_image(png: bytes, file_type: str, stamp: Stamp | None = None, quality: int = 0) -> bytes:
+    """The controller's PNG as the file type POV-Ray was asked for (+FN +FP +FT +FC +FJ), with what POV-Ray
+    writes beside the pixels when there is a `stamp`."""
     if file_type == "N":
-        return png
+        return png if stamp is None else stamp_png(png, stamp, _PNG_CHANNELS[png[25]], png[24])
     raster = decode_png(png)
     if file_type == "P":
-        return encode_ppm(raster)
+        return encode_ppm(raster, ppm_comments(stamp) if stamp is not None else b"")
     if raster.bits != 8:
         raise FarmError(Code.BAD_ARGUMENT, f"the image has 16 bits per channel and {povcmd.FORMATS[file_type][0]} "
                                            f"files hold 8: write a .png or .ppm file")
     if file_type in "TC":
-        return encode_tga(raster, rle=file_type == "C")
-    return _encode_jpeg(raster, quality)
+        return encode_tga(raster, rle=file_type == "C", stamp=stamp)
+    return _encode_jpeg(raster, stamp, jpeg_quality(quality))
 
 
-def _encode_jpeg(raster: Raster, quality: int | None) -> bytes:
+_PNG_CHANNELS = {2: 3, 6: 4}      # the farm's PNG colour types: RGB, RGBA
+
+
+def _encode_jpeg(raster: Raster, stamp: Stamp | None, quality: int) -> bytes:
     import io
 
     from PIL import Image
@@ -50,8 +68,18 @@ def _encode_jpeg(raster: Raster, quality: int | None) -> bytes:
     mode = "RGB" if raster.channels == 3 else "RGBA"
     image = Image.frombytes(mode, (raster.width, raster.height), raster.pixels).convert("RGB")
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=min(max(quality or 95, 1), 100))
+    extra = {"comment": jpeg_comment(stamp)} if stamp is not None else {}
+    image.save(buffer, format="JPEG", quality=quality, subsampling=0, **extra)
     return buffer.getvalue()
+
+
+def render_stamp(client: Client, options: Sequence[str]) -> Stamp:
+    """The metadata of the files `render` and `submit` write: the nodes' POV-Ray version (the first
+    node that names one), this box's platform, the job's file gamma, now."""
+    versions = [node.get("povray", "") for node in client.call("nodes.list")]
+    version = next((v for v in versions if v), "")
+    return Stamp(software=f"POV-Ray {version}".strip(), platform=sysconfig.get_config_var("HOST_GNU_TYPE") or "",
+                 gamma=file_gamma(options), when=time.time())
 
 
 def write_output(client: Client, status: dict[str, Any], output: Path,
@@ -91,3 +119,14 @@ def write_file(output: Path, data: bytes) -> None:
         atomic.write(output, data)
     except OSError as err:
         raise FarmError(Code.BAD_ARGUMENT, f"cannot write {output}: {err.strerror or err}") from None
+
+
+def write_scene_files(client: Client, job_id: int, folder: Path) -> list[str]:
+    """The files the job's scene wrote (#fopen), written into `folder` as `povray` run there leaves them
+    (names checked like a bundle's: never outside it); their names. None from a controller without them."""
+    if SCENE_FILES not in Features.of_reply(client.call("api.version")):
+        return []
+    kept = scenefiles.unpack(client.call("jobs.scene_files", job_id).data)
+    for name, (_, data) in sorted(kept.items()):
+        write_file(folder / name, data)
+    return sorted(kept)

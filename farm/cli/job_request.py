@@ -9,14 +9,14 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from farm import povcmd, povini, tags
 from farm.animation import Animation, parse_clock, parse_range
 from farm.bundle.packing import BundlePlan, check_scene, pack, plan_bundle
 from farm.bundle.rules import bundle_hash
 from farm.cli.common import positive_int
-from farm.cli.images import EXTENSION_FORMATS, encode_image, require_pillow, write_file
+from farm.cli.images import EXTENSION_FORMATS, encode_image, render_stamp, require_pillow, write_file
 from farm.client import Client, binary
 from farm.faults import Code, FarmError
 from farm.features import JOB_AFTER, NODE_TAGS, POVRAY_PIN, Features
@@ -47,17 +47,20 @@ POV-Ray's own command line works after the scene, as with `povray` (settings app
 last one wins; a farm flag such as --width overrides them):
   size            +W<width> +H<height>                       (Width=, Height=)
   output          +O<file> or +O<folder>/; without +O the image goes beside the scene, named after
-                  it, as POV-Ray names it (animations: scene01.png ... padded to the last frame)
+                  it, as POV-Ray names it (animations: scene01.png ... padded to the last frame);
+                  +O- the image on standard output; -F (Output_To_File=Off) no image at all
   format          +FN (PNG) +FN16 +UA (alpha), +FP +FP16 (PPM), +FT (Targa), +FC (Targa, RLE),
-                  +FJ[quality] (JPEG, needs Pillow)
+                  +FJ (JPEG, quality 85 as POV-Ray's, needs Pillow)
   animation       +KFI<first> +KFF<last> +KI<clock> +KF<clock> +KC +SF<frame> +EF<frame>
   library paths   +L<folder> (Library_Path=): local folders are shipped with the scene
   INI files       scene.ini, scene.ini[Section] and Key=Value settings, anywhere on the line
+  scene's files   what the scene writes (#fopen) comes back into the current folder, as povray
+                  leaves it; frames that read earlier frames' images (desk.ini) render in order
   rendering       {_ALLOWED_HELP}
   ignored         -D +P -V -X +SP/+EP +WT +WL +B +MI +RS +RP, the +G... message streams, Display_Gamma,
                   BSP_... (one note per reason)
   refused         +SR/+ER/+SC/+EC (the farm renders whole images), +RF (radiosity files), +TH +UF +UO
-                  +STP +KLA +RTR +HI, shell-out settings such as Pre_Scene_Command (never run on nodes);
+                  +STP +KLA +RTR +HI, +I-, shell-out settings such as Pre_Scene_Command (never run on nodes);
                   values that do nothing (Dither=off, End_Row=1, an empty command) pass. Every INI key of
                   POV-Ray 3.7 is known; a typo is "not a POV-Ray setting" with the closest key
 """
@@ -119,10 +122,11 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
 @dataclasses.dataclass
 class JobRequest:
     """What `submit`/`render` were asked: the POV-Ray command, the animation and the files to write
-    (frame number -> path; frame 0 for a still)."""
+    (frame number -> path, frame 0 for a still; the path is None for +O-, the image on standard output,
+    and no frame is written at all for -F)."""
     command: povcmd.PovCommand
     animation: Animation | None
-    targets: dict[int, Path]
+    targets: dict[int, Path | None]
     wants_image: bool          # whether submit waits and writes (--wait, --output or +O)
 
 
@@ -144,8 +148,8 @@ def prepare_job(args: argparse.Namespace, cwd: Path | None = None) -> JobRequest
     povcmd.rendering_options(args.options)          # a bad --option is said before anything else
     targets = _targets(command, animation, args.output, cwd)
     wants_image = args.output is not None or command.output is not None
-    if args.command == "render" or args.wait or wants_image:
-        for path in {target.parent for target in targets.values()}:
+    if (args.command == "render" or args.wait or wants_image) and command.to_file:
+        for path in {target.parent for target in targets.values() if target is not None}:
             _check_writable(path)
     if defaults is not None:          # said once all is well: an error alone stays one line
         sys.stderr.write(f"povfarm: read POV-Ray's defaults from {defaults}\n")
@@ -168,6 +172,8 @@ def _apply_flags(command: povcmd.PovCommand, args: argparse.Namespace) -> None:
         command.animation["cyclic"] = True
     if args.subset:
         command.animation["subset_first"], command.animation["subset_last"] = parse_range(args.subset, "--subset")
+    if args.output is not None:        # --output names a file: POV-Ray's +O- and -F give way to it
+        command.output, command.to_file = None, True
     suffix = args.output.suffix.lower() if args.output is not None else ""
     if suffix in EXTENSION_FORMATS:
         wanted = "C" if command.file_type == "C" and suffix == ".tga" else EXTENSION_FORMATS[suffix]
@@ -180,7 +186,7 @@ def _apply_flags(command: povcmd.PovCommand, args: argparse.Namespace) -> None:
 
 
 def _targets(command: povcmd.PovCommand, animation: Animation | None, output: Path | None,
-             cwd: Path) -> dict[int, Path]:
+             cwd: Path) -> dict[int, Path | None]:
     extension = command.extension()
     assert command.scene is not None
     numbered = animation is not None and povcmd.is_numbered(animation.first, animation.last)
@@ -188,6 +194,8 @@ def _targets(command: povcmd.PovCommand, animation: Animation | None, output: Pa
         frames = [0]
     else:
         frames = list(range(animation.rendered_first, animation.rendered_last + 1))
+    if command.to_stdout:
+        return dict.fromkeys(frames)
     digits = animation.digits if animation is not None else 0
     if output is not None:       # --output: a file for a still, a folder for an animation's numbered frames
         if animation is None:
@@ -277,11 +285,24 @@ def _job_ids(values: list[str]) -> list[int]:
         raise FarmError(Code.BAD_ARGUMENT, f"--after takes job ids, e.g. --after 3,4, not {values!r}") from None
 
 
-def write_targets(client: Client, job_id: int, request: JobRequest) -> str:
-    """Fetch each frame's PNG and write it in the asked format, under POV-Ray's names."""
+def write_targets(client: Client, job_id: int, request: JobRequest, frames: Iterable[int] | None = None) -> str:
+    """Fetch each frame's PNG (or those of `frames`) and write it in the asked format, under POV-Ray's
+    names, or on standard output one after another (+O-), or nowhere (-F, Output_To_File=Off)."""
     command = request.command
-    for frame, path in request.targets.items():
+    if not command.to_file:
+        return "nothing (Output_To_File is off)"
+    chosen = list(request.targets if frames is None else frames)
+    stamp = render_stamp(client, command.options)
+    for frame in chosen:
         png = client.call("jobs.fetch", job_id, frame).data
-        write_file(path, encode_image(png, command.file_type, command.quality))
-    paths = list(request.targets.values())
+        data = encode_image(png, command.file_type, stamp, command.quality)
+        path = request.targets[frame]
+        if path is None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            write_file(path, data)
+    paths = [request.targets[frame] for frame in chosen]
+    if command.to_stdout:
+        return f"{'the image' if len(paths) == 1 else f'{len(paths)} frames'} on standard output"
     return str(paths[0]) if len(paths) == 1 else f"{len(paths)} frames, {paths[0]} ... {paths[-1]}"

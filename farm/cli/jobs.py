@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from farm.cli import history
+from farm.cli.chained import frames_read_back, plan_of
 from farm.cli.common import (EXIT_INTERRUPTED, EXIT_OK, Subcommands, add_client_flags, add_patience_flag,
                              connect)
 from farm.cli.images import fetch_frames, write_animation, write_output
@@ -97,9 +98,14 @@ def cmd_node_tags(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     request = prepare_job(args)
+    read_back = frames_read_back(request, plan_of(args, request))
+    if read_back:       # a job's frames render side by side: only render can wait for each in turn
+        names = ", ".join(request.targets[frame].name for frame in read_back[:4])
+        sys.stderr.write(f"povfarm: warning: the scene reads the animation's own output ({names}), which a job "
+                         f"renders side by side; `povfarm render` renders such frames in order\n")
     client = connect(config)
     job_id = submit_job(client, args, request)
-    print(job_id, flush=True)
+    print(job_id, flush=True, file=sys.stderr if request.command.to_stdout else sys.stdout)   # +O-: the image's
     if not args.wait and not request.wants_image:
         return EXIT_OK
     progress = Progress()

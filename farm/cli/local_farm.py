@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from farm.cli.chained import frames_read_back, plan_of, read_back_note, render_in_order
 from farm.cli.common import EXIT_INTERRUPTED, Subcommands, positive_int
 from farm.cli.job_request import POVRAY_HELP, add_job_flags, prepare_job, submit_job
-from farm.cli.waiting import StopRequest, finish_job, wait_for_job
+from farm.cli.waiting import StopRequest, finish_job, keep_finished_frames, wait_for_job
 from farm.client import Client
 from farm.config import Config
 from farm.faults import Code, FarmError
@@ -41,6 +42,9 @@ def add_render(commands: Subcommands) -> None:
 
 def cmd_render(config: Config, args: argparse.Namespace) -> int:
     request = prepare_job(args)
+    read_back = frames_read_back(request, plan_of(args, request))
+    if read_back:
+        sys.stderr.write(f"povfarm: {read_back_note(request, read_back)}\n")
     workspace = Path(tempfile.mkdtemp(prefix="povfarm-render-"))
     config.data_dir, config.bind, config.port = workspace / "controller", "127.0.0.1", 0
     config.token, config.token_file, config.tls_cert, config.tls_key = "", "", "", ""
@@ -54,12 +58,16 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
             controller.start_in_thread()
             client = Client(controller.url, config.rpc_timeout, token=controller.tokens["submit"])
             _wait_for_local_nodes(nodes, stop)
-            status = None
+            status, job_id = None, None
+            if read_back and not stop.is_set():
+                return render_in_order(client, args, request, stop)
             if not stop.is_set():
                 job_id = submit_job(client, args, request)
                 status = wait_for_job(client, job_id, interval=0.1, stop=stop, local=True)
             if status is None:
                 sys.stderr.write("povfarm: interrupted; stopping the local nodes\n")
+                if job_id is not None:
+                    keep_finished_frames(client, job_id, request)
                 return EXIT_INTERRUPTED
             return finish_job(client, status, request)
         finally:

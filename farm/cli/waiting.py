@@ -8,9 +8,12 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
+from farm import scenefiles
 from farm.cli.common import EXIT_FAILED, EXIT_OK
+from farm.cli.images import write_scene_files
 from farm.cli.job_request import JobRequest, write_targets
 from farm.client import Client
 from farm.faults import Code, FarmError
@@ -125,6 +128,23 @@ def _check_blocked(status: dict[str, Any], patience: Patience | None, progress: 
                                             f"povfarm cancel {job_id} drops it")
 
 
+def keep_finished_frames(client: Client, job_id: int, request: JobRequest) -> None:
+    """An animation interrupted: the frames finished so far are written, as `povray` leaves those it
+    finished (a still, or a frame cut short, leaves nothing)."""
+    if request.animation is None or not request.command.to_file:
+        return
+    try:
+        frames = client.call("jobs.status", job_id)["frames"]
+        done = [frame["number"] for frame in frames
+                if frame["state"] == "done" and frame["number"] in request.targets]
+        if done:
+            written = write_targets(client, job_id, request, done)
+            sys.stderr.write(f"povfarm: kept the {len(done)} finished frame{'s' if len(done) > 1 else ''}: "
+                             f"{written}\n")
+    except FarmError as err:
+        sys.stderr.write(f"povfarm: could not keep the finished frames: {err}\n")
+
+
 def finish_job(client: Client, status: dict[str, Any], request: JobRequest | None) -> int:
     """Report how a job ended and write its image; the exit code for `submit --wait` and `render`."""
     if status["state"] == "failed":
@@ -137,6 +157,9 @@ def finish_job(client: Client, status: dict[str, Any], request: JobRequest | Non
     if request is not None:
         written = write_targets(client, status["id"], request)
         sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s: wrote {written}\n")
+        scene_files = write_scene_files(client, status["id"], Path.cwd())
+        if scene_files:
+            sys.stderr.write(f"povfarm: the scene wrote {scenefiles.shown(scene_files)}\n")
     else:
         sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s; "
                          f"fetch it with: povfarm fetch {status['id']} --output FILE.png\n")

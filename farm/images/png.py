@@ -138,9 +138,9 @@ def encode_png(raster: Raster, level: int = 6) -> bytes:
     return b"".join(
         (
             PNG_SIGNATURE,
-            _png_chunk(b"IHDR", ihdr),
-            _png_chunk(b"IDAT", _compressed_scanlines(raster, level)),
-            _png_chunk(b"IEND", b""),
+            png_chunk(b"IHDR", ihdr),
+            png_chunk(b"IDAT", _compressed_scanlines(raster, level)),
+            png_chunk(b"IEND", b""),
         )
     )
 
@@ -163,7 +163,7 @@ def _compressed_scanlines(raster: Raster, level: int) -> bytes:
     return b"".join(parts)
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
+def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
@@ -188,16 +188,16 @@ def apng_from_pngs(pngs: Sequence[bytes], delay_ms: int = 100) -> bytes:
 def _apng(header: bytes, frame_data: Sequence[bytes], delay_ms: int) -> bytes:
     width, height = struct.unpack_from(">II", header)
     delay = max(1, min(int(delay_ms), 65535))
-    chunks = [_png_chunk(b"IHDR", header), _png_chunk(b"acTL", struct.pack(">II", len(frame_data), 0))]
+    chunks = [png_chunk(b"IHDR", header), png_chunk(b"acTL", struct.pack(">II", len(frame_data), 0))]
     sequence = 0
     for index, data in enumerate(frame_data):
-        chunks.append(_png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, delay, 1000,
+        chunks.append(png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, delay, 1000,
                                                       0, 0)))
         sequence += 1
         if index == 0:
-            chunks.append(_png_chunk(b"IDAT", data))
+            chunks.append(png_chunk(b"IDAT", data))
         else:
-            chunks.append(_png_chunk(b"fdAT", struct.pack(">I", sequence) + data))
+            chunks.append(png_chunk(b"fdAT", struct.pack(">I", sequence) + data))
             sequence += 1
-    chunks.append(_png_chunk(b"IEND", b""))
+    chunks.append(png_chunk(b"IEND", b""))
     return PNG_SIGNATURE + b"".join(chunks)

@@ -63,12 +63,13 @@ def _skip_ppm_space(data: bytes, pos: int) -> int:
     return pos
 
 
-def encode_ppm(raster: Raster) -> bytes:
+def encode_ppm(raster: Raster, comments: bytes = b"") -> bytes:
     """A binary PPM (P6) of the raster, as POV-Ray writes with +FP / +FP16: maxval 255 or 65535,
-    16-bit samples big-endian. PPM has no alpha channel, so an RGBA raster loses its alpha."""
+    16-bit samples big-endian, `comments` ('# ...' lines) after the P6. PPM has no alpha channel, so an
+    RGBA raster loses its alpha."""
     pixels = raster.pixels if raster.channels == 3 else _drop_alpha(raster)
     maxval = 255 if raster.bits == 8 else 65535
-    return b"P6\n%d %d\n%d\n" % (raster.width, raster.height, maxval) + pixels
+    return b"P6\n%s%d %d\n%d\n" % (comments, raster.width, raster.height, maxval) + pixels
 
 
 def _drop_alpha(raster: Raster) -> bytes:

@@ -7,14 +7,16 @@ import itertools
 import struct
 
 from farm.images.raster import Raster
+from farm.images.stamp import Stamp, tga_extension
 
 _TGA_FOOTER = b"\x00" * 8 + b"TRUEVISION-XFILE.\x00"
 
 
-def encode_tga(raster: Raster, rle: bool = False) -> bytes:
+def encode_tga(raster: Raster, rle: bool = False, stamp: Stamp | None = None) -> bytes:
     """A Targa file of an 8-bit raster, as POV-Ray writes with +FT (uncompressed, image type 2) or +FC
     (run-length encoded, type 10): top-left origin, BGR or BGRA, 8 alpha bits when RGBA, and the
-    TGA 2.0 footer. RLE packets never cross a row, as the TGA 2.0 specification asks."""
+    TGA 2.0 footer, after POV-Ray's extension area when there is a `stamp`. RLE packets never cross a
+    row, as the TGA 2.0 specification asks (the same packets as POV-Ray's)."""
     if raster.bits != 8:
         raise ValueError("Targa files hold 8 bits per channel; the image has 16.")
     depth = 8 * raster.channels
@@ -26,7 +28,9 @@ def encode_tga(raster: Raster, rle: bool = False) -> bytes:
         size = raster.row_bytes
         body = b"".join(_rle_row(body[y * size : (y + 1) * size], raster.channels)
                         for y in range(raster.height))
-    return header + body + _TGA_FOOTER
+    if stamp is None:
+        return header + body + _TGA_FOOTER
+    return header + body + tga_extension(stamp, raster.channels == 4, len(header) + len(body))
 
 
 def _to_bgr(raster: Raster) -> bytes:

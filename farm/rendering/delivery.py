@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from farm.client import Client
 from farm.faults import Code, FarmError
-from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, Features
+from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, SCENE_FILES, Features
 from farm.retry import RETRY_CEILING
 from farm.rendering.task import RenderOutcome
 from farm.rows import ZLIB
@@ -59,6 +59,8 @@ class Delivery:
         (nodes.complete_and_poll: half the requests per strip, and the slot never waits for a poll between
         strips). Returns that task's wire struct, or None."""
         features = self.features()
+        if outcome.files and SCENE_FILES in features:      # while the lease is current: before the rows
+            self.call("nodes.scene_files", lease, outcome.files)
         rows, encoding = outcome.rows, outcome.encoding
         if encoding != ZLIB and FILTERED_ROWS not in features and outcome.as_zlib is not None:
             rows, encoding = outcome.as_zlib(), ZLIB     # rendered before the node learnt it

@@ -9,6 +9,7 @@ a lease to hand back. The node (`farm/node.py`) polls, heartbeats and delivers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -28,10 +29,11 @@ from farm.rendering.frame_caches import PhotonMaps, PhotonPublisher, RadiosityCa
 from farm.images.png import decode_png
 from farm.images.ppm import decode_ppm
 from farm.images.raster import row_size
-from farm.kinds import PRETRACE
+from farm.kinds import PRETRACE, ROWS
 from farm.options import check_libraries, without_antialiasing
 from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
 from farm.rendering.live import READ_EVERY
+from farm.rendering import written
 from farm.rendering.task import RenderOutcome, Task
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,7 @@ class UnitRenderer:
             _drop_working_dir_ini(scene.parent)
         heartbeat = self._watch(task, log_path, publisher.when_tracing if publisher is not None else None)
         should_stop = heartbeat if pretrace is None else (lambda: pretrace() or heartbeat())
+        before = written.snapshot(scene.parent) if pretrace is None and task.kind == ROWS else None
         limits = [limit for limit in (self.config.strip_timeout, task.time_limit) if limit > 0]
         timeout = min(limits, default=0.0)
         command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
@@ -154,7 +157,11 @@ class UnitRenderer:
         result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
         if self.flavour == povray.PVENGINE:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
-        return self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
+        outcome = self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
+        if before is not None and outcome.kind == "done":
+            files = written.collect(scene.parent, before, (task.frame_last, task.row_start))
+            outcome = dataclasses.replace(outcome, files=files) if files else outcome
+        return outcome
 
     def _outcome(self, task: Task, result: povray.ProcessResult, log_path: Path, output: Path,
                  frames: range, animated: bool, pretrace: radiosity.PretraceWatch | None) -> RenderOutcome:

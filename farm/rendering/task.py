@@ -81,6 +81,7 @@ class RenderOutcome:
     error: str = ""
     scene_error: bool = False
     encoding: str = ZLIB   # of rows (farm.rows.ENCODINGS)
+    files: bytes = b""     # the files the scene wrote (farm.scenefiles' zip), b"" when none
     # The same rows as plain zlib, made when asked: for a controller that takes no other encoding.
     as_zlib: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
 

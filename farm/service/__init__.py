@@ -21,6 +21,7 @@ from farm.service.dispatch import Dispatcher
 from farm.service.feed import FeedLog, Streams
 from farm.service.files import Files
 from farm.service.history import History
+from farm.service.written import WrittenFiles
 from farm.service.live import LiveBlocks
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
@@ -47,6 +48,7 @@ class Services:
         self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
         self.live = LiveBlocks(config.lease_timeout)   # blocks of units in flight, for viewers only
         self.history = History(store, self.files, config.data_dir, config.purge_after, clock, self.views.forget)
+        self.written = WrittenFiles(self.files)   # the files scenes write (#fopen), per job
         self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes), live=self.live)
         self._last_tick = clock()
         self._waiting: dict[int, tuple[int, ...]] = {}   # job -> the jobs it runs after that are not done
