@@ -293,10 +293,10 @@ def test_elapsed_and_eta_from_the_job_times_and_progress():
     state.handle(("feed", 1, reply(job_info(started=100.0, progress=0.25))))
     assert state.timing() == (10.0, 30.0)
     clock.now = 120.0
-    assert state.timing() == (20.0, 60.0)
+    assert state.timing() == (20.0, 20.0)       # counted down until the next status says more
     lines = state.status_lines()
-    assert "job 1 job1 (s.pov)  rendering  0/2 strips  25%" in lines[0]
-    assert "elapsed 0:20  ETA 1:00" in lines[1]
+    assert "job 1 job1 (s.pov)  rendering  0 of 2 strips so far  25%" in lines[0]
+    assert "elapsed 0:20  ETA 0:20" in lines[1]
     state.handle(("feed", 1, reply(job_info(state="done", progress=1.0, finished=150.0))))
     assert state.timing() == (50.0, 0.0) and "ETA" not in state.status_lines()[1]
     state.handle(("feed", 1, reply(job_info(state="failed", finished=105.0, error="Parse Error"))))
