@@ -478,6 +478,20 @@ def test_the_preview_is_outlined_whole_and_an_image_shown_at_its_size_at_1280_px
 
 
 @needs_browser
+@needs_povray
+def test_a_page_open_before_the_first_job_watches_it_from_its_start(browser, farm, tmp_path):
+    farm.start_controller()
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.state()["awaiting"], what="the page watching for a first job")
+    job_id = submit_queued(farm, tmp_path)
+    page.wait(lambda: page.state()["job"] == job_id, what="the page showing the job")
+    farm.start_node("n1")
+    page.wait(lambda: page.state()["drained"], timeout=90, what="the job painted")
+    assert farm.client.call("jobs.status", job_id)["preview"] == "done"     # watched as it started
+
+
+@needs_browser
 def test_the_page_unfilters_rows_sent_in_the_compact_filtered_form(browser, farm, tmp_path):
     """Rows as current nodes deliver them (PNG scanlines): every one of the five filters is undone."""
     import random

@@ -38,6 +38,7 @@
     view: null,                       // the job on screen: its feed, frames and canvases
     linkOk: true, newsAt: 0,          // whether the controller answers; when it last did (ms)
     etas: new Map(),                  // job id -> its EtaShown
+    idle: null,                       // aborts the stream that waits for a first job (awaitFirstJob)
     wake: null,                       // resolves the tables' wait early (an action, the tab shown again)
   };
 
@@ -163,6 +164,7 @@
     const newest = app.jobs.reduce((best, job) => Math.max(best, job.id), 0);
     const wanted = app.follow ? newest : app.pinned;
     if (wanted && (!app.view || app.view.job !== wanted)) showJob(wanted);
+    else if (!wanted && app.follow) awaitFirstJob();
     $("follow").classList.toggle("on", app.follow);
   }
 
@@ -351,6 +353,26 @@
   function stopView() {
     if (app.view) app.view.abort.abort();
     app.view = null;
+    if (app.idle) app.idle.abort();
+    app.idle = null;
+  }
+
+  // No job yet: as followNewest does once a job is over, a stream on "the newest job" from its end tells
+  // the controller that a viewer watches what comes next (its preview, its strips cut to paint early), and
+  // names the first job the moment it is submitted.
+  async function awaitFirstJob() {
+    if (app.view || app.idle) return;
+    const idle = app.idle = new AbortController();
+    try {
+      for await (const records of feedRecords(app.client.token, 0, LAST_CURSOR, idle.signal)) {
+        const first = records.find(({ header }) => header.type === "job" && header.job && header.job.id);
+        if (first && app.follow && !app.view) return showJob(first.header.job.id);
+      }
+    } catch (err) {
+      // Aborted (a job shown, signed out) or the link broke: the next refresh of the tables tries again.
+    } finally {
+      if (app.idle === idle) app.idle = null;
+    }
   }
 
   function showJob(id) {
@@ -990,6 +1012,7 @@
       frame: app.view ? app.view.frame : null, cursor: app.view ? app.view.cursor : 0,
       rows: app.view && app.view.frame !== null ? paintedRows(app.view.frames.get(app.view.frame)) : 0,
       drained: app.view ? app.view.drained : false,
+      awaiting: Boolean(app.idle),                  // no job yet: watching for the first one
       via: app.view ? app.view.via || "" : "",       // the feed: "stream", or "polls" (an older controller)
     }),
     call: (method, ...params) => app.client.call(method, ...params),
