@@ -422,7 +422,7 @@ def test_the_page_derives_colours_times_and_words_as_the_viewer_does(browser, fa
     from farm.viewing.eta import ShownEta
 
     farm.start_controller()
-    page = Page(browser, farm)
+    Page(browser, farm)                        # loaded: no need to sign in
     names = ["boxA", "boxB", "view", "n1", "node-7", "büro", "渲染", "a b", "x" * 60, *(f"node{i}" for i in range(50))]
     assert browser.execute_script("return arguments[0].map(window.povfarm.colour)", names) == [
         css(node_colour(name)) for name in names]
