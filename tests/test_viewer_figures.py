@@ -1,7 +1,6 @@
 """The figures the viewers show beside the image: the ETA (smoothed, held while the controller is out of
 reach), a node's colour (from its name), the strips counted while the job is cut, the progress of a
-canceled job; and the pygame window's own layout (opened once, the preview's label clear of the first
-strip's)."""
+canceled job. (The pygame window's own layout is tested in test_viewer.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from harness import register_node, submit
 from farm.viewing.colours import PALETTE, node_colour
 from farm.viewing.eta import SMOOTHING, ShownEta
 from farm.viewing.state import ViewerState, strips_text
-from test_viewer import DUMMY_VIDEO, HAS_PYGAME, FakeFeed, job_info, reply
+from test_viewer import job_info, reply
 
 seconds = st.floats(min_value=0.0, max_value=3600.0, allow_nan=False)
 gaps = st.floats(min_value=0.01, max_value=60.0, allow_nan=False)
@@ -145,52 +144,3 @@ def test_a_canceled_job_keeps_the_progress_it_had(stepped, scene):
     stepped.call("jobs.cancel", job)
     status = stepped.call("jobs.status", job)
     assert status["state"] == "canceled" and status["progress"] == before
-
-
-# -- the window --------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def pygame_window(monkeypatch, tmp_path):
-    if not HAS_PYGAME:
-        pytest.skip("the viewer window needs pygame (pip install 'povfarm[viewer]')")
-    for key, value in DUMMY_VIDEO.items():
-        monkeypatch.setenv(key, value)
-    from farm.viewing.window import Window, import_pygame
-
-    pygame = import_pygame()
-    opened = []
-    set_mode = pygame.display.set_mode
-    monkeypatch.setattr(pygame.display, "set_mode", lambda *args, **kw: opened.append(args) or set_mode(*args, **kw))
-
-    def make(state: ViewerState, **kwargs):
-        feed = FakeFeed()
-        return Window(pygame, state, feed, save_dir=tmp_path, **kwargs), feed, opened
-
-    yield make
-    pygame.quit()
-
-
-@pytest.mark.parametrize("known", [True, False])
-def test_the_window_is_opened_once_and_not_again_when_the_first_image_comes(pygame_window, known):
-    win, feed, opened = pygame_window(ViewerState(1), image_size=(320, 240) if known else None)
-    size = win.pg.display.get_surface().get_size()
-    assert size == win.natural_size(*((320, 240) if known else win.USUAL_IMAGE))
-    feed.messages.put(("feed", 1, reply(job_info(width=320, height=240))))
-    win.step()
-    assert win.image.get_size() == (320, 240) and len(opened) == 1
-    assert win.pg.display.get_surface().get_size() == size
-
-
-def test_the_previews_label_is_clear_of_the_first_strips(pygame_window, monkeypatch):
-    win, feed, _ = pygame_window(ViewerState(1), image_size=(320, 240))
-    in_flight = [{"frame": 1, "row_start": 0, "row_end": 60, "node": "view", "progress": 0.0, "kind": "preview"},
-                 {"frame": 1, "row_start": 0, "row_end": 60, "node": "boxB", "progress": 0.0, "kind": "rows"}]
-    feed.messages.put(("feed", 1, reply(job_info(width=320, height=240), in_flight=in_flight)))
-    labels = []
-    label = win._label
-    monkeypatch.setattr(win, "_label", lambda w, text, pos, *a, **k: labels.append((text, pos)) or label(w, text, pos, *a, **k))
-    win.step()
-    (preview, (px, py)), (strip, (sx, sy)) = sorted(labels, key=lambda item: "preview" not in item[0])
-    assert preview == "view preview 0%" and strip == "boxB 0%"
-    assert py == sy and px >= sx + win.small.size(strip)[0] + 8      # beside it, not over it
-    assert px + win.small.size(preview)[0] + 8 <= win.view_pos[0] + win.view.get_width()
