@@ -13,8 +13,25 @@ the same for the page.
 from __future__ import annotations
 
 import math
+from typing import Any
+
+from farm.states import ENDED
 
 SMOOTHING = 6.0     # seconds: the time constant with which the shown ETA follows the controller's estimates
+
+
+def status_estimate(job: dict[str, Any], now: float) -> float | None:
+    """The seconds left a job's status says: the controller's, from the cost per row it measured, else
+    from the fraction done; None while nothing says (or once the job has ended)."""
+    if job.get("state") in ENDED or not job.get("started"):
+        return None
+    if job.get("eta") is not None:
+        return float(job["eta"])
+    progress = float(job.get("progress", 0.0))
+    if progress <= 0.0:
+        return None
+    elapsed = max(0.0, now - float(job["started"]))
+    return elapsed * (1.0 - progress) / progress
 
 
 class ShownEta:

@@ -15,7 +15,7 @@ from farm.states import ENDED
 from farm.rows import ZLIB, decode_rows, decompress_capped
 from farm.viewing.canvas import Canvas
 from farm.viewing.colours import node_colour
-from farm.viewing.eta import ShownEta
+from farm.viewing.eta import ShownEta, status_estimate
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class ViewerState:
         if self.job.get("id") != info["id"]:
             self.eta = ShownEta()
         self.job = dict(info)
-        self.eta.measure(self._estimate(), self.clock())
+        self.eta.measure(status_estimate(self.job, self.clock()), self.clock())
         self.error = ""
         for strip in reply.get("strips", []):
             self._apply_strip(strip)
@@ -321,7 +321,7 @@ class ViewerState:
 
     def timing(self, now: float | None = None) -> tuple[float | None, float | None]:
         """(seconds since the job started, estimated seconds left), None when unknown. The estimate is
-        `eta`'s: the controller's estimates smoothed and counted down since (`_estimate`)."""
+        `eta`'s: the controller's estimates smoothed and counted down since (`status_estimate`)."""
         job = self.job
         started = job.get("started") or 0.0
         if not started:
@@ -332,20 +332,6 @@ class ViewerState:
         if job.get("state") in ENDED:
             return elapsed, 0.0 if job.get("state") == "done" else None
         return elapsed, self.eta.left(now)
-
-    def _estimate(self) -> float | None:
-        """The seconds left the job's latest status says: the controller's, from the cost per row it
-        measured, else from the fraction done; None while nothing says."""
-        job = self.job
-        if job.get("state") in ENDED or not job.get("started"):
-            return None
-        if job.get("eta") is not None:
-            return float(job["eta"])
-        progress = float(job.get("progress", 0.0))
-        if progress <= 0.0:
-            return None
-        elapsed = max(0.0, self.clock() - float(job["started"]))
-        return elapsed * (1.0 - progress) / progress
 
     def say(self, text: str, seconds: float = 4.0) -> None:
         self.message, self._message_until = text, self.clock() + seconds
