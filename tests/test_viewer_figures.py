@@ -72,6 +72,17 @@ def test_the_swings_of_a_new_job_are_smoothed():
     assert max(steps) < 7.0, shown          # not 24 s down then 10 s up
 
 
+@given(seconds, seconds, gaps)
+def test_a_guess_from_the_fraction_done_gives_way_to_the_first_measured_estimate(guess, measured, wait):
+    eta = ShownEta()
+    eta.measure(guess, 0.0, guess=True)
+    eta.measure(guess / 2, wait, guess=True)      # guesses are smoothed among themselves
+    eta.measure(measured, 2 * wait)
+    assert eta.left(2 * wait) == measured
+    eta.measure(measured + 100.0, 3 * wait, guess=True)    # a guess after it is smoothed, not taken as it is
+    assert eta.left(3 * wait) < measured + 100.0
+
+
 @given(seconds, gaps, gaps)
 def test_a_held_eta_stands_still_and_counts_down_on_from_there(estimate, held, after):
     eta = ShownEta()

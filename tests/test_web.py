@@ -426,17 +426,18 @@ def test_the_page_derives_colours_times_and_words_as_the_viewer_does(browser, fa
     names = ["boxA", "boxB", "view", "n1", "node-7", "büro", "渲染", "a b", "x" * 60, *(f"node{i}" for i in range(50))]
     assert browser.execute_script("return arguments[0].map(window.povfarm.colour)", names) == [
         css(node_colour(name)) for name in names]
-    steps = [("measure", 50.0, 0.0), ("measure", 26.0, 1.5), ("measure", 36.0, 3.0), ("hold", None, 4.0),
-             ("resume", None, 9.0), ("measure", 30.0, 12.0)]
+    steps = [("measure", 240.0, -2.0, True), ("measure", 200.0, -1.0, True), ("measure", 50.0, 0.0, False),
+             ("measure", 26.0, 1.5, False), ("measure", 36.0, 3.0, False), ("hold", None, 4.0, False),
+             ("resume", None, 9.0, False), ("measure", 30.0, 12.0, False), ("measure", 90.0, 13.0, True)]
     shown = ShownEta()
     expected = []
-    for what, value, at in steps:
-        getattr(shown, what)(*((value, at) if what == "measure" else (at,)))
+    for what, value, at, guess in steps:
+        getattr(shown, what)(*((value, at, guess) if what == "measure" else (at,)))
         expected.append(shown.left(at + 0.5))
     got = browser.execute_script("""
         const eta = new window.povfarm.EtaShown();
-        return arguments[0].map(([what, value, at]) => {
-          if (what === "measure") eta.measure(value, at); else eta[what](at);
+        return arguments[0].map(([what, value, at, guess]) => {
+          if (what === "measure") eta.measure(value, at, guess); else eta[what](at);
           return eta.left(at + 0.5);
         });""", steps)
     assert got == pytest.approx(expected)

@@ -20,18 +20,19 @@ from farm.states import ENDED
 SMOOTHING = 6.0     # seconds: the time constant with which the shown ETA follows the controller's estimates
 
 
-def status_estimate(job: dict[str, Any], now: float) -> float | None:
-    """The seconds left a job's status says: the controller's, from the cost per row it measured, else
-    from the fraction done; None while nothing says (or once the job has ended)."""
+def status_estimate(job: dict[str, Any], now: float) -> tuple[float | None, bool]:
+    """The seconds left a job's status says, and whether that is a guess: the controller's estimate, from
+    the cost per row it measured, else a guess from the fraction done; None while nothing says (or once
+    the job has ended)."""
     if job.get("state") in ENDED or not job.get("started"):
-        return None
+        return None, True
     if job.get("eta") is not None:
-        return float(job["eta"])
+        return float(job["eta"]), False
     progress = float(job.get("progress", 0.0))
     if progress <= 0.0:
-        return None
+        return None, True
     elapsed = max(0.0, now - float(job["started"]))
-    return elapsed * (1.0 - progress) / progress
+    return elapsed * (1.0 - progress) / progress, True
 
 
 class ShownEta:
@@ -41,6 +42,7 @@ class ShownEta:
         self.smoothing = smoothing
         self._value: float | None = None     # seconds left at `_at`
         self._at = 0.0
+        self._guessed = True                 # `_value` comes from guesses only (the fraction done)
         self._held_at: float | None = None   # since when the controller is out of reach
 
     @property
@@ -54,14 +56,16 @@ class ShownEta:
         until = now if self._held_at is None else min(now, self._held_at)
         return max(0.0, self._value - max(0.0, until - self._at))
 
-    def measure(self, estimate: float | None, now: float) -> None:
-        """A new estimate (seconds left) from the controller, measured `now`; None leaves the ETA as it is."""
+    def measure(self, estimate: float | None, now: float, guess: bool = False) -> None:
+        """A new estimate (seconds left) from the controller, measured `now`; None leaves the ETA as it is.
+        A `guess` (from the fraction done, before the controller has measured anything) is shown only
+        until its first measured estimate, which replaces it outright: early guesses are far off."""
         if estimate is None:
             return
         estimate = max(0.0, float(estimate))
         shown = self.left(now)
-        if shown is None:
-            self._value = estimate
+        if shown is None or (self._guessed and not guess):
+            self._value, self._guessed = estimate, guess
         else:
             share = 1.0 - math.exp(-max(0.0, now - self._at) / self.smoothing)
             self._value = shown + share * (estimate - shown)

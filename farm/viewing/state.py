@@ -145,7 +145,8 @@ class ViewerState:
         if self.job.get("id") != info["id"]:
             self.eta = ShownEta()
         self.job = dict(info)
-        self.eta.measure(status_estimate(self.job, self.clock()), self.clock())
+        estimate, guess = status_estimate(self.job, self.clock())
+        self.eta.measure(estimate, self.clock(), guess)
         self.error = ""
         for strip in reply.get("strips", []):
             self._apply_strip(strip)

@@ -274,18 +274,19 @@
   // estimate of the controller moves it by the share of the gap the time since the last one earns, it
   // counts down between them, and it is held still while the controller is out of reach.
   class EtaShown {
-    constructor() { this.value = null; this.at = 0; this.heldAt = null; }
+    constructor() { this.value = null; this.at = 0; this.guessed = true; this.heldAt = null; }
     get held() { return this.heldAt !== null; }
     left(now) {
       if (this.value === null) return null;
       const until = this.heldAt === null ? now : Math.min(now, this.heldAt);
       return Math.max(0, this.value - Math.max(0, until - this.at));
     }
-    measure(estimate, now) {
+    // A guess (from the fraction done) is shown only until the controller's first measured estimate.
+    measure(estimate, now, guess = false) {
       if (estimate === null || estimate === undefined) return;
       estimate = Math.max(0, Number(estimate));
       const shown = this.left(now);
-      if (shown === null) this.value = estimate;
+      if (shown === null || (this.guessed && !guess)) [this.value, this.guessed] = [estimate, guess];
       else this.value = shown + (1 - Math.exp(-Math.max(0, now - this.at) / ETA_SMOOTHING)) * (estimate - shown);
       this.at = now;
       this.heldAt = null;
@@ -303,12 +304,13 @@
     if (FINISHED.has(job.state) || !job.started) return;
     const now = Date.now() / 1000;
     let estimate = job.eta;
-    if (estimate === undefined || estimate === null) {
+    const guess = estimate === undefined || estimate === null;
+    if (guess) {
       const elapsed = Math.max(0, now - job.started);
       estimate = job.progress > 0 ? (elapsed * (1 - job.progress)) / job.progress : null;
     }
     if (!app.etas.has(job.id)) app.etas.set(job.id, new EtaShown());
-    app.etas.get(job.id).measure(estimate, now);
+    app.etas.get(job.id).measure(estimate, now, guess);
   }
 
   function etaText(job, eta) {
