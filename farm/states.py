@@ -71,8 +71,10 @@ _ALLOWED: dict[type, dict[enum.Enum, frozenset]] = {
         # LEASED -> QUEUED: the lease expired or was handed back; the strip is rendered again.
         # QUEUED -> DONE: a radiosity pre-pass found not needed (its frame goes out whole) is done
         # without a cache, as when the scene turns out to use no radiosity.
+        # QUEUED -> WAITING: a preview no viewer watches is set aside until one comes.
         UnitState.WAITING: frozenset({UnitState.QUEUED, UnitState.CANCELED}),
-        UnitState.QUEUED: frozenset({UnitState.LEASED, UnitState.CANCELED, UnitState.FAILED, UnitState.DONE}),
+        UnitState.QUEUED: frozenset({UnitState.LEASED, UnitState.CANCELED, UnitState.FAILED, UnitState.DONE,
+                                     UnitState.WAITING}),
         UnitState.LEASED: frozenset({UnitState.QUEUED, UnitState.DONE,
                                       UnitState.FAILED, UnitState.CANCELED}),
         UnitState.DONE: frozenset(),

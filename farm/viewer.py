@@ -24,6 +24,13 @@ def _say(text: str) -> None:
     sys.stderr.flush()
 
 
+def _image_size(job: dict) -> tuple[int, int] | None:
+    try:
+        return int(job["width"]), int(job["height"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def run_viewer(url: str, job: int = 0, *, snapshot: Path | None = None, exit_when_done: bool = False,
                scale: str | float = "fit", rpc_timeout: float = 30.0,
                make_client: Callable[[float], Client] | None = None, patience: float = 0.0) -> int:
@@ -35,11 +42,12 @@ def run_viewer(url: str, job: int = 0, *, snapshot: Path | None = None, exit_whe
     pygame = import_pygame()
     check_url(url)
     make_client = make_client or (lambda timeout: Client(url, timeout=timeout))
+    first: dict = {}     # the job shown first, whose size the window is opened at
     try:        # a wrong job id or token is one sentence now; an unreachable controller is retried later
         if job:
-            make_client(rpc_timeout).call("jobs.status", job)
+            first = make_client(rpc_timeout).call("jobs.status", job)
         else:
-            make_client(rpc_timeout).call("viewer.watch", 0, CURSOR_END, 0)
+            first = make_client(rpc_timeout).call("viewer.watch", 0, CURSOR_END, 0).get("job") or {}
     except FarmError as err:
         if err.code is not Code.UNREACHABLE:
             raise
@@ -48,7 +56,7 @@ def run_viewer(url: str, job: int = 0, *, snapshot: Path | None = None, exit_whe
     try:
         try:
             window = Window(pygame, state, feed, url=url, scale=scale, snapshot=snapshot,
-                            exit_when_done=exit_when_done)
+                            exit_when_done=exit_when_done, image_size=_image_size(first))
         except pygame.error as err:
             raise FarmError(Code.BAD_ARGUMENT, f"cannot open a window: {err} (is DISPLAY set?)") from None
         return window.run()

@@ -322,8 +322,9 @@ def test_a_preview_in_auto_mode_is_rendered_only_when_a_viewer_watches(tmp_path)
     unwatched = _submit(farm, tmp_path / "scene", height=64, preview="auto", strips=1)
     task = farm.call("nodes.poll", n)
     assert task["kind"] == "rows"                                        # nobody would see a preview
-    assert farm.call("jobs.status", unwatched)["preview"] == "canceled"
+    assert farm.call("jobs.status", unwatched)["preview"] == "waiting"   # ... until a viewer comes
     farm.call("nodes.complete", n, task["lease"], rows_for(task, 1), 1.0)
+    assert farm.call("jobs.status", unwatched)["preview"] == "canceled"  # its frame is done: no need
     farm.call("viewer.watch", 0, 0, 0)
     watched = _submit(farm, tmp_path / "scene2", height=64, strips=1, preview="auto")
     assert farm.call("nodes.poll", n)["kind"] == "preview"
@@ -336,6 +337,19 @@ def test_a_preview_in_auto_mode_is_rendered_only_when_a_viewer_watches(tmp_path)
     assert store.jobs.get(watched).preview is PreviewMode.WATCHED
     spec = {"bundle": store.jobs.get(watched).bundle, "scene": "s.pov", "width": 4, "height": 64}
     assert store.jobs.get(farm.call("jobs.submit", spec)).preview is PreviewMode.WATCHED   # the default
+    store.close()
+
+
+@pytest.mark.parametrize("follows", [False, True])
+def test_a_preview_set_aside_while_nobody_watched_is_rendered_for_a_viewer_who_comes_later(tmp_path, follows):
+    farm, store = _stepped(tmp_path)
+    n = farm.call("nodes.register", "n", {"povray": "3.7", "slots": 2})["node_id"]
+    job = _submit(farm, tmp_path / "scene", height=64, preview="auto", strips=2)
+    first = farm.call("nodes.poll", n)
+    assert first["kind"] == "rows" and farm.call("jobs.status", job)["preview"] == "waiting"
+    farm.call("viewer.watch", 0 if follows else job, 0, 0)              # a viewer comes: by id, or following
+    assert farm.call("jobs.status", job)["preview"] == "queued"
+    assert farm.call("nodes.poll", n)["kind"] == "preview"               # first in line, before the rest
     store.close()
 
 

@@ -293,10 +293,10 @@ def test_elapsed_and_eta_from_the_job_times_and_progress():
     state.handle(("feed", 1, reply(job_info(started=100.0, progress=0.25))))
     assert state.timing() == (10.0, 30.0)
     clock.now = 120.0
-    assert state.timing() == (20.0, 60.0)
+    assert state.timing() == (20.0, 20.0)       # counted down until the next status says more
     lines = state.status_lines()
-    assert "job 1 job1 (s.pov)  rendering  0/2 strips  25%" in lines[0]
-    assert "elapsed 0:20  ETA 1:00" in lines[1]
+    assert "job 1 job1 (s.pov)  rendering  0 of 2 strips so far  25%" in lines[0]
+    assert "elapsed 0:20  ETA 0:20" in lines[1]
     state.handle(("feed", 1, reply(job_info(state="done", progress=1.0, finished=150.0))))
     assert state.timing() == (50.0, 0.0) and "ETA" not in state.status_lines()[1]
     state.handle(("feed", 1, reply(job_info(state="failed", finished=105.0, error="Parse Error"))))
@@ -659,6 +659,43 @@ def test_the_window_composites_alpha_over_a_checker_and_shows_a_failure(window, 
 
 HIDE_PYGAME = ("import sys; sys.modules['pygame'] = None; from farm.cli import main; "
                "sys.exit(main(sys.argv[1:]))")
+
+
+def _counting_set_mode(pygame, monkeypatch) -> list:
+    opened = []
+    set_mode = pygame.display.set_mode
+    monkeypatch.setattr(pygame.display, "set_mode",
+                        lambda *args, **kw: opened.append(args) or set_mode(*args, **kw))
+    return opened
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_the_window_is_opened_once_and_not_again_when_the_first_image_comes(window, monkeypatch, known):
+    from farm.viewing.window import import_pygame
+
+    opened = _counting_set_mode(import_pygame(), monkeypatch)
+    win, feed = window(ViewerState(1), image_size=(320, 240) if known else None)
+    size = win.pg.display.get_surface().get_size()
+    assert size == win.natural_size(*((320, 240) if known else win.USUAL_IMAGE))
+    feed.messages.put(("feed", 1, reply(job_info(width=320, height=240))))
+    win.step()
+    assert win.image.get_size() == (320, 240) and len(opened) == 1
+    assert win.pg.display.get_surface().get_size() == size
+
+
+def test_the_previews_label_is_clear_of_the_first_strips(window, monkeypatch):
+    win, feed = window(ViewerState(1), image_size=(320, 240))
+    in_flight = [{"frame": 1, "row_start": 0, "row_end": 60, "node": "view", "progress": 0.0, "kind": "preview"},
+                 {"frame": 1, "row_start": 0, "row_end": 60, "node": "boxB", "progress": 0.0, "kind": "rows"}]
+    feed.messages.put(("feed", 1, reply(job_info(width=320, height=240), in_flight=in_flight)))
+    labels = []
+    label = win._label
+    monkeypatch.setattr(win, "_label", lambda w, text, pos, *a, **k: labels.append((text, pos)) or label(w, text, pos, *a, **k))
+    win.step()
+    (preview, (px, py)), (strip, (sx, sy)) = sorted(labels, key=lambda item: "preview" not in item[0])
+    assert preview == "view preview 0%" and strip == "boxB 0%"
+    assert py == sy and px >= sx + win.small.size(strip)[0] + 8      # beside it, not over it
+    assert px + win.small.size(preview)[0] + 8 <= win.view_pos[0] + win.view.get_width()
 
 
 def test_without_pygame_the_viewer_says_how_to_install_it():

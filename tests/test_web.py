@@ -236,9 +236,11 @@ def test_the_page_says_reconnecting_while_the_controller_restarts_then_carries_o
     farm.controller.terminate()
     farm.controller.wait(15)
     page.wait(lambda: "reconnecting" in page.text("link"), timeout=20, what="reconnecting")
+    assert "stale" in page.el("farm").get_attribute("class")      # the figures are as of its last answer
     farm.start_controller()
     farm.start_node("n2")
     page.wait(lambda: page.text("link") == "connected", timeout=30, what="connected again")
+    assert "stale" not in page.el("farm").get_attribute("class")
     submitted = run_cli("submit", str(EXAMPLE), "--width", "320", "--height", "240", "--strips", "8",
                         "--option", "+A0.3", "--controller", farm.url)
     assert submitted.returncode == 0, submitted.stderr
@@ -284,11 +286,11 @@ def test_a_submit_token_pauses_resumes_reprioritises_and_cancels(browser, farm, 
     assert not ok and code == Code.JOB_FINISHED
 
 
-def submit_queued(farm, tmp_path) -> int:
+def submit_queued(farm, tmp_path, width: int = 64, height: int = 64) -> int:
     scene = tmp_path / "q" / "q.pov"
     scene.parent.mkdir()
     scene.write_text("camera { location <0, 0, -3> look_at 0 } sphere { 0, 1 pigment { rgb 1 } }\n")
-    submitted = run_cli("submit", str(scene), "--width", "64", "--height", "64", "--controller", farm.url)
+    submitted = run_cli("submit", str(scene), "--width", str(width), "--height", str(height), "--controller", farm.url)
     assert submitted.returncode == 0, submitted.stderr
     return int(submitted.stdout)
 
@@ -416,6 +418,82 @@ def test_a_preview_is_shown_scaled_up_until_the_frames_rows_replace_it(browser, 
     pixels = page.canvas_rgba()
     assert pixels[:64 * 32 * 4] == bytes([10, 10, 200, 255]) * 64 * 32   # final rows replace it...
     assert pixels[64 * 32 * 4:] == bytes([200, 10, 10, 255]) * 64 * 32   # ...and the rest stays the preview
+
+
+@needs_browser
+def test_the_page_derives_colours_times_and_words_as_the_viewer_does(browser, farm):
+    from farm.viewing.colours import css, node_colour
+    from farm.viewing.eta import ShownEta
+
+    farm.start_controller()
+    Page(browser, farm)                        # loaded: no need to sign in
+    names = ["boxA", "boxB", "view", "n1", "node-7", "büro", "渲染", "a b", "x" * 60, *(f"node{i}" for i in range(50))]
+    assert browser.execute_script("return arguments[0].map(window.povfarm.colour)", names) == [
+        css(node_colour(name)) for name in names]
+    steps = [("measure", 240.0, -2.0, True), ("measure", 200.0, -1.0, True), ("measure", 50.0, 0.0, False),
+             ("measure", 26.0, 1.5, False), ("measure", 36.0, 3.0, False), ("hold", None, 4.0, False),
+             ("resume", None, 9.0, False), ("measure", 30.0, 12.0, False), ("measure", 90.0, 13.0, True)]
+    shown = ShownEta()
+    expected = []
+    for what, value, at, guess in steps:
+        getattr(shown, what)(*((value, at, guess) if what == "measure" else (at,)))
+        expected.append(shown.left(at + 0.5))
+    got = browser.execute_script("""
+        const eta = new window.povfarm.EtaShown();
+        return arguments[0].map(([what, value, at, guess]) => {
+          if (what === "measure") eta.measure(value, at, guess); else eta[what](at);
+          return eta.left(at + 0.5);
+        });""", steps)
+    assert got == pytest.approx(expected)
+    node = {"name": "n1", "current": "2/1/0,2/1/3,3/4/1"}
+    assert browser.execute_script("return window.povfarm.currentWork(arguments[0])", node) == (
+        "job 2, frame 1, strips 0, 3; job 3, frame 4, strip 1")
+
+
+@needs_browser
+def test_the_preview_is_outlined_whole_and_an_image_shown_at_its_size_at_1280_px(browser, farm, tmp_path):
+    farm.start_controller()                    # no nodes: the job waits, and the page is fed by hand
+    job_id = submit_queued(farm, tmp_path, 640, 480)
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.state()["job"] == job_id and page.state()["jobState"] == "queued", what="the job")
+    info = {**farm.client.call("jobs.list")[0], "state": "rendering", "started": 1.0}
+    in_flight = [{"frame": 1, "row_start": 0, "row_end": 60, "node": "view", "progress": 0.0, "kind": "preview"},
+                 {"frame": 1, "row_start": 0, "row_end": 60, "node": "boxB", "progress": 0.0, "kind": "rows"}]
+    browser.execute_async_script("window.povfarm.paint(arguments[0]).then(arguments[1])",
+                                 {"job": info, "cursor": 0, "strips": [], "in_flight": in_flight})
+    boxes = browser.execute_script("""
+        const rect = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+        const stage = document.getElementById('stage'), image = document.getElementById('image');
+        return {stage: rect(stage), image: rect(image), rendering: image.style.imageRendering,
+                boxes: [...document.querySelectorAll('.in-flight')].map((b) => [b.dataset.node, rect(b),
+                        rect(b.querySelector('span')), b.querySelector('span').textContent])};""")
+    assert boxes["image"][2] - boxes["image"][0] == 640                 # its own size: no shrinking
+    (_, whole, preview, text), (_, strip, label, _) = sorted(boxes["boxes"], key=lambda b: b[0] != "view")
+    assert text == "view preview 0%" and whole[1] == boxes["stage"][1] and whole[3] == boxes["stage"][3]
+    assert strip[3] - strip[1] == pytest.approx(60, abs=1)
+    assert preview[0] >= label[2] or preview[1] >= label[3]         # the labels do not overlap
+    try:
+        browser.set_window_size(700, 860)
+        page.wait(lambda: browser.execute_script("return document.getElementById('image').style.imageRendering")
+                  == "auto", timeout=10, what="the shrunk image smoothed")
+    finally:
+        browser.set_window_size(1280, 860)
+    assert "0 of " in page.text("job-status") and "strips so far" in page.text("job-status")
+
+
+@needs_browser
+@needs_povray
+def test_a_page_open_before_the_first_job_watches_it_from_its_start(browser, farm, tmp_path):
+    farm.start_controller()
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.state()["awaiting"], what="the page watching for a first job")
+    job_id = submit_queued(farm, tmp_path)
+    page.wait(lambda: page.state()["job"] == job_id, what="the page showing the job")
+    farm.start_node("n1")
+    page.wait(lambda: page.state()["drained"], timeout=90, what="the job painted")
+    assert farm.client.call("jobs.status", job_id)["preview"] == "done"     # watched as it started
 
 
 @needs_browser

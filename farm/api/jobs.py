@@ -55,13 +55,15 @@ class JobsAPI:
         """One job in detail.
 
         @param job: int
-        @return: struct: id, name, scene, state, progress (0..1, by rows), width, height, strips_total
+        @return: struct: id, name, scene, state, progress (0..1, by rows; a canceled or failed job keeps
+            what it had), width, height, strips_total
             (the strips cut so far, plus one for what remains of each frame still to be cut), strips_done,
             strips_leased, frames_total, frames_done, priority, error ("" if none), channels, bits,
             first_frame, last_frame, frame_digits, submitted, started, finished (Unix times, 0 if not yet),
             eta (float seconds left at the cost the scheduler measured; absent while nothing is measured
             or once the job has ended),
-            preview (the state of the job's preview, "" when it has none: it is not counted in strips_*),
+            preview (the state of the job's preview, "" when it has none: it is not counted in strips_*;
+            "waiting" while set aside until a viewer watches the job),
             blocked (why no live node can take the queued or rendering job, with the nodes' own reasons, e.g.
             "no node can render it: n1: POV-Ray was not found ...", "no live node has the tags it requires
             (windows): n1 lacks windows" or "no node is connected to the controller" after a lease timeout

@@ -50,6 +50,7 @@ class ViewerAPI:
         services = self._services
         services.watchers.polled(job_id)
         target = job_id or services.store.jobs.newest_id()
+        services.dispatcher.viewer_came(target)
         seen = services.changes.version(target)
         reply = services.views.feed(target, cursor)
         ended = reply["job"].get("state") in ENDED
@@ -87,6 +88,7 @@ class FeedStream:
         live = args.whole("live", _query_int(query, "live"), 0, 1) == 1
         if job_id:
             self._services.store.jobs.get(job_id)     # UNKNOWN_JOB now, not inside the stream
+        self._services.dispatcher.viewer_came(job_id or self._services.store.jobs.newest_id())
         return self._records(job_id, cursor, live)
 
     def _records(self, job_id: int, cursor: int, live: bool) -> Iterator[list[bytes]]:

@@ -58,6 +58,7 @@ class Dispatcher:
         self._changes, self._work, self._stitcher = changes, work, stitcher
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
         self._leased = _Recent(MAX_CACHED)    # lease token -> unit, so a completion looks it up once
+        self._unseen_previews: set[int] = set()   # jobs whose preview waits for a viewer (viewer_came)
 
     def register(self, name: str, info: Mapping[str, Any]) -> str:
         node_id, requeued = self._store.nodes.register(name, dict(info), self._clock())
@@ -103,8 +104,19 @@ class Dispatcher:
         """Whether the preview or radiosity pre-pass about to be leased is still worth rendering: a
         preview only for viewers is not when none watches; a pre-pass not when its frame goes out whole."""
         if unit.kind == PREVIEW:
-            return self.job(unit.job).preview is not PreviewMode.WATCHED or self._watched(unit.job)
+            worth = self.job(unit.job).preview is not PreviewMode.WATCHED or self._watched(unit.job)
+            if not worth:
+                self._unseen_previews.add(unit.job)
+            return worth
         return policy.pretrace_worth_it(queue, unit, self._watched(unit.job), self._machine)
+
+    def viewer_came(self, job_id: int) -> None:
+        """A viewer watches the job: a preview set aside while none did is rendered after all (it is the
+        first unit of its job in line), so a viewer that comes after the job started sees it too."""
+        if job_id in self._unseen_previews:
+            self._unseen_previews.discard(job_id)
+            if self._store.units.queue_previews(job_id):
+                self._work.bump()
 
     def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
         return job.pretrace and unit.kind == ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)

@@ -80,7 +80,9 @@ class Views:
         done = summary[UnitState.DONE].units if UnitState.DONE in summary else 0
         leased = summary[UnitState.LEASED].units if UnitState.LEASED in summary else 0
         rows = sum(counts.rows for counts in summary.values())
-        rendered = sum(summary[state].rows_rendered for state in (UnitState.DONE, UnitState.LEASED) if state in summary)
+        # A job canceled or failed keeps the progress it had: its units cut short were canceled with theirs.
+        counted = (UnitState.DONE, UnitState.LEASED) + ((UnitState.CANCELED,) if job.ended else ())
+        rendered = sum(summary[state].rows_rendered for state in counted if state in summary)
         progress = 1.0 if job.state is JobState.DONE else (rendered / rows if rows else 0.0)
         if presence is None and not job.ended:
             presence = self._presence()

@@ -77,6 +77,16 @@ class UnitRecords:
                 " FROM units WHERE job=? AND kind != ? GROUP BY state", (ROWS, ROWS, job_id, PREVIEW)).fetchall()
         return {UnitState(row["state"]): UnitCounts(row["n"], int(row["r"]), row["p"]) for row in rows}
 
+    def queue_previews(self, job_id: int) -> bool:
+        """Queue again the job's previews set aside while no viewer watched (their frames are not done:
+        those of done frames are canceled); whether there was one."""
+        with self._db.write() as db:
+            rows = db.execute(f"{_SELECT_UNIT} WHERE job=? AND kind=? AND state=?",
+                              (job_id, PREVIEW, UnitState.WAITING.value)).fetchall()
+            for row in rows:
+                schema.set_state(db, schema.unit(row), UnitState.QUEUED)
+        return bool(rows)
+
     def preview_state(self, job_id: int) -> UnitState | None:
         """The state of the job's preview, None when it has none."""
         with self._db.read() as db:
@@ -142,8 +152,8 @@ class UnitRecords:
         """Lease the node the unit `choose` picks from the queue, or None. When that is a frame's
         remainder, `cut` says where the unit to lease ends (the rest stays queued), or None when the
         node should leave it to faster ones. A preview or radiosity pre-pass that `worth` says is not
-        worth rendering any more is set aside (a preview canceled, a pre-pass done without a cache, which
-        lets its frame's rows go), and the next unit chosen."""
+        worth rendering any more is set aside (a preview waits for a viewer, a pre-pass is done without a
+        cache, which lets its frame's rows go), and the next unit chosen."""
         with self._db.write() as db:
             node = touch(db, node_id, now)
             if node.state is NodeState.BROKEN:
@@ -152,8 +162,8 @@ class UnitRecords:
             build = build_of(node.info)
             unit = choose(queue, node.name, now, node.tags, build)
             while unit is not None and unit.kind in (PREVIEW, PRETRACE) and not worth(unit, queue):
-                if unit.kind == PREVIEW:
-                    schema.set_state(db, unit, UnitState.CANCELED)
+                if unit.kind == PREVIEW:     # until a viewer comes (queue_previews), or its frame is done
+                    schema.set_state(db, unit, UnitState.WAITING)
                 else:
                     _store_pretrace(db, unit, b"", 0.0)
                 unit = choose(queue, node.name, now, node.tags, build)
@@ -312,8 +322,8 @@ def _complete_frames(db: sqlite3.Connection, unit: Unit) -> tuple[int, ...]:
         f"SELECT 1 FROM units WHERE job=? AND {_COVERS} AND state != ? AND kind != ? LIMIT 1",
         (unit.job, frame, frame, UnitState.DONE.value, PREVIEW)).fetchone())
     for frame in complete:
-        for row in db.execute(f"{_SELECT_UNIT} WHERE job=? AND frame=? AND kind=? AND state=?",
-                              (unit.job, frame, PREVIEW, UnitState.QUEUED.value)).fetchall():
+        for row in db.execute(f"{_SELECT_UNIT} WHERE job=? AND frame=? AND kind=? AND state IN (?, ?)",
+                              (unit.job, frame, PREVIEW, UnitState.QUEUED.value, UnitState.WAITING.value)).fetchall():
             schema.set_state(db, schema.unit(row), UnitState.CANCELED)
     return complete
 

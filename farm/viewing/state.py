@@ -14,11 +14,11 @@ from farm.retry import Outage
 from farm.states import ENDED
 from farm.rows import ZLIB, decode_rows, decompress_capped
 from farm.viewing.canvas import Canvas
+from farm.viewing.colours import node_colour
+from farm.viewing.eta import ShownEta, status_estimate
 
 log = logging.getLogger(__name__)
 
-NODE_COLOURS = [(255, 184, 0), (0, 200, 255), (255, 84, 168), (120, 232, 80), (186, 140, 255),
-                (255, 122, 64), (64, 224, 200), (240, 240, 96)]
 LIVE_NODE_STATES = ("idle", "busy")
 
 
@@ -28,6 +28,13 @@ def _clock_text(seconds: float | None) -> str:
     seconds = int(round(max(0.0, seconds)))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def strips_text(job: dict[str, Any]) -> str:
+    """The strips done: of how many there are so far while the job runs (the farm cuts a frame's rest into
+    strips as nodes come for work, so the total grows), of all of them once it has ended."""
+    done, total = job.get("strips_done", 0), job.get("strips_total", 0)
+    return f"{done}/{total} strips" if job.get("state") in ENDED else f"{done} of {total} strips so far"
 
 
 def _rows_of(strip: dict) -> bytes:
@@ -84,8 +91,7 @@ class ViewerState:
         self.error = ""                                   # a refusal from the controller (e.g. no such job)
         self.message = ""
         self._message_until = 0.0
-        self._colours: dict[str, tuple[int, int, int]] = {}
-        self._eta_at = 0.0                                # when the job's "eta" was measured
+        self.eta = ShownEta()                             # the job's ETA, smoothed and held while unreachable
         self._step = 0
         self._dirty: list[tuple[int, int, int]] = []
         self._full = True
@@ -136,16 +142,17 @@ class ViewerState:
                 info.get("width"), info.get("height")):
             self.frames, self.frame, self.received, self._full = {}, None, [], True
             self.previewed = set()
+        if self.job.get("id") != info["id"]:
+            self.eta = ShownEta()
         self.job = dict(info)
-        self._eta_at = self.clock()
+        estimate, guess = status_estimate(self.job, self.clock())
+        self.eta.measure(estimate, self.clock(), guess)
         self.error = ""
         for strip in reply.get("strips", []):
             self._apply_strip(strip)
         for block in reply.get("live", []):
             self._dirty += _painted_live(self._canvas, block, self.target)
         self.in_flight = [dict(s) for s in reply.get("in_flight", [])]
-        for s in self.in_flight:
-            self.colour(s["node"])
         # Every piece is in once the job has ended and the reply brought no more pieces, or (the stream) the
         # status came after them.
         self.drained = info.get("state") in ENDED and (not reply.get("strips") or reply.get("settled", False))
@@ -225,6 +232,10 @@ class ViewerState:
             self.outage.back()
         elif self.outage is not None:
             self.outage.lost(text)
+        if ok:
+            self.eta.resume(self.clock())
+        else:
+            self.eta.hold(self.clock())
         if (ok, text if not ok else "") != (self.link_ok, self.link_error):
             self.link_ok, self.link_error = ok, ("" if ok else text)
             self.version += 1
@@ -261,7 +272,7 @@ class ViewerState:
         self.target = self._polled = job_id
         self.session += 1
         self.job, self.frames, self.frame, self.in_flight, self.received = {}, {}, None, [], []
-        self.previewed = set()
+        self.previewed, self.eta = set(), ShownEta()
         self.drained, self.error, self._full, self._dirty = False, "", True, []
         self.version += 1
 
@@ -284,11 +295,10 @@ class ViewerState:
                 bands.append((start, end))
         return full, bands
 
-    def colour(self, node: str) -> tuple[int, int, int]:
-        """A colour per node name, stable for the viewer's lifetime."""
-        if node not in self._colours:
-            self._colours[node] = NODE_COLOURS[len(self._colours) % len(NODE_COLOURS)]
-        return self._colours[node]
+    @staticmethod
+    def colour(node: str) -> tuple[int, int, int]:
+        """The node's colour: from its name, the same in every window and on the page."""
+        return node_colour(node)
 
     def shown_in_flight(self) -> list[dict[str, Any]]:
         """Strips being rendered in the frame on screen, unless the job is over."""
@@ -311,8 +321,8 @@ class ViewerState:
         return 0 if self.job.get("state") == "done" else 1
 
     def timing(self, now: float | None = None) -> tuple[float | None, float | None]:
-        """(seconds since the job started, estimated seconds left), None when unknown. The estimate is the
-        controller's, from the cost per row it measured (counted down since), else from the fraction done."""
+        """(seconds since the job started, estimated seconds left), None when unknown. The estimate is
+        `eta`'s: the controller's estimates smoothed and counted down since (`status_estimate`)."""
         job = self.job
         started = job.get("started") or 0.0
         if not started:
@@ -320,14 +330,9 @@ class ViewerState:
         now = self.clock() if now is None else now
         end = job.get("finished") or now
         elapsed = max(0.0, end - started)
-        progress = float(job.get("progress", 0.0))
         if job.get("state") in ENDED:
             return elapsed, 0.0 if job.get("state") == "done" else None
-        if job.get("eta") is not None:
-            return elapsed, max(0.0, float(job["eta"]) - max(0.0, now - self._eta_at))
-        if progress <= 0.0:
-            return elapsed, None
-        return elapsed, elapsed * (1.0 - progress) / progress
+        return elapsed, self.eta.left(now)
 
     def say(self, text: str, seconds: float = 4.0) -> None:
         self.message, self._message_until = text, self.clock() + seconds
@@ -346,13 +351,13 @@ class ViewerState:
         if job:
             percent = f"{float(job.get('progress', 0.0)) * 100:.0f}%"
             first = (f"job {job['id']} {job.get('name', '')} ({job.get('scene', '')})  {job.get('state', '')}  "
-                     f"{job.get('strips_done', 0)}/{job.get('strips_total', 0)} strips  {percent}")
+                     f"{strips_text(job)}  {percent}")
             if int(job.get("frames_total", 1)) > 1 and self.frame is not None:
                 first += f"  frame {self.frame} ({job.get('frames_done', 0)}/{job['frames_total']} frames done)"
             elapsed, eta = self.timing(now)
             second = f"elapsed {_clock_text(elapsed)}"
             if job.get("state") not in ENDED:
-                second += f"  ETA {_clock_text(eta)}"
+                second += f"  ETA {_clock_text(eta)}" + (" (stale)" if self.eta.held else "")
         elif self.target:
             first, second = f"job {self.target}: waiting for the controller", ""
         else:

@@ -49,12 +49,16 @@ class Window:
     """The pygame window: the image, scaled to fit or 1:1, with the overlay on top."""
 
     MIN_SIZE = (480, 270)
+    USUAL_IMAGE = (640, 480)    # the size the window is made for when no job is known yet (POV-Ray's own default)
     STATUS_LINES = 2
     FPS = 30
     BACKGROUND = (20, 20, 24)
 
     def __init__(self, pygame, state: ViewerState, feed: Feed, *, url: str = "", scale: str | float = "fit",
-                 snapshot: Path | None = None, exit_when_done: bool = False, save_dir: Path = Path(".")):
+                 snapshot: Path | None = None, exit_when_done: bool = False, save_dir: Path = Path("."),
+                 image_size: tuple[int, int] | None = None):
+        """`image_size`: the first job's image, when known, to make the window for: it is opened once, at
+        its size, and every image after is fitted into it (a window made again flickers and moves)."""
         self.pg = pygame
         self.state, self.feed, self.url = state, feed, url
         self.zoom = 1.0 if scale == "fit" else float(scale)
@@ -73,12 +77,11 @@ class Window:
         self.view_pos = (0, 0)
         self.scale = 1.0
         self.image_key: tuple | None = None
-        self._sized = False
         self.window_size = (0, 0)
         self.dirty = True
         self._shown_version = -1
         self._tick_second = 0
-        self._open(self.MIN_SIZE)
+        self._open(self.natural_size(*(image_size or self.USUAL_IMAGE)))
 
     # -- layout ----------------------------------------------------------------------------------------
 
@@ -145,9 +148,6 @@ class Window:
             return
         key = (self.state.target, self.state.frame, canvas.width, canvas.height)
         if full or self.image is None or key != self.image_key:
-            if not self._sized:     # the first image sizes the window; later jobs are fitted into it
-                self._open(self.natural_size(canvas.width, canvas.height))
-                self._sized = True
             self.image = pg.Surface((canvas.width, canvas.height), 0, 32)
             self.image.blit(self._rows_surface(canvas, 0, canvas.height), (0, 0))
             self.image_key = key
@@ -206,7 +206,9 @@ class Window:
             self.pg.draw.rect(win, colour, rect, 2)
             doing = {"pretrace": " radiosity pretrace", PREVIEW: " preview"}.get(strip.get("kind", ""), "")
             text = f"{strip['node']}{doing} {float(strip['progress']) * 100:.0f}%"
-            self._label(win, text, (x + 4, top + 4), colour)
+            # The preview's label goes top right: the first strip's is top left, over the same rows.
+            left = x + width - self.small.size(text)[0] - 12 if whole else x + 4
+            self._label(win, text, (left, top + 4), colour)
 
     def _draw_error(self, win) -> None:
         job = self.state.job

@@ -22,7 +22,11 @@
   const LAST_CURSOR = 2 ** 31 - 1;         // a feed cursor past every piece: only what comes next
   const CHECKER = 8;
   const UNRENDERED = [0x2c, 0x36];         // dark checkerboard: rows nobody has rendered yet
+  // A node's colour from its name, as farm/viewing/colours.py derives it for the pygame viewer (same
+  // palette, same hash: tests/test_web.py checks they agree).
   const NODE_COLOURS = ["#ffb800", "#00c8ff", "#ff54a8", "#78e850", "#ba8cff", "#ff7a40", "#40e0c8", "#f0f060"];
+
+  const ETA_SMOOTHING = 6;                 // seconds: how fast a shown ETA follows the controller's estimates
 
   const $ = (id) => document.getElementById(id);
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -32,7 +36,9 @@
     jobs: [], nodes: [],
     follow: true, pinned: 0,          // follow the newest job, or show the pinned one
     view: null,                       // the job on screen: its feed, frames and canvases
-    linkOk: true, colours: new Map(),
+    linkOk: true, newsAt: 0,          // whether the controller answers; when it last did (ms)
+    etas: new Map(),                  // job id -> its EtaShown
+    idle: null,                       // aborts the stream that waits for a first job (awaitFirstJob)
     wake: null,                       // resolves the tables' wait early (an action, the tab shown again)
   };
 
@@ -81,12 +87,26 @@
     $("sign-in-error").textContent = message || "";
   }
 
+  // While the controller cannot be reached, the figures on the page are as of its last answer: they are
+  // marked stale (dimmed, and said so with the time) and the ETAs stop counting down.
   function setLink(ok) {
+    const changed = ok !== app.linkOk;
     app.linkOk = ok;
+    if (ok) app.newsAt = Date.now();
     const link = $("link");
     link.hidden = false;
     link.textContent = ok ? "connected" : "reconnecting…";
     link.className = "link " + (ok ? "ok" : "down");
+    if (!changed) return;
+    const now = Date.now() / 1000;
+    for (const eta of app.etas.values()) {
+      if (ok) eta.resume(now);
+      else eta.hold(now);
+    }
+    $("farm").classList.toggle("stale", !ok);
+    $("farm").title = ok ? "" : `the controller cannot be reached: figures as of ${clockTime(app.newsAt / 1000)}`;
+    renderJobs();
+    if (app.view && app.view.info) renderView(app.view);
   }
 
   // A failed call: unreachable means reconnecting; a refused token signs out; anything else is shown.
@@ -114,6 +134,7 @@
         delay = BACKOFF_MS[0];
         app.jobs = jobs;
         app.nodes = nodes;
+        for (const job of jobs) measureEta(job);
         chooseJob();
         renderJobs();
         renderNodes();
@@ -144,6 +165,7 @@
     const newest = app.jobs.reduce((best, job) => Math.max(best, job.id), 0);
     const wanted = app.follow ? newest : app.pinned;
     if (wanted && (!app.view || app.view.job !== wanted)) showJob(wanted);
+    else if (!wanted && app.follow) awaitFirstJob();
     $("follow").classList.toggle("on", app.follow);
   }
 
@@ -175,9 +197,10 @@
       const stateCell = document.createElement("td");
       stateCell.append(state);
       tr.append(cell(job.id, "num"), cell(job.name), stateCell, progress,
-        cell(`${job.strips_done}/${job.strips_total}`, "num"), cell(`${job.frames_done}/${job.frames_total}`, "num"),
+        cell(FINISHED.has(job.state) ? `${job.strips_done}/${job.strips_total}` : `${job.strips_done} of ${job.strips_total} so far`, "num"),
+        cell(`${job.frames_done}/${job.frames_total}`, "num"),
         cell(job.priority, "num"), cell(clockTime(job.submitted)), cell(duration(elapsed), "num"),
-        cell(FINISHED.has(job.state) ? "" : duration(eta), "num"));
+        cell(FINISHED.has(job.state) ? "" : etaText(job, eta), "num"));
       tr.addEventListener("click", () => pinJob(job.id));
       rows.push(tr);
       if (job.state === "failed" && job.error) {
@@ -199,7 +222,7 @@
       const tr = document.createElement("tr");
       const version = (node.povray || "").split("\n")[0];
       const povray = node.povray_flavour === "pvengine" ? `${version} (pvengine)` : version;
-      tr.append(cell(node.name), cell(node.state), cell(node.current || ""), cell(node.strips_done, "num"),
+      tr.append(cell(node.name), cell(node.state), cell(currentWork(node)), cell(node.strips_done, "num"),
         cell(node.strips_failed, "num"), cell(`${duration(Math.max(0, now - node.last_seen))} ago`, "num"),
         cell(uploadRate(node.upload_bps), "num"), cell(povray.length > 40 ? povray.slice(0, 40) + "…" : povray), cell(node.sandbox), cell(node.slots, "num"),
         cell(((node.tags || []).join(",") || "-") + (node.tags_overridden ? "*" : "")));
@@ -209,6 +232,30 @@
     $("nodes-body").replaceChildren(...rows);
   }
 
+  // What a node renders now, in words: its units' ids ("2/1/0,2/1/3": job/frame/index) by job and frame,
+  // with the rows (or the preview, the radiosity pretrace) of those in the job on screen.
+  function currentWork(node) {
+    if (!node.current) return "";
+    const groups = new Map();
+    for (const id of node.current.split(",")) {
+      const [job, frame, index] = id.split("/").map(Number);
+      const key = `${job}/${frame}`;
+      if (!groups.has(key)) groups.set(key, { job, frame, indexes: [] });
+      groups.get(key).indexes.push(index);
+    }
+    return [...groups.values()].map(({ job, frame, indexes }) => {
+      const info = (app.view && app.view.job === job && app.view.info) || app.jobs.find((j) => j.id === job) || {};
+      const words = [`job ${job}` + (info.name ? ` ${info.name}` : "")];
+      if (info.frames_total > 1 || info.frames_total === undefined) words.push(`frame ${frame}`);
+      const shown = app.view && app.view.job === job
+        ? app.view.inFlight.filter((s) => s.node === node.name && s.frame === frame) : [];
+      words.push(shown.length ? shown.map((s) => (s.kind === "preview" ? "preview" : s.kind === "pretrace"
+        ? "radiosity pretrace" : `rows ${s.row_start}–${s.row_end - 1}`)).join(", ")
+        : `strip${indexes.length > 1 ? "s" : ""} ${indexes.join(", ")}`);
+      return words.join(", ");
+    }).join("; ");
+  }
+
   function cell(text, className) {
     const td = document.createElement("td");
     td.textContent = String(text);
@@ -216,11 +263,61 @@
     return td;
   }
 
+  // (seconds since the job started, seconds left as shown), null when unknown.
   function timing(job, now) {
     if (!job.started) return [null, null];
     const elapsed = Math.max(0, (job.finished || now) - job.started);
-    if (FINISHED.has(job.state) || job.progress <= 0) return [elapsed, null];
-    return [elapsed, (elapsed * (1 - job.progress)) / job.progress];
+    const eta = app.etas.get(job.id);
+    if (FINISHED.has(job.state) || !eta) return [elapsed, null];
+    return [elapsed, eta.left(now)];
+  }
+
+  // The ETA shown for one job, as farm/viewing/eta.py's ShownEta does it for the pygame viewer: each
+  // estimate of the controller moves it by the share of the gap the time since the last one earns, it
+  // counts down between them, and it is held still while the controller is out of reach.
+  class EtaShown {
+    constructor() { this.value = null; this.at = 0; this.guessed = true; this.heldAt = null; }
+    get held() { return this.heldAt !== null; }
+    left(now) {
+      if (this.value === null) return null;
+      const until = this.heldAt === null ? now : Math.min(now, this.heldAt);
+      return Math.max(0, this.value - Math.max(0, until - this.at));
+    }
+    // A guess (from the fraction done) is shown only until the controller's first measured estimate.
+    measure(estimate, now, guess = false) {
+      if (estimate === null || estimate === undefined) return;
+      estimate = Math.max(0, Number(estimate));
+      const shown = this.left(now);
+      if (shown === null || (this.guessed && !guess)) [this.value, this.guessed] = [estimate, guess];
+      else this.value = shown + (1 - Math.exp(-Math.max(0, now - this.at) / ETA_SMOOTHING)) * (estimate - shown);
+      this.at = now;
+      this.heldAt = null;
+    }
+    hold(now) { if (this.heldAt === null) this.heldAt = now; }
+    resume(now) {
+      if (this.heldAt === null) return;
+      this.at += Math.max(0, now - this.heldAt);
+      this.heldAt = null;
+    }
+  }
+
+  // A job's status came: its estimate of the seconds left (the controller's, else from the fraction done).
+  function measureEta(job) {
+    if (FINISHED.has(job.state) || !job.started) return;
+    const now = Date.now() / 1000;
+    let estimate = job.eta;
+    const guess = estimate === undefined || estimate === null;
+    if (guess) {
+      const elapsed = Math.max(0, now - job.started);
+      estimate = job.progress > 0 ? (elapsed * (1 - job.progress)) / job.progress : null;
+    }
+    if (!app.etas.has(job.id)) app.etas.set(job.id, new EtaShown());
+    app.etas.get(job.id).measure(estimate, now, guess);
+  }
+
+  function etaText(job, eta) {
+    const shown = app.etas.get(job.id);
+    return duration(eta) + (shown && shown.held ? " (stale)" : "");
   }
 
   function duration(seconds) {
@@ -283,6 +380,26 @@
   function stopView() {
     if (app.view) app.view.abort.abort();
     app.view = null;
+    if (app.idle) app.idle.abort();
+    app.idle = null;
+  }
+
+  // No job yet: as followNewest does once a job is over, a stream on "the newest job" from its end tells
+  // the controller that a viewer watches what comes next (its preview, its strips cut to paint early), and
+  // names the first job the moment it is submitted.
+  async function awaitFirstJob() {
+    if (app.view || app.idle) return;
+    const idle = app.idle = new AbortController();
+    try {
+      for await (const records of feedRecords(app.client.token, 0, LAST_CURSOR, idle.signal)) {
+        const first = records.find(({ header }) => header.type === "job" && header.job && header.job.id);
+        if (first && app.follow && !app.view) return showJob(first.header.job.id);
+      }
+    } catch (err) {
+      // Aborted (a job shown, signed out) or the link broke: the next refresh of the tables tries again.
+    } finally {
+      if (app.idle === idle) app.idle = null;
+    }
   }
 
   function showJob(id) {
@@ -431,6 +548,7 @@
     }
     if (reply.live_cursor !== undefined) view.liveCursor = reply.live_cursor;
     view.info = info;
+    measureEta(info);
     view.cursor = reply.cursor;
     view.inFlight = reply.in_flight || [];
     view.drained = FINISHED.has(info.state) && !reply.strips.length;
@@ -602,9 +720,13 @@
   function fitCanvas() {
     const canvas = $("image");
     const room = $("viewer").clientWidth - 24;
-    const scale = Math.min(room / canvas.width, (0.7 * window.innerHeight) / canvas.height);
+    const fits = Math.min(room / canvas.width, (0.7 * window.innerHeight) / canvas.height);
+    // Shrunk, pixels are averaged (dropping some would alias); enlarged, only by a whole factor, each pixel
+    // a crisp square of the same size.
+    const scale = fits < 1 ? fits : Math.floor(fits);
     canvas.style.width = `${Math.max(1, Math.floor(canvas.width * scale))}px`;
     canvas.style.height = `${Math.max(1, Math.floor(canvas.height * scale))}px`;
+    canvas.style.imageRendering = scale < 1 ? "auto" : "pixelated";
   }
 
   function drawFrame(view) {
@@ -625,9 +747,15 @@
     canvas.dataset.rows = paintedRows(frame);
   }
 
+  // 32-bit FNV-1a of the name's UTF-8 bytes, its high half folded into the low one.
+  function nameHash(name) {
+    let value = 0x811c9dc5;
+    for (const byte of new TextEncoder().encode(name)) value = Math.imul(value ^ byte, 0x01000193) >>> 0;
+    return (value ^ (value >>> 16)) >>> 0;
+  }
+
   function colour(node) {
-    if (!app.colours.has(node)) app.colours.set(node, NODE_COLOURS[app.colours.size % NODE_COLOURS.length]);
-    return app.colours.get(node);
+    return NODE_COLOURS[nameHash(String(node)) % NODE_COLOURS.length];
   }
 
   function renderView(view) {
@@ -637,11 +765,13 @@
     state.textContent = info.state;
     state.className = "state " + info.state;
     const [elapsed, eta] = timing(info, Date.now() / 1000);
-    const parts = [`${info.strips_done}/${info.strips_total} strips`, `${Math.round(info.progress * 100)}%`,
-      `elapsed ${duration(elapsed)}`];
-    if (!FINISHED.has(info.state)) parts.push(`ETA ${duration(eta)}`);
+    const strips = FINISHED.has(info.state) ? `${info.strips_done}/${info.strips_total} strips`
+      : `${info.strips_done} of ${info.strips_total} strips so far`;
+    const parts = [strips, `${Math.round(info.progress * 100)}%`, `elapsed ${duration(elapsed)}`];
+    if (!FINISHED.has(info.state)) parts.push(`ETA ${etaText(info, eta)}`);
     const live = app.nodes.filter((n) => n.state === "idle" || n.state === "busy").length;
     parts.push(`${live} node${live === 1 ? "" : "s"} live`);
+    if (!app.linkOk) parts.push(`stale: as of ${clockTime(app.newsAt / 1000)}`);
     $("job-status").textContent = parts.join(" · ");
     const error = $("job-error");
     error.hidden = !info.error;
@@ -667,15 +797,17 @@
       for (const strip of view.inFlight) {
         if (strip.frame !== view.frame) continue;
         const box = document.createElement("div");
-        box.className = "in-flight";
+        const whole = strip.kind === "preview";     // its rows are the preview's own: it covers the frame
+        box.className = whole ? "in-flight preview" : "in-flight";
         const c = colour(strip.node);
         box.style.borderColor = c;
-        box.style.top = `${(100 * strip.row_start) / view.height}%`;
-        box.style.height = `${(100 * (strip.row_end - strip.row_start)) / view.height}%`;
+        box.style.top = whole ? "0" : `${(100 * strip.row_start) / view.height}%`;
+        box.style.height = whole ? "100%" : `${(100 * (strip.row_end - strip.row_start)) / view.height}%`;
+        box.dataset.node = strip.node;
         const label = document.createElement("span");
         label.style.background = c;
-        label.textContent = `${strip.node} ${Math.round(strip.progress * 100)}%`
-          + (strip.kind === "pretrace" ? " radiosity pretrace" : "");
+        const doing = { pretrace: " radiosity pretrace", preview: " preview" }[strip.kind] || "";
+        label.textContent = `${strip.node}${doing} ${Math.round(strip.progress * 100)}%`;
         box.append(label);
         boxes.push(box);
       }
@@ -907,9 +1039,11 @@
       frame: app.view ? app.view.frame : null, cursor: app.view ? app.view.cursor : 0,
       rows: app.view && app.view.frame !== null ? paintedRows(app.view.frames.get(app.view.frame)) : 0,
       drained: app.view ? app.view.drained : false,
+      awaiting: Boolean(app.idle),                  // no job yet: watching for the first one
       via: app.view ? app.view.via || "" : "",       // the feed: "stream", or "polls" (an older controller)
     }),
     call: (method, ...params) => app.client.call(method, ...params),
+    colour, currentWork, EtaShown,      // what tests/test_web.py compares with the Python viewer's
     // Paint a viewer.watch reply as if the feed had sent it (rows: base64 of zlib data).
     paint: (reply) => applyFeed(app.view, Object.assign({}, reply, {
       strips: reply.strips.map((s) => Object.assign({}, s, { rows: window.povrpc.base64ToBytes(s.rows) })),
