@@ -12,6 +12,7 @@ from farm.kinds import PREVIEW, ROWS, preview_size
 from farm.rows import ENCODINGS, ZLIB, deflate_bound
 from farm.server.departures import departure_watch
 from farm.options import preview_options
+from farm.unitlog import UnitLog
 from farm.wire import Binary
 
 MAX_ERROR_TEXT = 8192
@@ -126,7 +127,7 @@ class NodesAPI:
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                 encoding: str = ZLIB) -> bool:
+                 encoding: str = ZLIB, log: dict | None = None) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
         pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
         is harmless; a lease that is no longer current gets STALE_LEASE.
@@ -137,17 +138,24 @@ class NodesAPI:
         @param seconds: float, how long the render took
         @param encoding: str (optional, default "zlib"): "zlib" (the raw rows) or "filtered" (each row led by
             its PNG filter type and filtered by it; each frame's first row filtered against zeros)
+        @param log: struct (optional, feature "unit_logs"): POV-Ray's run: text (base64, zlib of its output
+            as UTF-8, progress lines dropped, bounded by the node), command ([str] the command line), started
+            (float Unix time), seconds (float), exit_code (int, -1 for none), signal (int, 0 for none),
+            timed_out (bool), cut (int, bytes of the output the node left out)
         @return: bool, true
         """
-        self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
-                                args.binary("rows", rows), args.seconds("seconds", seconds),
-                                args.choice("encoding", encoding, ENCODINGS))
+        run = self._run_log(log)
+        done = self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT),
+                                       args.text("lease", lease, MAX_ID_TEXT), args.binary("rows", rows),
+                                       args.seconds("seconds", seconds), args.choice("encoding", encoding, ENCODINGS))
         self._services.live.drop(lease)     # the final rows replace the live blocks
+        if run is not None and not done.duplicate:
+            self._services.logs.keep(done.unit, node_id, "done", run)
         return True
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete_and_poll(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                          encoding: str = ZLIB) -> dict:
+                          encoding: str = ZLIB, log: dict | None = None) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
         when it faults, nothing was leased.
 
@@ -156,10 +164,14 @@ class NodesAPI:
         @param rows: base64
         @param seconds: float
         @param encoding: str (optional), as nodes.complete
+        @param log: struct (optional), as nodes.complete
         @return: struct, the node's next task, or {}
         """
-        self.complete(node_id, lease, rows, seconds, encoding)
+        self.complete(node_id, lease, rows, seconds, encoding, log)
         return self.poll(node_id)
+
+    def _run_log(self, log) -> UnitLog | None:
+        return None if log is None else UnitLog.from_wire(log, self._config.unit_log_kb * 1024)
 
     @rpc(NODE)
     def live(self, node_id: str, lease: str, blocks: list) -> dict:
@@ -195,7 +207,7 @@ class NodesAPI:
             args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT)))
 
     @rpc(NODE)
-    def fail(self, node_id: str, lease: str, error: str, scene_error: bool) -> bool:
+    def fail(self, node_id: str, lease: str, error: str, scene_error: bool, log: dict | None = None) -> bool:
         """Report a failed unit. scene_error true means the scene itself is broken (a parse error): the job
         fails at once; otherwise the unit is retried, on another node when there is one.
 
@@ -203,12 +215,16 @@ class NodesAPI:
         @param lease: str
         @param error: str, POV-Ray's message
         @param scene_error: bool
+        @param log: struct (optional, feature "unit_logs"): POV-Ray's run, as nodes.complete
         @return: bool, true
         """
         text = error[:MAX_ERROR_TEXT] if isinstance(error, str) and error else "POV-Ray failed without a message"
-        self._dispatch.fail(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
-                            text, bool(scene_error))
+        run = self._run_log(log)
+        unit = self._dispatch.fail(args.text("node_id", node_id, MAX_ID_TEXT),
+                                   args.text("lease", lease, MAX_ID_TEXT), text, bool(scene_error))
         self._services.live.drop(lease)
+        if run is not None:
+            self._services.logs.keep(unit, node_id, "failed", run)
         return True
 
     @rpc(NODE)

@@ -9,12 +9,14 @@ a lease to hand back. The node (`farm/node.py`) polls, heartbeats and delivers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +35,7 @@ from farm.options import check_libraries, without_antialiasing
 from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
 from farm.rendering.live import READ_EVERY
 from farm.rendering.task import RenderOutcome, Task
+from farm.unitlog import UnitLog
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,8 @@ class UnitRenderer:
             data = b""     # POV-Ray made no cache file: no radiosity
         log.info("job %s frame %s radiosity pre-pass: %s", task.job, task.frame,
                  f"{len(data)} bytes of cache" if data else "the scene uses no radiosity")
-        return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds)
+        return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds,
+                             log=outcome.log)
 
     def _run_povray(self, task: Task, strip_dir: Path, scene: Path,
                     publisher: PhotonPublisher | None = None, extra: list[str] | None = None,
@@ -148,13 +152,26 @@ class UnitRenderer:
         command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
                                        self.config.threads or os.cpu_count() or 1)
         # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps.
+        started = time.time()
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
                              check_every=0.1 if pretrace is not None else READ_EVERY if task.live else 0.5)
         result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
         if self.flavour == povray.PVENGINE:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
-        return self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
+        outcome = self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
+        if outcome.kind not in ("done", "failed"):
+            return outcome
+        return dataclasses.replace(outcome, log=self._unit_log(argv, result, started, log_path, scene.parent))
+
+    def _unit_log(self, argv: list[str], result: povray.ProcessResult, started: float, log_path: Path,
+                  scene_dir: Path) -> UnitLog:
+        """The run's log for the controller: its text bounded (unit_log_kb), the node's folders unnamed."""
+        text = log_path.read_text("utf-8", "replace") if log_path.exists() else ""
+        return UnitLog.of_run(_unnamed(text, scene_dir, self.config.work_dir),
+                              [_unnamed(arg, scene_dir, self.config.work_dir) for arg in argv], started,
+                              result.seconds, result.returncode, result.signal, result.timed_out,
+                              self.config.unit_log_kb * 1024)
 
     def _outcome(self, task: Task, result: povray.ProcessResult, log_path: Path, output: Path,
                  frames: range, animated: bool, pretrace: radiosity.PretraceWatch | None) -> RenderOutcome:
@@ -228,6 +245,11 @@ def _drop_working_dir_ini(scene_dir: Path) -> None:
     for path in scene_dir.iterdir():
         if path.name.lower() == "povray.ini" and path.is_file():
             path.unlink()
+
+
+def _unnamed(text: str, scene_dir: Path, work_dir: Path) -> str:
+    """`text` with the node's own folders out of it: scene paths relative, the work folder unnamed."""
+    return text.replace(f"{scene_dir}{os.sep}", "").replace(str(scene_dir), ".").replace(str(work_dir), "<work-dir>")
 
 
 def _failed(error: str, scene_error: bool) -> RenderOutcome:

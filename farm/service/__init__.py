@@ -20,6 +20,7 @@ from farm.service.dispatch import Dispatcher
 from farm.service.feed import FeedLog, Streams
 from farm.service.files import Files
 from farm.service.live import LiveBlocks
+from farm.service.logs import Logs
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
 from farm.service.views import Views
@@ -42,6 +43,7 @@ class Services:
         self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched)
         self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
         self.live = LiveBlocks(config.lease_timeout)   # blocks of units in flight, for viewers only
+        self.logs = Logs(config, store)                # POV-Ray's logs of the units' runs
         self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes), live=self.live)
         self._last_tick = clock()
         self._waiting: dict[int, tuple[int, ...]] = {}   # job -> the jobs it runs after that are not done

@@ -160,7 +160,8 @@ class Dispatcher:
             raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current")
         return unit.job
 
-    def fail(self, node_id: str, token: str, error: str, scene_error: bool) -> None:
+    def fail(self, node_id: str, token: str, error: str, scene_error: bool) -> Unit:
+        """Record a unit's failure (the rules say whether it is retried or fails its job); the unit."""
         judge = functools.partial(_judge, error=error, scene_error=scene_error,
                                   max_attempts=self._config.max_attempts, now=self._clock())
         unit, verdict = self._store.units.fail(node_id, token, error, self._clock(), judge)
@@ -171,6 +172,7 @@ class Dispatcher:
                     " (scene error)" if scene_error else "", error.splitlines()[0] if error else "")
         if verdict.fail_job:
             log.warning("job %s failed: %s", unit.job, verdict.job_error.splitlines()[0])
+        return unit
 
     def release(self, node_id: str, token: str) -> None:
         unit = self._store.units.release(node_id, token, self._clock())

@@ -16,6 +16,7 @@ from pathlib import Path
 from farm.store.db import Database
 from farm.store import schema
 from farm.store.jobs import JobRecords
+from farm.store.logs import LogRecords
 from farm.store.nodes import NodeRecords
 from farm.store.units import Completion, UnitRecords
 
@@ -64,6 +65,7 @@ class Store:
         self.jobs = JobRecords(self.db)
         self.units = UnitRecords(self.db)
         self.nodes = NodeRecords(self.db)
+        self.logs = LogRecords(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,137 @@
+"""POV-Ray's text output read as POV-Ray writes it: its streams told apart, progress lines dropped, bounded.
+
+The console `povray` writes all of its message streams to one place (stderr with `-D`), in an order that
+says which is which: the banner, the options, then for each frame a parse section (`==== [Parsing...]`:
+the scene's `#debug` text, its `#warning`s and POV-Ray's parse warnings, in scene order), the parser's
+statistics, the render options, the render section (`==== [Rendering...]`: progress, render warnings)
+and the render statistics; errors (the fatal stream) end it. `classify` gives each line its stream.
+
+`#debug` and `#warning` are parse-time directives, so the text a scene prints is always in a parse section;
+the render section holds only POV-Ray's own messages (its warnings are kept as such, anything else there is
+the render stream). `parse_messages` is the text the scene printed, per frame, as `povray` shows it.
+Pure: no I/O, shared by the node (which bounds what it sends), the controller and the clients.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+BANNER, RENDER, DEBUG, WARNING, ERROR, STATISTICS = "banner", "render", "debug", "warning", "error", "statistics"
+KINDS = (BANNER, RENDER, DEBUG, WARNING, ERROR, STATISTICS)
+
+CUT_MARK = "[povfarm: {cut} of POV-Ray's output cut here]"
+
+_PARSING = "==== [Parsing...]"
+_RENDERING = "==== [Rendering...]"
+_DASHES = re.compile(r"^-{20,}$")
+_STATISTICS_TITLE = re.compile(r"^(Parser Statistics|Parser Time|Render Statistics|Render Time:?)\b")
+_OPTIONS_TITLE = re.compile(r"^(Parser Options|Animation Options|Image Output Options|Information Output Options|"
+                            r"Render Options|Radiosity Options|Photon Options)\b")
+_FRAME = re.compile(r"^Rendering frame \d+ of \d+")
+_PLACE = r"(File '.*' line \d+:\s*)?"
+_WARNING = re.compile(_PLACE + r"(Parse Warning|Possible Parse Error|Warning)\b|^.*\bWarning: ")
+_ERROR = re.compile(_PLACE + r"(Parse Error|Fatal error|Render failed|Failed to parse|Error:|Render error)")
+_PLACE_ONLY = re.compile(r"^File '.*' line \d+:\s*$")
+
+
+def without_progress(text: str) -> str:
+    """The text with POV-Ray's progress lines (each rewritten in place with a carriage return) reduced to
+    the last one written on each line, so a long render leaves one line, not thousands."""
+    lines = []
+    for line in text.split("\n"):
+        if "\r" in line:
+            parts = [part for part in line.split("\r") if part.strip()]
+            line = parts[-1] if parts else ""
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def bounded(text: str, limit: int) -> tuple[str, int]:
+    """(the text in at most about `limit` bytes of UTF-8, bytes cut). Too long a text keeps its head (the
+    parse messages) and its tail (the statistics and any error), cut at line ends, with a line saying how
+    much went."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text, 0
+    head_size, tail_size = limit * 2 // 3, limit // 3
+    head = data[:head_size]
+    head = head[:head.rfind(b"\n") + 1] if b"\n" in head else head
+    tail = data[len(data) - tail_size:] if tail_size else b""
+    tail = tail[tail.find(b"\n") + 1:] if b"\n" in tail else tail
+    cut = len(data) - len(head) - len(tail)
+    mark = CUT_MARK.format(cut=f"{cut} bytes") + "\n"
+    return (head + mark.encode() + tail).decode("utf-8", "replace"), cut
+
+
+def classify(text: str) -> list[tuple[str, str]]:
+    """Each line of POV-Ray's console output with the stream it belongs to (one of KINDS)."""
+    lines = without_progress(text).replace("\r", "").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out: list[tuple[str, str]] = []
+    section, previous = BANNER, BANNER
+    for index, line in enumerate(lines):
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        section = _section(section, line, following)
+        kind = _kind(section, line, following, previous)
+        out.append((kind, line))
+        previous = kind
+    return out
+
+
+def _section(section: str, line: str, following: str) -> str:
+    """Where in POV-Ray's output `line` is: BANNER, RENDER (options), DEBUG (a parse section), "tracing"
+    (a render section) or STATISTICS."""
+    if line.startswith(_PARSING):
+        return DEBUG
+    if line.startswith(_RENDERING):
+        return "tracing"
+    if _DASHES.match(line) and _STATISTICS_TITLE.match(following):
+        return STATISTICS
+    if section in (DEBUG, "tracing"):
+        return section
+    if _OPTIONS_TITLE.match(line) or _FRAME.match(line) or line.startswith("POV-Ray finished"):
+        return RENDER
+    return section
+
+
+def _kind(section: str, line: str, following: str, previous: str) -> str:
+    if _ERROR.match(line) or (_PLACE_ONLY.match(line) and _ERROR.match(following)):
+        return ERROR
+    if section == BANNER:
+        return BANNER
+    if _WARNING.match(line) or (_PLACE_ONLY.match(line) and _WARNING.match(following)):
+        return WARNING
+    if previous in (WARNING, ERROR) and line.startswith(" ") and not line.startswith("  "):
+        return previous   # POV-Ray wraps a message at about 80 columns: its next lines start with a space
+    if section == DEBUG:
+        return DEBUG if not line.startswith(_PARSING) else RENDER
+    if section == "tracing":
+        return RENDER
+    return section
+
+
+def parse_messages(text: str, kinds: Iterable[str] = (DEBUG, WARNING)) -> list[str]:
+    """The scene's messages (its `#debug` text and warnings; with ERROR in `kinds` its parse errors too)
+    as `povray` prints them, one text per parse section, in order: one per frame the run rendered."""
+    chosen = frozenset(kinds)
+    frames: list[list[str]] = []
+    for kind, line in classify(text):
+        if line.startswith(_PARSING):
+            frames.append([])
+        elif frames and kind in chosen:
+            frames[-1].append(line)
+    return ["".join(f"{line}\n" for line in _trimmed(lines)) for lines in frames]
+
+
+def _trimmed(lines: list[str]) -> list[str]:
+    """Without the blank lines POV-Ray ends a section with."""
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
+def only(kinds: Iterable[str], lines: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    chosen = frozenset(kinds)
+    return [(kind, line) for kind, line in lines if kind in chosen]
