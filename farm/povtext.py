@@ -56,12 +56,17 @@ def bounded(text: str, limit: int) -> tuple[str, int]:
         return text, 0
     head_size, tail_size = limit * 2 // 3, limit // 3
     head = data[:head_size]
-    head = head[:head.rfind(b"\n") + 1] if b"\n" in head else head
+    head = head[:head.rfind(b"\n") + 1] if b"\n" in head else _whole_characters(head)
     tail = data[len(data) - tail_size:] if tail_size else b""
-    tail = tail[tail.find(b"\n") + 1:] if b"\n" in tail else tail
+    tail = tail[tail.find(b"\n") + 1:] if b"\n" in tail else _whole_characters(tail)
     cut = len(data) - len(head) - len(tail)
     mark = CUT_MARK.format(cut=f"{cut} bytes") + "\n"
     return (head + mark.encode() + tail).decode("utf-8", "replace"), cut
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """UTF-8 `data` without the pieces of characters cut at either end."""
+    return data.decode("utf-8", "ignore").encode("utf-8")
 
 
 def classify(text: str) -> list[tuple[str, str]]:

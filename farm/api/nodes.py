@@ -144,13 +144,10 @@ class NodesAPI:
             timed_out (bool), cut (int, bytes of the output the node left out)
         @return: bool, true
         """
-        run = self._run_log(log)
-        done = self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT),
-                                       args.text("lease", lease, MAX_ID_TEXT), args.binary("rows", rows),
-                                       args.seconds("seconds", seconds), args.choice("encoding", encoding, ENCODINGS))
+        self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
+                                args.binary("rows", rows), args.seconds("seconds", seconds),
+                                args.choice("encoding", encoding, ENCODINGS), self._run_log(log))
         self._services.live.drop(lease)     # the final rows replace the live blocks
-        if run is not None and not done.duplicate:
-            self._services.logs.keep(done.unit, node_id, "done", run)
         return True
 
     @rpc(NODE, value_limit="_rows_limit")
@@ -219,12 +216,9 @@ class NodesAPI:
         @return: bool, true
         """
         text = error[:MAX_ERROR_TEXT] if isinstance(error, str) and error else "POV-Ray failed without a message"
-        run = self._run_log(log)
-        unit = self._dispatch.fail(args.text("node_id", node_id, MAX_ID_TEXT),
-                                   args.text("lease", lease, MAX_ID_TEXT), text, bool(scene_error))
+        self._dispatch.fail(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
+                            text, bool(scene_error), self._run_log(log))
         self._services.live.drop(lease)
-        if run is not None:
-            self._services.logs.keep(unit, node_id, "failed", run)
         return True
 
     @rpc(NODE)

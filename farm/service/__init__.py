@@ -40,10 +40,11 @@ class Services:
         self.bundles = Bundles(config, store, self.files, clock)
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
         self.watchers = Watchers(clock)
-        self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched)
+        self.logs = Logs(config, store)                # POV-Ray's logs of the units' runs
+        self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched,
+                                     self.logs.keep)
         self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
         self.live = LiveBlocks(config.lease_timeout)   # blocks of units in flight, for viewers only
-        self.logs = Logs(config, store)                # POV-Ray's logs of the units' runs
         self.streams = Streams(store, self.changes, FeedLog(store, self.views, self.changes), live=self.live)
         self._last_tick = clock()
         self._waiting: dict[int, tuple[int, ...]] = {}   # job -> the jobs it runs after that are not done
