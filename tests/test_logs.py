@@ -20,6 +20,7 @@ from farm.features import CURRENT, OLDEST
 from farm.rendering.delivery import Delivery
 from farm.rendering.task import RenderOutcome
 from farm.store import Store
+from farm.store.logs import delete_logs_of
 from farm.unitlog import UnitLog
 from farm.wire import Binary
 from harness import needs_povray, register_node, rows_for, stepped_farm, submit
@@ -160,6 +161,16 @@ def test_a_failed_units_log_is_kept_and_a_malformed_one_refused_before_anything_
     controller.call("nodes.fail", node, task["lease"], "Render failed", False, failed)
     [entry] = controller.call("jobs.log", job)["logs"]
     assert entry["outcome"] == "failed" and entry["ending"] == "exit 1" and ["error", "Render failed"] in entry["lines"]
+
+
+def test_a_jobs_logs_go_with_it(one_task):
+    controller, job, node, task = one_task()
+    controller.call("nodes.complete", node, task["lease"], rows_for(task), 0.5, "zlib", run_log())
+    store = controller.store
+    with store.db.write() as db:       # as deleting a job does, in its own write
+        delete_logs_of(db, job)
+    assert controller.call("jobs.log", job)["logs"] == [] and store.logs.size(job) == 0
+    assert controller.call("jobs.messages", job) == []
 
 
 def test_an_old_data_dir_gains_the_log_tables_and_keeps_its_jobs(tmp_path):

@@ -69,8 +69,8 @@ class LogsAPI:
         job_id = args.job_id(job)
         first = args.whole("first", first, 0, args.MAX_ID)
         self._services.store.jobs.get(job_id)
-        found = self._services.logs.frame_messages(job_id)
-        return [{"frame": number, "text": found[number]} for number in sorted(found) if number >= first]
+        found = self._services.logs.frame_messages(job_id, first)
+        return [{"frame": number, "text": found[number]} for number in sorted(found)]
 
 
 def _wire(kept: KeptLog, text: str) -> dict[str, Any]:

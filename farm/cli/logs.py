@@ -101,6 +101,8 @@ class SceneMessages:
             return
         if self._next is None:
             self._next = status.get("first_frame", 0)
+        if self._next > status.get("last_frame", self._next):
+            return      # every frame's messages are out
         found = {item["frame"]: item["text"] for item in self._call("jobs.messages", self._job, self._next)}
         for number in sorted(found):
             if number != self._next and not ended:

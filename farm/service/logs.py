@@ -49,11 +49,13 @@ class Logs:
                limit: int) -> list[tuple[KeptLog, str]]:
         return self._store.logs.of_job(job_id, after, index, frame, limit)
 
-    def frame_messages(self, job_id: int) -> dict[int, str]:
-        """frame -> the scene's messages as `povray` prints them for it, once: from one run of the frame's
-        units (every strip of a frame parses the scene; a run of a unit that was done before any other)."""
+    def frame_messages(self, job_id: int, first: int = 0) -> dict[int, str]:
+        """frame -> the scene's messages as `povray` prints them for it, once, for the frames from `first`
+        on: from one run of the frame's units (every strip of a frame parses the scene; a run of a unit
+        that was done before any other)."""
         found: dict[int, str] = {}
-        for first, last, _outcome, texts in self._store.logs.messages(job_id, ROWS):
-            for number, text in zip(range(first, last + 1), texts):
-                found.setdefault(number, text)
+        for start, last, _outcome, texts in self._store.logs.messages(job_id, ROWS, first):
+            for number, text in zip(range(start, last + 1), texts):
+                if number >= first:
+                    found.setdefault(number, text)
         return found

@@ -52,12 +52,13 @@ class LogRecords:
             rows = db.execute(query + " ORDER BY id LIMIT ?", (*values, limit)).fetchall()
         return [(_kept(row), zlib.decompress(row["text"]).decode("utf-8", "replace")) for row in rows]
 
-    def messages(self, job_id: int, kind: str) -> list[tuple[int, int, str, list[str]]]:
+    def messages(self, job_id: int, kind: str, first: int = 0) -> list[tuple[int, int, str, list[str]]]:
         """(frame, frame_last, outcome, the scene's messages per frame) of the job's runs of units of
-        `kind`, those of units that were done first, then in the order they came."""
+        `kind` that render frames from `first` on, those of units that were done first, then in the order
+        they came."""
         with self._db.read() as db:
             rows = db.execute("SELECT frame, frame_last, outcome, messages FROM unit_logs WHERE job=? AND kind=?"
-                              " ORDER BY outcome != 'done', id", (job_id, kind)).fetchall()
+                              " AND frame_last >= ? ORDER BY outcome != 'done', id", (job_id, kind, first)).fetchall()
         return [(row["frame"], row["frame_last"], row["outcome"], json.loads(row["messages"])) for row in rows]
 
     def size(self, job_id: int) -> int:
