@@ -21,6 +21,7 @@ BANNER, RENDER, DEBUG, WARNING, ERROR, STATISTICS = "banner", "render", "debug",
 KINDS = (BANNER, RENDER, DEBUG, WARNING, ERROR, STATISTICS)
 
 CUT_MARK = "[povfarm: {cut} of POV-Ray's output cut here]"
+BANNER_MARK = "[povfarm: POV-Ray's banner left out]"
 
 _PARSING = "==== [Parsing...]"
 _RENDERING = "==== [Rendering...]"
@@ -33,6 +34,7 @@ _PLACE = r"(File '.*' line \d+:\s*)?"
 _WARNING = re.compile(_PLACE + r"(Parse Warning|Possible Parse Error|Warning)\b|^.*\bWarning: ")
 _ERROR = re.compile(_PLACE + r"(Parse Error|Fatal error|Render failed|Failed to parse|Error:|Render error)")
 _PLACE_ONLY = re.compile(r"^File '.*' line \d+:\s*$")
+_BANNER_END = re.compile(r"^(Parser Options|==== \[Parsing|Rendering frame \d)", re.MULTILINE)
 
 
 def without_progress(text: str) -> str:
@@ -48,12 +50,17 @@ def without_progress(text: str) -> str:
 
 
 def bounded(text: str, limit: int) -> tuple[str, int]:
-    """(the text in at most about `limit` bytes of UTF-8, bytes cut). Too long a text keeps its head (the
-    parse messages) and its tail (the statistics and any error), cut at line ends, with a line saying how
-    much went."""
+    """(the text in at most about `limit` bytes of UTF-8, bytes cut). Too long a text loses POV-Ray's
+    banner first (its credits, the same in every run), then keeps its head (the parse messages) and its
+    tail (the statistics and any error), cut at line ends, with a line saying how much went."""
     data = text.encode("utf-8", "replace")
     if len(data) <= limit:
         return text, 0
+    banner = _BANNER_END.search(text)
+    if banner is not None and banner.start() > 0 and not text.startswith(BANNER_MARK):
+        mark = BANNER_MARK + "\n"
+        shorter, cut = bounded(mark + text[banner.start():], limit)
+        return shorter, cut + len(text[:banner.start()].encode("utf-8", "replace"))
     head_size, tail_size = limit * 2 // 3, limit // 3
     head = data[:head_size]
     head = head[:head.rfind(b"\n") + 1] if b"\n" in head else _whole_characters(head)
@@ -136,7 +143,3 @@ def _trimmed(lines: list[str]) -> list[str]:
         lines = lines[:-1]
     return lines
 
-
-def only(kinds: Iterable[str], lines: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    chosen = frozenset(kinds)
-    return [(kind, line) for kind, line in lines if kind in chosen]

@@ -37,9 +37,10 @@ class UnitLog:
 
     @classmethod
     def of_run(cls, text: str, command: list[str], started: float, seconds: float, exit_code: int | None,
-               signal: int | None, timed_out: bool, limit: int) -> UnitLog:
+               signal: int | None, timed_out: bool, limit: int, skipped: int = 0) -> UnitLog:
+        """`skipped`: bytes of the output left out before `text` was read."""
         kept, cut = povtext.bounded(povtext.without_progress(text), limit)
-        return cls(kept, tuple(command), started, seconds, exit_code, signal, timed_out, cut)
+        return cls(kept, tuple(command), started, seconds, exit_code, signal, timed_out, cut + skipped)
 
     def to_wire(self) -> dict[str, Any]:
         return {"text": Binary(zlib.compress(self.text.encode("utf-8", "replace"), 6)),

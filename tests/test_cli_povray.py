@@ -253,7 +253,7 @@ def test_harmless_switches_get_one_note_and_bad_ones_one_sentence(tmp_path):
     shutil.copy(WINEGLASS, tmp_path / "wineglass.pov")
     done = run_cli("render", "wineglass.pov", "+W32", "+H24", "-D", "+P", "-V", "--nodes", "1", cwd=tmp_path)
     assert done.returncode == 0
-    notes = [line for line in done.stderr.splitlines() if "ignored" in line]
+    notes = [line for line in done.stderr.splitlines() if line.startswith("povfarm: ") and "ignored" in line]
     assert notes == ["povfarm: -D: ignored, nodes never open a display",
                      "povfarm: +P: ignored, there is no window to pause",
                      "povfarm: -V: ignored, povfarm shows its own progress"]
@@ -451,3 +451,15 @@ def test_a_failed_units_log_is_kept_and_follow_ends_with_the_job(farm, tmp_path)
     assert "node n1: failed, exit 1" in stdout
     assert "before the error" in stdout and "Parse Error" in stdout
     assert farm.client.call("jobs.status", 1)["state"] == "failed"
+
+
+def test_a_scene_that_prints_a_lot_keeps_the_head_and_says_what_was_cut(tmp_path):
+    (tmp_path / "loud.pov").write_text('#version 3.7;\n#declare I = 0;\n#while (I < 5000)\n'
+                                       '  #debug concat("line ", str(I, 0, 0), "\\n")\n  #declare I = I + 1;\n#end\n'
+                                       'camera { location -3 look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n')
+    done = run_cli("render", "loud.pov", "+W32", "+H24", "--nodes", "1", cwd=tmp_path,
+                   env=dict(os.environ, POVFARM_UNIT_LOG_KB="4"))
+    assert done.returncode == 0, done.stderr
+    assert "line 0\nline 1\n" in done.stderr and "line 4999" not in done.stderr
+    assert "bytes of POV-Ray's output cut here]" in done.stderr
+    assert len(done.stderr) < 8000

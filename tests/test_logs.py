@@ -81,7 +81,7 @@ def test_messages_of_each_frame_in_a_run_of_several():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=90), max_size=200),
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Lu")), max_size=90), max_size=200),
        st.integers(min_value=0, max_value=3000))
 def test_a_bounded_text_keeps_its_head_and_tail_and_says_what_it_cut(lines, limit):
     text = "".join(f"{line}\n" for line in lines)
@@ -95,6 +95,20 @@ def test_a_bounded_text_keeps_its_head_and_tail_and_says_what_it_cut(lines, limi
     assert kept_size - len(mark.encode()) <= limit
     head, _, tail = kept.partition(mark)
     assert text.startswith(head) and text.endswith(tail)
+
+
+def test_a_text_over_its_bound_loses_povrays_banner_before_its_messages():
+    banner = "Persistence of Vision(tm) Ray Tracer\n" + "  Chris Cason  Thorsten Froehlich\n" * 60
+    text = banner + OUTPUT.replace("Pixels: 20\n", "Pixels: 20\n" * 20)
+    kept, cut = povtext.bounded(text, 900)
+    assert kept.startswith(povtext.BANNER_MARK + "\nParser Options\n") and "Chris Cason" not in kept
+    assert povtext.parse_messages(kept) == povtext.parse_messages(text)
+    marks = sum(len(line) + 1 for line in kept.splitlines() if line.startswith("[povfarm: "))
+    assert len(kept) - marks + cut == len(text)
+    shorter, cut = povtext.bounded(text, 400)       # and then its middle
+    assert shorter.startswith(povtext.BANNER_MARK) and "cut here]" in shorter and shorter.endswith("finished\n")
+    marks = sum(len(line) + 1 for line in shorter.splitlines() if line.startswith("[povfarm: "))
+    assert len(shorter) - marks + cut == len(text)
 
 
 # -- the controller keeps them ---------------------------------------------------------------------------

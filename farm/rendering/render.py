@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from farm import radiosity, strips
+from farm import povtext, radiosity, strips
 from farm.rendering import povray
 from farm.bundle import cache as bundle
 from farm.rendering import sandbox as sandboxes
@@ -167,11 +167,11 @@ class UnitRenderer:
     def _unit_log(self, argv: list[str], result: povray.ProcessResult, started: float, log_path: Path,
                   scene_dir: Path) -> UnitLog:
         """The run's log for the controller: its text bounded (unit_log_kb), the node's folders unnamed."""
-        text = log_path.read_text("utf-8", "replace") if log_path.exists() else ""
+        limit = self.config.unit_log_kb * 1024
+        text, skipped = _read_log(log_path, limit)
         return UnitLog.of_run(_unnamed(text, scene_dir, self.config.work_dir),
                               [_unnamed(arg, scene_dir, self.config.work_dir) for arg in argv], started,
-                              result.seconds, result.returncode, result.signal, result.timed_out,
-                              self.config.unit_log_kb * 1024)
+                              result.seconds, result.returncode, result.signal, result.timed_out, limit, skipped)
 
     def _outcome(self, task: Task, result: povray.ProcessResult, log_path: Path, output: Path,
                  frames: range, animated: bool, pretrace: radiosity.PretraceWatch | None) -> RenderOutcome:
@@ -245,6 +245,24 @@ def _drop_working_dir_ini(scene_dir: Path) -> None:
     for path in scene_dir.iterdir():
         if path.name.lower() == "povray.ini" and path.is_file():
             path.unlink()
+
+
+def _read_log(path: Path, limit: int) -> tuple[str, int]:
+    """POV-Ray's log file as text, only its head and tail when it is far larger than `limit` (a scene may
+    print gigabytes): (the text, bytes left out). Progress lines shrink to one, so up to 4x is read whole."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size <= 4 * limit:
+                return handle.read().decode("utf-8", "replace"), 0
+            head = handle.read(2 * limit)
+            handle.seek(size - 2 * limit)
+            tail = handle.read(2 * limit)
+    except OSError:
+        return "", 0
+    skipped = size - len(head) - len(tail)
+    mark = "\n" + povtext.CUT_MARK.format(cut=f"{skipped} bytes") + "\n"
+    return (head + mark.encode() + tail).decode("utf-8", "replace"), skipped
 
 
 def _unnamed(text: str, scene_dir: Path, work_dir: Path) -> str:
