@@ -232,13 +232,14 @@ def test_the_page_shows_the_scenes_messages_once_and_each_units_povray_output(br
     page.wait(lambda: page.state()["role"] == "view", what="signed in")
     submitted = run_cli("submit", str(scene), "+W64", "+H128", "--strips", "2", "--wait", "--controller", farm.url)
     assert submitted.returncode == 0, submitted.stderr
-    page.wait(lambda: page.el("logs").is_displayed() and len(page.driver.find_elements("css selector", ".log-run")) == 2,
-              what="both units' logs on the page")
+
+    def runs():
+        return page.driver.find_elements("css selector", ".log-run")
+    page.wait(lambda: page.el("logs").is_displayed() and len(runs()) == 2, what="both units' logs on the page")
     assert page.text("log-messages") == "hello\nFile 'speak.pov' line 4: Parse Warning: mind the gap"
-    runs = page.driver.find_elements("css selector", ".log-run")
-    assert all("n1" in run.text and "done, exit 0" in run.text for run in runs)
-    runs[0].find_element("css selector", "summary").click()
-    shown = runs[0].find_element("css selector", "pre").text
+    assert all("n1" in run.text and "done, exit 0" in run.text for run in runs())
+    runs()[0].find_element("css selector", "summary").click()
+    shown = runs()[0].find_element("css selector", "pre").text
     assert "povray +Ispeak.pov" in shown and "hello" in shown and "Render Statistics" in shown
     assert "Persistence of Vision" not in shown      # the banner is kept but not shown
 

@@ -51,4 +51,5 @@ def build(services: Any) -> dict[str, tuple[Callable[..., Any], frozenset[str]]]
     from farm.api.nodes import NodesAPI
     from farm.api.viewer import ViewerAPI
 
-    return methods(MetaAPI(), BundlesAPI(services), JobsAPI(services), LogsAPI(services), NodesAPI(services), ViewerAPI(services))
+    return methods(MetaAPI(), BundlesAPI(services), JobsAPI(services), LogsAPI(services), NodesAPI(services),
+                   ViewerAPI(services))
