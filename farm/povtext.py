@@ -34,6 +34,8 @@ _PLACE = r"(File '.*' line \d+:\s*)?"
 _WARNING = re.compile(_PLACE + r"(Parse Warning|Possible Parse Error|Warning)\b|^.*\bWarning: ")
 _ERROR = re.compile(_PLACE + r"(Parse Error|Fatal error|Render failed|Failed to parse|Error:|Render error)")
 _PLACE_ONLY = re.compile(r"^File '.*' line \d+:\s*$")
+_LAST_OPTION = re.compile(r"^  Warning Stream to console\b")    # the last line POV-Ray prints before parsing
+_AWAITING = "awaiting"    # after the options, before `==== [Parsing...]`: where a busy POV-Ray may print messages
 _BANNER_END = re.compile(r"^(Parser Options|==== \[Parsing|Rendering frame \d)", re.MULTILINE)
 
 
@@ -101,11 +103,11 @@ def _section(section: str, line: str, following: str) -> str:
         return "tracing"
     if _DASHES.match(line) and _STATISTICS_TITLE.match(following):
         return STATISTICS
-    if section in (DEBUG, "tracing"):
+    if section in (DEBUG, "tracing", _AWAITING):
         return section
     if _OPTIONS_TITLE.match(line) or _FRAME.match(line) or line.startswith("POV-Ray finished"):
         return RENDER
-    return section
+    return _AWAITING if _LAST_OPTION.match(line) else section
 
 
 def _kind(section: str, line: str, following: str, previous: str) -> str:
@@ -121,18 +123,29 @@ def _kind(section: str, line: str, following: str, previous: str) -> str:
         return DEBUG if not line.startswith(_PARSING) else RENDER
     if section == "tracing":
         return RENDER
-    return section
+    if section == _AWAITING and not _LAST_OPTION.match(line):
+        return DEBUG      # the scene's text, printed before the `==== [Parsing...]` line it belongs under
+    return RENDER if section == _AWAITING else section
 
 
 def parse_messages(text: str, kinds: Iterable[str] = (DEBUG, WARNING)) -> list[str]:
     """The scene's messages (its `#debug` text and warnings; with ERROR in `kinds` its parse errors too)
-    as `povray` prints them, one text per parse section, in order: one per frame the run rendered."""
+    as `povray` prints them, one text per parse, in order: one per frame the run rendered. A busy POV-Ray
+    may print a parse's first messages before its `==== [Parsing...]` line (its streams race): they count
+    with that parse, which ends where the parser's statistics begin."""
     chosen = frozenset(kinds)
     frames: list[list[str]] = []
+    parsing = tracing = False     # in a parse; in a render (its warnings are no parse's)
     for kind, line in classify(text):
-        if line.startswith(_PARSING):
+        if line.startswith(_RENDERING) or _FRAME.match(line):
+            tracing = line.startswith(_RENDERING)
+        starts = line.startswith(_PARSING) or (kind in (DEBUG, WARNING, ERROR) and not tracing)
+        if starts and not parsing:
             frames.append([])
-        elif frames and kind in chosen:
+            parsing, tracing = True, False
+        if kind == STATISTICS:
+            parsing = False
+        elif frames and parsing and kind in chosen:
             frames[-1].append(line)
     return ["".join(f"{line}\n" for line in _trimmed(lines)) for lines in frames]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness import ROOT, SCENES, farm_argv, needs_povray, run_cli, wait_until
+from farm import povtext
 from farm.images.png import PNG_SIGNATURE, decode_png
 from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
@@ -374,16 +375,15 @@ SPEAKING_SCENE = ('#version 3.7;\nglobal_settings { assumed_gamma 1 }\n#debug "h
                   '#warning "mind the gap"\n#debug concat("frame ", str(frame_number, 0, 0), "\\n")\n'
                   'camera { location <0, 0, -3> look_at 0 }\nlight_source { <2, 4, -3> rgb 1 }\n'
                   'sphere { 0, 1 pigment { rgb <1, 0, 0> } }\n')
-_PARSING = "==== [Parsing...]"
 
 
 def povray_parse_messages(folder: Path, *args: str) -> list[str]:
-    """What `povray` itself prints between `==== [Parsing...]` and its parser statistics, per frame."""
+    """What `povray` itself prints while it parses, per frame (read as farm/povtext.py reads a node's log: a
+    busy POV-Ray may print the messages just before its `==== [Parsing...]` line)."""
     native = subprocess.run(["povray", *args, "-D", "+Onative.png"], cwd=folder, capture_output=True, text=True,
                             timeout=60)
     assert native.returncode == 0, native.stderr[-2000:]
-    sections = native.stderr.split(_PARSING)[1:]
-    return [section.split("\n", 1)[1].split("-" * 40)[0].rstrip("\n") for section in sections]
+    return [text.rstrip("\n") for text in povtext.parse_messages(native.stderr)]
 
 
 def test_a_scenes_debug_and_warning_text_is_printed_once_in_scene_order_as_povray_prints_it(tmp_path):

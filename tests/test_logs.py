@@ -28,7 +28,7 @@ from harness import needs_povray, register_node, rows_for, stepped_farm, submit
 SCENE = ('#version 3.7;\nglobal_settings { assumed_gamma 1 }\n#debug "hello\\n"\n#warning "mind the gap"\n'
          'camera { location <0, 0, -3> look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n')
 OUTPUT = ("Persistence of Vision(tm) Ray Tracer Version 3.7.0.10\nParser Options\n  Input file: s.pov\n"
-          "==== [Parsing...] ==========\nhello\nFile 's.pov' line 4: Parse Warning: mind the gap\n"
+          "Information Output Options\n  Warning Stream to console.......On \n==== [Parsing...] ==========\nhello\nFile 's.pov' line 4: Parse Warning: mind the gap\n"
           + "-" * 76 + "\nParser Statistics\n" + "-" * 76 + "\nRender Options\n  Quality:  9\n"
           "==== [Rendering...] ==========\nRendered 10 of 20 pixels (50%)\rRendered 20 of 20 pixels (100%)\r\n"
           + "-" * 76 + "\nRender Statistics\nPixels: 20\nPOV-Ray finished\n")
@@ -74,10 +74,23 @@ def test_a_finished_renders_statistics_and_progress_are_their_own_streams(tmp_pa
 
 
 def test_messages_of_each_frame_in_a_run_of_several():
-    two = OUTPUT.replace("POV-Ray finished\n", "Rendering frame 2 of 2\n") + OUTPUT.replace("hello", "again")
+    second = OUTPUT.split("\n", 1)[1]     # the banner comes once, at the start
+    two = OUTPUT.replace("POV-Ray finished\n", "Rendering frame 2 of 2\n") + second.replace("hello", "again")
     assert povtext.parse_messages(two) == ["hello\nFile 's.pov' line 4: Parse Warning: mind the gap\n",
                                            "again\nFile 's.pov' line 4: Parse Warning: mind the gap\n"]
     assert povtext.parse_messages(two, kinds=("debug",)) == ["hello\n", "again\n"]
+
+
+def test_messages_a_busy_povray_prints_before_the_parse_header_count_with_that_parse():
+    messages = "hello\nFile 's.pov' line 4: Parse Warning: mind the gap\n"
+    early = OUTPUT.replace(messages, "").replace("==== [Parsing", messages + "==== [Parsing")
+    assert early != OUTPUT and povtext.parse_messages(early) == povtext.parse_messages(OUTPUT) == [messages]
+    assert ("debug", "hello") in povtext.classify(early)
+    rendering = OUTPUT.replace("Render Statistics", "Warning: a render warning\n" + "-" * 76 + "\nRender Statistics")
+    assert ("warning", "Warning: a render warning") in povtext.classify(rendering)
+    two = rendering.replace("POV-Ray finished\n", "Rendering frame 2 of 2\n") + early.split("\n", 1)[1].replace(
+        "hello", "again")
+    assert povtext.parse_messages(two) == [messages, messages.replace("hello", "again")]
 
 
 @settings(max_examples=200, deadline=None)
