@@ -70,6 +70,10 @@ class Config:
     slow_uplink_bps: float = 500_000.0
     slow_heartbeat_interval: float = 10.0
     strip_timeout: float = 0.0         # wall-clock limit for one POV-Ray run; 0 means none
+    # POV-Ray's output kept per run (node and controller: head and tail kept, the middle cut), and of all
+    # a job's runs (controller: past it, only each run's messages, farm/service/logs.py).
+    unit_log_kb: int = 64
+    job_log_mb: int = 64
     keep_work: bool = False            # keep per-strip directories (for debugging scenes)
     sandbox: str = "auto"              # confine POV-Ray: auto (bubblewrap when it works), bwrap, none
     max_memory_mb: int = 8192          # POV-Ray's address-space limit; 0 means none

@@ -319,7 +319,7 @@ class Node:
         if outcome.kind == "failed":
             message = self._error_text(outcome.error, strip_dir / "scene")
             log.warning("job %s strip %s failed: %s", task.job, task.strip, message)
-            self.delivery.call("nodes.fail", lease, message, outcome.scene_error)
+            self.delivery.fail(lease, outcome, message)
         elif outcome.kind == "release":
             self.delivery.call("nodes.release", lease)
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.

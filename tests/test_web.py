@@ -146,7 +146,7 @@ def test_the_page_is_served_without_a_token_but_the_api_still_needs_one(farm):
     status, headers, body = get(farm.url, "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html") and b"povfarm" in body
     assert "default-src 'none'" in headers["Content-Security-Policy"]
-    for name in ("app.js", "xmlrpc.js", "zip.js", "style.css"):
+    for name in ("app.js", "xmlrpc.js", "zip.js", "logs.js", "style.css"):
         status, headers, body = get(farm.url, "/" + name)
         assert status == 200 and body, name
         assert not any(marker in body for marker in (b"http://", b"https://")), f"{name} names another host"
@@ -221,6 +221,31 @@ def test_a_view_token_watches_a_render_paint_and_may_change_nothing(browser, far
     page.wait(lambda: page.state()["job"] == second_id, what="the page to follow the next job")
     page.wait(lambda: farm.client.call("jobs.status", second_id)["state"] == "done", timeout=90, what="the next job")
     assert farm.client.call("jobs.status", second_id)["preview"] == "done"
+
+
+@needs_browser
+@needs_povray
+def test_the_page_shows_the_scenes_messages_once_and_each_units_povray_output(browser, farm, tmp_path):
+    farm.start_controller()
+    farm.start_node("n1", slots=2)
+    scene = tmp_path / "speak.pov"
+    scene.write_text('#version 3.7;\nglobal_settings { assumed_gamma 1 }\n#debug "hello\\n"\n#warning "mind the gap"\n'
+                     'camera { location -3 look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n')
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.state()["role"] == "view", what="signed in")
+    submitted = run_cli("submit", str(scene), "+W64", "+H128", "--strips", "2", "--wait", "--controller", farm.url)
+    assert submitted.returncode == 0, submitted.stderr
+
+    def runs():
+        return page.driver.find_elements("css selector", ".log-run")
+    page.wait(lambda: page.el("logs").is_displayed() and len(runs()) == 2, what="both units' logs on the page")
+    assert page.text("log-messages") == "hello\nFile 'speak.pov' line 4: Parse Warning: mind the gap"
+    assert all("n1" in run.text and "done, exit 0" in run.text for run in runs())
+    runs()[0].find_element("css selector", "summary").click()
+    shown = runs()[0].find_element("css selector", "pre").text
+    assert "povray +Ispeak.pov" in shown and "hello" in shown and "Render Statistics" in shown
+    assert "Persistence of Vision" not in shown      # the banner is kept but not shown
 
 
 @needs_browser

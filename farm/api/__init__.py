@@ -46,10 +46,11 @@ def build(services: Any) -> dict[str, tuple[Callable[..., Any], frozenset[str]]]
     """The controller's whole public API over `services`."""
     from farm.api.bundles import BundlesAPI
     from farm.api.jobs import JobsAPI
+    from farm.api.logs import LogsAPI
     from farm.api.meta import MetaAPI
     from farm.api.nodes import NodesAPI
     from farm.api.overview import FarmAPI
     from farm.api.viewer import ViewerAPI
 
-    return methods(MetaAPI(), BundlesAPI(services), JobsAPI(services), NodesAPI(services), ViewerAPI(services),
-                   FarmAPI(services))
+    return methods(MetaAPI(), BundlesAPI(services), JobsAPI(services), LogsAPI(services), NodesAPI(services),
+                   ViewerAPI(services), FarmAPI(services))

@@ -13,6 +13,7 @@ from farm.kinds import PREVIEW, ROWS, preview_size
 from farm.rows import ENCODINGS, ZLIB, deflate_bound
 from farm.server.departures import departure_watch
 from farm.options import preview_options
+from farm.unitlog import UnitLog
 from farm.wire import Binary
 
 MAX_ERROR_TEXT = 8192
@@ -127,7 +128,7 @@ class NodesAPI:
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                 encoding: str = ZLIB) -> bool:
+                 encoding: str = ZLIB, log: dict | None = None) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
         pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
         is harmless; a lease that is no longer current gets STALE_LEASE.
@@ -138,17 +139,21 @@ class NodesAPI:
         @param seconds: float, how long the render took
         @param encoding: str (optional, default "zlib"): "zlib" (the raw rows) or "filtered" (each row led by
             its PNG filter type and filtered by it; each frame's first row filtered against zeros)
+        @param log: struct (optional, feature "unit_logs"): POV-Ray's run: text (base64, zlib of its output
+            as UTF-8, progress lines dropped, bounded by the node), command ([str] the command line), started
+            (float Unix time), seconds (float), exit_code (int, -1 for none), signal (int, 0 for none),
+            timed_out (bool), cut (int, bytes of the output the node left out)
         @return: bool, true
         """
         self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
                                 args.binary("rows", rows), args.seconds("seconds", seconds),
-                                args.choice("encoding", encoding, ENCODINGS))
+                                args.choice("encoding", encoding, ENCODINGS), self._run_log(log))
         self._services.live.drop(lease)     # the final rows replace the live blocks
         return True
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete_and_poll(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                          encoding: str = ZLIB) -> dict:
+                          encoding: str = ZLIB, log: dict | None = None) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
         when it faults, nothing was leased.
 
@@ -157,9 +162,10 @@ class NodesAPI:
         @param rows: base64
         @param seconds: float
         @param encoding: str (optional), as nodes.complete
+        @param log: struct (optional), as nodes.complete
         @return: struct, the node's next task, or {}
         """
-        self.complete(node_id, lease, rows, seconds, encoding)
+        self.complete(node_id, lease, rows, seconds, encoding, log)
         return self.poll(node_id)
 
     def _files_limit(self, before: tuple) -> int:
@@ -184,6 +190,8 @@ class NodesAPI:
                                          args.text("lease", lease, MAX_ID_TEXT))
         self._services.written.add(job_id, args.binary("files", files))
         return True
+    def _run_log(self, log) -> UnitLog | None:
+        return None if log is None else UnitLog.from_wire(log, self._config.unit_log_kb * 1024)
 
     @rpc(NODE)
     def live(self, node_id: str, lease: str, blocks: list) -> dict:
@@ -219,7 +227,7 @@ class NodesAPI:
             args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT)))
 
     @rpc(NODE)
-    def fail(self, node_id: str, lease: str, error: str, scene_error: bool) -> bool:
+    def fail(self, node_id: str, lease: str, error: str, scene_error: bool, log: dict | None = None) -> bool:
         """Report a failed unit. scene_error true means the scene itself is broken (a parse error): the job
         fails at once; otherwise the unit is retried, on another node when there is one.
 
@@ -227,11 +235,12 @@ class NodesAPI:
         @param lease: str
         @param error: str, POV-Ray's message
         @param scene_error: bool
+        @param log: struct (optional, feature "unit_logs"): POV-Ray's run, as nodes.complete
         @return: bool, true
         """
         text = error[:MAX_ERROR_TEXT] if isinstance(error, str) and error else "POV-Ray failed without a message"
         self._dispatch.fail(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
-                            text, bool(scene_error))
+                            text, bool(scene_error), self._run_log(log))
         self._services.live.drop(lease)
         return True
 

@@ -15,6 +15,7 @@ from farm import scenefiles
 from farm.cli.common import EXIT_FAILED, EXIT_OK
 from farm.cli.images import write_scene_files
 from farm.cli.job_request import JobRequest, write_targets
+from farm.cli.logs import SceneMessages
 from farm.client import Client
 from farm.faults import Code, FarmError
 from farm.retry import Outage, Patience, Patient, duration
@@ -65,10 +66,14 @@ class Progress:
         self._open = self.tty
 
     def note(self, text: str) -> None:
+        self.text(f"povfarm: {text}\n")
+
+    def text(self, text: str) -> None:
+        """Text of its own lines (a note, or the scene's messages), the progress line out of its way."""
         if self._open:
-            self._last = ""      # the progress line is written again below the note
+            self._last = ""      # the progress line is written again below the text
         self.end()
-        sys.stderr.write(f"povfarm: {text}\n")
+        sys.stderr.write(text)
         sys.stderr.flush()
 
     def end(self) -> None:
@@ -92,8 +97,10 @@ def wait_for_job(client: Client | Patient, job_id: int, interval: float = 1.0,
     """Show progress on stderr until the job ends; return its final status (None when `stop` was set).
     jobs.wait returns as soon as the job changes, so the end is seen at once. A job that no live node can
     render is said at once: for `local` nodes (render's, which nothing will mend) it is an error; else
-    it is waited for as long as the client's patience allows."""
+    it is waited for as long as the client's patience allows. The scene's messages are printed on the way,
+    once per frame."""
     progress = progress or Progress()
+    messages = SceneMessages(client.call, job_id, progress.text)
     try:
         while stop is None or not stop.is_set():
             try:
@@ -103,6 +110,7 @@ def wait_for_job(client: Client | Patient, job_id: int, interval: float = 1.0,
                     return None
                 raise
             _check_blocked(status, getattr(client, "patience", None), progress, local)
+            messages.update(status)
             progress.show(_progress_line(status))
             if status["state"] in ENDED:
                 return status

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from farm.client import Client
 from farm.faults import Code, FarmError
-from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, SCENE_FILES, Features
+from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, SCENE_FILES, UNIT_LOGS, Features
 from farm.retry import RETRY_CEILING
 from farm.rendering.task import RenderOutcome
 from farm.rows import ZLIB
@@ -65,8 +65,10 @@ class Delivery:
         if encoding != ZLIB and FILTERED_ROWS not in features and outcome.as_zlib is not None:
             rows, encoding = outcome.as_zlib(), ZLIB     # rendered before the node learnt it
         payload: tuple = (rows, outcome.seconds)     # bytes: base64 on the wire
-        if encoding != ZLIB:
+        if encoding != ZLIB or self._sends_log(outcome):
             payload += (encoding,)
+        if self._sends_log(outcome):
+            payload += (outcome.log.to_wire(),)
         if take_next and COMPLETE_AND_POLL in features and not self.stopping.is_set():
             reply = self.call("nodes.complete_and_poll", lease, *payload)
             if reply is not None:
@@ -75,6 +77,14 @@ class Delivery:
         if self.call("nodes.complete", lease, *payload) is not None:
             self.strips_done += 1
         return None
+
+    def fail(self, lease: str, outcome: RenderOutcome, message: str) -> None:
+        """Report a failed unit, with POV-Ray's log where the controller keeps logs."""
+        log_struct = (outcome.log.to_wire(),) if self._sends_log(outcome) else ()
+        self.call("nodes.fail", lease, message, outcome.scene_error, *log_struct)
+
+    def _sends_log(self, outcome: RenderOutcome) -> bool:
+        return outcome.log is not None and UNIT_LOGS in self.features()
 
 
 class Uploads:

@@ -16,10 +16,11 @@ import logging
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
-from farm import radiosity, strips
+from farm import povtext, radiosity, strips
 from farm.rendering import povray
 from farm.bundle import cache as bundle
 from farm.rendering import sandbox as sandboxes
@@ -35,6 +36,7 @@ from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
 from farm.rendering.live import READ_EVERY
 from farm.rendering import written
 from farm.rendering.task import RenderOutcome, Task
+from farm.unitlog import UnitLog
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,8 @@ class UnitRenderer:
             data = b""     # POV-Ray made no cache file: no radiosity
         log.info("job %s frame %s radiosity pre-pass: %s", task.job, task.frame,
                  f"{len(data)} bytes of cache" if data else "the scene uses no radiosity")
-        return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds)
+        return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds,
+                             log=outcome.log)
 
     def _run_povray(self, task: Task, strip_dir: Path, scene: Path,
                     publisher: PhotonPublisher | None = None, extra: list[str] | None = None,
@@ -151,6 +154,7 @@ class UnitRenderer:
         command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
                                        self.config.threads or os.cpu_count() or 1)
         # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps.
+        started = time.time()
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
                              check_every=0.1 if pretrace is not None else READ_EVERY if task.live else 0.5)
@@ -161,7 +165,18 @@ class UnitRenderer:
         if before is not None and outcome.kind == "done":
             files = written.collect(scene.parent, before, (task.frame_last, task.row_start))
             outcome = dataclasses.replace(outcome, files=files) if files else outcome
-        return outcome
+        if outcome.kind not in ("done", "failed"):
+            return outcome
+        return dataclasses.replace(outcome, log=self._unit_log(argv, result, started, log_path, scene.parent))
+
+    def _unit_log(self, argv: list[str], result: povray.ProcessResult, started: float, log_path: Path,
+                  scene_dir: Path) -> UnitLog:
+        """The run's log for the controller: its text bounded (unit_log_kb), the node's folders unnamed."""
+        limit = self.config.unit_log_kb * 1024
+        text, skipped = _read_log(log_path, limit)
+        return UnitLog.of_run(_unnamed(text, scene_dir, self.config.work_dir),
+                              [_unnamed(arg, scene_dir, self.config.work_dir) for arg in argv], started,
+                              result.seconds, result.returncode, result.signal, result.timed_out, limit, skipped)
 
     def _outcome(self, task: Task, result: povray.ProcessResult, log_path: Path, output: Path,
                  frames: range, animated: bool, pretrace: radiosity.PretraceWatch | None) -> RenderOutcome:
@@ -235,6 +250,29 @@ def _drop_working_dir_ini(scene_dir: Path) -> None:
     for path in scene_dir.iterdir():
         if path.name.lower() == "povray.ini" and path.is_file():
             path.unlink()
+
+
+def _read_log(path: Path, limit: int) -> tuple[str, int]:
+    """POV-Ray's log file as text, only its head and tail when it is far larger than `limit` (a scene may
+    print gigabytes): (the text, bytes left out). Progress lines shrink to one, so up to 4x is read whole."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size <= 4 * limit:
+                return handle.read().decode("utf-8", "replace"), 0
+            head = handle.read(2 * limit)
+            handle.seek(size - 2 * limit)
+            tail = handle.read(2 * limit)
+    except OSError:
+        return "", 0
+    skipped = size - len(head) - len(tail)
+    mark = "\n" + povtext.CUT_MARK.format(cut=f"{skipped} bytes") + "\n"
+    return (head + mark.encode() + tail).decode("utf-8", "replace"), skipped
+
+
+def _unnamed(text: str, scene_dir: Path, work_dir: Path) -> str:
+    """`text` with the node's own folders out of it: scene paths relative, the work folder unnamed."""
+    return text.replace(f"{scene_dir}{os.sep}", "").replace(str(scene_dir), ".").replace(str(work_dir), "<work-dir>")
 
 
 def _failed(error: str, scene_error: bool) -> RenderOutcome:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from farm.faults import Code, FarmError
 from farm.kinds import ROWS
 from farm.rows import ZLIB
+from farm.unitlog import UnitLog
 from farm.wire import shown
 
 
@@ -84,6 +85,7 @@ class RenderOutcome:
     files: bytes = b""     # the files the scene wrote (farm.scenefiles' zip), b"" when none
     # The same rows as plain zlib, made when asked: for a controller that takes no other encoding.
     as_zlib: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
+    log: UnitLog | None = field(default=None, compare=False, repr=False)   # POV-Ray's run, when it ran
 
 
 _MISSING = object()

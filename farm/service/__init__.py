@@ -21,12 +21,13 @@ from farm.service.dispatch import Dispatcher
 from farm.service.feed import FeedLog, Streams
 from farm.service.files import Files
 from farm.service.history import History
-from farm.service.written import WrittenFiles
 from farm.service.live import LiveBlocks
+from farm.service.logs import Logs
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
 from farm.service.views import Views
 from farm.service.watchers import Watchers
+from farm.service.written import WrittenFiles
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ class Services:
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
         self.watchers = Watchers(clock)
         self.meter = Meter()       # what only this process counts (farm.meter): units stored, failures, requests
+        self.logs = Logs(config, store)                # POV-Ray's logs of the units' runs
         self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched,
-                                     self.meter)
+                                     self.meter, self.logs.keep)
         self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
         self.live = LiveBlocks(config.lease_timeout)   # blocks of units in flight, for viewers only
         self.history = History(store, self.files, config.data_dir, config.purge_after, clock, self.views.forget)

@@ -25,6 +25,7 @@ from farm.states import UnitState
 from farm.service.changes import Changes
 from farm.service.stitcher import Stitcher
 from farm.store import Completion, Store
+from farm.unitlog import UnitLog
 from farm.wire import LONG_POLL_CAP
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,12 @@ class _Recent(OrderedDict):
 class Dispatcher:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float], changes: Changes,
                  work: Changes, stitcher: Stitcher, watched: Callable[[int], bool] = lambda job_id: True,
-                 meter: Meter | None = None):
+                 meter: Meter | None = None,
+                 keep_log: Callable[[Unit, str, str, UnitLog], None] = lambda unit, node, outcome, run: None):
         self._config, self._store, self._clock, self._watched = config, store, clock, watched
         self._meter = meter or Meter()
         declare_unit_metrics(self._meter)
+        self._keep_log = keep_log     # (unit, node_id, "done"/"failed", the run): POV-Ray's log of a unit
         self._machine = config.machine or HOST.machine()   # the box the controller runs on
         self._changes, self._work, self._stitcher = changes, work, stitcher
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
@@ -130,9 +133,9 @@ class Dispatcher:
         return stale
 
     def complete(self, node_id: str, token: str, data: bytes, seconds: float,
-                 encoding: str = ZLIB) -> Completion:
-        """Check and store a unit's result (`data` in `encoding`, see farm.rows.ENCODINGS); frames it
-        completes go to the stitcher."""
+                 encoding: str = ZLIB, run: UnitLog | None = None) -> Completion:
+        """Check and store a unit's result (`data` in `encoding`, see farm.rows.ENCODINGS) and its run's log;
+        frames it completes go to the stitcher (after the log: a job is never done before its logs are in)."""
         unit = self._unit_of(token)
         job = self.job(unit.job)
         raw = _checked_result(unit, job, data, encoding)
@@ -143,6 +146,8 @@ class Dispatcher:
             return done
         self._meter.count("units_stored_total", kind=unit.kind)
         self._meter.count("stored_bytes_total", len(data), kind=unit.kind)
+        if run is not None:
+            self._keep_log(done.unit, node_id, "done", run)
         if unit.kind == PRETRACE:
             self._work.bump()   # the frame's units were waiting for this
             log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (%s)", job.id, unit.frame, node_id,
@@ -173,12 +178,20 @@ class Dispatcher:
 
     def live_job(self, node_id: str, token: str) -> int:
         """The job of the node's current lease `token` (STALE_LEASE when it is not current)."""
+        return self._current(node_id, token).job
+
+    def _current(self, node_id: str, token: str) -> Unit:
+        """The unit of the node's current lease `token` (STALE_LEASE when it is not current)."""
         unit = self._unit_of(token)
         if unit.node != node_id or unit.state is not UnitState.LEASED:
             raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current")
-        return unit.job
+        return unit
 
-    def fail(self, node_id: str, token: str, error: str, scene_error: bool) -> None:
+    def fail(self, node_id: str, token: str, error: str, scene_error: bool, run: UnitLog | None = None) -> None:
+        """Record a unit's failure (the rules say whether it is retried or fails its job) and its run's log,
+        the log first: whoever sees the job fail finds it."""
+        if run is not None:
+            self._keep_log(self._current(node_id, token), node_id, "failed", run)
         judge = functools.partial(_judge, error=error, scene_error=scene_error,
                                   max_attempts=self._config.max_attempts, now=self._clock())
         unit, verdict = self._store.units.fail(node_id, token, error, self._clock(), judge)

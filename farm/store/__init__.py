@@ -18,6 +18,7 @@ from farm.store import schema
 from farm.store.census import CensusRecords
 from farm.store.history import HistoryRecords
 from farm.store.jobs import JobRecords
+from farm.store.logs import LogRecords
 from farm.store.nodes import NodeRecords
 from farm.store.units import Completion, UnitRecords
 
@@ -68,6 +69,7 @@ class Store:
         self.nodes = NodeRecords(self.db)
         self.census = CensusRecords(self.db)
         self.history = HistoryRecords(self.db)
+        self.logs = LogRecords(self.db)
 
     def close(self) -> None:
         self.db.close()

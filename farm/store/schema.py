@@ -84,6 +84,21 @@ CREATE TABLE IF NOT EXISTS nodes (
 -- Tags set from the controller (povfarm node-tags), by node name: they win over the node's own and
 -- outlive its registrations, until cleared.
 CREATE TABLE IF NOT EXISTS node_tags (name TEXT PRIMARY KEY, tags TEXT NOT NULL);
+-- POV-Ray's log of each run of a unit (farm/store/logs.py), and how many bytes of text a job's logs keep.
+CREATE TABLE IF NOT EXISTS unit_logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job INTEGER NOT NULL, unit INTEGER NOT NULL, idx INTEGER NOT NULL, frame INTEGER NOT NULL,
+    frame_last INTEGER NOT NULL, kind TEXT NOT NULL, attempt INTEGER NOT NULL, node_name TEXT NOT NULL,
+    outcome TEXT NOT NULL,          -- 'done' or 'failed'
+    command TEXT NOT NULL,          -- JSON: the command line
+    started REAL NOT NULL, seconds REAL NOT NULL, exit_code INTEGER, signal INTEGER,
+    timed_out INTEGER NOT NULL,
+    text BLOB NOT NULL,             -- zlib of POV-Ray's output as kept
+    size INTEGER NOT NULL,          -- bytes of that output
+    messages TEXT NOT NULL,         -- JSON: the scene's messages of each frame the run parsed (farm.povtext)
+    cut TEXT NOT NULL DEFAULT '');  -- what of the output was not kept, and why
+CREATE INDEX IF NOT EXISTS unit_logs_by_job ON unit_logs (job, idx, id);
+CREATE TABLE IF NOT EXISTS log_sizes (job INTEGER PRIMARY KEY, size INTEGER NOT NULL);
 """
 
 # The units of unfinished jobs, as a condition on `job`: with jobs_by_state and the units' (job, state)

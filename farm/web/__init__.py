@@ -24,6 +24,7 @@ FILES = {
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/xmlrpc.js": ("xmlrpc.js", "text/javascript; charset=utf-8"),
     "/zip.js": ("zip.js", "text/javascript; charset=utf-8"),
+    "/logs.js": ("logs.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 
