@@ -25,10 +25,21 @@ MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache f
 CACHE_FILE = "povfarm-radiosity.rad"      # relative: it lives in the strip's own (sandboxed) folder
 WRAPPER_SCENE = "povfarm-radiosity-wrapper.pov"
 PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
+# A frame's pre-pass is cut into bands of rows, leased like strips, so that every box pretraces a share.
+# Bands cost unevenly (a sky pretraces in no time), so there are more bands than slots, and each band
+# pays POV-Ray's start-up and the parse: PARTS_PER_SLOT bands per live slot, at most MAX_PARTS.
+PARTS_PER_SLOT = 2
+MAX_PARTS = 8
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
 NO_SAMPLES_AFTER = 0.10
 _PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
+
+
+def pretrace_parts(slots: int) -> int:
+    """Into how many bands a frame's radiosity pre-pass is cut, for a farm with `slots` live slots: one
+    when there is a single slot (nobody to share it with), else PARTS_PER_SLOT per slot."""
+    return 1 if slots <= 1 else min(PARTS_PER_SLOT * slots, MAX_PARTS)
 
 
 def wrapper_text(scene_name: str) -> str | None:
@@ -46,6 +57,13 @@ def trim_cache(data: bytes) -> bytes:
     written, and POV-Ray's cache is one sample per line."""
     end = data.rfind(b"\n")
     return data[:end + 1] if end >= 0 else b""
+
+
+def merge_caches(parts: list[bytes]) -> bytes:
+    """One cache out of the caches of a frame's pre-pass parts: POV-Ray's cache file is one sample per line
+    (`C<depth>` and its numbers) with no header, and reading it adds every line to the frame's samples, so
+    the merged cache is the parts' whole lines one after the other."""
+    return b"".join(trim_cache(part) for part in parts)
 
 
 class PretraceWatch:

@@ -10,9 +10,12 @@ import io
 import itertools
 import subprocess
 import zipfile
+import zlib
 from pathlib import Path
+from xmlrpc.client import Binary
 
-from harness import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
+from harness import (SCENES, assert_same_pixels, native_render, needs_povray, run_cli, stepped_farm, submit,
+                     write_scene)
 from farm import radiosity, strips
 from farm.rendering import povray
 from farm.bundle.checking import mentions
@@ -20,6 +23,7 @@ from farm.images.png import decode_png
 from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
 from farm.planning import UnitPlan, with_pretrace
+from farm.rows import compress_rows
 
 CORNELL = SCENES / "radiosity/cornell.pov"
 
@@ -37,6 +41,43 @@ def test_split_frames_get_a_pretrace_unit_before_their_first_strip():
     assert with_pretrace(whole_frames, 64, True) == whole_frames
     remainder = Plan(1, 1, 0, 64, remainder=True)                # cut at lease time: it will be split
     assert with_pretrace([remainder], 64, True) == [Plan(1, 1, 0, 64, "pretrace"), remainder]
+
+
+def test_a_frames_pre_pass_is_cut_into_block_aligned_bands_one_per_slot_or_more():
+    Plan = UnitPlan
+    units = [Plan(1, 1, 0, 96, remainder=True)]
+    assert with_pretrace(units, 96, True, parts=3) == [
+        Plan(1, 1, 0, 32, "pretrace"), Plan(1, 1, 32, 64, "pretrace"), Plan(1, 1, 64, 96, "pretrace"), units[0]]
+    assert with_pretrace(units, 96, True, parts=8, block=64) == [
+        Plan(1, 1, 0, 64, "pretrace"), Plan(1, 1, 64, 96, "pretrace"), units[0]]
+    assert [radiosity.pretrace_parts(slots) for slots in (0, 1, 2, 3, 100)] == [1, 1, 4, 6, radiosity.MAX_PARTS]
+
+
+def test_caches_of_a_pre_pass_cut_into_bands_merge_into_one_list_of_samples():
+    assert radiosity.merge_caches([b"C1\t1\nC1\t2\n", b"", b"C1\t3\nC1\t4"]) == b"C1\t1\nC1\t2\nC1\t3\n"
+
+
+def test_a_frames_strips_wait_for_every_band_of_its_pre_pass_and_load_their_caches_merged(tmp_path):
+    farm, store = stepped_farm(tmp_path / "data")
+    a, b = (farm.call("nodes.register", name, {"povray": "3.7", "slots": 1, "machine": name})["node_id"]
+            for name in ("boxA", "boxB"))
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    job = submit(farm, scene, width=4, height=96, strips="auto")
+    first, second = farm.call("nodes.poll", a), farm.call("nodes.poll", b)     # two boxes, two bands at once
+    assert [(t["kind"], t["row_start"], t["row_end"]) for t in (first, second)] == [
+        ("pretrace", 0, 32), ("pretrace", 32, 64)]
+    farm.call("nodes.complete", a, first["lease"], Binary(compress_rows(b"C1\ta\n")), 1.0)
+    third = farm.call("nodes.poll", a)
+    assert (third["kind"], third["row_start"], third["row_end"]) == ("pretrace", 64, 96)
+    farm.call("nodes.complete", a, third["lease"], Binary(b""), 1.0)       # no samples in its rows
+    assert farm.call("nodes.poll", a) == {}                                 # the strips wait for the last band
+    farm.call("nodes.complete", b, second["lease"], Binary(compress_rows(b"C1\tb\n")), 1.0)
+    strip = farm.call("nodes.poll", a)
+    assert strip["kind"] == "rows" and strip["radiosity_cache"]
+    cache = farm.call("nodes.radiosity_cache", a, strip["lease"])
+    assert zlib.decompress(cache.data) == b"C1\ta\nC1\tb\n"
+    assert farm.call("jobs.status", job)["state"] == "rendering"
+    store.close()
 
 
 def test_the_wrapper_includes_the_scene_and_refuses_names_it_cannot_quote():
@@ -161,7 +202,7 @@ def test_a_scene_that_only_mentions_radiosity_is_rendered_exactly(tmp_path):
     done = run_cli("render", str(scene), "--nodes", "2", "--width", "160", "--height", "120", "--strips", "3",
                    "--output", str(out), "--log-level", "INFO")
     assert done.returncode == 0, done.stderr
-    assert "the scene uses no radiosity" in done.stderr
+    assert "no radiosity samples" in done.stderr
     assert_same_pixels(out, native_render(scene, 160, 120, [], tmp_path / "native.png"))
 
 

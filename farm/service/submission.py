@@ -21,6 +21,7 @@ from farm.kinds import PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
 from farm import dependencies
 from farm.planning import plan_units, with_pretrace, with_preview
+from farm.radiosity import pretrace_parts
 from farm.records import JobSpec
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -139,9 +140,10 @@ class Submissions:
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
         limits.check_plan(spec, count)
+        slots = self._live_slots()
         plans = with_preview(with_pretrace(
-            plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
-            spec.height, spec.pretrace), spec.width, spec.height,
+            plan_units(spec.height, spec.first_frame, spec.last_frame, slots, count, spec.block),
+            spec.height, spec.pretrace, pretrace_parts(slots), spec.block), spec.width, spec.height,
             spec.preview is not PreviewMode.NEVER)
         # A preview is one small extra render for viewers, not part of the job's work.
         limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),
