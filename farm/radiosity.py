@@ -4,8 +4,9 @@ Radiosity is not repeatable even between two full renders, but strips rendered o
 from a full render by more than that, with a seam under each strip edge: POV-Ray's pretrace walks only
 the render area, so every strip pretraces its own rows in its own block layout. What a full render
 has and strips lack is the whole-frame pretrace. So a frame cut into strips first gets a pre-pass:
-one POV-Ray renders the whole frame with `+RF<file> +RFO` and is stopped as soon as its final pass
-begins, when the cache holds every pretrace sample. Its strips then load that cache (`+RFI`) through
+POV-Ray renders the frame with `+RF<file> +RFO` and is stopped as soon as its final pass begins, when
+the cache holds every pretrace sample. With several nodes the pre-pass is cut into bands of rows that
+the nodes share (each pretraces only its rows), and their caches are joined. Its strips then load that cache (`+RFI`) through
 a wrapper scene that includes the user's scene and turns the strips' own pretrace and extra sampling
 down (a later `global_settings { radiosity { ... } }` only overrides the settings it names). Measured
 on radiosity/cornell and advanced/balcony: strips differ from a single render as much as two single
@@ -26,9 +27,10 @@ CACHE_FILE = "povfarm-radiosity.rad"      # relative: it lives in the strip's ow
 WRAPPER_SCENE = "povfarm-radiosity-wrapper.pov"
 PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
 # A frame's pre-pass is cut into bands of rows, leased like strips, so that every box pretraces a share.
-# Bands cost unevenly (a sky pretraces in no time), so there are more bands than slots, and each band
-# pays POV-Ray's start-up and the parse: PARTS_PER_SLOT bands per live slot, at most MAX_PARTS.
-PARTS_PER_SLOT = 2
+# Bands cost unevenly (balcony 640x480, four bands: 0.7, 0.9, 3.2 and 3.9 s of CPU), so there are more
+# bands than nodes, taken by whichever node is free; but each band pays POV-Ray's start-up and the parse
+# again: PARTS_PER_NODE bands per live node, at most MAX_PARTS.
+PARTS_PER_NODE = 2
 MAX_PARTS = 8
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
@@ -36,10 +38,11 @@ NO_SAMPLES_AFTER = 0.10
 _PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
 
 
-def pretrace_parts(slots: int) -> int:
-    """Into how many bands a frame's radiosity pre-pass is cut, for a farm with `slots` live slots: one
-    when there is a single slot (nobody to share it with), else PARTS_PER_SLOT per slot."""
-    return 1 if slots <= 1 else min(PARTS_PER_SLOT * slots, MAX_PARTS)
+def pretrace_parts(nodes: int) -> int:
+    """Into how many bands a frame's radiosity pre-pass is cut, for a farm of `nodes` live nodes: one for a
+    single node (its slots share its cores: a second band would only repeat POV-Ray's start-up), else
+    PARTS_PER_NODE per node."""
+    return 1 if nodes <= 1 else min(PARTS_PER_NODE * nodes, MAX_PARTS)
 
 
 def wrapper_text(scene_name: str) -> str | None:

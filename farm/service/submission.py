@@ -140,11 +140,10 @@ class Submissions:
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
         limits.check_plan(spec, count)
-        slots = self._live_slots()
         plans = with_preview(with_pretrace(
-            plan_units(spec.height, spec.first_frame, spec.last_frame, slots, count, spec.block),
-            spec.height, spec.pretrace, pretrace_parts(slots), spec.block), spec.width, spec.height,
-            spec.preview is not PreviewMode.NEVER)
+            plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
+            spec.height, spec.pretrace, pretrace_parts(len(self._store.nodes.live())), spec.block),
+            spec.width, spec.height, spec.preview is not PreviewMode.NEVER)
         # A preview is one small extra render for viewers, not part of the job's work.
         limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),
                            self._store.units.open_count())
