@@ -260,3 +260,17 @@ def test_a_node_killed_during_its_band_of_the_pretrace_loses_nothing(farm, tmp_p
         again = [s for s in bands if s["index"] == band["index"]][0]
         assert again["attempts"] == 2 and again["node"].startswith("survivor")
     assert "radiosity samples" in farm.log("survivor")  # its strips loaded the merged cache
+
+
+def test_a_frame_that_goes_out_whole_sets_every_band_of_its_pre_pass_aside(tmp_path):
+    farm, store = stepped_farm(tmp_path / "data", machine="box")    # both nodes on the controller's box
+    a, b = (farm.call("nodes.register", name, {"povray": "3.7", "slots": 2, "machine": "box", "cores": 2,
+                                                "threads": 2})["node_id"] for name in ("a", "b"))
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    job = submit(farm, scene, width=4, height=128, strips="auto")
+    task = farm.call("nodes.poll", a)
+    assert (task["kind"], task["row_start"], task["row_end"], task["radiosity_cache"]) == ("rows", 0, 128, False)
+    bands = [s for s in farm.call("jobs.status", job)["strips"] if s["kind"] == "pretrace"]
+    assert len(bands) == 4 and all(s["state"] == "done" for s in bands)   # set aside, none rendered
+    assert farm.call("nodes.poll", b) == {}
+    store.close()
