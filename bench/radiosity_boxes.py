@@ -9,7 +9,8 @@ reported. Fidelity as tests/test_radiosity.py measures it: the mean absolute dif
 from the native ones against the native images' own spread.
 
     python bench/radiosity_boxes.py --repeat 3
-    python bench/radiosity_boxes.py --only balcony --size 640x480 --against /tmp/base
+    python bench/radiosity_boxes.py --only balcony --size 640x480 --against /tmp/base   # base: one pre-pass
+    python bench/radiosity_boxes.py --bands 1 --against /tmp/base                       # the same, side by side
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def free_port() -> int:
 class TwoBoxes:
     """A controller and two one-thread nodes on machines of their own, of the checkout at `root`."""
 
-    def __init__(self, root: Path, work: Path):
+    def __init__(self, root: Path, work: Path, bands: int = 1):
         self.root, self.work, self.processes = root, work, []
         work.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -50,6 +51,7 @@ class TwoBoxes:
         tokens = work / "controller" / "tokens"
         self.env = {**os.environ, "PYTHONPATH": str(root), "POVFARM_TOKEN_FILE": str(tokens)}
         self.env.pop("POVFARM_TOKEN", None)
+        self.env["POVFARM_PRETRACE_BANDS"] = str(bands)     # the controller's bands of a frame's pre-pass
         self.log = work / "controller.log"
         self._start(["--log-level", "INFO", "controller", "--port", str(port), "--data-dir", str(work / "controller")],
                     self.log)
@@ -134,13 +136,14 @@ def main() -> int:
     parser.add_argument("--size", default="400x300")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--against", type=Path, help="another checkout to time beside this one")
+    parser.add_argument("--bands", type=int, default=4, help="this checkout's pretrace_bands (default 4)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     load = os.getloadavg()
     print(f"load before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {CORES} cores", flush=True)
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
-        farms = {"this": TwoBoxes(ROOT, work / "this")}
+        farms = {"this": TwoBoxes(ROOT, work / "this", args.bands)}
         if args.against:
             farms["against"] = TwoBoxes(args.against.resolve(), work / "against")
         try:

@@ -83,12 +83,32 @@ def pretrace(scene: Path, size: tuple[int, int], kind: str, count: int, work: Pa
     start = time.monotonic()
     two_boxes(list(enumerate(areas)), one)
     wall = time.monotonic() - start
-    merged = b"".join(radiosity.trim_cache((work / f"pre{i}.rad").read_bytes()) for i in range(len(areas)))
+    caches = [(work / f"pre{i}.rad").read_bytes() for i in range(len(areas))]
+    merged = b"".join(radiosity.trim_cache(cache) for cache in caches)
+    THIN[0] = thin_deep(caches)
     cpu = [CPU[str(work / f"pre{i}.log")] for i in range(len(areas))]
     print(f"  {kind} x{len(areas)}: parts {', '.join(f'{times[i]:.2f}' for i in range(len(areas)))} s wall, "
           f"{', '.join(f'{c:.2f}' for c in cpu)} s CPU, "
           f"{merged.count(NEWLINE)} samples", flush=True)
     return wall, merged
+
+
+THIN = [b""]
+
+
+def thin_deep(caches: list[bytes]) -> bytes:
+    """Every depth-0 sample (C1) of every part, and of the deeper ones only every n-th of each part."""
+    out = []
+    for i, cache in enumerate(caches):
+        deep = 0
+        for line in radiosity.trim_cache(cache).splitlines(keepends=True):
+            if line.startswith(b"C1"):
+                out.append(line)
+            else:
+                if deep % len(caches) == i:
+                    out.append(line)
+                deep += 1
+    return b"".join(out)
 
 
 def render_strips(scene: Path, size: tuple[int, int], cache: bytes, count: int, work: Path) -> tuple[list[int], float]:
@@ -182,7 +202,10 @@ def main() -> int:
               f"{average(between, 'edge'):.3f} other {average(between, 'other'):.3f}; CPU "
               f"{statistics.median(CPU[str(work / f'single{i}.log')] for i in range(args.singles)):.2f} s")
         for kind in args.split.split(","):
-            seconds, cache = pretrace(scene, (width, height), kind, args.parts, work)
+            if kind == "thin":
+                cache = THIN[0]
+            else:
+                seconds, cache = pretrace(scene, (width, height), kind, args.parts, work)
             pixels, wall = render_strips(scene, (width, height), cache, args.strips, work)
             cuts = [round(width * i / args.parts) for i in range(1, args.parts)] if kind == "columns" else []
             edge_columns = {x for cut in cuts for x in (cut - 1, cut)}

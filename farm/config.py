@@ -51,6 +51,8 @@ class Config:
     lease_timeout: float = 30.0        # a node silent this long is presumed dead; its strips go back
     max_attempts: int = 3              # a strip that fails this often fails its job
     max_bundle_bytes: int = 256 * 1024 * 1024
+    pretrace_bands: int = 1            # with 2+ live nodes, a radiosity frame's pre-pass is cut into this many
+                                       # bands of rows that they share (1: one node pretraces the whole frame)
     # Node.
     name: str = dataclasses.field(default_factory=socket.gethostname)
     povray: str = "povray"

@@ -26,11 +26,13 @@ MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache f
 CACHE_FILE = "povfarm-radiosity.rad"      # relative: it lives in the strip's own (sandboxed) folder
 WRAPPER_SCENE = "povfarm-radiosity-wrapper.pov"
 PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
-# A frame's pre-pass is cut into bands of rows, leased like strips, so that every box pretraces a share.
-# Bands cost unevenly (balcony 640x480, four bands: 0.7, 0.9, 3.2 and 3.9 s of CPU), so there are more
-# bands than nodes, taken by whichever node is free; but each band pays POV-Ray's start-up and the parse
-# again: PARTS_PER_NODE bands per live node, at most MAX_PARTS.
-PARTS_PER_NODE = 2
+# A frame's pre-pass may be cut into bands of rows (the controller's `pretrace_bands`), leased like strips,
+# so that every box pretraces a share. Bands cost unevenly (balcony 640x480, four bands: 0.7, 0.9, 3.2 and
+# 3.9 s of CPU), and each pays POV-Ray's start-up and the parse again. Near a band's edges its pretrace
+# lacks the samples of the band beside it and takes its own, so the joined cache is denser there than a
+# whole-frame pretrace; measured, strips loading it differ from single renders more than single renders
+# differ from each other (4 bands: balcony 640x480 1.14 times, cornell 160x120 1.3 times; 2 bands of
+# cornell 320x240: no more). So one node pretraces the whole frame unless the farm asks for bands.
 MAX_PARTS = 8
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
@@ -38,11 +40,11 @@ NO_SAMPLES_AFTER = 0.10
 _PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
 
 
-def pretrace_parts(nodes: int) -> int:
-    """Into how many bands a frame's radiosity pre-pass is cut, for a farm of `nodes` live nodes: one for a
-    single node (its slots share its cores: a second band would only repeat POV-Ray's start-up), else
-    PARTS_PER_NODE per node."""
-    return 1 if nodes <= 1 else min(PARTS_PER_NODE * nodes, MAX_PARTS)
+def pretrace_parts(nodes: int, bands: int) -> int:
+    """Into how many bands a frame's radiosity pre-pass is cut, for a farm of `nodes` live nodes that asks
+    for `bands`: one for a single node (its slots share its cores: a second band would only repeat
+    POV-Ray's start-up), else `bands`, from 1 to MAX_PARTS."""
+    return 1 if nodes <= 1 else max(1, min(bands, MAX_PARTS))
 
 
 def wrapper_text(scene_name: str) -> str | None:

@@ -37,7 +37,8 @@ class Services:
         self.work = Changes()      # farm-wide only: nodes waiting for queued units
         self.stitcher = Stitcher(store, self.files, self.changes, clock)
         self.bundles = Bundles(config, store, self.files, clock)
-        self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
+        self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock,
+                                       config.pretrace_bands)
         self.watchers = Watchers(clock)
         self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched)
         self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
