@@ -74,10 +74,11 @@ def merge_caches(parts: list[bytes]) -> bytes:
 class PretraceWatch:
     """Called while a pre-pass POV-Ray runs; True (stop it) once the answer is known: PRETRACED when the
     pixel counter drops back (the pretrace is over and the final pass has begun), NO_RADIOSITY when a
-    good part of the frame is rendered and the cache file is still empty."""
+    good part of the frame is rendered and the cache file is still empty. A band of the frame (`band`)
+    is never judged early to have no radiosity: its first rows may be sky, with samples further down."""
 
-    def __init__(self, log_path: Path, cache_path: Path):
-        self.log_path, self.cache_path = log_path, cache_path
+    def __init__(self, log_path: Path, cache_path: Path, band: bool = False):
+        self.log_path, self.cache_path, self.band = log_path, cache_path, band
         self.verdict: str | None = None
         self._offset = 0
         self._pending = b""
@@ -93,7 +94,7 @@ class PretraceWatch:
             if self._last is not None and done < self._last:
                 return PRETRACED
             self._last = done
-            if total and done >= total * NO_SAMPLES_AFTER and _size(self.cache_path) == 0:
+            if not self.band and total and done >= total * NO_SAMPLES_AFTER and _size(self.cache_path) == 0:
                 return NO_RADIOSITY
         return None
 

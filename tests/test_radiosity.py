@@ -107,12 +107,13 @@ def test_the_watch_stops_a_pretrace_when_the_final_pass_begins(tmp_path):
 def test_the_watch_sees_a_scene_without_radiosity(tmp_path):
     log, cache = tmp_path / "povray.log", tmp_path / "cache.rad"
     cache.write_bytes(b"")                            # POV-Ray creates the file, and writes nothing
-    watch = radiosity.PretraceWatch(log, cache)
+    watch, band = radiosity.PretraceWatch(log, cache), radiosity.PretraceWatch(log, cache, band=True)
     log.write_bytes(b"Rendered 50 of 1000 pixels (5%)\n")
-    assert not watch()
+    assert not watch() and not band()
     with open(log, "ab") as handle:
         handle.write(b"Rendered 150 of 1000 pixels (15%)\n")
     assert watch() and watch.verdict == radiosity.NO_RADIOSITY
+    assert not band()                                 # a band's first rows may be sky: it goes on
 
 
 def test_a_bundle_mentions_radiosity_in_its_scene_or_includes(tmp_path):

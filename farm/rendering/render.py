@@ -110,7 +110,8 @@ class UnitRenderer:
         """A frame's radiosity pre-pass, or a part of it: the task's rows with +RFO, stopped when the final
         pass begins. Delivers the cache, or nothing when those rows turn out to use no radiosity."""
         cache = scene.parent / radiosity.CACHE_FILE
-        watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache)
+        watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache,
+                                        band=(task.row_start, task.row_end) != (0, task.height))
         outcome = self._run_povray(task, strip_dir, scene, extra=[f"+RF{radiosity.CACHE_FILE}", "+RFO"],
                                    pretrace=watch)
         if outcome.kind != "done":
