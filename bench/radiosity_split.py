@@ -71,19 +71,31 @@ def parts(kind: str, width: int, height: int, count: int) -> list[list[str]]:
 
 
 def pretrace(scene: Path, size: tuple[int, int], kind: str, count: int, work: Path) -> tuple[float, bytes]:
-    """Run the pretrace parts side by side: (wall seconds of the slowest, merged cache)."""
+    """Run the pretrace parts side by side: (wall seconds of the slowest, merged cache). "evenodd": row bands,
+    the even ones first, then the odd ones loading the even ones' samples (+RFI +RFO), so no two bands
+    pretrace beside each other without the other's samples."""
     width, height = size
     times = {}
-    areas = parts(kind, width, height, count)
+    areas = parts("rows" if kind == "evenodd" else kind, width, height, count)
+    loaded: dict[int, int] = {}
 
     def one(i: int, area: list[str]) -> None:
+        load = ["+RFI"] if i in loaded else []
         argv = ["povray", f"+I{scene.name}", f"+L{scene.parent}", f"+W{width}", f"+H{height}", "+WT1", "-D",
-                "+FP", f"+O{work / f'pre{i}.ppm'}", *area, f"+RF{work / f'pre{i}.rad'}", "+RFO"]
+                "+FP", f"+O{work / f'pre{i}.ppm'}", *area, f"+RF{work / f'pre{i}.rad'}", *load, "+RFO"]
         times[i] = run(argv, scene.parent, work / f"pre{i}.log", True)
     start = time.monotonic()
-    two_boxes(list(enumerate(areas)), one)
+    if kind == "evenodd":
+        two_boxes([(i, area) for i, area in enumerate(areas) if i % 2 == 0], one)
+        evens = b"".join(radiosity.trim_cache((work / f"pre{i}.rad").read_bytes()) for i in range(0, len(areas), 2))
+        for i in range(1, len(areas), 2):
+            (work / f"pre{i}.rad").write_bytes(evens)
+            loaded[i] = len(evens)
+        two_boxes([(i, area) for i, area in enumerate(areas) if i % 2 == 1], one)
+    else:
+        two_boxes(list(enumerate(areas)), one)
     wall = time.monotonic() - start
-    caches = [(work / f"pre{i}.rad").read_bytes() for i in range(len(areas))]
+    caches = [(work / f"pre{i}.rad").read_bytes()[loaded.get(i, 0):] for i in range(len(areas))]
     merged = b"".join(radiosity.trim_cache(cache) for cache in caches)
     THIN[0] = thin_deep(caches)
     cpu = [CPU[str(work / f"pre{i}.log")] for i in range(len(areas))]
@@ -196,9 +208,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
         singles = [single(scene, (width, height), work, i) for i in range(args.singles)]
-        print(f"{args.scene} {width}x{height}: povray +WT2 {statistics.median(s[1] for s in singles):.2f} s", flush=True)
+        print(f"{args.scene} {width}x{height}: povray +WT2 {statistics.median(s[1] for s in singles):.2f} s",
+              flush=True)
         between = [difference(a[0], b[0], width, edge_rows, set()) for a, b in itertools.combinations(singles, 2)]
-        print(f"  single vs single: mean {average(between, 'mean'):.3f} max {max(r['max'] for r in between)}, edge rows "
+        print(f"  single vs single: mean {average(between, 'mean'):.3f} max {max(r['max'] for r in between)}, "
+              f"edge rows "
               f"{average(between, 'edge'):.3f} other {average(between, 'other'):.3f}; CPU "
               f"{statistics.median(CPU[str(work / f'single{i}.log')] for i in range(args.singles)):.2f} s")
         for kind in args.split.split(","):

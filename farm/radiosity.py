@@ -5,12 +5,13 @@ from a full render by more than that, with a seam under each strip edge: POV-Ray
 the render area, so every strip pretraces its own rows in its own block layout. What a full render
 has and strips lack is the whole-frame pretrace. So a frame cut into strips first gets a pre-pass:
 POV-Ray renders the frame with `+RF<file> +RFO` and is stopped as soon as its final pass begins, when
-the cache holds every pretrace sample. With several nodes the pre-pass is cut into bands of rows that
-the nodes share (each pretraces only its rows), and their caches are joined. Its strips then load that cache (`+RFI`) through
-a wrapper scene that includes the user's scene and turns the strips' own pretrace and extra sampling
-down (a later `global_settings { radiosity { ... } }` only overrides the settings it names). Measured
-on radiosity/cornell and advanced/balcony: strips differ from a single render as much as two single
-renders differ from each other, and strip edges show no seam.
+the cache holds every pretrace sample (or, when the farm asks, the pre-pass is cut into bands of rows
+that the nodes share, each pretracing only its rows, and their caches are joined). Its strips then load
+that cache (`+RFI`) through a wrapper scene that includes the user's scene and turns the strips' own
+pretrace and extra sampling down (a later `global_settings { radiosity { ... } }` only overrides the
+settings it names). Measured on radiosity/cornell and advanced/balcony, with one pre-pass for the whole
+frame: strips differ from a single render as much as two single renders differ from each other, and
+strip edges show no seam.
 
 In-scene `save_file`/`load_file` are ignored by POV-Ray 3.7; only the command-line options work.
 This module is the pure part (texts, the watch over a pre-pass); the node owns processes and files.
@@ -30,9 +31,10 @@ PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
 # so that every box pretraces a share. Bands cost unevenly (balcony 640x480, four bands: 0.7, 0.9, 3.2 and
 # 3.9 s of CPU), and each pays POV-Ray's start-up and the parse again. Near a band's edges its pretrace
 # lacks the samples of the band beside it and takes its own, so the joined cache is denser there than a
-# whole-frame pretrace; measured, strips loading it differ from single renders more than single renders
-# differ from each other (4 bands: balcony 640x480 1.14 times, cornell 160x120 1.3 times; 2 bands of
-# cornell 320x240: no more). So one node pretraces the whole frame unless the farm asks for bands.
+# whole-frame pretrace; measured, strips loading it may differ from single renders more than single
+# renders differ from each other (4 bands: balcony 640x480 1.15 times as much where one pre-pass gives
+# 1.01, cornell 160x120 1.3 times where one gives 1.05-1.09; cornell 320x240 1.10 where one gives 1.08).
+# So one node pretraces the whole frame unless the farm asks for bands.
 MAX_PARTS = 8
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
