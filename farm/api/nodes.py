@@ -186,8 +186,9 @@ class NodesAPI:
 
     @rpc(NODE)
     def radiosity_cache(self, node_id: str, lease: str) -> Binary:
-        """The radiosity cache shared by the units of the leased unit's frame. STALE_LEASE unless the lease
-        is the node's current one; BAD_ARGUMENT when the frame has none.
+        """The radiosity cache shared by the units of the leased unit's frame (when its pre-pass was cut
+        into bands, their caches joined). STALE_LEASE unless the lease is the node's current one;
+        BAD_ARGUMENT when the frame has none (or a joined cache over 256 MiB).
 
         @param node_id: str
         @param lease: str
