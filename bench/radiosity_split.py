@@ -8,7 +8,12 @@ does: mean absolute difference against the singles' own spread, and rows beside 
 pretrace part edges) against the others.
 
     python bench/radiosity_split.py                                  # balcony 400x300
-    python bench/radiosity_split.py --scene radiosity/patio-radio_37.pov --size 320x240 --split whole,rows,columns
+    python bench/radiosity_split.py --scene radiosity/cornell.pov --size 160x120 --split whole,rows,thin,evenodd \
+        --parts 4 --singles 5
+
+Splits: whole (one POV-Ray, as the farm's default pre-pass), rows and columns (even bands or columns side by
+side, as `pretrace_bands`), thin (the last rows split's caches, keeping every depth-0 sample but only every
+n-th deeper one), evenodd (row bands, the odd ones pretraced after the even ones and loading their samples).
 """
 
 from __future__ import annotations
