@@ -259,6 +259,17 @@ def test_a_node_killed_during_its_band_of_the_pretrace_loses_nothing(farm, tmp_p
         again = [s for s in bands if s["index"] == band["index"]][0]
         assert again["attempts"] == 2 and again["node"].startswith("survivor")
     assert "radiosity samples" in farm.log("survivor")  # its strips loaded the merged cache
+    # Within the measure of the test above: no further from single renders than NOISE times their own
+    # spread, and no worse beside the edges of strips and bands than single renders are there.
+    image = tmp_path / "farm.png"
+    image.write_bytes(farm.client.call("jobs.fetch", job).data)
+    singles = [_load(native_render(CORNELL, 320, 256, [], tmp_path / f"single{i}.ppm", "P")) for i in range(3)]
+    edges = {row for edge in (64, 128, 192) for row in (edge - 1, edge)}
+    between = [_difference(a, b, edges) for a, b in itertools.combinations(singles, 2)]
+    against = [_difference(_load(image), single, edges) for single in singles]
+    report = f"farm vs single {against}; single vs single {between}"
+    assert _average(against, "mean") <= NOISE * _average(between, "mean"), report
+    assert _average(against, "edge") <= NOISE * _average(between, "edge"), report
 
 
 def test_a_frame_that_goes_out_whole_sets_every_band_of_its_pre_pass_aside(tmp_path):
