@@ -15,7 +15,7 @@ from farm.strips import DEFAULT_BLOCK, block_count, plan_strips
 class UnitPlan:
     """A unit of work as planned at submit: rows [row_start, row_end) of frames first_frame..last_frame,
     rendered by one POV-Ray process. kind ROWS delivers those rows; PRETRACE is a frame's radiosity
-    pre-pass, whose rows are the whole frame and whose result is the radiosity cache; PREVIEW is a
+    pre-pass over its rows (the whole frame, or a band of it) whose result is a radiosity cache; PREVIEW is a
     frame's preview, whose rows are those of the preview's own (smaller) image. A `remainder` is not
     rendered as planned: each lease cuts the next unit off it (`farm.scheduler`)."""
     first_frame: int
@@ -59,14 +59,18 @@ def plan_units(height: int, first_frame: int, last_frame: int, slots: int, strip
     return units
 
 
-def with_pretrace(units: Sequence[UnitPlan], height: int, pretrace: bool) -> list[UnitPlan]:
-    """The units, where `pretrace` asks for it with a radiosity pre-pass unit (the whole frame's rows)
-    just before the first strip of every frame cut into strips: strips of one frame must share one
-    radiosity cache to match a single render. A unit with a frame's every row needs none."""
+def with_pretrace(units: Sequence[UnitPlan], height: int, pretrace: bool, parts: int = 1,
+                  block: int = DEFAULT_BLOCK) -> list[UnitPlan]:
+    """The units, where `pretrace` asks for it with a radiosity pre-pass just before the first strip of
+    every frame cut into strips: strips of one frame must share one radiosity cache to match a single
+    render. The pre-pass is `parts` units, each pretracing a band of rows (block-aligned, as POV-Ray's
+    pretrace of the whole frame lays out its blocks), so that several boxes share it; their caches are
+    merged. A unit with a frame's every row needs none."""
     planned: list[UnitPlan] = []
     for unit in units:
         if pretrace and unit.splits_frame(height) and (not planned or planned[-1].first_frame != unit.first_frame):
-            planned.append(UnitPlan(unit.first_frame, unit.first_frame, 0, height, PRETRACE))
+            planned += [UnitPlan(unit.first_frame, unit.first_frame, start, end, PRETRACE)
+                        for start, end in plan_strips(height, parts, block)]
         planned.append(unit)
     return planned
 

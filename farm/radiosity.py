@@ -4,12 +4,14 @@ Radiosity is not repeatable even between two full renders, but strips rendered o
 from a full render by more than that, with a seam under each strip edge: POV-Ray's pretrace walks only
 the render area, so every strip pretraces its own rows in its own block layout. What a full render
 has and strips lack is the whole-frame pretrace. So a frame cut into strips first gets a pre-pass:
-one POV-Ray renders the whole frame with `+RF<file> +RFO` and is stopped as soon as its final pass
-begins, when the cache holds every pretrace sample. Its strips then load that cache (`+RFI`) through
-a wrapper scene that includes the user's scene and turns the strips' own pretrace and extra sampling
-down (a later `global_settings { radiosity { ... } }` only overrides the settings it names). Measured
-on radiosity/cornell and advanced/balcony: strips differ from a single render as much as two single
-renders differ from each other, and strip edges show no seam.
+POV-Ray renders the frame with `+RF<file> +RFO` and is stopped as soon as its final pass begins, when
+the cache holds every pretrace sample (or, when the farm asks, the pre-pass is cut into bands of rows
+that the nodes share, each pretracing only its rows, and their caches are joined). Its strips then load
+that cache (`+RFI`) through a wrapper scene that includes the user's scene and turns the strips' own
+pretrace and extra sampling down (a later `global_settings { radiosity { ... } }` only overrides the
+settings it names). Measured on radiosity/cornell and advanced/balcony, with one pre-pass for the whole
+frame: strips differ from a single render as much as two single renders differ from each other, and
+strip edges show no seam.
 
 In-scene `save_file`/`load_file` are ignored by POV-Ray 3.7; only the command-line options work.
 This module is the pure part (texts, the watch over a pre-pass); the node owns processes and files.
@@ -25,10 +27,26 @@ MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache f
 CACHE_FILE = "povfarm-radiosity.rad"      # relative: it lives in the strip's own (sandboxed) folder
 WRAPPER_SCENE = "povfarm-radiosity-wrapper.pov"
 PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
+# A frame's pre-pass may be cut into bands of rows (the controller's `pretrace_bands`), leased like strips,
+# so that every box pretraces a share. Bands cost unevenly (balcony 640x480, four bands: 0.7, 0.9, 3.2 and
+# 3.9 s of CPU), and each pays POV-Ray's start-up and the parse again. Near a band's edges its pretrace
+# lacks the samples of the band beside it and takes its own, so the joined cache is denser there than a
+# whole-frame pretrace; measured, strips loading it may differ from single renders more than single
+# renders differ from each other (4 bands: balcony 640x480 1.15 times as much where one pre-pass gives
+# 1.01, cornell 160x120 1.3 times where one gives 1.05-1.09; cornell 320x240 1.10 where one gives 1.08).
+# So one node pretraces the whole frame unless the farm asks for bands.
+MAX_PARTS = 8
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
 NO_SAMPLES_AFTER = 0.10
 _PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
+
+
+def pretrace_parts(nodes: int, bands: int) -> int:
+    """Into how many bands a frame's radiosity pre-pass is cut, for a farm of `nodes` live nodes that asks
+    for `bands`: one for a single node (its slots share its cores: a second band would only repeat
+    POV-Ray's start-up), else `bands`, from 1 to MAX_PARTS."""
+    return 1 if nodes <= 1 else max(1, min(bands, MAX_PARTS))
 
 
 def wrapper_text(scene_name: str) -> str | None:
@@ -48,13 +66,21 @@ def trim_cache(data: bytes) -> bytes:
     return data[:end + 1] if end >= 0 else b""
 
 
+def merge_caches(parts: list[bytes]) -> bytes:
+    """One cache out of the caches of a frame's pre-pass parts: POV-Ray's cache file is one sample per line
+    (`C<depth>` and its numbers) with no header, and reading it adds every line to the frame's samples, so
+    the merged cache is the parts' whole lines one after the other."""
+    return b"".join(trim_cache(part) for part in parts)
+
+
 class PretraceWatch:
     """Called while a pre-pass POV-Ray runs; True (stop it) once the answer is known: PRETRACED when the
     pixel counter drops back (the pretrace is over and the final pass has begun), NO_RADIOSITY when a
-    good part of the frame is rendered and the cache file is still empty."""
+    good part of the frame is rendered and the cache file is still empty. A band of the frame (`band`)
+    is never judged early to have no radiosity: its first rows may be sky, with samples further down."""
 
-    def __init__(self, log_path: Path, cache_path: Path):
-        self.log_path, self.cache_path = log_path, cache_path
+    def __init__(self, log_path: Path, cache_path: Path, band: bool = False):
+        self.log_path, self.cache_path, self.band = log_path, cache_path, band
         self.verdict: str | None = None
         self._offset = 0
         self._pending = b""
@@ -70,7 +96,7 @@ class PretraceWatch:
             if self._last is not None and done < self._last:
                 return PRETRACED
             self._last = done
-            if total and done >= total * NO_SAMPLES_AFTER and _size(self.cache_path) == 0:
+            if not self.band and total and done >= total * NO_SAMPLES_AFTER and _size(self.cache_path) == 0:
                 return NO_RADIOSITY
         return None
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import io
 import itertools
+import signal
 import subprocess
 import zipfile
+import zlib
 from pathlib import Path
+from xmlrpc.client import Binary
 
-from harness import SCENES, assert_same_pixels, native_render, needs_povray, run_cli
+from harness import (SCENES, assert_same_pixels, native_render, needs_povray, run_cli, stepped_farm, submit,
+                     wait_ended, wait_until, write_scene)
 from farm import radiosity, strips
 from farm.rendering import povray
 from farm.bundle.checking import mentions
@@ -20,6 +24,7 @@ from farm.images.png import decode_png
 from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
 from farm.planning import UnitPlan, with_pretrace
+from farm.rows import compress_rows
 
 CORNELL = SCENES / "radiosity/cornell.pov"
 
@@ -37,6 +42,44 @@ def test_split_frames_get_a_pretrace_unit_before_their_first_strip():
     assert with_pretrace(whole_frames, 64, True) == whole_frames
     remainder = Plan(1, 1, 0, 64, remainder=True)                # cut at lease time: it will be split
     assert with_pretrace([remainder], 64, True) == [Plan(1, 1, 0, 64, "pretrace"), remainder]
+
+
+def test_a_frames_pre_pass_is_cut_into_block_aligned_bands_when_the_farm_asks():
+    Plan = UnitPlan
+    units = [Plan(1, 1, 0, 96, remainder=True)]
+    assert with_pretrace(units, 96, True, parts=3) == [
+        Plan(1, 1, 0, 32, "pretrace"), Plan(1, 1, 32, 64, "pretrace"), Plan(1, 1, 64, 96, "pretrace"), units[0]]
+    assert with_pretrace(units, 96, True, parts=8, block=64) == [
+        Plan(1, 1, 0, 64, "pretrace"), Plan(1, 1, 64, 96, "pretrace"), units[0]]
+    assert [radiosity.pretrace_parts(nodes, bands) for nodes, bands in ((0, 4), (1, 4), (2, 4), (2, 1), (2, 0), (3, 99))
+            ] == [1, 1, 4, 1, 1, radiosity.MAX_PARTS]                   # one node: nobody to share with
+
+
+def test_caches_of_a_pre_pass_cut_into_bands_merge_into_one_list_of_samples():
+    assert radiosity.merge_caches([b"C1\t1\nC1\t2\n", b"", b"C1\t3\nC1\t4"]) == b"C1\t1\nC1\t2\nC1\t3\n"
+
+
+def test_a_frames_strips_wait_for_every_band_of_its_pre_pass_and_load_their_caches_merged(tmp_path):
+    farm, store = stepped_farm(tmp_path / "data", pretrace_bands=4)
+    a, b = (farm.call("nodes.register", name, {"povray": "3.7", "slots": 1, "machine": name})["node_id"]
+            for name in ("boxA", "boxB"))
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    job = submit(farm, scene, width=4, height=96, strips="auto")
+    first, second = farm.call("nodes.poll", a), farm.call("nodes.poll", b)     # two boxes, two bands at once
+    assert [(t["kind"], t["row_start"], t["row_end"]) for t in (first, second)] == [
+        ("pretrace", 0, 32), ("pretrace", 32, 64)]
+    farm.call("nodes.complete", a, first["lease"], Binary(compress_rows(b"C1\ta\n")), 1.0)
+    third = farm.call("nodes.poll", a)
+    assert (third["kind"], third["row_start"], third["row_end"]) == ("pretrace", 64, 96)
+    farm.call("nodes.complete", a, third["lease"], Binary(b""), 1.0)       # no samples in its rows
+    assert farm.call("nodes.poll", a) == {}                                 # the strips wait for the last band
+    farm.call("nodes.complete", b, second["lease"], Binary(compress_rows(b"C1\tb\n")), 1.0)
+    strip = farm.call("nodes.poll", a)
+    assert strip["kind"] == "rows" and strip["radiosity_cache"]
+    cache = farm.call("nodes.radiosity_cache", a, strip["lease"])
+    assert zlib.decompress(cache.data) == b"C1\ta\nC1\tb\n"
+    assert farm.call("jobs.status", job)["state"] == "rendering"
+    store.close()
 
 
 def test_the_wrapper_includes_the_scene_and_refuses_names_it_cannot_quote():
@@ -64,12 +107,13 @@ def test_the_watch_stops_a_pretrace_when_the_final_pass_begins(tmp_path):
 def test_the_watch_sees_a_scene_without_radiosity(tmp_path):
     log, cache = tmp_path / "povray.log", tmp_path / "cache.rad"
     cache.write_bytes(b"")                            # POV-Ray creates the file, and writes nothing
-    watch = radiosity.PretraceWatch(log, cache)
+    watch, band = radiosity.PretraceWatch(log, cache), radiosity.PretraceWatch(log, cache, band=True)
     log.write_bytes(b"Rendered 50 of 1000 pixels (5%)\n")
-    assert not watch()
+    assert not watch() and not band()
     with open(log, "ab") as handle:
         handle.write(b"Rendered 150 of 1000 pixels (15%)\n")
     assert watch() and watch.verdict == radiosity.NO_RADIOSITY
+    assert not band()                                 # a band's first rows may be sky: it goes on
 
 
 def test_a_bundle_mentions_radiosity_in_its_scene_or_includes(tmp_path):
@@ -161,7 +205,7 @@ def test_a_scene_that_only_mentions_radiosity_is_rendered_exactly(tmp_path):
     done = run_cli("render", str(scene), "--nodes", "2", "--width", "160", "--height", "120", "--strips", "3",
                    "--output", str(out), "--log-level", "INFO")
     assert done.returncode == 0, done.stderr
-    assert "the scene uses no radiosity" in done.stderr
+    assert "no radiosity samples" in done.stderr
     assert_same_pixels(out, native_render(scene, 160, 120, [], tmp_path / "native.png"))
 
 
@@ -186,3 +230,57 @@ def test_povray_loads_a_saved_cache_into_a_strip_through_the_wrapper(tmp_path):
     assert loaded["radiosity_reused"] > 0
     assert loaded["radiosity_calculated"] * 10 <= alone["radiosity_calculated"], (loaded, alone)
     assert povray.sharing_report(loaded).startswith("radiosity samples")
+
+
+@needs_povray
+def test_a_node_killed_during_its_band_of_the_pretrace_loses_nothing(farm, tmp_path, monkeypatch):
+    """Two nodes share the frame's pretrace; one dies holding a band. Its lease runs out, the other node
+    pretraces that band again, and the strips load every band's samples."""
+    monkeypatch.setenv("POVFARM_PRETRACE_BANDS", "4")
+    farm.start_controller("--lease-timeout", "3")
+    victim = farm.start_node("victim")
+    farm.start_node("survivor")
+    wait_until(lambda: len(farm.client.call("nodes.list")) == 2, what="both nodes to register")
+    job = submit(farm.client, CORNELL, width=320, height=256, strips=2)
+
+    def victim_band():
+        return [s for s in farm.client.call("jobs.status", job)["strips"]
+                if s["kind"] == "pretrace" and s["state"] == "leased" and s["node"].startswith("victim")]
+    band = wait_until(victim_band, what="the victim to lease a band of the pretrace")[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    cut_short = [s for s in farm.client.call("jobs.status", job)["strips"] if s["index"] == band["index"]][0]
+
+    final = wait_ended(farm.client, job)
+    assert final["state"] == "done", final["error"]
+    bands = [s for s in final["strips"] if s["kind"] == "pretrace"]
+    assert len(bands) == 4 and all(s["state"] == "done" for s in bands)
+    if cut_short["state"] == "leased":                 # killed before it delivered: pretraced again
+        again = [s for s in bands if s["index"] == band["index"]][0]
+        assert again["attempts"] == 2 and again["node"].startswith("survivor")
+    assert "radiosity samples" in farm.log("survivor")  # its strips loaded the merged cache
+    # Within the measure of the test above: no further from single renders than NOISE times their own
+    # spread, and no worse beside the edges of strips and bands than single renders are there.
+    image = tmp_path / "farm.png"
+    image.write_bytes(farm.client.call("jobs.fetch", job).data)
+    singles = [_load(native_render(CORNELL, 320, 256, [], tmp_path / f"single{i}.ppm", "P")) for i in range(3)]
+    edges = {row for edge in (64, 128, 192) for row in (edge - 1, edge)}
+    between = [_difference(a, b, edges) for a, b in itertools.combinations(singles, 2)]
+    against = [_difference(_load(image), single, edges) for single in singles]
+    report = f"farm vs single {against}; single vs single {between}"
+    assert _average(against, "mean") <= NOISE * _average(between, "mean"), report
+    assert _average(against, "edge") <= NOISE * _average(between, "edge"), report
+
+
+def test_a_frame_that_goes_out_whole_sets_every_band_of_its_pre_pass_aside(tmp_path):
+    farm, store = stepped_farm(tmp_path / "data", machine="box", pretrace_bands=4)   # nodes on the controller's box
+    a, b = (farm.call("nodes.register", name, {"povray": "3.7", "slots": 2, "machine": "box", "cores": 2,
+                                                "threads": 2})["node_id"] for name in ("a", "b"))
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    job = submit(farm, scene, width=4, height=128, strips="auto")
+    task = farm.call("nodes.poll", a)
+    assert (task["kind"], task["row_start"], task["row_end"], task["radiosity_cache"]) == ("rows", 0, 128, False)
+    bands = [s for s in farm.call("jobs.status", job)["strips"] if s["kind"] == "pretrace"]
+    assert len(bands) == 4 and all(s["state"] == "done" for s in bands)   # set aside, none rendered
+    assert farm.call("nodes.poll", b) == {}
+    store.close()

@@ -69,9 +69,11 @@ class NodesAPI:
             frame..frame_last), strip (its index), attempt, width, height, row_start, row_end (0-based, end
             exclusive) (int), bundle, scene (str), options ([str]), animation ([str] POV-Ray animation
             switches, [] for a still), channels (3 or 4), bits (8 or 16), time_limit (float seconds of wall
-            clock, 0 for none), kind ("rows"; "pretrace": run the frame's radiosity pretrace and deliver
-            its cache file; "preview": a quick low-resolution render of the frame, for viewers: width, height
-            and options are the preview's own, so it renders as ordinary rows), radiosity_cache (bool: load the frame's shared cache, from nodes.radiosity_cache),
+            clock, 0 for none), kind ("rows"; "pretrace": run the frame's radiosity pretrace over the unit's
+            rows (the whole frame, or a band of it) and deliver its cache file; "preview": a quick
+            low-resolution render of the frame, for viewers: width, height and options are the preview's
+            own, so it renders as ordinary rows), radiosity_cache (bool: load the frame's shared cache,
+            from nodes.radiosity_cache),
             live (bool: a viewer watches the job: send finished blocks with nodes.live)
         """
         node_id, wait = args.text("node_id", node_id, MAX_ID_TEXT), args.seconds("wait", wait)
@@ -216,8 +218,9 @@ class NodesAPI:
 
     @rpc(NODE)
     def radiosity_cache(self, node_id: str, lease: str) -> Binary:
-        """The radiosity cache shared by the units of the leased unit's frame. STALE_LEASE unless the lease
-        is the node's current one; BAD_ARGUMENT when the frame has none.
+        """The radiosity cache shared by the units of the leased unit's frame (when its pre-pass was cut
+        into bands, their caches joined). STALE_LEASE unless the lease is the node's current one;
+        BAD_ARGUMENT when the frame has none (or a joined cache over 256 MiB).
 
         @param node_id: str
         @param lease: str

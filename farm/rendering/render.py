@@ -111,10 +111,11 @@ class UnitRenderer:
         return wrapper, [f"+RF{radiosity.CACHE_FILE}", "+RFI"]
 
     def _run_pretrace(self, task: Task, strip_dir: Path, scene: Path) -> RenderOutcome:
-        """A frame's radiosity pre-pass: the whole frame with +RFO, stopped when its final pass begins.
-        Delivers the cache, or nothing when the scene turns out to use no radiosity."""
+        """A frame's radiosity pre-pass, or a part of it: the task's rows with +RFO, stopped when the final
+        pass begins. Delivers the cache, or nothing when those rows turn out to use no radiosity."""
         cache = scene.parent / radiosity.CACHE_FILE
-        watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache)
+        watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache,
+                                        band=(task.row_start, task.row_end) != (0, task.height))
         outcome = self._run_povray(task, strip_dir, scene, extra=[f"+RF{radiosity.CACHE_FILE}", "+RFO"],
                                    pretrace=watch)
         if outcome.kind != "done":
@@ -123,15 +124,15 @@ class UnitRenderer:
             data = radiosity.trim_cache(cache.read_bytes()) if watch.verdict != radiosity.NO_RADIOSITY else b""
         except OSError:
             data = b""     # POV-Ray made no cache file: no radiosity
-        log.info("job %s frame %s radiosity pre-pass: %s", task.job, task.frame,
-                 f"{len(data)} bytes of cache" if data else "the scene uses no radiosity")
+        log.info("job %s frame %s radiosity pre-pass of rows %d-%d: %s", task.job, task.frame, task.row_start + 1,
+                 task.row_end, f"{len(data)} bytes of cache" if data else "no radiosity samples")
         return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds,
                              log=outcome.log)
 
     def _run_povray(self, task: Task, strip_dir: Path, scene: Path,
                     publisher: PhotonPublisher | None = None, extra: list[str] | None = None,
                     pretrace: radiosity.PretraceWatch | None = None) -> RenderOutcome:
-        """Render the task's rows of `scene` (with `pretrace`: the whole frame, until the watch says stop)."""
+        """Render the task's rows of `scene` (with `pretrace`: until the watch says stop)."""
         file_type = ("N" if task.alpha else "P") + ("16" if task.bits == 16 else "")
         output = output_path(task, strip_dir)
         log_path = strip_dir / "povray.log"
@@ -139,7 +140,7 @@ class UnitRenderer:
         animation = list(task.animation)
         if animation:   # the whole animation, and the frames this unit renders (+SF/+EF)
             animation += [f"+SF{frames[0]}", f"+EF{frames[-1]}"]
-        rows = [] if pretrace else strips.povray_row_options(task.row_start, task.row_end, task.height)
+        rows = strips.povray_row_options(task.row_start, task.row_end, task.height)
         argv = povray.render_command(
             self.povray, scene.name, task.width, task.height, rows,
             output, file_type, self.config.threads, scene.parent, [*task.options, *animation, *(extra or [])])

@@ -41,7 +41,8 @@ class Services:
         self.work = Changes()      # farm-wide only: nodes waiting for queued units
         self.stitcher = Stitcher(store, self.files, self.changes, clock)
         self.bundles = Bundles(config, store, self.files, clock)
-        self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
+        self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock,
+                                       config.pretrace_bands)
         self.watchers = Watchers(clock)
         self.meter = Meter()       # what only this process counts (farm.meter): units stored, failures, requests
         self.logs = Logs(config, store)                # POV-Ray's logs of the units' runs

@@ -12,7 +12,7 @@ import logging
 from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
-from farm import policy
+from farm import policy, radiosity
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
@@ -20,7 +20,7 @@ from farm.meter import Meter
 from farm.kinds import PRETRACE, PREVIEW, ROWS, PreviewMode
 from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.records import Job, Lease, Unit
-from farm.rows import ZLIB, decompress_capped, deflate_bound
+from farm.rows import ZLIB, compress_rows, decompress_capped, deflate_bound
 from farm.states import UnitState
 from farm.service.changes import Changes
 from farm.service.stitcher import Stitcher
@@ -150,8 +150,9 @@ class Dispatcher:
             self._keep_log(done.unit, node_id, "done", run)
         if unit.kind == PRETRACE:
             self._work.bump()   # the frame's units were waiting for this
-            log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (%s)", job.id, unit.frame, node_id,
-                     seconds, "cache shared" if data else "the scene uses no radiosity")
+            log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (rows %d-%d: %s)", job.id, unit.frame,
+                     node_id, seconds, unit.row_start + 1, unit.row_end,
+                     "cache shared" if data else "no radiosity samples")
         elif unit.kind == PREVIEW:   # for viewers only: it never reaches the frame's image
             log.info("job %s frame %s preview done by %s in %.2fs", job.id, unit.frame, node_id, seconds)
         else:
@@ -214,10 +215,17 @@ class Dispatcher:
         unit = self._store.units.by_lease(token)
         if unit is None or unit.node != node_id or unit.state is not UnitState.LEASED:
             raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current")
-        cache = self._store.units.radiosity_cache(unit.job, unit.frame)
-        if cache is None:
+        caches = self._store.units.radiosity_caches(unit.job, unit.frame)
+        if not caches:
             raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no radiosity cache")
-        return cache
+        if len(caches) == 1:
+            return caches[0]
+        # Each part of the frame's pre-pass pretraced a band of it: the strips load all their samples.
+        merged = radiosity.merge_caches([decompress_capped(cache, MAX_RADIOSITY_CACHE) for cache in caches])
+        if len(merged) > MAX_RADIOSITY_CACHE:
+            raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has a radiosity cache of "
+                                               f"{len(merged)} bytes, more than the {MAX_RADIOSITY_CACHE} a node takes")
+        return compress_rows(merged)
 
 
 def declare_unit_metrics(meter: Meter) -> None:

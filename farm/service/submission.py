@@ -21,6 +21,7 @@ from farm.kinds import PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
 from farm import dependencies
 from farm.planning import plan_units, with_pretrace, with_preview
+from farm.radiosity import pretrace_parts
 from farm.records import JobSpec
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -129,9 +130,10 @@ def _sources_mention_radiosity(data) -> bool:
 
 class Submissions:
     def __init__(self, store: Store, bundles: Bundles, changes: Changes, work: Changes,
-                 live_slots: Callable[[], int], clock: Callable[[], float]):
+                 live_slots: Callable[[], int], clock: Callable[[], float], pretrace_bands: int = 1):
         self._store, self._bundles, self._clock = store, bundles, clock
         self._changes, self._work, self._live_slots = changes, work, live_slots
+        self._pretrace_bands = pretrace_bands   # farm.config: bands of a radiosity frame's pre-pass
 
     def submit(self, request: Submission) -> int:
         """Check a submission against the bundle and the farm's limits, plan its units and queue it."""
@@ -140,9 +142,10 @@ class Submissions:
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
         limits.check_plan(spec, count)
+        bands = pretrace_parts(len(self._store.nodes.live()), self._pretrace_bands)
         plans = with_preview(with_pretrace(
             plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
-            spec.height, spec.pretrace), spec.width, spec.height,
+            spec.height, spec.pretrace, bands, spec.block), spec.width, spec.height,
             spec.preview is not PreviewMode.NEVER)
         # A preview is one small extra render for viewers, not part of the job's work.
         limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),

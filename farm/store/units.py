@@ -107,12 +107,12 @@ class UnitRecords:
                 f"SELECT frame, frame_last, row_start, row_end, data, done_seq, encoding FROM units WHERE job=? AND {_COVERS}"
                 " AND state=? AND kind=?", (job_id, frame, frame, UnitState.DONE.value, ROWS)).fetchall()]
 
-    def radiosity_cache(self, job_id: int, frame: int) -> bytes | None:
-        """The compressed radiosity cache of a frame's pre-pass; None when there is none."""
+    def radiosity_caches(self, job_id: int, frame: int) -> list[bytes]:
+        """The compressed radiosity caches of a frame's pre-pass, a part's each, top band first; none
+        when the pre-pass left none."""
         with self._db.read() as db:
-            row = db.execute(f"SELECT data {_FRAME_CACHE}",
-                             (job_id, frame, PRETRACE, UnitState.DONE.value)).fetchone()
-        return None if row is None else bytes(row["data"])
+            return [bytes(row["data"]) for row in db.execute(
+                f"SELECT data {_FRAME_CACHE} ORDER BY row_start", (job_id, frame, PRETRACE, UnitState.DONE.value))]
 
     def has_radiosity_cache(self, job_id: int, frame: int) -> bool:
         """Whether the frame has a shared radiosity cache, without reading it."""
@@ -329,10 +329,13 @@ def _complete_frames(db: sqlite3.Connection, unit: Unit) -> tuple[int, ...]:
 
 
 def _store_pretrace(db: sqlite3.Connection, unit: Unit, cache: bytes, seconds: float) -> None:
-    """A frame's radiosity pre-pass is in (its cache, or nothing when the scene turned out to use no
-    radiosity): the frame's units may go."""
+    """A part of a frame's radiosity pre-pass is in (its cache, or nothing when its rows turned out to use
+    no radiosity): once every part is, the frame's units may go."""
     schema.set_state(db, unit, UnitState.DONE, data=cache, seconds=seconds, progress=1.0, lease_expires=None,
                      error=None)
+    if db.execute("SELECT 1 FROM units WHERE job=? AND frame=? AND kind=? AND state != ? LIMIT 1",
+                  (unit.job, unit.frame, PRETRACE, UnitState.DONE.value)).fetchone():
+        return
     for row in db.execute(f"{_SELECT_UNIT} WHERE job=? AND frame=? AND state=?",
                           (unit.job, unit.frame, UnitState.WAITING.value)).fetchall():
         schema.set_state(db, schema.unit(row), UnitState.QUEUED)
@@ -378,11 +381,15 @@ class _Queue:
              UnitState.LEASED.value)))
 
     def whole_frame_waits(self, job_id: int, frame: int) -> bool:
-        """Whether the frame's rows are still one remainder, uncut, waiting for its pre-pass."""
+        """Whether the frame's rows are still one remainder, uncut, waiting for its pre-pass, and no part
+        of that pre-pass has begun (once one has, its cache is the frame's: the other parts must follow)."""
         rows = self._db.execute("SELECT remainder, row_start, state FROM units WHERE job=? AND frame=? AND"
                                 " frame_last=? AND kind=?", (job_id, frame, frame, ROWS)).fetchall()
+        begun = self._db.execute("SELECT 1 FROM units WHERE job=? AND frame=? AND kind=? AND (state=? OR (state=?"
+                                 " AND length(data) > 0)) LIMIT 1", (job_id, frame, PRETRACE, UnitState.LEASED.value,
+                                                                    UnitState.DONE.value)).fetchone()
         return (len(rows) == 1 and rows[0]["remainder"] and rows[0]["row_start"] == 0
-                and rows[0]["state"] == UnitState.WAITING.value)
+                and rows[0]["state"] == UnitState.WAITING.value and begun is None)
 
     def frame_units(self, job_id: int, frame: int) -> tuple[list[Finished], list[Running]]:
         """The frame's finished and leased row units (cut from it: one frame each), as the cost model
