@@ -126,7 +126,9 @@ class Uploads:
                 with self._lock:
                     wanted = self._pending.get(lease, 0.0) >= 0
                 if wanted:
+                    sent = self.clock()
                     self.deliver(lease, outcome)
+                    log.info("job %s lease %s delivered in %.3f s", job, lease, self.clock() - sent)
                 else:
                     log.info("lease %s was withdrawn before its result went up; dropped", lease)
             except Exception:   # noqa: BLE001 - one bad result must not stop every later upload

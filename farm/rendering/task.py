@@ -81,6 +81,8 @@ class RenderOutcome:
     error: str = ""
     scene_error: bool = False
     encoding: str = ZLIB   # of rows (farm.rows.ENCODINGS)
+    # POV-Ray's own seconds by stage (povray.stage_seconds), for the node's profile line
+    stages: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     # The same rows as plain zlib, made when asked: for a controller that takes no other encoding.
     as_zlib: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
 
