@@ -22,9 +22,10 @@ FEED_STREAM = "feed_stream"               # GET /feed: a viewer's stream of a jo
 LIVE_BLOCKS = "live_blocks"               # nodes.live; viewer.watch's live_cursor, GET /feed's live=1
 NODE_TAGS = "node_tags"                   # node tags: jobs.submit's require/prefer, nodes.set_tags
 JOB_AFTER = "job_after"                   # jobs.submit's after: a job queued until other jobs are done
+UNIT_OVERHEAD = "unit_overhead"           # nodes.complete takes `overhead` (a unit's seconds besides tracing)
 
 FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
-            NODE_TAGS, JOB_AFTER)   # this version's
+            NODE_TAGS, JOB_AFTER, UNIT_OVERHEAD)   # this version's
 
 
 @dataclass(frozen=True)

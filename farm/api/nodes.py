@@ -126,7 +126,7 @@ class NodesAPI:
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                 encoding: str = ZLIB) -> bool:
+                 encoding: str = ZLIB, overhead: float | None = None) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
         pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
         is harmless; a lease that is no longer current gets STALE_LEASE.
@@ -137,17 +137,21 @@ class NodesAPI:
         @param seconds: float, how long the render took
         @param encoding: str (optional, default "zlib"): "zlib" (the raw rows) or "filtered" (each row led by
             its PNG filter type and filtered by it; each frame's first row filtered against zeros)
+        @param overhead: float (optional, feature unit_overhead): seconds of the unit's render spent other than
+            tracing and shooting photons (POV-Ray's start-up, the parse, loading caches); the controller sizes
+            the node's next units of the job by it
         @return: bool, true
         """
         self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
                                 args.binary("rows", rows), args.seconds("seconds", seconds),
-                                args.choice("encoding", encoding, ENCODINGS))
+                                args.choice("encoding", encoding, ENCODINGS),
+                                None if overhead is None else args.seconds("overhead", overhead))
         self._services.live.drop(lease)     # the final rows replace the live blocks
         return True
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete_and_poll(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                          encoding: str = ZLIB) -> dict:
+                          encoding: str = ZLIB, overhead: float | None = None) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
         when it faults, nothing was leased.
 
@@ -156,9 +160,10 @@ class NodesAPI:
         @param rows: base64
         @param seconds: float
         @param encoding: str (optional), as nodes.complete
+        @param overhead: float (optional), as nodes.complete
         @return: struct, the node's next task, or {}
         """
-        self.complete(node_id, lease, rows, seconds, encoding)
+        self.complete(node_id, lease, rows, seconds, encoding, overhead)
         return self.poll(node_id)
 
     @rpc(NODE)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from farm.client import Client
 from farm.faults import Code, FarmError
-from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, Features
+from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, UNIT_OVERHEAD, Features
 from farm.retry import RETRY_CEILING
 from farm.rendering.task import RenderOutcome
 from farm.rows import ZLIB
@@ -63,7 +63,9 @@ class Delivery:
         if encoding != ZLIB and FILTERED_ROWS not in features and outcome.as_zlib is not None:
             rows, encoding = outcome.as_zlib(), ZLIB     # rendered before the node learnt it
         payload: tuple = (rows, outcome.seconds)     # bytes: base64 on the wire
-        if encoding != ZLIB:
+        if UNIT_OVERHEAD in features and outcome.overhead is not None:
+            payload += (encoding, round(outcome.overhead, 3))   # units of the job are sized by it
+        elif encoding != ZLIB:
             payload += (encoding,)
         if take_next and COMPLETE_AND_POLL in features and not self.stopping.is_set():
             reply = self.call("nodes.complete_and_poll", lease, *payload)

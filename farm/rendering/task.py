@@ -86,6 +86,14 @@ class RenderOutcome:
     # The same rows as plain zlib, made when asked: for a controller that takes no other encoding.
     as_zlib: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def overhead(self) -> float | None:
+        """Seconds of the run spent other than tracing and shooting photons (start-up, parse, caches loaded),
+        by POV-Ray's own figures; None when it gave none (a radiosity pre-pass, a run that failed)."""
+        if not self.stages:
+            return None
+        return max(0.0, self.seconds - self.stages.get("trace", 0.0) - self.stages.get("photons", 0.0))
+
 
 _MISSING = object()
 
