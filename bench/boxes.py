@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from wan import stop, wait_for    # the same process handling as the WAN benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = re.compile(r"profile: waited ([\d.]+) s, POV-Ray ([\d.]+) s \(start-up ([\d.]+), parse ([\d.]+), "
@@ -117,27 +117,3 @@ def profile_summary(runs: list[tuple[list[dict[str, float]], list[float]]]) -> d
     summary["delivery"] = statistics.fmean(delivered) if delivered else 0.0
     summary["units"] = len(units) / len(runs)
     return summary
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM, again (a node gives up at once), then SIGKILL, to the process's whole group."""
-    for signum, grace in ((signal.SIGTERM, 5), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        if process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
