@@ -76,7 +76,8 @@ def test_a_node_asking_ahead_for_nothing_stays_busy(stepped, tmp_path):
 @needs_povray
 def test_a_node_killed_holding_a_unit_leased_ahead_its_unit_is_rendered_elsewhere(farm, tmp_path, monkeypatch):
     monkeypatch.setenv("POVFARM_ASK_AHEAD", "1000")     # ask ahead as soon as POV-Ray's progress shows
-    farm.start_controller("--lease-timeout", "3")
+    # Leases renewed every 2 s: a unit held ahead goes up to two intervals unrenewed between two units.
+    farm.start_controller("--lease-timeout", "8")
     victim = farm.start_node("victim")
     job = submit(farm.client, MEDIASKY, width=320, height=240, strips=4)
 
@@ -84,7 +85,7 @@ def test_a_node_killed_holding_a_unit_leased_ahead_its_unit_is_rendered_elsewher
         held = [s for s in farm.client.call("jobs.status", job)["strips"]
                 if s["state"] == "leased" and s["node"].startswith("victim")]
         return held if len(held) == 2 else None
-    held = wait_until(held_by_victim, what="the victim to lease a strip ahead")
+    held = wait_until(held_by_victim, timeout=120, what="the victim to lease a strip ahead")
     assert "leased ahead" in farm.log("victim")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
