@@ -26,9 +26,10 @@ FARM_HISTORY = "farm_history"             # jobs.list's limit/before pages; farm
 POVRAY_PIN = "povray_pin"                 # jobs.submit's povray_version; one POV-Ray build per frame
 SCENE_FILES = "scene_files"               # nodes.scene_files, jobs.scene_files: the files a scene writes
 UNIT_LOGS = "unit_logs"                   # nodes.complete/complete_and_poll/fail take `log`; jobs.log
+UNIT_OVERHEAD = "unit_overhead"           # nodes.complete takes `overhead` (a unit's seconds besides tracing)
 
 FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
-            NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN, SCENE_FILES, UNIT_LOGS)   # this version's
+            NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN, SCENE_FILES, UNIT_LOGS, UNIT_OVERHEAD)   # this version's
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from farm.rendering import povray
 from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
+from farm.rendering.ahead import Ahead
 from farm.rendering.delivery import Delivery, Uploads
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
@@ -40,7 +41,7 @@ from farm.kinds import PREVIEW
 from farm.rendering.probe import probe_povray
 from farm.rendering.render import UnitRenderer, output_path
 from farm.retry import RETRY_CEILING, grow
-from farm.rendering.task import Task
+from farm.rendering.task import RenderOutcome, Task
 from farm.rows import FILTERED, ZLIB
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Node:
         self._working: set[str] = set()   # names of the slots that hold a strip right now
         self._fatal: FarmError | None = None
         self._asides: list[threading.Thread] = []   # previews rendering beside the slots
+        self._slot = threading.local()      # a slot's Ahead, and when its last unit ended (for the profile)
         heartbeat = HeartbeatCall(client, node_id, features)
         self.uploads = Uploads(max(1, config.slots), deliver=lambda lease, outcome: self.delivery.complete(
             lease, outcome, False), before=self._preview_first, heartbeat=heartbeat, clock=clock,
@@ -140,12 +142,17 @@ class Node:
         watch = LeaseWatch(lease, log_path, self.beats.report, self.clock, self.beat_interval, self.aborting,
                            when_tracing)
         if task is None or not task.live or LIVE_BLOCKS not in self.features:
-            return watch
+            return self._ahead_of(task, log_path, watch)
         self.live_sender.forget(lease)
         strip_dir = log_path.parent
         reader = StateFileReader(output_path(task, strip_dir).with_suffix(STATE_SUFFIX), log_path,
                                  strip_dir / "scene" / task.scene, task.frame)
-        return LiveWatch(lease, watch, reader, self.live_sender, self.clock)
+        return self._ahead_of(task, log_path, LiveWatch(lease, watch, reader, self.live_sender, self.clock))
+
+    def _ahead_of(self, task: Task | None, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:
+        """The watch, asking for the slot's next unit as this one nears its end (farm/rendering/ahead.py)."""
+        ahead = getattr(self._slot, "ahead", None)
+        return watch if ahead is None or task is None else ahead.watching(task, log_path, watch)
 
     def slow_link(self) -> bool:
         """Whether the node's last large request went up slower than slow_uplink_bps."""
@@ -256,22 +263,34 @@ class Node:
     def step(self) -> bool:
         """One poll; render the task if there is one. True when a strip was worked on."""
         node_id = self.node_id or self.register()
+        asked = self.clock()
         task = _task(self.client.call("nodes.poll", node_id, POLL_WAIT))
+        if task is None or self.clock() - asked >= 1.0:
+            self._slot.ended = None      # the slot waited for work, not for the controller
         if task is None:
             return False
         slot = threading.current_thread().name
         self._working.add(slot)
+        self._slot.ahead = ahead = Ahead(lambda: self.client.call("nodes.poll", node_id, 0), self.beats.hold,
+                                         self.config.ask_ahead, self.stopping, self.clock)
         try:
             while task is not None:
                 if self.stopping.is_set():     # asked to stop while this poll waited: hand the strip back
+                    self.beats.forget(task.lease)
                     self.delivery.call("nodes.release", task.lease)
-                    break
+                    task = ahead.take()
+                    continue
                 if task.kind == PREVIEW:
                     task = self._preview_aside(task, node_id)
                     continue
-                task = self.work(task)
+                handed, task = self.work(task), ahead.take()
+                if handed is not None and task is not None:
+                    self.delivery.call("nodes.release", task.lease)   # two next units: keep one
+                    self.beats.forget(task.lease)
+                task = handed or task
         finally:
             self._working.discard(slot)
+            self._slot.ahead = None
         return True
 
     def _preview_aside(self, task: Task, node_id: str) -> Task | None:
@@ -301,6 +320,7 @@ class Node:
         log.info("job %s strip %s rows %s-%s (attempt %s)", task.job, task.strip, task.row_start, task.row_end,
                  task.attempt)
         strip_dir = self.strip_root / f"job{task.job}-f{task.frame}-s{task.strip}-{secrets.token_hex(3)}"
+        started = self.clock()
         try:
             outcome = self.renderer.render(task, strip_dir)
         finally:
@@ -308,6 +328,10 @@ class Node:
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
         log.info("job %s strip %s rendered: %s after %.2f s", task.job, task.strip, outcome.kind, outcome.seconds)
+        if outcome.kind == "done" and take_next:
+            log.info("%s", profile_line(task, outcome, self.clock() - started,
+                                        started - (getattr(self._slot, "ended", None) or started)))
+            self._slot.ended = self.clock()
         if outcome.kind == "done" and take_next and not self.stopping.is_set():
             # Off the slot's path: the slot polls for its next strip and renders it while this one goes up.
             self.uploads.put(lease, outcome, task.job)
@@ -334,6 +358,18 @@ class Node:
             return text
         marker = "\n[...]"
         return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
+
+
+def profile_line(task: Task, outcome: RenderOutcome, seconds: float, waited: float) -> str:
+    """Where a unit's time went on the node, in one line (bench/run.py reads it): the slot's wait for it since
+    its previous unit, POV-Ray's start-up and each stage it reports, and the node's own part (the scene made
+    ready, the rows encoded)."""
+    stages = outcome.stages
+    start_up = max(0.0, outcome.seconds - sum(stages.values()))
+    return (f"job {task.job} strip {task.strip} profile: waited {waited:.3f} s, POV-Ray {outcome.seconds:.3f} s "
+            f"(start-up {start_up:.3f}, parse {stages.get('parse', 0.0) + stages.get('bounding', 0.0):.3f}, "
+            f"photons {stages.get('photons', 0.0):.3f}, radiosity {stages.get('radiosity', 0.0):.3f}, "
+            f"trace {stages.get('trace', 0.0):.3f}), node {max(0.0, seconds - outcome.seconds):.3f} s")
 
 
 def _task(reply: dict[str, Any] | None) -> Task | None:

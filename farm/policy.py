@@ -82,16 +82,17 @@ class Queue(Protocol):
 
 
 def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: bool = True,
-                  here: str = "") -> int | None:
+                  here: str = "", overhead: float = 0.0) -> int | None:
     """Where the unit `node_id` leases off a frame's remainder ends (`farm.scheduler`), from the frame's
     measured units and the live slots; None when faster slots should have those rows. `watched`: a
     viewer watches the job, so it is worth cutting finer for steady painting. `here`: the controller's
-    own machine (see `lone_box_runs`)."""
+    own machine (see `lone_box_runs`). `overhead`: the node's fixed seconds per unit of the job, as measured."""
     finished, running = queue.frame_units(unit.job, unit.frame)
     nodes = queue.live_nodes()
     slots = {node.id: node.slots for node in nodes}
     runs = 0 if watched else lone_box_runs(nodes, here)
-    return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, slots, finished, running, runs)
+    return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, slots, finished, running, runs,
+                              overhead)
 
 
 def pretrace_worth_it(queue: Queue, unit: Unit, watched: bool, here: str = "") -> bool:

@@ -26,8 +26,11 @@ others need for the rest.
   (returns None) if another live slot that is busy now, counting the work it still has, would finish
   that unit clearly sooner. The last units go to fast nodes, and nothing starves: a node declines only
   while some unit is running, whose node asks again when it is done.
-- A unit is never less than MIN_UNIT_SECONDS of work by the measured cost, so a cheap scene is not cut
-  into pieces whose POV-Ray start-up outweighs their work.
+- A unit is never less than MIN_UNIT_SECONDS of work by the measured cost, nor less than OVERHEAD_RATIO
+  times what each unit of the job costs its node besides tracing (POV-Ray's start-up, the parse, loading
+  caches: the node measures it and says so with each result) unless that is more than the node's share of
+  what is left, so a cheap scene, or one whose parse is dear, is not cut into pieces whose fixed cost
+  outweighs their work: it gets fewer, larger units.
 - One box, nobody watching: when every live slot is on the controller's own machine (the nodes report
   which kernel they run on) and no viewer watches the job, a whole frame's rows cost nothing to deliver
   (elsewhere they would go up after it, on an uplink that may be slow) and there is nothing to balance:
@@ -50,6 +53,7 @@ from typing import Mapping, Sequence
 
 STARTUP_SECONDS = 0.6     # a POV-Ray process's fixed wall time (start-up and shut-down), measured here
 MIN_UNIT_SECONDS = 1.5    # a unit should work at least this long, by the measured cost per row
+OVERHEAD_RATIO = 4.0      # ...and at least this many times its node's fixed cost per unit (start-up, parse)
 SHARES = 3                # a node's unit is 1/SHARES of its speed-weighted share of the rows left
 PROBE_SHARES = 8          # before anything is measured: 1/PROBE_SHARES of an even share per slot
 DECLINE_MARGIN = 0.9      # decline only if another slot would finish in less than this part of the time
@@ -131,14 +135,16 @@ def model(finished: Sequence[Finished], cut: int, nearest: int = 3) -> Model | N
 
 
 def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int],
-             finished: Sequence[Finished], running: Sequence[Running], box_runs: int = 0) -> int | None:
+             finished: Sequence[Finished], running: Sequence[Running], box_runs: int = 0,
+             overhead: float = 0.0) -> int | None:
     """The end row of the unit `node` should render off a frame's remainder [start, end) (0-based, end
     exclusive), or None when it should leave those rows to faster slots.
 
     `slots`: live node -> POV-Ray slots (the asking node counts with at least one). `box_runs`: when every
     live slot is on one machine and nobody watches the job, how many POV-Ray processes keep that machine
-    busy; 0 otherwise. `start` is on a block edge; the result is a block edge or `end`, and always more
-    than `start`."""
+    busy; 0 otherwise. `overhead`: seconds each unit of the job costs `node` besides tracing, as it
+    measured them (0 unknown). `start` is on a block edge; the result is a block edge or `end`, and always
+    more than `start`."""
     if block < 1 or not 0 <= start < end or start % block:
         raise ValueError(f"rows [{start}, {end}) do not start on an edge of {block}-row blocks")
     if box_runs > 0:
@@ -151,10 +157,12 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
         shares = PROBE_SHARES * sum(slots.values()) if len(slots) > 1 else SHARES
         return min(end, start + math.ceil(blocks_left / shares) * block)
     total_speed = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
-    rows = (end - start) * costs.speeds.get(node, 1.0) * slots[node] / total_speed / SHARES
-    rows = max(rows, MIN_UNIT_SECONDS * costs.rate(node))
+    fair = (end - start) * costs.speeds.get(node, 1.0) * slots[node] / total_speed    # the node's share
+    # The least rows worth a unit, by the measured cost: never more than the node's share (balance first).
+    least = max(MIN_UNIT_SECONDS * costs.rate(node), min(OVERHEAD_RATIO * overhead * costs.rate(node), fair))
+    rows = max(fair / SHARES, least)
     blocks = min(blocks_left, max(1, round(rows / block)))
-    if blocks_left - blocks < 1 or blocks_left - blocks < MIN_UNIT_SECONDS * costs.rate(node) / block / 2:
+    if blocks_left - blocks < 1 or blocks_left - blocks < least / block / 2:
         blocks = blocks_left      # what would be left is not worth a start-up of its own
     size = min(end - start, blocks * block)
     if _others_finish_sooner(node, size, end - start, slots, running, costs):

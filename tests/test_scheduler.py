@@ -447,3 +447,39 @@ def test_a_lone_node_on_another_box_gets_a_frame_cut_smaller_so_its_uploads_over
     first = farm.call("nodes.poll", a)
     assert first["row_end"] - first["row_start"] < 480
     store.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(blocks=st.integers(1, 200), slots=st.integers(1, 8), cost=st.floats(0.001, 0.1),
+       overhead=st.floats(0.0, 5.0), done=st.integers(1, 100))
+def test_a_unit_traces_at_least_a_few_times_its_nodes_fixed_cost_unless_it_takes_the_rest(blocks, slots, cost,
+                                                                                       overhead, done):
+    """A scene whose parse (or start-up, or cache load) is dear gets fewer, larger units: each traces at least
+    OVERHEAD_RATIO times the fixed cost its node measured, or it is what is left of the frame."""
+    height, start = (blocks + done) * 32, done * 32
+    finished = [scheduler.Finished("a", 0, start, scheduler.STARTUP_SECONDS + cost * start)]
+    end = next_cut("a", start, height, 32, {"a": slots}, finished, [], overhead=overhead)
+    assert end is not None and start < end <= height and (end % 32 == 0 or end == height)
+    traced = (end - start) * cost
+    assert end == height or traced >= scheduler.OVERHEAD_RATIO * overhead - 32 * cost / 2 - 1e-9
+    # Never smaller than without the measured overhead.
+    assert end >= next_cut("a", start, height, 32, {"a": slots}, finished, [])
+
+
+def test_a_node_that_says_its_units_cost_much_besides_tracing_gets_larger_ones(tmp_path):
+    sizes = {}
+    for overhead in (None, 3.0):
+        farm, store = stepped_farm(tmp_path / f"data{overhead}")
+        _submit(farm, tmp_path / f"scene{overhead}", height=32 * 40)
+        nodes = [farm.call("nodes.register", name, {"povray": "3.7", "slots": 1})["node_id"] for name in "ab"]
+        for name in nodes:
+            task = farm.call("nodes.poll", name)
+            extra = () if overhead is None else ("zlib", {}, overhead)
+            farm.call("nodes.complete", name, task["lease"], rows_for(task, 1),
+                      0.6 + 0.01 * (task["row_end"] - task["row_start"]), *extra)
+        task = farm.call("nodes.poll", nodes[0])
+        sizes[overhead] = task["row_end"] - task["row_start"]
+        store.close()
+    # 0.01 s a row: the guided plan alone cuts a third of the node's half of what is left (5 blocks); 4 x 3 s
+    # of tracing is 1200 rows, more than that half (about 496 rows), so the node takes its half (in blocks).
+    assert sizes[None] == 160 and 448 <= sizes[3.0] <= 512, sizes

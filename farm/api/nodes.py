@@ -130,7 +130,7 @@ class NodesAPI:
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                 encoding: str = ZLIB, log: dict | None = None) -> bool:
+                 encoding: str = ZLIB, log: dict | None = None, overhead: float | None = None) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
         pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
         is harmless; a lease that is no longer current gets STALE_LEASE.
@@ -145,17 +145,22 @@ class NodesAPI:
             as UTF-8, progress lines dropped, bounded by the node), command ([str] the command line), started
             (float Unix time), seconds (float), exit_code (int, -1 for none), signal (int, 0 for none),
             timed_out (bool), cut (int, bytes of the output the node left out)
+            An empty struct: no log (a node that sends `overhead` but has no log).
+        @param overhead: float (optional, feature unit_overhead): seconds of the unit's render spent other than
+            tracing and shooting photons (POV-Ray's start-up, the parse, loading caches); the controller sizes
+            the node's next units of the job by it
         @return: bool, true
         """
         self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
                                 args.binary("rows", rows), args.seconds("seconds", seconds),
-                                args.choice("encoding", encoding, ENCODINGS), self._run_log(log))
+                                args.choice("encoding", encoding, ENCODINGS), self._run_log(log),
+                                None if overhead is None else args.seconds("overhead", overhead))
         self._services.live.drop(lease)     # the final rows replace the live blocks
         return True
 
     @rpc(NODE, value_limit="_rows_limit")
     def complete_and_poll(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                          encoding: str = ZLIB, log: dict | None = None) -> dict:
+                          encoding: str = ZLIB, log: dict | None = None, overhead: float | None = None) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
         when it faults, nothing was leased.
 
@@ -165,9 +170,10 @@ class NodesAPI:
         @param seconds: float
         @param encoding: str (optional), as nodes.complete
         @param log: struct (optional), as nodes.complete
+        @param overhead: float (optional), as nodes.complete
         @return: struct, the node's next task, or {}
         """
-        self.complete(node_id, lease, rows, seconds, encoding, log)
+        self.complete(node_id, lease, rows, seconds, encoding, log, overhead)
         return self.poll(node_id)
 
     def _files_limit(self, before: tuple) -> int:
@@ -193,7 +199,7 @@ class NodesAPI:
         self._services.written.add(job_id, args.binary("files", files))
         return True
     def _run_log(self, log) -> UnitLog | None:
-        return None if log is None else UnitLog.from_wire(log, self._config.unit_log_kb * 1024)
+        return UnitLog.from_wire(log, self._config.unit_log_kb * 1024) if log else None   # {}: no log
 
     @rpc(NODE)
     def live(self, node_id: str, lease: str, blocks: list) -> dict:

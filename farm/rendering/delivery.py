@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from farm.client import Client
 from farm.faults import Code, FarmError
-from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, SCENE_FILES, UNIT_LOGS, Features
+from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, SCENE_FILES, UNIT_LOGS, UNIT_OVERHEAD, Features
 from farm.retry import RETRY_CEILING
 from farm.rendering.task import RenderOutcome
 from farm.rows import ZLIB
@@ -65,10 +65,14 @@ class Delivery:
         if encoding != ZLIB and FILTERED_ROWS not in features and outcome.as_zlib is not None:
             rows, encoding = outcome.as_zlib(), ZLIB     # rendered before the node learnt it
         payload: tuple = (rows, outcome.seconds)     # bytes: base64 on the wire
-        if encoding != ZLIB or self._sends_log(outcome):
+        sends_log = self._sends_log(outcome)
+        sends_overhead = UNIT_OVERHEAD in features and outcome.overhead is not None
+        if encoding != ZLIB or sends_log or sends_overhead:
             payload += (encoding,)
-        if self._sends_log(outcome):
-            payload += (outcome.log.to_wire(),)
+        if sends_log or sends_overhead:   # an empty struct holds the log's place before the overhead
+            payload += (outcome.log.to_wire() if sends_log else {},)
+        if sends_overhead:
+            payload += (round(outcome.overhead, 3),)   # units of the job are sized by it
         if take_next and COMPLETE_AND_POLL in features and not self.stopping.is_set():
             reply = self.call("nodes.complete_and_poll", lease, *payload)
             if reply is not None:
@@ -138,7 +142,9 @@ class Uploads:
                 with self._lock:
                     wanted = self._pending.get(lease, 0.0) >= 0
                 if wanted:
+                    sent = self.clock()
                     self.deliver(lease, outcome)
+                    log.info("job %s lease %s delivered in %.3f s", job, lease, self.clock() - sent)
                 else:
                     log.info("lease %s was withdrawn before its result went up; dropped", lease)
             except Exception:   # noqa: BLE001 - one bad result must not stop every later upload

@@ -80,6 +80,11 @@ class Beats:
         with self._lock:
             return lease in self._stop
 
+    def hold(self, lease: str) -> None:
+        """A lease the node holds but has not started (leased ahead): renewed at progress 0 until it starts."""
+        with self._lock:
+            self._progress.setdefault(lease, 0.0)
+
     def forget(self, lease: str) -> None:
         """The slot is done with this lease (rendered, failed or dropped)."""
         with self._lock:

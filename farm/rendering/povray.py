@@ -261,6 +261,11 @@ _STATISTICS = {
     "radiosity_reused": re.compile(r"Radiosity samples reused:\s+(\d+)"),
 }
 _PHOTON_LOAD = "Starting the load of photon file"
+# POV-Ray's closing time lines ("  Parse Time:  0 hours  0 minutes  1 seconds (1.234 seconds)"), once per
+# frame: the stages of a unit's run, for the node's profile line.
+_STAGES = {stage: re.compile(rf"^\s*{label} Time:.*\(([\d.]+) seconds\)", re.MULTILINE)
+           for stage, label in (("parse", "Parse"), ("bounding", "Bounding"), ("photons", "Photon"),
+                                ("radiosity", "Radiosity"), ("trace", "Trace"))}
 
 
 def render_statistics(stderr: str) -> dict[str, int]:
@@ -272,6 +277,12 @@ def render_statistics(stderr: str) -> dict[str, int]:
     if _PHOTON_LOAD in stderr:
         found["photon_map_loaded"] = 1
     return found
+
+
+def stage_seconds(stderr: str) -> dict[str, float]:
+    """Seconds POV-Ray says it spent parsing, bounding, shooting photons, pretracing radiosity and tracing,
+    summed over the frames of its run (a stage it did not report is 0)."""
+    return {stage: sum(float(found) for found in pattern.findall(stderr)) for stage, pattern in _STAGES.items()}
 
 
 def sharing_report(statistics: dict[str, int]) -> str:

@@ -209,7 +209,8 @@ class UnitRenderer:
         encoded = encode_rows(rows, encoding, row_bytes, bpp, len(frames), level=level)
         as_zlib = None if encoding == ZLIB else functools.partial(
             recode_rows, encoded, encoding, ZLIB, len(rows), row_bytes, bpp, len(frames))
-        return RenderOutcome("done", rows=encoded, seconds=result.seconds, encoding=encoding, as_zlib=as_zlib)
+        return RenderOutcome("done", rows=encoded, seconds=result.seconds, encoding=encoding, as_zlib=as_zlib,
+                             stages=povray.stage_seconds(stderr))
 
     def _failure(self, result: povray.ProcessResult, stderr: str, frames: range | None) -> tuple[str, bool]:
         """(error text, whether the scene itself is at fault) for a POV-Ray run that failed: the signal and

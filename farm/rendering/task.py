@@ -83,9 +83,19 @@ class RenderOutcome:
     scene_error: bool = False
     encoding: str = ZLIB   # of rows (farm.rows.ENCODINGS)
     files: bytes = b""     # the files the scene wrote (farm.scenefiles' zip), b"" when none
+    # POV-Ray's own seconds by stage (povray.stage_seconds), for the node's profile line
+    stages: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     # The same rows as plain zlib, made when asked: for a controller that takes no other encoding.
     as_zlib: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
     log: UnitLog | None = field(default=None, compare=False, repr=False)   # POV-Ray's run, when it ran
+
+    @property
+    def overhead(self) -> float | None:
+        """Seconds of the run spent other than tracing and shooting photons (start-up, parse, caches loaded),
+        by POV-Ray's own figures; None when it gave none (a radiosity pre-pass, a run that failed)."""
+        if not self.stages:
+            return None
+        return max(0.0, self.seconds - self.stages.get("trace", 0.0) - self.stages.get("photons", 0.0))
 
 
 _MISSING = object()

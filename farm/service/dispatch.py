@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import statistics
 from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
@@ -31,6 +32,7 @@ from farm.wire import LONG_POLL_CAP
 log = logging.getLogger(__name__)
 
 MAX_CACHED = 256                          # jobs and leases remembered in memory for the hot path
+OVERHEAD_SAMPLES = 5                      # a node's last fixed costs per unit of a job, of which the median counts
 
 
 class _Recent(OrderedDict):
@@ -62,6 +64,9 @@ class Dispatcher:
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
         self._leased = _Recent(MAX_CACHED)    # lease token -> unit, so a completion looks it up once
         self._unseen_previews: set[int] = set()   # jobs whose preview waits for a viewer (viewer_came)
+        # (job, node) -> the node's last fixed costs per unit of the job (start-up, parse...), as it measured
+        # them: units are sized by them (`farm.scheduler`). Kept in memory: after a restart they are learnt again.
+        self._overheads = _Recent(MAX_CACHED)
 
     def register(self, name: str, info: Mapping[str, Any]) -> str:
         node_id, requeued = self._store.nodes.register(name, dict(info), self._clock())
@@ -100,8 +105,9 @@ class Dispatcher:
                                             policy.choose_unit, self._cut, self._worth)
 
     def _cut(self, unit: Unit, queue: policy.Queue, node_id: str) -> int | None:
+        measured = self._overheads.get((unit.job, node_id))
         return policy.cut_remainder(queue, unit, node_id, self.job(unit.job).block, self._watched(unit.job),
-                                    self._machine)
+                                    self._machine, statistics.median(measured) if measured else 0.0)
 
     def _worth(self, unit: Unit, queue: policy.Queue) -> bool:
         """Whether the preview or radiosity pre-pass about to be leased is still worth rendering: a
@@ -133,9 +139,10 @@ class Dispatcher:
         return stale
 
     def complete(self, node_id: str, token: str, data: bytes, seconds: float,
-                 encoding: str = ZLIB, run: UnitLog | None = None) -> Completion:
+                 encoding: str = ZLIB, run: UnitLog | None = None, overhead: float | None = None) -> Completion:
         """Check and store a unit's result (`data` in `encoding`, see farm.rows.ENCODINGS) and its run's log;
-        frames it completes go to the stitcher (after the log: a job is never done before its logs are in)."""
+        frames it completes go to the stitcher (after the log: a job is never done before its logs are in).
+        `overhead`: what the unit cost the node besides tracing, when it says."""
         unit = self._unit_of(token)
         job = self.job(unit.job)
         raw = _checked_result(unit, job, data, encoding)
@@ -157,6 +164,9 @@ class Dispatcher:
             log.info("job %s frame %s preview done by %s in %.2fs", job.id, unit.frame, node_id, seconds)
         else:
             log.info("job %s unit %s done by %s in %.2fs", job.id, unit.index, node_id, seconds)
+            if overhead is not None:
+                samples = self._overheads.get((job.id, node_id), [])[-(OVERHEAD_SAMPLES - 1):]
+                self._overheads.keep((job.id, node_id), [*samples, overhead])
             self._stitcher.add_rows(job, unit, raw)
             if done.complete_frames:
                 self._stitcher.frames_ready(job.id, done.complete_frames)

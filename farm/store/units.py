@@ -171,7 +171,8 @@ class UnitRecords:
                 end = cut(unit, queue, node_id) if cut is not None else unit.row_end
                 unit = None if end is None else _cut(db, unit, end)
             if unit is None:
-                schema.set_state(db, node, NodeState.IDLE)
+                if node.state is not NodeState.BUSY or not _holds_any(db, node.id):   # one asking ahead is busy
+                    schema.set_state(db, node, NodeState.IDLE)
                 return None
             return self._lease(db, node, unit, now, now + lease_timeout)
 
@@ -284,6 +285,12 @@ class UnitRecords:
 def _by_lease(db: sqlite3.Connection, token: str) -> Unit | None:
     row = db.execute(f"{_SELECT_UNIT} WHERE lease=?", (token,)).fetchone()
     return None if row is None else schema.unit(row)
+
+
+def _holds_any(db: sqlite3.Connection, node_id: str) -> bool:
+    """Whether the node holds a lease on a unit of an open job (the jobs' state index finds them)."""
+    return db.execute(f"SELECT 1 FROM units WHERE {schema.OPEN_JOBS} AND state=? AND node=? LIMIT 1",
+                      (UnitState.LEASED.value, node_id)).fetchone() is not None
 
 
 def _held(db: sqlite3.Connection, node_id: str, token: str) -> Unit | None:
