@@ -64,6 +64,24 @@ def test_the_controller_keeps_blocks_of_units_in_flight_and_forgets_them_with_th
     assert live.after(1, 0) == (3, [])
 
 
+def test_a_block_sent_again_replaces_the_one_kept():
+    live = LiveBlocks(stale_after=30.0, clock=lambda: 0.0)
+    first, again = ({"frame": 1, "left": 0, "top": 0, "right": 1, "bottom": 1, "rows": rows} for rows in (b"a", b"b"))
+    live.add(1, "a", [first])
+    live.add(1, "a", [again])
+    assert live.after(1, 0) == (2, [again])
+
+
+def test_the_sender_hears_from_heartbeats_which_leases_are_watched_and_rewinds_one_watched_again():
+    sender = LiveSender(lambda lease, blocks: {"live": True}, lambda: 0.0)
+    sender.start("a", False)
+    sender.start("b", True)
+    assert not sender.wanted("a") and sender.wanted("b")
+    sender.heard(["a", "b", "gone"], ["a"])
+    assert sender.wanted("a") and not sender.wanted("b")
+    assert sender.rewound("a") and not sender.rewound("a") and not sender.rewound("b")
+
+
 def test_the_sender_never_waits_and_stops_when_the_job_is_no_longer_watched():
     sent, release = [], threading.Event()
 
@@ -130,3 +148,29 @@ def test_a_viewer_watching_before_the_submit_gets_live_blocks_before_the_first_f
         expected, got = rgb.crop(box).tobytes(), zlib.decompress(block["rows"].data)
         differences += [abs(a - b) for a, b in zip(expected, got)]
     assert sum(differences) / len(differences) < 1.0
+
+
+def test_a_viewer_that_joins_late_gets_the_blocks_already_rendered_of_the_unit_in_flight(farm, monkeypatch):
+    """No viewer when the unit is leased (its task says unwatched); one joins at a third of it: the next
+    heartbeat's reply tells the node, which sends the strip's blocks from its first, before its final rows."""
+    monkeypatch.setenv("POVFARM_HEARTBEAT_INTERVAL", "0.5")
+    farm.start_controller()
+    farm.start_node("n1")
+    wait_until(lambda: farm.client.call("nodes.list"), what="the node")
+    job_id = submit(farm.client, SCENES / "advanced/chess2.pov", width=256, height=192, strips=2,
+                    options=["+A0.3"], preview=False)
+
+    def rendering():
+        strips = [s for s in farm.client.call("jobs.status", job_id)["strips"] if s["state"] == "leased"]
+        return strips[0] if strips and strips[0]["progress"] >= 0.3 else None
+    unit = wait_until(rendering, what="a third of the first strip rendered unwatched")
+    viewer = farm.client_as("view")
+    cursor, live_cursor, tops = 0, 0, set()
+    while True:
+        reply = viewer.call("viewer.watch", job_id, cursor, 10.0, live_cursor)
+        cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+        tops |= {block["top"] for block in reply["live"] if block["frame"] == unit["frame"]}
+        if any(strip["row_start"] == unit["row_start"] for strip in reply["strips"]):
+            break
+        assert reply["job"]["state"] not in ("done", "failed", "canceled"), reply["job"]
+    assert unit["row_start"] in tops, (unit, sorted(tops))     # its first blocks, rendered before the viewer came

@@ -147,10 +147,11 @@ class UnitRenderer:
         timeout = min(limits, default=0.0)
         command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
                                        self.config.threads or os.cpu_count() or 1)
-        # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps.
+        # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps; rows
+        # as often as their render state file is read, for whenever a viewer watches.
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
-                             check_every=0.1 if pretrace is not None else READ_EVERY if task.live else 0.5)
+                             check_every=0.1 if pretrace is not None else READ_EVERY)
         result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
         if self.flavour == povray.PVENGINE:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
