@@ -3,6 +3,7 @@ controller to viewers, before its final rows; they are never the image."""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 import zlib
@@ -15,8 +16,12 @@ from farm.rendering.gamma import Encoding
 from farm.rendering.live import LiveSender, StateFileReader, scene_gamma
 from farm.rendering.statefile import read_blocks
 from farm.service.live import LiveBlocks
+from farm.viewing import frames
+from farm.viewing.state import ViewerState
 from tests.harness import SCENES, assert_same_pixels, native_render, submit, wait_until
 from tests.test_statefile import state_file
+
+CLOCKD = SCENES / "animations/clockd/clockd.pov"
 
 
 @pytest.mark.parametrize("stderr, text, expected", [
@@ -174,3 +179,50 @@ def test_a_viewer_that_joins_late_gets_the_blocks_already_rendered_of_the_unit_i
             break
         assert reply["job"]["state"] not in ("done", "failed", "canceled"), reply["job"]
     assert unit["row_start"] in tops, (unit, sorted(tops))     # its first blocks, rendered before the viewer came
+
+
+def test_an_animation_paints_the_frame_being_rendered_live_and_its_run_s_finished_frames_can_be_stepped(farm):
+    """clockd, 6 frames in two runs of 3 on one node, followed from before the submit: the frame being
+    rendered comes block by block, and the run's frames it moved past come whole, before the run's final
+    rows; a viewer's state always shows a frame with pixels and steps back to the finished ones."""
+    farm.start_controller()
+    farm.start_node("n1")
+    viewer = farm.client_as("view")
+    wait_until(lambda: farm.client.call("nodes.list"), what="the node")
+    width, height = 240, 180
+    reply = viewer.call("viewer.watch", 0, 0, 0.0, 0)
+    cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+    job_id = submit(farm.client, CLOCKD, width=width, height=height, strips="auto", options=["+A0.3"],
+                    animation={"first": 1, "last": 6, "initial_clock": 0.0, "final_clock": 1.0, "cyclic": True})
+    state = ViewerState(job_id)
+    whole, partial, rows_seen, empty_shown, stepped = {}, set(), set(), [], []
+    while True:
+        reply = viewer.call("viewer.watch", job_id, cursor, 10.0, live_cursor)
+        cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+        for block in reply["live"]:
+            if (block["top"], block["bottom"], block["right"]) == (0, height - 1, width - 1):
+                whole.setdefault(block["frame"], (zlib.decompress(block["rows"].data), set(rows_seen)))
+            else:
+                partial.add(block["frame"])
+        rows_seen |= {strip["frame"] for strip in reply["strips"]}
+        state.handle(("feed", state.session, reply))
+        if any(canvas.has_pixels for canvas in state.frames.values()) and not state.canvas().has_pixels:
+            empty_shown.append(state.frame)
+        if reply["live"] and len([f for f, c in state.frames.items() if c.has_pixels]) > 1 and not stepped:
+            newest = state.frame
+            state.navigate(frames.PREVIOUS)
+            stepped.append((newest, state.frame, state.canvas().has_pixels))
+            state.navigate(frames.FOLLOW)
+        if reply["job"].get("state") in ("done", "failed", "canceled"):
+            break
+    assert reply["job"]["state"] == "done", reply["job"]
+    assert partial, "no frame was painted block by block"
+    assert not empty_shown, empty_shown
+    assert stepped and stepped[0][1] < stepped[0][0] and stepped[0][2], stepped
+    # Frames 1, 2, 4 and 5 came whole before their run's final rows; they are the final frames' pixels.
+    assert set(whole) == {1, 2, 4, 5}, sorted(whole)
+    for frame in whole:
+        pixels, rows_before = whole[frame]
+        assert frame not in rows_before
+        with Image.open(io.BytesIO(farm.client.call("jobs.fetch", job_id, frame).data)) as image:
+            assert image.convert("RGB").tobytes() == pixels

@@ -110,7 +110,7 @@ class StateFileReader:
 
 class FramesReader:
     """The new blocks of a run of animation frames, each call: the frame being rendered from its own state
-    file (`strip07.pov-state` beside `strip07.ppm`), and each frame the run has moved past whole, from its
+    file (`strip07.pov-state` beside `strip07.ppm`), and each frame the run has finished whole, from its
     image, as one block (the run's final rows go up only with its last frame)."""
 
     def __init__(self, output: Path, log_path: Path, scene_path: Path, frames: range):
@@ -126,10 +126,12 @@ class FramesReader:
             self.current = StateFileReader(states[rendering], self.log_path, self.scene_path, rendering)
         if self.current is not None:
             blocks += self.current()
-            images = _numbered(self.output.parent, self.output.stem, self.output.suffix)
-            for frame in self.frames:
-                if frame < self.current.frame and frame not in self.sent and frame in images:
-                    blocks += self._whole(frame, images[frame])
+        # A frame's image is written when the frame ends (one that does not decode whole yet waits); the run's
+        # last frame goes up with its rows.
+        images = _numbered(self.output.parent, self.output.stem, self.output.suffix)
+        for frame in self.frames[:-1]:
+            if frame not in self.sent and frame in images and frame not in states:
+                blocks += self._whole(frame, images[frame])
         return blocks
 
     def _whole(self, frame: int, path: Path) -> list[dict[str, Any]]:
