@@ -56,7 +56,7 @@ sys.exit(run_viewer(url, make_client=lambda timeout: Client(url, timeout=timeout
 """
 
 
-def start_page(url: str, token: str, size: tuple[int, int]):
+def start_page(url: str, token: str, size: tuple[int, int], profile: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -67,7 +67,10 @@ def start_page(url: str, token: str, size: tuple[int, int]):
     for argument in ("--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--app={url}/",
                      f"--window-position={PAGE_AT[0]},{PAGE_AT[1]}", f"--window-size={size[0]},{size[1]}"):
         options.add_argument(argument)
+    options.add_argument(f"--user-data-dir={profile}")
     options.add_experimental_option("excludeSwitches", ["enable-automation"])     # no infobar over the page
+    options.add_experimental_option("prefs", {"credentials_enable_service": False,   # nor a password prompt
+                                              "profile.password_manager_enabled": False})
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     wait_until(lambda: driver.find_elements(By.ID, "token"), 30, "the page")
     driver.find_element(By.ID, "token").send_keys(token)
@@ -128,10 +131,19 @@ def main() -> int:
                        PYTHONPATH=str(ROOT))
             started.append(subprocess.Popen([sys.executable, "-c", VIEWER, farm.url, farm.tokens["view"]], env=env,
                                             cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            driver = start_page(farm.url, farm.tokens["view"], (SCREEN[0] - PAGE_AT[0], SCREEN[1]))
+            driver = start_page(farm.url, farm.tokens["view"], (SCREEN[0] - PAGE_AT[0], SCREEN[1]),
+                                Path(tmp) / "profile")
             spec = {"bundle": upload(farm.submit, scene), "scene": scene.name, "width": args.width,
                     "height": args.height, "options": args.option, "name": "screen"}
-            time.sleep(3)                     # both viewers are up and following the farm
+            # A quick job of the same size first: both viewers size their image for it, as for the job measured.
+            warm = Path(tmp) / "warm" / "warm.pov"
+            warm.parent.mkdir()
+            warm.write_text("camera { location <0, 0, -3> look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+            warm_id = farm.submit.call("jobs.submit", {**spec, "bundle": upload(farm.submit, warm), "scene": warm.name,
+                                                       "options": [], "name": "warm-up"})
+            wait_until(lambda: driver.execute_script("return window.povfarm.state()")["drained"] and
+                       driver.execute_script("return window.povfarm.state()")["job"] == warm_id, 300, "the warm-up job")
+            time.sleep(3)                     # both viewers show it and follow the farm
             page = canvas_box(driver)
             # The pygame window: the image (scaled to fit, centred) above a status bar of about 46 pixels.
             window = max(480, args.width), max(270 - 46, args.height)
