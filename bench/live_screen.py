@@ -106,89 +106,52 @@ def measure(shots: list[tuple[float, dict[str, str]]], name: str) -> dict:
             "longest_still_s": max(b - a for a, b in zip(marks, marks[1:]))}
 
 
-def main() -> int:
-    parser = scene_arguments(__doc__)
-    parser.add_argument("--save", type=Path, default=ROOT / "bench" / "results" / "live_screen.json")
-    args = parser.parse_args()
-    args.option = args.option or ["+A0.3"]
-    scene = SCENES / args.scene
+def warm_up(farm: Farm, driver, spec: dict, tmp: Path, size: tuple[int, int]) -> dict[str, tuple]:
+    """A quick job of the same size first: both viewers size their image for it, as for the job measured.
+    Returns the three image areas on the screen."""
+    warm = tmp / "warm" / "warm.pov"
+    warm.parent.mkdir()
+    warm.write_text("camera { location <0, 0, -3> look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    warm_id = farm.submit.call("jobs.submit", {**spec, "bundle": upload(farm.submit, warm), "scene": warm.name,
+                                               "options": [], "name": "warm-up"})
+
+    def shown() -> bool:
+        state = driver.execute_script("return window.povfarm.state()")
+        return state["drained"] and state["job"] == warm_id
+    wait_until(shown, 300, "the warm-up job")
+    time.sleep(3)                     # both viewers show it and follow the farm
+    # The pygame window: the image (scaled to fit, centred) above a status bar of about 46 pixels.
+    window = max(480, size[0]), max(270 - 46, size[1])
+    return {"povray": (*POVRAY_AT, POVRAY_AT[0] + size[0], POVRAY_AT[1] + size[1]),
+            "pygame": (*VIEWER_AT, VIEWER_AT[0] + window[0], VIEWER_AT[1] + window[1] - 4),
+            "page": canvas_box(driver)}
+
+
+def capture(farm: Farm, povray: subprocess.Popen, job_id: int, boxes: dict, start: float, save: Path) -> dict:
+    """Capture the screen every EVERY seconds until POV-Ray and the farm's job have ended, and measure."""
     from PIL import ImageGrab
 
-    started: list[subprocess.Popen] = []
-    xvfb = subprocess.Popen(["Xvfb", DISPLAY, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started.append(xvfb)
-    os.environ["DISPLAY"] = DISPLAY
-    driver = farm = None
-    result: dict = {"scene": args.scene, "size": [args.width, args.height], "options": args.option,
-                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg_before": os.getloadavg()}
-    with tempfile.TemporaryDirectory(prefix="povfarm-screen-") as tmp:
-        try:
-            wait_until(lambda: _screen_up(ImageGrab), 30, "the X server")
-            farm = Farm(Path(tmp), 2, [["--machine", "boxA", "--threads", "1"],
-                                       ["--machine", "boxB", "--threads", "1"]])
-            env = dict(os.environ, SDL_VIDEO_WINDOW_POS=f"{VIEWER_AT[0]},{VIEWER_AT[1]}",
-                       PYTHONPATH=str(ROOT))
-            started.append(subprocess.Popen([sys.executable, "-c", VIEWER, farm.url, farm.tokens["view"]], env=env,
-                                            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            driver = start_page(farm.url, farm.tokens["view"], (SCREEN[0] - PAGE_AT[0], SCREEN[1]),
-                                Path(tmp) / "profile")
-            spec = {"bundle": upload(farm.submit, scene), "scene": scene.name, "width": args.width,
-                    "height": args.height, "options": args.option, "name": "screen"}
-            # A quick job of the same size first: both viewers size their image for it, as for the job measured.
-            warm = Path(tmp) / "warm" / "warm.pov"
-            warm.parent.mkdir()
-            warm.write_text("camera { location <0, 0, -3> look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n")
-            warm_id = farm.submit.call("jobs.submit", {**spec, "bundle": upload(farm.submit, warm), "scene": warm.name,
-                                                       "options": [], "name": "warm-up"})
-            wait_until(lambda: driver.execute_script("return window.povfarm.state()")["drained"] and
-                       driver.execute_script("return window.povfarm.state()")["job"] == warm_id, 300, "the warm-up job")
-            time.sleep(3)                     # both viewers show it and follow the farm
-            page = canvas_box(driver)
-            # The pygame window: the image (scaled to fit, centred) above a status bar of about 46 pixels.
-            window = max(480, args.width), max(270 - 46, args.height)
-            boxes = {"povray": (*POVRAY_AT, POVRAY_AT[0] + args.width, POVRAY_AT[1] + args.height),
-                     "pygame": (*VIEWER_AT, VIEWER_AT[0] + window[0], VIEWER_AT[1] + window[1] - 4),
-                     "page": page}
-            start = time.monotonic()
-            povray = subprocess.Popen(["povray", f"+I{scene.name}", f"+W{args.width}", f"+H{args.height}",
-                                       *args.option, "+D", "-P", "+WT2", f"+O{Path(tmp) / 'native.png'}"],
-                                      cwd=scene.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            started.append(povray)
-            job_id = farm.submit.call("jobs.submit", spec)
-            shots: list[tuple[float, dict[str, str]]] = []
-            povray_ended = farm_ended = None
-            while time.monotonic() - start < 1800:
-                at = time.monotonic() - start
-                screen = ImageGrab.grab(xdisplay=DISPLAY)
-                shots.append((at, {name: hashlib.sha1(screen.crop(box).tobytes()).hexdigest()
-                                   for name, box in boxes.items()}))
-                if povray_ended is None and povray.poll() is not None:
-                    povray_ended = at
-                if farm_ended is None and farm.submit.call("jobs.status", job_id)["state"] in ENDED:
-                    farm_ended = at
-                if povray_ended is not None and farm_ended is not None and at > max(povray_ended, farm_ended) + 3:
-                    break
-                time.sleep(max(0.0, start + at + EVERY - time.monotonic()))
-            screen.save(Path(args.save).with_suffix(".png"))
-            result.update({"povray_s": povray_ended, "farm_s": farm_ended, "captures": len(shots),
-                           "boxes": boxes, "loadavg_after": os.getloadavg()})
-            # POV-Ray's window closes when it ends: what it showed is measured up to then.
-            result["povray"] = measure([s for s in shots if s[0] < povray_ended], "povray")
-            result["pygame"] = measure(shots, "pygame")
-            result["page"] = measure(shots, "page")
-        finally:
-            if driver is not None:
-                driver.quit()
-            if farm is not None:
-                farm.stop()
-            for process in reversed(started):
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    shots: list[tuple[float, dict[str, str]]] = []
+    povray_ended = farm_ended = None
+    while time.monotonic() - start < 1800:
+        at = time.monotonic() - start
+        screen = ImageGrab.grab(xdisplay=DISPLAY)
+        shots.append((at, {name: hashlib.sha1(screen.crop(box).tobytes()).hexdigest() for name, box in boxes.items()}))
+        if povray_ended is None and povray.poll() is not None:
+            povray_ended = at
+        if farm_ended is None and farm.submit.call("jobs.status", job_id)["state"] in ENDED:
+            farm_ended = at
+        if povray_ended is not None and farm_ended is not None and at > max(povray_ended, farm_ended) + 3:
+            break
+        time.sleep(max(0.0, start + at + EVERY - time.monotonic()))
+    screen.save(save.with_suffix(".png"))
+    # POV-Ray's window closes when it ends: what it showed is measured up to then.
+    return {"povray_s": povray_ended, "farm_s": farm_ended, "captures": len(shots), "boxes": boxes,
+            "povray": measure([shot for shot in shots if shot[0] < povray_ended], "povray"),
+            "pygame": measure(shots, "pygame"), "page": measure(shots, "page")}
+
+
+def report(args, result: dict) -> None:
     ref = result["povray"]
     print(f"\n{args.scene} {args.width}x{args.height} {' '.join(args.option)}: povray +WT2 {result['povray_s']:.1f} s, "
           f"the farm (boxA + boxB, 1 thread each) {result['farm_s']:.1f} s; load {result['loadavg_before'][0]:.1f} "
@@ -204,6 +167,59 @@ def main() -> int:
         often = mine["changes"] >= ref["changes"] / 2
         still = mine["longest_still_s"] is not None and mine["longest_still_s"] <= 3 * ref["longest_still_s"]
         print(f"{name}: changes >= half of POV-Ray's: {often}; longest still <= 3x POV-Ray's: {still}")
+
+
+def stop(started: list[subprocess.Popen]) -> None:
+    for process in reversed(started):
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main() -> int:
+    parser = scene_arguments(__doc__)
+    parser.add_argument("--save", type=Path, default=ROOT / "bench" / "results" / "live_screen.json")
+    args = parser.parse_args()
+    args.option = args.option or ["+A0.3"]
+    scene = SCENES / args.scene
+    from PIL import ImageGrab
+
+    started = [subprocess.Popen(["Xvfb", DISPLAY, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    os.environ["DISPLAY"] = DISPLAY
+    driver = farm = None
+    result: dict = {"scene": args.scene, "size": [args.width, args.height], "options": args.option,
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg_before": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="povfarm-screen-") as tmp:
+        try:
+            wait_until(lambda: _screen_up(ImageGrab), 30, "the X server")
+            farm = Farm(Path(tmp), 2, [["--machine", "boxA", "--threads", "1"],
+                                       ["--machine", "boxB", "--threads", "1"]])
+            env = dict(os.environ, SDL_VIDEO_WINDOW_POS=f"{VIEWER_AT[0]},{VIEWER_AT[1]}", PYTHONPATH=str(ROOT))
+            started.append(subprocess.Popen([sys.executable, "-c", VIEWER, farm.url, farm.tokens["view"]], env=env,
+                                            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            driver = start_page(farm.url, farm.tokens["view"], (SCREEN[0] - PAGE_AT[0], SCREEN[1]),
+                                Path(tmp) / "profile")
+            spec = {"bundle": upload(farm.submit, scene), "scene": scene.name, "width": args.width,
+                    "height": args.height, "options": args.option, "name": "screen"}
+            boxes = warm_up(farm, driver, spec, Path(tmp), (args.width, args.height))
+            start = time.monotonic()
+            povray = subprocess.Popen(["povray", f"+I{scene.name}", f"+W{args.width}", f"+H{args.height}",
+                                       *args.option, "+D", "-P", "+WT2", f"+O{Path(tmp) / 'native.png'}"],
+                                      cwd=scene.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            started.append(povray)
+            result.update(capture(farm, povray, farm.submit.call("jobs.submit", spec), boxes, start, args.save))
+            result["loadavg_after"] = os.getloadavg()
+        finally:
+            if driver is not None:
+                driver.quit()
+            if farm is not None:
+                farm.stop()
+            stop(started)
+    report(args, result)
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps(result, indent=2) + "\n")
     return 0
