@@ -172,6 +172,9 @@ def main() -> int:
         finally:
             farm.stop()
     watched, unwatched = result["watched"], result["unwatched"]
+    if not watched:                       # --rounds 0: the animation alone
+        args.save.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     medians = {key: statistics.median(run[key] for run in watched) for key in (
         "wall_s", "first_pixels_s", "moments", "longest_stretch_share")}
     medians["unwatched_wall_s"] = statistics.median(run["wall_s"] for run in unwatched)

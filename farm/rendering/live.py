@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STATE_SUFFIX = ".pov-state"
 READ_EVERY = 0.3             # seconds between two reads of the state file
+FIRST_READ_EVERY = 0.05      # ... until its first blocks are found: the first pixels come as soon as they can
 QUEUE_BYTES = 512 * 1024     # bytes of blocks waiting to go up, per node
 UPLINK_SHARE = 0.25          # of the node's measured upload rate, at most, for live blocks
 BLOCKS_PER_CALL = 256        # nodes.live takes at most this many
@@ -278,21 +279,24 @@ class LiveSender:
 
 
 class LiveWatch:
-    """The runner's check while POV-Ray renders a watched unit: every READ_EVERY seconds the state file's
-    new blocks go to the sender, then the lease's own watch says whether to stop."""
+    """The runner's check while POV-Ray renders a watched unit: every READ_EVERY seconds (FIRST_READ_EVERY
+    until the first blocks are found) the state file's new blocks go to the sender, then the lease's own
+    watch says whether to stop."""
 
     def __init__(self, lease: str, watch: Callable[[], bool], reader: StateFileReader | FramesReader,
                  sender: LiveSender, clock: Callable[[], float] = time.monotonic):
         self.lease, self.watch, self.reader, self.sender, self.clock = lease, watch, reader, sender, clock
         self._last = clock()
+        self._found = False
 
     def __call__(self) -> bool:
         now = self.clock()
-        if now - self._last >= READ_EVERY and self.sender.wanted(self.lease):
+        if now - self._last >= (READ_EVERY if self._found else FIRST_READ_EVERY) and self.sender.wanted(self.lease):
             self._last = now
             if self.sender.rewound(self.lease):
                 self.reader.rewind()
             blocks = self.reader()
             if blocks:
+                self._found = True
                 self.sender.offer(self.lease, blocks)
         return self.watch()

@@ -31,7 +31,7 @@ from farm.images.raster import row_size
 from farm.kinds import PRETRACE
 from farm.options import check_libraries, without_antialiasing
 from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
-from farm.rendering.live import READ_EVERY
+from farm.rendering.live import FIRST_READ_EVERY, READ_EVERY
 from farm.rendering.task import RenderOutcome, Task
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class UnitRenderer:
         # as often as their render state file is read, for whenever a viewer watches.
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
-                             check_every=0.1 if pretrace is not None else READ_EVERY)
+                             check_every=0.1 if pretrace is not None else FIRST_READ_EVERY if task.live else READ_EVERY)
         result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
         if self.flavour == povray.PVENGINE:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
