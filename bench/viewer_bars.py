@@ -67,7 +67,8 @@ def wait_until(predicate, timeout: float, what: str):
 class Farm:
     """A controller and `nodes` node processes on loopback, in a temporary folder."""
 
-    def __init__(self, tmp: Path, nodes: int):
+    def __init__(self, tmp: Path, nodes: int, node_args: list[list[str]] | None = None):
+        """`node_args`: more flags for each node (e.g. --machine, --threads)."""
         self.tmp, port = tmp, free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if k not in ("POVFARM_TOKEN", "POVFARM_CONFIG")}
@@ -84,7 +85,8 @@ class Farm:
         for i in range(nodes):
             self.processes.append(subprocess.Popen(
                 [*python, "node", "--controller", self.url, "--token-file", str(tokens), "--name", f"bars-{i + 1}",
-                 "--work-dir", str(tmp / f"node-{i + 1}")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                 "--work-dir", str(tmp / f"node-{i + 1}"), *(node_args[i] if node_args else [])], cwd=ROOT, env=env,
+                stdout=subprocess.DEVNULL,
                 stderr=log))
         wait_until(lambda: len(self.submit.call("nodes.list")) >= nodes, 60, "the nodes to register")
 
@@ -176,12 +178,18 @@ def one_run(farm: Farm, digest: str, scene: Path, args, variant: str) -> dict:
                            if u["kind"] == "rows"]}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def scene_arguments(doc: str) -> argparse.ArgumentParser:
+    """A bench's parser with the scene, its size and POV-Ray options (chess2 640x480 +A0.3 by default)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scene", default="advanced/chess2.pov", help="a scene under " + str(SCENES))
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--option", action="append", help="POV-Ray option (default +A0.3)")
+    return parser
+
+
+def main() -> int:
+    parser = scene_arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--save", type=Path, default=ROOT / "bench" / "results" / "viewer_bars.json")

@@ -35,9 +35,9 @@ from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
 from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
-from farm.rendering.live import STATE_SUFFIX, LiveSender, LiveWatch, StateFileReader
+from farm.rendering.live import STATE_SUFFIX, FramesReader, LiveSender, LiveWatch, StateFileReader
 from farm.hostos import HOST
-from farm.kinds import PREVIEW
+from farm.kinds import PREVIEW, ROWS
 from farm.rendering.probe import probe_povray
 from farm.rendering.render import UnitRenderer, output_path
 from farm.retry import RETRY_CEILING, grow
@@ -98,7 +98,8 @@ class Node:
         self.uploads = Uploads(max(1, config.slots), deliver=lambda lease, outcome: self.delivery.complete(
             lease, outcome, False), before=self._preview_first, heartbeat=heartbeat, clock=clock,
             beat_interval=self.beat_interval)
-        self.beats = Beats(heartbeat, clock, self.beat_interval, self.uploads.pending, self.uploads.renewed)
+        self.beats = Beats(self._heartbeat(heartbeat), clock, self.beat_interval, self.uploads.pending,
+                           self.uploads.renewed)
         meter = getattr(client, "uploads", None)
         self.live_sender = LiveSender(lambda lease, blocks: client.call("nodes.live", self.node_id, lease, blocks),
                                       meter.bytes_per_second if meter is not None else (lambda: 0.0))
@@ -137,22 +138,33 @@ class Node:
 
     def lease_watch(self, lease: str, log_path: Path, when_tracing: Callable[[Path], None] | None = None,
                     task: Task | None = None) -> Callable[[], bool]:
-        """What the runner calls while POV-Ray works on `lease`: True when it must stop. For a unit a viewer
-        watches, it also sends the render state file's new blocks up (farm/rendering/live.py)."""
+        """What the runner calls while POV-Ray works on `lease`: True when it must stop. For rows a viewer
+        watches (now, or from a later heartbeat on), it also sends the render state file's new blocks up
+        (farm/rendering/live.py)."""
         watch = LeaseWatch(lease, log_path, self.beats.report, self.clock, self.beat_interval, self.aborting,
                            when_tracing)
-        if task is None or not task.live or LIVE_BLOCKS not in self.features:
+        if task is None or task.kind != ROWS or LIVE_BLOCKS not in self.features:
             return self._ahead_of(task, log_path, watch)
-        self.live_sender.forget(lease)
-        strip_dir = log_path.parent
-        reader = StateFileReader(output_path(task, strip_dir).with_suffix(STATE_SUFFIX), log_path,
-                                 strip_dir / "scene" / task.scene, task.frame)
+        self.live_sender.start(lease, task.live)
+        strip_dir, output = log_path.parent, output_path(task, log_path.parent)
+        scene = strip_dir / "scene" / task.scene
+        reader = FramesReader(output, log_path, scene, task.frames) if task.animation else \
+            StateFileReader(output.with_suffix(STATE_SUFFIX), log_path, scene, task.frame)
         return self._ahead_of(task, log_path, LiveWatch(lease, watch, reader, self.live_sender, self.clock))
 
     def _ahead_of(self, task: Task | None, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:
         """The watch, asking for the slot's next unit as this one nears its end (farm/rendering/ahead.py)."""
         ahead = getattr(self._slot, "ahead", None)
         return watch if ahead is None or task is None else ahead.watching(task, log_path, watch)
+
+    def _heartbeat(self, call: Callable[[dict], dict]) -> Callable[[dict], dict]:
+        """The heartbeat call, its reply's `live` (the leases a viewer watches now) heard by the live sender."""
+        def beat(progress: dict[str, float]) -> dict[str, Any]:
+            reply = call(progress)
+            if isinstance(reply.get("live"), list):
+                self.live_sender.heard(progress, reply["live"])
+            return reply
+        return beat
 
     def slow_link(self) -> bool:
         """Whether the node's last large request went up slower than slow_uplink_bps."""

@@ -68,7 +68,7 @@ def test_heartbeat_renews_the_lease(stepped, scene):
     task = stepped.call("nodes.poll", n)
     for _ in range(5):
         stepped.clock_.now += 20
-        assert stepped.call("nodes.heartbeat", n, {task["lease"]: 0.5}) == {"stop": []}
+        assert stepped.call("nodes.heartbeat", n, {task["lease"]: 0.5}) == {"stop": [], "live": []}
         stepped.tick()
     assert stepped.call("jobs.status", 1)["strips"][0]["progress"] == 0.5
     stepped.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
@@ -133,7 +133,7 @@ def test_cancel_tells_the_node_to_stop(stepped, scene):
     n = register_node(stepped)
     task = stepped.call("nodes.poll", n)
     stepped.call("jobs.cancel", job)
-    assert stepped.call("nodes.heartbeat", n, {task["lease"]: 0.1}) == {"stop": [task["lease"]]}
+    assert stepped.call("nodes.heartbeat", n, {task["lease"]: 0.1}) == {"stop": [task["lease"]], "live": []}
     with pytest.raises(FarmError) as err:
         stepped.call("nodes.complete", n, task["lease"], rows_for(task), 1.0)
     assert err.value.code is Code.STALE_LEASE
@@ -677,7 +677,8 @@ def test_a_node_reports_its_upload_rate_with_its_heartbeat_and_nodes_list_shows_
     n = register_node(stepped)
     task = stepped.call("nodes.poll", n)
     assert stepped.call("nodes.list")[0]["upload_bps"] == 0.0
-    assert stepped.call("nodes.heartbeat", n, {task["lease"]: 0.5}, {"upload_bps": 125000.0}) == {"stop": []}
+    assert stepped.call("nodes.heartbeat", n, {task["lease"]: 0.5}, {"upload_bps": 125000.0}) == {
+        "stop": [], "live": []}
     assert stepped.call("nodes.list")[0]["upload_bps"] == 125000.0
     stepped.call("nodes.heartbeat", n, {task["lease"]: 0.6})                 # without stats: kept as it was
     assert stepped.call("nodes.list")[0]["upload_bps"] == 125000.0

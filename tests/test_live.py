@@ -3,6 +3,7 @@ controller to viewers, before its final rows; they are never the image."""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 import zlib
@@ -15,8 +16,12 @@ from farm.rendering.gamma import Encoding
 from farm.rendering.live import LiveSender, StateFileReader, scene_gamma
 from farm.rendering.statefile import read_blocks
 from farm.service.live import LiveBlocks
+from farm.viewing import frames
+from farm.viewing.state import ViewerState
 from tests.harness import SCENES, assert_same_pixels, native_render, submit, wait_until
 from tests.test_statefile import state_file
+
+CLOCKD = SCENES / "animations/clockd/clockd.pov"
 
 
 @pytest.mark.parametrize("stderr, text, expected", [
@@ -62,6 +67,24 @@ def test_the_controller_keeps_blocks_of_units_in_flight_and_forgets_them_with_th
     assert live.after(1, 0) == (3, [block])
     now[0] = 31.0                                         # "b" went silent: its lease expired
     assert live.after(1, 0) == (3, [])
+
+
+def test_a_block_sent_again_replaces_the_one_kept():
+    live = LiveBlocks(stale_after=30.0, clock=lambda: 0.0)
+    first, again = ({"frame": 1, "left": 0, "top": 0, "right": 1, "bottom": 1, "rows": rows} for rows in (b"a", b"b"))
+    live.add(1, "a", [first])
+    live.add(1, "a", [again])
+    assert live.after(1, 0) == (2, [again])
+
+
+def test_the_sender_hears_from_heartbeats_which_leases_are_watched_and_rewinds_one_watched_again():
+    sender = LiveSender(lambda lease, blocks: {"live": True}, lambda: 0.0)
+    sender.start("a", False)
+    sender.start("b", True)
+    assert not sender.wanted("a") and sender.wanted("b")
+    sender.heard(["a", "b", "gone"], ["a"])
+    assert sender.wanted("a") and not sender.wanted("b")
+    assert sender.rewound("a") and not sender.rewound("a") and not sender.rewound("b")
 
 
 def test_the_sender_never_waits_and_stops_when_the_job_is_no_longer_watched():
@@ -130,3 +153,76 @@ def test_a_viewer_watching_before_the_submit_gets_live_blocks_before_the_first_f
         expected, got = rgb.crop(box).tobytes(), zlib.decompress(block["rows"].data)
         differences += [abs(a - b) for a, b in zip(expected, got)]
     assert sum(differences) / len(differences) < 1.0
+
+
+def test_a_viewer_that_joins_late_gets_the_blocks_already_rendered_of_the_unit_in_flight(farm, monkeypatch):
+    """No viewer when the unit is leased (its task says unwatched); one joins at a third of it: the next
+    heartbeat's reply tells the node, which sends the strip's blocks from its first, before its final rows."""
+    monkeypatch.setenv("POVFARM_HEARTBEAT_INTERVAL", "0.5")
+    farm.start_controller()
+    farm.start_node("n1")
+    wait_until(lambda: farm.client.call("nodes.list"), what="the node")
+    job_id = submit(farm.client, SCENES / "advanced/chess2.pov", width=256, height=192, strips=2,
+                    options=["+A0.3"], preview=False)
+
+    def rendering():
+        strips = [s for s in farm.client.call("jobs.status", job_id)["strips"] if s["state"] == "leased"]
+        return strips[0] if strips and strips[0]["progress"] >= 0.3 else None
+    unit = wait_until(rendering, what="a third of the first strip rendered unwatched")
+    viewer = farm.client_as("view")
+    cursor, live_cursor, tops = 0, 0, set()
+    while True:
+        reply = viewer.call("viewer.watch", job_id, cursor, 10.0, live_cursor)
+        cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+        tops |= {block["top"] for block in reply["live"] if block["frame"] == unit["frame"]}
+        if any(strip["row_start"] == unit["row_start"] for strip in reply["strips"]):
+            break
+        assert reply["job"]["state"] not in ("done", "failed", "canceled"), reply["job"]
+    assert unit["row_start"] in tops, (unit, sorted(tops))     # its first blocks, rendered before the viewer came
+
+
+def test_an_animation_paints_the_frame_being_rendered_live_and_its_run_s_finished_frames_can_be_stepped(farm):
+    """clockd, 6 frames in two runs of 3 on one node, followed from before the submit: the frame being
+    rendered comes block by block, and the run's frames it moved past come whole, before the run's final
+    rows; a viewer's state always shows a frame with pixels and steps back to the finished ones."""
+    farm.start_controller()
+    farm.start_node("n1")
+    viewer = farm.client_as("view")
+    wait_until(lambda: farm.client.call("nodes.list"), what="the node")
+    width, height = 240, 180
+    reply = viewer.call("viewer.watch", 0, 0, 0.0, 0)
+    cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+    job_id = submit(farm.client, CLOCKD, width=width, height=height, strips="auto", options=["+A0.3"],
+                    animation={"first": 1, "last": 6, "initial_clock": 0.0, "final_clock": 1.0, "cyclic": True})
+    state = ViewerState(job_id)
+    whole, partial, rows_seen, empty_shown, stepped = {}, set(), set(), [], []
+    while True:
+        reply = viewer.call("viewer.watch", job_id, cursor, 10.0, live_cursor)
+        cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+        for block in reply["live"]:
+            if (block["top"], block["bottom"], block["right"]) == (0, height - 1, width - 1):
+                whole.setdefault(block["frame"], (zlib.decompress(block["rows"].data), set(rows_seen)))
+            else:
+                partial.add(block["frame"])
+        rows_seen |= {strip["frame"] for strip in reply["strips"]}
+        state.handle(("feed", state.session, reply))
+        if any(canvas.has_pixels for canvas in state.frames.values()) and not state.canvas().has_pixels:
+            empty_shown.append(state.frame)
+        if reply["live"] and len([f for f, c in state.frames.items() if c.has_pixels]) > 1 and not stepped:
+            newest = state.frame
+            state.navigate(frames.PREVIOUS)
+            stepped.append((newest, state.frame, state.canvas().has_pixels))
+            state.navigate(frames.FOLLOW)
+        if reply["job"].get("state") in ("done", "failed", "canceled"):
+            break
+    assert reply["job"]["state"] == "done", reply["job"]
+    assert partial, "no frame was painted block by block"
+    assert not empty_shown, empty_shown
+    assert stepped and stepped[0][1] < stepped[0][0] and stepped[0][2], stepped
+    # Frames 1, 2, 4 and 5 came whole before their run's final rows; they are the final frames' pixels.
+    assert set(whole) == {1, 2, 4, 5}, sorted(whole)
+    for frame in whole:
+        pixels, rows_before = whole[frame]
+        assert frame not in rows_before
+        with Image.open(io.BytesIO(farm.client.call("jobs.fetch", job_id, frame).data)) as image:
+            assert image.convert("RGB").tobytes() == pixels

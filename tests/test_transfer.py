@@ -179,7 +179,7 @@ def test_small_bodies_go_gzipped_and_a_nodes_frequent_calls_ask_for_no_gzip_back
     writes = _recorded(client)
     node_id = client.call("nodes.register", "gz", {"povray": "3.7", "slots": 1, "host": "box " * 100})["node_id"]
     assert client.call("nodes.heartbeat", node_id, {"1.1.aabbccddeeff": 0.5, "2.1.aabbccddeeff": 0.25}) == {
-        "stop": ["1.1.aabbccddeeff", "2.1.aabbccddeeff"]}
+        "stop": ["1.1.aabbccddeeff", "2.1.aabbccddeeff"], "live": []}
     register, heartbeat = writes
     assert b"Content-Encoding: gzip" in register and b"Accept-Encoding: gzip" in register
     assert b"Content-Encoding: gzip" in heartbeat and b"Accept-Encoding" not in heartbeat

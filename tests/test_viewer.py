@@ -19,6 +19,7 @@ from farm.client import Client
 from farm.images.png import decode_png
 from farm.images.raster import row_size
 from farm.rows import FILTERED, encode_rows
+from farm.viewing import frames
 from farm.viewing.canvas import CHECKER, TRANSPARENT, UNRENDERED, Canvas, checker
 from farm.viewing.feed import Feed
 from farm.viewing.state import ViewerState
@@ -352,20 +353,46 @@ def test_an_outage_is_said_once_each_way_and_ends_the_viewer_only_after_its_pati
     assert said[1:] == ["reconnected to the controller at http://x:1 after 60 s"] and not state.gave_up
 
 
-def test_an_animation_shows_the_frame_being_rendered():
-    state = ViewerState(1)
-    job = job_info(frames_total=3, height=8)
+def test_an_animation_shows_the_newest_frame_with_pixels_and_its_finished_frames_step_and_play():
+    clock = Clock()
+    state = ViewerState(1, clock=clock)
+    job = job_info(frames_total=3, height=8, first_frame=1)
     first = {"frame": 1, "row_start": 0, "row_end": 8, "node": "a", "progress": 0.5}
     second = {"frame": 2, "row_start": 0, "row_end": 8, "node": "b", "progress": 0.1}
     state.handle(("feed", 1, reply(job, in_flight=[second, first])))
     assert state.frame == 1 and [s["node"] for s in state.shown_in_flight()] == ["a"]
     state.handle(("feed", 1, reply(dict(job, frames_done=1), [strip(fill(16, 8, 1), 0, 8, frame=1)],
                                    in_flight=[second])))
-    assert state.frame == 2 and set(state.frames) == {2}      # frame 1 is done and off screen
-    assert "frame 2 (1/3 frames done)" in state.status_lines()[0]
+    assert state.frame == 1            # frame 2 has no pixels yet: never an empty frame
+    job["frames_done"] = 1
+    state.handle(("feed", 1, dict(reply(job, in_flight=[second]), live=[live_block(0, 0, 15, 3, 9, frame=2)])))
+    assert state.frame == 2 and "frame 2 (1/3 frames done)" in state.status_lines()[0]
+    state.navigate(frames.PREVIOUS)
+    assert state.frame == 1 and state.canvas().raster().pixels == fill(16, 8, 1)     # kept for stepping
+    assert "stepped" in state.status_lines()[0]
+    state.handle(("feed", 1, dict(reply(job), live=[live_block(0, 0, 15, 3, 7, frame=3)])))
+    assert state.frame == 1            # stepped: new pixels elsewhere do not move it
+    state.navigate(frames.PLAY)
+    shown = []
+    for _ in range(4):
+        clock.now += frames.PLAY_EVERY
+        state.navigate("")
+        shown.append(state.frame)
+    assert shown == [2, 3, 1, 2] and "playing" in state.status_lines()[0]
+    state.navigate(frames.FOLLOW)
+    assert state.frame == 3
     state.handle(("feed", 1, reply(dict(job, frames_done=2), [strip(fill(16, 8, 2), 0, 8, frame=2)])))
-    assert state.frame == 2 and state.canvas().raster().pixels == fill(16, 8, 2)
+    assert state.frame == 3 and set(state.frames) == {1, 2, 3}
     assert [f for f, _, _ in state.received] == [1, 2]
+
+
+def test_frames_beyond_the_memory_budget_are_forgotten_lowest_first_never_the_one_shown():
+    class Frame:
+        def __init__(self, has_pixels):
+            self.has_pixels, self.size = has_pixels, 10
+    held = {1: Frame(True), 2: Frame(True), 3: Frame(False), 4: Frame(True), 5: Frame(False)}
+    assert frames.to_forget(held, shown=5, budget=30) == [3, 1]
+    assert frames.to_forget(held, shown=1, budget=20) == [3, 5, 2]
 
 
 # -- the feed against a real controller ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ from farm.faults import Code
 from farm.images.png import decode_png
 from farm.images.raster import Raster
 from farm.images.scanlines import filter_rows
-from harness import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli, wait_until
+from harness import EXAMPLE, SCENES, assert_same_pixels, native_render, needs_povray, run_cli, submit, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -415,6 +415,47 @@ def test_an_animation_steps_through_its_frames_and_downloads_as_an_animated_png(
         for index, frame in enumerate(frames):
             animation.seek(index)
             assert animation.convert("RGB").tobytes() == frame.pixels, f"frame {index + 1}"
+
+
+@needs_browser
+@needs_povray
+def test_an_animation_shows_its_newest_frame_with_pixels_live_and_plays_its_finished_frames_while_it_runs(
+        browser, farm):
+    """clockd, 6 frames in two runs of 3 on one node, the page open from before the submit."""
+    farm.start_controller()
+    farm.start_node("n1")
+    page = Page(browser, farm)
+    page.sign_in(token(farm, "view"))
+    page.wait(lambda: page.state()["role"] == "view", what="signed in")
+    job_id = submit(farm.client, SCENES / "animations/clockd/clockd.pov", width=240, height=180, strips="auto",
+                    options=["+A0.3"],
+                    animation={"first": 1, "last": 6, "initial_clock": 0.0, "final_clock": 1.0, "cyclic": True})
+    seen = []
+
+    def stepped_while_running():
+        state = page.state()
+        seen.append(state)
+        return state["job"] == job_id and len(state["framesWithPixels"]) >= 2 and state["jobState"] == "rendering"
+    page.wait(stepped_while_running, timeout=90, what="two frames with pixels while the job runs")
+    newest = page.state()["frame"]
+    page.el("frame-prev").click()
+    assert page.state()["frame"] < newest and page.state()["pixels"]
+    page.el("frame-play").click()
+    played = set()
+    page.wait(lambda: played.add(page.state()["frame"]) or len(played) >= 2, what="the frames playing")
+    assert page.state()["playing"]
+    page.el("frame-follow").click()
+    assert not page.state()["playing"]
+
+    def ended():
+        state = page.state()
+        seen.append(state)
+        return state["drained"] and state["jobState"] == "done"
+    page.wait(ended, timeout=90, what="the job's end")
+    shown = [state for state in seen if state["job"] == job_id and state["framesWithPixels"]]
+    assert all(state["pixels"] for state in shown), [s for s in shown if not s["pixels"]][:3]   # never empty
+    assert any(state["rows"] == 0 for state in shown)      # live blocks before any final rows of the frame
+    assert page.state()["frame"] == 6
 
 
 @needs_browser

@@ -99,7 +99,7 @@ class NodesAPI:
             "bundle": job.bundle, "scene": job.scene, "options": list(options), "channels": job.channels,
             "bits": job.bits, "time_limit": self._config.strip_timeout, "kind": unit.kind,
             "radiosity_cache": self._dispatch.loads_radiosity_cache(job, unit),
-            "live": unit.kind == ROWS and unit.frame == unit.frame_last and self._services.watched(job.id),
+            "live": unit.kind == ROWS and self._services.watched(job.id),
         }
 
     @rpc(NODE)
@@ -111,14 +111,19 @@ class NodesAPI:
             still on its way is reported at 1.0
         @param stats: struct (optional): upload_bps (float, bytes per second the node's large requests
             reached the controller at, lately; shown by nodes.list for schedulers and people)
-        @return: struct: stop ([str], leases the node must abandon: canceled, failed, expired, or not its own)
+        @return: struct: stop ([str], leases the node must abandon: canceled, failed, expired, or not its own),
+            live ([str], the leases rendering rows of a job a viewer watches now: send their finished blocks
+            with nodes.live, from the first, when the task said it was not watched)
         """
         progress = args.struct("progress", progress)
         checked = {args.text("lease", lease, MAX_ID_TEXT): args.number("progress", fraction, 0.0, 1.0)
                    for lease, fraction in progress.items()}
         stats = args.struct("stats", stats if stats is not None else {})
         upload = args.number("stats.upload_bps", stats["upload_bps"], 0.0, 1e12) if "upload_bps" in stats else None
-        return {"stop": self._dispatch.heartbeat(args.text("node_id", node_id, MAX_ID_TEXT), checked, upload)}
+        node_id = args.text("node_id", node_id, MAX_ID_TEXT)
+        stop = self._dispatch.heartbeat(node_id, checked, upload)
+        renewed = [lease for lease in checked if lease not in stop]
+        return {"stop": stop, "live": self._dispatch.watched_leases(node_id, renewed)}
 
     def _rows_limit(self, before: tuple) -> int:
         """The most bytes a result's rows may hold, from the node_id and lease before them: its unit's,

@@ -2,9 +2,15 @@
 
 `StateFileReader` reads the blocks POV-Ray appended to `<output>.pov-state` since the last read (an mmap,
 decoded from the last whole message: a message still being written waits for the next read) and encodes
-them as viewers paint them: 8-bit RGB rows, zlib. `LiveSender` sends them with `nodes.live` from a thread
-of its own, so the render never waits for the network: what is queued is bounded (blocks beyond it are
-dropped: the final rows replace them anyway) and so is the share of the node's measured uplink it uses.
+them as viewers paint them: 8-bit RGB rows, zlib. `FramesReader` does it for a run of animation frames:
+each frame has a state file of its own, and a frame the run has finished is sent whole from its image,
+since the run's rows go up only after its last frame. `LiveSender` sends them with `nodes.live` from a
+thread of its own, so the render never waits for the network: what is queued is bounded (blocks beyond it
+are dropped: the final rows replace them anyway) and so is the share of the node's measured uplink it uses.
+
+Whether a lease's blocks are wanted is the controller's word: the task's `live`, each `nodes.live` reply,
+and each heartbeat's reply (`live`: the leases a viewer watches now). A lease a viewer starts watching
+later is read again from its first block, so a viewer that joins late sees what is already rendered.
 
 The scene's working gamma is not in the state file. POV-Ray's stderr says when it is off ("assumed_gamma
 not specified, so gamma_correction is turned off": a scene of #version 3.6 or older) or 1.0 (a 3.7 scene
@@ -23,9 +29,12 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from farm.faults import FarmError
+from farm.images.png import decode_png
+from farm.images.ppm import decode_ppm
+from farm.images.raster import Raster
 from farm.rendering.gamma import Encoding, GammaSpec
 from farm.rendering.statefile import HEADER_SIZE, read_blocks
 from farm.wire import Binary
@@ -34,9 +43,11 @@ log = logging.getLogger(__name__)
 
 STATE_SUFFIX = ".pov-state"
 READ_EVERY = 0.3             # seconds between two reads of the state file
+FIRST_READ_EVERY = 0.05      # ... until its first blocks are found: the first pixels come as soon as they can
 QUEUE_BYTES = 512 * 1024     # bytes of blocks waiting to go up, per node
 UPLINK_SHARE = 0.25          # of the node's measured upload rate, at most, for live blocks
 BLOCKS_PER_CALL = 256        # nodes.live takes at most this many
+KEPT_LEASES = 64             # leases whose watched-or-not the sender remembers
 LEVEL = 6
 
 GAMMA_OFF = "assumed_gamma not specified, so gamma_correction is turned off"
@@ -93,6 +104,74 @@ class StateFileReader:
             self.encoding = Encoding(scene_gamma(_text(self.log_path), _text(self.scene_path)))
         return [encode_block(block, self.encoding, self.frame) for block in blocks]
 
+    def rewind(self) -> None:
+        """Read from the first block again (a viewer joined)."""
+        self.offset = 0
+
+
+class FramesReader:
+    """The new blocks of a run of animation frames, each call: the frame being rendered from its own state
+    file (`strip07.pov-state` beside `strip07.ppm`), and each frame the run has finished whole, from its
+    image, as one block (the run's final rows go up only with its last frame)."""
+
+    def __init__(self, output: Path, log_path: Path, scene_path: Path, frames: range):
+        self.output, self.log_path, self.scene_path, self.frames = output, log_path, scene_path, frames
+        self.current: StateFileReader | None = None
+        self.sent: set[int] = set()         # finished frames sent whole
+
+    def __call__(self) -> list[dict[str, Any]]:
+        states = _numbered(self.output.parent, self.output.stem, STATE_SUFFIX)
+        blocks: list[dict[str, Any]] = []
+        rendering = max((frame for frame in states if frame in self.frames), default=None)
+        if rendering is not None and (self.current is None or self.current.frame != rendering):
+            self.current = StateFileReader(states[rendering], self.log_path, self.scene_path, rendering)
+        if self.current is not None:
+            blocks += self.current()
+        # A frame's image is written when the frame ends (one that does not decode whole yet waits); the run's
+        # last frame goes up with its rows.
+        images = _numbered(self.output.parent, self.output.stem, self.output.suffix)
+        for frame in self.frames[:-1]:
+            if frame not in self.sent and frame in images and frame not in states:
+                blocks += self._whole(frame, images[frame])
+        return blocks
+
+    def _whole(self, frame: int, path: Path) -> list[dict[str, Any]]:
+        try:
+            data = path.read_bytes()
+            raster = decode_png(data) if path.suffix == ".png" else decode_ppm(data)
+        except (OSError, ValueError) as err:
+            log.debug("frame %s is not readable yet: %s", frame, err)
+            return []
+        self.sent.add(frame)
+        return [{"frame": frame, "left": 0, "top": 0, "right": raster.width - 1, "bottom": raster.height - 1,
+                 "rows": zlib.compress(rgb8(raster), LEVEL)}]
+
+    def rewind(self) -> None:
+        self.sent.clear()
+        if self.current is not None:
+            self.current.rewind()
+
+
+def _numbered(folder: Path, stem: str, suffix: str) -> dict[int, Path]:
+    """`<stem><N><suffix>` files in `folder` by N (POV-Ray numbers an animation's files by frame)."""
+    found = {}
+    for path in folder.glob(f"{stem}*{suffix}"):
+        number = path.name[len(stem):len(path.name) - len(suffix)]
+        if number.isdigit():
+            found[int(number)] = path
+    return found
+
+
+def rgb8(raster: Raster) -> bytes:
+    """The raster's pixels as 8-bit RGB (the high byte of 16-bit samples, alpha dropped)."""
+    pixels = raster.pixels if raster.bits == 8 else raster.pixels[0::2]
+    if raster.channels == 3:
+        return bytes(pixels)
+    out = bytearray(raster.width * raster.height * 3)
+    for channel in range(3):
+        out[channel::3] = pixels[channel::4]
+    return bytes(out)
+
 
 def _text(path: Path) -> str:
     try:
@@ -111,11 +190,43 @@ class LiveSender:
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._queued = 0
-        self._unwatched: set[str] = set()
+        self._watched: dict[str, bool] = {}     # the latest leases begun -> whether a viewer watches
+        self._rewind: set[str] = set()          # leases to read again from their first block
         self._thread: threading.Thread | None = None
 
+    def start(self, lease: str, watched: bool) -> None:
+        """A lease begins rendering, watched or not as its task says."""
+        with self._lock:
+            self._rewind.discard(lease)
+            self._note(lease, watched)
+
+    def _note(self, lease: str, watched: bool) -> None:
+        self._watched[lease] = watched
+        while len(self._watched) > KEPT_LEASES:
+            del self._watched[next(iter(self._watched))]
+
+    def heard(self, leases: Iterable[str], watched: Iterable[str]) -> None:
+        """A heartbeat's reply: of the `leases` it renewed, `watched` are watched now and the rest are not.
+        A lease watched again is read again from its first block."""
+        watched = set(watched)
+        with self._lock:
+            for lease in leases:
+                if lease in self._watched:
+                    if lease in watched and not self._watched[lease]:
+                        self._rewind.add(lease)
+                    self._watched[lease] = lease in watched
+
     def wanted(self, lease: str) -> bool:
-        return lease not in self._unwatched
+        with self._lock:
+            return self._watched.get(lease, True)
+
+    def rewound(self, lease: str) -> bool:
+        """Whether the lease is to be read again from its first block (said once)."""
+        with self._lock:
+            if lease not in self._rewind:
+                return False
+            self._rewind.discard(lease)
+            return True
 
     def offer(self, lease: str, blocks: list[dict[str, Any]]) -> None:
         """Queue a lease's new blocks; never waits (blocks over the bound are dropped)."""
@@ -133,9 +244,6 @@ class LiveSender:
             log.debug("live blocks: %s dropped, the queue is full", len(blocks) - len(kept))
         if kept:
             self._queue.put((lease, kept))
-
-    def forget(self, lease: str) -> None:
-        self._unwatched.discard(lease)
 
     def _run(self) -> None:
         while True:
@@ -158,7 +266,7 @@ class LiveSender:
                 time.sleep(max(0.0, size / (UPLINK_SHARE * rate) - (self._clock() - started)))
 
     def _call(self, lease: str, blocks: list[dict[str, Any]]) -> None:
-        if lease in self._unwatched:
+        if not self.wanted(lease):
             return
         try:
             reply = self._send(lease, [{**block, "rows": Binary(block["rows"])} for block in blocks])
@@ -166,23 +274,29 @@ class LiveSender:
             log.debug("live blocks of lease %s not sent: %s", lease, err)
             return
         if isinstance(reply, dict) and reply.get("live") is False:
-            self._unwatched.add(lease)
+            with self._lock:
+                self._note(lease, False)
 
 
 class LiveWatch:
-    """The runner's check while POV-Ray renders a watched unit: every READ_EVERY seconds the state file's
-    new blocks go to the sender, then the lease's own watch says whether to stop."""
+    """The runner's check while POV-Ray renders a watched unit: every READ_EVERY seconds (FIRST_READ_EVERY
+    until the first blocks are found) the state file's new blocks go to the sender, then the lease's own
+    watch says whether to stop."""
 
-    def __init__(self, lease: str, watch: Callable[[], bool], reader: StateFileReader, sender: LiveSender,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, lease: str, watch: Callable[[], bool], reader: StateFileReader | FramesReader,
+                 sender: LiveSender, clock: Callable[[], float] = time.monotonic):
         self.lease, self.watch, self.reader, self.sender, self.clock = lease, watch, reader, sender, clock
         self._last = clock()
+        self._found = False
 
     def __call__(self) -> bool:
         now = self.clock()
-        if now - self._last >= READ_EVERY and self.sender.wanted(self.lease):
+        if now - self._last >= (READ_EVERY if self._found else FIRST_READ_EVERY) and self.sender.wanted(self.lease):
             self._last = now
+            if self.sender.rewound(self.lease):
+                self.reader.rewind()
             blocks = self.reader()
             if blocks:
+                self._found = True
                 self.sender.offer(self.lease, blocks)
         return self.watch()

@@ -33,7 +33,7 @@ from farm.images.raster import row_size
 from farm.kinds import PRETRACE, ROWS
 from farm.options import check_libraries, without_antialiasing
 from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
-from farm.rendering.live import READ_EVERY
+from farm.rendering.live import FIRST_READ_EVERY, READ_EVERY
 from farm.rendering import written
 from farm.rendering.task import RenderOutcome, Task
 from farm.unitlog import UnitLog
@@ -154,11 +154,12 @@ class UnitRenderer:
         timeout = min(limits, default=0.0)
         command = self.sandbox.command(argv, strip_dir, scene.parent, povray.povray_env(), timeout,
                                        self.config.threads or os.cpu_count() or 1)
-        # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps.
+        # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps; rows
+        # as often as their render state file is read, for whenever a viewer watches.
         started = time.time()
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
-                             check_every=0.1 if pretrace is not None else READ_EVERY if task.live else 0.5)
+                             check_every=0.1 if pretrace is not None else FIRST_READ_EVERY if task.live else READ_EVERY)
         result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
         if self.flavour == povray.PVENGINE:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams

@@ -11,7 +11,7 @@ import functools
 import logging
 import statistics
 from collections import OrderedDict
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from farm import policy, radiosity
 from farm.config import Config
@@ -197,6 +197,15 @@ class Dispatcher:
         if unit.node != node_id or unit.state is not UnitState.LEASED:
             raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current")
         return unit
+
+    def watched_leases(self, node_id: str, tokens: Iterable[str]) -> list[str]:
+        """Those of the node's leases `tokens` that render rows of a job a viewer watches."""
+        found = []
+        for token in tokens:
+            unit = self._leased.get(token) or self._store.units.by_lease(token)
+            if unit is not None and unit.node == node_id and unit.kind == ROWS and self._watched(unit.job):
+                found.append(token)
+        return found
 
     def fail(self, node_id: str, token: str, error: str, scene_error: bool, run: UnitLog | None = None) -> None:
         """Record a unit's failure (the rules say whether it is retried or fails its job) and its run's log,

@@ -27,9 +27,12 @@ class LiveBlocks:
         self._leases: dict[str, tuple[int, float, list]] = {}      # lease -> (job, last added, [(seq, block)])
 
     def add(self, job_id: int, lease: str, blocks: list[dict[str, Any]]) -> None:
-        """Keep a lease's new blocks (structs: frame, left, top, right, bottom, rows: zlib bytes)."""
+        """Keep a lease's new blocks (structs: frame, left, top, right, bottom, rows: zlib bytes). A block sent
+        again (the node read its state file again for a viewer that joined) replaces the one kept."""
         with self._lock:
             _, _, kept = self._leases.get(lease, (job_id, 0.0, []))
+            fresh = {_place(block) for block in blocks}
+            kept = [(seq, block) for seq, block in kept if _place(block) not in fresh]
             for block in blocks:
                 self._seq[job_id] = seq = self._seq.get(job_id, 0) + 1
                 kept.append((seq, block))
@@ -56,3 +59,7 @@ class LiveBlocks:
         if not found:
             return last, []
         return found[-1][0], [block for _, block in found]
+
+
+def _place(block: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    return block["frame"], block["left"], block["top"], block["right"], block["bottom"]

@@ -41,6 +41,7 @@ class Canvas:
         self.raw = bytearray(self.row_bytes * height)
         self.display = bytearray(checker(width, height, channels))
         self._painted: list[list[int]] = []     # sorted, merged [start, end) row ranges
+        self.shown_live = False                 # a live block or a preview is on the screen buffer
 
     def paint(self, row_start: int, row_end: int, rows: bytes) -> None:
         """Put decoded rows [row_start, row_end) into both buffers."""
@@ -72,6 +73,7 @@ class Canvas:
                     line = screen[source * width * pixel:(source + 1) * width * pixel]
                     scaled[source] = b"".join(line[offset:offset + pixel] for offset in columns)
                 self.display[y * self.display_row_bytes:(y + 1) * self.display_row_bytes] = scaled[source]
+        self.shown_live = True
 
     def paint_block(self, left: int, top: int, right: int, bottom: int, rgb: bytes) -> bool:
         """Show a live block (8-bit RGB rows of the inclusive rectangle) on the screen buffer only, in the
@@ -91,6 +93,7 @@ class Canvas:
                 offset = y * self.display_row_bytes + left * self.channels
                 self.display[offset:offset + width * self.channels] = line
                 shown = True
+        self.shown_live = self.shown_live or shown
         return shown
 
     def _mark(self, start: int, end: int) -> None:
@@ -105,6 +108,16 @@ class Canvas:
     @property
     def painted_rows(self) -> int:
         return sum(end - start for start, end in self._painted)
+
+    @property
+    def has_pixels(self) -> bool:
+        """Anything rendered is on the screen buffer: final rows, live blocks or a preview."""
+        return bool(self._painted) or self.shown_live
+
+    @property
+    def size(self) -> int:
+        """Bytes the frame holds."""
+        return len(self.raw) + len(self.display)
 
     @property
     def complete(self) -> bool:

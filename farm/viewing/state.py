@@ -16,6 +16,7 @@ from farm.rows import ZLIB, decode_rows, decompress_capped
 from farm.viewing.canvas import Canvas
 from farm.viewing.colours import node_colour
 from farm.viewing.eta import ShownEta, status_estimate
+from farm.viewing.frames import FrameChoice, to_forget
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class ViewerState:
         self.message = ""
         self._message_until = 0.0
         self.eta = ShownEta()                             # the job's ETA, smoothed and held while unreachable
+        self.choice = FrameChoice()                       # which frame of an animation is on screen
         self._step = 0
         self._dirty: list[tuple[int, int, int]] = []
         self._full = True
@@ -141,7 +143,7 @@ class ViewerState:
         if self.job.get("id") != info["id"] or (self.job.get("width"), self.job.get("height")) != (
                 info.get("width"), info.get("height")):
             self.frames, self.frame, self.received, self._full = {}, None, [], True
-            self.previewed = set()
+            self.previewed, self.choice = set(), FrameChoice()
         if self.job.get("id") != info["id"]:
             self.eta = ShownEta()
         self.job = dict(info)
@@ -197,21 +199,21 @@ class ViewerState:
         return canvas
 
     def _choose_frame(self) -> None:
-        """Show the lowest frame still being rendered; once all are done, the last one."""
-        busy = {int(s["frame"]) for s in self.in_flight}
-        painted = {f for f, c in self.frames.items() if c.painted_rows or f in self.previewed}
-        open_frames = sorted(f for f in busy | painted if f not in self.frames or not self.frames[f].complete)
-        if open_frames:
-            frame = open_frames[0]
-        elif painted:
-            frame = max(painted)
-        else:
-            frame = self.frame or 1
+        """Show the newest frame with pixels, or the one the user chose (farm/viewing/frames.py)."""
+        frame = self.choice.choose(self.frames, self.frame, int(self.job.get("first_frame", 1)), self.clock())
         if frame != self.frame:
             self.frame, self._full = frame, True
+            self.version += 1
         self._canvas(frame)
-        for other in [f for f, c in self.frames.items() if f != frame and (c.complete or not c.painted_rows)]:
-            del self.frames[other]      # finished frames we no longer show, and empty ones, cost memory only
+        for other in to_forget(self.frames, frame):
+            del self.frames[other]
+
+    def navigate(self, action: str) -> None:
+        """A frame key: frames.NEXT, PREVIOUS, PLAY (or pause), FOLLOW; "" moves a playing animation on."""
+        if action:
+            self.choice.act(action, self.frames, self.frame, self.clock())
+        if self.job:
+            self._choose_frame()
 
     def apply_newest(self, info: dict[str, Any]) -> None:
         """The scout's view of the newest job: when following, move on to it once it has started."""
@@ -272,7 +274,7 @@ class ViewerState:
         self.target = self._polled = job_id
         self.session += 1
         self.job, self.frames, self.frame, self.in_flight, self.received = {}, {}, None, [], []
-        self.previewed, self.eta = set(), ShownEta()
+        self.previewed, self.eta, self.choice = set(), ShownEta(), FrameChoice()
         self.drained, self.error, self._full, self._dirty = False, "", True, []
         self.version += 1
 
@@ -354,6 +356,7 @@ class ViewerState:
                      f"{strips_text(job)}  {percent}")
             if int(job.get("frames_total", 1)) > 1 and self.frame is not None:
                 first += f"  frame {self.frame} ({job.get('frames_done', 0)}/{job['frames_total']} frames done)"
+                first += "  playing" if self.choice.playing else "  stepped (End: newest)" if self.choice.pinned else ""
             elapsed, eta = self.timing(now)
             second = f"elapsed {_clock_text(elapsed)}"
             if job.get("state") not in ENDED:

@@ -17,6 +17,7 @@ from farm.faults import Code, FarmError
 from farm.kinds import PREVIEW
 from farm.retry import duration
 from farm.viewing.canvas import TRANSPARENT, Canvas, checker
+from farm.viewing import frames
 from farm.viewing.feed import Feed
 from farm.states import ENDED
 from farm.viewing.state import ViewerState
@@ -24,6 +25,11 @@ from farm.viewing.state import ViewerState
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the viewer needs pygame; install it with: pip install 'povfarm[viewer]'"
+
+
+def frame_keys(pg) -> dict[int, str]:
+    """The keys that step through an animation's frames, play them, and follow the newest again."""
+    return {pg.K_RIGHT: frames.NEXT, pg.K_LEFT: frames.PREVIOUS, pg.K_SPACE: frames.PLAY, pg.K_END: frames.FOLLOW}
 
 
 def import_pygame():
@@ -280,6 +286,8 @@ class Window:
         elif key in (pg.K_n, pg.K_p):
             state.step(1 if key == pg.K_n else -1)
             self.feed.request_jobs()
+        elif key in frame_keys(pg):
+            state.navigate(frame_keys(pg)[key])
         return None
 
     def drain(self, budget: float = 0.02) -> None:
@@ -310,6 +318,8 @@ class Window:
         if self.feed.wanted != state.wanted():
             self.feed.watch(*state.wanted())
         self.feed.follow = state.follow
+        if state.choice.playing:
+            state.navigate("")
         self.sync()
         if state.finished and not self.snapshot_written and self.snapshot is not None:
             if self.save_png(self.snapshot):

@@ -377,7 +377,10 @@
 
   // ---- the live image -----------------------------------------------------------------------------
 
+  // Following with no job yet: a stream on "the newest job" watches it from its submit (its first units
+  // send live blocks at once) and names it the moment it exists.
   function stopView() {
+    if (app.view) stopPlaying(app.view);
     if (app.view) app.view.abort.abort();
     app.view = null;
     if (app.idle) app.idle.abort();
@@ -699,14 +702,18 @@
     return frame ? frame.spans.reduce((n, [s, e]) => n + e - s, 0) : 0;
   }
 
-  // The lowest frame being rendered; once all are done, the last one; unless the user stepped to one.
+  // The newest frame with pixels (final rows, live blocks or a preview: never an empty one while one has
+  // pixels); unless the user stepped to one or plays them.
   function chooseFrame(view) {
     if (view.framePinned && view.frames.has(view.frame)) return;
-    const complete = (n) => paintedRows(view.frames.get(n)) === view.height;
-    const busy = view.inFlight.map((s) => s.frame);
-    const open = [...new Set([...busy, ...view.frames.keys()])].filter((n) => !complete(n)).sort((a, b) => a - b);
-    const painted = [...view.frames.keys()].filter((n) => paintedRows(view.frames.get(n)) > 0);
-    view.frame = open.length ? open[0] : painted.length ? Math.max(...painted) : (view.frame || view.info.first_frame || 1);
+    view.framePinned = false;
+    stopPlaying(view);
+    const shown = stepFrames(view);
+    view.frame = shown.length ? shown[shown.length - 1] : (view.frame || view.info.first_frame || 1);
+  }
+
+  function hasPixels(frame) {
+    return Boolean(frame && (frame.spans.length || frame.blocks.length || frame.preview));
   }
 
   function sizeCanvas(view) {
@@ -825,20 +832,54 @@
     $("frame-label").textContent = `frame ${view.frame} (${info.frames_done}/${info.frames_total} done)`;
     $("frame-prev").disabled = at <= 0;
     $("frame-next").disabled = at < 0 || at >= steps.length - 1;
+    $("frame-play").textContent = view.playing ? "\u275a\u275a" : "\u25b6\u25b6";
+    $("frame-play").disabled = steps.length < 2;
+    $("frame-follow").disabled = !view.framePinned;
   }
 
   function stepFrames(view) {
-    return [...view.frames.keys()].filter((n) => paintedRows(view.frames.get(n)) > 0).sort((a, b) => a - b);
+    return [...view.frames.keys()].filter((n) => hasPixels(view.frames.get(n))).sort((a, b) => a - b);
   }
 
-  function stepFrame(direction) {
+  function stepFrame(direction, wrap = false) {
     const view = app.view;
     if (!view || !view.info) return;
+    if (!wrap) stopPlaying(view);
     const steps = stepFrames(view);
-    const next = steps[steps.indexOf(view.frame) + direction];
+    let next = steps[steps.indexOf(view.frame) + direction];
+    if (next === undefined && wrap) next = steps[0];
     if (next === undefined) return;
     view.frame = next;
     view.framePinned = true;
+    drawFrame(view);
+    renderView(view);
+  }
+
+  // Play the frames with pixels in turn, while the job runs too (▶▶), or follow the newest again (⏭).
+  const PLAY_EVERY_MS = 100;
+  function togglePlay() {
+    const view = app.view;
+    if (!view || !view.info) return;
+    if (view.playing) {
+      stopPlaying(view);
+    } else {
+      view.framePinned = true;
+      view.playing = setInterval(() => (app.view === view ? stepFrame(1, true) : stopPlaying(view)), PLAY_EVERY_MS);
+    }
+    renderView(view);
+  }
+
+  function stopPlaying(view) {
+    if (view.playing) clearInterval(view.playing);
+    view.playing = null;
+  }
+
+  function followFrames() {
+    const view = app.view;
+    if (!view || !view.info) return;
+    stopPlaying(view);
+    view.framePinned = false;
+    chooseFrame(view);
     drawFrame(view);
     renderView(view);
   }
@@ -998,6 +1039,8 @@
     $("follow").addEventListener("click", () => { app.follow = true; chooseJob(); renderJobs(); });
     $("frame-prev").addEventListener("click", () => stepFrame(-1));
     $("frame-next").addEventListener("click", () => stepFrame(1));
+    $("frame-play").addEventListener("click", togglePlay);
+    $("frame-follow").addEventListener("click", followFrames);
     $("download-png").addEventListener("click", downloadPng);
     $("download-apng").addEventListener("click", downloadApng);
     $("action-pause").addEventListener("click", () => act("jobs.pause"));
@@ -1038,6 +1081,8 @@
       jobState: app.view && app.view.info ? app.view.info.state : "",
       frame: app.view ? app.view.frame : null, cursor: app.view ? app.view.cursor : 0,
       rows: app.view && app.view.frame !== null ? paintedRows(app.view.frames.get(app.view.frame)) : 0,
+      pixels: app.view && app.view.frame !== null ? hasPixels(app.view.frames.get(app.view.frame)) : false,
+      framesWithPixels: app.view ? stepFrames(app.view) : [], playing: Boolean(app.view && app.view.playing),
       drained: app.view ? app.view.drained : false,
       awaiting: Boolean(app.idle),                  // no job yet: watching for the first one
       via: app.view ? app.view.via || "" : "",       // the feed: "stream", or "polls" (an older controller)

@@ -1,0 +1,197 @@
+"""Live pixels as a client sees them: how soon, how often, the longest wait, and what watching costs.
+
+A controller and two nodes standing for separate boxes (`--machine boxA` / `boxB`, `--threads 1`) run here on
+loopback. A client follows `viewer.watch` (the newest job, with `live_cursor`) from before the submit, as
+`povfarm viewer` does, and notes each moment new pixels arrive (final rows, a preview or live blocks):
+
+- first pixels: seconds from jobs.submit returning to the first pixels at the client (bar: <= 2 s);
+- moments: the distinct tenths of a second in which new pixels arrived (bar: >= 100);
+- longest stretch: the longest time without new pixels, from the submit to the job's end seen by the
+  client, as a share of that time (bar: <= 5%; for the animation <= 10%);
+- the stored image against `povray`'s own render of the scene (bit-identical);
+- the cost of watching: in each round the same job unwatched (no viewer) and watched, alternating which goes
+  first; wall time from the submit to the job done, medians (bar: watched at most 3% slower). A viewer.watch
+  call counts as watching for 45 s (the controller's memory of a long poll), so an unwatched run waits
+  that long after the last one.
+
+    python bench/live_bars.py                     # chess2 640x480 +A0.3, 3 rounds, then clockd 20 frames
+    python bench/live_bars.py --rounds 1 --no-animation
+
+All traffic is to 127.0.0.1; every process started here is stopped at the end. Results also go to
+bench/results/live_bars.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from viewer_bars import ROOT, SCENES, Farm, scene_arguments, upload  # noqa: E402
+
+from farm.client import Client  # noqa: E402
+from farm.service.watchers import POLL_MEMORY  # noqa: E402
+from farm.states import ENDED  # noqa: E402
+
+CURSOR_END = 2**31 - 1
+MOMENT = 0.1            # seconds: new pixels within one tenth are one moment
+CLOCKD = "animations/clockd/clockd.pov"
+CLOCKD_ANIMATION = {"first": 1, "last": 20, "initial_clock": 0.0, "final_clock": 1.0, "cyclic": True}
+
+
+class LiveWatcher(threading.Thread):
+    """Follows the newest job through viewer.watch with live blocks; jobs up to `after` are old."""
+
+    def __init__(self, client: Client, after: int):
+        super().__init__(daemon=True)
+        self.client, self.after = client, after
+        self.arrivals: list[tuple[float, int, int]] = []     # (time, final pieces, live blocks)
+        self.done_at: float | None = None
+        self.job: dict = {}
+        self.last_call = time.monotonic()
+
+    def run(self) -> None:
+        cursor, live_cursor = CURSOR_END, 0
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            reply = self.client.call("viewer.watch", 0, cursor, 5, live_cursor)
+            now = self.last_call = time.monotonic()
+            job = reply["job"]
+            if not job or job["id"] <= self.after:
+                cursor, live_cursor = CURSOR_END, reply.get("live_cursor", 0)
+                continue
+            if job["id"] != self.job.get("id") and cursor == CURSOR_END and not reply["strips"]:
+                self.job, cursor = job, 0       # the new job, asked for with the old job's cursor: from the start
+            else:
+                self.job, cursor = job, reply["cursor"]
+            live_cursor = reply.get("live_cursor", live_cursor)
+            if reply["strips"] or reply.get("live"):
+                self.arrivals.append((now, len(reply["strips"]), len(reply.get("live", []))))
+            if job["state"] in ENDED and not reply["strips"] and cursor != CURSOR_END:
+                self.done_at = now
+                return
+
+
+def newest_job(farm: Farm) -> int:
+    return max((job["id"] for job in farm.submit.call("jobs.list")), default=0)
+
+
+def watched_run(farm: Farm, spec: dict) -> dict:
+    viewer = Client(farm.url, timeout=60, token=farm.tokens["view"])
+    watcher = LiveWatcher(viewer, newest_job(farm))
+    watcher.start()
+    time.sleep(0.5)                       # the client is waiting before the submit, as a viewer would
+    job_id = farm.submit.call("jobs.submit", spec)
+    submitted = time.monotonic()
+    watcher.join(1800)
+    if watcher.done_at is None or watcher.job.get("state") != "done":
+        raise RuntimeError(f"the watched job did not finish: {watcher.job}")
+    wall = watcher.done_at - submitted
+    times = [t for t, _, _ in watcher.arrivals]
+    marks = [submitted, *times, watcher.done_at]
+    gap = max(b - a for a, b in zip(marks, marks[1:]))
+    return {"job": job_id, "wall_s": wall, "first_pixels_s": times[0] - submitted,
+            "moments": len({int((t - submitted) / MOMENT) for t in times}), "replies_with_pixels": len(times),
+            "live_blocks": sum(n for _, _, n in watcher.arrivals), "longest_stretch_s": gap,
+            "longest_stretch_share": gap / wall, "watch_ended": watcher.last_call,
+            "arrivals_s": [[round(t - submitted, 2), rows, live] for t, rows, live in watcher.arrivals]}
+
+
+def unwatched_run(farm: Farm, spec: dict) -> dict:
+    job_id = farm.submit.call("jobs.submit", spec)
+    submitted = time.monotonic()
+    while True:
+        job = farm.submit.call("jobs.wait", job_id, 10)
+        if job["state"] in ENDED:
+            break
+    if job["state"] != "done":
+        raise RuntimeError(f"the unwatched job did not finish: {job}")
+    return {"job": job_id, "wall_s": time.monotonic() - submitted}
+
+
+def same_as_povray(farm: Farm, job_id: int, scene: Path, args, tmp: Path) -> bool:
+    ours = farm.submit.call("jobs.fetch", job_id).data
+    native = tmp / "native.png"
+    if not native.exists():
+        subprocess.run(["povray", f"+I{scene.name}", f"+W{args.width}", f"+H{args.height}", *args.option, "-D",
+                        f"+O{native}", "+FN"], cwd=scene.parent, check=True, capture_output=True, timeout=900)
+    from PIL import Image
+    import io
+    with Image.open(io.BytesIO(ours)) as a, Image.open(native) as b:
+        return a.size == b.size and a.mode == b.mode and a.tobytes() == b.tobytes()
+
+
+def main() -> int:
+    parser = scene_arguments(__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-animation", action="store_true", help="skip clockd (20 frames, 320x240)")
+    parser.add_argument("--save", type=Path, default=ROOT / "bench" / "results" / "live_bars.json")
+    args = parser.parse_args()
+    args.option = args.option or ["+A0.3"]
+    scene = SCENES / args.scene
+    result: dict = {"scene": args.scene, "size": [args.width, args.height], "options": args.option,
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg_before": os.getloadavg(),
+                    "watched": [], "unwatched": []}
+    with tempfile.TemporaryDirectory(prefix="povfarm-live-") as tmp:
+        farm = Farm(Path(tmp), 2, [["--machine", "boxA", "--threads", "1"], ["--machine", "boxB", "--threads", "1"]])
+        try:
+            spec = {"bundle": upload(farm.submit, scene), "scene": scene.name, "width": args.width,
+                    "height": args.height, "options": args.option, "name": "live-bars"}
+            last_watch = 0.0
+            for round_ in range(args.rounds):
+                for kind in (("unwatched", "watched") if round_ % 2 == 0 else ("watched", "unwatched")):
+                    if kind == "unwatched":
+                        time.sleep(max(0.0, last_watch + POLL_MEMORY + 1 - time.monotonic()))
+                        run = unwatched_run(farm, spec)
+                    else:
+                        run = watched_run(farm, spec)
+                        last_watch = run["watch_ended"]
+                        run["same_as_povray"] = same_as_povray(farm, run["job"], scene, args, Path(tmp))
+                    result[kind].append(run)
+                    print(f"round {round_ + 1} {kind}: wall {run['wall_s']:.2f} s" + (
+                        f", first pixels {run['first_pixels_s']:.2f} s, {run['moments']} moments, longest stretch "
+                        f"{run['longest_stretch_s']:.2f} s ({run['longest_stretch_share'] * 100:.1f}%), "
+                        f"{run['live_blocks']} live blocks, same as povray: {run['same_as_povray']}"
+                        if kind == "watched" else ""), flush=True)
+            if not args.no_animation:
+                clockd = SCENES / CLOCKD
+                run = watched_run(farm, {"bundle": upload(farm.submit, clockd), "scene": clockd.name, "width": 320,
+                                         "height": 240, "options": ["+A0.3"], "animation": CLOCKD_ANIMATION,
+                                         "name": "live-bars-clockd"})
+                result["animation"] = run
+                print(f"clockd 20 frames 320x240: wall {run['wall_s']:.2f} s, first pixels "
+                      f"{run['first_pixels_s']:.2f} s, {run['moments']} moments, longest stretch "
+                      f"{run['longest_stretch_s']:.2f} s ({run['longest_stretch_share'] * 100:.1f}%)", flush=True)
+        finally:
+            farm.stop()
+    watched, unwatched = result["watched"], result["unwatched"]
+    if not watched:                       # --rounds 0: the animation alone
+        args.save.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    medians = {key: statistics.median(run[key] for run in watched) for key in (
+        "wall_s", "first_pixels_s", "moments", "longest_stretch_share")}
+    medians["unwatched_wall_s"] = statistics.median(run["wall_s"] for run in unwatched)
+    medians["cost"] = medians["wall_s"] / medians["unwatched_wall_s"] - 1
+    result["medians"], result["loadavg_after"] = medians, os.getloadavg()
+    print(f"\n{args.scene} {args.width}x{args.height} {' '.join(args.option)}, boxA + boxB, 1 thread each, "
+          f"medians of {args.rounds} (load {result['loadavg_before'][0]:.1f} before, "
+          f"{result['loadavg_after'][0]:.1f} after):")
+    print("| first pixels (<= 2 s) | moments (>= 100) | longest stretch (<= 5%) | same as povray | "
+          "watched / unwatched wall (<= +3%) |\n|---|---|---|---|---|")
+    print(f"| {medians['first_pixels_s']:.2f} s | {medians['moments']:.0f} | "
+          f"{medians['longest_stretch_share'] * 100:.1f}% | {all(run['same_as_povray'] for run in watched)} | "
+          f"{medians['wall_s']:.1f} s / {medians['unwatched_wall_s']:.1f} s ({medians['cost'] * 100:+.1f}%) |")
+    args.save.parent.mkdir(parents=True, exist_ok=True)
+    args.save.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
