@@ -25,9 +25,10 @@ JOB_AFTER = "job_after"                   # jobs.submit's after: a job queued un
 FARM_HISTORY = "farm_history"             # jobs.list's limit/before pages; farm.status, farm.purge; GET /metrics
 POVRAY_PIN = "povray_pin"                 # jobs.submit's povray_version; one POV-Ray build per frame
 SCENE_FILES = "scene_files"               # nodes.scene_files, jobs.scene_files: the files a scene writes
+VIDEO_JOBS = "video_jobs"                 # jobs.video, nodes.source_frame: an animation's video (farm.video)
 
 FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
-            NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN, SCENE_FILES)   # this version's
+            NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN, SCENE_FILES, VIDEO_JOBS)   # this version's
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from farm.cli.common import (EXIT_INTERRUPTED, EXIT_OK, Subcommands, add_client_
                              connect)
 from farm.cli.images import fetch_frames, write_animation, write_output
 from farm.cli.job_request import POVRAY_HELP, add_job_flags, prepare_job, submit_job
+from farm.cli.videos import add_video_flags, video_after
 from farm.cli.waiting import Progress, StopRequest, finish_job, patient_client, wait_for_job
 from farm.config import Config
 from farm.faults import Code, FarmError
@@ -30,6 +31,7 @@ def add_submit(commands: Subcommands) -> None:
                     "the job running.", epilog=POVRAY_HELP + "\n")
     add_client_flags(p)
     add_job_flags(p)
+    add_video_flags(p)
     p.add_argument("--wait", action="store_true",
                    help="wait for the job, showing progress, then write the image (implied by --output and +O)")
     add_patience_flag(p)
@@ -106,7 +108,7 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     client = connect(config)
     job_id = submit_job(client, args, request)
     print(job_id, flush=True, file=sys.stderr if request.command.to_stdout else sys.stdout)   # +O-: the image's
-    if not args.wait and not request.wants_image:
+    if not args.wait and not request.wants_image and args.video is None:
         return EXIT_OK
     progress = Progress()
     with StopRequest() as stop:
@@ -115,7 +117,8 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     if status is None:
         _say_job_goes_on(job_id, args)
         return EXIT_INTERRUPTED
-    return finish_job(patient, status, request)
+    with StopRequest() as stop:
+        return video_after(patient, config, args, job_id, finish_job(patient, status, request), stop)
 
 
 def _say_job_goes_on(job_id: int, args: argparse.Namespace) -> None:

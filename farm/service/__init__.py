@@ -25,6 +25,7 @@ from farm.service.written import WrittenFiles
 from farm.service.live import LiveBlocks
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
+from farm.service.videos import Videos
 from farm.service.views import Views
 from farm.service.watchers import Watchers
 from farm.store import Store
@@ -41,6 +42,7 @@ class Services:
         self.stitcher = Stitcher(store, self.files, self.changes, clock)
         self.bundles = Bundles(config, store, self.files, clock)
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock)
+        self.videos = Videos(store, self.files, self.changes, self.work, clock)
         self.watchers = Watchers(clock)
         self.meter = Meter()       # what only this process counts (farm.meter): units stored, failures, requests
         self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched,
