@@ -1,0 +1,148 @@
+"""The video kind (farm.video, docs/kinds.md): an animation's frames encoded by ffmpeg on a node, checked
+with ffprobe and against POV-Ray's own first frame; its parameters, argument list and capability rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from farm import jobkinds
+from farm.faults import Code, FarmError
+from farm.images.png import decode_png
+from farm.video import MAX_CRF, VideoParams, ffmpeg_argv
+from tests.harness import SCENES, needs_povray, run_cli, wait_ended, wait_until
+
+CLOCKD = SCENES / "animations" / "clockd"
+# Under CI the tests must run: scripts/test.sh installs ffmpeg as it installs povray.
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None and os.environ.get("CI") != "true",
+                                  reason="needs ffmpeg (apt-get install ffmpeg)")
+
+
+def _probe(video: Path) -> dict:
+    done = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                           "stream=codec_name,width,height,pix_fmt,nb_read_frames,r_frame_rate", "-of", "json",
+                           str(video)], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(done.stdout)["streams"][0]
+
+
+def _first_frame_errors(video: Path, png: Path) -> tuple[float, float]:
+    """How far the video's first decoded frame is from `png`, as mean absolute differences (0..255): of
+    the luma (which yuv420p keeps at full resolution), and of the colours averaged over 2x2 blocks (the
+    resolution yuv420p keeps colour at: this scene's thin saturated lines lose ~10 per pixel to that)."""
+    done = subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-frames:v", "1", "-f", "rawvideo",
+                           "-pix_fmt", "rgb24", "-"], capture_output=True, timeout=60, check=True)
+    image = decode_png(png.read_bytes())
+    assert image.channels == 3 and image.bits == 8 and len(done.stdout) == len(image.pixels)
+    width, height = image.width, image.height
+
+    def luma(pixels: bytes) -> list[float]:
+        return [0.299 * pixels[i] + 0.587 * pixels[i + 1] + 0.114 * pixels[i + 2] for i in range(0, len(pixels), 3)]
+
+    def blocks(pixels: bytes) -> list[float]:
+        return [sum(pixels[((y + dy) * width + x + dx) * 3 + channel] for dy in (0, 1) for dx in (0, 1)) / 4
+                for y in range(0, height - 1, 2) for x in range(0, width - 1, 2) for channel in range(3)]
+
+    def mean_error(a: list[float], b: list[float]) -> float:
+        return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+    return (mean_error(luma(done.stdout), luma(image.pixels)),
+            mean_error(blocks(done.stdout), blocks(image.pixels)))
+
+
+def _clockd(folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("clockd.ini", "clockd.pov"):
+        shutil.copy(CLOCKD / name, folder / name)
+    return folder
+
+
+@needs_povray
+@needs_ffmpeg
+def test_render_with_video_writes_the_frames_and_an_mp4_of_them(tmp_path):
+    folder = _clockd(tmp_path / "clockd")
+    result = run_cli("render", "clockd.ini", "+W320", "+H240", "--video", "clockd.mp4", cwd=folder, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in folder.glob("clockd*.png")) == [f"clockd{n:02d}.png" for n in range(1, 21)]
+    stream = _probe(folder / "clockd.mp4")
+    assert (stream["codec_name"], stream["pix_fmt"], stream["r_frame_rate"]) == ("h264", "yuv420p", "25/1")
+    assert (stream["width"], stream["height"], int(stream["nb_read_frames"])) == (320, 240, 20)
+    luma, colour = _first_frame_errors(folder / "clockd.mp4", folder / "clockd01.png")
+    assert luma < 3.0 and colour < 5.0, (luma, colour)     # measured: 1.8 and 3.5
+
+
+@needs_povray
+@needs_ffmpeg
+def test_a_finished_animation_gets_its_video_and_nodes_show_their_kinds(farm, tmp_path):
+    farm.start_controller()
+    farm.start_node("n1")
+    wait_until(lambda: farm.client.call("nodes.list"), what="the node")
+    folder = _clockd(tmp_path / "clockd")
+    submitted = run_cli("submit", "clockd.ini", "+W64", "+H48", "+KFF4", "--controller", farm.url, cwd=folder)
+    assert submitted.returncode == 0, submitted.stderr
+    job = int(submitted.stdout.split()[0])
+    assert wait_ended(farm.client, job)["state"] == "done"
+    made = run_cli("video", str(job), "--output", str(tmp_path / "anim.mp4"), "--video-fps", "12",
+                   "--video-crf", "30", "--controller", farm.url)
+    assert made.returncode == 0, made.stderr
+    stream = _probe(tmp_path / "anim.mp4")
+    assert (stream["width"], stream["height"], int(stream["nb_read_frames"]), stream["r_frame_rate"]) == \
+        (64, 48, 4, "12/1")
+    nodes = run_cli("nodes", "--controller", farm.url).stdout
+    assert "KINDS" in nodes and "povray,video" in nodes, nodes
+
+
+@needs_povray
+def test_a_farm_without_an_ffmpeg_node_says_so(tmp_path):
+    folder = _clockd(tmp_path / "clockd")
+    env = dict(os.environ, POVFARM_KINDS="povray")     # the local nodes run POV-Ray jobs only
+    result = run_cli("render", "clockd.ini", "+W32", "+H24", "+KFF2", "--video", "clockd.mp4", cwd=folder, env=env,
+                     timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "is blocked: no live node runs video jobs (a node needs ffmpeg and the kind in its setting 'kinds')" \
+        in result.stderr, result.stderr
+    assert len(list(folder.glob("clockd*.png"))) == 2 and not (folder / "clockd.mp4").exists()
+
+
+@given(source=st.integers(1, 10**6), first=st.integers(0, 500), count=st.integers(1, 500),
+       fps=st.floats(0.01, 240.0), crf=st.integers(0, MAX_CRF))
+def test_video_parameters_travel_as_options_and_back(source, first, count, fps, crf):
+    params = VideoParams(source, first, first + count - 1, float(f"{fps:g}"), crf)
+    assert VideoParams.from_options(params.to_options()) == params
+
+
+@pytest.mark.parametrize("options", [
+    ["source=1", "first=1", "last=2", "fps=25", "crf=23", "crf=1"],        # one twice
+    ["source=1", "first=1", "last=2", "fps=25"],                           # one missing
+    ["source=1", "first=1", "last=2", "fps=25", "crf=23", "-vf=x"],         # not its own
+    ["source=1", "first=1", "last=2", "fps=25", "crf=99"],                 # out of range
+    ["source=1", "first=1", "last=2", "fps=0", "crf=23"],
+    ["source=1", "first=1", "last=2", "fps=25;rm", "crf=23"],
+])
+def test_a_node_accepts_only_the_video_kinds_own_parameters(options):
+    with pytest.raises(FarmError) as err:
+        VideoParams.from_options(options)
+    assert err.value.code is Code.BAD_ARGUMENT
+
+
+def test_ffmpegs_argument_list_is_built_whole_and_never_for_a_shell(tmp_path):
+    argv = ffmpeg_argv("/usr/bin/ffmpeg", VideoParams(3, 1, 20, 25.0, 23), tmp_path / "frames", tmp_path / "v.mp4")
+    assert argv[0] == "/usr/bin/ffmpeg" and all(isinstance(arg, str) for arg in argv)
+    pairs = dict(zip(argv, argv[1:]))
+    assert (pairs["-c:v"], pairs["-pix_fmt"], pairs["-crf"], pairs["-framerate"]) == ("libx264", "yuv420p", "23", "25")
+    assert (pairs["-start_number"], pairs["-frames:v"]) == ("1", "20") and argv[-1] == str(tmp_path / "v.mp4")
+
+
+def test_nodes_offer_the_kinds_whose_program_they_have_and_carry_their_capability():
+    assert jobkinds.parse_offered("", lambda kind: True) == ("povray", "video")
+    assert jobkinds.parse_offered("auto", lambda kind: kind == "povray") == ("povray",)
+    assert jobkinds.parse_offered("video", lambda kind: False) == ("video",)
+    with pytest.raises(FarmError):
+        jobkinds.parse_offered("povray,blender", lambda kind: True)
+    assert jobkinds.capability_tags({"kinds": ["povray", "video"]}) == ("kind-video",)
+    assert jobkinds.capability_tags({}) == () and jobkinds.offered_by({}) == ("povray",)
+    assert jobkinds.own_tags(("fast", "kind-video")) == ("fast",)
