@@ -92,6 +92,10 @@ def test_a_finished_animation_gets_its_video_and_nodes_show_their_kinds(farm, tm
     stream = _probe(tmp_path / "anim.mp4")
     assert (stream["width"], stream["height"], int(stream["nb_read_frames"]), stream["r_frame_rate"]) == \
         (64, 48, 4, "12/1")
+    video_job = max(job["id"] for job in farm.client.call("jobs.list"))
+    assert farm.client.call("jobs.status", video_job)["kind"] == "video"
+    fetched = run_cli("fetch", str(video_job), "--output", str(tmp_path / "again.mp4"), "--controller", farm.url)
+    assert fetched.returncode == 0 and (tmp_path / "again.mp4").read_bytes() == (tmp_path / "anim.mp4").read_bytes()
     nodes = run_cli("nodes", "--controller", farm.url).stdout
     assert "KINDS" in nodes and "povray,video" in nodes, nodes
 

@@ -70,11 +70,12 @@ class JobsAPI:
             (windows): n1 lacks windows" or "no node is connected to the controller" after a lease timeout
             with none; "" when one can), require, prefer ([str] the node tags the job requires, prefers),
             after ([int] the jobs it runs after), waiting_for ([int] those of them not done yet, while it has
-            not started), povray_version (the POV-Ray version it is pinned to, "" for any),
+            not started), povray_version (the POV-Ray version it is pinned to, "" for any), kind ("povray", or
+            "video": an animation's video, jobs.video),
             frames ([struct] number, state, povray (the POV-Ray build its units render on, e.g. "3.7.0.10
             (console)"; "" until its first unit is leased)),
             strips ([struct] frame, frame_last, index, row_start, row_end,
-            state, node, progress, attempts, kind ("rows", "pretrace" or "preview"), seconds (POV-Ray's time for
+            state, node, progress, attempts, kind ("rows", "pretrace", "preview" or "video"), seconds (POV-Ray's time for
             it as its node reported it, 0 until done))
         """
         return self._views.job_status(self._store.jobs.get(args.job_id(job)), detail=True)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from farm import atomic
 from farm.cli import history
 from farm.cli.chained import frames_read_back, plan_of
 from farm.cli.common import (EXIT_INTERRUPTED, EXIT_OK, Subcommands, add_client_flags, add_patience_flag,
@@ -20,6 +21,7 @@ from farm.cli.videos import add_video_flags, video_after
 from farm.cli.waiting import Progress, StopRequest, finish_job, patient_client, wait_for_job
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.jobkinds import VIDEO
 
 
 def add_submit(commands: Subcommands) -> None:
@@ -260,6 +262,10 @@ def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
     status = client.call("jobs.status", args.job)
     if status["state"] != "done":
         client.call("jobs.fetch", args.job)   # the controller's own sentence says why not
+    if status.get("kind") == VIDEO and args.output is not None:    # a file, as the node made it
+        atomic.write(args.output, client.call("jobs.fetch", args.job, 1).data)
+        sys.stderr.write(f"wrote {args.output}\n")
+        return EXIT_OK
     frames = fetch_frames(client, status)
     if args.output is not None:
         sys.stderr.write(f"wrote {write_output(client, status, args.output, frames)}\n")

@@ -37,21 +37,23 @@ class VideoEncoder:
             params = VideoParams.from_options(task.options)   # only its own parameters, checked
         except FarmError as err:
             return RenderOutcome("failed", error=str(err), scene_error=True)
-        frames_dir = strip_dir / "frames"
+        frames_dir, output, log_path = strip_dir / "frames", strip_dir / OUTPUT_NAME, strip_dir / "ffmpeg.log"
         frames_dir.mkdir(parents=True, exist_ok=True)
+        should_stop = self.watch(task, log_path)   # renews the lease while the frames come, too
         try:
             for number in params.frames:
+                if should_stop():
+                    return RenderOutcome("release" if self.aborting.is_set() else "dropped")
                 (frames_dir / (FRAME_NAME % number)).write_bytes(self.fetch_frame(task, number))
         except (FarmError, OSError) as err:
             log.warning("job %s: the animation's frames cannot be fetched: %s", task.job, err)
             return RenderOutcome("failed", error=f"the animation's frames cannot be fetched: {err}")
-        output, log_path = strip_dir / OUTPUT_NAME, strip_dir / "ffmpeg.log"
         threads = self.config.threads or os.cpu_count() or 1
         timeout = min([limit for limit in (self.config.strip_timeout, task.time_limit) if limit > 0], default=0.0)
         command = self.sandbox.command(ffmpeg_argv(self.ffmpeg, params, frames_dir, output, threads), strip_dir,
                                        strip_dir, dict(os.environ), timeout, threads)
         result = self.runner(command.argv, cwd=strip_dir, env=command.env, log_path=log_path, timeout=timeout,
-                             should_stop=self.watch(task, log_path), limits=command.limits)
+                             should_stop=should_stop, limits=command.limits)
         result = self.sandbox.outcome(result)
         if result.stopped:   # handed back when the node stops at once, else the controller said stop
             return RenderOutcome("release" if self.aborting.is_set() else "dropped", seconds=result.seconds)
