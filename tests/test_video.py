@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from hypothesis import given, strategies as st
 
 from farm import jobkinds
 from farm.faults import Code, FarmError
+from farm.store import Store
 from farm.images.png import decode_png
 from farm.video import MAX_CRF, VideoParams, ffmpeg_argv
-from tests.harness import SCENES, needs_povray, run_cli, wait_ended, wait_until
+from farm.wire import Binary
+from tests.harness import SCENES, needs_povray, register_node, rows_for, run_cli, stepped_farm, submit, wait_ended, wait_until
 
 CLOCKD = SCENES / "animations" / "clockd"
 # Under CI the tests must run: scripts/test.sh installs ffmpeg as it installs povray.
@@ -150,3 +153,74 @@ def test_nodes_offer_the_kinds_whose_program_they_have_and_carry_their_capabilit
     assert jobkinds.capability_tags({"kinds": ["povray", "video"]}) == ("kind-video",)
     assert jobkinds.capability_tags({}) == () and jobkinds.offered_by({}) == ("povray",)
     assert jobkinds.own_tags(("fast", "kind-video")) == ("fast",)
+
+
+_MP4 = b"\0\0\0\x18ftypisom" + bytes(100)     # the start of an MP4: its file-type box
+
+
+def _rows_until_done(stepped, node: str, job: int) -> None:
+    while stepped.call("jobs.status", job)["state"] != "done":
+        task = stepped.call("nodes.poll", node)
+        stepped.call("nodes.complete", node, task["lease"], rows_for(task), 0.1)
+        stepped.settle()
+
+
+def test_the_controller_runs_a_video_after_its_animation_on_a_node_offering_the_kind(stepped, scene):
+    animation = submit(stepped, scene, animation={"first": 1, "last": 3}, strips=1)
+    video = stepped.call("jobs.video", {"job": animation, "fps": 12.5, "crf": 20})
+    povray_only = stepped.call("nodes.register", "p", {"povray": "3.7", "kinds": ["povray"]})["node_id"]
+    with_ffmpeg = stepped.call("nodes.register", "v", {"povray": "3.7", "kinds": ["povray", "video"]})["node_id"]
+    assert stepped.call("jobs.status", video)["kind"] == "video"
+    _rows_until_done(stepped, povray_only, animation)
+    assert stepped.call("nodes.poll", povray_only) == {}           # it lacks kind-video
+    task = stepped.call("nodes.poll", with_ffmpeg)
+    assert (task["job"], task["kind"], task["width"], task["height"]) == (video, "video", 8, 64)
+    assert VideoParams.from_options(task["options"]) == VideoParams(animation, 1, 3, 12.5, 20)
+    frame = stepped.call("nodes.source_frame", with_ffmpeg, task["lease"], 2).data
+    assert frame == stepped.call("jobs.fetch", animation, 2).data
+    for wrong in (0, 4):
+        with pytest.raises(FarmError) as err:
+            stepped.call("nodes.source_frame", with_ffmpeg, task["lease"], wrong)
+        assert err.value.code is Code.BAD_ARGUMENT
+    with pytest.raises(FarmError) as err:
+        stepped.call("nodes.complete", with_ffmpeg, task["lease"], Binary(b"not a video"), 0.5)
+    assert err.value.code is Code.BAD_ARGUMENT and "not an MP4" in str(err.value)
+    stepped.call("nodes.complete", with_ffmpeg, task["lease"], Binary(_MP4), 0.5)
+    stepped.settle()
+    assert stepped.call("jobs.status", video)["state"] == "done"
+    assert stepped.call("jobs.fetch", video, 1).data == _MP4
+    assert [node["kinds"] for node in stepped.call("nodes.list")] == [["povray"], ["povray", "video"]]
+
+
+def test_a_video_waits_blocked_without_a_node_for_it_and_fails_with_its_animation(stepped, scene):
+    animation = submit(stepped, scene, animation={"first": 1, "last": 2}, strips=1)
+    video = stepped.call("jobs.video", {"job": animation})
+    register_node(stepped)       # a node from before kinds: POV-Ray's only
+    stepped.clock_.now += 60
+    assert stepped.call("jobs.status", video)["blocked"].startswith(
+        "no live node runs video jobs (a node needs ffmpeg and the kind in its setting 'kinds'); no live node has "
+        "the tags it requires (kind-video): n1 lacks kind-video")
+    stepped.call("jobs.cancel", animation)
+    stepped.tick()
+    assert stepped.call("jobs.status", video)["state"] == "canceled"
+    with pytest.raises(FarmError) as err:
+        stepped.call("jobs.video", {"job": animation})
+    assert err.value.code is Code.BAD_ARGUMENT
+    with pytest.raises(FarmError) as err:
+        stepped.call("jobs.video", {"job": video})
+    assert err.value.code is Code.BAD_ARGUMENT
+
+
+def test_an_old_data_dir_gains_the_kind_column_and_keeps_its_jobs(tmp_path, scene):
+    controller, store = stepped_farm(tmp_path / "data")
+    job = submit(controller, scene)
+    store.close()
+    db = sqlite3.connect(tmp_path / "data" / "db.sqlite3")   # as a controller before kinds left it
+    db.execute("ALTER TABLE jobs DROP COLUMN kind")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "data" / "db.sqlite3")
+    try:
+        assert store.jobs.get(job).kind == "povray"
+    finally:
+        store.close()
