@@ -20,6 +20,10 @@ def add_video_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, metavar="FILE.mp4",
                         help="after the animation's frames, encode them into this MP4 (H.264) on a node that has "
                              "ffmpeg")
+    _encoding_flags(parser)
+
+
+def _encoding_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-fps", type=float, metavar="FPS",
                         help="the video's frames a second (setting: video_fps, default 25)")
     parser.add_argument("--video-crf", type=int, metavar="CRF",
@@ -34,8 +38,7 @@ def add_video(commands: Subcommands) -> None:
     add_client_flags(p)
     p.add_argument("job", type=int, help="the animation's job id")
     p.add_argument("--output", type=Path, metavar="FILE.mp4", required=True, help="where to write the video")
-    p.add_argument("--video-fps", type=float, metavar="FPS", help="frames a second (setting: video_fps, default 25)")
-    p.add_argument("--video-crf", type=int, metavar="CRF", help="x264's crf, 0..51 (setting: video_crf, default 23)")
+    _encoding_flags(p)
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     add_patience_flag(p)
 
