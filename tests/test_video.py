@@ -3,23 +3,31 @@ with ffprobe and against POV-Ray's own first frame; its parameters, argument lis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from hypothesis import given, strategies as st
 
 from farm import jobkinds
+from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.store import Store
 from farm.images.png import decode_png
+from farm.rendering.encode import VideoEncoder
+from farm.rendering.povray import ProcessResult
+from farm.rendering.sandbox import Sandbox
+from farm.rendering.task import Task
+from farm.store import Store
 from farm.video import MAX_CRF, VideoParams, ffmpeg_argv
 from farm.wire import Binary
-from tests.harness import SCENES, needs_povray, register_node, rows_for, run_cli, stepped_farm, submit, wait_ended, wait_until
+from harness import (SCENES, needs_povray, register_node, rows_for, run_cli, stepped_farm, submit, wait_ended,
+                     wait_until)
 
 CLOCKD = SCENES / "animations" / "clockd"
 # Under CI the tests must run: scripts/test.sh installs ffmpeg as it installs povray.
@@ -224,3 +232,25 @@ def test_an_old_data_dir_gains_the_kind_column_and_keeps_its_jobs(tmp_path, scen
         assert store.jobs.get(job).kind == "povray"
     finally:
         store.close()
+
+
+def test_the_encoder_reports_ffmpegs_own_words_and_refuses_options_not_its_own(tmp_path):
+    ran = []
+
+    def runner(argv, cwd, env, log_path, timeout, should_stop, limits):
+        ran.append(argv)
+        log_path.write_text("frame-%06d.png: No such file or directory\n")
+        return ProcessResult(returncode=1, signal=None, timed_out=False, stopped=False, seconds=0.1)
+    encoder = VideoEncoder(Config(work_dir=tmp_path), "/usr/bin/ffmpeg", Sandbox("none"), runner,
+                           fetch_frame=lambda task, number: b"png", watch=lambda task, log_path: (lambda: False),
+                           aborting=threading.Event())
+    task = Task(lease="l", job=2, frame=1, strip=0, attempt=1, width=8, height=8, row_start=0, row_end=8,
+                bundle="b", scene="s.pov", options=VideoParams(1, 1, 2).to_options(), channels=3, bits=8,
+                frame_last=1, kind="video")
+    outcome = encoder.render(task, tmp_path / "unit")
+    assert outcome.kind == "failed" and not outcome.scene_error
+    assert outcome.error == "ffmpeg exited with code 1: frame-%06d.png: No such file or directory"
+    assert ran[0][0] == "/usr/bin/ffmpeg" and sorted(p.name for p in (tmp_path / "unit" / "frames").iterdir()) == \
+        ["frame-000001.png", "frame-000002.png"]
+    refused = encoder.render(dataclasses.replace(task, options=("source=1", "-f", "lavfi")), tmp_path / "other")
+    assert refused.kind == "failed" and refused.scene_error and len(ran) == 1

@@ -75,8 +75,8 @@ class JobsAPI:
             frames ([struct] number, state, povray (the POV-Ray build its units render on, e.g. "3.7.0.10
             (console)"; "" until its first unit is leased)),
             strips ([struct] frame, frame_last, index, row_start, row_end,
-            state, node, progress, attempts, kind ("rows", "pretrace", "preview" or "video"), seconds (POV-Ray's time for
-            it as its node reported it, 0 until done))
+            state, node, progress, attempts, kind ("rows", "pretrace", "preview" or "video"), seconds (POV-Ray's
+            time for it as its node reported it, 0 until done))
         """
         return self._views.job_status(self._store.jobs.get(args.job_id(job)), detail=True)
 

@@ -45,6 +45,10 @@ def add_render(commands: Subcommands) -> None:
 def cmd_render(config: Config, args: argparse.Namespace) -> int:
     request = prepare_job(args)
     read_back = frames_read_back(request, plan_of(args, request))
+    if read_back and args.video is not None:
+        raise FarmError(Code.BAD_ARGUMENT, "--video needs the animation rendered as one job, and this scene reads "
+                                           "its own frames (rendered in order, one job each): render it, then "
+                                           "encode the frames with ffmpeg yourself")
     if read_back:
         sys.stderr.write(f"povfarm: {read_back_note(request, read_back)}\n")
     workspace = Path(tempfile.mkdtemp(prefix="povfarm-render-"))

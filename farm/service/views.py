@@ -48,7 +48,8 @@ def blocked_reason(nodes: list[Node], last_seen: float, now: float, grace: float
     if live:
         lacking = "; ".join(f"{node.name} lacks {','.join(tags.missing(require, node.tags))}"
                             for node in sorted(live, key=lambda node: node.name))
-        return f"{jobkinds.lacking_kinds(require)}no live node has the tags it requires ({','.join(require)}): {lacking}"
+        needs = jobkinds.lacking_kinds(require)
+        return f"{needs}no live node has the tags it requires ({','.join(require)}): {lacking}"
     reasons: dict[str, list[str]] = {}
     for node in nodes:
         if node.state is NodeState.BROKEN:
