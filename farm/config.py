@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from farm.faults import Code, FarmError
+from farm.video import DEFAULT_CRF, DEFAULT_FPS
 
 ENV_PREFIX = "POVFARM_"
 DEFAULT_PORT = 8642
@@ -60,6 +61,8 @@ class Config:
     threads: int = 0                   # POV-Ray render threads; 0 lets POV-Ray use every core
     slots: int = 2                     # POV-Ray processes a node runs at once
     tags: str = ""                     # the node's tags, comma-separated (farm.tags): jobs may require them
+    kinds: str = ""                    # kinds of job the node runs (farm.jobkinds); "": each whose program it has
+    ffmpeg: str = "ffmpeg"             # the program the node encodes videos with (farm.video)
     machine: str = ""                  # which box's cores the node shares; "" = the running kernel's boot id
     work_dir: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm-node")
     probe_cache: Path = dataclasses.field(default_factory=lambda: _cache_home() / "povfarm" / "povray-probe.json")
@@ -85,6 +88,8 @@ class Config:
     # A waiting client (submit --wait, fetch, viewer --exit-when-done) rides out an unreachable controller,
     # and a job that no live node can render, for this many seconds before it gives up; 0 means for ever.
     patience: float = 15 * 60.0
+    video_fps: float = DEFAULT_FPS     # an animation's video (--video): frames a second
+    video_crf: int = DEFAULT_CRF       # and x264's quality, 0 (lossless) .. 51
     preview: str = "auto"              # a quick low-resolution first render for viewers: auto (when one
                                        # watches as the job starts), always or never
     # Access and transport security.

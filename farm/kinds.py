@@ -11,6 +11,7 @@ from farm.wire import shown
 ROWS, PRETRACE = "rows", "pretrace"   # kinds of unit: pixel rows, or a frame's radiosity pre-pass
 PREVIEW = "preview"   # a quick low-resolution render of a whole frame, for viewers only: never stitched
 LIVE = "live"         # a finished block of a unit still rendering, relayed to viewers: never stored
+VIDEO = "video"       # a video job's one unit: its animation's frames encoded into one file (farm.video)
 PREVIEW_SCALE = 8     # a preview is 1/PREVIEW_SCALE of the frame's width and height
 
 

@@ -24,20 +24,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, tags
+from farm import __version__, jobkinds, tags
 from farm.rendering import povray
 from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
 from farm.rendering.ahead import Ahead
 from farm.rendering.delivery import Delivery, Uploads
+from farm.rendering.encode import VideoEncoder
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
 from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.live import STATE_SUFFIX, FramesReader, LiveSender, LiveWatch, StateFileReader
 from farm.hostos import HOST
-from farm.kinds import PREVIEW, ROWS
+from farm.kinds import PREVIEW, ROWS, VIDEO
 from farm.rendering.probe import probe_povray
 from farm.rendering.render import UnitRenderer, output_path
 from farm.retry import RETRY_CEILING, grow
@@ -86,6 +87,12 @@ class Node:
             watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing, task),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link,
             rows_encoding=lambda: FILTERED if FILTERED_ROWS in self.features else ZLIB)
+        self.kinds = jobkinds.parse_offered(config.kinds, self._has_program)
+        self.encoder = VideoEncoder(
+            config, sandboxes.resolve_program(config.ffmpeg) or config.ffmpeg, self.sandbox, runner,
+            fetch_frame=lambda task, number: self.client.call("nodes.source_frame", self.node_id, task.lease,
+                                                              number).data,
+            watch=lambda task, log_path: self.lease_watch(task.lease, log_path), aborting=self.aborting)
         node_id, features = (lambda: self.node_id), (lambda: self.features)
         self.downloads = Downloads(client, self.renderer.bundles, features, self.aborting, self._backoff)
         self.delivery = Delivery(client, node_id, features, self.stopping, self.aborting, self._backoff)
@@ -126,10 +133,17 @@ class Node:
                 "threads": self.config.threads or os.cpu_count() or 1, "slots": max(1, self.config.slots),
                 "povray": self.version or "", "povray_flavour": self.flavour,
                 "tags": list(tags.parse(self.config.tags, "setting 'tags'")),
+                "kinds": list(self.kinds),
                 **self.sandbox.info()}
         if self.broken:
             info["error"] = self.broken
         return info
+
+    def _has_program(self, kind: str) -> bool:
+        """Whether this node has the program a kind of job needs (POV-Ray: unless it is broken)."""
+        if kind == jobkinds.POVRAY:
+            return not self.broken
+        return bool(sandboxes.resolve_program(getattr(self.config, jobkinds.KINDS[kind].program)))
 
     @property
     def strips_done(self) -> int:
@@ -334,7 +348,7 @@ class Node:
         strip_dir = self.strip_root / f"job{task.job}-f{task.frame}-s{task.strip}-{secrets.token_hex(3)}"
         started = self.clock()
         try:
-            outcome = self.renderer.render(task, strip_dir)
+            outcome = (self.encoder if task.kind == VIDEO else self.renderer).render(task, strip_dir)
         finally:
             self.beats.forget(lease)
             if not self.config.keep_work:

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from farm import strips
 from farm.animation import Animation
 from farm.images.raster import row_size
+from farm.jobkinds import POVRAY
 from farm.kinds import PREVIEW, ROWS, PreviewMode, preview_size
 from farm.rows import ZLIB, decode_rows
 from farm.states import ENDED, FrameState, JobState, NodeState, UnitState
@@ -46,6 +47,7 @@ class JobSpec:
     prefer: tuple[str, ...] = ()    # tags of the nodes it goes to first when several wait
     after: tuple[int, ...] = ()     # jobs it runs after (farm.dependencies)
     povray: str = ""                # the POV-Ray version it is pinned to (farm.builds); "": any
+    kind: str = POVRAY              # its kind of work (farm.jobkinds)
 
     @property
     def first_frame(self) -> int:
@@ -83,6 +85,7 @@ class Job:
     prefer: tuple[str, ...] = ()
     after: tuple[int, ...] = ()
     povray: str = ""
+    kind: str = POVRAY       # farm.jobkinds
 
     @property
     def ended(self) -> bool:
@@ -121,7 +124,7 @@ class Unit:
     row_start: int      # 0-based, end exclusive
     row_end: int
     state: UnitState
-    kind: str           # farm.kinds.ROWS, PRETRACE or PREVIEW
+    kind: str           # farm.kinds.ROWS, PRETRACE, PREVIEW or VIDEO
     attempt: int        # leases handed out so far
     failures: int
     lease: str

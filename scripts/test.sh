@@ -14,6 +14,14 @@ if ! command -v povray >/dev/null 2>&1 || [ ! -d /usr/share/povray-3.7/scenes ] 
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q povray povray-includes povray-examples bubblewrap
 fi
 
+# tests/test_video.py encodes an animation with ffmpeg, as a node with the video kind does.
+if ! command -v ffmpeg >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing ffmpeg (apt-get install ffmpeg)..." >&2
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q ffmpeg >/dev/null
+fi
+
 # tests/test_web.py drives the controller's page in Debian's headless Chromium.
 if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

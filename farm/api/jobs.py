@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from farm.animation import Animation
-from farm import builds, tags
+from farm import builds, jobkinds, tags
 from farm.api import args, rpc
 from farm.auth import READERS, SUBMIT
 from farm.faults import Code, FarmError
@@ -14,6 +14,7 @@ from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service.submission import MAX_SIDE, Submission
 from farm.states import JobState
+from farm.video import DEFAULT_CRF, DEFAULT_FPS, MAX_CRF, MAX_FPS
 from farm.wire import LONG_POLL_CAP, Binary
 
 MAX_PAGE = 1000     # jobs in one page of jobs.list
@@ -69,12 +70,13 @@ class JobsAPI:
             (windows): n1 lacks windows" or "no node is connected to the controller" after a lease timeout
             with none; "" when one can), require, prefer ([str] the node tags the job requires, prefers),
             after ([int] the jobs it runs after), waiting_for ([int] those of them not done yet, while it has
-            not started), povray_version (the POV-Ray version it is pinned to, "" for any),
+            not started), povray_version (the POV-Ray version it is pinned to, "" for any), kind ("povray", or
+            "video": an animation's video, jobs.video),
             frames ([struct] number, state, povray (the POV-Ray build its units render on, e.g. "3.7.0.10
             (console)"; "" until its first unit is leased)),
             strips ([struct] frame, frame_last, index, row_start, row_end,
-            state, node, progress, attempts, kind ("rows", "pretrace" or "preview"), seconds (POV-Ray's time for
-            it as its node reported it, 0 until done))
+            state, node, progress, attempts, kind ("rows", "pretrace", "preview" or "video"), seconds (POV-Ray's
+            time for it as its node reported it, 0 until done))
         """
         return self._views.job_status(self._store.jobs.get(args.job_id(job)), detail=True)
 
@@ -185,7 +187,25 @@ class JobsAPI:
             raise FarmError(Code.JOB_NOT_DONE, f"job {job_id} is {record.state.value}{why}")
         if not finished:
             raise FarmError(Code.BAD_ARGUMENT, f"job {job_id} has no frame {number}")
-        return FileReply.open(self._services.files.frame_image(job_id, number), f"the image of job {job_id}")
+        return FileReply.open(self._services.files.frame_image(job_id, number, jobkinds.result_suffix(record.kind)),
+                              f"the image of job {job_id}")
+
+    @rpc(SUBMIT)
+    def video(self, spec: dict) -> int:
+        """Queue a video of an animation job's frames: a job of kind "video" that runs after that job is
+        done, on a node offering the kind (it has ffmpeg), and encodes the frames with H.264 (yuv420p) into
+        an MP4 that jobs.fetch returns (frame 1). BAD_ARGUMENT for a job that failed, was canceled or is
+        itself a video.
+
+        @param spec: struct: job (int, the animation job), fps (float, frames a second, default 25), crf
+            (int, x264's quality: 0 lossless .. 51 worst, default 23), priority (int, default 0)
+        @return: int, the video job's id
+        """
+        spec = args.struct("the video spec", spec)
+        return self._services.videos.submit(
+            args.job_id(spec.get("job")), args.number("fps", spec.get("fps", DEFAULT_FPS), 0.001, MAX_FPS),
+            args.whole("crf", spec.get("crf", DEFAULT_CRF), 0, MAX_CRF),
+            args.whole("priority", spec.get("priority", 0), -1000, 1000))
 
 
 def _submission(spec: dict) -> Submission:

@@ -10,15 +10,18 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from farm import atomic
 from farm.cli import history
 from farm.cli.chained import frames_read_back, plan_of
 from farm.cli.common import (EXIT_INTERRUPTED, EXIT_OK, Subcommands, add_client_flags, add_patience_flag,
                              connect)
 from farm.cli.images import fetch_frames, write_animation, write_output
 from farm.cli.job_request import POVRAY_HELP, add_job_flags, prepare_job, submit_job
+from farm.cli.videos import add_video_flags, video_after
 from farm.cli.waiting import Progress, StopRequest, finish_job, patient_client, wait_for_job
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.jobkinds import VIDEO
 
 
 def add_submit(commands: Subcommands) -> None:
@@ -30,6 +33,7 @@ def add_submit(commands: Subcommands) -> None:
                     "the job running.", epilog=POVRAY_HELP + "\n")
     add_client_flags(p)
     add_job_flags(p)
+    add_video_flags(p)
     p.add_argument("--wait", action="store_true",
                    help="wait for the job, showing progress, then write the image (implied by --output and +O)")
     add_patience_flag(p)
@@ -106,7 +110,7 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     client = connect(config)
     job_id = submit_job(client, args, request)
     print(job_id, flush=True, file=sys.stderr if request.command.to_stdout else sys.stdout)   # +O-: the image's
-    if not args.wait and not request.wants_image:
+    if not args.wait and not request.wants_image and args.video is None:
         return EXIT_OK
     progress = Progress()
     with StopRequest() as stop:
@@ -115,7 +119,8 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     if status is None:
         _say_job_goes_on(job_id, args)
         return EXIT_INTERRUPTED
-    return finish_job(patient, status, request)
+    with StopRequest() as stop:
+        return video_after(patient, config, args, job_id, finish_job(patient, status, request), stop)
 
 
 def _say_job_goes_on(job_id: int, args: argparse.Namespace) -> None:
@@ -220,9 +225,10 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
     now = time.time()
     rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
              f"{max(0.0, now - n['last_seen']):.0f}s ago", _upload_rate(n.get("upload_bps", 0.0)),
-             n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)", _tags(n),
+             n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)", _tags(n), ",".join(n.get("kinds") or ["-"]),
              n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
-    _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "TAGS", "POV-RAY"), rows)
+    _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "TAGS", "KINDS",
+                  "POV-RAY"), rows)
     return EXIT_OK
 
 
@@ -256,6 +262,10 @@ def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
     status = client.call("jobs.status", args.job)
     if status["state"] != "done":
         client.call("jobs.fetch", args.job)   # the controller's own sentence says why not
+    if status.get("kind") == VIDEO and args.output is not None:    # a file, as the node made it
+        atomic.write(args.output, client.call("jobs.fetch", args.job, 1).data)
+        sys.stderr.write(f"wrote {args.output}\n")
+        return EXIT_OK
     frames = fetch_frames(client, status)
     if args.output is not None:
         sys.stderr.write(f"wrote {write_output(client, status, args.output, frames)}\n")

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from farm.cli.chained import frames_read_back, plan_of, read_back_note, render_in_order
 from farm.cli.common import EXIT_INTERRUPTED, Subcommands, positive_int
 from farm.cli.job_request import POVRAY_HELP, add_job_flags, prepare_job, submit_job
+from farm.cli.videos import add_video_flags, video_after
 from farm.cli.waiting import StopRequest, finish_job, keep_finished_frames, wait_for_job
 from farm.client import Client
 from farm.config import Config
@@ -34,6 +35,7 @@ def add_render(commands: Subcommands) -> None:
         description="Takes POV-Ray's command line and writes the image where povray would. Ctrl-C stops "
                     "everything.", epilog=POVRAY_HELP + "\n")
     add_job_flags(p)
+    add_video_flags(p)
     p.add_argument("--nodes", type=positive_int, default=2, help="local nodes to start (default 2)")
     p.add_argument("--povray", metavar="PATH", help="the povray program (default: povray on PATH)")
     p.add_argument("--threads", type=int, help="POV-Ray threads per process (default: all cores)")
@@ -43,6 +45,10 @@ def add_render(commands: Subcommands) -> None:
 def cmd_render(config: Config, args: argparse.Namespace) -> int:
     request = prepare_job(args)
     read_back = frames_read_back(request, plan_of(args, request))
+    if read_back and args.video is not None:
+        raise FarmError(Code.BAD_ARGUMENT, "--video needs the animation rendered as one job, and this scene reads "
+                                           "its own frames (rendered in order, one job each): render it, then "
+                                           "encode the frames with ffmpeg yourself")
     if read_back:
         sys.stderr.write(f"povfarm: {read_back_note(request, read_back)}\n")
     workspace = Path(tempfile.mkdtemp(prefix="povfarm-render-"))
@@ -69,7 +75,7 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
                 if job_id is not None:
                     keep_finished_frames(client, job_id, request)
                 return EXIT_INTERRUPTED
-            return finish_job(client, status, request)
+            return video_after(client, config, args, job_id, finish_job(client, status, request), stop, local=True)
         finally:
             _stop_local_farm(nodes, controller, abort=stop.is_set())
             shutil.rmtree(workspace, ignore_errors=True)

@@ -66,6 +66,10 @@ def add_node(commands: Subcommands) -> None:
     p.add_argument("--tags", metavar="TAG,TAG",
                    help="this node's tags (setting: tags), e.g. windows,fast: jobs submitted with --require TAG "
                         "render only on nodes with it; `povfarm node-tags` overrides them from the controller")
+    p.add_argument("--kinds", metavar="KIND,KIND",
+                   help="the kinds of job this node runs (setting: kinds): povray, video (default: each whose "
+                        "program it has: povray, ffmpeg)")
+    p.add_argument("--ffmpeg", metavar="PATH", help="the ffmpeg program for video jobs (default: ffmpeg on PATH)")
     p.add_argument("--machine", metavar="NAME",
                    help="which box's cores this node shares: nodes of one machine, with nobody watching, get a "
                         "frame in as few strips as keep it busy (default: the running kernel, told by its boot id)")

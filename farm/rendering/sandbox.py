@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "bwrap", "none")
 # Read-only inside the sandbox, when they exist: programs and libraries, POV-Ray's INI, conf and
-# include files (/usr/share/povray-3.7, /etc/povray), the dynamic loader's cache, font configuration.
-SYSTEM_PATHS = ("/usr", "/etc/povray", "/etc/ld.so.cache", "/etc/fonts")
+# include files (/usr/share/povray-3.7, /etc/povray), the dynamic loader's cache, font configuration, and
+# Debian's alternatives, through which libraries such as ffmpeg's BLAS are linked.
+SYSTEM_PATHS = ("/usr", "/etc/povray", "/etc/ld.so.cache", "/etc/fonts", "/etc/alternatives")
 # Top-level directories that are symlinks into /usr on merged-/usr systems, real directories elsewhere.
 TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"

@@ -25,6 +25,7 @@ from farm.service.live import LiveBlocks
 from farm.service.logs import Logs
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
+from farm.service.videos import Videos
 from farm.service.views import Views
 from farm.service.watchers import Watchers
 from farm.service.written import WrittenFiles
@@ -43,6 +44,7 @@ class Services:
         self.bundles = Bundles(config, store, self.files, clock)
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock,
                                        config.pretrace_bands)
+        self.videos = Videos(store, self.files, self.changes, self.work, clock)
         self.watchers = Watchers(clock)
         self.meter = Meter()       # what only this process counts (farm.meter): units stored, failures, requests
         self.logs = Logs(config, store)                # POV-Ray's logs of the units' runs

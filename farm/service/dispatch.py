@@ -18,11 +18,13 @@ from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
 from farm.meter import Meter
-from farm.kinds import PRETRACE, PREVIEW, ROWS, PreviewMode
+from farm.kinds import PRETRACE, PREVIEW, ROWS, VIDEO, PreviewMode
 from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.records import Job, Lease, Unit
 from farm.rows import ZLIB, compress_rows, decompress_capped, deflate_bound
 from farm.states import UnitState
+from farm.video import MAX_VIDEO_BYTES
+from farm.service import videos
 from farm.service.changes import Changes
 from farm.service.stitcher import Stitcher
 from farm.store import Completion, Store
@@ -162,6 +164,9 @@ class Dispatcher:
                      "cache shared" if data else "no radiosity samples")
         elif unit.kind == PREVIEW:   # for viewers only: it never reaches the frame's image
             log.info("job %s frame %s preview done by %s in %.2fs", job.id, unit.frame, node_id, seconds)
+        elif unit.kind == VIDEO:     # a file: the stitcher stores it as the job's result (service/videos.py)
+            log.info("job %s video (%d bytes) done by %s in %.2fs", job.id, len(data), node_id, seconds)
+            self._stitcher.frames_ready(job.id, (unit.frame,))
         else:
             log.info("job %s unit %s done by %s in %.2fs", job.id, unit.index, node_id, seconds)
             if overhead is not None:
@@ -179,6 +184,8 @@ class Dispatcher:
         unit = self._unit_of(token)
         if unit.kind == PRETRACE:
             return deflate_bound(MAX_RADIOSITY_CACHE)
+        if unit.kind == VIDEO:
+            return MAX_VIDEO_BYTES
         return deflate_bound(unit.scanline_bytes(self.job(unit.job)))
 
     def _unit_of(self, token: str) -> Unit:
@@ -248,7 +255,7 @@ class Dispatcher:
 
 
 def declare_unit_metrics(meter: Meter) -> None:
-    kinds = [(("kind", kind),) for kind in (ROWS, PRETRACE, PREVIEW)]
+    kinds = [(("kind", kind),) for kind in (ROWS, PRETRACE, PREVIEW, VIDEO)]
     meter.declare("units_stored_total", "counter", "Units whose results were stored, by kind (rows: strips).",
                   labels=kinds)
     meter.declare("stored_bytes_total", "counter", "Bytes of results stored (compressed), by kind of unit.",
@@ -271,6 +278,10 @@ def _checked_result(unit: Unit, job: Job, data: bytes, encoding: str) -> bytes:
             if data:
                 decompress_capped(data, MAX_RADIOSITY_CACHE)
             return b""
+        if unit.kind == VIDEO:
+            videos.check_result(data)
+            return b""
         return unit.decode(job, data, encoding)
     except ValueError as err:
-        raise FarmError(Code.BAD_ARGUMENT, f"strip rows rejected: {err}") from None
+        raise FarmError(Code.BAD_ARGUMENT, f"{'the video' if unit.kind == VIDEO else 'strip rows'} rejected: "
+                                           f"{err}") from None

@@ -65,8 +65,9 @@ class Files:
     def bundle(self, digest: str) -> Path:
         return self.bundle_dir / (digest.split(":", 1)[-1] + ".zip")
 
-    def frame_image(self, job_id: int, frame: int) -> Path:
-        return self.image_dir / str(job_id) / f"frame-{frame:05d}.png"
+    def frame_image(self, job_id: int, frame: int, suffix: str = ".png") -> Path:
+        """A frame's image (or, with a kind's `suffix`, its result file: farm.jobkinds)."""
+        return self.image_dir / str(job_id) / f"frame-{frame:05d}{suffix}"
 
     def map_bundle(self, digest: str) -> mmap.mmap:
         """A stored bundle as a read-only file mapping: zip checks read only the parts they need, so a large

@@ -23,7 +23,9 @@ from farm import strips
 from farm.faults import FarmError
 from farm.images.png import encode_png
 from farm.images.raster import Raster
+from farm.kinds import VIDEO
 from farm.records import Job, StoredRows, Unit
+from farm.service import videos
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
 from farm.store import Store
@@ -111,6 +113,10 @@ class Stitcher:
     def _finish(self, job_id: int, frame: int, unpacked: "_LastUnit") -> None:
         job = self._store.jobs.get(job_id)
         if job.ended:
+            return
+        if job.kind == VIDEO:      # a kind whose result is a file the node made, not rows
+            videos.assemble(self._store, self._files, job, frame, self._clock())
+            self._changes.bump(job_id)
             return
         try:
             raster = self._raster(job, frame, unpacked)

@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable
 
 from farm import builds, dependencies, scheduler, tags
 from farm.faults import Code, FarmError
-from farm.kinds import PREVIEW, ROWS, preview_size
+from farm import jobkinds
+from farm.kinds import PREVIEW, ROWS, VIDEO, preview_size
 from farm.records import Job, Node, StoredRows
 from farm.rows import split_frames
 from farm.service.changes import Changes
@@ -47,7 +48,8 @@ def blocked_reason(nodes: list[Node], last_seen: float, now: float, grace: float
     if live:
         lacking = "; ".join(f"{node.name} lacks {','.join(tags.missing(require, node.tags))}"
                             for node in sorted(live, key=lambda node: node.name))
-        return f"no live node has the tags it requires ({','.join(require)}): {lacking}"
+        needs = jobkinds.lacking_kinds(require)
+        return f"{needs}no live node has the tags it requires ({','.join(require)}): {lacking}"
     reasons: dict[str, list[str]] = {}
     for node in nodes:
         if node.state is NodeState.BROKEN:
@@ -100,7 +102,7 @@ class Views:
             "preview": preview.value if preview is not None else "",
             "blocked": self._blocked(job.state, job.submitted, presence, job.require, job.povray),
             "povray_version": job.povray, "require": list(job.require), "prefer": list(job.prefer),
-            "after": list(job.after),
+            "after": list(job.after), "kind": job.kind,
             "waiting_for": self._waiting_for(job),
         }
         if eta is not None:
@@ -243,7 +245,9 @@ def _still_listed(cached: tuple[int, dict, float], state: JobState, priority: in
 def feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:
     """A stored unit as the feed sends it: one piece per frame, each its own zlib stream in the encoding
     the node delivered (the compact filtered form from current nodes). A preview's piece carries the
-    preview's own size."""
+    preview's own size. A video unit is a file, not rows: none."""
+    if unit.kind == VIDEO:
+        return []
     if unit.kind == PREVIEW:
         width, height = preview_size(job.width, job.height)
         return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
@@ -270,7 +274,8 @@ def _node_view(node: Node) -> dict[str, Any]:
         "sandbox_warning": str(info.get("sandbox_warning", "")),
         "last_seen": node.last_seen, "current": node.current,
         "strips_done": node.units_done, "strips_failed": node.units_failed, "error": node.error,
-        "upload_bps": node.upload_bps, "tags": list(node.tags), "tags_overridden": node.tags_overridden,
+        "upload_bps": node.upload_bps, "tags": list(jobkinds.own_tags(node.tags)),
+        "tags_overridden": node.tags_overridden, "kinds": list(jobkinds.offered_by(info)),
     }
 
 

@@ -12,6 +12,7 @@ import sqlite3
 from typing import Any
 
 from farm.animation import Animation
+from farm.jobkinds import capability_tags
 from farm.kinds import ROWS, PreviewMode
 from farm.records import Frame, Job, Node, StoredRows, Unit
 from farm.rows import ZLIB
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     require TEXT NOT NULL DEFAULT '[]' /* JSON: the tags a node must all have to render it (farm.tags) */,
     prefer TEXT NOT NULL DEFAULT '[]' /* JSON: the tags of the nodes it goes to first */,
     run_after TEXT NOT NULL DEFAULT '[]' /* JSON: the jobs it runs after (farm.dependencies) */,
-    povray TEXT NOT NULL DEFAULT '' /* the POV-Ray version it is pinned to ('': any; farm.builds) */);
+    povray TEXT NOT NULL DEFAULT '' /* the POV-Ray version it is pinned to ('': any; farm.builds) */,
+    kind TEXT NOT NULL DEFAULT 'povray' /* its kind of work (farm.jobkinds) */);
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
     povray TEXT,   -- the POV-Ray build its units render on (farm.builds), from its first unit leased
@@ -133,7 +135,8 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("nodes", "tags", "TEXT NOT NULL DEFAULT '[]'"),
                   ("nodes", "tags_overridden", "INTEGER NOT NULL DEFAULT 0"),
                   ("jobs", "povray", "TEXT NOT NULL DEFAULT ''"),
-                  ("frames", "povray", "TEXT"))
+                  ("frames", "povray", "TEXT"),
+                  ("jobs", "kind", "TEXT NOT NULL DEFAULT 'povray'"))
 
 
 def prepare(db: sqlite3.Connection) -> None:
@@ -167,7 +170,8 @@ def job(row: sqlite3.Row) -> Job:
         error=row["error"] or "", submitted=row["submitted"], started=row["started"] or 0.0,
         finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]), block=row["block"],
         preview=PreviewMode(row["preview"]), require=tuple(json.loads(row["require"])),
-        prefer=tuple(json.loads(row["prefer"])), after=tuple(json.loads(row["run_after"])), povray=row["povray"])
+        prefer=tuple(json.loads(row["prefer"])), after=tuple(json.loads(row["run_after"])), povray=row["povray"],
+        kind=row["kind"])
 
 
 def frame(row: sqlite3.Row) -> Frame:
@@ -197,12 +201,14 @@ def stored_rows(row: sqlite3.Row) -> StoredRows:
 
 
 def node(row: sqlite3.Row) -> Node:
-    return Node(id=row["id"], name=row["name"], state=NodeState(row["state"]), info=json.loads(row["info"]),
+    info = json.loads(row["info"])
+    return Node(id=row["id"], name=row["name"], state=NodeState(row["state"]), info=info,
                 registered=row["registered"], last_seen=row["last_seen"], units_done=row["units_done"],
                 units_failed=row["units_failed"], error=row["error"] or "",
                 current=(row["current"] or "") if "current" in row.keys() else "",
                 upload_bps=(row["upload_bps"] or 0.0) if "upload_bps" in row.keys() else 0.0,
-                tags=tuple(json.loads(row["tags"])) if "tags" in row.keys() else (),
+                # its tags, and the capability tags of the kinds it offers (farm.jobkinds), matched alike
+                tags=(tuple(json.loads(row["tags"])) if "tags" in row.keys() else ()) + capability_tags(info),
                 tags_overridden=bool(row["tags_overridden"]) if "tags_overridden" in row.keys() else False)
 
 

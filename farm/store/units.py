@@ -100,12 +100,12 @@ class UnitRecords:
                 "SELECT frame, frame_last, row_start, row_end, data, done_seq, kind, encoding FROM units"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()]
 
-    def stored_for_frame(self, job_id: int, frame: int) -> list[StoredRows]:
-        """The stored row units that cover a frame."""
+    def stored_for_frame(self, job_id: int, frame: int, kind: str = ROWS) -> list[StoredRows]:
+        """The stored row units (or those of `kind`) that cover a frame."""
         with self._db.read() as db:
             return [schema.stored_rows(row) for row in db.execute(
                 f"SELECT frame, frame_last, row_start, row_end, data, done_seq, encoding FROM units WHERE job=? AND {_COVERS}"
-                " AND state=? AND kind=?", (job_id, frame, frame, UnitState.DONE.value, ROWS)).fetchall()]
+                " AND state=? AND kind=?", (job_id, frame, frame, UnitState.DONE.value, kind)).fetchall()]
 
     def radiosity_caches(self, job_id: int, frame: int) -> list[bytes]:
         """The compressed radiosity caches of a frame's pre-pass, a part's each, top band first; none
