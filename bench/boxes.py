@@ -41,13 +41,15 @@ class Boxes:
     """A controller and `count` nodes standing for separate one-thread boxes; `latency_ms` puts a proxy
     delaying each direction by that much between the nodes and the controller."""
 
-    def __init__(self, work: Path, count: int = 2, latency_ms: float = 0.0, threads: int = 1):
-        self.work, self.processes = work, []
+    def __init__(self, work: Path, count: int = 2, latency_ms: float = 0.0, threads: int = 1,
+                 root: Path = ROOT, settings: dict[str, str] | None = None):
+        """`root`: the checkout the farm runs from; `settings`: POVFARM_* variables for every process."""
+        self.root, self.work, self.processes = root, work, []
         work.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         tokens = work / "controller" / "tokens"
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "POVFARM_TOKEN_FILE": str(tokens)}
+        self.env = {**os.environ, "PYTHONPATH": str(root), "POVFARM_TOKEN_FILE": str(tokens), **(settings or {})}
         self.env.pop("POVFARM_TOKEN", None)
         self.controller_log = work / "controller.log"
         self._start(farm("--log-level", "INFO", "controller", "--port", str(port), "--data-dir",
@@ -69,7 +71,7 @@ class Boxes:
         wait_for(lambda: self._registered() >= count, "the nodes")
 
     def _start(self, argv: list[str], log: Path) -> None:
-        self.processes.append(subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL,
+        self.processes.append(subprocess.Popen(argv, cwd=self.root, env=self.env, stdout=subprocess.DEVNULL,
                                                stderr=open(log, "ab"), start_new_session=True))
 
     def _answers(self) -> bool:

@@ -19,8 +19,6 @@ import argparse
 import itertools
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,73 +26,29 @@ import tempfile
 import time
 from pathlib import Path
 
+from boxes import Boxes   # the two-box farm of bench/run.py
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENES = Path("/usr/share/povray-3.7/scenes")
 CORES = os.cpu_count() or 1
 CASES = {"balcony": "advanced/balcony/balcony.pov", "cornell": "radiosity/cornell.pov"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class TwoBoxes:
-    """A controller and two one-thread nodes on machines of their own, of the checkout at `root`."""
+class TwoBoxes(Boxes):
+    """A controller and two one-thread nodes on machines of their own, of the checkout at `root`, with the
+    controller's pre-pass cut into `bands`."""
 
     def __init__(self, root: Path, work: Path, bands: int = 1):
-        self.root, self.work, self.processes = root, work, []
-        work.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        tokens = work / "controller" / "tokens"
-        self.env = {**os.environ, "PYTHONPATH": str(root), "POVFARM_TOKEN_FILE": str(tokens)}
-        self.env.pop("POVFARM_TOKEN", None)
-        self.env["POVFARM_PRETRACE_BANDS"] = str(bands)     # the controller's bands of a frame's pre-pass
-        self.log = work / "controller.log"
-        self._start(["--log-level", "INFO", "controller", "--port", str(port), "--data-dir", str(work / "controller")],
-                    self.log)
-        deadline = time.monotonic() + 60
-        while not tokens.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the controller of {root} did not start: {self._text()[-2000:]}")
-            time.sleep(0.2)
-        for name in ("boxA", "boxB"):
-            self._start(["--log-level", "INFO", "node", "--controller", self.url, "--name", name, "--machine", name,
-                         "--threads", "1", "--work-dir", str(work / name)], work / f"{name}.log")
-        deadline = time.monotonic() + 60
-        while len(re.findall(r"node \S+ registered", self._text())) < 2:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the nodes of {root} did not register: {(work / 'boxA.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def _text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def _start(self, args: list[str], log: Path) -> None:
-        self.processes.append(subprocess.Popen([sys.executable, "-m", "farm", *args], cwd=self.root, env=self.env,
-                                               stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
-                                               start_new_session=True))
+        super().__init__(work, root=root, settings={"POVFARM_PRETRACE_BANDS": str(bands)})
 
     def render(self, scene: Path, width: int, height: int, out: Path) -> float:
         start = time.monotonic()
-        subprocess.run([sys.executable, "-m", "farm", "submit", str(scene), f"+W{width}", f"+H{height}",
-                        "--no-preview", "--controller", self.url, "--output", str(out)],
+        subprocess.run([*self.command([str(scene), f"+W{width}", f"+H{height}"]), "--output", str(out)],
                        cwd=self.root, env=self.env, check=True, capture_output=True, timeout=900)
         return time.monotonic() - start
 
     def pretrace_units(self) -> int:
-        return len(re.findall(r"radiosity pre-pass done by", self._text()))
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        return len(re.findall(r"radiosity pre-pass done by", self.controller_log.read_text(errors="replace")))
 
 
 def native(scene: Path, width: int, height: int, out: Path) -> float:
