@@ -40,7 +40,7 @@ from farm.rendering.live import STATE_SUFFIX, FramesReader, LiveSender, LiveWatc
 from farm.hostos import HOST
 from farm.kinds import PREVIEW, ROWS, VIDEO
 from farm.rendering.probe import probe_povray
-from farm.rendering.render import UnitRenderer, output_path
+from farm.rendering.render import UnitRenderer, output_path, unnamed
 from farm.retry import RETRY_CEILING, grow
 from farm.rendering.task import RenderOutcome, Task
 from farm.rows import FILTERED, ZLIB
@@ -367,7 +367,7 @@ class Node:
                 self._preview_first(task.job)
             return _task(self.delivery.complete(lease, outcome, take_next))
         if outcome.kind == "failed":
-            message = self._error_text(outcome.error, strip_dir / "scene")
+            message = error_text(outcome.error, strip_dir / "scene", self.config.work_dir)
             log.warning("job %s strip %s failed: %s", task.job, task.strip, message)
             self.delivery.fail(lease, outcome, message)
         elif outcome.kind == "release":
@@ -375,15 +375,15 @@ class Node:
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
         return None
 
-    def _error_text(self, text: str, scene_dir: Path) -> str:
-        """Error text for the controller: scene paths relative, the node's own folders unnamed,
-        at most MAX_ERROR_BYTES."""
-        text = text.replace(f"{scene_dir}{os.sep}", "").replace(str(self.config.work_dir), "<work-dir>")
-        data = text.encode("utf-8")
-        if len(data) <= MAX_ERROR_BYTES:
-            return text
-        marker = "\n[...]"
-        return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
+
+def error_text(text: str, scene_dir: Path, work_dir: Path) -> str:
+    """Error text for the controller: the node's own folders unnamed (`render.unnamed`), at most
+    MAX_ERROR_BYTES."""
+    data = unnamed(text, scene_dir, work_dir).encode("utf-8")
+    if len(data) <= MAX_ERROR_BYTES:
+        return data.decode("utf-8")
+    marker = "\n[...]"
+    return data[:MAX_ERROR_BYTES - len(marker)].decode("utf-8", "ignore") + marker
 
 
 def profile_line(task: Task, outcome: RenderOutcome, seconds: float, waited: float) -> str:

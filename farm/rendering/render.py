@@ -176,8 +176,8 @@ class UnitRenderer:
         """The run's log for the controller: its text bounded (unit_log_kb), the node's folders unnamed."""
         limit = self.config.unit_log_kb * 1024
         text, skipped = _read_log(log_path, limit)
-        return UnitLog.of_run(_unnamed(text, scene_dir, self.config.work_dir),
-                              [_unnamed(arg, scene_dir, self.config.work_dir) for arg in argv], started,
+        return UnitLog.of_run(unnamed(text, scene_dir, self.config.work_dir),
+                              [unnamed(arg, scene_dir, self.config.work_dir) for arg in argv], started,
                               result.seconds, result.returncode, result.signal, result.timed_out, limit, skipped)
 
     def _outcome(self, task: Task, result: povray.ProcessResult, log_path: Path, output: Path,
@@ -273,7 +273,7 @@ def _read_log(path: Path, limit: int) -> tuple[str, int]:
     return (head + mark.encode() + tail).decode("utf-8", "replace"), skipped
 
 
-def _unnamed(text: str, scene_dir: Path, work_dir: Path) -> str:
+def unnamed(text: str, scene_dir: Path, work_dir: Path) -> str:
     """`text` with the node's own folders out of it: scene paths relative, the work folder unnamed."""
     return text.replace(f"{scene_dir}{os.sep}", "").replace(str(scene_dir), ".").replace(str(work_dir), "<work-dir>")
 
