@@ -3,9 +3,10 @@ made from a run's output as the console showed it.
 
 POV-Ray 3.7 has six streams, each with a console switch and a file: `All_File`/`+GA`, `Debug_File`/`+GD`,
 `Fatal_File`/`+GF`, `Render_File`/`+GR`, `Statistic_File`/`+GS`, `Warning_File`/`+GW`. A file key takes a
-name, `true` for POV-Ray's own name (alltext.out, debug.out, fatal.out, render.out, stats.out, warning.out)
-or `false` for none; `+GDname` names the file and turns the console on, `-GDname` names it and turns the
-console off. Measured on 3.7.0.10: the files are written in the output image's folder (a name elsewhere is
+name; `true` (on, yes, 1) or nothing (`All_File=`, as benchmark.ini has it) stands for POV-Ray's own name
+(alltext.out, debug.out, fatal.out, render.out, stats.out, warning.out), and any other word is a name
+(measured: `Debug_File=off` writes a file called `off`); `+GDname` names the file and turns the console
+on, `-GDname` names it and turns the console off. Measured on 3.7.0.10: the files are written in the output image's folder (a name elsewhere is
 an error), each is emptied at the start of a run unless `Append_File=on`, an animation's frames follow one
 another in it, and the files hold no banner, no `==== [...]` section lines and no progress. A located
 message reads `File: s.pov  Line: 2` then the message on the next line, where the console has
@@ -33,8 +34,10 @@ STREAMS = {
 SWITCHES = frozenset(f"G{letter}" for letter in STREAMS)
 FILE_KEYS = {f"{name}_file".lower(): letter for letter, (name, _, _) in STREAMS.items()}
 CONSOLE_KEYS = {f"{name}_console".lower(): letter for letter, (name, _, _) in STREAMS.items()}
-_TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0", "")
+_DEFAULT_NAME = ("", "on", "true", "yes", "1")     # values that stand for POV-Ray's own file name
 _RULE = re.compile(r"^-{20,}$")
+_WRAPPED = re.compile(r"^ \S")         # the next line of a message POV-Ray wrapped
+WIDTH = povtext.WRAP_WIDTH
 _LOCATED = re.compile(r"^File '(.*)' line (\d+):\s*(.*)$")
 _LEFT_OUT = re.compile(r"^(==== \[|POV-Ray finished|Rendered \d+ of \d+ pixels|Parsing \d|"
                        r"Rendering frame \d+ of \d+)")
@@ -48,12 +51,9 @@ class StreamSettings:
     append: bool = False
 
     def file_key(self, letter: str, value: str) -> None:
-        """`Debug_File=name`, `=true` (POV-Ray's name) or `=false` (none)."""
+        """`Debug_File=name`; `=true` or `=`: POV-Ray's own name."""
         text = value.strip()
-        if text.lower() in _FALSE:
-            self.files.pop(letter, None)
-        else:
-            self.files[letter] = STREAMS[letter][1] if text.lower() in _TRUE else text
+        self.files[letter] = STREAMS[letter][1] if text.lower() in _DEFAULT_NAME else text
 
     def console(self, letter: str, on: bool) -> None:
         """`Debug_Console=off`, `-GD`; the All stream turns every stream on or off."""
@@ -81,18 +81,40 @@ def file_text(letter: str, lines: Iterable[tuple[str, str]]) -> str:
         lines.pop()             # the blank line after "POV-Ray finished"
     kinds = STREAMS[letter][2]
     out: list[str] = []
-    for index, (kind, line) in enumerate(lines):
+    index = 0
+    while index < len(lines):
+        kind, line = lines[index]
         following = lines[index + 1][0] if index + 1 < len(lines) else ""
+        index += 1
         if kind == povtext.STATISTICS and _RULE.match(line) and following == povtext.RENDER:
             kind = povtext.RENDER       # the rule above "Render Options" is the render stream's
         if kind not in kinds or _LEFT_OUT.match(line):
             continue
         located = _LOCATED.match(line) if kind in (povtext.WARNING, povtext.ERROR) else None
-        if located:
-            out.append(f"File: {located.group(1)}  Line: {located.group(2)}\n")
-            line = located.group(3)
-        out.append(line + "\n")
+        if located is None:
+            out.append(line + "\n")
+            continue
+        message, width = located.group(3), len(line)
+        while index < len(lines) and (width == WIDTH and lines[index][1]       # a word cut where the line was full
+                                      or lines[index][0] == kind and _WRAPPED.match(lines[index][1])):
+            message += lines[index][1]      # the console wrapped it with the place in front: unwrap it
+            width = len(lines[index][1])
+            index += 1
+        out.append(f"File: {located.group(1)}  Line: {located.group(2)}\n")
+        out.extend(f"{piece}\n" for piece in _wrapped(message))
     return "".join(out)
+
+
+def _wrapped(text: str) -> list[str]:
+    """`text` cut as POV-Ray cuts a message (base/textstreambuffer.cpp, and measured): a line that would pass
+    WIDTH characters is cut before the last space within its last quarter (the next line starts with it),
+    else where it is full."""
+    pieces = []
+    while len(text) > WIDTH:
+        cut = next((at for at in range(WIDTH, WIDTH - WIDTH // 4, -1) if text[at].isspace()), WIDTH)
+        pieces.append(text[:cut])
+        text = text[cut:]
+    return [*pieces, text]
 
 
 def console_text(settings: StreamSettings, messages: str) -> str:

@@ -57,9 +57,11 @@ def test_harmless_switches_are_ignored_with_one_note_each():
 
 
 def test_stream_files_and_console_switches_are_read_as_povray_reads_them():
-    streams = parse("scene.pov", "All_File=alltext.txt", "Debug_File=true", "Warning_File=on",
-                    "Warning_File=off", "+GSstats.txt", "-GR", "Append_File=on", "Fatal_Console=no").streams
-    assert streams.files == {"A": "alltext.txt", "D": "debug.out", "S": "stats.txt"}
+    streams = parse("scene.pov", "All_File=alltext.txt", "Debug_File=true", "Warning_File=",
+                    "Render_File=off", "+GSstats.txt", "-GR", "Append_File=on", "Fatal_Console=no").streams
+    # as measured: true or nothing is POV-Ray's own name, any other word a name (`off` writes "off")
+    assert streams.files == {"A": "alltext.txt", "D": "debug.out", "W": "warning.out", "R": "off",
+                             "S": "stats.txt"}
     assert streams.silent == {"R", "F"} and streams.append
     assert parse("scene.pov", "-GA", "+GDd.txt").streams.silent == {"A", "F", "R", "S", "W"}
     assert parse("scene.pov", "+GAa.txt").streams.files == {"A": "a.txt"}
