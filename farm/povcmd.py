@@ -2,10 +2,10 @@
 
 `povfarm render scene.pov +W640 +H480 +A0.3` and `povfarm render scene.ini +KFF6` take what `povray`
 takes. This module turns such arguments into the farm's terms: the scene, the size, the output name and
-format, the animation, local library paths and the rendering switches a job carries (those are checked
-by the same allowlist as `--option`, in farm.options). Switches that mean nothing on a farm but do no
-harm (`-D`, `+P`, `-V`, `+GA...`) are ignored with one note each; anything that could run commands or
-that the farm cannot honour is refused with the reason.
+format, the animation, local library paths, POV-Ray's stream files and console switches (farm.povstreams)
+and the rendering switches a job carries (those are checked by the same allowlist as `--option`, in
+farm.options). Switches that mean nothing on a farm but do no harm (`-D`, `+P`, `-V`) are ignored with
+one note each; anything that could run commands or that the farm cannot honour is refused with the reason.
 
 Pure: files are read through a function passed in, and nothing here writes. Settings apply in order
 and the last one wins, as in POV-Ray, so `scene.ini +W320` overrides the INI's width.
@@ -324,7 +324,7 @@ class _Reader:
         self.command.file_type_given = False
 
     def note(self, shown: str, why: str) -> None:
-        """One note per reason: `All_Console=On, Debug_Console=On: ignored, POV-Ray's message streams ...`."""
+        """One note per reason: `-D, Display=On: ignored, nodes never open a display`."""
         if self._quiet:
             return
         shown_list = self._ignored.setdefault(why, [])
