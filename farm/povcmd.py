@@ -2,10 +2,10 @@
 
 `povfarm render scene.pov +W640 +H480 +A0.3` and `povfarm render scene.ini +KFF6` take what `povray`
 takes. This module turns such arguments into the farm's terms: the scene, the size, the output name and
-format, the animation, local library paths and the rendering switches a job carries (those are checked
-by the same allowlist as `--option`, in farm.options). Switches that mean nothing on a farm but do no
-harm (`-D`, `+P`, `-V`, `+GA...`) are ignored with one note each; anything that could run commands or
-that the farm cannot honour is refused with the reason.
+format, the animation, local library paths, POV-Ray's stream files and console switches (farm.povstreams)
+and the rendering switches a job carries (those are checked by the same allowlist as `--option`, in
+farm.options). Switches that mean nothing on a farm but do no harm (`-D`, `+P`, `-V`) are ignored with
+one note each; anything that could run commands or that the farm cannot honour is refused with the reason.
 
 Pure: files are read through a function passed in, and nothing here writes. Settings apply in order
 and the last one wins, as in POV-Ray, so `scene.ini +W320` overrides the INI's width.
@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Sequence
 
 from farm import options as allow
-from farm import povkeys
+from farm import povkeys, povstreams
 from farm.faults import Code, FarmError
 
 # Output file types: switch letter -> (name, extension POV-Ray gives the file).
@@ -39,13 +39,15 @@ _JOB_SWITCHES = frozenset({*allow.JOB_SWITCHES, "I", "L"})
 # Every switch farm.options knows is known here too: one it owns that is not handled above is refused
 # by farm.options, with its reason.
 _SWITCH_NAMES = sorted({*allow.ALLOWED_SWITCHES, *allow.FARM_OWNED, *_JOB_SWITCHES, *IGNORED_SWITCHES,
-                        *REFUSED_SWITCHES}, key=len, reverse=True)
+                        *REFUSED_SWITCHES, *povstreams.SWITCHES}, key=len, reverse=True)
 
 # INI keys with a reader of their own (a method of _Reader), by lowercase name.
 _SPECIAL_KEYS = {"antialias_threshold": "threshold", "jitter_amount": "threshold", "file_gamma": "file_gamma",
                  "output_file_type": "file_type_key", "bits_per_color": "bits_key", "bits_per_colour": "bits_key",
                  "include_ini": "include_ini", "declare": "declare_key",
-                 "compression": "compression_key"}
+                 "compression": "compression_key", "append_file": "append_key",
+                 **dict.fromkeys(povstreams.FILE_KEYS, "stream_file"),
+                 **dict.fromkeys(povstreams.CONSOLE_KEYS, "stream_console")}
 _TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 _TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 _SECTION = re.compile(r"^(.*\.ini)\[([^\]]*)\]$", re.I)
@@ -70,6 +72,7 @@ class PovCommand:
     animation: dict = dataclasses.field(default_factory=dict)      # keys of farm.animation.Animation
     library_paths: list[Path] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)     # one line per ignored switch
+    streams: povstreams.StreamSettings = dataclasses.field(default_factory=povstreams.StreamSettings)
 
     @property
     def alpha(self) -> bool:
@@ -202,6 +205,15 @@ class _Reader:
     def declare_key(self, entry: povkeys.Key, value: str, shown: str) -> None:
         self.declare(value, shown)
 
+    def stream_file(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self.command.streams.file_key(povstreams.FILE_KEYS[entry.name.lower()], value)
+
+    def stream_console(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self.command.streams.console(povstreams.CONSOLE_KEYS[entry.name.lower()], _boolean(entry.name, value))
+
+    def append_key(self, entry: povkeys.Key, value: str, shown: str) -> None:
+        self.command.streams.append = _boolean(entry.name, value)
+
     # -- switches ------------------------------------------------------------------------------
 
     def switch(self, text: str, where: str, shown: str | None = None) -> None:
@@ -217,6 +229,8 @@ class _Reader:
         value = _unquote(body[len(name):])
         if name in IGNORED_SWITCHES:
             self.note(shown, IGNORED_SWITCHES[name])
+        elif name in povstreams.SWITCHES:
+            self.command.streams.switch(name[1], sign == "+", value)
         elif name in REFUSED_SWITCHES:
             if sign == "-" and name in povkeys.REFUSED_WHEN_ON:
                 return
@@ -310,7 +324,7 @@ class _Reader:
         self.command.file_type_given = False
 
     def note(self, shown: str, why: str) -> None:
-        """One note per reason: `All_Console=On, Debug_Console=On: ignored, POV-Ray's message streams ...`."""
+        """One note per reason: `-D, Display=On: ignored, nodes never open a display`."""
         if self._quiet:
             return
         shown_list = self._ignored.setdefault(why, [])
@@ -347,6 +361,10 @@ class _Reader:
         command = self.command
         command.options = [*self._settings.values(), *self._declares.values()]
         command.notes.extend(f"{', '.join(shown)}: ignored, {why}" for why, shown in self._ignored.items())
+        for name in command.streams.files.values():
+            if Path(name).name != name or name in (".", ".."):
+                raise FarmError(Code.BAD_OPTION, f"stream file {name!r}: POV-Ray writes its stream files "
+                                                 f"beside the image; give a plain file name")
         settle_format(command)
         return command
 

@@ -24,6 +24,7 @@ import difflib
 from typing import Optional
 
 from farm.options import RADIOSITY_FILES
+from farm.povstreams import STREAMS
 
 PASSED, FARM, IGNORED, REFUSED = "passed", "farm", "ignored", "refused"
 # When a refused key is harmless: never; when off (a false boolean, or empty); when empty; when it names
@@ -53,7 +54,6 @@ class Key:
         return number in (0.0, 1.0) if self.harmless == WHEN_START else number == 1.0
 
 
-_STREAMS = "POV-Ray's message streams stay on the nodes"
 _DISPLAY = "nodes never open a display"
 _GONE = "POV-Ray 3.7 no longer uses it"
 _BSP = "it tunes POV-Ray's BSP tree, which changes the speed, never the pixels; the nodes keep their own"
@@ -76,8 +76,7 @@ IGNORED_SWITCHES = {
     "D": _DISPLAY, "P": "there is no window to pause", "V": "povfarm shows its own progress",
     "X": "stop with Ctrl-C", "SP": "there is no preview", "EP": "there is no preview",
     "WT": "each node sets its own thread count (povfarm render --threads)", "WL": "nodes set the warning level",
-    "GA": _STREAMS, "GD": _STREAMS, "GF": _STREAMS, "GR": _STREAMS, "GS": _STREAMS, "GW": _STREAMS,
-    "GP": _STREAMS, "GI": "no INI file is written",
+    "GP": "POV-Ray 3.7 writes nothing different for it", "GI": "no INI file is written",
     "C": "a farm render always starts afresh",
     "B": "bounding changes the speed, never the pixels", "MI": _MEMORY,
     "RS": _ORDER, "RP": _ORDER,
@@ -132,6 +131,10 @@ _KEYS = [
     _farm("Initial_Clock", "KI"), _farm("Final_Clock", "KF"), _farm("Subset_Start_Frame", "SF"),
     _farm("Subset_End_Frame", "EF"), _farm("Cyclic_Animation", "KC", True), _farm("Output_To_File", "F", True),
     _farm("Compression"),
+    # POV-Ray's message streams (farm.povstreams): render writes their files and keeps them off its console
+    _farm("Append_File", boolean=True),
+    *(_farm(f"{name}_File") for name, _, _ in STREAMS.values()),
+    *(_farm(f"{name}_Console", boolean=True) for name, _, _ in STREAMS.values()),
     # harmless on a farm: one note each
     _ignored_switch("Display", "D", True), _ignored("Display_Gamma", _DISPLAY), _ignored("Palette", _DISPLAY),
     _ignored("Video_Mode", _DISPLAY), _ignored_switch("Preview_Start_Size", "SP"),
@@ -141,10 +144,7 @@ _KEYS = [
     _ignored_switch("Work_Threads", "WT"), _ignored_switch("Warning_Level", "WL"),
     _ignored("Max_Image_Buffer_Memory", _MEMORY), _ignored("Render_Block_Step", _ORDER),
     _ignored("Render_Pattern", _ORDER),
-    _ignored("Create_Ini", "no INI file is written"), _ignored("Append_File", _STREAMS),
-    *(_ignored(f"{stream}_{kind}", _STREAMS) for stream in ("All", "Debug", "Fatal", "Render", "Warning")
-      for kind in ("Console", "File")),
-    _ignored("Statistic_Console", _STREAMS), _ignored("Statistic_File", _STREAMS),
+    _ignored("Create_Ini", "no INI file is written"),
     *(_ignored(f"BSP_{name}", _BSP) for name in ("BaseAccessCost", "ChildAccessCost", "ISectCost", "MaxDepth",
                                                  "MissChance")),
     *(_ignored(name, _GONE) for name in ("Buffer_Output", "Buffer_Size", "Create_Histogram", "Histogram_Name",

@@ -20,6 +20,7 @@ from typing import Iterable
 BANNER, RENDER, DEBUG, WARNING, ERROR, STATISTICS = "banner", "render", "debug", "warning", "error", "statistics"
 KINDS = (BANNER, RENDER, DEBUG, WARNING, ERROR, STATISTICS)
 
+WRAP_WIDTH = 80      # POV-Ray cuts its messages' lines at 80 columns (base/textstreambuffer.cpp)
 CUT_MARK = "[povfarm: {cut} of POV-Ray's output cut here]"
 BANNER_MARK = "[povfarm: POV-Ray's banner left out]"
 
@@ -89,6 +90,9 @@ def classify(text: str) -> list[tuple[str, str]]:
         following = lines[index + 1] if index + 1 < len(lines) else ""
         section = _section(section, line, following)
         kind = _kind(section, line, following, previous)
+        if previous in (WARNING, ERROR) and len(lines[index - 1]) == WRAP_WIDTH and line.strip() \
+                and kind not in (WARNING, ERROR):
+            kind = previous     # the rest of a word POV-Ray cut where the message's line was full
         out.append((kind, line))
         previous = kind
     return out

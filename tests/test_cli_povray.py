@@ -304,7 +304,11 @@ def test_benchmark_ini_renders_like_povray(tmp_path):
     (folders["farm"] / "benchmark.png").unlink()
     quiet = run_cli("render", "benchmark.ini", "+W16", "+H16", "--nodes", "1", cwd=folders["farm"], timeout=120)
     assert quiet.returncode == 0 and "wrote nothing" in quiet.stderr, quiet.stderr
-    assert files_under(folders["farm"]) == {"benchmark.pov", "benchmark.ini"}
+    # Its All_File= (empty: POV-Ray's own name) writes alltext.out, the scene's messages as povray's
+    assert files_under(folders["farm"]) == files_under(folders["native"]) - {"benchmark.png"} \
+        == {"benchmark.pov", "benchmark.ini", "alltext.out"}
+    ours, theirs = (folders[side] / "alltext.out" for side in ("farm", "native"))
+    assert parse_section(ours.read_text()) == parse_section(theirs.read_text())
 
 
 DESK = SCENES / "advanced" / "desk"
@@ -625,6 +629,57 @@ def test_an_animations_messages_come_once_per_frame_in_frame_order(tmp_path):
     # What `povray` prints for each frame of this animation (as the still's test compares, measured here)
     expected = [f"hello\nFile 'speak.pov' line 4: Parse Warning: mind the gap\nframe {n}" for n in range(1, 5)]
     assert printed == "\n".join(expected).splitlines(), done.stderr
+
+
+def stream_sides(tmp_path: Path, ini: str, native_args: list[str], farm_args: list[str]) -> tuple[Path, Path, str]:
+    """The speaking scene and `ini` in two folders, rendered by `povray` in one and `povfarm render` in the
+    other: (the native folder, the farm's, render's stderr)."""
+    folders = []
+    for side in ("native", "farm"):
+        folder = tmp_path / side
+        (folder / "out").mkdir(parents=True, exist_ok=True)
+        (folder / "speak.pov").write_text(SPEAKING_SCENE)
+        (folder / "speak.ini").write_text(ini)
+        folders.append(folder)
+    native = subprocess.run(["povray", "speak.ini", *native_args, "-D"], cwd=folders[0], capture_output=True,
+                            text=True, timeout=60)
+    assert native.returncode == 0, native.stderr[-2000:]
+    done = run_cli("render", "speak.ini", *native_args, *farm_args, cwd=folders[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+    return folders[0], folders[1], done.stderr
+
+
+def parse_section(alltext: str) -> str:
+    """alltext.out's lines between the options and the parser's statistics: the scene's messages."""
+    start = alltext.index("Warning Stream to console")
+    start = alltext.index("\n", start) + 1
+    return alltext[start:alltext.index("-" * 20, start)]
+
+
+def test_stream_files_are_written_beside_the_image_as_povray_writes_them(tmp_path):
+    ini = ("Input_File_Name=speak.pov\nWidth=64\nHeight=128\nOutput_File_Name=out/\nAll_File=alltext.out\n"
+           "Debug_File=true\nWarning_File=warn.txt\nStatistic_File=\n")
+    native, farm, stderr = stream_sides(tmp_path, ini, ["-GD"], ["--strips", "4", "--nodes", "2"])
+    names = {"speak.png", "alltext.out", "debug.out", "warn.txt", "stats.out"}
+    assert files_under(native / "out") == files_under(farm / "out") == names
+    for name in ("debug.out", "warn.txt"):
+        assert (farm / "out" / name).read_text() == (native / "out" / name).read_text(), name
+    assert (farm / "out" / "debug.out").read_text() == "hello\nframe 0\n"
+    ours, theirs = (folder / "out" / "alltext.out" for folder in (farm, native))
+    assert parse_section(ours.read_text()) == parse_section(theirs.read_text())
+    assert "Render Statistics" in ours.read_text() and "Render Statistics" in (farm / "out/stats.out").read_text()
+    assert "POV-Ray's streams written to" in stderr
+    # -GD keeps the debug stream off the console (its file is still written); the warning is printed
+    assert "hello" not in stderr and "mind the gap" in stderr
+
+
+def test_an_animations_stream_file_holds_each_frame_in_turn_and_append_file_adds_to_it(tmp_path):
+    ini = "Input_File_Name=speak.pov\nWidth=32\nHeight=32\nOutput_File_Name=out/\nDebug_File=d.txt\n"
+    animation = ["+KFI1", "+KFF3", "Append_File=on"]
+    for _ in range(2):      # the second run adds to the first's file, as povray's does
+        native, farm, _ = stream_sides(tmp_path, ini, animation, ["--nodes", "2"])
+    ours, theirs = (farm / "out/d.txt").read_text(), (native / "out/d.txt").read_text()
+    assert ours == theirs == "".join(f"hello\nframe {n}\n" for n in range(1, 4)) * 2
 
 
 def test_povfarm_log_prints_each_units_run_and_submit_wait_the_messages_once(farm, tmp_path):

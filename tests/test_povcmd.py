@@ -48,12 +48,25 @@ def test_switches_in_one_argument_and_quoted_values():
 
 
 def test_harmless_switches_are_ignored_with_one_note_each():
-    command = parse("scene.pov", "-D", "+P", "-V", "+GAlog.txt", "+WT4", "-D")
+    command = parse("scene.pov", "-D", "+P", "-V", "+GP", "+WT4", "-D")
     assert command.options == []
     assert command.notes == ["-D: ignored, nodes never open a display", "+P: ignored, there is no window to pause",
                              "-V: ignored, povfarm shows its own progress",
-                             "+GAlog.txt: ignored, POV-Ray's message streams stay on the nodes",
+                             "+GP: ignored, POV-Ray 3.7 writes nothing different for it",
                              "+WT4: ignored, each node sets its own thread count (povfarm render --threads)"]
+
+
+def test_stream_files_and_console_switches_are_read_as_povray_reads_them():
+    streams = parse("scene.pov", "All_File=alltext.txt", "Debug_File=true", "Warning_File=",
+                    "Render_File=off", "+GSstats.txt", "-GR", "Append_File=on", "Fatal_Console=no").streams
+    # as measured: true or nothing is POV-Ray's own name, any other word a name (`off` writes "off")
+    assert streams.files == {"A": "alltext.txt", "D": "debug.out", "W": "warning.out", "R": "off",
+                             "S": "stats.txt"}
+    assert streams.silent == {"R", "F"} and streams.append
+    assert parse("scene.pov", "-GA", "+GDd.txt").streams.silent == {"A", "F", "R", "S", "W"}
+    assert parse("scene.pov", "+GAa.txt").streams.files == {"A": "a.txt"}
+    with pytest.raises(FarmError, match="give a plain file name"):
+        parse("scene.pov", "Debug_File=../d.txt")
 
 
 @pytest.mark.parametrize("arg, reason", [

@@ -64,11 +64,11 @@ def render_in_order(client: Client, args: argparse.Namespace, request: JobReques
         one = dataclasses.replace(request.animation, subset_first=frame, subset_last=frame)
         job = JobRequest(request.command, one, {frame: path}, request.wants_image)
         job_id = submit_job(client, args, job)
-        status = wait_for_job(client, job_id, interval=0.1, stop=stop, local=True)
+        status = wait_for_job(client, job_id, interval=0.1, stop=stop, local=True, streams=request.command.streams)
         if status is None:
             sys.stderr.write("povfarm: interrupted; stopping the local nodes\n")
             return EXIT_INTERRUPTED
-        code = finish_job(client, status, job)
+        code = finish_job(client, status, job, first=frame == next(iter(request.targets)))
         if code != EXIT_OK:
             return code
     return EXIT_OK

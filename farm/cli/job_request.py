@@ -56,8 +56,10 @@ last one wins; a farm flag such as --width overrides them):
   INI files       scene.ini, scene.ini[Section] and Key=Value settings, anywhere on the line
   scene's files   what the scene writes (#fopen) comes back into the current folder, as povray
                   leaves it; frames that read earlier frames' images (desk.ini) render in order
+  stream files    All_File=, Debug_File=, +GDfile ... (Append_File=on adds): written beside the image
+                  after the job, as povray writes them; -GD, Debug_Console=off: not printed
   rendering       {_ALLOWED_HELP}
-  ignored         -D +P -V -X +SP/+EP +WT +WL +B +MI +RS +RP, the +G... message streams, Display_Gamma,
+  ignored         -D +P -V -X +SP/+EP +WT +WL +B +MI +RS +RP +GP, Display_Gamma,
                   BSP_... (one note per reason)
   refused         +SR/+ER/+SC/+EC (the farm renders whole images), +RF (radiosity files), +TH +UF +UO
                   +STP +KLA +RTR +HI, +I-, shell-out settings such as Pre_Scene_Command (never run on nodes);

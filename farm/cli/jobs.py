@@ -115,7 +115,7 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     progress = Progress()
     with StopRequest() as stop:
         patient = patient_client(client, config.patience, progress.note, stop, reached=True)
-        status = wait_for_job(patient, job_id, stop=stop, progress=progress)
+        status = wait_for_job(patient, job_id, stop=stop, progress=progress, streams=request.command.streams)
     if status is None:
         _say_job_goes_on(job_id, args)
         return EXIT_INTERRUPTED

@@ -69,7 +69,8 @@ def cmd_render(config: Config, args: argparse.Namespace) -> int:
                 return render_in_order(client, args, request, stop)
             if not stop.is_set():
                 job_id = submit_job(client, args, request)
-                status = wait_for_job(client, job_id, interval=0.1, stop=stop, local=True)
+                status = wait_for_job(client, job_id, interval=0.1, stop=stop, local=True,
+                                      streams=request.command.streams)
             if status is None:
                 sys.stderr.write("povfarm: interrupted; stopping the local nodes\n")
                 if job_id is not None:

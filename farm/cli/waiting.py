@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import scenefiles
+from farm import povstreams, scenefiles
 from farm.cli.common import EXIT_FAILED, EXIT_OK
 from farm.cli.images import write_scene_files
 from farm.cli.job_request import JobRequest, write_targets
 from farm.cli.logs import SceneMessages
+from farm.cli.streamfiles import write_stream_files
 from farm.client import Client
 from farm.faults import Code, FarmError
 from farm.retry import Outage, Patience, Patient, duration
@@ -93,14 +94,21 @@ def patient_client(client: Client, limit: float, say: Callable[[str], None], sto
 
 def wait_for_job(client: Client | Patient, job_id: int, interval: float = 1.0,
                  stop: threading.Event | None = None, progress: Progress | None = None,
-                 local: bool = False) -> dict[str, Any] | None:
+                 local: bool = False, streams: povstreams.StreamSettings | None = None
+                 ) -> dict[str, Any] | None:
     """Show progress on stderr until the job ends; return its final status (None when `stop` was set).
     jobs.wait returns as soon as the job changes, so the end is seen at once. A job that no live node can
     render is said at once: for `local` nodes (render's, which nothing will mend) it is an error; else
     it is waited for as long as the client's patience allows. The scene's messages are printed on the way,
-    once per frame."""
+    once per frame, but for the streams `streams` keeps off the console (-GD, Warning_Console=off)."""
     progress = progress or Progress()
-    messages = SceneMessages(client.call, job_id, progress.text)
+    settings = streams or povstreams.StreamSettings()
+
+    def show(text: str) -> None:
+        shown = povstreams.console_text(settings, text)
+        if shown:
+            progress.text(shown)
+    messages = SceneMessages(client.call, job_id, show)
     try:
         while stop is None or not stop.is_set():
             try:
@@ -153,8 +161,9 @@ def keep_finished_frames(client: Client, job_id: int, request: JobRequest) -> No
         sys.stderr.write(f"povfarm: could not keep the finished frames: {err}\n")
 
 
-def finish_job(client: Client, status: dict[str, Any], request: JobRequest | None) -> int:
-    """Report how a job ended and write its image; the exit code for `submit --wait` and `render`."""
+def finish_job(client: Client, status: dict[str, Any], request: JobRequest | None, first: bool = True) -> int:
+    """Report how a job ended and write its image and the stream files the command line names (added to
+    them when not the `first` of several jobs); the exit code for `submit --wait` and `render`."""
     if status["state"] == "failed":
         sys.stderr.write(f"povfarm: job {status['id']} failed:\n{status['error'].rstrip()}\n")
         return EXIT_FAILED
@@ -168,6 +177,9 @@ def finish_job(client: Client, status: dict[str, Any], request: JobRequest | Non
         scene_files = write_scene_files(client, status["id"], Path.cwd())
         if scene_files:
             sys.stderr.write(f"povfarm: the scene wrote {scenefiles.shown(scene_files)}\n")
+        stream_files = write_stream_files(client, status["id"], request, append=not first)
+        if stream_files:
+            sys.stderr.write(f"povfarm: POV-Ray's streams written to {', '.join(str(p) for p in stream_files)}\n")
     else:
         sys.stderr.write(f"job {status['id']} done in {elapsed:.1f} s; "
                          f"fetch it with: povfarm fetch {status['id']} --output FILE.png\n")
