@@ -82,7 +82,15 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, interval: floa
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout: float = 15) -> None:
-    """SIGTERM to every process still running, then wait for each; one that outlives `timeout` is killed."""
+    """SIGTERM to every process still running, a second one a second later to those still going (a node
+    lets its current unit finish on the first: a test's teardown has no use for it), then wait for each;
+    one that outlives `timeout` is killed."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and any(process.poll() is None for process in processes):
+        time.sleep(0.05)
     for process in processes:
         if process.poll() is None:
             process.terminate()
