@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -190,6 +191,15 @@ def stepped_farm(data_dir: Path, **settings) -> tuple[Stepped, Store]:
     config = Config(data_dir=data_dir, **{"lease_timeout": 30, "max_attempts": 3, **settings})
     store = Store(config.data_dir / "db.sqlite3")
     return Stepped(config, store, Clock()), store
+
+
+def as_before(data_dir: Path, *statements: str) -> None:
+    """Make a closed store in `data_dir` look as an older controller left it: run `statements` (each dropping
+    what a later version added) on its database. The migration tests reopen it and check nothing was lost."""
+    with sqlite3.connect(data_dir / "db.sqlite3") as db:
+        for statement in statements:
+            db.execute(statement)
+    db.close()
 
 
 def register_node(stepped: Stepped, name: str = "n1") -> str:

@@ -215,17 +215,11 @@ def test_two_builds_render_split_frames_each_frame_on_one(farm, tmp_path):
 
 
 def test_an_old_data_dir_gains_the_build_columns_and_keeps_its_jobs(tmp_path):
-    import sqlite3
-
-    from harness import stepped_farm
+    from harness import as_before, stepped_farm
     stepped, store = stepped_farm(tmp_path / "data")
     job = submit(stepped, write_scene(tmp_path / "s"))
     store.close()
-    db = sqlite3.connect(tmp_path / "data" / "db.sqlite3")   # as a controller before builds left it
-    db.execute("ALTER TABLE jobs DROP COLUMN povray")
-    db.execute("ALTER TABLE frames DROP COLUMN povray")
-    db.commit()
-    db.close()
+    as_before(tmp_path / "data", "ALTER TABLE jobs DROP COLUMN povray", "ALTER TABLE frames DROP COLUMN povray")
     stepped, store = stepped_farm(tmp_path / "data")
     try:
         assert store.jobs.get(job).povray == "" and store.jobs.frames(job)[0].povray == ""

@@ -5,7 +5,6 @@ log only to a controller that takes one. The real farm end to end: tests/test_cl
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import threading
 import zlib
@@ -23,7 +22,7 @@ from farm.store import Store
 from farm.store.logs import delete_logs_of
 from farm.unitlog import UnitLog
 from farm.wire import Binary
-from harness import needs_povray, register_node, rows_for, stepped_farm, submit
+from harness import as_before, needs_povray, register_node, rows_for, stepped_farm, submit
 
 SCENE = ('#version 3.7;\nglobal_settings { assumed_gamma 1 }\n#debug "hello\\n"\n#warning "mind the gap"\n'
          'camera { location <0, 0, -3> look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n')
@@ -205,11 +204,7 @@ def test_an_old_data_dir_gains_the_log_tables_and_keeps_its_jobs(tmp_path):
     (tmp_path / "s.pov").write_text(SCENE)
     job = submit(controller, tmp_path / "s.pov")
     store.close()
-    db = sqlite3.connect(tmp_path / "data" / "db.sqlite3")     # as a controller before logs left it
-    db.execute("DROP TABLE unit_logs")
-    db.execute("DROP TABLE log_sizes")
-    db.commit()
-    db.close()
+    as_before(tmp_path / "data", "DROP TABLE unit_logs", "DROP TABLE log_sizes")
     controller, store = stepped_farm(tmp_path / "data")
     try:
         node = register_node(controller)

@@ -3,7 +3,6 @@ stepped rules, an old data dir's migration, and a real farm of two nodes with di
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 
 import pytest
@@ -136,16 +135,13 @@ def test_a_job_without_requirements_is_not_blocked_by_tags(stepped, scene):
 
 
 def test_an_old_data_dir_gains_the_tag_columns_and_keeps_its_jobs(tmp_path, scene):
-    from harness import stepped_farm
+    from harness import as_before, stepped_farm
     controller, store = stepped_farm(tmp_path / "data")
     job = submit(controller, scene)
     store.close()
-    db = sqlite3.connect(tmp_path / "data" / "db.sqlite3")   # as a controller before tags left it
-    for table, column in (("jobs", "prefer"), ("jobs", "require"), ("nodes", "tags_overridden"), ("nodes", "tags")):
-        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-    db.execute("DROP TABLE node_tags")
-    db.commit()
-    db.close()
+    as_before(tmp_path / "data", *(f"ALTER TABLE {table} DROP COLUMN {column}" for table, column in (
+        ("jobs", "prefer"), ("jobs", "require"), ("nodes", "tags_overridden"), ("nodes", "tags"))),
+        "DROP TABLE node_tags")
     store = Store(tmp_path / "data" / "db.sqlite3")
     try:
         assert store.jobs.get(job).require == () and store.jobs.get(job).prefer == ()

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import threading
 from pathlib import Path
@@ -26,7 +25,7 @@ from farm.rendering.task import Task
 from farm.store import Store
 from farm.video import MAX_CRF, VideoParams, ffmpeg_argv
 from farm.wire import Binary
-from harness import (SCENES, needs_povray, register_node, rows_for, run_cli, stepped_farm, submit, wait_ended,
+from harness import (SCENES, as_before, needs_povray, register_node, rows_for, run_cli, stepped_farm, submit, wait_ended,
                      wait_until)
 
 CLOCKD = SCENES / "animations" / "clockd"
@@ -223,10 +222,7 @@ def test_an_old_data_dir_gains_the_kind_column_and_keeps_its_jobs(tmp_path, scen
     controller, store = stepped_farm(tmp_path / "data")
     job = submit(controller, scene)
     store.close()
-    db = sqlite3.connect(tmp_path / "data" / "db.sqlite3")   # as a controller before kinds left it
-    db.execute("ALTER TABLE jobs DROP COLUMN kind")
-    db.commit()
-    db.close()
+    as_before(tmp_path / "data", "ALTER TABLE jobs DROP COLUMN kind")
     store = Store(tmp_path / "data" / "db.sqlite3")
     try:
         assert store.jobs.get(job).kind == "povray"
