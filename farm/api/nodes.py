@@ -9,10 +9,11 @@ from farm import tags as tagging
 from farm.auth import NODE, READERS, SUBMIT
 from farm.faults import Code, FarmError
 from farm.features import FEATURES
-from farm.kinds import PREVIEW, ROWS, VIDEO, preview_size
+from farm.kinds import PREVIEW, ROWS, preview_size
 from farm.rows import ENCODINGS, ZLIB, deflate_bound
 from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
+from farm.service import kindparts
 from farm.options import preview_options
 from farm.unitlog import UnitLog
 from farm.wire import Binary
@@ -243,9 +244,9 @@ class NodesAPI:
 
     @rpc(NODE)
     def source_frame(self, node_id: str, lease: str, frame: int) -> FileReply:
-        """For a leased video unit: a frame of the animation it encodes, as jobs.fetch gives it. STALE_LEASE
-        unless the lease is the node's current one; BAD_ARGUMENT for a unit that is not a video's or a
-        frame it does not encode.
+        """For a leased unit of a kind that reads another job's frames (a video, farm.jobkinds): a frame it
+        reads, as jobs.fetch gives it. STALE_LEASE unless the lease is the node's current one; BAD_ARGUMENT
+        for a unit whose kind reads none, or a frame it does not read.
 
         @param node_id: str
         @param lease: str
@@ -254,9 +255,7 @@ class NodesAPI:
         """
         job = self._dispatch.job(self._dispatch.live_job(args.text("node_id", node_id, MAX_ID_TEXT),
                                                          args.text("lease", lease, MAX_ID_TEXT)))
-        if job.kind != VIDEO:
-            raise FarmError(Code.BAD_ARGUMENT, f"lease {lease} is not a video's")
-        path = self._services.videos.source_frame(job, args.whole("frame", frame, 0, 10**6))
+        path = kindparts.of_job(job.kind).source_frame(self._services, job, args.whole("frame", frame, 0, 10**6))
         return FileReply.open(path, f"frame {frame} of the animation")
 
     @rpc(NODE)

@@ -21,7 +21,7 @@ from farm.cli.videos import add_video_flags, video_after
 from farm.cli.waiting import Progress, StopRequest, finish_job, patient_client, wait_for_job
 from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.jobkinds import VIDEO
+from farm.jobkinds import POVRAY
 
 
 def add_submit(commands: Subcommands) -> None:
@@ -262,7 +262,7 @@ def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
     status = client.call("jobs.status", args.job)
     if status["state"] != "done":
         client.call("jobs.fetch", args.job)   # the controller's own sentence says why not
-    if status.get("kind") == VIDEO and args.output is not None:    # a file, as the node made it
+    if status.get("kind", POVRAY) != POVRAY and args.output is not None:    # a file, as the node made it
         atomic.write(args.output, client.call("jobs.fetch", args.job, 1).data)
         sys.stderr.write(f"wrote {args.output}\n")
         return EXIT_OK
