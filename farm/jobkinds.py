@@ -96,7 +96,6 @@ def load_modules(text: str) -> tuple[str, ...]:
     for name in (item.strip() for item in text.split(",")):
         if not name:
             continue
-        before = dict(KINDS)
         try:
             module = importlib.import_module(name)
         except FarmError as err:
@@ -104,8 +103,9 @@ def load_modules(text: str) -> tuple[str, ...]:
         except Exception as err:   # anything an import may raise: said in one sentence
             raise FarmError(Code.BAD_ARGUMENT, f"setting 'kind_modules': cannot import {name}: "
                                                f"{type(err).__name__}: {err}") from None
-        if KINDS == before and not any(kind.controller.startswith(name + ":") for kind in KINDS.values()):
-            raise FarmError(Code.BAD_ARGUMENT, f"setting 'kind_modules': {name} ({module.__file__}) registers "
+        if not any(name in (kind.controller.partition(":")[0], kind.node.partition(":")[0])
+                   or any(value is kind for value in vars(module).values()) for kind in KINDS.values()):
+            raise FarmError(Code.BAD_ARGUMENT, f"setting 'kind_modules': {name} registers "
                                                "no kind (it must call farm.jobkinds.register)")
         loaded.append(name)
     return tuple(loaded)
