@@ -41,7 +41,8 @@ class NodesAPI:
             povray_flavour ("console": a povray that exits non-zero on error; "pvengine": POV-Ray for Windows'
             GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm (version), error (str: the
             node cannot render, e.g. POV-Ray is missing), tags ([str]: its own tags, `povfarm node --tags`;
-            tags set with nodes.set_tags win over them)
+            tags set with nodes.set_tags win over them), kinds ([str]: the kinds of job it runs, farm.jobkinds;
+            a job is leased only to a node offering its kind; absent: ["povray"])
         @return: struct: node_id (str), heartbeat_interval (float seconds: how often to renew leases and
             report progress), lease_timeout (float seconds: a lease not renewed this long goes to another node),
             features ([str]: what this controller can do: "complete_and_poll" (nodes.complete_and_poll),
@@ -74,7 +75,8 @@ class NodesAPI:
             clock, 0 for none), kind ("rows"; "pretrace": run the frame's radiosity pretrace over the unit's
             rows (the whole frame, or a band of it) and deliver its cache file; "preview": a quick
             low-resolution render of the frame, for viewers: width, height and options are the preview's
-            own, so it renders as ordinary rows), radiosity_cache (bool: load the frame's shared cache,
+            own, so it renders as ordinary rows; another kind's unit: "video", or a kind's from kind_modules),
+            radiosity_cache (bool: load the frame's shared cache,
             from nodes.radiosity_cache),
             live (bool: a viewer watches the job: send finished blocks with nodes.live)
         """
