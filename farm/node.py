@@ -132,9 +132,15 @@ class Node:
                 "tags": list(tags.parse(self.config.tags, "setting 'tags'")),
                 "kinds": list(self.kinds),
                 **self.sandbox.info()}
-        if self.broken:
+        if self.broken and not self.without_povray:
             info["error"] = self.broken
         return info
+
+    @property
+    def without_povray(self) -> bool:
+        """Whether this node's setting `kinds` names kinds and leaves POV-Ray's out: it needs no POV-Ray, so
+        one that does not run does not make it broken (with `kinds` left to find them, it does, as ever)."""
+        return self.config.kinds.strip().lower() not in ("", "auto") and jobkinds.POVRAY not in self.kinds
 
     def _has_program(self, kind: str) -> bool:
         """Whether this node has the program a kind of job needs (the setting of that name says which
@@ -217,7 +223,9 @@ class Node:
             log.warning("%s", sandboxes.warning_banner(self.sandbox.warning))
         else:
             log.info("POV-Ray runs confined by bubblewrap (%s)", self.sandbox.bwrap)
-        if self.broken:
+        if self.broken and self.without_povray:
+            log.info("POV-Ray does not run here (%s); this node runs %s jobs only", self.broken, ", ".join(self.kinds))
+        elif self.broken:
             log.error(BROKEN_NODE, self.broken)
         workers = [threading.Thread(target=self._worker, name=f"slot-{slot + 1}", daemon=True)
                    for slot in range(max(1, self.config.slots))]

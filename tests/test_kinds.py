@@ -7,19 +7,25 @@ video unit's progress and failures."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from farm import jobkinds
+from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.meter import Meter
 from farm.video import PROGRESS_NAME, encoded_fraction
 from farm.wire import Binary
-from harness import register_node, rows_for, run_cli, stepped_farm, submit, wait_ended, wait_until, write_scene
+from harness import (needs_povray, register_node, rows_for, run_cli, stepped_farm, submit, wait_ended, wait_until,
+                     write_scene)
 
 CHECKSUMS_MODULE = "farm.extras.checksums"
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None and os.environ.get("CI") != "true",
+                                  reason="needs ffmpeg (apt-get install ffmpeg)")
 
 
 @pytest.fixture
@@ -200,3 +206,32 @@ def test_a_failed_video_unit_is_not_counted_as_a_povray_failure(stepped, scene):
     assert meter.value("units_failed_total", kind="video") == 1
     assert meter.value("units_failed_total", kind="rows") == 0
     assert all(meter.value("povray_failures_total", kind=kind) == 0 for kind in ("exit", "other", "scene"))
+
+
+def test_a_node_whose_kinds_leave_povray_out_needs_no_povray(tmp_path):
+    from farm.node import Node
+    settings = {"povray": str(tmp_path / "no-povray"), "sandbox": "none", "work_dir": tmp_path / "work",
+                "probe_cache": tmp_path / "probe.json"}
+    assert "POV-Ray was not found" in Node(Config(**settings), client=None).info()["error"]
+    assert "POV-Ray was not found" in Node(Config(**settings, kinds="povray,video"), client=None).info()["error"]
+    video_only = Node(Config(**settings, kinds="video"), client=None).info()
+    assert "error" not in video_only and video_only["kinds"] == ["video"]
+
+
+@needs_povray
+@needs_ffmpeg
+def test_a_box_with_ffmpeg_and_no_working_povray_encodes_the_video(farm, tmp_path):
+    farm.start_controller()
+    farm.start_node("p", "--kinds", "povray")
+    farm.start_node("v", "--povray", str(tmp_path / "no-povray"), "--kinds", "video")
+    nodes = wait_until(lambda: (lambda found: found if len(found) == 2 else None)(farm.client.call("nodes.list")),
+                       what="both nodes")
+    assert {node["name"]: (node["state"], node["kinds"]) for node in nodes} == {"p": ("idle", ["povray"]),
+                                                                                "v": ("idle", ["video"])}
+    ids = {node["name"]: node["id"] for node in nodes}
+    animation = submit(farm.client, write_scene(tmp_path / "scene"), animation={"first": 1, "last": 2}, strips=1)
+    video = farm.client.call("jobs.video", {"job": animation, "fps": 2})
+    assert wait_ended(farm.client, video)["state"] == "done"
+    assert {strip["node"] for strip in farm.client.call("jobs.status", animation)["strips"]} == {ids["p"]}
+    assert {strip["node"] for strip in farm.client.call("jobs.status", video)["strips"]} == {ids["v"]}
+    assert farm.client.call("jobs.fetch", video, 1).data[4:8] == b"ftyp"
