@@ -43,7 +43,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {}
 _UNITS: dict[str, str] = {}        # kind of unit -> kind of job
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()       # an import under it may register a kind
 _LOADED: dict[str, Any] = {}       # "module:attribute" -> what it names
 
 
@@ -82,6 +82,9 @@ def of_unit(unit_kind: str) -> Kind:
 
 def part(path: str) -> Any:
     """What "module:attribute" names, imported once."""
+    found = _LOADED.get(path)
+    if found is not None:     # every call after the first: no lock on the result path
+        return found
     with _LOCK:
         if path not in _LOADED:
             module, _, attribute = path.partition(":")
