@@ -9,12 +9,11 @@ from farm import tags as tagging
 from farm.auth import NODE, READERS, SUBMIT
 from farm.faults import Code, FarmError
 from farm.features import FEATURES
-from farm.kinds import PREVIEW, ROWS, preview_size
+from farm.kinds import ROWS
 from farm.rows import ENCODINGS, ZLIB, deflate_bound
 from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service import kindparts
-from farm.options import preview_options
 from farm.unitlog import UnitLog
 from farm.wire import Binary
 
@@ -90,12 +89,7 @@ class NodesAPI:
 
     def _task(self, lease, job) -> dict:
         unit = lease.unit
-        width, height, options = job.width, job.height, job.options
-        if unit.kind == PREVIEW:
-            # The preview's own size, no anti-aliasing and no radiosity: a node that does not know the kind
-            # renders it as ordinary rows, and that is all it is.
-            width, height = preview_size(job.width, job.height)
-            options = preview_options(options, job.pretrace)
+        width, height, options = kindparts.of_unit(unit.kind).task_image(unit, job)
         return {
             "lease": lease.token, "job": job.id, "frame": unit.frame, "frame_last": unit.frame_last,
             "strip": unit.index, "animation": list(job.animation_options), "attempt": unit.attempt,

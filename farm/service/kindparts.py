@@ -46,6 +46,10 @@ class ControllerPart:
         """Queue a job of the kind from `params` (jobs.kind: plain XML-RPC values, checked here); its id."""
         raise FarmError(Code.BAD_ARGUMENT, "this kind of job is not submitted with jobs.kind")
 
+    def task_image(self, unit: Unit, job: Job) -> tuple[int, int, tuple[str, ...]]:
+        """The width, height and options a node's task for the unit carries (nodes.poll): the job's."""
+        return job.width, job.height, job.options
+
     def result_limit(self, unit: Unit, job: Job) -> int:
         """The most bytes a unit's result may hold, bounding the request before it is read."""
         raise NotImplementedError

@@ -14,6 +14,7 @@ from farm.animation import Animation
 from farm.api import args
 from farm.faults import Code, FarmError
 from farm.kinds import PRETRACE, PREVIEW, ROWS, PreviewMode, preview_size
+from farm.options import preview_options
 from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.records import Job, StoredRows, Unit
 from farm.rows import ZLIB, decompress_capped, deflate_bound, split_frames
@@ -30,6 +31,13 @@ class PovrayPart(ControllerPart):
     def submit(self, services: Any, params: dict) -> int:
         """jobs.submit's spec (jobs.kind "povray" takes the same)."""
         return services.submissions.submit(submission(params))
+
+    def task_image(self, unit: Unit, job: Job) -> tuple[int, int, tuple[str, ...]]:
+        if unit.kind == PREVIEW:
+            # The preview's own size, no anti-aliasing and no radiosity: a node that does not know the kind
+            # renders it as ordinary rows, and that is all it is.
+            return (*preview_size(job.width, job.height), preview_options(job.options, job.pretrace))
+        return job.width, job.height, job.options
 
     def result_limit(self, unit: Unit, job: Job) -> int:
         """Its unit's rows (a pre-pass: its cache) compressed at worst."""
