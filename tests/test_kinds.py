@@ -235,3 +235,24 @@ def test_a_box_with_ffmpeg_and_no_working_povray_encodes_the_video(farm, tmp_pat
     assert {strip["node"] for strip in farm.client.call("jobs.status", animation)["strips"]} == {ids["p"]}
     assert {strip["node"] for strip in farm.client.call("jobs.status", video)["strips"]} == {ids["v"]}
     assert farm.client.call("jobs.fetch", video, 1).data[4:8] == b"ftyp"
+
+
+def test_a_video_units_heartbeat_carries_the_frames_ffmpeg_encoded(tmp_path):
+    from farm.node import Node
+    from farm.rendering import encode
+    from farm.rendering.task import Task
+    from farm.video import VideoParams
+    now = [0.0]
+    node = Node(Config(povray=str(tmp_path / "no-povray"), sandbox="none", work_dir=tmp_path / "work",
+                       probe_cache=tmp_path / "probe.json"), client=None, clock=lambda: now[0])
+    reported = []
+    node.beats.report = lambda lease, progress: reported.append((lease, progress)) and False
+    task = Task(lease="l1", job=2, frame=1, strip=0, attempt=1, width=8, height=8, row_start=0, row_end=8,
+                bundle="b", scene="s.pov", options=VideoParams(1, 1, 20).to_options(), channels=3, bits=8,
+                frame_last=1, kind="video")
+    folder = tmp_path / "unit"
+    folder.mkdir()
+    should_stop = encode.node_part(node).watch(task, folder / "ffmpeg.log")
+    (folder / PROGRESS_NAME).write_text("frame=5\nprogress=continue\n")
+    now[0] += 60
+    assert not should_stop() and reported == [("l1", 0.25)]
