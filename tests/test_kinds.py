@@ -74,6 +74,11 @@ def test_a_kind_from_kind_modules_runs_on_a_real_controller_and_node(farm, tmp_p
     assert checked.returncode == 0 and checked.stdout.count(b": OK") == 3, checked
     fetched = run_cli("fetch", str(sums), "--output", str(tmp_path / "frames.sha256"), "--controller", farm.url)
     assert fetched.returncode == 0 and (tmp_path / "frames.sha256").read_bytes() == listing
+    again = run_cli("kind", "checksums", "--param", f"job={animation}", "--output", str(tmp_path / "again.sha256"),
+                    "--controller", farm.url)
+    assert again.returncode == 0 and (tmp_path / "again.sha256").read_bytes() == listing, again.stderr
+    refused = run_cli("kind", "checksums", "--param", f"job={animation}", "--param", "fps=2", "--controller", farm.url)
+    assert refused.returncode != 0 and "a checksums job takes job and priority, not fps" in refused.stderr
     shown = run_cli("nodes", "--controller", farm.url).stdout
     assert "povray,video,checksums" in shown or "povray,checksums" in shown, shown
 
