@@ -240,6 +240,8 @@ def test_a_box_with_ffmpeg_and_no_working_povray_encodes_the_video(farm, tmp_pat
     assert {strip["node"] for strip in farm.client.call("jobs.status", animation)["strips"]} == {ids["p"]}
     assert {strip["node"] for strip in farm.client.call("jobs.status", video)["strips"]} == {ids["v"]}
     assert farm.client.call("jobs.fetch", video, 1).data[4:8] == b"ftyp"
+    shown = {line.split()[0]: line.split() for line in run_cli("nodes", "--controller", farm.url).stdout.splitlines()}
+    assert shown["v"][1] != "broken" and shown["v"][-2:] == ["video", "-"], shown
 
 
 def test_a_video_units_heartbeat_carries_the_frames_ffmpeg_encoded(tmp_path):

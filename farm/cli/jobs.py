@@ -226,7 +226,8 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
     rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
              f"{max(0.0, now - n['last_seen']):.0f}s ago", _upload_rate(n.get("upload_bps", 0.0)),
              n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)", _tags(n), ",".join(n.get("kinds") or ["-"]),
-             n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
+             n["error"] or (f"{n['povray']} ({n.get('povray_flavour', 'console')})" if n["povray"] else "-"))
+            for n in nodes]
     _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "TAGS", "KINDS",
                   "POV-RAY"), rows)
     return EXIT_OK
