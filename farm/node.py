@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, jobkinds, tags
+from farm import __version__, tags
 from farm.rendering import povray
 from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
@@ -34,6 +34,7 @@ from farm.rendering.delivery import Delivery, Uploads
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
 from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
+from farm.rendering.kindparts import Offered
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.live import STATE_SUFFIX, FramesReader, LiveSender, LiveWatch, StateFileReader
 from farm.hostos import HOST
@@ -86,10 +87,8 @@ class Node:
             watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing, task),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link,
             rows_encoding=lambda: FILTERED if FILTERED_ROWS in self.features else ZLIB)
-        jobkinds.load_modules(config.kind_modules)
-        self.kinds = jobkinds.parse_offered(config.kinds, self._has_program)
-        self._runners: dict[str, Any] = {}   # kind -> its node part's runner, made when first needed
-        self._runner_lock = threading.Lock()
+        self.offered = Offered(config, self.broken)   # its kinds of job, and their runners
+        self.kinds = self.offered.names
         node_id, features = (lambda: self.node_id), (lambda: self.features)
         self.downloads = Downloads(client, self.renderer.bundles, features, self.aborting, self._backoff)
         self.delivery = Delivery(client, node_id, features, self.stopping, self.aborting, self._backoff)
@@ -132,34 +131,9 @@ class Node:
                 "tags": list(tags.parse(self.config.tags, "setting 'tags'")),
                 "kinds": list(self.kinds),
                 **self.sandbox.info()}
-        if self.broken and not self.without_povray:
+        if self.broken and not self.offered.without_povray:
             info["error"] = self.broken
         return info
-
-    @property
-    def without_povray(self) -> bool:
-        """Whether this node's setting `kinds` names kinds and leaves POV-Ray's out: it needs no POV-Ray, so
-        one that does not run does not make it broken (with `kinds` left to find them, it does, as ever)."""
-        return self.config.kinds.strip().lower() not in ("", "auto") and jobkinds.POVRAY not in self.kinds
-
-    def _has_program(self, kind: str) -> bool:
-        """Whether this node has the program a kind of job needs (the setting of that name says which
-        program; POV-Ray's: unless it is broken; a kind that runs no program: yes)."""
-        program = jobkinds.get(kind).program
-        if not program:
-            return True
-        if program == "povray":     # the program this node probed as it started (farm.rendering.probe)
-            return not self.broken
-        return bool(sandboxes.resolve_program(str(getattr(self.config, program, program))))
-
-    def runner_for(self, unit_kind: str) -> Any:
-        """What runs a unit of `unit_kind`: its kind's node part, given this node (farm.jobkinds); POV-Ray's
-        is the node's `renderer`."""
-        kind = jobkinds.of_unit(unit_kind)
-        with self._runner_lock:
-            if kind.name not in self._runners:
-                self._runners[kind.name] = jobkinds.part(kind.node)(self)
-            return self._runners[kind.name]
 
     @property
     def strips_done(self) -> int:
@@ -223,7 +197,9 @@ class Node:
             log.warning("%s", sandboxes.warning_banner(self.sandbox.warning))
         else:
             log.info("POV-Ray runs confined by bubblewrap (%s)", self.sandbox.bwrap)
-        if self.broken and self.without_povray:
+        for missing in self.offered.missing_programs():
+            log.warning("%s", missing)
+        if self.broken and self.offered.without_povray:
             log.info("POV-Ray does not run here (%s); this node runs %s jobs only", self.broken, ", ".join(self.kinds))
         elif self.broken:
             log.error(BROKEN_NODE, self.broken)
@@ -367,7 +343,7 @@ class Node:
         strip_dir = self.strip_root / f"job{task.job}-f{task.frame}-s{task.strip}-{secrets.token_hex(3)}"
         started = self.clock()
         try:
-            outcome = self.runner_for(task.kind).render(task, strip_dir)
+            outcome = self.offered.runner_for(self, task.kind).render(task, strip_dir)
         finally:
             self.beats.forget(lease)
             if not self.config.keep_work:
