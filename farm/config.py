@@ -126,6 +126,7 @@ class Config:
     discovery_port: int = DISCOVERY_PORT
     discovery_timeout: float = 10.0    # client: how long to listen; 0 means until heard
     # Everyone.
+    kind_modules: str = ""             # controller and node: modules to import for more kinds of job (farm.jobkinds)
     rpc_timeout: float = 60.0
     log_level: str = "INFO"
 

@@ -28,10 +28,11 @@ SCENE_FILES = "scene_files"               # nodes.scene_files, jobs.scene_files:
 UNIT_LOGS = "unit_logs"                   # nodes.complete/complete_and_poll/fail take `log`; jobs.log
 UNIT_OVERHEAD = "unit_overhead"           # nodes.complete takes `overhead` (a unit's seconds besides tracing)
 VIDEO_JOBS = "video_jobs"                 # jobs.video, nodes.source_frame: an animation's video (farm.video)
+JOB_KINDS = "job_kinds"                   # jobs.kind: a job of any kind loaded (farm.jobkinds, kind_modules)
 
 FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
             NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN, SCENE_FILES, UNIT_LOGS, UNIT_OVERHEAD,
-            VIDEO_JOBS)   # this version's
+            VIDEO_JOBS, JOB_KINDS)   # this version's
 
 
 @dataclass(frozen=True)

@@ -24,21 +24,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, jobkinds, tags
+from farm import __version__, tags
 from farm.rendering import povray
 from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
 from farm.rendering.ahead import Ahead
 from farm.rendering.delivery import Delivery, Uploads
-from farm.rendering.encode import VideoEncoder
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
 from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
+from farm.rendering.kindparts import Offered
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.live import STATE_SUFFIX, FramesReader, LiveSender, LiveWatch, StateFileReader
 from farm.hostos import HOST
-from farm.kinds import PREVIEW, ROWS, VIDEO
+from farm.kinds import PREVIEW, ROWS
 from farm.rendering.probe import probe_povray
 from farm.rendering.render import UnitRenderer, output_path, unnamed
 from farm.retry import RETRY_CEILING, grow
@@ -87,12 +87,8 @@ class Node:
             watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing, task),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link,
             rows_encoding=lambda: FILTERED if FILTERED_ROWS in self.features else ZLIB)
-        self.kinds = jobkinds.parse_offered(config.kinds, self._has_program)
-        self.encoder = VideoEncoder(
-            config, sandboxes.resolve_program(config.ffmpeg) or config.ffmpeg, self.sandbox, runner,
-            fetch_frame=lambda task, number: self.client.call("nodes.source_frame", self.node_id, task.lease,
-                                                              number).data,
-            watch=lambda task, log_path: self.lease_watch(task.lease, log_path), aborting=self.aborting)
+        self.offered = Offered(config, self.broken)   # its kinds of job, and their runners
+        self.kinds = self.offered.names
         node_id, features = (lambda: self.node_id), (lambda: self.features)
         self.downloads = Downloads(client, self.renderer.bundles, features, self.aborting, self._backoff)
         self.delivery = Delivery(client, node_id, features, self.stopping, self.aborting, self._backoff)
@@ -135,15 +131,9 @@ class Node:
                 "tags": list(tags.parse(self.config.tags, "setting 'tags'")),
                 "kinds": list(self.kinds),
                 **self.sandbox.info()}
-        if self.broken:
+        if self.broken and not self.offered.without_povray:
             info["error"] = self.broken
         return info
-
-    def _has_program(self, kind: str) -> bool:
-        """Whether this node has the program a kind of job needs (POV-Ray: unless it is broken)."""
-        if kind == jobkinds.POVRAY:
-            return not self.broken
-        return bool(sandboxes.resolve_program(getattr(self.config, jobkinds.KINDS[kind].program)))
 
     @property
     def strips_done(self) -> int:
@@ -151,12 +141,13 @@ class Node:
         return self.delivery.strips_done
 
     def lease_watch(self, lease: str, log_path: Path, when_tracing: Callable[[Path], None] | None = None,
-                    task: Task | None = None) -> Callable[[], bool]:
+                    task: Task | None = None,
+                    progress: Callable[[Path], float | None] | None = None) -> Callable[[], bool]:
         """What the runner calls while POV-Ray works on `lease`: True when it must stop. For rows a viewer
         watches (now, or from a later heartbeat on), it also sends the render state file's new blocks up
-        (farm/rendering/live.py)."""
+        (farm/rendering/live.py). `progress(log_path)`: how far the unit is (default: POV-Ray's log read)."""
         watch = LeaseWatch(lease, log_path, self.beats.report, self.clock, self.beat_interval, self.aborting,
-                           when_tracing)
+                           when_tracing, progress)
         if task is None or task.kind != ROWS or LIVE_BLOCKS not in self.features:
             return self._ahead_of(task, log_path, watch)
         self.live_sender.start(lease, task.live)
@@ -206,7 +197,11 @@ class Node:
             log.warning("%s", sandboxes.warning_banner(self.sandbox.warning))
         else:
             log.info("POV-Ray runs confined by bubblewrap (%s)", self.sandbox.bwrap)
-        if self.broken:
+        for missing in self.offered.missing_programs():
+            log.warning("%s", missing)
+        if self.broken and self.offered.without_povray:
+            log.info("POV-Ray does not run here (%s); this node runs %s jobs only", self.broken, ", ".join(self.kinds))
+        elif self.broken:
             log.error(BROKEN_NODE, self.broken)
         workers = [threading.Thread(target=self._worker, name=f"slot-{slot + 1}", daemon=True)
                    for slot in range(max(1, self.config.slots))]
@@ -348,7 +343,7 @@ class Node:
         strip_dir = self.strip_root / f"job{task.job}-f{task.frame}-s{task.strip}-{secrets.token_hex(3)}"
         started = self.clock()
         try:
-            outcome = (self.encoder if task.kind == VIDEO else self.renderer).render(task, strip_dir)
+            outcome = self.offered.runner_for(self, task.kind).render(task, strip_dir)
         finally:
             self.beats.forget(lease)
             if not self.config.keep_work:

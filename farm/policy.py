@@ -5,7 +5,8 @@ knows (through a `Queue`), and they decide. Tested with property tests and plain
 values.
 
 - Jobs go in order of priority (higher first), then of submission.
-- A node renders only the jobs whose required tags it all has (`farm.tags`). A job that prefers tags
+- A node renders only the jobs of a kind it offers (`farm.jobkinds`) whose required tags it all has
+  (`farm.tags`). A job that prefers tags
   goes to a node without them only when no idle live node with them (and its required ones) waits.
 - A frame renders on one POV-Ray build (version and flavour, `farm.builds`): the first unit leased of it
   (preview aside) gives it its node's; a job may be pinned to a version.
@@ -27,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from farm import builds, scheduler, tags as tagging
+from farm import builds, jobkinds, scheduler, tags as tagging
 from farm.kinds import PREVIEW
 from farm.records import FailureVerdict, Node, Unit
 from farm.states import NodeState
@@ -49,6 +50,7 @@ class JobInLine:
     require: tuple[str, ...] = ()
     prefer: tuple[str, ...] = ()
     povray: str = ""      # the POV-Ray version the job is pinned to ("": any)
+    kind: str = ""        # its kind (farm.jobkinds): only a node offering it takes it ("": any node)
 
 
 @dataclass(frozen=True)
@@ -163,14 +165,16 @@ def fits_frames(unit: Unit, elsewhere: frozenset[int]) -> bool:
 
 
 def takes(job: JobInLine, node_name: str, tags: Sequence[str], queue: Queue) -> bool:
-    """Whether the node may take the job's work now: it has every tag the job requires, and it has the
-    tags the job prefers or no other idle live node that has them (and may render the job) waits."""
-    if not tagging.fits(job.require, tags):
+    """Whether the node may take the job's work now: it offers the job's kind (carries its capability tag,
+    farm.jobkinds) and has every tag the job requires, and it has the tags the job prefers or no other idle
+    live node that has them (and may render the job) waits."""
+    needed = jobkinds.needs(job.kind, job.require) if job.kind else job.require
+    if not tagging.fits(needed, tags):
         return False
     if tagging.fits(job.prefer, tags):
         return True
     return not any(node.name != node_name and node.state is NodeState.IDLE
-                   and tagging.fits(job.require + job.prefer, node.tags) for node in queue.live_nodes())
+                   and tagging.fits(needed + job.prefer, node.offers) for node in queue.live_nodes())
 
 
 def may_render(unit: Unit, node_name: str, live: frozenset[str], failures: Failures, now: float) -> bool:

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from farm import strips
 from farm.animation import Animation
 from farm.images.raster import row_size
+from farm import jobkinds
 from farm.jobkinds import POVRAY
 from farm.kinds import PREVIEW, ROWS, PreviewMode, preview_size
 from farm.rows import ZLIB, decode_rows
@@ -213,6 +214,12 @@ class Node:
     upload_bps: float = 0.0   # the node's measured upload rate, bytes per second (0: not reported yet)
     tags: tuple[str, ...] = ()   # its tags: the controller's override (`povfarm node-tags`), else its own
     tags_overridden: bool = False
+
+    @property
+    def offers(self) -> tuple[str, ...]:
+        """Its tags and the capability tag of each kind it offers, POV-Ray's too (farm.jobkinds): what a
+        job's kind and the tags it requires are matched against."""
+        return tuple(dict.fromkeys(self.tags + jobkinds.kind_tags(dict(self.info))))
 
     @property
     def live(self) -> bool:

@@ -18,6 +18,7 @@ MAX_CRF = 51                # x264's scale: 0 (lossless) .. 51
 MAX_VIDEO_BYTES = 64 * 1024 * 1024    # the largest video a node may hand in (within max_result_bytes)
 FRAME_NAME = "frame-%06d.png"          # the frames as the node stores them for ffmpeg
 OUTPUT_NAME = "video.mp4"
+PROGRESS_NAME = "progress.txt"         # ffmpeg's -progress lines as it encodes: frame=N, ...
 _OPTION = re.compile(r"(source|first|last|fps|crf)=([0-9.]+)")
 
 
@@ -67,13 +68,34 @@ class VideoParams:
             raise FarmError(Code.BAD_ARGUMENT, "a video unit's options are not numbers") from None
 
 
-def ffmpeg_argv(ffmpeg: str, params: VideoParams, frames_dir: Path, output: Path, threads: int = 0) -> list[str]:
+def ffmpeg_argv(ffmpeg: str, params: VideoParams, frames_dir: Path, output: Path, threads: int = 0,
+                progress: Path | None = None) -> list[str]:
     """ffmpeg's arguments: the frames (numbered from `params.first`) in, H.264 in yuv420p out at the
     video's frame rate, no audio, no metadata read
-    from anywhere but the frames. Odd sizes are padded to even ones (yuv420p needs them)."""
+    from anywhere but the frames. Odd sizes are padded to even ones (yuv420p needs them). With `progress`,
+    ffmpeg writes its progress there as it goes (`encoded_fraction` reads it)."""
     return [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+            *(["-progress", str(progress)] if progress is not None else []),
             "-framerate", f"{params.fps:g}", "-start_number", str(params.first),
             "-i", str(frames_dir / FRAME_NAME), "-frames:v", str(len(params.frames)),
             "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "medium",
             "-crf", str(params.crf), "-pix_fmt", "yuv420p", "-threads", str(max(0, threads)),
             "-an", "-movflags", "+faststart", str(output)]
+
+
+_PROGRESS_FRAME = re.compile(rb"^frame=(\d+)$", re.MULTILINE)
+PROGRESS_TAIL = 4096     # bytes of ffmpeg's progress file read: its last block is well within them
+
+
+def encoded_fraction(path: Path, frames: int) -> float | None:
+    """How far ffmpeg is, from the last `frame=N` of its -progress file, as a fraction of `frames`
+    (None before it wrote one)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(0, size - PROGRESS_TAIL))
+            tail = handle.read()
+    except OSError:
+        return None
+    found = _PROGRESS_FRAME.findall(tail)
+    return min(1.0, int(found[-1]) / frames) if found and frames > 0 else None

@@ -21,7 +21,8 @@ def test_the_install_takes_every_package_of_the_tree():
     assert {"farm.api", "farm.service", "farm.store", "farm.web"} <= installed
 
 
-@pytest.mark.parametrize("module", ["farm.client", "farm.node", "farm.viewer", "farm.cli", "farm.discovery"])
+@pytest.mark.parametrize("module", ["farm.client", "farm.node", "farm.viewer", "farm.cli", "farm.discovery",
+                                    "farm.extras.checksums"])
 def test_a_client_does_not_load_the_server(module):
     """Nodes, viewers and the CLI share `farm.wire` with the controller, never its HTTP server."""
     import subprocess

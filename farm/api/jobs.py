@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from farm.animation import Animation
-from farm import builds, jobkinds, tags
+from farm import jobkinds
 from farm.api import args, rpc
 from farm.auth import READERS, SUBMIT
 from farm.faults import Code, FarmError
-from farm.kinds import PreviewMode
 from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
-from farm.service.submission import MAX_SIDE, Submission
+from farm.service import kindparts
 from farm.states import JobState
-from farm.video import DEFAULT_CRF, DEFAULT_FPS, MAX_CRF, MAX_FPS
 from farm.wire import LONG_POLL_CAP, Binary
 
 MAX_PAGE = 1000     # jobs in one page of jobs.list
@@ -49,7 +44,7 @@ class JobsAPI:
             leasing its first unit)
         @return: int, the job's id
         """
-        return self._services.submissions.submit(_submission(args.struct("the job spec", spec)))
+        return kindparts.of_job(jobkinds.POVRAY).submit(self._services, args.struct("the job spec", spec))
 
     @rpc(*READERS)
     def status(self, job: int) -> dict:
@@ -201,56 +196,17 @@ class JobsAPI:
             (int, x264's quality: 0 lossless .. 51 worst, default 23), priority (int, default 0)
         @return: int, the video job's id
         """
-        spec = args.struct("the video spec", spec)
-        return self._services.videos.submit(
-            args.job_id(spec.get("job")), args.number("fps", spec.get("fps", DEFAULT_FPS), 0.001, MAX_FPS),
-            args.whole("crf", spec.get("crf", DEFAULT_CRF), 0, MAX_CRF),
-            args.whole("priority", spec.get("priority", 0), -1000, 1000))
+        return kindparts.of_job(jobkinds.VIDEO).submit(self._services, args.struct("the video spec", spec))
 
+    @rpc(SUBMIT)
+    def kind(self, kind: str, params: dict) -> int:
+        """Queue a job of any kind the controller has loaded (farm.jobkinds, docs/kinds.md), its parameters
+        checked by the kind (feature "job_kinds"). "povray" takes jobs.submit's spec, "video" jobs.video's;
+        a kind from the setting kind_modules its own. BAD_ARGUMENT for a kind not loaded, naming those that are.
 
-def _submission(spec: dict) -> Submission:
-    options = spec.get("options", [])
-    if not isinstance(options, list):
-        raise FarmError(Code.BAD_ARGUMENT, "options must be a list of POV-Ray options")
-    strips: Any = spec.get("strips", "auto")
-    if strips != "auto":
-        strips = args.whole("strips", strips, 1, 1024)
-    scene = args.text("scene", spec.get("scene"), 1000)
-    return Submission(
-        bundle=args.text("bundle", spec.get("bundle"), 100), scene=scene,
-        width=args.whole("width", spec.get("width"), 1, MAX_SIDE),
-        height=args.whole("height", spec.get("height"), 1, MAX_SIDE),
-        options=tuple(options), bits=args.whole("bits", spec.get("bits", 8), 8, 16),
-        priority=args.whole("priority", spec.get("priority", 0), -1000, 1000),
-        name=args.text("name", spec.get("name", scene.rsplit("/", 1)[-1].rsplit(".", 1)[0] or scene), 200),
-        animation=Animation.from_spec(spec["animation"]) if spec.get("animation") else None,
-        strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)),
-        preview=_preview_mode(spec.get("preview", "auto")),
-        require=_tags("require", spec.get("require", [])), prefer=_tags("prefer", spec.get("prefer", [])),
-        after=_job_ids(spec.get("after", [])), povray=_pin(spec.get("povray_version", "")))
+        @param kind: str, the kind's name
+        @param params: struct, the kind's parameters
+        @return: int, the job's id
+        """
+        return kindparts.of_job(args.text("kind", kind, 40)).submit(self._services, args.struct("params", params))
 
-
-def _pin(value: Any) -> str:
-    try:
-        return builds.check_pin(value)
-    except ValueError as err:
-        raise FarmError(Code.BAD_ARGUMENT, str(err)) from None
-
-
-def _job_ids(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list):
-        raise FarmError(Code.BAD_ARGUMENT, "after must be a list of job ids")
-    return tuple(args.job_id(job) for job in value)
-
-
-def _tags(what: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise FarmError(Code.BAD_ARGUMENT, f"{what} must be a list of node tags")
-    return tags.parse(value, what)
-
-
-def _preview_mode(value: Any) -> PreviewMode:
-    try:
-        return PreviewMode.parse(value)
-    except ValueError as err:
-        raise FarmError(Code.BAD_ARGUMENT, str(err)) from None

@@ -9,11 +9,11 @@ from farm import tags as tagging
 from farm.auth import NODE, READERS, SUBMIT
 from farm.faults import Code, FarmError
 from farm.features import FEATURES
-from farm.kinds import PREVIEW, ROWS, VIDEO, preview_size
+from farm.kinds import ROWS
 from farm.rows import ENCODINGS, ZLIB, deflate_bound
 from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
-from farm.options import preview_options
+from farm.service import kindparts
 from farm.unitlog import UnitLog
 from farm.wire import Binary
 
@@ -40,7 +40,8 @@ class NodesAPI:
             povray_flavour ("console": a povray that exits non-zero on error; "pvengine": POV-Ray for Windows'
             GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm (version), error (str: the
             node cannot render, e.g. POV-Ray is missing), tags ([str]: its own tags, `povfarm node --tags`;
-            tags set with nodes.set_tags win over them)
+            tags set with nodes.set_tags win over them), kinds ([str]: the kinds of job it runs, farm.jobkinds;
+            a job is leased only to a node offering its kind; absent: ["povray"])
         @return: struct: node_id (str), heartbeat_interval (float seconds: how often to renew leases and
             report progress), lease_timeout (float seconds: a lease not renewed this long goes to another node),
             features ([str]: what this controller can do: "complete_and_poll" (nodes.complete_and_poll),
@@ -73,7 +74,8 @@ class NodesAPI:
             clock, 0 for none), kind ("rows"; "pretrace": run the frame's radiosity pretrace over the unit's
             rows (the whole frame, or a band of it) and deliver its cache file; "preview": a quick
             low-resolution render of the frame, for viewers: width, height and options are the preview's
-            own, so it renders as ordinary rows), radiosity_cache (bool: load the frame's shared cache,
+            own, so it renders as ordinary rows; another kind's unit: "video", or a kind's from kind_modules),
+            radiosity_cache (bool: load the frame's shared cache,
             from nodes.radiosity_cache),
             live (bool: a viewer watches the job: send finished blocks with nodes.live)
         """
@@ -87,12 +89,7 @@ class NodesAPI:
 
     def _task(self, lease, job) -> dict:
         unit = lease.unit
-        width, height, options = job.width, job.height, job.options
-        if unit.kind == PREVIEW:
-            # The preview's own size, no anti-aliasing and no radiosity: a node that does not know the kind
-            # renders it as ordinary rows, and that is all it is.
-            width, height = preview_size(job.width, job.height)
-            options = preview_options(options, job.pretrace)
+        width, height, options = kindparts.of_unit(unit.kind).task_image(unit, job)
         return {
             "lease": lease.token, "job": job.id, "frame": unit.frame, "frame_last": unit.frame_last,
             "strip": unit.index, "animation": list(job.animation_options), "attempt": unit.attempt,
@@ -243,9 +240,9 @@ class NodesAPI:
 
     @rpc(NODE)
     def source_frame(self, node_id: str, lease: str, frame: int) -> FileReply:
-        """For a leased video unit: a frame of the animation it encodes, as jobs.fetch gives it. STALE_LEASE
-        unless the lease is the node's current one; BAD_ARGUMENT for a unit that is not a video's or a
-        frame it does not encode.
+        """For a leased unit of a kind that reads another job's frames (a video, farm.jobkinds): a frame it
+        reads, as jobs.fetch gives it. STALE_LEASE unless the lease is the node's current one; BAD_ARGUMENT
+        for a unit whose kind reads none, or a frame it does not read.
 
         @param node_id: str
         @param lease: str
@@ -254,9 +251,7 @@ class NodesAPI:
         """
         job = self._dispatch.job(self._dispatch.live_job(args.text("node_id", node_id, MAX_ID_TEXT),
                                                          args.text("lease", lease, MAX_ID_TEXT)))
-        if job.kind != VIDEO:
-            raise FarmError(Code.BAD_ARGUMENT, f"lease {lease} is not a video's")
-        path = self._services.videos.source_frame(job, args.whole("frame", frame, 0, 10**6))
+        path = kindparts.of_job(job.kind).source_frame(self._services, job, args.whole("frame", frame, 0, 10**6))
         return FileReply.open(path, f"frame {frame} of the animation")
 
     @rpc(NODE)

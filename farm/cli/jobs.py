@@ -21,7 +21,7 @@ from farm.cli.videos import add_video_flags, video_after
 from farm.cli.waiting import Progress, StopRequest, finish_job, patient_client, wait_for_job
 from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.jobkinds import VIDEO
+from farm.jobkinds import POVRAY
 
 
 def add_submit(commands: Subcommands) -> None:
@@ -226,7 +226,8 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
     rows = [(n["name"], n["state"], n["current"] or "-", str(n["strips_done"]), str(n["strips_failed"]),
              f"{max(0.0, now - n['last_seen']):.0f}s ago", _upload_rate(n.get("upload_bps", 0.0)),
              n["sandbox"] if n["sandbox"] != "none" else "NONE (unsafe)", _tags(n), ",".join(n.get("kinds") or ["-"]),
-             n["error"] or f"{n['povray']} ({n.get('povray_flavour', 'console')})") for n in nodes]
+             n["error"] or (f"{n['povray']} ({n.get('povray_flavour', 'console')})" if n["povray"] else "-"))
+            for n in nodes]
     _print_table(("NAME", "STATE", "CURRENT", "DONE", "FAILED", "SEEN", "UPLOAD", "SANDBOX", "TAGS", "KINDS",
                   "POV-RAY"), rows)
     return EXIT_OK
@@ -262,7 +263,7 @@ def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
     status = client.call("jobs.status", args.job)
     if status["state"] != "done":
         client.call("jobs.fetch", args.job)   # the controller's own sentence says why not
-    if status.get("kind") == VIDEO and args.output is not None:    # a file, as the node made it
+    if status.get("kind", POVRAY) != POVRAY and args.output is not None:    # a file, as the node made it
         atomic.write(args.output, client.call("jobs.fetch", args.job, 1).data)
         sys.stderr.write(f"wrote {args.output}\n")
         return EXIT_OK

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from farm import __version__
-from farm.cli import history, jobs, local_farm, logs, programs, videos
+from farm.cli import history, jobs, kinds, local_farm, logs, programs, videos
 from farm.cli.common import Subcommands
 
 # Flags every command takes before its name as well as after it.
@@ -72,7 +72,8 @@ def build_command_line() -> CommandLine:
     commands = Subcommands(parser, common)
     for add in (programs.add_controller, programs.add_node, jobs.add_submit, local_farm.add_render,
                 jobs.add_status, jobs.add_listings, jobs.add_fetch, programs.add_token, jobs.add_job_control,
-                jobs.add_node_tags, history.add_purge, logs.add_log, programs.add_viewer, videos.add_video):
+                jobs.add_node_tags, history.add_purge, logs.add_log, programs.add_viewer, videos.add_video,
+                kinds.add_kind):
         add(commands)
     return CommandLine(parser, commands.parsers)
 

@@ -49,6 +49,7 @@ def add_controller(commands: Subcommands) -> None:
                         "nodes and clients find it without --controller (setting: announce)")
     p.add_argument("--announce-url", metavar="URL",
                    help="the URL to announce (default: the address it listens on, or sends the broadcast from)")
+    _add_kind_modules(p)
 
 
 def add_node(commands: Subcommands) -> None:
@@ -67,8 +68,9 @@ def add_node(commands: Subcommands) -> None:
                    help="this node's tags (setting: tags), e.g. windows,fast: jobs submitted with --require TAG "
                         "render only on nodes with it; `povfarm node-tags` overrides them from the controller")
     p.add_argument("--kinds", metavar="KIND,KIND",
-                   help="the kinds of job this node runs (setting: kinds): povray, video (default: each whose "
-                        "program it has: povray, ffmpeg)")
+                   help="the kinds of job this node runs (setting: kinds): povray, video, and those of "
+                        "--kind-modules (default: each whose program it has: povray, ffmpeg)")
+    _add_kind_modules(p)
     p.add_argument("--ffmpeg", metavar="PATH", help="the ffmpeg program for video jobs (default: ffmpeg on PATH)")
     p.add_argument("--machine", metavar="NAME",
                    help="which box's cores this node shares: nodes of one machine, with nobody watching, get a "
@@ -83,6 +85,12 @@ def add_node(commands: Subcommands) -> None:
     p.add_argument("--max-memory-mb", type=int, metavar="MB", help="POV-Ray's address-space limit (default 8192)")
     p.add_argument("--max-output-mb", type=int, metavar="MB",
                    help="the largest file POV-Ray may write (default 1024)")
+
+
+def _add_kind_modules(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind-modules", metavar="MODULE,MODULE",
+                   help="Python modules to import for more kinds of job (setting: kind_modules), e.g. "
+                        "farm.extras.checksums; the controller and the nodes that run them load the same")
 
 
 def add_token(commands: Subcommands) -> None:

@@ -8,12 +8,11 @@ import sys
 import threading
 from pathlib import Path
 
-from farm import atomic
-from farm.cli.common import EXIT_INTERRUPTED, EXIT_OK, Subcommands, add_client_flags, add_patience_flag, connect
-from farm.cli.waiting import Progress, StopRequest, patient_client, wait_for_job
+from farm.cli.common import EXIT_OK, Subcommands, add_client_flags, add_patience_flag, connect
+from farm.cli.kinds import fetch_result
+from farm.cli.waiting import Progress, StopRequest, patient_client
 from farm.client import Client
 from farm.config import Config
-from farm.faults import Code, FarmError
 
 
 def add_video_flags(parser: argparse.ArgumentParser) -> None:
@@ -56,15 +55,7 @@ def make_video(client, config: Config, job_id: int, output: Path, stop: threadin
     video_id = client.call("jobs.video", {"job": job_id, "fps": float(config.video_fps), "crf": int(config.video_crf),
                                           "priority": priority})
     sys.stderr.write(f"povfarm: job {video_id} encodes job {job_id}'s frames into {output}\n")
-    status = wait_for_job(client, video_id, interval=0.1 if local else 1.0, stop=stop, progress=progress,
-                          local=local)
-    if status is None:
-        return EXIT_INTERRUPTED
-    if status["state"] != "done":
-        raise FarmError(Code.RENDER_FAILED, f"the video (job {video_id}) {status['state']}: {status.get('error', '')}")
-    atomic.write(output, client.call("jobs.fetch", video_id, 1).data)
-    sys.stderr.write(f"wrote {output}\n")
-    return EXIT_OK
+    return fetch_result(client, video_id, output, stop, f"the video (job {video_id})", local, progress)
 
 
 def video_after(client: Client, config: Config, args: argparse.Namespace, job_id: int, code: int,

@@ -8,13 +8,14 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from farm.config import Config
 from farm.faults import FarmError
 from farm.rendering import povray, sandbox as sandboxes
 from farm.rendering.task import RenderOutcome, Task
-from farm.video import FRAME_NAME, MAX_VIDEO_BYTES, OUTPUT_NAME, VideoParams, ffmpeg_argv
+from farm.video import (FRAME_NAME, MAX_VIDEO_BYTES, OUTPUT_NAME, PROGRESS_NAME, VideoParams, encoded_fraction,
+                        ffmpeg_argv)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class VideoEncoder:
             return RenderOutcome("failed", error=f"the animation's frames cannot be fetched: {err}")
         threads = self.config.threads or os.cpu_count() or 1
         timeout = min([limit for limit in (self.config.strip_timeout, task.time_limit) if limit > 0], default=0.0)
-        command = self.sandbox.command(ffmpeg_argv(self.ffmpeg, params, frames_dir, output, threads), strip_dir,
-                                       strip_dir, dict(os.environ), timeout, threads)
+        argv = ffmpeg_argv(self.ffmpeg, params, frames_dir, output, threads, strip_dir / PROGRESS_NAME)
+        command = self.sandbox.command(argv, strip_dir, strip_dir, dict(os.environ), timeout, threads)
         result = self.runner(command.argv, cwd=strip_dir, env=command.env, log_path=log_path, timeout=timeout,
                              should_stop=should_stop, limits=command.limits)
         result = self.sandbox.outcome(result)
@@ -65,6 +66,22 @@ class VideoEncoder:
         if result.returncode == 0:
             how = f"ffmpeg made no video, or one over {MAX_VIDEO_BYTES} bytes"
         return RenderOutcome("failed", error=f"{how}{': ' + said if said else ''}", seconds=result.seconds)
+
+
+def node_part(node: Any) -> VideoEncoder:
+    """The video kind's node part (farm.rendering.kindparts): ffmpeg (the node's setting `ffmpeg`) in the
+    node's sandbox; the frames fetched with nodes.source_frame; the heartbeat's progress, the frames ffmpeg
+    has encoded (its -progress file)."""
+    def watch(task: Task, log_path: Path) -> Callable[[], bool]:
+        frames = len(VideoParams.from_options(task.options).frames)
+        progress = log_path.parent / PROGRESS_NAME
+        return node.lease_watch(task.lease, log_path, progress=lambda _: encoded_fraction(progress, frames))
+
+    return VideoEncoder(
+        node.config, sandboxes.resolve_program(node.config.ffmpeg) or node.config.ffmpeg, node.sandbox, node.runner,
+        fetch_frame=lambda task, number: node.client.call("nodes.source_frame", node.node_id, task.lease,
+                                                          number).data,
+        watch=watch, aborting=node.aborting)
 
 
 def _tail(path: Path) -> str:

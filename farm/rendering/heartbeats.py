@@ -97,9 +97,11 @@ class LeaseWatch:
 
     def __init__(self, lease: str, log_path: Path, report: Callable[[str, float], bool], clock: Callable[[], float],
                  interval: Callable[[], float], aborting: threading.Event,
-                 when_tracing: Callable[[Path], None] | None = None):
+                 when_tracing: Callable[[Path], None] | None = None,
+                 progress: Callable[[Path], float | None] | None = None):
         self.lease, self.log_path, self.report = lease, log_path, report
         self.clock, self.interval, self.aborting, self.when_tracing = clock, interval, aborting, when_tracing
+        self.progress = progress or povray.progress_fraction   # how far the unit is, from its log
         self.last = clock()
 
     def __call__(self) -> bool:
@@ -111,7 +113,7 @@ class LeaseWatch:
         if now - self.last < self.interval():
             return False
         self.last = now
-        progress = round(povray.progress_fraction(self.log_path) or 0.0, 3)   # "0.421", not 17 digits
+        progress = round(self.progress(self.log_path) or 0.0, 3)   # "0.421", not 17 digits
         if self.report(self.lease, progress):
             log.info("the controller withdrew lease %s (job canceled or failed); stopping POV-Ray", self.lease)
             return True

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Callable
 
-from farm import dependencies
+from farm import dependencies, jobkinds
 from farm.config import Config
 from farm.dependencies import Verdict
 from farm.meter import Meter
@@ -25,7 +25,6 @@ from farm.service.live import LiveBlocks
 from farm.service.logs import Logs
 from farm.service.stitcher import Stitcher
 from farm.service.submission import Bundles, Submissions
-from farm.service.videos import Videos
 from farm.service.views import Views
 from farm.service.watchers import Watchers
 from farm.service.written import WrittenFiles
@@ -37,6 +36,7 @@ log = logging.getLogger(__name__)
 class Services:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
         self.config, self.store, self.clock = config, store, clock
+        jobkinds.load_modules(config.kind_modules)   # their kinds, before anything asks for one
         self.files = Files(config.data_dir)
         self.changes = Changes()   # per job and farm-wide: viewers and jobs.wait
         self.work = Changes()      # farm-wide only: nodes waiting for queued units
@@ -44,7 +44,6 @@ class Services:
         self.bundles = Bundles(config, store, self.files, clock)
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock,
                                        config.pretrace_bands)
-        self.videos = Videos(store, self.files, self.changes, self.work, clock)
         self.watchers = Watchers(clock)
         self.meter = Meter()       # what only this process counts (farm.meter): units stored, failures, requests
         self.logs = Logs(config, store)                # POV-Ray's logs of the units' runs

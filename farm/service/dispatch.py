@@ -13,18 +13,17 @@ import statistics
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping
 
-from farm import policy, radiosity
+from farm import jobkinds, policy, radiosity
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
 from farm.meter import Meter
-from farm.kinds import PRETRACE, PREVIEW, ROWS, VIDEO, PreviewMode
+from farm.kinds import PREVIEW, ROWS, PreviewMode
 from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.records import Job, Lease, Unit
-from farm.rows import ZLIB, compress_rows, decompress_capped, deflate_bound
+from farm.rows import ZLIB, compress_rows, decompress_capped
 from farm.states import UnitState
-from farm.video import MAX_VIDEO_BYTES
-from farm.service import videos
+from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.service.stitcher import Stitcher
 from farm.store import Completion, Store
@@ -147,7 +146,8 @@ class Dispatcher:
         `overhead`: what the unit cost the node besides tracing, when it says."""
         unit = self._unit_of(token)
         job = self.job(unit.job)
-        raw = _checked_result(unit, job, data, encoding)
+        part = kindparts.of_unit(unit.kind)
+        raw = _checked_result(part, unit, job, data, encoding)
         done = self._store.units.complete(node_id, token, data, seconds, self._clock(), encoding)
         self._leased.pop(token, None)
         if done.duplicate:
@@ -157,36 +157,18 @@ class Dispatcher:
         self._meter.count("stored_bytes_total", len(data), kind=unit.kind)
         if run is not None:
             self._keep_log(done.unit, node_id, "done", run)
-        if unit.kind == PRETRACE:
-            self._work.bump()   # the frame's units were waiting for this
-            log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (rows %d-%d: %s)", job.id, unit.frame,
-                     node_id, seconds, unit.row_start + 1, unit.row_end,
-                     "cache shared" if data else "no radiosity samples")
-        elif unit.kind == PREVIEW:   # for viewers only: it never reaches the frame's image
-            log.info("job %s frame %s preview done by %s in %.2fs", job.id, unit.frame, node_id, seconds)
-        elif unit.kind == VIDEO:     # a file: the stitcher stores it as the job's result (service/videos.py)
-            log.info("job %s video (%d bytes) done by %s in %.2fs", job.id, len(data), node_id, seconds)
-            self._stitcher.frames_ready(job.id, (unit.frame,))
-        else:
-            log.info("job %s unit %s done by %s in %.2fs", job.id, unit.index, node_id, seconds)
-            if overhead is not None:
-                samples = self._overheads.get((job.id, node_id), [])[-(OVERHEAD_SAMPLES - 1):]
-                self._overheads.keep((job.id, node_id), [*samples, overhead])
-            self._stitcher.add_rows(job, unit, raw)
-            if done.complete_frames:
-                self._stitcher.frames_ready(job.id, done.complete_frames)
+        if overhead is not None and part.sizes_units(unit):
+            samples = self._overheads.get((job.id, node_id), [])[-(OVERHEAD_SAMPLES - 1):]
+            self._overheads.keep((job.id, node_id), [*samples, overhead])
+        part.stored(self._stitcher, self._work, kindparts.Stored(job, unit, node_id, data, raw, seconds, done))
         self._changes.bump(job.id)
         return done
 
     def result_limit(self, token: str) -> int:
-        """The most bytes a result for the lease may hold: its unit's rows (a pre-pass: its cache)
-        compressed at worst. STALE_LEASE for a lease that is not current."""
+        """The most bytes a result for the lease may hold, as its kind says (POV-Ray: its unit's rows, a
+        pre-pass its cache, compressed at worst). STALE_LEASE for a lease that is not current."""
         unit = self._unit_of(token)
-        if unit.kind == PRETRACE:
-            return deflate_bound(MAX_RADIOSITY_CACHE)
-        if unit.kind == VIDEO:
-            return MAX_VIDEO_BYTES
-        return deflate_bound(unit.scanline_bytes(self.job(unit.job)))
+        return kindparts.of_unit(unit.kind).result_limit(unit, self.job(unit.job))
 
     def _unit_of(self, token: str) -> Unit:
         unit = self._leased.get(token) or self._store.units.by_lease(token)
@@ -223,7 +205,9 @@ class Dispatcher:
                                   max_attempts=self._config.max_attempts, now=self._clock())
         unit, verdict = self._store.units.fail(node_id, token, error, self._clock(), judge)
         self._leased.pop(token, None)
-        self._meter.count("povray_failures_total", kind=policy.failure_kind(error, scene_error))
+        self._meter.count("units_failed_total", kind=unit.kind)
+        if jobkinds.of_unit(unit.kind).name == jobkinds.POVRAY:   # how POV-Ray failed, from its node's words
+            self._meter.count("povray_failures_total", kind=policy.failure_kind(error, scene_error))
         self._changes.bump(unit.job)
         self._work.bump()
         log.warning("job %s unit %s failed on %s%s: %s", unit.job, unit.index, node_id,
@@ -255,11 +239,12 @@ class Dispatcher:
 
 
 def declare_unit_metrics(meter: Meter) -> None:
-    kinds = [(("kind", kind),) for kind in (ROWS, PRETRACE, PREVIEW, VIDEO)]
+    kinds = [(("kind", unit),) for kind in jobkinds.KINDS.values() for unit in kind.units]
     meter.declare("units_stored_total", "counter", "Units whose results were stored, by kind (rows: strips).",
                   labels=kinds)
     meter.declare("stored_bytes_total", "counter", "Bytes of results stored (compressed), by kind of unit.",
                   labels=kinds)
+    meter.declare("units_failed_total", "counter", "Units whose node reported a failure, by kind.", labels=kinds)
     meter.declare("povray_failures_total", "counter", "Units POV-Ray failed, by how it failed.",
                   labels=[(("kind", kind),) for kind in policy.FAILURE_KINDS])
 
@@ -269,19 +254,9 @@ def _judge(unit: Unit, failed_on: frozenset, live: frozenset, *, error: str, sce
     return policy.after_failure(unit, error, scene_error, max_attempts, failed_on, live, now)
 
 
-def _checked_result(unit: Unit, job: Job, data: bytes, encoding: str) -> bytes:
-    """The unit's raw rows, inflated (and unfiltered) to check them (a pre-pass's cache is only checked)."""
+def _checked_result(part: kindparts.ControllerPart, unit: Unit, job: Job, data: bytes, encoding: str) -> bytes:
+    """The result as its kind checks it (POV-Ray: the raw rows, inflated and unfiltered to check them)."""
     try:
-        if unit.kind == PRETRACE:
-            if encoding != ZLIB:
-                raise ValueError("a radiosity cache travels as plain zlib.")
-            if data:
-                decompress_capped(data, MAX_RADIOSITY_CACHE)
-            return b""
-        if unit.kind == VIDEO:
-            videos.check_result(data)
-            return b""
-        return unit.decode(job, data, encoding)
+        return part.check_result(unit, job, data, encoding)
     except ValueError as err:
-        raise FarmError(Code.BAD_ARGUMENT, f"{'the video' if unit.kind == VIDEO else 'strip rows'} rejected: "
-                                           f"{err}") from None
+        raise FarmError(Code.BAD_ARGUMENT, f"{part.result_name} rejected: {err}") from None

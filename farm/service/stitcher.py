@@ -23,9 +23,8 @@ from farm import strips
 from farm.faults import FarmError
 from farm.images.png import encode_png
 from farm.images.raster import Raster
-from farm.kinds import VIDEO
 from farm.records import Job, StoredRows, Unit
-from farm.service import videos
+from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
 from farm.store import Store
@@ -56,6 +55,20 @@ class Stitcher:
         self._used = 0
         self._lock = threading.Lock()
         self._queue = _Queue()
+        self._unpacked = _LastUnit()   # within a drain: the last stored unit inflated
+
+    # -- what a kind's part assembling a job's result reads (farm.service.kindparts) ------------
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def files(self) -> Files:
+        return self._files
+
+    def clock(self) -> float:
+        return self._clock()
 
     # -- from RPC threads ---------------------------------------------------------------------
 
@@ -102,35 +115,36 @@ class Stitcher:
         with self._lock:
             queued, self._queue.frames = self._queue.frames, []
         pending = set(queued) | set(self._store.jobs.complete_frames())
-        unpacked = _LastUnit()
+        self._unpacked = _LastUnit()
         for job_id, frame in sorted(pending):
             try:
-                self._finish(job_id, frame, unpacked)
+                self._finish(job_id, frame)
             except FarmError as err:   # the units are stored; a later drain writes the frame
                 log.error("job %s frame %s not written yet: %s", job_id, frame, err)
+        self._unpacked = _LastUnit()
         self._drop_canvases_of_ended_jobs()
 
-    def _finish(self, job_id: int, frame: int, unpacked: "_LastUnit") -> None:
+    def _finish(self, job_id: int, frame: int) -> None:
         job = self._store.jobs.get(job_id)
         if job.ended:
             return
-        if job.kind == VIDEO:      # a kind whose result is a file the node made, not rows
-            videos.assemble(self._store, self._files, job, frame, self._clock())
-            self._changes.bump(job_id)
-            return
-        try:
-            raster = self._raster(job, frame, unpacked)
-        except ValueError as err:
-            log.error("job %s frame %s cannot be stitched: %s", job_id, frame, err)
-            self._store.jobs.fail(job_id, f"frame {frame} cannot be stitched: {err}", self._clock())
-            self._changes.bump(job_id)
-            return
-        path = self._files.frame_image(job_id, frame)
-        write_atomically(path, encode_png(raster))
-        self._release(job_id, frame)
-        if self._store.jobs.finish_frame(job_id, frame, str(path), self._clock()):
-            log.info("job %s done: %s", job_id, path)
+        kindparts.of_job(job.kind).assemble(self, job, frame)   # POV-Ray's: stitch_frame
         self._changes.bump(job_id)
+
+    def stitch_frame(self, job: Job, frame: int) -> None:
+        """POV-Ray's assembly (farm.service.povray_kind): the frame's rows, from its canvas or else from the
+        stored units, written as its PNG."""
+        try:
+            raster = self._raster(job, frame, self._unpacked)
+        except ValueError as err:
+            log.error("job %s frame %s cannot be stitched: %s", job.id, frame, err)
+            self._store.jobs.fail(job.id, f"frame {frame} cannot be stitched: {err}", self._clock())
+            return
+        path = self._files.frame_image(job.id, frame)
+        write_atomically(path, encode_png(raster))
+        self._release(job.id, frame)
+        if self._store.jobs.finish_frame(job.id, frame, str(path), self._clock()):
+            log.info("job %s done: %s", job.id, path)
 
     def _raster(self, job: Job, frame: int, unpacked: "_LastUnit") -> Raster:
         with self._lock:

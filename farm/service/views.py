@@ -13,9 +13,8 @@ from typing import Any, Callable, Iterable
 from farm import builds, dependencies, scheduler, tags
 from farm.faults import Code, FarmError
 from farm import jobkinds
-from farm.kinds import PREVIEW, ROWS, VIDEO, preview_size
 from farm.records import Job, Node, StoredRows
-from farm.rows import split_frames
+from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.states import FrameState, JobState, NodeState, UnitState
 from farm.store import Store
@@ -32,24 +31,27 @@ Presence = tuple[list[Node], float]   # the nodes not presumed dead; when a node
 
 
 def blocked_reason(nodes: list[Node], last_seen: float, now: float, grace: float,
-                   require: tuple[str, ...] = (), povray: str = "") -> str:
+                   require: tuple[str, ...] = (), povray: str = "", kind: str = "") -> str:
     """Why no live node can take a waiting job, in a sentence ("" when one can, or may soon): no live node
-    has the tags it requires (those missing, node by node), every node there is broken (their own reasons,
-    each said once), or there has been none for `grace` seconds since `last_seen` (a node, the controller's
-    start or the job's submission), or none has the POV-Ray version it is pinned to. `nodes`: those not
-    offline."""
+    offers its `kind` or has the tags it requires (those missing, node by node), every node there is broken
+    (their own reasons, each said once), or there has been none for `grace` seconds since `last_seen` (a
+    node, the controller's start or the job's submission), or none has the POV-Ray version it is pinned to.
+    `nodes`: those not offline."""
     live = [node for node in nodes if node.live]
-    fit = [node for node in live if tags.fits(require, node.tags)]
+    needed = jobkinds.needs(kind, require) if kind else require
+    fit = [node for node in live if tags.fits(needed, node.offers)]
     if fit and povray and not any(builds.pinned_to(povray, builds.build_of(node.info)) for node in fit):
         found = "; ".join(sorted({builds.build_of(node.info) or "unknown" for node in fit}))
         return f"no live node has POV-Ray {povray}, which the job is pinned to (they have: {found})"
     if fit:
         return ""
     if live:
-        lacking = "; ".join(f"{node.name} lacks {','.join(tags.missing(require, node.tags))}"
+        # The kind's own tag is said when a live node lacks it (a job names it in `require` or not).
+        implicit = needed[len(require):]
+        shown = needed if implicit and not all(tags.fits(implicit, node.offers) for node in live) else require
+        lacking = "; ".join(f"{node.name} lacks {','.join(tags.missing(shown, node.offers))}"
                             for node in sorted(live, key=lambda node: node.name))
-        needs = jobkinds.lacking_kinds(require)
-        return f"{needs}no live node has the tags it requires ({','.join(require)}): {lacking}"
+        return f"{jobkinds.lacking_kinds(shown)}no live node has the tags it requires ({','.join(shown)}): {lacking}"
     reasons: dict[str, list[str]] = {}
     for node in nodes:
         if node.state is NodeState.BROKEN:
@@ -100,7 +102,7 @@ class Views:
             "first_frame": job.first_frame, "last_frame": job.last_frame, "frame_digits": job.frame_digits,
             "submitted": job.submitted, "started": job.started, "finished": job.finished,
             "preview": preview.value if preview is not None else "",
-            "blocked": self._blocked(job.state, job.submitted, presence, job.require, job.povray),
+            "blocked": self._blocked(job.state, job.submitted, presence, job.require, job.povray, job.kind),
             "povray_version": job.povray, "require": list(job.require), "prefer": list(job.prefer),
             "after": list(job.after), "kind": job.kind,
             "waiting_for": self._waiting_for(job),
@@ -127,10 +129,11 @@ class Views:
         return nodes, max(last_seen, self._started)
 
     def _blocked(self, state: JobState, submitted: float, presence: Presence | None,
-                 require: tuple[str, ...] = (), povray: str = "") -> str:
+                 require: tuple[str, ...] = (), povray: str = "", kind: str = "") -> str:
         if presence is None or state not in WAITING_STATES:
             return ""
-        return blocked_reason(presence[0], max(presence[1], submitted), self._clock(), self._grace, require, povray)
+        return blocked_reason(presence[0], max(presence[1], submitted), self._clock(), self._grace, require, povray,
+                              kind)
 
     def _seconds_left(self, job_id: int, rows_left: float, nodes: list[Node]) -> float | None:
         """The time the job's rows still to render take on the live slots at the cost the scheduler
@@ -178,7 +181,7 @@ class Views:
             else:
                 # Nodes coming, going or breaking change no job's version: the reason is checked afresh.
                 blocked = self._blocked(state, cached[1]["submitted"], presence, tuple(cached[1]["require"]),
-                                        cached[1]["povray_version"])
+                                        cached[1]["povray_version"], cached[1]["kind"])
                 if blocked != cached[1]["blocked"]:
                     cached = (cached[0], {**cached[1], "blocked": blocked}, cached[2])
             with self._lock:
@@ -243,24 +246,9 @@ def _still_listed(cached: tuple[int, dict, float], state: JobState, priority: in
 
 
 def feed_pieces(unit: StoredRows, job: Job) -> list[dict[str, Any]]:
-    """A stored unit as the feed sends it: one piece per frame, each its own zlib stream in the encoding
-    the node delivered (the compact filtered form from current nodes). A preview's piece carries the
-    preview's own size. A video unit is a file, not rows: none."""
-    if unit.kind == VIDEO:
-        return []
-    if unit.kind == PREVIEW:
-        width, height = preview_size(job.width, job.height)
-        return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
-                 "kind": PREVIEW, "width": width, "height": height, "encoding": unit.encoding}]
-    if unit.frame == unit.frame_last:
-        return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
-                 "kind": ROWS, "encoding": unit.encoding}]
-    frames = unit.frame_last - unit.frame + 1
-    pieces = split_frames(unit.data, unit.encoding, frames * (unit.row_end - unit.row_start) * job.row_bytes,
-                          job.row_bytes, frames)
-    return [{"frame": frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": rows,
-             "kind": ROWS, "encoding": unit.encoding}
-            for frame, rows in zip(range(unit.frame, unit.frame_last + 1), pieces)]
+    """A stored unit as the feed sends it, as its kind says (farm.service.kindparts): POV-Ray's rows one
+    piece per frame; a kind whose result is a file, none."""
+    return kindparts.of_unit(unit.kind).feed_pieces(unit, job)
 
 
 def _node_view(node: Node) -> dict[str, Any]:

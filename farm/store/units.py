@@ -160,13 +160,13 @@ class UnitRecords:
                 return None
             queue = _Queue(db)
             build = build_of(node.info)
-            unit = choose(queue, node.name, now, node.tags, build)
+            unit = choose(queue, node.name, now, node.offers, build)
             while unit is not None and unit.kind in (PREVIEW, PRETRACE) and not worth(unit, queue):
                 if unit.kind == PREVIEW:     # until a viewer comes (queue_previews), or its frame is done
                     schema.set_state(db, unit, UnitState.WAITING)
                 else:
                     _store_pretrace(db, unit, b"", 0.0)
-                unit = choose(queue, node.name, now, node.tags, build)
+                unit = choose(queue, node.name, now, node.offers, build)
             if unit is not None and unit.remainder:
                 end = cut(unit, queue, node_id) if cut is not None else unit.row_end
                 unit = None if end is None else _cut(db, unit, end)
@@ -353,7 +353,7 @@ class _Queue:
 
     # A job that runs after others waits until they are all done (farm.dependencies: Verdict.GO); the
     # maintenance tick ends it when one of them failed or was canceled.
-    _JOBS_IN_LINE = ("SELECT id, priority, require, prefer, povray FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1"
+    _JOBS_IN_LINE = ("SELECT id, priority, require, prefer, povray, kind FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1"
                      " FROM units q WHERE q.job = jobs.id AND q.state = ?) AND (run_after = '[]' OR NOT EXISTS"
                      " (SELECT 1 FROM json_each(jobs.run_after) d JOIN jobs p ON p.id = d.value"
                      f" WHERE p.state != '{JobState.DONE.value}'))")
@@ -363,7 +363,7 @@ class _Queue:
 
     def jobs_with_queued_units(self) -> Sequence[JobInLine]:
         return [JobInLine(row["id"], row["priority"], tuple(json.loads(row["require"])),
-                          tuple(json.loads(row["prefer"])), row["povray"]) for row in self._db.execute(
+                          tuple(json.loads(row["prefer"])), row["povray"], row["kind"]) for row in self._db.execute(
             self._JOBS_IN_LINE, (JobState.QUEUED.value, JobState.RENDERING.value, UnitState.QUEUED.value))]
 
     def queued_units(self, job_id: int, limit: int) -> Sequence[Unit]:

@@ -1,0 +1,158 @@
+"""The controller's side of the kind seam (farm.jobkinds, docs/kinds.md): what a kind's controller part
+does, the one place the rest of the controller asks for it, and the pieces a kind whose job is one unit
+over another job's frames shares (the video, farm.extras.checksums).
+
+The dispatcher, the stitcher, the feed and the API ask `of_job(kind)` or `of_unit(unit kind)` and call the
+part; none of them names a kind. A part holds no state of its own: what it needs of the controller comes
+with each call (`farm.service.Services` to submit, the stitcher to assemble).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm import jobkinds, limits
+from farm.faults import Code, FarmError
+from farm.planning import UnitPlan
+from farm.records import Job, JobSpec, StoredRows, Unit
+from farm.service.changes import Changes
+from farm.service.files import write_atomically
+from farm.states import ENDED, JobState
+from farm.store import Completion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A unit's result, checked and stored (`ControllerPart.stored`)."""
+    job: Job
+    unit: Unit
+    node_id: str
+    data: bytes       # as delivered
+    raw: bytes        # as `check_result` returned it
+    seconds: float
+    done: Completion
+
+
+class ControllerPart:
+    """A kind's controller part. Every method has the behaviour of a kind that has no such thing."""
+    result_name = "the result"     # what a refused result is called in the fault ("strip rows", "the video")
+
+    def submit(self, services: Any, params: dict) -> int:
+        """Queue a job of the kind from `params` (jobs.kind: plain XML-RPC values, checked here); its id."""
+        raise FarmError(Code.BAD_ARGUMENT, "this kind of job is not submitted with jobs.kind")
+
+    def task_image(self, unit: Unit, job: Job) -> tuple[int, int, tuple[str, ...]]:
+        """The width, height and options a node's task for the unit carries (nodes.poll): the job's."""
+        return job.width, job.height, job.options
+
+    def result_limit(self, unit: Unit, job: Job) -> int:
+        """The most bytes a unit's result may hold, bounding the request before it is read."""
+        raise NotImplementedError
+
+    def check_result(self, unit: Unit, job: Job, data: bytes, encoding: str) -> bytes:
+        """A result as it arrives (ValueError, in a sentence, for one that is wrong); what `stored` gets as
+        `raw` (POV-Ray's rows inflated, to copy into the frame's canvas)."""
+        raise NotImplementedError
+
+    def stored(self, stitcher: Any, work: Changes, result: Stored) -> None:
+        """The unit's result is stored: hand the stitcher what it assembles (`frames_ready`)."""
+
+    def sizes_units(self, unit: Unit) -> bool:
+        """Whether what the unit cost its node besides its work sizes the job's next units (farm.scheduler)."""
+        return False
+
+    def assemble(self, stitcher: Any, job: Job, frame: int) -> None:
+        """In the stitcher's maintenance thread: every unit of the frame is stored; write the job's result
+        and record it (`store.jobs.finish_frame`), or fail the job."""
+        raise NotImplementedError
+
+    def feed_pieces(self, unit: StoredRows, job: Job) -> list[dict[str, Any]]:
+        """A stored unit as viewers get it (farm.service.views): pieces of rows, or none."""
+        return []
+
+    def source_frame(self, services: Any, job: Job, frame: int) -> Path:
+        """A file a unit of the job reads from the farm (nodes.source_frame): a frame of another job."""
+        raise FarmError(Code.BAD_ARGUMENT, f"a job of kind {job.kind} reads no frames")
+
+
+def of_job(kind: str) -> ControllerPart:
+    """The controller part of kind `kind` (BAD_ARGUMENT for a kind not loaded here)."""
+    return jobkinds.part(jobkinds.get(kind).controller)
+
+
+def of_unit(unit_kind: str) -> ControllerPart:
+    """The controller part of the kind whose jobs hold units of `unit_kind`."""
+    return jobkinds.part(jobkinds.of_unit(unit_kind).controller)
+
+
+# -- a job over another job's frames, with one unit whose result is one file ------------------------
+
+def frames_source(services: Any, source_id: int, kind: str) -> Job:
+    """The job whose frames a new job of `kind` reads: one that has frames (or will). UNKNOWN_JOB for no
+    such job; BAD_ARGUMENT for one that failed or was canceled, or whose result is not frames."""
+    source = services.store.jobs.get(source_id)
+    if source.state in ENDED and source.state is not JobState.DONE:
+        raise FarmError(Code.BAD_ARGUMENT, f"job {source_id} is {source.state.value}: it has no frames to "
+                                           f"make a {kind} of")
+    if source.kind != jobkinds.POVRAY:
+        raise FarmError(Code.BAD_ARGUMENT, f"job {source.id} is a {source.kind}, not frames to make a {kind} of")
+    return source
+
+
+def queue_one_unit(services: Any, spec: JobSpec) -> int:
+    """Store a job of one unit (of the kind's one kind of unit) and wake whoever waits; its id."""
+    unit_kind = jobkinds.get(spec.kind).units[0]
+    limits.check_units(spec, 1, services.store.units.open_count())
+    job_id = services.store.jobs.create(spec, [UnitPlan(1, 1, 0, spec.height, unit_kind)], services.clock())
+    services.changes.bump()
+    services.work.bump()
+    return job_id
+
+
+def stored_frame(services: Any, job: Job, source: int, frames: range, frame: int) -> Path:
+    """The stored image of frame `frame` of job `source`, which `job` reads (frames `frames`)."""
+    if frame not in frames:
+        raise FarmError(Code.BAD_ARGUMENT, f"job {job.id} reads frames {frames.start}-{frames.stop - 1}, "
+                                           f"not frame {frame}")
+    stored = services.store.jobs.frame(source, frame)
+    if stored is None or not stored.path:
+        raise FarmError(Code.JOB_NOT_DONE, f"frame {frame} of job {source} is not written")
+    return services.files.frame_image(source, frame)
+
+
+class FileResult(ControllerPart):
+    """A kind whose job's one unit hands in one file, stored as the job's result (its kind's suffix)."""
+    max_bytes = 0
+
+    def result_limit(self, unit: Unit, job: Job) -> int:
+        return self.max_bytes
+
+    def check_result(self, unit: Unit, job: Job, data: bytes, encoding: str) -> bytes:
+        if len(data) > self.max_bytes:
+            raise ValueError(f"it is {len(data)} bytes; the limit is {self.max_bytes}")
+        self.check_file(job, data)
+        return b""
+
+    def check_file(self, job: Job, data: bytes) -> None:
+        """ValueError for a file that is not what the kind makes."""
+
+    def stored(self, stitcher: Any, work: Changes, result: Stored) -> None:
+        log.info("job %s %s (%d bytes) done by %s in %.2fs", result.job.id, result.job.kind, len(result.data),
+                 result.node_id, result.seconds)
+        stitcher.frames_ready(result.job.id, (result.unit.frame,))
+
+    def assemble(self, stitcher: Any, job: Job, frame: int) -> None:
+        store = stitcher.store
+        stored = store.units.stored_for_frame(job.id, frame, jobkinds.get(job.kind).units[0])
+        if not stored:
+            store.jobs.fail(job.id, f"the {job.kind} unit's result is missing", stitcher.clock())
+            return
+        path = stitcher.files.frame_image(job.id, frame, jobkinds.result_suffix(job.kind))
+        write_atomically(path, stored[0].data, f"the {job.kind}")
+        if store.jobs.finish_frame(job.id, frame, str(path), stitcher.clock()):
+            log.info("job %s done: %s", job.id, path)

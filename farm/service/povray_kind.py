@@ -1,0 +1,147 @@
+"""POV-Ray's kind on the controller (its controller part, farm.jobkinds): a scene rendered into frames.
+Its jobs are planned into units of rows (with a frame's radiosity pre-pass and a preview: farm.planning,
+farm.service.submission); a unit's result is its rows (a pre-pass's: its radiosity cache), checked by
+decoding them; the stitcher copies rows into their frame's canvas and writes each complete frame as a
+PNG; viewers get the rows as pieces to paint."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from farm import builds, tags
+from farm.animation import Animation
+from farm.api import args
+from farm.faults import Code, FarmError
+from farm.kinds import PRETRACE, PREVIEW, ROWS, PreviewMode, preview_size
+from farm.options import preview_options
+from farm.radiosity import MAX_RADIOSITY_CACHE
+from farm.records import Job, StoredRows, Unit
+from farm.rows import ZLIB, decompress_capped, deflate_bound, split_frames
+from farm.service.changes import Changes
+from farm.service.kindparts import ControllerPart, Stored
+from farm.service.submission import MAX_SIDE, Submission
+
+log = logging.getLogger(__name__)
+
+
+class PovrayPart(ControllerPart):
+    result_name = "strip rows"
+
+    def submit(self, services: Any, params: dict) -> int:
+        """jobs.submit's spec (jobs.kind "povray" takes the same)."""
+        return services.submissions.submit(submission(params))
+
+    def task_image(self, unit: Unit, job: Job) -> tuple[int, int, tuple[str, ...]]:
+        if unit.kind == PREVIEW:
+            # The preview's own size, no anti-aliasing and no radiosity: a node that does not know the kind
+            # renders it as ordinary rows, and that is all it is.
+            return (*preview_size(job.width, job.height), preview_options(job.options, job.pretrace))
+        return job.width, job.height, job.options
+
+    def result_limit(self, unit: Unit, job: Job) -> int:
+        """Its unit's rows (a pre-pass: its cache) compressed at worst."""
+        if unit.kind == PRETRACE:
+            return deflate_bound(MAX_RADIOSITY_CACHE)
+        return deflate_bound(unit.scanline_bytes(job))
+
+    def check_result(self, unit: Unit, job: Job, data: bytes, encoding: str) -> bytes:
+        """The unit's raw rows, inflated (and unfiltered) to check them (a pre-pass's cache is only checked)."""
+        if unit.kind == PRETRACE:
+            if encoding != ZLIB:
+                raise ValueError("a radiosity cache travels as plain zlib.")
+            if data:
+                decompress_capped(data, MAX_RADIOSITY_CACHE)
+            return b""
+        return unit.decode(job, data, encoding)
+
+    def stored(self, stitcher: Any, work: Changes, result: Stored) -> None:
+        job, unit = result.job, result.unit
+        if unit.kind == PRETRACE:
+            work.bump()   # the frame's units were waiting for this
+            log.info("job %s frame %s radiosity pre-pass done by %s in %.2fs (rows %d-%d: %s)", job.id, unit.frame,
+                     result.node_id, result.seconds, unit.row_start + 1, unit.row_end,
+                     "cache shared" if result.data else "no radiosity samples")
+        elif unit.kind == PREVIEW:   # for viewers only: it never reaches the frame's image
+            log.info("job %s frame %s preview done by %s in %.2fs", job.id, unit.frame, result.node_id,
+                     result.seconds)
+        else:
+            log.info("job %s unit %s done by %s in %.2fs", job.id, unit.index, result.node_id, result.seconds)
+            stitcher.add_rows(job, unit, result.raw)
+            if result.done.complete_frames:
+                stitcher.frames_ready(job.id, result.done.complete_frames)
+
+    def sizes_units(self, unit: Unit) -> bool:
+        return unit.kind == ROWS
+
+    def assemble(self, stitcher: Any, job: Job, frame: int) -> None:
+        stitcher.stitch_frame(job, frame)
+
+    def feed_pieces(self, unit: StoredRows, job: Job) -> list[dict[str, Any]]:
+        """One piece per frame, each its own zlib stream in the encoding the node delivered (the compact
+        filtered form from current nodes). A preview's piece carries the preview's own size."""
+        if unit.kind == PREVIEW:
+            width, height = preview_size(job.width, job.height)
+            return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
+                     "kind": PREVIEW, "width": width, "height": height, "encoding": unit.encoding}]
+        if unit.frame == unit.frame_last:
+            return [{"frame": unit.frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": unit.data,
+                     "kind": ROWS, "encoding": unit.encoding}]
+        frames = unit.frame_last - unit.frame + 1
+        pieces = split_frames(unit.data, unit.encoding, frames * (unit.row_end - unit.row_start) * job.row_bytes,
+                              job.row_bytes, frames)
+        return [{"frame": frame, "row_start": unit.row_start, "row_end": unit.row_end, "rows": rows,
+                 "kind": ROWS, "encoding": unit.encoding}
+                for frame, rows in zip(range(unit.frame, unit.frame_last + 1), pieces)]
+
+
+PART = PovrayPart()
+
+
+def submission(spec: dict) -> Submission:
+    """A POV-Ray job's spec (jobs.submit), checked as it came over the wire."""
+    options = spec.get("options", [])
+    if not isinstance(options, list):
+        raise FarmError(Code.BAD_ARGUMENT, "options must be a list of POV-Ray options")
+    strips: Any = spec.get("strips", "auto")
+    if strips != "auto":
+        strips = args.whole("strips", strips, 1, 1024)
+    scene = args.text("scene", spec.get("scene"), 1000)
+    return Submission(
+        bundle=args.text("bundle", spec.get("bundle"), 100), scene=scene,
+        width=args.whole("width", spec.get("width"), 1, MAX_SIDE),
+        height=args.whole("height", spec.get("height"), 1, MAX_SIDE),
+        options=tuple(options), bits=args.whole("bits", spec.get("bits", 8), 8, 16),
+        priority=args.whole("priority", spec.get("priority", 0), -1000, 1000),
+        name=args.text("name", spec.get("name", scene.rsplit("/", 1)[-1].rsplit(".", 1)[0] or scene), 200),
+        animation=Animation.from_spec(spec["animation"]) if spec.get("animation") else None,
+        strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)),
+        preview=_preview_mode(spec.get("preview", "auto")),
+        require=_tags("require", spec.get("require", [])), prefer=_tags("prefer", spec.get("prefer", [])),
+        after=_job_ids(spec.get("after", [])), povray=_pin(spec.get("povray_version", "")))
+
+
+def _pin(value: Any) -> str:
+    try:
+        return builds.check_pin(value)
+    except ValueError as err:
+        raise FarmError(Code.BAD_ARGUMENT, str(err)) from None
+
+
+def _job_ids(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise FarmError(Code.BAD_ARGUMENT, "after must be a list of job ids")
+    return tuple(args.job_id(job) for job in value)
+
+
+def _tags(what: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise FarmError(Code.BAD_ARGUMENT, f"{what} must be a list of node tags")
+    return tags.parse(value, what)
+
+
+def _preview_mode(value: Any) -> PreviewMode:
+    try:
+        return PreviewMode.parse(value)
+    except ValueError as err:
+        raise FarmError(Code.BAD_ARGUMENT, str(err)) from None
