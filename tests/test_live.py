@@ -13,7 +13,7 @@ from PIL import Image
 
 from farm.kinds import LIVE
 from farm.rendering.gamma import Encoding
-from farm.rendering.live import LiveSender, StateFileReader, scene_gamma
+from farm.rendering.live import FramesReader, LiveSender, StateFileReader, scene_gamma
 from farm.rendering.statefile import read_blocks
 from farm.service.live import LiveBlocks
 from farm.viewing import frames
@@ -52,6 +52,22 @@ def test_the_reader_sends_each_block_once_as_8_bit_rgb_and_skips_a_torn_tail(tmp
     block = blocks[-1]
     assert (last[0]["frame"], last[0]["left"], last[0]["top"]) == (3, block.left, block.top)
     assert zlib.decompress(last[0]["rows"]) == b"".join(block.rows(Encoding(2.2)))
+
+
+@pytest.mark.parametrize("frames, name, expected", [
+    (range(1, 2), "strip.pov-state", 1),       # +KFI1 +KFF1: a still to POV-Ray, no number
+    (range(7, 8), "strip07.pov-state", 7),     # one frame of a longer animation: numbered
+    (range(2, 4), "strip.pov-state", None),    # a run of frames never reads an unnumbered file
+])
+def test_a_run_of_frames_reads_the_state_file_povray_names_for_it(tmp_path, frames, name, expected):
+    data = state_file("chess2")
+    (tmp_path / "povray.log").write_text("")
+    (tmp_path / "s.pov").write_text("global_settings { assumed_gamma 2.2 }")
+    (tmp_path / name).write_bytes(data)
+    reader = FramesReader(tmp_path / "strip.ppm", tmp_path / "povray.log", tmp_path / "s.pov", frames)
+    blocks = reader()
+    assert {block["frame"] for block in blocks} == ({expected} if expected else set())
+    assert reader() == []
 
 
 def test_the_controller_keeps_blocks_of_units_in_flight_and_forgets_them_with_their_final_rows():
@@ -226,3 +242,25 @@ def test_an_animation_paints_the_frame_being_rendered_live_and_its_run_s_finishe
         assert frame not in rows_before
         with Image.open(io.BytesIO(farm.client.call("jobs.fetch", job_id, frame).data)) as image:
             assert image.convert("RGB").tobytes() == pixels
+
+
+def test_an_animation_of_one_frame_paints_live_too(farm):
+    """`+KFI1 +KFF1` is a still to POV-Ray: its state file has no frame number, and the node reads it."""
+    farm.start_controller()
+    farm.start_node("n1")
+    viewer = farm.client_as("view")
+    wait_until(lambda: farm.client.call("nodes.list"), what="the node")
+    reply = viewer.call("viewer.watch", 0, 0, 0.0, 0)
+    cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+    job_id = submit(farm.client, SCENES / "advanced/chess2.pov", width=192, height=144, strips=2,
+                    options=["+A0.3"], animation={"first": 1, "last": 1})
+    live, rows = [], []
+    while True:
+        reply = viewer.call("viewer.watch", job_id, cursor, 10.0, live_cursor)
+        cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+        live += [block["frame"] for block in reply["live"] if not rows]
+        rows += [strip["frame"] for strip in reply["strips"] if strip["kind"] == "rows"]
+        if reply["job"].get("state") in ("done", "failed", "canceled"):
+            break
+    assert reply["job"]["state"] == "done", reply["job"]
+    assert live and set(live) == {1}, live       # blocks of frame 1, before its first final rows

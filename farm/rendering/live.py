@@ -111,8 +111,9 @@ class StateFileReader:
 
 class FramesReader:
     """The new blocks of a run of animation frames, each call: the frame being rendered from its own state
-    file (`strip07.pov-state` beside `strip07.ppm`), and each frame the run has finished whole, from its
-    image, as one block (the run's final rows go up only with its last frame)."""
+    file (`strip07.pov-state` beside `strip07.ppm`; `strip.pov-state` for an animation of one frame that
+    POV-Ray renders as a still), and each frame the run has finished whole, from its image, as one block
+    (the run's final rows go up only with its last frame)."""
 
     def __init__(self, output: Path, log_path: Path, scene_path: Path, frames: range):
         self.output, self.log_path, self.scene_path, self.frames = output, log_path, scene_path, frames
@@ -121,6 +122,8 @@ class FramesReader:
 
     def __call__(self) -> list[dict[str, Any]]:
         states = _numbered(self.output.parent, self.output.stem, STATE_SUFFIX)
+        if not states and len(self.frames) == 1:
+            states = self._unnumbered()
         blocks: list[dict[str, Any]] = []
         rendering = max((frame for frame in states if frame in self.frames), default=None)
         if rendering is not None and (self.current is None or self.current.frame != rendering):
@@ -134,6 +137,12 @@ class FramesReader:
             if frame not in self.sent and frame in images and frame not in states:
                 blocks += self._whole(frame, images[frame])
         return blocks
+
+    def _unnumbered(self) -> dict[int, Path]:
+        """An animation of one frame from 0 to 0 or 1 to 1 (`+KFI1 +KFF1`) is a still to POV-Ray (its
+        front end's rule): its image and state file carry no frame number (`strip.pov-state`)."""
+        path = self.output.with_suffix(STATE_SUFFIX)
+        return {self.frames[0]: path} if path.exists() else {}
 
     def _whole(self, frame: int, path: Path) -> list[dict[str, Any]]:
         try:
