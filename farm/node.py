@@ -351,6 +351,7 @@ class Node:
             outcome = (self.encoder if task.kind == VIDEO else self.renderer).render(task, strip_dir)
         finally:
             self.beats.forget(lease)
+            self.live_sender.ended(lease)     # its rows replace its blocks: those still queued are dropped
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
         log.info("job %s strip %s rendered: %s after %.2f s", task.job, task.strip, outcome.kind, outcome.seconds)

@@ -121,6 +121,29 @@ def test_the_sender_never_waits_and_stops_when_the_job_is_no_longer_watched():
     assert sum(count for _, count in sent) <= 600
 
 
+def test_blocks_still_queued_when_their_unit_ends_are_dropped_in_front_of_its_rows():
+    sent, calling, release = [], threading.Event(), threading.Event()
+
+    def send(lease, blocks):
+        calling.set()
+        release.wait(10)
+        sent.append((lease, len(blocks)))
+        return {"live": True}
+    sender = LiveSender(send, lambda: 1e6)
+    block = {"frame": 0, "left": 0, "top": 0, "right": 0, "bottom": 0, "rows": b"y" * 100}
+    sender.start("a", True)
+    sender.start("b", True)
+    sender.offer("a", [block])
+    wait_until(calling.is_set, what="the first call")
+    for _ in range(10):
+        sender.offer("a", [block])
+    sender.ended("a")                           # a's render is over: its final rows go up now
+    sender.offer("b", [block])
+    release.set()
+    wait_until(lambda: ("b", 1) in sent, what="b's block sent")
+    assert sent == [("a", 1), ("b", 1)]
+
+
 def test_a_viewer_watching_before_the_submit_gets_live_blocks_before_the_first_final_rows(farm, tmp_path):
     """chess2 on two nodes of one thread each, followed with viewer.watch from before the submit."""
     farm.start_controller()

@@ -225,6 +225,12 @@ class LiveSender:
                         self._rewind.add(lease)
                     self._watched[lease] = lease in watched
 
+    def ended(self, lease: str) -> None:
+        """The lease's render is over: its final rows replace its blocks, so those still queued are dropped
+        (on a slow uplink they would go up in front of the rows)."""
+        with self._lock:
+            self._note(lease, False)
+
     def wanted(self, lease: str) -> bool:
         with self._lock:
             return self._watched.get(lease, True)
@@ -267,24 +273,26 @@ class LiveSender:
             if rest:
                 self._queue.put((lease, rest))
             size, started = sum(len(block["rows"]) for block in blocks), self._clock()
-            self._call(lease, blocks)
+            sent = self._call(lease, blocks)
             with self._lock:
                 self._queued -= size
             rate = self._rate()
-            if rate > 0:   # leave the rest of the uplink to the rows and heartbeats
+            if sent and rate > 0:   # leave the rest of the uplink to the rows and heartbeats
                 time.sleep(max(0.0, size / (UPLINK_SHARE * rate) - (self._clock() - started)))
 
-    def _call(self, lease: str, blocks: list[dict[str, Any]]) -> None:
+    def _call(self, lease: str, blocks: list[dict[str, Any]]) -> bool:
+        """Send the blocks if their lease is still watched; whether they went up."""
         if not self.wanted(lease):
-            return
+            return False
         try:
             reply = self._send(lease, [{**block, "rows": Binary(block["rows"])} for block in blocks])
         except FarmError as err:
             log.debug("live blocks of lease %s not sent: %s", lease, err)
-            return
+            return False
         if isinstance(reply, dict) and reply.get("live") is False:
             with self._lock:
                 self._note(lease, False)
+        return True
 
 
 class LiveWatch:
