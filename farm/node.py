@@ -162,8 +162,10 @@ class Node:
         self.live_sender.start(lease, task.live)
         strip_dir, output = log_path.parent, output_path(task, log_path.parent)
         scene = strip_dir / "scene" / task.scene
-        reader = FramesReader(output, log_path, scene, task.frames) if task.animation else \
-            StateFileReader(output.with_suffix(STATE_SUFFIX), log_path, scene, task.frame)
+        if task.animation:
+            reader = FramesReader(output, log_path, scene, task.frames, range(task.row_start, task.row_end))
+        else:
+            reader = StateFileReader(output.with_suffix(STATE_SUFFIX), log_path, scene, task.frame)
         return self._ahead_of(task, log_path, LiveWatch(lease, watch, reader, self.live_sender, self.clock))
 
     def _ahead_of(self, task: Task | None, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:
