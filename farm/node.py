@@ -166,7 +166,7 @@ class Node:
             reader = FramesReader(output, log_path, scene, task.frames, range(task.row_start, task.row_end))
         else:
             reader = StateFileReader(output.with_suffix(STATE_SUFFIX), log_path, scene, task.frame)
-        return self._ahead_of(task, log_path, LiveWatch(lease, watch, reader, self.live_sender, self.clock))
+        return LiveWatch(lease, self._ahead_of(task, log_path, watch), reader, self.live_sender, self.clock)
 
     def _ahead_of(self, task: Task | None, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:
         """The watch, asking for the slot's next unit as this one nears its end (farm/rendering/ahead.py)."""

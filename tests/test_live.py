@@ -13,7 +13,8 @@ from PIL import Image
 
 from farm.kinds import LIVE
 from farm.rendering.gamma import Encoding
-from farm.rendering.live import FramesReader, LiveSender, StateFileReader, scene_gamma
+from farm.rendering.live import (FIRST_READ_EVERY, READ_EVERY, FramesReader, LiveSender, LiveWatch,
+                                 StateFileReader, scene_gamma)
 from farm.rendering.statefile import read_blocks
 from farm.service.live import LiveBlocks
 from farm.viewing import frames
@@ -91,6 +92,30 @@ def test_each_frame_of_a_run_goes_whole_once_its_image_is_written_the_last_too_c
         assert (whole["frame"], whole["left"], whole["top"], whole["right"], whole["bottom"]) == (frame, 0, 2, 3, 4)
         assert zlib.decompress(whole["rows"]) == pixels[2 * 12:5 * 12] and not reader.waiting
         assert reader() == []
+
+
+def test_a_watched_unit_is_read_often_but_its_own_watch_is_asked_as_seldom_as_an_unwatched_one_s():
+    """The runner calls the check every FIRST_READ_EVERY seconds for a watched unit: the state file is read
+    that often until its first blocks, then every READ_EVERY; heartbeats and the rest every READ_EVERY."""
+    now, reads, asked = [0.0], [], []
+
+    class Reader:
+        waiting = False
+
+        def __call__(self):
+            reads.append(now[0])
+            return [{"rows": b"x"}] if now[0] >= 0.19 else []
+    sender = LiveSender(lambda lease, blocks: {"live": True}, lambda: 0.0)
+    sender.start("a", True)
+    check = LiveWatch("a", lambda: asked.append(now[0]) or now[0] >= 1.0, Reader(), sender, lambda: now[0])
+    stops = []
+    for step in range(1, 25):                   # 1.2 s of calls, FIRST_READ_EVERY apart
+        now[0] = step * (FIRST_READ_EVERY + 1e-6)
+        stops.append(check())
+    assert reads[:4] == pytest.approx([0.05, 0.1, 0.15, 0.2], abs=1e-3)
+    assert all(b - a >= READ_EVERY for a, b in zip(reads[3:], reads[4:]))
+    assert len(asked) == 4 and all(b - a >= READ_EVERY for a, b in zip(asked, asked[1:]))
+    assert stops[-1] and stops.index(True) == 23        # asked at 1.2 s: the first answer after 1.0 s
 
 
 def test_the_controller_keeps_blocks_of_units_in_flight_and_forgets_them_with_their_final_rows():

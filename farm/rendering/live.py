@@ -305,15 +305,17 @@ class LiveSender:
 
 
 class LiveWatch:
-    """The runner's check while POV-Ray renders a watched unit: every READ_EVERY seconds (FIRST_READ_EVERY
-    until the first blocks are found, and while a finished frame's image is awaited) the state file's new
-    blocks go to the sender, then the lease's own watch says whether to stop."""
+    """The runner's check while POV-Ray renders a watched unit (the runner calls it every FIRST_READ_EVERY
+    seconds): every READ_EVERY seconds (FIRST_READ_EVERY until the first blocks are found, and while a
+    finished frame's image is awaited) the state file's new blocks go to the sender; the unit's own watch
+    (heartbeats, the next unit asked for ahead, whether to stop) is asked every READ_EVERY seconds, as for a
+    unit nobody watches, and its answer kept between."""
 
     def __init__(self, lease: str, watch: Callable[[], bool], reader: StateFileReader | FramesReader,
                  sender: LiveSender, clock: Callable[[], float] = time.monotonic):
         self.lease, self.watch, self.reader, self.sender, self.clock = lease, watch, reader, sender, clock
-        self._last = clock()
-        self._found = False
+        self._last = self._watched = clock()
+        self._found = self._stop = False
 
     def __call__(self) -> bool:
         now = self.clock()
@@ -326,4 +328,6 @@ class LiveWatch:
             if blocks:
                 self._found = True
                 self.sender.offer(self.lease, blocks)
-        return self.watch()
+        if now - self._watched >= READ_EVERY:
+            self._watched, self._stop = now, self.watch()
+        return self._stop
