@@ -36,7 +36,7 @@ from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
 from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
-from farm.rendering.live import STATE_SUFFIX, FramesReader, LiveSender, LiveWatch, StateFileReader
+from farm.rendering.live import LiveSender, LiveWatch, unit_reader
 from farm.hostos import HOST
 from farm.kinds import PREVIEW, ROWS, VIDEO
 from farm.rendering.probe import probe_povray
@@ -162,10 +162,7 @@ class Node:
         self.live_sender.start(lease, task.live)
         strip_dir, output = log_path.parent, output_path(task, log_path.parent)
         scene = strip_dir / "scene" / task.scene
-        if task.animation:
-            reader = FramesReader(output, log_path, scene, task.frames, range(task.row_start, task.row_end))
-        else:
-            reader = StateFileReader(output.with_suffix(STATE_SUFFIX), log_path, scene, task.frame)
+        reader = unit_reader(output, log_path, scene, task)
         return LiveWatch(lease, self._ahead_of(task, log_path, watch), reader, self.live_sender, self.clock)
 
     def _ahead_of(self, task: Task | None, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:

@@ -37,6 +37,7 @@ from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
 from farm.rendering.gamma import Encoding, GammaSpec
 from farm.rendering.statefile import HEADER_SIZE, read_blocks
+from farm.rendering.task import Task
 from farm.wire import Binary
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,14 @@ class FramesReader:
         self.sent.clear()
         if self.current is not None:
             self.current.rewind()
+
+
+def unit_reader(output: Path, log_path: Path, scene_path: Path, task: Task) -> StateFileReader | FramesReader:
+    """The reader of a unit's blocks: POV-Ray writes `output` (its state file beside it), its stderr to
+    `log_path`, and renders `scene_path`."""
+    if task.animation:
+        return FramesReader(output, log_path, scene_path, task.frames, range(task.row_start, task.row_end))
+    return StateFileReader(output.with_suffix(STATE_SUFFIX), log_path, scene_path, task.frame)
 
 
 def _numbered(folder: Path, stem: str, suffix: str) -> dict[int, Path]:
