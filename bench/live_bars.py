@@ -9,13 +9,17 @@ loopback. A client follows `viewer.watch` (the newest job, with `live_cursor`) f
 - longest stretch: the longest time without new pixels, from the submit to the job's end seen by the
   client, as a share of that time (bar: <= 5%; for the animation <= 10%);
 - the stored image against `povray`'s own render of the scene (bit-identical);
+- where the longest stretch lies: "start" (before the first pixels), "end" (after the last) or "between";
 - the cost of watching: in each round the same job unwatched (no viewer) and watched, alternating which goes
-  first; wall time from the submit to the job done, medians (bar: watched at most 3% slower). A viewer.watch
-  call counts as watching for 45 s (the controller's memory of a long poll), so an unwatched run waits
-  that long after the last one.
+  first; wall time from the submit to the job done, and the CPU time of the job's POV-Ray runs (as each
+  says) and of the two node processes (which the box's other work moves far less than the wall time); the
+  ratio of the medians (bar: watched at most 3% dearer). A viewer.watch call counts as watching for 45 s (the
+  controller's memory of a long poll), so an unwatched run waits that long after the last one.
 
     python bench/live_bars.py                     # chess2 640x480 +A0.3, 3 rounds, then clockd 20 frames
     python bench/live_bars.py --rounds 1 --no-animation
+    python bench/live_bars.py --rounds 0 --animation-rounds 5      # clockd alone, 5 times
+    python bench/live_bars.py --rounds 5 --width 320 --height 240 --no-animation    # the cost, shorter jobs
 
 All traffic is to 127.0.0.1; every process started here is stopped at the end. Results also go to
 bench/results/live_bars.json.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -42,6 +47,7 @@ from farm.states import ENDED  # noqa: E402
 
 CURSOR_END = 2**31 - 1
 MOMENT = 0.1            # seconds: new pixels within one tenth are one moment
+CPU_SECONDS = re.compile(r"with ([0-9.]+) CPU-seconds total")
 CLOCKD = "animations/clockd/clockd.pov"
 CLOCKD_ANIMATION = {"first": 1, "last": 20, "initial_clock": 0.0, "final_clock": 1.0, "cyclic": True}
 
@@ -61,7 +67,10 @@ class LiveWatcher(threading.Thread):
         cursor, live_cursor = CURSOR_END, 0
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            reply = self.client.call("viewer.watch", 0, cursor, 5, live_cursor)
+            # Once the job is known, watched by its id: following "the newest job", the call after the one that
+            # brought the last rows would wait out its timeout for a newer job before saying this one is done.
+            known = self.job.get("id", 0) if cursor != CURSOR_END else 0
+            reply = self.client.call("viewer.watch", known, cursor, 5, live_cursor)
             now = self.last_call = time.monotonic()
             job = reply["job"]
             if not job or job["id"] <= self.after:
@@ -79,6 +88,36 @@ class LiveWatcher(threading.Thread):
                 return
 
 
+def node_cpu(farm: Farm) -> float:
+    """CPU seconds the node processes themselves have used (POV-Ray runs in bubblewrap's process tree, whose
+    times do not reach the node's: `povray_cpu` counts them)."""
+    total = 0
+    for process in farm.processes[1:]:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()
+        total += sum(int(value) for value in fields[11:13])     # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def povray_cpu(farm: Farm, job_id: int) -> float:
+    """CPU seconds the job's POV-Ray runs took, as each said on stderr ("using 1 thread(s) with 1.234
+    CPU-seconds total" for each stage), from the job's logs (jobs.log), previews included."""
+    total, cursor = 0.0, 0
+    while True:
+        reply = farm.submit.call("jobs.log", job_id, {"after": cursor})
+        for entry in reply["logs"]:
+            total += sum(float(found) for _, text in entry["lines"] for found in CPU_SECONDS.findall(text))
+        cursor = reply["cursor"]
+        if not reply["more"]:
+            return total
+
+
+def where(marks: list[float]) -> str:
+    """Where the longest stretch between `marks` (submit, arrivals..., done) lies."""
+    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    index = gaps.index(max(gaps))
+    return "start" if index == 0 else "end" if index == len(gaps) - 1 else f"between, at {marks[index] - marks[0]:.2f} s"
+
+
 def newest_job(farm: Farm) -> int:
     return max((job["id"] for job in farm.submit.call("jobs.list")), default=0)
 
@@ -88,23 +127,28 @@ def watched_run(farm: Farm, spec: dict) -> dict:
     watcher = LiveWatcher(viewer, newest_job(farm))
     watcher.start()
     time.sleep(0.5)                       # the client is waiting before the submit, as a viewer would
+    cpu = node_cpu(farm)
     job_id = farm.submit.call("jobs.submit", spec)
     submitted = time.monotonic()
     watcher.join(1800)
+    cpu = node_cpu(farm) - cpu
     if watcher.done_at is None or watcher.job.get("state") != "done":
         raise RuntimeError(f"the watched job did not finish: {watcher.job}")
     wall = watcher.done_at - submitted
     times = [t for t, _, _ in watcher.arrivals]
     marks = [submitted, *times, watcher.done_at]
     gap = max(b - a for a, b in zip(marks, marks[1:]))
-    return {"job": job_id, "wall_s": wall, "first_pixels_s": times[0] - submitted,
+    return {"job": job_id, "wall_s": wall, "cpu_s": cpu + povray_cpu(farm, job_id), "node_cpu_s": cpu,
+            "first_pixels_s": times[0] - submitted,
             "moments": len({int((t - submitted) / MOMENT) for t in times}), "replies_with_pixels": len(times),
             "live_blocks": sum(n for _, _, n in watcher.arrivals), "longest_stretch_s": gap,
-            "longest_stretch_share": gap / wall, "watch_ended": watcher.last_call,
+            "longest_stretch_share": gap / wall, "longest_stretch_at": where(marks),
+            "watch_ended": watcher.last_call,
             "arrivals_s": [[round(t - submitted, 2), rows, live] for t, rows, live in watcher.arrivals]}
 
 
 def unwatched_run(farm: Farm, spec: dict) -> dict:
+    cpu = node_cpu(farm)
     job_id = farm.submit.call("jobs.submit", spec)
     submitted = time.monotonic()
     while True:
@@ -113,7 +157,8 @@ def unwatched_run(farm: Farm, spec: dict) -> dict:
             break
     if job["state"] != "done":
         raise RuntimeError(f"the unwatched job did not finish: {job}")
-    return {"job": job_id, "wall_s": time.monotonic() - submitted}
+    wall, cpu = time.monotonic() - submitted, node_cpu(farm) - cpu
+    return {"job": job_id, "wall_s": wall, "cpu_s": cpu + povray_cpu(farm, job_id), "node_cpu_s": cpu}
 
 
 def same_as_povray(farm: Farm, job_id: int, scene: Path, args, tmp: Path) -> bool:
@@ -128,10 +173,78 @@ def same_as_povray(farm: Farm, job_id: int, scene: Path, args, tmp: Path) -> boo
         return a.size == b.size and a.mode == b.mode and a.tobytes() == b.tobytes()
 
 
+def still_rounds(farm: Farm, args, scene: Path, tmp: Path, result: dict) -> None:
+    """`args.rounds` rounds of the still, unwatched and watched in alternating order."""
+    spec = {"bundle": upload(farm.submit, scene), "scene": scene.name, "width": args.width,
+            "height": args.height, "options": args.option, "name": "live-bars"}
+    last_watch = 0.0
+    for round_ in range(args.rounds):
+        for kind in (("unwatched", "watched") if round_ % 2 == 0 else ("watched", "unwatched")):
+            if kind == "unwatched":
+                time.sleep(max(0.0, last_watch + POLL_MEMORY + 1 - time.monotonic()))
+                run = unwatched_run(farm, spec)
+            else:
+                run = watched_run(farm, spec)
+                last_watch = run["watch_ended"]
+                run["same_as_povray"] = same_as_povray(farm, run["job"], scene, args, tmp)
+            result[kind].append(run)
+            print(f"round {round_ + 1} {kind}: wall {run['wall_s']:.2f} s, CPU {run['cpu_s']:.2f} s (nodes "
+                  f"{run['node_cpu_s']:.2f} s), load {os.getloadavg()[0]:.1f}" + (
+                f", first pixels {run['first_pixels_s']:.2f} s, {run['moments']} moments, longest stretch "
+                f"{run['longest_stretch_s']:.2f} s ({run['longest_stretch_share'] * 100:.1f}%, "
+                f"{run['longest_stretch_at']}), {run['live_blocks']} live blocks, same as povray: "
+                f"{run['same_as_povray']}" if kind == "watched" else ""), flush=True)
+
+
+def animation_rounds(farm: Farm, rounds: int, result: dict) -> None:
+    """clockd, 20 frames 320x240, watched from before the submit, `rounds` times."""
+    clockd = SCENES / CLOCKD
+    spec = {"bundle": upload(farm.submit, clockd), "scene": clockd.name, "width": 320, "height": 240,
+            "options": ["+A0.3"], "animation": CLOCKD_ANIMATION, "name": "live-bars-clockd"}
+    result["animation"] = []
+    for _ in range(rounds):
+        run = watched_run(farm, spec)
+        result["animation"].append(run)
+        print(f"clockd 20 frames 320x240: wall {run['wall_s']:.2f} s, first pixels "
+              f"{run['first_pixels_s']:.2f} s, {run['moments']} moments, longest stretch "
+              f"{run['longest_stretch_s']:.2f} s ({run['longest_stretch_share'] * 100:.1f}%, "
+              f"{run['longest_stretch_at']}), load {os.getloadavg()[0]:.1f}", flush=True)
+    if rounds:
+        shares = sorted(run["longest_stretch_share"] for run in result["animation"])
+        print(f"clockd: longest stretch median {statistics.median(shares) * 100:.1f}% "
+              f"(range {shares[0] * 100:.1f}-{shares[-1] * 100:.1f}%; bar <= 10%)")
+
+
+def summary(args, result: dict) -> None:
+    """The still's medians and the cost of watching, as a README table row."""
+    watched, unwatched = result["watched"], result["unwatched"]
+    medians = {key: statistics.median(run[key] for run in watched) for key in (
+        "wall_s", "cpu_s", "first_pixels_s", "moments", "longest_stretch_share")}
+    medians["unwatched_wall_s"] = statistics.median(run["wall_s"] for run in unwatched)
+    medians["unwatched_cpu_s"] = statistics.median(run["cpu_s"] for run in unwatched)
+    medians["node_cpu_s"] = statistics.median(run["node_cpu_s"] for run in watched)
+    medians["unwatched_node_cpu_s"] = statistics.median(run["node_cpu_s"] for run in unwatched)
+    medians["cost"] = medians["wall_s"] / medians["unwatched_wall_s"] - 1
+    medians["cpu_cost"] = medians["cpu_s"] / medians["unwatched_cpu_s"] - 1
+    result["medians"] = medians
+    print(f"\n{args.scene} {args.width}x{args.height} {' '.join(args.option)}, boxA + boxB, 1 thread each, "
+          f"medians of {args.rounds} (load {result['loadavg_before'][0]:.1f} before, "
+          f"{result['loadavg_after'][0]:.1f} after):")
+    print("| first pixels (<= 2 s) | moments (>= 100) | longest stretch (<= 5%) | same as povray | "
+          "watched / unwatched wall | watched / unwatched CPU (POV-Ray and nodes) |\n|---|---|---|---|---|---|")
+    print(f"| {medians['first_pixels_s']:.2f} s | {medians['moments']:.0f} | "
+          f"{medians['longest_stretch_share'] * 100:.1f}% | {all(run['same_as_povray'] for run in watched)} | "
+          f"{medians['wall_s']:.1f} s / {medians['unwatched_wall_s']:.1f} s ({medians['cost'] * 100:+.1f}%) | "
+          f"{medians['cpu_s']:.1f} s / {medians['unwatched_cpu_s']:.1f} s ({medians['cpu_cost'] * 100:+.1f}%) |")
+    print(f"the node processes' own CPU (reading, encoding and sending live blocks among the rest): "
+          f"{medians['node_cpu_s']:.2f} s watched, {medians['unwatched_node_cpu_s']:.2f} s unwatched")
+
+
 def main() -> int:
     parser = scene_arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-animation", action="store_true", help="skip clockd (20 frames, 320x240)")
+    parser.add_argument("--animation-rounds", type=int, default=1, help="clockd runs (default 1)")
     parser.add_argument("--save", type=Path, default=ROOT / "bench" / "results" / "live_bars.json")
     args = parser.parse_args()
     args.option = args.option or ["+A0.3"]
@@ -142,52 +255,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="povfarm-live-") as tmp:
         farm = Farm(Path(tmp), 2, [["--machine", "boxA", "--threads", "1"], ["--machine", "boxB", "--threads", "1"]])
         try:
-            spec = {"bundle": upload(farm.submit, scene), "scene": scene.name, "width": args.width,
-                    "height": args.height, "options": args.option, "name": "live-bars"}
-            last_watch = 0.0
-            for round_ in range(args.rounds):
-                for kind in (("unwatched", "watched") if round_ % 2 == 0 else ("watched", "unwatched")):
-                    if kind == "unwatched":
-                        time.sleep(max(0.0, last_watch + POLL_MEMORY + 1 - time.monotonic()))
-                        run = unwatched_run(farm, spec)
-                    else:
-                        run = watched_run(farm, spec)
-                        last_watch = run["watch_ended"]
-                        run["same_as_povray"] = same_as_povray(farm, run["job"], scene, args, Path(tmp))
-                    result[kind].append(run)
-                    print(f"round {round_ + 1} {kind}: wall {run['wall_s']:.2f} s" + (
-                        f", first pixels {run['first_pixels_s']:.2f} s, {run['moments']} moments, longest stretch "
-                        f"{run['longest_stretch_s']:.2f} s ({run['longest_stretch_share'] * 100:.1f}%), "
-                        f"{run['live_blocks']} live blocks, same as povray: {run['same_as_povray']}"
-                        if kind == "watched" else ""), flush=True)
-            if not args.no_animation:
-                clockd = SCENES / CLOCKD
-                run = watched_run(farm, {"bundle": upload(farm.submit, clockd), "scene": clockd.name, "width": 320,
-                                         "height": 240, "options": ["+A0.3"], "animation": CLOCKD_ANIMATION,
-                                         "name": "live-bars-clockd"})
-                result["animation"] = run
-                print(f"clockd 20 frames 320x240: wall {run['wall_s']:.2f} s, first pixels "
-                      f"{run['first_pixels_s']:.2f} s, {run['moments']} moments, longest stretch "
-                      f"{run['longest_stretch_s']:.2f} s ({run['longest_stretch_share'] * 100:.1f}%)", flush=True)
+            still_rounds(farm, args, scene, Path(tmp), result)
+            animation_rounds(farm, 0 if args.no_animation else args.animation_rounds, result)
         finally:
             farm.stop()
-    watched, unwatched = result["watched"], result["unwatched"]
-    if not watched:                       # --rounds 0: the animation alone
-        args.save.write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-    medians = {key: statistics.median(run[key] for run in watched) for key in (
-        "wall_s", "first_pixels_s", "moments", "longest_stretch_share")}
-    medians["unwatched_wall_s"] = statistics.median(run["wall_s"] for run in unwatched)
-    medians["cost"] = medians["wall_s"] / medians["unwatched_wall_s"] - 1
-    result["medians"], result["loadavg_after"] = medians, os.getloadavg()
-    print(f"\n{args.scene} {args.width}x{args.height} {' '.join(args.option)}, boxA + boxB, 1 thread each, "
-          f"medians of {args.rounds} (load {result['loadavg_before'][0]:.1f} before, "
-          f"{result['loadavg_after'][0]:.1f} after):")
-    print("| first pixels (<= 2 s) | moments (>= 100) | longest stretch (<= 5%) | same as povray | "
-          "watched / unwatched wall (<= +3%) |\n|---|---|---|---|---|")
-    print(f"| {medians['first_pixels_s']:.2f} s | {medians['moments']:.0f} | "
-          f"{medians['longest_stretch_share'] * 100:.1f}% | {all(run['same_as_povray'] for run in watched)} | "
-          f"{medians['wall_s']:.1f} s / {medians['unwatched_wall_s']:.1f} s ({medians['cost'] * 100:+.1f}%) |")
+    result["loadavg_after"] = os.getloadavg()
+    if result["watched"]:
+        summary(args, result)
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -4,7 +4,7 @@ Starts a controller in this process (port 0, a temporary data directory), simula
 second process (threads that register, poll and deliver synthetic strips over the real RPC API; no
 POV-Ray), and viewers in processes of their own, each running the viewer's real network code
 (`farm.viewing.feed.Feed`, pinned to the job) without a window, or the calls the browser page makes
-(`page_process`: the same methods, arguments and timers as farm/web/app.js, made from Python so
+(`page_process`: the same methods, arguments and timers as the page (farm/web/feed.js, app.js), made from Python so
 twenty of them fit on a small box beside the controller). Reports:
 
 1. delay: from the moment a node starts its `nodes.complete` call to the moment a waiting viewer has
@@ -153,7 +153,7 @@ def viewer_process(url: str, token: str | None, commands, results, priority: str
         results.put(received)
 
 
-PAGE_POLL_TIMEOUT = 25.0     # app.js: POLL_TIMEOUT
+PAGE_POLL_TIMEOUT = 25.0     # feed.js: POLL_TIMEOUT
 PAGE_REFRESH = 2.0           # app.js: REFRESH_MS, the jobs and nodes tables
 
 

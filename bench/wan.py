@@ -14,6 +14,11 @@ connections). The namespace and everything in it are removed at the end, also on
 
     python bench/wan.py                     # chess2 640x480 +A0.3 (auto and 8 strips), a 30-frame animation
     python bench/wan.py --only still --repeat 2
+    python bench/wan.py --only still --watched   # a viewer follows the jobs: the node sends live blocks too
+
+With `--watched` a client in the root namespace follows the newest job with `viewer.watch` and live blocks
+(as `povfarm viewer` does) through every run, so the node sends live blocks beside its rows; it reports
+the live blocks the client received, and the wire breakdown shows what `nodes.live` cost the uplink.
 
 Needs root, `ip` and `tc` (iproute2) and POV-Ray; it says why and exits 0 when it cannot run here.
 Traffic goes only between the root namespace and the namespace it creates.
@@ -32,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -39,6 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from farm.auth import read_token_file  # noqa: E402
+from farm.client import Client  # noqa: E402
+from farm.faults import FarmError  # noqa: E402
 from farm.images.png import PNG_SIGNATURE, decode_png  # noqa: E402
 from farm.images.raster import Raster  # noqa: E402
 from farm.images.scanlines import filter_rows  # noqa: E402
@@ -195,6 +204,29 @@ class Farm:
         stop(self.counter)
 
 
+class Viewer(threading.Thread):
+    """A client following the newest job with viewer.watch and live blocks, as `povfarm viewer` does,
+    until `done` is set; counts the live blocks and the bytes of their pixels it received."""
+
+    def __init__(self, the_farm: Farm):
+        super().__init__(daemon=True)
+        self.client = Client(the_farm.url, timeout=60, token=read_token_file(the_farm.tokens)["view"])
+        self.done = threading.Event()
+        self.blocks = self.bytes = 0
+
+    def run(self) -> None:
+        cursor, live_cursor = 2**31 - 1, 0
+        while not self.done.is_set():
+            try:
+                reply = self.client.call("viewer.watch", 0, cursor, 2, live_cursor)
+            except FarmError:
+                self.done.wait(0.5)
+                continue
+            cursor, live_cursor = reply.get("cursor", cursor), reply.get("live_cursor", live_cursor)
+            self.blocks += len(reply.get("live", []))
+            self.bytes += sum(len(block["rows"].data) for block in reply.get("live", []))
+
+
 def stop(process: subprocess.Popen) -> None:
     """SIGTERM (a node finishes its strip), again (it gives up at once), then SIGKILL to its whole group."""
     for signum, grace in ((signal.SIGTERM, 5), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
@@ -313,7 +345,8 @@ def run_case(the_farm: Farm, name: str, case, repeat: int) -> dict:
             print(f"  {name} round {round_ + 1} {'shaped' if shaped else 'open  '}: {result['seconds']:.2f} s "
                   f"(tail {result['tail']:.2f} s), "
                   f"sent {result['sent_per_frame'] / 1024:.1f} KiB/frame (rows {result['rows_per_frame'] / 1024:.1f}"
-                  f"), PNG {result['png_per_frame'] / 1024:.1f} KiB/frame", flush=True)
+                  f"), PNG {result['png_per_frame'] / 1024:.1f} KiB/frame, live blocks "
+                  f"{result['packets'].get('nodes.live', {}).get('bytes', 0) / 1024:.1f} KiB", flush=True)
     median = {kind: {key: statistics.median(r[key] for r in values) for key in values[0] if key != "packets"}
               for kind, values in runs.items()}
     return {"case": name, "runs": runs, "median": median,
@@ -375,6 +408,7 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated case names: " + ", ".join(CASES))
     parser.add_argument("--save", default=str(ROOT / "bench" / "results"), help="folder for the results")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, images) and say where")
+    parser.add_argument("--watched", action="store_true", help="a viewer follows the jobs (live blocks)")
     args = parser.parse_args()
     reason = cannot_run()
     if reason:
@@ -388,12 +422,18 @@ def main() -> int:
         with Network() as net:
             the_farm = Farm(net, work)
             node = the_farm.node("wan")
+            viewer = Viewer(the_farm) if args.watched else None
             try:
                 wait_for(lambda: the_farm.registered("wan"), "the node")
+                if viewer is not None:
+                    viewer.start()
                 for name in names:
                     print(f"{name}:", flush=True)
                     results.append(run_case(the_farm, name, CASES[name], args.repeat))
             finally:
+                if viewer is not None:
+                    viewer.done.set()
+                    print(f"the viewer received {viewer.blocks} live blocks, {viewer.bytes / 1024:.0f} KiB")
                 stop(node)
                 the_farm.stop()
     finally:

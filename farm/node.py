@@ -36,7 +36,7 @@ from farm.faults import Code, FarmError
 from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
 from farm.rendering.kindparts import Offered
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
-from farm.rendering.live import STATE_SUFFIX, FramesReader, LiveSender, LiveWatch, StateFileReader
+from farm.rendering.live import LiveSender, LiveWatch, unit_reader
 from farm.hostos import HOST
 from farm.kinds import PREVIEW, ROWS
 from farm.rendering.probe import probe_povray
@@ -153,9 +153,8 @@ class Node:
         self.live_sender.start(lease, task.live)
         strip_dir, output = log_path.parent, output_path(task, log_path.parent)
         scene = strip_dir / "scene" / task.scene
-        reader = FramesReader(output, log_path, scene, task.frames) if task.animation else \
-            StateFileReader(output.with_suffix(STATE_SUFFIX), log_path, scene, task.frame)
-        return self._ahead_of(task, log_path, LiveWatch(lease, watch, reader, self.live_sender, self.clock))
+        reader = unit_reader(output, log_path, scene, task)
+        return LiveWatch(lease, self._ahead_of(task, log_path, watch), reader, self.live_sender, self.clock)
 
     def _ahead_of(self, task: Task | None, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:
         """The watch, asking for the slot's next unit as this one nears its end (farm/rendering/ahead.py)."""
@@ -346,6 +345,7 @@ class Node:
             outcome = self.offered.runner_for(self, task.kind).render(task, strip_dir)
         finally:
             self.beats.forget(lease)
+            self.live_sender.ended(lease)     # its rows replace its blocks: those still queued are dropped
             if not self.config.keep_work:
                 shutil.rmtree(strip_dir, ignore_errors=True)
         log.info("job %s strip %s rendered: %s after %.2f s", task.job, task.strip, outcome.kind, outcome.seconds)

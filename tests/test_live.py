@@ -13,7 +13,8 @@ from PIL import Image
 
 from farm.kinds import LIVE
 from farm.rendering.gamma import Encoding
-from farm.rendering.live import LiveSender, StateFileReader, scene_gamma
+from farm.rendering.live import (FIRST_READ_EVERY, READ_EVERY, FramesReader, LiveSender, LiveWatch,
+                                 StateFileReader, scene_gamma)
 from farm.rendering.statefile import read_blocks
 from farm.service.live import LiveBlocks
 from farm.viewing import frames
@@ -52,6 +53,69 @@ def test_the_reader_sends_each_block_once_as_8_bit_rgb_and_skips_a_torn_tail(tmp
     block = blocks[-1]
     assert (last[0]["frame"], last[0]["left"], last[0]["top"]) == (3, block.left, block.top)
     assert zlib.decompress(last[0]["rows"]) == b"".join(block.rows(Encoding(2.2)))
+
+
+@pytest.mark.parametrize("frames, name, expected", [
+    (range(1, 2), "strip.pov-state", 1),       # +KFI1 +KFF1: a still to POV-Ray, no number
+    (range(7, 8), "strip07.pov-state", 7),     # one frame of a longer animation: numbered
+    (range(2, 4), "strip.pov-state", None),    # a run of frames never reads an unnumbered file
+])
+def test_a_run_of_frames_reads_the_state_file_povray_names_for_it(tmp_path, frames, name, expected):
+    data = state_file("chess2")
+    (tmp_path / "povray.log").write_text("")
+    (tmp_path / "s.pov").write_text("global_settings { assumed_gamma 2.2 }")
+    (tmp_path / name).write_bytes(data)
+    reader = FramesReader(tmp_path / "strip.ppm", tmp_path / "povray.log", tmp_path / "s.pov", frames)
+    blocks = reader()
+    assert {block["frame"] for block in blocks} == ({expected} if expected else set())
+    assert reader() == []
+
+
+def test_each_frame_of_a_run_goes_whole_once_its_image_is_written_the_last_too_cut_to_the_unit_s_rows(tmp_path):
+    """POV-Ray exits a few tenths of a second after a run's last frame: its image goes up before the rows."""
+    data = state_file("chess2")
+    (tmp_path / "povray.log").write_text("")
+    (tmp_path / "s.pov").write_text("global_settings { assumed_gamma 2.2 }")
+    pixels = bytes(range(4 * 6 * 3))
+    reader = FramesReader(tmp_path / "strip.ppm", tmp_path / "povray.log", tmp_path / "s.pov", range(1, 3),
+                          rows=range(2, 5))
+    for frame in (1, 2):
+        state = tmp_path / f"strip{frame}.pov-state"
+        state.write_bytes(data)
+        assert {block["frame"] for block in reader()} == {frame} and not reader.waiting
+        state.unlink()                          # the frame is done: its image comes next
+        assert reader() == [] and reader.waiting
+        (tmp_path / f"strip{frame}.ppm").write_bytes(b"P6\n4 6\n255\n" + pixels[:-1])    # still being written
+        assert reader() == [] and reader.waiting
+        (tmp_path / f"strip{frame}.ppm").write_bytes(b"P6\n4 6\n255\n" + pixels)
+        [whole] = reader()
+        assert (whole["frame"], whole["left"], whole["top"], whole["right"], whole["bottom"]) == (frame, 0, 2, 3, 4)
+        assert zlib.decompress(whole["rows"]) == pixels[2 * 12:5 * 12] and not reader.waiting
+        assert reader() == []
+
+
+def test_a_watched_unit_is_read_often_but_its_own_watch_is_asked_as_seldom_as_an_unwatched_one_s():
+    """The runner calls the check every FIRST_READ_EVERY seconds for a watched unit: the state file is read
+    that often until its first blocks, then every READ_EVERY; heartbeats and the rest every READ_EVERY."""
+    now, reads, asked = [0.0], [], []
+
+    class Reader:
+        waiting = False
+
+        def __call__(self):
+            reads.append(now[0])
+            return [{"rows": b"x"}] if now[0] >= 0.19 else []
+    sender = LiveSender(lambda lease, blocks: {"live": True}, lambda: 0.0)
+    sender.start("a", True)
+    check = LiveWatch("a", lambda: asked.append(now[0]) or now[0] >= 1.0, Reader(), sender, lambda: now[0])
+    stops = []
+    for step in range(1, 25):                   # 1.2 s of calls, FIRST_READ_EVERY apart
+        now[0] = step * (FIRST_READ_EVERY + 1e-6)
+        stops.append(check())
+    assert reads[:4] == pytest.approx([0.05, 0.1, 0.15, 0.2], abs=1e-3)
+    assert all(b - a >= READ_EVERY for a, b in zip(reads[3:], reads[4:]))
+    assert len(asked) == 4 and all(b - a >= READ_EVERY for a, b in zip(asked, asked[1:]))
+    assert stops[-1] and stops.index(True) == 23        # asked at 1.2 s: the first answer after 1.0 s
 
 
 def test_the_controller_keeps_blocks_of_units_in_flight_and_forgets_them_with_their_final_rows():
@@ -103,6 +167,29 @@ def test_the_sender_never_waits_and_stops_when_the_job_is_no_longer_watched():
     release.set()
     wait_until(lambda: not sender.wanted("a"), what="the sender to hear the job is not watched")
     assert sum(count for _, count in sent) <= 600
+
+
+def test_blocks_still_queued_when_their_unit_ends_are_dropped_in_front_of_its_rows():
+    sent, calling, release = [], threading.Event(), threading.Event()
+
+    def send(lease, blocks):
+        calling.set()
+        release.wait(10)
+        sent.append((lease, len(blocks)))
+        return {"live": True}
+    sender = LiveSender(send, lambda: 1e6)
+    block = {"frame": 0, "left": 0, "top": 0, "right": 0, "bottom": 0, "rows": b"y" * 100}
+    sender.start("a", True)
+    sender.start("b", True)
+    sender.offer("a", [block])
+    wait_until(calling.is_set, what="the first call")
+    for _ in range(10):
+        sender.offer("a", [block])
+    sender.ended("a")                           # a's render is over: its final rows go up now
+    sender.offer("b", [block])
+    release.set()
+    wait_until(lambda: ("b", 1) in sent, what="b's block sent")
+    assert sent == [("a", 1), ("b", 1)]
 
 
 def test_a_viewer_watching_before_the_submit_gets_live_blocks_before_the_first_final_rows(farm, tmp_path):
@@ -219,10 +306,33 @@ def test_an_animation_paints_the_frame_being_rendered_live_and_its_run_s_finishe
     assert partial, "no frame was painted block by block"
     assert not empty_shown, empty_shown
     assert stepped and stepped[0][1] < stepped[0][0] and stepped[0][2], stepped
-    # Frames 1, 2, 4 and 5 came whole before their run's final rows; they are the final frames' pixels.
-    assert set(whole) == {1, 2, 4, 5}, sorted(whole)
+    # Frames 1, 2, 4 and 5 came whole before their run's final rows, and the runs' last frames (3, 6) too when
+    # a read caught their image before POV-Ray exited; they are the final frames' pixels.
+    assert {1, 2, 4, 5} <= set(whole) <= set(range(1, 7)), sorted(whole)
     for frame in whole:
         pixels, rows_before = whole[frame]
         assert frame not in rows_before
         with Image.open(io.BytesIO(farm.client.call("jobs.fetch", job_id, frame).data)) as image:
             assert image.convert("RGB").tobytes() == pixels
+
+
+def test_an_animation_of_one_frame_paints_live_too(farm):
+    """`+KFI1 +KFF1` is a still to POV-Ray: its state file has no frame number, and the node reads it."""
+    farm.start_controller()
+    farm.start_node("n1")
+    viewer = farm.client_as("view")
+    wait_until(lambda: farm.client.call("nodes.list"), what="the node")
+    reply = viewer.call("viewer.watch", 0, 0, 0.0, 0)
+    cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+    job_id = submit(farm.client, SCENES / "advanced/chess2.pov", width=192, height=144, strips=2,
+                    options=["+A0.3"], animation={"first": 1, "last": 1})
+    live, rows = [], []
+    while True:
+        reply = viewer.call("viewer.watch", job_id, cursor, 10.0, live_cursor)
+        cursor, live_cursor = reply["cursor"], reply["live_cursor"]
+        live += [block["frame"] for block in reply["live"] if not rows]
+        rows += [strip["frame"] for strip in reply["strips"] if strip["kind"] == "rows"]
+        if reply["job"].get("state") in ("done", "failed", "canceled"):
+            break
+    assert reply["job"]["state"] == "done", reply["job"]
+    assert live and set(live) == {1}, live       # blocks of frame 1, before its first final rows

@@ -146,7 +146,8 @@ def test_the_page_is_served_without_a_token_but_the_api_still_needs_one(farm):
     status, headers, body = get(farm.url, "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html") and b"povfarm" in body
     assert "default-src 'none'" in headers["Content-Security-Policy"]
-    for name in ("app.js", "xmlrpc.js", "zip.js", "logs.js", "style.css"):
+    for name in ("app.js", "colours.js", "eta.js", "words.js", "canvas.js", "feed.js", "submit.js",
+                 "downloads.js", "xmlrpc.js", "zip.js", "logs.js", "style.css"):
         status, headers, body = get(farm.url, "/" + name)
         assert status == 200 and body, name
         assert not any(marker in body for marker in (b"http://", b"https://")), f"{name} names another host"

@@ -37,6 +37,7 @@ from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
 from farm.rendering.gamma import Encoding, GammaSpec
 from farm.rendering.statefile import HEADER_SIZE, read_blocks
+from farm.rendering.task import Task
 from farm.wire import Binary
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def encode_block(block, encoding: Encoding, frame: int) -> dict[str, Any]:
 class StateFileReader:
     """The new blocks of one POV-Ray run's state file, each call (nothing before it exists)."""
 
+    waiting = False      # nothing comes from it after its last block: the unit's final rows follow
+
     def __init__(self, state_path: Path, log_path: Path, scene_path: Path, frame: int):
         self.state_path, self.log_path, self.scene_path, self.frame = state_path, log_path, scene_path, frame
         self.offset = 0
@@ -111,29 +114,43 @@ class StateFileReader:
 
 class FramesReader:
     """The new blocks of a run of animation frames, each call: the frame being rendered from its own state
-    file (`strip07.pov-state` beside `strip07.ppm`), and each frame the run has finished whole, from its
-    image, as one block (the run's final rows go up only with its last frame)."""
+    file (`strip07.pov-state` beside `strip07.ppm`; `strip.pov-state` beside `strip.ppm` for an animation
+    of one frame, which POV-Ray renders as a still), and each frame the run has finished whole (the unit's
+    rows of it), from its image, as one block: the run's final rows go up only after its last frame, and
+    POV-Ray takes a few tenths of a second to exit after that one."""
 
-    def __init__(self, output: Path, log_path: Path, scene_path: Path, frames: range):
+    def __init__(self, output: Path, log_path: Path, scene_path: Path, frames: range, rows: range | None = None):
+        """`rows`: the unit's rows of each frame (all of them by default)."""
         self.output, self.log_path, self.scene_path, self.frames = output, log_path, scene_path, frames
+        self.rows = rows
         self.current: StateFileReader | None = None
         self.sent: set[int] = set()         # finished frames sent whole
+        self.waiting = False                # a frame has ended and its image is not sent yet
 
     def __call__(self) -> list[dict[str, Any]]:
-        states = _numbered(self.output.parent, self.output.stem, STATE_SUFFIX)
+        states = self._files(STATE_SUFFIX)
         blocks: list[dict[str, Any]] = []
         rendering = max((frame for frame in states if frame in self.frames), default=None)
         if rendering is not None and (self.current is None or self.current.frame != rendering):
             self.current = StateFileReader(states[rendering], self.log_path, self.scene_path, rendering)
         if self.current is not None:
             blocks += self.current()
-        # A frame's image is written when the frame ends (one that does not decode whole yet waits); the run's
-        # last frame goes up with its rows.
-        images = _numbered(self.output.parent, self.output.stem, self.output.suffix)
-        for frame in self.frames[:-1]:
+        # A frame's image is written when the frame ends (one that does not decode whole yet waits).
+        images = self._files(self.output.suffix)
+        for frame in self.frames:
             if frame not in self.sent and frame in images and frame not in states:
                 blocks += self._whole(frame, images[frame])
+        self.waiting = self.current is not None and self.current.frame not in states.keys() | self.sent
         return blocks
+
+    def _files(self, suffix: str) -> dict[int, Path]:
+        """The run's files by frame. An animation of one frame from 0 to 0 or 1 to 1 (`+KFI1 +KFF1`) is a
+        still to POV-Ray (its front end's rule): its files carry no frame number (`strip.pov-state`)."""
+        found = _numbered(self.output.parent, self.output.stem, suffix)
+        if not found and len(self.frames) == 1:
+            path = self.output.with_suffix(suffix)
+            return {self.frames[0]: path} if path.exists() else {}
+        return found
 
     def _whole(self, frame: int, path: Path) -> list[dict[str, Any]]:
         try:
@@ -143,13 +160,23 @@ class FramesReader:
             log.debug("frame %s is not readable yet: %s", frame, err)
             return []
         self.sent.add(frame)
-        return [{"frame": frame, "left": 0, "top": 0, "right": raster.width - 1, "bottom": raster.height - 1,
-                 "rows": zlib.compress(rgb8(raster), LEVEL)}]
+        rows = self.rows or range(raster.height)
+        rgb, stride = rgb8(raster), raster.width * 3
+        return [{"frame": frame, "left": 0, "top": rows.start, "right": raster.width - 1, "bottom": rows.stop - 1,
+                 "rows": zlib.compress(rgb[rows.start * stride:rows.stop * stride], LEVEL)}]
 
     def rewind(self) -> None:
         self.sent.clear()
         if self.current is not None:
             self.current.rewind()
+
+
+def unit_reader(output: Path, log_path: Path, scene_path: Path, task: Task) -> StateFileReader | FramesReader:
+    """The reader of a unit's blocks: POV-Ray writes `output` (its state file beside it), its stderr to
+    `log_path`, and renders `scene_path`."""
+    if task.animation:
+        return FramesReader(output, log_path, scene_path, task.frames, range(task.row_start, task.row_end))
+    return StateFileReader(output.with_suffix(STATE_SUFFIX), log_path, scene_path, task.frame)
 
 
 def _numbered(folder: Path, stem: str, suffix: str) -> dict[int, Path]:
@@ -216,6 +243,12 @@ class LiveSender:
                         self._rewind.add(lease)
                     self._watched[lease] = lease in watched
 
+    def ended(self, lease: str) -> None:
+        """The lease's render is over: its final rows replace its blocks, so those still queued are dropped
+        (on a slow uplink they would go up in front of the rows)."""
+        with self._lock:
+            self._note(lease, False)
+
     def wanted(self, lease: str) -> bool:
         with self._lock:
             return self._watched.get(lease, True)
@@ -258,40 +291,45 @@ class LiveSender:
             if rest:
                 self._queue.put((lease, rest))
             size, started = sum(len(block["rows"]) for block in blocks), self._clock()
-            self._call(lease, blocks)
+            sent = self._call(lease, blocks)
             with self._lock:
                 self._queued -= size
             rate = self._rate()
-            if rate > 0:   # leave the rest of the uplink to the rows and heartbeats
+            if sent and rate > 0:   # leave the rest of the uplink to the rows and heartbeats
                 time.sleep(max(0.0, size / (UPLINK_SHARE * rate) - (self._clock() - started)))
 
-    def _call(self, lease: str, blocks: list[dict[str, Any]]) -> None:
+    def _call(self, lease: str, blocks: list[dict[str, Any]]) -> bool:
+        """Send the blocks if their lease is still watched; whether they went up."""
         if not self.wanted(lease):
-            return
+            return False
         try:
             reply = self._send(lease, [{**block, "rows": Binary(block["rows"])} for block in blocks])
         except FarmError as err:
             log.debug("live blocks of lease %s not sent: %s", lease, err)
-            return
+            return False
         if isinstance(reply, dict) and reply.get("live") is False:
             with self._lock:
                 self._note(lease, False)
+        return True
 
 
 class LiveWatch:
-    """The runner's check while POV-Ray renders a watched unit: every READ_EVERY seconds (FIRST_READ_EVERY
-    until the first blocks are found) the state file's new blocks go to the sender, then the lease's own
-    watch says whether to stop."""
+    """The runner's check while POV-Ray renders a watched unit (the runner calls it every FIRST_READ_EVERY
+    seconds): every READ_EVERY seconds (FIRST_READ_EVERY until the first blocks are found, and while a
+    finished frame's image is awaited) the state file's new blocks go to the sender; the unit's own watch
+    (heartbeats, the next unit asked for ahead, whether to stop) is asked every READ_EVERY seconds, as for a
+    unit nobody watches, and its answer kept between."""
 
     def __init__(self, lease: str, watch: Callable[[], bool], reader: StateFileReader | FramesReader,
                  sender: LiveSender, clock: Callable[[], float] = time.monotonic):
         self.lease, self.watch, self.reader, self.sender, self.clock = lease, watch, reader, sender, clock
-        self._last = clock()
-        self._found = False
+        self._last = self._watched = clock()
+        self._found = self._stop = False
 
     def __call__(self) -> bool:
         now = self.clock()
-        if now - self._last >= (READ_EVERY if self._found else FIRST_READ_EVERY) and self.sender.wanted(self.lease):
+        every = READ_EVERY if self._found and not self.reader.waiting else FIRST_READ_EVERY
+        if now - self._last >= every and self.sender.wanted(self.lease):
             self._last = now
             if self.sender.rewound(self.lease):
                 self.reader.rewind()
@@ -299,4 +337,6 @@ class LiveWatch:
             if blocks:
                 self._found = True
                 self.sender.offer(self.lease, blocks)
-        return self.watch()
+        if now - self._watched >= READ_EVERY:
+            self._watched, self._stop = now, self.watch()
+        return self._stop

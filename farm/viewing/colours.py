@@ -1,7 +1,7 @@
 """A node's colour in the viewers: derived from its name alone, so the pygame viewer and the page (and
 every window of either) outline a node's strips in the same colour whatever order they met the nodes in.
 
-The page computes it in JavaScript (`nodeColour` in farm/web/app.js) by the same steps over the same
+The page computes it in JavaScript (`colour` in farm/web/colours.js) by the same steps over the same
 palette; tests/test_web.py checks that both give the same colour for the same names. Pure.
 """
 

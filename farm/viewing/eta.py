@@ -6,7 +6,7 @@ The controller refits a job's cost model every few seconds, and early on its est
 estimate by the share of the gap that the time since the last one earns (1 - e^(-dt/SMOOTHING)), so a
 burst of replies moves it no further than one reply after the same wait, and estimates that agree with
 the countdown leave it as it is. While the controller cannot be reached nothing new is known: the
-ETA stops counting down and is marked (`held`) until the link is back. farm/web/app.js (`EtaShown`) does
+ETA stops counting down and is marked (`held`) until the link is back. farm/web/eta.js (`EtaShown`) does
 the same for the page.
 """
 
