@@ -35,7 +35,7 @@ from farm.rendering.delivery import Delivery, Uploads
 from farm.rendering.encode import VideoEncoder
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
-from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
+from farm.features import CURRENT, FEATURES, FILTERED_ROWS, INLINE_BUNDLES, LIVE_BLOCKS, Features
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.live import STATE_SUFFIX, FramesReader, LiveSender, LiveWatch, StateFileReader
 from farm.hostos import HOST
@@ -293,14 +293,14 @@ class Node:
         """One poll; render the task if there is one. True when a strip was worked on."""
         node_id = self.node_id or self.register()
         asked = self.clock()
-        task = _task(self.client.call("nodes.poll", node_id, POLL_WAIT))
+        task = _task(self._poll(node_id, POLL_WAIT))
         if task is None or self.clock() - asked >= 1.0:
             self._slot.ended = None      # the slot waited for work, not for the controller
         if task is None:
             return False
         slot = threading.current_thread().name
         self._working.add(slot)
-        ahead = Ahead(lambda: self.client.call("nodes.poll", node_id, 0), self.beats.hold,
+        ahead = Ahead(lambda: self._poll(node_id, 0), self.beats.hold,
                       self.config.ask_ahead + self.config.overlap, self.stopping, self.clock)
         overlap = Overlap(self._unit_of_slot, ahead, self.config.overlap, self.stopping, self._release,
                           getattr(self._slot, "ended", None), self.clock)
@@ -339,7 +339,14 @@ class Node:
         with self._registration:
             self._asides = [*(thread for thread in self._asides if thread.is_alive()), aside]
         aside.start()
-        return _task(self.client.call("nodes.poll", node_id, 0))
+        return _task(self._poll(node_id, 0))
+
+    def _poll(self, node_id: str, wait: float) -> dict[str, Any]:
+        """nodes.poll, taking a small bundle with the lease where the controller can send it (its features)."""
+        inline = (True,) if INLINE_BUNDLES in self.features else ()
+        reply = self.client.call("nodes.poll", node_id, wait, *inline)
+        self.downloads.keep(reply)
+        return reply
 
     def _preview_first(self, job: int) -> None:
         """Viewers should get a job's preview before its first rows: a strip that beat the preview
