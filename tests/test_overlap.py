@@ -9,6 +9,7 @@ import threading
 from types import SimpleNamespace
 
 from harness import (SCENES, assert_same_pixels, native_render, needs_povray, submit, wait_ended, wait_until)
+from farm.faults import Code, FarmError
 from farm.kinds import PREVIEW, ROWS
 from farm.rendering.overlap import Overlap, starts_now
 
@@ -37,7 +38,7 @@ class FakeAhead:
 class Slot:
     """A slot's loop over fake units: each one shows it is near its end at once, and ends when told."""
 
-    def __init__(self, tmp_path, count, lead, handed=None, kinds=None):
+    def __init__(self, tmp_path, count, lead, handed=None, kinds=None, fails=()):
         self.tasks = [SimpleNamespace(lease=f"l{n}", kind=(kinds or {}).get(n, ROWS), job=1, strip=n, frame=1,
                                       frame_last=1) for n in range(count)]
         self.end = {task.lease: threading.Event() for task in self.tasks}
@@ -45,15 +46,18 @@ class Slot:
         self.lock, self.handed, self.tmp_path = threading.Lock(), handed or {}, tmp_path
         self.overlap = Overlap(self.work, FakeAhead(self.tasks[1:]), lead, threading.Event(),
                                self.released.append, None, clock=lambda: 0.0)
-        self.returned = []
+        self.returned, self.fails, self.raised = [], fails, []
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.thread.start()
 
     def loop(self):
         task = self.tasks[0]
-        while task is not None:
-            task = self.overlap.next_after(task)
-            self.returned.append(task)
+        try:
+            while task is not None:
+                task = self.overlap.next_after(task)
+                self.returned.append(task)
+        except FarmError as err:
+            self.raised.append(err)
 
     def work(self, overlap, task, ended):
         log = self.tmp_path / f"{task.lease}.log"
@@ -67,6 +71,8 @@ class Slot:
             watch()
         with self.lock:
             self.running.discard(task.lease)
+        if task.lease in self.fails:
+            raise FarmError(Code.UNREACHABLE, "down")
         return self.handed.get(task.lease), 1.0
 
     def now_running(self, *leases):
@@ -116,6 +122,17 @@ def test_a_preview_leased_ahead_is_not_started_early_but_handed_to_the_slot(tmp_
     assert slot.returned[0] is slot.tasks[1]          # the task itself, for the slot to render aside
     slot.end["l1"].set()
     slot.thread.join(10)
+
+
+def test_a_unit_that_raises_ends_the_slots_loop_after_the_unit_it_started_early(tmp_path):
+    slot = Slot(tmp_path, 3, lead=0.8, fails={"l0"})
+    slot.now_running("l0", "l1")
+    slot.end["l0"].set()
+    wait_until(lambda: slot.running == {"l1"}, timeout=10, what="l0 to end")
+    assert not slot.raised                    # l1 is a current strip: the slot waits for it
+    slot.end["l1"].set()
+    slot.thread.join(10)
+    assert [err.code for err in slot.raised] == [Code.UNREACHABLE] and slot.worked == ["l0", "l1"]
 
 
 @needs_povray

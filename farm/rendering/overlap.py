@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from farm.faults import FarmError
 from farm.kinds import PREVIEW
 from farm.rendering.ahead import Ahead, remaining, unit_progress
 from farm.rendering.task import Task
@@ -102,14 +103,19 @@ class Overlap:
             following = following if isinstance(following, Unit) else unit.handed
         else:
             following = unit.handed or following
-        if unit.error is not None:
+        if unit.error is not None:      # the slot raises it (after the unit it started, which is current)
             self.close(following)
+            if isinstance(following, Task):
+                try:
+                    self.release(following)
+                except FarmError as err:
+                    log.info("job %s strip %s not handed back: %s", following.job, following.strip, err)
             raise unit.error
         return following
 
     def close(self, following: Task | Unit | None) -> None:
         """The slot leaves: a unit it started early finishes (it is a current strip); a task is left alone."""
-        if isinstance(following, Unit):
+        if isinstance(following, Unit) and following.thread.is_alive():
             self._join(following)
             if following.error is not None:
                 log.warning("job %s strip %s: %s", following.task.job, following.task.strip, following.error)
