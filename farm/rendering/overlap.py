@@ -53,12 +53,13 @@ class Overlap:
     """A slot's units from one poll on: `next_after(task)` works it (or waits for a unit already started) and
     returns the slot's next, a Task leased ahead or a Unit already started."""
 
-    def __init__(self, work: Callable[["Overlap", Task, float | None], tuple[Task | None, float | None]], ahead: Ahead,
-                 lead: float, stopping: threading.Event, release: Callable[[Task], None], ended: float | None,
-                 clock: Callable[[], float] = time.monotonic):
-        """`work(overlap, task, ended)` works a unit in the calling thread (`ended`: when the slot's previous unit ended,
-        None when it overlapped it) and returns what it handed back and when it ended; `release(task)` hands a
-        surplus task back; `lead`: seconds before the current unit's end to start the next (0: never)."""
+    def __init__(self, work: Callable[["Overlap", Task, float | None], tuple[Task | None, float | None]],
+                 ahead: Ahead, lead: float, stopping: threading.Event, release: Callable[[Task], None],
+                 ended: float | None, clock: Callable[[], float] = time.monotonic):
+        """`work(overlap, task, ended)` works a unit in the calling thread (`ended`: when the slot's previous
+        unit ended, None when it overlapped it) and returns what it handed back and when it ended;
+        `release(task)` hands a surplus task back; `lead`: seconds before the current unit's end to start the
+        next (0: never)."""
         self.work, self.ahead, self.lead, self.stopping, self.release = work, ahead, lead, stopping, release
         self.ended, self.clock = ended, clock
         self._units: dict[str, Unit] = {}
