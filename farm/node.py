@@ -301,7 +301,7 @@ class Node:
         slot = threading.current_thread().name
         self._working.add(slot)
         ahead = Ahead(lambda: self._poll(node_id, 0), self.beats.hold,
-                      self.config.ask_ahead + self.config.overlap, self.stopping, self.clock)
+                      self.config.ask_ahead, self.stopping, self.clock)
         overlap = Overlap(self._unit_of_slot, ahead, self.config.overlap, self.stopping, self._release,
                           getattr(self._slot, "ended", None), self.clock)
         try:
