@@ -128,7 +128,7 @@ def one_run(kind: str, case, out: Path, runs: dict, farms: dict[str, Boxes]) -> 
 
 
 def run_case(name: str, case, repeat: int, runs: dict, farms: dict[str, Boxes]) -> dict:
-    order = ["native", *(kind for kind in farms if kind == "two boxes" or name in LATENCY_CASES), *runs]
+    order = ["native", *(kind for kind in farms if " ms" not in kind or name in LATENCY_CASES), *runs]
     times: dict[str, list[float]] = {kind: [] for kind in order}
     units: dict[str, list[dict[str, int]]] = {kind: [] for kind in order if kind != "native"}
     profiles: dict[str, list] = {kind: [] for kind in order if kind in farms}
@@ -214,8 +214,8 @@ def main() -> int:
     parser.add_argument("--latency", type=float, metavar="MS", help="also run chess2 and the animation on two "
                         "boxes behind a proxy that delays each direction by MS milliseconds")
     parser.add_argument("--save", default=str(ROOT / "bench" / "results"), help="folder for the results")
-    parser.add_argument("--against", type=Path, help="another checkout whose one-box farm runs in the same "
-                                                     "rounds, e.g. an export of the previous version")
+    parser.add_argument("--against", type=Path, help="another checkout whose farms (one box, two boxes) run in "
+                                                     "the same rounds, e.g. an export of the previous version")
     parser.add_argument("--preview", action="store_true", help="also run the one-box farm with --preview, to "
                                                              "measure what the preview costs")
     args = parser.parse_args()
@@ -229,8 +229,13 @@ def main() -> int:
     farms: dict[str, Boxes] = {}
     try:
         farms["two boxes"] = Boxes(work / "direct")
+        if args.against:
+            farms["base two boxes"] = Boxes(work / "base", root=args.against.resolve())
         if args.latency:
             farms[f"two boxes +{args.latency:g} ms"] = Boxes(work / "latency", latency_ms=args.latency)
+            if args.against:
+                farms[f"base two boxes +{args.latency:g} ms"] = Boxes(work / "base-latency", latency_ms=args.latency,
+                                                                       root=args.against.resolve())
         results = []
         for name in names:
             print(f"{name}:", flush=True)

@@ -29,10 +29,11 @@ UNIT_LOGS = "unit_logs"                   # nodes.complete/complete_and_poll/fai
 UNIT_OVERHEAD = "unit_overhead"           # nodes.complete takes `overhead` (a unit's seconds besides tracing)
 VIDEO_JOBS = "video_jobs"                 # jobs.video, nodes.source_frame: an animation's video (farm.video)
 JOB_KINDS = "job_kinds"                   # jobs.kind: a job of any kind loaded (farm.jobkinds, kind_modules)
+INLINE_BUNDLES = "inline_bundles"         # nodes.poll's inline: a small bundle comes with the node's first lease
 
 FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
             NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN, SCENE_FILES, UNIT_LOGS, UNIT_OVERHEAD,
-            VIDEO_JOBS, JOB_KINDS)   # this version's
+            VIDEO_JOBS, JOB_KINDS, INLINE_BUNDLES)   # this version's
 
 
 @dataclass(frozen=True)

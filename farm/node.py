@@ -30,10 +30,11 @@ from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
 from farm.rendering.ahead import Ahead
+from farm.rendering.overlap import Overlap
 from farm.rendering.delivery import Delivery, Uploads
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
-from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
+from farm.features import CURRENT, FEATURES, FILTERED_ROWS, INLINE_BUNDLES, LIVE_BLOCKS, Features
 from farm.rendering.kindparts import Offered
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.live import LiveSender, LiveWatch, unit_reader
@@ -96,7 +97,7 @@ class Node:
         self._working: set[str] = set()   # names of the slots that hold a strip right now
         self._fatal: FarmError | None = None
         self._asides: list[threading.Thread] = []   # previews rendering beside the slots
-        self._slot = threading.local()      # a slot's Ahead, and when its last unit ended (for the profile)
+        self._slot = threading.local()      # a unit's Ahead and Overlap, and when its slot's last unit ended
         heartbeat = HeartbeatCall(client, node_id, features)
         self.uploads = Uploads(max(1, config.slots), deliver=lambda lease, outcome: self.delivery.complete(
             lease, outcome, False), before=self._preview_first, heartbeat=heartbeat, clock=clock,
@@ -158,7 +159,9 @@ class Node:
 
     def _ahead_of(self, task: Task | None, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:
         """The watch, asking for the slot's next unit as this one nears its end (farm/rendering/ahead.py)."""
-        ahead = getattr(self._slot, "ahead", None)
+        ahead, overlap = getattr(self._slot, "ahead", None), getattr(self._slot, "overlap", None)
+        if overlap is not None and task is not None:
+            watch = overlap.watching(task, log_path, watch)
         return watch if ahead is None or task is None else ahead.watching(task, log_path, watch)
 
     def _heartbeat(self, call: Callable[[dict], dict]) -> Callable[[dict], dict]:
@@ -284,34 +287,44 @@ class Node:
         """One poll; render the task if there is one. True when a strip was worked on."""
         node_id = self.node_id or self.register()
         asked = self.clock()
-        task = _task(self.client.call("nodes.poll", node_id, POLL_WAIT))
+        task = _task(self._poll(node_id, POLL_WAIT))
         if task is None or self.clock() - asked >= 1.0:
             self._slot.ended = None      # the slot waited for work, not for the controller
         if task is None:
             return False
         slot = threading.current_thread().name
         self._working.add(slot)
-        self._slot.ahead = ahead = Ahead(lambda: self.client.call("nodes.poll", node_id, 0), self.beats.hold,
-                                         self.config.ask_ahead, self.stopping, self.clock)
+        ahead = Ahead(lambda: self._poll(node_id, 0), self.beats.hold,
+                      self.config.ask_ahead, self.stopping, self.clock)
+        overlap = Overlap(self._unit_of_slot, ahead, self.config.overlap, self.stopping, self._release,
+                          getattr(self._slot, "ended", None), self.clock)
         try:
             while task is not None:
-                if self.stopping.is_set():     # asked to stop while this poll waited: hand the strip back
-                    self.beats.forget(task.lease)
-                    self.delivery.call("nodes.release", task.lease)
+                if isinstance(task, Task) and self.stopping.is_set():   # asked to stop while this poll waited
+                    self._release(task)
                     task = ahead.take()
                     continue
-                if task.kind == PREVIEW:
+                if isinstance(task, Task) and task.kind == PREVIEW:
                     task = self._preview_aside(task, node_id)
                     continue
-                handed, task = self.work(task), ahead.take()
-                if handed is not None and task is not None:
-                    self.delivery.call("nodes.release", task.lease)   # two next units: keep one
-                    self.beats.forget(task.lease)
-                task = handed or task
+                task = overlap.next_after(task)    # a unit started early, leased ahead, handed back, or None
         finally:
+            overlap.close(task)
             self._working.discard(slot)
-            self._slot.ahead = None
+            self._slot.ended = overlap.ended
         return True
+
+    def _unit_of_slot(self, overlap: Overlap, task: Task, ended: float | None) -> tuple[Task | None, float | None]:
+        """Node.work as a slot's unit thread runs it (farm/rendering/overlap.py): with the slot's look-ahead and
+        overlap, and when its previous unit ended (None: it overlapped it); returns what work handed back and
+        when this unit ended."""
+        self._slot.ahead, self._slot.overlap, self._slot.ended = overlap.ahead, overlap, ended
+        return self.work(task), getattr(self._slot, "ended", None)
+
+    def _release(self, task: Task) -> None:
+        """Hand a task back unworked (a stop, or two next units of which one is kept)."""
+        self.beats.forget(task.lease)
+        self.delivery.call("nodes.release", task.lease)
 
     def _preview_aside(self, task: Task, node_id: str) -> Task | None:
         """A preview is small: it renders beside the slot's strips instead of in their place, so it costs the
@@ -320,7 +333,14 @@ class Node:
         with self._registration:
             self._asides = [*(thread for thread in self._asides if thread.is_alive()), aside]
         aside.start()
-        return _task(self.client.call("nodes.poll", node_id, 0))
+        return _task(self._poll(node_id, 0))
+
+    def _poll(self, node_id: str, wait: float) -> dict[str, Any]:
+        """nodes.poll, taking a small bundle with the lease where the controller can send it (its features)."""
+        inline = (True,) if INLINE_BUNDLES in self.features else ()
+        reply = self.client.call("nodes.poll", node_id, wait, *inline)
+        self.downloads.keep(reply)
+        return reply
 
     def _preview_first(self, job: int) -> None:
         """Viewers should get a job's preview before its first rows: a strip that beat the preview

@@ -14,6 +14,7 @@ from farm.rows import ENCODINGS, ZLIB, deflate_bound
 from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service import kindparts
+from farm.service.inline import InlineBundles
 from farm.unitlog import UnitLog
 from farm.wire import Binary
 
@@ -29,6 +30,7 @@ class NodesAPI:
         self._services = services
         self._dispatch = services.dispatcher
         self._config = services.config
+        self._inline = InlineBundles(services.files.bundle)
 
     @rpc(NODE)
     def register(self, name: str, info: dict) -> dict:
@@ -60,13 +62,14 @@ class NodesAPI:
                 "lease_timeout": self._config.lease_timeout, "features": list(FEATURES)}
 
     @rpc(NODE)
-    def poll(self, node_id: str, wait: float = 0.0) -> dict:
+    def poll(self, node_id: str, wait: float = 0.0, inline: bool = False) -> dict:
         """The node's next task, or {} when there is no work.
 
         With wait > 0 it is a long poll: when nothing is queued it waits up to `wait` seconds (at most a
         third of the lease timeout, and 30 s) for work to appear, so idle nodes start at once and poll rarely.
         @param node_id: str
         @param wait: float seconds (default 0)
+        @param inline: bool (default false): the node takes a small bundle with the task (bundle_data)
         @return: struct, {} or a task: lease (str), job, frame, frame_last (the unit renders frames
             frame..frame_last), strip (its index), attempt, width, height, row_start, row_end (0-based, end
             exclusive) (int), bundle, scene (str), options ([str]), animation ([str] POV-Ray animation
@@ -77,7 +80,9 @@ class NodesAPI:
             own, so it renders as ordinary rows; another kind's unit: "video", or a kind's from kind_modules),
             radiosity_cache (bool: load the frame's shared cache,
             from nodes.radiosity_cache),
-            live (bool: a viewer watches the job: send finished blocks with nodes.live)
+            live (bool: a viewer watches the job: send finished blocks with nodes.live),
+            bundle_data (base64, only with inline: the bundle itself, when it is at most 256 KiB and this
+            node id has not been sent it yet)
         """
         node_id, wait = args.text("node_id", node_id, MAX_ID_TEXT), args.seconds("wait", wait)
         if wait > 0:
@@ -85,7 +90,11 @@ class NodesAPI:
                 leased = self._dispatch.poll(node_id, wait, gone)
         else:
             leased = self._dispatch.poll(node_id, wait)
-        return {} if leased is None else self._task(*leased)
+        if leased is None:
+            return {}
+        task = self._task(*leased)
+        data = self._inline.take(node_id, task["bundle"]) if args.flag("inline", inline) else None
+        return task if data is None else {**task, "bundle_data": Binary(data)}
 
     def _task(self, lease, job) -> dict:
         unit = lease.unit

@@ -73,11 +73,13 @@ class Ahead:
         if self.lead <= 0:
             return watch
         started, frames = self.clock(), task.frame_last - task.frame + 1
+        asked = threading.Event()    # once per unit: the next may be taken (and started) before this one ends
 
         def checked() -> bool:
-            if self._thread is None and not self.stopping.is_set():
+            if self._thread is None and not asked.is_set() and not self.stopping.is_set():
                 left = remaining(self.clock() - started, unit_progress(log_path, frames))
                 if left <= self.lead + 2 * self.round_trip:
+                    asked.set()
                     self._thread = threading.Thread(target=self._ask, name=f"{threading.current_thread().name}"
                                                     "-ahead", daemon=True)
                     self._thread.start()
@@ -101,6 +103,10 @@ class Ahead:
             self.hold(task.lease)
             self._task = task
             log.info("job %s strip %s leased ahead (%.2f s round trip)", task.job, task.strip, self.round_trip)
+
+    def ready(self) -> bool:
+        """Whether a unit leased ahead is in hand (`take` returns it at once)."""
+        return self._task is not None
 
     def take(self) -> Task | None:
         """The unit leased ahead (waiting for the request in flight), or None; ready to ask again."""

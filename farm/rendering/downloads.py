@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from farm.bundle import cache as bundle
 from farm.client import Client
 from farm.faults import Code, FarmError
 from farm.features import BUNDLE_RANGES, Features
 from farm.retry import RETRY_CEILING
+from farm.wire import Binary
 
 log = logging.getLogger(__name__)
 
+INLINE_KEPT = 8          # bundles that came with leases kept at once (each at most 256 KiB), the oldest dropped
 BUNDLE_ATTEMPTS = 4      # tries at a bundle download (each resuming) before the strip is reported failed
 
 
@@ -27,9 +29,26 @@ class Downloads:
         """`backoff(delay, ceiling)`: the next pause before a retry."""
         self.client, self.cache, self.features = client, cache, features
         self.aborting, self.backoff = aborting, backoff
+        self._inline: dict[str, bytes] = {}     # bundles that came with a lease, by digest, until unpacked
+        self._lock = threading.Lock()
+
+    def keep(self, reply: Any) -> None:
+        """A poll's reply: a bundle sent with it (`bundle_data`, farm/service/inline.py) is kept for `fetch`."""
+        if isinstance(reply, dict) and isinstance(reply.get("bundle_data"), Binary) \
+                and isinstance(reply.get("bundle"), str):
+            with self._lock:
+                self._inline[reply["bundle"]] = reply["bundle_data"].data
+                while len(self._inline) > INLINE_KEPT:
+                    self._inline.pop(next(iter(self._inline)))
 
     def fetch(self, digest: str) -> bytes:
-        """The bundle's bytes; raises the last FarmError when every try failed (or the node is aborting)."""
+        """The bundle's bytes (as it came with a lease, or downloaded); raises the last FarmError when every
+        try failed (or the node is aborting)."""
+        with self._lock:
+            inline = self._inline.pop(digest, None)
+        if inline is not None:
+            log.info("bundle %s came with the lease", digest)
+            return inline
         if BUNDLE_RANGES not in self.features():
             return self.client.call("bundles.fetch", digest).data
         part = self.cache.download_path(digest)
