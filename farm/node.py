@@ -34,7 +34,7 @@ from farm.rendering.overlap import Overlap
 from farm.rendering.delivery import Delivery, Uploads
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
-from farm.features import CURRENT, FEATURES, FILTERED_ROWS, INLINE_BUNDLES, LIVE_BLOCKS, Features
+from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
 from farm.rendering.kindparts import Offered
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.live import LiveSender, LiveWatch, unit_reader
@@ -193,18 +193,7 @@ class Node:
     def run(self) -> None:
         """Poll and render with `slots` workers until asked to stop. Several POV-Ray processes at once
         hide each one's idle start-up and shut-down time behind the others' tracing."""
-        if self.flavour == povray.PVENGINE:
-            log.info("driving POV-Ray for Windows (%s) through INI files and its message streams", self.povray)
-        if self.sandbox.warning:
-            log.warning("%s", sandboxes.warning_banner(self.sandbox.warning))
-        else:
-            log.info("POV-Ray runs confined by bubblewrap (%s)", self.sandbox.bwrap)
-        for missing in self.offered.missing_programs():
-            log.warning("%s", missing)
-        if self.broken and self.offered.without_povray:
-            log.info("POV-Ray does not run here (%s); this node runs %s jobs only", self.broken, ", ".join(self.kinds))
-        elif self.broken:
-            log.error(BROKEN_NODE, self.broken)
+        say_how_it_runs(self)
         workers = [threading.Thread(target=self._worker, name=f"slot-{slot + 1}", daemon=True)
                    for slot in range(max(1, self.config.slots))]
         for worker in workers:
@@ -287,14 +276,14 @@ class Node:
         """One poll; render the task if there is one. True when a strip was worked on."""
         node_id = self.node_id or self.register()
         asked = self.clock()
-        task = _task(self._poll(node_id, POLL_WAIT))
+        task = _task(self.downloads.poll(node_id, POLL_WAIT))
         if task is None or self.clock() - asked >= 1.0:
             self._slot.ended = None      # the slot waited for work, not for the controller
         if task is None:
             return False
         slot = threading.current_thread().name
         self._working.add(slot)
-        ahead = Ahead(lambda: self._poll(node_id, 0), self.beats.hold,
+        ahead = Ahead(lambda: self.downloads.poll(node_id, 0), self.beats.hold,
                       self.config.ask_ahead, self.stopping, self.clock)
         overlap = Overlap(self._unit_of_slot, ahead, self.config.overlap, self.stopping, self._release,
                           getattr(self._slot, "ended", None), self.clock)
@@ -333,14 +322,7 @@ class Node:
         with self._registration:
             self._asides = [*(thread for thread in self._asides if thread.is_alive()), aside]
         aside.start()
-        return _task(self._poll(node_id, 0))
-
-    def _poll(self, node_id: str, wait: float) -> dict[str, Any]:
-        """nodes.poll, taking a small bundle with the lease where the controller can send it (its features)."""
-        inline = (True,) if INLINE_BUNDLES in self.features else ()
-        reply = self.client.call("nodes.poll", node_id, wait, *inline)
-        self.downloads.keep(reply)
-        return reply
+        return _task(self.downloads.poll(node_id, 0))
 
     def _preview_first(self, job: int) -> None:
         """Viewers should get a job's preview before its first rows: a strip that beat the preview
@@ -389,6 +371,22 @@ class Node:
             self.delivery.call("nodes.release", lease)
         # "dropped": the controller said to stop (job canceled or lease gone); nothing to send.
         return None
+
+
+def say_how_it_runs(node: Node) -> None:
+    """The node's start-up messages: how POV-Ray is driven and confined, and which kinds it cannot run."""
+    if node.flavour == povray.PVENGINE:
+        log.info("driving POV-Ray for Windows (%s) through INI files and its message streams", node.povray)
+    if node.sandbox.warning:
+        log.warning("%s", sandboxes.warning_banner(node.sandbox.warning))
+    else:
+        log.info("POV-Ray runs confined by bubblewrap (%s)", node.sandbox.bwrap)
+    for missing in node.offered.missing_programs():
+        log.warning("%s", missing)
+    if node.broken and node.offered.without_povray:
+        log.info("POV-Ray does not run here (%s); this node runs %s jobs only", node.broken, ", ".join(node.kinds))
+    elif node.broken:
+        log.error(BROKEN_NODE, node.broken)
 
 
 def error_text(text: str, scene_dir: Path, work_dir: Path) -> str:

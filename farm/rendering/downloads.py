@@ -9,7 +9,7 @@ from typing import Any, Callable
 from farm.bundle import cache as bundle
 from farm.client import Client
 from farm.faults import Code, FarmError
-from farm.features import BUNDLE_RANGES, Features
+from farm.features import BUNDLE_RANGES, INLINE_BUNDLES, Features
 from farm.retry import RETRY_CEILING
 from farm.wire import Binary
 
@@ -31,6 +31,13 @@ class Downloads:
         self.aborting, self.backoff = aborting, backoff
         self._inline: dict[str, bytes] = {}     # bundles that came with a lease, by digest, until unpacked
         self._lock = threading.Lock()
+
+    def poll(self, node_id: str, wait: float) -> Any:
+        """nodes.poll, taking a small bundle with the lease where the controller can send it (its features)."""
+        inline = (True,) if INLINE_BUNDLES in self.features() else ()
+        reply = self.client.call("nodes.poll", node_id, wait, *inline)
+        self.keep(reply)
+        return reply
 
     def keep(self, reply: Any) -> None:
         """A poll's reply: a bundle sent with it (`bundle_data`, farm/service/inline.py) is kept for `fetch`."""
