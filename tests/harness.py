@@ -8,11 +8,13 @@ helpers from here and never from another test file.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import xmlrpc.client
 from pathlib import Path
@@ -259,12 +261,27 @@ def make_cert(tmp: Path) -> tuple[Path, Path, str]:
 
 # -- images ----------------------------------------------------------------------------------------
 
+_NATIVE_RENDERS: dict[tuple, Path] = {}   # reference images of the system's example scenes, this session
+
+
 def native_render(scene: Path, width: int, height: int, options: list[str], out: Path,
                   file_type: str = "N") -> Path:
-    """POV-Ray rendering the scene in one process, as a user would: the reference image."""
+    """POV-Ray rendering the scene in one process, as a user would: the reference image. An example scene of
+    the system's (read-only, so the same every time) is rendered once per session for each size and set of
+    options: several tests compare against the same reference, and each render is seconds of the suite."""
+    key = (str(scene), width, height, tuple(options), file_type)
+    shared = scene.is_relative_to(SCENES) and key in _NATIVE_RENDERS
+    if shared:
+        shutil.copyfile(_NATIVE_RENDERS[key], out)
+        return out
     subprocess.run(["povray", f"+I{scene.name}", f"+W{width}", f"+H{height}", *options, "-D",
                     f"+O{out}", f"+F{file_type}"],
                    cwd=scene.parent, check=True, capture_output=True, timeout=300)
+    if scene.is_relative_to(SCENES):
+        kept = Path(tempfile.mkdtemp(prefix="povfarm-native-")) / out.name
+        atexit.register(shutil.rmtree, kept.parent, True)
+        shutil.copyfile(out, kept)
+        _NATIVE_RENDERS[key] = kept
     return out
 
 
