@@ -260,6 +260,22 @@ def test_a_lease_watch_stops_povray_when_the_node_aborts_or_the_lease_is_withdra
     assert watch_a() is True
 
 
+def test_a_unit_started_just_before_anothers_last_heartbeat_keeps_the_node_beating_every_interval(tmp_path):
+    clock, sent = Clock(), []
+    beats = Beats(lambda progress: sent.append(clock.now) or {"stop": []}, clock, lambda: 2.0, lambda: [],
+                  lambda waiting, stop: None)
+    log_path = tmp_path / "povray.log"
+    log_path.write_text("Rendered 25 of 100 pixels\n")
+    watch_b = LeaseWatch("b", log_path, beats.report, clock, lambda: 2.0, threading.Event())
+    clock.now += 0.1
+    beats.report("a", 1.0)              # unit a's last heartbeat, then a ends; only b's watch is called now
+    for _ in range(100):
+        clock.now = round(clock.now + 0.1, 3)
+        watch_b()
+    gaps = [later - earlier for earlier, later in zip(sent, sent[1:])]
+    assert len(sent) >= 4 and max(gaps) <= 2.0 * 1.25 + 1e-9, sent
+
+
 def test_a_heartbeat_carries_the_upload_rate_only_to_a_controller_that_takes_it():
     from farm.client import UploadMeter
 

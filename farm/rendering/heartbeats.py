@@ -91,9 +91,15 @@ class Beats:
             self._progress.pop(lease, None)
 
 
+REPORTS_PER_BEAT = 4     # a lease's progress is noted this often per heartbeat interval
+
+
 class LeaseWatch:
-    """Called by the runner while POV-Ray works on one lease: reports its progress every interval and says
-    when to stop (the node is aborting, or the controller withdrew the lease)."""
+    """Called by the runner while POV-Ray works on one lease: notes its progress several times per heartbeat
+    interval (the heartbeat goes when `Beats` says one is due) and says when to stop (the node is aborting, or
+    the controller withdrew the lease). Noting it only once per interval let the node's heartbeat wait almost
+    two intervals when this watch's rhythm trailed the last heartbeat's (another unit's, just ended): with
+    3-second leases and 2-second heartbeats a lease ran out under a unit at work."""
 
     def __init__(self, lease: str, log_path: Path, report: Callable[[str, float], bool], clock: Callable[[], float],
                  interval: Callable[[], float], aborting: threading.Event,
@@ -110,7 +116,7 @@ class LeaseWatch:
         if self.when_tracing is not None:
             self.when_tracing(self.log_path)
         now = self.clock()
-        if now - self.last < self.interval():
+        if now - self.last < self.interval() / REPORTS_PER_BEAT:
             return False
         self.last = now
         progress = round(self.progress(self.log_path) or 0.0, 3)   # "0.421", not 17 digits
