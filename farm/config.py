@@ -69,8 +69,7 @@ class Config:
     poll_min: float = 0.2              # idle polling backs off from poll_min to poll_max
     poll_max: float = 2.0
     ask_ahead: float = 1.0             # a slot leases its next unit when its current one has this long left; 0 never
-    overlap: float = 0.0               # ... and starts it when its current one has this long left; 0 never (off:
-                                       # a 3 s lease ran out under a unit started early, cause not found)
+    overlap: float = 0.8               # ... and starts it when its current one has this long left; 0 never
     heartbeat_interval: float = 2.0    # controller: how often nodes renew their leases and report progress
     # Node on a slow uplink (its last large request went up slower than slow_uplink_bps bytes a second):
     # while rendering, one heartbeat every slow_heartbeat_interval seconds instead (at most a third of the
