@@ -272,14 +272,14 @@ def native_render(scene: Path, width: int, height: int, options: list[str], out:
     render is seconds of the suite (a radiosity scene's renders differ: the tests measuring that never
     pass `once`)."""
     key = (str(scene), width, height, tuple(options), file_type)
-    shared = once and scene.is_relative_to(SCENES) and key in _NATIVE_RENDERS
-    if shared:
+    reusable = once and scene.is_relative_to(SCENES)
+    if reusable and key in _NATIVE_RENDERS:
         shutil.copyfile(_NATIVE_RENDERS[key], out)
         return out
     subprocess.run(["povray", f"+I{scene.name}", f"+W{width}", f"+H{height}", *options, "-D",
                     f"+O{out}", f"+F{file_type}"],
                    cwd=scene.parent, check=True, capture_output=True, timeout=300)
-    if once and scene.is_relative_to(SCENES):
+    if reusable:
         kept = Path(tempfile.mkdtemp(prefix="povfarm-native-")) / out.name
         atexit.register(shutil.rmtree, kept.parent, True)
         shutil.copyfile(out, kept)
