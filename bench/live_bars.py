@@ -13,7 +13,9 @@ loopback. A client follows `viewer.watch` (the newest job, with `live_cursor`) f
 - the cost of watching: in each round the same job unwatched (no viewer) and watched, alternating which goes
   first; wall time from the submit to the job done, and the CPU time of the job's POV-Ray runs (as each
   says) and of the two node processes (which the box's other work moves far less than the wall time); the
-  ratio of the medians (bar: watched at most 3% dearer). A viewer.watch call counts as watching for 45 s (the
+  ratio of the medians, and the median of each round's own ratio (bar: watched at most 3% dearer). The
+  second is the steadier on a shared box: the two runs of a round meet the same load, where the load
+  moves between rounds (one busy round moves both medians). A viewer.watch call counts as watching for 45 s (the
   controller's memory of a long poll), so an unwatched run waits that long after the last one.
 
     python bench/live_bars.py                     # chess2 640x480 +A0.3, 3 rounds, then clockd 20 frames
@@ -226,6 +228,9 @@ def summary(args, result: dict) -> None:
     medians["unwatched_node_cpu_s"] = statistics.median(run["node_cpu_s"] for run in unwatched)
     medians["cost"] = medians["wall_s"] / medians["unwatched_wall_s"] - 1
     medians["cpu_cost"] = medians["cpu_s"] / medians["unwatched_cpu_s"] - 1
+    pairs = list(zip(watched, unwatched))
+    medians["paired_cost"] = statistics.median(w["wall_s"] / u["wall_s"] for w, u in pairs) - 1
+    medians["paired_cpu_cost"] = statistics.median(w["cpu_s"] / u["cpu_s"] for w, u in pairs) - 1
     result["medians"] = medians
     print(f"\n{args.scene} {args.width}x{args.height} {' '.join(args.option)}, boxA + boxB, 1 thread each, "
           f"medians of {args.rounds} (load {result['loadavg_before'][0]:.1f} before, "
@@ -238,6 +243,8 @@ def summary(args, result: dict) -> None:
           f"{medians['cpu_s']:.1f} s / {medians['unwatched_cpu_s']:.1f} s ({medians['cpu_cost'] * 100:+.1f}%) |")
     print(f"the node processes' own CPU (reading, encoding and sending live blocks among the rest): "
           f"{medians['node_cpu_s']:.2f} s watched, {medians['unwatched_node_cpu_s']:.2f} s unwatched")
+    print(f"each round's watched / unwatched, median: wall {medians['paired_cost'] * 100:+.1f}%, "
+          f"CPU {medians['paired_cpu_cost'] * 100:+.1f}%")
 
 
 def main() -> int:
