@@ -79,7 +79,9 @@ class Views:
 
     def job_status(self, job: Job, detail: bool, presence: Presence | None = None) -> dict[str, Any]:
         """`presence`: the nodes as `_presence` gives them, when the caller has them already."""
-        summary = self._store.units.summary(job.id)
+        # Which of its units count, and whose rows measure its progress, as its kind says (if loaded here).
+        part = kindparts.of_job(job.kind) if job.kind in jobkinds.KINDS else kindparts.ControllerPart()
+        summary = self._store.units.summary(job.id, part.progress_unit, part.uncounted_unit)
         total = sum(counts.units for counts in summary.values())
         done = summary[UnitState.DONE].units if UnitState.DONE in summary else 0
         leased = summary[UnitState.LEASED].units if UnitState.LEASED in summary else 0
