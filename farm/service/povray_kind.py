@@ -119,11 +119,11 @@ class PovrayPart(ControllerPart):
 
     def loads_frame_cache(self, store: Store, job: Job, unit: Unit) -> bool:
         """A strip of a frame whose radiosity pre-pass left a cache loads it."""
-        return job.pretrace and unit.kind == ROWS and store.units.has_radiosity_cache(job.id, unit.frame)
+        return job.pretrace and unit.kind == ROWS and store.units.has_frame_result(job.id, unit.frame, PRETRACE)
 
     def frame_cache(self, store: Store, unit: Unit) -> bytes:
         """The frame's radiosity cache; when its pre-pass was cut into bands, their caches merged."""
-        caches = store.units.radiosity_caches(unit.job, unit.frame)
+        caches = store.units.frame_results(unit.job, unit.frame, PRETRACE)
         if not caches:
             raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no radiosity cache")
         if len(caches) == 1:

@@ -29,7 +29,7 @@ from farm.store.nodes import touch
 _COVERS = "frame <= ? AND frame_last >= ?"   # a unit that includes a given frame
 _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
 _FRAME_ROWS = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's rows, for every frame it renders
-_FRAME_CACHE = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
+_FRAME_RESULTS = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
 
 Chooser = Callable[["_Queue", str, float, tuple, str], "Unit | None"]   # queue, node name, now, its tags, build
 Judge = Callable[[Unit, frozenset, frozenset], FailureVerdict]
@@ -147,25 +147,25 @@ class UnitRecords:
                 "SELECT frame, frame_last, row_start, row_end, data, done_seq, kind, encoding FROM units"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()]
 
-    def stored_for_frame(self, job_id: int, frame: int, kind: str = ROWS) -> list[StoredRows]:
-        """The stored row units (or those of `kind`) that cover a frame."""
+    def stored_for_frame(self, job_id: int, frame: int, kind: str) -> list[StoredRows]:
+        """The stored units of `kind` that cover a frame."""
         with self._db.read() as db:
             return [schema.stored_rows(row) for row in db.execute(
                 f"SELECT frame, frame_last, row_start, row_end, data, done_seq, encoding FROM units WHERE job=? AND {_COVERS}"
                 " AND state=? AND kind=?", (job_id, frame, frame, UnitState.DONE.value, kind)).fetchall()]
 
-    def radiosity_caches(self, job_id: int, frame: int) -> list[bytes]:
-        """The compressed radiosity caches of a frame's pre-pass, a part's each, top band first; none
-        when the pre-pass left none."""
+    def frame_results(self, job_id: int, frame: int, kind: str) -> list[bytes]:
+        """The results left by a frame's stored units of `kind` (the radiosity caches of its pre-pass, a
+        band's each), top band first; none when they left none."""
         with self._db.read() as db:
             return [bytes(row["data"]) for row in db.execute(
-                f"SELECT data {_FRAME_CACHE} ORDER BY row_start", (job_id, frame, PRETRACE, UnitState.DONE.value))]
+                f"SELECT data {_FRAME_RESULTS} ORDER BY row_start", (job_id, frame, kind, UnitState.DONE.value))]
 
-    def has_radiosity_cache(self, job_id: int, frame: int) -> bool:
-        """Whether the frame has a shared radiosity cache, without reading it."""
+    def has_frame_result(self, job_id: int, frame: int, kind: str) -> bool:
+        """Whether a frame's stored units of `kind` left a result, without reading it."""
         with self._db.read() as db:
-            return db.execute(f"SELECT 1 {_FRAME_CACHE}",
-                              (job_id, frame, PRETRACE, UnitState.DONE.value)).fetchone() is not None
+            return db.execute(f"SELECT 1 {_FRAME_RESULTS}",
+                              (job_id, frame, kind, UnitState.DONE.value)).fetchone() is not None
 
     def open_count(self) -> int:
         """Units of unfinished jobs still to be rendered: queued, waiting or leased (previews aside)."""
@@ -175,15 +175,15 @@ class UnitRecords:
                               (UnitState.QUEUED.value, UnitState.WAITING.value, UnitState.LEASED.value,
                                PREVIEW)).fetchone()[0]
 
-    def cost_samples(self, job_id: int, recent: int = 256) -> list[Finished]:
-        """The job's `recent` last finished row units as the cost model reads them (what is left costs
-        about what was done last; a long job is not read whole); a unit of several frames counts its
-        rows once per frame."""
+    def cost_samples(self, job_id: int, kind: str, recent: int = 256) -> list[Finished]:
+        """The job's `recent` last finished units of `kind` (its kind's rows: ControllerPart.progress_unit)
+        as the cost model reads them (what is left costs about what was done last; a long job is not read
+        whole); a unit of several frames counts its rows once per frame."""
         with self._db.read() as db:
             return [Finished(row["node"] or "", row["row_start"], row["row_start"] + row["rows"], row["seconds"] or 0.0)
                     for row in db.execute(f"SELECT node, row_start, {_FRAME_ROWS} AS rows, seconds FROM units"
                                           " WHERE job=? AND state=? AND kind=? ORDER BY done_seq DESC LIMIT ?",
-                                          (job_id, UnitState.DONE.value, ROWS, recent))]
+                                          (job_id, UnitState.DONE.value, kind, recent))]
 
     def retry_due(self, after: float, until: float) -> bool:
         """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
