@@ -62,7 +62,7 @@ class Dispatcher:
         self._changes, self._work, self._stitcher = changes, work, stitcher
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
         self._leased = _Recent(MAX_CACHED)    # lease token -> unit, so a completion looks it up once
-        self._set_aside: dict[int, set[str]] = {}   # job -> kinds of unit waiting for a viewer (viewer_came)
+        self._set_aside: dict[int, frozenset[str]] = {}   # job -> kinds of unit waiting for a viewer (viewer_came)
         self._kinds = _KindsAsked(self)             # the store's questions as it leases, answered by the parts
         self._choose = functools.partial(policy.choose_unit, binds=kindparts.binds_frames)
         # (job, node) -> the node's last fixed costs per unit of the job (start-up, parse...), as it measured
@@ -117,7 +117,8 @@ class Dispatcher:
 
     def set_aside(self, job_id: int, unit_kind: str) -> None:
         """A unit of the job waits for a viewer (Worth.WAIT): `viewer_came` queues it again."""
-        self._set_aside.setdefault(job_id, set()).add(unit_kind)
+        # Replaced whole, never changed in place: `viewer_came`, in another thread, may be reading it.
+        self._set_aside[job_id] = self._set_aside.get(job_id, frozenset()) | {unit_kind}
 
     def viewer_came(self, job_id: int) -> None:
         """A viewer watches the job: units set aside while none did (a preview) are rendered after all (they
