@@ -9,7 +9,8 @@ values.
   (`farm.tags`). A job that prefers tags
   goes to a node without them only when no idle live node with them (and its required ones) waits.
 - A frame renders on one POV-Ray build (version and flavour, `farm.builds`): the first unit leased of it
-  (preview aside) gives it its node's; a job may be pinned to a version.
+  that binds its frames (its kind says: POV-Ray's preview does not) gives it its node's; a job may be
+  pinned to a version.
 - Within a job, units go by frame, then from the top of the frame: its preview
   and radiosity pre-pass first, then units handed back, then what remains.
 - A unit that failed on a node is retried on another node when another live node
@@ -19,17 +20,20 @@ values.
   another live node may take its work.
 - A job fails when a unit's scene is broken (a parse error: at once), or when a
   unit has failed max_attempts times and on every live node (or, whatever the
-  nodes, HARD_LIMIT_FACTOR times that). A preview that fails for any other
-  reason is given up: the job goes on without it.
+  nodes, HARD_LIMIT_FACTOR times that). A unit whose kind does not retry it
+  (POV-Ray's preview) that fails for any other reason is given up: the job goes
+  on without it.
+
+What a kind of unit says (whether it binds its frames' build, whether it is retried) comes in as an
+argument: the controller asks the kind's part (farm.service.kindparts); by default, a unit does both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from farm import builds, jobkinds, scheduler, tags as tagging
-from farm.kinds import PREVIEW
 from farm.records import FailureVerdict, Node, Unit
 from farm.states import NodeState
 
@@ -127,16 +131,23 @@ def in_line(jobs: Iterable[JobInLine]) -> list[JobInLine]:
     return sorted(jobs, key=lambda job: (-job.priority, job.id))
 
 
-def choose_unit(queue: Queue, node_name: str, now: float, tags: Sequence[str] = (), build: str = "") -> Unit | None:
+def binds_all(unit: Unit) -> bool:
+    """A kind whose every unit binds its frames' build (`fits_frames`)."""
+    return True
+
+
+def choose_unit(queue: Queue, node_name: str, now: float, tags: Sequence[str] = (), build: str = "",
+                binds: Callable[[Unit], bool] = binds_all) -> Unit | None:
     """The next unit `node_name` (which has `tags`, and POV-Ray `build`, farm.builds) should render, or
-    None. A unit of a frame that renders on another build is not for it (`fits_frames`)."""
+    None. A unit of a frame that renders on another build is not for it (`fits_frames`; `binds`: whether
+    a unit binds its frames' build, as its kind says)."""
     jobs = [job for job in in_line(queue.jobs_with_queued_units())
             if takes(job, node_name, tags, queue) and takes_build(job, build)]
     if not queue.any_failures():     # the common case: the first queued unit of the first job in line
         for job in jobs:
             elsewhere = queue.frames_of_other_builds(job.id, build) if build else frozenset()
             units = queue.queued_units(job.id, LEASE_CANDIDATES if elsewhere else 1)
-            unit = next((unit for unit in units if fits_frames(unit, elsewhere)), None)
+            unit = next((unit for unit in units if fits_frames(unit, elsewhere, binds)), None)
             if unit is not None:
                 return unit
         return None
@@ -145,7 +156,7 @@ def choose_unit(queue: Queue, node_name: str, now: float, tags: Sequence[str] = 
         failures = queue.failures(job.id)
         elsewhere = queue.frames_of_other_builds(job.id, build) if build else frozenset()
         for unit in queue.queued_units(job.id, LEASE_CANDIDATES):
-            if fits_frames(unit, elsewhere) and may_render(unit, node_name, live, failures, now):
+            if fits_frames(unit, elsewhere, binds) and may_render(unit, node_name, live, failures, now):
                 return unit
     return None
 
@@ -156,12 +167,12 @@ def takes_build(job: JobInLine, build: str) -> bool:
     return not job.povray or builds.pinned_to(job.povray, build)
 
 
-def fits_frames(unit: Unit, elsewhere: frozenset[int]) -> bool:
+def fits_frames(unit: Unit, elsewhere: frozenset[int], binds: Callable[[Unit], bool] = binds_all) -> bool:
     """Whether the unit may go to a node whose build is not that of the frames in `elsewhere` (frames of
     the job with units rendered, or rendering, on another build). One POV-Ray per frame: a frame takes the
     build of the node that leases its first unit, and keeps it while any unit rendered on it is kept or in
-    flight. A preview is never part of the image: it goes anywhere."""
-    return unit.kind == PREVIEW or not any(unit.frame <= frame <= unit.frame_last for frame in elsewhere)
+    flight. A unit that binds no build (`binds`: POV-Ray's preview, never part of the image) goes anywhere."""
+    return not any(unit.frame <= frame <= unit.frame_last for frame in elsewhere) or not binds(unit)
 
 
 def takes(job: JobInLine, node_name: str, tags: Sequence[str], queue: Queue) -> bool:
@@ -196,12 +207,13 @@ def retry_pause(failures: int) -> float:
 
 
 def after_failure(unit: Unit, error: str, scene_error: bool, max_attempts: int, failed_on: frozenset[str],
-                  live: frozenset[str], now: float) -> FailureVerdict:
-    """What a failed unit means for its job. `failed_on` includes the node that just failed it."""
+                  live: frozenset[str], now: float, retried: bool = True) -> FailureVerdict:
+    """What a failed unit means for its job. `failed_on` includes the node that just failed it. `retried`:
+    whether its kind tries such a unit again (POV-Ray's preview is not: its job goes on without it)."""
     failures = unit.failures + 1
     if scene_error:
         return FailureVerdict(fail_job=True, job_error=error, retry_at=0.0)
-    if unit.kind == PREVIEW:   # a preview only helps early on: not worth a retry, never worth the job
+    if not retried:
         return FailureVerdict(fail_job=False, job_error="", retry_at=0.0, drop_unit=True)
     tried_everywhere = live <= failed_on
     if failures >= max_attempts and (tried_everywhere or failures >= max_attempts * HARD_LIMIT_FACTOR):

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from farm import builds, policy
 from farm.policy import JobInLine
 from farm.records import Unit
+from farm.service import kindparts
 from farm.states import UnitState
 from harness import (SCENES, assert_same_pixels, native_render, needs_povray, register_node, rows_for, run_cli,
                      submit, wait_ended, wait_until, write_scene)
@@ -105,7 +106,7 @@ def test_every_frame_renders_on_one_build(farm, steps, rng):
     for build, action in steps:
         leased = [u for u in farm.units if u.state is UnitState.LEASED]
         if action == "lease":
-            unit = policy.choose_unit(farm, "n", 0.0, (), build)
+            unit = policy.choose_unit(farm, "n", 0.0, (), build, kindparts.binds_frames)
             if unit is not None:
                 job = next(job for job in farm.jobs if job.id == unit.job)
                 assert policy.takes_build(job, build)
@@ -114,7 +115,7 @@ def test_every_frame_renders_on_one_build(farm, steps, rng):
                 for queued in (u for u in farm.units if u.state is UnitState.QUEUED):
                     job = next(job for job in farm.jobs if job.id == queued.job)
                     assert not policy.takes_build(job, build) or not policy.fits_frames(
-                        queued, farm.frames_of_other_builds(queued.job, build))
+                        queued, farm.frames_of_other_builds(queued.job, build), kindparts.binds_frames)
         elif leased:    # a lease ends: delivered, or handed back (its node died)
             farm.set(rng.choice(leased), UnitState.DONE if action == "done" else UnitState.QUEUED)
         kept = {}

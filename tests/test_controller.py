@@ -15,7 +15,7 @@ from farm import policy
 from farm.faults import Code, FarmError
 from farm.images.png import decode_png
 from farm.images.raster import row_size
-from farm.kinds import PREVIEW, preview_size
+from farm.kinds import PREVIEW, ROWS, preview_size
 from farm.planning import UnitPlan, plan_units, with_preview
 from farm.rows import FILTERED, ZLIB, compress_rows, decode_rows, decompress_rows, encode_rows
 from farm.store import Store
@@ -445,14 +445,14 @@ def test_every_write_is_on_disk_before_it_returns_even_when_commits_are_grouped(
         with db._lock:
             return db._db.execute("SELECT COUNT(*) FROM units WHERE state='done'").fetchone()[0] == len(tasks)
     wait_until(all_written, timeout=20, interval=0.01, what="every delivery written (not yet committed)")
-    counts = {state.value: counts.units for state, counts in store.units.summary(job).items()}
+    counts = {state.value: counts.units for state, counts in store.units.summary(job, ROWS, PREVIEW).items()}
     assert counts == {"leased": 16}                    # readers see committed data only
     assert db._committed < batch and not errors     # written, not committed: nobody has returned
     db._commit_batch()
     for thread in threads:
         thread.join(20)
     assert errors == [] and db._committed == batch   # one commit for all sixteen
-    counts = {state.value: counts.units for state, counts in store.units.summary(job).items()}
+    counts = {state.value: counts.units for state, counts in store.units.summary(job, ROWS, PREVIEW).items()}
     assert counts == {"done": 16}
 
 

@@ -9,7 +9,6 @@ from farm import tags as tagging
 from farm.auth import NODE, READERS, SUBMIT
 from farm.faults import Code, FarmError
 from farm.features import FEATURES
-from farm.kinds import ROWS
 from farm.rows import ENCODINGS, ZLIB, deflate_bound
 from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
@@ -105,8 +104,8 @@ class NodesAPI:
             "width": width, "height": height, "row_start": unit.row_start, "row_end": unit.row_end,
             "bundle": job.bundle, "scene": job.scene, "options": list(options), "channels": job.channels,
             "bits": job.bits, "time_limit": self._config.strip_timeout, "kind": unit.kind,
-            "radiosity_cache": self._dispatch.loads_radiosity_cache(job, unit),
-            "live": unit.kind == ROWS and self._services.watched(job.id),
+            "radiosity_cache": self._dispatch.loads_frame_cache(job, unit),
+            "live": self._dispatch.live_blocks(unit),
         }
 
     @rpc(NODE)
@@ -244,7 +243,7 @@ class NodesAPI:
         @param lease: str
         @return: base64, zlib of the cache file
         """
-        return Binary(self._dispatch.radiosity_cache(
+        return Binary(self._dispatch.frame_cache(
             args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT)))
 
     @rpc(NODE)

@@ -13,20 +13,18 @@ import statistics
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping
 
-from farm import jobkinds, policy, radiosity
+from farm import jobkinds, policy
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
 from farm.meter import Meter
-from farm.kinds import PREVIEW, ROWS, PreviewMode
-from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.records import Job, Lease, Unit
-from farm.rows import ZLIB, compress_rows, decompress_capped
+from farm.rows import ZLIB
 from farm.states import UnitState
 from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.service.stitcher import Stitcher
-from farm.store import Completion, Store
+from farm.store import Completion, Keeping, Store, Worth
 from farm.unitlog import UnitLog
 from farm.wire import LONG_POLL_CAP
 
@@ -64,7 +62,9 @@ class Dispatcher:
         self._changes, self._work, self._stitcher = changes, work, stitcher
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
         self._leased = _Recent(MAX_CACHED)    # lease token -> unit, so a completion looks it up once
-        self._unseen_previews: set[int] = set()   # jobs whose preview waits for a viewer (viewer_came)
+        self._set_aside: dict[int, frozenset[str]] = {}   # job -> kinds of unit waiting for a viewer (viewer_came)
+        self._kinds = _KindsAsked(self)             # the store's questions as it leases, answered by the parts
+        self._choose = functools.partial(policy.choose_unit, binds=kindparts.binds_frames)
         # (job, node) -> the node's last fixed costs per unit of the job (start-up, parse...), as it measured
         # them: units are sized by them (`farm.scheduler`). Kept in memory: after a restart they are learnt again.
         self._overheads = _Recent(MAX_CACHED)
@@ -103,33 +103,37 @@ class Dispatcher:
 
     def _lease(self, node_id: str) -> Lease | None:
         return self._store.units.lease_next(node_id, self._clock(), self._config.lease_timeout,
-                                            policy.choose_unit, self._cut, self._worth)
+                                            self._choose, self._kinds)
 
-    def _cut(self, unit: Unit, queue: policy.Queue, node_id: str) -> int | None:
-        measured = self._overheads.get((unit.job, node_id))
-        return policy.cut_remainder(queue, unit, node_id, self.job(unit.job).block, self._watched(unit.job),
-                                    self._machine, statistics.median(measured) if measured else 0.0)
+    def leasing(self, unit: Unit, node_id: str) -> kindparts.Leasing:
+        """What the unit's kind may ask as the node leases it (its job, whether watched, the node's overhead)."""
+        return kindparts.Leasing(self.job(unit.job), node_id, self._machine,
+                                 functools.partial(self._watched, unit.job),
+                                 functools.partial(self._overhead, unit.job, node_id))
 
-    def _worth(self, unit: Unit, queue: policy.Queue) -> bool:
-        """Whether the preview or radiosity pre-pass about to be leased is still worth rendering: a
-        preview only for viewers is not when none watches; a pre-pass not when its frame goes out whole."""
-        if unit.kind == PREVIEW:
-            worth = self.job(unit.job).preview is not PreviewMode.WATCHED or self._watched(unit.job)
-            if not worth:
-                self._unseen_previews.add(unit.job)
-            return worth
-        return policy.pretrace_worth_it(queue, unit, self._watched(unit.job), self._machine)
+    def _overhead(self, job_id: int, node_id: str) -> float:
+        measured = self._overheads.get((job_id, node_id))
+        return statistics.median(measured) if measured else 0.0
+
+    def set_aside(self, job_id: int, unit_kind: str) -> None:
+        """A unit of the job waits for a viewer (Worth.WAIT): `viewer_came` queues it again."""
+        # Replaced whole, never changed in place: `viewer_came`, in another thread, may be reading it.
+        self._set_aside[job_id] = self._set_aside.get(job_id, frozenset()) | {unit_kind}
 
     def viewer_came(self, job_id: int) -> None:
-        """A viewer watches the job: a preview set aside while none did is rendered after all (it is the
-        first unit of its job in line), so a viewer that comes after the job started sees it too."""
-        if job_id in self._unseen_previews:
-            self._unseen_previews.discard(job_id)
-            if self._store.units.queue_previews(job_id):
+        """A viewer watches the job: units set aside while none did (a preview) are rendered after all (they
+        are the first of their job in line), so a viewer that comes after the job started sees them too."""
+        for unit_kind in self._set_aside.pop(job_id, ()):
+            if self._store.units.queue_set_aside(job_id, unit_kind):
                 self._work.bump()
 
-    def loads_radiosity_cache(self, job: Job, unit: Unit) -> bool:
-        return job.pretrace and unit.kind == ROWS and self._store.units.has_radiosity_cache(job.id, unit.frame)
+    def loads_frame_cache(self, job: Job, unit: Unit) -> bool:
+        """Whether the unit's node fetches what its frame's earlier units left (`frame_cache`)."""
+        return kindparts.of_unit(unit.kind).loads_frame_cache(self._store, job, unit)
+
+    def live_blocks(self, unit: Unit) -> bool:
+        """Whether the unit's node sends its finished blocks as it renders: its kind does, and a viewer watches."""
+        return kindparts.of_unit(unit.kind).sends_live(unit) and self._watched(unit.job)
 
     def heartbeat(self, node_id: str, progress: Mapping[str, float], upload_bps: float | None = None) -> list[str]:
         """Renew the node's leases (and note its upload rate); returns those it must abandon."""
@@ -148,7 +152,7 @@ class Dispatcher:
         job = self.job(unit.job)
         part = kindparts.of_unit(unit.kind)
         raw = _checked_result(part, unit, job, data, encoding)
-        done = self._store.units.complete(node_id, token, data, seconds, self._clock(), encoding)
+        done = self._store.units.complete(node_id, token, data, seconds, self._clock(), encoding, part.keeping(unit))
         self._leased.pop(token, None)
         if done.duplicate:
             log.debug("job %s unit %s: %s sent an accepted result again", unit.job, unit.index, node_id)
@@ -188,11 +192,11 @@ class Dispatcher:
         return unit
 
     def watched_leases(self, node_id: str, tokens: Iterable[str]) -> list[str]:
-        """Those of the node's leases `tokens` that render rows of a job a viewer watches."""
+        """Those of the node's leases `tokens` whose finished blocks a viewer watches (`live_blocks`)."""
         found = []
         for token in tokens:
             unit = self._leased.get(token) or self._store.units.by_lease(token)
-            if unit is not None and unit.node == node_id and unit.kind == ROWS and self._watched(unit.job):
+            if unit is not None and unit.node == node_id and self.live_blocks(unit):
                 found.append(token)
         return found
 
@@ -206,8 +210,7 @@ class Dispatcher:
         unit, verdict = self._store.units.fail(node_id, token, error, self._clock(), judge)
         self._leased.pop(token, None)
         self._meter.count("units_failed_total", kind=unit.kind)
-        if jobkinds.of_unit(unit.kind).name == jobkinds.POVRAY:   # how POV-Ray failed, from its node's words
-            self._meter.count("povray_failures_total", kind=policy.failure_kind(error, scene_error))
+        kindparts.of_unit(unit.kind).count_failure(self._meter, error, scene_error)
         self._changes.bump(unit.job)
         self._work.bump()
         log.warning("job %s unit %s failed on %s%s: %s", unit.job, unit.index, node_id,
@@ -221,21 +224,13 @@ class Dispatcher:
         self._work.bump()
         self._changes.bump(unit.job)
 
-    def radiosity_cache(self, node_id: str, token: str) -> bytes:
+    def frame_cache(self, node_id: str, token: str) -> bytes:
+        """What the leased unit's frame's earlier units left for it, as its kind gives it (POV-Ray: the
+        frame's radiosity cache). STALE_LEASE for a lease that is not the node's current one."""
         unit = self._store.units.by_lease(token)
         if unit is None or unit.node != node_id or unit.state is not UnitState.LEASED:
             raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current")
-        caches = self._store.units.radiosity_caches(unit.job, unit.frame)
-        if not caches:
-            raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no radiosity cache")
-        if len(caches) == 1:
-            return caches[0]
-        # Each part of the frame's pre-pass pretraced a band of it: the strips load all their samples.
-        merged = radiosity.merge_caches([decompress_capped(cache, MAX_RADIOSITY_CACHE) for cache in caches])
-        if len(merged) > MAX_RADIOSITY_CACHE:
-            raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has a radiosity cache of "
-                                               f"{len(merged)} bytes, more than the {MAX_RADIOSITY_CACHE} a node takes")
-        return compress_rows(merged)
+        return kindparts.of_unit(unit.kind).frame_cache(self._store, unit)
 
 
 def declare_unit_metrics(meter: Meter) -> None:
@@ -245,13 +240,37 @@ def declare_unit_metrics(meter: Meter) -> None:
     meter.declare("stored_bytes_total", "counter", "Bytes of results stored (compressed), by kind of unit.",
                   labels=kinds)
     meter.declare("units_failed_total", "counter", "Units whose node reported a failure, by kind.", labels=kinds)
-    meter.declare("povray_failures_total", "counter", "Units POV-Ray failed, by how it failed.",
-                  labels=[(("kind", kind),) for kind in policy.FAILURE_KINDS])
+    for kind in jobkinds.KINDS.values():
+        jobkinds.part(kind.controller).declare_metrics(meter)
+
+
+class _KindsAsked:
+    """The store's questions about a unit it leases (farm.store.units.UnitKinds), answered by the unit's
+    kind's part (kindparts) with what the dispatcher knows."""
+
+    def __init__(self, dispatcher: Dispatcher):
+        self._dispatcher = dispatcher
+
+    def worth(self, unit: Unit, queue: policy.Queue, node_id: str) -> Worth:
+        worth = kindparts.of_unit(unit.kind).worth(unit, queue, self._dispatcher.leasing(unit, node_id))
+        if worth is Worth.WAIT:
+            self._dispatcher.set_aside(unit.job, unit.kind)
+        return worth
+
+    def cut(self, unit: Unit, queue: policy.Queue, node_id: str) -> int | None:
+        return kindparts.of_unit(unit.kind).cut(unit, queue, self._dispatcher.leasing(unit, node_id))
+
+    def binds_frames(self, unit: Unit) -> bool:
+        return kindparts.of_unit(unit.kind).binds_frames(unit)
+
+    def keeping(self, unit: Unit) -> Keeping:
+        return kindparts.of_unit(unit.kind).keeping(unit)
 
 
 def _judge(unit: Unit, failed_on: frozenset, live: frozenset, *, error: str, scene_error: bool,
            max_attempts: int, now: float):
-    return policy.after_failure(unit, error, scene_error, max_attempts, failed_on, live, now)
+    return policy.after_failure(unit, error, scene_error, max_attempts, failed_on, live, now,
+                                retried=kindparts.of_unit(unit.kind).retries(unit))
 
 
 def _checked_result(part: kindparts.ControllerPart, unit: Unit, job: Job, data: bytes, encoding: str) -> bytes:

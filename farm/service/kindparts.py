@@ -3,7 +3,9 @@ does, the one place the rest of the controller asks for it, and the pieces a kin
 over another job's frames shares (the video, farm.extras.checksums).
 
 The dispatcher, the stitcher, the feed and the API ask `of_job(kind)` or `of_unit(unit kind)` and call the
-part; none of them names a kind. A part holds no state of its own: what it needs of the controller comes
+part; none of them names a kind. So do the store and the leasing rules, through the dispatcher: how a
+remainder of rows is cut, whether a unit chosen is still worth leasing (and what becomes of it when not),
+whether it binds its frames' build, whether a failed one is retried, how its result is kept. A part holds no state of its own: what it needs of the controller comes
 with each call (`farm.service.Services` to submit, the stitcher to assemble).
 """
 
@@ -12,16 +14,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from farm import jobkinds, limits
 from farm.faults import Code, FarmError
 from farm.planning import UnitPlan
+from farm.meter import Meter
+from farm.policy import Queue
 from farm.records import Job, JobSpec, StoredRows, Unit
 from farm.service.changes import Changes
 from farm.service.files import write_atomically
 from farm.states import ENDED, JobState
-from farm.store import Completion
+from farm.store import PLAIN, Completion, Keeping, Store, Worth
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,21 @@ class Stored:
     done: Completion
 
 
+@dataclass(frozen=True)
+class Leasing:
+    """What a kind's part may ask of the controller as a unit of its job is leased (the dispatcher answers)."""
+    job: Job
+    node_id: str
+    machine: str                      # the box the controller runs on (farm.hostos)
+    watched: Callable[[], bool]       # whether a viewer watches the job now
+    overhead: Callable[[], float]     # the node's fixed seconds per unit of the job, as measured (0: not yet)
+
+
 class ControllerPart:
     """A kind's controller part. Every method has the behaviour of a kind that has no such thing."""
     result_name = "the result"     # what a refused result is called in the fault ("strip rows", "the video")
+    progress_unit = ""     # the kind of unit whose rows measure its job's progress ("": none, done or not)
+    uncounted_unit = ""    # a kind of unit left out of its job's unit counts ("": none)
 
     def submit(self, services: Any, params: dict) -> int:
         """Queue a job of the kind from `params` (jobs.kind: plain XML-RPC values, checked here); its id."""
@@ -79,6 +95,47 @@ class ControllerPart:
         """A file a unit of the job reads from the farm (nodes.source_frame): a frame of another job."""
         raise FarmError(Code.BAD_ARGUMENT, f"a job of kind {job.kind} reads no frames")
 
+    # -- how its units are leased, kept and failed (the dispatcher asks, for the store and the policy) --
+
+    def worth(self, unit: Unit, queue: Queue, leasing: Leasing) -> Worth:
+        """Whether a unit chosen to lease is still worth it, and what becomes of it when not: it is leased."""
+        return Worth.LEASE
+
+    def cut(self, unit: Unit, queue: Queue, leasing: Leasing) -> int | None:
+        """The end row of the unit a node leases off a remainder (None: left to faster nodes): all of it."""
+        return unit.row_end
+
+    def binds_frames(self, unit: Unit) -> bool:
+        """Whether leasing the unit binds its frames to its node's build (farm.builds, policy.fits_frames): yes."""
+        return True
+
+    def retries(self, unit: Unit) -> bool:
+        """Whether a unit that failed (its scene not broken) is tried again, or dropped as its job goes on: tried."""
+        return True
+
+    def keeping(self, unit: Unit) -> Keeping:
+        """How the store keeps the unit's result (farm.store.Keeping): fed to viewers, completing no frame."""
+        return PLAIN
+
+    def sends_live(self, unit: Unit) -> bool:
+        """Whether a node sends the unit's finished blocks as it renders, while a viewer watches: no."""
+        return False
+
+    def loads_frame_cache(self, store: Store, job: Job, unit: Unit) -> bool:
+        """Whether the node fetches a cache its frame's earlier units left (nodes.radiosity_cache): no."""
+        return False
+
+    def frame_cache(self, store: Store, unit: Unit) -> bytes:
+        """That cache, compressed, for the unit's node (BAD_ARGUMENT: there is none)."""
+        raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no cache of its units")
+
+    def declare_metrics(self, meter: Meter) -> None:
+        """Declare the kind's own metrics (farm.meter), so a scrape shows them from the start: none."""
+
+    def count_failure(self, meter: Meter, error: str, scene_error: bool) -> None:
+        """Count a unit's failure in the kind's own metrics: none."""
+
+
 
 def of_job(kind: str) -> ControllerPart:
     """The controller part of kind `kind` (BAD_ARGUMENT for a kind not loaded here)."""
@@ -88,6 +145,11 @@ def of_job(kind: str) -> ControllerPart:
 def of_unit(unit_kind: str) -> ControllerPart:
     """The controller part of the kind whose jobs hold units of `unit_kind`."""
     return jobkinds.part(jobkinds.of_unit(unit_kind).controller)
+
+
+def binds_frames(unit: Unit) -> bool:
+    """Whether leasing the unit binds its frames' build, as its kind says (for `policy.choose_unit`)."""
+    return of_unit(unit.kind).binds_frames(unit)
 
 
 # -- a job over another job's frames, with one unit whose result is one file ------------------------

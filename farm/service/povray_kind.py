@@ -1,15 +1,17 @@
 """POV-Ray's kind on the controller (its controller part, farm.jobkinds): a scene rendered into frames.
 Its jobs are planned into units of rows (with a frame's radiosity pre-pass and a preview: farm.planning,
-farm.service.submission); a unit's result is its rows (a pre-pass's: its radiosity cache), checked by
-decoding them; the stitcher copies rows into their frame's canvas and writes each complete frame as a
-PNG; viewers get the rows as pieces to paint."""
+farm.service.submission); a frame's remainder is cut as nodes ask (policy.cut_remainder), a preview only
+for viewers waits while none watches, a pre-pass is skipped when its frame goes out whole, a preview binds
+no build and is not retried; a unit's result is its rows (a pre-pass's: its radiosity cache, which the
+frame's strips then load), checked by decoding them; the stitcher copies rows into their frame's canvas
+and writes each complete frame as a PNG; viewers get the rows as pieces to paint, and live blocks."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from farm import builds, tags
+from farm import builds, policy, radiosity, tags
 from farm.animation import Animation
 from farm.api import args
 from farm.faults import Code, FarmError
@@ -17,16 +19,26 @@ from farm.kinds import PRETRACE, PREVIEW, ROWS, PreviewMode, preview_size
 from farm.options import preview_options
 from farm.radiosity import MAX_RADIOSITY_CACHE
 from farm.records import Job, StoredRows, Unit
-from farm.rows import ZLIB, decompress_capped, deflate_bound, split_frames
+from farm.meter import Meter
+from farm.policy import Queue
+from farm.rows import ZLIB, compress_rows, decompress_capped, deflate_bound, split_frames
 from farm.service.changes import Changes
-from farm.service.kindparts import ControllerPart, Stored
+from farm.service.kindparts import ControllerPart, Leasing, Stored
 from farm.service.submission import MAX_SIDE, Submission
+from farm.store import PLAIN, Keeping, Store, Worth
 
 log = logging.getLogger(__name__)
 
 
+# Rows complete their frames (a preview never holds one back); a pre-pass is not fed to viewers, and once
+# every part of a frame's pre-pass is in, the frame's rows that waited for its cache go.
+_KEEPING = {ROWS: Keeping(completes_frames=True, optional=PREVIEW), PRETRACE: Keeping(fed=False, releases_frame=True)}
+
+
 class PovrayPart(ControllerPart):
     result_name = "strip rows"
+    progress_unit = ROWS          # progress is rows rendered
+    uncounted_unit = PREVIEW      # a preview is no strip of the image
 
     def submit(self, services: Any, params: dict) -> int:
         """jobs.submit's spec (jobs.kind "povray" takes the same)."""
@@ -76,6 +88,60 @@ class PovrayPart(ControllerPart):
 
     def assemble(self, stitcher: Any, job: Job, frame: int) -> None:
         stitcher.stitch_frame(job, frame)
+
+    def worth(self, unit: Unit, queue: Queue, leasing: Leasing) -> Worth:
+        """A preview only for viewers waits while none watches; a frame's radiosity pre-pass is done without
+        a cache when the frame goes out whole (policy.pretrace_worth_it): its one render makes its own."""
+        if unit.kind == PREVIEW:
+            watched = leasing.job.preview is not PreviewMode.WATCHED or leasing.watched()
+            return Worth.LEASE if watched else Worth.WAIT
+        if unit.kind == PRETRACE and not policy.pretrace_worth_it(queue, unit, leasing.watched(), leasing.machine):
+            return Worth.EMPTY
+        return Worth.LEASE
+
+    def cut(self, unit: Unit, queue: Queue, leasing: Leasing) -> int | None:
+        """The guided cut of a frame's remainder (farm.scheduler): from its measured units, the live slots
+        and the node's measured overhead; finer while a viewer watches."""
+        return policy.cut_remainder(queue, unit, leasing.node_id, leasing.job.block, leasing.watched(),
+                                    leasing.machine, leasing.overhead())
+
+    def binds_frames(self, unit: Unit) -> bool:
+        return unit.kind != PREVIEW     # a preview is never part of the image: it goes anywhere
+
+    def retries(self, unit: Unit) -> bool:
+        return unit.kind != PREVIEW     # a preview only helps early on: not worth a retry, never worth the job
+
+    def keeping(self, unit: Unit) -> Keeping:
+        return _KEEPING.get(unit.kind, PLAIN)
+
+    def sends_live(self, unit: Unit) -> bool:
+        return unit.kind == ROWS
+
+    def loads_frame_cache(self, store: Store, job: Job, unit: Unit) -> bool:
+        """A strip of a frame whose radiosity pre-pass left a cache loads it."""
+        return job.pretrace and unit.kind == ROWS and store.units.has_frame_result(job.id, unit.frame, PRETRACE)
+
+    def frame_cache(self, store: Store, unit: Unit) -> bytes:
+        """The frame's radiosity cache; when its pre-pass was cut into bands, their caches merged."""
+        caches = store.units.frame_results(unit.job, unit.frame, PRETRACE)
+        if not caches:
+            raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no radiosity cache")
+        if len(caches) == 1:
+            return caches[0]
+        # Each part of the frame's pre-pass pretraced a band of it: the strips load all their samples.
+        merged = radiosity.merge_caches([decompress_capped(cache, MAX_RADIOSITY_CACHE) for cache in caches])
+        if len(merged) > MAX_RADIOSITY_CACHE:
+            raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has a radiosity cache of "
+                                               f"{len(merged)} bytes, more than the {MAX_RADIOSITY_CACHE} a node takes")
+        return compress_rows(merged)
+
+    def declare_metrics(self, meter: Meter) -> None:
+        meter.declare("povray_failures_total", "counter", "Units POV-Ray failed, by how it failed.",
+                      labels=[(("kind", kind),) for kind in policy.FAILURE_KINDS])
+
+    def count_failure(self, meter: Meter, error: str, scene_error: bool) -> None:
+        """How POV-Ray failed, from its node's words."""
+        meter.count("povray_failures_total", kind=policy.failure_kind(error, scene_error))
 
     def feed_pieces(self, unit: StoredRows, job: Job) -> list[dict[str, Any]]:
         """One piece per frame, each its own zlib stream in the encoding the node delivered (the compact

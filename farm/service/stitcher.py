@@ -23,6 +23,7 @@ from farm import strips
 from farm.faults import FarmError
 from farm.images.png import encode_png
 from farm.images.raster import Raster
+from farm.kinds import ROWS
 from farm.records import Job, StoredRows, Unit
 from farm.service import kindparts
 from farm.service.changes import Changes
@@ -152,7 +153,7 @@ class Stitcher:
         if canvas is not None and canvas.rows_filled == job.height:
             return Raster(job.width, job.height, job.channels, job.bits, bytes(canvas.pixels))
         pieces = [(piece.row_start, piece.row_end, unpacked.frame_rows(job, piece, frame))
-                  for piece in self._store.units.stored_for_frame(job.id, frame)]
+                  for piece in self._store.units.stored_for_frame(job.id, frame, ROWS)]
         return strips.stitch(job.width, job.height, job.channels, job.bits, pieces)
 
     def _release(self, job_id: int, frame: int) -> None:

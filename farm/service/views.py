@@ -79,7 +79,9 @@ class Views:
 
     def job_status(self, job: Job, detail: bool, presence: Presence | None = None) -> dict[str, Any]:
         """`presence`: the nodes as `_presence` gives them, when the caller has them already."""
-        summary = self._store.units.summary(job.id)
+        # Which of its units count, and whose rows measure its progress, as its kind says (if loaded here).
+        part = kindparts.of_job(job.kind) if job.kind in jobkinds.KINDS else kindparts.ControllerPart()
+        summary = self._store.units.summary(job.id, part.progress_unit, part.uncounted_unit)
         total = sum(counts.units for counts in summary.values())
         done = summary[UnitState.DONE].units if UnitState.DONE in summary else 0
         leased = summary[UnitState.LEASED].units if UnitState.LEASED in summary else 0
@@ -90,7 +92,7 @@ class Views:
         progress = 1.0 if job.state is JobState.DONE else (rendered / rows if rows else 0.0)
         if presence is None and not job.ended:
             presence = self._presence()
-        eta = None if job.ended else self._seconds_left(job.id, rows - rendered, presence[0])
+        eta = None if job.ended else self._seconds_left(job.id, part.progress_unit, rows - rendered, presence[0])
         frames = self._store.jobs.frames(job.id)
         preview = self._store.units.preview_state(job.id)
         status = {
@@ -135,20 +137,20 @@ class Views:
         return blocked_reason(presence[0], max(presence[1], submitted), self._clock(), self._grace, require, povray,
                               kind)
 
-    def _seconds_left(self, job_id: int, rows_left: float, nodes: list[Node]) -> float | None:
+    def _seconds_left(self, job_id: int, unit_kind: str, rows_left: float, nodes: list[Node]) -> float | None:
         """The time the job's rows still to render take on the live slots at the cost the scheduler
-        measured (None while nothing is measured)."""
+        measured from its units of `unit_kind` (None while nothing is measured)."""
         slots = {node.id: node.slots for node in nodes if node.live}
-        return scheduler.time_left(round(rows_left), self._cost_model(job_id), slots)
+        return scheduler.time_left(round(rows_left), self._cost_model(job_id, unit_kind), slots)
 
-    def _cost_model(self, job_id: int) -> scheduler.Model | None:
+    def _cost_model(self, job_id: int, unit_kind: str) -> scheduler.Model | None:
         """The job's cost model, fitted again once it is ETA_REFIT seconds old (at once while there is none)."""
         now = self._clock()
         with self._lock:
             fitted = self._models.get(job_id)
         if fitted is not None and 0 <= now - fitted[0] < ETA_REFIT:
             return fitted[1]
-        model = scheduler.overall_model(self._store.units.cost_samples(job_id))
+        model = scheduler.overall_model(self._store.units.cost_samples(job_id, unit_kind))
         with self._lock:
             if model is not None:
                 self._models[job_id] = (now, model)

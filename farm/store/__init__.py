@@ -20,9 +20,9 @@ from farm.store.history import HistoryRecords
 from farm.store.jobs import JobRecords
 from farm.store.logs import LogRecords
 from farm.store.nodes import NodeRecords
-from farm.store.units import Completion, UnitRecords
+from farm.store.units import PLAIN, Completion, Keeping, UnitRecords, Worth
 
-__all__ = ["Store", "BundleInfo", "Completion"]
+__all__ = ["Store", "BundleInfo", "Completion", "Keeping", "Worth", "PLAIN"]
 
 
 @dataclass(frozen=True)

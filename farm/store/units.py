@@ -6,11 +6,12 @@ decision and the write happen in one transaction while the rules stay pure.
 
 from __future__ import annotations
 
+import enum
 import json
 import secrets
 import sqlite3
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 from farm.builds import build_of
 from farm.store.db import Database
@@ -28,12 +29,57 @@ from farm.store.nodes import touch
 _COVERS = "frame <= ? AND frame_last >= ?"   # a unit that includes a given frame
 _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
 _FRAME_ROWS = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's rows, for every frame it renders
-_FRAME_CACHE = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
+_FRAME_RESULTS = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
 
 Chooser = Callable[["_Queue", str, float, tuple, str], "Unit | None"]   # queue, node name, now, its tags, build
-Cutter = Callable[[Unit, "_Queue", str], "int | None"]   # the end row of the unit a node cuts off a remainder
-Worth = Callable[[Unit, "_Queue"], bool]   # whether a preview or pre-pass about to be leased is still worth it
 Judge = Callable[[Unit, frozenset, frozenset], FailureVerdict]
+
+
+class Worth(str, enum.Enum):
+    """What becomes of a unit chosen to lease, as its kind says (farm.service.kindparts.ControllerPart.worth)."""
+    LEASE = "lease"     # it is leased
+    WAIT = "wait"       # not now: it waits, unleased, until a viewer watches its job (queue_set_aside)
+    EMPTY = "empty"     # not needed: it is kept done with an empty result, as if delivered so
+
+
+@dataclass(frozen=True)
+class Keeping:
+    """How a unit's result is kept, as its kind says (farm.service.kindparts.ControllerPart.keeping)."""
+    fed: bool = True                 # numbered in its job's feed of stored units, which viewers follow
+    completes_frames: bool = False   # its frames are complete once every unit over them is stored...
+    optional: str = ""               # ...but those of this kind of unit, canceled then unless begun
+    releases_frame: bool = False     # its frame's waiting units go once every unit of its kind there is stored
+
+
+PLAIN = Keeping()    # a kind with no such things: fed to viewers, completing no frame of itself
+
+
+class UnitKinds(Protocol):
+    """What the store asks of a unit's kind as it leases the unit (the dispatcher answers, from the part)."""
+
+    def worth(self, unit: Unit, queue: "_Queue", node_id: str) -> Worth: ...
+
+    def cut(self, unit: Unit, queue: "_Queue", node_id: str) -> int | None: ...
+
+    def binds_frames(self, unit: Unit) -> bool: ...
+
+    def keeping(self, unit: Unit) -> Keeping: ...
+
+
+class AsIs:
+    """A kind with none of those things: every unit leased whole, binding its frames' build, kept plainly."""
+
+    def worth(self, unit: Unit, queue: "_Queue", node_id: str) -> Worth:
+        return Worth.LEASE
+
+    def cut(self, unit: Unit, queue: "_Queue", node_id: str) -> int | None:
+        return unit.row_end
+
+    def binds_frames(self, unit: Unit) -> bool:
+        return True
+
+    def keeping(self, unit: Unit) -> Keeping:
+        return PLAIN
 
 
 @dataclass(frozen=True)
@@ -68,21 +114,22 @@ class UnitRecords:
             row = db.execute(f"{_SELECT_UNIT} WHERE lease=?", (token,)).fetchone()
         return None if row is None else schema.unit(row)
 
-    def summary(self, job_id: int) -> dict[UnitState, UnitCounts]:
-        """state -> counts of a job's units (previews left out), without reading them all."""
+    def summary(self, job_id: int, rows_of: str = "", left_out: str = "") -> dict[UnitState, UnitCounts]:
+        """state -> counts of a job's units (those of kind `left_out` left out; the rows of those of kind
+        `rows_of`: its kind's, ControllerPart.progress_unit), without reading them all."""
         with self._db.read() as db:
             rows = db.execute(
                 f"SELECT state, COUNT(*) AS n, TOTAL(CASE WHEN kind=? THEN {_FRAME_ROWS} END) AS r,"
                 f" TOTAL(CASE WHEN kind=? THEN {_FRAME_ROWS} * progress END) AS p"
-                " FROM units WHERE job=? AND kind != ? GROUP BY state", (ROWS, ROWS, job_id, PREVIEW)).fetchall()
+                " FROM units WHERE job=? AND kind != ? GROUP BY state", (rows_of, rows_of, job_id, left_out)).fetchall()
         return {UnitState(row["state"]): UnitCounts(row["n"], int(row["r"]), row["p"]) for row in rows}
 
-    def queue_previews(self, job_id: int) -> bool:
-        """Queue again the job's previews set aside while no viewer watched (their frames are not done:
-        those of done frames are canceled); whether there was one."""
+    def queue_set_aside(self, job_id: int, kind: str) -> bool:
+        """Queue again the job's units of `kind` set aside while no viewer watched (Worth.WAIT; those of done
+        frames were canceled); whether there was one."""
         with self._db.write() as db:
             rows = db.execute(f"{_SELECT_UNIT} WHERE job=? AND kind=? AND state=?",
-                              (job_id, PREVIEW, UnitState.WAITING.value)).fetchall()
+                              (job_id, kind, UnitState.WAITING.value)).fetchall()
             for row in rows:
                 schema.set_state(db, schema.unit(row), UnitState.QUEUED)
         return bool(rows)
@@ -100,25 +147,25 @@ class UnitRecords:
                 "SELECT frame, frame_last, row_start, row_end, data, done_seq, kind, encoding FROM units"
                 " WHERE job=? AND done_seq > ? ORDER BY done_seq LIMIT ?", (job_id, cursor, limit)).fetchall()]
 
-    def stored_for_frame(self, job_id: int, frame: int, kind: str = ROWS) -> list[StoredRows]:
-        """The stored row units (or those of `kind`) that cover a frame."""
+    def stored_for_frame(self, job_id: int, frame: int, kind: str) -> list[StoredRows]:
+        """The stored units of `kind` that cover a frame."""
         with self._db.read() as db:
             return [schema.stored_rows(row) for row in db.execute(
                 f"SELECT frame, frame_last, row_start, row_end, data, done_seq, encoding FROM units WHERE job=? AND {_COVERS}"
                 " AND state=? AND kind=?", (job_id, frame, frame, UnitState.DONE.value, kind)).fetchall()]
 
-    def radiosity_caches(self, job_id: int, frame: int) -> list[bytes]:
-        """The compressed radiosity caches of a frame's pre-pass, a part's each, top band first; none
-        when the pre-pass left none."""
+    def frame_results(self, job_id: int, frame: int, kind: str) -> list[bytes]:
+        """The results left by a frame's stored units of `kind` (the radiosity caches of its pre-pass, a
+        band's each), top band first; none when they left none."""
         with self._db.read() as db:
             return [bytes(row["data"]) for row in db.execute(
-                f"SELECT data {_FRAME_CACHE} ORDER BY row_start", (job_id, frame, PRETRACE, UnitState.DONE.value))]
+                f"SELECT data {_FRAME_RESULTS} ORDER BY row_start", (job_id, frame, kind, UnitState.DONE.value))]
 
-    def has_radiosity_cache(self, job_id: int, frame: int) -> bool:
-        """Whether the frame has a shared radiosity cache, without reading it."""
+    def has_frame_result(self, job_id: int, frame: int, kind: str) -> bool:
+        """Whether a frame's stored units of `kind` left a result, without reading it."""
         with self._db.read() as db:
-            return db.execute(f"SELECT 1 {_FRAME_CACHE}",
-                              (job_id, frame, PRETRACE, UnitState.DONE.value)).fetchone() is not None
+            return db.execute(f"SELECT 1 {_FRAME_RESULTS}",
+                              (job_id, frame, kind, UnitState.DONE.value)).fetchone() is not None
 
     def open_count(self) -> int:
         """Units of unfinished jobs still to be rendered: queued, waiting or leased (previews aside)."""
@@ -128,15 +175,15 @@ class UnitRecords:
                               (UnitState.QUEUED.value, UnitState.WAITING.value, UnitState.LEASED.value,
                                PREVIEW)).fetchone()[0]
 
-    def cost_samples(self, job_id: int, recent: int = 256) -> list[Finished]:
-        """The job's `recent` last finished row units as the cost model reads them (what is left costs
-        about what was done last; a long job is not read whole); a unit of several frames counts its
-        rows once per frame."""
+    def cost_samples(self, job_id: int, kind: str, recent: int = 256) -> list[Finished]:
+        """The job's `recent` last finished units of `kind` (its kind's rows: ControllerPart.progress_unit)
+        as the cost model reads them (what is left costs about what was done last; a long job is not read
+        whole); a unit of several frames counts its rows once per frame."""
         with self._db.read() as db:
             return [Finished(row["node"] or "", row["row_start"], row["row_start"] + row["rows"], row["seconds"] or 0.0)
                     for row in db.execute(f"SELECT node, row_start, {_FRAME_ROWS} AS rows, seconds FROM units"
                                           " WHERE job=? AND state=? AND kind=? ORDER BY done_seq DESC LIMIT ?",
-                                          (job_id, UnitState.DONE.value, ROWS, recent))]
+                                          (job_id, UnitState.DONE.value, kind, recent))]
 
     def retry_due(self, after: float, until: float) -> bool:
         """Whether a queued unit's retry pause ended in (after, until]: nodes waiting for work may take it."""
@@ -148,12 +195,11 @@ class UnitRecords:
     # -- leases ------------------------------------------------------------------------------
 
     def lease_next(self, node_id: str, now: float, lease_timeout: float, choose: Chooser,
-                   cut: Cutter | None = None, worth: Worth = lambda unit, queue: True) -> Lease | None:
-        """Lease the node the unit `choose` picks from the queue, or None. When that is a frame's
-        remainder, `cut` says where the unit to lease ends (the rest stays queued), or None when the
-        node should leave it to faster ones. A preview or radiosity pre-pass that `worth` says is not
-        worth rendering any more is set aside (a preview waits for a viewer, a pre-pass is done without a
-        cache, which lets its frame's rows go), and the next unit chosen."""
+                   kinds: UnitKinds = AsIs()) -> Lease | None:
+        """Lease the node the unit `choose` picks from the queue, or None. Its kind (`kinds`) says whether
+        it is still worth leasing: if not, it waits for a viewer or is kept done with an empty result
+        (Worth), and the next unit is chosen. When it is a frame's remainder, its kind says where the unit
+        to lease ends (the rest stays queued), or None when the node should leave it to faster ones."""
         with self._db.write() as db:
             node = touch(db, node_id, now)
             if node.state is NodeState.BROKEN:
@@ -161,23 +207,23 @@ class UnitRecords:
             queue = _Queue(db)
             build = build_of(node.info)
             unit = choose(queue, node.name, now, node.offers, build)
-            while unit is not None and unit.kind in (PREVIEW, PRETRACE) and not worth(unit, queue):
-                if unit.kind == PREVIEW:     # until a viewer comes (queue_previews), or its frame is done
+            while unit is not None and (worth := kinds.worth(unit, queue, node_id)) is not Worth.LEASE:
+                if worth is Worth.WAIT:     # until a viewer comes (queue_set_aside), or its frame is done
                     schema.set_state(db, unit, UnitState.WAITING)
                 else:
-                    _store_pretrace(db, unit, b"", 0.0)
+                    _keep(db, unit, b"", 0.0, ZLIB, kinds.keeping(unit))
                 unit = choose(queue, node.name, now, node.offers, build)
             if unit is not None and unit.remainder:
-                end = cut(unit, queue, node_id) if cut is not None else unit.row_end
+                end = kinds.cut(unit, queue, node_id)
                 unit = None if end is None else _cut(db, unit, end)
             if unit is None:
                 if node.state is not NodeState.BUSY or not _holds_any(db, node.id):   # one asking ahead is busy
                     schema.set_state(db, node, NodeState.IDLE)
                 return None
-            return self._lease(db, node, unit, now, now + lease_timeout)
+            return self._lease(db, node, unit, now, now + lease_timeout, kinds.binds_frames(unit))
 
     @staticmethod
-    def _lease(db: sqlite3.Connection, node: Node, unit: Unit, now: float, expires: float) -> Lease:
+    def _lease(db: sqlite3.Connection, node: Node, unit: Unit, now: float, expires: float, binds: bool) -> Lease:
         token = f"{unit.id}.{unit.attempt + 1}.{secrets.token_hex(6)}"
         schema.set_state(db, unit, UnitState.LEASED, lease=token, node=node.id, attempt=unit.attempt + 1,
                          lease_expires=expires, progress=0)
@@ -188,7 +234,7 @@ class UnitRecords:
                               (unit.job, unit.frame, unit.frame_last, FrameState.QUEUED.value)).fetchall():
             schema.set_frame_state(db, unit.job, row["number"], FrameState.RENDERING)
         schema.set_state(db, node, NodeState.BUSY)
-        if unit.kind != PREVIEW and build_of(node.info):   # the frames render on this build from now on
+        if binds and build_of(node.info):   # the frames render on this build from now on
             db.execute("UPDATE frames SET povray=? WHERE job=? AND number BETWEEN ? AND ? AND"
                        " povray IS NOT ?", (build_of(node.info), unit.job, unit.frame, unit.frame_last,
                                             build_of(node.info)))
@@ -215,24 +261,16 @@ class UnitRecords:
             return stale, jobs
 
     def complete(self, node_id: str, token: str, data: bytes, seconds: float, now: float,
-                 encoding: str = ZLIB) -> Completion:
-        """Store a unit's result. Re-sending an accepted result is harmless (duplicate=True)."""
+                 encoding: str = ZLIB, keeping: Keeping = PLAIN) -> Completion:
+        """Store a unit's result, kept as its kind says. Re-sending an accepted result is harmless
+        (duplicate=True)."""
         with self._db.write() as db:
             touch(db, node_id, now)
             unit = _by_lease(db, token)
             if unit is not None and unit.node == node_id and unit.state is UnitState.DONE:
                 return Completion(unit, (), duplicate=True)
             unit = _current(unit, node_id, token)
-            complete: tuple[int, ...] = ()
-            if unit.kind == PRETRACE:
-                _store_pretrace(db, unit, data, seconds)
-            else:
-                seq = db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM units WHERE job=?",
-                                 (unit.job,)).fetchone()[0]
-                schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0,
-                                 lease_expires=None, error=None, done_seq=seq, encoding=encoding)
-            if unit.kind == ROWS:
-                complete = _complete_frames(db, unit)
+            complete = _keep(db, unit, data, seconds, encoding, keeping)
             db.execute("UPDATE nodes SET units_done = units_done + 1 WHERE id=?", (node_id,))
             return Completion(unit, complete, duplicate=False)
 
@@ -317,31 +355,44 @@ def _cut(db: sqlite3.Connection, remainder: Unit, end: int) -> Unit:
     index = db.execute("SELECT MAX(idx) + 1 FROM units WHERE job=?", (remainder.job,)).fetchone()[0]
     cur = db.execute("INSERT INTO units (job, frame, frame_last, idx, row_start, row_end, state, kind)"
                      " VALUES (?,?,?,?,?,?,?,?)", (remainder.job, remainder.frame, remainder.frame_last, index,
-                                                   remainder.row_start, end, UnitState.QUEUED.value, ROWS))
+                                                   remainder.row_start, end, UnitState.QUEUED.value, remainder.kind))
     schema.update(db, "units", "id", remainder.id, row_start=end)
     return schema.unit(db.execute(f"{_SELECT_UNIT} WHERE id=?", (cur.lastrowid,)).fetchone())
 
 
-def _complete_frames(db: sqlite3.Connection, unit: Unit) -> tuple[int, ...]:
-    """The unit's frames whose every row unit is now stored. Their previews, if not begun, are not needed
-    any more: a preview never holds a frame back."""
+def _keep(db: sqlite3.Connection, unit: Unit, data: bytes, seconds: float, encoding: str,
+          keeping: Keeping) -> tuple[int, ...]:
+    """The unit done with its result, kept as its kind says; the frames it completes."""
+    if keeping.fed:
+        seq = db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM units WHERE job=?", (unit.job,)).fetchone()[0]
+        schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0,
+                         lease_expires=None, error=None, done_seq=seq, encoding=encoding)
+    else:
+        schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0, lease_expires=None,
+                         error=None)
+    if keeping.releases_frame:
+        _release_frame(db, unit)
+    return _complete_frames(db, unit, keeping.optional) if keeping.completes_frames else ()
+
+
+def _complete_frames(db: sqlite3.Connection, unit: Unit, optional: str) -> tuple[int, ...]:
+    """The unit's frames whose every unit (but those of kind `optional`) is now stored. Their optional
+    units, if not begun, are not needed any more: one never holds a frame back."""
     complete = tuple(frame for frame in unit.frames if not db.execute(
         f"SELECT 1 FROM units WHERE job=? AND {_COVERS} AND state != ? AND kind != ? LIMIT 1",
-        (unit.job, frame, frame, UnitState.DONE.value, PREVIEW)).fetchone())
+        (unit.job, frame, frame, UnitState.DONE.value, optional)).fetchone())
     for frame in complete:
         for row in db.execute(f"{_SELECT_UNIT} WHERE job=? AND frame=? AND kind=? AND state IN (?, ?)",
-                              (unit.job, frame, PREVIEW, UnitState.QUEUED.value, UnitState.WAITING.value)).fetchall():
+                              (unit.job, frame, optional, UnitState.QUEUED.value, UnitState.WAITING.value)).fetchall():
             schema.set_state(db, schema.unit(row), UnitState.CANCELED)
     return complete
 
 
-def _store_pretrace(db: sqlite3.Connection, unit: Unit, cache: bytes, seconds: float) -> None:
-    """A part of a frame's radiosity pre-pass is in (its cache, or nothing when its rows turned out to use
-    no radiosity): once every part is, the frame's units may go."""
-    schema.set_state(db, unit, UnitState.DONE, data=cache, seconds=seconds, progress=1.0, lease_expires=None,
-                     error=None)
+def _release_frame(db: sqlite3.Connection, unit: Unit) -> None:
+    """Once every unit of the unit's kind in its frame is stored (every part of a frame's radiosity pre-pass,
+    with its cache or none), the frame's units that waited for them may go."""
     if db.execute("SELECT 1 FROM units WHERE job=? AND frame=? AND kind=? AND state != ? LIMIT 1",
-                  (unit.job, unit.frame, PRETRACE, UnitState.DONE.value)).fetchone():
+                  (unit.job, unit.frame, unit.kind, UnitState.DONE.value)).fetchone():
         return
     for row in db.execute(f"{_SELECT_UNIT} WHERE job=? AND frame=? AND state=?",
                           (unit.job, unit.frame, UnitState.WAITING.value)).fetchall():
