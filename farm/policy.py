@@ -81,10 +81,10 @@ class Queue(Protocol):
 
     def frames_of_other_builds(self, job_id: int, build: str) -> frozenset[int]: ...
 
-    def whole_frame_waits(self, job_id: int, frame: int) -> bool: ...
+    def whole_frame_waits(self, job_id: int, frame: int, kind: str, awaited: str) -> bool: ...
 
-    def frame_units(self, job_id: int,
-                    frame: int) -> tuple[Sequence[scheduler.Finished], Sequence[scheduler.Running]]: ...
+    def frame_units(self, job_id: int, frame: int,
+                    kind: str) -> tuple[Sequence[scheduler.Finished], Sequence[scheduler.Running]]: ...
 
 
 def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: bool = True,
@@ -93,7 +93,7 @@ def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: b
     measured units and the live slots; None when faster slots should have those rows. `watched`: a
     viewer watches the job, so it is worth cutting finer for steady painting. `here`: the controller's
     own machine (see `lone_box_runs`). `overhead`: the node's fixed seconds per unit of the job, as measured."""
-    finished, running = queue.frame_units(unit.job, unit.frame)
+    finished, running = queue.frame_units(unit.job, unit.frame, unit.kind)   # the units cut off it
     nodes = queue.live_nodes()
     slots = {node.id: node.slots for node in nodes}
     runs = 0 if watched else lone_box_runs(nodes, here)
@@ -101,12 +101,13 @@ def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: b
                               overhead)
 
 
-def pretrace_worth_it(queue: Queue, unit: Unit, watched: bool, here: str = "") -> bool:
-    """A frame's radiosity pre-pass is shared by its strips so they match a single render. When the frame
-    will go out whole instead (one box keeps busy with one POV-Ray, nobody watches, and the frame is
-    still one uncut remainder), that one render makes its own radiosity: the pre-pass would be waste."""
+def pretrace_worth_it(queue: Queue, unit: Unit, strips: str, watched: bool, here: str = "") -> bool:
+    """A frame's radiosity pre-pass (`unit`) is shared by its strips (units of kind `strips`) so they match
+    a single render. When the frame will go out whole instead (one box keeps busy with one POV-Ray, nobody
+    watches, and the frame is still one uncut remainder), that one render makes its own radiosity: the
+    pre-pass would be waste."""
     return (watched or lone_box_runs(queue.live_nodes(), here) != 1
-            or not queue.whole_frame_waits(unit.job, unit.frame))
+            or not queue.whole_frame_waits(unit.job, unit.frame, strips, unit.kind))
 
 
 def lone_box_runs(nodes: Sequence[Node], here: str) -> int:

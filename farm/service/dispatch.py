@@ -266,6 +266,10 @@ class _KindsAsked:
     def keeping(self, unit: Unit) -> Keeping:
         return kindparts.of_unit(unit.kind).keeping(unit)
 
+    @property
+    def unbound_units(self) -> tuple[str, ...]:
+        return kindparts.unbound_units()
+
 
 def _judge(unit: Unit, failed_on: frozenset, live: frozenset, *, error: str, scene_error: bool,
            max_attempts: int, now: float):

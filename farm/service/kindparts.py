@@ -56,7 +56,11 @@ class ControllerPart:
     """A kind's controller part. Every method has the behaviour of a kind that has no such thing."""
     result_name = "the result"     # what a refused result is called in the fault ("strip rows", "the video")
     progress_unit = ""     # the kind of unit whose rows measure its job's progress ("": none, done or not)
-    uncounted_unit = ""    # a kind of unit left out of its job's unit counts ("": none)
+    # A kind of unit that is no part of its job's work ("": none): left out of its job's unit counts and of
+    # the farm's limit of open units, and never holding a frame back (its frames' other units' Keeping.optional).
+    uncounted_unit = ""
+    preview_unit = ""      # the kind of unit whose state is its job's status `preview` ("": none)
+    unbound_units: frozenset[str] = frozenset()   # kinds of unit whose lease binds no build (`binds_frames`)
 
     def submit(self, services: Any, params: dict) -> int:
         """Queue a job of the kind from `params` (jobs.kind: plain XML-RPC values, checked here); its id."""
@@ -106,8 +110,10 @@ class ControllerPart:
         return unit.row_end
 
     def binds_frames(self, unit: Unit) -> bool:
-        """Whether leasing the unit binds its frames to its node's build (farm.builds, policy.fits_frames): yes."""
-        return True
+        """Whether leasing the unit binds its frames to its node's build (farm.builds, policy.fits_frames):
+        unless its kind of unit is one of `unbound_units`, which is what the store's reads of a frame's build
+        go by (a kind declares it there, never by overriding this)."""
+        return unit.kind not in self.unbound_units
 
     def retries(self, unit: Unit) -> bool:
         """Whether a unit that failed (its scene not broken) is tried again, or dropped as its job goes on: tried."""
@@ -152,6 +158,21 @@ def binds_frames(unit: Unit) -> bool:
     return of_unit(unit.kind).binds_frames(unit)
 
 
+def _parts() -> list[ControllerPart]:
+    return [jobkinds.part(kind.controller) for kind in list(jobkinds.KINDS.values())]
+
+
+def uncounted_units() -> tuple[str, ...]:
+    """Every loaded kind's `uncounted_unit`: the kinds of unit the farm's limit of open units leaves out, and
+    that hold no frame back when the stitcher looks for complete frames (after a restart too)."""
+    return tuple(sorted({part.uncounted_unit for part in _parts()} - {""}))
+
+
+def unbound_units() -> tuple[str, ...]:
+    """Every loaded kind's `unbound_units`: the kinds of unit the queue's view of a frame's build leaves out."""
+    return tuple(sorted({unit for part in _parts() for unit in part.unbound_units}))
+
+
 # -- a job over another job's frames, with one unit whose result is one file ------------------------
 
 def frames_source(services: Any, source_id: int, kind: str) -> Job:
@@ -169,7 +190,7 @@ def frames_source(services: Any, source_id: int, kind: str) -> Job:
 def queue_one_unit(services: Any, spec: JobSpec) -> int:
     """Store a job of one unit (of the kind's one kind of unit) and wake whoever waits; its id."""
     unit_kind = jobkinds.get(spec.kind).units[0]
-    limits.check_units(spec, 1, services.store.units.open_count())
+    limits.check_units(spec, 1, services.store.units.open_count(uncounted_units()))
     job_id = services.store.jobs.create(spec, [UnitPlan(1, 1, 0, spec.height, unit_kind)], services.clock())
     services.changes.bump()
     services.work.bump()

@@ -39,10 +39,13 @@ class PovrayPart(ControllerPart):
     result_name = "strip rows"
     progress_unit = ROWS          # progress is rows rendered
     uncounted_unit = PREVIEW      # a preview is no strip of the image
+    preview_unit = PREVIEW
+    unbound_units = frozenset({PREVIEW})   # a preview is never part of the image: it goes anywhere
+    waits_for = {ROWS: PRETRACE}  # a frame's rows wait for its radiosity pre-pass: their strips load its cache
 
     def submit(self, services: Any, params: dict) -> int:
         """jobs.submit's spec (jobs.kind "povray" takes the same)."""
-        return services.submissions.submit(submission(params))
+        return services.submissions.submit(submission(params), self.waits_for)
 
     def task_image(self, unit: Unit, job: Job) -> tuple[int, int, tuple[str, ...]]:
         if unit.kind == PREVIEW:
@@ -95,7 +98,8 @@ class PovrayPart(ControllerPart):
         if unit.kind == PREVIEW:
             watched = leasing.job.preview is not PreviewMode.WATCHED or leasing.watched()
             return Worth.LEASE if watched else Worth.WAIT
-        if unit.kind == PRETRACE and not policy.pretrace_worth_it(queue, unit, leasing.watched(), leasing.machine):
+        if unit.kind == PRETRACE and not policy.pretrace_worth_it(queue, unit, ROWS, leasing.watched(),
+                                                                  leasing.machine):
             return Worth.EMPTY
         return Worth.LEASE
 
@@ -104,9 +108,6 @@ class PovrayPart(ControllerPart):
         and the node's measured overhead; finer while a viewer watches."""
         return policy.cut_remainder(queue, unit, leasing.node_id, leasing.job.block, leasing.watched(),
                                     leasing.machine, leasing.overhead())
-
-    def binds_frames(self, unit: Unit) -> bool:
-        return unit.kind != PREVIEW     # a preview is never part of the image: it goes anywhere
 
     def retries(self, unit: Unit) -> bool:
         return unit.kind != PREVIEW     # a preview only helps early on: not worth a retry, never worth the job

@@ -115,7 +115,7 @@ class Stitcher:
         self._queue.wake.clear()
         with self._lock:
             queued, self._queue.frames = self._queue.frames, []
-        pending = set(queued) | set(self._store.jobs.complete_frames())
+        pending = set(queued) | set(self._store.jobs.complete_frames(kindparts.uncounted_units()))
         self._unpacked = _LastUnit()
         for job_id, frame in sorted(pending):
             try:

@@ -8,21 +8,22 @@ to read nor to scan it again.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from farm import limits
 from farm.bundle import checking, rules
 from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.kinds import PREVIEW, PreviewMode
+from farm.kinds import PRETRACE, PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
 from farm import dependencies
 from farm.planning import plan_units, with_pretrace, with_preview
 from farm.radiosity import pretrace_parts
 from farm.records import JobSpec
+from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
 from farm.store import BundleInfo, Store
@@ -135,8 +136,9 @@ class Submissions:
         self._changes, self._work, self._live_slots = changes, work, live_slots
         self._pretrace_bands = pretrace_bands   # farm.config: bands of a radiosity frame's pre-pass
 
-    def submit(self, request: Submission) -> int:
-        """Check a submission against the bundle and the farm's limits, plan its units and queue it."""
+    def submit(self, request: Submission, waits_for: Mapping[str, str]) -> int:
+        """Check a submission against the bundle and the farm's limits, plan its units and queue it (a unit
+        of kind K waiting for its frame's units of kind `waits_for[K]`: POV-Ray's part says which)."""
         spec = self.check(request)
         count = request.strips
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
@@ -149,8 +151,10 @@ class Submissions:
             spec.preview is not PreviewMode.NEVER)
         # A preview is one small extra render for viewers, not part of the job's work.
         limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),
-                           self._store.units.open_count())
-        job_id = self._store.jobs.create(spec, plans, self._clock())
+                           self._store.units.open_count(kindparts.uncounted_units()))
+        # Its frames cut into strips share a radiosity pre-pass: only when one was planned.
+        spec = replace(spec, pretrace=any(plan.kind == PRETRACE for plan in plans))
+        job_id = self._store.jobs.create(spec, plans, self._clock(), waits_for)
         self._changes.bump()
         self._work.bump()
         log.info("job %s queued: %s %dx%d, frames %d-%d, in %d units", job_id, spec.scene, spec.width, spec.height,

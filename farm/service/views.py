@@ -94,7 +94,7 @@ class Views:
             presence = self._presence()
         eta = None if job.ended else self._seconds_left(job.id, part.progress_unit, rows - rendered, presence[0])
         frames = self._store.jobs.frames(job.id)
-        preview = self._store.units.preview_state(job.id)
+        preview = self._store.units.state_of_kind(job.id, part.preview_unit) if part.preview_unit else None
         status = {
             "id": job.id, "name": job.name, "scene": job.scene, "state": job.state.value,
             "progress": round(progress, 4), "width": job.width, "height": job.height,

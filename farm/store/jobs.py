@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Sequence
+from typing import Collection, Mapping, Sequence
 
 from farm.store.db import Database
 from farm.faults import Code, FarmError
-from farm.kinds import PRETRACE, PREVIEW, ROWS
 from farm.planning import UnitPlan
 from farm.records import Frame, Job, JobSpec
 from farm.states import FrameState, JobState, UnitState
@@ -45,10 +44,13 @@ class JobRecords:
     def __init__(self, db: Database):
         self._db = db
 
-    def create(self, spec: JobSpec, plans: Sequence[UnitPlan], now: float) -> int:
-        """Insert a job, a row per frame, and its units. Row units of a frame that has a radiosity
-        pre-pass wait for it."""
-        pretraced = {plan.first_frame for plan in plans if plan.kind == PRETRACE}
+    def create(self, spec: JobSpec, plans: Sequence[UnitPlan], now: float,
+               waits_for: Mapping[str, str] | None = None) -> int:
+        """Insert a job, a row per frame, and its units. A unit of kind K whose frame has units of kind
+        `waits_for[K]` waits for them (its kind's part says: POV-Ray's rows wait for their frame's radiosity
+        pre-pass, `UnitRecords.complete` letting them go, Keeping.releases_frame)."""
+        planned = {(plan.first_frame, plan.kind) for plan in plans}
+        waits = waits_for or {}
         with self._db.write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
@@ -57,7 +59,7 @@ class JobRecords:
                 (spec.name, JobState.QUEUED.value, spec.priority, spec.bundle, spec.scene, spec.width,
                  spec.height, json.dumps(list(spec.options)), spec.channels, spec.bits, spec.first_frame,
                  spec.last_frame, json.dumps(spec.animation.to_spec()) if spec.animation else None, now,
-                 int(bool(pretraced)), spec.block, spec.preview.value, json.dumps(list(spec.require)),
+                 int(spec.pretrace), spec.block, spec.preview.value, json.dumps(list(spec.require)),
                  json.dumps(list(spec.prefer)), json.dumps(list(spec.after)), spec.povray, spec.kind))
             job_id = cur.lastrowid
             db.executemany("INSERT INTO frames (job, number, state) VALUES (?, ?, ?)",
@@ -67,7 +69,7 @@ class JobRecords:
                 "INSERT INTO units (job, frame, frame_last, idx, row_start, row_end, state, kind, remainder)"
                 " VALUES (?,?,?,?,?,?,?,?,?)",
                 [(job_id, plan.first_frame, plan.last_frame, index, plan.row_start, plan.row_end,
-                  _first_state(plan, pretraced).value, plan.kind, int(plan.remainder))
+                  _first_state(plan, planned, waits).value, plan.kind, int(plan.remainder))
                  for index, plan in enumerate(plans)])
             return job_id
 
@@ -146,16 +148,17 @@ class JobRecords:
             row = db.execute("SELECT * FROM frames WHERE job=? AND number=?", (job_id, number)).fetchone()
         return None if row is None else schema.frame(row)
 
-    def complete_frames(self) -> list[tuple[int, int]]:
-        """(job, frame) pairs whose units are all done but whose image is not written yet."""
+    def complete_frames(self, uncounted: Collection[str] = ()) -> list[tuple[int, int]]:
+        """(job, frame) pairs whose units are all done, but those of the kinds `uncounted` (which never hold
+        a frame back: ControllerPart.uncounted_unit, POV-Ray's preview), and whose image is not written yet."""
         with self._db.read() as db:
             return [(row["job"], row["number"]) for row in db.execute(
                 "SELECT f.job, f.number FROM frames f JOIN jobs j ON j.id=f.job"
                 " WHERE f.state IN (?, ?) AND j.state=? AND NOT EXISTS (SELECT 1 FROM units u"
                 " WHERE u.job=f.job AND u.frame <= f.number AND u.frame_last >= f.number AND u.state != ?"
-                " AND u.kind != ?) ORDER BY f.job, f.number",
+                f" AND {schema.not_of(uncounted, 'u.kind')}) ORDER BY f.job, f.number",
                 (FrameState.QUEUED.value, FrameState.RENDERING.value, JobState.RENDERING.value,
-                 UnitState.DONE.value, PREVIEW)).fetchall()]
+                 UnitState.DONE.value, *uncounted)).fetchall()]
 
     def finish_frame(self, job_id: int, frame: int, path: str, now: float) -> bool:
         """Record a written frame image; the job is done when its last frame is. Returns job done."""
@@ -179,6 +182,6 @@ def _open_job(db: sqlite3.Connection, job_id: int) -> Job:
     return job
 
 
-def _first_state(plan: UnitPlan, pretraced: set[int]) -> UnitState:
-    waits = plan.kind == ROWS and plan.first_frame in pretraced
-    return UnitState.WAITING if waits else UnitState.QUEUED
+def _first_state(plan: UnitPlan, planned: set[tuple[int, str]], waits_for: Mapping[str, str]) -> UnitState:
+    awaited = waits_for.get(plan.kind)
+    return UnitState.WAITING if awaited and (plan.first_frame, awaited) in planned else UnitState.QUEUED

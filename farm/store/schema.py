@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
+from typing import Any, Collection
 
 from farm.animation import Animation
 from farm.jobkinds import capability_tags
-from farm.kinds import ROWS, PreviewMode
+from farm.kinds import PreviewMode
 from farm.records import Frame, Job, Node, StoredRows, Unit
 from farm.rows import ZLIB
 from farm.states import ENDED, FrameState, JobState, NodeState, UnitState, check_transition
@@ -179,6 +179,11 @@ def frame(row: sqlite3.Row) -> Frame:
                  povray=row["povray"] or "")
 
 
+def not_of(kinds: Collection[str], column: str = "kind") -> str:
+    """SQL for a unit of none of the kinds of unit `kinds` (their values follow as its parameters)."""
+    return f"{column} NOT IN ({', '.join('?' * len(kinds))})"
+
+
 def unit(row: sqlite3.Row) -> Unit:
     return Unit(
         id=row["id"], job=row["job"], frame=row["frame"], frame_last=row["frame_last"], index=row["idx"],
@@ -196,7 +201,7 @@ UNIT_COLUMNS = ("id, job, frame, frame_last, idx, row_start, row_end, state, kin
 def stored_rows(row: sqlite3.Row) -> StoredRows:
     return StoredRows(frame=row["frame"], frame_last=row["frame_last"], row_start=row["row_start"],
                       row_end=row["row_end"], data=bytes(row["data"]), done_seq=row["done_seq"] or 0,
-                      kind=row["kind"] if "kind" in row.keys() else ROWS,
+                      kind=row["kind"],
                       encoding=row["encoding"] if "encoding" in row.keys() else ZLIB)
 
 

@@ -11,12 +11,11 @@ import json
 import secrets
 import sqlite3
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Collection, Mapping, Protocol, Sequence
 
 from farm.builds import build_of
 from farm.store.db import Database
 from farm.faults import Code, FarmError
-from farm.kinds import PRETRACE, PREVIEW, ROWS
 from farm.policy import Failures, JobInLine
 from farm.records import FailureVerdict, Lease, Node, StoredRows, Unit
 from farm.rows import ZLIB
@@ -28,7 +27,7 @@ from farm.store.nodes import touch
 
 _COVERS = "frame <= ? AND frame_last >= ?"   # a unit that includes a given frame
 _SELECT_UNIT = f"SELECT {schema.UNIT_COLUMNS} FROM units"
-_FRAME_ROWS = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's rows, for every frame it renders
+_ROW_TOTAL = "(row_end - row_start) * (frame_last - frame + 1)"   # a unit's rows, for every frame it renders
 _FRAME_RESULTS = "FROM units WHERE job=? AND frame=? AND kind=? AND state=? AND length(data) > 0"
 
 Chooser = Callable[["_Queue", str, float, tuple, str], "Unit | None"]   # queue, node name, now, its tags, build
@@ -65,9 +64,16 @@ class UnitKinds(Protocol):
 
     def keeping(self, unit: Unit) -> Keeping: ...
 
+    @property
+    def unbound_units(self) -> Collection[str]:
+        """The kinds of unit that bind no build (`binds_frames` is False for theirs): the queue's view of a
+        frame's build (`frames_of_other_builds`) leaves them out."""
+        ...
+
 
 class AsIs:
     """A kind with none of those things: every unit leased whole, binding its frames' build, kept plainly."""
+    unbound_units: Collection[str] = ()
 
     def worth(self, unit: Unit, queue: "_Queue", node_id: str) -> Worth:
         return Worth.LEASE
@@ -119,8 +125,8 @@ class UnitRecords:
         `rows_of`: its kind's, ControllerPart.progress_unit), without reading them all."""
         with self._db.read() as db:
             rows = db.execute(
-                f"SELECT state, COUNT(*) AS n, TOTAL(CASE WHEN kind=? THEN {_FRAME_ROWS} END) AS r,"
-                f" TOTAL(CASE WHEN kind=? THEN {_FRAME_ROWS} * progress END) AS p"
+                f"SELECT state, COUNT(*) AS n, TOTAL(CASE WHEN kind=? THEN {_ROW_TOTAL} END) AS r,"
+                f" TOTAL(CASE WHEN kind=? THEN {_ROW_TOTAL} * progress END) AS p"
                 " FROM units WHERE job=? AND kind != ? GROUP BY state", (rows_of, rows_of, job_id, left_out)).fetchall()
         return {UnitState(row["state"]): UnitCounts(row["n"], int(row["r"]), row["p"]) for row in rows}
 
@@ -134,10 +140,11 @@ class UnitRecords:
                 schema.set_state(db, schema.unit(row), UnitState.QUEUED)
         return bool(rows)
 
-    def preview_state(self, job_id: int) -> UnitState | None:
-        """The state of the job's preview, None when it has none."""
+    def state_of_kind(self, job_id: int, kind: str) -> UnitState | None:
+        """The state of the job's unit of `kind` (its first: POV-Ray's preview, ControllerPart.preview_unit),
+        None when it has none."""
         with self._db.read() as db:
-            row = db.execute("SELECT state FROM units WHERE job=? AND kind=? LIMIT 1", (job_id, PREVIEW)).fetchone()
+            row = db.execute("SELECT state FROM units WHERE job=? AND kind=? LIMIT 1", (job_id, kind)).fetchone()
         return None if row is None else UnitState(row["state"])
 
     def stored_after(self, job_id: int, cursor: int, limit: int) -> list[StoredRows]:
@@ -151,7 +158,8 @@ class UnitRecords:
         """The stored units of `kind` that cover a frame."""
         with self._db.read() as db:
             return [schema.stored_rows(row) for row in db.execute(
-                f"SELECT frame, frame_last, row_start, row_end, data, done_seq, encoding FROM units WHERE job=? AND {_COVERS}"
+                "SELECT frame, frame_last, row_start, row_end, data, done_seq, kind, encoding FROM units"
+                f" WHERE job=? AND {_COVERS}"
                 " AND state=? AND kind=?", (job_id, frame, frame, UnitState.DONE.value, kind)).fetchall()]
 
     def frame_results(self, job_id: int, frame: int, kind: str) -> list[bytes]:
@@ -167,13 +175,14 @@ class UnitRecords:
             return db.execute(f"SELECT 1 {_FRAME_RESULTS}",
                               (job_id, frame, kind, UnitState.DONE.value)).fetchone() is not None
 
-    def open_count(self) -> int:
-        """Units of unfinished jobs still to be rendered: queued, waiting or leased (previews aside)."""
+    def open_count(self, uncounted: Collection[str] = ()) -> int:
+        """Units of unfinished jobs still to be rendered: queued, waiting or leased (those of the kinds
+        `uncounted` aside, no part of their job's work: ControllerPart.uncounted_unit, POV-Ray's preview)."""
         with self._db.read() as db:
             return db.execute(f"SELECT COUNT(*) FROM units WHERE {schema.OPEN_JOBS}"
-                              " AND state IN (?, ?, ?) AND kind != ?",
+                              f" AND state IN (?, ?, ?) AND {schema.not_of(uncounted)}",
                               (UnitState.QUEUED.value, UnitState.WAITING.value, UnitState.LEASED.value,
-                               PREVIEW)).fetchone()[0]
+                               *uncounted)).fetchone()[0]
 
     def cost_samples(self, job_id: int, kind: str, recent: int = 256) -> list[Finished]:
         """The job's `recent` last finished units of `kind` (its kind's rows: ControllerPart.progress_unit)
@@ -181,7 +190,7 @@ class UnitRecords:
         whole); a unit of several frames counts its rows once per frame."""
         with self._db.read() as db:
             return [Finished(row["node"] or "", row["row_start"], row["row_start"] + row["rows"], row["seconds"] or 0.0)
-                    for row in db.execute(f"SELECT node, row_start, {_FRAME_ROWS} AS rows, seconds FROM units"
+                    for row in db.execute(f"SELECT node, row_start, {_ROW_TOTAL} AS rows, seconds FROM units"
                                           " WHERE job=? AND state=? AND kind=? ORDER BY done_seq DESC LIMIT ?",
                                           (job_id, UnitState.DONE.value, kind, recent))]
 
@@ -204,7 +213,7 @@ class UnitRecords:
             node = touch(db, node_id, now)
             if node.state is NodeState.BROKEN:
                 return None
-            queue = _Queue(db)
+            queue = _Queue(db, tuple(kinds.unbound_units))
             build = build_of(node.info)
             unit = choose(queue, node.name, now, node.offers, build)
             while unit is not None and (worth := kinds.worth(unit, queue, node_id)) is not Worth.LEASE:
@@ -409,8 +418,9 @@ class _Queue:
                      " (SELECT 1 FROM json_each(jobs.run_after) d JOIN jobs p ON p.id = d.value"
                      f" WHERE p.state != '{JobState.DONE.value}'))")
 
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db: sqlite3.Connection, unbound: tuple[str, ...] = ()):
         self._db = db
+        self._unbound = unbound    # kinds of unit that bind no build (UnitKinds.unbound_units)
 
     def jobs_with_queued_units(self) -> Sequence[JobInLine]:
         return [JobInLine(row["id"], row["priority"], tuple(json.loads(row["require"])),
@@ -430,33 +440,35 @@ class _Queue:
 
     def frames_of_other_builds(self, job_id: int, build: str) -> frozenset[int]:
         """The job's frames unfinished whose units render on a build other than `build`: a unit of theirs
-        is kept or in flight (a frame whose only unit on its build was handed back may change build)."""
+        that binds its build is kept or in flight (a frame whose only unit on its build was handed back may
+        change build)."""
         return frozenset(row[0] for row in self._db.execute(
             "SELECT f.number FROM frames f WHERE f.job=? AND f.state IN (?, ?) AND f.povray IS NOT NULL"
             " AND f.povray != ? AND EXISTS (SELECT 1 FROM units u WHERE u.job=f.job AND u.frame_last >= f.number"
-            " AND u.frame <= f.number AND u.kind != ? AND u.state IN (?, ?))",
-            (job_id, FrameState.QUEUED.value, FrameState.RENDERING.value, build, PREVIEW, UnitState.DONE.value,
-             UnitState.LEASED.value)))
+            f" AND u.frame <= f.number AND {schema.not_of(self._unbound, 'u.kind')} AND u.state IN (?, ?))",
+            (job_id, FrameState.QUEUED.value, FrameState.RENDERING.value, build, *self._unbound,
+             UnitState.DONE.value, UnitState.LEASED.value)))
 
-    def whole_frame_waits(self, job_id: int, frame: int) -> bool:
-        """Whether the frame's rows are still one remainder, uncut, waiting for its pre-pass, and no part
-        of that pre-pass has begun (once one has, its cache is the frame's: the other parts must follow)."""
+    def whole_frame_waits(self, job_id: int, frame: int, kind: str, awaited: str) -> bool:
+        """Whether the frame's units of `kind` are still one remainder, uncut, waiting for its units of kind
+        `awaited` (POV-Ray's rows, for its radiosity pre-pass), and none of those has begun (once one has,
+        what it leaves is the frame's: the others must follow)."""
         rows = self._db.execute("SELECT remainder, row_start, state FROM units WHERE job=? AND frame=? AND"
-                                " frame_last=? AND kind=?", (job_id, frame, frame, ROWS)).fetchall()
+                                " frame_last=? AND kind=?", (job_id, frame, frame, kind)).fetchall()
         begun = self._db.execute("SELECT 1 FROM units WHERE job=? AND frame=? AND kind=? AND (state=? OR (state=?"
-                                 " AND length(data) > 0)) LIMIT 1", (job_id, frame, PRETRACE, UnitState.LEASED.value,
+                                 " AND length(data) > 0)) LIMIT 1", (job_id, frame, awaited, UnitState.LEASED.value,
                                                                     UnitState.DONE.value)).fetchone()
         return (len(rows) == 1 and rows[0]["remainder"] and rows[0]["row_start"] == 0
                 and rows[0]["state"] == UnitState.WAITING.value and begun is None)
 
-    def frame_units(self, job_id: int, frame: int) -> tuple[list[Finished], list[Running]]:
-        """The frame's finished and leased row units (cut from it: one frame each), as the cost model
-        reads them."""
+    def frame_units(self, job_id: int, frame: int, kind: str) -> tuple[list[Finished], list[Running]]:
+        """The frame's finished and leased units of `kind` (those cut from its remainder: one frame each),
+        as the cost model reads them."""
         finished, running = [], []
         for row in self._db.execute(
                 "SELECT node, row_start, row_end, state, seconds, progress FROM units WHERE job=? AND frame=?"
                 " AND frame_last=? AND kind=? AND state IN (?, ?)",
-                (job_id, frame, frame, ROWS, UnitState.DONE.value, UnitState.LEASED.value)):
+                (job_id, frame, frame, kind, UnitState.DONE.value, UnitState.LEASED.value)):
             if row["state"] == UnitState.DONE.value:
                 finished.append(Finished(row["node"] or "", row["row_start"], row["row_end"], row["seconds"] or 0.0))
             else:
