@@ -209,7 +209,9 @@ class Node:
         for aside in self._asides:
             aside.join(timeout=10)     # a preview in flight is small: let it deliver
         self.uploads.finish()          # results still on their way go out before the node stops
-        self.reaper.finish()           # POV-Ray processes whose images were complete exit (stopped: aborting)
+        if self.reaper.lingering():    # POV-Ray processes whose units are rendered exit (stopped: aborting)
+            log.info("waiting for %d POV-Ray process(es) whose units are rendered to exit", self.reaper.lingering())
+        self.reaper.finish()
         if self._fatal is not None:
             raise self._fatal
         log.info("node %s stopped after %d strips", self.node_id, self.strips_done)

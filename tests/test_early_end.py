@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import threading
@@ -235,11 +236,14 @@ def test_units_are_delivered_before_their_povray_exits_and_stay_exact(farm, tmp_
     assert any(strips.iterdir())                     # their folders wait for them
     assert "the unit is rendered, the process ends in the background" in farm.log("n1")
 
+    node.send_signal(signal.SIGTERM)          # a stop waits for them, as for units at work
+    wait_until(lambda: f"waiting for {units} POV-Ray process(es)" in farm.log("n1"), what="the node to wait")
+    assert node.poll() is None
     release.touch()
+    assert node.wait(60) == 0
     # Reaped, not left as zombies (whose /proc entry stays until their parent waits for them).
-    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in held) and not any(strips.iterdir()),
-               timeout=60, what="the kept processes to exit and be reaped, and their folders to go")
-    assert "after its image was complete" in farm.log("n1") and node.poll() is None
+    assert not any(Path(f"/proc/{pid}").exists() for pid in held) and not any(strips.iterdir())
+    assert farm.log("n1").count("after its image was complete") == units
     for name, spec in cases.items():
         fetched = tmp_path / f"{name}.png"
         fetched.write_bytes(farm.client.call("jobs.fetch", jobs[name]).data)

@@ -126,11 +126,24 @@ class Reaper:
                                  daemon=True).start()
 
     def _ended(self, item: Kept, code: int) -> None:
-        with self._changed:
-            self._kept.remove(item)
-            actions = [] if any(kept.folder == item.folder for kept in self._kept) \
-                else self._after.pop(item.folder, [])
-            self._changed.notify_all()
+        """Log how a kept process ended, run what waited for it, and only then let it go (so `finish` returns
+        with its folder removed)."""
+        self._log_end(item, code)
+        while True:
+            with self._changed:
+                last = not any(kept.folder == item.folder for kept in self._kept if kept is not item)
+                actions = self._after.pop(item.folder, []) if last else []
+                if not actions:
+                    self._kept.remove(item)
+                    self._changed.notify_all()
+                    return
+            for action in actions:
+                try:
+                    action()
+                except Exception:
+                    log.exception("%s: cleaning up after POV-Ray failed", item.label)
+
+    def _log_end(self, item: Kept, code: int) -> None:
         seconds = self.clock() - item.since
         if code == 0:
             log.info("%s: POV-Ray exited %.2f s after its image was complete", item.label, seconds)
@@ -138,10 +151,5 @@ class Reaper:
             log.info("%s: POV-Ray stopped with the node, after its image was complete", item.label)
         else:
             how = f"by signal {-code} {signal_name(-code)}" if code < 0 else f"with code {code}"
-            log.warning("%s: POV-Ray exited %s %.2f s after its image was complete (its unit was taken as rendered)",
-                        item.label, how, seconds)
-        for action in actions:
-            try:
-                action()
-            except Exception:
-                log.exception("%s: cleaning up after POV-Ray failed", item.label)
+            log.warning("%s: POV-Ray exited %s %.2f s after its image was complete (its unit was taken as "
+                        "rendered)", item.label, how, seconds)
