@@ -51,7 +51,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-STARTUP_SECONDS = 0.6     # a POV-Ray process's fixed wall time (start-up and shut-down), measured here
+# A POV-Ray process's fixed wall time as a node reports it: its start-up, 0.35-0.45 s measured here. Not its
+# shut-down (0.3 s more): a unit ends with its image (farm/rendering/finished.py). Too much taken off a short
+# unit's time makes its rows look free and the next node takes all that is left in one unit.
+STARTUP_SECONDS = 0.4
 MIN_UNIT_SECONDS = 1.5    # a unit should work at least this long, by the measured cost per row
 OVERHEAD_RATIO = 4.0      # ...and at least this many times its node's fixed cost per unit (start-up, parse)
 SHARES = 3                # a node's unit is 1/SHARES of its speed-weighted share of the rows left
