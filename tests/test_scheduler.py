@@ -108,6 +108,16 @@ def test_node_speeds_are_told_apart_from_the_cost_of_their_rows():
     assert all(measured[name] == pytest.approx(speed / mean, rel=0.25) for name, speed in speeds.items())
 
 
+def test_short_units_timed_without_povrays_shut_down_do_not_hand_one_node_the_rest():
+    """A node's unit ends with its image: its time holds POV-Ray's start-up (about 0.4 s) but no shut-down. Two
+    one-block probes of a cheap sky, 0.62 s each, leave the rest of the frame to both boxes, not all of it to the
+    first to ask (as when 0.6 s was taken off each: their rows looked all but free)."""
+    finished = [scheduler.Finished("a", 0, 32, 0.62), scheduler.Finished("b", 32, 64, 0.62)]
+    for running in ([], [scheduler.Running("b", 32, 0.0)]):
+        cut = scheduler.next_cut("a", 64, 480, 32, {"a": 2, "b": 2}, finished, running)
+        assert cut is not None and cut < 480
+
+
 def test_the_time_left_comes_from_the_measured_cost():
     assert scheduler.seconds_left(320, [], {"a": 2}) is None
     start_up = scheduler.STARTUP_SECONDS
