@@ -161,8 +161,10 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
         return min(end, start + math.ceil(blocks_left / shares) * block)
     total_speed = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
     fair = (end - start) * costs.speeds.get(node, 1.0) * slots[node] / total_speed    # the node's share
-    # The least rows worth a unit, by the measured cost: never more than the node's share (balance first).
-    least = max(MIN_UNIT_SECONDS * costs.rate(node), min(OVERHEAD_RATIO * overhead * costs.rate(node), fair))
+    # The least rows worth a unit, by the measured cost: never more than the node's share (balance first). The
+    # cost may come from one probe of cheap rows (a sky): measured without POV-Ray's shut-down, 1.5 s of it
+    # can be most of a frame whose lower rows cost ten times as much.
+    least = min(max(MIN_UNIT_SECONDS, OVERHEAD_RATIO * overhead) * costs.rate(node), fair)
     rows = max(fair / SHARES, least)
     blocks = min(blocks_left, max(1, round(rows / block)))
     if blocks_left - blocks < 1 or blocks_left - blocks < least / block / 2:
