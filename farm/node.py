@@ -41,6 +41,7 @@ from farm.rendering.live import LiveSender, LiveWatch, unit_reader
 from farm.hostos import HOST
 from farm.kinds import PREVIEW, ROWS
 from farm.rendering.probe import probe_povray
+from farm.rendering.reaper import Reaper
 from farm.rendering.render import UnitRenderer, output_path, unnamed
 from farm.retry import RETRY_CEILING, grow
 from farm.rendering.task import RenderOutcome, Task
@@ -79,6 +80,7 @@ class Node:
         # Built once, probing bubblewrap once; raises FarmError when --sandbox bwrap cannot be had.
         self.sandbox = sandbox or sandboxes.build(config.sandbox, self.povray, config.max_memory_mb,
                                                   config.max_output_mb)
+        self.reaper = Reaper(self.aborting)   # POV-Ray processes whose unit ended with its image, until they exit
         self.version, self.broken = probe_povray(self.povray, self.sandbox, self.flavour, runner,
                                                  cache=config.probe_cache, scratch=config.work_dir / "probe")
         self.renderer = UnitRenderer(
@@ -87,7 +89,7 @@ class Node:
                                                                 task.lease).data,
             watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing, task),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link,
-            rows_encoding=lambda: FILTERED if FILTERED_ROWS in self.features else ZLIB)
+            rows_encoding=lambda: FILTERED if FILTERED_ROWS in self.features else ZLIB, reaper=self.reaper)
         self.offered = Offered(config, self.broken)   # its kinds of job, and their runners
         self.kinds = self.offered.names
         node_id, features = (lambda: self.node_id), (lambda: self.features)
@@ -207,6 +209,9 @@ class Node:
         for aside in self._asides:
             aside.join(timeout=10)     # a preview in flight is small: let it deliver
         self.uploads.finish()          # results still on their way go out before the node stops
+        if self.reaper.lingering():    # POV-Ray processes whose units are rendered exit (stopped: aborting)
+            log.info("waiting for %d POV-Ray process(es) whose units are rendered to exit", self.reaper.lingering())
+        self.reaper.finish()
         if self._fatal is not None:
             raise self._fatal
         log.info("node %s stopped after %d strips", self.node_id, self.strips_done)
@@ -348,8 +353,8 @@ class Node:
         finally:
             self.beats.forget(lease)
             self.live_sender.ended(lease)     # its rows replace its blocks: those still queued are dropped
-            if not self.config.keep_work:
-                shutil.rmtree(strip_dir, ignore_errors=True)
+            if not self.config.keep_work:   # once its POV-Ray has exited (farm/rendering/reaper.py)
+                self.reaper.after(strip_dir, lambda: shutil.rmtree(strip_dir, ignore_errors=True))
         log.info("job %s strip %s rendered: %s after %.2f s", task.job, task.strip, outcome.kind, outcome.seconds)
         if outcome.kind == "done" and take_next:
             log.info("%s", profile_line(task, outcome, self.clock() - started,

@@ -51,7 +51,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-STARTUP_SECONDS = 0.6     # a POV-Ray process's fixed wall time (start-up and shut-down), measured here
+# A POV-Ray process's fixed wall time as a node reports it: its start-up, 0.35-0.45 s measured here. Not its
+# shut-down (0.3 s more): a unit ends with its image (farm/rendering/finished.py). Too much taken off a short
+# unit's time makes its rows look free and the next node takes all that is left in one unit.
+STARTUP_SECONDS = 0.4
 MIN_UNIT_SECONDS = 1.5    # a unit should work at least this long, by the measured cost per row
 OVERHEAD_RATIO = 4.0      # ...and at least this many times its node's fixed cost per unit (start-up, parse)
 SHARES = 3                # a node's unit is 1/SHARES of its speed-weighted share of the rows left
@@ -158,8 +161,10 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
         return min(end, start + math.ceil(blocks_left / shares) * block)
     total_speed = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
     fair = (end - start) * costs.speeds.get(node, 1.0) * slots[node] / total_speed    # the node's share
-    # The least rows worth a unit, by the measured cost: never more than the node's share (balance first).
-    least = max(MIN_UNIT_SECONDS * costs.rate(node), min(OVERHEAD_RATIO * overhead * costs.rate(node), fair))
+    # The least rows worth a unit, by the measured cost: never more than the node's share (balance first). The
+    # cost may come from one probe of cheap rows (a sky): measured without POV-Ray's shut-down, 1.5 s of it
+    # can be most of a frame whose lower rows cost ten times as much.
+    least = min(max(MIN_UNIT_SECONDS, OVERHEAD_RATIO * overhead) * costs.rate(node), fair)
     rows = max(fair / SHARES, least)
     blocks = min(blocks_left, max(1, round(rows / block)))
     if blocks_left - blocks < 1 or blocks_left - blocks < least / block / 2:

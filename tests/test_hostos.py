@@ -149,6 +149,6 @@ def test_windows_stopping_povray_asks_then_ends_the_whole_tree():
 
     runner = Recorder()
     process = StubbornProcess()
-    povray._stop_group(process, hostos.Host("win32", run=runner))
+    povray.stop_group(process, hostos.Host("win32", run=runner))
     assert runner.calls == [["taskkill", "/PID", "4242", "/T"], ["taskkill", "/PID", "4242", "/T", "/F"]]
     assert process.waits == 2 and process.signals == []

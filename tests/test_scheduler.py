@@ -108,10 +108,27 @@ def test_node_speeds_are_told_apart_from_the_cost_of_their_rows():
     assert all(measured[name] == pytest.approx(speed / mean, rel=0.25) for name, speed in speeds.items())
 
 
+def test_short_units_timed_without_povrays_shut_down_do_not_hand_one_node_the_rest():
+    """A node's unit ends with its image: its time holds POV-Ray's start-up (about 0.4 s) but no shut-down. Two
+    one-block probes of a cheap sky, 0.62 s each, leave the rest of the frame to both boxes, not all of it to the
+    first to ask (as when 0.6 s was taken off each: their rows looked all but free)."""
+    finished = [scheduler.Finished("a", 0, 32, 0.62), scheduler.Finished("b", 32, 64, 0.62)]
+    for running in ([], [scheduler.Running("b", 32, 0.0)]):
+        cut = scheduler.next_cut("a", 64, 480, 32, {"a": 2, "b": 2}, finished, running)
+        assert cut is not None and cut < 480
+    # One probe of the sky measured (0.19 s of tracing): 1.5 s of work at its cost would be most of the frame.
+    # The unit is at most the node's share of what is left (two slots of four: half), the rest left to the others.
+    running = [scheduler.Running("a", 32, 0.3), scheduler.Running("b", 32, 0.5), scheduler.Running("b", 32, 0.4)]
+    for overhead in (0.0, 0.39):
+        assert scheduler.next_cut("a", 160, 480, 32, {"a": 2, "b": 2}, [scheduler.Finished("a", 0, 32, 0.59)],
+                                  running, overhead=overhead) == 320
+
+
 def test_the_time_left_comes_from_the_measured_cost():
     assert scheduler.seconds_left(320, [], {"a": 2}) is None
-    finished = [scheduler.Finished("a", 0, 32, 0.6 + 3.2), scheduler.Finished("a", 32, 64, 0.6 + 3.2)]
-    assert scheduler.seconds_left(320, finished, {"a": 2}) == pytest.approx(320 * 0.1 / 2 + 0.6)
+    start_up = scheduler.STARTUP_SECONDS
+    finished = [scheduler.Finished("a", 0, 32, start_up + 3.2), scheduler.Finished("a", 32, 64, start_up + 3.2)]
+    assert scheduler.seconds_left(320, finished, {"a": 2}) == pytest.approx(320 * 0.1 / 2 + start_up)
     assert scheduler.seconds_left(0, finished, {"a": 2}) == 0.0
     assert scheduler.seconds_left(10, finished, {}) is None
 
@@ -208,8 +225,8 @@ def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first
     farm.call("nodes.release", nodes[0], first["lease"])                 # handed back: it goes before the rest
     again = farm.call("nodes.poll", nodes[0])
     assert (again["row_start"], again["row_end"], again["strip"]) == (0, 32, first["strip"])
-    farm.call("nodes.complete", nodes[0], again["lease"], rows_for(again, 1), 0.6 + 3.2)   # 0.1 s a row
-    farm.call("nodes.complete", nodes[1], second["lease"], rows_for(second, 2), 0.6 + 3.2)
+    farm.call("nodes.complete", nodes[0], again["lease"], rows_for(again, 1), scheduler.STARTUP_SECONDS + 3.2)   # 0.1 s a row
+    farm.call("nodes.complete", nodes[1], second["lease"], rows_for(second, 2), scheduler.STARTUP_SECONDS + 3.2)
     # The time left at the measured cost: 416 rows at 0.1 s over 4 slots, plus a start-up.
     assert farm.call("jobs.status", job)["eta"] == pytest.approx(416 * 0.1 / 4 + scheduler.STARTUP_SECONDS, abs=0.1)
     # Measured: 0.1 s a row on both nodes; 13 blocks left over 2 nodes: a third of a half first.
@@ -220,7 +237,8 @@ def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first
         if not task:
             break
         sizes.append(task["row_end"] - task["row_start"])
-        farm.call("nodes.complete", name, task["lease"], rows_for(task, 3), 0.6 + 0.1 * sizes[-1])
+        farm.call("nodes.complete", name, task["lease"], rows_for(task, 3),
+                  scheduler.STARTUP_SECONDS + 0.1 * sizes[-1])
     assert sum(sizes) == 480 - 64 and sizes[0] == 32 * round(416 / 2 / 3 / 32) and all(s % 32 == 0 for s in sizes)
     assert sizes == sorted(sizes, reverse=True)
     farm.settle()
@@ -247,7 +265,7 @@ def test_a_watched_jobs_eta_refits_its_cost_model_every_few_seconds_not_on_every
 
     def store_one() -> None:
         task = farm.call("nodes.poll", n)
-        seconds = 0.6 + 0.1 * (task["row_end"] - task["row_start"])
+        seconds = scheduler.STARTUP_SECONDS + 0.1 * (task["row_end"] - task["row_start"])
         farm.call("nodes.complete", n, task["lease"], rows_for(task, 1), seconds)
 
     assert "eta" not in farm.call("jobs.status", job)                         # nothing measured yet
@@ -479,7 +497,7 @@ def test_a_node_that_says_its_units_cost_much_besides_tracing_gets_larger_ones(t
             task = farm.call("nodes.poll", name)
             extra = () if overhead is None else ("zlib", {}, overhead)
             farm.call("nodes.complete", name, task["lease"], rows_for(task, 1),
-                      0.6 + 0.01 * (task["row_end"] - task["row_start"]), *extra)
+                      scheduler.STARTUP_SECONDS + 0.01 * (task["row_end"] - task["row_start"]), *extra)
         task = farm.call("nodes.poll", nodes[0])
         sizes[overhead] = task["row_end"] - task["row_start"]
         store.close()

@@ -13,6 +13,21 @@ def decode_ppm(data: bytes) -> Raster:
     platform there). maxval 255 gives 8-bit samples, 65535 16-bit big-endian.
     """
     data = bytes(data)
+    width, height, bits, pos = ppm_header(data)
+    expected = row_size(width, 3, bits) * height
+    body = data[pos:]
+    if len(body) != expected:
+        what = "truncated" if len(body) < expected else "followed by extra bytes"
+        raise ValueError(
+            f"The {width}x{height} PPM is {what}: {len(body)} bytes of samples, "
+            f"expected {expected}."
+        )
+    return Raster(width, height, 3, bits, body)
+
+
+def ppm_header(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, bits, where the samples start) of a binary PPM's header at the start of `data`;
+    ValueError when it is not one, or is cut short."""
     if not data.startswith(b"P6"):
         raise ValueError("The image is not a binary PPM (it does not start with 'P6').")
     pos = 2
@@ -38,15 +53,7 @@ def decode_ppm(data: bytes) -> Raster:
         raise ValueError(f"PPM maxval {maxval} is not supported (only 255 and 65535).")
     if width < 1 or height < 1:
         raise ValueError(f"The PPM has an empty size ({width}x{height}).")
-    expected = row_size(width, 3, bits) * height
-    body = data[pos:]
-    if len(body) != expected:
-        what = "truncated" if len(body) < expected else "followed by extra bytes"
-        raise ValueError(
-            f"The {width}x{height} PPM is {what}: {len(body)} bytes of samples, "
-            f"expected {expected}."
-        )
-    return Raster(width, height, 3, bits, body)
+    return width, height, bits, pos
 
 
 def _skip_ppm_space(data: bytes, pos: int) -> int:

@@ -15,13 +15,17 @@ import signal
 import subprocess
 import time
 from pathlib import Path, PureWindowsPath
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from farm.hostos import HOST, Host, Limits
+
+if TYPE_CHECKING:
+    from farm.rendering.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
 TERMINATE_GRACE = 3.0   # seconds between asking a process group to stop and killing it
+EARLY_EVERY = 0.05      # seconds between two looks at whether a run's work is done (a few file sizes)
 _PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
 _ERROR_START = re.compile(r"(Parse Error|Possible Parse Error|Fatal error|Failed to parse|Render failed|"
                           r"Invalid |Error:|Cannot )")
@@ -37,6 +41,7 @@ class ProcessResult:
     timed_out: bool
     stopped: bool               # stopped on request (cancel / shutdown)
     seconds: float
+    early: bool = False         # its work was seen done before it exited: returncode 0, the process kept on
 
     def describe(self) -> str:
         """One sentence: how POV-Ray ended, with the signal and what it means in plain words."""
@@ -99,7 +104,7 @@ def out_of_memory(stderr: str) -> bool:
     return bool(_OUT_OF_MEMORY.search(stderr))
 
 
-def _stop_group(process: subprocess.Popen, host: Host) -> None:
+def stop_group(process: subprocess.Popen, host: Host) -> None:
     """Ask the process and everything below it to stop (SIGTERM: POV-Ray then closes its files, such as
     a radiosity cache), then its whole tree, then kill the tree if it does not go within the grace
     period."""
@@ -119,32 +124,55 @@ def _stop_group(process: subprocess.Popen, host: Host) -> None:
     process.wait()
 
 
+@dataclasses.dataclass(frozen=True)
+class EarlyEnd:
+    """How a run may end before its process does: `done()` says the process's work is complete (its image
+    and statistics written); `keeper` starts the process and keeps it afterwards, under `label` (the job and
+    unit, for its log), with `folder` waiting for it to end."""
+    done: Callable[[], bool]
+    keeper: "Reaper"
+    label: str
+    folder: Path
+
+
 def run_process(argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path,
                 timeout: float = 0.0, should_stop: Callable[[], bool] = lambda: False,
-                check_every: float = 0.5, limits: Limits | None = None, host: Host = HOST) -> ProcessResult:
+                check_every: float = 0.5, limits: Limits | None = None, host: Host = HOST,
+                early: EarlyEnd | None = None) -> ProcessResult:
     """Run argv with stdout discarded and stderr into log_path, under `limits` where the platform allows.
 
     `should_stop` is called about every `check_every` seconds (the node sends heartbeats from it);
-    when it returns True, or the timeout passes, the process group is stopped."""
+    when it returns True, or the timeout passes, the process group is stopped. With `early`, the run also
+    ends when `early.done()` (asked every EARLY_EVERY s) says the work is complete: it returns as a success
+    seen early, and the process, started by `early.keeper`, is left to it with what is left of the timeout."""
     started = time.monotonic()
     flags = host.popen_options(limits)
+    popen = early.keeper.popen if early is not None else subprocess.Popen
+    step = min(check_every, EARLY_EVERY) if early is not None else check_every
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(list(argv), cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=log_file, **flags)
+        process = popen(list(argv), cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL, stderr=log_file, **flags)
         timed_out = stopped = False
+        checked = started
         while True:
             try:
-                process.wait(check_every)
+                process.wait(step)
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if timeout and time.monotonic() - started > timeout:
+            if early is not None and early.done():
+                early.keeper.adopt(process, started + timeout if timeout else None, early.label, early.folder)
+                return ProcessResult(0, None, False, False, time.monotonic() - started, early=True)
+            if time.monotonic() - checked < check_every:
+                continue
+            checked = time.monotonic()
+            if timeout and checked - started > timeout:
                 timed_out = True
             elif should_stop():
                 stopped = True
             else:
                 continue
-            _stop_group(process, host)
+            stop_group(process, host)
             break
     code = process.returncode
     return ProcessResult(

@@ -35,6 +35,8 @@ from farm.options import check_libraries, without_antialiasing
 from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
 from farm.rendering.live import FIRST_READ_EVERY, READ_EVERY
 from farm.rendering import written
+from farm.rendering.finished import frame_files, unit_done
+from farm.rendering.reaper import Reaper
 from farm.rendering.task import RenderOutcome, Task
 from farm.unitlog import UnitLog
 
@@ -56,8 +58,9 @@ class UnitRenderer:
                  runner: Callable[..., povray.ProcessResult], fetch_bundle: Callable[[str], bytes],
                  fetch_radiosity_cache: Callable[[Task], bytes], watch: WatchFactory, aborting: threading.Event,
                  flavour: str = povray.CONSOLE, slow_link: Callable[[], bool] = lambda: False,
-                 rows_encoding: Callable[[], str] = lambda: FILTERED):
+                 rows_encoding: Callable[[], str] = lambda: FILTERED, reaper: Reaper | None = None):
         self.config, self.povray, self.sandbox, self.runner = config, program, sandbox, runner
+        self.reaper = reaper    # keeps a POV-Ray whose image is complete until it exits; None: wait for the exit
         self.flavour = flavour      # povray.CONSOLE or povray.PVENGINE (the Windows GUI, driven by INI file)
         self._fetch_bundle, self._fetch_radiosity_cache, self._watch = fetch_bundle, fetch_radiosity_cache, watch
         self.aborting = aborting
@@ -157,9 +160,14 @@ class UnitRenderer:
         # A pre-pass is watched closely: every moment past the pretrace is a final pass nobody keeps; rows
         # as often as their render state file is read, for whenever a viewer watches.
         started = time.time()
+        early = self._early_end(task, strip_dir, output, bool(animation), pretrace)
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
-                             check_every=0.1 if pretrace is not None else FIRST_READ_EVERY if task.live else READ_EVERY)
+                             check_every=0.1 if pretrace is not None else FIRST_READ_EVERY if task.live else READ_EVERY,
+                             **({"early": early} if early is not None else {}))
+        if result.early:
+            log.info("job %s strip %s: POV-Ray's image is complete after %.2f s; the unit is rendered, the "
+                     "process ends in the background", task.job, task.strip, result.seconds)
         result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
         if self.flavour == povray.PVENGINE:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
@@ -170,6 +178,16 @@ class UnitRenderer:
         if outcome.kind not in ("done", "failed"):
             return outcome
         return dataclasses.replace(outcome, log=self._unit_log(argv, result, started, log_path, scene.parent))
+
+    def _early_end(self, task: Task, strip_dir: Path, output: Path, animated: bool,
+                   pretrace: radiosity.PretraceWatch | None) -> povray.EarlyEnd | None:
+        """How the run may end when the unit's images and statistics are written, before POV-Ray exits
+        (farm/rendering/finished.py): not for a radiosity pre-pass (its cache is written at the end) nor the
+        Windows GUI engine (whose messages are read when it has exited)."""
+        if self.reaper is None or pretrace is not None or self.flavour != povray.CONSOLE:
+            return None
+        done = functools.partial(unit_done, output, task.frames, animated, strip_dir / "povray.log")
+        return povray.EarlyEnd(done, self.reaper, f"job {task.job} strip {task.strip}", strip_dir)
 
     def _unit_log(self, argv: list[str], result: povray.ProcessResult, started: float, log_path: Path,
                   scene_dir: Path) -> UnitLog:
@@ -196,7 +214,7 @@ class UnitRenderer:
         if shared:
             log.info("job %s strip %s: %s", task.job, task.strip, shared)
         try:
-            rows = b"".join(self._strip_rows(path, task) for path in _frame_files(output, frames, animated))
+            rows = b"".join(self._strip_rows(path, task) for path in frame_files(output, frames, animated))
         except FileNotFoundError:
             return _failed(f"POV-Ray reported no error but wrote no image on node {self.config.name}", False)
         except OSError as err:
@@ -292,23 +310,3 @@ def _photon_key(task: Task) -> str:
     anti-aliasing, so a frame's preview (rendered without it) shoots the map its strips load."""
     parts = [task.bundle, task.scene, str(task.frame), *without_antialiasing(task.options), *task.animation]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-def _frame_files(output: Path, frames: range, animated: bool) -> list[Path]:
-    """The image files POV-Ray wrote for these frames: `strip.ppm` for a still; for an animation,
-    `strip<N>.ppm` with N zero-padded to the width of the final frame number."""
-    if not animated:
-        return [output]
-    found = {}
-    for path in output.parent.glob(f"{output.stem}*{output.suffix}"):
-        number = path.name[len(output.stem):-len(output.suffix)]
-        if number.isdigit():
-            found[int(number)] = path
-    if len(frames) == 1 and frames[0] not in found and output.exists():
-        return [output]   # an animation of one frame (+KFI1 +KFF1): POV-Ray writes no number
-    missing = [frame for frame in frames if frame not in found]
-    if missing:
-        raise ValueError(f"POV-Ray wrote no image for frame {missing[0]}")
-    return [found[frame] for frame in frames]
-
-
