@@ -39,6 +39,8 @@ class Kind:
     units: tuple[str, ...]   # the kinds of unit its jobs hold (farm.kinds for the built-in ones)
     controller: str       # "module:attribute": its controller part (farm.service.kindparts.ControllerPart)
     node: str             # "module:attribute": its node part, called with the node, giving its unit runner
+    live_units: tuple[str, ...] = ()    # kinds of unit whose runs leave finished blocks to send while watched
+    aside_units: tuple[str, ...] = ()   # kinds of unit a node renders beside its slot's work, not in its place
 
 
 KINDS: dict[str, Kind] = {}
@@ -158,6 +160,18 @@ def offered_by(info: dict) -> tuple[str, ...]:
     return tuple(kind for kind in KINDS if isinstance(offered, (list, tuple)) and kind in offered)
 
 
+def sends_live(unit_kind: str) -> bool:
+    """Whether a node sends the finished blocks of a unit of `unit_kind` as it renders, while a viewer
+    watches (its kind declares it in `live_units`)."""
+    return unit_kind in of_unit(unit_kind).live_units
+
+
+def runs_aside(unit_kind: str) -> bool:
+    """Whether a node renders a unit of `unit_kind` beside its slot's work instead of in its place (a small
+    unit nobody waits behind: its kind declares it in `aside_units`)."""
+    return unit_kind in of_unit(unit_kind).aside_units
+
+
 def own_tags(tags: tuple[str, ...]) -> tuple[str, ...]:
     """A node's tags without the capability tags of its kinds, for showing."""
     return tuple(tag for tag in tags if not tag.startswith(CAPABILITY_PREFIX))
@@ -176,5 +190,5 @@ def _program(kind: Kind) -> str:
 
 # The kinds this farm is built with: POV-Ray's scenes rendered into frames, and an animation's video.
 register(Kind(POVRAY, "povray", ".png", (ROWS, PRETRACE, PREVIEW), "farm.service.povray_kind:PART",
-              "farm.rendering.kindparts:povray"))
+              "farm.rendering.kindparts:povray", live_units=(ROWS,), aside_units=(PREVIEW,)))
 register(Kind(VIDEO, "ffmpeg", ".mp4", (VIDEO,), "farm.service.videos:PART", "farm.rendering.encode:node_part"))

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farm import __version__, tags
+from farm import __version__, jobkinds, tags
 from farm.rendering import povray
 from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
@@ -39,7 +39,6 @@ from farm.rendering.kindparts import Offered
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.live import LiveSender, LiveWatch, unit_reader
 from farm.hostos import HOST
-from farm.kinds import PREVIEW, ROWS
 from farm.rendering.probe import probe_povray
 from farm.rendering.reaper import Reaper
 from farm.rendering.render import UnitRenderer, output_path, unnamed
@@ -51,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_BYTES = 4096   # the most error text a node sends for one strip
 POLL_WAIT = 20.0         # seconds a poll may wait at the controller for work (it may shorten it)
-PREVIEW_FIRST_WAIT = 2.0  # seconds a finished strip may wait for its job's preview, so viewers get that first
+ASIDE_FIRST_WAIT = 2.0   # seconds a finished unit may wait for its job's unit aside (a preview), so viewers get that first
 # Faults that waiting cannot cure: the token is refused or has the wrong role. Every other fault,
 # and an unreachable controller, means back off and try again.
 FATAL = frozenset({Code.UNAUTHORIZED, Code.FORBIDDEN})
@@ -102,7 +101,7 @@ class Node:
         self._slot = threading.local()      # a unit's Ahead and Overlap, and when its slot's last unit ended
         heartbeat = HeartbeatCall(client, node_id, features)
         self.uploads = Uploads(max(1, config.slots), deliver=lambda lease, outcome: self.delivery.complete(
-            lease, outcome, False), before=self._preview_first, heartbeat=heartbeat, clock=clock,
+            lease, outcome, False), before=self._aside_first, heartbeat=heartbeat, clock=clock,
             beat_interval=self.beat_interval)
         self.beats = Beats(self._heartbeat(heartbeat), clock, self.beat_interval, self.uploads.pending,
                            self.uploads.renewed)
@@ -151,7 +150,7 @@ class Node:
         (farm/rendering/live.py). `progress(log_path)`: how far the unit is (default: POV-Ray's log read)."""
         watch = LeaseWatch(lease, log_path, self.beats.report, self.clock, self.beat_interval, self.aborting,
                            when_tracing, progress)
-        if task is None or task.kind != ROWS or LIVE_BLOCKS not in self.features:
+        if task is None or not jobkinds.sends_live(task.kind) or LIVE_BLOCKS not in self.features:
             return self._ahead_of(task, log_path, watch)
         self.live_sender.start(lease, task.live)
         strip_dir, output = log_path.parent, output_path(task, log_path.parent)
@@ -298,8 +297,8 @@ class Node:
                     self._release(task)
                     task = ahead.take()
                     continue
-                if isinstance(task, Task) and task.kind == PREVIEW:
-                    task = self._preview_aside(task, node_id)
+                if isinstance(task, Task) and jobkinds.runs_aside(task.kind):
+                    task = self._render_aside(task, node_id)
                     continue
                 task = overlap.next_after(task)    # a unit started early, leased ahead, handed back, or None
         finally:
@@ -320,21 +319,21 @@ class Node:
         self.beats.forget(task.lease)
         self.delivery.call("nodes.release", task.lease)
 
-    def _preview_aside(self, task: Task, node_id: str) -> Task | None:
-        """A preview is small: it renders beside the slot's strips instead of in their place, so it costs the
-        job almost nothing (its POV-Ray mostly waits on start-up). Returns the slot's next task, or None."""
-        aside = threading.Thread(target=self.work, args=(task, False), name=f"preview-{task.job}", daemon=True)
+    def _render_aside(self, task: Task, node_id: str) -> Task | None:
+        """A unit its kind renders aside (POV-Ray's preview) is small: beside the slot's units, not in their
+        place, it costs the job almost nothing (it mostly waits on start-up). Returns the slot's next task."""
+        aside = threading.Thread(target=self.work, args=(task, False), name=f"aside-{task.job}", daemon=True)
         with self._registration:
             self._asides = [*(thread for thread in self._asides if thread.is_alive()), aside]
         aside.start()
         return _task(self.downloads.poll(node_id, 0))
 
-    def _preview_first(self, job: int) -> None:
-        """Viewers should get a job's preview before its first rows: a strip that beat the preview
-        rendering beside it waits for it, at most PREVIEW_FIRST_WAIT seconds."""
+    def _aside_first(self, job: int) -> None:
+        """Viewers should get a job's preview before its first rows: a unit that beat the unit rendering
+        aside waits for it, at most ASIDE_FIRST_WAIT seconds."""
         with self._registration:
-            asides = [thread for thread in self._asides if thread.name == f"preview-{job}" and thread.is_alive()]
-        deadline = time.monotonic() + PREVIEW_FIRST_WAIT
+            asides = [thread for thread in self._asides if thread.name == f"aside-{job}" and thread.is_alive()]
+        deadline = time.monotonic() + ASIDE_FIRST_WAIT
         for thread in asides:
             thread.join(max(0.0, deadline - time.monotonic()))
 
@@ -366,7 +365,7 @@ class Node:
             return None
         if outcome.kind == "done":
             if take_next:
-                self._preview_first(task.job)
+                self._aside_first(task.job)
             return _task(self.delivery.complete(lease, outcome, take_next))
         if outcome.kind == "failed":
             message = error_text(outcome.error, strip_dir / "scene", self.config.work_dir)

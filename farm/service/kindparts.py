@@ -124,8 +124,9 @@ class ControllerPart:
         return PLAIN
 
     def sends_live(self, unit: Unit) -> bool:
-        """Whether a node sends the unit's finished blocks as it renders, while a viewer watches: no."""
-        return False
+        """Whether a node sends the unit's finished blocks as it renders, while a viewer watches: as its kind
+        declares (`jobkinds.Kind.live_units`, which the node goes by too)."""
+        return jobkinds.sends_live(unit.kind)
 
     def loads_frame_cache(self, store: Store, job: Job, unit: Unit) -> bool:
         """Whether the node fetches a cache its frame's earlier units left (nodes.radiosity_cache): no."""

@@ -115,9 +115,6 @@ class PovrayPart(ControllerPart):
     def keeping(self, unit: Unit) -> Keeping:
         return _KEEPING.get(unit.kind, PLAIN)
 
-    def sends_live(self, unit: Unit) -> bool:
-        return unit.kind == ROWS
-
     def loads_frame_cache(self, store: Store, job: Job, unit: Unit) -> bool:
         """A strip of a frame whose radiosity pre-pass left a cache loads it."""
         return job.pretrace and unit.kind == ROWS and store.units.has_frame_result(job.id, unit.frame, PRETRACE)
