@@ -30,7 +30,9 @@ others need for the rest.
   times what each unit of the job costs its node besides tracing (POV-Ray's start-up, the parse, loading
   caches: the node measures it and says so with each result) unless that is more than the node's share of
   what is left, so a cheap scene, or one whose parse is dear, is not cut into pieces whose fixed cost
-  outweighs their work: it gets fewer, larger units.
+  outweighs their work: it gets fewer, larger units. Only where the rows just above the cut are measured:
+  below rows still rendering the cost is read from rows further up, and a unit sized by a sky's cost that
+  runs into a dear middle is one box's tail (stackertransp), so there the unit stays the guided third.
 - One box, nobody watching: when every live slot is on the controller's own machine (the nodes report
   which kernel they run on) and no viewer watches the job, a whole frame's rows cost nothing to deliver
   (elsewhere they would go up after it, on an uplink that may be slow) and there is nothing to balance:
@@ -165,6 +167,10 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     # cost may come from one probe of cheap rows (a sky): measured without POV-Ray's shut-down, 1.5 s of it
     # can be most of a frame whose lower rows cost ten times as much.
     least = min(max(MIN_UNIT_SECONDS, OVERHEAD_RATIO * overhead) * costs.rate(node), fair)
+    if not any(unit.row_end == start for unit in finished):
+        # The rows just above the cut are still rendering: the cost comes from rows further up, a guess where
+        # a frame's middle costs tens of times its sky (stackertransp: one such unit ran 9 s past the rest).
+        least = min(least, fair / SHARES)
     rows = max(fair / SHARES, least)
     blocks = min(blocks_left, max(1, round(rows / block)))
     if blocks_left - blocks < 1 or blocks_left - blocks < least / block / 2:

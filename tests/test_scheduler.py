@@ -117,11 +117,15 @@ def test_short_units_timed_without_povrays_shut_down_do_not_hand_one_node_the_re
         cut = scheduler.next_cut("a", 64, 480, 32, {"a": 2, "b": 2}, finished, running)
         assert cut is not None and cut < 480
     # One probe of the sky measured (0.19 s of tracing): 1.5 s of work at its cost would be most of the frame.
-    # The unit is at most the node's share of what is left (two slots of four: half), the rest left to the others.
+    # Measured just above the cut, the unit is at most the node's share of what is left (two slots of four:
+    # half), the rest left to the others; measured further up, with the rows between still rendering, the
+    # cost is a guess and the unit the guided third of that share (two blocks), not a blind tail.
     running = [scheduler.Running("a", 32, 0.3), scheduler.Running("b", 32, 0.5), scheduler.Running("b", 32, 0.4)]
     for overhead in (0.0, 0.39):
-        assert scheduler.next_cut("a", 160, 480, 32, {"a": 2, "b": 2}, [scheduler.Finished("a", 0, 32, 0.59)],
+        assert scheduler.next_cut("a", 160, 480, 32, {"a": 2, "b": 2}, [scheduler.Finished("a", 128, 160, 0.59)],
                                   running, overhead=overhead) == 320
+        assert scheduler.next_cut("a", 160, 480, 32, {"a": 2, "b": 2}, [scheduler.Finished("a", 0, 32, 0.59)],
+                                  running, overhead=overhead) == 224
 
 
 def test_the_time_left_comes_from_the_measured_cost():
