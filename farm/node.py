@@ -208,8 +208,8 @@ class Node:
         for aside in self._asides:
             aside.join(timeout=10)     # a preview in flight is small: let it deliver
         self.uploads.finish()          # results still on their way go out before the node stops
-        if self.reaper.lingering():    # POV-Ray processes whose units are rendered exit (stopped: aborting)
-            log.info("waiting for %d POV-Ray process(es) whose units are rendered to exit", self.reaper.lingering())
+        if lingering := self.reaper.lingering():   # rendered units' POV-Ray processes exit (stopped: aborting)
+            log.info("waiting for %d POV-Ray process(es) whose units are rendered to exit", lingering)
         self.reaper.finish()
         if self._fatal is not None:
             raise self._fatal

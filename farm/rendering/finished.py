@@ -53,17 +53,23 @@ def frame_files(output: Path, frames: range, animated: bool) -> list[Path]:
     first frame it has not written (yet)."""
     if not animated:
         return [output]
-    found = {}
-    for path in output.parent.glob(f"{glob.escape(output.stem)}*{output.suffix}"):
-        number = path.name[len(output.stem):-len(output.suffix)]
-        if number.isdigit():
-            found[int(number)] = path
+    found = numbered(output.parent, output.stem, output.suffix)
     if len(frames) == 1 and frames[0] not in found and output.exists():
         return [output]   # an animation of one frame (+KFI1 +KFF1): POV-Ray writes no number
     missing = [frame for frame in frames if frame not in found]
     if missing:
         raise ValueError(f"POV-Ray wrote no image for frame {missing[0]}")
     return [found[frame] for frame in frames]
+
+
+def numbered(folder: Path, stem: str, suffix: str) -> dict[int, Path]:
+    """`<stem><N><suffix>` files in `folder` by N (POV-Ray numbers an animation's files by frame)."""
+    found = {}
+    for path in folder.glob(f"{glob.escape(stem)}*{suffix}"):
+        number = path.name[len(stem):len(path.name) - len(suffix)]
+        if number.isdigit():
+            found[int(number)] = path
+    return found
 
 
 def unit_done(output: Path, frames: range, animated: bool, log_path: Path) -> bool:

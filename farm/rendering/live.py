@@ -35,6 +35,7 @@ from farm.faults import FarmError
 from farm.images.png import decode_png
 from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
+from farm.rendering.finished import STATE_SUFFIX, numbered
 from farm.rendering.gamma import Encoding, GammaSpec
 from farm.rendering.statefile import HEADER_SIZE, read_blocks
 from farm.rendering.task import Task
@@ -42,7 +43,6 @@ from farm.wire import Binary
 
 log = logging.getLogger(__name__)
 
-STATE_SUFFIX = ".pov-state"
 READ_EVERY = 0.3             # seconds between two reads of the state file
 FIRST_READ_EVERY = 0.05      # ... until its first blocks are found: the first pixels come as soon as they can
 QUEUE_BYTES = 512 * 1024     # bytes of blocks waiting to go up, per node
@@ -146,7 +146,7 @@ class FramesReader:
     def _files(self, suffix: str) -> dict[int, Path]:
         """The run's files by frame. An animation of one frame from 0 to 0 or 1 to 1 (`+KFI1 +KFF1`) is a
         still to POV-Ray (its front end's rule): its files carry no frame number (`strip.pov-state`)."""
-        found = _numbered(self.output.parent, self.output.stem, suffix)
+        found = numbered(self.output.parent, self.output.stem, suffix)
         if not found and len(self.frames) == 1:
             path = self.output.with_suffix(suffix)
             return {self.frames[0]: path} if path.exists() else {}
@@ -177,16 +177,6 @@ def unit_reader(output: Path, log_path: Path, scene_path: Path, task: Task) -> S
     if task.animation:
         return FramesReader(output, log_path, scene_path, task.frames, range(task.row_start, task.row_end))
     return StateFileReader(output.with_suffix(STATE_SUFFIX), log_path, scene_path, task.frame)
-
-
-def _numbered(folder: Path, stem: str, suffix: str) -> dict[int, Path]:
-    """`<stem><N><suffix>` files in `folder` by N (POV-Ray numbers an animation's files by frame)."""
-    found = {}
-    for path in folder.glob(f"{stem}*{suffix}"):
-        number = path.name[len(stem):len(path.name) - len(suffix)]
-        if number.isdigit():
-            found[int(number)] = path
-    return found
 
 
 def rgb8(raster: Raster) -> bytes:

@@ -261,7 +261,7 @@ class _KindsAsked:
         return kindparts.of_unit(unit.kind).cut(unit, queue, self._dispatcher.leasing(unit, node_id))
 
     def binds_frames(self, unit: Unit) -> bool:
-        return kindparts.of_unit(unit.kind).binds_frames(unit)
+        return kindparts.binds_frames(unit)
 
     def keeping(self, unit: Unit) -> Keeping:
         return kindparts.of_unit(unit.kind).keeping(unit)

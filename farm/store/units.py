@@ -372,13 +372,12 @@ def _cut(db: sqlite3.Connection, remainder: Unit, end: int) -> Unit:
 def _keep(db: sqlite3.Connection, unit: Unit, data: bytes, seconds: float, encoding: str,
           keeping: Keeping) -> tuple[int, ...]:
     """The unit done with its result, kept as its kind says; the frames it completes."""
+    fed = {}    # a unit fed to viewers takes the job's next number in their feed, and its encoding
     if keeping.fed:
-        seq = db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM units WHERE job=?", (unit.job,)).fetchone()[0]
-        schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0,
-                         lease_expires=None, error=None, done_seq=seq, encoding=encoding)
-    else:
-        schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0, lease_expires=None,
-                         error=None)
+        fed = {"done_seq": db.execute("SELECT COALESCE(MAX(done_seq), 0) + 1 FROM units WHERE job=?",
+                                      (unit.job,)).fetchone()[0], "encoding": encoding}
+    schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0, lease_expires=None,
+                     error=None, **fed)
     if keeping.releases_frame:
         _release_frame(db, unit)
     return _complete_frames(db, unit, keeping.optional) if keeping.completes_frames else ()
