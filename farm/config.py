@@ -53,8 +53,9 @@ class Config:
     max_attempts: int = 3              # a strip that fails this often fails its job
     max_bundle_bytes: int = 256 * 1024 * 1024
     purge_after: str = ""              # ended jobs older than this age (30d...) are purged hourly; "" = never
-    pretrace_bands: int = 1            # with 2+ live nodes, a radiosity frame's pre-pass is cut into this many
-                                       # bands of rows that they share (1: one node pretraces the whole frame)
+    pretrace_bands: int = 0            # with 2+ live nodes, a radiosity frame's pre-pass is cut into this many
+                                       # bands of rows that they share (0: two per live node, at most 8;
+                                       # 1: one node pretraces the whole frame)
     # Node.
     name: str = dataclasses.field(default_factory=socket.gethostname)
     povray: str = "povray"

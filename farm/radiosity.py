@@ -5,13 +5,12 @@ from a full render by more than that, with a seam under each strip edge: POV-Ray
 the render area, so every strip pretraces its own rows in its own block layout. What a full render
 has and strips lack is the whole-frame pretrace. So a frame cut into strips first gets a pre-pass:
 POV-Ray renders the frame with `+RF<file> +RFO` and is stopped as soon as its final pass begins, when
-the cache holds every pretrace sample (or, when the farm asks, the pre-pass is cut into bands of rows
-that the nodes share, each pretracing only its rows, and their caches are joined). Its strips then load
-that cache (`+RFI`) through a wrapper scene that includes the user's scene and turns the strips' own
-pretrace and extra sampling down (a later `global_settings { radiosity { ... } }` only overrides the
-settings it names). Measured on radiosity/cornell and advanced/balcony, with one pre-pass for the whole
-frame: strips differ from a single render as much as two single renders differ from each other, and
-strip edges show no seam.
+the cache holds every pretrace sample; with several nodes the pre-pass is cut into bands of rows that
+they share, each pretracing only its rows as a whole-frame render would, and their caches are joined. Its
+strips then load that cache (`+RFI`) through a wrapper scene that includes the user's scene and turns the
+strips' own pretrace and extra sampling down (a later `global_settings { radiosity { ... } }` only
+overrides the settings it names). Measured on radiosity/cornell and advanced/balcony: strips differ from a
+single render as much as two single renders differ from each other, and strip edges show no seam.
 
 In-scene `save_file`/`load_file` are ignored by POV-Ray 3.7; only the command-line options work.
 This module is the pure part (texts, the watch over a pre-pass); the node owns processes and files.
@@ -27,14 +26,17 @@ MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache f
 CACHE_FILE = "povfarm-radiosity.rad"      # relative: it lives in the strip's own (sandboxed) folder
 WRAPPER_SCENE = "povfarm-radiosity-wrapper.pov"
 PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
-# A frame's pre-pass may be cut into bands of rows (the controller's `pretrace_bands`), leased like strips,
-# so that every box pretraces a share. Bands cost unevenly (balcony 640x480, four bands: 0.7, 0.9, 3.2 and
-# 3.9 s of CPU), and each pays POV-Ray's start-up and the parse again. Near a band's edges its pretrace
-# lacks the samples of the band beside it and takes its own, so the joined cache is denser there than a
-# whole-frame pretrace; measured, strips loading it may differ from single renders more than single
-# renders differ from each other (4 bands: balcony 640x480 1.15 times as much where one pre-pass gives
-# 1.01, cornell 160x120 1.3 times where one gives 1.05-1.09; cornell 320x240 1.10 where one gives 1.08).
-# So one node pretraces the whole frame unless the farm asks for bands.
+# A frame's pre-pass is cut into bands of rows (the controller's `pretrace_bands`), leased like strips, so
+# that every box pretraces a share. A band is pretraced as a whole-frame render with every other block
+# skipped (`+C` from a render state file, farm/rendering/statefile.py), which keeps the frame's block serials,
+# and so the jitter a whole-frame pretrace gives those blocks: measured on balcony 640x480, strips loading the
+# joined caches of 4 bands differ from single renders 1.00 times as much as single renders differ from each
+# other (2 bands: 1.03), where bands cut with +SR/+ER (numbered from 0, jittered otherwise) gave 1.12-1.14,
+# as much as one whole-frame pre-pass at another block size (+BS16: 1.19). Bands cost unevenly (balcony,
+# four bands: 1.0, 1.2, 4.0 and 4.0 s of CPU) and each pays POV-Ray's start-up, the parse and the photons
+# again; two per live node (AUTO_PARTS_PER_NODE) let a box with the cheap sky take another.
+AUTO = 0
+AUTO_PARTS_PER_NODE = 2
 MAX_PARTS = 8
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
@@ -44,9 +46,11 @@ _PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
 
 def pretrace_parts(nodes: int, bands: int) -> int:
     """Into how many bands a frame's radiosity pre-pass is cut, for a farm of `nodes` live nodes that asks
-    for `bands`: one for a single node (its slots share its cores: a second band would only repeat
-    POV-Ray's start-up), else `bands`, from 1 to MAX_PARTS."""
-    return 1 if nodes <= 1 else max(1, min(bands, MAX_PARTS))
+    for `bands` (AUTO: two per node): one for a single node (its slots share its cores: a second band
+    would only repeat POV-Ray's start-up), else `bands`, from 1 to MAX_PARTS."""
+    if nodes <= 1:
+        return 1
+    return max(1, min(AUTO_PARTS_PER_NODE * nodes if bands == AUTO else bands, MAX_PARTS))
 
 
 def wrapper_text(scene_name: str) -> str | None:

@@ -7,6 +7,7 @@ import gzip
 import json
 import mmap
 import struct
+import subprocess
 import time
 import zlib
 from array import array
@@ -16,9 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness import SCENES, native_render, needs_povray
+
 from farm.rendering import gamma
 from farm.rendering.gamma import Encoding
-from farm.rendering.statefile import HEADER_SIZE, SIGNATURE, Block, Spots, read_blocks, read_pieces
+from farm.images.ppm import decode_ppm
+from farm.rendering.statefile import HEADER_SIZE, SIGNATURE, Block, Spots, continue_file, read_blocks, read_pieces
 
 FIXTURES = Path(__file__).parent / "fixtures" / "statefile"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -278,3 +282,40 @@ def test_decoding_is_fast_enough_to_follow_a_render():
     encoding_rate = 5 * len(blocks) / (time.perf_counter() - started)
     print(f"decode {decoding:.0f} blocks/s, to 8-bit rows {encoding_rate:.0f} blocks/s")
     assert decoding > 500 and encoding_rate > 50
+
+
+def test_a_continue_file_skips_every_block_outside_the_band():
+    """continue_file: one message per block outside the rows, each holding only its serial in the whole
+    frame (row-major), which the reader passes over as POV-Ray's image handler does."""
+    data = continue_file(100, 70, 32, 32, 64)      # blocks of 4 across, 3 down: the band is the middle row
+    assert data[:len(SIGNATURE)] == SIGNATURE and len(data) > HEADER_SIZE
+    assert read_pieces(data) == ([], len(data))
+    serials, position = [], HEADER_SIZE
+    while position < len(data):
+        size = struct.unpack_from(">i", data, position + 12)[0]
+        serials.append(struct.unpack_from(">i", data, position + 20 + size - 4)[0])   # PiId is last
+        position += 20 + size
+    assert serials == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert read_pieces(continue_file(64, 64, 32, 0, 64)) == ([], HEADER_SIZE)   # the whole frame: none skipped
+    with pytest.raises(ValueError):
+        continue_file(64, 64, 32, 32, 96)
+
+
+@needs_povray
+def test_povray_continuing_from_a_continue_file_renders_only_the_band(tmp_path):
+    """POV-Ray's `+C` with continue_file renders the band's blocks alone, exactly as a whole render does
+    (chess2 with anti-aliasing, whose strips are bit-identical only on their render blocks' grid), and
+    leaves the rest black."""
+    width, height, band = 96, 96, (32, 64)
+    native = tmp_path / "native.ppm"
+    native_render(SCENES / "advanced/chess2.pov", width, height, ["+A0.3"], native, "P", once=True)
+    out = tmp_path / "band.ppm"
+    out.with_suffix(".pov-state").write_bytes(continue_file(width, height, 32, *band))
+    done = subprocess.run(["povray", "+Ichess2.pov", f"+W{width}", f"+H{height}", "+A0.3", "-D", "+FP", "+C",
+                           f"+O{out}"], cwd=SCENES / "advanced", capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole, banded = decode_ppm(native.read_bytes()), decode_ppm(out.read_bytes())
+    stride = width * 3
+    rows = slice(band[0] * stride, band[1] * stride)
+    assert banded.pixels[rows] == whole.pixels[rows]
+    assert not any(banded.pixels[:band[0] * stride]) and not any(banded.pixels[band[1] * stride:])

@@ -24,7 +24,14 @@ message holds; `base/povmscpp.cpp`: POVMS_Object::Read/Write; `base/povms.cpp`: 
 
 read_pieces()/read_blocks() decode every whole message from an offset and return where the next one
 begins; a message still being written (the file ends inside it) is left for the next call. Anything that
-is not this format raises ValueError. Colours are in the scene's working gamma: `farm/rendering/gamma.py` turns them
+is not this format raises ValueError.
+
+continue_file() writes one: POV-Ray's `+C` (continue an interrupted render) reads every message's `PiId`
+and renders only the blocks it does not find, keeping their serials in the whole frame (ContinueBackup:
+the serials below the first missing one are counted, the others skipped). A serial seeds a block's
+radiosity pretrace jitter (`backend/render/radiositytask.cpp`), so a band of the frame pretraced this
+way takes the very samples a whole-frame render would take there, where `+SR/+ER` numbers its blocks
+from 0 and jitters them otherwise. Colours are in the scene's working gamma: `farm/rendering/gamma.py` turns them
 into the integers of the image POV-Ray will write.
 """
 
@@ -46,6 +53,7 @@ POVMS_VERSION = 0x0370
 _MESSAGE_HEAD = struct.Struct(">8sii4s")      # magic, version, object size, encoding
 _INT = struct.Struct(">i")
 _ENTRY_HEAD = struct.Struct(">4si")           # type, size or count
+_SKIPPED = b"Skip"                            # a message id POV-Ray's image handler ignores
 _MAX_DEPTH = 8                                # POV-Ray's pixel messages nest no object at all
 _MAX_INFLATED = 1 << 28
 _SWAP = sys.byteorder == "little"
@@ -300,3 +308,24 @@ def _spots(attributes: dict[str, object], position: int) -> Spots:
     if size < 1:
         raise ValueError(f"the preview pixels at byte {position} have size {size}")
     return Spots(positions, pixels, size)
+
+
+def continue_file(width: int, height: int, block: int, row_start: int, row_end: int) -> bytes:
+    """A render state file with which `+C` renders only the blocks of rows [row_start, row_end) (0-based,
+    end exclusive) of a `width` x `height` frame of `block`-pixel render blocks, numbered as in the whole
+    frame: one message per other block, holding its serial and nothing to paint."""
+    if block < 1 or not 0 <= row_start < row_end <= height or width < 1:
+        raise ValueError(f"rows [{row_start}, {row_end}) of a {width}x{height} frame in {block}-pixel blocks")
+    across = -(-width // block)
+    first, last = row_start // block * across, -(-row_end // block) * across
+    total = across * -(-height // block)
+    skipped = (serial for serial in range(total) if not first <= serial < last)
+    return SIGNATURE.ljust(HEADER_SIZE, b"\0") + b"".join(_skip_message(serial) for serial in skipped)
+
+
+def _skip_message(serial: int) -> bytes:
+    entries = (b"MCLA" + _ENTRY_HEAD.pack(b"TYPE", 4) + b"VImg",
+               b"MIDE" + _ENTRY_HEAD.pack(b"TYPE", 4) + _SKIPPED,
+               b"PiId" + _ENTRY_HEAD.pack(b"INT4", 4) + _INT.pack(serial))
+    body = _ENTRY_HEAD.pack(b"OBJE", len(entries)) + b"".join(entries)
+    return _MESSAGE_HEAD.pack(MESSAGE_MAGIC, POVMS_VERSION, len(body), b"RAWS") + body

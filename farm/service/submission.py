@@ -21,7 +21,7 @@ from farm.kinds import PRETRACE, PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
 from farm import dependencies
 from farm.planning import plan_units, with_pretrace, with_preview
-from farm.radiosity import pretrace_parts
+from farm.radiosity import AUTO, pretrace_parts
 from farm.records import JobSpec
 from farm.service import kindparts
 from farm.service.changes import Changes
@@ -131,7 +131,7 @@ def _sources_mention_radiosity(data) -> bool:
 
 class Submissions:
     def __init__(self, store: Store, bundles: Bundles, changes: Changes, work: Changes,
-                 live_slots: Callable[[], int], clock: Callable[[], float], pretrace_bands: int = 1):
+                 live_slots: Callable[[], int], clock: Callable[[], float], pretrace_bands: int = AUTO):
         self._store, self._bundles, self._clock = store, bundles, clock
         self._changes, self._work, self._live_slots = changes, work, live_slots
         self._pretrace_bands = pretrace_bands   # farm.config: bands of a radiosity frame's pre-pass
