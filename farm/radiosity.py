@@ -34,9 +34,14 @@ PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
 # other (2 bands: 1.03), where bands cut with +SR/+ER (numbered from 0, jittered otherwise) gave 1.12-1.14,
 # as much as one whole-frame pre-pass at another block size (+BS16: 1.19). Bands cost unevenly (balcony,
 # four bands: 1.0, 1.2, 4.0 and 4.0 s of CPU) and each pays POV-Ray's start-up, the parse and the photons
-# again; two per live node (AUTO_PARTS_PER_NODE) let a box with the cheap sky take another.
+# again; two per live node (AUTO_PARTS_PER_NODE) let a box with the cheap sky take another. Near a band's
+# edges its pretrace lacks the samples of the band beside it and takes its own; where every block row is
+# beside an edge (cornell 320x256 in four bands of two block rows) strips differ from single renders 1.0-1.5
+# times as much as single renders do, so a band is at least MIN_BAND_BLOCKS block rows tall unless the farm
+# asks for a number of bands.
 AUTO = 0
 AUTO_PARTS_PER_NODE = 2
+MIN_BAND_BLOCKS = 3
 MAX_PARTS = 8
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
@@ -44,13 +49,16 @@ NO_SAMPLES_AFTER = 0.10
 _PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
 
 
-def pretrace_parts(nodes: int, bands: int) -> int:
-    """Into how many bands a frame's radiosity pre-pass is cut, for a farm of `nodes` live nodes that asks
-    for `bands` (AUTO: two per node): one for a single node (its slots share its cores: a second band
-    would only repeat POV-Ray's start-up), else `bands`, from 1 to MAX_PARTS."""
+def pretrace_parts(nodes: int, bands: int, block_rows: int = MAX_PARTS * MIN_BAND_BLOCKS) -> int:
+    """Into how many bands a frame of `block_rows` rows of render blocks has its radiosity pre-pass cut,
+    for a farm of `nodes` live nodes that asks for `bands`: one for a single node (its slots share its
+    cores: a second band would only repeat POV-Ray's start-up), else `bands` from 1 to MAX_PARTS, or with
+    AUTO two per node, each band at least MIN_BAND_BLOCKS block rows."""
     if nodes <= 1:
         return 1
-    return max(1, min(AUTO_PARTS_PER_NODE * nodes if bands == AUTO else bands, MAX_PARTS))
+    if bands == AUTO:
+        bands = min(AUTO_PARTS_PER_NODE * nodes, block_rows // MIN_BAND_BLOCKS)
+    return max(1, min(bands, MAX_PARTS))
 
 
 def wrapper_text(scene_name: str) -> str | None:

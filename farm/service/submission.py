@@ -23,6 +23,7 @@ from farm import dependencies
 from farm.planning import plan_units, with_pretrace, with_preview
 from farm.radiosity import AUTO, pretrace_parts
 from farm.records import JobSpec
+from farm.strips import block_count
 from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -144,7 +145,8 @@ class Submissions:
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
         limits.check_plan(spec, count)
-        bands = pretrace_parts(len(self._store.nodes.live()), self._pretrace_bands)
+        bands = pretrace_parts(len(self._store.nodes.live()), self._pretrace_bands,
+                               block_count(spec.height, spec.block))
         plans = with_preview(with_pretrace(
             plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
             spec.height, spec.pretrace, bands, spec.block), spec.width, spec.height,
