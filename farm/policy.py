@@ -88,17 +88,18 @@ class Queue(Protocol):
 
 
 def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: bool = True,
-                  here: str = "", overhead: float = 0.0) -> int | None:
+                  here: str = "", overhead: float = 0.0, least_blocks: int = 1) -> int | None:
     """Where the unit `node_id` leases off a frame's remainder ends (`farm.scheduler`), from the frame's
     measured units and the live slots; None when faster slots should have those rows. `watched`: a
     viewer watches the job, so it is worth cutting finer for steady painting. `here`: the controller's
-    own machine (see `lone_box_runs`). `overhead`: the node's fixed seconds per unit of the job, as measured."""
+    own machine (see `lone_box_runs`). `overhead`: the node's fixed seconds per unit of the job, as measured.
+    `least_blocks`: the fewest blocks of rows a unit may have."""
     finished, running = queue.frame_units(unit.job, unit.frame, unit.kind)   # the units cut off it
     nodes = queue.live_nodes()
     slots = {node.id: node.slots for node in nodes}
     runs = 0 if watched else lone_box_runs(nodes, here)
     return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, slots, finished, running, runs,
-                              overhead)
+                              overhead, least_blocks)
 
 
 def pretrace_worth_it(queue: Queue, unit: Unit, strips: str, watched: bool, here: str = "") -> bool:

@@ -141,15 +141,15 @@ def model(finished: Sequence[Finished], cut: int, nearest: int = 3) -> Model | N
 
 def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int],
              finished: Sequence[Finished], running: Sequence[Running], box_runs: int = 0,
-             overhead: float = 0.0) -> int | None:
+             overhead: float = 0.0, least_blocks: int = 1) -> int | None:
     """The end row of the unit `node` should render off a frame's remainder [start, end) (0-based, end
     exclusive), or None when it should leave those rows to faster slots.
 
     `slots`: live node -> POV-Ray slots (the asking node counts with at least one). `box_runs`: when every
     live slot is on one machine and nobody watches the job, how many POV-Ray processes keep that machine
     busy; 0 otherwise. `overhead`: seconds each unit of the job costs `node` besides tracing, as it
-    measured them (0 unknown). `start` is on a block edge; the result is a block edge or `end`, and always
-    more than `start`."""
+    measured them (0 unknown). `least_blocks`: the fewest blocks of rows a unit may have (unless fewer are
+    left). `start` is on a block edge; the result is a block edge or `end`, and always more than `start`."""
     if block < 1 or not 0 <= start < end or start % block:
         raise ValueError(f"rows [{start}, {end}) do not start on an edge of {block}-row blocks")
     if box_runs > 0:
@@ -160,7 +160,7 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     costs = model(finished, start)
     if costs is None:     # one node has no speed to tell apart from others: it needs no probe
         shares = PROBE_SHARES * sum(slots.values()) if len(slots) > 1 else SHARES
-        return min(end, start + math.ceil(blocks_left / shares) * block)
+        return min(end, start + _at_least(math.ceil(blocks_left / shares), least_blocks, blocks_left) * block)
     total_speed = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
     fair = (end - start) * costs.speeds.get(node, 1.0) * slots[node] / total_speed    # the node's share
     # The least rows worth a unit, by the measured cost: never more than the node's share (balance first). The
@@ -172,13 +172,19 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
         # a frame's middle costs tens of times its sky (stackertransp: one such unit ran 9 s past the rest).
         least = min(least, fair / SHARES)
     rows = max(fair / SHARES, least)
-    blocks = min(blocks_left, max(1, round(rows / block)))
+    blocks = _at_least(min(blocks_left, max(1, round(rows / block))), least_blocks, blocks_left)
     if blocks_left - blocks < 1 or blocks_left - blocks < least / block / 2:
         blocks = blocks_left      # what would be left is not worth a start-up of its own
     size = min(end - start, blocks * block)
     if _others_finish_sooner(node, size, end - start, slots, running, costs):
         return None
     return start + size
+
+
+def _at_least(blocks: int, least: int, left: int) -> int:
+    """`blocks`, raised to `least`, and to all `left` when fewer than `least` would remain after it."""
+    blocks = max(blocks, least)
+    return left if left - blocks < least else blocks
 
 
 def _lone_box_cut(start: int, end: int, block: int, free_runs: int) -> int | None:

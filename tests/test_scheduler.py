@@ -491,6 +491,21 @@ def test_a_unit_traces_at_least_a_few_times_its_nodes_fixed_cost_unless_it_takes
     assert end >= next_cut("a", start, height, 32, {"a": slots}, finished, [])
 
 
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(1, 40 * 32), least=st.integers(1, 4), slots=st.integers(1, 4), data=st.data())
+def test_no_unit_is_cut_smaller_than_the_least_blocks_asked_unless_that_is_all_that_is_left(height, least, slots,
+                                                                                              data):
+    """`least_blocks` (a strip that loads a radiosity cache: two block rows) holds for probes and measured
+    cuts alike, and no remainder under it is left behind."""
+    start = data.draw(st.integers(0, (height - 1) // 32)) * 32
+    finished = [scheduler.Finished("b", 0, start, 1.0)] if start else []
+    end = next_cut("a", start, height, 32, {"a": slots, "b": 1}, finished, [], least_blocks=least)
+    assert end is not None and start < end <= height
+    blocks_taken, blocks_left = -(-(end - start) // 32), -(-(height - start) // 32)
+    assert blocks_taken >= min(least, blocks_left)
+    assert end == height or -(-(height - end) // 32) >= least
+
+
 def test_a_node_that_says_its_units_cost_much_besides_tracing_gets_larger_ones(tmp_path):
     sizes = {}
     for overhead in (None, 3.0):

@@ -29,6 +29,10 @@ from farm.store import PLAIN, Keeping, Store, Worth
 
 log = logging.getLogger(__name__)
 
+# A strip of a frame with a radiosity pre-pass loads its cache and parses the scene again, about a second of
+# CPU on balcony, where a row of 32-pixel blocks of its sky traces in 0.1 s: at least two block rows.
+CACHE_LOADING_BLOCKS = 2
+
 
 # Rows complete their frames (a preview never holds one back); a pre-pass is not fed to viewers, and once
 # every part of a frame's pre-pass is in, the frame's rows that waited for its cache go.
@@ -106,8 +110,9 @@ class PovrayPart(ControllerPart):
     def cut(self, unit: Unit, queue: Queue, leasing: Leasing) -> int | None:
         """The guided cut of a frame's remainder (farm.scheduler): from its measured units, the live slots
         and the node's measured overhead; finer while a viewer watches."""
+        least = CACHE_LOADING_BLOCKS if leasing.job.pretrace else 1
         return policy.cut_remainder(queue, unit, leasing.node_id, leasing.job.block, leasing.watched(),
-                                    leasing.machine, leasing.overhead())
+                                    leasing.machine, leasing.overhead(), least)
 
     def retries(self, unit: Unit) -> bool:
         return unit.kind != PREVIEW     # a preview only helps early on: not worth a retry, never worth the job
