@@ -38,7 +38,7 @@ class TwoBoxes(Boxes):
     """A controller and two one-thread nodes on machines of their own, of the checkout at `root`, with the
     controller's pre-pass cut into `bands`."""
 
-    def __init__(self, root: Path, work: Path, bands: int = 1):
+    def __init__(self, root: Path, work: Path, bands: int = 0):
         super().__init__(work, root=root, settings={"POVFARM_PRETRACE_BANDS": str(bands)})
 
     def render(self, scene: Path, width: int, height: int, out: Path) -> float:
@@ -90,7 +90,8 @@ def main() -> int:
     parser.add_argument("--size", default="400x300")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--against", type=Path, help="another checkout to time beside this one")
-    parser.add_argument("--bands", type=int, default=4, help="this checkout's pretrace_bands (default 4)")
+    parser.add_argument("--bands", type=int, default=0,
+                        help="this checkout's pretrace_bands (default 0: the controller's own, two per live node)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     load = os.getloadavg()

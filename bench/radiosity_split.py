@@ -11,8 +11,9 @@ pretrace part edges) against the others.
     python bench/radiosity_split.py --scene radiosity/cornell.pov --size 160x120 --split whole,rows,thin,evenodd \
         --parts 4 --singles 5
 
-Splits: whole (one POV-Ray, as the farm's default pre-pass), rows and columns (even bands or columns side by
-side, as `pretrace_bands`), thin (the last rows split's caches, keeping every depth-0 sample but only every
+Splits: whole (one POV-Ray), framerows (bands of rows on block edges, each pretraced over the whole frame's
+area with the other blocks skipped by +C, as the farm's pre-pass bands are), rows and columns (even bands or
+columns cut with +SR/+ER or +SC/+EC), thin (the last rows split's caches, keeping every depth-0 sample but only every
 n-th deeper one), evenodd (row bands, the odd ones pretraced after the even ones and loading their samples).
 """
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from farm import radiosity, strips  # noqa: E402
 from farm.images.ppm import decode_ppm  # noqa: E402
+from farm.rendering.statefile import continue_file  # noqa: E402
 
 SCENES = Path("/usr/share/povray-3.7/scenes")
 NEWLINE = b"\n"
@@ -66,9 +68,13 @@ def _pretrace_over(watch) -> str | None:
 
 
 def parts(kind: str, width: int, height: int, count: int) -> list[list[str]]:
-    """Each part's POV-Ray area options."""
+    """Each part's POV-Ray area options ("framerows": rows on block edges, given as +SR/+ER here and
+    rendered over the whole frame with +C, see `pretrace`)."""
     if kind == "whole":
         return [[]]
+    if kind == "framerows":
+        cuts = [round(height / 32 * i / count) * 32 for i in range(count)] + [height]
+        return [[f"+SR{cuts[i] + 1}", f"+ER{cuts[i + 1]}"] for i in range(count)]
     size = height if kind == "rows" else width
     cuts = [round(size * i / count) for i in range(count + 1)]
     letter = "R" if kind == "rows" else "C"
@@ -86,6 +92,11 @@ def pretrace(scene: Path, size: tuple[int, int], kind: str, count: int, work: Pa
 
     def one(i: int, area: list[str]) -> None:
         load = ["+RFI"] if i in loaded else []
+        if kind == "framerows":     # the farm's bands: the frame's block layout, other blocks skipped
+            first, last = int(area[0][3:]) - 1, int(area[1][3:])
+            (work / f"pre{i}.ppm").unlink(missing_ok=True)    # +C renders nothing when the image exists
+            (work / f"pre{i}.pov-state").write_bytes(continue_file(width, height, 32, first, last))
+            area = ["+C"]
         argv = ["povray", f"+I{scene.name}", f"+L{scene.parent}", f"+W{width}", f"+H{height}", "+WT1", "-D",
                 "+FP", f"+O{work / f'pre{i}.ppm'}", *area, f"+RF{work / f'pre{i}.rad'}", *load, "+RFO"]
         times[i] = run(argv, scene.parent, work / f"pre{i}.log", True)
@@ -201,7 +212,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scene", default="advanced/balcony/balcony.pov")
     parser.add_argument("--size", default="400x300")
-    parser.add_argument("--split", default="whole,rows,columns", help="pretrace splits to try")
+    parser.add_argument("--split", default="whole,framerows,rows", help="pretrace splits to try")
     parser.add_argument("--parts", type=int, default=2)
     parser.add_argument("--strips", type=int, default=4)
     parser.add_argument("--singles", type=int, default=3)
