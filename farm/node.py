@@ -182,14 +182,16 @@ class Node:
 
     def beat_interval(self) -> float:
         """Seconds between the node's heartbeats while it renders: the controller's heartbeat_interval
-        (progress for viewers and the scheduler; a canceled job's POV-Ray stopped soon), unless the node's
-        last large request went up slower than slow_uplink_bps. There a heartbeat's kilobyte, headers and
-        all, is not free: one goes every slow_heartbeat_interval, but at most every third of the
-        controller's lease timeout, so that two heartbeats may be lost before a lease is (a controller
-        that does not say its lease timeout gets them every heartbeat_interval)."""
-        if not self.lease_timeout or not self.slow_link():
+        (progress for viewers and the scheduler; a canceled job's POV-Ray stopped soon), or on an uplink
+        slower than slow_uplink_bps (a heartbeat's kilobyte is not free there) slow_heartbeat_interval.
+        Either way at most a third of the controller's lease timeout, so that two heartbeats may be late or
+        lost before a lease is (a 3-s lease with 2-s heartbeats was lost to one beat late under load). A
+        controller that does not say its lease timeout gets them every heartbeat_interval."""
+        if not self.lease_timeout:
             return self.heartbeat_interval
-        return max(self.heartbeat_interval, min(self.config.slow_heartbeat_interval, self.lease_timeout / 3))
+        third = self.lease_timeout / 3
+        fast = min(self.heartbeat_interval, third)
+        return max(fast, min(self.config.slow_heartbeat_interval, third)) if self.slow_link() else fast
 
     def run(self) -> None:
         """Poll and render with `slots` workers until asked to stop. Several POV-Ray processes at once

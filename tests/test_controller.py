@@ -752,7 +752,9 @@ def test_on_a_slow_uplink_a_rendering_node_beats_less_often_but_within_its_lease
                     probe_cache=tmp_path / "probe.json")
     client = Controller()
     worker = Node(config, client, clock=clock)
-    worker.node_id, worker.heartbeat_interval, worker.lease_timeout = "n1-abcd", 2.0, 30.0
+    worker.node_id, worker.heartbeat_interval, worker.lease_timeout = "n1-abcd", 2.0, 3.0
+    assert worker.beat_interval() == 1.0                       # a short lease: two beats may be late before it is
+    worker.lease_timeout = 30.0
     assert worker.beat_interval() == 2.0                       # nothing measured yet
     client.uploads.record(100_000, 0.8)                        # 125 kB/s: 1 Mbit/s
     assert worker.beat_interval() == 10.0
