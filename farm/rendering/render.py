@@ -120,10 +120,9 @@ class UnitRenderer:
         cache = scene.parent / radiosity.CACHE_FILE
         band = (task.row_start, task.row_end) != (0, task.height)
         watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache, band=band)
-        extra, area = [f"+RF{radiosity.CACHE_FILE}", "+RFO"], None
-        if band and self.flavour == povray.CONSOLE:
-            extra, area = extra + ["+C"], self._whole_frame_band(task, strip_dir)
-        outcome = self._run_povray(task, strip_dir, scene, extra=extra, pretrace=watch, area=area)
+        area = self._band_in_frame(task, strip_dir) if band and self.flavour == povray.CONSOLE else None
+        outcome = self._run_povray(task, strip_dir, scene, extra=[f"+RF{radiosity.CACHE_FILE}", "+RFO"],
+                                   pretrace=watch, area=area)
         if outcome.kind != "done":
             return outcome
         try:
@@ -136,16 +135,16 @@ class UnitRenderer:
                              log=outcome.log)
 
     @staticmethod
-    def _whole_frame_band(task: Task, strip_dir: Path) -> list[str]:
-        """A band of a frame's pre-pass as POV-Ray pretraces it in a whole-frame render: the frame's area,
-        with a render state file that has `+C` skip every block outside the band. Its blocks keep their
-        serials in the frame, which seed their pretrace's jitter: measured on balcony 640x480, four bands
-        pretraced so differ from single renders as single renders differ from each other (1.00 times),
-        where bands cut with +SR/+ER differ 1.12 times as much. The area options: none."""
+    def _band_in_frame(task: Task, strip_dir: Path) -> list[str]:
+        """POV-Ray's area options for a band of a frame's pre-pass pretraced as in a whole-frame render: the
+        frame's area (no +SR/+ER) and `+C`, beside a render state file that has POV-Ray skip every block
+        outside the band. The band's blocks keep their serials in the frame, which seed their pretrace's
+        jitter: measured on balcony 640x480, four bands pretraced so differ from single renders as single
+        renders differ from each other (1.00 times), where bands cut with +SR/+ER differ 1.12 times as much."""
         block = validate_options(task.options).block
         state = output_path(task, strip_dir).with_suffix(STATE_SUFFIX)
         state.write_bytes(continue_file(task.width, task.height, block, task.row_start, task.row_end))
-        return []
+        return ["+C"]
 
     def _run_povray(self, task: Task, strip_dir: Path, scene: Path,
                     publisher: PhotonPublisher | None = None, extra: list[str] | None = None,

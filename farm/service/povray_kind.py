@@ -109,7 +109,8 @@ class PovrayPart(ControllerPart):
 
     def cut(self, unit: Unit, queue: Queue, leasing: Leasing) -> int | None:
         """The guided cut of a frame's remainder (farm.scheduler): from its measured units, the live slots
-        and the node's measured overhead; finer while a viewer watches."""
+        and the node's measured overhead; finer while a viewer watches; strips that load a radiosity cache
+        at least CACHE_LOADING_BLOCKS block rows."""
         least = CACHE_LOADING_BLOCKS if leasing.job.pretrace else 1
         return policy.cut_remainder(queue, unit, leasing.node_id, leasing.job.block, leasing.watched(),
                                     leasing.machine, leasing.overhead(), least)
