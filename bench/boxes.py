@@ -42,8 +42,10 @@ class Boxes:
     delaying each direction by that much between the nodes and the controller."""
 
     def __init__(self, work: Path, count: int = 2, latency_ms: float = 0.0, threads: int = 1,
-                 root: Path = ROOT, settings: dict[str, str] | None = None):
-        """`root`: the checkout the farm runs from; `settings`: POVFARM_* variables for every process."""
+                 root: Path = ROOT, settings: dict[str, str] | None = None, pinned: bool = False):
+        """`root`: the checkout the farm runs from; `settings`: POVFARM_* variables for every process;
+        `pinned`: each node (and its POV-Ray) held to a core of its own (`taskset`), as on separate boxes,
+        where a box with nothing left cannot lend its core to the others' processes."""
         self.root, self.work, self.processes = root, work, []
         work.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -65,9 +67,10 @@ class Boxes:
         for index in range(count):
             name = f"box{chr(ord('A') + index)}"
             self.node_logs.append(work / f"{name}.log")
-            self._start(farm("--log-level", "INFO", "node", "--controller", node_url, "--name", name,
-                             "--machine", name, "--threads", str(threads), "--work-dir", str(work / name)),
-                        self.node_logs[-1])
+            argv = farm("--log-level", "INFO", "node", "--controller", node_url, "--name", name,
+                        "--machine", name, "--threads", str(threads), "--work-dir", str(work / name))
+            cores = os.cpu_count() or 1
+            self._start(["taskset", "-c", str(index % cores), *argv] if pinned else argv, self.node_logs[-1])
         wait_for(lambda: self._registered() >= count, "the nodes")
 
     def _start(self, argv: list[str], log: Path) -> None:

@@ -7,7 +7,8 @@ round, and reports the medians and the ratio farm / native:
   with `povfarm submit`; the controller plans for a real farm, so a still is cut into strips;
 - one box: `povfarm render --nodes 2`, whose nodes share the controller's box (the one-box plan: a still
   goes out whole unless a viewer watches).
-With `--latency MS` the cases marked for it (chess2 and the animation) also run on two boxes behind a proxy
+With `--pinned` each two-box node and its POV-Ray are held to a core of their own (`taskset`): separate
+one-core boxes, where a box with nothing left cannot lend its core to the other's processes. With `--latency MS` the cases marked for it (chess2 and the animation) also run on two boxes behind a proxy
 that delays each direction by MS (bench/proxy.py). For the two-box runs it reads each unit's profile from the
 nodes' logs: the slot's wait for the unit, POV-Ray's start-up, parse, photons, radiosity and trace, the
 node's own part, and the delivery. Results go to bench/results/latest.json and latest.md.
@@ -168,7 +169,8 @@ def markdown(results: list[dict], info: dict) -> str:
     lines = [f"Machine: {info['cores']} cores, {info['cpu']}, {info['system']}, {info['povray'].strip()}, "
              f"{info['date']}, load average {info['load'][0]:.1f} at the start, {info['load_end'][0]:.1f} at "
              f"the end. Medians of {len(results[0]['times']['native'])} runs, wall seconds; ratio = farm / native "
-             f"`povray +WT{CORES}`.", "",
+             f"`povray +WT{CORES}`." + (" The two boxes' nodes were pinned to a core each (taskset)."
+                                         if info.get("pinned") else ""), "",
              "| case | kind | size | native | " + " | ".join(kinds) + " | units |",
              "|---|---|---|---|" + "---|" * len(kinds) + "---|"]
     for r in results:
@@ -218,24 +220,28 @@ def main() -> int:
                                                      "the same rounds, e.g. an export of the previous version")
     parser.add_argument("--preview", action="store_true", help="also run the one-box farm with --preview, to "
                                                              "measure what the preview costs")
+    parser.add_argument("--pinned", action="store_true", help="hold each two-box node (and its POV-Ray) to a core "
+                                                            "of its own with taskset, as on separate boxes")
     args = parser.parse_args()
     repeat = args.repeat or (1 if args.quick else 3)
     names = args.only.split(",") if args.only else list(CASES)
     info = machine()
     if args.against:
         info["against"] = str(args.against.resolve())
+    info["pinned"] = args.pinned
     runs = variants(args.against.resolve() if args.against else None, args.preview)
     work = Path(tempfile.mkdtemp(prefix="povfarm-boxes-"))
     farms: dict[str, Boxes] = {}
     try:
-        farms["two boxes"] = Boxes(work / "direct")
+        pinned = args.pinned
+        farms["two boxes"] = Boxes(work / "direct", pinned=pinned)
         if args.against:
-            farms["base two boxes"] = Boxes(work / "base", root=args.against.resolve())
+            farms["base two boxes"] = Boxes(work / "base", root=args.against.resolve(), pinned=pinned)
         if args.latency:
-            farms[f"two boxes +{args.latency:g} ms"] = Boxes(work / "latency", latency_ms=args.latency)
+            farms[f"two boxes +{args.latency:g} ms"] = Boxes(work / "latency", latency_ms=args.latency, pinned=pinned)
             if args.against:
                 farms[f"base two boxes +{args.latency:g} ms"] = Boxes(work / "base-latency", latency_ms=args.latency,
-                                                                       root=args.against.resolve())
+                                                                       root=args.against.resolve(), pinned=pinned)
         results = []
         for name in names:
             print(f"{name}:", flush=True)
