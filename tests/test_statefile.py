@@ -22,7 +22,8 @@ from harness import SCENES, native_render, needs_povray
 from farm.rendering import gamma
 from farm.rendering.gamma import Encoding
 from farm.images.ppm import decode_ppm
-from farm.rendering.statefile import HEADER_SIZE, SIGNATURE, Block, Spots, continue_file, read_blocks, read_pieces
+from farm.rendering.statefile import (HEADER_SIZE, SIGNATURE, Block, Spots, continue_file, continue_fits,
+                                     read_blocks, read_pieces)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "statefile"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -299,6 +300,8 @@ def test_a_continue_file_skips_every_block_outside_the_band():
     assert read_pieces(continue_file(64, 64, 32, 0, 64)) == ([], HEADER_SIZE)   # the whole frame: none skipped
     with pytest.raises(ValueError):
         continue_file(64, 64, 32, 32, 96)
+    # A frame of very many blocks is not worth it: POV-Ray reads every skipped block's message.
+    assert continue_fits(4096, 4096, 16) and not continue_fits(8192, 8192, 16) and not continue_fits(64, 64, 0)
 
 
 @needs_povray
