@@ -64,12 +64,12 @@ class Boxes:
                          "--to", f"127.0.0.1:{port}", "--delay-ms", str(latency_ms)], work / "proxy.log")
             node_url = f"http://127.0.0.1:{proxy_port}"
         self.node_logs = []
+        cores = os.cpu_count() or 1
         for index in range(count):
             name = f"box{chr(ord('A') + index)}"
             self.node_logs.append(work / f"{name}.log")
             argv = farm("--log-level", "INFO", "node", "--controller", node_url, "--name", name,
                         "--machine", name, "--threads", str(threads), "--work-dir", str(work / name))
-            cores = os.cpu_count() or 1
             self._start(["taskset", "-c", str(index % cores), *argv] if pinned else argv, self.node_logs[-1])
         wait_for(lambda: self._registered() >= count, "the nodes")
 

@@ -68,13 +68,11 @@ def _pretrace_over(watch) -> str | None:
 
 
 def parts(kind: str, width: int, height: int, count: int) -> list[list[str]]:
-    """Each part's POV-Ray area options ("framerows": rows on block edges, given as +SR/+ER here and
-    rendered over the whole frame with +C, see `pretrace`)."""
+    """Each part's POV-Ray area options ("framerows": the whole frame's area with +C, see `pretrace`)."""
     if kind == "whole":
         return [[]]
     if kind == "framerows":
-        cuts = [round(height / 32 * i / count) * 32 for i in range(count)] + [height]
-        return [[f"+SR{cuts[i] + 1}", f"+ER{cuts[i + 1]}"] for i in range(count)]
+        return [["+C"] for _ in strips.plan_strips(height, count)]
     size = height if kind == "rows" else width
     cuts = [round(size * i / count) for i in range(count + 1)]
     letter = "R" if kind == "rows" else "C"
@@ -93,10 +91,10 @@ def pretrace(scene: Path, size: tuple[int, int], kind: str, count: int, work: Pa
     def one(i: int, area: list[str]) -> None:
         load = ["+RFI"] if i in loaded else []
         if kind == "framerows":     # the farm's bands: the frame's block layout, other blocks skipped
-            first, last = int(area[0][3:]) - 1, int(area[1][3:])
+            first, last = strips.plan_strips(height, count)[i]
             (work / f"pre{i}.ppm").unlink(missing_ok=True)    # +C renders nothing when the image exists
-            (work / f"pre{i}.pov-state").write_bytes(continue_file(width, height, 32, first, last))
-            area = ["+C"]
+            (work / f"pre{i}.pov-state").write_bytes(
+                continue_file(width, height, strips.DEFAULT_BLOCK, first, last))
         argv = ["povray", f"+I{scene.name}", f"+L{scene.parent}", f"+W{width}", f"+H{height}", "+WT1", "-D",
                 "+FP", f"+O{work / f'pre{i}.ppm'}", *area, f"+RF{work / f'pre{i}.rad'}", *load, "+RFO"]
         times[i] = run(argv, scene.parent, work / f"pre{i}.log", True)

@@ -120,9 +120,7 @@ class UnitRenderer:
         cache = scene.parent / radiosity.CACHE_FILE
         band = (task.row_start, task.row_end) != (0, task.height)
         watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache, band=band)
-        block = validate_options(task.options).block
-        in_frame = band and self.flavour == povray.CONSOLE and continue_fits(task.width, task.height, block)
-        area = self._band_in_frame(task, strip_dir, block) if in_frame else None
+        area = self._band_in_frame(task, strip_dir) if band else None
         outcome = self._run_povray(task, strip_dir, scene, extra=[f"+RF{radiosity.CACHE_FILE}", "+RFO"],
                                    pretrace=watch, area=area)
         if outcome.kind != "done":
@@ -136,13 +134,16 @@ class UnitRenderer:
         return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds,
                              log=outcome.log)
 
-    @staticmethod
-    def _band_in_frame(task: Task, strip_dir: Path, block: int) -> list[str]:
+    def _band_in_frame(self, task: Task, strip_dir: Path) -> list[str] | None:
         """POV-Ray's area options for a band of a frame's pre-pass pretraced as in a whole-frame render: the
         frame's area (no +SR/+ER) and `+C`, beside a render state file that has POV-Ray skip every block
         outside the band. The band's blocks keep their serials in the frame, which seed their pretrace's
         jitter: measured on balcony 640x480, four bands pretraced so differ from single renders as single
-        renders differ from each other (1.00 times), where bands cut with +SR/+ER differ 1.12 times as much."""
+        renders differ from each other (1.00 times), where bands cut with +SR/+ER differ 1.12 times as much.
+        None (the band's rows, +SR/+ER) for POV-Ray for Windows and for frames of too many blocks."""
+        block = validate_options(task.options).block
+        if self.flavour != povray.CONSOLE or not continue_fits(task.width, task.height, block):
+            return None
         state = output_path(task, strip_dir).with_suffix(STATE_SUFFIX)
         state.write_bytes(continue_file(task.width, task.height, block, task.row_start, task.row_end))
         return ["+C"]

@@ -45,6 +45,7 @@ from array import array
 from typing import Union
 
 from farm.rendering.gamma import Encoding
+from farm.strips import block_count
 
 HEADER_SIZE = 512
 SIGNATURE = b"POV-Ray Render State File\0\0\0" + b"0001"   # sig[28] (the literal and its NUL), ver[4]
@@ -317,7 +318,7 @@ CONTINUE_MAX_BLOCKS = 100_000
 
 def continue_fits(width: int, height: int, block: int) -> bool:
     """Whether a frame of this size is worth rendering in part from a continue_file (its blocks are few enough)."""
-    return block >= 1 and -(-width // block) * -(-height // block) <= CONTINUE_MAX_BLOCKS
+    return block >= 1 and block_count(width, block) * block_count(height, block) <= CONTINUE_MAX_BLOCKS
 
 
 def continue_file(width: int, height: int, block: int, row_start: int, row_end: int) -> bytes:
@@ -326,9 +327,9 @@ def continue_file(width: int, height: int, block: int, row_start: int, row_end: 
     frame: one message per other block, holding its serial and nothing to paint."""
     if block < 1 or not 0 <= row_start < row_end <= height or width < 1:
         raise ValueError(f"rows [{row_start}, {row_end}) of a {width}x{height} frame in {block}-pixel blocks")
-    across = -(-width // block)
-    first, last = row_start // block * across, -(-row_end // block) * across
-    total = across * -(-height // block)
+    across = block_count(width, block)
+    first, last = row_start // block * across, block_count(row_end, block) * across
+    total = across * block_count(height, block)
     skipped = (serial for serial in range(total) if not first <= serial < last)
     return SIGNATURE.ljust(HEADER_SIZE, b"\0") + b"".join(_skip_message(serial) for serial in skipped)
 
