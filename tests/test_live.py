@@ -13,7 +13,7 @@ from PIL import Image
 
 from farm.kinds import LIVE
 from farm.rendering.gamma import Encoding
-from farm.rendering.live import (FIRST_READ_EVERY, READ_EVERY, FramesReader, LiveSender, LiveWatch,
+from farm.rendering.live import (FIRST_READ_EVERY, READ_EVERY, WATCH_EVERY, FramesReader, LiveSender, LiveWatch,
                                  StateFileReader, scene_gamma)
 from farm.rendering.statefile import read_blocks
 from farm.service.live import LiveBlocks
@@ -96,7 +96,7 @@ def test_each_frame_of_a_run_goes_whole_once_its_image_is_written_the_last_too_c
 
 def test_a_watched_unit_is_read_often_but_its_own_watch_is_asked_as_seldom_as_an_unwatched_one_s():
     """The runner calls the check every FIRST_READ_EVERY seconds for a watched unit: the state file is read
-    that often until its first blocks, then every READ_EVERY; heartbeats and the rest every READ_EVERY."""
+    that often until its first blocks, then every READ_EVERY; heartbeats and the rest every WATCH_EVERY."""
     now, reads, asked = [0.0], [], []
 
     class Reader:
@@ -114,7 +114,7 @@ def test_a_watched_unit_is_read_often_but_its_own_watch_is_asked_as_seldom_as_an
         stops.append(check())
     assert reads[:4] == pytest.approx([0.05, 0.1, 0.15, 0.2], abs=1e-3)
     assert all(b - a >= READ_EVERY for a, b in zip(reads[3:], reads[4:]))
-    assert len(asked) == 4 and all(b - a >= READ_EVERY for a, b in zip(asked, asked[1:]))
+    assert len(asked) == 4 and all(b - a >= WATCH_EVERY for a, b in zip(asked, asked[1:]))
     assert stops[-1] and stops.index(True) == 23        # asked at 1.2 s: the first answer after 1.0 s
 
 

@@ -33,7 +33,7 @@ from farm.images.raster import row_size
 from farm.kinds import PRETRACE, ROWS
 from farm.options import check_libraries, validate_options, without_antialiasing
 from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
-from farm.rendering.live import FIRST_READ_EVERY, READ_EVERY
+from farm.rendering.live import FIRST_READ_EVERY, WATCH_EVERY
 from farm.rendering import written
 from farm.rendering.finished import STATE_SUFFIX, frame_files, unit_done
 from farm.rendering.statefile import continue_file, continue_fits
@@ -181,7 +181,7 @@ class UnitRenderer:
         early = self._early_end(task, strip_dir, output, bool(animation), pretrace)
         result = self.runner(command.argv, cwd=scene.parent, env=command.env, log_path=log_path,
                              timeout=timeout, should_stop=should_stop, limits=command.limits,
-                             check_every=0.1 if pretrace is not None else FIRST_READ_EVERY if task.live else READ_EVERY,
+                             check_every=0.1 if pretrace is not None else FIRST_READ_EVERY if task.live else WATCH_EVERY,
                              **({"early": early} if early is not None else {}))
         if result.early:
             log.info("job %s strip %s: POV-Ray's image is complete after %.2f s; the unit is rendered, the "
