@@ -30,7 +30,8 @@ from typing import Any, Iterator
 from farm import __version__
 from farm.auth import client_token
 from farm.faults import Code, FarmError
-from farm.wire import FAULT_HEADER, METHOD_HEADER, RecordCutter, capped_gunzip, error_of, read_xmlrpc
+from farm.wire import (FAULT_HEADER, METHOD_HEADER, TIMING_HEADER, RecordCutter, capped_gunzip, error_of, read_xmlrpc,
+                       timing_seconds)
 
 
 log = logging.getLogger(__name__)
@@ -175,9 +176,11 @@ class _FarmTransportMixin:
             # included), plus a round trip and the controller's work, which large bodies dwarf.
             started, size, plain = self._sending
             seconds = time.monotonic() - started
-            log.info("sent %s: %d bytes (gzip of %d) in %.2f s", self.method, size, plain, seconds)
+            spent = min(seconds, timing_seconds(response.getheader(TIMING_HEADER)))   # the controller's own
+            log.info("sent %s: %d bytes (gzip of %d) in %.2f s (%.2f s of it the controller's)", self.method, size,
+                     plain, seconds, spent)
             if self.meter is not None:
-                self.meter.record(size, seconds)
+                self.meter.record(size, seconds - spent)
         self._sending = None
         body = response.read(self._max_response + 1)
         if len(body) > self._max_response:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import re
 import xml.parsers.expat
 import xmlrpc.client
 import zlib
@@ -20,6 +21,9 @@ from farm.faults import Code, FarmError
 
 METHOD_HEADER = "X-Povfarm-Method"      # the method a client calls, so limits are known before the body
 FAULT_HEADER = "X-Povfarm-Fault"        # the fault code of a refusal that is not an XML-RPC response
+# The controller's own time on a call, from its body read to its answer (W3C Server Timing, "app;dur=MS"):
+# a client timing its upload takes it off, so a busy controller is not taken for a slow uplink.
+TIMING_HEADER = "Server-Timing"
 STREAM_TYPE = "application/x-povfarm-feed"
 CHUNK = 64 * 1024
 
@@ -27,6 +31,17 @@ CHUNK = 64 * 1024
 Binary = xmlrpc.client.Binary
 DateTime = xmlrpc.client.DateTime
 Fault = xmlrpc.client.Fault
+
+
+def timing_value(seconds: float) -> str:
+    """The TIMING_HEADER value for the controller's `seconds` on a call."""
+    return f"app;dur={max(0.0, seconds) * 1000:.1f}"
+
+
+def timing_seconds(value: str | None) -> float:
+    """The controller's seconds on a call from its TIMING_HEADER value (0.0 without one, or unreadable)."""
+    found = re.search(r"(?:^|,)\s*app\s*;\s*dur=([0-9]+(?:\.[0-9]*)?)", value or "")
+    return float(found.group(1)) / 1000 if found else 0.0
 
 
 def fault_of(error: FarmError) -> Fault:

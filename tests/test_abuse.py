@@ -610,6 +610,25 @@ def test_a_node_listening_for_its_controller_outlives_hostile_datagrams(farm, mo
 
 # -- what the server says about itself -------------------------------------------------------------
 
+def test_a_call_says_how_long_the_controller_spent_on_it_and_the_upload_meter_leaves_that_out(farm):
+    """A busy controller is not a slow uplink: each answer says the controller's own time on the call
+    (Server-Timing: app;dur=MS, from its body read to its answer), and a client timing its large requests
+    takes it off what it records (farm/client.py)."""
+    farm.start_controller()
+    connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+    started = time.monotonic()
+    connection.request("POST", "/RPC2", body=xmlrpc.client.dumps((), "api.version"),
+                       headers={"Authorization": f"Bearer {token(farm, 'view')}", "Content-Type": "text/xml"})
+    response = connection.getresponse()
+    response.read()
+    elapsed = time.monotonic() - started
+    connection.close()
+    spent = wire.timing_seconds(response.getheader(wire.TIMING_HEADER))
+    assert response.getheader(wire.TIMING_HEADER).startswith("app;dur=") and 0 <= spent <= elapsed
+    assert wire.timing_seconds("db;dur=3, app;dur=12.5") == 0.0125
+    assert wire.timing_seconds(None) == wire.timing_seconds("app;dur=soon") == 0.0
+
+
 def test_the_server_header_names_povfarm_only(farm):
     """The Server header tells an attacker nothing about the Python underneath: on a call, a refusal,
     the web page and a missing page alike."""

@@ -21,8 +21,8 @@ from farm.auth import roles_of
 from farm.faults import Code, FarmError
 from farm.server.admission import RETRY_AFTER, Connection, current
 from farm.server.bodies import FileReply, Spool, body_chunks
-from farm.wire import (fault_of, FAULT_HEADER, METHOD_HEADER, STREAM_TYPE, BadBody, Base64Value, Busy, HeldBase64, TooLarge, inflated,
-                       read_xmlrpc)
+from farm.wire import (fault_of, FAULT_HEADER, METHOD_HEADER, STREAM_TYPE, TIMING_HEADER, BadBody, Base64Value, Busy,
+                       HeldBase64, TooLarge, inflated, read_xmlrpc, timing_value)
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
     def do_POST(self) -> None:
         """A call, metered: its latency by method, the bytes of its body and its answer."""
         started, self._method, self._length, self._sent = time.monotonic(), None, 0, 0
+        self._body_in: float | None = None
         try:
             self._post()
         finally:
@@ -231,6 +232,8 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             return
         self.send_response(http.HTTPStatus.OK)
         self.send_header("Content-Type", "text/xml")
+        if self._body_in is not None:     # the call's time here, which the client's upload timing leaves out
+            self.send_header(TIMING_HEADER, timing_value(time.monotonic() - self._body_in))
         if self.encode_threshold is not None and len(response) > self.encode_threshold \
                 and "gzip" in self.accept_encodings() and getattr(response, "compressible", True):
             response = xmlrpc.client.gzip_encode(response)
@@ -263,7 +266,7 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             self._refuse(http.HTTPStatus.NOT_IMPLEMENTED, f"Content-Encoding {encoding} is not supported")
             return None
         # Once the body is in, a slow method is fine: the request deadline ends there.
-        chunks = body_chunks(self.rfile, length, lambda: self.server.connections.deadline(self.record, None))
+        chunks = body_chunks(self.rfile, length, self._body_read)
         if encoding == "gzip":
             chunks = inflated(chunks, limit)
         values: list[Base64Value] = []
@@ -281,6 +284,10 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
             for value in values:       # a request's files never outlive it (a method keeping one moved it)
                 value.discard()
         return None
+
+    def _body_read(self) -> None:
+        self._body_in = time.monotonic()
+        self.server.connections.deadline(self.record, None)
 
     def _run(self, chunks: Iterable[bytes], limit: int, roles: frozenset[str], declared: str | None,
              values: list[Base64Value]) -> bytes | FileReply:
