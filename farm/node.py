@@ -29,7 +29,7 @@ from farm.rendering import povray
 from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
-from farm.rendering.ahead import Ahead
+from farm.rendering.ahead import Ahead, UnitProgress
 from farm.rendering.overlap import Overlap
 from farm.rendering.delivery import Delivery, Uploads
 from farm.rendering.downloads import Downloads
@@ -149,7 +149,7 @@ class Node:
         watches (now, or from a later heartbeat on), it also sends the render state file's new blocks up
         (farm/rendering/live.py). `progress(log_path)`: how far the unit is (default: POV-Ray's log read)."""
         watch = LeaseWatch(lease, log_path, self.beats.report, self.clock, self.beat_interval, self.aborting,
-                           when_tracing, progress)
+                           when_tracing, progress or UnitProgress.reader(task, log_path))
         if task is None or not jobkinds.sends_live(task.kind) or LIVE_BLOCKS not in self.features:
             return self._ahead_of(task, log_path, watch)
         self.live_sender.start(lease, task.live)

@@ -10,7 +10,8 @@ import pytest
 from harness import (SCENES, assert_same_pixels, native_render, needs_povray, register_node, rows_for,
                      submit, wait_ended, wait_until, write_scene)
 from farm.faults import Code, FarmError
-from farm.rendering.ahead import remaining, unit_progress
+from farm.rendering.ahead import UnitProgress, remaining, unit_progress
+from farm.rendering.task import Task
 
 MEDIASKY = SCENES / "advanced/mediasky.pov"       # ~13 s at 320x240 on one thread: strips take seconds
 
@@ -26,6 +27,26 @@ def test_what_is_left_of_a_unit_comes_from_povrays_progress(tmp_path):
     log.write_text("Rendering frame 3 of 4\nRendered 50 of 100 pixels (50%)")
     assert unit_progress(log, 4) == pytest.approx(2.5 / 4)
     assert remaining(6.0, 0.75) == pytest.approx(2.0) and remaining(6.0, 1.0) == 0.0
+
+
+def test_a_strip_loading_a_radiosity_cache_counts_its_pretrace_pass_as_half_of_it(tmp_path):
+    """POV-Ray counts its pixels again in each pass: a strip loading its frame's cache pretraces first (to
+    99% of its pixels), then renders. Its pretrace's 99% is half the unit, and the final pass the rest."""
+    log = tmp_path / "povray.log"
+    progress = UnitProgress(log, passes=2)
+    for text, expected in (("Parsing...\n", None), ("Rendered 30 of 100 pixels (30%)", 0.15),
+                           ("Rendered 99 of 100 pixels (99%)", 0.495),
+                           ("Rendered 99 of 100 pixels (99%)\rRendered 10 of 100 pixels (10%)", 0.55),
+                           ("Rendered 80 of 100 pixels (80%)", 0.9), ("Rendered 5 of 100 pixels (5%)", 0.525)):
+        log.write_text(text)
+        assert progress() == (None if expected is None else pytest.approx(expected))
+    plain = UnitProgress(log)                        # one pass: POV-Ray's count as it stands
+    log.write_text("Rendered 99 of 100 pixels (99%)")
+    assert plain() == 0.99
+    strip = Task(lease="l", job=1, frame=1, strip=2, attempt=1, width=8, height=8, row_start=0, row_end=8,
+                 bundle="b", scene="s.pov", options=(), channels=3, bits=8, frame_last=1, radiosity_cache=True)
+    assert UnitProgress.of_task(strip, log).passes == 2 and UnitProgress.reader(None, log) is None
+    assert UnitProgress.reader(strip, log)(log) == pytest.approx(0.495)
 
 
 def test_a_unit_leased_ahead_and_never_started_is_reclaimed_by_its_lease_and_counted_once(stepped, tmp_path):

@@ -128,6 +128,20 @@ def test_short_units_timed_without_povrays_shut_down_do_not_hand_one_node_the_re
                                   running, overhead=overhead) == 224
 
 
+def test_a_node_asking_ahead_leaves_the_last_rows_to_a_slot_that_frees_sooner():
+    """The frame's last three blocks, dear: node a asks ahead while both its slots render (the sooner ends
+    in about 1.3 s), node b's slot ends in about 0.2 s. Taken by a, b's slot would idle to the end; a
+    declines, and takes them itself when it has a slot free."""
+    finished = [scheduler.Finished("b", 0, 64, 1.2), scheduler.Finished("a", 64, 128, 1.2),
+                scheduler.Finished("b", 128, 192, 1.5), scheduler.Finished("a", 192, 256, 2.5)]
+    a_busy = [scheduler.Running("a", 64, 0.1), scheduler.Running("a", 32, 0.5)]
+    b_busy = [scheduler.Running("b", 64, 0.9)]
+    slots = {"a": 2, "b": 2}
+    assert scheduler.next_cut("a", 384, 480, 32, slots, finished, a_busy + b_busy) is None
+    assert scheduler.next_cut("b", 384, 480, 32, slots, finished, a_busy + b_busy) is not None
+    assert scheduler.next_cut("a", 384, 480, 32, slots, finished, a_busy[:1] + b_busy) is not None
+
+
 def test_the_time_left_comes_from_the_measured_cost():
     assert scheduler.seconds_left(320, [], {"a": 2}) is None
     start_up = scheduler.STARTUP_SECONDS

@@ -46,6 +46,44 @@ def unit_progress(log_path: Path, frames: int) -> float | None:
     return (index - 1 + fraction) / max(1, count)
 
 
+RESTARTED = 0.2     # a reading this much below the last: POV-Ray began its next pass over the rows
+
+
+class UnitProgress:
+    """How far a unit is (0..1), read from POV-Ray's stderr on each call. POV-Ray counts its "Rendered N of
+    M pixels" again from 0 in each pass over the rows: a strip loading its frame's radiosity cache makes a
+    pretrace pass before the final one (farm.radiosity), whose 99% is half the unit, not the whole (read as
+    the whole, a balcony strip one second in asked for the slot's next unit 5 s ahead, and took the frame's
+    last rows from a box that was free before it). Each reading far below the last starts the next pass;
+    `passes` share the unit evenly."""
+
+    def __init__(self, log_path: Path, frames: int = 1, passes: int = 1):
+        self.log_path, self.frames, self.passes = log_path, frames, max(1, passes)
+        self._pass, self._last = 0, 0.0
+
+    @classmethod
+    def of_task(cls, task: Task, log_path: Path) -> UnitProgress:
+        return cls(log_path, task.frame_last - task.frame + 1, 2 if task.radiosity_cache else 1)
+
+    @classmethod
+    def reader(cls, task: Task | None, log_path: Path) -> Callable[[Path], float | None] | None:
+        """A heartbeat's progress reader (farm.rendering.heartbeats.LeaseWatch) for the task's unit; None
+        (POV-Ray's last count as it stands) without a task."""
+        if task is None:
+            return None
+        progress = cls.of_task(task, log_path)
+        return lambda _log_path: progress()
+
+    def __call__(self) -> float | None:
+        fraction = unit_progress(self.log_path, self.frames)
+        if fraction is None or self.passes == 1:
+            return fraction
+        if fraction < self._last - RESTARTED:
+            self._pass = min(self._pass + 1, self.passes - 1)
+        self._last = fraction
+        return (self._pass + fraction) / self.passes
+
+
 def remaining(elapsed: float, progress: float | None) -> float:
     """Seconds a unit `progress` of the way through after `elapsed` seconds has left, at its pace so far
     (start-up and parse count in that pace, so this errs long: the next unit is asked for rather late)."""
@@ -72,12 +110,12 @@ class Ahead:
         its end."""
         if self.lead <= 0:
             return watch
-        started, frames = self.clock(), task.frame_last - task.frame + 1
+        started, progress = self.clock(), UnitProgress.of_task(task, log_path)
         asked = threading.Event()    # once per unit: the next may be taken (and started) before this one ends
 
         def checked() -> bool:
             if self._thread is None and not asked.is_set() and not self.stopping.is_set():
-                left = remaining(self.clock() - started, unit_progress(log_path, frames))
+                left = remaining(self.clock() - started, progress())
                 if left <= self.lead + 2 * self.round_trip:
                     asked.set()
                     self._thread = threading.Thread(target=self._ask, name=f"{threading.current_thread().name}"

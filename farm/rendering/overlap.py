@@ -21,7 +21,7 @@ from typing import Callable
 
 from farm.faults import FarmError
 from farm.kinds import PREVIEW
-from farm.rendering.ahead import Ahead, remaining, unit_progress
+from farm.rendering.ahead import Ahead, UnitProgress, remaining
 from farm.rendering.task import Task
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,11 @@ class Overlap:
             unit = self._units.get(task.lease)
         if unit is None or self.lead <= 0:
             return watch
-        started, frames = self.clock(), task.frame_last - task.frame + 1
+        started, progress = self.clock(), UnitProgress.of_task(task, log_path)
 
         def checked() -> bool:
             if not unit.near.is_set() and self.ahead.ready():
-                left = remaining(self.clock() - started, unit_progress(log_path, frames))
+                left = remaining(self.clock() - started, progress())
                 if starts_now(left, self.lead, True):
                     unit.near.set()
             return watch()
