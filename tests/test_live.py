@@ -169,6 +169,25 @@ def test_the_sender_never_waits_and_stops_when_the_job_is_no_longer_watched():
     assert sum(count for _, count in sent) <= 600
 
 
+@pytest.mark.parametrize("slow_below, least_gap", [(1e5, 0.15), (1e4, 0.0)])
+def test_blocks_take_a_quarter_of_a_slow_uplink_and_a_fast_one_as_it_comes(slow_below, least_gap):
+    """Measured at 20 kB/s: under `slow_below` 100 kB/s that is a slow uplink, and 1 kB of blocks waits
+    1000 / (0.25 x 20,000) = 0.2 s before the next call; under 10 kB/s it is not, and the next goes at once."""
+    sent = []
+
+    def send(lease, blocks):
+        sent.append(time.monotonic())
+        return {"live": True}
+    sender = LiveSender(send, lambda: 2e4, slow_below=slow_below)
+    block = {"frame": 0, "left": 0, "top": 0, "right": 0, "bottom": 0, "rows": b"y" * 1000}
+    sender.start("a", True)
+    sender.offer("a", [block])
+    wait_until(lambda: len(sent) == 1, what="the first call")
+    sender.offer("a", [block])
+    wait_until(lambda: len(sent) == 2, what="the second call")
+    assert sent[1] - sent[0] >= least_gap and (least_gap or sent[1] - sent[0] < 0.15)
+
+
 def test_blocks_still_queued_when_their_unit_ends_are_dropped_in_front_of_its_rows():
     sent, calling, release = [], threading.Event(), threading.Event()
 
