@@ -107,7 +107,7 @@ class Node:
                            self.uploads.renewed)
         meter = getattr(client, "uploads", None)
         self.live_sender = LiveSender(lambda lease, blocks: client.call("nodes.live", self.node_id, lease, blocks),
-                                      meter.bytes_per_second if meter else (lambda: 0.0), clock, config.slow_uplink_bps)
+                                      getattr(meter, "bytes_per_second", lambda: 0.0), clock, self.slow_link)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -169,16 +169,16 @@ def test_the_sender_never_waits_and_stops_when_the_job_is_no_longer_watched():
     assert sum(count for _, count in sent) <= 600
 
 
-@pytest.mark.parametrize("slow_below, least_gap", [(1e5, 0.15), (1e4, 0.0)])
-def test_blocks_take_a_quarter_of_a_slow_uplink_and_a_fast_one_as_it_comes(slow_below, least_gap):
-    """Measured at 20 kB/s: under `slow_below` 100 kB/s that is a slow uplink, and 1 kB of blocks waits
-    1000 / (0.25 x 20,000) = 0.2 s before the next call; under 10 kB/s it is not, and the next goes at once."""
+@pytest.mark.parametrize("slow, least_gap", [(True, 0.15), (False, 0.0)])
+def test_blocks_take_a_quarter_of_a_slow_uplink_and_a_fast_one_as_it_comes(slow, least_gap):
+    """Measured at 20 kB/s: where the node calls that a slow uplink (under its slow_uplink_bps), 1 kB of blocks
+    waits 1000 / (0.25 x 20,000) = 0.2 s before the next call; where it does not, the next goes at once."""
     sent = []
 
     def send(lease, blocks):
         sent.append(time.monotonic())
         return {"live": True}
-    sender = LiveSender(send, lambda: 2e4, slow_below=slow_below)
+    sender = LiveSender(send, lambda: 2e4, slow=lambda: slow)
     block = {"frame": 0, "left": 0, "top": 0, "right": 0, "bottom": 0, "rows": b"y" * 1000}
     sender.start("a", True)
     sender.offer("a", [block])

@@ -22,7 +22,6 @@ blocks are a preview only, so a wrong guess costs a wrongly bright preview, neve
 from __future__ import annotations
 
 import logging
-import math
 import mmap
 import queue
 import re
@@ -205,10 +204,10 @@ class LiveSender:
     """Sends queued blocks with nodes.live, one call at a time, from a daemon thread of its own."""
 
     def __init__(self, send: Callable[[str, list], dict], rate: Callable[[], float],
-                 clock: Callable[[], float] = time.monotonic, slow_below: float = math.inf):
+                 clock: Callable[[], float] = time.monotonic, slow: Callable[[], bool] = lambda: True):
         """`send(lease, blocks)`: the nodes.live call; `rate()`: the node's measured upload rate (0: none);
-        below `slow_below` bytes a second the uplink is slow, and blocks take at most UPLINK_SHARE of it."""
-        self._send, self._rate, self._clock, self._slow_below = send, rate, clock, slow_below
+        `slow()`: whether the node's uplink is slow (Node.slow_link), where blocks take at most UPLINK_SHARE."""
+        self._send, self._rate, self._clock, self._slow = send, rate, clock, slow
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._queued = 0
@@ -297,7 +296,7 @@ class LiveSender:
         heartbeats'. Not on a fast one, whose measured rate is mostly the two ends' own work (on a busy box a
         quarter of it held clockd's blocks back 0.1-0.25 s after each call)."""
         rate = self._rate()
-        if 0 < rate < self._slow_below:
+        if rate > 0 and self._slow():
             time.sleep(max(0.0, size / (UPLINK_SHARE * rate) - (self._clock() - started)))
 
     def _call(self, lease: str, blocks: list[dict[str, Any]]) -> bool:
