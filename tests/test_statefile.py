@@ -251,6 +251,24 @@ def test_the_threshold_tables_quantise_as_povray_does(curves, value):
     assert Encoding(*curves).encode(pixels) == bytes([quantise(value)] * 3)
 
 
+@given(st.sampled_from(CURVES + [(None, "srgb")]), st.lists(st.floats(width=32, allow_nan=False), min_size=5,
+                                                          max_size=40).map(lambda v: v[:len(v) // 5 * 5]))
+@settings(max_examples=500, deadline=None)
+def test_a_preview_is_within_one_level_of_the_image(curves, values):
+    """Live blocks are previews: their 8-bit samples, looked up by each float's top 16 bits, may be one
+    level off the image's, never more, and come in the image's order (R G B per pixel)."""
+    pixels = array("f", values)
+    exact, preview = Encoding(*curves).encode(pixels), Encoding(*curves).preview(pixels)
+    assert len(preview) == len(exact) and all(abs(a - b) <= 1 for a, b in zip(preview, exact))
+
+
+def test_a_real_blocks_preview_is_mostly_the_image():
+    blocks, _ = read_blocks(state_file("chess2"))
+    exact = b"".join(b"".join(block.rows(Encoding(2.2))) for block in blocks)
+    preview = b"".join(Encoding(2.2).preview(block.pixels) for block in blocks)
+    assert sum(a == b for a, b in zip(preview, exact)) > 0.85 * len(exact)      # 89.8%
+
+
 def test_povray_folds_two_power_laws_into_one_and_equal_curves_into_none():
     assert gamma.transcoding(gamma.SRGB, gamma.SRGB) == gamma.NEUTRAL.encode
     two_two, one_eight = gamma.Curve.parse(2.2), gamma.Curve.parse(1.8)
@@ -281,8 +299,12 @@ def test_decoding_is_fast_enough_to_follow_a_render():
     for block in blocks * 5:
         block.rows(encoding)
     encoding_rate = 5 * len(blocks) / (time.perf_counter() - started)
-    print(f"decode {decoding:.0f} blocks/s, to 8-bit rows {encoding_rate:.0f} blocks/s")
-    assert decoding > 500 and encoding_rate > 50
+    started = time.perf_counter()
+    for block in blocks * 5:
+        encoding.preview(block.pixels)
+    preview_rate = 5 * len(blocks) / (time.perf_counter() - started)
+    print(f"decode {decoding:.0f} blocks/s, to 8-bit rows {encoding_rate:.0f} blocks/s, previews {preview_rate:.0f}")
+    assert decoding > 500 and encoding_rate > 50 and preview_rate > 50
 
 
 def test_a_continue_file_skips_every_block_outside_the_band():
