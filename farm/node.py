@@ -31,10 +31,10 @@ from farm.client import Client, client_for
 from farm.config import Config
 from farm.rendering.ahead import Ahead, UnitProgress
 from farm.rendering.overlap import Overlap
-from farm.rendering.delivery import Delivery, Uploads
+from farm.rendering.delivery import Delivery, Uploads, rows_encoding
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
-from farm.features import CURRENT, FEATURES, FILTERED_ROWS, LIVE_BLOCKS, Features
+from farm.features import CURRENT, FEATURES, LIVE_BLOCKS, Features
 from farm.rendering.kindparts import Offered
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.live import LiveSender, LiveWatch, unit_reader
@@ -44,7 +44,6 @@ from farm.rendering.reaper import Reaper
 from farm.rendering.render import UnitRenderer, output_path, unnamed
 from farm.retry import RETRY_CEILING, grow
 from farm.rendering.task import RenderOutcome, Task
-from farm.rows import FILTERED, ZLIB
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class Node:
                                                                 task.lease).data,
             watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing, task),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link,
-            rows_encoding=lambda: FILTERED if FILTERED_ROWS in self.features else ZLIB, reaper=self.reaper)
+            rows_encoding=lambda: rows_encoding(self.features, self.uplink(), config.slow_uplink_bps), reaper=self.reaper)
         self.offered = Offered(config, self.broken)   # its kinds of job, and their runners
         self.kinds = self.offered.names
         node_id, features = (lambda: self.node_id), (lambda: self.features)
@@ -174,11 +173,14 @@ class Node:
             return reply
         return beat
 
+    def uplink(self) -> float:
+        """Bytes/s of the node's last large request (0 before it has sent one)."""
+        meter = getattr(self.client, "uploads", None)
+        return meter.latest() if meter is not None else 0.0
+
     def slow_link(self) -> bool:
         """Whether the node's last large request went up slower than slow_uplink_bps."""
-        meter = getattr(self.client, "uploads", None)
-        rate = meter.latest() if meter is not None else 0.0
-        return 0 < rate < self.config.slow_uplink_bps
+        return 0 < self.uplink() < self.config.slow_uplink_bps
 
     def beat_interval(self) -> float:
         """Seconds between the node's heartbeats while it renders: the controller's heartbeat_interval
