@@ -72,7 +72,7 @@ class Config:
     ask_ahead: float = 1.0             # a slot leases its next unit when its current one has this long left; 0 never
     overlap: float = 0.8               # ... and starts it when its current one has this long left; 0 never
     heartbeat_interval: float = 2.0    # controller: how often nodes renew their leases and report progress
-    # Node on a slow uplink (its last large request went up slower than slow_uplink_bps bytes a second):
+    # Node on a slow uplink (its last three large requests went up slower than slow_uplink_bps bytes a second):
     # while rendering, one heartbeat every slow_heartbeat_interval seconds instead (at most a third of the
     # controller's lease timeout), so heartbeats do not cost more than the pixels' last few percent.
     slow_uplink_bps: float = 500_000.0

@@ -174,12 +174,12 @@ class Node:
         return beat
 
     def uplink(self) -> float:
-        """Bytes/s of the node's last large request (0 before it has sent one)."""
+        """Bytes/s of the fastest of the node's last three large requests (0 before it has sent one)."""
         meter = getattr(self.client, "uploads", None)
-        return meter.latest() if meter is not None else 0.0
+        return meter.recent_best() if meter is not None else 0.0
 
     def slow_link(self) -> bool:
-        """Whether the node's last large request went up slower than slow_uplink_bps."""
+        """Whether the node's last three large requests all went up slower than slow_uplink_bps."""
         return 0 < self.uplink() < self.config.slow_uplink_bps
 
     def beat_interval(self) -> float:

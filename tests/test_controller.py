@@ -775,6 +775,11 @@ def test_on_a_slow_uplink_a_rendering_node_beats_less_often_but_within_its_lease
         slot()
     assert len(client.beats) == 4
     assert client.beats[2][1]["upload_bps"] > 125_000 * 1.1 and len(client.beats[3]) == 1   # changed, then not
+    client.uploads.record(20_000, 0.24)                        # one call held back on a busy box...
+    client.uploads.record(20_000, 0.24)
+    assert worker.beat_interval() == 2.0 and not worker.slow_link()   # ...does not make the link slow
+    client.uploads.record(100_000, 0.8)                        # three slow ones in a row do
+    assert worker.beat_interval() == 10.0 and worker.slow_link()
 
 
 def test_the_slow_uplink_settings_come_in_layers(tmp_path):
