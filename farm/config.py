@@ -86,6 +86,7 @@ class Config:
     sandbox: str = "auto"              # confine POV-Ray: auto (bubblewrap when it works), bwrap, none
     max_memory_mb: int = 8192          # POV-Ray's address-space limit; 0 means none
     max_output_mb: int = 1024          # the largest file POV-Ray may write; 0 means none
+    render_nice: int = 10              # POV-Ray's CPU priority below the node's (0-19; 0: the same)
     # Submitting and waiting.
     # A waiting client (submit --wait, fetch, viewer --exit-when-done) rides out an unreachable controller,
     # and a job that no live node can render, for this many seconds before it gives up; 0 means for ever.

@@ -8,6 +8,7 @@ POSIX and Windows start, confine and stop processes differently:
 | die with the node | Linux: parent-death signal; macOS: none | none: a killed node's POV-Ray runs on to its end |
 | stop the whole tree | SIGTERM to the group, then SIGKILL | `taskkill /T` (closes windows), then `taskkill /T /F` |
 | resource limits | `resource` (address space, file size, CPU time) | none: only the wall-clock limit |
+| lower CPU priority | `nice`, and on Linux its session's autogroup too | `BELOW_NORMAL_PRIORITY_CLASS` |
 | sandbox | bubblewrap on Linux only | none |
 
 Everything POSIX-only the farm calls (`os.killpg`, `resource`, `preexec_fn`, SIGKILL...) is called here
@@ -37,6 +38,8 @@ except ImportError:     # Windows
 log = logging.getLogger(__name__)
 
 CREATE_NEW_PROCESS_GROUP = 0x00000200   # the Windows creation flag (subprocess has it only on Windows)
+BELOW_NORMAL_PRIORITY_CLASS = 0x00004000
+AUTOGROUP = Path("/proc/self/autogroup")
 TASKKILL_TIMEOUT = 30.0
 PR_SET_PDEATHSIG = 1
 
@@ -47,10 +50,13 @@ class Limits:
     memory_bytes: int = 0       # RLIMIT_AS: address space
     file_bytes: int = 0         # RLIMIT_FSIZE: the largest file it may write (SIGXFSZ beyond)
     cpu_seconds: int = 0        # RLIMIT_CPU: CPU time over all its threads (SIGXCPU beyond)
+    nice: int = 0               # how much lower than its parent's its CPU priority is (0-19)
 
     def apply(self) -> None:
-        """In the child, before exec: lower soft and hard limits (never above the current hard limit).
-        Nothing where the platform has no `resource` module."""
+        """In the child, before exec: lower its priority, and its soft and hard limits (never above the current
+        hard limit) where the platform has a `resource` module."""
+        if self.nice > 0:
+            lower_priority(self.nice)
         if resource is None:
             return
         for which, value in ((resource.RLIMIT_AS, self.memory_bytes), (resource.RLIMIT_FSIZE, self.file_bytes),
@@ -61,6 +67,18 @@ class Limits:
             if hard != resource.RLIM_INFINITY:
                 value = min(value, hard)
             resource.setrlimit(which, (value, value))
+
+
+def lower_priority(nice: int) -> None:
+    """In the child, after it began a session of its own: lower its CPU priority by `nice`. On Linux the
+    scheduler shares the CPU between sessions first ("autogroups"), so a new session's nice is set too:
+    otherwise each POV-Ray, a session of its own, weighs as much as the node's whole session, and eight of
+    them left the node (its live blocks, rows and heartbeats) an eighth of the box."""
+    level = os.nice(nice)
+    try:
+        AUTOGROUP.write_text(str(level))
+    except OSError:     # no autogroups here (another system, or a kernel without them): nice alone does it
+        pass
 
 
 class Host:
@@ -94,7 +112,8 @@ class Host:
         """Keyword arguments for subprocess.Popen: a process group of its own (so the whole tree can
         be stopped), and on POSIX the limits and, on Linux, death with the parent, set before exec."""
         if self.windows:
-            return {"creationflags": CREATE_NEW_PROCESS_GROUP}
+            lower = BELOW_NORMAL_PRIORITY_CLASS if limits is not None and limits.nice > 0 else 0
+            return {"creationflags": CREATE_NEW_PROCESS_GROUP | lower}
         return {"start_new_session": True, "preexec_fn": self._child_setup(limits, die_with_parent)}
 
     def _child_setup(self, limits: Limits | None, die_with_parent: bool) -> Callable[[], None] | None:

@@ -77,7 +77,7 @@ class Node:
         self.flavour = povray.flavour_of(config.povray)   # the console povray, or the Windows GUI engine
         # Built once, probing bubblewrap once; raises FarmError when --sandbox bwrap cannot be had.
         self.sandbox = sandbox or sandboxes.build(config.sandbox, self.povray, config.max_memory_mb,
-                                                  config.max_output_mb)
+                                                  config.max_output_mb, nice=config.render_nice)
         self.reaper = Reaper(self.aborting)   # POV-Ray processes whose unit ended with its image, until they exit
         self.version, self.broken = probe_povray(self.povray, self.sandbox, self.flavour, runner,
                                                  cache=config.probe_cache, scratch=config.work_dir / "probe")

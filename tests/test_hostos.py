@@ -45,6 +45,8 @@ class FakeProcess:
 def test_windows_starts_a_new_process_group_without_posix_hooks():
     options = hostos.Host("win32").popen_options(hostos.Limits(memory_bytes=1 << 30))
     assert options == {"creationflags": hostos.CREATE_NEW_PROCESS_GROUP}
+    lowered = hostos.Host("win32").popen_options(hostos.Limits(nice=10))
+    assert lowered == {"creationflags": hostos.CREATE_NEW_PROCESS_GROUP | hostos.BELOW_NORMAL_PRIORITY_CLASS}
 
 
 def test_windows_stops_the_whole_tree_with_taskkill():

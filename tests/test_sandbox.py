@@ -197,6 +197,29 @@ def test_resource_limits_reach_the_process(tmp_path, kind):
         assert soft and soft.group(1) == str(value), f"{name}: {soft and soft.group(1)} != {value}"
 
 
+@pytest.mark.parametrize("kind", ["none", pytest.param("bwrap", marks=needs_bwrap)])
+def test_povray_runs_below_the_nodes_priority_with_no_terminal_to_write_into(tmp_path, kind):
+    """Each POV-Ray is a session of its own (so its whole tree can be stopped); Linux shares the CPU between
+    sessions first, so the session's autogroup is lowered too, not only the process. Started in a session of
+    its own, the sandbox has no controlling terminal (bubblewrap's --new-session guarded against writing
+    into it)."""
+    box = sandbox.build(kind, nice=7)
+    script = "cat /proc/self/autogroup >&2 || true; cut -d' ' -f19 /proc/self/stat >&2; (: </dev/tty) 2>/dev/null " \
+             "&& echo tty >&2 || echo no-tty >&2"
+    command = box.command(["/bin/sh", "-c", script], tmp_path, tmp_path, dict(os.environ))
+    result = povray.run_process(command.argv, tmp_path, command.env, tmp_path / "log", timeout=20,
+                                limits=command.limits)
+    text = (tmp_path / "log").read_text()
+    assert result.returncode == 0, text
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert re.search(rf"^{own + 7}$", text, re.M), text                       # the process's nice
+    if Path("/proc/self/autogroup").exists():
+        assert re.search(rf"/autogroup-\d+ nice {own + 7}$", text, re.M), text  # and its session's
+    assert text.strip().endswith("no-tty"), text
+    with pytest.raises(FarmError, match="0 to 19"):
+        sandbox.build(kind, nice=20)
+
+
 def test_a_file_over_the_size_limit_stops_the_process(tmp_path):
     box = sandbox.build("none", output_mb=1)
     command = box.command(["/usr/bin/dd", "if=/dev/zero", "of=big", "bs=1M", "count=3"], tmp_path, tmp_path, {})
@@ -214,8 +237,9 @@ def test_the_confined_command_shows_only_the_strip_folder_writable(tmp_path):
     pairs = list(zip(argv, argv[1:]))
     assert [b for a, b in pairs if a == "--bind"] == [str(strip)]            # the one writable host path
     assert all(a not in ("--dev-bind", "--bind-try", "--share-net") for a in argv)
-    for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv"):
+    for flag in ("--unshare-all", "--die-with-parent", "--clearenv"):
         assert flag in argv
+    assert "--new-session" not in argv       # the node's own new session (popen_options) keeps its lowered priority
     assert argv.index("--clearenv") < argv.index("--setenv")
     setenv = {argv[i + 1]: argv[i + 2] for i, arg in enumerate(argv) if arg == "--setenv"}
     assert setenv["HOME"] == str(strip) and setenv["POVINI"] == env["POVINI"] and "SECRET_TOKEN" not in setenv

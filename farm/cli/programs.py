@@ -85,6 +85,9 @@ def add_node(commands: Subcommands) -> None:
     p.add_argument("--max-memory-mb", type=int, metavar="MB", help="POV-Ray's address-space limit (default 8192)")
     p.add_argument("--max-output-mb", type=int, metavar="MB",
                    help="the largest file POV-Ray may write (default 1024)")
+    p.add_argument("--render-nice", type=int, metavar="N",
+                   help="POV-Ray's CPU priority below the node's, 0-19 (default 10): the node, its uploads and "
+                        "the box's other work come first")
 
 
 def _add_kind_modules(p: argparse.ArgumentParser) -> None:

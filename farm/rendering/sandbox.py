@@ -65,6 +65,7 @@ class Sandbox:
     warning: str = ""                      # why POV-Ray runs unconfined, when it does
     memory_mb: int = 0
     output_mb: int = 0
+    nice: int = 0                          # POV-Ray's CPU priority below the node's
 
     @property
     def confined(self) -> bool:
@@ -82,7 +83,8 @@ class Sandbox:
         its render threads plus its parser thread for that long, so this only catches a runaway
         process that the wall-clock watch missed."""
         cpu = math.ceil(timeout * (max(threads, 1) + 1)) + CPU_SLACK_SECONDS if timeout > 0 else 0
-        return Limits(memory_bytes=self.memory_mb * 2**20, file_bytes=self.output_mb * 2**20, cpu_seconds=cpu)
+        return Limits(memory_bytes=self.memory_mb * 2**20, file_bytes=self.output_mb * 2**20, cpu_seconds=cpu,
+                      nice=self.nice)
 
     def command(self, argv: Sequence[str], strip_dir: Path, cwd: Path, env: Mapping[str, str],
                 timeout: float = 0.0, threads: int = 1) -> Command:
@@ -132,7 +134,10 @@ def system_args(povray: str = "", root: Path = Path("/")) -> tuple[str, ...]:
     """bwrap arguments for the read-only system: the paths in SYSTEM_PATHS, the top-level
     /bin, /lib... as they are on this machine (symlinks or directories), the POV-Ray program
     itself when it lives elsewhere, a new /proc, a minimal /dev and an empty /tmp."""
-    args = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    # No --new-session: the node starts bubblewrap in a session of its own already (hostos.Host.popen_options),
+    # with no controlling terminal for the sandbox to write into, and that session's CPU priority is the one
+    # the node lowered (a second one would be a new autogroup at the default priority).
+    args = ["--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
     for path in SYSTEM_PATHS:
         args += ["--ro-bind-try", path, path]
     for name in TOP_LEVEL:
@@ -164,12 +169,14 @@ def _unconfined(reason: str) -> str:
 
 
 def build(mode: str, povray: str = "povray", memory_mb: int = 0, output_mb: int = 0,
-          platform: str = sys.platform) -> Sandbox:
+          platform: str = sys.platform, nice: int = 0) -> Sandbox:
     """The node's sandbox for `--sandbox MODE`, probing bubblewrap once. Raises FarmError with one
     sentence when MODE is bwrap and bubblewrap cannot be used."""
     if mode not in MODES:
         raise FarmError(Code.BAD_ARGUMENT, f"--sandbox takes {', '.join(MODES)}, not {mode!r}")
-    limits = {"memory_mb": max(0, memory_mb), "output_mb": max(0, output_mb)}
+    if not 0 <= nice <= 19:
+        raise FarmError(Code.BAD_ARGUMENT, f"render_nice (--render-nice) takes 0 to 19, not {nice}")
+    limits = {"memory_mb": max(0, memory_mb), "output_mb": max(0, output_mb), "nice": nice}
     if not Host(platform).can_sandbox:
         if mode == "bwrap":
             raise FarmError(Code.BAD_ARGUMENT, "--sandbox bwrap needs Linux (bubblewrap); on this system the node "
