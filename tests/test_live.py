@@ -13,7 +13,8 @@ from PIL import Image
 
 from farm.kinds import LIVE
 from farm.rendering.gamma import Encoding
-from farm.rendering.live import (FIRST_READ_EVERY, READ_EVERY, WATCH_EVERY, FramesReader, LiveSender, LiveWatch,
+from farm.rendering.live import (DUE_READ_EVERY, FIRST_BLOCK_DUE, FIRST_READ_EVERY, READ_EVERY, WATCH_EVERY,
+                                 FramesReader, LiveSender, LiveWatch,
                                  StateFileReader, scene_gamma)
 from farm.rendering.statefile import read_blocks
 from farm.service.live import LiveBlocks
@@ -118,6 +119,33 @@ def test_a_watched_unit_is_read_often_but_its_own_watch_is_asked_as_seldom_as_an
     assert all(b - a >= READ_EVERY for a, b in zip(reads[first:], reads[first + 1:]))
     assert len(asked) == 4 and all(b - a >= WATCH_EVERY for a, b in zip(asked, asked[1:]))
     assert stops[-1] and stops.index(True) == len(steps) - 1     # asked at 1.2 s: the first answer after 1.0 s
+
+
+def test_while_povrays_first_block_is_due_a_look_that_finds_nothing_waits_for_it():
+    """POV-Ray's first block comes 0.28-0.29 s after its start (its front end's fixed polls): a look at 0.25 s
+    looks again every DUE_READ_EVERY until it comes, and the block goes up at 0.29 s, not at a runner's step;
+    outside FIRST_BLOCK_DUE a look is one read."""
+    now, reads, offered = [0.0], [], []
+
+    class Reader:
+        waiting = False
+
+        def __call__(self):
+            reads.append(now[0])
+            return [{"rows": b"x"}] if now[0] >= 0.29 else []
+
+    def sleep(seconds):
+        now[0] += seconds
+    sender = LiveSender(lambda lease, blocks: {"live": True}, lambda: 0.0)
+    sender.start("a", True)
+    sender.offer = lambda lease, blocks: offered.append(now[0])
+    check = LiveWatch("a", lambda: False, Reader(), sender, lambda: now[0], sleep)
+    for step in range(1, 8):                       # the runner's calls, FIRST_READ_EVERY apart
+        now[0] = max(now[0], step * (FIRST_READ_EVERY + 1e-6))
+        check()
+    assert [round(t, 3) for t in reads[:4]] == [0.05, 0.1, 0.15, 0.2]          # one read a look before it is due
+    assert offered == [pytest.approx(0.29, abs=DUE_READ_EVERY + 1e-6)]
+    assert FIRST_BLOCK_DUE[0] <= 0.29 < FIRST_BLOCK_DUE[1]
 
 
 def test_the_controller_keeps_blocks_of_units_in_flight_and_forgets_them_with_their_final_rows():
