@@ -19,10 +19,13 @@ loopback. A client follows `viewer.watch` (the newest job, with `live_cursor`) f
   second is the steadier on a shared box: the two runs of a round meet the same load, where the load
   moves between rounds (one busy round moves both medians). A viewer.watch call counts as watching for 45 s (the
   controller's memory of a long poll), so an unwatched run waits that long after the last one.
+- with `--against DIR` (a tree of another version, `git archive`), clockd's rounds also run on that version's
+  farm, up beside this one and idle while it works, the two in alternating order: each round meets one load.
 
     python bench/live_bars.py                     # chess2 640x480 +A0.3, 3 rounds, then clockd 20 frames
     python bench/live_bars.py --rounds 1 --no-animation
     python bench/live_bars.py --rounds 0 --animation-rounds 5      # clockd alone, 5 times
+    python bench/live_bars.py --rounds 0 --animation-rounds 12 --against /tmp/base   # beside another version
     python bench/live_bars.py --rounds 5 --width 320 --height 240 --no-animation    # the cost, shorter jobs
 
 All traffic is to 127.0.0.1; every process started here is stopped at the end. Results also go to
@@ -202,26 +205,42 @@ def still_rounds(farm: Farm, args, scene: Path, tmp: Path, result: dict) -> None
                 f"{run['same_as_povray']}" if kind == "watched" else ""), flush=True)
 
 
-def animation_rounds(farm: Farm, rounds: int, result: dict) -> None:
-    """clockd, 20 frames 320x240, watched from before the submit, `rounds` times."""
+def animation_rounds(farm: Farm, rounds: int, result: dict, base: Farm | None = None) -> None:
+    """clockd, 20 frames 320x240, watched from before the submit, `rounds` times; with `base` (another tree's
+    farm, up beside this one and idle meanwhile) each round runs it too, the two in alternating order."""
     clockd = SCENES / CLOCKD
-    spec = {"bundle": upload(farm.submit, clockd), "scene": clockd.name, "width": 320, "height": 240,
-            "options": ["+A0.3"], "animation": CLOCKD_ANIMATION, "name": "live-bars-clockd"}
-    result["animation"] = []
-    for _ in range(rounds):
-        run = watched_run(farm, spec)
-        result["animation"].append(run)
-        print(f"clockd 20 frames 320x240: wall {run['wall_s']:.2f} s, first pixels "
-              f"{run['first_pixels_s']:.2f} s, {run['moments']} moments, longest stretch "
-              f"{run['longest_stretch_s']:.2f} s ({run['longest_stretch_share'] * 100:.1f}%, "
-              f"{run['longest_stretch_at']}), after the first pixels {run['longest_after_first_s']:.2f} s "
-              f"({run['longest_after_first_share'] * 100:.1f}%), load {os.getloadavg()[0]:.1f}", flush=True)
-    if rounds:
-        for key, what in (("longest_stretch_share", "from the submit"),
-                          ("longest_after_first_share", "after the first pixels")):
-            shares = sorted(run[key] for run in result["animation"])
-            print(f"clockd: longest stretch {what}, median {statistics.median(shares) * 100:.1f}% "
-                  f"(range {shares[0] * 100:.1f}-{shares[-1] * 100:.1f}%; bar <= 10%)")
+    farms = {"animation": farm, **({"animation_base": base} if base else {})}
+    specs = {key: {"bundle": upload(one.submit, clockd), "scene": clockd.name, "width": 320, "height": 240,
+                   "options": ["+A0.3"], "animation": CLOCKD_ANIMATION, "name": "live-bars-clockd"}
+             for key, one in farms.items()}
+    for key in farms:
+        result[key] = []
+        if base:
+            watched_run(farms[key], specs[key])     # each farm's first job once unmeasured: both start warm
+    for round_ in range(rounds):
+        for key in (list(farms) if round_ % 2 == 0 else list(farms)[::-1]):
+            run = watched_run(farms[key], specs[key])
+            result[key].append(run)
+            print(f"{'base ' if key != 'animation' else ''}clockd 20 frames 320x240: wall {run['wall_s']:.2f} s, "
+                  f"first pixels {run['first_pixels_s']:.2f} s, {run['moments']} moments, longest stretch "
+                  f"{run['longest_stretch_s']:.2f} s ({run['longest_stretch_share'] * 100:.1f}%, "
+                  f"{run['longest_stretch_at']}), after the first pixels {run['longest_after_first_s']:.2f} s "
+                  f"({run['longest_after_first_share'] * 100:.1f}%), node CPU {run['node_cpu_s']:.2f} s, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+    for key in farms if rounds else ():
+        for share, what in (("longest_stretch_share", "from the submit"),
+                            ("longest_after_first_share", "after the first pixels")):
+            shares = sorted(run[share] for run in result[key])
+            print(f"{'base ' if key != 'animation' else ''}clockd: longest stretch {what}, median "
+                  f"{statistics.median(shares) * 100:.1f}% (range {shares[0] * 100:.1f}-{shares[-1] * 100:.1f}%; "
+                  f"bar <= 10%); wall {statistics.median(run['wall_s'] for run in result[key]):.2f} s, "
+                  f"first pixels {statistics.median(run['first_pixels_s'] for run in result[key]):.2f} s, "
+                  f"moments {statistics.median(run['moments'] for run in result[key]):.0f}, node CPU "
+                  f"{statistics.median(run['node_cpu_s'] for run in result[key]):.2f} s")
+    if base and rounds:
+        smaller = sum(ours["longest_stretch_share"] < theirs["longest_stretch_share"]
+                      for ours, theirs in zip(result["animation"], result["animation_base"]))
+        print(f"clockd: this tree's longest stretch the smaller in {smaller} of {rounds} rounds")
 
 
 def summary(args, result: dict) -> None:
@@ -260,6 +279,8 @@ def main() -> int:
     parser.add_argument("--no-animation", action="store_true", help="skip clockd (20 frames, 320x240)")
     parser.add_argument("--animation-rounds", type=int, default=1, help="clockd runs (default 1)")
     parser.add_argument("--save", type=Path, default=ROOT / "bench" / "results" / "live_bars.json")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="another tree of the farm (git archive of a commit): its clockd runs beside ours")
     args = parser.parse_args()
     args.option = args.option or ["+A0.3"]
     scene = SCENES / args.scene
@@ -267,12 +288,18 @@ def main() -> int:
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg_before": os.getloadavg(),
                     "watched": [], "unwatched": []}
     with tempfile.TemporaryDirectory(prefix="povfarm-live-") as tmp:
-        farm = Farm(Path(tmp), 2, [["--machine", "boxA", "--threads", "1"], ["--machine", "boxB", "--threads", "1"]])
+        boxes = [["--machine", "boxA", "--threads", "1"], ["--machine", "boxB", "--threads", "1"]]
+        farm, base = Farm(Path(tmp), 2, boxes), None
         try:
             still_rounds(farm, args, scene, Path(tmp), result)
-            animation_rounds(farm, 0 if args.no_animation else args.animation_rounds, result)
+            if args.against and not args.no_animation:
+                (Path(tmp) / "base").mkdir()
+                base = Farm(Path(tmp) / "base", 2, boxes, root=args.against.resolve())
+            animation_rounds(farm, 0 if args.no_animation else args.animation_rounds, result, base)
         finally:
             farm.stop()
+            if base:
+                base.stop()
     result["loadavg_after"] = os.getloadavg()
     if result["watched"]:
         summary(args, result)

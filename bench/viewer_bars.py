@@ -67,15 +67,15 @@ def wait_until(predicate, timeout: float, what: str):
 class Farm:
     """A controller and `nodes` node processes on loopback, in a temporary folder."""
 
-    def __init__(self, tmp: Path, nodes: int, node_args: list[list[str]] | None = None):
-        """`node_args`: more flags for each node (e.g. --machine, --threads)."""
+    def __init__(self, tmp: Path, nodes: int, node_args: list[list[str]] | None = None, root: Path = ROOT):
+        """`node_args`: more flags for each node (e.g. --machine, --threads); `root`: the tree whose farm runs."""
         self.tmp, port = tmp, free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if k not in ("POVFARM_TOKEN", "POVFARM_CONFIG")}
         python = [sys.executable, "-m", "farm", "--log-level", "WARNING"]
         log = open(tmp / "farm.log", "ab")
         self.processes = [subprocess.Popen([*python, "controller", "--port", str(port), "--data-dir",
-                                            str(tmp / "controller")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                            str(tmp / "controller")], cwd=root, env=env, stdout=subprocess.DEVNULL,
                                            stderr=log)]
         tokens = tmp / "controller" / "tokens"
         wait_until(tokens.exists, 30, "the controller's token file")
@@ -85,7 +85,7 @@ class Farm:
         for i in range(nodes):
             self.processes.append(subprocess.Popen(
                 [*python, "node", "--controller", self.url, "--token-file", str(tokens), "--name", f"bars-{i + 1}",
-                 "--work-dir", str(tmp / f"node-{i + 1}"), *(node_args[i] if node_args else [])], cwd=ROOT, env=env,
+                 "--work-dir", str(tmp / f"node-{i + 1}"), *(node_args[i] if node_args else [])], cwd=root, env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=log))
         wait_until(lambda: len(self.submit.call("nodes.list")) >= nodes, 60, "the nodes to register")
