@@ -252,9 +252,16 @@ class UploadMeter:
         """The fastest of the last RECENT large requests (0.0 before the first): what the link can do now. A
         busy box holds single requests back (a 20-kB call over loopback once took 0.24 s, 80 kB/s, beside
         eight POV-Rays on two cores) but cannot make a slow link fast."""
+        return max(self._recent(), default=0.0)
+
+    def recent_worst(self) -> float:
+        """The slowest of the last RECENT large requests (0.0 before the first): a link that has just become
+        slow shows in it at once."""
+        return min(self._recent(), default=0.0)
+
+    def _recent(self) -> list[float]:
         with self._lock:
-            recent = list(self._samples)[-self.RECENT:]
-        return max((size / seconds for size, seconds in recent), default=0.0)
+            return [size / seconds for size, seconds in list(self._samples)[-self.RECENT:]]
 
     def bytes_per_second(self) -> float:
         """0.0 until a large request has been sent."""

@@ -87,7 +87,8 @@ class Node:
                                                                 task.lease).data,
             watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing, task),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link,
-            rows_encoding=lambda: rows_encoding(self.features, self.uplink(), config.slow_uplink_bps), reaper=self.reaper)
+            rows_encoding=lambda: rows_encoding(self.features, self.uplink(worst=True), config.slow_uplink_bps),
+            reaper=self.reaper)
         self.offered = Offered(config, self.broken)   # its kinds of job, and their runners
         self.kinds = self.offered.names
         node_id, features = (lambda: self.node_id), (lambda: self.features)
@@ -173,10 +174,10 @@ class Node:
             return reply
         return beat
 
-    def uplink(self) -> float:
-        """Bytes/s of the fastest of the node's last three large requests (0 before it has sent one)."""
+    def uplink(self, worst: bool = False) -> float:
+        """Bytes/s of the fastest (or the slowest) of the node's last three large requests (0 before one)."""
         meter = getattr(self.client, "uploads", None)
-        return meter.recent_best() if meter is not None else 0.0
+        return 0.0 if meter is None else meter.recent_worst() if worst else meter.recent_best()
 
     def slow_link(self) -> bool:
         """Whether the node's last three large requests all went up slower than slow_uplink_bps."""

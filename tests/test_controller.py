@@ -778,6 +778,7 @@ def test_on_a_slow_uplink_a_rendering_node_beats_less_often_but_within_its_lease
     client.uploads.record(20_000, 0.24)                        # one call held back on a busy box...
     client.uploads.record(20_000, 0.24)
     assert worker.beat_interval() == 2.0 and not worker.slow_link()   # ...does not make the link slow
+    assert worker.uplink(worst=True) < config.slow_uplink_bps          # (rows are filtered while any of three was)
     client.uploads.record(100_000, 0.8)                        # three slow ones in a row do
     assert worker.beat_interval() == 10.0 and worker.slow_link()
 

@@ -24,7 +24,8 @@ RETRY_DELIVERY = frozenset({Code.UNREACHABLE, Code.STORAGE, Code.INTERNAL})
 def rows_encoding(features: Features, uplink_bps: float, slow_bps: float) -> str:
     """How a node encodes a unit's rows: PNG's row filters (a PNG's bytes on the wire, for 3-4x the CPU of
     plain zlib's 1.4x) where the bytes may cost, when the controller takes them and the uplink is not known to
-    be fast (`uplink_bps`: the fastest of its last three large requests, 0 before one). On a fast uplink the CPU counts more:
+    be fast (`uplink_bps`: the slowest of its last three large requests, 0 before one: the bytes of a link
+    just become slow cost more than the filters' CPU on a busy one). On a fast uplink the CPU counts more:
     filtering a watched animation's frames held its live blocks back on a busy box."""
     return FILTERED if FILTERED_ROWS in features and uplink_bps < slow_bps else ZLIB
 
