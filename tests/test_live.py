@@ -95,20 +95,27 @@ def test_each_frame_of_a_run_goes_whole_once_its_image_is_written_the_last_too_c
         assert reader() == []
 
 
+class BlocksFrom:
+    """A unit's reader on a fake clock `now` ([seconds]): no blocks before `first`; each read noted in `reads`."""
+    waiting = False
+
+    def __init__(self, now: list[float], first: float):
+        self.now, self.first, self.reads = now, first, []
+
+    def __call__(self):
+        self.reads.append(self.now[0])
+        return [{"rows": b"x"}] if self.now[0] >= self.first else []
+
+
 def test_a_watched_unit_is_read_often_but_its_own_watch_is_asked_as_seldom_as_an_unwatched_one_s():
     """The runner calls the check every FIRST_READ_EVERY seconds for a watched unit: the state file is read
     that often until its first blocks, then every READ_EVERY; heartbeats and the rest every WATCH_EVERY."""
-    now, reads, asked = [0.0], [], []
-
-    class Reader:
-        waiting = False
-
-        def __call__(self):
-            reads.append(now[0])
-            return [{"rows": b"x"}] if now[0] >= 0.19 else []
+    now, asked = [0.0], []
+    reader = BlocksFrom(now, 0.19)
+    reads = reader.reads
     sender = LiveSender(lambda lease, blocks: {"live": True}, lambda: 0.0)
     sender.start("a", True)
-    check = LiveWatch("a", lambda: asked.append(now[0]) or now[0] >= 1.0, Reader(), sender, lambda: now[0])
+    check = LiveWatch("a", lambda: asked.append(now[0]) or now[0] >= 1.0, reader, sender, lambda: now[0])
     steps = [k * (FIRST_READ_EVERY + 1e-6) for k in range(1, round(1.2 / FIRST_READ_EVERY) + 1)]   # 1.2 s of calls
     stops = []
     for step in steps:
@@ -125,21 +132,16 @@ def test_while_povrays_first_block_is_due_a_look_that_finds_nothing_waits_for_it
     """POV-Ray's first block comes 0.28-0.29 s after its start (its front end's fixed polls): a look at 0.25 s
     looks again every DUE_READ_EVERY until it comes, and the block goes up at 0.29 s, not at a runner's step;
     outside FIRST_BLOCK_DUE a look is one read."""
-    now, reads, offered = [0.0], [], []
-
-    class Reader:
-        waiting = False
-
-        def __call__(self):
-            reads.append(now[0])
-            return [{"rows": b"x"}] if now[0] >= 0.29 else []
+    now, offered = [0.0], []
+    reader = BlocksFrom(now, 0.29)
+    reads = reader.reads
 
     def sleep(seconds):
         now[0] += seconds
     sender = LiveSender(lambda lease, blocks: {"live": True}, lambda: 0.0)
     sender.start("a", True)
     sender.offer = lambda lease, blocks: offered.append(now[0])
-    check = LiveWatch("a", lambda: False, Reader(), sender, lambda: now[0], sleep)
+    check = LiveWatch("a", lambda: False, reader, sender, lambda: now[0], sleep)
     for step in range(1, 8):                       # the runner's calls, FIRST_READ_EVERY apart
         now[0] = max(now[0], step * (FIRST_READ_EVERY + 1e-6))
         check()
