@@ -1,7 +1,8 @@
 """What the screen shows: POV-Ray's own `+D` window, the pygame viewer and the page, side by side, one run.
 
 Under Xvfb (a screen of its own, started here), with a controller and two nodes standing for separate boxes
-(`--machine boxA` / `boxB`, `--threads 1`) on loopback: the pygame viewer (`povfarm viewer`, overlay off)
+(`--machine boxA` / `boxB`, `--threads 1`, `--render-nice 0`: POV-Ray's window renders at the same time, on equal
+terms) on loopback: the pygame viewer (`povfarm viewer`, overlay off)
 and the page (chromium under the same screen, overlay hidden) follow the farm from before the submit; then
 at one moment `povray +D` renders the scene in a window of its own (`+WT2`: the farm's two threads) and the
 same job is submitted to the farm. The screen is captured every 0.2 s; for each of the three images (the
@@ -196,8 +197,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="povfarm-screen-") as tmp:
         try:
             wait_until(lambda: _screen_up(ImageGrab), 30, "the X server")
-            farm = Farm(Path(tmp), 2, [["--machine", "boxA", "--threads", "1"],
-                                       ["--machine", "boxB", "--threads", "1"]])
+            # --render-nice 0: POV-Ray's own window renders at the same time, and a node's POV-Ray otherwise
+            # yields to the box's other work (its default), here to the very render it is compared with.
+            farm = Farm(Path(tmp), 2, [["--machine", "boxA", "--threads", "1", "--render-nice", "0"],
+                                       ["--machine", "boxB", "--threads", "1", "--render-nice", "0"]])
             env = dict(os.environ, SDL_VIDEO_WINDOW_POS=f"{VIEWER_AT[0]},{VIEWER_AT[1]}", PYTHONPATH=str(ROOT))
             started.append(subprocess.Popen([sys.executable, "-c", VIEWER, farm.url, farm.tokens["view"]], env=env,
                                             cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
