@@ -110,7 +110,8 @@ class Host:
 
     def popen_options(self, limits: Limits | None = None, die_with_parent: bool = True) -> dict[str, Any]:
         """Keyword arguments for subprocess.Popen: a process group of its own (so the whole tree can
-        be stopped), and on POSIX the limits and, on Linux, death with the parent, set before exec."""
+        be stopped), the lower priority `limits.nice` asks for, and on POSIX the limits and, on Linux, death
+        with the parent, set before exec."""
         if self.windows:
             lower = BELOW_NORMAL_PRIORITY_CLASS if limits is not None and limits.nice > 0 else 0
             return {"creationflags": CREATE_NEW_PROCESS_GROUP | lower}
