@@ -24,6 +24,10 @@ WRAP_WIDTH = 80      # POV-Ray cuts its messages' lines at 80 columns (base/text
 CUT_MARK = "[povfarm: {cut} of POV-Ray's output cut here]"
 BANNER_MARK = "[povfarm: POV-Ray's banner left out]"
 
+# POV-Ray's progress line, rewritten in place as it renders ("Rendered 1234 of 307200 pixels"), read from the
+# bytes of its stderr (the node's unit progress, the radiosity pre-pass's passes).
+PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
+
 _PARSING = "==== [Parsing...]"
 _RENDERING = "==== [Rendering...]"
 _DASHES = re.compile(r"^-{20,}$")

@@ -19,8 +19,9 @@ This module is the pure part (texts, the watch over a pre-pass); the node owns p
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
+
+from farm import povtext
 
 MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache file, uncompressed
 CACHE_FILE = "povfarm-radiosity.rad"      # relative: it lives in the strip's own (sandboxed) folder
@@ -46,7 +47,6 @@ MAX_PARTS = 8
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
 NO_SAMPLES_AFTER = 0.10
-_PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
 
 
 def pretrace_parts(nodes: int, bands: int, block_rows: int = MAX_PARTS * MIN_BAND_BLOCKS) -> int:
@@ -123,7 +123,7 @@ class PretraceWatch:
         text = self._pending + data
         cut = max(text.rfind(b"\r"), text.rfind(b"\n")) + 1   # keep a half-written line for next time
         self._pending = text[cut:]
-        return [(int(done), int(total)) for done, total in _PROGRESS.findall(text[:cut])]
+        return [(int(done), int(total)) for done, total in povtext.PROGRESS.findall(text[:cut])]
 
 
 def _size(path: Path) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from farm.hostos import HOST, Host, Limits
+from farm.povtext import PROGRESS
 
 if TYPE_CHECKING:
     from farm.rendering.reaper import Reaper
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 TERMINATE_GRACE = 3.0   # seconds between asking a process group to stop and killing it
 EARLY_EVERY = 0.05      # seconds between two looks at whether a run's work is done (a few file sizes)
-_PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
 _ERROR_START = re.compile(r"(Parse Error|Possible Parse Error|Fatal error|Failed to parse|Render failed|"
                           r"Invalid |Error:|Cannot )")
 _SCENE_ERROR = re.compile(r"Parse Error|Fatal error in parser|Failed to parse|Parse halted")
@@ -219,7 +219,7 @@ def progress_fraction(log_path: Path) -> float | None:
             tail = handle.read()
     except OSError:
         return None
-    matches = _PROGRESS.findall(tail)
+    matches = PROGRESS.findall(tail)
     if not matches:
         return None
     done, total = (int(n) for n in matches[-1])
