@@ -148,22 +148,25 @@ class Node:
         """What the runner calls while POV-Ray works on `lease`: True when it must stop. For rows a viewer
         watches (now, or from a later heartbeat on), it also sends the render state file's new blocks up
         (farm/rendering/live.py). `progress(log_path)`: how far the unit is (default: POV-Ray's log read)."""
+        # One progress reader for heartbeats, ask-ahead and overlap: one count of POV-Ray's passes from all readings.
+        unit = UnitProgress.of_task(task, log_path) if task is not None else None
         watch = LeaseWatch(lease, log_path, self.beats.report, self.clock, self.beat_interval, self.aborting,
-                           when_tracing, progress or UnitProgress.reader(task, log_path))
+                           when_tracing, progress or (unit.at if unit is not None else None))
         if task is None or not jobkinds.sends_live(task.kind) or LIVE_BLOCKS not in self.features:
-            return self._ahead_of(task, log_path, watch)
+            return self._ahead_of(task, log_path, watch, unit)
         self.live_sender.start(lease, task.live)
         strip_dir, output = log_path.parent, output_path(task, log_path.parent)
         scene = strip_dir / "scene" / task.scene
         reader = unit_reader(output, log_path, scene, task)
-        return LiveWatch(lease, self._ahead_of(task, log_path, watch), reader, self.live_sender, self.clock)
+        return LiveWatch(lease, self._ahead_of(task, log_path, watch, unit), reader, self.live_sender, self.clock)
 
-    def _ahead_of(self, task: Task | None, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:
+    def _ahead_of(self, task: Task | None, log_path: Path, watch: Callable[[], bool],
+                  unit: UnitProgress | None) -> Callable[[], bool]:
         """The watch, asking for the slot's next unit as this one nears its end (farm/rendering/ahead.py)."""
         ahead, overlap = getattr(self._slot, "ahead", None), getattr(self._slot, "overlap", None)
         if overlap is not None and task is not None:
-            watch = overlap.watching(task, log_path, watch)
-        return watch if ahead is None or task is None else ahead.watching(task, log_path, watch)
+            watch = overlap.watching(task, log_path, watch, unit)
+        return watch if ahead is None or task is None else ahead.watching(task, log_path, watch, unit)
 
     def _heartbeat(self, call: Callable[[dict], dict]) -> Callable[[dict], dict]:
         """The heartbeat call, its reply's `live` (the leases a viewer watches now) heard by the live sender."""

@@ -45,8 +45,8 @@ def test_a_strip_loading_a_radiosity_cache_counts_its_pretrace_pass_as_half_of_i
     assert plain() == 0.99
     strip = Task(lease="l", job=1, frame=1, strip=2, attempt=1, width=8, height=8, row_start=0, row_end=8,
                  bundle="b", scene="s.pov", options=(), channels=3, bits=8, frame_last=1, radiosity_cache=True)
-    assert UnitProgress.of_task(strip, log).passes == 2 and UnitProgress.reader(None, log) is None
-    assert UnitProgress.reader(strip, log)(log) == pytest.approx(0.495)
+    assert UnitProgress.of_task(strip, log).passes == 2
+    assert UnitProgress.of_task(strip, log).at(log) == pytest.approx(0.495)      # as a heartbeat reads it
 
 
 def test_a_unit_leased_ahead_and_never_started_is_reclaimed_by_its_lease_and_counted_once(stepped, tmp_path):

@@ -65,14 +65,9 @@ class UnitProgress:
     def of_task(cls, task: Task, log_path: Path) -> UnitProgress:
         return cls(log_path, task.frame_last - task.frame + 1, 2 if task.radiosity_cache else 1)
 
-    @classmethod
-    def reader(cls, task: Task | None, log_path: Path) -> Callable[[Path], float | None] | None:
-        """A heartbeat's progress reader (farm.rendering.heartbeats.LeaseWatch) for the task's unit; None
-        (POV-Ray's last count as it stands) without a task."""
-        if task is None:
-            return None
-        progress = cls.of_task(task, log_path)
-        return lambda _log_path: progress()
+    def at(self, _log_path: Path) -> float | None:
+        """The reading, as a heartbeat's progress reader is asked (farm.rendering.heartbeats.LeaseWatch)."""
+        return self()
 
     def __call__(self) -> float | None:
         fraction = unit_progress(self.log_path, self.frames)
@@ -105,12 +100,13 @@ class Ahead:
         self._thread: threading.Thread | None = None
         self._task: Task | None = None
 
-    def watching(self, task: Task, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:
+    def watching(self, task: Task, log_path: Path, watch: Callable[[], bool],
+                 progress: UnitProgress | None = None) -> Callable[[], bool]:
         """`watch` (what the runner calls while POV-Ray works), asking for the next unit when this one nears
-        its end."""
+        its end, by `progress` (the unit's reader its node shares; one of its own by default)."""
         if self.lead <= 0:
             return watch
-        started, progress = self.clock(), UnitProgress.of_task(task, log_path)
+        started, progress = self.clock(), progress or UnitProgress.of_task(task, log_path)
         asked = threading.Event()    # once per unit: the next may be taken (and started) before this one ends
 
         def checked() -> bool:

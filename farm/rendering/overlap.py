@@ -65,13 +65,15 @@ class Overlap:
         self._units: dict[str, Unit] = {}
         self._lock = threading.Lock()
 
-    def watching(self, task: Task, log_path: Path, watch: Callable[[], bool]) -> Callable[[], bool]:
-        """`watch`, telling the slot when this unit is near enough its end to start the next one."""
+    def watching(self, task: Task, log_path: Path, watch: Callable[[], bool],
+                 progress: UnitProgress | None = None) -> Callable[[], bool]:
+        """`watch`, telling the slot when this unit is near enough its end to start the next one, by `progress`
+        (the unit's reader its node shares; one of its own by default)."""
         with self._lock:
             unit = self._units.get(task.lease)
         if unit is None or self.lead <= 0:
             return watch
-        started, progress = self.clock(), UnitProgress.of_task(task, log_path)
+        started, progress = self.clock(), progress or UnitProgress.of_task(task, log_path)
 
         def checked() -> bool:
             if not unit.near.is_set() and self.ahead.ready():
