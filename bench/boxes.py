@@ -70,11 +70,14 @@ class Boxes:
             self.node_logs.append(work / f"{name}.log")
             argv = farm("--log-level", "INFO", "node", "--controller", node_url, "--name", name,
                         "--machine", name, "--threads", str(threads), "--work-dir", str(work / name))
-            self._start(["taskset", "-c", str(index % cores), *argv] if pinned else argv, self.node_logs[-1])
+            # Each node stands for a box of `threads` cores, and says so (POVFARM_CORES: a version before the
+            # setting ignores it), so the controller plans for that box, not for this one.
+            self._start(["taskset", "-c", str(index % cores), *argv] if pinned else argv, self.node_logs[-1],
+                        {**self.env, "POVFARM_CORES": str(threads)})
         wait_for(lambda: self._registered() >= count, "the nodes")
 
-    def _start(self, argv: list[str], log: Path) -> None:
-        self.processes.append(subprocess.Popen(argv, cwd=self.root, env=self.env, stdout=subprocess.DEVNULL,
+    def _start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.processes.append(subprocess.Popen(argv, cwd=self.root, env=env or self.env, stdout=subprocess.DEVNULL,
                                                stderr=open(log, "ab"), start_new_session=True))
 
     def _answers(self) -> bool:

@@ -61,6 +61,7 @@ class Config:
     povray: str = "povray"
     threads: int = 0                   # POV-Ray render threads; 0 lets POV-Ray use every core
     slots: int = 2                     # POV-Ray processes a node runs at once
+    cores: int = 0                     # the cores the node's box gives it; 0: those it may run on
     tags: str = ""                     # the node's tags, comma-separated (farm.tags): jobs may require them
     kinds: str = ""                    # kinds of job the node runs (farm.jobkinds); "": each whose program it has
     ffmpeg: str = "ffmpeg"             # the program the node encodes videos with (farm.video)

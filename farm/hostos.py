@@ -178,6 +178,15 @@ class Host:
         else:
             process.send_signal(signal.SIGINT)
 
+    @staticmethod
+    def usable_cores() -> int:
+        """The cores this process may run on (its CPU affinity where the system has one: a node pinned with
+        taskset, or in a cpuset, has fewer than the box)."""
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):    # no affinity on Windows and macOS
+            return os.cpu_count() or 1
+
     def machine(self, boot_id: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
         """Who shares this box's cores: a digest of the running kernel's boot id (Linux), the same for
         every node on the box, containers included, and different on another box even when it was cloned

@@ -12,7 +12,6 @@ what goes back to the controller as error text is capped and names no node paths
 from __future__ import annotations
 
 import logging
-import os
 import random
 import secrets
 import shutil
@@ -125,10 +124,15 @@ class Node:
             log.info("stopping after the current strip (interrupt again to stop at once)")
         self.stopping.set()
 
+    @property
+    def cores(self) -> int:
+        """The cores the controller plans for: the setting, else those this process may run on."""
+        return self.config.cores if self.config.cores > 0 else HOST.usable_cores()
+
     def info(self) -> dict[str, Any]:
         info = {"host": socket.gethostname(), "machine": self.config.machine or HOST.machine(),
-                "platform": sys.platform, "povfarm": __version__, "cores": os.cpu_count() or 1,
-                "threads": self.config.threads or os.cpu_count() or 1, "slots": max(1, self.config.slots),
+                "platform": sys.platform, "povfarm": __version__, "cores": self.cores,
+                "threads": self.config.threads or self.cores, "slots": max(1, self.config.slots),
                 "povray": self.version or "", "povray_flavour": self.flavour,
                 "tags": list(tags.parse(self.config.tags, "setting 'tags'")),
                 "kinds": list(self.kinds),

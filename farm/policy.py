@@ -88,18 +88,18 @@ class Queue(Protocol):
 
 
 def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: bool = True,
-                  here: str = "", overhead: float = 0.0, least_blocks: int = 1) -> int | None:
+                  here: str = "", overhead: float = 0.0, least_blocks: int = 1, even: bool = False) -> int | None:
     """Where the unit `node_id` leases off a frame's remainder ends (`farm.scheduler`), from the frame's
     measured units and the live slots; None when faster slots should have those rows. `watched`: a
     viewer watches the job, so it is worth cutting finer for steady painting. `here`: the controller's
     own machine (see `lone_box_runs`). `overhead`: the node's fixed seconds per unit of the job, as measured.
-    `least_blocks`: the fewest blocks of rows a unit may have."""
+    `least_blocks`: the fewest blocks of rows a unit may have. `even`: its rows cost alike (farm.shear)."""
     finished, running = queue.frame_units(unit.job, unit.frame, unit.kind)   # the units cut off it
     nodes = queue.live_nodes()
-    slots = {node.id: node.slots for node in nodes}
+    slots = {node.id: busy_runs(node) if even else node.slots for node in nodes}
     runs = 0 if watched else lone_box_runs(nodes, here)
     return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, slots, finished, running, runs,
-                              overhead, least_blocks)
+                              overhead, least_blocks, even)
 
 
 def pretrace_worth_it(queue: Queue, unit: Unit, strips: str, watched: bool, here: str = "") -> bool:
@@ -109,6 +109,15 @@ def pretrace_worth_it(queue: Queue, unit: Unit, strips: str, watched: bool, here
     pre-pass would be waste."""
     return (watched or lone_box_runs(queue.live_nodes(), here) != 1
             or not queue.whole_frame_waits(unit.job, unit.frame, strips, unit.kind))
+
+
+def busy_runs(node: Node) -> int:
+    """How many POV-Ray processes keep the node's box busy (`scheduler.runs_to_keep_busy`): one when POV-Ray
+    uses all the cores it says it has; its slots when it does not say."""
+    try:
+        return scheduler.runs_to_keep_busy(int(node.info["cores"]), int(node.info["threads"]), node.slots)
+    except (KeyError, TypeError, ValueError):
+        return max(1, node.slots)
 
 
 def lone_box_runs(nodes: Sequence[Node], here: str) -> int:

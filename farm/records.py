@@ -26,6 +26,7 @@ from farm.jobkinds import POVRAY
 from farm.kinds import PREVIEW, ROWS, PreviewMode, preview_size
 from farm.rows import ZLIB, decode_rows
 from farm.states import ENDED, FrameState, JobState, NodeState, UnitState
+from farm.shear import Shear
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class JobSpec:
     after: tuple[int, ...] = ()     # jobs it runs after (farm.dependencies)
     povray: str = ""                # the POV-Ray version it is pinned to (farm.builds); "": any
     kind: str = POVRAY              # its kind of work (farm.jobkinds)
+    shear: int = 0                  # its frames' rows are sheared at this step (farm.shear); 0: not
 
     @property
     def first_frame(self) -> int:
@@ -87,6 +89,7 @@ class Job:
     after: tuple[int, ...] = ()
     povray: str = ""
     kind: str = POVRAY       # farm.jobkinds
+    shear: int = 0           # its frames' rows are those of their sheared images at this step (farm.shear)
 
     @property
     def ended(self) -> bool:
@@ -95,6 +98,11 @@ class Job:
     @property
     def row_bytes(self) -> int:
         return row_size(self.width, self.channels, self.bits)
+
+    @property
+    def layout(self) -> Shear:
+        """How its frames' rows lie in the image (farm.shear)."""
+        return Shear(self.width, self.height, self.block, self.shear)
 
     @functools.cached_property
     def animation_options(self) -> tuple[str, ...]:

@@ -43,6 +43,13 @@ others need for the rest.
   all cores, which is then a single render, radiosity and all), and other slots decline. Watched, the
   guided plan above gives the viewer fresh rows every few seconds, at that small cost.
 
+- A sheared frame (farm.shear, the default for a frame cut as nodes ask): every row of its sheared image
+  holds blocks from all over the frame, so its rows cost alike and none of the caution above is needed
+  (`_even_cut`). Each POV-Ray run that keeps a node busy (`runs_to_keep_busy`: one where POV-Ray uses all
+  its cores) gets a first unit of 1/FIRST_WAVE of an even share, then half its node's share of the rows
+  left and in flight, by the measured speeds, or the whole share where half is worth less than a unit's
+  start-up and parse: two to four units a node, where bands of rows took 10-14 on two boxes.
+
 Pure: no SQL, no sockets, no clock. The store asks `next_cut` inside its leasing transaction.
 """
 
@@ -60,6 +67,10 @@ STARTUP_SECONDS = 0.4
 MIN_UNIT_SECONDS = 1.5    # a unit should work at least this long, by the measured cost per row
 OVERHEAD_RATIO = 4.0      # ...and at least this many times its node's fixed cost per unit (start-up, parse)
 SHARES = 3                # a node's unit is 1/SHARES of its speed-weighted share of the rows left
+# A sheared frame's rows (farm.shear), which cost alike (`_even_cut`):
+FIRST_WAVE = 1.5          # its first units, before speeds are known: 1/FIRST_WAVE of an even share each
+AHEAD_SECONDS = 3.0       # a node whose runs are all busy gets its next unit in their last seconds only
+EVEN_SHARES = 2           # a unit is half its node's share, or the whole when half is not worth a unit
 PROBE_SHARES = 8          # before anything is measured: 1/PROBE_SHARES of an even share per slot
 DECLINE_MARGIN = 0.9      # decline only if another slot would finish in less than this part of the time
 SPEED_ROUNDS = 6
@@ -141,7 +152,7 @@ def model(finished: Sequence[Finished], cut: int, nearest: int = 3) -> Model | N
 
 def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int],
              finished: Sequence[Finished], running: Sequence[Running], box_runs: int = 0,
-             overhead: float = 0.0, least_blocks: int = 1) -> int | None:
+             overhead: float = 0.0, least_blocks: int = 1, even: bool = False) -> int | None:
     """The end row of the unit `node` should render off a frame's remainder [start, end) (0-based, end
     exclusive), or None when it should leave those rows to faster slots.
 
@@ -149,13 +160,17 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     live slot is on one machine and nobody watches the job, how many POV-Ray processes keep that machine
     busy; 0 otherwise. `overhead`: seconds each unit of the job costs `node` besides tracing, as it
     measured them (0 unknown). `least_blocks`: the fewest blocks of rows a unit may have (unless fewer are
-    left). `start` is on a block edge; the result is a block edge or `end`, and always more than `start`."""
+    left). `even`: the rows cost alike (a sheared frame's, farm.shear; `slots` are then the POV-Ray runs that
+    keep each node busy): `_even_cut`. `start` is on a block edge; the result is a block edge or `end`, and
+    always more than `start`."""
     if block < 1 or not 0 <= start < end or start % block:
         raise ValueError(f"rows [{start}, {end}) do not start on an edge of {block}-row blocks")
     if box_runs > 0:
         return _lone_box_cut(start, end, block, box_runs - len(running))
     slots = dict(slots)
     slots[node] = max(1, slots.get(node, 1))
+    if even:
+        return _even_cut(node, start, end, block, slots, finished, running, overhead, least_blocks)
     blocks_left = -(-(end - start) // block)
     costs = model(finished, start)
     if costs is None:     # one node has no speed to tell apart from others: it needs no probe
@@ -175,6 +190,45 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     blocks = _at_least(min(blocks_left, max(1, round(rows / block))), least_blocks, blocks_left)
     if blocks_left - blocks < 1 or blocks_left - blocks < least / block / 2:
         blocks = blocks_left      # what would be left is not worth a start-up of its own
+    size = min(end - start, blocks * block)
+    if _others_finish_sooner(node, size, end - start, slots, running, costs):
+        return None
+    return start + size
+
+
+def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int], finished: Sequence[Finished],
+              running: Sequence[Running], overhead: float, least_blocks: int) -> int | None:
+    """next_cut for a frame whose rows cost alike (farm.shear): no probe of a band can mislead, so each run
+    a node keeps busy gets 1/FIRST_WAVE of an even share first (the nodes' speeds are not known yet), then
+    its node's whole speed-weighted share of the rows left and in flight, less what the node has in hand.
+    Every unit costs POV-Ray's start-up and the parse again (0.84 s on stackertransp), so the fewer the
+    better. A node whose runs are all busy declines until it has measured, or while its units have more
+    than AHEAD_SECONDS to go, or while it holds its share: it asks again as its unit nears its end
+    (farm/rendering/ahead.py), and an idle node's long poll wakes when a unit is in (povray_kind.stored)."""
+    blocks_left = -(-(end - start) // block)
+    own = [unit for unit in running if unit.node == node]
+    costs = overall_model(finished)     # no row is dearer than another: the mean of them all
+    if costs is None:
+        if len(own) >= slots[node]:
+            return None
+        first = math.ceil(blocks_left / (FIRST_WAVE * sum(slots.values())))
+        return min(end, start + _at_least(first, least_blocks, blocks_left) * block)
+    in_hand = sum(unit.rows * (1.0 - unit.progress) for unit in own) / costs.rate(node)
+    if len(own) >= slots[node] and in_hand > AHEAD_SECONDS:
+        return None     # its runs are busy for a while: a second POV-Ray now would share their cores
+    weight = costs.speeds.get(node, 1.0) * slots[node]
+    total = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
+    in_flight = sum(unit.rows * (1.0 - unit.progress) for unit in running)
+    share = (end - start + in_flight) * weight / total - sum(unit.rows * (1.0 - unit.progress) for unit in own)
+    if own and share < block / 2:
+        return None
+    # Half the share, unless that is less than a unit is worth (its start-up and parse, as the node measured
+    # them: a scene that parses dearly gets its whole share at once): a cheap scene's last units are small,
+    # so a block row dearer than the rest holds no box back. What is left after it goes to the node free
+    # first, which may be one busy now, whose next POV-Ray starts while its last one ends (overlap.py).
+    least = max(MIN_UNIT_SECONDS, OVERHEAD_RATIO * overhead) * costs.rate(node)
+    rows = min(share, max(share / EVEN_SHARES, least))
+    blocks = _at_least(min(blocks_left, max(1, round(rows / block))), least_blocks, blocks_left)
     size = min(end - start, blocks * block)
     if _others_finish_sooner(node, size, end - start, slots, running, costs):
         return None

@@ -226,9 +226,10 @@ def _stepped(tmp_path, max_attempts: int = 3, machine: str = "") -> tuple[Steppe
 
 
 def _submit(stepped: Stepped, scene_dir, **spec) -> int:
-    """A job 4 pixels wide, cut as the farm decides unless `spec` says."""
+    """A job 4 pixels wide, cut as the farm decides unless `spec` says, in bands of rows (the guided plan's
+    own rules; a sheared frame's: test_a_sheared_still_goes_out_in_whole_shares_once_measured)."""
     return submit(stepped, write_scene(scene_dir, "sphere { 0, 1 pigment { rgb 1 } }\n"),
-                  **{"width": 4, "strips": "auto", **spec})
+                  **{"width": 4, "strips": "auto", "interleave": False, **spec})
 
 
 def test_a_still_is_cut_when_nodes_ask_large_first_and_handed_back_rows_go_first(tmp_path):

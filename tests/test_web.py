@@ -222,6 +222,10 @@ def test_a_view_token_watches_a_render_paint_and_may_change_nothing(browser, far
     page.wait(lambda: page.state()["job"] == second_id, what="the page to follow the next job")
     page.wait(lambda: farm.client.call("jobs.status", second_id)["state"] == "done", timeout=90, what="the next job")
     assert farm.client.call("jobs.status", second_id)["preview"] == "done"
+    # Cut as the nodes asked, its strips were interleaved (farm/shear.py): the page put their blocks in place.
+    assert farm.client.call("jobs.status", second_id)["shear"] == 2
+    page.wait(lambda: page.state()["drained"], timeout=30, what="the next job painted")
+    assert page.canvas_rgba() == rgba(decode_png(farm.client.call("jobs.fetch", second_id).data))
 
 
 @needs_browser

@@ -32,7 +32,9 @@ class JobsAPI:
             animations: first, last (int frames, +KFI/+KFF), initial_clock, final_clock (float, +KI/+KF),
             cyclic (bool, +KC), subset_first, subset_last (int, +SF/+EF; 0 = all)), radiosity_prepass (bool,
             default true: when the scene mentions radiosity, each frame cut into strips first gets one
-            radiosity pretrace whose cache all its strips load, so they match a single render), preview
+            radiosity pretrace whose cache all its strips load, so they match a single render), interleave
+            (bool, default true: a frame cut into strips as nodes ask is cut in its sheared image, every
+            strip a little of the whole frame in render blocks, farm/shear.py; false: bands of rows), preview
             (str "auto" (the default): the first frame first gets a quick low-resolution render for viewers,
             never part of the image, when a viewer watches the job as that frame starts; "always" (or true):
             whoever watches; "never" (or false)), require ([str] node tags: only a node with all of them
@@ -66,7 +68,10 @@ class JobsAPI:
             with none; "" when one can), require, prefer ([str] the node tags the job requires, prefers),
             after ([int] the jobs it runs after), waiting_for ([int] those of them not done yet, while it has
             not started), povray_version (the POV-Ray version it is pinned to, "" for any), kind ("povray", or
-            "video": an animation's video, jobs.video),
+            "video": an animation's video, jobs.video), block (POV-Ray's render block size), shear (int: the
+            rows of its units and pieces are those of each frame's sheared image at this step, which lays
+            its blocks out otherwise (farm/shear.py: column of blocks c rotated up by c * shear block rows);
+            0: the frame's own rows),
             frames ([struct] number, state, povray (the POV-Ray build its units render on, e.g. "3.7.0.10
             (console)"; "" until its first unit is leased)),
             strips ([struct] frame, frame_last, index, row_start, row_end,

@@ -14,6 +14,7 @@ from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service import kindparts
 from farm.service.inline import InlineBundles
+from farm.kinds import ROWS
 from farm.unitlog import UnitLog
 from farm.wire import Binary
 
@@ -80,6 +81,8 @@ class NodesAPI:
             radiosity_cache (bool: load the frame's shared cache,
             from nodes.radiosity_cache),
             live (bool: a viewer watches the job: send finished blocks with nodes.live),
+            shear (int: the rows are those of the frame's sheared image at this step, farm.shear: render
+            their blocks alone and deliver them in its order; 0: the frame's own rows),
             bundle_data (base64, only with inline: the bundle itself, when it is at most 256 KiB and this
             node id has not been sent it yet)
         """
@@ -106,6 +109,7 @@ class NodesAPI:
             "bits": job.bits, "time_limit": self._config.strip_timeout, "kind": unit.kind,
             "radiosity_cache": self._dispatch.loads_frame_cache(job, unit),
             "live": self._dispatch.live_blocks(unit),
+            "shear": job.shear if unit.kind == ROWS else 0,
         }
 
     @rpc(NODE)

@@ -78,6 +78,9 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
                                                              "INI's or povray.ini's, else 480)")
     parser.add_argument("--strips", type=_strips, default="auto",
                         help="strips per frame: 'auto' (default) or a number; edges fall on 32-row blocks")
+    parser.add_argument("--no-interleave", action="store_false", dest="interleave",
+                        help="cut a frame into bands of rows; by default its strips are interleaved, each a "
+                             "little of the whole frame in 32-pixel blocks, so their costs are alike")
     parser.add_argument("--no-radiosity-prepass", action="store_false", dest="radiosity_prepass",
                         help="render the strips of a radiosity scene independently: no shared pretrace first, "
                              "faster but with seams at strip edges")
@@ -264,6 +267,7 @@ def job_spec(args: argparse.Namespace, request: JobRequest, digest: str, plan: B
             "options": [*command.options, *library, *povcmd.rendering_options(args.options)],
             "strips": args.strips, "bits": command.bits or 8, "priority": args.priority,
             "name": args.name or command.scene.stem, "radiosity_prepass": args.radiosity_prepass,
+            "interleave": getattr(args, "interleave", True),
             "preview": _preview_setting(getattr(args, "preview", "auto")).value}
     if request.animation is not None:
         spec["animation"] = request.animation.to_spec()

@@ -64,6 +64,8 @@ def add_node(commands: Subcommands) -> None:
     p.add_argument("--threads", type=int, help="POV-Ray render threads (default: all cores)")
     p.add_argument("--slots", type=int, help="POV-Ray processes at once (default 2: one starts while another"
                                              " finishes)")
+    p.add_argument("--cores", type=int, help="the cores this node's box gives it, which the controller plans "
+                                             "for (default: those it may run on)")
     p.add_argument("--tags", metavar="TAG,TAG",
                    help="this node's tags (setting: tags), e.g. windows,fast: jobs submitted with --require TAG "
                         "render only on nodes with it; `povfarm node-tags` overrides them from the controller")

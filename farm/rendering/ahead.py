@@ -55,15 +55,17 @@ class UnitProgress:
     pretrace pass before the final one (farm.radiosity), whose 99% is half the unit, not the whole (read as
     the whole, a balcony strip one second in asked for the slot's next unit 5 s ahead, and took the frame's
     last rows from a box that was free before it). Each reading far below the last starts the next pass;
-    `passes` share the unit evenly."""
+    `passes` share the unit evenly. A unit of a sheared frame (farm.shear) renders `share` of the frame's
+    pixels, which POV-Ray counts against the whole frame's."""
 
-    def __init__(self, log_path: Path, frames: int = 1, passes: int = 1):
-        self.log_path, self.frames, self.passes = log_path, frames, max(1, passes)
+    def __init__(self, log_path: Path, frames: int = 1, passes: int = 1, share: float = 1.0):
+        self.log_path, self.frames, self.passes, self.share = log_path, frames, max(1, passes), share
         self._pass, self._last = 0, 0.0
 
     @classmethod
     def of_task(cls, task: Task, log_path: Path) -> UnitProgress:
-        return cls(log_path, task.frame_last - task.frame + 1, 2 if task.radiosity_cache else 1)
+        share = (task.row_end - task.row_start) / task.height if task.sheared_part else 1.0
+        return cls(log_path, task.frame_last - task.frame + 1, 2 if task.radiosity_cache else 1, share)
 
     def at(self, _log_path: Path) -> float | None:
         """The reading, as a heartbeat's progress reader is asked (farm.rendering.heartbeats.LeaseWatch)."""
@@ -71,6 +73,8 @@ class UnitProgress:
 
     def __call__(self) -> float | None:
         fraction = unit_progress(self.log_path, self.frames)
+        if fraction is not None and self.share < 1.0:
+            fraction = min(1.0, fraction / self.share)
         if fraction is None or self.passes == 1:
             return fraction
         if fraction < self._last - RESTARTED:

@@ -36,9 +36,10 @@ from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
 from farm.rendering.live import FIRST_READ_EVERY, WATCH_EVERY
 from farm.rendering import written
 from farm.rendering.finished import STATE_SUFFIX, frame_files, unit_done
-from farm.rendering.statefile import continue_file, continue_fits
+from farm.rendering.statefile import blocks_file, continue_file, continue_fits
 from farm.rendering.reaper import Reaper
 from farm.rendering.task import RenderOutcome, Task
+from farm.shear import Shear
 from farm.unitlog import UnitLog
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,11 @@ class UnitRenderer:
             except OSError as err:
                 return _failed(f"node {self.config.name} could not store the frame's radiosity cache: "
                                f"{err.strerror or err}", False)
+        area = self._sheared_blocks(task, strip_dir) if task.sheared_part else None
         if task.frame == task.frame_last:
             with self.photon_maps.shared(_photon_key(task), scene) as publisher:
-                return self._run_povray(task, strip_dir, target, publisher, extra)
-        return self._run_povray(task, strip_dir, target, extra=extra)
+                return self._run_povray(task, strip_dir, target, publisher, extra, area=area)
+        return self._run_povray(task, strip_dir, target, extra=extra, area=area)
 
     def _with_radiosity_cache(self, task: Task, scene: Path) -> tuple[Path, list[str]]:
         """The wrapper scene and options that make a strip load its frame's shared radiosity cache."""
@@ -146,6 +148,21 @@ class UnitRenderer:
             return None
         state = output_path(task, strip_dir).with_suffix(STATE_SUFFIX)
         state.write_bytes(continue_file(task.width, task.height, block, task.row_start, task.row_end))
+        return ["+C"]
+
+    def _sheared_blocks(self, task: Task, strip_dir: Path) -> list[str]:
+        """POV-Ray's area options for a unit of a sheared frame (farm.shear): the frame's area and `+C`, beside
+        a render state file that has POV-Ray skip every block the unit does not hold, so each of its blocks
+        renders as in the whole frame. POV-Ray for Windows, and frames of too many blocks, render the whole
+        frame instead: right, only slower."""
+        options = validate_options(task.options)
+        whole = strips.povray_row_options(0, task.height, task.height)
+        if self.flavour != povray.CONSOLE or not continue_fits(task.width, task.height, options.block):
+            return whole
+        layout = Shear(task.width, task.height, options.block, task.shear)
+        state = output_path(task, strip_dir).with_suffix(STATE_SUFFIX)
+        state.write_bytes(blocks_file(task.width, task.height, options.block,
+                                      layout.serials(task.row_start, task.row_end)))
         return ["+C"]
 
     def _run_povray(self, task: Task, strip_dir: Path, scene: Path,
@@ -269,11 +286,15 @@ class UnitRenderer:
 
     @staticmethod
     def _strip_rows(path: Path, task: Task) -> bytes:
-        """The strip's rows out of POV-Ray's full-size output image."""
+        """The strip's rows out of POV-Ray's full-size output image (of its sheared image: farm.shear)."""
         data = path.read_bytes()
         raster = decode_png(data) if task.alpha else decode_ppm(data)
         if (raster.width, raster.height, raster.bits) != (task.width, task.height, task.bits):
             raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
+        if task.shear:
+            layout = Shear(task.width, task.height, validate_options(task.options).block, task.shear)
+            return layout.sheared_rows(raster.pixels, raster.row_bytes, raster.channels * raster.bits // 8,
+                                       task.row_start, task.row_end)
         return strips.crop_rows(raster, task.row_start, task.row_end)
 
 

@@ -42,7 +42,7 @@ import struct
 import sys
 import zlib
 from array import array
-from typing import Union
+from typing import Collection, Union
 
 from farm.rendering.gamma import Encoding
 from farm.strips import block_count
@@ -328,9 +328,16 @@ def continue_file(width: int, height: int, block: int, row_start: int, row_end: 
     if block < 1 or not 0 <= row_start < row_end <= height or width < 1:
         raise ValueError(f"rows [{row_start}, {row_end}) of a {width}x{height} frame in {block}-pixel blocks")
     across = block_count(width, block)
-    first, last = row_start // block * across, block_count(row_end, block) * across
-    total = across * block_count(height, block)
-    skipped = (serial for serial in range(total) if not first <= serial < last)
+    return blocks_file(width, height, block, range(row_start // block * across, block_count(row_end, block) * across))
+
+
+def blocks_file(width: int, height: int, block: int, keep: Collection[int]) -> bytes:
+    """A render state file with which `+C` renders only the blocks whose serials (left to right, top to
+    bottom, from 0) are in `keep`: one message for every other block of the frame."""
+    if block < 1 or width < 1 or height < 1:
+        raise ValueError(f"a {width}x{height} frame in {block}-pixel blocks")
+    total = block_count(width, block) * block_count(height, block)
+    skipped = (serial for serial in range(total) if serial not in keep)
     return SIGNATURE.ljust(HEADER_SIZE, b"\0") + b"".join(_skip_message(serial) for serial in skipped)
 
 

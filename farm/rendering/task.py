@@ -42,6 +42,7 @@ class Task:
     kind: str = ROWS             # ROWS, PRETRACE or PREVIEW (an unknown kind renders as rows)
     radiosity_cache: bool = False       # load the frame's shared radiosity cache (nodes.radiosity_cache)
     live: bool = False                  # a viewer watches: send finished blocks as they come (nodes.live)
+    shear: int = 0                      # the rows are the frame's sheared image's, at this step (farm.shear); 0: none
 
     @classmethod
     def from_wire(cls, wire: Any) -> Task:
@@ -58,12 +59,18 @@ class Task:
             channels=_choice(wire, "channels", (3, 4)), bits=_choice(wire, "bits", (8, 16)),
             frame_last=_whole(wire, "frame_last", default=frame), animation=_texts(wire, "animation", default=()),
             time_limit=_seconds(wire, "time_limit"), kind=_text(wire, "kind", default=ROWS),
-            radiosity_cache=_flag(wire, "radiosity_cache"), live=_flag(wire, "live"))
+            radiosity_cache=_flag(wire, "radiosity_cache"), live=_flag(wire, "live"),
+            shear=_whole(wire, "shear", default=0))
 
     @property
     def frames(self) -> range:
         """The frames this unit renders."""
         return range(self.frame, self.frame_last + 1)
+
+    @property
+    def sheared_part(self) -> bool:
+        """The unit's rows are some of its frame's sheared image: POV-Ray renders their blocks alone."""
+        return bool(self.shear) and (self.row_start, self.row_end) != (0, self.height)
 
     @property
     def alpha(self) -> bool:

@@ -89,6 +89,10 @@ class PovrayPart(ControllerPart):
             stitcher.add_rows(job, unit, result.raw)
             if result.done.complete_frames:
                 stitcher.frames_ready(job.id, result.done.complete_frames)
+            elif job.shear:
+                # A node declined while its sheared units were unmeasured or in hand (scheduler._even_cut),
+                # its idle slot parked in a long poll: with this unit in, the rest may be cut for it now.
+                work.bump()
 
     def sizes_units(self, unit: Unit) -> bool:
         return unit.kind == ROWS
@@ -110,10 +114,10 @@ class PovrayPart(ControllerPart):
     def cut(self, unit: Unit, queue: Queue, leasing: Leasing) -> int | None:
         """The guided cut of a frame's remainder (farm.scheduler): from its measured units, the live slots
         and the node's measured overhead; finer while a viewer watches; strips that load a radiosity cache
-        at least CACHE_LOADING_BLOCKS block rows."""
+        at least CACHE_LOADING_BLOCKS block rows; a sheared frame's (farm.shear) in shares that cost alike."""
         least = CACHE_LOADING_BLOCKS if leasing.job.pretrace else 1
         return policy.cut_remainder(queue, unit, leasing.node_id, leasing.job.block, leasing.watched(),
-                                    leasing.machine, leasing.overhead(), least)
+                                    leasing.machine, leasing.overhead(), least, even=bool(leasing.job.shear))
 
     def retries(self, unit: Unit) -> bool:
         return unit.kind != PREVIEW     # a preview only helps early on: not worth a retry, never worth the job
@@ -186,6 +190,7 @@ def submission(spec: dict) -> Submission:
         name=args.text("name", spec.get("name", scene.rsplit("/", 1)[-1].rsplit(".", 1)[0] or scene), 200),
         animation=Animation.from_spec(spec["animation"]) if spec.get("animation") else None,
         strips=strips, radiosity_prepass=args.flag("radiosity_prepass", spec.get("radiosity_prepass", True)),
+        interleave=args.flag("interleave", spec.get("interleave", True)),
         preview=_preview_mode(spec.get("preview", "auto")),
         require=_tags("require", spec.get("require", [])), prefer=_tags("prefer", spec.get("prefer", [])),
         after=_job_ids(spec.get("after", [])), povray=_pin(spec.get("povray_version", "")))

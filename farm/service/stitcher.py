@@ -148,13 +148,20 @@ class Stitcher:
             log.info("job %s done: %s", job.id, path)
 
     def _raster(self, job: Job, frame: int, unpacked: "_LastUnit") -> Raster:
+        """The frame's image: its rows in their places (those of a sheared frame back in the frame's own)."""
         with self._lock:
             canvas = self._canvases.get((job.id, frame))
         if canvas is not None and canvas.rows_filled == job.height:
-            return Raster(job.width, job.height, job.channels, job.bits, bytes(canvas.pixels))
-        pieces = [(piece.row_start, piece.row_end, unpacked.frame_rows(job, piece, frame))
-                  for piece in self._store.units.stored_for_frame(job.id, frame, ROWS)]
-        return strips.stitch(job.width, job.height, job.channels, job.bits, pieces)
+            raster = Raster(job.width, job.height, job.channels, job.bits, bytes(canvas.pixels))
+        else:
+            pieces = [(piece.row_start, piece.row_end, unpacked.frame_rows(job, piece, frame))
+                      for piece in self._store.units.stored_for_frame(job.id, frame, ROWS)]
+            raster = strips.stitch(job.width, job.height, job.channels, job.bits, pieces)
+        if not job.shear:
+            return raster
+        bpp = job.channels * job.bits // 8
+        return Raster(job.width, job.height, job.channels, job.bits,
+                      job.layout.unshear(raster.pixels, raster.row_bytes, bpp))
 
     def _release(self, job_id: int, frame: int) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from farm.bundle import checking, rules
 from farm.animation import Animation
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.jobkinds import POVRAY
 from farm.kinds import PRETRACE, PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
 from farm import dependencies
@@ -24,6 +25,7 @@ from farm.planning import plan_units, with_pretrace, with_preview
 from farm.radiosity import AUTO, pretrace_parts
 from farm.records import JobSpec
 from farm.strips import block_count
+from farm.shear import Shear
 from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -50,6 +52,7 @@ class Submission:
     animation: Animation | None = None
     strips: int | str = "auto"         # units per frame, or "auto"
     radiosity_prepass: bool = True
+    interleave: bool = True            # frames cut as nodes ask are cut in their sheared image (farm.shear)
     preview: PreviewMode = PreviewMode.WATCHED   # when the first frame gets a quick low-resolution render
     require: tuple[str, ...] = ()      # node tags (farm.tags), checked
     after: tuple[int, ...] = ()        # jobs it runs after (farm.dependencies), not checked yet
@@ -154,8 +157,11 @@ class Submissions:
         # A preview is one small extra render for viewers, not part of the job's work.
         limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),
                            self._store.units.open_count(kindparts.uncounted_units()))
-        # Its frames cut into strips share a radiosity pre-pass: only when one was planned.
-        spec = replace(spec, pretrace=any(plan.kind == PRETRACE for plan in plans))
+        # Its frames cut into strips share a radiosity pre-pass: only when one was planned. Frames cut as nodes
+        # ask are cut in their sheared image, every strip a little of the whole frame (farm.shear).
+        spec = replace(spec, pretrace=any(plan.kind == PRETRACE for plan in plans),
+                       shear=Shear.of_frame(spec.width, spec.height, spec.block).step
+                       if request.interleave and spec.kind == POVRAY and any(plan.remainder for plan in plans) else 0)
         job_id = self._store.jobs.create(spec, plans, self._clock(), waits_for)
         self._changes.bump()
         self._work.bump()

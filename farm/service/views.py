@@ -106,7 +106,7 @@ class Views:
             "preview": preview.value if preview is not None else "",
             "blocked": self._blocked(job.state, job.submitted, presence, job.require, job.povray, job.kind),
             "povray_version": job.povray, "require": list(job.require), "prefer": list(job.prefer),
-            "after": list(job.after), "kind": job.kind,
+            "after": list(job.after), "kind": job.kind, "block": job.block, "shear": job.shear,
             "waiting_for": self._waiting_for(job),
         }
         if eta is not None:

@@ -55,12 +55,12 @@ class JobRecords:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
                 " bits, first_frame, last_frame, animation, submitted, pretrace, block, preview,"
-                " require, prefer, run_after, povray, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " require, prefer, run_after, povray, kind, shear) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (spec.name, JobState.QUEUED.value, spec.priority, spec.bundle, spec.scene, spec.width,
                  spec.height, json.dumps(list(spec.options)), spec.channels, spec.bits, spec.first_frame,
                  spec.last_frame, json.dumps(spec.animation.to_spec()) if spec.animation else None, now,
                  int(spec.pretrace), spec.block, spec.preview.value, json.dumps(list(spec.require)),
-                 json.dumps(list(spec.prefer)), json.dumps(list(spec.after)), spec.povray, spec.kind))
+                 json.dumps(list(spec.prefer)), json.dumps(list(spec.after)), spec.povray, spec.kind, spec.shear))
             job_id = cur.lastrowid
             db.executemany("INSERT INTO frames (job, number, state) VALUES (?, ?, ?)",
                            [(job_id, frame, FrameState.QUEUED.value)

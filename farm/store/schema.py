@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     prefer TEXT NOT NULL DEFAULT '[]' /* JSON: the tags of the nodes it goes to first */,
     run_after TEXT NOT NULL DEFAULT '[]' /* JSON: the jobs it runs after (farm.dependencies) */,
     povray TEXT NOT NULL DEFAULT '' /* the POV-Ray version it is pinned to ('': any; farm.builds) */,
-    kind TEXT NOT NULL DEFAULT 'povray' /* its kind of work (farm.jobkinds) */);
+    kind TEXT NOT NULL DEFAULT 'povray' /* its kind of work (farm.jobkinds) */,
+    shear INTEGER NOT NULL DEFAULT 0 /* its frames' rows are sheared at this step (farm.shear); 0: not */);
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
     povray TEXT,   -- the POV-Ray build its units render on (farm.builds), from its first unit leased
@@ -136,7 +137,8 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("nodes", "tags_overridden", "INTEGER NOT NULL DEFAULT 0"),
                   ("jobs", "povray", "TEXT NOT NULL DEFAULT ''"),
                   ("frames", "povray", "TEXT"),
-                  ("jobs", "kind", "TEXT NOT NULL DEFAULT 'povray'"))
+                  ("jobs", "kind", "TEXT NOT NULL DEFAULT 'povray'"),
+                  ("jobs", "shear", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def prepare(db: sqlite3.Connection) -> None:
@@ -171,7 +173,7 @@ def job(row: sqlite3.Row) -> Job:
         finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]), block=row["block"],
         preview=PreviewMode(row["preview"]), require=tuple(json.loads(row["require"])),
         prefer=tuple(json.loads(row["prefer"])), after=tuple(json.loads(row["run_after"])), povray=row["povray"],
-        kind=row["kind"])
+        kind=row["kind"], shear=row["shear"])
 
 
 def frame(row: sqlite3.Row) -> Frame:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from farm.images.png import encode_png
 from farm.images.raster import Raster, row_size
+from farm.shear import Shear
 
 CHECKER = 8                     # checker square size in pixels
 UNRENDERED = (0x2c, 0x36)       # dark checker: rows nobody has rendered yet
@@ -32,10 +33,15 @@ class Canvas:
     (RGB or RGBA); rows not painted yet show a dark checkerboard.
     """
 
-    def __init__(self, width: int, height: int, channels: int, bits: int):
+    def __init__(self, width: int, height: int, channels: int, bits: int, layout: Shear | None = None):
+        """`layout`: the rows painted are those of the frame's sheared image (farm.shear): `raw` holds them
+        so, the screen shows each block in its place."""
         if channels not in (3, 4) or bits not in (8, 16) or width < 1 or height < 1:
             raise ValueError(f"cannot show a {width}x{height} image with {channels} channels of {bits} bits")
         self.width, self.height, self.channels, self.bits = width, height, channels, bits
+        self.layout = layout if layout is not None and layout.step else None
+        # Of a sheared frame: which blocks' pixels are final, by the frame's pixel row and column of blocks.
+        self._final = bytearray(height * layout.columns) if self.layout is not None else None
         self.row_bytes = row_size(width, channels, bits)
         self.display_row_bytes = width * channels
         self.raw = bytearray(self.row_bytes * height)
@@ -52,8 +58,30 @@ class Canvas:
                              f"bytes, not {len(rows)}")
         self.raw[row_start * self.row_bytes:row_end * self.row_bytes] = rows
         screen = rows if self.bits == 8 else rows[0::2]     # big-endian: the high byte comes first
-        self.display[row_start * self.display_row_bytes:row_end * self.display_row_bytes] = screen
+        if self.layout is None:
+            self.display[row_start * self.display_row_bytes:row_end * self.display_row_bytes] = screen
+        else:
+            for target, source, length in self.layout.placements(row_start, row_end, self.display_row_bytes,
+                                                                 self.channels):
+                self.display[target:target + length] = screen[source:source + length]
+            columns = self.layout.columns
+            for column in range(columns):
+                for row in range(row_start, row_end):
+                    self._final[self.layout.source_row(column, row) * columns + column] = 1
         self._mark(row_start, row_end)
+
+    def _open(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> list[tuple[int, int, int]]:
+        """(row, first pixel, end pixel) of the runs of pixels no final row is painted in yet, within rows
+        [top, bottom) and columns [left, right)."""
+        right = self.width if right is None else right
+        if self.layout is None:
+            return [(y, left, right) for start, end in self.missing() for y in range(max(start, top), min(end, bottom))]
+        block, columns, runs = self.layout.block, self.layout.columns, []
+        for y in range(top, bottom):
+            for column in range(left // block, -(-right // block)):
+                if not self._final[y * columns + column]:
+                    runs.append((y, max(left, column * block), min(right, (column + 1) * block)))
+        return runs
 
     def paint_preview(self, width: int, height: int, rows: bytes) -> None:
         """Show a whole-frame preview of `width` x `height` pixels (decoded rows, the image's own format),
@@ -66,13 +94,13 @@ class Canvas:
         pixel = self.channels
         columns = [(x * width // self.width) * pixel for x in range(self.width)]
         scaled: dict[int, bytes] = {}
-        for start, end in self.missing():
-            for y in range(start, end):
-                source = y * height // self.height
-                if source not in scaled:
-                    line = screen[source * width * pixel:(source + 1) * width * pixel]
-                    scaled[source] = b"".join(line[offset:offset + pixel] for offset in columns)
-                self.display[y * self.display_row_bytes:(y + 1) * self.display_row_bytes] = scaled[source]
+        for y, first, end in self._open(0, self.height):
+            source = y * height // self.height
+            if source not in scaled:
+                line = screen[source * width * pixel:(source + 1) * width * pixel]
+                scaled[source] = b"".join(line[offset:offset + pixel] for offset in columns)
+            offset = y * self.display_row_bytes
+            self.display[offset + first * pixel:offset + end * pixel] = scaled[source][first * pixel:end * pixel]
         self.shown_live = True
 
     def paint_block(self, left: int, top: int, right: int, bottom: int, rgb: bytes) -> bool:
@@ -85,14 +113,13 @@ class Canvas:
         if len(rgb) != width * (bottom - top + 1) * 3:
             raise ValueError(f"a {width}-pixel-wide block of {bottom - top + 1} rows needs more than {len(rgb)} bytes")
         shown = False
-        for start, end in self.missing():
-            for y in range(max(start, top), min(end, bottom + 1)):
-                line = rgb[(y - top) * width * 3:(y - top + 1) * width * 3]
-                if self.channels == 4:     # opaque: the block is what POV-Ray composited so far
-                    line = b"".join(line[x:x + 3] + b"\xff" for x in range(0, len(line), 3))
-                offset = y * self.display_row_bytes + left * self.channels
-                self.display[offset:offset + width * self.channels] = line
-                shown = True
+        for y, first, end in self._open(top, bottom + 1, left, right + 1):
+            line = rgb[((y - top) * width + first - left) * 3:((y - top) * width + end - left) * 3]
+            if self.channels == 4:     # opaque: the block is what POV-Ray composited so far
+                line = b"".join(line[x:x + 3] + b"\xff" for x in range(0, len(line), 3))
+            offset = y * self.display_row_bytes + first * self.channels
+            self.display[offset:offset + (end - first) * self.channels] = line
+            shown = True
         self.shown_live = self.shown_live or shown
         return shown
 
@@ -136,7 +163,9 @@ class Canvas:
 
     def raster(self) -> Raster:
         """The image in its own format (unpainted rows are zero: black, or transparent with alpha)."""
-        return Raster(self.width, self.height, self.channels, self.bits, bytes(self.raw))
+        pixels = bytes(self.raw) if self.layout is None else \
+            self.layout.unshear(bytes(self.raw), self.row_bytes, self.channels * self.bits // 8)
+        return Raster(self.width, self.height, self.channels, self.bits, pixels)
 
     def png(self) -> bytes:
         return encode_png(self.raster())

@@ -13,6 +13,8 @@ from farm.kinds import PREVIEW
 from farm.retry import Outage
 from farm.states import ENDED
 from farm.rows import ZLIB, decode_rows, decompress_capped
+from farm.shear import Shear
+from farm.strips import DEFAULT_BLOCK
 from farm.viewing.canvas import Canvas
 from farm.viewing.colours import node_colour
 from farm.viewing.eta import ShownEta, status_estimate
@@ -175,7 +177,10 @@ class ViewerState:
             log.warning("job %s frame %s rows %s-%s cannot be shown: %s", self.target, frame, start, end, err)
             return
         self.received.append((frame, start, end))
-        self._dirty.append((frame, start, end))
+        if canvas.layout is not None:
+            self._full = self._full or frame == self.frame   # the rows' blocks lie all over the frame
+        else:
+            self._dirty.append((frame, start, end))
 
     def _apply_preview(self, canvas: Canvas, frame: int, strip: dict[str, Any]) -> None:
         width, height = int(strip["width"]), int(strip["height"])
@@ -195,8 +200,24 @@ class ViewerState:
         if canvas is None:
             job = self.job
             canvas = self.frames[frame] = Canvas(job["width"], job["height"], job.get("channels", 3),
-                                                 job.get("bits", 8))
+                                                 job.get("bits", 8), self.layout())
         return canvas
+
+    def layout(self) -> Shear | None:
+        """How the job's rows lie in its frames (farm.shear); None: in their own places."""
+        job = self.job
+        if not int(job.get("shear", 0) or 0):
+            return None
+        return Shear(int(job["width"]), int(job["height"]), int(job.get("block", DEFAULT_BLOCK)), int(job["shear"]))
+
+    def strip_rectangles(self, strip: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+        """The frame's rectangles (left, top, right, bottom; half-open) a strip's rows cover: one band, or
+        the blocks of a sheared frame's strip, a run per column of blocks."""
+        start, end = int(strip["row_start"]), int(strip["row_end"])
+        layout = self.layout() if strip.get("kind") != PREVIEW else None
+        if layout is None or not 0 <= start < end <= layout.height:
+            return [(0, start, int(self.job.get("width", 0)), end)]
+        return layout.rectangles(start, end)
 
     def _choose_frame(self) -> None:
         """Show the newest frame with pixels, or the one the user chose (farm/viewing/frames.py)."""

@@ -206,10 +206,17 @@ class Window:
         for strip in self.state.shown_in_flight():
             colour = self.state.colour(strip["node"])
             whole = strip.get("kind") == PREVIEW     # its rows are the preview's own: the whole frame
-            top = y + (0 if whole else round(int(strip["row_start"]) * self.scale))
-            bottom = y + (self.view.get_height() if whole else round(int(strip["row_end"]) * self.scale))
-            rect = self.pg.Rect(x, top, width, max(2, bottom - top))
-            self.pg.draw.rect(win, colour, rect, 2)
+            if whole:
+                top = y
+                self.pg.draw.rect(win, colour, self.pg.Rect(x, y, width, max(2, self.view.get_height())), 2)
+            else:
+                rects = self.state.strip_rectangles(strip)
+                top = y + round(min(rect[1] for rect in rects) * self.scale)
+                for left, upper, right, lower in rects:   # a band, or a sheared strip's blocks (farm.shear)
+                    box = self.pg.Rect(x + round(left * self.scale), y + round(upper * self.scale),
+                                       max(2, round((right - left) * self.scale)),
+                                       max(2, round((lower - upper) * self.scale)))
+                    self.pg.draw.rect(win, colour, box, 2 if len(rects) == 1 else 1)
             doing = {"pretrace": " radiosity pretrace", PREVIEW: " preview"}.get(strip.get("kind", ""), "")
             text = f"{strip['node']}{doing} {float(strip['progress']) * 100:.0f}%"
             # The preview's label goes top right: the first strip's is top left, over the same rows.

@@ -14,7 +14,7 @@
   const { colour } = window.povcolours;
   const { EtaShown } = window.poveta;
   const { duration, byteSize, uploadRate, clockTime } = window.povwords;
-  const { frameCanvas, paintedRows, hasPixels, stepFrames, stopPlaying } = window.povcanvas;
+  const { frameCanvas, paintedRows, hasPixels, stepFrames, stopPlaying, rowRectangles } = window.povcanvas;
   const { Feed, FINISHED, BACKOFF_MS, sleep } = window.povfeed;
 
   const TOKEN_KEY = "povfarm.token";
@@ -355,7 +355,7 @@
       ctx.imageSmoothingEnabled = true;
       ctx.drawImage(frame.preview, 0, 0, view.width, view.height);
       for (const [x, y, w, h] of frame.blocks) ctx.putImageData(frame.img, 0, 0, x, y, w, h);
-      for (const [start, end] of frame.spans) ctx.putImageData(frame.img, 0, 0, 0, start, view.width, end - start);
+      for (const [x, y, w, h] of frame.finals) ctx.putImageData(frame.img, 0, 0, x, y, w, h);
     } else {
       ctx.putImageData(frame.img, 0, 0);
     }
@@ -411,6 +411,20 @@
         box.style.top = whole ? "0" : `${(100 * strip.row_start) / view.height}%`;
         box.style.height = whole ? "100%" : `${(100 * (strip.row_end - strip.row_start)) / view.height}%`;
         box.dataset.node = strip.node;
+        if (view.shear && !whole) {
+          // A sheared frame's strip (farm/shear.py) is blocks all over the frame: a thin box around each run.
+          const rects = rowRectangles(view, strip.row_start, strip.row_end);
+          for (const [x, y, w, h] of rects) {
+            const part = document.createElement("div");
+            part.className = "in-flight part";
+            part.dataset.node = strip.node;
+            Object.assign(part.style, { borderColor: c, left: `${(100 * x) / view.width}%`, width: `${(100 * w) / view.width}%`,
+              top: `${(100 * y) / view.height}%`, height: `${(100 * h) / view.height}%` });
+            boxes.push(part);
+          }
+          // Only its label, at its first column's blocks.
+          Object.assign(box.style, { border: "none", top: `${(100 * rects[0][1]) / view.height}%`, height: "0" });
+        }
         const label = document.createElement("span");
         label.style.background = c;
         const doing = { pretrace: " radiosity pretrace", preview: " preview" }[strip.kind] || "";

@@ -12,7 +12,10 @@
     if (!frame) {
       const img = new ImageData(view.width, view.height);
       fillChecker(img);
-      frame = { img, spans: [], preview: null, blocks: [] };
+      // spans: the rows painted (of the sheared image, farm/shear.py, where view.shear says so); finals: the
+      // frame's rectangles they cover; final: of a sheared frame, which blocks are final by pixel row.
+      frame = { img, spans: [], preview: null, blocks: [], finals: [],
+                final: view.shear ? new Uint8Array(view.height * columnsOf(view)) : null };
       view.frames.set(number, frame);
     }
     return frame;
@@ -28,6 +31,39 @@
         data[at + 3] = 255;
       }
     }
+  }
+
+  function columnsOf(view) {
+    return Math.ceil(view.width / view.block);
+  }
+
+  // The frame's pixel row that row `row` of a sheared frame's image holds in column of blocks `column`, as
+  // farm/shear.py lays it out: only whole block rows move, each column rotated up by column * shear of them.
+  function sourceRow(view, column, row) {
+    const rows = Math.floor(view.height / view.block), band = Math.floor(row / view.block);
+    if (!view.shear || band >= rows) return row;
+    return ((band + column * view.shear) % rows) * view.block + (row % view.block);
+  }
+
+  // The frame's rectangles [x, y, w, h] that rows [start, end) cover: one band, or a sheared image's blocks,
+  // a run of rows per column of blocks.
+  function rowRectangles(view, start, end) {
+    if (!view.shear) return [[0, start, view.width, end - start]];
+    const rects = [];
+    for (let column = 0; column < columnsOf(view); column++) {
+      const left = column * view.block, width = Math.min(view.width, left + view.block) - left;
+      const tops = [];
+      for (let row = start; row < end; row++) tops.push(sourceRow(view, column, row));
+      tops.sort((a, b) => a - b);
+      let first = tops[0];
+      for (let i = 1; i <= tops.length; i++) {
+        if (i === tops.length || tops[i] !== tops[i - 1] + 1) {
+          rects.push([left, first, width, tops[i - 1] + 1 - first]);
+          first = tops[i];
+        }
+      }
+    }
+    return rects;
   }
 
   function pieceRowBytes(view, piece) {
@@ -86,8 +122,22 @@
       return false;
     }
     const frame = frameCanvas(view, piece.frame);
-    toRgba(rows, (end - start) * view.width, view.channels, view.bits, frame.img.data, start * view.width * 4);
+    if (view.shear) {
+      const columns = columnsOf(view), bytes = (view.channels * view.bits) / 8;
+      for (let row = start; row < end; row++) {
+        for (let column = 0; column < columns; column++) {
+          const left = column * view.block, width = Math.min(view.width, left + view.block) - left;
+          const y = sourceRow(view, column, row);
+          toRgba(rows.subarray((row - start) * rowBytes + left * bytes), width, view.channels, view.bits,
+                 frame.img.data, (y * view.width + left) * 4);
+          frame.final[y * columns + column] = 1;
+        }
+      }
+    } else {
+      toRgba(rows, (end - start) * view.width, view.channels, view.bits, frame.img.data, start * view.width * 4);
+    }
     frame.spans = mergeSpan(frame.spans, [start, end]);
+    frame.finals.push(...rowRectangles(view, start, end));
     return true;
   }
 
@@ -102,8 +152,10 @@
     }
     const frame = frameCanvas(view, block.frame), data = frame.img.data;
     let shown = false;
+    const column = Math.floor(left / view.block), columns = frame.final ? columnsOf(view) : 0;
     for (let y = top; y <= bottom; y++) {
-      if (frame.spans.some(([start, end]) => y >= start && y < end)) continue;
+      if (frame.final ? frame.final[y * columns + column]
+                      : frame.spans.some(([start, end]) => y >= start && y < end)) continue;
       toRgba(rgb.subarray((y - top) * width * 3), width, 3, 8, data, (y * view.width + left) * 4);
       shown = true;
     }
@@ -163,5 +215,6 @@
 
   window.povcanvas = {
     frameCanvas, pieceRowBytes, unfilter, paintPiece, paintBlock, paintedRows, hasPixels, stepFrames, stopPlaying,
+    rowRectangles,
   };
 })();

@@ -161,7 +161,7 @@
       if (!info || !info.id) return;
       if (!view.info || info.width !== view.width || info.height !== view.height) {
         Object.assign(view, { width: info.width, height: info.height, channels: info.channels || 3,
-          bits: info.bits || 8, frames: new Map() });
+          bits: info.bits || 8, shear: info.shear || 0, block: info.block || 32, frames: new Map() });
         this.ui.sizeCanvas(view);
       }
       const pieces = await Promise.all(reply.strips.map(async (piece) => {
