@@ -40,7 +40,7 @@ class Slot:
 
     def __init__(self, tmp_path, count, lead, handed=None, kinds=None, fails=()):
         self.tasks = [SimpleNamespace(lease=f"l{n}", kind=(kinds or {}).get(n, ROWS), job=1, strip=n, frame=1,
-                                      frame_last=1, radiosity_cache=False) for n in range(count)]
+                                      frame_last=1, radiosity_cache=False, sheared_part=False) for n in range(count)]
         self.end = {task.lease: threading.Event() for task in self.tasks}
         self.running, self.most, self.released, self.worked = set(), 0, [], []
         self.lock, self.handed, self.tmp_path = threading.Lock(), handed or {}, tmp_path
@@ -104,7 +104,8 @@ def test_without_overlap_a_slot_runs_one_unit_at_a_time(tmp_path):
 
 
 def test_a_task_handed_back_with_a_result_is_released_when_the_next_unit_already_started(tmp_path):
-    handed = SimpleNamespace(lease="handed", kind=ROWS, job=1, strip=9, frame=1, frame_last=1, radiosity_cache=False)
+    handed = SimpleNamespace(lease="handed", kind=ROWS, job=1, strip=9, frame=1, frame_last=1, radiosity_cache=False,
+                             sheared_part=False)
     slot = Slot(tmp_path, 2, lead=0.8, handed={"l0": handed})
     slot.now_running("l0", "l1")
     slot.end["l0"].set()

@@ -105,7 +105,7 @@ def test_povray_renders_a_sheared_strips_blocks_alone_as_in_the_whole_frame(tmp_
     """`+C` beside blocks_file: POV-Ray renders just the strip's blocks, each exactly as the whole frame's
     render has it, and leaves the rest black."""
     scene = SCENES / "advanced/chess2.pov"
-    width, height = 160, 128
+    width, height = 96, 80
     layout = Shear.of_frame(width, height, 16)
     shutil.copy(scene, tmp_path / scene.name)
 
@@ -116,12 +116,13 @@ def test_povray_renders_a_sheared_strips_blocks_alone_as_in_the_whole_frame(tmp_
         return decode_png((tmp_path / name).read_bytes()).pixels
 
     whole = render("whole.png", [])
-    (tmp_path / "part.pov-state").write_bytes(blocks_file(width, height, 16, layout.serials(32, 64)))
+    (tmp_path / "part.pov-state").write_bytes(blocks_file(width, height, 16, layout.serials(16, 48)))
     part = render("part.png", ["+C"])
     row_bytes = width * 3
-    assert layout.sheared_rows(part, row_bytes, 3, 32, 64) == layout.sheared_rows(whole, row_bytes, 3, 32, 64)
+    assert layout.step == 3 and len(set(layout.blocks(16, 48))) == 12
+    assert layout.sheared_rows(part, row_bytes, 3, 16, 48) == layout.sheared_rows(whole, row_bytes, 3, 16, 48)
     others = [(column, row) for column in range(layout.columns) for row in range(height // 16)
-              if (column, row) not in set(layout.blocks(32, 64))]
+              if (column, row) not in set(layout.blocks(16, 48))]
     column, row = others[0]
     assert not any(part[(row * 16) * row_bytes + column * 48:(row * 16) * row_bytes + column * 48 + 48])
 
@@ -135,12 +136,12 @@ def test_a_still_on_two_boxes_is_cut_sheared_and_stitched_exactly(farm, tmp_path
     farm.start_node("b", "--machine", "boxB")
     scene = SCENES / "advanced/chess2.pov"
     out = tmp_path / "farm.png"
-    done = run_cli("submit", str(scene), "--width", "192", "--height", "160", "--option", "+A0.3", "--wait",
+    done = run_cli("submit", str(scene), "--width", "128", "--height", "96", "--option", "+A0.3", "--wait",
                    "--output", str(out), "--controller", farm.url)
     assert done.returncode == 0, done.stderr
-    assert_same_pixels(out, native_render(scene, 192, 160, ["+A0.3"], tmp_path / "native.png"))
+    assert_same_pixels(out, native_render(scene, 128, 96, ["+A0.3"], tmp_path / "native.png"))
     status = farm.client.call("jobs.status", int(done.stdout.strip()))
-    assert status["shear"] == step_for(160 // 32) == 3 and status["block"] == 32
+    assert status["shear"] == step_for(96 // 32) == 2 and status["block"] == 32
     rows = [strip for strip in status["strips"] if strip["kind"] == "rows"]
     assert len(rows) > 1 and len({strip["node"] for strip in rows}) == 2
 

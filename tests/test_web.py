@@ -530,20 +530,25 @@ def test_the_preview_is_outlined_whole_and_an_image_shown_at_its_size_at_1280_px
     page.sign_in(token(farm, "view"))
     page.wait(lambda: page.state()["job"] == job_id and page.state()["jobState"] == "queued", what="the job")
     info = {**farm.client.call("jobs.list")[0], "state": "rendering", "started": 1.0}
+    assert info["shear"] == 8          # cut as nodes ask: interleaved (farm/shear.py)
     in_flight = [{"frame": 1, "row_start": 0, "row_end": 60, "node": "view", "progress": 0.0, "kind": "preview"},
-                 {"frame": 1, "row_start": 0, "row_end": 60, "node": "boxB", "progress": 0.0, "kind": "rows"}]
+                 {"frame": 1, "row_start": 0, "row_end": 64, "node": "boxB", "progress": 0.0, "kind": "rows"}]
     browser.execute_async_script("window.povfarm.paint(arguments[0]).then(arguments[1])",
                                  {"job": info, "cursor": 0, "strips": [], "in_flight": in_flight})
     boxes = browser.execute_script("""
         const rect = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
         const stage = document.getElementById('stage'), image = document.getElementById('image');
         return {stage: rect(stage), image: rect(image), rendering: image.style.imageRendering,
-                boxes: [...document.querySelectorAll('.in-flight')].map((b) => [b.dataset.node, rect(b),
-                        rect(b.querySelector('span')), b.querySelector('span').textContent])};""")
+                boxes: [...document.querySelectorAll('.in-flight:not(.part)')].map((b) => [b.dataset.node, rect(b),
+                        rect(b.querySelector('span')), b.querySelector('span').textContent]),
+                parts: [...document.querySelectorAll('.in-flight.part')].map(rect)};""")
     assert boxes["image"][2] - boxes["image"][0] == 640                 # its own size: no shrinking
-    (_, whole, preview, text), (_, strip, label, _) = sorted(boxes["boxes"], key=lambda b: b[0] != "view")
+    (_, whole, preview, text), (_, _, label, _) = sorted(boxes["boxes"], key=lambda b: b[0] != "view")
     assert text == "view preview 0%" and whole[1] == boxes["stage"][1] and whole[3] == boxes["stage"][3]
-    assert strip[3] - strip[1] == pytest.approx(60, abs=1)
+    # The sheared strip's two block rows lie a block column at a time all over the frame: 64 rows of each.
+    assert len(boxes["parts"]) >= 20 and {round(part[2] - part[0]) for part in boxes["parts"]} == {32}
+    assert sum((part[2] - part[0]) * (part[3] - part[1]) for part in boxes["parts"]) == pytest.approx(640 * 64, rel=0.01)
+    assert len({round(part[1]) for part in boxes["parts"]}) > 10
     assert preview[0] >= label[2] or preview[1] >= label[3]         # the labels do not overlap
     try:
         browser.set_window_size(700, 860)
