@@ -211,7 +211,7 @@ class Window:
                 self.pg.draw.rect(win, colour, self.pg.Rect(x, y, width, max(2, self.view.get_height())), 2)
             else:
                 rects = self.state.strip_rectangles(strip)
-                top = y + round(min(rect[1] for rect in rects) * self.scale)
+                top = y + round(rects[0][1] * self.scale)    # the label at its first column's blocks
                 for left, upper, right, lower in rects:   # a band, or a sheared strip's blocks (farm.shear)
                     box = self.pg.Rect(x + round(left * self.scale), y + round(upper * self.scale),
                                        max(2, round((right - left) * self.scale)),
