@@ -135,7 +135,7 @@ class Node:
                 "threads": self.config.threads or self.cores, "slots": max(1, self.config.slots),
                 "povray": self.version or "", "povray_flavour": self.flavour,
                 "tags": list(tags.parse(self.config.tags, "setting 'tags'")),
-                "kinds": list(self.kinds),
+                "kinds": list(self.kinds), "interleave": True,   # it renders sheared units (farm.shear)
                 **self.sandbox.info()}
         if self.broken and not self.offered.without_povray:
             info["error"] = self.broken

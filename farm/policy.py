@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
-from farm import builds, jobkinds, scheduler, tags as tagging
+from farm import builds, jobkinds, scheduler, shear, tags as tagging
 from farm.records import FailureVerdict, Node, Unit
 from farm.states import NodeState
 
@@ -55,6 +55,7 @@ class JobInLine:
     prefer: tuple[str, ...] = ()
     povray: str = ""      # the POV-Ray version the job is pinned to ("": any)
     kind: str = ""        # its kind (farm.jobkinds): only a node offering it takes it ("": any node)
+    shear: bool = False   # its frames are sheared (farm.shear): only a node that renders them takes it
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,8 @@ def takes(job: JobInLine, node_name: str, tags: Sequence[str], queue: Queue) -> 
     """Whether the node may take the job's work now: it offers the job's kind (carries its capability tag,
     farm.jobkinds) and has every tag the job requires, and it has the tags the job prefers or no other idle
     live node that has them (and may render the job) waits."""
-    needed = jobkinds.needs(job.kind, job.require) if job.kind else job.require
+    require = (*job.require, shear.NODE_TAG) if job.shear else job.require
+    needed = jobkinds.needs(job.kind, require) if job.kind else require
     if not tagging.fits(needed, tags):
         return False
     if tagging.fits(job.prefer, tags):

@@ -26,7 +26,7 @@ from farm.jobkinds import POVRAY
 from farm.kinds import PREVIEW, ROWS, PreviewMode, preview_size
 from farm.rows import ZLIB, decode_rows
 from farm.states import ENDED, FrameState, JobState, NodeState, UnitState
-from farm.shear import Shear
+from farm.shear import NODE_TAG, Shear
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,12 @@ class Job:
     @property
     def row_bytes(self) -> int:
         return row_size(self.width, self.channels, self.bits)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The tags a node must have to render it, besides its kind's: those it requires, and the tag of a
+        node that renders sheared units when it is sheared."""
+        return (*self.require, NODE_TAG) if self.shear else self.require
 
     @property
     def layout(self) -> Shear:
@@ -227,7 +233,8 @@ class Node:
     def offers(self) -> tuple[str, ...]:
         """Its tags and the capability tag of each kind it offers, POV-Ray's too (farm.jobkinds): what a
         job's kind and the tags it requires are matched against."""
-        return tuple(dict.fromkeys(self.tags + jobkinds.kind_tags(dict(self.info))))
+        interleaves = (NODE_TAG,) if self.info.get("interleave") is True else ()
+        return tuple(dict.fromkeys(self.tags + jobkinds.kind_tags(dict(self.info)) + interleaves))
 
     @property
     def live(self) -> bool:

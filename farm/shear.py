@@ -26,6 +26,10 @@ from typing import Iterator
 
 from farm.strips import block_count
 
+# The capability tag of a node that renders sheared units (it says "interleave" when it registers): a sheared
+# job needs it, so a node from before sheared frames, which would deliver a frame's own rows, never takes one.
+NODE_TAG = "can-interleave"
+
 
 def step_for(block_rows: int) -> int:
     """The rotation per column for a frame of `block_rows` whole block rows: coprime to it, so a sheared row

@@ -205,7 +205,7 @@ def as_before(data_dir: Path, *statements: str) -> None:
 
 
 def register_node(stepped: Stepped, name: str = "n1") -> str:
-    return stepped.call("nodes.register", name, {"povray": "3.7"})["node_id"]
+    return stepped.call("nodes.register", name, {"povray": "3.7", "interleave": True})["node_id"]
 
 
 def rows_for(task: dict, value: int = 7) -> xmlrpc.client.Binary:

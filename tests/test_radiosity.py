@@ -65,7 +65,8 @@ def test_caches_of_a_pre_pass_cut_into_bands_merge_into_one_list_of_samples():
 
 def test_a_frames_strips_wait_for_every_band_of_its_pre_pass_and_load_their_caches_merged(tmp_path):
     farm, store = stepped_farm(tmp_path / "data", pretrace_bands=4)
-    a, b = (farm.call("nodes.register", name, {"povray": "3.7", "slots": 1, "machine": name})["node_id"]
+    a, b = (farm.call("nodes.register", name, {"povray": "3.7", "slots": 1, "machine": name,
+                                                 "interleave": True})["node_id"]
             for name in ("boxA", "boxB"))
     scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
     job = submit(farm, scene, width=4, height=96, strips="auto")
@@ -284,8 +285,8 @@ def test_a_node_killed_during_its_band_of_the_pretrace_loses_nothing(farm, tmp_p
 
 def test_a_frame_that_goes_out_whole_sets_every_band_of_its_pre_pass_aside(tmp_path):
     farm, store = stepped_farm(tmp_path / "data", machine="box", pretrace_bands=4)   # nodes on the controller's box
-    a, b = (farm.call("nodes.register", name, {"povray": "3.7", "slots": 2, "machine": "box", "cores": 2,
-                                                "threads": 2})["node_id"] for name in ("a", "b"))
+    a, b = (farm.call("nodes.register", name, {"povray": "3.7", "slots": 2, "machine": "box", "interleave": True,
+                                                "cores": 2, "threads": 2})["node_id"] for name in ("a", "b"))
     scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
     job = submit(farm, scene, width=4, height=128, strips="auto")
     task = farm.call("nodes.poll", a)

@@ -153,7 +153,8 @@ def test_a_sheared_still_goes_out_in_large_shares_once_measured(tmp_path):
     job = submit(farm, write_scene(tmp_path / "scene", "sphere { 0, 1 pigment { rgb 1 } }\n"),
                  width=64, height=480, strips="auto")
     assert farm.call("jobs.status", job)["shear"] == 8
-    nodes = [farm.call("nodes.register", f"n{i}", {"povray": "3.7", "slots": 1})["node_id"] for i in range(2)]
+    nodes = [farm.call("nodes.register", f"n{i}", {"povray": "3.7", "slots": 1, "interleave": True})["node_id"]
+             for i in range(2)]
     first = [farm.call("nodes.poll", node) for node in nodes]
     # 15 block rows: the first node a third of them, the second a third of the rest, rounded up.
     assert [(task["row_start"], task["row_end"], task["shear"]) for task in first] == [(0, 160, 8), (160, 288, 8)]
@@ -198,3 +199,20 @@ def test_a_viewer_paints_a_sheared_frame_block_by_block_in_its_places():
     assert canvas.paint_block(0, open_column[1], 7, open_column[1] + 7, b"\x01" * (8 * 8 * 3))
     canvas.paint(16, 40, layout.sheared_rows(frame, 120, 3, 16, 40))
     assert canvas.complete and canvas.raster().pixels == frame and bytes(canvas.display) == frame
+
+
+def test_a_node_from_before_sheared_frames_never_takes_a_sheared_unit(tmp_path):
+    """A node that does not say it renders sheared units would deliver a frame's own rows: it gets none of a
+    sheared job's units, and a job submitted while such a node is live is cut in bands of rows."""
+    farm, _ = stepped_farm(tmp_path / "data")
+    scene = write_scene(tmp_path / "scene", "sphere { 0, 1 pigment { rgb 1 } }\n")
+    sheared = submit(farm, scene, width=64, height=480, strips="auto")
+    old = farm.call("nodes.register", "old", {"povray": "3.7", "slots": 1})["node_id"]
+    assert farm.call("nodes.poll", old) == {}
+    assert "can-interleave" in farm.call("jobs.status", sheared)["blocked"]
+    new = farm.call("nodes.register", "new", {"povray": "3.7", "slots": 1, "interleave": True})["node_id"]
+    assert farm.call("nodes.poll", new)["shear"] == 8
+    banded = submit(farm, scene, width=64, height=480, strips="auto")
+    assert farm.call("jobs.status", banded)["shear"] == 0
+    task = farm.call("nodes.poll", old)
+    assert task["job"] == banded and task["shear"] == 0

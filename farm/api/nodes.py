@@ -43,7 +43,9 @@ class NodesAPI:
             GUI engine), sandbox ("bwrap" or "none"), sandbox_warning (str), povfarm (version), error (str: the
             node cannot render, e.g. POV-Ray is missing), tags ([str]: its own tags, `povfarm node --tags`;
             tags set with nodes.set_tags win over them), kinds ([str]: the kinds of job it runs, farm.jobkinds;
-            a job is leased only to a node offering its kind; absent: ["povray"])
+            a job is leased only to a node offering its kind; absent: ["povray"]), interleave (bool: it renders
+            sheared units, farm/shear.py; a sheared job goes only to such nodes, and a job is sheared only while
+            every live node is one)
         @return: struct: node_id (str), heartbeat_interval (float seconds: how often to renew leases and
             report progress), lease_timeout (float seconds: a lease not renewed this long goes to another node),
             features ([str]: what this controller can do: "complete_and_poll" (nodes.complete_and_poll),

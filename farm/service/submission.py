@@ -25,7 +25,7 @@ from farm.planning import plan_units, with_pretrace, with_preview
 from farm.radiosity import AUTO, pretrace_parts
 from farm.records import JobSpec
 from farm.strips import block_count
-from farm.shear import Shear
+from farm.shear import NODE_TAG, Shear
 from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -161,13 +161,19 @@ class Submissions:
         # ask are cut in their sheared image, every strip a little of the whole frame (farm.shear).
         spec = replace(spec, pretrace=any(plan.kind == PRETRACE for plan in plans),
                        shear=Shear.of_frame(spec.width, spec.height, spec.block).step
-                       if request.interleave and spec.kind == POVRAY and any(plan.remainder for plan in plans) else 0)
+                       if self._interleaves(request, spec, plans) else 0)
         job_id = self._store.jobs.create(spec, plans, self._clock(), waits_for)
         self._changes.bump()
         self._work.bump()
         log.info("job %s queued: %s %dx%d, frames %d-%d, in %d units", job_id, spec.scene, spec.width, spec.height,
                  spec.first_frame, spec.last_frame, len(plans))
         return job_id
+
+    def _interleaves(self, request: Submission, spec: JobSpec, plans: list) -> bool:
+        """Whether the job's frames are sheared: a POV-Ray job asking for it whose frames are cut as nodes ask,
+        while every live node renders sheared units (a farm of older nodes keeps bands of rows)."""
+        return (request.interleave and spec.kind == POVRAY and any(plan.remainder for plan in plans)
+                and all(NODE_TAG in node.offers for node in self._store.nodes.live()))
 
     def check(self, request: Submission) -> JobSpec:
         info = self._bundles.info(request.bundle)

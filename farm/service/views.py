@@ -104,7 +104,7 @@ class Views:
             "first_frame": job.first_frame, "last_frame": job.last_frame, "frame_digits": job.frame_digits,
             "submitted": job.submitted, "started": job.started, "finished": job.finished,
             "preview": preview.value if preview is not None else "",
-            "blocked": self._blocked(job.state, job.submitted, presence, job.require, job.povray, job.kind),
+            "blocked": self._blocked(job.state, job.submitted, presence, job.needs, job.povray, job.kind),
             "povray_version": job.povray, "require": list(job.require), "prefer": list(job.prefer),
             "after": list(job.after), "kind": job.kind, "block": job.block, "shear": job.shear,
             "waiting_for": self._waiting_for(job),

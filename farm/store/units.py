@@ -412,7 +412,7 @@ class _Queue:
 
     # A job that runs after others waits until they are all done (farm.dependencies: Verdict.GO); the
     # maintenance tick ends it when one of them failed or was canceled.
-    _JOBS_IN_LINE = ("SELECT id, priority, require, prefer, povray, kind FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1"
+    _JOBS_IN_LINE = ("SELECT id, priority, require, prefer, povray, kind, shear FROM jobs WHERE state IN (?, ?) AND EXISTS (SELECT 1"
                      " FROM units q WHERE q.job = jobs.id AND q.state = ?) AND (run_after = '[]' OR NOT EXISTS"
                      " (SELECT 1 FROM json_each(jobs.run_after) d JOIN jobs p ON p.id = d.value"
                      f" WHERE p.state != '{JobState.DONE.value}'))")
@@ -423,7 +423,8 @@ class _Queue:
 
     def jobs_with_queued_units(self) -> Sequence[JobInLine]:
         return [JobInLine(row["id"], row["priority"], tuple(json.loads(row["require"])),
-                          tuple(json.loads(row["prefer"])), row["povray"], row["kind"]) for row in self._db.execute(
+                          tuple(json.loads(row["prefer"])), row["povray"], row["kind"], bool(row["shear"]))
+                for row in self._db.execute(
             self._JOBS_IN_LINE, (JobState.QUEUED.value, JobState.RENDERING.value, UnitState.QUEUED.value))]
 
     def queued_units(self, job_id: int, limit: int) -> Sequence[Unit]:
