@@ -194,11 +194,28 @@ def plan(argv, environ=os.environ, cwd: str = ".") -> Run:
     startup = number(environ.get("POVFARM_FAKE_STARTUP") or "0", "POVFARM_FAKE_STARTUP")
     profile = [number(w, "POVFARM_FAKE_ROW_PROFILE") for w in environ.get("POVFARM_FAKE_ROW_PROFILE", "").split(",")
                if w.strip()]
-    planned = startup + row_cost * row_weights(start, end, height, profile) * len(frames) / speed
+    weights = row_weights(start, end, height, profile) * continued_share(argv, cwd, opts.get("output", ""),
+                                                                          width, height)
+    planned = startup + row_cost * weights * len(frames) / speed
     return Run(width=width, height=height, start=start, end=end, frames=frames, digits=digits, animated=animated,
                png=png, bits=16 if fmt.endswith("16") else 8, channels=4 if (png and opts["alpha"]) else 3,
                output=os.path.join(cwd, opts["output"]), speed=speed, startup=startup, planned=planned,
                pixels=width * (end - start) * len(frames))
+
+
+def continued_share(argv, cwd: str, output: str, width: int, height: int, block: int = 32) -> float:
+    """With +C, the part of the area's blocks left to render: POV-Ray skips those its render state file
+    (beside the output) lists, as a node's file for a sheared unit does (farm/shear.py). The fake writes the
+    whole image all the same, which is all the node reads of it."""
+    if "+C" not in argv:
+        return 1.0
+    try:
+        with open(os.path.join(cwd, os.path.splitext(output)[0] + ".pov-state"), "rb") as state:
+            skipped = state.read().count(b"POVRAYMS")
+    except OSError:
+        return 1.0
+    total = -(-width // block) * -(-height // block)
+    return max(0.0, total - skipped) / total
 
 
 def write_images(run: Run, log=sys.stderr) -> None:
