@@ -191,7 +191,7 @@ def takes(job: JobInLine, node_name: str, tags: Sequence[str], queue: Queue) -> 
     """Whether the node may take the job's work now: it offers the job's kind (carries its capability tag,
     farm.jobkinds) and has every tag the job requires, and it has the tags the job prefers or no other idle
     live node that has them (and may render the job) waits."""
-    require = (*job.require, shear.NODE_TAG) if job.shear else job.require
+    require = shear.needed_tags(job.require, job.shear)
     needed = jobkinds.needs(job.kind, require) if job.kind else require
     if not tagging.fits(needed, tags):
         return False

@@ -26,7 +26,7 @@ from farm.jobkinds import POVRAY
 from farm.kinds import PREVIEW, ROWS, PreviewMode, preview_size
 from farm.rows import ZLIB, decode_rows
 from farm.states import ENDED, FrameState, JobState, NodeState, UnitState
-from farm.shear import NODE_TAG, Shear
+from farm.shear import NODE_TAG, Shear, needed_tags
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Job:
     def needs(self) -> tuple[str, ...]:
         """The tags a node must have to render it, besides its kind's: those it requires, and the tag of a
         node that renders sheared units when it is sheared."""
-        return (*self.require, NODE_TAG) if self.shear else self.require
+        return needed_tags(self.require, self.shear)
 
     @property
     def layout(self) -> Shear:

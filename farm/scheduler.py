@@ -200,7 +200,8 @@ def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, i
               running: Sequence[Running], overhead: float, least_blocks: int) -> int | None:
     """next_cut for a frame whose rows cost alike (farm.shear): no probe of a band can mislead, so each run
     a node keeps busy gets 1/FIRST_WAVE of an even share first (the nodes' speeds are not known yet), then
-    its node's whole speed-weighted share of the rows left and in flight, less what the node has in hand.
+    1/EVEN_SHARES of its node's speed-weighted share of the rows left and in flight, less what the node has
+    in hand (the whole share where that part is worth less than a unit's start-up and parse).
     Every unit costs POV-Ray's start-up and the parse again (0.84 s on stackertransp), so the fewer the
     better. A node whose runs are all busy declines until it has measured, or while its units have more
     than AHEAD_SECONDS to go, or while it holds its share: it asks again as its unit nears its end
@@ -213,13 +214,13 @@ def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, i
             return None
         first = math.ceil(blocks_left / (FIRST_WAVE * sum(slots.values())))
         return min(end, start + _at_least(first, least_blocks, blocks_left) * block)
-    in_hand = sum(unit.rows * (1.0 - unit.progress) for unit in own) / costs.rate(node)
-    if len(own) >= slots[node] and in_hand > AHEAD_SECONDS:
+    in_hand = sum(unit.rows * (1.0 - unit.progress) for unit in own)     # rows
+    if len(own) >= slots[node] and in_hand / costs.rate(node) > AHEAD_SECONDS:
         return None     # its runs are busy for a while: a second POV-Ray now would share their cores
     weight = costs.speeds.get(node, 1.0) * slots[node]
     total = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
     in_flight = sum(unit.rows * (1.0 - unit.progress) for unit in running)
-    share = (end - start + in_flight) * weight / total - sum(unit.rows * (1.0 - unit.progress) for unit in own)
+    share = (end - start + in_flight) * weight / total - in_hand
     if own and share < block / 2:
         return None
     # Half the share, unless that is less than a unit is worth (its start-up and parse, as the node measured

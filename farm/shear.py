@@ -31,6 +31,11 @@ from farm.strips import block_count
 NODE_TAG = "can-interleave"
 
 
+def needed_tags(require: tuple[str, ...], step: int) -> tuple[str, ...]:
+    """The tags a node must have to render a job requiring `require` whose frames are sheared at `step`."""
+    return (*require, NODE_TAG) if step else require
+
+
 def step_for(block_rows: int) -> int:
     """The rotation per column for a frame of `block_rows` whole block rows: coprime to it, so a sheared row
     meets every band of the frame, and near its golden section, so neighbouring columns draw on bands far
@@ -98,12 +103,8 @@ class Shear:
         if not self.step:
             return bytes(frame[row_start * row_bytes:row_end * row_bytes])
         out = bytearray((row_end - row_start) * row_bytes)
-        columns = self._columns(bpp)
-        for row in range(row_start, row_end):
-            at = (row - row_start) * row_bytes
-            for column, first, end in columns:
-                source = self.source_row(column, row) * row_bytes
-                out[at + first:at + end] = frame[source + first:source + end]
+        for source, target, length in self.placements(row_start, row_end, row_bytes, bpp):
+            out[target:target + length] = frame[source:source + length]
         return bytes(out)
 
     def unshear(self, sheared: bytes, row_bytes: int, bpp: int) -> bytes:

@@ -39,7 +39,6 @@ from farm.rendering.finished import STATE_SUFFIX, frame_files, unit_done
 from farm.rendering.statefile import blocks_file, continue_file, continue_fits
 from farm.rendering.reaper import Reaper
 from farm.rendering.task import RenderOutcome, Task
-from farm.shear import Shear
 from farm.unitlog import UnitLog
 
 log = logging.getLogger(__name__)
@@ -155,13 +154,11 @@ class UnitRenderer:
         a render state file that has POV-Ray skip every block the unit does not hold, so each of its blocks
         renders as in the whole frame. POV-Ray for Windows, and frames of too many blocks, render the whole
         frame instead: right, only slower."""
-        options = validate_options(task.options)
-        whole = strips.povray_row_options(0, task.height, task.height)
-        if self.flavour != povray.CONSOLE or not continue_fits(task.width, task.height, options.block):
-            return whole
-        layout = Shear(task.width, task.height, options.block, task.shear)
+        layout = task.layout
+        if self.flavour != povray.CONSOLE or not continue_fits(task.width, task.height, layout.block):
+            return strips.povray_row_options(0, task.height, task.height)
         state = output_path(task, strip_dir).with_suffix(STATE_SUFFIX)
-        state.write_bytes(blocks_file(task.width, task.height, options.block,
+        state.write_bytes(blocks_file(task.width, task.height, layout.block,
                                       layout.serials(task.row_start, task.row_end)))
         return ["+C"]
 
@@ -292,9 +289,8 @@ class UnitRenderer:
         if (raster.width, raster.height, raster.bits) != (task.width, task.height, task.bits):
             raise ValueError(f"POV-Ray wrote a {raster.width}x{raster.height} {raster.bits}-bit image")
         if task.shear:
-            layout = Shear(task.width, task.height, validate_options(task.options).block, task.shear)
-            return layout.sheared_rows(raster.pixels, raster.row_bytes, raster.channels * raster.bits // 8,
-                                       task.row_start, task.row_end)
+            return task.layout.sheared_rows(raster.pixels, raster.row_bytes, raster.channels * raster.bits // 8,
+                                            task.row_start, task.row_end)
         return strips.crop_rows(raster, task.row_start, task.row_end)
 
 

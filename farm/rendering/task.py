@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 from farm.faults import Code, FarmError
 from farm.kinds import ROWS
+from farm.options import validate_options
 from farm.rows import ZLIB
+from farm.shear import Shear
 from farm.unitlog import UnitLog
 from farm.wire import shown
 
@@ -71,6 +73,11 @@ class Task:
     def sheared_part(self) -> bool:
         """The unit's rows are some of its frame's sheared image: POV-Ray renders their blocks alone."""
         return bool(self.shear) and (self.row_start, self.row_end) != (0, self.height)
+
+    @property
+    def layout(self) -> Shear:
+        """How its frame's rows lie in the sheared image it renders rows of (farm.shear)."""
+        return Shear(self.width, self.height, validate_options(self.options).block, self.shear)
 
     @property
     def alpha(self) -> bool:

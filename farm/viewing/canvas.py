@@ -61,13 +61,12 @@ class Canvas:
         if self.layout is None:
             self.display[row_start * self.display_row_bytes:row_end * self.display_row_bytes] = screen
         else:
+            columns, block_bytes = self.layout.columns, self.layout.block * self.channels
             for target, source, length in self.layout.placements(row_start, row_end, self.display_row_bytes,
                                                                  self.channels):
                 self.display[target:target + length] = screen[source:source + length]
-            columns = self.layout.columns
-            for column in range(columns):
-                for row in range(row_start, row_end):
-                    self._final[self.layout.source_row(column, row) * columns + column] = 1
+                row, first = divmod(target, self.display_row_bytes)
+                self._final[row * columns + first // block_bytes] = 1
         self._mark(row_start, row_end)
 
     def _open(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> list[tuple[int, int, int]]:
