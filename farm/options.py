@@ -79,6 +79,8 @@ class RenderOptions:
     options: tuple[str, ...]   # validated, in the user's order
     alpha: bool                # +UA: the image has an alpha channel
     block: int                 # render block size: strip edges go on its multiples
+    antialias: bool = False    # +A: anti-aliasing is on (method 1 samples differently near block edges)
+    block_given: bool = False  # +BS: the user chose the block size
 
 
 _ANTIALIASING_SWITCHES = frozenset({"A", "AM", "AG", "J", "R"})
@@ -145,7 +147,7 @@ def _check_switch(option: str) -> tuple[str, str]:
 def validate_options(options: Iterable[str], default_block: int = 32) -> RenderOptions:
     """Check every option against the allowlist; return them with what they imply."""
     checked: list[str] = []
-    alpha, block = False, default_block
+    alpha, block, antialias, block_given = False, default_block, False, False
     for option in options:
         if not isinstance(option, str) or not option or len(option) > 100:
             raise FarmError(Code.BAD_OPTION, f"POV-Ray option {shown(option)} is not a short string")
@@ -159,14 +161,16 @@ def validate_options(options: Iterable[str], default_block: int = 32) -> RenderO
         name, value = _check_switch(option)
         if name == "UA":
             alpha = option[0] == "+"
+        elif name == "A":
+            antialias = option[0] == "+"
         elif name == "BS" and value:
-            block = int(value)
+            block, block_given = int(value), True
             if not 1 <= block <= 4096:
                 raise FarmError(Code.BAD_OPTION, f"POV-Ray option {option!r}: block size out of range")
         checked.append(option)
     if len(checked) > MAX_OPTIONS:
         raise FarmError(Code.BAD_OPTION, f"too many POV-Ray options (at most {MAX_OPTIONS})")
-    return RenderOptions(tuple(checked), alpha, block)
+    return RenderOptions(tuple(checked), alpha, block, antialias, block_given)
 
 
 def check_libraries(options: Iterable[str], scene: str) -> None:

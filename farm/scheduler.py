@@ -74,6 +74,8 @@ EVEN_SHARES = 2           # a unit is half its node's share, or the whole when h
 PROBE_SHARES = 8          # before anything is measured: 1/PROBE_SHARES of an even share per slot
 DECLINE_MARGIN = 0.9      # decline only if another slot would finish in less than this part of the time
 SPEED_ROUNDS = 6
+SPLIT_ERROR = 0.04        # a split of a frame by known speeds at most this far from whole block rows per run
+LEARNING = 0.5            # how far one sheared frame moves the node speeds the farm remembers (`learned_speeds`)
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ def model(finished: Sequence[Finished], cut: int, nearest: int = 3) -> Model | N
 
 def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int],
              finished: Sequence[Finished], running: Sequence[Running], box_runs: int = 0,
-             overhead: float = 0.0, least_blocks: int = 1, even: bool = False) -> int | None:
+             overhead: float = 0.0, least_blocks: int = 1, even: bool = False,
+             known: Mapping[str, float] | None = None) -> int | None:
     """The end row of the unit `node` should render off a frame's remainder [start, end) (0-based, end
     exclusive), or None when it should leave those rows to faster slots.
 
@@ -161,7 +164,8 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     busy; 0 otherwise. `overhead`: seconds each unit of the job costs `node` besides tracing, as it
     measured them (0 unknown). `least_blocks`: the fewest blocks of rows a unit may have (unless fewer are
     left). `even`: the rows cost alike (a sheared frame's, farm.shear; `slots` are then the POV-Ray runs that
-    keep each node busy): `_even_cut`. `start` is on a block edge; the result is a block edge or `end`, and
+    keep each node busy): `_even_cut`, with `known` (node -> the speed of one of its runs, remembered from
+    earlier frames, `learned_speeds`). `start` is on a block edge; the result is a block edge or `end`, and
     always more than `start`."""
     if block < 1 or not 0 <= start < end or start % block:
         raise ValueError(f"rows [{start}, {end}) do not start on an edge of {block}-row blocks")
@@ -170,7 +174,7 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     slots = dict(slots)
     slots[node] = max(1, slots.get(node, 1))
     if even:
-        return _even_cut(node, start, end, block, slots, finished, running, overhead, least_blocks)
+        return _even_cut(node, start, end, block, slots, finished, running, overhead, least_blocks, known or {})
     blocks_left = -(-(end - start) // block)
     costs = model(finished, start)
     if costs is None:     # one node has no speed to tell apart from others: it needs no probe
@@ -197,11 +201,13 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
 
 
 def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int], finished: Sequence[Finished],
-              running: Sequence[Running], overhead: float, least_blocks: int) -> int | None:
+              running: Sequence[Running], overhead: float, least_blocks: int, known: Mapping[str, float]) -> int | None:
     """next_cut for a frame whose rows cost alike (farm.shear): no probe of a band can mislead, so each run
-    a node keeps busy gets 1/FIRST_WAVE of an even share first (the nodes' speeds are not known yet), then
-    1/EVEN_SHARES of its node's speed-weighted share of the rows left and in flight, less what the node has
-    in hand (the whole share where that part is worth less than a unit's start-up and parse).
+    a node keeps busy first gets its whole share of the frame by the speeds remembered from earlier frames
+    (`known`: one unit per run when every live node has one), or 1/FIRST_WAVE of an even share (the nodes'
+    speeds are not known yet), then 1/EVEN_SHARES of its node's speed-weighted share of the rows left and in
+    flight, less what the node has in hand (the whole share where that part is worth less than a unit's
+    start-up and parse).
     Every unit costs POV-Ray's start-up and the parse again (0.84 s on stackertransp), so the fewer the
     better. A node whose runs are all busy declines until it has measured, or while its units have more
     than AHEAD_SECONDS to go, or while it holds its share: it asks again as its unit nears its end
@@ -212,8 +218,8 @@ def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, i
     if costs is None:
         if len(own) >= slots[node]:
             return None
-        first = math.ceil(blocks_left / (FIRST_WAVE * sum(slots.values())))
-        return min(end, start + _at_least(first, least_blocks, blocks_left) * block)
+        return min(end, start + _at_least(_first_wave(node, blocks_left, block, slots, running, known),
+                                          least_blocks, blocks_left) * block)
     in_hand = sum(unit.rows * (1.0 - unit.progress) for unit in own)     # rows
     if len(own) >= slots[node] and in_hand / costs.rate(node) > AHEAD_SECONDS:
         return None     # its runs are busy for a while: a second POV-Ray now would share their cores
@@ -234,6 +240,55 @@ def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, i
     if _others_finish_sooner(node, size, end - start, slots, running, costs):
         return None
     return start + size
+
+
+def _first_wave(node: str, blocks_left: int, block: int, slots: Mapping[str, int], running: Sequence[Running],
+                known: Mapping[str, float]) -> int:
+    """The blocks of a sheared frame's first unit for one run of `node`, before the frame measured anything:
+    its share of the whole frame (the blocks left and those leased) by the remembered speeds (`_known_shares`:
+    two boxes then render a still in one POV-Ray each, as every further unit parses the scene again; the last
+    run to start takes what is left), or 1/FIRST_WAVE of an even share, so that the rest balances speeds not
+    known yet, or a split that whole block rows cannot make even."""
+    frame = blocks_left + sum(unit.rows for unit in running) / block
+    shares = _known_shares(frame, slots, known)
+    if shares is None:
+        return max(1, math.ceil(frame / (FIRST_WAVE * sum(slots.values())) - 1e-9))
+    last = sum(slots.values()) - len(running) <= 1
+    return blocks_left if last else max(1, round(shares[node]))
+
+
+def _known_shares(frame: float, slots: Mapping[str, int], known: Mapping[str, float]) -> dict[str, float] | None:
+    """Each run's share of a frame of `frame` block rows by the remembered speeds; None unless every live node
+    has one and every share comes within SPLIT_ERROR of whole block rows (15 rows of 32 pixels on two boxes
+    split 8 and 7: one box's tail, where smaller units share them out)."""
+    if not all(known.get(name, 0.0) > 0 for name in slots):
+        return None
+    total = sum(known[name] * count for name, count in slots.items())
+    shares = {name: frame * known[name] / total for name in slots}
+    return shares if all(abs(round(share) - share) <= SPLIT_ERROR * share for share in shares.values()) else None
+
+
+def learned_speeds(known: Mapping[str, float], finished: Sequence[Finished]) -> dict[str, float]:
+    """The node speeds the farm remembers (`known`: node -> the speed of one of its POV-Ray runs, on a scale
+    of their own) after a finished frame whose rows cost alike (farm.shear): each node's rows per second of
+    work in it, put on the remembered scale by the nodes known already, moves its speed LEARNING of the way.
+    Unchanged when fewer than two nodes rendered the frame: one node alone says nothing of the others."""
+    rows: dict[str, float] = {}
+    work: dict[str, float] = {}
+    for unit in finished:
+        rows[unit.node] = rows.get(unit.node, 0) + unit.rows
+        work[unit.node] = work.get(unit.node, 0.0) + _work(unit)
+    if len(rows) < 2:
+        return dict(known)
+    rates = {name: rows[name] / work[name] for name in rows}
+    both = [name for name in rates if known.get(name, 0.0) > 0]
+    scale = (statistics.fmean(known[name] for name in both) / statistics.fmean(rates[name] for name in both)
+             if both else 1.0 / statistics.fmean(rates.values()))
+    learned = dict(known)
+    for name, rate in rates.items():
+        seen = rate * scale
+        learned[name] = known[name] + LEARNING * (seen - known[name]) if name in both else seen
+    return learned
 
 
 def _at_least(blocks: int, least: int, left: int) -> int:

@@ -24,7 +24,13 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
-from farm.strips import block_count
+from farm.strips import block_count, continue_fits
+
+# The render block of a sheared frame whose pixels do not depend on where blocks fall (see `fine_block`): twice
+# as many block rows as POV-Ray's default 32 lets two boxes' first strips split a frame evenly (640x480 has 15
+# rows of 32: halves of 8 and 7 rows left one box 14% more to do), at no cost in CPU (stackertransp's sheared
+# halves took 12.15 s at 16 against 12.27 s at 32).
+FINE_BLOCK = 16
 
 # The capability tag of a node that renders sheared units (it says "interleave" when it registers): a sheared
 # job needs it, so a node from before sheared frames, which would deliver a frame's own rows, never takes one.
@@ -34,6 +40,15 @@ NODE_TAG = "can-interleave"
 def needed_tags(require: tuple[str, ...], step: int) -> tuple[str, ...]:
     """The tags a node must have to render a job requiring `require` whose frames are sheared at `step`."""
     return (*require, NODE_TAG) if step else require
+
+
+def fine_block(width: int, height: int, block: int, antialias: bool, block_given: bool, pretrace: bool) -> int:
+    """The render block for a sheared `width` x `height` frame rendered with `block`: FINE_BLOCK where no pixel
+    can change with it. Only anti-aliasing (method 1 samples its neighbours inside a block) and the order in
+    which radiosity gathers its samples depend on where blocks fall; a block size the user chose is kept, and
+    so is one whose frame would have too many blocks to render in part (`continue_fits`)."""
+    fine = block > FINE_BLOCK and not (antialias or block_given or pretrace)
+    return FINE_BLOCK if fine and continue_fits(width, height, FINE_BLOCK) else block
 
 
 def step_for(block_rows: int) -> int:

@@ -27,6 +27,16 @@ def block_count(height: int, block: int) -> int:
     return -(-height // block)
 
 
+# POV-Ray reads a skipped block's message in about 11 us (65,536 of them, a 4096x4096 frame in 16-pixel blocks:
+# 0.7 s more than the same rows with +SR/+ER): past this many blocks a frame's rows are not worth it.
+CONTINUE_MAX_BLOCKS = 100_000
+
+
+def continue_fits(width: int, height: int, block: int) -> bool:
+    """Whether a frame of this size is worth rendering in part from a continue_file (its blocks are few enough)."""
+    return block >= 1 and block_count(width, block) * block_count(height, block) <= CONTINUE_MAX_BLOCKS
+
+
 def plan_strips(height: int, count: int, block: int = DEFAULT_BLOCK) -> list[tuple[int, int]]:
     """0-based half-open row ranges [start, end) covering 0..height in order, no gaps/overlaps.
 

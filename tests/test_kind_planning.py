@@ -160,7 +160,7 @@ def test_povrays_part_answers_as_its_strips_pre_passes_and_previews_always_did(t
         for mode, watched, worth in ((PreviewMode.WATCHED, False, Worth.WAIT), (PreviewMode.WATCHED, True, Worth.LEASE),
                                      (PreviewMode.ALWAYS, False, Worth.LEASE)):
             job = store.jobs.get(store.jobs.create(spec(mode), [UnitPlan(1, 1, 0, 1, PREVIEW)], 1.0))
-            leasing = kindparts.Leasing(job, "n", "", lambda watched=watched: watched, lambda: 0.0)
+            leasing = kindparts.Leasing(job, "n", "", lambda watched=watched: watched, lambda: 0.0, dict)
             assert POVRAY.worth(preview, None, leasing) is worth
             assert POVRAY.worth(rows, None, leasing) is Worth.LEASE
     finally:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from farm.images.png import decode_png
 from farm.rendering.statefile import blocks_file
-from farm.shear import Shear, step_for
+from farm.shear import FINE_BLOCK, Shear, fine_block, step_for
 from farm.strips import block_count
 from farm import scheduler
 from harness import (SCENES, assert_same_pixels, native_render, needs_povray, rows_for, run_cli, stepped_farm, submit,
@@ -144,6 +144,13 @@ def test_a_still_on_two_boxes_is_cut_sheared_and_stitched_exactly(farm, tmp_path
     assert status["shear"] == step_for(96 // 32) == 2 and status["block"] == 32
     rows = [strip for strip in status["strips"] if strip["kind"] == "rows"]
     assert len(rows) > 1 and len({strip["node"] for strip in rows}) == 2
+    # Without anti-aliasing: 16-pixel blocks, the same pixels as POV-Ray's own 32.
+    done = run_cli("submit", str(scene), "--width", "128", "--height", "96", "--wait", "--output", str(out),
+                   "--controller", farm.url)
+    assert done.returncode == 0, done.stderr
+    assert_same_pixels(out, native_render(scene, 128, 96, [], tmp_path / "native-plain.png"))
+    status = farm.client.call("jobs.status", int(done.stdout.strip()))
+    assert status["shear"] == step_for(96 // 16) and status["block"] == 16
 
 
 def test_a_sheared_still_goes_out_in_large_shares_once_measured(tmp_path):
@@ -151,19 +158,19 @@ def test_a_sheared_still_goes_out_in_large_shares_once_measured(tmp_path):
     share per node, then half of each node's share of what is left, the rows in flight counted (farm.scheduler)."""
     farm, _ = stepped_farm(tmp_path / "data")
     job = submit(farm, write_scene(tmp_path / "scene", "sphere { 0, 1 pigment { rgb 1 } }\n"),
-                 width=64, height=480, strips="auto")
+                 width=64, height=480, strips="auto", options=["+BS32"])
     assert farm.call("jobs.status", job)["shear"] == 8
     nodes = [farm.call("nodes.register", f"n{i}", {"povray": "3.7", "slots": 1, "interleave": True})["node_id"]
              for i in range(2)]
     first = [farm.call("nodes.poll", node) for node in nodes]
-    # 15 block rows: the first node a third of them, the second a third of the rest, rounded up.
-    assert [(task["row_start"], task["row_end"], task["shear"]) for task in first] == [(0, 160, 8), (160, 288, 8)]
+    # 15 block rows, no speeds known: each node a third of the frame.
+    assert [(task["row_start"], task["row_end"], task["shear"]) for task in first] == [(0, 160, 8), (160, 320, 8)]
     assert farm.call("nodes.poll", nodes[0]) == {}      # its one run is busy: nothing ahead before it measured
     for node, task in zip(nodes, first):
         rows = task["row_end"] - task["row_start"]
         farm.call("nodes.complete", node, task["lease"], rows_for(task), scheduler.STARTUP_SECONDS + 0.1 * rows)
-    shares = [farm.call("nodes.poll", node) for node in nodes]      # 192 rows left: 96 each, halved
-    assert [(task["row_start"], task["row_end"]) for task in shares] == [(288, 352), (352, 416)]
+    shares = [farm.call("nodes.poll", node) for node in nodes]      # 160 rows left: 80 each, halved to a block
+    assert [(task["row_start"], task["row_end"]) for task in shares] == [(320, 352), (352, 384)]
 
 
 def test_a_busy_node_gets_its_next_sheared_unit_only_near_the_end_of_its_own():
@@ -211,8 +218,109 @@ def test_a_node_from_before_sheared_frames_never_takes_a_sheared_unit(tmp_path):
     assert farm.call("nodes.poll", old) == {}
     assert "can-interleave" in farm.call("jobs.status", sheared)["blocked"]
     new = farm.call("nodes.register", "new", {"povray": "3.7", "slots": 1, "interleave": True})["node_id"]
-    assert farm.call("nodes.poll", new)["shear"] == 8
+    assert farm.call("nodes.poll", new)["shear"] == step_for(480 // FINE_BLOCK)
     banded = submit(farm, scene, width=64, height=480, strips="auto")
     assert farm.call("jobs.status", banded)["shear"] == 0
     task = farm.call("nodes.poll", old)
     assert task["job"] == banded and task["shear"] == 0
+
+
+def test_a_sheared_frame_renders_in_fine_blocks_where_no_pixel_depends_on_them():
+    """farm.shear.fine_block: 16-pixel blocks (finer cuts, the same pixels) unless anti-aliasing or radiosity
+    depends on where blocks fall, the user chose the block size, or the frame would have too many blocks."""
+    assert fine_block(640, 480, 32, antialias=False, block_given=False, pretrace=False) == FINE_BLOCK == 16
+    assert fine_block(640, 480, 32, antialias=True, block_given=False, pretrace=False) == 32
+    assert fine_block(640, 480, 32, antialias=False, block_given=True, pretrace=False) == 32
+    assert fine_block(640, 480, 32, antialias=False, block_given=False, pretrace=True) == 32
+    assert fine_block(8192, 8192, 32, antialias=False, block_given=False, pretrace=False) == 32
+    assert fine_block(640, 480, 8, antialias=False, block_given=False, pretrace=False) == 8
+
+
+def test_a_sheared_job_without_antialiasing_gets_fine_blocks_in_its_options(tmp_path):
+    """The controller adds +BS16 to a sheared job whose pixels cannot change with it; an anti-aliased job,
+    and one cut in bands of rows, keep POV-Ray's default blocks."""
+    farm, _ = stepped_farm(tmp_path / "data")
+    scene = write_scene(tmp_path / "scene", "sphere { 0, 1 pigment { rgb 1 } }\n")
+    node = farm.call("nodes.register", "n", {"povray": "3.7", "slots": 1, "interleave": True})["node_id"]
+    for options, interleave, block, shear in (([], True, 16, step_for(30)), (["+A0.3"], True, 32, step_for(15)),
+                                              ([], False, 32, 0)):
+        job = submit(farm, scene, width=64, height=480, strips="auto", options=options, interleave=interleave)
+        status = farm.call("jobs.status", job)
+        assert (status["block"], status["shear"]) == (block, shear)
+        task = farm.call("nodes.poll", node)
+        assert task["job"] == job and task["options"] == options + (["+BS16"] if block == 16 else [])
+        farm.call("jobs.cancel", job)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 40), st.floats(0.1, 10.0)), min_size=2, max_size=12),
+       st.floats(0.2, 5.0))
+def test_remembered_speeds_are_each_nodes_rows_per_second_on_one_scale(units, slower):
+    """scheduler.learned_speeds: with nothing remembered, the nodes' speeds stand as their rows per second of
+    work; a node made `slower` times slower in every unit ends `slower` times slower; a frame of one node
+    teaches nothing; each later frame moves a remembered speed LEARNING of the way to what it measured."""
+    finished, row = [], 0
+    for node, rows, seconds in units:
+        finished.append(scheduler.Finished(node, row, row + rows, scheduler.STARTUP_SECONDS + seconds))
+        row += rows
+    nodes = {unit.node for unit in finished}
+    learned = scheduler.learned_speeds({}, finished)
+    if len(nodes) < 2:
+        assert learned == {}
+        return
+    rates = {node: sum(u.rows for u in finished if u.node == node) / sum(u.seconds - scheduler.STARTUP_SECONDS
+                                                                           for u in finished if u.node == node)
+             for node in nodes}
+    first, *others = sorted(nodes)
+    for node in others:
+        assert math.isclose(learned[node] / learned[first], rates[node] / rates[first], rel_tol=1e-6)
+    slowed = [scheduler.Finished(u.node, u.row_start, u.row_end, scheduler.STARTUP_SECONDS
+                                 + (u.seconds - scheduler.STARTUP_SECONDS) * (slower if u.node == first else 1.0))
+              for u in finished]
+    again = scheduler.learned_speeds(learned, slowed)
+    for node in others:     # part of the way from the remembered ratio to the one measured now
+        before, measured, after = (learned[node] / learned[first], slower * rates[node] / rates[first],
+                                   again[node] / again[first])
+        assert min(before, measured) - 1e-9 <= after <= max(before, measured) + 1e-9
+        assert math.isclose(before, after, rel_tol=1e-9) == math.isclose(slower, 1.0, rel_tol=1e-9)
+    assert scheduler.learned_speeds(learned, [u for u in finished if u.node == first]) == learned
+
+
+def test_known_speeds_give_each_run_its_whole_share_of_a_sheared_frame_at_once():
+    """With every live node's speed remembered, a sheared frame's first units split it by them, one unit per
+    run: no further unit parses the scene again. A node not known yet, or a split that whole block rows
+    cannot make even, brings back the cautious first wave."""
+    slots = {"a": 1, "b": 1}
+    known = {"a": 2.0, "b": 1.0}
+    first = scheduler.next_cut("a", 0, 480, 16, slots, [], [], even=True, known=known)
+    assert first == 320
+    assert scheduler.next_cut("b", 320, 480, 16, slots, [], [scheduler.Running("a", 320, 0.1)], even=True,
+                              known=known) == 480
+    assert scheduler.next_cut("a", 0, 480, 16, {**slots, "c": 1}, [], [], even=True, known=known) == 112
+    # 15 block rows of 32 on two boxes alike split 8 and 7, one box's tail: smaller units share them out.
+    assert scheduler.next_cut("a", 0, 480, 32, slots, [], [], even=True, known={"a": 1.0, "b": 1.0}) == 160
+
+
+def test_the_farm_remembers_node_speeds_from_one_sheared_frame_for_the_next(tmp_path):
+    """Two nodes render a sheared still in units of measured speed; the dispatcher learns their speeds, and
+    the next sheared still goes out in one unit per node, split by them."""
+    farm, _ = stepped_farm(tmp_path / "data")
+    scene = write_scene(tmp_path / "scene", "sphere { 0, 1 pigment { rgb 1 } }\n")
+    nodes = [farm.call("nodes.register", name, {"povray": "3.7", "slots": 1, "interleave": True})["node_id"]
+             for name in ("fast", "slow")]
+    seconds_per_row = {nodes[0]: 0.01, nodes[1]: 0.02}
+    first = submit(farm, scene, width=64, height=480, strips="auto")
+    while True:
+        tasks = [(node, farm.call("nodes.poll", node)) for node in nodes]
+        tasks = [(node, task) for node, task in tasks if task]
+        if not tasks:
+            break
+        for node, task in tasks:
+            rows = task["row_end"] - task["row_start"]
+            farm.call("nodes.complete", node, task["lease"], rows_for(task),
+                      scheduler.STARTUP_SECONDS + seconds_per_row[node] * rows)
+    farm.settle()
+    assert farm.call("jobs.status", first)["state"] == "done"
+    submit(farm, scene, width=64, height=480, strips="auto")
+    shares = [farm.call("nodes.poll", node) for node in nodes]
+    assert [(task["row_start"], task["row_end"]) for task in shares] == [(0, 320), (320, 480)]  # 2:1

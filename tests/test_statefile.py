@@ -22,8 +22,9 @@ from harness import SCENES, native_render, needs_povray
 from farm.rendering import gamma
 from farm.rendering.gamma import Encoding
 from farm.images.ppm import decode_ppm
-from farm.rendering.statefile import (HEADER_SIZE, SIGNATURE, Block, Spots, continue_file, continue_fits,
+from farm.rendering.statefile import (HEADER_SIZE, SIGNATURE, Block, Spots, continue_file,
                                      read_blocks, read_pieces)
+from farm.strips import continue_fits
 
 FIXTURES = Path(__file__).parent / "fixtures" / "statefile"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())

@@ -36,7 +36,8 @@ from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
 from farm.rendering.live import FIRST_READ_EVERY, WATCH_EVERY
 from farm.rendering import written
 from farm.rendering.finished import STATE_SUFFIX, frame_files, unit_done
-from farm.rendering.statefile import blocks_file, continue_file, continue_fits
+from farm.rendering.statefile import blocks_file, continue_file
+from farm.strips import continue_fits
 from farm.rendering.reaper import Reaper
 from farm.rendering.task import RenderOutcome, Task
 from farm.unitlog import UnitLog

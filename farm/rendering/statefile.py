@@ -311,16 +311,6 @@ def _spots(attributes: dict[str, object], position: int) -> Spots:
     return Spots(positions, pixels, size)
 
 
-# POV-Ray reads a skipped block's message in about 11 us (65,536 of them, a 4096x4096 frame in 16-pixel blocks:
-# 0.7 s more than the same rows with +SR/+ER): past this many blocks a frame's rows are not worth it.
-CONTINUE_MAX_BLOCKS = 100_000
-
-
-def continue_fits(width: int, height: int, block: int) -> bool:
-    """Whether a frame of this size is worth rendering in part from a continue_file (its blocks are few enough)."""
-    return block >= 1 and block_count(width, block) * block_count(height, block) <= CONTINUE_MAX_BLOCKS
-
-
 def continue_file(width: int, height: int, block: int, row_start: int, row_end: int) -> bytes:
     """A render state file with which `+C` renders only the blocks of rows [row_start, row_end) (0-based,
     end exclusive) of a `width` x `height` frame of `block`-pixel render blocks, numbered as in the whole

@@ -11,9 +11,10 @@ import functools
 import logging
 import statistics
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
-from farm import jobkinds, policy
+from farm import jobkinds, policy, scheduler
 from farm.config import Config
 from farm.faults import Code, FarmError
 from farm.hostos import HOST
@@ -68,6 +69,10 @@ class Dispatcher:
         # (job, node) -> the node's last fixed costs per unit of the job (start-up, parse...), as it measured
         # them: units are sized by them (`farm.scheduler`). Kept in memory: after a restart they are learnt again.
         self._overheads = _Recent(MAX_CACHED)
+        # Node name -> the speed of one of its POV-Ray runs, learnt from the sheared frames it rendered with
+        # others (farm.scheduler.learned_speeds): a sheared frame's first units are sized by them. In memory:
+        # one frame on two boxes after a restart learns them again.
+        self._speeds: dict[str, float] = {}
 
     def register(self, name: str, info: Mapping[str, Any]) -> str:
         node_id, requeued = self._store.nodes.register(name, dict(info), self._clock())
@@ -109,7 +114,7 @@ class Dispatcher:
         """What the unit's kind may ask as the node leases it (its job, whether watched, the node's overhead)."""
         return kindparts.Leasing(self.job(unit.job), node_id, self._machine,
                                  functools.partial(self._watched, unit.job),
-                                 functools.partial(self._overhead, unit.job, node_id))
+                                 functools.partial(self._overhead, unit.job, node_id), lambda: self._speeds)
 
     def _overhead(self, job_id: int, node_id: str) -> float:
         measured = self._overheads.get((job_id, node_id))
@@ -164,9 +169,19 @@ class Dispatcher:
         if overhead is not None and part.sizes_units(unit):
             samples = self._overheads.get((job.id, node_id), [])[-(OVERHEAD_SAMPLES - 1):]
             self._overheads.keep((job.id, node_id), [*samples, overhead])
+        if job.shear and part.sizes_units(unit) and done.complete_frames:
+            self._learn_speeds(job, unit.kind)
         part.stored(self._stitcher, self._work, kindparts.Stored(job, unit, node_id, data, raw, seconds, done))
         self._changes.bump(job.id)
         return done
+
+    def _learn_speeds(self, job: Job, kind: str) -> None:
+        """A sheared frame of the job is in: what its units took tells the nodes' speeds apart."""
+        names = {node.id: node.name for node in self._store.nodes.live()}
+        finished = [replace(unit, node=names[unit.node])
+                    for unit in self._store.units.cost_samples(job.id, kind) if unit.node in names]
+        self._speeds = scheduler.learned_speeds(self._speeds, finished)
+        log.debug("job %s: node speeds %s", job.id, self._speeds)
 
     def result_limit(self, token: str) -> int:
         """The most bytes a result for the lease may hold, as its kind says (POV-Ray: its unit's rows, a

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from farm import jobkinds, limits
 from farm.faults import Code, FarmError
@@ -50,6 +50,7 @@ class Leasing:
     machine: str                      # the box the controller runs on (farm.hostos)
     watched: Callable[[], bool]       # whether a viewer watches the job now
     overhead: Callable[[], float]     # the node's fixed seconds per unit of the job, as measured (0: not yet)
+    speeds: Callable[[], Mapping[str, float]]   # node name -> speed of one of its runs, from earlier frames
 
 
 class ControllerPart:

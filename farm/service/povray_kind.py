@@ -117,7 +117,8 @@ class PovrayPart(ControllerPart):
         at least CACHE_LOADING_BLOCKS block rows; a sheared frame's (farm.shear) in shares that cost alike."""
         least = CACHE_LOADING_BLOCKS if leasing.job.pretrace else 1
         return policy.cut_remainder(queue, unit, leasing.node_id, leasing.job.block, leasing.watched(),
-                                    leasing.machine, leasing.overhead(), least, even=bool(leasing.job.shear))
+                                    leasing.machine, leasing.overhead(), least, even=bool(leasing.job.shear),
+                                    known=leasing.speeds())
 
     def retries(self, unit: Unit) -> bool:
         return unit.kind != PREVIEW     # a preview only helps early on: not worth a retry, never worth the job

@@ -25,7 +25,7 @@ from farm.planning import plan_units, with_pretrace, with_preview
 from farm.radiosity import AUTO, pretrace_parts
 from farm.records import JobSpec
 from farm.strips import block_count
-from farm.shear import NODE_TAG, Shear
+from farm.shear import NODE_TAG, Shear, fine_block
 from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -148,26 +148,38 @@ class Submissions:
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
         limits.check_plan(spec, count)
-        bands = pretrace_parts(len(self._store.nodes.live()), self._pretrace_bands,
-                               block_count(spec.height, spec.block))
-        plans = with_preview(with_pretrace(
-            plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
-            spec.height, spec.pretrace, bands, spec.block), spec.width, spec.height,
-            spec.preview is not PreviewMode.NEVER)
+        plans = self._plans(spec, count)
+        pretrace = any(plan.kind == PRETRACE for plan in plans)
+        interleave = self._interleaves(request, spec, plans)
+        options = validate_options(spec.options)
+        block = (fine_block(spec.width, spec.height, spec.block, options.antialias, options.block_given, pretrace)
+                 if interleave else spec.block)
+        if block != spec.block:     # farm.shear.FINE_BLOCK: POV-Ray renders the frame in smaller blocks
+            spec = replace(spec, options=(*spec.options, f"+BS{block}"), block=block)
+            plans = self._plans(spec, count)
         # A preview is one small extra render for viewers, not part of the job's work.
         limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),
                            self._store.units.open_count(kindparts.uncounted_units()))
         # Its frames cut into strips share a radiosity pre-pass: only when one was planned. Frames cut as nodes
         # ask are cut in their sheared image, every strip a little of the whole frame (farm.shear).
-        spec = replace(spec, pretrace=any(plan.kind == PRETRACE for plan in plans),
-                       shear=Shear.of_frame(spec.width, spec.height, spec.block).step
-                       if self._interleaves(request, spec, plans) else 0)
+        spec = replace(spec, pretrace=pretrace,
+                       shear=Shear.of_frame(spec.width, spec.height, spec.block).step if interleave else 0)
         job_id = self._store.jobs.create(spec, plans, self._clock(), waits_for)
         self._changes.bump()
         self._work.bump()
         log.info("job %s queued: %s %dx%d, frames %d-%d, in %d units", job_id, spec.scene, spec.width, spec.height,
                  spec.first_frame, spec.last_frame, len(plans))
         return job_id
+
+    def _plans(self, spec: JobSpec, count: int | str) -> list:
+        """The job's units: its frames' rows (a remainder each, cut as nodes ask, or `count` strips), a
+        radiosity pre-pass per split frame of a scene that may use radiosity, and a preview."""
+        bands = pretrace_parts(len(self._store.nodes.live()), self._pretrace_bands,
+                               block_count(spec.height, spec.block))
+        return with_preview(with_pretrace(
+            plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
+            spec.height, spec.pretrace, bands, spec.block), spec.width, spec.height,
+            spec.preview is not PreviewMode.NEVER)
 
     def _interleaves(self, request: Submission, spec: JobSpec, plans: list) -> bool:
         """Whether the job's frames are sheared: a POV-Ray job asking for it whose frames are cut as nodes ask,
