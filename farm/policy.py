@@ -90,20 +90,21 @@ class Queue(Protocol):
 
 def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: bool = True,
                   here: str = "", overhead: float = 0.0, least_blocks: int = 1, even: bool = False,
-                  known: Mapping[str, float] | None = None) -> int | None:
+                  known: Mapping[str, float] | None = None, idle_slot: bool = False) -> int | None:
     """Where the unit `node_id` leases off a frame's remainder ends (`farm.scheduler`), from the frame's
     measured units and the live slots; None when faster slots should have those rows. `watched`: a
     viewer watches the job, so it is worth cutting finer for steady painting. `here`: the controller's
     own machine (see `lone_box_runs`). `overhead`: the node's fixed seconds per unit of the job, as measured.
     `least_blocks`: the fewest blocks of rows a unit may have. `even`: its rows cost alike (farm.shear).
-    `known`: node name -> the speed of one of its runs, remembered from earlier frames (farm.scheduler)."""
+    `known`: node name -> the speed of one of its runs, remembered from earlier frames (farm.scheduler).
+    `idle_slot`: an idle slot of the node asks, not one asking ahead of its unit's end."""
     finished, running = queue.frame_units(unit.job, unit.frame, unit.kind)   # the units cut off it
     nodes = queue.live_nodes()
     slots = {node.id: busy_runs(node) if even else node.slots for node in nodes}
     runs = 0 if watched else lone_box_runs(nodes, here)
     speeds = {node.id: (known or {})[node.name] for node in nodes if node.name in (known or {})}
     return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, slots, finished, running, runs,
-                              overhead, least_blocks, even, speeds)
+                              overhead, least_blocks, even, speeds, idle_slot)
 
 
 def pretrace_worth_it(queue: Queue, unit: Unit, strips: str, watched: bool, here: str = "") -> bool:

@@ -155,7 +155,7 @@ def model(finished: Sequence[Finished], cut: int, nearest: int = 3) -> Model | N
 def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int],
              finished: Sequence[Finished], running: Sequence[Running], box_runs: int = 0,
              overhead: float = 0.0, least_blocks: int = 1, even: bool = False,
-             known: Mapping[str, float] | None = None) -> int | None:
+             known: Mapping[str, float] | None = None, idle_slot: bool = False) -> int | None:
     """The end row of the unit `node` should render off a frame's remainder [start, end) (0-based, end
     exclusive), or None when it should leave those rows to faster slots.
 
@@ -165,7 +165,8 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     measured them (0 unknown). `least_blocks`: the fewest blocks of rows a unit may have (unless fewer are
     left). `even`: the rows cost alike (a sheared frame's, farm.shear; `slots` are then the POV-Ray runs that
     keep each node busy): `_even_cut`, with `known` (node -> the speed of one of its runs, remembered from
-    earlier frames, `learned_speeds`). `start` is on a block edge; the result is a block edge or `end`, and
+    earlier frames, `learned_speeds`) and `idle_slot` (an idle slot of `node` asks, not one asking ahead of
+    its unit's end). `start` is on a block edge; the result is a block edge or `end`, and
     always more than `start`."""
     if block < 1 or not 0 <= start < end or start % block:
         raise ValueError(f"rows [{start}, {end}) do not start on an edge of {block}-row blocks")
@@ -174,7 +175,8 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
     slots = dict(slots)
     slots[node] = max(1, slots.get(node, 1))
     if even:
-        return _even_cut(node, start, end, block, slots, finished, running, overhead, least_blocks, known or {})
+        return _even_cut(node, start, end, block, slots, finished, running, overhead, least_blocks, known or {},
+                         idle_slot)
     blocks_left = -(-(end - start) // block)
     costs = model(finished, start)
     if costs is None:     # one node has no speed to tell apart from others: it needs no probe
@@ -201,7 +203,8 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
 
 
 def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int], finished: Sequence[Finished],
-              running: Sequence[Running], overhead: float, least_blocks: int, known: Mapping[str, float]) -> int | None:
+              running: Sequence[Running], overhead: float, least_blocks: int, known: Mapping[str, float],
+              idle_slot: bool = False) -> int | None:
     """next_cut for a frame whose rows cost alike (farm.shear): no probe of a band can mislead, so each run
     a node keeps busy first gets its whole share of the frame by the speeds remembered from earlier frames
     (`known`: one unit per run when every live node has one), or 1/FIRST_WAVE of an even share (the nodes'
@@ -210,7 +213,8 @@ def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, i
     start-up and parse).
     Every unit costs POV-Ray's start-up and the parse again (0.84 s on stackertransp), so the fewer the
     better. A node whose runs are all busy declines until it has measured, or while its units have more
-    than AHEAD_SECONDS to go, or while it holds its share: it asks again as its unit nears its end
+    than AHEAD_SECONDS to go, or while it holds its share, or when a spare slot of its asks (`idle_slot`):
+    a run asks for its next unit itself as its unit nears its end
     (farm/rendering/ahead.py), and an idle node's long poll wakes when a unit is in (povray_kind.stored)."""
     blocks_left = -(-(end - start) // block)
     own = [unit for unit in running if unit.node == node]
@@ -221,8 +225,11 @@ def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, i
         return min(end, start + _at_least(_first_wave(node, blocks_left, block, slots, running, known),
                                           least_blocks, blocks_left) * block)
     in_hand = sum(unit.rows * (1.0 - unit.progress) for unit in own)     # rows
-    if len(own) >= slots[node] and in_hand / costs.rate(node) > AHEAD_SECONDS:
-        return None     # its runs are busy for a while: a second POV-Ray now would share their cores
+    if len(own) >= slots[node] and (idle_slot or in_hand / costs.rate(node) > AHEAD_SECONDS):
+        # Its runs are busy (for a while, or its spare slot asks): a second POV-Ray now would share their
+        # cores. A run asks for its next unit itself as it nears its end (balcony: a box's spare slot took
+        # the frame's last rows beside its busy run, and the other box idled 5 s).
+        return None
     weight = costs.speeds.get(node, 1.0) * slots[node]
     total = sum(costs.speeds.get(name, 1.0) * count for name, count in slots.items())
     in_flight = sum(unit.rows * (1.0 - unit.progress) for unit in running)

@@ -171,6 +171,11 @@ def test_a_sheared_still_goes_out_in_large_shares_once_measured(tmp_path):
         farm.call("nodes.complete", node, task["lease"], rows_for(task), scheduler.STARTUP_SECONDS + 0.1 * rows)
     shares = [farm.call("nodes.poll", node) for node in nodes]      # 160 rows left: 80 each, halved to a block
     assert [(task["row_start"], task["row_end"]) for task in shares] == [(320, 352), (352, 384)]
+    # Near its unit's end a node's run asks ahead (a poll that does not wait) and gets its next; a spare slot
+    # of the node asking (a long poll) gets nothing to render beside it.
+    farm.call("nodes.heartbeat", nodes[0], {shares[0]["lease"]: 0.9})
+    assert farm.call("nodes.poll", nodes[0], 0.05) == {}
+    assert farm.call("nodes.poll", nodes[0])["row_start"] == 384
 
 
 def test_a_busy_node_gets_its_next_sheared_unit_only_near_the_end_of_its_own():
@@ -183,6 +188,8 @@ def test_a_busy_node_gets_its_next_sheared_unit_only_near_the_end_of_its_own():
     assert scheduler.next_cut("a", 192, 480, 32, slots, finished, early, even=True) is None
     late = [scheduler.Running("a", 64, 0.8)]         # 1.3 s in hand: half its share of 288 + 13 rows, less those
     assert scheduler.next_cut("a", 192, 480, 32, slots, finished, late, even=True) == 192 + 64
+    # ...as its busy run asks ahead; a spare slot of the node asking (a long poll) would start it beside it.
+    assert scheduler.next_cut("a", 192, 480, 32, slots, finished, late, even=True, idle_slot=True) is None
     assert scheduler.next_cut("b", 192, 480, 32, slots, finished, early, even=True) == 192 + 96
     # A scene whose units cost 4 s each besides tracing: half a share is not worth one, the whole is.
     assert scheduler.next_cut("b", 192, 480, 32, slots, finished, early, overhead=4.0, even=True) == 192 + 160

@@ -64,7 +64,9 @@ class Dispatcher:
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
         self._leased = _Recent(MAX_CACHED)    # lease token -> unit, so a completion looks it up once
         self._set_aside: dict[int, frozenset[str]] = {}   # job -> kinds of unit waiting for a viewer (viewer_came)
-        self._kinds = _KindsAsked(self)             # the store's questions as it leases, answered by the parts
+        # The store's questions as it leases, answered by the parts: for a slot asking ahead of its unit's
+        # end (a poll that does not wait), and for an idle slot (a long poll).
+        self._kinds = {False: _KindsAsked(self, idle=False), True: _KindsAsked(self, idle=True)}
         self._choose = functools.partial(policy.choose_unit, binds=kindparts.binds_frames)
         # (job, node) -> the node's last fixed costs per unit of the job (start-up, parse...), as it measured
         # them: units are sized by them (`farm.scheduler`). Kept in memory: after a restart they are learnt again.
@@ -91,12 +93,12 @@ class Dispatcher:
         """Lease the node its next unit; with `wait`, wait that long for one to be queued (unless `gone()`
         says the node left)."""
         seen = self._work.version()
-        lease = self._lease(node_id)
+        lease = self._lease(node_id, idle=wait > 0)
         if lease is None and wait > 0:
             self._work.wait(0, seen, min(wait, self._config.lease_timeout / 3, LONG_POLL_CAP), gone)
             if gone():
                 return None
-            lease = self._lease(node_id)
+            lease = self._lease(node_id, idle=True)
         if lease is None:
             return None
         self._leased.keep(lease.token, lease.unit)
@@ -106,15 +108,16 @@ class Dispatcher:
                   lease.unit.row_start, lease.unit.row_end, node_id)
         return lease, self.job(lease.unit.job)
 
-    def _lease(self, node_id: str) -> Lease | None:
+    def _lease(self, node_id: str, idle: bool) -> Lease | None:
         return self._store.units.lease_next(node_id, self._clock(), self._config.lease_timeout,
-                                            self._choose, self._kinds)
+                                            self._choose, self._kinds[idle])
 
-    def leasing(self, unit: Unit, node_id: str) -> kindparts.Leasing:
-        """What the unit's kind may ask as the node leases it (its job, whether watched, the node's overhead)."""
+    def leasing(self, unit: Unit, node_id: str, idle: bool = False) -> kindparts.Leasing:
+        """What the unit's kind may ask as the node leases it (its job, whether watched, the node's overhead,
+        the speeds remembered; `idle`: an idle slot asks, not one asking ahead of its unit's end)."""
         return kindparts.Leasing(self.job(unit.job), node_id, self._machine,
                                  functools.partial(self._watched, unit.job),
-                                 functools.partial(self._overhead, unit.job, node_id), lambda: self._speeds)
+                                 functools.partial(self._overhead, unit.job, node_id), lambda: self._speeds, idle)
 
     def _overhead(self, job_id: int, node_id: str) -> float:
         measured = self._overheads.get((job_id, node_id))
@@ -263,17 +266,17 @@ class _KindsAsked:
     """The store's questions about a unit it leases (farm.store.units.UnitKinds), answered by the unit's
     kind's part (kindparts) with what the dispatcher knows."""
 
-    def __init__(self, dispatcher: Dispatcher):
-        self._dispatcher = dispatcher
+    def __init__(self, dispatcher: Dispatcher, idle: bool):
+        self._dispatcher, self._idle = dispatcher, idle
 
     def worth(self, unit: Unit, queue: policy.Queue, node_id: str) -> Worth:
-        worth = kindparts.of_unit(unit.kind).worth(unit, queue, self._dispatcher.leasing(unit, node_id))
+        worth = kindparts.of_unit(unit.kind).worth(unit, queue, self._dispatcher.leasing(unit, node_id, self._idle))
         if worth is Worth.WAIT:
             self._dispatcher.set_aside(unit.job, unit.kind)
         return worth
 
     def cut(self, unit: Unit, queue: policy.Queue, node_id: str) -> int | None:
-        return kindparts.of_unit(unit.kind).cut(unit, queue, self._dispatcher.leasing(unit, node_id))
+        return kindparts.of_unit(unit.kind).cut(unit, queue, self._dispatcher.leasing(unit, node_id, self._idle))
 
     def binds_frames(self, unit: Unit) -> bool:
         return kindparts.binds_frames(unit)

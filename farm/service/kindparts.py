@@ -51,6 +51,7 @@ class Leasing:
     watched: Callable[[], bool]       # whether a viewer watches the job now
     overhead: Callable[[], float]     # the node's fixed seconds per unit of the job, as measured (0: not yet)
     speeds: Callable[[], Mapping[str, float]]   # node name -> speed of one of its runs, from earlier frames
+    idle: bool = False                # an idle slot asks (a long poll), not one asking ahead of its unit's end
 
 
 class ControllerPart:

@@ -118,7 +118,7 @@ class PovrayPart(ControllerPart):
         least = CACHE_LOADING_BLOCKS if leasing.job.pretrace else 1
         return policy.cut_remainder(queue, unit, leasing.node_id, leasing.job.block, leasing.watched(),
                                     leasing.machine, leasing.overhead(), least, even=bool(leasing.job.shear),
-                                    known=leasing.speeds())
+                                    known=leasing.speeds(), idle_slot=leasing.idle)
 
     def retries(self, unit: Unit) -> bool:
         return unit.kind != PREVIEW     # a preview only helps early on: not worth a retry, never worth the job
