@@ -102,7 +102,8 @@ def cut_remainder(queue: Queue, unit: Unit, node_id: str, block: int, watched: b
     nodes = queue.live_nodes()
     slots = {node.id: busy_runs(node) if even else node.slots for node in nodes}
     runs = 0 if watched else lone_box_runs(nodes, here)
-    speeds = {node.id: (known or {})[node.name] for node in nodes if node.name in (known or {})}
+    known = known or {}
+    speeds = {node.id: known[node.name] for node in nodes if node.name in known}
     return scheduler.next_cut(node_id, unit.row_start, unit.row_end, block, slots, finished, running, runs,
                               overhead, least_blocks, even, speeds, idle_slot)
 

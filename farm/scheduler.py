@@ -204,7 +204,7 @@ def next_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, in
 
 def _even_cut(node: str, start: int, end: int, block: int, slots: Mapping[str, int], finished: Sequence[Finished],
               running: Sequence[Running], overhead: float, least_blocks: int, known: Mapping[str, float],
-              idle_slot: bool = False) -> int | None:
+              idle_slot: bool) -> int | None:
     """next_cut for a frame whose rows cost alike (farm.shear): no probe of a band can mislead, so each run
     a node keeps busy first gets its whole share of the frame by the speeds remembered from earlier frames
     (`known`: one unit per run when every live node has one), or 1/FIRST_WAVE of an even share (the nodes'

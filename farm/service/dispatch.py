@@ -112,7 +112,7 @@ class Dispatcher:
         return self._store.units.lease_next(node_id, self._clock(), self._config.lease_timeout,
                                             self._choose, self._kinds[idle])
 
-    def leasing(self, unit: Unit, node_id: str, idle: bool = False) -> kindparts.Leasing:
+    def leasing(self, unit: Unit, node_id: str, idle: bool) -> kindparts.Leasing:
         """What the unit's kind may ask as the node leases it (its job, whether watched, the node's overhead,
         the speeds remembered; `idle`: an idle slot asks, not one asking ahead of its unit's end)."""
         return kindparts.Leasing(self.job(unit.job), node_id, self._machine,
@@ -172,19 +172,23 @@ class Dispatcher:
         if overhead is not None and part.sizes_units(unit):
             samples = self._overheads.get((job.id, node_id), [])[-(OVERHEAD_SAMPLES - 1):]
             self._overheads.keep((job.id, node_id), [*samples, overhead])
-        if job.shear and part.sizes_units(unit) and done.complete_frames:
-            self._learn_speeds(job, unit.kind)
+        if job.shear and part.sizes_units(unit):
+            self._learn_speeds(job, unit.kind, done.complete_frames)
         part.stored(self._stitcher, self._work, kindparts.Stored(job, unit, node_id, data, raw, seconds, done))
         self._changes.bump(job.id)
         return done
 
-    def _learn_speeds(self, job: Job, kind: str) -> None:
-        """A sheared frame of the job is in: what its units took tells the nodes' speeds apart."""
+    def _learn_speeds(self, job: Job, kind: str, frames: tuple[int, ...]) -> None:
+        """Sheared frames of the job are in: what each one's units took tells the nodes' speeds apart (each
+        frame once: a frame's units teach nothing more when a later one is in)."""
+        if not frames:
+            return
         names = {node.id: node.name for node in self._store.nodes.live()}
-        finished = [replace(unit, node=names[unit.node])
-                    for unit in self._store.units.cost_samples(job.id, kind) if unit.node in names]
-        self._speeds = scheduler.learned_speeds(self._speeds, finished)
-        log.debug("job %s: node speeds %s", job.id, self._speeds)
+        for frame in frames:
+            finished = [replace(unit, node=names[unit.node])
+                        for unit in self._store.units.frame_costs(job.id, frame, kind) if unit.node in names]
+            self._speeds = scheduler.learned_speeds(self._speeds, finished)
+            log.debug("job %s frame %s: node speeds %s", job.id, frame, self._speeds)
 
     def result_limit(self, token: str) -> int:
         """The most bytes a result for the lease may hold, as its kind says (POV-Ray: its unit's rows, a

@@ -184,6 +184,11 @@ class UnitRecords:
                               (UnitState.QUEUED.value, UnitState.WAITING.value, UnitState.LEASED.value,
                                *uncounted)).fetchone()[0]
 
+    def frame_costs(self, job_id: int, frame: int, kind: str) -> list[Finished]:
+        """The frame's finished units of `kind` cut from its remainder, as the cost model reads them."""
+        with self._db.read() as db:
+            return _Queue(db).frame_units(job_id, frame, kind)[0]
+
     def cost_samples(self, job_id: int, kind: str, recent: int = 256) -> list[Finished]:
         """The job's `recent` last finished units of `kind` (its kind's rows: ControllerPart.progress_unit)
         as the cost model reads them (what is left costs about what was done last; a long job is not read
