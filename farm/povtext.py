@@ -24,11 +24,18 @@ WRAP_WIDTH = 80      # POV-Ray cuts its messages' lines at 80 columns (base/text
 CUT_MARK = "[povfarm: {cut} of POV-Ray's output cut here]"
 BANNER_MARK = "[povfarm: POV-Ray's banner left out]"
 
+def is_section_line(line: str) -> bool:
+    """Whether the line is POV-Ray's heading of a section ("==== [Parsing...] ===="). Its front end prints
+    the heading from another thread, so it may land among an error message's lines."""
+    return bool(_SECTION.match(line))
+
+
 # POV-Ray's progress line, rewritten in place as it renders ("Rendered 1234 of 307200 pixels"), read from the
 # bytes of its stderr (the node's unit progress, the radiosity pre-pass's passes).
 PROGRESS = re.compile(rb"Rendered (\d+) of (\d+) pixels")
 
 _PARSING = "==== [Parsing...]"
+_SECTION = re.compile(r"^==== \[[A-Za-z ]+\.\.\.\] =+\s*$")    # "==== [Parsing...] ====...", any section
 _RENDERING = "==== [Rendering...]"
 _DASHES = re.compile(r"^-{20,}$")
 _STATISTICS_TITLE = re.compile(r"^(Parser Statistics|Parser Time|Render Statistics|Render Time:?)\b")

@@ -72,6 +72,16 @@ def test_stream_messages_read_as_the_console_prints_them():
         "File 'x.pov' line 4: Parse Error: No matching } in 'sphere', box found instead"]
 
 
+def test_a_section_heading_printed_among_an_error_is_no_part_of_it():
+    """POV-Ray's console prints its "==== [Parsing...] ====" heading from another thread: now and then it lands
+    after the error's first lines (a CI run's console render did so), and the message leaves it out."""
+    stderr = ("File 'broken.pov' line 4: Parse Error: No matching } in 'sphere', box found\n instead\n"
+              "==== [Parsing...] ==========================================================\n"
+              "Fatal error in parser: Cannot parse input.\nRender failed\n")
+    assert povray.error_text(stderr) == ("File 'broken.pov' line 4: Parse Error: No matching } in 'sphere', box found"
+                                         " instead\nFatal error in parser: Cannot parse input.\nRender failed", True)
+
+
 def test_exit_zero_with_a_fatal_stream_is_an_error_exit_and_a_crash_keeps_its_code(tmp_path):
     ok = ProcessResult(returncode=0, signal=None, timed_out=False, stopped=False, seconds=1.0)
     (tmp_path / povray.FATAL_STREAM).write_text("File: x.pov  Line: 2\nParse Error: Expected 'object'\n")

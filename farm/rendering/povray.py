@@ -18,7 +18,7 @@ from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from farm.hostos import HOST, Host, Limits
-from farm.povtext import PROGRESS
+from farm.povtext import PROGRESS, is_section_line
 
 if TYPE_CHECKING:
     from farm.rendering.reaper import Reaper
@@ -239,7 +239,7 @@ def error_text(stderr: str, tail: bool = True) -> tuple[str, bool]:
     """POV-Ray's error message from its stderr, and whether it is the scene's fault (a parse error).
     Without an error line: its last lines, or nothing when `tail` is false (a process killed by a signal
     leaves only its banner, which explains nothing)."""
-    lines = stderr.replace("\r", "\n").splitlines()
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if not is_section_line(line)]
     start = next((i for i, line in enumerate(lines)
                   if _ERROR_START.search(line) and "cannot open the user configuration" not in line), None)
     if start is None:
