@@ -18,10 +18,14 @@ This module is the pure part (texts, the watch over a pre-pass); the node owns p
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
+from typing import Sequence
 
 from farm import povtext
+from farm.scheduler import STARTUP_SECONDS
+from farm.strips import block_count
 
 MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache file, uncompressed
 CACHE_FILE = "povfarm-radiosity.rad"      # relative: it lives in the strip's own (sandboxed) folder
@@ -35,7 +39,10 @@ PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
 # other (2 bands: 1.03), where bands cut with +SR/+ER (numbered from 0, jittered otherwise) gave 1.12-1.14,
 # as much as one whole-frame pre-pass at another block size (+BS16: 1.19). Bands cost unevenly (balcony,
 # four bands: 1.0, 1.2, 4.0 and 4.0 s of CPU) and each pays POV-Ray's start-up, the parse and the photons
-# again; two per live node (AUTO_PARTS_PER_NODE) let a box with the cheap sky take another. Near a band's
+# again; two per live node (AUTO_PARTS_PER_NODE) let a box with the cheap sky take another. Once a pre-pass
+# of the scene at that size is in, the next goes out in one band per node cut by its bands' costs
+# (`bands_by_cost`; balcony's pre-pass on two boxes then ends at 5.4 s, where four even bands took 6.3-7).
+# A box pretraces one band at a time (policy.band_waits). Near a band's
 # edges its pretrace lacks the samples of the band beside it and takes its own; where every block row is
 # beside an edge (cornell 320x256 in four bands of two block rows) strips differ from single renders 1.0-1.5
 # times as much as single renders do, so a band is at least MIN_BAND_BLOCKS block rows tall unless the farm
@@ -44,6 +51,7 @@ AUTO = 0
 AUTO_PARTS_PER_NODE = 2
 MIN_BAND_BLOCKS = 3
 MAX_PARTS = 8
+MIN_BAND_WORK = 0.05    # seconds: a band measured at its start-up alone still costs something
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
 NO_SAMPLES_AFTER = 0.10
@@ -59,6 +67,35 @@ def pretrace_parts(nodes: int, bands: int, block_rows: int = MAX_PARTS * MIN_BAN
     if bands == AUTO:
         bands = min(AUTO_PARTS_PER_NODE * nodes, block_rows // MIN_BAND_BLOCKS)
     return max(1, min(bands, MAX_PARTS))
+
+
+def bands_by_cost(height: int, block: int, parts: int, measured: Sequence[tuple[int, int, float]]) -> list[tuple[int, int]]:
+    """`parts` block-aligned bands of a frame's pre-pass that should cost alike, by what the bands of an
+    earlier pre-pass of the scene took (`measured`: row_start, row_end, seconds): each band's seconds past
+    POV-Ray's start-up spread evenly over its rows. Equal bands cost unevenly (balcony 640x480 cut at 2/3:
+    3.5 s and 6.9 s; its floor and balcony dearer than its sky), where one band per box cut by cost ends the
+    pre-pass with no box waiting for another and no POV-Ray start-up, parse or photons repeated in a box.
+    Each band is at least MIN_BAND_BLOCKS block rows where the frame has as many for every band."""
+    rows = block_count(height, block)
+    parts = max(1, min(parts, rows))
+    least = max(1, min(MIN_BAND_BLOCKS, rows // parts))
+    per_row = [0.0] * height
+    for start, end, seconds in measured:
+        start, end = max(0, start), min(height, end)
+        if end > start:
+            density = max(MIN_BAND_WORK, seconds - STARTUP_SECONDS) / (end - start)
+            per_row[start:end] = [density] * (end - start)
+    known = [cost for cost in per_row if cost > 0]
+    fill = sum(known) / len(known) if known else 1.0
+    block_costs = [sum(cost or fill for cost in per_row[r * block:(r + 1) * block]) for r in range(rows)]
+    totals = list(itertools.accumulate(block_costs, initial=0.0))
+    cuts, last = [0], 0
+    for k in range(1, parts):
+        target = totals[-1] * k / parts
+        choices = range(last + least, rows - (parts - k) * least + 1)
+        last = min(choices, key=lambda edge: abs(totals[edge] - target))
+        cuts.append(last)
+    return [(cut * block, min(height, end * block)) for cut, end in zip(cuts, [*cuts[1:], rows])]
 
 
 def wrapper_text(scene_name: str) -> str | None:

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import zipfile
 import zlib
+
+from hypothesis import given, settings, strategies as st
 from pathlib import Path
 from xmlrpc.client import Binary
 
@@ -25,6 +27,7 @@ from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
 from farm.planning import UnitPlan, with_pretrace
 from farm.rows import compress_rows
+from farm.scheduler import STARTUP_SECONDS as STARTUP
 
 CORNELL = SCENES / "radiosity/cornell.pov"
 
@@ -57,6 +60,61 @@ def test_a_frames_pre_pass_is_cut_into_block_aligned_bands_when_the_farm_asks():
     # Bands of at least three block rows unless asked: 480 rows in 32-row blocks take 4, 256 rows 2, 120 rows 1.
     assert [radiosity.pretrace_parts(2, radiosity.AUTO, rows) for rows in (15, 8, 4)] == [4, 2, 1]
     assert radiosity.pretrace_parts(2, 4, 4) == 4
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 600), st.sampled_from([8, 16, 32, 64]), st.integers(1, 8),
+       st.lists(st.floats(0.0, 20.0), min_size=1, max_size=8))
+def test_pre_pass_bands_cut_by_cost_cover_the_frame_in_whole_blocks_and_cost_alike(height, block, parts, costs):
+    """radiosity.bands_by_cost: bands in order, covering the frame, on block edges, `parts` of them where the
+    frame has the block rows (each at least MIN_BAND_BLOCKS where it has enough for all), and no band dearer
+    than an even share by more than the dearest block row."""
+    rows = strips.block_count(height, block)
+    measured_bands = strips.plan_strips(height, len(costs), block)
+    measured = [(start, end, STARTUP + cost) for (start, end), cost in zip(measured_bands, costs)]
+    bands = radiosity.bands_by_cost(height, block, parts, measured)
+    assert bands[0][0] == 0 and bands[-1][1] == height and len(bands) == min(parts, rows)
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+    assert all(start % block == 0 and end > start for start, end in bands)
+    least = max(1, min(radiosity.MIN_BAND_BLOCKS, rows // len(bands)))
+    assert all(strips.block_count(end - start, block) >= least or end == height for start, end in bands)
+    density = [0.0] * height
+    for start, end, seconds in measured:
+        density[start:end] = [max(radiosity.MIN_BAND_WORK, seconds - STARTUP) / (end - start)] * (end - start)
+    block_costs = [sum(density[r * block:(r + 1) * block]) for r in range(rows)]
+    if least == 1:
+        worst = max(sum(density[start:end]) for start, end in bands)
+        assert worst <= sum(density) / len(bands) + max(block_costs) + 1e-6
+
+
+def test_a_scenes_next_pre_pass_is_cut_by_what_its_last_ones_bands_took(tmp_path):
+    """A one-core box pretraces one band at a time (its spare slot gets nothing while another box may take
+    the next); once a pre-pass of the scene at that size is in, the next one goes out in one band per node,
+    cut so that they cost alike by what its bands took."""
+    farm, store = stepped_farm(tmp_path / "data")
+    info = {"povray": "3.7", "slots": 2, "cores": 1, "threads": 1, "interleave": True}
+    a, b = (farm.call("nodes.register", name, {**info, "machine": name})["node_id"] for name in ("boxA", "boxB"))
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    job = submit(farm, scene, width=64, height=480, strips="auto")
+    first = farm.call("nodes.poll", a)
+    assert first["kind"] == "pretrace" and farm.call("nodes.poll", a) == {}     # box A's spare slot
+    cost = {0: 0.2, 128: 0.4, 256: 3.0, 384: 3.0}     # rows 0-255 a cheap sky, the rest dear
+    measured, task, node = [], first, a
+    while task and task["kind"] == "pretrace":
+        assert (task["row_start"], task["row_end"]) in strips.plan_strips(480, 4, 32)
+        seconds = STARTUP + cost[task["row_start"]]
+        farm.call("nodes.complete", node, task["lease"], Binary(compress_rows(b"C1\ta\n")), seconds)
+        measured.append((task["row_start"], task["row_end"], seconds))
+        node = b if node == a else a
+        task = farm.call("nodes.poll", node)
+    assert len(measured) == 4
+    farm.call("jobs.cancel", job)
+    submit(farm, scene, width=64, height=480, strips="auto")
+    bands = [farm.call("nodes.poll", node) for node in (a, b)]
+    expected = radiosity.bands_by_cost(480, 32, 2, measured)
+    assert [(t["kind"], t["row_start"], t["row_end"]) for t in bands] == [("pretrace", *band) for band in expected]
+    assert expected[0][1] > 320          # most rows to the band over the cheap sky
+    store.close()
 
 
 def test_caches_of_a_pre_pass_cut_into_bands_merge_into_one_list_of_samples():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from farm.images.png import decode_png
 from farm.rendering.statefile import blocks_file
-from farm.shear import FINE_BLOCK, Shear, fine_block, step_for
+from farm.shear import FINE_BLOCK, Shear, fine_block, pretrace_options, step_for
 from farm.strips import block_count
 from farm import scheduler
 from harness import (SCENES, assert_same_pixels, native_render, needs_povray, rows_for, run_cli, stepped_farm, submit,
@@ -233,14 +233,18 @@ def test_a_node_from_before_sheared_frames_never_takes_a_sheared_unit(tmp_path):
 
 
 def test_a_sheared_frame_renders_in_fine_blocks_where_no_pixel_depends_on_them():
-    """farm.shear.fine_block: 16-pixel blocks (finer cuts, the same pixels) unless anti-aliasing or radiosity
-    depends on where blocks fall, the user chose the block size, or the frame would have too many blocks."""
-    assert fine_block(640, 480, 32, antialias=False, block_given=False, pretrace=False) == FINE_BLOCK == 16
-    assert fine_block(640, 480, 32, antialias=True, block_given=False, pretrace=False) == 32
-    assert fine_block(640, 480, 32, antialias=False, block_given=True, pretrace=False) == 32
-    assert fine_block(640, 480, 32, antialias=False, block_given=False, pretrace=True) == 32
-    assert fine_block(8192, 8192, 32, antialias=False, block_given=False, pretrace=False) == 32
-    assert fine_block(640, 480, 8, antialias=False, block_given=False, pretrace=False) == 8
+    """farm.shear.fine_block: 16-pixel blocks (finer cuts, the same pixels) unless anti-aliasing depends on
+    where blocks fall, the user chose the block size, or the frame would have too many blocks. A radiosity
+    frame's pre-pass keeps the frame's own blocks (`pretrace_options`); a block the user gave stays."""
+    assert fine_block(640, 480, 32, antialias=False, block_given=False) == FINE_BLOCK == 16
+    assert fine_block(640, 480, 32, antialias=True, block_given=False) == 32
+    assert fine_block(640, 480, 32, antialias=False, block_given=True) == 32
+    assert fine_block(8192, 8192, 32, antialias=False, block_given=False) == 32
+    assert fine_block(640, 480, 8, antialias=False, block_given=False) == 8
+    assert pretrace_options(("+Q9", "+BS16")) == ("+Q9",)
+    assert pretrace_options(("+Q9",)) == ("+Q9",)
+    assert pretrace_options(("+BS16", "+BS16")) == ("+BS16", "+BS16")   # the user's own block stays
+    assert pretrace_options(("Antialias=on", "+BS24")) == ("Antialias=on", "+BS24")
 
 
 def test_a_sheared_job_without_antialiasing_gets_fine_blocks_in_its_options(tmp_path):
@@ -257,6 +261,22 @@ def test_a_sheared_job_without_antialiasing_gets_fine_blocks_in_its_options(tmp_
         task = farm.call("nodes.poll", node)
         assert task["job"] == job and task["options"] == options + (["+BS16"] if block == 16 else [])
         farm.call("jobs.cancel", job)
+
+
+def test_a_radiosity_frames_strips_get_fine_blocks_and_its_pre_pass_the_frames_own(tmp_path):
+    """A sheared radiosity frame's strips load its cache in 16-pixel blocks, so that two boxes can split it
+    evenly, but its pre-pass pretraces in the frame's 32-pixel blocks, each band on whole ones: a
+    pretrace's jitter follows its blocks (farm.radiosity)."""
+    farm, _ = stepped_farm(tmp_path / "data")
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    nodes = [farm.call("nodes.register", name, {"povray": "3.7", "slots": 1, "interleave": True})["node_id"]
+             for name in ("a", "b")]
+    job = submit(farm, scene, width=64, height=480, strips="auto")
+    status = farm.call("jobs.status", job)
+    assert (status["block"], status["shear"]) == (16, step_for(30))
+    bands = [farm.call("nodes.poll", node) for node in nodes]
+    assert all(task["kind"] == "pretrace" and task["options"] == [] for task in bands)
+    assert all(task["row_start"] % 32 == 0 for task in bands)
 
 
 @settings(max_examples=60, deadline=None)

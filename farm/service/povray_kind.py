@@ -22,6 +22,7 @@ from farm.records import Job, StoredRows, Unit
 from farm.meter import Meter
 from farm.policy import Queue
 from farm.rows import ZLIB, compress_rows, decompress_capped, deflate_bound, split_frames
+from farm.shear import pretrace_options
 from farm.service.changes import Changes
 from farm.service.kindparts import ControllerPart, Leasing, Stored
 from farm.service.submission import MAX_SIDE, Submission
@@ -56,6 +57,8 @@ class PovrayPart(ControllerPart):
             # The preview's own size, no anti-aliasing and no radiosity: a node that does not know the kind
             # renders it as ordinary rows, and that is all it is.
             return (*preview_size(job.width, job.height), preview_options(job.options, job.pretrace))
+        if unit.kind == PRETRACE:
+            return job.width, job.height, pretrace_options(job.options)   # the frame's own blocks (farm.shear)
         return job.width, job.height, job.options
 
     def result_limit(self, unit: Unit, job: Job) -> int:
@@ -102,13 +105,16 @@ class PovrayPart(ControllerPart):
 
     def worth(self, unit: Unit, queue: Queue, leasing: Leasing) -> Worth:
         """A preview only for viewers waits while none watches; a frame's radiosity pre-pass is done without
-        a cache when the frame goes out whole (policy.pretrace_worth_it): its one render makes its own."""
+        a cache when the frame goes out whole (policy.pretrace_worth_it): its one render makes its own; a band
+        of it waits for a box whose runs are not all pretracing the frame's other bands (policy.band_waits)."""
         if unit.kind == PREVIEW:
             watched = leasing.job.preview is not PreviewMode.WATCHED or leasing.watched()
             return Worth.LEASE if watched else Worth.WAIT
         if unit.kind == PRETRACE and not policy.pretrace_worth_it(queue, unit, ROWS, leasing.watched(),
                                                                   leasing.machine):
             return Worth.EMPTY
+        if unit.kind == PRETRACE and policy.band_waits(queue, unit, leasing.node_id):
+            return Worth.DECLINE
         return Worth.LEASE
 
     def cut(self, unit: Unit, queue: Queue, leasing: Leasing) -> int | None:

@@ -22,10 +22,10 @@ from farm.kinds import PRETRACE, PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
 from farm import dependencies
 from farm.planning import plan_units, with_pretrace, with_preview
-from farm.radiosity import AUTO, pretrace_parts
+from farm.radiosity import AUTO, bands_by_cost, pretrace_parts
 from farm.records import JobSpec
-from farm.strips import block_count
-from farm.shear import NODE_TAG, Shear, fine_block
+from farm.strips import block_count, plan_strips
+from farm.shear import NODE_TAG, Shear, fine_block, fine_block_option, pretrace_options
 from farm.service import kindparts
 from farm.service.changes import Changes
 from farm.service.files import Files, write_atomically
@@ -152,10 +152,10 @@ class Submissions:
         pretrace = any(plan.kind == PRETRACE for plan in plans)
         interleave = self._interleaves(request, spec, plans)
         options = validate_options(spec.options)
-        block = (fine_block(spec.width, spec.height, spec.block, options.antialias, options.block_given, pretrace)
+        block = (fine_block(spec.width, spec.height, spec.block, options.antialias, options.block_given)
                  if interleave else spec.block)
         if block != spec.block:     # farm.shear.FINE_BLOCK: POV-Ray renders the frame in smaller blocks
-            spec = replace(spec, options=(*spec.options, f"+BS{block}"), block=block)
+            spec = replace(spec, options=(*spec.options, fine_block_option(block)), block=block)
             plans = self._plans(spec, count)
         # A preview is one small extra render for viewers, not part of the job's work.
         limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),
@@ -174,12 +174,27 @@ class Submissions:
     def _plans(self, spec: JobSpec, count: int | str) -> list:
         """The job's units: its frames' rows (a remainder each, cut as nodes ask, or `count` strips), a
         radiosity pre-pass per split frame of a scene that may use radiosity, and a preview."""
-        bands = pretrace_parts(len(self._store.nodes.live()), self._pretrace_bands,
-                               block_count(spec.height, spec.block))
         return with_preview(with_pretrace(
             plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
-            spec.height, spec.pretrace, bands, spec.block), spec.width, spec.height,
-            spec.preview is not PreviewMode.NEVER)
+            spec.height, spec.pretrace, bands=self._pretrace_bands_of(spec) if spec.pretrace else ()),
+            spec.width, spec.height, spec.preview is not PreviewMode.NEVER)
+
+    def _pretrace_bands_of(self, spec: JobSpec) -> list[tuple[int, int]]:
+        """The rows of each band of a frame's radiosity pre-pass: one band per live node, cut so that they
+        cost alike by what an earlier pre-pass of the scene at this size took (farm.radiosity.bands_by_cost);
+        without one, `pretrace_bands` bands of equal rows (two per node by default: a box whose band was
+        cheap takes another). They pretrace in the frame's own blocks, not a sheared job's fine ones."""
+        block = validate_options(pretrace_options(spec.options)).block
+        nodes = len(self._store.nodes.live())
+        parts = pretrace_parts(nodes, self._pretrace_bands, block_count(spec.height, block))
+        measured = (self._store.units.last_frame_costs(spec.scene, spec.width, spec.height, PRETRACE)
+                    if parts > 1 else [])
+        if not measured:
+            return plan_strips(spec.height, parts, block)
+        if self._pretrace_bands == AUTO:
+            parts = pretrace_parts(nodes, nodes, block_count(spec.height, block))
+        return bands_by_cost(spec.height, block, parts,
+                             [(unit.row_start, unit.row_end, unit.seconds) for unit in measured])
 
     def _interleaves(self, request: Submission, spec: JobSpec, plans: list) -> bool:
         """Whether the job's frames are sheared: a POV-Ray job asking for it whose frames are cut as nodes ask,

@@ -39,6 +39,7 @@ class Worth(str, enum.Enum):
     LEASE = "lease"     # it is leased
     WAIT = "wait"       # not now: it waits, unleased, until a viewer watches its job (queue_set_aside)
     EMPTY = "empty"     # not needed: it is kept done with an empty result, as if delivered so
+    DECLINE = "decline"  # not for this node now: it stays queued and the node gets nothing this time
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,24 @@ class UnitRecords:
         with self._db.read() as db:
             return _Queue(db).frame_units(job_id, frame, kind)[0]
 
+    def last_frame_costs(self, scene: str, width: int, height: int, kind: str, jobs: int = 8) -> list[Finished]:
+        """The units of `kind` of the newest frame that finished them all, among the `jobs` newest jobs of
+        `scene` at this size (a scene re-rendered, or edited, mostly costs where it did): empty when none did.
+        One query per job over the units' job index."""
+        with self._db.read() as db:
+            for (job_id,) in db.execute("SELECT id FROM jobs WHERE scene=? AND width=? AND height=?"
+                                        " ORDER BY id DESC LIMIT ?", (scene, width, height, jobs)).fetchall():
+                frames: dict[int, list[sqlite3.Row]] = {}
+                for row in db.execute("SELECT frame, node, state, row_start, row_end, seconds FROM units"
+                                      " WHERE job=? AND kind=?", (job_id, kind)):
+                    frames.setdefault(row["frame"], []).append(row)
+                for frame in sorted(frames, reverse=True):
+                    units = frames[frame]
+                    if all(row["state"] == UnitState.DONE.value and (row["seconds"] or 0) > 0 for row in units):
+                        return [Finished(row["node"] or "", row["row_start"], row["row_end"], row["seconds"])
+                                for row in units]
+        return []
+
     def cost_samples(self, job_id: int, kind: str, recent: int = 256) -> list[Finished]:
         """The job's `recent` last finished units of `kind` (its kind's rows: ControllerPart.progress_unit)
         as the cost model reads them (what is left costs about what was done last; a long job is not read
@@ -222,6 +241,9 @@ class UnitRecords:
             build = build_of(node.info)
             unit = choose(queue, node.name, now, node.offers, build)
             while unit is not None and (worth := kinds.worth(unit, queue, node_id)) is not Worth.LEASE:
+                if worth is Worth.DECLINE:  # as a remainder's cut declines: the node asks again when it is free
+                    unit = None
+                    break
                 if worth is Worth.WAIT:     # until a viewer comes (queue_set_aside), or its frame is done
                     schema.set_state(db, unit, UnitState.WAITING)
                 else:
