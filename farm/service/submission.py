@@ -189,7 +189,7 @@ class Submissions:
         parts = pretrace_parts(nodes, self._pretrace_bands, block_count(spec.height, block))
         measured = (self._store.units.last_frame_costs(spec.scene, spec.width, spec.height, PRETRACE)
                     if parts > 1 else [])
-        if not measured:
+        if len(measured) < 2:   # one band's time says nothing of where in the frame it went
             return plan_strips(spec.height, parts, block)
         if self._pretrace_bands == AUTO:
             parts = pretrace_parts(nodes, nodes, block_count(spec.height, block))
