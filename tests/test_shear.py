@@ -277,6 +277,11 @@ def test_a_radiosity_frames_strips_get_fine_blocks_and_its_pre_pass_the_frames_o
     bands = [farm.call("nodes.poll", node) for node in nodes]
     assert all(task["kind"] == "pretrace" and task["options"] == [] for task in bands)
     assert all(task["row_start"] % 32 == 0 for task in bands)
+    # Every node on the controller's box: the frame goes out whole and pretraces itself, in its own blocks.
+    alone, _ = stepped_farm(tmp_path / "alone", machine="box")
+    alone.call("nodes.register", "c", {"povray": "3.7", "slots": 1, "interleave": True, "machine": "box"})
+    job = submit(alone, scene, width=64, height=480, strips="auto")
+    assert alone.call("jobs.status", job)["block"] == 32
 
 
 @settings(max_examples=60, deadline=None)

@@ -28,6 +28,7 @@ from farm.service.submission import Bundles, Submissions
 from farm.service.views import Views
 from farm.service.watchers import Watchers
 from farm.service.written import WrittenFiles
+from farm.hostos import HOST
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Services:
         self.stitcher = Stitcher(store, self.files, self.changes, clock)
         self.bundles = Bundles(config, store, self.files, clock)
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock,
-                                       config.pretrace_bands)
+                                       config.pretrace_bands, config.machine or HOST.machine())
         self.watchers = Watchers(clock)
         self.meter = Meter()       # what only this process counts (farm.meter): units stored, failures, requests
         self.logs = Logs(config, store)                # POV-Ray's logs of the units' runs

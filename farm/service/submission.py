@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
-from farm import limits
+from farm import limits, policy
 from farm.bundle import checking, rules
 from farm.animation import Animation
 from farm.config import Config
@@ -135,10 +135,12 @@ def _sources_mention_radiosity(data) -> bool:
 
 class Submissions:
     def __init__(self, store: Store, bundles: Bundles, changes: Changes, work: Changes,
-                 live_slots: Callable[[], int], clock: Callable[[], float], pretrace_bands: int = AUTO):
+                 live_slots: Callable[[], int], clock: Callable[[], float], pretrace_bands: int = AUTO,
+                 machine: str = ""):
         self._store, self._bundles, self._clock = store, bundles, clock
         self._changes, self._work, self._live_slots = changes, work, live_slots
         self._pretrace_bands = pretrace_bands   # farm.config: bands of a radiosity frame's pre-pass
+        self._machine = machine                 # the box the controller runs on (policy.lone_box_runs)
 
     def submit(self, request: Submission, waits_for: Mapping[str, str]) -> int:
         """Check a submission against the bundle and the farm's limits, plan its units and queue it (a unit
@@ -153,7 +155,7 @@ class Submissions:
         interleave = self._interleaves(request, spec, plans)
         options = validate_options(spec.options)
         block = (fine_block(spec.width, spec.height, spec.block, options.antialias, options.block_given)
-                 if interleave else spec.block)
+                 if interleave and not (pretrace and self._goes_out_whole()) else spec.block)
         if block != spec.block:     # farm.shear.FINE_BLOCK: POV-Ray renders the frame in smaller blocks
             spec = replace(spec, options=(*spec.options, fine_block_option(block)), block=block)
             plans = self._plans(spec, count)
@@ -195,6 +197,12 @@ class Submissions:
             parts = pretrace_parts(nodes, nodes, block_count(spec.height, block))
         return bands_by_cost(spec.height, block, parts,
                              [(unit.row_start, unit.row_end, unit.seconds) for unit in measured])
+
+    def _goes_out_whole(self) -> bool:
+        """Whether a frame cut as nodes ask goes out whole while nobody watches: every live node is on the
+        controller's box (policy.lone_box_runs). A radiosity frame then pretraces itself in one render, which
+        keeps the frame's own blocks: its jitter follows them (farm.shear.fine_block)."""
+        return policy.lone_box_runs(self._store.nodes.live(), self._machine) != 0
 
     def _interleaves(self, request: Submission, spec: JobSpec, plans: list) -> bool:
         """Whether the job's frames are sheared: a POV-Ray job asking for it whose frames are cut as nodes ask,
