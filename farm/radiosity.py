@@ -70,15 +70,16 @@ def pretrace_parts(nodes: int, bands: int, block_rows: int = MAX_PARTS * MIN_BAN
 
 
 def bands_by_cost(height: int, block: int, parts: int, measured: Sequence[tuple[int, int, float]]) -> list[tuple[int, int]]:
-    """`parts` block-aligned bands of a frame's pre-pass that should cost alike, by what the bands of an
-    earlier pre-pass of the scene took (`measured`: row_start, row_end, seconds): each band's seconds past
-    POV-Ray's start-up spread evenly over its rows. Equal bands cost unevenly (balcony 640x480 cut at 2/3:
-    3.5 s and 6.9 s; its floor and balcony dearer than its sky), where one band per box cut by cost ends the
-    pre-pass with no box waiting for another and no POV-Ray start-up, parse or photons repeated in a box.
-    Each band is at least MIN_BAND_BLOCKS block rows where the frame has as many for every band."""
-    rows = block_count(height, block)
-    parts = max(1, min(parts, rows))
-    least = max(1, min(MIN_BAND_BLOCKS, rows // parts))
+    """`parts` bands of a frame's pre-pass that should cost alike, by what the bands of an earlier pre-pass
+    of the scene took (`measured`: row_start, row_end, seconds): each band's seconds past POV-Ray's start-up
+    spread evenly over its rows. Equal bands cost unevenly (balcony 640x480 cut at 2/3: 3.5 s and 6.9 s; its
+    floor and balcony dearer than its sky), where one band per box cut by cost ends the pre-pass with no box
+    waiting for another and no POV-Ray start-up, parse or photons repeated in a box. A cut may fall inside a
+    row of blocks (the band then ends at a block of that row: `strips.band_serials`), since one of balcony's
+    lower block rows is a second of pretrace. Each band is at least MIN_BAND_BLOCKS block rows tall where the
+    frame has as many for every band."""
+    parts = max(1, min(parts, block_count(height, block)))
+    least = max(1, min(MIN_BAND_BLOCKS * block, height // parts))
     per_row = [0.0] * height
     for start, end, seconds in measured:
         start, end = max(0, start), min(height, end)
@@ -87,15 +88,13 @@ def bands_by_cost(height: int, block: int, parts: int, measured: Sequence[tuple[
             per_row[start:end] = [density] * (end - start)
     known = [cost for cost in per_row if cost > 0]
     fill = sum(known) / len(known) if known else 1.0
-    block_costs = [sum(cost or fill for cost in per_row[r * block:(r + 1) * block]) for r in range(rows)]
-    totals = list(itertools.accumulate(block_costs, initial=0.0))
-    cuts, last = [0], 0
+    totals = list(itertools.accumulate((cost or fill for cost in per_row), initial=0.0))
+    cuts = [0]
     for k in range(1, parts):
         target = totals[-1] * k / parts
-        choices = range(last + least, rows - (parts - k) * least + 1)
-        last = min(choices, key=lambda edge: abs(totals[edge] - target))
-        cuts.append(last)
-    return [(cut * block, min(height, end * block)) for cut, end in zip(cuts, [*cuts[1:], rows])]
+        choices = range(cuts[-1] + least, height - (parts - k) * least + 1)
+        cuts.append(min(choices, key=lambda edge: abs(totals[edge] - target)))
+    return list(zip(cuts, [*cuts[1:], height]))
 
 
 def wrapper_text(scene_name: str) -> str | None:

@@ -37,6 +37,17 @@ def continue_fits(width: int, height: int, block: int) -> bool:
     return block >= 1 and block_count(width, block) * block_count(height, block) <= CONTINUE_MAX_BLOCKS
 
 
+def band_serials(width: int, height: int, block: int, row_start: int, row_end: int) -> range:
+    """The render blocks (serials, left to right and top to bottom from 0) of a band of a frame's radiosity
+    pre-pass over rows [row_start, row_end): a row that is no block edge stands for the block that far
+    across its row of blocks, so bands cut anywhere take every block once (farm.radiosity.bands_by_cost).
+    Block-aligned rows take whole rows of blocks."""
+    across = block_count(width, block)
+    total = across * block_count(height, block)
+    end = total if row_end >= height else min(total, row_end * across // block)
+    return range(min(total, row_start * across // block), end)
+
+
 def plan_strips(height: int, count: int, block: int = DEFAULT_BLOCK) -> list[tuple[int, int]]:
     """0-based half-open row ranges [start, end) covering 0..height in order, no gaps/overlaps.
 

@@ -63,28 +63,29 @@ def test_a_frames_pre_pass_is_cut_into_block_aligned_bands_when_the_farm_asks():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.integers(1, 600), st.sampled_from([8, 16, 32, 64]), st.integers(1, 8),
+@given(st.integers(1, 600), st.integers(1, 900), st.sampled_from([8, 16, 32, 64]), st.integers(1, 8),
        st.lists(st.floats(0.0, 20.0), min_size=1, max_size=8))
-def test_pre_pass_bands_cut_by_cost_cover_the_frame_in_whole_blocks_and_cost_alike(height, block, parts, costs):
-    """radiosity.bands_by_cost: bands in order, covering the frame, on block edges, `parts` of them where the
-    frame has the block rows (each at least MIN_BAND_BLOCKS where it has enough for all), and no band dearer
-    than an even share by more than the dearest block row."""
+def test_pre_pass_bands_cut_by_cost_take_every_block_once_and_cost_alike(height, width, block, parts, costs):
+    """radiosity.bands_by_cost: bands in order covering the frame, `parts` of them where the frame has the
+    block rows, each at least MIN_BAND_BLOCKS block rows where it has as many for all; their blocks
+    (strips.band_serials) are every block of the frame once; two bands cost no more than equal ones would."""
     rows = strips.block_count(height, block)
-    measured_bands = strips.plan_strips(height, len(costs), block)
-    measured = [(start, end, STARTUP + cost) for (start, end), cost in zip(measured_bands, costs)]
+    measured = [(start, end, STARTUP + cost)
+                for (start, end), cost in zip(strips.plan_strips(height, len(costs), block), costs)]
     bands = radiosity.bands_by_cost(height, block, parts, measured)
     assert bands[0][0] == 0 and bands[-1][1] == height and len(bands) == min(parts, rows)
     assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
-    assert all(start % block == 0 and end > start for start, end in bands)
-    least = max(1, min(radiosity.MIN_BAND_BLOCKS, rows // len(bands)))
-    assert all(strips.block_count(end - start, block) >= least or end == height for start, end in bands)
-    density = [0.0] * height
-    for start, end, seconds in measured:
-        density[start:end] = [max(radiosity.MIN_BAND_WORK, seconds - STARTUP) / (end - start)] * (end - start)
-    block_costs = [sum(density[r * block:(r + 1) * block]) for r in range(rows)]
-    if least == 1:
-        worst = max(sum(density[start:end]) for start, end in bands)
-        assert worst <= sum(density) / len(bands) + max(block_costs) + 1e-6
+    least = max(1, min(radiosity.MIN_BAND_BLOCKS * block, height // len(bands)))
+    assert all(end - start >= least for start, end in bands)
+    serials = [serial for start, end in bands for serial in strips.band_serials(width, height, block, start, end)]
+    assert serials == list(range(strips.block_count(width, block) * rows))
+    if len(bands) == 2:
+        density = [0.0] * height
+        for start, end, seconds in measured:
+            density[start:end] = [max(radiosity.MIN_BAND_WORK, seconds - STARTUP) / (end - start)] * (end - start)
+        def worst(cut):
+            return max(sum(band) for band in ([*density[start:end]] for start, end in cut))
+        assert worst(bands) <= worst(strips.plan_strips(height, 2, block)) + 1e-6
 
 
 def test_a_scenes_next_pre_pass_is_cut_by_what_its_last_ones_bands_took(tmp_path):
@@ -254,6 +255,34 @@ def test_strips_of_a_radiosity_scene_match_single_renders_and_show_no_seam(tmp_p
     assert max(r["max"] for r in farm_vs_single) <= NOISE * max(r["max"] for r in between_singles), report
     # No seam: the rows along strip edges differ no more than the others.
     assert _average(farm_vs_single, "edge") <= _average(farm_vs_single, "other"), report
+
+
+PHOTONS_AND_RADIOSITY = """global_settings { radiosity { pretrace_start 0.08 pretrace_end 0.04 count 40 }
+                  photons { spacing 0.05 } }
+camera { location <0, 2, -5> look_at 0 }
+light_source { <3, 5, -3> rgb 1 }
+plane { y, -1 pigment { rgb 0.8 } }
+sphere { 0, 1 pigment { rgbf <1, 1, 1, 0.9> } interior { ior 1.5 } photons { target refraction on } }
+"""
+
+
+@needs_povray
+def test_a_nodes_band_of_the_pre_pass_shoots_the_photon_map_its_strips_load(farm, tmp_path):
+    """On two boxes, each pretraces a band of the frame and shoots its photon map as it does; the box's
+    strips, in the sheared job's fine blocks, load that map instead of shooting it again."""
+    scene = tmp_path / "scene.pov"
+    scene.write_text(PHOTONS_AND_RADIOSITY)
+    farm.start_controller()
+    for name in ("boxA", "boxB"):
+        farm.start_node(name, "--machine", name, "--cores", "1")
+    wait_until(lambda: len(farm.client.call("nodes.list")) == 2, what="both nodes to register")
+    done = run_cli("submit", str(scene), "--width", "320", "--height", "240", "--output", str(tmp_path / "out.png"),
+                   "--controller", farm.url)
+    assert done.returncode == 0, done.stderr
+    assert farm.log("controller").count("radiosity pre-pass done by") == 2
+    for name in ("boxA", "boxB"):     # each box a band (policy.band_waits), then strips
+        log = farm.log(name)
+        assert "radiosity pre-pass of rows" in log and "photon map loaded" in log and " photons shot" not in log, log
 
 
 @needs_povray

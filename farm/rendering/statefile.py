@@ -45,7 +45,7 @@ from array import array
 from typing import Collection, Union
 
 from farm.rendering.gamma import Encoding
-from farm.strips import block_count
+from farm.strips import band_serials, block_count
 
 HEADER_SIZE = 512
 SIGNATURE = b"POV-Ray Render State File\0\0\0" + b"0001"   # sig[28] (the literal and its NUL), ver[4]
@@ -313,12 +313,12 @@ def _spots(attributes: dict[str, object], position: int) -> Spots:
 
 def continue_file(width: int, height: int, block: int, row_start: int, row_end: int) -> bytes:
     """A render state file with which `+C` renders only the blocks of rows [row_start, row_end) (0-based,
-    end exclusive) of a `width` x `height` frame of `block`-pixel render blocks, numbered as in the whole
-    frame: one message per other block, holding its serial and nothing to paint."""
+    end exclusive; a row that is no block edge cuts its row of blocks, `strips.band_serials`) of a
+    `width` x `height` frame of `block`-pixel render blocks, numbered as in the whole frame: one message per
+    other block, holding its serial and nothing to paint."""
     if block < 1 or not 0 <= row_start < row_end <= height or width < 1:
         raise ValueError(f"rows [{row_start}, {row_end}) of a {width}x{height} frame in {block}-pixel blocks")
-    across = block_count(width, block)
-    return blocks_file(width, height, block, range(row_start // block * across, block_count(row_end, block) * across))
+    return blocks_file(width, height, block, band_serials(width, height, block, row_start, row_end))
 
 
 def blocks_file(width: int, height: int, block: int, keep: Collection[int]) -> bytes:
