@@ -32,6 +32,7 @@ from farm.images.ppm import decode_ppm
 from farm.images.raster import row_size
 from farm.kinds import PRETRACE, ROWS
 from farm.options import check_libraries, validate_options, without_antialiasing
+from farm.shear import pretrace_options
 from farm.rows import FILTERED, ZLIB, compress_rows, encode_rows, recode_rows
 from farm.rendering.live import FIRST_READ_EVERY, WATCH_EVERY
 from farm.rendering import written
@@ -123,8 +124,11 @@ class UnitRenderer:
         band = (task.row_start, task.row_end) != (0, task.height)
         watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache, band=band)
         area = self._band_in_frame(task, strip_dir) if band else None
-        outcome = self._run_povray(task, strip_dir, scene, extra=[f"+RF{radiosity.CACHE_FILE}", "+RFO"],
-                                   pretrace=watch, area=area)
+        # The frame's photon map, shot here, is the one the node's strips of the frame load (balcony: 0.24 s
+        # a strip), and a second band of the frame on this node loads it too.
+        with self.photon_maps.shared(_photon_key(task), scene) as publisher:
+            outcome = self._run_povray(task, strip_dir, scene, publisher, [f"+RF{radiosity.CACHE_FILE}", "+RFO"],
+                                       pretrace=watch, area=area)
         if outcome.kind != "done":
             return outcome
         try:
@@ -343,6 +347,8 @@ def _frame_key(task: Task) -> str:
 
 def _photon_key(task: Task) -> str:
     """What a frame's photon map depends on: the scene, its options and the frame (the clock). Not
-    anti-aliasing, so a frame's preview (rendered without it) shoots the map its strips load."""
-    parts = [task.bundle, task.scene, str(task.frame), *without_antialiasing(task.options), *task.animation]
+    anti-aliasing, so a frame's preview (rendered without it) shoots the map its strips load; nor the fine
+    block a sheared job's strips render in and its radiosity pre-pass does not (farm.shear)."""
+    options = without_antialiasing(pretrace_options(task.options))
+    parts = [task.bundle, task.scene, str(task.frame), *options, *task.animation]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
