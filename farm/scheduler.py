@@ -275,16 +275,22 @@ def _known_shares(frame: float, slots: Mapping[str, int], known: Mapping[str, fl
     return shares if all(abs(round(share) - share) <= SPLIT_ERROR * share for share in shares.values()) else None
 
 
-def learned_speeds(known: Mapping[str, float], finished: Sequence[Finished]) -> dict[str, float]:
+def learned_speeds(known: Mapping[str, float], finished: Sequence[Finished],
+                   busy: Mapping[str, float] | None = None) -> dict[str, float]:
     """The node speeds the farm remembers (`known`: node -> the speed of one of its POV-Ray runs, on a scale
     of their own) after a finished frame whose rows cost alike (farm.shear): each node's rows per second of
     work in it, put on the remembered scale by the nodes known already, moves its speed LEARNING of the way.
-    Unchanged when fewer than two nodes rendered the frame: one node alone says nothing of the others."""
+    A node's work is at most its `busy` seconds (the time any of its units ran, `union_seconds`) less one
+    start-up: two of its units that ran side by side for a while shared its cores. Unchanged when fewer than
+    two nodes rendered the frame: one node alone says nothing of the others."""
     rows: dict[str, float] = {}
     work: dict[str, float] = {}
     for unit in finished:
         rows[unit.node] = rows.get(unit.node, 0) + unit.rows
         work[unit.node] = work.get(unit.node, 0.0) + _work(unit)
+    for name, seconds in (busy or {}).items():
+        if name in work:
+            work[name] = max(0.05, min(work[name], seconds - STARTUP_SECONDS))
     if len(rows) < 2:
         return dict(known)
     rates = {name: rows[name] / work[name] for name in rows}
@@ -296,6 +302,16 @@ def learned_speeds(known: Mapping[str, float], finished: Sequence[Finished]) -> 
         seen = rate * scale
         learned[name] = known[name] + LEARNING * (seen - known[name]) if name in both else seen
     return learned
+
+
+def union_seconds(runs: Sequence[tuple[float, float]]) -> float:
+    """The seconds during which any of the (start, end) runs ran."""
+    total, reached = 0.0, -math.inf
+    for start, end in sorted(runs):
+        if end > reached:
+            total += end - max(start, reached)
+            reached = end
+    return total
 
 
 def _at_least(blocks: int, least: int, left: int) -> int:

@@ -318,6 +318,21 @@ def test_remembered_speeds_are_each_nodes_rows_per_second_on_one_scale(units, sl
     assert scheduler.learned_speeds(learned, [u for u in finished if u.node == first]) == learned
 
 
+def test_a_nodes_units_that_ran_side_by_side_count_their_time_once():
+    """scheduler.learned_speeds with `busy`: a unit leased ahead ran beside its node's last one for a while;
+    the node's work is at most the time any of its units ran (union_seconds), less one start-up, so it does
+    not look slower than a node whose units ran one after the other."""
+    assert scheduler.union_seconds([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == 4.0
+    assert scheduler.union_seconds([]) == 0.0
+    start = scheduler.STARTUP_SECONDS
+    finished = [scheduler.Finished("a", 0, 100, start + 2.0), scheduler.Finished("a", 100, 200, start + 2.0),
+                scheduler.Finished("b", 200, 400, start + 4.0)]
+    alike = scheduler.learned_speeds({}, finished)
+    assert math.isclose(alike["a"], alike["b"])
+    overlapped = scheduler.learned_speeds({}, finished, {"a": start + 3.0, "b": start + 4.0})
+    assert math.isclose(overlapped["a"] / overlapped["b"], 4.0 / 3.0)
+
+
 def test_known_speeds_give_each_run_its_whole_share_of_a_sheared_frame_at_once():
     """With every live node's speed remembered, a sheared frame's first units split it by them, one unit per
     run: no further unit parses the scene again. A node not known yet, or a split that whole block rows

@@ -75,6 +75,10 @@ class Dispatcher:
         # others (farm.scheduler.learned_speeds): a sheared frame's first units are sized by them. In memory:
         # one frame on two boxes after a restart learns them again.
         self._speeds: dict[str, float] = {}
+        # (job, frame) -> node id -> when its units of a sheared frame ran (stored less POV-Ray's seconds):
+        # a unit leased ahead runs beside its node's last one for a while, and summing their seconds
+        # would make that node look slower than it is (`scheduler.learned_speeds`).
+        self._runs = _Recent(MAX_CACHED)
 
     def register(self, name: str, info: Mapping[str, Any]) -> str:
         node_id, requeued = self._store.nodes.register(name, dict(info), self._clock())
@@ -173,6 +177,9 @@ class Dispatcher:
             samples = self._overheads.get((job.id, node_id), [])[-(OVERHEAD_SAMPLES - 1):]
             self._overheads.keep((job.id, node_id), [*samples, overhead])
         if job.shear and part.sizes_units(unit):
+            now = self._clock()
+            self._runs.keep((job.id, unit.frame), self._runs.get((job.id, unit.frame), {}))
+            self._runs[(job.id, unit.frame)].setdefault(node_id, []).append((now - seconds, now))
             self._learn_speeds(job, unit.kind, done.complete_frames)
         part.stored(self._stitcher, self._work, kindparts.Stored(job, unit, node_id, data, raw, seconds, done))
         self._changes.bump(job.id)
@@ -187,7 +194,9 @@ class Dispatcher:
         for frame in frames:
             finished = [replace(unit, node=names[unit.node])
                         for unit in self._store.units.frame_costs(job.id, frame, kind) if unit.node in names]
-            self._speeds = scheduler.learned_speeds(self._speeds, finished)
+            busy = {names[node]: scheduler.union_seconds(runs)
+                    for node, runs in self._runs.pop((job.id, frame), {}).items() if node in names}
+            self._speeds = scheduler.learned_speeds(self._speeds, finished, busy)
             log.debug("job %s frame %s: node speeds %s", job.id, frame, self._speeds)
 
     def result_limit(self, token: str) -> int:
