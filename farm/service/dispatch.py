@@ -177,9 +177,8 @@ class Dispatcher:
             samples = self._overheads.get((job.id, node_id), [])[-(OVERHEAD_SAMPLES - 1):]
             self._overheads.keep((job.id, node_id), [*samples, overhead])
         if job.shear and part.sizes_units(unit):
-            now = self._clock()
-            self._runs.keep((job.id, unit.frame), self._runs.get((job.id, unit.frame), {}))
-            self._runs[(job.id, unit.frame)].setdefault(node_id, []).append((now - seconds, now))
+            now, key = self._clock(), (job.id, unit.frame)
+            self._runs.keep(key, self._runs.get(key, {})).setdefault(node_id, []).append((now - seconds, now))
             self._learn_speeds(job, unit.kind, done.complete_frames)
         part.stored(self._stitcher, self._work, kindparts.Stored(job, unit, node_id, data, raw, seconds, done))
         self._changes.bump(job.id)
