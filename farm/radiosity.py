@@ -79,7 +79,7 @@ def bands_by_cost(height: int, block: int, parts: int, measured: Sequence[tuple[
     lower block rows is a second of pretrace. Each band is at least MIN_BAND_BLOCKS block rows tall where the
     frame has as many for every band."""
     parts = max(1, min(parts, block_count(height, block)))
-    least = max(1, min(MIN_BAND_BLOCKS * block, height // parts))
+    least = least_band_rows(height, block, parts)
     per_row = [0.0] * height
     for start, end, seconds in measured:
         start, end = max(0, start), min(height, end)
@@ -95,6 +95,14 @@ def bands_by_cost(height: int, block: int, parts: int, measured: Sequence[tuple[
         choices = range(cuts[-1] + least, height - (parts - k) * least + 1)
         cuts.append(min(choices, key=lambda edge: abs(totals[edge] - target)))
     return list(zip(cuts, [*cuts[1:], height]))
+
+
+def least_band_rows(height: int, block: int, parts: int) -> int:
+    """The fewest rows a band of a pre-pass cut by cost has: MIN_BAND_BLOCKS block rows where the frame has as
+    many for each of its `parts` bands, else a block row (or an even share of the rows, if less)."""
+    if height >= parts * MIN_BAND_BLOCKS * block:
+        return MIN_BAND_BLOCKS * block
+    return max(1, min(block, height // parts))
 
 
 def wrapper_text(scene_name: str) -> str | None:
