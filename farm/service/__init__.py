@@ -43,13 +43,14 @@ class Services:
         self.work = Changes()      # farm-wide only: nodes waiting for queued units
         self.stitcher = Stitcher(store, self.files, self.changes, clock)
         self.bundles = Bundles(config, store, self.files, clock)
+        machine = config.machine or HOST.machine()    # the box the controller runs on
         self.submissions = Submissions(store, self.bundles, self.changes, self.work, self.live_slots, clock,
-                                       config.pretrace_bands, config.machine or HOST.machine())
+                                       config.pretrace_bands, machine)
         self.watchers = Watchers(clock)
         self.meter = Meter()       # what only this process counts (farm.meter): units stored, failures, requests
         self.logs = Logs(config, store)                # POV-Ray's logs of the units' runs
         self.dispatcher = Dispatcher(config, store, clock, self.changes, self.work, self.stitcher, self.watched,
-                                     self.meter, self.logs.keep)
+                                     self.meter, self.logs.keep, machine)
         self.views = Views(store, self.changes, clock, grace=config.lease_timeout)
         self.live = LiveBlocks(config.lease_timeout)   # blocks of units in flight, for viewers only
         self.history = History(store, self.files, config.data_dir, config.purge_after, clock, self.views.forget)

@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterable, Mapping
 from farm import jobkinds, policy, scheduler
 from farm.config import Config
 from farm.faults import Code, FarmError
-from farm.hostos import HOST
 from farm.meter import Meter
 from farm.records import Job, Lease, Unit
 from farm.rows import ZLIB
@@ -54,12 +53,13 @@ class Dispatcher:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float], changes: Changes,
                  work: Changes, stitcher: Stitcher, watched: Callable[[int], bool] = lambda job_id: True,
                  meter: Meter | None = None,
-                 keep_log: Callable[[Unit, str, str, UnitLog], None] = lambda unit, node, outcome, run: None):
+                 keep_log: Callable[[Unit, str, str, UnitLog], None] = lambda unit, node, outcome, run: None,
+                 machine: str = ""):
         self._config, self._store, self._clock, self._watched = config, store, clock, watched
         self._meter = meter or Meter()
         declare_unit_metrics(self._meter)
         self._keep_log = keep_log     # (unit, node_id, "done"/"failed", the run): POV-Ray's log of a unit
-        self._machine = config.machine or HOST.machine()   # the box the controller runs on
+        self._machine = machine    # the box the controller runs on (farm.hostos)
         self._changes, self._work, self._stitcher = changes, work, stitcher
         self._jobs = _Recent(MAX_CACHED)      # what a job fixed at submit never changes: read it once
         self._leased = _Recent(MAX_CACHED)    # lease token -> unit, so a completion looks it up once
