@@ -59,15 +59,14 @@ def plan_units(height: int, first_frame: int, last_frame: int, slots: int, strip
     return units
 
 
-def with_pretrace(units: Sequence[UnitPlan], height: int, pretrace: bool, parts: int = 1,
-                  block: int = DEFAULT_BLOCK, bands: Sequence[tuple[int, int]] = ()) -> list[UnitPlan]:
+def with_pretrace(units: Sequence[UnitPlan], height: int, pretrace: bool,
+                  bands: Sequence[tuple[int, int]] = ()) -> list[UnitPlan]:
     """The units, where `pretrace` asks for it with a radiosity pre-pass just before the first strip of
     every frame cut into strips: strips of one frame must share one radiosity cache to match a single
-    render. The pre-pass is `parts` units, each pretracing a band of rows (block-aligned, as POV-Ray's
-    pretrace of the whole frame lays out its blocks), so that several boxes share it; their caches are
-    merged. `bands`, when given, are those rows (farm.radiosity.bands_by_cost). A unit with a frame's every
-    row needs none."""
-    bands = list(bands) or plan_strips(height, parts, block)
+    render. The pre-pass is a unit per band of rows in `bands` (the whole frame when none are given), so
+    that several boxes share it; their caches are merged (the submission cuts them: equal and
+    block-aligned, or by cost, farm.radiosity). A unit with a frame's every row needs none."""
+    bands = list(bands) or [(0, height)]
     planned: list[UnitPlan] = []
     for unit in units:
         if pretrace and unit.splits_frame(height) and (not planned or planned[-1].first_frame != unit.first_frame):

@@ -50,9 +50,9 @@ def test_split_frames_get_a_pretrace_unit_before_their_first_strip():
 def test_a_frames_pre_pass_is_cut_into_block_aligned_bands_when_the_farm_asks():
     Plan = UnitPlan
     units = [Plan(1, 1, 0, 96, remainder=True)]
-    assert with_pretrace(units, 96, True, parts=3) == [
+    assert with_pretrace(units, 96, True, strips.plan_strips(96, 3)) == [
         Plan(1, 1, 0, 32, "pretrace"), Plan(1, 1, 32, 64, "pretrace"), Plan(1, 1, 64, 96, "pretrace"), units[0]]
-    assert with_pretrace(units, 96, True, parts=8, block=64) == [
+    assert with_pretrace(units, 96, True, strips.plan_strips(96, 8, 64)) == [
         Plan(1, 1, 0, 64, "pretrace"), Plan(1, 1, 64, 96, "pretrace"), units[0]]
     assert [radiosity.pretrace_parts(nodes, bands) for nodes, bands in ((0, 4), (1, 4), (2, 4), (2, 1), (3, 99))
             ] == [1, 1, 4, 1, radiosity.MAX_PARTS]                      # one node: nobody to share with
