@@ -139,7 +139,7 @@ class _FarmTransportMixin:
         self._max_response = max_response
         self.method: str | None = None
         self.meter: UploadMeter | None = None
-        self._sending: tuple[float, int, int] | None = None
+        self._sending: tuple[float, int, int, bool] | None = None
 
     def send_content(self, connection, request_body):
         plain = len(request_body)
@@ -151,7 +151,7 @@ class _FarmTransportMixin:
             connection.putheader("Content-Encoding", "gzip")
             request_body = gzip.compress(request_body, 6, mtime=0)
         connection.putheader("Content-Length", str(len(request_body)))
-        self._sending = (time.monotonic(), len(request_body), plain) if large else None
+        self._sending = (time.monotonic(), len(request_body), plain, large)
         connection.endheaders(request_body)
 
     def make_connection(self, host):
@@ -173,14 +173,15 @@ class _FarmTransportMixin:
     def parse_response(self, response):
         if self._sending is not None:
             # From the first byte sent to the reply's headers: the body's time on the wire (kernel buffers
-            # included), plus a round trip and the controller's work, which large bodies dwarf.
-            started, size, plain = self._sending
+            # included), plus a round trip and the controller's work. A small call's is the round trip alone.
+            started, size, plain, large = self._sending
             seconds = time.monotonic() - started
             spent = min(seconds, timing_seconds(response.getheader(TIMING_HEADER)))   # the controller's own
-            log.info("sent %s: %d bytes (gzip of %d) in %.2f s (%.2f s of it the controller's)", self.method, size,
-                     plain, seconds, spent)
+            if large:
+                log.info("sent %s: %d bytes (gzip of %d) in %.2f s (%.2f s of it the controller's)", self.method,
+                         size, plain, seconds, spent)
             if self.meter is not None:
-                self.meter.record(size, seconds - spent)
+                (self.meter.record if large else self.meter.round_trip)(size, seconds - spent)
         self._sending = None
         body = response.read(self._max_response + 1)
         if len(body) > self._max_response:
@@ -235,7 +236,10 @@ class _PinnedHTTPSConnection(_HTTPSConnection):
 
 class UploadMeter:
     """The rate at which this process's large requests reached the controller: bytes over seconds of its
-    last few large requests, so one slow or fast moment does not swing it."""
+    last few large requests, so one slow or fast moment does not swing it. A request's seconds leave out the
+    round trip, the least that its last few small calls took: over a fast link far away (150 ms each way) a
+    70-kB result took 0.31 s, 0.30 of it the trip, and counted as a slow link (results one at a time, rows
+    filtered at 3-4x the CPU, heartbeats spaced out, live blocks paced) where its bytes took 10 ms."""
 
     SAMPLES = 8
     RECENT = 3
@@ -243,10 +247,19 @@ class UploadMeter:
     def __init__(self):
         self._lock = threading.Lock()
         self._samples: collections.deque[tuple[int, float]] = collections.deque(maxlen=self.SAMPLES)
+        self._trips: collections.deque[float] = collections.deque(maxlen=self.SAMPLES)
+
+    def round_trip(self, _size: int, seconds: float) -> None:
+        """A small call took `seconds` (less the controller's own time)."""
+        with self._lock:
+            self._trips.append(max(seconds, 0.0))
 
     def record(self, size: int, seconds: float) -> None:
+        """A large request of `size` bytes took `seconds` (less the controller's own time)."""
         with self._lock:
-            self._samples.append((size, max(seconds, 1e-6)))
+            trip = min(self._trips, default=0.0)
+            # At least a tenth of its whole time: a body that went in the trip's shadow says little of the link.
+            self._samples.append((size, max(seconds - trip, seconds / 10, 1e-6)))
 
     def recent_best(self) -> float:
         """The fastest of the last RECENT large requests (0.0 before the first): what the link can do now. A

@@ -101,7 +101,7 @@ class Node:
         heartbeat = HeartbeatCall(client, node_id, features)
         self.uploads = Uploads(max(1, config.slots), deliver=lambda lease, outcome: self.delivery.complete(
             lease, outcome, False), before=self._aside_first, heartbeat=heartbeat, clock=clock,
-            beat_interval=self.beat_interval)
+            beat_interval=self.beat_interval, together=lambda: 1 if self.slow_link() else config.slots)
         self.beats = Beats(self._heartbeat(heartbeat), clock, self.beat_interval, self.uploads.pending,
                            self.uploads.renewed)
         meter = getattr(client, "uploads", None)

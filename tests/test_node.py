@@ -233,6 +233,47 @@ def test_uploads_renew_the_leases_of_results_that_waited_longer_than_a_beat():
     assert beats == [{"2.1.bb": 1.0}]
 
 
+def test_uploads_go_up_together_as_many_as_the_link_allows():
+    """Two results that end together go up at once on a fast link (each would otherwise wait the other's round
+    trip), one at a time where `together` says the uplink is slow."""
+    for together, most in ((2, 2), (1, 1)):
+        at_once, most_seen, lock, gate = [0], [0], threading.Lock(), threading.Event()
+
+        def deliver(lease, outcome):
+            with lock:
+                at_once[0] += 1
+                most_seen[0] = max(most_seen[0], at_once[0])
+            gate.wait(0.3)
+            with lock:
+                at_once[0] -= 1
+
+        uploads = Uploads(2, deliver, before=lambda job: None, heartbeat=lambda progress: {}, clock=Clock(),
+                          beat_interval=lambda: 2.0, together=lambda: together)
+        uploads.put("1.1.aa", filtered_outcome(), 1)
+        uploads.put("2.1.bb", filtered_outcome(), 1)
+        uploads.finish()
+        assert most_seen[0] == most and uploads.pending() == []
+
+
+def test_the_upload_rate_leaves_out_the_round_trip_of_a_far_controller():
+    """A 70-kB result over a fast link 150 ms each way took 0.31 s, 0.30 of it the trip: its rate is that of
+    its bytes, so the link is not taken for a slow one; over a slow link the bytes' time remains."""
+    from farm.client import UploadMeter
+
+    far, slow = UploadMeter(), UploadMeter()
+    assert far.recent_best() == 0.0
+    for seconds in (0.30, 0.35, 0.302):         # small calls: the round trip (a busy moment is not the least)
+        far.round_trip(300, seconds)
+    far.record(70_000, 0.31)
+    assert far.recent_best() > 500_000
+    slow.round_trip(300, 0.01)
+    slow.record(70_000, 0.57)                   # 1 Mbit/s
+    assert 110_000 < slow.recent_best() < 130_000
+    near = UploadMeter()
+    near.record(70_000, 0.31)                   # no small call seen yet: the whole time counts
+    assert near.recent_best() == pytest.approx(70_000 / 0.31)
+
+
 def test_one_heartbeat_per_interval_carries_every_lease_and_the_results_waiting():
     clock, sent, heard = Clock(), [], []
 

@@ -101,29 +101,39 @@ class Delivery:
 
 
 class Uploads:
-    """Finished units on their way to the controller, one at a time (they share the node's uplink), while
-    the slots render on. A slot waits only when `limit` results are already waiting: then the uplink, not
-    POV-Ray, is what holds the node back. Their leases are renewed with the slots' heartbeats (progress
-    1.0), and between uploads when no slot is rendering."""
+    """Finished units on their way to the controller while the slots render on. A slot waits only when `limit`
+    results are already waiting: then the uplink, not POV-Ray, is what holds the node back. As many go up at
+    once as `together()` says: one on a slow uplink, which they would only share (each arriving later than
+    one at a time), more on a fast one, where each costs a round trip more than its bytes (camera2 behind
+    150 ms: a box's last two frames went up one after the other and the job ended 0.3 s later). Their leases
+    are renewed with the slots' heartbeats (progress 1.0), and between uploads when no slot is rendering."""
 
     def __init__(self, limit: int, deliver: Callable[[str, RenderOutcome], Any], before: Callable[[int], None],
                  heartbeat: Callable[[dict[str, float]], dict[str, Any]], clock: Callable[[], float],
-                 beat_interval: Callable[[], float]):
+                 beat_interval: Callable[[], float], together: Callable[[], int] = lambda: 1):
         """`deliver(lease, outcome)` sends one result; `before(job)` is called before a job's result goes
-        up (its preview goes first); `heartbeat(progress)` renews leases (nodes.heartbeat's reply)."""
+        up (its preview goes first); `heartbeat(progress)` renews leases (nodes.heartbeat's reply);
+        `together()`: how many results may go up at once now (at most `limit`)."""
         self.deliver, self.before, self.heartbeat = deliver, before, heartbeat
-        self.clock, self.beat_interval = clock, beat_interval
-        self._queue: queue.Queue = queue.Queue(limit)
+        self.clock, self.beat_interval, self.together = clock, beat_interval, together
+        self.limit = max(1, limit)
+        self._queue: queue.Queue = queue.Queue(self.limit)
         self._pending: dict[str, float] = {}    # lease -> when it was last renewed
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._turn = threading.Condition(self._lock)
+        self._sending = 0
+        # Each sender keeps its thread, and with it the client's keep-alive connection for that thread: a new
+        # connection would cost a round trip of its own.
+        self._threads: list[threading.Thread] = []
 
     def put(self, lease: str, outcome: RenderOutcome, job: int) -> None:
         with self._lock:
             self._pending[lease] = self.clock()
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="uploads", daemon=True)
-                self._thread.start()
+            self._threads = [thread for thread in self._threads if thread.is_alive()]
+            if len(self._threads) < self.limit:
+                thread = threading.Thread(target=self._run, name=f"uploads-{len(self._threads) + 1}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
         self._queue.put((lease, outcome, job))
 
     def pending(self) -> list[str]:
@@ -144,24 +154,35 @@ class Uploads:
 
     def _run(self) -> None:
         while True:
-            lease, outcome, job = self._queue.get()
+            with self._turn:      # a sender takes a result only in its turn: the rest wait in the bounded queue
+                while self._sending >= min(self.limit, max(1, self.together())):
+                    self._turn.wait()
+                self._sending += 1
             try:
-                self.before(job)
-                self._renew_waiting()
-                with self._lock:
-                    wanted = self._pending.get(lease, 0.0) >= 0
-                if wanted:
-                    sent = self.clock()
-                    self.deliver(lease, outcome)
-                    log.info("job %s lease %s delivered in %.3f s", job, lease, self.clock() - sent)
-                else:
-                    log.info("lease %s was withdrawn before its result went up; dropped", lease)
-            except Exception:   # noqa: BLE001 - one bad result must not stop every later upload
-                log.exception("delivering lease %s failed; its lease will expire", lease)
+                self._send(*self._queue.get())
             finally:
-                with self._lock:
-                    self._pending.pop(lease, None)
-                self._queue.task_done()
+                with self._turn:
+                    self._sending -= 1
+                    self._turn.notify()
+
+    def _send(self, lease: str, outcome: RenderOutcome, job: int) -> None:
+        try:
+            self.before(job)
+            self._renew_waiting()
+            with self._lock:
+                wanted = self._pending.get(lease, 0.0) >= 0
+            if wanted:
+                sent = self.clock()
+                self.deliver(lease, outcome)
+                log.info("job %s lease %s delivered in %.3f s", job, lease, self.clock() - sent)
+            else:
+                log.info("lease %s was withdrawn before its result went up; dropped", lease)
+        except Exception:   # noqa: BLE001 - one bad result must not stop every later upload
+            log.exception("delivering lease %s failed; its lease will expire", lease)
+        finally:
+            with self._lock:
+                self._pending.pop(lease, None)
+            self._queue.task_done()
 
     def _renew_waiting(self) -> None:
         """Renew the leases of waiting results that no heartbeat renewed lately (no slot is rendering)."""
