@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from farm.rows import ENCODINGS, FILTERED_BZ2      # bz2 where this Python has it
+
 # One constant per feature, the text that goes on the wire.
 COMPLETE_AND_POLL = "complete_and_poll"   # nodes.complete_and_poll: deliver and take the next task at once
 BUNDLE_RANGES = "bundle_ranges"           # bundles.fetch_range: a download resumes where it broke off
@@ -30,10 +32,12 @@ UNIT_OVERHEAD = "unit_overhead"           # nodes.complete takes `overhead` (a u
 VIDEO_JOBS = "video_jobs"                 # jobs.video, nodes.source_frame: an animation's video (farm.video)
 JOB_KINDS = "job_kinds"                   # jobs.kind: a job of any kind loaded (farm.jobkinds, kind_modules)
 INLINE_BUNDLES = "inline_bundles"         # nodes.poll's inline: a small bundle comes with the node's first lease
+BZ2_ROWS = "bz2_rows"                     # nodes.complete takes `encoding` "filtered-bz2" (farm.rows.FILTERED_BZ2)
 
 FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
             NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN, SCENE_FILES, UNIT_LOGS, UNIT_OVERHEAD,
-            VIDEO_JOBS, JOB_KINDS, INLINE_BUNDLES)   # this version's
+            VIDEO_JOBS, JOB_KINDS, INLINE_BUNDLES,
+            *((BZ2_ROWS,) if FILTERED_BZ2 in ENCODINGS else ()))   # this version's
 
 
 @dataclass(frozen=True)

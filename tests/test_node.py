@@ -11,12 +11,12 @@ import pytest
 from farm.rendering.delivery import Delivery, Uploads, rows_encoding
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
-from farm.features import (BUNDLE_RANGES, COMPLETE_AND_POLL, CURRENT, FEATURES, FILTERED_ROWS, HEARTBEAT_STATS,
-                           OLDEST, Features)
+from farm.features import (BUNDLE_RANGES, BZ2_ROWS, COMPLETE_AND_POLL, CURRENT, FEATURES, FILTERED_ROWS,
+                           HEARTBEAT_STATS, OLDEST, Features)
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.task import RenderOutcome, Task
 from farm.kinds import PRETRACE, ROWS
-from farm.rows import FILTERED, ZLIB
+from farm.rows import FILTERED, FILTERED_BZ2, ZLIB, decode_rows, encode_rows
 
 WIRE = {"lease": "7.2.aabbccddeeff", "job": 7, "frame": 3, "frame_last": 5, "strip": 2, "attempt": 1,
         "width": 64, "height": 48, "row_start": 16, "row_end": 32, "bundle": "sha256:" + "ab" * 32,
@@ -184,12 +184,27 @@ def test_a_stopping_node_delivers_without_taking_another_task():
 
 def test_rows_are_filtered_only_where_the_bytes_may_cost():
     """PNG's filters take 3-4x the CPU of plain zlib for 0.7x its bytes: worth it on a slow uplink or one not
-    measured yet, not on a fast one, and never for a controller that does not take them."""
+    measured yet, not on a fast one, and never for a controller that does not take them. Packed by bz2 for a
+    controller that takes it, plain deflate for one that does not."""
     slow_bps = 500_000
-    assert rows_encoding(CURRENT, 0.0, slow_bps) == FILTERED            # not measured yet
-    assert rows_encoding(CURRENT, 125_000.0, slow_bps) == FILTERED
+    no_bz2 = Features(frozenset(FEATURES) - {BZ2_ROWS})
+    assert rows_encoding(CURRENT, 0.0, slow_bps) == FILTERED_BZ2        # not measured yet
+    assert rows_encoding(CURRENT, 125_000.0, slow_bps) == FILTERED_BZ2
+    assert rows_encoding(no_bz2, 125_000.0, slow_bps) == FILTERED
     assert rows_encoding(CURRENT, 50_000_000.0, slow_bps) == ZLIB
-    assert rows_encoding(Features(frozenset(FEATURES) - {FILTERED_ROWS}), 0.0, slow_bps) == ZLIB
+    assert rows_encoding(Features(frozenset(FEATURES) - {FILTERED_ROWS, BZ2_ROWS}), 0.0, slow_bps) == ZLIB
+
+
+def test_bz2_rows_go_as_zlib_to_a_controller_that_does_not_take_them():
+    """Rows packed before the node learnt what its controller takes (it registered again with an older one)."""
+    client = Recorder(nodes_complete=True)
+    raw = bytes(range(24)) * 4
+    outcome = RenderOutcome("done", rows=encode_rows(raw, FILTERED_BZ2, 24, 3), seconds=1.0, encoding=FILTERED_BZ2,
+                            as_zlib=lambda: encode_rows(raw, ZLIB, 24, 3))
+    delivery(client, features=Features(frozenset(FEATURES) - {BZ2_ROWS})).complete("1.1.aa", outcome, False)
+    (method, args), = [(call[0], call[1:]) for call in client.calls]
+    assert method == "nodes.complete" and decode_rows(bytes(args[2]), ZLIB, len(raw), 24, 3) == raw
+    assert len(args) == 4                                  # plain zlib, the encoding left unsaid
 
 
 # -- uploads and heartbeats ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import io
 import os
 import random
@@ -20,7 +21,8 @@ from farm.images.png import PNG_SIGNATURE, decode_png, encode_png
 from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
 from farm.images.scanlines import _SwarMasks, filter_rows, unfilter_rows
-from farm.rows import ENCODINGS, FILTERED, compress_rows, decode_rows, decompress_rows, encode_rows
+from farm.rows import (ENCODINGS, FILTERED, FILTERED_BZ2, ZLIB, as_stored, compress_rows, decode_rows, decompress_rows,
+                       encode_rows, split_frames)
 from farm.strips import crop_rows, plan_strips, povray_row_options, stitch
 
 FORMATS = [(c, b) for c in (3, 4) for b in (8, 16)]
@@ -476,6 +478,24 @@ def test_decode_rows_refuses_wrong_data():
         decode_rows(data, "gzip", len(raw), 24, 3)
     with pytest.raises(ValueError, match="more than"):   # a bomb stops at the cap
         decode_rows(zlib.compress(bytes(10**7)), FILTERED, len(raw), 24, 3)
+
+
+def test_bz2_rows_are_checked_as_strictly_and_kept_as_filtered():
+    """A slow uplink's rows (bz2 of PNG scanlines): a bomb stops at the cap, a torn or padded stream is refused,
+    and the controller keeps them as the same scanlines deflated (FILTERED), byte for byte what a node
+    sending FILTERED at level 6 would have sent."""
+    raw = bytes(range(24)) * 4
+    data = encode_rows(raw, FILTERED_BZ2, 24, 3, frames=2)
+    assert decode_rows(data, FILTERED_BZ2, len(raw), 24, 3, frames=2) == raw
+    for bad, words in ((bz2.compress(bytes(10**7)), "more than"), (data[:-5], "truncated|not valid"),
+                       (data + b"x", "trailing"), (b"BZh9 not bz2", "not valid"), (zlib.compress(raw), "not valid")):
+        with pytest.raises(ValueError, match=words):
+            decode_rows(bad, FILTERED_BZ2, len(raw), 24, 3)
+    stored, encoding = as_stored(data, FILTERED_BZ2, len(raw), 24)
+    assert (stored, encoding) == (encode_rows(raw, FILTERED, 24, 3, frames=2), FILTERED)
+    assert as_stored(b"as it came", ZLIB, len(raw), 24) == (b"as it came", ZLIB)
+    with pytest.raises(ValueError, match="stored"):
+        split_frames(data, FILTERED_BZ2, len(raw), 24, 2)
 
 
 # --------------------------------------------------------------------------- real POV-Ray

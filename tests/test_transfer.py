@@ -16,7 +16,7 @@ from farm import client as client_module
 from farm import strips
 from farm.auth import read_token_file
 from farm.images.png import decode_png
-from farm.rows import FILTERED, encode_rows
+from farm.rows import FILTERED, FILTERED_BZ2, encode_rows
 from farm.wire import read_xmlrpc
 from harness import native_render, needs_povray, run_cli, wait_until
 
@@ -28,9 +28,11 @@ sphere { 0, 1 pigment { bozo color_map { [0 rgb <1, 0.3, 0.2>] [1 rgb <0.2, 0.4,
 
 
 @needs_povray
-def test_a_gzip_compressed_filtered_delivery_is_accepted_and_bit_identical(farm, tmp_path, monkeypatch):
-    """A node's large requests go gzip-compressed; the rows inside are PNG-filtered. The controller takes
-    both apart and stitches exactly the image POV-Ray renders in one process."""
+@pytest.mark.parametrize("encoding", [FILTERED, FILTERED_BZ2])
+def test_a_gzip_compressed_filtered_delivery_is_accepted_and_bit_identical(farm, tmp_path, monkeypatch, encoding):
+    """A node's large requests go gzip-compressed; the rows inside are PNG-filtered, deflated or packed by bz2
+    (a slow uplink's). The controller takes both apart and stitches exactly the image POV-Ray renders in one
+    process; it keeps and relays bz2's rows as deflated scanlines, which every viewer decodes."""
     monkeypatch.setattr(client_module, "GZIP_THRESHOLD", 1024)
     scene = tmp_path / "scene" / "g.pov"
     scene.parent.mkdir()
@@ -46,13 +48,15 @@ def test_a_gzip_compressed_filtered_delivery_is_accepted_and_bit_identical(farm,
     sizes = []
     while task := node.call("nodes.poll", node_id, 0):
         raw = strips.crop_rows(reference, task["row_start"], task["row_end"])
-        rows = encode_rows(raw, FILTERED, reference.row_bytes, 3)
+        rows = encode_rows(raw, encoding, reference.row_bytes, 3)
         sizes.append(len(rows))
-        node.call("nodes.complete", node_id, task["lease"], xmlrpc.client.Binary(rows), 0.1, FILTERED)
+        node.call("nodes.complete", node_id, task["lease"], xmlrpc.client.Binary(rows), 0.1, encoding)
     assert len(sizes) == 3 and min(sizes) > 1024           # every delivery was over the threshold...
     assert node.uploads.bytes_per_second() > 0               # ...so it went compressed, and was timed
     wait_until(lambda: farm.client.call("jobs.status", job)["state"] == "done", what="the job")
     assert decode_png(farm.client.call("jobs.fetch", job).data).pixels == reference.pixels
+    pieces = farm.client_as("view").call("viewer.watch", job, 0, 0)["strips"]
+    assert {piece["encoding"] for piece in pieces} == {FILTERED}
 
 
 def test_a_compressed_delivery_that_inflates_past_the_cap_is_refused(farm, monkeypatch):

@@ -154,10 +154,11 @@ class NodesAPI:
 
         @param node_id: str
         @param lease: str
-        @param rows: base64, zlib of the raw rows, or of their PNG scanlines (see encoding)
+        @param rows: base64, zlib of the raw rows, or of their PNG scanlines, or bz2 of those (see encoding)
         @param seconds: float, how long the render took
-        @param encoding: str (optional, default "zlib"): "zlib" (the raw rows) or "filtered" (each row led by
-            its PNG filter type and filtered by it; each frame's first row filtered against zeros)
+        @param encoding: str (optional, default "zlib"): "zlib" (the raw rows), "filtered" (each row led by
+            its PNG filter type and filtered by it; each frame's first row filtered against zeros) or, feature
+            bz2_rows, "filtered-bz2" (those scanlines in one bz2 stream; kept and relayed as "filtered")
         @param log: struct (optional, feature "unit_logs"): POV-Ray's run: text (base64, zlib of its output
             as UTF-8, progress lines dropped, bounded by the node), command ([str] the command line), started
             (float Unix time), seconds (float), exit_code (int, -1 for none), signal (int, 0 for none),

@@ -10,10 +10,11 @@ from typing import Any, Callable
 
 from farm.client import Client
 from farm.faults import Code, FarmError
-from farm.features import COMPLETE_AND_POLL, FILTERED_ROWS, SCENE_FILES, UNIT_LOGS, UNIT_OVERHEAD, Features
+from farm.features import (BZ2_ROWS, COMPLETE_AND_POLL, FILTERED_ROWS, SCENE_FILES, UNIT_LOGS, UNIT_OVERHEAD,
+                           Features)
 from farm.retry import RETRY_CEILING
 from farm.rendering.task import RenderOutcome
-from farm.rows import FILTERED, ZLIB
+from farm.rows import ENCODINGS, FILTERED, FILTERED_BZ2, ZLIB
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,20 @@ def rows_encoding(features: Features, uplink_bps: float, slow_bps: float) -> str
     """How a node encodes a unit's rows: PNG's row filters (a PNG's bytes on the wire, for 3-4x the CPU of
     plain zlib's 1.4x) where the bytes may cost, when the controller takes them and the uplink is not known to
     be fast (`uplink_bps`: the slowest of its last three large requests, 0 before one: the bytes of a link
-    just become slow cost more than the filters' CPU on a busy one). On a fast uplink the CPU counts more:
-    filtering a watched animation's frames held its live blocks back on a busy box."""
-    return FILTERED if FILTERED_ROWS in features and uplink_bps < slow_bps else ZLIB
+    just become slow cost more than the filters' CPU on a busy one), packed by bz2 where both ends have it
+    (farm.rows.FILTERED_BZ2: a sheared frame's rows in a PNG's bytes, not a tenth more). On a fast uplink the
+    CPU counts more: filtering a watched animation's frames held its live blocks back on a busy box."""
+    if uplink_bps >= slow_bps:
+        return ZLIB
+    for encoding in (FILTERED_BZ2, FILTERED):
+        if encoding in ENCODINGS and takes(features, encoding):
+            return encoding
+    return ZLIB
+
+
+def takes(features: Features, encoding: str) -> bool:
+    """Whether a controller with `features` takes rows in `encoding`."""
+    return {FILTERED: FILTERED_ROWS in features, FILTERED_BZ2: BZ2_ROWS in features}.get(encoding, encoding == ZLIB)
 
 
 class Delivery:
@@ -71,7 +83,7 @@ class Delivery:
         if outcome.files and SCENE_FILES in features:      # while the lease is current: before the rows
             self.call("nodes.scene_files", lease, outcome.files)
         rows, encoding = outcome.rows, outcome.encoding
-        if encoding != ZLIB and FILTERED_ROWS not in features and outcome.as_zlib is not None:
+        if not takes(features, encoding) and outcome.as_zlib is not None:
             rows, encoding = outcome.as_zlib(), ZLIB     # rendered before the node learnt it
         payload: tuple = (rows, outcome.seconds)     # bytes: base64 on the wire
         sends_log = self._sends_log(outcome)
