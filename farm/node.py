@@ -101,7 +101,7 @@ class Node:
         heartbeat = HeartbeatCall(client, node_id, features)
         self.uploads = Uploads(max(1, config.slots), deliver=lambda lease, outcome: self.delivery.complete(
             lease, outcome, False), before=self._aside_first, heartbeat=heartbeat, clock=clock,
-            beat_interval=self.beat_interval, together=lambda: 1 if self.slow_link() else config.slots)
+            beat_interval=self.beat_interval, together=self._uploads_together)
         self.beats = Beats(self._heartbeat(heartbeat), clock, self.beat_interval, self.uploads.pending,
                            self.uploads.renewed)
         meter = getattr(client, "uploads", None)
@@ -185,6 +185,12 @@ class Node:
         """Bytes/s of the fastest (or the slowest) of the node's last three large requests (0 before one)."""
         meter = getattr(self.client, "uploads", None)
         return 0.0 if meter is None else meter.recent_worst() if worst else meter.recent_best()
+
+    def _uploads_together(self) -> int:
+        """How many results go up at once: one until every one of the last three large requests went up fast
+        (a link just become slow shows at once; results side by side on it would only share it), then as many
+        as the node has slots."""
+        return self.config.slots if self.uplink(worst=True) >= self.config.slow_uplink_bps else 1
 
     def slow_link(self) -> bool:
         """Whether the node's last three large requests all went up slower than slow_uplink_bps."""

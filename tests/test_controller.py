@@ -756,6 +756,7 @@ def test_on_a_slow_uplink_a_rendering_node_beats_less_often_but_within_its_lease
     assert worker.beat_interval() == 1.0                       # a short lease: two beats may be late before it is
     worker.lease_timeout = 30.0
     assert worker.beat_interval() == 2.0                       # nothing measured yet
+    assert worker._uploads_together() == 1                     # results one at a time until the link is known
     client.uploads.record(100_000, 0.8)                        # 125 kB/s: 1 Mbit/s
     assert worker.beat_interval() == 10.0
     worker.lease_timeout = 12.0
@@ -778,9 +779,13 @@ def test_on_a_slow_uplink_a_rendering_node_beats_less_often_but_within_its_lease
     client.uploads.record(20_000, 0.24)                        # one call held back on a busy box...
     client.uploads.record(20_000, 0.24)
     assert worker.beat_interval() == 2.0 and not worker.slow_link()   # ...does not make the link slow
-    assert worker.uplink(worst=True) < config.slow_uplink_bps          # (rows are filtered while any of three was)
+    assert worker.uplink(worst=True) < config.slow_uplink_bps          # (rows are filtered while any of three was,
+    assert worker._uploads_together() == 1                             # and results go up one at a time)
     client.uploads.record(100_000, 0.8)                        # three slow ones in a row do
     assert worker.beat_interval() == 10.0 and worker.slow_link()
+    for _ in range(3):
+        client.uploads.record(1_000_000, 0.01)
+    assert worker._uploads_together() == config.slots          # three fast in a row: results side by side
 
 
 def test_the_slow_uplink_settings_come_in_layers(tmp_path):
