@@ -32,8 +32,8 @@ FILTERED = "filtered"   # each row led by a PNG filter type byte and filtered by
                         # first row of each frame is filtered against a row of zeros, as PNG's first row is
 # FILTERED's scanlines in a bz2 stream, for a slow uplink: a sheared frame's rows (farm.shear) hold blocks from
 # all over the frame side by side, which deflate codes a tenth larger than the frame's own rows (chess2 640x480
-# in two halves: 415 KB against 377); bz2's block sort does not mind (369 KB, a PNG's size), in half deflate's
-# CPU at level 9. Only on the way up: the controller stores it as FILTERED (`as_stored`).
+# in two halves: 415 KB against 377); bz2's block sort does not mind (369 KB, a PNG's size), for about deflate
+# level 6's CPU, a third of level 9's. Only on the way up: the controller stores it as FILTERED (`as_stored`).
 FILTERED_BZ2 = "filtered-bz2"
 ENCODINGS = (ZLIB, FILTERED, *((FILTERED_BZ2,) if bz2 is not None else ()))   # what a node may deliver
 STORED = (ZLIB, FILTERED)                                                     # what is kept and relayed
