@@ -180,8 +180,10 @@ class _FarmTransportMixin:
             if large:
                 log.info("sent %s: %d bytes (gzip of %d) in %.2f s (%.2f s of it the controller's)", self.method,
                          size, plain, seconds, spent)
-            if self.meter is not None:
-                (self.meter.record if large else self.meter.round_trip)(size, seconds - spent)
+            if self.meter is not None and large:
+                self.meter.record(size, seconds - spent)
+            elif self.meter is not None:     # a small call: the round trip, which large ones leave out
+                self.meter.round_trip(seconds - spent)
         self._sending = None
         body = response.read(self._max_response + 1)
         if len(body) > self._max_response:
@@ -249,7 +251,7 @@ class UploadMeter:
         self._samples: collections.deque[tuple[int, float]] = collections.deque(maxlen=self.SAMPLES)
         self._trips: collections.deque[float] = collections.deque(maxlen=self.SAMPLES)
 
-    def round_trip(self, _size: int, seconds: float) -> None:
+    def round_trip(self, seconds: float) -> None:
         """A small call took `seconds` (less the controller's own time)."""
         with self._lock:
             self._trips.append(max(seconds, 0.0))

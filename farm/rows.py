@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 from typing import Iterable
 
-from farm.images.scanlines import filter_rows, inflate, unfilter_rows
+from farm.images.scanlines import filter_rows, inflate, unfilter_rows, unpack
 
 try:
     import bz2
@@ -103,7 +103,7 @@ def split_frames(data: bytes, encoding: str, expected_len: int, row_bytes: int, 
     if encoding not in STORED:
         raise ValueError(f"Unknown stored row encoding {encoding!r}.")
     if encoding == FILTERED:
-        expected_len += expected_len // row_bytes   # a filter type byte per row
+        expected_len = _scanline_bytes(expected_len, row_bytes)
     plain = inflate(data, expected_len, "The compressed rows", exact=True)
     size = len(plain) // frames
     return [zlib.compress(plain[start:start + size], 6) for start in range(0, len(plain), size)]
@@ -120,20 +120,7 @@ def _unbzip(data: bytes, length: int) -> bytes:
     """One whole bz2 stream of exactly `length` bytes, else a ValueError; capped as `inflate` is."""
     if bz2 is None:
         raise ValueError(f"Unknown row encoding {FILTERED_BZ2!r}: this Python has no bz2.")
-    unpacker = bz2.BZ2Decompressor()
-    try:
-        out = unpacker.decompress(data, length + 1)
-    except (OSError, EOFError) as err:
-        raise ValueError(f"The compressed rows are not valid bz2 data ({err}).") from None
-    if len(out) > length:
-        raise ValueError(f"The compressed rows decompress to more than the expected {length} bytes.")
-    if not unpacker.eof:
-        raise ValueError("The compressed rows are truncated: the bz2 stream does not end.")
-    if unpacker.unused_data:
-        raise ValueError("The compressed rows have trailing bytes after the end of the bz2 stream.")
-    if len(out) != length:
-        raise ValueError(f"The compressed rows decompress to {len(out)} bytes, expected {length}.")
-    return out
+    return unpack(bz2.BZ2Decompressor(), "bz2", data, length, "The compressed rows", exact=True)
 
 
 def deflate_bound(size: int) -> int:

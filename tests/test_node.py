@@ -278,10 +278,10 @@ def test_the_upload_rate_leaves_out_the_round_trip_of_a_far_controller():
     far, slow = UploadMeter(), UploadMeter()
     assert far.recent_best() == 0.0
     for seconds in (0.30, 0.35, 0.302):         # small calls: the round trip (a busy moment is not the least)
-        far.round_trip(300, seconds)
+        far.round_trip(seconds)
     far.record(70_000, 0.31)
     assert far.recent_best() > 500_000
-    slow.round_trip(300, 0.01)
+    slow.round_trip(0.01)
     slow.record(70_000, 0.57)                   # 1 Mbit/s
     assert 110_000 < slow.recent_best() < 130_000
     near = UploadMeter()

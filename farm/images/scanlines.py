@@ -218,19 +218,24 @@ def _unfilter_paeth(row: bytes, prev: bytes, bpp: int) -> bytes:
 def inflate(data: bytes, limit: int, what: str, exact: bool) -> bytes:
     """One whole zlib stream of at most `limit` bytes (exactly `limit` when `exact`), else a ValueError
     that names `what`. The output is capped while inflating, so a zlib bomb costs at most limit + 1 bytes."""
-    inflater = zlib.decompressobj()
+    return unpack(zlib.decompressobj(), "zlib", data, limit, what, exact)
+
+
+def unpack(unpacker, kind: str, data: bytes, limit: int, what: str, exact: bool) -> bytes:
+    """`inflate` with any decompressor of zlib's interface (bz2's too: `decompress(data, max_length)`, `eof`,
+    `unused_data`), whose stream format is `kind`."""
     try:
         # One byte over the limit is enough to know the data is too long;
         # max_length=0 would mean "unlimited", which the +1 also avoids.
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error as err:
-        raise ValueError(f"{what} are not valid zlib data ({err}).") from None
+        out = unpacker.decompress(data, limit + 1)
+    except (zlib.error, OSError, EOFError) as err:      # bz2 raises OSError for bad data
+        raise ValueError(f"{what} are not valid {kind} data ({err}).") from None
     if len(out) > limit:
         raise ValueError(f"{what} decompress to more than the expected {limit} bytes.")
-    if not inflater.eof:
-        raise ValueError(f"{what} are truncated: the zlib stream does not end.")
-    if inflater.unused_data:
-        raise ValueError(f"{what} have trailing bytes after the end of the zlib stream.")
+    if not unpacker.eof:
+        raise ValueError(f"{what} are truncated: the {kind} stream does not end.")
+    if unpacker.unused_data:
+        raise ValueError(f"{what} have trailing bytes after the end of the {kind} stream.")
     if exact and len(out) != limit:
         raise ValueError(f"{what} decompress to {len(out)} bytes, expected {limit}.")
     return out
