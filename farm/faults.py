@@ -27,6 +27,7 @@ class Code(enum.IntEnum):
     JOB_FINISHED = 23
     UNKNOWN_NODE = 30
     STALE_LEASE = 31
+    NOT_READY = 34
     UNAUTHORIZED = 32
     FORBIDDEN = 33
     STORAGE = 40
@@ -50,6 +51,7 @@ SENTENCES: dict[Code, str] = {
     Code.JOB_FINISHED: "The job has already finished.",
     Code.UNKNOWN_NODE: "The node is not registered; register again.",
     Code.STALE_LEASE: "The lease is no longer current; the result was discarded.",
+    Code.NOT_READY: "What the unit needs is not ready yet; ask again.",
     Code.UNAUTHORIZED: "The controller refused the access token.",
     Code.FORBIDDEN: "This token's role may not do that.",
     Code.STORAGE: "The controller could not write to its data directory.",

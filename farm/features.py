@@ -33,10 +33,11 @@ VIDEO_JOBS = "video_jobs"                 # jobs.video, nodes.source_frame: an a
 JOB_KINDS = "job_kinds"                   # jobs.kind: a job of any kind loaded (farm.jobkinds, kind_modules)
 INLINE_BUNDLES = "inline_bundles"         # nodes.poll's inline: a small bundle comes with the node's first lease
 BZ2_ROWS = "bz2_rows"                     # nodes.complete takes `encoding` "filtered-bz2" (farm.rows.FILTERED_BZ2)
+UNIT_COSTS = "unit_costs"                 # nodes.complete takes `costs` (where a pre-pass band's time went)
 
 FEATURES = (COMPLETE_AND_POLL, BUNDLE_RANGES, FILTERED_ROWS, HEARTBEAT_STATS, FEED_STREAM, LIVE_BLOCKS,
             NODE_TAGS, JOB_AFTER, FARM_HISTORY, POVRAY_PIN, SCENE_FILES, UNIT_LOGS, UNIT_OVERHEAD,
-            VIDEO_JOBS, JOB_KINDS, INLINE_BUNDLES,
+            VIDEO_JOBS, JOB_KINDS, INLINE_BUNDLES, UNIT_COSTS,
             *((BZ2_ROWS,) if FILTERED_BZ2 in ENCODINGS else ()))   # this version's
 
 

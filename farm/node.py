@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from farm import __version__, jobkinds, tags
-from farm.rendering import povray
+from farm.radiosity import NODE_WAITS_FOR_CACHE
+from farm.rendering import cache_feed, povray
 from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
 from farm.config import Config
@@ -82,8 +83,8 @@ class Node:
                                                  cache=config.probe_cache, scratch=config.work_dir / "probe")
         self.renderer = UnitRenderer(
             config, self.povray, self.sandbox, runner, fetch_bundle=lambda digest: self.downloads.fetch(digest),
-            fetch_radiosity_cache=lambda task: self.client.call("nodes.radiosity_cache", self.node_id,
-                                                                task.lease).data,
+            fetch_radiosity_cache=lambda task, wait: self.client.call(
+                "nodes.radiosity_cache", self.node_id, task.lease, *((wait,) if wait > 0 else ())).data,
             watch=lambda task, log_path, when_tracing: self.lease_watch(task.lease, log_path, when_tracing, task),
             aborting=self.aborting, flavour=self.flavour, slow_link=self.slow_link,
             rows_encoding=lambda: rows_encoding(self.features, self.uplink(worst=True), config.slow_uplink_bps),
@@ -136,6 +137,7 @@ class Node:
                 "povray": self.version or "", "povray_flavour": self.flavour,
                 "tags": list(tags.parse(self.config.tags, "setting 'tags'")),
                 "kinds": list(self.kinds), "interleave": True,   # it renders sheared units (farm.shear)
+                NODE_WAITS_FOR_CACHE: cache_feed.available(self.flavour == povray.CONSOLE),
                 **self.sandbox.info()}
         if self.broken and not self.offered.without_povray:
             info["error"] = self.broken

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import statistics
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from farm import povtext
-from farm.scheduler import STARTUP_SECONDS
+from farm.scheduler import STARTUP_SECONDS, Finished
 from farm.strips import block_count
 
 MAX_RADIOSITY_CACHE = 256 * 1024 * 1024   # bytes of a frame's radiosity cache file, uncompressed
@@ -52,6 +54,11 @@ AUTO_PARTS_PER_NODE = 2
 MIN_BAND_BLOCKS = 3
 MAX_PARTS = 8
 MIN_BAND_WORK = 0.05    # seconds: a band measured at its start-up alone still costs something
+SWEPT_FLOOR = 1e-4      # seconds: rows a pretrace swept at once (sky) still cost something
+# What a node says when it registers (true) if it can start a strip before its frame's radiosity cache is
+# complete and feed it the cache when it is (farm/rendering/cache_feed.py): POV-Ray reads the cache only after
+# its start-up and the parse, about 0.6 s of a balcony strip that then run while the pre-pass's last band ends.
+NODE_WAITS_FOR_CACHE = "cache_later"
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
 NO_SAMPLES_AFTER = 0.10
@@ -69,10 +76,12 @@ def pretrace_parts(nodes: int, bands: int, block_rows: int = MAX_PARTS * MIN_BAN
     return max(1, min(bands, MAX_PARTS))
 
 
-def bands_by_cost(height: int, block: int, parts: int, measured: Sequence[tuple[int, int, float]]) -> list[tuple[int, int]]:
+def bands_by_cost(height: int, block: int, parts: int, measured: Sequence[tuple[int, int, float]],
+                  fixed: float = STARTUP_SECONDS) -> list[tuple[int, int]]:
     """`parts` bands of a frame's pre-pass that should cost alike, by what the bands of an earlier pre-pass
-    of the scene took (`measured`: row_start, row_end, seconds): each band's seconds past POV-Ray's start-up
-    spread evenly over its rows. Equal bands cost unevenly (balcony 640x480 cut at 2/3: 3.5 s and 6.9 s; its
+    of the scene took (`measured`: row_start, row_end, seconds): each band's seconds past its `fixed` ones
+    (POV-Ray's start-up) spread evenly over its rows; or, when the nodes timed where each band's pretrace went
+    (`sweep_costs`, `fixed` 0), those times over their rows. Equal bands cost unevenly (balcony 640x480 cut at 2/3: 3.5 s and 6.9 s; its
     floor and balcony dearer than its sky), where one band per box cut by cost ends the pre-pass with no box
     waiting for another and no POV-Ray start-up, parse or photons repeated in a box. A cut may fall inside a
     row of blocks (the band then ends at a block of that row: `strips.band_serials`), since one of balcony's
@@ -84,7 +93,7 @@ def bands_by_cost(height: int, block: int, parts: int, measured: Sequence[tuple[
     for start, end, seconds in measured:
         start, end = max(0, start), min(height, end)
         if end > start:
-            density = max(MIN_BAND_WORK, seconds - STARTUP_SECONDS) / (end - start)
+            density = max(MIN_BAND_WORK if fixed else SWEPT_FLOOR, seconds - fixed) / (end - start)
             per_row[start:end] = [density] * (end - start)
     known = [cost for cost in per_row if cost > 0]
     fill = sum(known) / len(known) if known else 1.0
@@ -129,14 +138,58 @@ def merge_caches(parts: list[bytes]) -> bytes:
     return b"".join(trim_cache(part) for part in parts)
 
 
+def band_costs(measured: Sequence[Finished]) -> tuple[list[tuple[int, int, float]], float]:
+    """The costs to cut a pre-pass by (`bands_by_cost`) from the bands of an earlier one, with the seconds to
+    take off each: where the nodes timed their bands' pretrace (`Finished.parts`), those times, 0 taken off;
+    a band they could not time (its pretrace too short to see: balcony's sky) its seconds past the median
+    fixed part of those they timed, spread over its rows. Without any timed band, the bands' seconds and
+    POV-Ray's start-up."""
+    timed = [unit for unit in measured if unit.parts]
+    if not timed:
+        return [(unit.row_start, unit.row_end, unit.seconds) for unit in measured], STARTUP_SECONDS
+    fixed = statistics.median(unit.seconds - sum(seconds for _, _, seconds in unit.parts) for unit in timed)
+    return [part for unit in measured for part in (
+        unit.parts or [(unit.row_start, unit.row_end, max(SWEPT_FLOOR, unit.seconds - fixed))])], 0.0
+
+
+def sweep_costs(samples: Sequence[tuple[float, int]], ended: float, row_start: int, row_end: int, width: int,
+                bin_rows: int) -> list[tuple[int, int, float]]:
+    """Where a band's pretrace spent its time: seconds per `bin_rows` rows of the band [row_start, row_end),
+    read off POV-Ray's pixel counter (`samples`: seconds, pixels of the band pretraced, as the watch saw them;
+    `ended`: when it saw the final pass begin, the band swept). The counter sweeps the band's blocks in order,
+    row of blocks after row of blocks, so the pixels counted over the width are the rows swept. Measured on
+    balcony 640x480, rows 257-384 alone: 1.25 s over their upper half, 1.9 s over the lower, where equal
+    shares of the band's time put the next cut 40 rows too high. Empty when the watch saw too little."""
+    rows = row_end - row_start
+    if len(samples) < 2 or width < 1 or rows < 1 or bin_rows < 1 or ended < samples[-1][0]:
+        return []
+    points = [(min(rows, done / width), at) for at, done in samples] + [(float(rows), ended)]
+    swept = [points[0]]
+    for position, at in points[1:]:      # a counter seen going back (a retry) is no sweep
+        if position >= swept[-1][0] and at >= swept[-1][1]:
+            swept.append((position, at))
+
+    def time_at(position: float) -> float:
+        for (p0, t0), (p1, t1) in zip(swept, swept[1:]):
+            if position <= p1:
+                return t0 if p1 <= p0 else t0 + (t1 - t0) * max(0.0, position - p0) / (p1 - p0)
+        return swept[-1][1]
+    edges = [*range(0, rows, bin_rows), rows]
+    times = [*map(time_at, edges[:-1]), ended]   # a stall at the end is the last rows' (the counter stops short)
+    return [(row_start + a, row_start + b, round(t1 - t0, 4)) for a, b, t0, t1 in zip(edges, edges[1:], times, times[1:])]
+
+
 class PretraceWatch:
     """Called while a pre-pass POV-Ray runs; True (stop it) once the answer is known: PRETRACED when the
     pixel counter drops back (the pretrace is over and the final pass has begun), NO_RADIOSITY when a
     good part of the frame is rendered and the cache file is still empty. A band of the frame (`band`)
     is never judged early to have no radiosity: its first rows may be sky, with samples further down."""
 
-    def __init__(self, log_path: Path, cache_path: Path, band: bool = False):
-        self.log_path, self.cache_path, self.band = log_path, cache_path, band
+    def __init__(self, log_path: Path, cache_path: Path, band: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        self.log_path, self.cache_path, self.band, self._clock = log_path, cache_path, band, clock
+        self.samples: list[tuple[float, int]] = []   # (seconds, pixels pretraced) as read: `sweep_costs`
+        self.ended: float | None = None              # when the final pass was seen to begin
         self.verdict: str | None = None
         self._offset = 0
         self._pending = b""
@@ -148,12 +201,16 @@ class PretraceWatch:
         return self.verdict is not None
 
     def _judge(self) -> str | None:
+        now = self._clock()
         for done, total in self._new_counts():
             if self._last is not None and done < self._last:
+                self.ended = now
                 return PRETRACED
             self._last = done
             if not self.band and total and done >= total * NO_SAMPLES_AFTER and _size(self.cache_path) == 0:
                 return NO_RADIOSITY
+        if self._last is not None:
+            self.samples.append((now, self._last))
         return None
 
     def _new_counts(self) -> list[tuple[int, int]]:

@@ -85,6 +85,8 @@ class Finished:
     row_start: int
     row_end: int
     seconds: float        # POV-Ray's wall time for it, as its node reported it
+    # Where the seconds went by rows, when its node measured it (a radiosity pre-pass band's pretrace)
+    parts: tuple[tuple[int, int, float], ...] = ()
 
     @property
     def rows(self) -> int:

@@ -668,6 +668,7 @@ WRONG_TYPED = (xmlrpc.client.Binary(b"\0ab"), {"a": xmlrpc.client.Binary(b"x")},
                [xmlrpc.client.Binary(b"x"), {"b": 1}], True, xmlrpc.client.DateTime("20240101T00:00:00"),
                "x" * 5000)
 PLAUSIBLE = {"int": 1, "float": 0.5, "str": "x", "dict": {}, "dict | None": {}, "float | None": 0.5, "bool": False, "list": [],
+             "list | None": [],
              "Binary": xmlrpc.client.Binary(b"")}
 
 

@@ -153,7 +153,8 @@ def test_povrays_part_answers_as_its_strips_pre_passes_and_previews_always_did(t
     assert [POVRAY.retries(u) for u in (rows, pretrace, preview)] == [True, True, False]
     assert [POVRAY.sends_live(u) for u in (rows, pretrace, preview)] == [True, False, False]
     assert POVRAY.keeping(rows) == Keeping(completes_frames=True, optional=PREVIEW)
-    assert POVRAY.keeping(pretrace) == Keeping(fed=False, releases_frame=True) and POVRAY.keeping(preview) is PLAIN
+    assert POVRAY.keeping(pretrace) == Keeping(fed=False, releases_frame=True, releases_early=True)
+    assert POVRAY.keeping(preview) is PLAIN
     assert (POVRAY.progress_unit, POVRAY.uncounted_unit) == (ROWS, PREVIEW)
     store = Store(tmp_path / "db.sqlite3")
     try:

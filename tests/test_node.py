@@ -12,7 +12,7 @@ from farm.rendering.delivery import Delivery, Uploads, rows_encoding
 from farm.rendering.downloads import Downloads
 from farm.faults import Code, FarmError
 from farm.features import (BUNDLE_RANGES, BZ2_ROWS, COMPLETE_AND_POLL, CURRENT, FEATURES, FILTERED_ROWS,
-                           HEARTBEAT_STATS, OLDEST, Features)
+                           HEARTBEAT_STATS, OLDEST, UNIT_COSTS, Features)
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.task import RenderOutcome, Task
 from farm.kinds import PRETRACE, ROWS
@@ -144,6 +144,19 @@ def delivery(client, features=CURRENT, stopping=None) -> Delivery:
 def filtered_outcome() -> RenderOutcome:
     return RenderOutcome("done", rows=b"filtered", seconds=0.5, encoding=FILTERED,
                          as_zlib=lambda: b"plain")
+
+
+@pytest.mark.parametrize("features, payload", [
+    (CURRENT, (b"cache", 2.5, ZLIB, {}, 0.0, [[0, 32, 0.25], [32, 40, 1.0]])),
+    (Features(CURRENT.names - {UNIT_COSTS}), (b"cache", 2.5)),
+])
+def test_a_pre_pass_band_says_where_its_pretrace_went_to_a_controller_that_takes_it(features, payload):
+    """A band's `costs` go after placeholders for the encoding, log and overhead it lacks; an older controller
+    gets none of it."""
+    client = Recorder()
+    outcome = RenderOutcome("done", rows=b"cache", seconds=2.5, costs=((0, 32, 0.25), (32, 40, 1.0)))
+    delivery(client, features).complete("lease", outcome, take_next=False)
+    assert client.calls == [("nodes.complete", "n1-abcd", "lease", *payload)]
 
 
 def test_delivery_sends_filtered_rows_and_takes_the_next_task_from_a_current_controller():

@@ -10,9 +10,12 @@ import io
 import itertools
 import signal
 import subprocess
+import threading
+import time
 import zipfile
 import zlib
 
+import pytest
 from hypothesis import example, given, settings, strategies as st
 from pathlib import Path
 from xmlrpc.client import Binary
@@ -21,7 +24,9 @@ from harness import (SCENES, assert_same_pixels, native_render, needs_povray, ru
                      wait_ended, wait_until, write_scene)
 from farm import radiosity, strips
 from farm.rendering import povray
+from farm.rendering.cache_feed import CacheFeed
 from farm.bundle.checking import mentions
+from farm.faults import Code, FarmError
 from farm.images.png import decode_png
 from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
@@ -122,6 +127,72 @@ def test_a_scenes_next_pre_pass_is_cut_by_what_its_last_ones_bands_took(tmp_path
     store.close()
 
 
+def test_a_scenes_next_pre_pass_is_cut_by_where_its_bands_pretrace_went(tmp_path):
+    """Bands that say where their pretrace went (`costs`, feature unit_costs) cut the next pre-pass by those
+    times, not by their seconds spread evenly: here most of the lower band's cost lies in rows 352-383."""
+    farm, store = stepped_farm(tmp_path / "data", pretrace_bands=2)
+    info = {"povray": "3.7", "slots": 2, "cores": 1, "threads": 1, "interleave": True}
+    a, b = (farm.call("nodes.register", name, {**info, "machine": name})["node_id"] for name in ("boxA", "boxB"))
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    job = submit(farm, scene, width=64, height=480, strips="auto")
+    top, bottom = farm.call("nodes.poll", a), farm.call("nodes.poll", b)
+    assert [(t["row_start"], t["row_end"]) for t in (top, bottom)] == [(0, 256), (256, 480)]
+    sky = [[row, row + 32, 0.1] for row in range(0, 256, 32)]
+    floor = [[row, row + 32, {352: 3.0}.get(row, 0.05 if row < 352 else 0.3)] for row in range(256, 480, 32)]
+    farm.call("nodes.complete", a, top["lease"], Binary(compress_rows(b"C1\ta\n")), 1.8, "zlib", {}, 0.0, sky)
+    farm.call("nodes.complete", b, bottom["lease"], Binary(compress_rows(b"C1\tb\n")), 5.3, "zlib", {}, 0.0, floor)
+    farm.call("jobs.cancel", job)
+    submit(farm, scene, width=64, height=480, strips="auto")
+    bands = [farm.call("nodes.poll", node) for node in (a, b)]
+    expected = radiosity.bands_by_cost(480, 32, 2, [tuple(cost) for cost in sky + floor], 0.0)
+    assert [(t["row_start"], t["row_end"]) for t in bands] == expected
+    assert 360 < expected[0][1] < 376    # evenly spread, the lower band's 5.3 s would have cut near row 336
+    store.close()
+
+
+def test_a_node_says_where_its_bands_pretrace_went_and_the_controller_checks_it(tmp_path):
+    farm, store = stepped_farm(tmp_path / "data")
+    node = farm.call("nodes.register", "boxA", {"povray": "3.7", "interleave": True})["node_id"]
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    submit(farm, scene, width=64, height=96, strips=3)
+    band = farm.call("nodes.poll", node)
+    for costs in ([[0, 200, 1.0]], [[10, 5, 1.0]], [[0, 32, -1.0]], [[0, 32]], "0-32"):
+        with pytest.raises(FarmError) as refused:
+            farm.call("nodes.complete", node, band["lease"], Binary(b""), 1.0, "zlib", {}, 0.0, costs)
+        assert refused.value.code is Code.BAD_ARGUMENT
+    assert farm.call("nodes.complete", node, band["lease"], Binary(b""), 1.0, "zlib", {}, 0.0, [[0, 96, 0.5]])
+    store.close()
+
+
+@given(st.lists(st.tuples(st.floats(0.01, 2.0), st.integers(0, 3000)), min_size=2, max_size=30),
+       st.integers(0, 200), st.integers(1, 300), st.integers(1, 64), st.integers(1, 40))
+def test_a_bands_sweep_puts_its_time_on_its_rows_and_nothing_elsewhere(steps, row_start, rows, width, bin_rows):
+    at, samples = 0.0, []
+    for pause, pixels in steps:
+        at += pause
+        samples.append((at, min(pixels, rows * width)))
+    samples.sort(key=lambda sample: sample[1])
+    samples = [(time_, done) for time_, (_, done) in zip(sorted(t for t, _ in samples), samples)]
+    costs = radiosity.sweep_costs(samples, at + 1.0, row_start, row_start + rows, width, bin_rows)
+    assert [start for start, _, _ in costs] == list(range(row_start, row_start + rows, bin_rows))
+    assert costs[-1][1] == row_start + rows and all(seconds >= 0 for _, _, seconds in costs)
+    assert abs(sum(seconds for _, _, seconds in costs) - (at + 1.0 - samples[0][0])) < 1e-3 * len(costs) + 1e-6
+
+
+def test_a_bands_sweep_is_read_off_povrays_pixel_counter(tmp_path):
+    """Rows 100-139 of a 10-pixel-wide frame: 10 rows in the first second, 20 in the next half, the last 10 in
+    two seconds; the watch saw the counter every so often and the final pass begin at 3.5 s."""
+    log, now = tmp_path / "povray.log", [0.0]
+    watch = radiosity.PretraceWatch(log, tmp_path / "cache.rad", band=True, clock=lambda: now[0])
+    for now[0], done in ((0.0, 0), (1.0, 100), (1.5, 300), (3.5, 40)):
+        with open(log, "ab") as out:
+            out.write(f"Rendered {done} of 4800 pixels\r".encode())
+        watch()
+    assert watch.verdict == radiosity.PRETRACED and watch.ended == 3.5
+    assert radiosity.sweep_costs(watch.samples, watch.ended, 100, 140, 10, 10) == [
+        (100, 110, 1.0), (110, 120, 0.25), (120, 130, 0.25), (130, 140, 2.0)]
+
+
 def test_caches_of_a_pre_pass_cut_into_bands_merge_into_one_list_of_samples():
     assert radiosity.merge_caches([b"C1\t1\nC1\t2\n", b"", b"C1\t3\nC1\t4"]) == b"C1\t1\nC1\t2\nC1\t3\n"
 
@@ -147,6 +218,64 @@ def test_a_frames_strips_wait_for_every_band_of_its_pre_pass_and_load_their_cach
     cache = farm.call("nodes.radiosity_cache", a, strip["lease"])
     assert zlib.decompress(cache.data) == b"C1\ta\nC1\tb\n"
     assert farm.call("jobs.status", job)["state"] == "rendering"
+    store.close()
+
+
+def _two_band_farm(tmp_path):
+    """A stepped farm of boxes A and B (which can wait for a cache) and an older node, with a radiosity job
+    whose pre-pass' two bands A and B have leased."""
+    farm, store = stepped_farm(tmp_path / "data", pretrace_bands=2)
+    a, b, old = (farm.call("nodes.register", name, {"povray": "3.7", "slots": 2, "machine": name, "interleave": True,
+                                                     **({radiosity.NODE_WAITS_FOR_CACHE: True} if name != "old" else {})}
+                           )["node_id"] for name in ("boxA", "boxB", "old"))
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    submit(farm, scene, width=4, height=96, strips="auto")
+    bands = farm.call("nodes.poll", a), farm.call("nodes.poll", b)
+    assert [(t["kind"], t["row_start"], t["row_end"]) for t in bands] == [("pretrace", 0, 64), ("pretrace", 64, 96)]
+    return farm, store, (a, b, old), bands
+
+
+def test_a_node_that_can_wait_starts_its_strip_while_the_pre_pass_renders(tmp_path):
+    """Once every band of a frame's pre-pass is leased, a node that registered `cache_later` leases a strip
+    with `cache_pending`: its cache is NOT_READY until the last band is in, and a fetch that waits gets the
+    bands merged as soon as it is. A node that cannot wait gets nothing until then."""
+    farm, store, (a, b, old), (first, second) = _two_band_farm(tmp_path)
+    assert farm.call("nodes.poll", old) == {}                     # it could only load an incomplete cache
+    strip = farm.call("nodes.poll", a)
+    assert strip["kind"] == "rows" and strip["radiosity_cache"] and strip["cache_pending"]
+    farm.call("nodes.complete", a, first["lease"], Binary(compress_rows(b"C1\ta\n")), 1.0)
+    with pytest.raises(FarmError) as refused:
+        farm.call("nodes.radiosity_cache", a, strip["lease"])
+    assert refused.value.code is Code.NOT_READY
+    fetched = {}
+    waiting = threading.Thread(target=lambda: fetched.update(
+        cache=farm.call("nodes.radiosity_cache", a, strip["lease"], 20.0)))
+    waiting.start()
+    time.sleep(0.2)
+    assert waiting.is_alive()                                     # it waits for the last band...
+    farm.call("nodes.complete", b, second["lease"], Binary(compress_rows(b"C1\tb\n")), 1.0)
+    waiting.join(5)
+    assert zlib.decompress(fetched["cache"].data) == b"C1\ta\nC1\tb\n"   # ...and gets both, merged
+    later = farm.call("nodes.poll", old)                          # the cache is complete: any node now
+    assert later["kind"] == "rows" and later["radiosity_cache"] and not later["cache_pending"]
+    store.close()
+
+
+def test_a_strip_leased_before_a_pre_pass_that_left_no_cache_renders_without_one(tmp_path):
+    """The bands find no radiosity: the strip that waited is refused its cache (BAD_ARGUMENT), hands its
+    lease back (the node's `release`), and is leased again to render the scene as it is."""
+    farm, store, (a, b, old), bands = _two_band_farm(tmp_path)
+    strip = farm.call("nodes.poll", a)
+    assert strip["cache_pending"]
+    for node, band in zip((a, b), bands):
+        farm.call("nodes.complete", node, band["lease"], Binary(b""), 1.0)
+    with pytest.raises(FarmError) as refused:
+        farm.call("nodes.radiosity_cache", a, strip["lease"], 1.0)
+    assert refused.value.code is Code.BAD_ARGUMENT
+    farm.call("nodes.release", a, strip["lease"])
+    again = farm.call("nodes.poll", old)
+    assert (again["row_start"], again["row_end"]) == (strip["row_start"], strip["row_end"])
+    assert not again["radiosity_cache"] and not again["cache_pending"]
     store.close()
 
 
@@ -327,6 +456,36 @@ def test_povray_loads_a_saved_cache_into_a_strip_through_the_wrapper(tmp_path):
     assert loaded["radiosity_reused"] > 0
     assert loaded["radiosity_calculated"] * 10 <= alone["radiosity_calculated"], (loaded, alone)
     assert povray.sharing_report(loaded).startswith("radiosity samples")
+
+
+@needs_povray
+def test_a_cache_fed_through_a_fifo_after_povray_parsed_renders_the_same_pixels(tmp_path):
+    """POV-Ray opens its cache after the parse and waits on a FIFO for its writer: a strip started before its
+    cache is complete renders bit-identical to one that found the cache file, and the wait is measured."""
+    work = tmp_path / "scene"
+    work.mkdir()
+    (work / "cornell.pov").write_bytes(CORNELL.read_bytes())
+    (work / radiosity.WRAPPER_SCENE).write_text(radiosity.wrapper_text("cornell.pov"))
+    base = ["povray", "+W64", "+H48", "-D", f"+L{CORNELL.parent}"]
+    saved = tmp_path / "saved.rca"
+    subprocess.run([*base, "+Icornell.pov", f"+RF{saved}", "+RFO", "-F"], cwd=work, check=True, capture_output=True,
+                   timeout=120)
+    strip = [*base, f"+I{radiosity.WRAPPER_SCENE}", f"+RF{radiosity.CACHE_FILE}", "+RFI", "+SR17", "+ER32", "+FP"]
+    (work / radiosity.CACHE_FILE).write_bytes(saved.read_bytes())
+    subprocess.run([*strip, "+Ofile.ppm"], cwd=work, check=True, capture_output=True, timeout=120)
+    (work / radiosity.CACHE_FILE).unlink()
+
+    def fetch(ended):
+        time.sleep(1.0)        # the last band of the pre-pass is still rendering
+        return saved
+    feed = CacheFeed(work / radiosity.CACHE_FILE, fetch, "test strip")
+    try:
+        subprocess.run([*strip, "+Ofifo.ppm"], cwd=work, check=True, capture_output=True, timeout=120)
+    finally:
+        feed.close()
+    assert not feed.failed() and not (work / radiosity.CACHE_FILE).exists()
+    assert _load(work / "fifo.ppm") == _load(work / "file.ppm")
+    assert 0.3 < feed.waited < 1.0
 
 
 @needs_povray

@@ -18,6 +18,23 @@ def whole(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
+def row_costs(name: str, value: Any, max_entries: int, max_row: int) -> tuple[tuple[int, int, float], ...]:
+    """A list of [row_start, row_end, seconds]: rows of an image (0-based, end exclusive) and what they cost."""
+    if not isinstance(value, list) or len(value) > max_entries:
+        raise FarmError(Code.BAD_ARGUMENT, f"{name} must be a list of at most {max_entries} [row_start, row_end, "
+                                           f"seconds] entries")
+    costs = []
+    for entry in value:
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise FarmError(Code.BAD_ARGUMENT, f"each of {name} must be [row_start, row_end, seconds], not "
+                                               f"{shown(entry)}")
+        start, end = whole(f"{name} row_start", entry[0], 0, max_row - 1), whole(f"{name} row_end", entry[1], 1, max_row)
+        if end <= start:
+            raise FarmError(Code.BAD_ARGUMENT, f"{name}: rows {start}-{end} are empty")
+        costs.append((start, end, number(f"{name} seconds", entry[2], 0.0, 1e7)))
+    return tuple(costs)
+
+
 def job_id(value: Any) -> int:
     return whole("job", value, 1, MAX_ID)
 

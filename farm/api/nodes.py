@@ -14,6 +14,7 @@ from farm.server.bodies import FileReply
 from farm.server.departures import departure_watch
 from farm.service import kindparts
 from farm.service.inline import InlineBundles
+from farm.service.submission import MAX_SIDE
 from farm.kinds import ROWS
 from farm.unitlog import UnitLog
 from farm.wire import Binary
@@ -21,6 +22,7 @@ from farm.wire import Binary
 MAX_ERROR_TEXT = 8192
 MAX_ID_TEXT = 120
 MAX_LIVE_BLOCKS = 256      # blocks per nodes.live call
+MAX_COSTS = 1024           # entries of a result's `costs`
 
 
 class NodesAPI:
@@ -81,7 +83,9 @@ class NodesAPI:
             low-resolution render of the frame, for viewers: width, height and options are the preview's
             own, so it renders as ordinary rows; another kind's unit: "video", or a kind's from kind_modules),
             radiosity_cache (bool: load the frame's shared cache,
-            from nodes.radiosity_cache),
+            from nodes.radiosity_cache), cache_pending (bool: a part of the frame's pre-pass is still
+            rendering: the cache is NOT_READY until it is in; sent only to a node that registered with
+            cache_later true),
             live (bool: a viewer watches the job: send finished blocks with nodes.live),
             shear (int: the rows are those of the frame's sheared image at this step, farm.shear: render
             their blocks alone and deliver them in its order; 0: the frame's own rows),
@@ -110,6 +114,7 @@ class NodesAPI:
             "bundle": job.bundle, "scene": job.scene, "options": list(options), "channels": job.channels,
             "bits": job.bits, "time_limit": self._config.strip_timeout, "kind": unit.kind,
             "radiosity_cache": self._dispatch.loads_frame_cache(job, unit),
+            "cache_pending": self._dispatch.frame_cache_pending(job, unit),
             "live": self._dispatch.live_blocks(unit),
             "shear": job.shear if unit.kind == ROWS else 0,
         }
@@ -146,8 +151,8 @@ class NodesAPI:
         return self._dispatch.result_limit(args.text("lease", before[1], MAX_ID_TEXT))
 
     @rpc(NODE, value_limit="_rows_limit")
-    def complete(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                 encoding: str = ZLIB, log: dict | None = None, overhead: float | None = None) -> bool:
+    def complete(self, node_id: str, lease: str, rows: Binary, seconds: float, encoding: str = ZLIB,
+                 log: dict | None = None, overhead: float | None = None, costs: list | None = None) -> bool:
         """Deliver a rendered unit: its pixel rows (see docs/protocol.md for the layout), or for a radiosity
         pre-pass its zlib cache file (empty when the scene uses no radiosity). Re-sending an accepted result
         is harmless; a lease that is no longer current gets STALE_LEASE.
@@ -166,19 +171,23 @@ class NodesAPI:
             An empty struct: no log (a node that sends `overhead` but has no log).
         @param overhead: float (optional, feature unit_overhead): seconds of the unit's render spent other than
             tracing and shooting photons (POV-Ray's start-up, the parse, loading caches); the controller sizes
-            the node's next units of the job by it
+            the node's next units of the job by it (0 from a node that sends `costs` for a pre-pass)
+        @param costs: [[int, int, float]] (optional, feature unit_costs): for a radiosity pre-pass, seconds its
+            pretrace spent on each few of its rows ([row_start, row_end, seconds], 0-based, end exclusive,
+            within the unit's rows); the next pre-pass of the scene at that size is cut by them
         @return: bool, true
         """
         self._dispatch.complete(args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT),
                                 args.binary("rows", rows), args.seconds("seconds", seconds),
                                 args.choice("encoding", encoding, ENCODINGS), self._run_log(log),
-                                None if overhead is None else args.seconds("overhead", overhead))
+                                None if overhead is None else args.seconds("overhead", overhead),
+                                () if costs is None else args.row_costs("costs", costs, MAX_COSTS, MAX_SIDE))
         self._services.live.drop(lease)     # the final rows replace the live blocks
         return True
 
     @rpc(NODE, value_limit="_rows_limit")
-    def complete_and_poll(self, node_id: str, lease: str, rows: Binary, seconds: float,
-                          encoding: str = ZLIB, log: dict | None = None, overhead: float | None = None) -> dict:
+    def complete_and_poll(self, node_id: str, lease: str, rows: Binary, seconds: float, encoding: str = ZLIB,
+                          log: dict | None = None, overhead: float | None = None, costs: list | None = None) -> dict:
         """nodes.complete, then nodes.poll without waiting, in one round trip. Faults as nodes.complete;
         when it faults, nothing was leased.
 
@@ -189,9 +198,10 @@ class NodesAPI:
         @param encoding: str (optional), as nodes.complete
         @param log: struct (optional), as nodes.complete
         @param overhead: float (optional), as nodes.complete
+        @param costs: [[int, int, float]] (optional), as nodes.complete
         @return: struct, the node's next task, or {}
         """
-        self.complete(node_id, lease, rows, seconds, encoding, log, overhead)
+        self.complete(node_id, lease, rows, seconds, encoding, log, overhead, costs)
         return self.poll(node_id)
 
     def _files_limit(self, before: tuple) -> int:
@@ -241,17 +251,24 @@ class NodesAPI:
         return {"live": self._services.watched(job_id)}
 
     @rpc(NODE)
-    def radiosity_cache(self, node_id: str, lease: str) -> Binary:
+    def radiosity_cache(self, node_id: str, lease: str, wait: float = 0.0) -> Binary:
         """The radiosity cache shared by the units of the leased unit's frame (when its pre-pass was cut
-        into bands, their caches joined). STALE_LEASE unless the lease is the node's current one;
-        BAD_ARGUMENT when the frame has none (or a joined cache over 256 MiB).
+        into bands, their caches joined). A task with cache_pending was leased while a part of the pre-pass
+        still rendered: NOT_READY until it is in, unless it comes within `wait` seconds (at most 30).
+        STALE_LEASE unless the lease is the node's current one; BAD_ARGUMENT when the frame has none (or a
+        joined cache over 256 MiB).
 
         @param node_id: str
         @param lease: str
+        @param wait: float seconds (default 0): how long to wait for a cache not complete yet
         @return: base64, zlib of the cache file
         """
-        return Binary(self._dispatch.frame_cache(
-            args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT)))
+        node_id, lease = args.text("node_id", node_id, MAX_ID_TEXT), args.text("lease", lease, MAX_ID_TEXT)
+        wait = args.seconds("wait", wait)
+        if wait > 0:
+            with departure_watch(self._services.changes.wake) as gone:
+                return Binary(self._dispatch.frame_cache(node_id, lease, wait, gone))
+        return Binary(self._dispatch.frame_cache(node_id, lease))
 
     @rpc(NODE)
     def source_frame(self, node_id: str, lease: str, frame: int) -> FileReply:

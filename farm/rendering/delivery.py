@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 from farm.client import Client
 from farm.faults import Code, FarmError
-from farm.features import (BZ2_ROWS, COMPLETE_AND_POLL, FILTERED_ROWS, SCENE_FILES, UNIT_LOGS, UNIT_OVERHEAD,
-                           Features)
+from farm.features import (BZ2_ROWS, COMPLETE_AND_POLL, FILTERED_ROWS, SCENE_FILES, UNIT_COSTS, UNIT_LOGS,
+                           UNIT_OVERHEAD, Features)
 from farm.retry import RETRY_CEILING
 from farm.rendering.task import RenderOutcome
 from farm.rows import ENCODINGS, FILTERED, FILTERED_BZ2, ZLIB
@@ -85,15 +85,7 @@ class Delivery:
         rows, encoding = outcome.rows, outcome.encoding
         if not takes(features, encoding) and outcome.as_zlib is not None:
             rows, encoding = outcome.as_zlib(), ZLIB     # rendered before the node learnt it
-        payload: tuple = (rows, outcome.seconds)     # bytes: base64 on the wire
-        sends_log = self._sends_log(outcome)
-        sends_overhead = UNIT_OVERHEAD in features and outcome.overhead is not None
-        if encoding != ZLIB or sends_log or sends_overhead:
-            payload += (encoding,)
-        if sends_log or sends_overhead:   # an empty struct holds the log's place before the overhead
-            payload += (outcome.log.to_wire() if sends_log else {},)
-        if sends_overhead:
-            payload += (round(outcome.overhead, 3),)   # units of the job are sized by it
+        payload = self._payload(rows, encoding, outcome)
         if take_next and COMPLETE_AND_POLL in features and not self.stopping.is_set():
             reply = self.call("nodes.complete_and_poll", lease, *payload)
             if reply is not None:
@@ -102,6 +94,22 @@ class Delivery:
         if self.call("nodes.complete", lease, *payload) is not None:
             self.strips_done += 1
         return None
+
+    def _payload(self, rows: bytes, encoding: str, outcome: RenderOutcome) -> tuple:
+        """nodes.complete's arguments after the lease: the optional ones up to the last this result has, a
+        placeholder in the place of any before it that it lacks (an empty struct for the log, an overhead of 0:
+        a pre-pass has none)."""
+        features = self.features()
+        optional = [encoding if encoding != ZLIB else None,
+                    outcome.log.to_wire() if self._sends_log(outcome) else None,
+                    # units of the job are sized by it
+                    round(outcome.overhead, 3) if UNIT_OVERHEAD in features and outcome.overhead is not None else None,
+                    [list(cost) for cost in outcome.costs] if UNIT_COSTS in features and outcome.costs else None]
+        while optional and optional[-1] is None:
+            optional.pop()
+        placeholders = (ZLIB, {}, 0.0)
+        return (rows, outcome.seconds,     # bytes: base64 on the wire
+                *(given if given is not None else placeholders[place] for place, given in enumerate(optional)))
 
     def fail(self, lease: str, outcome: RenderOutcome, message: str) -> None:
         """Report a failed unit, with POV-Ray's log where the controller keeps logs."""

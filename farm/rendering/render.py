@@ -26,6 +26,8 @@ from farm.bundle import cache as bundle
 from farm.rendering import sandbox as sandboxes
 from farm.config import Config
 from farm.faults import Code, FarmError
+from farm.rendering import cache_feed
+from farm.rendering.cache_feed import CacheFeed
 from farm.rendering.frame_caches import PhotonMaps, PhotonPublisher, RadiosityCaches
 from farm.images.png import decode_png
 from farm.images.ppm import decode_ppm
@@ -59,7 +61,7 @@ WatchFactory = Callable[[Task, Path, "Callable[[Path], None] | None"], Callable[
 class UnitRenderer:
     def __init__(self, config: Config, program: str, sandbox: sandboxes.Sandbox,
                  runner: Callable[..., povray.ProcessResult], fetch_bundle: Callable[[str], bytes],
-                 fetch_radiosity_cache: Callable[[Task], bytes], watch: WatchFactory, aborting: threading.Event,
+                 fetch_radiosity_cache: Callable[[Task, float], bytes], watch: WatchFactory, aborting: threading.Event,
                  flavour: str = povray.CONSOLE, slow_link: Callable[[], bool] = lambda: False,
                  rows_encoding: Callable[[], str] = lambda: FILTERED, reaper: Reaper | None = None):
         self.config, self.povray, self.sandbox, self.runner = config, program, sandbox, runner
@@ -89,10 +91,10 @@ class UnitRenderer:
         scene = scene_dir / task.scene
         if task.kind == PRETRACE:
             return self._run_pretrace(task, strip_dir, scene)
-        target, extra = scene, []
+        target, extra, feed = scene, [], None
         if task.radiosity_cache:
             try:
-                target, extra = self._with_radiosity_cache(task, scene)
+                target, extra, feed = self._with_radiosity_cache(task, scene)
             except FarmError as err:
                 if err.code is Code.UNREACHABLE:
                     return RenderOutcome("release")   # not the strip's fault: let it go elsewhere or later
@@ -101,21 +103,35 @@ class UnitRenderer:
                 return _failed(f"node {self.config.name} could not store the frame's radiosity cache: "
                                f"{err.strerror or err}", False)
         area = self._sheared_blocks(task, strip_dir) if task.sheared_part else None
-        if task.frame == task.frame_last:
-            with self.photon_maps.shared(_photon_key(task), scene) as publisher:
-                return self._run_povray(task, strip_dir, target, publisher, extra, area=area)
-        return self._run_povray(task, strip_dir, target, extra=extra, area=area)
+        try:
+            if task.frame == task.frame_last:
+                with self.photon_maps.shared(_photon_key(task), scene) as publisher:
+                    return self._run_povray(task, strip_dir, target, publisher, extra, area=area, feed=feed)
+            return self._run_povray(task, strip_dir, target, extra=extra, area=area, feed=feed)
+        finally:
+            if feed is not None:
+                feed.close()
 
-    def _with_radiosity_cache(self, task: Task, scene: Path) -> tuple[Path, list[str]]:
-        """The wrapper scene and options that make a strip load its frame's shared radiosity cache."""
+    def _with_radiosity_cache(self, task: Task, scene: Path) -> tuple[Path, list[str], CacheFeed | None]:
+        """The wrapper scene and options that make a strip load its frame's shared radiosity cache, and the
+        feed that writes it into a FIFO when it is not complete yet (farm/rendering/cache_feed.py)."""
         text = radiosity.wrapper_text(scene.name)
         if text is None:
             raise FarmError(Code.BAD_ARGUMENT, f"the scene name {scene.name!r} cannot be included")
-        cache = self.radiosity_caches.get(_frame_key(task), lambda: self._fetch_radiosity_cache(task))
-        shutil.copyfile(cache, scene.parent / radiosity.CACHE_FILE)
         wrapper = scene.parent / radiosity.WRAPPER_SCENE
         wrapper.write_text(text, encoding="utf-8")
-        return wrapper, [f"+RF{radiosity.CACHE_FILE}", "+RFI"]
+        options = [f"+RF{radiosity.CACHE_FILE}", "+RFI"]
+        fetch = functools.partial(self.radiosity_caches.get, _frame_key(task))
+        if task.cache_pending and cache_feed.available(self.flavour == povray.CONSOLE):
+            def pending(ended: Callable[[], bool]) -> Path:
+                stopped = lambda: ended() or self.aborting.is_set()
+                return fetch(lambda: cache_feed.fetch_until_ready(
+                    functools.partial(self._fetch_radiosity_cache, task), stopped))
+            return wrapper, options, CacheFeed(scene.parent / radiosity.CACHE_FILE, pending,
+                                               f"job {task.job} strip {task.strip}")
+        cache = fetch(lambda: self._fetch_radiosity_cache(task, 0.0))
+        shutil.copyfile(cache, scene.parent / radiosity.CACHE_FILE)
+        return wrapper, options, None
 
     def _run_pretrace(self, task: Task, strip_dir: Path, scene: Path) -> RenderOutcome:
         """A frame's radiosity pre-pass, or a part of it: the task's rows with +RFO, stopped when the final
@@ -137,8 +153,10 @@ class UnitRenderer:
             data = b""     # POV-Ray made no cache file: no radiosity
         log.info("job %s frame %s radiosity pre-pass of rows %d-%d: %s", task.job, task.frame, task.row_start + 1,
                  task.row_end, f"{len(data)} bytes of cache" if data else "no radiosity samples")
+        costs = radiosity.sweep_costs(watch.samples, watch.ended, task.row_start, task.row_end, task.width,
+                                      validate_options(task.options).block) if watch.ended is not None else []
         return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds,
-                             log=outcome.log)
+                             log=outcome.log, costs=tuple(costs))
 
     def _band_in_frame(self, task: Task, strip_dir: Path) -> list[str] | None:
         """POV-Ray's area options for a band of a frame's pre-pass pretraced as in a whole-frame render: the
@@ -170,9 +188,9 @@ class UnitRenderer:
     def _run_povray(self, task: Task, strip_dir: Path, scene: Path,
                     publisher: PhotonPublisher | None = None, extra: list[str] | None = None,
                     pretrace: radiosity.PretraceWatch | None = None,
-                    area: list[str] | None = None) -> RenderOutcome:
+                    area: list[str] | None = None, feed: CacheFeed | None = None) -> RenderOutcome:
         """Render the task's rows of `scene` (with `pretrace`: until the watch says stop; `area`: POV-Ray's
-        render area options, the task's rows by default)."""
+        render area options, the task's rows by default; `feed`: its radiosity cache fed as it comes)."""
         file_type = ("N" if task.alpha else "P") + ("16" if task.bits == 16 else "")
         output = output_path(task, strip_dir)
         log_path = strip_dir / "povray.log"
@@ -189,6 +207,9 @@ class UnitRenderer:
             _drop_working_dir_ini(scene.parent)
         heartbeat = self._watch(task, log_path, publisher.when_tracing if publisher is not None else None)
         should_stop = heartbeat if pretrace is None else (lambda: pretrace() or heartbeat())
+        if feed is not None:
+            watched = should_stop
+            should_stop = lambda: feed.failed() or watched()   # the cache could not be had: stop waiting for it
         before = written.snapshot(scene.parent) if pretrace is None and task.kind == ROWS else None
         limits = [limit for limit in (self.config.strip_timeout, task.time_limit) if limit > 0]
         timeout = min(limits, default=0.0)
@@ -206,6 +227,12 @@ class UnitRenderer:
             log.info("job %s strip %s: POV-Ray's image is complete after %.2f s; the unit is rendered, the "
                      "process ends in the background", task.job, task.strip, result.seconds)
         result = self.sandbox.outcome(result)   # through bubblewrap too: the signal, not 128 + it
+        if feed is not None:
+            feed.close()
+            if feed.error is not None:
+                return _without_cache(feed.error, self.config.name)
+            # The wait for the pre-pass's last band is no part of what the strip cost (its speed, its overhead).
+            result = dataclasses.replace(result, seconds=max(0.0, result.seconds - feed.waited))
         if self.flavour == povray.PVENGINE:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
         outcome = self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
@@ -297,6 +324,17 @@ class UnitRenderer:
             return task.layout.sheared_rows(raster.pixels, raster.row_bytes, raster.channels * raster.bits // 8,
                                             task.row_start, task.row_end)
         return strips.crop_rows(raster, task.row_start, task.row_end)
+
+
+def _without_cache(err: FarmError, node: str) -> RenderOutcome:
+    """A strip started before its radiosity cache was complete, stopped because it could not be had: handed
+    back when the controller was out of reach or the pre-pass left no cache (the strip is leased again to
+    render without one), dropped when the lease is gone, else failed."""
+    if err.code in (Code.UNREACHABLE, Code.BAD_ARGUMENT):
+        return RenderOutcome("release")
+    if err.code is Code.STALE_LEASE:
+        return RenderOutcome("dropped")
+    return _failed(f"node {node} could not get the frame's radiosity cache: {err}", False)
 
 
 def output_path(task: Task, strip_dir: Path) -> Path:

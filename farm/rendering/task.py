@@ -43,6 +43,7 @@ class Task:
     time_limit: float = 0.0             # seconds of wall clock; 0 for none
     kind: str = ROWS             # ROWS, PRETRACE or PREVIEW (an unknown kind renders as rows)
     radiosity_cache: bool = False       # load the frame's shared radiosity cache (nodes.radiosity_cache)
+    cache_pending: bool = False         # ...which is not complete yet: it is fed as it comes (cache_feed)
     live: bool = False                  # a viewer watches: send finished blocks as they come (nodes.live)
     shear: int = 0                      # the rows are the frame's sheared image's, at this step (farm.shear); 0: none
 
@@ -61,7 +62,8 @@ class Task:
             channels=_choice(wire, "channels", (3, 4)), bits=_choice(wire, "bits", (8, 16)),
             frame_last=_whole(wire, "frame_last", default=frame), animation=_texts(wire, "animation", default=()),
             time_limit=_seconds(wire, "time_limit"), kind=_text(wire, "kind", default=ROWS),
-            radiosity_cache=_flag(wire, "radiosity_cache"), live=_flag(wire, "live"),
+            radiosity_cache=_flag(wire, "radiosity_cache"), cache_pending=_flag(wire, "cache_pending"),
+            live=_flag(wire, "live"),
             shear=_whole(wire, "shear", default=0))
 
     @property
@@ -102,6 +104,9 @@ class RenderOutcome:
     # The same rows as plain zlib, made when asked: for a controller that takes no other encoding.
     as_zlib: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
     log: UnitLog | None = field(default=None, compare=False, repr=False)   # POV-Ray's run, when it ran
+    # A radiosity pre-pass: seconds its pretrace spent on each few rows (radiosity.sweep_costs), for the
+    # controller's next cut of the scene's pre-pass.
+    costs: tuple[tuple[int, int, float], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def overhead(self) -> float | None:

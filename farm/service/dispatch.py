@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import statistics
+import time
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
@@ -143,6 +144,10 @@ class Dispatcher:
         """Whether the unit's node fetches what its frame's earlier units left (`frame_cache`)."""
         return kindparts.of_unit(unit.kind).loads_frame_cache(self._store, job, unit)
 
+    def frame_cache_pending(self, job: Job, unit: Unit) -> bool:
+        """Whether what the unit's node fetches with `frame_cache` is not complete yet as it is leased."""
+        return kindparts.of_unit(unit.kind).frame_cache_pending(self._store, job, unit)
+
     def live_blocks(self, unit: Unit) -> bool:
         """Whether the unit's node sends its finished blocks as it renders: its kind does, and a viewer watches."""
         return kindparts.of_unit(unit.kind).sends_live(unit) and self._watched(unit.job)
@@ -155,17 +160,22 @@ class Dispatcher:
             self._changes.bump(job_id)
         return stale
 
-    def complete(self, node_id: str, token: str, data: bytes, seconds: float,
-                 encoding: str = ZLIB, run: UnitLog | None = None, overhead: float | None = None) -> Completion:
+    def complete(self, node_id: str, token: str, data: bytes, seconds: float, encoding: str = ZLIB,
+                 run: UnitLog | None = None, overhead: float | None = None,
+                 costs: tuple[tuple[int, int, float], ...] = ()) -> Completion:
         """Check and store a unit's result (`data` in `encoding`, see farm.rows.ENCODINGS) and its run's log;
         frames it completes go to the stitcher (after the log: a job is never done before its logs are in).
-        `overhead`: what the unit cost the node besides tracing, when it says."""
+        `overhead`: what the unit cost the node besides tracing, when it says; `costs`: where its seconds went,
+        by rows (kept for a radiosity pre-pass: the scene's next is cut by them)."""
         unit = self._unit_of(token)
         job = self.job(unit.job)
         part = kindparts.of_unit(unit.kind)
         data, encoding = _as_stored(part, unit, job, data, encoding)
         raw = _checked_result(part, unit, job, data, encoding)
-        done = self._store.units.complete(node_id, token, data, seconds, self._clock(), encoding, part.keeping(unit))
+        if any(start < unit.row_start or end > unit.row_end for start, end, _ in costs):
+            raise FarmError(Code.BAD_ARGUMENT, f"costs name rows outside the unit's {unit.row_start}-{unit.row_end}")
+        done = self._store.units.complete(node_id, token, data, seconds, self._clock(), encoding, part.keeping(unit),
+                                          costs if part.keeps_costs(unit) else ())
         self._leased.pop(token, None)
         if done.duplicate:
             log.debug("job %s unit %s: %s sent an accepted result again", unit.job, unit.index, node_id)
@@ -255,13 +265,28 @@ class Dispatcher:
         self._work.bump()
         self._changes.bump(unit.job)
 
-    def frame_cache(self, node_id: str, token: str) -> bytes:
+    def frame_cache(self, node_id: str, token: str, wait: float = 0.0,
+                    gone: Callable[[], bool] = lambda: False) -> bytes:
         """What the leased unit's frame's earlier units left for it, as its kind gives it (POV-Ray: the
-        frame's radiosity cache). STALE_LEASE for a lease that is not the node's current one."""
+        frame's radiosity cache). With `wait`, waits up to that many seconds of wall clock for it to be
+        complete (else NOT_READY). STALE_LEASE for a lease that is not the node's current one."""
+        deadline = time.monotonic() + min(wait, LONG_POLL_CAP)   # a long poll's own wall clock, as `poll`'s
+        while True:
+            unit = self._current_leased(node_id, token)
+            seen = self._changes.version(unit.job)   # before the question: a change after it wakes the wait
+            try:
+                return kindparts.of_unit(unit.kind).frame_cache(self._store, unit)
+            except FarmError as err:
+                left = deadline - time.monotonic()
+                if err.code is not Code.NOT_READY or left <= 0 or gone():
+                    raise
+            self._changes.wait(unit.job, seen, left, gone)
+
+    def _current_leased(self, node_id: str, token: str) -> Unit:
         unit = self._store.units.by_lease(token)
         if unit is None or unit.node != node_id or unit.state is not UnitState.LEASED:
             raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current")
-        return kindparts.of_unit(unit.kind).frame_cache(self._store, unit)
+        return unit
 
 
 def declare_unit_metrics(meter: Meter) -> None:

@@ -134,6 +134,14 @@ class ControllerPart:
         """Whether the node fetches a cache its frame's earlier units left (nodes.radiosity_cache): no."""
         return False
 
+    def keeps_costs(self, unit: Unit) -> bool:
+        """Whether what the unit's rows cost, as its node measured them, is kept for later jobs: no."""
+        return False
+
+    def frame_cache_pending(self, store: Store, job: Job, unit: Unit) -> bool:
+        """Whether that cache is not complete yet as the unit is leased (its node waits for it): no."""
+        return False
+
     def frame_cache(self, store: Store, unit: Unit) -> bytes:
         """That cache, compressed, for the unit's node (BAD_ARGUMENT: there is none)."""
         raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no cache of its units")

@@ -17,7 +17,7 @@ from farm.api import args
 from farm.faults import Code, FarmError
 from farm.kinds import PRETRACE, PREVIEW, ROWS, PreviewMode, preview_size
 from farm.options import preview_options
-from farm.radiosity import MAX_RADIOSITY_CACHE
+from farm.radiosity import MAX_RADIOSITY_CACHE, NODE_WAITS_FOR_CACHE
 from farm.records import Job, StoredRows, Unit
 from farm.meter import Meter
 from farm.policy import Queue
@@ -36,8 +36,10 @@ CACHE_LOADING_BLOCKS = 2
 
 
 # Rows complete their frames (a preview never holds one back); a pre-pass is not fed to viewers, and once
-# every part of a frame's pre-pass is in, the frame's rows that waited for its cache go.
-_KEEPING = {ROWS: Keeping(completes_frames=True, optional=PREVIEW), PRETRACE: Keeping(fed=False, releases_frame=True)}
+# every part of a frame's pre-pass is in, or in flight, the frame's rows that waited for its cache go: a
+# node that can wait for the cache starts its strip then (NODE_WAITS_FOR_CACHE), others once it is complete.
+_KEEPING = {ROWS: Keeping(completes_frames=True, optional=PREVIEW),
+            PRETRACE: Keeping(fed=False, releases_frame=True, releases_early=True)}
 
 
 class PovrayPart(ControllerPart):
@@ -115,6 +117,9 @@ class PovrayPart(ControllerPart):
             return Worth.EMPTY
         if unit.kind == PRETRACE and policy.band_waits(queue, unit, leasing.node_id):
             return Worth.DECLINE
+        if unit.kind == ROWS and leasing.job.pretrace and not _waits_for_cache(queue, leasing.node_id) \
+                and queue.frame_kind_open(unit.job, unit.frame, PRETRACE):
+            return Worth.DECLINE    # its cache is not complete yet, and this node cannot wait for it
         return Worth.LEASE
 
     def cut(self, unit: Unit, queue: Queue, leasing: Leasing) -> int | None:
@@ -133,11 +138,26 @@ class PovrayPart(ControllerPart):
         return _KEEPING.get(unit.kind, PLAIN)
 
     def loads_frame_cache(self, store: Store, job: Job, unit: Unit) -> bool:
-        """A strip of a frame whose radiosity pre-pass left a cache loads it."""
-        return job.pretrace and unit.kind == ROWS and store.units.has_frame_result(job.id, unit.frame, PRETRACE)
+        """A strip of a frame whose radiosity pre-pass left a cache (or is still rendering) loads it."""
+        return job.pretrace and unit.kind == ROWS and (
+            store.units.has_frame_result(job.id, unit.frame, PRETRACE)
+            or store.units.frame_kind_open(job.id, unit.frame, PRETRACE))
+
+    def keeps_costs(self, unit: Unit) -> bool:
+        """A pre-pass band's pretrace by rows: the scene's next pre-pass is cut by it."""
+        return unit.kind == PRETRACE
+
+    def frame_cache_pending(self, store: Store, job: Job, unit: Unit) -> bool:
+        """A strip leased while a part of its frame's radiosity pre-pass is still rendering."""
+        return job.pretrace and unit.kind == ROWS and store.units.frame_kind_open(job.id, unit.frame, PRETRACE)
 
     def frame_cache(self, store: Store, unit: Unit) -> bytes:
-        """The frame's radiosity cache; when its pre-pass was cut into bands, their caches merged."""
+        """The frame's radiosity cache; when its pre-pass was cut into bands, their caches merged. NOT_READY
+        while a part of the pre-pass is still rendering; BAD_ARGUMENT when it left none (a strip leased before
+        is then handed back and leased again to render without one)."""
+        if store.units.frame_kind_open(unit.job, unit.frame, PRETRACE):
+            raise FarmError(Code.NOT_READY, f"frame {unit.frame} of job {unit.job}: its radiosity pre-pass is "
+                                            "still rendering")
         caches = store.units.frame_results(unit.job, unit.frame, PRETRACE)
         if not caches:
             raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no radiosity cache")
@@ -177,6 +197,11 @@ class PovrayPart(ControllerPart):
 
 
 PART = PovrayPart()
+
+
+def _waits_for_cache(queue: Queue, node_id: str) -> bool:
+    """Whether the node can start a strip before its frame's radiosity cache is complete."""
+    return any(node.id == node_id and node.info.get(NODE_WAITS_FOR_CACHE) is True for node in queue.live_nodes())
 
 
 def submission(spec: dict) -> Submission:

@@ -22,7 +22,7 @@ from farm.kinds import PRETRACE, PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
 from farm import dependencies
 from farm.planning import plan_units, with_pretrace, with_preview
-from farm.radiosity import AUTO, bands_by_cost, pretrace_parts
+from farm.radiosity import AUTO, band_costs, bands_by_cost, pretrace_parts
 from farm.records import JobSpec
 from farm.strips import block_count, plan_strips
 from farm.shear import NODE_TAG, Shear, fine_block, fine_block_option, pretrace_options
@@ -183,7 +183,8 @@ class Submissions:
 
     def _pretrace_bands_of(self, spec: JobSpec) -> list[tuple[int, int]]:
         """The rows of each band of a frame's radiosity pre-pass: one band per live node, cut so that they
-        cost alike by what an earlier pre-pass of the scene at this size took (farm.radiosity.bands_by_cost);
+        cost alike by what an earlier pre-pass of the scene at this size took, by rows where its nodes timed
+        their pretrace (farm.radiosity.bands_by_cost, sweep_costs);
         without one, `pretrace_bands` bands of equal rows (two per node by default: a box whose band was
         cheap takes another). They pretrace in the frame's own blocks, not a sheared job's fine ones."""
         block = validate_options(pretrace_options(spec.options)).block
@@ -195,8 +196,7 @@ class Submissions:
             return plan_strips(spec.height, parts, block)
         if self._pretrace_bands == AUTO:
             parts = pretrace_parts(nodes, nodes, block_count(spec.height, block))
-        return bands_by_cost(spec.height, block, parts,
-                             [(unit.row_start, unit.row_end, unit.seconds) for unit in measured])
+        return bands_by_cost(spec.height, block, parts, *band_costs(measured))
 
     def _goes_out_whole(self) -> bool:
         """Whether a frame cut as nodes ask goes out whole while nobody watches: every live node is on the

@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS units (
                                          -- 'preview': a frame's low-resolution preview (rows of its own size)
     retry_at REAL NOT NULL DEFAULT 0,    -- a node that failed it may take it again from this time on
     encoding TEXT NOT NULL DEFAULT 'zlib',  -- of data: 'zlib' (raw rows) or 'filtered' (PNG scanlines)
-    remainder INTEGER NOT NULL DEFAULT 0);  -- 1: rows of a frame not cut yet; each lease cuts a unit off it
+    remainder INTEGER NOT NULL DEFAULT 0,  -- 1: rows of a frame not cut yet; each lease cuts a unit off it
+    costs TEXT);   -- JSON [[row_start, row_end, seconds]...]: where a pre-pass band's time went, as its node saw
 CREATE INDEX IF NOT EXISTS units_queued ON units (job, state, idx);
 CREATE INDEX IF NOT EXISTS units_in_line ON units (job, state, frame, row_start, idx);
 CREATE INDEX IF NOT EXISTS units_by_frame ON units (job, frame_last, frame);
@@ -138,7 +139,8 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("jobs", "povray", "TEXT NOT NULL DEFAULT ''"),
                   ("frames", "povray", "TEXT"),
                   ("jobs", "kind", "TEXT NOT NULL DEFAULT 'povray'"),
-                  ("jobs", "shear", "INTEGER NOT NULL DEFAULT 0"))
+                  ("jobs", "shear", "INTEGER NOT NULL DEFAULT 0"),
+                  ("units", "costs", "TEXT"))
 
 
 def prepare(db: sqlite3.Connection) -> None:

@@ -49,6 +49,10 @@ class Keeping:
     completes_frames: bool = False   # its frames are complete once every unit over them is stored...
     optional: str = ""               # ...but those of this kind of unit, canceled then unless begun
     releases_frame: bool = False     # its frame's waiting units go once every unit of its kind there is stored
+    # ...or already once every one is stored or leased: a unit that needs them all may then start and wait
+    # for the last (a strip that loads its frame's radiosity cache: its start-up and parse run while the
+    # pre-pass's bands end).
+    releases_early: bool = False
 
 
 PLAIN = Keeping()    # a kind with no such things: fed to viewers, completing no frame of itself
@@ -176,6 +180,11 @@ class UnitRecords:
             return db.execute(f"SELECT 1 {_FRAME_RESULTS}",
                               (job_id, frame, kind, UnitState.DONE.value)).fetchone() is not None
 
+    def frame_kind_open(self, job_id: int, frame: int, kind: str) -> bool:
+        """Whether a unit of `kind` in the frame is not stored yet (a part of its radiosity pre-pass)."""
+        with self._db.read() as db:
+            return _frame_kind_open(db, job_id, frame, kind, UnitState.DONE, UnitState.CANCELED)
+
     def open_count(self, uncounted: Collection[str] = ()) -> int:
         """Units of unfinished jobs still to be rendered: queued, waiting or leased (those of the kinds
         `uncounted` aside, no part of their job's work: ControllerPart.uncounted_unit, POV-Ray's preview)."""
@@ -193,19 +202,20 @@ class UnitRecords:
     def last_frame_costs(self, scene: str, width: int, height: int, kind: str, jobs: int = 8) -> list[Finished]:
         """The units of `kind` of the newest frame that finished them all, among the `jobs` newest jobs of
         `scene` at this size (a scene re-rendered, or edited, mostly costs where it did): empty when none did.
-        One query per job over the units' job index."""
+        Each with the costs of its rows its node measured (`parts`), where it did. One query per job over
+        the units' job index."""
         with self._db.read() as db:
             for (job_id,) in db.execute("SELECT id FROM jobs WHERE scene=? AND width=? AND height=?"
                                         " ORDER BY id DESC LIMIT ?", (scene, width, height, jobs)).fetchall():
                 frames: dict[int, list[sqlite3.Row]] = {}
-                for row in db.execute("SELECT frame, node, state, row_start, row_end, seconds FROM units"
+                for row in db.execute("SELECT frame, node, state, row_start, row_end, seconds, costs FROM units"
                                       " WHERE job=? AND kind=?", (job_id, kind)):
                     frames.setdefault(row["frame"], []).append(row)
                 for frame in sorted(frames, reverse=True):
                     units = frames[frame]
                     if all(row["state"] == UnitState.DONE.value and (row["seconds"] or 0) > 0 for row in units):
-                        return [Finished(row["node"] or "", row["row_start"], row["row_end"], row["seconds"])
-                                for row in units]
+                        return [Finished(row["node"] or "", row["row_start"], row["row_end"], row["seconds"],
+                                         _parts(row["costs"])) for row in units]
         return []
 
     def cost_samples(self, job_id: int, kind: str, recent: int = 256) -> list[Finished]:
@@ -256,7 +266,11 @@ class UnitRecords:
                 if node.state is not NodeState.BUSY or not _holds_any(db, node.id):   # one asking ahead is busy
                     schema.set_state(db, node, NodeState.IDLE)
                 return None
-            return self._lease(db, node, unit, now, now + lease_timeout, kinds.binds_frames(unit))
+            lease = self._lease(db, node, unit, now, now + lease_timeout, kinds.binds_frames(unit))
+            keeping = kinds.keeping(unit)
+            if keeping.releases_frame and keeping.releases_early:   # its frame's last part in flight
+                _release_frame(db, unit, early=True)
+            return lease
 
     @staticmethod
     def _lease(db: sqlite3.Connection, node: Node, unit: Unit, now: float, expires: float, binds: bool) -> Lease:
@@ -297,9 +311,10 @@ class UnitRecords:
             return stale, jobs
 
     def complete(self, node_id: str, token: str, data: bytes, seconds: float, now: float,
-                 encoding: str = ZLIB, keeping: Keeping = PLAIN) -> Completion:
-        """Store a unit's result, kept as its kind says. Re-sending an accepted result is harmless
-        (duplicate=True)."""
+                 encoding: str = ZLIB, keeping: Keeping = PLAIN,
+                 costs: Sequence[tuple[int, int, float]] = ()) -> Completion:
+        """Store a unit's result, kept as its kind says (with `costs`: where its seconds went, by rows).
+        Re-sending an accepted result is harmless (duplicate=True)."""
         with self._db.write() as db:
             touch(db, node_id, now)
             unit = _by_lease(db, token)
@@ -307,6 +322,8 @@ class UnitRecords:
                 return Completion(unit, (), duplicate=True)
             unit = _current(unit, node_id, token)
             complete = _keep(db, unit, data, seconds, encoding, keeping)
+            if costs:
+                db.execute("UPDATE units SET costs=? WHERE id=?", (json.dumps([list(cost) for cost in costs]), unit.id))
             db.execute("UPDATE nodes SET units_done = units_done + 1 WHERE id=?", (node_id,))
             return Completion(unit, complete, duplicate=False)
 
@@ -406,7 +423,7 @@ def _keep(db: sqlite3.Connection, unit: Unit, data: bytes, seconds: float, encod
     schema.set_state(db, unit, UnitState.DONE, data=data, seconds=seconds, progress=1.0, lease_expires=None,
                      error=None, **fed)
     if keeping.releases_frame:
-        _release_frame(db, unit)
+        _release_frame(db, unit, keeping.releases_early)
     return _complete_frames(db, unit, keeping.optional) if keeping.completes_frames else ()
 
 
@@ -423,15 +440,30 @@ def _complete_frames(db: sqlite3.Connection, unit: Unit, optional: str) -> tuple
     return complete
 
 
-def _release_frame(db: sqlite3.Connection, unit: Unit) -> None:
+def _release_frame(db: sqlite3.Connection, unit: Unit, early: bool) -> None:
     """Once every unit of the unit's kind in its frame is stored (every part of a frame's radiosity pre-pass,
-    with its cache or none), the frame's units that waited for them may go."""
-    if db.execute("SELECT 1 FROM units WHERE job=? AND frame=? AND kind=? AND state != ? LIMIT 1",
-                  (unit.job, unit.frame, unit.kind, UnitState.DONE.value)).fetchone():
+    with its cache or none), the frame's units that waited for them may go; `early`: once every one is
+    stored or leased (`Keeping.releases_early`)."""
+    past = (UnitState.DONE, UnitState.LEASED) if early else (UnitState.DONE,)
+    if _frame_kind_open(db, unit.job, unit.frame, unit.kind, *past):
         return
     for row in db.execute(f"{_SELECT_UNIT} WHERE job=? AND frame=? AND state=?",
                           (unit.job, unit.frame, UnitState.WAITING.value)).fetchall():
         schema.set_state(db, schema.unit(row), UnitState.QUEUED)
+
+
+def _parts(stored: str | None) -> tuple[tuple[int, int, float], ...]:
+    """A unit's costs by rows, as `complete` stored them."""
+    if not stored:
+        return ()
+    return tuple((int(start), int(end), float(seconds)) for start, end, seconds in json.loads(stored))
+
+
+def _frame_kind_open(db: sqlite3.Connection, job_id: int, frame: int, kind: str, *past: UnitState) -> bool:
+    """Whether a unit of `kind` in the frame is in none of the states `past`."""
+    marks = ", ".join("?" * len(past))
+    return db.execute(f"SELECT 1 FROM units WHERE job=? AND frame=? AND kind=? AND state NOT IN ({marks}) LIMIT 1",
+                      (job_id, frame, kind, *(state.value for state in past))).fetchone() is not None
 
 
 class _Queue:
@@ -475,6 +507,10 @@ class _Queue:
             f" AND u.frame <= f.number AND {schema.not_of(self._unbound, 'u.kind')} AND u.state IN (?, ?))",
             (job_id, FrameState.QUEUED.value, FrameState.RENDERING.value, build, *self._unbound,
              UnitState.DONE.value, UnitState.LEASED.value)))
+
+    def frame_kind_open(self, job_id: int, frame: int, kind: str) -> bool:
+        """Whether a unit of `kind` in the frame is not stored yet (UnitRecords.frame_kind_open)."""
+        return _frame_kind_open(self._db, job_id, frame, kind, UnitState.DONE, UnitState.CANCELED)
 
     def whole_frame_waits(self, job_id: int, frame: int, kind: str, awaited: str) -> bool:
         """Whether the frame's units of `kind` are still one remainder, uncut, waiting for its units of kind
