@@ -488,6 +488,25 @@ def test_a_cache_fed_through_a_fifo_after_povray_parsed_renders_the_same_pixels(
     assert 0.3 < feed.waited < 1.0
 
 
+def test_a_cache_that_cannot_be_had_stops_the_strip_and_its_reader_is_never_fed(tmp_path):
+    """The lease is gone while POV-Ray waits on the FIFO: the feed says failed (the run stops POV-Ray), keeps
+    the reader waiting rather than feed it nothing, and `close` ends it all and takes the FIFO away."""
+    def fetch(ended):
+        raise FarmError(Code.STALE_LEASE)
+    feed = CacheFeed(tmp_path / radiosity.CACHE_FILE, fetch, "test strip")
+    read = {}
+    reader = threading.Thread(target=lambda: read.update(data=(tmp_path / radiosity.CACHE_FILE).read_bytes()),
+                              daemon=True)
+    reader.start()
+    wait_until(feed.failed, timeout=5, what="the feed to fail")
+    assert feed.error.code is Code.STALE_LEASE and feed.waited == 0.0
+    time.sleep(0.1)
+    assert reader.is_alive()       # POV-Ray is not fed an empty cache to render with
+    feed.close()                   # as when POV-Ray is stopped
+    reader.join(5)
+    assert read == {"data": b""} and not (tmp_path / radiosity.CACHE_FILE).exists()
+
+
 @needs_povray
 def test_a_node_killed_during_its_band_of_the_pretrace_loses_nothing(farm, tmp_path, monkeypatch):
     """Two nodes share the frame's pretrace; one dies holding a band. Its lease runs out, the other node

@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from pathlib import Path
@@ -112,13 +113,18 @@ class CacheFeed:
         """The FIFO's writing end, once POV-Ray opens it to read; None if POV-Ray ended first."""
         while not self._ended.is_set():
             try:
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+                # Never a link, and only the FIFO made here: the scene's folder is the scene's to write in.
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
             except OSError as err:
                 if err.errno != errno.ENXIO:    # ENXIO: nobody reads it yet
                     log.warning("%s: the radiosity cache's FIFO cannot be opened: %s", self._what, err)
                     return None
                 self._ended.wait(OPEN_EVERY)
                 continue
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.close(fd)
+                log.warning("%s: the radiosity cache's FIFO was replaced; the cache is not fed", self._what)
+                return None
             self._opened_at = self._clock()
             return fd
         return None
