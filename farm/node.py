@@ -425,10 +425,11 @@ def error_text(text: str, scene_dir: Path, work_dir: Path) -> str:
 
 def profile_line(task: Task, outcome: RenderOutcome, seconds: float, waited: float) -> str:
     """Where a unit's time went on the node, in one line (bench/run.py reads it): the slot's wait for it since
-    its previous unit, POV-Ray's start-up and each stage it reports, and the node's own part (the scene made
-    ready, the rows encoded)."""
+    its previous unit (and its POV-Ray's for the frame's radiosity cache), POV-Ray's start-up and each stage it
+    reports, and the node's own part (the scene made ready, the rows encoded)."""
     stages = outcome.stages
     start_up = max(0.0, outcome.seconds - sum(stages.values()))
+    waited, seconds = waited + outcome.cache_wait, seconds - outcome.cache_wait
     return (f"job {task.job} strip {task.strip} profile: waited {waited:.3f} s, POV-Ray {outcome.seconds:.3f} s "
             f"(start-up {start_up:.3f}, parse {stages.get('parse', 0.0) + stages.get('bounding', 0.0):.3f}, "
             f"photons {stages.get('photons', 0.0):.3f}, radiosity {stages.get('radiosity', 0.0):.3f}, "

@@ -42,8 +42,9 @@ PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
 # as much as one whole-frame pre-pass at another block size (+BS16: 1.19). Bands cost unevenly (balcony,
 # four bands: 1.0, 1.2, 4.0 and 4.0 s of CPU) and each pays POV-Ray's start-up, the parse and the photons
 # again; two per live node (AUTO_PARTS_PER_NODE) let a box with the cheap sky take another. Once a pre-pass
-# of the scene at that size is in, the next goes out in one band per node cut by its bands' costs
-# (`bands_by_cost`; balcony's pre-pass on two boxes then ends at 5.4 s, where four even bands took 6.3-7).
+# of the scene at that size is in, the next goes out in one band per node cut by where its bands' pretrace
+# went (`bands_by_cost`, `sweep_costs`; balcony's pre-pass on two boxes then ends at 4.9 s, where four even
+# bands took 6.3-7).
 # A box pretraces one band at a time (policy.band_waits). Near a band's
 # edges its pretrace lacks the samples of the band beside it and takes its own; where every block row is
 # beside an edge (cornell 320x256 in four bands of two block rows) strips differ from single renders 1.0-1.5

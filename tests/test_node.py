@@ -15,6 +15,7 @@ from farm.features import (BUNDLE_RANGES, BZ2_ROWS, COMPLETE_AND_POLL, CURRENT, 
                            HEARTBEAT_STATS, OLDEST, UNIT_COSTS, Features)
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
 from farm.rendering.task import RenderOutcome, Task
+from farm.node import profile_line
 from farm.kinds import PRETRACE, ROWS
 from farm.rows import FILTERED, FILTERED_BZ2, ZLIB, decode_rows, encode_rows
 
@@ -382,3 +383,10 @@ def test_a_controller_without_ranges_sends_the_whole_bundle_in_one_reply(tmp_pat
     assert downloads.fetch("sha256:" + "ab" * 32) == b"zip"
     assert client.calls == [("bundles.fetch", "sha256:" + "ab" * 32)]
     assert BUNDLE_RANGES in CURRENT
+
+
+def test_a_strips_wait_for_its_radiosity_cache_shows_as_waiting_in_its_profile_not_as_the_nodes_work():
+    task = Task.from_wire(WIRE)
+    outcome = RenderOutcome("done", seconds=10.0, stages={"parse": 0.3, "trace": 9.2}, cache_wait=4.0)
+    line = profile_line(task, outcome, 14.25, 0.5)
+    assert "waited 4.500 s" in line and "start-up 0.500" in line and line.endswith("node 0.250 s")

@@ -236,6 +236,8 @@ class UnitRenderer:
         if self.flavour == povray.PVENGINE:
             result = povray.gui_outcome(result, output.parent, log_path)   # it always exits 0: read its streams
         outcome = self._outcome(task, result, log_path, output, frames, bool(animation), pretrace)
+        if feed is not None:
+            outcome = dataclasses.replace(outcome, cache_wait=feed.waited)
         if before is not None and outcome.kind == "done":
             files = written.collect(scene.parent, before, (task.frame_last, task.row_start))
             outcome = dataclasses.replace(outcome, files=files) if files else outcome

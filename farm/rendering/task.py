@@ -107,6 +107,7 @@ class RenderOutcome:
     # A radiosity pre-pass: seconds its pretrace spent on each few rows (radiosity.sweep_costs), for the
     # controller's next cut of the scene's pre-pass.
     costs: tuple[tuple[int, int, float], ...] = field(default=(), compare=False, repr=False)
+    cache_wait: float = 0.0     # seconds POV-Ray waited for its frame's radiosity cache (not in `seconds`)
 
     @property
     def overhead(self) -> float | None:
