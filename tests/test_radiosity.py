@@ -261,6 +261,34 @@ def test_a_node_that_can_wait_starts_its_strip_while_the_pre_pass_renders(tmp_pa
     store.close()
 
 
+def test_a_strip_waiting_for_a_band_that_went_back_to_the_queue_is_handed_back_for_it(tmp_path):
+    """A band's node hands it back while another node's strip waits for the cache: that node's slots may all
+    be waiting so, so its strip is handed back (STALE_LEASE to the waiting fetch) and its next poll takes the
+    band before the strips."""
+    farm, store, (a, b, old), (first, second) = _two_band_farm(tmp_path)
+    farm.call("nodes.complete", a, first["lease"], Binary(compress_rows(b"C1\ta\n")), 1.0)
+    strip = farm.call("nodes.poll", a)
+    assert strip["cache_pending"]
+    fetched = {}
+
+    def fetch():
+        try:
+            farm.call("nodes.radiosity_cache", a, strip["lease"], 20.0)
+        except FarmError as err:
+            fetched["code"] = err.code
+    waiting = threading.Thread(target=fetch)
+    waiting.start()
+    time.sleep(0.2)
+    farm.call("nodes.release", b, second["lease"])               # box B stops
+    waiting.join(5)
+    assert fetched == {"code": Code.STALE_LEASE}
+    again = farm.call("nodes.poll", a)
+    assert (again["kind"], again["row_start"], again["row_end"]) == ("pretrace", 64, 96)
+    later = farm.call("nodes.poll", a)          # every band in flight again: the strips go again
+    assert later["kind"] == "rows" and later["cache_pending"]
+    store.close()
+
+
 def test_a_strip_leased_before_a_pre_pass_that_left_no_cache_renders_without_one(tmp_path):
     """The bands find no radiosity: the strip that waited is refused its cache (BAD_ARGUMENT), hands its
     lease back (the node's `release`), and is leased again to render the scene as it is."""

@@ -273,10 +273,16 @@ class Dispatcher:
         deadline = time.monotonic() + min(wait, LONG_POLL_CAP)   # a long poll's own wall clock, as `poll`'s
         while True:
             unit = self._current_leased(node_id, token)
+            part = kindparts.of_unit(unit.kind)
             seen = self._changes.version(unit.job)   # before the question: a change after it wakes the wait
             try:
-                return kindparts.of_unit(unit.kind).frame_cache(self._store, unit)
+                return part.frame_cache(self._store, unit)
             except FarmError as err:
+                if err.code is Code.NOT_READY and part.frame_cache_stalled(self._store, unit):
+                    # Its node's slots may all be waiting so, while what they wait for needs one of them.
+                    self.release(node_id, token)
+                    raise FarmError(Code.STALE_LEASE, f"lease {token} is handed back: what it waits for waits "
+                                                      "for a node") from None
                 left = deadline - time.monotonic()
                 if err.code is not Code.NOT_READY or left <= 0 or gone():
                     raise

@@ -142,6 +142,11 @@ class ControllerPart:
         """Whether that cache is not complete yet as the unit is leased (its node waits for it): no."""
         return False
 
+    def frame_cache_stalled(self, store: Store, unit: Unit) -> bool:
+        """Whether that cache, not complete yet, waits for a unit still in the queue: the unit's node, which
+        may hold the slot that unit needs, should hand it back. No."""
+        return False
+
     def frame_cache(self, store: Store, unit: Unit) -> bytes:
         """That cache, compressed, for the unit's node (BAD_ARGUMENT: there is none)."""
         raise FarmError(Code.BAD_ARGUMENT, f"frame {unit.frame} of job {unit.job} has no cache of its units")

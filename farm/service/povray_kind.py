@@ -108,7 +108,9 @@ class PovrayPart(ControllerPart):
     def worth(self, unit: Unit, queue: Queue, leasing: Leasing) -> Worth:
         """A preview only for viewers waits while none watches; a frame's radiosity pre-pass is done without
         a cache when the frame goes out whole (policy.pretrace_worth_it): its one render makes its own; a band
-        of it waits for a box whose runs are not all pretracing the frame's other bands (policy.band_waits)."""
+        of it waits for a box whose runs are not all pretracing the frame's other bands (policy.band_waits).
+        A strip of a frame whose pre-pass is not all in goes only to a node that can wait for the cache, and
+        to none while a band of it is back in the queue (it waits until that band is leased again)."""
         if unit.kind == PREVIEW:
             watched = leasing.job.preview is not PreviewMode.WATCHED or leasing.watched()
             return Worth.LEASE if watched else Worth.WAIT
@@ -117,6 +119,8 @@ class PovrayPart(ControllerPart):
             return Worth.EMPTY
         if unit.kind == PRETRACE and policy.band_waits(queue, unit, leasing.node_id):
             return Worth.DECLINE
+        if unit.kind == ROWS and leasing.job.pretrace and queue.frame_kind_queued(unit.job, unit.frame, PRETRACE):
+            return Worth.HOLD       # a band of its pre-pass went back to the queue: that goes first
         if unit.kind == ROWS and leasing.job.pretrace and not _waits_for_cache(queue, leasing.node_id) \
                 and queue.frame_kind_open(unit.job, unit.frame, PRETRACE):
             return Worth.DECLINE    # its cache is not complete yet, and this node cannot wait for it
@@ -150,6 +154,11 @@ class PovrayPart(ControllerPart):
     def frame_cache_pending(self, store: Store, job: Job, unit: Unit) -> bool:
         """A strip leased while a part of its frame's radiosity pre-pass is still rendering."""
         return job.pretrace and unit.kind == ROWS and store.units.frame_kind_open(job.id, unit.frame, PRETRACE)
+
+    def frame_cache_stalled(self, store: Store, unit: Unit) -> bool:
+        """A band of the frame's pre-pass went back to the queue (its node died or failed it) while a strip
+        waits for the cache: the strip's node, whose slots may all be waiting so, should take the band."""
+        return unit.kind == ROWS and store.units.frame_kind_queued(unit.job, unit.frame, PRETRACE)
 
     def frame_cache(self, store: Store, unit: Unit) -> bytes:
         """The frame's radiosity cache; when its pre-pass was cut into bands, their caches merged. NOT_READY

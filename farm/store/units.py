@@ -40,6 +40,7 @@ class Worth(str, enum.Enum):
     WAIT = "wait"       # not now: it waits, unleased, until a viewer watches its job (queue_set_aside)
     EMPTY = "empty"     # not needed: it is kept done with an empty result, as if delivered so
     DECLINE = "decline"  # not for this node now: it stays queued and the node gets nothing this time
+    HOLD = "hold"       # not yet: it waits, unleased, until what its frame waits for is in flight again
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,12 @@ class UnitRecords:
             return db.execute(f"SELECT 1 {_FRAME_RESULTS}",
                               (job_id, frame, kind, UnitState.DONE.value)).fetchone() is not None
 
+    def frame_kind_queued(self, job_id: int, frame: int, kind: str) -> bool:
+        """Whether a unit of `kind` in the frame waits in the queue for a node (a band of its radiosity
+        pre-pass whose node died or handed it back)."""
+        with self._db.read() as db:
+            return _frame_kind_queued(db, job_id, frame, kind)
+
     def frame_kind_open(self, job_id: int, frame: int, kind: str) -> bool:
         """Whether a unit of `kind` in the frame is not stored yet (a part of its radiosity pre-pass)."""
         with self._db.read() as db:
@@ -254,8 +261,8 @@ class UnitRecords:
                 if worth is Worth.DECLINE:  # as a remainder's cut declines: the node asks again when it is free
                     unit = None
                     break
-                if worth is Worth.WAIT:     # until a viewer comes (queue_set_aside), or its frame is done
-                    schema.set_state(db, unit, UnitState.WAITING)
+                if worth in (Worth.WAIT, Worth.HOLD):   # until a viewer comes (queue_set_aside), its frame is
+                    schema.set_state(db, unit, UnitState.WAITING)   # done, or the units it waits for go (HOLD)
                 else:
                     _keep(db, unit, b"", 0.0, ZLIB, kinds.keeping(unit))
                 unit = choose(queue, node.name, now, node.offers, build)
@@ -459,6 +466,11 @@ def _parts(stored: str | None) -> tuple[tuple[int, int, float], ...]:
     return tuple((int(start), int(end), float(seconds)) for start, end, seconds in json.loads(stored))
 
 
+def _frame_kind_queued(db: sqlite3.Connection, job_id: int, frame: int, kind: str) -> bool:
+    return db.execute("SELECT 1 FROM units WHERE job=? AND frame=? AND kind=? AND state=? LIMIT 1",
+                      (job_id, frame, kind, UnitState.QUEUED.value)).fetchone() is not None
+
+
 def _frame_kind_open(db: sqlite3.Connection, job_id: int, frame: int, kind: str, *past: UnitState) -> bool:
     """Whether a unit of `kind` in the frame is in none of the states `past`."""
     marks = ", ".join("?" * len(past))
@@ -507,6 +519,10 @@ class _Queue:
             f" AND u.frame <= f.number AND {schema.not_of(self._unbound, 'u.kind')} AND u.state IN (?, ?))",
             (job_id, FrameState.QUEUED.value, FrameState.RENDERING.value, build, *self._unbound,
              UnitState.DONE.value, UnitState.LEASED.value)))
+
+    def frame_kind_queued(self, job_id: int, frame: int, kind: str) -> bool:
+        """Whether a unit of `kind` in the frame waits in the queue (UnitRecords.frame_kind_queued)."""
+        return _frame_kind_queued(self._db, job_id, frame, kind)
 
     def frame_kind_open(self, job_id: int, frame: int, kind: str) -> bool:
         """Whether a unit of `kind` in the frame is not stored yet (UnitRecords.frame_kind_open)."""
