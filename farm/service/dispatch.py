@@ -289,6 +289,8 @@ class Dispatcher:
             self._changes.wait(unit.job, seen, left, gone)
 
     def _current_leased(self, node_id: str, token: str) -> Unit:
+        """`_current` read from the store, not the leases remembered in memory: a fetch that waits must see its
+        lease expire or be handed back meanwhile."""
         unit = self._store.units.by_lease(token)
         if unit is None or unit.node != node_id or unit.state is not UnitState.LEASED:
             raise FarmError(Code.STALE_LEASE, f"lease {token} is no longer current")

@@ -121,8 +121,8 @@ class PovrayPart(ControllerPart):
             return Worth.DECLINE
         if unit.kind == ROWS and leasing.job.pretrace and queue.frame_kind_queued(unit.job, unit.frame, PRETRACE):
             return Worth.HOLD       # a band of its pre-pass went back to the queue: that goes first
-        if unit.kind == ROWS and leasing.job.pretrace and not _waits_for_cache(queue, leasing.node_id) \
-                and queue.frame_kind_open(unit.job, unit.frame, PRETRACE):
+        if unit.kind == ROWS and leasing.job.pretrace and queue.frame_kind_open(unit.job, unit.frame, PRETRACE) \
+                and not _waits_for_cache(queue, leasing.node_id):
             return Worth.DECLINE    # its cache is not complete yet, and this node cannot wait for it
         return Worth.LEASE
 
