@@ -24,7 +24,9 @@ from harness import (SCENES, assert_same_pixels, native_render, needs_povray, ru
                      wait_ended, wait_until, write_scene)
 from farm import radiosity, strips
 from farm.rendering import povray
+from farm.rendering import photons
 from farm.rendering.cache_feed import CacheFeed
+from farm.rendering.frame_caches import PhotonMaps
 from farm.bundle.checking import mentions
 from farm.faults import Code, FarmError
 from farm.images.png import decode_png
@@ -514,6 +516,29 @@ def test_a_cache_fed_through_a_fifo_after_povray_parsed_renders_the_same_pixels(
     assert not feed.failed() and not (work / radiosity.CACHE_FILE).exists()
     assert _load(work / "fifo.ppm") == _load(work / "file.ppm")
     assert 0.3 < feed.waited < 1.0
+
+
+def test_a_strip_waiting_for_its_cache_never_keeps_the_nodes_band_waiting_for_the_photon_map(tmp_path):
+    """A strip whose POV-Ray waits for the frame's radiosity cache publishes nothing until the cache comes; if
+    it were the frame's photon publisher, the node's band of the pre-pass (whose cache it waits for) would
+    wait for the map. So it shoots the map for itself, leaving the lock free; once a map is in, it loads it."""
+    maps = PhotonMaps(tmp_path / "maps")
+    maps.directory.mkdir()
+    text = "global_settings { photons { spacing 0.05 } }\nsphere { 0, 1 }\n"
+    scene = tmp_path / "waiting.pov"
+    scene.write_text(text)
+    with maps.shared("1-1", scene, publish=False) as publisher:
+        assert publisher is None and scene.read_text() == text
+        assert maps._lock("1-1").acquire(blocking=False)        # free for the band
+        maps._lock("1-1").release()
+    band = tmp_path / "band.pov"
+    band.write_text(text)
+    with maps.shared("1-1", band) as publisher:
+        assert publisher is not None and "save_file" in band.read_text()
+        publisher.produced.write_bytes(b"photons")
+    with maps.shared("1-1", scene, publish=False) as publisher:
+        assert publisher is None and "load_file" in scene.read_text()
+        assert (tmp_path / photons.PHOTON_FILE).read_bytes() == b"photons"
 
 
 def test_a_cache_that_cannot_be_had_stops_the_strip_and_its_reader_is_never_fed(tmp_path):

@@ -38,10 +38,13 @@ class PhotonMaps:
             return self._locks.setdefault(key, threading.Lock())
 
     @contextlib.contextmanager
-    def shared(self, key: str, scene: Path):
+    def shared(self, key: str, scene: Path, publish: bool = True):
         """Around one strip's render: the first strip of a frame saves the map and yields a
         `PhotonPublisher` (other slots wait until it publishes the map); later ones load the map and
-        yield None. Scenes without a global photons block are left alone."""
+        yield None. Scenes without a global photons block are left alone. A strip that must not keep the
+        others waiting (`publish` false) shoots the map for itself when none is in: a strip waiting for its
+        frame's radiosity cache publishes nothing until the cache comes, which may be from a band on this
+        node that would wait for the map (the node's two slots deadlocked until a lease ran out)."""
         original = scene.read_bytes().decode("latin-1")    # latin-1 round-trips every byte
         if photons.with_photon_file(original, save=True) is None:
             yield None
@@ -49,6 +52,10 @@ class PhotonMaps:
         stored = self.directory / f"{key}.ph"
         lock = self._lock(key)
         lock.acquire()
+        if not stored.exists() and not publish:
+            lock.release()
+            yield None
+            return
         if not stored.exists():
             scene.write_bytes(photons.with_photon_file(original, save=True).encode("latin-1"))
             publisher = PhotonPublisher(self, scene.parent / photons.PHOTON_FILE, stored, lock)

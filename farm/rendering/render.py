@@ -105,7 +105,7 @@ class UnitRenderer:
         area = self._sheared_blocks(task, strip_dir) if task.sheared_part else None
         try:
             if task.frame == task.frame_last:
-                with self.photon_maps.shared(_photon_key(task), scene) as publisher:
+                with self.photon_maps.shared(_photon_key(task), scene, publish=feed is None) as publisher:
                     return self._run_povray(task, strip_dir, target, publisher, extra, area=area, feed=feed)
             return self._run_povray(task, strip_dir, target, extra=extra, area=area, feed=feed)
         finally:
