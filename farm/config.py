@@ -54,8 +54,9 @@ class Config:
     max_bundle_bytes: int = 256 * 1024 * 1024
     purge_after: str = ""              # ended jobs older than this age (30d...) are purged hourly; "" = never
     pretrace_bands: int = 0            # with 2+ live nodes, a radiosity frame's pre-pass is cut into this many
-                                       # bands of rows that they share (0: two per live node, at most 8;
-                                       # 1: one node pretraces the whole frame)
+                                       # bands that they share (0: a scene's first one folded, one band per
+                                       # node, else by cost, or two per node, at most 8; 1: one node
+                                       # pretraces the whole frame; radiosity.folded_bands, bands_by_cost)
     # Node.
     name: str = dataclasses.field(default_factory=socket.gethostname)
     povray: str = "povray"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from farm import __version__, jobkinds, tags
-from farm.radiosity import NODE_WAITS_FOR_CACHE
+from farm.radiosity import NODE_FOLDS_BANDS, NODE_WAITS_FOR_CACHE
 from farm.rendering import cache_feed, povray
 from farm.rendering import sandbox as sandboxes
 from farm.client import Client, client_for
@@ -138,6 +138,7 @@ class Node:
                 "tags": list(tags.parse(self.config.tags, "setting 'tags'")),
                 "kinds": list(self.kinds), "interleave": True,   # it renders sheared units (farm.shear)
                 NODE_WAITS_FOR_CACHE: cache_feed.available(self.flavour == povray.CONSOLE),
+                NODE_FOLDS_BANDS: True,     # it pretraces a folded pre-pass's band whole (Task.band_pieces)
                 **self.sandbox.info()}
         if self.broken and not self.offered.without_povray:
             info["error"] = self.broken

@@ -41,10 +41,12 @@ PRETRACED, NO_RADIOSITY = "pretraced", "no radiosity"
 # other (2 bands: 1.03), where bands cut with +SR/+ER (numbered from 0, jittered otherwise) gave 1.12-1.14,
 # as much as one whole-frame pre-pass at another block size (+BS16: 1.19). Bands cost unevenly (balcony,
 # four bands: 1.0, 1.2, 4.0 and 4.0 s of CPU) and each pays POV-Ray's start-up, the parse and the photons
-# again; two per live node (AUTO_PARTS_PER_NODE) let a box with the cheap sky take another. Once a pre-pass
+# again. A scene's first pre-pass at a size goes out in one folded band per node (`folded_bands`: each as
+# much of the frame's top as of its bottom), where pieces are tall enough and every live node folds; else
+# two per live node (AUTO_PARTS_PER_NODE) let a box with the cheap sky take another. Once a pre-pass
 # of the scene at that size is in, the next goes out in one band per node cut by where its bands' pretrace
 # went (`bands_by_cost`, `sweep_costs`; balcony's pre-pass on two boxes then ends at 4.9 s, where four even
-# bands took 6.3-7).
+# bands took 6.3-7 and two folded ones 5.5-6.0).
 # A box pretraces one band at a time (policy.band_waits). Near a band's
 # edges its pretrace lacks the samples of the band beside it and takes its own; where every block row is
 # beside an edge (cornell 320x256 in four bands of two block rows) strips differ from single renders 1.0-1.5
@@ -60,6 +62,9 @@ SWEPT_FLOOR = 1e-4      # seconds: rows a pretrace swept at once (sky) still cos
 # complete and feed it the cache when it is (farm/rendering/cache_feed.py): POV-Ray reads the cache only after
 # its start-up and the parse, about 0.6 s of a balcony strip that then run while the pre-pass's last band ends.
 NODE_WAITS_FOR_CACHE = "cache_later"
+# What a node says when it registers (true) if it pretraces a band of a folded pre-pass as such, its rows and
+# their mirror (`band_pieces`): a node from before folded bands would pretrace the upper rows alone.
+NODE_FOLDS_BANDS = "folded_bands"
 # Decide "no radiosity" only once this share of the frame is rendered with no sample in the cache:
 # the cache is written while the pretrace runs, long before that, when radiosity is on.
 NO_SAMPLES_AFTER = 0.10
@@ -139,29 +144,38 @@ def merge_caches(parts: list[bytes]) -> bytes:
     return b"".join(trim_cache(part) for part in parts)
 
 
-def band_costs(measured: Sequence[Finished]) -> tuple[list[tuple[int, int, float]], float]:
-    """The costs to cut a pre-pass by (`bands_by_cost`) from the bands of an earlier one, with the seconds to
-    take off each: where the nodes timed their bands' pretrace (`Finished.parts`), those times, 0 taken off;
-    a band they could not time (its pretrace too short to see: balcony's sky) its seconds past the median
-    fixed part of those they timed, spread over its rows. Without any timed band, the bands' seconds and
-    POV-Ray's start-up."""
+def band_costs(measured: Sequence[Finished]) -> list[tuple[int, int, float]]:
+    """The costs to cut a pre-pass by (`bands_by_cost`, nothing more to take off) from the bands of an earlier
+    one: where the nodes timed their bands' pretrace (`Finished.parts`), those times; a band they could not
+    time (its pretrace too short to see: balcony's sky) its seconds past the median fixed part of those they
+    timed, spread over its rows (over both pieces of a folded band, by their rows). Without any timed band,
+    the bands' seconds past POV-Ray's start-up."""
     timed = [unit for unit in measured if unit.parts]
-    if not timed:
-        return [(unit.row_start, unit.row_end, unit.seconds) for unit in measured], STARTUP_SECONDS
-    fixed = statistics.median(unit.seconds - sum(seconds for _, _, seconds in unit.parts) for unit in timed)
+    if timed:
+        fixed = statistics.median(unit.seconds - sum(seconds for _, _, seconds in unit.parts) for unit in timed)
+        least = SWEPT_FLOOR
+    else:
+        fixed, least = STARTUP_SECONDS, MIN_BAND_WORK
     return [part for unit in measured for part in (
-        unit.parts or [(unit.row_start, unit.row_end, max(SWEPT_FLOOR, unit.seconds - fixed))])], 0.0
+        unit.parts or _spread(unit.pieces or ((unit.row_start, unit.row_end),), max(least, unit.seconds - fixed)))]
 
 
-def sweep_costs(samples: Sequence[tuple[float, int]], ended: float, row_start: int, row_end: int, width: int,
+def _spread(pieces: Sequence[tuple[int, int]], seconds: float) -> list[tuple[int, int, float]]:
+    """`seconds` over the pieces of rows, by their rows."""
+    rows = sum(end - start for start, end in pieces) or 1
+    return [(start, end, seconds * (end - start) / rows) for start, end in pieces]
+
+
+def sweep_costs(samples: Sequence[tuple[float, int]], ended: float, pieces: Sequence[tuple[int, int]], width: int,
                 bin_rows: int) -> list[tuple[int, int, float]]:
-    """Where a band's pretrace spent its time: seconds per `bin_rows` rows of the band [row_start, row_end),
-    read off POV-Ray's pixel counter (`samples`: seconds, pixels of the band pretraced, as the watch saw them;
-    `ended`: when it saw the final pass begin, the band swept). The counter sweeps the band's blocks in order,
-    row of blocks after row of blocks, so the pixels counted over the width are the rows swept. Measured on
-    balcony 640x480, rows 257-384 alone: 1.25 s over their upper half, 1.9 s over the lower, where equal
-    shares of the band's time put the next cut 40 rows too high. Empty when the watch saw too little."""
-    rows = row_end - row_start
+    """Where a band's pretrace spent its time: seconds per `bin_rows` rows of each of the band's pieces of
+    rows (`band_pieces`, in the order POV-Ray sweeps them), read off POV-Ray's pixel counter (`samples`:
+    seconds, pixels of the band pretraced, as the watch saw them; `ended`: when it saw the final pass begin,
+    the band swept). The counter sweeps the band's blocks in order, row of blocks after row of blocks, so the
+    pixels counted over the width are the rows swept. Measured on balcony 640x480, rows 257-384 alone: 1.25 s
+    over their upper half, 1.9 s over the lower, where equal shares of the band's time put the next cut 40
+    rows too high. Empty when the watch saw too little."""
+    rows = sum(end - start for start, end in pieces)
     if len(samples) < 2 or width < 1 or rows < 1 or bin_rows < 1 or ended < samples[-1][0]:
         return []
     points = [(min(rows, done / width), at) for at, done in samples] + [(float(rows), ended)]
@@ -175,9 +189,40 @@ def sweep_costs(samples: Sequence[tuple[float, int]], ended: float, row_start: i
             if position <= p1:
                 return t0 if p1 <= p0 else t0 + (t1 - t0) * max(0.0, position - p0) / (p1 - p0)
         return swept[-1][1]
-    edges = [*range(0, rows, bin_rows), rows]
-    times = [*map(time_at, edges[:-1]), ended]   # a stall at the end is the last rows' (the counter stops short)
-    return [(row_start + a, row_start + b, round(t1 - t0, 4)) for a, b, t0, t1 in zip(edges, edges[1:], times, times[1:])]
+    bins = []      # (rows swept before the bin, its first row, its end row), piece after piece
+    swept_before = 0
+    for start, end in pieces:
+        bins += [(swept_before + a, start + a, min(end, start + a + bin_rows)) for a in range(0, end - start, bin_rows)]
+        swept_before += end - start
+    times = [*(time_at(position) for position, _, _ in bins), ended]  # a stall at the end is the last rows'
+    return [(first, last, round(t1 - t0, 4)) for (_, first, last), t0, t1 in zip(bins, times, times[1:])]
+
+
+def folded_bands(height: int, block: int, parts: int) -> list[tuple[int, int]] | None:
+    """The bands of a frame's first pre-pass (nothing of the scene measured yet): `parts` bands of the frame
+    folded at its middle, each rows [a, b) of its upper half with their mirror [height - b, height - a) below
+    (`band_pieces`). Scenes mostly cost more, or less, from top to bottom (balcony: a cheap sky, a dear
+    floor), so one folded band per node costs about as much as the next: balcony 640x480 on one core, rows
+    0-120 with 360-480 pretraced in 4.3-4.5 s and rows 120-360 in 4.1-4.5 s, as two bands cut by a measured
+    cost did (4.3-5.0 s), where two even bands per node took 5.6 s a node (a start-up, parse and photons
+    more each). None (the frame gets even bands) for fewer than two parts, or where a piece would be under
+    MIN_BAND_BLOCKS block rows."""
+    if parts < 2 or height < 2 * parts * MIN_BAND_BLOCKS * block:
+        return None
+    cuts = [round(height * k / (2 * parts)) for k in range(parts)] + [(height + 1) // 2]
+    return list(zip(cuts, cuts[1:]))
+
+
+def band_pieces(height: int, row_start: int, row_end: int, folded: bool) -> list[tuple[int, int]]:
+    """The frame's rows a band of a pre-pass pretraces, in the order POV-Ray sweeps them: the band's rows,
+    and for a band of a folded pre-pass (`folded_bands`) their mirror in the lower half after them; one
+    piece where the two meet in the middle."""
+    if not folded:
+        return [(row_start, row_end)]
+    mirror = (height - row_end, height - row_start)
+    if mirror[0] <= row_end:
+        return [(row_start, max(row_end, mirror[1]))]
+    return [(row_start, row_end), mirror]
 
 
 class PretraceWatch:

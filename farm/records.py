@@ -51,6 +51,7 @@ class JobSpec:
     povray: str = ""                # the POV-Ray version it is pinned to (farm.builds); "": any
     kind: str = POVRAY              # its kind of work (farm.jobkinds)
     shear: int = 0                  # its frames' rows are sheared at this step (farm.shear); 0: not
+    fold: bool = False              # its radiosity pre-pass bands are folded (farm.radiosity.folded_bands)
 
     @property
     def first_frame(self) -> int:
@@ -90,6 +91,7 @@ class Job:
     povray: str = ""
     kind: str = POVRAY       # farm.jobkinds
     shear: int = 0           # its frames' rows are those of their sheared images at this step (farm.shear)
+    fold: bool = False       # its pre-pass bands are folded: each holds its mirror rows (farm.radiosity.band_pieces)
 
     @property
     def ended(self) -> bool:

@@ -87,6 +87,9 @@ class Finished:
     seconds: float        # POV-Ray's wall time for it, as its node reported it
     # Where the seconds went by rows, when its node measured it (a radiosity pre-pass band's pretrace)
     parts: tuple[tuple[int, int, float], ...] = ()
+    # The frame's rows it covered, when they are more than [row_start, row_end): a band of a folded pre-pass
+    # (farm.radiosity.band_pieces)
+    pieces: tuple[tuple[int, int], ...] = ()
 
     @property
     def rows(self) -> int:

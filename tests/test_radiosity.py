@@ -34,7 +34,7 @@ from farm.images.ppm import decode_ppm
 from farm.images.raster import Raster
 from farm.planning import UnitPlan, with_pretrace
 from farm.rows import compress_rows
-from farm.scheduler import STARTUP_SECONDS as STARTUP
+from farm.scheduler import STARTUP_SECONDS as STARTUP, Finished
 
 CORNELL = SCENES / "radiosity/cornell.pov"
 
@@ -175,7 +175,7 @@ def test_a_bands_sweep_puts_its_time_on_its_rows_and_nothing_elsewhere(steps, ro
         samples.append((at, min(pixels, rows * width)))
     samples.sort(key=lambda sample: sample[1])
     samples = [(time_, done) for time_, (_, done) in zip(sorted(t for t, _ in samples), samples)]
-    costs = radiosity.sweep_costs(samples, at + 1.0, row_start, row_start + rows, width, bin_rows)
+    costs = radiosity.sweep_costs(samples, at + 1.0, [(row_start, row_start + rows)], width, bin_rows)
     assert [start for start, _, _ in costs] == list(range(row_start, row_start + rows, bin_rows))
     assert costs[-1][1] == row_start + rows and all(seconds >= 0 for _, _, seconds in costs)
     assert abs(sum(seconds for _, _, seconds in costs) - (at + 1.0 - samples[0][0])) < 1e-3 * len(costs) + 1e-6
@@ -191,8 +191,49 @@ def test_a_bands_sweep_is_read_off_povrays_pixel_counter(tmp_path):
             out.write(f"Rendered {done} of 4800 pixels\r".encode())
         watch()
     assert watch.verdict == radiosity.PRETRACED and watch.ended == 3.5
-    assert radiosity.sweep_costs(watch.samples, watch.ended, 100, 140, 10, 10) == [
+    assert radiosity.sweep_costs(watch.samples, watch.ended, [(100, 140)], 10, 10) == [
         (100, 110, 1.0), (110, 120, 0.25), (120, 130, 0.25), (130, 140, 2.0)]
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(1, 2000), st.integers(1, 700), st.sampled_from([8, 16, 32, 64]), st.integers(1, 8))
+@example(384, 64, 32, 2)      # the least frame that folds in two: pieces of three block rows
+@example(481, 10, 16, 3)      # an odd height: the middle row goes to the middle band
+def test_folded_bands_take_every_block_once_as_much_of_the_top_as_of_the_bottom(height, width, block, parts):
+    """radiosity.folded_bands and band_pieces: `parts` bands, each a piece of the upper half and its mirror
+    below (the middle one piece), taking every block of the frame once (strips.band_serials), of rows alike,
+    every piece at least MIN_BAND_BLOCKS block rows; None where pieces would be smaller."""
+    bands = radiosity.folded_bands(height, block, parts)
+    if parts < 2 or height < 2 * parts * radiosity.MIN_BAND_BLOCKS * block:
+        assert bands is None
+        return
+    assert len(bands) == parts and bands[0][0] == 0 and bands[-1][1] == (height + 1) // 2
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+    pieces = [radiosity.band_pieces(height, start, end, True) for start, end in bands]
+    assert [len(band) for band in pieces] == [2] * (parts - 1) + [1]
+    serials = sorted(serial for band in pieces for start, end in band
+                     for serial in strips.band_serials(width, height, block, start, end))
+    assert serials == list(range(strips.block_count(width, block) * strips.block_count(height, block)))
+    rows = [sum(end - start for start, end in band) for band in pieces]
+    assert max(rows) - min(rows) <= 3
+    assert all(end - start >= radiosity.MIN_BAND_BLOCKS * block for band in pieces for start, end in band)
+    assert radiosity.band_pieces(height, 0, 40, False) == [(0, 40)]
+
+
+def test_a_folded_bands_sweep_puts_its_time_on_its_rows_and_their_mirror():
+    """Rows 0-19 and then 80-99 of a 10-pixel-wide frame, 200 pixels each: the counter's first 200 pixels are
+    the upper piece's, the next 200 the lower's."""
+    samples = [(0.0, 0), (1.0, 100), (2.0, 200), (3.0, 300)]
+    assert radiosity.sweep_costs(samples, 5.0, radiosity.band_pieces(100, 0, 20, True), 10, 10) == [
+        (0, 10, 1.0), (10, 20, 1.0), (80, 90, 1.0), (90, 100, 2.0)]
+
+
+def test_an_untimed_folded_band_spreads_its_seconds_over_both_pieces():
+    timed = Finished("a", 0, 120, 3.5, parts=((0, 120, 0.5), (360, 480, 2.5)), pieces=((0, 120), (360, 480)))
+    sky = Finished("b", 120, 240, 0.9, pieces=((120, 240), (240, 360)))    # too quick to time: 0.4 s past 0.5
+    assert radiosity.band_costs([timed, sky]) == [(0, 120, 0.5), (360, 480, 2.5), (120, 240, 0.2), (240, 360, 0.2)]
+    untimed = [Finished("a", 0, 120, STARTUP + 2.0, pieces=((0, 120), (360, 480))), Finished("b", 120, 240, 0.2)]
+    assert radiosity.band_costs(untimed) == [(0, 120, 1.0), (360, 480, 1.0), (120, 240, radiosity.MIN_BAND_WORK)]
 
 
 def test_caches_of_a_pre_pass_cut_into_bands_merge_into_one_list_of_samples():
@@ -220,6 +261,45 @@ def test_a_frames_strips_wait_for_every_band_of_its_pre_pass_and_load_their_cach
     cache = farm.call("nodes.radiosity_cache", a, strip["lease"])
     assert zlib.decompress(cache.data) == b"C1\ta\nC1\tb\n"
     assert farm.call("jobs.status", job)["state"] == "rendering"
+    store.close()
+
+
+def test_a_scenes_first_pre_pass_goes_out_in_one_folded_band_per_node(tmp_path):
+    """Nothing of the scene measured yet: each of two boxes gets one band of the frame folded at its middle
+    (`fold`), a quarter of its top with the mirror quarter of its bottom, or its middle half; its node's
+    costs may name the mirror rows, no others. A node from before folded bands is declined them, and while
+    one is live the pre-pass goes out in even bands. The next pre-pass is cut by cost, unfolded."""
+    farm, store = stepped_farm(tmp_path / "data")
+    info = {"povray": "3.7", "slots": 2, "cores": 1, "threads": 1, "interleave": True,
+            radiosity.NODE_FOLDS_BANDS: True}
+    a, b = (farm.call("nodes.register", name, {**info, "machine": name})["node_id"] for name in ("boxA", "boxB"))
+    scene = write_scene(tmp_path / "scene", "global_settings { radiosity { } }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    job = submit(farm, scene, width=64, height=480, strips="auto")
+    bands = [farm.call("nodes.poll", node) for node in (a, b)]
+    assert [(t["kind"], t["row_start"], t["row_end"], t["fold"]) for t in bands] == [
+        ("pretrace", 0, 120, True), ("pretrace", 120, 240, True)]
+    costs = [[[0, 120, 0.5], [360, 480, 3.0]], [[120, 240, 1.0], [240, 360, 1.5]]]
+    with pytest.raises(FarmError) as refused:
+        farm.call("nodes.complete", a, bands[0]["lease"], Binary(b""), 4.0, "zlib", {}, 0.0, costs[1])
+    assert refused.value.code is Code.BAD_ARGUMENT
+    for node, task, cost in zip((a, b), bands, costs):
+        farm.call("nodes.complete", node, task["lease"], Binary(compress_rows(b"C1\ta\n")), 4.0, "zlib", {}, 0.0,
+                  cost)
+    farm.call("jobs.cancel", job)
+    job = submit(farm, scene, width=64, height=480, strips="auto")
+    bands = [farm.call("nodes.poll", node) for node in (a, b)]
+    expected = radiosity.bands_by_cost(480, 32, 2, [tuple(part) for cost in costs for part in cost], 0.0)
+    assert [(t["row_start"], t["row_end"], t["fold"]) for t in bands] == [(*band, False) for band in expected]
+    assert 300 < expected[0][1] < 400
+    farm.call("jobs.cancel", job)
+    job = submit(farm, scene, width=64, height=960, strips="auto")     # a new size: nothing measured
+    old = farm.call("nodes.register", "old", {"povray": "3.7", "slots": 1, "machine": "old", "interleave": True})
+    assert farm.call("nodes.poll", old["node_id"]) == {}         # the bands are folded: not for it
+    assert farm.call("nodes.poll", a)["fold"]
+    farm.call("jobs.cancel", job)
+    submit(farm, scene, width=64, height=1920, strips="auto")    # with it live: even bands, two per node
+    band = farm.call("nodes.poll", b)
+    assert (band["row_start"], band["row_end"], band["fold"]) == (0, 320, False)
     store.close()
 
 
@@ -558,6 +638,35 @@ def test_a_cache_that_cannot_be_had_stops_the_strip_and_its_reader_is_never_fed(
     feed.close()                   # as when POV-Ray is stopped
     reader.join(5)
     assert read == {"data": b""} and not (tmp_path / radiosity.CACHE_FILE).exists()
+
+
+@needs_povray
+def test_a_scenes_first_pre_pass_in_folded_bands_matches_single_renders_and_shows_no_seam(farm, tmp_path):
+    """cornell 64x384 on two nodes, nothing of it measured: its pre-pass goes out in one folded band per node
+    (rows 0-95 with 288-383, and 96-287). Strips loading the joined caches differ from single renders no more
+    than those differ from each other, and no more beside the bands' edges than elsewhere."""
+    width, height = 64, 384
+    farm.start_controller()
+    farm.start_node("boxA", "--machine", "boxA")
+    farm.start_node("boxB", "--machine", "boxB")
+    wait_until(lambda: len(farm.client.call("nodes.list")) == 2, what="both nodes to register")
+    job = submit(farm.client, CORNELL, width=width, height=height, strips=3)
+    final = wait_ended(farm.client, job)
+    assert final["state"] == "done", final["error"]
+    assert sorted((s["row_start"], s["row_end"]) for s in final["strips"] if s["kind"] == "pretrace") == [
+        (0, 96), (96, 192)]
+    assert "pre-pass of rows 1-96, 289-384" in farm.log("boxA") + farm.log("boxB")
+    image = tmp_path / "farm.png"
+    image.write_bytes(farm.client.call("jobs.fetch", job).data)
+    singles = [_load(native_render(CORNELL, width, height, [], tmp_path / f"single{i}.ppm", "P")) for i in range(3)]
+    edges = {row for edge in (96, 288) for row in (edge - 1, edge)}
+    between = [_difference(a, b, edges) for a, b in itertools.combinations(singles, 2)]
+    against = [_difference(_load(image), single, edges) for single in singles]
+    report = f"farm vs single {against}; single vs single {between}"
+    print(f"farm vs single {_average(against, 'mean'):.3f}, single vs single {_average(between, 'mean'):.3f}")
+    assert _average(against, "mean") <= NOISE * _average(between, "mean"), report
+    assert (_average(against, "edge") / _average(against, "other")
+            <= NOISE * _average(between, "edge") / _average(between, "other")), report
 
 
 @needs_povray

@@ -311,20 +311,27 @@ def test_decoding_is_fast_enough_to_follow_a_render():
 def test_a_continue_file_skips_every_block_outside_the_band():
     """continue_file: one message per block outside the rows, each holding only its serial in the whole
     frame (row-major), which the reader passes over as POV-Ray's image handler does."""
-    data = continue_file(100, 70, 32, 32, 64)      # blocks of 4 across, 3 down: the band is the middle row
+    data = continue_file(100, 70, 32, [(32, 64)])      # blocks of 4 across, 3 down: the band is the middle row
     assert data[:len(SIGNATURE)] == SIGNATURE and len(data) > HEADER_SIZE
     assert read_pieces(data) == ([], len(data))
+    assert _skipped_serials(data) == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert read_pieces(continue_file(64, 64, 32, [(0, 64)])) == ([], HEADER_SIZE)   # the whole frame: none skipped
+    # A band of a folded pre-pass: its rows at the top and their mirror at the bottom.
+    assert _skipped_serials(continue_file(32, 128, 32, [(0, 32), (96, 128)])) == [1, 2]
+    with pytest.raises(ValueError):
+        continue_file(64, 64, 32, [(32, 96)])
+    # A frame of very many blocks is not worth it: POV-Ray reads every skipped block's message.
+    assert continue_fits(4096, 4096, 16) and not continue_fits(8192, 8192, 16) and not continue_fits(64, 64, 0)
+
+
+def _skipped_serials(data: bytes) -> list[int]:
+    """The serials of the blocks a render state file says are done, in its order."""
     serials, position = [], HEADER_SIZE
     while position < len(data):
         size = struct.unpack_from(">i", data, position + 12)[0]
         serials.append(struct.unpack_from(">i", data, position + 20 + size - 4)[0])   # PiId is last
         position += 20 + size
-    assert serials == [0, 1, 2, 3, 8, 9, 10, 11]
-    assert read_pieces(continue_file(64, 64, 32, 0, 64)) == ([], HEADER_SIZE)   # the whole frame: none skipped
-    with pytest.raises(ValueError):
-        continue_file(64, 64, 32, 32, 96)
-    # A frame of very many blocks is not worth it: POV-Ray reads every skipped block's message.
-    assert continue_fits(4096, 4096, 16) and not continue_fits(8192, 8192, 16) and not continue_fits(64, 64, 0)
+    return serials
 
 
 @needs_povray
@@ -336,7 +343,7 @@ def test_povray_continuing_from_a_continue_file_renders_only_the_band(tmp_path):
     native = tmp_path / "native.ppm"
     native_render(SCENES / "advanced/chess2.pov", width, height, ["+A0.3"], native, "P", once=True)
     out = tmp_path / "band.ppm"
-    out.with_suffix(".pov-state").write_bytes(continue_file(width, height, 32, *band))
+    out.with_suffix(".pov-state").write_bytes(continue_file(width, height, 32, [band]))
     done = subprocess.run(["povray", "+Ichess2.pov", f"+W{width}", f"+H{height}", "+A0.3", "-D", "+FP", "+C",
                            f"+O{out}"], cwd=SCENES / "advanced", capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -15,7 +15,7 @@ from farm.server.departures import departure_watch
 from farm.service import kindparts
 from farm.service.inline import InlineBundles
 from farm.service.submission import MAX_SIDE
-from farm.kinds import ROWS
+from farm.kinds import PRETRACE, ROWS
 from farm.unitlog import UnitLog
 from farm.wire import Binary
 
@@ -47,7 +47,10 @@ class NodesAPI:
             tags set with nodes.set_tags win over them), kinds ([str]: the kinds of job it runs, farm.jobkinds;
             a job is leased only to a node offering its kind; absent: ["povray"]), interleave (bool: it renders
             sheared units, farm/shear.py; a sheared job goes only to such nodes, and a job is sheared only while
-            every live node is one)
+            every live node is one), cache_later (bool: it can start a strip before its frame's radiosity
+            cache is complete, see nodes.poll's cache_pending), folded_bands (bool: it pretraces a band of a
+            folded pre-pass as such, see nodes.poll's fold; a pre-pass is folded only while every live node
+            does)
         @return: struct: node_id (str), heartbeat_interval (float seconds: how often to renew leases and
             report progress), lease_timeout (float seconds: a lease not renewed this long goes to another node),
             features ([str]: what this controller can do: "complete_and_poll" (nodes.complete_and_poll),
@@ -89,6 +92,9 @@ class NodesAPI:
             live (bool: a viewer watches the job: send finished blocks with nodes.live),
             shear (int: the rows are those of the frame's sheared image at this step, farm.shear: render
             their blocks alone and deliver them in its order; 0: the frame's own rows),
+            fold (bool: a band of a folded pre-pass: pretrace rows [height - row_end, height - row_start) as
+            well, after the band's own, farm.radiosity.band_pieces; sent only to a node that registered with
+            folded_bands true),
             bundle_data (base64, only with inline: the bundle itself, when it is at most 256 KiB and this
             node id has not been sent it yet)
         """
@@ -117,6 +123,7 @@ class NodesAPI:
             "cache_pending": self._dispatch.frame_cache_pending(job, unit),
             "live": self._dispatch.live_blocks(unit),
             "shear": job.shear if unit.kind == ROWS else 0,
+            "fold": job.fold and unit.kind == PRETRACE,
         }
 
     @rpc(NODE)

@@ -137,7 +137,7 @@ class UnitRenderer:
         """A frame's radiosity pre-pass, or a part of it: the task's rows with +RFO, stopped when the final
         pass begins. Delivers the cache, or nothing when those rows turn out to use no radiosity."""
         cache = scene.parent / radiosity.CACHE_FILE
-        band = (task.row_start, task.row_end) != (0, task.height)
+        band = task.band_pieces != [(0, task.height)]
         watch = radiosity.PretraceWatch(strip_dir / "povray.log", cache, band=band)
         area = self._band_in_frame(task, strip_dir) if band else None
         # The frame's photon map, shot here, is the one the node's strips of the frame load (balcony: 0.24 s
@@ -151,25 +151,29 @@ class UnitRenderer:
             data = radiosity.trim_cache(cache.read_bytes()) if watch.verdict != radiosity.NO_RADIOSITY else b""
         except OSError:
             data = b""     # POV-Ray made no cache file: no radiosity
-        log.info("job %s frame %s radiosity pre-pass of rows %d-%d: %s", task.job, task.frame, task.row_start + 1,
-                 task.row_end, f"{len(data)} bytes of cache" if data else "no radiosity samples")
-        costs = radiosity.sweep_costs(watch.samples, watch.ended, task.row_start, task.row_end, task.width,
+        log.info("job %s frame %s radiosity pre-pass of rows %s: %s", task.job, task.frame,
+                 ", ".join(f"{start + 1}-{end}" for start, end in task.band_pieces),
+                 f"{len(data)} bytes of cache" if data else "no radiosity samples")
+        costs = radiosity.sweep_costs(watch.samples, watch.ended, task.band_pieces, task.width,
                                       validate_options(task.options).block) if watch.ended is not None else []
         return RenderOutcome("done", rows=compress_rows(data) if data else b"", seconds=outcome.seconds,
                              log=outcome.log, costs=tuple(costs))
 
-    def _band_in_frame(self, task: Task, strip_dir: Path) -> list[str] | None:
+    def _band_in_frame(self, task: Task, strip_dir: Path) -> list[str]:
         """POV-Ray's area options for a band of a frame's pre-pass pretraced as in a whole-frame render: the
         frame's area (no +SR/+ER) and `+C`, beside a render state file that has POV-Ray skip every block
-        outside the band. The band's blocks keep their serials in the frame, which seed their pretrace's
-        jitter: measured on balcony 640x480, four bands pretraced so differ from single renders as single
-        renders differ from each other (1.00 times), where bands cut with +SR/+ER differ 1.12 times as much.
-        None (the band's rows, +SR/+ER) for POV-Ray for Windows and for frames of too many blocks."""
+        outside the band (its pieces of rows, `Task.band_pieces`). The band's blocks keep their serials in the
+        frame, which seed their pretrace's jitter: measured on balcony 640x480, four bands pretraced so differ
+        from single renders as single renders differ from each other (1.00 times), where bands cut with
+        +SR/+ER differ 1.12 times as much. For POV-Ray for Windows and for frames of too many blocks, the rows
+        from the band's first to its last (+SR/+ER): a folded band's pieces and the rows between them."""
         block = validate_options(task.options).block
+        pieces = task.band_pieces
         if self.flavour != povray.CONSOLE or not continue_fits(task.width, task.height, block):
-            return None
+            return strips.povray_row_options(min(start for start, _ in pieces), max(end for _, end in pieces),
+                                             task.height)
         state = output_path(task, strip_dir).with_suffix(STATE_SUFFIX)
-        state.write_bytes(continue_file(task.width, task.height, block, task.row_start, task.row_end))
+        state.write_bytes(continue_file(task.width, task.height, block, pieces))
         return ["+C"]
 
     def _sheared_blocks(self, task: Task, strip_dir: Path) -> list[str]:

@@ -42,7 +42,7 @@ import struct
 import sys
 import zlib
 from array import array
-from typing import Collection, Union
+from typing import Collection, Sequence, Union
 
 from farm.rendering.gamma import Encoding
 from farm.strips import band_serials, block_count
@@ -311,14 +311,16 @@ def _spots(attributes: dict[str, object], position: int) -> Spots:
     return Spots(positions, pixels, size)
 
 
-def continue_file(width: int, height: int, block: int, row_start: int, row_end: int) -> bytes:
-    """A render state file with which `+C` renders only the blocks of rows [row_start, row_end) (0-based,
-    end exclusive; a row that is no block edge cuts its row of blocks, `strips.band_serials`) of a
+def continue_file(width: int, height: int, block: int, pieces: Sequence[tuple[int, int]]) -> bytes:
+    """A render state file with which `+C` renders only the blocks of the pieces of rows [start, end)
+    (0-based, end exclusive; a row that is no block edge cuts its row of blocks, `strips.band_serials`) of a
     `width` x `height` frame of `block`-pixel render blocks, numbered as in the whole frame: one message per
     other block, holding its serial and nothing to paint."""
-    if block < 1 or not 0 <= row_start < row_end <= height or width < 1:
-        raise ValueError(f"rows [{row_start}, {row_end}) of a {width}x{height} frame in {block}-pixel blocks")
-    return blocks_file(width, height, block, band_serials(width, height, block, row_start, row_end))
+    bad = [(start, end) for start, end in pieces if not 0 <= start < end <= height]
+    if block < 1 or width < 1 or bad or not pieces:
+        raise ValueError(f"rows {bad or list(pieces)} of a {width}x{height} frame in {block}-pixel blocks")
+    return blocks_file(width, height, block, {serial for start, end in pieces
+                                              for serial in band_serials(width, height, block, start, end)})
 
 
 def blocks_file(width: int, height: int, block: int, keep: Collection[int]) -> bytes:

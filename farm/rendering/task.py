@@ -14,6 +14,7 @@ from typing import Any, Callable
 from farm.faults import Code, FarmError
 from farm.kinds import ROWS
 from farm.options import validate_options
+from farm.radiosity import band_pieces
 from farm.rows import ZLIB
 from farm.shear import Shear
 from farm.unitlog import UnitLog
@@ -46,6 +47,7 @@ class Task:
     cache_pending: bool = False         # ...which is not complete yet: it is fed as it comes (cache_feed)
     live: bool = False                  # a viewer watches: send finished blocks as they come (nodes.live)
     shear: int = 0                      # the rows are the frame's sheared image's, at this step (farm.shear); 0: none
+    fold: bool = False                  # a band of a folded pre-pass: its mirror rows too (farm.radiosity)
 
     @classmethod
     def from_wire(cls, wire: Any) -> Task:
@@ -64,7 +66,7 @@ class Task:
             time_limit=_seconds(wire, "time_limit"), kind=_text(wire, "kind", default=ROWS),
             radiosity_cache=_flag(wire, "radiosity_cache"), cache_pending=_flag(wire, "cache_pending"),
             live=_flag(wire, "live"),
-            shear=_whole(wire, "shear", default=0))
+            shear=_whole(wire, "shear", default=0), fold=_flag(wire, "fold"))
 
     @property
     def frames(self) -> range:
@@ -80,6 +82,11 @@ class Task:
     def layout(self) -> Shear:
         """How its frame's rows lie in the sheared image it renders rows of (farm.shear)."""
         return Shear(self.width, self.height, validate_options(self.options).block, self.shear)
+
+    @property
+    def band_pieces(self) -> list[tuple[int, int]]:
+        """The frame's rows a pre-pass unit pretraces, in the order POV-Ray sweeps them (farm.radiosity)."""
+        return band_pieces(self.height, self.row_start, self.row_end, self.fold)
 
     @property
     def alpha(self) -> bool:

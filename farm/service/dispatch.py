@@ -172,8 +172,10 @@ class Dispatcher:
         part = kindparts.of_unit(unit.kind)
         data, encoding = _as_stored(part, unit, job, data, encoding)
         raw = _checked_result(part, unit, job, data, encoding)
-        if any(start < unit.row_start or end > unit.row_end for start, end, _ in costs):
-            raise FarmError(Code.BAD_ARGUMENT, f"costs name rows outside the unit's {unit.row_start}-{unit.row_end}")
+        covered = part.unit_rows(job, unit)
+        if not all(any(first <= start and end <= last for first, last in covered) for start, end, _ in costs):
+            raise FarmError(Code.BAD_ARGUMENT, "costs name rows outside the unit's "
+                            + ", ".join(f"{first}-{last}" for first, last in covered))
         done = self._store.units.complete(node_id, token, data, seconds, self._clock(), encoding, part.keeping(unit),
                                           costs if part.keeps_costs(unit) else ())
         self._leased.pop(token, None)

@@ -138,6 +138,11 @@ class ControllerPart:
         """Whether what the unit's rows cost, as its node measured them, is kept for later jobs: no."""
         return False
 
+    def unit_rows(self, job: Job, unit: Unit) -> list[tuple[int, int]]:
+        """The frame's rows the unit covers, as pieces [start, end) in the order its node goes over them: its
+        own rows."""
+        return [(unit.row_start, unit.row_end)]
+
     def frame_cache_pending(self, store: Store, job: Job, unit: Unit) -> bool:
         """Whether that cache is not complete yet as the unit is leased (its node waits for it): no."""
         return False

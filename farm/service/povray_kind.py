@@ -17,7 +17,7 @@ from farm.api import args
 from farm.faults import Code, FarmError
 from farm.kinds import PRETRACE, PREVIEW, ROWS, PreviewMode, preview_size
 from farm.options import preview_options
-from farm.radiosity import MAX_RADIOSITY_CACHE, NODE_WAITS_FOR_CACHE
+from farm.radiosity import MAX_RADIOSITY_CACHE, NODE_FOLDS_BANDS, NODE_WAITS_FOR_CACHE, band_pieces
 from farm.records import Job, StoredRows, Unit
 from farm.meter import Meter
 from farm.policy import Queue
@@ -119,6 +119,8 @@ class PovrayPart(ControllerPart):
             return Worth.EMPTY
         if unit.kind == PRETRACE and policy.band_waits(queue, unit, leasing.node_id):
             return Worth.DECLINE
+        if unit.kind == PRETRACE and leasing.job.fold and not _node_says(queue, leasing.node_id, NODE_FOLDS_BANDS):
+            return Worth.DECLINE    # a node from before folded bands would pretrace the band's upper rows alone
         if unit.kind == ROWS and leasing.job.pretrace and queue.frame_kind_queued(unit.job, unit.frame, PRETRACE):
             return Worth.HOLD       # a band of its pre-pass went back to the queue: that goes first
         if unit.kind == ROWS and leasing.job.pretrace and queue.frame_kind_open(unit.job, unit.frame, PRETRACE) \
@@ -150,6 +152,10 @@ class PovrayPart(ControllerPart):
     def keeps_costs(self, unit: Unit) -> bool:
         """A pre-pass band's pretrace by rows: the scene's next pre-pass is cut by it."""
         return unit.kind == PRETRACE
+
+    def unit_rows(self, job: Job, unit: Unit) -> list[tuple[int, int]]:
+        """A band of a folded pre-pass covers its mirror rows too (farm.radiosity.band_pieces)."""
+        return band_pieces(job.height, unit.row_start, unit.row_end, job.fold and unit.kind == PRETRACE)
 
     def frame_cache_pending(self, store: Store, job: Job, unit: Unit) -> bool:
         """A strip leased while a part of its frame's radiosity pre-pass is still rendering."""
@@ -210,7 +216,12 @@ PART = PovrayPart()
 
 def _waits_for_cache(queue: Queue, node_id: str) -> bool:
     """Whether the node can start a strip before its frame's radiosity cache is complete."""
-    return any(node.id == node_id and node.info.get(NODE_WAITS_FOR_CACHE) is True for node in queue.live_nodes())
+    return _node_says(queue, node_id, NODE_WAITS_FOR_CACHE)
+
+
+def _node_says(queue: Queue, node_id: str, ability: str) -> bool:
+    """Whether the live node said it has `ability` (true under that name in its info) when it registered."""
+    return any(node.id == node_id and node.info.get(ability) is True for node in queue.live_nodes())
 
 
 def submission(spec: dict) -> Submission:

@@ -22,7 +22,7 @@ from farm.kinds import PRETRACE, PREVIEW, PreviewMode
 from farm.options import check_libraries, validate_options
 from farm import dependencies
 from farm.planning import plan_units, with_pretrace, with_preview
-from farm.radiosity import AUTO, band_costs, bands_by_cost, pretrace_parts
+from farm.radiosity import AUTO, NODE_FOLDS_BANDS, band_costs, bands_by_cost, folded_bands, pretrace_parts
 from farm.records import JobSpec
 from farm.strips import block_count, plan_strips
 from farm.shear import NODE_TAG, Shear, fine_block, fine_block_option, pretrace_options
@@ -150,7 +150,7 @@ class Submissions:
         if count != "auto" and not 1 <= int(count) <= MAX_STRIPS:
             raise FarmError(Code.BAD_ARGUMENT, f"strips must be a whole number from 1 to {MAX_STRIPS}, not {count!r}")
         limits.check_plan(spec, count)
-        plans = self._plans(spec, count)
+        plans, fold = self._plans(spec, count)
         pretrace = any(plan.kind == PRETRACE for plan in plans)
         interleave = self._interleaves(request, spec, plans)
         options = validate_options(spec.options)
@@ -158,13 +158,13 @@ class Submissions:
                  if interleave and not (pretrace and self._goes_out_whole()) else spec.block)
         if block != spec.block:     # farm.shear.FINE_BLOCK: POV-Ray renders the frame in smaller blocks
             spec = replace(spec, options=(*spec.options, fine_block_option(block)), block=block)
-            plans = self._plans(spec, count)
+            plans, fold = self._plans(spec, count)
         # A preview is one small extra render for viewers, not part of the job's work.
         limits.check_units(spec, sum(plan.kind != PREVIEW for plan in plans),
                            self._store.units.open_count(kindparts.uncounted_units()))
         # Its frames cut into strips share a radiosity pre-pass: only when one was planned. Frames cut as nodes
         # ask are cut in their sheared image, every strip a little of the whole frame (farm.shear).
-        spec = replace(spec, pretrace=pretrace,
+        spec = replace(spec, pretrace=pretrace, fold=pretrace and fold,
                        shear=Shear.of_frame(spec.width, spec.height, spec.block).step if interleave else 0)
         job_id = self._store.jobs.create(spec, plans, self._clock(), waits_for)
         self._changes.bump()
@@ -173,30 +173,36 @@ class Submissions:
                  spec.first_frame, spec.last_frame, len(plans))
         return job_id
 
-    def _plans(self, spec: JobSpec, count: int | str) -> list:
+    def _plans(self, spec: JobSpec, count: int | str) -> tuple[list, bool]:
         """The job's units: its frames' rows (a remainder each, cut as nodes ask, or `count` strips), a
-        radiosity pre-pass per split frame of a scene that may use radiosity, and a preview."""
+        radiosity pre-pass per split frame of a scene that may use radiosity, and a preview; and whether the
+        pre-pass bands are folded."""
+        bands, fold = self._pretrace_bands_of(spec) if spec.pretrace else ([], False)
         return with_preview(with_pretrace(
             plan_units(spec.height, spec.first_frame, spec.last_frame, self._live_slots(), count, spec.block),
-            spec.height, spec.pretrace, bands=self._pretrace_bands_of(spec) if spec.pretrace else ()),
-            spec.width, spec.height, spec.preview is not PreviewMode.NEVER)
+            spec.height, spec.pretrace, bands=bands),
+            spec.width, spec.height, spec.preview is not PreviewMode.NEVER), fold
 
-    def _pretrace_bands_of(self, spec: JobSpec) -> list[tuple[int, int]]:
-        """The rows of each band of a frame's radiosity pre-pass: one band per live node, cut so that they
-        cost alike by what an earlier pre-pass of the scene at this size took, by rows where its nodes timed
-        their pretrace (farm.radiosity.bands_by_cost, sweep_costs);
-        without one, `pretrace_bands` bands of equal rows (two per node by default: a box whose band was
-        cheap takes another). They pretrace in the frame's own blocks, not a sheared job's fine ones."""
+    def _pretrace_bands_of(self, spec: JobSpec) -> tuple[list[tuple[int, int]], bool]:
+        """The rows of each band of a frame's radiosity pre-pass, and whether they are folded: one band per
+        live node, cut so that they cost alike by what an earlier pre-pass of the scene at this size took, by
+        rows where its nodes timed their pretrace (farm.radiosity.bands_by_cost, sweep_costs); without one,
+        one folded band per node, each as much of the frame's top as of its bottom (radiosity.folded_bands),
+        where every live node pretraces such bands; else `pretrace_bands` bands of equal rows (two per node by
+        default: a box whose band was cheap takes another). They pretrace in the frame's own blocks, not a
+        sheared job's fine ones."""
         block = validate_options(pretrace_options(spec.options)).block
-        nodes = len(self._store.nodes.live())
-        parts = pretrace_parts(nodes, self._pretrace_bands, block_count(spec.height, block))
+        nodes = self._store.nodes.live()
+        parts = pretrace_parts(len(nodes), self._pretrace_bands, block_count(spec.height, block))
+        one_per_node = pretrace_parts(len(nodes), len(nodes), block_count(spec.height, block))
         measured = (self._store.units.last_frame_costs(spec.scene, spec.width, spec.height, PRETRACE)
                     if parts > 1 else [])
-        if len(measured) < 2:   # one band's time says nothing of where in the frame it went
-            return plan_strips(spec.height, parts, block)
-        if self._pretrace_bands == AUTO:
-            parts = pretrace_parts(nodes, nodes, block_count(spec.height, block))
-        return bands_by_cost(spec.height, block, parts, *band_costs(measured))
+        if len(measured) >= 2:      # one band's time says nothing of where in the frame it went
+            parts = one_per_node if self._pretrace_bands == AUTO else parts
+            return bands_by_cost(spec.height, block, parts, band_costs(measured), fixed=0.0), False
+        folded = (folded_bands(spec.height, block, one_per_node) if self._pretrace_bands == AUTO
+                  and all(node.info.get(NODE_FOLDS_BANDS) is True for node in nodes) else None)
+        return (folded, True) if folded else (plan_strips(spec.height, parts, block), False)
 
     def _goes_out_whole(self) -> bool:
         """Whether a frame cut as nodes ask goes out whole while nobody watches: every live node is on the

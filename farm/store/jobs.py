@@ -55,12 +55,13 @@ class JobRecords:
             cur = db.execute(
                 "INSERT INTO jobs (name, state, priority, bundle, scene, width, height, options, channels,"
                 " bits, first_frame, last_frame, animation, submitted, pretrace, block, preview,"
-                " require, prefer, run_after, povray, kind, shear) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " require, prefer, run_after, povray, kind, shear, fold) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (spec.name, JobState.QUEUED.value, spec.priority, spec.bundle, spec.scene, spec.width,
                  spec.height, json.dumps(list(spec.options)), spec.channels, spec.bits, spec.first_frame,
                  spec.last_frame, json.dumps(spec.animation.to_spec()) if spec.animation else None, now,
                  int(spec.pretrace), spec.block, spec.preview.value, json.dumps(list(spec.require)),
-                 json.dumps(list(spec.prefer)), json.dumps(list(spec.after)), spec.povray, spec.kind, spec.shear))
+                 json.dumps(list(spec.prefer)), json.dumps(list(spec.after)), spec.povray, spec.kind, spec.shear,
+                 int(spec.fold)))
             job_id = cur.lastrowid
             db.executemany("INSERT INTO frames (job, number, state) VALUES (?, ?, ?)",
                            [(job_id, frame, FrameState.QUEUED.value)

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_after TEXT NOT NULL DEFAULT '[]' /* JSON: the jobs it runs after (farm.dependencies) */,
     povray TEXT NOT NULL DEFAULT '' /* the POV-Ray version it is pinned to ('': any; farm.builds) */,
     kind TEXT NOT NULL DEFAULT 'povray' /* its kind of work (farm.jobkinds) */,
-    shear INTEGER NOT NULL DEFAULT 0 /* its frames' rows are sheared at this step (farm.shear); 0: not */);
+    shear INTEGER NOT NULL DEFAULT 0, /* its frames' rows are sheared at this step (farm.shear); 0: not */
+    fold INTEGER NOT NULL DEFAULT 0 /* its pre-pass bands are folded (farm.radiosity.folded_bands) */);
 CREATE TABLE IF NOT EXISTS frames (
     job INTEGER NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL, path TEXT,
     povray TEXT,   -- the POV-Ray build its units render on (farm.builds), from its first unit leased
@@ -140,7 +141,8 @@ _LATER_COLUMNS = (("jobs", "pretrace", "INTEGER NOT NULL DEFAULT 0"),
                   ("frames", "povray", "TEXT"),
                   ("jobs", "kind", "TEXT NOT NULL DEFAULT 'povray'"),
                   ("jobs", "shear", "INTEGER NOT NULL DEFAULT 0"),
-                  ("units", "costs", "TEXT"))
+                  ("units", "costs", "TEXT"),
+                  ("jobs", "fold", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def prepare(db: sqlite3.Connection) -> None:
@@ -175,7 +177,7 @@ def job(row: sqlite3.Row) -> Job:
         finished=row["finished"] or 0.0, pretrace=bool(row["pretrace"]), block=row["block"],
         preview=PreviewMode(row["preview"]), require=tuple(json.loads(row["require"])),
         prefer=tuple(json.loads(row["prefer"])), after=tuple(json.loads(row["run_after"])), povray=row["povray"],
-        kind=row["kind"], shear=row["shear"])
+        kind=row["kind"], shear=row["shear"], fold=bool(row["fold"]))
 
 
 def frame(row: sqlite3.Row) -> Frame:

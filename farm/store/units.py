@@ -17,6 +17,7 @@ from farm.builds import build_of
 from farm.store.db import Database
 from farm.faults import Code, FarmError
 from farm.policy import Failures, JobInLine
+from farm.radiosity import band_pieces
 from farm.records import FailureVerdict, Lease, Node, StoredRows, Unit
 from farm.rows import ZLIB
 from farm.scheduler import Finished, Running
@@ -210,10 +211,10 @@ class UnitRecords:
         """The units of `kind` of the newest frame that finished them all, among the `jobs` newest jobs of
         `scene` at this size (a scene re-rendered, or edited, mostly costs where it did): empty when none did.
         Each with the costs of its rows its node measured (`parts`), where it did. One query per job over
-        the units' job index."""
+        the units' job index. A band of a folded pre-pass names its pieces of rows (radiosity.band_pieces)."""
         with self._db.read() as db:
-            for (job_id,) in db.execute("SELECT id FROM jobs WHERE scene=? AND width=? AND height=?"
-                                        " ORDER BY id DESC LIMIT ?", (scene, width, height, jobs)).fetchall():
+            for job_id, fold in db.execute("SELECT id, fold FROM jobs WHERE scene=? AND width=? AND height=?"
+                                           " ORDER BY id DESC LIMIT ?", (scene, width, height, jobs)).fetchall():
                 frames: dict[int, list[sqlite3.Row]] = {}
                 for row in db.execute("SELECT frame, node, state, row_start, row_end, seconds, costs FROM units"
                                       " WHERE job=? AND kind=?", (job_id, kind)):
@@ -222,7 +223,9 @@ class UnitRecords:
                     units = frames[frame]
                     if all(row["state"] == UnitState.DONE.value and (row["seconds"] or 0) > 0 for row in units):
                         return [Finished(row["node"] or "", row["row_start"], row["row_end"], row["seconds"],
-                                         _parts(row["costs"])) for row in units]
+                                         _parts(row["costs"]), tuple(band_pieces(height, row["row_start"],
+                                                                                 row["row_end"], True)) if fold else ())
+                                for row in units]
         return []
 
     def cost_samples(self, job_id: int, kind: str, recent: int = 256) -> list[Finished]:
