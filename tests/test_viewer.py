@@ -99,6 +99,18 @@ def test_canvas_paints_rows_and_knows_what_is_missing():
         canvas.paint(0, 2, fill(4, 1, 1))
 
 
+def test_a_radiosity_pre_pass_band_is_outlined_on_its_own_rows_even_in_a_sheared_frame():
+    """A band's pieces are the frame's rows (a folded band's at its top and bottom), never sheared rows."""
+    state = ViewerState()
+    job = job_info(width=64, height=128, strips_total=2, shear=3, block=16)
+    band = {"frame": 1, "row_start": 0, "row_end": 32, "node": "n1", "progress": 0.5, "kind": "pretrace",
+            "pieces": [[0, 32], [96, 128]]}
+    state.handle(("feed", 1, reply(job, in_flight=[band])))
+    assert state.strip_rectangles(band) == [(0, 0, 64, 32), (0, 96, 64, 128)]
+    assert state.strip_rectangles({**band, "pieces": None}) == [(0, 0, 64, 32)]
+    assert len(state.strip_rectangles({**band, "pieces": None, "kind": "rows"})) > 1    # a sheared strip's blocks
+
+
 def test_canvas_shows_the_high_bytes_of_16_bit_samples_and_keeps_all_of_them():
     canvas = Canvas(2, 1, 4, 16)
     rows = bytes([0x12, 0x34, 0xAB, 0xCD, 0xFF, 0x00, 0x80, 0x01] * 2)

@@ -37,8 +37,9 @@ class ViewerAPI:
             frame, to be shown scaled up until final rows replace it; its rows are of its own width and
             height, given as width and height)),
             in_flight ([struct] frame, row_start, row_end, node (name), progress 0..1, kind ("rows";
-            "pretrace": a radiosity pre-pass over the frame; "preview": the frame's preview, rows of the
-            preview's own size)); with live_cursor >= 0 also live ([struct] frame, left, top, right, bottom
+            "pretrace": a radiosity pre-pass over the frame's rows, never sheared, with pieces ([[start, end]]:
+            the rows it pretraces, a folded band's at the top and the bottom of the frame); "preview": the
+            frame's preview, rows of the preview's own size)); with live_cursor >= 0 also live ([struct] frame, left, top, right, bottom
             (the block's rectangle, inclusive, in image coordinates), rows (base64: zlib of its 8-bit RGB rows):
             finished blocks of units still rendering, oldest first, to be painted until final rows replace
             them) and live_cursor (int)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 from farm import builds, dependencies, scheduler, tags
 from farm.faults import Code, FarmError
 from farm import jobkinds
+from farm.kinds import PRETRACE
 from farm.records import Job, Node, StoredRows
 from farm.service import kindparts
 from farm.service.changes import Changes
@@ -231,7 +232,9 @@ class Views:
             return cached[1], cached[2]
         names = {node.id: node.name for node in self._store.nodes.all()}
         in_flight = [{"frame": u.frame, "row_start": u.row_start, "row_end": u.row_end,
-                      "node": names.get(u.node, u.node), "progress": u.progress, "kind": u.kind}
+                      "node": names.get(u.node, u.node), "progress": u.progress, "kind": u.kind,
+                      # a radiosity pre-pass band's rows, the frame's own (a folded band's at top and bottom)
+                      **({"pieces": kindparts.of_unit(u.kind).unit_rows(job, u)} if u.kind == PRETRACE else {})}
                      for u in self._store.units.of_job(job.id, UnitState.LEASED)]
         status = self.job_status(job, detail=False)
         with self._lock:

@@ -9,7 +9,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from farm.images.raster import row_size
-from farm.kinds import PREVIEW
+from farm.kinds import PREVIEW, PRETRACE
 from farm.retry import Outage
 from farm.states import ENDED
 from farm.rows import ZLIB, decode_rows, decompress_capped
@@ -211,12 +211,16 @@ class ViewerState:
         return Shear(int(job["width"]), int(job["height"]), int(job.get("block", DEFAULT_BLOCK)), int(job["shear"]))
 
     def strip_rectangles(self, strip: dict[str, Any]) -> list[tuple[int, int, int, int]]:
-        """The frame's rectangles (left, top, right, bottom; half-open) a strip's rows cover: one band, or
-        the blocks of a sheared frame's strip, a run per column of blocks."""
+        """The frame's rectangles (left, top, right, bottom; half-open) a strip's rows cover: one band, the
+        blocks of a sheared frame's strip, a run per column of blocks, or the pieces of a radiosity pre-pass
+        band (in the frame's own rows, sheared or not: a folded band's are at its top and bottom)."""
         start, end = int(strip["row_start"]), int(strip["row_end"])
-        layout = self.layout() if strip.get("kind") != PREVIEW else None
+        width = int(self.job.get("width", 0))
+        if strip.get("pieces"):
+            return [(0, int(top), width, int(bottom)) for top, bottom in strip["pieces"]]
+        layout = self.layout() if strip.get("kind") not in (PREVIEW, PRETRACE) else None
         if layout is None or not 0 <= start < end <= layout.height:
-            return [(0, start, int(self.job.get("width", 0)), end)]
+            return [(0, start, width, end)]
         return layout.rectangles(start, end)
 
     def _choose_frame(self) -> None:

@@ -411,9 +411,13 @@
         box.style.top = whole ? "0" : `${(100 * strip.row_start) / view.height}%`;
         box.style.height = whole ? "100%" : `${(100 * (strip.row_end - strip.row_start)) / view.height}%`;
         box.dataset.node = strip.node;
-        if (view.shear && !whole) {
-          // A sheared frame's strip (farm/shear.py) is blocks all over the frame: a thin box around each run.
-          const rects = rowRectangles(view, strip.row_start, strip.row_end);
+        // A sheared frame's strip (farm/shear.py) is blocks all over the frame, and a band of a folded
+        // radiosity pre-pass rows at the top and at the bottom (its pieces, in the frame's rows): a thin box
+        // around each run. A pre-pass band's rows are the frame's own, sheared or not.
+        const rects = strip.pieces && strip.pieces.length > 1
+          ? strip.pieces.map(([start, end]) => [0, start, view.width, end - start])
+          : view.shear && !whole && strip.kind !== "pretrace" ? rowRectangles(view, strip.row_start, strip.row_end) : null;
+        if (rects) {
           for (const [x, y, w, h] of rects) {
             const part = document.createElement("div");
             part.className = "in-flight part";
