@@ -11,11 +11,17 @@ from the native ones against the native images' own spread.
     python bench/radiosity_boxes.py --repeat 3
     python bench/radiosity_boxes.py --only balcony --size 640x480 --against /tmp/base   # base: one pre-pass
     python bench/radiosity_boxes.py --bands 1 --against /tmp/base                       # the same, side by side
+    python bench/radiosity_boxes.py --only balcony --size 640x480 --fresh --repeat 8 --against /tmp/base
+
+With `--fresh` every round starts new farms, so each job is its scene's first (nothing of it measured: the
+pre-pass is not cut by an earlier one's costs, and no node has its photon map); without it the farms stay up
+for the whole run and only the first round is. Each farm run also says when its pre-pass ended.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
 import os
 import re
@@ -49,6 +55,21 @@ class TwoBoxes(Boxes):
 
     def pretrace_units(self) -> int:
         return len(re.findall(r"radiosity pre-pass done by", self.controller_log.read_text(errors="replace")))
+
+    def prepass_end(self) -> float | None:
+        """Seconds from the newest job's queueing to the last band of its pre-pass, by the controller's log."""
+        lines = self.controller_log.read_text(errors="replace").splitlines()
+        queued = [(index, line) for index, line in enumerate(lines) if re.search(r"job \d+ queued", line)]
+        if not queued:
+            return None
+        index, line = queued[-1]
+        done = [stamp(later) for later in lines[index:] if "radiosity pre-pass done by" in later]
+        return max(done) - stamp(line) if done else None
+
+
+def stamp(line: str) -> float:
+    """The time of a log line (`2026-12-06 12:43:19,627 INFO ...`), in seconds."""
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def native(scene: Path, width: int, height: int, out: Path) -> float:
@@ -91,37 +112,46 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--against", type=Path, help="another checkout to time beside this one")
     parser.add_argument("--bands", type=int, default=0,
-                        help="this checkout's pretrace_bands (default 0: the controller's own, two per live node)")
+                        help="this checkout's pretrace_bands (default 0: the controller's own)")
+    parser.add_argument("--fresh", action="store_true", help="new farms every round: every job its scene's first")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     load = os.getloadavg()
     print(f"load before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {CORES} cores", flush=True)
+    roots = {"this": (ROOT, args.bands), **({"against": (args.against.resolve(), 0)} if args.against else {})}
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
-        farms = {"this": TwoBoxes(ROOT, work / "this", args.bands)}
-        if args.against:
-            farms["against"] = TwoBoxes(args.against.resolve(), work / "against")
+        farms: dict[str, TwoBoxes] = {}
         try:
             for name in args.only.split(","):
                 scene = SCENES / CASES[name]
-                times: dict[str, list[float]] = {"native": [], **{key: [] for key in farms}}
+                times: dict[str, list[float]] = {"native": [], **{key: [] for key in roots}}
                 images: dict[str, list[Path]] = {key: [] for key in times}
-                before = {key: farm.pretrace_units() for key, farm in farms.items()}
+                units = {key: 0 for key in roots}
                 for round_ in range(args.repeat):
-                    order = ["native", *farms] if round_ % 2 == 0 else [*farms, "native"]
+                    order = ["native", *roots] if round_ % 2 == 0 else [*roots, "native"]
                     for key in order:
                         out = work / f"{name}-{key}-{round_}.png"
-                        seconds = (native(scene, width, height, out) if key == "native"
-                                   else farms[key].render(scene, width, height, out))
+                        if key == "native":
+                            seconds, said = native(scene, width, height, out), ""
+                        else:
+                            if key not in farms:
+                                farms[key] = TwoBoxes(roots[key][0], work / f"{key}-{name}-{round_}", roots[key][1])
+                            before = farms[key].pretrace_units()
+                            seconds = farms[key].render(scene, width, height, out)
+                            units[key] += farms[key].pretrace_units() - before
+                            said = f", its pre-pass ended after {farms[key].prepass_end() or 0:.2f} s"
+                            if args.fresh:
+                                farms.pop(key).stop()
                         times[key].append(seconds)
                         images[key].append(out)
-                        print(f"  {name} round {round_ + 1} {key}: {seconds:.2f} s", flush=True)
+                        print(f"  {name} round {round_ + 1} {key}: {seconds:.2f} s{said}", flush=True)
                 base = statistics.median(times["native"])
-                for key, farm in farms.items():
-                    units = (farm.pretrace_units() - before[key]) / args.repeat
+                for key in roots:
                     print(f"{name} {width}x{height} {key}: median {statistics.median(times[key]):.2f} s against "
-                          f"native {base:.2f} s = {statistics.median(times[key]) / base:.3f}; {units:.0f} pre-pass "
-                          f"units per frame; {fidelity(images[key], images['native'])}", flush=True)
+                          f"native {base:.2f} s = {statistics.median(times[key]) / base:.3f}; "
+                          f"{units[key] / args.repeat:.0f} pre-pass units per frame; "
+                          f"{fidelity(images[key], images['native'])}", flush=True)
         finally:
             for farm in farms.values():
                 farm.stop()
