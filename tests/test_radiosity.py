@@ -656,17 +656,7 @@ def test_a_scenes_first_pre_pass_in_folded_bands_matches_single_renders_and_show
     assert sorted((s["row_start"], s["row_end"]) for s in final["strips"] if s["kind"] == "pretrace") == [
         (0, 96), (96, 192)]
     assert "pre-pass of rows 1-96, 289-384" in farm.log("boxA") + farm.log("boxB")
-    image = tmp_path / "farm.png"
-    image.write_bytes(farm.client.call("jobs.fetch", job).data)
-    singles = [_load(native_render(CORNELL, width, height, [], tmp_path / f"single{i}.ppm", "P")) for i in range(3)]
-    edges = {row for edge in (96, 288) for row in (edge - 1, edge)}
-    between = [_difference(a, b, edges) for a, b in itertools.combinations(singles, 2)]
-    against = [_difference(_load(image), single, edges) for single in singles]
-    report = f"farm vs single {against}; single vs single {between}"
-    print(f"farm vs single {_average(against, 'mean'):.3f}, single vs single {_average(between, 'mean'):.3f}")
-    assert _average(against, "mean") <= NOISE * _average(between, "mean"), report
-    assert (_average(against, "edge") / _average(against, "other")
-            <= NOISE * _average(between, "edge") / _average(between, "other")), report
+    _assert_like_single_renders(farm.client, job, tmp_path, width, height, (96, 288), NOISE)
 
 
 @needs_povray
@@ -701,15 +691,23 @@ def test_a_node_killed_during_its_band_of_the_pretrace_loses_nothing(farm, tmp_p
     # band's edge, where a band lacks its neighbour's samples and takes its own: measured 1.0-1.5 times the
     # singles' own spread, held to BANDS_NOISE. And seam-free: beside the edges of strips and bands no
     # worse, against the rest of the image, than single renders are.
+    _assert_like_single_renders(farm.client, job, tmp_path, 320, 256, (64, 128, 192), BANDS_NOISE)
+
+
+def _assert_like_single_renders(client, job: int, tmp_path: Path, width: int, height: int, edges: tuple[int, ...],
+                                noise: float) -> None:
+    """The job's image of cornell differs from three single renders no more than `noise` times as much as they
+    differ from each other, and beside `edges` (the rows on both sides of each) no worse, against the rest
+    of the image, than single renders are (NOISE): no seam."""
     image = tmp_path / "farm.png"
-    image.write_bytes(farm.client.call("jobs.fetch", job).data)
-    singles = [_load(native_render(CORNELL, 320, 256, [], tmp_path / f"single{i}.ppm", "P")) for i in range(3)]
-    edges = {row for edge in (64, 128, 192) for row in (edge - 1, edge)}
-    between = [_difference(a, b, edges) for a, b in itertools.combinations(singles, 2)]
-    against = [_difference(_load(image), single, edges) for single in singles]
+    image.write_bytes(client.call("jobs.fetch", job).data)
+    singles = [_load(native_render(CORNELL, width, height, [], tmp_path / f"single{i}.ppm", "P")) for i in range(3)]
+    rows = {row for edge in edges for row in (edge - 1, edge)}
+    between = [_difference(a, b, rows) for a, b in itertools.combinations(singles, 2)]
+    against = [_difference(_load(image), single, rows) for single in singles]
     report = f"farm vs single {against}; single vs single {between}"
     print(f"farm vs single {_average(against, 'mean'):.3f}, single vs single {_average(between, 'mean'):.3f}")
-    assert _average(against, "mean") <= BANDS_NOISE * _average(between, "mean"), report
+    assert _average(against, "mean") <= noise * _average(between, "mean"), report
     assert (_average(against, "edge") / _average(against, "other")
             <= NOISE * _average(between, "edge") / _average(between, "other")), report
 
