@@ -203,9 +203,9 @@ def folded_bands(height: int, block: int, parts: int) -> list[tuple[int, int]] |
     folded at its middle, each rows [a, b) of its upper half with their mirror [height - b, height - a) below
     (`band_pieces`). Scenes mostly cost more, or less, from top to bottom (balcony: a cheap sky, a dear
     floor), so one folded band per node costs about as much as the next: balcony 640x480 on one core, rows
-    0-120 with 360-480 pretraced in 4.3-4.5 s and rows 120-360 in 4.1-4.5 s, as two bands cut by a measured
-    cost did (4.3-5.0 s), where two even bands per node took 5.6 s a node (a start-up, parse and photons
-    more each). None (the frame gets even bands) for fewer than two parts, or where a piece would be under
+    0-119 with 360-479 pretraced in 4.67-4.90 s and rows 120-359 in 4.07-4.78 s, as two bands cut by a
+    measured cost did (4.3-5.0 s), where a node's two even bands took 5.6-6.1 s (a start-up, parse and
+    photons more). None (the frame gets even bands) for fewer than two parts, or where a piece would be under
     MIN_BAND_BLOCKS block rows."""
     if parts < 2 or height < 2 * parts * MIN_BAND_BLOCKS * block:
         return None
