@@ -37,7 +37,7 @@ from farm.faults import Code, FarmError
 from farm.features import CURRENT, FEATURES, LIVE_BLOCKS, Features
 from farm.rendering.kindparts import Offered
 from farm.rendering.heartbeats import Beats, HeartbeatCall, LeaseWatch
-from farm.rendering.live import LiveSender, LiveWatch, unit_reader
+from farm.rendering.live import LiveSender, LiveWatch, unit_reader, warm_previews
 from farm.hostos import HOST
 from farm.rendering.probe import probe_povray
 from farm.rendering.reaper import Reaper
@@ -216,6 +216,8 @@ class Node:
         """Poll and render with `slots` workers until asked to stop. Several POV-Ray processes at once
         hide each one's idle start-up and shut-down time behind the others' tracing."""
         say_how_it_runs(self)
+        if not self.broken:
+            threading.Thread(target=warm_previews, name="warm-previews", daemon=True).start()
         workers = [threading.Thread(target=self._worker, name=f"slot-{slot + 1}", daemon=True)
                    for slot in range(max(1, self.config.slots))]
         for worker in workers:

@@ -7,15 +7,17 @@ import io
 import threading
 import time
 import zlib
+from array import array
 
 import pytest
 from PIL import Image
 
 from farm.kinds import LIVE
 from farm.rendering.gamma import Encoding
-from farm.rendering.live import (DUE_READ_EVERY, FIRST_BLOCK_DUE, FIRST_READ_EVERY, READ_EVERY, WATCH_EVERY,
-                                 FramesReader, LiveSender, LiveWatch,
-                                 StateFileReader, scene_gamma)
+from farm.rendering import gamma
+from farm.rendering.live import (COMMON_GAMMAS, DUE_READ_EVERY, FIRST_BLOCK_DUE, FIRST_READ_EVERY, READ_EVERY,
+                                 WATCH_EVERY, FramesReader, LiveSender, LiveWatch, StateFileReader, scene_gamma,
+                                 warm_previews)
 from farm.rendering.statefile import read_blocks
 from farm.service.live import LiveBlocks
 from farm.viewing import frames
@@ -35,6 +37,14 @@ CLOCKD = SCENES / "animations/clockd/clockd.pov"
 ])
 def test_the_scenes_gamma_from_stderr_then_its_text_then_1(stderr, text, expected):
     assert scene_gamma(stderr, text) == expected
+
+
+def test_the_common_gammas_preview_tables_are_built_ahead_so_a_first_block_only_looks_them_up():
+    warm_previews()
+    built = gamma._preview_table.cache_info().misses
+    for working in COMMON_GAMMAS:
+        Encoding(working).preview(array("f", [0.25, 0.5, 0.75, 0.0, 0.0]))
+    assert gamma._preview_table.cache_info().misses == built
 
 
 def test_the_reader_sends_each_block_once_as_8_bit_rgb_and_skips_a_torn_tail(tmp_path):
