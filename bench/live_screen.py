@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -186,6 +187,11 @@ def main() -> int:
     args = parser.parse_args()
     args.option = args.option or ["+A0.3"]
     scene = SCENES / args.scene
+    missing = [program for program in ("Xvfb", "chromium", "chromedriver") if shutil.which(program) is None]
+    if missing:
+        print(f"live_screen: needs {', '.join(missing)} (Debian: apt-get install xvfb chromium chromium-driver)",
+              file=sys.stderr)
+        return 2
     from PIL import ImageGrab
 
     started = [subprocess.Popen(["Xvfb", DISPLAY, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
