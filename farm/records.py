@@ -235,8 +235,12 @@ class Node:
     def offers(self) -> tuple[str, ...]:
         """Its tags and the capability tag of each kind it offers, POV-Ray's too (farm.jobkinds): what a
         job's kind and the tags it requires are matched against."""
-        interleaves = (NODE_TAG,) if self.info.get("interleave") is True else ()
+        interleaves = (NODE_TAG,) if self.says("interleave") else ()
         return tuple(dict.fromkeys(self.tags + jobkinds.kind_tags(dict(self.info)) + interleaves))
+
+    def says(self, ability: str) -> bool:
+        """Whether it said, as it registered, that it can do `ability` (true under that name in its info)."""
+        return self.info.get(ability) is True
 
     @property
     def live(self) -> bool:

@@ -221,7 +221,7 @@ def _waits_for_cache(queue: Queue, node_id: str) -> bool:
 
 def _node_says(queue: Queue, node_id: str, ability: str) -> bool:
     """Whether the live node said it has `ability` (true under that name in its info) when it registered."""
-    return any(node.id == node_id and node.info.get(ability) is True for node in queue.live_nodes())
+    return any(node.id == node_id and node.says(ability) for node in queue.live_nodes())
 
 
 def submission(spec: dict) -> Submission:

@@ -201,7 +201,7 @@ class Submissions:
             parts = one_per_node if self._pretrace_bands == AUTO else parts
             return bands_by_cost(spec.height, block, parts, band_costs(measured), fixed=0.0), False
         folded = (folded_bands(spec.height, block, one_per_node) if self._pretrace_bands == AUTO
-                  and all(node.info.get(NODE_FOLDS_BANDS) is True for node in nodes) else None)
+                  and all(node.says(NODE_FOLDS_BANDS) for node in nodes) else None)
         return (folded, True) if folded else (plan_strips(spec.height, parts, block), False)
 
     def _goes_out_whole(self) -> bool:
