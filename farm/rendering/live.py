@@ -26,9 +26,9 @@ import mmap
 import queue
 import re
 import threading
-from array import array
 import time
 import zlib
+from array import array
 from pathlib import Path
 from typing import Any, Callable, Iterable
 

@@ -16,6 +16,7 @@ from typing import Callable, Collection, Mapping, Protocol, Sequence
 from farm.builds import build_of
 from farm.store.db import Database
 from farm.faults import Code, FarmError
+from farm.kinds import PRETRACE
 from farm.policy import Failures, JobInLine
 from farm.radiosity import band_pieces
 from farm.records import FailureVerdict, Lease, Node, StoredRows, Unit
@@ -222,10 +223,9 @@ class UnitRecords:
                 for frame in sorted(frames, reverse=True):
                     units = frames[frame]
                     if all(row["state"] == UnitState.DONE.value and (row["seconds"] or 0) > 0 for row in units):
+                        folded = bool(fold) and kind == PRETRACE    # as PovrayPart.unit_rows has it
                         return [Finished(row["node"] or "", row["row_start"], row["row_end"], row["seconds"],
-                                         _parts(row["costs"]), tuple(band_pieces(height, row["row_start"],
-                                                                                 row["row_end"], True)) if fold else ())
-                                for row in units]
+                                         _parts(row["costs"]), _folded_pieces(height, row, folded)) for row in units]
         return []
 
     def cost_samples(self, job_id: int, kind: str, recent: int = 256) -> list[Finished]:
@@ -467,6 +467,12 @@ def _parts(stored: str | None) -> tuple[tuple[int, int, float], ...]:
     if not stored:
         return ()
     return tuple((int(start), int(end), float(seconds)) for start, end, seconds in json.loads(stored))
+
+
+def _folded_pieces(height: int, row: sqlite3.Row, folded: bool) -> tuple[tuple[int, int], ...]:
+    """A finished band's pieces of rows when it was a band of a folded pre-pass (radiosity.band_pieces), else
+    none (its rows say it)."""
+    return tuple(band_pieces(height, row["row_start"], row["row_end"], True)) if folded else ()
 
 
 def _frame_kind_queued(db: sqlite3.Connection, job_id: int, frame: int, kind: str) -> bool:
